@@ -1,0 +1,236 @@
+/*
+ * ctorch: tensors with define-by-run autograd, in C11.
+ *
+ * Conventions
+ *  - Every function that returns a ct_tensor* returns a NEW reference (release
+ *    it with ct_free) or NULL on failure. Functions returning int return 0 on
+ *    success and -1 on failure. After a failure ct_last_error() gives a message
+ *    that names the operation, the shapes involved and how to fix it.
+ *  - Arguments are borrowed: ops never take ownership of the tensors passed in.
+ *  - Names and semantics follow PyTorch (torch.add, torch.nn.functional.conv2d…).
+ */
+#ifndef CTORCH_H
+#define CTORCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CT_VERSION "0.1.0"
+#define CT_MAX_DIMS 8
+
+typedef enum {
+    CT_FLOAT32 = 0,
+    CT_FLOAT64,
+    CT_INT64,
+    CT_INT32,
+    CT_UINT8,
+    CT_BFLOAT16, /* reserved for mixed precision: storage and conversion only */
+    CT_FLOAT16,  /* reserved for mixed precision: storage and conversion only */
+    CT_NUM_DTYPES
+} ct_dtype;
+
+typedef enum { CT_CPU = 0, CT_CUDA = 1, CT_NUM_DEVICE_TYPES } ct_device_type;
+
+typedef struct {
+    ct_device_type type;
+    int index;
+} ct_device;
+
+typedef enum { CT_REDUCTION_NONE = 0, CT_REDUCTION_MEAN, CT_REDUCTION_SUM } ct_reduction;
+
+typedef struct ct_tensor ct_tensor;
+
+/* ---------------------------------------------------------------- errors */
+const char *ct_last_error(void);       /* message of the last failure on this thread */
+void ct_clear_error(void);
+
+/* ------------------------------------------------------------ runtime */
+const char *ct_dtype_name(ct_dtype dt);
+size_t ct_dtype_size(ct_dtype dt);
+int ct_dtype_from_name(const char *name, ct_dtype *out); /* "float32", "int64", … */
+ct_device ct_cpu(void);
+int ct_device_parse(const char *s, ct_device *out);     /* "cpu", "cuda", "cuda:1" */
+int ct_device_str(ct_device d, char *buf, size_t n);
+
+/* Whether the CUDA backend can be used: returns "available" (and *available = 1) or the
+ * reason it cannot, naming the missing piece and the fix. Loads the plugin on first call. */
+const char *ct_cuda_status(int *available);
+
+void ct_set_num_threads(int n); /* <= 0: all cores */
+int ct_get_num_threads(void);
+void ct_manual_seed(uint64_t seed); /* seeds rand/randn/dropout/init */
+uint64_t ct_seed(void);
+
+/* ------------------------------------------------------- lifetime & info */
+ct_tensor *ct_retain(ct_tensor *t); /* returns t with one more reference */
+void ct_free(ct_tensor *t);         /* drops one reference; NULL is fine */
+
+int ct_ndim(const ct_tensor *t);
+int64_t ct_size(const ct_tensor *t, int dim);   /* dim may be negative */
+const int64_t *ct_shape(const ct_tensor *t);
+const int64_t *ct_strides(const ct_tensor *t); /* in elements */
+int64_t ct_offset(const ct_tensor *t);          /* in elements */
+int64_t ct_numel(const ct_tensor *t);
+ct_dtype ct_dtype_of(const ct_tensor *t);
+ct_device ct_device_of(const ct_tensor *t);
+int ct_is_contiguous(const ct_tensor *t);
+/* Pointer to the first element (CPU tensors only; honours the offset). */
+void *ct_data(const ct_tensor *t);
+/* Value of a one-element tensor as double. Returns NAN and sets an error otherwise. */
+double ct_item(const ct_tensor *t);
+/* Formats the shape as "[2, 3, 4]". */
+const char *ct_shape_str(const ct_tensor *t, char *buf, size_t n);
+
+/* ------------------------------------------------------------- creation */
+ct_tensor *ct_empty(const int64_t *shape, int ndim, ct_dtype dt);
+ct_tensor *ct_zeros(const int64_t *shape, int ndim, ct_dtype dt);
+ct_tensor *ct_ones(const int64_t *shape, int ndim, ct_dtype dt);
+ct_tensor *ct_full(const int64_t *shape, int ndim, double value, ct_dtype dt);
+ct_tensor *ct_scalar(double value, ct_dtype dt); /* 0-dim tensor */
+ct_tensor *ct_arange(double start, double end, double step, ct_dtype dt);
+/* Uniform [0,1) and standard normal, from the global seed. The values depend only
+ * on the seed and how many numbers were drawn before, never on the thread count. */
+ct_tensor *ct_rand(const int64_t *shape, int ndim, ct_dtype dt);
+ct_tensor *ct_randn(const int64_t *shape, int ndim, ct_dtype dt);
+ct_tensor *ct_empty_like(const ct_tensor *t);
+ct_tensor *ct_zeros_like(const ct_tensor *t);
+ct_tensor *ct_ones_like(const ct_tensor *t);
+/* Copies `numel*dtype_size` bytes from data into a new contiguous CPU tensor. */
+ct_tensor *ct_from_data(const void *data, const int64_t *shape, int ndim, ct_dtype dt);
+/* Wraps the caller's buffer without copying. `deleter` (may be NULL) is called with
+ * (data, ctx) when the last tensor using the buffer is freed. */
+ct_tensor *ct_from_blob(void *data, const int64_t *shape, int ndim, ct_dtype dt,
+                        void (*deleter)(void *data, void *ctx), void *ctx);
+/* Copies the tensor's elements, in logical row-major order, to buf (nbytes large). */
+int ct_copy_to_buffer(const ct_tensor *t, void *buf, size_t nbytes);
+/* Copies buf (row-major, t's dtype) into t (any strides). */
+int ct_copy_from_buffer(ct_tensor *t, const void *buf, size_t nbytes);
+ct_tensor *ct_to_dtype(const ct_tensor *t, ct_dtype dt);
+ct_tensor *ct_to_device(const ct_tensor *t, ct_device d);
+ct_tensor *ct_clone(const ct_tensor *t);
+
+/* ------------------------------------------------------------------ views
+ * Views share storage with their base; autograd flows through them. */
+ct_tensor *ct_view(const ct_tensor *t, const int64_t *shape, int ndim);    /* -1 allowed once */
+ct_tensor *ct_reshape(const ct_tensor *t, const int64_t *shape, int ndim); /* view or copy */
+ct_tensor *ct_permute(const ct_tensor *t, const int *dims, int ndim);
+ct_tensor *ct_transpose(const ct_tensor *t, int dim0, int dim1);
+ct_tensor *ct_narrow(const ct_tensor *t, int dim, int64_t start, int64_t length);
+ct_tensor *ct_slice(const ct_tensor *t, int dim, int64_t start, int64_t end, int64_t step);
+ct_tensor *ct_expand(const ct_tensor *t, const int64_t *shape, int ndim); /* -1 keeps */
+ct_tensor *ct_squeeze(const ct_tensor *t, int dim);
+ct_tensor *ct_squeeze_all(const ct_tensor *t);
+ct_tensor *ct_unsqueeze(const ct_tensor *t, int dim);
+ct_tensor *ct_flatten(const ct_tensor *t, int start_dim, int end_dim);
+ct_tensor *ct_contiguous(const ct_tensor *t); /* new ref to t itself when already contiguous */
+
+/* --------------------------------------------------------------- autograd */
+int ct_set_requires_grad(ct_tensor *t, int requires_grad); /* leaves only */
+int ct_requires_grad(const ct_tensor *t);
+int ct_is_leaf(const ct_tensor *t);
+ct_tensor *ct_grad(const ct_tensor *t); /* BORROWED reference, or NULL */
+int ct_set_grad(ct_tensor *t, ct_tensor *grad); /* retains grad; NULL clears */
+void ct_zero_grad(ct_tensor *t);               /* sets .grad to NULL, like set_to_none */
+int ct_retain_grad(ct_tensor *t);              /* keep .grad on a non-leaf */
+/* Backpropagates from `root`. grad_output may be NULL when root has one element.
+ * The graph is freed afterwards unless retain_graph is non-zero. */
+int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph);
+ct_tensor *ct_detach(const ct_tensor *t);
+/* Grad mode: ct_set_grad_enabled returns the previous mode. */
+int ct_set_grad_enabled(int enabled);
+int ct_is_grad_enabled(void);
+/* Name of the op that produced t ("AddBackward", …) or NULL for leaves. */
+const char *ct_grad_fn_name(const ct_tensor *t);
+/* Storage version counter (bumped by every in-place op). */
+uint64_t ct_version(const ct_tensor *t);
+
+/* -------------------------------------------------------------- pointwise */
+ct_tensor *ct_add(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_sub(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_mul(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_div(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_add_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_mul_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_neg(const ct_tensor *a);
+ct_tensor *ct_exp(const ct_tensor *a);
+ct_tensor *ct_log(const ct_tensor *a);
+ct_tensor *ct_sqrt(const ct_tensor *a);
+ct_tensor *ct_pow_scalar(const ct_tensor *a, double exponent);
+ct_tensor *ct_abs(const ct_tensor *a);
+/* Pass -INFINITY / INFINITY for "no bound". */
+ct_tensor *ct_clamp(const ct_tensor *a, double min, double max);
+
+/* In-place (bump the version counter; refused on leaves that require grad
+ * while grad mode is on). `alpha` scales b: a += alpha*b. */
+int ct_add_(ct_tensor *a, const ct_tensor *b, double alpha);
+int ct_mul_(ct_tensor *a, const ct_tensor *b);
+int ct_mul_scalar_(ct_tensor *a, double s);
+int ct_add_scalar_(ct_tensor *a, double s);
+int ct_copy_(ct_tensor *dst, const ct_tensor *src); /* broadcasts src */
+int ct_fill_(ct_tensor *t, double value);
+int ct_zero_(ct_tensor *t);
+
+/* ------------------------------------------------------------- reductions
+ * dims == NULL (or ndims == 0) reduces over all dimensions. */
+ct_tensor *ct_sum(const ct_tensor *a, const int *dims, int ndims, int keepdim);
+ct_tensor *ct_mean(const ct_tensor *a, const int *dims, int ndims, int keepdim);
+/* torch.max(a, dim, keepdim): values; indices (int64) returned through *indices if non-NULL. */
+ct_tensor *ct_max(const ct_tensor *a, int dim, int keepdim, ct_tensor **indices);
+ct_tensor *ct_max_all(const ct_tensor *a); /* torch.max(a) */
+ct_tensor *ct_argmax(const ct_tensor *a, int dim, int keepdim);
+
+/* ------------------------------------------------------------ linear algebra */
+ct_tensor *ct_matmul(const ct_tensor *a, const ct_tensor *b); /* torch.matmul */
+/* y = x W^T + b, W is [out, in]; bias may be NULL. */
+ct_tensor *ct_linear(const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias);
+
+/* ------------------------------------------------------------ convolution */
+ct_tensor *ct_conv2d(const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
+                     const int stride[2], const int padding[2], const int dilation[2],
+                     int groups);
+ct_tensor *ct_max_pool2d(const ct_tensor *x, const int kernel[2], const int stride[2],
+                         const int padding[2], const int dilation[2], int ceil_mode);
+ct_tensor *ct_avg_pool2d(const ct_tensor *x, const int kernel[2], const int stride[2],
+                         const int padding[2], int ceil_mode, int count_include_pad);
+ct_tensor *ct_adaptive_avg_pool2d(const ct_tensor *x, const int output_size[2]);
+
+/* ------------------------------------------------------------ activations */
+ct_tensor *ct_relu(const ct_tensor *a);
+ct_tensor *ct_leaky_relu(const ct_tensor *a, double negative_slope);
+ct_tensor *ct_gelu(const ct_tensor *a, int approximate_tanh);
+ct_tensor *ct_sigmoid(const ct_tensor *a);
+ct_tensor *ct_tanh(const ct_tensor *a);
+ct_tensor *ct_softmax(const ct_tensor *a, int dim);
+ct_tensor *ct_log_softmax(const ct_tensor *a, int dim);
+
+/* ----------------------------------------------------------------- losses
+ * target holds int64 class indices. ignore_index: pass -100 as PyTorch does. */
+ct_tensor *ct_nll_loss(const ct_tensor *log_probs, const ct_tensor *target,
+                       ct_reduction reduction, int64_t ignore_index);
+ct_tensor *ct_cross_entropy(const ct_tensor *logits, const ct_tensor *target,
+                            ct_reduction reduction, double label_smoothing,
+                            int64_t ignore_index);
+ct_tensor *ct_mse_loss(const ct_tensor *input, const ct_tensor *target, ct_reduction reduction);
+
+/* ---------------------------------------------------------- normalisation
+ * running_mean/var may be NULL; in training mode they are updated in place
+ * (PyTorch's formula: unbiased variance, momentum weighting). */
+ct_tensor *ct_batch_norm(const ct_tensor *x, ct_tensor *running_mean, ct_tensor *running_var,
+                         const ct_tensor *weight, const ct_tensor *bias, int training,
+                         double momentum, double eps);
+ct_tensor *ct_layer_norm(const ct_tensor *x, const int64_t *normalized_shape, int nnorm,
+                         const ct_tensor *weight, const ct_tensor *bias, double eps);
+ct_tensor *ct_dropout(const ct_tensor *x, double p, int training);
+
+/* ------------------------------------------------------------- joining */
+ct_tensor *ct_cat(ct_tensor *const *tensors, int n, int dim);
+ct_tensor *ct_stack(ct_tensor *const *tensors, int n, int dim);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CTORCH_H */

@@ -1,0 +1,103 @@
+/* CPU reductions: sum / mean over any set of dims (accumulated in double), and max
+ * with argmax over one dim. */
+#include "core/error.h"
+#include "core/parallel.h"
+#include "cpu_kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct {
+    ct_redop op;
+    const ct_tensor *a;
+    ct_tensor *out, *idx;
+    int nk, nr;                     /* kept / reduced dims */
+    int64_t kshape[CT_MAX_DIMS], kstride[CT_MAX_DIMS];
+    int64_t rshape[CT_MAX_DIMS], rstride[CT_MAX_DIMS];
+    int64_t rcount;
+} red_ctx;
+
+static inline double ld(const char *base, int64_t off, ct_dtype dt) {
+    return dt == CT_FLOAT32 ? ((const float *)base)[off]
+         : dt == CT_FLOAT64 ? ((const double *)base)[off]
+                            : (double)((const int64_t *)base)[off];
+}
+
+static void red_range(void *vc, int64_t b, int64_t e) {
+    red_ctx *c = vc;
+    const char *base = ct_ptr(c->a);
+    ct_dtype dt = c->a->dtype;
+    int last = c->nr - 1;
+    for (int64_t o = b; o < e; o++) {
+        int64_t off = 0, rem = o;
+        for (int d = c->nk - 1; d >= 0; d--) {
+            off += (rem % c->kshape[d]) * c->kstride[d];
+            rem /= c->kshape[d];
+        }
+        double acc = c->op == CT_RED_MAX ? -INFINITY : 0;
+        int64_t best = 0;
+        int isnan_seen = 0;
+        int64_t inner = c->rshape[last], ist = c->rstride[last];
+        int64_t outer = c->rcount / (inner ? inner : 1);
+        for (int64_t r = 0; r < outer; r++) {
+            int64_t roff = off, rr = r;
+            for (int d = last - 1; d >= 0; d--) {
+                roff += (rr % c->rshape[d]) * c->rstride[d];
+                rr /= c->rshape[d];
+            }
+            if (c->op == CT_RED_MAX) {
+                for (int64_t i = 0; i < inner; i++) {
+                    double v = ld(base, roff + i * ist, dt);
+                    if (isnan_seen) break;
+                    if (isnan(v)) { acc = v; best = r * inner + i; isnan_seen = 1; break; }
+                    if (v > acc || (r == 0 && i == 0)) { acc = v; best = r * inner + i; }
+                }
+            } else if (dt == CT_FLOAT32 && ist == 1) {
+                const float *p = (const float *)base + roff;
+                double s = 0;
+                for (int64_t i = 0; i < inner; i++) s += p[i];
+                acc += s;
+            } else {
+                for (int64_t i = 0; i < inner; i++) acc += ld(base, roff + i * ist, dt);
+            }
+        }
+        if (c->op == CT_RED_MEAN) acc /= (double)(c->rcount ? c->rcount : 1);
+        if (c->op == CT_RED_MEAN && c->rcount == 0) acc = NAN;
+        char *op = ct_ptr(c->out);
+        switch (c->out->dtype) {
+        case CT_FLOAT32: ((float *)op)[o] = (float)acc; break;
+        case CT_FLOAT64: ((double *)op)[o] = acc; break;
+        case CT_INT64: ((int64_t *)op)[o] = (int64_t)acc; break;
+        default: break;
+        }
+        if (c->idx) ((int64_t *)ct_ptr(c->idx))[o] = best;
+    }
+}
+
+int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a, const int *reduce) {
+    if (a->dtype != CT_FLOAT32 && a->dtype != CT_FLOAT64 && a->dtype != CT_INT64)
+        return ct_error("reduce: dtype %s not supported on the CPU", ct_dtype_name(a->dtype));
+    red_ctx c = {.op = op, .a = a, .out = out, .idx = indices};
+    c.rcount = 1;
+    for (int d = 0; d < a->ndim; d++) {
+        if (reduce[d]) {
+            c.rshape[c.nr] = a->shape[d];
+            c.rstride[c.nr++] = a->stride[d];
+            c.rcount *= a->shape[d];
+        } else {
+            c.kshape[c.nk] = a->shape[d];
+            c.kstride[c.nk++] = a->stride[d];
+        }
+    }
+    if (c.nr == 0) { /* nothing reduced: a copy */
+        c.rshape[0] = 1;
+        c.rstride[0] = 0;
+        c.nr = 1;
+    }
+    int64_t nout = ct_numel(out);
+    if (op == CT_RED_MAX && c.rcount == 0)
+        return ct_error("max: cannot reduce over an empty dimension (no identity)");
+    int64_t grain = c.rcount > 0 ? 65536 / c.rcount : 65536;
+    ct_parallel_for(nout, grain > 0 ? grain : 1, red_range, &c);
+    return 0;
+}

@@ -1,0 +1,379 @@
+/* Define-by-run autograd: nodes recorded by ops, and the engine that runs them in
+ * reverse topological order, accumulating gradients into leaves' .grad. */
+#include "autograd.h"
+#include "backend.h"
+#include "error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local int t_grad_disabled;
+static atomic_uint_fast64_t g_seq;
+
+int ct_set_grad_enabled(int enabled) {
+    int prev = !t_grad_disabled;
+    t_grad_disabled = !enabled;
+    return prev;
+}
+int ct_is_grad_enabled(void) { return !t_grad_disabled; }
+
+int ct_needs_grad(const ct_tensor *const *inputs, int n) {
+    if (t_grad_disabled) return 0;
+    for (int i = 0; i < n; i++)
+        if (inputs[i] && inputs[i]->requires_grad) return 1;
+    return 0;
+}
+
+ct_node *ct_node_new(const char *name, ct_backward_fn fn, int n_inputs) {
+    ct_node *n = calloc(1, sizeof *n);
+    if (!n) return NULL;
+    atomic_init(&n->refcount, 1);
+    n->name = name;
+    n->backward = fn;
+    n->n_inputs = n_inputs;
+    n->inputs = calloc((size_t)(n_inputs > 0 ? n_inputs : 1), sizeof(ct_edge));
+    n->seq = atomic_fetch_add(&g_seq, 1);
+    return n;
+}
+
+ct_node *ct_node_retain(ct_node *n) {
+    if (n) atomic_fetch_add(&n->refcount, 1);
+    return n;
+}
+
+static void free_saved(ct_node *n) {
+    for (int i = 0; i < n->n_saved; i++) {
+        ct_free(n->saved[i].t);
+        n->saved[i].t = NULL;
+    }
+}
+
+/* Drops the edges and saved tensors (what "freeing the graph" means). */
+static void release_graph(ct_node *n) {
+    free_saved(n);
+    for (int i = 0; i < n->n_inputs; i++) {
+        ct_node *f = n->inputs[i].fn;
+        ct_tensor *l = n->inputs[i].leaf;
+        n->inputs[i].fn = NULL;
+        n->inputs[i].leaf = NULL;
+        if (f) ct_node_release(f);
+        if (l) ct_free(l);
+    }
+    if (n->ctx_free && n->ctx) n->ctx_free(n->ctx);
+    n->ctx = NULL;
+    n->released = 1;
+}
+
+void ct_node_release(ct_node *n) {
+    /* Iterative to avoid deep recursion on long chains. */
+    while (n && atomic_fetch_sub(&n->refcount, 1) == 1) {
+        ct_node *next = NULL;
+        free_saved(n);
+        for (int i = 0; i < n->n_inputs; i++) {
+            ct_free(n->inputs[i].leaf);
+            ct_node *f = n->inputs[i].fn;
+            if (!f) continue;
+            if (!next) next = f;
+            else ct_node_release(f);
+        }
+        if (n->ctx_free && n->ctx) n->ctx_free(n->ctx);
+        free(n->inputs);
+        free(n);
+        n = next;
+    }
+}
+
+void ct_node_set_input(ct_node *n, int i, const ct_tensor *t) {
+    ct_edge *e = &n->inputs[i];
+    if (!t) return;
+    memcpy(e->shape, t->shape, sizeof e->shape);
+    e->ndim = t->ndim;
+    e->dtype = t->dtype;
+    if (!t->requires_grad) return;
+    if (t->grad_fn) e->fn = ct_node_retain(t->grad_fn);
+    else e->leaf = ct_retain((ct_tensor *)t);
+}
+
+int ct_node_save(ct_node *n, const ct_tensor *t) {
+    if (n->n_saved >= CT_NODE_MAX_SAVED) return -1;
+    int i = n->n_saved++;
+    n->saved[i].t = t ? ct_alias(t) : NULL;
+    n->saved[i].version = t ? atomic_load(&t->storage->version) : 0;
+    return i;
+}
+
+const ct_tensor *ct_node_saved(ct_node *n, int i) {
+    if (n->released)
+        return ct_error_null("%s: trying to backward through the graph a second time; pass "
+                             "retain_graph=1 to the first ct_backward", n->name);
+    ct_saved *s = &n->saved[i];
+    if (!s->t) return NULL;
+    uint64_t v = atomic_load(&s->t->storage->version);
+    if (v != s->version) {
+        char b[96];
+        return ct_error_null(
+            "%s: one of the tensors needed for gradient computation (saved tensor %d, shape %s) "
+            "has been modified by an in-place operation: it is at version %llu, expected %llu. "
+            "Use an out-of-place op or clone() the tensor before changing it",
+            n->name, i, ct_shape_str(s->t, b, sizeof b), (unsigned long long)v,
+            (unsigned long long)s->version);
+    }
+    return s->t;
+}
+
+int ct_node_needs_grad(const ct_node *n, int i) {
+    return i < n->n_inputs && (n->inputs[i].fn || n->inputs[i].leaf);
+}
+
+void ct_node_attach(ct_node *n, ct_tensor *y) {
+    memcpy(n->out_shape, y->shape, sizeof n->out_shape);
+    n->out_ndim = y->ndim;
+    if (y->grad_fn) ct_node_release(y->grad_fn);
+    y->grad_fn = n;
+    y->requires_grad = 1;
+}
+
+/* ------------------------------------------------------------ tensor API */
+int ct_set_requires_grad(ct_tensor *t, int rg) {
+    if (!t) return ct_error("set_requires_grad: NULL tensor");
+    if (t->grad_fn) {
+        if (!rg)
+            return ct_error("set_requires_grad: tensor is not a leaf (produced by %s); use "
+                            "ct_detach() to get a tensor that does not require grad",
+                            t->grad_fn->name);
+        return 0;
+    }
+    if (rg && !ct_is_floating(t->dtype))
+        return ct_error("set_requires_grad: only floating-point tensors can require gradients "
+                        "(this one is %s)", ct_dtype_name(t->dtype));
+    t->requires_grad = rg != 0;
+    return 0;
+}
+int ct_requires_grad(const ct_tensor *t) { return t && t->requires_grad; }
+int ct_is_leaf(const ct_tensor *t) { return t && !t->grad_fn; }
+ct_tensor *ct_grad(const ct_tensor *t) { return t ? t->grad : NULL; }
+int ct_set_grad(ct_tensor *t, ct_tensor *g) {
+    if (!t) return ct_error("set_grad: NULL tensor");
+    if (g && !ct_same_shape(t, g)) {
+        char a[96], b[96];
+        return ct_error("set_grad: gradient shape %s does not match tensor shape %s",
+                        ct_shape_str(g, a, sizeof a), ct_shape_str(t, b, sizeof b));
+    }
+    ct_retain(g);
+    ct_free(t->grad);
+    t->grad = g;
+    return 0;
+}
+void ct_zero_grad(ct_tensor *t) {
+    if (!t) return;
+    ct_free(t->grad);
+    t->grad = NULL;
+}
+int ct_retain_grad(ct_tensor *t) {
+    if (!t || !t->requires_grad)
+        return ct_error("retain_grad: tensor does not require grad");
+    if (t->grad_fn) t->grad_fn->retain_target = t;
+    return 0;
+}
+const char *ct_grad_fn_name(const ct_tensor *t) { return t && t->grad_fn ? t->grad_fn->name : NULL; }
+uint64_t ct_version(const ct_tensor *t) { return atomic_load(&t->storage->version); }
+
+/* --------------------------------------------------------------- engine */
+typedef struct {
+    ct_node *node;
+    ct_tensor *grad; /* accumulated gradient of the node's output */
+    int deps;        /* consumers not yet processed */
+} slot;
+
+typedef struct {
+    slot *v;
+    int n, cap;
+} slots;
+
+static int find_slot(slots *s, ct_node *n) {
+    /* Linear probe on a small open hash keyed by pointer. */
+    for (int i = 0; i < s->n; i++)
+        if (s->v[i].node == n) return i;
+    return -1;
+}
+
+static int add_slot(slots *s, ct_node *n) {
+    if (s->n == s->cap) {
+        int cap = s->cap ? s->cap * 2 : 64;
+        slot *v = realloc(s->v, sizeof(slot) * (size_t)cap);
+        if (!v) return -1;
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->n] = (slot){ct_node_retain(n), NULL, 0}; /* held until the engine is done */
+    return s->n++;
+}
+
+/* Accumulates g into *dst (takes ownership of g). */
+static int accumulate(ct_tensor **dst, ct_tensor *g) {
+    if (!*dst) {
+        *dst = g;
+        return 0;
+    }
+    ct_tensor *sum = ct_add(*dst, g);
+    ct_free(g);
+    if (!sum) return -1;
+    ct_free(*dst);
+    *dst = sum;
+    return 0;
+}
+
+static int accumulate_leaf(ct_tensor *leaf, ct_tensor *g) {
+    if (!leaf->grad) {
+        /* Own a private contiguous copy unless nobody else holds g. */
+        if (atomic_load(&g->refcount) == 1 && ct_is_contiguous(g) && !g->grad_fn) {
+            leaf->grad = g;
+            return 0;
+        }
+        leaf->grad = ct_clone(g);
+        ct_free(g);
+        return leaf->grad ? 0 : -1;
+    }
+    int rc = ct_add_(leaf->grad, g, 1.0);
+    ct_free(g);
+    return rc;
+}
+
+static int check_grad_shape(const char *who, const ct_tensor *g, const int64_t *shape, int ndim) {
+    if (g->ndim == ndim && memcmp(g->shape, shape, sizeof(int64_t) * (size_t)ndim) == 0) return 0;
+    char a[96], b[96];
+    return ct_error("%s returned a gradient of shape %s for an input of shape %s (internal "
+                    "error in the op's backward formula; please report it)",
+                    who, ct_shape_str(g, a, sizeof a), ct_fmt_shape(shape, ndim, b, sizeof b));
+}
+
+static int cmp_seq_desc(const void *a, const void *b) {
+    const slot *x = a, *y = b;
+    return x->node->seq < y->node->seq ? 1 : x->node->seq > y->node->seq ? -1 : 0;
+}
+
+int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph) {
+    char b1[96], b2[96];
+    if (!root) return ct_error("backward: NULL tensor");
+    if (!root->requires_grad)
+        return ct_error("backward: tensor of shape %s does not require grad and has no grad_fn; "
+                        "call ct_set_requires_grad on the inputs before computing it",
+                        ct_shape_str(root, b1, sizeof b1));
+    ct_tensor *g0;
+    if (grad_output) {
+        if (!ct_same_shape(root, grad_output))
+            return ct_error("backward: grad_output shape %s does not match the tensor's shape %s",
+                            ct_shape_str(grad_output, b1, sizeof b1),
+                            ct_shape_str(root, b2, sizeof b2));
+        if (grad_output->dtype != root->dtype)
+            return ct_error("backward: grad_output is %s but the tensor is %s",
+                            ct_dtype_name(grad_output->dtype), ct_dtype_name(root->dtype));
+        g0 = ct_clone(grad_output);
+    } else {
+        if (ct_numel(root) != 1)
+            return ct_error("backward: grad can be implicitly created only for scalar outputs "
+                            "(this tensor has shape %s); pass grad_output",
+                            ct_shape_str(root, b1, sizeof b1));
+        g0 = ct_ones_like(root);
+    }
+    if (!g0) return -1;
+    int prev = ct_set_grad_enabled(0);
+    int rc = 0;
+    if (!root->grad_fn) { /* a leaf */
+        rc = accumulate_leaf(root, g0);
+        ct_set_grad_enabled(prev);
+        return rc;
+    }
+    if (root->grad_fn->released) {
+        ct_free(g0);
+        ct_set_grad_enabled(prev);
+        return ct_error("backward: trying to backward through the graph a second time (%s "
+                        "was already freed); pass retain_graph=1 to the first ct_backward",
+                        root->grad_fn->name);
+    }
+    /* Collect the graph and count consumers of each node. */
+    slots s = {0};
+    ct_node **stack = NULL;
+    int sp = 0, scap = 0;
+    add_slot(&s, root->grad_fn);
+#define PUSH(x)                                                                 \
+    do {                                                                        \
+        if (sp == scap) {                                                       \
+            scap = scap ? scap * 2 : 64;                                        \
+            stack = realloc(stack, sizeof(ct_node *) * (size_t)scap);           \
+        }                                                                       \
+        stack[sp++] = (x);                                                      \
+    } while (0)
+    PUSH(root->grad_fn);
+    while (sp) {
+        ct_node *n = stack[--sp];
+        for (int i = 0; i < n->n_inputs; i++) {
+            ct_node *f = n->inputs[i].fn;
+            if (!f) continue;
+            int k = find_slot(&s, f);
+            if (k < 0) {
+                k = add_slot(&s, f);
+                PUSH(f);
+            }
+            s.v[k].deps++;
+        }
+    }
+#undef PUSH
+    free(stack);
+    /* Nodes are created in execution order, so descending creation order is a valid
+     * reverse topological order of the graph. */
+    qsort(s.v, (size_t)s.n, sizeof(slot), cmp_seq_desc);
+    s.v[0].grad = g0; /* root's node has the highest seq among its ancestors */
+    ct_tensor *gx_stack[16];
+    for (int idx = 0; idx < s.n && rc == 0; idx++) {
+        slot *sl = &s.v[idx];
+        ct_node *n = sl->node;
+        if (!sl->grad) continue; /* no gradient reached this node */
+        if (n->retain_target) {
+            ct_tensor *t = n->retain_target;
+            ct_tensor *gc = ct_clone(sl->grad);
+            if (t->grad) {
+                ct_add_(t->grad, gc, 1.0);
+                ct_free(gc);
+            } else t->grad = gc;
+        }
+        if (n->released) {
+            rc = ct_error("backward: trying to backward through the graph a second time (%s "
+                          "was already freed); pass retain_graph=1 to the first ct_backward",
+                          n->name);
+            break;
+        }
+        ct_tensor **gx = n->n_inputs <= 16 ? gx_stack : calloc((size_t)n->n_inputs, sizeof *gx);
+        memset(gx, 0, sizeof(ct_tensor *) * (size_t)n->n_inputs);
+        rc = n->backward(n, sl->grad, gx);
+        if (rc != 0) ct_error_context("backward of %s", n->name);
+        for (int i = 0; i < n->n_inputs; i++) {
+            ct_tensor *g = gx[i];
+            if (!g) continue;
+            ct_edge *e = &n->inputs[i];
+            if (rc == 0 && (e->fn || e->leaf)) {
+                rc = check_grad_shape(n->name, g, e->shape, e->ndim);
+                if (rc == 0 && e->fn) {
+                    int k = find_slot(&s, e->fn);
+                    rc = accumulate(&s.v[k].grad, g);
+                    g = NULL;
+                } else if (rc == 0) {
+                    rc = accumulate_leaf(e->leaf, g);
+                    g = NULL;
+                }
+            }
+            ct_free(g);
+        }
+        if (gx != gx_stack) free(gx);
+        ct_free(sl->grad);
+        sl->grad = NULL;
+    }
+    for (int i = 0; i < s.n; i++) {
+        ct_free(s.v[i].grad);
+        if (!retain_graph) release_graph(s.v[i].node);
+    }
+    for (int i = 0; i < s.n; i++) ct_node_release(s.v[i].node);
+    free(s.v);
+    ct_set_grad_enabled(prev);
+    return rc;
+}

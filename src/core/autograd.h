@@ -1,0 +1,91 @@
+/* Internal autograd API used by op definitions (src/ops).
+ *
+ * Pattern for an op with a backward formula:
+ *
+ *   ct_tensor *y = ...forward through CT_KERNEL(...)...;
+ *   if (ct_needs_grad2(a, b)) {
+ *       ct_node *n = ct_node_new("MulBackward", mul_backward, 2);
+ *       ct_node_set_input(n, 0, a); ct_node_set_input(n, 1, b);
+ *       ct_node_save(n, a); ct_node_save(n, b);      // saved[0], saved[1]
+ *       ct_node_attach(n, y);                         // y->grad_fn = n (consumes n)
+ *   }
+ *
+ *   static int mul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+ *       if (ct_node_needs_grad(n, 0)) gx[0] = ...;     // must have input 0's shape
+ *       ...
+ *       return 0;                                      // or -1 with ct_error()
+ *   }
+ *
+ * Backward functions run with grad mode off and may call any public op. The engine
+ * checks every returned gradient against the input's recorded shape. */
+#ifndef CT_AUTOGRAD_H
+#define CT_AUTOGRAD_H
+
+#include "tensor_impl.h"
+#include <stdatomic.h>
+
+typedef struct ct_node ct_node;
+typedef int (*ct_backward_fn)(ct_node *n, const ct_tensor *gy, ct_tensor **gx);
+
+typedef struct {
+    ct_node *fn;      /* producer of this input (retained), or NULL */
+    ct_tensor *leaf;  /* leaf tensor requiring grad (retained), or NULL */
+    int64_t shape[CT_MAX_DIMS];
+    int ndim;
+    ct_dtype dtype;
+} ct_edge;
+
+typedef struct {
+    ct_tensor *t;     /* data-only alias */
+    uint64_t version; /* storage version when saved */
+} ct_saved;
+
+#define CT_NODE_MAX_SAVED 8
+
+struct ct_node {
+    atomic_int refcount;
+    const char *name;
+    ct_backward_fn backward;
+    int n_inputs;
+    ct_edge *inputs;
+    int n_saved;
+    ct_saved saved[CT_NODE_MAX_SAVED];
+    /* Op parameters for the backward formula. */
+    double dp[8];
+    int64_t ip[16];
+    void *ctx;                 /* op-owned extra state */
+    void (*ctx_free)(void *);  /* frees ctx (may be NULL) */
+    uint64_t seq;              /* creation order */
+    int released;              /* graph freed after backward */
+    ct_tensor *retain_target;  /* weak: tensor that asked retain_grad */
+    /* Output metadata, to check incoming gradients. */
+    int64_t out_shape[CT_MAX_DIMS];
+    int out_ndim;
+};
+
+/* True when grad mode is on and some input requires grad. NULL inputs are ignored. */
+int ct_needs_grad(const ct_tensor *const *inputs, int n);
+static inline int ct_needs_grad1(const ct_tensor *a) { return ct_needs_grad(&a, 1); }
+static inline int ct_needs_grad2(const ct_tensor *a, const ct_tensor *b) {
+    const ct_tensor *v[2] = {a, b};
+    return ct_needs_grad(v, 2);
+}
+
+ct_node *ct_node_new(const char *name, ct_backward_fn fn, int n_inputs);
+/* Records input i (may be NULL: no gradient flows there). */
+void ct_node_set_input(ct_node *n, int i, const ct_tensor *t);
+/* Saves a tensor for backward; returns its index. */
+int ct_node_save(ct_node *n, const ct_tensor *t);
+/* The saved tensor (borrowed), or NULL with an error if it was modified in place
+ * since it was saved or the graph has already been freed. */
+const ct_tensor *ct_node_saved(ct_node *n, int i);
+int ct_node_needs_grad(const ct_node *n, int i);
+/* Makes n the grad_fn of y (marks y requires_grad). Takes over the caller's reference. */
+void ct_node_attach(ct_node *n, ct_tensor *y);
+void ct_node_release(ct_node *n);
+ct_node *ct_node_retain(ct_node *n);
+
+/* Sums g over broadcast dimensions so it has the given shape (for broadcasting ops). */
+ct_tensor *ct_sum_to_shape(const ct_tensor *g, const int64_t *shape, int ndim);
+
+#endif

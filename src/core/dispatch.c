@@ -1,0 +1,119 @@
+/* Backend registry. The CPU backend is built in; the CUDA backend is a plugin
+ * (libctorch_cuda.so) loaded with dlopen at the first CUDA use, so neither the core
+ * library nor the CLI ever links a CUDA library. */
+#include "backend.h"
+#include "error.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const ct_backend *g_backends[CT_NUM_DEVICE_TYPES] = {[CT_CPU] = &ct_cpu_backend};
+static pthread_once_t g_cuda_once = PTHREAD_ONCE_INIT;
+static char g_cuda_reason[768];
+
+int ct_register_backend(const ct_backend *b) {
+    if (!b || (unsigned)b->type >= CT_NUM_DEVICE_TYPES)
+        return ct_error("register_backend: invalid backend");
+    g_backends[b->type] = b;
+    return 0;
+}
+
+/* Candidate plugin paths: $CTORCH_CUDA_PLUGIN, next to the executable, next to
+ * libctorch.so, then the loader's search path. */
+static void *open_plugin(char *why, size_t n) {
+    const char *env = getenv("CTORCH_CUDA_PLUGIN");
+    char path[PATH_MAX];
+    void *h = NULL;
+    why[0] = 0;
+    if (env && *env) {
+        h = dlopen(env, RTLD_NOW | RTLD_LOCAL);
+        if (!h) snprintf(why, n, "%s", dlerror());
+        return h;
+    }
+    ssize_t len = readlink("/proc/self/exe", path, sizeof path - 32);
+    if (len > 0) {
+        path[len] = 0;
+        char *slash = strrchr(path, '/');
+        if (slash) {
+            strcpy(slash + 1, "libctorch_cuda.so");
+            h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+            if (h) return h;
+            if (access(path, F_OK) == 0) {
+                snprintf(why, n, "%s", dlerror());
+                return NULL;
+            }
+        }
+    }
+    Dl_info info;
+    if (dladdr((void *)ct_register_backend, &info) && info.dli_fname) {
+        snprintf(path, sizeof path, "%s", info.dli_fname);
+        char *slash = strrchr(path, '/');
+        if (slash && (size_t)(slash - path) + 20 < sizeof path) {
+            strcpy(slash + 1, "libctorch_cuda.so");
+            h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+            if (h) return h;
+            if (access(path, F_OK) == 0) {
+                snprintf(why, n, "%s", dlerror());
+                return NULL;
+            }
+        }
+    }
+    h = dlopen("libctorch_cuda.so", RTLD_NOW | RTLD_LOCAL);
+    if (!h && !why[0]) snprintf(why, n, "%s", dlerror());
+    return h;
+}
+
+static void load_cuda(void) {
+    char why[512];
+    void *h = open_plugin(why, sizeof why);
+    if (!h) {
+        if (strstr(why, "libctorch_cuda.so: cannot open") || strstr(why, "No such file"))
+            snprintf(g_cuda_reason, sizeof g_cuda_reason,
+                     "the CUDA plugin libctorch_cuda.so was not found (this build has no CUDA "
+                     "support: install the CUDA toolkit so `make` finds nvcc, and rebuild)");
+        else
+            snprintf(g_cuda_reason, sizeof g_cuda_reason,
+                     "the CUDA plugin could not be loaded: %s (a CUDA runtime library is "
+                     "missing: install the NVIDIA driver and CUDA runtime, or set "
+                     "LD_LIBRARY_PATH to the directory holding them)", why);
+        return;
+    }
+    typedef const ct_backend *(*init_fn)(char *reason, size_t n);
+    init_fn init = (init_fn)dlsym(h, "ct_cuda_plugin_init");
+    if (!init) {
+        snprintf(g_cuda_reason, sizeof g_cuda_reason,
+                 "libctorch_cuda.so lacks ct_cuda_plugin_init (plugin from another version: "
+                 "rebuild with `make`)");
+        return;
+    }
+    const ct_backend *b = init(g_cuda_reason, sizeof g_cuda_reason);
+    if (b) g_backends[CT_CUDA] = b;
+}
+
+const char *ct_cuda_status(int *available) {
+    pthread_once(&g_cuda_once, load_cuda);
+    *available = g_backends[CT_CUDA] != NULL;
+    return g_backends[CT_CUDA] ? "available" : g_cuda_reason;
+}
+
+const ct_backend *ct_backend_get(ct_device_type type) {
+    if (type == CT_CUDA) pthread_once(&g_cuda_once, load_cuda);
+    if ((unsigned)type < CT_NUM_DEVICE_TYPES && g_backends[type]) return g_backends[type];
+    if (type == CT_CUDA) return ct_error_null("cuda unavailable: %s", g_cuda_reason);
+    return ct_error_null("no backend for device type %d", (int)type);
+}
+
+const ct_backend *ct_backend_of(const ct_tensor *t) {
+    return g_backends[t->storage->device.type];
+}
+
+int ct__kernel_check(const ct_backend *b, void *fn, const char *opname) {
+    if (fn) return 1;
+    ct_error("%s: not implemented on the %s backend", opname, b ? b->name : "unknown");
+    return 0;
+}

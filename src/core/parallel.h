@@ -1,0 +1,17 @@
+/* The thread pool that owns the cores. One pool per process; BLAS runs single-threaded
+ * inside it so nothing fights for the cores. */
+#ifndef CT_PARALLEL_H
+#define CT_PARALLEL_H
+
+#include <stdint.h>
+
+/* Calls fn(ctx, begin, end) over [0, n) split into contiguous chunks of at least
+ * `grain` items, one chunk per thread. Runs inline when n < 2*grain, with one thread,
+ * or when called from inside a parallel region. */
+typedef void (*ct_range_fn)(void *ctx, int64_t begin, int64_t end);
+void ct_parallel_for(int64_t n, int64_t grain, ct_range_fn fn, void *ctx);
+/* Index of the calling worker inside a parallel_for (0 on the main thread). */
+int ct_thread_index(void);
+int ct_in_parallel(void);
+
+#endif

@@ -1,0 +1,65 @@
+/* Internal layout of tensors and storages. Not part of the public API. */
+#ifndef CT_TENSOR_IMPL_H
+#define CT_TENSOR_IMPL_H
+
+#include "ctorch.h"
+#include <stdatomic.h>
+
+typedef struct ct_storage {
+    atomic_int refcount;
+    void *data;
+    size_t nbytes;
+    ct_device device;
+    /* Version counter shared by every view of this storage: in-place ops bump it,
+     * and autograd refuses to use a saved tensor whose version moved. */
+    atomic_uint_least64_t version;
+    void (*deleter)(void *data, void *ctx); /* from_blob; NULL: backend-owned */
+    void *deleter_ctx;
+} ct_storage;
+
+struct ct_node;
+
+struct ct_tensor {
+    atomic_int refcount;
+    ct_storage *storage;
+    ct_dtype dtype;
+    int ndim;
+    int64_t shape[CT_MAX_DIMS];
+    int64_t stride[CT_MAX_DIMS];
+    int64_t offset;
+    int requires_grad;
+    int retains_grad;
+    ct_tensor *grad;
+    struct ct_node *grad_fn; /* NULL for leaves */
+};
+
+/* Storage management (backend allocators). */
+ct_storage *ct_storage_new(size_t nbytes, ct_device dev);
+void ct_storage_release(ct_storage *s);
+
+/* A tensor struct over an existing storage (retained). No autograd info. */
+ct_tensor *ct_tensor_make(ct_storage *s, ct_dtype dt, const int64_t *shape, const int64_t *stride,
+                          int ndim, int64_t offset);
+/* Uninitialised contiguous tensor on a device. */
+ct_tensor *ct_empty_on(const int64_t *shape, int ndim, ct_dtype dt, ct_device dev);
+/* A data-only alias (same storage/shape/strides, no grad info). */
+ct_tensor *ct_alias(const ct_tensor *t);
+
+void ct_contiguous_strides(const int64_t *shape, int ndim, int64_t *stride);
+int64_t ct_shape_numel(const int64_t *shape, int ndim);
+int ct_normalize_dim(int dim, int ndim, const char *op, int64_t *out_unused);
+/* Wraps a negative dim; returns -1 and sets an error naming `op` if out of range. */
+int ct_wrap_dim(int dim, int ndim, const char *op);
+int ct_is_floating(ct_dtype dt);
+int ct_same_shape(const ct_tensor *a, const ct_tensor *b);
+/* "[2, 3]" into buf. */
+const char *ct_fmt_shape(const int64_t *shape, int ndim, char *buf, size_t n);
+
+static inline void ct_bump_version(ct_tensor *t) { atomic_fetch_add(&t->storage->version, 1); }
+
+/* Element access helpers for CPU code. */
+static inline char *ct_ptr(const ct_tensor *t) {
+    return (char *)t->storage->data + (size_t)t->offset * ct_dtype_size(t->dtype);
+}
+
+#endif

@@ -1,0 +1,72 @@
+/* Copying ops: contiguous, clone, dtype and device conversion, detach. */
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/error.h"
+
+int ct__copy_any(ct_tensor *dst, const ct_tensor *src);
+
+static int identity_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    (void)n;
+    gx[0] = ct_clone(gy);
+    return gx[0] ? 0 : -1;
+}
+
+/* gradient converted back to the input's dtype / device */
+static int convert_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    ct_device dev = {(ct_device_type)n->ip[0], (int)n->ip[1]};
+    ct_tensor *g = ct_to_device(gy, dev);
+    if (!g) return -1;
+    gx[0] = ct_to_dtype(g, n->inputs[0].dtype);
+    ct_free(g);
+    return gx[0] ? 0 : -1;
+}
+
+static ct_tensor *copy_as(const ct_tensor *x, ct_dtype dt, ct_device dev, const char *name,
+                          ct_backward_fn bw) {
+    ct_tensor *y = ct_empty_on(x->shape, x->ndim, dt, dev);
+    if (!y) return NULL;
+    if (ct__copy_any(y, x) != 0) {
+        ct_error_context("%s", name);
+        ct_free(y);
+        return NULL;
+    }
+    if (ct_needs_grad1(x) && ct_is_floating(dt)) {
+        ct_node *n = ct_node_new(name, bw, 1);
+        ct_node_set_input(n, 0, x);
+        n->ip[0] = x->storage->device.type;
+        n->ip[1] = x->storage->device.index;
+        ct_node_attach(n, y);
+    }
+    return y;
+}
+
+ct_tensor *ct_clone(const ct_tensor *x) {
+    if (!x) return ct_error_null("clone: NULL tensor");
+    return copy_as(x, x->dtype, x->storage->device, "CloneBackward", identity_backward);
+}
+
+ct_tensor *ct_contiguous(const ct_tensor *x) {
+    if (!x) return ct_error_null("contiguous: NULL tensor");
+    if (ct_is_contiguous(x)) return ct_retain((ct_tensor *)x);
+    return copy_as(x, x->dtype, x->storage->device, "ContiguousBackward", identity_backward);
+}
+
+ct_tensor *ct_to_dtype(const ct_tensor *x, ct_dtype dt) {
+    if (!x) return ct_error_null("to_dtype: NULL tensor");
+    if ((unsigned)dt >= CT_NUM_DTYPES) return ct_error_null("to_dtype: invalid dtype %d", (int)dt);
+    if (dt == x->dtype) return ct_retain((ct_tensor *)x);
+    return copy_as(x, dt, x->storage->device, "ToCopyBackward", convert_backward);
+}
+
+ct_tensor *ct_to_device(const ct_tensor *x, ct_device dev) {
+    if (!x) return ct_error_null("to_device: NULL tensor");
+    if (dev.type == x->storage->device.type && dev.index == x->storage->device.index)
+        return ct_retain((ct_tensor *)x);
+    if (!ct_backend_get(dev.type)) return NULL;
+    return copy_as(x, x->dtype, dev, "ToCopyBackward", convert_backward);
+}
+
+ct_tensor *ct_detach(const ct_tensor *x) {
+    if (!x) return ct_error_null("detach: NULL tensor");
+    return ct_alias(x);
+}

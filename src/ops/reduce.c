@@ -1,0 +1,192 @@
+/* Reductions: sum, mean, max (values + indices), max over all, argmax. */
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/error.h"
+
+#include <string.h>
+
+/* Fills mask[] from dims (all dims when ndims == 0); output shape with keepdim. */
+static int reduce_dims(const ct_tensor *a, const int *dims, int ndims, int *mask, int64_t *kshape,
+                       const char *op) {
+    memset(mask, 0, sizeof(int) * CT_MAX_DIMS);
+    if (!dims || ndims == 0) {
+        for (int d = 0; d < a->ndim; d++) mask[d] = 1;
+    } else {
+        for (int i = 0; i < ndims; i++) {
+            int d = ct_wrap_dim(dims[i], a->ndim, op);
+            if (d < 0) return -1;
+            if (a->ndim == 0) continue;
+            if (mask[d]) return ct_error("%s: dimension %d appears twice in the list", op, dims[i]);
+            mask[d] = 1;
+        }
+    }
+    for (int d = 0; d < a->ndim; d++) kshape[d] = mask[d] ? 1 : a->shape[d];
+    return 0;
+}
+
+/* Drops reduced dims from a keepdim result (a view). */
+static ct_tensor *squeeze_mask(ct_tensor *t, const int *mask, int ndim) {
+    int64_t sh[CT_MAX_DIMS];
+    int k = 0;
+    for (int d = 0; d < ndim; d++)
+        if (!mask[d]) sh[k++] = t->shape[d];
+    ct_tensor *r = ct_reshape(t, sh, k);
+    ct_free(t);
+    return r;
+}
+
+static int sum_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    /* gy has the keepdim shape stored in ip[]; expand back to the input. */
+    int nd = n->inputs[0].ndim;
+    ct_tensor *g = ct_reshape(gy, n->ip, nd);
+    if (!g) return -1;
+    ct_tensor *e = ct_expand(g, n->inputs[0].shape, nd);
+    ct_free(g);
+    if (!e) return -1;
+    if (n->dp[0] != 1.0) {
+        gx[0] = ct_mul_scalar(e, n->dp[0]);
+        ct_free(e);
+    } else {
+        gx[0] = ct_contiguous(e);
+        ct_free(e);
+    }
+    return gx[0] ? 0 : -1;
+}
+
+static ct_tensor *sum_mean(const ct_tensor *a, const int *dims, int ndims, int keepdim, int mean) {
+    const char *op = mean ? "mean" : "sum";
+    if (!a) return ct_error_null("%s: NULL tensor argument", op);
+    if (mean && !ct_is_floating(a->dtype))
+        return ct_error_null("mean: needs a floating-point tensor, got %s", ct_dtype_name(a->dtype));
+    int mask[CT_MAX_DIMS];
+    int64_t ks[CT_MAX_DIMS];
+    if (reduce_dims(a, dims, ndims, mask, ks, op) != 0) return NULL;
+    ct_tensor *y = ct_empty_on(ks, a->ndim, a->dtype, a->storage->device);
+    int (*k)(ct_redop, ct_tensor *, ct_tensor *, const ct_tensor *, const int *) = y ? CT_KERNEL(y, reduce, op) : NULL;
+    if (!k || k(mean ? CT_RED_MEAN : CT_RED_SUM, y, NULL, a, mask) != 0) {
+        ct_free(y);
+        return NULL;
+    }
+    int64_t count = 1;
+    for (int d = 0; d < a->ndim; d++)
+        if (mask[d]) count *= a->shape[d];
+    if (ct_needs_grad1(a)) {
+        ct_node *n = ct_node_new(mean ? "MeanBackward" : "SumBackward", sum_backward, 1);
+        ct_node_set_input(n, 0, a);
+        memcpy(n->ip, ks, sizeof(int64_t) * (size_t)a->ndim);
+        n->dp[0] = mean ? 1.0 / (double)(count ? count : 1) : 1.0;
+        ct_node_attach(n, y);
+    }
+    return keepdim ? y : squeeze_mask(y, mask, a->ndim);
+}
+
+ct_tensor *ct_sum(const ct_tensor *a, const int *dims, int ndims, int keepdim) {
+    return sum_mean(a, dims, ndims, keepdim, 0);
+}
+ct_tensor *ct_mean(const ct_tensor *a, const int *dims, int ndims, int keepdim) {
+    return sum_mean(a, dims, ndims, keepdim, 1);
+}
+
+/* gx = zeros; gx.scatter_(dim, idx, gy) */
+static int max_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const ct_tensor *idx = ct_node_saved(n, 0);
+    if (!idx) return -1;
+    int dim = (int)n->ip[0];
+    ct_tensor *gyc = ct_contiguous(gy);
+    ct_tensor *ic = ct_to_device(idx, ct_cpu());
+    ct_tensor *gyh = gyc ? ct_to_device(gyc, ct_cpu()) : NULL;
+    ct_tensor *gyd = gyh ? ct_to_dtype(gyh, CT_FLOAT64) : NULL;
+    ct_tensor *g = ct_zeros(n->inputs[0].shape, n->inputs[0].ndim, CT_FLOAT64);
+    int rc = -1;
+    if (ic && gyd && g) {
+        ct_tensor *icc = ct_contiguous(ic);
+        const int64_t *ip = ct_data(icc);
+        const double *gp = ct_data(gyd);
+        double *op = ct_data(g);
+        int nd = g->ndim;
+        int64_t outer = 1, inner = 1, size = nd ? g->shape[dim] : 1;
+        for (int d = 0; d < dim; d++) outer *= g->shape[d];
+        for (int d = dim + 1; d < nd; d++) inner *= g->shape[d];
+        for (int64_t o = 0; o < outer; o++)
+            for (int64_t i = 0; i < inner; i++) {
+                int64_t j = ip[o * inner + i];
+                op[(o * size + j) * inner + i] += gp[o * inner + i];
+            }
+        ct_free(icc);
+        rc = 0;
+    }
+    if (rc == 0) {
+        ct_tensor *gd = ct_to_dtype(g, n->inputs[0].dtype);
+        ct_device dev = {(ct_device_type)n->ip[1], (int)n->ip[2]};
+        gx[0] = gd ? ct_to_device(gd, dev) : NULL;
+        ct_free(gd);
+        rc = gx[0] ? 0 : -1;
+    }
+    ct_free(gyc);
+    ct_free(ic);
+    ct_free(gyh);
+    ct_free(gyd);
+    ct_free(g);
+    return rc;
+}
+
+ct_tensor *ct_max(const ct_tensor *a, int dim, int keepdim, ct_tensor **indices) {
+    if (indices) *indices = NULL;
+    if (!a) return ct_error_null("max: NULL tensor argument");
+    int d = ct_wrap_dim(dim, a->ndim, "max");
+    if (d < 0) return NULL;
+    if (a->ndim && a->shape[d] == 0)
+        return ct_error_null("max: cannot reduce over dimension %d of size 0", dim);
+    int mask[CT_MAX_DIMS] = {0};
+    int64_t ks[CT_MAX_DIMS];
+    if (a->ndim) mask[d] = 1;
+    for (int i = 0; i < a->ndim; i++) ks[i] = mask[i] ? 1 : a->shape[i];
+    ct_tensor *y = ct_empty_on(ks, a->ndim, a->dtype, a->storage->device);
+    ct_tensor *ix = ct_empty_on(ks, a->ndim, CT_INT64, a->storage->device);
+    int (*k)(ct_redop, ct_tensor *, ct_tensor *, const ct_tensor *, const int *) = y ? CT_KERNEL(y, reduce, "max") : NULL;
+    if (!ix || !k || k(CT_RED_MAX, y, ix, a, mask) != 0) {
+        ct_free(y);
+        ct_free(ix);
+        return NULL;
+    }
+    if (ct_needs_grad1(a)) {
+        ct_node *n = ct_node_new("MaxBackward", max_backward, 1);
+        ct_node_set_input(n, 0, a);
+        n->ip[0] = d;
+        n->ip[1] = a->storage->device.type;
+        n->ip[2] = a->storage->device.index;
+        ct_node_save(n, ix);
+        ct_node_attach(n, y);
+    }
+    if (!keepdim) {
+        y = squeeze_mask(y, mask, a->ndim);
+        ix = squeeze_mask(ix, mask, a->ndim);
+    }
+    if (indices) *indices = ix;
+    else ct_free(ix);
+    return y;
+}
+
+ct_tensor *ct_max_all(const ct_tensor *a) {
+    if (!a) return ct_error_null("max: NULL tensor argument");
+    if (ct_numel(a) == 0) return ct_error_null("max: the tensor is empty; max of nothing is undefined");
+    int64_t n = ct_numel(a);
+    ct_tensor *f = ct_reshape(a, &n, 1);
+    if (!f) return NULL;
+    ct_tensor *m = ct_max(f, 0, 0, NULL);
+    ct_free(f);
+    return m;
+}
+
+ct_tensor *ct_argmax(const ct_tensor *a, int dim, int keepdim) {
+    ct_tensor *idx = NULL;
+    int prev = ct_set_grad_enabled(0);
+    ct_tensor *v = ct_max(a, dim, keepdim, &idx);
+    ct_set_grad_enabled(prev);
+    if (!v) {
+        if (ct_last_error()[0]) ct_error_context("argmax");
+        return NULL;
+    }
+    ct_free(v);
+    return idx;
+}
