@@ -29,6 +29,7 @@ static struct {
     void *ctx;
     int64_t n;
     int nchunks;
+    uint64_t start_gen;
 } P = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static pthread_mutex_t g_submit = PTHREAD_MUTEX_INITIALIZER;
@@ -49,7 +50,7 @@ static void *worker(void *arg) {
     int idx = (int)(intptr_t)arg;
     t_index = idx;
     t_in_parallel = 1;
-    uint64_t seen = 0;
+    uint64_t seen = P.start_gen;
     for (;;) {
         uint64_t g;
         int spins = 0;
@@ -96,6 +97,7 @@ static void ensure_pool(void) {
     stop_workers();
     openblas_set_num_threads(1);
     P.nthreads = want;
+    P.start_gen = atomic_load(&P.gen);
     for (int i = 1; i < want; i++) pthread_create(&P.th[i], NULL, worker, (void *)(intptr_t)i);
     P.started = 1;
     static int registered;
