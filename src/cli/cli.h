@@ -1,0 +1,38 @@
+/* The ctorch command-line tool: shared option parsing and the command entry points.
+ * Exit codes: 0 success, 1 runtime failure, 2 usage or input error. */
+#ifndef CT_CLI_H
+#define CT_CLI_H
+
+#include <stdint.h>
+
+enum { CLI_OK = 0, CLI_RUNTIME = 1, CLI_USAGE = 2 };
+
+typedef enum { OPT_FLAG, OPT_INT, OPT_DOUBLE, OPT_STRING } cli_opt_type;
+
+typedef struct {
+    const char *name; /* "--epochs" */
+    cli_opt_type type;
+    void *dest;       /* int* for FLAG, int64_t* for INT, double* for DOUBLE, const char** */
+    double min, max;  /* accepted range for numbers (inclusive) */
+    int seen;
+} cli_opt;
+
+/* Parses argv against opts; positional arguments are stored in pos (up to max_pos).
+ * Prints an error naming the option and `ctorch help CMD` and returns CLI_USAGE on
+ * unknown options, missing or malformed values. */
+int cli_parse(const char *cmd, int argc, char **argv, cli_opt *opts, int nopts, const char **pos,
+              int max_pos, int *npos);
+/* Prints "ctorch CMD: message" to stderr; returns code. */
+int cli_fail(const char *cmd, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Validates a string against a list of choices; prints the choices on failure. */
+int cli_choice(const char *cmd, const char *opt, const char *value, const char *const *choices);
+
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_download(int argc, char **argv);
+int cmd_help(int argc, char **argv);
+void cli_print_version(void);
+int cli_command_help(const char *cmd); /* CLI_USAGE for unknown */
+
+#endif
