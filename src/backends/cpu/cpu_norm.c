@@ -1,0 +1,388 @@
+/* CPU kernels for batch_norm and layer_norm (float32 and float64).
+ *
+ * Statistics are accumulated in double with two passes (mean, then the sum of squared
+ * deviations), which is exact enough that float32 results match PyTorch to rounding.
+ * Work is split with ct_parallel_for: batch_norm reductions over channel blocks (each
+ * block walks the batch in memory order and keeps one double accumulator per channel),
+ * elementwise passes over (n, c) planes; layer_norm over rows, its weight/bias
+ * gradients over column blocks. Scratch buffers are allocated once per call, never
+ * inside the loops. */
+#include "backends/cpu/cpu_kernels.h"
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/parallel.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* Elements per parallel chunk for elementwise passes. */
+#define NORM_GRAIN_ELEMS 32768
+
+static int64_t grain_for(int64_t per_item) {
+    if (per_item <= 0) return 1;
+    int64_t g = NORM_GRAIN_ELEMS / per_item;
+    return g < 1 ? 1 : g;
+}
+
+static int check_float(const ct_tensor *x, const char *op) {
+    if (x->dtype != CT_FLOAT32 && x->dtype != CT_FLOAT64)
+        return ct_error("%s: dtype %s is not supported by the cpu kernel (float32, float64)", op,
+                        ct_dtype_name(x->dtype));
+    return 0;
+}
+
+/* Per-channel parameters, computed in double before the elementwise passes. */
+typedef struct {
+    double *mean, *invstd; /* [C] statistics in double */
+    double *a, *b, *k;     /* [C] per-channel coefficients */
+    double *acc0, *acc1;   /* [C] reduction accumulators */
+} bn_scratch;
+
+typedef struct {
+    const void *x, *gy;
+    void *y, *gx;
+    int64_t N, C, S;
+    bn_scratch *s;
+    int pass; /* for the reduction: 0 sum of x, 1 sum of squared deviations, 2 backward sums */
+} bn_ctx;
+
+/* ---------------------------------------------------------------- templates */
+#define DEFINE_BN(T, SFX)                                                                    \
+    /* Reductions over a block of channels [c0, c1): walks n outer so memory is read in    \
+     * order, accumulating per channel in double. */                                        \
+    static void bn_reduce_##SFX(void *vctx, int64_t c0, int64_t c1) {                        \
+        bn_ctx *ctx = vctx;                                                                  \
+        const T *x = ctx->x;                                                                 \
+        const T *gy = ctx->gy;                                                               \
+        const int64_t N = ctx->N, C = ctx->C, S = ctx->S;                                    \
+        double *acc0 = ctx->s->acc0, *acc1 = ctx->s->acc1;                                   \
+        const double *mean = ctx->s->mean;                                                   \
+        for (int64_t c = c0; c < c1; c++) acc0[c] = acc1[c] = 0.0;                           \
+        for (int64_t n = 0; n < N; n++) {                                                    \
+            for (int64_t c = c0; c < c1; c++) {                                              \
+                const T *xp = x + (n * C + c) * S;                                           \
+                if (ctx->pass == 0) {                                                        \
+                    double s0 = 0.0;                                                         \
+                    for (int64_t i = 0; i < S; i++) s0 += (double)xp[i];                     \
+                    acc0[c] += s0;                                                           \
+                } else if (ctx->pass == 1) {                                                 \
+                    const double m = mean[c];                                                \
+                    double s1 = 0.0;                                                         \
+                    for (int64_t i = 0; i < S; i++) {                                        \
+                        const double d = (double)xp[i] - m;                                  \
+                        s1 += d * d;                                                         \
+                    }                                                                        \
+                    acc1[c] += s1;                                                           \
+                } else {                                                                     \
+                    const T *gp = gy + (n * C + c) * S;                                      \
+                    const double m = mean[c];                                                \
+                    double s0 = 0.0, s1 = 0.0;                                               \
+                    for (int64_t i = 0; i < S; i++) {                                        \
+                        const double g = (double)gp[i];                                      \
+                        s0 += g;                                                             \
+                        s1 += g * ((double)xp[i] - m);                                       \
+                    }                                                                        \
+                    acc0[c] += s0;                                                           \
+                    acc1[c] += s1;                                                           \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    /* y = x*a[c] + b[c] over planes [p0, p1) of the [N*C, S] view. */                       \
+    static void bn_apply_##SFX(void *vctx, int64_t p0, int64_t p1) {                         \
+        bn_ctx *ctx = vctx;                                                                  \
+        const T *x = ctx->x;                                                                 \
+        T *y = ctx->y;                                                                       \
+        const int64_t C = ctx->C, S = ctx->S;                                                \
+        for (int64_t p = p0; p < p1; p++) {                                                  \
+            const int64_t c = p % C;                                                         \
+            const double a = ctx->s->a[c], b = ctx->s->b[c];                                 \
+            const T *xp = x + p * S;                                                         \
+            T *yp = y + p * S;                                                               \
+            for (int64_t i = 0; i < S; i++) yp[i] = (T)((double)xp[i] * a + b);              \
+        }                                                                                    \
+    }                                                                                        \
+    /* gx = gy*a[c] + x*b[c] + k[c] over planes [p0, p1). */                                 \
+    static void bn_grad_input_##SFX(void *vctx, int64_t p0, int64_t p1) {                    \
+        bn_ctx *ctx = vctx;                                                                  \
+        const T *x = ctx->x, *gy = ctx->gy;                                                  \
+        T *gx = ctx->gx;                                                                     \
+        const int64_t C = ctx->C, S = ctx->S;                                                \
+        for (int64_t p = p0; p < p1; p++) {                                                  \
+            const int64_t c = p % C;                                                         \
+            const double a = ctx->s->a[c], b = ctx->s->b[c], k = ctx->s->k[c];               \
+            const T *xp = x + p * S, *gp = gy + p * S;                                       \
+            T *op = gx + p * S;                                                              \
+            for (int64_t i = 0; i < S; i++)                                                  \
+                op[i] = (T)((double)gp[i] * a + (double)xp[i] * b + k);                      \
+        }                                                                                    \
+    }
+
+DEFINE_BN(float, f32)
+DEFINE_BN(double, f64)
+
+static double load1(const ct_tensor *t, int64_t i) {
+    const char *p = ct_ptr(t);
+    int64_t off = i * t->stride[0];
+    return t->dtype == CT_FLOAT64 ? ((const double *)p)[off] : (double)((const float *)p)[off];
+}
+
+static void store1(ct_tensor *t, int64_t i, double v) {
+    char *p = ct_ptr(t);
+    int64_t off = i * t->stride[0];
+    if (t->dtype == CT_FLOAT64) ((double *)p)[off] = v;
+    else ((float *)p)[off] = (float)v;
+}
+
+/* Element i of a contiguous tensor (any shape). */
+static void store_flat(ct_tensor *t, int64_t i, double v) {
+    char *p = ct_ptr(t);
+    if (t->dtype == CT_FLOAT64) ((double *)p)[i] = v;
+    else ((float *)p)[i] = (float)v;
+}
+
+/* One allocation holding the seven [C] double arrays of bn_scratch. */
+static double *scratch_alloc(int64_t C, bn_scratch *s) {
+    const size_t c = (size_t)(C > 0 ? C : 1);
+    double *buf = malloc(sizeof(double) * c * 7);
+    if (!buf) return NULL;
+    double **slots[7] = {&s->mean, &s->invstd, &s->a, &s->b, &s->k, &s->acc0, &s->acc1};
+    for (int i = 0; i < 7; i++) *slots[i] = buf + c * (size_t)i;
+    return buf;
+}
+
+static void bn_dims(const ct_tensor *x, int64_t *N, int64_t *C, int64_t *S) {
+    *N = x->shape[0];
+    *C = x->shape[1];
+    *S = 1;
+    for (int d = 2; d < x->ndim; d++) *S *= x->shape[d];
+}
+
+int cpu_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd,
+                           const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
+                           ct_tensor *running_mean, ct_tensor *running_var, int training,
+                           double momentum, double eps) {
+    if (check_float(x, "batch_norm") != 0) return -1;
+    int64_t N, C, S;
+    bn_dims(x, &N, &C, &S);
+    const int64_t M = N * S; /* values per channel */
+    bn_scratch s = {0};
+    double *buf = scratch_alloc(C, &s);
+    if (!buf) return ct_error("batch_norm: out of memory for %lld channels", (long long)C);
+    const int f64 = x->dtype == CT_FLOAT64;
+    bn_ctx ctx = {.x = ct_ptr(x), .y = ct_ptr(y), .N = N, .C = C, .S = S, .s = &s};
+    ct_range_fn reduce = f64 ? bn_reduce_f64 : bn_reduce_f32;
+
+    if (training) {
+        ctx.pass = 0;
+        ct_parallel_for(C, grain_for(M), reduce, &ctx);
+        for (int64_t c = 0; c < C; c++) s.mean[c] = M > 0 ? s.acc0[c] / (double)M : 0.0;
+        ctx.pass = 1;
+        ct_parallel_for(C, grain_for(M), reduce, &ctx);
+        for (int64_t c = 0; c < C; c++) {
+            const double var = M > 0 ? s.acc1[c] / (double)M : 0.0; /* biased */
+            s.invstd[c] = 1.0 / sqrt(var + eps);
+            /* An empty batch leaves the running statistics alone (as PyTorch does). */
+            if (M == 0) continue;
+            if (running_mean)
+                store1(running_mean, c,
+                       (1.0 - momentum) * load1(running_mean, c) + momentum * s.mean[c]);
+            if (running_var) {
+                const double unbiased = M > 1 ? s.acc1[c] / (double)(M - 1) : NAN;
+                store1(running_var, c,
+                       (1.0 - momentum) * load1(running_var, c) + momentum * unbiased);
+            }
+        }
+    } else {
+        for (int64_t c = 0; c < C; c++) {
+            s.mean[c] = load1(running_mean, c);
+            s.invstd[c] = 1.0 / sqrt(load1(running_var, c) + eps);
+        }
+    }
+    for (int64_t c = 0; c < C; c++) {
+        const double w = weight ? load1(weight, c) : 1.0;
+        const double b = bias ? load1(bias, c) : 0.0;
+        s.a[c] = s.invstd[c] * w;
+        s.b[c] = b - s.mean[c] * s.a[c];
+        if (save_mean) store1(save_mean, c, s.mean[c]);
+        if (save_invstd) store1(save_invstd, c, s.invstd[c]);
+    }
+    ct_parallel_for(N * C, grain_for(S), f64 ? bn_apply_f64 : bn_apply_f32, &ctx);
+    free(buf);
+    return 0;
+}
+
+int cpu_batch_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                            const ct_tensor *x, const ct_tensor *weight,
+                            const ct_tensor *save_mean, const ct_tensor *save_invstd,
+                            int training) {
+    if (check_float(x, "batch_norm_backward") != 0) return -1;
+    int64_t N, C, S;
+    bn_dims(x, &N, &C, &S);
+    const int64_t M = N * S;
+    bn_scratch s = {0};
+    double *buf = scratch_alloc(C, &s);
+    if (!buf) return ct_error("batch_norm_backward: out of memory for %lld channels", (long long)C);
+    const int f64 = x->dtype == CT_FLOAT64;
+    bn_ctx ctx = {.x = ct_ptr(x), .gy = ct_ptr(gy), .gx = gx ? ct_ptr(gx) : NULL,
+                  .N = N, .C = C, .S = S, .s = &s, .pass = 2};
+    for (int64_t c = 0; c < C; c++) {
+        s.mean[c] = load1(save_mean, c);
+        s.invstd[c] = load1(save_invstd, c);
+    }
+    /* sum(gy) and sum(gy * (x - mean)) per channel: needed for gw, gb and the training gx. */
+    const int need_sums = gw || gb || (gx && training);
+    if (need_sums) ct_parallel_for(C, grain_for(M), f64 ? bn_reduce_f64 : bn_reduce_f32, &ctx);
+    for (int64_t c = 0; c < C; c++) {
+        if (gw) store1(gw, c, s.acc1[c] * s.invstd[c]);
+        if (gb) store1(gb, c, s.acc0[c]);
+    }
+    if (gx) {
+        for (int64_t c = 0; c < C; c++) {
+            const double w = weight ? load1(weight, c) : 1.0;
+            const double is = s.invstd[c];
+            const double a = w * is;
+            if (training && M > 0) {
+                /* gx = a*(gy - sum_gy/M - (x-mean)*is^2*dot/M) */
+                const double b = -a * is * is * s.acc1[c] / (double)M;
+                s.a[c] = a;
+                s.b[c] = b;
+                s.k[c] = -a * s.acc0[c] / (double)M - b * s.mean[c];
+            } else {
+                s.a[c] = a;
+                s.b[c] = 0.0;
+                s.k[c] = 0.0;
+            }
+        }
+        ct_parallel_for(N * C, grain_for(S), f64 ? bn_grad_input_f64 : bn_grad_input_f32,
+                        &ctx);
+    }
+    free(buf);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ layer_norm */
+typedef struct {
+    const void *x, *gy, *w, *b;
+    void *y, *gx, *mean, *rstd;
+    int64_t M, N;
+    double eps;
+    double *acc_w, *acc_b; /* [N] column accumulators (backward) */
+    int want_w, want_b;
+} ln_ctx;
+
+#define DEFINE_LN(T, SFX)                                                                    \
+    static void ln_forward_##SFX(void *vctx, int64_t r0, int64_t r1) {                       \
+        ln_ctx *ctx = vctx;                                                                  \
+        const int64_t N = ctx->N;                                                            \
+        const T *w = ctx->w, *b = ctx->b;                                                    \
+        for (int64_t r = r0; r < r1; r++) {                                                  \
+            const T *xp = (const T *)ctx->x + r * N;                                         \
+            T *yp = (T *)ctx->y + r * N;                                                     \
+            double sum = 0.0;                                                                \
+            for (int64_t j = 0; j < N; j++) sum += (double)xp[j];                            \
+            const double mean = N > 0 ? sum / (double)N : NAN;                               \
+            double sq = 0.0;                                                                 \
+            for (int64_t j = 0; j < N; j++) {                                                \
+                const double d = (double)xp[j] - mean;                                       \
+                sq += d * d;                                                                 \
+            }                                                                                \
+            const double rstd = 1.0 / sqrt((N > 0 ? sq / (double)N : NAN) + ctx->eps);       \
+            ((T *)ctx->mean)[r] = (T)mean;                                                   \
+            ((T *)ctx->rstd)[r] = (T)rstd;                                                   \
+            for (int64_t j = 0; j < N; j++) {                                                \
+                double v = ((double)xp[j] - mean) * rstd;                                    \
+                if (w) v *= (double)w[j];                                                    \
+                if (b) v += (double)b[j];                                                    \
+                yp[j] = (T)v;                                                                \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    static void ln_backward_input_##SFX(void *vctx, int64_t r0, int64_t r1) {                \
+        ln_ctx *ctx = vctx;                                                                  \
+        const int64_t N = ctx->N;                                                            \
+        const T *w = ctx->w;                                                                 \
+        for (int64_t r = r0; r < r1; r++) {                                                  \
+            const T *xp = (const T *)ctx->x + r * N;                                         \
+            const T *gp = (const T *)ctx->gy + r * N;                                        \
+            T *op = (T *)ctx->gx + r * N;                                                    \
+            const double mean = (double)((const T *)ctx->mean)[r];                           \
+            const double rstd = (double)((const T *)ctx->rstd)[r];                           \
+            double sg = 0.0, sgx = 0.0;                                                      \
+            for (int64_t j = 0; j < N; j++) {                                                \
+                const double g = (double)gp[j] * (w ? (double)w[j] : 1.0);                   \
+                sg += g;                                                                     \
+                sgx += g * ((double)xp[j] - mean) * rstd;                                    \
+            }                                                                                \
+            const double mg = N > 0 ? sg / (double)N : 0.0;                                  \
+            const double mgx = N > 0 ? sgx / (double)N : 0.0;                               \
+            for (int64_t j = 0; j < N; j++) {                                                \
+                const double g = (double)gp[j] * (w ? (double)w[j] : 1.0);                   \
+                const double xh = ((double)xp[j] - mean) * rstd;                             \
+                op[j] = (T)(rstd * (g - mg - xh * mgx));                                     \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    /* Column sums for gw/gb over columns [j0, j1), walking the rows in order. */            \
+    static void ln_backward_params_##SFX(void *vctx, int64_t j0, int64_t j1) {               \
+        ln_ctx *ctx = vctx;                                                                  \
+        const int64_t N = ctx->N, M = ctx->M;                                                \
+        double *aw = ctx->acc_w, *ab = ctx->acc_b;                                           \
+        for (int64_t j = j0; j < j1; j++) aw[j] = ab[j] = 0.0;                               \
+        for (int64_t r = 0; r < M; r++) {                                                    \
+            const T *xp = (const T *)ctx->x + r * N;                                         \
+            const T *gp = (const T *)ctx->gy + r * N;                                        \
+            const double mean = (double)((const T *)ctx->mean)[r];                           \
+            const double rstd = (double)((const T *)ctx->rstd)[r];                           \
+            if (ctx->want_w)                                                                 \
+                for (int64_t j = j0; j < j1; j++)                                            \
+                    aw[j] += (double)gp[j] * ((double)xp[j] - mean) * rstd;                  \
+            if (ctx->want_b)                                                                 \
+                for (int64_t j = j0; j < j1; j++) ab[j] += (double)gp[j];                    \
+        }                                                                                    \
+    }
+
+DEFINE_LN(float, f32)
+DEFINE_LN(double, f64)
+
+int cpu_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
+                           const ct_tensor *weight, const ct_tensor *bias, int64_t M, int64_t N,
+                           double eps) {
+    if (check_float(x, "layer_norm") != 0) return -1;
+    ln_ctx ctx = {.x = ct_ptr(x), .y = ct_ptr(y), .mean = ct_ptr(mean), .rstd = ct_ptr(rstd),
+                  .w = weight ? ct_ptr(weight) : NULL, .b = bias ? ct_ptr(bias) : NULL,
+                  .M = M, .N = N, .eps = eps};
+    ct_parallel_for(M, grain_for(N), x->dtype == CT_FLOAT64 ? ln_forward_f64 : ln_forward_f32,
+                    &ctx);
+    return 0;
+}
+
+int cpu_layer_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                            const ct_tensor *x, const ct_tensor *mean, const ct_tensor *rstd,
+                            const ct_tensor *weight, int64_t M, int64_t N) {
+    if (check_float(x, "layer_norm_backward") != 0) return -1;
+    const int f64 = x->dtype == CT_FLOAT64;
+    ln_ctx ctx = {.x = ct_ptr(x), .gy = ct_ptr(gy), .gx = gx ? ct_ptr(gx) : NULL,
+                  .mean = ct_ptr(mean), .rstd = ct_ptr(rstd),
+                  .w = weight ? ct_ptr(weight) : NULL, .M = M, .N = N,
+                  .want_w = gw != NULL, .want_b = gb != NULL};
+    if (gx) ct_parallel_for(M, grain_for(N), f64 ? ln_backward_input_f64 : ln_backward_input_f32,
+                            &ctx);
+    if (gw || gb) {
+        double *acc = malloc(sizeof(double) * 2 * (size_t)(N > 0 ? N : 1));
+        if (!acc)
+            return ct_error("layer_norm_backward: out of memory for %lld columns", (long long)N);
+        ctx.acc_w = acc;
+        ctx.acc_b = acc + N;
+        /* Each chunk reads a column block of every row; keep blocks wide enough. */
+        int64_t grain = grain_for(M);
+        if (grain < 64) grain = 64;
+        ct_parallel_for(N, grain, f64 ? ln_backward_params_f64 : ln_backward_params_f32, &ctx);
+        for (int64_t j = 0; j < N; j++) {
+            if (gw) store_flat(gw, j, acc[j]);
+            if (gb) store_flat(gb, j, acc[N + j]);
+        }
+        free(acc);
+    }
+    return 0;
+}

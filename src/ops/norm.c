@@ -1,0 +1,311 @@
+/* Normalisation ops: batch_norm and layer_norm (torch.nn.functional semantics).
+ *
+ * batch_norm: input [N, C] or [N, C, *]. Training normalises with the batch statistics
+ * (biased variance) and, when running stats are given, updates them in place with
+ * running = (1 - momentum) * running + momentum * stat (unbiased variance), bumping
+ * their version counters. Eval normalises with the running statistics.
+ * layer_norm: normalises over the trailing dims equal to normalized_shape.
+ * weight and bias are optional in both. Gradients flow to input, weight and bias. */
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/error.h"
+
+#include <math.h>
+#include <string.h>
+
+static int same_device(const ct_tensor *a, const ct_tensor *b) {
+    return a->storage->device.type == b->storage->device.type &&
+           a->storage->device.index == b->storage->device.index;
+}
+
+/* Checks that an optional per-channel/normalised parameter matches x's dtype and
+ * device and has exactly `shape`. */
+static int check_param(const char *op, const char *what, const ct_tensor *p, const ct_tensor *x,
+                       const int64_t *shape, int ndim) {
+    char b1[96], b2[96], b3[96];
+    if (!p) return 0;
+    if (p->dtype != x->dtype)
+        return ct_error("%s: %s has dtype %s but input has dtype %s; convert it with ct_to_dtype",
+                        op, what, ct_dtype_name(p->dtype), ct_dtype_name(x->dtype));
+    if (!same_device(p, x)) {
+        char d1[32], d2[32];
+        ct_device_str(p->storage->device, d1, sizeof d1);
+        ct_device_str(x->storage->device, d2, sizeof d2);
+        return ct_error("%s: %s is on %s but input is on %s; move it with ct_to_device", op, what,
+                        d1, d2);
+    }
+    if (p->ndim != ndim || memcmp(p->shape, shape, sizeof(int64_t) * (size_t)ndim) != 0)
+        return ct_error("%s: %s has shape %s but must be %s for input %s", op, what,
+                        ct_fmt_shape(p->shape, p->ndim, b1, sizeof b1),
+                        ct_fmt_shape(shape, ndim, b2, sizeof b2),
+                        ct_fmt_shape(x->shape, x->ndim, b3, sizeof b3));
+    return 0;
+}
+
+static int check_floating_input(const char *op, const ct_tensor *x) {
+    char b[96];
+    if (!x) return ct_error("%s: input is NULL", op);
+    if (x->dtype != CT_FLOAT32 && x->dtype != CT_FLOAT64)
+        return ct_error("%s: input %s has dtype %s; normalisation needs float32 or float64 "
+                        "(convert with ct_to_dtype)",
+                        op, ct_fmt_shape(x->shape, x->ndim, b, sizeof b), ct_dtype_name(x->dtype));
+    return 0;
+}
+
+/* ================================================================== batch_norm */
+/* saved: 0 x (contiguous), 1 save_mean, 2 save_invstd, 3 weight (when ip[1]).
+ * ip[0] training, ip[1] has weight. */
+static int batch_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const ct_tensor *x = ct_node_saved(n, 0);
+    const ct_tensor *mean = ct_node_saved(n, 1);
+    const ct_tensor *invstd = ct_node_saved(n, 2);
+    const ct_tensor *w = n->ip[1] ? ct_node_saved(n, 3) : NULL;
+    if (!x || !mean || !invstd || (n->ip[1] && !w)) return -1;
+    int (*kern)(ct_tensor *, ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *,
+                const ct_tensor *, const ct_tensor *, const ct_tensor *, int) =
+        CT_KERNEL(x, batch_norm_backward, "batch_norm backward");
+    if (!kern) return -1;
+    ct_tensor *gyc = ct_contiguous(gy);
+    if (!gyc) return -1;
+    const ct_device dev = x->storage->device;
+    const int64_t C = x->shape[1];
+    ct_tensor *g0 = ct_node_needs_grad(n, 0) ? ct_empty_on(x->shape, x->ndim, x->dtype, dev) : NULL;
+    ct_tensor *g1 = ct_node_needs_grad(n, 1) && w ? ct_empty_on(&C, 1, x->dtype, dev) : NULL;
+    ct_tensor *g2 = ct_node_needs_grad(n, 2) ? ct_empty_on(&C, 1, x->dtype, dev) : NULL;
+    int rc = -1;
+    if ((ct_node_needs_grad(n, 0) && !g0) || (ct_node_needs_grad(n, 1) && w && !g1) ||
+        (ct_node_needs_grad(n, 2) && !g2))
+        goto done;
+    rc = kern(g0, g1, g2, gyc, x, w, mean, invstd, (int)n->ip[0]);
+done:
+    ct_free(gyc);
+    if (rc != 0) {
+        ct_free(g0);
+        ct_free(g1);
+        ct_free(g2);
+        return -1;
+    }
+    gx[0] = g0;
+    gx[1] = g1;
+    gx[2] = g2;
+    return 0;
+}
+
+/* Runs the forward kernel with contiguous running stats, copying back when the
+ * caller's are strided. */
+static int run_bn_forward(ct_tensor *y, ct_tensor *smean, ct_tensor *sinv, const ct_tensor *xc,
+                          const ct_tensor *weight, const ct_tensor *bias, ct_tensor *rm,
+                          ct_tensor *rv, int training, double momentum, double eps) {
+    int (*kern)(ct_tensor *, ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *,
+                const ct_tensor *, ct_tensor *, ct_tensor *, int, double, double) =
+        CT_KERNEL(xc, batch_norm_forward, "batch_norm");
+    if (!kern) return -1;
+    ct_tensor *wc = weight ? ct_contiguous(weight) : NULL;
+    ct_tensor *bc = bias ? ct_contiguous(bias) : NULL;
+    ct_tensor *rmc = rm ? (ct_is_contiguous(rm) ? ct_alias(rm) : ct_clone(rm)) : NULL;
+    ct_tensor *rvc = rv ? (ct_is_contiguous(rv) ? ct_alias(rv) : ct_clone(rv)) : NULL;
+    int rc = -1;
+    if ((weight && !wc) || (bias && !bc) || (rm && !rmc) || (rv && !rvc)) goto done;
+    rc = kern(y, smean, sinv, xc, wc, bc, rmc, rvc, training, momentum, eps);
+    if (rc == 0 && training) {
+        if (rm && rmc->storage != rm->storage) {
+            int (*copy)(ct_tensor *, const ct_tensor *) = CT_KERNEL(rm, copy, "batch_norm");
+            if (!copy || copy(rm, rmc) != 0) rc = -1;
+        }
+        if (rc == 0 && rv && rvc->storage != rv->storage) {
+            int (*copy)(ct_tensor *, const ct_tensor *) = CT_KERNEL(rv, copy, "batch_norm");
+            if (!copy || copy(rv, rvc) != 0) rc = -1;
+        }
+        if (rm) ct_bump_version(rm);
+        if (rv) ct_bump_version(rv);
+    }
+done:
+    ct_free(wc);
+    ct_free(bc);
+    ct_free(rmc);
+    ct_free(rvc);
+    return rc;
+}
+
+ct_tensor *ct_batch_norm(const ct_tensor *x, ct_tensor *running_mean, ct_tensor *running_var,
+                         const ct_tensor *weight, const ct_tensor *bias, int training,
+                         double momentum, double eps) {
+    const char *op = "batch_norm";
+    char b[96];
+    if (check_floating_input(op, x) != 0) return NULL;
+    if (x->ndim < 2)
+        return ct_error_null("batch_norm: input %s must have at least 2 dims [N, C, *]; add a "
+                             "batch dim with ct_unsqueeze(x, 0)",
+                             ct_fmt_shape(x->shape, x->ndim, b, sizeof b));
+    const int64_t C = x->shape[1];
+    if (check_param(op, "weight", weight, x, &C, 1) != 0 ||
+        check_param(op, "bias", bias, x, &C, 1) != 0 ||
+        check_param(op, "running_mean", running_mean, x, &C, 1) != 0 ||
+        check_param(op, "running_var", running_var, x, &C, 1) != 0)
+        return NULL;
+    if (!training && (!running_mean || !running_var))
+        return ct_error_null("batch_norm: eval mode (training=0) needs running_mean and "
+                             "running_var; pass them or use training=1");
+    if (!(eps >= 0) || !isfinite(eps))
+        return ct_error_null("batch_norm: eps must be a finite value >= 0, got %g", eps);
+    if (training) {
+        if (!isfinite(momentum))
+            return ct_error_null("batch_norm: momentum must be finite, got %g", momentum);
+        const int64_t per_channel = C > 0 ? ct_numel(x) / C : 0;
+        if (per_channel <= 1 && ct_numel(x) > 0)
+            return ct_error_null("batch_norm: expected more than 1 value per channel when "
+                                 "training, got input %s; use a larger batch or eval mode "
+                                 "(training=0)",
+                                 ct_fmt_shape(x->shape, x->ndim, b, sizeof b));
+        const ct_tensor *rs[2] = {running_mean, running_var};
+        const char *rn[2] = {"running_mean", "running_var"};
+        for (int i = 0; i < 2; i++)
+            if (rs[i] && rs[i]->requires_grad && ct_is_grad_enabled())
+                return ct_error_null("batch_norm: %s requires grad but is updated in place in "
+                                     "training; it must be a buffer without requires_grad",
+                                     rn[i]);
+    }
+
+    const ct_device dev = x->storage->device;
+    ct_tensor *xc = ct_contiguous(x);
+    ct_tensor *y = ct_empty_on(x->shape, x->ndim, x->dtype, dev);
+    ct_tensor *smean = ct_empty_on(&C, 1, x->dtype, dev);
+    ct_tensor *sinv = ct_empty_on(&C, 1, x->dtype, dev);
+    if (!xc || !y || !smean || !sinv ||
+        run_bn_forward(y, smean, sinv, xc, weight, bias, running_mean, running_var, training,
+                       momentum, eps) != 0) {
+        ct_free(xc);
+        ct_free(y);
+        ct_free(smean);
+        ct_free(sinv);
+        return NULL;
+    }
+    const ct_tensor *in[3] = {x, weight, bias};
+    if (ct_needs_grad(in, 3)) {
+        ct_node *n = ct_node_new("BatchNormBackward", batch_norm_backward, 3);
+        ct_node_set_input(n, 0, x);
+        ct_node_set_input(n, 1, weight);
+        ct_node_set_input(n, 2, bias);
+        ct_node_save(n, xc);
+        ct_node_save(n, smean);
+        ct_node_save(n, sinv);
+        if (weight) ct_node_save(n, weight);
+        n->ip[0] = training != 0;
+        n->ip[1] = weight != NULL;
+        ct_node_attach(n, y);
+    }
+    ct_free(xc);
+    ct_free(smean);
+    ct_free(sinv);
+    return y;
+}
+
+/* ================================================================== layer_norm */
+/* saved: 0 x (contiguous), 1 mean [M], 2 rstd [M], 3 weight (contiguous, when ip[2]).
+ * ip[0] M, ip[1] N, ip[2] has weight. */
+static int layer_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const ct_tensor *x = ct_node_saved(n, 0);
+    const ct_tensor *mean = ct_node_saved(n, 1);
+    const ct_tensor *rstd = ct_node_saved(n, 2);
+    const ct_tensor *w = n->ip[2] ? ct_node_saved(n, 3) : NULL;
+    if (!x || !mean || !rstd || (n->ip[2] && !w)) return -1;
+    int (*kern)(ct_tensor *, ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *,
+                const ct_tensor *, const ct_tensor *, const ct_tensor *, int64_t, int64_t) =
+        CT_KERNEL(x, layer_norm_backward, "layer_norm backward");
+    if (!kern) return -1;
+    ct_tensor *gyc = ct_contiguous(gy);
+    if (!gyc) return -1;
+    const ct_device dev = x->storage->device;
+    /* weight/bias have normalized_shape: the trailing dims of x recorded on the node. */
+    const int nnorm = (int)n->ip[3];
+    const int64_t *nshape = x->shape + x->ndim - nnorm;
+    const int need0 = ct_node_needs_grad(n, 0), need1 = ct_node_needs_grad(n, 1),
+              need2 = ct_node_needs_grad(n, 2);
+    ct_tensor *g0 = need0 ? ct_empty_on(x->shape, x->ndim, x->dtype, dev) : NULL;
+    ct_tensor *g1 = need1 ? ct_empty_on(nshape, nnorm, x->dtype, dev) : NULL;
+    ct_tensor *g2 = need2 ? ct_empty_on(nshape, nnorm, x->dtype, dev) : NULL;
+    int rc = -1;
+    if ((need0 && !g0) || (need1 && !g1) || (need2 && !g2)) goto done;
+    rc = kern(g0, g1, g2, gyc, x, mean, rstd, w, n->ip[0], n->ip[1]);
+done:
+    ct_free(gyc);
+    if (rc != 0) {
+        ct_free(g0);
+        ct_free(g1);
+        ct_free(g2);
+        return -1;
+    }
+    gx[0] = g0;
+    gx[1] = g1;
+    gx[2] = g2;
+    return 0;
+}
+
+ct_tensor *ct_layer_norm(const ct_tensor *x, const int64_t *normalized_shape, int nnorm,
+                         const ct_tensor *weight, const ct_tensor *bias, double eps) {
+    const char *op = "layer_norm";
+    char b1[96], b2[96];
+    if (check_floating_input(op, x) != 0) return NULL;
+    if (nnorm < 1 || !normalized_shape)
+        return ct_error_null("layer_norm: normalized_shape must have at least 1 dim (got %d%s)",
+                             nnorm, normalized_shape ? "" : ", NULL");
+    if (nnorm > x->ndim)
+        return ct_error_null("layer_norm: normalized_shape %s has more dims than input %s",
+                             ct_fmt_shape(normalized_shape, nnorm > CT_MAX_DIMS ? CT_MAX_DIMS
+                                                                                : nnorm,
+                                          b1, sizeof b1),
+                             ct_fmt_shape(x->shape, x->ndim, b2, sizeof b2));
+    if (memcmp(x->shape + x->ndim - nnorm, normalized_shape, sizeof(int64_t) * (size_t)nnorm) != 0)
+        return ct_error_null("layer_norm: input %s does not end with normalized_shape %s; the "
+                             "trailing dims of the input must equal normalized_shape",
+                             ct_fmt_shape(x->shape, x->ndim, b2, sizeof b2),
+                             ct_fmt_shape(normalized_shape, nnorm, b1, sizeof b1));
+    if (check_param(op, "weight", weight, x, normalized_shape, nnorm) != 0 ||
+        check_param(op, "bias", bias, x, normalized_shape, nnorm) != 0)
+        return NULL;
+    if (!(eps >= 0) || !isfinite(eps))
+        return ct_error_null("layer_norm: eps must be a finite value >= 0, got %g", eps);
+
+    const int64_t N = ct_shape_numel(normalized_shape, nnorm);
+    const int64_t M = ct_shape_numel(x->shape, x->ndim - nnorm);
+    int (*kern)(ct_tensor *, ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *,
+                const ct_tensor *, int64_t, int64_t, double) =
+        CT_KERNEL(x, layer_norm_forward, "layer_norm");
+    if (!kern) return NULL;
+    const ct_device dev = x->storage->device;
+    ct_tensor *xc = ct_contiguous(x);
+    ct_tensor *wc = weight ? ct_contiguous(weight) : NULL;
+    ct_tensor *bc = bias ? ct_contiguous(bias) : NULL;
+    ct_tensor *y = ct_empty_on(x->shape, x->ndim, x->dtype, dev);
+    ct_tensor *mean = ct_empty_on(&M, 1, x->dtype, dev);
+    ct_tensor *rstd = ct_empty_on(&M, 1, x->dtype, dev);
+    if (!xc || (weight && !wc) || (bias && !bc) || !y || !mean || !rstd ||
+        kern(y, mean, rstd, xc, wc, bc, M, N, eps) != 0) {
+        ct_free(y);
+        y = NULL;
+        goto done;
+    }
+    const ct_tensor *in[3] = {x, weight, bias};
+    if (ct_needs_grad(in, 3)) {
+        ct_node *n = ct_node_new("LayerNormBackward", layer_norm_backward, 3);
+        ct_node_set_input(n, 0, x);
+        ct_node_set_input(n, 1, weight);
+        ct_node_set_input(n, 2, bias);
+        ct_node_save(n, xc);
+        ct_node_save(n, mean);
+        ct_node_save(n, rstd);
+        if (wc) ct_node_save(n, wc);
+        n->ip[0] = M;
+        n->ip[1] = N;
+        n->ip[2] = wc != NULL;
+        n->ip[3] = nnorm;
+        ct_node_attach(n, y);
+    }
+done:
+    ct_free(xc);
+    ct_free(wc);
+    ct_free(bc);
+    ct_free(mean);
+    ct_free(rstd);
+    return y;
+}
