@@ -4,9 +4,11 @@ CC      ?= gcc
 BUILD   ?= build
 OPT     ?= -O3
 CFLAGS  ?=
-CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -fPIC -pthread \
-           -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-pthread
-LDLIBS  += -lopenblas -lz -lpthread -ldl -lm
+# The project's flags; a CFLAGS given on the command line is added after them.
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -fPIC -pthread \
+           -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-pthread $(CFLAGS)
+LDLIBS  ?=
+ALL_LDLIBS = -lopenblas -lz -lpthread -ldl -lm $(LDLIBS)
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC := $(sort $(wildcard src/core/*.c src/ops/*.c src/backends/cpu/*.c src/nn/*.c \
@@ -29,20 +31,20 @@ cli: $(BUILD)/ctorch
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard src/*/*.h) $(wildcard src/*/*/*.h) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/libctorch.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/libctorch.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(LDLIBS)
+	$(CC) -shared -o $@ $^ $(ALL_LDLIBS)
 
 $(BUILD)/ctorch: $(CLI_OBJ) $(LIB_OBJ)
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(LDLIBS) -rdynamic
+	$(CC) $(ALL_CFLAGS) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic
 
 $(BUILD)/test_ctorch: $(TEST_OBJ) $(LIB_OBJ)
-	$(CC) $(CFLAGS) -o $@ $(TEST_OBJ) $(LIB_OBJ) $(LDLIBS) -rdynamic
+	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic
 
 # ---------------------------------------------------------------- CUDA plugin
 ifeq ($(NVCC),)
@@ -62,7 +64,7 @@ test: deps
 
 test-sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build-san OPT=-O1 CFLAGS="$(SANFLAGS)" \
-	    LDLIBS="$(LDLIBS) $(SANFLAGS)" build-san/test_ctorch
+	    LDLIBS="$(SANFLAGS)" build-san/test_ctorch
 	CTORCH_DATA=$(DATA_DIR) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    build-san/test_ctorch $(T)
 

@@ -1,0 +1,163 @@
+/*
+ * ctorch data pipeline: image-classification datasets held in memory, transforms and a
+ * DataLoader with background workers.
+ *
+ * Conventions are those of ctorch.h: int functions return 0 on success and -1 on failure,
+ * pointer functions return NULL on failure; ct_last_error() then names the file or the
+ * argument at fault and says how to fix it.
+ *
+ * Data location: every loader takes a root directory `dir`; NULL means "resolve":
+ * the environment variable CTORCH_DATA when set, else ./data. Each dataset lives in a
+ * subdirectory of the root (see ct_dataset_subdir): cifar-10-batches-bin/, mnist/,
+ * fashion-mnist/. For convenience `dir` may also point at that subdirectory itself.
+ */
+#ifndef CTORCH_DATA_H
+#define CTORCH_DATA_H
+
+#include "ctorch.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CT_DATA_MAX_CHANNELS 4
+
+typedef enum {
+    CT_DATASET_CIFAR10 = 0,
+    CT_DATASET_MNIST,
+    CT_DATASET_FASHION_MNIST,
+    CT_NUM_DATASETS
+} ct_dataset_kind;
+
+typedef enum { CT_SPLIT_TRAIN = 0, CT_SPLIT_TEST = 1 } ct_split;
+
+/* An image-classification dataset in memory. Fields are read-only for users. */
+typedef struct ct_dataset {
+    int64_t n;         /* number of records */
+    int c, h, w;       /* image layout: each image is c*h*w bytes, planar CHW */
+    int num_classes;   /* 10 for the built-in datasets */
+    uint8_t *images;   /* n*c*h*w bytes, record after record */
+    int64_t *labels;   /* n labels in [0, num_classes) */
+    char name[64];     /* e.g. "cifar10/train" */
+} ct_dataset;
+
+/* ------------------------------------------------------------ names & paths */
+/* "cifar10" (also "cifar-10"), "mnist", "fashion_mnist" (also "fashion-mnist",
+ * "fashionmnist"). On failure the message lists the valid names. */
+int ct_dataset_parse_name(const char *name, ct_dataset_kind *out);
+const char *ct_dataset_name(ct_dataset_kind kind);   /* "cifar10", "mnist", "fashion_mnist" */
+const char *ct_dataset_subdir(ct_dataset_kind kind); /* "cifar-10-batches-bin", "mnist", … */
+/* Data root: dir when non-NULL and non-empty, else $CTORCH_DATA when set and non-empty,
+ * else "data". Returns a pointer to dir, to the environment string or to a literal. */
+const char *ct_data_root(const char *dir);
+/* Default per-channel normalisation of the seed recipes: CIFAR-10 mean 0.5 std 0.5 on
+ * each channel; MNIST and Fashion-MNIST 0.1307 / 0.3081. Fills c entries of each array
+ * and returns c (the dataset's channel count). */
+int ct_dataset_default_normalization(ct_dataset_kind kind, float *mean, float *std);
+
+/* ----------------------------------------------------------------- loading
+ * limit > 0 keeps the first `limit` records (file order); limit <= 0 keeps all.
+ *
+ * CIFAR-10: <root>/cifar-10-batches-bin/data_batch_1.bin … data_batch_5.bin (train, in
+ *   that order) and test_batch.bin (test); records of 1 label byte + 3072 pixel bytes.
+ *   When those files are absent, <root>/cifar-10-binary.tar.gz (the official archive)
+ *   is read directly.
+ * MNIST / Fashion-MNIST: <root>/<subdir>/train-images-idx3-ubyte(.gz),
+ *   train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz).
+ * Errors name the file, the problem (missing, truncated, bad magic, counts that do not
+ * match, label out of range) and the fix (where to put which files, `ctorch download`). */
+ct_dataset *ct_dataset_load(ct_dataset_kind kind, ct_split split, const char *dir,
+                            int64_t limit);
+ct_dataset *ct_cifar10_load(const char *dir, ct_split split, int64_t limit);
+ct_dataset *ct_mnist_load(const char *dir, ct_split split, int64_t limit);
+ct_dataset *ct_fashion_mnist_load(const char *dir, ct_split split, int64_t limit);
+/* A dataset from caller memory (copied): n images of c*h*w bytes and n labels.
+ * Useful for synthetic data and tests. labels may be NULL (all zero). */
+ct_dataset *ct_dataset_from_memory(const uint8_t *images, const int64_t *labels, int64_t n,
+                                   int c, int h, int w, int num_classes, const char *name);
+void ct_dataset_free(ct_dataset *ds);
+
+/* --------------------------------------------------------------- transforms
+ * Augmentations work on uint8 CHW images (as torchvision does on PIL images, before
+ * ToTensor), so padding is zero pixels. Conversion to float divides by 255 and then
+ * normalises per channel: (x/255 - mean[c]) / std[c]. */
+typedef struct ct_transform {
+    int crop_padding; /* > 0: random crop back to h x w after zero padding on each side */
+    int hflip;        /* non-zero: random horizontal flip with probability 0.5 */
+    int normalize;    /* non-zero: apply mean/std after /255 */
+    float mean[CT_DATA_MAX_CHANNELS];
+    float std[CT_DATA_MAX_CHANNELS];
+} ct_transform;
+
+/* The deterministic random stream used by the augmentations (splitmix64). */
+typedef struct ct_data_rng {
+    uint64_t state;
+} ct_data_rng;
+void ct_data_rng_seed(ct_data_rng *r, uint64_t seed);
+uint64_t ct_data_rng_next(ct_data_rng *r);
+uint64_t ct_data_rng_below(ct_data_rng *r, uint64_t n); /* uniform in [0, n) */
+
+/* dst (c*h*w bytes) = the h x w window at offset (dy, dx) of src zero-padded by `pad`
+ * on every side; dy, dx in [0, 2*pad]. dy = dx = pad returns src unchanged. */
+void ct_image_crop_padded(const uint8_t *src, uint8_t *dst, int c, int h, int w, int pad,
+                          int dy, int dx);
+/* Mirrors each row in place. */
+void ct_image_hflip(uint8_t *img, int c, int h, int w);
+/* Applies the random parts of t to one image in place (crop, then flip), drawing from
+ * rng: crop draws dy then dx (each uniform in [0, 2*pad]), flip draws one number. */
+void ct_transform_augment(const ct_transform *t, uint8_t *img, int c, int h, int w,
+                          ct_data_rng *rng);
+/* n images of c*h*w bytes -> float32: x/255, then (x - mean[c]) / std[c] when
+ * mean/std are non-NULL. */
+void ct_images_to_float(const uint8_t *src, float *dst, int64_t n, int c, int h, int w,
+                        const float *mean, const float *std);
+
+/* --------------------------------------------------------------- DataLoader
+ * Batches of images float32 [B, C, H, W] and labels int64 [B]. Background workers
+ * assemble batches (gather, augment, convert) into a bounded queue ahead of the
+ * consumer; batches come out in order, and their content depends only on the dataset,
+ * the options, the seed and the epoch, never on the number of workers.
+ * With shuffle off batches follow the dataset's record order. With shuffle on each
+ * epoch uses its own permutation derived from (seed, epoch). */
+typedef struct ct_dataloader_opts {
+    int64_t batch_size; /* default 64 */
+    int shuffle;        /* default 1 */
+    int drop_last;      /* default 0: the last batch may be smaller */
+    uint64_t seed;      /* default 0: shuffle and augmentation randomness */
+    int num_workers;    /* background threads; 0 builds batches in ct_dataloader_next.
+                           Default 2 */
+    int prefetch;       /* batches prepared ahead (queue bound); <= 0: 2 * num_workers */
+    ct_transform transform; /* default: no augmentation, no normalisation (/255 only) */
+} ct_dataloader_opts;
+
+typedef struct ct_dataloader ct_dataloader;
+
+ct_dataloader_opts ct_dataloader_default_opts(void);
+/* The dataset is borrowed and must outlive the loader. */
+ct_dataloader *ct_dataloader_new(const ct_dataset *ds, const ct_dataloader_opts *opts);
+int64_t ct_dataloader_num_batches(const ct_dataloader *dl); /* per epoch */
+/* Starts (or restarts) an epoch: batches of a previous unfinished epoch are dropped
+ * and the workers begin preparing the new one at once. */
+int ct_dataloader_start_epoch(ct_dataloader *dl, int64_t epoch);
+/* Next batch of the current epoch (starting epoch 0 if none was started). Returns 1 and
+ * sets *images / *labels (new references) when a batch is delivered, 0 at the end of the
+ * epoch, -1 on error. */
+int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels);
+/* Total seconds ct_dataloader_next spent waiting for workers (compute stalled on data). */
+double ct_dataloader_wait_seconds(const ct_dataloader *dl);
+/* Stops the workers (even mid-epoch) and frees everything. NULL is fine. */
+void ct_dataloader_free(ct_dataloader *dl);
+
+/* ---------------------------------------------------------------- download
+ * `ctorch download DATASET`: fetches the official archive(s) into <root>/<subdir> with
+ * libcurl (loaded at run time), verifies the published MD5 and, for CIFAR-10, unpacks
+ * cifar-10-batches-bin/. Files already present and complete are kept. Offline, the error
+ * lists the URLs and where to place which files by hand. The environment variable
+ * CTORCH_DATA_MIRROR, when set, replaces the base URL (a mirror holding the same file
+ * names). Progress goes to stderr when it is a terminal. dir NULL: ct_data_root(NULL). */
+int ct_download_dataset(const char *name, const char *dir);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CTORCH_DATA_H */

@@ -1,0 +1,75 @@
+/*
+ * ctorch checkpoints: safetensors files (https://huggingface.co/docs/safetensors), the
+ * format PyTorch users exchange weights in, and atomic file writes.
+ *
+ * safetensors layout: 8-byte little-endian header length N, N bytes of JSON
+ *   {"name": {"dtype": "F32", "shape": [64, 3, 3, 3], "data_offsets": [begin, end]}, …,
+ *    "__metadata__": {"key": "value", …}}
+ * then the raw little-endian tensor bytes, row-major; offsets are relative to the end of
+ * the header. Supported dtypes: F32, F64, I64, I32, U8, BF16, F16.
+ */
+#ifndef CTORCH_IO_H
+#define CTORCH_IO_H
+
+#include "ctorch.h"
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* --------------------------------------------------------------- safetensors */
+/* Writes n tensors under the given names (unique, non-empty, not "__metadata__").
+ * Tensors may have any strides and live on any device (copied to the CPU).
+ * metadata: NULL, or a NULL-terminated list of key, value strings,
+ *   e.g. {"format", "pt", "model", "simple_cnn", NULL}.
+ * The file is written atomically: a temporary file in the same directory, fsync, then
+ * rename over `path`; on failure `path` is left as it was. */
+int ct_safetensors_save(const char *path, const char *const *names, ct_tensor *const *tensors,
+                        int n, const char *const *metadata);
+
+typedef struct ct_safetensors {
+    int n;                 /* tensors, in file (offset) order */
+    char **names;
+    ct_tensor **tensors;   /* contiguous CPU tensors owned by this struct */
+    int n_meta;
+    char **meta_keys;
+    char **meta_values;
+} ct_safetensors;
+
+/* Reads and validates a whole file. Errors (missing file, truncated file, header JSON
+ * that does not parse, unknown dtype, offsets outside the data or not matching the
+ * shape, overlapping tensors, duplicate names) name the file and the problem. */
+ct_safetensors *ct_safetensors_load(const char *path);
+/* BORROWED tensor of that name, or NULL (no error set). */
+ct_tensor *ct_safetensors_get(const ct_safetensors *st, const char *name);
+/* BORROWED metadata value, or NULL. */
+const char *ct_safetensors_metadata(const ct_safetensors *st, const char *key);
+void ct_safetensors_free(ct_safetensors *st);
+
+/* "F32" ↔ CT_FLOAT32 etc. */
+const char *ct_safetensors_dtype_name(ct_dtype dt);
+int ct_safetensors_dtype_parse(const char *s, ct_dtype *out);
+
+/* ------------------------------------------------------------ atomic files
+ * Write to a temporary file next to `path`, then commit: fflush + fsync + rename over
+ * path + fsync of the directory. abort (or a failed commit) removes the temporary. */
+typedef struct ct_atomic_file {
+    FILE *fp;            /* write through this */
+    char *path;          /* the final path */
+    char *tmp_path;      /* the temporary file */
+} ct_atomic_file;
+
+ct_atomic_file *ct_atomic_open(const char *path);
+int ct_atomic_commit(ct_atomic_file *f); /* frees f, success or not */
+void ct_atomic_abort(ct_atomic_file *f); /* frees f; NULL is fine */
+/* Checks, without changing anything, that `path` can be written: its directory exists
+ * and accepts new files (a probe file is created and removed), and path is not a
+ * directory. Use before long work whose result will be saved there. */
+int ct_check_writable(const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CTORCH_IO_H */

@@ -1,0 +1,373 @@
+/* DataLoader: background workers build batches (gather, augment, to float) into a ring
+ * of `prefetch` slots ahead of the consumer; batches come out strictly in order.
+ *
+ * Determinism: epoch e's permutation comes from (seed, e); the augmentation of batch b
+ * draws from its own stream seeded by (seed, e, b). So the batches depend on neither the
+ * number of workers nor their timing.
+ *
+ * Epoch look-ahead: when the consumer takes the last batch of epoch e, the workers start
+ * on epoch e+1 at once, so the first batches of the next epoch are ready too; a later
+ * ct_dataloader_start_epoch(e+1) keeps them. */
+#include "data/data_internal.h"
+
+#include "core/error.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { SLOT_EMPTY = 0, SLOT_FILLING, SLOT_READY };
+
+typedef struct {
+    int state;
+    int64_t batch;
+    ct_tensor *images;
+    ct_tensor *labels;
+    int failed;
+} slot_t;
+
+struct ct_dataloader {
+    const ct_dataset *ds;
+    ct_dataloader_opts opts;
+    int64_t nbatches;
+    int64_t sample_numel;
+    int64_t *perm; /* record order of the current epoch */
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work;  /* workers wait for claimable batches */
+    pthread_cond_t cv_ready; /* consumer / restarts wait for slots and idle workers */
+    int prefetch;
+    slot_t *slots;
+    pthread_t *threads;
+    int nthreads;
+
+    int started;   /* an epoch is being produced */
+    int at_end;    /* the consumer saw the end of `epoch`; `epoch+1` may be pre-produced */
+    int64_t epoch; /* epoch being produced */
+    uint64_t gen;  /* bumps on every (re)start; stale workers discard their batch */
+    int64_t next_claim, next_consume;
+    int busy; /* workers building a batch */
+    int stop;
+    double wait_s;
+    uint8_t *scratch; /* synchronous mode */
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t mix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t stream_seed(uint64_t seed, int64_t epoch, uint64_t which) {
+    return mix64(mix64(mix64(seed) ^ (uint64_t)epoch) ^ which);
+}
+
+ct_dataloader_opts ct_dataloader_default_opts(void) {
+    ct_dataloader_opts o;
+    memset(&o, 0, sizeof o);
+    o.batch_size = 64;
+    o.shuffle = 1;
+    o.drop_last = 0;
+    o.seed = 0;
+    o.num_workers = 2;
+    o.prefetch = 0;
+    for (int c = 0; c < CT_DATA_MAX_CHANNELS; c++) {
+        o.transform.mean[c] = 0.0f;
+        o.transform.std[c] = 1.0f;
+    }
+    return o;
+}
+
+/* Fills perm for `epoch` (identity without shuffle). */
+static void make_perm(ct_dataloader *dl, int64_t epoch) {
+    int64_t n = dl->ds->n;
+    for (int64_t i = 0; i < n; i++) dl->perm[i] = i;
+    if (!dl->opts.shuffle) return;
+    ct_data_rng r;
+    ct_data_rng_seed(&r, stream_seed(dl->opts.seed, epoch, 0x7065726dull /* "perm" */));
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)ct_data_rng_below(&r, (uint64_t)(i + 1));
+        int64_t t = dl->perm[i];
+        dl->perm[i] = dl->perm[j];
+        dl->perm[j] = t;
+    }
+}
+
+static int64_t batch_len(const ct_dataloader *dl, int64_t b) {
+    int64_t bs = dl->opts.batch_size, start = b * bs, n = dl->ds->n;
+    return start + bs <= n ? bs : n - start;
+}
+
+/* Builds batch b of `epoch` into new CPU tensors (the CPU allocator is thread-safe).
+ * Reads dl->perm, which does not change while any worker is busy. Returns 0, or -1 when
+ * out of memory. */
+static int build_batch(const ct_dataloader *dl, int64_t epoch, int64_t b, uint8_t *scratch,
+                       ct_tensor **images_out, ct_tensor **labels_out) {
+    const ct_dataset *ds = dl->ds;
+    int64_t bsz = batch_len(dl, b), numel = dl->sample_numel;
+    int64_t ishape[4] = {bsz, ds->c, ds->h, ds->w};
+    int64_t lshape[1] = {bsz};
+    ct_tensor *timg = ct_empty(ishape, 4, CT_FLOAT32);
+    ct_tensor *tlab = ct_empty(lshape, 1, CT_INT64);
+    if (!timg || !tlab) {
+        ct_free(timg);
+        ct_free(tlab);
+        return -1;
+    }
+    float *images = ct_data(timg);
+    int64_t *labels = ct_data(tlab);
+    const ct_transform *t = &dl->opts.transform;
+    int augment = t->crop_padding > 0 || t->hflip;
+    ct_data_rng r;
+    ct_data_rng_seed(&r, stream_seed(dl->opts.seed, epoch, 0x61756700ull + (uint64_t)b));
+    const float *mean = t->normalize ? t->mean : NULL;
+    const float *std = t->normalize ? t->std : NULL;
+    for (int64_t i = 0; i < bsz; i++) {
+        int64_t rec = dl->perm[b * dl->opts.batch_size + i];
+        const uint8_t *src = ds->images + (size_t)rec * numel;
+        if (augment) {
+            memcpy(scratch, src, (size_t)numel);
+            ct_transform_augment(t, scratch, ds->c, ds->h, ds->w, &r);
+            src = scratch;
+        }
+        ct_images_to_float(src, images + (size_t)i * numel, 1, ds->c, ds->h, ds->w, mean, std);
+        labels[i] = ds->labels[rec];
+    }
+    *images_out = timg;
+    *labels_out = tlab;
+    return 0;
+}
+
+/* Can a worker claim a batch now? (mutex held) */
+static int claimable(const ct_dataloader *dl) {
+    return dl->started && dl->next_claim < dl->nbatches &&
+           dl->next_claim < dl->next_consume + dl->prefetch;
+}
+
+static void *worker_main(void *arg) {
+    ct_dataloader *dl = arg;
+    uint8_t *scratch = malloc((size_t)dl->sample_numel ? (size_t)dl->sample_numel : 1);
+    pthread_mutex_lock(&dl->mu);
+    for (;;) {
+        while (!dl->stop && !claimable(dl)) pthread_cond_wait(&dl->cv_work, &dl->mu);
+        if (dl->stop) break;
+        int64_t b = dl->next_claim++;
+        int64_t epoch = dl->epoch;
+        uint64_t gen = dl->gen;
+        slot_t *s = &dl->slots[b % dl->prefetch];
+        s->state = SLOT_FILLING;
+        s->batch = b;
+        dl->busy++;
+        pthread_mutex_unlock(&dl->mu);
+
+        ct_tensor *images = NULL, *labels = NULL;
+        int failed = !scratch || build_batch(dl, epoch, b, scratch, &images, &labels) != 0;
+
+        pthread_mutex_lock(&dl->mu);
+        dl->busy--;
+        if (gen == dl->gen) {
+            s->images = images;
+            s->labels = labels;
+            s->failed = failed;
+            s->state = SLOT_READY;
+        } else {
+            ct_free(images);
+            ct_free(labels);
+        }
+        pthread_cond_broadcast(&dl->cv_ready);
+    }
+    pthread_mutex_unlock(&dl->mu);
+    free(scratch);
+    return NULL;
+}
+
+static void clear_slots(ct_dataloader *dl) {
+    for (int i = 0; i < dl->prefetch; i++) {
+        slot_t *s = &dl->slots[i];
+        ct_free(s->images);
+        ct_free(s->labels);
+        memset(s, 0, sizeof *s);
+    }
+}
+
+/* (Re)starts production of `epoch`. Mutex held. */
+static void restart_locked(ct_dataloader *dl, int64_t epoch) {
+    dl->gen++;
+    dl->started = 0;
+    while (dl->busy > 0) pthread_cond_wait(&dl->cv_ready, &dl->mu);
+    clear_slots(dl);
+    make_perm(dl, epoch);
+    dl->epoch = epoch;
+    dl->next_claim = 0;
+    dl->next_consume = 0;
+    dl->at_end = 0;
+    dl->started = 1;
+    pthread_cond_broadcast(&dl->cv_work);
+}
+
+ct_dataloader *ct_dataloader_new(const ct_dataset *ds, const ct_dataloader_opts *opts_in) {
+    if (!ds) return ct_error_null("dataloader: dataset is NULL");
+    ct_dataloader_opts opts = opts_in ? *opts_in : ct_dataloader_default_opts();
+    if (opts.batch_size < 1)
+        return ct_error_null("dataloader: batch_size must be at least 1, got %lld",
+                             (long long)opts.batch_size);
+    if (opts.num_workers < 0 || opts.num_workers > 64)
+        return ct_error_null("dataloader: num_workers must be in 0..64, got %d",
+                             opts.num_workers);
+    if (opts.prefetch < 0 || opts.prefetch > 1024)
+        return ct_error_null("dataloader: prefetch must be in 0..1024 (0: 2 per worker), got %d",
+                             opts.prefetch);
+    const ct_transform *t = &opts.transform;
+    if (t->crop_padding < 0 || t->crop_padding > 1024)
+        return ct_error_null("dataloader: crop_padding must be in 0..1024, got %d",
+                             t->crop_padding);
+    if (t->normalize) {
+        if (ds->c > CT_DATA_MAX_CHANNELS)
+            return ct_error_null("dataloader: normalize supports at most %d channels, the "
+                                 "dataset %s has %d",
+                                 CT_DATA_MAX_CHANNELS, ds->name, ds->c);
+        for (int c = 0; c < ds->c; c++)
+            if (!(t->std[c] > 0.0f) && !(t->std[c] < 0.0f))
+                return ct_error_null("dataloader: normalize std[%d] is %g; every std must be "
+                                     "non-zero",
+                                     c, (double)t->std[c]);
+    }
+    ct_dataloader *dl = calloc(1, sizeof *dl);
+    if (!dl) return ct_error_null("dataloader: out of memory");
+    dl->ds = ds;
+    dl->opts = opts;
+    dl->sample_numel = (int64_t)ds->c * ds->h * ds->w;
+    dl->nbatches = opts.drop_last ? ds->n / opts.batch_size
+                                  : (ds->n + opts.batch_size - 1) / opts.batch_size;
+    dl->nthreads = opts.num_workers;
+    dl->prefetch = opts.prefetch > 0 ? opts.prefetch : 2 * (opts.num_workers > 0 ? opts.num_workers : 1);
+    if (dl->prefetch < dl->nthreads) dl->prefetch = dl->nthreads;
+    dl->perm = malloc(ds->n ? (size_t)ds->n * sizeof(int64_t) : 1);
+    dl->slots = calloc((size_t)dl->prefetch, sizeof(slot_t));
+    dl->scratch = malloc(dl->sample_numel ? (size_t)dl->sample_numel : 1);
+    if (!dl->perm || !dl->slots || !dl->scratch) {
+        free(dl->perm);
+        free(dl->slots);
+        free(dl->scratch);
+        free(dl);
+        return ct_error_null("dataloader: out of memory");
+    }
+    pthread_mutex_init(&dl->mu, NULL);
+    pthread_cond_init(&dl->cv_work, NULL);
+    pthread_cond_init(&dl->cv_ready, NULL);
+    /* Epoch 0 starts at once so that its first batches are ready by the first call. */
+    pthread_mutex_lock(&dl->mu);
+    restart_locked(dl, 0);
+    pthread_mutex_unlock(&dl->mu);
+    if (dl->nthreads > 0) {
+        dl->threads = calloc((size_t)dl->nthreads, sizeof(pthread_t));
+        if (!dl->threads) {
+            dl->nthreads = 0;
+        } else {
+            for (int i = 0; i < dl->nthreads; i++) {
+                if (pthread_create(&dl->threads[i], NULL, worker_main, dl) != 0) {
+                    dl->nthreads = i; /* run with fewer workers (or synchronously) */
+                    break;
+                }
+            }
+        }
+    }
+    return dl;
+}
+
+int64_t ct_dataloader_num_batches(const ct_dataloader *dl) { return dl ? dl->nbatches : 0; }
+
+double ct_dataloader_wait_seconds(const ct_dataloader *dl) { return dl ? dl->wait_s : 0.0; }
+
+int ct_dataloader_start_epoch(ct_dataloader *dl, int64_t epoch) {
+    if (!dl) return ct_error("dataloader_start_epoch: loader is NULL");
+    if (epoch < 0) return ct_error("dataloader_start_epoch: epoch must be >= 0, got %lld",
+                                   (long long)epoch);
+    pthread_mutex_lock(&dl->mu);
+    int fresh = dl->started && dl->epoch == epoch && dl->next_consume == 0;
+    if (fresh)
+        dl->at_end = 0; /* keep what the workers already prepared */
+    else
+        restart_locked(dl, epoch);
+    pthread_mutex_unlock(&dl->mu);
+    return 0;
+}
+
+int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels) {
+    if (images) *images = NULL;
+    if (labels) *labels = NULL;
+    if (!dl || !images || !labels)
+        return ct_error("dataloader_next: loader, images and labels must be non-NULL");
+    ct_tensor *img = NULL, *lab = NULL;
+    int failed = 0;
+    pthread_mutex_lock(&dl->mu);
+    if (dl->at_end || dl->next_consume >= dl->nbatches) {
+        pthread_mutex_unlock(&dl->mu);
+        return 0;
+    }
+    int64_t b = dl->next_consume;
+    if (dl->nthreads == 0) {
+        int64_t epoch = dl->epoch;
+        dl->next_claim = b + 1;
+        pthread_mutex_unlock(&dl->mu);
+        failed = build_batch(dl, epoch, b, dl->scratch, &img, &lab) != 0;
+        pthread_mutex_lock(&dl->mu);
+    } else {
+        slot_t *s = &dl->slots[b % dl->prefetch];
+        if (!(s->state == SLOT_READY && s->batch == b)) {
+            double t0 = now_s();
+            while (!(s->state == SLOT_READY && s->batch == b))
+                pthread_cond_wait(&dl->cv_ready, &dl->mu);
+            dl->wait_s += now_s() - t0;
+        }
+        img = s->images;
+        lab = s->labels;
+        failed = s->failed;
+        memset(s, 0, sizeof *s);
+    }
+    dl->next_consume = b + 1;
+    if (dl->next_consume >= dl->nbatches && dl->nthreads > 0) {
+        /* Look ahead: produce the next epoch while the caller evaluates / logs. */
+        restart_locked(dl, dl->epoch + 1);
+        dl->at_end = 1;
+    } else {
+        pthread_cond_broadcast(&dl->cv_work);
+    }
+    pthread_mutex_unlock(&dl->mu);
+
+    if (failed) {
+        ct_free(img);
+        ct_free(lab);
+        return ct_error("dataloader: out of memory building batch %lld", (long long)b);
+    }
+    *images = img;
+    *labels = lab;
+    return 1;
+}
+
+void ct_dataloader_free(ct_dataloader *dl) {
+    if (!dl) return;
+    pthread_mutex_lock(&dl->mu);
+    dl->stop = 1;
+    dl->gen++;
+    pthread_cond_broadcast(&dl->cv_work);
+    pthread_mutex_unlock(&dl->mu);
+    for (int i = 0; i < dl->nthreads; i++) pthread_join(dl->threads[i], NULL);
+    clear_slots(dl);
+    pthread_cond_destroy(&dl->cv_work);
+    pthread_cond_destroy(&dl->cv_ready);
+    pthread_mutex_destroy(&dl->mu);
+    free(dl->threads);
+    free(dl->slots);
+    free(dl->perm);
+    free(dl->scratch);
+    free(dl);
+}

@@ -1,0 +1,948 @@
+/* Data pipeline: dataset readers (real CIFAR-10 / MNIST / Fashion-MNIST files and
+ * synthetic bad files), transforms, DataLoader, download error path.
+ *
+ * Real-data tests read the directory in $CTORCH_DATA (`make test` sets it to
+ * ../shared/data) and SKIP when it is unset or lacks the files. Their expected values were
+ * computed independently with numpy (python3, numpy 1.24), e.g. for CIFAR-10:
+ *   d = np.fromfile('cifar-10-batches-bin/data_batch_1.bin', np.uint8).reshape(-1, 3073)
+ *   d[:10, 0]; img = d[:, 1:].reshape(-1, 3, 32, 32); img[0, 1, 5, 7]; int(img[0].sum())
+ * and for MNIST:
+ *   im = np.frombuffer(gzip.open('mnist/train-images-idx3-ubyte.gz').read(), np.uint8)
+ *   im = im[16:].reshape(-1, 28, 28); labels likewise from byte 8 of the label file.
+ * Normalised values came from torch: ((torch.tensor([v], dtype=torch.uint8).float() / 255)
+ *   - mean) / std in float32. */
+#include "test.h"
+
+#include "ctorch_data.h"
+#include "data/data_internal.h"
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* ------------------------------------------------------------------ helpers */
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
+
+static int make_tmpdir(char *out, size_t n) {
+    snprintf(out, n, "/tmp/ctorch_data_test_XXXXXX");
+    return mkdtemp(out) ? 0 : -1;
+}
+
+static void write_file(const char *dir, const char *name, const void *data, size_t n) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    CHECK_MSG(f != NULL, "cannot write %s", path);
+    if (!f) return;
+    if (n) CHECK(fwrite(data, 1, n, f) == n);
+    fclose(f);
+}
+
+static void write_gz(const char *dir, const char *name, const void *data, size_t n) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    gzFile g = gzopen(path, "wb");
+    CHECK_MSG(g != NULL, "cannot write %s", path);
+    if (!g) return;
+    if (n) CHECK(gzwrite(g, data, (unsigned)n) == (int)n);
+    gzclose(g);
+}
+
+static void make_subdir(char *out, size_t n, const char *root, const char *sub) {
+    snprintf(out, n, "%s/%s", root, sub);
+    mkdir(out, 0777);
+}
+
+static int contains(const char *hay, const char *needle) {
+    return hay && strstr(hay, needle) != NULL;
+}
+
+#define CHECK_ERRMSG(needle)                                                                 \
+    CHECK_MSG(contains(ct_last_error(), needle), "error message lacks \"%s\": %s", needle,   \
+              ct_last_error())
+
+static const char *real_root(void) {
+    const char *d = getenv("CTORCH_DATA");
+    return d && d[0] ? d : NULL;
+}
+
+static int64_t image_sum(const ct_dataset *ds, int64_t i) {
+    int64_t s = 0, numel = (int64_t)ds->c * ds->h * ds->w;
+    for (int64_t k = 0; k < numel; k++) s += ds->images[i * numel + k];
+    return s;
+}
+
+static uint8_t pixel(const ct_dataset *ds, int64_t i, int c, int y, int x) {
+    return ds->images[(((size_t)i * ds->c + c) * ds->h + y) * ds->w + x];
+}
+
+/* Loads a real dataset or SKIPs the test when the data is not available. */
+#define LOAD_REAL_OR_SKIP(var, kind, split, limit)                                           \
+    const char *root_ = real_root();                                                         \
+    if (!root_) SKIP("CTORCH_DATA is not set (make test sets it to ../shared/data)");       \
+    ct_dataset *var = ct_dataset_load(kind, split, root_, limit);                            \
+    if (!var) {                                                                              \
+        char why_[600];                                                                      \
+        snprintf(why_, sizeof why_, "data not available: %.500s", ct_last_error());          \
+        SKIP(why_);                                                                          \
+    }
+
+/* ---------------------------------------------------------- real CIFAR-10 */
+TEST(data_cifar10_train_real) {
+    LOAD_REAL_OR_SKIP(ds, CT_DATASET_CIFAR10, CT_SPLIT_TRAIN, 0);
+    CHECK(ds->n == 50000);
+    CHECK(ds->c == 3 && ds->h == 32 && ds->w == 32 && ds->num_classes == 10);
+    static const int64_t first[10] = {6, 9, 9, 4, 1, 1, 2, 7, 8, 3};
+    for (int i = 0; i < 10; i++) CHECK_MSG(ds->labels[i] == first[i], "label %d", i);
+    CHECK(pixel(ds, 0, 0, 0, 0) == 59);
+    CHECK(pixel(ds, 0, 1, 5, 7) == 77);
+    CHECK(pixel(ds, 0, 2, 31, 31) == 72);
+    CHECK(image_sum(ds, 0) == 317790);
+    /* last record of data_batch_1, first of data_batch_2, last of data_batch_5 */
+    CHECK(ds->labels[9999] == 5 && pixel(ds, 9999, 0, 16, 16) == 121);
+    CHECK(image_sum(ds, 9999) == 380993);
+    CHECK(ds->labels[10000] == 1 && pixel(ds, 10000, 1, 10, 20) == 103);
+    CHECK(image_sum(ds, 10000) == 369204);
+    CHECK(ds->labels[49999] == 1 && image_sum(ds, 49999) == 405136);
+    int64_t counts[10] = {0};
+    for (int64_t i = 0; i < ds->n; i++) counts[ds->labels[i]]++;
+    for (int c = 0; c < 10; c++) CHECK_MSG(counts[c] == 5000, "class %d: %lld", c, (long long)counts[c]);
+    ct_dataset_free(ds);
+}
+
+TEST(data_cifar10_test_real) {
+    LOAD_REAL_OR_SKIP(ds, CT_DATASET_CIFAR10, CT_SPLIT_TEST, 0);
+    CHECK(ds->n == 10000);
+    static const int64_t first[10] = {3, 8, 8, 0, 6, 6, 1, 6, 3, 1};
+    for (int i = 0; i < 10; i++) CHECK_MSG(ds->labels[i] == first[i], "label %d", i);
+    CHECK(image_sum(ds, 0) == 332962);
+    ct_dataset_free(ds);
+}
+
+TEST(data_cifar10_limit_real) {
+    LOAD_REAL_OR_SKIP(ds, CT_DATASET_CIFAR10, CT_SPLIT_TRAIN, 10001);
+    CHECK(ds->n == 10001);
+    CHECK(ds->labels[0] == 6 && image_sum(ds, 0) == 317790);
+    CHECK(ds->labels[10000] == 1 && image_sum(ds, 10000) == 369204);
+    ct_dataset_free(ds);
+}
+
+/* --------------------------------------------------- real MNIST / Fashion */
+TEST(data_mnist_real) {
+    LOAD_REAL_OR_SKIP(tr, CT_DATASET_MNIST, CT_SPLIT_TRAIN, 0);
+    CHECK(tr->n == 60000 && tr->c == 1 && tr->h == 28 && tr->w == 28);
+    static const int64_t first[10] = {5, 0, 4, 1, 9, 2, 1, 3, 1, 4};
+    for (int i = 0; i < 10; i++) CHECK_MSG(tr->labels[i] == first[i], "label %d", i);
+    CHECK(pixel(tr, 0, 0, 14, 14) == 240);
+    CHECK(pixel(tr, 0, 0, 5, 12) == 3);
+    CHECK(image_sum(tr, 0) == 27525);
+    CHECK(tr->labels[59999] == 8 && image_sum(tr, 59999) == 20920);
+    ct_dataset_free(tr);
+    ct_dataset *te = ct_mnist_load(root_, CT_SPLIT_TEST, 0);
+    CHECK_NN(te);
+    if (!te) return;
+    CHECK(te->n == 10000);
+    static const int64_t tfirst[10] = {7, 2, 1, 0, 4, 1, 4, 9, 5, 9};
+    for (int i = 0; i < 10; i++) CHECK_MSG(te->labels[i] == tfirst[i], "test label %d", i);
+    CHECK(image_sum(te, 0) == 18454);
+    CHECK(te->labels[9999] == 6 && image_sum(te, 9999) == 41833);
+    ct_dataset_free(te);
+}
+
+TEST(data_fashion_mnist_real) {
+    LOAD_REAL_OR_SKIP(tr, CT_DATASET_FASHION_MNIST, CT_SPLIT_TRAIN, 0);
+    CHECK(tr->n == 60000 && tr->c == 1 && tr->h == 28 && tr->w == 28);
+    static const int64_t first[10] = {9, 0, 0, 3, 0, 2, 7, 2, 5, 5};
+    for (int i = 0; i < 10; i++) CHECK_MSG(tr->labels[i] == first[i], "label %d", i);
+    CHECK(pixel(tr, 0, 0, 14, 14) == 217);
+    CHECK(image_sum(tr, 0) == 76247);
+    CHECK(tr->labels[59999] == 5 && image_sum(tr, 59999) == 16684);
+    ct_dataset_free(tr);
+    ct_dataset *te = ct_fashion_mnist_load(root_, CT_SPLIT_TEST, 100);
+    CHECK_NN(te);
+    if (!te) return;
+    CHECK(te->n == 100);
+    static const int64_t tfirst[10] = {9, 2, 1, 1, 6, 1, 4, 6, 5, 7};
+    for (int i = 0; i < 10; i++) CHECK_MSG(te->labels[i] == tfirst[i], "test label %d", i);
+    CHECK(image_sum(te, 0) == 33456);
+    ct_dataset_free(te);
+}
+
+/* --dir may name the dataset's own directory instead of the data root. */
+TEST(data_dataset_subdir_as_root_real) {
+    const char *root = real_root();
+    if (!root) SKIP("CTORCH_DATA is not set");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/mnist", root);
+    ct_dataset *ds = ct_mnist_load(dir, CT_SPLIT_TEST, 5);
+    if (!ds) SKIP("MNIST not available");
+    CHECK(ds->n == 5 && ds->labels[0] == 7);
+    ct_dataset_free(ds);
+}
+
+/* Batches of the real CIFAR-10 with shuffle off follow data_batch_1's record order and
+ * carry the seed's normalisation (mean 0.5, std 0.5). */
+TEST(data_loader_cifar10_real_no_shuffle) {
+    LOAD_REAL_OR_SKIP(ds, CT_DATASET_CIFAR10, CT_SPLIT_TRAIN, 200);
+    ct_dataloader_opts o = ct_dataloader_default_opts();
+    o.shuffle = 0;
+    o.num_workers = 2;
+    o.transform.normalize = 1;
+    CHECK(ct_dataset_default_normalization(CT_DATASET_CIFAR10, o.transform.mean,
+                                           o.transform.std) == 3);
+    ct_dataloader *dl = ct_dataloader_new(ds, &o);
+    CHECK_NN(dl);
+    if (!dl) {
+        ct_dataset_free(ds);
+        return;
+    }
+    CHECK(ct_dataloader_num_batches(dl) == 4);
+    ct_tensor *x, *y;
+    int64_t sizes[4] = {0};
+    int nb = 0;
+    while (ct_dataloader_next(dl, &x, &y) == 1) {
+        CHECK(ct_ndim(x) == 4 && ct_size(x, 1) == 3 && ct_size(x, 2) == 32 && ct_size(x, 3) == 32);
+        CHECK(ct_dtype_of(x) == CT_FLOAT32 && ct_dtype_of(y) == CT_INT64);
+        CHECK(ct_size(x, 0) == ct_size(y, 0));
+        if (nb < 4) sizes[nb] = ct_size(x, 0);
+        if (nb == 0) {
+            const float *px = ct_data(x);
+            const int64_t *lb = ct_data(y);
+            static const int64_t first[10] = {6, 9, 9, 4, 1, 1, 2, 7, 8, 3};
+            for (int i = 0; i < 10; i++) CHECK(lb[i] == first[i]);
+            CHECK(px[0] == -0.53725493f); /* pixel 59 */
+            /* image 0, channel 1, (5, 7) = 77 */
+            CHECK(fabsf(px[1024 + 5 * 32 + 7] - ((77.0f / 255.0f - 0.5f) / 0.5f)) == 0.0f);
+        }
+        if (nb == 3) {
+            const int64_t *lb = ct_data(y);
+            CHECK(lb[ct_size(y, 0) - 1] == ds->labels[199]);
+        }
+        nb++;
+        ct_free(x);
+        ct_free(y);
+    }
+    CHECK(nb == 4);
+    CHECK(sizes[0] == 64 && sizes[1] == 64 && sizes[2] == 64 && sizes[3] == 8);
+    ct_dataloader_free(dl);
+    ct_dataset_free(ds);
+}
+
+/* ------------------------------------------------------- missing / bad files */
+TEST(data_missing_files_error) {
+    char tmp[256];
+    CHECK(make_tmpdir(tmp, sizeof tmp) == 0);
+    CHECK(ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("data_batch_1.bin");
+    CHECK_ERRMSG("ctorch download cifar10");
+    CHECK_ERRMSG("cifar-10-batches-bin");
+    CHECK_ERRMSG("cifar-10-binary.tar.gz");
+    CHECK(ct_cifar10_load(tmp, CT_SPLIT_TEST, 0) == NULL);
+    CHECK_ERRMSG("test_batch.bin");
+    CHECK(ct_mnist_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("train-images-idx3-ubyte");
+    CHECK_ERRMSG("ctorch download mnist");
+    CHECK(ct_fashion_mnist_load(tmp, CT_SPLIT_TEST, 0) == NULL);
+    CHECK_ERRMSG("t10k-images-idx3-ubyte");
+    CHECK_ERRMSG("ctorch download fashion_mnist");
+    CHECK_ERRMSG("fashion-mnist");
+    rm_rf(tmp);
+}
+
+/* Synthetic CIFAR-10 batch: `n` records, record r gets label (seed + r) % 10 and pixel
+ * k = (seed * 7 + r * 3 + k) & 255. */
+static uint8_t *fake_cifar(int n, int seed) {
+    uint8_t *b = malloc((size_t)n * 3073);
+    for (int r = 0; r < n; r++) {
+        b[(size_t)r * 3073] = (uint8_t)((seed + r) % 10);
+        for (int k = 0; k < 3072; k++) b[(size_t)r * 3073 + 1 + k] = (uint8_t)((seed * 7 + r * 3 + k) & 255);
+    }
+    return b;
+}
+
+static const char *const k_cifar_files[6] = {"data_batch_1.bin", "data_batch_2.bin",
+                                             "data_batch_3.bin", "data_batch_4.bin",
+                                             "data_batch_5.bin", "test_batch.bin"};
+
+TEST(data_cifar10_synthetic_and_bad_files) {
+    char tmp[256], dir[512];
+    CHECK(make_tmpdir(tmp, sizeof tmp) == 0);
+    make_subdir(dir, sizeof dir, tmp, "cifar-10-batches-bin");
+    for (int f = 0; f < 6; f++) {
+        uint8_t *b = fake_cifar(2, f);
+        write_file(dir, k_cifar_files[f], b, 2 * 3073);
+        free(b);
+    }
+    ct_dataset *ds = ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 0);
+    CHECK_NN(ds);
+    if (ds) {
+        CHECK(ds->n == 10);
+        for (int f = 0; f < 5; f++)
+            for (int r = 0; r < 2; r++) {
+                CHECK(ds->labels[2 * f + r] == (f + r) % 10);
+                CHECK(ds->images[(size_t)(2 * f + r) * 3072 + 5] == (uint8_t)((f * 7 + r * 3 + 5) & 255));
+            }
+        ct_dataset_free(ds);
+    }
+    ds = ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 3); /* limit */
+    CHECK(ds && ds->n == 3 && ds->labels[2] == 1);
+    ct_dataset_free(ds);
+    ds = ct_cifar10_load(dir, CT_SPLIT_TEST, 0); /* the batches directory itself */
+    CHECK(ds && ds->n == 2 && ds->labels[0] == 5);
+    ct_dataset_free(ds);
+
+    /* truncated: one byte short */
+    uint8_t *b = fake_cifar(2, 3);
+    write_file(dir, "data_batch_3.bin", b, 2 * 3073 - 1);
+    CHECK(ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("data_batch_3.bin");
+    CHECK_ERRMSG("3073");
+    CHECK_ERRMSG("truncated");
+    /* label out of range */
+    b[3073] = 10;
+    write_file(dir, "data_batch_3.bin", b, 2 * 3073);
+    CHECK(ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("data_batch_3.bin");
+    CHECK_ERRMSG("label 10");
+    /* empty file */
+    write_file(dir, "test_batch.bin", b, 0);
+    CHECK(ct_cifar10_load(tmp, CT_SPLIT_TEST, 0) == NULL);
+    CHECK_ERRMSG("test_batch.bin");
+    free(b);
+    rm_rf(tmp);
+}
+
+/* ----------------------------------------------------------- tar.gz archive */
+static void tar_header(uint8_t h[512], const char *name, size_t size, char type) {
+    memset(h, 0, 512);
+    snprintf((char *)h, 100, "%s", name);
+    snprintf((char *)h + 100, 8, "%07o", 0644);
+    snprintf((char *)h + 108, 8, "%07o", 0);
+    snprintf((char *)h + 116, 8, "%07o", 0);
+    snprintf((char *)h + 124, 12, "%011zo", size);
+    snprintf((char *)h + 136, 12, "%011o", 0);
+    h[156] = (uint8_t)type;
+    memcpy(h + 257, "ustar", 6);
+    memcpy(h + 263, "00", 2);
+    memset(h + 148, ' ', 8);
+    unsigned sum = 0;
+    for (int i = 0; i < 512; i++) sum += h[i];
+    snprintf((char *)h + 148, 8, "%06o", sum);
+    h[155] = ' ';
+}
+
+static void tar_add(gzFile g, const char *name, const void *data, size_t size, char type) {
+    uint8_t h[512];
+    tar_header(h, name, size, type);
+    gzwrite(g, h, 512);
+    if (size) gzwrite(g, data, (unsigned)size);
+    static const uint8_t zeros[512];
+    if (size % 512) gzwrite(g, zeros, (unsigned)(512 - size % 512));
+}
+
+/* Writes a cifar-10-binary.tar.gz like the official one (members in a scrambled order,
+ * a directory entry and readme.html) holding 3-record batches. */
+static void write_fake_cifar_archive(const char *path) {
+    gzFile g = gzopen(path, "wb");
+    tar_add(g, "cifar-10-batches-bin/", NULL, 0, '5');
+    static const int order[6] = {5, 2, 0, 4, 1, 3};
+    for (int i = 0; i < 6; i++) {
+        int f = order[i];
+        if (i == 3) tar_add(g, "cifar-10-batches-bin/readme.html", "<html/>", 7, '0');
+        char name[128];
+        snprintf(name, sizeof name, "cifar-10-batches-bin/%s", k_cifar_files[f]);
+        uint8_t *b = fake_cifar(3, f);
+        tar_add(g, name, b, 3 * 3073, '0');
+        free(b);
+    }
+    static const uint8_t zeros[1024];
+    gzwrite(g, zeros, 1024);
+    gzclose(g);
+}
+
+TEST(data_cifar10_from_targz) {
+    char tmp[256], path[512];
+    CHECK(make_tmpdir(tmp, sizeof tmp) == 0);
+    snprintf(path, sizeof path, "%s/cifar-10-binary.tar.gz", tmp);
+    write_fake_cifar_archive(path);
+    ct_dataset *ds = ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 0);
+    CHECK_NN(ds);
+    if (ds) {
+        CHECK(ds->n == 15);
+        for (int f = 0; f < 5; f++)
+            for (int r = 0; r < 3; r++) {
+                CHECK_MSG(ds->labels[3 * f + r] == (f + r) % 10, "record %d", 3 * f + r);
+                CHECK(ds->images[(size_t)(3 * f + r) * 3072 + 100] == (uint8_t)((f * 7 + r * 3 + 100) & 255));
+            }
+        ct_dataset_free(ds);
+    }
+    ds = ct_cifar10_load(tmp, CT_SPLIT_TEST, 2);
+    CHECK(ds && ds->n == 2 && ds->labels[0] == 5 && ds->labels[1] == 6);
+    ct_dataset_free(ds);
+
+    /* `ctorch download` unpacks the archive the same way */
+    char dest[600];
+    snprintf(dest, sizeof dest, "%s/unpacked/cifar-10-batches-bin", tmp);
+    CHECK_OK(ct_cifar10_extract_archive(path, dest));
+    snprintf(dest, sizeof dest, "%s/unpacked", tmp);
+    ds = ct_cifar10_load(dest, CT_SPLIT_TRAIN, 0);
+    CHECK(ds && ds->n == 15 && ds->labels[14] == (4 + 2) % 10);
+    ct_dataset_free(ds);
+
+    /* a truncated archive is rejected with a message naming it */
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)sz);
+    CHECK(fread(buf, 1, (size_t)sz, f) == (size_t)sz);
+    fclose(f);
+    write_file(tmp, "cifar-10-binary.tar.gz", buf, (size_t)sz / 2);
+    CHECK(ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("cifar-10-binary.tar.gz");
+    free(buf);
+    rm_rf(tmp);
+}
+
+/* ------------------------------------------------------------------ IDX */
+static void put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* IDX image file bytes: n images rows x cols, pixel k of image i = (i * 31 + k) & 255. */
+static uint8_t *idx_images(uint32_t magic, uint32_t n, uint32_t rows, uint32_t cols, size_t *size) {
+    *size = 16 + (size_t)n * rows * cols;
+    uint8_t *b = malloc(*size);
+    put_be32(b, magic);
+    put_be32(b + 4, n);
+    put_be32(b + 8, rows);
+    put_be32(b + 12, cols);
+    for (size_t k = 0; k < (size_t)n * rows * cols; k++)
+        b[16 + k] = (uint8_t)(((k / (rows * cols)) * 31 + k % (rows * cols)) & 255);
+    return b;
+}
+
+static uint8_t *idx_labels(uint32_t magic, uint32_t n, size_t *size) {
+    *size = 8 + n;
+    uint8_t *b = malloc(*size);
+    put_be32(b, magic);
+    put_be32(b + 4, n);
+    for (uint32_t i = 0; i < n; i++) b[8 + i] = (uint8_t)((i * 3) % 10);
+    return b;
+}
+
+TEST(data_mnist_synthetic_and_bad_files) {
+    char tmp[256], dir[512];
+    CHECK(make_tmpdir(tmp, sizeof tmp) == 0);
+    make_subdir(dir, sizeof dir, tmp, "mnist");
+    size_t is, ls;
+    uint8_t *im = idx_images(2051, 4, 28, 28, &is);
+    uint8_t *lb = idx_labels(2049, 4, &ls);
+    write_gz(dir, "train-images-idx3-ubyte.gz", im, is);
+    write_gz(dir, "train-labels-idx1-ubyte.gz", lb, ls);
+    ct_dataset *ds = ct_mnist_load(tmp, CT_SPLIT_TRAIN, 0);
+    CHECK_NN(ds);
+    if (ds) {
+        CHECK(ds->n == 4 && ds->c == 1 && ds->h == 28 && ds->w == 28);
+        CHECK(ds->labels[3] == 9);
+        CHECK(ds->images[2 * 784 + 10] == (uint8_t)(2 * 31 + 10));
+        ct_dataset_free(ds);
+    }
+    /* uncompressed files are read too (and win over the .gz) */
+    write_file(dir, "t10k-images-idx3-ubyte", im, is);
+    write_file(dir, "t10k-labels-idx1-ubyte", lb, ls);
+    ds = ct_mnist_load(tmp, CT_SPLIT_TEST, 2);
+    CHECK(ds && ds->n == 2 && ds->labels[1] == 3);
+    ct_dataset_free(ds);
+
+    /* wrong magic: a label file where the images belong */
+    write_gz(dir, "train-images-idx3-ubyte.gz", lb, ls);
+    CHECK(ct_mnist_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("train-images-idx3-ubyte.gz");
+    CHECK_ERRMSG("2051");
+    write_gz(dir, "train-images-idx3-ubyte.gz", im, is);
+    uint8_t junk[64];
+    memset(junk, 'x', sizeof junk);
+    write_gz(dir, "train-labels-idx1-ubyte.gz", junk, sizeof junk);
+    CHECK(ct_mnist_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("train-labels-idx1-ubyte.gz");
+    CHECK_ERRMSG("2049");
+    /* truncated image data */
+    write_gz(dir, "train-labels-idx1-ubyte.gz", lb, ls);
+    write_gz(dir, "train-images-idx3-ubyte.gz", im, is - 100);
+    CHECK(ct_mnist_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("truncated");
+    CHECK_ERRMSG("train-images-idx3-ubyte.gz");
+    /* counts that do not match */
+    size_t ls5;
+    uint8_t *lb5 = idx_labels(2049, 5, &ls5);
+    write_gz(dir, "train-images-idx3-ubyte.gz", im, is);
+    write_gz(dir, "train-labels-idx1-ubyte.gz", lb5, ls5);
+    CHECK(ct_mnist_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("4 images");
+    CHECK_ERRMSG("5 labels");
+    free(lb5);
+    /* a gzip stream cut short */
+    write_gz(dir, "train-labels-idx1-ubyte.gz", lb, ls);
+    char path[600];
+    snprintf(path, sizeof path, "%s/train-images-idx3-ubyte.gz", dir);
+    FILE *f = fopen(path, "rb");
+    uint8_t gzbuf[8192];
+    size_t gzn = fread(gzbuf, 1, sizeof gzbuf, f);
+    fclose(f);
+    write_file(dir, "train-images-idx3-ubyte.gz", gzbuf, gzn - 12);
+    CHECK(ct_mnist_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("train-images-idx3-ubyte.gz");
+    /* label value out of range */
+    lb[8 + 2] = 12;
+    write_gz(dir, "train-images-idx3-ubyte.gz", im, is);
+    write_gz(dir, "train-labels-idx1-ubyte.gz", lb, ls);
+    CHECK(ct_mnist_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("outside 0-9");
+    free(im);
+    free(lb);
+    rm_rf(tmp);
+}
+
+/* ------------------------------------------------------------ names & root */
+TEST(data_names_and_root) {
+    ct_dataset_kind k;
+    CHECK(ct_dataset_parse_name("cifar10", &k) == 0 && k == CT_DATASET_CIFAR10);
+    CHECK(ct_dataset_parse_name("CIFAR-10", &k) == 0 && k == CT_DATASET_CIFAR10);
+    CHECK(ct_dataset_parse_name("fashion-mnist", &k) == 0 && k == CT_DATASET_FASHION_MNIST);
+    CHECK(ct_dataset_parse_name("fashion_mnist", &k) == 0 && k == CT_DATASET_FASHION_MNIST);
+    CHECK(ct_dataset_parse_name("mnist", &k) == 0 && k == CT_DATASET_MNIST);
+    CHECK_ERR_INT(ct_dataset_parse_name("imagenet", &k), "cifar10, mnist or fashion_mnist");
+    CHECK(strcmp(ct_dataset_subdir(CT_DATASET_CIFAR10), "cifar-10-batches-bin") == 0);
+    CHECK(strcmp(ct_dataset_subdir(CT_DATASET_FASHION_MNIST), "fashion-mnist") == 0);
+    CHECK(strcmp(ct_dataset_name(CT_DATASET_FASHION_MNIST), "fashion_mnist") == 0);
+
+    char *saved = getenv("CTORCH_DATA") ? strdup(getenv("CTORCH_DATA")) : NULL;
+    setenv("CTORCH_DATA", "/some/where", 1);
+    CHECK(strcmp(ct_data_root("/explicit"), "/explicit") == 0);
+    CHECK(strcmp(ct_data_root(NULL), "/some/where") == 0);
+    CHECK(strcmp(ct_data_root(""), "/some/where") == 0);
+    unsetenv("CTORCH_DATA");
+    CHECK(strcmp(ct_data_root(NULL), "data") == 0);
+    if (saved) {
+        setenv("CTORCH_DATA", saved, 1);
+        free(saved);
+    }
+    float m[4], s[4];
+    CHECK(ct_dataset_default_normalization(CT_DATASET_MNIST, m, s) == 1);
+    CHECK(m[0] == 0.1307f && s[0] == 0.3081f);
+}
+
+/* -------------------------------------------------------------- transforms */
+TEST(data_transform_to_float_normalize) {
+    const uint8_t px[5] = {59, 0, 255, 240, 3};
+    float out[5];
+    const float m5[1] = {0.5f}, s5[1] = {0.5f};
+    ct_images_to_float(px, out, 1, 1, 1, 3, m5, s5);
+    /* torch float32: ((tensor([v], uint8).float() / 255) - 0.5) / 0.5 */
+    CHECK(out[0] == -0.53725493f);
+    CHECK(out[1] == -1.0f && out[2] == 1.0f);
+    const float mm[1] = {0.1307f}, sm[1] = {0.3081f};
+    ct_images_to_float(px + 3, out, 1, 1, 1, 2, mm, sm);
+    CHECK(out[0] == 2.63056326f);  /* torch: 2.630563259124756 */
+    CHECK(out[1] == -0.386028260f); /* torch: -0.3860282599925995 */
+    ct_images_to_float(px, out, 1, 1, 1, 3, NULL, NULL);
+    CHECK(out[0] == 59.0f / 255.0f && out[2] == 1.0f);
+    /* per-channel: 2 images, 2 channels of 1 pixel */
+    const uint8_t two[4] = {255, 255, 0, 0};
+    const float mc[2] = {0.0f, 1.0f}, sc[2] = {1.0f, 2.0f};
+    float o4[4];
+    ct_images_to_float(two, o4, 2, 2, 1, 1, mc, sc);
+    CHECK(o4[0] == 1.0f && o4[1] == 0.0f && o4[2] == 0.0f && o4[3] == -0.5f);
+}
+
+TEST(data_transform_crop_flip) {
+    enum { C = 2, H = 5, W = 6 };
+    uint8_t src[C * H * W], dst[C * H * W];
+    for (int i = 0; i < C * H * W; i++) src[i] = (uint8_t)(i + 1);
+    /* centre window: unchanged */
+    ct_image_crop_padded(src, dst, C, H, W, 2, 2, 2);
+    CHECK(memcmp(src, dst, sizeof src) == 0);
+    /* top-left window: shifted by (2, 2) towards bottom-right with zeros */
+    ct_image_crop_padded(src, dst, C, H, W, 2, 0, 0);
+    for (int c = 0; c < C; c++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++) {
+                uint8_t want = (y < 2 || x < 2) ? 0 : src[(c * H + y - 2) * W + x - 2];
+                CHECK_MSG(dst[(c * H + y) * W + x] == want, "tl c%d y%d x%d", c, y, x);
+            }
+    /* bottom-right window with asymmetric offsets */
+    ct_image_crop_padded(src, dst, C, H, W, 2, 4, 3);
+    for (int c = 0; c < C; c++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++) {
+                int sy = y + 2, sx = x + 1;
+                uint8_t want = (sy >= H || sx >= W) ? 0 : src[(c * H + sy) * W + sx];
+                CHECK_MSG(dst[(c * H + y) * W + x] == want, "br c%d y%d x%d", c, y, x);
+            }
+    /* flip */
+    memcpy(dst, src, sizeof src);
+    ct_image_hflip(dst, C, H, W);
+    CHECK(dst[0] == src[W - 1] && dst[W - 1] == src[0] && dst[W * H] == src[W * H + W - 1]);
+    ct_image_hflip(dst, C, H, W);
+    CHECK(memcmp(src, dst, sizeof src) == 0);
+
+    /* augment: seeded, deterministic, covers every offset, flips about half the time */
+    ct_transform t;
+    memset(&t, 0, sizeof t);
+    t.crop_padding = 4;
+    t.hflip = 1;
+    ct_data_rng r1, r2;
+    ct_data_rng_seed(&r1, 123);
+    ct_data_rng_seed(&r2, 123);
+    uint8_t a[3 * 32 * 32], b[3 * 32 * 32];
+    for (int i = 0; i < 3 * 32 * 32; i++) a[i] = b[i] = (uint8_t)(i * 7);
+    ct_transform_augment(&t, a, 3, 32, 32, &r1);
+    ct_transform_augment(&t, b, 3, 32, 32, &r2);
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    int seen[9][9] = {{0}}, flips = 0;
+    ct_data_rng r;
+    ct_data_rng_seed(&r, 7);
+    for (int i = 0; i < 4000; i++) {
+        seen[ct_data_rng_below(&r, 9)][ct_data_rng_below(&r, 9)]++;
+        flips += (int)(ct_data_rng_next(&r) >> 63);
+    }
+    for (int y = 0; y < 9; y++)
+        for (int x = 0; x < 9; x++) CHECK_MSG(seen[y][x] > 0, "offset %d,%d never drawn", y, x);
+    CHECK(flips > 1800 && flips < 2200);
+}
+
+/* ------------------------------------------------------------- DataLoader */
+/* A dataset whose record i encodes i in its pixels (1x2x2: low byte, high byte) and has
+ * label i % 10, so batches reveal the record order. */
+static ct_dataset *index_dataset(int64_t n) {
+    uint8_t *img = malloc((size_t)n * 4);
+    int64_t *lab = malloc((size_t)n * sizeof(int64_t));
+    for (int64_t i = 0; i < n; i++) {
+        img[4 * i] = (uint8_t)(i & 255);
+        img[4 * i + 1] = (uint8_t)(i >> 8);
+        img[4 * i + 2] = 7;
+        img[4 * i + 3] = 9;
+        lab[i] = i % 10;
+    }
+    ct_dataset *ds = ct_dataset_from_memory(img, lab, n, 1, 2, 2, 10, "index");
+    free(img);
+    free(lab);
+    return ds;
+}
+
+/* Runs one epoch and writes the record indices in delivery order into out (n entries).
+ * Returns the number of records delivered, or -1. */
+static int64_t epoch_order(ct_dataloader *dl, int64_t epoch, int64_t *out, int64_t cap,
+                           int64_t *nbatches) {
+    if (ct_dataloader_start_epoch(dl, epoch) != 0) return -1;
+    int64_t k = 0, nb = 0;
+    ct_tensor *x, *y;
+    int rc;
+    while ((rc = ct_dataloader_next(dl, &x, &y)) == 1) {
+        const float *px = ct_data(x);
+        const int64_t *lb = ct_data(y);
+        for (int64_t i = 0; i < ct_size(x, 0); i++) {
+            int64_t idx = (int64_t)lrintf(px[4 * i] * 255.0f) + 256 * (int64_t)lrintf(px[4 * i + 1] * 255.0f);
+            if (lb[i] != idx % 10) return -1;
+            if (k < cap) out[k] = idx;
+            k++;
+        }
+        nb++;
+        ct_free(x);
+        ct_free(y);
+    }
+    if (rc < 0) return -1;
+    if (nbatches) *nbatches = nb;
+    return k;
+}
+
+static int is_permutation(const int64_t *v, int64_t n) {
+    char *seen = calloc((size_t)n, 1);
+    int ok = 1;
+    for (int64_t i = 0; i < n && ok; i++) {
+        if (v[i] < 0 || v[i] >= n || seen[v[i]]) ok = 0;
+        else seen[v[i]] = 1;
+    }
+    free(seen);
+    return ok;
+}
+
+TEST(data_loader_no_shuffle_record_order) {
+    ct_dataset *ds = index_dataset(1000);
+    CHECK_NN(ds);
+    if (!ds) return;
+    for (int workers = 0; workers <= 4; workers += 4) {
+        ct_dataloader_opts o = ct_dataloader_default_opts();
+        o.shuffle = 0;
+        o.batch_size = 64;
+        o.num_workers = workers;
+        o.prefetch = 2;
+        ct_dataloader *dl = ct_dataloader_new(ds, &o);
+        CHECK_NN(dl);
+        if (!dl) break;
+        int64_t order[1000], nb = 0;
+        CHECK(epoch_order(dl, 0, order, 1000, &nb) == 1000);
+        CHECK(nb == 16);
+        for (int64_t i = 0; i < 1000; i++) CHECK_MSG(order[i] == i, "position %lld", (long long)i);
+        /* same order on the next epoch */
+        CHECK(epoch_order(dl, 1, order, 1000, NULL) == 1000);
+        CHECK(order[0] == 0 && order[999] == 999);
+        ct_dataloader_free(dl);
+    }
+    ct_dataset_free(ds);
+}
+
+TEST(data_loader_drop_last) {
+    ct_dataset *ds = index_dataset(1000);
+    ct_dataloader_opts o = ct_dataloader_default_opts();
+    o.batch_size = 64;
+    o.drop_last = 1;
+    o.seed = 3;
+    ct_dataloader *dl = ct_dataloader_new(ds, &o);
+    CHECK_NN(dl);
+    CHECK(ct_dataloader_num_batches(dl) == 15);
+    int64_t order[1000], nb = 0;
+    CHECK(epoch_order(dl, 0, order, 1000, &nb) == 960);
+    CHECK(nb == 15);
+    ct_tensor *x, *y;
+    CHECK(ct_dataloader_next(dl, &x, &y) == 0); /* stays at the end until the next epoch */
+    CHECK(x == NULL && y == NULL);
+    ct_dataloader_free(dl);
+    o.drop_last = 0;
+    dl = ct_dataloader_new(ds, &o);
+    CHECK(ct_dataloader_num_batches(dl) == 16);
+    CHECK(ct_dataloader_start_epoch(dl, 0) == 0);
+    int64_t last = 0;
+    for (int b = 0; b < 16; b++) {
+        CHECK(ct_dataloader_next(dl, &x, &y) == 1);
+        last = ct_size(x, 0);
+        CHECK(ct_size(y, 0) == last);
+        ct_free(x);
+        ct_free(y);
+    }
+    CHECK(last == 1000 - 15 * 64);
+    CHECK(ct_dataloader_next(dl, &x, &y) == 0);
+    ct_dataloader_free(dl);
+    /* batch larger than the dataset with drop_last: no batches */
+    o.batch_size = 2000;
+    o.drop_last = 1;
+    dl = ct_dataloader_new(ds, &o);
+    CHECK(ct_dataloader_num_batches(dl) == 0);
+    CHECK(ct_dataloader_next(dl, &x, &y) == 0);
+    ct_dataloader_free(dl);
+    ct_dataset_free(ds);
+}
+
+TEST(data_loader_shuffle_deterministic) {
+    ct_dataset *ds = index_dataset(1000);
+    static int64_t a0[1000], a1[1000], b0[1000], b1[1000], c0[1000];
+    ct_dataloader_opts o = ct_dataloader_default_opts();
+    o.batch_size = 100;
+    o.seed = 7;
+    o.num_workers = 3;
+    ct_dataloader *da = ct_dataloader_new(ds, &o);
+    o.num_workers = 0;
+    ct_dataloader *db = ct_dataloader_new(ds, &o);
+    o.seed = 8;
+    o.num_workers = 2;
+    ct_dataloader *dc = ct_dataloader_new(ds, &o);
+    CHECK(da && db && dc);
+    if (!da || !db || !dc) goto done;
+    CHECK(epoch_order(da, 0, a0, 1000, NULL) == 1000);
+    CHECK(epoch_order(da, 1, a1, 1000, NULL) == 1000);
+    CHECK(epoch_order(db, 0, b0, 1000, NULL) == 1000);
+    CHECK(epoch_order(db, 1, b1, 1000, NULL) == 1000);
+    CHECK(epoch_order(dc, 0, c0, 1000, NULL) == 1000);
+    CHECK(is_permutation(a0, 1000) && is_permutation(a1, 1000) && is_permutation(c0, 1000));
+    CHECK_MSG(memcmp(a0, b0, sizeof a0) == 0, "same seed and epoch, different worker counts: "
+                                              "orders differ");
+    CHECK(memcmp(a1, b1, sizeof a1) == 0);
+    CHECK_MSG(memcmp(a0, a1, sizeof a0) != 0, "epochs 0 and 1 have the same order");
+    CHECK_MSG(memcmp(a0, c0, sizeof a0) != 0, "seeds 7 and 8 give the same order");
+    int fixed = 0;
+    for (int i = 0; i < 1000; i++) fixed += a0[i] == i;
+    CHECK_MSG(fixed < 20, "shuffle left %d of 1000 records in place", fixed);
+    /* replaying an epoch reproduces it */
+    CHECK(epoch_order(da, 0, a1, 1000, NULL) == 1000);
+    CHECK(memcmp(a0, a1, sizeof a0) == 0);
+done:
+    ct_dataloader_free(da);
+    ct_dataloader_free(db);
+    ct_dataloader_free(dc);
+    ct_dataset_free(ds);
+}
+
+/* Augmented batches are identical whatever the number of workers. */
+TEST(data_loader_augment_independent_of_workers) {
+    enum { N = 300 };
+    uint8_t *img = malloc((size_t)N * 3 * 8 * 8);
+    for (int i = 0; i < N * 3 * 64; i++) img[i] = (uint8_t)(i * 13 + 5);
+    ct_dataset *ds = ct_dataset_from_memory(img, NULL, N, 3, 8, 8, 10, "aug");
+    free(img);
+    CHECK_NN(ds);
+    if (!ds) return;
+    ct_dataloader_opts o = ct_dataloader_default_opts();
+    o.batch_size = 32;
+    o.seed = 99;
+    o.transform.crop_padding = 2;
+    o.transform.hflip = 1;
+    o.transform.normalize = 1;
+    for (int c = 0; c < 3; c++) {
+        o.transform.mean[c] = 0.5f;
+        o.transform.std[c] = 0.25f;
+    }
+    o.num_workers = 0;
+    ct_dataloader *d0 = ct_dataloader_new(ds, &o);
+    o.num_workers = 5;
+    o.prefetch = 3;
+    ct_dataloader *d5 = ct_dataloader_new(ds, &o);
+    CHECK(d0 && d5);
+    int differs_from_plain = 0;
+    for (int epoch = 0; epoch < 2 && d0 && d5; epoch++) {
+        CHECK_OK(ct_dataloader_start_epoch(d0, epoch));
+        CHECK_OK(ct_dataloader_start_epoch(d5, epoch));
+        ct_tensor *x0, *y0, *x5, *y5;
+        int r0, r5, nb = 0;
+        while ((r0 = ct_dataloader_next(d0, &x0, &y0)) == 1) {
+            r5 = ct_dataloader_next(d5, &x5, &y5);
+            CHECK(r5 == 1);
+            if (r5 != 1) {
+                ct_free(x0);
+                ct_free(y0);
+                break;
+            }
+            CHECK(ct_numel(x0) == ct_numel(x5));
+            CHECK(memcmp(ct_data(x0), ct_data(x5), (size_t)ct_numel(x0) * 4) == 0);
+            CHECK(memcmp(ct_data(y0), ct_data(y5), (size_t)ct_numel(y0) * 8) == 0);
+            /* padding zeros appear as (0 - 0.5) / 0.25 = -2 */
+            const float *p = ct_data(x0);
+            for (int64_t k = 0; k < ct_numel(x0); k++) differs_from_plain += p[k] == -2.0f;
+            nb++;
+            ct_free(x0);
+            ct_free(y0);
+            ct_free(x5);
+            ct_free(y5);
+        }
+        CHECK(r0 == 0 && nb == 10);
+        CHECK(ct_dataloader_next(d5, &x5, &y5) == 0);
+    }
+    CHECK_MSG(differs_from_plain > 0, "random crop never padded");
+    ct_dataloader_free(d0);
+    ct_dataloader_free(d5);
+    ct_dataset_free(ds);
+}
+
+/* Freeing a loader mid-epoch (workers busy, queue full) neither hangs nor leaks; so does
+ * restarting an epoch early. */
+TEST(data_loader_destroy_mid_epoch) {
+    ct_dataset *ds = index_dataset(5000);
+    ct_dataloader_opts o = ct_dataloader_default_opts();
+    o.batch_size = 16;
+    o.num_workers = 4;
+    o.prefetch = 8;
+    for (int round = 0; round < 20; round++) {
+        ct_dataloader *dl = ct_dataloader_new(ds, &o);
+        CHECK_NN(dl);
+        if (!dl) break;
+        for (int k = 0; k < round % 4; k++) {
+            ct_tensor *x, *y;
+            CHECK(ct_dataloader_next(dl, &x, &y) == 1);
+            ct_free(x);
+            ct_free(y);
+        }
+        if (round % 2) usleep(200);
+        ct_dataloader_free(dl);
+    }
+    /* restart mid-epoch: the epoch replays from its first batch */
+    ct_dataloader *dl = ct_dataloader_new(ds, &o);
+    ct_tensor *x, *y, *x2, *y2;
+    CHECK(ct_dataloader_next(dl, &x, &y) == 1);
+    for (int k = 0; k < 3; k++) {
+        CHECK(ct_dataloader_next(dl, &x2, &y2) == 1);
+        ct_free(x2);
+        ct_free(y2);
+    }
+    CHECK_OK(ct_dataloader_start_epoch(dl, 0));
+    CHECK(ct_dataloader_next(dl, &x2, &y2) == 1);
+    CHECK(memcmp(ct_data(x), ct_data(x2), (size_t)ct_numel(x) * 4) == 0);
+    ct_free(x);
+    ct_free(y);
+    ct_free(x2);
+    ct_free(y2);
+    /* tensors outlive their loader */
+    CHECK(ct_dataloader_next(dl, &x, &y) == 1);
+    ct_dataloader_free(dl);
+    CHECK(ct_size(x, 0) == 16 && ((const int64_t *)ct_data(y))[0] >= 0);
+    ct_free(x);
+    ct_free(y);
+    ct_dataloader_free(NULL);
+    ct_dataset_free(ds);
+}
+
+TEST(data_loader_errors) {
+    ct_dataset *ds = index_dataset(10);
+    ct_dataloader_opts o = ct_dataloader_default_opts();
+    o.batch_size = 0;
+    CHECK(ct_dataloader_new(ds, &o) == NULL);
+    CHECK_ERRMSG("batch_size");
+    o = ct_dataloader_default_opts();
+    o.transform.normalize = 1;
+    o.transform.std[0] = 0.0f;
+    CHECK(ct_dataloader_new(ds, &o) == NULL);
+    CHECK_ERRMSG("std");
+    o = ct_dataloader_default_opts();
+    o.num_workers = -1;
+    CHECK(ct_dataloader_new(ds, &o) == NULL);
+    CHECK_ERRMSG("num_workers");
+    CHECK(ct_dataloader_new(NULL, NULL) == NULL);
+    const int64_t bad_label = 12;
+    uint8_t px[4] = {0};
+    CHECK(ct_dataset_from_memory(px, &bad_label, 1, 1, 2, 2, 10, "bad") == NULL);
+    CHECK_ERRMSG("label 12");
+    ct_dataset_free(ds);
+}
+
+/* ------------------------------------------------------------------ download */
+TEST(data_download_offline_message) {
+    char tmp[256];
+    CHECK(make_tmpdir(tmp, sizeof tmp) == 0);
+    char *saved = getenv("CTORCH_DATA_MIRROR") ? strdup(getenv("CTORCH_DATA_MIRROR")) : NULL;
+    /* A mirror that refuses connections: the offline path, whatever the network. */
+    setenv("CTORCH_DATA_MIRROR", "http://127.0.0.1:9/", 1);
+    CHECK_ERR_INT(ct_download_dataset("cifar10", tmp), "download cifar10");
+    CHECK_ERRMSG("cifar-10-binary.tar.gz");
+    CHECK_ERRMSG("c32a1d4ab5d03f1284b67883e8d87530");
+    CHECK_ERRMSG("by hand");
+    CHECK_ERRMSG("data_batch_1.bin");
+    CHECK_ERR_INT(ct_download_dataset("mnist", tmp), "download mnist");
+    CHECK_ERRMSG("train-images-idx3-ubyte.gz");
+    CHECK_ERRMSG("t10k-labels-idx1-ubyte.gz");
+    CHECK_ERRMSG("/mnist/");
+    CHECK_ERR_INT(ct_download_dataset("imagenet", tmp), "cifar10, mnist or fashion_mnist");
+    /* nothing half-written is left behind */
+    char part[512];
+    snprintf(part, sizeof part, "%s/cifar-10-binary.tar.gz.part", tmp);
+    CHECK(access(part, F_OK) != 0);
+    if (saved) {
+        setenv("CTORCH_DATA_MIRROR", saved, 1);
+        free(saved);
+    } else {
+        unsetenv("CTORCH_DATA_MIRROR");
+    }
+    rm_rf(tmp);
+}
