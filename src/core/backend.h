@@ -99,6 +99,16 @@ typedef struct ct_kernels {
     int (*nll_loss_backward)(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
                              const ct_tensor *total_weight, ct_reduction red,
                              int64_t ignore_index);
+    /* Fused log_softmax + nll (+ label smoothing) over logits [N,C] (contiguous) and int64
+     * target [N]. out: [N] for NONE, [] otherwise; logp (may be NULL when no backward is
+     * needed) receives log_softmax(logits); total_weight ([]) the non-ignored count.
+     * Optional: when NULL the op composes log_softmax and nll_loss. */
+    int (*cross_entropy_forward)(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
+                                 const ct_tensor *logits, const ct_tensor *target,
+                                 ct_reduction red, int64_t ignore_index, double label_smoothing);
+    int (*cross_entropy_backward)(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
+                                  const ct_tensor *target, const ct_tensor *total_weight,
+                                  ct_reduction red, int64_t ignore_index, double label_smoothing);
     /* x [N,C,*] contiguous; weight/bias/running_* [C] or NULL. save_mean/save_invstd [C]
      * receive the statistics used (batch ones in training, running ones in eval).
      * In training, running stats (if given) are updated in place. */

@@ -32,6 +32,15 @@ int cpu_nll_loss_forward(ct_tensor *out, ct_tensor *total_weight, const ct_tenso
                          const ct_tensor *target, ct_reduction red, int64_t ignore_index);
 int cpu_nll_loss_backward(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
                           const ct_tensor *total_weight, ct_reduction red, int64_t ignore_index);
+int cpu_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
+                              const ct_tensor *logits, const ct_tensor *target,
+                              ct_reduction red, int64_t ignore_index, double label_smoothing);
+int cpu_cross_entropy_backward(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
+                               const ct_tensor *target, const ct_tensor *total_weight,
+                               ct_reduction red, int64_t ignore_index, double label_smoothing);
+/* Shared by the loss kernels (cpu_loss.c). */
+void cpu_loss_reduce_rows(ct_tensor *out, ct_tensor *total_weight, const double *v, int64_t N,
+                          int64_t count, ct_reduction red);
 int cpu_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd,
                            const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
                            ct_tensor *running_mean, ct_tensor *running_var, int training,
