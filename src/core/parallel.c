@@ -33,6 +33,11 @@ static struct {
 } P = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static pthread_mutex_t g_submit = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
+
+/* OpenBLAS must never start threads of its own: ours own the cores. Done once, before
+ * the first GEMM can run (every entry point of this file calls it). */
+static void blas_single_thread(void) { openblas_set_num_threads(1); }
 static _Thread_local int t_index;
 static _Thread_local int t_in_parallel;
 static atomic_int g_requested = 0;
@@ -95,7 +100,6 @@ static void ensure_pool(void) {
     if (want > MAX_THREADS) want = MAX_THREADS;
     if (P.started && P.nthreads == want) return;
     stop_workers();
-    openblas_set_num_threads(1);
     P.nthreads = want;
     P.start_gen = atomic_load(&P.gen);
     for (int i = 1; i < want; i++) pthread_create(&P.th[i], NULL, worker, (void *)(intptr_t)i);
@@ -115,6 +119,7 @@ void ct_set_num_threads(int n) {
 }
 
 int ct_get_num_threads(void) {
+    pthread_once(&g_blas_once, blas_single_thread);
     int want = atomic_load(&g_requested);
     return want > 0 ? (want > MAX_THREADS ? MAX_THREADS : want) : default_threads();
 }

@@ -1,0 +1,159 @@
+/* Batched matrix multiply on OpenBLAS (single-threaded BLAS inside ct_parallel_for).
+ *
+ * cpu_bmm: c[b] = alpha * a[b] @ b[b] + beta * c[b] with a [B,M,K], b [B,K,N] and
+ * c [B,M,N] contiguous. a and b may be row-major (stride[2] == 1) or transposed
+ * (stride[1] == 1) and may broadcast over the batch (stride[0] == 0).
+ *
+ * Work is split over the batch; when the batch alone cannot feed every thread, each
+ * product is also tiled over rows and/or columns of c so that one large GEMM (a
+ * linear layer, say) still uses all cores. */
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "cpu_kernels.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <string.h>
+
+/* Row-major layout of a (rows x cols) matrix with strides s1 (row) and s2 (col):
+ * NoTrans when columns are unit-stride, Trans when rows are. Strides of size-1
+ * dimensions do not matter and are ignored. Returns 0, or -1 when neither fits. */
+static int mat_layout(int64_t rows, int64_t cols, int64_t s1, int64_t s2, CBLAS_TRANSPOSE *tr,
+                      int64_t *ld) {
+    int64_t r1 = rows > 1 ? rows : 1, c1 = cols > 1 ? cols : 1;
+    if ((cols <= 1 || s2 == 1) && (rows <= 1 || s1 >= c1)) {
+        *tr = CblasNoTrans;
+        *ld = rows <= 1 ? c1 : s1;
+        return 0;
+    }
+    if ((rows <= 1 || s1 == 1) && (cols <= 1 || s2 >= r1)) {
+        *tr = CblasTrans;
+        *ld = cols <= 1 ? r1 : s2;
+        return 0;
+    }
+    return -1;
+}
+
+typedef struct {
+    ct_dtype dt;
+    int64_t M, N, K;
+    CBLAS_TRANSPOSE ta, tb;
+    int64_t lda, ldb;
+    int64_t sa, sb; /* batch strides (elements) */
+    const char *a, *b;
+    char *c;
+    double alpha, beta;
+    int64_t tm, tn;   /* tiles per product along M and N */
+    int64_t bm, bn;   /* tile sizes */
+    size_t es;
+} bmm_ctx;
+
+static void bmm_range(void *vctx, int64_t begin, int64_t end) {
+    const bmm_ctx *x = vctx;
+    int64_t per = x->tm * x->tn;
+    for (int64_t t = begin; t < end; t++) {
+        int64_t bi = t / per, r = t % per;
+        int64_t m0 = (r / x->tn) * x->bm, n0 = (r % x->tn) * x->bn;
+        int64_t m = x->M - m0 < x->bm ? x->M - m0 : x->bm;
+        int64_t n = x->N - n0 < x->bn ? x->N - n0 : x->bn;
+        if (m <= 0 || n <= 0) continue;
+        /* Offset of row m0 in a and column n0 in b depends on the layout. */
+        int64_t aoff = bi * x->sa + (x->ta == CblasNoTrans ? m0 * x->lda : m0);
+        int64_t boff = bi * x->sb + (x->tb == CblasNoTrans ? n0 : n0 * x->ldb);
+        int64_t coff = bi * x->M * x->N + m0 * x->N + n0;
+        if (x->dt == CT_FLOAT32) {
+            cblas_sgemm(CblasRowMajor, x->ta, x->tb, (int)m, (int)n, (int)x->K, (float)x->alpha,
+                        (const float *)x->a + aoff, (int)x->lda, (const float *)x->b + boff,
+                        (int)x->ldb, (float)x->beta, (float *)x->c + coff, (int)x->N);
+        } else {
+            cblas_dgemm(CblasRowMajor, x->ta, x->tb, (int)m, (int)n, (int)x->K, x->alpha,
+                        (const double *)x->a + aoff, (int)x->lda, (const double *)x->b + boff,
+                        (int)x->ldb, x->beta, (double *)x->c + coff, (int)x->N);
+        }
+    }
+}
+
+/* c = beta * c (used when K == 0, where BLAS would see a degenerate product). */
+static void scale_c(ct_tensor *c, double beta) {
+    int64_t n = ct_numel(c);
+    if (c->dtype == CT_FLOAT32) {
+        float *p = (float *)ct_ptr(c);
+        if (beta == 0) memset(p, 0, sizeof(float) * (size_t)n);
+        else for (int64_t i = 0; i < n; i++) p[i] = (float)(p[i] * beta);
+    } else {
+        double *p = (double *)ct_ptr(c);
+        if (beta == 0) memset(p, 0, sizeof(double) * (size_t)n);
+        else for (int64_t i = 0; i < n; i++) p[i] *= beta;
+    }
+}
+
+int cpu_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
+    if (a->ndim != 3 || b->ndim != 3 || c->ndim != 3)
+        return ct_error("bmm: expected 3-D operands, got %d-D, %d-D and %d-D output", a->ndim,
+                        b->ndim, c->ndim);
+    if (c->dtype != CT_FLOAT32 && c->dtype != CT_FLOAT64)
+        return ct_error("bmm: dtype %s not supported on cpu (float32 and float64 only)",
+                        ct_dtype_name(c->dtype));
+    if (a->dtype != c->dtype || b->dtype != c->dtype)
+        return ct_error("bmm: dtypes differ (%s @ %s -> %s)", ct_dtype_name(a->dtype),
+                        ct_dtype_name(b->dtype), ct_dtype_name(c->dtype));
+    int64_t B = c->shape[0], M = c->shape[1], N = c->shape[2], K = a->shape[2];
+    if (a->shape[0] != B || b->shape[0] != B || a->shape[1] != M || b->shape[1] != K ||
+        b->shape[2] != N)
+        return ct_error("bmm: shapes [%lld, %lld, %lld] @ [%lld, %lld, %lld] -> [%lld, %lld, %lld] "
+                        "do not match",
+                        (long long)a->shape[0], (long long)a->shape[1], (long long)a->shape[2],
+                        (long long)b->shape[0], (long long)b->shape[1], (long long)b->shape[2],
+                        (long long)B, (long long)M, (long long)N);
+    if (B == 0 || M == 0 || N == 0) return 0;
+    if (K == 0) {
+        scale_c(c, beta);
+        return 0;
+    }
+    if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
+        return ct_error("bmm: matrix dimension too large for BLAS (M=%lld N=%lld K=%lld)",
+                        (long long)M, (long long)N, (long long)K);
+    bmm_ctx x = {.dt = c->dtype, .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta};
+    if (mat_layout(M, K, a->stride[1], a->stride[2], &x.ta, &x.lda) != 0 ||
+        mat_layout(K, N, b->stride[1], b->stride[2], &x.tb, &x.ldb) != 0)
+        return ct_error("bmm: operands need a unit stride in one of their last two dims");
+    if (x.lda > INT_MAX || x.ldb > INT_MAX)
+        return ct_error("bmm: leading dimension too large for BLAS");
+    x.sa = a->shape[0] > 1 ? a->stride[0] : 0;
+    x.sb = b->shape[0] > 1 ? b->stride[0] : 0;
+    x.a = ct_ptr(a);
+    x.b = ct_ptr(b);
+    x.c = ct_ptr(c);
+    x.es = ct_dtype_size(c->dtype);
+
+    /* Tiling: enough tasks for every thread, tiles not too thin for BLAS. */
+    int nth = ct_get_num_threads();
+    double flops = 2.0 * (double)B * (double)M * (double)N * (double)K;
+    x.tm = x.tn = 1;
+    if (nth > 1 && B < nth && flops >= 4e6) {
+        int64_t need = (nth + B - 1) / B;
+        int64_t maxm = M / 32 > 1 ? M / 32 : 1, maxn = N / 64 > 1 ? N / 64 : 1;
+        if (M >= N) {
+            x.tm = need < maxm ? need : maxm;
+            int64_t rest = (need + x.tm - 1) / x.tm;
+            x.tn = rest < maxn ? rest : maxn;
+        } else {
+            x.tn = need < maxn ? need : maxn;
+            int64_t rest = (need + x.tn - 1) / x.tn;
+            x.tm = rest < maxm ? rest : maxm;
+        }
+    }
+    x.bm = (M + x.tm - 1) / x.tm;
+    x.bn = (N + x.tn - 1) / x.tn;
+    /* Round tile widths for nicer BLAS blocking (tile counts may shrink a little). */
+    if (x.tm > 1) x.bm = (x.bm + 7) / 8 * 8;
+    if (x.tn > 1) x.bn = (x.bn + 15) / 16 * 16;
+    x.tm = (M + x.bm - 1) / x.bm;
+    x.tn = (N + x.bn - 1) / x.bn;
+    int64_t ntasks = B * x.tm * x.tn;
+    /* Small products run inline: a thread hand-off costs more than the work. */
+    int64_t grain = flops < 2e5 ? ntasks : 1;
+    ct_parallel_for(ntasks, grain, bmm_range, &x);
+    return 0;
+}

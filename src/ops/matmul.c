@@ -1,0 +1,550 @@
+/* matmul (torch.matmul semantics) and linear, forward and backward.
+ *
+ * Everything funnels into the backend's bmm kernel over 3-D views [B, rows, cols].
+ * Views are built directly on the storage (data-only, no autograd) so that
+ * transposes and broadcast batch dims cost nothing; a copy is made only when the
+ * strides cannot be expressed as a batched GEMM operand. When the right operand has
+ * no batch (the common "[*, M, K] @ [K, N]" case) the batch is folded into M and a
+ * single large GEMM runs instead of many small ones, forward and backward. */
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/error.h"
+
+#include <string.h>
+
+typedef int (*bmm_fn)(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
+                      double beta);
+
+/* ------------------------------------------------------------ view helpers */
+
+/* Data-only view of t's storage with the given geometry (stride NULL: contiguous). */
+static ct_tensor *restride(const ct_tensor *t, const int64_t *shape, const int64_t *stride,
+                           int ndim, int64_t offset) {
+    return ct_tensor_make(t->storage, t->dtype, shape, stride, ndim, offset);
+}
+
+/* Data-only contiguous version of t (no autograd recorded). */
+static ct_tensor *data_contig(const ct_tensor *t) {
+    ct_tensor *a = ct_alias(t);
+    if (!a) return NULL;
+    ct_tensor *c = ct_contiguous(a);
+    ct_free(a);
+    return c;
+}
+
+/* View of a contiguous tensor with another shape of the same numel. */
+static ct_tensor *reshape_contig(const ct_tensor *t, const int64_t *shape, int ndim) {
+    return restride(t, shape, NULL, ndim, t->offset);
+}
+
+/* Data-only view with the last two dims swapped. */
+static ct_tensor *transpose_last2(const ct_tensor *t) {
+    ct_tensor *v = ct_alias(t);
+    if (!v) return NULL;
+    int d = v->ndim;
+    int64_t s = v->shape[d - 1];
+    v->shape[d - 1] = v->shape[d - 2];
+    v->shape[d - 2] = s;
+    s = v->stride[d - 1];
+    v->stride[d - 1] = v->stride[d - 2];
+    v->stride[d - 2] = s;
+    return v;
+}
+
+/* Whether a (rows x cols) matrix with these strides is a valid BLAS operand (the same
+ * rule as the cpu bmm kernel: one of the two dims has unit stride). */
+static int layout_ok(int64_t rows, int64_t cols, int64_t s1, int64_t s2) {
+    int64_t r1 = rows > 1 ? rows : 1, c1 = cols > 1 ? cols : 1;
+    if ((cols <= 1 || s2 == 1) && (rows <= 1 || s1 >= c1)) return 1;
+    if ((rows <= 1 || s1 == 1) && (cols <= 1 || s2 >= r1)) return 1;
+    return 0;
+}
+
+static int is_float(ct_dtype dt) { return dt == CT_FLOAT32 || dt == CT_FLOAT64; }
+
+static int same_device(const ct_tensor *a, const ct_tensor *b) {
+    return a->storage->device.type == b->storage->device.type &&
+           a->storage->device.index == b->storage->device.index;
+}
+
+static void device_name(const ct_tensor *t, char *buf, size_t n) {
+    ct_device_str(t->storage->device, buf, n);
+}
+
+/* 3-D [B, rows, cols] view of t (matrix in its last two dims; batch dims right-aligned
+ * with `batch` and broadcast to it) that the bmm kernel accepts. */
+static ct_tensor *as_batched(const ct_tensor *t, const int64_t *batch, int nb, int64_t B) {
+    int nd = t->ndim;
+    int64_t rows = t->shape[nd - 2], cols = t->shape[nd - 1];
+    ct_tensor *src = layout_ok(rows, cols, t->stride[nd - 2], t->stride[nd - 1])
+                         ? ct_alias(t)
+                         : data_contig(t);
+    if (!src) return NULL;
+    int nbt = nd - 2;
+    int64_t es[CT_MAX_DIMS];
+    for (int i = 0; i < nb; i++) {
+        int j = i - (nb - nbt);
+        es[i] = (j < 0 || src->shape[j] == 1) ? 0 : src->stride[j];
+    }
+    int ok = 1, last = -1;
+    for (int i = 0; i < nb; i++) {
+        if (batch[i] == 1) continue;
+        if (last >= 0 && es[last] != es[i] * batch[i]) ok = 0;
+        last = i;
+    }
+    int64_t bs = last >= 0 ? es[last] : 0;
+    if (!ok) {
+        /* Batch dims mix broadcast and real strides: materialise the expansion. */
+        int64_t sh[CT_MAX_DIMS], st[CT_MAX_DIMS];
+        for (int i = 0; i < nb; i++) {
+            sh[i] = batch[i];
+            st[i] = es[i];
+        }
+        sh[nb] = rows;
+        sh[nb + 1] = cols;
+        st[nb] = src->stride[nd - 2];
+        st[nb + 1] = src->stride[nd - 1];
+        ct_tensor *ex = restride(src, sh, st, nb + 2, src->offset);
+        ct_free(src);
+        if (!ex) return NULL;
+        src = ct_contiguous(ex);
+        ct_free(ex);
+        if (!src) return NULL;
+        bs = rows * cols;
+    }
+    int sd = src->ndim;
+    int64_t sh3[3] = {B, rows, cols}, st3[3] = {bs, src->stride[sd - 2], src->stride[sd - 1]};
+    ct_tensor *v = restride(src, sh3, st3, 3, src->offset);
+    ct_free(src);
+    return v;
+}
+
+/* Broadcast batch shape of two (>= 2-D) operands; returns the number of batch dims. */
+static int batch_shape(const ct_tensor *a, const ct_tensor *b, int64_t *batch, int64_t *B) {
+    int nba = a->ndim - 2, nbb = b->ndim - 2, nb = nba > nbb ? nba : nbb;
+    *B = 1;
+    for (int i = 0; i < nb; i++) {
+        int ia = i - (nb - nba), ib = i - (nb - nbb);
+        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        batch[i] = da == 1 ? db : da;
+        *B *= batch[i];
+    }
+    return nb;
+}
+
+/* a [..., M, K] @ b [..., K, N] for data tensors (>= 2-D, already validated): a new
+ * contiguous tensor of shape batch + [M, N]. */
+static ct_tensor *mm_data(const ct_tensor *a, const ct_tensor *b, const char *op) {
+    bmm_fn bmm = CT_KERNEL(a, bmm, op);
+    if (!bmm) return NULL;
+    int64_t batch[CT_MAX_DIMS], B;
+    int nb = batch_shape(a, b, batch, &B);
+    int64_t M = a->shape[a->ndim - 2], K = a->shape[a->ndim - 1], N = b->shape[b->ndim - 1];
+    int64_t osh[CT_MAX_DIMS];
+    memcpy(osh, batch, sizeof(int64_t) * (size_t)nb);
+    osh[nb] = M;
+    osh[nb + 1] = N;
+    ct_tensor *out = ct_empty_on(osh, nb + 2, a->dtype, a->storage->device);
+    if (!out || ct_numel(out) == 0) return out;
+    ct_tensor *a3 = as_batched(a, batch, nb, B);
+    ct_tensor *b3 = a3 ? as_batched(b, batch, nb, B) : NULL;
+    int64_t Bk = B, Mk = M;
+    if (a3 && b3 && B > 1 && b3->stride[0] == 0 && a3->stride[0] == M * a3->stride[1] &&
+        layout_ok(B * M, K, a3->stride[1], a3->stride[2])) {
+        /* Fold the batch into the rows: one GEMM [B*M, K] @ [K, N]. */
+        Bk = 1;
+        Mk = B * M;
+        a3->shape[0] = b3->shape[0] = 1;
+        a3->shape[1] = Mk;
+        a3->stride[0] = 0;
+    }
+    int64_t sh3[3] = {Bk, Mk, N};
+    ct_tensor *o3 = (a3 && b3) ? restride(out, sh3, NULL, 3, out->offset) : NULL;
+    int rc = o3 ? bmm(o3, a3, b3, 1.0, 0.0) : -1;
+    ct_free(a3);
+    ct_free(b3);
+    ct_free(o3);
+    if (rc != 0) {
+        ct_error_context("%s", op);
+        ct_free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* >= 2-D data view of a matmul operand: a 1-D left operand becomes [1, K], a 1-D right
+ * operand [K, 1]. */
+static ct_tensor *promote(const ct_tensor *t, int left) {
+    if (t->ndim != 1) return ct_alias(t);
+    int64_t k = t->shape[0], s = t->stride[0];
+    if (left) {
+        int64_t sh[2] = {1, k}, st[2] = {s * (k > 1 ? k : 1), s};
+        return restride(t, sh, st, 2, t->offset);
+    }
+    int64_t sh[2] = {k, 1}, st[2] = {s, 1};
+    return restride(t, sh, st, 2, t->offset);
+}
+
+/* --------------------------------------------------------------------- matmul */
+
+static int check_float_pair(const ct_tensor *a, const ct_tensor *b, const char *op,
+                            const char *an, const char *bn) {
+    char s1[96], s2[96];
+    if (!is_float(a->dtype) || !is_float(b->dtype))
+        return ct_error("%s: %s is %s and %s is %s; only float32 and float64 are supported "
+                        "(convert with ct_to_dtype)",
+                        op, an, ct_dtype_name(a->dtype), bn, ct_dtype_name(b->dtype));
+    if (a->dtype != b->dtype)
+        return ct_error("%s: %s %s is %s but %s %s is %s; convert one with ct_to_dtype", op, an,
+                        ct_shape_str(a, s1, sizeof s1), ct_dtype_name(a->dtype), bn,
+                        ct_shape_str(b, s2, sizeof s2), ct_dtype_name(b->dtype));
+    if (!same_device(a, b)) {
+        char d1[32], d2[32];
+        device_name(a, d1, sizeof d1);
+        device_name(b, d2, sizeof d2);
+        return ct_error("%s: %s is on %s but %s is on %s; move them to one device "
+                        "(ct_to_device)",
+                        op, an, d1, bn, d2);
+    }
+    return 0;
+}
+
+static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const ct_tensor *a = n->ip[0] >= 0 ? ct_node_saved(n, (int)n->ip[0]) : NULL;
+    const ct_tensor *b = n->ip[1] >= 0 ? ct_node_saved(n, (int)n->ip[1]) : NULL;
+    if ((n->ip[0] >= 0 && !a) || (n->ip[1] >= 0 && !b)) return -1;
+    /* Input geometry recorded at forward time (the saved tensor may be absent). */
+    int a_nd = n->inputs[0].ndim, b_nd = n->inputs[1].ndim;
+    int64_t ash[CT_MAX_DIMS], bsh[CT_MAX_DIMS];
+    memcpy(ash, n->inputs[0].shape, sizeof ash);
+    memcpy(bsh, n->inputs[1].shape, sizeof bsh);
+    /* Promoted (>= 2-D) shapes. */
+    int64_t a2s[CT_MAX_DIMS], b2s[CT_MAX_DIMS];
+    int a2n = a_nd == 1 ? 2 : a_nd, b2n = b_nd == 1 ? 2 : b_nd;
+    if (a_nd == 1) {
+        a2s[0] = 1;
+        a2s[1] = ash[0];
+    } else memcpy(a2s, ash, sizeof(int64_t) * (size_t)a_nd);
+    if (b_nd == 1) {
+        b2s[0] = bsh[0];
+        b2s[1] = 1;
+    } else memcpy(b2s, bsh, sizeof(int64_t) * (size_t)b_nd);
+    int64_t M = a2s[a2n - 2], K = a2s[a2n - 1], N = b2s[b2n - 1];
+    int nba = a2n - 2, nbb = b2n - 2, nb = nba > nbb ? nba : nbb;
+    int64_t batch[CT_MAX_DIMS], B = 1, Bb = 1;
+    for (int i = 0; i < nb; i++) {
+        int ia = i - (nb - nba), ib = i - (nb - nbb);
+        int64_t da = ia >= 0 ? a2s[ia] : 1, db = ib >= 0 ? b2s[ib] : 1;
+        batch[i] = da == 1 ? db : da;
+        B *= batch[i];
+        Bb *= db;
+    }
+    int rc = -1;
+    ct_tensor *gyc = NULL, *gy2 = NULL, *a2 = NULL, *b2 = NULL;
+    gyc = data_contig(gy);
+    if (!gyc) goto out;
+    int64_t gsh[CT_MAX_DIMS];
+    memcpy(gsh, batch, sizeof(int64_t) * (size_t)nb);
+    gsh[nb] = M;
+    gsh[nb + 1] = N;
+    gy2 = reshape_contig(gyc, gsh, nb + 2);
+    if (!gy2) goto out;
+
+    if (ct_node_needs_grad(n, 0)) {
+        b2 = promote(b, 0);
+        ct_tensor *bT = b2 ? transpose_last2(b2) : NULL;
+        ct_tensor *full = bT ? mm_data(gy2, bT, "matmul backward") : NULL;
+        ct_free(bT);
+        if (!full) goto out;
+        ct_tensor *g = full;
+        if (nb + 2 != a2n || memcmp(full->shape, a2s, sizeof(int64_t) * (size_t)a2n) != 0) {
+            ct_tensor *s = ct_sum_to_shape(full, a2s, a2n);
+            ct_free(full);
+            if (!s) goto out;
+            g = data_contig(s);
+            ct_free(s);
+            if (!g) goto out;
+        }
+        gx[0] = reshape_contig(g, ash, a_nd);
+        ct_free(g);
+        if (!gx[0]) goto out;
+    }
+    if (ct_node_needs_grad(n, 1)) {
+        a2 = promote(a, 1);
+        if (!a2) goto out;
+        ct_tensor *g = NULL;
+        if (Bb == 1 && B > 1) {
+            /* b is shared by the whole batch: one GEMM over the folded rows. */
+            int64_t fa[2] = {B * M, K}, fg[2] = {B * M, N};
+            ct_tensor *ac = NULL, *af = NULL, *afT = NULL, *gf = NULL;
+            int64_t esh[CT_MAX_DIMS];
+            memcpy(esh, batch, sizeof(int64_t) * (size_t)nb);
+            esh[nb] = M;
+            esh[nb + 1] = K;
+            /* a may lack leading size-1 batch dims of b: expand to the full batch. */
+            ac = a2n == nb + 2 ? data_contig(a2) : NULL;
+            if (a2n != nb + 2) {
+                int64_t st[CT_MAX_DIMS];
+                for (int i = 0; i < nb; i++) {
+                    int ia = i - (nb - nba);
+                    st[i] = ia >= 0 ? a2->stride[ia] : 0;
+                }
+                st[nb] = a2->stride[a2n - 2];
+                st[nb + 1] = a2->stride[a2n - 1];
+                ct_tensor *ex = restride(a2, esh, st, nb + 2, a2->offset);
+                ac = ex ? data_contig(ex) : NULL;
+                ct_free(ex);
+            }
+            af = ac ? reshape_contig(ac, fa, 2) : NULL;
+            afT = af ? transpose_last2(af) : NULL;
+            gf = reshape_contig(gy2, fg, 2);
+            g = (afT && gf) ? mm_data(afT, gf, "matmul backward") : NULL;
+            ct_free(ac);
+            ct_free(af);
+            ct_free(afT);
+            ct_free(gf);
+        } else {
+            ct_tensor *aT = transpose_last2(a2);
+            ct_tensor *full = aT ? mm_data(aT, gy2, "matmul backward") : NULL;
+            ct_free(aT);
+            g = full;
+            if (full && (nb + 2 != b2n ||
+                         memcmp(full->shape, b2s, sizeof(int64_t) * (size_t)b2n) != 0)) {
+                ct_tensor *s = ct_sum_to_shape(full, b2s, b2n);
+                ct_free(full);
+                g = s ? data_contig(s) : NULL;
+                ct_free(s);
+            }
+        }
+        if (!g) goto out;
+        gx[1] = reshape_contig(g, bsh, b_nd);
+        ct_free(g);
+        if (!gx[1]) goto out;
+    }
+    rc = 0;
+out:
+    ct_free(gyc);
+    ct_free(gy2);
+    ct_free(a2);
+    ct_free(b2);
+    return rc;
+}
+
+ct_tensor *ct_matmul(const ct_tensor *a, const ct_tensor *b) {
+    if (!a || !b) return ct_error_null("matmul: argument %s is NULL", a ? "b" : "a");
+    char s1[96], s2[96];
+    if (a->ndim < 1 || b->ndim < 1)
+        return ct_error_null("matmul: both arguments need at least 1 dimension, got shapes %s "
+                             "and %s (use ct_mul for scalars)",
+                             ct_shape_str(a, s1, sizeof s1), ct_shape_str(b, s2, sizeof s2));
+    if (check_float_pair(a, b, "matmul", "a", "b") != 0) return NULL;
+    int64_t ka = a->shape[a->ndim - 1], kb = b->ndim == 1 ? b->shape[0] : b->shape[b->ndim - 2];
+    if (ka != kb)
+        return ct_error_null("matmul: shapes %s and %s cannot be multiplied (%lld != %lld): the "
+                             "last dim of a must equal the %s dim of b",
+                             ct_shape_str(a, s1, sizeof s1), ct_shape_str(b, s2, sizeof s2),
+                             (long long)ka, (long long)kb,
+                             b->ndim == 1 ? "only" : "second-to-last");
+    int nba = a->ndim > 2 ? a->ndim - 2 : 0, nbb = b->ndim > 2 ? b->ndim - 2 : 0;
+    int nb = nba > nbb ? nba : nbb;
+    for (int i = 0; i < nb; i++) {
+        int ia = i - (nb - nba), ib = i - (nb - nbb);
+        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1)
+            return ct_error_null("matmul: batch dims of %s and %s do not broadcast (%lld vs "
+                                 "%lld at batch dim %d)",
+                                 ct_shape_str(a, s1, sizeof s1), ct_shape_str(b, s2, sizeof s2),
+                                 (long long)da, (long long)db, i);
+    }
+    ct_tensor *a2 = promote(a, 1), *b2 = promote(b, 0);
+    ct_tensor *full = (a2 && b2) ? mm_data(a2, b2, "matmul") : NULL;
+    ct_free(a2);
+    ct_free(b2);
+    if (!full) return NULL;
+    /* Drop the dims that 1-D operands added. */
+    int64_t ysh[CT_MAX_DIMS];
+    int yn = 0;
+    for (int i = 0; i < full->ndim - 2; i++) ysh[yn++] = full->shape[i];
+    if (a->ndim > 1) ysh[yn++] = full->shape[full->ndim - 2];
+    if (b->ndim > 1) ysh[yn++] = full->shape[full->ndim - 1];
+    ct_tensor *y = reshape_contig(full, ysh, yn);
+    ct_free(full);
+    if (!y) return NULL;
+    if (ct_needs_grad2(a, b)) {
+        ct_node *n = ct_node_new("MatmulBackward", matmul_backward, 2);
+        if (!n) {
+            ct_free(y);
+            return NULL;
+        }
+        ct_node_set_input(n, 0, a);
+        ct_node_set_input(n, 1, b);
+        n->ip[0] = ct_node_needs_grad(n, 1) ? ct_node_save(n, a) : -1;
+        n->ip[1] = ct_node_needs_grad(n, 0) ? ct_node_save(n, b) : -1;
+        ct_node_attach(n, y);
+    }
+    return y;
+}
+
+/* --------------------------------------------------------------------- linear */
+
+/* [1, rows, cols] view of a 2-D tensor (optionally transposed) for bmm; copies when
+ * the strides are not BLAS-compatible. */
+static ct_tensor *mat3(const ct_tensor *t, int transpose) {
+    int64_t r = t->shape[0], c = t->shape[1], sr = t->stride[0], sc = t->stride[1];
+    ct_tensor *src = layout_ok(r, c, sr, sc) ? ct_alias(t) : data_contig(t);
+    if (!src) return NULL;
+    sr = src->stride[0];
+    sc = src->stride[1];
+    int64_t sh[3] = {1, transpose ? c : r, transpose ? r : c};
+    int64_t st[3] = {0, transpose ? sc : sr, transpose ? sr : sc};
+    ct_tensor *v = restride(src, sh, st, 3, src->offset);
+    ct_free(src);
+    return v;
+}
+
+static int linear_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const ct_tensor *x = n->ip[0] >= 0 ? ct_node_saved(n, (int)n->ip[0]) : NULL;
+    const ct_tensor *w = n->ip[1] >= 0 ? ct_node_saved(n, (int)n->ip[1]) : NULL;
+    if ((n->ip[0] >= 0 && !x) || (n->ip[1] >= 0 && !w)) return -1;
+    int64_t R = n->ip[2], in = n->ip[3], out = n->ip[4];
+    bmm_fn bmm = CT_KERNEL(gy, bmm, "linear backward");
+    if (!bmm) return -1;
+    int rc = -1;
+    ct_tensor *gyc = data_contig(gy), *gy3 = NULL;
+    if (!gyc) return -1;
+    int64_t g3[3] = {1, R, out};
+    gy3 = reshape_contig(gyc, g3, 3);
+    if (!gy3) goto out;
+    if (ct_node_needs_grad(n, 0)) {
+        const ct_edge *e = &n->inputs[0];
+        ct_tensor *g = ct_empty_on(e->shape, e->ndim, gy->dtype, gy->storage->device);
+        if (!g) goto out;
+        int64_t s3[3] = {1, R, in};
+        ct_tensor *g3v = reshape_contig(g, s3, 3), *w3 = mat3(w, 0);
+        int r = (g3v && w3) ? bmm(g3v, gy3, w3, 1.0, 0.0) : -1;
+        ct_free(g3v);
+        ct_free(w3);
+        if (r != 0) {
+            ct_free(g);
+            goto out;
+        }
+        gx[0] = g;
+    }
+    if (ct_node_needs_grad(n, 1)) {
+        int64_t ws[2] = {out, in};
+        ct_tensor *g = ct_empty_on(ws, 2, gy->dtype, gy->storage->device);
+        if (!g) goto out;
+        int64_t s3[3] = {1, out, in}, t3[3] = {1, out, R}, ts[3] = {0, 1, out};
+        int64_t x3s[3] = {1, R, in};
+        ct_tensor *g3v = reshape_contig(g, s3, 3);
+        ct_tensor *gyT = restride(gyc, t3, ts, 3, gyc->offset);
+        ct_tensor *x3 = reshape_contig(x, x3s, 3);
+        int r = (g3v && gyT && x3) ? bmm(g3v, gyT, x3, 1.0, 0.0) : -1;
+        ct_free(g3v);
+        ct_free(gyT);
+        ct_free(x3);
+        if (r != 0) {
+            ct_free(g);
+            goto out;
+        }
+        gx[1] = g;
+    }
+    if (n->n_inputs > 2 && ct_node_needs_grad(n, 2)) {
+        int64_t s2[2] = {R, out};
+        ct_tensor *g2 = reshape_contig(gyc, s2, 2);
+        int d0 = 0;
+        gx[2] = g2 ? ct_sum(g2, &d0, 1, 0) : NULL;
+        ct_free(g2);
+        if (!gx[2]) goto out;
+    }
+    rc = 0;
+out:
+    ct_free(gy3);
+    ct_free(gyc);
+    return rc;
+}
+
+ct_tensor *ct_linear(const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias) {
+    char s1[96], s2[96], s3[96];
+    if (!x || !weight)
+        return ct_error_null("linear: %s is NULL", x ? "weight" : "input");
+    if (x->ndim < 1)
+        return ct_error_null("linear: input %s must have at least 1 dim [*, in_features]",
+                             ct_shape_str(x, s1, sizeof s1));
+    if (weight->ndim != 2)
+        return ct_error_null("linear: weight %s must be 2-D [out_features, in_features]",
+                             ct_shape_str(weight, s1, sizeof s1));
+    if (check_float_pair(x, weight, "linear", "input", "weight") != 0) return NULL;
+    int64_t in = weight->shape[1], out = weight->shape[0];
+    if (x->shape[x->ndim - 1] != in)
+        return ct_error_null("linear: input %s has %lld features in its last dim but weight %s "
+                             "expects %lld; weight must be [out_features, in_features]",
+                             ct_shape_str(x, s1, sizeof s1), (long long)x->shape[x->ndim - 1],
+                             ct_shape_str(weight, s2, sizeof s2), (long long)in);
+    if (bias) {
+        if (check_float_pair(weight, bias, "linear", "weight", "bias") != 0) return NULL;
+        if (bias->ndim != 1 || bias->shape[0] != out)
+            return ct_error_null("linear: bias %s must be 1-D [%lld] to match weight %s",
+                                 ct_shape_str(bias, s3, sizeof s3), (long long)out,
+                                 ct_shape_str(weight, s2, sizeof s2));
+    }
+    bmm_fn bmm = CT_KERNEL(x, bmm, "linear");
+    if (!bmm) return NULL;
+    int64_t R = 1;
+    for (int i = 0; i < x->ndim - 1; i++) R *= x->shape[i];
+    int64_t ysh[CT_MAX_DIMS];
+    memcpy(ysh, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+    ysh[x->ndim - 1] = out;
+    ct_tensor *y = ct_empty_on(ysh, x->ndim, x->dtype, x->storage->device);
+    if (!y) return NULL;
+    ct_tensor *xc = data_contig(x), *x3 = NULL, *w3 = NULL, *y3 = NULL;
+    int rc = -1;
+    if (!xc) goto out;
+    if (R > 0 && out > 0) {
+        int64_t xs[3] = {1, R, in}, ys[3] = {1, R, out};
+        x3 = reshape_contig(xc, xs, 3);
+        w3 = mat3(weight, 1);
+        y3 = reshape_contig(y, ys, 3);
+        if (!x3 || !w3 || !y3) goto out;
+        double beta = 0.0;
+        if (bias) {
+            int (*copy)(ct_tensor *, const ct_tensor *) = CT_KERNEL(x, copy, "linear");
+            if (!copy) goto out;
+            int64_t bst[3] = {0, 0, bias->stride[0]};
+            ct_tensor *bx = restride(bias, ys, bst, 3, bias->offset);
+            int r = bx ? copy(y3, bx) : -1;
+            ct_free(bx);
+            if (r != 0) goto out;
+            beta = 1.0;
+        }
+        if (bmm(y3, x3, w3, 1.0, beta) != 0) goto out;
+    }
+    rc = 0;
+    const ct_tensor *ins[3] = {x, weight, bias};
+    if (ct_needs_grad(ins, 3)) {
+        ct_node *n = ct_node_new("LinearBackward", linear_backward, bias ? 3 : 2);
+        if (!n) {
+            rc = -1;
+            goto out;
+        }
+        ct_node_set_input(n, 0, x);
+        ct_node_set_input(n, 1, weight);
+        if (bias) ct_node_set_input(n, 2, bias);
+        n->ip[0] = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
+        n->ip[1] = ct_node_needs_grad(n, 0) ? ct_node_save(n, weight) : -1;
+        n->ip[2] = R;
+        n->ip[3] = in;
+        n->ip[4] = out;
+        ct_node_attach(n, y);
+    }
+out:
+    ct_free(x3);
+    ct_free(w3);
+    ct_free(y3);
+    ct_free(xc);
+    if (rc != 0) {
+        ct_free(y);
+        return NULL;
+    }
+    return y;
+}
