@@ -1,0 +1,56 @@
+/* ctorch eval: test-set loss and accuracy of a checkpoint. */
+#include "cli.h"
+#include "ctorch.h"
+#include "ctorch_data.h"
+#include "ctorch_nn.h"
+#include "train_common.h"
+
+#include <stdio.h>
+
+int cmd_eval(int argc, char **argv) {
+    const char *model_name = NULL, *ckpt = NULL, *dataset = NULL, *data_dir = NULL, *device = "cpu";
+    int64_t test_limit = 0, threads = 0, batch = 256;
+    int json = 0;
+    cli_opt opts[] = {
+        {"--model", OPT_STRING, &model_name, 0, 0, 0},
+        {"--checkpoint", OPT_STRING, &ckpt, 0, 0, 0},
+        {"--dataset", OPT_STRING, &dataset, 0, 0, 0},
+        {"--data-dir", OPT_STRING, &data_dir, 0, 0, 0},
+        {"--test-limit", OPT_INT, &test_limit, 1, 1e12, 0},
+        {"--batch-size", OPT_INT, &batch, 1, 1 << 20, 0},
+        {"--threads", OPT_INT, &threads, 1, 1024, 0},
+        {"--device", OPT_STRING, &device, 0, 0, 0},
+        {"--json", OPT_FLAG, &json, 0, 0, 0},
+    };
+    const char *pos[1];
+    int npos, rc = cli_parse("eval", argc, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
+    if (rc) return rc;
+    if (!model_name || !ckpt || !dataset)
+        return cli_fail("eval", CLI_USAGE, "--model, --checkpoint and --dataset are required; see `ctorch help eval`");
+    if ((rc = cli_choice("eval", "--model", model_name, ct_model_names()))) return rc;
+    ct_dataset_kind kind;
+    if (ct_dataset_parse_name(dataset, &kind) != 0) return cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
+    ct_device dev;
+    if ((rc = cli_device("eval", device, &dev))) return rc;
+    if (threads) ct_set_num_threads((int)threads);
+    ct_dataset *test = ct_dataset_load(kind, CT_SPLIT_TEST, data_dir, test_limit);
+    if (!test) return cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
+    ct_module *model = ct_model_create_ex(model_name, test->num_classes, test->c, test->h, test->w);
+    int code = CLI_OK;
+    eval_result ev;
+    if (!model) code = cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
+    else if (ct_module_load(model, ckpt) != 0) code = cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
+    else if (dev.type != CT_CPU && ct_module_to(model, dev, -1) != 0)
+        code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
+    else if (cli_evaluate(model, test, kind, dev, batch, &ev) != 0)
+        code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
+    else if (json)
+        printf("{\"model\": \"%s\", \"dataset\": \"%s\", \"images\": %lld, \"test_loss\": %.6f, "
+               "\"test_acc\": %.6f}\n", model_name, ct_dataset_name(kind), (long long)ev.n, ev.loss, ev.accuracy);
+    else
+        printf("%s on %s test (%lld images): loss %.4f, accuracy %.2f%%\n", model_name,
+               ct_dataset_name(kind), (long long)ev.n, ev.loss, 100.0 * ev.accuracy);
+    ct_module_free(model);
+    ct_dataset_free(test);
+    return code;
+}

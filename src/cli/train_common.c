@@ -1,0 +1,96 @@
+#include "train_common.h"
+#include "cli.h"
+
+#include <stdio.h>
+#include <time.h>
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int cli_device(const char *cmd, const char *s, ct_device *out) {
+    if (ct_device_parse(s, out) != 0) return cli_fail(cmd, CLI_USAGE, "--device: %s", ct_last_error());
+    if (out->type == CT_CUDA) {
+        int avail = 0;
+        const char *why = ct_cuda_status(&avail);
+        if (!avail) return cli_fail(cmd, CLI_USAGE, "--device %s: CUDA is unavailable: %s", s, why);
+    }
+    return 0;
+}
+
+/* Number of rows whose argmax equals the label. */
+static int64_t count_correct(const ct_tensor *logits, const ct_tensor *y) {
+    ct_tensor *pred = ct_argmax(logits, 1, 0);
+    ct_tensor *ph = pred ? ct_to_device(pred, ct_cpu()) : NULL;
+    ct_tensor *yh = ct_to_device(y, ct_cpu());
+    int64_t c = 0;
+    if (ph && yh) {
+        const int64_t *p = ct_data(ph), *l = ct_data(yh);
+        for (int64_t i = 0; i < ct_numel(ph); i++) c += p[i] == l[i];
+    }
+    ct_free(pred);
+    ct_free(ph);
+    ct_free(yh);
+    return c;
+}
+
+int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
+                   ct_device dev, train_step_result *r) {
+    ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
+    ct_tensor *logits = xd ? ct_module_forward(model, xd) : NULL;
+    ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_MEAN, 0.0, -100) : NULL;
+    int rc = -1;
+    if (loss && ct_backward(loss, NULL, 0) == 0 && ct_optim_step(opt) == 0) {
+        ct_optim_zero_grad(opt);
+        r->loss = ct_item(loss);
+        r->n = ct_size(x, 0);
+        int prev = ct_set_grad_enabled(0);
+        r->correct = count_correct(logits, yd);
+        ct_set_grad_enabled(prev);
+        rc = 0;
+    }
+    ct_free(xd);
+    ct_free(yd);
+    ct_free(logits);
+    ct_free(loss);
+    return rc;
+}
+
+int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
+                 int64_t batch, eval_result *out) {
+    ct_dataloader_opts lo = ct_dataloader_default_opts();
+    lo.batch_size = batch;
+    lo.shuffle = 0;
+    lo.transform.normalize = 1;
+    ct_dataset_default_normalization(kind, lo.transform.mean, lo.transform.std);
+    ct_dataloader *dl = ct_dataloader_new(ds, &lo);
+    if (!dl) return -1;
+    ct_module_eval(model);
+    int prev = ct_set_grad_enabled(0);
+    double loss_sum = 0;
+    int64_t correct = 0, n = 0;
+    ct_tensor *x, *y;
+    int got, rc = 0;
+    while ((got = ct_dataloader_next(dl, &x, &y)) == 1) {
+        ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
+        ct_tensor *logits = xd ? ct_module_forward(model, xd) : NULL;
+        ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_SUM, 0.0, -100) : NULL;
+        if (!loss) rc = -1;
+        else {
+            loss_sum += ct_item(loss);
+            correct += count_correct(logits, yd);
+            n += ct_size(x, 0);
+        }
+        ct_free(x); ct_free(y); ct_free(xd); ct_free(yd); ct_free(logits); ct_free(loss);
+        if (rc) break;
+    }
+    if (got < 0) rc = -1;
+    ct_set_grad_enabled(prev);
+    ct_dataloader_free(dl);
+    out->n = n;
+    out->loss = n ? loss_sum / (double)n : 0;
+    out->accuracy = n ? (double)correct / (double)n : 0;
+    return rc;
+}

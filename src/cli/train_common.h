@@ -1,0 +1,30 @@
+/* Pieces shared by train, eval and bench. */
+#ifndef CT_CLI_TRAIN_COMMON_H
+#define CT_CLI_TRAIN_COMMON_H
+
+#include "ctorch.h"
+#include "ctorch_data.h"
+#include "ctorch_nn.h"
+#include "ctorch_optim.h"
+
+typedef struct {
+    double loss;
+    int64_t correct, n;
+} train_step_result;
+
+typedef struct {
+    double loss, accuracy;
+    int64_t n;
+} eval_result;
+
+double cli_now(void);
+/* Parses --device and checks CUDA is usable; prints the reason and returns CLI_USAGE. */
+int cli_device(const char *cmd, const char *s, ct_device *out);
+/* forward, cross-entropy, backward, optimizer step, zero_grad. */
+int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
+                   ct_device dev, train_step_result *r);
+/* Test-set loss and accuracy in eval mode without gradients (leaves the model in eval). */
+int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
+                 int64_t batch, eval_result *out);
+
+#endif
