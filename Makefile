@@ -18,13 +18,15 @@ TEST_SRC := $(sort $(wildcard tests/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,$(if $(CTORCH_DATA),$(CTORCH_DATA),data))
 
 NVCC := $(shell command -v nvcc 2>/dev/null)
 
-.PHONY: all lib cli cuda test test-sanitize valgrind fixtures deps run clean
+PHONY_EXTRA := examples
+.PHONY: all lib cli cuda examples test test-sanitize valgrind fixtures deps run clean
 
-all: lib cli cuda
+all: lib cli cuda examples
 
 lib: $(BUILD)/libctorch.a $(BUILD)/libctorch.so
 cli: $(BUILD)/ctorch
@@ -42,6 +44,12 @@ $(BUILD)/libctorch.so: $(LIB_OBJ)
 
 $(BUILD)/ctorch: $(CLI_OBJ) $(LIB_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic
+
+examples: $(EXAMPLES)
+
+$(BUILD)/examples/%: examples/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJ) $(ALL_LDLIBS)
 
 $(BUILD)/test_ctorch: $(TEST_OBJ) $(LIB_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic
