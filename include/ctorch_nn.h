@@ -1,0 +1,237 @@
+/*
+ * ctorch nn: modules (torch.nn), default initialisations (torch.nn.init), models and
+ * checkpoints.
+ *
+ * A module is a tree: it owns its named children, parameters (leaf tensors that require
+ * grad) and buffers (running statistics…), has a train/eval flag and a forward function.
+ * state_dict names are PyTorch's: dotted paths in registration order, each module's own
+ * parameters, then its own buffers, then its children's entries ("features.0.weight",
+ * "layer1.0.bn1.running_mean"…), so weights move between ctorch and PyTorch both ways.
+ *
+ * Ownership: ct_module_* constructors return a new module owned by the caller (release it
+ * with ct_module_free). Adding a module as a child (ct_module_add_child, Sequential)
+ * transfers ownership to the parent. Tensors passed in are borrowed (retained when kept);
+ * tensors returned by forward are new references. Errors follow ctorch.h: NULL / -1 and
+ * ct_last_error(); a failing forward's message starts with the failing module's type and
+ * dotted path, e.g. "Linear 'classifier' (in_features=4096, out_features=10): ...".
+ */
+#ifndef CTORCH_NN_H
+#define CTORCH_NN_H
+
+#include "ctorch.h"
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ct_module ct_module;
+/* Computes the module's output for one input; returns a new reference or NULL + error. */
+typedef ct_tensor *(*ct_module_forward_fn)(ct_module *self, const ct_tensor *input);
+
+/* The module struct is public so that programs can define their own modules (see
+ * ct_module_new). Read fields freely; change them only through the functions below. */
+struct ct_module {
+    const char *type;              /* "Linear", "Conv2d", … (static string) */
+    ct_module_forward_fn forward;
+    void *impl;                    /* module-specific configuration/state */
+    void (*impl_free)(void *impl); /* frees impl (may be NULL) */
+    /* Writes the text inside the parentheses of the module's repr ("3, 32, kernel_size=(3,
+     * 3)…"); may be NULL. */
+    void (*extra_repr)(const ct_module *self, char *buf, size_t n);
+    int training;                  /* 1 after creation (PyTorch's default), see ct_module_train */
+    ct_module *parent;             /* NULL for a root */
+    char *name;                    /* name inside the parent ("" for a root) */
+    int n_children, cap_children;
+    ct_module **children;
+    int n_params, cap_params;
+    char **param_names;
+    ct_tensor **params;            /* owned references; float leaves requiring grad */
+    int n_buffers, cap_buffers;
+    char **buffer_names;
+    ct_tensor **buffers;           /* owned references; no grad */
+};
+
+/* --------------------------------------------------------------- the module tree */
+/* A module with no children/parameters. `type` must be a static string; impl (may be
+ * NULL) is freed with impl_free when the module is freed. */
+ct_module *ct_module_new(const char *type, ct_module_forward_fn forward, void *impl,
+                         void (*impl_free)(void *impl));
+/* Frees the module, its children, parameters and buffers. NULL is fine. */
+void ct_module_free(ct_module *m);
+/* Adds `child` under `name` (a non-empty name without dots, unique among m's children,
+ * parameters and buffers). Takes ownership of child, also on failure (it is freed),
+ * except when child already belongs to another parent (then it is left alone). A NULL
+ * child (a failed constructor) fails and keeps that constructor's error message. */
+int ct_module_add_child(ct_module *m, const char *name, ct_module *child);
+/* Registers a parameter: m keeps a reference to t, which must be a floating leaf tensor;
+ * requires_grad is switched on. Returns the index in m->params, or -1. */
+int ct_module_add_parameter(ct_module *m, const char *name, ct_tensor *t);
+/* Registers a buffer (saved in the state_dict, never trained). Index or -1. */
+int ct_module_add_buffer(ct_module *m, const char *name, ct_tensor *t);
+
+/* Runs m->forward. On failure the error message is prefixed (once, by the innermost
+ * module) with the failing module's type, dotted path and configuration. */
+ct_tensor *ct_module_forward(ct_module *m, const ct_tensor *input);
+
+/* Train/eval mode for m and every descendant (Dropout, BatchNorm behave differently). */
+void ct_module_train(ct_module *m, int training);
+void ct_module_eval(ct_module *m);
+int ct_module_is_training(const ct_module *m);
+
+/* Dotted path of m from its root ("features.0"), or "" for the root, into buf. */
+const char *ct_module_path(const ct_module *m, char *buf, size_t n);
+/* Descendant by dotted path ("layer1.0.conv1"); "" is m itself. BORROWED, NULL if absent
+ * (no error set). */
+ct_module *ct_module_get(const ct_module *m, const char *path);
+/* Parameter or buffer by its state_dict name. BORROWED, NULL if absent (no error). */
+ct_tensor *ct_module_get_tensor(const ct_module *m, const char *name);
+
+/* All parameters, in state_dict order (PyTorch's model.parameters()). Returns a malloc'd
+ * array of BORROWED tensors (release the array with free()); *n receives the count.
+ * An empty module gives a non-NULL array with *n == 0. */
+ct_tensor **ct_module_parameters(const ct_module *m, int *n);
+int64_t ct_module_num_parameters(const ct_module *m); /* total elements */
+/* Sets every parameter's .grad to NULL (PyTorch's zero_grad(set_to_none=True)). */
+void ct_module_zero_grad(ct_module *m);
+
+/* Moves (or converts) every parameter and buffer to device d / dtype dt (dt < 0 keeps the
+ * dtype; integer buffers such as num_batches_tracked keep theirs). Tensors are replaced
+ * in place inside the module: pointers obtained earlier (optimizers!) become stale, so
+ * convert before creating the optimizer. Gradients are dropped. */
+int ct_module_to(ct_module *m, ct_device d, int dt);
+
+/* Prints a PyTorch-style repr of the tree. */
+void ct_module_print(const ct_module *m, FILE *f);
+
+/* -------------------------------------------------------------- state_dict */
+typedef struct ct_state_dict {
+    int n;
+    char **names;
+    ct_tensor **tensors; /* owned references */
+} ct_state_dict;
+
+/* Parameters and buffers under PyTorch's names and order. The tensors are references to
+ * the module's own tensors (detach/clone them before modifying). */
+ct_state_dict *ct_module_state_dict(const ct_module *m);
+/* An empty dictionary to fill with ct_state_dict_add (for loading foreign weights). */
+ct_state_dict *ct_state_dict_new(void);
+int ct_state_dict_add(ct_state_dict *sd, const char *name, ct_tensor *t); /* retains t */
+ct_tensor *ct_state_dict_get(const ct_state_dict *sd, const char *name); /* BORROWED */
+void ct_state_dict_free(ct_state_dict *sd);
+
+/* Compares sd against m's state_dict. Returns NULL when they match (strict: same names,
+ * else only the names present in both are compared), otherwise a malloc'd report (free())
+ * listing every shape mismatch, missing and unexpected name with shapes, one per line. */
+char *ct_module_check_state_dict(const ct_module *m, const ct_state_dict *sd, int strict);
+/* Copies sd's values into the module's tensors (with dtype conversion, as PyTorch's
+ * load_state_dict). All-or-nothing: on any mismatch nothing is changed and the error
+ * message lists the problems (as many as fit; ct_module_check_state_dict gives them all).
+ * strict = 0 ignores missing and unexpected names (shape mismatches still fail). */
+int ct_module_load_state_dict(ct_module *m, const ct_state_dict *sd, int strict);
+
+/* ------------------------------------------------------------ checkpoints
+ * safetensors files with the state_dict names and PyTorch's layouts (conv weight OIHW,
+ * linear [out, in], num_batches_tracked int64 0-dim): what
+ * safetensors.torch.save_file(model.state_dict(), path) writes and load_file reads.
+ * metadata: NULL or NULL-terminated key, value list (e.g. {"model", "simple_cnn", NULL});
+ * "format": "pt" is always written. Saving is atomic (temporary file + rename). */
+int ct_module_save(const ct_module *m, const char *path, const char *const *metadata);
+/* Loads a checkpoint written by ct_module_save or by PyTorch (strict). On a checkpoint of
+ * another model the message names the file and lists the mismatched names and shapes. */
+int ct_module_load(ct_module *m, const char *path);
+
+/* ------------------------------------------------------------------ layers
+ * Constructors validate their arguments (positive sizes, groups dividing channels…) and
+ * initialise like PyTorch (see init below) from ctorch's seeded RNG (ct_manual_seed). */
+
+/* Linear(in_features, out_features, bias): weight [out, in], bias [out]. */
+ct_module *ct_nn_linear(int64_t in_features, int64_t out_features, int bias);
+
+typedef struct {
+    int kernel[2], stride[2], padding[2], dilation[2];
+    int groups;
+    int bias;
+} ct_conv2d_options;
+/* Conv2d(in, out, kernel_size=k, stride, padding, bias): square kernel, dilation 1,
+ * groups 1. weight [out, in/groups, kh, kw], bias [out]. */
+ct_module *ct_nn_conv2d(int64_t in_channels, int64_t out_channels, int kernel_size, int stride,
+                        int padding, int bias);
+ct_module *ct_nn_conv2d_ex(int64_t in_channels, int64_t out_channels, const ct_conv2d_options *o);
+
+/* BatchNorm2d(num_features, eps=1e-5, momentum=0.1, affine=True,
+ * track_running_stats=True): parameters weight, bias; buffers running_mean,
+ * running_var, num_batches_tracked (int64, 0-dim). momentum < 0 means PyTorch's
+ * momentum=None (cumulative average). */
+ct_module *ct_nn_batch_norm2d(int64_t num_features);
+ct_module *ct_nn_batch_norm2d_ex(int64_t num_features, double eps, double momentum, int affine,
+                                 int track_running_stats);
+
+ct_module *ct_nn_relu(void);
+ct_module *ct_nn_gelu(int approximate_tanh); /* GELU(approximate='none'|'tanh') */
+ct_module *ct_nn_identity(void);
+/* MaxPool2d(kernel_size, stride (<= 0: = kernel_size), padding). */
+ct_module *ct_nn_max_pool2d(int kernel_size, int stride, int padding);
+/* AvgPool2d(kernel_size, stride (<= 0: = kernel_size), padding), count_include_pad=True. */
+ct_module *ct_nn_avg_pool2d(int kernel_size, int stride, int padding);
+ct_module *ct_nn_adaptive_avg_pool2d(int out_h, int out_w);
+ct_module *ct_nn_dropout(double p);
+/* Flatten(start_dim=1, end_dim=-1). */
+ct_module *ct_nn_flatten(int start_dim, int end_dim);
+/* Sequential of n modules named "0", "1", …; takes ownership of the modules (all of them,
+ * also on failure). mods may be NULL when n == 0. */
+ct_module *ct_nn_sequential(ct_module *const *mods, int n);
+int ct_nn_sequential_append(ct_module *seq, ct_module *mod); /* takes ownership */
+/* torchvision's BasicBlock(inplanes, planes, stride): conv1 (3x3, stride), bn1, relu,
+ * conv2 (3x3), bn2, and when stride != 1 or inplanes != planes a downsample Sequential
+ * (conv 1x1 stride, bn); out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)). */
+ct_module *ct_nn_basic_block(int64_t inplanes, int64_t planes, int stride);
+
+/* -------------------------------------------------------------------- init
+ * In-place, under no-grad, on tensors of any device; random draws come from the global
+ * seeded stream (ct_manual_seed). Formulas are torch.nn.init's. */
+typedef enum { CT_FAN_IN = 0, CT_FAN_OUT = 1 } ct_fan_mode;
+/* fan_in = size(1) * receptive field, fan_out = size(0) * receptive field (>= 2-D). */
+int ct_init_calculate_fan(const ct_tensor *t, int64_t *fan_in, int64_t *fan_out);
+/* torch.nn.init.calculate_gain: "linear", "conv2d", "sigmoid", "tanh", "relu",
+ * "leaky_relu" (param = negative slope, < 0 means the default 0.01), "selu". NAN on an
+ * unknown name. */
+double ct_init_calculate_gain(const char *nonlinearity, double param);
+int ct_init_uniform_(ct_tensor *t, double low, double high);
+int ct_init_normal_(ct_tensor *t, double mean, double std);
+int ct_init_constant_(ct_tensor *t, double value);
+int ct_init_zeros_(ct_tensor *t);
+int ct_init_ones_(ct_tensor *t);
+int ct_init_kaiming_uniform_(ct_tensor *t, double a, ct_fan_mode mode, const char *nonlinearity);
+int ct_init_kaiming_normal_(ct_tensor *t, double a, ct_fan_mode mode, const char *nonlinearity);
+int ct_init_xavier_uniform_(ct_tensor *t, double gain);
+int ct_init_xavier_normal_(ct_tensor *t, double gain);
+/* PyTorch's reset_parameters for Linear and Conv: weight kaiming_uniform_(a=sqrt(5)),
+ * i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and bias (may be NULL) U(-b, b) with
+ * b = 1/sqrt(fan_in) of the weight. */
+int ct_init_linear_conv_default(ct_tensor *weight, ct_tensor *bias);
+
+/* ------------------------------------------------------------------ models
+ * "simple_cnn": the seed's SimpleCNN: features = Sequential(Conv2d(C,32,3,padding=1),
+ *     ReLU, MaxPool2d(2), Conv2d(32,64,3,padding=1), ReLU, MaxPool2d(2)), Flatten,
+ *     classifier = Linear(64*(H/4)*(W/4), num_classes).
+ * "mlp": flattens its input; fc1 = Linear(C*H*W, 128), ReLU, fc2 = Linear(128, classes).
+ * "resnet18": torchvision's resnet18 with the CIFAR stem: conv1 3x3 stride 1 padding 1
+ *     without bias, bn1, relu, no max-pool, layer1..layer4 of BasicBlocks
+ *     (64, 128, 256, 512 planes; strides 1, 2, 2, 2), avgpool (adaptive 1x1), fc.
+ *     Initialised as torchvision does: convs kaiming_normal_(mode=fan_out, relu), BN
+ *     weight 1 bias 0, fc PyTorch's Linear default.
+ * Other layers use PyTorch's default initialisations. Input [N, C, H, W]. */
+/* Defaults: simple_cnn and resnet18 take 3x32x32 (CIFAR-10), mlp 1x28x28 (MNIST). */
+ct_module *ct_model_create(const char *name, int num_classes);
+/* With the input image size (C x H x W); simple_cnn's classifier takes 64*(H/4)*(W/4). */
+ct_module *ct_model_create_ex(const char *name, int num_classes, int in_channels, int height,
+                              int width);
+/* NULL-terminated list of the model names. */
+const char *const *ct_model_names(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CTORCH_NN_H */

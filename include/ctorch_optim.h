@@ -1,0 +1,147 @@
+/*
+ * ctorch optim: SGD, Adam, AdamW with torch.optim's exact update formulas (PyTorch 1.13,
+ * single-tensor path), and learning-rate schedules as pure functions of the step.
+ *
+ * An optimizer keeps references to its parameters (float32/float64 leaf tensors that
+ * require grad) and its per-parameter state (momentum buffers, moments), created on the
+ * first step. ct_optim_step runs in no-grad mode and updates the parameters in place;
+ * parameters whose .grad is NULL are skipped, as in PyTorch. On contiguous CPU tensors
+ * the update is one fused multithreaded loop over the raw buffers and allocates nothing
+ * after the first step.
+ *
+ * Update formulas (g = grad, or -grad with maximize; p the parameter):
+ *  SGD:   g += weight_decay*p; if momentum: buf = g on the first step, else
+ *         buf = momentum*buf + (1-dampening)*g; g = nesterov ? g + momentum*buf : buf;
+ *         p -= lr*g.
+ *  Adam:  g += weight_decay*p; t += 1; m = beta1*m + (1-beta1)*g;
+ *         v = beta2*v + (1-beta2)*g*g; (amsgrad: vmax = max(vmax, v), v := vmax)
+ *         p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps).
+ *  AdamW: p *= 1 - lr*weight_decay (decoupled), then Adam without weight_decay in g.
+ */
+#ifndef CTORCH_OPTIM_H
+#define CTORCH_OPTIM_H
+
+#include "ctorch.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { CT_OPTIM_SGD = 0, CT_OPTIM_ADAM, CT_OPTIM_ADAMW } ct_optim_kind;
+
+typedef struct {
+    double lr;
+    double momentum, dampening; /* SGD */
+    int nesterov;               /* SGD */
+    double beta1, beta2, eps;   /* Adam, AdamW */
+    int amsgrad;                /* Adam, AdamW */
+    double weight_decay;
+    int maximize;
+} ct_optim_options;
+
+typedef struct ct_optimizer ct_optimizer;
+
+/* PyTorch's defaults: SGD lr 0.01 (PyTorch requires lr; 0.01 is ctorch's default),
+ * momentum 0, dampening 0, nesterov off, weight_decay 0; Adam lr 1e-3, betas (0.9, 0.999),
+ * eps 1e-8, weight_decay 0; AdamW the same with weight_decay 1e-2. */
+ct_optim_options ct_optim_default_options(ct_optim_kind kind);
+/* Validates the options as PyTorch does (lr >= 0, momentum >= 0, nesterov needs
+ * momentum > 0 and dampening 0, betas in [0, 1), eps >= 0, weight_decay >= 0) and the
+ * parameters (non-NULL float leaves requiring grad, no duplicates). The optimizer
+ * retains the parameters. n may be 0. */
+ct_optimizer *ct_optim_new(ct_optim_kind kind, ct_tensor *const *params, int n,
+                           const ct_optim_options *o);
+ct_optimizer *ct_optim_sgd(ct_tensor *const *params, int n, double lr, double momentum,
+                           double dampening, double weight_decay, int nesterov);
+ct_optimizer *ct_optim_adam(ct_tensor *const *params, int n, double lr, double beta1,
+                            double beta2, double eps, double weight_decay);
+ct_optimizer *ct_optim_adamw(ct_tensor *const *params, int n, double lr, double beta1,
+                             double beta2, double eps, double weight_decay);
+void ct_optim_free(ct_optimizer *o); /* NULL is fine */
+
+/* One update of every parameter that has a gradient. */
+int ct_optim_step(ct_optimizer *o);
+/* Sets every parameter's .grad to NULL (PyTorch's zero_grad(set_to_none=True)). */
+void ct_optim_zero_grad(ct_optimizer *o);
+
+int ct_optim_set_lr(ct_optimizer *o, double lr); /* lr >= 0 */
+double ct_optim_get_lr(const ct_optimizer *o);
+/* SGD: momentum; Adam/AdamW: beta1 (what OneCycleLR cycles). */
+int ct_optim_set_momentum(ct_optimizer *o, double momentum);
+double ct_optim_get_momentum(const ct_optimizer *o);
+const ct_optim_options *ct_optim_options_of(const ct_optimizer *o);
+ct_optim_kind ct_optim_kind_of(const ct_optimizer *o);
+const char *ct_optim_name(ct_optim_kind kind); /* "sgd", "adam", "adamw" */
+int64_t ct_optim_steps(const ct_optimizer *o); /* ct_optim_step calls so far */
+int ct_optim_num_params(const ct_optimizer *o);
+/* Per-parameter state, BORROWED, NULL when not (yet) created: "momentum_buffer" (SGD),
+ * "exp_avg", "exp_avg_sq", "max_exp_avg_sq" (Adam/AdamW). */
+ct_tensor *ct_optim_state(const ct_optimizer *o, int param_index, const char *name);
+
+/* ------------------------------------------------------------- schedules
+ * Pure functions of `step` (the number of optimizer steps taken so far, from 0): the lr
+ * to use for the next step, equal to what torch.optim.lr_scheduler gives after `step`
+ * calls of scheduler.step() (PyTorch's recursive forms agree with these closed forms up
+ * to rounding). Call ct_optim_set_lr(o, ct_schedule_lr(&s, step)) before each step. */
+
+/* StepLR: base_lr * gamma^floor(step / step_size). */
+double ct_lr_step(double base_lr, int64_t step, int64_t step_size, double gamma);
+/* CosineAnnealingLR: eta_min + (base_lr - eta_min) * (1 + cos(pi * step / T_max)) / 2. */
+double ct_lr_cosine(double base_lr, int64_t step, int64_t T_max, double eta_min);
+/* LinearLR (linear warm-up): base_lr * (start + (end - start) * min(step, total) / total). */
+double ct_lr_linear(double base_lr, int64_t step, double start_factor, double end_factor,
+                    int64_t total_iters);
+/* OneCycleLR (anneal_strategy 'cos', two phases, three_phase False): from
+ * max_lr/div_factor up to max_lr over pct_start*total_steps - 1 steps, then down to
+ * max_lr/div_factor/final_div_factor at step total_steps - 1. Steps past total_steps - 1
+ * keep extrapolating the last phase's cosine (PyTorch raises there instead). */
+double ct_lr_onecycle(double max_lr, int64_t step, int64_t total_steps, double pct_start,
+                      double div_factor, double final_div_factor);
+/* OneCycleLR's momentum cycling (cycle_momentum=True): max_momentum down to base_momentum
+ * in phase 1, back up in phase 2 (set it with ct_optim_set_momentum: SGD momentum or
+ * Adam's beta1). */
+double ct_momentum_onecycle(int64_t step, int64_t total_steps, double pct_start,
+                            double base_momentum, double max_momentum);
+
+typedef enum {
+    CT_SCHED_NONE = 0, /* constant base_lr */
+    CT_SCHED_STEP,
+    CT_SCHED_COSINE,
+    CT_SCHED_LINEAR,
+    CT_SCHED_ONECYCLE
+} ct_schedule_kind;
+
+typedef struct {
+    ct_schedule_kind kind;
+    double base_lr;             /* OneCycle: max_lr */
+    int64_t step_size;          /* STEP */
+    double gamma;               /* STEP */
+    int64_t T_max;              /* COSINE */
+    double eta_min;             /* COSINE */
+    double start_factor, end_factor; /* LINEAR */
+    int64_t total_iters;        /* LINEAR */
+    int64_t total_steps;        /* ONECYCLE */
+    double pct_start, div_factor, final_div_factor; /* ONECYCLE */
+    double base_momentum, max_momentum;             /* ONECYCLE (cycle_momentum) */
+    /* Optional linear warm-up in front of any schedule (like SequentialLR of LinearLR and
+     * the schedule with milestone warmup_steps): for step < warmup_steps the lr is
+     * base_lr * (warmup_start_factor + (1 - warmup_start_factor) * step / warmup_steps);
+     * afterwards the schedule runs at step - warmup_steps. 0 disables it. */
+    int64_t warmup_steps;
+    double warmup_start_factor;
+} ct_schedule;
+
+/* A schedule with PyTorch's defaults for its kind: STEP gamma 0.1, step_size 1; COSINE
+ * eta_min 0, T_max 1; LINEAR start 1/3, end 1, total_iters 5; ONECYCLE pct_start 0.3,
+ * div_factor 25, final_div_factor 1e4, momentum 0.85 .. 0.95, total_steps 1. */
+ct_schedule ct_schedule_default(ct_schedule_kind kind, double base_lr);
+double ct_schedule_lr(const ct_schedule *s, int64_t step);
+/* ONECYCLE: the cycled momentum; other kinds: NAN (leave momentum alone). */
+double ct_schedule_momentum(const ct_schedule *s, int64_t step);
+/* "none", "step", "cosine", "linear", "onecycle" -> kind; -1 with an error otherwise. */
+int ct_schedule_parse(const char *name, ct_schedule_kind *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CTORCH_OPTIM_H */
