@@ -1,0 +1,130 @@
+/* Functions exported by the CUDA plugin (libctorch_cuda.so) beyond its ct_backend table.
+ *
+ * The core loads the plugin with dlopen(RTLD_LOCAL) at the first CUDA use, so these
+ * symbols are not visible to the rest of the process by plain linking. Code in the core
+ * (optimizers, DataLoader, CLI) reaches them with dlsym on the plugin's handle; once the
+ * plugin is loaded (ct_cuda_status() said "available"), the handle can be obtained
+ * without the core's help because the plugin's soname is libctorch_cuda.so:
+ *
+ *     void *h = dlopen("libctorch_cuda.so", RTLD_NOW | RTLD_NOLOAD);   // no new load
+ *     ct_cuda_adam_step_fn adam = h ? (ct_cuda_adam_step_fn)dlsym(h, "ct_cuda_adam_step")
+ *                                   : NULL;
+ *     if (h) dlclose(h);   // drops the reference taken above; the plugin stays loaded
+ *
+ * Each function also has a typedef (ct_cuda_*_fn) for that purpose. All of them return
+ * 0 / a value on success and -1 with ct_last_error() set on failure, like the rest of
+ * ctorch. Tensors must be CUDA tensors of one device unless stated. */
+#ifndef CT_CUDA_PLUGIN_H
+#define CT_CUDA_PLUGIN_H
+
+#include "ctorch.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define CT_CUDA_API __attribute__((visibility("default")))
+#else
+#define CT_CUDA_API
+#endif
+
+struct ct_backend;
+
+/* Entry point called by src/core/dispatch.c. Returns the backend, or NULL after writing
+ * to `reason` which piece is missing (driver not loaded, driver too old, no device,
+ * cuDNN / cuBLAS missing, GPU architecture not in the build) and how to fix it. */
+CT_CUDA_API const struct ct_backend *ct_cuda_plugin_init(char *reason, size_t n);
+typedef const struct ct_backend *(*ct_cuda_plugin_init_fn)(char *reason, size_t n);
+
+/* ------------------------------------------------------------------ devices */
+CT_CUDA_API int ct_cuda_device_count(void);
+/* "NVIDIA H100 80GB HBM3 (cc 9.0, 132 SMs, 79.1 GiB)" into buf. */
+CT_CUDA_API int ct_cuda_device_describe(int device, char *buf, size_t n);
+/* Waits for all work queued on the device; reports asynchronous kernel errors. */
+CT_CUDA_API int ct_cuda_synchronize(int device);
+typedef int (*ct_cuda_synchronize_fn)(int device);
+
+/* ------------------------------------------------------------------ settings
+ * Initial values from the environment: CTORCH_TF32=1 allows TF32 tensor cores for
+ * float32 GEMM and convolution (default off: full float32 precision);
+ * CTORCH_DETERMINISTIC=1 restricts cuDNN to deterministic algorithms;
+ * CTORCH_CUDNN_BENCHMARK=0 picks convolution algorithms by cuDNN's heuristics instead of
+ * timing them (default: time once per shape and cache, like cudnn.benchmark = True). */
+CT_CUDA_API void ct_cuda_set_tf32(int enabled);
+CT_CUDA_API int ct_cuda_get_tf32(void);
+CT_CUDA_API void ct_cuda_set_deterministic(int enabled);
+CT_CUDA_API void ct_cuda_set_cudnn_benchmark(int enabled);
+
+/* ----------------------------------------------------------- memory (caching) */
+typedef struct {
+    size_t allocated;      /* bytes in blocks handed out (rounded sizes) */
+    size_t reserved;       /* bytes obtained from cudaMalloc (allocated + cached) */
+    size_t peak_allocated; /* high-water marks since start / last reset */
+    size_t peak_reserved;
+    uint64_t alloc_calls;  /* allocations served */
+    uint64_t cache_hits;   /* ... of which from the cache (no cudaMalloc) */
+    uint64_t cuda_mallocs; /* cudaMalloc calls */
+    uint64_t ooms;         /* allocations that failed even after emptying the cache */
+} ct_cuda_memory_stats;
+
+CT_CUDA_API int ct_cuda_memory_stats_get(int device, ct_cuda_memory_stats *out);
+typedef int (*ct_cuda_memory_stats_get_fn)(int device, ct_cuda_memory_stats *out);
+/* Returns cached, unused blocks to the driver (synchronises the device first). */
+CT_CUDA_API int ct_cuda_empty_cache(int device);
+typedef int (*ct_cuda_empty_cache_fn)(int device);
+CT_CUDA_API void ct_cuda_reset_peak_stats(int device);
+
+/* Pinned (page-locked) host memory, cached. A block freed while a copy from it is still
+ * queued is reused only after that copy has completed. */
+CT_CUDA_API void *ct_cuda_host_alloc(size_t nbytes);
+CT_CUDA_API void ct_cuda_host_free(void *p);
+typedef void *(*ct_cuda_host_alloc_fn)(size_t nbytes);
+typedef void (*ct_cuda_host_free_fn)(void *p);
+
+/* Non-blocking host-to-device copy of a contiguous CPU tensor into a contiguous CUDA
+ * tensor of the same dtype and numel. When src's memory comes from ct_cuda_host_alloc the
+ * copy is a DMA queued on the device's stream and this returns at once: the caller must
+ * not modify src until ct_cuda_synchronize() (or a later blocking copy back) — the
+ * pinned block itself is protected from reuse by ct_cuda_host_free. Pageable memory goes
+ * through the plugin's pinned staging ring (also non-blocking for the caller). Kernels
+ * queued later on the device see the data. */
+CT_CUDA_API int ct_cuda_copy_h2d_async(ct_tensor *dst, const ct_tensor *src);
+typedef int (*ct_cuda_copy_h2d_async_fn)(ct_tensor *dst, const ct_tensor *src);
+
+/* ----------------------------------------------------------- fused optimizers
+ * One call updates a whole list of parameters (multi-tensor kernels: a few launches for
+ * all parameters instead of several per parameter). params[i], grads[i] and the state
+ * tensors must be contiguous CUDA tensors of the same device, dtype (float32 or float64)
+ * and numel. Semantics are torch.optim's (foreach) ones:
+ *
+ * SGD: g = grad + weight_decay * p;
+ *      if momentum != 0: buf = first_step ? g : momentum * buf + (1 - dampening) * g;
+ *                        g = nesterov ? g + momentum * buf : buf
+ *      p -= lr * g.            momentum_bufs may be NULL when momentum == 0.
+ * Adam / AdamW (step = 1 for the first update):
+ *      AdamW (decoupled != 0): p *= 1 - lr * weight_decay;  Adam: g = grad + wd * p
+ *      m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+ *      p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
+ */
+CT_CUDA_API int ct_cuda_sgd_step(ct_tensor *const *params, ct_tensor *const *grads,
+                                 ct_tensor *const *momentum_bufs, int n, double lr,
+                                 double momentum, double dampening, double weight_decay,
+                                 int nesterov, int first_step);
+typedef int (*ct_cuda_sgd_step_fn)(ct_tensor *const *params, ct_tensor *const *grads,
+                                   ct_tensor *const *momentum_bufs, int n, double lr,
+                                   double momentum, double dampening, double weight_decay,
+                                   int nesterov, int first_step);
+CT_CUDA_API int ct_cuda_adam_step(ct_tensor *const *params, ct_tensor *const *grads,
+                                  ct_tensor *const *exp_avg, ct_tensor *const *exp_avg_sq,
+                                  int n, double lr, double beta1, double beta2, double eps,
+                                  double weight_decay, int decoupled, int64_t step);
+typedef int (*ct_cuda_adam_step_fn)(ct_tensor *const *params, ct_tensor *const *grads,
+                                    ct_tensor *const *exp_avg, ct_tensor *const *exp_avg_sq,
+                                    int n, double lr, double beta1, double beta2, double eps,
+                                    double weight_decay, int decoupled, int64_t step);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
