@@ -68,6 +68,7 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch
+	@scripts/check-readme.sh $(BUILD)
 	CTORCH_DATA=$(DATA_DIR) $(BUILD)/test_ctorch
 
 test-sanitize: deps
