@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -243,4 +244,35 @@ TEST(cli_version_and_help) {
     CHECK(run(cmd, log) == 0);
     CHECK(log_has(log, "\"train_images_per_sec\"") && log_has(log, "\"infer_images_per_sec\"") &&
           log_has(log, "\"threads\"") && log_has(log, "\"device\": \"cpu\""));
+}
+
+TEST(cli_ctrl_c_saves_the_weights_so_far) {
+    const char *d = data_dir();
+    if (!d) SKIP("CTORCH_DATA does not hold CIFAR-10");
+    char out[512], log[512];
+    snprintf(out, sizeof out, "%s/interrupted.safetensors", tmpdir());
+    snprintf(log, sizeof log, "%s/interrupted.log", tmpdir());
+    unlink(out);
+    pid_t pid = fork();
+    if (pid == 0) {
+        FILE *f = freopen(log, "w", stdout);
+        (void)f;
+        dup2(fileno(stdout), 2);
+        execl(bin(), bin(), "train", "--model", "simple_cnn", "--dataset", "cifar10", "--data-dir", d,
+              "--epochs", "50", "--train-limit", "20000", "--test-limit", "100", "--save", out, (char *)NULL);
+        _exit(127);
+    }
+    CHECK(pid > 0);
+    /* wait until training has started, then interrupt */
+    for (int i = 0; i < 100 && !log_has(log, "training simple_cnn"); i++) usleep(100000);
+    usleep(1500000);
+    kill(pid, SIGINT);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "interrupted train should exit 0 after saving (status %d)", st);
+    CHECK(log_has(log, "interrupted at step"));
+    CHECK(log_has(log, "saved weights to"));
+    ct_module *m = ct_model_create("simple_cnn", 10);
+    CHECK_OK(ct_module_load(m, out));
+    ct_module_free(m);
 }
