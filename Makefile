@@ -49,7 +49,7 @@ examples: $(EXAMPLES)
 
 $(BUILD)/examples/%: examples/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJ) $(ALL_LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic -Wl,-rpath,'$$ORIGIN/..'
 
 $(BUILD)/test_ctorch: $(TEST_OBJ) $(LIB_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic

@@ -1,0 +1,82 @@
+/* Device-side helpers shared by the plugin's .cu files. */
+#ifndef CT_CUDA_COMMON_CUH
+#define CT_CUDA_COMMON_CUH
+
+#include "cuda_internal.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#define CUK_THREADS 256
+
+/* Grid size for a grid-stride loop over n items: enough blocks to fill the GPU a few
+ * times over, never more than the items need. */
+static inline int cuk_blocks(const cuk_ctx *c, int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    int64_t cap = (int64_t)(c->sm_count > 0 ? c->sm_count : 108) * (2048 / threads) * 4;
+    if (b > cap) b = cap;
+    return b < 1 ? 1 : (int)b;
+}
+
+static inline int cuk_status(void) { return (int)cudaGetLastError(); }
+
+/* Grid-stride loop over [0, n) with index type I (uint32_t when n < 2^31: the increment
+ * can then never wrap). */
+#define CUK_LOOP(I, i, n)                                                                  \
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < (I)(n);                 \
+         i += (I)gridDim.x * (I)blockDim.x)
+
+/* Offsets of linear index i into NOPS operands of a cuk_geom (dims innermost first). */
+template <int NOPS, typename I>
+__device__ __forceinline__ void cuk_offsets(const cuk_geom &g, I i, int64_t (&off)[NOPS]) {
+#pragma unroll
+    for (int k = 0; k < NOPS; k++) off[k] = 0;
+#pragma unroll
+    for (int d = 0; d < CUK_MAX_DIMS; d++) {
+        if (d == g.ndim) break;
+        I sz = (I)g.shape[d];
+        I q = i / sz;
+        I r = i - q * sz;
+        i = q;
+#pragma unroll
+        for (int k = 0; k < NOPS; k++) off[k] += (int64_t)r * g.stride[k][d];
+    }
+}
+
+/* Type-generic math (float overloads map to the single-precision functions, as the CPU
+ * kernels use expf/logf/... for float32). */
+__device__ __forceinline__ float cu_exp(float x) { return expf(x); }
+__device__ __forceinline__ double cu_exp(double x) { return exp(x); }
+__device__ __forceinline__ float cu_log(float x) { return logf(x); }
+__device__ __forceinline__ double cu_log(double x) { return log(x); }
+__device__ __forceinline__ float cu_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double cu_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float cu_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double cu_abs(double x) { return fabs(x); }
+__device__ __forceinline__ float cu_pow(float x, float y) { return powf(x, y); }
+__device__ __forceinline__ double cu_pow(double x, double y) { return pow(x, y); }
+__device__ __forceinline__ float cu_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double cu_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float cu_erf(float x) { return erff(x); }
+__device__ __forceinline__ double cu_erf(double x) { return erf(x); }
+
+/* Block-wide sum of a double (all threads get the result). blockDim.x a multiple of 32,
+ * at most 1024. The order of additions is fixed, so results are deterministic. */
+__device__ __forceinline__ double cuk_warp_sum(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double cuk_block_sum(double v, double *sh /* [32] */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = cuk_warp_sum(v);
+    __syncthreads(); /* sh may still be read from a previous call */
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.0;
+    return cuk_warp_sum(v);
+}
+
+#endif

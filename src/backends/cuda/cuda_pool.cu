@@ -1,0 +1,232 @@
+/* 2-D pooling (NCHW planes, contiguous, float32/float64) with the window rules of
+ * src/backends/cpu/cpu_pool.c (ATen's):
+ *  - max: rows ih0 = oh*s - p stepping by dilation, end min(ih0 + (k-1)*d + 1, H) taken
+ *    before ih0 is moved into the input; a NaN always wins (the last one seen); indices
+ *    are flat h*W + w offsets into the plane;
+ *  - avg: window [oh*s - p, min(oh*s - p + k, H + p)) gives the count_include_pad
+ *    divisor, then is clipped to the input; the forward sums in double;
+ *  - adaptive avg: rows [floor(oh*H/Ho), ceil((oh+1)*H/Ho)).
+ * Forward kernels run a thread per output element. Backward kernels run a thread per
+ * input element and gather from the outputs whose window holds it (no atomics: the
+ * result does not depend on scheduling). */
+#include "cuda_common.cuh"
+
+__device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* ------------------------------------------------------------------- max */
+template <typename T>
+__global__ void k_max_fwd(cuk_pool p, const T *x, T *y, int64_t *ind) {
+    const int64_t n = p.NC * p.Ho * p.Wo;
+    CUK_LOOP(int64_t, i, n) {
+        int64_t ow = i % p.Wo, t = i / p.Wo, oh = t % p.Ho, pl = t / p.Ho;
+        const T *xp = x + pl * p.H * p.W;
+        int64_t ih0 = oh * p.sh - p.ph;
+        int64_t ih1 = imin(ih0 + (p.kh - 1) * p.dh + 1, p.H);
+        while (ih0 < 0) ih0 += p.dh;
+        int64_t iw0 = ow * p.sw - p.pw;
+        int64_t iw1 = imin(iw0 + (p.kw - 1) * p.dw + 1, p.W);
+        while (iw0 < 0) iw0 += p.dw;
+        int64_t mi = ih0 * p.W + iw0;
+        T mv = -(T)INFINITY;
+        for (int64_t ih = ih0; ih < ih1; ih += p.dh)
+            for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
+                T v = xp[ih * p.W + iw];
+                if (v > mv || v != v) {
+                    mv = v;
+                    mi = ih * p.W + iw;
+                }
+            }
+        y[i] = mv;
+        ind[i] = mi;
+    }
+}
+
+/* Output rows whose max window (start o*s - p, span (k-1)*d + 1) can hold input row h. */
+__device__ __forceinline__ void max_range(int64_t h, int64_t k, int64_t s, int64_t pad,
+                                          int64_t d, int64_t nout, int64_t *lo, int64_t *hi) {
+    int64_t span = (k - 1) * d + 1;
+    *lo = (h + pad < span) ? 0 : (h + pad - span) / s + 1;
+    *hi = imin((h + pad) / s + 1, nout);
+}
+
+template <typename T>
+__global__ void k_max_bwd(cuk_pool p, const T *gy, const int64_t *ind, T *gx) {
+    const int64_t n = p.NC * p.H * p.W;
+    CUK_LOOP(int64_t, i, n) {
+        int64_t w = i % p.W, t = i / p.W, h = t % p.H, pl = t / p.H;
+        int64_t oh0, oh1, ow0, ow1;
+        max_range(h, p.kh, p.sh, p.ph, p.dh, p.Ho, &oh0, &oh1);
+        max_range(w, p.kw, p.sw, p.pw, p.dw, p.Wo, &ow0, &ow1);
+        const int64_t target = h * p.W + w, obase = pl * p.Ho * p.Wo;
+        T acc = 0;
+        for (int64_t oh = oh0; oh < oh1; oh++)
+            for (int64_t ow = ow0; ow < ow1; ow++) {
+                int64_t o = obase + oh * p.Wo + ow;
+                if (ind[o] == target) acc += gy[o];
+            }
+        gx[i] = acc;
+    }
+}
+
+/* ------------------------------------------------------------------- avg */
+/* Window of output (oh, ow): clipped bounds and divisor; false when empty. */
+__device__ __forceinline__ bool avg_window(const cuk_pool &p, int64_t oh, int64_t ow,
+                                           int64_t *h0, int64_t *h1, int64_t *w0, int64_t *w1,
+                                           int64_t *div) {
+    int64_t ih0 = oh * p.sh - p.ph, iw0 = ow * p.sw - p.pw;
+    int64_t ih1 = imin(ih0 + p.kh, p.H + p.ph), iw1 = imin(iw0 + p.kw, p.W + p.pw);
+    int64_t pool = (ih1 - ih0) * (iw1 - iw0);
+    ih0 = imax(ih0, 0);
+    iw0 = imax(iw0, 0);
+    ih1 = imin(ih1, p.H);
+    iw1 = imin(iw1, p.W);
+    *h0 = ih0;
+    *h1 = ih1;
+    *w0 = iw0;
+    *w1 = iw1;
+    *div = p.count_include_pad ? pool : (ih1 - ih0) * (iw1 - iw0);
+    return ih0 < ih1 && iw0 < iw1;
+}
+
+template <typename T>
+__global__ void k_avg_fwd(cuk_pool p, const T *x, T *y) {
+    const int64_t n = p.NC * p.Ho * p.Wo;
+    CUK_LOOP(int64_t, i, n) {
+        int64_t ow = i % p.Wo, t = i / p.Wo, oh = t % p.Ho, pl = t / p.Ho;
+        int64_t h0, h1, w0, w1, div;
+        if (!avg_window(p, oh, ow, &h0, &h1, &w0, &w1, &div)) {
+            y[i] = 0;
+            continue;
+        }
+        const T *xp = x + pl * p.H * p.W;
+        double s = 0;
+        for (int64_t ih = h0; ih < h1; ih++)
+            for (int64_t iw = w0; iw < w1; iw++) s += (double)xp[ih * p.W + iw];
+        y[i] = (T)(s / (double)div);
+    }
+}
+
+template <typename T>
+__global__ void k_avg_bwd(cuk_pool p, const T *gy, T *gx) {
+    const int64_t n = p.NC * p.H * p.W;
+    CUK_LOOP(int64_t, i, n) {
+        int64_t w = i % p.W, t = i / p.W, h = t % p.H, pl = t / p.H;
+        /* outputs whose (unclipped) window [o*s - p, o*s - p + k) holds h */
+        int64_t oh0 = (h + p.ph < p.kh) ? 0 : (h + p.ph - p.kh) / p.sh + 1;
+        int64_t oh1 = imin((h + p.ph) / p.sh + 1, p.Ho);
+        int64_t ow0 = (w + p.pw < p.kw) ? 0 : (w + p.pw - p.kw) / p.sw + 1;
+        int64_t ow1 = imin((w + p.pw) / p.sw + 1, p.Wo);
+        const T *g = gy + pl * p.Ho * p.Wo;
+        T acc = 0;
+        for (int64_t oh = oh0; oh < oh1; oh++)
+            for (int64_t ow = ow0; ow < ow1; ow++) {
+                int64_t h0, h1, w0, w1, div;
+                if (!avg_window(p, oh, ow, &h0, &h1, &w0, &w1, &div)) continue;
+                if (h < h0 || h >= h1 || w < w0 || w >= w1) continue;
+                acc += g[oh * p.Wo + ow] / (T)div;
+            }
+        gx[i] = acc;
+    }
+}
+
+/* -------------------------------------------------------------- adaptive */
+__device__ __forceinline__ int64_t ad_start(int64_t a, int64_t b, int64_t c) {
+    return (a / b) * c + ((a % b) * c) / b;
+}
+__device__ __forceinline__ int64_t ad_end(int64_t a, int64_t b, int64_t c) {
+    return 1 + ((a + 1) * c - 1) / b;
+}
+
+template <typename T>
+__global__ void k_ad_fwd(cuk_pool p, const T *x, T *y) {
+    const int64_t n = p.NC * p.Ho * p.Wo;
+    CUK_LOOP(int64_t, i, n) {
+        int64_t ow = i % p.Wo, t = i / p.Wo, oh = t % p.Ho, pl = t / p.Ho;
+        int64_t h0 = ad_start(oh, p.Ho, p.H), h1 = ad_end(oh, p.Ho, p.H);
+        int64_t w0 = ad_start(ow, p.Wo, p.W), w1 = ad_end(ow, p.Wo, p.W);
+        const T *xp = x + pl * p.H * p.W;
+        double s = 0;
+        for (int64_t ih = h0; ih < h1; ih++)
+            for (int64_t iw = w0; iw < w1; iw++) s += (double)xp[ih * p.W + iw];
+        y[i] = (T)(s / (double)(h1 - h0) / (double)(w1 - w0));
+    }
+}
+
+template <typename T>
+__global__ void k_ad_bwd(cuk_pool p, const T *gy, T *gx) {
+    const int64_t n = p.NC * p.H * p.W;
+    CUK_LOOP(int64_t, i, n) {
+        int64_t w = i % p.W, t = i / p.W, h = t % p.H, pl = t / p.H;
+        /* candidate outputs, then an exact containment test */
+        int64_t oh0 = imax((h * p.Ho) / p.H - 1, 0), oh1 = imin(((h + 1) * p.Ho) / p.H + 2, p.Ho);
+        int64_t ow0 = imax((w * p.Wo) / p.W - 1, 0), ow1 = imin(((w + 1) * p.Wo) / p.W + 2, p.Wo);
+        const T *g = gy + pl * p.Ho * p.Wo;
+        T acc = 0;
+        for (int64_t oh = oh0; oh < oh1; oh++) {
+            int64_t h0 = ad_start(oh, p.Ho, p.H), h1 = ad_end(oh, p.Ho, p.H);
+            if (h < h0 || h >= h1) continue;
+            for (int64_t ow = ow0; ow < ow1; ow++) {
+                int64_t w0 = ad_start(ow, p.Wo, p.W), w1 = ad_end(ow, p.Wo, p.W);
+                if (w < w0 || w >= w1) continue;
+                acc += g[oh * p.Wo + ow] / (T)(h1 - h0) / (T)(w1 - w0);
+            }
+        }
+        gx[i] = acc;
+    }
+}
+
+/* --------------------------------------------------------------- launchers */
+enum { MAX_FWD, MAX_BWD, AVG_FWD, AVG_BWD, AD_FWD, AD_BWD };
+
+template <typename T>
+static int pool_run(const cuk_ctx *c, int kind, const cuk_pool *p, const void *in,
+                    const int64_t *ind_in, void *out, int64_t *ind_out) {
+    const bool fwd = kind == MAX_FWD || kind == AVG_FWD || kind == AD_FWD;
+    const int64_t n = fwd ? p->NC * p->Ho * p->Wo : p->NC * p->H * p->W;
+    if (n <= 0) return 0;
+    const int blocks = cuk_blocks(c, n, CUK_THREADS);
+    const T *x = (const T *)in;
+    T *y = (T *)out;
+    switch (kind) {
+    case MAX_FWD: k_max_fwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y, ind_out); break;
+    case MAX_BWD: k_max_bwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, ind_in, y); break;
+    case AVG_FWD: k_avg_fwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y); break;
+    case AVG_BWD: k_avg_bwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y); break;
+    case AD_FWD: k_ad_fwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y); break;
+    default: k_ad_bwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y); break;
+    }
+    return cuk_status();
+}
+
+static int pool_dispatch(const cuk_ctx *c, int dt, int kind, const cuk_pool *p, const void *in,
+                         const int64_t *ind_in, void *out, int64_t *ind_out) {
+    if (dt == CUK_F32) return pool_run<float>(c, kind, p, in, ind_in, out, ind_out);
+    if (dt == CUK_F64) return pool_run<double>(c, kind, p, in, ind_in, out, ind_out);
+    return (int)cudaErrorInvalidValue;
+}
+
+extern "C" int cuk_max_pool_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x,
+                                void *y, int64_t *ind) {
+    return pool_dispatch(c, dt, MAX_FWD, p, x, NULL, y, ind);
+}
+extern "C" int cuk_max_pool_bwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *gy,
+                                const int64_t *ind, void *gx) {
+    return pool_dispatch(c, dt, MAX_BWD, p, gy, ind, gx, NULL);
+}
+extern "C" int cuk_avg_pool_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x,
+                                void *y) {
+    return pool_dispatch(c, dt, AVG_FWD, p, x, NULL, y, NULL);
+}
+extern "C" int cuk_avg_pool_bwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *gy,
+                                void *gx) {
+    return pool_dispatch(c, dt, AVG_BWD, p, gy, NULL, gx, NULL);
+}
+extern "C" int cuk_adaptive_pool_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x,
+                                     void *y) {
+    return pool_dispatch(c, dt, AD_FWD, p, x, NULL, y, NULL);
+}
+extern "C" int cuk_adaptive_pool_bwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *gy,
+                                     void *gx) {
+    return pool_dispatch(c, dt, AD_BWD, p, gy, NULL, gx, NULL);
+}

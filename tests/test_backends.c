@@ -1,0 +1,1080 @@
+/* Backend conformance suite, the analogue of ggml's test-backend-ops: one test case per
+ * entry of the ct_kernels table (src/core/backend.h). Each case builds inputs on the CPU,
+ * runs the kernel through the CPU backend's table and through the table of every other
+ * available backend (today: cuda, when ct_cuda_status says it is available) on copies of
+ * the same inputs -- contiguous, transposed, broadcast and sliced views, float32 and
+ * float64 (int64 and the storage dtypes where the kernel takes them) -- and compares the
+ * results: relative error norm <= 1e-4 for float32 (1e-9 for float64), exact for indices.
+ *
+ * When no other backend can run (no GPU, no driver, plugin not built) every case reports
+ * "skipped: cuda unavailable: <reason>", never "ok".
+ *
+ * A few more cases exercise the CUDA plugin's own API (allocator statistics, fused
+ * optimizer steps) and the op layer end to end (a small CNN's forward and backward). */
+#include "test.h"
+
+#include "core/backend.h"
+#include "core/tensor_impl.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ------------------------------------------------------------ backends */
+static char g_why[1024];
+
+/* Whether CUDA can run here; sets g_why when not. */
+static int cuda_ready(void) {
+    int avail = 0;
+    const char *r = ct_cuda_status(&avail);
+    if (!avail) snprintf(g_why, sizeof g_why, "cuda unavailable: %s", r ? r : "(no reason)");
+    return avail;
+}
+
+/* Devices of the backends other than the CPU that can run here. With
+ * CT_TEST_BACKENDS_SELF=1 the CPU is also compared with itself: a check of this suite's
+ * own code (shapes, views, leaks) on machines without a GPU. */
+static int other_devices(ct_device *devs, int max) {
+    int n = 0;
+    if (cuda_ready() && n < max) devs[n++] = (ct_device){CT_CUDA, 0};
+    const char *self = getenv("CT_TEST_BACKENDS_SELF");
+    if (self && *self && strcmp(self, "0") != 0 && n < max) devs[n++] = ct_cpu();
+    return n;
+}
+
+typedef void (*case_fn)(ct_device dev, const ct_kernels *k, const char *bname);
+
+/* Runs fn once per available non-CPU backend; returns how many ran. */
+static int run_cases(case_fn fn) {
+    ct_device devs[4];
+    int n = other_devices(devs, 4);
+    for (int i = 0; i < n; i++) {
+        const ct_backend *b = ct_backend_get(devs[i].type);
+        if (!b) {
+            CHECK_MSG(0, "backend for device type %d: %s", (int)devs[i].type, ct_last_error());
+            continue;
+        }
+        fn(devs[i], &b->k, b->name);
+    }
+    return n;
+}
+
+#define RUN_ON_BACKENDS(fn)                                                                \
+    do {                                                                                   \
+        if (run_cases(fn) == 0) SKIP(g_why);                                               \
+    } while (0)
+
+static const ct_kernels *cpuk(void) { return &ct_cpu_backend.k; }
+
+static double tol_for(ct_dtype dt) { return dt == CT_FLOAT64 ? 1e-9 : 1e-4; }
+
+/* Both kernels must succeed. */
+#define KCALL(what, cpu_call, dev_call)                                                    \
+    do {                                                                                   \
+        int rc_c_ = (cpu_call);                                                            \
+        const char *e_c_ = rc_c_ ? ct_last_error() : "";                                   \
+        char ec_[512];                                                                     \
+        snprintf(ec_, sizeof ec_, "%s", e_c_);                                             \
+        int rc_d_ = (dev_call);                                                            \
+        CHECK_MSG(rc_c_ == 0 && rc_d_ == 0, "%s: cpu rc %d (%s), %s rc %d (%s)", (what),   \
+                  rc_c_, ec_, bname, rc_d_, rc_d_ ? ct_last_error() : "");                 \
+    } while (0)
+
+/* ------------------------------------------------------------ tensor pairs */
+/* The same tensor on the CPU (c) and on the device under test (d). */
+typedef struct {
+    ct_tensor *c, *d;
+} tp;
+
+static tp tp_from(ct_tensor *cpu, ct_device dev) {
+    tp p = {cpu, cpu ? ct_to_device(cpu, dev) : NULL};
+    if (!p.c || !p.d) CHECK_MSG(0, "creating a test tensor failed: %s", ct_last_error());
+    return p;
+}
+
+/* Values: randn (kind 0), uniform in [1, 3) (kind 1: divisors, logs), |randn| (kind 2);
+ * integers for int64 (randn * 4 truncated; kind 1: 1 or 2). */
+static ct_tensor *rnd(const int64_t *sh, int nd, ct_dtype dt, int kind) {
+    ct_tensor *u;
+    if (kind == 1) {
+        ct_tensor *r = ct_rand(sh, nd, CT_FLOAT64), *r2 = ct_mul_scalar(r, 2.0);
+        u = ct_add_scalar(r2, 1.0);
+        ct_free(r);
+        ct_free(r2);
+    } else {
+        ct_tensor *r = ct_randn(sh, nd, CT_FLOAT64);
+        u = kind == 2 ? ct_abs(r) : ct_retain(r);
+        ct_free(r);
+    }
+    if (dt == CT_INT64 && kind != 1) {
+        ct_tensor *s = ct_mul_scalar(u, 4.0);
+        ct_free(u);
+        u = s;
+    }
+    ct_tensor *res = ct_to_dtype(u, dt);
+    ct_free(u);
+    return res;
+}
+
+static tp tp_rnd(const int64_t *sh, int nd, ct_dtype dt, int kind, ct_device dev) {
+    return tp_from(rnd(sh, nd, dt, kind), dev);
+}
+
+static tp tp_transpose(tp p, int a, int b) {
+    tp r = {p.c ? ct_transpose(p.c, a, b) : NULL, p.d ? ct_transpose(p.d, a, b) : NULL};
+    return r;
+}
+
+static void tp_free(tp p) {
+    ct_free(p.c);
+    ct_free(p.d);
+}
+
+/* Compares the device result with the CPU one. */
+static void tp_check(tp p, double tol, const char *what, const char *bname) {
+    if (!p.c || !p.d) {
+        CHECK_MSG(0, "%s: missing tensor", what);
+        return;
+    }
+    ct_tensor *h = ct_to_device(p.d, ct_cpu());
+    char w[256];
+    snprintf(w, sizeof w, "%s on %s", what, bname);
+    CHECK_CLOSE(h, p.c, tol, w);
+    ct_free(h);
+}
+
+/* ------------------------------------------------------------------ binary */
+static void case_binary(ct_device dev, const ct_kernels *k, const char *bname) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64, CT_INT64};
+    for (int di = 0; di < 3; di++)
+        for (int op = 0; op < CT_BIN_COUNT; op++) {
+            const ct_dtype dt = dts[di];
+            const double alpha = op <= CT_BIN_SUB ? (dt == CT_INT64 ? 2 : 0.5) : 1;
+            const double tol = dt == CT_INT64 ? 0 : tol_for(dt);
+            char what[96];
+            int64_t sh[3] = {3, 4, 5}, shT[3] = {3, 5, 4}, shb[3] = {1, 4, 1};
+            /* contiguous */
+            tp a = tp_rnd(sh, 3, dt, 0, dev), b = tp_rnd(sh, 3, dt, 1, dev);
+            tp o = tp_rnd(sh, 3, dt, 0, dev);
+            snprintf(what, sizeof what, "binary op %d %s contiguous", op, ct_dtype_name(dt));
+            KCALL(what, cpuk()->binary((ct_binop)op, o.c, a.c, b.c, alpha),
+                  k->binary((ct_binop)op, o.d, a.d, b.d, alpha));
+            tp_check(o, tol, what, bname);
+            /* transposed a, broadcast b (stride 0 in two dims) */
+            tp at0 = tp_rnd(shT, 3, dt, 0, dev), at = tp_transpose(at0, 1, 2);
+            tp b0 = tp_rnd(shb, 3, dt, 1, dev);
+            tp bb = {ct_expand(b0.c, sh, 3), ct_expand(b0.d, sh, 3)};
+            snprintf(what, sizeof what, "binary op %d %s strided+broadcast", op,
+                     ct_dtype_name(dt));
+            KCALL(what, cpuk()->binary((ct_binop)op, o.c, at.c, bb.c, alpha),
+                  k->binary((ct_binop)op, o.d, at.d, bb.d, alpha));
+            tp_check(o, tol, what, bname);
+            /* in place, into a non-contiguous output */
+            snprintf(what, sizeof what, "binary op %d %s in place", op, ct_dtype_name(dt));
+            KCALL(what, cpuk()->binary((ct_binop)op, at.c, at.c, b.c, alpha),
+                  k->binary((ct_binop)op, at.d, at.d, b.d, alpha));
+            tp_check(at0, tol, what, bname);
+            tp_free(a), tp_free(b), tp_free(o), tp_free(at0), tp_free(at), tp_free(b0),
+                tp_free(bb);
+        }
+}
+
+TEST(backends_binary) { RUN_ON_BACKENDS(case_binary); }
+
+/* ------------------------------------------------------------------- unary */
+typedef struct {
+    ct_unop op;
+    double p1, p2;
+    int positive;
+} unary_spec;
+
+static const unary_spec k_unary_specs[] = {
+    {CT_UN_NEG, 0, 0, 0},        {CT_UN_EXP, 0, 0, 0},          {CT_UN_LOG, 0, 0, 1},
+    {CT_UN_SQRT, 0, 0, 1},       {CT_UN_ABS, 0, 0, 0},          {CT_UN_SIGN, 0, 0, 0},
+    {CT_UN_POW, 2.5, 0, 1},      {CT_UN_POW, 3, 0, 0},          {CT_UN_CLAMP, -0.5, 0.7, 0},
+    {CT_UN_ADD_SCALAR, 1.5, 0, 0}, {CT_UN_MUL_SCALAR, -2, 0, 0}, {CT_UN_RELU, 0, 0, 0},
+    {CT_UN_LEAKY_RELU, 0.1, 0, 0}, {CT_UN_GELU, 0, 0, 0},       {CT_UN_GELU_TANH, 0, 0, 0},
+    {CT_UN_SIGMOID, 0, 0, 0},    {CT_UN_TANH, 0, 0, 0},
+};
+#define N_UNARY ((int)(sizeof k_unary_specs / sizeof k_unary_specs[0]))
+
+static int int_unary(ct_unop op) {
+    return op == CT_UN_NEG || op == CT_UN_ABS || op == CT_UN_SIGN || op == CT_UN_ADD_SCALAR ||
+           op == CT_UN_MUL_SCALAR || op == CT_UN_RELU || op == CT_UN_CLAMP;
+}
+
+static void case_unary(ct_device dev, const ct_kernels *k, const char *bname) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64, CT_INT64};
+    for (int di = 0; di < 3; di++)
+        for (int i = 0; i < N_UNARY; i++) {
+            const unary_spec *s = &k_unary_specs[i];
+            const ct_dtype dt = dts[di];
+            if (dt == CT_INT64 && !int_unary(s->op)) continue;
+            const double tol = dt == CT_INT64 ? 0 : tol_for(dt);
+            char what[96];
+            snprintf(what, sizeof what, "unary op %d %s", (int)s->op, ct_dtype_name(dt));
+            int64_t sh[2] = {6, 40}, shT[2] = {40, 6};
+            tp x0 = tp_rnd(shT, 2, dt, s->positive ? 1 : 0, dev), x = tp_transpose(x0, 0, 1);
+            tp o = tp_rnd(sh, 2, dt, 0, dev);
+            KCALL(what, cpuk()->unary(s->op, o.c, x.c, s->p1, s->p2),
+                  k->unary(s->op, o.d, x.d, s->p1, s->p2));
+            tp_check(o, tol, what, bname);
+            /* in place on the strided view */
+            KCALL(what, cpuk()->unary(s->op, x.c, x.c, s->p1, s->p2),
+                  k->unary(s->op, x.d, x.d, s->p1, s->p2));
+            tp_check(x0, tol, what, bname);
+            tp_free(x0), tp_free(x), tp_free(o);
+        }
+}
+
+TEST(backends_unary) { RUN_ON_BACKENDS(case_unary); }
+
+/* --------------------------------------------------------- unary backward */
+static void case_unary_backward(ct_device dev, const ct_kernels *k, const char *bname) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    for (int di = 0; di < 2; di++)
+        for (int i = 0; i < N_UNARY; i++) {
+            const unary_spec *s = &k_unary_specs[i];
+            const ct_dtype dt = dts[di];
+            char what[96];
+            snprintf(what, sizeof what, "unary backward op %d %s", (int)s->op, ct_dtype_name(dt));
+            int64_t sh[2] = {7, 33};
+            ct_tensor *xc = rnd(sh, 2, dt, s->positive ? 1 : 0);
+            ct_tensor *yc = ct_empty_on(sh, 2, dt, ct_cpu());
+            CHECK_OK(cpuk()->unary(s->op, yc, xc, s->p1, s->p2));
+            tp x = tp_from(xc, dev), y = tp_from(yc, dev), gy = tp_rnd(sh, 2, dt, 0, dev);
+            tp gx = tp_rnd(sh, 2, dt, 0, dev);
+            KCALL(what, cpuk()->unary_backward(s->op, gx.c, gy.c, x.c, y.c, s->p1, s->p2),
+                  k->unary_backward(s->op, gx.d, gy.d, x.d, y.d, s->p1, s->p2));
+            tp_check(gx, tol_for(dt), what, bname);
+            tp_free(x), tp_free(y), tp_free(gy), tp_free(gx);
+        }
+}
+
+TEST(backends_unary_backward) { RUN_ON_BACKENDS(case_unary_backward); }
+
+/* ------------------------------------------------------------------ reduce */
+static void reduce_one(ct_device dev, const ct_kernels *k, const char *bname, ct_redop op,
+                       tp a, const int *red, ct_dtype out_dt, const char *what) {
+    const ct_tensor *ac = a.c;
+    int64_t osh[CT_MAX_DIMS];
+    for (int d = 0; d < ac->ndim; d++) osh[d] = red[d] ? 1 : ac->shape[d];
+    tp o = tp_rnd(osh, ac->ndim, out_dt, 0, dev);
+    tp idx = {NULL, NULL};
+    if (op == CT_RED_MAX) idx = tp_rnd(osh, ac->ndim, CT_INT64, 0, dev);
+    KCALL(what, cpuk()->reduce(op, o.c, idx.c, a.c, red), k->reduce(op, o.d, idx.d, a.d, red));
+    tp_check(o, out_dt == CT_INT64 ? 0 : tol_for(out_dt), what, bname);
+    if (op == CT_RED_MAX) tp_check(idx, 0, what, bname);
+    tp_free(o);
+    tp_free(idx);
+}
+
+static void case_reduce(ct_device dev, const ct_kernels *k, const char *bname) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64, CT_INT64};
+    for (int di = 0; di < 3; di++) {
+        const ct_dtype dt = dts[di];
+        int64_t shT[3] = {4, 6, 5};
+        tp a0 = tp_rnd(shT, 3, dt, 0, dev), a = tp_transpose(a0, 1, 2); /* [4, 5, 6] strided */
+        const int r1[3] = {0, 1, 0}, r02[3] = {1, 0, 1}, rall[3] = {1, 1, 1}, r2[3] = {0, 0, 1},
+                  r0[3] = {1, 0, 0}, rnone[3] = {0, 0, 0};
+        char what[96];
+        snprintf(what, sizeof what, "sum dim 1 %s", ct_dtype_name(dt));
+        reduce_one(dev, k, bname, CT_RED_SUM, a, r1, dt, what);
+        snprintf(what, sizeof what, "sum dims 0,2 %s", ct_dtype_name(dt));
+        reduce_one(dev, k, bname, CT_RED_SUM, a, r02, dt, what);
+        snprintf(what, sizeof what, "sum all %s", ct_dtype_name(dt));
+        reduce_one(dev, k, bname, CT_RED_SUM, a, rall, dt, what);
+        snprintf(what, sizeof what, "sum none %s", ct_dtype_name(dt));
+        reduce_one(dev, k, bname, CT_RED_SUM, a, rnone, dt, what);
+        if (dt != CT_INT64) {
+            snprintf(what, sizeof what, "mean dim 2 %s", ct_dtype_name(dt));
+            reduce_one(dev, k, bname, CT_RED_MEAN, a, r2, dt, what);
+            snprintf(what, sizeof what, "mean all %s", ct_dtype_name(dt));
+            reduce_one(dev, k, bname, CT_RED_MEAN, a, rall, dt, what);
+        }
+        snprintf(what, sizeof what, "max dim 1 %s", ct_dtype_name(dt));
+        reduce_one(dev, k, bname, CT_RED_MAX, a, r1, dt, what);
+        snprintf(what, sizeof what, "max dim 0 %s", ct_dtype_name(dt));
+        reduce_one(dev, k, bname, CT_RED_MAX, a, r0, dt, what);
+        tp_free(a0), tp_free(a);
+    }
+    /* Large shapes: the split (multi-block) paths and their final combination. */
+    int64_t wide[2] = {2, 100000}, tall[2] = {70, 20000}, col[2] = {3, 50000};
+    const int r1[2] = {0, 1}, r0[2] = {1, 0};
+    tp w = tp_rnd(wide, 2, CT_FLOAT32, 0, dev), t = tp_rnd(tall, 2, CT_FLOAT32, 0, dev);
+    tp c = tp_rnd(col, 2, CT_FLOAT64, 0, dev);
+    reduce_one(dev, k, bname, CT_RED_SUM, w, r1, CT_FLOAT32, "sum of 100000 (split)");
+    reduce_one(dev, k, bname, CT_RED_MAX, w, r1, CT_FLOAT32, "max of 100000 (split)");
+    reduce_one(dev, k, bname, CT_RED_SUM, t, r0, CT_FLOAT32, "column sums of 70 rows (split)");
+    reduce_one(dev, k, bname, CT_RED_MEAN, c, r0, CT_FLOAT64, "column means of 3 rows");
+    tp_free(w), tp_free(t), tp_free(c);
+    /* NaN propagation and ties in max: the first NaN / the first maximum wins. */
+    double v[12] = {1, 5, 5, 2, -1, NAN, 3, NAN, 0, 0, 0, 0};
+    int64_t sh[2] = {3, 4};
+    tp n = tp_from(ct_from_data(v, sh, 2, CT_FLOAT64), dev);
+    reduce_one(dev, k, bname, CT_RED_MAX, n, r1, CT_FLOAT64, "max with NaN and ties");
+    tp_free(n);
+}
+
+TEST(backends_reduce) { RUN_ON_BACKENDS(case_reduce); }
+
+/* -------------------------------------------------------------------- copy */
+static void case_copy(ct_device dev, const ct_kernels *k, const char *bname) {
+    const ct_dtype pairs[][2] = {
+        {CT_FLOAT64, CT_FLOAT32}, {CT_FLOAT32, CT_FLOAT64}, {CT_INT64, CT_FLOAT32},
+        {CT_FLOAT32, CT_UINT8},   {CT_BFLOAT16, CT_FLOAT32}, {CT_FLOAT16, CT_FLOAT32},
+        {CT_FLOAT32, CT_FLOAT16}, {CT_FLOAT32, CT_FLOAT32}, {CT_INT64, CT_INT64},
+        {CT_INT32, CT_FLOAT64},   {CT_UINT8, CT_INT64},     {CT_FLOAT64, CT_BFLOAT16},
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        const ct_dtype dd = pairs[i][0], sd = pairs[i][1];
+        char what[96];
+        snprintf(what, sizeof what, "copy %s -> %s", ct_dtype_name(sd), ct_dtype_name(dd));
+        int64_t sh[2] = {7, 5}, shT[2] = {5, 7};
+        /* uint8 sources/destinations: keep values in range */
+        ct_tensor *base = rnd(shT, 2, CT_FLOAT64, sd == CT_UINT8 || dd == CT_UINT8 ? 1 : 0);
+        ct_tensor *scaled = ct_mul_scalar(base, 20.0);
+        ct_tensor *sc = ct_to_dtype(scaled, sd);
+        ct_free(base), ct_free(scaled);
+        tp s0 = tp_from(sc, dev), s = tp_transpose(s0, 0, 1); /* [7, 5] strided */
+        /* contiguous destination */
+        tp o = tp_from(ct_zeros(sh, 2, dd), dev);
+        KCALL(what, cpuk()->copy(o.c, s.c), k->copy(o.d, s.d));
+        tp_check(o, 0, what, bname);
+        /* strided destination */
+        tp o0 = tp_from(ct_zeros(shT, 2, dd), dev), ot = tp_transpose(o0, 0, 1);
+        KCALL(what, cpuk()->copy(ot.c, s.c), k->copy(ot.d, s.d));
+        tp_check(o0, 0, what, bname);
+        tp_free(s0), tp_free(s), tp_free(o), tp_free(o0), tp_free(ot);
+    }
+}
+
+TEST(backends_copy) { RUN_ON_BACKENDS(case_copy); }
+
+/* -------------------------------------------------------------------- fill */
+static void case_fill(ct_device dev, const ct_kernels *k, const char *bname) {
+    const double vals[] = {0, 1.25, -3};
+    for (int dt = 0; dt < CT_NUM_DTYPES; dt++)
+        for (int vi = 0; vi < 3; vi++) {
+            if (dt == CT_UINT8 && vals[vi] < 0) continue;
+            char what[96];
+            snprintf(what, sizeof what, "fill %s with %g", ct_dtype_name((ct_dtype)dt), vals[vi]);
+            int64_t sh[2] = {4, 10};
+            tp t = tp_from(ct_ones(sh, 2, (ct_dtype)dt), dev);
+            KCALL(what, cpuk()->fill(t.c, vals[vi]), k->fill(t.d, vals[vi]));
+            tp_check(t, 0, what, bname);
+            /* every other column only */
+            tp u = tp_from(ct_ones(sh, 2, (ct_dtype)dt), dev);
+            tp s = {ct_slice(u.c, 1, 1, 10, 2), ct_slice(u.d, 1, 1, 10, 2)};
+            KCALL(what, cpuk()->fill(s.c, vals[vi]), k->fill(s.d, vals[vi]));
+            tp_check(u, 0, what, bname);
+            tp_free(t), tp_free(u), tp_free(s);
+        }
+}
+
+TEST(backends_fill) { RUN_ON_BACKENDS(case_fill); }
+
+/* --------------------------------------------------------------------- bmm */
+static void case_bmm(ct_device dev, const ct_kernels *k, const char *bname) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    for (int di = 0; di < 2; di++) {
+        const ct_dtype dt = dts[di];
+        const int64_t B = 3, M = 5, K = 7, N = 4;
+        int64_t sa[3] = {B, M, K}, sb[3] = {B, K, N}, sc[3] = {B, M, N};
+        int64_t saT[3] = {B, K, M}, sbT[3] = {B, N, K}, sa1[3] = {1, M, K};
+        for (int variant = 0; variant < 4; variant++) {
+            tp a, b, a0 = {NULL, NULL}, b0 = {NULL, NULL};
+            double alpha = 1, beta = 0;
+            if (variant == 0) {
+                a = tp_rnd(sa, 3, dt, 0, dev);
+                b = tp_rnd(sb, 3, dt, 0, dev);
+            } else if (variant == 1) { /* both transposed */
+                a0 = tp_rnd(saT, 3, dt, 0, dev);
+                b0 = tp_rnd(sbT, 3, dt, 0, dev);
+                a = tp_transpose(a0, 1, 2);
+                b = tp_transpose(b0, 1, 2);
+                alpha = 0.7;
+            } else if (variant == 2) { /* a broadcast over the batch, beta != 0 */
+                a0 = tp_rnd(sa1, 3, dt, 0, dev);
+                a.c = ct_expand(a0.c, sa, 3);
+                a.d = ct_expand(a0.d, sa, 3);
+                b = tp_rnd(sb, 3, dt, 0, dev);
+                beta = 0.3;
+            } else { /* b transposed only, alpha and beta */
+                a = tp_rnd(sa, 3, dt, 0, dev);
+                b0 = tp_rnd(sbT, 3, dt, 0, dev);
+                b = tp_transpose(b0, 1, 2);
+                alpha = -1.5;
+                beta = 1;
+            }
+            tp c = tp_rnd(sc, 3, dt, 0, dev);
+            char what[96];
+            snprintf(what, sizeof what, "bmm variant %d %s", variant, ct_dtype_name(dt));
+            KCALL(what, cpuk()->bmm(c.c, a.c, b.c, alpha, beta),
+                  k->bmm(c.d, a.d, b.d, alpha, beta));
+            tp_check(c, tol_for(dt), what, bname);
+            tp_free(a), tp_free(b), tp_free(a0), tp_free(b0), tp_free(c);
+        }
+    }
+}
+
+TEST(backends_bmm) { RUN_ON_BACKENDS(case_bmm); }
+
+/* ------------------------------------------------------------------ conv2d */
+typedef struct {
+    int64_t x[4], w[4];
+    ct_conv_params p;
+    int bias;
+} conv_spec;
+
+static const conv_spec k_convs[] = {
+    {{2, 4, 9, 8}, {6, 2, 3, 3}, {{2, 1}, {1, 1}, {1, 2}, 2}, 1},
+    {{3, 3, 7, 7}, {5, 3, 1, 1}, {{1, 1}, {0, 0}, {1, 1}, 1}, 0},
+    {{2, 3, 12, 10}, {8, 3, 5, 3}, {{1, 2}, {2, 1}, {1, 1}, 1}, 1},
+};
+
+static void conv_out_shape(const conv_spec *s, int64_t *y) {
+    y[0] = s->x[0];
+    y[1] = s->w[0];
+    for (int i = 0; i < 2; i++)
+        y[2 + i] = (s->x[2 + i] + 2 * s->p.padding[i] - s->p.dilation[i] * (s->w[2 + i] - 1) - 1) /
+                       s->p.stride[i] + 1;
+}
+
+static void conv_case(ct_device dev, const ct_kernels *k, const char *bname, int dir) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    for (int di = 0; di < 2; di++)
+        for (size_t i = 0; i < sizeof k_convs / sizeof k_convs[0]; i++) {
+            const conv_spec *s = &k_convs[i];
+            const ct_dtype dt = dts[di];
+            int64_t ysh[4];
+            conv_out_shape(s, ysh);
+            tp x = tp_rnd(s->x, 4, dt, 0, dev), w = tp_rnd(s->w, 4, dt, 0, dev);
+            tp y = tp_rnd(ysh, 4, dt, 0, dev);
+            tp bias = {NULL, NULL};
+            if (s->bias) bias = tp_rnd(&s->w[0], 1, dt, 0, dev);
+            char what[96];
+            snprintf(what, sizeof what, "conv2d %s config %zu %s",
+                     dir == 0 ? "forward" : dir == 1 ? "backward input" : "backward weight", i,
+                     ct_dtype_name(dt));
+            if (dir == 0) {
+                KCALL(what, cpuk()->conv2d_forward(y.c, x.c, w.c, bias.c, &s->p),
+                      k->conv2d_forward(y.d, x.d, w.d, bias.d, &s->p));
+                tp_check(y, tol_for(dt), what, bname);
+            } else if (dir == 1) {
+                KCALL(what, cpuk()->conv2d_backward_input(x.c, y.c, w.c, &s->p),
+                      k->conv2d_backward_input(x.d, y.d, w.d, &s->p));
+                tp_check(x, tol_for(dt), what, bname);
+            } else {
+                KCALL(what, cpuk()->conv2d_backward_weight(w.c, y.c, x.c, &s->p),
+                      k->conv2d_backward_weight(w.d, y.d, x.d, &s->p));
+                tp_check(w, tol_for(dt), what, bname);
+            }
+            /* A second call reuses the cached algorithm. */
+            if (dir == 0) {
+                KCALL(what, cpuk()->conv2d_forward(y.c, x.c, w.c, bias.c, &s->p),
+                      k->conv2d_forward(y.d, x.d, w.d, bias.d, &s->p));
+                tp_check(y, tol_for(dt), what, bname);
+            }
+            tp_free(x), tp_free(w), tp_free(y), tp_free(bias);
+        }
+}
+
+static void case_conv_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    conv_case(dev, k, bname, 0);
+}
+static void case_conv_bwd_input(ct_device dev, const ct_kernels *k, const char *bname) {
+    conv_case(dev, k, bname, 1);
+}
+static void case_conv_bwd_weight(ct_device dev, const ct_kernels *k, const char *bname) {
+    conv_case(dev, k, bname, 2);
+}
+
+TEST(backends_conv2d_forward) { RUN_ON_BACKENDS(case_conv_fwd); }
+TEST(backends_conv2d_backward_input) { RUN_ON_BACKENDS(case_conv_bwd_input); }
+TEST(backends_conv2d_backward_weight) { RUN_ON_BACKENDS(case_conv_bwd_weight); }
+
+/* ----------------------------------------------------------------- pooling */
+static int64_t div_rtn(int64_t a, int64_t b) {
+    int64_t q = a / b, r = a % b;
+    if (r != 0 && ((r < 0) != (b < 0))) q--;
+    return q;
+}
+
+/* PyTorch's pooling output size (as src/ops/pool.c). */
+static int64_t pool_out(int64_t in, int k, int pad, int stride, int dil, int ceil_mode) {
+    int64_t span = in + 2 * pad - dil * (k - 1) - 1 + (ceil_mode ? stride - 1 : 0);
+    int64_t out = div_rtn(span, stride) + 1;
+    if (ceil_mode && (out - 1) * stride >= in + pad) out--;
+    return out;
+}
+
+static const ct_pool_params k_pools[] = {
+    {{3, 2}, {2, 2}, {1, 1}, {1, 1}, 0, 1},
+    {{3, 3}, {2, 1}, {1, 0}, {2, 1}, 1, 0},
+    {{2, 2}, {2, 2}, {0, 0}, {1, 1}, 0, 0},
+    {{3, 3}, {2, 2}, {1, 1}, {1, 1}, 1, 0},
+};
+#define N_POOLS ((int)(sizeof k_pools / sizeof k_pools[0]))
+
+static void pool_shapes(const ct_pool_params *p, int64_t *x, int64_t *y, int with_dil) {
+    x[0] = 2, x[1] = 3, x[2] = 9, x[3] = 8;
+    y[0] = 2, y[1] = 3;
+    for (int i = 0; i < 2; i++)
+        y[2 + i] = pool_out(x[2 + i], p->kernel[i], p->padding[i], p->stride[i],
+                            with_dil ? p->dilation[i] : 1, p->ceil_mode);
+}
+
+static void case_max_pool(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    for (int di = 0; di < 2; di++)
+        for (int i = 0; i < N_POOLS; i++) {
+            const ct_dtype dt = dts[di];
+            const ct_pool_params *p = &k_pools[i];
+            int64_t xs[4], ys[4];
+            pool_shapes(p, xs, ys, 1);
+            char what[96];
+            snprintf(what, sizeof what, "max_pool2d %s config %d %s", bwd ? "backward" : "forward",
+                     i, ct_dtype_name(dt));
+            tp x = tp_rnd(xs, 4, dt, 0, dev), y = tp_rnd(ys, 4, dt, 0, dev);
+            tp ind = tp_from(ct_zeros(ys, 4, CT_INT64), dev);
+            if (!bwd) {
+                KCALL(what, cpuk()->max_pool2d_forward(y.c, ind.c, x.c, p),
+                      k->max_pool2d_forward(y.d, ind.d, x.d, p));
+                tp_check(y, tol_for(dt), what, bname);
+                tp_check(ind, 0, what, bname);
+            } else {
+                /* indices from the CPU forward, on both backends */
+                CHECK_OK(cpuk()->max_pool2d_forward(y.c, ind.c, x.c, p));
+                tp ind2 = tp_from(ct_retain(ind.c), dev);
+                tp gy = tp_rnd(ys, 4, dt, 0, dev);
+                KCALL(what, cpuk()->max_pool2d_backward(x.c, gy.c, ind2.c, p),
+                      k->max_pool2d_backward(x.d, gy.d, ind2.d, p));
+                tp_check(x, tol_for(dt), what, bname);
+                tp_free(ind2), tp_free(gy);
+            }
+            tp_free(x), tp_free(y), tp_free(ind);
+        }
+}
+
+static void case_max_pool_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_max_pool(dev, k, bname, 0);
+}
+static void case_max_pool_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_max_pool(dev, k, bname, 1);
+}
+TEST(backends_max_pool2d_forward) { RUN_ON_BACKENDS(case_max_pool_fwd); }
+TEST(backends_max_pool2d_backward) { RUN_ON_BACKENDS(case_max_pool_bwd); }
+
+static void case_avg_pool(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    for (int di = 0; di < 2; di++)
+        for (int i = 0; i < N_POOLS; i++)
+            for (int cip = 0; cip < 2; cip++) {
+                const ct_dtype dt = dts[di];
+                ct_pool_params p = k_pools[i];
+                p.dilation[0] = p.dilation[1] = 1;
+                p.count_include_pad = cip;
+                int64_t xs[4], ys[4];
+                pool_shapes(&p, xs, ys, 0);
+                char what[96];
+                snprintf(what, sizeof what, "avg_pool2d %s config %d cip %d %s",
+                         bwd ? "backward" : "forward", i, cip, ct_dtype_name(dt));
+                tp x = tp_rnd(xs, 4, dt, 0, dev), y = tp_rnd(ys, 4, dt, 0, dev);
+                if (!bwd) {
+                    KCALL(what, cpuk()->avg_pool2d_forward(y.c, x.c, &p),
+                          k->avg_pool2d_forward(y.d, x.d, &p));
+                    tp_check(y, tol_for(dt), what, bname);
+                } else {
+                    KCALL(what, cpuk()->avg_pool2d_backward(x.c, y.c, &p),
+                          k->avg_pool2d_backward(x.d, y.d, &p));
+                    tp_check(x, tol_for(dt), what, bname);
+                }
+                tp_free(x), tp_free(y);
+            }
+}
+
+static void case_avg_pool_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_avg_pool(dev, k, bname, 0);
+}
+static void case_avg_pool_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_avg_pool(dev, k, bname, 1);
+}
+TEST(backends_avg_pool2d_forward) { RUN_ON_BACKENDS(case_avg_pool_fwd); }
+TEST(backends_avg_pool2d_backward) { RUN_ON_BACKENDS(case_avg_pool_bwd); }
+
+static void case_adaptive(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    const int64_t cfg[][4] = {{7, 9, 3, 4}, {5, 5, 5, 5}, {3, 3, 5, 4}, {8, 8, 1, 1}};
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    for (int di = 0; di < 2; di++)
+        for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+            const ct_dtype dt = dts[di];
+            int64_t xs[4] = {2, 3, cfg[i][0], cfg[i][1]}, ys[4] = {2, 3, cfg[i][2], cfg[i][3]};
+            char what[96];
+            snprintf(what, sizeof what, "adaptive_avg_pool2d %s config %zu %s",
+                     bwd ? "backward" : "forward", i, ct_dtype_name(dt));
+            tp x = tp_rnd(xs, 4, dt, 0, dev), y = tp_rnd(ys, 4, dt, 0, dev);
+            if (!bwd) {
+                KCALL(what, cpuk()->adaptive_avg_pool2d_forward(y.c, x.c),
+                      k->adaptive_avg_pool2d_forward(y.d, x.d));
+                tp_check(y, tol_for(dt), what, bname);
+            } else {
+                KCALL(what, cpuk()->adaptive_avg_pool2d_backward(x.c, y.c),
+                      k->adaptive_avg_pool2d_backward(x.d, y.d));
+                tp_check(x, tol_for(dt), what, bname);
+            }
+            tp_free(x), tp_free(y);
+        }
+}
+
+static void case_adaptive_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_adaptive(dev, k, bname, 0);
+}
+static void case_adaptive_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_adaptive(dev, k, bname, 1);
+}
+TEST(backends_adaptive_avg_pool2d_forward) { RUN_ON_BACKENDS(case_adaptive_fwd); }
+TEST(backends_adaptive_avg_pool2d_backward) { RUN_ON_BACKENDS(case_adaptive_bwd); }
+
+/* ----------------------------------------------------------------- softmax */
+typedef struct {
+    int64_t sh[3];
+    int nd, dim;
+} sm_spec;
+
+static const sm_spec k_sms[] = {
+    {{6, 10, 0}, 2, 1},   /* rows, a warp each */
+    {{3, 1500, 0}, 2, 1}, /* long rows, a block each */
+    {{2, 5, 7}, 3, 1},    /* inner > 1 */
+    {{4, 6, 0}, 2, 0},    /* over the first dim */
+};
+
+static void case_softmax(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    for (int di = 0; di < 2; di++)
+        for (size_t i = 0; i < sizeof k_sms / sizeof k_sms[0]; i++)
+            for (int lg = 0; lg < 2; lg++) {
+                const ct_dtype dt = dts[di];
+                const sm_spec *s = &k_sms[i];
+                char what[96];
+                snprintf(what, sizeof what, "%s%s %s config %zu %s", lg ? "log_" : "", "softmax",
+                         bwd ? "backward" : "forward", i, ct_dtype_name(dt));
+                tp x = tp_rnd(s->sh, s->nd, dt, 0, dev), y = tp_rnd(s->sh, s->nd, dt, 0, dev);
+                if (!bwd) {
+                    KCALL(what, cpuk()->softmax_forward(y.c, x.c, s->dim, lg),
+                          k->softmax_forward(y.d, x.d, s->dim, lg));
+                    tp_check(y, tol_for(dt), what, bname);
+                } else {
+                    ct_tensor *yc = ct_empty_on(s->sh, s->nd, dt, ct_cpu());
+                    CHECK_OK(cpuk()->softmax_forward(yc, x.c, s->dim, lg));
+                    tp yy = tp_from(yc, dev), gy = tp_rnd(s->sh, s->nd, dt, 0, dev);
+                    KCALL(what, cpuk()->softmax_backward(y.c, gy.c, yy.c, s->dim, lg),
+                          k->softmax_backward(y.d, gy.d, yy.d, s->dim, lg));
+                    tp_check(y, tol_for(dt), what, bname);
+                    tp_free(yy), tp_free(gy);
+                }
+                tp_free(x), tp_free(y);
+            }
+}
+
+static void case_softmax_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_softmax(dev, k, bname, 0);
+}
+static void case_softmax_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_softmax(dev, k, bname, 1);
+}
+TEST(backends_softmax_forward) { RUN_ON_BACKENDS(case_softmax_fwd); }
+TEST(backends_softmax_backward) { RUN_ON_BACKENDS(case_softmax_bwd); }
+
+/* ---------------------------------------------------------------- nll_loss */
+static void case_nll(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    const int64_t N = 7, C = 5;
+    const int64_t tgt[2][7] = {{0, 4, 2, -100, 1, 3, 2},
+                               {-100, -100, -100, -100, -100, -100, -100}};
+    for (int di = 0; di < 2; di++)
+        for (int ti = 0; ti < 2; ti++)
+            for (int red = 0; red < 3; red++) {
+                const ct_dtype dt = dts[di];
+                char what[96];
+                snprintf(what, sizeof what, "nll_loss %s reduction %d targets %d %s",
+                         bwd ? "backward" : "forward", red, ti, ct_dtype_name(dt));
+                int64_t sh[2] = {N, C};
+                ct_tensor *x = rnd(sh, 2, dt, 0);
+                ct_tensor *lp = ct_empty_on(sh, 2, dt, ct_cpu());
+                CHECK_OK(cpuk()->softmax_forward(lp, x, 1, 1));
+                ct_free(x);
+                tp logp = tp_from(lp, dev);
+                tp t = tp_from(ct_from_data(tgt[ti], &N, 1, CT_INT64), dev);
+                const int nd = red == CT_REDUCTION_NONE ? 1 : 0;
+                tp out = tp_rnd(&N, nd, dt, 0, dev), tw = tp_rnd(NULL, 0, dt, 0, dev);
+                if (!bwd) {
+                    KCALL(what,
+                          cpuk()->nll_loss_forward(out.c, tw.c, logp.c, t.c, (ct_reduction)red,
+                                                   -100),
+                          k->nll_loss_forward(out.d, tw.d, logp.d, t.d, (ct_reduction)red, -100));
+                    tp_check(out, tol_for(dt), what, bname);
+                    tp_check(tw, 0, what, bname);
+                } else {
+                    CHECK_OK(cpuk()->nll_loss_forward(out.c, tw.c, logp.c, t.c, (ct_reduction)red,
+                                                      -100));
+                    tp tw2 = tp_from(ct_retain(tw.c), dev), gout = tp_rnd(&N, nd, dt, 0, dev);
+                    tp g = tp_rnd(sh, 2, dt, 0, dev);
+                    KCALL(what,
+                          cpuk()->nll_loss_backward(g.c, gout.c, t.c, tw2.c, (ct_reduction)red,
+                                                    -100),
+                          k->nll_loss_backward(g.d, gout.d, t.d, tw2.d, (ct_reduction)red, -100));
+                    tp_check(g, tol_for(dt), what, bname);
+                    tp_free(tw2), tp_free(gout), tp_free(g);
+                }
+                tp_free(logp), tp_free(t), tp_free(out), tp_free(tw);
+            }
+}
+
+static void case_nll_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_nll(dev, k, bname, 0);
+}
+static void case_nll_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_nll(dev, k, bname, 1);
+}
+TEST(backends_nll_loss_forward) { RUN_ON_BACKENDS(case_nll_fwd); }
+TEST(backends_nll_loss_backward) { RUN_ON_BACKENDS(case_nll_bwd); }
+
+/* -------------------------------------------------------------- batch_norm */
+static void case_bn(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    const int64_t shapes[][4] = {{4, 3, 5, 5}, {6, 3, 0, 0}, {2, 70, 40, 40}};
+    const int nds[] = {4, 2, 4};
+    for (int di = 0; di < 2; di++)
+        for (int si = 0; si < 3; si++)
+            for (int training = 0; training < 2; training++) {
+                const ct_dtype dt = dts[di];
+                const int64_t *sh = shapes[si];
+                const int nd = nds[si];
+                const int64_t C = sh[1];
+                char what[96];
+                snprintf(what, sizeof what, "batch_norm %s shape %d training %d %s",
+                         bwd ? "backward" : "forward", si, training, ct_dtype_name(dt));
+                tp x = tp_rnd(sh, nd, dt, 0, dev), w = tp_rnd(&C, 1, dt, 0, dev);
+                tp b = tp_rnd(&C, 1, dt, 0, dev), rm = tp_rnd(&C, 1, dt, 0, dev);
+                tp rv = tp_rnd(&C, 1, dt, 1, dev);
+                tp y = tp_rnd(sh, nd, dt, 0, dev);
+                tp sm = tp_rnd(&C, 1, dt, 0, dev), si2 = tp_rnd(&C, 1, dt, 0, dev);
+                if (!bwd) {
+                    KCALL(what,
+                          cpuk()->batch_norm_forward(y.c, sm.c, si2.c, x.c, w.c, b.c, rm.c, rv.c,
+                                                     training, 0.1, 1e-5),
+                          k->batch_norm_forward(y.d, sm.d, si2.d, x.d, w.d, b.d, rm.d, rv.d,
+                                                training, 0.1, 1e-5));
+                    tp_check(y, tol_for(dt), what, bname);
+                    tp_check(sm, tol_for(dt), what, bname);
+                    tp_check(si2, tol_for(dt), what, bname);
+                    tp_check(rm, tol_for(dt), what, bname);
+                    tp_check(rv, tol_for(dt), what, bname);
+                } else {
+                    CHECK_OK(cpuk()->batch_norm_forward(y.c, sm.c, si2.c, x.c, w.c, b.c, rm.c,
+                                                        rv.c, training, 0.1, 1e-5));
+                    tp sm2 = tp_from(ct_retain(sm.c), dev), is2 = tp_from(ct_retain(si2.c), dev);
+                    tp gy = tp_rnd(sh, nd, dt, 0, dev), gx = tp_rnd(sh, nd, dt, 0, dev);
+                    tp gw = tp_rnd(&C, 1, dt, 0, dev), gb = tp_rnd(&C, 1, dt, 0, dev);
+                    KCALL(what,
+                          cpuk()->batch_norm_backward(gx.c, gw.c, gb.c, gy.c, x.c, w.c, sm2.c,
+                                                      is2.c, training),
+                          k->batch_norm_backward(gx.d, gw.d, gb.d, gy.d, x.d, w.d, sm2.d, is2.d,
+                                                 training));
+                    tp_check(gx, tol_for(dt), what, bname);
+                    tp_check(gw, tol_for(dt), what, bname);
+                    tp_check(gb, tol_for(dt), what, bname);
+                    /* input gradient only, no weight */
+                    KCALL(what,
+                          cpuk()->batch_norm_backward(gx.c, NULL, NULL, gy.c, x.c, NULL, sm2.c,
+                                                      is2.c, training),
+                          k->batch_norm_backward(gx.d, NULL, NULL, gy.d, x.d, NULL, sm2.d, is2.d,
+                                                 training));
+                    tp_check(gx, tol_for(dt), what, bname);
+                    tp_free(sm2), tp_free(is2), tp_free(gy), tp_free(gx), tp_free(gw),
+                        tp_free(gb);
+                }
+                tp_free(x), tp_free(w), tp_free(b), tp_free(rm), tp_free(rv), tp_free(y),
+                    tp_free(sm), tp_free(si2);
+            }
+}
+
+static void case_bn_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_bn(dev, k, bname, 0);
+}
+static void case_bn_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_bn(dev, k, bname, 1);
+}
+TEST(backends_batch_norm_forward) { RUN_ON_BACKENDS(case_bn_fwd); }
+TEST(backends_batch_norm_backward) { RUN_ON_BACKENDS(case_bn_bwd); }
+
+/* -------------------------------------------------------------- layer_norm */
+static void case_ln(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    const int64_t MN[][2] = {{6, 37}, {6, 8}, {3, 3000}, {2000, 16}};
+    for (int di = 0; di < 2; di++)
+        for (int si = 0; si < 4; si++)
+            for (int affine = 0; affine < 2; affine++) {
+                const ct_dtype dt = dts[di];
+                const int64_t M = MN[si][0], N = MN[si][1];
+                int64_t sh[2] = {M, N};
+                char what[96];
+                snprintf(what, sizeof what, "layer_norm %s [%lld, %lld] affine %d %s",
+                         bwd ? "backward" : "forward", (long long)M, (long long)N, affine,
+                         ct_dtype_name(dt));
+                tp x = tp_rnd(sh, 2, dt, 0, dev), y = tp_rnd(sh, 2, dt, 0, dev);
+                tp w = {NULL, NULL}, b = {NULL, NULL};
+                if (affine) w = tp_rnd(&N, 1, dt, 0, dev), b = tp_rnd(&N, 1, dt, 0, dev);
+                tp mean = tp_rnd(&M, 1, dt, 0, dev), rstd = tp_rnd(&M, 1, dt, 0, dev);
+                if (!bwd) {
+                    KCALL(what,
+                          cpuk()->layer_norm_forward(y.c, mean.c, rstd.c, x.c, w.c, b.c, M, N,
+                                                     1e-5),
+                          k->layer_norm_forward(y.d, mean.d, rstd.d, x.d, w.d, b.d, M, N, 1e-5));
+                    tp_check(y, tol_for(dt), what, bname);
+                    tp_check(mean, tol_for(dt), what, bname);
+                    tp_check(rstd, tol_for(dt), what, bname);
+                } else {
+                    CHECK_OK(cpuk()->layer_norm_forward(y.c, mean.c, rstd.c, x.c, w.c, b.c, M, N,
+                                                        1e-5));
+                    tp m2 = tp_from(ct_retain(mean.c), dev), r2 = tp_from(ct_retain(rstd.c), dev);
+                    tp gy = tp_rnd(sh, 2, dt, 0, dev), gx = tp_rnd(sh, 2, dt, 0, dev);
+                    tp gw = tp_rnd(&N, 1, dt, 0, dev), gb = tp_rnd(&N, 1, dt, 0, dev);
+                    KCALL(what,
+                          cpuk()->layer_norm_backward(gx.c, gw.c, gb.c, gy.c, x.c, m2.c, r2.c, w.c,
+                                                      M, N),
+                          k->layer_norm_backward(gx.d, gw.d, gb.d, gy.d, x.d, m2.d, r2.d, w.d, M,
+                                                 N));
+                    tp_check(gx, tol_for(dt), what, bname);
+                    tp_check(gw, tol_for(dt), what, bname);
+                    tp_check(gb, tol_for(dt), what, bname);
+                    tp_free(m2), tp_free(r2), tp_free(gy), tp_free(gx), tp_free(gw), tp_free(gb);
+                }
+                tp_free(x), tp_free(y), tp_free(w), tp_free(b), tp_free(mean), tp_free(rstd);
+            }
+}
+
+static void case_ln_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_ln(dev, k, bname, 0);
+}
+static void case_ln_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_ln(dev, k, bname, 1);
+}
+TEST(backends_layer_norm_forward) { RUN_ON_BACKENDS(case_ln_fwd); }
+TEST(backends_layer_norm_backward) { RUN_ON_BACKENDS(case_ln_bwd); }
+
+/* ------------------------------------------------------ CUDA availability */
+/* ct_cuda_status answers quickly, and when CUDA cannot be used says why and how to fix
+ * it; a CUDA allocation then fails with that reason instead of crashing. */
+TEST(backends_cuda_status_reason) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int avail = -1;
+    const char *r = ct_cuda_status(&avail);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    CHECK(r != NULL);
+    CHECK(avail == 0 || avail == 1);
+    fprintf(stderr, "    cuda: %s (%.3f s)\n", r ? r : "(null)", secs);
+    if (avail) {
+        CHECK(r && strcmp(r, "available") == 0);
+        return;
+    }
+    CHECK_MSG(secs < 1.0, "ct_cuda_status took %.2f s without a usable GPU", secs);
+    CHECK_MSG(r && strlen(r) > 20, "reason too short: \"%s\"", r ? r : "");
+    CHECK_MSG(r && (strstr(r, "Fix") || strstr(r, "install") || strstr(r, "rebuild")),
+              "reason says no fix: \"%s\"", r ? r : "");
+    int64_t n = 4;
+    ct_clear_error();
+    ct_tensor *t = ct_empty_on(&n, 1, CT_FLOAT32, (ct_device){CT_CUDA, 0});
+    CHECK(t == NULL);
+    CHECK_MSG(strstr(ct_last_error(), "cuda unavailable") != NULL, "error: %s", ct_last_error());
+    ct_free(t);
+}
+
+/* --------------------------------------------------------- plugin extras */
+static void *plugin_sym(const char *name) {
+    void *h = dlopen("libctorch_cuda.so", RTLD_NOW | RTLD_NOLOAD);
+    void *s = h ? dlsym(h, name) : NULL;
+    if (h) dlclose(h);
+    return s;
+}
+
+/* Mirrors ct_cuda_memory_stats in src/backends/cuda/cuda_plugin.h. */
+typedef struct {
+    size_t allocated, reserved, peak_allocated, peak_reserved;
+    uint64_t alloc_calls, cache_hits, cuda_mallocs, ooms;
+} mem_stats;
+
+TEST(backends_cuda_caching_allocator) {
+    if (!cuda_ready()) SKIP(g_why);
+    const ct_device dev[1] = {{CT_CUDA, 0}};
+    int (*stats)(int, mem_stats *) =
+        (int (*)(int, mem_stats *))plugin_sym("ct_cuda_memory_stats_get");
+    int (*empty)(int) = (int (*)(int))plugin_sym("ct_cuda_empty_cache");
+    CHECK(stats != NULL && empty != NULL);
+    if (!stats || !empty) return;
+    mem_stats s0, s1, s2, s3;
+    int64_t sh[2] = {1000, 1000}; /* 4 MB */
+    CHECK_OK(stats(0, &s0));
+    ct_tensor *a = ct_empty_on(sh, 2, CT_FLOAT32, dev[0]);
+    CHECK_NN(a);
+    CHECK_OK(stats(0, &s1));
+    CHECK(s1.allocated >= s0.allocated + 4000000);
+    CHECK(s1.peak_allocated >= s1.allocated);
+    ct_free(a);
+    /* the same size again comes from the cache */
+    ct_tensor *b = ct_empty_on(sh, 2, CT_FLOAT32, dev[0]);
+    CHECK_NN(b);
+    CHECK_OK(stats(0, &s2));
+    CHECK(s2.cache_hits > s1.cache_hits);
+    CHECK(s2.cuda_mallocs == s1.cuda_mallocs);
+    CHECK(s2.reserved == s1.reserved);
+    ct_free(b);
+    CHECK_OK(empty(0));
+    CHECK_OK(stats(0, &s3));
+    CHECK(s3.reserved < s2.reserved);
+    CHECK(s3.allocated == s0.allocated);
+    /* an impossible allocation fails with the statistics in the message */
+    int64_t huge = (int64_t)1 << 47;
+    ct_clear_error();
+    ct_tensor *h = ct_empty_on(&huge, 1, CT_UINT8, dev[0]);
+    CHECK(h == NULL);
+    CHECK_MSG(strstr(ct_last_error(), "out of memory") && strstr(ct_last_error(), "reserved") &&
+                  strstr(ct_last_error(), "Try"),
+              "OOM message: %s", ct_last_error());
+    ct_free(h);
+}
+
+/* A CUDA tensor's values as a new contiguous float64 CPU tensor. */
+static ct_tensor *host64(const ct_tensor *t) {
+    ct_tensor *h = ct_to_device(t, ct_cpu());
+    ct_tensor *d = h ? ct_to_dtype(h, CT_FLOAT64) : NULL;
+    ct_tensor *c = d ? ct_contiguous(d) : NULL;
+    ct_free(h);
+    ct_free(d);
+    return c;
+}
+
+static void check_vs(const ct_tensor *got_dev, ct_tensor *want64, ct_dtype dt, const char *what) {
+    ct_tensor *want = ct_to_dtype(want64, dt);
+    ct_tensor *got = ct_to_device(got_dev, ct_cpu());
+    CHECK_CLOSE(got, want, tol_for(dt), what);
+    ct_free(want);
+    ct_free(got);
+}
+
+TEST(backends_cuda_fused_optimizers) {
+    if (!cuda_ready()) SKIP(g_why);
+    const ct_device dev[1] = {{CT_CUDA, 0}};
+    typedef int (*sgd_fn)(ct_tensor *const *, ct_tensor *const *, ct_tensor *const *, int, double,
+                          double, double, double, int, int);
+    typedef int (*adam_fn)(ct_tensor *const *, ct_tensor *const *, ct_tensor *const *,
+                           ct_tensor *const *, int, double, double, double, double, double, int,
+                           int64_t);
+    sgd_fn sgd = (sgd_fn)plugin_sym("ct_cuda_sgd_step");
+    adam_fn adam = (adam_fn)plugin_sym("ct_cuda_adam_step");
+    CHECK(sgd != NULL && adam != NULL);
+    if (!sgd || !adam) return;
+    /* several parameters, one larger than a kernel chunk (65536 elements) */
+    enum { NP = 3 };
+    const int64_t sizes[NP] = {5, 70000, 300};
+    for (int di = 0; di < 2; di++) {
+        const ct_dtype dt = di ? CT_FLOAT64 : CT_FLOAT32;
+        ct_tensor *p[NP], *g[NP], *m[NP], *v[NP];
+        for (int i = 0; i < NP; i++) {
+            ct_tensor *a = rnd(&sizes[i], 1, dt, 0), *b = rnd(&sizes[i], 1, dt, 0);
+            ct_tensor *c = rnd(&sizes[i], 1, dt, 0), *e = rnd(&sizes[i], 1, dt, 2);
+            p[i] = ct_to_device(a, dev[0]);
+            g[i] = ct_to_device(b, dev[0]);
+            m[i] = ct_to_device(c, dev[0]);
+            v[i] = ct_to_device(e, dev[0]);
+            ct_free(a), ct_free(b), ct_free(c), ct_free(e);
+        }
+        /* SGD, nesterov, momentum, dampening, weight decay (not the first step) */
+        const double lr = 0.1, mom = 0.9, damp = 0.1, wd = 0.01;
+        ct_tensor *P[NP], *G[NP], *M[NP], *V[NP];
+        for (int i = 0; i < NP; i++) P[i] = host64(p[i]), G[i] = host64(g[i]), M[i] = host64(m[i]);
+        CHECK_OK(sgd(p, g, m, NP, lr, mom, damp, wd, 1, 0));
+        for (int i = 0; i < NP; i++) {
+            double *pp = ct_data(P[i]), *gg = ct_data(G[i]), *mm = ct_data(M[i]);
+            for (int64_t j = 0; j < sizes[i]; j++) {
+                double gj = gg[j] + wd * pp[j];
+                mm[j] = mom * mm[j] + (1 - damp) * gj;
+                gj = gj + mom * mm[j];
+                pp[j] -= lr * gj;
+            }
+            check_vs(p[i], P[i], dt, "fused sgd: parameter");
+            check_vs(m[i], M[i], dt, "fused sgd: momentum buffer");
+            ct_free(P[i]), ct_free(G[i]), ct_free(M[i]);
+        }
+        /* AdamW at step 3 from the current state */
+        const double b1 = 0.9, b2 = 0.999, eps = 1e-8, awd = 0.05;
+        const int64_t step = 3;
+        for (int i = 0; i < NP; i++)
+            P[i] = host64(p[i]), G[i] = host64(g[i]), M[i] = host64(m[i]), V[i] = host64(v[i]);
+        CHECK_OK(adam(p, g, m, v, NP, lr, b1, b2, eps, awd, 1, step));
+        const double bc1 = 1 - pow(b1, (double)step), bc2 = 1 - pow(b2, (double)step);
+        for (int i = 0; i < NP; i++) {
+            double *pp = ct_data(P[i]), *gg = ct_data(G[i]), *mm = ct_data(M[i]);
+            double *vv = ct_data(V[i]);
+            for (int64_t j = 0; j < sizes[i]; j++) {
+                pp[j] *= 1 - lr * awd;
+                mm[j] = b1 * mm[j] + (1 - b1) * gg[j];
+                vv[j] = b2 * vv[j] + (1 - b2) * gg[j] * gg[j];
+                pp[j] -= lr / bc1 * mm[j] / (sqrt(vv[j]) / sqrt(bc2) + eps);
+            }
+            check_vs(p[i], P[i], dt, "fused adamw: parameter");
+            check_vs(m[i], M[i], dt, "fused adamw: exp_avg");
+            check_vs(v[i], V[i], dt, "fused adamw: exp_avg_sq");
+            ct_free(P[i]), ct_free(G[i]), ct_free(M[i]), ct_free(V[i]);
+        }
+        for (int i = 0; i < NP; i++) ct_free(p[i]), ct_free(g[i]), ct_free(m[i]), ct_free(v[i]);
+    }
+}
+
+/* ------------------------------------------------------ op layer, end to end */
+/* A small CNN (conv, batch_norm, relu, max_pool, linear, cross_entropy) forward and
+ * backward through the public API on the CPU and on each other backend. */
+static void case_cnn(ct_device dev, const ct_kernels *k, const char *bname) {
+    (void)k;
+    int64_t xs[4] = {4, 3, 8, 8}, ws[4] = {6, 3, 3, 3}, c6 = 6, ls[2] = {10, 6 * 4 * 4}, l10 = 10;
+    int64_t tg[4] = {1, 7, 3, 3}, four = 4;
+    ct_tensor *cpu[6] = {rnd(xs, 4, CT_FLOAT32, 0), rnd(ws, 4, CT_FLOAT32, 0),
+                         rnd(&c6, 1, CT_FLOAT32, 0), rnd(ls, 2, CT_FLOAT32, 0),
+                         rnd(&l10, 1, CT_FLOAT32, 0), ct_from_data(tg, &four, 1, CT_INT64)};
+    ct_tensor *gpu[6];
+    for (int i = 0; i < 6; i++) gpu[i] = ct_to_device(cpu[i], dev);
+    ct_tensor *loss[2], *grads[2][5];
+    for (int side = 0; side < 2; side++) {
+        ct_tensor **t = side ? gpu : cpu;
+        for (int i = 1; i < 5; i++) ct_set_requires_grad(t[i], 1);
+        const int st[2] = {1, 1}, pd[2] = {1, 1}, dl[2] = {1, 1}, kk[2] = {2, 2};
+        ct_tensor *h = ct_conv2d(t[0], t[1], t[2], st, pd, dl, 1);
+        ct_tensor *hb = h ? ct_batch_norm(h, NULL, NULL, NULL, NULL, 1, 0.1, 1e-5) : NULL;
+        ct_tensor *hr = hb ? ct_relu(hb) : NULL;
+        ct_tensor *hp = hr ? ct_max_pool2d(hr, kk, kk, NULL, NULL, 0) : NULL;
+        ct_tensor *hf = hp ? ct_flatten(hp, 1, -1) : NULL;
+        ct_tensor *lo = hf ? ct_linear(hf, t[3], t[4]) : NULL;
+        loss[side] = lo ? ct_cross_entropy(lo, t[5], CT_REDUCTION_MEAN, 0.1, -100) : NULL;
+        CHECK_MSG(loss[side] != NULL, "forward on %s: %s", side ? bname : "cpu", ct_last_error());
+        if (loss[side]) CHECK_OK(ct_backward(loss[side], NULL, 0));
+        for (int i = 0; i < 5; i++) grads[side][i] = i ? ct_grad(t[i]) : NULL;
+        ct_free(h), ct_free(hb), ct_free(hr), ct_free(hp), ct_free(hf), ct_free(lo);
+    }
+    tp l = {loss[0], loss[1]};
+    tp_check(l, 1e-4, "cnn loss", bname);
+    const char *names[5] = {"", "conv weight grad", "conv bias grad", "linear weight grad",
+                            "linear bias grad"};
+    for (int i = 1; i < 5; i++) {
+        tp g = {grads[0][i], grads[1][i]};
+        if (g.c && g.d) tp_check(g, 1e-4, names[i], bname);
+        else CHECK_MSG(0, "%s missing", names[i]);
+    }
+    ct_free(loss[0]), ct_free(loss[1]);
+    for (int i = 0; i < 6; i++) ct_free(cpu[i]), ct_free(gpu[i]);
+}
+
+TEST(backends_ops_cnn_forward_backward) { RUN_ON_BACKENDS(case_cnn); }
