@@ -13,6 +13,21 @@
 #include <math.h>
 #include <string.h>
 
+/* Hands the three gradients (input, weight, bias) to the engine, or frees them when the
+ * kernel failed. */
+static int hand_out_grads(int rc, ct_tensor *g0, ct_tensor *g1, ct_tensor *g2, ct_tensor **gx) {
+    if (rc != 0) {
+        ct_free(g0);
+        ct_free(g1);
+        ct_free(g2);
+        return -1;
+    }
+    gx[0] = g0;
+    gx[1] = g1;
+    gx[2] = g2;
+    return 0;
+}
+
 static int same_device(const ct_tensor *a, const ct_tensor *b) {
     return a->storage->device.type == b->storage->device.type &&
            a->storage->device.index == b->storage->device.index;
@@ -79,16 +94,7 @@ static int batch_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     rc = kern(g0, g1, g2, gyc, x, w, mean, invstd, (int)n->ip[0]);
 done:
     ct_free(gyc);
-    if (rc != 0) {
-        ct_free(g0);
-        ct_free(g1);
-        ct_free(g2);
-        return -1;
-    }
-    gx[0] = g0;
-    gx[1] = g1;
-    gx[2] = g2;
-    return 0;
+    return hand_out_grads(rc, g0, g1, g2, gx);
 }
 
 /* Runs the forward kernel with contiguous running stats, copying back when the
@@ -229,16 +235,7 @@ static int layer_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     rc = kern(g0, g1, g2, gyc, x, mean, rstd, w, n->ip[0], n->ip[1]);
 done:
     ct_free(gyc);
-    if (rc != 0) {
-        ct_free(g0);
-        ct_free(g1);
-        ct_free(g2);
-        return -1;
-    }
-    gx[0] = g0;
-    gx[1] = g1;
-    gx[2] = g2;
-    return 0;
+    return hand_out_grads(rc, g0, g1, g2, gx);
 }
 
 ct_tensor *ct_layer_norm(const ct_tensor *x, const int64_t *normalized_shape, int nnorm,
