@@ -2,6 +2,7 @@
 #include "ctorch_nn.h"
 #include "core/error.h"
 #include "core/tensor_impl.h"
+#include "nn_fusion.h"
 
 #include <stdlib.h>
 
@@ -10,6 +11,7 @@ static ct_tensor *relu_forward(ct_module *m, const ct_tensor *x) {
     return ct_relu(x);
 }
 ct_module *ct_nn_relu(void) { return ct_module_new("ReLU", relu_forward, NULL, NULL); }
+int ct_nn__is_relu(const ct_module *m) { return m && m->forward == relu_forward; }
 
 static ct_tensor *gelu_forward(ct_module *m, const ct_tensor *x) {
     return ct_gelu(x, *(int *)m->impl);

@@ -2,6 +2,7 @@
 #include "ctorch_nn.h"
 #include "core/error.h"
 #include "core/tensor_impl.h"
+#include "nn_fusion.h"
 
 #include <stdlib.h>
 
@@ -37,6 +38,16 @@ static ct_tensor *conv_forward(ct_module *m, const ct_tensor *x) {
                              (long long)c->in);
     return ct_conv2d(x, m->params[0], c->o.bias ? m->params[1] : NULL, c->o.stride, c->o.padding,
                      c->o.dilation, c->o.groups);
+}
+
+int ct_nn__conv2d_info(const ct_module *m, ct_tensor **weight, ct_tensor **bias,
+                       ct_conv2d_options *o) {
+    if (!m || m->forward != conv_forward) return 0;
+    const conv_cfg *c = m->impl;
+    *weight = m->params[0];
+    *bias = c->o.bias ? m->params[1] : NULL;
+    *o = c->o;
+    return 1;
 }
 
 ct_module *ct_nn_conv2d_ex(int64_t in, int64_t out, const ct_conv2d_options *o) {

@@ -2,6 +2,7 @@
 #include "ctorch_nn.h"
 #include "core/error.h"
 #include "core/tensor_impl.h"
+#include "nn_fusion.h"
 
 #include <stdlib.h>
 
@@ -18,6 +19,16 @@ static void pool_repr(const ct_module *m, char *buf, size_t n) {
 static ct_tensor *max_forward(ct_module *m, const ct_tensor *x) {
     const pool_cfg *c = m->impl;
     return ct_max_pool2d(x, c->kernel, c->stride, c->padding, NULL, 0);
+}
+int ct_nn__max_pool_params(const ct_module *m, int kernel[2], int stride[2], int padding[2]) {
+    if (!m || m->forward != max_forward) return 0;
+    const pool_cfg *c = m->impl;
+    for (int i = 0; i < 2; i++) {
+        kernel[i] = c->kernel[i];
+        stride[i] = c->stride[i];
+        padding[i] = c->padding[i];
+    }
+    return 1;
 }
 static ct_tensor *avg_forward(ct_module *m, const ct_tensor *x) {
     const pool_cfg *c = m->impl;

@@ -3,6 +3,9 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
+#include "backends/cpu/conv_fast.h"
+#include "backends/cpu/pool_fast.h"
+#include "ops/fused.h"
 
 #include <string.h>
 
@@ -35,17 +38,15 @@ static void params_from_node(const ct_node *n, ct_conv_params *p) {
     p->groups = (int)n->ip[6];
 }
 
-static int conv2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+/* The three gradients of a convolution given gy4 (4-D, contiguous); the node holds the
+ * parameters in ip[0..6] and the saved x and w at ip[7] and ip[8]. */
+static int conv2d_backward_core(ct_node *n, const ct_tensor *gy, ct_tensor *gy4, ct_tensor **gx) {
     ct_conv_params p;
     params_from_node(n, &p);
     const ct_tensor *x = n->ip[7] >= 0 ? ct_node_saved(n, (int)n->ip[7]) : NULL;
     const ct_tensor *w = n->ip[8] >= 0 ? ct_node_saved(n, (int)n->ip[8]) : NULL;
     if ((n->ip[7] >= 0 && !x) || (n->ip[8] >= 0 && !w)) return -1;
     int rc = -1;
-    ct_tensor *gyc = data_contig(gy), *gy4 = NULL;
-    if (!gyc) return -1;
-    gy4 = as4d(gyc);
-    if (!gy4) goto out;
     if (ct_node_needs_grad(n, 0)) {
         int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_conv_params *) =
             CT_KERNEL(gy, conv2d_backward_input, "conv2d backward");
@@ -60,98 +61,137 @@ static int conv2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
         }
         gx[0] = g;
     }
+    int want_b = n->n_inputs > 2 && ct_node_needs_grad(n, 2);
     if (ct_node_needs_grad(n, 1)) {
+        /* On the CPU the weight-gradient kernel also sums gy for the bias gradient. */
+        int cpu = gy->storage->device.type == CT_CPU;
         int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_conv_params *) =
-            CT_KERNEL(gy, conv2d_backward_weight, "conv2d backward");
+            cpu ? NULL : CT_KERNEL(gy, conv2d_backward_weight, "conv2d backward");
         const ct_edge *e = &n->inputs[1];
-        ct_tensor *g = k ? ct_empty_on(e->shape, e->ndim, gy->dtype, gy->storage->device) : NULL;
-        ct_tensor *x4 = g ? as4d(x) : NULL;
-        int r = x4 ? k(g, gy4, x4, &p) : -1;
+        ct_tensor *g = (cpu || k) ? ct_empty_on(e->shape, e->ndim, gy->dtype, gy->storage->device)
+                                  : NULL;
+        ct_tensor *gb = NULL;
+        if (cpu && want_b && g) {
+            const ct_edge *eb = &n->inputs[2];
+            gb = ct_empty_on(eb->shape, eb->ndim, gy->dtype, gy->storage->device);
+        }
+        ct_tensor *x4 = g && (!cpu || !want_b || gb) ? as4d(x) : NULL;
+        int r = !x4  ? -1
+                : cpu ? cpu_conv2d_backward_weight_bias(g, gb, gy4, x4, &p)
+                      : k(g, gy4, x4, &p);
         ct_free(x4);
         if (r != 0) {
             ct_free(g);
+            ct_free(gb);
             goto out;
         }
         gx[1] = g;
+        if (gb) {
+            gx[2] = gb;
+            want_b = 0;
+        }
     }
-    if (n->n_inputs > 2 && ct_node_needs_grad(n, 2)) {
+    if (want_b) {
         int dims[3] = {0, 2, 3};
         gx[2] = ct_sum(gy4, dims, 3, 0);
         if (!gx[2]) goto out;
     }
     rc = 0;
 out:
+    return rc;
+}
+
+static int conv2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    ct_tensor *gyc = data_contig(gy), *gy4 = gyc ? as4d(gyc) : NULL;
+    int rc = gy4 ? conv2d_backward_core(n, gy, gy4, gx) : -1;
     ct_free(gy4);
     ct_free(gyc);
     return rc;
 }
 
-ct_tensor *ct_conv2d(const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
-                     const int stride[2], const int padding[2], const int dilation[2],
-                     int groups) {
+/* Checks the arguments of a convolution; fills the parameters and the output size. */
+static int conv_prepare(const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
+                        const int stride[2], const int padding[2], const int dilation[2],
+                        int groups, int st[2], int pd[2], int dl[2], int64_t *ysh) {
     char s1[96], s2[96], s3[96];
-    if (!x || !weight) return ct_error_null("conv2d: %s is NULL", x ? "weight" : "input");
+    if (!x || !weight) return ct_error("conv2d: %s is NULL", x ? "weight" : "input");
     if (x->ndim != 3 && x->ndim != 4)
-        return ct_error_null("conv2d: input %s must be 4-D [N, C, H, W] or 3-D [C, H, W]",
-                             ct_shape_str(x, s1, sizeof s1));
+        return ct_error("conv2d: input %s must be 4-D [N, C, H, W] or 3-D [C, H, W]",
+                        ct_shape_str(x, s1, sizeof s1));
     if (weight->ndim != 4)
-        return ct_error_null("conv2d: weight %s must be 4-D [out_channels, in_channels/groups, "
-                             "kH, kW]",
-                             ct_shape_str(weight, s2, sizeof s2));
+        return ct_error("conv2d: weight %s must be 4-D [out_channels, in_channels/groups, "
+                        "kH, kW]",
+                        ct_shape_str(weight, s2, sizeof s2));
     if (x->dtype != CT_FLOAT32 && x->dtype != CT_FLOAT64)
-        return ct_error_null("conv2d: input dtype %s not supported (float32 or float64); "
-                             "convert with ct_to_dtype",
-                             ct_dtype_name(x->dtype));
+        return ct_error("conv2d: input dtype %s not supported (float32 or float64); "
+                        "convert with ct_to_dtype",
+                        ct_dtype_name(x->dtype));
     if (weight->dtype != x->dtype || (bias && bias->dtype != x->dtype))
-        return ct_error_null("conv2d: input is %s but weight is %s%s%s; all must share one dtype",
-                             ct_dtype_name(x->dtype), ct_dtype_name(weight->dtype),
-                             bias ? " and bias is " : "", bias ? ct_dtype_name(bias->dtype) : "");
+        return ct_error("conv2d: input is %s but weight is %s%s%s; all must share one dtype",
+                        ct_dtype_name(x->dtype), ct_dtype_name(weight->dtype),
+                        bias ? " and bias is " : "", bias ? ct_dtype_name(bias->dtype) : "");
     if (!same_device(x, weight) || (bias && !same_device(x, bias)))
-        return ct_error_null("conv2d: input, weight and bias must be on the same device; move "
-                             "them with ct_to_device");
-    if (groups < 1) return ct_error_null("conv2d: groups must be >= 1, got %d", groups);
-    int st[2] = {1, 1}, pd[2] = {0, 0}, dl[2] = {1, 1};
+        return ct_error("conv2d: input, weight and bias must be on the same device; move "
+                        "them with ct_to_device");
+    if (groups < 1) return ct_error("conv2d: groups must be >= 1, got %d", groups);
+    for (int i = 0; i < 2; i++) {
+        st[i] = dl[i] = 1;
+        pd[i] = 0;
+    }
     for (int i = 0; i < 2; i++) {
         if (stride) st[i] = stride[i];
         if (padding) pd[i] = padding[i];
         if (dilation) dl[i] = dilation[i];
     }
     if (st[0] < 1 || st[1] < 1)
-        return ct_error_null("conv2d: stride must be >= 1, got (%d, %d)", st[0], st[1]);
+        return ct_error("conv2d: stride must be >= 1, got (%d, %d)", st[0], st[1]);
     if (pd[0] < 0 || pd[1] < 0)
-        return ct_error_null("conv2d: padding must be >= 0, got (%d, %d)", pd[0], pd[1]);
+        return ct_error("conv2d: padding must be >= 0, got (%d, %d)", pd[0], pd[1]);
     if (dl[0] < 1 || dl[1] < 1)
-        return ct_error_null("conv2d: dilation must be >= 1, got (%d, %d)", dl[0], dl[1]);
+        return ct_error("conv2d: dilation must be >= 1, got (%d, %d)", dl[0], dl[1]);
     int b4 = x->ndim == 4;
     int64_t N = b4 ? x->shape[0] : 1, C = x->shape[b4], H = x->shape[b4 + 1],
             W = x->shape[b4 + 2];
     int64_t O = weight->shape[0], kh = weight->shape[2], kw = weight->shape[3];
     if (weight->shape[1] * groups != C)
-        return ct_error_null("conv2d: weight %s with groups=%d expects input with %lld channels, "
-                             "but input %s has %lld channels",
-                             ct_shape_str(weight, s2, sizeof s2), groups,
-                             (long long)(weight->shape[1] * groups), ct_shape_str(x, s1, sizeof s1),
-                             (long long)C);
+        return ct_error("conv2d: weight %s with groups=%d expects input with %lld channels, "
+                        "but input %s has %lld channels",
+                        ct_shape_str(weight, s2, sizeof s2), groups,
+                        (long long)(weight->shape[1] * groups), ct_shape_str(x, s1, sizeof s1),
+                        (long long)C);
     if (O % groups != 0 || O == 0)
-        return ct_error_null("conv2d: out_channels (%lld, weight %s) must be a positive multiple "
-                             "of groups (%d)",
-                             (long long)O, ct_shape_str(weight, s2, sizeof s2), groups);
+        return ct_error("conv2d: out_channels (%lld, weight %s) must be a positive multiple "
+                        "of groups (%d)",
+                        (long long)O, ct_shape_str(weight, s2, sizeof s2), groups);
     if (kh < 1 || kw < 1)
-        return ct_error_null("conv2d: weight %s has an empty kernel",
-                             ct_shape_str(weight, s2, sizeof s2));
+        return ct_error("conv2d: weight %s has an empty kernel",
+                        ct_shape_str(weight, s2, sizeof s2));
     if (bias && (bias->ndim != 1 || bias->shape[0] != O))
-        return ct_error_null("conv2d: bias %s must be 1-D [%lld] (one per output channel)",
-                             ct_shape_str(bias, s3, sizeof s3), (long long)O);
+        return ct_error("conv2d: bias %s must be 1-D [%lld] (one per output channel)",
+                        ct_shape_str(bias, s3, sizeof s3), (long long)O);
     int64_t eh = (int64_t)dl[0] * (kh - 1) + 1, ew = (int64_t)dl[1] * (kw - 1) + 1;
     int64_t Hp = H + 2 * (int64_t)pd[0], Wp = W + 2 * (int64_t)pd[1];
     if (Hp < eh || Wp < ew)
-        return ct_error_null("conv2d: input %s padded to (%lld x %lld) is smaller than the "
-                             "dilated kernel (%lld x %lld) of weight %s; use a smaller kernel "
-                             "or more padding",
-                             ct_shape_str(x, s1, sizeof s1), (long long)Hp, (long long)Wp,
-                             (long long)eh, (long long)ew, ct_shape_str(weight, s2, sizeof s2));
-    int64_t Ho = (Hp - eh) / st[0] + 1, Wo = (Wp - ew) / st[1] + 1;
+        return ct_error("conv2d: input %s padded to (%lld x %lld) is smaller than the "
+                        "dilated kernel (%lld x %lld) of weight %s; use a smaller kernel "
+                        "or more padding",
+                        ct_shape_str(x, s1, sizeof s1), (long long)Hp, (long long)Wp,
+                        (long long)eh, (long long)ew, ct_shape_str(weight, s2, sizeof s2));
+    ysh[0] = N;
+    ysh[1] = O;
+    ysh[2] = (Hp - eh) / st[0] + 1;
+    ysh[3] = (Wp - ew) / st[1] + 1;
+    return 0;
+}
 
+ct_tensor *ct_conv2d(const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
+                     const int stride[2], const int padding[2], const int dilation[2],
+                     int groups) {
+    int st[2] = {1, 1}, pd[2] = {0, 0}, dl[2] = {1, 1};
+    int64_t ysh[4];
+    if (conv_prepare(x, weight, bias, stride, padding, dilation, groups, st, pd, dl, ysh) != 0)
+        return NULL;
+    int b4 = x->ndim == 4;
     int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_tensor *,
              const ct_conv_params *) = CT_KERNEL(x, conv2d_forward, "conv2d");
     if (!k) return NULL;
@@ -159,7 +199,6 @@ ct_tensor *ct_conv2d(const ct_tensor *x, const ct_tensor *weight, const ct_tenso
                         .padding = {pd[0], pd[1]},
                         .dilation = {dl[0], dl[1]},
                         .groups = groups};
-    int64_t ysh[4] = {N, O, Ho, Wo};
     ct_tensor *y = b4 ? ct_empty_on(ysh, 4, x->dtype, x->storage->device)
                       : ct_empty_on(ysh + 1, 3, x->dtype, x->storage->device);
     ct_tensor *xc = NULL, *wc = NULL, *bc = NULL, *x4 = NULL, *y4 = NULL;
@@ -200,6 +239,117 @@ out:
     ct_free(xc);
     ct_free(wc);
     ct_free(bc);
+    if (rc != 0) {
+        ct_free(y);
+        return NULL;
+    }
+    return y;
+}
+
+/* ------------------------------------------- fused conv2d + relu + max_pool2d */
+
+/* Node layout: ip[0..6] conv parameters, ip[7]/ip[8] saved x/w (as ConvolutionBackward),
+ * ip[9] saved window codes, ip[10..15] pool kernel, stride, padding. */
+static int conv_relu_pool_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const ct_tensor *codes = ct_node_saved(n, (int)n->ip[9]);
+    if (!codes) return -1;
+    ct_pool_params pp = {.kernel = {(int)n->ip[10], (int)n->ip[11]},
+                         .stride = {(int)n->ip[12], (int)n->ip[13]},
+                         .padding = {(int)n->ip[14], (int)n->ip[15]},
+                         .dilation = {1, 1}};
+    /* the gradient of the convolution output [N, O, Ho, Wo]: gy routed to each window's
+     * maximum (zero where the ReLU clamped it) */
+    const ct_edge *e = &n->inputs[0], *ew = &n->inputs[1];
+    ct_conv_params p;
+    params_from_node(n, &p);
+    int64_t gsh[4] = {e->shape[0], ew->shape[0],
+                      (e->shape[2] + 2 * p.padding[0] - p.dilation[0] * (ew->shape[2] - 1) - 1) /
+                              p.stride[0] + 1,
+                      (e->shape[3] + 2 * p.padding[1] - p.dilation[1] * (ew->shape[3] - 1) - 1) /
+                              p.stride[1] + 1};
+    ct_tensor *gyc = data_contig(gy);
+    ct_tensor *gc = gyc ? ct_empty_on(gsh, 4, gy->dtype, gy->storage->device) : NULL;
+    int rc = gc ? cpu_max_pool2d_codes_backward(gc, gyc, codes, &pp) : -1;
+    if (rc == 0) rc = conv2d_backward_core(n, gc, gc, gx);
+    ct_free(gc);
+    ct_free(gyc);
+    return rc;
+}
+
+ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight,
+                                     const ct_tensor *bias, const int stride[2],
+                                     const int padding[2], const int dilation[2], int groups,
+                                     const int pool_kernel[2], const int pool_stride[2],
+                                     const int pool_padding[2]) {
+    int st[2] = {1, 1}, pd[2] = {0, 0}, dl[2] = {1, 1};
+    int64_t ysh[4] = {0, 0, 0, 0};
+    ct_pool_params pp = {.kernel = {pool_kernel[0], pool_kernel[1]},
+                         .stride = {pool_stride[0], pool_stride[1]},
+                         .padding = {pool_padding[0], pool_padding[1]},
+                         .dilation = {1, 1}};
+    int ok = x && weight && x->ndim == 4 && x->dtype == CT_FLOAT32 &&
+             x->storage->device.type == CT_CPU &&
+             pp.kernel[0] * pp.kernel[1] < CPU_POOL_NOGRAD && pp.stride[0] > 0 &&
+             pp.stride[1] > 0 && pp.padding[0] >= 0 && pp.padding[1] >= 0 &&
+             2 * pp.padding[0] <= pp.kernel[0] && 2 * pp.padding[1] <= pp.kernel[1] &&
+             conv_prepare(x, weight, bias, stride, padding, dilation, groups, st, pd, dl, ysh) == 0;
+    int64_t psh[4] = {ysh[0], ysh[1], 0, 0};
+    if (ok) {
+        psh[2] = (ysh[2] + 2 * pp.padding[0] - pp.kernel[0]) / pp.stride[0] + 1;
+        psh[3] = (ysh[3] + 2 * pp.padding[1] - pp.kernel[1]) / pp.stride[1] + 1;
+        ok = ysh[2] + 2 * pp.padding[0] >= pp.kernel[0] &&
+             ysh[3] + 2 * pp.padding[1] >= pp.kernel[1];
+    }
+    if (!ok) {
+        /* anything unusual: the composed ops (and their error messages) */
+        ct_clear_error();
+        ct_tensor *c = ct_conv2d(x, weight, bias, stride, padding, dilation, groups);
+        ct_tensor *y = c ? ct_relu_max_pool2d(c, pool_kernel, pool_stride, pool_padding, NULL, 0)
+                         : NULL;
+        ct_free(c);
+        return y;
+    }
+    ct_conv_params p = {.stride = {st[0], st[1]},
+                        .padding = {pd[0], pd[1]},
+                        .dilation = {dl[0], dl[1]},
+                        .groups = groups};
+    const ct_tensor *ins[3] = {x, weight, bias};
+    int need = ct_needs_grad(ins, 3);
+    ct_tensor *y = ct_empty_on(psh, 4, x->dtype, x->storage->device);
+    ct_tensor *codes = need ? ct_empty_on(psh, 4, CT_UINT8, x->storage->device) : NULL;
+    ct_tensor *xc = data_contig(x), *wc = data_contig(weight);
+    ct_tensor *bc = bias ? data_contig(bias) : NULL;
+    int rc = -1;
+    if (y && (!need || codes) && xc && wc && (!bias || bc))
+        rc = cpu_conv2d_relu_maxpool(y, codes, xc, wc, bc, &p, &pp);
+    if (rc == 0 && need) {
+        ct_node *n = ct_node_new("MaxPool2DWithIndicesBackward", conv_relu_pool_backward,
+                                 bias ? 3 : 2);
+        if (!n) {
+            rc = -1;
+        } else {
+            ct_node_set_input(n, 0, x);
+            ct_node_set_input(n, 1, weight);
+            if (bias) ct_node_set_input(n, 2, bias);
+            for (int i = 0; i < 2; i++) {
+                n->ip[i] = st[i];
+                n->ip[2 + i] = pd[i];
+                n->ip[4 + i] = dl[i];
+                n->ip[10 + i] = pp.kernel[i];
+                n->ip[12 + i] = pp.stride[i];
+                n->ip[14 + i] = pp.padding[i];
+            }
+            n->ip[6] = groups;
+            n->ip[7] = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
+            n->ip[8] = ct_node_needs_grad(n, 0) ? ct_node_save(n, wc) : -1;
+            n->ip[9] = ct_node_save(n, codes);
+            ct_node_attach(n, y);
+        }
+    }
+    ct_free(xc);
+    ct_free(wc);
+    ct_free(bc);
+    ct_free(codes);
     if (rc != 0) {
         ct_free(y);
         return NULL;

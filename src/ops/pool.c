@@ -1,10 +1,16 @@
 /* max_pool2d, avg_pool2d, adaptive_avg_pool2d (torch.nn.functional semantics): input
  * [N, C, H, W] or unbatched [C, H, W]; PyTorch's output-size formulas (including
  * ceil_mode's "last window must start inside the input or left padding" rule) and
- * window rules. */
+ * window rules.
+ *
+ * On the CPU, max pooling keeps a one-byte window code per output for the backward (not
+ * PyTorch's int64 flat index, which nothing outside this file sees) and none at all when
+ * no gradient is needed; ct_relu_max_pool2d (ops/fused.h) fuses a preceding ReLU. */
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
+#include "backends/cpu/pool_fast.h"
+#include "ops/fused.h"
 
 #include <string.h>
 
@@ -157,12 +163,88 @@ static int max_pool2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     return 0;
 }
 
+/* CPU path: window codes instead of int64 indices, optional fused ReLU. */
+static int max_pool2d_codes_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    if (!ct_node_needs_grad(n, 0)) return 0;
+    const ct_tensor *codes = ct_node_saved(n, 0);
+    if (!codes) return -1;
+    ct_pool_params p;
+    params_from_node(n, &p);
+    ct_tensor *gyc = data_contig(gy), *gy4 = gyc ? as4d(gyc) : NULL, *c4 = as4d(codes);
+    ct_tensor *g = NULL, *g4 = NULL;
+    int rc = -1;
+    if (gy4 && c4 && grad_input(n, gy, &g, &g4) == 0)
+        rc = cpu_max_pool2d_codes_backward(g4, gy4, c4, &p);
+    ct_free(gyc);
+    ct_free(gy4);
+    ct_free(c4);
+    ct_free(g4);
+    if (rc != 0) {
+        ct_free(g);
+        return -1;
+    }
+    gx[0] = g;
+    return 0;
+}
+
+static int use_codes(const ct_tensor *x, const ct_pool_params *p) {
+    return x->storage->device.type == CT_CPU && p->kernel[0] * p->kernel[1] < CPU_POOL_NOGRAD;
+}
+
+static ct_tensor *max_pool2d_cpu(const ct_tensor *x, const ct_pool_params *p, const int64_t *ysh,
+                                 int relu) {
+    int need = ct_needs_grad1(x);
+    ct_tensor *y = ct_empty_on(ysh, x->ndim, x->dtype, x->storage->device);
+    ct_tensor *codes = need ? ct_empty_on(ysh, x->ndim, CT_UINT8, x->storage->device) : NULL;
+    ct_tensor *xc = data_contig(x);
+    ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL;
+    ct_tensor *c4 = codes ? as4d(codes) : NULL;
+    int rc = (x4 && y4 && (!need || c4)) ? cpu_max_pool2d_codes(y4, c4, x4, p, relu) : -1;
+    if (rc == 0 && need) {
+        ct_node *n = ct_node_new("MaxPool2DWithIndicesBackward", max_pool2d_codes_backward, 1);
+        if (n) {
+            ct_node_set_input(n, 0, x);
+            ct_node_save(n, codes);
+            params_to_node(n, p);
+            ct_node_attach(n, y);
+        } else {
+            rc = -1;
+        }
+    }
+    ct_free(x4);
+    ct_free(y4);
+    ct_free(c4);
+    ct_free(xc);
+    ct_free(codes);
+    if (rc != 0) {
+        ct_free(y);
+        return NULL;
+    }
+    return y;
+}
+
+ct_tensor *ct_relu_max_pool2d(const ct_tensor *x, const int kernel[2], const int stride[2],
+                              const int padding[2], const int dilation[2], int ceil_mode) {
+    ct_pool_params p;
+    int64_t ysh[4];
+    if (x && x->storage->device.type == CT_CPU &&
+        pool_setup("max_pool2d", x, kernel, stride, padding, dilation, ceil_mode, &p, ysh) == 0 &&
+        use_codes(x, &p))
+        return max_pool2d_cpu(x, &p, ysh, 1);
+    ct_clear_error();
+    ct_tensor *r = ct_relu(x);
+    ct_tensor *y = r ? ct_max_pool2d(r, kernel, stride, padding, dilation, ceil_mode) : NULL;
+    ct_free(r);
+    return y;
+}
+
 ct_tensor *ct_max_pool2d(const ct_tensor *x, const int kernel[2], const int stride[2],
                          const int padding[2], const int dilation[2], int ceil_mode) {
     ct_pool_params p;
     int64_t ysh[4];
     if (pool_setup("max_pool2d", x, kernel, stride, padding, dilation, ceil_mode, &p, ysh) != 0)
         return NULL;
+    if (use_codes(x, &p)) return max_pool2d_cpu(x, &p, ysh, 0);
     int (*k)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_pool_params *) =
         CT_KERNEL(x, max_pool2d_forward, "max_pool2d");
     if (!k) return NULL;

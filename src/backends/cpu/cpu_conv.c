@@ -16,77 +16,27 @@
  *                   per-slot copies of a large weight would cost too much memory,
  *                   tasks over (g, output-channel range) writing gW rows directly.
  * A 1x1 kernel with stride 1 and no padding skips im2col (the image is the column
- * matrix). */
+ * matrix).
+ *
+ * This im2col path is the reference. float32 work goes to the fast kernels of
+ * conv_fast.c when they apply (see the entry points at the end of this file);
+ * CTORCH_CONV_REFERENCE=1 forces this path everywhere. */
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "conv_fast.h"
 #include "cpu_kernels.h"
+#include "pool_fast.h"
 
 #include <cblas.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ------------------------------------------------------------ workspace pool */
-
-typedef struct ws_set {
-    struct ws_set *next;
-    int n;
-    void **buf;
-    size_t *cap;
-} ws_set;
-
-static pthread_mutex_t g_ws_mu = PTHREAD_MUTEX_INITIALIZER;
-static ws_set *g_ws_free;
-
-static void ws_release(ws_set *s) {
-    if (!s) return;
-    pthread_mutex_lock(&g_ws_mu);
-    s->next = g_ws_free;
-    g_ws_free = s;
-    pthread_mutex_unlock(&g_ws_mu);
-}
-
-/* A set of at least n buffers of at least `bytes` bytes each (64-byte aligned). */
-static ws_set *ws_acquire(int n, size_t bytes, const char *op) {
-    pthread_mutex_lock(&g_ws_mu);
-    ws_set *s = g_ws_free;
-    if (s) g_ws_free = s->next;
-    pthread_mutex_unlock(&g_ws_mu);
-    if (!s) {
-        s = calloc(1, sizeof *s);
-        if (!s) return ct_error_null("%s: out of memory allocating a workspace", op);
-    }
-    if (s->n < n) {
-        void **nb = realloc(s->buf, sizeof(void *) * (size_t)n);
-        if (nb) s->buf = nb;
-        size_t *nc = nb ? realloc(s->cap, sizeof(size_t) * (size_t)n) : NULL;
-        if (nc) s->cap = nc;
-        if (!nb || !nc) {
-            ws_release(s);
-            return ct_error_null("%s: out of memory allocating a workspace", op);
-        }
-        for (int i = s->n; i < n; i++) {
-            s->buf[i] = NULL;
-            s->cap[i] = 0;
-        }
-        s->n = n;
-    }
-    size_t want = (bytes + 63) / 64 * 64;
-    if (want == 0) want = 64;
-    for (int i = 0; i < n; i++) {
-        if (s->cap[i] >= want) continue;
-        free(s->buf[i]);
-        s->buf[i] = aligned_alloc(64, want);
-        s->cap[i] = s->buf[i] ? want : 0;
-        if (!s->buf[i]) {
-            ws_release(s);
-            return ct_error_null("%s: out of memory allocating a %zu-byte workspace", op, want);
-        }
-    }
-    return s;
-}
+/* Workspaces come from the pool shared with the fast path (conv_fast.c). */
+typedef cpu_ws_set ws_set;
+#define ws_acquire cpu_ws_acquire
+#define ws_release cpu_ws_release
 
 /* ----------------------------------------------------------------- geometry */
 
@@ -371,7 +321,7 @@ static void fwd_range(void *vctx, int64_t sb, int64_t se) {
     }
 }
 
-int cpu_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
+static int ref_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
                        const ct_tensor *bias, const ct_conv_params *p) {
     fwd_ctx c = {.dt = x->dtype};
     if (geom_init(&c.g, x, w, y, p, "conv2d") != 0) return -1;
@@ -420,7 +370,7 @@ static void bin_range(void *vctx, int64_t sb, int64_t se) {
     }
 }
 
-int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
+static int ref_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
                               const ct_conv_params *p) {
     bin_ctx c = {.dt = gx->dtype};
     if (geom_init(&c.g, gx, w, gy, p, "conv2d backward") != 0) return -1;
@@ -536,7 +486,7 @@ static int64_t bw_budget(void) {
     return v > 0 ? (int64_t)v : ((int64_t)64 << 20);
 }
 
-int cpu_conv2d_backward_weight(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *x,
+static int ref_conv2d_backward_weight(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *x,
                                const ct_conv_params *p) {
     bw_ctx c = {.dt = x->dtype};
     if (geom_init(&c.g, x, gw, gy, p, "conv2d backward") != 0) return -1;
@@ -596,4 +546,141 @@ int cpu_conv2d_backward_weight(ct_tensor *gw, const ct_tensor *gy, const ct_tens
     ws_release(c.ws);
     if (c.touched != touched_small) free(c.touched);
     return 0;
+}
+
+/* ------------------------------------------------------------- entry points */
+
+static void geom_from(cf_geom *g, const ct_tensor *x, const ct_tensor *w, const ct_tensor *y,
+                      const ct_conv_params *p) {
+    g->N = x->shape[0];
+    g->C = x->shape[1];
+    g->H = x->shape[2];
+    g->W = x->shape[3];
+    g->O = w->shape[0];
+    g->kh = w->shape[2];
+    g->kw = w->shape[3];
+    g->Ho = y->shape[2];
+    g->Wo = y->shape[3];
+    g->G = p->groups > 0 ? p->groups : 1;
+    g->sh = p->stride[0];
+    g->sw = p->stride[1];
+    g->ph = p->padding[0];
+    g->pw = p->padding[1];
+    g->dh = p->dilation[0];
+    g->dw = p->dilation[1];
+}
+
+/* The fast path takes float32 with no empty dimension. */
+static int fast_ok(const ct_tensor *x, const ct_tensor *w, const ct_tensor *y) {
+    return x->dtype == CT_FLOAT32 && x->ndim == 4 && w->ndim == 4 && y->ndim == 4 &&
+           ct_numel(x) > 0 && ct_numel(w) > 0 && ct_numel(y) > 0 && cf_available();
+}
+
+static void relu_inplace(ct_tensor *y) {
+    int64_t n = ct_numel(y);
+    if (y->dtype == CT_FLOAT32) {
+        float *p = (float *)ct_ptr(y);
+        for (int64_t i = 0; i < n; i++) p[i] = p[i] > 0 || p[i] != p[i] ? p[i] : 0.0f;
+    } else {
+        double *p = (double *)ct_ptr(y);
+        for (int64_t i = 0; i < n; i++) p[i] = p[i] > 0 || p[i] != p[i] ? p[i] : 0.0;
+    }
+}
+
+int cpu_conv2d_forward_ex(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
+                          const ct_tensor *bias, const ct_conv_params *p, int relu) {
+    if (fast_ok(x, w, y)) {
+        cf_geom g;
+        geom_from(&g, x, w, y, p);
+        return cf_forward(&g, (const float *)ct_ptr(x), (const float *)ct_ptr(w),
+                          bias ? (const float *)ct_ptr(bias) : NULL, (float *)ct_ptr(y), relu);
+    }
+    if (ref_conv2d_forward(y, x, w, bias, p) != 0) return -1;
+    if (relu) relu_inplace(y);
+    return 0;
+}
+
+int cpu_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
+                       const ct_tensor *bias, const ct_conv_params *p) {
+    return cpu_conv2d_forward_ex(y, x, w, bias, p, 0);
+}
+
+int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
+                              const ct_conv_params *p) {
+    if (fast_ok(gx, w, gy)) {
+        cf_geom g;
+        geom_from(&g, gx, w, gy, p);
+        if (cf_backward_input_ok(&g))
+            return cf_backward_input(&g, (const float *)ct_ptr(gy), (const float *)ct_ptr(w),
+                                     (float *)ct_ptr(gx));
+    }
+    return ref_conv2d_backward_input(gx, gy, w, p);
+}
+
+int cpu_conv2d_backward_weight_bias(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                                    const ct_tensor *x, const ct_conv_params *p) {
+    if (fast_ok(x, gw, gy)) {
+        cf_geom g;
+        geom_from(&g, x, gw, gy, p);
+        int rc = cf_backward_weight(&g, (const float *)ct_ptr(gy), (const float *)ct_ptr(x),
+                                    (float *)ct_ptr(gw), gb ? (float *)ct_ptr(gb) : NULL);
+        if (rc <= 0) return rc;
+    }
+    if (ref_conv2d_backward_weight(gw, gy, x, p) != 0) return -1;
+    if (gb) {
+        /* gb[o] = sum of gy over N, H, W (in double) */
+        int64_t N = gy->shape[0], O = gy->shape[1], P = gy->shape[2] * gy->shape[3];
+        for (int64_t o = 0; o < O; o++) {
+            double s = 0;
+            for (int64_t n = 0; n < N; n++) {
+                int64_t base = (n * O + o) * P;
+                if (gy->dtype == CT_FLOAT32) {
+                    const float *q = (const float *)ct_ptr(gy) + base;
+                    for (int64_t i = 0; i < P; i++) s += q[i];
+                } else {
+                    const double *q = (const double *)ct_ptr(gy) + base;
+                    for (int64_t i = 0; i < P; i++) s += q[i];
+                }
+            }
+            if (gb->dtype == CT_FLOAT32)
+                ((float *)ct_ptr(gb))[o] = (float)s;
+            else
+                ((double *)ct_ptr(gb))[o] = s;
+        }
+    }
+    return 0;
+}
+
+int cpu_conv2d_backward_weight(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *x,
+                               const ct_conv_params *p) {
+    return cpu_conv2d_backward_weight_bias(gw, NULL, gy, x, p);
+}
+
+int cpu_conv2d_relu_maxpool(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
+                            const ct_tensor *w, const ct_tensor *bias, const ct_conv_params *p,
+                            const ct_pool_params *pp) {
+    int64_t N = x->shape[0], O = w->shape[0];
+    int64_t Ho = (x->shape[2] + 2 * p->padding[0] - p->dilation[0] * (w->shape[2] - 1) - 1) /
+                     p->stride[0] + 1;
+    int64_t Wo = (x->shape[3] + 2 * p->padding[1] - p->dilation[1] * (w->shape[3] - 1) - 1) /
+                     p->stride[1] + 1;
+    int64_t ysh[4] = {N, O, Ho, Wo};
+    if (fast_ok(x, w, yp)) {
+        cf_geom g;
+        ct_tensor shape_only = {.shape = {N, O, Ho, Wo}, .ndim = 4};
+        geom_from(&g, x, w, &shape_only, p);
+        const float *xp = (const float *)ct_ptr(x), *wp = (const float *)ct_ptr(w);
+        const float *bp = bias ? (const float *)ct_ptr(bias) : NULL;
+        uint8_t *cp = codes ? (uint8_t *)ct_ptr(codes) : NULL;
+        if (cf_relu_pool_fusable(&g, pp))
+            return cf_winograd_forward_relu_pool(&g, xp, wp, bp, (float *)ct_ptr(yp), cp);
+        if (cf_direct_pool_ok(&g, pp))
+            return cf_forward_relu_pool(&g, xp, wp, bp, (float *)ct_ptr(yp), cp);
+    }
+    ct_tensor *t = ct_empty_on(ysh, 4, x->dtype, x->storage->device);
+    if (!t) return -1;
+    int rc = cpu_conv2d_forward_ex(t, x, w, bias, p, 0);
+    if (rc == 0) rc = cpu_max_pool2d_codes(yp, codes, t, pp, 1);
+    ct_free(t);
+    return rc;
 }

@@ -11,6 +11,8 @@
 #include "cpu_kernels.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -278,5 +280,253 @@ int cpu_adaptive_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy) {
     }
     int64_t g = plane_grain(c.H * c.W * 2);
     ct_parallel_for(planes(gx), g, gx->dtype == CT_FLOAT32 ? adb_f32 : adb_f64, &c);
+    return 0;
+}
+
+/* =================================================================================
+ * Max pooling with compact window codes (the CPU path of ct_max_pool2d).
+ *
+ * codes (uint8, y's shape, may be NULL when no backward is needed) hold for each output
+ * the position ky*kw + kx of the chosen element inside its window (window origin
+ * oh*s - p, dilation steps), or CPU_POOL_NOGRAD when the gradient is zero (after a fused
+ * ReLU that clamped the output). The choice follows ATen: the first maximum in row-major
+ * window order, NaN always taken (so the last NaN). With relu != 0 the output is
+ * relu(max(x)) = max(relu(x)), and the gradient flows only where the output is > 0,
+ * exactly as ReLU followed by MaxPool2d. A 2x2 stride-2 window without padding has an
+ * AVX-512 kernel; other windows a portable loop.
+ * ================================================================================= */
+#include "pool_fast.h"
+
+typedef struct {
+    int64_t H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw;
+    const void *x;
+    void *y;
+    uint8_t *codes;
+    const void *gy;
+    const uint8_t *cin;
+    void *gx;
+    int relu;
+} mp_ctx;
+
+#define DEF_MPC(T, SFX)                                                                        \
+    static void mpc_fwd_##SFX(void *vc, int64_t b, int64_t e) {                                \
+        const mp_ctx *c = vc;                                                                  \
+        for (int64_t pl = b; pl < e; pl++) {                                                   \
+            const T *x = (const T *)c->x + pl * c->H * c->W;                                   \
+            T *y = (T *)c->y + pl * c->Ho * c->Wo;                                             \
+            uint8_t *cd = c->codes ? c->codes + pl * c->Ho * c->Wo : NULL;                     \
+            for (int64_t oh = 0; oh < c->Ho; oh++) {                                           \
+                int64_t ih0 = oh * c->sh - c->ph, ky0 = 0;                                     \
+                while (ih0 + ky0 * c->dh < 0) ky0++;                                           \
+                int64_t ky1 = c->kh;                                                           \
+                while (ky1 > ky0 && ih0 + (ky1 - 1) * c->dh >= c->H) ky1--;                    \
+                for (int64_t ow = 0; ow < c->Wo; ow++) {                                       \
+                    int64_t iw0 = ow * c->sw - c->pw, kx0 = 0;                                 \
+                    while (iw0 + kx0 * c->dw < 0) kx0++;                                       \
+                    int64_t kx1 = c->kw;                                                       \
+                    while (kx1 > kx0 && iw0 + (kx1 - 1) * c->dw >= c->W) kx1--;                \
+                    int64_t best = ky0 * c->kw + kx0;                                          \
+                    T mv = -INFINITY;                                                          \
+                    for (int64_t ky = ky0; ky < ky1; ky++) {                                   \
+                        const T *row = x + (ih0 + ky * c->dh) * c->W + iw0;                    \
+                        for (int64_t kx = kx0; kx < kx1; kx++) {                               \
+                            T v = row[kx * c->dw];                                             \
+                            int take = (v > mv) | (v != v);                                    \
+                            best = take ? ky * c->kw + kx : best;                              \
+                            mv = take ? v : mv;                                                \
+                        }                                                                      \
+                    }                                                                          \
+                    int dead = c->relu && !(mv > 0);                                           \
+                    y[oh * c->Wo + ow] = dead && mv == mv ? (T)0 : mv;                         \
+                    if (cd) cd[oh * c->Wo + ow] = dead ? CPU_POOL_NOGRAD : (uint8_t)best;      \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+                                                                                               \
+    static void mpc_bwd_##SFX(void *vc, int64_t b, int64_t e) {                                \
+        const mp_ctx *c = vc;                                                                  \
+        int64_t HW = c->H * c->W, P = c->Ho * c->Wo;                                           \
+        for (int64_t pl = b; pl < e; pl++) {                                                   \
+            T *gx = (T *)c->gx + pl * HW;                                                      \
+            const T *gy = (const T *)c->gy + pl * P;                                           \
+            const uint8_t *cd = c->cin + pl * P;                                               \
+            memset(gx, 0, sizeof(T) * (size_t)HW);                                             \
+            for (int64_t oh = 0; oh < c->Ho; oh++)                                             \
+                for (int64_t ow = 0; ow < c->Wo; ow++) {                                       \
+                    int code = cd[oh * c->Wo + ow];                                            \
+                    if (code == CPU_POOL_NOGRAD) continue;                                     \
+                    int64_t ih = oh * c->sh - c->ph + (code / c->kw) * c->dh;                  \
+                    int64_t iw = ow * c->sw - c->pw + (code % c->kw) * c->dw;                  \
+                    gx[ih * c->W + iw] += gy[oh * c->Wo + ow];                                 \
+                }                                                                              \
+        }                                                                                      \
+    }
+
+DEF_MPC(float, f32)
+DEF_MPC(double, f64)
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MP512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+/* 2x2, stride 2, no padding, every window inside the plane. */
+static MP512 void mp22_fwd_avx512(void *vc, int64_t b, int64_t e) {
+    const mp_ctx *c = vc;
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
+    const __m512 zero = _mm512_setzero_ps();
+    const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
+    for (int64_t pl = b; pl < e; pl++) {
+        const float *x = (const float *)c->x + pl * H * W;
+        float *y = (float *)c->y + pl * Ho * Wo;
+        uint8_t *cd = c->codes ? c->codes + pl * Ho * Wo : NULL;
+        for (int64_t oh = 0; oh < Ho; oh++) {
+            const float *r0 = x + 2 * oh * W, *r1 = r0 + W;
+            for (int64_t ow = 0; ow < Wo; ow += 16) {
+                int64_t n = Wo - ow < 16 ? Wo - ow : 16, n2 = 2 * n;
+                __mmask16 mlo = (__mmask16)(n2 >= 16 ? 0xFFFF : (1u << n2) - 1u);
+                __mmask16 mhi = (__mmask16)(n2 >= 32 ? 0xFFFF : n2 > 16 ? (1u << (n2 - 16)) - 1u : 0);
+                __mmask16 mo = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+                __m512 l0 = _mm512_maskz_loadu_ps(mlo, r0 + 2 * ow);
+                __m512 h0 = _mm512_maskz_loadu_ps(mhi, r0 + 2 * ow + 16);
+                __m512 l1 = _mm512_maskz_loadu_ps(mlo, r1 + 2 * ow);
+                __m512 h1 = _mm512_maskz_loadu_ps(mhi, r1 + 2 * ow + 16);
+                __m512 va = _mm512_permutex2var_ps(l0, ie, h0);
+                __m512 vb = _mm512_permutex2var_ps(l0, io, h0);
+                __m512 vc2 = _mm512_permutex2var_ps(l1, ie, h1);
+                __m512 vd = _mm512_permutex2var_ps(l1, io, h1);
+                __m512 m = va;
+                __m512i code = _mm512_setzero_si512();
+                __mmask16 k = _mm512_cmp_ps_mask(vb, m, _CMP_GT_OQ) |
+                              _mm512_cmp_ps_mask(vb, vb, _CMP_UNORD_Q);
+                m = _mm512_mask_mov_ps(m, k, vb);
+                code = _mm512_mask_mov_epi32(code, k, _mm512_set1_epi32(1));
+                k = _mm512_cmp_ps_mask(vc2, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(vc2, vc2, _CMP_UNORD_Q);
+                m = _mm512_mask_mov_ps(m, k, vc2);
+                code = _mm512_mask_mov_epi32(code, k, _mm512_set1_epi32(2));
+                k = _mm512_cmp_ps_mask(vd, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(vd, vd, _CMP_UNORD_Q);
+                m = _mm512_mask_mov_ps(m, k, vd);
+                code = _mm512_mask_mov_epi32(code, k, _mm512_set1_epi32(3));
+                if (c->relu) {
+                    __mmask16 live = _mm512_cmp_ps_mask(m, zero, _CMP_GT_OQ);
+                    m = _mm512_max_ps(zero, m); /* keeps NaN */
+                    code = _mm512_mask_mov_epi32(_mm512_set1_epi32(CPU_POOL_NOGRAD), live, code);
+                }
+                _mm512_mask_storeu_ps(y + oh * Wo + ow, mo, m);
+                if (cd) _mm512_mask_cvtepi32_storeu_epi8(cd + oh * Wo + ow, mo, code);
+            }
+        }
+    }
+}
+
+static MP512 void mp22_bwd_avx512(void *vc, int64_t b, int64_t e) {
+    const mp_ctx *c = vc;
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ih = _mm512_add_epi32(il, _mm512_set1_epi32(8));
+    const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
+    for (int64_t pl = b; pl < e; pl++) {
+        float *gx = (float *)c->gx + pl * H * W;
+        const float *gy = (const float *)c->gy + pl * Ho * Wo;
+        const uint8_t *cd = c->cin + pl * Ho * Wo;
+        for (int64_t oh = 0; oh < Ho; oh++) {
+            float *r0 = gx + 2 * oh * W, *r1 = r0 + W;
+            for (int64_t ow = 0; ow < Wo; ow += 16) {
+                int64_t n = Wo - ow < 16 ? Wo - ow : 16, n2 = 2 * n;
+                __mmask16 mlo = (__mmask16)(n2 >= 16 ? 0xFFFF : (1u << n2) - 1u);
+                __mmask16 mhi = (__mmask16)(n2 >= 32 ? 0xFFFF : n2 > 16 ? (1u << (n2 - 16)) - 1u : 0);
+                __mmask16 mo = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+                __m512 g = _mm512_maskz_loadu_ps(mo, gy + oh * Wo + ow);
+                __m512i code = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, cd + oh * Wo + ow));
+                __m512 ga = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(0)), g);
+                __m512 gb = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(1)), g);
+                __m512 gc = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(2)), g);
+                __m512 gd = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(3)), g);
+                _mm512_mask_storeu_ps(r0 + 2 * ow, mlo, _mm512_permutex2var_ps(ga, il, gb));
+                _mm512_mask_storeu_ps(r0 + 2 * ow + 16, mhi, _mm512_permutex2var_ps(ga, ih, gb));
+                _mm512_mask_storeu_ps(r1 + 2 * ow, mlo, _mm512_permutex2var_ps(gc, il, gd));
+                _mm512_mask_storeu_ps(r1 + 2 * ow + 16, mhi, _mm512_permutex2var_ps(gc, ih, gd));
+            }
+            if (W > 2 * Wo) { /* odd width: the last column gets no gradient */
+                for (int64_t i = 2 * Wo; i < W; i++) r0[i] = r1[i] = 0.0f;
+            }
+        }
+        if (H > 2 * Ho) memset(gx + 2 * Ho * W, 0, sizeof(float) * (size_t)((H - 2 * Ho) * W));
+    }
+}
+
+static int g_mp_avx512;
+static pthread_once_t g_mp_once = PTHREAD_ONCE_INIT;
+static void mp_probe(void) {
+    __builtin_cpu_init();
+    g_mp_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+static int have_avx512(void) {
+    pthread_once(&g_mp_once, mp_probe);
+    return g_mp_avx512;
+}
+#else
+static int have_avx512(void) { return 0; }
+#define mp22_fwd_avx512 NULL
+#define mp22_bwd_avx512 NULL
+#endif
+
+static void mp_ctx_init(mp_ctx *c, const ct_tensor *big, const ct_tensor *small,
+                        const ct_pool_params *p) {
+    c->H = big->shape[2];
+    c->W = big->shape[3];
+    c->Ho = small->shape[2];
+    c->Wo = small->shape[3];
+    c->kh = p->kernel[0];
+    c->kw = p->kernel[1];
+    c->sh = p->stride[0];
+    c->sw = p->stride[1];
+    c->ph = p->padding[0];
+    c->pw = p->padding[1];
+    c->dh = p->dilation[0] > 0 ? p->dilation[0] : 1;
+    c->dw = p->dilation[1] > 0 ? p->dilation[1] : 1;
+}
+
+/* The 2x2 stride-2 kernels apply: float32, AVX-512, every window inside the plane. */
+static int mp22_ok(const mp_ctx *c, const ct_tensor *t) {
+    return t->dtype == CT_FLOAT32 && c->kh == 2 && c->kw == 2 && c->sh == 2 && c->sw == 2 &&
+           c->ph == 0 && c->pw == 0 && c->dh == 1 && c->dw == 1 && c->Ho == c->H / 2 &&
+           c->Wo == c->W / 2 && have_avx512() && !getenv("CTORCH_POOL_REFERENCE");
+}
+
+int cpu_max_pool2d_codes(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
+                         const ct_pool_params *p, int relu) {
+    if (check_float(x, "max_pool2d") != 0) return -1;
+    if (p->kernel[0] * p->kernel[1] > CPU_POOL_NOGRAD)
+        return ct_error("max_pool2d: window %dx%d too large for window codes", p->kernel[0],
+                        p->kernel[1]);
+    mp_ctx c = {0};
+    mp_ctx_init(&c, x, y, p);
+    c.x = ct_ptr(x);
+    c.y = ct_ptr(y);
+    c.codes = codes ? (uint8_t *)ct_ptr(codes) : NULL;
+    c.relu = relu;
+    if (ct_numel(y) == 0) return 0;
+    int64_t g = plane_grain(c.Ho * c.Wo * c.kh * c.kw);
+    ct_range_fn fn = mp22_ok(&c, x) ? mp22_fwd_avx512
+                                    : x->dtype == CT_FLOAT32 ? mpc_fwd_f32 : mpc_fwd_f64;
+    ct_parallel_for(planes(x), g, fn, &c);
+    return 0;
+}
+
+int cpu_max_pool2d_codes_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
+                                  const ct_pool_params *p) {
+    if (check_float(gx, "max_pool2d backward") != 0) return -1;
+    mp_ctx c = {0};
+    mp_ctx_init(&c, gx, gy, p);
+    c.gy = ct_ptr(gy);
+    c.gx = ct_ptr(gx);
+    c.cin = (const uint8_t *)ct_ptr(codes);
+    if (ct_numel(gx) == 0) return 0;
+    int64_t g = plane_grain(c.H * c.W + c.Ho * c.Wo);
+    ct_range_fn fn = mp22_ok(&c, gx) ? mp22_bwd_avx512
+                                     : gx->dtype == CT_FLOAT32 ? mpc_bwd_f32 : mpc_bwd_f64;
+    ct_parallel_for(planes(gx), g, fn, &c);
     return 0;
 }

@@ -1,0 +1,24 @@
+/* Fused ops used by nn modules (not public API): same results and gradients as the
+ * composed public ops, in fewer passes over memory. */
+#ifndef CT_OPS_FUSED_H
+#define CT_OPS_FUSED_H
+
+#include "ctorch.h"
+
+/* max_pool2d(relu(x)), computed as relu(max_pool2d(x)) (the same values and gradient)
+ * in one pass on the CPU; composed from ct_relu and ct_max_pool2d elsewhere. */
+ct_tensor *ct_relu_max_pool2d(const ct_tensor *x, const int kernel[2], const int stride[2],
+                              const int padding[2], const int dilation[2], int ceil_mode);
+
+/* max_pool2d(relu(conv2d(x, weight, bias))) (dilation 1, no ceil mode for the pooling):
+ * on the CPU in float32 one op, whose 2x2 stride-2 pooling after a Winograd-eligible
+ * convolution happens in the convolution's output transform (the full-size convolution
+ * output is never stored); elsewhere the composed ops. The output's grad_fn is
+ * MaxPool2DWithIndicesBackward, as for the composition. */
+ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight,
+                                     const ct_tensor *bias, const int stride[2],
+                                     const int padding[2], const int dilation[2], int groups,
+                                     const int pool_kernel[2], const int pool_stride[2],
+                                     const int pool_padding[2]);
+
+#endif
