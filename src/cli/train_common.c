@@ -20,8 +20,37 @@ int cli_device(const char *cmd, const char *s, ct_device *out) {
     return 0;
 }
 
-/* Number of rows whose argmax equals the label. */
+/* Number of rows whose argmax equals the label. CPU float32 logits [N, C] and int64 labels
+ * [N], both contiguous (every training step): one pass over the logits, no tensors made;
+ * the first maximum wins and a NaN counts as the maximum, as in ct_argmax. */
 static int64_t count_correct(const ct_tensor *logits, const ct_tensor *y) {
+    if (ct_device_of(logits).type == CT_CPU && ct_device_of(y).type == CT_CPU &&
+        ct_dtype_of(logits) == CT_FLOAT32 && ct_dtype_of(y) == CT_INT64 && ct_ndim(logits) == 2 &&
+        ct_ndim(y) == 1 && ct_size(y, 0) == ct_size(logits, 0) && ct_size(logits, 1) > 0 &&
+        ct_is_contiguous(logits) && ct_is_contiguous(y)) {
+        const float *p = ct_data(logits);
+        const int64_t *l = ct_data(y);
+        int64_t n = ct_size(logits, 0), c = ct_size(logits, 1), correct = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = p + i * c;
+            int64_t best = 0;
+            float bv = row[0];
+            if (bv == bv)
+                for (int64_t j = 1; j < c; j++) {
+                    float v = row[j];
+                    if (v != v) {
+                        best = j;
+                        break;
+                    }
+                    if (v > bv) {
+                        bv = v;
+                        best = j;
+                    }
+                }
+            correct += best == l[i];
+        }
+        return correct;
+    }
     ct_tensor *pred = ct_argmax(logits, 1, 0);
     ct_tensor *ph = pred ? ct_to_device(pred, ct_cpu()) : NULL;
     ct_tensor *yh = ct_to_device(y, ct_cpu());

@@ -188,13 +188,55 @@ typedef struct {
 typedef struct {
     slot *v;
     int n, cap;
+    /* node -> index into v: open addressing keyed by the node's address */
+    ct_node **keys;
+    int *idx;
+    int hcap; /* power of two, >= 2 * n */
 } slots;
 
-static int find_slot(slots *s, ct_node *n) {
-    /* Linear probe on a small open hash keyed by pointer. */
-    for (int i = 0; i < s->n; i++)
-        if (s->v[i].node == n) return i;
-    return -1;
+static size_t node_hash(const ct_node *n, int hcap) {
+    uint64_t x = (uint64_t)(uintptr_t)n;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 29;
+    return (size_t)x & (size_t)(hcap - 1);
+}
+
+static int find_slot(const slots *s, const ct_node *n) {
+    if (!s->hcap) return -1;
+    for (size_t h = node_hash(n, s->hcap);; h = (h + 1) & (size_t)(s->hcap - 1)) {
+        if (!s->keys[h]) return -1;
+        if (s->keys[h] == n) return s->idx[h];
+    }
+}
+
+static void map_put(slots *s, ct_node *n, int i) {
+    size_t h = node_hash(n, s->hcap);
+    while (s->keys[h] && s->keys[h] != n) h = (h + 1) & (size_t)(s->hcap - 1);
+    s->keys[h] = n;
+    s->idx[h] = i;
+}
+
+/* Rebuilds the index (after growing, or after the slots were reordered). */
+static int map_rebuild(slots *s, int hcap) {
+    if (hcap != s->hcap) {
+        ct_node **k = calloc((size_t)hcap, sizeof *k);
+        int *ix = malloc(sizeof(int) * (size_t)hcap);
+        if (!k || !ix) {
+            free(k);
+            free(ix);
+            return -1;
+        }
+        free(s->keys);
+        free(s->idx);
+        s->keys = k;
+        s->idx = ix;
+        s->hcap = hcap;
+    } else {
+        memset(s->keys, 0, sizeof(ct_node *) * (size_t)hcap);
+    }
+    for (int i = 0; i < s->n; i++) map_put(s, s->v[i].node, i);
+    return 0;
 }
 
 static int add_slot(slots *s, ct_node *n) {
@@ -206,7 +248,17 @@ static int add_slot(slots *s, ct_node *n) {
         s->cap = cap;
     }
     s->v[s->n] = (slot){ct_node_retain(n), NULL, 0}; /* held until the engine is done */
-    return s->n++;
+    int i = s->n++;
+    if (2 * s->n > s->hcap) {
+        if (map_rebuild(s, s->hcap ? s->hcap * 2 : 128) != 0) {
+            s->n--;
+            ct_node_release(n);
+            return -1;
+        }
+    } else {
+        map_put(s, n, i);
+    }
+    return i;
 }
 
 /* Accumulates g into *dst (takes ownership of g). */
@@ -295,7 +347,14 @@ int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph)
     slots s = {0};
     ct_node **stack = NULL;
     int sp = 0, scap = 0;
-    add_slot(&s, root->grad_fn);
+    if (add_slot(&s, root->grad_fn) < 0) {
+        ct_free(g0);
+        free(s.v);
+        free(s.keys);
+        free(s.idx);
+        ct_set_grad_enabled(prev);
+        return ct_error("backward: out of memory collecting the graph");
+    }
 #define PUSH(x)                                                                 \
     do {                                                                        \
         if (sp == scap) {                                                       \
@@ -313,16 +372,22 @@ int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph)
             int k = find_slot(&s, f);
             if (k < 0) {
                 k = add_slot(&s, f);
+                if (k < 0) {
+                    rc = ct_error("backward: out of memory collecting the graph");
+                    break;
+                }
                 PUSH(f);
             }
             s.v[k].deps++;
         }
+        if (rc) break;
     }
 #undef PUSH
     free(stack);
     /* Nodes are created in execution order, so descending creation order is a valid
      * reverse topological order of the graph. */
     qsort(s.v, (size_t)s.n, sizeof(slot), cmp_seq_desc);
+    if (rc == 0 && map_rebuild(&s, s.hcap) != 0) rc = ct_error("backward: out of memory");
     s.v[0].grad = g0; /* root's node has the highest seq among its ancestors */
     ct_tensor *gx_stack[16];
     for (int idx = 0; idx < s.n && rc == 0; idx++) {
@@ -374,6 +439,8 @@ int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph)
     }
     for (int i = 0; i < s.n; i++) ct_node_release(s.v[i].node);
     free(s.v);
+    free(s.keys);
+    free(s.idx);
     ct_set_grad_enabled(prev);
     return rc;
 }

@@ -224,35 +224,61 @@ typedef struct {
     int amsgrad, adamw;
 } fused_ctx;
 
+/* The SGD loops: the options are copied into locals and each combination gets its own
+ * branch-free loop, so that the compiler vectorizes it (a flag read through `c` inside
+ * the loop could alias the stores and kept it scalar). Same operations, same order and
+ * same rounding as the scalar formula: buf = buf*mom + (1-damp)*g; p = p + (-lr)*g. */
 #define SGD_LOOP(T)                                                                      \
     do {                                                                                 \
         T *p = c->p, *buf = c->b0;                                                       \
         const T *gr = c->g;                                                              \
         const T wd = (T)c->wd, mom = (T)c->mom, one_m_damp = (T)(1 - c->damp),          \
                 neg_lr = (T)(-c->lr);                                                    \
-        for (int64_t i = b; i < e; i++) {                                                \
-            T g = c->maximize ? -gr[i] : gr[i];                                          \
-            if (c->wd != 0) g = g + wd * p[i];                                           \
-            if (c->mom != 0) {                                                           \
-                T bb;                                                                    \
-                if (c->first) {                                                          \
-                    bb = g;                                                              \
-                } else {                                                                 \
-                    bb = buf[i] * mom;                                                   \
-                    bb = bb + one_m_damp * g;                                            \
-                }                                                                        \
+        const int has_wd = c->wd != 0, has_mom = c->mom != 0, first = c->first,          \
+                  nesterov = c->nesterov, maximize = c->maximize;                        \
+        if (!maximize && !has_wd && has_mom && !first && !nesterov) {                    \
+            /* the common case: plain momentum */                                        \
+            for (int64_t i = b; i < e; i++) {                                            \
+                T bb = buf[i] * mom;                                                     \
+                bb = bb + one_m_damp * gr[i];                                            \
                 buf[i] = bb;                                                             \
-                g = c->nesterov ? g + mom * bb : bb;                                     \
+                p[i] = p[i] + neg_lr * bb;                                               \
             }                                                                            \
-            p[i] = p[i] + neg_lr * g;                                                    \
+        } else if (!maximize && !has_wd && !has_mom) {                                   \
+            for (int64_t i = b; i < e; i++) p[i] = p[i] + neg_lr * gr[i];                \
+        } else {                                                                         \
+            for (int64_t i = b; i < e; i++) {                                            \
+                T g = maximize ? -gr[i] : gr[i];                                         \
+                if (has_wd) g = g + wd * p[i];                                           \
+                if (has_mom) {                                                           \
+                    T bb;                                                                \
+                    if (first) {                                                         \
+                        bb = g;                                                          \
+                    } else {                                                             \
+                        bb = buf[i] * mom;                                               \
+                        bb = bb + one_m_damp * g;                                        \
+                    }                                                                    \
+                    buf[i] = bb;                                                         \
+                    g = nesterov ? g + mom * bb : bb;                                    \
+                }                                                                        \
+                p[i] = p[i] + neg_lr * g;                                                \
+            }                                                                            \
         }                                                                                \
     } while (0)
 
-static void sgd_f32(void *vc, int64_t b, int64_t e) {
+/* Compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at start-up.
+ * Floating-point contraction stays off (-std=c11), so every variant rounds alike. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CT_MULTIVERSION
+#endif
+
+CT_MULTIVERSION static void sgd_f32(void *vc, int64_t b, int64_t e) {
     const fused_ctx *c = vc;
     SGD_LOOP(float);
 }
-static void sgd_f64(void *vc, int64_t b, int64_t e) {
+CT_MULTIVERSION static void sgd_f64(void *vc, int64_t b, int64_t e) {
     const fused_ctx *c = vc;
     SGD_LOOP(double);
 }
@@ -264,12 +290,14 @@ static void sgd_f64(void *vc, int64_t b, int64_t e) {
         const T wd = (T)c->wd, b1 = (T)c->beta1, omb1 = (T)(1 - c->beta1),              \
                 b2 = (T)c->beta2, omb2 = (T)(1 - c->beta2), bc2s = (T)c->bc2_sqrt,     \
                 eps = (T)c->eps, neg_step = (T)(-c->step_size), decay = (T)c->decay;    \
+        const int maximize = c->maximize, adamw = c->adamw, has_wd = c->wd != 0,         \
+                  amsgrad = c->amsgrad;                                                  \
         for (int64_t i = b; i < e; i++) {                                                \
-            T g = c->maximize ? -gr[i] : gr[i];                                          \
+            T g = maximize ? -gr[i] : gr[i];                                             \
             T pi = p[i];                                                                 \
-            if (c->adamw)                                                                \
+            if (adamw)                                                                   \
                 pi = pi * decay;                                                         \
-            else if (c->wd != 0)                                                         \
+            else if (has_wd)                                                             \
                 g = g + wd * pi;                                                         \
             T mi = m[i] * b1;                                                            \
             mi = mi + omb1 * g;                                                          \
@@ -277,7 +305,7 @@ static void sgd_f64(void *vc, int64_t b, int64_t e) {
             vi = vi + omb2 * g * g;                                                      \
             m[i] = mi;                                                                   \
             v[i] = vi;                                                                   \
-            if (c->amsgrad) {                                                            \
+            if (amsgrad) {                                                               \
                 T mx = vmax[i] > vi ? vmax[i] : vi;                                      \
                 if (vi != vi) mx = vi; /* torch.maximum propagates NaN */                \
                 vmax[i] = mx;                                                            \
@@ -289,11 +317,11 @@ static void sgd_f64(void *vc, int64_t b, int64_t e) {
         }                                                                                \
     } while (0)
 
-static void adam_f32(void *vc, int64_t b, int64_t e) {
+CT_MULTIVERSION static void adam_f32(void *vc, int64_t b, int64_t e) {
     const fused_ctx *c = vc;
     ADAM_LOOP(float, sqrtf);
 }
-static void adam_f64(void *vc, int64_t b, int64_t e) {
+CT_MULTIVERSION static void adam_f64(void *vc, int64_t b, int64_t e) {
     const fused_ctx *c = vc;
     ADAM_LOOP(double, sqrt);
 }

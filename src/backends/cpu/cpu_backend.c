@@ -1,5 +1,7 @@
-/* The CPU backend: 64-byte aligned host memory and the CPU kernel table. */
+/* The CPU backend: 64-byte aligned host memory from the caching allocator (cpu_alloc.c)
+ * and the CPU kernel table. */
 #include "core/error.h"
+#include "cpu_alloc.h"
 #include "cpu_kernels.h"
 
 #include <stdlib.h>
@@ -7,15 +9,12 @@
 
 static void *cpu_alloc(size_t nbytes, int index) {
     (void)index;
-    size_t n = (nbytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, n ? n : 64);
-    if (!p) return ct_error_null("out of memory: could not allocate %zu bytes on the CPU", nbytes);
-    return p;
+    return ct_cpu_alloc(nbytes);
 }
 
 static void cpu_free(void *p, int index) {
     (void)index;
-    free(p);
+    ct_cpu_free(p);
 }
 
 static int cpu_memcpy(void *dst, const void *src, size_t n, int kind, int index) {

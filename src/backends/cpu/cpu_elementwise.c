@@ -13,35 +13,58 @@ typedef struct {
     double alpha, p1, p2;
 } ew_ctx;
 
+/* The float loops are compiled for AVX-512, AVX2 and baseline x86-64 and the loader picks
+ * one at start-up. Contraction into FMA stays off (-std=c11), so all variants round the
+ * same way; libm calls (exp, log, ...) are the same functions in each. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CT_MULTIVERSION
+#endif
+
 /* ------------------------------------------------------------------ binary */
+/* One loop per (op, layout): contiguous, scalar b (stride 0), general strides. out may
+ * alias a or b (in-place ops); the compiler checks overlap at run time before using the
+ * vector loop, so even overlapping views keep the element-by-element result. */
+#define BIN_LOOP(T, EXPR)                                                                     \
+    do {                                                                                      \
+        if (so == 1 && sa == 1 && sb == 1) {                                                  \
+            for              (int64_t i = 0; i < n; i++) {                                    \
+                const T x = a[i], y = b[i];                                                   \
+                o[i] = EXPR;                                                                  \
+            }                                                                                 \
+        } else if (so == 1 && sa == 1 && sb == 0) {                                           \
+            const T y = b[0];                                                                 \
+            for              (int64_t i = 0; i < n; i++) {                                    \
+                const T x = a[i];                                                             \
+                o[i] = EXPR;                                                                  \
+            }                                                                                 \
+        } else {                                                                              \
+            for              (int64_t i = 0; i < n; i++) {                                    \
+                const T x = a[i * sa], y = b[i * sb];                                         \
+                o[i * so] = EXPR;                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
 #define BIN_ROW(T, NAME)                                                                      \
-    static void NAME(void *vc, int64_t n, char **p, const int64_t *s) {                       \
+    CT_MULTIVERSION static void NAME(void *vc, int64_t n, char **p, const int64_t *s) {       \
         const ew_ctx *c = vc;                                                                 \
         T *o = (T *)p[0];                                                                     \
         const T *a = (const T *)p[1], *b = (const T *)p[2];                                   \
         const T al = (T)c->alpha;                                                             \
-        int64_t so = s[0], sa = s[1], sb = s[2];                                              \
+        const int64_t so = s[0], sa = s[1], sb = s[2];                                        \
         switch (c->op) {                                                                      \
         case CT_BIN_ADD:                                                                      \
-            if (so == 1 && sa == 1 && sb == 1 && al == 1)                                     \
-                for (int64_t i = 0; i < n; i++) o[i] = a[i] + b[i];                           \
-            else if (so == 1 && sa == 1 && sb == 0 && al == 1)                                \
-                for (int64_t i = 0; i < n; i++) o[i] = a[i] + b[0];                           \
-            else                                                                              \
-                for (int64_t i = 0; i < n; i++) o[i * so] = a[i * sa] + al * b[i * sb];       \
+            if (al == 1) BIN_LOOP(T, x + y);                                                  \
+            else BIN_LOOP(T, x + al * y);                                                     \
             break;                                                                            \
         case CT_BIN_SUB:                                                                      \
-            for (int64_t i = 0; i < n; i++) o[i * so] = a[i * sa] - al * b[i * sb];           \
+            if (al == 1) BIN_LOOP(T, x - y);                                                  \
+            else BIN_LOOP(T, x - al * y);                                                     \
             break;                                                                            \
-        case CT_BIN_MUL:                                                                      \
-            if (so == 1 && sa == 1 && sb == 1)                                                \
-                for (int64_t i = 0; i < n; i++) o[i] = a[i] * b[i];                           \
-            else                                                                              \
-                for (int64_t i = 0; i < n; i++) o[i * so] = a[i * sa] * b[i * sb];            \
-            break;                                                                            \
-        case CT_BIN_DIV:                                                                      \
-            for (int64_t i = 0; i < n; i++) o[i * so] = a[i * sa] / b[i * sb];                \
-            break;                                                                            \
+        case CT_BIN_MUL: BIN_LOOP(T, x * y); break;                                           \
+        case CT_BIN_DIV: BIN_LOOP(T, x / y); break;                                           \
         }                                                                                     \
     }
 BIN_ROW(float, bin_f32)
@@ -82,38 +105,56 @@ int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor 
 #define INV_SQRT_2 0.7071067811865476
 #define INV_SQRT_2PI 0.3989422804014327
 
-#define UN_ROW(T, NAME, EXP, LOG, SQRT, FABS, POW, TANH, ERF)                                  \
-    static void NAME(void *vc, int64_t n, char **p, const int64_t *s) {                       \
+/* The op is switched on once per row, outside the element loop, so that each loop is
+ * branch-free and vectorizes; contiguous rows get their own loop. `out` may alias `a`
+ * element for element (in-place ops), which ivdep allows. */
+#define UN_LOOP(T, EXPR)                                                                      \
+    do {                                                                                      \
+        if (so == 1 && sa == 1) {                                                             \
+            _Pragma("GCC ivdep") for (int64_t i = 0; i < n; i++) {                            \
+                T x = a[i], r;                                                                \
+                EXPR;                                                                         \
+                o[i] = r;                                                                     \
+            }                                                                                 \
+        } else {                                                                              \
+            _Pragma("GCC ivdep") for (int64_t i = 0; i < n; i++) {                            \
+                T x = a[i * sa], r;                                                           \
+                EXPR;                                                                         \
+                o[i * so] = r;                                                                \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
+#define UN_ROW(T, NAME, EXP, LOG, SQRT, FABS, POW, TANH, ERF)                                 \
+    CT_MULTIVERSION static void NAME(void *vc, int64_t n, char **p, const int64_t *s) {       \
         const ew_ctx *c = vc;                                                                 \
         T *o = (T *)p[0];                                                                     \
         const T *a = (const T *)p[1];                                                         \
         const T p1 = (T)c->p1, p2 = (T)c->p2;                                                 \
-        int64_t so = s[0], sa = s[1];                                                         \
-        _Pragma("GCC ivdep") for (int64_t i = 0; i < n; i++) {                                \
-            T x = a[i * sa], r;                                                               \
-            switch (c->op) {                                                                  \
-            case CT_UN_NEG: r = -x; break;                                                    \
-            case CT_UN_EXP: r = EXP(x); break;                                                \
-            case CT_UN_LOG: r = LOG(x); break;                                                \
-            case CT_UN_SQRT: r = SQRT(x); break;                                              \
-            case CT_UN_ABS: r = FABS(x); break;                                               \
-            case CT_UN_SIGN: r = (T)((x > 0) - (x < 0)); break;                               \
-            case CT_UN_POW: r = POW(x, p1); break;                                            \
-            case CT_UN_CLAMP: r = x < p1 ? p1 : (x > p2 ? p2 : x); if (x != x) r = x; break;  \
-            case CT_UN_ADD_SCALAR: r = x + p1; break;                                         \
-            case CT_UN_MUL_SCALAR: r = x * p1; break;                                         \
-            case CT_UN_RELU: r = x > 0 ? x : 0; if (x != x) r = x; break;                     \
-            case CT_UN_LEAKY_RELU: r = x > 0 ? x : x * p1; break;                             \
-            case CT_UN_GELU: r = (T)0.5 * x * ((T)1 + ERF(x * (T)INV_SQRT_2)); break;         \
-            case CT_UN_GELU_TANH:                                                             \
-                r = (T)0.5 * x *                                                              \
-                    ((T)1 + TANH((T)SQRT_2_OVER_PI * (x + (T)0.044715 * x * x * x)));         \
-                break;                                                                        \
-            case CT_UN_SIGMOID: r = (T)1 / ((T)1 + EXP(-x)); break;                           \
-            case CT_UN_TANH: r = TANH(x); break;                                              \
-            default: r = x;                                                                   \
-            }                                                                                 \
-            o[i * so] = r;                                                                    \
+        const int64_t so = s[0], sa = s[1];                                                   \
+        switch (c->op) {                                                                      \
+        case CT_UN_NEG: UN_LOOP(T, r = -x); break;                                            \
+        case CT_UN_EXP: UN_LOOP(T, r = EXP(x)); break;                                        \
+        case CT_UN_LOG: UN_LOOP(T, r = LOG(x)); break;                                        \
+        case CT_UN_SQRT: UN_LOOP(T, r = SQRT(x)); break;                                      \
+        case CT_UN_ABS: UN_LOOP(T, r = FABS(x)); break;                                       \
+        case CT_UN_SIGN: UN_LOOP(T, r = (T)((x > 0) - (x < 0))); break;                       \
+        case CT_UN_POW: UN_LOOP(T, r = POW(x, p1)); break;                                    \
+        case CT_UN_CLAMP:                                                                     \
+            UN_LOOP(T, r = x < p1 ? p1 : (x > p2 ? p2 : x); if (x != x) r = x);               \
+            break;                                                                            \
+        case CT_UN_ADD_SCALAR: UN_LOOP(T, r = x + p1); break;                                 \
+        case CT_UN_MUL_SCALAR: UN_LOOP(T, r = x * p1); break;                                 \
+        case CT_UN_RELU: UN_LOOP(T, r = x > 0 ? x : 0; if (x != x) r = x); break;             \
+        case CT_UN_LEAKY_RELU: UN_LOOP(T, r = x > 0 ? x : x * p1); break;                     \
+        case CT_UN_GELU: UN_LOOP(T, r = (T)0.5 * x * ((T)1 + ERF(x * (T)INV_SQRT_2))); break; \
+        case CT_UN_GELU_TANH:                                                                 \
+            UN_LOOP(T, r = (T)0.5 * x *                                                       \
+                           ((T)1 + TANH((T)SQRT_2_OVER_PI * (x + (T)0.044715 * x * x * x)))); \
+            break;                                                                            \
+        case CT_UN_SIGMOID: UN_LOOP(T, r = (T)1 / ((T)1 + EXP(-x))); break;                   \
+        case CT_UN_TANH: UN_LOOP(T, r = TANH(x)); break;                                      \
+        default: UN_LOOP(T, r = x); break;                                                    \
         }                                                                                     \
     }
 UN_ROW(float, un_f32, expf, logf, sqrtf, fabsf, powf, tanhf, erff)
@@ -169,54 +210,60 @@ typedef struct {
     const void *gy, *x, *y;
 } ud_ctx;
 
-#define UD_BODY(T, EXP, POW, TANH, FABS)                                                       \
-    {                                                                                          \
-        T *gx = (T *)c->gx;                                                                    \
-        const T *gy = (const T *)c->gy, *x = (const T *)c->x, *y = (const T *)c->y;            \
-        const T p1 = (T)c->p1, p2 = (T)c->p2;                                                  \
-        for (int64_t i = b; i < e; i++) {                                                      \
-            T g = gy[i], d;                                                                    \
-            switch (c->op) {                                                                   \
-            case CT_UN_NEG: d = -1; break;                                                     \
-            case CT_UN_EXP: d = y[i]; break;                                                   \
-            case CT_UN_LOG: d = (T)1 / x[i]; break;                                            \
-            case CT_UN_SQRT: d = (T)0.5 / y[i]; break;                                         \
-            case CT_UN_ABS: d = (T)((x[i] > 0) - (x[i] < 0)); break;                           \
-            case CT_UN_POW: d = p1 == 0 ? 0 : p1 * POW(x[i], p1 - 1); break;                   \
-            case CT_UN_CLAMP: d = (x[i] >= p1 && x[i] <= p2) ? 1 : 0; break;                   \
-            case CT_UN_ADD_SCALAR: d = 1; break;                                               \
-            case CT_UN_MUL_SCALAR: d = p1; break;                                              \
-            case CT_UN_RELU: d = x[i] > 0 ? 1 : 0; break;                                      \
-            case CT_UN_LEAKY_RELU: d = x[i] > 0 ? 1 : p1; break;                               \
-            case CT_UN_GELU: {                                                                 \
-                T v = x[i];                                                                    \
-                T cdf = (T)0.5 * ((T)1 + (T)erf((double)(v * (T)INV_SQRT_2)));                 \
-                T pdf = (T)INV_SQRT_2PI * EXP((T)-0.5 * v * v);                                \
-                d = cdf + v * pdf;                                                             \
-                break;                                                                         \
-            }                                                                                  \
-            case CT_UN_GELU_TANH: {                                                            \
-                T v = x[i];                                                                    \
-                T inner = (T)SQRT_2_OVER_PI * (v + (T)0.044715 * v * v * v);                   \
-                T t = TANH(inner);                                                             \
-                T dinner = (T)SQRT_2_OVER_PI * ((T)1 + (T)3 * (T)0.044715 * v * v);            \
-                d = (T)0.5 * ((T)1 + t) + (T)0.5 * v * ((T)1 - t * t) * dinner;                \
-                break;                                                                         \
-            }                                                                                  \
-            case CT_UN_SIGMOID: d = y[i] * ((T)1 - y[i]); break;                               \
-            case CT_UN_TANH: d = (T)1 - y[i] * y[i]; break;                                    \
-            default: d = 0;                                                                    \
-            }                                                                                  \
-            (void)p2;                                                                          \
-            gx[i] = g * d;                                                                     \
-        }                                                                                      \
+/* As for the forward: one branch-free loop per op. gx = gy * d with d the derivative,
+ * exactly as the per-element formula (so NaN and inf propagate alike). */
+#define UD_LOOP(T, EXPR)                                                                      \
+    do {                                                                                      \
+        for (int64_t i = b; i < e; i++) {                                                     \
+            T d;                                                                              \
+            EXPR;                                                                             \
+            gx[i] = gy[i] * d;                                                                \
+        }                                                                                     \
+    } while (0)
+
+#define UD_BODY(T, EXP, POW, TANH, FABS)                                                      \
+    {                                                                                         \
+        T *gx = (T *)c->gx;                                                                   \
+        const T *gy = (const T *)c->gy, *x = (const T *)c->x, *y = (const T *)c->y;           \
+        const T p1 = (T)c->p1;                                                                \
+        switch (c->op) {                                                                      \
+        case CT_UN_NEG: UD_LOOP(T, d = -1); break;                                            \
+        case CT_UN_EXP: UD_LOOP(T, d = y[i]); break;                                          \
+        case CT_UN_LOG: UD_LOOP(T, d = (T)1 / x[i]); break;                                   \
+        case CT_UN_SQRT: UD_LOOP(T, d = (T)0.5 / y[i]); break;                                \
+        case CT_UN_ABS: UD_LOOP(T, d = (T)((x[i] > 0) - (x[i] < 0))); break;                  \
+        case CT_UN_POW: UD_LOOP(T, d = p1 == 0 ? 0 : p1 * POW(x[i], p1 - 1)); break;          \
+        case CT_UN_CLAMP: {                                                                   \
+            const T p2 = (T)c->p2;                                                            \
+            UD_LOOP(T, d = (x[i] >= p1 && x[i] <= p2) ? 1 : 0);                               \
+            break;                                                                            \
+        }                                                                                     \
+        case CT_UN_ADD_SCALAR: UD_LOOP(T, d = 1); break;                                      \
+        case CT_UN_MUL_SCALAR: UD_LOOP(T, d = p1); break;                                     \
+        case CT_UN_RELU: UD_LOOP(T, d = x[i] > 0 ? 1 : 0); break;                             \
+        case CT_UN_LEAKY_RELU: UD_LOOP(T, d = x[i] > 0 ? 1 : p1); break;                      \
+        case CT_UN_GELU:                                                                      \
+            UD_LOOP(T, T v = x[i];                                                            \
+                    T cdf = (T)0.5 * ((T)1 + (T)erf((double)(v * (T)INV_SQRT_2)));            \
+                    T pdf = (T)INV_SQRT_2PI * EXP((T)-0.5 * v * v); d = cdf + v * pdf);       \
+            break;                                                                            \
+        case CT_UN_GELU_TANH:                                                                 \
+            UD_LOOP(T, T v = x[i]; T inner = (T)SQRT_2_OVER_PI * (v + (T)0.044715 * v * v * v); \
+                    T t = TANH(inner);                                                        \
+                    T dinner = (T)SQRT_2_OVER_PI * ((T)1 + (T)3 * (T)0.044715 * v * v);       \
+                    d = (T)0.5 * ((T)1 + t) + (T)0.5 * v * ((T)1 - t * t) * dinner);          \
+            break;                                                                            \
+        case CT_UN_SIGMOID: UD_LOOP(T, d = y[i] * ((T)1 - y[i])); break;                      \
+        case CT_UN_TANH: UD_LOOP(T, d = (T)1 - y[i] * y[i]); break;                           \
+        default: UD_LOOP(T, d = 0); break;                                                    \
+        }                                                                                     \
     }
 
-static void ud_f32(void *vc, int64_t b, int64_t e) {
+CT_MULTIVERSION static void ud_f32(void *vc, int64_t b, int64_t e) {
     ud_ctx *c = vc;
     UD_BODY(float, expf, powf, tanhf, fabsf)
 }
-static void ud_f64(void *vc, int64_t b, int64_t e) {
+CT_MULTIVERSION static void ud_f64(void *vc, int64_t b, int64_t e) {
     ud_ctx *c = vc;
     UD_BODY(double, exp, pow, tanh, fabs)
 }

@@ -10,6 +10,7 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "cpu_gemm_small.h"
 #include "cpu_kernels.h"
 
 #include <cblas.h>
@@ -44,6 +45,7 @@ typedef struct {
     const char *a, *b;
     char *c;
     double alpha, beta;
+    int small;        /* float32 product for our small-GEMM kernels (cpu_gemm_small.h) */
     int64_t tm, tn;   /* tiles per product along M and N */
     int64_t bm, bn;   /* tile sizes */
     size_t es;
@@ -63,6 +65,12 @@ static void bmm_range(void *vctx, int64_t begin, int64_t end) {
         int64_t boff = bi * x->sb + (x->tb == CblasNoTrans ? n0 : n0 * x->ldb);
         int64_t coff = bi * x->M * x->N + m0 * x->N + n0;
         if (x->dt == CT_FLOAT32) {
+            int ta = x->ta != CblasNoTrans, tb = x->tb != CblasNoTrans;
+            if (x->small &&
+                ct_sgemm_small(ta, tb, m, n, x->K, (float)x->alpha, (const float *)x->a + aoff,
+                               x->lda, (const float *)x->b + boff, x->ldb, (float)x->beta,
+                               (float *)x->c + coff, x->N) == 0)
+                continue;
             cblas_sgemm(CblasRowMajor, x->ta, x->tb, (int)m, (int)n, (int)x->K, (float)x->alpha,
                         (const float *)x->a + aoff, (int)x->lda, (const float *)x->b + boff,
                         (int)x->ldb, (float)x->beta, (float *)x->c + coff, (int)x->N);
@@ -126,6 +134,8 @@ int cpu_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, 
     x.b = ct_ptr(b);
     x.c = ct_ptr(c);
     x.es = ct_dtype_size(c->dtype);
+    x.small = x.dt == CT_FLOAT32 &&
+              ct_sgemm_small_wanted(x.ta != CblasNoTrans, x.tb != CblasNoTrans, M, N, K);
 
     /* Tiling: enough tasks for every thread, tiles not too thin for BLAS. */
     int nth = ct_get_num_threads();
@@ -134,7 +144,12 @@ int cpu_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, 
     if (nth > 1 && B < nth && flops >= 4e6) {
         int64_t need = (nth + B - 1) / B;
         int64_t maxm = M / 32 > 1 ? M / 32 : 1, maxn = N / 64 > 1 ? N / 64 : 1;
-        if (M >= N) {
+        /* Split the longer side; but when C is the largest operand (a weight gradient:
+         * gy^T @ x), split its rows so that each thread owns contiguous rows of C: the
+         * optimizer step that follows splits parameters the same way, so each thread
+         * then updates the rows that are still in its own cache. */
+        int rows_first = M >= N || (N >= K && M >= K && maxm >= need);
+        if (rows_first) {
             x.tm = need < maxm ? need : maxm;
             int64_t rest = (need + x.tm - 1) / x.tm;
             x.tn = rest < maxn ? rest : maxn;

@@ -74,6 +74,57 @@ static void red_range(void *vc, int64_t b, int64_t e) {
     }
 }
 
+/* ------------------------------------------------- reduction over outer dims
+ * When every reduced dim lies outside every kept dim and the kept dims form one dense
+ * block with unit stride (x.sum(0) on [R, C]: bias gradients, broadcast backward), the
+ * outputs are a run of contiguous columns: rows of the input are added into a block of
+ * column accumulators, which vectorizes, instead of one strided walk per output. The
+ * accumulation is in double and in the same order as the general path, so the results
+ * are identical. */
+enum { COL_BLOCK = 256 };
+
+/* Number of contiguous kept columns, or 0 when the layout does not fit. */
+static int64_t outer_reduce_cols(const ct_tensor *a, const int *reduce) {
+    int64_t cols = 1;
+    int seen_reduced = 0;
+    for (int d = a->ndim - 1; d >= 0; d--) {
+        if (a->shape[d] == 1) continue;
+        if (reduce[d]) {
+            seen_reduced = 1;
+        } else {
+            if (seen_reduced || a->stride[d] != cols) return 0;
+            cols *= a->shape[d];
+        }
+    }
+    return seen_reduced && cols > 1 ? cols : 0;
+}
+
+#define COLRED(T, NAME)                                                                       \
+    static void NAME(void *vc, int64_t j0, int64_t j1) {                                      \
+        red_ctx *c = vc;                                                                      \
+        const T *base = (const T *)ct_ptr(c->a);                                              \
+        T *out = (T *)ct_ptr(c->out);                                                         \
+        double acc[COL_BLOCK];                                                                \
+        for (int64_t jb = j0; jb < j1; jb += COL_BLOCK) {                                     \
+            int64_t w = j1 - jb < COL_BLOCK ? j1 - jb : COL_BLOCK;                            \
+            for (int64_t j = 0; j < w; j++) acc[j] = 0;                                       \
+            for (int64_t r = 0; r < c->rcount; r++) {                                         \
+                int64_t roff = 0, rr = r;                                                     \
+                for (int d = c->nr - 1; d >= 0; d--) {                                        \
+                    roff += (rr % c->rshape[d]) * c->rstride[d];                              \
+                    rr /= c->rshape[d];                                                       \
+                }                                                                             \
+                const T *p = base + roff + jb;                                                \
+                for (int64_t j = 0; j < w; j++) acc[j] += p[j];                               \
+            }                                                                                 \
+            if (c->op == CT_RED_MEAN)                                                         \
+                for (int64_t j = 0; j < w; j++) acc[j] /= (double)c->rcount;                  \
+            for (int64_t j = 0; j < w; j++) out[jb + j] = (T)acc[j];                          \
+        }                                                                                     \
+    }
+COLRED(float, colred_f32)
+COLRED(double, colred_f64)
+
 int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a, const int *reduce) {
     if (a->dtype != CT_FLOAT32 && a->dtype != CT_FLOAT64 && a->dtype != CT_INT64)
         return ct_error("reduce: dtype %s not supported on the CPU", ct_dtype_name(a->dtype));
@@ -97,6 +148,15 @@ int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor 
     int64_t nout = ct_numel(out);
     if (op == CT_RED_MAX && c.rcount == 0)
         return ct_error("max: cannot reduce over an empty dimension (no identity)");
+    int64_t cols;
+    if ((op == CT_RED_SUM || op == CT_RED_MEAN) && c.rcount > 0 && out->dtype == a->dtype &&
+        (a->dtype == CT_FLOAT32 || a->dtype == CT_FLOAT64) && ct_is_contiguous(out) &&
+        (cols = outer_reduce_cols(a, reduce)) == nout) {
+        int64_t g = 65536 / c.rcount;
+        g = g < COL_BLOCK ? COL_BLOCK : (g + COL_BLOCK - 1) / COL_BLOCK * COL_BLOCK;
+        ct_parallel_for(cols, g, a->dtype == CT_FLOAT32 ? colred_f32 : colred_f64, &c);
+        return 0;
+    }
     int64_t grain = c.rcount > 0 ? 65536 / c.rcount : 65536;
     ct_parallel_for(nout, grain > 0 ? grain : 1, red_range, &c);
     return 0;

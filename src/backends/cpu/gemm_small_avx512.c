@@ -1,0 +1,277 @@
+/* Small SGEMM kernels for AVX-512, chosen at run time (see cpu_gemm_small.h).
+ *
+ * No packing: both layouts met by linear layers are read in place.
+ *  - B rows contiguous in n (NN, TN: x @ W and the weight gradient gy^T @ x): an
+ *    outer-product kernel. A tile of up to 12 rows x 32 columns of C lives in 24 zmm
+ *    registers; per k it loads two vectors of B's row k and broadcasts 12 scalars of A
+ *    (any strides, so A may be transposed).
+ *  - B stored as [N, K] (NT: x @ W^T, the linear forward): a dot-product kernel that
+ *    vectorizes over K. A tile of 4 rows of A x 6 rows of B keeps 24 accumulators;
+ *    per 16 k it loads 4 + 6 vectors, and sums each accumulator's lanes at the end.
+ * Tiles are balanced (64 rows become 6 tiles of 10-11, not 5 of 12 and one of 4).
+ * Every tile size is its own instantiation so that the accumulators stay in registers.
+ * The summation order differs from BLAS's; results agree to rounding. */
+#include "cpu_gemm_small.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#else
+#define HAVE_X86 0
+#endif
+
+static int g_avail = -1;
+
+int ct_sgemm_small_available(void) {
+    int a = __atomic_load_n(&g_avail, __ATOMIC_RELAXED);
+    if (a >= 0) return a;
+#if HAVE_X86
+    __builtin_cpu_init();
+    a = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#else
+    a = 0;
+#endif
+    const char *e = getenv("CTORCH_GEMM");
+    if (e && !strcmp(e, "blas")) a = 0;
+    __atomic_store_n(&g_avail, a, __ATOMIC_RELAXED);
+    return a;
+}
+
+int ct_sgemm_small_set_enabled(int on) {
+    int prev = ct_sgemm_small_available();
+    int a = 0;
+#if HAVE_X86
+    if (on) {
+        __builtin_cpu_init();
+        a = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    }
+#endif
+    __atomic_store_n(&g_avail, a, __ATOMIC_RELAXED);
+    return prev;
+}
+
+int ct_sgemm_small_wanted(int ta, int tb, int64_t M, int64_t N, int64_t K) {
+    if (!ct_sgemm_small_available() || (ta && tb) || M <= 0 || N <= 0 || K <= 0) return 0;
+    /* Measured against OpenBLAS 0.3.21 (its AVX-512 kernels) on this AMD EPYC, one thread.
+     * Without packing, one operand is read again for every tile column: A once per 6
+     * columns of C in the dot kernel, once per 32 in the outer-product kernel. Ours wins while that
+     * re-reading stays cheap (few columns, or operands in L2); beyond, BLAS's packing pays. */
+    double a_bytes = 4.0 * (double)M * (double)K, b_bytes = 4.0 * (double)K * (double)N;
+    double l2ish = 1.5 * 1024 * 1024;
+    if (tb) {
+        if (K < 16 && M * N > 4096) return 0; /* too shallow for a dot product */
+        return N <= 32 || (M <= 256 && a_bytes + b_bytes <= l2ish);
+    }
+    if (4.0 * (double)M * (double)N > 4.0 * 1024 * 1024) return 0; /* big C: BLAS stores better */
+    return a_bytes <= 256.0 * 1024 || a_bytes + b_bytes <= l2ish;
+}
+
+#if HAVE_X86
+#define TGT __attribute__((target("avx512f,fma")))
+#define AI static inline __attribute__((always_inline)) TGT
+
+/* ------------------------------------------------------------ outer product */
+enum { OMR = 12 };
+
+AI void outer_tile(const int MR, const int NV, int64_t K, const float *A, int64_t ars,
+                   int64_t acs, const float *B, int64_t ldb, float *C, int64_t ldc,
+                   __mmask16 k0, __mmask16 k1, float alpha, float beta) {
+    __m512 acc[OMR][2];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+        acc[i][0] = _mm512_setzero_ps();
+        acc[i][1] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = B + k * ldb;
+        const float *a = A + k * acs;
+        __m512 b0 = _mm512_maskz_loadu_ps(k0, b);
+        __m512 b1 = NV > 1 ? _mm512_maskz_loadu_ps(k1, b + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; i++) {
+            __m512 av = _mm512_set1_ps(a[i * ars]);
+            acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+            if (NV > 1) acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+        float *c = C + i * ldc;
+        __m512 r0 = _mm512_mul_ps(acc[i][0], va);
+        if (beta != 0) r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k0, c), r0);
+        _mm512_mask_storeu_ps(c, k0, r0);
+        if (NV > 1) {
+            __m512 r1 = _mm512_mul_ps(acc[i][1], va);
+            if (beta != 0) r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k1, c + 16), r1);
+            _mm512_mask_storeu_ps(c + 16, k1, r1);
+        }
+    }
+}
+
+typedef void (*outer_fn)(int64_t K, const float *A, int64_t ars, int64_t acs, const float *B,
+                         int64_t ldb, float *C, int64_t ldc, __mmask16 k0, __mmask16 k1,
+                         float alpha, float beta);
+
+#define DEF_OUTER(MR, NV)                                                                      \
+    static TGT void outer_##MR##_##NV(int64_t K, const float *A, int64_t ars, int64_t acs,     \
+                                      const float *B, int64_t ldb, float *C, int64_t ldc,      \
+                                      __mmask16 k0, __mmask16 k1, float alpha, float beta) {   \
+        outer_tile(MR, NV, K, A, ars, acs, B, ldb, C, ldc, k0, k1, alpha, beta);               \
+    }
+#define DEF_OUTER2(MR) DEF_OUTER(MR, 1) DEF_OUTER(MR, 2)
+DEF_OUTER2(1) DEF_OUTER2(2) DEF_OUTER2(3) DEF_OUTER2(4) DEF_OUTER2(5) DEF_OUTER2(6)
+DEF_OUTER2(7) DEF_OUTER2(8) DEF_OUTER2(9) DEF_OUTER2(10) DEF_OUTER2(11) DEF_OUTER2(12)
+
+static const outer_fn g_outer[OMR][2] = {
+    {outer_1_1, outer_1_2},   {outer_2_1, outer_2_2},   {outer_3_1, outer_3_2},
+    {outer_4_1, outer_4_2},   {outer_5_1, outer_5_2},   {outer_6_1, outer_6_2},
+    {outer_7_1, outer_7_2},   {outer_8_1, outer_8_2},   {outer_9_1, outer_9_2},
+    {outer_10_1, outer_10_2}, {outer_11_1, outer_11_2}, {outer_12_1, outer_12_2},
+};
+
+static __mmask16 lane_mask(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+
+/* Splits n into ceil(n / max) near-equal parts: part i covers [start(i), start(i+1)). */
+static int64_t part_start(int64_t n, int64_t parts, int64_t i) { return n * i / parts; }
+
+static void outer_driver(int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                         int64_t ars, int64_t acs, const float *B, int64_t ldb, float beta,
+                         float *C, int64_t ldc) {
+    int64_t mt = (M + OMR - 1) / OMR;
+    for (int64_t n0 = 0; n0 < N; n0 += 32) {
+        int64_t nr = N - n0 < 32 ? N - n0 : 32;
+        int nv = nr > 16 ? 2 : 1;
+        __mmask16 k0 = lane_mask(nr), k1 = nr > 16 ? lane_mask(nr - 16) : 0;
+        for (int64_t t = 0; t < mt; t++) {
+            int64_t m0 = part_start(M, mt, t), mr = part_start(M, mt, t + 1) - m0;
+            g_outer[mr - 1][nv - 1](K, A + m0 * ars, ars, acs, B + n0, ldb, C + m0 * ldc + n0,
+                                    ldc, k0, k1, alpha, beta);
+        }
+    }
+}
+
+/* -------------------------------------------------------------- dot product */
+enum { DMR = 4, DNR = 6 };
+
+AI void dot_tile(const int MR, const int NR, int64_t K, const float *A, int64_t lda,
+                 const float *B, int64_t ldb, float *C, int64_t ldc, float alpha, float beta) {
+    __m512 acc[DMR][DNR];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 6
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 a[DMR];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) a[i] = _mm512_loadu_ps(A + i * lda + k);
+#pragma GCC unroll 6
+        for (int j = 0; j < NR; j++) {
+            __m512 b = _mm512_loadu_ps(B + j * ldb + k);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) acc[i][j] = _mm512_fmadd_ps(a[i], b, acc[i][j]);
+        }
+    }
+    if (k < K) {
+        __mmask16 km = lane_mask(K - k);
+        __m512 a[DMR];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) a[i] = _mm512_maskz_loadu_ps(km, A + i * lda + k);
+#pragma GCC unroll 6
+        for (int j = 0; j < NR; j++) {
+            __m512 b = _mm512_maskz_loadu_ps(km, B + j * ldb + k);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) acc[i][j] = _mm512_fmadd_ps(a[i], b, acc[i][j]);
+        }
+    }
+    /* Four accumulators (one column j, rows 0..3) reduced together: 13 shuffles and adds
+     * instead of four separate 16-lane reductions. */
+    float out[DNR][4];
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; j++) {
+        __m512 z = _mm512_setzero_ps();
+        __m512 a0 = acc[0][j], a1 = MR > 1 ? acc[1][j] : z, a2 = MR > 2 ? acc[2][j] : z,
+               a3 = MR > 3 ? acc[3][j] : z;
+        __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+        __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+        __m512 s = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+        /* per 128-bit lane: partial sums of rows 0..3; add the four lanes */
+        s = _mm512_add_ps(s, _mm512_shuffle_f32x4(s, s, 0x4E));
+        s = _mm512_add_ps(s, _mm512_shuffle_f32x4(s, s, 0xB1));
+        _mm_storeu_ps(out[j], _mm512_castps512_ps128(s));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) {
+        float *c = C + i * ldc;
+#pragma GCC unroll 6
+        for (int j = 0; j < NR; j++) {
+            float v = alpha * out[j][i];
+            c[j] = beta != 0 ? v + beta * c[j] : v;
+        }
+    }
+}
+
+typedef void (*dot_fn)(int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                       float *C, int64_t ldc, float alpha, float beta);
+
+#define DEF_DOT(MR, NR)                                                                        \
+    static TGT void dot_##MR##_##NR(int64_t K, const float *A, int64_t lda, const float *B,    \
+                                    int64_t ldb, float *C, int64_t ldc, float alpha,           \
+                                    float beta) {                                              \
+        dot_tile(MR, NR, K, A, lda, B, ldb, C, ldc, alpha, beta);                              \
+    }
+#define DEF_DOT6(MR) DEF_DOT(MR, 1) DEF_DOT(MR, 2) DEF_DOT(MR, 3) DEF_DOT(MR, 4) DEF_DOT(MR, 5) DEF_DOT(MR, 6)
+DEF_DOT6(1) DEF_DOT6(2) DEF_DOT6(3) DEF_DOT6(4)
+#define DOT_ROW(MR) {dot_##MR##_1, dot_##MR##_2, dot_##MR##_3, dot_##MR##_4, dot_##MR##_5, dot_##MR##_6}
+static const dot_fn g_dot[DMR][DNR] = {DOT_ROW(1), DOT_ROW(2), DOT_ROW(3), DOT_ROW(4)};
+
+static void dot_driver(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                       const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    int64_t mt = (M + DMR - 1) / DMR, nt = (N + DNR - 1) / DNR;
+    /* A block of 6 rows of B stays in L1 while the rows of A stream past it. */
+    for (int64_t u = 0; u < nt; u++) {
+        int64_t n0 = part_start(N, nt, u), nr = part_start(N, nt, u + 1) - n0;
+        for (int64_t t = 0; t < mt; t++) {
+            int64_t m0 = part_start(M, mt, t), mr = part_start(M, mt, t + 1) - m0;
+            g_dot[mr - 1][nr - 1](K, A + m0 * lda, lda, B + n0 * ldb, ldb, C + m0 * ldc + n0, ldc,
+                                  alpha, beta);
+        }
+    }
+}
+#endif /* HAVE_X86 */
+
+/* C = beta * C (K == 0, or alpha == 0). */
+static void scale_only(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
+    for (int64_t m = 0; m < M; m++) {
+        float *c = C + m * ldc;
+        if (beta == 0) memset(c, 0, sizeof(float) * (size_t)N);
+        else for (int64_t n = 0; n < N; n++) c[n] *= beta;
+    }
+}
+
+int ct_sgemm_small(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                   int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    if (!ct_sgemm_small_available() || (ta && tb)) return 1;
+    if (M <= 0 || N <= 0) return 0;
+    if (K <= 0) {
+        scale_only(M, N, beta, C, ldc);
+        return 0;
+    }
+#if HAVE_X86
+    if (!tb) {
+        /* op(A)[m][k] = A[m*ars + k*acs] */
+        int64_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
+        outer_driver(M, N, K, alpha, A, ars, acs, B, ldb, beta, C, ldc);
+    } else {
+        dot_driver(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+    return 0;
+#else
+    (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
+    return 1;
+#endif
+}

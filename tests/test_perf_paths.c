@@ -1,0 +1,379 @@
+/* The fast paths of the per-step machinery: the CPU caching allocator (reuse, alignment,
+ * large blocks, the bound, many threads at once) and the small-GEMM kernels (against a
+ * double-precision reference over many shapes, layouts and edge sizes, and through
+ * matmul/linear against the BLAS path). */
+#include "test.h"
+#include "backends/cpu/cpu_alloc.h"
+#include "backends/cpu/cpu_gemm_small.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ allocator */
+
+TEST(cpu_alloc_class_sizes) {
+    size_t prev = 0;
+    for (size_t n = 1; n < ((size_t)1 << 30); n = n * 9 / 8 + 1) {
+        size_t c = ct_cpu_alloc_class_size(n);
+        CHECK_MSG(c >= n && c % 64 == 0, "class of %zu is %zu", n, c);
+        CHECK_MSG(c <= n + n / 8 + 64, "class of %zu is %zu (more than 12.5%% slack)", n, c);
+        CHECK_MSG(c >= prev, "classes not monotonic at %zu", n);
+        CHECK_MSG(ct_cpu_alloc_class_size(c) == c, "class size %zu is not its own class", c);
+        prev = c;
+    }
+}
+
+TEST(cpu_alloc_reuses_freed_blocks) {
+    ct_cpu_alloc_stats s0, s1;
+    void *p = ct_cpu_alloc(100000);
+    CHECK_NN(p);
+    memset(p, 1, 100000);
+    ct_cpu_free(p);
+    ct_cpu_alloc_get_stats(&s0);
+    if (s0.limit == 0) SKIP("caching disabled (CTORCH_CPU_CACHE_MB=0)");
+    CHECK(s0.cached_blocks >= 1);
+    void *q = ct_cpu_alloc(99000); /* same size class */
+    ct_cpu_alloc_get_stats(&s1);
+    CHECK(q == p);
+    CHECK(s1.hits == s0.hits + 1);
+    CHECK(s1.cached_bytes + ct_cpu_alloc_class_size(100000) == s0.cached_bytes);
+    memset(q, 2, 99000);
+    ct_cpu_free(q);
+    /* tensors go through it too: a freed activation's memory comes back */
+    int64_t sh[2] = {333, 77};
+    ct_tensor *t = ct_empty(sh, 2, CT_FLOAT32);
+    void *d = ct_data(t);
+    ct_free(t);
+    t = ct_zeros(sh, 2, CT_FLOAT32);
+    CHECK(ct_data(t) == d);
+    CHECK(((float *)ct_data(t))[333 * 77 - 1] == 0.0f);
+    ct_free(t);
+}
+
+TEST(cpu_alloc_alignment_and_sizes) {
+    void *ps[200];
+    size_t ns[200];
+    unsigned seed = 12345;
+    for (int i = 0; i < 200; i++) {
+        seed = seed * 1103515245u + 12345u;
+        size_t n = i < 10 ? (size_t)i : (size_t)(seed >> 8) % (i < 150 ? 4096 : 3000000);
+        ns[i] = n;
+        ps[i] = ct_cpu_alloc(n);
+        CHECK_NN(ps[i]);
+        if (!ps[i]) return;
+        CHECK_MSG(((uintptr_t)ps[i] & 63) == 0, "block %p of %zu bytes not 64-byte aligned", ps[i], n);
+        memset(ps[i], (int)(i & 255), n);
+    }
+    for (int i = 0; i < 200; i++) {
+        const unsigned char *b = ps[i];
+        for (size_t k = 0; k < ns[i]; k += 97) CHECK(b[k] == (unsigned char)(i & 255));
+        for (int j = 0; j < i; j++)
+            CHECK_MSG(ps[j] != ps[i] || ns[i] == 0, "block handed out twice");
+    }
+    for (int i = 0; i < 200; i += 2) ct_cpu_free(ps[i]);
+    for (int i = 1; i < 200; i += 2) ct_cpu_free(ps[i]);
+    ct_cpu_free(NULL);
+}
+
+TEST(cpu_alloc_large_blocks_and_bound) {
+    size_t big = (size_t)48 << 20;
+    char *p = ct_cpu_alloc(big);
+    CHECK_NN(p);
+    if (!p) return;
+    p[0] = 1;
+    p[big - 1] = 2;
+    ct_cpu_free(p);
+    ct_cpu_alloc_stats s;
+    ct_cpu_alloc_get_stats(&s);
+    if (s.limit >= ct_cpu_alloc_class_size(big)) {
+        char *q = ct_cpu_alloc(big - 4096);
+        CHECK(q == p);
+        ct_cpu_free(q);
+    }
+    /* a bound smaller than the block: it goes back to the system, not into the cache */
+    size_t prev = ct_cpu_alloc_set_limit((size_t)1 << 20);
+    ct_cpu_alloc_get_stats(&s);
+    size_t cached0 = s.cached_bytes;
+    p = ct_cpu_alloc(big);
+    CHECK_NN(p);
+    ct_cpu_free(p);
+    ct_cpu_alloc_get_stats(&s);
+    CHECK(s.cached_bytes <= cached0); /* not cached: over the bound */
+    /* limit 0 empties the cache and disables it */
+    ct_cpu_alloc_set_limit(0);
+    ct_cpu_alloc_get_stats(&s);
+    CHECK(s.cached_bytes == 0 && s.cached_blocks == 0);
+    p = ct_cpu_alloc(1000);
+    ct_cpu_free(p);
+    ct_cpu_alloc_get_stats(&s);
+    CHECK(s.cached_blocks == 0);
+    ct_cpu_alloc_set_limit(prev);
+    ct_cpu_empty_cache();
+    ct_cpu_alloc_get_stats(&s);
+    CHECK(s.cached_bytes == 0);
+}
+
+typedef struct {
+    int id, iters, bad;
+} mt_arg;
+
+static void *alloc_worker(void *va) {
+    mt_arg *a = va;
+    void *held[16] = {0};
+    size_t sz[16] = {0};
+    unsigned seed = 777u + (unsigned)a->id * 31u;
+    for (int it = 0; it < a->iters; it++) {
+        seed = seed * 1103515245u + 12345u;
+        int slot = (int)((seed >> 16) & 15);
+        if (held[slot]) {
+            const unsigned char *b = held[slot];
+            unsigned char want = (unsigned char)(a->id * 16 + slot);
+            if (b[0] != want || b[sz[slot] - 1] != want || b[sz[slot] / 2] != want) a->bad++;
+            ct_cpu_free(held[slot]);
+            held[slot] = NULL;
+        } else {
+            size_t n = 64 + (size_t)((seed >> 4) % (slot < 4 ? 400000 : 5000));
+            unsigned char *b = ct_cpu_alloc(n);
+            if (!b || ((uintptr_t)b & 63)) {
+                a->bad++;
+                continue;
+            }
+            memset(b, a->id * 16 + slot, n);
+            held[slot] = b;
+            sz[slot] = n;
+        }
+    }
+    for (int s = 0; s < 16; s++) ct_cpu_free(held[s]);
+    return NULL;
+}
+
+TEST(cpu_alloc_many_threads) {
+    enum { NT = 6 };
+    pthread_t th[NT];
+    mt_arg args[NT];
+    ct_cpu_alloc_stats s0, s1;
+    ct_cpu_alloc_get_stats(&s0);
+    for (int i = 0; i < NT; i++) {
+        args[i] = (mt_arg){i, 20000, 0};
+        CHECK(pthread_create(&th[i], NULL, alloc_worker, &args[i]) == 0);
+    }
+    for (int i = 0; i < NT; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < NT; i++) CHECK_MSG(args[i].bad == 0, "thread %d saw %d bad blocks", i, args[i].bad);
+    ct_cpu_alloc_get_stats(&s1);
+    CHECK_MSG(s1.live_blocks == s0.live_blocks, "live blocks %zu before, %zu after", s0.live_blocks,
+              s1.live_blocks);
+    CHECK(s1.cached_bytes <= s1.limit);
+}
+
+/* ---------------------------------------------------------------- small GEMM */
+
+static void ref_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, const float *C0, float *C, int ldc,
+                     double *scale) {
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0, a2 = 0;
+            for (int k = 0; k < K; k++) {
+                double x = ta ? A[k * lda + m] : A[m * lda + k];
+                double y = tb ? B[n * ldb + k] : B[k * ldb + n];
+                s += x * y;
+                a2 += fabs(x * y);
+            }
+            double r = alpha * s + (beta != 0 ? beta * (double)C0[m * ldc + n] : 0);
+            C[m * ldc + n] = (float)r;
+            scale[m * ldc + n] =
+                fabs(alpha) * a2 + (beta != 0 ? fabs(beta * (double)C0[m * ldc + n]) : 0) + 1e-30;
+        }
+}
+
+static float frand(unsigned *s) {
+    *s = *s * 1103515245u + 12345u;
+    return (float)((*s >> 8) & 0xFFFF) / 65536.0f - 0.5f;
+}
+
+TEST(sgemm_small_matches_reference) {
+    if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
+    static const int sizes[] = {1, 2, 3, 5, 7, 11, 12, 13, 15, 16, 17, 23, 31, 32, 33, 47, 48, 64, 65, 100};
+    const int ns = (int)(sizeof sizes / sizeof *sizes);
+    unsigned seed = 99;
+    int cases = 0;
+    for (int trial = 0; trial < 700; trial++) {
+        seed = seed * 1103515245u + 12345u;
+        int M = sizes[(seed >> 8) % ns], N = sizes[(seed >> 13) % ns], K = sizes[(seed >> 18) % ns];
+        if (trial % 7 == 0) K = 700 + (int)((seed >> 4) % 200); /* deep products */
+        if (trial % 11 == 0) N = 100 + (int)((seed >> 6) % 300);
+        int ta = (seed >> 23) & 1, tb = (seed >> 24) & 1;
+        if (ta && tb) { /* not handled: must say so */
+            float z = 0;
+            CHECK(ct_sgemm_small(1, 1, 1, 1, 1, 1, &z, 1, &z, 1, 0, &z, 1) == 1);
+            continue;
+        }
+        int pad = (seed >> 25) & 3; /* leading dimensions larger than the rows */
+        int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+        int arows = ta ? K : M, brows = tb ? N : K;
+        float alpha = (trial & 3) == 3 ? 0.5f : 1.0f, beta = (trial & 4) ? 0.0f : ((trial & 8) ? 1.0f : -2.0f);
+        float *A = malloc(sizeof(float) * (size_t)(arows * lda)), *B = malloc(sizeof(float) * (size_t)(brows * ldb));
+        float *C = malloc(sizeof(float) * (size_t)(M * ldc)), *C0 = malloc(sizeof(float) * (size_t)(M * ldc));
+        float *R = malloc(sizeof(float) * (size_t)(M * ldc));
+        double *sc = malloc(sizeof(double) * (size_t)(M * ldc));
+        for (int i = 0; i < arows * lda; i++) A[i] = frand(&seed);
+        for (int i = 0; i < brows * ldb; i++) B[i] = frand(&seed);
+        for (int i = 0; i < M * ldc; i++) C0[i] = frand(&seed);
+        if (beta == 0)
+            for (int i = 0; i < M * ldc; i++) C0[i] = NAN; /* beta 0 must not read C */
+        memcpy(C, C0, sizeof(float) * (size_t)(M * ldc));
+        ref_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, R, ldc, sc);
+        CHECK(ct_sgemm_small(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0);
+        int bad = 0;
+        for (int m = 0; m < M && !bad; m++) {
+            for (int n = 0; n < N; n++) {
+                double err = fabs((double)C[m * ldc + n] - (double)R[m * ldc + n]);
+                if (!(err <= 4e-6 * sc[m * ldc + n] + 1e-6)) {
+                    CHECK_MSG(0, "%c%c M=%d N=%d K=%d lda=%d ldb=%d ldc=%d alpha=%g beta=%g: C[%d][%d] = %g, want %g",
+                              ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, lda, ldb, ldc, alpha, beta, m, n,
+                              C[m * ldc + n], R[m * ldc + n]);
+                    bad = 1;
+                    break;
+                }
+            }
+            /* the padding between rows is left alone */
+            for (int n = N; n < ldc && !bad; n++)
+                if (memcmp(&C[m * ldc + n], &C0[m * ldc + n], sizeof(float)) != 0) {
+                    CHECK_MSG(0, "wrote past row %d (col %d) of C: M=%d N=%d K=%d", m, n, M, N, K);
+                    bad = 1;
+                }
+        }
+        cases++;
+        free(A); free(B); free(C); free(C0); free(R); free(sc);
+    }
+    CHECK(cases > 400);
+}
+
+/* linear and matmul, forward and backward, with our kernels and with BLAS. */
+static void linear_pass(int64_t R, int64_t in, int64_t out, ct_tensor **res) {
+    ct_manual_seed(7);
+    int64_t xs[2] = {R, in}, ws[2] = {out, in};
+    ct_tensor *x = ct_randn(xs, 2, CT_FLOAT32), *w = ct_randn(ws, 2, CT_FLOAT32);
+    ct_tensor *b = ct_randn(&out, 1, CT_FLOAT32);
+    ct_set_requires_grad(x, 1);
+    ct_set_requires_grad(w, 1);
+    ct_set_requires_grad(b, 1);
+    ct_tensor *y = ct_linear(x, w, b);
+    int64_t ys[2] = {out, 7};
+    ct_tensor *w2 = ct_randn(ys, 2, CT_FLOAT32);
+    ct_tensor *z = y ? ct_matmul(y, w2) : NULL;
+    ct_tensor *gz = z ? ct_randn(ct_shape(z), 2, CT_FLOAT32) : NULL;
+    CHECK_NN(z);
+    if (z) CHECK_OK(ct_backward(z, gz, 0));
+    res[0] = y;
+    res[1] = ct_grad(x) ? ct_retain(ct_grad(x)) : NULL;
+    res[2] = ct_grad(w) ? ct_retain(ct_grad(w)) : NULL;
+    res[3] = ct_grad(b) ? ct_retain(ct_grad(b)) : NULL;
+    ct_free(x); ct_free(w); ct_free(b); ct_free(w2); ct_free(z); ct_free(gz);
+}
+
+TEST(sgemm_small_linear_matches_blas_path) {
+    if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
+    static const int64_t shapes[][3] = {{64, 784, 128}, {64, 128, 10}, {64, 4096, 10}, {1, 5, 3},
+                                        {33, 17, 65}, {200, 300, 20}, {7, 1000, 40}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        ct_tensor *own[4], *blas[4];
+        linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], own);
+        int prev = ct_sgemm_small_set_enabled(0);
+        linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], blas);
+        ct_sgemm_small_set_enabled(prev);
+        static const char *names[4] = {"y", "grad x", "grad w", "grad b"};
+        for (int i = 0; i < 4; i++) {
+            char what[96];
+            snprintf(what, sizeof what, "linear [%lld, %lld] -> %lld: %s", (long long)shapes[s][0],
+                     (long long)shapes[s][1], (long long)shapes[s][2], names[i]);
+            CHECK_NN(own[i]);
+            CHECK_NN(blas[i]);
+            if (own[i] && blas[i]) CHECK_CLOSE(own[i], blas[i], 1e-5, what);
+            ct_free(own[i]);
+            ct_free(blas[i]);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ thread pool */
+#include "core/parallel.h"
+#include <stdatomic.h>
+
+typedef struct {
+    atomic_int *hits;
+    int64_t n;
+    atomic_int bad;
+    int nested;
+} pf_ctx;
+
+static void pf_inner(void *vc, int64_t b, int64_t e) {
+    pf_ctx *c = vc;
+    for (int64_t i = b; i < e; i++) atomic_fetch_add(&c->hits[i], 1);
+}
+
+static void pf_body(void *vc, int64_t b, int64_t e) {
+    pf_ctx *c = vc;
+    if (b < 0 || e > c->n || b >= e) atomic_fetch_add(&c->bad, 1);
+    if (c->nested) {
+        /* a parallel_for inside a chunk runs inline on the calling thread */
+        pf_ctx inner = {c->hits + b, e - b, 0, 0};
+        ct_parallel_for(e - b, 1, pf_inner, &inner);
+        return;
+    }
+    for (int64_t i = b; i < e; i++) atomic_fetch_add(&c->hits[i], 1);
+}
+
+static int pf_check(int64_t n, int64_t grain, int nested) {
+    atomic_int *hits = calloc((size_t)(n > 0 ? n : 1), sizeof *hits);
+    pf_ctx c = {hits, n, 0, nested};
+    ct_parallel_for(n, grain, pf_body, &c);
+    int ok = atomic_load(&c.bad) == 0;
+    for (int64_t i = 0; i < n; i++) ok = ok && atomic_load(&hits[i]) == 1;
+    free(hits);
+    return ok;
+}
+
+TEST(parallel_for_covers_every_index_once) {
+    int prev = ct_get_num_threads();
+    static const int threads[] = {1, 2, 3, 4};
+    static const int64_t ns[] = {0, 1, 2, 3, 7, 64, 1000, 4097, 100000};
+    static const int64_t grains[] = {1, 3, 64, 1024, 1 << 20};
+    for (size_t t = 0; t < sizeof threads / sizeof *threads; t++) {
+        ct_set_num_threads(threads[t]);
+        for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
+            for (size_t g = 0; g < sizeof grains / sizeof *grains; g++)
+                for (int nested = 0; nested < 2; nested++)
+                    CHECK_MSG(pf_check(ns[i], grains[g], nested),
+                              "threads %d n %lld grain %lld nested %d", threads[t],
+                              (long long)ns[i], (long long)grains[g], nested);
+        /* many small jobs back to back: workers spinning, sleeping, coming late */
+        for (int rep = 0; rep < 3000; rep++)
+            if (!pf_check(8 + rep % 57, 2, 0)) {
+                CHECK_MSG(0, "threads %d: job %d lost or repeated an index", threads[t], rep);
+                break;
+            }
+    }
+    ct_set_num_threads(prev);
+}
+
+static void *pf_thread(void *arg) {
+    int *ok = arg;
+    for (int rep = 0; rep < 300 && *ok; rep++) *ok = pf_check(5000 + rep, 16, rep & 1);
+    return NULL;
+}
+
+TEST(parallel_for_from_several_threads_at_once) {
+    /* callers that find the pool busy run their loop inline; every loop completes */
+    enum { NT = 4 };
+    pthread_t th[NT];
+    int ok[NT];
+    for (int i = 0; i < NT; i++) {
+        ok[i] = 1;
+        CHECK(pthread_create(&th[i], NULL, pf_thread, &ok[i]) == 0);
+    }
+    for (int i = 0; i < NT; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < NT; i++) CHECK_MSG(ok[i], "caller thread %d saw a wrong result", i);
+}
