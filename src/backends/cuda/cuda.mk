@@ -51,3 +51,6 @@ $(BUILD)/libctorch_cuda.so: $(CUDA_OBJ)
 	$(NVCC) -shared -cudart static -o $@ $(CUDA_OBJ) \
 	    -Xlinker -soname,libctorch_cuda.so -Xlinker -z,defs \
 	    -Xlinker -rpath,'$$ORIGIN:$(CUDA_LIBDIR)' -ldl -lpthread -lrt -lm
+
+# The same plugin on the CPU SIMT emulator, for testing without a GPU.
+include tests/cuda_emu/emu.mk

@@ -10,6 +10,17 @@
 
 #define CUK_THREADS 256
 
+/* Kernel launch: CUK_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...) is
+ * kernel<<<grid, block, shared_bytes, stream>>>(args...). Built for the CPU emulator
+ * (tests/cuda_emu, CT_CUDA_EMU), the kernel runs there instead, so the kernels are tested
+ * on machines without a GPU. */
+#ifdef CT_CUDA_EMU
+#define CUK_LAUNCH(grid, block, smem, stream, ...)                                         \
+    CUK_EMU_LAUNCH(grid, block, smem, stream, __VA_ARGS__)
+#else
+#define CUK_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 /* Grid size for a grid-stride loop over n items: enough blocks to fill the GPU a few
  * times over, never more than the items need. */
 static inline int cuk_blocks(const cuk_ctx *c, int64_t n, int threads) {

@@ -41,12 +41,13 @@ static int launch_map2(const cuk_ctx *c, const cuk_geom *g, int64_t n, TO *o, co
     if (n <= 0) return 0;
     int blocks = cuk_blocks(c, n, CUK_THREADS);
     if (contiguous(g, 2))
-        k_map2_contig<TO, TI, F><<<blocks, CUK_THREADS, 0, c->stream>>>(n, o, a, f);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map2_contig<TO, TI, F>)(n, o, a, f);
     else if (n < INT32_MAX)
-        k_map2_strided<uint32_t, TO, TI, F>
-            <<<blocks, CUK_THREADS, 0, c->stream>>>(*g, (uint32_t)n, o, a, f);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map2_strided<uint32_t, TO, TI, F>)(
+            *g, (uint32_t)n, o, a, f);
     else
-        k_map2_strided<int64_t, TO, TI, F><<<blocks, CUK_THREADS, 0, c->stream>>>(*g, n, o, a, f);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map2_strided<int64_t, TO, TI, F>)(
+            *g, n, o, a, f);
     return cuk_status();
 }
 
@@ -56,12 +57,13 @@ static int launch_map3(const cuk_ctx *c, const cuk_geom *g, int64_t n, T *o, con
     if (n <= 0) return 0;
     int blocks = cuk_blocks(c, n, CUK_THREADS);
     if (contiguous(g, 3))
-        k_map3_contig<T, F><<<blocks, CUK_THREADS, 0, c->stream>>>(n, o, a, b, f);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map3_contig<T, F>)(n, o, a, b, f);
     else if (n < INT32_MAX)
-        k_map3_strided<uint32_t, T, F>
-            <<<blocks, CUK_THREADS, 0, c->stream>>>(*g, (uint32_t)n, o, a, b, f);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map3_strided<uint32_t, T, F>)(
+            *g, (uint32_t)n, o, a, b, f);
     else
-        k_map3_strided<int64_t, T, F><<<blocks, CUK_THREADS, 0, c->stream>>>(*g, n, o, a, b, f);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map3_strided<int64_t, T, F>)(
+            *g, n, o, a, b, f);
     return cuk_status();
 }
 
@@ -232,11 +234,11 @@ extern "C" int cuk_unary_backward(const cuk_ctx *c, int op, int dt, int64_t n, v
     if (n <= 0) return 0;
     int blocks = cuk_blocks(c, n, CUK_THREADS);
     if (dt == CUK_F32)
-        k_unary_backward<float><<<blocks, CUK_THREADS, 0, c->stream>>>(
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_unary_backward<float>)(
             op, n, (float *)gx, (const float *)gy, (const float *)x, (const float *)y,
             (float)p1, (float)p2);
     else if (dt == CUK_F64)
-        k_unary_backward<double><<<blocks, CUK_THREADS, 0, c->stream>>>(
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_unary_backward<double>)(
             op, n, (double *)gx, (const double *)gy, (const double *)x, (const double *)y, p1,
             p2);
     else
@@ -381,11 +383,11 @@ extern "C" int cuk_copy(const cuk_ctx *c, int ddt, int sdt, const cuk_geom *g, i
         return launch_map2(c, g, n, (float *)dst, (const uint8_t *)src, Cast<float, uint8_t>{});
     int blocks = cuk_blocks(c, n, CUK_THREADS);
     if (n < INT32_MAX)
-        k_convert_generic<uint32_t><<<blocks, CUK_THREADS, 0, c->stream>>>(
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_convert_generic<uint32_t>)(
             *g, (uint32_t)n, (char *)dst, ddt, (int)dsize(ddt), (const char *)src, sdt,
             (int)dsize(sdt));
     else
-        k_convert_generic<int64_t><<<blocks, CUK_THREADS, 0, c->stream>>>(
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_convert_generic<int64_t>)(
             *g, n, (char *)dst, ddt, (int)dsize(ddt), (const char *)src, sdt, (int)dsize(sdt));
     return cuk_status();
 }
@@ -407,11 +409,12 @@ template <typename T>
 static int launch_fill(const cuk_ctx *c, const cuk_geom *g, int64_t n, T *o, T v) {
     int blocks = cuk_blocks(c, n, CUK_THREADS);
     if (g->ndim == 1 && g->stride[0][0] == 1)
-        k_fill_contig<T><<<blocks, CUK_THREADS, 0, c->stream>>>(n, o, v);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_fill_contig<T>)(n, o, v);
     else if (n < INT32_MAX)
-        k_fill_strided<uint32_t, T><<<blocks, CUK_THREADS, 0, c->stream>>>(*g, (uint32_t)n, o, v);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_fill_strided<uint32_t, T>)(
+            *g, (uint32_t)n, o, v);
     else
-        k_fill_strided<int64_t, T><<<blocks, CUK_THREADS, 0, c->stream>>>(*g, n, o, v);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_fill_strided<int64_t, T>)(*g, n, o, v);
     return cuk_status();
 }
 
@@ -448,11 +451,11 @@ extern "C" int cuk_bias_add(const cuk_ctx *c, int dt, void *y, const void *bias,
     bool small = n < INT32_MAX;
 #define BIAS_LAUNCH(T)                                                                     \
     if (small)                                                                             \
-        k_bias_add<uint32_t, T><<<blocks, CUK_THREADS, 0, c->stream>>>(                    \
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_bias_add<uint32_t, T>)(            \
             (uint32_t)n, (T *)y, (const T *)bias, (uint32_t)C, (uint32_t)S);               \
     else                                                                                   \
-        k_bias_add<int64_t, T><<<blocks, CUK_THREADS, 0, c->stream>>>(n, (T *)y,           \
-                                                                      (const T *)bias, C, S);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_bias_add<int64_t, T>)(             \
+            n, (T *)y, (const T *)bias, C, S);
     if (dt == CUK_F32) {
         BIAS_LAUNCH(float)
     } else if (dt == CUK_F64) {

@@ -141,10 +141,11 @@ static int launch_bn_apply(const cuk_ctx *c, int64_t n, int64_t C, int64_t S, co
     if (n <= 0) return 0;
     int blocks = cuk_blocks(c, n, CUK_THREADS);
     if (n < INT32_MAX)
-        k_bn_apply<T, uint32_t><<<blocks, CUK_THREADS, 0, c->stream>>>(
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_bn_apply<T, uint32_t>)(
             (uint32_t)n, (uint32_t)C, (uint32_t)S, in0, in1, coef, with_k, out);
     else
-        k_bn_apply<T, int64_t><<<blocks, CUK_THREADS, 0, c->stream>>>(n, C, S, in0, in1, coef,
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_bn_apply<T, int64_t>)(
+            n, C, S, in0, in1, coef,
                                                                       with_k, out);
     return cuk_status();
 }
@@ -166,10 +167,12 @@ static int launch_bn_partial(const cuk_ctx *c, int mode, const T *x, const T *gy
     }
     dim3 grid((unsigned)C, (unsigned)nsplit);
     if (M < INT32_MAX)
-        k_bn_partial<T, uint32_t><<<grid, CUK_THREADS, 0, c->stream>>>(mode, x, gy, mean, N, C, S,
+        CUK_LAUNCH(grid, CUK_THREADS, 0, c->stream, k_bn_partial<T, uint32_t>)(
+            mode, x, gy, mean, N, C, S,
                                                                        chunk, nsplit, part);
     else
-        k_bn_partial<T, int64_t><<<grid, CUK_THREADS, 0, c->stream>>>(mode, x, gy, mean, N, C, S,
+        CUK_LAUNCH(grid, CUK_THREADS, 0, c->stream, k_bn_partial<T, int64_t>)(
+            mode, x, gy, mean, N, C, S,
                                                                       chunk, nsplit, part);
     int rc = cuk_status();
     if (rc) {
@@ -200,7 +203,7 @@ static int bn_fwd_t(const cuk_ctx *c, int64_t N, int64_t C, int64_t S, const T *
         return CUK_ENOMEM;
     }
     BnFwdArgs a = {w, b, rm, rv, smean, sinv, training, momentum, eps};
-    k_bn_fwd_final<T><<<cuk_blocks(c, C, CUK_THREADS), CUK_THREADS, 0, c->stream>>>(
+    CUK_LAUNCH(cuk_blocks(c, C, CUK_THREADS), CUK_THREADS, 0, c->stream, k_bn_fwd_final<T>)(
         x, N, C, S, part, nsplit, a, coef);
     rc = cuk_status();
     if (!rc) rc = launch_bn_apply<T>(c, N * C * S, C, S, x, (const T *)NULL, coef, 1, y);
@@ -263,7 +266,7 @@ static int bn_bwd_t(const cuk_ctx *c, int64_t N, int64_t C, int64_t S, const T *
         return CUK_ENOMEM;
     }
     BnBwdArgs a = {w, smean, sinv, gw, gb, training, gx != NULL};
-    k_bn_bwd_final<T><<<cuk_blocks(c, C, CUK_THREADS), CUK_THREADS, 0, c->stream>>>(
+    CUK_LAUNCH(cuk_blocks(c, C, CUK_THREADS), CUK_THREADS, 0, c->stream, k_bn_bwd_final<T>)(
         N, C, S, part, nsplit, a, coef);
     rc = cuk_status();
     if (!rc && gx) rc = launch_bn_apply<T>(c, N * C * S, C, S, gy, x, coef, 1, gx);
@@ -403,7 +406,8 @@ static int ln_fwd_t(const cuk_ctx *c, int64_t M, int64_t N, const T *x, const T 
                     double eps, T *y, T *mean, T *rstd) {
     if (M <= 0) return 0;
     if (M > INT_MAX) return (int)cudaErrorInvalidConfiguration;
-    k_ln_fwd<T><<<(unsigned)M, row_threads(N), 0, c->stream>>>(N, x, w, b, eps, y, mean, rstd);
+    CUK_LAUNCH((unsigned)M, row_threads(N), 0, c->stream, k_ln_fwd<T>)(
+        N, x, w, b, eps, y, mean, rstd);
     return cuk_status();
 }
 
@@ -412,7 +416,8 @@ static int ln_bwd_t(const cuk_ctx *c, int64_t M, int64_t N, const T *gy, const T
                     const T *mean, const T *rstd, const T *w, T *gx, T *gw, T *gb) {
     if (gx && M > 0) {
         if (M > INT_MAX) return (int)cudaErrorInvalidConfiguration;
-        k_ln_bwd_input<T><<<(unsigned)M, row_threads(N), 0, c->stream>>>(N, gy, x, mean, rstd, w,
+        CUK_LAUNCH((unsigned)M, row_threads(N), 0, c->stream, k_ln_bwd_input<T>)(
+            N, gy, x, mean, rstd, w,
                                                                           gx);
         int rc = cuk_status();
         if (rc) return rc;
@@ -428,11 +433,12 @@ static int ln_bwd_t(const cuk_ctx *c, int64_t M, int64_t N, const T *gy, const T
         part = (double *)c->ws_alloc((size_t)nsplit * (size_t)N * 2 * sizeof(double), c->device);
         if (!part) return CUK_ENOMEM;
     }
-    k_ln_bwd_params<T><<<dim3((unsigned)colblocks, (unsigned)nsplit), CUK_THREADS, 0, c->stream>>>(
+    const dim3 grid((unsigned)colblocks, (unsigned)nsplit);
+    CUK_LAUNCH(grid, CUK_THREADS, 0, c->stream, k_ln_bwd_params<T>)(
         M, N, gy, x, mean, rstd, chunk, nsplit, part, gw, gb);
     int rc = cuk_status();
     if (!rc && nsplit > 1) {
-        k_ln_params_final<T><<<cuk_blocks(c, N, CUK_THREADS), CUK_THREADS, 0, c->stream>>>(
+        CUK_LAUNCH(cuk_blocks(c, N, CUK_THREADS), CUK_THREADS, 0, c->stream, k_ln_params_final<T>)(
             N, nsplit, part, gw, gb);
         rc = cuk_status();
     }

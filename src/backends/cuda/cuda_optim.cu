@@ -118,8 +118,8 @@ extern "C" int cuk_sgd(const cuk_ctx *c, int dt, int n, void *const *params,
     SgdArgs a = {lr, momentum, dampening, weight_decay, nesterov, first_step};
     void *const *lists[3] = {params, (void *const *)grads, momentum != 0 ? bufs : NULL};
     auto launch = [&](const MTList<3> &l, int nb) -> int {
-        if (dt == CUK_F32) k_sgd<float><<<nb, CUK_THREADS, 0, c->stream>>>(l, a);
-        else k_sgd<double><<<nb, CUK_THREADS, 0, c->stream>>>(l, a);
+        if (dt == CUK_F32) CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_sgd<float>)(l, a);
+        else CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_sgd<double>)(l, a);
         return cuk_status();
     };
     if (dt != CUK_F32 && dt != CUK_F64) return (int)cudaErrorInvalidValue;
@@ -135,8 +135,8 @@ extern "C" int cuk_adam(const cuk_ctx *c, int dt, int n, void *const *params,
                   decoupled};
     void *const *lists[4] = {params, (void *const *)grads, exp_avg, exp_avg_sq};
     auto launch = [&](const MTList<4> &l, int nb) -> int {
-        if (dt == CUK_F32) k_adam<float><<<nb, CUK_THREADS, 0, c->stream>>>(l, a);
-        else k_adam<double><<<nb, CUK_THREADS, 0, c->stream>>>(l, a);
+        if (dt == CUK_F32) CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_adam<float>)(l, a);
+        else CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_adam<double>)(l, a);
         return cuk_status();
     };
     if (dt != CUK_F32 && dt != CUK_F64) return (int)cudaErrorInvalidValue;

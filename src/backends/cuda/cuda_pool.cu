@@ -189,12 +189,14 @@ static int pool_run(const cuk_ctx *c, int kind, const cuk_pool *p, const void *i
     const T *x = (const T *)in;
     T *y = (T *)out;
     switch (kind) {
-    case MAX_FWD: k_max_fwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y, ind_out); break;
-    case MAX_BWD: k_max_bwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, ind_in, y); break;
-    case AVG_FWD: k_avg_fwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y); break;
-    case AVG_BWD: k_avg_bwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y); break;
-    case AD_FWD: k_ad_fwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y); break;
-    default: k_ad_bwd<T><<<blocks, CUK_THREADS, 0, c->stream>>>(*p, x, y); break;
+    case MAX_FWD: CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_max_fwd<T>)(
+        *p, x, y, ind_out); break;
+    case MAX_BWD: CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_max_bwd<T>)(
+        *p, x, ind_in, y); break;
+    case AVG_FWD: CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_avg_fwd<T>)(*p, x, y); break;
+    case AVG_BWD: CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_avg_bwd<T>)(*p, x, y); break;
+    case AD_FWD: CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_ad_fwd<T>)(*p, x, y); break;
+    default: CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_ad_bwd<T>)(*p, x, y); break;
     }
     return cuk_status();
 }

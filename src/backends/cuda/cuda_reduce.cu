@@ -200,15 +200,16 @@ static int reduce_t(const cuk_ctx *c, int op, int out_dt, const cuk_red_geom *g,
         ra.pi = is_max ? (long long *)(ws + (size_t)ra.nsplit * (size_t)O * 8) : NULL;
     }
     if (per_thread) {
-        if (is_max) k_red_thread<T, true><<<grid, threads, 0, c->stream>>>(*g, a, ra);
-        else k_red_thread<T, false><<<grid, threads, 0, c->stream>>>(*g, a, ra);
+        if (is_max) CUK_LAUNCH(grid, threads, 0, c->stream, k_red_thread<T, true>)(*g, a, ra);
+        else CUK_LAUNCH(grid, threads, 0, c->stream, k_red_thread<T, false>)(*g, a, ra);
     } else {
-        if (is_max) k_red_block<T, true><<<grid, threads, 0, c->stream>>>(*g, a, ra);
-        else k_red_block<T, false><<<grid, threads, 0, c->stream>>>(*g, a, ra);
+        if (is_max) CUK_LAUNCH(grid, threads, 0, c->stream, k_red_block<T, true>)(*g, a, ra);
+        else CUK_LAUNCH(grid, threads, 0, c->stream, k_red_block<T, false>)(*g, a, ra);
     }
     int rc = cuk_status();
     if (rc == 0 && ra.nsplit > 1) {
-        k_red_final<<<cuk_blocks(c, O, CUK_THREADS), CUK_THREADS, 0, c->stream>>>(O, R, is_max,
+        CUK_LAUNCH(cuk_blocks(c, O, CUK_THREADS), CUK_THREADS, 0, c->stream, k_red_final)(
+            O, R, is_max,
                                                                                   ra);
         rc = cuk_status();
     }

@@ -159,23 +159,27 @@ static int softmax_t(const cuk_ctx *c, bool bwd, int64_t outer, int64_t C, int64
         int64_t blocks = (outer + warps - 1) / warps;
         if (blocks > INT_MAX) return (int)cudaErrorInvalidConfiguration;
         if (bwd)
-            k_sm_bwd_warp<T><<<(unsigned)blocks, warps * 32, 0, c->stream>>>(outer, C, log, a, gy,
+            CUK_LAUNCH((unsigned)blocks, warps * 32, 0, c->stream, k_sm_bwd_warp<T>)(
+                outer, C, log, a, gy,
                                                                               out);
         else
-            k_sm_fwd_warp<T><<<(unsigned)blocks, warps * 32, 0, c->stream>>>(outer, C, log, a, out);
+            CUK_LAUNCH((unsigned)blocks, warps * 32, 0, c->stream, k_sm_fwd_warp<T>)(
+                outer, C, log, a, out);
     } else if (inner == 1) {
         if (outer > INT_MAX) return (int)cudaErrorInvalidConfiguration;
         if (bwd)
-            k_sm_bwd_block<T><<<(unsigned)outer, 512, 0, c->stream>>>(C, log, a, gy, out);
+            CUK_LAUNCH((unsigned)outer, 512, 0, c->stream, k_sm_bwd_block<T>)(C, log, a, gy, out);
         else
-            k_sm_fwd_block<T><<<(unsigned)outer, 512, 0, c->stream>>>(C, log, a, out);
+            CUK_LAUNCH((unsigned)outer, 512, 0, c->stream, k_sm_fwd_block<T>)(C, log, a, out);
     } else {
         int blocks = cuk_blocks(c, outer * inner, CUK_THREADS);
         if (bwd)
-            k_sm_bwd_strided<T><<<blocks, CUK_THREADS, 0, c->stream>>>(outer, C, inner, log, a, gy,
+            CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_sm_bwd_strided<T>)(
+                outer, C, inner, log, a, gy,
                                                                         out);
         else
-            k_sm_fwd_strided<T><<<blocks, CUK_THREADS, 0, c->stream>>>(outer, C, inner, log, a,
+            CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_sm_fwd_strided<T>)(
+                outer, C, inner, log, a,
                                                                         out);
     }
     return cuk_status();
@@ -276,11 +280,12 @@ extern "C" int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
                            void *out, void *total_weight) {
     const long long *t = (const long long *)target;
     if (dt == CUK_F32)
-        k_nll_fwd<float><<<1, 1024, 0, c->stream>>>(N, C, red, ignore_index, (const float *)logp,
+        CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<float>)(
+            N, C, red, ignore_index, (const float *)logp,
                                                     t, (float *)out, (float *)total_weight,
                                                     c->flag);
     else if (dt == CUK_F64)
-        k_nll_fwd<double><<<1, 1024, 0, c->stream>>>(N, C, red, ignore_index,
+        CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<double>)(N, C, red, ignore_index,
                                                      (const double *)logp, t, (double *)out,
                                                      (double *)total_weight, c->flag);
     else
@@ -300,11 +305,11 @@ extern "C" int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
     const long long *t = (const long long *)target;
     int blocks = cuk_blocks(c, N, CUK_THREADS);
     if (dt == CUK_F32)
-        k_nll_bwd<float><<<blocks, CUK_THREADS, 0, c->stream>>>(
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_nll_bwd<float>)(
             N, C, red, ignore_index, (const float *)gout, t, (const float *)total_weight,
             (float *)glogp, c->flag);
     else if (dt == CUK_F64)
-        k_nll_bwd<double><<<blocks, CUK_THREADS, 0, c->stream>>>(
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_nll_bwd<double>)(
             N, C, red, ignore_index, (const double *)gout, t, (const double *)total_weight,
             (double *)glogp, c->flag);
     else

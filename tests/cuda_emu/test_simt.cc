@@ -1,0 +1,177 @@
+/* Tests of the CUDA emulator itself: that correct kernels compute what a GPU computes
+ * (block reductions through shared memory and barriers, warp shuffles, 2-D blocks, grids
+ * of many blocks), and that the faults it exists to catch are caught: divergent barriers,
+ * shuffles with exited lanes, host pointers passed to kernels, launch configurations a
+ * GPU rejects, copies outside an allocation, double frees, running out of memory. */
+#include "cuda_runtime.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static int g_pass, g_fail;
+
+#define EXPECT(cond, ...)                                                                  \
+    do {                                                                                   \
+        if (cond) {                                                                        \
+            g_pass++;                                                                      \
+        } else {                                                                           \
+            g_fail++;                                                                      \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                    \
+            printf(__VA_ARGS__);                                                           \
+            printf("\n");                                                                  \
+        }                                                                                  \
+    } while (0)
+
+/* ------------------------------------------------------------ kernels */
+__global__ void k_block_sum(const float *x, int n, float *out) {
+    __shared__ float sh[256];
+    float v = 0;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        v += x[i];
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
+}
+
+__global__ void k_warp_sum(const double *x, double *out) {
+    double v = x[threadIdx.x];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    out[threadIdx.x] = v; /* every lane holds its warp's sum */
+}
+
+__global__ void k_shfl_down(const int *x, int *out) {
+    out[threadIdx.x] = __shfl_down_sync(0xffffffffu, x[threadIdx.x], 3);
+}
+
+__global__ void k_coords(int *out) {
+    const int t = threadIdx.x + threadIdx.y * blockDim.x;
+    const int b = blockIdx.x + blockIdx.y * gridDim.x;
+    out[b * blockDim.x * blockDim.y + t] = b * 1000 + t;
+}
+
+__global__ void k_early_exit_sync(float *x) {
+    if (threadIdx.x == 0) return;
+    __syncthreads();
+    x[threadIdx.x] = 1;
+}
+
+__global__ void k_exit_then_shuffle(float *x) {
+    if (threadIdx.x == 5) return;
+    x[threadIdx.x] = __shfl_xor_sync(0xffffffffu, x[threadIdx.x], 1);
+}
+
+__global__ void k_half_sync(float *x) {
+    if (threadIdx.x < 32) __syncthreads();
+    else x[threadIdx.x] = __shfl_xor_sync(0xffffffffu, x[threadIdx.x], 1);
+}
+
+__global__ void k_write(float *x, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = (float)i;
+}
+
+/* ------------------------------------------------------------ cases */
+static void correct_kernels(void) {
+    const int n = 100000, blocks = 7;
+    float *hx = (float *)malloc(n * sizeof(float)), *dx, *dout, hout[blocks];
+    double want = 0;
+    for (int i = 0; i < n; i++) hx[i] = (float)(i % 13) - 6.0f, want += hx[i];
+    EXPECT(cudaMalloc((void **)&dx, n * sizeof(float)) == cudaSuccess, "cudaMalloc");
+    EXPECT(cudaMalloc((void **)&dout, sizeof hout) == cudaSuccess, "cudaMalloc");
+    cudaMemcpy(dx, hx, n * sizeof(float), cudaMemcpyHostToDevice);
+    CUK_EMU_LAUNCH(blocks, 256, 0, 0, k_block_sum)(dx, n, dout);
+    EXPECT(cudaGetLastError() == cudaSuccess, "block sum launch");
+    cudaMemcpy(hout, dout, sizeof hout, cudaMemcpyDeviceToHost);
+    double got = 0;
+    for (int b = 0; b < blocks; b++) got += hout[b];
+    EXPECT(got == want, "block sum %g, want %g", got, want);
+
+    double hd[64], hr[64], *dd, *dr;
+    cudaMalloc((void **)&dd, sizeof hd), cudaMalloc((void **)&dr, sizeof hr);
+    for (int i = 0; i < 64; i++) hd[i] = i;
+    cudaMemcpy(dd, hd, sizeof hd, cudaMemcpyHostToDevice);
+    CUK_EMU_LAUNCH(1, 64, 0, 0, k_warp_sum)(dd, dr);
+    cudaMemcpy(hr, dr, sizeof hr, cudaMemcpyDeviceToHost);
+    EXPECT(hr[0] == 496 && hr[31] == 496 && hr[32] == 1520 && hr[63] == 1520,
+           "warp sums %g %g %g %g", hr[0], hr[31], hr[32], hr[63]);
+
+    int hi[32], ho[32], *di, *dio;
+    cudaMalloc((void **)&di, sizeof hi), cudaMalloc((void **)&dio, sizeof ho);
+    for (int i = 0; i < 32; i++) hi[i] = 10 * i;
+    cudaMemcpy(di, hi, sizeof hi, cudaMemcpyHostToDevice);
+    CUK_EMU_LAUNCH(1, 32, 0, 0, k_shfl_down)(di, dio);
+    cudaMemcpy(ho, dio, sizeof ho, cudaMemcpyDeviceToHost);
+    EXPECT(ho[0] == 30 && ho[28] == 310 && ho[29] == 290 && ho[31] == 310,
+           "shfl_down %d %d %d %d", ho[0], ho[28], ho[29], ho[31]);
+
+    int *dc, hc[2 * 3 * 4 * 5];
+    cudaMalloc((void **)&dc, sizeof hc);
+    CUK_EMU_LAUNCH(dim3(2, 3), dim3(4, 5), 0, 0, k_coords)(dc);
+    cudaMemcpy(hc, dc, sizeof hc, cudaMemcpyDeviceToHost);
+    int ok = 1;
+    for (int b = 0; b < 6; b++)
+        for (int t = 0; t < 20; t++) ok &= hc[b * 20 + t] == b * 1000 + t;
+    EXPECT(ok, "2-D grid and block coordinates");
+    cudaFree(dx), cudaFree(dout), cudaFree(dd), cudaFree(dr), cudaFree(di), cudaFree(dio),
+        cudaFree(dc);
+    free(hx);
+}
+
+static void caught_faults(void) {
+    float *d;
+    cudaMalloc((void **)&d, 64 * sizeof(float));
+    CUK_EMU_LAUNCH(1, 64, 0, 0, k_early_exit_sync)(d);
+    EXPECT(cudaGetLastError() == cudaErrorLaunchFailure, "__syncthreads after an exit");
+    EXPECT(cudaGetLastError() == cudaSuccess, "fault reported once");
+    CUK_EMU_LAUNCH(1, 32, 0, 0, k_exit_then_shuffle)(d);
+    EXPECT(cudaDeviceSynchronize() == cudaErrorLaunchFailure, "shuffle with an exited lane");
+    CUK_EMU_LAUNCH(1, 64, 0, 0, k_half_sync)(d);
+    EXPECT(cudaGetLastError() == cudaErrorLaunchFailure, "barrier never released");
+    CUK_EMU_LAUNCH(1, 30, 0, 0, k_warp_sum)((const double *)d, (double *)d);
+    EXPECT(cudaGetLastError() == cudaErrorLaunchFailure, "full-mask shuffle in a 30-thread block");
+
+    float host[64];
+    CUK_EMU_LAUNCH(1, 32, 0, 0, k_write)(host, 64);
+    EXPECT(cudaGetLastError() == cudaErrorLaunchFailure, "host pointer passed to a kernel");
+    CUK_EMU_LAUNCH(1, 2048, 0, 0, k_write)(d, 64);
+    EXPECT(cudaGetLastError() == cudaErrorInvalidConfiguration, "2048 threads per block");
+    CUK_EMU_LAUNCH(0, 32, 0, 0, k_write)(d, 64);
+    EXPECT(cudaGetLastError() == cudaErrorInvalidConfiguration, "empty grid");
+    CUK_EMU_LAUNCH(1, 32, 0, 0, k_write)(d, 64);
+    EXPECT(cudaGetLastError() == cudaSuccess, "a good launch after faults");
+
+    EXPECT(cudaMemcpy(host, d, 65 * sizeof(float), cudaMemcpyDeviceToHost) == cudaErrorInvalidValue,
+           "copy past the end of an allocation");
+    EXPECT(cudaMemcpy(host, d + 1, 63 * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess,
+           "copy inside an allocation");
+    EXPECT(host[0] == 1.0f && host[62] == 63.0f, "copied values %g %g", host[0], host[62]);
+    EXPECT(cudaMemcpy(d, host, 4, cudaMemcpyDeviceToHost) == cudaErrorInvalidValue,
+           "DeviceToHost with the pointers swapped");
+    EXPECT(cudaFree(d + 1) != cudaSuccess, "cudaFree of an interior pointer");
+    EXPECT(cudaFree(d) == cudaSuccess, "cudaFree");
+    EXPECT(cudaFree(d) != cudaSuccess, "double cudaFree");
+    cudaGetLastError();
+
+    void *big = NULL;
+    size_t free_b = 0, total = 0;
+    cudaMemGetInfo(&free_b, &total);
+    EXPECT(cudaMalloc(&big, total + 1) == cudaErrorMemoryAllocation && big == NULL,
+           "allocation beyond capacity");
+    cudaGetLastError();
+    float *fresh;
+    cudaMalloc((void **)&fresh, 16);
+    float v;
+    cudaMemcpy(&v, fresh, 4, cudaMemcpyDeviceToHost);
+    EXPECT(v != v, "new device memory reads as NaN, got %g", v);
+    cudaFree(fresh);
+}
+
+int main(void) {
+    correct_kernels();
+    caught_faults();
+    printf("cuda emulator self-test: %d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}
