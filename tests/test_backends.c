@@ -966,9 +966,36 @@ static void check_vs(const ct_tensor *got_dev, ct_tensor *want64, ct_dtype dt, c
     ct_free(got);
 }
 
+/* Reference SGD step in float64 (PyTorch's formula). */
+static void sgd_ref(double *p, const double *g, double *m, int64_t n, double lr, double mom,
+                    double damp, double wd, int nesterov, int first) {
+    for (int64_t j = 0; j < n; j++) {
+        double gj = g[j] + wd * p[j];
+        if (mom != 0) {
+            m[j] = first ? gj : mom * m[j] + (1 - damp) * gj;
+            gj = nesterov ? gj + mom * m[j] : m[j];
+        }
+        p[j] -= lr * gj;
+    }
+}
+
+/* Reference Adam / AdamW step in float64. */
+static void adam_ref(double *p, const double *g, double *m, double *v, int64_t n, double lr,
+                     double b1, double b2, double eps, double wd, int decoupled, int64_t step) {
+    const double bc1 = 1 - pow(b1, (double)step), bc2 = 1 - pow(b2, (double)step);
+    for (int64_t j = 0; j < n; j++) {
+        double gj = g[j];
+        if (decoupled) p[j] *= 1 - lr * wd;
+        else gj += wd * p[j];
+        m[j] = b1 * m[j] + (1 - b1) * gj;
+        v[j] = b2 * v[j] + (1 - b2) * gj * gj;
+        p[j] -= lr / bc1 * m[j] / (sqrt(v[j]) / sqrt(bc2) + eps);
+    }
+}
+
 TEST(backends_cuda_fused_optimizers) {
     if (!cuda_ready()) SKIP(g_why);
-    const ct_device dev[1] = {{CT_CUDA, 0}};
+    const ct_device dev = {CT_CUDA, 0};
     typedef int (*sgd_fn)(ct_tensor *const *, ct_tensor *const *, ct_tensor *const *, int, double,
                           double, double, double, int, int);
     typedef int (*adam_fn)(ct_tensor *const *, ct_tensor *const *, ct_tensor *const *,
@@ -978,61 +1005,86 @@ TEST(backends_cuda_fused_optimizers) {
     adam_fn adam = (adam_fn)plugin_sym("ct_cuda_adam_step");
     CHECK(sgd != NULL && adam != NULL);
     if (!sgd || !adam) return;
-    /* several parameters, one larger than a kernel chunk (65536 elements) */
-    enum { NP = 3 };
-    const int64_t sizes[NP] = {5, 70000, 300};
-    for (int di = 0; di < 2; di++) {
-        const ct_dtype dt = di ? CT_FLOAT64 : CT_FLOAT32;
-        ct_tensor *p[NP], *g[NP], *m[NP], *v[NP];
-        for (int i = 0; i < NP; i++) {
-            ct_tensor *a = rnd(&sizes[i], 1, dt, 0), *b = rnd(&sizes[i], 1, dt, 0);
-            ct_tensor *c = rnd(&sizes[i], 1, dt, 0), *e = rnd(&sizes[i], 1, dt, 2);
-            p[i] = ct_to_device(a, dev[0]);
-            g[i] = ct_to_device(b, dev[0]);
-            m[i] = ct_to_device(c, dev[0]);
-            v[i] = ct_to_device(e, dev[0]);
-            ct_free(a), ct_free(b), ct_free(c), ct_free(e);
-        }
-        /* SGD, nesterov, momentum, dampening, weight decay (not the first step) */
-        const double lr = 0.1, mom = 0.9, damp = 0.1, wd = 0.01;
-        ct_tensor *P[NP], *G[NP], *M[NP], *V[NP];
-        for (int i = 0; i < NP; i++) P[i] = host64(p[i]), G[i] = host64(g[i]), M[i] = host64(m[i]);
-        CHECK_OK(sgd(p, g, m, NP, lr, mom, damp, wd, 1, 0));
-        for (int i = 0; i < NP; i++) {
-            double *pp = ct_data(P[i]), *gg = ct_data(G[i]), *mm = ct_data(M[i]);
-            for (int64_t j = 0; j < sizes[i]; j++) {
-                double gj = gg[j] + wd * pp[j];
-                mm[j] = mom * mm[j] + (1 - damp) * gj;
-                gj = gj + mom * mm[j];
-                pp[j] -= lr * gj;
+    /* 30 parameters: more than one kernel launch's tensor list (24), one larger than a
+     * kernel chunk (65536 elements) in the middle of a list, and an empty one. */
+    enum { NP = 30 };
+    int64_t sizes[NP];
+    for (int i = 0; i < NP; i++) sizes[i] = 1 + (i * 37) % 300;
+    sizes[3] = 70000, sizes[22] = 140000, sizes[7] = 0;
+    typedef struct {
+        int adam, nesterov, first, decoupled;
+        double mom, damp, wd;
+    } cfg;
+    const cfg cfgs[] = {
+        {0, 1, 0, 0, 0.9, 0.1, 0.01},  /* SGD nesterov, dampening, weight decay */
+        {0, 0, 1, 0, 0.9, 0.0, 0.0},   /* SGD momentum, first step: buffer = gradient */
+        {0, 0, 0, 0, 0.0, 0.0, 0.001}, /* plain SGD */
+        {1, 0, 0, 1, 0, 0, 0.05},      /* AdamW */
+        {1, 0, 0, 0, 0, 0, 0.01},      /* Adam with L2 weight decay */
+    };
+    const double lr = 0.1, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    const int64_t step = 3;
+    for (int di = 0; di < 2; di++)
+        for (size_t ci = 0; ci < sizeof cfgs / sizeof *cfgs; ci++) {
+            const ct_dtype dt = di ? CT_FLOAT64 : CT_FLOAT32;
+            const cfg *c = &cfgs[ci];
+            ct_tensor *p[NP], *g[NP], *m[NP], *v[NP], *P[NP], *G[NP], *M[NP], *V[NP];
+            for (int i = 0; i < NP; i++) {
+                ct_tensor *a = rnd(&sizes[i], 1, dt, 0), *b = rnd(&sizes[i], 1, dt, 0);
+                ct_tensor *e = rnd(&sizes[i], 1, dt, 0), *f = rnd(&sizes[i], 1, dt, 2);
+                p[i] = ct_to_device(a, dev), g[i] = ct_to_device(b, dev);
+                m[i] = ct_to_device(e, dev), v[i] = ct_to_device(f, dev);
+                ct_free(a), ct_free(b), ct_free(e), ct_free(f);
+                P[i] = host64(p[i]), G[i] = host64(g[i]), M[i] = host64(m[i]), V[i] = host64(v[i]);
             }
-            check_vs(p[i], P[i], dt, "fused sgd: parameter");
-            check_vs(m[i], M[i], dt, "fused sgd: momentum buffer");
-            ct_free(P[i]), ct_free(G[i]), ct_free(M[i]);
-        }
-        /* AdamW at step 3 from the current state */
-        const double b1 = 0.9, b2 = 0.999, eps = 1e-8, awd = 0.05;
-        const int64_t step = 3;
-        for (int i = 0; i < NP; i++)
-            P[i] = host64(p[i]), G[i] = host64(g[i]), M[i] = host64(m[i]), V[i] = host64(v[i]);
-        CHECK_OK(adam(p, g, m, v, NP, lr, b1, b2, eps, awd, 1, step));
-        const double bc1 = 1 - pow(b1, (double)step), bc2 = 1 - pow(b2, (double)step);
-        for (int i = 0; i < NP; i++) {
-            double *pp = ct_data(P[i]), *gg = ct_data(G[i]), *mm = ct_data(M[i]);
-            double *vv = ct_data(V[i]);
-            for (int64_t j = 0; j < sizes[i]; j++) {
-                pp[j] *= 1 - lr * awd;
-                mm[j] = b1 * mm[j] + (1 - b1) * gg[j];
-                vv[j] = b2 * vv[j] + (1 - b2) * gg[j] * gg[j];
-                pp[j] -= lr / bc1 * mm[j] / (sqrt(vv[j]) / sqrt(bc2) + eps);
+            char what[96];
+            snprintf(what, sizeof what, "fused %s config %zu %s", c->adam ? "adam" : "sgd", ci,
+                     ct_dtype_name(dt));
+            if (c->adam)
+                CHECK_OK(adam(p, g, m, v, NP, lr, b1, b2, eps, c->wd, c->decoupled, step));
+            else
+                CHECK_OK(sgd(p, g, c->mom != 0 ? m : NULL, NP, lr, c->mom, c->damp, c->wd,
+                             c->nesterov, c->first));
+            for (int i = 0; i < NP; i++) {
+                double *pp = ct_data(P[i]), *gg = ct_data(G[i]), *mm = ct_data(M[i]);
+                if (c->adam) {
+                    adam_ref(pp, gg, mm, ct_data(V[i]), sizes[i], lr, b1, b2, eps, c->wd,
+                             c->decoupled, step);
+                    check_vs(v[i], V[i], dt, what);
+                } else {
+                    sgd_ref(pp, gg, mm, sizes[i], lr, c->mom, c->damp, c->wd, c->nesterov,
+                            c->first);
+                }
+                check_vs(p[i], P[i], dt, what);
+                if (c->adam || c->mom != 0) check_vs(m[i], M[i], dt, what);
             }
-            check_vs(p[i], P[i], dt, "fused adamw: parameter");
-            check_vs(m[i], M[i], dt, "fused adamw: exp_avg");
-            check_vs(v[i], V[i], dt, "fused adamw: exp_avg_sq");
-            ct_free(P[i]), ct_free(G[i]), ct_free(M[i]), ct_free(V[i]);
+            for (int i = 0; i < NP; i++) {
+                ct_free(p[i]), ct_free(g[i]), ct_free(m[i]), ct_free(v[i]);
+                ct_free(P[i]), ct_free(G[i]), ct_free(M[i]), ct_free(V[i]);
+            }
         }
-        for (int i = 0; i < NP; i++) ct_free(p[i]), ct_free(g[i]), ct_free(m[i]), ct_free(v[i]);
-    }
+}
+
+/* An out-of-range class index found by the nll_loss kernel is reported, naming the target,
+ * at the next synchronisation (here: the copy of the loss to the CPU). */
+TEST(backends_cuda_nll_target_out_of_range) {
+    if (!cuda_ready()) SKIP(g_why);
+    const ct_device dev = {CT_CUDA, 0};
+    int64_t sh[2] = {4, 5}, n = 4, tg[4] = {1, 7, 0, 2};
+    ct_tensor *x = rnd(sh, 2, CT_FLOAT32, 0), *t = ct_from_data(tg, &n, 1, CT_INT64);
+    ct_tensor *xd = ct_to_device(x, dev), *td = ct_to_device(t, dev);
+    ct_tensor *lp = ct_log_softmax(xd, 1);
+    ct_tensor *loss = lp ? ct_nll_loss(lp, td, CT_REDUCTION_MEAN, -100) : NULL;
+    ct_clear_error();
+    ct_tensor *h = loss ? ct_to_device(loss, ct_cpu()) : NULL;
+    CHECK_MSG(h == NULL, "an out-of-range target must make the synchronisation fail");
+    CHECK_MSG(strstr(ct_last_error(), "target 7 at position 1") != NULL, "error: %s",
+              ct_last_error());
+    /* reported once: the device is usable afterwards */
+    ct_tensor *again = ct_to_device(xd, ct_cpu());
+    CHECK_NN(again);
+    ct_free(again), ct_free(h), ct_free(loss), ct_free(lp), ct_free(xd), ct_free(td);
+    ct_free(x), ct_free(t);
 }
 
 /* ------------------------------------------------------ op layer, end to end */

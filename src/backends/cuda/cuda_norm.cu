@@ -145,8 +145,7 @@ static int launch_bn_apply(const cuk_ctx *c, int64_t n, int64_t C, int64_t S, co
             (uint32_t)n, (uint32_t)C, (uint32_t)S, in0, in1, coef, with_k, out);
     else
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_bn_apply<T, int64_t>)(
-            n, C, S, in0, in1, coef,
-                                                                      with_k, out);
+            n, C, S, in0, in1, coef, with_k, out);
     return cuk_status();
 }
 
@@ -168,12 +167,10 @@ static int launch_bn_partial(const cuk_ctx *c, int mode, const T *x, const T *gy
     dim3 grid((unsigned)C, (unsigned)nsplit);
     if (M < INT32_MAX)
         CUK_LAUNCH(grid, CUK_THREADS, 0, c->stream, k_bn_partial<T, uint32_t>)(
-            mode, x, gy, mean, N, C, S,
-                                                                       chunk, nsplit, part);
+            mode, x, gy, mean, N, C, S, chunk, nsplit, part);
     else
         CUK_LAUNCH(grid, CUK_THREADS, 0, c->stream, k_bn_partial<T, int64_t>)(
-            mode, x, gy, mean, N, C, S,
-                                                                      chunk, nsplit, part);
+            mode, x, gy, mean, N, C, S, chunk, nsplit, part);
     int rc = cuk_status();
     if (rc) {
         c->ws_free(part, c->device);
@@ -417,8 +414,7 @@ static int ln_bwd_t(const cuk_ctx *c, int64_t M, int64_t N, const T *gy, const T
     if (gx && M > 0) {
         if (M > INT_MAX) return (int)cudaErrorInvalidConfiguration;
         CUK_LAUNCH((unsigned)M, row_threads(N), 0, c->stream, k_ln_bwd_input<T>)(
-            N, gy, x, mean, rstd, w,
-                                                                          gx);
+            N, gy, x, mean, rstd, w, gx);
         int rc = cuk_status();
         if (rc) return rc;
     }

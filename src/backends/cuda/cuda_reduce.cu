@@ -209,8 +209,7 @@ static int reduce_t(const cuk_ctx *c, int op, int out_dt, const cuk_red_geom *g,
     int rc = cuk_status();
     if (rc == 0 && ra.nsplit > 1) {
         CUK_LAUNCH(cuk_blocks(c, O, CUK_THREADS), CUK_THREADS, 0, c->stream, k_red_final)(
-            O, R, is_max,
-                                                                                  ra);
+            O, R, is_max, ra);
         rc = cuk_status();
     }
     if (ra.pv) c->ws_free(ra.pv, c->device);

@@ -160,8 +160,7 @@ static int softmax_t(const cuk_ctx *c, bool bwd, int64_t outer, int64_t C, int64
         if (blocks > INT_MAX) return (int)cudaErrorInvalidConfiguration;
         if (bwd)
             CUK_LAUNCH((unsigned)blocks, warps * 32, 0, c->stream, k_sm_bwd_warp<T>)(
-                outer, C, log, a, gy,
-                                                                              out);
+                outer, C, log, a, gy, out);
         else
             CUK_LAUNCH((unsigned)blocks, warps * 32, 0, c->stream, k_sm_fwd_warp<T>)(
                 outer, C, log, a, out);
@@ -175,12 +174,10 @@ static int softmax_t(const cuk_ctx *c, bool bwd, int64_t outer, int64_t C, int64
         int blocks = cuk_blocks(c, outer * inner, CUK_THREADS);
         if (bwd)
             CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_sm_bwd_strided<T>)(
-                outer, C, inner, log, a, gy,
-                                                                        out);
+                outer, C, inner, log, a, gy, out);
         else
             CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_sm_fwd_strided<T>)(
-                outer, C, inner, log, a,
-                                                                        out);
+                outer, C, inner, log, a, out);
     }
     return cuk_status();
 }
@@ -281,13 +278,12 @@ extern "C" int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
     const long long *t = (const long long *)target;
     if (dt == CUK_F32)
         CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<float>)(
-            N, C, red, ignore_index, (const float *)logp,
-                                                    t, (float *)out, (float *)total_weight,
-                                                    c->flag);
+            N, C, red, ignore_index, (const float *)logp, t, (float *)out, (float *)total_weight,
+            c->flag);
     else if (dt == CUK_F64)
-        CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<double>)(N, C, red, ignore_index,
-                                                     (const double *)logp, t, (double *)out,
-                                                     (double *)total_weight, c->flag);
+        CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<double>)(
+            N, C, red, ignore_index, (const double *)logp, t, (double *)out,
+            (double *)total_weight, c->flag);
     else
         return (int)cudaErrorInvalidValue;
     return cuk_status();
