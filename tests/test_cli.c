@@ -137,6 +137,43 @@ TEST(cli_train_matches_pytorch_after_5_and_40_sgd_steps) {
     ct_fixture_free(fx);
 }
 
+/* The same 5 SGD steps on the GPU (TF32 off): the weights match PyTorch's within 1e-4, and
+ * eval reads the checkpoint back on the GPU. Skipped when CUDA is unavailable. */
+TEST(cli_train_on_cuda_matches_pytorch_after_5_sgd_steps) {
+    int avail = 0;
+    const char *why = ct_cuda_status(&avail);
+    if (!avail) SKIP(why);
+    const char *d = data_dir();
+    if (!d) SKIP("CTORCH_DATA does not hold CIFAR-10");
+    ct_fixture *fx = ct_fixture_load("train_steps_simple_cnn");
+    if (!fx) return;
+    char init[512], out[512], log[512], cmd[2048];
+    snprintf(init, sizeof init, "%s/init_cuda.safetensors", tmpdir());
+    snprintf(out, sizeof out, "%s/step5_cuda.safetensors", tmpdir());
+    snprintf(log, sizeof log, "%s/train_cuda.log", tmpdir());
+    CHECK_OK(write_formula_init(init));
+    snprintf(cmd, sizeof cmd,
+             "CTORCH_TF32=0 %s train --model simple_cnn --dataset cifar10 --data-dir %s --init %s "
+             "--save %s --device cuda --no-shuffle --augment none --max-steps 5 --train-limit 320 "
+             "--test-limit 200",
+             bin(), d, init, out);
+    int rc = run(cmd, log);
+    CHECK_MSG(rc == 0, "train --device cuda exited %d", rc);
+    if (rc) {
+        show_log(log);
+    } else {
+        CHECK(log_has(log, "final test accuracy"));
+        compare_steps(out, fx, 5, 1e-4);
+        snprintf(cmd, sizeof cmd,
+                 "%s eval --model simple_cnn --checkpoint %s --dataset cifar10 --data-dir %s "
+                 "--device cuda --test-limit 200 --json",
+                 bin(), out, d);
+        CHECK(run(cmd, log) == 0);
+        CHECK(log_has(log, "\"test_acc\""));
+    }
+    ct_fixture_free(fx);
+}
+
 TEST(cli_mlp_learns_mnist_subset) {
     const char *d = getenv("CTORCH_DATA");
     char p[1024];
