@@ -67,7 +67,7 @@ deps:
 	@scripts/install-deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch
+	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch $(if $(NVCC),cuda-emu)
 	@scripts/check-readme.sh $(BUILD)
 	CTORCH_DATA=$(DATA_DIR) $(BUILD)/test_ctorch
 

@@ -4,7 +4,8 @@
 # for the driver (libcuda.so.1), cuBLAS and cuDNN. Included by src/backends/cuda/cuda.mk
 # (it needs the toolkit's headers, not a GPU).
 #
-#   make test-cuda-emu             the backend suite (tests/test_backends.c) on the emulator
+#   make cuda-emu                  build it (make test does, and runs it: tests/test_cuda_emu.c)
+#   make test-cuda-emu [T=filter]  run the backend suite (or the tests matching T) on it
 
 EMU_DIR   := tests/cuda_emu
 EMU_BUILD := $(BUILD)/cuda_emu
@@ -25,7 +26,7 @@ EMU_LIBS := $(EMU_BUILD)/libctorch_cuda.so $(EMU_BUILD)/libcuda.so.1 \
 EMU_HDRS := $(CUDA_HDRS) $(wildcard $(EMU_DIR)/include/*.h) $(wildcard $(CUDA_DIR)/*.cuh)
 
 .PHONY: cuda-emu test-cuda-emu
-cuda-emu: $(EMU_LIBS)
+cuda-emu: $(EMU_LIBS) $(EMU_BUILD)/test_simt
 
 # The plugin's C files: as for the real plugin, but against the emulator's runtime.
 $(EMU_BUILD)/%.o: $(CUDA_DIR)/%.c $(EMU_HDRS)

@@ -1,0 +1,109 @@
+/* The CUDA plugin on the CPU emulator (tests/cuda_emu/README.md): the plugin's kernels and
+ * host code run on CPU fibers, with stand-ins for the CUDA runtime, driver, cuBLAS and
+ * cuDNN, so that their logic is tested on every machine, GPU or not.
+ *
+ * Each test runs part of this suite again in a child process whose CUDA plugin is the
+ * emulated one (build/cuda_emu/libctorch_cuda.so, beside this binary): the backend suite
+ * (every kernel-table op against the CPU, fused optimizers, allocator) and the end-to-end
+ * `ctorch train --device cuda` test. These are emulator passes, not GPU passes: the GPU
+ * cases of the normal run stay skipped on a machine without a GPU. Skipped here when the
+ * emulator is not built (no CUDA toolkit), or inside the emulated child itself. */
+#include "test.h"
+
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* build/cuda_emu beside this test binary, if the emulated plugin is there. */
+static const char *emu_dir(void) {
+    static char dir[1024];
+    char self[1024];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return NULL;
+    self[n] = 0;
+    snprintf(dir, sizeof dir, "%s/cuda_emu", dirname(self));
+    char lib[1100];
+    snprintf(lib, sizeof lib, "%s/libctorch_cuda.so", dir);
+    return access(lib, R_OK) == 0 ? dir : NULL;
+}
+
+#define EMU_SKIP()                                                                         \
+    do {                                                                                   \
+        if (getenv("CT_TEST_EMULATED")) SKIP("already inside the emulated run");           \
+        if (!emu_dir())                                                                    \
+            SKIP("the CUDA emulator is not built (needs the CUDA toolkit's headers: "      \
+                 "make cuda-emu)");                                                        \
+    } while (0)
+
+/* Runs `cmd` with output to a temporary log; on failure shows its last lines. Returns
+ * the exit status and copies the log's last line into `last`. */
+static int run_logged(const char *cmd, char *last, size_t n) {
+    char log[] = "/tmp/ctorch-emu-XXXXXX";
+    int fd = mkstemp(log);
+    if (fd < 0) return -1;
+    close(fd);
+    char full[4096];
+    snprintf(full, sizeof full, "%s > %s 2>&1", cmd, log);
+    int st = system(full);
+    int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    last[0] = 0;
+    FILE *f = fopen(log, "r");
+    char line[1024];
+    while (f && fgets(line, sizeof line, f)) {
+        if (rc != 0 && (strncmp(line, "FAIL", 4) == 0 || strstr(line, "cuda-emu:") ||
+                        strncmp(line, "    ", 4) == 0))
+            printf("    | %s", line);
+        snprintf(last, n, "%s", line);
+    }
+    if (f) fclose(f);
+    unlink(log);
+    size_t l = strlen(last);
+    if (l && last[l - 1] == '\n') last[l - 1] = 0;
+    return rc;
+}
+
+/* This binary, filtered to `filter`, with the emulated plugin; every selected test must
+ * pass (none skipped: a skip would mean the emulated device did not come up). */
+static void run_emulated(const char *filter, int min_tests) {
+    const char *dir = emu_dir();
+    char self[1024], cmd[4096], last[1024];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return;
+    self[n] = 0;
+    const char *ld = getenv("LD_LIBRARY_PATH");
+    snprintf(cmd, sizeof cmd,
+             "CTORCH_CUDA_PLUGIN=%s/libctorch_cuda.so LD_LIBRARY_PATH=%s%s%s "
+             "CTORCH_CUBLAS_LIBRARY= CTORCH_CUDNN_LIBRARY= CT_TEST_EMULATED=1 %s %s",
+             dir, dir, ld && *ld ? ":" : "", ld && *ld ? ld : "", self, filter);
+    int rc = run_logged(cmd, last, sizeof last);
+    int passed = -1, failed = -1, skipped = -1;
+    sscanf(last, "%d passed, %d failed, %d skipped", &passed, &failed, &skipped);
+    printf("    emulated `%s`: %s\n", filter, last);
+    CHECK_MSG(rc == 0 && failed == 0, "emulated run of `%s` exited %d (%s)", filter, rc, last);
+    CHECK_MSG(passed >= min_tests && skipped == 0,
+              "emulated run of `%s`: %d passed, %d skipped; expected >= %d passed, none "
+              "skipped",
+              filter, passed, skipped, min_tests);
+}
+
+TEST(cuda_emulator_self_test) {
+    EMU_SKIP();
+    char cmd[1200], last[1024];
+    snprintf(cmd, sizeof cmd, "%s/test_simt", emu_dir());
+    int rc = run_logged(cmd, last, sizeof last);
+    printf("    %s\n", last);
+    CHECK_MSG(rc == 0, "%s exited %d (%s)", cmd, rc, last);
+}
+
+TEST(cuda_emulator_backend_suite) {
+    EMU_SKIP();
+    run_emulated("backends", 29);
+}
+
+TEST(cuda_emulator_train_end_to_end) {
+    EMU_SKIP();
+    if (!getenv("CTORCH_DATA")) SKIP("CTORCH_DATA is not set");
+    run_emulated("cli_train_on_cuda", 1);
+}
