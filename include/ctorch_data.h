@@ -128,6 +128,12 @@ typedef struct ct_dataloader_opts {
                            Default 2 */
     int prefetch;       /* batches prepared ahead (queue bound); <= 0: 2 * num_workers */
     ct_transform transform; /* default: no augmentation, no normalisation (/255 only) */
+    int pin_memory;     /* default 0. Non-zero: the workers build batches in pinned
+                           (page-locked) host memory from the CUDA plugin, which the GPU
+                           reads by DMA while the host goes on (see ct_device_prefetcher).
+                           Batches stay CPU tensors with the same values; only where they
+                           live changes. Without usable CUDA this does nothing but print one
+                           warning per process to stderr, like PyTorch's; never an error. */
 } ct_dataloader_opts;
 
 typedef struct ct_dataloader ct_dataloader;
@@ -145,8 +151,44 @@ int ct_dataloader_start_epoch(ct_dataloader *dl, int64_t epoch);
 int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels);
 /* Total seconds ct_dataloader_next spent waiting for workers (compute stalled on data). */
 double ct_dataloader_wait_seconds(const ct_dataloader *dl);
-/* Stops the workers (even mid-epoch) and frees everything. NULL is fine. */
+/* 1 when the loader's batches live in pinned host memory (pin_memory set and CUDA
+ * usable), else 0. */
+int ct_dataloader_pinned(const ct_dataloader *dl);
+/* Stops the workers (even mid-epoch) and frees everything. NULL is fine. Batches already
+ * handed out stay valid. */
 void ct_dataloader_free(ct_dataloader *dl);
+
+/* ---------------------------------------------------------- device prefetcher
+ * Delivers a DataLoader's batches on a device, one batch ahead: the CUDA form of the
+ * prefetchers used with PyTorch's DataLoader(pin_memory=True) and
+ * .to(device, non_blocking=True).
+ *
+ * On a CUDA device, when batch k is handed out the host-to-device copy of batch k+1 is
+ * already queued on the device's copy stream (a second stream beside the compute stream),
+ * so it runs while the model computes on batch k; from pinned batches (pin_memory) it is
+ * a plain DMA and the host does not wait for it. Before a batch is handed out, the compute
+ * stream is made to wait (on the GPU) for an event recorded after its copy, so kernels
+ * queued on it see complete data; the pinned host buffer is not reused by the loader until
+ * the copy from it has completed. One extra batch is held on the device.
+ *
+ * On the CPU device batches pass through unchanged. Either way the batches, their order
+ * and the epoch semantics are the loader's own: same values, same seed and epoch rules. */
+typedef struct ct_device_prefetcher ct_device_prefetcher;
+
+/* dl is borrowed (it must outlive the prefetcher) and should be used only through the
+ * prefetcher from now on. device: ct_cpu() or a CUDA device; NULL + error when CUDA is not
+ * usable ("cuda unavailable: <reason>") or the device does not exist. */
+ct_device_prefetcher *ct_device_prefetcher_new(ct_dataloader *dl, ct_device device);
+/* ct_dataloader_start_epoch through the prefetcher: a batch still in flight is dropped. */
+int ct_device_prefetcher_start_epoch(ct_device_prefetcher *p, int64_t epoch);
+/* Like ct_dataloader_next, with *images / *labels (new references) on the device. Returns
+ * 1, 0 at the end of the epoch, -1 on error (an error while preparing the batch after
+ * this one is reported by the call that would have returned it). */
+int ct_device_prefetcher_next(ct_device_prefetcher *p, ct_tensor **images, ct_tensor **labels);
+ct_device ct_device_prefetcher_device(const ct_device_prefetcher *p);
+/* Drops a batch still in flight (waiting for its copy) and frees the prefetcher, not the
+ * loader. NULL is fine. */
+void ct_device_prefetcher_free(ct_device_prefetcher *p);
 
 /* ---------------------------------------------------------------- download
  * `ctorch download DATASET`: fetches the official archive(s) into <root>/<subdir> with

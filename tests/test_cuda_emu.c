@@ -4,8 +4,9 @@
  *
  * Each test runs part of this suite again in a child process whose CUDA plugin is the
  * emulated one (build/cuda_emu/libctorch_cuda.so, beside this binary): the backend suite
- * (every kernel-table op against the CPU, fused optimizers, allocator) and the end-to-end
- * `ctorch train --device cuda` test. These are emulator passes, not GPU passes: the GPU
+ * (every kernel-table op against the CPU, fused optimizers, allocator), the DataLoader's
+ * pinned batches and device prefetcher, and the end-to-end `ctorch train --device cuda`
+ * test. These are emulator passes, not GPU passes: the GPU
  * cases of the normal run stay skipped on a machine without a GPU. Skipped here when the
  * emulator is not built (no CUDA toolkit), or inside the emulated child itself. */
 #include "test.h"
@@ -100,6 +101,12 @@ TEST(cuda_emulator_self_test) {
 TEST(cuda_emulator_backend_suite) {
     EMU_SKIP();
     run_emulated("backends", 29);
+}
+
+TEST(cuda_emulator_data_prefetcher) {
+    EMU_SKIP();
+    run_emulated("data_prefetcher_cuda", 1);
+    run_emulated("data_cuda_copy_stream", 1);
 }
 
 TEST(cuda_emulator_train_end_to_end) {

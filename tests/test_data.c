@@ -13,9 +13,13 @@
  *   - mean) / std in float32. */
 #include "test.h"
 
+#include "backends/cuda/cuda_plugin.h"
+#include "core/backend.h"
 #include "ctorch_data.h"
 #include "data/data_internal.h"
+#include "data/pin_memory.h"
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -915,6 +919,439 @@ TEST(data_loader_errors) {
     CHECK(ct_dataset_from_memory(px, &bad_label, 1, 1, 2, 2, 10, "bad") == NULL);
     CHECK_ERRMSG("label 12");
     ct_dataset_free(ds);
+}
+
+/* ------------------------------------------------ pin_memory and the device prefetcher */
+/* Records stderr into a temporary file between capture_begin and capture_end (which
+ * returns what was written, malloc'd). Nothing may CHECK in between: the harness reports
+ * failures on stderr. */
+typedef struct {
+    char path[64];
+    int saved;
+} capture_t;
+
+static int capture_begin(capture_t *c) {
+    fflush(stderr);
+    snprintf(c->path, sizeof c->path, "/tmp/ctorch_stderr_XXXXXX");
+    int fd = mkstemp(c->path);
+    if (fd < 0) return -1;
+    c->saved = dup(2);
+    dup2(fd, 2);
+    close(fd);
+    return 0;
+}
+
+static char *capture_end(capture_t *c) {
+    fflush(stderr);
+    dup2(c->saved, 2);
+    close(c->saved);
+    char *buf = NULL;
+    FILE *f = fopen(c->path, "rb");
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        long n = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        buf = calloc((size_t)(n > 0 ? n : 0) + 1, 1);
+        if (buf && n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) buf[0] = 0;
+        fclose(f);
+    }
+    unlink(c->path);
+    return buf;
+}
+
+static int count_substr(const char *hay, const char *needle) {
+    int n = 0;
+    for (const char *p = hay; p && (p = strstr(p, needle)) != NULL; p += strlen(needle)) n++;
+    return n;
+}
+
+/* 300 RGB 8x8 images with varied pixels and labels; options with shuffle, random crop,
+ * flip and normalisation, so that batches differ in every respect that could go wrong. */
+static ct_dataset *pattern_dataset(void) {
+    enum { N = 300 };
+    uint8_t *img = malloc((size_t)N * 3 * 64);
+    int64_t *lab = malloc(N * sizeof(int64_t));
+    for (int i = 0; i < N * 3 * 64; i++) img[i] = (uint8_t)(i * 29 + 11);
+    for (int i = 0; i < N; i++) lab[i] = (i * 7) % 10;
+    ct_dataset *ds = ct_dataset_from_memory(img, lab, N, 3, 8, 8, 10, "pattern");
+    free(img);
+    free(lab);
+    return ds;
+}
+
+static ct_dataloader_opts pattern_opts(int workers) {
+    ct_dataloader_opts o = ct_dataloader_default_opts();
+    o.batch_size = 32; /* 10 batches, the last one of 12 */
+    o.seed = 5;
+    o.num_workers = workers;
+    o.prefetch = 2;
+    o.transform.crop_padding = 2;
+    o.transform.hflip = 1;
+    o.transform.normalize = 1;
+    for (int c = 0; c < 3; c++) {
+        o.transform.mean[c] = 0.4f;
+        o.transform.std[c] = 0.2f;
+    }
+    return o;
+}
+
+/* A batch source: a plain loader, or a loader behind a device prefetcher. */
+typedef struct {
+    ct_dataloader *dl;
+    ct_device_prefetcher *pf;
+} source_t;
+
+static int source_start(source_t *s, int64_t epoch) {
+    return s->pf ? ct_device_prefetcher_start_epoch(s->pf, epoch)
+                 : ct_dataloader_start_epoch(s->dl, epoch);
+}
+
+/* Next batch, brought to the CPU. */
+static int source_next(source_t *s, ct_tensor **x, ct_tensor **y, ct_device *where) {
+    ct_tensor *xd, *yd;
+    int r = s->pf ? ct_device_prefetcher_next(s->pf, &xd, &yd) : ct_dataloader_next(s->dl, &xd, &yd);
+    *x = *y = NULL;
+    if (r != 1) return r;
+    *where = ct_device_of(xd);
+    *x = ct_to_device(xd, ct_cpu());
+    *y = ct_to_device(yd, ct_cpu());
+    ct_free(xd);
+    ct_free(yd);
+    return *x && *y ? 1 : -1;
+}
+
+/* Compares one epoch of `got` with the reference loader batch by batch (values, labels,
+ * shapes, order) and checks both end together. Returns the number of batches compared. */
+static int compare_epoch(ct_dataloader *ref, source_t *got, int64_t epoch, ct_device want_dev,
+                         const char *what) {
+    CHECK_OK(ct_dataloader_start_epoch(ref, epoch));
+    CHECK_OK(source_start(got, epoch));
+    int nb = 0;
+    for (;;) {
+        ct_tensor *rx, *ry, *gx, *gy;
+        ct_device where = ct_cpu();
+        int r0 = ct_dataloader_next(ref, &rx, &ry);
+        int r1 = source_next(got, &gx, &gy, &where);
+        CHECK_MSG(r0 == r1, "%s epoch %lld batch %d: reference returned %d, got %d (%s)", what,
+                  (long long)epoch, nb, r0, r1, r1 < 0 ? ct_last_error() : "");
+        if (r0 == 1 && r1 == 1) {
+            CHECK_MSG(where.type == want_dev.type && where.index == want_dev.index,
+                      "%s: batch on device type %d:%d", what, (int)where.type, where.index);
+            CHECK(ct_numel(rx) == ct_numel(gx) && ct_ndim(gx) == 4 && ct_size(gx, 1) == 3);
+            CHECK(ct_numel(ry) == ct_numel(gy));
+            if (ct_numel(rx) == ct_numel(gx) && ct_numel(ry) == ct_numel(gy)) {
+                CHECK_MSG(memcmp(ct_data(rx), ct_data(gx), (size_t)ct_numel(rx) * 4) == 0,
+                          "%s epoch %lld batch %d: images differ", what, (long long)epoch, nb);
+                CHECK_MSG(memcmp(ct_data(ry), ct_data(gy), (size_t)ct_numel(ry) * 8) == 0,
+                          "%s epoch %lld batch %d: labels differ", what, (long long)epoch, nb);
+            }
+            nb++;
+        }
+        if (r0 == 1) {
+            ct_free(rx);
+            ct_free(ry);
+        }
+        if (r1 == 1) {
+            ct_free(gx);
+            ct_free(gy);
+        }
+        if (r0 != 1 || r1 != 1) break;
+    }
+    return nb;
+}
+
+static int cuda_usable(char *why, size_t n) {
+    int avail = 0;
+    const char *r = ct_cuda_status(&avail);
+    if (!avail) snprintf(why, n, "cuda unavailable: %s", r ? r : "(no reason)");
+    return avail;
+}
+
+/* pin_memory: pinned batches when CUDA is usable; otherwise one warning per process and
+ * ordinary batches. Values are the same either way. */
+TEST(data_loader_pin_memory) {
+    ct_dataset *ds = pattern_dataset();
+    CHECK_NN(ds);
+    if (!ds) return;
+    char why[1024];
+    int cuda = cuda_usable(why, sizeof why);
+    int warned_before = ct__pin_memory_warnings();
+    ct_dataloader_opts o = pattern_opts(2);
+    ct_dataloader *ref = ct_dataloader_new(ds, &o);
+    o.pin_memory = 1;
+    capture_t cap;
+    CHECK(capture_begin(&cap) == 0);
+    ct_dataloader *p2 = ct_dataloader_new(ds, &o);
+    o.num_workers = 0;
+    ct_dataloader *p0 = ct_dataloader_new(ds, &o);
+    char *err = capture_end(&cap);
+    CHECK(ref && p2 && p0 && err);
+    const char *msg = "pin_memory is set but CUDA is unavailable";
+    if (cuda) {
+        CHECK(ct_dataloader_pinned(p2) == 1 && ct_dataloader_pinned(p0) == 1);
+        CHECK_MSG(count_substr(err, msg) == 0, "warned although CUDA is usable: %s", err);
+    } else {
+        CHECK(ct_dataloader_pinned(p2) == 0 && ct_dataloader_pinned(p0) == 0);
+        CHECK_MSG(ct__pin_memory_warnings() == 1, "no pin_memory warning was printed");
+        CHECK_MSG(count_substr(err, msg) == (warned_before ? 0 : 1),
+                  "expected the warning %s, stderr was: \"%s\"", warned_before ? "not again" : "once",
+                  err ? err : "");
+        CHECK_MSG(contains(err, "ctorch: warning:") || warned_before, "stderr: %s", err);
+    }
+    CHECK(ct_dataloader_pinned(ref) == 0);
+    CHECK(ct_dataloader_pinned(NULL) == 0);
+    free(err);
+    if (ref && p2 && p0) {
+        source_t s2 = {p2, NULL}, s0 = {p0, NULL};
+        for (int64_t epoch = 0; epoch < 2; epoch++) {
+            CHECK(compare_epoch(ref, &s2, epoch, ct_cpu(), "pin_memory, 2 workers") == 10);
+            CHECK(compare_epoch(ref, &s0, epoch, ct_cpu(), "pin_memory, no workers") == 10);
+        }
+        /* the batches are pinned exactly when the loader says so */
+        ct_tensor *x, *y;
+        CHECK_OK(ct_dataloader_start_epoch(p2, 0));
+        CHECK(ct_dataloader_next(p2, &x, &y) == 1);
+        CHECK(ct__is_pinned(x) == cuda && ct__is_pinned(y) == cuda);
+        CHECK(ct_device_of(x).type == CT_CPU);
+        ct_free(x);
+        ct_free(y);
+    }
+    ct_dataloader_free(ref);
+    ct_dataloader_free(p2);
+    ct_dataloader_free(p0);
+    ct_dataset_free(ds);
+}
+
+/* On the CPU device the prefetcher passes the loader's batches through: same values, same
+ * order, same epoch semantics (end stays at 0, a mid-epoch restart replays). */
+TEST(data_prefetcher_cpu_matches_loader) {
+    ct_dataset *ds = pattern_dataset();
+    CHECK_NN(ds);
+    if (!ds) return;
+    for (int workers = 0; workers <= 3; workers += 3) {
+        ct_dataloader_opts o = pattern_opts(workers);
+        ct_dataloader *ref = ct_dataloader_new(ds, &o);
+        ct_dataloader *dl = ct_dataloader_new(ds, &o);
+        ct_device_prefetcher *pf = dl ? ct_device_prefetcher_new(dl, ct_cpu()) : NULL;
+        CHECK(ref && dl && pf);
+        if (!ref || !dl || !pf) {
+            ct_dataloader_free(ref);
+            ct_dataloader_free(dl);
+            break;
+        }
+        CHECK(ct_device_prefetcher_device(pf).type == CT_CPU);
+        source_t s = {dl, pf};
+        for (int64_t epoch = 0; epoch < 3; epoch++)
+            CHECK(compare_epoch(ref, &s, epoch, ct_cpu(), "cpu prefetcher") == 10);
+        ct_tensor *x, *y;
+        CHECK(ct_device_prefetcher_next(pf, &x, &y) == 0); /* stays at the end */
+        CHECK(x == NULL && y == NULL);
+        /* a restart mid-epoch replays the epoch from its first batch */
+        CHECK_OK(ct_device_prefetcher_start_epoch(pf, 1));
+        for (int k = 0; k < 3; k++) {
+            CHECK(ct_device_prefetcher_next(pf, &x, &y) == 1);
+            ct_free(x);
+            ct_free(y);
+        }
+        CHECK(compare_epoch(ref, &s, 1, ct_cpu(), "cpu prefetcher after restart") == 10);
+        ct_device_prefetcher_free(pf);
+        ct_dataloader_free(dl);
+        ct_dataloader_free(ref);
+    }
+    ct_dataset_free(ds);
+}
+
+TEST(data_prefetcher_errors) {
+    ct_dataset *ds = index_dataset(10);
+    ct_dataloader *dl = ct_dataloader_new(ds, NULL);
+    CHECK_NN(dl);
+    if (!dl) {
+        ct_dataset_free(ds);
+        return;
+    }
+    ct_clear_error();
+    CHECK(ct_device_prefetcher_new(NULL, ct_cpu()) == NULL);
+    CHECK_ERRMSG("loader is NULL");
+    CHECK(ct_device_prefetcher_new(dl, (ct_device){(ct_device_type)7, 0}) == NULL);
+    CHECK_ERRMSG("unknown device type 7");
+    CHECK(ct_device_prefetcher_new(dl, (ct_device){CT_CUDA, -1}) == NULL);
+    CHECK_ERRMSG("cuda:-1");
+    char why[1024];
+    if (!cuda_usable(why, sizeof why)) {
+        CHECK(ct_device_prefetcher_new(dl, (ct_device){CT_CUDA, 0}) == NULL);
+        CHECK_ERRMSG("cuda unavailable");
+        CHECK(ct_cuda_plugin_symbol("ct_cuda_host_alloc") == NULL);
+        CHECK_ERRMSG("cuda unavailable");
+    } else {
+        CHECK(ct_device_prefetcher_new(dl, (ct_device){CT_CUDA, 99}) == NULL);
+        CHECK_ERRMSG("cuda:99");
+        CHECK(ct_cuda_plugin_symbol("ct_cuda_no_such_function") == NULL);
+        CHECK_ERRMSG("lacks ct_cuda_no_such_function");
+        CHECK(ct_cuda_plugin_symbol("ct_cuda_host_alloc") != NULL);
+    }
+    ct_device_prefetcher *pf = ct_device_prefetcher_new(dl, ct_cpu());
+    CHECK_NN(pf);
+    ct_tensor *x = (ct_tensor *)1, *y = (ct_tensor *)1;
+    CHECK_ERR_INT(ct_device_prefetcher_next(NULL, &x, &y), "must be non-NULL");
+    CHECK(x == NULL && y == NULL);
+    CHECK_ERR_INT(ct_device_prefetcher_next(pf, NULL, &y), "must be non-NULL");
+    CHECK_ERR_INT(ct_device_prefetcher_start_epoch(NULL, 0), "prefetcher is NULL");
+    CHECK_ERR_INT(ct_device_prefetcher_start_epoch(pf, -2), "epoch must be >= 0");
+    CHECK(ct_device_prefetcher_device(NULL).type == CT_CPU);
+    ct_device_prefetcher_free(pf);
+    ct_device_prefetcher_free(NULL);
+    ct_dataloader_free(dl);
+    ct_dataset_free(ds);
+}
+
+/* CUDA: the prefetched batches equal the loader's, with and without pinned memory, whatever
+ * the workers; restarting or freeing with a batch in flight is safe. */
+TEST(data_prefetcher_cuda_matches_loader) {
+    char why[1024];
+    if (!cuda_usable(why, sizeof why)) SKIP(why);
+    ct_dataset *ds = pattern_dataset();
+    CHECK_NN(ds);
+    if (!ds) return;
+    const ct_device cuda0 = {CT_CUDA, 0};
+    for (int pin = 0; pin <= 1; pin++)
+        for (int workers = 0; workers <= 2; workers += 2) {
+            char what[64];
+            snprintf(what, sizeof what, "cuda prefetcher, pin_memory %d, %d workers", pin, workers);
+            ct_dataloader_opts o = pattern_opts(workers);
+            ct_dataloader *ref = ct_dataloader_new(ds, &o);
+            o.pin_memory = pin;
+            ct_dataloader *dl = ct_dataloader_new(ds, &o);
+            ct_device_prefetcher *pf = dl ? ct_device_prefetcher_new(dl, cuda0) : NULL;
+            CHECK_MSG(ref && dl && pf, "%s: %s", what, ct_last_error());
+            if (ref && dl && pf) {
+                CHECK(ct_dataloader_pinned(dl) == pin);
+                source_t s = {dl, pf};
+                for (int64_t epoch = 0; epoch < 3; epoch++)
+                    CHECK(compare_epoch(ref, &s, epoch, cuda0, what) == 10);
+                /* restart with a batch in flight, then the epoch replays */
+                ct_tensor *x, *y;
+                CHECK_OK(ct_device_prefetcher_start_epoch(pf, 4));
+                CHECK(ct_device_prefetcher_next(pf, &x, &y) == 1);
+                ct_free(x);
+                ct_free(y);
+                CHECK(compare_epoch(ref, &s, 4, cuda0, what) == 10);
+                /* free with a batch in flight */
+                CHECK_OK(ct_device_prefetcher_start_epoch(pf, 5));
+                CHECK(ct_device_prefetcher_next(pf, &x, &y) == 1);
+                ct_device_prefetcher_free(pf);
+                pf = NULL;
+                ct_tensor *xc = ct_to_device(x, ct_cpu()); /* handed-out batches stay valid */
+                CHECK_NN(xc);
+                ct_free(xc);
+                ct_free(x);
+                ct_free(y);
+            }
+            ct_device_prefetcher_free(pf);
+            ct_dataloader_free(dl);
+            ct_dataloader_free(ref);
+        }
+    CHECK_OK(((ct_cuda_synchronize_fn)ct_cuda_plugin_symbol("ct_cuda_synchronize"))(0));
+    ct_dataset_free(ds);
+}
+
+/* The plugin's stream and event API, and that a pinned block is not handed out again while
+ * a copy from it is queued: a block is filled with A, copied on the copy stream, freed,
+ * allocated again and filled with B; the first copy must still deliver A. */
+TEST(data_cuda_copy_stream_events) {
+    char why[1024];
+    if (!cuda_usable(why, sizeof why)) SKIP(why);
+    ct_cuda_event_create_fn ev_create;
+    ct_cuda_event_destroy_fn ev_destroy;
+    ct_cuda_event_record_fn ev_record;
+    ct_cuda_event_query_fn ev_query;
+    ct_cuda_event_synchronize_fn ev_sync;
+    ct_cuda_stream_wait_event_fn wait_event;
+    ct_cuda_copy_h2d_async_on_fn copy_on;
+    ct_cuda_host_alloc_fn host_alloc;
+    ct_cuda_host_free_fn host_free;
+    *(void **)&ev_create = ct_cuda_plugin_symbol("ct_cuda_event_create");
+    *(void **)&ev_destroy = ct_cuda_plugin_symbol("ct_cuda_event_destroy");
+    *(void **)&ev_record = ct_cuda_plugin_symbol("ct_cuda_event_record");
+    *(void **)&ev_query = ct_cuda_plugin_symbol("ct_cuda_event_query");
+    *(void **)&ev_sync = ct_cuda_plugin_symbol("ct_cuda_event_synchronize");
+    *(void **)&wait_event = ct_cuda_plugin_symbol("ct_cuda_stream_wait_event");
+    *(void **)&copy_on = ct_cuda_plugin_symbol("ct_cuda_copy_h2d_async_on");
+    *(void **)&host_alloc = ct_cuda_plugin_symbol("ct_cuda_host_alloc");
+    *(void **)&host_free = ct_cuda_plugin_symbol("ct_cuda_host_free");
+    CHECK(ev_create && ev_destroy && ev_record && ev_query && ev_sync && wait_event &&
+          copy_on && host_alloc && host_free);
+    if (!(ev_create && ev_destroy && ev_record && ev_query && ev_sync && wait_event && copy_on &&
+          host_alloc && host_free))
+        return;
+    ct_cuda_event *ev = ev_create(0);
+    CHECK_NN(ev);
+    if (!ev) return;
+    CHECK(ev_query(ev) == 1); /* never recorded: complete */
+    CHECK_OK(ev_record(ev, CT_CUDA_STREAM_COPY));
+    CHECK_OK(ev_sync(ev));
+    CHECK(ev_query(ev) == 1);
+    CHECK_OK(ev_record(ev, CT_CUDA_STREAM_COMPUTE));
+    CHECK_OK(wait_event(CT_CUDA_STREAM_COPY, ev));
+    CHECK_OK(wait_event(CT_CUDA_STREAM_COMPUTE, ev));
+    CHECK_ERR_INT(ev_record(ev, 7), "CT_CUDA_STREAM_COPY");
+    CHECK_ERR_INT(wait_event(-1, ev), "CT_CUDA_STREAM_COMPUTE");
+    CHECK_ERR_INT(ev_record(NULL, CT_CUDA_STREAM_COPY), "event is NULL");
+    CHECK_ERR_INT(ev_sync(NULL), "event is NULL");
+    CHECK(ev_query(NULL) == -1);
+    CHECK(ev_create(99) == NULL);
+    CHECK_ERRMSG("cuda:99");
+
+    enum { N = 8 << 20 }; /* 32 MiB of float32: a copy that takes a while */
+    const int64_t shape[1] = {N};
+    const ct_device cuda0 = {CT_CUDA, 0};
+    ct_tensor *z = ct_zeros(shape, 1, CT_FLOAT32);
+    ct_tensor *d1 = ct_to_device(z, cuda0), *d2d = ct_to_device(z, cuda0);
+    ct_free(z);
+    float *p1 = host_alloc((size_t)N * 4);
+    CHECK(d1 && d2d && p1);
+    if (!d1 || !d2d) host_free(p1);
+    else if (p1) {
+        for (int64_t i = 0; i < N; i++) p1[i] = (float)(i % 1000);
+        ct_tensor *s1 = ct_from_blob(p1, shape, 1, CT_FLOAT32, NULL, NULL);
+        CHECK_OK(copy_on(d1, s1, CT_CUDA_STREAM_COPY));
+        ct_free(s1);
+        host_free(p1);
+        float *p2 = host_alloc((size_t)N * 4); /* p1's block only once its copy completed */
+        CHECK_NN(p2);
+        if (p2) {
+            for (int64_t i = 0; i < N; i++) p2[i] = -1.0f;
+            ct_tensor *s2 = ct_from_blob(p2, shape, 1, CT_FLOAT32, NULL, NULL);
+            CHECK_OK(copy_on(d2d, s2, CT_CUDA_STREAM_COPY));
+            CHECK_OK(ev_record(ev, CT_CUDA_STREAM_COPY));
+            CHECK_OK(wait_event(CT_CUDA_STREAM_COMPUTE, ev));
+            ct_free(s2);
+            host_free(p2);
+            ct_tensor *h1 = ct_to_device(d1, ct_cpu()), *h2 = ct_to_device(d2d, ct_cpu());
+            CHECK(h1 && h2);
+            if (h1 && h2) {
+                const float *a = ct_data(h1), *b = ct_data(h2);
+                int64_t bad1 = 0, bad2 = 0;
+                for (int64_t i = 0; i < N; i++) {
+                    bad1 += a[i] != (float)(i % 1000);
+                    bad2 += b[i] != -1.0f;
+                }
+                CHECK_MSG(bad1 == 0, "%lld elements of the first copy were overwritten",
+                          (long long)bad1);
+                CHECK_MSG(bad2 == 0, "%lld elements of the second copy are wrong", (long long)bad2);
+            }
+            ct_free(h1);
+            ct_free(h2);
+        }
+        /* argument errors */
+        ct_tensor *c = ct_zeros(shape, 1, CT_FLOAT32);
+        CHECK_ERR_INT(copy_on(d1, c, 3), "CT_CUDA_STREAM_COPY");
+        CHECK_ERR_INT(copy_on(c, d1, CT_CUDA_STREAM_COPY), "expected a CPU source");
+        ct_free(c);
+    }
+    ct_free(d1);
+    ct_free(d2d);
+    ev_destroy(ev);
+    ev_destroy(NULL);
 }
 
 /* ------------------------------------------------------------------ download */

@@ -145,6 +145,7 @@ int cmd_train(int argc, char **argv) {
     ct_module *model = ct_model_create_ex(a.model, train->num_classes, train->c, train->h, train->w);
     ct_optimizer *opt = NULL;
     ct_dataloader *dl = NULL;
+    ct_device_prefetcher *pf = NULL; /* batches on the device (pinned + overlapped on CUDA) */
     text_buf log = {0};
     int exit_code = CLI_OK;
     if (!model) {
@@ -177,8 +178,7 @@ int cmd_train(int argc, char **argv) {
         lo.transform.crop_padding = 4;
         lo.transform.hflip = 1;
     }
-    dl = ct_dataloader_new(train, &lo);
-    if (!dl) {
+    if (cli_loader_open(train, &lo, dev, &dl, &pf) != 0) {
         exit_code = cli_fail("train", CLI_USAGE, "%s", ct_last_error());
         goto done;
     }
@@ -196,13 +196,13 @@ int cmd_train(int argc, char **argv) {
     int epochs_run = 0;
     for (int64_t epoch = 0; epoch < a.epochs && step < total && !g_interrupted; epoch++) {
         double t0 = cli_now();
-        ct_dataloader_start_epoch(dl, epoch);
+        ct_device_prefetcher_start_epoch(pf, epoch);
         ct_module_train(model, 1);
         double loss_sum = 0;
         int64_t correct = 0, seen = 0, b = 0;
         ct_tensor *x, *y;
-        int got;
-        while (step < total && !g_interrupted && (got = ct_dataloader_next(dl, &x, &y)) == 1) {
+        int got = 1;
+        while (step < total && !g_interrupted && (got = ct_device_prefetcher_next(pf, &x, &y)) == 1) {
             ct_optim_set_lr(opt, schedule_lr(&a, step, spe, total));
             train_step_result r;
             if (cli_train_step(model, opt, x, y, dev, &r) != 0) {
@@ -230,6 +230,11 @@ int cmd_train(int argc, char **argv) {
             }
         }
         if (tty) fputc('\n', stderr);
+        if (got < 0) {
+            exit_code = cli_fail("train", CLI_RUNTIME, "step %lld: loading the batch: %s",
+                                 (long long)step, ct_last_error());
+            goto done;
+        }
         double train_secs = cli_now() - t0;
         if (!seen) break;
         eval_result ev;
@@ -275,6 +280,7 @@ int cmd_train(int argc, char **argv) {
     printf("final test accuracy: %.2f%%\n", 100.0 * final_acc);
 done:
     free(log.buf);
+    ct_device_prefetcher_free(pf);
     ct_dataloader_free(dl);
     ct_optim_free(opt);
     ct_module_free(model);

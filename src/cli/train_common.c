@@ -65,6 +65,19 @@ static int64_t count_correct(const ct_tensor *logits, const ct_tensor *y) {
     return c;
 }
 
+int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
+                    ct_dataloader **dl, ct_device_prefetcher **pf) {
+    lo->pin_memory = dev.type == CT_CUDA;
+    *dl = ct_dataloader_new(ds, lo);
+    *pf = *dl ? ct_device_prefetcher_new(*dl, dev) : NULL;
+    if (!*pf) {
+        ct_dataloader_free(*dl);
+        *dl = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
                    ct_device dev, train_step_result *r) {
     ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
@@ -94,15 +107,16 @@ int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, c
     lo.shuffle = 0;
     lo.transform.normalize = 1;
     ct_dataset_default_normalization(kind, lo.transform.mean, lo.transform.std);
-    ct_dataloader *dl = ct_dataloader_new(ds, &lo);
-    if (!dl) return -1;
+    ct_dataloader *dl;
+    ct_device_prefetcher *pf;
+    if (cli_loader_open(ds, &lo, dev, &dl, &pf) != 0) return -1;
     ct_module_eval(model);
     int prev = ct_set_grad_enabled(0);
     double loss_sum = 0;
     int64_t correct = 0, n = 0;
     ct_tensor *x, *y;
     int got, rc = 0;
-    while ((got = ct_dataloader_next(dl, &x, &y)) == 1) {
+    while ((got = ct_device_prefetcher_next(pf, &x, &y)) == 1) {
         ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
         ct_tensor *logits = xd ? ct_module_forward(model, xd) : NULL;
         ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_SUM, 0.0, -100) : NULL;
@@ -117,6 +131,7 @@ int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, c
     }
     if (got < 0) rc = -1;
     ct_set_grad_enabled(prev);
+    ct_device_prefetcher_free(pf);
     ct_dataloader_free(dl);
     out->n = n;
     out->loss = n ? loss_sum / (double)n : 0;

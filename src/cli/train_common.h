@@ -20,7 +20,14 @@ typedef struct {
 double cli_now(void);
 /* Parses --device and checks CUDA is usable; prints the reason and returns CLI_USAGE. */
 int cli_device(const char *cmd, const char *s, ct_device *out);
-/* forward, cross-entropy, backward, optimizer step, zero_grad. */
+/* A DataLoader over ds with options *lo and its device prefetcher (ctorch_data.h). On a
+ * CUDA device the batches are built in pinned memory (lo->pin_memory is set) and copied
+ * one batch ahead on the copy stream, overlapping with compute; on the CPU they pass
+ * through. Returns 0, or -1 with ct_last_error() set and nothing allocated. */
+int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
+                    ct_dataloader **dl, ct_device_prefetcher **pf);
+/* forward, cross-entropy, backward, optimizer step, zero_grad. x and y may be on the CPU or
+ * already on dev. */
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
                    ct_device dev, train_step_result *r);
 /* Test-set loss and accuracy in eval mode without gradients (leaves the model in eval). */

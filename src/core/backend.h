@@ -147,6 +147,11 @@ int ct_register_backend(const ct_backend *b);
 /* The backend for a device type, loading the plugin on first use; NULL + error. */
 const ct_backend *ct_backend_get(ct_device_type type);
 const ct_backend *ct_backend_of(const ct_tensor *t);
+/* A function the CUDA plugin exports beyond its table (src/backends/cuda/cuda_plugin.h
+ * declares them, with a ct_cuda_*_fn typedef each), looked up with dlsym on the plugin's
+ * own handle; loads the plugin on first use. NULL + error ("cuda unavailable: <reason>",
+ * or the plugin lacks it) when CUDA cannot be used. */
+void *ct_cuda_plugin_symbol(const char *name);
 
 /* Looks up kernel `field` for tensor t's device; on NULL reports "<op>: not implemented
  * on <device>". Usage: CT_KERNEL(t, conv2d_forward, "conv2d") -> function pointer or NULL. */

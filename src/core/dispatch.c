@@ -15,6 +15,7 @@
 static const ct_backend *g_backends[CT_NUM_DEVICE_TYPES] = {[CT_CPU] = &ct_cpu_backend};
 static pthread_once_t g_cuda_once = PTHREAD_ONCE_INIT;
 static char g_cuda_reason[768];
+static void *g_cuda_plugin; /* dlopen handle of the plugin once CUDA is usable */
 
 int ct_register_backend(const ct_backend *b) {
     if (!b || (unsigned)b->type >= CT_NUM_DEVICE_TYPES)
@@ -92,7 +93,23 @@ static void load_cuda(void) {
         return;
     }
     const ct_backend *b = init(g_cuda_reason, sizeof g_cuda_reason);
-    if (b) g_backends[CT_CUDA] = b;
+    if (b) {
+        g_backends[CT_CUDA] = b;
+        g_cuda_plugin = h;
+    }
+}
+
+void *ct_cuda_plugin_symbol(const char *name) {
+    pthread_once(&g_cuda_once, load_cuda);
+    if (!g_cuda_plugin) return ct_error_null("cuda unavailable: %s", g_cuda_reason);
+    if (!name) return ct_error_null("cuda plugin symbol: NULL name");
+    void *f = dlsym(g_cuda_plugin, name);
+    if (!f)
+        return ct_error_null("libctorch_cuda.so lacks %s (a plugin from another version of "
+                             "ctorch: rebuild it with `make cuda`, or point CTORCH_CUDA_PLUGIN "
+                             "at the one built with this library)",
+                             name);
+    return f;
 }
 
 const char *ct_cuda_status(int *available) {

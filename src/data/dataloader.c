@@ -7,8 +7,12 @@
  *
  * Epoch look-ahead: when the consumer takes the last batch of epoch e, the workers start
  * on epoch e+1 at once, so the first batches of the next epoch are ready too; a later
- * ct_dataloader_start_epoch(e+1) keeps them. */
+ * ct_dataloader_start_epoch(e+1) keeps them.
+ *
+ * pin_memory: the workers allocate the batch tensors in pinned host memory
+ * (data/pin_memory.c) when CUDA is usable; the values are the same either way. */
 #include "data/data_internal.h"
+#include "data/pin_memory.h"
 
 #include "core/error.h"
 
@@ -33,6 +37,7 @@ struct ct_dataloader {
     int64_t nbatches;
     int64_t sample_numel;
     int64_t *perm; /* record order of the current epoch */
+    int pinned;    /* batches are allocated in pinned host memory */
 
     pthread_mutex_t mu;
     pthread_cond_t cv_work;  /* workers wait for claimable batches */
@@ -79,6 +84,7 @@ ct_dataloader_opts ct_dataloader_default_opts(void) {
     o.seed = 0;
     o.num_workers = 2;
     o.prefetch = 0;
+    o.pin_memory = 0;
     for (int c = 0; c < CT_DATA_MAX_CHANNELS; c++) {
         o.transform.mean[c] = 0.0f;
         o.transform.std[c] = 1.0f;
@@ -115,8 +121,10 @@ static int build_batch(const ct_dataloader *dl, int64_t epoch, int64_t b, uint8_
     int64_t bsz = batch_len(dl, b), numel = dl->sample_numel;
     int64_t ishape[4] = {bsz, ds->c, ds->h, ds->w};
     int64_t lshape[1] = {bsz};
-    ct_tensor *timg = ct_empty(ishape, 4, CT_FLOAT32);
-    ct_tensor *tlab = ct_empty(lshape, 1, CT_INT64);
+    ct_tensor *timg = dl->pinned ? ct__empty_pinned(ishape, 4, CT_FLOAT32)
+                                 : ct_empty(ishape, 4, CT_FLOAT32);
+    ct_tensor *tlab = dl->pinned ? ct__empty_pinned(lshape, 1, CT_INT64)
+                                 : ct_empty(lshape, 1, CT_INT64);
     if (!timg || !tlab) {
         ct_free(timg);
         ct_free(tlab);
@@ -244,6 +252,7 @@ ct_dataloader *ct_dataloader_new(const ct_dataset *ds, const ct_dataloader_opts 
     if (!dl) return ct_error_null("dataloader: out of memory");
     dl->ds = ds;
     dl->opts = opts;
+    dl->pinned = opts.pin_memory ? ct__pin_memory_enable() : 0;
     dl->sample_numel = (int64_t)ds->c * ds->h * ds->w;
     dl->nbatches = opts.drop_last ? ds->n / opts.batch_size
                                   : (ds->n + opts.batch_size - 1) / opts.batch_size;
@@ -286,6 +295,8 @@ ct_dataloader *ct_dataloader_new(const ct_dataset *ds, const ct_dataloader_opts 
 int64_t ct_dataloader_num_batches(const ct_dataloader *dl) { return dl ? dl->nbatches : 0; }
 
 double ct_dataloader_wait_seconds(const ct_dataloader *dl) { return dl ? dl->wait_s : 0.0; }
+
+int ct_dataloader_pinned(const ct_dataloader *dl) { return dl ? dl->pinned : 0; }
 
 int ct_dataloader_start_epoch(ct_dataloader *dl, int64_t epoch) {
     if (!dl) return ct_error("dataloader_start_epoch: loader is NULL");

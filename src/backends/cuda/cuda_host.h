@@ -141,6 +141,12 @@ typedef struct cu_dev {
     void *stage[CU_STAGE_SLOTS];
     cudaEvent_t stage_ev[CU_STAGE_SLOTS];
     int stage_next, stage_state; /* 0 untried, 1 ready, -1 unavailable */
+    /* copy stream for non-blocking host-to-device copies that overlap with compute, and
+     * the event through which it waits for the compute stream (cuda_memory.c; created on
+     * first use, under a lock of cuda_memory.c: copy_ready 0 not yet, 1 created) */
+    int copy_ready;
+    cudaStream_t copy_stream;
+    cudaEvent_t copy_fence;
     /* kernel-side error flag (cuk_ctx.flag) */
     int flag_pending;
     long long *flag_host;

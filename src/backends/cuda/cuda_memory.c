@@ -13,7 +13,15 @@
  * Host-to-device copies go through a ring of pinned staging buffers: the host copies a
  * chunk into a free slot and queues the DMA, so the call returns without waiting for the
  * GPU (a pageable cudaMemcpyAsync would first wait for all queued work). Device-to-host
- * copies wait for the stream, then check the kernel-side error flag. */
+ * copies wait for the stream, then check the kernel-side error flag.
+ *
+ * Copy stream. Besides the compute stream (d->k.stream) each device gets, on first use, a
+ * second non-blocking stream for host-to-device copies that overlap with compute (the
+ * DataLoader's device prefetcher). The allocator's "reuse at once" rule holds only for
+ * the compute stream, so every copy on the copy stream first waits, on the GPU, for the
+ * work queued so far on the compute stream (an event, `copy_fence`); the caller makes the
+ * compute stream wait for the copy (ct_cuda_stream_wait_event) before using or freeing the
+ * destination. */
 #include "cuda_host.h"
 
 #include <stdio.h>
@@ -242,13 +250,14 @@ static int stage_init(cu_dev *d) {
     return 1;
 }
 
-static int h2d_staged(cu_dev *d, void *dst, const void *src, size_t n) {
+/* dst <- src (pageable host memory) on `stream` of d, through the staging ring. */
+static int h2d_staged(cu_dev *d, void *dst, const void *src, size_t n, cudaStream_t stream) {
     pthread_mutex_lock(&d->stage_mu);
     cudaError_t e = cudaSuccess;
     if (stage_init(d) < 0) {
         /* No pinned memory: the driver stages pageable memory itself (and returns once
          * the source has been read). */
-        e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, d->k.stream);
+        e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream);
     } else {
         for (size_t off = 0; off < n && e == cudaSuccess; off += CU_STAGE_BYTES) {
             size_t len = n - off < CU_STAGE_BYTES ? n - off : CU_STAGE_BYTES;
@@ -258,8 +267,8 @@ static int h2d_staged(cu_dev *d, void *dst, const void *src, size_t n) {
             if (e != cudaSuccess) break;
             memcpy(d->stage[s], (const char *)src + off, len);
             e = cudaMemcpyAsync((char *)dst + off, d->stage[s], len, cudaMemcpyHostToDevice,
-                                d->k.stream);
-            if (e == cudaSuccess) e = cudaEventRecord(d->stage_ev[s], d->k.stream);
+                                stream);
+            if (e == cudaSuccess) e = cudaEventRecord(d->stage_ev[s], stream);
         }
     }
     pthread_mutex_unlock(&d->stage_mu);
@@ -272,7 +281,7 @@ int cu_memcpy(void *dst, const void *src, size_t n, int kind, int device) {
     if (n == 0) return 0;
     cudaError_t e;
     switch (kind) {
-    case CT_MEMCPY_H2D: return h2d_staged(d, dst, src, n);
+    case CT_MEMCPY_H2D: return h2d_staged(d, dst, src, n, d->k.stream);
     case CT_MEMCPY_D2H:
         e = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, d->k.stream);
         if (e != cudaSuccess) return cu_fail((int)e, "copy to the cpu");
@@ -290,7 +299,8 @@ typedef struct hblk {
     size_t size;
     int in_use;
     int ev_dev; /* device of ev, -1 none */
-    cudaEvent_t ev;
+    cudaEvent_t ev;     /* recorded after the last copy from the block */
+    cudaStream_t ev_st; /* ... on this stream */
     struct hblk *next;
 } hblk;
 
@@ -347,8 +357,151 @@ void ct_cuda_host_free(void *p) {
     pthread_mutex_unlock(&g_host_mu);
 }
 
-int ct_cuda_copy_h2d_async(ct_tensor *dst, const ct_tensor *src) {
+/* ------------------------------------------------------- streams and events */
+struct ct_cuda_event {
+    int device;
+    cudaEvent_t ev;
+};
+
+/* Guards the lazy creation of the copy streams and each device's copy_fence (recorded and
+ * waited on as one step). */
+static pthread_mutex_t g_copy_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Creates d's copy stream and fence if needed. Caller holds g_copy_mu; d is current. */
+static int copy_stream_init_locked(cu_dev *d) {
+    if (d->copy_ready) return 0;
+    cudaError_t e = cudaStreamCreateWithFlags(&d->copy_stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) {
+        e = cudaEventCreateWithFlags(&d->copy_fence, cudaEventDisableTiming);
+        if (e != cudaSuccess) cudaStreamDestroy(d->copy_stream);
+    }
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return cu_error("cuda:%d: creating the copy stream for non-blocking host-to-device "
+                        "copies failed: %s. Fix: check the GPU with `nvidia-smi`; after a "
+                        "failed kernel the CUDA context stays unusable until the process "
+                        "restarts",
+                        d->index, cudaGetErrorString(e));
+    }
+    d->copy_ready = 1;
+    return 0;
+}
+
+static int check_stream_id(const char *op, int stream) {
+    if (stream == CT_CUDA_STREAM_COMPUTE || stream == CT_CUDA_STREAM_COPY) return 0;
+    return cu_error("%s: stream %d is neither CT_CUDA_STREAM_COMPUTE (0) nor "
+                    "CT_CUDA_STREAM_COPY (1)",
+                    op, stream);
+}
+
+/* The cudaStream_t of `stream` on d (d current); the copy stream is created on first use. */
+static int stream_of(cu_dev *d, int stream, const char *op, cudaStream_t *out) {
+    if (check_stream_id(op, stream) != 0) return -1;
+    if (stream == CT_CUDA_STREAM_COMPUTE) {
+        *out = d->k.stream;
+        return 0;
+    }
+    pthread_mutex_lock(&g_copy_mu);
+    int rc = copy_stream_init_locked(d);
+    pthread_mutex_unlock(&g_copy_mu);
+    if (rc == 0) *out = d->copy_stream;
+    return rc;
+}
+
+/* Later work on d's copy stream waits for the work queued so far on its compute stream. */
+static int copy_after_compute(cu_dev *d) {
+    pthread_mutex_lock(&g_copy_mu);
+    cudaError_t e = cudaEventRecord(d->copy_fence, d->k.stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(d->copy_stream, d->copy_fence, 0);
+    pthread_mutex_unlock(&g_copy_mu);
+    return e == cudaSuccess ? 0 : cu_fail((int)e, "copy stream: waiting for the compute stream");
+}
+
+/* The event's device, made current; NULL + error naming `op` for a NULL event. */
+static cu_dev *event_dev(const ct_cuda_event *ev, const char *op) {
+    if (!ev) return cu_error_null("%s: event is NULL (create one with ct_cuda_event_create)", op);
+    return cu_device(ev->device);
+}
+
+ct_cuda_event *ct_cuda_event_create(int device) {
+    cu_dev *d = cu_device(device);
+    if (!d) return NULL;
+    ct_cuda_event *ev = calloc(1, sizeof *ev);
+    if (!ev) return cu_error_null("ct_cuda_event_create: out of host memory");
+    cudaError_t e = cudaEventCreateWithFlags(&ev->ev, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        free(ev);
+        return cu_error_null("ct_cuda_event_create: cudaEventCreateWithFlags on cuda:%d failed: "
+                             "%s",
+                             device, cudaGetErrorString(e));
+    }
+    ev->device = device;
+    return ev;
+}
+
+void ct_cuda_event_destroy(ct_cuda_event *ev) {
+    if (!ev) return;
+    if (cu_device(ev->device)) cudaEventDestroy(ev->ev);
+    free(ev);
+}
+
+int ct_cuda_event_record(ct_cuda_event *ev, int stream) {
+    cu_dev *d = event_dev(ev, "ct_cuda_event_record");
+    cudaStream_t s;
+    if (!d || stream_of(d, stream, "ct_cuda_event_record", &s) != 0) return -1;
+    cudaError_t e = cudaEventRecord(ev->ev, s);
+    return e == cudaSuccess ? 0 : cu_fail((int)e, "ct_cuda_event_record");
+}
+
+int ct_cuda_event_query(ct_cuda_event *ev) {
+    cu_dev *d = event_dev(ev, "ct_cuda_event_query");
+    if (!d) return -1;
+    cudaError_t e = cudaEventQuery(ev->ev);
+    if (e == cudaSuccess) return 1;
+    if (e == cudaErrorNotReady) {
+        cudaGetLastError(); /* not an error: the work is still queued */
+        return 0;
+    }
+    return cu_fail((int)e, "ct_cuda_event_query");
+}
+
+int ct_cuda_event_synchronize(ct_cuda_event *ev) {
+    cu_dev *d = event_dev(ev, "ct_cuda_event_synchronize");
+    if (!d) return -1;
+    cudaError_t e = cudaEventSynchronize(ev->ev);
+    return e == cudaSuccess ? 0 : cu_fail((int)e, "ct_cuda_event_synchronize");
+}
+
+int ct_cuda_stream_wait_event(int stream, ct_cuda_event *ev) {
+    cu_dev *d = event_dev(ev, "ct_cuda_stream_wait_event");
+    cudaStream_t s;
+    if (!d || stream_of(d, stream, "ct_cuda_stream_wait_event", &s) != 0) return -1;
+    cudaError_t e = cudaStreamWaitEvent(s, ev->ev, 0);
+    return e == cudaSuccess ? 0 : cu_fail((int)e, "ct_cuda_stream_wait_event");
+}
+
+/* Records b->ev on stream s of d after a copy from the block. An earlier copy from it on
+ * another stream (or device) is folded in first (s waits for it), so that the one event
+ * covers every copy still reading the block. Caller holds g_host_mu; d is current. */
+static cudaError_t host_block_record(hblk *b, cu_dev *d, cudaStream_t s) {
+    cudaError_t e = cudaSuccess;
+    if (b->ev_dev >= 0 && (b->ev_dev != d->index || b->ev_st != s))
+        e = cudaStreamWaitEvent(s, b->ev, 0); /* events may come from another device */
+    if (e == cudaSuccess && b->ev_dev != d->index) {
+        if (b->ev_dev >= 0) cudaEventDestroy(b->ev); /* released once its work completes */
+        b->ev_dev = -1;
+        e = cudaEventCreateWithFlags(&b->ev, cudaEventDisableTiming);
+        if (e == cudaSuccess) b->ev_dev = d->index;
+    }
+    if (e == cudaSuccess) e = cudaEventRecord(b->ev, s);
+    if (e == cudaSuccess) b->ev_st = s;
+    return e;
+}
+
+int ct_cuda_copy_h2d_async_on(ct_tensor *dst, const ct_tensor *src, int stream) {
     if (!dst || !src) return cu_error("copy_h2d_async: NULL tensor");
+    if (check_stream_id("copy_h2d_async", stream) != 0) return -1;
     if (dst->storage->device.type != CT_CUDA || src->storage->device.type != CT_CPU)
         return cu_error("copy_h2d_async: expected a CPU source and a CUDA destination");
     if (dst->dtype != src->dtype || cu_numel(dst) != cu_numel(src) || !cu_is_contiguous(dst) ||
@@ -359,24 +512,23 @@ int ct_cuda_copy_h2d_async(ct_tensor *dst, const ct_tensor *src) {
     if (!d) return -1;
     size_t n = (size_t)cu_numel(src) * cu_dsize(src->dtype);
     if (n == 0) return 0;
+    cudaStream_t s;
+    if (stream_of(d, stream, "copy_h2d_async", &s) != 0) return -1;
+    if (stream == CT_CUDA_STREAM_COPY && copy_after_compute(d) != 0) return -1;
     const void *sp = cu_ptr(src);
     void *dp = cu_ptr(dst);
     pthread_mutex_lock(&g_host_mu);
     hblk *b = host_find(sp);
     if (b && (const char *)sp + n <= (const char *)b->ptr + b->size) {
-        cudaError_t e = cudaSuccess;
-        if (b->ev_dev != d->index) {
-            if (b->ev_dev >= 0) cudaEventDestroy(b->ev);
-            b->ev_dev = -1;
-            e = cudaEventCreateWithFlags(&b->ev, cudaEventDisableTiming);
-            if (e == cudaSuccess) b->ev_dev = d->index;
-        }
-        if (e == cudaSuccess)
-            e = cudaMemcpyAsync(dp, sp, n, cudaMemcpyHostToDevice, d->k.stream);
-        if (e == cudaSuccess) e = cudaEventRecord(b->ev, d->k.stream);
+        cudaError_t e = cudaMemcpyAsync(dp, sp, n, cudaMemcpyHostToDevice, s);
+        if (e == cudaSuccess) e = host_block_record(b, d, s);
         pthread_mutex_unlock(&g_host_mu);
         return e == cudaSuccess ? 0 : cu_fail((int)e, "copy_h2d_async");
     }
     pthread_mutex_unlock(&g_host_mu);
-    return h2d_staged(d, dp, sp, n);
+    return h2d_staged(d, dp, sp, n, s);
+}
+
+int ct_cuda_copy_h2d_async(ct_tensor *dst, const ct_tensor *src) {
+    return ct_cuda_copy_h2d_async_on(dst, src, CT_CUDA_STREAM_COMPUTE);
 }

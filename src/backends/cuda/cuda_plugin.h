@@ -11,6 +11,9 @@
  *                                   : NULL;
  *     if (h) dlclose(h);   // drops the reference taken above; the plugin stays loaded
  *
+ * Inside libctorch, ct_cuda_plugin_symbol(name) (src/core/backend.h) does the same with
+ * the handle the core opened, also when the plugin was loaded from $CTORCH_CUDA_PLUGIN.
+ *
  * Each function also has a typedef (ct_cuda_*_fn) for that purpose. All of them return
  * 0 / a value on success and -1 with ct_last_error() set on failure, like the rest of
  * ctorch. Tensors must be CUDA tensors of one device unless stated. */
@@ -91,6 +94,53 @@ typedef void (*ct_cuda_host_free_fn)(void *p);
  * queued later on the device see the data. */
 CT_CUDA_API int ct_cuda_copy_h2d_async(ct_tensor *dst, const ct_tensor *src);
 typedef int (*ct_cuda_copy_h2d_async_fn)(ct_tensor *dst, const ct_tensor *src);
+
+/* ------------------------------------------------------- streams and events
+ * Every device has two streams. The compute stream runs every kernel, cuBLAS / cuDNN call
+ * and ordinary copy of the device in program order. The copy stream (created on first
+ * use) runs host-to-device copies that overlap with the compute stream's work: the
+ * DataLoader's device prefetcher copies batch k+1 there while the model computes on batch
+ * k. Events order work across the two streams without the host waiting, like
+ * torch.cuda.Event and Stream.wait_event:
+ *
+ *     copy_h2d_async_on(dst, pinned_src, CT_CUDA_STREAM_COPY);  // returns at once
+ *     event_record(ev, CT_CUDA_STREAM_COPY);                    // "dst is complete"
+ *     ... kernels on the compute stream (batch k) ...
+ *     stream_wait_event(CT_CUDA_STREAM_COMPUTE, ev);            // later kernels see dst
+ *
+ * An event belongs to the device it was created for and may be recorded on either of its
+ * streams, again and again; a wait uses the state of the last record before it. */
+typedef enum { CT_CUDA_STREAM_COMPUTE = 0, CT_CUDA_STREAM_COPY = 1 } ct_cuda_stream_id;
+typedef struct ct_cuda_event ct_cuda_event;
+
+/* A new event on `device` (NULL + error). Until first recorded it counts as complete. */
+CT_CUDA_API ct_cuda_event *ct_cuda_event_create(int device);
+typedef ct_cuda_event *(*ct_cuda_event_create_fn)(int device);
+/* Destroys an event, also one whose work is still queued (the driver releases it when
+ * that work completes; waits already issued on it stay valid). NULL is fine. */
+CT_CUDA_API void ct_cuda_event_destroy(ct_cuda_event *ev);
+typedef void (*ct_cuda_event_destroy_fn)(ct_cuda_event *ev);
+/* Captures the work queued so far on `stream` (a ct_cuda_stream_id) of the event's device. */
+CT_CUDA_API int ct_cuda_event_record(ct_cuda_event *ev, int stream);
+typedef int (*ct_cuda_event_record_fn)(ct_cuda_event *ev, int stream);
+/* 1 when the captured work has completed, 0 when it has not yet, -1 on error. */
+CT_CUDA_API int ct_cuda_event_query(ct_cuda_event *ev);
+typedef int (*ct_cuda_event_query_fn)(ct_cuda_event *ev);
+/* The host waits until the captured work has completed. */
+CT_CUDA_API int ct_cuda_event_synchronize(ct_cuda_event *ev);
+typedef int (*ct_cuda_event_synchronize_fn)(ct_cuda_event *ev);
+/* Work queued later on `stream` of the event's device runs after the work the event
+ * captured; the host does not wait. */
+CT_CUDA_API int ct_cuda_stream_wait_event(int stream, ct_cuda_event *ev);
+typedef int (*ct_cuda_stream_wait_event_fn)(int stream, ct_cuda_event *ev);
+/* ct_cuda_copy_h2d_async on a chosen stream of dst's device. On CT_CUDA_STREAM_COPY the
+ * copy first waits (on the GPU) for the work queued so far on the compute stream, because
+ * dst's memory may come from the caching allocator still in use by queued kernels; the
+ * caller must make the compute stream wait for the copy (an event recorded on the copy
+ * stream after it) before kernels use dst, and also before freeing dst. A pinned source
+ * block (ct_cuda_host_alloc) is not handed out again until the copy has completed. */
+CT_CUDA_API int ct_cuda_copy_h2d_async_on(ct_tensor *dst, const ct_tensor *src, int stream);
+typedef int (*ct_cuda_copy_h2d_async_on_fn)(ct_tensor *dst, const ct_tensor *src, int stream);
 
 /* ----------------------------------------------------------- fused optimizers
  * One call updates a whole list of parameters (multi-tensor kernels: a few launches for

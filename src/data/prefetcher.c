@@ -1,0 +1,202 @@
+/* Device prefetcher: a DataLoader's batches on a device, one batch ahead.
+ *
+ * CUDA. One batch is in flight: its device tensors were allocated and the host-to-device
+ * copies into them queued on the device's copy stream, followed by the event `copied`.
+ * next() hands that batch out after making the compute stream wait for `copied` (on the
+ * GPU; the host goes on), then at once takes the loader's next batch and queues its copy,
+ * which therefore runs while the caller's kernels for the batch just handed out run on the
+ * compute stream. The CPU batch is released right after its copy is queued: a pinned block
+ * goes back to the plugin's cache, which hands it out again only once the copy from it has
+ * completed (the plugin records an event per block); a pageable batch goes through the
+ * plugin's staging ring, which the host has already finished reading.
+ *
+ * A batch in flight that is dropped (start_epoch, free) may still be being written by its
+ * copy: the compute stream waits for `copied` before the tensors are freed, because the
+ * caching allocator hands memory out again in compute-stream order.
+ *
+ * CPU: batches pass through unchanged. */
+#include "ctorch_data.h"
+
+#include "backends/cuda/cuda_plugin.h"
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/tensor_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ct_device_prefetcher {
+    ct_dataloader *dl;
+    ct_device dev;
+    int cuda;
+    struct { /* the plugin's stream and event API (cuda_plugin.h) */
+        ct_cuda_event_create_fn event_create;
+        ct_cuda_event_destroy_fn event_destroy;
+        ct_cuda_event_record_fn event_record;
+        ct_cuda_event_synchronize_fn event_synchronize;
+        ct_cuda_stream_wait_event_fn stream_wait_event;
+        ct_cuda_copy_h2d_async_on_fn copy_h2d_async_on;
+    } cu;
+    ct_cuda_event *copied; /* recorded on the copy stream after the batch in flight */
+    ct_tensor *x, *y;      /* the batch in flight (device tensors), NULL when none */
+    int ended;             /* the loader reported the end of the epoch */
+    int deferred;          /* preparing the batch in flight failed: report it next */
+    char err[1024];
+};
+
+static int resolve(ct_device_prefetcher *p) {
+    static const char *const names[] = {"ct_cuda_event_create",      "ct_cuda_event_destroy",
+                                        "ct_cuda_event_record",      "ct_cuda_event_synchronize",
+                                        "ct_cuda_stream_wait_event", "ct_cuda_copy_h2d_async_on"};
+    void *f[6];
+    for (int i = 0; i < 6; i++)
+        if (!(f[i] = ct_cuda_plugin_symbol(names[i]))) return -1;
+    *(void **)&p->cu.event_create = f[0];
+    *(void **)&p->cu.event_destroy = f[1];
+    *(void **)&p->cu.event_record = f[2];
+    *(void **)&p->cu.event_synchronize = f[3];
+    *(void **)&p->cu.stream_wait_event = f[4];
+    *(void **)&p->cu.copy_h2d_async_on = f[5];
+    return 0;
+}
+
+ct_device_prefetcher *ct_device_prefetcher_new(ct_dataloader *dl, ct_device device) {
+    if (!dl) return ct_error_null("device_prefetcher: loader is NULL");
+    if (device.type != CT_CPU && device.type != CT_CUDA)
+        return ct_error_null("device_prefetcher: unknown device type %d (cpu or cuda)",
+                             (int)device.type);
+    if (device.type == CT_CUDA && device.index < 0)
+        return ct_error_null("device_prefetcher: cuda:%d is not a device (indices start at 0)",
+                             device.index);
+    ct_device_prefetcher *p = calloc(1, sizeof *p);
+    if (!p) return ct_error_null("device_prefetcher: out of memory");
+    p->dl = dl;
+    p->dev = device;
+    if (device.type == CT_CUDA) {
+        if (!ct_backend_get(CT_CUDA) || resolve(p) != 0 ||
+            !(p->copied = p->cu.event_create(device.index))) {
+            ct_error_context("device_prefetcher");
+            free(p);
+            return NULL;
+        }
+        p->cuda = 1;
+    }
+    return p;
+}
+
+ct_device ct_device_prefetcher_device(const ct_device_prefetcher *p) {
+    return p ? p->dev : ct_cpu();
+}
+
+/* Frees the batch in flight, once the compute stream waits for its copy. */
+static void drop_in_flight(ct_device_prefetcher *p) {
+    if (!p->x && !p->y) return;
+    char saved[sizeof p->err];
+    snprintf(saved, sizeof saved, "%s", ct_last_error());
+    if (p->cu.stream_wait_event(CT_CUDA_STREAM_COMPUTE, p->copied) != 0)
+        p->cu.event_synchronize(p->copied); /* the host waits instead */
+    ct_free(p->x);
+    ct_free(p->y);
+    p->x = p->y = NULL;
+    ct_error("%s", saved); /* whatever failed here, keep the caller's message */
+}
+
+/* Takes the loader's next batch and queues its copy to the device on the copy stream.
+ * Returns 1 (the batch is in flight), 0 at the end of the epoch, -1 on error. */
+static int fetch(ct_device_prefetcher *p) {
+    ct_tensor *xc = NULL, *yc = NULL;
+    int r = ct_dataloader_next(p->dl, &xc, &yc);
+    if (r <= 0) return r;
+    ct_tensor *xd = ct_empty_on(xc->shape, xc->ndim, xc->dtype, p->dev);
+    ct_tensor *yd = xd ? ct_empty_on(yc->shape, yc->ndim, yc->dtype, p->dev) : NULL;
+    int rc = -1;
+    if (xd && yd) {
+        rc = p->cu.copy_h2d_async_on(xd, xc, CT_CUDA_STREAM_COPY);
+        if (rc == 0) rc = p->cu.copy_h2d_async_on(yd, yc, CT_CUDA_STREAM_COPY);
+        if (rc == 0) rc = p->cu.event_record(p->copied, CT_CUDA_STREAM_COPY);
+    }
+    ct_free(xc); /* pinned blocks are reused only once the copies from them completed */
+    ct_free(yc);
+    p->x = xd;
+    p->y = yd;
+    if (rc != 0) {
+        if (xd && yd) { /* a copy may be queued into xd: wait for the copy stream */
+            char saved[sizeof p->err];
+            snprintf(saved, sizeof saved, "%s", ct_last_error());
+            if (p->cu.event_record(p->copied, CT_CUDA_STREAM_COPY) == 0)
+                p->cu.event_synchronize(p->copied);
+            ct_error("%s", saved);
+        }
+        ct_free(p->x);
+        ct_free(p->y);
+        p->x = p->y = NULL;
+        ct_error_context("device_prefetcher: copying a batch to cuda:%d", p->dev.index);
+        return -1;
+    }
+    return 1;
+}
+
+int ct_device_prefetcher_start_epoch(ct_device_prefetcher *p, int64_t epoch) {
+    if (!p) return ct_error("device_prefetcher_start_epoch: prefetcher is NULL");
+    if (epoch < 0)
+        return ct_error("device_prefetcher_start_epoch: epoch must be >= 0, got %lld",
+                        (long long)epoch);
+    if (p->cuda) {
+        drop_in_flight(p);
+        p->ended = 0;
+        p->deferred = 0;
+    }
+    return ct_dataloader_start_epoch(p->dl, epoch);
+}
+
+int ct_device_prefetcher_next(ct_device_prefetcher *p, ct_tensor **images, ct_tensor **labels) {
+    if (images) *images = NULL;
+    if (labels) *labels = NULL;
+    if (!p || !images || !labels)
+        return ct_error("device_prefetcher_next: prefetcher, images and labels must be "
+                        "non-NULL");
+    if (!p->cuda) return ct_dataloader_next(p->dl, images, labels);
+    if (p->deferred) {
+        p->deferred = 0;
+        return ct_error("%s", p->err);
+    }
+    if (!p->x) {
+        if (p->ended) return 0;
+        int r = fetch(p);
+        if (r == 0) p->ended = 1;
+        if (r <= 0) return r;
+    }
+    ct_tensor *x = p->x, *y = p->y;
+    p->x = p->y = NULL;
+    /* Kernels queued from now on on the compute stream run after the batch's copy. */
+    if (p->cu.stream_wait_event(CT_CUDA_STREAM_COMPUTE, p->copied) != 0) {
+        char saved[sizeof p->err];
+        snprintf(saved, sizeof saved, "%s", ct_last_error());
+        p->cu.event_synchronize(p->copied);
+        ct_free(x);
+        ct_free(y);
+        return ct_error("device_prefetcher: %s", saved);
+    }
+    /* Queue the next batch's copy now: it overlaps with the caller's compute on this one. */
+    if (!p->ended) {
+        int r = fetch(p);
+        if (r == 0) p->ended = 1;
+        if (r < 0) {
+            p->deferred = 1;
+            snprintf(p->err, sizeof p->err, "%s", ct_last_error());
+        }
+    }
+    *images = x;
+    *labels = y;
+    return 1;
+}
+
+void ct_device_prefetcher_free(ct_device_prefetcher *p) {
+    if (!p) return;
+    if (p->cuda) {
+        drop_in_flight(p);
+        p->cu.event_destroy(p->copied);
+    }
+    free(p);
+}
