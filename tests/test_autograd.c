@@ -2,6 +2,8 @@
  * freeing, retain_graph, retain_grad, and backward errors. */
 #include "test.h"
 
+#include <string.h>
+
 static ct_tensor *vec(const double *v, int64_t n, ct_dtype dt) {
     ct_tensor *t = ct_from_data(v, &n, 1, CT_FLOAT64);
     ct_tensor *r = ct_to_dtype(t, dt);
@@ -144,4 +146,74 @@ TEST(autograd_long_chain_is_freed_iteratively) {
     CHECK_OK(ct_backward(s, NULL, 0));
     CHECK(fabs(at(ct_grad(x), 0) - 1.0) < 1e-6);
     ct_free(s); ct_free(h); ct_free(x);
+}
+
+/* Op k of the table below on x [2, 3, 4, 4], conv weight w [5, 3, 3, 3] and bias b [5]. */
+static ct_tensor *record_op(int k, ct_tensor *x, ct_tensor *w, ct_tensor *b) {
+    int k2[2] = {2, 2}, o1[2] = {1, 1};
+    int64_t ln[2] = {4, 4};
+    ct_tensor *parts[2] = {x, x};
+    switch (k) {
+    case 0: return ct_conv2d(x, w, b, NULL, NULL, NULL, 1);
+    case 1: return ct_max_pool2d(x, k2, NULL, NULL, NULL, 0);
+    case 2: return ct_avg_pool2d(x, k2, NULL, NULL, 0, 1);
+    case 3: return ct_adaptive_avg_pool2d(x, o1);
+    case 4: return ct_softmax(x, 1);
+    case 5: return ct_log_softmax(x, 1);
+    case 6: return ct_layer_norm(x, ln, 2, NULL, NULL, 1e-5);
+    case 7: return ct_cat(parts, 2, 0);
+    case 8: return ct_clone(x);
+    case 9: return ct_sum(x, NULL, 0, 1);
+    case 10: return ct_mean(x, NULL, 0, 1);
+    case 11: return ct_mul(x, x);
+    case 12: return ct_exp(x);
+    case 13: return ct_dropout(x, 0.5, 1);
+    default: return ct_matmul(x, x);
+    }
+}
+
+TEST(autograd_ops_record_a_node_only_when_needed) {
+    static const char *names[] = {"ConvolutionBackward", "MaxPool2DWithIndicesBackward",
+                                  "AvgPool2DBackward", "AdaptiveAvgPool2DBackward",
+                                  "SoftmaxBackward", "LogSoftmaxBackward", "LayerNormBackward",
+                                  "CatBackward", "CloneBackward", "SumBackward", "MeanBackward",
+                                  "MulBackward", "ExpBackward", "DropoutBackward",
+                                  "MatmulBackward"};
+    const int nops = (int)(sizeof names / sizeof names[0]);
+    int64_t xs[4] = {2, 3, 4, 4}, ws[4] = {5, 3, 3, 3}, bs = 5;
+    ct_manual_seed(0);
+    ct_tensor *x = ct_randn(xs, 4, CT_FLOAT32), *w = ct_randn(ws, 4, CT_FLOAT32);
+    ct_tensor *b = ct_randn(&bs, 1, CT_FLOAT32);
+    for (int k = 0; k < nops; k++) {
+        ct_tensor *y = record_op(k, x, w, b);
+        CHECK_NN(y);
+        CHECK_MSG(y && !ct_requires_grad(y) && !ct_grad_fn_name(y), "%s recorded a node "
+                  "though no input requires grad", names[k]);
+        ct_free(y);
+    }
+    CHECK_OK(ct_set_requires_grad(x, 1));
+    int prev = ct_set_grad_enabled(0);
+    for (int k = 0; k < nops; k++) {
+        ct_tensor *y = record_op(k, x, w, b);
+        CHECK_MSG(y && !ct_requires_grad(y) && !ct_grad_fn_name(y), "%s recorded a node "
+                  "in no-grad mode", names[k]);
+        ct_free(y);
+    }
+    ct_set_grad_enabled(prev);
+    for (int k = 0; k < nops; k++) {
+        ct_tensor *y = record_op(k, x, w, b);
+        const char *got = ct_grad_fn_name(y);
+        CHECK_MSG(y && ct_requires_grad(y) && got && strcmp(got, names[k]) == 0,
+                  "op %d: grad_fn %s, expected %s", k, got ? got : "(none)", names[k]);
+        ct_free(y);
+    }
+    CHECK_OK(ct_set_requires_grad(x, 0));
+    /* Only the bias requires grad: the node still records all three inputs. */
+    CHECK_OK(ct_set_requires_grad(b, 1));
+    ct_tensor *y = record_op(0, x, w, b), *s = y ? ct_sum(y, NULL, 0, 0) : NULL;
+    CHECK_NN(s);
+    CHECK(s && ct_backward(s, NULL, 0) == 0);
+    CHECK(ct_grad(b) && ct_grad(x) == NULL && ct_grad(w) == NULL);
+    for (int i = 0; ct_grad(b) && i < 5; i++) CHECK(fabs(at(ct_grad(b), i) - 8.0) < 1e-5);
+    ct_free(s); ct_free(y); ct_free(x); ct_free(w); ct_free(b);
 }

@@ -32,8 +32,27 @@ ct_node *ct_node_new(const char *name, ct_backward_fn fn, int n_inputs) {
     n->backward = fn;
     n->n_inputs = n_inputs;
     n->inputs = calloc((size_t)(n_inputs > 0 ? n_inputs : 1), sizeof(ct_edge));
+    if (!n->inputs) {
+        free(n);
+        return NULL;
+    }
     n->seq = atomic_fetch_add(&g_seq, 1);
     return n;
+}
+
+ct_tensor *ct_node_record(const char *name, ct_backward_fn fn, const ct_tensor *const *inputs,
+                          int n_inputs, ct_tensor *y, ct_node **node) {
+    *node = NULL;
+    if (!y || !ct_needs_grad(inputs, n_inputs)) return y;
+    ct_node *n = ct_node_new(name, fn, n_inputs);
+    if (!n) {
+        ct_free(y);
+        return ct_error_null("%s: out of memory recording the autograd graph", name);
+    }
+    for (int i = 0; i < n_inputs; i++) ct_node_set_input(n, i, inputs[i]);
+    ct_node_attach(n, y);
+    *node = n;
+    return y;
 }
 
 ct_node *ct_node_retain(ct_node *n) {

@@ -3,12 +3,12 @@
  * Pattern for an op with a backward formula:
  *
  *   ct_tensor *y = ...forward through CT_KERNEL(...)...;
- *   if (ct_needs_grad2(a, b)) {
- *       ct_node *n = ct_node_new("MulBackward", mul_backward, 2);
- *       ct_node_set_input(n, 0, a); ct_node_set_input(n, 1, b);
+ *   ct_node *n;
+ *   y = ct_node_record("MulBackward", mul_backward, (const ct_tensor *[]){a, b}, 2, y, &n);
+ *   if (n) {                                          // y->grad_fn = n (owned by y)
  *       ct_node_save(n, a); ct_node_save(n, b);      // saved[0], saved[1]
- *       ct_node_attach(n, y);                         // y->grad_fn = n (consumes n)
  *   }
+ *   return y;                                         // NULL: out of memory, y freed
  *
  *   static int mul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
  *       if (ct_node_needs_grad(n, 0)) gx[0] = ...;     // must have input 0's shape
@@ -72,6 +72,14 @@ static inline int ct_needs_grad2(const ct_tensor *a, const ct_tensor *b) {
 }
 
 ct_node *ct_node_new(const char *name, ct_backward_fn fn, int n_inputs);
+/* Records an op on its output y, when grad mode is on and some input requires grad: a new
+ * node `name` with backward fn, inputs[0..n_inputs-1] recorded as its inputs (NULL
+ * entries allowed) and attached as y's grad_fn. *node is then that node, borrowed (y
+ * owns it), for the op to save tensors and parameters on; it is NULL when nothing was
+ * recorded. Returns y; when out of memory, frees y (takes over the caller's reference)
+ * and returns NULL with an error. A NULL y (a failed forward) is passed through. */
+ct_tensor *ct_node_record(const char *name, ct_backward_fn fn, const ct_tensor *const *inputs,
+                          int n_inputs, ct_tensor *y, ct_node **node);
 /* Records input i (may be NULL: no gradient flows there). */
 void ct_node_set_input(ct_node *n, int i, const ct_tensor *t);
 /* Saves a tensor for backward; returns its index. */

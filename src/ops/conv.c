@@ -29,6 +29,20 @@ static int same_device(const ct_tensor *a, const ct_tensor *b) {
            a->storage->device.index == b->storage->device.index;
 }
 
+/* Records the parameters in ip[0..6] and saves, for the gradients asked for, the
+ * contiguous x and w at ip[7] and ip[8] (-1: not saved). */
+static void params_to_node(ct_node *n, const ct_conv_params *p, const ct_tensor *xc,
+                           const ct_tensor *wc) {
+    for (int i = 0; i < 2; i++) {
+        n->ip[i] = p->stride[i];
+        n->ip[2 + i] = p->padding[i];
+        n->ip[4 + i] = p->dilation[i];
+    }
+    n->ip[6] = p->groups;
+    n->ip[7] = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
+    n->ip[8] = ct_node_needs_grad(n, 0) ? ct_node_save(n, wc) : -1;
+}
+
 static void params_from_node(const ct_node *n, ct_conv_params *p) {
     for (int i = 0; i < 2; i++) {
         p->stride[i] = (int)n->ip[i];
@@ -212,27 +226,11 @@ ct_tensor *ct_conv2d(const ct_tensor *x, const ct_tensor *weight, const ct_tenso
     y4 = as4d(y);
     if (!x4 || !y4) goto out;
     if (k(y4, x4, wc, bc, &p) != 0) goto out;
-    rc = 0;
     const ct_tensor *ins[3] = {x, weight, bias};
-    if (ct_needs_grad(ins, 3)) {
-        ct_node *n = ct_node_new("ConvolutionBackward", conv2d_backward, bias ? 3 : 2);
-        if (!n) {
-            rc = -1;
-            goto out;
-        }
-        ct_node_set_input(n, 0, x);
-        ct_node_set_input(n, 1, weight);
-        if (bias) ct_node_set_input(n, 2, bias);
-        for (int i = 0; i < 2; i++) {
-            n->ip[i] = st[i];
-            n->ip[2 + i] = pd[i];
-            n->ip[4 + i] = dl[i];
-        }
-        n->ip[6] = groups;
-        n->ip[7] = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
-        n->ip[8] = ct_node_needs_grad(n, 0) ? ct_node_save(n, wc) : -1;
-        ct_node_attach(n, y);
-    }
+    ct_node *n;
+    y = ct_node_record("ConvolutionBackward", conv2d_backward, ins, bias ? 3 : 2, y, &n);
+    rc = y ? 0 : -1;
+    if (n) params_to_node(n, &p, xc, wc);
 out:
     ct_free(x4);
     ct_free(y4);
@@ -322,28 +320,19 @@ ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight
     int rc = -1;
     if (y && (!need || codes) && xc && wc && (!bias || bc))
         rc = cpu_conv2d_relu_maxpool(y, codes, xc, wc, bc, &p, &pp);
-    if (rc == 0 && need) {
-        ct_node *n = ct_node_new("MaxPool2DWithIndicesBackward", conv_relu_pool_backward,
-                                 bias ? 3 : 2);
-        if (!n) {
-            rc = -1;
-        } else {
-            ct_node_set_input(n, 0, x);
-            ct_node_set_input(n, 1, weight);
-            if (bias) ct_node_set_input(n, 2, bias);
-            for (int i = 0; i < 2; i++) {
-                n->ip[i] = st[i];
-                n->ip[2 + i] = pd[i];
-                n->ip[4 + i] = dl[i];
-                n->ip[10 + i] = pp.kernel[i];
-                n->ip[12 + i] = pp.stride[i];
-                n->ip[14 + i] = pp.padding[i];
-            }
-            n->ip[6] = groups;
-            n->ip[7] = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
-            n->ip[8] = ct_node_needs_grad(n, 0) ? ct_node_save(n, wc) : -1;
-            n->ip[9] = ct_node_save(n, codes);
-            ct_node_attach(n, y);
+    ct_node *n = NULL;
+    if (rc == 0) {
+        y = ct_node_record("MaxPool2DWithIndicesBackward", conv_relu_pool_backward, ins,
+                           bias ? 3 : 2, y, &n);
+        rc = y ? 0 : -1;
+    }
+    if (n) {
+        params_to_node(n, &p, xc, wc);
+        n->ip[9] = ct_node_save(n, codes);
+        for (int i = 0; i < 2; i++) {
+            n->ip[10 + i] = pp.kernel[i];
+            n->ip[12 + i] = pp.stride[i];
+            n->ip[14 + i] = pp.padding[i];
         }
     }
     ct_free(xc);

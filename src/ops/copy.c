@@ -30,12 +30,11 @@ static ct_tensor *copy_as(const ct_tensor *x, ct_dtype dt, ct_device dev, const 
         ct_free(y);
         return NULL;
     }
-    if (ct_needs_grad1(x) && ct_is_floating(dt)) {
-        ct_node *n = ct_node_new(name, bw, 1);
-        ct_node_set_input(n, 0, x);
+    ct_node *n = NULL;
+    if (ct_is_floating(dt)) y = ct_node_record(name, bw, &x, 1, y, &n);
+    if (n) {
         n->ip[0] = x->storage->device.type;
         n->ip[1] = x->storage->device.index;
-        ct_node_attach(n, y);
     }
     return y;
 }

@@ -66,12 +66,9 @@ ct_tensor *ct_dropout(const ct_tensor *x, double p, int training) {
     if (p < 1.0 && make_mask(mask, p) != 0) goto fail;
     y = ct_empty_on(x->shape, x->ndim, x->dtype, x->storage->device);
     if (!y || bin(CT_BIN_MUL, y, x, mask, 1.0) != 0) goto fail;
-    if (ct_needs_grad1(x)) {
-        ct_node *n = ct_node_new("DropoutBackward", dropout_backward, 1);
-        ct_node_set_input(n, 0, x);
-        ct_node_save(n, mask);
-        ct_node_attach(n, y);
-    }
+    ct_node *n;
+    y = ct_node_record("DropoutBackward", dropout_backward, &x, 1, y, &n);
+    if (n) ct_node_save(n, mask);
     ct_free(mask);
     return y;
 fail:

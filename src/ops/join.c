@@ -112,21 +112,18 @@ ct_tensor *ct_cat(ct_tensor *const *tensors, int n, int dim) {
         off += t->shape[d];
     }
 
-    if (ct_needs_grad((const ct_tensor *const *)tensors, n)) {
+    ct_node *node;
+    y = ct_node_record("CatBackward", cat_backward, (const ct_tensor *const *)tensors, n, y, &node);
+    if (node) {
         int64_t *sizes = malloc(sizeof(int64_t) * (size_t)n);
         if (!sizes) {
             ct_free(y);
             return ct_error_null("cat: out of memory for %d inputs", n);
         }
-        ct_node *node = ct_node_new("CatBackward", cat_backward, n);
-        for (int i = 0; i < n; i++) {
-            sizes[i] = tensors[i]->shape[d];
-            ct_node_set_input(node, i, tensors[i]);
-        }
+        for (int i = 0; i < n; i++) sizes[i] = tensors[i]->shape[d];
         node->ctx = sizes;
         node->ctx_free = free;
         node->ip[0] = d;
-        ct_node_attach(node, y);
     }
     return y;
 }

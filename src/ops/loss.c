@@ -154,20 +154,14 @@ static ct_tensor *nll_core(const ct_tensor *x2, const ct_tensor *t1, ct_reductio
         return NULL;
     }
     ct_free(xc);
-    if (ct_needs_grad1(x2)) {
-        ct_node *n = ct_node_new("NllLossBackward", nll_backward_fn, 1);
-        if (!n) {
-            ct_free(out);
-            ct_free(tw);
-            return NULL;
-        }
-        ct_node_set_input(n, 0, x2);
+    ct_node *n;
+    out = ct_node_record("NllLossBackward", nll_backward_fn, &x2, 1, out, &n);
+    if (n) {
         ct_node_save(n, t1);
         ct_node_save(n, tw);
         n->ip[0] = red;
         n->ip[1] = ignore_index;
         n->ip[2] = x2->shape[1];
-        ct_node_attach(n, out);
     }
     ct_free(tw);
     return out;
@@ -225,21 +219,15 @@ static ct_tensor *ce_fused(const ct_tensor *x2, const ct_tensor *t1, ct_reductio
         return NULL;
     }
     ct_free(xc);
-    if (need) {
-        ct_node *n = ct_node_new("CrossEntropyLossBackward", ce_backward_fn, 1);
-        if (!n) {
-            ct_free(out);
-            out = NULL;
-        } else {
-            ct_node_set_input(n, 0, x2);
-            ct_node_save(n, logp);
-            ct_node_save(n, t1);
-            ct_node_save(n, tw);
-            n->ip[0] = red;
-            n->ip[1] = ignore_index;
-            n->dp[0] = eps;
-            ct_node_attach(n, out);
-        }
+    ct_node *n;
+    out = ct_node_record("CrossEntropyLossBackward", ce_backward_fn, &x2, 1, out, &n);
+    if (n) {
+        ct_node_save(n, logp);
+        ct_node_save(n, t1);
+        ct_node_save(n, tw);
+        n->ip[0] = red;
+        n->ip[1] = ignore_index;
+        n->dp[0] = eps;
     }
     ct_free(tw);
     ct_free(logp);

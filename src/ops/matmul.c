@@ -370,17 +370,11 @@ ct_tensor *ct_matmul(const ct_tensor *a, const ct_tensor *b) {
     ct_tensor *y = reshape_contig(full, ysh, yn);
     ct_free(full);
     if (!y) return NULL;
-    if (ct_needs_grad2(a, b)) {
-        ct_node *n = ct_node_new("MatmulBackward", matmul_backward, 2);
-        if (!n) {
-            ct_free(y);
-            return NULL;
-        }
-        ct_node_set_input(n, 0, a);
-        ct_node_set_input(n, 1, b);
+    ct_node *n;
+    y = ct_node_record("MatmulBackward", matmul_backward, (const ct_tensor *[]){a, b}, 2, y, &n);
+    if (n) {
         n->ip[0] = ct_node_needs_grad(n, 1) ? ct_node_save(n, a) : -1;
         n->ip[1] = ct_node_needs_grad(n, 0) ? ct_node_save(n, b) : -1;
-        ct_node_attach(n, y);
     }
     return y;
 }
@@ -519,23 +513,16 @@ ct_tensor *ct_linear(const ct_tensor *x, const ct_tensor *weight, const ct_tenso
         }
         if (bmm(y3, x3, w3, 1.0, beta) != 0) goto out;
     }
-    rc = 0;
     const ct_tensor *ins[3] = {x, weight, bias};
-    if (ct_needs_grad(ins, 3)) {
-        ct_node *n = ct_node_new("LinearBackward", linear_backward, bias ? 3 : 2);
-        if (!n) {
-            rc = -1;
-            goto out;
-        }
-        ct_node_set_input(n, 0, x);
-        ct_node_set_input(n, 1, weight);
-        if (bias) ct_node_set_input(n, 2, bias);
+    ct_node *n;
+    y = ct_node_record("LinearBackward", linear_backward, ins, bias ? 3 : 2, y, &n);
+    rc = y ? 0 : -1;
+    if (n) {
         n->ip[0] = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
         n->ip[1] = ct_node_needs_grad(n, 0) ? ct_node_save(n, weight) : -1;
         n->ip[2] = R;
         n->ip[3] = in;
         n->ip[4] = out;
-        ct_node_attach(n, y);
     }
 out:
     ct_free(x3);

@@ -187,18 +187,15 @@ ct_tensor *ct_batch_norm(const ct_tensor *x, ct_tensor *running_mean, ct_tensor 
         return NULL;
     }
     const ct_tensor *in[3] = {x, weight, bias};
-    if (ct_needs_grad(in, 3)) {
-        ct_node *n = ct_node_new("BatchNormBackward", batch_norm_backward, 3);
-        ct_node_set_input(n, 0, x);
-        ct_node_set_input(n, 1, weight);
-        ct_node_set_input(n, 2, bias);
+    ct_node *n;
+    y = ct_node_record("BatchNormBackward", batch_norm_backward, in, 3, y, &n);
+    if (n) {
         ct_node_save(n, xc);
         ct_node_save(n, smean);
         ct_node_save(n, sinv);
         if (weight) ct_node_save(n, weight);
         n->ip[0] = training != 0;
         n->ip[1] = weight != NULL;
-        ct_node_attach(n, y);
     }
     ct_free(xc);
     ct_free(smean);
@@ -283,11 +280,9 @@ ct_tensor *ct_layer_norm(const ct_tensor *x, const int64_t *normalized_shape, in
         goto done;
     }
     const ct_tensor *in[3] = {x, weight, bias};
-    if (ct_needs_grad(in, 3)) {
-        ct_node *n = ct_node_new("LayerNormBackward", layer_norm_backward, 3);
-        ct_node_set_input(n, 0, x);
-        ct_node_set_input(n, 1, weight);
-        ct_node_set_input(n, 2, bias);
+    ct_node *n;
+    y = ct_node_record("LayerNormBackward", layer_norm_backward, in, 3, y, &n);
+    if (n) {
         ct_node_save(n, xc);
         ct_node_save(n, mean);
         ct_node_save(n, rstd);
@@ -296,7 +291,6 @@ ct_tensor *ct_layer_norm(const ct_tensor *x, const int64_t *normalized_shape, in
         n->ip[1] = N;
         n->ip[2] = wc != NULL;
         n->ip[3] = nnorm;
-        ct_node_attach(n, y);
     }
 done:
     ct_free(xc);

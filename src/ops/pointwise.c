@@ -121,18 +121,16 @@ static ct_tensor *binary_op(ct_binop op, const ct_tensor *a, const ct_tensor *b,
         ct_free(y);
         return NULL;
     }
-    if (ct_needs_grad2(a, b)) {
-        static const char *names[] = {"AddBackward", "SubBackward", "MulBackward", "DivBackward"};
-        ct_node *n = ct_node_new(names[op], binary_backward, 2);
-        ct_node_set_input(n, 0, a);
-        ct_node_set_input(n, 1, b);
+    static const char *names[] = {"AddBackward", "SubBackward", "MulBackward", "DivBackward"};
+    ct_node *n;
+    y = ct_node_record(names[op], binary_backward, (const ct_tensor *[]){a, b}, 2, y, &n);
+    if (n) {
         n->ip[0] = op;
         n->dp[0] = alpha;
         if (op == CT_BIN_MUL || op == CT_BIN_DIV) {
             ct_node_save(n, a);
             ct_node_save(n, b);
         }
-        ct_node_attach(n, y);
     }
     return y;
 }
@@ -200,15 +198,14 @@ static ct_tensor *unary_op(ct_unop op, const ct_tensor *a, double p1, double p2)
         ct_free(y);
         return NULL;
     }
-    if (ct_needs_grad1(a)) {
-        ct_node *n = ct_node_new(g_un[op].node, unary_backward, 1);
-        ct_node_set_input(n, 0, a);
+    ct_node *n;
+    y = ct_node_record(g_un[op].node, unary_backward, &a, 1, y, &n);
+    if (n) {
         n->ip[0] = op;
         n->dp[0] = p1;
         n->dp[1] = p2;
         ct_node_save(n, a);
         ct_node_save(n, y);
-        ct_node_attach(n, y);
     }
     return y;
 }

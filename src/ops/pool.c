@@ -123,6 +123,19 @@ static void params_from_node(const ct_node *n, ct_pool_params *p) {
     p->count_include_pad = (int)n->ip[9];
 }
 
+/* Records the pooling node on y when the forward succeeded (*rc == 0), saving `saved` and
+ * the parameters p when given; *rc = -1 when y was lost to an allocation failure. */
+static ct_tensor *record_pool(int *rc, const char *name, ct_backward_fn fn, const ct_tensor *x,
+                              ct_tensor *y, const ct_tensor *saved, const ct_pool_params *p) {
+    if (*rc != 0) return y;
+    ct_node *n;
+    y = ct_node_record(name, fn, &x, 1, y, &n);
+    if (!y) *rc = -1;
+    if (n && saved) ct_node_save(n, saved);
+    if (n && p) params_to_node(n, p);
+    return y;
+}
+
 /* Gradient tensor for input 0 of n and its 4-D view. */
 static int grad_input(ct_node *n, const ct_tensor *gy, ct_tensor **g, ct_tensor **g4) {
     const ct_edge *e = &n->inputs[0];
@@ -200,17 +213,8 @@ static ct_tensor *max_pool2d_cpu(const ct_tensor *x, const ct_pool_params *p, co
     ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL;
     ct_tensor *c4 = codes ? as4d(codes) : NULL;
     int rc = (x4 && y4 && (!need || c4)) ? cpu_max_pool2d_codes(y4, c4, x4, p, relu) : -1;
-    if (rc == 0 && need) {
-        ct_node *n = ct_node_new("MaxPool2DWithIndicesBackward", max_pool2d_codes_backward, 1);
-        if (n) {
-            ct_node_set_input(n, 0, x);
-            ct_node_save(n, codes);
-            params_to_node(n, p);
-            ct_node_attach(n, y);
-        } else {
-            rc = -1;
-        }
-    }
+    y = record_pool(&rc, "MaxPool2DWithIndicesBackward", max_pool2d_codes_backward, x, y, codes,
+                    p);
     ct_free(x4);
     ct_free(y4);
     ct_free(c4);
@@ -253,17 +257,7 @@ ct_tensor *ct_max_pool2d(const ct_tensor *x, const int kernel[2], const int stri
     ct_tensor *xc = data_contig(x);
     ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL, *i4 = ind ? as4d(ind) : NULL;
     int rc = (x4 && y4 && i4) ? k(y4, i4, x4, &p) : -1;
-    if (rc == 0 && ct_needs_grad1(x)) {
-        ct_node *n = ct_node_new("MaxPool2DWithIndicesBackward", max_pool2d_backward, 1);
-        if (n) {
-            ct_node_set_input(n, 0, x);
-            ct_node_save(n, ind);
-            params_to_node(n, &p);
-            ct_node_attach(n, y);
-        } else {
-            rc = -1;
-        }
-    }
+    y = record_pool(&rc, "MaxPool2DWithIndicesBackward", max_pool2d_backward, x, y, ind, &p);
     ct_free(x4);
     ct_free(y4);
     ct_free(i4);
@@ -314,16 +308,7 @@ ct_tensor *ct_avg_pool2d(const ct_tensor *x, const int kernel[2], const int stri
     ct_tensor *xc = data_contig(x);
     ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL;
     int rc = (x4 && y4) ? k(y4, x4, &p) : -1;
-    if (rc == 0 && ct_needs_grad1(x)) {
-        ct_node *n = ct_node_new("AvgPool2DBackward", avg_pool2d_backward, 1);
-        if (n) {
-            ct_node_set_input(n, 0, x);
-            params_to_node(n, &p);
-            ct_node_attach(n, y);
-        } else {
-            rc = -1;
-        }
-    }
+    y = record_pool(&rc, "AvgPool2DBackward", avg_pool2d_backward, x, y, NULL, &p);
     ct_free(x4);
     ct_free(y4);
     ct_free(xc);
@@ -388,15 +373,8 @@ ct_tensor *ct_adaptive_avg_pool2d(const ct_tensor *x, const int output_size[2]) 
     ct_tensor *xc = data_contig(x);
     ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL;
     int rc = (x4 && y4) ? k(y4, x4) : -1;
-    if (rc == 0 && ct_needs_grad1(x)) {
-        ct_node *n = ct_node_new("AdaptiveAvgPool2DBackward", adaptive_avg_pool2d_backward, 1);
-        if (n) {
-            ct_node_set_input(n, 0, x);
-            ct_node_attach(n, y);
-        } else {
-            rc = -1;
-        }
-    }
+    y = record_pool(&rc, "AdaptiveAvgPool2DBackward", adaptive_avg_pool2d_backward, x, y, NULL,
+                    NULL);
     ct_free(x4);
     ct_free(y4);
     ct_free(xc);

@@ -70,12 +70,12 @@ static ct_tensor *sum_mean(const ct_tensor *a, const int *dims, int ndims, int k
     int64_t count = 1;
     for (int d = 0; d < a->ndim; d++)
         if (mask[d]) count *= a->shape[d];
-    if (ct_needs_grad1(a)) {
-        ct_node *n = ct_node_new(mean ? "MeanBackward" : "SumBackward", sum_backward, 1);
-        ct_node_set_input(n, 0, a);
+    ct_node *n;
+    y = ct_node_record(mean ? "MeanBackward" : "SumBackward", sum_backward, &a, 1, y, &n);
+    if (!y) return NULL;
+    if (n) {
         memcpy(n->ip, ks, sizeof(int64_t) * (size_t)a->ndim);
         n->dp[0] = mean ? 1.0 / (double)(count ? count : 1) : 1.0;
-        ct_node_attach(n, y);
     }
     return keepdim ? y : squeeze_mask(y, mask, a->ndim);
 }
@@ -149,14 +149,17 @@ ct_tensor *ct_max(const ct_tensor *a, int dim, int keepdim, ct_tensor **indices)
         ct_free(ix);
         return NULL;
     }
-    if (ct_needs_grad1(a)) {
-        ct_node *n = ct_node_new("MaxBackward", max_backward, 1);
-        ct_node_set_input(n, 0, a);
+    ct_node *n;
+    y = ct_node_record("MaxBackward", max_backward, &a, 1, y, &n);
+    if (!y) {
+        ct_free(ix);
+        return NULL;
+    }
+    if (n) {
         n->ip[0] = d;
         n->ip[1] = a->storage->device.type;
         n->ip[2] = a->storage->device.index;
         ct_node_save(n, ix);
-        ct_node_attach(n, y);
     }
     if (!keepdim) {
         y = squeeze_mask(y, mask, a->ndim);

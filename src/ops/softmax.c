@@ -54,18 +54,13 @@ static ct_tensor *softmax_impl(const ct_tensor *a, int dim, int is_log) {
         return NULL;
     }
     ct_free(x);
-    if (ct_needs_grad1(a)) {
-        ct_node *n = ct_node_new(is_log ? "LogSoftmaxBackward" : "SoftmaxBackward",
-                                 softmax_backward_fn, 1);
-        if (!n) {
-            ct_free(y);
-            return NULL;
-        }
-        ct_node_set_input(n, 0, a);
+    ct_node *n;
+    y = ct_node_record(is_log ? "LogSoftmaxBackward" : "SoftmaxBackward", softmax_backward_fn, &a,
+                       1, y, &n);
+    if (n) {
         ct_node_save(n, y);
         n->ip[0] = d;
         n->ip[1] = is_log;
-        ct_node_attach(n, y);
     }
     return y;
 }

@@ -44,12 +44,10 @@ static int expand_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
 /* Makes `y` a differentiable view of `x`. */
 static ct_tensor *finish_view(const ct_tensor *x, ct_tensor *y, const char *name, ct_backward_fn fn,
                               const int64_t *ip, int nip) {
-    if (y && ct_needs_grad1(x)) {
-        ct_node *n = ct_node_new(name, fn, 1);
-        ct_node_set_input(n, 0, x);
+    ct_node *n;
+    y = ct_node_record(name, fn, &x, 1, y, &n);
+    if (n)
         for (int i = 0; i < nip; i++) n->ip[i] = ip[i];
-        ct_node_attach(n, y);
-    }
     return y;
 }
 
@@ -149,7 +147,8 @@ ct_tensor *ct_permute(const ct_tensor *x, const int *dims, int ndim) {
     if (ndim != x->ndim)
         return ct_error_null("permute: %d dims given for a tensor of shape %s (%d dims)", ndim,
                              ct_shape_str(x, b, sizeof b), x->ndim);
-    int64_t sh[CT_MAX_DIMS], st[CT_MAX_DIMS], ip[CT_MAX_DIMS];
+    /* zeroed: GCC 12 cannot see that ndim == 0 leaves the arrays unread */
+    int64_t sh[CT_MAX_DIMS] = {0}, st[CT_MAX_DIMS] = {0}, ip[CT_MAX_DIMS];
     int seen[CT_MAX_DIMS] = {0};
     for (int i = 0; i < ndim; i++) {
         int d = ct_wrap_dim(dims[i], ndim, "permute");
