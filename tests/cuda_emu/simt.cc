@@ -164,26 +164,32 @@ static void report_stuck(block *b) {
                         b->kernel, b->bid.x, b->bid.y, b->bid.z, buf);
 }
 
+/* Context operations kept out of line, so that no local of the scheduler's loops lives
+ * across a getcontext/swapcontext (the compiler treats them like setjmp). */
+static __attribute__((noinline)) void init_fiber(block *b, int i) {
+    fiber *f = &b->f[i];
+    f->state = F_RUN;
+    f->linear = i;
+    f->tid.x = (unsigned)i % b->bdim.x;
+    f->tid.y = ((unsigned)i / b->bdim.x) % b->bdim.y;
+    f->tid.z = (unsigned)i / (b->bdim.x * b->bdim.y);
+    getcontext(&f->ctx);
+    f->ctx.uc_stack.ss_sp = g_stacks + (size_t)i * STACK_BYTES;
+    f->ctx.uc_stack.ss_size = STACK_BYTES;
+    f->ctx.uc_link = &b->sched;
+    makecontext(&f->ctx, fiber_main, 0);
+}
+
+static __attribute__((noinline)) void resume_fiber(block *b, int i) {
+    cur_fiber = &b->f[i];
+    swapcontext(&b->sched, &b->f[i].ctx);
+}
+
 static int run_block(block *b) {
-    for (int i = 0; i < b->n; i++) {
-        fiber *f = &b->f[i];
-        f->state = F_RUN;
-        f->linear = i;
-        f->tid.x = (unsigned)i % b->bdim.x;
-        f->tid.y = ((unsigned)i / b->bdim.x) % b->bdim.y;
-        f->tid.z = (unsigned)i / (b->bdim.x * b->bdim.y);
-        getcontext(&f->ctx);
-        f->ctx.uc_stack.ss_sp = g_stacks + (size_t)i * STACK_BYTES;
-        f->ctx.uc_stack.ss_size = STACK_BYTES;
-        f->ctx.uc_link = &b->sched;
-        makecontext(&f->ctx, fiber_main, 0);
-    }
+    for (int i = 0; i < b->n; i++) init_fiber(b, i);
     for (;;) {
-        for (int i = 0; i < b->n; i++) {
-            if (b->f[i].state != F_RUN) continue;
-            cur_fiber = &b->f[i];
-            swapcontext(&b->sched, &b->f[i].ctx);
-        }
+        for (int i = 0; i < b->n; i++)
+            if (b->f[i].state == F_RUN) resume_fiber(b, i);
         int ndone = 0, nblock = 0, released = 0;
         for (int i = 0; i < b->n; i++) {
             ndone += b->f[i].state == F_DONE;
