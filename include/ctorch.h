@@ -59,6 +59,11 @@ int ct_device_str(ct_device d, char *buf, size_t n);
 /* Whether the CUDA backend can be used: returns "available" (and *available = 1) or the
  * reason it cannot, naming the missing piece and the fix. Loads the plugin on first call. */
 const char *ct_cuda_status(int *available);
+/* Number of CUDA devices ctorch can use, 0 when CUDA is unavailable (torch.cuda.device_count). */
+int ct_cuda_device_count(void);
+/* "NVIDIA H100 80GB HBM3 (cc 9.0, 132 SMs, 79.1 GiB)" for cuda:<device> into buf: 0, or -1
+ * with the error (CUDA unavailable, no such device). */
+int ct_cuda_device_name(int device, char *buf, size_t n);
 
 void ct_set_num_threads(int n); /* <= 0: all cores */
 int ct_get_num_threads(void);

@@ -878,10 +878,18 @@ TEST(backends_cuda_status_reason) {
     CHECK(r != NULL);
     CHECK(avail == 0 || avail == 1);
     fprintf(stderr, "    cuda: %s (%.3f s)\n", r ? r : "(null)", secs);
+    char name[256];
     if (avail) {
         CHECK(r && strcmp(r, "available") == 0);
+        const int n = ct_cuda_device_count();
+        CHECK_MSG(n >= 1, "%d CUDA devices while CUDA is available", n);
+        CHECK_OK(ct_cuda_device_name(0, name, sizeof name));
+        CHECK_MSG(strstr(name, " SMs, ") != NULL, "cuda:0 described as \"%s\"", name);
+        CHECK_ERR_INT(ct_cuda_device_name(n, name, sizeof name), "no such device");
         return;
     }
+    CHECK(ct_cuda_device_count() == 0);
+    CHECK_ERR_INT(ct_cuda_device_name(0, name, sizeof name), "cuda unavailable");
     CHECK_MSG(secs < 1.0, "ct_cuda_status took %.2f s without a usable GPU", secs);
     CHECK_MSG(r && strlen(r) > 20, "reason too short: \"%s\"", r ? r : "");
     CHECK_MSG(r && (strstr(r, "Fix") || strstr(r, "install") || strstr(r, "rebuild")),

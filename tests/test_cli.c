@@ -152,6 +152,12 @@ TEST(cli_train_on_cuda_matches_pytorch_after_5_sgd_steps) {
     snprintf(out, sizeof out, "%s/step5_cuda.safetensors", tmpdir());
     snprintf(log, sizeof log, "%s/train_cuda.log", tmpdir());
     CHECK_OK(write_formula_init(init));
+    /* a device index past the last: a usage error naming the devices there are */
+    snprintf(cmd, sizeof cmd, "%s train --model simple_cnn --dataset cifar10 --device cuda:99",
+             bin());
+    CHECK(run(cmd, log) == 2 && log_has(log, "no such device") && log_has(log, "cuda:0 is"));
+    snprintf(cmd, sizeof cmd, "%s --version", bin());
+    CHECK(run(cmd, log) == 0 && log_has(log, "cuda: available (") && log_has(log, "  cuda:0 "));
     snprintf(cmd, sizeof cmd,
              "CTORCH_TF32=0 %s train --model simple_cnn --dataset cifar10 --data-dir %s --init %s "
              "--save %s --device cuda --no-shuffle --augment none --max-steps 5 --train-limit 320 "

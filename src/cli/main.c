@@ -22,8 +22,17 @@ void cli_print_version(void) {
     const char *why = ct_cuda_status(&avail);
     printf("ctorch %s\n", CT_VERSION);
     printf("cpu: %d threads\n", ct_get_num_threads());
-    if (avail) printf("cuda: available\n");
-    else printf("cuda: unavailable (%s)\n", why);
+    if (!avail) {
+        printf("cuda: unavailable (%s)\n", why);
+        return;
+    }
+    int n = ct_cuda_device_count();
+    printf("cuda: available (%d device%s)\n", n, n == 1 ? "" : "s");
+    for (int i = 0; i < n; i++) {
+        char name[256];
+        if (ct_cuda_device_name(i, name, sizeof name) == 0) printf("  cuda:%d %s\n", i, name);
+        else printf("  cuda:%d unusable: %s\n", i, ct_last_error());
+    }
 }
 
 static void usage(FILE *f) {

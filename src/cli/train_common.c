@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 double cli_now(void) {
@@ -16,6 +17,17 @@ int cli_device(const char *cmd, const char *s, ct_device *out) {
         int avail = 0;
         const char *why = ct_cuda_status(&avail);
         if (!avail) return cli_fail(cmd, CLI_USAGE, "--device %s: CUDA is unavailable: %s", s, why);
+        int n = ct_cuda_device_count();
+        if (out->index >= n) {
+            char name[256] = "";
+            ct_cuda_device_name(0, name, sizeof name);
+            return cli_fail(cmd, CLI_USAGE,
+                            "--device %s: no such device: %d CUDA device%s visible (cuda:0 is "
+                            "%s; indices start at 0; CUDA_VISIBLE_DEVICES=%s)",
+                            s, n, n == 1 ? "" : "s", name,
+                            getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES")
+                                                           : "(unset)");
+        }
     }
     return 0;
 }

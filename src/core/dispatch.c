@@ -118,6 +118,22 @@ const char *ct_cuda_status(int *available) {
     return g_backends[CT_CUDA] ? "available" : g_cuda_reason;
 }
 
+int ct_cuda_device_count(void) {
+    int avail = 0;
+    ct_cuda_status(&avail);
+    if (!avail) return 0;
+    int (*count)(void) = (int (*)(void))ct_cuda_plugin_symbol("ct_cuda_plugin_device_count");
+    return count ? count() : 0;
+}
+
+int ct_cuda_device_name(int device, char *buf, size_t n) {
+    if (!buf || n == 0) return ct_error("ct_cuda_device_name: NULL or empty buffer");
+    buf[0] = 0;
+    int (*describe)(int, char *, size_t) = (int (*)(int, char *, size_t))ct_cuda_plugin_symbol(
+        "ct_cuda_plugin_device_describe");
+    return describe ? describe(device, buf, n) : -1;
+}
+
 const ct_backend *ct_backend_get(ct_device_type type) {
     if (type == CT_CUDA) pthread_once(&g_cuda_once, load_cuda);
     if ((unsigned)type < CT_NUM_DEVICE_TYPES && g_backends[type]) return g_backends[type];

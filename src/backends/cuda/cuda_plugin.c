@@ -505,9 +505,9 @@ cu_dev *cu_device(int index) {
 cu_dev *cu_dev_of(const ct_tensor *t) { return cu_device(t->storage->device.index); }
 
 /* ------------------------------------------------------------- exported API */
-int ct_cuda_device_count(void) { return cu_ndev; }
+int ct_cuda_plugin_device_count(void) { return cu_ndev; }
 
-int ct_cuda_device_describe(int device, char *buf, size_t n) {
+int ct_cuda_plugin_device_describe(int device, char *buf, size_t n) {
     cu_dev *d = cu_device(device);
     if (!d) return -1;
     char mem[32];

@@ -41,9 +41,13 @@ CT_CUDA_API const struct ct_backend *ct_cuda_plugin_init(char *reason, size_t n)
 typedef const struct ct_backend *(*ct_cuda_plugin_init_fn)(char *reason, size_t n);
 
 /* ------------------------------------------------------------------ devices */
-CT_CUDA_API int ct_cuda_device_count(void);
+/* The core's ct_cuda_device_count / ct_cuda_device_name call these (other names: the
+ * plugin's calls must never bind to the core's functions of the same name). */
+CT_CUDA_API int ct_cuda_plugin_device_count(void);
+typedef int (*ct_cuda_plugin_device_count_fn)(void);
 /* "NVIDIA H100 80GB HBM3 (cc 9.0, 132 SMs, 79.1 GiB)" into buf. */
-CT_CUDA_API int ct_cuda_device_describe(int device, char *buf, size_t n);
+CT_CUDA_API int ct_cuda_plugin_device_describe(int device, char *buf, size_t n);
+typedef int (*ct_cuda_plugin_device_describe_fn)(int device, char *buf, size_t n);
 /* Waits for all work queued on the device; reports asynchronous kernel errors. */
 CT_CUDA_API int ct_cuda_synchronize(int device);
 typedef int (*ct_cuda_synchronize_fn)(int device);
