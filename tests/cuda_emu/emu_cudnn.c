@@ -237,6 +237,30 @@ void CUDNNWINAPI cudnnGetLastErrorString(char *message, size_t max_size) {
     g_last_error[0] = 0;
 }
 
+/* ------------------------------------------------- handles and descriptors: lifetime
+ * Each object is a calloc'ed struct whose first member is a magic number, so that a NULL,
+ * destroyed or foreign object is refused instead of used. */
+static cudnnStatus_t object_create(const char *fn, void **out, size_t size, unsigned magic) {
+    if (!out) return fail(fn, CUDNN_STATUS_BAD_PARAM, "the result pointer is NULL");
+    unsigned *o = calloc(1, size);
+    if (!o) return fail(fn, CUDNN_STATUS_ALLOC_FAILED, "out of host memory");
+    *o = magic;
+    *out = o;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* Destroying NULL is a no-op, as in cuDNN (except for handles: null_ok 0). */
+static cudnnStatus_t object_destroy(const char *fn, void *obj, unsigned magic, int null_ok,
+                                    const char *what) {
+    if (!obj && null_ok) return CUDNN_STATUS_SUCCESS;
+    unsigned *o = obj;
+    if (!o || *o != magic)
+        return fail(fn, CUDNN_STATUS_BAD_PARAM, "%p is not a live %s", obj, what);
+    *o = MAGIC_DEAD;
+    free(o);
+    return CUDNN_STATUS_SUCCESS;
+}
+
 /* ------------------------------------------------------------------------ handle */
 static int handle_ok(cudnnHandle_t h) { return h && h->magic == MAGIC_HANDLE; }
 
@@ -248,19 +272,11 @@ static int handle_ok(cudnnHandle_t h) { return h && h->magic == MAGIC_HANDLE; }
     } while (0)
 
 cudnnStatus_t CUDNNWINAPI cudnnCreate(cudnnHandle_t *handle) {
-    if (!handle) return fail("cudnnCreate", CUDNN_STATUS_BAD_PARAM, "handle is NULL");
-    struct cudnnContext *h = calloc(1, sizeof *h);
-    if (!h) return fail("cudnnCreate", CUDNN_STATUS_ALLOC_FAILED, "out of host memory");
-    h->magic = MAGIC_HANDLE;
-    *handle = h;
-    return CUDNN_STATUS_SUCCESS;
+    return object_create("cudnnCreate", (void **)handle, sizeof **handle, MAGIC_HANDLE);
 }
 
 cudnnStatus_t CUDNNWINAPI cudnnDestroy(cudnnHandle_t handle) {
-    CHECK_HANDLE("cudnnDestroy", handle);
-    handle->magic = MAGIC_DEAD;
-    free(handle);
-    return CUDNN_STATUS_SUCCESS;
+    return object_destroy("cudnnDestroy", handle, MAGIC_HANDLE, 0, "cuDNN handle");
 }
 
 cudnnStatus_t CUDNNWINAPI cudnnSetStream(cudnnHandle_t handle, cudaStream_t streamId) {
@@ -297,23 +313,13 @@ static const char *dtype_name(cudnnDataType_t t) {
 static int tensor_ok(cudnnTensorDescriptor_t d) { return d && d->magic == MAGIC_TENSOR; }
 
 cudnnStatus_t CUDNNWINAPI cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t *tensorDesc) {
-    if (!tensorDesc)
-        return fail("cudnnCreateTensorDescriptor", CUDNN_STATUS_BAD_PARAM, "tensorDesc is NULL");
-    struct cudnnTensorStruct *d = calloc(1, sizeof *d);
-    if (!d) return fail("cudnnCreateTensorDescriptor", CUDNN_STATUS_ALLOC_FAILED, "out of memory");
-    d->magic = MAGIC_TENSOR;
-    *tensorDesc = d;
-    return CUDNN_STATUS_SUCCESS;
+    return object_create("cudnnCreateTensorDescriptor", (void **)tensorDesc,
+                         sizeof **tensorDesc, MAGIC_TENSOR);
 }
 
 cudnnStatus_t CUDNNWINAPI cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t tensorDesc) {
-    if (!tensorDesc) return CUDNN_STATUS_SUCCESS;
-    if (!tensor_ok(tensorDesc))
-        return fail("cudnnDestroyTensorDescriptor", CUDNN_STATUS_BAD_PARAM,
-                    "%p is not a live tensor descriptor", (void *)tensorDesc);
-    tensorDesc->magic = MAGIC_DEAD;
-    free(tensorDesc);
-    return CUDNN_STATUS_SUCCESS;
+    return object_destroy("cudnnDestroyTensorDescriptor", tensorDesc, MAGIC_TENSOR, 1,
+                          "tensor descriptor");
 }
 
 static cudnnStatus_t tensor_set(const char *fn, cudnnTensorDescriptor_t d, cudnnDataType_t dt,
@@ -414,23 +420,13 @@ cudnnStatus_t CUDNNWINAPI cudnnGetTensorSizeInBytes(const cudnnTensorDescriptor_
 static int filter_ok(cudnnFilterDescriptor_t d) { return d && d->magic == MAGIC_FILTER; }
 
 cudnnStatus_t CUDNNWINAPI cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t *filterDesc) {
-    if (!filterDesc)
-        return fail("cudnnCreateFilterDescriptor", CUDNN_STATUS_BAD_PARAM, "filterDesc is NULL");
-    struct cudnnFilterStruct *d = calloc(1, sizeof *d);
-    if (!d) return fail("cudnnCreateFilterDescriptor", CUDNN_STATUS_ALLOC_FAILED, "out of memory");
-    d->magic = MAGIC_FILTER;
-    *filterDesc = d;
-    return CUDNN_STATUS_SUCCESS;
+    return object_create("cudnnCreateFilterDescriptor", (void **)filterDesc,
+                         sizeof **filterDesc, MAGIC_FILTER);
 }
 
 cudnnStatus_t CUDNNWINAPI cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t filterDesc) {
-    if (!filterDesc) return CUDNN_STATUS_SUCCESS;
-    if (!filter_ok(filterDesc))
-        return fail("cudnnDestroyFilterDescriptor", CUDNN_STATUS_BAD_PARAM,
-                    "%p is not a live filter descriptor", (void *)filterDesc);
-    filterDesc->magic = MAGIC_DEAD;
-    free(filterDesc);
-    return CUDNN_STATUS_SUCCESS;
+    return object_destroy("cudnnDestroyFilterDescriptor", filterDesc, MAGIC_FILTER, 1,
+                          "filter descriptor");
 }
 
 cudnnStatus_t CUDNNWINAPI cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t filterDesc,
@@ -479,25 +475,20 @@ static int conv_ok(cudnnConvolutionDescriptor_t d) { return d && d->magic == MAG
     } while (0)
 
 cudnnStatus_t CUDNNWINAPI cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t *convDesc) {
-    if (!convDesc)
-        return fail("cudnnCreateConvolutionDescriptor", CUDNN_STATUS_BAD_PARAM, "convDesc is NULL");
-    struct cudnnConvolutionStruct *d = calloc(1, sizeof *d);
-    if (!d) return fail("cudnnCreateConvolutionDescriptor", CUDNN_STATUS_ALLOC_FAILED, "out of memory");
-    d->magic = MAGIC_CONV;
+    cudnnStatus_t st = object_create("cudnnCreateConvolutionDescriptor", (void **)convDesc,
+                                     sizeof **convDesc, MAGIC_CONV);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    struct cudnnConvolutionStruct *d = *convDesc;
     d->groups = 1;
     d->math = CUDNN_DEFAULT_MATH;
     d->mode = CUDNN_CROSS_CORRELATION;
     d->ctype = CUDNN_DATA_FLOAT;
-    *convDesc = d;
     return CUDNN_STATUS_SUCCESS;
 }
 
 cudnnStatus_t CUDNNWINAPI cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t convDesc) {
-    if (!convDesc) return CUDNN_STATUS_SUCCESS;
-    CHECK_CONV("cudnnDestroyConvolutionDescriptor", convDesc);
-    convDesc->magic = MAGIC_DEAD;
-    free(convDesc);
-    return CUDNN_STATUS_SUCCESS;
+    return object_destroy("cudnnDestroyConvolutionDescriptor", convDesc, MAGIC_CONV, 1,
+                          "convolution descriptor");
 }
 
 cudnnStatus_t CUDNNWINAPI cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t convDesc,

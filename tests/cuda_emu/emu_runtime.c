@@ -375,19 +375,25 @@ cudaError_t cudaMemset(void *p, int v, size_t n) { return cudaMemsetAsync(p, v, 
 
 /* ------------------------------------------------------------ streams and events */
 struct CUstream_st {
-    unsigned flags;
+    unsigned flags; /* first member: new_object */
 };
 struct CUevent_st {
     unsigned flags;
     int recorded;
 };
 
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
-    if (!s) return cudaErrorInvalidValue;
-    *s = calloc(1, sizeof **s);
-    if (!*s) return cudaErrorMemoryAllocation;
-    (*s)->flags = flags;
+/* A zeroed stream or event of `size` bytes whose first member is its flags. */
+static cudaError_t new_object(void **out, size_t size, unsigned flags) {
+    if (!out) return cudaErrorInvalidValue;
+    unsigned *o = calloc(1, size);
+    if (!o) return cudaErrorMemoryAllocation;
+    *o = flags;
+    *out = o;
     return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
+    return new_object((void **)s, sizeof **s, flags);
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
@@ -414,11 +420,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flag
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
-    if (!e) return cudaErrorInvalidValue;
-    *e = calloc(1, sizeof **e);
-    if (!*e) return cudaErrorMemoryAllocation;
-    (*e)->flags = flags;
-    return cudaSuccess;
+    return new_object((void **)e, sizeof **e, flags);
 }
 
 cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }

@@ -187,36 +187,19 @@ template <typename T> static inline T atomicMin(T *p, T v) {
     return old;
 }
 
-static inline unsigned __float_as_uint(float x) {
-    unsigned u;
-    memcpy(&u, &x, 4);
-    return u;
+/* Bit reinterpretations. */
+template <typename To, typename From> static inline To cuda_emu_bits(From x) {
+    static_assert(sizeof(To) == sizeof(From), "bit cast between sizes");
+    To t;
+    memcpy(&t, &x, sizeof t);
+    return t;
 }
-static inline float __uint_as_float(unsigned u) {
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-static inline int __float_as_int(float x) {
-    int u;
-    memcpy(&u, &x, 4);
-    return u;
-}
-static inline float __int_as_float(int u) {
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-static inline long long __double_as_longlong(double x) {
-    long long u;
-    memcpy(&u, &x, 8);
-    return u;
-}
-static inline double __longlong_as_double(long long u) {
-    double x;
-    memcpy(&x, &u, 8);
-    return x;
-}
+static inline unsigned __float_as_uint(float x) { return cuda_emu_bits<unsigned>(x); }
+static inline float __uint_as_float(unsigned u) { return cuda_emu_bits<float>(u); }
+static inline int __float_as_int(float x) { return cuda_emu_bits<int>(x); }
+static inline float __int_as_float(int u) { return cuda_emu_bits<float>(u); }
+static inline long long __double_as_longlong(double x) { return cuda_emu_bits<long long>(x); }
+static inline double __longlong_as_double(long long u) { return cuda_emu_bits<double>(u); }
 
 /* cudaFuncGetAttributes(&attr, kernel): the runtime's C++ overload. */
 template <typename T> static inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, T *fn) {
