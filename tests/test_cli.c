@@ -170,12 +170,28 @@ TEST(cli_train_on_cuda_matches_pytorch_after_5_sgd_steps) {
     } else {
         CHECK(log_has(log, "final test accuracy"));
         compare_steps(out, fx, 5, 1e-4);
-        snprintf(cmd, sizeof cmd,
-                 "%s eval --model simple_cnn --checkpoint %s --dataset cifar10 --data-dir %s "
-                 "--device cuda --test-limit 200 --json",
-                 bin(), out, d);
-        CHECK(run(cmd, log) == 0);
-        CHECK(log_has(log, "\"test_acc\""));
+        /* the checkpoint evaluated on the GPU and on the CPU: same loss and accuracy (the
+         * GPU path brings logits, loss and labels back in one packed copy) */
+        double acc[2] = {-1, -1}, loss[2] = {-1, -1};
+        for (int i = 0; i < 2; i++) {
+            snprintf(cmd, sizeof cmd,
+                     "%s eval --model simple_cnn --checkpoint %s --dataset cifar10 --data-dir %s "
+                     "--device %s --test-limit 200 --json",
+                     bin(), out, d, i ? "cpu" : "cuda");
+            CHECK(run(cmd, log) == 0);
+            FILE *f = fopen(log, "r");
+            char line[1024];
+            while (f && fgets(line, sizeof line, f)) {
+                const char *a = strstr(line, "\"test_acc\": "), *l = strstr(line, "\"test_loss\": ");
+                if (a) acc[i] = atof(a + 12);
+                if (l) loss[i] = atof(l + 13);
+            }
+            if (f) fclose(f);
+        }
+        CHECK_MSG(acc[0] >= 0 && fabs(acc[0] - acc[1]) <= 0.01,
+                  "eval accuracy cuda %g vs cpu %g", acc[0], acc[1]);
+        CHECK_MSG(loss[0] >= 0 && fabs(loss[0] - loss[1]) <= 1e-4 * fabs(loss[1]) + 1e-6,
+                  "eval loss cuda %g vs cpu %g", loss[0], loss[1]);
     }
     ct_fixture_free(fx);
 }

@@ -32,9 +32,10 @@ int cli_device(const char *cmd, const char *s, ct_device *out) {
     return 0;
 }
 
-/* Number of rows whose argmax equals the label. CPU float32 logits [N, C] and int64 labels
- * [N], both contiguous (every training step): one pass over the logits, no tensors made;
- * the first maximum wins and a NaN counts as the maximum, as in ct_argmax. */
+/* Number of rows whose argmax equals the label, or -1 with the error. CPU float32 logits
+ * [N, C] and int64 labels [N], both contiguous (every training step): one pass over the
+ * logits, no tensors made; the first maximum wins and a NaN counts as the maximum, as in
+ * ct_argmax. */
 static int64_t count_correct(const ct_tensor *logits, const ct_tensor *y) {
     if (ct_device_of(logits).type == CT_CPU && ct_device_of(y).type == CT_CPU &&
         ct_dtype_of(logits) == CT_FLOAT32 && ct_dtype_of(y) == CT_INT64 && ct_ndim(logits) == 2 &&
@@ -63,10 +64,11 @@ static int64_t count_correct(const ct_tensor *logits, const ct_tensor *y) {
         }
         return correct;
     }
+    /* other dtypes or layouts */
     ct_tensor *pred = ct_argmax(logits, 1, 0);
     ct_tensor *ph = pred ? ct_to_device(pred, ct_cpu()) : NULL;
     ct_tensor *yh = ct_to_device(y, ct_cpu());
-    int64_t c = 0;
+    int64_t c = ph && yh ? 0 : -1;
     if (ph && yh) {
         const int64_t *p = ct_data(ph), *l = ct_data(yh);
         for (int64_t i = 0; i < ct_numel(ph); i++) c += p[i] == l[i];
@@ -75,6 +77,45 @@ static int64_t count_correct(const ct_tensor *logits, const ct_tensor *y) {
     ct_free(ph);
     ct_free(yh);
     return c;
+}
+
+/* The loss value and the number of correct predictions of a step. On the CPU: read in
+ * place. On a device: logits, loss and labels packed into one float32 tensor on the
+ * device (labels < 2^24 are exact in float32) and brought back with a single copy, so a
+ * step synchronises with the GPU once, not once per value. */
+static int step_stats(const ct_tensor *logits, const ct_tensor *loss, const ct_tensor *y,
+                      double *loss_val, int64_t *correct) {
+    if (ct_device_of(logits).type == CT_CPU) {
+        *correct = count_correct(logits, y);
+        *loss_val = ct_item(loss);
+        return *correct < 0 ? -1 : 0;
+    }
+    const int64_t n = ct_size(logits, 0), c = ct_numel(logits) / (n > 0 ? n : 1), one = 1,
+                  nc = n * c;
+    int prev = ct_set_grad_enabled(0);
+    ct_tensor *lf = ct_reshape(logits, &nc, 1), *l1 = ct_reshape(loss, &one, 1);
+    ct_tensor *yf = ct_to_dtype(y, CT_FLOAT32);
+    ct_tensor *parts[3] = {lf, l1, yf};
+    ct_tensor *packed = lf && l1 && yf ? ct_cat(parts, 3, 0) : NULL;
+    ct_tensor *host = packed ? ct_to_device(packed, ct_cpu()) : NULL;
+    ct_tensor *hl = NULL, *hy = NULL;
+    int rc = -1;
+    if (host) {
+        const float *h = ct_data(host);
+        *loss_val = h[nc];
+        int64_t two[2] = {n, c};
+        hl = ct_from_data(h, two, 2, CT_FLOAT32);
+        hy = hl ? ct_empty(&n, 1, CT_INT64) : NULL;
+        if (hy) {
+            int64_t *lab = ct_data(hy);
+            for (int64_t i = 0; i < n; i++) lab[i] = (int64_t)h[nc + 1 + i];
+            *correct = count_correct(hl, hy);
+            rc = *correct < 0 ? -1 : 0;
+        }
+    }
+    ct_set_grad_enabled(prev);
+    ct_free(lf), ct_free(l1), ct_free(yf), ct_free(packed), ct_free(host), ct_free(hl), ct_free(hy);
+    return rc;
 }
 
 int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
@@ -98,12 +139,8 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
     int rc = -1;
     if (loss && ct_backward(loss, NULL, 0) == 0 && ct_optim_step(opt) == 0) {
         ct_optim_zero_grad(opt);
-        r->loss = ct_item(loss);
         r->n = ct_size(x, 0);
-        int prev = ct_set_grad_enabled(0);
-        r->correct = count_correct(logits, yd);
-        ct_set_grad_enabled(prev);
-        rc = 0;
+        rc = step_stats(logits, loss, yd, &r->loss, &r->correct);
     }
     ct_free(xd);
     ct_free(yd);
@@ -132,10 +169,12 @@ int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, c
         ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
         ct_tensor *logits = xd ? ct_module_forward(model, xd) : NULL;
         ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_SUM, 0.0, -100) : NULL;
-        if (!loss) rc = -1;
+        double lv = 0;
+        int64_t ok = 0;
+        if (!loss || step_stats(logits, loss, yd, &lv, &ok) != 0) rc = -1;
         else {
-            loss_sum += ct_item(loss);
-            correct += count_correct(logits, yd);
+            loss_sum += lv;
+            correct += ok;
             n += ct_size(x, 0);
         }
         ct_free(x); ct_free(y); ct_free(xd); ct_free(yd); ct_free(logits); ct_free(loss);
