@@ -123,8 +123,25 @@ int ct_emu_launch_error(int err, const char *fmt, ...) {
     return err;
 }
 
+static unsigned long long g_copies, g_mallocs;
+
 void ct_emu_count_launch(void) { __atomic_add_fetch(&g_launches, 1, __ATOMIC_RELAXED); }
-unsigned long long ct_emu_launch_count(void) { return g_launches; }
+
+int ct_emu_skip_compute(void) {
+    static int skip = -1;
+    if (skip < 0) skip = getenv("CT_EMU_SKIP_COMPUTE") != NULL;
+    return skip;
+}
+
+/* CT_EMU_STATS: counts of kernel launches, copies and cudaMalloc calls at exit. */
+static void print_stats(void) {
+    fprintf(stderr, "cuda-emu: %llu kernel launches, %llu copies, %llu cudaMalloc calls\n",
+            g_launches, g_copies, g_mallocs);
+}
+
+__attribute__((constructor)) static void stats_init(void) {
+    if (getenv("CT_EMU_STATS")) atexit(print_stats);
+}
 
 /* The pending fault, cleared (synchronising calls return it). */
 static cudaError_t take_fault(void) {
@@ -268,6 +285,7 @@ cudaError_t cudaMalloc(void **out, size_t n) {
     }
     void *p = aligned_block(n);
     if (!p) return cudaErrorMemoryAllocation;
+    __atomic_add_fetch(&g_mallocs, 1, __ATOMIC_RELAXED);
     memset(p, 0xff, n); /* uninitialised device memory reads as NaN */
     pthread_mutex_lock(&g_mu);
     int rc = add_alloc(p, n, 0);
@@ -334,6 +352,7 @@ static const char *kind_name(enum cudaMemcpyKind k) {
 static cudaError_t copy(void *dst, const void *src, size_t n, enum cudaMemcpyKind k,
                         const char *fn) {
     if (n == 0) return cudaSuccess;
+    __atomic_add_fetch(&g_copies, 1, __ATOMIC_RELAXED);
     const int dst_dev = k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice;
     const int src_dev = k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice;
     if ((dst_dev && !range_ok(dst, n, 1)) || (src_dev && !range_ok(src, n, 1)))

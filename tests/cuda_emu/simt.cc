@@ -229,6 +229,10 @@ int run_grid(dim3 grid, dim3 blk, size_t smem, cudaStream_t stream, body_fn body
                                    "kernel %s: invalid launch configuration: grid (%u,%u,%u), "
                                    "block (%u,%u,%u), %zu bytes of dynamic shared memory",
                                    kernel, grid.x, grid.y, grid.z, blk.x, blk.y, blk.z, smem);
+    if (ct_emu_skip_compute()) { /* launch checked and counted, not run */
+        ct_emu_count_launch();
+        return 0;
+    }
     if (ensure_fibers((int)nthreads) != 0)
         return ct_emu_launch_error(cudaErrorMemoryAllocation,
                                    "kernel %s: no memory for %llu fiber stacks", kernel, nthreads);

@@ -58,6 +58,8 @@ extern "C" void ct_emu_kernel_error(const char *fmt, ...) __attribute__((format(
 extern "C" int ct_emu_launch_error(int err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 extern "C" void ct_emu_count_launch(void);
+/* CT_EMU_SKIP_COMPUTE set: kernels are checked and counted but not run. */
+extern "C" int ct_emu_skip_compute(void);
 
 /* Pointer arguments must point into device memory (or be NULL). */
 template <typename T> static inline bool check_arg(const char *kernel, int i, const T &v) {
