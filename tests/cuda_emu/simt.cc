@@ -185,11 +185,62 @@ static __attribute__((noinline)) void resume_fiber(block *b, int i) {
     swapcontext(&b->sched, &b->f[i].ctx);
 }
 
+/* The order in which runnable threads run between barriers (CT_EMU_SCHEDULE): `forward`
+ * (thread 0 first, the default), `reverse`, or `random` (a new order each round, seeded by
+ * CT_EMU_SEED). A kernel that reads shared or global memory another thread of the block
+ * writes in the same barrier interval gives different results under different orders:
+ * the data races that a fixed order would hide. */
+enum { SCHED_FORWARD, SCHED_REVERSE, SCHED_RANDOM };
+static int g_schedule = -1;
+
+static int schedule_from(const char *e) {
+    return e && !strcmp(e, "reverse") ? SCHED_REVERSE
+           : e && !strcmp(e, "random") ? SCHED_RANDOM
+                                       : SCHED_FORWARD;
+}
+
+static int schedule_kind(void) {
+    if (g_schedule < 0) g_schedule = schedule_from(getenv("CT_EMU_SCHEDULE"));
+    return g_schedule;
+}
+
+static thread_local int *g_order;
+static thread_local int g_order_cap;
+static thread_local uint64_t g_rng;
+
+static const int *run_order(int n) {
+    if (n > g_order_cap) {
+        free(g_order);
+        g_order = (int *)malloc((size_t)n * sizeof *g_order);
+        g_order_cap = g_order ? n : 0;
+        if (!g_order) return NULL;
+    }
+    const int kind = schedule_kind();
+    for (int i = 0; i < n; i++) g_order[i] = kind == SCHED_REVERSE ? n - 1 - i : i;
+    if (kind == SCHED_RANDOM) {
+        if (!g_rng) {
+            const char *e = getenv("CT_EMU_SEED");
+            g_rng = (e && *e ? strtoull(e, NULL, 10) : 12345) * 2654435761u + 1;
+        }
+        for (int i = n - 1; i > 0; i--) { /* Fisher-Yates with xorshift64 */
+            g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+            int j = (int)(g_rng % (uint64_t)(i + 1)), t = g_order[i];
+            g_order[i] = g_order[j], g_order[j] = t;
+        }
+    }
+    return g_order;
+}
+
 static int run_block(block *b) {
     for (int i = 0; i < b->n; i++) init_fiber(b, i);
     for (;;) {
-        for (int i = 0; i < b->n; i++)
-            if (b->f[i].state == F_RUN) resume_fiber(b, i);
+        const int *order = run_order(b->n);
+        if (!order) {
+            ct_emu_kernel_error("kernel %s: no memory for the schedule", b->kernel);
+            return -1;
+        }
+        for (int k = 0; k < b->n; k++)
+            if (b->f[order[k]].state == F_RUN) resume_fiber(b, order[k]);
         int ndone = 0, nblock = 0, released = 0;
         for (int i = 0; i < b->n; i++) {
             ndone += b->f[i].state == F_DONE;
@@ -255,3 +306,7 @@ int run_grid(dim3 grid, dim3 blk, size_t smem, cudaStream_t stream, body_fn body
 }
 
 } // namespace cuda_emu
+
+extern "C" void ct_emu_set_schedule(const char *name) {
+    cuda_emu::g_schedule = cuda_emu::schedule_from(name);
+}

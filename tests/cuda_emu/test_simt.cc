@@ -69,6 +69,13 @@ __global__ void k_half_sync(float *x) {
     else x[threadIdx.x] = __shfl_xor_sync(0xffffffffu, x[threadIdx.x], 1);
 }
 
+/* A data race: each thread reads its neighbour's shared-memory slot without a barrier. */
+__global__ void k_race(int *out) {
+    __shared__ int sh[64];
+    sh[threadIdx.x] = (int)threadIdx.x + 1;
+    out[threadIdx.x] = sh[(threadIdx.x + 1) % blockDim.x];
+}
+
 __global__ void k_write(float *x, int n) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = (float)i;
 }
@@ -118,6 +125,33 @@ static void correct_kernels(void) {
     cudaFree(dx), cudaFree(dout), cudaFree(dd), cudaFree(dr), cudaFree(di), cudaFree(dio),
         cudaFree(dc);
     free(hx);
+}
+
+/* Correct kernels give the same result in every thread order; a racy one does not. */
+static void schedules(void) {
+    const char *names[3] = {"forward", "reverse", "random"};
+    int *d, race[3][64];
+    float *dx, *dout, sums[3][4];
+    float hx[1000];
+    for (int i = 0; i < 1000; i++) hx[i] = (float)(i % 7) - 3.0f;
+    cudaMalloc((void **)&d, sizeof race[0]);
+    cudaMalloc((void **)&dx, sizeof hx), cudaMalloc((void **)&dout, sizeof sums[0]);
+    cudaMemcpy(dx, hx, sizeof hx, cudaMemcpyHostToDevice);
+    for (int s = 0; s < 3; s++) {
+        cuda_emu::ct_emu_set_schedule(names[s]);
+        cudaMemset(d, 0, sizeof race[s]);
+        CUK_EMU_LAUNCH(1, 64, 0, 0, k_race)(d);
+        cudaMemcpy(race[s], d, sizeof race[s], cudaMemcpyDeviceToHost);
+        CUK_EMU_LAUNCH(4, 256, 0, 0, k_block_sum)(dx, 1000, dout);
+        cudaMemcpy(sums[s], dout, sizeof sums[s], cudaMemcpyDeviceToHost);
+    }
+    cuda_emu::ct_emu_set_schedule(getenv("CT_EMU_SCHEDULE"));
+    EXPECT(memcmp(race[0], race[1], sizeof race[0]) != 0,
+           "a shared-memory race gives the same result forward and reversed");
+    EXPECT(memcmp(sums[0], sums[1], sizeof sums[0]) == 0 &&
+               memcmp(sums[0], sums[2], sizeof sums[0]) == 0,
+           "a barrier-synchronised reduction differs between schedules");
+    cudaFree(d), cudaFree(dx), cudaFree(dout);
 }
 
 static void caught_faults(void) {
@@ -172,6 +206,7 @@ static void caught_faults(void) {
 int main(void) {
     setenv("CT_EMU_QUIET", "1", 1); /* the faults below are expected */
     correct_kernels();
+    schedules();
     caught_faults();
     printf("cuda emulator self-test: %d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;

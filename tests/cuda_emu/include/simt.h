@@ -60,6 +60,8 @@ extern "C" int ct_emu_launch_error(int err, const char *fmt, ...)
 extern "C" void ct_emu_count_launch(void);
 /* CT_EMU_SKIP_COMPUTE set: kernels are checked and counted but not run. */
 extern "C" int ct_emu_skip_compute(void);
+/* The thread order between barriers: "forward", "reverse" or "random" (CT_EMU_SCHEDULE). */
+extern "C" void ct_emu_set_schedule(const char *name);
 
 /* Pointer arguments must point into device memory (or be NULL). */
 template <typename T> static inline bool check_arg(const char *kernel, int i, const T &v) {
