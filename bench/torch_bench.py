@@ -6,10 +6,22 @@ infer_images_per_sec (a phase skipped with --mode is reported as null).
 
 usage: /usr/bin/python3 bench/torch_bench.py --model simple_cnn|mlp|resnet18 --batch-size B
        [--steps N] [--warmup W] [--threads T] [--mode both|train|infer]
+       [--device cpu|cuda] [--tf32 0|1] [--cudnn-benchmark 0|1]
 
 The environment decides which PyTorch is measured: as installed, or at its best with
 OPENBLAS_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
-(and OPENBLAS_CORETYPE unset); bench/run_bench.py sets both up."""
+(and OPENBLAS_CORETYPE unset); bench/run_bench.py sets both up.
+
+--device cuda: the peer of `ctorch bench --device cuda` (bench/gpu_bench.py runs both). The
+model and the synthetic batch are moved to the GPU once, before the loop, as ctorch does. A
+training step ends, as ctorch's, with the loss and the count of correct predictions read
+back to the host (two device-to-host copies, each waiting for the GPU) and then
+torch.cuda.synchronize(); an inference step copies the logits to the host (ctorch's
+`ct_to_device(out, cpu)`) and synchronises. --tf32 sets TF32 for both matmuls (cuBLAS) and
+convolutions (cuDNN), as CTORCH_TF32 does for ctorch (default 0: full float32);
+--cudnn-benchmark sets torch.backends.cudnn.benchmark (default 1, as ctorch's
+CTORCH_CUDNN_BENCHMARK default). The JSON then also carries gpu, torch, tf32 and
+cudnn_benchmark. Exit status 2 with a message when CUDA is not usable."""
 import argparse
 import json
 import sys
@@ -76,6 +88,38 @@ def make_model(name):
     sys.exit(f"torch_bench.py: unknown --model {name!r} (simple_cnn, mlp, resnet18)")
 
 
+def set_tf32(on):
+    """TF32 for cuBLAS matmuls and cuDNN convolutions, through the API this PyTorch prefers
+    (fp32_precision from 2.9 on, whose docs deprecate allow_tf32; the two must not be mixed).
+    Returns what PyTorch reports afterwards, as a dict for the JSON."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
+        mode = "tf32" if on else "ieee"
+        matmul.fp32_precision = mode
+        conv.fp32_precision = mode
+        return {"matmul_fp32_precision": matmul.fp32_precision,
+                "cudnn_conv_fp32_precision": conv.fp32_precision}
+    matmul.allow_tf32 = bool(on)
+    cudnn.allow_tf32 = bool(on)
+    return {"matmul_allow_tf32": matmul.allow_tf32, "cudnn_allow_tf32": cudnn.allow_tf32}
+
+
+def setup_cuda(a):
+    """Checks that CUDA is usable and sets TF32 and cudnn.benchmark; returns the JSON extras."""
+    if not torch.cuda.is_available():
+        print(f"torch_bench.py: --device cuda: CUDA is not available to this PyTorch "
+              f"({torch.__version__}, built with CUDA {torch.version.cuda}); run it on a machine "
+              "with an NVIDIA GPU and a CUDA build of PyTorch", file=sys.stderr, flush=True)
+        sys.exit(2)
+    torch.backends.cudnn.benchmark = bool(a.cudnn_benchmark)
+    tf32 = set_tf32(a.tf32)
+    return {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "tf32": bool(a.tf32), "tf32_settings": tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
@@ -84,13 +128,21 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mode", choices=("both", "train", "infer"), default="both")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--tf32", type=int, choices=(0, 1), default=0)
+    ap.add_argument("--cudnn-benchmark", type=int, choices=(0, 1), default=1)
     a = ap.parse_args()
     steps = a.steps or DEFAULT_STEPS.get(a.model, 20)
     torch.set_num_threads(a.threads)
+    cuda = a.device == "cuda"
+    extra = setup_cuda(a) if cuda else {}
     torch.manual_seed(0)
     model, shape = make_model(a.model)
     x = torch.randn(a.batch_size, *shape)
     y = (torch.rand(a.batch_size) * 10).long()
+    if cuda:
+        model, x, y = model.to("cuda"), x.to("cuda"), y.to("cuda")
+        torch.cuda.synchronize()
     train_ips = infer_ips = None
 
     if a.mode in ("both", "train"):
@@ -107,6 +159,8 @@ def main():
             # as ctorch's step: the loss and the count of correct predictions on the host
             loss.item()
             (out.detach().argmax(1) == y).sum().item()
+            if cuda:
+                torch.cuda.synchronize()
             if i >= a.warmup:
                 t += time.perf_counter() - t0
         train_ips = a.batch_size * steps / t
@@ -118,16 +172,20 @@ def main():
             for i in range(a.warmup + steps):
                 t0 = time.perf_counter()
                 out = model(x)
+                if cuda:  # as ctorch: the result on the host counts as done
+                    out = out.cpu()
+                    torch.cuda.synchronize()
                 if i >= a.warmup:
                     t += time.perf_counter() - t0
                 del out
         infer_ips = a.batch_size * steps / t
 
-    print(json.dumps({"model": a.model, "batch_size": a.batch_size, "threads": torch.get_num_threads(),
-                      "device": "cpu",
-                      "train_images_per_sec": None if train_ips is None else round(train_ips, 1),
-                      "infer_images_per_sec": None if infer_ips is None else round(infer_ips, 1)}),
-          flush=True)
+    res = {"model": a.model, "batch_size": a.batch_size, "threads": torch.get_num_threads(),
+           "device": a.device,
+           "train_images_per_sec": None if train_ips is None else round(train_ips, 1),
+           "infer_images_per_sec": None if infer_ips is None else round(infer_ips, 1)}
+    res.update(extra)
+    print(json.dumps(res), flush=True)
 
 
 if __name__ == "__main__":
