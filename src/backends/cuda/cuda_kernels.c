@@ -348,8 +348,13 @@ static int k_softmax_bwd(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y,
                    op);
 }
 
-/* After a kernel that may raise the kernel-side flag. */
+/* After a kernel that may raise the kernel-side flag: the flag's copy to pinned host
+ * memory is queued behind it, so that the next synchronisation only reads flag_host
+ * instead of making another round trip to the GPU. */
 static int flag_raised(cu_dev *d, const char *op) {
+    cudaError_t e = cudaMemcpyAsync(d->flag_host, d->k.flag, 4 * sizeof(long long),
+                                    cudaMemcpyDeviceToHost, d->k.stream);
+    if (e != cudaSuccess) return cu_fail((int)e, op);
     d->flag_pending = 1;
     return cu_sync_checks ? cu_sync(d, op) : 0;
 }

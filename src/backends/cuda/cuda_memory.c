@@ -207,15 +207,15 @@ void ct_cuda_reset_peak_stats(int device) {
 }
 
 /* --------------------------------------------------------- synchronisation */
+/* The caller has synchronised d's stream, so the copies of the flag that flag_raised
+ * (cuda_kernels.c) queued after each flagging kernel are complete: flag_host holds the
+ * flag as the last such kernel left it. */
 int cu_check_flag(cu_dev *d) {
     if (!d->flag_pending) return 0;
     d->flag_pending = 0;
-    cudaError_t e = cudaMemcpyAsync(d->flag_host, d->k.flag, 4 * sizeof(long long),
-                                    cudaMemcpyDeviceToHost, d->k.stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(d->k.stream);
-    if (e != cudaSuccess) return cu_fail((int)e, "cuda");
     if (!d->flag_host[0]) return 0;
     long long pos = d->flag_host[1], tgt = d->flag_host[2], C = d->flag_host[3];
+    d->flag_host[0] = 0;
     cudaMemsetAsync(d->k.flag, 0, 4 * sizeof(long long), d->k.stream);
     return cu_error("nll_loss: target %lld at position %lld is out of bounds for %lld classes "
                     "(targets must be in [0, %lld) or equal ignore_index); found by a kernel "
