@@ -1073,6 +1073,63 @@ TEST(backends_cuda_fused_optimizers) {
         }
 }
 
+/* ||got - want|| / ||want|| of a CUDA float32 result against a CPU one. */
+static double rel_err_vs(const ct_tensor *got_dev, const ct_tensor *want) {
+    ct_tensor *h = ct_to_device(got_dev, ct_cpu());
+    ct_tensor *hc = h ? ct_contiguous(h) : NULL, *wc = ct_contiguous(want);
+    double num = 0, den = 0;
+    if (hc && wc && ct_numel(hc) == ct_numel(wc)) {
+        const float *g = ct_data(hc), *w = ct_data(wc);
+        for (int64_t i = 0; i < ct_numel(wc); i++) {
+            num += ((double)g[i] - w[i]) * ((double)g[i] - w[i]);
+            den += (double)w[i] * w[i];
+        }
+    } else {
+        num = 1, den = 0;
+    }
+    ct_free(h), ct_free(hc), ct_free(wc);
+    return den > 0 ? sqrt(num / den) : INFINITY;
+}
+
+/* CTORCH_TF32 / ct_cuda_set_tf32 reaches cuBLAS and cuDNN: float32 matmul and conv2d are
+ * full float32 with TF32 off (the default), and within TF32's precision with it on; the
+ * matmul then really uses TF32 (its error is well above float32's). */
+TEST(backends_cuda_tf32_switch) {
+    if (!cuda_ready()) SKIP(g_why);
+    void (*set_tf32)(int) = (void (*)(int))plugin_sym("ct_cuda_set_tf32");
+    int (*get_tf32)(void) = (int (*)(void))plugin_sym("ct_cuda_get_tf32");
+    CHECK(set_tf32 != NULL && get_tf32 != NULL);
+    if (!set_tf32 || !get_tf32) return;
+    const int saved = get_tf32();
+    const ct_device dev = {CT_CUDA, 0};
+    int64_t as[2] = {64, 256}, bs[2] = {256, 48}, xs[4] = {4, 16, 12, 12}, ws[4] = {8, 16, 3, 3};
+    ct_tensor *a = rnd(as, 2, CT_FLOAT32, 0), *b = rnd(bs, 2, CT_FLOAT32, 0);
+    ct_tensor *x = rnd(xs, 4, CT_FLOAT32, 0), *w = rnd(ws, 4, CT_FLOAT32, 0);
+    ct_tensor *ad = ct_to_device(a, dev), *bd = ct_to_device(b, dev);
+    ct_tensor *xd = ct_to_device(x, dev), *wd = ct_to_device(w, dev);
+    const int st[2] = {1, 1}, pd[2] = {1, 1}, dl[2] = {1, 1};
+    ct_tensor *mm = ct_matmul(a, b), *cv = ct_conv2d(x, w, NULL, st, pd, dl, 1);
+    for (int on = 0; on < 2; on++) {
+        set_tf32(on);
+        ct_tensor *mmd = ct_matmul(ad, bd), *cvd = ct_conv2d(xd, wd, NULL, st, pd, dl, 1);
+        const double em = rel_err_vs(mmd, mm), ec = rel_err_vs(cvd, cv);
+        fprintf(stderr, "    tf32 %s: matmul relative error %.2e, conv2d %.2e\n",
+                on ? "on " : "off", em, ec);
+        if (!on) {
+            CHECK_MSG(em < 1e-5 && ec < 1e-5,
+                      "TF32 off: matmul %.2e, conv2d %.2e (want full float32, < 1e-5)", em, ec);
+        } else {
+            CHECK_MSG(em < 5e-3 && ec < 5e-3, "TF32 on: matmul %.2e, conv2d %.2e (want < 5e-3)",
+                      em, ec);
+            CHECK_MSG(em > 2e-5, "TF32 on: matmul error %.2e is float32's: TF32 not used", em);
+        }
+        ct_free(mmd), ct_free(cvd);
+    }
+    set_tf32(saved);
+    ct_free(a), ct_free(b), ct_free(x), ct_free(w), ct_free(ad), ct_free(bd), ct_free(xd);
+    ct_free(wd), ct_free(mm), ct_free(cv);
+}
+
 /* An out-of-range class index found by the nll_loss kernel is reported, naming the target,
  * at the next synchronisation (here: the copy of the loss to the CPU). */
 TEST(backends_cuda_nll_target_out_of_range) {
