@@ -108,16 +108,25 @@ int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor 
 /* The op is switched on once per row, outside the element loop, so that each loop is
  * branch-free and vectorizes; contiguous rows get their own loop. `out` may alias `a`
  * element for element (in-place ops), which ivdep allows. */
+/* "The iterations are independent" for GCC's vectorizer (output and input may alias only
+ * element for element, see above). Clang vectorizes with run-time alias checks instead, and
+ * its forcing pragma would fail (-Werror) on the loops with libm calls. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define CT_IVDEP _Pragma("GCC ivdep")
+#else
+#define CT_IVDEP
+#endif
+
 #define UN_LOOP(T, EXPR)                                                                      \
     do {                                                                                      \
         if (so == 1 && sa == 1) {                                                             \
-            _Pragma("GCC ivdep") for (int64_t i = 0; i < n; i++) {                            \
+            CT_IVDEP for (int64_t i = 0; i < n; i++) {                            \
                 T x = a[i], r;                                                                \
                 EXPR;                                                                         \
                 o[i] = r;                                                                     \
             }                                                                                 \
         } else {                                                                              \
-            _Pragma("GCC ivdep") for (int64_t i = 0; i < n; i++) {                            \
+            CT_IVDEP for (int64_t i = 0; i < n; i++) {                            \
                 T x = a[i * sa], r;                                                           \
                 EXPR;                                                                         \
                 o[i * so] = r;                                                                \
