@@ -115,6 +115,21 @@ TEST(cuda_emulator_backend_suite_other_thread_orders) {
     run_emulated_env("CT_EMU_SCHEDULE=random CT_EMU_SEED=7", "backends", 30);
 }
 
+/* Again with work on each stream deferred until something waits for it (lazy), or only
+ * the compute stream's (mixed): a missing cudaStreamWaitEvent or copy fence between the
+ * compute and copy streams then gives wrong data (tests/cuda_emu/emu_streams.c). */
+TEST(cuda_emulator_deferred_streams) {
+    EMU_SKIP();
+    const char *modes[2] = {"CT_EMU_STREAMS=lazy", "CT_EMU_STREAMS=mixed"};
+    for (int i = 0; i < 2; i++) {
+        run_emulated_env(modes[i], "data_prefetcher_cuda", 1);
+        run_emulated_env(modes[i], "data_cuda_copy_stream", 1);
+        run_emulated_env(modes[i], "backends_cuda", 5);
+        run_emulated_env(modes[i], "backends_ops_cnn", 1);
+    }
+    if (getenv("CTORCH_DATA")) run_emulated_env(modes[0], "cli_train_on_cuda", 1);
+}
+
 TEST(cuda_emulator_data_prefetcher) {
     EMU_SKIP();
     run_emulated("data_prefetcher_cuda", 1);

@@ -22,7 +22,7 @@ EMU_CFLAGS  = -std=c11 -D_GNU_SOURCE $(EMU_OPT) -g -fPIC -Wall -Wextra -Werror \
 
 EMU_PLUGIN_OBJ := $(CUDA_CSRC:$(CUDA_DIR)/%.c=$(EMU_BUILD)/%.o) \
                   $(CUDA_CUSRC:$(CUDA_DIR)/%.cu=$(EMU_BUILD)/%.cu.o) \
-                  $(EMU_BUILD)/simt.o $(EMU_BUILD)/emu_runtime.o
+                  $(EMU_BUILD)/simt.o $(EMU_BUILD)/emu_runtime.o $(EMU_BUILD)/emu_streams.o
 EMU_LIBS := $(EMU_BUILD)/libctorch_cuda.so $(EMU_BUILD)/libcuda.so.1 \
             $(EMU_BUILD)/libcublas.so.$(CUBLAS_MAJOR) $(EMU_BUILD)/libcudnn.so.$(CUDNN_MAJOR)
 EMU_HDRS := $(CUDA_HDRS) $(wildcard $(EMU_DIR)/include/*.h) $(wildcard $(CUDA_DIR)/*.cuh)
@@ -43,7 +43,7 @@ $(EMU_BUILD)/simt.o: $(EMU_DIR)/simt.cc $(EMU_HDRS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
 
-$(EMU_BUILD)/emu_runtime.o: $(EMU_DIR)/emu_runtime.c
+$(EMU_BUILD)/emu_%.o: $(EMU_DIR)/emu_%.c $(EMU_DIR)/emu_internal.h
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -c $< -o $@
 
@@ -55,16 +55,17 @@ $(EMU_BUILD)/libcuda.so.1: $(EMU_DIR)/emu_driver.c
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -shared -o $@ $< -Wl,-soname,libcuda.so.1 $(LDLIBS)
 
-$(EMU_BUILD)/libcublas.so.$(CUBLAS_MAJOR): $(EMU_DIR)/emu_cublas.c
+$(EMU_BUILD)/libcublas.so.$(CUBLAS_MAJOR): $(EMU_DIR)/emu_cublas.c $(EMU_DIR)/emu_flush.h
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -shared -o $@ $< -Wl,-soname,libcublas.so.$(CUBLAS_MAJOR) $(LDLIBS) -lm
 
-$(EMU_BUILD)/libcudnn.so.$(CUDNN_MAJOR): $(EMU_DIR)/emu_cudnn.c
+$(EMU_BUILD)/libcudnn.so.$(CUDNN_MAJOR): $(EMU_DIR)/emu_cudnn.c $(EMU_DIR)/emu_flush.h
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -shared -o $@ $< -Wl,-soname,libcudnn.so.$(CUDNN_MAJOR) $(LDLIBS) -lm
 
-$(EMU_BUILD)/test_simt: $(EMU_DIR)/test_simt.cc $(EMU_BUILD)/simt.o $(EMU_BUILD)/emu_runtime.o $(EMU_HDRS)
-	$(CXX) $(EMU_CXXFLAGS) -o $@ $< $(EMU_BUILD)/simt.o $(EMU_BUILD)/emu_runtime.o $(LDLIBS) -lpthread
+EMU_RT_OBJ := $(EMU_BUILD)/simt.o $(EMU_BUILD)/emu_runtime.o $(EMU_BUILD)/emu_streams.o
+$(EMU_BUILD)/test_simt: $(EMU_DIR)/test_simt.cc $(EMU_RT_OBJ) $(EMU_HDRS)
+	$(CXX) $(EMU_CXXFLAGS) -o $@ $< $(EMU_RT_OBJ) $(LDLIBS) -lpthread
 
 # The environment that makes a ctorch program use the emulated plugin.
 EMU_ENV = CTORCH_CUDA_PLUGIN=$(abspath $(EMU_BUILD))/libctorch_cuda.so \

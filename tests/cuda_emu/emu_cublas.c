@@ -55,6 +55,8 @@
  */
 #include <cublas_v2.h>
 
+#include "emu_flush.h"
+
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -552,6 +554,7 @@ cublasStatus_t CUBLASWINAPI cublasGemmStridedBatchedEx(
                  fn, strideC, span, batchCount);
         }
     }
+    emu_flush_stream(handle->stream);
     touch_workspace(handle);
     /* CT_EMU_SKIP_COMPUTE: validated, not computed (host-overhead measurements) */
     if (env_on("CT_EMU_SKIP_COMPUTE")) return CUBLAS_STATUS_SUCCESS;

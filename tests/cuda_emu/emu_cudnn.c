@@ -79,6 +79,8 @@
  */
 #include <cudnn.h>
 
+#include "emu_flush.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -1042,6 +1044,7 @@ static cudnnStatus_t compute(const char *fn, int dir, cudnnHandle_t handle, cons
                     "%s algorithm %s needs a %zu-byte workspace; got %zu bytes at %p",
                     dir_fn_name[dir], algo_table[dir][algo].name, need,
                     workSpaceSizeInBytes, workSpace);
+    emu_flush_stream(handle->stream);
     return run_conv(fn, dir, algo, &p, x, w, y, out, scalar(p.dt, alpha), scalar(p.dt, beta),
                     workSpace, need);
 }
@@ -1227,6 +1230,7 @@ static cudnnStatus_t search(const char *fn, int dir, int timed, cudnnHandle_t ha
     if (st != CUDNN_STATUS_SUCCESS) return st;
     const int n = build_perf(dir, &p, timed, workSpace ? wsSize : 0, perf);
     if (timed) {
+        emu_flush_stream(handle->stream);
         /* Run the fastest algorithm on the caller's buffers, then leave arbitrary values. */
         if (perf[0].status == CUDNN_STATUS_SUCCESS) {
             st = run_conv(fn, dir, perf[0].algo, &p, x, w, y, out, 1.0, 0.0, workSpace,

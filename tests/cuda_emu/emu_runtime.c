@@ -11,6 +11,8 @@
  * All work is synchronous (streams and events are bookkeeping). A fault found by a kernel
  * (simt.cc) is printed on stderr and returned by the next cudaGetLastError or
  * synchronising call, then cleared, so that one test run reports every faulty case. */
+#include "emu_internal.h"
+
 #include <cuda_runtime_api.h>
 
 #include <pthread.h>
@@ -144,10 +146,18 @@ __attribute__((constructor)) static void stats_init(void) {
 }
 
 /* The pending fault, cleared (synchronising calls return it). */
-static cudaError_t take_fault(void) {
+cudaError_t ct_emu_take_fault(void) {
     cudaError_t f = g_fault;
     g_fault = cudaSuccess;
     return f;
+}
+
+int ct_emu_is_pinned(const void *p, size_t n) {
+    pthread_mutex_lock(&g_mu);
+    long i = find_alloc((uintptr_t)p);
+    int ok = i >= 0 && g_allocs[i].pinned && (uintptr_t)p + n <= g_allocs[i].base + g_allocs[i].size;
+    pthread_mutex_unlock(&g_mu);
+    return ok;
 }
 
 /* Whether [p, p+n) lies in one allocation of the wanted kind (device: pinned 0). */
@@ -196,7 +206,7 @@ const char *cudaGetErrorString(cudaError_t e) {
 cudaError_t cudaGetLastError(void) {
     cudaError_t e = g_last_error;
     g_last_error = cudaSuccess;
-    if (e == cudaSuccess) e = take_fault();
+    if (e == cudaSuccess) e = ct_emu_take_fault();
     return e;
 }
 
@@ -237,7 +247,10 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) {
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return take_fault(); }
+cudaError_t cudaDeviceSynchronize(void) {
+    ct_emu_flush_all();
+    return ct_emu_take_fault();
+}
 
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total) {
     pthread_mutex_lock(&g_mu);
@@ -299,8 +312,10 @@ cudaError_t cudaMalloc(void **out, size_t n) {
     return cudaSuccess;
 }
 
+/* cudaFree and cudaFreeHost wait for all queued work first, as CUDA's do. */
 static cudaError_t free_kind(void *p, int pinned, const char *fn) {
     if (!p) return cudaSuccess;
+    ct_emu_flush_all();
     pthread_mutex_lock(&g_mu);
     long i = find_alloc((uintptr_t)p);
     if (i < 0 || g_allocs[i].base != (uintptr_t)p || g_allocs[i].pinned != pinned) {
@@ -349,10 +364,45 @@ static const char *kind_name(enum cudaMemcpyKind k) {
     }
 }
 
+/* A queued copy or memset (owned: a snapshot of pageable source memory). */
+typedef struct {
+    void *dst;
+    const void *src;
+    size_t n;
+    int value; /* memset */
+    void *owned;
+} copy_work;
+
+static void copy_run(void *p) {
+    copy_work *w = p;
+    memmove(w->dst, w->src, w->n);
+}
+
+static void memset_run(void *p) {
+    copy_work *w = p;
+    memset(w->dst, w->value, w->n);
+}
+
+static void copy_free(void *p) {
+    copy_work *w = p;
+    free(w->owned);
+    free(w);
+}
+
+/* Copies with CUDA's ordering rules for the host side (emu_streams.c decides when queued
+ * work runs): a synchronous copy waits for all work; an asynchronous one is queued on s,
+ * except into pageable host memory (it returns when done, after s's queued work); from
+ * pageable host memory the source is read when the call is made (CUDA stages it), from
+ * pinned memory when the copy runs. */
 static cudaError_t copy(void *dst, const void *src, size_t n, enum cudaMemcpyKind k,
-                        const char *fn) {
+                        cudaStream_t s, int sync, const char *fn) {
     if (n == 0) return cudaSuccess;
     __atomic_add_fetch(&g_copies, 1, __ATOMIC_RELAXED);
+    if (k == cudaMemcpyDefault) /* by what the pointers are (unified addressing) */
+        k = range_ok(src, n, 1) ? (range_ok(dst, n, 1) ? cudaMemcpyDeviceToDevice
+                                                       : cudaMemcpyDeviceToHost)
+                                : (range_ok(dst, n, 1) ? cudaMemcpyHostToDevice
+                                                       : cudaMemcpyHostToHost);
     const int dst_dev = k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice;
     const int src_dev = k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice;
     if ((dst_dev && !range_ok(dst, n, 1)) || (src_dev && !range_ok(src, n, 1)))
@@ -365,109 +415,52 @@ static cudaError_t copy(void *dst, const void *src, size_t n, enum cudaMemcpyKin
         return api_error(cudaErrorInvalidValue, "%s: HostToDevice from device memory %p", fn, src);
     if (k == cudaMemcpyDeviceToHost && range_ok(dst, n, 1))
         return api_error(cudaErrorInvalidValue, "%s: DeviceToHost into device memory %p", fn, dst);
-    memmove(dst, src, n);
+    if (sync || k == cudaMemcpyHostToHost ||
+        (k == cudaMemcpyDeviceToHost && !ct_emu_is_pinned(dst, n))) {
+        if (sync) ct_emu_flush_all();
+        else ct_emu_stream_flush(s);
+        memmove(dst, src, n);
+        return cudaSuccess;
+    }
+    copy_work *w = calloc(1, sizeof *w);
+    if (!w) return cudaErrorMemoryAllocation;
+    w->dst = dst, w->src = src, w->n = n;
+    if (k == cudaMemcpyHostToDevice && !ct_emu_is_pinned(src, n)) {
+        w->owned = malloc(n);
+        if (!w->owned) {
+            free(w);
+            return cudaErrorMemoryAllocation;
+        }
+        memcpy(w->owned, src, n);
+        w->src = w->owned;
+    }
+    ct_emu_enqueue(s, copy_run, w, copy_free);
     return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind k) {
-    cudaError_t e = copy(dst, src, n, k, "cudaMemcpy");
-    return e != cudaSuccess ? e : take_fault();
+    cudaError_t e = copy(dst, src, n, k, NULL, 1, "cudaMemcpy");
+    return e != cudaSuccess ? e : ct_emu_take_fault();
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind k,
                             cudaStream_t s) {
-    (void)s;
-    return copy(dst, src, n, k, "cudaMemcpyAsync");
+    return copy(dst, src, n, k, s, 0, "cudaMemcpyAsync");
 }
 
 cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
-    (void)s;
     if (n == 0) return cudaSuccess;
     if (!range_ok(p, n, 1))
         return api_error(cudaErrorInvalidValue,
                          "cudaMemsetAsync(%p, %zu bytes): not inside one device allocation", p, n);
-    memset(p, v, n);
+    copy_work *w = calloc(1, sizeof *w);
+    if (!w) return cudaErrorMemoryAllocation;
+    w->dst = p, w->n = n, w->value = v;
+    ct_emu_enqueue(s, memset_run, w, copy_free);
     return cudaSuccess;
 }
 
-cudaError_t cudaMemset(void *p, int v, size_t n) { return cudaMemsetAsync(p, v, n, 0); }
-
-/* ------------------------------------------------------------ streams and events */
-struct CUstream_st {
-    unsigned flags; /* first member: new_object */
-};
-struct CUevent_st {
-    unsigned flags;
-    int recorded;
-};
-
-/* A zeroed stream or event of `size` bytes whose first member is its flags. */
-static cudaError_t new_object(void **out, size_t size, unsigned flags) {
-    if (!out) return cudaErrorInvalidValue;
-    unsigned *o = calloc(1, size);
-    if (!o) return cudaErrorMemoryAllocation;
-    *o = flags;
-    *out = o;
-    return cudaSuccess;
-}
-
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
-    return new_object((void **)s, sizeof **s, flags);
-}
-
-cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
-
-cudaError_t cudaStreamDestroy(cudaStream_t s) {
-    free(s);
-    return cudaSuccess;
-}
-
-cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-    (void)s;
-    return take_fault();
-}
-
-cudaError_t cudaStreamQuery(cudaStream_t s) {
-    (void)s;
-    return cudaSuccess;
-}
-
-cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags) {
-    (void)s, (void)flags;
-    if (!e) return api_error(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: NULL event");
-    return cudaSuccess;
-}
-
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
-    return new_object((void **)e, sizeof **e, flags);
-}
-
-cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
-
-cudaError_t cudaEventDestroy(cudaEvent_t e) {
-    free(e);
-    return cudaSuccess;
-}
-
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
-    (void)s;
-    if (!e) return api_error(cudaErrorInvalidResourceHandle, "cudaEventRecord: NULL event");
-    e->recorded = 1;
-    return cudaSuccess;
-}
-
-cudaError_t cudaEventQuery(cudaEvent_t e) {
-    if (!e) return cudaErrorInvalidResourceHandle;
-    return cudaSuccess;
-}
-
-cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-    if (!e) return cudaErrorInvalidResourceHandle;
-    return take_fault();
-}
-
-cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
-    if (!ms || !a || !b) return cudaErrorInvalidValue;
-    *ms = 0.0f;
-    return cudaSuccess;
+cudaError_t cudaMemset(void *p, int v, size_t n) {
+    cudaError_t e = cudaMemsetAsync(p, v, n, NULL);
+    return e != cudaSuccess ? e : ct_emu_take_fault();
 }

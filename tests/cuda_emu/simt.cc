@@ -269,24 +269,56 @@ static int run_block(block *b) {
     }
 }
 
-int run_grid(dim3 grid, dim3 blk, size_t smem, cudaStream_t stream, body_fn body, void *ctx,
-             const char *kernel) {
-    (void)stream;
+/* A queued launch. */
+struct grid_work {
+    dim3 grid, blk;
+    body_fn body;
+    void *ctx;
+    void (*dtor)(void *);
+    const char *kernel;
+};
+
+static void run_grid(dim3 grid, dim3 blk, body_fn body, void *ctx, const char *kernel);
+
+static void grid_work_run(void *p) {
+    grid_work *w = (grid_work *)p;
+    run_grid(w->grid, w->blk, w->body, w->ctx, w->kernel);
+}
+
+static void grid_work_free(void *p) {
+    grid_work *w = (grid_work *)p;
+    w->dtor(w->ctx);
+    delete w;
+}
+
+int launch_grid(dim3 grid, dim3 blk, size_t smem, cudaStream_t stream, body_fn body, void *ctx,
+                void (*dtor)(void *), const char *kernel) {
     const unsigned long long nthreads = (unsigned long long)blk.x * blk.y * blk.z;
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || nthreads == 0 || nthreads > 1024 ||
         blk.z > 64 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 ||
-        smem > 48 * 1024)
+        smem > 48 * 1024) {
+        dtor(ctx);
         return ct_emu_launch_error(cudaErrorInvalidConfiguration,
                                    "kernel %s: invalid launch configuration: grid (%u,%u,%u), "
                                    "block (%u,%u,%u), %zu bytes of dynamic shared memory",
                                    kernel, grid.x, grid.y, grid.z, blk.x, blk.y, blk.z, smem);
+    }
+    ct_emu_count_launch();
     if (ct_emu_skip_compute()) { /* launch checked and counted, not run */
-        ct_emu_count_launch();
+        dtor(ctx);
         return 0;
     }
-    if (ensure_fibers((int)nthreads) != 0)
-        return ct_emu_launch_error(cudaErrorMemoryAllocation,
-                                   "kernel %s: no memory for %llu fiber stacks", kernel, nthreads);
+    ct_emu_enqueue(stream, grid_work_run, new grid_work{grid, blk, body, ctx, dtor, kernel},
+                   grid_work_free);
+    return 0;
+}
+
+static void run_grid(dim3 grid, dim3 blk, body_fn body, void *ctx, const char *kernel) {
+    const unsigned long long nthreads = (unsigned long long)blk.x * blk.y * blk.z;
+    if (ensure_fibers((int)nthreads) != 0) {
+        ct_emu_kernel_error("kernel %s: no memory for %llu fiber stacks", kernel, nthreads);
+        return;
+    }
     block b{};
     b.bdim = blk, b.gdim = grid, b.n = (int)nthreads, b.f = g_fibers;
     b.body = body, b.ctx = ctx, b.kernel = kernel;
@@ -301,8 +333,6 @@ int run_grid(dim3 grid, dim3 blk, size_t smem, cudaStream_t stream, body_fn body
                 rc = run_block(&b);
             }
     cur_block = saved_b, cur_fiber = saved_f;
-    ct_emu_count_launch();
-    return rc;
 }
 
 } // namespace cuda_emu

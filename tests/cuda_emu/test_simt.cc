@@ -80,6 +80,13 @@ __global__ void k_write(float *x, int n) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = (float)i;
 }
 
+__global__ void k_copy_plus1(const float *x, float *y, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) y[i] = x[i] + 1;
+}
+
+/* emu_streams.c */
+extern "C" void ct_emu_set_streams(const char *name);
+
 /* ------------------------------------------------------------ cases */
 static void correct_kernels(void) {
     const int n = 100000, blocks = 7;
@@ -154,6 +161,52 @@ static void schedules(void) {
     cudaFree(d), cudaFree(dx), cudaFree(dout);
 }
 
+/* Deferred streams (CT_EMU_STREAMS=lazy): work runs when something waits for it, so a
+ * consumer that forgot to wait for its producer's event sees stale data, and events are
+ * not complete until then. */
+static void deferred_streams(void) {
+    ct_emu_set_streams("lazy");
+    cudaStream_t compute, copy;
+    cudaEvent_t ev;
+    cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking);
+    cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking);
+    cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    float *pinned, *dx, *dy, out[64];
+    cudaMallocHost((void **)&pinned, 64 * sizeof(float));
+    cudaMalloc((void **)&dx, 64 * sizeof(float)), cudaMalloc((void **)&dy, 64 * sizeof(float));
+    for (int waits = 0; waits < 2; waits++) {
+        for (int i = 0; i < 64; i++) pinned[i] = (float)i;
+        cudaMemsetAsync(dx, 0, 64 * sizeof(float), compute);
+        cudaMemcpyAsync(dx, pinned, 64 * sizeof(float), cudaMemcpyHostToDevice, copy);
+        cudaEventRecord(ev, copy);
+        EXPECT(cudaEventQuery(ev) == cudaErrorNotReady, "lazy: event complete before any wait");
+        if (waits) cudaStreamWaitEvent(compute, ev, 0);
+        CUK_EMU_LAUNCH(1, 64, 0, compute, k_copy_plus1)(dx, dy, 64);
+        cudaStreamSynchronize(compute);
+        cudaMemcpy(out, dy, sizeof out, cudaMemcpyDeviceToHost);
+        if (waits)
+            EXPECT(out[0] == 1 && out[63] == 64, "lazy, with the wait: %g %g", out[0], out[63]);
+        else
+            EXPECT(out[0] == 1 && out[63] == 1, "lazy, no wait: the kernel should have run before "
+                   "the copy (got %g %g)", out[0], out[63]);
+        cudaDeviceSynchronize();
+    }
+    /* pageable sources are read at the call, pinned ones when the copy runs */
+    float pageable[4] = {1, 2, 3, 4};
+    for (int i = 0; i < 4; i++) pinned[i] = 1;
+    cudaMemcpyAsync(dx, pageable, sizeof pageable, cudaMemcpyHostToDevice, compute);
+    cudaMemcpyAsync(dx + 4, pinned, 4 * sizeof(float), cudaMemcpyHostToDevice, compute);
+    pageable[0] = 100, pinned[0] = 100;
+    cudaStreamSynchronize(compute);
+    cudaMemcpy(out, dx, 8 * sizeof(float), cudaMemcpyDeviceToHost);
+    EXPECT(out[0] == 1 && out[4] == 100, "staging: pageable %g (want 1), pinned %g (want 100)",
+           out[0], out[4]);
+    EXPECT(cudaEventQuery(ev) == cudaSuccess, "event complete after the synchronisation");
+    cudaFree(dx), cudaFree(dy), cudaFreeHost(pinned);
+    cudaEventDestroy(ev), cudaStreamDestroy(compute), cudaStreamDestroy(copy);
+    ct_emu_set_streams(getenv("CT_EMU_STREAMS"));
+}
+
 static void caught_faults(void) {
     float *d;
     cudaMalloc((void **)&d, 64 * sizeof(float));
@@ -207,6 +260,7 @@ int main(void) {
     setenv("CT_EMU_QUIET", "1", 1); /* the faults below are expected */
     correct_kernels();
     schedules();
+    deferred_streams();
     caught_faults();
     printf("cuda emulator self-test: %d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;

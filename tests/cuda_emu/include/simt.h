@@ -1,8 +1,8 @@
 /* A small SIMT emulator: runs CUDA kernels on the CPU, so the plugin's kernels and host
  * code can be tested on machines without a GPU (tests/cuda_emu/README.md).
  *
- * Model. A launch runs its blocks one after another on the calling thread (launches are
- * therefore synchronous, and every stream is in effect the same stream). Within a block
+ * Model. A launch is queued on its stream (emu_streams.c decides when it runs: at once by
+ * default) and runs its blocks one after another on the thread that runs it. Within a block
  * each CUDA thread is a fiber (ucontext) with its own stack; fibers run until they finish
  * or reach a barrier:
  *   - __syncthreads(): block barrier; released when every thread of the block waits on it.
@@ -46,10 +46,12 @@ void sync_block();
 uint64_t warp_exchange(unsigned mask, uint64_t mine, int (*src_of)(int lane, int arg, int width),
                        int arg, int width);
 
-/* Launch: runs body(ctx) for every thread of the grid. Returns a cudaError_t. */
+/* Launch: checks the configuration, then queues on `stream` the running of body(ctx) for
+ * every thread of the grid (at once, unless CT_EMU_STREAMS defers the stream's work).
+ * Takes ownership of ctx (freed with dtor once run). Returns a cudaError_t. */
 typedef void (*body_fn)(void *ctx);
-int run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, body_fn body, void *ctx,
-             const char *kernel);
+int launch_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, body_fn body,
+                void *ctx, void (*dtor)(void *), const char *kernel);
 /* Whether [p, p+1) lies in device memory (emu_runtime.c's allocations). */
 extern "C" int ct_emu_is_device_ptr(const void *p);
 /* A fault found while a kernel ran: sticky, like a GPU's (returned by later runtime calls). */
@@ -58,6 +60,10 @@ extern "C" void ct_emu_kernel_error(const char *fmt, ...) __attribute__((format(
 extern "C" int ct_emu_launch_error(int err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 extern "C" void ct_emu_count_launch(void);
+/* Queues fn(ctx) on stream s (emu_runtime.c: runs it now, or later under CT_EMU_STREAMS);
+ * dtor(ctx) after it ran. */
+extern "C" void ct_emu_enqueue(cudaStream_t s, void (*fn)(void *), void *ctx,
+                               void (*dtor)(void *));
 /* CT_EMU_SKIP_COMPUTE set: kernels are checked and counted but not run. */
 extern "C" int ct_emu_skip_compute(void);
 /* The thread order between barriers: "forward", "reverse" or "random" (CT_EMU_SCHEDULE). */
@@ -84,6 +90,7 @@ template <typename... P> struct launch_args {
         launch_args *a = (launch_args *)self;
         std::apply(a->fn, a->args);
     }
+    static void destroy(void *self) { delete (launch_args *)self; }
 };
 
 /* CUK_LAUNCH(grid, block, smem, stream, kernel)(args...) */
@@ -94,13 +101,18 @@ template <typename... P> struct launcher {
     void (*fn)(P...);
     const char *name;
     template <typename... A> void operator()(A &&...a) const {
-        launch_args<P...> la{fn, std::tuple<typename std::decay<P>::type...>(
-                                     (typename std::decay<P>::type)std::forward<A>(a)...)};
+        /* the arguments are copied, as a launch copies them: the kernel may run later */
+        auto *la = new launch_args<P...>{fn, std::tuple<typename std::decay<P>::type...>(
+                                                 (typename std::decay<P>::type)std::forward<A>(a)...)};
         int i = 0;
         bool ok = true;
         std::apply([&](const auto &...v) { ((ok = check_arg(name, i++, v) && ok), ...); },
-                   la.args);
-        if (ok) run_grid(grid, blk, smem, stream, &launch_args<P...>::run, &la, name);
+                   la->args);
+        if (ok)
+            launch_grid(grid, blk, smem, stream, &launch_args<P...>::run, la,
+                        &launch_args<P...>::destroy, name);
+        else
+            delete la;
     }
 };
 
