@@ -567,6 +567,57 @@ static void case_max_pool_bwd(ct_device dev, const ct_kernels *k, const char *bn
 TEST(backends_max_pool2d_forward) { RUN_ON_BACKENDS(case_max_pool_fwd); }
 TEST(backends_max_pool2d_backward) { RUN_ON_BACKENDS(case_max_pool_bwd); }
 
+/* Max pooling with window codes and the fused ReLU (the path ct_max_pool2d and
+ * ct_relu_max_pool2d take where a backend has it): outputs and codes must equal the CPU's
+ * exactly (NaNs and negative values included), and so must the backward. */
+static void case_max_pool_codes(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    if (!k->max_pool2d_codes_forward || !k->max_pool2d_codes_backward) {
+        CHECK_MSG(0, "%s lacks the max_pool2d_codes kernels", bname);
+        return;
+    }
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    for (int di = 0; di < 2; di++)
+        for (int i = 0; i < N_POOLS; i++)
+            for (int relu = 0; relu < 2; relu++) {
+                const ct_dtype dt = dts[di];
+                ct_pool_params p = k_pools[i];
+                p.ceil_mode = 0; /* the codes path's windows: ceil_mode is the op layer's */
+                int64_t xs[4], ys[4];
+                pool_shapes(&p, xs, ys, 1);
+                char what[112];
+                snprintf(what, sizeof what, "max_pool2d codes %s config %d relu %d %s",
+                         bwd ? "backward" : "forward", i, relu, ct_dtype_name(dt));
+                ct_tensor *xh = rnd(xs, 4, dt, 0);
+                if (dt == CT_FLOAT32) ((float *)ct_data(xh))[5] = NAN;
+                else ((double *)ct_data(xh))[5] = NAN;
+                tp x = tp_from(xh, dev), y = tp_rnd(ys, 4, dt, 0, dev);
+                tp codes = tp_from(ct_zeros(ys, 4, CT_UINT8), dev);
+                if (!bwd) {
+                    KCALL(what, cpuk()->max_pool2d_codes_forward(y.c, codes.c, x.c, &p, relu),
+                          k->max_pool2d_codes_forward(y.d, codes.d, x.d, &p, relu));
+                    tp_check(y, 0, what, bname);
+                    tp_check(codes, 0, what, bname);
+                } else {
+                    CHECK_OK(cpuk()->max_pool2d_codes_forward(y.c, codes.c, x.c, &p, relu));
+                    tp c2 = tp_from(ct_retain(codes.c), dev), gy = tp_rnd(ys, 4, dt, 0, dev);
+                    KCALL(what, cpuk()->max_pool2d_codes_backward(x.c, gy.c, c2.c, &p),
+                          k->max_pool2d_codes_backward(x.d, gy.d, c2.d, &p));
+                    tp_check(x, 0, what, bname);
+                    tp_free(c2), tp_free(gy);
+                }
+                tp_free(x), tp_free(y), tp_free(codes);
+            }
+}
+
+static void case_max_pool_codes_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_max_pool_codes(dev, k, bname, 0);
+}
+static void case_max_pool_codes_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_max_pool_codes(dev, k, bname, 1);
+}
+TEST(backends_max_pool2d_codes_forward) { RUN_ON_BACKENDS(case_max_pool_codes_fwd); }
+TEST(backends_max_pool2d_codes_backward) { RUN_ON_BACKENDS(case_max_pool_codes_bwd); }
+
 static void case_avg_pool(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
     const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
     for (int di = 0; di < 2; di++)

@@ -104,15 +104,15 @@ TEST(cuda_emulator_self_test) {
 
 TEST(cuda_emulator_backend_suite) {
     EMU_SKIP();
-    run_emulated("backends", 30);
+    run_emulated("backends", 32);
 }
 
 /* The same suite with the threads of each block run in other orders between barriers: a
  * data race inside a kernel changes its result with the order (tests/cuda_emu/simt.cc). */
 TEST(cuda_emulator_backend_suite_other_thread_orders) {
     EMU_SKIP();
-    run_emulated_env("CT_EMU_SCHEDULE=reverse", "backends", 30);
-    run_emulated_env("CT_EMU_SCHEDULE=random CT_EMU_SEED=7", "backends", 30);
+    run_emulated_env("CT_EMU_SCHEDULE=reverse", "backends", 32);
+    run_emulated_env("CT_EMU_SCHEDULE=random CT_EMU_SEED=7", "backends", 32);
 }
 
 /* Again with work on each stream deferred until something waits for it (lazy), or only

@@ -50,6 +50,9 @@ typedef struct {
     int ceil_mode, count_include_pad;
 } ct_pool_params;
 
+/* Window code of a max-pooling output whose gradient is zero (a fused ReLU clamped it). */
+#define CT_POOL_NOGRAD 255
+
 typedef struct ct_kernels {
     /* out[i] = op(a[i], b[i]); a and b have out's shape with any strides (0 for
      * broadcast); out may be non-contiguous and may alias a (in-place ops). */
@@ -84,6 +87,17 @@ typedef struct ct_kernels {
                               const ct_pool_params *p);
     int (*max_pool2d_backward)(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices,
                                const ct_pool_params *p);
+    /* Max pooling with compact window codes and an optional fused ReLU (NULL where a
+     * backend lacks it: the op layer then uses the int64-index pair above). y =
+     * max_pool2d(x), or relu(max_pool2d(x)) = max_pool2d(relu(x)) when relu != 0. codes
+     * (uint8, y's shape, may be NULL): each output's window position ky*kw + kx of the first
+     * maximum in row-major order (a NaN always taken), or CT_POOL_NOGRAD where the ReLU
+     * clamped the output. Needs kernel[0]*kernel[1] < CT_POOL_NOGRAD. The backward
+     * scatters gy back by the codes (gx fully written). */
+    int (*max_pool2d_codes_forward)(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
+                                    const ct_pool_params *p, int relu);
+    int (*max_pool2d_codes_backward)(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
+                                     const ct_pool_params *p);
     int (*avg_pool2d_forward)(ct_tensor *y, const ct_tensor *x, const ct_pool_params *p);
     int (*avg_pool2d_backward)(ct_tensor *gx, const ct_tensor *gy, const ct_pool_params *p);
     int (*adaptive_avg_pool2d_forward)(ct_tensor *y, const ct_tensor *x);
@@ -142,6 +156,12 @@ typedef struct ct_backend {
 } ct_backend;
 
 enum { CT_MEMCPY_H2D = 0, CT_MEMCPY_D2H = 1, CT_MEMCPY_D2D = 2 };
+
+/* The layout of ct_backend, which the CUDA plugin fills in: its size, and a number to bump
+ * whenever entries change without changing the size. The core refuses a plugin built with
+ * another layout (src/core/dispatch.c) instead of calling through a shifted table. */
+#define CT_BACKEND_ABI_VERSION 2
+#define CT_BACKEND_ABI ((long)sizeof(ct_backend) * 100 + CT_BACKEND_ABI_VERSION)
 
 int ct_register_backend(const ct_backend *b);
 /* The backend for a device type, loading the plugin on first use; NULL + error. */

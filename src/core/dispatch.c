@@ -92,6 +92,16 @@ static void load_cuda(void) {
                  "rebuild with `make`)");
         return;
     }
+    typedef long (*abi_fn)(void);
+    abi_fn abi = (abi_fn)dlsym(h, "ct_cuda_plugin_abi");
+    if (!abi || abi() != CT_BACKEND_ABI) {
+        snprintf(g_cuda_reason, sizeof g_cuda_reason,
+                 "the CUDA plugin libctorch_cuda.so was built for another version of ctorch "
+                 "(backend table %ld, this library %ld). Fix: rebuild it with `make cuda`, or "
+                 "point CTORCH_CUDA_PLUGIN at the plugin built with this library",
+                 abi ? abi() : 0L, CT_BACKEND_ABI);
+        return;
+    }
     const ct_backend *b = init(g_cuda_reason, sizeof g_cuda_reason);
     if (b) {
         g_backends[CT_CUDA] = b;

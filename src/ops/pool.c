@@ -3,13 +3,13 @@
  * ceil_mode's "last window must start inside the input or left padding" rule) and
  * window rules.
  *
- * On the CPU, max pooling keeps a one-byte window code per output for the backward (not
- * PyTorch's int64 flat index, which nothing outside this file sees) and none at all when
- * no gradient is needed; ct_relu_max_pool2d (ops/fused.h) fuses a preceding ReLU. */
+ * Where the backend has the max_pool2d_codes kernels (CPU, CUDA), max pooling keeps a
+ * one-byte window code per output for the backward (not PyTorch's int64 flat index, which
+ * nothing outside this file sees) and none at all when no gradient is needed;
+ * ct_relu_max_pool2d (ops/fused.h) fuses a preceding ReLU into the same pass. */
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
-#include "backends/cpu/pool_fast.h"
 #include "ops/fused.h"
 
 #include <string.h>
@@ -176,7 +176,8 @@ static int max_pool2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     return 0;
 }
 
-/* CPU path: window codes instead of int64 indices, optional fused ReLU. */
+/* Window codes instead of int64 indices, optional fused ReLU (backends that have the
+ * max_pool2d_codes kernels). */
 static int max_pool2d_codes_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     if (!ct_node_needs_grad(n, 0)) return 0;
     const ct_tensor *codes = ct_node_saved(n, 0);
@@ -186,8 +187,9 @@ static int max_pool2d_codes_backward(ct_node *n, const ct_tensor *gy, ct_tensor 
     ct_tensor *gyc = data_contig(gy), *gy4 = gyc ? as4d(gyc) : NULL, *c4 = as4d(codes);
     ct_tensor *g = NULL, *g4 = NULL;
     int rc = -1;
-    if (gy4 && c4 && grad_input(n, gy, &g, &g4) == 0)
-        rc = cpu_max_pool2d_codes_backward(g4, gy4, c4, &p);
+    int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_pool_params *) =
+        CT_KERNEL(gy, max_pool2d_codes_backward, "max_pool2d backward");
+    if (k && gy4 && c4 && grad_input(n, gy, &g, &g4) == 0) rc = k(g4, gy4, c4, &p);
     ct_free(gyc);
     ct_free(gy4);
     ct_free(c4);
@@ -200,19 +202,24 @@ static int max_pool2d_codes_backward(ct_node *n, const ct_tensor *gy, ct_tensor 
     return 0;
 }
 
+/* Whether x's backend pools with window codes (and the window is small enough for them). */
 static int use_codes(const ct_tensor *x, const ct_pool_params *p) {
-    return x->storage->device.type == CT_CPU && p->kernel[0] * p->kernel[1] < CPU_POOL_NOGRAD;
+    const ct_backend *b = ct_backend_of(x);
+    return b && b->k.max_pool2d_codes_forward && b->k.max_pool2d_codes_backward &&
+           p->kernel[0] * p->kernel[1] < CT_POOL_NOGRAD;
 }
 
-static ct_tensor *max_pool2d_cpu(const ct_tensor *x, const ct_pool_params *p, const int64_t *ysh,
-                                 int relu) {
+static ct_tensor *max_pool2d_codes(const ct_tensor *x, const ct_pool_params *p,
+                                   const int64_t *ysh, int relu) {
     int need = ct_needs_grad1(x);
     ct_tensor *y = ct_empty_on(ysh, x->ndim, x->dtype, x->storage->device);
     ct_tensor *codes = need ? ct_empty_on(ysh, x->ndim, CT_UINT8, x->storage->device) : NULL;
     ct_tensor *xc = data_contig(x);
     ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL;
     ct_tensor *c4 = codes ? as4d(codes) : NULL;
-    int rc = (x4 && y4 && (!need || c4)) ? cpu_max_pool2d_codes(y4, c4, x4, p, relu) : -1;
+    int rc = (x4 && y4 && (!need || c4))
+                 ? ct_backend_of(x)->k.max_pool2d_codes_forward(y4, c4, x4, p, relu)
+                 : -1;
     y = record_pool(&rc, "MaxPool2DWithIndicesBackward", max_pool2d_codes_backward, x, y, codes,
                     p);
     ct_free(x4);
@@ -231,10 +238,10 @@ ct_tensor *ct_relu_max_pool2d(const ct_tensor *x, const int kernel[2], const int
                               const int padding[2], const int dilation[2], int ceil_mode) {
     ct_pool_params p;
     int64_t ysh[4];
-    if (x && x->storage->device.type == CT_CPU &&
+    if (x &&
         pool_setup("max_pool2d", x, kernel, stride, padding, dilation, ceil_mode, &p, ysh) == 0 &&
         use_codes(x, &p))
-        return max_pool2d_cpu(x, &p, ysh, 1);
+        return max_pool2d_codes(x, &p, ysh, 1);
     ct_clear_error();
     ct_tensor *r = ct_relu(x);
     ct_tensor *y = r ? ct_max_pool2d(r, kernel, stride, padding, dilation, ceil_mode) : NULL;
@@ -248,7 +255,7 @@ ct_tensor *ct_max_pool2d(const ct_tensor *x, const int kernel[2], const int stri
     int64_t ysh[4];
     if (pool_setup("max_pool2d", x, kernel, stride, padding, dilation, ceil_mode, &p, ysh) != 0)
         return NULL;
-    if (use_codes(x, &p)) return max_pool2d_cpu(x, &p, ysh, 0);
+    if (use_codes(x, &p)) return max_pool2d_codes(x, &p, ysh, 0);
     int (*k)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_pool_params *) =
         CT_KERNEL(x, max_pool2d_forward, "max_pool2d");
     if (!k) return NULL;

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "cpu_alloc.h"
 #include "cpu_kernels.h"
+#include "pool_fast.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,8 @@ const ct_backend ct_cpu_backend = {
         .conv2d_backward_weight = cpu_conv2d_backward_weight,
         .max_pool2d_forward = cpu_max_pool2d_forward,
         .max_pool2d_backward = cpu_max_pool2d_backward,
+        .max_pool2d_codes_forward = cpu_max_pool2d_codes,
+        .max_pool2d_codes_backward = cpu_max_pool2d_codes_backward,
         .avg_pool2d_forward = cpu_avg_pool2d_forward,
         .avg_pool2d_backward = cpu_avg_pool2d_backward,
         .adaptive_avg_pool2d_forward = cpu_adaptive_avg_pool2d_forward,

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 /* Window code of an output whose gradient is zero (ReLU clamped it). */
-#define CPU_POOL_NOGRAD 255
+#define CPU_POOL_NOGRAD CT_POOL_NOGRAD
 
 /* y = max_pool2d(x) (relu(max_pool2d(x)) when relu != 0); codes: uint8 tensor of y's
  * shape receiving each output's window position ky*kw + kx (or CPU_POOL_NOGRAD), or NULL.

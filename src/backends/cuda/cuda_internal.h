@@ -97,6 +97,14 @@ int cuk_max_pool_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x,
                      int64_t *ind);
 int cuk_max_pool_bwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *gy,
                      const int64_t *ind, void *gx);
+/* With one-byte window codes (src/core/backend.h, max_pool2d_codes_forward): the
+ * position ky*kw + kx of the chosen element, or CUK_POOL_NOGRAD where the fused ReLU
+ * (relu != 0) clamped the output; codes may be NULL in the forward. */
+#define CUK_POOL_NOGRAD 255 /* == CT_POOL_NOGRAD */
+int cuk_max_pool_codes_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x, void *y,
+                           uint8_t *codes, int relu);
+int cuk_max_pool_codes_bwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *gy,
+                           const uint8_t *codes, void *gx);
 int cuk_avg_pool_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x, void *y);
 int cuk_avg_pool_bwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *gy, void *gx);
 int cuk_adaptive_pool_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x, void *y);

@@ -264,6 +264,47 @@ static int k_max_pool_bwd(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *i
                    "max_pool2d backward");
 }
 
+/* Window codes: uint8, contiguous, one per output; windows of fewer than 255 elements. */
+static int codes_check(const ct_tensor *codes, const ct_tensor *small, const ct_pool_params *p,
+                       const char *op) {
+    if (p->kernel[0] * p->kernel[1] >= CT_POOL_NOGRAD)
+        return cu_error("%s: window %dx%d too large for window codes", op, p->kernel[0],
+                        p->kernel[1]);
+    if (codes && (codes->dtype != CT_UINT8 || !cu_is_contiguous(codes) ||
+                  cu_numel(codes) != cu_numel(small)))
+        return cu_error("%s: window codes must be a contiguous uint8 tensor of the output's "
+                        "shape",
+                        op);
+    return 0;
+}
+
+static int k_max_pool_codes_fwd(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
+                                const ct_pool_params *p, int relu) {
+    if (pool_check(x, y, p, "max_pool2d") || codes_check(codes, y, p, "max_pool2d")) return -1;
+    cu_dev *d = cu_dev_of(x);
+    if (!d) return -1;
+    cuk_pool q;
+    pool_geom(&q, x, y, p);
+    return cu_fail(cuk_max_pool_codes_fwd(&d->k, (int)x->dtype, &q, cu_ptr(x), cu_ptr(y),
+                                          codes ? (uint8_t *)cu_ptr(codes) : NULL, relu),
+                   "max_pool2d");
+}
+
+static int k_max_pool_codes_bwd(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
+                                const ct_pool_params *p) {
+    if (pool_check(gx, gy, p, "max_pool2d backward") ||
+        codes_check(codes, gy, p, "max_pool2d backward"))
+        return -1;
+    if (!codes) return cu_error("max_pool2d backward: window codes are NULL");
+    cu_dev *d = cu_dev_of(gx);
+    if (!d) return -1;
+    cuk_pool q;
+    pool_geom(&q, gx, gy, p);
+    return cu_fail(cuk_max_pool_codes_bwd(&d->k, (int)gx->dtype, &q, cu_ptr(gy),
+                                          (const uint8_t *)cu_ptr(codes), cu_ptr(gx)),
+                   "max_pool2d backward");
+}
+
 static int k_avg_pool_fwd(ct_tensor *y, const ct_tensor *x, const ct_pool_params *p) {
     if (pool_check(x, y, p, "avg_pool2d")) return -1;
     cu_dev *d = cu_dev_of(x);
@@ -489,6 +530,8 @@ void cu_fill_kernels(ct_kernels *k) {
     k->fill = k_fill;
     k->max_pool2d_forward = k_max_pool_fwd;
     k->max_pool2d_backward = k_max_pool_bwd;
+    k->max_pool2d_codes_forward = k_max_pool_codes_fwd;
+    k->max_pool2d_codes_backward = k_max_pool_codes_bwd;
     k->avg_pool2d_forward = k_avg_pool_fwd;
     k->avg_pool2d_backward = k_avg_pool_bwd;
     k->adaptive_avg_pool2d_forward = k_adaptive_fwd;

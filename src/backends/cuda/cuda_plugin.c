@@ -596,6 +596,8 @@ static int plugin_init(char *r, size_t n) {
     return 0;
 }
 
+long ct_cuda_plugin_abi(void) { return CT_BACKEND_ABI; }
+
 const ct_backend *ct_cuda_plugin_init(char *reason, size_t n) {
     pthread_mutex_lock(&g_init_mu);
     if (g_init_state == 0)

@@ -38,6 +38,8 @@ struct ct_backend;
  * to `reason` which piece is missing (driver not loaded, driver too old, no device,
  * cuDNN / cuBLAS missing, GPU architecture not in the build) and how to fix it. */
 CT_CUDA_API const struct ct_backend *ct_cuda_plugin_init(char *reason, size_t n);
+/* CT_BACKEND_ABI of the headers the plugin was built with (checked by the core first). */
+CT_CUDA_API long ct_cuda_plugin_abi(void);
 typedef const struct ct_backend *(*ct_cuda_plugin_init_fn)(char *reason, size_t n);
 
 /* ------------------------------------------------------------------ devices */

@@ -69,6 +69,99 @@ __global__ void k_max_bwd(cuk_pool p, const T *gy, const int64_t *ind, T *gx) {
     }
 }
 
+/* ------------------------------------------------------- max, window codes */
+/* The CPU's codes pooling (cpu_pool.c, mpc_fwd): window clipped to the input, first
+ * maximum in row-major window order, a NaN always taken; with relu the output is
+ * relu(max) and the code NOGRAD where that is not > 0 (NaN stays NaN). */
+template <typename T>
+__global__ void k_mpc_fwd(cuk_pool p, const T *x, T *y, uint8_t *codes, int relu) {
+    const int64_t n = p.NC * p.Ho * p.Wo;
+    CUK_LOOP(int64_t, i, n) {
+        int64_t ow = i % p.Wo, t = i / p.Wo, oh = t % p.Ho, pl = t / p.Ho;
+        const T *xp = x + pl * p.H * p.W;
+        const int64_t ih0 = oh * p.sh - p.ph, iw0 = ow * p.sw - p.pw;
+        int64_t ky0 = 0, ky1 = p.kh, kx0 = 0, kx1 = p.kw;
+        while (ih0 + ky0 * p.dh < 0) ky0++;
+        while (ky1 > ky0 && ih0 + (ky1 - 1) * p.dh >= p.H) ky1--;
+        while (iw0 + kx0 * p.dw < 0) kx0++;
+        while (kx1 > kx0 && iw0 + (kx1 - 1) * p.dw >= p.W) kx1--;
+        int64_t best = ky0 * p.kw + kx0;
+        T mv = -(T)INFINITY;
+        for (int64_t ky = ky0; ky < ky1; ky++) {
+            const T *row = xp + (ih0 + ky * p.dh) * p.W + iw0;
+            for (int64_t kx = kx0; kx < kx1; kx++) {
+                T v = row[kx * p.dw];
+                if (v > mv || v != v) {
+                    mv = v;
+                    best = ky * p.kw + kx;
+                }
+            }
+        }
+        const bool dead = relu && !(mv > 0);
+        y[i] = dead && mv == mv ? (T)0 : mv;
+        if (codes) codes[i] = dead ? (uint8_t)CUK_POOL_NOGRAD : (uint8_t)best;
+    }
+}
+
+/* Gathers, per input element, the gradients of the outputs whose code names it, in the
+ * order of the CPU's scatter (outputs row-major), so the sums are the same. */
+template <typename T>
+__global__ void k_mpc_bwd(cuk_pool p, const T *gy, const uint8_t *codes, T *gx) {
+    const int64_t n = p.NC * p.H * p.W;
+    CUK_LOOP(int64_t, i, n) {
+        int64_t w = i % p.W, t = i / p.W, h = t % p.H, pl = t / p.H;
+        int64_t oh0, oh1, ow0, ow1;
+        max_range(h, p.kh, p.sh, p.ph, p.dh, p.Ho, &oh0, &oh1);
+        max_range(w, p.kw, p.sw, p.pw, p.dw, p.Wo, &ow0, &ow1);
+        const int64_t obase = pl * p.Ho * p.Wo;
+        T acc = 0;
+        for (int64_t oh = oh0; oh < oh1; oh++) {
+            const int64_t dy = h - (oh * p.sh - p.ph);
+            if (dy < 0 || dy % p.dh) continue;
+            const int64_t ky = dy / p.dh;
+            if (ky >= p.kh) continue;
+            for (int64_t ow = ow0; ow < ow1; ow++) {
+                const int64_t dx = w - (ow * p.sw - p.pw);
+                if (dx < 0 || dx % p.dw) continue;
+                const int64_t kx = dx / p.dw;
+                if (kx >= p.kw) continue;
+                const int64_t o = obase + oh * p.Wo + ow;
+                if (codes[o] == ky * p.kw + kx) acc += gy[o];
+            }
+        }
+        gx[i] = acc;
+    }
+}
+
+template <typename T>
+static int mpc_run(const cuk_ctx *c, bool fwd, const cuk_pool *p, const void *in,
+                   const uint8_t *cin, void *out, uint8_t *cout, int relu) {
+    const int64_t n = fwd ? p->NC * p->Ho * p->Wo : p->NC * p->H * p->W;
+    if (n <= 0) return 0;
+    const int blocks = cuk_blocks(c, n, CUK_THREADS);
+    if (fwd)
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_mpc_fwd<T>)(
+            *p, (const T *)in, (T *)out, cout, relu);
+    else
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_mpc_bwd<T>)(
+            *p, (const T *)in, cin, (T *)out);
+    return cuk_status();
+}
+
+extern "C" int cuk_max_pool_codes_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x,
+                                      void *y, uint8_t *codes, int relu) {
+    if (dt == CUK_F32) return mpc_run<float>(c, true, p, x, NULL, y, codes, relu);
+    if (dt == CUK_F64) return mpc_run<double>(c, true, p, x, NULL, y, codes, relu);
+    return (int)cudaErrorInvalidValue;
+}
+
+extern "C" int cuk_max_pool_codes_bwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *gy,
+                                      const uint8_t *codes, void *gx) {
+    if (dt == CUK_F32) return mpc_run<float>(c, false, p, gy, codes, gx, NULL, 0);
+    if (dt == CUK_F64) return mpc_run<double>(c, false, p, gy, codes, gx, NULL, 0);
+    return (int)cudaErrorInvalidValue;
+}
+
 /* ------------------------------------------------------------------- avg */
 /* Window of output (oh, ow): clipped bounds and divisor; false when empty. */
 __device__ __forceinline__ bool avg_window(const cuk_pool &p, int64_t oh, int64_t ow,
