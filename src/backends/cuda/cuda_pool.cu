@@ -50,15 +50,28 @@ __device__ __forceinline__ void max_range(int64_t h, int64_t k, int64_t s, int64
     *hi = imin((h + pad) / s + 1, nout);
 }
 
+/* Input element i of the gathering backward kernels: its row, column, the first output of
+ * its plane, and the output rows [oh0, oh1) and columns [ow0, ow1) that can hold it. */
+struct max_gather {
+    int64_t h, w, obase, oh0, oh1, ow0, ow1;
+};
+
+__device__ __forceinline__ max_gather max_gather_at(const cuk_pool &p, int64_t i) {
+    max_gather g;
+    int64_t t = i / p.W, pl = t / p.H;
+    g.w = i % p.W, g.h = t % p.H, g.obase = pl * p.Ho * p.Wo;
+    max_range(g.h, p.kh, p.sh, p.ph, p.dh, p.Ho, &g.oh0, &g.oh1);
+    max_range(g.w, p.kw, p.sw, p.pw, p.dw, p.Wo, &g.ow0, &g.ow1);
+    return g;
+}
+
 template <typename T>
 __global__ void k_max_bwd(cuk_pool p, const T *gy, const int64_t *ind, T *gx) {
     const int64_t n = p.NC * p.H * p.W;
     CUK_LOOP(int64_t, i, n) {
-        int64_t w = i % p.W, t = i / p.W, h = t % p.H, pl = t / p.H;
-        int64_t oh0, oh1, ow0, ow1;
-        max_range(h, p.kh, p.sh, p.ph, p.dh, p.Ho, &oh0, &oh1);
-        max_range(w, p.kw, p.sw, p.pw, p.dw, p.Wo, &ow0, &ow1);
-        const int64_t target = h * p.W + w, obase = pl * p.Ho * p.Wo;
+        const max_gather g = max_gather_at(p, i);
+        const int64_t oh0 = g.oh0, oh1 = g.oh1, ow0 = g.ow0, ow1 = g.ow1, obase = g.obase;
+        const int64_t target = g.h * p.W + g.w;
         T acc = 0;
         for (int64_t oh = oh0; oh < oh1; oh++)
             for (int64_t ow = ow0; ow < ow1; ow++) {
@@ -109,23 +122,19 @@ template <typename T>
 __global__ void k_mpc_bwd(cuk_pool p, const T *gy, const uint8_t *codes, T *gx) {
     const int64_t n = p.NC * p.H * p.W;
     CUK_LOOP(int64_t, i, n) {
-        int64_t w = i % p.W, t = i / p.W, h = t % p.H, pl = t / p.H;
-        int64_t oh0, oh1, ow0, ow1;
-        max_range(h, p.kh, p.sh, p.ph, p.dh, p.Ho, &oh0, &oh1);
-        max_range(w, p.kw, p.sw, p.pw, p.dw, p.Wo, &ow0, &ow1);
-        const int64_t obase = pl * p.Ho * p.Wo;
+        const max_gather g = max_gather_at(p, i);
         T acc = 0;
-        for (int64_t oh = oh0; oh < oh1; oh++) {
-            const int64_t dy = h - (oh * p.sh - p.ph);
+        for (int64_t oh = g.oh0; oh < g.oh1; oh++) {
+            const int64_t dy = g.h - (oh * p.sh - p.ph);
             if (dy < 0 || dy % p.dh) continue;
             const int64_t ky = dy / p.dh;
             if (ky >= p.kh) continue;
-            for (int64_t ow = ow0; ow < ow1; ow++) {
-                const int64_t dx = w - (ow * p.sw - p.pw);
+            for (int64_t ow = g.ow0; ow < g.ow1; ow++) {
+                const int64_t dx = g.w - (ow * p.sw - p.pw);
                 if (dx < 0 || dx % p.dw) continue;
                 const int64_t kx = dx / p.dw;
                 if (kx >= p.kw) continue;
-                const int64_t o = obase + oh * p.Wo + ow;
+                const int64_t o = g.obase + oh * p.Wo + ow;
                 if (codes[o] == ky * p.kw + kx) acc += gy[o];
             }
         }
