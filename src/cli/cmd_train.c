@@ -187,9 +187,16 @@ int cmd_train(int argc, char **argv) {
     if (a.max_steps && a.max_steps < total) total = a.max_steps;
     int tty = isatty(STDERR_FILENO);
     signal(SIGINT, on_sigint);
-    printf("training %s on %s: %lld train / %lld test images, %lld steps per epoch, %s, device %s, "
-           "%d threads\n", a.model, ct_dataset_name(kind), (long long)train->n, (long long)test->n,
-           (long long)spe, a.optimizer, a.device, ct_get_num_threads());
+    char gpu[300] = "";
+    if (dev.type == CT_CUDA) {
+        char name[256];
+        if (ct_cuda_device_name(dev.index, name, sizeof name) == 0)
+            snprintf(gpu, sizeof gpu, " (%s)", name);
+    }
+    printf("training %s on %s: %lld train / %lld test images, %lld steps per epoch, %s, device "
+           "%s%s, %d threads\n",
+           a.model, ct_dataset_name(kind), (long long)train->n, (long long)test->n,
+           (long long)spe, a.optimizer, a.device, gpu, ct_get_num_threads());
     fflush(stdout);
     int64_t step = 0;
     double final_acc = NAN;
