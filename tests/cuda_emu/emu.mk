@@ -20,6 +20,13 @@ EMU_CXXFLAGS = -std=c++17 $(EMU_OPT) -g -fPIC -Wall -Wextra -Werror -Wno-unknown
 EMU_CFLAGS  = -std=c11 -D_GNU_SOURCE $(EMU_OPT) -g -fPIC -Wall -Wextra -Werror \
               -I$(CUDA_INC) $(CFLAGS)
 
+ifeq ($(wildcard $(CUDA_INC)/cudnn.h),)
+# The cuDNN stand-in is compiled against cuDNN's own header, which is not part of the
+# toolkit (a GPU image may have cuDNN from pip only): no emulator then.
+.PHONY: cuda-emu test-cuda-emu
+cuda-emu test-cuda-emu:
+	@echo "notice: cudnn.h is not in $(CUDA_INC); skipping the CUDA emulator (tests/cuda_emu)"
+else
 EMU_PLUGIN_OBJ := $(CUDA_CSRC:$(CUDA_DIR)/%.c=$(EMU_BUILD)/%.o) \
                   $(CUDA_CUSRC:$(CUDA_DIR)/%.cu=$(EMU_BUILD)/%.cu.o) \
                   $(EMU_BUILD)/simt.o $(EMU_BUILD)/emu_runtime.o $(EMU_BUILD)/emu_streams.o
@@ -67,11 +74,15 @@ EMU_RT_OBJ := $(EMU_BUILD)/simt.o $(EMU_BUILD)/emu_runtime.o $(EMU_BUILD)/emu_st
 $(EMU_BUILD)/test_simt: $(EMU_DIR)/test_simt.cc $(EMU_RT_OBJ) $(EMU_HDRS)
 	$(CXX) $(EMU_CXXFLAGS) -o $@ $< $(EMU_RT_OBJ) $(LDLIBS) -lpthread
 
+endif
+
 # The environment that makes a ctorch program use the emulated plugin.
 EMU_ENV = CTORCH_CUDA_PLUGIN=$(abspath $(EMU_BUILD))/libctorch_cuda.so \
           LD_LIBRARY_PATH=$(abspath $(EMU_BUILD))$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH)) \
           CTORCH_CUBLAS_LIBRARY= CTORCH_CUDNN_LIBRARY= CT_TEST_EMULATED=1
 
+ifneq ($(wildcard $(CUDA_INC)/cudnn.h),)
 test-cuda-emu: $(EMU_LIBS) $(EMU_BUILD)/test_simt $(BUILD)/test_ctorch
 	$(EMU_BUILD)/test_simt
 	$(EMU_ENV) CTORCH_DATA=$(DATA_DIR) $(BUILD)/test_ctorch $(or $(T),backends)
+endif
