@@ -16,7 +16,6 @@
 #include "core/backend.h"
 #include "core/tensor_impl.h"
 
-#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -954,12 +953,8 @@ TEST(backends_cuda_status_reason) {
 }
 
 /* --------------------------------------------------------- plugin extras */
-static void *plugin_sym(const char *name) {
-    void *h = dlopen("libctorch_cuda.so", RTLD_NOW | RTLD_NOLOAD);
-    void *s = h ? dlsym(h, name) : NULL;
-    if (h) dlclose(h);
-    return s;
-}
+/* The plugin's own API (src/backends/cuda/cuda_plugin.h), from the loaded plugin. */
+static void *plugin_sym(const char *name) { return ct_cuda_plugin_symbol(name); }
 
 /* Mirrors ct_cuda_memory_stats in src/backends/cuda/cuda_plugin.h. */
 typedef struct {

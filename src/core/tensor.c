@@ -94,6 +94,20 @@ ct_tensor *ct_alias(const ct_tensor *t) {
     return ct_tensor_make(t->storage, t->dtype, t->shape, t->stride, t->ndim, t->offset);
 }
 
+ct_tensor *ct_data_contiguous(const ct_tensor *t) {
+    ct_tensor *a = ct_alias(t);
+    if (!a) return NULL;
+    ct_tensor *c = ct_contiguous(a);
+    ct_free(a);
+    return c;
+}
+
+ct_tensor *ct_view4d(const ct_tensor *t) {
+    if (t->ndim == 4) return ct_alias(t);
+    int64_t sh[4] = {1, t->shape[0], t->shape[1], t->shape[2]};
+    return ct_tensor_make(t->storage, t->dtype, sh, NULL, 4, t->offset);
+}
+
 ct_tensor *ct_retain(ct_tensor *t) {
     if (t) atomic_fetch_add(&t->refcount, 1);
     return t;
@@ -269,8 +283,7 @@ out:
 
 /* dst <- src elementwise (same shape), any device pair. */
 int ct__copy_any(ct_tensor *dst, const ct_tensor *src) {
-    if (dst->storage->device.type == src->storage->device.type &&
-        dst->storage->device.index == src->storage->device.index) {
+    if (ct_same_device(dst, src)) {
         int (*fn)(ct_tensor *, const ct_tensor *) = CT_KERNEL(dst, copy, "copy");
         return fn ? fn(dst, src) : -1;
     }

@@ -44,6 +44,16 @@ ct_tensor *ct_tensor_make(ct_storage *s, ct_dtype dt, const int64_t *shape, cons
 ct_tensor *ct_empty_on(const int64_t *shape, int ndim, ct_dtype dt, ct_device dev);
 /* A data-only alias (same storage/shape/strides, no grad info). */
 ct_tensor *ct_alias(const ct_tensor *t);
+/* The data of t, contiguous, with no grad info (t's storage when already contiguous):
+ * what op definitions hand to kernels. */
+ct_tensor *ct_data_contiguous(const ct_tensor *t);
+/* A 4-D [N, C, H, W] view of a contiguous 3-D [C, H, W] (N = 1) or 4-D tensor. */
+ct_tensor *ct_view4d(const ct_tensor *t);
+/* Whether a and b live on the same device. */
+static inline int ct_same_device(const ct_tensor *a, const ct_tensor *b) {
+    return a->storage->device.type == b->storage->device.type &&
+           a->storage->device.index == b->storage->device.index;
+}
 
 void ct_contiguous_strides(const int64_t *shape, int ndim, int64_t *stride);
 int64_t ct_shape_numel(const int64_t *shape, int ndim);

@@ -9,26 +9,6 @@
 
 #include <string.h>
 
-static ct_tensor *data_contig(const ct_tensor *t) {
-    ct_tensor *a = ct_alias(t);
-    if (!a) return NULL;
-    ct_tensor *c = ct_contiguous(a);
-    ct_free(a);
-    return c;
-}
-
-/* 4-D data view of a contiguous 3-D or 4-D tensor. */
-static ct_tensor *as4d(const ct_tensor *t) {
-    if (t->ndim == 4) return ct_alias(t);
-    int64_t sh[4] = {1, t->shape[0], t->shape[1], t->shape[2]};
-    return ct_tensor_make(t->storage, t->dtype, sh, NULL, 4, t->offset);
-}
-
-static int same_device(const ct_tensor *a, const ct_tensor *b) {
-    return a->storage->device.type == b->storage->device.type &&
-           a->storage->device.index == b->storage->device.index;
-}
-
 /* Records the parameters in ip[0..6] and saves, for the gradients asked for, the
  * contiguous x and w at ip[7] and ip[8] (-1: not saved). */
 static void params_to_node(ct_node *n, const ct_conv_params *p, const ct_tensor *xc,
@@ -66,7 +46,7 @@ static int conv2d_backward_core(ct_node *n, const ct_tensor *gy, ct_tensor *gy4,
             CT_KERNEL(gy, conv2d_backward_input, "conv2d backward");
         const ct_edge *e = &n->inputs[0];
         ct_tensor *g = k ? ct_empty_on(e->shape, e->ndim, gy->dtype, gy->storage->device) : NULL;
-        ct_tensor *g4 = g ? as4d(g) : NULL;
+        ct_tensor *g4 = g ? ct_view4d(g) : NULL;
         int r = g4 ? k(g4, gy4, w, &p) : -1;
         ct_free(g4);
         if (r != 0) {
@@ -89,7 +69,7 @@ static int conv2d_backward_core(ct_node *n, const ct_tensor *gy, ct_tensor *gy4,
             const ct_edge *eb = &n->inputs[2];
             gb = ct_empty_on(eb->shape, eb->ndim, gy->dtype, gy->storage->device);
         }
-        ct_tensor *x4 = g && (!cpu || !want_b || gb) ? as4d(x) : NULL;
+        ct_tensor *x4 = g && (!cpu || !want_b || gb) ? ct_view4d(x) : NULL;
         int r = !x4  ? -1
                 : cpu ? cpu_conv2d_backward_weight_bias(g, gb, gy4, x4, &p)
                       : k(g, gy4, x4, &p);
@@ -116,7 +96,7 @@ out:
 }
 
 static int conv2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    ct_tensor *gyc = data_contig(gy), *gy4 = gyc ? as4d(gyc) : NULL;
+    ct_tensor *gyc = ct_data_contiguous(gy), *gy4 = gyc ? ct_view4d(gyc) : NULL;
     int rc = gy4 ? conv2d_backward_core(n, gy, gy4, gx) : -1;
     ct_free(gy4);
     ct_free(gyc);
@@ -144,7 +124,7 @@ static int conv_prepare(const ct_tensor *x, const ct_tensor *weight, const ct_te
         return ct_error("conv2d: input is %s but weight is %s%s%s; all must share one dtype",
                         ct_dtype_name(x->dtype), ct_dtype_name(weight->dtype),
                         bias ? " and bias is " : "", bias ? ct_dtype_name(bias->dtype) : "");
-    if (!same_device(x, weight) || (bias && !same_device(x, bias)))
+    if (!ct_same_device(x, weight) || (bias && !ct_same_device(x, bias)))
         return ct_error("conv2d: input, weight and bias must be on the same device; move "
                         "them with ct_to_device");
     if (groups < 1) return ct_error("conv2d: groups must be >= 1, got %d", groups);
@@ -218,12 +198,12 @@ ct_tensor *ct_conv2d(const ct_tensor *x, const ct_tensor *weight, const ct_tenso
     ct_tensor *xc = NULL, *wc = NULL, *bc = NULL, *x4 = NULL, *y4 = NULL;
     int rc = -1;
     if (!y) return NULL;
-    xc = data_contig(x);
-    wc = data_contig(weight);
-    bc = bias ? data_contig(bias) : NULL;
+    xc = ct_data_contiguous(x);
+    wc = ct_data_contiguous(weight);
+    bc = bias ? ct_data_contiguous(bias) : NULL;
     if (!xc || !wc || (bias && !bc)) goto out;
-    x4 = as4d(xc);
-    y4 = as4d(y);
+    x4 = ct_view4d(xc);
+    y4 = ct_view4d(y);
     if (!x4 || !y4) goto out;
     if (k(y4, x4, wc, bc, &p) != 0) goto out;
     const ct_tensor *ins[3] = {x, weight, bias};
@@ -265,7 +245,7 @@ static int conv_relu_pool_backward(ct_node *n, const ct_tensor *gy, ct_tensor **
                               p.stride[0] + 1,
                       (e->shape[3] + 2 * p.padding[1] - p.dilation[1] * (ew->shape[3] - 1) - 1) /
                               p.stride[1] + 1};
-    ct_tensor *gyc = data_contig(gy);
+    ct_tensor *gyc = ct_data_contiguous(gy);
     ct_tensor *gc = gyc ? ct_empty_on(gsh, 4, gy->dtype, gy->storage->device) : NULL;
     int rc = gc ? cpu_max_pool2d_codes_backward(gc, gyc, codes, &pp) : -1;
     if (rc == 0) rc = conv2d_backward_core(n, gc, gc, gx);
@@ -315,8 +295,8 @@ ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight
     int need = ct_needs_grad(ins, 3);
     ct_tensor *y = ct_empty_on(psh, 4, x->dtype, x->storage->device);
     ct_tensor *codes = need ? ct_empty_on(psh, 4, CT_UINT8, x->storage->device) : NULL;
-    ct_tensor *xc = data_contig(x), *wc = data_contig(weight);
-    ct_tensor *bc = bias ? data_contig(bias) : NULL;
+    ct_tensor *xc = ct_data_contiguous(x), *wc = ct_data_contiguous(weight);
+    ct_tensor *bc = bias ? ct_data_contiguous(bias) : NULL;
     int rc = -1;
     if (y && (!need || codes) && xc && wc && (!bias || bc))
         rc = cpu_conv2d_relu_maxpool(y, codes, xc, wc, bc, &p, &pp);

@@ -29,11 +29,6 @@ static int cat_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     return 0;
 }
 
-static int same_device(const ct_tensor *a, const ct_tensor *b) {
-    return a->storage->device.type == b->storage->device.type &&
-           a->storage->device.index == b->storage->device.index;
-}
-
 /* Shared checks for cat and stack: non-empty list, no NULLs, same dtype/device/ndim. */
 static int check_list(const char *op, ct_tensor *const *ts, int n) {
     if (!ts || n < 1)
@@ -47,7 +42,7 @@ static int check_list(const char *op, ct_tensor *const *ts, int n) {
             return ct_error("%s: tensor %d has dtype %s but tensor 0 has dtype %s; convert them "
                             "to one dtype with ct_to_dtype",
                             op, i, ct_dtype_name(t->dtype), ct_dtype_name(t0->dtype));
-        if (!same_device(t, t0)) {
+        if (!ct_same_device(t, t0)) {
             char d1[32], d2[32];
             ct_device_str(t->storage->device, d1, sizeof d1);
             ct_device_str(t0->storage->device, d2, sizeof d2);

@@ -23,15 +23,6 @@ static ct_tensor *restride(const ct_tensor *t, const int64_t *shape, const int64
     return ct_tensor_make(t->storage, t->dtype, shape, stride, ndim, offset);
 }
 
-/* Data-only contiguous version of t (no autograd recorded). */
-static ct_tensor *data_contig(const ct_tensor *t) {
-    ct_tensor *a = ct_alias(t);
-    if (!a) return NULL;
-    ct_tensor *c = ct_contiguous(a);
-    ct_free(a);
-    return c;
-}
-
 /* View of a contiguous tensor with another shape of the same numel. */
 static ct_tensor *reshape_contig(const ct_tensor *t, const int64_t *shape, int ndim) {
     return restride(t, shape, NULL, ndim, t->offset);
@@ -62,11 +53,6 @@ static int layout_ok(int64_t rows, int64_t cols, int64_t s1, int64_t s2) {
 
 static int is_float(ct_dtype dt) { return dt == CT_FLOAT32 || dt == CT_FLOAT64; }
 
-static int same_device(const ct_tensor *a, const ct_tensor *b) {
-    return a->storage->device.type == b->storage->device.type &&
-           a->storage->device.index == b->storage->device.index;
-}
-
 static void device_name(const ct_tensor *t, char *buf, size_t n) {
     ct_device_str(t->storage->device, buf, n);
 }
@@ -78,7 +64,7 @@ static ct_tensor *as_batched(const ct_tensor *t, const int64_t *batch, int nb, i
     int64_t rows = t->shape[nd - 2], cols = t->shape[nd - 1];
     ct_tensor *src = layout_ok(rows, cols, t->stride[nd - 2], t->stride[nd - 1])
                          ? ct_alias(t)
-                         : data_contig(t);
+                         : ct_data_contiguous(t);
     if (!src) return NULL;
     int nbt = nd - 2;
     int64_t es[CT_MAX_DIMS];
@@ -198,7 +184,7 @@ static int check_float_pair(const ct_tensor *a, const ct_tensor *b, const char *
         return ct_error("%s: %s %s is %s but %s %s is %s; convert one with ct_to_dtype", op, an,
                         ct_shape_str(a, s1, sizeof s1), ct_dtype_name(a->dtype), bn,
                         ct_shape_str(b, s2, sizeof s2), ct_dtype_name(b->dtype));
-    if (!same_device(a, b)) {
+    if (!ct_same_device(a, b)) {
         char d1[32], d2[32];
         device_name(a, d1, sizeof d1);
         device_name(b, d2, sizeof d2);
@@ -241,7 +227,7 @@ static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     }
     int rc = -1;
     ct_tensor *gyc = NULL, *gy2 = NULL, *a2 = NULL, *b2 = NULL;
-    gyc = data_contig(gy);
+    gyc = ct_data_contiguous(gy);
     if (!gyc) goto out;
     int64_t gsh[CT_MAX_DIMS];
     memcpy(gsh, batch, sizeof(int64_t) * (size_t)nb);
@@ -261,7 +247,7 @@ static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
             ct_tensor *s = ct_sum_to_shape(full, a2s, a2n);
             ct_free(full);
             if (!s) goto out;
-            g = data_contig(s);
+            g = ct_data_contiguous(s);
             ct_free(s);
             if (!g) goto out;
         }
@@ -282,7 +268,7 @@ static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
             esh[nb] = M;
             esh[nb + 1] = K;
             /* a may lack leading size-1 batch dims of b: expand to the full batch. */
-            ac = a2n == nb + 2 ? data_contig(a2) : NULL;
+            ac = a2n == nb + 2 ? ct_data_contiguous(a2) : NULL;
             if (a2n != nb + 2) {
                 int64_t st[CT_MAX_DIMS];
                 for (int i = 0; i < nb; i++) {
@@ -292,7 +278,7 @@ static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
                 st[nb] = a2->stride[a2n - 2];
                 st[nb + 1] = a2->stride[a2n - 1];
                 ct_tensor *ex = restride(a2, esh, st, nb + 2, a2->offset);
-                ac = ex ? data_contig(ex) : NULL;
+                ac = ex ? ct_data_contiguous(ex) : NULL;
                 ct_free(ex);
             }
             af = ac ? reshape_contig(ac, fa, 2) : NULL;
@@ -312,7 +298,7 @@ static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
                          memcmp(full->shape, b2s, sizeof(int64_t) * (size_t)b2n) != 0)) {
                 ct_tensor *s = ct_sum_to_shape(full, b2s, b2n);
                 ct_free(full);
-                g = s ? data_contig(s) : NULL;
+                g = s ? ct_data_contiguous(s) : NULL;
                 ct_free(s);
             }
         }
@@ -385,7 +371,7 @@ ct_tensor *ct_matmul(const ct_tensor *a, const ct_tensor *b) {
  * the strides are not BLAS-compatible. */
 static ct_tensor *mat3(const ct_tensor *t, int transpose) {
     int64_t r = t->shape[0], c = t->shape[1], sr = t->stride[0], sc = t->stride[1];
-    ct_tensor *src = layout_ok(r, c, sr, sc) ? ct_alias(t) : data_contig(t);
+    ct_tensor *src = layout_ok(r, c, sr, sc) ? ct_alias(t) : ct_data_contiguous(t);
     if (!src) return NULL;
     sr = src->stride[0];
     sc = src->stride[1];
@@ -404,7 +390,7 @@ static int linear_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     bmm_fn bmm = CT_KERNEL(gy, bmm, "linear backward");
     if (!bmm) return -1;
     int rc = -1;
-    ct_tensor *gyc = data_contig(gy), *gy3 = NULL;
+    ct_tensor *gyc = ct_data_contiguous(gy), *gy3 = NULL;
     if (!gyc) return -1;
     int64_t g3[3] = {1, R, out};
     gy3 = reshape_contig(gyc, g3, 3);
@@ -491,7 +477,7 @@ ct_tensor *ct_linear(const ct_tensor *x, const ct_tensor *weight, const ct_tenso
     ysh[x->ndim - 1] = out;
     ct_tensor *y = ct_empty_on(ysh, x->ndim, x->dtype, x->storage->device);
     if (!y) return NULL;
-    ct_tensor *xc = data_contig(x), *x3 = NULL, *w3 = NULL, *y3 = NULL;
+    ct_tensor *xc = ct_data_contiguous(x), *x3 = NULL, *w3 = NULL, *y3 = NULL;
     int rc = -1;
     if (!xc) goto out;
     if (R > 0 && out > 0) {

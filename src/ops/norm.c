@@ -28,11 +28,6 @@ static int hand_out_grads(int rc, ct_tensor *g0, ct_tensor *g1, ct_tensor *g2, c
     return 0;
 }
 
-static int same_device(const ct_tensor *a, const ct_tensor *b) {
-    return a->storage->device.type == b->storage->device.type &&
-           a->storage->device.index == b->storage->device.index;
-}
-
 /* Checks that an optional per-channel/normalised parameter matches x's dtype and
  * device and has exactly `shape`. */
 static int check_param(const char *op, const char *what, const ct_tensor *p, const ct_tensor *x,
@@ -42,7 +37,7 @@ static int check_param(const char *op, const char *what, const ct_tensor *p, con
     if (p->dtype != x->dtype)
         return ct_error("%s: %s has dtype %s but input has dtype %s; convert it with ct_to_dtype",
                         op, what, ct_dtype_name(p->dtype), ct_dtype_name(x->dtype));
-    if (!same_device(p, x)) {
+    if (!ct_same_device(p, x)) {
         char d1[32], d2[32];
         ct_device_str(p->storage->device, d1, sizeof d1);
         ct_device_str(x->storage->device, d2, sizeof d2);

@@ -14,21 +14,6 @@
 
 #include <string.h>
 
-static ct_tensor *data_contig(const ct_tensor *t) {
-    ct_tensor *a = ct_alias(t);
-    if (!a) return NULL;
-    ct_tensor *c = ct_contiguous(a);
-    ct_free(a);
-    return c;
-}
-
-/* 4-D data view of a contiguous 3-D or 4-D tensor. */
-static ct_tensor *as4d(const ct_tensor *t) {
-    if (t->ndim == 4) return ct_alias(t);
-    int64_t sh[4] = {1, t->shape[0], t->shape[1], t->shape[2]};
-    return ct_tensor_make(t->storage, t->dtype, sh, NULL, 4, t->offset);
-}
-
 /* Rounds toward negative infinity (PyTorch's div_rtn). */
 static int64_t div_rtn(int64_t a, int64_t b) {
     int64_t q = a / b, r = a % b;
@@ -43,13 +28,10 @@ static int64_t pool_out_size(int64_t in, int64_t k, int64_t pad, int64_t stride,
     return out;
 }
 
-/* Common validation of input and window parameters; fills p and the output shape. */
-static int pool_setup(const char *op, const ct_tensor *x, const int kernel[2], const int stride[2],
-                      const int padding[2], const int dilation[2], int ceil_mode,
-                      ct_pool_params *p, int64_t *ysh) {
+/* The input checks every pooling op makes: [N, C, H, W] or [C, H, W], float, non-empty. */
+static int pool_input_check(const char *op, const ct_tensor *x) {
     char s1[96];
     if (!x) return ct_error("%s: input is NULL", op);
-    if (!kernel) return ct_error("%s: kernel size is NULL", op);
     if (x->ndim != 3 && x->ndim != 4)
         return ct_error("%s: input %s must be 4-D [N, C, H, W] or 3-D [C, H, W]", op,
                         ct_shape_str(x, s1, sizeof s1));
@@ -63,6 +45,15 @@ static int pool_setup(const char *op, const ct_tensor *x, const int kernel[2], c
             return ct_error("%s: input %s has an empty channel or spatial dim; expected non-zero "
                             "C, H, W",
                             op, ct_shape_str(x, s1, sizeof s1));
+    return 0;
+}
+
+/* Common validation of input and window parameters; fills p and the output shape. */
+static int pool_setup(const char *op, const ct_tensor *x, const int kernel[2], const int stride[2],
+                      const int padding[2], const int dilation[2], int ceil_mode,
+                      ct_pool_params *p, int64_t *ysh) {
+    if (pool_input_check(op, x) != 0) return -1;
+    if (!kernel) return ct_error("%s: kernel size is NULL", op);
     memset(p, 0, sizeof *p);
     for (int i = 0; i < 2; i++) {
         p->kernel[i] = kernel[i];
@@ -84,6 +75,8 @@ static int pool_setup(const char *op, const ct_tensor *x, const int kernel[2], c
         return ct_error("%s: padding (%d, %d) must be between 0 and half the kernel size "
                         "(%d, %d)",
                         op, p->padding[0], p->padding[1], p->kernel[0], p->kernel[1]);
+    char s1[96];
+    const int b4 = x->ndim == 4;
     int64_t H = x->shape[b4 + 1], W = x->shape[b4 + 2];
     int64_t Ho = pool_out_size(H, p->kernel[0], p->padding[0], p->stride[0], p->dilation[0],
                                p->ceil_mode);
@@ -140,7 +133,7 @@ static ct_tensor *record_pool(int *rc, const char *name, ct_backward_fn fn, cons
 static int grad_input(ct_node *n, const ct_tensor *gy, ct_tensor **g, ct_tensor **g4) {
     const ct_edge *e = &n->inputs[0];
     *g = ct_empty_on(e->shape, e->ndim, gy->dtype, gy->storage->device);
-    *g4 = *g ? as4d(*g) : NULL;
+    *g4 = *g ? ct_view4d(*g) : NULL;
     if (!*g4) {
         ct_free(*g);
         *g = NULL;
@@ -160,7 +153,7 @@ static int max_pool2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     if (!k) return -1;
     ct_pool_params p;
     params_from_node(n, &p);
-    ct_tensor *gyc = data_contig(gy), *gy4 = gyc ? as4d(gyc) : NULL, *ind4 = as4d(ind);
+    ct_tensor *gyc = ct_data_contiguous(gy), *gy4 = gyc ? ct_view4d(gyc) : NULL, *ind4 = ct_view4d(ind);
     ct_tensor *g = NULL, *g4 = NULL;
     int rc = -1;
     if (gy4 && ind4 && grad_input(n, gy, &g, &g4) == 0) rc = k(g4, gy4, ind4, &p);
@@ -184,7 +177,7 @@ static int max_pool2d_codes_backward(ct_node *n, const ct_tensor *gy, ct_tensor 
     if (!codes) return -1;
     ct_pool_params p;
     params_from_node(n, &p);
-    ct_tensor *gyc = data_contig(gy), *gy4 = gyc ? as4d(gyc) : NULL, *c4 = as4d(codes);
+    ct_tensor *gyc = ct_data_contiguous(gy), *gy4 = gyc ? ct_view4d(gyc) : NULL, *c4 = ct_view4d(codes);
     ct_tensor *g = NULL, *g4 = NULL;
     int rc = -1;
     int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_pool_params *) =
@@ -214,9 +207,9 @@ static ct_tensor *max_pool2d_codes(const ct_tensor *x, const ct_pool_params *p,
     int need = ct_needs_grad1(x);
     ct_tensor *y = ct_empty_on(ysh, x->ndim, x->dtype, x->storage->device);
     ct_tensor *codes = need ? ct_empty_on(ysh, x->ndim, CT_UINT8, x->storage->device) : NULL;
-    ct_tensor *xc = data_contig(x);
-    ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL;
-    ct_tensor *c4 = codes ? as4d(codes) : NULL;
+    ct_tensor *xc = ct_data_contiguous(x);
+    ct_tensor *x4 = xc ? ct_view4d(xc) : NULL, *y4 = y ? ct_view4d(y) : NULL;
+    ct_tensor *c4 = codes ? ct_view4d(codes) : NULL;
     int rc = (x4 && y4 && (!need || c4))
                  ? ct_backend_of(x)->k.max_pool2d_codes_forward(y4, c4, x4, p, relu)
                  : -1;
@@ -261,8 +254,8 @@ ct_tensor *ct_max_pool2d(const ct_tensor *x, const int kernel[2], const int stri
     if (!k) return NULL;
     ct_tensor *y = ct_empty_on(ysh, x->ndim, x->dtype, x->storage->device);
     ct_tensor *ind = ct_empty_on(ysh, x->ndim, CT_INT64, x->storage->device);
-    ct_tensor *xc = data_contig(x);
-    ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL, *i4 = ind ? as4d(ind) : NULL;
+    ct_tensor *xc = ct_data_contiguous(x);
+    ct_tensor *x4 = xc ? ct_view4d(xc) : NULL, *y4 = y ? ct_view4d(y) : NULL, *i4 = ind ? ct_view4d(ind) : NULL;
     int rc = (x4 && y4 && i4) ? k(y4, i4, x4, &p) : -1;
     y = record_pool(&rc, "MaxPool2DWithIndicesBackward", max_pool2d_backward, x, y, ind, &p);
     ct_free(x4);
@@ -286,7 +279,7 @@ static int avg_pool2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     if (!k) return -1;
     ct_pool_params p;
     params_from_node(n, &p);
-    ct_tensor *gyc = data_contig(gy), *gy4 = gyc ? as4d(gyc) : NULL;
+    ct_tensor *gyc = ct_data_contiguous(gy), *gy4 = gyc ? ct_view4d(gyc) : NULL;
     ct_tensor *g = NULL, *g4 = NULL;
     int rc = -1;
     if (gy4 && grad_input(n, gy, &g, &g4) == 0) rc = k(g4, gy4, &p);
@@ -312,8 +305,8 @@ ct_tensor *ct_avg_pool2d(const ct_tensor *x, const int kernel[2], const int stri
         CT_KERNEL(x, avg_pool2d_forward, "avg_pool2d");
     if (!k) return NULL;
     ct_tensor *y = ct_empty_on(ysh, x->ndim, x->dtype, x->storage->device);
-    ct_tensor *xc = data_contig(x);
-    ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL;
+    ct_tensor *xc = ct_data_contiguous(x);
+    ct_tensor *x4 = xc ? ct_view4d(xc) : NULL, *y4 = y ? ct_view4d(y) : NULL;
     int rc = (x4 && y4) ? k(y4, x4, &p) : -1;
     y = record_pool(&rc, "AvgPool2DBackward", avg_pool2d_backward, x, y, NULL, &p);
     ct_free(x4);
@@ -333,7 +326,7 @@ static int adaptive_avg_pool2d_backward(ct_node *n, const ct_tensor *gy, ct_tens
     int (*k)(ct_tensor *, const ct_tensor *) =
         CT_KERNEL(gy, adaptive_avg_pool2d_backward, "adaptive_avg_pool2d backward");
     if (!k) return -1;
-    ct_tensor *gyc = data_contig(gy), *gy4 = gyc ? as4d(gyc) : NULL;
+    ct_tensor *gyc = ct_data_contiguous(gy), *gy4 = gyc ? ct_view4d(gyc) : NULL;
     ct_tensor *g = NULL, *g4 = NULL;
     int rc = -1;
     if (gy4 && grad_input(n, gy, &g, &g4) == 0) rc = k(g4, gy4);
@@ -350,22 +343,8 @@ static int adaptive_avg_pool2d_backward(ct_node *n, const ct_tensor *gy, ct_tens
 
 ct_tensor *ct_adaptive_avg_pool2d(const ct_tensor *x, const int output_size[2]) {
     const char *op = "adaptive_avg_pool2d";
-    char s1[96];
-    if (!x) return ct_error_null("%s: input is NULL", op);
+    if (pool_input_check(op, x) != 0) return NULL;
     if (!output_size) return ct_error_null("%s: output_size is NULL", op);
-    if (x->ndim != 3 && x->ndim != 4)
-        return ct_error_null("%s: input %s must be 4-D [N, C, H, W] or 3-D [C, H, W]", op,
-                             ct_shape_str(x, s1, sizeof s1));
-    if (x->dtype != CT_FLOAT32 && x->dtype != CT_FLOAT64)
-        return ct_error_null("%s: input dtype %s not supported (float32 or float64); convert "
-                             "with ct_to_dtype",
-                             op, ct_dtype_name(x->dtype));
-    int b4 = x->ndim == 4;
-    for (int d = b4; d < x->ndim; d++)
-        if (x->shape[d] == 0)
-            return ct_error_null("%s: input %s has an empty channel or spatial dim; expected "
-                                 "non-zero C, H, W",
-                                 op, ct_shape_str(x, s1, sizeof s1));
     if (output_size[0] < 0 || output_size[1] < 0)
         return ct_error_null("%s: output_size must be >= 0, got (%d, %d)", op, output_size[0],
                              output_size[1]);
@@ -377,8 +356,8 @@ ct_tensor *ct_adaptive_avg_pool2d(const ct_tensor *x, const int output_size[2]) 
     ysh[x->ndim - 2] = output_size[0];
     ysh[x->ndim - 1] = output_size[1];
     ct_tensor *y = ct_empty_on(ysh, x->ndim, x->dtype, x->storage->device);
-    ct_tensor *xc = data_contig(x);
-    ct_tensor *x4 = xc ? as4d(xc) : NULL, *y4 = y ? as4d(y) : NULL;
+    ct_tensor *xc = ct_data_contiguous(x);
+    ct_tensor *x4 = xc ? ct_view4d(xc) : NULL, *y4 = y ? ct_view4d(y) : NULL;
     int rc = (x4 && y4) ? k(y4, x4) : -1;
     y = record_pool(&rc, "AdaptiveAvgPool2DBackward", adaptive_avg_pool2d_backward, x, y, NULL,
                     NULL);

@@ -4,16 +4,16 @@
  * over the raw buffers (ct_parallel_for), in the parameter's precision and in PyTorch's
  * operation order (each torch op rounds to the tensor dtype, scalars are cast to it).
  * CUDA parameters use the CUDA plugin's fused multi-tensor kernels (ct_cuda_sgd_step,
- * ct_cuda_adam_step, looked up with dlsym once the plugin is loaded) when the options allow
+ * ct_cuda_adam_step, looked up in the loaded plugin with ct_cuda_plugin_symbol) when the options allow
  * (no maximize / amsgrad); everything else (other devices, strided gradients) goes
  * through public tensor ops. */
 #include "ctorch_optim.h"
 #include "backends/cuda/cuda_plugin.h"
+#include "core/backend.h"
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/tensor_impl.h"
 
-#include <dlfcn.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -495,18 +495,6 @@ static int step_param(ct_optimizer *o, int i) {
 }
 
 /* ------------------------------------------------------- CUDA fused path */
-static void *cuda_symbol(const char *name) {
-    void *h = dlopen("libctorch_cuda.so", RTLD_NOW | RTLD_NOLOAD); /* only if loaded */
-    if (!h) return NULL;
-    void *f = dlsym(h, name);
-    dlclose(h); /* drops the reference taken above; the plugin stays loaded */
-    return f;
-}
-
-static int same_dev(const ct_tensor *a, const ct_tensor *b) {
-    return a->storage->device.type == b->storage->device.type &&
-           a->storage->device.index == b->storage->device.index;
-}
 
 enum { M_NONE = 0, M_PENDING, M_PENDING_FIRST, M_DONE };
 
@@ -524,14 +512,14 @@ static int cuda_fused_step(ct_optimizer *o) {
     static ct_cuda_sgd_step_fn sgd_fn;
     static ct_cuda_adam_step_fn adam_fn;
     if (o->kind == CT_OPTIM_SGD && !sgd_fn)
-        *(void **)&sgd_fn = cuda_symbol("ct_cuda_sgd_step");
+        *(void **)&sgd_fn = ct_cuda_plugin_symbol("ct_cuda_sgd_step");
     if (o->kind != CT_OPTIM_SGD && !adam_fn)
-        *(void **)&adam_fn = cuda_symbol("ct_cuda_adam_step");
+        *(void **)&adam_fn = ct_cuda_plugin_symbol("ct_cuda_adam_step");
     if (o->kind == CT_OPTIM_SGD ? !sgd_fn : !adam_fn) return 0;
     for (int i = 0; i < o->n; i++) {
         ct_tensor *p = o->params[i], *g = p->grad;
         if (p->storage->device.type != CT_CUDA || !g || !ct_is_contiguous(p) ||
-            !ct_is_contiguous(g) || g->dtype != p->dtype || !same_dev(g, p) ||
+            !ct_is_contiguous(g) || g->dtype != p->dtype || !ct_same_device(g, p) ||
             !ct_same_shape(g, p))
             continue;
         int first = 0;
@@ -551,7 +539,7 @@ static int cuda_fused_step(ct_optimizer *o) {
         int k = 0;
         for (int j = i; j < o->n; j++) {
             const ct_tensor *pj = o->params[j];
-            if (o->mark[j] != o->mark[i] || pj->dtype != pi->dtype || !same_dev(pj, pi)) continue;
+            if (o->mark[j] != o->mark[i] || pj->dtype != pi->dtype || !ct_same_device(pj, pi)) continue;
             if (o->kind != CT_OPTIM_SGD && o->param_steps[j] != o->param_steps[i]) continue;
             o->gather[0][k] = o->params[j];
             o->gather[1][k] = o->params[j]->grad;
@@ -573,7 +561,7 @@ static int cuda_fused_step(ct_optimizer *o) {
         unsigned char m = o->mark[i];
         for (int j = i; j < o->n; j++) {
             const ct_tensor *pj = o->params[j];
-            if (o->mark[j] != m || pj->dtype != pi->dtype || !same_dev(pj, pi)) continue;
+            if (o->mark[j] != m || pj->dtype != pi->dtype || !ct_same_device(pj, pi)) continue;
             if (o->kind != CT_OPTIM_SGD && o->param_steps[j] != step - 1) continue;
             o->mark[j] = M_DONE;
             if (o->kind != CT_OPTIM_SGD) o->param_steps[j]++;
