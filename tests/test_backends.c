@@ -939,6 +939,7 @@ TEST(backends_cuda_status_reason) {
         return;
     }
     CHECK(ct_cuda_device_count() == 0);
+    CHECK_ERR_INT(ct_cuda_device_name(0, NULL, 0), "NULL");
     CHECK_ERR_INT(ct_cuda_device_name(0, name, sizeof name), "cuda unavailable");
     CHECK_MSG(secs < 1.0, "ct_cuda_status took %.2f s without a usable GPU", secs);
     CHECK_MSG(r && strlen(r) > 20, "reason too short: \"%s\"", r ? r : "");

@@ -93,6 +93,30 @@ static void run_emulated(const char *filter, int min_tests) {
     run_emulated_env("", filter, min_tests);
 }
 
+/* The core checks a plugin's backend-table layout before it calls into it: a plugin from
+ * another build is refused with a reason and a fix, and --device cuda exits 2. */
+TEST(cuda_plugin_of_another_build_is_refused) {
+    EMU_SKIP();
+    char self[1024], plugin[1200], cmd[4096], last[1024];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return;
+    self[n] = 0;
+    snprintf(plugin, sizeof plugin, "%s/wrong_abi/libctorch_cuda.so", emu_dir());
+    if (access(plugin, R_OK) != 0) SKIP("wrong_abi plugin not built (make cuda-emu)");
+    const char *bin = getenv("CTORCH_BIN") ? getenv("CTORCH_BIN") : "build/ctorch";
+    snprintf(cmd, sizeof cmd, "CTORCH_CUDA_PLUGIN=%s %s --version | grep '^cuda:'", plugin, bin);
+    CHECK(run_logged(cmd, last, sizeof last) == 0);
+    CHECK_MSG(strstr(last, "unavailable") && strstr(last, "built for another version") &&
+                  strstr(last, "make cuda") && !strstr(last, "was called"),
+              "--version: %s", last);
+    snprintf(cmd, sizeof cmd,
+             "CTORCH_CUDA_PLUGIN=%s %s train --model mlp --dataset mnist --device cuda; "
+             "echo \"exit $?\"",
+             plugin, bin);
+    CHECK(run_logged(cmd, last, sizeof last) == 0);
+    CHECK_MSG(strcmp(last, "exit 2") == 0, "train --device cuda with that plugin: %s", last);
+}
+
 TEST(cuda_emulator_self_test) {
     EMU_SKIP();
     char cmd[1200], last[1024];

@@ -35,7 +35,12 @@ EMU_LIBS := $(EMU_BUILD)/libctorch_cuda.so $(EMU_BUILD)/libcuda.so.1 \
 EMU_HDRS := $(CUDA_HDRS) $(wildcard $(EMU_DIR)/include/*.h) $(wildcard $(CUDA_DIR)/*.cuh)
 
 .PHONY: cuda-emu test-cuda-emu
-cuda-emu: $(EMU_LIBS) $(EMU_BUILD)/test_simt
+cuda-emu: $(EMU_LIBS) $(EMU_BUILD)/test_simt $(EMU_BUILD)/wrong_abi/libctorch_cuda.so
+
+# A plugin with another backend-table layout (the core must refuse it).
+$(EMU_BUILD)/wrong_abi/libctorch_cuda.so: $(EMU_DIR)/wrong_abi_plugin.c
+	@mkdir -p $(dir $@)
+	$(CC) $(EMU_CFLAGS) -shared -o $@ $< -Wl,-soname,libctorch_cuda.so
 
 # The plugin's C files: as for the real plugin, but against the emulator's runtime.
 $(EMU_BUILD)/%.o: $(CUDA_DIR)/%.c $(EMU_HDRS)

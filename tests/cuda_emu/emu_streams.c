@@ -52,6 +52,9 @@ static int g_next_id = 1;
 static int g_mode = -1;
 
 static int mode_from(const char *e) {
+    if (e && *e && strcmp(e, "sync") && strcmp(e, "lazy") && strcmp(e, "mixed"))
+        fprintf(stderr, "cuda-emu: CT_EMU_STREAMS=%s is not sync, lazy or mixed; using sync\n",
+                e);
     return e && !strcmp(e, "lazy") ? MODE_LAZY : e && !strcmp(e, "mixed") ? MODE_MIXED
                                                                             : MODE_SYNC;
 }

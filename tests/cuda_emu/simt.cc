@@ -194,6 +194,10 @@ enum { SCHED_FORWARD, SCHED_REVERSE, SCHED_RANDOM };
 static int g_schedule = -1;
 
 static int schedule_from(const char *e) {
+    if (e && *e && strcmp(e, "forward") && strcmp(e, "reverse") && strcmp(e, "random"))
+        fprintf(stderr, "cuda-emu: CT_EMU_SCHEDULE=%s is not forward, reverse or random; using "
+                        "forward\n",
+                e);
     return e && !strcmp(e, "reverse") ? SCHED_REVERSE
            : e && !strcmp(e, "random") ? SCHED_RANDOM
                                        : SCHED_FORWARD;
