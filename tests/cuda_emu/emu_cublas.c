@@ -33,11 +33,11 @@
  *     Arguments are validated before anything is read or written.
  *   - Precision as the compute type says: CUBLAS_COMPUTE_32F_FAST_TF32 rounds A and B to
  *     TF32 (10-bit mantissa) before multiplying, _FAST_16F to half, _FAST_16BF to
- *     bfloat16; CUBLAS_COMPUTE_32F rounds to TF32 only under the handle's math mode
- *     CUBLAS_TF32_TENSOR_OP_MATH; the _PEDANTIC types never. NVIDIA_TF32_OVERRIDE=0 turns
+ *     bfloat16; CUBLAS_COMPUTE_32F and the _PEDANTIC types never (the math mode stays
+ *     CUBLAS_DEFAULT_MATH: the plugin never sets one). NVIDIA_TF32_OVERRIDE=0 turns
  *     TF32 off, as it does for the real libraries.
  *   - cublasGetStatusString / cublasGetStatusName: the real library's strings.
- *   - cublasGetVersion_v2 (and the legacy cublasGetVersion(int *)): CUBLAS_VERSION of the
+ *   - cublasGetVersion_v2: CUBLAS_VERSION of the
  *     headers this is compiled against (13.1.0 -> 130100).
  * Symbols are exported under the names the real libcublas.so.13 exports: the header maps
  * cublasCreate to cublasCreate_v2 and so on, and the real library has no plain
@@ -71,8 +71,6 @@ struct cublasContext {
     cudaStream_t stream;
     void *workspace; /* user workspace (cublasSetWorkspace), NULL: the default pool */
     size_t workspace_size;
-    cublasPointerMode_t pointer_mode;
-    cublasMath_t math_mode;
 };
 
 /* ------------------------------------------------------------------ diagnostics */
@@ -164,30 +162,12 @@ cublasStatus_t CUBLASWINAPI cublasGetVersion_v2(cublasHandle_t handle, int *vers
     return CUBLAS_STATUS_SUCCESS;
 }
 
-/* The legacy API's cublasGetVersion(int *) (cublas.h), which libcublas.so also exports
- * under its plain name (cublas_v2.h maps the name to cublasGetVersion_v2, hence #undef). */
-#undef cublasGetVersion
-cublasStatus_t cublasGetVersion(int *version);
-cublasStatus_t cublasGetVersion(int *version) { return cublasGetVersion_v2(NULL, version); }
-
-cublasStatus_t CUBLASWINAPI cublasGetProperty(libraryPropertyType type, int *value) {
-    if (!value) return fail("cublasGetProperty", CUBLAS_STATUS_INVALID_VALUE, "value is NULL");
-    switch (type) {
-    case MAJOR_VERSION: *value = CUBLAS_VER_MAJOR; return CUBLAS_STATUS_SUCCESS;
-    case MINOR_VERSION: *value = CUBLAS_VER_MINOR; return CUBLAS_STATUS_SUCCESS;
-    case PATCH_LEVEL: *value = CUBLAS_VER_PATCH; return CUBLAS_STATUS_SUCCESS;
-    }
-    return fail("cublasGetProperty", CUBLAS_STATUS_INVALID_VALUE, "unknown property %d", (int)type);
-}
-
 /* ------------------------------------------------------------------------ handle */
 cublasStatus_t CUBLASWINAPI cublasCreate_v2(cublasHandle_t *handle) {
     if (!handle) return fail("cublasCreate_v2", CUBLAS_STATUS_INVALID_VALUE, "handle is NULL");
     struct cublasContext *h = calloc(1, sizeof *h);
     if (!h) return fail("cublasCreate_v2", CUBLAS_STATUS_ALLOC_FAILED, "out of host memory");
     h->magic = EMU_BLAS_MAGIC;
-    h->pointer_mode = CUBLAS_POINTER_MODE_HOST;
-    h->math_mode = CUBLAS_DEFAULT_MATH;
     *handle = h;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -213,15 +193,6 @@ cublasStatus_t CUBLASWINAPI cublasSetStream_v2(cublasHandle_t handle, cudaStream
     return CUBLAS_STATUS_SUCCESS;
 }
 
-cublasStatus_t CUBLASWINAPI cublasGetStream_v2(cublasHandle_t handle, cudaStream_t *streamId) {
-    if (!handle_ok(handle))
-        return fail("cublasGetStream_v2", CUBLAS_STATUS_NOT_INITIALIZED, "invalid handle %p",
-                    (void *)handle);
-    if (!streamId) return fail("cublasGetStream_v2", CUBLAS_STATUS_INVALID_VALUE, "streamId is NULL");
-    *streamId = handle->stream;
-    return CUBLAS_STATUS_SUCCESS;
-}
-
 cublasStatus_t CUBLASWINAPI cublasSetWorkspace_v2(cublasHandle_t handle, void *workspace,
                                                   size_t workspaceSizeInBytes) {
     if (!handle_ok(handle))
@@ -235,43 +206,6 @@ cublasStatus_t CUBLASWINAPI cublasSetWorkspace_v2(cublasHandle_t handle, void *w
                     "workspace is NULL but its size is %zu bytes", workspaceSizeInBytes);
     handle->workspace = workspaceSizeInBytes ? workspace : NULL;
     handle->workspace_size = workspace ? workspaceSizeInBytes : 0;
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t CUBLASWINAPI cublasGetPointerMode_v2(cublasHandle_t handle, cublasPointerMode_t *mode) {
-    if (!handle_ok(handle))
-        return fail("cublasGetPointerMode_v2", CUBLAS_STATUS_NOT_INITIALIZED, "invalid handle");
-    if (!mode) return fail("cublasGetPointerMode_v2", CUBLAS_STATUS_INVALID_VALUE, "mode is NULL");
-    *mode = handle->pointer_mode;
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t CUBLASWINAPI cublasSetPointerMode_v2(cublasHandle_t handle, cublasPointerMode_t mode) {
-    if (!handle_ok(handle))
-        return fail("cublasSetPointerMode_v2", CUBLAS_STATUS_NOT_INITIALIZED, "invalid handle");
-    if (mode != CUBLAS_POINTER_MODE_HOST && mode != CUBLAS_POINTER_MODE_DEVICE)
-        return fail("cublasSetPointerMode_v2", CUBLAS_STATUS_INVALID_VALUE, "mode %d", (int)mode);
-    handle->pointer_mode = mode;
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t CUBLASWINAPI cublasGetMathMode(cublasHandle_t handle, cublasMath_t *mode) {
-    if (!handle_ok(handle))
-        return fail("cublasGetMathMode", CUBLAS_STATUS_NOT_INITIALIZED, "invalid handle");
-    if (!mode) return fail("cublasGetMathMode", CUBLAS_STATUS_INVALID_VALUE, "mode is NULL");
-    *mode = handle->math_mode;
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t CUBLASWINAPI cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
-    if (!handle_ok(handle))
-        return fail("cublasSetMathMode", CUBLAS_STATUS_NOT_INITIALIZED, "invalid handle");
-    const unsigned base = (unsigned)mode & ~(unsigned)CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
-    if (base != CUBLAS_DEFAULT_MATH && base != CUBLAS_TENSOR_OP_MATH &&
-        base != CUBLAS_PEDANTIC_MATH && base != CUBLAS_TF32_TENSOR_OP_MATH &&
-        base != CUBLAS_FP32_EMULATED_BF16X9_MATH && base != CUBLAS_FP64_EMULATED_FIXEDPOINT_MATH)
-        return fail("cublasSetMathMode", CUBLAS_STATUS_INVALID_VALUE, "mode %d", (int)mode);
-    handle->math_mode = mode;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -402,7 +336,7 @@ static int tf32_allowed(void) {
 
 /* The cublasGemmEx type table (cuBLAS guide, "cublasGemmEx": Atype/Btype/Ctype per
  * computeType and the scale type of alpha/beta), restricted to the real floating types. */
-static cublasStatus_t check_types(const char *fn, cublasHandle_t h, cudaDataType at,
+static cublasStatus_t check_types(const char *fn, cudaDataType at,
                                   cudaDataType bt, cudaDataType ct, cublasComputeType_t comp,
                                   cudaDataType *scale, rnd_mode *rnd) {
     *rnd = RND_NONE;
@@ -418,11 +352,6 @@ static cublasStatus_t check_types(const char *fn, cublasHandle_t h, cudaDataType
         *scale = CUDA_R_32F;
         if (at == bt && (at == CUDA_R_32F || at == CUDA_R_16F || at == CUDA_R_16BF) &&
             (ct == at || ct == CUDA_R_32F)) {
-            /* "CUBLAS_TF32_TENSOR_OP_MATH: allow accelerating single precision routines
-             * using TF32 tensor cores" -- not for the _PEDANTIC compute type */
-            if (comp == CUBLAS_COMPUTE_32F && at == CUDA_R_32F && tf32 &&
-                ((unsigned)h->math_mode & 0xfu) == CUBLAS_TF32_TENSOR_OP_MATH)
-                *rnd = RND_TF32;
             return CUBLAS_STATUS_SUCCESS;
         }
         break;
@@ -524,7 +453,7 @@ cublasStatus_t CUBLASWINAPI cublasGemmStridedBatchedEx(
         return fail(fn, CUBLAS_STATUS_INVALID_VALUE, "%s is NULL", !alpha ? "alpha" : "beta");
     cudaDataType scale = CUDA_R_32F;
     rnd_mode rnd;
-    cublasStatus_t st = check_types(fn, handle, Atype, Btype, Ctype, computeType, &scale, &rnd);
+    cublasStatus_t st = check_types(fn, Atype, Btype, Ctype, computeType, &scale, &rnd);
     if (st != CUBLAS_STATUS_SUCCESS) return st;
     if (!algo_valid(algo))
         return fail(fn, CUBLAS_STATUS_NOT_SUPPORTED, "algo %d is not a cublasGemmAlgo_t", (int)algo);

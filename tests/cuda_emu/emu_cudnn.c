@@ -9,8 +9,7 @@
  *   Tensors. cudnnSetTensor4dDescriptor(format, type, n, c, h, w): NCHW gives the strides
  *   (c*h*w, h*w, w, 1), NHWC (h*w*c, 1, w*c, c); n, c, h, w must be positive
  *   (CUDNN_STATUS_BAD_PARAM), CUDNN_TENSOR_NCHW_VECT_C is for the vectorised int8 types
- *   only. cudnnSetTensor4dDescriptorEx / cudnnSetTensorNdDescriptor (4-D) take explicit
- *   strides. Element (n, c, h, w) lives at n*nStride + c*cStride + h*hStride + w*wStride,
+ *   only. Element (n, c, h, w) lives at n*nStride + c*cStride + h*hStride + w*wStride,
  *   whatever the format: every access here goes through the descriptor's strides.
  *   Filters. cudnnSetFilter4dDescriptor(type, format, k, c, h, w): NCHW is the KCRS layout,
  *   NHWC is KRSC (k output maps, c = input maps per group, r x s taps).
@@ -25,8 +24,8 @@
  *   with r' = r, s' = s for CUDNN_CROSS_CORRELATION and r' = R-1-r, s' = S-1-s for
  *   CUDNN_CONVOLUTION (the flipped kernel). Backward data is the adjoint in x, backward
  *   filter the adjoint in w (same blending: out = alpha * result + beta * out). The output
- *   size must be 1 + (in + 2*pad - ((filter-1)*dilation + 1)) / stride
- *   (cudnnGetConvolution2dForwardOutputDim). Products accumulate in double; the output is
+ *   size must be 1 + (in + 2*pad - ((filter-1)*dilation + 1)) / stride.
+ *   Products accumulate in double; the output is
  *   rounded once. beta == 0: the output is not read ("when beta is zero, the output is not
  *   read and may contain uninitialized data, including NaN"). alpha/beta are float for
  *   float data and double for double data, in host memory.
@@ -162,18 +161,6 @@ static cudnnStatus_t fail(const char *fn, cudnnStatus_t st, const char *fmt, ...
 /* --------------------------------------------------------- version, error strings */
 size_t CUDNNWINAPI cudnnGetVersion(void) { return CUDNN_VERSION; }
 
-size_t CUDNNWINAPI cudnnGetCudartVersion(void) { return CUDART_VERSION; }
-
-cudnnStatus_t CUDNNWINAPI cudnnGetProperty(libraryPropertyType type, int *value) {
-    if (!value) return fail("cudnnGetProperty", CUDNN_STATUS_BAD_PARAM, "value is NULL");
-    switch (type) {
-    case MAJOR_VERSION: *value = CUDNN_MAJOR; return CUDNN_STATUS_SUCCESS;
-    case MINOR_VERSION: *value = CUDNN_MINOR; return CUDNN_STATUS_SUCCESS;
-    case PATCH_LEVEL: *value = CUDNN_PATCHLEVEL; return CUDNN_STATUS_SUCCESS;
-    }
-    return fail("cudnnGetProperty", CUDNN_STATUS_BAD_PARAM, "unknown property %d", (int)type);
-}
-
 /* The strings of the real libcudnn.so.9: the enumerator's name. */
 const char *CUDNNWINAPI cudnnGetErrorString(cudnnStatus_t status) {
     switch ((int)status) {
@@ -287,13 +274,6 @@ cudnnStatus_t CUDNNWINAPI cudnnSetStream(cudnnHandle_t handle, cudaStream_t stre
     return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t CUDNNWINAPI cudnnGetStream(cudnnHandle_t handle, cudaStream_t *streamId) {
-    CHECK_HANDLE("cudnnGetStream", handle);
-    if (!streamId) return fail("cudnnGetStream", CUDNN_STATUS_BAD_PARAM, "streamId is NULL");
-    *streamId = handle->stream;
-    return CUDNN_STATUS_SUCCESS;
-}
-
 /* ------------------------------------------------------------------- data types */
 static int dtype_valid(cudnnDataType_t t) { return (int)t >= 0 && (int)t <= CUDNN_DATA_COMPLEX_FP64; }
 
@@ -366,58 +346,6 @@ cudnnStatus_t CUDNNWINAPI cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t ten
     return tensor_set(fn, tensorDesc, dataType, dim, st);
 }
 
-cudnnStatus_t CUDNNWINAPI cudnnSetTensor4dDescriptorEx(cudnnTensorDescriptor_t tensorDesc,
-                                                       cudnnDataType_t dataType, int n, int c,
-                                                       int h, int w, int nStride, int cStride,
-                                                       int hStride, int wStride) {
-    const int dim[4] = {n, c, h, w};
-    const int64_t st[4] = {nStride, cStride, hStride, wStride};
-    return tensor_set("cudnnSetTensor4dDescriptorEx", tensorDesc, dataType, dim, st);
-}
-
-cudnnStatus_t CUDNNWINAPI cudnnSetTensorNdDescriptor(cudnnTensorDescriptor_t tensorDesc,
-                                                     cudnnDataType_t dataType, int nbDims,
-                                                     const int dimA[], const int strideA[]) {
-    static const char fn[] = "cudnnSetTensorNdDescriptor";
-    if (!dimA || !strideA) return fail(fn, CUDNN_STATUS_BAD_PARAM, "dimA or strideA is NULL");
-    if (nbDims < 3 || nbDims > CUDNN_DIM_MAX)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "nbDims %d outside [3, %d]", nbDims, CUDNN_DIM_MAX);
-    if (nbDims != 4)
-        return fail(fn, CUDNN_STATUS_NOT_SUPPORTED, "the emulator handles 4-D tensors only (%d-D)",
-                    nbDims);
-    const int64_t st[4] = {strideA[0], strideA[1], strideA[2], strideA[3]};
-    return tensor_set(fn, tensorDesc, dataType, dimA, st);
-}
-
-cudnnStatus_t CUDNNWINAPI cudnnGetTensor4dDescriptor(const cudnnTensorDescriptor_t tensorDesc,
-                                                     cudnnDataType_t *dataType, int *n, int *c,
-                                                     int *h, int *w, int *nStride, int *cStride,
-                                                     int *hStride, int *wStride) {
-    static const char fn[] = "cudnnGetTensor4dDescriptor";
-    if (!tensor_ok(tensorDesc) || !tensorDesc->set)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "not a set tensor descriptor");
-    if (!dataType || !n || !c || !h || !w || !nStride || !cStride || !hStride || !wStride)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "an output pointer is NULL");
-    *dataType = tensorDesc->dt;
-    *n = tensorDesc->dim[0], *c = tensorDesc->dim[1], *h = tensorDesc->dim[2], *w = tensorDesc->dim[3];
-    *nStride = (int)tensorDesc->stride[0], *cStride = (int)tensorDesc->stride[1];
-    *hStride = (int)tensorDesc->stride[2], *wStride = (int)tensorDesc->stride[3];
-    return CUDNN_STATUS_SUCCESS;
-}
-
-cudnnStatus_t CUDNNWINAPI cudnnGetTensorSizeInBytes(const cudnnTensorDescriptor_t tensorDesc,
-                                                    size_t *size) {
-    static const char fn[] = "cudnnGetTensorSizeInBytes";
-    if (!tensor_ok(tensorDesc) || !tensorDesc->set || !size)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "not a set tensor descriptor, or size NULL");
-    int64_t last = 0;
-    for (int i = 0; i < 4; i++)
-        if (tensorDesc->stride[i] > 0) last += (int64_t)(tensorDesc->dim[i] - 1) * tensorDesc->stride[i];
-    const size_t es = dtype_size(tensorDesc->dt) ? dtype_size(tensorDesc->dt) : 4;
-    *size = (size_t)(last + 1) * es;
-    return CUDNN_STATUS_SUCCESS;
-}
-
 /* ------------------------------------------------------------ filter descriptors */
 static int filter_ok(cudnnFilterDescriptor_t d) { return d && d->magic == MAGIC_FILTER; }
 
@@ -448,21 +376,6 @@ cudnnStatus_t CUDNNWINAPI cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t fil
     filterDesc->fmt = format;
     filterDesc->dim[0] = k, filterDesc->dim[1] = c, filterDesc->dim[2] = h, filterDesc->dim[3] = w;
     filterDesc->set = 1;
-    return CUDNN_STATUS_SUCCESS;
-}
-
-cudnnStatus_t CUDNNWINAPI cudnnGetFilter4dDescriptor(const cudnnFilterDescriptor_t filterDesc,
-                                                     cudnnDataType_t *dataType,
-                                                     cudnnTensorFormat_t *format, int *k, int *c,
-                                                     int *h, int *w) {
-    static const char fn[] = "cudnnGetFilter4dDescriptor";
-    if (!filter_ok(filterDesc) || !filterDesc->set)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "not a set filter descriptor");
-    if (!dataType || !format || !k || !c || !h || !w)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "an output pointer is NULL");
-    *dataType = filterDesc->dt;
-    *format = filterDesc->fmt;
-    *k = filterDesc->dim[0], *c = filterDesc->dim[1], *h = filterDesc->dim[2], *w = filterDesc->dim[3];
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -520,24 +433,6 @@ cudnnStatus_t CUDNNWINAPI cudnnSetConvolution2dDescriptor(cudnnConvolutionDescri
     return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t CUDNNWINAPI cudnnGetConvolution2dDescriptor(const cudnnConvolutionDescriptor_t convDesc,
-                                                          int *pad_h, int *pad_w, int *u, int *v,
-                                                          int *dilation_h, int *dilation_w,
-                                                          cudnnConvolutionMode_t *mode,
-                                                          cudnnDataType_t *computeType) {
-    static const char fn[] = "cudnnGetConvolution2dDescriptor";
-    CHECK_CONV(fn, convDesc);
-    if (!convDesc->set) return fail(fn, CUDNN_STATUS_BAD_PARAM, "descriptor not set");
-    if (!pad_h || !pad_w || !u || !v || !dilation_h || !dilation_w || !mode || !computeType)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "an output pointer is NULL");
-    *pad_h = convDesc->pad[0], *pad_w = convDesc->pad[1];
-    *u = convDesc->stride[0], *v = convDesc->stride[1];
-    *dilation_h = convDesc->dil[0], *dilation_w = convDesc->dil[1];
-    *mode = convDesc->mode;
-    *computeType = convDesc->ctype;
-    return CUDNN_STATUS_SUCCESS;
-}
-
 cudnnStatus_t CUDNNWINAPI cudnnSetConvolutionGroupCount(cudnnConvolutionDescriptor_t convDesc,
                                                         int groupCount) {
     CHECK_CONV("cudnnSetConvolutionGroupCount", convDesc);
@@ -545,15 +440,6 @@ cudnnStatus_t CUDNNWINAPI cudnnSetConvolutionGroupCount(cudnnConvolutionDescript
         return fail("cudnnSetConvolutionGroupCount", CUDNN_STATUS_BAD_PARAM, "groupCount %d < 1",
                     groupCount);
     convDesc->groups = groupCount;
-    return CUDNN_STATUS_SUCCESS;
-}
-
-cudnnStatus_t CUDNNWINAPI cudnnGetConvolutionGroupCount(cudnnConvolutionDescriptor_t convDesc,
-                                                        int *groupCount) {
-    CHECK_CONV("cudnnGetConvolutionGroupCount", convDesc);
-    if (!groupCount)
-        return fail("cudnnGetConvolutionGroupCount", CUDNN_STATUS_BAD_PARAM, "groupCount is NULL");
-    *groupCount = convDesc->groups;
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -568,42 +454,12 @@ cudnnStatus_t CUDNNWINAPI cudnnSetConvolutionMathType(cudnnConvolutionDescriptor
     return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t CUDNNWINAPI cudnnGetConvolutionMathType(cudnnConvolutionDescriptor_t convDesc,
-                                                      cudnnMathType_t *mathType) {
-    CHECK_CONV("cudnnGetConvolutionMathType", convDesc);
-    if (!mathType)
-        return fail("cudnnGetConvolutionMathType", CUDNN_STATUS_BAD_PARAM, "mathType is NULL");
-    *mathType = convDesc->math;
-    return CUDNN_STATUS_SUCCESS;
-}
-
 /* outputDim = 1 + (inputDim + 2*pad - (((filterDim-1)*dilation)+1)) / convolutionStride;
  * -1 when the filter is larger than the padded input. */
 static int out_dim(int in, int pad, int filter, int dil, int stride) {
     const int ext = (filter - 1) * dil + 1;
     if (in + 2 * pad < ext) return -1;
     return 1 + (in + 2 * pad - ext) / stride;
-}
-
-cudnnStatus_t CUDNNWINAPI cudnnGetConvolution2dForwardOutputDim(
-    const cudnnConvolutionDescriptor_t convDesc, const cudnnTensorDescriptor_t inputTensorDesc,
-    const cudnnFilterDescriptor_t filterDesc, int *n, int *c, int *h, int *w) {
-    static const char fn[] = "cudnnGetConvolution2dForwardOutputDim";
-    CHECK_CONV(fn, convDesc);
-    if (!convDesc->set || !tensor_ok(inputTensorDesc) || !inputTensorDesc->set ||
-        !filter_ok(filterDesc) || !filterDesc->set)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "a descriptor is not set");
-    if (!n || !c || !h || !w) return fail(fn, CUDNN_STATUS_BAD_PARAM, "an output pointer is NULL");
-    const int *xd = inputTensorDesc->dim, *wd = filterDesc->dim;
-    if (xd[1] != wd[1] * convDesc->groups)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "input has %d channels, filter %d x %d groups",
-                    xd[1], wd[1], convDesc->groups);
-    const int oh = out_dim(xd[2], convDesc->pad[0], wd[2], convDesc->dil[0], convDesc->stride[0]);
-    const int ow = out_dim(xd[3], convDesc->pad[1], wd[3], convDesc->dil[1], convDesc->stride[1]);
-    if (oh <= 0 || ow <= 0)
-        return fail(fn, CUDNN_STATUS_BAD_PARAM, "the filter is larger than the padded input");
-    *n = xd[0], *c = wd[0], *h = oh, *w = ow;
-    return CUDNN_STATUS_SUCCESS;
 }
 
 /* ================================================================= convolution */

@@ -36,7 +36,6 @@ static size_t g_device_used;
 static _Thread_local cudaError_t g_last_error = cudaSuccess; /* returned once by cudaGetLastError */
 static _Thread_local cudaError_t g_fault = cudaSuccess;     /* a kernel fault, reported at the next sync */
 static unsigned long long g_launches;
-static int g_device = 0;
 
 static size_t capacity(void) {
     static size_t cap;
@@ -210,8 +209,6 @@ cudaError_t cudaGetLastError(void) {
     return e;
 }
 
-cudaError_t cudaPeekAtLastError(void) { return g_last_error != cudaSuccess ? g_last_error : g_fault; }
-
 /* ------------------------------------------------------------ devices */
 cudaError_t cudaGetDeviceCount(int *n) {
     if (!n) return cudaErrorInvalidValue;
@@ -221,13 +218,6 @@ cudaError_t cudaGetDeviceCount(int *n) {
 
 cudaError_t cudaSetDevice(int d) {
     if (d != 0) return api_error(cudaErrorInvalidDevice, "cudaSetDevice(%d): one device", d);
-    g_device = d;
-    return cudaSuccess;
-}
-
-cudaError_t cudaGetDevice(int *d) {
-    if (!d) return cudaErrorInvalidValue;
-    *d = g_device;
     return cudaSuccess;
 }
 
@@ -259,14 +249,6 @@ cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total) {
     pthread_mutex_unlock(&g_mu);
     return cudaSuccess;
 }
-
-cudaError_t cudaRuntimeGetVersion(int *v) {
-    if (!v) return cudaErrorInvalidValue;
-    *v = CUDART_VERSION;
-    return cudaSuccess;
-}
-
-cudaError_t cudaDriverGetVersion(int *v) { return cudaRuntimeGetVersion(v); }
 
 cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *a, const void *fn) {
     if (!a || !fn) return cudaErrorInvalidDeviceFunction;

@@ -182,8 +182,6 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
-
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
     if (!s) return cudaErrorInvalidResourceHandle;
     pthread_mutex_lock(&g_q);
@@ -201,13 +199,6 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     ct_emu_stream_flush(s);
     return ct_emu_take_fault();
-}
-
-cudaError_t cudaStreamQuery(cudaStream_t s) {
-    pthread_mutex_lock(&g_q);
-    int idle = !s || !s->head;
-    pthread_mutex_unlock(&g_q);
-    return idle ? cudaSuccess : cudaErrorNotReady;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags) {
@@ -236,8 +227,6 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
     (*e)->flags = flags;
     return cudaSuccess;
 }
-
-cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
 
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     if (!e) return cudaErrorInvalidResourceHandle;
@@ -280,8 +269,3 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
     return cudaSuccess;
 }
 
-cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
-    if (!ms || !a || !b) return cudaErrorInvalidValue;
-    *ms = 0.0f;
-    return cudaSuccess;
-}
