@@ -4,7 +4,6 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "backends/cpu/conv_fast.h"
-#include "backends/cpu/pool_fast.h"
 #include "ops/fused.h"
 
 #include <string.h>
@@ -247,7 +246,9 @@ static int conv_relu_pool_backward(ct_node *n, const ct_tensor *gy, ct_tensor **
                               p.stride[1] + 1};
     ct_tensor *gyc = ct_data_contiguous(gy);
     ct_tensor *gc = gyc ? ct_empty_on(gsh, 4, gy->dtype, gy->storage->device) : NULL;
-    int rc = gc ? cpu_max_pool2d_codes_backward(gc, gyc, codes, &pp) : -1;
+    int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_pool_params *) =
+        CT_KERNEL(gy, max_pool2d_codes_backward, "max_pool2d backward");
+    int rc = gc && k ? k(gc, gyc, codes, &pp) : -1;
     if (rc == 0) rc = conv2d_backward_core(n, gc, gc, gx);
     ct_free(gc);
     ct_free(gyc);
@@ -267,7 +268,7 @@ ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight
                          .dilation = {1, 1}};
     int ok = x && weight && x->ndim == 4 && x->dtype == CT_FLOAT32 &&
              x->storage->device.type == CT_CPU &&
-             pp.kernel[0] * pp.kernel[1] < CPU_POOL_NOGRAD && pp.stride[0] > 0 &&
+             pp.kernel[0] * pp.kernel[1] < CT_POOL_NOGRAD && pp.stride[0] > 0 &&
              pp.stride[1] > 0 && pp.padding[0] >= 0 && pp.padding[1] >= 0 &&
              2 * pp.padding[0] <= pp.kernel[0] && 2 * pp.padding[1] <= pp.kernel[1] &&
              conv_prepare(x, weight, bias, stride, padding, dilation, groups, st, pd, dl, ysh) == 0;
