@@ -233,9 +233,9 @@ TEST(conv_fast_weight_and_bias_gradient_entry) {
     ct_tensor *gb1 = ct_empty(&bs, 1, CT_FLOAT32);
     ct_conv_params p = {{1, 1}, {1, 1}, {1, 1}, 1};
     setenv("CTORCH_CONV_REFERENCE", "1", 1);
-    CHECK_OK(cpu_conv2d_backward_weight(gw0, gy, x, &p));
+    CHECK_OK(cpu_conv2d_backward_weight(gw0, NULL, gy, x, &p));
     unsetenv("CTORCH_CONV_REFERENCE");
-    CHECK_OK(cpu_conv2d_backward_weight_bias(gw1, gb1, gy, x, &p));
+    CHECK_OK(cpu_conv2d_backward_weight(gw1, gb1, gy, x, &p));
     CHECK_CLOSE(gw1, gw0, 1e-5, "weight gradient with the bias gradient");
     int dims[3] = {0, 2, 3};
     ct_tensor *want_b = ct_sum(gy, dims, 3, 0);
@@ -287,11 +287,11 @@ static void pool_fast(const ct_tensor *x, const ct_tensor *gy, const ct_pool_par
     *y = ct_empty(ysh, 4, x->dtype);
     ct_tensor *codes = ct_empty(ysh, 4, CT_UINT8);
     *gx = ct_empty(ct_shape(x), 4, x->dtype);
-    CHECK_OK(cpu_max_pool2d_codes(*y, codes, x, p, relu));
+    CHECK_OK(cpu_max_pool2d_codes_forward(*y, codes, x, p, relu));
     CHECK_OK(cpu_max_pool2d_codes_backward(*gx, gy, codes, p));
     /* and without codes (inference): the same output */
     ct_tensor *y2 = ct_empty(ysh, 4, x->dtype);
-    CHECK_OK(cpu_max_pool2d_codes(y2, NULL, x, p, relu));
+    CHECK_OK(cpu_max_pool2d_codes_forward(y2, NULL, x, p, relu));
     CHECK_CLOSE(y2, *y, 0, "max pool without codes");
     ct_free(y2);
     ct_free(codes);

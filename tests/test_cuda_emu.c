@@ -10,6 +10,7 @@
  * cases of the normal run stay skipped on a machine without a GPU. Skipped here when the
  * emulator is not built (no CUDA toolkit), or inside the emulated child itself. */
 #include "test.h"
+#include "core/backend.h"
 
 #include <libgen.h>
 #include <stdlib.h>
@@ -128,15 +129,15 @@ TEST(cuda_emulator_self_test) {
 
 TEST(cuda_emulator_backend_suite) {
     EMU_SKIP();
-    run_emulated("backends", 32);
+    run_emulated("backends", CT_KERNEL_COUNT); /* at least one case per kernel */
 }
 
 /* The same suite with the threads of each block run in other orders between barriers: a
  * data race inside a kernel changes its result with the order (tests/cuda_emu/simt.cc). */
 TEST(cuda_emulator_backend_suite_other_thread_orders) {
     EMU_SKIP();
-    run_emulated_env("CT_EMU_SCHEDULE=reverse", "backends", 32);
-    run_emulated_env("CT_EMU_SCHEDULE=random CT_EMU_SEED=7", "backends", 32);
+    run_emulated_env("CT_EMU_SCHEDULE=reverse", "backends", CT_KERNEL_COUNT);
+    run_emulated_env("CT_EMU_SCHEDULE=random CT_EMU_SEED=7", "backends", CT_KERNEL_COUNT);
 }
 
 /* Again with work on each stream deferred until something waits for it (lazy), or only
@@ -148,7 +149,9 @@ TEST(cuda_emulator_deferred_streams) {
     for (int i = 0; i < 2; i++) {
         run_emulated_env(modes[i], "data_prefetcher_cuda", 1);
         run_emulated_env(modes[i], "data_cuda_copy_stream", 1);
-        run_emulated_env(modes[i], "backends_cuda", 5);
+        run_emulated_env(modes[i], "backends_cuda", 4);
+        run_emulated_env(modes[i], "backends_sgd_step", 1);
+        run_emulated_env(modes[i], "backends_adam_step", 1);
         run_emulated_env(modes[i], "backends_ops_cnn", 1);
     }
     if (getenv("CTORCH_DATA")) run_emulated_env(modes[0], "cli_train_on_cuda", 1);

@@ -1086,7 +1086,7 @@ TEST(data_loader_pin_memory) {
     ct_dataloader *p0 = ct_dataloader_new(ds, &o);
     char *err = capture_end(&cap);
     CHECK(ref && p2 && p0 && err);
-    const char *msg = "pin_memory is set but CUDA is unavailable";
+    const char *msg = "pin_memory is set but no GPU is usable";
     if (cuda) {
         CHECK(ct_dataloader_pinned(p2) == 1 && ct_dataloader_pinned(p0) == 1);
         CHECK_MSG(count_substr(err, msg) == 0, "warned although CUDA is usable: %s", err);
@@ -1180,14 +1180,14 @@ TEST(data_prefetcher_errors) {
     if (!cuda_usable(why, sizeof why)) {
         CHECK(ct_device_prefetcher_new(dl, (ct_device){CT_CUDA, 0}) == NULL);
         CHECK_ERRMSG("cuda unavailable");
-        CHECK(ct_cuda_plugin_symbol("ct_cuda_host_alloc") == NULL);
+        CHECK(ct_backend_proc(CT_CUDA, "ct_cuda_host_alloc") == NULL);
         CHECK_ERRMSG("cuda unavailable");
     } else {
         CHECK(ct_device_prefetcher_new(dl, (ct_device){CT_CUDA, 99}) == NULL);
         CHECK_ERRMSG("cuda:99");
-        CHECK(ct_cuda_plugin_symbol("ct_cuda_no_such_function") == NULL);
-        CHECK_ERRMSG("lacks ct_cuda_no_such_function");
-        CHECK(ct_cuda_plugin_symbol("ct_cuda_host_alloc") != NULL);
+        CHECK(ct_backend_proc(CT_CUDA, "ct_cuda_no_such_function") == NULL);
+        CHECK_ERRMSG("has no function ct_cuda_no_such_function");
+        CHECK(ct_backend_proc(CT_CUDA, "ct_cuda_host_alloc") != NULL);
     }
     ct_device_prefetcher *pf = ct_device_prefetcher_new(dl, ct_cpu());
     CHECK_NN(pf);
@@ -1250,7 +1250,7 @@ TEST(data_prefetcher_cuda_matches_loader) {
             ct_dataloader_free(dl);
             ct_dataloader_free(ref);
         }
-    CHECK_OK(((ct_cuda_synchronize_fn)ct_cuda_plugin_symbol("ct_cuda_synchronize"))(0));
+    CHECK_OK(((ct_cuda_synchronize_fn)ct_backend_proc(CT_CUDA, "ct_cuda_synchronize"))(0));
     ct_dataset_free(ds);
 }
 
@@ -1269,15 +1269,15 @@ TEST(data_cuda_copy_stream_events) {
     ct_cuda_copy_h2d_async_on_fn copy_on;
     ct_cuda_host_alloc_fn host_alloc;
     ct_cuda_host_free_fn host_free;
-    *(void **)&ev_create = ct_cuda_plugin_symbol("ct_cuda_event_create");
-    *(void **)&ev_destroy = ct_cuda_plugin_symbol("ct_cuda_event_destroy");
-    *(void **)&ev_record = ct_cuda_plugin_symbol("ct_cuda_event_record");
-    *(void **)&ev_query = ct_cuda_plugin_symbol("ct_cuda_event_query");
-    *(void **)&ev_sync = ct_cuda_plugin_symbol("ct_cuda_event_synchronize");
-    *(void **)&wait_event = ct_cuda_plugin_symbol("ct_cuda_stream_wait_event");
-    *(void **)&copy_on = ct_cuda_plugin_symbol("ct_cuda_copy_h2d_async_on");
-    *(void **)&host_alloc = ct_cuda_plugin_symbol("ct_cuda_host_alloc");
-    *(void **)&host_free = ct_cuda_plugin_symbol("ct_cuda_host_free");
+    *(void **)&ev_create = ct_backend_proc(CT_CUDA, "ct_cuda_event_create");
+    *(void **)&ev_destroy = ct_backend_proc(CT_CUDA, "ct_cuda_event_destroy");
+    *(void **)&ev_record = ct_backend_proc(CT_CUDA, "ct_cuda_event_record");
+    *(void **)&ev_query = ct_backend_proc(CT_CUDA, "ct_cuda_event_query");
+    *(void **)&ev_sync = ct_backend_proc(CT_CUDA, "ct_cuda_event_synchronize");
+    *(void **)&wait_event = ct_backend_proc(CT_CUDA, "ct_cuda_stream_wait_event");
+    *(void **)&copy_on = ct_backend_proc(CT_CUDA, "ct_cuda_copy_h2d_async_on");
+    *(void **)&host_alloc = ct_backend_proc(CT_CUDA, "ct_cuda_host_alloc");
+    *(void **)&host_free = ct_backend_proc(CT_CUDA, "ct_cuda_host_free");
     CHECK(ev_create && ev_destroy && ev_record && ev_query && ev_sync && wait_event &&
           copy_on && host_alloc && host_free);
     if (!(ev_create && ev_destroy && ev_record && ev_query && ev_sync && wait_event && copy_on &&

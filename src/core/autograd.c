@@ -78,8 +78,6 @@ static void release_graph(ct_node *n) {
         if (f) ct_node_release(f);
         if (l) ct_free(l);
     }
-    if (n->ctx_free && n->ctx) n->ctx_free(n->ctx);
-    n->ctx = NULL;
     n->released = 1;
 }
 
@@ -95,11 +93,23 @@ void ct_node_release(ct_node *n) {
             if (!next) next = f;
             else ct_node_release(f);
         }
-        if (n->ctx_free && n->ctx) n->ctx_free(n->ctx);
+        if (n->ctx_heap) free(n->ctx);
         free(n->inputs);
         free(n);
         n = next;
     }
+}
+
+void *ct_node_ctx_new(ct_node *n, size_t size) {
+    if (size <= CT_NODE_CTX_BYTES) {
+        memset(n->ctx_inline.bytes, 0, size);
+        n->ctx = n->ctx_inline.bytes;
+        return n->ctx;
+    }
+    n->ctx = calloc(1, size);
+    if (!n->ctx) return ct_error_null("%s: out of memory for the backward context", n->name);
+    n->ctx_heap = 1;
+    return n->ctx;
 }
 
 void ct_node_set_input(ct_node *n, int i, const ct_tensor *t) {

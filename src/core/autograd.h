@@ -2,15 +2,22 @@
  *
  * Pattern for an op with a backward formula:
  *
+ *   typedef struct { double alpha; int a, b; } mul_ctx;  // what the formula needs, named
+ *
  *   ct_tensor *y = ...forward through CT_KERNEL(...)...;
  *   ct_node *n;
  *   y = ct_node_record("MulBackward", mul_backward, (const ct_tensor *[]){a, b}, 2, y, &n);
  *   if (n) {                                          // y->grad_fn = n (owned by y)
- *       ct_node_save(n, a); ct_node_save(n, b);      // saved[0], saved[1]
+ *       mul_ctx *c = CT_NODE_CTX(n, mul_ctx);         // zeroed, stored in the node
+ *       c->alpha = alpha;
+ *       c->a = ct_node_save(n, a);                    // saved tensors are named by
+ *       c->b = ct_node_save(n, b);                    // their slot in the context
  *   }
  *   return y;                                         // NULL: out of memory, y freed
  *
  *   static int mul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+ *       const mul_ctx *c = n->ctx;
+ *       const ct_tensor *b = ct_node_saved(n, c->b);
  *       if (ct_node_needs_grad(n, 0)) gx[0] = ...;     // must have input 0's shape
  *       ...
  *       return 0;                                      // or -1 with ct_error()
@@ -41,6 +48,7 @@ typedef struct {
 } ct_saved;
 
 #define CT_NODE_MAX_SAVED 8
+#define CT_NODE_CTX_BYTES 128
 
 struct ct_node {
     atomic_int refcount;
@@ -50,11 +58,15 @@ struct ct_node {
     ct_edge *inputs;
     int n_saved;
     ct_saved saved[CT_NODE_MAX_SAVED];
-    /* Op parameters for the backward formula. */
-    double dp[8];
-    int64_t ip[16];
-    void *ctx;                 /* op-owned extra state */
-    void (*ctx_free)(void *);  /* frees ctx (may be NULL) */
+    /* The op's context for its backward formula (a struct of the op's own type): inside
+     * ctx_inline when it fits, else allocated (CT_NODE_CTX / ct_node_ctx_new). */
+    void *ctx;
+    int ctx_heap; /* ctx was allocated and is freed with the node */
+    union {
+        long double align;
+        void *p;
+        unsigned char bytes[CT_NODE_CTX_BYTES];
+    } ctx_inline;
     uint64_t seq;              /* creation order */
     int released;              /* graph freed after backward */
     ct_tensor *retain_target;  /* weak: tensor that asked retain_grad */
@@ -80,6 +92,18 @@ ct_node *ct_node_new(const char *name, ct_backward_fn fn, int n_inputs);
  * and returns NULL with an error. A NULL y (a failed forward) is passed through. */
 ct_tensor *ct_node_record(const char *name, ct_backward_fn fn, const ct_tensor *const *inputs,
                           int n_inputs, ct_tensor *y, ct_node **node);
+/* The node's context: `size` zeroed bytes for the op's own struct, stored inside the node
+ * when size <= CT_NODE_CTX_BYTES, else allocated; freed with the node. NULL + error when
+ * out of memory (only possible for large contexts). Call once per node. */
+void *ct_node_ctx_new(ct_node *n, size_t size);
+/* The same for a context type known to fit (checked at compile time): never NULL. */
+#define CT_NODE_CTX(n, type)                                                               \
+    ((void)sizeof(struct {                                                                 \
+        _Static_assert(sizeof(type) <= CT_NODE_CTX_BYTES, "context too large for a node"); \
+        int ok;                                                                            \
+    }),                                                                                    \
+     (type *)ct_node_ctx_new((n), sizeof(type)))
+
 /* Records input i (may be NULL: no gradient flows there). */
 void ct_node_set_input(ct_node *n, int i, const ct_tensor *t);
 /* Saves a tensor for backward; returns its index. */

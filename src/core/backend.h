@@ -1,7 +1,8 @@
 /* Backend dispatch. An op is defined once in src/ops (shape rule, dispatch, backward
  * formula); a backend supplies kernels by filling this table and registering it for
- * its device type. A NULL entry means "not implemented on this backend" and the op
- * reports that by name. The CUDA plugin fills the same table at run time.
+ * its device type. The CUDA plugin fills the same table at run time. Nothing above
+ * src/backends branches on a device type: what differs between devices is a kernel or
+ * an extra entry point (CT_BACKEND_PROCS) here.
  *
  * Kernel contract: tensors arrive already checked (shapes, dtypes, devices agree);
  * outputs are allocated by the op layer and contiguous unless stated; kernels
@@ -9,37 +10,18 @@
 #ifndef CT_BACKEND_H
 #define CT_BACKEND_H
 
+#include "op_tables.h"
 #include "tensor_impl.h"
 
-typedef enum {
-    CT_BIN_ADD, /* a + alpha*b */
-    CT_BIN_SUB, /* a - alpha*b */
-    CT_BIN_MUL,
-    CT_BIN_DIV,
-    CT_BIN_COUNT
-} ct_binop;
+#include <string.h>
 
-typedef enum {
-    CT_UN_NEG,
-    CT_UN_EXP,
-    CT_UN_LOG,
-    CT_UN_SQRT,
-    CT_UN_ABS,
-    CT_UN_SIGN,
-    CT_UN_POW,        /* x^p1 */
-    CT_UN_CLAMP,      /* min(max(x, p1), p2) */
-    CT_UN_ADD_SCALAR, /* x + p1 */
-    CT_UN_MUL_SCALAR, /* x * p1 */
-    CT_UN_RELU,
-    CT_UN_LEAKY_RELU, /* slope p1 */
-    CT_UN_GELU,
-    CT_UN_GELU_TANH,
-    CT_UN_SIGMOID,
-    CT_UN_TANH,
-    CT_UN_COUNT
-} ct_unop;
 
-typedef enum { CT_RED_SUM, CT_RED_MEAN, CT_RED_MAX, CT_RED_COUNT } ct_redop;
+/* Names and dtype rules of the op tables' rows (src/ops/pointwise.c). */
+const char *ct_unop_name(ct_unop op);
+const char *ct_binop_name(ct_binop op);
+int ct_unop_allows_int64(ct_unop op);
+/* The unary op `op` with its scalars: what the public wrappers (ct_exp, ct_clamp, ...) call. */
+ct_tensor *ct__unary(ct_unop op, const ct_tensor *a, double p1, double p2);
 
 typedef struct {
     int stride[2], padding[2], dilation[2], groups;
@@ -53,105 +35,211 @@ typedef struct {
 /* Window code of a max-pooling output whose gradient is zero (a fused ReLU clamped it). */
 #define CT_POOL_NOGRAD 255
 
+/* Optimizer hyper-parameters for the fused step kernels (torch.optim's formulas, written
+ * out at sgd_step / adam_step below). */
+typedef struct {
+    double lr, momentum, dampening, weight_decay;
+    int nesterov, maximize;
+} ct_sgd_args;
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    int decoupled; /* AdamW: p *= 1 - lr * weight_decay instead of g += weight_decay * p */
+    int amsgrad, maximize;
+    int64_t step; /* 1 for the first update */
+} ct_adam_args;
+
+/* The kernel table: one row per kernel, X(name, (parameters)); every kernel returns 0, or
+ * -1 with ct_error() set. The table struct, the kernel names, the CPU and CUDA tables and
+ * the prototypes of their functions (cpu_<name>, cu_k_<name>) are generated from these
+ * rows, so a kernel missing from a backend fails the build (CPU) or the plugin's load
+ * (CUDA, tested on the emulator), never a NULL call. */
+#define CT_KERNEL_LIST(X)                                                                  \
+    /* out[i] = op(a[i], b[i]); a and b have out's shape with any strides (0 for          \
+     * broadcast); out may be non-contiguous and may alias a (in-place ops). */            \
+    X(binary, (ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,        \
+               double alpha))                                                              \
+    /* out = op(a); a and out same shape, any strides, out may alias a. The dtype rule of  \
+     * the op's row (op_tables.h) was checked by the op layer. */                          \
+    X(unary, (ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2))       \
+    /* gx = gy * op'(x); x and y (= op(x)) are given when the row's `saves` names them,    \
+     * else NULL; all contiguous, same shape. */                                           \
+    X(unary_backward, (ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x, \
+                       const ct_tensor *y, double p1, double p2))                          \
+    /* Reduces `a` over the dims where reduce[d] != 0 into out, which has a's ndim with    \
+     * size 1 on reduced dims (contiguous). For CT_RED_MAX exactly one dim is reduced and  \
+     * `indices` (int64, out's shape, may be NULL) receives the argmax. */                 \
+    X(reduce, (ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,        \
+               const int *reduce))                                                         \
+    /* dst = src elementwise with dtype conversion; same shape, any strides. */            \
+    X(copy, (ct_tensor *dst, const ct_tensor *src))                                        \
+    X(fill, (ct_tensor *t, double value))                                                  \
+    /* c[b] = alpha * a[b] @ b[b] + beta * c[b]. a [B,M,K], b [B,K,N], c [B,M,N]           \
+     * contiguous. For a and b, stride[2]==1 or stride[1]==1 (transposed); batch stride    \
+     * may be 0 (broadcast). */                                                            \
+    X(bmm, (ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,            \
+            double beta))                                                                  \
+    /* NCHW, contiguous. bias may be NULL. */                                              \
+    X(conv2d_forward, (ct_tensor *y, const ct_tensor *x, const ct_tensor *w,               \
+                       const ct_tensor *bias, const ct_conv_params *p))                    \
+    X(conv2d_backward_input, (ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,      \
+                              const ct_conv_params *p))                                    \
+    /* gw; and gb (may be NULL) = the bias gradient, gy summed over N, H, W. */            \
+    X(conv2d_backward_weight, (ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,          \
+                               const ct_tensor *x, const ct_conv_params *p))               \
+    /* yp = max_pool2d(relu(conv2d(x, w) + bias)) with window codes as                     \
+     * max_pool2d_codes_forward (codes may be NULL); pooling dilation 1, no ceil mode,     \
+     * kernel[0]*kernel[1] < CT_POOL_NOGRAD. The CPU does it in one pass where it can      \
+     * (the full-size convolution output is never stored). */                             \
+    X(conv2d_relu_max_pool2d_forward, (ct_tensor *yp, ct_tensor *codes, const ct_tensor *x, \
+                                       const ct_tensor *w, const ct_tensor *bias,          \
+                                       const ct_conv_params *p, const ct_pool_params *pp)) \
+    /* indices: int64, y's shape, flat h*W+w offset into the input plane (PyTorch's). */   \
+    X(max_pool2d_forward, (ct_tensor *y, ct_tensor *indices, const ct_tensor *x,           \
+                           const ct_pool_params *p))                                       \
+    X(max_pool2d_backward, (ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices,  \
+                            const ct_pool_params *p))                                      \
+    /* Max pooling with compact window codes and an optional fused ReLU. y =              \
+     * max_pool2d(x), or relu(max_pool2d(x)) = max_pool2d(relu(x)) when relu != 0. codes   \
+     * (uint8, y's shape, may be NULL): each output's window position ky*kw + kx of the    \
+     * first maximum in row-major order (a NaN always taken), or CT_POOL_NOGRAD where the  \
+     * ReLU clamped the output. Needs kernel[0]*kernel[1] < CT_POOL_NOGRAD. The backward   \
+     * scatters gy back by the codes (gx fully written). */                                \
+    X(max_pool2d_codes_forward, (ct_tensor *y, ct_tensor *codes, const ct_tensor *x,       \
+                                 const ct_pool_params *p, int relu))                       \
+    X(max_pool2d_codes_backward, (ct_tensor *gx, const ct_tensor *gy,                      \
+                                  const ct_tensor *codes, const ct_pool_params *p))        \
+    X(avg_pool2d_forward, (ct_tensor *y, const ct_tensor *x, const ct_pool_params *p))     \
+    X(avg_pool2d_backward, (ct_tensor *gx, const ct_tensor *gy, const ct_pool_params *p))  \
+    X(adaptive_avg_pool2d_forward, (ct_tensor *y, const ct_tensor *x))                     \
+    X(adaptive_avg_pool2d_backward, (ct_tensor *gx, const ct_tensor *gy))                  \
+    /* Over `dim` of a contiguous tensor. log != 0: log_softmax. */                        \
+    X(softmax_forward, (ct_tensor *y, const ct_tensor *x, int dim, int log))               \
+    X(softmax_backward, (ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim,  \
+                         int log))                                                         \
+    /* logp [N,C] contiguous, target int64 [N]. out: [N] for NONE, [] otherwise.           \
+     * total_weight ([], out dtype) receives the number of non-ignored targets. */         \
+    X(nll_loss_forward, (ct_tensor *out, ct_tensor *total_weight, const ct_tensor *logp,   \
+                         const ct_tensor *target, ct_reduction red, int64_t ignore_index)) \
+    X(nll_loss_backward, (ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target, \
+                          const ct_tensor *total_weight, ct_reduction red,                 \
+                          int64_t ignore_index))                                           \
+    /* Fused log_softmax + nll (+ label smoothing) over logits [N,C] (contiguous) and      \
+     * int64 target [N]. out: [N] for NONE, [] otherwise; logp (may be NULL when no        \
+     * backward is needed) receives log_softmax(logits); total_weight ([]) the             \
+     * non-ignored count. */                                                               \
+    X(cross_entropy_forward, (ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,    \
+                              const ct_tensor *logits, const ct_tensor *target,            \
+                              ct_reduction red, int64_t ignore_index,                      \
+                              double label_smoothing))                                     \
+    X(cross_entropy_backward, (ct_tensor *glogits, const ct_tensor *gout,                  \
+                               const ct_tensor *logp, const ct_tensor *target,             \
+                               const ct_tensor *total_weight, ct_reduction red,            \
+                               int64_t ignore_index, double label_smoothing))              \
+    /* x [N,C,*] contiguous; weight/bias/running_* [C] or NULL. save_mean/save_invstd [C]  \
+     * receive the statistics used (batch ones in training, running ones in eval). In     \
+     * training, running stats (if given) are updated in place. */                         \
+    X(batch_norm_forward, (ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd,     \
+                           const ct_tensor *x, const ct_tensor *weight,                    \
+                           const ct_tensor *bias, ct_tensor *running_mean,                 \
+                           ct_tensor *running_var, int training, double momentum,          \
+                           double eps))                                                    \
+    /* gx, gw, gb may be NULL when not needed. */                                          \
+    X(batch_norm_backward, (ct_tensor *gx, ct_tensor *gw, ct_tensor *gb,                   \
+                            const ct_tensor *gy, const ct_tensor *x,                       \
+                            const ct_tensor *weight, const ct_tensor *save_mean,           \
+                            const ct_tensor *save_invstd, int training))                   \
+    /* x viewed as [M, N] (normalised over the last N elements). mean/rstd [M]. */         \
+    X(layer_norm_forward, (ct_tensor *y, ct_tensor *mean, ct_tensor *rstd,                 \
+                           const ct_tensor *x, const ct_tensor *weight,                    \
+                           const ct_tensor *bias, int64_t M, int64_t N, double eps))       \
+    X(layer_norm_backward, (ct_tensor *gx, ct_tensor *gw, ct_tensor *gb,                   \
+                            const ct_tensor *gy, const ct_tensor *x,                       \
+                            const ct_tensor *mean, const ct_tensor *rstd,                  \
+                            const ct_tensor *weight, int64_t M, int64_t N))                \
+    /* Training dropout: mask = (u > p) / (1 - p) with u uniform in [0, 1) (x's shape and  \
+     * dtype, drawn by the op layer from the seeded generator), y = x * mask; all          \
+     * contiguous; 0 <= p < 1. */                                                          \
+    X(dropout_forward, (ct_tensor *y, ct_tensor *mask, const ct_tensor *x,                 \
+                        const ct_tensor *u, double p))                                     \
+    /* One update of n parameters (contiguous, one device and dtype, each with its         \
+     * gradient and state of the same numel) with torch.optim's single-tensor formulas,    \
+     * in the parameter's precision:                                                       \
+     * SGD: g = ±grad (maximize: -grad) + weight_decay * p; with momentum:                 \
+     *      buf = first_step ? g : momentum * buf + (1 - dampening) * g,                   \
+     *      g = nesterov ? g + momentum * buf : buf; p -= lr * g.                          \
+     *      bufs may be NULL when momentum == 0.                                           \
+     * Adam/AdamW: AdamW: p *= 1 - lr * weight_decay; Adam: g += weight_decay * p;         \
+     *      m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;                    \
+     *      amsgrad: vmax = max(vmax, v), used instead of v;                               \
+     *      p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps).       \
+     *      max_exp_avg_sq may be NULL unless amsgrad. */                                  \
+    X(sgd_step, (ct_tensor *const *params, ct_tensor *const *grads, ct_tensor *const *bufs, \
+                 int n, const ct_sgd_args *a, int first_step))                             \
+    X(adam_step, (ct_tensor *const *params, ct_tensor *const *grads,                       \
+                  ct_tensor *const *exp_avg, ct_tensor *const *exp_avg_sq,                 \
+                  ct_tensor *const *max_exp_avg_sq, int n, const ct_adam_args *a))
+
 typedef struct ct_kernels {
-    /* out[i] = op(a[i], b[i]); a and b have out's shape with any strides (0 for
-     * broadcast); out may be non-contiguous and may alias a (in-place ops). */
-    int (*binary)(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,
-                  double alpha);
-    /* out = op(a); a and out same shape, any strides, out may alias a. */
-    int (*unary)(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2);
-    /* gx = gy * op'(x) (y = op(x) given when cheaper); all contiguous, same shape. */
-    int (*unary_backward)(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
-                          const ct_tensor *y, double p1, double p2);
-    /* Reduces `a` over the dims where reduce[d] != 0 into out, which has a's ndim with
-     * size 1 on reduced dims (contiguous). For CT_RED_MAX exactly one dim is reduced
-     * and `indices` (int64, out's shape, may be NULL) receives the argmax. */
-    int (*reduce)(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
-                  const int *reduce);
-    /* dst = src elementwise with dtype conversion; same shape, any strides. */
-    int (*copy)(ct_tensor *dst, const ct_tensor *src);
-    int (*fill)(ct_tensor *t, double value);
-    /* c[b] = alpha * a[b] @ b[b] + beta * c[b]. a [B,M,K], b [B,K,N], c [B,M,N]
-     * contiguous. For a and b, stride[2]==1 or stride[1]==1 (transposed); batch
-     * stride may be 0 (broadcast). */
-    int (*bmm)(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta);
-    /* NCHW, contiguous. bias may be NULL. */
-    int (*conv2d_forward)(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
-                          const ct_tensor *bias, const ct_conv_params *p);
-    int (*conv2d_backward_input)(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
-                                 const ct_conv_params *p);
-    int (*conv2d_backward_weight)(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *x,
-                                  const ct_conv_params *p);
-    /* indices: int64, y's shape, flat h*W+w offset into the input plane (PyTorch's). */
-    int (*max_pool2d_forward)(ct_tensor *y, ct_tensor *indices, const ct_tensor *x,
-                              const ct_pool_params *p);
-    int (*max_pool2d_backward)(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices,
-                               const ct_pool_params *p);
-    /* Max pooling with compact window codes and an optional fused ReLU (NULL where a
-     * backend lacks it: the op layer then uses the int64-index pair above). y =
-     * max_pool2d(x), or relu(max_pool2d(x)) = max_pool2d(relu(x)) when relu != 0. codes
-     * (uint8, y's shape, may be NULL): each output's window position ky*kw + kx of the first
-     * maximum in row-major order (a NaN always taken), or CT_POOL_NOGRAD where the ReLU
-     * clamped the output. Needs kernel[0]*kernel[1] < CT_POOL_NOGRAD. The backward
-     * scatters gy back by the codes (gx fully written). */
-    int (*max_pool2d_codes_forward)(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
-                                    const ct_pool_params *p, int relu);
-    int (*max_pool2d_codes_backward)(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
-                                     const ct_pool_params *p);
-    int (*avg_pool2d_forward)(ct_tensor *y, const ct_tensor *x, const ct_pool_params *p);
-    int (*avg_pool2d_backward)(ct_tensor *gx, const ct_tensor *gy, const ct_pool_params *p);
-    int (*adaptive_avg_pool2d_forward)(ct_tensor *y, const ct_tensor *x);
-    int (*adaptive_avg_pool2d_backward)(ct_tensor *gx, const ct_tensor *gy);
-    /* Over `dim` of a contiguous tensor. log != 0: log_softmax. */
-    int (*softmax_forward)(ct_tensor *y, const ct_tensor *x, int dim, int log);
-    int (*softmax_backward)(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim,
-                            int log);
-    /* logp [N,C] contiguous, target int64 [N]. out: [N] for NONE, [] otherwise.
-     * total_weight ([], out dtype) receives the number of non-ignored targets. */
-    int (*nll_loss_forward)(ct_tensor *out, ct_tensor *total_weight, const ct_tensor *logp,
-                            const ct_tensor *target, ct_reduction red, int64_t ignore_index);
-    int (*nll_loss_backward)(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
-                             const ct_tensor *total_weight, ct_reduction red,
-                             int64_t ignore_index);
-    /* Fused log_softmax + nll (+ label smoothing) over logits [N,C] (contiguous) and int64
-     * target [N]. out: [N] for NONE, [] otherwise; logp (may be NULL when no backward is
-     * needed) receives log_softmax(logits); total_weight ([]) the non-ignored count.
-     * Optional: when NULL the op composes log_softmax and nll_loss. */
-    int (*cross_entropy_forward)(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
-                                 const ct_tensor *logits, const ct_tensor *target,
-                                 ct_reduction red, int64_t ignore_index, double label_smoothing);
-    int (*cross_entropy_backward)(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
-                                  const ct_tensor *target, const ct_tensor *total_weight,
-                                  ct_reduction red, int64_t ignore_index, double label_smoothing);
-    /* x [N,C,*] contiguous; weight/bias/running_* [C] or NULL. save_mean/save_invstd [C]
-     * receive the statistics used (batch ones in training, running ones in eval).
-     * In training, running stats (if given) are updated in place. */
-    int (*batch_norm_forward)(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd,
-                              const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
-                              ct_tensor *running_mean, ct_tensor *running_var, int training,
-                              double momentum, double eps);
-    /* gx, gw, gb may be NULL when not needed. */
-    int (*batch_norm_backward)(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
-                               const ct_tensor *x, const ct_tensor *weight,
-                               const ct_tensor *save_mean, const ct_tensor *save_invstd,
-                               int training);
-    /* x viewed as [M, N] (normalised over the last N elements). mean/rstd [M]. */
-    int (*layer_norm_forward)(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
-                              const ct_tensor *weight, const ct_tensor *bias, int64_t M,
-                              int64_t N, double eps);
-    int (*layer_norm_backward)(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
-                               const ct_tensor *x, const ct_tensor *mean, const ct_tensor *rstd,
-                               const ct_tensor *weight, int64_t M, int64_t N);
+#define CT__KERNEL_FIELD(name, params) int(*name) params;
+    CT_KERNEL_LIST(CT__KERNEL_FIELD)
+#undef CT__KERNEL_FIELD
 } ct_kernels;
+
+#define CT__KERNEL_ENUM(name, params) CT_K_##name,
+enum { CT_KERNEL_LIST(CT__KERNEL_ENUM) CT_KERNEL_COUNT };
+#undef CT__KERNEL_ENUM
+_Static_assert(sizeof(ct_kernels) == CT_KERNEL_COUNT * sizeof(int (*)(void)),
+               "ct_kernels must hold exactly one function pointer per CT_KERNEL_LIST row");
+/* The kernels' names, in table order ("binary", "unary", ...). */
+extern const char *const ct_kernel_names[CT_KERNEL_COUNT];
+/* The i-th entry of a kernel table, untyped (for tests that walk the table). */
+static inline int (*ct_kernel_at(const ct_kernels *k, int i))(void) {
+    int (*f)(void);
+    memcpy(&f, (const char *)k + (size_t)i * sizeof f, sizeof f);
+    return f;
+}
+
+/* ------------------------------------------------------ extra entry points
+ * Beyond its kernels a backend may provide the functions below (asynchronous copies and
+ * pinned memory for the DataLoader's device prefetcher, device enumeration), looked up by
+ * name with ct_backend_proc, as ggml's get_proc_address. Code above src/backends asks
+ * for a capability, never for a device type: a backend without streams (the CPU) returns
+ * NULL and the caller takes its synchronous path. */
+typedef struct ct_event ct_event;
+typedef enum { CT_STREAM_COMPUTE = 0, CT_STREAM_COPY = 1 } ct_stream_id;
+#define CT_BACKEND_PROCS(X)                                                                \
+    X(device_count, int, (void))                                                           \
+    X(device_describe, int, (int device, char *buf, size_t n))                             \
+    X(synchronize, int, (int device))                                                      \
+    X(host_alloc, void *, (size_t nbytes))                                                 \
+    X(host_free, void, (void *p))                                                          \
+    X(event_create, ct_event *, (int device))                                              \
+    X(event_destroy, void, (ct_event *ev))                                                 \
+    X(event_record, int, (ct_event *ev, int stream))                                       \
+    X(event_query, int, (ct_event *ev))                                                    \
+    X(event_synchronize, int, (ct_event *ev))                                              \
+    X(stream_wait_event, int, (int stream, ct_event *ev))                                  \
+    X(copy_h2d_async_on, int, (ct_tensor *dst, const ct_tensor *src, int stream))
+#define CT__PROC_TYPEDEF(name, ret, params) typedef ret(*ct_proc_##name##_fn) params;
+CT_BACKEND_PROCS(CT__PROC_TYPEDEF)
+#undef CT__PROC_TYPEDEF
+/* A backend's extra entry points, typed (NULL where it lacks one). */
+typedef struct {
+#define CT__PROC_FIELD(name, ret, params) ct_proc_##name##_fn name;
+    CT_BACKEND_PROCS(CT__PROC_FIELD)
+#undef CT__PROC_FIELD
+} ct_backend_procs;
 
 typedef struct ct_backend {
     const char *name; /* "cpu", "cuda" */
     ct_device_type type;
+    int host_memory;  /* tensors live in host memory (ct_data may hand out their pointer) */
     void *(*alloc)(size_t nbytes, int device_index); /* NULL + ct_error on failure */
     void (*free)(void *ptr, int device_index);
-    /* Raw byte copy between this backend's memory and the host (to_host selects the
-     * direction) or within the device when both are device pointers (kind 2). */
+    /* Raw byte copy between this backend's memory and the host (kind CT_MEMCPY_H2D /
+     * CT_MEMCPY_D2H) or within the device (CT_MEMCPY_D2D). */
     int (*memcpy)(void *dst, const void *src, size_t nbytes, int kind, int device_index);
+    const ct_backend_procs *procs; /* extra entry points; NULL: none */
     ct_kernels k;
 } ct_backend;
 
@@ -160,26 +248,31 @@ enum { CT_MEMCPY_H2D = 0, CT_MEMCPY_D2H = 1, CT_MEMCPY_D2D = 2 };
 /* The layout of ct_backend, which the CUDA plugin fills in: its size, and a number to bump
  * whenever entries change without changing the size. The core refuses a plugin built with
  * another layout (src/core/dispatch.c) instead of calling through a shifted table. */
-#define CT_BACKEND_ABI_VERSION 2
+#define CT_BACKEND_ABI_VERSION 3
 #define CT_BACKEND_ABI ((long)sizeof(ct_backend) * 100 + CT_BACKEND_ABI_VERSION)
 
 int ct_register_backend(const ct_backend *b);
 /* The backend for a device type, loading the plugin on first use; NULL + error. */
 const ct_backend *ct_backend_get(ct_device_type type);
 const ct_backend *ct_backend_of(const ct_tensor *t);
-/* A function the CUDA plugin exports beyond its table (src/backends/cuda/cuda_plugin.h
- * declares them, with a ct_cuda_*_fn typedef each), looked up with dlsym on the plugin's
- * own handle; loads the plugin on first use. NULL + error ("cuda unavailable: <reason>",
- * or the plugin lacks it) when CUDA cannot be used. */
-void *ct_cuda_plugin_symbol(const char *name);
+/* The CT_BACKEND_PROCS entry `name` of b, or NULL (no error) when b lacks it. */
+void *ct_backend_find_proc(const ct_backend *b, const char *name);
+/* An extra entry point of the backend of device type `type`: a CT_BACKEND_PROCS name
+ * (cast the result to ct_proc_<name>_fn), or for a plugin any other function it exports
+ * under its own name (the CUDA plugin's ct_cuda_* API, src/backends/cuda/cuda_plugin.h).
+ * Loads the plugin on first use. NULL + error when the backend is unavailable or lacks
+ * the name. */
+void *ct_backend_proc(ct_device_type type, const char *name);
 
-/* Looks up kernel `field` for tensor t's device; on NULL reports "<op>: not implemented
- * on <device>". Usage: CT_KERNEL(t, conv2d_forward, "conv2d") -> function pointer or NULL. */
-#define CT_KERNEL(t, field, opname)                                                       \
+/* Looks up kernel `field` for tensor t's device. Every registered backend fills every
+ * entry (the tables are generated from CT_KERNEL_LIST); the check reports a backend that
+ * is missing altogether. Usage: CT_KERNEL(t, conv2d_forward, "conv2d") -> the function
+ * or NULL + error. */
+#define CT_KERNEL(t, field, opname)                                                        \
     (ct__kernel_check(ct_backend_of(t), ct_backend_of(t) ? (void *)ct_backend_of(t)->k.field \
-                                                         : NULL,                           \
-                      (opname))                                                             \
-         ? ct_backend_of(t)->k.field                                                       \
+                                                         : NULL,                            \
+                      (opname))                                                              \
+         ? ct_backend_of(t)->k.field                                                        \
          : NULL)
 int ct__kernel_check(const ct_backend *b, void *fn, const char *opname);
 

@@ -109,16 +109,34 @@ static void load_cuda(void) {
     }
 }
 
-void *ct_cuda_plugin_symbol(const char *name) {
-    pthread_once(&g_cuda_once, load_cuda);
-    if (!g_cuda_plugin) return ct_error_null("cuda unavailable: %s", g_cuda_reason);
-    if (!name) return ct_error_null("cuda plugin symbol: NULL name");
-    void *f = dlsym(g_cuda_plugin, name);
+#define CT__PROC_NAME(name, ret, params) #name,
+static const char *const g_proc_names[] = {CT_BACKEND_PROCS(CT__PROC_NAME)};
+_Static_assert(sizeof g_proc_names / sizeof *g_proc_names * sizeof(void (*)(void)) ==
+                   sizeof(ct_backend_procs),
+               "one name per CT_BACKEND_PROCS entry");
+
+void *ct_backend_find_proc(const ct_backend *b, const char *name) {
+    if (!b || !b->procs || !name) return NULL;
+    for (size_t i = 0; i < sizeof g_proc_names / sizeof *g_proc_names; i++) {
+        if (strcmp(g_proc_names[i], name) != 0) continue;
+        void (*f)(void);
+        memcpy(&f, (const char *)b->procs + i * sizeof f, sizeof f);
+        return (void *)f;
+    }
+    return NULL;
+}
+
+void *ct_backend_proc(ct_device_type type, const char *name) {
+    if (!name) return ct_error_null("backend_proc: NULL name");
+    const ct_backend *b = ct_backend_get(type);
+    if (!b) return NULL;
+    void *f = ct_backend_find_proc(b, name);
+    if (!f && type == CT_CUDA && g_cuda_plugin) f = dlsym(g_cuda_plugin, name);
     if (!f)
-        return ct_error_null("libctorch_cuda.so lacks %s (a plugin from another version of "
-                             "ctorch: rebuild it with `make cuda`, or point CTORCH_CUDA_PLUGIN "
-                             "at the one built with this library)",
-                             name);
+        return ct_error_null("the %s backend has no function %s (a plugin from another version "
+                             "of ctorch: rebuild it with `make`, or point CTORCH_CUDA_PLUGIN at "
+                             "the one built with this library)",
+                             b->name, name);
     return f;
 }
 
@@ -132,15 +150,16 @@ int ct_cuda_device_count(void) {
     int avail = 0;
     ct_cuda_status(&avail);
     if (!avail) return 0;
-    int (*count)(void) = (int (*)(void))ct_cuda_plugin_symbol("ct_cuda_plugin_device_count");
+    ct_proc_device_count_fn count;
+    *(void **)&count = ct_backend_proc(CT_CUDA, "device_count");
     return count ? count() : 0;
 }
 
 int ct_cuda_device_name(int device, char *buf, size_t n) {
     if (!buf || n == 0) return ct_error("ct_cuda_device_name: NULL or empty buffer");
     buf[0] = 0;
-    int (*describe)(int, char *, size_t) = (int (*)(int, char *, size_t))ct_cuda_plugin_symbol(
-        "ct_cuda_plugin_device_describe");
+    ct_proc_device_describe_fn describe;
+    *(void **)&describe = ct_backend_proc(CT_CUDA, "device_describe");
     return describe ? describe(device, buf, n) : -1;
 }
 
@@ -154,6 +173,9 @@ const ct_backend *ct_backend_get(ct_device_type type) {
 const ct_backend *ct_backend_of(const ct_tensor *t) {
     return g_backends[t->storage->device.type];
 }
+
+#define CT__KERNEL_NAME(name, params) #name,
+const char *const ct_kernel_names[CT_KERNEL_COUNT] = {CT_KERNEL_LIST(CT__KERNEL_NAME)};
 
 int ct__kernel_check(const ct_backend *b, void *fn, const char *opname) {
     if (fn) return 1;

@@ -149,9 +149,12 @@ int ct_is_contiguous(const ct_tensor *t) {
 
 void *ct_data(const ct_tensor *t) {
     if (!t) return NULL;
-    if (t->storage->device.type != CT_CPU)
-        return ct_error_null("data: tensor is on %s; copy it to the CPU first (ct_to_device)",
-                             t->storage->device.type == CT_CUDA ? "cuda" : "another device");
+    const ct_backend *b = ct_backend_of(t);
+    if (!b || !b->host_memory) {
+        char d[32];
+        ct_device_str(t->storage->device, d, sizeof d);
+        return ct_error_null("data: tensor is on %s; copy it to the CPU first (ct_to_device)", d);
+    }
     return ct_ptr(t);
 }
 
@@ -265,12 +268,11 @@ static int copy_cross_device(ct_tensor *dst, const ct_tensor *src) {
         target = staging;
     }
     size_t nb = (size_t)ct_numel(sc) * ct_dtype_size(sc->dtype);
-    if (sc->storage->device.type == CT_CPU) {
-        const ct_backend *b = ct_backend_of(target);
-        rc = b->memcpy(ct_ptr(target), ct_ptr(sc), nb, CT_MEMCPY_H2D, target->storage->device.index);
-    } else if (target->storage->device.type == CT_CPU) {
-        const ct_backend *b = ct_backend_of(sc);
-        rc = b->memcpy(ct_ptr(target), ct_ptr(sc), nb, CT_MEMCPY_D2H, sc->storage->device.index);
+    const ct_backend *bs = ct_backend_of(sc), *bt = ct_backend_of(target);
+    if (bs->host_memory) {
+        rc = bt->memcpy(ct_ptr(target), ct_ptr(sc), nb, CT_MEMCPY_H2D, target->storage->device.index);
+    } else if (bt->host_memory) {
+        rc = bs->memcpy(ct_ptr(target), ct_ptr(sc), nb, CT_MEMCPY_D2H, sc->storage->device.index);
     } else {
         rc = ct_error("copy: direct copies between two GPUs are not supported; go through the CPU");
     }

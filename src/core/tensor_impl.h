@@ -49,10 +49,12 @@ ct_tensor *ct_alias(const ct_tensor *t);
 ct_tensor *ct_data_contiguous(const ct_tensor *t);
 /* A 4-D [N, C, H, W] view of a contiguous 3-D [C, H, W] (N = 1) or 4-D tensor. */
 ct_tensor *ct_view4d(const ct_tensor *t);
-/* Whether a and b live on the same device. */
+/* Whether two devices are the same one, and whether a and b live on the same device. */
+static inline int ct_device_equal(ct_device a, ct_device b) {
+    return a.type == b.type && a.index == b.index;
+}
 static inline int ct_same_device(const ct_tensor *a, const ct_tensor *b) {
-    return a->storage->device.type == b->storage->device.type &&
-           a->storage->device.index == b->storage->device.index;
+    return ct_device_equal(a->storage->device, b->storage->device);
 }
 
 void ct_contiguous_strides(const int64_t *shape, int ndim, int64_t *stride);

@@ -1,13 +1,13 @@
-/* Pinned host memory for DataLoader batches. The memory comes from the CUDA plugin
- * (ct_cuda_host_alloc / ct_cuda_host_free, a cache of cudaHostAlloc blocks), reached with
- * dlsym on the plugin's handle: the core never links a CUDA library. A pinned batch is an
- * ordinary CPU tensor (ct_from_blob) whose deleter returns the block to that cache.
+/* Pinned host memory for DataLoader batches. The memory comes from the first backend that
+ * offers it (the extra entry points host_alloc / host_free, ct_backend_proc: the CUDA
+ * plugin's cache of cudaHostAlloc blocks): the core never links a CUDA library. A pinned
+ * batch is an ordinary CPU tensor (ct_from_blob) whose deleter returns the block to that
+ * cache.
  *
  * Like PyTorch, pin_memory without an accelerator is not an error: the loader warns once
  * per process and uses ordinary memory. */
 #include "data/pin_memory.h"
 
-#include "backends/cuda/cuda_plugin.h"
 #include "core/backend.h"
 #include "core/error.h"
 
@@ -16,26 +16,27 @@
 #include <stdio.h>
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static ct_cuda_host_alloc_fn g_alloc;
-static ct_cuda_host_free_fn g_free;
+static ct_proc_host_alloc_fn g_alloc;
+static ct_proc_host_free_fn g_free;
 static char g_why[1024];
 static atomic_int g_warned_unavailable, g_warned_alloc;
 
 static void resolve(void) {
-    int avail = 0;
-    const char *why = ct_cuda_status(&avail);
-    if (!avail) {
-        snprintf(g_why, sizeof g_why, "%s", why ? why : "unknown reason");
-        return;
+    snprintf(g_why, sizeof g_why, "no backend offers pinned memory");
+    for (int t = 0; t < CT_NUM_DEVICE_TYPES && !g_alloc; t++) {
+        const ct_backend *b = ct_backend_get((ct_device_type)t);
+        if (!b) { /* an accelerator that cannot be used here: its reason */
+            snprintf(g_why, sizeof g_why, "%s", ct_last_error());
+            continue;
+        }
+        void *a = ct_backend_find_proc(b, "host_alloc");
+        void *f = ct_backend_find_proc(b, "host_free");
+        if (a && f) {
+            *(void **)&g_alloc = a;
+            *(void **)&g_free = f;
+        }
     }
-    void *a = ct_cuda_plugin_symbol("ct_cuda_host_alloc");
-    void *f = a ? ct_cuda_plugin_symbol("ct_cuda_host_free") : NULL;
-    if (!a || !f) {
-        snprintf(g_why, sizeof g_why, "%s", ct_last_error());
-        return;
-    }
-    *(void **)&g_alloc = a;
-    *(void **)&g_free = f;
+    ct_clear_error();
 }
 
 int ct__pin_memory_enable(void) {
@@ -43,7 +44,7 @@ int ct__pin_memory_enable(void) {
     if (g_alloc) return 1;
     if (atomic_exchange(&g_warned_unavailable, 1) == 0)
         fprintf(stderr,
-                "ctorch: warning: DataLoader pin_memory is set but CUDA is unavailable, so "
+                "ctorch: warning: DataLoader pin_memory is set but no GPU is usable, so "
                 "batches stay in ordinary (pageable) memory; pin_memory only helps copies to "
                 "a GPU (%s)\n",
                 g_why);

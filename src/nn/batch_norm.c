@@ -48,17 +48,12 @@ static ct_tensor *bn_forward(ct_module *m, const ct_tensor *x) {
                                  (!m->training || c->track) ? rv : NULL, w, b, bn_training, eaf,
                                  c->eps);
     if (y && update) {
-        if (nbt->storage->device.type == CT_CPU) {
-            *(int64_t *)ct_data(nbt) += 1;
-            ct_bump_version(nbt);
-        } else {
-            int prev = ct_set_grad_enabled(0);
-            int rc = ct_add_scalar_(nbt, 1);
-            ct_set_grad_enabled(prev);
-            if (rc) {
-                ct_free(y);
-                return NULL;
-            }
+        int prev = ct_set_grad_enabled(0);
+        int rc = ct_add_scalar_(nbt, 1);
+        ct_set_grad_enabled(prev);
+        if (rc) {
+            ct_free(y);
+            return NULL;
         }
     }
     return y;

@@ -3,100 +3,93 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
-#include "backends/cpu/conv_fast.h"
 #include "ops/fused.h"
 
 #include <string.h>
 
-/* Records the parameters in ip[0..6] and saves, for the gradients asked for, the
- * contiguous x and w at ip[7] and ip[8] (-1: not saved). */
-static void params_to_node(ct_node *n, const ct_conv_params *p, const ct_tensor *xc,
-                           const ct_tensor *wc) {
-    for (int i = 0; i < 2; i++) {
-        n->ip[i] = p->stride[i];
-        n->ip[2 + i] = p->padding[i];
-        n->ip[4 + i] = p->dilation[i];
-    }
-    n->ip[6] = p->groups;
-    n->ip[7] = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
-    n->ip[8] = ct_node_needs_grad(n, 0) ? ct_node_save(n, wc) : -1;
-}
-
-static void params_from_node(const ct_node *n, ct_conv_params *p) {
-    for (int i = 0; i < 2; i++) {
-        p->stride[i] = (int)n->ip[i];
-        p->padding[i] = (int)n->ip[2 + i];
-        p->dilation[i] = (int)n->ip[4 + i];
-    }
-    p->groups = (int)n->ip[6];
-}
-
-/* The three gradients of a convolution given gy4 (4-D, contiguous); the node holds the
- * parameters in ip[0..6] and the saved x and w at ip[7] and ip[8]. */
-static int conv2d_backward_core(ct_node *n, const ct_tensor *gy, ct_tensor *gy4, ct_tensor **gx) {
+/* The backward context of a convolution (and of the fused convolution + ReLU + pooling):
+ * the parameters and the saved contiguous input, weight and window codes (slots, -1 when
+ * not saved: x only when the weight needs a gradient, w only when the input does). */
+typedef struct {
     ct_conv_params p;
-    params_from_node(n, &p);
-    const ct_tensor *x = n->ip[7] >= 0 ? ct_node_saved(n, (int)n->ip[7]) : NULL;
-    const ct_tensor *w = n->ip[8] >= 0 ? ct_node_saved(n, (int)n->ip[8]) : NULL;
-    if ((n->ip[7] >= 0 && !x) || (n->ip[8] >= 0 && !w)) return -1;
-    int rc = -1;
-    if (ct_node_needs_grad(n, 0)) {
-        int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_conv_params *) =
-            CT_KERNEL(gy, conv2d_backward_input, "conv2d backward");
-        const ct_edge *e = &n->inputs[0];
-        ct_tensor *g = k ? ct_empty_on(e->shape, e->ndim, gy->dtype, gy->storage->device) : NULL;
-        ct_tensor *g4 = g ? ct_view4d(g) : NULL;
-        int r = g4 ? k(g4, gy4, w, &p) : -1;
-        ct_free(g4);
-        if (r != 0) {
-            ct_free(g);
-            goto out;
-        }
-        gx[0] = g;
+    int x, w;
+    ct_pool_params pool; /* fused op only */
+    int codes;
+} conv_ctx;
+
+static void save_conv(ct_node *n, conv_ctx *c, const ct_conv_params *p, const ct_tensor *xc,
+                      const ct_tensor *wc) {
+    c->p = *p;
+    c->x = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
+    c->w = ct_node_needs_grad(n, 0) ? ct_node_save(n, wc) : -1;
+    c->codes = -1;
+}
+
+/* The gradient of input i of node n (its recorded shape), in gy's dtype and device. */
+static ct_tensor *grad_like_input(const ct_node *n, int i, const ct_tensor *gy) {
+    const ct_edge *e = &n->inputs[i];
+    return ct_empty_on(e->shape, e->ndim, gy->dtype, gy->storage->device);
+}
+
+static int conv_grad_input(ct_node *n, const conv_ctx *c, const ct_tensor *gy4,
+                           const ct_tensor *w, ct_tensor **gx) {
+    int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_conv_params *) =
+        CT_KERNEL(gy4, conv2d_backward_input, "conv2d backward");
+    ct_tensor *g = k ? grad_like_input(n, 0, gy4) : NULL;
+    ct_tensor *g4 = g ? ct_view4d(g) : NULL;
+    int r = g4 ? k(g4, gy4, w, &c->p) : -1;
+    ct_free(g4);
+    if (r != 0) {
+        ct_free(g);
+        return -1;
     }
+    gx[0] = g;
+    return 0;
+}
+
+/* The weight gradient, and the bias gradient in the same pass when it is wanted. */
+static int conv_grad_weight(ct_node *n, const conv_ctx *c, const ct_tensor *gy4,
+                            const ct_tensor *x, int want_b, ct_tensor **gx) {
+    int (*k)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *,
+             const ct_conv_params *) = CT_KERNEL(gy4, conv2d_backward_weight, "conv2d backward");
+    ct_tensor *g = k ? grad_like_input(n, 1, gy4) : NULL;
+    ct_tensor *gb = g && want_b ? grad_like_input(n, 2, gy4) : NULL;
+    ct_tensor *x4 = g && (!want_b || gb) ? ct_view4d(x) : NULL;
+    int r = x4 ? k(g, gb, gy4, x4, &c->p) : -1;
+    ct_free(x4);
+    if (r != 0) {
+        ct_free(g);
+        ct_free(gb);
+        return -1;
+    }
+    gx[1] = g;
+    if (gb) gx[2] = gb;
+    return 0;
+}
+
+/* The gradients of a convolution given gy4 (4-D, contiguous). */
+static int conv2d_backward_core(ct_node *n, const ct_tensor *gy4, ct_tensor **gx) {
+    const conv_ctx *c = n->ctx;
+    const ct_tensor *x = c->x >= 0 ? ct_node_saved(n, c->x) : NULL;
+    const ct_tensor *w = c->w >= 0 ? ct_node_saved(n, c->w) : NULL;
+    if ((c->x >= 0 && !x) || (c->w >= 0 && !w)) return -1;
     int want_b = n->n_inputs > 2 && ct_node_needs_grad(n, 2);
+    if (ct_node_needs_grad(n, 0) && conv_grad_input(n, c, gy4, w, gx) != 0) return -1;
     if (ct_node_needs_grad(n, 1)) {
-        /* On the CPU the weight-gradient kernel also sums gy for the bias gradient. */
-        int cpu = gy->storage->device.type == CT_CPU;
-        int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_conv_params *) =
-            cpu ? NULL : CT_KERNEL(gy, conv2d_backward_weight, "conv2d backward");
-        const ct_edge *e = &n->inputs[1];
-        ct_tensor *g = (cpu || k) ? ct_empty_on(e->shape, e->ndim, gy->dtype, gy->storage->device)
-                                  : NULL;
-        ct_tensor *gb = NULL;
-        if (cpu && want_b && g) {
-            const ct_edge *eb = &n->inputs[2];
-            gb = ct_empty_on(eb->shape, eb->ndim, gy->dtype, gy->storage->device);
-        }
-        ct_tensor *x4 = g && (!cpu || !want_b || gb) ? ct_view4d(x) : NULL;
-        int r = !x4  ? -1
-                : cpu ? cpu_conv2d_backward_weight_bias(g, gb, gy4, x4, &p)
-                      : k(g, gy4, x4, &p);
-        ct_free(x4);
-        if (r != 0) {
-            ct_free(g);
-            ct_free(gb);
-            goto out;
-        }
-        gx[1] = g;
-        if (gb) {
-            gx[2] = gb;
-            want_b = 0;
-        }
+        if (conv_grad_weight(n, c, gy4, x, want_b, gx) != 0) return -1;
+        want_b = 0;
     }
     if (want_b) {
         int dims[3] = {0, 2, 3};
         gx[2] = ct_sum(gy4, dims, 3, 0);
-        if (!gx[2]) goto out;
+        if (!gx[2]) return -1;
     }
-    rc = 0;
-out:
-    return rc;
+    return 0;
 }
 
 static int conv2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     ct_tensor *gyc = ct_data_contiguous(gy), *gy4 = gyc ? ct_view4d(gyc) : NULL;
-    int rc = gy4 ? conv2d_backward_core(n, gy, gy4, gx) : -1;
+    int rc = gy4 ? conv2d_backward_core(n, gy4, gx) : -1;
     ct_free(gy4);
     ct_free(gyc);
     return rc;
@@ -209,7 +202,7 @@ ct_tensor *ct_conv2d(const ct_tensor *x, const ct_tensor *weight, const ct_tenso
     ct_node *n;
     y = ct_node_record("ConvolutionBackward", conv2d_backward, ins, bias ? 3 : 2, y, &n);
     rc = y ? 0 : -1;
-    if (n) params_to_node(n, &p, xc, wc);
+    if (n) save_conv(n, CT_NODE_CTX(n, conv_ctx), &p, xc, wc);
 out:
     ct_free(x4);
     ct_free(y4);
@@ -225,31 +218,26 @@ out:
 
 /* ------------------------------------------- fused conv2d + relu + max_pool2d */
 
-/* Node layout: ip[0..6] conv parameters, ip[7]/ip[8] saved x/w (as ConvolutionBackward),
- * ip[9] saved window codes, ip[10..15] pool kernel, stride, padding. */
+/* The gradient of the convolution output [N, O, Ho, Wo] is gy routed back to each
+ * window's maximum (zero where the ReLU clamped it); from there on it is a convolution's
+ * backward. */
 static int conv_relu_pool_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    const ct_tensor *codes = ct_node_saved(n, (int)n->ip[9]);
+    const conv_ctx *c = n->ctx;
+    const ct_tensor *codes = ct_node_saved(n, c->codes);
     if (!codes) return -1;
-    ct_pool_params pp = {.kernel = {(int)n->ip[10], (int)n->ip[11]},
-                         .stride = {(int)n->ip[12], (int)n->ip[13]},
-                         .padding = {(int)n->ip[14], (int)n->ip[15]},
-                         .dilation = {1, 1}};
-    /* the gradient of the convolution output [N, O, Ho, Wo]: gy routed to each window's
-     * maximum (zero where the ReLU clamped it) */
     const ct_edge *e = &n->inputs[0], *ew = &n->inputs[1];
-    ct_conv_params p;
-    params_from_node(n, &p);
+    const ct_conv_params *p = &c->p;
     int64_t gsh[4] = {e->shape[0], ew->shape[0],
-                      (e->shape[2] + 2 * p.padding[0] - p.dilation[0] * (ew->shape[2] - 1) - 1) /
-                              p.stride[0] + 1,
-                      (e->shape[3] + 2 * p.padding[1] - p.dilation[1] * (ew->shape[3] - 1) - 1) /
-                              p.stride[1] + 1};
+                      (e->shape[2] + 2 * p->padding[0] - p->dilation[0] * (ew->shape[2] - 1) - 1) /
+                              p->stride[0] + 1,
+                      (e->shape[3] + 2 * p->padding[1] - p->dilation[1] * (ew->shape[3] - 1) - 1) /
+                              p->stride[1] + 1};
     ct_tensor *gyc = ct_data_contiguous(gy);
     ct_tensor *gc = gyc ? ct_empty_on(gsh, 4, gy->dtype, gy->storage->device) : NULL;
     int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_pool_params *) =
         CT_KERNEL(gy, max_pool2d_codes_backward, "max_pool2d backward");
-    int rc = gc && k ? k(gc, gyc, codes, &pp) : -1;
-    if (rc == 0) rc = conv2d_backward_core(n, gc, gc, gx);
+    int rc = gc && k ? k(gc, gyc, codes, &c->pool) : -1;
+    if (rc == 0) rc = conv2d_backward_core(n, gc, gx);
     ct_free(gc);
     ct_free(gyc);
     return rc;
@@ -266,8 +254,7 @@ ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight
                          .stride = {pool_stride[0], pool_stride[1]},
                          .padding = {pool_padding[0], pool_padding[1]},
                          .dilation = {1, 1}};
-    int ok = x && weight && x->ndim == 4 && x->dtype == CT_FLOAT32 &&
-             x->storage->device.type == CT_CPU &&
+    int ok = x && weight && x->ndim == 4 &&
              pp.kernel[0] * pp.kernel[1] < CT_POOL_NOGRAD && pp.stride[0] > 0 &&
              pp.stride[1] > 0 && pp.padding[0] >= 0 && pp.padding[1] >= 0 &&
              2 * pp.padding[0] <= pp.kernel[0] && 2 * pp.padding[1] <= pp.kernel[1] &&
@@ -298,9 +285,12 @@ ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight
     ct_tensor *codes = need ? ct_empty_on(psh, 4, CT_UINT8, x->storage->device) : NULL;
     ct_tensor *xc = ct_data_contiguous(x), *wc = ct_data_contiguous(weight);
     ct_tensor *bc = bias ? ct_data_contiguous(bias) : NULL;
+    int (*k)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_tensor *,
+             const ct_conv_params *, const ct_pool_params *) =
+        CT_KERNEL(x, conv2d_relu_max_pool2d_forward, "conv2d");
     int rc = -1;
-    if (y && (!need || codes) && xc && wc && (!bias || bc))
-        rc = cpu_conv2d_relu_maxpool(y, codes, xc, wc, bc, &p, &pp);
+    if (k && y && (!need || codes) && xc && wc && (!bias || bc))
+        rc = k(y, codes, xc, wc, bc, &p, &pp);
     ct_node *n = NULL;
     if (rc == 0) {
         y = ct_node_record("MaxPool2DWithIndicesBackward", conv_relu_pool_backward, ins,
@@ -308,13 +298,10 @@ ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight
         rc = y ? 0 : -1;
     }
     if (n) {
-        params_to_node(n, &p, xc, wc);
-        n->ip[9] = ct_node_save(n, codes);
-        for (int i = 0; i < 2; i++) {
-            n->ip[10 + i] = pp.kernel[i];
-            n->ip[12 + i] = pp.stride[i];
-            n->ip[14 + i] = pp.padding[i];
-        }
+        conv_ctx *c = CT_NODE_CTX(n, conv_ctx);
+        save_conv(n, c, &p, xc, wc);
+        c->pool = pp;
+        c->codes = ct_node_save(n, codes);
     }
     ct_free(xc);
     ct_free(wc);

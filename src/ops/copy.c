@@ -12,9 +12,13 @@ static int identity_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
 }
 
 /* gradient converted back to the input's dtype / device */
+typedef struct {
+    ct_device dev; /* the input's device */
+} convert_ctx;
+
 static int convert_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    ct_device dev = {(ct_device_type)n->ip[0], (int)n->ip[1]};
-    ct_tensor *g = ct_to_device(gy, dev);
+    const convert_ctx *c = n->ctx;
+    ct_tensor *g = ct_to_device(gy, c->dev);
     if (!g) return -1;
     gx[0] = ct_to_dtype(g, n->inputs[0].dtype);
     ct_free(g);
@@ -32,10 +36,7 @@ static ct_tensor *copy_as(const ct_tensor *x, ct_dtype dt, ct_device dev, const 
     }
     ct_node *n = NULL;
     if (ct_is_floating(dt)) y = ct_node_record(name, bw, &x, 1, y, &n);
-    if (n) {
-        n->ip[0] = x->storage->device.type;
-        n->ip[1] = x->storage->device.index;
-    }
+    if (n) CT_NODE_CTX(n, convert_ctx)->dev = x->storage->device;
     return y;
 }
 
@@ -59,8 +60,7 @@ ct_tensor *ct_to_dtype(const ct_tensor *x, ct_dtype dt) {
 
 ct_tensor *ct_to_device(const ct_tensor *x, ct_device dev) {
     if (!x) return ct_error_null("to_device: NULL tensor");
-    if (dev.type == x->storage->device.type && dev.index == x->storage->device.index)
-        return ct_retain((ct_tensor *)x);
+    if (ct_device_equal(dev, x->storage->device)) return ct_retain((ct_tensor *)x);
     if (!ct_backend_get(dev.type)) return NULL;
     return copy_as(x, x->dtype, dev, "ToCopyBackward", convert_backward);
 }

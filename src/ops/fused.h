@@ -6,15 +6,17 @@
 #include "ctorch.h"
 
 /* max_pool2d(relu(x)), computed as relu(max_pool2d(x)) (the same values and gradient)
- * in one pass on the CPU; composed from ct_relu and ct_max_pool2d elsewhere. */
+ * in one pass (the max_pool2d_codes kernels with relu on); composed from ct_relu and
+ * ct_max_pool2d for windows too large for one-byte codes. */
 ct_tensor *ct_relu_max_pool2d(const ct_tensor *x, const int kernel[2], const int stride[2],
                               const int padding[2], const int dilation[2], int ceil_mode);
 
 /* max_pool2d(relu(conv2d(x, weight, bias))) (dilation 1, no ceil mode for the pooling):
- * on the CPU in float32 one op, whose 2x2 stride-2 pooling after a Winograd-eligible
- * convolution happens in the convolution's output transform (the full-size convolution
- * output is never stored); elsewhere the composed ops. The output's grad_fn is
- * MaxPool2DWithIndicesBackward, as for the composition. */
+ * one op, the kernel conv2d_relu_max_pool2d_forward (on the CPU in float32 the 2x2 stride-2
+ * pooling after a Winograd-eligible convolution happens in the convolution's output
+ * transform: the full-size convolution output is never stored); unusual shapes take the
+ * composed ops. The output's grad_fn is MaxPool2DWithIndicesBackward, as for the
+ * composition. */
 ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight,
                                      const ct_tensor *bias, const int stride[2],
                                      const int padding[2], const int dilation[2], int groups,

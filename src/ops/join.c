@@ -11,10 +11,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ctx: int64_t sizes[n] along the cat dim. ip[0] dim. */
+typedef struct {
+    int dim;
+    int64_t sizes[]; /* the inputs' sizes along dim */
+} cat_ctx;
+
 static int cat_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    const int64_t *sizes = n->ctx;
-    const int dim = (int)n->ip[0];
+    const cat_ctx *c = n->ctx;
+    const int dim = c->dim;
+    const int64_t *sizes = c->sizes;
     int64_t off = 0;
     for (int i = 0; i < n->n_inputs; i++) {
         if (ct_node_needs_grad(n, i)) {
@@ -110,15 +115,13 @@ ct_tensor *ct_cat(ct_tensor *const *tensors, int n, int dim) {
     ct_node *node;
     y = ct_node_record("CatBackward", cat_backward, (const ct_tensor *const *)tensors, n, y, &node);
     if (node) {
-        int64_t *sizes = malloc(sizeof(int64_t) * (size_t)n);
-        if (!sizes) {
+        cat_ctx *c = ct_node_ctx_new(node, sizeof(cat_ctx) + sizeof(int64_t) * (size_t)n);
+        if (!c) {
             ct_free(y);
-            return ct_error_null("cat: out of memory for %d inputs", n);
+            return NULL;
         }
-        for (int i = 0; i < n; i++) sizes[i] = tensors[i]->shape[d];
-        node->ctx = sizes;
-        node->ctx_free = free;
-        node->ip[0] = d;
+        c->dim = d;
+        for (int i = 0; i < n; i++) c->sizes[i] = tensors[i]->shape[d];
     }
     return y;
 }

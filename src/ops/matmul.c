@@ -195,124 +195,153 @@ static int check_float_pair(const ct_tensor *a, const ct_tensor *b, const char *
     return 0;
 }
 
-static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    const ct_tensor *a = n->ip[0] >= 0 ? ct_node_saved(n, (int)n->ip[0]) : NULL;
-    const ct_tensor *b = n->ip[1] >= 0 ? ct_node_saved(n, (int)n->ip[1]) : NULL;
-    if ((n->ip[0] >= 0 && !a) || (n->ip[1] >= 0 && !b)) return -1;
-    /* Input geometry recorded at forward time (the saved tensor may be absent). */
-    int a_nd = n->inputs[0].ndim, b_nd = n->inputs[1].ndim;
-    int64_t ash[CT_MAX_DIMS], bsh[CT_MAX_DIMS];
-    memcpy(ash, n->inputs[0].shape, sizeof ash);
-    memcpy(bsh, n->inputs[1].shape, sizeof bsh);
-    /* Promoted (>= 2-D) shapes. */
-    int64_t a2s[CT_MAX_DIMS], b2s[CT_MAX_DIMS];
-    int a2n = a_nd == 1 ? 2 : a_nd, b2n = b_nd == 1 ? 2 : b_nd;
-    if (a_nd == 1) {
-        a2s[0] = 1;
-        a2s[1] = ash[0];
-    } else memcpy(a2s, ash, sizeof(int64_t) * (size_t)a_nd);
-    if (b_nd == 1) {
-        b2s[0] = bsh[0];
-        b2s[1] = 1;
-    } else memcpy(b2s, bsh, sizeof(int64_t) * (size_t)b_nd);
-    int64_t M = a2s[a2n - 2], K = a2s[a2n - 1], N = b2s[b2n - 1];
-    int nba = a2n - 2, nbb = b2n - 2, nb = nba > nbb ? nba : nbb;
-    int64_t batch[CT_MAX_DIMS], B = 1, Bb = 1;
-    for (int i = 0; i < nb; i++) {
-        int ia = i - (nb - nba), ib = i - (nb - nbb);
-        int64_t da = ia >= 0 ? a2s[ia] : 1, db = ib >= 0 ? b2s[ib] : 1;
-        batch[i] = da == 1 ? db : da;
-        B *= batch[i];
-        Bb *= db;
-    }
-    int rc = -1;
-    ct_tensor *gyc = NULL, *gy2 = NULL, *a2 = NULL, *b2 = NULL;
-    gyc = ct_data_contiguous(gy);
-    if (!gyc) goto out;
-    int64_t gsh[CT_MAX_DIMS];
-    memcpy(gsh, batch, sizeof(int64_t) * (size_t)nb);
-    gsh[nb] = M;
-    gsh[nb + 1] = N;
-    gy2 = reshape_contig(gyc, gsh, nb + 2);
-    if (!gy2) goto out;
+/* The backward context of matmul and linear: the saved operands (slots, -1 when the other
+ * operand needs no gradient) and, for linear, its rows and sizes. */
+typedef struct {
+    int a, b; /* matmul: a, b; linear: x (contiguous), weight */
+    int64_t rows, in, out;
+} mm_ctx;
 
-    if (ct_node_needs_grad(n, 0)) {
-        b2 = promote(b, 0);
-        ct_tensor *bT = b2 ? transpose_last2(b2) : NULL;
-        ct_tensor *full = bT ? mm_data(gy2, bT, "matmul backward") : NULL;
-        ct_free(bT);
-        if (!full) goto out;
-        ct_tensor *g = full;
-        if (nb + 2 != a2n || memcmp(full->shape, a2s, sizeof(int64_t) * (size_t)a2n) != 0) {
-            ct_tensor *s = ct_sum_to_shape(full, a2s, a2n);
-            ct_free(full);
-            if (!s) goto out;
-            g = ct_data_contiguous(s);
-            ct_free(s);
-            if (!g) goto out;
-        }
-        gx[0] = reshape_contig(g, ash, a_nd);
-        ct_free(g);
-        if (!gx[0]) goto out;
+/* A matmul's geometry from its inputs' recorded shapes: the operands promoted to >= 2-D,
+ * the broadcast batch dims and the matrix sizes. */
+typedef struct {
+    int a_nd, b_nd, a2n, b2n, nb, nba;
+    int64_t ash[CT_MAX_DIMS], bsh[CT_MAX_DIMS];      /* as recorded */
+    int64_t a2s[CT_MAX_DIMS], b2s[CT_MAX_DIMS];      /* promoted */
+    int64_t batch[CT_MAX_DIMS];                      /* broadcast batch dims (nb of them) */
+    int64_t M, K, N, B, Bb;                          /* B: batch count, Bb: b's own */
+} mm_geom;
+
+static void mm_geom_init(mm_geom *g, const ct_node *n) {
+    g->a_nd = n->inputs[0].ndim;
+    g->b_nd = n->inputs[1].ndim;
+    memcpy(g->ash, n->inputs[0].shape, sizeof g->ash);
+    memcpy(g->bsh, n->inputs[1].shape, sizeof g->bsh);
+    g->a2n = g->a_nd == 1 ? 2 : g->a_nd;
+    g->b2n = g->b_nd == 1 ? 2 : g->b_nd;
+    if (g->a_nd == 1) {
+        g->a2s[0] = 1;
+        g->a2s[1] = g->ash[0];
+    } else memcpy(g->a2s, g->ash, sizeof(int64_t) * (size_t)g->a_nd);
+    if (g->b_nd == 1) {
+        g->b2s[0] = g->bsh[0];
+        g->b2s[1] = 1;
+    } else memcpy(g->b2s, g->bsh, sizeof(int64_t) * (size_t)g->b_nd);
+    g->M = g->a2s[g->a2n - 2];
+    g->K = g->a2s[g->a2n - 1];
+    g->N = g->b2s[g->b2n - 1];
+    g->nba = g->a2n - 2;
+    int nbb = g->b2n - 2;
+    g->nb = g->nba > nbb ? g->nba : nbb;
+    g->B = g->Bb = 1;
+    for (int i = 0; i < g->nb; i++) {
+        int ia = i - (g->nb - g->nba), ib = i - (g->nb - nbb);
+        int64_t da = ia >= 0 ? g->a2s[ia] : 1, db = ib >= 0 ? g->b2s[ib] : 1;
+        g->batch[i] = da == 1 ? db : da;
+        g->B *= g->batch[i];
+        g->Bb *= db;
     }
-    if (ct_node_needs_grad(n, 1)) {
-        a2 = promote(a, 1);
-        if (!a2) goto out;
-        ct_tensor *g = NULL;
-        if (Bb == 1 && B > 1) {
-            /* b is shared by the whole batch: one GEMM over the folded rows. */
-            int64_t fa[2] = {B * M, K}, fg[2] = {B * M, N};
-            ct_tensor *ac = NULL, *af = NULL, *afT = NULL, *gf = NULL;
-            int64_t esh[CT_MAX_DIMS];
-            memcpy(esh, batch, sizeof(int64_t) * (size_t)nb);
-            esh[nb] = M;
-            esh[nb + 1] = K;
-            /* a may lack leading size-1 batch dims of b: expand to the full batch. */
-            ac = a2n == nb + 2 ? ct_data_contiguous(a2) : NULL;
-            if (a2n != nb + 2) {
-                int64_t st[CT_MAX_DIMS];
-                for (int i = 0; i < nb; i++) {
-                    int ia = i - (nb - nba);
-                    st[i] = ia >= 0 ? a2->stride[ia] : 0;
-                }
-                st[nb] = a2->stride[a2n - 2];
-                st[nb + 1] = a2->stride[a2n - 1];
-                ct_tensor *ex = restride(a2, esh, st, nb + 2, a2->offset);
-                ac = ex ? ct_data_contiguous(ex) : NULL;
-                ct_free(ex);
-            }
-            af = ac ? reshape_contig(ac, fa, 2) : NULL;
-            afT = af ? transpose_last2(af) : NULL;
-            gf = reshape_contig(gy2, fg, 2);
-            g = (afT && gf) ? mm_data(afT, gf, "matmul backward") : NULL;
-            ct_free(ac);
-            ct_free(af);
-            ct_free(afT);
-            ct_free(gf);
-        } else {
-            ct_tensor *aT = transpose_last2(a2);
-            ct_tensor *full = aT ? mm_data(aT, gy2, "matmul backward") : NULL;
-            ct_free(aT);
-            g = full;
-            if (full && (nb + 2 != b2n ||
-                         memcmp(full->shape, b2s, sizeof(int64_t) * (size_t)b2n) != 0)) {
-                ct_tensor *s = ct_sum_to_shape(full, b2s, b2n);
-                ct_free(full);
-                g = s ? ct_data_contiguous(s) : NULL;
-                ct_free(s);
-            }
-        }
-        if (!g) goto out;
-        gx[1] = reshape_contig(g, bsh, b_nd);
-        ct_free(g);
-        if (!gx[1]) goto out;
-    }
-    rc = 0;
-out:
-    ct_free(gyc);
-    ct_free(gy2);
-    ct_free(a2);
+}
+
+/* full summed over broadcast dims to the promoted shape s (n dims), contiguous. Consumes
+ * full. */
+static ct_tensor *reduce_to(ct_tensor *full, const int64_t *s, int n) {
+    if (!full || (full->ndim == n && memcmp(full->shape, s, sizeof(int64_t) * (size_t)n) == 0))
+        return full;
+    ct_tensor *r = ct_sum_to_shape(full, s, n);
+    ct_free(full);
+    ct_tensor *c = r ? ct_data_contiguous(r) : NULL;
+    ct_free(r);
+    return c;
+}
+
+/* ga = gy @ b^T, summed over the dims a was broadcast along. */
+static ct_tensor *matmul_grad_a(const mm_geom *g, const ct_tensor *gy2, const ct_tensor *b) {
+    ct_tensor *b2 = promote(b, 0);
+    ct_tensor *bT = b2 ? transpose_last2(b2) : NULL;
+    ct_tensor *full = bT ? mm_data(gy2, bT, "matmul backward") : NULL;
+    ct_free(bT);
     ct_free(b2);
+    ct_tensor *ga = reduce_to(full, g->a2s, g->a2n);
+    ct_tensor *r = ga ? reshape_contig(ga, g->ash, g->a_nd) : NULL;
+    ct_free(ga);
+    return r;
+}
+
+/* gb when b is shared by the whole batch: one GEMM over the folded rows, (B*M x K)^T @
+ * (B*M x N). */
+static ct_tensor *matmul_grad_b_folded(const mm_geom *g, const ct_tensor *gy2,
+                                       const ct_tensor *a2) {
+    int nb = g->nb;
+    int64_t fa[2] = {g->B * g->M, g->K}, fg[2] = {g->B * g->M, g->N};
+    int64_t esh[CT_MAX_DIMS];
+    memcpy(esh, g->batch, sizeof(int64_t) * (size_t)nb);
+    esh[nb] = g->M;
+    esh[nb + 1] = g->K;
+    ct_tensor *ac = NULL;
+    if (g->a2n == nb + 2) {
+        ac = ct_data_contiguous(a2);
+    } else { /* a lacks leading size-1 batch dims of b: expand to the full batch */
+        int64_t st[CT_MAX_DIMS];
+        for (int i = 0; i < nb; i++) {
+            int ia = i - (nb - g->nba);
+            st[i] = ia >= 0 ? a2->stride[ia] : 0;
+        }
+        st[nb] = a2->stride[g->a2n - 2];
+        st[nb + 1] = a2->stride[g->a2n - 1];
+        ct_tensor *ex = restride(a2, esh, st, nb + 2, a2->offset);
+        ac = ex ? ct_data_contiguous(ex) : NULL;
+        ct_free(ex);
+    }
+    ct_tensor *af = ac ? reshape_contig(ac, fa, 2) : NULL;
+    ct_tensor *afT = af ? transpose_last2(af) : NULL;
+    ct_tensor *gf = reshape_contig(gy2, fg, 2);
+    ct_tensor *r = (afT && gf) ? mm_data(afT, gf, "matmul backward") : NULL;
+    ct_free(ac);
+    ct_free(af);
+    ct_free(afT);
+    ct_free(gf);
+    return r;
+}
+
+/* gb = a^T @ gy, summed over the dims b was broadcast along. */
+static ct_tensor *matmul_grad_b(const mm_geom *g, const ct_tensor *gy2, const ct_tensor *a) {
+    ct_tensor *a2 = promote(a, 1);
+    if (!a2) return NULL;
+    ct_tensor *gb;
+    if (g->Bb == 1 && g->B > 1) {
+        gb = matmul_grad_b_folded(g, gy2, a2);
+    } else {
+        ct_tensor *aT = transpose_last2(a2);
+        ct_tensor *full = aT ? mm_data(aT, gy2, "matmul backward") : NULL;
+        ct_free(aT);
+        gb = reduce_to(full, g->b2s, g->b2n);
+    }
+    ct_free(a2);
+    ct_tensor *r = gb ? reshape_contig(gb, g->bsh, g->b_nd) : NULL;
+    ct_free(gb);
+    return r;
+}
+
+static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const mm_ctx *c = n->ctx;
+    const ct_tensor *a = c->a >= 0 ? ct_node_saved(n, c->a) : NULL;
+    const ct_tensor *b = c->b >= 0 ? ct_node_saved(n, c->b) : NULL;
+    if ((c->a >= 0 && !a) || (c->b >= 0 && !b)) return -1;
+    mm_geom g;
+    mm_geom_init(&g, n); /* the saved tensors may be absent: use the recorded shapes */
+    int64_t gsh[CT_MAX_DIMS];
+    memcpy(gsh, g.batch, sizeof(int64_t) * (size_t)g.nb);
+    gsh[g.nb] = g.M;
+    gsh[g.nb + 1] = g.N;
+    ct_tensor *gyc = ct_data_contiguous(gy);
+    ct_tensor *gy2 = gyc ? reshape_contig(gyc, gsh, g.nb + 2) : NULL;
+    ct_free(gyc);
+    if (!gy2) return -1;
+    int rc = 0;
+    if (ct_node_needs_grad(n, 0) && !(gx[0] = matmul_grad_a(&g, gy2, b))) rc = -1;
+    if (rc == 0 && ct_node_needs_grad(n, 1) && !(gx[1] = matmul_grad_b(&g, gy2, a))) rc = -1;
+    ct_free(gy2);
     return rc;
 }
 
@@ -359,8 +388,9 @@ ct_tensor *ct_matmul(const ct_tensor *a, const ct_tensor *b) {
     ct_node *n;
     y = ct_node_record("MatmulBackward", matmul_backward, (const ct_tensor *[]){a, b}, 2, y, &n);
     if (n) {
-        n->ip[0] = ct_node_needs_grad(n, 1) ? ct_node_save(n, a) : -1;
-        n->ip[1] = ct_node_needs_grad(n, 0) ? ct_node_save(n, b) : -1;
+        mm_ctx *c = CT_NODE_CTX(n, mm_ctx);
+        c->a = ct_node_needs_grad(n, 1) ? ct_node_save(n, a) : -1;
+        c->b = ct_node_needs_grad(n, 0) ? ct_node_save(n, b) : -1;
     }
     return y;
 }
@@ -383,10 +413,11 @@ static ct_tensor *mat3(const ct_tensor *t, int transpose) {
 }
 
 static int linear_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    const ct_tensor *x = n->ip[0] >= 0 ? ct_node_saved(n, (int)n->ip[0]) : NULL;
-    const ct_tensor *w = n->ip[1] >= 0 ? ct_node_saved(n, (int)n->ip[1]) : NULL;
-    if ((n->ip[0] >= 0 && !x) || (n->ip[1] >= 0 && !w)) return -1;
-    int64_t R = n->ip[2], in = n->ip[3], out = n->ip[4];
+    const mm_ctx *c = n->ctx;
+    const ct_tensor *x = c->a >= 0 ? ct_node_saved(n, c->a) : NULL;
+    const ct_tensor *w = c->b >= 0 ? ct_node_saved(n, c->b) : NULL;
+    if ((c->a >= 0 && !x) || (c->b >= 0 && !w)) return -1;
+    int64_t R = c->rows, in = c->in, out = c->out;
     bmm_fn bmm = CT_KERNEL(gy, bmm, "linear backward");
     if (!bmm) return -1;
     int rc = -1;
@@ -504,11 +535,12 @@ ct_tensor *ct_linear(const ct_tensor *x, const ct_tensor *weight, const ct_tenso
     y = ct_node_record("LinearBackward", linear_backward, ins, bias ? 3 : 2, y, &n);
     rc = y ? 0 : -1;
     if (n) {
-        n->ip[0] = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
-        n->ip[1] = ct_node_needs_grad(n, 0) ? ct_node_save(n, weight) : -1;
-        n->ip[2] = R;
-        n->ip[3] = in;
-        n->ip[4] = out;
+        mm_ctx *c = CT_NODE_CTX(n, mm_ctx);
+        c->a = ct_node_needs_grad(n, 1) ? ct_node_save(n, xc) : -1;
+        c->b = ct_node_needs_grad(n, 0) ? ct_node_save(n, weight) : -1;
+        c->rows = R;
+        c->in = in;
+        c->out = out;
     }
 out:
     ct_free(x3);

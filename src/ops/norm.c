@@ -63,14 +63,41 @@ static int check_floating_input(const char *op, const ct_tensor *x) {
 }
 
 /* ================================================================== batch_norm */
-/* saved: 0 x (contiguous), 1 save_mean, 2 save_invstd, 3 weight (when ip[1]).
- * ip[0] training, ip[1] has weight. */
+/* The backward context of batch_norm and layer_norm: the saved contiguous input, the
+ * statistics (batch_norm: save_mean, save_invstd; layer_norm: mean, rstd [M]) and the
+ * weight (slot -1 when there is none). */
+typedef struct {
+    int x, mean, invstd, weight;
+    int training;     /* batch_norm */
+    int64_t M, N;     /* layer_norm: rows and row length */
+    int nnorm;        /* layer_norm: dims of normalized_shape */
+} norm_ctx;
+
+static norm_ctx *save_norm(ct_node *n, const ct_tensor *x, const ct_tensor *mean,
+                           const ct_tensor *invstd, const ct_tensor *weight) {
+    norm_ctx *c = CT_NODE_CTX(n, norm_ctx);
+    c->x = ct_node_save(n, x);
+    c->mean = ct_node_save(n, mean);
+    c->invstd = ct_node_save(n, invstd);
+    c->weight = weight ? ct_node_save(n, weight) : -1;
+    return c;
+}
+
+/* The saved tensors of a norm node; -1 when one was modified in place. */
+static int load_norm(ct_node *n, const ct_tensor **x, const ct_tensor **mean,
+                     const ct_tensor **invstd, const ct_tensor **w) {
+    const norm_ctx *c = n->ctx;
+    *x = ct_node_saved(n, c->x);
+    *mean = ct_node_saved(n, c->mean);
+    *invstd = ct_node_saved(n, c->invstd);
+    *w = c->weight >= 0 ? ct_node_saved(n, c->weight) : NULL;
+    return *x && *mean && *invstd && (c->weight < 0 || *w) ? 0 : -1;
+}
+
 static int batch_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    const ct_tensor *x = ct_node_saved(n, 0);
-    const ct_tensor *mean = ct_node_saved(n, 1);
-    const ct_tensor *invstd = ct_node_saved(n, 2);
-    const ct_tensor *w = n->ip[1] ? ct_node_saved(n, 3) : NULL;
-    if (!x || !mean || !invstd || (n->ip[1] && !w)) return -1;
+    const norm_ctx *c = n->ctx;
+    const ct_tensor *x, *mean, *invstd, *w;
+    if (load_norm(n, &x, &mean, &invstd, &w) != 0) return -1;
     int (*kern)(ct_tensor *, ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *,
                 const ct_tensor *, const ct_tensor *, const ct_tensor *, int) =
         CT_KERNEL(x, batch_norm_backward, "batch_norm backward");
@@ -86,7 +113,7 @@ static int batch_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     if ((ct_node_needs_grad(n, 0) && !g0) || (ct_node_needs_grad(n, 1) && w && !g1) ||
         (ct_node_needs_grad(n, 2) && !g2))
         goto done;
-    rc = kern(g0, g1, g2, gyc, x, w, mean, invstd, (int)n->ip[0]);
+    rc = kern(g0, g1, g2, gyc, x, w, mean, invstd, c->training);
 done:
     ct_free(gyc);
     return hand_out_grads(rc, g0, g1, g2, gx);
@@ -184,14 +211,7 @@ ct_tensor *ct_batch_norm(const ct_tensor *x, ct_tensor *running_mean, ct_tensor 
     const ct_tensor *in[3] = {x, weight, bias};
     ct_node *n;
     y = ct_node_record("BatchNormBackward", batch_norm_backward, in, 3, y, &n);
-    if (n) {
-        ct_node_save(n, xc);
-        ct_node_save(n, smean);
-        ct_node_save(n, sinv);
-        if (weight) ct_node_save(n, weight);
-        n->ip[0] = training != 0;
-        n->ip[1] = weight != NULL;
-    }
+    if (n) save_norm(n, xc, smean, sinv, weight)->training = training != 0;
     ct_free(xc);
     ct_free(smean);
     ct_free(sinv);
@@ -199,14 +219,10 @@ ct_tensor *ct_batch_norm(const ct_tensor *x, ct_tensor *running_mean, ct_tensor 
 }
 
 /* ================================================================== layer_norm */
-/* saved: 0 x (contiguous), 1 mean [M], 2 rstd [M], 3 weight (contiguous, when ip[2]).
- * ip[0] M, ip[1] N, ip[2] has weight. */
 static int layer_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    const ct_tensor *x = ct_node_saved(n, 0);
-    const ct_tensor *mean = ct_node_saved(n, 1);
-    const ct_tensor *rstd = ct_node_saved(n, 2);
-    const ct_tensor *w = n->ip[2] ? ct_node_saved(n, 3) : NULL;
-    if (!x || !mean || !rstd || (n->ip[2] && !w)) return -1;
+    const norm_ctx *c = n->ctx;
+    const ct_tensor *x, *mean, *rstd, *w;
+    if (load_norm(n, &x, &mean, &rstd, &w) != 0) return -1;
     int (*kern)(ct_tensor *, ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *,
                 const ct_tensor *, const ct_tensor *, const ct_tensor *, int64_t, int64_t) =
         CT_KERNEL(x, layer_norm_backward, "layer_norm backward");
@@ -215,7 +231,7 @@ static int layer_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     if (!gyc) return -1;
     const ct_device dev = x->storage->device;
     /* weight/bias have normalized_shape: the trailing dims of x recorded on the node. */
-    const int nnorm = (int)n->ip[3];
+    const int nnorm = c->nnorm;
     const int64_t *nshape = x->shape + x->ndim - nnorm;
     const int need0 = ct_node_needs_grad(n, 0), need1 = ct_node_needs_grad(n, 1),
               need2 = ct_node_needs_grad(n, 2);
@@ -224,7 +240,7 @@ static int layer_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     ct_tensor *g2 = need2 ? ct_empty_on(nshape, nnorm, x->dtype, dev) : NULL;
     int rc = -1;
     if ((need0 && !g0) || (need1 && !g1) || (need2 && !g2)) goto done;
-    rc = kern(g0, g1, g2, gyc, x, mean, rstd, w, n->ip[0], n->ip[1]);
+    rc = kern(g0, g1, g2, gyc, x, mean, rstd, w, c->M, c->N);
 done:
     ct_free(gyc);
     return hand_out_grads(rc, g0, g1, g2, gx);
@@ -278,14 +294,10 @@ ct_tensor *ct_layer_norm(const ct_tensor *x, const int64_t *normalized_shape, in
     ct_node *n;
     y = ct_node_record("LayerNormBackward", layer_norm_backward, in, 3, y, &n);
     if (n) {
-        ct_node_save(n, xc);
-        ct_node_save(n, mean);
-        ct_node_save(n, rstd);
-        if (wc) ct_node_save(n, wc);
-        n->ip[0] = M;
-        n->ip[1] = N;
-        n->ip[2] = wc != NULL;
-        n->ip[3] = nnorm;
+        norm_ctx *c = save_norm(n, xc, mean, rstd, wc);
+        c->M = M;
+        c->N = N;
+        c->nnorm = nnorm;
     }
 done:
     ct_free(xc);

@@ -1,16 +1,13 @@
 /* Pointwise ops: broadcasting binary arithmetic, unary math and activations, and the
- * in-place variants used by optimizers. Each op: checks, dispatch, backward formula. */
+ * in-place variants used by optimizers. The ops' names, dtype rules and formulas are the
+ * rows of src/core/op_tables.h; this file holds what the op layer adds: the checks,
+ * the dispatch and the backward formulas. */
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
 
 #include <math.h>
 #include <string.h>
-
-static const char *binop_name(ct_binop op) {
-    static const char *n[] = {"add", "sub", "mul", "div"};
-    return n[op];
-}
 
 /* Broadcast shape of a and b (PyTorch rules), or -1 with an error naming op. */
 static int broadcast_shape(const ct_tensor *a, const ct_tensor *b, int64_t *out, int *ndim,
@@ -37,8 +34,7 @@ static int check_pair(const ct_tensor *a, const ct_tensor *b, const char *op) {
     if (a->dtype != b->dtype)
         return ct_error("%s: dtype mismatch (%s and %s); convert one with ct_to_dtype", op,
                         ct_dtype_name(a->dtype), ct_dtype_name(b->dtype));
-    if (a->storage->device.type != b->storage->device.type ||
-        a->storage->device.index != b->storage->device.index) {
+    if (!ct_same_device(a, b)) {
         char d1[16], d2[16];
         ct_device_str(a->storage->device, d1, sizeof d1);
         ct_device_str(b->storage->device, d2, sizeof d2);
@@ -64,36 +60,55 @@ ct_tensor *ct_sum_to_shape(const ct_tensor *g, const int64_t *shape, int ndim) {
 }
 
 /* --------------------------------------------------------------- binary */
-static int binary_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    ct_binop op = (ct_binop)n->ip[0];
-    double alpha = n->dp[0];
-    const ct_tensor *a = NULL, *b = NULL;
-    if (op == CT_BIN_MUL || op == CT_BIN_DIV) {
-        if (!(a = ct_node_saved(n, 0)) || !(b = ct_node_saved(n, 1))) return -1;
+#define CT__BIN_NAME(ID, name, node, fwd) [CT_BIN_##ID] = {#name, node},
+static const struct {
+    const char *name, *node;
+} g_bin[CT_BIN_COUNT] = {CT_BINARY_OPS(CT__BIN_NAME)};
+_Static_assert(sizeof g_bin / sizeof *g_bin == CT_BIN_COUNT, "one g_bin row per binary op");
+
+const char *ct_binop_name(ct_binop op) {
+    return (unsigned)op < CT_BIN_COUNT ? g_bin[op].name : "unknown binary op";
+}
+
+typedef struct {
+    ct_binop op;
+    double alpha;
+    int a, b; /* saved operands (mul, div) */
+} binary_ctx;
+
+/* The gradient of input i (before summing over broadcast dims). One case per
+ * CT_BINARY_OPS row: a missing one fails the build (-Wswitch, no default). */
+static ct_tensor *binary_grad(const binary_ctx *c, int i, const ct_tensor *gy,
+                              const ct_tensor *a, const ct_tensor *b) {
+    switch (c->op) {
+    case CT_BIN_ADD:
+    case CT_BIN_SUB:
+        if (i == 0) return ct_retain((ct_tensor *)gy);
+        return ct_mul_scalar(gy, c->op == CT_BIN_ADD ? c->alpha : -c->alpha);
+    case CT_BIN_MUL: return ct_mul(gy, i == 0 ? b : a);
+    case CT_BIN_DIV: {
+        if (i == 0) return ct_div(gy, b);
+        /* -gy * a / b^2 */
+        ct_tensor *t1 = ct_div(gy, b), *t2 = t1 ? ct_div(t1, b) : NULL;
+        ct_tensor *t3 = t2 ? ct_mul(t2, a) : NULL, *g = t3 ? ct_neg(t3) : NULL;
+        ct_free(t1);
+        ct_free(t2);
+        ct_free(t3);
+        return g;
     }
+    case CT_BIN_COUNT: break;
+    }
+    return ct_error_null("binary op %d: no backward formula", (int)c->op);
+}
+
+static int binary_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const binary_ctx *c = n->ctx;
+    const ct_tensor *a = NULL, *b = NULL;
+    if (c->a >= 0 && !(a = ct_node_saved(n, c->a))) return -1;
+    if (c->b >= 0 && !(b = ct_node_saved(n, c->b))) return -1;
     for (int i = 0; i < 2; i++) {
         if (!ct_node_needs_grad(n, i)) continue;
-        ct_tensor *g = NULL;
-        switch (op) {
-        case CT_BIN_ADD:
-        case CT_BIN_SUB:
-            if (i == 0) g = ct_retain((ct_tensor *)gy);
-            else g = ct_mul_scalar(gy, op == CT_BIN_ADD ? alpha : -alpha);
-            break;
-        case CT_BIN_MUL: g = ct_mul(gy, i == 0 ? b : a); break;
-        case CT_BIN_DIV:
-            if (i == 0) g = ct_div(gy, b);
-            else { /* -gy * a / b^2 */
-                ct_tensor *t1 = ct_div(gy, b), *t2 = t1 ? ct_div(t1, b) : NULL;
-                ct_tensor *t3 = t2 ? ct_mul(t2, a) : NULL;
-                g = t3 ? ct_neg(t3) : NULL;
-                ct_free(t1);
-                ct_free(t2);
-                ct_free(t3);
-            }
-            break;
-        default: break;
-        }
+        ct_tensor *g = binary_grad(c, i, gy, a, b);
         if (!g) return -1;
         gx[i] = ct_sum_to_shape(g, n->inputs[i].shape, n->inputs[i].ndim);
         ct_free(g);
@@ -103,7 +118,7 @@ static int binary_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
 }
 
 static ct_tensor *binary_op(ct_binop op, const ct_tensor *a, const ct_tensor *b, double alpha) {
-    const char *name = binop_name(op);
+    const char *name = g_bin[op].name;
     if (check_pair(a, b, name) != 0) return NULL;
     int64_t shape[CT_MAX_DIMS];
     int nd = 0;
@@ -121,16 +136,13 @@ static ct_tensor *binary_op(ct_binop op, const ct_tensor *a, const ct_tensor *b,
         ct_free(y);
         return NULL;
     }
-    static const char *names[] = {"AddBackward", "SubBackward", "MulBackward", "DivBackward"};
     ct_node *n;
-    y = ct_node_record(names[op], binary_backward, (const ct_tensor *[]){a, b}, 2, y, &n);
+    y = ct_node_record(g_bin[op].node, binary_backward, (const ct_tensor *[]){a, b}, 2, y, &n);
     if (n) {
-        n->ip[0] = op;
-        n->dp[0] = alpha;
-        if (op == CT_BIN_MUL || op == CT_BIN_DIV) {
-            ct_node_save(n, a);
-            ct_node_save(n, b);
-        }
+        binary_ctx *c = CT_NODE_CTX(n, binary_ctx);
+        int saves = op == CT_BIN_MUL || op == CT_BIN_DIV;
+        *c = (binary_ctx){op, alpha, saves ? ct_node_save(n, a) : -1,
+                          saves ? ct_node_save(n, b) : -1};
     }
     return y;
 }
@@ -141,39 +153,39 @@ ct_tensor *ct_mul(const ct_tensor *a, const ct_tensor *b) { return binary_op(CT_
 ct_tensor *ct_div(const ct_tensor *a, const ct_tensor *b) { return binary_op(CT_BIN_DIV, a, b, 1); }
 
 /* ---------------------------------------------------------------- unary */
+#define CT__UN_ROW(ID, name, node, dtypes, saves, api, ...)                                 \
+    [CT_UN_##ID] = {#name, node, CT_SAVES_##saves, CT_FLOAT_ONLY_##dtypes},
 static const struct {
     const char *name, *node;
-    int float_only;
-} g_un[CT_UN_COUNT] = {
-    [CT_UN_NEG] = {"neg", "NegBackward", 0},
-    [CT_UN_EXP] = {"exp", "ExpBackward", 1},
-    [CT_UN_LOG] = {"log", "LogBackward", 1},
-    [CT_UN_SQRT] = {"sqrt", "SqrtBackward", 1},
-    [CT_UN_ABS] = {"abs", "AbsBackward", 0},
-    [CT_UN_SIGN] = {"sign", "SignBackward", 0},
-    [CT_UN_POW] = {"pow", "PowBackward", 1},
-    [CT_UN_CLAMP] = {"clamp", "ClampBackward", 0},
-    [CT_UN_ADD_SCALAR] = {"add_scalar", "AddBackward", 0},
-    [CT_UN_MUL_SCALAR] = {"mul_scalar", "MulBackward", 0},
-    [CT_UN_RELU] = {"relu", "ReluBackward", 0},
-    [CT_UN_LEAKY_RELU] = {"leaky_relu", "LeakyReluBackward", 1},
-    [CT_UN_GELU] = {"gelu", "GeluBackward", 1},
-    [CT_UN_GELU_TANH] = {"gelu", "GeluBackward", 1},
-    [CT_UN_SIGMOID] = {"sigmoid", "SigmoidBackward", 1},
-    [CT_UN_TANH] = {"tanh", "TanhBackward", 1},
-};
+    int saves;      /* CT_SAVES_*: what the derivative reads */
+    int float_only; /* the row's dtype rule is FLOAT */
+} g_un[CT_UN_COUNT] = {CT_UNARY_OPS(CT__UN_ROW)};
+_Static_assert(sizeof g_un / sizeof *g_un == CT_UN_COUNT, "one g_un row per unary op");
+
+const char *ct_unop_name(ct_unop op) {
+    return (unsigned)op < CT_UN_COUNT ? g_un[op].name : "unknown unary op";
+}
+int ct_unop_allows_int64(ct_unop op) { return (unsigned)op < CT_UN_COUNT && !g_un[op].float_only; }
+
+typedef struct {
+    ct_unop op;
+    double p1, p2;
+    int x, y; /* saved input and output, -1 when the derivative does not read them */
+} unary_ctx;
 
 static int unary_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    ct_unop op = (ct_unop)n->ip[0];
-    const ct_tensor *x = ct_node_saved(n, 0), *y = ct_node_saved(n, 1);
-    if (!x || !y) return -1;
-    ct_tensor *gyc = ct_contiguous(gy), *xc = ct_contiguous(x), *yc = ct_contiguous(y);
+    const unary_ctx *c = n->ctx;
+    const ct_tensor *x = c->x >= 0 ? ct_node_saved(n, c->x) : NULL;
+    const ct_tensor *y = c->y >= 0 ? ct_node_saved(n, c->y) : NULL;
+    if ((c->x >= 0 && !x) || (c->y >= 0 && !y)) return -1;
+    ct_tensor *gyc = ct_contiguous(gy);
+    ct_tensor *xc = x ? ct_contiguous(x) : NULL, *yc = y ? ct_contiguous(y) : NULL;
     ct_tensor *g = gyc ? ct_empty_like(gyc) : NULL;
     int rc = -1;
-    if (g && xc && yc) {
+    if (g && (!x || xc) && (!y || yc)) {
         int (*k)(ct_unop, ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_tensor *,
-                 double, double) = CT_KERNEL(g, unary_backward, g_un[op].name);
-        rc = k ? k(op, g, gyc, xc, yc, n->dp[0], n->dp[1]) : -1;
+                 double, double) = CT_KERNEL(g, unary_backward, g_un[c->op].name);
+        rc = k ? k(c->op, g, gyc, xc, yc, c->p1, c->p2) : -1;
     }
     ct_free(gyc);
     ct_free(xc);
@@ -186,12 +198,15 @@ static int unary_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     return 0;
 }
 
-static ct_tensor *unary_op(ct_unop op, const ct_tensor *a, double p1, double p2) {
+ct_tensor *ct__unary(ct_unop op, const ct_tensor *a, double p1, double p2) {
+    if ((unsigned)op >= CT_UN_COUNT) return ct_error_null("unary op %d: no such op", (int)op);
     const char *name = g_un[op].name;
     if (!a) return ct_error_null("%s: NULL tensor argument", name);
-    if (g_un[op].float_only && !ct_is_floating(a->dtype))
-        return ct_error_null("%s: needs a floating-point tensor, got %s; convert with ct_to_dtype",
-                             name, ct_dtype_name(a->dtype));
+    if (!ct_is_floating(a->dtype) && !(a->dtype == CT_INT64 && !g_un[op].float_only))
+        return ct_error_null("%s: needs a floating-point tensor%s, got %s; convert with "
+                             "ct_to_dtype",
+                             name, g_un[op].float_only ? "" : " or int64",
+                             ct_dtype_name(a->dtype));
     ct_tensor *y = ct_empty_on(a->shape, a->ndim, a->dtype, a->storage->device);
     int (*k)(ct_unop, ct_tensor *, const ct_tensor *, double, double) = y ? CT_KERNEL(y, unary, name) : NULL;
     if (!k || k(op, y, a, p1, p2) != 0) {
@@ -201,38 +216,34 @@ static ct_tensor *unary_op(ct_unop op, const ct_tensor *a, double p1, double p2)
     ct_node *n;
     y = ct_node_record(g_un[op].node, unary_backward, &a, 1, y, &n);
     if (n) {
-        n->ip[0] = op;
-        n->dp[0] = p1;
-        n->dp[1] = p2;
-        ct_node_save(n, a);
-        ct_node_save(n, y);
+        unary_ctx *c = CT_NODE_CTX(n, unary_ctx);
+        int s = g_un[op].saves;
+        *c = (unary_ctx){op, p1, p2, s & CT_SAVES_IN ? ct_node_save(n, a) : -1,
+                         s & CT_SAVES_OUT ? ct_node_save(n, y) : -1};
     }
     return y;
 }
 
-ct_tensor *ct_neg(const ct_tensor *a) { return unary_op(CT_UN_NEG, a, 0, 0); }
-ct_tensor *ct_exp(const ct_tensor *a) { return unary_op(CT_UN_EXP, a, 0, 0); }
-ct_tensor *ct_log(const ct_tensor *a) { return unary_op(CT_UN_LOG, a, 0, 0); }
-ct_tensor *ct_sqrt(const ct_tensor *a) { return unary_op(CT_UN_SQRT, a, 0, 0); }
-ct_tensor *ct_abs(const ct_tensor *a) { return unary_op(CT_UN_ABS, a, 0, 0); }
-ct_tensor *ct_pow_scalar(const ct_tensor *a, double e) { return unary_op(CT_UN_POW, a, e, 0); }
-ct_tensor *ct_add_scalar(const ct_tensor *a, double s) { return unary_op(CT_UN_ADD_SCALAR, a, s, 0); }
-ct_tensor *ct_mul_scalar(const ct_tensor *a, double s) { return unary_op(CT_UN_MUL_SCALAR, a, s, 0); }
+/* ct_<name>(x) for the rows whose api column is A0; the others are written out below. */
+#define CT__UN_API(ID, name, node, dtypes, saves, api, ...)                                 \
+    CT_IF_##api(ct_tensor *ct_##name(const ct_tensor *a) { return ct__unary(CT_UN_##ID, a, 0, 0); })
+CT_UNARY_OPS(CT__UN_API)
+
+ct_tensor *ct_pow_scalar(const ct_tensor *a, double e) { return ct__unary(CT_UN_POW, a, e, 0); }
+ct_tensor *ct_add_scalar(const ct_tensor *a, double s) { return ct__unary(CT_UN_ADD_SCALAR, a, s, 0); }
+ct_tensor *ct_mul_scalar(const ct_tensor *a, double s) { return ct__unary(CT_UN_MUL_SCALAR, a, s, 0); }
 ct_tensor *ct_clamp(const ct_tensor *a, double lo, double hi) {
     if (isnan(lo) || isnan(hi) || lo > hi)
         return ct_error_null("clamp: min %g must not exceed max %g (use -INFINITY/INFINITY for no "
                              "bound)", lo, hi);
-    return unary_op(CT_UN_CLAMP, a, lo, hi);
+    return ct__unary(CT_UN_CLAMP, a, lo, hi);
 }
-ct_tensor *ct_relu(const ct_tensor *a) { return unary_op(CT_UN_RELU, a, 0, 0); }
 ct_tensor *ct_leaky_relu(const ct_tensor *a, double slope) {
-    return unary_op(CT_UN_LEAKY_RELU, a, slope, 0);
+    return ct__unary(CT_UN_LEAKY_RELU, a, slope, 0);
 }
 ct_tensor *ct_gelu(const ct_tensor *a, int approximate_tanh) {
-    return unary_op(approximate_tanh ? CT_UN_GELU_TANH : CT_UN_GELU, a, 0, 0);
+    return ct__unary(approximate_tanh ? CT_UN_GELU_TANH : CT_UN_GELU, a, 0, 0);
 }
-ct_tensor *ct_sigmoid(const ct_tensor *a) { return unary_op(CT_UN_SIGMOID, a, 0, 0); }
-ct_tensor *ct_tanh(const ct_tensor *a) { return unary_op(CT_UN_TANH, a, 0, 0); }
 
 /* -------------------------------------------------------------- in-place */
 static int check_inplace(ct_tensor *a, const char *op) {
@@ -279,6 +290,8 @@ int ct_mul_(ct_tensor *a, const ct_tensor *b) {
 
 static int unary_(ct_tensor *a, ct_unop op, double p1, const char *name) {
     if (check_inplace(a, name) != 0) return -1;
+    if (!ct_is_floating(a->dtype) && !(a->dtype == CT_INT64 && ct_unop_allows_int64(op)))
+        return ct_error("%s: dtype %s not supported", name, ct_dtype_name(a->dtype));
     int (*k)(ct_unop, ct_tensor *, const ct_tensor *, double, double) = CT_KERNEL(a, unary, name);
     int rc = k ? k(op, a, a, p1, 0) : -1;
     ct_bump_version(a);

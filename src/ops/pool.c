@@ -94,27 +94,12 @@ static int pool_setup(const char *op, const ct_tensor *x, const int kernel[2], c
     return 0;
 }
 
-static void params_to_node(ct_node *n, const ct_pool_params *p) {
-    for (int i = 0; i < 2; i++) {
-        n->ip[i] = p->kernel[i];
-        n->ip[2 + i] = p->stride[i];
-        n->ip[4 + i] = p->padding[i];
-        n->ip[6 + i] = p->dilation[i];
-    }
-    n->ip[8] = p->ceil_mode;
-    n->ip[9] = p->count_include_pad;
-}
-
-static void params_from_node(const ct_node *n, ct_pool_params *p) {
-    for (int i = 0; i < 2; i++) {
-        p->kernel[i] = (int)n->ip[i];
-        p->stride[i] = (int)n->ip[2 + i];
-        p->padding[i] = (int)n->ip[4 + i];
-        p->dilation[i] = (int)n->ip[6 + i];
-    }
-    p->ceil_mode = (int)n->ip[8];
-    p->count_include_pad = (int)n->ip[9];
-}
+/* The backward context of every pooling node: its parameters and the saved indices or
+ * window codes (slot, -1 when none). */
+typedef struct {
+    ct_pool_params p;
+    int saved;
+} pool_ctx;
 
 /* Records the pooling node on y when the forward succeeded (*rc == 0), saving `saved` and
  * the parameters p when given; *rc = -1 when y was lost to an allocation failure. */
@@ -124,8 +109,11 @@ static ct_tensor *record_pool(int *rc, const char *name, ct_backward_fn fn, cons
     ct_node *n;
     y = ct_node_record(name, fn, &x, 1, y, &n);
     if (!y) *rc = -1;
-    if (n && saved) ct_node_save(n, saved);
-    if (n && p) params_to_node(n, p);
+    if (n) {
+        pool_ctx *c = CT_NODE_CTX(n, pool_ctx);
+        c->saved = saved ? ct_node_save(n, saved) : -1;
+        if (p) c->p = *p;
+    }
     return y;
 }
 
@@ -146,13 +134,13 @@ static int grad_input(ct_node *n, const ct_tensor *gy, ct_tensor **g, ct_tensor 
 
 static int max_pool2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     if (!ct_node_needs_grad(n, 0)) return 0;
-    const ct_tensor *ind = ct_node_saved(n, 0);
+    const pool_ctx *c = n->ctx;
+    const ct_tensor *ind = ct_node_saved(n, c->saved);
     if (!ind) return -1;
     int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_pool_params *) =
         CT_KERNEL(gy, max_pool2d_backward, "max_pool2d backward");
     if (!k) return -1;
-    ct_pool_params p;
-    params_from_node(n, &p);
+    const ct_pool_params p = ((const pool_ctx *)n->ctx)->p;
     ct_tensor *gyc = ct_data_contiguous(gy), *gy4 = gyc ? ct_view4d(gyc) : NULL, *ind4 = ct_view4d(ind);
     ct_tensor *g = NULL, *g4 = NULL;
     int rc = -1;
@@ -169,14 +157,13 @@ static int max_pool2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     return 0;
 }
 
-/* Window codes instead of int64 indices, optional fused ReLU (backends that have the
- * max_pool2d_codes kernels). */
+/* Window codes instead of int64 indices, optional fused ReLU. */
 static int max_pool2d_codes_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     if (!ct_node_needs_grad(n, 0)) return 0;
-    const ct_tensor *codes = ct_node_saved(n, 0);
+    const pool_ctx *c = n->ctx;
+    const ct_tensor *codes = ct_node_saved(n, c->saved);
     if (!codes) return -1;
-    ct_pool_params p;
-    params_from_node(n, &p);
+    const ct_pool_params p = c->p;
     ct_tensor *gyc = ct_data_contiguous(gy), *gy4 = gyc ? ct_view4d(gyc) : NULL, *c4 = ct_view4d(codes);
     ct_tensor *g = NULL, *g4 = NULL;
     int rc = -1;
@@ -195,12 +182,8 @@ static int max_pool2d_codes_backward(ct_node *n, const ct_tensor *gy, ct_tensor 
     return 0;
 }
 
-/* Whether x's backend pools with window codes (and the window is small enough for them). */
-static int use_codes(const ct_tensor *x, const ct_pool_params *p) {
-    const ct_backend *b = ct_backend_of(x);
-    return b && b->k.max_pool2d_codes_forward && b->k.max_pool2d_codes_backward &&
-           p->kernel[0] * p->kernel[1] < CT_POOL_NOGRAD;
-}
+/* Whether the window is small enough for one-byte window codes (else int64 indices). */
+static int use_codes(const ct_pool_params *p) { return p->kernel[0] * p->kernel[1] < CT_POOL_NOGRAD; }
 
 static ct_tensor *max_pool2d_codes(const ct_tensor *x, const ct_pool_params *p,
                                    const int64_t *ysh, int relu) {
@@ -210,9 +193,9 @@ static ct_tensor *max_pool2d_codes(const ct_tensor *x, const ct_pool_params *p,
     ct_tensor *xc = ct_data_contiguous(x);
     ct_tensor *x4 = xc ? ct_view4d(xc) : NULL, *y4 = y ? ct_view4d(y) : NULL;
     ct_tensor *c4 = codes ? ct_view4d(codes) : NULL;
-    int rc = (x4 && y4 && (!need || c4))
-                 ? ct_backend_of(x)->k.max_pool2d_codes_forward(y4, c4, x4, p, relu)
-                 : -1;
+    int (*k)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_pool_params *, int) =
+        CT_KERNEL(x, max_pool2d_codes_forward, "max_pool2d");
+    int rc = (k && x4 && y4 && (!need || c4)) ? k(y4, c4, x4, p, relu) : -1;
     y = record_pool(&rc, "MaxPool2DWithIndicesBackward", max_pool2d_codes_backward, x, y, codes,
                     p);
     ct_free(x4);
@@ -233,7 +216,7 @@ ct_tensor *ct_relu_max_pool2d(const ct_tensor *x, const int kernel[2], const int
     int64_t ysh[4];
     if (x &&
         pool_setup("max_pool2d", x, kernel, stride, padding, dilation, ceil_mode, &p, ysh) == 0 &&
-        use_codes(x, &p))
+        use_codes(&p))
         return max_pool2d_codes(x, &p, ysh, 1);
     ct_clear_error();
     ct_tensor *r = ct_relu(x);
@@ -248,7 +231,7 @@ ct_tensor *ct_max_pool2d(const ct_tensor *x, const int kernel[2], const int stri
     int64_t ysh[4];
     if (pool_setup("max_pool2d", x, kernel, stride, padding, dilation, ceil_mode, &p, ysh) != 0)
         return NULL;
-    if (use_codes(x, &p)) return max_pool2d_codes(x, &p, ysh, 0);
+    if (use_codes(&p)) return max_pool2d_codes(x, &p, ysh, 0);
     int (*k)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_pool_params *) =
         CT_KERNEL(x, max_pool2d_forward, "max_pool2d");
     if (!k) return NULL;
@@ -277,8 +260,7 @@ static int avg_pool2d_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     int (*k)(ct_tensor *, const ct_tensor *, const ct_pool_params *) =
         CT_KERNEL(gy, avg_pool2d_backward, "avg_pool2d backward");
     if (!k) return -1;
-    ct_pool_params p;
-    params_from_node(n, &p);
+    const ct_pool_params p = ((const pool_ctx *)n->ctx)->p;
     ct_tensor *gyc = ct_data_contiguous(gy), *gy4 = gyc ? ct_view4d(gyc) : NULL;
     ct_tensor *g = NULL, *g4 = NULL;
     int rc = -1;

@@ -35,16 +35,22 @@ static ct_tensor *squeeze_mask(ct_tensor *t, const int *mask, int ndim) {
     return r;
 }
 
+typedef struct {
+    int64_t kshape[CT_MAX_DIMS]; /* the keepdim output shape */
+    double scale;                /* 1 for sum, 1/count for mean */
+} sum_ctx;
+
 static int sum_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    /* gy has the keepdim shape stored in ip[]; expand back to the input. */
+    /* gy reshaped to the keepdim shape, expanded back to the input. */
+    const sum_ctx *c = n->ctx;
     int nd = n->inputs[0].ndim;
-    ct_tensor *g = ct_reshape(gy, n->ip, nd);
+    ct_tensor *g = ct_reshape(gy, c->kshape, nd);
     if (!g) return -1;
     ct_tensor *e = ct_expand(g, n->inputs[0].shape, nd);
     ct_free(g);
     if (!e) return -1;
-    if (n->dp[0] != 1.0) {
-        gx[0] = ct_mul_scalar(e, n->dp[0]);
+    if (c->scale != 1.0) {
+        gx[0] = ct_mul_scalar(e, c->scale);
         ct_free(e);
     } else {
         gx[0] = ct_contiguous(e);
@@ -74,8 +80,9 @@ static ct_tensor *sum_mean(const ct_tensor *a, const int *dims, int ndims, int k
     y = ct_node_record(mean ? "MeanBackward" : "SumBackward", sum_backward, &a, 1, y, &n);
     if (!y) return NULL;
     if (n) {
-        memcpy(n->ip, ks, sizeof(int64_t) * (size_t)a->ndim);
-        n->dp[0] = mean ? 1.0 / (double)(count ? count : 1) : 1.0;
+        sum_ctx *c = CT_NODE_CTX(n, sum_ctx);
+        memcpy(c->kshape, ks, sizeof(int64_t) * (size_t)a->ndim);
+        c->scale = mean ? 1.0 / (double)(count ? count : 1) : 1.0;
     }
     return keepdim ? y : squeeze_mask(y, mask, a->ndim);
 }
@@ -87,11 +94,18 @@ ct_tensor *ct_mean(const ct_tensor *a, const int *dims, int ndims, int keepdim) 
     return sum_mean(a, dims, ndims, keepdim, 1);
 }
 
+typedef struct {
+    int dim;
+    ct_device dev; /* the input's device */
+    int indices;   /* saved argmax */
+} max_ctx;
+
 /* gx = zeros; gx.scatter_(dim, idx, gy) */
 static int max_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    const ct_tensor *idx = ct_node_saved(n, 0);
+    const max_ctx *c = n->ctx;
+    const ct_tensor *idx = ct_node_saved(n, c->indices);
     if (!idx) return -1;
-    int dim = (int)n->ip[0];
+    int dim = c->dim;
     ct_tensor *gyc = ct_contiguous(gy);
     ct_tensor *ic = ct_to_device(idx, ct_cpu());
     ct_tensor *gyh = gyc ? ct_to_device(gyc, ct_cpu()) : NULL;
@@ -100,7 +114,7 @@ static int max_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     int rc = -1;
     if (ic && gyd && g) {
         ct_tensor *icc = ct_contiguous(ic);
-        const int64_t *ip = ct_data(icc);
+        const int64_t *ixp = ct_data(icc);
         const double *gp = ct_data(gyd);
         double *op = ct_data(g);
         int nd = g->ndim;
@@ -109,7 +123,7 @@ static int max_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
         for (int d = dim + 1; d < nd; d++) inner *= g->shape[d];
         for (int64_t o = 0; o < outer; o++)
             for (int64_t i = 0; i < inner; i++) {
-                int64_t j = ip[o * inner + i];
+                int64_t j = ixp[o * inner + i];
                 op[(o * size + j) * inner + i] += gp[o * inner + i];
             }
         ct_free(icc);
@@ -117,8 +131,7 @@ static int max_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     }
     if (rc == 0) {
         ct_tensor *gd = ct_to_dtype(g, n->inputs[0].dtype);
-        ct_device dev = {(ct_device_type)n->ip[1], (int)n->ip[2]};
-        gx[0] = gd ? ct_to_device(gd, dev) : NULL;
+        gx[0] = gd ? ct_to_device(gd, c->dev) : NULL;
         ct_free(gd);
         rc = gx[0] ? 0 : -1;
     }
@@ -155,12 +168,7 @@ ct_tensor *ct_max(const ct_tensor *a, int dim, int keepdim, ct_tensor **indices)
         ct_free(ix);
         return NULL;
     }
-    if (n) {
-        n->ip[0] = d;
-        n->ip[1] = a->storage->device.type;
-        n->ip[2] = a->storage->device.index;
-        ct_node_save(n, ix);
-    }
+    if (n) *CT_NODE_CTX(n, max_ctx) = (max_ctx){d, a->storage->device, ct_node_save(n, ix)};
     if (!keepdim) {
         y = squeeze_mask(y, mask, a->ndim);
         ix = squeeze_mask(ix, mask, a->ndim);

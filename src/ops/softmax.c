@@ -5,11 +5,17 @@
 #include "core/backend.h"
 #include "core/error.h"
 
+typedef struct {
+    int dim, is_log;
+    int y; /* the saved output */
+} softmax_ctx;
+
 static int softmax_backward_fn(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
-    const int dim = (int)n->ip[0], is_log = (int)n->ip[1];
+    const softmax_ctx *c = n->ctx;
+    const int dim = c->dim, is_log = c->is_log;
     const char *op = is_log ? "log_softmax backward" : "softmax backward";
     if (!ct_node_needs_grad(n, 0)) return 0;
-    const ct_tensor *y = ct_node_saved(n, 0);
+    const ct_tensor *y = ct_node_saved(n, c->y);
     if (!y) return -1;
     int (*k)(ct_tensor *, const ct_tensor *, const ct_tensor *, int, int) =
         CT_KERNEL(y, softmax_backward, op);
@@ -57,11 +63,7 @@ static ct_tensor *softmax_impl(const ct_tensor *a, int dim, int is_log) {
     ct_node *n;
     y = ct_node_record(is_log ? "LogSoftmaxBackward" : "SoftmaxBackward", softmax_backward_fn, &a,
                        1, y, &n);
-    if (n) {
-        ct_node_save(n, y);
-        n->ip[0] = d;
-        n->ip[1] = is_log;
-    }
+    if (n) *CT_NODE_CTX(n, softmax_ctx) = (softmax_ctx){d, is_log, ct_node_save(n, y)};
     return y;
 }
 

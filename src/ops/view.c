@@ -12,9 +12,19 @@ static int reshape_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     return gx[0] ? 0 : -1;
 }
 
+typedef struct {
+    int dims[CT_MAX_DIMS]; /* the permutation */
+} permute_ctx;
+
+typedef struct {
+    int dim;
+    int64_t start, end, step;
+} slice_ctx;
+
 static int permute_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const permute_ctx *c = n->ctx;
     int inv[CT_MAX_DIMS];
-    for (int i = 0; i < gy->ndim; i++) inv[n->ip[i]] = i;
+    for (int i = 0; i < gy->ndim; i++) inv[c->dims[i]] = i;
     gx[0] = ct_permute(gy, inv, gy->ndim);
     return gx[0] ? 0 : -1;
 }
@@ -24,7 +34,8 @@ static int slice_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     if (!g) return -1;
     ct_tensor *v = NULL;
     int rc = ct_backend_of(g)->k.fill(g, 0);
-    if (rc == 0) v = ct_slice(g, (int)n->ip[0], n->ip[1], n->ip[2], n->ip[3]);
+    const slice_ctx *c = n->ctx;
+    if (rc == 0) v = ct_slice(g, c->dim, c->start, c->end, c->step);
     if (rc == 0 && v) rc = ct_backend_of(g)->k.copy(v, gy);
     else rc = -1;
     ct_free(v);
@@ -41,13 +52,13 @@ static int expand_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     return gx[0] ? 0 : -1;
 }
 
-/* Makes `y` a differentiable view of `x`. */
+/* Makes `y` a differentiable view of `x`; ctx (size bytes, may be NULL) is copied into the
+ * node as the backward's context. */
 static ct_tensor *finish_view(const ct_tensor *x, ct_tensor *y, const char *name, ct_backward_fn fn,
-                              const int64_t *ip, int nip) {
+                              const void *ctx, size_t size) {
     ct_node *n;
     y = ct_node_record(name, fn, &x, 1, y, &n);
-    if (n)
-        for (int i = 0; i < nip; i++) n->ip[i] = ip[i];
+    if (n && ctx) memcpy(ct_node_ctx_new(n, size), ctx, size); /* small: never fails */
     return y;
 }
 
@@ -148,7 +159,8 @@ ct_tensor *ct_permute(const ct_tensor *x, const int *dims, int ndim) {
         return ct_error_null("permute: %d dims given for a tensor of shape %s (%d dims)", ndim,
                              ct_shape_str(x, b, sizeof b), x->ndim);
     /* zeroed: GCC 12 cannot see that ndim == 0 leaves the arrays unread */
-    int64_t sh[CT_MAX_DIMS] = {0}, st[CT_MAX_DIMS] = {0}, ip[CT_MAX_DIMS];
+    int64_t sh[CT_MAX_DIMS] = {0}, st[CT_MAX_DIMS] = {0};
+    permute_ctx c = {{0}};
     int seen[CT_MAX_DIMS] = {0};
     for (int i = 0; i < ndim; i++) {
         int d = ct_wrap_dim(dims[i], ndim, "permute");
@@ -157,9 +169,9 @@ ct_tensor *ct_permute(const ct_tensor *x, const int *dims, int ndim) {
         seen[d] = 1;
         sh[i] = x->shape[d];
         st[i] = x->stride[d];
-        ip[i] = d;
+        c.dims[i] = d;
     }
-    return finish_view(x, make_view(x, sh, st, ndim, x->offset), "PermuteBackward", permute_backward, ip, ndim);
+    return finish_view(x, make_view(x, sh, st, ndim, x->offset), "PermuteBackward", permute_backward, &c, sizeof c);
 }
 
 ct_tensor *ct_transpose(const ct_tensor *x, int d0, int d1) {
@@ -191,9 +203,9 @@ ct_tensor *ct_slice(const ct_tensor *x, int dim, int64_t start, int64_t end, int
     memcpy(st, x->stride, sizeof st);
     sh[d] = (end - start + step - 1) / step;
     st[d] = x->stride[d] * step;
-    int64_t ip[4] = {d, start, end, step};
+    slice_ctx c = {d, start, end, step};
     return finish_view(x, make_view(x, sh, st, x->ndim, x->offset + start * x->stride[d]),
-                       "SliceBackward", slice_backward, ip, 4);
+                       "SliceBackward", slice_backward, &c, sizeof c);
 }
 
 ct_tensor *ct_narrow(const ct_tensor *x, int dim, int64_t start, int64_t length) {

@@ -1,17 +1,12 @@
 /* SGD, Adam, AdamW with torch.optim's single-tensor formulas (PyTorch 1.13).
  *
- * Fast path: contiguous CPU parameter, gradient and state -> one fused loop per parameter
- * over the raw buffers (ct_parallel_for), in the parameter's precision and in PyTorch's
- * operation order (each torch op rounds to the tensor dtype, scalars are cast to it).
- * CUDA parameters use the CUDA plugin's fused multi-tensor kernels (ct_cuda_sgd_step,
- * ct_cuda_adam_step, looked up in the loaded plugin with ct_cuda_plugin_symbol) when the options allow
- * (no maximize / amsgrad); everything else (other devices, strided gradients) goes
- * through public tensor ops. */
+ * A step groups the parameters that have a gradient by device, dtype and step count, and
+ * hands each group to its backend's fused step kernel (sgd_step / adam_step in the kernel
+ * table: the CPU's loops, the CUDA plugin's multi-tensor kernels), which hold the one
+ * definition of each update per backend. */
 #include "ctorch_optim.h"
-#include "backends/cuda/cuda_plugin.h"
 #include "core/backend.h"
 #include "core/error.h"
-#include "core/parallel.h"
 #include "core/tensor_impl.h"
 
 #include <math.h>
@@ -19,6 +14,7 @@
 #include <string.h>
 
 enum { S_BUF0, S_BUF1, S_BUF2, S_COUNT }; /* SGD: momentum; Adam: exp_avg, exp_avg_sq, max */
+enum { M_NONE = 0, M_PENDING, M_PENDING_FIRST, M_DONE }; /* step: a parameter's group mark */
 
 struct ct_optimizer {
     ct_optim_kind kind;
@@ -28,8 +24,9 @@ struct ct_optimizer {
     ct_tensor **state[S_COUNT];
     int64_t *param_steps; /* Adam: per-parameter step count (PyTorch's state['step']) */
     int64_t steps;
-    /* CUDA fused path scratch (allocated once): per-parameter mark and gather lists */
+    /* step scratch (allocated once): per-parameter group mark and the gathered lists */
     unsigned char *mark;
+    int *members;
     ct_tensor **gather[5];
 };
 
@@ -88,6 +85,7 @@ void ct_optim_free(ct_optimizer *o) {
     for (int s = 0; s < S_COUNT; s++) free(o->state[s]);
     free(o->param_steps);
     free(o->mark);
+    free(o->members);
     for (int s = 0; s < 5; s++) free(o->gather[s]);
     free(o);
 }
@@ -126,6 +124,7 @@ ct_optimizer *ct_optim_new(ct_optim_kind kind, ct_tensor *const *params, int n,
     int ok = r->params && r->param_steps;
     for (int s = 0; s < S_COUNT; s++) ok = (r->state[s] = calloc(cnt, sizeof(ct_tensor *))) && ok;
     ok = (r->mark = calloc(cnt, 1)) && ok;
+    ok = (r->members = calloc(cnt, sizeof(int))) && ok;
     for (int s = 0; s < 5; s++) ok = (r->gather[s] = calloc(cnt, sizeof(ct_tensor *))) && ok;
     if (!ok) {
         r->n = 0;
@@ -211,200 +210,6 @@ ct_tensor *ct_optim_state(const ct_optimizer *o, int i, const char *name) {
     return NULL;
 }
 
-/* -------------------------------------------------------------- fused loops */
-typedef struct {
-    void *p;
-    const void *g;
-    void *b0, *b1, *b2;
-    /* SGD */
-    double lr, mom, damp, wd;
-    int nesterov, first, maximize;
-    /* Adam */
-    double beta1, beta2, eps, step_size, bc2_sqrt, decay;
-    int amsgrad, adamw;
-} fused_ctx;
-
-/* The SGD loops: the options are copied into locals and each combination gets its own
- * branch-free loop, so that the compiler vectorizes it (a flag read through `c` inside
- * the loop could alias the stores and kept it scalar). Same operations, same order and
- * same rounding as the scalar formula: buf = buf*mom + (1-damp)*g; p = p + (-lr)*g. */
-#define SGD_LOOP(T)                                                                      \
-    do {                                                                                 \
-        T *p = c->p, *buf = c->b0;                                                       \
-        const T *gr = c->g;                                                              \
-        const T wd = (T)c->wd, mom = (T)c->mom, one_m_damp = (T)(1 - c->damp),          \
-                neg_lr = (T)(-c->lr);                                                    \
-        const int has_wd = c->wd != 0, has_mom = c->mom != 0, first = c->first,          \
-                  nesterov = c->nesterov, maximize = c->maximize;                        \
-        if (!maximize && !has_wd && has_mom && !first && !nesterov) {                    \
-            /* the common case: plain momentum */                                        \
-            for (int64_t i = b; i < e; i++) {                                            \
-                T bb = buf[i] * mom;                                                     \
-                bb = bb + one_m_damp * gr[i];                                            \
-                buf[i] = bb;                                                             \
-                p[i] = p[i] + neg_lr * bb;                                               \
-            }                                                                            \
-        } else if (!maximize && !has_wd && !has_mom) {                                   \
-            for (int64_t i = b; i < e; i++) p[i] = p[i] + neg_lr * gr[i];                \
-        } else {                                                                         \
-            for (int64_t i = b; i < e; i++) {                                            \
-                T g = maximize ? -gr[i] : gr[i];                                         \
-                if (has_wd) g = g + wd * p[i];                                           \
-                if (has_mom) {                                                           \
-                    T bb;                                                                \
-                    if (first) {                                                         \
-                        bb = g;                                                          \
-                    } else {                                                             \
-                        bb = buf[i] * mom;                                               \
-                        bb = bb + one_m_damp * g;                                        \
-                    }                                                                    \
-                    buf[i] = bb;                                                         \
-                    g = nesterov ? g + mom * bb : bb;                                    \
-                }                                                                        \
-                p[i] = p[i] + neg_lr * g;                                                \
-            }                                                                            \
-        }                                                                                \
-    } while (0)
-
-/* Compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at start-up.
- * Floating-point contraction stays off (-std=c11), so every variant rounds alike. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CT_MULTIVERSION
-#endif
-
-CT_MULTIVERSION static void sgd_f32(void *vc, int64_t b, int64_t e) {
-    const fused_ctx *c = vc;
-    SGD_LOOP(float);
-}
-CT_MULTIVERSION static void sgd_f64(void *vc, int64_t b, int64_t e) {
-    const fused_ctx *c = vc;
-    SGD_LOOP(double);
-}
-
-#define ADAM_LOOP(T, SQRT)                                                               \
-    do {                                                                                 \
-        T *p = c->p, *m = c->b0, *v = c->b1, *vmax = c->b2;                              \
-        const T *gr = c->g;                                                              \
-        const T wd = (T)c->wd, b1 = (T)c->beta1, omb1 = (T)(1 - c->beta1),              \
-                b2 = (T)c->beta2, omb2 = (T)(1 - c->beta2), bc2s = (T)c->bc2_sqrt,     \
-                eps = (T)c->eps, neg_step = (T)(-c->step_size), decay = (T)c->decay;    \
-        const int maximize = c->maximize, adamw = c->adamw, has_wd = c->wd != 0,         \
-                  amsgrad = c->amsgrad;                                                  \
-        for (int64_t i = b; i < e; i++) {                                                \
-            T g = maximize ? -gr[i] : gr[i];                                             \
-            T pi = p[i];                                                                 \
-            if (adamw)                                                                   \
-                pi = pi * decay;                                                         \
-            else if (has_wd)                                                             \
-                g = g + wd * pi;                                                         \
-            T mi = m[i] * b1;                                                            \
-            mi = mi + omb1 * g;                                                          \
-            T vi = v[i] * b2;                                                            \
-            vi = vi + omb2 * g * g;                                                      \
-            m[i] = mi;                                                                   \
-            v[i] = vi;                                                                   \
-            if (amsgrad) {                                                               \
-                T mx = vmax[i] > vi ? vmax[i] : vi;                                      \
-                if (vi != vi) mx = vi; /* torch.maximum propagates NaN */                \
-                vmax[i] = mx;                                                            \
-                vi = mx;                                                                 \
-            }                                                                            \
-            T denom = SQRT(vi) / bc2s;                                                   \
-            denom = denom + eps;                                                         \
-            p[i] = pi + neg_step * mi / denom;                                           \
-        }                                                                                \
-    } while (0)
-
-CT_MULTIVERSION static void adam_f32(void *vc, int64_t b, int64_t e) {
-    const fused_ctx *c = vc;
-    ADAM_LOOP(float, sqrtf);
-}
-CT_MULTIVERSION static void adam_f64(void *vc, int64_t b, int64_t e) {
-    const fused_ctx *c = vc;
-    ADAM_LOOP(double, sqrt);
-}
-
-static int is_cpu_contig(const ct_tensor *t) {
-    return t && t->storage->device.type == CT_CPU && ct_is_contiguous(t);
-}
-
-/* ----------------------------------------------------------- generic path */
-/* t = t*s1 + s2*x (in place, via public ops). */
-static int axpby_(ct_tensor *t, double s1, const ct_tensor *x, double s2) {
-    if (s1 != 1 && ct_mul_scalar_(t, s1) != 0) return -1;
-    return ct_add_(t, x, s2);
-}
-
-static int sgd_generic(ct_optimizer *o, int i, const ct_tensor *grad, int first) {
-    ct_tensor *p = o->params[i];
-    const ct_optim_options *op = &o->o;
-    ct_tensor *g = op->maximize ? ct_neg(grad) : ct_clone(grad);
-    if (!g) return -1;
-    int rc = 0;
-    if (op->weight_decay != 0) rc = ct_add_(g, p, op->weight_decay);
-    if (rc == 0 && op->momentum != 0) {
-        ct_tensor *buf = o->state[S_BUF0][i];
-        if (first)
-            rc = ct_copy_(buf, g);
-        else
-            rc = axpby_(buf, op->momentum, g, 1 - op->dampening);
-        if (rc == 0) {
-            if (op->nesterov)
-                rc = ct_add_(g, buf, op->momentum);
-            else
-                rc = ct_copy_(g, buf);
-        }
-    }
-    if (rc == 0) rc = ct_add_(p, g, -op->lr);
-    ct_free(g);
-    return rc;
-}
-
-static int adam_generic(ct_optimizer *o, int i, const ct_tensor *grad, double step_size,
-                        double bc2_sqrt) {
-    ct_tensor *p = o->params[i];
-    const ct_optim_options *op = &o->o;
-    ct_tensor *m = o->state[S_BUF0][i], *v = o->state[S_BUF1][i], *vmax = o->state[S_BUF2][i];
-    ct_tensor *g = op->maximize ? ct_neg(grad) : ct_clone(grad);
-    if (!g) return -1;
-    int rc = 0;
-    if (o->kind == CT_OPTIM_ADAMW)
-        rc = ct_mul_scalar_(p, 1 - op->lr * op->weight_decay);
-    else if (op->weight_decay != 0)
-        rc = ct_add_(g, p, op->weight_decay);
-    if (rc == 0) rc = axpby_(m, op->beta1, g, 1 - op->beta1);
-    ct_tensor *gg = rc == 0 ? ct_mul(g, g) : NULL;
-    if (!gg) rc = -1;
-    if (rc == 0) rc = axpby_(v, op->beta2, gg, 1 - op->beta2);
-    ct_free(gg);
-    ct_tensor *use = v;
-    if (rc == 0 && op->amsgrad) {
-        /* max(a, b) = (a + b + |a - b|) / 2 */
-        ct_tensor *d = ct_sub(vmax, v), *ad = d ? ct_abs(d) : NULL;
-        ct_tensor *s = ad ? ct_add(vmax, v) : NULL, *s2 = s ? ct_add(s, ad) : NULL;
-        rc = s2 ? ct_copy_(vmax, s2) : -1;
-        if (rc == 0) rc = ct_mul_scalar_(vmax, 0.5);
-        ct_free(d);
-        ct_free(ad);
-        ct_free(s);
-        ct_free(s2);
-        use = vmax;
-    }
-    ct_tensor *den = rc == 0 ? ct_sqrt(use) : NULL;
-    if (!den) rc = -1;
-    if (rc == 0) rc = ct_mul_scalar_(den, 1.0 / bc2_sqrt);
-    if (rc == 0) rc = ct_add_scalar_(den, op->eps);
-    ct_tensor *q = rc == 0 ? ct_div(m, den) : NULL;
-    if (!q) rc = -1;
-    if (rc == 0) rc = ct_add_(p, q, -step_size);
-    ct_free(q);
-    ct_free(den);
-    ct_free(g);
-    return rc;
-}
-
 /* ----------------------------------------------------------------- step */
 static int ensure_state(ct_optimizer *o, int s, int i) {
     if (o->state[s][i]) return 0;
@@ -419,164 +224,104 @@ static int ensure_state(ct_optimizer *o, int s, int i) {
     return 0;
 }
 
-static int step_param(ct_optimizer *o, int i) {
-    ct_tensor *p = o->params[i];
-    ct_tensor *grad = p->grad;
+/* The tensors handed to the step kernel for parameter i: the parameter, its gradient and
+ * its state, contiguous. A non-contiguous parameter or gradient gets a contiguous copy
+ * (the parameter's is copied back after the step: copy_back[i]). */
+static int gather(ct_optimizer *o, int i, int k) {
+    ct_tensor *p = o->params[i], *g = p->grad;
+    o->gather[0][k] = ct_contiguous(p); /* grad mode is off: no graph */
+    o->gather[1][k] = ct_contiguous(g);
+    for (int s = 0; s < S_COUNT; s++) o->gather[2 + s][k] = o->state[s][i];
+    return o->gather[0][k] && o->gather[1][k] ? 0 : -1;
+}
+
+/* Checks parameter i's gradient and creates its state; sets mark[i] to the group key. */
+static int prepare(ct_optimizer *o, int i) {
+    ct_tensor *p = o->params[i], *grad = p->grad;
     const ct_optim_options *op = &o->o;
-    if (!grad) return 0;
     char s1[96], s2[96];
-    if (!ct_same_shape(grad, p) || grad->dtype != p->dtype ||
-        grad->storage->device.type != p->storage->device.type ||
-        grad->storage->device.index != p->storage->device.index)
+    if (!ct_same_shape(grad, p) || grad->dtype != p->dtype || !ct_same_device(grad, p))
         return ct_error("%s: parameter %d %s %s has a gradient %s %s; they must match",
                         kind_title(o->kind), i, ct_shape_str(p, s1, sizeof s1),
                         ct_dtype_name(p->dtype), ct_shape_str(grad, s2, sizeof s2),
                         ct_dtype_name(grad->dtype));
-    fused_ctx c;
-    memset(&c, 0, sizeof c);
-    c.maximize = op->maximize;
-    c.lr = op->lr;
-    c.wd = op->weight_decay;
-    int64_t n = ct_numel(p);
     if (o->kind == CT_OPTIM_SGD) {
-        int first = 0;
-        if (op->momentum != 0) {
-            first = o->state[S_BUF0][i] == NULL;
-            if (ensure_state(o, S_BUF0, i) != 0) return -1;
-        }
-        ct_tensor *buf = o->state[S_BUF0][i];
-        if (is_cpu_contig(p) && is_cpu_contig(grad) && (op->momentum == 0 || is_cpu_contig(buf))) {
-            c.p = ct_ptr(p);
-            c.g = ct_ptr(grad);
-            c.b0 = buf ? ct_ptr(buf) : NULL;
-            c.mom = op->momentum;
-            c.damp = op->dampening;
-            c.nesterov = op->nesterov;
-            c.first = first;
-            ct_parallel_for(n, 1 << 15, p->dtype == CT_FLOAT32 ? sgd_f32 : sgd_f64, &c);
-            ct_bump_version(p);
-            if (buf) ct_bump_version(buf);
-            return 0;
-        }
-        return sgd_generic(o, i, grad, first);
+        int first = op->momentum != 0 && o->state[S_BUF0][i] == NULL;
+        if (op->momentum != 0 && ensure_state(o, S_BUF0, i) != 0) return -1;
+        o->mark[i] = first ? M_PENDING_FIRST : M_PENDING;
+        return 0;
     }
     if (ensure_state(o, S_BUF0, i) || ensure_state(o, S_BUF1, i) ||
         (op->amsgrad && ensure_state(o, S_BUF2, i)))
         return -1;
-    int64_t t = ++o->param_steps[i];
-    double bc1 = 1 - pow(op->beta1, (double)t);
-    double bc2 = 1 - pow(op->beta2, (double)t);
-    double step_size = op->lr / bc1;
-    double bc2_sqrt = sqrt(bc2);
-    ct_tensor *m = o->state[S_BUF0][i], *v = o->state[S_BUF1][i], *vmax = o->state[S_BUF2][i];
-    if (is_cpu_contig(p) && is_cpu_contig(grad) && is_cpu_contig(m) && is_cpu_contig(v) &&
-        (!op->amsgrad || is_cpu_contig(vmax))) {
-        c.p = ct_ptr(p);
-        c.g = ct_ptr(grad);
-        c.b0 = ct_ptr(m);
-        c.b1 = ct_ptr(v);
-        c.b2 = vmax ? ct_ptr(vmax) : NULL;
-        c.beta1 = op->beta1;
-        c.beta2 = op->beta2;
-        c.eps = op->eps;
-        c.step_size = step_size;
-        c.bc2_sqrt = bc2_sqrt;
-        c.amsgrad = op->amsgrad;
-        c.adamw = o->kind == CT_OPTIM_ADAMW;
-        c.decay = 1 - op->lr * op->weight_decay;
-        ct_parallel_for(n, 1 << 14, p->dtype == CT_FLOAT32 ? adam_f32 : adam_f64, &c);
-        ct_bump_version(p);
-        ct_bump_version(m);
-        ct_bump_version(v);
-        if (vmax) ct_bump_version(vmax);
-        return 0;
-    }
-    return adam_generic(o, i, grad, step_size, bc2_sqrt);
+    o->mark[i] = M_PENDING;
+    return 0;
 }
 
-/* ------------------------------------------------------- CUDA fused path */
+/* Whether parameter j steps in the same kernel call as parameter i: same device, dtype,
+ * first-step flag (SGD) or step count (Adam). */
+static int same_group(const ct_optimizer *o, int i, int j) {
+    const ct_tensor *pi = o->params[i], *pj = o->params[j];
+    return o->mark[j] == o->mark[i] && pj->dtype == pi->dtype && ct_same_device(pj, pi) &&
+           (o->kind == CT_OPTIM_SGD || o->param_steps[j] == o->param_steps[i]);
+}
 
-enum { M_NONE = 0, M_PENDING, M_PENDING_FIRST, M_DONE };
-
-/* Updates the CUDA parameters the fused kernels can handle, grouped by (device, dtype,
- * first step / step count), and marks them M_DONE. Returns 0 also when the plugin is
- * not there (the per-parameter path then handles them). */
-static int cuda_fused_step(ct_optimizer *o) {
+static int run_kernel(ct_optimizer *o, int i, int k) {
     const ct_optim_options *op = &o->o;
-    memset(o->mark, M_NONE, (size_t)o->n);
-    if (op->maximize || op->amsgrad) return 0;
-    int any = 0;
-    for (int i = 0; i < o->n && !any; i++)
-        any = o->params[i]->storage->device.type == CT_CUDA && o->params[i]->grad;
-    if (!any) return 0;
-    static ct_cuda_sgd_step_fn sgd_fn;
-    static ct_cuda_adam_step_fn adam_fn;
-    if (o->kind == CT_OPTIM_SGD && !sgd_fn)
-        *(void **)&sgd_fn = ct_cuda_plugin_symbol("ct_cuda_sgd_step");
-    if (o->kind != CT_OPTIM_SGD && !adam_fn)
-        *(void **)&adam_fn = ct_cuda_plugin_symbol("ct_cuda_adam_step");
-    if (o->kind == CT_OPTIM_SGD ? !sgd_fn : !adam_fn) return 0;
-    for (int i = 0; i < o->n; i++) {
-        ct_tensor *p = o->params[i], *g = p->grad;
-        if (p->storage->device.type != CT_CUDA || !g || !ct_is_contiguous(p) ||
-            !ct_is_contiguous(g) || g->dtype != p->dtype || !ct_same_device(g, p) ||
-            !ct_same_shape(g, p))
-            continue;
-        int first = 0;
-        if (o->kind == CT_OPTIM_SGD) {
-            if (op->momentum != 0) {
-                first = o->state[S_BUF0][i] == NULL;
-                if (ensure_state(o, S_BUF0, i) != 0) return -1;
-            }
-        } else if (ensure_state(o, S_BUF0, i) || ensure_state(o, S_BUF1, i)) {
-            return -1;
-        }
-        o->mark[i] = first ? M_PENDING_FIRST : M_PENDING;
+    ct_tensor *p0 = o->params[i];
+    if (o->kind == CT_OPTIM_SGD) {
+        int (*sgd)(ct_tensor *const *, ct_tensor *const *, ct_tensor *const *, int,
+                   const ct_sgd_args *, int) = CT_KERNEL(p0, sgd_step, "SGD");
+        ct_sgd_args a = {op->lr, op->momentum, op->dampening, op->weight_decay, op->nesterov,
+                         op->maximize};
+        return sgd ? sgd(o->gather[0], o->gather[1], op->momentum != 0 ? o->gather[2] : NULL, k,
+                         &a, o->mark[i] == M_PENDING_FIRST)
+                   : -1;
     }
-    for (int i = 0; i < o->n; i++) {
-        if (o->mark[i] != M_PENDING && o->mark[i] != M_PENDING_FIRST) continue;
-        const ct_tensor *pi = o->params[i];
-        int k = 0;
-        for (int j = i; j < o->n; j++) {
-            const ct_tensor *pj = o->params[j];
-            if (o->mark[j] != o->mark[i] || pj->dtype != pi->dtype || !ct_same_device(pj, pi)) continue;
-            if (o->kind != CT_OPTIM_SGD && o->param_steps[j] != o->param_steps[i]) continue;
-            o->gather[0][k] = o->params[j];
-            o->gather[1][k] = o->params[j]->grad;
-            o->gather[2][k] = o->state[S_BUF0][j];
-            o->gather[3][k] = o->state[S_BUF1][j];
-            k++;
-        }
-        int first = o->mark[i] == M_PENDING_FIRST, rc;
-        int64_t step = o->param_steps[i] + 1;
-        if (o->kind == CT_OPTIM_SGD)
-            rc = sgd_fn(o->gather[0], o->gather[1], op->momentum != 0 ? o->gather[2] : NULL, k,
-                        op->lr, op->momentum, op->dampening, op->weight_decay, op->nesterov,
-                        first);
-        else
-            rc = adam_fn(o->gather[0], o->gather[1], o->gather[2], o->gather[3], k, op->lr,
-                         op->beta1, op->beta2, op->eps, op->weight_decay,
-                         o->kind == CT_OPTIM_ADAMW, step);
-        if (rc) return -1;
-        unsigned char m = o->mark[i];
-        for (int j = i; j < o->n; j++) {
-            const ct_tensor *pj = o->params[j];
-            if (o->mark[j] != m || pj->dtype != pi->dtype || !ct_same_device(pj, pi)) continue;
-            if (o->kind != CT_OPTIM_SGD && o->param_steps[j] != step - 1) continue;
-            o->mark[j] = M_DONE;
-            if (o->kind != CT_OPTIM_SGD) o->param_steps[j]++;
-            ct_bump_version(o->params[j]);
-        }
+    int (*adam)(ct_tensor *const *, ct_tensor *const *, ct_tensor *const *, ct_tensor *const *,
+                ct_tensor *const *, int, const ct_adam_args *) =
+        CT_KERNEL(p0, adam_step, kind_title(o->kind));
+    ct_adam_args a = {op->lr,           op->beta1,   op->beta2,     op->eps,
+                      op->weight_decay, o->kind == CT_OPTIM_ADAMW, op->amsgrad, op->maximize,
+                      o->param_steps[i] + 1};
+    return adam ? adam(o->gather[0], o->gather[1], o->gather[2], o->gather[3],
+                       op->amsgrad ? o->gather[4] : NULL, k, &a)
+                : -1;
+}
+
+/* One kernel call for the group of parameter i (every pending parameter like it). */
+static int step_group(ct_optimizer *o, int i) {
+    int k = 0, rc = 0;
+    for (int j = i; j < o->n; j++)
+        if (same_group(o, i, j)) o->members[k++] = j;
+    for (int m = 0; m < k && rc == 0; m++) rc = gather(o, o->members[m], m);
+    if (rc == 0) rc = run_kernel(o, i, k);
+    for (int m = 0; m < k; m++) {
+        int j = o->members[m];
+        ct_tensor *p = o->params[j], *pc = o->gather[0][m];
+        if (rc == 0 && pc != p) rc = ct_copy_(p, pc); /* a non-contiguous parameter */
+        ct_free(pc);
+        ct_free(o->gather[1][m]);
+        o->gather[0][m] = o->gather[1][m] = NULL;
+        o->mark[j] = M_DONE;
+        if (rc != 0) continue;
+        ct_bump_version(p);
+        for (int s = 0; s < S_COUNT; s++)
+            if (o->state[s][j]) ct_bump_version(o->state[s][j]);
+        if (o->kind != CT_OPTIM_SGD) o->param_steps[j]++;
     }
-    return 0;
+    return rc;
 }
 
 int ct_optim_step(ct_optimizer *o) {
     if (!o) return ct_error("optimizer step: NULL optimizer");
     int prev = ct_set_grad_enabled(0);
-    int rc = cuda_fused_step(o);
+    int rc = 0;
+    memset(o->mark, M_NONE, (size_t)o->n);
     for (int i = 0; i < o->n && rc == 0; i++)
-        if (o->mark[i] != M_DONE) rc = step_param(o, i);
+        if (o->params[i]->grad) rc = prepare(o, i);
+    for (int i = 0; i < o->n && rc == 0; i++)
+        if (o->mark[i] == M_PENDING || o->mark[i] == M_PENDING_FIRST) rc = step_group(o, i);
     ct_set_grad_enabled(prev);
     if (rc == 0) o->steps++;
     return rc;

@@ -1,4 +1,4 @@
-/* Fast float32 convolution on the CPU (internal to the CPU backend and src/ops/conv.c).
+/* Fast float32 convolution on the CPU (internal to the CPU backend).
  *
  * Method ("shifted copies" implicit GEMM, NCHW in and out, no layout change visible
  * outside): for a batch slice and a range of input channels, each input plane is copied
@@ -44,7 +44,7 @@ int cf_forward(const cf_geom *g, const float *x, const float *w, const float *bi
  * cf_backward_input_ok). */
 /* yp = max_pool2d(relu(conv(x, w) + bias)) for a 2x2 stride-2 pooling when the direct
  * kernels can pool in their epilogue (cf_direct_pool_ok: output rows of 32 pixels, even
- * height, AVX-512). codes as cpu_max_pool2d_codes (may be NULL). */
+ * height, AVX-512). codes as cpu_max_pool2d_codes_forward (may be NULL). */
 int cf_direct_pool_ok(const cf_geom *g, const ct_pool_params *pp);
 int cf_forward_relu_pool(const cf_geom *g, const float *x, const float *w, const float *bias,
                          float *yp, uint8_t *codes);
@@ -61,7 +61,7 @@ int cf_winograd_forward(const cf_geom *g, const float *x, const float *w, const 
 int cf_winograd_backward_weight(const cf_geom *g, const float *gy, const float *x, float *gw,
                                 float *gb);
 /* Winograd forward fused with ReLU and 2x2 stride-2 max pooling (even H and W): yp
- * [N][O][H/2][W/2], codes (uint8, yp's shape, may be NULL) as cpu_max_pool2d_codes. */
+ * [N][O][H/2][W/2], codes (uint8, yp's shape, may be NULL) as cpu_max_pool2d_codes_forward. */
 int cf_relu_pool_fusable(const cf_geom *g, const ct_pool_params *pp);
 int cf_winograd_forward_relu_pool(const cf_geom *g, const float *x, const float *w,
                                   const float *bias, float *yp, uint8_t *codes);
@@ -77,19 +77,11 @@ typedef struct cpu_ws_set {
 cpu_ws_set *cpu_ws_acquire(int n, size_t bytes, const char *op);
 void cpu_ws_release(cpu_ws_set *s);
 
-/* Backend-level entry points with a fused epilogue / extra output, used by src/ops/conv.c
- * on CPU tensors (they fall back to the reference kernels when the fast path does not
- * apply): forward with an optional ReLU; weight gradient together with the bias
- * gradient (gb may be NULL). */
+/* Forward with an optional fused ReLU (the kernel-table entries cpu_conv2d_forward,
+ * cpu_conv2d_backward_weight and cpu_conv2d_relu_max_pool2d_forward are in cpu_conv.c and
+ * take the fast path where it applies, else the reference kernels). */
 int cpu_conv2d_forward_ex(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
                           const ct_tensor *bias, const ct_conv_params *p, int relu);
-int cpu_conv2d_backward_weight_bias(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
-                                    const ct_tensor *x, const ct_conv_params *p);
-/* yp = max_pool2d(relu(conv2d(x, w) + bias)) with window codes (see pool_fast.h; codes may
- * be NULL), in one pass when the Winograd path applies (else conv, then pool). */
-int cpu_conv2d_relu_maxpool(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
-                            const ct_tensor *w, const ct_tensor *bias, const ct_conv_params *p,
-                            const ct_pool_params *pp);
 
 /* ------------------------------------------------------------- ISA kernels */
 
@@ -132,7 +124,7 @@ typedef struct {
     void (*wgt)(int mr, int nj, const cf_wgt_args *a);
     /* Optional (NULL when absent): a forward tile of mr <= 6 channels x 4 vectors = two
      * output rows of 32 pixels, with bias, then ReLU and 2x2 stride-2 max pooling into
-     * pyp/pcp (codes as cpu_max_pool2d_codes); nothing is written to yp. */
+     * pyp/pcp (codes as cpu_max_pool2d_codes_forward); nothing is written to yp. */
     void (*fwd_pool)(int mr, const cf_fwd_args *a);
     /* One slab: rows r in [0, R) of dst (Wo floats each) are input rows ih = r*rs + r0
      * of the plane xc [H][W] (zero outside), columns iw = ow*sw + s (zero outside); then

@@ -125,7 +125,7 @@ static WT void out_tf16(const float *M, int64_t fstride, float *yc, int64_t H, i
  * window): pooled row th (lanes 8..15: row th + 1 with pair) of the pooled plane yp
  * [H/2][W/2] and its window codes (0..3 in row-major order, CPU_POOL_NOGRAD where the
  * ReLU clamped the maximum); the first maximum wins, NaN always taken, as in
- * cpu_max_pool2d_codes. */
+ * cpu_max_pool2d_codes_forward. */
 static WT void out_pool16(const float *M, int64_t fstride, float *yp, uint8_t *cp, int64_t PW,
                           int64_t th, int64_t tw0, int n, float b) {
     __m512 a0[4], a1[4];

@@ -617,8 +617,8 @@ int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tenso
     return ref_conv2d_backward_input(gx, gy, w, p);
 }
 
-int cpu_conv2d_backward_weight_bias(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
-                                    const ct_tensor *x, const ct_conv_params *p) {
+int cpu_conv2d_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                               const ct_tensor *x, const ct_conv_params *p) {
     if (fast_ok(x, gw, gy)) {
         cf_geom g;
         geom_from(&g, x, gw, gy, p);
@@ -651,12 +651,7 @@ int cpu_conv2d_backward_weight_bias(ct_tensor *gw, ct_tensor *gb, const ct_tenso
     return 0;
 }
 
-int cpu_conv2d_backward_weight(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *x,
-                               const ct_conv_params *p) {
-    return cpu_conv2d_backward_weight_bias(gw, NULL, gy, x, p);
-}
-
-int cpu_conv2d_relu_maxpool(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
+int cpu_conv2d_relu_max_pool2d_forward(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
                             const ct_tensor *w, const ct_tensor *bias, const ct_conv_params *p,
                             const ct_pool_params *pp) {
     int64_t N = x->shape[0], O = w->shape[0];
@@ -680,7 +675,7 @@ int cpu_conv2d_relu_maxpool(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
     ct_tensor *t = ct_empty_on(ysh, 4, x->dtype, x->storage->device);
     if (!t) return -1;
     int rc = cpu_conv2d_forward_ex(t, x, w, bias, p, 0);
-    if (rc == 0) rc = cpu_max_pool2d_codes(yp, codes, t, pp, 1);
+    if (rc == 0) rc = cpu_max_pool2d_codes_forward(yp, codes, t, pp, 1);
     ct_free(t);
     return rc;
 }

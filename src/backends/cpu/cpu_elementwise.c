@@ -26,68 +26,67 @@ typedef struct {
 /* One loop per (op, layout): contiguous, scalar b (stride 0), general strides. out may
  * alias a or b (in-place ops); the compiler checks overlap at run time before using the
  * vector loop, so even overlapping views keep the element-by-element result. */
-#define BIN_LOOP(T, EXPR)                                                                     \
+#define BIN_LOOP(T, FWD)                                                                      \
     do {                                                                                      \
         if (so == 1 && sa == 1 && sb == 1) {                                                  \
-            for              (int64_t i = 0; i < n; i++) {                                    \
+            for (int64_t i = 0; i < n; i++) {                                                 \
                 const T x = a[i], y = b[i];                                                   \
-                o[i] = EXPR;                                                                  \
+                T r;                                                                          \
+                FWD;                                                                          \
+                o[i] = r;                                                                     \
             }                                                                                 \
         } else if (so == 1 && sa == 1 && sb == 0) {                                           \
             const T y = b[0];                                                                 \
-            for              (int64_t i = 0; i < n; i++) {                                    \
+            for (int64_t i = 0; i < n; i++) {                                                 \
                 const T x = a[i];                                                             \
-                o[i] = EXPR;                                                                  \
+                T r;                                                                          \
+                FWD;                                                                          \
+                o[i] = r;                                                                     \
             }                                                                                 \
         } else {                                                                              \
-            for              (int64_t i = 0; i < n; i++) {                                    \
+            for (int64_t i = 0; i < n; i++) {                                                 \
                 const T x = a[i * sa], y = b[i * sb];                                         \
-                o[i * so] = EXPR;                                                             \
+                T r;                                                                          \
+                FWD;                                                                          \
+                o[i * so] = r;                                                                \
             }                                                                                 \
         }                                                                                     \
     } while (0)
 
-#define BIN_ROW(T, NAME)                                                                      \
-    CT_MULTIVERSION static void NAME(void *vc, int64_t n, char **p, const int64_t *s) {       \
+/* One branch-free loop per op (the rows of CT_BINARY_OPS, generated); alpha == 1 gets
+ * its own loop, where the compiler drops the multiplication (1 * y is exact: same values). */
+#define BIN_CASE(ID, name, node, FWD)                                                         \
+    case CT_BIN_##ID:                                                                         \
+        if (alpha == (T)1) {                                                                  \
+            const T al = 1;                                                                   \
+            (void)al;                                                                         \
+            BIN_LOOP(T, FWD);                                                                 \
+        } else {                                                                              \
+            const T al = alpha;                                                               \
+            (void)al;                                                                         \
+            BIN_LOOP(T, FWD);                                                                 \
+        }                                                                                     \
+        break;
+
+#define BIN_ROW(TYPE, NAME)                                                                      \
+    CT_MULTIVERSION static void NAME(void *vc, int64_t n, char **p, const int64_t *s) { \
+        typedef TYPE T; /* the formulas of op_tables.h are written over T */       \
         const ew_ctx *c = vc;                                                                 \
         T *o = (T *)p[0];                                                                     \
         const T *a = (const T *)p[1], *b = (const T *)p[2];                                   \
-        const T al = (T)c->alpha;                                                             \
+        const T alpha = (T)c->alpha;                                                          \
         const int64_t so = s[0], sa = s[1], sb = s[2];                                        \
-        switch (c->op) {                                                                      \
-        case CT_BIN_ADD:                                                                      \
-            if (al == 1) BIN_LOOP(T, x + y);                                                  \
-            else BIN_LOOP(T, x + al * y);                                                     \
-            break;                                                                            \
-        case CT_BIN_SUB:                                                                      \
-            if (al == 1) BIN_LOOP(T, x - y);                                                  \
-            else BIN_LOOP(T, x - al * y);                                                     \
-            break;                                                                            \
-        case CT_BIN_MUL: BIN_LOOP(T, x * y); break;                                           \
-        case CT_BIN_DIV: BIN_LOOP(T, x / y); break;                                           \
+        switch ((ct_binop)c->op) {                                                            \
+            CT_BINARY_OPS(BIN_CASE)                                                           \
+        case CT_BIN_COUNT: break;                                                             \
         }                                                                                     \
     }
 BIN_ROW(float, bin_f32)
 BIN_ROW(double, bin_f64)
-
-static void bin_i64(void *vc, int64_t n, char **p, const int64_t *s) {
-    const ew_ctx *c = vc;
-    int64_t *o = (int64_t *)p[0];
-    const int64_t *a = (const int64_t *)p[1], *b = (const int64_t *)p[2];
-    int64_t al = (int64_t)c->alpha;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t x = a[i * s[1]], y = b[i * s[2]], r = 0;
-        switch (c->op) {
-        case CT_BIN_ADD: r = x + al * y; break;
-        case CT_BIN_SUB: r = x - al * y; break;
-        case CT_BIN_MUL: r = x * y; break;
-        case CT_BIN_DIV: r = y ? x / y : 0; break;
-        }
-        o[i * s[0]] = r;
-    }
-}
+BIN_ROW(int64_t, bin_i64)
 
 int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b, double alpha) {
+    if ((unsigned)op >= CT_BIN_COUNT) return ct_error("binary op %d: no such op on the CPU", (int)op);
     const ct_tensor *ops[3] = {out, a, b};
     ct_iter it;
     ct_iter_init(&it, 3, ops);
@@ -96,15 +95,13 @@ int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor 
     case CT_FLOAT32: ct_iter_run(&it, bin_f32, &c); return 0;
     case CT_FLOAT64: ct_iter_run(&it, bin_f64, &c); return 0;
     case CT_INT64: ct_iter_run(&it, bin_i64, &c); return 0;
-    default: return ct_error("binary op: dtype %s not supported on the CPU", ct_dtype_name(out->dtype));
+    default:
+        return ct_error("%s: dtype %s not supported on the CPU", ct_binop_name(op),
+                        ct_dtype_name(out->dtype));
     }
 }
 
 /* ------------------------------------------------------------------ unary */
-#define SQRT_2_OVER_PI 0.7978845608028654
-#define INV_SQRT_2 0.7071067811865476
-#define INV_SQRT_2PI 0.3989422804014327
-
 /* The op is switched on once per row, outside the element loop, so that each loop is
  * branch-free and vectorizes; contiguous rows get their own loop. `out` may alias `a`
  * element for element (in-place ops), which ivdep allows. */
@@ -117,79 +114,51 @@ int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor 
 #define CT_IVDEP
 #endif
 
-#define UN_LOOP(T, EXPR)                                                                      \
+#define UN_LOOP(T, FWD)                                                                       \
     do {                                                                                      \
         if (so == 1 && sa == 1) {                                                             \
-            CT_IVDEP for (int64_t i = 0; i < n; i++) {                            \
+            CT_IVDEP for (int64_t i = 0; i < n; i++) {                                        \
                 T x = a[i], r;                                                                \
-                EXPR;                                                                         \
+                FWD;                                                                          \
                 o[i] = r;                                                                     \
             }                                                                                 \
         } else {                                                                              \
-            CT_IVDEP for (int64_t i = 0; i < n; i++) {                            \
+            CT_IVDEP for (int64_t i = 0; i < n; i++) {                                        \
                 T x = a[i * sa], r;                                                           \
-                EXPR;                                                                         \
+                FWD;                                                                          \
                 o[i * so] = r;                                                                \
             }                                                                                 \
         }                                                                                     \
     } while (0)
 
-#define UN_ROW(T, NAME, EXP, LOG, SQRT, FABS, POW, TANH, ERF)                                 \
-    CT_MULTIVERSION static void NAME(void *vc, int64_t n, char **p, const int64_t *s) {       \
+/* The forward loops: one per row of CT_UNARY_OPS for the floating types, one per row whose
+ * dtype rule is ANY for int64 (the same formula text). */
+#define UN_CASE(ID, name, node, dtypes, saves, api, FWD, ...)                                 \
+    case CT_UN_##ID: UN_LOOP(T, FWD); break;
+#define UN_CASE_INT(ID, name, node, dtypes, saves, api, FWD, ...)                             \
+    CT_IF_##dtypes##_INT(case CT_UN_##ID : UN_LOOP(T, FWD); break;)
+
+#define UN_ROW(TYPE, NAME, CASE)                                                                 \
+    CT_MULTIVERSION static void NAME(void *vc, int64_t n, char **p, const int64_t *s) { \
+        typedef TYPE T; /* the formulas of op_tables.h are written over T */       \
         const ew_ctx *c = vc;                                                                 \
         T *o = (T *)p[0];                                                                     \
         const T *a = (const T *)p[1];                                                         \
         const T p1 = (T)c->p1, p2 = (T)c->p2;                                                 \
         const int64_t so = s[0], sa = s[1];                                                   \
-        switch (c->op) {                                                                      \
-        case CT_UN_NEG: UN_LOOP(T, r = -x); break;                                            \
-        case CT_UN_EXP: UN_LOOP(T, r = EXP(x)); break;                                        \
-        case CT_UN_LOG: UN_LOOP(T, r = LOG(x)); break;                                        \
-        case CT_UN_SQRT: UN_LOOP(T, r = SQRT(x)); break;                                      \
-        case CT_UN_ABS: UN_LOOP(T, r = FABS(x)); break;                                       \
-        case CT_UN_SIGN: UN_LOOP(T, r = (T)((x > 0) - (x < 0))); break;                       \
-        case CT_UN_POW: UN_LOOP(T, r = POW(x, p1)); break;                                    \
-        case CT_UN_CLAMP:                                                                     \
-            UN_LOOP(T, r = x < p1 ? p1 : (x > p2 ? p2 : x); if (x != x) r = x);               \
-            break;                                                                            \
-        case CT_UN_ADD_SCALAR: UN_LOOP(T, r = x + p1); break;                                 \
-        case CT_UN_MUL_SCALAR: UN_LOOP(T, r = x * p1); break;                                 \
-        case CT_UN_RELU: UN_LOOP(T, r = x > 0 ? x : 0; if (x != x) r = x); break;             \
-        case CT_UN_LEAKY_RELU: UN_LOOP(T, r = x > 0 ? x : x * p1); break;                     \
-        case CT_UN_GELU: UN_LOOP(T, r = (T)0.5 * x * ((T)1 + ERF(x * (T)INV_SQRT_2))); break; \
-        case CT_UN_GELU_TANH:                                                                 \
-            UN_LOOP(T, r = (T)0.5 * x *                                                       \
-                           ((T)1 + TANH((T)SQRT_2_OVER_PI * (x + (T)0.044715 * x * x * x)))); \
-            break;                                                                            \
-        case CT_UN_SIGMOID: UN_LOOP(T, r = (T)1 / ((T)1 + EXP(-x))); break;                   \
-        case CT_UN_TANH: UN_LOOP(T, r = TANH(x)); break;                                      \
-        default: UN_LOOP(T, r = x); break;                                                    \
+        (void)p1;                                                                             \
+        (void)p2;                                                                             \
+        switch ((ct_unop)c->op) {                                                             \
+            CT_UNARY_OPS(CASE)                                                                \
+        default: break; /* int64 of a FLOAT row: refused by cpu_unary before */               \
         }                                                                                     \
     }
-UN_ROW(float, un_f32, expf, logf, sqrtf, fabsf, powf, tanhf, erff)
-UN_ROW(double, un_f64, exp, log, sqrt, fabs, pow, tanh, erf)
-
-static void un_i64(void *vc, int64_t n, char **p, const int64_t *s) {
-    const ew_ctx *c = vc;
-    int64_t *o = (int64_t *)p[0];
-    const int64_t *a = (const int64_t *)p[1];
-    for (int64_t i = 0; i < n; i++) {
-        int64_t x = a[i * s[1]], r = x;
-        switch (c->op) {
-        case CT_UN_NEG: r = -x; break;
-        case CT_UN_ABS: r = x < 0 ? -x : x; break;
-        case CT_UN_SIGN: r = (x > 0) - (x < 0); break;
-        case CT_UN_ADD_SCALAR: r = x + (int64_t)c->p1; break;
-        case CT_UN_MUL_SCALAR: r = x * (int64_t)c->p1; break;
-        case CT_UN_RELU: r = x > 0 ? x : 0; break;
-        case CT_UN_CLAMP: r = (double)x < c->p1 ? (int64_t)c->p1 : ((double)x > c->p2 ? (int64_t)c->p2 : x); break;
-        default: break;
-        }
-        o[i * s[0]] = r;
-    }
-}
+UN_ROW(float, un_f32, UN_CASE)
+UN_ROW(double, un_f64, UN_CASE)
+UN_ROW(int64_t, un_i64, UN_CASE_INT)
 
 int cpu_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
+    if ((unsigned)op >= CT_UN_COUNT) return ct_error("unary op %d: no such op on the CPU", (int)op);
     const ct_tensor *ops[2] = {out, a};
     ct_iter it;
     ct_iter_init(&it, 2, ops);
@@ -198,15 +167,15 @@ int cpu_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double 
     case CT_FLOAT32: ct_iter_run(&it, un_f32, &c); return 0;
     case CT_FLOAT64: ct_iter_run(&it, un_f64, &c); return 0;
     case CT_INT64:
-        if (op == CT_UN_NEG || op == CT_UN_ABS || op == CT_UN_SIGN || op == CT_UN_ADD_SCALAR ||
-            op == CT_UN_MUL_SCALAR || op == CT_UN_RELU || op == CT_UN_CLAMP) {
+        if (ct_unop_allows_int64(op)) {
             ct_iter_run(&it, un_i64, &c);
             return 0;
         }
         /* fallthrough */
     default:
-        return ct_error("unary op: dtype %s not supported for this op; convert to float32 with "
-                        "ct_to_dtype", ct_dtype_name(out->dtype));
+        return ct_error("%s: dtype %s not supported on the CPU; convert to float32 with "
+                        "ct_to_dtype",
+                        ct_unop_name(op), ct_dtype_name(out->dtype));
     }
 }
 
@@ -219,71 +188,49 @@ typedef struct {
     const void *gy, *x, *y;
 } ud_ctx;
 
-/* As for the forward: one branch-free loop per op. gx = gy * d with d the derivative,
- * exactly as the per-element formula (so NaN and inf propagate alike). */
-#define UD_LOOP(T, EXPR)                                                                      \
-    do {                                                                                      \
+/* As for the forward: one branch-free loop per row. gx = gy * d with d the derivative, as
+ * the row's formula gives it (so NaN and inf propagate alike). x and y are read only by
+ * the rows that save them. */
+#define UD_CASE(ID, name, node, dtypes, saves, api, FWD, DER, ...)                            \
+    case CT_UN_##ID:                                                                          \
         for (int64_t i = b; i < e; i++) {                                                     \
+            const T x = CT_SAVES_##saves & CT_SAVES_IN ? xs[i] : (T)0;                         \
+            const T y = CT_SAVES_##saves & CT_SAVES_OUT ? ys[i] : (T)0;                         \
             T d;                                                                              \
-            EXPR;                                                                             \
+            (void)x;                                                                          \
+            (void)y;                                                                          \
+            DER;                                                                              \
             gx[i] = gy[i] * d;                                                                \
         }                                                                                     \
-    } while (0)
+        break;
 
-#define UD_BODY(T, EXP, POW, TANH, FABS)                                                      \
-    {                                                                                         \
+#define UD_ROW(TYPE, NAME)                                                                       \
+    CT_MULTIVERSION static void NAME(void *vc, int64_t b, int64_t e) { \
+        typedef TYPE T; /* the formulas of op_tables.h are written over T */                        \
+        const ud_ctx *c = vc;                                                                 \
         T *gx = (T *)c->gx;                                                                   \
-        const T *gy = (const T *)c->gy, *x = (const T *)c->x, *y = (const T *)c->y;           \
-        const T p1 = (T)c->p1;                                                                \
+        const T *gy = (const T *)c->gy, *xs = (const T *)c->x, *ys = (const T *)c->y;         \
+        const T p1 = (T)c->p1, p2 = (T)c->p2;                                                 \
+        (void)p1;                                                                             \
+        (void)p2;                                                                             \
         switch (c->op) {                                                                      \
-        case CT_UN_NEG: UD_LOOP(T, d = -1); break;                                            \
-        case CT_UN_EXP: UD_LOOP(T, d = y[i]); break;                                          \
-        case CT_UN_LOG: UD_LOOP(T, d = (T)1 / x[i]); break;                                   \
-        case CT_UN_SQRT: UD_LOOP(T, d = (T)0.5 / y[i]); break;                                \
-        case CT_UN_ABS: UD_LOOP(T, d = (T)((x[i] > 0) - (x[i] < 0))); break;                  \
-        case CT_UN_POW: UD_LOOP(T, d = p1 == 0 ? 0 : p1 * POW(x[i], p1 - 1)); break;          \
-        case CT_UN_CLAMP: {                                                                   \
-            const T p2 = (T)c->p2;                                                            \
-            UD_LOOP(T, d = (x[i] >= p1 && x[i] <= p2) ? 1 : 0);                               \
-            break;                                                                            \
-        }                                                                                     \
-        case CT_UN_ADD_SCALAR: UD_LOOP(T, d = 1); break;                                      \
-        case CT_UN_MUL_SCALAR: UD_LOOP(T, d = p1); break;                                     \
-        case CT_UN_RELU: UD_LOOP(T, d = x[i] > 0 ? 1 : 0); break;                             \
-        case CT_UN_LEAKY_RELU: UD_LOOP(T, d = x[i] > 0 ? 1 : p1); break;                      \
-        case CT_UN_GELU:                                                                      \
-            UD_LOOP(T, T v = x[i];                                                            \
-                    T cdf = (T)0.5 * ((T)1 + (T)erf((double)(v * (T)INV_SQRT_2)));            \
-                    T pdf = (T)INV_SQRT_2PI * EXP((T)-0.5 * v * v); d = cdf + v * pdf);       \
-            break;                                                                            \
-        case CT_UN_GELU_TANH:                                                                 \
-            UD_LOOP(T, T v = x[i]; T inner = (T)SQRT_2_OVER_PI * (v + (T)0.044715 * v * v * v); \
-                    T t = TANH(inner);                                                        \
-                    T dinner = (T)SQRT_2_OVER_PI * ((T)1 + (T)3 * (T)0.044715 * v * v);       \
-                    d = (T)0.5 * ((T)1 + t) + (T)0.5 * v * ((T)1 - t * t) * dinner);          \
-            break;                                                                            \
-        case CT_UN_SIGMOID: UD_LOOP(T, d = y[i] * ((T)1 - y[i])); break;                      \
-        case CT_UN_TANH: UD_LOOP(T, d = (T)1 - y[i] * y[i]); break;                           \
-        default: UD_LOOP(T, d = 0); break;                                                    \
+            CT_UNARY_OPS(UD_CASE)                                                             \
+        case CT_UN_COUNT: break;                                                              \
         }                                                                                     \
     }
-
-CT_MULTIVERSION static void ud_f32(void *vc, int64_t b, int64_t e) {
-    ud_ctx *c = vc;
-    UD_BODY(float, expf, powf, tanhf, fabsf)
-}
-CT_MULTIVERSION static void ud_f64(void *vc, int64_t b, int64_t e) {
-    ud_ctx *c = vc;
-    UD_BODY(double, exp, pow, tanh, fabs)
-}
+UD_ROW(float, ud_f32)
+UD_ROW(double, ud_f64)
 
 int cpu_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
                        const ct_tensor *y, double p1, double p2) {
+    if ((unsigned)op >= CT_UN_COUNT)
+        return ct_error("unary op %d backward: no such op on the CPU", (int)op);
     ud_ctx c = {op, p1, p2, ct_numel(gx), ct_ptr(gx), ct_ptr(gy), x ? ct_ptr(x) : NULL,
                 y ? ct_ptr(y) : NULL};
     if (gx->dtype == CT_FLOAT32) ct_parallel_for(c.n, 16384, ud_f32, &c);
     else if (gx->dtype == CT_FLOAT64) ct_parallel_for(c.n, 16384, ud_f64, &c);
-    else return ct_error("backward: dtype %s has no gradient", ct_dtype_name(gx->dtype));
+    else return ct_error("%s backward: dtype %s has no gradient", ct_unop_name(op),
+                         ct_dtype_name(gx->dtype));
     return 0;
 }
 
@@ -380,5 +327,39 @@ int cpu_fill(ct_tensor *t, double value) {
     fill_ctx c = {t->dtype, ct_dtype_size(t->dtype), {0}};
     store_double(c.val, t->dtype, value);
     ct_iter_run(&it, fill_row, &c);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- dropout */
+typedef struct {
+    int64_t n;
+    double p;
+    void *y, *mask;
+    const void *x, *u;
+} do_ctx;
+
+/* mask = (u > p) * (T)(1 / (1 - p)); y = x * mask: the values of the composition
+ * mul(x, mul_scalar(clamp(sign(u - p), 0, 1), 1 / (1 - p))). */
+#define DO_ROW(T, NAME)                                                                       \
+    CT_MULTIVERSION static void NAME(void *vc, int64_t b, int64_t e) {                        \
+        const do_ctx *c = vc;                                                                 \
+        T *y = (T *)c->y, *m = (T *)c->mask;                                                  \
+        const T *x = (const T *)c->x, *u = (const T *)c->u;                                   \
+        const T p = (T)c->p, scale = (T)(1.0 / (1.0 - c->p));                                 \
+        for (int64_t i = b; i < e; i++) {                                                     \
+            T mi = u[i] - p > 0 ? scale : (T)0;                                               \
+            m[i] = mi;                                                                        \
+            y[i] = x[i] * mi;                                                                 \
+        }                                                                                     \
+    }
+DO_ROW(float, do_f32)
+DO_ROW(double, do_f64)
+
+int cpu_dropout_forward(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, const ct_tensor *u,
+                        double p) {
+    do_ctx c = {ct_numel(y), p, ct_ptr(y), ct_ptr(mask), ct_ptr(x), ct_ptr(u)};
+    if (y->dtype == CT_FLOAT32) ct_parallel_for(c.n, 16384, do_f32, &c);
+    else if (y->dtype == CT_FLOAT64) ct_parallel_for(c.n, 16384, do_f64, &c);
+    else return ct_error("dropout: dtype %s not supported on the CPU", ct_dtype_name(y->dtype));
     return 0;
 }

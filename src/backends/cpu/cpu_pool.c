@@ -495,7 +495,7 @@ static int mp22_ok(const mp_ctx *c, const ct_tensor *t) {
            c->Wo == c->W / 2 && have_avx512() && !getenv("CTORCH_POOL_REFERENCE");
 }
 
-int cpu_max_pool2d_codes(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
+int cpu_max_pool2d_codes_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
                          const ct_pool_params *p, int relu) {
     if (check_float(x, "max_pool2d") != 0) return -1;
     if (p->kernel[0] * p->kernel[1] > CPU_POOL_NOGRAD)

@@ -48,12 +48,12 @@ static int scale_c(cu_dev *d, ct_tensor *c, double beta) {
     g.shape[0] = n;
     g.stride[0][0] = g.stride[1][0] = 1;
     if (beta == 0) return cu_fail(cuk_fill(&d->k, cu_dsize(c->dtype), &g, n, cu_ptr(c), 0), "bmm");
-    return cu_fail(cuk_unary(&d->k, CUK_UN_MUL_SCALAR, (int)c->dtype, &g, n, cu_ptr(c), cu_ptr(c),
+    return cu_fail(cuk_unary(&d->k, CT_UN_MUL_SCALAR, (int)c->dtype, &g, n, cu_ptr(c), cu_ptr(c),
                              beta, 0),
                    "bmm");
 }
 
-static int k_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
+int cu_k_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
     if (a->ndim != 3 || b->ndim != 3 || c->ndim != 3)
         return cu_error("bmm: expected 3-D operands, got %d-D, %d-D and %d-D output", a->ndim,
                         b->ndim, c->ndim);
@@ -471,7 +471,7 @@ static int conv_run(int dir, ct_tensor *x, ct_tensor *w, ct_tensor *y, const ct_
     return 0;
 }
 
-static int k_conv_fwd(ct_tensor *y, const ct_tensor *x, const ct_tensor *w, const ct_tensor *bias,
+int cu_k_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w, const ct_tensor *bias,
                       const ct_conv_params *p) {
     if (conv_run(DIR_FWD, (ct_tensor *)x, (ct_tensor *)w, y, p) != 0) return -1;
     if (!bias || cu_numel(y) == 0) return 0;
@@ -484,19 +484,44 @@ static int k_conv_fwd(ct_tensor *y, const ct_tensor *x, const ct_tensor *w, cons
                    "conv2d");
 }
 
-static int k_conv_bwd_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
+int cu_k_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
                             const ct_conv_params *p) {
     return conv_run(DIR_BWD_DATA, gx, (ct_tensor *)w, (ct_tensor *)gy, p);
 }
 
-static int k_conv_bwd_weight(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *x,
-                             const ct_conv_params *p) {
-    return conv_run(DIR_BWD_FILTER, (ct_tensor *)x, gw, (ct_tensor *)gy, p);
+int cu_k_conv2d_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                                const ct_tensor *x, const ct_conv_params *p) {
+    if (conv_run(DIR_BWD_FILTER, (ct_tensor *)x, gw, (ct_tensor *)gy, p) != 0) return -1;
+    if (!gb) return 0;
+    /* the bias gradient: gy summed over N, H and W, into gb seen as [1, O, 1, 1] (a view
+     * made here: the plugin calls no function of the core) */
+    ct_tensor gb4 = {.storage = gb->storage, .dtype = gb->dtype, .ndim = 4,
+                     .shape = {1, gy->shape[1], 1, 1}, .stride = {0, gb->stride[0], 0, 0},
+                     .offset = gb->offset};
+    const int red[4] = {1, 0, 1, 1};
+    return cu_k_reduce(CT_RED_SUM, &gb4, NULL, gy, red);
 }
 
-void cu_fill_dnn_kernels(ct_kernels *k) {
-    k->bmm = k_bmm;
-    k->conv2d_forward = k_conv_fwd;
-    k->conv2d_backward_input = k_conv_bwd_input;
-    k->conv2d_backward_weight = k_conv_bwd_weight;
+/* max_pool2d(relu(conv2d(x))): cuDNN's convolution into a scratch tensor, then one pass of
+ * the codes pooling kernel with the ReLU fused. */
+int cu_k_conv2d_relu_max_pool2d_forward(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
+                                        const ct_tensor *w, const ct_tensor *bias,
+                                        const ct_conv_params *p, const ct_pool_params *pp) {
+    int64_t sh[4] = {x->shape[0], w->shape[0],
+                     (x->shape[2] + 2 * p->padding[0] - p->dilation[0] * (w->shape[2] - 1) - 1) /
+                             p->stride[0] + 1,
+                     (x->shape[3] + 2 * p->padding[1] - p->dilation[1] * (w->shape[3] - 1) - 1) /
+                             p->stride[1] + 1};
+    cu_dev *d = cu_dev_of(x);
+    const size_t bytes = (size_t)(sh[0] * sh[1] * sh[2] * sh[3]) * cu_dsize(x->dtype);
+    void *scratch = d && bytes ? cu_malloc_dev(d, bytes) : NULL;
+    if (!d || (bytes && !scratch)) return -1;
+    ct_storage st = {.data = scratch, .nbytes = bytes, .device = x->storage->device};
+    ct_tensor y = {.storage = &st, .dtype = x->dtype, .ndim = 4,
+                   .shape = {sh[0], sh[1], sh[2], sh[3]},
+                   .stride = {sh[1] * sh[2] * sh[3], sh[2] * sh[3], sh[3], 1}};
+    int rc = cu_k_conv2d_forward(&y, x, w, bias, p);
+    if (rc == 0) rc = cu_k_max_pool2d_codes_forward(yp, codes, &y, pp, 1);
+    cu_free(scratch, d->index); /* stream-ordered: reused only after the pooling ran */
+    return rc;
 }

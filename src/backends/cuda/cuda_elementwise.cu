@@ -1,5 +1,6 @@
-/* Elementwise kernels: binary, unary, unary derivative, copy with dtype conversion, fill,
- * bias add. Semantics mirror src/backends/cpu/cpu_elementwise.c operation by operation
+/* Elementwise kernels: binary, unary, unary derivative (the formulas of the op tables,
+ * src/core/op_tables.h, the same text the CPU kernels compile), dropout, copy with dtype
+ * conversion, fill, bias add. Semantics mirror src/backends/cpu/cpu_elementwise.c
  * (float32 math in float, float64 in double, int64 rules, NaN handling of clamp/relu). */
 #include "cuda_common.cuh"
 
@@ -68,163 +69,117 @@ static int launch_map3(const cuk_ctx *c, const cuk_geom *g, int64_t n, T *o, con
 }
 
 /* ------------------------------------------------------------------- binary */
-template <typename T>
+/* The formulas are the rows of src/core/op_tables.h (the same text as the CPU's loops),
+ * switched on per element: the op is uniform across a launch, so the branch costs no
+ * divergence. Every row is a case; an op outside the table never gets here (the host side
+ * checks it). */
+#define BIN_CASE(ID, name, node, FWD)                                                      \
+    case CT_BIN_##ID: {                                                                    \
+        FWD;                                                                               \
+        return r;                                                                          \
+    }
+
+template <typename TYPE>
 struct BinF {
     int op;
-    T al;
-    __device__ __forceinline__ T operator()(T a, T b) const {
-        switch (op) {
-        case CUK_BIN_ADD: return a + al * b;
-        case CUK_BIN_SUB: return a - al * b;
-        case CUK_BIN_MUL: return a * b;
-        default: return a / b;
-        }
-    }
-};
-struct BinI64 {
-    int op;
-    long long al;
-    __device__ __forceinline__ long long operator()(long long a, long long b) const {
-        switch (op) {
-        case CUK_BIN_ADD: return a + al * b;
-        case CUK_BIN_SUB: return a - al * b;
-        case CUK_BIN_MUL: return a * b;
-        default: return b ? a / b : 0;
-        }
+    TYPE al;
+    __device__ __forceinline__ TYPE operator()(TYPE x, TYPE y) const {
+        typedef TYPE T;
+        T r = 0;
+        switch (op) { CT_BINARY_OPS(BIN_CASE) }
+        return r;
     }
 };
 
 extern "C" int cuk_binary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n,
                           void *out, const void *a, const void *b, double alpha) {
+    if (op < 0 || op >= CT_BIN_COUNT) return (int)cudaErrorInvalidValue;
     switch (dt) {
-    case CUK_F32:
+    case CT_FLOAT32:
         return launch_map3(c, g, n, (float *)out, (const float *)a, (const float *)b,
                            BinF<float>{op, (float)alpha});
-    case CUK_F64:
+    case CT_FLOAT64:
         return launch_map3(c, g, n, (double *)out, (const double *)a, (const double *)b,
                            BinF<double>{op, alpha});
-    case CUK_I64:
+    case CT_INT64:
         return launch_map3(c, g, n, (long long *)out, (const long long *)a,
-                           (const long long *)b, BinI64{op, (long long)alpha});
+                           (const long long *)b, BinF<long long>{op, (long long)alpha});
     default: return (int)cudaErrorInvalidValue;
     }
 }
 
 /* -------------------------------------------------------------------- unary */
-#define SQRT_2_OVER_PI 0.7978845608028654
-#define INV_SQRT_2 0.7071067811865476
-#define INV_SQRT_2PI 0.3989422804014327
+#define UN_CASE(ID, name, node, dtypes, saves, api, FWD, ...)                              \
+    case CT_UN_##ID: {                                                                     \
+        FWD;                                                                               \
+        return r;                                                                          \
+    }
+#define UN_CASE_INT(ID, name, node, dtypes, saves, api, FWD, ...)                          \
+    CT_IF_##dtypes##_INT(case CT_UN_##ID : {                                               \
+        FWD;                                                                               \
+        return r;                                                                          \
+    })
 
-template <typename T>
+template <typename TYPE>
 struct UnF {
     int op;
-    T p1, p2;
-    __device__ __forceinline__ T operator()(T x) const {
-        T r;
-        switch (op) {
-        case CUK_UN_NEG: r = -x; break;
-        case CUK_UN_EXP: r = cu_exp(x); break;
-        case CUK_UN_LOG: r = cu_log(x); break;
-        case CUK_UN_SQRT: r = cu_sqrt(x); break;
-        case CUK_UN_ABS: r = cu_abs(x); break;
-        case CUK_UN_SIGN: r = (T)((x > 0) - (x < 0)); break;
-        case CUK_UN_POW: r = cu_pow(x, p1); break;
-        case CUK_UN_CLAMP:
-            r = x < p1 ? p1 : (x > p2 ? p2 : x);
-            if (x != x) r = x;
-            break;
-        case CUK_UN_ADD_SCALAR: r = x + p1; break;
-        case CUK_UN_MUL_SCALAR: r = x * p1; break;
-        case CUK_UN_RELU:
-            r = x > 0 ? x : (T)0;
-            if (x != x) r = x;
-            break;
-        case CUK_UN_LEAKY_RELU: r = x > 0 ? x : x * p1; break;
-        case CUK_UN_GELU: r = (T)0.5 * x * ((T)1 + cu_erf(x * (T)INV_SQRT_2)); break;
-        case CUK_UN_GELU_TANH:
-            r = (T)0.5 * x * ((T)1 + cu_tanh((T)SQRT_2_OVER_PI * (x + (T)0.044715 * x * x * x)));
-            break;
-        case CUK_UN_SIGMOID: r = (T)1 / ((T)1 + cu_exp(-x)); break;
-        case CUK_UN_TANH: r = cu_tanh(x); break;
-        default: r = x;
-        }
+    TYPE p1, p2;
+    __device__ __forceinline__ TYPE operator()(TYPE x) const {
+        typedef TYPE T;
+        T r = x;
+        switch (op) { CT_UNARY_OPS(UN_CASE) }
         return r;
     }
 };
+/* int64: the rows whose dtype rule is ANY (the host side refuses the others). */
 struct UnI64 {
     int op;
-    double p1, p2;
+    long long p1, p2;
     __device__ __forceinline__ long long operator()(long long x) const {
-        long long r = x;
-        switch (op) {
-        case CUK_UN_NEG: r = -x; break;
-        case CUK_UN_ABS: r = x < 0 ? -x : x; break;
-        case CUK_UN_SIGN: r = (x > 0) - (x < 0); break;
-        case CUK_UN_ADD_SCALAR: r = x + (long long)p1; break;
-        case CUK_UN_MUL_SCALAR: r = x * (long long)p1; break;
-        case CUK_UN_RELU: r = x > 0 ? x : 0; break;
-        case CUK_UN_CLAMP:
-            r = (double)x < p1 ? (long long)p1 : ((double)x > p2 ? (long long)p2 : x);
-            break;
-        default: break;
-        }
+        typedef long long T;
+        T r = x;
+        switch (op) { CT_UNARY_OPS(UN_CASE_INT) }
         return r;
     }
 };
 
 extern "C" int cuk_unary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n,
                          void *out, const void *a, double p1, double p2) {
+    if (op < 0 || op >= CT_UN_COUNT) return (int)cudaErrorInvalidValue;
     switch (dt) {
-    case CUK_F32:
+    case CT_FLOAT32:
         return launch_map2(c, g, n, (float *)out, (const float *)a,
                            UnF<float>{op, (float)p1, (float)p2});
-    case CUK_F64:
+    case CT_FLOAT64:
         return launch_map2(c, g, n, (double *)out, (const double *)a, UnF<double>{op, p1, p2});
-    case CUK_I64:
-        return launch_map2(c, g, n, (long long *)out, (const long long *)a, UnI64{op, p1, p2});
+    case CT_INT64:
+        return launch_map2(c, g, n, (long long *)out, (const long long *)a,
+                           UnI64{op, (long long)p1, (long long)p2});
     default: return (int)cudaErrorInvalidValue;
     }
 }
 
 /* ------------------------------------------------------- unary derivative */
-template <typename T>
-__global__ void k_unary_backward(int op, int64_t n, T *gx, const T *gy, const T *x, const T *y,
-                                 T p1, T p2) {
+#define UD_CASE(ID, name, node, dtypes, saves, api, FWD, DER, ...)                         \
+    case CT_UN_##ID: {                                                                     \
+        const T x = CT_SAVES_##saves & CT_SAVES_IN ? xs[i] : (T)0;                         \
+        const T y = CT_SAVES_##saves & CT_SAVES_OUT ? ys[i] : (T)0;                        \
+        (void)x;                                                                           \
+        (void)y;                                                                           \
+        DER;                                                                               \
+        break;                                                                             \
+    }
+
+template <typename TYPE>
+__global__ void k_unary_backward(int op, int64_t n, TYPE *gx, const TYPE *gy, const TYPE *xs,
+                                 const TYPE *ys, TYPE p1, TYPE p2) {
+    typedef TYPE T;
+    (void)p1;
     (void)p2;
     CUK_LOOP(int64_t, i, n) {
-        T g = gy[i], d;
-        switch (op) {
-        case CUK_UN_NEG: d = -1; break;
-        case CUK_UN_EXP: d = y[i]; break;
-        case CUK_UN_LOG: d = (T)1 / x[i]; break;
-        case CUK_UN_SQRT: d = (T)0.5 / y[i]; break;
-        case CUK_UN_ABS: d = (T)((x[i] > 0) - (x[i] < 0)); break;
-        case CUK_UN_POW: d = p1 == 0 ? (T)0 : p1 * cu_pow(x[i], p1 - 1); break;
-        case CUK_UN_CLAMP: d = (x[i] >= p1 && x[i] <= p2) ? (T)1 : (T)0; break;
-        case CUK_UN_ADD_SCALAR: d = 1; break;
-        case CUK_UN_MUL_SCALAR: d = p1; break;
-        case CUK_UN_RELU: d = x[i] > 0 ? (T)1 : (T)0; break;
-        case CUK_UN_LEAKY_RELU: d = x[i] > 0 ? (T)1 : p1; break;
-        case CUK_UN_GELU: {
-            T v = x[i];
-            T cdf = (T)0.5 * ((T)1 + (T)erf((double)(v * (T)INV_SQRT_2)));
-            T pdf = (T)INV_SQRT_2PI * cu_exp((T)-0.5 * v * v);
-            d = cdf + v * pdf;
-            break;
-        }
-        case CUK_UN_GELU_TANH: {
-            T v = x[i];
-            T inner = (T)SQRT_2_OVER_PI * (v + (T)0.044715 * v * v * v);
-            T t = cu_tanh(inner);
-            T dinner = (T)SQRT_2_OVER_PI * ((T)1 + (T)3 * (T)0.044715 * v * v);
-            d = (T)0.5 * ((T)1 + t) + (T)0.5 * v * ((T)1 - t * t) * dinner;
-            break;
-        }
-        case CUK_UN_SIGMOID: d = y[i] * ((T)1 - y[i]); break;
-        case CUK_UN_TANH: d = (T)1 - y[i] * y[i]; break;
-        default: d = 0;
-        }
-        gx[i] = g * d;
+        T d = 0;
+        switch (op) { CT_UNARY_OPS(UD_CASE) }
+        gx[i] = gy[i] * d;
     }
 }
 
@@ -232,15 +187,43 @@ extern "C" int cuk_unary_backward(const cuk_ctx *c, int op, int dt, int64_t n, v
                                   const void *gy, const void *x, const void *y, double p1,
                                   double p2) {
     if (n <= 0) return 0;
+    if (op < 0 || op >= CT_UN_COUNT) return (int)cudaErrorInvalidValue;
     int blocks = cuk_blocks(c, n, CUK_THREADS);
-    if (dt == CUK_F32)
+    if (dt == CT_FLOAT32)
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_unary_backward<float>)(
             op, n, (float *)gx, (const float *)gy, (const float *)x, (const float *)y,
             (float)p1, (float)p2);
-    else if (dt == CUK_F64)
+    else if (dt == CT_FLOAT64)
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_unary_backward<double>)(
             op, n, (double *)gx, (const double *)gy, (const double *)x, (const double *)y, p1,
             p2);
+    else
+        return (int)cudaErrorInvalidValue;
+    return cuk_status();
+}
+
+/* ------------------------------------------------------------------ dropout */
+template <typename T>
+__global__ void k_dropout(int64_t n, T *y, T *mask, const T *x, const T *u, T p, T scale) {
+    CUK_LOOP(int64_t, i, n) {
+        const T mi = u[i] - p > 0 ? scale : (T)0;
+        mask[i] = mi;
+        y[i] = x[i] * mi;
+    }
+}
+
+extern "C" int cuk_dropout(const cuk_ctx *c, int dt, int64_t n, void *y, void *mask,
+                           const void *x, const void *u, double p) {
+    if (n <= 0) return 0;
+    int blocks = cuk_blocks(c, n, CUK_THREADS);
+    if (dt == CT_FLOAT32)
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_dropout<float>)(
+            n, (float *)y, (float *)mask, (const float *)x, (const float *)u, (float)p,
+            (float)(1.0 / (1.0 - p)));
+    else if (dt == CT_FLOAT64)
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_dropout<double>)(
+            n, (double *)y, (double *)mask, (const double *)x, (const double *)u, p,
+            1.0 / (1.0 - p));
     else
         return (int)cudaErrorInvalidValue;
     return cuk_status();
@@ -301,25 +284,25 @@ __device__ __forceinline__ uint16_t f32_to_f16(float f) {
 
 __device__ __forceinline__ double load_as_double(const char *p, int dt) {
     switch (dt) {
-    case CUK_F32: return *(const float *)p;
-    case CUK_F64: return *(const double *)p;
-    case CUK_I64: return (double)*(const long long *)p;
-    case CUK_I32: return *(const int32_t *)p;
-    case CUK_U8: return *(const uint8_t *)p;
-    case CUK_BF16: return bf16_to_f32(*(const uint16_t *)p);
-    case CUK_F16: return f16_to_f32(*(const uint16_t *)p);
+    case CT_FLOAT32: return *(const float *)p;
+    case CT_FLOAT64: return *(const double *)p;
+    case CT_INT64: return (double)*(const long long *)p;
+    case CT_INT32: return *(const int32_t *)p;
+    case CT_UINT8: return *(const uint8_t *)p;
+    case CT_BFLOAT16: return bf16_to_f32(*(const uint16_t *)p);
+    case CT_FLOAT16: return f16_to_f32(*(const uint16_t *)p);
     default: return 0;
     }
 }
 __device__ __forceinline__ void store_double(char *p, int dt, double v) {
     switch (dt) {
-    case CUK_F32: *(float *)p = (float)v; break;
-    case CUK_F64: *(double *)p = v; break;
-    case CUK_I64: *(long long *)p = (long long)v; break;
-    case CUK_I32: *(int32_t *)p = (int32_t)v; break;
-    case CUK_U8: *(uint8_t *)p = (uint8_t)(int)v; break;
-    case CUK_BF16: *(uint16_t *)p = f32_to_bf16((float)v); break;
-    case CUK_F16: *(uint16_t *)p = f32_to_f16((float)v); break;
+    case CT_FLOAT32: *(float *)p = (float)v; break;
+    case CT_FLOAT64: *(double *)p = v; break;
+    case CT_INT64: *(long long *)p = (long long)v; break;
+    case CT_INT32: *(int32_t *)p = (int32_t)v; break;
+    case CT_UINT8: *(uint8_t *)p = (uint8_t)(int)v; break;
+    case CT_BFLOAT16: *(uint16_t *)p = f32_to_bf16((float)v); break;
+    case CT_FLOAT16: *(uint16_t *)p = f32_to_f16((float)v); break;
     default: break;
     }
 }
@@ -345,9 +328,9 @@ struct Ident {
 
 static size_t dsize(int dt) {
     switch (dt) {
-    case CUK_F32: case CUK_I32: return 4;
-    case CUK_F64: case CUK_I64: return 8;
-    case CUK_BF16: case CUK_F16: return 2;
+    case CT_FLOAT32: case CT_INT32: return 4;
+    case CT_FLOAT64: case CT_INT64: return 8;
+    case CT_BFLOAT16: case CT_FLOAT16: return 2;
     default: return 1;
     }
 }
@@ -375,11 +358,11 @@ extern "C" int cuk_copy(const cuk_ctx *c, int ddt, int sdt, const cuk_geom *g, i
     }
     /* The common conversions get their own instantiations; the rest go through double
      * exactly like the CPU's load_as_double / store_double. */
-    if (ddt == CUK_F32 && sdt == CUK_F64)
+    if (ddt == CT_FLOAT32 && sdt == CT_FLOAT64)
         return launch_map2(c, g, n, (float *)dst, (const double *)src, Cast<float, double>{});
-    if (ddt == CUK_F64 && sdt == CUK_F32)
+    if (ddt == CT_FLOAT64 && sdt == CT_FLOAT32)
         return launch_map2(c, g, n, (double *)dst, (const float *)src, Cast<double, float>{});
-    if (ddt == CUK_F32 && sdt == CUK_U8)
+    if (ddt == CT_FLOAT32 && sdt == CT_UINT8)
         return launch_map2(c, g, n, (float *)dst, (const uint8_t *)src, Cast<float, uint8_t>{});
     int blocks = cuk_blocks(c, n, CUK_THREADS);
     if (n < INT32_MAX)
@@ -456,9 +439,9 @@ extern "C" int cuk_bias_add(const cuk_ctx *c, int dt, void *y, const void *bias,
     else                                                                                   \
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_bias_add<int64_t, T>)(             \
             n, (T *)y, (const T *)bias, C, S);
-    if (dt == CUK_F32) {
+    if (dt == CT_FLOAT32) {
         BIAS_LAUNCH(float)
-    } else if (dt == CUK_F64) {
+    } else if (dt == CT_FLOAT64) {
         BIAS_LAUNCH(double)
     } else {
         return (int)cudaErrorInvalidValue;

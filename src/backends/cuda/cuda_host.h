@@ -192,8 +192,11 @@ static inline void *cu_ptr(const ct_tensor *t) {
 static inline int cu_is_float(ct_dtype dt) { return dt == CT_FLOAT32 || dt == CT_FLOAT64; }
 
 /* --------------------------------------------------------------- kernel table */
-void cu_fill_kernels(ct_kernels *k);      /* own kernels (cuda_kernels.c) */
-void cu_fill_dnn_kernels(ct_kernels *k);  /* cuBLAS / cuDNN (cuda_dnn.c) */
+/* cu_k_<name> for every row of CT_KERNEL_LIST: the plugin's own kernels (cuda_kernels.c)
+ * and cuBLAS / cuDNN (cuda_dnn.c); the table is in cuda_plugin.c. */
+#define CT__CUDA_PROTO(name, params) int cu_k_##name params;
+CT_KERNEL_LIST(CT__CUDA_PROTO)
+#undef CT__CUDA_PROTO
 void cu_dnn_release(cu_dev *d);           /* destroys d's conv plans */
 
 #endif

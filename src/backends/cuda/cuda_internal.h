@@ -9,6 +9,9 @@
 #ifndef CT_CUDA_INTERNAL_H
 #define CT_CUDA_INTERNAL_H
 
+#include "core/op_tables.h"
+#include "ctorch.h"
+
 #include <cuda_runtime_api.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,20 +20,12 @@
 extern "C" {
 #endif
 
-#define CUK_MAX_DIMS 8 /* == CT_MAX_DIMS */
+#define CUK_MAX_DIMS CT_MAX_DIMS
 #define CUK_ENOMEM (-2)
 
-/* dtype codes: identical to ct_dtype's values. */
-enum { CUK_F32 = 0, CUK_F64, CUK_I64, CUK_I32, CUK_U8, CUK_BF16, CUK_F16 };
-/* op codes: identical to ct_binop / ct_unop / ct_redop / ct_reduction. */
-enum { CUK_BIN_ADD = 0, CUK_BIN_SUB, CUK_BIN_MUL, CUK_BIN_DIV };
-enum {
-    CUK_UN_NEG = 0, CUK_UN_EXP, CUK_UN_LOG, CUK_UN_SQRT, CUK_UN_ABS, CUK_UN_SIGN, CUK_UN_POW,
-    CUK_UN_CLAMP, CUK_UN_ADD_SCALAR, CUK_UN_MUL_SCALAR, CUK_UN_RELU, CUK_UN_LEAKY_RELU,
-    CUK_UN_GELU, CUK_UN_GELU_TANH, CUK_UN_SIGMOID, CUK_UN_TANH
-};
-enum { CUK_RED_SUM = 0, CUK_RED_MEAN, CUK_RED_MAX };
-enum { CUK_REDUCTION_NONE = 0, CUK_REDUCTION_MEAN, CUK_REDUCTION_SUM };
+/* dtype, op and reduction codes: ct_dtype and ct_reduction (ctorch.h), ct_unop, ct_binop
+ * and ct_redop (the op tables, src/core/op_tables.h, whose formulas the elementwise
+ * kernels instantiate), passed as int. */
 
 /* Per-device execution context, owned by the host side. */
 typedef struct cuk_ctx {
@@ -76,6 +71,9 @@ int cuk_unary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n, vo
 /* gx, gy, x, y contiguous with n elements; x or y may be NULL when op does not use it. */
 int cuk_unary_backward(const cuk_ctx *c, int op, int dt, int64_t n, void *gx, const void *gy,
                        const void *x, const void *y, double p1, double p2);
+/* Training dropout over n contiguous elements: mask = (u > p) / (1 - p), y = x * mask. */
+int cuk_dropout(const cuk_ctx *c, int dt, int64_t n, void *y, void *mask, const void *x,
+                const void *u, double p);
 /* dst (dtype ddt) <- src (dtype sdt), any strides, CPU conversion rules. */
 int cuk_copy(const cuk_ctx *c, int ddt, int sdt, const cuk_geom *g, int64_t n, void *dst,
              const void *src);
@@ -124,6 +122,16 @@ int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red, int64_t
 int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red, int64_t ignore_index,
                 const void *gout, const int64_t *target, const void *total_weight, void *glogp);
 
+/* Fused cross_entropy from logp = log_softmax(logits) [N, C] (the softmax kernels above):
+ * label smoothing eps, out [N] (NONE) or [], total_weight []. The backward writes every
+ * element of glogits. */
+int cuk_ce_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red, int64_t ignore_index,
+               double eps, const void *logp, const int64_t *target, void *out,
+               void *total_weight);
+int cuk_ce_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red, int64_t ignore_index,
+               double eps, const void *gout, const void *logp, const int64_t *target,
+               const void *total_weight, void *glogits);
+
 /* -------------------------------------------------------------- normalisation */
 /* A per-channel vector: base pointer (NULL when absent) and element stride. */
 typedef struct {
@@ -149,10 +157,12 @@ int cuk_ln_bwd(const cuk_ctx *c, int dt, int64_t M, int64_t N, const void *gy, c
  * entries only where the algorithm does not read them (momentum == 0). */
 int cuk_sgd(const cuk_ctx *c, int dt, int n, void *const *params, const void *const *grads,
             void *const *bufs, const int64_t *numel, double lr, double momentum,
-            double dampening, double weight_decay, int nesterov, int first_step);
+            double dampening, double weight_decay, int nesterov, int maximize, int first_step);
+/* max_exp_avg_sq may be NULL unless amsgrad. */
 int cuk_adam(const cuk_ctx *c, int dt, int n, void *const *params, const void *const *grads,
-             void *const *exp_avg, void *const *exp_avg_sq, const int64_t *numel, double lr,
-             double beta1, double beta2, double eps, double weight_decay, int decoupled,
+             void *const *exp_avg, void *const *exp_avg_sq, void *const *max_exp_avg_sq,
+             const int64_t *numel, double lr, double beta1, double beta2, double eps,
+             double weight_decay, int decoupled, int amsgrad, int maximize,
              double bias_correction1, double bias_correction2);
 
 /* ------------------------------------------------------------------- probing */

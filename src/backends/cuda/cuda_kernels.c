@@ -64,7 +64,7 @@ static int same_dtype(const ct_tensor *a, const ct_tensor *b, const char *op) {
 }
 
 /* ------------------------------------------------------------- elementwise */
-static int k_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,
+int cu_k_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,
                     double alpha) {
     if (same_dtype(out, a, "binary op") || same_dtype(out, b, "binary op")) return -1;
     if (!cu_is_float(out->dtype) && out->dtype != CT_INT64)
@@ -79,7 +79,7 @@ static int k_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_te
                    "binary op");
 }
 
-static int k_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
+int cu_k_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
     if (same_dtype(out, a, "unary op")) return -1;
     if (out->dtype == CT_INT64) {
         if (!(op == CT_UN_NEG || op == CT_UN_ABS || op == CT_UN_SIGN || op == CT_UN_ADD_SCALAR ||
@@ -101,7 +101,7 @@ static int k_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, do
                    "unary op");
 }
 
-static int k_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
+int cu_k_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
                             const ct_tensor *y, double p1, double p2) {
     if (!cu_is_float(gx->dtype))
         return cu_error("backward: dtype %s has no gradient", cu_dtype_name(gx->dtype));
@@ -116,7 +116,7 @@ static int k_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, cons
                    "backward");
 }
 
-static int k_copy(ct_tensor *dst, const ct_tensor *src) {
+int cu_k_copy(ct_tensor *dst, const ct_tensor *src) {
     if ((unsigned)dst->dtype >= CT_NUM_DTYPES || (unsigned)src->dtype >= CT_NUM_DTYPES)
         return cu_error("copy: invalid dtype");
     cu_dev *d = cu_dev_of(dst);
@@ -147,7 +147,7 @@ static uint64_t fill_bits(ct_dtype dt, double v) {
     return bits;
 }
 
-static int k_fill(ct_tensor *t, double value) {
+int cu_k_fill(ct_tensor *t, double value) {
     if ((unsigned)t->dtype >= CT_NUM_DTYPES) return cu_error("fill: invalid dtype");
     cu_dev *d = cu_dev_of(t);
     if (!d) return -1;
@@ -159,7 +159,7 @@ static int k_fill(ct_tensor *t, double value) {
 }
 
 /* --------------------------------------------------------------- reduction */
-static int k_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
+int cu_k_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
                     const int *reduce) {
     if (!cu_is_float(a->dtype) && a->dtype != CT_INT64)
         return cu_error("reduce: dtype %s not supported on cuda", cu_dtype_name(a->dtype));
@@ -240,7 +240,7 @@ static int pool_check(const ct_tensor *big, const ct_tensor *small, const ct_poo
     return 0;
 }
 
-static int k_max_pool_fwd(ct_tensor *y, ct_tensor *ind, const ct_tensor *x,
+int cu_k_max_pool2d_forward(ct_tensor *y, ct_tensor *ind, const ct_tensor *x,
                           const ct_pool_params *p) {
     if (pool_check(x, y, p, "max_pool2d")) return -1;
     cu_dev *d = cu_dev_of(x);
@@ -252,7 +252,7 @@ static int k_max_pool_fwd(ct_tensor *y, ct_tensor *ind, const ct_tensor *x,
                    "max_pool2d");
 }
 
-static int k_max_pool_bwd(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *ind,
+int cu_k_max_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *ind,
                           const ct_pool_params *p) {
     if (pool_check(gx, gy, p, "max_pool2d backward")) return -1;
     cu_dev *d = cu_dev_of(gx);
@@ -278,7 +278,7 @@ static int codes_check(const ct_tensor *codes, const ct_tensor *small, const ct_
     return 0;
 }
 
-static int k_max_pool_codes_fwd(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
+int cu_k_max_pool2d_codes_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
                                 const ct_pool_params *p, int relu) {
     if (pool_check(x, y, p, "max_pool2d") || codes_check(codes, y, p, "max_pool2d")) return -1;
     cu_dev *d = cu_dev_of(x);
@@ -290,7 +290,7 @@ static int k_max_pool_codes_fwd(ct_tensor *y, ct_tensor *codes, const ct_tensor 
                    "max_pool2d");
 }
 
-static int k_max_pool_codes_bwd(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
+int cu_k_max_pool2d_codes_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
                                 const ct_pool_params *p) {
     if (pool_check(gx, gy, p, "max_pool2d backward") ||
         codes_check(codes, gy, p, "max_pool2d backward"))
@@ -305,7 +305,7 @@ static int k_max_pool_codes_bwd(ct_tensor *gx, const ct_tensor *gy, const ct_ten
                    "max_pool2d backward");
 }
 
-static int k_avg_pool_fwd(ct_tensor *y, const ct_tensor *x, const ct_pool_params *p) {
+int cu_k_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x, const ct_pool_params *p) {
     if (pool_check(x, y, p, "avg_pool2d")) return -1;
     cu_dev *d = cu_dev_of(x);
     if (!d) return -1;
@@ -314,7 +314,7 @@ static int k_avg_pool_fwd(ct_tensor *y, const ct_tensor *x, const ct_pool_params
     return cu_fail(cuk_avg_pool_fwd(&d->k, (int)x->dtype, &q, cu_ptr(x), cu_ptr(y)), "avg_pool2d");
 }
 
-static int k_avg_pool_bwd(ct_tensor *gx, const ct_tensor *gy, const ct_pool_params *p) {
+int cu_k_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_pool_params *p) {
     if (pool_check(gx, gy, p, "avg_pool2d backward")) return -1;
     cu_dev *d = cu_dev_of(gx);
     if (!d) return -1;
@@ -324,7 +324,7 @@ static int k_avg_pool_bwd(ct_tensor *gx, const ct_tensor *gy, const ct_pool_para
                    "avg_pool2d backward");
 }
 
-static int k_adaptive_fwd(ct_tensor *y, const ct_tensor *x) {
+int cu_k_adaptive_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x) {
     if (pool_check(x, y, NULL, "adaptive_avg_pool2d")) return -1;
     cu_dev *d = cu_dev_of(x);
     if (!d) return -1;
@@ -335,7 +335,7 @@ static int k_adaptive_fwd(ct_tensor *y, const ct_tensor *x) {
                    "adaptive_avg_pool2d");
 }
 
-static int k_adaptive_bwd(ct_tensor *gx, const ct_tensor *gy) {
+int cu_k_adaptive_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy) {
     if (pool_check(gx, gy, NULL, "adaptive_avg_pool2d backward")) return -1;
     cu_dev *d = cu_dev_of(gx);
     if (!d) return -1;
@@ -365,7 +365,7 @@ static void sm_split(const ct_tensor *t, int dim, int64_t *outer, int64_t *C, in
     *inner = in;
 }
 
-static int k_softmax_fwd(ct_tensor *y, const ct_tensor *x, int dim, int log) {
+int cu_k_softmax_forward(ct_tensor *y, const ct_tensor *x, int dim, int log) {
     const char *op = log ? "log_softmax" : "softmax";
     if (float_only(x->dtype, op) || same_dtype(x, y, op)) return -1;
     cu_dev *d = cu_dev_of(x);
@@ -377,7 +377,7 @@ static int k_softmax_fwd(ct_tensor *y, const ct_tensor *x, int dim, int log) {
                    op);
 }
 
-static int k_softmax_bwd(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim, int log) {
+int cu_k_softmax_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim, int log) {
     const char *op = log ? "log_softmax backward" : "softmax backward";
     if (float_only(y->dtype, op) || same_dtype(y, gy, op) || same_dtype(y, gx, op)) return -1;
     cu_dev *d = cu_dev_of(y);
@@ -400,7 +400,7 @@ static int flag_raised(cu_dev *d, const char *op) {
     return cu_sync_checks ? cu_sync(d, op) : 0;
 }
 
-static int k_nll_fwd(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, const ct_tensor *target,
+int cu_k_nll_loss_forward(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, const ct_tensor *target,
                      ct_reduction red, int64_t ignore_index) {
     if (float_only(logp->dtype, "nll_loss") || same_dtype(logp, out, "nll_loss") ||
         same_dtype(logp, tw, "nll_loss"))
@@ -416,7 +416,7 @@ static int k_nll_fwd(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, const
     return rc ? rc : flag_raised(d, "nll_loss");
 }
 
-static int k_nll_bwd(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
+int cu_k_nll_loss_backward(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
                      const ct_tensor *tw, ct_reduction red, int64_t ignore_index) {
     const char *op = "nll_loss backward";
     if (float_only(glogp->dtype, op) || same_dtype(glogp, gout, op) || same_dtype(glogp, tw, op))
@@ -449,7 +449,7 @@ static void bn_dims(const ct_tensor *x, int64_t *N, int64_t *C, int64_t *S) {
     for (int d = 2; d < x->ndim; d++) *S *= x->shape[d];
 }
 
-static int k_bn_fwd(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd, const ct_tensor *x,
+int cu_k_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd, const ct_tensor *x,
                     const ct_tensor *weight, const ct_tensor *bias, ct_tensor *running_mean,
                     ct_tensor *running_var, int training, double momentum, double eps) {
     const char *op = "batch_norm";
@@ -469,7 +469,7 @@ static int k_bn_fwd(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd, 
                    op);
 }
 
-static int k_bn_bwd(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+int cu_k_batch_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                     const ct_tensor *x, const ct_tensor *weight, const ct_tensor *save_mean,
                     const ct_tensor *save_invstd, int training) {
     const char *op = "batch_norm_backward";
@@ -489,7 +489,7 @@ static int k_bn_bwd(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor
                    op);
 }
 
-static int k_ln_fwd(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
+int cu_k_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
                     const ct_tensor *weight, const ct_tensor *bias, int64_t M, int64_t N,
                     double eps) {
     const char *op = "layer_norm";
@@ -504,7 +504,7 @@ static int k_ln_fwd(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_ten
                    op);
 }
 
-static int k_ln_bwd(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+int cu_k_layer_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                     const ct_tensor *x, const ct_tensor *mean, const ct_tensor *rstd,
                     const ct_tensor *weight, int64_t M, int64_t N) {
     const char *op = "layer_norm_backward";
@@ -521,30 +521,6 @@ static int k_ln_bwd(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor
                    op);
 }
 
-void cu_fill_kernels(ct_kernels *k) {
-    k->binary = k_binary;
-    k->unary = k_unary;
-    k->unary_backward = k_unary_backward;
-    k->reduce = k_reduce;
-    k->copy = k_copy;
-    k->fill = k_fill;
-    k->max_pool2d_forward = k_max_pool_fwd;
-    k->max_pool2d_backward = k_max_pool_bwd;
-    k->max_pool2d_codes_forward = k_max_pool_codes_fwd;
-    k->max_pool2d_codes_backward = k_max_pool_codes_bwd;
-    k->avg_pool2d_forward = k_avg_pool_fwd;
-    k->avg_pool2d_backward = k_avg_pool_bwd;
-    k->adaptive_avg_pool2d_forward = k_adaptive_fwd;
-    k->adaptive_avg_pool2d_backward = k_adaptive_bwd;
-    k->softmax_forward = k_softmax_fwd;
-    k->softmax_backward = k_softmax_bwd;
-    k->nll_loss_forward = k_nll_fwd;
-    k->nll_loss_backward = k_nll_bwd;
-    k->batch_norm_forward = k_bn_fwd;
-    k->batch_norm_backward = k_bn_bwd;
-    k->layer_norm_forward = k_ln_fwd;
-    k->layer_norm_backward = k_ln_bwd;
-}
 
 /* -------------------------------------------------------- fused optimizers */
 /* Checks that lists[j][i] (j < nlists, entries may be NULL for lists allowed to be NULL)
@@ -574,82 +550,113 @@ static cu_dev *optim_check(const char *op, int n, ct_tensor *const *const *lists
     return cu_dev_of(p0);
 }
 
-static void bump(ct_tensor *const *l, int n) {
-    for (int i = 0; l && i < n; i++) ct_bump_version(l[i]);
+/* The kernel table's sgd_step / adam_step: a whole list of parameters in a few launches
+ * (the optimizer bumps the version counters). */
+static int pack_lists(const char *op, int n, int nlists, ct_tensor *const *const *lists,
+                      void ***ptr, int64_t **numel) {
+    *ptr = malloc(sizeof(void *) * (size_t)nlists * (size_t)n);
+    *numel = malloc(sizeof(int64_t) * (size_t)n);
+    if (!*ptr || !*numel) {
+        free(*ptr);
+        free(*numel);
+        return cu_error("%s: out of host memory", op);
+    }
+    for (int j = 0; j < nlists; j++)
+        for (int i = 0; i < n; i++) (*ptr)[j * n + i] = lists[j] ? cu_ptr(lists[j][i]) : NULL;
+    for (int i = 0; i < n; i++) (*numel)[i] = cu_numel(lists[0][i]);
+    return 0;
 }
 
-int ct_cuda_sgd_step(ct_tensor *const *params, ct_tensor *const *grads,
-                     ct_tensor *const *momentum_bufs, int n, double lr, double momentum,
-                     double dampening, double weight_decay, int nesterov, int first_step) {
+int cu_k_sgd_step(ct_tensor *const *params, ct_tensor *const *grads, ct_tensor *const *bufs,
+                  int n, const ct_sgd_args *a, int first_step) {
     const char *op = "sgd_step (cuda)";
     if (n <= 0) return 0;
-    ct_tensor *const *lists[3] = {params, grads, momentum_bufs};
+    ct_tensor *const *lists[3] = {params, grads, a->momentum != 0 ? bufs : NULL};
     const char *names[3] = {"params", "grads", "momentum_bufs"};
     ct_dtype dt = CT_FLOAT32;
-    cu_dev *d = optim_check(op, n, lists, momentum != 0 ? 3 : 2, names, &dt);
-    if (!d) return -1;
-    void **ptr = malloc(sizeof(void *) * 3 * (size_t)n);
-    int64_t *numel = malloc(sizeof(int64_t) * (size_t)n);
-    if (!ptr || !numel) {
-        free(ptr);
-        free(numel);
-        return cu_error("%s: out of host memory", op);
-    }
-    for (int i = 0; i < n; i++) {
-        ptr[i] = cu_ptr(params[i]);
-        ptr[n + i] = cu_ptr(grads[i]);
-        ptr[2 * n + i] = momentum != 0 ? cu_ptr(momentum_bufs[i]) : NULL;
-        numel[i] = cu_numel(params[i]);
-    }
+    cu_dev *d = optim_check(op, n, lists, a->momentum != 0 ? 3 : 2, names, &dt);
+    void **ptr;
+    int64_t *numel;
+    if (!d || pack_lists(op, n, 3, lists, &ptr, &numel) != 0) return -1;
     int rc = cu_fail(cuk_sgd(&d->k, (int)dt, n, ptr, (const void *const *)(ptr + n), ptr + 2 * n,
-                             numel, lr, momentum, dampening, weight_decay, nesterov, first_step),
+                             numel, a->lr, a->momentum, a->dampening, a->weight_decay,
+                             a->nesterov, a->maximize, first_step),
                      op);
     free(ptr);
     free(numel);
-    if (rc == 0) {
-        bump(params, n);
-        if (momentum != 0) bump(momentum_bufs, n);
-    }
     return rc;
 }
 
-int ct_cuda_adam_step(ct_tensor *const *params, ct_tensor *const *grads,
-                      ct_tensor *const *exp_avg, ct_tensor *const *exp_avg_sq, int n, double lr,
-                      double beta1, double beta2, double eps, double weight_decay, int decoupled,
-                      int64_t step) {
-    const char *op = decoupled ? "adamw_step (cuda)" : "adam_step (cuda)";
+int cu_k_adam_step(ct_tensor *const *params, ct_tensor *const *grads, ct_tensor *const *exp_avg,
+                   ct_tensor *const *exp_avg_sq, ct_tensor *const *max_exp_avg_sq, int n,
+                   const ct_adam_args *a) {
+    const char *op = a->decoupled ? "adamw_step (cuda)" : "adam_step (cuda)";
     if (n <= 0) return 0;
-    if (step < 1) return cu_error("%s: step must be >= 1 (got %lld)", op, (long long)step);
-    ct_tensor *const *lists[4] = {params, grads, exp_avg, exp_avg_sq};
-    const char *names[4] = {"params", "grads", "exp_avg", "exp_avg_sq"};
+    if (a->step < 1) return cu_error("%s: step must be >= 1 (got %lld)", op, (long long)a->step);
+    ct_tensor *const *lists[5] = {params, grads, exp_avg, exp_avg_sq,
+                                  a->amsgrad ? max_exp_avg_sq : NULL};
+    const char *names[5] = {"params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
     ct_dtype dt = CT_FLOAT32;
-    cu_dev *d = optim_check(op, n, lists, 4, names, &dt);
-    if (!d) return -1;
-    void **ptr = malloc(sizeof(void *) * 4 * (size_t)n);
-    int64_t *numel = malloc(sizeof(int64_t) * (size_t)n);
-    if (!ptr || !numel) {
-        free(ptr);
-        free(numel);
-        return cu_error("%s: out of host memory", op);
-    }
-    for (int i = 0; i < n; i++) {
-        ptr[i] = cu_ptr(params[i]);
-        ptr[n + i] = cu_ptr(grads[i]);
-        ptr[2 * n + i] = cu_ptr(exp_avg[i]);
-        ptr[3 * n + i] = cu_ptr(exp_avg_sq[i]);
-        numel[i] = cu_numel(params[i]);
-    }
-    const double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
+    cu_dev *d = optim_check(op, n, lists, a->amsgrad ? 5 : 4, names, &dt);
+    void **ptr;
+    int64_t *numel;
+    if (!d || pack_lists(op, n, 5, lists, &ptr, &numel) != 0) return -1;
+    const double bc1 = 1.0 - pow(a->beta1, (double)a->step);
+    const double bc2 = 1.0 - pow(a->beta2, (double)a->step);
     int rc = cu_fail(cuk_adam(&d->k, (int)dt, n, ptr, (const void *const *)(ptr + n), ptr + 2 * n,
-                              ptr + 3 * n, numel, lr, beta1, beta2, eps, weight_decay, decoupled,
-                              bc1, bc2),
+                              ptr + 3 * n, ptr + 4 * n, numel, a->lr, a->beta1, a->beta2, a->eps,
+                              a->weight_decay, a->decoupled, a->amsgrad, a->maximize, bc1, bc2),
                      op);
     free(ptr);
     free(numel);
-    if (rc == 0) {
-        bump(params, n);
-        bump(exp_avg, n);
-        bump(exp_avg_sq, n);
-    }
     return rc;
+}
+
+/* ------------------------------------------------------------------ dropout */
+int cu_k_dropout_forward(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, const ct_tensor *u,
+                         double p) {
+    if (float_only(y->dtype, "dropout")) return -1;
+    cu_dev *d = cu_dev_of(y);
+    if (!d) return -1;
+    return cu_fail(cuk_dropout(&d->k, (int)y->dtype, cu_numel(y), cu_ptr(y), cu_ptr(mask),
+                               cu_ptr(x), cu_ptr(u), p),
+                   "dropout");
+}
+
+/* ---------------------------------------------------- fused cross_entropy */
+int cu_k_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
+                               const ct_tensor *logits, const ct_tensor *target,
+                               ct_reduction red, int64_t ignore_index, double label_smoothing) {
+    const char *op = "cross_entropy";
+    if (float_only(logits->dtype, op)) return -1;
+    cu_dev *d = cu_dev_of(logits);
+    if (!d) return -1;
+    const int64_t N = logits->shape[0], C = logits->shape[1];
+    const size_t bytes = (size_t)(N * C) * cu_dsize(logits->dtype);
+    void *lp = logp ? cu_ptr(logp) : (bytes ? d->k.ws_alloc(bytes, d->index) : NULL);
+    if (!lp && bytes) return -1;
+    int rc = cu_fail(cuk_softmax_fwd(&d->k, (int)logits->dtype, N, C, 1, 1, cu_ptr(logits), lp),
+                     op);
+    if (rc == 0)
+        rc = cu_fail(cuk_ce_fwd(&d->k, (int)logits->dtype, N, C, (int)red, ignore_index,
+                                label_smoothing, lp, (const int64_t *)cu_ptr(target), cu_ptr(out),
+                                total_weight ? cu_ptr(total_weight) : NULL),
+                     op);
+    if (!logp && lp) d->k.ws_free(lp, d->index); /* stream-ordered: safe after the launch */
+    return rc ? rc : flag_raised(d, op);
+}
+
+int cu_k_cross_entropy_backward(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
+                                const ct_tensor *target, const ct_tensor *total_weight,
+                                ct_reduction red, int64_t ignore_index, double label_smoothing) {
+    const char *op = "cross_entropy backward";
+    if (float_only(glogits->dtype, op) || same_dtype(glogits, gout, op)) return -1;
+    cu_dev *d = cu_dev_of(glogits);
+    if (!d) return -1;
+    int rc = cu_fail(cuk_ce_bwd(&d->k, (int)glogits->dtype, glogits->shape[0], glogits->shape[1],
+                                (int)red, ignore_index, label_smoothing, cu_ptr(gout),
+                                cu_ptr(logp), (const int64_t *)cu_ptr(target),
+                                total_weight ? cu_ptr(total_weight) : NULL, cu_ptr(glogits)),
+                     op);
+    return rc ? rc : flag_raised(d, op);
 }

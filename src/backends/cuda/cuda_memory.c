@@ -358,7 +358,7 @@ void ct_cuda_host_free(void *p) {
 }
 
 /* ------------------------------------------------------- streams and events */
-struct ct_cuda_event {
+struct ct_event {
     int device;
     cudaEvent_t ev;
 };

@@ -276,11 +276,11 @@ extern "C" int cuk_bn_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int64_
                           const void *x, cuk_vec weight, cuk_vec bias, cuk_vec running_mean,
                           cuk_vec running_var, int training, double momentum, double eps, void *y,
                           cuk_vec save_mean, cuk_vec save_invstd) {
-    if (dt == CUK_F32)
+    if (dt == CT_FLOAT32)
         return bn_fwd_t<float>(c, N, C, S, (const float *)x, weight, bias, running_mean,
                                running_var, training, momentum, eps, (float *)y, save_mean,
                                save_invstd);
-    if (dt == CUK_F64)
+    if (dt == CT_FLOAT64)
         return bn_fwd_t<double>(c, N, C, S, (const double *)x, weight, bias, running_mean,
                                 running_var, training, momentum, eps, (double *)y, save_mean,
                                 save_invstd);
@@ -290,10 +290,10 @@ extern "C" int cuk_bn_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int64_
 extern "C" int cuk_bn_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int64_t S,
                           const void *gy, const void *x, cuk_vec weight, cuk_vec save_mean,
                           cuk_vec save_invstd, int training, void *gx, cuk_vec gw, cuk_vec gb) {
-    if (dt == CUK_F32)
+    if (dt == CT_FLOAT32)
         return bn_bwd_t<float>(c, N, C, S, (const float *)gy, (const float *)x, weight, save_mean,
                                save_invstd, training, (float *)gx, gw, gb);
-    if (dt == CUK_F64)
+    if (dt == CT_FLOAT64)
         return bn_bwd_t<double>(c, N, C, S, (const double *)gy, (const double *)x, weight,
                                 save_mean, save_invstd, training, (double *)gx, gw, gb);
     return (int)cudaErrorInvalidValue;
@@ -445,10 +445,10 @@ static int ln_bwd_t(const cuk_ctx *c, int64_t M, int64_t N, const T *gy, const T
 extern "C" int cuk_ln_fwd(const cuk_ctx *c, int dt, int64_t M, int64_t N, const void *x,
                           const void *w, const void *b, double eps, void *y, void *mean,
                           void *rstd) {
-    if (dt == CUK_F32)
+    if (dt == CT_FLOAT32)
         return ln_fwd_t<float>(c, M, N, (const float *)x, (const float *)w, (const float *)b, eps,
                                (float *)y, (float *)mean, (float *)rstd);
-    if (dt == CUK_F64)
+    if (dt == CT_FLOAT64)
         return ln_fwd_t<double>(c, M, N, (const double *)x, (const double *)w, (const double *)b,
                                 eps, (double *)y, (double *)mean, (double *)rstd);
     return (int)cudaErrorInvalidValue;
@@ -457,11 +457,11 @@ extern "C" int cuk_ln_fwd(const cuk_ctx *c, int dt, int64_t M, int64_t N, const 
 extern "C" int cuk_ln_bwd(const cuk_ctx *c, int dt, int64_t M, int64_t N, const void *gy,
                           const void *x, const void *mean, const void *rstd, const void *w,
                           void *gx, void *gw, void *gb) {
-    if (dt == CUK_F32)
+    if (dt == CT_FLOAT32)
         return ln_bwd_t<float>(c, M, N, (const float *)gy, (const float *)x, (const float *)mean,
                                (const float *)rstd, (const float *)w, (float *)gx, (float *)gw,
                                (float *)gb);
-    if (dt == CUK_F64)
+    if (dt == CT_FLOAT64)
         return ln_bwd_t<double>(c, M, N, (const double *)gy, (const double *)x,
                                 (const double *)mean, (const double *)rstd, (const double *)w,
                                 (double *)gx, (double *)gw, (double *)gb);

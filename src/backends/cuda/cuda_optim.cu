@@ -2,7 +2,7 @@
  * MT_TENSORS tensors and MT_BLOCKS chunks of MT_CHUNK elements into one kernel argument;
  * each block updates one chunk of one tensor. A whole model's parameters take a handful
  * of launches instead of several kernels per parameter. Math in the parameter's dtype,
- * torch.optim's formulas (see cuda_plugin.h). */
+ * torch.optim's formulas (the kernel table's sgd_step / adam_step, src/core/backend.h). */
 #include "cuda_common.cuh"
 
 #define MT_TENSORS 24
@@ -19,7 +19,7 @@ struct MTList {
 
 struct SgdArgs {
     double lr, momentum, dampening, wd;
-    int nesterov, first;
+    int nesterov, maximize, first;
 };
 
 template <typename T>
@@ -33,7 +33,7 @@ __global__ void k_sgd(MTList<3> l, SgdArgs a) {
     T *buf = (T *)l.ptr[2][t];
     const T lr = (T)a.lr, mom = (T)a.momentum, damp = (T)a.dampening, wd = (T)a.wd;
     for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
-        T g = gr[i];
+        T g = a.maximize ? -gr[i] : gr[i];
         const T pv = p[i];
         if (wd != 0) g += wd * pv;
         if (mom != 0) {
@@ -47,11 +47,11 @@ __global__ void k_sgd(MTList<3> l, SgdArgs a) {
 
 struct AdamArgs {
     double lr, beta1, beta2, eps, wd, bc1, bc2;
-    int decoupled;
+    int decoupled, amsgrad, maximize;
 };
 
 template <typename T>
-__global__ void k_adam(MTList<4> l, AdamArgs a) {
+__global__ void k_adam(MTList<5> l, AdamArgs a) {
     const int t = l.tensor[blockIdx.x];
     const int64_t n = l.numel[t];
     const int64_t i0 = (int64_t)l.chunk[blockIdx.x] * MT_CHUNK;
@@ -60,10 +60,11 @@ __global__ void k_adam(MTList<4> l, AdamArgs a) {
     const T *gr = (const T *)l.ptr[1][t];
     T *m = (T *)l.ptr[2][t];
     T *v = (T *)l.ptr[3][t];
+    T *vmax = (T *)l.ptr[4][t];
     const T lr = (T)a.lr, b1 = (T)a.beta1, b2 = (T)a.beta2, eps = (T)a.eps, wd = (T)a.wd;
     const T step_size = (T)(a.lr / a.bc1), bc2_sqrt = (T)sqrt(a.bc2);
     for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
-        T g = gr[i], pv = p[i];
+        T g = a.maximize ? -gr[i] : gr[i], pv = p[i];
         if (wd != 0) {
             if (a.decoupled) pv = pv * ((T)1 - lr * wd);
             else g = g + wd * pv;
@@ -72,7 +73,14 @@ __global__ void k_adam(MTList<4> l, AdamArgs a) {
         const T vi = b2 * v[i] + ((T)1 - b2) * g * g;
         m[i] = mi;
         v[i] = vi;
-        const T denom = cu_sqrt(vi) / bc2_sqrt + eps;
+        T vu = vi;
+        if (a.amsgrad) { /* torch.maximum: a NaN wins */
+            T mx = vmax[i] > vi ? vmax[i] : vi;
+            if (vi != vi) mx = vi;
+            vmax[i] = mx;
+            vu = mx;
+        }
+        const T denom = cu_sqrt(vu) / bc2_sqrt + eps;
         p[i] = pv - step_size * mi / denom;
     }
 }
@@ -114,31 +122,33 @@ static int multi_tensor(int n, void *const *const *lists, const int64_t *numel, 
 extern "C" int cuk_sgd(const cuk_ctx *c, int dt, int n, void *const *params,
                        const void *const *grads, void *const *bufs, const int64_t *numel,
                        double lr, double momentum, double dampening, double weight_decay,
-                       int nesterov, int first_step) {
-    SgdArgs a = {lr, momentum, dampening, weight_decay, nesterov, first_step};
+                       int nesterov, int maximize, int first_step) {
+    SgdArgs a = {lr, momentum, dampening, weight_decay, nesterov, maximize, first_step};
     void *const *lists[3] = {params, (void *const *)grads, momentum != 0 ? bufs : NULL};
     auto launch = [&](const MTList<3> &l, int nb) -> int {
-        if (dt == CUK_F32) CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_sgd<float>)(l, a);
+        if (dt == CT_FLOAT32) CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_sgd<float>)(l, a);
         else CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_sgd<double>)(l, a);
         return cuk_status();
     };
-    if (dt != CUK_F32 && dt != CUK_F64) return (int)cudaErrorInvalidValue;
+    if (dt != CT_FLOAT32 && dt != CT_FLOAT64) return (int)cudaErrorInvalidValue;
     return multi_tensor<3>(n, lists, numel, launch);
 }
 
 extern "C" int cuk_adam(const cuk_ctx *c, int dt, int n, void *const *params,
                         const void *const *grads, void *const *exp_avg, void *const *exp_avg_sq,
-                        const int64_t *numel, double lr, double beta1, double beta2, double eps,
-                        double weight_decay, int decoupled, double bias_correction1,
+                        void *const *max_exp_avg_sq, const int64_t *numel, double lr,
+                        double beta1, double beta2, double eps, double weight_decay,
+                        int decoupled, int amsgrad, int maximize, double bias_correction1,
                         double bias_correction2) {
     AdamArgs a = {lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2,
-                  decoupled};
-    void *const *lists[4] = {params, (void *const *)grads, exp_avg, exp_avg_sq};
-    auto launch = [&](const MTList<4> &l, int nb) -> int {
-        if (dt == CUK_F32) CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_adam<float>)(l, a);
+                  decoupled, amsgrad, maximize};
+    void *const *lists[5] = {params, (void *const *)grads, exp_avg, exp_avg_sq,
+                             amsgrad ? max_exp_avg_sq : NULL};
+    auto launch = [&](const MTList<5> &l, int nb) -> int {
+        if (dt == CT_FLOAT32) CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_adam<float>)(l, a);
         else CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_adam<double>)(l, a);
         return cuk_status();
     };
-    if (dt != CUK_F32 && dt != CUK_F64) return (int)cudaErrorInvalidValue;
-    return multi_tensor<4>(n, lists, numel, launch);
+    if (dt != CT_FLOAT32 && dt != CT_FLOAT64) return (int)cudaErrorInvalidValue;
+    return multi_tensor<5>(n, lists, numel, launch);
 }

@@ -530,13 +530,36 @@ void ct_cuda_set_cudnn_benchmark(int enabled) { cu_benchmark = enabled != 0; }
 static void *be_alloc(size_t nbytes, int index) { return cu_malloc(nbytes, index); }
 static void be_free(void *p, int index) { cu_free(p, index); }
 
+/* The extra entry points (CT_BACKEND_PROCS) this backend provides. */
+static const ct_backend_procs g_procs = {
+    .device_count = ct_cuda_plugin_device_count,
+    .device_describe = ct_cuda_plugin_device_describe,
+    .synchronize = ct_cuda_synchronize,
+    .host_alloc = ct_cuda_host_alloc,
+    .host_free = ct_cuda_host_free,
+    .event_create = ct_cuda_event_create,
+    .event_destroy = ct_cuda_event_destroy,
+    .event_record = ct_cuda_event_record,
+    .event_query = ct_cuda_event_query,
+    .event_synchronize = ct_cuda_event_synchronize,
+    .stream_wait_event = ct_cuda_stream_wait_event,
+    .copy_h2d_async_on = ct_cuda_copy_h2d_async_on,
+};
+
+/* The kernel table: cu_k_<name> for every row of CT_KERNEL_LIST (a missing one fails the
+ * plugin's link, which uses -z defs). */
+#define CT__CUDA_ENTRY(name, params) .name = cu_k_##name,
 static ct_backend g_backend = {
     .name = "cuda",
     .type = CT_CUDA,
+    .host_memory = 0,
     .alloc = be_alloc,
     .free = be_free,
     .memcpy = cu_memcpy,
+    .procs = &g_procs,
+    .k = {CT_KERNEL_LIST(CT__CUDA_ENTRY)},
 };
+#undef CT__CUDA_ENTRY
 
 static int env_flag(const char *name, int dflt) {
     const char *v = getenv(name);
@@ -591,8 +614,6 @@ static int plugin_init(char *r, size_t n) {
         return -1;
     }
     tl_current = -1;
-    cu_fill_kernels(&g_backend.k);
-    cu_fill_dnn_kernels(&g_backend.k);
     return 0;
 }
 

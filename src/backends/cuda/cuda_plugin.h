@@ -117,7 +117,7 @@ typedef int (*ct_cuda_copy_h2d_async_fn)(ct_tensor *dst, const ct_tensor *src);
  * An event belongs to the device it was created for and may be recorded on either of its
  * streams, again and again; a wait uses the state of the last record before it. */
 typedef enum { CT_CUDA_STREAM_COMPUTE = 0, CT_CUDA_STREAM_COPY = 1 } ct_cuda_stream_id;
-typedef struct ct_cuda_event ct_cuda_event;
+typedef struct ct_event ct_cuda_event; /* the generic ct_event of src/core/backend.h */
 
 /* A new event on `device` (NULL + error). Until first recorded it counts as complete. */
 CT_CUDA_API ct_cuda_event *ct_cuda_event_create(int device);
@@ -147,38 +147,6 @@ typedef int (*ct_cuda_stream_wait_event_fn)(int stream, ct_cuda_event *ev);
  * block (ct_cuda_host_alloc) is not handed out again until the copy has completed. */
 CT_CUDA_API int ct_cuda_copy_h2d_async_on(ct_tensor *dst, const ct_tensor *src, int stream);
 typedef int (*ct_cuda_copy_h2d_async_on_fn)(ct_tensor *dst, const ct_tensor *src, int stream);
-
-/* ----------------------------------------------------------- fused optimizers
- * One call updates a whole list of parameters (multi-tensor kernels: a few launches for
- * all parameters instead of several per parameter). params[i], grads[i] and the state
- * tensors must be contiguous CUDA tensors of the same device, dtype (float32 or float64)
- * and numel. Semantics are torch.optim's (foreach) ones:
- *
- * SGD: g = grad + weight_decay * p;
- *      if momentum != 0: buf = first_step ? g : momentum * buf + (1 - dampening) * g;
- *                        g = nesterov ? g + momentum * buf : buf
- *      p -= lr * g.            momentum_bufs may be NULL when momentum == 0.
- * Adam / AdamW (step = 1 for the first update):
- *      AdamW (decoupled != 0): p *= 1 - lr * weight_decay;  Adam: g = grad + wd * p
- *      m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
- *      p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
- */
-CT_CUDA_API int ct_cuda_sgd_step(ct_tensor *const *params, ct_tensor *const *grads,
-                                 ct_tensor *const *momentum_bufs, int n, double lr,
-                                 double momentum, double dampening, double weight_decay,
-                                 int nesterov, int first_step);
-typedef int (*ct_cuda_sgd_step_fn)(ct_tensor *const *params, ct_tensor *const *grads,
-                                   ct_tensor *const *momentum_bufs, int n, double lr,
-                                   double momentum, double dampening, double weight_decay,
-                                   int nesterov, int first_step);
-CT_CUDA_API int ct_cuda_adam_step(ct_tensor *const *params, ct_tensor *const *grads,
-                                  ct_tensor *const *exp_avg, ct_tensor *const *exp_avg_sq,
-                                  int n, double lr, double beta1, double beta2, double eps,
-                                  double weight_decay, int decoupled, int64_t step);
-typedef int (*ct_cuda_adam_step_fn)(ct_tensor *const *params, ct_tensor *const *grads,
-                                    ct_tensor *const *exp_avg, ct_tensor *const *exp_avg_sq,
-                                    int n, double lr, double beta1, double beta2, double eps,
-                                    double weight_decay, int decoupled, int64_t step);
 
 #ifdef __cplusplus
 }

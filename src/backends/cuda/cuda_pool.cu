@@ -159,15 +159,15 @@ static int mpc_run(const cuk_ctx *c, bool fwd, const cuk_pool *p, const void *in
 
 extern "C" int cuk_max_pool_codes_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x,
                                       void *y, uint8_t *codes, int relu) {
-    if (dt == CUK_F32) return mpc_run<float>(c, true, p, x, NULL, y, codes, relu);
-    if (dt == CUK_F64) return mpc_run<double>(c, true, p, x, NULL, y, codes, relu);
+    if (dt == CT_FLOAT32) return mpc_run<float>(c, true, p, x, NULL, y, codes, relu);
+    if (dt == CT_FLOAT64) return mpc_run<double>(c, true, p, x, NULL, y, codes, relu);
     return (int)cudaErrorInvalidValue;
 }
 
 extern "C" int cuk_max_pool_codes_bwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *gy,
                                       const uint8_t *codes, void *gx) {
-    if (dt == CUK_F32) return mpc_run<float>(c, false, p, gy, codes, gx, NULL, 0);
-    if (dt == CUK_F64) return mpc_run<double>(c, false, p, gy, codes, gx, NULL, 0);
+    if (dt == CT_FLOAT32) return mpc_run<float>(c, false, p, gy, codes, gx, NULL, 0);
+    if (dt == CT_FLOAT64) return mpc_run<double>(c, false, p, gy, codes, gx, NULL, 0);
     return (int)cudaErrorInvalidValue;
 }
 
@@ -305,8 +305,8 @@ static int pool_run(const cuk_ctx *c, int kind, const cuk_pool *p, const void *i
 
 static int pool_dispatch(const cuk_ctx *c, int dt, int kind, const cuk_pool *p, const void *in,
                          const int64_t *ind_in, void *out, int64_t *ind_out) {
-    if (dt == CUK_F32) return pool_run<float>(c, kind, p, in, ind_in, out, ind_out);
-    if (dt == CUK_F64) return pool_run<double>(c, kind, p, in, ind_in, out, ind_out);
+    if (dt == CT_FLOAT32) return pool_run<float>(c, kind, p, in, ind_in, out, ind_out);
+    if (dt == CT_FLOAT64) return pool_run<double>(c, kind, p, in, ind_in, out, ind_out);
     return (int)cudaErrorInvalidValue;
 }
 

@@ -58,10 +58,10 @@ __device__ __forceinline__ int64_t red_roff(const cuk_red_geom &g, int64_t r) {
 
 __device__ __forceinline__ void red_store(int op, int out_dt, void *out, int64_t *idx, int64_t o,
                                           double acc, long long best, int64_t rcount) {
-    if (op == CUK_RED_MEAN) acc = rcount ? acc / (double)rcount : (double)NAN;
+    if (op == CT_RED_MEAN) acc = rcount ? acc / (double)rcount : (double)NAN;
     switch (out_dt) {
-    case CUK_F32: ((float *)out)[o] = (float)acc; break;
-    case CUK_F64: ((double *)out)[o] = acc; break;
+    case CT_FLOAT32: ((float *)out)[o] = (float)acc; break;
+    case CT_FLOAT64: ((double *)out)[o] = acc; break;
     default: ((long long *)out)[o] = (long long)acc; break;
     }
     if (idx) idx[o] = best;
@@ -159,7 +159,7 @@ static int reduce_t(const cuk_ctx *c, int op, int out_dt, const cuk_red_geom *g,
                     void *out, int64_t *idx) {
     const int64_t O = g->nout, R = g->rcount;
     if (O <= 0) return 0;
-    const bool is_max = op == CUK_RED_MAX;
+    const bool is_max = op == CT_RED_MAX;
     const int64_t sms = c->sm_count > 0 ? c->sm_count : 108;
     RedArgs ra = {op, out_dt, 1, R, NULL, NULL, out, idx};
     const bool kept_contig = g->nk > 0 && g->kstride[0] == 1 && g->kshape[0] > 1;
@@ -219,9 +219,9 @@ static int reduce_t(const cuk_ctx *c, int op, int out_dt, const cuk_red_geom *g,
 extern "C" int cuk_reduce(const cuk_ctx *c, int op, int in_dt, int out_dt, const cuk_red_geom *g,
                           const void *a, void *out, int64_t *idx) {
     switch (in_dt) {
-    case CUK_F32: return reduce_t(c, op, out_dt, g, (const float *)a, out, idx);
-    case CUK_F64: return reduce_t(c, op, out_dt, g, (const double *)a, out, idx);
-    case CUK_I64: return reduce_t(c, op, out_dt, g, (const long long *)a, out, idx);
+    case CT_FLOAT32: return reduce_t(c, op, out_dt, g, (const float *)a, out, idx);
+    case CT_FLOAT64: return reduce_t(c, op, out_dt, g, (const double *)a, out, idx);
+    case CT_INT64: return reduce_t(c, op, out_dt, g, (const long long *)a, out, idx);
     default: return (int)cudaErrorInvalidValue;
     }
 }

@@ -184,10 +184,10 @@ static int softmax_t(const cuk_ctx *c, bool bwd, int64_t outer, int64_t C, int64
 
 extern "C" int cuk_softmax_fwd(const cuk_ctx *c, int dt, int64_t outer, int64_t C,
                                int64_t inner, int log, const void *x, void *y) {
-    if (dt == CUK_F32)
+    if (dt == CT_FLOAT32)
         return softmax_t<float>(c, false, outer, C, inner, log, (const float *)x, NULL,
                                 (float *)y);
-    if (dt == CUK_F64)
+    if (dt == CT_FLOAT64)
         return softmax_t<double>(c, false, outer, C, inner, log, (const double *)x, NULL,
                                  (double *)y);
     return (int)cudaErrorInvalidValue;
@@ -195,10 +195,10 @@ extern "C" int cuk_softmax_fwd(const cuk_ctx *c, int dt, int64_t outer, int64_t 
 
 extern "C" int cuk_softmax_bwd(const cuk_ctx *c, int dt, int64_t outer, int64_t C,
                                int64_t inner, int log, const void *y, const void *gy, void *gx) {
-    if (dt == CUK_F32)
+    if (dt == CT_FLOAT32)
         return softmax_t<float>(c, true, outer, C, inner, log, (const float *)y,
                                 (const float *)gy, (float *)gx);
-    if (dt == CUK_F64)
+    if (dt == CT_FLOAT64)
         return softmax_t<double>(c, true, outer, C, inner, log, (const double *)y,
                                  (const double *)gy, (double *)gx);
     return (int)cudaErrorInvalidValue;
@@ -226,16 +226,16 @@ __global__ void k_nll_fwd(int64_t N, int64_t C, int red, long long ignore, const
     for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
         long long t = target[i];
         if (t == ignore) {
-            if (red == CUK_REDUCTION_NONE) out[i] = 0;
+            if (red == CT_REDUCTION_NONE) out[i] = 0;
             continue;
         }
         if (t < 0 || t >= C) {
             flag_bad_target(flag, i, t, C);
-            if (red == CUK_REDUCTION_NONE) out[i] = 0;
+            if (red == CT_REDUCTION_NONE) out[i] = 0;
             continue;
         }
         T v = logp[i * C + t];
-        if (red == CUK_REDUCTION_NONE) out[i] = -v;
+        if (red == CT_REDUCTION_NONE) out[i] = -v;
         s -= (double)v;
         cnt += 1;
     }
@@ -243,8 +243,8 @@ __global__ void k_nll_fwd(int64_t N, int64_t C, int red, long long ignore, const
     cnt = cuk_block_sum(cnt, shd);
     if (threadIdx.x != 0) return;
     if (tw) tw[0] = (T)cnt;
-    if (red == CUK_REDUCTION_NONE) return;
-    if (red == CUK_REDUCTION_MEAN) s = cnt > 0 ? s / cnt : (double)NAN;
+    if (red == CT_REDUCTION_NONE) return;
+    if (red == CT_REDUCTION_MEAN) s = cnt > 0 ? s / cnt : (double)NAN;
     out[0] = (T)s;
 }
 
@@ -259,11 +259,11 @@ __global__ void k_nll_bwd(int64_t N, int64_t C, int red, long long ignore, const
             continue;
         }
         double gi;
-        if (red == CUK_REDUCTION_NONE) {
+        if (red == CT_REDUCTION_NONE) {
             gi = (double)gout[i];
         } else {
             gi = (double)gout[0];
-            if (red == CUK_REDUCTION_MEAN) {
+            if (red == CT_REDUCTION_MEAN) {
                 double w = tw ? (double)tw[0] : 0.0;
                 gi = w != 0 ? gi / w : 0.0;
             }
@@ -276,11 +276,11 @@ extern "C" int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
                            int64_t ignore_index, const void *logp, const int64_t *target,
                            void *out, void *total_weight) {
     const long long *t = (const long long *)target;
-    if (dt == CUK_F32)
+    if (dt == CT_FLOAT32)
         CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<float>)(
             N, C, red, ignore_index, (const float *)logp, t, (float *)out, (float *)total_weight,
             c->flag);
-    else if (dt == CUK_F64)
+    else if (dt == CT_FLOAT64)
         CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<double>)(
             N, C, red, ignore_index, (const double *)logp, t, (double *)out,
             (double *)total_weight, c->flag);
@@ -292,7 +292,7 @@ extern "C" int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
 extern "C" int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
                            int64_t ignore_index, const void *gout, const int64_t *target,
                            const void *total_weight, void *glogp) {
-    size_t es = dt == CUK_F64 ? 8 : 4;
+    size_t es = dt == CT_FLOAT64 ? 8 : 4;
     if (N * C > 0) {
         cudaError_t e = cudaMemsetAsync(glogp, 0, (size_t)(N * C) * es, c->stream);
         if (e != cudaSuccess) return (int)e;
@@ -300,14 +300,118 @@ extern "C" int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
     if (N <= 0) return 0;
     const long long *t = (const long long *)target;
     int blocks = cuk_blocks(c, N, CUK_THREADS);
-    if (dt == CUK_F32)
+    if (dt == CT_FLOAT32)
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_nll_bwd<float>)(
             N, C, red, ignore_index, (const float *)gout, t, (const float *)total_weight,
             (float *)glogp, c->flag);
-    else if (dt == CUK_F64)
+    else if (dt == CT_FLOAT64)
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_nll_bwd<double>)(
             N, C, red, ignore_index, (const double *)gout, t, (const double *)total_weight,
             (double *)glogp, c->flag);
+    else
+        return (int)cudaErrorInvalidValue;
+    return cuk_status();
+}
+
+/* ---------------------------------------------------------- cross_entropy */
+/* From log_softmax(logits) (computed by the softmax kernels): per row
+ * loss = -(1 - eps) * logp[t] - eps * mean_j logp[j] (label smoothing), 0 for an ignored
+ * target; then, in one block and a fixed order, the count of non-ignored targets and the
+ * reduced loss (as k_nll_fwd). */
+template <typename T>
+__global__ void k_ce_fwd(int64_t N, int64_t C, int red, long long ignore, double eps,
+                         const T *logp, const long long *target, T *out, T *tw,
+                         long long *flag) {
+    __shared__ double shd[32];
+    double s = 0, cnt = 0;
+    for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
+        long long t = target[i];
+        if (t == ignore || t < 0 || t >= C) {
+            if (t != ignore) flag_bad_target(flag, i, t, C);
+            if (red == CT_REDUCTION_NONE) out[i] = 0;
+            continue;
+        }
+        const T *row = logp + i * C;
+        double loss = -(1.0 - eps) * (double)row[t];
+        if (eps != 0) {
+            double sr = 0;
+            for (int64_t j = 0; j < C; j++) sr += (double)row[j];
+            loss -= eps * sr / (double)C;
+        }
+        if (red == CT_REDUCTION_NONE) out[i] = (T)loss;
+        s += loss;
+        cnt += 1;
+    }
+    s = cuk_block_sum(s, shd);
+    cnt = cuk_block_sum(cnt, shd);
+    if (threadIdx.x != 0) return;
+    if (tw) tw[0] = (T)cnt;
+    if (red == CT_REDUCTION_NONE) return;
+    if (red == CT_REDUCTION_MEAN) s = cnt > 0 ? s / cnt : (double)NAN;
+    out[0] = (T)s;
+}
+
+/* g[i, j] = gi * (exp(logp[i, j]) - eps / C) - gi * (1 - eps) [j == t], 0 for ignored rows. */
+template <typename T>
+__global__ void k_ce_bwd(int64_t N, int64_t C, int red, long long ignore, double eps,
+                         const T *gout, const T *logp, const long long *target, const T *tw,
+                         T *g, long long *flag) {
+    CUK_LOOP(int64_t, k, N * C) {
+        const int64_t i = k / C, j = k - i * C;
+        const long long t = target[i];
+        if (t == ignore || t < 0 || t >= C) {
+            if (t != ignore && j == 0) flag_bad_target(flag, i, t, C);
+            g[k] = 0;
+            continue;
+        }
+        double gi;
+        if (red == CT_REDUCTION_NONE) {
+            gi = (double)gout[i];
+        } else {
+            gi = (double)gout[0];
+            if (red == CT_REDUCTION_MEAN) {
+                double w = tw ? (double)tw[0] : 0.0;
+                gi = w != 0 ? gi / w : 0.0;
+            }
+        }
+        const T gt = (T)gi, off = (T)(eps / (double)C);
+        T v = gt * (cu_exp(logp[k]) - off);
+        if (j == t) v -= gt * (T)(1.0 - eps);
+        g[k] = v;
+    }
+}
+
+extern "C" int cuk_ce_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
+                          int64_t ignore_index, double eps, const void *logp,
+                          const int64_t *target, void *out, void *total_weight) {
+    const long long *t = (const long long *)target;
+    if (dt == CT_FLOAT32)
+        CUK_LAUNCH(1, 1024, 0, c->stream, k_ce_fwd<float>)(
+            N, C, red, ignore_index, eps, (const float *)logp, t, (float *)out,
+            (float *)total_weight, c->flag);
+    else if (dt == CT_FLOAT64)
+        CUK_LAUNCH(1, 1024, 0, c->stream, k_ce_fwd<double>)(
+            N, C, red, ignore_index, eps, (const double *)logp, t, (double *)out,
+            (double *)total_weight, c->flag);
+    else
+        return (int)cudaErrorInvalidValue;
+    return cuk_status();
+}
+
+extern "C" int cuk_ce_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
+                          int64_t ignore_index, double eps, const void *gout, const void *logp,
+                          const int64_t *target, const void *total_weight, void *glogits) {
+    if (N * C <= 0) return 0;
+    const long long *t = (const long long *)target;
+    int blocks = cuk_blocks(c, N * C, CUK_THREADS);
+    if (dt == CT_FLOAT32)
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_ce_bwd<float>)(
+            N, C, red, ignore_index, eps, (const float *)gout, (const float *)logp, t,
+            (const float *)total_weight, (float *)glogits, c->flag);
+    else if (dt == CT_FLOAT64)
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_ce_bwd<double>)(
+            N, C, red, ignore_index, eps, (const double *)gout, (const double *)logp, t,
+            (const double *)total_weight, (double *)glogits, c->flag);
     else
         return (int)cudaErrorInvalidValue;
     return cuk_status();
