@@ -90,9 +90,11 @@ int cmd_bench(int argc, char **argv) {
     ct_set_grad_enabled(prev);
     double tips = (double)(batch * steps) / t_train, iips = (double)(batch * steps) / t_infer;
     if (json)
-        printf("{\"model\": \"%s\", \"batch_size\": %lld, \"threads\": %d, \"device\": \"%s\", "
-               "\"train_images_per_sec\": %.1f, \"infer_images_per_sec\": %.1f}\n",
-               model_name, (long long)batch, ct_get_num_threads(), device, tips, iips);
+        code = cli_json_print("bench", json_pack("{s:s, s:I, s:i, s:s, s:o, s:o}", "model", model_name,
+                                                 "batch_size", (json_int_t)batch, "threads",
+                                                 ct_get_num_threads(), "device", device,
+                                                 "train_images_per_sec", cli_json_number(tips, "%.1f"),
+                                                 "infer_images_per_sec", cli_json_number(iips, "%.1f")));
     else
         printf("%s batch %lld on %s (%d threads): train %.1f images/s, inference %.1f images/s\n",
                model_name, (long long)batch, device, ct_get_num_threads(), tips, iips);

@@ -39,14 +39,18 @@ typedef struct {
     size_t len, cap;
 } text_buf;
 
-static void tb_append(text_buf *t, const char *s) {
+static int tb_append(text_buf *t, const char *s) {
     size_t n = strlen(s);
     if (t->len + n + 1 > t->cap) {
-        t->cap = (t->len + n + 1) * 2;
-        t->buf = realloc(t->buf, t->cap);
+        size_t cap = (t->len + n + 1) * 2;
+        char *b = realloc(t->buf, cap);
+        if (!b) return -1;
+        t->buf = b;
+        t->cap = cap;
     }
     memcpy(t->buf + t->len, s, n + 1);
     t->len += n;
+    return 0;
 }
 
 static int write_atomic(const char *path, const text_buf *t) {
@@ -259,16 +263,18 @@ int cmd_train(int argc, char **argv) {
                100.0 * ev.accuracy, ct_optim_get_lr(opt), ips, secs);
         fflush(stdout);
         if (a.log_json) {
-            char line[512];
-            snprintf(line, sizeof line,
-                     "{\"epoch\": %lld, \"step\": %lld, \"train_loss\": %.6f, \"train_acc\": %.6f, "
-                     "\"test_loss\": %.6f, \"test_acc\": %.6f, \"lr\": %.8g, \"images_per_sec\": %.1f, "
-                     "\"seconds\": %.3f}\n", (long long)epoch + 1, (long long)step,
-                     loss_sum / (double)seen, (double)correct / (double)seen, ev.loss, ev.accuracy,
-                     ct_optim_get_lr(opt), ips, secs);
-            tb_append(&log, line);
-            if (write_atomic(a.log_json, &log) != 0)
+            char *line = cli_json_line(json_pack(
+                "{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "epoch", (json_int_t)epoch + 1,
+                "step", (json_int_t)step, "train_loss", cli_json_number(loss_sum / (double)seen, "%.6f"),
+                "train_acc", cli_json_number((double)correct / (double)seen, "%.6f"),
+                "test_loss", cli_json_number(ev.loss, "%.6f"), "test_acc", cli_json_number(ev.accuracy, "%.6f"),
+                "lr", cli_json_number(ct_optim_get_lr(opt), "%.8g"),
+                "images_per_sec", cli_json_number(ips, "%.1f"), "seconds", cli_json_number(secs, "%.3f")));
+            if (!line || tb_append(&log, line) != 0)
+                fprintf(stderr, "ctorch train: warning: out of memory for the --log-json row\n");
+            else if (write_atomic(a.log_json, &log) != 0)
                 fprintf(stderr, "ctorch train: warning: could not write %s: %s\n", a.log_json, ct_last_error());
+            free(line);
         }
     }
     if (g_interrupted) fprintf(stderr, "ctorch train: interrupted at step %lld\n", (long long)step);
