@@ -8,7 +8,7 @@ CFLAGS  ?=
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -fPIC -pthread \
            -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-pthread $(CFLAGS)
 LDLIBS  ?=
-ALL_LDLIBS = -lopenblas -lz -lpthread -ldl -lm $(LDLIBS)
+ALL_LDLIBS = -lopenblas -lz -ljansson -larchive -lpthread -ldl -lm $(LDLIBS)
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC := $(sort $(wildcard src/core/*.c src/ops/*.c src/backends/cpu/*.c src/nn/*.c \

@@ -396,7 +396,7 @@ def part_layers(b, report, results):
     lib = os.path.join(b.snap, "libctorch.a")
     exe = os.path.join(b.snap, "layer_bench")
     cmd = compile_c(b, "bench/layer_bench.c", exe, ["-I" + os.path.join(ROOT, "include")],
-                    [lib, "-lopenblas", "-lz", "-lpthread", "-ldl", "-lm"], "the per-layer benchmark")
+                    [lib, "-lopenblas", "-lz", "-ljansson", "-larchive", "-lpthread", "-ldl", "-lm"], "the per-layer benchmark")
     peak = getattr(b, "peak", 0.0) or a.peak
     log(f"\n== layers: per-layer GFLOP/s (peak {peak:.1f} GFLOP/s) ==\n  built: {' '.join(cmd)}")
     lines = None

@@ -7,7 +7,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 awk '/^```c$/{f=1;next} /^```$/{if(f){exit}} f' README.md > "$tmp/readme.c"
 cc -std=c11 -Wall -Wextra -Werror -Iinclude "$tmp/readme.c" "$BUILD/libctorch.a" \
-   -lopenblas -lz -lpthread -ldl -lm -o "$tmp/readme"
+   -lopenblas -lz -ljansson -larchive -lpthread -ldl -lm -o "$tmp/readme"
 "$tmp/readme" > "$tmp/out"
 grep -q "step 9 loss" "$tmp/out" || { echo "README example did not run to the end" >&2; exit 1; }
 echo "README example: compiled and ran ($(tail -n 1 "$tmp/out"))"

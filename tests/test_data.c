@@ -19,6 +19,9 @@
 #include "data/data_internal.h"
 #include "data/pin_memory.h"
 
+#include <archive.h>
+#include <archive_entry.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -328,58 +331,90 @@ TEST(data_cifar10_synthetic_and_bad_files) {
 }
 
 /* ----------------------------------------------------------- tar.gz archive */
-static void tar_header(uint8_t h[512], const char *name, size_t size, char type) {
-    memset(h, 0, 512);
-    snprintf((char *)h, 100, "%s", name);
-    snprintf((char *)h + 100, 8, "%07o", 0644);
-    snprintf((char *)h + 108, 8, "%07o", 0);
-    snprintf((char *)h + 116, 8, "%07o", 0);
-    snprintf((char *)h + 124, 12, "%011zo", size);
-    snprintf((char *)h + 136, 12, "%011o", 0);
-    h[156] = (uint8_t)type;
-    memcpy(h + 257, "ustar", 6);
-    memcpy(h + 263, "00", 2);
-    memset(h + 148, ' ', 8);
-    unsigned sum = 0;
-    for (int i = 0; i < 512; i++) sum += h[i];
-    snprintf((char *)h + 148, 8, "%06o", sum);
-    h[155] = ' ';
-}
+typedef struct {
+    const char *name;
+    const void *data;
+    size_t size;
+    int dir;
+} tar_member;
 
-static void tar_add(gzFile g, const char *name, const void *data, size_t size, char type) {
-    uint8_t h[512];
-    tar_header(h, name, size, type);
-    gzwrite(g, h, 512);
-    if (size) gzwrite(g, data, (unsigned)size);
-    static const uint8_t zeros[512];
-    if (size % 512) gzwrite(g, zeros, (unsigned)(512 - size % 512));
+/* Writes the members into path as a GNU tar archive (as the official one), gzip-compressed
+ * when gz, with libarchive's writer. */
+static int write_tar(const char *path, const tar_member *m, int n, int gz) {
+    struct archive *a = archive_write_new();
+    int bad = !a;
+    if (a && gz) bad |= archive_write_add_filter_gzip(a) != ARCHIVE_OK;
+    if (a) bad |= archive_write_set_format_gnutar(a) != ARCHIVE_OK;
+    if (a) bad |= archive_write_open_filename(a, path) != ARCHIVE_OK;
+    for (int i = 0; i < n && !bad; i++) {
+        struct archive_entry *e = archive_entry_new();
+        archive_entry_set_pathname(e, m[i].name);
+        archive_entry_set_filetype(e, m[i].dir ? AE_IFDIR : AE_IFREG);
+        archive_entry_set_perm(e, m[i].dir ? 0755 : 0644);
+        archive_entry_set_size(e, m[i].dir ? 0 : (la_int64_t)m[i].size);
+        bad |= archive_write_header(a, e) != ARCHIVE_OK;
+        if (!bad && m[i].size)
+            bad |= archive_write_data(a, m[i].data, m[i].size) != (la_ssize_t)m[i].size;
+        archive_entry_free(e);
+    }
+    if (a) bad |= archive_write_close(a) != ARCHIVE_OK;
+    archive_write_free(a);
+    CHECK_MSG(!bad, "writing the test archive %s failed", path);
+    return bad ? -1 : 0;
 }
 
 /* Writes a cifar-10-binary.tar.gz like the official one (members in a scrambled order,
- * a directory entry and readme.html) holding 3-record batches. */
-static void write_fake_cifar_archive(const char *path) {
-    gzFile g = gzopen(path, "wb");
-    tar_add(g, "cifar-10-batches-bin/", NULL, 0, '5');
+ * a directory entry, readme.html, batches.meta.txt and a file ctorch does not unpack)
+ * holding 3-record batches. */
+static void write_fake_cifar_archive(const char *path, int gz) {
     static const int order[6] = {5, 2, 0, 4, 1, 3};
+    tar_member m[10];
+    uint8_t *batches[6];
+    char names[6][128];
+    int n = 0;
+    m[n++] = (tar_member){"cifar-10-batches-bin/", NULL, 0, 1};
     for (int i = 0; i < 6; i++) {
         int f = order[i];
-        if (i == 3) tar_add(g, "cifar-10-batches-bin/readme.html", "<html/>", 7, '0');
-        char name[128];
-        snprintf(name, sizeof name, "cifar-10-batches-bin/%s", k_cifar_files[f]);
-        uint8_t *b = fake_cifar(3, f);
-        tar_add(g, name, b, 3 * 3073, '0');
-        free(b);
+        if (i == 3) m[n++] = (tar_member){"cifar-10-batches-bin/readme.html", "<html/>", 7, 0};
+        snprintf(names[i], sizeof names[i], "cifar-10-batches-bin/%s", k_cifar_files[f]);
+        batches[i] = fake_cifar(3, f);
+        m[n++] = (tar_member){names[i], batches[i], 3 * 3073, 0};
     }
-    static const uint8_t zeros[1024];
-    gzwrite(g, zeros, 1024);
-    gzclose(g);
+    m[n++] = (tar_member){"cifar-10-batches-bin/batches.meta.txt", "airplane\n", 9, 0};
+    m[n++] = (tar_member){"cifar-10-batches-bin/notes.txt", "not unpacked", 12, 0};
+    write_tar(path, m, n, gz);
+    for (int i = 0; i < 6; i++) free(batches[i]);
+}
+
+static uint8_t *read_whole(const char *path, size_t *n) {
+    *n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc(sz > 0 ? (size_t)sz : 1);
+    *n = fread(buf, 1, sz > 0 ? (size_t)sz : 0, f);
+    fclose(f);
+    return buf;
+}
+
+static int count_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
 }
 
 TEST(data_cifar10_from_targz) {
     char tmp[256], path[512];
     CHECK(make_tmpdir(tmp, sizeof tmp) == 0);
     snprintf(path, sizeof path, "%s/cifar-10-binary.tar.gz", tmp);
-    write_fake_cifar_archive(path);
+    write_fake_cifar_archive(path, 1);
     ct_dataset *ds = ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 0);
     CHECK_NN(ds);
     if (ds) {
@@ -395,27 +430,124 @@ TEST(data_cifar10_from_targz) {
     CHECK(ds && ds->n == 2 && ds->labels[0] == 5 && ds->labels[1] == 6);
     ct_dataset_free(ds);
 
-    /* `ctorch download` unpacks the archive the same way */
-    char dest[600];
-    snprintf(dest, sizeof dest, "%s/unpacked/cifar-10-batches-bin", tmp);
-    CHECK_OK(ct_cifar10_extract_archive(path, dest));
-    snprintf(dest, sizeof dest, "%s/unpacked", tmp);
-    ds = ct_cifar10_load(dest, CT_SPLIT_TRAIN, 0);
-    CHECK(ds && ds->n == 15 && ds->labels[14] == (4 + 2) % 10);
-    ct_dataset_free(ds);
-
     /* a truncated archive is rejected with a message naming it */
-    FILE *f = fopen(path, "rb");
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)sz);
-    CHECK(fread(buf, 1, (size_t)sz, f) == (size_t)sz);
-    fclose(f);
-    write_file(tmp, "cifar-10-binary.tar.gz", buf, (size_t)sz / 2);
+    size_t sz;
+    uint8_t *buf = read_whole(path, &sz);
+    CHECK(buf && sz > 100);
+    write_file(tmp, "cifar-10-binary.tar.gz", buf, sz / 2);
     CHECK(ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
     CHECK_ERRMSG("cifar-10-binary.tar.gz");
+    CHECK_ERRMSG("download it again");
     free(buf);
+    rm_rf(tmp);
+}
+
+/* `ctorch download` unpacks the official archive: the batches, readme.html and
+ * batches.meta.txt, byte for byte, and nothing else. */
+TEST(data_cifar10_extract_archive) {
+    char tmp[256], path[512], dest[600], file[700];
+    CHECK(make_tmpdir(tmp, sizeof tmp) == 0);
+    for (int gz = 1; gz >= 0; gz--) { /* gzip-compressed, and a plain tar */
+        snprintf(path, sizeof path, "%s/cifar-10-binary.tar%s", tmp, gz ? ".gz" : "");
+        write_fake_cifar_archive(path, gz);
+        snprintf(dest, sizeof dest, "%s/unpacked%d/cifar-10-batches-bin", tmp, gz);
+        CHECK_OK(ct_cifar10_extract_archive(path, dest));
+        CHECK_MSG(count_entries(dest) == 8, "%d files unpacked, want 6 batches, readme.html, "
+                  "batches.meta.txt", count_entries(dest));
+        for (int f = 0; f < 6; f++) {
+            snprintf(file, sizeof file, "%s/%s", dest, k_cifar_files[f]);
+            size_t n;
+            uint8_t *got = read_whole(file, &n), *want = fake_cifar(3, f);
+            CHECK_MSG(got && n == 3 * 3073 && memcmp(got, want, n) == 0, "%s differs", file);
+            free(got);
+            free(want);
+        }
+        snprintf(file, sizeof file, "%s/readme.html", dest);
+        CHECK(ct_file_size(file) == 7);
+        snprintf(file, sizeof file, "%s/batches.meta.txt", dest);
+        CHECK(ct_file_size(file) == 9);
+        snprintf(file, sizeof file, "%s/notes.txt", dest);
+        CHECK(!ct_path_is_file(file));
+        snprintf(dest, sizeof dest, "%s/unpacked%d", tmp, gz);
+        ct_dataset *ds = ct_cifar10_load(dest, CT_SPLIT_TRAIN, 0);
+        CHECK(ds && ds->n == 15 && ds->labels[14] == (4 + 2) % 10);
+        ct_dataset_free(ds);
+    }
+    /* an archive without the batches is not the official one */
+    tar_member readme = {"cifar-10-batches-bin/readme.html", "<html/>", 7, 0};
+    snprintf(path, sizeof path, "%s/other.tar.gz", tmp);
+    write_tar(path, &readme, 1, 1);
+    snprintf(dest, sizeof dest, "%s/other", tmp);
+    CHECK(ct_cifar10_extract_archive(path, dest) != 0);
+    CHECK_ERRMSG("other.tar.gz");
+    CHECK_ERRMSG("data_batch_1.bin");
+    rm_rf(tmp);
+}
+
+/* Damaged archives: a clear error naming the archive and the fix, no partial files. */
+TEST(data_cifar10_corrupt_archive) {
+    char tmp[256], path[512], dest[600];
+    CHECK(make_tmpdir(tmp, sizeof tmp) == 0);
+    snprintf(path, sizeof path, "%s/cifar-10-binary.tar.gz", tmp);
+    snprintf(dest, sizeof dest, "%s/out", tmp);
+    write_fake_cifar_archive(path, 1);
+    size_t sz;
+    uint8_t *good = read_whole(path, &sz);
+    CHECK(good && sz > 1000);
+    if (!good || sz <= 1000) return;
+
+    /* cut in the middle of a member */
+    write_file(tmp, "cifar-10-binary.tar.gz", good, sz / 2);
+    CHECK(ct_cifar10_extract_archive(path, dest) != 0);
+    CHECK_ERRMSG("cifar-10-binary.tar.gz");
+    CHECK_ERRMSG("not a valid .tar.gz archive");
+    CHECK_ERRMSG("delete it and download it again");
+    /* what was unpacked is whole: complete members, no temporary files */
+    DIR *d = opendir(dest);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char f[1024];
+        snprintf(f, sizeof f, "%s/%s", dest, e->d_name);
+        CHECK_MSG(strstr(e->d_name, ".bin") && ct_file_size(f) == 3 * 3073,
+                  "%s left behind by a failed unpack", f);
+    }
+    if (d) closedir(d);
+
+    /* not an archive at all */
+    static const char junk[] = "this is not a gzip file, nor a tar archive, just some text "
+                               "that is long enough to be looked at by the format readers";
+    write_file(tmp, "cifar-10-binary.tar.gz", junk, sizeof junk);
+    CHECK(ct_cifar10_extract_archive(path, dest) != 0);
+    CHECK_ERRMSG("cifar-10-binary.tar.gz");
+    CHECK_ERRMSG("download it again");
+    /* a gzip stream of something that is not tar */
+    uint8_t zeros[700] = {1, 2, 3};
+    write_gz(tmp, "cifar-10-binary.tar.gz", zeros, sizeof zeros);
+    CHECK(ct_cifar10_extract_archive(path, dest) != 0);
+    CHECK_ERRMSG("not a valid .tar.gz archive");
+    /* a tar header whose checksum no longer matches (a flipped byte in the first name) */
+    char plain[600];
+    snprintf(plain, sizeof plain, "%s/plain.tar", tmp);
+    write_fake_cifar_archive(plain, 0);
+    uint8_t *tar = read_whole(plain, &sz);
+    CHECK(tar && sz > 512);
+    if (tar && sz > 512) {
+        tar[3] ^= 0x20;
+        write_gz(tmp, "cifar-10-binary.tar.gz", tar, sz);
+        CHECK(ct_cifar10_extract_archive(path, dest) != 0);
+        CHECK_ERRMSG("cifar-10-binary.tar.gz");
+        CHECK_ERRMSG("not a valid .tar.gz archive");
+        CHECK(ct_cifar10_load(tmp, CT_SPLIT_TEST, 0) == NULL);
+        CHECK_ERRMSG("download it again");
+    }
+    free(tar);
+    /* missing */
+    snprintf(path, sizeof path, "%s/missing.tar.gz", tmp);
+    CHECK(ct_cifar10_extract_archive(path, dest) != 0);
+    CHECK_ERRMSG("cannot open");
+    CHECK_ERRMSG("missing.tar.gz");
+    free(good);
     rm_rf(tmp);
 }
 

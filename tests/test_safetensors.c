@@ -180,6 +180,33 @@ TEST(safetensors_byte_layout) {
         CHECK(memcmp(b + 8 + padded, v, 8) == 0);
     }
     free(b);
+
+    /* "__metadata__" first, then the tensors in the order given (not sorted), names and
+     * values escaped as JSON strings */
+    int64_t s1[1] = {1};
+    ct_tensor *u = ct_from_data(v, s1, 1, CT_FLOAT32);
+    ct_tensor *zu[2] = {t, u};
+    const char *names2[2] = {"z", "a\"\n\x01" "caf\xc3\xa9"};
+    const char *meta[] = {"format", "pt", "note", "x/y", NULL};
+    CHECK_OK(ct_safetensors_save(path, names2, zu, 2, meta));
+    b = read_all(path, &n);
+    const char *want2 = "{\"__metadata__\":{\"format\":\"pt\",\"note\":\"x/y\"},"
+                        "\"z\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                        "\"a\\\"\\n\\u0001caf\xc3\xa9\":{\"dtype\":\"F32\",\"shape\":[1],"
+                        "\"data_offsets\":[8,12]}}";
+    wl = strlen(want2);
+    padded = (wl + 7) / 8 * 8;
+    CHECK_MSG(b != NULL && n == 8 + padded + 12, "file of %zu bytes", n);
+    if (b && n == 8 + padded + 12) {
+        CHECK_MSG(memcmp(b + 8, want2, wl) == 0, "header %.*s", (int)wl, (const char *)b + 8);
+        for (size_t i = wl; i < padded; i++) CHECK(b[8 + i] == ' ');
+    }
+    free(b);
+    ct_safetensors *st = ct_safetensors_load(path);
+    CHECK(st && st->n == 2 && ct_safetensors_get(st, names2[1]) != NULL &&
+          strcmp(ct_safetensors_metadata(st, "note"), "x/y") == 0);
+    ct_safetensors_free(st);
+    ct_free(u);
     ct_free(t);
     rm_rf(tmp);
 }
@@ -350,6 +377,31 @@ TEST(safetensors_rejects_corrupt_files) {
     /* metadata values must be strings */
     write_st(path, "{\"__metadata__\":{\"k\":5}}", NULL, 0);
     EXPECT_BAD("bad header JSON");
+    EXPECT_BAD("__metadata__ values must be strings");
+    write_st(path, "{\"__metadata__\":[\"k\"]}", NULL, 0);
+    EXPECT_BAD("__metadata__ must be an object");
+    /* a key twice inside an entry, or in __metadata__ */
+    write_st(path, "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+             data, 16);
+    EXPECT_BAD("twice");
+    write_st(path, "{\"__metadata__\":{\"k\":\"a\",\"k\":\"b\"}}", NULL, 0);
+    EXPECT_BAD("twice");
+    /* the errors about an entry name the tensor */
+    write_st(path, "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}}", data, 16);
+    EXPECT_BAD("data_offsets must be [begin, end]");
+    EXPECT_BAD("tensor 'w'");
+    write_st(path, "{\"w\":{\"dtype\":32,\"shape\":[2],\"data_offsets\":[0,8]}}", data, 16);
+    EXPECT_BAD("tensor 'w'");
+    write_st(path, "{\"w\":[1, 2]}", data, 16);
+    EXPECT_BAD("tensor 'w'");
+    write_st(path, "{\"w\":{\"dtype\":\"F32\",\"shape\":[9007199254740993],\"data_offsets\":[0,8]}}",
+             data, 16);
+    EXPECT_BAD("above 2^53");
+    /* not an object, not UTF-8 */
+    write_st(path, "[]", NULL, 0);
+    EXPECT_BAD("not an object");
+    write_st(path, "{\"caf\xe9\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", data, 16);
+    EXPECT_BAD("bad header JSON");
 
     /* Valid odd-but-legal files load: empty header, extra keys, whitespace, a NULL
      * metadata, escapes in names. */
@@ -430,6 +482,12 @@ TEST(safetensors_save_errors_and_atomic_replace) {
     CHECK_ERR_INT(ct_safetensors_save(path, one, nul, 1, NULL), "NULL");
     const char *badmeta[] = {"k", NULL};
     CHECK_ERR_INT(ct_safetensors_save(path, one, ab, 1, badmeta), "metadata");
+    const char *twice[] = {"k", "a", "k", "b", NULL};
+    CHECK_ERR_INT(ct_safetensors_save(path, one, ab, 1, twice), "given twice");
+    const char *latin1[1] = {"caf\xe9"};
+    CHECK_ERR_INT(ct_safetensors_save(path, latin1, ab, 1, NULL), "not valid UTF-8");
+    const char *latin1_meta[] = {"k", "caf\xe9", NULL};
+    CHECK_ERR_INT(ct_safetensors_save(path, one, ab, 1, latin1_meta), "not valid UTF-8");
     CHECK_ERR_INT(ct_safetensors_save("/nonexistent-dir/x.safetensors", one, ab, 1, NULL),
                   "does not exist");
     CHECK_ERR_INT(ct_safetensors_save(tmp, one, ab, 1, NULL), "is a directory");

@@ -3,6 +3,7 @@
 #ifndef CT_CLI_H
 #define CT_CLI_H
 
+#include <jansson.h>
 #include <stdint.h>
 
 enum { CLI_OK = 0, CLI_RUNTIME = 1, CLI_USAGE = 2 };
@@ -26,6 +27,17 @@ int cli_parse(const char *cmd, int argc, char **argv, cli_opt *opts, int nopts, 
 int cli_fail(const char *cmd, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Validates a string against a list of choices; prints the choices on failure. */
 int cli_choice(const char *cmd, const char *opt, const char *value, const char *const *choices);
+
+/* JSON output: objects built with json_pack, printed on one line with ", " and ": "
+ * between items and the keys in the order given. */
+/* v as printf's fmt (e.g. "%.6f") rounds it, as a JSON number; null when v is not finite
+ * (JSON has no NaN or infinity). */
+json_t *cli_json_number(double v, const char *fmt);
+/* obj as one line ending in '\n' (malloc'd), or NULL when out of memory; releases obj
+ * (NULL is fine: json_pack's failure). */
+char *cli_json_line(json_t *obj);
+/* Prints obj as one line on stdout and releases it; CLI_OK, or CLI_RUNTIME with a message. */
+int cli_json_print(const char *cmd, json_t *obj);
 
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

@@ -9,37 +9,93 @@
 #include <stdlib.h>
 #include <string.h>
 
-int cmd_bench(int argc, char **argv) {
-    const char *model_name = NULL, *device = "cpu";
-    int64_t batch = 0, steps = 20, threads = 0;
-    int json = 0;
+typedef struct {
+    const char *model_name, *device;
+    int64_t batch, steps, threads;
+    int json;
+} bench_args;
+
+static int parse_args(int argc, char **argv, bench_args *a) {
     cli_opt opts[] = {
-        {"--model", OPT_STRING, &model_name, 0, 0, 0},
-        {"--batch-size", OPT_INT, &batch, 1, 1 << 16, 0},
-        {"--steps", OPT_INT, &steps, 1, 1e7, 0},
-        {"--threads", OPT_INT, &threads, 1, 1024, 0},
-        {"--device", OPT_STRING, &device, 0, 0, 0},
-        {"--json", OPT_FLAG, &json, 0, 0, 0},
+        {"--model", OPT_STRING, &a->model_name, 0, 0, 0},
+        {"--batch-size", OPT_INT, &a->batch, 1, 1 << 16, 0},
+        {"--steps", OPT_INT, &a->steps, 1, 1e7, 0},
+        {"--threads", OPT_INT, &a->threads, 1, 1024, 0},
+        {"--device", OPT_STRING, &a->device, 0, 0, 0},
+        {"--json", OPT_FLAG, &a->json, 0, 0, 0},
     };
     const char *pos[1];
     int npos, rc = cli_parse("bench", argc, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
     if (rc) return rc;
-    if (!model_name || !batch)
+    if (!a->model_name || !a->batch)
         return cli_fail("bench", CLI_USAGE, "--model and --batch-size are required; see `ctorch help bench`");
-    if ((rc = cli_choice("bench", "--model", model_name, ct_model_names()))) return rc;
+    return cli_choice("bench", "--model", a->model_name, ct_model_names());
+}
+
+/* Seconds of `steps` training steps on (xd, yd) after `warm` untimed ones. */
+static int time_training(ct_module *model, ct_optimizer *opt, const ct_tensor *xd,
+                         const ct_tensor *yd, ct_device dev, int64_t warm, int64_t steps,
+                         double *secs) {
+    ct_module_train(model, 1);
+    train_step_result r;
+    *secs = 0;
+    for (int64_t i = 0; i < warm + steps; i++) {
+        double t0 = cli_now();
+        if (cli_train_step(model, opt, xd, yd, dev, &r) != 0) return -1;
+        if (i >= warm) *secs += cli_now() - t0;
+    }
+    return 0;
+}
+
+/* Seconds of `steps` inference forwards (result back on the host) after `warm`. */
+static int time_inference(ct_module *model, const ct_tensor *xd, int64_t warm, int64_t steps,
+                          double *secs) {
+    ct_module_eval(model);
+    int prev = ct_set_grad_enabled(0), rc = 0;
+    *secs = 0;
+    for (int64_t i = 0; i < warm + steps && rc == 0; i++) {
+        double t0 = cli_now();
+        ct_tensor *o = ct_module_forward(model, xd);
+        /* the result must be on the host to count as done */
+        ct_tensor *oh = o ? ct_to_device(o, ct_cpu()) : NULL;
+        if (!oh) rc = -1;
+        ct_free(o);
+        ct_free(oh);
+        if (i >= warm) *secs += cli_now() - t0;
+    }
+    ct_set_grad_enabled(prev);
+    return rc;
+}
+
+static int report(const bench_args *a, double tips, double iips) {
+    if (a->json)
+        return cli_json_print("bench", json_pack("{s:s, s:I, s:i, s:s, s:o, s:o}", "model", a->model_name,
+                                                 "batch_size", (json_int_t)a->batch, "threads",
+                                                 ct_get_num_threads(), "device", a->device,
+                                                 "train_images_per_sec", cli_json_number(tips, "%.1f"),
+                                                 "infer_images_per_sec", cli_json_number(iips, "%.1f")));
+    printf("%s batch %lld on %s (%d threads): train %.1f images/s, inference %.1f images/s\n",
+           a->model_name, (long long)a->batch, a->device, ct_get_num_threads(), tips, iips);
+    return CLI_OK;
+}
+
+int cmd_bench(int argc, char **argv) {
+    bench_args a = {.device = "cpu", .steps = 20};
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc;
     ct_device dev;
-    if ((rc = cli_device("bench", device, &dev))) return rc;
-    if (threads) ct_set_num_threads((int)threads);
+    if ((rc = cli_device("bench", a.device, &dev))) return rc;
+    if (a.threads) ct_set_num_threads((int)a.threads);
     ct_manual_seed(0);
-    int mnist = !strcmp(model_name, "mlp");
+    int mnist = !strcmp(a.model_name, "mlp");
     int c = mnist ? 1 : 3, hw = mnist ? 28 : 32;
-    ct_module *model = ct_model_create_ex(model_name, 10, c, hw, hw);
+    ct_module *model = ct_model_create_ex(a.model_name, 10, c, hw, hw);
     if (!model) return cli_fail("bench", CLI_RUNTIME, "%s", ct_last_error());
     int code = CLI_OK;
     ct_optimizer *opt = NULL;
-    int64_t xs[4] = {batch, c, hw, hw};
+    int64_t xs[4] = {a.batch, c, hw, hw};
     ct_tensor *x = ct_randn(xs, 4, CT_FLOAT32);
-    ct_tensor *yf = ct_rand(&batch, 1, CT_FLOAT32);
+    ct_tensor *yf = ct_rand(&a.batch, 1, CT_FLOAT32);
     ct_tensor *y10 = yf ? ct_mul_scalar(yf, 10) : NULL;
     ct_tensor *y = y10 ? ct_to_dtype(y10, CT_INT64) : NULL;
     ct_tensor *xd = NULL, *yd = NULL;
@@ -53,49 +109,15 @@ int cmd_bench(int argc, char **argv) {
     ct_tensor **params = ct_module_parameters(model, &np);
     opt = ct_optim_sgd(params, np, 0.01, 0.9, 0, 0, 0);
     free(params);
-    if (!xd || !yd || !opt) {
+    /* training steps, then inference: warm-up, then timed */
+    int64_t warm = a.steps < 3 ? 1 : 3;
+    double t_train = 0, t_infer = 0;
+    if (!xd || !yd || !opt || time_training(model, opt, xd, yd, dev, warm, a.steps, &t_train) != 0 ||
+        time_inference(model, xd, warm, a.steps, &t_infer) != 0) {
         code = cli_fail("bench", CLI_RUNTIME, "%s", ct_last_error());
         goto done;
     }
-    /* training steps: warm-up, then timed */
-    ct_module_train(model, 1);
-    train_step_result r;
-    int64_t warm = steps < 3 ? 1 : 3;
-    double t_train = 0, t_infer = 0;
-    for (int64_t i = 0; i < warm + steps; i++) {
-        double t0 = cli_now();
-        if (cli_train_step(model, opt, xd, yd, dev, &r) != 0) {
-            code = cli_fail("bench", CLI_RUNTIME, "%s", ct_last_error());
-            goto done;
-        }
-        if (i >= warm) t_train += cli_now() - t0;
-    }
-    ct_module_eval(model);
-    int prev = ct_set_grad_enabled(0);
-    for (int64_t i = 0; i < warm + steps; i++) {
-        double t0 = cli_now();
-        ct_tensor *o = ct_module_forward(model, xd);
-        /* the result must be on the host to count as done */
-        ct_tensor *oh = o ? ct_to_device(o, ct_cpu()) : NULL;
-        int ok = oh != NULL;
-        ct_free(o);
-        ct_free(oh);
-        if (!ok) {
-            ct_set_grad_enabled(prev);
-            code = cli_fail("bench", CLI_RUNTIME, "%s", ct_last_error());
-            goto done;
-        }
-        if (i >= warm) t_infer += cli_now() - t0;
-    }
-    ct_set_grad_enabled(prev);
-    double tips = (double)(batch * steps) / t_train, iips = (double)(batch * steps) / t_infer;
-    if (json)
-        printf("{\"model\": \"%s\", \"batch_size\": %lld, \"threads\": %d, \"device\": \"%s\", "
-               "\"train_images_per_sec\": %.1f, \"infer_images_per_sec\": %.1f}\n",
-               model_name, (long long)batch, ct_get_num_threads(), device, tips, iips);
-    else
-        printf("%s batch %lld on %s (%d threads): train %.1f images/s, inference %.1f images/s\n",
-               model_name, (long long)batch, device, ct_get_num_threads(), tips, iips);
+    code = report(&a, (double)(a.batch * a.steps) / t_train, (double)(a.batch * a.steps) / t_infer);
 done:
     ct_free(x); ct_free(yf); ct_free(y10); ct_free(y); ct_free(xd); ct_free(yd);
     ct_optim_free(opt);

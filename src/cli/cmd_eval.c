@@ -45,8 +45,10 @@ int cmd_eval(int argc, char **argv) {
     else if (cli_evaluate(model, test, kind, dev, batch, &ev) != 0)
         code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
     else if (json)
-        printf("{\"model\": \"%s\", \"dataset\": \"%s\", \"images\": %lld, \"test_loss\": %.6f, "
-               "\"test_acc\": %.6f}\n", model_name, ct_dataset_name(kind), (long long)ev.n, ev.loss, ev.accuracy);
+        code = cli_json_print("eval", json_pack("{s:s, s:s, s:I, s:o, s:o}", "model", model_name, "dataset",
+                                                ct_dataset_name(kind), "images", (json_int_t)ev.n,
+                                                "test_loss", cli_json_number(ev.loss, "%.6f"),
+                                                "test_acc", cli_json_number(ev.accuracy, "%.6f")));
     else
         printf("%s on %s test (%lld images): loss %.4f, accuracy %.2f%%\n", model_name,
                ct_dataset_name(kind), (long long)ev.n, ev.loss, 100.0 * ev.accuracy);

@@ -31,9 +31,10 @@ ct_dataset *ct_dataset_alloc(int64_t n, int c, int h, int w, int num_classes,
 /* Reads a whole file through zlib (gzip or plain), into a malloc'd buffer. */
 int ct_read_gz_file(const char *path, uint8_t **data, size_t *size);
 
-/* Streams a .tar.gz archive: for every regular file, want() says whether to load it;
- * loaded entries are handed to got() (which takes ownership of data, free()).
- * got() returns 0 to continue, 1 to stop early, -1 to abort (error already set). */
+/* Streams a .tar.gz (or plain .tar) archive through libarchive: for every regular file,
+ * want() says whether to load it; loaded entries are handed to got() (which takes
+ * ownership of data, free()). got() returns 0 to continue, 1 to stop early, -1 to abort
+ * (error already set). A damaged archive is an error naming it and the fix. */
 typedef int (*ct_tar_want_fn)(void *ctx, const char *name, uint64_t size);
 typedef int (*ct_tar_got_fn)(void *ctx, const char *name, uint8_t *data, uint64_t size);
 int ct_tar_gz_scan(const char *path, ct_tar_want_fn want, ct_tar_got_fn got, void *ctx);

@@ -35,131 +35,142 @@ static const char *official_url(ct_dataset_kind kind) {
                : "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/";
 }
 
-static ct_dataset *load_idx(ct_dataset_kind kind, const char *dir, ct_split split,
-                            int64_t limit) {
-    const char *dname = ct_dataset_name(kind);
-    if (split != CT_SPLIT_TRAIN && split != CT_SPLIT_TEST)
-        return ct_error_null("%s: unknown split %d; use train or test", dname, (int)split);
-    const char *root = ct_data_root(dir);
-    const char *prefix = split == CT_SPLIT_TRAIN ? "train" : "t10k";
+/* The pair of IDX files of a split, and the names used in messages. */
+typedef struct {
+    const char *dname;  /* "mnist" or "fashion_mnist" */
+    const char *prefix; /* "train" or "t10k" */
     char img_base[64], lab_base[64];
-    snprintf(img_base, sizeof img_base, "%s-images-idx3-ubyte", prefix);
-    snprintf(lab_base, sizeof lab_base, "%s-labels-idx1-ubyte", prefix);
-    char ddir[CT_PATH_MAX], img_path[CT_PATH_MAX], lab_path[CT_PATH_MAX];
-    ct_dataset_dir(ddir, sizeof ddir, root, kind, img_base);
+    char img_path[CT_PATH_MAX], lab_path[CT_PATH_MAX];
+} idx_files;
 
-    int no_img = find_file(ddir, img_base, img_path, sizeof img_path) != 0;
-    int no_lab = find_file(ddir, lab_base, lab_path, sizeof lab_path) != 0;
-    if (no_img || no_lab) {
-        char expect[CT_PATH_MAX];
-        ct_path_join(expect, sizeof expect, root, ct_dataset_subdir(kind));
-        return ct_error_null(
-            "%s: %s%s%s not found in %s. Put the four original files there "
-            "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, gzip-compressed or "
-            "not) from %s, or run `ctorch download %s --data-dir %s`. The data directory is "
-            "--data-dir, else $CTORCH_DATA, else ./data",
-            dname, no_img ? img_base : "", no_img && no_lab ? " and " : "",
-            no_lab ? lab_base : "", ct_path_is_dir(ddir) ? ddir : expect, official_url(kind),
-            dname, root);
-    }
+/* Finds the split's image and label files (plain or .gz) under the data root. */
+static int find_idx_files(ct_dataset_kind kind, const char *dir, ct_split split, idx_files *f) {
+    f->dname = ct_dataset_name(kind);
+    const char *root = ct_data_root(dir);
+    f->prefix = split == CT_SPLIT_TRAIN ? "train" : "t10k";
+    snprintf(f->img_base, sizeof f->img_base, "%s-images-idx3-ubyte", f->prefix);
+    snprintf(f->lab_base, sizeof f->lab_base, "%s-labels-idx1-ubyte", f->prefix);
+    char ddir[CT_PATH_MAX];
+    ct_dataset_dir(ddir, sizeof ddir, root, kind, f->img_base);
+    int no_img = find_file(ddir, f->img_base, f->img_path, sizeof f->img_path) != 0;
+    int no_lab = find_file(ddir, f->lab_base, f->lab_path, sizeof f->lab_path) != 0;
+    if (!no_img && !no_lab) return 0;
+    char expect[CT_PATH_MAX];
+    ct_path_join(expect, sizeof expect, root, ct_dataset_subdir(kind));
+    return ct_error("%s: %s%s%s not found in %s. Put the four original files there "
+                    "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, gzip-compressed or "
+                    "not) from %s, or run `ctorch download %s --data-dir %s`. The data directory "
+                    "is --data-dir, else $CTORCH_DATA, else ./data",
+                    f->dname, no_img ? f->img_base : "", no_img && no_lab ? " and " : "",
+                    no_lab ? f->lab_base : "", ct_path_is_dir(ddir) ? ddir : expect,
+                    official_url(kind), f->dname, root);
+}
 
-    uint8_t *img = NULL, *lab = NULL;
-    size_t img_size = 0, lab_size = 0;
-    ct_dataset *ds = NULL;
-    if (ct_read_gz_file(img_path, &img, &img_size) != 0) {
-        ct_error_context("%s", dname);
-        return NULL;
+/* The decompressed contents of an IDX image file and its label file. */
+typedef struct {
+    uint8_t *img, *lab;
+    size_t img_size, lab_size;
+    uint32_t count, rows, cols; /* from the image header */
+} idx_data;
+
+/* Magic numbers, image size, byte counts and the two counts agreeing. */
+static int check_headers(const idx_files *f, idx_data *d) {
+    if (d->img_size < 16 || be32(d->img) != IDX_IMAGES_MAGIC) {
+        uint32_t m = d->img_size >= 4 ? be32(d->img) : 0;
+        return ct_error("%s: %s is not an IDX image file (magic number %u, expected 2051%s); "
+                        "replace it with the original %s.gz",
+                        f->dname, f->img_path, m,
+                        m == IDX_LABELS_MAGIC ? ": this is a label file, are the names swapped?" : "",
+                        f->img_base);
     }
-    if (ct_read_gz_file(lab_path, &lab, &lab_size) != 0) {
-        ct_error_context("%s", dname);
-        free(img);
-        return NULL;
+    if (d->lab_size < 8 || be32(d->lab) != IDX_LABELS_MAGIC) {
+        uint32_t m = d->lab_size >= 4 ? be32(d->lab) : 0;
+        return ct_error("%s: %s is not an IDX label file (magic number %u, expected 2049%s); "
+                        "replace it with the original %s.gz",
+                        f->dname, f->lab_path, m,
+                        m == IDX_IMAGES_MAGIC ? ": this is an image file, are the names swapped?" : "",
+                        f->lab_base);
     }
-    if (img_size < 16 || be32(img) != IDX_IMAGES_MAGIC) {
-        uint32_t m = img_size >= 4 ? be32(img) : 0;
-        ct_error("%s: %s is not an IDX image file (magic number %u, expected 2051%s); "
-                 "replace it with the original %s.gz",
-                 dname, img_path, m,
-                 m == IDX_LABELS_MAGIC ? ": this is a label file, are the names swapped?" : "",
-                 img_base);
-        goto done;
-    }
-    if (lab_size < 8 || be32(lab) != IDX_LABELS_MAGIC) {
-        uint32_t m = lab_size >= 4 ? be32(lab) : 0;
-        ct_error("%s: %s is not an IDX label file (magic number %u, expected 2049%s); "
-                 "replace it with the original %s.gz",
-                 dname, lab_path, m,
-                 m == IDX_IMAGES_MAGIC ? ": this is an image file, are the names swapped?" : "",
-                 lab_base);
-        goto done;
-    }
-    uint32_t count = be32(img + 4), rows = be32(img + 8), cols = be32(img + 12);
-    uint32_t lcount = be32(lab + 4);
-    if (rows == 0 || cols == 0 || rows > 4096 || cols > 4096) {
-        ct_error("%s: %s declares %ux%u images; the header is corrupt, replace the file "
-                 "with the original",
-                 dname, img_path, rows, cols);
-        goto done;
-    }
-    uint64_t want_img = 16 + (uint64_t)count * rows * cols;
-    if (img_size != want_img) {
-        ct_error("%s: %s holds %llu bytes but its header (%u images of %ux%u) needs %llu: "
-                 "the file is %s; replace it with the original %s.gz",
-                 dname, img_path, (unsigned long long)img_size, count, rows, cols,
-                 (unsigned long long)want_img, img_size < want_img ? "truncated" : "corrupt",
-                 img_base);
-        goto done;
-    }
-    if (lab_size != 8 + (uint64_t)lcount) {
-        ct_error("%s: %s holds %llu bytes but its header (%u labels) needs %llu: the file is "
-                 "%s; replace it with the original %s.gz",
-                 dname, lab_path, (unsigned long long)lab_size, lcount,
-                 (unsigned long long)(8 + (uint64_t)lcount),
-                 lab_size < 8 + (uint64_t)lcount ? "truncated" : "corrupt", lab_base);
-        goto done;
-    }
-    if (count != lcount) {
-        ct_error("%s: %s has %u images but %s has %u labels; the two files must come from "
-                 "the same split (%s-*), replace them with the originals",
-                 dname, img_path, count, lab_path, lcount, prefix);
-        goto done;
-    }
-    int64_t n = (limit > 0 && limit < (int64_t)count) ? limit : (int64_t)count;
+    d->count = be32(d->img + 4);
+    d->rows = be32(d->img + 8);
+    d->cols = be32(d->img + 12);
+    uint32_t lcount = be32(d->lab + 4);
+    if (d->rows == 0 || d->cols == 0 || d->rows > 4096 || d->cols > 4096)
+        return ct_error("%s: %s declares %ux%u images; the header is corrupt, replace the file "
+                        "with the original",
+                        f->dname, f->img_path, d->rows, d->cols);
+    uint64_t want_img = 16 + (uint64_t)d->count * d->rows * d->cols;
+    if (d->img_size != want_img)
+        return ct_error("%s: %s holds %llu bytes but its header (%u images of %ux%u) needs %llu: "
+                        "the file is %s; replace it with the original %s.gz",
+                        f->dname, f->img_path, (unsigned long long)d->img_size, d->count, d->rows,
+                        d->cols, (unsigned long long)want_img,
+                        d->img_size < want_img ? "truncated" : "corrupt", f->img_base);
+    if (d->lab_size != 8 + (uint64_t)lcount)
+        return ct_error("%s: %s holds %llu bytes but its header (%u labels) needs %llu: the file "
+                        "is %s; replace it with the original %s.gz",
+                        f->dname, f->lab_path, (unsigned long long)d->lab_size, lcount,
+                        (unsigned long long)(8 + (uint64_t)lcount),
+                        d->lab_size < 8 + (uint64_t)lcount ? "truncated" : "corrupt", f->lab_base);
+    if (d->count != lcount)
+        return ct_error("%s: %s has %u images but %s has %u labels; the two files must come from "
+                        "the same split (%s-*), replace them with the originals",
+                        f->dname, f->img_path, d->count, f->lab_path, lcount, f->prefix);
+    return 0;
+}
+
+/* The first n records as a dataset; takes d->img (the images, header dropped in place). */
+static ct_dataset *make_dataset(const idx_files *f, ct_split split, idx_data *d, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
-        if (lab[8 + i] > 9) {
-            ct_error("%s: %s label %lld is %u, outside 0-9: the file is corrupt; replace it "
-                     "with the original %s.gz",
-                     dname, lab_path, (long long)i, (unsigned)lab[8 + i], lab_base);
-            goto done;
-        }
+        if (d->lab[8 + i] > 9)
+            return ct_error_null("%s: %s label %lld is %u, outside 0-9: the file is corrupt; "
+                                 "replace it with the original %s.gz",
+                                 f->dname, f->lab_path, (long long)i, (unsigned)d->lab[8 + i],
+                                 f->lab_base);
     }
     char name[64];
-    snprintf(name, sizeof name, "%s/%s", dname, split == CT_SPLIT_TRAIN ? "train" : "test");
+    snprintf(name, sizeof name, "%s/%s", f->dname, split == CT_SPLIT_TRAIN ? "train" : "test");
+    ct_dataset *ds = ct_dataset_alloc(0, 1, (int)d->rows, (int)d->cols, 10, name);
+    if (!ds) return NULL;
     /* Reuse the decompressed buffer for the images: drop the header in place. */
-    ds = ct_dataset_alloc(0, 1, (int)rows, (int)cols, 10, name);
-    if (!ds) goto done;
-    size_t nbytes = (size_t)n * rows * cols;
-    memmove(img, img + 16, nbytes);
-    uint8_t *shrunk = realloc(img, nbytes ? nbytes : 1);
-    if (shrunk) img = shrunk;
+    size_t nbytes = (size_t)n * d->rows * d->cols;
+    memmove(d->img, d->img + 16, nbytes);
+    uint8_t *shrunk = realloc(d->img, nbytes ? nbytes : 1);
+    if (shrunk) d->img = shrunk;
     int64_t *labels = malloc(n ? (size_t)n * sizeof(int64_t) : 1);
     if (!labels) {
         ct_dataset_free(ds);
-        ds = NULL;
-        ct_error("%s: out of memory", dname);
-        goto done;
+        return ct_error_null("%s: out of memory", f->dname);
     }
-    for (int64_t i = 0; i < n; i++) labels[i] = lab[8 + i];
+    for (int64_t i = 0; i < n; i++) labels[i] = d->lab[8 + i];
     free(ds->images);
     free(ds->labels);
-    ds->images = img;
+    ds->images = d->img;
     ds->labels = labels;
     ds->n = n;
-    img = NULL;
-done:
-    free(img);
-    free(lab);
+    d->img = NULL;
+    return ds;
+}
+
+static ct_dataset *load_idx(ct_dataset_kind kind, const char *dir, ct_split split,
+                            int64_t limit) {
+    if (split != CT_SPLIT_TRAIN && split != CT_SPLIT_TEST)
+        return ct_error_null("%s: unknown split %d; use train or test", ct_dataset_name(kind),
+                             (int)split);
+    idx_files f;
+    if (find_idx_files(kind, dir, split, &f) != 0) return NULL;
+    idx_data d = {0};
+    ct_dataset *ds = NULL;
+    if (ct_read_gz_file(f.img_path, &d.img, &d.img_size) != 0 ||
+        ct_read_gz_file(f.lab_path, &d.lab, &d.lab_size) != 0) {
+        ct_error_context("%s", f.dname);
+    } else if (check_headers(&f, &d) == 0) {
+        int64_t n = (limit > 0 && limit < (int64_t)d.count) ? limit : (int64_t)d.count;
+        ds = make_dataset(&f, split, &d, n);
+    }
+    free(d.img);
+    free(d.lab);
     return ds;
 }
 
