@@ -55,6 +55,14 @@ int ct_dtype_from_name(const char *name, ct_dtype *out); /* "float32", "int64", 
 ct_device ct_cpu(void);
 int ct_device_parse(const char *s, ct_device *out);     /* "cpu", "cuda", "cuda:1" */
 int ct_device_str(ct_device d, char *buf, size_t n);
+/* Whether device d can be used here: 0, or -1 with the reason and the fix ("CUDA is
+ * unavailable: <why>", "no such device: cuda:3 ..."). Loads the backend on first use. */
+int ct_device_check(ct_device d);
+/* Whether d's tensors live in host memory (the CPU's do: ct_data hands out their data). */
+int ct_device_is_host(ct_device d);
+/* What device d is ("NVIDIA H100 80GB HBM3 (cc 9.0, ...)") into buf: 0, or -1 when its
+ * backend cannot say (buf is then ""). */
+int ct_device_describe(ct_device d, char *buf, size_t n);
 
 /* Whether the CUDA backend can be used: returns "available" (and *available = 1) or the
  * reason it cannot, naming the missing piece and the fix. Loads the plugin on first call. */

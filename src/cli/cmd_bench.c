@@ -99,7 +99,7 @@ int cmd_bench(int argc, char **argv) {
     ct_tensor *y10 = yf ? ct_mul_scalar(yf, 10) : NULL;
     ct_tensor *y = y10 ? ct_to_dtype(y10, CT_INT64) : NULL;
     ct_tensor *xd = NULL, *yd = NULL;
-    if (!y || (dev.type != CT_CPU && ct_module_to(model, dev, -1) != 0)) {
+    if (!y || ct_module_to(model, dev, -1) != 0) {
         code = cli_fail("bench", CLI_RUNTIME, "%s", ct_last_error());
         goto done;
     }

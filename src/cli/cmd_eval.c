@@ -40,7 +40,7 @@ int cmd_eval(int argc, char **argv) {
     eval_result ev;
     if (!model) code = cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
     else if (ct_module_load(model, ckpt) != 0) code = cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
-    else if (dev.type != CT_CPU && ct_module_to(model, dev, -1) != 0)
+    else if (ct_module_to(model, dev, -1) != 0)
         code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
     else if (cli_evaluate(model, test, kind, dev, batch, &ev) != 0)
         code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());

@@ -202,7 +202,7 @@ static int setup_run(train_run *r) {
     if (!r->model) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     if (a->init && ct_module_load(r->model, a->init) != 0)
         return cli_fail("train", CLI_USAGE, "--init: %s", ct_last_error());
-    if (r->dev.type != CT_CPU && ct_module_to(r->model, r->dev, -1) != 0)
+    if (ct_module_to(r->model, r->dev, -1) != 0)
         return cli_fail("train", CLI_RUNTIME, "moving the model to %s: %s", a->device, ct_last_error());
     int np;
     ct_tensor **params = ct_module_parameters(r->model, &np);
@@ -214,12 +214,8 @@ static int setup_run(train_run *r) {
 }
 
 static void print_banner(const train_run *r) {
-    char gpu[300] = "";
-    if (r->dev.type == CT_CUDA) {
-        char name[256];
-        if (ct_cuda_device_name(r->dev.index, name, sizeof name) == 0)
-            snprintf(gpu, sizeof gpu, " (%s)", name);
-    }
+    char gpu[300] = "", name[256];
+    if (ct_device_describe(r->dev, name, sizeof name) == 0) snprintf(gpu, sizeof gpu, " (%s)", name);
     printf("training %s on %s: %lld train / %lld test images, %lld steps per epoch, %s, device "
            "%s%s, %d threads\n",
            r->a.model, ct_dataset_name(r->kind), (long long)r->train->n, (long long)r->test->n,

@@ -13,22 +13,7 @@ double cli_now(void) {
 
 int cli_device(const char *cmd, const char *s, ct_device *out) {
     if (ct_device_parse(s, out) != 0) return cli_fail(cmd, CLI_USAGE, "--device: %s", ct_last_error());
-    if (out->type == CT_CUDA) {
-        int avail = 0;
-        const char *why = ct_cuda_status(&avail);
-        if (!avail) return cli_fail(cmd, CLI_USAGE, "--device %s: CUDA is unavailable: %s", s, why);
-        int n = ct_cuda_device_count();
-        if (out->index >= n) {
-            char name[256] = "";
-            ct_cuda_device_name(0, name, sizeof name);
-            return cli_fail(cmd, CLI_USAGE,
-                            "--device %s: no such device: %d CUDA device%s visible (cuda:0 is "
-                            "%s; indices start at 0; CUDA_VISIBLE_DEVICES=%s)",
-                            s, n, n == 1 ? "" : "s", name,
-                            getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES")
-                                                           : "(unset)");
-        }
-    }
+    if (ct_device_check(*out) != 0) return cli_fail(cmd, CLI_USAGE, "--device %s: %s", s, ct_last_error());
     return 0;
 }
 
@@ -37,7 +22,7 @@ int cli_device(const char *cmd, const char *s, ct_device *out) {
  * logits, no tensors made; the first maximum wins and a NaN counts as the maximum, as in
  * ct_argmax. */
 static int64_t count_correct(const ct_tensor *logits, const ct_tensor *y) {
-    if (ct_device_of(logits).type == CT_CPU && ct_device_of(y).type == CT_CPU &&
+    if (ct_device_is_host(ct_device_of(logits)) && ct_device_is_host(ct_device_of(y)) &&
         ct_dtype_of(logits) == CT_FLOAT32 && ct_dtype_of(y) == CT_INT64 && ct_ndim(logits) == 2 &&
         ct_ndim(y) == 1 && ct_size(y, 0) == ct_size(logits, 0) && ct_size(logits, 1) > 0 &&
         ct_is_contiguous(logits) && ct_is_contiguous(y)) {
@@ -85,7 +70,7 @@ static int64_t count_correct(const ct_tensor *logits, const ct_tensor *y) {
  * step synchronises with the GPU once, not once per value. */
 static int step_stats(const ct_tensor *logits, const ct_tensor *loss, const ct_tensor *y,
                       double *loss_val, int64_t *correct) {
-    if (ct_device_of(logits).type == CT_CPU) {
+    if (ct_device_is_host(ct_device_of(logits))) {
         *correct = count_correct(logits, y);
         *loss_val = ct_item(loss);
         return *correct < 0 ? -1 : 0;
@@ -120,7 +105,7 @@ static int step_stats(const ct_tensor *logits, const ct_tensor *loss, const ct_t
 
 int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
                     ct_dataloader **dl, ct_device_prefetcher **pf) {
-    lo->pin_memory = dev.type == CT_CUDA;
+    lo->pin_memory = !ct_device_is_host(dev); /* pinned batches for a GPU's copies */
     *dl = ct_dataloader_new(ds, lo);
     *pf = *dl ? ct_device_prefetcher_new(*dl, dev) : NULL;
     if (!*pf) {

@@ -182,3 +182,40 @@ int ct__kernel_check(const ct_backend *b, void *fn, const char *opname) {
     ct_error("%s: not implemented on the %s backend", opname, b ? b->name : "unknown");
     return 0;
 }
+
+int ct_device_is_host(ct_device d) {
+    const ct_backend *b = (unsigned)d.type < CT_NUM_DEVICE_TYPES ? g_backends[d.type] : NULL;
+    return b && b->host_memory;
+}
+
+int ct_device_describe(ct_device d, char *buf, size_t n) {
+    if (!buf || n == 0) return ct_error("ct_device_describe: NULL or empty buffer");
+    buf[0] = 0;
+    const ct_backend *b = ct_backend_get(d.type);
+    ct_proc_device_describe_fn describe;
+    *(void **)&describe = b ? ct_backend_find_proc(b, "device_describe") : NULL;
+    return describe ? describe(d.index, buf, n) : -1;
+}
+
+int ct_device_check(ct_device d) {
+    if ((unsigned)d.type >= CT_NUM_DEVICE_TYPES)
+        return ct_error("unknown device type %d (cpu or cuda)", (int)d.type);
+    if (d.type == CT_CUDA) {
+        int avail = 0;
+        const char *why = ct_cuda_status(&avail);
+        if (!avail) return ct_error("CUDA is unavailable: %s", why);
+    }
+    const ct_backend *b = ct_backend_get(d.type);
+    if (!b) return -1;
+    ct_proc_device_count_fn count;
+    *(void **)&count = ct_backend_find_proc(b, "device_count");
+    if (!count) return d.index == 0 ? 0 : ct_error("no such device: %s has only device 0", b->name);
+    int n = count();
+    if (d.index >= 0 && d.index < n) return 0;
+    char name[256] = "";
+    ct_device_describe((ct_device){d.type, 0}, name, sizeof name);
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    return ct_error("no such device: %d %s device%s visible (%s:0 is %s; indices start at 0; "
+                    "CUDA_VISIBLE_DEVICES=%s)",
+                    n, b->name, n == 1 ? "" : "s", b->name, name, vis ? vis : "(unset)");
+}

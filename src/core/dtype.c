@@ -63,6 +63,13 @@ int ct_device_parse(const char *s, ct_device *out) {
 }
 
 int ct_device_str(ct_device d, char *buf, size_t n) {
-    if (d.type == CT_CPU) return snprintf(buf, n, "cpu");
-    return snprintf(buf, n, "cuda:%d", d.index);
+    /* the name of each device type, and whether its devices are numbered */
+    static const struct {
+        const char *name;
+        int indexed;
+    } types[CT_NUM_DEVICE_TYPES] = {[CT_CPU] = {"cpu", 0}, [CT_CUDA] = {"cuda", 1}};
+    if ((unsigned)d.type >= CT_NUM_DEVICE_TYPES || !types[d.type].name)
+        return snprintf(buf, n, "device%d:%d", (int)d.type, d.index);
+    if (!types[d.type].indexed) return snprintf(buf, n, "%s", types[d.type].name);
+    return snprintf(buf, n, "%s:%d", types[d.type].name, d.index);
 }

@@ -571,7 +571,7 @@ static int write_tensor_data(ct_atomic_file *af, const char *path, const char *n
     size_t bytes = (size_t)tensor_bytes(t);
     if (bytes == 0) return 0;
     ct_tensor *cpu = NULL;
-    if (ct_device_of(t).type != CT_CPU) {
+    if (!ct_device_is_host(ct_device_of(t))) {
         cpu = ct_to_device(t, ct_cpu());
         if (!cpu) {
             ct_error_context("safetensors_save: %s: copying '%s' to the CPU", path, name);

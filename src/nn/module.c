@@ -343,7 +343,7 @@ static int to_visit(void *vc, const char *name, ct_tensor **slot, int is_param) 
     ct_tensor *t = *slot;
     int convert_dtype = c->dt >= 0 && (ct_dtype)c->dt != t->dtype && ct_is_floating(t->dtype);
     ct_device cur = t->storage->device;
-    int move = cur.type != c->d.type || cur.index != c->d.index;
+    int move = !ct_device_equal(cur, c->d);
     if (!convert_dtype && !move) {
         ct_zero_grad(t);
         return 0;
