@@ -82,6 +82,37 @@ uint64_t ct_seed(void);
 ct_tensor *ct_retain(ct_tensor *t); /* returns t with one more reference */
 void ct_free(ct_tensor *t);         /* drops one reference; NULL is fine */
 
+/* Scoped lifetime: a scope releases, when it is popped, every tensor reference handed out
+ * on this thread while it was the innermost scope (what ops, creation functions and
+ * ct_retain return), unless kept. A training step then needs no ct_free:
+ *
+ *     ct_scope *s = ct_scope_push();
+ *     ct_tensor *loss = ct_cross_entropy(ct_module_forward(model, x), y, CT_REDUCTION_MEAN,
+ *                                        0.0, -100);
+ *     ct_backward(loss, NULL, 0);            // gradients stay with the parameters
+ *     ct_optim_step(opt);
+ *     printf("%f\n", ct_item(loss));
+ *     ct_scope_pop(s);                       // frees loss, the logits and every temporary
+ *
+ * ct_keep(t) takes t out of the innermost scope: into the enclosing scope, or, when there
+ * is none, to the caller, who then owns one reference (ct_free it later). ct_free on a
+ * tensor of a scope is allowed (releases it early, once). Scopes nest; popping a scope
+ * first pops the scopes pushed inside it, so an early exit through an error path that
+ * pops the outer scope frees everything. What ctorch itself keeps (a module's parameters
+ * and buffers, gradients, optimizer state, tensors saved for backward, a loader's data)
+ * is never released by a scope. A scope belongs to the thread that pushed it; use its
+ * tensors on that thread. ct_scope_push returns NULL (with an error) only when out of
+ * memory; popping NULL does nothing. */
+typedef struct ct_scope ct_scope;
+ct_scope *ct_scope_push(void);
+ct_tensor *ct_keep(ct_tensor *t); /* returns t; NULL is fine */
+void ct_scope_pop(ct_scope *s);
+/* GCC / Clang: a scope popped automatically when the variable goes out of scope (also on
+ * return and goto): { CT_SCOPE(s); ... } */
+void ct__scope_pop_at_exit(ct_scope **s);
+#define CT_SCOPE(name)                                                                     \
+    ct_scope *name __attribute__((cleanup(ct__scope_pop_at_exit))) = ct_scope_push()
+
 int ct_ndim(const ct_tensor *t);
 int64_t ct_size(const ct_tensor *t, int dim);   /* dim may be negative */
 const int64_t *ct_shape(const ct_tensor *t);

@@ -76,7 +76,7 @@ static void release_graph(ct_node *n) {
         n->inputs[i].fn = NULL;
         n->inputs[i].leaf = NULL;
         if (f) ct_node_release(f);
-        if (l) ct_free(l);
+        if (l) ct__unhold(l);
     }
     n->released = 1;
 }
@@ -87,7 +87,7 @@ void ct_node_release(ct_node *n) {
         ct_node *next = NULL;
         free_saved(n);
         for (int i = 0; i < n->n_inputs; i++) {
-            ct_free(n->inputs[i].leaf);
+            ct__unhold(n->inputs[i].leaf);
             ct_node *f = n->inputs[i].fn;
             if (!f) continue;
             if (!next) next = f;
@@ -120,13 +120,13 @@ void ct_node_set_input(ct_node *n, int i, const ct_tensor *t) {
     e->dtype = t->dtype;
     if (!t->requires_grad) return;
     if (t->grad_fn) e->fn = ct_node_retain(t->grad_fn);
-    else e->leaf = ct_retain((ct_tensor *)t);
+    else e->leaf = ct__hold((ct_tensor *)t);
 }
 
 int ct_node_save(ct_node *n, const ct_tensor *t) {
     if (n->n_saved >= CT_NODE_MAX_SAVED) return -1;
     int i = n->n_saved++;
-    n->saved[i].t = t ? ct_alias(t) : NULL;
+    n->saved[i].t = t ? ct__own(ct_alias(t)) : NULL; /* the node's, never a scope's */
     n->saved[i].version = t ? atomic_load(&t->storage->version) : 0;
     return i;
 }
@@ -188,14 +188,14 @@ int ct_set_grad(ct_tensor *t, ct_tensor *g) {
         return ct_error("set_grad: gradient shape %s does not match tensor shape %s",
                         ct_shape_str(g, a, sizeof a), ct_shape_str(t, b, sizeof b));
     }
-    ct_retain(g);
-    ct_free(t->grad);
+    ct__hold(g);
+    ct__unhold(t->grad);
     t->grad = g;
     return 0;
 }
 void ct_zero_grad(ct_tensor *t) {
     if (!t) return;
-    ct_free(t->grad);
+    ct__unhold(t->grad);
     t->grad = NULL;
 }
 int ct_retain_grad(ct_tensor *t) {
@@ -333,14 +333,20 @@ static int cmp_seq_desc(const void *a, const void *b) {
     return x->node->seq < y->node->seq ? 1 : x->node->seq > y->node->seq ? -1 : 0;
 }
 
-int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph) {
+static const char *const k_second_backward =
+    "backward: trying to backward through the graph a second time (%s was already freed); "
+    "pass retain_graph=1 to the first ct_backward";
+
+/* Checks root and grad_output; *g0 = the gradient of root (a copy of grad_output, or ones
+ * for a scalar). */
+static int root_gradient(ct_tensor *root, const ct_tensor *grad_output, ct_tensor **g0) {
     char b1[96], b2[96];
+    *g0 = NULL;
     if (!root) return ct_error("backward: NULL tensor");
     if (!root->requires_grad)
         return ct_error("backward: tensor of shape %s does not require grad and has no grad_fn; "
                         "call ct_set_requires_grad on the inputs before computing it",
                         ct_shape_str(root, b1, sizeof b1));
-    ct_tensor *g0;
     if (grad_output) {
         if (!ct_same_shape(root, grad_output))
             return ct_error("backward: grad_output shape %s does not match the tensor's shape %s",
@@ -349,119 +355,106 @@ int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph)
         if (grad_output->dtype != root->dtype)
             return ct_error("backward: grad_output is %s but the tensor is %s",
                             ct_dtype_name(grad_output->dtype), ct_dtype_name(root->dtype));
-        g0 = ct_clone(grad_output);
+        *g0 = ct_clone(grad_output);
     } else {
         if (ct_numel(root) != 1)
             return ct_error("backward: grad can be implicitly created only for scalar outputs "
                             "(this tensor has shape %s); pass grad_output",
                             ct_shape_str(root, b1, sizeof b1));
-        g0 = ct_ones_like(root);
+        *g0 = ct_ones_like(root);
     }
-    if (!g0) return -1;
-    int prev = ct_set_grad_enabled(0);
-    int rc = 0;
-    if (!root->grad_fn) { /* a leaf */
-        rc = accumulate_leaf(root, g0);
-        ct_set_grad_enabled(prev);
-        return rc;
-    }
-    if (root->grad_fn->released) {
-        ct_free(g0);
-        ct_set_grad_enabled(prev);
-        return ct_error("backward: trying to backward through the graph a second time (%s "
-                        "was already freed); pass retain_graph=1 to the first ct_backward",
-                        root->grad_fn->name);
-    }
-    /* Collect the graph and count consumers of each node. */
-    slots s = {0};
+    return *g0 ? 0 : -1;
+}
+
+/* Collects the graph below root (one slot per node) and counts each node's consumers;
+ * then orders the slots for execution: nodes are created in execution order, so
+ * descending creation order is a valid reverse topological order. */
+static int collect_graph(slots *s, ct_node *root) {
     ct_node **stack = NULL;
-    int sp = 0, scap = 0;
-    if (add_slot(&s, root->grad_fn) < 0) {
-        ct_free(g0);
-        free(s.v);
-        free(s.keys);
-        free(s.idx);
-        ct_set_grad_enabled(prev);
-        return ct_error("backward: out of memory collecting the graph");
-    }
-#define PUSH(x)                                                                 \
-    do {                                                                        \
-        if (sp == scap) {                                                       \
-            scap = scap ? scap * 2 : 64;                                        \
-            stack = realloc(stack, sizeof(ct_node *) * (size_t)scap);           \
-        }                                                                       \
-        stack[sp++] = (x);                                                      \
-    } while (0)
-    PUSH(root->grad_fn);
-    while (sp) {
-        ct_node *n = stack[--sp];
-        for (int i = 0; i < n->n_inputs; i++) {
+    int sp = 0, scap = 0, rc = 0;
+    if (add_slot(s, root) < 0) return ct_error("backward: out of memory collecting the graph");
+    for (ct_node *n = root; n && rc == 0; n = sp ? stack[--sp] : NULL) {
+        for (int i = 0; i < n->n_inputs && rc == 0; i++) {
             ct_node *f = n->inputs[i].fn;
             if (!f) continue;
-            int k = find_slot(&s, f);
+            int k = find_slot(s, f);
             if (k < 0) {
-                k = add_slot(&s, f);
-                if (k < 0) {
+                if (sp == scap) {
+                    ct_node **st = realloc(stack, sizeof *st * (size_t)(scap ? 2 * scap : 64));
+                    if (!st) {
+                        rc = ct_error("backward: out of memory collecting the graph");
+                        break;
+                    }
+                    stack = st;
+                    scap = scap ? 2 * scap : 64;
+                }
+                if ((k = add_slot(s, f)) < 0) {
                     rc = ct_error("backward: out of memory collecting the graph");
                     break;
                 }
-                PUSH(f);
+                stack[sp++] = f;
             }
-            s.v[k].deps++;
+            s->v[k].deps++;
         }
-        if (rc) break;
     }
-#undef PUSH
     free(stack);
-    /* Nodes are created in execution order, so descending creation order is a valid
-     * reverse topological order of the graph. */
-    qsort(s.v, (size_t)s.n, sizeof(slot), cmp_seq_desc);
-    if (rc == 0 && map_rebuild(&s, s.hcap) != 0) rc = ct_error("backward: out of memory");
-    s.v[0].grad = g0; /* root's node has the highest seq among its ancestors */
-    ct_tensor *gx_stack[16];
-    for (int idx = 0; idx < s.n && rc == 0; idx++) {
-        slot *sl = &s.v[idx];
-        ct_node *n = sl->node;
-        if (!sl->grad) continue; /* no gradient reached this node */
-        if (n->retain_target) {
-            ct_tensor *t = n->retain_target;
-            ct_tensor *gc = ct_clone(sl->grad);
-            if (t->grad) {
-                ct_add_(t->grad, gc, 1.0);
-                ct_free(gc);
-            } else t->grad = gc;
-        }
-        if (n->released) {
-            rc = ct_error("backward: trying to backward through the graph a second time (%s "
-                          "was already freed); pass retain_graph=1 to the first ct_backward",
-                          n->name);
-            break;
-        }
-        ct_tensor **gx = n->n_inputs <= 16 ? gx_stack : calloc((size_t)n->n_inputs, sizeof *gx);
-        memset(gx, 0, sizeof(ct_tensor *) * (size_t)n->n_inputs);
-        rc = n->backward(n, sl->grad, gx);
-        if (rc != 0) ct_error_context("backward of %s", n->name);
-        for (int i = 0; i < n->n_inputs; i++) {
-            ct_tensor *g = gx[i];
-            if (!g) continue;
-            ct_edge *e = &n->inputs[i];
-            if (rc == 0 && (e->fn || e->leaf)) {
-                rc = check_grad_shape(n->name, g, e->shape, e->ndim);
-                if (rc == 0 && e->fn) {
-                    int k = find_slot(&s, e->fn);
-                    rc = accumulate(&s.v[k].grad, g);
-                    g = NULL;
-                } else if (rc == 0) {
-                    rc = accumulate_leaf(e->leaf, g);
-                    g = NULL;
-                }
-            }
-            ct_free(g);
-        }
-        if (gx != gx_stack) free(gx);
-        ct_free(sl->grad);
-        sl->grad = NULL;
+    qsort(s->v, (size_t)s->n, sizeof(slot), cmp_seq_desc);
+    if (rc == 0 && map_rebuild(s, s->hcap) != 0) rc = ct_error("backward: out of memory");
+    return rc;
+}
+
+/* Hands input i's gradient g (owned) to its producer's slot or its leaf. */
+static int route_gradient(slots *s, ct_node *n, int i, ct_tensor *g, int rc) {
+    ct_edge *e = &n->inputs[i];
+    if (rc == 0 && (e->fn || e->leaf)) {
+        rc = check_grad_shape(n->name, g, e->shape, e->ndim);
+        if (rc == 0 && e->fn) return accumulate(&s->v[find_slot(s, e->fn)].grad, g);
+        if (rc == 0) return accumulate_leaf(e->leaf, g);
     }
+    ct_free(g);
+    return rc;
+}
+
+/* Runs the backward formula of slot sl's node on its accumulated gradient. */
+static int run_node(slots *s, slot *sl) {
+    ct_node *n = sl->node;
+    if (n->retain_target) {
+        ct_tensor *t = n->retain_target, *gc = ct_clone(sl->grad);
+        if (t->grad) {
+            ct_add_(t->grad, gc, 1.0);
+            ct_free(gc);
+        } else {
+            t->grad = gc;
+        }
+    }
+    if (n->released) return ct_error(k_second_backward, n->name);
+    ct_tensor *gx_stack[16];
+    ct_tensor **gx = n->n_inputs <= 16 ? gx_stack : calloc((size_t)n->n_inputs, sizeof *gx);
+    if (!gx) return ct_error("backward: out of memory");
+    memset(gx, 0, sizeof(ct_tensor *) * (size_t)n->n_inputs);
+    int rc = n->backward(n, sl->grad, gx);
+    if (rc != 0) ct_error_context("backward of %s", n->name);
+    for (int i = 0; i < n->n_inputs; i++)
+        if (gx[i]) rc = route_gradient(s, n, i, gx[i], rc);
+    if (gx != gx_stack) free(gx);
+    ct_free(sl->grad);
+    sl->grad = NULL;
+    return rc;
+}
+
+/* The engine proper (grad mode off, scopes suspended: what it creates is ctorch's). */
+static int backward_graph(ct_tensor *root, ct_tensor *g0, int retain_graph) {
+    if (!root->grad_fn) return accumulate_leaf(root, g0); /* a leaf */
+    if (root->grad_fn->released) {
+        ct_free(g0);
+        return ct_error(k_second_backward, root->grad_fn->name);
+    }
+    slots s = {0};
+    int rc = collect_graph(&s, root->grad_fn);
+    if (rc == 0) s.v[0].grad = g0; /* root's node has the highest seq among its ancestors */
+    else ct_free(g0);
+    for (int idx = 0; idx < s.n && rc == 0; idx++)
+        if (s.v[idx].grad) rc = run_node(&s, &s.v[idx]); /* else no gradient reached it */
     for (int i = 0; i < s.n; i++) {
         ct_free(s.v[i].grad);
         if (!retain_graph) release_graph(s.v[i].node);
@@ -470,6 +463,18 @@ int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph)
     free(s.v);
     free(s.keys);
     free(s.idx);
-    ct_set_grad_enabled(prev);
+    return rc;
+}
+
+int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph) {
+    int scopes = ct__scope_suspend();
+    ct_tensor *g0;
+    int rc = root_gradient(root, grad_output, &g0);
+    if (rc == 0) {
+        int prev = ct_set_grad_enabled(0);
+        rc = backward_graph(root, g0, retain_graph);
+        ct_set_grad_enabled(prev);
+    }
+    ct__scope_resume(scopes);
     return rc;
 }

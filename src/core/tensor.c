@@ -61,10 +61,15 @@ static int check_shape(const int64_t *shape, int ndim, const char *op) {
     return 0;
 }
 
+static atomic_llong g_live; /* tensor headers alive (ct__live_tensors, for leak tests) */
+
+long long ct__live_tensors(void) { return atomic_load(&g_live); }
+
 ct_tensor *ct_tensor_make(ct_storage *s, ct_dtype dt, const int64_t *shape, const int64_t *stride,
                           int ndim, int64_t offset) {
     ct_tensor *t = calloc(1, sizeof *t);
     if (!t) return ct_error_null("out of memory allocating a tensor header");
+    atomic_fetch_add(&g_live, 1);
     atomic_init(&t->refcount, 1);
     atomic_fetch_add(&s->refcount, 1);
     t->storage = s;
@@ -76,6 +81,7 @@ ct_tensor *ct_tensor_make(ct_storage *s, ct_dtype dt, const int64_t *shape, cons
         else ct_contiguous_strides(shape, ndim, t->stride);
     }
     t->offset = offset;
+    ct__scope_track(t);
     return t;
 }
 
@@ -109,19 +115,29 @@ ct_tensor *ct_view4d(const ct_tensor *t) {
 }
 
 ct_tensor *ct_retain(ct_tensor *t) {
-    if (t) atomic_fetch_add(&t->refcount, 1);
+    if (!t) return NULL;
+    atomic_fetch_add(&t->refcount, 1);
+    ct__scope_track(t);
     return t;
 }
 
-void ct_free(ct_tensor *t) {
+void ct__unhold(ct_tensor *t) {
     if (!t || atomic_fetch_sub(&t->refcount, 1) != 1) return;
+    if (t->scope) ct__scope_forget(t);
     if (t->grad_fn) {
         if (t->grad_fn->retain_target == t) t->grad_fn->retain_target = NULL;
         ct_node_release(t->grad_fn);
     }
-    ct_free(t->grad);
+    ct__unhold(t->grad);
     ct_storage_release(t->storage);
     free(t);
+    atomic_fetch_sub(&g_live, 1);
+}
+
+void ct_free(ct_tensor *t) {
+    if (!t) return;
+    if (t->scope) ct__scope_untrack(t);
+    ct__unhold(t);
 }
 
 /* ----------------------------------------------------------------- info */

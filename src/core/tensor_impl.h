@@ -31,7 +31,41 @@ struct ct_tensor {
     int retains_grad;
     ct_tensor *grad;
     struct ct_node *grad_fn; /* NULL for leaves */
+    /* The scope (src/core/scope.c) that holds scope_refs of the references, at scope_slot
+     * in its list; NULL when no scope holds any. */
+    struct ct_scope *scope;
+    int scope_refs, scope_slot;
 };
+
+/* ------------------------------------------------------------- scopes (scope.c)
+ * Library code that keeps a tensor beyond the call (a module's parameter, optimizer state,
+ * a saved tensor, a gradient) must not leave it to the caller's scope:
+ *   - a reference to a tensor the caller may own: ct__hold / ct__unhold (they never touch
+ *     scopes, where ct_retain / ct_free count the references a scope holds);
+ *   - a tensor the library created and stores: ct__own(t) right after creating it (or
+ *     create it between ct__scope_suspend and ct__scope_resume); it is then released
+ *     with ct_free like any unscoped tensor. */
+static inline ct_tensor *ct__hold(ct_tensor *t) {
+    if (t) atomic_fetch_add(&t->refcount, 1);
+    return t;
+}
+void ct__unhold(ct_tensor *t);
+ct_tensor *ct__own(ct_tensor *t);
+/* Registers a new reference to t (created on another thread, or while suspended) in the
+ * innermost scope of this thread, as if it had been created here: for references handed
+ * to the caller. Returns t. */
+ct_tensor *ct__scope_adopt(ct_tensor *t);
+int ct__scope_suspend(void); /* returns the previous state for ct__scope_resume */
+void ct__scope_resume(int prev);
+/* Called by ct_tensor_make and ct_retain (a new reference on this thread). */
+void ct__scope_track(ct_tensor *t);
+/* Called by ct_free before dropping a reference: 1 when it was one of the scope's. */
+int ct__scope_untrack(ct_tensor *t);
+/* Called when a tensor is destroyed while a scope still lists it. */
+void ct__scope_forget(ct_tensor *t);
+
+/* Number of tensor headers alive in the process (for leak tests). */
+long long ct__live_tensors(void);
 
 /* Storage management (backend allocators). */
 ct_storage *ct_storage_new(size_t nbytes, ct_device dev);

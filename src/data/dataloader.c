@@ -15,6 +15,7 @@
 #include "data/pin_memory.h"
 
 #include "core/error.h"
+#include "core/tensor_impl.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -358,6 +359,10 @@ int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels
         ct_free(img);
         ct_free(lab);
         return ct_error("dataloader: out of memory building batch %lld", (long long)b);
+    }
+    if (dl->nthreads > 0) { /* built on a worker thread: now the caller's */
+        ct__scope_adopt(img);
+        ct__scope_adopt(lab);
     }
     *images = img;
     *labels = lab;

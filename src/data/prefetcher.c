@@ -130,8 +130,8 @@ static int fetch(ct_device_prefetcher *p) {
     }
     ct_free(xc); /* pinned blocks are reused only once the copies from them completed */
     ct_free(yc);
-    p->x = xd;
-    p->y = yd;
+    p->x = ct__own(xd); /* the prefetcher's until handed out */
+    p->y = ct__own(yd);
     if (rc != 0) {
         if (xd && yd) { /* a copy may be queued into xd: wait for the copy stream */
             char saved[sizeof p->err];
@@ -201,8 +201,8 @@ int ct_device_prefetcher_next(ct_device_prefetcher *p, ct_tensor **images, ct_te
             snprintf(p->err, sizeof p->err, "%s", ct_last_error());
         }
     }
-    *images = x;
-    *labels = y;
+    *images = ct__scope_adopt(x); /* now the caller's */
+    *labels = ct__scope_adopt(y);
     return 1;
 }
 

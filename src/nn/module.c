@@ -37,11 +37,11 @@ void ct_module_free(ct_module *m) {
     for (int i = 0; i < m->n_children; i++) ct_module_free(m->children[i]);
     for (int i = 0; i < m->n_params; i++) {
         free(m->param_names[i]);
-        ct_free(m->params[i]);
+        ct__unhold(m->params[i]);
     }
     for (int i = 0; i < m->n_buffers; i++) {
         free(m->buffer_names[i]);
-        ct_free(m->buffers[i]);
+        ct__unhold(m->buffers[i]);
     }
     free(m->children);
     free(m->param_names);
@@ -139,7 +139,7 @@ static int add_tensor(ct_module *m, const char *name, ct_tensor *t, int param) {
         return -1;
     }
     (*names)[*n] = nm;
-    (*ts)[*n] = ct_retain(t);
+    (*ts)[*n] = ct__hold(t);
     return (*n)++;
 }
 
@@ -370,8 +370,8 @@ static int to_visit(void *vc, const char *name, ct_tensor **slot, int is_param) 
         ct_free(r);
         return -1;
     }
-    ct_free(t);
-    *slot = r;
+    ct__unhold(t);
+    *slot = ct__own(r); /* the module's, never a scope's */
     return 0;
 }
 
@@ -417,7 +417,7 @@ void ct_state_dict_free(ct_state_dict *sd) {
     if (!sd) return;
     for (int i = 0; i < sd->n; i++) {
         free(sd->names[i]);
-        ct_free(sd->tensors[i]);
+        ct__unhold(sd->tensors[i]);
     }
     free(sd->names);
     free(sd->tensors);
@@ -437,7 +437,7 @@ int ct_state_dict_add(ct_state_dict *sd, const char *name, ct_tensor *t) {
     char *nm = xstrdup(name);
     if (!nm) return ct_error("state_dict: out of memory");
     sd->names[sd->n] = nm;
-    sd->tensors[sd->n] = ct_retain(t);
+    sd->tensors[sd->n] = ct__hold(t);
     sd->n++;
     return 0;
 }

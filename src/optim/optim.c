@@ -78,7 +78,7 @@ static int validate(ct_optim_kind kind, const ct_optim_options *o) {
 void ct_optim_free(ct_optimizer *o) {
     if (!o) return;
     for (int i = 0; i < o->n; i++) {
-        ct_free(o->params[i]);
+        ct__unhold(o->params[i]);
         for (int s = 0; s < S_COUNT; s++) ct_free(o->state[s][i]);
     }
     free(o->params);
@@ -131,7 +131,7 @@ ct_optimizer *ct_optim_new(ct_optim_kind kind, ct_tensor *const *params, int n,
         ct_optim_free(r);
         return ct_error_null("%s: out of memory", t);
     }
-    for (int i = 0; i < n; i++) r->params[i] = ct_retain(params[i]);
+    for (int i = 0; i < n; i++) r->params[i] = ct__hold(params[i]);
     return r;
 }
 
@@ -220,7 +220,7 @@ static int ensure_state(ct_optimizer *o, int s, int i) {
         ct_free(z);
         return -1;
     }
-    o->state[s][i] = z;
+    o->state[s][i] = ct__own(z); /* the optimizer's, never a scope's */
     return 0;
 }
 
