@@ -205,6 +205,7 @@ ct_tensor *ct_log(const ct_tensor *a);
 ct_tensor *ct_sqrt(const ct_tensor *a);
 ct_tensor *ct_pow_scalar(const ct_tensor *a, double exponent);
 ct_tensor *ct_abs(const ct_tensor *a);
+ct_tensor *ct_sign(const ct_tensor *a); /* -1, 0 or 1; its gradient is 0 */
 /* Pass -INFINITY / INFINITY for "no bound". */
 ct_tensor *ct_clamp(const ct_tensor *a, double min, double max);
 

@@ -2,33 +2,34 @@
  * non-contiguous inputs), float64 gradcheck, and error paths. */
 #include "test.h"
 
+#include "core/backend.h"
+
 #include <stdio.h>
 #include <string.h>
 
 typedef ct_tensor *(*un_fn)(const ct_tensor *);
 typedef ct_tensor *(*bin_fn)(const ct_tensor *, const ct_tensor *);
 
-static ct_tensor *pow25(const ct_tensor *x) { return ct_pow_scalar(x, 2.5); }
-static ct_tensor *pow3(const ct_tensor *x) { return ct_pow_scalar(x, 3); }
-static ct_tensor *clampf(const ct_tensor *x) { return ct_clamp(x, -0.5, 0.7); }
-static ct_tensor *leaky(const ct_tensor *x) { return ct_leaky_relu(x, 0.1); }
-static ct_tensor *gelu_exact(const ct_tensor *x) { return ct_gelu(x, 0); }
-static ct_tensor *gelu_tanh(const ct_tensor *x) { return ct_gelu(x, 1); }
-static ct_tensor *add_s(const ct_tensor *x) { return ct_add_scalar(x, 1.5); }
-static ct_tensor *mul_s(const ct_tensor *x) { return ct_mul_scalar(x, -2.0); }
-
-static const struct {
+/* The unary cases: every row of the op table (src/core/op_tables.h) with its test
+ * arguments, fixture "<name>.<k>" in unary.ctf (tests/fixtures/gen_pointwise.py), and pow
+ * with an integer exponent on inputs of both signs. A row without fixtures fails here. */
+typedef struct {
     const char *name;
-    un_fn fn;
+    ct_unop op;
+    double p1, p2;
     int positive;
-} UNARY[] = {
-    {"neg", ct_neg, 0},         {"exp", ct_exp, 0},         {"log", ct_log, 1},
-    {"sqrt", ct_sqrt, 1},       {"pow2.5", pow25, 1},       {"pow3", pow3, 0},
-    {"abs", ct_abs, 0},         {"clamp", clampf, 0},       {"relu", ct_relu, 0},
-    {"leaky_relu", leaky, 0},   {"gelu", gelu_exact, 0},    {"gelu_tanh", gelu_tanh, 0},
-    {"sigmoid", ct_sigmoid, 0}, {"tanh", ct_tanh, 0},       {"add_scalar", add_s, 0},
-    {"mul_scalar", mul_s, 0},
-};
+} un_case;
+
+#define UN_CASE(ID, name, node, dtypes, saves, api, fwd, der, p1, p2, domain)               \
+    {#name, CT_UN_##ID, p1, p2, CT_DOMAIN_##domain == CT_DOMAIN_POS},
+static const un_case UNARY[] = {CT_UNARY_OPS(UN_CASE){"pow3", CT_UN_POW, 3, 0, 0}};
+_Static_assert(sizeof UNARY / sizeof *UNARY == CT_UN_COUNT + 1, "one case per unary op");
+
+/* A unary case as a function of one tensor (for check_case and gradcheck). */
+static _Thread_local const un_case *t_case;
+static ct_tensor *run_unary(const ct_tensor *x) {
+    return ct__unary(t_case->op, x, t_case->p1, t_case->p2);
+}
 
 static const struct {
     const char *name;
@@ -79,9 +80,49 @@ TEST(pointwise_unary_vs_torch) {
         for (int k = 0; k < 3; k++)
             for (int nc = 0; nc < 2; nc++) {
                 snprintf(prefix, sizeof prefix, "%s.%d", UNARY[u].name, k);
-                check_case(fx, prefix, 1, (void *)UNARY[u].fn, nc);
+                t_case = &UNARY[u];
+                check_case(fx, prefix, 1, (void *)run_unary, nc);
             }
     ct_fixture_free(fx);
+}
+
+/* The public wrappers compute their table row: the generated ct_<name>(x) of every row
+ * whose api column is A0, and the hand-written ones with scalars. */
+#define A0_ROW(ID, name, node, dtypes, saves, api, ...) CT_IF_##api({#name, ct_##name, CT_UN_##ID, 0, 0},)
+static ct_tensor *pow25(const ct_tensor *x) { return ct_pow_scalar(x, 2.5); }
+static ct_tensor *clampf(const ct_tensor *x) { return ct_clamp(x, -0.5, 0.7); }
+static ct_tensor *leaky(const ct_tensor *x) { return ct_leaky_relu(x, 0.1); }
+static ct_tensor *gelu_exact(const ct_tensor *x) { return ct_gelu(x, 0); }
+static ct_tensor *gelu_tanh(const ct_tensor *x) { return ct_gelu(x, 1); }
+static ct_tensor *add_s(const ct_tensor *x) { return ct_add_scalar(x, 1.5); }
+static ct_tensor *mul_s(const ct_tensor *x) { return ct_mul_scalar(x, -2.0); }
+static const struct {
+    const char *name;
+    un_fn fn;
+    ct_unop op;
+    double p1, p2;
+} WRAPPERS[] = {CT_UNARY_OPS(A0_ROW){"pow_scalar", pow25, CT_UN_POW, 2.5, 0},
+                {"clamp", clampf, CT_UN_CLAMP, -0.5, 0.7},
+                {"leaky_relu", leaky, CT_UN_LEAKY_RELU, 0.1, 0},
+                {"gelu", gelu_exact, CT_UN_GELU, 0, 0},
+                {"gelu tanh", gelu_tanh, CT_UN_GELU_TANH, 0, 0},
+                {"add_scalar", add_s, CT_UN_ADD_SCALAR, 1.5, 0},
+                {"mul_scalar", mul_s, CT_UN_MUL_SCALAR, -2.0, 0}};
+
+TEST(pointwise_public_wrappers_are_their_table_rows) {
+    int64_t sh[2] = {3, 5};
+    ct_tensor *x = ct_rand(sh, 2, CT_FLOAT64);
+    CHECK_OK(ct_set_requires_grad(x, 1));
+    for (size_t i = 0; i < sizeof WRAPPERS / sizeof *WRAPPERS; i++) {
+        ct_tensor *a = WRAPPERS[i].fn(x), *b = ct__unary(WRAPPERS[i].op, x, WRAPPERS[i].p1,
+                                                         WRAPPERS[i].p2);
+        CHECK_CLOSE(a, b, 0, WRAPPERS[i].name);
+        CHECK_MSG(a && b && strcmp(ct_grad_fn_name(a), ct_grad_fn_name(b)) == 0,
+                  "%s: grad_fn differs", WRAPPERS[i].name);
+        ct_free(a);
+        ct_free(b);
+    }
+    ct_free(x);
 }
 
 TEST(pointwise_binary_broadcast_vs_torch) {
@@ -117,7 +158,8 @@ TEST(pointwise_gradcheck_float64) {
         for (int i = 0; i < 12; i++)
             if (fabs(p[i] + 0.5) < 0.02 || fabs(p[i] - 0.7) < 0.02) p[i] += 0.1;
         ct_set_requires_grad(x, 1);
-        GRADCHECK(gc_unary, &x, 1, (void *)UNARY[u].fn, UNARY[u].name);
+        t_case = &UNARY[u];
+        GRADCHECK(gc_unary, &x, 1, (void *)run_unary, UNARY[u].name);
         ct_free(x);
     }
     int64_t sa[3] = {2, 3, 4}, sb[2] = {1, 4};
