@@ -249,6 +249,8 @@ ct_tensor *ct_leaky_relu(const ct_tensor *a, double negative_slope);
 ct_tensor *ct_gelu(const ct_tensor *a, int approximate_tanh);
 ct_tensor *ct_sigmoid(const ct_tensor *a);
 ct_tensor *ct_tanh(const ct_tensor *a);
+ct_tensor *ct_hardswish(const ct_tensor *a); /* x * relu6(x + 3) / 6 */
+ct_tensor *ct_silu(const ct_tensor *a);      /* x * sigmoid(x) (swish) */
 ct_tensor *ct_softmax(const ct_tensor *a, int dim);
 ct_tensor *ct_log_softmax(const ct_tensor *a, int dim);
 

@@ -86,7 +86,13 @@
     OP(SIGMOID, sigmoid, "SigmoidBackward", FLOAT, OUT, A0,                                   \
       r = (T)1 / ((T)1 + CT_M1(T, exp, -x)), d = y * ((T)1 - y), 0, 0, ANY)                \
     OP(TANH, tanh, "TanhBackward", FLOAT, OUT, A0,                                            \
-      r = CT_M1(T, tanh, x), d = (T)1 - y * y, 0, 0, ANY)
+      r = CT_M1(T, tanh, x), d = (T)1 - y * y, 0, 0, ANY)                                   \
+    OP(HARDSWISH, hardswish, "HardswishBackward", FLOAT, IN, A0,                            \
+      r = x * CT_MINF(CT_MAXF(x + (T)3, (T)0), (T)6) / (T)6,                                \
+      d = x < (T)-3 ? (T)0 : (x <= (T)3 ? x / (T)3 + (T)0.5 : (T)1), 0, 0, ANY)             \
+    OP(SILU, silu, "SiluBackward", FLOAT, IN, A0,                                           \
+      r = x / ((T)1 + CT_M1(T, exp, -x)),                                                   \
+      T s = (T)1 / ((T)1 + CT_M1(T, exp, -x)); d = s * ((T)1 + x * ((T)1 - s)), 0, 0, ANY)
 
 /* ----------------------------------------------------------------- binary ops
  * OP(ID, name, node, forward) with broadcasting (the op layer expands both operands);
