@@ -201,7 +201,8 @@ static const char *runtime_driver_branch(int cuda_major) {
     }
 }
 
-static int check_driver(char *r, size_t n) {
+/* Opens the driver and resolves its entry points into d; -1 with the reason in r. */
+static int open_driver(cu_driver_api *d, char *r, size_t n) {
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         const char *e = dlerror();
@@ -215,22 +216,75 @@ static int check_driver(char *r, size_t n) {
                  CUDART_VERSION / 1000, CUDART_VERSION % 1000 / 10);
         return -1;
     }
-    cu_driver_api d;
-    memset(&d, 0, sizeof d);
-    *(void **)&d.init = dlsym(h, CU_XSTR(cuInit));
-    *(void **)&d.version = dlsym(h, CU_XSTR(cuDriverGetVersion));
-    *(void **)&d.count = dlsym(h, CU_XSTR(cuDeviceGetCount));
-    *(void **)&d.get = dlsym(h, CU_XSTR(cuDeviceGet));
-    *(void **)&d.attr = dlsym(h, CU_XSTR(cuDeviceGetAttribute));
-    *(void **)&d.name = dlsym(h, CU_XSTR(cuDeviceGetName));
-    *(void **)&d.err_name = dlsym(h, CU_XSTR(cuGetErrorName));
-    if (!d.init || !d.version || !d.count || !d.get || !d.attr || !d.name) {
+    /* The handle stays open for the life of the process (the runtime uses the driver). */
+    memset(d, 0, sizeof *d);
+    *(void **)&d->init = dlsym(h, CU_XSTR(cuInit));
+    *(void **)&d->version = dlsym(h, CU_XSTR(cuDriverGetVersion));
+    *(void **)&d->count = dlsym(h, CU_XSTR(cuDeviceGetCount));
+    *(void **)&d->get = dlsym(h, CU_XSTR(cuDeviceGet));
+    *(void **)&d->attr = dlsym(h, CU_XSTR(cuDeviceGetAttribute));
+    *(void **)&d->name = dlsym(h, CU_XSTR(cuDeviceGetName));
+    *(void **)&d->err_name = dlsym(h, CU_XSTR(cuGetErrorName));
+    if (!d->init || !d->version || !d->count || !d->get || !d->attr || !d->name) {
         snprintf(r, n,
                  "NVIDIA driver too old or damaged: libcuda.so.1 lacks basic driver API "
                  "functions. Fix: reinstall or upgrade the NVIDIA driver (%s or newer)",
                  runtime_driver_branch(CUDART_VERSION / 1000));
         return -1;
     }
+    return 0;
+}
+
+/* The reason and fix for a failed cuInit. */
+static void init_failure(const cu_driver_api *d, CUresult e, char *r, size_t n) {
+    const char *en = NULL;
+    if (d->err_name) d->err_name(e, &en);
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    switch (e) {
+    case CUDA_ERROR_NO_DEVICE:
+        snprintf(r, n,
+                 "no CUDA device: the NVIDIA driver is installed but reports no GPU "
+                 "(cuInit: CUDA_ERROR_NO_DEVICE; CUDA_VISIBLE_DEVICES=%s). Fix: check "
+                 "`nvidia-smi`; in a container pass the GPU in (docker run --gpus all); "
+                 "unset or correct CUDA_VISIBLE_DEVICES",
+                 vis ? vis : "(unset)");
+        break;
+    case CUDA_ERROR_STUB_LIBRARY:
+        snprintf(r, n,
+                 "NVIDIA driver not loaded: the libcuda.so.1 found is the CUDA toolkit's "
+                 "stub library, not the driver. Fix: install the NVIDIA driver, and remove "
+                 "the toolkit's lib64/stubs directory from LD_LIBRARY_PATH");
+        break;
+    case CUDA_ERROR_SYSTEM_DRIVER_MISMATCH:
+        snprintf(r, n,
+                 "NVIDIA driver not loaded consistently: the user-space driver "
+                 "(libcuda.so.1) and the kernel module have different versions (cuInit: "
+                 "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH). Fix: reboot after the driver "
+                 "update, or reload the nvidia kernel module");
+        break;
+    case CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE:
+        snprintf(r, n,
+                 "NVIDIA driver older than the CUDA runtime needs: the CUDA forward-"
+                 "compatibility package in use does not support this GPU (cuInit: "
+                 "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE). Fix: upgrade the system "
+                 "driver to %s or newer",
+                 runtime_driver_branch(CUDART_VERSION / 1000));
+        break;
+    default:
+        snprintf(r, n,
+                 "NVIDIA driver not loaded: cuInit failed with %s (%d). Fix: check "
+                 "`nvidia-smi` and that the nvidia kernel module is loaded "
+                 "(`lsmod | grep nvidia`, `sudo modprobe nvidia`); reinstall the driver "
+                 "if that fails",
+                 en ? en : "an error", (int)e);
+    }
+}
+
+/* The driver: present, new enough, initialised, with a device whose architecture this
+ * build has kernels for (device 0); -1 with the reason and the fix in r. */
+static int check_driver(char *r, size_t n) {
+    cu_driver_api d;
+    if (open_driver(&d, r, n) != 0) return -1;
     int drv = 0;
     if (d.version(&drv) != CUDA_SUCCESS) drv = 0;
     if (drv / 1000 < CUDART_VERSION / 1000) {
@@ -247,47 +301,7 @@ static int check_driver(char *r, size_t n) {
     }
     CUresult e = d.init(0);
     if (e != CUDA_SUCCESS) {
-        const char *en = NULL;
-        if (d.err_name) d.err_name(e, &en);
-        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
-        switch (e) {
-        case CUDA_ERROR_NO_DEVICE:
-            snprintf(r, n,
-                     "no CUDA device: the NVIDIA driver is installed but reports no GPU "
-                     "(cuInit: CUDA_ERROR_NO_DEVICE; CUDA_VISIBLE_DEVICES=%s). Fix: check "
-                     "`nvidia-smi`; in a container pass the GPU in (docker run --gpus all); "
-                     "unset or correct CUDA_VISIBLE_DEVICES",
-                     vis ? vis : "(unset)");
-            break;
-        case CUDA_ERROR_STUB_LIBRARY:
-            snprintf(r, n,
-                     "NVIDIA driver not loaded: the libcuda.so.1 found is the CUDA toolkit's "
-                     "stub library, not the driver. Fix: install the NVIDIA driver, and remove "
-                     "the toolkit's lib64/stubs directory from LD_LIBRARY_PATH");
-            break;
-        case CUDA_ERROR_SYSTEM_DRIVER_MISMATCH:
-            snprintf(r, n,
-                     "NVIDIA driver not loaded consistently: the user-space driver "
-                     "(libcuda.so.1) and the kernel module have different versions (cuInit: "
-                     "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH). Fix: reboot after the driver "
-                     "update, or reload the nvidia kernel module");
-            break;
-        case CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE:
-            snprintf(r, n,
-                     "NVIDIA driver older than the CUDA runtime needs: the CUDA forward-"
-                     "compatibility package in use does not support this GPU (cuInit: "
-                     "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE). Fix: upgrade the system "
-                     "driver to %s or newer",
-                     runtime_driver_branch(CUDART_VERSION / 1000));
-            break;
-        default:
-            snprintf(r, n,
-                     "NVIDIA driver not loaded: cuInit failed with %s (%d). Fix: check "
-                     "`nvidia-smi` and that the nvidia kernel module is loaded "
-                     "(`lsmod | grep nvidia`, `sudo modprobe nvidia`); reinstall the driver "
-                     "if that fails",
-                     en ? en : "an error", (int)e);
-        }
+        init_failure(&d, e, r, n);
         return -1;
     }
     int count = 0;
@@ -312,7 +326,6 @@ static int check_driver(char *r, size_t n) {
             return -1;
         }
     }
-    /* The handle stays open for the life of the process (the runtime uses the driver). */
     return 0;
 }
 
