@@ -11,9 +11,11 @@
  * Ownership: ct_module_* constructors return a new module owned by the caller (release it
  * with ct_module_free). Adding a module as a child (ct_module_add_child, Sequential)
  * transfers ownership to the parent. Tensors passed in are borrowed (retained when kept);
- * tensors returned by forward are new references. Errors follow ctorch.h: NULL / -1 and
- * ct_last_error(); a failing forward's message starts with the failing module's type and
- * dotted path, e.g. "Linear 'classifier' (in_features=4096, out_features=10): ...".
+ * tensors returned by forward (ct_module_forward, ct_module_call) are new references,
+ * released with ct_free or by the innermost ct_scope (ctorch.h). Errors follow ctorch.h:
+ * NULL / -1 and ct_last_error(); a failing forward's message starts with the failing
+ * module's type and dotted path, e.g.
+ * "Linear 'classifier' (in_features=4096, out_features=10): ...".
  */
 #ifndef CTORCH_NN_H
 #define CTORCH_NN_H
@@ -29,6 +31,46 @@ extern "C" {
 typedef struct ct_module ct_module;
 /* Computes the module's output for one input; returns a new reference or NULL + error. */
 typedef ct_tensor *(*ct_module_forward_fn)(ct_module *self, const ct_tensor *input);
+
+/* ------------------------------------------ several inputs and outputs (forward(x, y, k=v))
+ * PyTorch's `out, aux = model(x, use_aux=True)`:
+ *
+ *     ct_module_args in = {.n = 1, .tensors = {x}, .kwargs = {{"use_aux", 1}}};
+ *     ct_module_outputs out;
+ *     if (ct_module_call(model, &in, &out) != 0) ... ct_last_error() ...
+ *     ct_tensor *logits = out.tensors[0], *aux = out.n > 1 ? out.tensors[1] : NULL;
+ *
+ * Input tensors are positional (tensors[0 .. n-1]); keyword arguments are named numbers
+ * (flags are 0 / 1), read by the module with ct_module_args_get. */
+#define CT_MODULE_MAX_INPUTS 8
+#define CT_MODULE_MAX_OUTPUTS 8
+#define CT_MODULE_MAX_KWARGS 8
+
+typedef struct {
+    const char *name; /* NULL (or "") ends the list */
+    double value;
+} ct_module_kwarg;
+
+typedef struct ct_module_args {
+    int n;                                          /* input tensors given: 0..MAX_INPUTS */
+    const ct_tensor *tensors[CT_MODULE_MAX_INPUTS]; /* BORROWED, none NULL below n */
+    ct_module_kwarg kwargs[CT_MODULE_MAX_KWARGS];   /* up to the first NULL name */
+} ct_module_args;
+
+typedef struct ct_module_outputs {
+    int n;                                     /* outputs produced: 1..MAX_OUTPUTS */
+    ct_tensor *tensors[CT_MODULE_MAX_OUTPUTS]; /* NEW references (ct_free or a scope) */
+} ct_module_outputs;
+
+/* A module's forward with several inputs and outputs. `in` has been checked by
+ * ct_module_call (count, no NULL tensor, only the keyword names the module declared);
+ * out arrives empty (n = 0): append each result (a new reference) with
+ * out->tensors[out->n++] = t. Temporaries must not outlive the call: ct_free them, or push
+ * a scope, ct_keep each output and pop it. Returns 0, or non-zero with an error message
+ * (one is supplied when the function set none); tensors already placed in out are then
+ * released by ct_module_call. */
+typedef int (*ct_module_call_fn)(ct_module *self, const ct_module_args *in,
+                                 ct_module_outputs *out);
 
 /* The module struct is public so that programs can define their own modules (see
  * ct_module_new). Read fields freely; change them only through the functions below. */
@@ -51,6 +93,10 @@ struct ct_module {
     int n_buffers, cap_buffers;
     char **buffer_names;
     ct_tensor **buffers;           /* owned references; no grad */
+    /* Several inputs/outputs (ct_module_set_call); NULL for one-tensor modules. */
+    ct_module_call_fn call;
+    int call_inputs;               /* input tensors `call` takes; -1: any number */
+    const char *const *call_kwargs; /* keyword names `call` accepts (NULL-terminated), or NULL */
 };
 
 /* --------------------------------------------------------------- the module tree */
@@ -71,9 +117,35 @@ int ct_module_add_parameter(ct_module *m, const char *name, ct_tensor *t);
 /* Registers a buffer (saved in the state_dict, never trained). Index or -1. */
 int ct_module_add_buffer(ct_module *m, const char *name, ct_tensor *t);
 
-/* Runs m->forward. On failure the error message is prefixed (once, by the innermost
- * module) with the failing module's type, dotted path and configuration. */
+/* Runs m on one input: m->forward, or, for a module that has only a `call`
+ * (ct_module_set_call), the call with input as its one tensor and no keyword arguments,
+ * returning its FIRST output (the others are released); a call that takes another number
+ * of inputs is an error naming ct_module_call. Returns a NEW reference (input is borrowed)
+ * or NULL. On failure the error message is prefixed (once, by the innermost module) with
+ * the failing module's type, dotted path and configuration. */
 ct_tensor *ct_module_forward(ct_module *m, const ct_tensor *input);
+
+/* Runs m on several inputs and keyword arguments: m->call, or, for a one-tensor module,
+ * m->forward when `in` holds exactly one tensor and no keyword arguments. Returns 0 with
+ * out->n >= 1 outputs, each a NEW reference (ct_free them, ct_module_outputs_free, or let
+ * a scope release them); the tensors of `in` are borrowed. Returns -1 with out->n == 0 and
+ * nothing to release on failure: a NULL module/in/out, in->n outside 0..MAX_INPUTS or
+ * different from what the module takes, a NULL input tensor, an unknown or repeated
+ * keyword, or the module's own error; messages carry the same module prefix as
+ * ct_module_forward's. */
+int ct_module_call(ct_module *m, const ct_module_args *in, ct_module_outputs *out);
+/* Gives m a forward with several inputs/outputs. n_inputs: the number of input tensors
+ * call takes (0..CT_MODULE_MAX_INPUTS), or -1 for any (call checks them). kwarg_names:
+ * the keyword names call accepts, NULL-terminated, non-empty and distinct, at most
+ * CT_MODULE_MAX_KWARGS; NULL for none. The array and its strings must outlive m (static
+ * storage). m->forward may stay set (ct_module_forward then uses it) or be NULL. */
+int ct_module_set_call(ct_module *m, ct_module_call_fn call, int n_inputs,
+                       const char *const *kwarg_names);
+/* For call functions: the value of keyword argument `name` in `in`, or default_value when
+ * it was not given. */
+double ct_module_args_get(const ct_module_args *in, const char *name, double default_value);
+/* Releases out's tensors (ct_free) and sets out->n to 0. NULL is fine. */
+void ct_module_outputs_free(ct_module_outputs *out);
 
 /* Train/eval mode for m and every descendant (Dropout, BatchNorm behave differently). */
 void ct_module_train(ct_module *m, int training);
