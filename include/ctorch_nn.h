@@ -216,11 +216,28 @@ int ct_module_load(ct_module *m, const char *path);
 
 /* ------------------------------------------------------------------ layers
  * Constructors validate their arguments (positive sizes, groups dividing channels…) and
- * initialise like PyTorch (see init below) from ctorch's seeded RNG (ct_manual_seed). */
+ * initialise like PyTorch (see init below) from ctorch's seeded RNG (ct_manual_seed).
+ *
+ * Options structs: PyTorch's keyword arguments as designated initialisers, e.g.
+ *     ct_nn_conv2d_opt(1, 16, &(ct_conv2d_opts){.kernel_size = 3, .padding = 1})
+ *     ct_nn_batch_norm2d_opt(16, NULL)
+ * A field left at 0 means PyTorch's default, so a zero-initialised struct gives torch.nn's
+ * defaults; flags are spelled so that 0 is the default (.no_bias = 1 is bias=False). Any
+ * other out-of-range value is an error naming the field (a negative stride is not "the
+ * default"). Options structs are read during the call only. The positional constructors
+ * (ct_nn_conv2d, ct_nn_batch_norm2d_ex, …) stay as they are; for the same settings both
+ * forms build identical modules (same repr, state_dict and, from the same seed, values). */
 
 /* Linear(in_features, out_features, bias): weight [out, in], bias [out]. */
 ct_module *ct_nn_linear(int64_t in_features, int64_t out_features, int bias);
+typedef struct {
+    int no_bias; /* bias=False */
+} ct_linear_opts;
+/* o may be NULL (all defaults). */
+ct_module *ct_nn_linear_opt(int64_t in_features, int64_t out_features, const ct_linear_opts *o);
 
+/* The complete Conv2d configuration (every field given; bias 1 = with bias), used by
+ * ct_nn_conv2d_ex. New code: ct_conv2d_opts below. */
 typedef struct {
     int kernel[2], stride[2], padding[2], dilation[2];
     int groups;
@@ -231,6 +248,19 @@ typedef struct {
 ct_module *ct_nn_conv2d(int64_t in_channels, int64_t out_channels, int kernel_size, int stride,
                         int padding, int bias);
 ct_module *ct_nn_conv2d_ex(int64_t in_channels, int64_t out_channels, const ct_conv2d_options *o);
+typedef struct {
+    int kernel_size; /* required (PyTorch has no default either) */
+    int stride;      /* 0: 1 */
+    int padding;     /* 0: 0 */
+    int dilation;    /* 0: 1 */
+    int groups;      /* 0: 1 */
+    int no_bias;     /* bias=False */
+    /* Non-square (height, width) values: a pair with a non-zero element replaces the
+     * scalar above, e.g. .kernel_size_hw = {1, 3}, .padding_hw = {0, 1}. */
+    int kernel_size_hw[2], stride_hw[2], padding_hw[2], dilation_hw[2];
+} ct_conv2d_opts;
+/* Conv2d with options; o must be non-NULL and give kernel_size (or kernel_size_hw). */
+ct_module *ct_nn_conv2d_opt(int64_t in_channels, int64_t out_channels, const ct_conv2d_opts *o);
 
 /* BatchNorm2d(num_features, eps=1e-5, momentum=0.1, affine=True,
  * track_running_stats=True): parameters weight, bias; buffers running_mean,
@@ -239,6 +269,16 @@ ct_module *ct_nn_conv2d_ex(int64_t in_channels, int64_t out_channels, const ct_c
 ct_module *ct_nn_batch_norm2d(int64_t num_features);
 ct_module *ct_nn_batch_norm2d_ex(int64_t num_features, double eps, double momentum, int affine,
                                  int track_running_stats);
+typedef struct {
+    double eps;                 /* 0: 1e-5; else > 0 */
+    double momentum;            /* 0: 0.1; else in (0, 1] (a momentum of exactly 0 — running
+                                   statistics never move — is ct_nn_batch_norm2d_ex's) */
+    int momentum_none;          /* momentum=None: cumulative moving average (leave momentum 0) */
+    int no_affine;              /* affine=False: no weight and bias */
+    int no_track_running_stats; /* track_running_stats=False: no buffers, batch statistics */
+} ct_batch_norm2d_opts;
+/* o may be NULL (all defaults). */
+ct_module *ct_nn_batch_norm2d_opt(int64_t num_features, const ct_batch_norm2d_opts *o);
 
 ct_module *ct_nn_relu(void);
 ct_module *ct_nn_gelu(int approximate_tanh); /* GELU(approximate='none'|'tanh') */
@@ -247,8 +287,26 @@ ct_module *ct_nn_identity(void);
 ct_module *ct_nn_max_pool2d(int kernel_size, int stride, int padding);
 /* AvgPool2d(kernel_size, stride (<= 0: = kernel_size), padding), count_include_pad=True. */
 ct_module *ct_nn_avg_pool2d(int kernel_size, int stride, int padding);
+/* MaxPool2d / AvgPool2d options (square windows). */
+typedef struct {
+    int kernel_size;          /* required */
+    int stride;               /* 0: kernel_size (PyTorch's stride=None) */
+    int padding;              /* 0: 0; at most half the (dilated) window */
+    int dilation;             /* MaxPool2d only. 0: 1 */
+    int ceil_mode;            /* ceil_mode=True */
+    int no_count_include_pad; /* AvgPool2d only: count_include_pad=False */
+} ct_pool2d_opts;
+/* o must be non-NULL and give kernel_size; a field of the other pooling is an error. */
+ct_module *ct_nn_max_pool2d_opt(const ct_pool2d_opts *o);
+ct_module *ct_nn_avg_pool2d_opt(const ct_pool2d_opts *o);
 ct_module *ct_nn_adaptive_avg_pool2d(int out_h, int out_w);
 ct_module *ct_nn_dropout(double p);
+typedef struct {
+    double p; /* 0: 0.5; else in (0, 1]. (Dropout(p=0), which keeps everything, is
+                 ct_nn_dropout(0).) */
+} ct_dropout_opts;
+/* o may be NULL (all defaults). */
+ct_module *ct_nn_dropout_opt(const ct_dropout_opts *o);
 /* Flatten(start_dim=1, end_dim=-1). */
 ct_module *ct_nn_flatten(int start_dim, int end_dim);
 /* Sequential of n modules named "0", "1", …; takes ownership of the modules (all of them,
