@@ -361,6 +361,19 @@ ct_module *ct_model_create_ex(const char *name, int num_classes, int in_channels
 /* NULL-terminated list of the model names. */
 const char *const *ct_model_names(void);
 
+/* The seed's AdaptiveNet, a module with two outputs (not in ct_model_names: the CLI trains
+ * one-output models):
+ *     backbone  = Sequential(Flatten, Linear(in_features, 256), ReLU)   h: [N, 256]
+ *     main_head = Linear(256, num_classes)
+ *     aux_head  = Linear(128, aux_classes)   reads h[:, :128]
+ * forward(x, use_aux=False): ct_module_call with one input and the keyword "use_aux"
+ * returns (main_head(h), aux_head(h[:, :128])) when the module is training and use_aux is
+ * non-zero, else (main_head(h),); ct_module_forward(m, x) returns main_head(h). x: [N, ...]
+ * with in_features elements per sample (MNIST: in_features 784, [N, 1, 28, 28]).
+ * state_dict: backbone.1.weight, backbone.1.bias, main_head.weight, main_head.bias,
+ * aux_head.weight, aux_head.bias. */
+ct_module *ct_model_adaptive_net(int64_t in_features, int num_classes, int aux_classes);
+
 #ifdef __cplusplus
 }
 #endif
