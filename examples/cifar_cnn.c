@@ -16,7 +16,7 @@
 
 /* One epoch of SGD; the mean loss, or NAN on error. Each batch is a scope. */
 static double train_epoch(ct_module *model, ct_optimizer *opt, ct_dataloader *dl, ct_device dev,
-                          int epoch) {
+                          int64_t epoch) {
     ct_module_train(model, 1);
     ct_dataloader_start_epoch(dl, epoch);
     double sum = 0;
@@ -72,18 +72,29 @@ static double test_accuracy(ct_module *model, const ct_dataset *test,
     return seen ? (double)correct / (double)seen : -1;
 }
 
+/* The value of a numeric option: a whole number >= 1, else -1. */
+static long long positive(const char *s) {
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    return *s && !*end && v >= 1 ? v : -1;
+}
+
 int main(int argc, char **argv) {
     const char *device = "cpu", *data_dir = NULL;
-    int epochs = 1;
-    long long limit = 0;
+    long long epochs = 1, limit = 0;
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 < argc && !strcmp(argv[i], "--device")) device = argv[i + 1];
-        else if (i + 1 < argc && !strcmp(argv[i], "--epochs")) epochs = atoi(argv[i + 1]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--epochs")) epochs = positive(argv[i + 1]);
         else if (i + 1 < argc && !strcmp(argv[i], "--data-dir")) data_dir = argv[i + 1];
-        else if (i + 1 < argc && !strcmp(argv[i], "--limit")) limit = atoll(argv[i + 1]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--limit")) limit = positive(argv[i + 1]);
         else {
             fprintf(stderr, "usage: %s [--device cpu|cuda] [--epochs N] [--data-dir DIR] "
                     "[--limit N]\n", argv[0]);
+            return 2;
+        }
+        if (epochs < 1 || limit < 0) {
+            fprintf(stderr, "%s: %s needs a whole number >= 1, got \"%s\"\n", argv[0], argv[i],
+                    argv[i + 1]);
             return 2;
         }
     }
@@ -121,14 +132,14 @@ int main(int argc, char **argv) {
     ct_dataloader *dl = opt ? ct_dataloader_new(train, &o) : NULL;
     int rc = dl ? 0 : 1;
     if (rc) fprintf(stderr, "error: %s\n", ct_last_error());
-    for (int epoch = 0; epoch < epochs && rc == 0; epoch++) {
+    for (long long epoch = 0; epoch < epochs && rc == 0; epoch++) {
         double loss = train_epoch(model, opt, dl, dev, epoch);
         double acc = isnan(loss) ? -1 : test_accuracy(model, test, &o, dev);
         if (acc < 0) {
             fprintf(stderr, "error: %s\n", ct_last_error());
             rc = 1;
         } else {
-            printf("epoch %d  train loss %.4f  test accuracy %.2f%%\n", epoch + 1, loss,
+            printf("epoch %lld  train loss %.4f  test accuracy %.2f%%\n", epoch + 1, loss,
                    100.0 * acc);
         }
     }

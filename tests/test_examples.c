@@ -127,6 +127,13 @@ TEST(examples_refuse_bad_arguments) {
         int rc = run(cmd, g_out, sizeof g_out);
         CHECK_MSG(rc == 2 && strstr(g_out, "usage:"), "--epochs without a value: exit %d:\n%s",
                   rc, g_out);
+        const char *bad_numbers[3] = {"--limit -5", "--epochs abc", "--limit 10x"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(cmd, sizeof cmd, "%s %s", path, bad_numbers[i]);
+            rc = run(cmd, g_out, sizeof g_out);
+            CHECK_MSG(rc == 2 && strstr(g_out, "needs a whole number >= 1"), "%s: exit %d:\n%s",
+                      bad_numbers[i], rc, g_out);
+        }
         snprintf(cmd, sizeof cmd, "%s --device tpu", path);
         rc = run(cmd, g_out, sizeof g_out);
         CHECK_MSG(rc == 2 && strstr(g_out, "tpu"), "--device tpu: exit %d:\n%s", rc, g_out);
