@@ -1,6 +1,10 @@
 /* Define-by-run: the forward pass takes a data-dependent branch. An auxiliary head is
  * used (and trained) only for batches whose mean activation is positive; autograd records
- * whatever path actually ran, so gradients reach the auxiliary head only on those steps. */
+ * whatever path actually ran, so gradients reach the auxiliary head only on those steps.
+ *
+ * Each step runs inside a ct_scope: popping it releases the batch, the activations, the
+ * losses and every temporary, whichever branch ran and also when a step fails, so the loop
+ * has no ct_free. (A module with the branch inside its forward: examples/adaptive_net.c.) */
 #include "ctorch.h"
 #include "ctorch_nn.h"
 #include "ctorch_optim.h"
@@ -8,53 +12,58 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+enum { STEPS = 20, BATCH = 32, FEATURES = 16, HIDDEN = 32, CLASSES = 4 };
+
 int main(void) {
     ct_manual_seed(1);
     ct_module *root = ct_module_new("DynamicNet", NULL, NULL, NULL);
-    ct_module_add_child(root, "body", ct_nn_linear(16, 32, 1));
-    ct_module_add_child(root, "head", ct_nn_linear(32, 4, 1));
-    ct_module_add_child(root, "aux", ct_nn_linear(32, 4, 1));
+    if (ct_module_add_child(root, "body", ct_nn_linear(FEATURES, HIDDEN, 1)) != 0 ||
+        ct_module_add_child(root, "head", ct_nn_linear(HIDDEN, CLASSES, 1)) != 0 ||
+        ct_module_add_child(root, "aux", ct_nn_linear(HIDDEN, CLASSES, 1)) != 0) {
+        fprintf(stderr, "error: %s\n", ct_last_error());
+        ct_module_free(root);
+        return 1;
+    }
     ct_module *body = ct_module_get(root, "body"), *head = ct_module_get(root, "head"),
               *aux = ct_module_get(root, "aux");
+    ct_tensor *aux_w = ct_module_get_tensor(root, "aux.weight");
     int np;
     ct_tensor **params = ct_module_parameters(root, &np);
     ct_optimizer *opt = ct_optim_sgd(params, np, 0.05, 0.9, 0, 0, 0);
     free(params);
-    ct_tensor *aux_w = ct_module_get_tensor(root, "aux.weight");
-    int64_t xs[2] = {32, 16}, n = 32;
-    int aux_steps = 0;
-    for (int step = 0; step < 20; step++) {
+
+    int64_t xs[2] = {BATCH, FEATURES}, n = BATCH;
+    int aux_steps = 0, rc = opt ? 0 : 1;
+    for (int step = 0; step < STEPS && rc == 0; step++) {
+        ct_scope *s = ct_scope_push();
         ct_tensor *x = ct_randn(xs, 2, CT_FLOAT32);
-        int64_t lab[32];
-        for (int i = 0; i < 32; i++) lab[i] = (i + step) % 4;
+        int64_t lab[BATCH];
+        for (int i = 0; i < BATCH; i++) lab[i] = (i + step) % CLASSES;
         ct_tensor *y = ct_from_data(lab, &n, 1, CT_INT64);
-        ct_tensor *h0 = ct_module_forward(body, x), *h = ct_relu(h0);
-        ct_tensor *logits = ct_module_forward(head, h);
-        ct_tensor *loss = ct_cross_entropy(logits, y, CT_REDUCTION_MEAN, 0.0, -100);
+        ct_tensor *h = ct_relu(ct_module_forward(body, x));
+        ct_tensor *loss = ct_cross_entropy(ct_module_forward(head, h), y, CT_REDUCTION_MEAN,
+                                           0.0, -100);
         /* the branch depends on the data of this batch */
-        ct_tensor *m = ct_mean(x, NULL, 0, 0);
-        int use_aux = ct_item(m) > 0;
+        int use_aux = ct_item(ct_mean(x, NULL, 0, 0)) > 0;
         if (use_aux) {
-            ct_tensor *al = ct_module_forward(aux, h);
-            ct_tensor *aloss = ct_cross_entropy(al, y, CT_REDUCTION_MEAN, 0.0, -100);
-            ct_tensor *half = ct_mul_scalar(aloss, 0.5), *total = ct_add(loss, half);
-            ct_free(loss);
-            loss = total;
-            ct_free(al); ct_free(aloss); ct_free(half);
+            ct_tensor *aux_loss = ct_cross_entropy(ct_module_forward(aux, h), y,
+                                                   CT_REDUCTION_MEAN, 0.0, -100);
+            loss = ct_add(loss, ct_mul_scalar(aux_loss, 0.5));
             aux_steps++;
         }
-        if (ct_backward(loss, NULL, 0) != 0) {
-            fprintf(stderr, "error: %s\n", ct_last_error());
-            return 1;
+        if (!loss || ct_backward(loss, NULL, 0) != 0 || ct_optim_step(opt) != 0) {
+            fprintf(stderr, "error at step %d: %s\n", step, ct_last_error());
+            rc = 1;
+        } else {
+            printf("step %2d  loss %.4f  aux head %s, aux.weight grad %s\n", step,
+                   ct_item(loss), use_aux ? "used" : "skipped",
+                   ct_grad(aux_w) ? "present" : "absent");
+            ct_optim_zero_grad(opt);
         }
-        printf("step %2d  loss %.4f  aux head %s, aux.weight grad %s\n", step, ct_item(loss),
-               use_aux ? "used" : "skipped", ct_grad(aux_w) ? "present" : "absent");
-        ct_optim_step(opt);
-        ct_optim_zero_grad(opt);
-        ct_free(x); ct_free(y); ct_free(h0); ct_free(h); ct_free(logits); ct_free(loss); ct_free(m);
+        ct_scope_pop(s); /* everything made in this step, on success and on failure */
     }
-    printf("auxiliary head used on %d of 20 steps\n", aux_steps);
+    if (rc == 0) printf("auxiliary head used on %d of %d steps\n", aux_steps, STEPS);
     ct_optim_free(opt);
     ct_module_free(root);
-    return 0;
+    return rc;
 }

@@ -11,9 +11,11 @@
  * Ownership: ct_module_* constructors return a new module owned by the caller (release it
  * with ct_module_free). Adding a module as a child (ct_module_add_child, Sequential)
  * transfers ownership to the parent. Tensors passed in are borrowed (retained when kept);
- * tensors returned by forward are new references. Errors follow ctorch.h: NULL / -1 and
- * ct_last_error(); a failing forward's message starts with the failing module's type and
- * dotted path, e.g. "Linear 'classifier' (in_features=4096, out_features=10): ...".
+ * tensors returned by forward (ct_module_forward, ct_module_call) are new references,
+ * released with ct_free or by the innermost ct_scope (ctorch.h). Errors follow ctorch.h:
+ * NULL / -1 and ct_last_error(); a failing forward's message starts with the failing
+ * module's type and dotted path, e.g.
+ * "Linear 'classifier' (in_features=4096, out_features=10): ...".
  */
 #ifndef CTORCH_NN_H
 #define CTORCH_NN_H
@@ -29,6 +31,46 @@ extern "C" {
 typedef struct ct_module ct_module;
 /* Computes the module's output for one input; returns a new reference or NULL + error. */
 typedef ct_tensor *(*ct_module_forward_fn)(ct_module *self, const ct_tensor *input);
+
+/* ------------------------------------------ several inputs and outputs (forward(x, y, k=v))
+ * PyTorch's `out, aux = model(x, use_aux=True)`:
+ *
+ *     ct_module_args in = {.n = 1, .tensors = {x}, .kwargs = {{"use_aux", 1}}};
+ *     ct_module_outputs out;
+ *     if (ct_module_call(model, &in, &out) != 0) ... ct_last_error() ...
+ *     ct_tensor *logits = out.tensors[0], *aux = out.n > 1 ? out.tensors[1] : NULL;
+ *
+ * Input tensors are positional (tensors[0 .. n-1]); keyword arguments are named numbers
+ * (flags are 0 / 1), read by the module with ct_module_args_get. */
+#define CT_MODULE_MAX_INPUTS 8
+#define CT_MODULE_MAX_OUTPUTS 8
+#define CT_MODULE_MAX_KWARGS 8
+
+typedef struct {
+    const char *name; /* NULL (or "") ends the list */
+    double value;
+} ct_module_kwarg;
+
+typedef struct ct_module_args {
+    int n;                                          /* input tensors given: 0..MAX_INPUTS */
+    const ct_tensor *tensors[CT_MODULE_MAX_INPUTS]; /* BORROWED, none NULL below n */
+    ct_module_kwarg kwargs[CT_MODULE_MAX_KWARGS];   /* up to the first NULL name */
+} ct_module_args;
+
+typedef struct ct_module_outputs {
+    int n;                                     /* outputs produced: 1..MAX_OUTPUTS */
+    ct_tensor *tensors[CT_MODULE_MAX_OUTPUTS]; /* NEW references (ct_free or a scope) */
+} ct_module_outputs;
+
+/* A module's forward with several inputs and outputs. `in` has been checked by
+ * ct_module_call (count, no NULL tensor, only the keyword names the module declared);
+ * out arrives empty (n = 0): append each result (a new reference) with
+ * out->tensors[out->n++] = t. Temporaries must not outlive the call: ct_free them, or push
+ * a scope, ct_keep each output and pop it. Returns 0, or non-zero with an error message
+ * (one is supplied when the function set none); tensors already placed in out are then
+ * released by ct_module_call. */
+typedef int (*ct_module_call_fn)(ct_module *self, const ct_module_args *in,
+                                 ct_module_outputs *out);
 
 /* The module struct is public so that programs can define their own modules (see
  * ct_module_new). Read fields freely; change them only through the functions below. */
@@ -51,6 +93,10 @@ struct ct_module {
     int n_buffers, cap_buffers;
     char **buffer_names;
     ct_tensor **buffers;           /* owned references; no grad */
+    /* Several inputs/outputs (ct_module_set_call); NULL for one-tensor modules. */
+    ct_module_call_fn call;
+    int call_inputs;               /* input tensors `call` takes; -1: any number */
+    const char *const *call_kwargs; /* keyword names `call` accepts (NULL-terminated), or NULL */
 };
 
 /* --------------------------------------------------------------- the module tree */
@@ -71,9 +117,35 @@ int ct_module_add_parameter(ct_module *m, const char *name, ct_tensor *t);
 /* Registers a buffer (saved in the state_dict, never trained). Index or -1. */
 int ct_module_add_buffer(ct_module *m, const char *name, ct_tensor *t);
 
-/* Runs m->forward. On failure the error message is prefixed (once, by the innermost
- * module) with the failing module's type, dotted path and configuration. */
+/* Runs m on one input: m->forward, or, for a module that has only a `call`
+ * (ct_module_set_call), the call with input as its one tensor and no keyword arguments,
+ * returning its FIRST output (the others are released); a call that takes another number
+ * of inputs is an error naming ct_module_call. Returns a NEW reference (input is borrowed)
+ * or NULL. On failure the error message is prefixed (once, by the innermost module) with
+ * the failing module's type, dotted path and configuration. */
 ct_tensor *ct_module_forward(ct_module *m, const ct_tensor *input);
+
+/* Runs m on several inputs and keyword arguments: m->call, or, for a one-tensor module,
+ * m->forward when `in` holds exactly one tensor and no keyword arguments. Returns 0 with
+ * out->n >= 1 outputs, each a NEW reference (ct_free them, ct_module_outputs_free, or let
+ * a scope release them); the tensors of `in` are borrowed. Returns -1 with out->n == 0 and
+ * nothing to release on failure: a NULL module/in/out, in->n outside 0..MAX_INPUTS or
+ * different from what the module takes, a NULL input tensor, an unknown or repeated
+ * keyword, or the module's own error; messages carry the same module prefix as
+ * ct_module_forward's. */
+int ct_module_call(ct_module *m, const ct_module_args *in, ct_module_outputs *out);
+/* Gives m a forward with several inputs/outputs. n_inputs: the number of input tensors
+ * call takes (0..CT_MODULE_MAX_INPUTS), or -1 for any (call checks them). kwarg_names:
+ * the keyword names call accepts, NULL-terminated, non-empty and distinct, at most
+ * CT_MODULE_MAX_KWARGS; NULL for none. The array and its strings must outlive m (static
+ * storage). m->forward may stay set (ct_module_forward then uses it) or be NULL. */
+int ct_module_set_call(ct_module *m, ct_module_call_fn call, int n_inputs,
+                       const char *const *kwarg_names);
+/* For call functions: the value of keyword argument `name` in `in`, or default_value when
+ * it was not given. */
+double ct_module_args_get(const ct_module_args *in, const char *name, double default_value);
+/* Releases out's tensors (ct_free) and sets out->n to 0. NULL is fine. */
+void ct_module_outputs_free(ct_module_outputs *out);
 
 /* Train/eval mode for m and every descendant (Dropout, BatchNorm behave differently). */
 void ct_module_train(ct_module *m, int training);
@@ -144,11 +216,28 @@ int ct_module_load(ct_module *m, const char *path);
 
 /* ------------------------------------------------------------------ layers
  * Constructors validate their arguments (positive sizes, groups dividing channels…) and
- * initialise like PyTorch (see init below) from ctorch's seeded RNG (ct_manual_seed). */
+ * initialise like PyTorch (see init below) from ctorch's seeded RNG (ct_manual_seed).
+ *
+ * Options structs: PyTorch's keyword arguments as designated initialisers, e.g.
+ *     ct_nn_conv2d_opt(1, 16, &(ct_conv2d_opts){.kernel_size = 3, .padding = 1})
+ *     ct_nn_batch_norm2d_opt(16, NULL)
+ * A field left at 0 means PyTorch's default, so a zero-initialised struct gives torch.nn's
+ * defaults; flags are spelled so that 0 is the default (.no_bias = 1 is bias=False). Any
+ * other out-of-range value is an error naming the field (a negative stride is not "the
+ * default"). Options structs are read during the call only. The positional constructors
+ * (ct_nn_conv2d, ct_nn_batch_norm2d_ex, …) stay as they are; for the same settings both
+ * forms build identical modules (same repr, state_dict and, from the same seed, values). */
 
 /* Linear(in_features, out_features, bias): weight [out, in], bias [out]. */
 ct_module *ct_nn_linear(int64_t in_features, int64_t out_features, int bias);
+typedef struct {
+    int no_bias; /* bias=False */
+} ct_linear_opts;
+/* o may be NULL (all defaults). */
+ct_module *ct_nn_linear_opt(int64_t in_features, int64_t out_features, const ct_linear_opts *o);
 
+/* The complete Conv2d configuration (every field given; bias 1 = with bias), used by
+ * ct_nn_conv2d_ex. New code: ct_conv2d_opts below. */
 typedef struct {
     int kernel[2], stride[2], padding[2], dilation[2];
     int groups;
@@ -159,6 +248,19 @@ typedef struct {
 ct_module *ct_nn_conv2d(int64_t in_channels, int64_t out_channels, int kernel_size, int stride,
                         int padding, int bias);
 ct_module *ct_nn_conv2d_ex(int64_t in_channels, int64_t out_channels, const ct_conv2d_options *o);
+typedef struct {
+    int kernel_size; /* required (PyTorch has no default either) */
+    int stride;      /* 0: 1 */
+    int padding;     /* 0: 0 */
+    int dilation;    /* 0: 1 */
+    int groups;      /* 0: 1 */
+    int no_bias;     /* bias=False */
+    /* Non-square (height, width) values: a pair with a non-zero element replaces the
+     * scalar above, e.g. .kernel_size_hw = {1, 3}, .padding_hw = {0, 1}. */
+    int kernel_size_hw[2], stride_hw[2], padding_hw[2], dilation_hw[2];
+} ct_conv2d_opts;
+/* Conv2d with options; o must be non-NULL and give kernel_size (or kernel_size_hw). */
+ct_module *ct_nn_conv2d_opt(int64_t in_channels, int64_t out_channels, const ct_conv2d_opts *o);
 
 /* BatchNorm2d(num_features, eps=1e-5, momentum=0.1, affine=True,
  * track_running_stats=True): parameters weight, bias; buffers running_mean,
@@ -167,6 +269,16 @@ ct_module *ct_nn_conv2d_ex(int64_t in_channels, int64_t out_channels, const ct_c
 ct_module *ct_nn_batch_norm2d(int64_t num_features);
 ct_module *ct_nn_batch_norm2d_ex(int64_t num_features, double eps, double momentum, int affine,
                                  int track_running_stats);
+typedef struct {
+    double eps;                 /* 0: 1e-5; else > 0 */
+    double momentum;            /* 0: 0.1; else in (0, 1] (a momentum of exactly 0 — running
+                                   statistics never move — is ct_nn_batch_norm2d_ex's) */
+    int momentum_none;          /* momentum=None: cumulative moving average (leave momentum 0) */
+    int no_affine;              /* affine=False: no weight and bias */
+    int no_track_running_stats; /* track_running_stats=False: no buffers, batch statistics */
+} ct_batch_norm2d_opts;
+/* o may be NULL (all defaults). */
+ct_module *ct_nn_batch_norm2d_opt(int64_t num_features, const ct_batch_norm2d_opts *o);
 
 ct_module *ct_nn_relu(void);
 ct_module *ct_nn_gelu(int approximate_tanh); /* GELU(approximate='none'|'tanh') */
@@ -175,8 +287,26 @@ ct_module *ct_nn_identity(void);
 ct_module *ct_nn_max_pool2d(int kernel_size, int stride, int padding);
 /* AvgPool2d(kernel_size, stride (<= 0: = kernel_size), padding), count_include_pad=True. */
 ct_module *ct_nn_avg_pool2d(int kernel_size, int stride, int padding);
+/* MaxPool2d / AvgPool2d options (square windows). */
+typedef struct {
+    int kernel_size;          /* required */
+    int stride;               /* 0: kernel_size (PyTorch's stride=None) */
+    int padding;              /* 0: 0; at most half the (dilated) window */
+    int dilation;             /* MaxPool2d only. 0: 1 */
+    int ceil_mode;            /* ceil_mode=True */
+    int no_count_include_pad; /* AvgPool2d only: count_include_pad=False */
+} ct_pool2d_opts;
+/* o must be non-NULL and give kernel_size; a field of the other pooling is an error. */
+ct_module *ct_nn_max_pool2d_opt(const ct_pool2d_opts *o);
+ct_module *ct_nn_avg_pool2d_opt(const ct_pool2d_opts *o);
 ct_module *ct_nn_adaptive_avg_pool2d(int out_h, int out_w);
 ct_module *ct_nn_dropout(double p);
+typedef struct {
+    double p; /* 0: 0.5; else in (0, 1]. (Dropout(p=0), which keeps everything, is
+                 ct_nn_dropout(0).) */
+} ct_dropout_opts;
+/* o may be NULL (all defaults). */
+ct_module *ct_nn_dropout_opt(const ct_dropout_opts *o);
 /* Flatten(start_dim=1, end_dim=-1). */
 ct_module *ct_nn_flatten(int start_dim, int end_dim);
 /* Sequential of n modules named "0", "1", …; takes ownership of the modules (all of them,
@@ -230,6 +360,19 @@ ct_module *ct_model_create_ex(const char *name, int num_classes, int in_channels
                               int width);
 /* NULL-terminated list of the model names. */
 const char *const *ct_model_names(void);
+
+/* The seed's AdaptiveNet, a module with two outputs (not in ct_model_names: the CLI trains
+ * one-output models):
+ *     backbone  = Sequential(Flatten, Linear(in_features, 256), ReLU)   h: [N, 256]
+ *     main_head = Linear(256, num_classes)
+ *     aux_head  = Linear(128, aux_classes)   reads h[:, :128]
+ * forward(x, use_aux=False): ct_module_call with one input and the keyword "use_aux"
+ * returns (main_head(h), aux_head(h[:, :128])) when the module is training and use_aux is
+ * non-zero, else (main_head(h),); ct_module_forward(m, x) returns main_head(h). x: [N, ...]
+ * with in_features elements per sample (MNIST: in_features 784, [N, 1, 28, 28]).
+ * state_dict: backbone.1.weight, backbone.1.bias, main_head.weight, main_head.bias,
+ * aux_head.weight, aux_head.bias. */
+ct_module *ct_model_adaptive_net(int64_t in_features, int num_classes, int aux_classes);
 
 #ifdef __cplusplus
 }

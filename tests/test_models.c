@@ -1,7 +1,10 @@
 /* Built-in models against PyTorch (tests/fixtures/gen_nn_optim.py): state_dict names,
  * dtypes and shapes; simple_cnn and mlp forward + every parameter gradient; resnet18
- * forward/backward, BatchNorm running statistics and eval forward; model errors. */
+ * forward/backward, BatchNorm running statistics and eval forward; model errors. The
+ * seed's AdaptiveNet (tests/fixtures/gen_adaptive_net.py): names, both outputs and the
+ * gradients of each graph, eval mode, the h[:, :128] slice, errors with module paths. */
 #include "test.h"
+#include "core/tensor_impl.h"
 #include "ctorch_nn.h"
 #include "ctorch_optim.h"
 
@@ -156,47 +159,52 @@ static ct_tensor *run_vs_torch(ct_fixture *fx, const char *tag, ct_module *m, co
     return x;
 }
 
+/* m's state_dict against the fixture's "<prefix>.count", "<prefix>.J.name" (character
+ * codes) and "<prefix>.J.shape" (dtype code, ndim, shape). */
+static void check_names_vs_torch(ct_fixture *fx, const char *prefix, const ct_module *m) {
+    ct_state_dict *sd = ct_module_state_dict(m);
+    char key[128];
+    snprintf(key, sizeof key, "%s.count", prefix);
+    ct_tensor *cnt = ct_fixture_get(fx, key);
+    int64_t count = cnt ? ((int64_t *)ct_data(cnt))[0] : -1;
+    CHECK_MSG(sd->n == count, "%s: %d state_dict entries, torch has %lld", prefix, sd->n,
+              (long long)count);
+    for (int j = 0; j < sd->n && j < count; j++) {
+        snprintf(key, sizeof key, "%s.%d.name", prefix, j);
+        ct_tensor *nt = ct_fixture_get(fx, key);
+        snprintf(key, sizeof key, "%s.%d.shape", prefix, j);
+        ct_tensor *st = ct_fixture_get(fx, key);
+        char want[256] = "";
+        const int64_t *np = ct_data(nt);
+        for (int64_t c = 0; c < ct_numel(nt) && c < 255; c++) want[c] = (char)np[c];
+        want[ct_numel(nt) < 255 ? ct_numel(nt) : 255] = 0;
+        CHECK_MSG(!strcmp(sd->names[j], want), "%s entry %d: %s, torch has %s", prefix, j,
+                  sd->names[j], want);
+        const int64_t *sp = ct_data(st);
+        ct_tensor *t = sd->tensors[j];
+        ct_dtype dt = sp[0] == 0 ? CT_FLOAT32 : sp[0] == 1 ? CT_FLOAT64 : CT_INT64;
+        int same = ct_dtype_of(t) == dt && ct_ndim(t) == sp[1];
+        for (int d = 0; same && d < ct_ndim(t); d++) same = ct_size(t, d) == sp[2 + d];
+        char s1[96];
+        CHECK_MSG(same, "%s %s: %s %s differs from torch's", prefix, want,
+                  ct_shape_str(t, s1, sizeof s1), ct_dtype_name(ct_dtype_of(t)));
+        ct_free(nt);
+        ct_free(st);
+    }
+    ct_free(cnt);
+    ct_state_dict_free(sd);
+}
+
 TEST(models_state_dict_names_match_torch) {
     ct_fixture *fx = ct_fixture_load("models_names");
     if (!fx) return;
     const char *const *names = ct_model_names();
     int nmodels = 0;
     for (; names[nmodels]; nmodels++) {
-        const char *mn = names[nmodels];
-        ct_module *m = ct_model_create(mn, 10);
+        ct_module *m = ct_model_create(names[nmodels], 10);
         CHECK_NN(m);
         if (!m) continue;
-        ct_state_dict *sd = ct_module_state_dict(m);
-        char key[128];
-        snprintf(key, sizeof key, "%s.count", mn);
-        ct_tensor *cnt = ct_fixture_get(fx, key);
-        int64_t count = cnt ? ((int64_t *)ct_data(cnt))[0] : -1;
-        CHECK_MSG(sd->n == count, "%s: %d state_dict entries, torch has %lld", mn, sd->n,
-                  (long long)count);
-        for (int j = 0; j < sd->n && j < count; j++) {
-            snprintf(key, sizeof key, "%s.%d.name", mn, j);
-            ct_tensor *nt = ct_fixture_get(fx, key);
-            snprintf(key, sizeof key, "%s.%d.shape", mn, j);
-            ct_tensor *st = ct_fixture_get(fx, key);
-            char want[256] = "";
-            const int64_t *np = ct_data(nt);
-            for (int64_t c = 0; c < ct_numel(nt) && c < 255; c++) want[c] = (char)np[c];
-            want[ct_numel(nt) < 255 ? ct_numel(nt) : 255] = 0;
-            CHECK_MSG(!strcmp(sd->names[j], want), "%s entry %d: %s, torch has %s", mn, j,
-                      sd->names[j], want);
-            const int64_t *sp = ct_data(st);
-            ct_tensor *t = sd->tensors[j];
-            ct_dtype dt = sp[0] == 0 ? CT_FLOAT32 : sp[0] == 1 ? CT_FLOAT64 : CT_INT64;
-            int same = ct_dtype_of(t) == dt && ct_ndim(t) == sp[1];
-            for (int d = 0; same && d < ct_ndim(t); d++) same = ct_size(t, d) == sp[2 + d];
-            char s1[96];
-            CHECK_MSG(same, "%s %s: %s %s differs from torch's", mn, want,
-                      ct_shape_str(t, s1, sizeof s1), ct_dtype_name(ct_dtype_of(t)));
-            ct_free(nt);
-            ct_free(st);
-        }
-        ct_free(cnt);
-        ct_state_dict_free(sd);
+        check_names_vs_torch(fx, names[nmodels], m);
         ct_module_free(m);
     }
     CHECK(nmodels == 3);
@@ -450,4 +458,156 @@ TEST(models_simple_cnn_5_sgd_steps_vs_torch) {
     ct_free(t);
     ct_module_free(m);
     ct_fixture_free(fx);
+}
+
+/* ------------------------------------------------------------------ AdaptiveNet */
+static ct_module_args adaptive_args(const ct_tensor *x, int use_aux) {
+    ct_module_args in = {.n = 1, .tensors = {x}, .kwargs = {{"use_aux", use_aux}}};
+    return in;
+}
+
+TEST(models_adaptive_net_state_dict_names_match_torch) {
+    ct_fixture *fx = ct_fixture_load("adaptive_net");
+    if (!fx) return;
+    ct_module *m = ct_model_adaptive_net(784, 10, 5);
+    CHECK_NN(m);
+    if (!m) return;
+    check_names_vs_torch(fx, "names", m);
+    const char *want[6] = {"backbone.1.weight", "main_head.weight", "aux_head.weight",
+                           "backbone.1.bias", "main_head.bias", "aux_head.bias"};
+    int64_t rows[6] = {256, 10, 5, 256, 10, 5}, cols[3] = {784, 256, 128};
+    for (int i = 0; i < 6; i++) {
+        ct_tensor *t = ct_module_get_tensor(m, want[i]);
+        CHECK_MSG(t && ct_size(t, 0) == rows[i] && (i >= 3 || ct_size(t, 1) == cols[i]),
+                  "%s", want[i]);
+    }
+    CHECK(!strcmp(ct_module_get(m, "backbone.0")->type, "Flatten"));
+    CHECK(!strcmp(ct_module_get(m, "backbone.2")->type, "ReLU"));
+    CHECK(ct_module_num_parameters(m) == 784 * 256 + 256 + 2570 + 128 * 5 + 5);
+    ct_module_free(m);
+    ct_fixture_free(fx);
+}
+
+/* (main, aux) in training with use_aux, gradients of main + 0.5 aux, the main-only graph
+ * (aux_head gets no gradient), eval: main only; all against PyTorch. */
+TEST(models_adaptive_net_outputs_and_gradients_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("adaptive_net");
+    if (!fx) return;
+    ct_module *m = ct_model_adaptive_net(784, 10, 5);
+    ct_state_dict *sd = formula_state(m);
+    CHECK_OK(ct_module_load_state_dict(m, sd, 1));
+    ct_state_dict_free(sd);
+    int64_t xs[4] = {4, 1, 28, 28};
+    ct_scope *s = ct_scope_push();
+    ct_tensor *x = formula_input(xs, 4), *t = targets(4);
+    int64_t at[4] = {1, 4, 2, 0}; /* (3i + 1) % 10 % 5 */
+    int64_t n4 = 4;
+    ct_tensor *aux_t = ct_from_data(at, &n4, 1, CT_INT64);
+    ct_module_args in = adaptive_args(x, 1);
+    ct_module_outputs out;
+    CHECK_OK(ct_module_call(m, &in, &out));
+    CHECK(out.n == 2);
+    if (out.n == 2) {
+        ct_tensor *want = ct_fixture_get(fx, "train.main");
+        CHECK_CLOSE(out.tensors[0], want, 1e-5, "main output");
+        want = ct_fixture_get(fx, "train.aux");
+        CHECK_CLOSE(out.tensors[1], want, 1e-5, "aux output");
+        ct_tensor *loss = ct_add(ct_cross_entropy(out.tensors[0], t, CT_REDUCTION_MEAN, 0, -100),
+                                 ct_mul_scalar(ct_cross_entropy(out.tensors[1], aux_t,
+                                                                CT_REDUCTION_MEAN, 0, -100), 0.5));
+        CHECK_CLOSE(ct_reshape(loss, &(int64_t){1}, 1), ct_fixture_get(fx, "train.loss"), 1e-6,
+                    "loss");
+        CHECK_OK(ct_backward(loss, NULL, 0));
+        ct_state_dict *own = ct_module_state_dict(m);
+        for (int i = 0; i < own->n; i++)
+            check_grad(fx, "train", own->names[i], ct_grad(own->tensors[i]), 1000, 1e-5);
+        ct_state_dict_free(own);
+    }
+    /* use_aux=False: one output, the main head's graph only */
+    ct_module_zero_grad(m);
+    in = adaptive_args(x, 0);
+    CHECK_OK(ct_module_call(m, &in, &out));
+    CHECK(out.n == 1);
+    CHECK_CLOSE(out.tensors[0], ct_fixture_get(fx, "train.main"), 1e-5, "main (use_aux=0)");
+    CHECK_OK(ct_backward(ct_cross_entropy(out.tensors[0], t, CT_REDUCTION_MEAN, 0, -100), NULL, 0));
+    const char *main_only[4] = {"backbone.1.weight", "backbone.1.bias", "main_head.weight",
+                                "main_head.bias"};
+    for (int i = 0; i < 4; i++)
+        check_grad(fx, "main_only", main_only[i], ct_grad(ct_module_get_tensor(m, main_only[i])),
+                   1000, 1e-5);
+    CHECK(ct_grad(ct_module_get_tensor(m, "aux_head.weight")) == NULL);
+    /* ct_module_forward: the main output */
+    CHECK_CLOSE(ct_module_forward(m, x), ct_fixture_get(fx, "train.main"), 1e-5, "forward");
+    /* eval: use_aux is ignored */
+    ct_module_eval(m);
+    CHECK_OK(ct_module_call(m, &(ct_module_args){.n = 1, .tensors = {x},
+                                                 .kwargs = {{"use_aux", 1}}}, &out));
+    CHECK(out.n == 1);
+    CHECK_CLOSE(out.tensors[0], ct_fixture_get(fx, "eval.out"), 1e-5, "eval output");
+    ct_scope_pop(s);
+    ct_module_free(m);
+    ct_fixture_free(fx);
+}
+
+/* The aux head reads h[:, :128]: its loss alone reaches only the first 128 rows of the
+ * backbone's weight. Nothing is left behind by the scope. */
+TEST(models_adaptive_net_aux_head_reads_the_first_128_features) {
+    ct_manual_seed(31);
+    ct_module *m = ct_model_adaptive_net(784, 10, 5);
+    CHECK_NN(m);
+    if (!m) return;
+    long long base = ct__live_tensors();
+    ct_scope *s = ct_scope_push();
+    int64_t xs[2] = {3, 784}; /* already flat: Flatten leaves [N, 784] as it is */
+    ct_tensor *x = ct_randn(xs, 2, CT_FLOAT32);
+    ct_module_args in = adaptive_args(x, 1);
+    ct_module_outputs out;
+    CHECK_OK(ct_module_call(m, &in, &out));
+    CHECK(out.n == 2 && ct_size(out.tensors[0], 1) == 10 && ct_size(out.tensors[1], 1) == 5);
+    if (out.n == 2) CHECK_OK(ct_backward(ct_sum(out.tensors[1], NULL, 0, 0), NULL, 0));
+    ct_tensor *g = ct_grad(ct_module_get_tensor(m, "backbone.1.weight"));
+    CHECK_NN(g);
+    if (g) {
+        ct_tensor *top = ct_sum(ct_abs(ct_narrow(g, 0, 0, 128)), NULL, 0, 0);
+        ct_tensor *bottom = ct_sum(ct_abs(ct_narrow(g, 0, 128, 128)), NULL, 0, 0);
+        CHECK_MSG(ct_item(top) > 0 && ct_item(bottom) == 0, "grad rows 0..127: %g, 128..255: %g",
+                  ct_item(top), ct_item(bottom));
+    }
+    CHECK(ct_grad(ct_module_get_tensor(m, "main_head.weight")) == NULL);
+    ct_module_zero_grad(m);
+    ct_scope_pop(s);
+    CHECK_MSG(ct__live_tensors() == base, "%lld tensors leaked", ct__live_tensors() - base);
+    ct_module_free(m);
+}
+
+TEST(models_adaptive_net_errors) {
+    CHECK_ERR_PTR((ct_tensor *)ct_model_adaptive_net(0, 10, 5), "in_features (0)");
+    CHECK_ERR_PTR((ct_tensor *)ct_model_adaptive_net(784, 0, 5), "num_classes (0)");
+    CHECK_ERR_PTR((ct_tensor *)ct_model_adaptive_net(784, 10, -1), "aux_classes (-1)");
+    ct_module *parent = ct_module_new("Wrapper", NULL, NULL, NULL);
+    CHECK_OK(ct_module_add_child(parent, "net", ct_model_adaptive_net(784, 10, 5)));
+    ct_module *m = ct_module_get(parent, "net");
+    long long base = ct__live_tensors();
+    int64_t bad[2] = {2, 100}, good[4] = {2, 1, 28, 28}, one = 784;
+    ct_tensor *xb = ct_zeros(bad, 2, CT_FLOAT32), *x = ct_zeros(good, 4, CT_FLOAT32);
+    ct_tensor *x1 = ct_zeros(&one, 1, CT_FLOAT32);
+    ct_module_args in = adaptive_args(xb, 1);
+    ct_module_outputs out;
+    CHECK_ERR_INT(ct_module_call(m, &in, &out), "Linear 'net.backbone.1' (in_features=784");
+    CHECK(has(ct_last_error(), "[2, 100]") && out.n == 0);
+    CHECK_ERR_PTR(ct_module_forward(m, x1), "Flatten 'net.backbone.0'");
+    ct_module_args typo = {.n = 1, .tensors = {x}, .kwargs = {{"use_axu", 1}}};
+    CHECK_ERR_INT(ct_module_call(m, &typo, &out), "AdaptiveNet 'net': got an unexpected keyword "
+                                                  "argument 'use_axu'");
+    CHECK(has(ct_last_error(), "forward(x0, use_aux=...)"));
+    ct_module_args two = {.n = 2, .tensors = {x, x}};
+    CHECK_ERR_INT(ct_module_call(m, &two, &out), "takes 1 input tensor, got 2");
+    ct_module_args null_x = {.n = 1, .tensors = {NULL}};
+    CHECK_ERR_INT(ct_module_call(m, &null_x, &out), "input tensor 0 of 1 is NULL");
+    CHECK_ERR_PTR(ct_module_forward(m, NULL), "AdaptiveNet 'net': input is NULL");
+    ct_free(xb);
+    ct_free(x);
+    ct_free(x1);
+    CHECK_MSG(ct__live_tensors() == base, "%lld tensors leaked", ct__live_tensors() - base);
+    ct_module_free(parent);
 }

@@ -105,3 +105,23 @@ ct_module *ct_nn_batch_norm2d_ex(int64_t num_features, double eps, double moment
 ct_module *ct_nn_batch_norm2d(int64_t num_features) {
     return ct_nn_batch_norm2d_ex(num_features, 1e-5, 0.1, 1, 1);
 }
+
+ct_module *ct_nn_batch_norm2d_opt(int64_t num_features, const ct_batch_norm2d_opts *o) {
+    ct_batch_norm2d_opts d = {0};
+    if (!o) o = &d;
+    if (!(o->eps >= 0))
+        return ct_error_null("BatchNorm2d(%lld): options .eps = %g must be > 0 (0 means "
+                             "PyTorch's default 1e-5)", (long long)num_features, o->eps);
+    if (o->momentum_none && o->momentum != 0)
+        return ct_error_null("BatchNorm2d(%lld): options .momentum = %g and .momentum_none "
+                             "contradict each other; set one of them", (long long)num_features,
+                             o->momentum);
+    if (!(o->momentum >= 0 && o->momentum <= 1))
+        return ct_error_null("BatchNorm2d(%lld): options .momentum = %g must be in (0, 1] (0 "
+                             "means PyTorch's default 0.1; momentum=None is .momentum_none = "
+                             "1)", (long long)num_features, o->momentum);
+    double eps = o->eps == 0 ? 1e-5 : o->eps;
+    double momentum = o->momentum_none ? -1.0 : o->momentum == 0 ? 0.1 : o->momentum;
+    return ct_nn_batch_norm2d_ex(num_features, eps, momentum, !o->no_affine,
+                                 !o->no_track_running_stats);
+}

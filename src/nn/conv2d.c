@@ -102,3 +102,32 @@ ct_module *ct_nn_conv2d(int64_t in, int64_t out, int k, int stride, int padding,
     ct_conv2d_options o = {{k, k}, {stride, stride}, {padding, padding}, {1, 1}, 1, bias};
     return ct_nn_conv2d_ex(in, out, &o);
 }
+
+/* One (height, width) setting of ct_conv2d_opts: the pair when it has a non-zero element,
+ * else the scalar; 0 then means PyTorch's default `def`. */
+static void resolve_pair(int scalar, const int pair[2], int def, int out[2]) {
+    int use_pair = pair[0] != 0 || pair[1] != 0;
+    for (int i = 0; i < 2; i++) {
+        out[i] = use_pair ? pair[i] : scalar;
+        if (!use_pair && scalar == 0) out[i] = def;
+    }
+}
+
+ct_module *ct_nn_conv2d_opt(int64_t in, int64_t out, const ct_conv2d_opts *o) {
+    if (!o)
+        return ct_error_null("Conv2d(%lld, %lld): options are NULL; kernel_size is required, "
+                             "e.g. &(ct_conv2d_opts){.kernel_size = 3}", (long long)in,
+                             (long long)out);
+    ct_conv2d_options c;
+    resolve_pair(o->kernel_size, o->kernel_size_hw, 0, c.kernel);
+    if (c.kernel[0] == 0 && c.kernel[1] == 0)
+        return ct_error_null("Conv2d(%lld, %lld): options .kernel_size is required (0 is not "
+                             "a size; PyTorch has no default either)", (long long)in,
+                             (long long)out);
+    resolve_pair(o->stride, o->stride_hw, 1, c.stride);
+    resolve_pair(o->padding, o->padding_hw, 0, c.padding);
+    resolve_pair(o->dilation, o->dilation_hw, 1, c.dilation);
+    c.groups = o->groups == 0 ? 1 : o->groups;
+    c.bias = !o->no_bias;
+    return ct_nn_conv2d_ex(in, out, &c);
+}

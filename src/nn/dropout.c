@@ -22,3 +22,13 @@ ct_module *ct_nn_dropout(double p) {
     if (m) m->extra_repr = dropout_repr;
     return m;
 }
+
+ct_module *ct_nn_dropout_opt(const ct_dropout_opts *o) {
+    double p = o ? o->p : 0.0;
+    if (p == 0.0) return ct_nn_dropout(0.5);
+    if (!(p > 0 && p <= 1))
+        return ct_error_null("Dropout: options .p = %g must be in (0, 1] (0 means PyTorch's "
+                             "default 0.5; a dropout that keeps everything is ct_nn_dropout(0))",
+                             p);
+    return ct_nn_dropout(p);
+}

@@ -54,3 +54,7 @@ ct_module *ct_nn_linear(int64_t in_features, int64_t out_features, int bias) {
     }
     return m;
 }
+
+ct_module *ct_nn_linear_opt(int64_t in_features, int64_t out_features, const ct_linear_opts *o) {
+    return ct_nn_linear(in_features, out_features, !(o && o->no_bias));
+}

@@ -1,5 +1,5 @@
-/* The module tree: children, parameters, buffers, train/eval, forward with error context,
- * state_dict / load_state_dict with PyTorch's names, device/dtype conversion, repr. */
+/* The module tree: children, parameters, buffers, train/eval, state_dict / load_state_dict
+ * with PyTorch's names, device/dtype conversion, repr. Running modules: forward.c. */
 #include "ctorch_nn.h"
 #include "core/error.h"
 #include "core/tensor_impl.h"
@@ -148,38 +148,6 @@ int ct_module_add_parameter(ct_module *m, const char *name, ct_tensor *t) {
 }
 int ct_module_add_buffer(ct_module *m, const char *name, ct_tensor *t) {
     return add_tensor(m, name, t, 0);
-}
-
-/* ------------------------------------------------------------------ forward */
-static _Thread_local int g_depth;
-static _Thread_local int g_tagged;
-
-ct_tensor *ct_module_forward(ct_module *m, const ct_tensor *x) {
-    if (!m) return ct_error_null("module forward: NULL module");
-    if (g_depth == 0) g_tagged = 0;
-    ct_tensor *y;
-    if (!x) {
-        y = ct_error_null("input is NULL");
-    } else if (!m->forward) {
-        y = ct_error_null("module has no forward function");
-    } else {
-        g_depth++;
-        y = m->forward(m, x);
-        g_depth--;
-    }
-    if (!y && !g_tagged) {
-        char path[256], extra[200] = "";
-        ct_module_path(m, path, sizeof path);
-        if (m->extra_repr) m->extra_repr(m, extra, sizeof extra);
-        char where[300] = "";
-        if (path[0]) snprintf(where, sizeof where, " '%s'", path);
-        if (extra[0])
-            ct_error_context("%s%s (%s)", m->type, where, extra);
-        else
-            ct_error_context("%s%s", m->type, where);
-        g_tagged = 1;
-    }
-    return y;
 }
 
 /* --------------------------------------------------------------- tree access */
