@@ -15,6 +15,10 @@
 
 #include <string.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 
 /* Names and dtype rules of the op tables' rows (src/ops/pointwise.c). */
 const char *ct_unop_name(ct_unop op);
@@ -278,5 +282,9 @@ int ct__kernel_check(const ct_backend *b, void *fn, const char *opname);
 
 /* The CPU backend's table (defined in src/backends/cpu). */
 extern const ct_backend ct_cpu_backend;
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

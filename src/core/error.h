@@ -4,6 +4,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #if defined(__GNUC__)
 #define CT_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
@@ -16,5 +20,9 @@ int ct_error(const char *fmt, ...) CT_PRINTF(1, 2);
 void *ct_error_null(const char *fmt, ...) CT_PRINTF(1, 2);
 /* Prefixes the current message with "context: ". */
 void ct_error_context(const char *fmt, ...) CT_PRINTF(1, 2);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -3,16 +3,30 @@
 #define CT_TENSOR_IMPL_H
 
 #include "ctorch.h"
+
+/* The CUDA plugin's .cu files (C++) read tensors too (shape, strides, data) but never
+ * touch the counters: for them the atomic fields are plain integers of the same size. */
+#ifdef __cplusplus
+typedef int ct_atomic_int;
+typedef unsigned long long ct_atomic_u64;
+extern "C" {
+#else
 #include <stdatomic.h>
+typedef atomic_int ct_atomic_int;
+typedef atomic_uint_least64_t ct_atomic_u64;
+_Static_assert(sizeof(atomic_int) == sizeof(int) && _Alignof(atomic_int) == _Alignof(int) &&
+                   sizeof(atomic_uint_least64_t) == 8 && _Alignof(atomic_uint_least64_t) == 8,
+               "the C++ view of ct_tensor / ct_storage must have the same layout");
+#endif
 
 typedef struct ct_storage {
-    atomic_int refcount;
+    ct_atomic_int refcount;
     void *data;
     size_t nbytes;
     ct_device device;
     /* Version counter shared by every view of this storage: in-place ops bump it,
      * and autograd refuses to use a saved tensor whose version moved. */
-    atomic_uint_least64_t version;
+    ct_atomic_u64 version;
     void (*deleter)(void *data, void *ctx); /* from_blob; NULL: backend-owned */
     void *deleter_ctx;
 } ct_storage;
@@ -20,7 +34,7 @@ typedef struct ct_storage {
 struct ct_node;
 
 struct ct_tensor {
-    atomic_int refcount;
+    ct_atomic_int refcount;
     ct_storage *storage;
     ct_dtype dtype;
     int ndim;
@@ -45,10 +59,12 @@ struct ct_tensor {
  *   - a tensor the library created and stores: ct__own(t) right after creating it (or
  *     create it between ct__scope_suspend and ct__scope_resume); it is then released
  *     with ct_free like any unscoped tensor. */
+#ifndef __cplusplus
 static inline ct_tensor *ct__hold(ct_tensor *t) {
     if (t) atomic_fetch_add(&t->refcount, 1);
     return t;
 }
+#endif
 void ct__unhold(ct_tensor *t);
 ct_tensor *ct__own(ct_tensor *t);
 /* Registers a new reference to t (created on another thread, or while suspended) in the
@@ -101,11 +117,17 @@ int ct_same_shape(const ct_tensor *a, const ct_tensor *b);
 /* "[2, 3]" into buf. */
 const char *ct_fmt_shape(const int64_t *shape, int ndim, char *buf, size_t n);
 
+#ifndef __cplusplus
 static inline void ct_bump_version(ct_tensor *t) { atomic_fetch_add(&t->storage->version, 1); }
+#endif
 
 /* Element access helpers for CPU code. */
 static inline char *ct_ptr(const ct_tensor *t) {
     return (char *)t->storage->data + (size_t)t->offset * ct_dtype_size(t->dtype);
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -10,6 +10,19 @@
 
 #define CUK_THREADS 256
 
+/* Records the first out-of-range index a kernel meets in the device's flag (cuk_ctx.flag):
+ * [0] the kind (cu_flag_kind, a format registered by the host side), [1] the position,
+ * [2] the value, [3] the bound. The host reports it at the next synchronisation: a kernel
+ * cannot fail an op by itself. */
+__device__ __forceinline__ void cuk_flag_out_of_range(long long *flag, int kind, int64_t pos,
+                                                      long long value, int64_t bound) {
+    if (atomicCAS((unsigned long long *)flag, 0ull, (unsigned long long)kind) == 0ull) {
+        flag[1] = pos;
+        flag[2] = value;
+        flag[3] = bound;
+    }
+}
+
 /* Kernel launch: CUK_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...) is
  * kernel<<<grid, block, shared_bytes, stream>>>(args...). Built for the CPU emulator
  * (tests/cuda_emu, CT_CUDA_EMU), the kernel runs there instead, so the kernels are tested

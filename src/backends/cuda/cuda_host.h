@@ -33,6 +33,10 @@
 #endif
 #include <stdarg.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define CU_MAX_DEVICES 16
 
 /* ---------------------------------------------------------- dlopened libraries
@@ -170,6 +174,15 @@ void cu_release_cached(cu_dev *d);
 int cu_sync(cu_dev *d, const char *op);
 /* Reports a pending kernel-side flag (after a synchronisation). */
 int cu_check_flag(cu_dev *d);
+/* The kind number for the device flag (cuk_flag_out_of_range) of a report whose message is
+ * the printf format fmt (a static string) of the value, the position and the bound twice,
+ * e.g. "embedding: index %lld at position %lld is out of range for %lld rows (indices in
+ * [0, %lld))". */
+int cu_flag_kind(const char *fmt);
+/* After a kernel that may raise the flag: queues the flag's copy to pinned host memory
+ * behind it (the next synchronisation reports it without another round trip); with
+ * CTORCH_CUDA_SYNC=1 synchronises at once. */
+int cu_flag_raised(cu_dev *d, const char *op);
 const char *cu_fmt_bytes(size_t n, char *buf, size_t len);
 
 /* ------------------------------------------------------------------- errors */
@@ -198,5 +211,9 @@ static inline int cu_is_float(ct_dtype dt) { return dt == CT_FLOAT32 || dt == CT
 CT_KERNEL_LIST(CT__CUDA_PROTO)
 #undef CT__CUDA_PROTO
 void cu_dnn_release(cu_dev *d);           /* destroys d's conv plans */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

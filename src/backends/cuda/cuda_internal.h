@@ -115,22 +115,23 @@ int cuk_softmax_fwd(const cuk_ctx *c, int dt, int64_t outer, int64_t C, int64_t 
                     const void *x, void *y);
 int cuk_softmax_bwd(const cuk_ctx *c, int dt, int64_t outer, int64_t C, int64_t inner, int log,
                     const void *y, const void *gy, void *gx);
-/* logp [N, C], target int64 [N]; out [N] (NONE) or [] and total_weight [] in dtype dt. */
+/* logp [N, C], target int64 [N]; out [N] (NONE) or [] and total_weight [] in dtype dt. An
+ * out-of-range target raises the device flag with flag_kind (cu_flag_kind). */
 int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red, int64_t ignore_index,
-                const void *logp, const int64_t *target, void *out, void *total_weight);
+                const void *logp, const int64_t *target, void *out, void *total_weight, int flag_kind);
 /* gout: [N] (NONE) or []; total_weight may be NULL (then treated as 0). */
 int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red, int64_t ignore_index,
-                const void *gout, const int64_t *target, const void *total_weight, void *glogp);
+                const void *gout, const int64_t *target, const void *total_weight, void *glogp, int flag_kind);
 
 /* Fused cross_entropy from logp = log_softmax(logits) [N, C] (the softmax kernels above):
  * label smoothing eps, out [N] (NONE) or [], total_weight []. The backward writes every
  * element of glogits. */
 int cuk_ce_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red, int64_t ignore_index,
                double eps, const void *logp, const int64_t *target, void *out,
-               void *total_weight);
+               void *total_weight, int flag_kind);
 int cuk_ce_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red, int64_t ignore_index,
                double eps, const void *gout, const void *logp, const int64_t *target,
-               const void *total_weight, void *glogits);
+               const void *total_weight, void *glogits, int flag_kind);
 
 /* -------------------------------------------------------------- normalisation */
 /* A per-channel vector: base pointer (NULL when absent) and element stride. */

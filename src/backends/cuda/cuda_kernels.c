@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+_Static_assert(CUK_POOL_NOGRAD == CT_POOL_NOGRAD, "cuda_internal.h's pool code");
+
 /* ---------------------------------------------------------------- geometry */
 /* Iteration space over nops tensors of t[0]'s shape: size-1 dims dropped, dims laid out
  * contiguously in every operand merged, stored innermost first. Returns the numel. */
@@ -389,16 +391,9 @@ int cu_k_softmax_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y
                    op);
 }
 
-/* After a kernel that may raise the kernel-side flag: the flag's copy to pinned host
- * memory is queued behind it, so that the next synchronisation only reads flag_host
- * instead of making another round trip to the GPU. */
-static int flag_raised(cu_dev *d, const char *op) {
-    cudaError_t e = cudaMemcpyAsync(d->flag_host, d->k.flag, 4 * sizeof(long long),
-                                    cudaMemcpyDeviceToHost, d->k.stream);
-    if (e != cudaSuccess) return cu_fail((int)e, op);
-    d->flag_pending = 1;
-    return cu_sync_checks ? cu_sync(d, op) : 0;
-}
+static const char k_target_fmt[] =
+    "nll_loss: target %lld at position %lld is out of bounds for %lld classes (targets must "
+    "be in [0, %lld) or equal ignore_index)";
 
 int cu_k_nll_loss_forward(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, const ct_tensor *target,
                      ct_reduction red, int64_t ignore_index) {
@@ -411,9 +406,9 @@ int cu_k_nll_loss_forward(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, 
     int rc = cu_fail(cuk_nll_fwd(&d->k, (int)logp->dtype, logp->shape[0], logp->shape[1],
                                  (int)red, ignore_index, cu_ptr(logp),
                                  (const int64_t *)cu_ptr(target), cu_ptr(out),
-                                 tw ? cu_ptr(tw) : NULL),
+                                 tw ? cu_ptr(tw) : NULL, cu_flag_kind(k_target_fmt)),
                      "nll_loss");
-    return rc ? rc : flag_raised(d, "nll_loss");
+    return rc ? rc : cu_flag_raised(d, "nll_loss");
 }
 
 int cu_k_nll_loss_backward(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
@@ -427,9 +422,9 @@ int cu_k_nll_loss_backward(ct_tensor *glogp, const ct_tensor *gout, const ct_ten
     int rc = cu_fail(cuk_nll_bwd(&d->k, (int)glogp->dtype, glogp->shape[0], glogp->shape[1],
                                  (int)red, ignore_index, cu_ptr(gout),
                                  (const int64_t *)cu_ptr(target), tw ? cu_ptr(tw) : NULL,
-                                 cu_ptr(glogp)),
+                                 cu_ptr(glogp), cu_flag_kind(k_target_fmt)),
                      op);
-    return rc ? rc : flag_raised(d, op);
+    return rc ? rc : cu_flag_raised(d, op);
 }
 
 /* ------------------------------------------------------------- normalisation */
@@ -640,10 +635,11 @@ int cu_k_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total
     if (rc == 0)
         rc = cu_fail(cuk_ce_fwd(&d->k, (int)logits->dtype, N, C, (int)red, ignore_index,
                                 label_smoothing, lp, (const int64_t *)cu_ptr(target), cu_ptr(out),
-                                total_weight ? cu_ptr(total_weight) : NULL),
+                                total_weight ? cu_ptr(total_weight) : NULL,
+                                cu_flag_kind(k_target_fmt)),
                      op);
     if (!logp && lp) d->k.ws_free(lp, d->index); /* stream-ordered: safe after the launch */
-    return rc ? rc : flag_raised(d, op);
+    return rc ? rc : cu_flag_raised(d, op);
 }
 
 int cu_k_cross_entropy_backward(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
@@ -656,7 +652,8 @@ int cu_k_cross_entropy_backward(ct_tensor *glogits, const ct_tensor *gout, const
     int rc = cu_fail(cuk_ce_bwd(&d->k, (int)glogits->dtype, glogits->shape[0], glogits->shape[1],
                                 (int)red, ignore_index, label_smoothing, cu_ptr(gout),
                                 cu_ptr(logp), (const int64_t *)cu_ptr(target),
-                                total_weight ? cu_ptr(total_weight) : NULL, cu_ptr(glogits)),
+                                total_weight ? cu_ptr(total_weight) : NULL, cu_ptr(glogits),
+                                cu_flag_kind(k_target_fmt)),
                      op);
-    return rc ? rc : flag_raised(d, op);
+    return rc ? rc : cu_flag_raised(d, op);
 }

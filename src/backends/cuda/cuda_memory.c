@@ -210,18 +210,48 @@ void ct_cuda_reset_peak_stats(int device) {
 /* The caller has synchronised d's stream, so the copies of the flag that flag_raised
  * (cuda_kernels.c) queued after each flagging kernel are complete: flag_host holds the
  * flag as the last such kernel left it. */
+/* The kinds of out-of-range report (cuk_flag_out_of_range): printf formats of the value,
+ * the position and the bound (twice), registered by the kernels' host sides. */
+#define FLAG_KINDS 16
+static const char *g_flag_fmt[FLAG_KINDS];
+static int g_flag_kinds;
+static pthread_mutex_t g_flag_mu = PTHREAD_MUTEX_INITIALIZER;
+
+int cu_flag_kind(const char *fmt) {
+    pthread_mutex_lock(&g_flag_mu);
+    int k = 0;
+    while (k < g_flag_kinds && g_flag_fmt[k] != fmt) k++;
+    if (k == g_flag_kinds && k < FLAG_KINDS) g_flag_fmt[g_flag_kinds++] = fmt;
+    pthread_mutex_unlock(&g_flag_mu);
+    return k < FLAG_KINDS ? k + 1 : 0; /* 0: the flag then reports without a format */
+}
+
+int cu_flag_raised(cu_dev *d, const char *op) {
+    cudaError_t e = cudaMemcpyAsync(d->flag_host, d->k.flag, 4 * sizeof(long long),
+                                    cudaMemcpyDeviceToHost, d->k.stream);
+    if (e != cudaSuccess) return cu_fail((int)e, op);
+    d->flag_pending = 1;
+    return cu_sync_checks ? cu_sync(d, op) : 0;
+}
+
 int cu_check_flag(cu_dev *d) {
     if (!d->flag_pending) return 0;
     d->flag_pending = 0;
-    if (!d->flag_host[0]) return 0;
-    long long pos = d->flag_host[1], tgt = d->flag_host[2], C = d->flag_host[3];
+    long long kind = d->flag_host[0];
+    if (!kind) return 0;
+    long long pos = d->flag_host[1], val = d->flag_host[2], bound = d->flag_host[3];
     d->flag_host[0] = 0;
     cudaMemsetAsync(d->k.flag, 0, 4 * sizeof(long long), d->k.stream);
-    return cu_error("nll_loss: target %lld at position %lld is out of bounds for %lld classes "
-                    "(targets must be in [0, %lld) or equal ignore_index); found by a kernel "
-                    "on cuda:%d and reported at this synchronisation, so the loss computed "
-                    "with it is invalid",
-                    tgt, pos, C, C, d->index);
+    char what[512];
+    const char *fmt = kind > 0 && kind <= g_flag_kinds ? g_flag_fmt[kind - 1] : NULL;
+    if (fmt)
+        snprintf(what, sizeof what, fmt, val, pos, bound, bound);
+    else
+        snprintf(what, sizeof what, "index %lld at position %lld is out of range [0, %lld)", val,
+                 pos, bound);
+    return cu_error("%s; found by a kernel on cuda:%d and reported at this synchronisation, so "
+                    "the result computed with it is invalid",
+                    what, d->index);
 }
 
 int cu_sync(cu_dev *d, const char *op) {

@@ -205,22 +205,11 @@ extern "C" int cuk_softmax_bwd(const cuk_ctx *c, int dt, int64_t outer, int64_t 
 }
 
 /* --------------------------------------------------------------- nll_loss */
-/* Records the first out-of-range target seen (reported by the host at the next
- * synchronisation: a kernel cannot fail an op by itself). */
-__device__ __forceinline__ void flag_bad_target(long long *flag, int64_t i, long long t,
-                                                int64_t C) {
-    if (atomicCAS((unsigned long long *)flag, 0ull, 1ull) == 0ull) {
-        flag[1] = i;
-        flag[2] = t;
-        flag[3] = C;
-    }
-}
-
 /* One block: per-row losses (NONE), the count of non-ignored targets and the reduced
  * loss. The sum's order is fixed (per-thread strided partial sums, then a tree). */
 template <typename T>
 __global__ void k_nll_fwd(int64_t N, int64_t C, int red, long long ignore, const T *logp,
-                          const long long *target, T *out, T *tw, long long *flag) {
+                          const long long *target, T *out, T *tw, long long *flag, int kind) {
     __shared__ double shd[32];
     double s = 0, cnt = 0;
     for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
@@ -230,7 +219,7 @@ __global__ void k_nll_fwd(int64_t N, int64_t C, int red, long long ignore, const
             continue;
         }
         if (t < 0 || t >= C) {
-            flag_bad_target(flag, i, t, C);
+            cuk_flag_out_of_range(flag, kind, i, t, C);
             if (red == CT_REDUCTION_NONE) out[i] = 0;
             continue;
         }
@@ -250,12 +239,12 @@ __global__ void k_nll_fwd(int64_t N, int64_t C, int red, long long ignore, const
 
 template <typename T>
 __global__ void k_nll_bwd(int64_t N, int64_t C, int red, long long ignore, const T *gout,
-                          const long long *target, const T *tw, T *g, long long *flag) {
+                          const long long *target, const T *tw, T *g, long long *flag, int kind) {
     CUK_LOOP(int64_t, i, N) {
         long long t = target[i];
         if (t == ignore) continue;
         if (t < 0 || t >= C) {
-            flag_bad_target(flag, i, t, C);
+            cuk_flag_out_of_range(flag, kind, i, t, C);
             continue;
         }
         double gi;
@@ -274,16 +263,16 @@ __global__ void k_nll_bwd(int64_t N, int64_t C, int red, long long ignore, const
 
 extern "C" int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
                            int64_t ignore_index, const void *logp, const int64_t *target,
-                           void *out, void *total_weight) {
+                           void *out, void *total_weight, int flag_kind) {
     const long long *t = (const long long *)target;
     if (dt == CT_FLOAT32)
         CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<float>)(
             N, C, red, ignore_index, (const float *)logp, t, (float *)out, (float *)total_weight,
-            c->flag);
+            c->flag, flag_kind);
     else if (dt == CT_FLOAT64)
         CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<double>)(
             N, C, red, ignore_index, (const double *)logp, t, (double *)out,
-            (double *)total_weight, c->flag);
+            (double *)total_weight, c->flag, flag_kind);
     else
         return (int)cudaErrorInvalidValue;
     return cuk_status();
@@ -291,7 +280,7 @@ extern "C" int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
 
 extern "C" int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
                            int64_t ignore_index, const void *gout, const int64_t *target,
-                           const void *total_weight, void *glogp) {
+                           const void *total_weight, void *glogp, int flag_kind) {
     size_t es = dt == CT_FLOAT64 ? 8 : 4;
     if (N * C > 0) {
         cudaError_t e = cudaMemsetAsync(glogp, 0, (size_t)(N * C) * es, c->stream);
@@ -303,11 +292,11 @@ extern "C" int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
     if (dt == CT_FLOAT32)
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_nll_bwd<float>)(
             N, C, red, ignore_index, (const float *)gout, t, (const float *)total_weight,
-            (float *)glogp, c->flag);
+            (float *)glogp, c->flag, flag_kind);
     else if (dt == CT_FLOAT64)
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_nll_bwd<double>)(
             N, C, red, ignore_index, (const double *)gout, t, (const double *)total_weight,
-            (double *)glogp, c->flag);
+            (double *)glogp, c->flag, flag_kind);
     else
         return (int)cudaErrorInvalidValue;
     return cuk_status();
@@ -321,13 +310,13 @@ extern "C" int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
 template <typename T>
 __global__ void k_ce_fwd(int64_t N, int64_t C, int red, long long ignore, double eps,
                          const T *logp, const long long *target, T *out, T *tw,
-                         long long *flag) {
+                         long long *flag, int kind) {
     __shared__ double shd[32];
     double s = 0, cnt = 0;
     for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
         long long t = target[i];
         if (t == ignore || t < 0 || t >= C) {
-            if (t != ignore) flag_bad_target(flag, i, t, C);
+            if (t != ignore) cuk_flag_out_of_range(flag, kind, i, t, C);
             if (red == CT_REDUCTION_NONE) out[i] = 0;
             continue;
         }
@@ -355,12 +344,12 @@ __global__ void k_ce_fwd(int64_t N, int64_t C, int red, long long ignore, double
 template <typename T>
 __global__ void k_ce_bwd(int64_t N, int64_t C, int red, long long ignore, double eps,
                          const T *gout, const T *logp, const long long *target, const T *tw,
-                         T *g, long long *flag) {
+                         T *g, long long *flag, int kind) {
     CUK_LOOP(int64_t, k, N * C) {
         const int64_t i = k / C, j = k - i * C;
         const long long t = target[i];
         if (t == ignore || t < 0 || t >= C) {
-            if (t != ignore && j == 0) flag_bad_target(flag, i, t, C);
+            if (t != ignore && j == 0) cuk_flag_out_of_range(flag, kind, i, t, C);
             g[k] = 0;
             continue;
         }
@@ -383,16 +372,16 @@ __global__ void k_ce_bwd(int64_t N, int64_t C, int red, long long ignore, double
 
 extern "C" int cuk_ce_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
                           int64_t ignore_index, double eps, const void *logp,
-                          const int64_t *target, void *out, void *total_weight) {
+                          const int64_t *target, void *out, void *total_weight, int flag_kind) {
     const long long *t = (const long long *)target;
     if (dt == CT_FLOAT32)
         CUK_LAUNCH(1, 1024, 0, c->stream, k_ce_fwd<float>)(
             N, C, red, ignore_index, eps, (const float *)logp, t, (float *)out,
-            (float *)total_weight, c->flag);
+            (float *)total_weight, c->flag, flag_kind);
     else if (dt == CT_FLOAT64)
         CUK_LAUNCH(1, 1024, 0, c->stream, k_ce_fwd<double>)(
             N, C, red, ignore_index, eps, (const double *)logp, t, (double *)out,
-            (double *)total_weight, c->flag);
+            (double *)total_weight, c->flag, flag_kind);
     else
         return (int)cudaErrorInvalidValue;
     return cuk_status();
@@ -400,18 +389,18 @@ extern "C" int cuk_ce_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int re
 
 extern "C" int cuk_ce_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
                           int64_t ignore_index, double eps, const void *gout, const void *logp,
-                          const int64_t *target, const void *total_weight, void *glogits) {
+                          const int64_t *target, const void *total_weight, void *glogits, int flag_kind) {
     if (N * C <= 0) return 0;
     const long long *t = (const long long *)target;
     int blocks = cuk_blocks(c, N * C, CUK_THREADS);
     if (dt == CT_FLOAT32)
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_ce_bwd<float>)(
             N, C, red, ignore_index, eps, (const float *)gout, (const float *)logp, t,
-            (const float *)total_weight, (float *)glogits, c->flag);
+            (const float *)total_weight, (float *)glogits, c->flag, flag_kind);
     else if (dt == CT_FLOAT64)
         CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_ce_bwd<double>)(
             N, C, red, ignore_index, eps, (const double *)gout, (const double *)logp, t,
-            (const double *)total_weight, (double *)glogits, c->flag);
+            (const double *)total_weight, (double *)glogits, c->flag, flag_kind);
     else
         return (int)cudaErrorInvalidValue;
     return cuk_status();
