@@ -16,6 +16,7 @@
 #include <string.h>
 
 #ifdef __cplusplus
+#define _Static_assert static_assert /* the CUDA plugin's .cu files include this header */
 extern "C" {
 #endif
 

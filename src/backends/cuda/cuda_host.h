@@ -87,6 +87,7 @@ extern "C" {
     X(cudnnConvolutionBackwardData)                                                        \
     X(cudnnConvolutionBackwardFilter)
 
+#ifndef __cplusplus /* C++ sees overloads of some of these (the .cu files do not call them) */
 #define CU_DECL_FN(fn) __typeof__(&fn) fn;
 typedef struct {
     CU_BLAS_FUNCS(CU_DECL_FN)
@@ -96,6 +97,7 @@ typedef struct {
 } cu_dnn_api;
 extern cu_blas_api cu_blas;
 extern cu_dnn_api cu_dnn;
+#endif
 
 /* ----------------------------------------------------------------- settings */
 extern int cu_tf32;          /* CTORCH_TF32 */
