@@ -254,6 +254,13 @@ ct_tensor *ct_silu(const ct_tensor *a);      /* x * sigmoid(x) (swish) */
 ct_tensor *ct_softmax(const ct_tensor *a, int dim);
 ct_tensor *ct_log_softmax(const ct_tensor *a, int dim);
 
+/* ------------------------------------------------------------- embedding
+ * torch.nn.functional.embedding: the rows of weight [num_embeddings, dim] picked by the
+ * int64 indices (any shape) -> indices' shape + [dim]. padding_idx: a row whose gradient
+ * stays zero (negative counts from the end, as in PyTorch), or CT_NO_PADDING. */
+#define CT_NO_PADDING INT64_MIN
+ct_tensor *ct_embedding(const ct_tensor *indices, const ct_tensor *weight, int64_t padding_idx);
+
 /* ----------------------------------------------------------------- losses
  * target holds int64 class indices. ignore_index: pass -100 as PyTorch does. */
 ct_tensor *ct_nll_loss(const ct_tensor *log_probs, const ct_tensor *target,

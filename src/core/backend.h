@@ -182,7 +182,14 @@ typedef struct {
                  int n, const ct_sgd_args *a, int first_step))                             \
     X(adam_step, (ct_tensor *const *params, ct_tensor *const *grads,                       \
                   ct_tensor *const *exp_avg, ct_tensor *const *exp_avg_sq,                 \
-                  ct_tensor *const *max_exp_avg_sq, int n, const ct_adam_args *a))
+                  ct_tensor *const *max_exp_avg_sq, int n, const ct_adam_args *a))         \
+    /* y [n, dim] = weight [num, dim] rows picked by indices (int64 [n]), all contiguous;    \
+     * an index outside [0, num) is an error naming it (CUDA: at the next sync). */          \
+    X(embedding_forward, (ct_tensor *y, const ct_tensor *weight, const ct_tensor *indices)) \
+    /* gw [num, dim] (fully written) = sum of the rows of gy [n, dim] at their indices, in  \
+     * index order (deterministic); row padding_idx stays zero (< 0: none). */             \
+    X(embedding_backward, (ct_tensor *gw, const ct_tensor *gy, const ct_tensor *indices,   \
+                           int64_t padding_idx))
 
 typedef struct ct_kernels {
 #define CT__KERNEL_FIELD(name, params) int(*name) params;
