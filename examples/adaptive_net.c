@@ -141,7 +141,7 @@ int main(int argc, char **argv) {
     ct_module *model = ct_model_adaptive_net(28 * 28, 10, AUX_CLASSES);
     int np = 0;
     ct_tensor **params = model ? ct_module_parameters(model, &np) : NULL;
-    ct_optimizer *opt = params ? ct_optim_adam(params, np, 1e-3, 0.9, 0.999, 1e-8, 0.0) : NULL;
+    ct_optimizer *opt = params ? ct_optim_adam_opt(params, np, NULL) /* PyTorch's defaults */ : NULL;
     free(params);
     ct_dataloader_opts o = ct_dataloader_default_opts();
     o.batch_size = BATCH;

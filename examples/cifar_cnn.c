@@ -124,7 +124,8 @@ int main(int argc, char **argv) {
     int np = 0; /* parameters on the device before the optimizer takes them */
     ct_tensor **params = model && ct_module_to(model, dev, -1) == 0
                              ? ct_module_parameters(model, &np) : NULL;
-    ct_optimizer *opt = params ? ct_optim_sgd(params, np, 0.01, 0.9, 0.0, 0.0, 0) : NULL;
+    ct_optimizer *opt =
+        params ? ct_optim_sgd_opt(params, np, &(ct_sgd_opts){.lr = 0.01, .momentum = 0.9}) : NULL;
     free(params);
     ct_dataloader_opts o = ct_dataloader_default_opts();
     o.transform.normalize = 1;

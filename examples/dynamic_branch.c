@@ -29,7 +29,7 @@ int main(void) {
     ct_tensor *aux_w = ct_module_get_tensor(root, "aux.weight");
     int np;
     ct_tensor **params = ct_module_parameters(root, &np);
-    ct_optimizer *opt = ct_optim_sgd(params, np, 0.05, 0.9, 0, 0, 0);
+    ct_optimizer *opt = ct_optim_sgd_opt(params, np, &(ct_sgd_opts){.lr = 0.05, .momentum = 0.9});
     free(params);
 
     int64_t xs[2] = {BATCH, FEATURES}, n = BATCH;

@@ -16,7 +16,7 @@ int main(void) {
     ct_module *model = ct_nn_sequential(mods, 3);
     int np = 0;
     ct_tensor **params = model ? ct_module_parameters(model, &np) : NULL;
-    ct_optimizer *opt = params ? ct_optim_adam(params, np, 1e-3, 0.9, 0.999, 1e-8, 0.0) : NULL;
+    ct_optimizer *opt = params ? ct_optim_adam_opt(params, np, NULL) /* PyTorch's defaults */ : NULL;
     free(params);
     if (!opt) {
         fprintf(stderr, "error: %s\n", ct_last_error());

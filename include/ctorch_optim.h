@@ -57,6 +57,24 @@ ct_optimizer *ct_optim_adam(ct_tensor *const *params, int n, double lr, double b
                             double beta2, double eps, double weight_decay);
 ct_optimizer *ct_optim_adamw(ct_tensor *const *params, int n, double lr, double beta1,
                              double beta2, double eps, double weight_decay);
+/* Options structs for designated initialisers: a field left 0 means PyTorch's default,
+ *     ct_optim_sgd_opt(params, n, &(ct_sgd_opts){.lr = 0.05, .momentum = 0.9});
+ *     ct_optim_adamw_opt(params, n, &(ct_adam_opts){.lr = 3e-4});   // NULL: all defaults
+ * SGD: lr 0 -> 1e-3 (PyTorch 2's default); momentum, dampening, weight_decay, nesterov and
+ * maximize default to 0. Adam/AdamW: lr 0 -> 1e-3, betas {0, 0} -> (0.9, 0.999) (set both
+ * to choose them; a zero beta1 with a non-zero beta2 is taken as given), eps 0 -> 1e-8,
+ * weight_decay 0 -> 0 (Adam) or 1e-2 (AdamW; no_weight_decay = 1 for none). */
+typedef struct {
+    double lr, momentum, dampening, weight_decay;
+    int nesterov, maximize;
+} ct_sgd_opts;
+typedef struct {
+    double lr, betas[2], eps, weight_decay;
+    int amsgrad, maximize, no_weight_decay;
+} ct_adam_opts;
+ct_optimizer *ct_optim_sgd_opt(ct_tensor *const *params, int n, const ct_sgd_opts *o);
+ct_optimizer *ct_optim_adam_opt(ct_tensor *const *params, int n, const ct_adam_opts *o);
+ct_optimizer *ct_optim_adamw_opt(ct_tensor *const *params, int n, const ct_adam_opts *o);
 void ct_optim_free(ct_optimizer *o); /* NULL is fine */
 
 /* One update of every parameter that has a gradient. */

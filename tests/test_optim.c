@@ -305,3 +305,44 @@ TEST(optim_sgd_with_schedule) {
     ct_free(g);
     ct_free(p);
 }
+
+/* The options structs: zero fields are PyTorch's defaults; what is set is taken. */
+TEST(optim_options_structs_default_to_pytorch) {
+    int64_t n = 3;
+    ct_tensor *p = ct_zeros(&n, 1, CT_FLOAT32);
+    ct_set_requires_grad(p, 1);
+    ct_optimizer *s = ct_optim_sgd_opt(&p, 1, &(ct_sgd_opts){.lr = 0.05, .momentum = 0.9});
+    const ct_optim_options *o = ct_optim_options_of(s);
+    CHECK(o && o->lr == 0.05 && o->momentum == 0.9 && o->dampening == 0 && !o->nesterov &&
+          o->weight_decay == 0);
+    ct_optim_free(s);
+    s = ct_optim_sgd_opt(&p, 1, NULL);
+    CHECK(ct_optim_get_lr(s) == 1e-3);
+    ct_optim_free(s);
+    ct_optimizer *a = ct_optim_adamw_opt(&p, 1, NULL);
+    o = ct_optim_options_of(a);
+    CHECK(o && o->lr == 1e-3 && o->beta1 == 0.9 && o->beta2 == 0.999 && o->eps == 1e-8 &&
+          o->weight_decay == 1e-2 && ct_optim_kind_of(a) == CT_OPTIM_ADAMW);
+    ct_optim_free(a);
+    a = ct_optim_adamw_opt(&p, 1, &(ct_adam_opts){.lr = 3e-4, .betas = {0.0, 0.95},
+                                                   .no_weight_decay = 1, .amsgrad = 1});
+    o = ct_optim_options_of(a);
+    CHECK(o && o->lr == 3e-4 && o->beta1 == 0 && o->beta2 == 0.95 && o->weight_decay == 0 &&
+          o->amsgrad);
+    ct_optim_free(a);
+    a = ct_optim_adam_opt(&p, 1, &(ct_adam_opts){.weight_decay = 0.1});
+    CHECK(ct_optim_options_of(a)->weight_decay == 0.1 && ct_optim_kind_of(a) == CT_OPTIM_ADAM);
+    ct_optim_free(a);
+    struct {
+        ct_optimizer *o;
+        const char *needle;
+    } bad[3] = {{ct_optim_sgd_opt(&p, 1, &(ct_sgd_opts){.lr = -1}), "learning rate"},
+                {ct_optim_adam_opt(&p, 1, &(ct_adam_opts){.betas = {1.5, 0.9}}), "beta1"},
+                {ct_optim_sgd_opt(&p, 1, &(ct_sgd_opts){.nesterov = 1}), "nesterov"}};
+    for (int i = 0; i < 3; i++) {
+        CHECK_MSG(bad[i].o == NULL, "bad options %d accepted", i);
+        ct_optim_free(bad[i].o);
+    }
+    CHECK_ERR_INT(ct_optim_sgd_opt(&p, 1, &(ct_sgd_opts){.nesterov = 1}) ? 0 : -1, "nesterov");
+    ct_free(p);
+}

@@ -165,6 +165,42 @@ ct_optimizer *ct_optim_adamw(ct_tensor *const *params, int n, double lr, double 
     return adam_like(CT_OPTIM_ADAMW, params, n, lr, beta1, beta2, eps, weight_decay);
 }
 
+ct_optimizer *ct_optim_sgd_opt(ct_tensor *const *params, int n, const ct_sgd_opts *so) {
+    ct_sgd_opts z = {0};
+    if (!so) so = &z;
+    ct_optim_options o = ct_optim_default_options(CT_OPTIM_SGD);
+    o.lr = so->lr != 0 ? so->lr : 1e-3;
+    o.momentum = so->momentum;
+    o.dampening = so->dampening;
+    o.weight_decay = so->weight_decay;
+    o.nesterov = so->nesterov != 0;
+    o.maximize = so->maximize != 0;
+    return ct_optim_new(CT_OPTIM_SGD, params, n, &o);
+}
+
+static ct_optimizer *adam_opt(ct_optim_kind k, ct_tensor *const *params, int n,
+                              const ct_adam_opts *ao) {
+    ct_adam_opts z = {0};
+    if (!ao) ao = &z;
+    ct_optim_options o = ct_optim_default_options(k); /* PyTorch's defaults */
+    if (ao->lr != 0) o.lr = ao->lr;
+    if (ao->betas[0] != 0 || ao->betas[1] != 0) {
+        o.beta1 = ao->betas[0];
+        o.beta2 = ao->betas[1];
+    }
+    if (ao->eps != 0) o.eps = ao->eps;
+    if (ao->weight_decay != 0 || ao->no_weight_decay) o.weight_decay = ao->weight_decay;
+    o.amsgrad = ao->amsgrad != 0;
+    o.maximize = ao->maximize != 0;
+    return ct_optim_new(k, params, n, &o);
+}
+ct_optimizer *ct_optim_adam_opt(ct_tensor *const *params, int n, const ct_adam_opts *o) {
+    return adam_opt(CT_OPTIM_ADAM, params, n, o);
+}
+ct_optimizer *ct_optim_adamw_opt(ct_tensor *const *params, int n, const ct_adam_opts *o) {
+    return adam_opt(CT_OPTIM_ADAMW, params, n, o);
+}
+
 /* ------------------------------------------------------------- accessors */
 void ct_optim_zero_grad(ct_optimizer *o) {
     if (!o) return;
