@@ -1,8 +1,8 @@
 /* The CUDA backend's own kernels behind the ct_kernels table: tensors are unpacked into
  * raw pointers and geometry structs and handed to the launchers of the .cu files. Each
  * wrapper checks what the CPU kernel checks (dtypes) and reports failures by op name;
- * semantics are those of src/backends/cpu (see the .cu files). Also the fused optimizer
- * entry points (ct_cuda_sgd_step, ct_cuda_adam_step). */
+ * semantics are those of src/backends/cpu (see the .cu files). They are the cu_k_<name>
+ * entries of the kernel table (CT_KERNEL_LIST), with the fused optimizer steps. */
 #include "core/half.h"
 #include "cuda_host.h"
 

@@ -1,18 +1,12 @@
 /* Functions exported by the CUDA plugin (libctorch_cuda.so) beyond its ct_backend table.
  *
  * The core loads the plugin with dlopen(RTLD_LOCAL) at the first CUDA use, so these
- * symbols are not visible to the rest of the process by plain linking. Code in the core
- * (optimizers, DataLoader, CLI) reaches them with dlsym on the plugin's handle; once the
- * plugin is loaded (ct_cuda_status() said "available"), the handle can be obtained
- * without the core's help because the plugin's soname is libctorch_cuda.so:
- *
- *     void *h = dlopen("libctorch_cuda.so", RTLD_NOW | RTLD_NOLOAD);   // no new load
- *     ct_cuda_adam_step_fn adam = h ? (ct_cuda_adam_step_fn)dlsym(h, "ct_cuda_adam_step")
- *                                   : NULL;
- *     if (h) dlclose(h);   // drops the reference taken above; the plugin stays loaded
- *
- * Inside libctorch, ct_cuda_plugin_symbol(name) (src/core/backend.h) does the same with
- * the handle the core opened, also when the plugin was loaded from $CTORCH_CUDA_PLUGIN.
+ * symbols are not visible to the rest of the process by plain linking. The ones every
+ * accelerator backend may offer (device enumeration, streams and events, pinned memory)
+ * also reach the core as the backend's extra entry points (ct_backend_procs, under generic
+ * names); any of them is found with ct_backend_proc(CT_CUDA, "ct_cuda_...")
+ * (src/core/backend.h), a dlsym on the handle the core opened, also when the plugin was
+ * loaded from $CTORCH_CUDA_PLUGIN.
  *
  * Each function also has a typedef (ct_cuda_*_fn) for that purpose. All of them return
  * 0 / a value on success and -1 with ct_last_error() set on failure, like the rest of
