@@ -6,9 +6,18 @@ OPT     ?= -O3
 CFLAGS  ?=
 # The project's flags; a CFLAGS given on the command line is added after them.
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -fPIC -pthread \
-           -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-pthread $(CFLAGS)
+           -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-pthread $(ARCHIVE_CFLAGS) $(CFLAGS)
 LDLIBS  ?=
-ALL_LDLIBS = -lopenblas -lz -ljansson -larchive -lpthread -ldl -lm $(LDLIBS)
+# libarchive reads the official cifar-10-binary.tar.gz; without it (a GPU image without
+# the package) that one feature is left out with a notice, as CUDA is without nvcc.
+HAVE_LIBARCHIVE := $(shell printf '\043include <archive.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo 1)
+ifeq ($(HAVE_LIBARCHIVE),1)
+ARCHIVE_CFLAGS := -DCT_HAVE_LIBARCHIVE
+ARCHIVE_LIBS := -larchive
+else
+$(info notice: libarchive's header not found; reading cifar-10-binary.tar.gz is left out (install libarchive-dev))
+endif
+ALL_LDLIBS = -lopenblas -lz -ljansson $(ARCHIVE_LIBS) -lpthread -ldl -lm $(LDLIBS)
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC := $(sort $(wildcard src/core/*.c src/ops/*.c src/backends/cpu/*.c src/nn/*.c \

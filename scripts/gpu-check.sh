@@ -171,15 +171,17 @@ setup_deps() {
     done
     # one folder with the link names the Makefile's -lopenblas -lz need and the run-time
     # sonames; RPATH (not RUNPATH) to it, so libopenblas finds libgfortran there too
-    local ob z gf qm
+    local ob z gf qm js
     local dirs=("$PREFIX/usr")
     [ -d "$PREFIX/lib" ] && dirs+=("$PREFIX/lib")
     ob=$(find "${dirs[@]}" -path '*openblas-pthread/libopenblas.so.0' | head -1)
     z=$(find "${dirs[@]}" -name 'libz.so.1.*' -type f | head -1)
     gf=$(find "${dirs[@]}" -name 'libgfortran.so.5' | head -1)
     qm=$(find "${dirs[@]}" -name 'libquadmath.so.0' | head -1)
-    [ -n "$ob" ] && [ -n "$z" ] && [ -n "$gf" ] && [ -n "$qm" ] || {
-        DEPS_NOTE="the .debs lack a library (openblas '$ob' zlib '$z' gfortran '$gf' quadmath '$qm')"; return 1; }
+    js=$(find "${dirs[@]}" -name 'libjansson.so.4.*' -type f | head -1)
+    [ -n "$ob" ] && [ -n "$z" ] && [ -n "$gf" ] && [ -n "$qm" ] && [ -n "$js" ] || {
+        DEPS_NOTE="the .debs lack a library (openblas '$ob' zlib '$z' gfortran '$gf' quadmath '$qm' jansson '$js')"; return 1; }
+    ln -sfn "$js" "$PREFIX/ctlib/libjansson.so"; ln -sfn "$js" "$PREFIX/ctlib/libjansson.so.4"
     ln -sfn "$ob" "$PREFIX/ctlib/libopenblas.so"; ln -sfn "$ob" "$PREFIX/ctlib/libopenblas.so.0"
     ln -sfn "$z" "$PREFIX/ctlib/libz.so"; ln -sfn "$z" "$PREFIX/ctlib/libz.so.1"
     ln -sfn "$gf" "$PREFIX/ctlib/libgfortran.so.5"; ln -sfn "$qm" "$PREFIX/ctlib/libquadmath.so.0"

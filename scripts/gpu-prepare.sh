@@ -38,12 +38,14 @@ TRAIN=${GPU_PREPARE_TRAIN:-10000}
 EXTRA=${GPU_PREPARE_EXTRA:-1}
 TEST=${GPU_PREPARE_TEST:-2000}
 MAX_MIB=${GPU_PREPARE_MAX_MIB:-60}
-# What the Makefile links (-lopenblas -lz, cblas.h from openblas-pthread, zlib.h) and what
-# libopenblas.so.0 needs at run time (ldd: libgfortran.so.5 -> libquadmath.so.0). libc,
-# libm, libgcc_s, libstdc++ come with any image that has gcc and nvcc. zlib1g is there for
-# the headers' libz.so link target; make in case the image lacks it.
+# What the Makefile links (-lopenblas -lz -ljansson, cblas.h from openblas-pthread, zlib.h,
+# jansson.h) and what libopenblas.so.0 needs at run time (ldd: libgfortran.so.5 ->
+# libquadmath.so.0). libc, libm, libgcc_s, libstdc++ come with any image that has gcc and
+# nvcc. zlib1g is there for the headers' libz.so link target; make in case the image lacks
+# it. libarchive is not carried (its dependencies would not fit beside the data): the
+# build leaves the .tar.gz reader out with a notice, and the data is carried extracted.
 PKGS="libopenblas0-pthread libopenblas-pthread-dev libopenblas-dev libopenblas0 \
-libgfortran5 libquadmath0 zlib1g-dev zlib1g make"
+libgfortran5 libquadmath0 zlib1g-dev zlib1g libjansson4 libjansson-dev make"
 
 die() { echo "gpu-prepare: error: $*" >&2; exit 1; }
 

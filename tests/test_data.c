@@ -19,8 +19,10 @@
 #include "data/data_internal.h"
 #include "data/pin_memory.h"
 
+#ifdef CT_HAVE_LIBARCHIVE
 #include <archive.h>
 #include <archive_entry.h>
+#endif
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -330,6 +332,7 @@ TEST(data_cifar10_synthetic_and_bad_files) {
     rm_rf(tmp);
 }
 
+#ifdef CT_HAVE_LIBARCHIVE
 /* ----------------------------------------------------------- tar.gz archive */
 typedef struct {
     const char *name;
@@ -550,6 +553,21 @@ TEST(data_cifar10_corrupt_archive) {
     free(good);
     rm_rf(tmp);
 }
+
+#else
+TEST(data_cifar10_archive_without_libarchive) {
+    char tmp[] = "/tmp/ctorch-noarchive-XXXXXX";
+    if (!mkdtemp(tmp)) SKIP("no temporary directory");
+    char path[256];
+    snprintf(path, sizeof path, "%s/cifar-10-binary.tar.gz", tmp);
+    FILE *f = fopen(path, "wb");
+    if (f) fclose(f);
+    CHECK(ct_cifar10_load(tmp, CT_SPLIT_TRAIN, 0) == NULL);
+    CHECK_ERRMSG("built without libarchive");
+    remove(path);
+    rmdir(tmp);
+}
+#endif
 
 /* ------------------------------------------------------------------ IDX */
 static void put_be32(uint8_t *p, uint32_t v) {

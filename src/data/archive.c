@@ -4,6 +4,17 @@
 
 #include "core/error.h"
 
+#ifndef CT_HAVE_LIBARCHIVE
+/* Built without libarchive (the Makefile said so with a notice): the archive cannot be
+ * read, the extracted files can. */
+int ct_tar_gz_scan(const char *path, ct_tar_want_fn want, ct_tar_got_fn got, void *ctx) {
+    (void)want, (void)got, (void)ctx;
+    return ct_error("%s: this ctorch was built without libarchive, so it cannot read .tar.gz "
+                    "archives. Fix: install libarchive-dev and rebuild (`make`), or extract "
+                    "the archive by hand (`tar xzf %s` in its directory)",
+                    path, path);
+}
+#else
 #include <archive.h>
 #include <archive_entry.h>
 #include <errno.h>
@@ -86,3 +97,4 @@ int ct_tar_gz_scan(const char *path, ct_tar_want_fn want, ct_tar_got_fn got, voi
     close(fd);
     return rc;
 }
+#endif
