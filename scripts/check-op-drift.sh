@@ -21,18 +21,18 @@ status=0
 ok() { echo "ok   $1"; }
 bad() { echo "FAIL $1"; status=1; }
 
-# Inserts row $3 after the line of $1 matching $2 (the old last row gets its backslash).
+# Inserts row $3 as the first row of the table macro $2 (#define $2(...) \) in file $1.
 add_row() {
-    awk -v pat="$2" -v row="$3" '{
-        if (!done && index($0, pat)) { print $0 " \\"; print row; done = 1; next }
+    awk -v pat="#define $2(" -v row="$3" '{
         print
+        if (!done && index($0, pat) == 1) { print row " \\"; done = 1 }
     }' "$1" > "$1.new" && mv "$1.new" "$1"
 }
 reset() { cp src/core/op_tables.h src/core/backend.h "$tmp/src/core/"; }
 
 # 1 -------------------------------------------------------------------------------------
 reset
-add_row "$tmp/src/core/op_tables.h" 'OP(DIV, div, "DivBackward"' \
+add_row "$tmp/src/core/op_tables.h" CT_BINARY_OPS \
     '    OP(MAXIMUM, maximum, "MaximumBackward", r = x > y ? x : y)'
 if $CC $FLAGS -c "$tmp/src/ops/pointwise.c" -o "$tmp/p.o" > "$tmp/log1" 2>&1; then
     bad "a binary op without a backward formula compiled"
@@ -50,7 +50,7 @@ objs=$(find src -name '*.c' ! -path 'src/backends/cuda/*' ! -path 'src/cli/*' ! 
 $CC $FLAGS -c "$tmp/src/backends/cpu/cpu_backend.c" -o "$tmp/cpu_backend.o" > "$tmp/log2" 2>&1 &&
     $CC -shared -Wl,--no-undefined -o "$tmp/control.so" $objs "$tmp/cpu_backend.o" $LIBS >> "$tmp/log2" 2>&1 ||
     { bad "control: the unchanged CPU table does not link"; cat "$tmp/log2"; }
-add_row "$tmp/src/core/backend.h" 'ct_tensor *const *max_exp_avg_sq, int n, const ct_adam_args *a))' \
+add_row "$tmp/src/core/backend.h" CT_KERNEL_LIST \
     '    X(drift_probe, (ct_tensor *y))'
 if $CC $FLAGS -c "$tmp/src/backends/cpu/cpu_backend.c" -o "$tmp/cpu_backend.o" > "$tmp/log2" 2>&1 &&
     $CC -shared -Wl,--no-undefined -o "$tmp/drift.so" $objs "$tmp/cpu_backend.o" $LIBS >> "$tmp/log2" 2>&1; then
@@ -78,7 +78,7 @@ fi
 
 # 3 -------------------------------------------------------------------------------------
 reset
-add_row "$tmp/src/core/op_tables.h" 'T s = (T)1 / ((T)1 + CT_M1(T, exp, -x)); d = s * ((T)1 + x * ((T)1 - s)), 0, 0, ANY)' \
+add_row "$tmp/src/core/op_tables.h" CT_UNARY_OPS \
     '    OP(SOFTSIGN, softsign, "SoftsignBackward", FLOAT, IN, HAND, r = x / ((T)1 + CT_ABS(T, x)), T a = (T)1 + CT_ABS(T, x); d = (T)1 / (a * a), 0, 0, ANY)'
 if ! make -C "$tmp" -j2 BUILD=build OPT=-O0 build/test_ctorch > "$tmp/log3" 2>&1; then
     bad "a unary op row alone did not build (it should: everything else is generated)"; tail -20 "$tmp/log3"

@@ -83,7 +83,7 @@ static void pop_one(ct_scope *s) {
 
 void ct_scope_pop(ct_scope *s) {
     if (!s) return;
-    if (s->magic != SCOPE_MAGIC || !on_stack(s)) {
+    if (!on_stack(s) || s->magic != SCOPE_MAGIC) { /* on_stack first: s may be freed */
         ct_error("scope_pop: not a scope pushed on this thread, or already popped");
         return;
     }
@@ -92,7 +92,7 @@ void ct_scope_pop(ct_scope *s) {
 }
 
 void ct__scope_pop_at_exit(ct_scope **s) {
-    if (s && *s && (*s)->magic == SCOPE_MAGIC && on_stack(*s)) ct_scope_pop(*s);
+    if (s && *s && on_stack(*s)) ct_scope_pop(*s);
 }
 
 ct_tensor *ct_keep(ct_tensor *t) {
