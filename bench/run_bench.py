@@ -48,7 +48,8 @@ CASES = {
     "resnet18_train": dict(model="resnet18", batch=128, metric="train", steps=2, target=1.0),
 }
 RUNNERS = ("ctorch", "torch_installed", "torch_best")
-RUNNER_TITLE = {"ctorch": "ctorch", "torch_installed": "PyTorch as installed", "torch_best": "PyTorch at its best"}
+RUNNER_TITLE = {"ctorch": "ctorch", "torch_installed": "PyTorch as installed", "torch_best": "PyTorch at its best",
+                "ctorch_baseline": "ctorch (baseline build)"}
 
 
 def log(msg=""):
@@ -178,6 +179,7 @@ class Bench:
         self.args = args
         self.snap = snap_dir
         self.ctorch = os.path.join(snap_dir, "ctorch")
+        self.baseline = os.path.join(snap_dir, "ctorch_baseline")
         self.base_env = dict(os.environ)
         self.best_env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
         self.best_env.update(BEST_ENV)
@@ -194,8 +196,8 @@ class Bench:
     def command(self, runner, case, threads):
         c = CASES[case]
         steps = self.steps_for(case)
-        if runner == "ctorch":
-            return [self.ctorch, "bench", "--model", c["model"], "--batch-size", str(c["batch"]),
+        if runner in ("ctorch", "ctorch_baseline"):
+            return [self.ctorch if runner == "ctorch" else self.baseline, "bench", "--model", c["model"], "--batch-size", str(c["batch"]),
                     "--steps", str(steps), "--threads", str(threads), "--json"], self.base_env
         warm = 1 if steps < 3 else 3  # ctorch bench's own warm-up rule
         cmd = [self.args.python, os.path.join(ROOT, "bench", "torch_bench.py"), "--model", c["model"],
@@ -257,8 +259,11 @@ def part_cases(b, report, results):
     a = b.args
     rows, rss_rows = [], []
     log(f"\n== cases: ctorch vs PyTorch, {a.threads} threads, {a.pairs} clean pairs wanted ==")
+    base_rows = []
     for case in a.cases:
         slots = [(r, a.threads) for r in RUNNERS]
+        if a.baseline_ctorch:
+            slots.append(("ctorch_baseline", a.threads))
         log(f"{case} (steps {b.steps_for(case)}):")
         pairs = b.alternate(case, slots, case)
         use, flagged = usable(pairs, a.pairs)
@@ -274,6 +279,13 @@ def part_cases(b, report, results):
         rss = {s[0]: median([p["runs"][s].rss_mib for p in use]) for s in slots}
         res.update(median_ips=ips, ratio_installed=rat_i, ratio_best=rat_b, median_rss_mib=rss,
                    clean_pairs=sum(not p["contended"] for p in pairs), flagged=flagged)
+        if a.baseline_ctorch:
+            base_best = median([p["runs"][slots[3]].ips / p["runs"][slots[2]].ips for p in use])
+            vs_base = median([p["runs"][slots[0]].ips / p["runs"][slots[3]].ips for p in use])
+            res.update(baseline_ratio_best=base_best, ratio_vs_baseline=vs_base)
+            base_rows.append(f"| {case} | {ips['ctorch']:,.1f} | {ips['ctorch_baseline']:,.1f} | {rat_b:.3f}x "
+                             f"| {base_best:.3f}x | **{vs_base:.3f}x** | {len(use)} |")
+            log(f"  -> this build / baseline build {vs_base:.3f}x (vs best: {rat_b:.3f}x / {base_best:.3f}x)")
         tgt = CASES[case]["target"]
         note = f"{len(use)}" + (" (all contended)" if flagged else "")
         rows.append(f"| {case} | {ips['ctorch']:,.1f} | {ips['torch_installed']:,.1f} | {ips['torch_best']:,.1f} "
@@ -285,6 +297,10 @@ def part_cases(b, report, results):
     md = [f"### Throughput, {a.threads} threads (images/s, median over clean pairs; ratios are medians of per-pair ratios)",
           "", "| case | ctorch | PyTorch as installed | PyTorch at its best | ctorch / installed | "
           "ctorch / best | bar (vs best) | pairs used |", "|---|---:|---:|---:|---:|---:|---|---:|"] + rows
+    if base_rows:
+        md += ["", f"### This build against the baseline build {a.baseline_ctorch} (same pairs)", "",
+               "| case | this build (img/s) | baseline (img/s) | this / PyTorch best | baseline / PyTorch best "
+               "| this / baseline | pairs used |", "|---|---:|---:|---:|---:|---:|---:|"] + base_rows
     md += ["", "### Peak resident memory of the bench processes (MiB, median)", "",
            "| case | ctorch | PyTorch as installed | PyTorch at its best |", "|---|---:|---:|---:|"] + rss_rows
     report.append("\n".join(md))
@@ -601,6 +617,8 @@ def main():
                     help="seconds to wait before each pair for the machine to go quiet (default 120)")
     ap.add_argument("--timeout", type=float, default=0.0, help="per-run timeout in s (default 600, resnet18 1800)")
     ap.add_argument("--ctorch", default=os.path.join(ROOT, "build", "ctorch"), help="the ctorch binary")
+    ap.add_argument("--baseline-ctorch", default=None,
+                    help="another ctorch binary (e.g. the previous build) run in the same pairs of the cases part")
     ap.add_argument("--lib", default=os.path.join(ROOT, "build", "libctorch.a"), help="libctorch.a for layer_bench")
     ap.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
     ap.add_argument("--data-dir", default=None, help="CIFAR-10 data (default $CTORCH_DATA, ../shared/data, ./data)")
@@ -651,6 +669,10 @@ def main():
         # snapshot the binaries so that a rebuild during the run cannot mix two versions
         if os.path.exists(a.ctorch):
             shutil.copy2(a.ctorch, os.path.join(snap, "ctorch"))
+        if a.baseline_ctorch:
+            if not os.path.exists(a.baseline_ctorch):
+                fail(f"--baseline-ctorch {a.baseline_ctorch} not found")
+            shutil.copy2(a.baseline_ctorch, os.path.join(snap, "ctorch_baseline"))
         if "layers" in parts:
             if not os.path.exists(a.lib):
                 fail(f"{a.lib} not found; build it with `make lib` (or give --lib)")

@@ -61,7 +61,7 @@ static int check_shape(const int64_t *shape, int ndim, const char *op) {
     return 0;
 }
 
-static atomic_llong g_live; /* tensor headers alive (ct__live_tensors, for leak tests) */
+static _Alignas(64) atomic_llong g_live; /* tensor headers alive (ct__live_tensors, for leak tests) */
 
 long long ct__live_tensors(void) { return atomic_load(&g_live); }
 
