@@ -205,38 +205,6 @@ extern "C" int cuk_softmax_bwd(const cuk_ctx *c, int dt, int64_t outer, int64_t 
 }
 
 /* --------------------------------------------------------------- nll_loss */
-/* One block: per-row losses (NONE), the count of non-ignored targets and the reduced
- * loss. The sum's order is fixed (per-thread strided partial sums, then a tree). */
-template <typename T>
-__global__ void k_nll_fwd(int64_t N, int64_t C, int red, long long ignore, const T *logp,
-                          const long long *target, T *out, T *tw, long long *flag, int kind) {
-    __shared__ double shd[32];
-    double s = 0, cnt = 0;
-    for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
-        long long t = target[i];
-        if (t == ignore) {
-            if (red == CT_REDUCTION_NONE) out[i] = 0;
-            continue;
-        }
-        if (t < 0 || t >= C) {
-            cuk_flag_out_of_range(flag, kind, i, t, C);
-            if (red == CT_REDUCTION_NONE) out[i] = 0;
-            continue;
-        }
-        T v = logp[i * C + t];
-        if (red == CT_REDUCTION_NONE) out[i] = -v;
-        s -= (double)v;
-        cnt += 1;
-    }
-    s = cuk_block_sum(s, shd);
-    cnt = cuk_block_sum(cnt, shd);
-    if (threadIdx.x != 0) return;
-    if (tw) tw[0] = (T)cnt;
-    if (red == CT_REDUCTION_NONE) return;
-    if (red == CT_REDUCTION_MEAN) s = cnt > 0 ? s / cnt : (double)NAN;
-    out[0] = (T)s;
-}
-
 template <typename T>
 __global__ void k_nll_bwd(int64_t N, int64_t C, int red, long long ignore, const T *gout,
                           const long long *target, const T *tw, T *g, long long *flag, int kind) {
@@ -261,22 +229,6 @@ __global__ void k_nll_bwd(int64_t N, int64_t C, int red, long long ignore, const
     }
 }
 
-extern "C" int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
-                           int64_t ignore_index, const void *logp, const int64_t *target,
-                           void *out, void *total_weight, int flag_kind) {
-    const long long *t = (const long long *)target;
-    if (dt == CT_FLOAT32)
-        CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<float>)(
-            N, C, red, ignore_index, (const float *)logp, t, (float *)out, (float *)total_weight,
-            c->flag, flag_kind);
-    else if (dt == CT_FLOAT64)
-        CUK_LAUNCH(1, 1024, 0, c->stream, k_nll_fwd<double>)(
-            N, C, red, ignore_index, (const double *)logp, t, (double *)out,
-            (double *)total_weight, c->flag, flag_kind);
-    else
-        return (int)cudaErrorInvalidValue;
-    return cuk_status();
-}
 
 extern "C" int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
                            int64_t ignore_index, const void *gout, const int64_t *target,
@@ -305,8 +257,8 @@ extern "C" int cuk_nll_bwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int r
 /* ---------------------------------------------------------- cross_entropy */
 /* From log_softmax(logits) (computed by the softmax kernels): per row
  * loss = -(1 - eps) * logp[t] - eps * mean_j logp[j] (label smoothing), 0 for an ignored
- * target; then, in one block and a fixed order, the count of non-ignored targets and the
- * reduced loss (as k_nll_fwd). */
+ * target; then, in one block and a fixed order (per-thread strided partial sums, then a
+ * tree), the count of non-ignored targets and the reduced loss. */
 template <typename T>
 __global__ void k_ce_fwd(int64_t N, int64_t C, int red, long long ignore, double eps,
                          const T *logp, const long long *target, T *out, T *tw,
@@ -368,6 +320,25 @@ __global__ void k_ce_bwd(int64_t N, int64_t C, int red, long long ignore, double
         if (j == t) v -= gt * (T)(1.0 - eps);
         g[k] = v;
     }
+}
+
+/* nll_loss is cross_entropy on log-probabilities without label smoothing: the same
+ * kernel (with eps 0 the row loss is -logp[t], exactly). */
+extern "C" int cuk_nll_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
+                           int64_t ignore_index, const void *logp, const int64_t *target,
+                           void *out, void *total_weight, int flag_kind) {
+    const long long *t = (const long long *)target;
+    if (dt == CT_FLOAT32)
+        CUK_LAUNCH(1, 1024, 0, c->stream, k_ce_fwd<float>)(
+            N, C, red, ignore_index, 0.0, (const float *)logp, t, (float *)out, (float *)total_weight,
+            c->flag, flag_kind);
+    else if (dt == CT_FLOAT64)
+        CUK_LAUNCH(1, 1024, 0, c->stream, k_ce_fwd<double>)(
+            N, C, red, ignore_index, 0.0, (const double *)logp, t, (double *)out,
+            (double *)total_weight, c->flag, flag_kind);
+    else
+        return (int)cudaErrorInvalidValue;
+    return cuk_status();
 }
 
 extern "C" int cuk_ce_fwd(const cuk_ctx *c, int dt, int64_t N, int64_t C, int red,
