@@ -147,7 +147,10 @@ int64_t ct_dataloader_num_batches(const ct_dataloader *dl); /* per epoch */
 int ct_dataloader_start_epoch(ct_dataloader *dl, int64_t epoch);
 /* Next batch of the current epoch (starting epoch 0 if none was started). Returns 1 and
  * sets *images / *labels (new references) when a batch is delivered, 0 at the end of the
- * epoch, -1 on error. */
+ * epoch, -1 on error. As PyTorch's `for batch in loader`, the call after the end starts
+ * the next epoch (epoch + 1, reshuffled with its seed): a loop of
+ * `while (ct_dataloader_next(dl, &x, &y) == 1)` per epoch needs nothing else.
+ * ct_dataloader_start_epoch sets the epoch explicitly (DistributedSampler's set_epoch). */
 int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels);
 /* Total seconds ct_dataloader_next spent waiting for workers (compute stalled on data). */
 double ct_dataloader_wait_seconds(const ct_dataloader *dl);
@@ -181,7 +184,8 @@ typedef struct ct_device_prefetcher ct_device_prefetcher;
 ct_device_prefetcher *ct_device_prefetcher_new(ct_dataloader *dl, ct_device device);
 /* ct_dataloader_start_epoch through the prefetcher: a batch still in flight is dropped. */
 int ct_device_prefetcher_start_epoch(ct_device_prefetcher *p, int64_t epoch);
-/* Like ct_dataloader_next, with *images / *labels (new references) on the device. Returns
+/* Like ct_dataloader_next (also in starting the next epoch after the end), with *images /
+ * *labels (new references) on the device. Returns
  * 1, 0 at the end of the epoch, -1 on error (an error while preparing the batch after
  * this one is reported by the call that would have returned it). */
 int ct_device_prefetcher_next(ct_device_prefetcher *p, ct_tensor **images, ct_tensor **labels);

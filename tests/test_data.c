@@ -861,6 +861,52 @@ TEST(data_loader_no_shuffle_record_order) {
     ct_dataset_free(ds);
 }
 
+/* PyTorch's `for epoch in range(3): for batch in loader`: only ct_dataloader_next (and the
+ * prefetcher's), no start_epoch: three full epochs, each in its own shuffled order, the
+ * same orders as epochs 0, 1, 2 set explicitly; 0 once at each end. */
+static int64_t read_epoch(ct_dataloader *dl, ct_device_prefetcher *pf, int64_t *out, int64_t cap) {
+    int64_t k = 0;
+    ct_tensor *x, *y;
+    int rc;
+    while ((rc = pf ? ct_device_prefetcher_next(pf, &x, &y) : ct_dataloader_next(dl, &x, &y)) == 1) {
+        const float *px = ct_data(x);
+        for (int64_t i = 0; i < ct_size(x, 0); i++, k++)
+            if (k < cap)
+                out[k] = (int64_t)lrintf(px[4 * i] * 255.0f) +
+                         256 * (int64_t)lrintf(px[4 * i + 1] * 255.0f);
+        ct_free(x);
+        ct_free(y);
+    }
+    return rc < 0 ? -1 : k;
+}
+
+TEST(data_loader_epochs_follow_one_another_like_pytorch) {
+    ct_dataset *ds = index_dataset(100);
+    for (int mode = 0; mode < 3; mode++) { /* synchronous, 2 workers, prefetcher */
+        ct_dataloader_opts o = ct_dataloader_default_opts();
+        o.batch_size = 16;
+        o.shuffle = 1;
+        o.seed = 11;
+        o.num_workers = mode == 0 ? 0 : 2;
+        ct_dataloader *dl = ct_dataloader_new(ds, &o), *ref = ct_dataloader_new(ds, &o);
+        ct_device_prefetcher *pf = mode == 2 && dl ? ct_device_prefetcher_new(dl, ct_cpu()) : NULL;
+        CHECK(dl && ref && (mode != 2 || pf));
+        int64_t got[3][100], want[100];
+        for (int e = 0; e < 3 && dl && ref; e++) {
+            CHECK_MSG(read_epoch(dl, pf, got[e], 100) == 100, "mode %d epoch %d not full", mode, e);
+            CHECK(epoch_order(ref, e, want, 100, NULL) == 100);
+            CHECK_MSG(memcmp(got[e], want, sizeof want) == 0, "mode %d epoch %d: not epoch %d's order",
+                      mode, e, e);
+        }
+        CHECK_MSG(memcmp(got[0], got[1], sizeof got[0]) != 0 && memcmp(got[1], got[2], sizeof got[0]) != 0,
+                  "mode %d: epochs in the same order", mode);
+        ct_device_prefetcher_free(pf);
+        ct_dataloader_free(dl);
+        ct_dataloader_free(ref);
+    }
+    ct_dataset_free(ds);
+}
+
 TEST(data_loader_drop_last) {
     ct_dataset *ds = index_dataset(1000);
     ct_dataloader_opts o = ct_dataloader_default_opts();
@@ -874,8 +920,9 @@ TEST(data_loader_drop_last) {
     CHECK(epoch_order(dl, 0, order, 1000, &nb) == 960);
     CHECK(nb == 15);
     ct_tensor *x, *y;
-    CHECK(ct_dataloader_next(dl, &x, &y) == 0); /* stays at the end until the next epoch */
-    CHECK(x == NULL && y == NULL);
+    CHECK(ct_dataloader_next(dl, &x, &y) == 1); /* after the end: the next epoch begins */
+    ct_free(x);
+    ct_free(y);
     ct_dataloader_free(dl);
     o.drop_last = 0;
     dl = ct_dataloader_new(ds, &o);
@@ -1294,8 +1341,9 @@ TEST(data_prefetcher_cpu_matches_loader) {
         for (int64_t epoch = 0; epoch < 3; epoch++)
             CHECK(compare_epoch(ref, &s, epoch, ct_cpu(), "cpu prefetcher") == 10);
         ct_tensor *x, *y;
-        CHECK(ct_device_prefetcher_next(pf, &x, &y) == 0); /* stays at the end */
-        CHECK(x == NULL && y == NULL);
+        CHECK(ct_device_prefetcher_next(pf, &x, &y) == 1); /* after the end: the next epoch */
+        ct_free(x);
+        ct_free(y);
         /* a restart mid-epoch replays the epoch from its first batch */
         CHECK_OK(ct_device_prefetcher_start_epoch(pf, 1));
         for (int k = 0; k < 3; k++) {

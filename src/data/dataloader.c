@@ -49,6 +49,7 @@ struct ct_dataloader {
     int nthreads;
 
     int started;   /* an epoch is being produced */
+    int end_reported; /* synchronous mode: the end of `epoch` was returned (0) once */
     int at_end;    /* the consumer saw the end of `epoch`; `epoch+1` may be pre-produced */
     int64_t epoch; /* epoch being produced */
     uint64_t gen;  /* bumps on every (re)start; stale workers discard their batch */
@@ -218,6 +219,7 @@ static void restart_locked(ct_dataloader *dl, int64_t epoch) {
     dl->next_claim = 0;
     dl->next_consume = 0;
     dl->at_end = 0;
+    dl->end_reported = 0;
     dl->started = 1;
     pthread_cond_broadcast(&dl->cv_work);
 }
@@ -321,9 +323,21 @@ int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels
     ct_tensor *img = NULL, *lab = NULL;
     int failed = 0;
     pthread_mutex_lock(&dl->mu);
-    if (dl->at_end || dl->next_consume >= dl->nbatches) {
+    /* The end of an epoch is returned once (0); the call after it starts the next epoch,
+     * reshuffled with that epoch's seed, as a new `for batch in loader` does. With workers
+     * the next epoch is already being produced (at_end says its end is still to report). */
+    if (dl->at_end) {
+        dl->at_end = 0;
         pthread_mutex_unlock(&dl->mu);
         return 0;
+    }
+    if (dl->next_consume >= dl->nbatches) {
+        if (!dl->end_reported || dl->nbatches == 0) {
+            dl->end_reported = 1;
+            pthread_mutex_unlock(&dl->mu);
+            return 0;
+        }
+        restart_locked(dl, dl->epoch + 1);
     }
     int64_t b = dl->next_consume;
     if (dl->nthreads == 0) {

@@ -176,7 +176,10 @@ int ct_device_prefetcher_next(ct_device_prefetcher *p, ct_tensor **images, ct_te
         return ct_error("%s", p->err);
     }
     if (!p->x) {
-        if (p->ended) return 0;
+        if (p->ended) { /* the end, once; the next call starts the loader's next epoch */
+            p->ended = 0;
+            return 0;
+        }
         int r = fetch(p);
         if (r == 0) p->ended = 1;
         if (r <= 0) return r;
