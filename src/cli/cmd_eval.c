@@ -39,7 +39,9 @@ int cmd_eval(int argc, char **argv) {
     int code = CLI_OK;
     eval_result ev;
     if (!model) code = cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
-    else if (ct_module_load(model, ckpt) != 0) code = cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
+    else if (ct_module_load(model, ckpt) != 0)
+        code = cli_fail("eval", CLI_USAGE, "%s (on the command line: pass the --model the "
+                        "checkpoint was saved from)", ct_last_error());
     else if (ct_module_to(model, dev, -1) != 0)
         code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
     else if (cli_evaluate(model, test, kind, dev, batch, &ev) != 0)

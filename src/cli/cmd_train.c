@@ -201,7 +201,8 @@ static int setup_run(train_run *r) {
     r->model = ct_model_create_ex(a->model, r->train->num_classes, r->train->c, r->train->h, r->train->w);
     if (!r->model) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     if (a->init && ct_module_load(r->model, a->init) != 0)
-        return cli_fail("train", CLI_USAGE, "--init: %s", ct_last_error());
+        return cli_fail("train", CLI_USAGE, "--init: %s (pass the --model it was saved from)",
+                        ct_last_error());
     if (ct_module_to(r->model, r->dev, -1) != 0)
         return cli_fail("train", CLI_RUNTIME, "moving the model to %s: %s", a->device, ct_last_error());
     int np;

@@ -55,8 +55,9 @@ int ct_module_load(ct_module *m, const char *path) {
                      model ? " (saved from model " : "", model ? model : "", model ? ")" : "",
                      m->type);
             ct_nn_report_error(header, rep,
-                               "fix: pass a checkpoint saved from the same --model (and number "
-                               "of classes), or choose the --model it was saved from");
+                               "fix: load it into a model built like the one it was saved from "
+                               "(ct_model_create with that name and number of classes), or "
+                               "load a checkpoint saved from this model");
             free(rep);
             rc = -1;
         } else {

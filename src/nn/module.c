@@ -549,8 +549,9 @@ int ct_module_load_state_dict(ct_module *m, const ct_state_dict *sd, int strict)
         char header[160];
         snprintf(header, sizeof header, "load_state_dict: the weights do not match %s", m->type);
         ct_nn_report_error(header, rep,
-                     "fix: load weights saved from the same model architecture (same --model "
-                     "and number of classes)");
+                     "fix: load weights saved from a model of the same architecture and "
+                     "number of classes (strict = 0 ignores missing and unexpected names, "
+                     "not shape mismatches)");
         free(rep);
         return -1;
     }
