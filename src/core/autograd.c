@@ -164,7 +164,7 @@ void ct_node_attach(ct_node *n, ct_tensor *y) {
 
 /* ------------------------------------------------------------ tensor API */
 int ct_set_requires_grad(ct_tensor *t, int rg) {
-    if (!t) return ct_error("set_requires_grad: NULL tensor");
+    if (ct__check_tensor(t, "set_requires_grad")) return -1;
     if (t->grad_fn) {
         if (!rg)
             return ct_error("set_requires_grad: tensor is not a leaf (produced by %s); use "
@@ -343,6 +343,9 @@ static int root_gradient(ct_tensor *root, const ct_tensor *grad_output, ct_tenso
     char b1[96], b2[96];
     *g0 = NULL;
     if (!root) return ct_error("backward: NULL tensor");
+    if (ct__check_tensor(root, "backward") ||
+        (grad_output && ct__check_tensor(grad_output, "backward")))
+        return -1; /* a released tensor */
     if (!root->requires_grad)
         return ct_error("backward: tensor of shape %s does not require grad and has no grad_fn; "
                         "call ct_set_requires_grad on the inputs before computing it",

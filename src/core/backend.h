@@ -260,7 +260,7 @@ enum { CT_MEMCPY_H2D = 0, CT_MEMCPY_D2H = 1, CT_MEMCPY_D2D = 2 };
 /* The layout of ct_backend, which the CUDA plugin fills in: its size, and a number to bump
  * whenever entries change without changing the size. The core refuses a plugin built with
  * another layout (src/core/dispatch.c) instead of calling through a shifted table. */
-#define CT_BACKEND_ABI_VERSION 3
+#define CT_BACKEND_ABI_VERSION 4 /* 4: ct_tensor has a magic field */
 #define CT_BACKEND_ABI ((long)sizeof(ct_backend) * 100 + CT_BACKEND_ABI_VERSION)
 
 int ct_register_backend(const ct_backend *b);

@@ -171,7 +171,8 @@ const ct_backend *ct_backend_get(ct_device_type type) {
 }
 
 const ct_backend *ct_backend_of(const ct_tensor *t) {
-    return g_backends[t->storage->device.type];
+    unsigned type = (unsigned)t->storage->device.type; /* a released tensor's is out of range */
+    return type < CT_NUM_DEVICE_TYPES ? g_backends[type] : NULL;
 }
 
 #define CT__KERNEL_NAME(name, params) #name,
@@ -179,7 +180,11 @@ const char *const ct_kernel_names[CT_KERNEL_COUNT] = {CT_KERNEL_LIST(CT__KERNEL_
 
 int ct__kernel_check(const ct_backend *b, void *fn, const char *opname) {
     if (fn) return 1;
-    ct_error("%s: not implemented on the %s backend", opname, b ? b->name : "unknown");
+    if (!b)
+        ct_error("%s: a tensor argument was already released (ct_free) or is on no known device",
+                 opname);
+    else
+        ct_error("%s: not implemented on the %s backend", opname, b->name);
     return 0;
 }
 

@@ -4,6 +4,7 @@
 #include "error.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,12 +66,51 @@ static _Alignas(64) atomic_llong g_live; /* tensor headers alive (ct__live_tenso
 
 long long ct__live_tensors(void) { return atomic_load(&g_live); }
 
+/* Released headers are not handed back to malloc at once: they wait in a ring of the
+ * last QUARANTINE releases, marked CT_TENSOR_RELEASED and pointing at a storage-less
+ * sentinel, so that a double free or a use after free within that window (a handle used
+ * after about 16k later releases) is reported by name instead of reading freed memory. */
+#define QUARANTINE 16384
+static ct_storage g_released_storage = {.device = {CT_NUM_DEVICE_TYPES, -1}};
+static struct {
+    pthread_mutex_t mu;
+    ct_tensor *ring[QUARANTINE];
+    size_t next;
+} g_quarantine = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void quarantine(ct_tensor *t) {
+    t->magic = CT_TENSOR_RELEASED;
+    t->storage = &g_released_storage;
+    t->grad = NULL;
+    t->grad_fn = NULL;
+    t->requires_grad = 0;
+    t->ndim = 0;
+    pthread_mutex_lock(&g_quarantine.mu);
+    ct_tensor *old = g_quarantine.ring[g_quarantine.next];
+    g_quarantine.ring[g_quarantine.next] = t;
+    g_quarantine.next = (g_quarantine.next + 1) % QUARANTINE;
+    pthread_mutex_unlock(&g_quarantine.mu);
+    free(old);
+}
+
+int ct__check_tensor(const ct_tensor *t, const char *op) {
+    if (!t) return ct_error("%s: NULL tensor argument", op);
+    if (t->magic == CT_TENSOR_LIVE) return 0;
+    if (t->magic == CT_TENSOR_RELEASED)
+        return ct_error("%s: tensor already released (used after ct_free, freed twice, or a "
+                        "borrowed reference such as ct_grad() or a module's parameter was "
+                        "freed); keep a reference with ct_retain or ct_keep while you use it",
+                        op);
+    return ct_error("%s: not a ctorch tensor (a stale or corrupted pointer)", op);
+}
+
 ct_tensor *ct_tensor_make(ct_storage *s, ct_dtype dt, const int64_t *shape, const int64_t *stride,
                           int ndim, int64_t offset) {
     ct_tensor *t = calloc(1, sizeof *t);
     if (!t) return ct_error_null("out of memory allocating a tensor header");
     atomic_fetch_add(&g_live, 1);
     atomic_init(&t->refcount, 1);
+    t->magic = CT_TENSOR_LIVE;
     atomic_fetch_add(&s->refcount, 1);
     t->storage = s;
     t->dtype = dt;
@@ -116,13 +156,19 @@ ct_tensor *ct_view4d(const ct_tensor *t) {
 
 ct_tensor *ct_retain(ct_tensor *t) {
     if (!t) return NULL;
+    if (ct__check_tensor(t, "ct_retain") != 0) return NULL;
     atomic_fetch_add(&t->refcount, 1);
     ct__scope_track(t);
     return t;
 }
 
 void ct__unhold(ct_tensor *t) {
-    if (!t || atomic_fetch_sub(&t->refcount, 1) != 1) return;
+    if (!t) return;
+    if (t->magic != CT_TENSOR_LIVE) { /* never below zero: reported, nothing touched */
+        ct__check_tensor(t, "ct_free");
+        return;
+    }
+    if (atomic_fetch_sub(&t->refcount, 1) != 1) return;
     if (t->scope) ct__scope_forget(t);
     if (t->grad_fn) {
         if (t->grad_fn->retain_target == t) t->grad_fn->retain_target = NULL;
@@ -130,13 +176,13 @@ void ct__unhold(ct_tensor *t) {
     }
     ct__unhold(t->grad);
     ct_storage_release(t->storage);
-    free(t);
+    quarantine(t);
     atomic_fetch_sub(&g_live, 1);
 }
 
 void ct_free(ct_tensor *t) {
     if (!t) return;
-    if (t->scope) ct__scope_untrack(t);
+    if (t->magic == CT_TENSOR_LIVE && t->scope) ct__scope_untrack(t);
     ct__unhold(t);
 }
 
@@ -165,6 +211,7 @@ int ct_is_contiguous(const ct_tensor *t) {
 
 void *ct_data(const ct_tensor *t) {
     if (!t) return NULL;
+    if (ct__check_tensor(t, "data")) return NULL;
     const ct_backend *b = ct_backend_of(t);
     if (!b || !b->host_memory) {
         char d[32];
@@ -175,6 +222,7 @@ void *ct_data(const ct_tensor *t) {
 }
 
 double ct_item(const ct_tensor *t) {
+    if (t && ct__check_tensor(t, "item")) return NAN;
     if (!t || ct_numel(t) != 1) {
         char b[64];
         ct_error("item: tensor of shape %s has %lld elements; item() needs exactly one",

@@ -35,6 +35,7 @@ struct ct_node;
 
 struct ct_tensor {
     ct_atomic_int refcount;
+    unsigned magic; /* CT_TENSOR_LIVE; CT_TENSOR_RELEASED once released (see tensor.c) */
     ct_storage *storage;
     ct_dtype dtype;
     int ndim;
@@ -79,6 +80,15 @@ void ct__scope_track(ct_tensor *t);
 int ct__scope_untrack(ct_tensor *t);
 /* Called when a tensor is destroyed while a scope still lists it. */
 void ct__scope_forget(ct_tensor *t);
+
+/* Handle checks. A released tensor's header is kept for a while (tensor.c's quarantine)
+ * with magic CT_TENSOR_RELEASED and no storage, so a double free or a use after free is
+ * reported instead of reading freed memory. */
+#define CT_TENSOR_LIVE 0x7e450a11u
+#define CT_TENSOR_RELEASED 0x7e45dea0u
+/* 0 for a live tensor; else -1 with "<op>: NULL tensor argument" or "<op>: tensor already
+ * released (...)" as the error. */
+int ct__check_tensor(const ct_tensor *t, const char *op);
 
 /* Number of tensor headers alive in the process (for leak tests). */
 long long ct__live_tensors(void);

@@ -101,6 +101,9 @@ static int conv_prepare(const ct_tensor *x, const ct_tensor *weight, const ct_te
                         int groups, int st[2], int pd[2], int dl[2], int64_t *ysh) {
     char s1[96], s2[96], s3[96];
     if (!x || !weight) return ct_error("conv2d: %s is NULL", x ? "weight" : "input");
+    if (ct__check_tensor(x, "conv2d") || ct__check_tensor(weight, "conv2d") ||
+        (bias && ct__check_tensor(bias, "conv2d")))
+        return -1; /* a released tensor */
     if (x->ndim != 3 && x->ndim != 4)
         return ct_error("conv2d: input %s must be 4-D [N, C, H, W] or 3-D [C, H, W]",
                         ct_shape_str(x, s1, sizeof s1));

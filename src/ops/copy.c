@@ -42,17 +42,20 @@ static ct_tensor *copy_as(const ct_tensor *x, ct_dtype dt, ct_device dev, const 
 
 ct_tensor *ct_clone(const ct_tensor *x) {
     if (!x) return ct_error_null("clone: NULL tensor");
+    if (ct__check_tensor(x, "clone")) return NULL; /* a released tensor */
     return copy_as(x, x->dtype, x->storage->device, "CloneBackward", identity_backward);
 }
 
 ct_tensor *ct_contiguous(const ct_tensor *x) {
     if (!x) return ct_error_null("contiguous: NULL tensor");
+    if (ct__check_tensor(x, "contiguous")) return NULL; /* a released tensor */
     if (ct_is_contiguous(x)) return ct_retain((ct_tensor *)x);
     return copy_as(x, x->dtype, x->storage->device, "ContiguousBackward", identity_backward);
 }
 
 ct_tensor *ct_to_dtype(const ct_tensor *x, ct_dtype dt) {
     if (!x) return ct_error_null("to_dtype: NULL tensor");
+    if (ct__check_tensor(x, "to_dtype")) return NULL; /* a released tensor */
     if ((unsigned)dt >= CT_NUM_DTYPES) return ct_error_null("to_dtype: invalid dtype %d", (int)dt);
     if (dt == x->dtype) return ct_retain((ct_tensor *)x);
     return copy_as(x, dt, x->storage->device, "ToCopyBackward", convert_backward);
@@ -60,6 +63,7 @@ ct_tensor *ct_to_dtype(const ct_tensor *x, ct_dtype dt) {
 
 ct_tensor *ct_to_device(const ct_tensor *x, ct_device dev) {
     if (!x) return ct_error_null("to_device: NULL tensor");
+    if (ct__check_tensor(x, "to_device")) return NULL; /* a released tensor */
     if (ct_device_equal(dev, x->storage->device)) return ct_retain((ct_tensor *)x);
     if (!ct_backend_get(dev.type)) return NULL;
     return copy_as(x, x->dtype, dev, "ToCopyBackward", convert_backward);
@@ -67,5 +71,6 @@ ct_tensor *ct_to_device(const ct_tensor *x, ct_device dev) {
 
 ct_tensor *ct_detach(const ct_tensor *x) {
     if (!x) return ct_error_null("detach: NULL tensor");
+    if (ct__check_tensor(x, "detach")) return NULL; /* a released tensor */
     return ct_alias(x);
 }

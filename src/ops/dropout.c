@@ -26,6 +26,7 @@ static int dropout_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
 ct_tensor *ct_dropout(const ct_tensor *x, double p, int training) {
     char b[96];
     if (!x) return ct_error_null("dropout: input is NULL");
+    if (ct__check_tensor(x, "dropout")) return NULL; /* a released tensor */
     if (!(p >= 0.0 && p <= 1.0))
         return ct_error_null("dropout: probability has to be between 0 and 1, but got %g", p);
     if (!training || p == 0.0 || ct_numel(x) == 0) return ct_retain((ct_tensor *)x);

@@ -42,6 +42,8 @@ static int check_args(const ct_tensor *indices, const ct_tensor *weight, int64_t
     char s1[96], s2[96];
     if (!indices || !weight)
         return ct_error("embedding: %s is NULL", indices ? "weight" : "indices");
+    if (ct__check_tensor(indices, "embedding") || ct__check_tensor(weight, "embedding"))
+        return -1; /* a released tensor */
     if (weight->ndim != 2 || !ct_is_floating(weight->dtype))
         return ct_error("embedding: weight %s %s must be a 2-D floating tensor "
                         "[num_embeddings, embedding_dim]",

@@ -40,6 +40,7 @@ static int check_list(const char *op, ct_tensor *const *ts, int n) {
         return ct_error("%s: expected a non-empty list of tensors (got n=%d)", op, n);
     for (int i = 0; i < n; i++)
         if (!ts[i]) return ct_error("%s: tensor %d of %d is NULL", op, i, n);
+        else if (ct__check_tensor(ts[i], op)) return -1; /* a released tensor */
     const ct_tensor *t0 = ts[0];
     for (int i = 1; i < n; i++) {
         const ct_tensor *t = ts[i];

@@ -39,6 +39,7 @@ static int flatten_nd(const char *op, const ct_tensor *input, const ct_tensor *t
                       int *tnd) {
     *x2 = *t1 = NULL;
     if (!input || !target) return ct_error("%s: input or target is NULL", op);
+    if (ct__check_tensor(input, op) || ct__check_tensor(target, op)) return -1; /* a released tensor */
     if (check_reduction(red, op) != 0) return -1;
     char sa[128], sb[128];
     ct_fmt_shape(input->shape, input->ndim, sa, sizeof sa);
@@ -326,6 +327,7 @@ ct_tensor *ct_cross_entropy(const ct_tensor *logits, const ct_tensor *target,
 /* ------------------------------------------------------------------ mse_loss */
 ct_tensor *ct_mse_loss(const ct_tensor *input, const ct_tensor *target, ct_reduction reduction) {
     if (!input || !target) return ct_error_null("mse_loss: input or target is NULL");
+    if (ct__check_tensor(input, "mse_loss") || ct__check_tensor(target, "mse_loss")) return NULL; /* a released tensor */
     if (check_reduction(reduction, "mse_loss") != 0) return NULL;
     char sa[128], sb[128];
     ct_fmt_shape(input->shape, input->ndim, sa, sizeof sa);

@@ -347,6 +347,7 @@ static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
 
 ct_tensor *ct_matmul(const ct_tensor *a, const ct_tensor *b) {
     if (!a || !b) return ct_error_null("matmul: argument %s is NULL", a ? "b" : "a");
+    if (ct__check_tensor(a, "matmul") || ct__check_tensor(b, "matmul")) return NULL; /* a released tensor */
     char s1[96], s2[96];
     if (a->ndim < 1 || b->ndim < 1)
         return ct_error_null("matmul: both arguments need at least 1 dimension, got shapes %s "
@@ -479,6 +480,9 @@ ct_tensor *ct_linear(const ct_tensor *x, const ct_tensor *weight, const ct_tenso
     char s1[96], s2[96], s3[96];
     if (!x || !weight)
         return ct_error_null("linear: %s is NULL", x ? "weight" : "input");
+    if (ct__check_tensor(x, "linear") || ct__check_tensor(weight, "linear") ||
+        (bias && ct__check_tensor(bias, "linear")))
+        return NULL; /* a released tensor */
     if (x->ndim < 1)
         return ct_error_null("linear: input %s must have at least 1 dim [*, in_features]",
                              ct_shape_str(x, s1, sizeof s1));

@@ -34,6 +34,7 @@ static int check_param(const char *op, const char *what, const ct_tensor *p, con
                        const int64_t *shape, int ndim) {
     char b1[96], b2[96], b3[96];
     if (!p) return 0;
+    if (ct__check_tensor(p, op)) return -1; /* a released tensor */
     if (p->dtype != x->dtype)
         return ct_error("%s: %s has dtype %s but input has dtype %s; convert it with ct_to_dtype",
                         op, what, ct_dtype_name(p->dtype), ct_dtype_name(x->dtype));
@@ -55,6 +56,7 @@ static int check_param(const char *op, const char *what, const ct_tensor *p, con
 static int check_floating_input(const char *op, const ct_tensor *x) {
     char b[96];
     if (!x) return ct_error("%s: input is NULL", op);
+    if (ct__check_tensor(x, op)) return -1; /* a released tensor */
     if (x->dtype != CT_FLOAT32 && x->dtype != CT_FLOAT64)
         return ct_error("%s: input %s has dtype %s; normalisation needs float32 or float64 "
                         "(convert with ct_to_dtype)",

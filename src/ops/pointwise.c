@@ -31,6 +31,7 @@ static int broadcast_shape(const ct_tensor *a, const ct_tensor *b, int64_t *out,
 
 static int check_pair(const ct_tensor *a, const ct_tensor *b, const char *op) {
     if (!a || !b) return ct_error("%s: NULL tensor argument", op);
+    if (ct__check_tensor(a, op) || ct__check_tensor(b, op)) return -1; /* a released tensor */
     if (a->dtype != b->dtype)
         return ct_error("%s: dtype mismatch (%s and %s); convert one with ct_to_dtype", op,
                         ct_dtype_name(a->dtype), ct_dtype_name(b->dtype));
@@ -202,6 +203,7 @@ ct_tensor *ct__unary(ct_unop op, const ct_tensor *a, double p1, double p2) {
     if ((unsigned)op >= CT_UN_COUNT) return ct_error_null("unary op %d: no such op", (int)op);
     const char *name = g_un[op].name;
     if (!a) return ct_error_null("%s: NULL tensor argument", name);
+    if (ct__check_tensor(a, name)) return NULL; /* a released tensor */
     if (!ct_is_floating(a->dtype) && !(a->dtype == CT_INT64 && !g_un[op].float_only))
         return ct_error_null("%s: needs a floating-point tensor%s, got %s; convert with "
                              "ct_to_dtype",
@@ -248,6 +250,7 @@ ct_tensor *ct_gelu(const ct_tensor *a, int approximate_tanh) {
 /* -------------------------------------------------------------- in-place */
 static int check_inplace(ct_tensor *a, const char *op) {
     if (!a) return ct_error("%s: NULL tensor argument", op);
+    if (ct__check_tensor(a, op)) return -1; /* a released tensor */
     if (ct_is_grad_enabled() && a->requires_grad) {
         if (!a->grad_fn)
             return ct_error("%s: a leaf tensor that requires grad cannot be modified in place "
@@ -305,6 +308,7 @@ int ct__copy_any(ct_tensor *dst, const ct_tensor *src);
 int ct_copy_(ct_tensor *dst, const ct_tensor *src) {
     if (check_inplace(dst, "copy_") != 0) return -1;
     if (!src) return ct_error("copy_: NULL source tensor");
+    if (ct__check_tensor(src, "copy_")) return -1; /* a released tensor */
     ct_tensor *es = ct_expand(src, dst->shape, dst->ndim);
     if (!es) {
         ct_error_context("copy_");

@@ -32,6 +32,7 @@ static int64_t pool_out_size(int64_t in, int64_t k, int64_t pad, int64_t stride,
 static int pool_input_check(const char *op, const ct_tensor *x) {
     char s1[96];
     if (!x) return ct_error("%s: input is NULL", op);
+    if (ct__check_tensor(x, op)) return -1; /* a released tensor */
     if (x->ndim != 3 && x->ndim != 4)
         return ct_error("%s: input %s must be 4-D [N, C, H, W] or 3-D [C, H, W]", op,
                         ct_shape_str(x, s1, sizeof s1));

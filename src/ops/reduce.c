@@ -62,6 +62,7 @@ static int sum_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
 static ct_tensor *sum_mean(const ct_tensor *a, const int *dims, int ndims, int keepdim, int mean) {
     const char *op = mean ? "mean" : "sum";
     if (!a) return ct_error_null("%s: NULL tensor argument", op);
+    if (ct__check_tensor(a, op)) return NULL; /* a released tensor */
     if (mean && !ct_is_floating(a->dtype))
         return ct_error_null("mean: needs a floating-point tensor, got %s", ct_dtype_name(a->dtype));
     int mask[CT_MAX_DIMS];
@@ -146,6 +147,7 @@ static int max_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
 ct_tensor *ct_max(const ct_tensor *a, int dim, int keepdim, ct_tensor **indices) {
     if (indices) *indices = NULL;
     if (!a) return ct_error_null("max: NULL tensor argument");
+    if (ct__check_tensor(a, "max")) return NULL; /* a released tensor */
     int d = ct_wrap_dim(dim, a->ndim, "max");
     if (d < 0) return NULL;
     if (a->ndim && a->shape[d] == 0)
@@ -180,6 +182,7 @@ ct_tensor *ct_max(const ct_tensor *a, int dim, int keepdim, ct_tensor **indices)
 
 ct_tensor *ct_max_all(const ct_tensor *a) {
     if (!a) return ct_error_null("max: NULL tensor argument");
+    if (ct__check_tensor(a, "max")) return NULL; /* a released tensor */
     if (ct_numel(a) == 0) return ct_error_null("max: the tensor is empty; max of nothing is undefined");
     int64_t n = ct_numel(a);
     ct_tensor *f = ct_reshape(a, &n, 1);

@@ -36,6 +36,7 @@ static int softmax_backward_fn(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
 static ct_tensor *softmax_impl(const ct_tensor *a, int dim, int is_log) {
     const char *op = is_log ? "log_softmax" : "softmax";
     if (!a) return ct_error_null("%s: input is NULL", op);
+    if (ct__check_tensor(a, op)) return NULL; /* a released tensor */
     char sb[128];
     if (!ct_is_floating(a->dtype))
         return ct_error_null("%s: input %s has dtype %s; softmax needs a floating tensor "

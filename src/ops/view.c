@@ -127,6 +127,7 @@ static int infer_shape(const ct_tensor *x, const int64_t *shape, int ndim, int64
 
 ct_tensor *ct_view(const ct_tensor *x, const int64_t *shape, int ndim) {
     if (!x) return ct_error_null("view: NULL tensor");
+    if (ct__check_tensor(x, "view")) return NULL; /* a released tensor */
     int64_t sh[CT_MAX_DIMS], st[CT_MAX_DIMS];
     if (infer_shape(x, shape, ndim, sh, "view") != 0) return NULL;
     if (view_strides(x, sh, ndim, st) != 0) {
@@ -141,6 +142,7 @@ ct_tensor *ct_view(const ct_tensor *x, const int64_t *shape, int ndim) {
 
 ct_tensor *ct_reshape(const ct_tensor *x, const int64_t *shape, int ndim) {
     if (!x) return ct_error_null("reshape: NULL tensor");
+    if (ct__check_tensor(x, "reshape")) return NULL; /* a released tensor */
     int64_t sh[CT_MAX_DIMS], st[CT_MAX_DIMS];
     if (infer_shape(x, shape, ndim, sh, "reshape") != 0) return NULL;
     if (view_strides(x, sh, ndim, st) == 0)
@@ -154,6 +156,7 @@ ct_tensor *ct_reshape(const ct_tensor *x, const int64_t *shape, int ndim) {
 
 ct_tensor *ct_permute(const ct_tensor *x, const int *dims, int ndim) {
     if (!x) return ct_error_null("permute: NULL tensor");
+    if (ct__check_tensor(x, "permute")) return NULL; /* a released tensor */
     char b[96];
     if (ndim != x->ndim)
         return ct_error_null("permute: %d dims given for a tensor of shape %s (%d dims)", ndim,
@@ -176,6 +179,7 @@ ct_tensor *ct_permute(const ct_tensor *x, const int *dims, int ndim) {
 
 ct_tensor *ct_transpose(const ct_tensor *x, int d0, int d1) {
     if (!x) return ct_error_null("transpose: NULL tensor");
+    if (ct__check_tensor(x, "transpose")) return NULL; /* a released tensor */
     if (x->ndim == 0) return finish_view(x, ct_alias(x), "ViewBackward", reshape_backward, NULL, 0);
     int a = ct_wrap_dim(d0, x->ndim, "transpose"), b = ct_wrap_dim(d1, x->ndim, "transpose");
     if (a < 0 || b < 0) return NULL;
@@ -188,6 +192,7 @@ ct_tensor *ct_transpose(const ct_tensor *x, int d0, int d1) {
 
 ct_tensor *ct_slice(const ct_tensor *x, int dim, int64_t start, int64_t end, int64_t step) {
     if (!x) return ct_error_null("slice: NULL tensor");
+    if (ct__check_tensor(x, "slice")) return NULL; /* a released tensor */
     int d = ct_wrap_dim(dim, x->ndim, "slice");
     if (d < 0) return NULL;
     if (step <= 0) return ct_error_null("slice: step must be positive (got %lld)", (long long)step);
@@ -210,6 +215,7 @@ ct_tensor *ct_slice(const ct_tensor *x, int dim, int64_t start, int64_t end, int
 
 ct_tensor *ct_narrow(const ct_tensor *x, int dim, int64_t start, int64_t length) {
     if (!x) return ct_error_null("narrow: NULL tensor");
+    if (ct__check_tensor(x, "narrow")) return NULL; /* a released tensor */
     int d = ct_wrap_dim(dim, x->ndim, "narrow");
     if (d < 0) return NULL;
     int64_t size = x->shape[d];
@@ -225,6 +231,7 @@ ct_tensor *ct_narrow(const ct_tensor *x, int dim, int64_t start, int64_t length)
 
 ct_tensor *ct_expand(const ct_tensor *x, const int64_t *shape, int ndim) {
     if (!x) return ct_error_null("expand: NULL tensor");
+    if (ct__check_tensor(x, "expand")) return NULL; /* a released tensor */
     char b1[96], b2[96];
     if (ndim < x->ndim || ndim > CT_MAX_DIMS)
         return ct_error_null("expand: the number of sizes (%d) must be at least the tensor's "
@@ -259,6 +266,7 @@ ct_tensor *ct_expand(const ct_tensor *x, const int64_t *shape, int ndim) {
 
 ct_tensor *ct_squeeze(const ct_tensor *x, int dim) {
     if (!x) return ct_error_null("squeeze: NULL tensor");
+    if (ct__check_tensor(x, "squeeze")) return NULL; /* a released tensor */
     int d = ct_wrap_dim(dim, x->ndim, "squeeze");
     if (d < 0) return NULL;
     if (x->ndim == 0 || x->shape[d] != 1) return finish_view(x, ct_alias(x), "ViewBackward", reshape_backward, NULL, 0);
@@ -274,6 +282,7 @@ ct_tensor *ct_squeeze(const ct_tensor *x, int dim) {
 
 ct_tensor *ct_squeeze_all(const ct_tensor *x) {
     if (!x) return ct_error_null("squeeze: NULL tensor");
+    if (ct__check_tensor(x, "squeeze")) return NULL; /* a released tensor */
     int64_t sh[CT_MAX_DIMS], st[CT_MAX_DIMS];
     int k = 0;
     for (int i = 0; i < x->ndim; i++)
@@ -286,6 +295,7 @@ ct_tensor *ct_squeeze_all(const ct_tensor *x) {
 
 ct_tensor *ct_unsqueeze(const ct_tensor *x, int dim) {
     if (!x) return ct_error_null("unsqueeze: NULL tensor");
+    if (ct__check_tensor(x, "unsqueeze")) return NULL; /* a released tensor */
     if (x->ndim >= CT_MAX_DIMS) return ct_error_null("unsqueeze: tensor already has %d dims (max)", CT_MAX_DIMS);
     int d = ct_wrap_dim(dim, x->ndim + 1, "unsqueeze");
     if (d < 0) return NULL;
@@ -306,6 +316,7 @@ ct_tensor *ct_unsqueeze(const ct_tensor *x, int dim) {
 
 ct_tensor *ct_flatten(const ct_tensor *x, int start_dim, int end_dim) {
     if (!x) return ct_error_null("flatten: NULL tensor");
+    if (ct__check_tensor(x, "flatten")) return NULL; /* a released tensor */
     if (x->ndim == 0) {
         int64_t one = 1;
         return ct_reshape(x, &one, 1);

@@ -276,6 +276,8 @@ static int prepare(ct_optimizer *o, int i) {
     ct_tensor *p = o->params[i], *grad = p->grad;
     const ct_optim_options *op = &o->o;
     char s1[96], s2[96];
+    if (ct__check_tensor(p, kind_title(o->kind)) || ct__check_tensor(grad, kind_title(o->kind)))
+        return ct_error_context("parameter %d", i), -1; /* released by the caller */
     if (!ct_same_shape(grad, p) || grad->dtype != p->dtype || !ct_same_device(grad, p))
         return ct_error("%s: parameter %d %s %s has a gradient %s %s; they must match",
                         kind_title(o->kind), i, ct_shape_str(p, s1, sizeof s1),
