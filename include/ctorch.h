@@ -79,6 +79,13 @@ void ct_manual_seed(uint64_t seed); /* seeds rand/randn/dropout/init */
 uint64_t ct_seed(void);
 
 /* ------------------------------------------------------- lifetime & info */
+/* Ownership: every ct_tensor * a function returns is a NEW reference, the caller's to
+ * release (ct_free, or a scope below); tensors passed in are BORROWED (a function that
+ * keeps one takes its own reference); functions documented as returning a BORROWED
+ * tensor (ct_grad, ct_module_get_tensor, ...) give a pointer the caller must not free.
+ * A misused handle is reported, not a crash: freeing twice, using a tensor after it was
+ * released, or freeing a borrowed one makes the next call on it fail with "<op>: tensor
+ * already released" (released headers are kept for the next ~16k releases to tell). */
 ct_tensor *ct_retain(ct_tensor *t); /* returns t with one more reference */
 void ct_free(ct_tensor *t);         /* drops one reference; NULL is fine */
 
