@@ -1,5 +1,8 @@
 # ctorch: plain Makefile. Optional features (CUDA plugin) are auto-detected and skipped
 # with a one-line notice when their toolchain is missing.
+#
+#   make install [PREFIX=/usr/local] [DESTDIR=]   headers, libctorch.{so,a}, the CUDA
+#   make uninstall [PREFIX=...]                   plugin, ctorch, lib/pkgconfig/ctorch.pc
 CC      ?= gcc
 BUILD   ?= build
 OPT     ?= -O3
@@ -18,6 +21,10 @@ else
 $(info notice: libarchive's header not found; reading cifar-10-binary.tar.gz is left out (install libarchive-dev))
 endif
 ALL_LDLIBS = -lopenblas -lz -ljansson $(ARCHIVE_LIBS) -lpthread -ldl -lm $(LDLIBS)
+# libctorch.so's version and soname, from CT_VERSION in include/ctorch.h.
+CT_VERSION := $(shell sed -n 's/^\#define CT_VERSION "\([^"]*\)".*/\1/p' include/ctorch.h)
+SOVERSION  := $(firstword $(subst ., ,$(CT_VERSION)))
+SONAME     := libctorch.so.$(SOVERSION)
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC := $(sort $(wildcard src/core/*.c src/ops/*.c src/backends/cpu/*.c src/nn/*.c \
@@ -33,11 +40,12 @@ DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,$(if $(CTORCH_DATA),$
 NVCC := $(shell command -v nvcc 2>/dev/null)
 
 PHONY_EXTRA := examples
-.PHONY: all lib cli cuda examples test test-sanitize valgrind fixtures deps run clean
+.PHONY: all lib cli cuda examples test test-sanitize valgrind fixtures deps run clean \
+        install uninstall
 
 all: lib cli cuda examples
 
-lib: $(BUILD)/libctorch.a $(BUILD)/libctorch.so
+lib: $(BUILD)/libctorch.a $(BUILD)/libctorch.so $(BUILD)/$(SONAME)
 cli: $(BUILD)/ctorch
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard src/*/*.h) $(wildcard src/*/*/*.h) $(wildcard tests/*.h)
@@ -48,11 +56,23 @@ $(BUILD)/libctorch.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/libctorch.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(ALL_LDLIBS)
+# A program linked with -Lbuild -lctorch needs libctorch.so.0 (the soname) at run time:
+# build/libctorch.so.0 is a link to build/libctorch.so. This link and the CLI's depend on
+# the Makefile too, so that an older build gets the soname and the RUNPATH that
+# `make install` relies on (relinking only).
+$(BUILD)/libctorch.so: $(LIB_OBJ) Makefile
+	$(CC) -shared -Wl,-soname,$(SONAME) -o $@ $(LIB_OBJ) $(ALL_LDLIBS)
 
-$(BUILD)/ctorch: $(CLI_OBJ) $(LIB_OBJ)
-	$(CC) $(ALL_CFLAGS) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic
+$(BUILD)/$(SONAME): $(BUILD)/libctorch.so
+	ln -sf libctorch.so $@
+
+# The CLI has the library linked in. Its RUNPATH $ORIGIN/../lib is where `make install`
+# puts the CUDA plugin: src/core/dispatch.c's last resort, dlopen("libctorch_cuda.so"),
+# searches the calling executable's RUNPATH, so an installed bin/ctorch finds
+# lib/libctorch_cuda.so (in build/, the plugin next to the executable is found first).
+$(BUILD)/ctorch: $(CLI_OBJ) $(LIB_OBJ) Makefile
+	$(CC) $(ALL_CFLAGS) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic \
+	    -Wl,-rpath,'$$ORIGIN/../lib'
 
 examples: $(EXAMPLES)
 
@@ -70,6 +90,89 @@ cuda:
 else
 include src/backends/cuda/cuda.mk
 endif
+
+# -------------------------------------------------------------------- install
+# make install [PREFIX=/usr/local] [DESTDIR=staging root]: the public headers (ctorch.h is
+# the one a program includes), libctorch.so.$(CT_VERSION) with its soname link
+# $(SONAME) and the libctorch.so link, libctorch.a, the CUDA plugin next to libctorch.so
+# (where dispatch.c looks for it: beside the library, via dladdr), bin/ctorch, and
+# lib/pkgconfig/ctorch.pc. It installs the normal build's outputs (building them first
+# if needed, with the normal flags); it never rebuilds with other flags.
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+BINDIR       ?= $(PREFIX)/bin
+LIBDIR       ?= $(PREFIX)/lib
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+PKG_CONFIG   ?= pkg-config
+INSTALL_HEADERS := $(notdir $(wildcard include/ctorch*.h))
+INSTALL_DIRS = $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
+               $(DESTDIR)$(PKGCONFIGDIR)
+
+# ctorch.pc. Dependencies whose Debian .pc files are usable go in Requires.private (zlib,
+# jansson), the others are -l flags in Libs.private: openblas.pc would add its include
+# directory (ctorch's headers do not need it) and -lgfortran; libarchive.pc's private libs
+# (-lacl -lzstd -llz4 ...) are not installed by libarchive-dev, so `--static` could not
+# link. Libs.private starts with -Wl,-Bdynamic and ends with -rdynamic, for the static
+# command `cc prog.c -Wl,-Bstatic $$(pkg-config --static --cflags --libs ctorch)`:
+# libctorch.a linked in, its dependencies shared, ct_error exported for the CUDA plugin.
+# Libs carries -Wl,-rpath,$${libdir} (PC_RPATH) unless libdir is one the loader searches
+# by default, so that a program compiled with pkg-config runs without LD_LIBRARY_PATH or
+# ldconfig (and, linked statically, still finds the plugin in libdir through dlopen);
+# packagers may set PC_RPATH= .
+pc_has = $(shell $(PKG_CONFIG) --exists $(1) 2>/dev/null && echo yes)
+PC_REQUIRES = $(foreach p,zlib jansson,$(if $(call pc_has,$(p)),$(p)))
+PC_REQUIRED_LIBS = $(if $(filter zlib,$(PC_REQUIRES)),-lz) \
+                   $(if $(filter jansson,$(PC_REQUIRES)),-ljansson)
+PC_LIBS_PRIVATE = -Wl,-Bdynamic $(filter-out $(PC_REQUIRED_LIBS),$(ALL_LDLIBS)) -rdynamic
+MULTIARCH = $(shell $(CC) -print-multiarch 2>/dev/null)
+SYSTEM_LIBDIRS = /lib /lib64 /usr/lib /usr/lib64 $(if $(MULTIARCH),/lib/$(MULTIARCH) \
+                 /usr/lib/$(MULTIARCH))
+PC_RPATH_FLAG = -Wl,-rpath,$${libdir}
+PC_RPATH ?= $(if $(filter $(SYSTEM_LIBDIRS),$(patsubst %/,%,$(LIBDIR))),,$(PC_RPATH_FLAG))
+PC_DEFAULT_PATH = $(shell $(PKG_CONFIG) --variable pc_path pkg-config 2>/dev/null)
+pc_rel = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
+
+install: lib cli $(if $(NVCC),cuda)
+	@for v in "PREFIX=$(PREFIX)" "BINDIR=$(BINDIR)" "LIBDIR=$(LIBDIR)" \
+	          "INCLUDEDIR=$(INCLUDEDIR)" "PKGCONFIGDIR=$(PKGCONFIGDIR)"; do \
+	    case "$${v#*=}" in /*) ;; *) echo "error: make install: $$v is not an absolute" \
+	        "path (for example: make install PREFIX=/usr/local or PREFIX=\$$HOME/.local)" >&2; \
+	        exit 1;; esac; done
+	@for d in $(INSTALL_DIRS); do \
+	    { mkdir -p "$$d" 2>/dev/null && [ -w "$$d" ]; } || { echo "error: make install:" \
+	        "cannot create or write $$d (PREFIX=$(PREFIX)$(if $(DESTDIR), DESTDIR=$(DESTDIR)))." \
+	        "Choose a PREFIX you can write (for example: make install PREFIX=\$$HOME/.local)" \
+	        "or run make install as root" >&2; exit 1; }; done
+	install -m 644 $(addprefix include/,$(INSTALL_HEADERS)) $(DESTDIR)$(INCLUDEDIR)/
+	install -m 755 $(BUILD)/libctorch.so $(DESTDIR)$(LIBDIR)/libctorch.so.$(CT_VERSION)
+	ln -sf libctorch.so.$(CT_VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libctorch.so
+	install -m 644 $(BUILD)/libctorch.a $(DESTDIR)$(LIBDIR)/libctorch.a
+	@if [ -f $(BUILD)/libctorch_cuda.so ]; then \
+	    echo "install -m 755 $(BUILD)/libctorch_cuda.so $(DESTDIR)$(LIBDIR)/libctorch_cuda.so"; \
+	    install -m 755 $(BUILD)/libctorch_cuda.so $(DESTDIR)$(LIBDIR)/libctorch_cuda.so; \
+	else echo "notice: no CUDA plugin in $(BUILD) (nvcc not found): installing the CPU-only library"; fi
+	install -m 755 $(BUILD)/ctorch $(DESTDIR)$(BINDIR)/ctorch
+	@printf '%s\n' 'prefix=$(PREFIX)' 'exec_prefix=$${prefix}' \
+	    'libdir=$(call pc_rel,$(LIBDIR))' 'includedir=$(call pc_rel,$(INCLUDEDIR))' '' \
+	    'Name: ctorch' \
+	    'Description: tensors with define-by-run autograd, nn, optim, data (C11)' \
+	    'Version: $(CT_VERSION)' \
+	    'Requires.private: $(strip $(PC_REQUIRES))' \
+	    'Cflags: -I$${includedir}' \
+	    'Libs: $(strip -L$${libdir} $(PC_RPATH) -lctorch)' \
+	    'Libs.private: $(strip $(PC_LIBS_PRIVATE))' > $(DESTDIR)$(PKGCONFIGDIR)/ctorch.pc
+	@echo "installed ctorch $(CT_VERSION) in $(DESTDIR)$(PREFIX); build a program with:" \
+	    "cc prog.c \$$(pkg-config --cflags --libs ctorch)$(if $(filter $(PKGCONFIGDIR), \
+	    $(subst :, ,$(PC_DEFAULT_PATH))),, (with PKG_CONFIG_PATH=$(PKGCONFIGDIR)))"
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/,$(INSTALL_HEADERS))
+	rm -f $(addprefix $(DESTDIR)$(LIBDIR)/,libctorch.so $(SONAME) \
+	    libctorch.so.$(CT_VERSION) libctorch.a libctorch_cuda.so)
+	rm -f $(DESTDIR)$(BINDIR)/ctorch $(DESTDIR)$(PKGCONFIGDIR)/ctorch.pc
+	@rmdir $(DESTDIR)$(PKGCONFIGDIR) 2>/dev/null || true
 
 # ---------------------------------------------------------------------- tests
 deps:

@@ -294,4 +294,12 @@ ct_tensor *ct_stack(ct_tensor *const *tensors, int n, int dim);
 #ifdef __cplusplus
 }
 #endif
+
+/* The one header a program needs: the rest of the public API (modules, optimizers, data,
+ * checkpoints) comes with it. Each of these headers includes ctorch.h first and has its
+ * own include guard, so including them too, in any order, is fine. */
+#include "ctorch_nn.h"
+#include "ctorch_optim.h"
+#include "ctorch_data.h"
+#include "ctorch_io.h"
 #endif /* CTORCH_H */
