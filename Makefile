@@ -180,7 +180,7 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch $(if $(NVCC),cuda-emu)
-	@scripts/check-readme.sh $(BUILD)
+	@scripts/check-readme.sh $(BUILD) "$(ARCHIVE_LIBS)"
 	CTORCH_DATA=$(DATA_DIR) $(BUILD)/test_ctorch
 
 test-sanitize: deps
