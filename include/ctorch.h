@@ -30,6 +30,7 @@ typedef enum {
     CT_UINT8,
     CT_BFLOAT16, /* reserved for mixed precision: storage and conversion only */
     CT_FLOAT16,  /* reserved for mixed precision: storage and conversion only */
+    CT_BOOL,     /* torch.bool: one byte, 0 or 1 (comparisons, masks; any value -> x != 0) */
     CT_NUM_DTYPES
 } ct_dtype;
 
@@ -143,7 +144,8 @@ ct_tensor *ct_randn(const int64_t *shape, int ndim, ct_dtype dt);
 ct_tensor *ct_empty_like(const ct_tensor *t);
 ct_tensor *ct_zeros_like(const ct_tensor *t);
 ct_tensor *ct_ones_like(const ct_tensor *t);
-/* Copies `numel*dtype_size` bytes from data into a new contiguous CPU tensor. */
+/* Copies `numel*dtype_size` bytes from data into a new contiguous CPU tensor (CT_BOOL: one
+ * byte per element, any non-zero byte is stored as 1). */
 ct_tensor *ct_from_data(const void *data, const int64_t *shape, int ndim, ct_dtype dt);
 /* Wraps the caller's buffer without copying. `deleter` (may be NULL) is called with
  * (data, ctx) when the last tensor using the buffer is freed. */

@@ -199,6 +199,9 @@ static void case_copy(ct_device dev, const ct_kernels *k, const char *bname) {
         {CT_FLOAT32, CT_UINT8},   {CT_BFLOAT16, CT_FLOAT32}, {CT_FLOAT16, CT_FLOAT32},
         {CT_FLOAT32, CT_FLOAT16}, {CT_FLOAT32, CT_FLOAT32}, {CT_INT64, CT_INT64},
         {CT_INT32, CT_FLOAT64},   {CT_UINT8, CT_INT64},     {CT_FLOAT64, CT_BFLOAT16},
+        {CT_BOOL, CT_FLOAT32},    {CT_BOOL, CT_FLOAT64},    {CT_BOOL, CT_INT64},
+        {CT_FLOAT32, CT_BOOL},    {CT_INT64, CT_BOOL},      {CT_BOOL, CT_BOOL},
+        {CT_BOOL, CT_FLOAT16},
     };
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
         const ct_dtype dd = pairs[i][0], sd = pairs[i][1];
@@ -207,6 +210,11 @@ static void case_copy(ct_device dev, const ct_kernels *k, const char *bname) {
         int64_t sh[2] = {7, 5}, shT[2] = {5, 7};
         /* uint8 sources/destinations: keep values in range */
         ct_tensor *base = rnd(shT, 2, CT_FLOAT64, sd == CT_UINT8 || dd == CT_UINT8 ? 1 : 0);
+        if (sd == CT_BOOL || dd == CT_BOOL) { /* zeros (false) and a NaN (true) among them */
+            double *bp = ct_data(base);
+            for (int j = 0; j < 35; j += 3) bp[j] = 0;
+            if (sd != CT_INT64) bp[4] = NAN;
+        }
         ct_tensor *scaled = ct_mul_scalar(base, 20.0);
         ct_tensor *sc = ct_to_dtype(scaled, sd);
         ct_free(base), ct_free(scaled);

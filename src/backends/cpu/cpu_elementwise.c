@@ -244,6 +244,7 @@ static double load_as_double(const char *p, ct_dtype dt) {
     case CT_UINT8: return *(const uint8_t *)p;
     case CT_BFLOAT16: return ct_bf16_to_f32(*(const uint16_t *)p);
     case CT_FLOAT16: return ct_f16_to_f32(*(const uint16_t *)p);
+    case CT_BOOL: return *(const uint8_t *)p != 0;
     default: return 0;
     }
 }
@@ -257,6 +258,7 @@ static void store_double(char *p, ct_dtype dt, double v) {
     case CT_UINT8: *(uint8_t *)p = (uint8_t)(int)v; break;
     case CT_BFLOAT16: *(uint16_t *)p = ct_f32_to_bf16((float)v); break;
     case CT_FLOAT16: *(uint16_t *)p = ct_f32_to_f16((float)v); break;
+    case CT_BOOL: *(uint8_t *)p = v != 0; break; /* NaN is true, as bool(nan) in PyTorch */
     default: break;
     }
 }

@@ -291,6 +291,7 @@ __device__ __forceinline__ double load_as_double(const char *p, int dt) {
     case CT_UINT8: return *(const uint8_t *)p;
     case CT_BFLOAT16: return bf16_to_f32(*(const uint16_t *)p);
     case CT_FLOAT16: return f16_to_f32(*(const uint16_t *)p);
+    case CT_BOOL: return *(const uint8_t *)p != 0;
     default: return 0;
     }
 }
@@ -303,6 +304,7 @@ __device__ __forceinline__ void store_double(char *p, int dt, double v) {
     case CT_UINT8: *(uint8_t *)p = (uint8_t)(int)v; break;
     case CT_BFLOAT16: *(uint16_t *)p = f32_to_bf16((float)v); break;
     case CT_FLOAT16: *(uint16_t *)p = f32_to_f16((float)v); break;
+    case CT_BOOL: *(uint8_t *)p = v != 0; break;
     default: break;
     }
 }
@@ -331,6 +333,7 @@ static size_t dsize(int dt) {
     case CT_FLOAT32: case CT_INT32: return 4;
     case CT_FLOAT64: case CT_INT64: return 8;
     case CT_BFLOAT16: case CT_FLOAT16: return 2;
+    case CT_UINT8: case CT_BOOL: return 1;
     default: return 1;
     }
 }

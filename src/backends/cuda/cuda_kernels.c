@@ -142,6 +142,7 @@ static uint64_t fill_bits(ct_dtype dt, double v) {
     case CT_UINT8: b[0] = (uint8_t)(int)v; break;
     case CT_BFLOAT16: { uint16_t h = ct_f32_to_bf16((float)v); memcpy(b, &h, 2); break; }
     case CT_FLOAT16: { uint16_t h = ct_f32_to_f16((float)v); memcpy(b, &h, 2); break; }
+    case CT_BOOL: b[0] = v != 0; break;
     default: break;
     }
     uint64_t bits;
