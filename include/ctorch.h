@@ -211,6 +211,30 @@ ct_tensor *ct_sign(const ct_tensor *a); /* -1, 0 or 1; its gradient is 0 */
 /* Pass -INFINITY / INFINITY for "no bound". */
 ct_tensor *ct_clamp(const ct_tensor *a, double min, double max);
 
+/* ------------------------------------------------------------ comparisons
+ * torch.eq/ne/lt/le/gt/ge and torch.logical_*: bool results (CT_BOOL), broadcasting, no
+ * gradient (the output does not require grad). Operands of one dtype: float32, float64,
+ * int64 or bool. NaN compares as IEEE (NaN != NaN is true, every other comparison with
+ * NaN false); the logical ops take non-zero (NaN included) as true. Accuracy:
+ *     ct_item(ct_sum(ct_eq(ct_argmax(logits, 1, 0), y), NULL, 0, 0))  (an int64 count) */
+ct_tensor *ct_eq(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_ne(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_lt(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_le(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_gt(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_ge(const ct_tensor *a, const ct_tensor *b);
+/* Against a number (t == 3.0): in t's dtype when it holds s exactly (s rounded to a
+ * floating t's precision, as PyTorch does), else in float64 (int64 t < 2.5). */
+ct_tensor *ct_eq_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_ne_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_lt_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_le_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_gt_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_ge_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_logical_not(const ct_tensor *a);
+ct_tensor *ct_logical_and(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_logical_or(const ct_tensor *a, const ct_tensor *b);
+
 /* In-place (bump the version counter; refused on leaves that require grad
  * while grad mode is on). `alpha` scales b: a += alpha*b. */
 int ct_add_(ct_tensor *a, const ct_tensor *b, double alpha);

@@ -21,40 +21,64 @@ static char g_why[1024];
 static int cuda_ready(void) { return backend_cuda_ready(g_why, sizeof g_why); }
 
 /* ------------------------------------------------------------------ binary */
+/* Operands for binary op `op`: the comparisons get values with ties (multiples of 0.5,
+ * small integers) and, for floating dtypes, NaNs; the others randn (a) and [1, 3) (b). */
+static tp binary_operand(const int64_t *sh, int nd, ct_dtype dt, int second, int op,
+                         ct_device dev) {
+    if (!ct_binop_result_bool(op)) return tp_rnd(sh, nd, dt, second ? 1 : 0, dev);
+    ct_tensor *r = rnd(sh, nd, CT_FLOAT64, 0), *h = ct_mul_scalar(r, 1.2);
+    double *p = ct_data(h);
+    for (int64_t i = 0; i < ct_numel(h); i++) {
+        p[i] = (double)(int64_t)(p[i] * 2) / 2; /* ties between a and b */
+        if (ct_is_floating(dt) && (i + second) % 7 == 3) p[i] = NAN;
+    }
+    ct_tensor *t = ct_to_dtype(h, dt);
+    ct_free(r), ct_free(h);
+    return tp_from(t, dev);
+}
+
+static void binary_variants(ct_device dev, const ct_kernels *k, const char *bname, int op,
+                            ct_dtype dt) {
+    const int to_bool = ct_binop_result_bool(op);
+    const ct_dtype odt = to_bool ? CT_BOOL : dt;
+    const double alpha = op <= CT_BIN_SUB ? (dt == CT_INT64 ? 2 : 0.5) : 1;
+    const double tol = dt == CT_INT64 || to_bool ? 0 : tol_for(dt);
+    char what[96];
+    int64_t sh[3] = {3, 4, 5}, shT[3] = {3, 5, 4}, shb[3] = {1, 4, 1};
+    /* contiguous */
+    tp a = binary_operand(sh, 3, dt, 0, op, dev), b = binary_operand(sh, 3, dt, 1, op, dev);
+    tp o = tp_from(ct_zeros(sh, 3, odt), dev);
+    snprintf(what, sizeof what, "binary %s %s contiguous", ct_binop_name((ct_binop)op),
+             ct_dtype_name(dt));
+    KCALL(what, cpuk()->binary((ct_binop)op, o.c, a.c, b.c, alpha),
+          k->binary((ct_binop)op, o.d, a.d, b.d, alpha));
+    tp_check(o, tol, what, bname);
+    /* transposed a, broadcast b (stride 0 in two dims) */
+    tp at0 = binary_operand(shT, 3, dt, 0, op, dev), at = tp_transpose(at0, 1, 2);
+    tp b0 = binary_operand(shb, 3, dt, 1, op, dev);
+    tp bb = {ct_expand(b0.c, sh, 3), ct_expand(b0.d, sh, 3)};
+    snprintf(what, sizeof what, "binary %s %s strided+broadcast", ct_binop_name((ct_binop)op),
+             ct_dtype_name(dt));
+    KCALL(what, cpuk()->binary((ct_binop)op, o.c, at.c, bb.c, alpha),
+          k->binary((ct_binop)op, o.d, at.d, bb.d, alpha));
+    tp_check(o, tol, what, bname);
+    /* in place, into a non-contiguous output (bool results: bool operands only) */
+    if (odt == dt) {
+        snprintf(what, sizeof what, "binary %s %s in place", ct_binop_name((ct_binop)op),
+                 ct_dtype_name(dt));
+        KCALL(what, cpuk()->binary((ct_binop)op, at.c, at.c, b.c, alpha),
+              k->binary((ct_binop)op, at.d, at.d, b.d, alpha));
+        tp_check(at0, tol, what, bname);
+    }
+    tp_free(a), tp_free(b), tp_free(o), tp_free(at0), tp_free(at), tp_free(b0), tp_free(bb);
+}
+
 static void case_binary(ct_device dev, const ct_kernels *k, const char *bname) {
-    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64, CT_INT64};
-    for (int di = 0; di < 3; di++)
-        for (int op = 0; op < CT_BIN_COUNT; op++) {
-            const ct_dtype dt = dts[di];
-            const double alpha = op <= CT_BIN_SUB ? (dt == CT_INT64 ? 2 : 0.5) : 1;
-            const double tol = dt == CT_INT64 ? 0 : tol_for(dt);
-            char what[96];
-            int64_t sh[3] = {3, 4, 5}, shT[3] = {3, 5, 4}, shb[3] = {1, 4, 1};
-            /* contiguous */
-            tp a = tp_rnd(sh, 3, dt, 0, dev), b = tp_rnd(sh, 3, dt, 1, dev);
-            tp o = tp_rnd(sh, 3, dt, 0, dev);
-            snprintf(what, sizeof what, "binary %s %s contiguous", ct_binop_name((ct_binop)op),
-                     ct_dtype_name(dt));
-            KCALL(what, cpuk()->binary((ct_binop)op, o.c, a.c, b.c, alpha),
-                  k->binary((ct_binop)op, o.d, a.d, b.d, alpha));
-            tp_check(o, tol, what, bname);
-            /* transposed a, broadcast b (stride 0 in two dims) */
-            tp at0 = tp_rnd(shT, 3, dt, 0, dev), at = tp_transpose(at0, 1, 2);
-            tp b0 = tp_rnd(shb, 3, dt, 1, dev);
-            tp bb = {ct_expand(b0.c, sh, 3), ct_expand(b0.d, sh, 3)};
-            snprintf(what, sizeof what, "binary op %d %s strided+broadcast", op,
-                     ct_dtype_name(dt));
-            KCALL(what, cpuk()->binary((ct_binop)op, o.c, at.c, bb.c, alpha),
-                  k->binary((ct_binop)op, o.d, at.d, bb.d, alpha));
-            tp_check(o, tol, what, bname);
-            /* in place, into a non-contiguous output */
-            snprintf(what, sizeof what, "binary op %d %s in place", op, ct_dtype_name(dt));
-            KCALL(what, cpuk()->binary((ct_binop)op, at.c, at.c, b.c, alpha),
-                  k->binary((ct_binop)op, at.d, at.d, b.d, alpha));
-            tp_check(at0, tol, what, bname);
-            tp_free(a), tp_free(b), tp_free(o), tp_free(at0), tp_free(at), tp_free(b0),
-                tp_free(bb);
-        }
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64, CT_INT64, CT_BOOL};
+    for (int di = 0; di < 4; di++)
+        for (int op = 0; op < CT_BIN_COUNT; op++)
+            if (dts[di] != CT_BOOL || ct_binop_result_bool(op))
+                binary_variants(dev, k, bname, op, dts[di]);
 }
 
 BACKEND_CASE(binary, case_binary)

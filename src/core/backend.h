@@ -27,6 +27,8 @@ const char *ct_binop_name(ct_binop op);
 int ct_unop_allows_int64(ct_unop op);
 /* The unary op `op` with its scalars: what the public wrappers (ct_exp, ct_clamp, ...) call. */
 ct_tensor *ct__unary(ct_unop op, const ct_tensor *a, double p1, double p2);
+/* The binary op `op` (ct_add, ct_eq, ...; alpha scales b for add and sub). */
+ct_tensor *ct__binary(ct_binop op, const ct_tensor *a, const ct_tensor *b, double alpha);
 
 typedef struct {
     int stride[2], padding[2], dilation[2], groups;

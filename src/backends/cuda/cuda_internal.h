@@ -64,6 +64,8 @@ typedef struct {
 } cuk_pool;
 
 /* ---------------------------------------------------------------- elementwise */
+/* dt: the operands' dtype; out has it too, or is bool for the rows whose result rule is
+ * BOOL (ct_binop_result_bool: comparisons and logical ops, operands may be bool). */
 int cuk_binary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n, void *out,
                const void *a, const void *b, double alpha);
 int cuk_unary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n, void *out,

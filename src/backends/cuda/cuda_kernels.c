@@ -68,15 +68,18 @@ static int same_dtype(const ct_tensor *a, const ct_tensor *b, const char *op) {
 /* ------------------------------------------------------------- elementwise */
 int cu_k_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,
                     double alpha) {
-    if (same_dtype(out, a, "binary op") || same_dtype(out, b, "binary op")) return -1;
-    if (!cu_is_float(out->dtype) && out->dtype != CT_INT64)
-        return cu_error("binary op: dtype %s not supported on cuda", cu_dtype_name(out->dtype));
+    const int to_bool = ct_binop_result_bool((int)op);
+    if (to_bool && out->dtype != CT_BOOL)
+        return cu_error("comparison op: the output must be bool, got %s", cu_dtype_name(out->dtype));
+    if (same_dtype(a, b, "binary op") || (!to_bool && same_dtype(out, a, "binary op"))) return -1;
+    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64 && !(to_bool && a->dtype == CT_BOOL))
+        return cu_error("binary op: dtype %s not supported on cuda", cu_dtype_name(a->dtype));
     cu_dev *d = cu_dev_of(out);
     if (!d) return -1;
     cuk_geom g;
     const ct_tensor *ops[3] = {out, a, b};
     int64_t n = make_geom(&g, 3, ops);
-    return cu_fail(cuk_binary(&d->k, (int)op, (int)out->dtype, &g, n, cu_ptr(out), cu_ptr(a),
+    return cu_fail(cuk_binary(&d->k, (int)op, (int)a->dtype, &g, n, cu_ptr(out), cu_ptr(a),
                               cu_ptr(b), alpha),
                    "binary op");
 }

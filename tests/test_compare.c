@@ -1,0 +1,119 @@
+/* Comparisons, logical ops, where, any/all, sums of bool tensors, topk and the accuracy
+ * chain: against PyTorch (tests/fixtures/gen_compare.py -> compare.ctf), float64
+ * gradcheck where there is a gradient, errors, and the backend suite's cases for the
+ * kernels of where and topk (every backend against the CPU). */
+#include "backend_test.h"
+
+#include <string.h>
+
+typedef ct_tensor *(*bin_fn)(const ct_tensor *, const ct_tensor *);
+typedef ct_tensor *(*scalar_fn)(const ct_tensor *, double);
+
+/* The rows of CT_BINARY_OPS with a bool result and their public functions. */
+#define BOOL_ROW(ID, name, node, result, fwd) CT_IF_BOOL_ROW_##result({#name, ct_##name},)
+static const struct {
+    const char *name;
+    bin_fn fn;
+} CMP[] = {CT_BINARY_OPS(BOOL_ROW)};
+#define N_CMP ((int)(sizeof CMP / sizeof *CMP))
+
+static const struct {
+    const char *name;
+    scalar_fn fn;
+} CMP_SCALAR[] = {{"eq", ct_eq_scalar}, {"ne", ct_ne_scalar}, {"lt", ct_lt_scalar},
+                  {"le", ct_le_scalar}, {"gt", ct_gt_scalar}, {"ge", ct_ge_scalar}};
+/* gen_compare.py's SCALARS */
+static const double SCALARS[] = {0.5, 1.0, 0.1, NAN, -2.0, 0.0, 1e30};
+
+static const char *const DT_NAMES[] = {"float32", "float64", "int64", "bool"};
+
+/* got must be a bool tensor equal to want, without gradient. */
+static void check_bool(ct_tensor *got, ct_tensor *want, const char *what) {
+    CHECK_MSG(got != NULL, "%s: %s", what, ct_last_error());
+    if (!got) return;
+    CHECK_MSG(ct_dtype_of(got) == CT_BOOL, "%s: dtype %s, want bool", what,
+              ct_dtype_name(ct_dtype_of(got)));
+    CHECK_MSG(!ct_requires_grad(got) && !ct_grad_fn_name(got), "%s: must not require grad",
+              what);
+    CHECK_CLOSE(got, want, 0, what);
+}
+
+TEST(compare_dtypes_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("compare");
+    if (!fx) return;
+    char k[96];
+    for (int d = 1; d < 4; d++) { /* float64, int64, bool (float32: binary.ctf) */
+        snprintf(k, sizeof k, "cmp.%s.a", DT_NAMES[d]);
+        ct_tensor *a = ct_fixture_get(fx, k);
+        snprintf(k, sizeof k, "cmp.%s.b", DT_NAMES[d]);
+        ct_tensor *b = ct_fixture_get(fx, k);
+        for (int i = 0; i < N_CMP; i++) {
+            snprintf(k, sizeof k, "cmp.%s.%s", DT_NAMES[d], CMP[i].name);
+            ct_tensor *want = ct_fixture_get(fx, k), *y = CMP[i].fn(a, b);
+            check_bool(y, want, k);
+            ct_free(want), ct_free(y);
+        }
+        snprintf(k, sizeof k, "cmp.%s.logical_not", DT_NAMES[d]);
+        ct_tensor *want = ct_fixture_get(fx, k), *y = ct_logical_not(a);
+        check_bool(y, want, k);
+        ct_free(want), ct_free(y), ct_free(a), ct_free(b);
+    }
+    ct_fixture_free(fx);
+}
+
+TEST(compare_scalars_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("compare");
+    if (!fx) return;
+    char k[96];
+    for (int d = 0; d < 4; d++) {
+        snprintf(k, sizeof k, "scalar.%s.x", DT_NAMES[d]);
+        ct_tensor *x = ct_fixture_get(fx, k);
+        for (size_t o = 0; o < sizeof CMP_SCALAR / sizeof *CMP_SCALAR; o++)
+            for (size_t j = 0; j < sizeof SCALARS / sizeof *SCALARS; j++) {
+                snprintf(k, sizeof k, "scalar.%s.%s.%zu", DT_NAMES[d], CMP_SCALAR[o].name, j);
+                ct_tensor *want = ct_fixture_get(fx, k), *y = CMP_SCALAR[o].fn(x, SCALARS[j]);
+                char what[128];
+                snprintf(what, sizeof what, "%s (%s %g)", k, CMP_SCALAR[o].name, SCALARS[j]);
+                check_bool(y, want, what);
+                ct_free(want), ct_free(y);
+            }
+        snprintf(k, sizeof k, "scalar.%s.logical_not", DT_NAMES[d]);
+        ct_tensor *want = ct_fixture_get(fx, k), *y = ct_logical_not(x);
+        check_bool(y, want, k);
+        ct_free(want), ct_free(y), ct_free(x);
+    }
+    ct_fixture_free(fx);
+}
+
+/* Comparisons of operands that require grad give a plain bool tensor; a graph built on
+ * the other operand is not disturbed. */
+TEST(compare_records_no_graph) {
+    int64_t s[2] = {2, 3};
+    ct_tensor *a = ct_randn(s, 2, CT_FLOAT64), *b = ct_randn(s, 2, CT_FLOAT64);
+    CHECK_OK(ct_set_requires_grad(a, 1));
+    ct_tensor *y = ct_mul(a, b), *m = ct_gt(y, b), *z = ct_logical_not(m);
+    CHECK(m && !ct_requires_grad(m) && ct_is_leaf(m) && ct_grad_fn_name(m) == NULL);
+    CHECK(z && !ct_requires_grad(z));
+    ct_tensor *l = ct_sum(y, NULL, 0, 0);
+    CHECK_OK(ct_backward(l, NULL, 0));
+    CHECK_CLOSE(ct_grad(a), b, 0, "gradient of sum(a * b) beside a comparison");
+    ct_free(a), ct_free(b), ct_free(y), ct_free(m), ct_free(z), ct_free(l);
+}
+
+TEST(compare_errors) {
+    int64_t s1[2] = {2, 3}, s2[2] = {4, 3};
+    ct_tensor *a = ct_ones(s1, 2, CT_FLOAT32), *b = ct_ones(s2, 2, CT_FLOAT32);
+    ct_tensor *d = ct_ones(s1, 2, CT_FLOAT64), *i32 = ct_ones(s1, 2, CT_INT32);
+    ct_tensor *m = ct_ones(s1, 2, CT_BOOL);
+    CHECK_ERR_PTR(ct_eq(a, b), "eq: shapes [2, 3] and [4, 3] cannot be broadcast");
+    CHECK_ERR_PTR(ct_lt(a, d), "lt: dtype mismatch (float32 and float64)");
+    CHECK_ERR_PTR(ct_logical_and(a, m), "logical_and: dtype mismatch");
+    CHECK_ERR_PTR(ct_ge(i32, i32), "ge: dtype int32 is not supported (float32, float64, int64 or bool)");
+    CHECK_ERR_PTR(ct_gt(NULL, a), "gt: NULL tensor");
+    CHECK_ERR_PTR(ct_eq_scalar(NULL, 1), "eq_scalar: NULL tensor");
+    CHECK_ERR_PTR(ct_le_scalar(i32, 1), "le_scalar");
+    CHECK_ERR_PTR(ct_logical_not(i32), "logical_not");
+    CHECK_ERR_PTR(ct_add(m, m), "add: bool tensors have no arithmetic");
+    CHECK_ERR_PTR(ct_mul(m, m), "ct_logical_and");
+    ct_free(a), ct_free(b), ct_free(d), ct_free(i32), ct_free(m);
+}
