@@ -246,9 +246,16 @@ int ct_fill_(ct_tensor *t, double value);
 int ct_zero_(ct_tensor *t);
 
 /* ------------------------------------------------------------- reductions
- * dims == NULL (or ndims == 0) reduces over all dimensions. */
+ * dims == NULL (or ndims == 0) reduces over all dimensions. The sum of a bool tensor is
+ * its number of true elements (int64); mean needs a floating-point tensor (as in
+ * PyTorch: convert a bool or int64 one with ct_to_dtype first). */
 ct_tensor *ct_sum(const ct_tensor *a, const int *dims, int ndims, int keepdim);
 ct_tensor *ct_mean(const ct_tensor *a, const int *dims, int ndims, int keepdim);
+/* torch.any / torch.all over dims: bool, true where any / every element is non-zero (NaN
+ * counts as non-zero); any of no elements is false, all of none true. a: bool, float32,
+ * float64 or int64. No gradient. */
+ct_tensor *ct_any(const ct_tensor *a, const int *dims, int ndims, int keepdim);
+ct_tensor *ct_all(const ct_tensor *a, const int *dims, int ndims, int keepdim);
 /* torch.max(a, dim, keepdim): values; indices (int64) returned through *indices if non-NULL. */
 ct_tensor *ct_max(const ct_tensor *a, int dim, int keepdim, ct_tensor **indices);
 ct_tensor *ct_max_all(const ct_tensor *a); /* torch.max(a) */

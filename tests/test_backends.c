@@ -161,10 +161,51 @@ static void reduce_one(ct_device dev, const ct_kernels *k, const char *bname, ct
     tp idx = {NULL, NULL};
     if (op == CT_RED_MAX) idx = tp_rnd(osh, ac->ndim, CT_INT64, 0, dev);
     KCALL(what, cpuk()->reduce(op, o.c, idx.c, a.c, red), k->reduce(op, o.d, idx.d, a.d, red));
-    tp_check(o, out_dt == CT_INT64 ? 0 : tol_for(out_dt), what, bname);
+    tp_check(o, out_dt == CT_INT64 || out_dt == CT_BOOL ? 0 : tol_for(out_dt), what, bname);
     if (op == CT_RED_MAX) tp_check(idx, 0, what, bname);
     tp_free(o);
     tp_free(idx);
+}
+
+/* any / all (into bool) over bool and numbers with zeros and NaNs, sums of bool (int64),
+ * max of bool; short and split (long) reductions. */
+static void case_reduce_bool(ct_device dev, const ct_kernels *k, const char *bname) {
+    const ct_dtype dts[] = {CT_BOOL, CT_FLOAT32, CT_FLOAT64, CT_INT64};
+    const int r1[3] = {0, 1, 0}, r02[3] = {1, 0, 1}, rall[3] = {1, 1, 1}, r2[3] = {0, 0, 1};
+    const int *reds[4] = {r1, r02, rall, r2};
+    for (int di = 0; di < 4; di++) {
+        int64_t shT[3] = {4, 6, 5};
+        ct_tensor *h = rnd(shT, 3, CT_FLOAT64, 0);
+        double *p = ct_data(h);
+        for (int i = 0; i < 120; i++) p[i] = i % 5 == 0 || (i >= 30 && i < 36) ? 0 : p[i];
+        for (int i = 60; i < 66; i++) p[i] = 1; /* a row without zeros */
+        if (ct_is_floating(dts[di])) p[7] = NAN;
+        ct_tensor *hd = ct_to_dtype(h, dts[di]);
+        ct_free(h);
+        tp a0 = tp_from(hd, dev), a = tp_transpose(a0, 1, 2);
+        for (int r = 0; r < 4; r++) {
+            char what[96];
+            snprintf(what, sizeof what, "any/all reduction %d of %s", r, ct_dtype_name(dts[di]));
+            reduce_one(dev, k, bname, CT_RED_ANY, a, reds[r], CT_BOOL, what);
+            reduce_one(dev, k, bname, CT_RED_ALL, a, reds[r], CT_BOOL, what);
+            if (dts[di] == CT_BOOL) {
+                reduce_one(dev, k, bname, CT_RED_SUM, a, reds[r], CT_INT64, what);
+                if (r == 0) reduce_one(dev, k, bname, CT_RED_MAX, a, reds[r], CT_BOOL, what);
+            }
+        }
+        tp_free(a0), tp_free(a);
+    }
+    /* long rows: the split paths (partial counts combined) */
+    int64_t wide[2] = {2, 100000}, tall[2] = {70, 20000};
+    const int c1[2] = {0, 1}, c0[2] = {1, 0};
+    ct_tensor *w = ct_zeros(wide, 2, CT_BOOL), *t = ct_ones(tall, 2, CT_BOOL);
+    ((uint8_t *)ct_data(w))[150000] = 1; /* one true element in row 1 */
+    ((uint8_t *)ct_data(t))[12345] = 0;  /* one false element in column 12345 */
+    tp wp = tp_from(w, dev), tq = tp_from(t, dev);
+    reduce_one(dev, k, bname, CT_RED_ANY, wp, c1, CT_BOOL, "any of 100000 (split)");
+    reduce_one(dev, k, bname, CT_RED_ALL, tq, c0, CT_BOOL, "all of columns of 70 rows (split)");
+    reduce_one(dev, k, bname, CT_RED_SUM, wp, c1, CT_INT64, "sum of 100000 bools (split)");
+    tp_free(wp), tp_free(tq);
 }
 
 static void case_reduce(ct_device dev, const ct_kernels *k, const char *bname) {
@@ -212,6 +253,7 @@ static void case_reduce(ct_device dev, const ct_kernels *k, const char *bname) {
     tp n = tp_from(ct_from_data(v, sh, 2, CT_FLOAT64), dev);
     reduce_one(dev, k, bname, CT_RED_MAX, n, r1, CT_FLOAT64, "max with NaN and ties");
     tp_free(n);
+    case_reduce_bool(dev, k, bname);
 }
 
 BACKEND_CASE(reduce, case_reduce)

@@ -117,3 +117,67 @@ TEST(compare_errors) {
     CHECK_ERR_PTR(ct_mul(m, m), "ct_logical_and");
     ct_free(a), ct_free(b), ct_free(d), ct_free(i32), ct_free(m);
 }
+
+/* ------------------------------------------------------------------ any / all */
+TEST(compare_any_all_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("compare");
+    if (!fx) return;
+    static const char *const dts[] = {"float32", "int64", "bool"};
+    const int d2[1] = {2}, dm2[1] = {-2}, d0[1] = {0}, d02[2] = {0, 2};
+    char k[96];
+    for (int d = 0; d < 3; d++) {
+        snprintf(k, sizeof k, "red.%s.x", dts[d]);
+        ct_tensor *x = ct_fixture_get(fx, k);
+        struct {
+            const char *key;
+            ct_tensor *y;
+        } c[] = {{"any_all", ct_any(x, NULL, 0, 0)},     {"all_all", ct_all(x, NULL, 0, 0)},
+                 {"any_2", ct_any(x, d2, 1, 0)},         {"all_2", ct_all(x, d2, 1, 0)},
+                 {"any_m2", ct_any(x, dm2, 1, 0)},       {"all_0_keep", ct_all(x, d0, 1, 1)},
+                 {"any_02_keep", ct_any(x, d02, 2, 1)}, {"all_02_keep", ct_all(x, d02, 2, 1)}};
+        for (size_t i = 0; i < sizeof c / sizeof *c; i++) {
+            snprintf(k, sizeof k, "red.%s.%s", dts[d], c[i].key);
+            ct_tensor *want = ct_fixture_get(fx, k);
+            check_bool(c[i].y, want, k);
+            ct_free(want), ct_free(c[i].y);
+        }
+        ct_free(x);
+    }
+    /* no elements: any is false, all true */
+    int64_t s0[2] = {0, 3};
+    ct_tensor *e = ct_zeros(s0, 2, CT_FLOAT32), *an = ct_any(e, d0, 1, 0), *al = ct_all(e, d0, 1, 0);
+    ct_tensor *nan_ = ct_sum(an, NULL, 0, 0), *nal = ct_sum(al, NULL, 0, 0);
+    CHECK(an && al && ct_numel(an) == 3 && ct_item(nan_) == 0 && ct_item(nal) == 3);
+    ct_fixture_free(fx);
+    ct_free(e), ct_free(an), ct_free(al), ct_free(nan_), ct_free(nal);
+}
+
+TEST(compare_sum_of_bool_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("compare");
+    if (!fx) return;
+    const int d1[1] = {1}, d02[2] = {0, 2};
+    ct_tensor *m = ct_fixture_get(fx, "sumbool.x");
+    ct_tensor *y[3] = {ct_sum(m, NULL, 0, 0), ct_sum(m, d1, 1, 0), ct_sum(m, d02, 2, 1)};
+    const char *keys[3] = {"sumbool.all", "sumbool.1", "sumbool.02_keep"};
+    for (int i = 0; i < 3; i++) {
+        ct_tensor *want = ct_fixture_get(fx, keys[i]);
+        CHECK_MSG(y[i] && ct_dtype_of(y[i]) == CT_INT64, "%s: want an int64 count", keys[i]);
+        CHECK_CLOSE(y[i], want, 0, keys[i]);
+        ct_free(want), ct_free(y[i]);
+    }
+    ct_free(m);
+    ct_fixture_free(fx);
+}
+
+TEST(compare_reduce_errors) {
+    int64_t s[2] = {2, 3};
+    ct_tensor *m = ct_ones(s, 2, CT_BOOL), *i32 = ct_ones(s, 2, CT_INT32);
+    const int bad[1] = {2}, twice[2] = {1, -1};
+    CHECK_ERR_PTR(ct_mean(m, NULL, 0, 0), "mean: needs a floating-point tensor, got bool");
+    CHECK_ERR_PTR(ct_mean(m, NULL, 0, 0), "ct_to_dtype(t, CT_FLOAT32)");
+    CHECK_ERR_PTR(ct_any(m, bad, 1, 0), "any: dimension 2 out of range");
+    CHECK_ERR_PTR(ct_all(m, twice, 2, 0), "all: dimension -1 appears twice");
+    CHECK_ERR_PTR(ct_any(i32, NULL, 0, 0), "any: dtype int32 is not supported");
+    CHECK_ERR_PTR(ct_all(NULL, NULL, 0, 0), "all: NULL tensor");
+    ct_free(m), ct_free(i32);
+}

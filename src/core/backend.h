@@ -74,7 +74,9 @@ typedef struct {
                        const ct_tensor *y, double p1, double p2))                          \
     /* Reduces `a` over the dims where reduce[d] != 0 into out, which has a's ndim with    \
      * size 1 on reduced dims (contiguous). For CT_RED_MAX exactly one dim is reduced and  \
-     * `indices` (int64, out's shape, may be NULL) receives the argmax. */                 \
+     * `indices` (int64, out's shape, may be NULL) receives the argmax. a: float32,        \
+     * float64, int64 or bool; out: float32, float64, int64 (sum of int64 or bool) or bool \
+     * (any, all, max of bool). */                                                         \
     X(reduce, (ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,        \
                const int *reduce))                                                         \
     /* dst = src elementwise with dtype conversion; same shape, any strides. */            \

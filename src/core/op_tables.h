@@ -123,11 +123,16 @@
     OP(LOGICAL_OR, logical_or, NULL, BOOL, r = x != 0 || y != 0)
 
 /* -------------------------------------------------------------- reductions
- * OP(ID, name, node): sum and mean over a set of dims, max over one dim with indices. */
+ * OP(ID, name, node): sum and mean over a set of dims, max over one dim with indices, any
+ * and all over a set of dims into bool (non-zero, NaN included, is true; the kernels
+ * count the non-zero elements for any, the zeros for all: any of nothing is false, all of
+ * nothing true; no gradient). */
 #define CT_REDUCE_OPS(OP)                                                                   \
     OP(SUM, sum, "SumBackward")                                                             \
     OP(MEAN, mean, "MeanBackward")                                                          \
-    OP(MAX, max, "MaxBackward")
+    OP(MAX, max, "MaxBackward")                                                             \
+    OP(ANY, any, NULL)                                                                      \
+    OP(ALL, all, NULL)
 
 /* ------------------------------------------------------------- the enums */
 #define CT__ENUM_UN(ID, ...) CT_UN_##ID,

@@ -167,9 +167,9 @@ int cu_k_fill(ct_tensor *t, double value) {
 /* --------------------------------------------------------------- reduction */
 int cu_k_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
                     const int *reduce) {
-    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64)
+    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64 && a->dtype != CT_BOOL)
         return cu_error("reduce: dtype %s not supported on cuda", cu_dtype_name(a->dtype));
-    if (!cu_is_float(out->dtype) && out->dtype != CT_INT64)
+    if (!cu_is_float(out->dtype) && out->dtype != CT_INT64 && out->dtype != CT_BOOL)
         return cu_error("reduce: output dtype %s not supported on cuda", cu_dtype_name(out->dtype));
     cuk_red_geom g;
     memset(&g, 0, sizeof g);
@@ -211,7 +211,11 @@ int cu_k_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor
     if (!d) return -1;
     return cu_fail(cuk_reduce(&d->k, (int)op, (int)a->dtype, (int)out->dtype, &g, cu_ptr(a),
                               cu_ptr(out), indices ? (int64_t *)cu_ptr(indices) : NULL),
-                   op == CT_RED_MAX ? "max" : op == CT_RED_MEAN ? "mean" : "sum");
+                   op == CT_RED_MAX    ? "max"
+                   : op == CT_RED_MEAN ? "mean"
+                   : op == CT_RED_ANY  ? "any"
+                   : op == CT_RED_ALL  ? "all"
+                                       : "sum");
 }
 
 /* ----------------------------------------------------------------- pooling */
