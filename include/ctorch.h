@@ -234,6 +234,10 @@ ct_tensor *ct_ge_scalar(const ct_tensor *a, double s);
 ct_tensor *ct_logical_not(const ct_tensor *a);
 ct_tensor *ct_logical_and(const ct_tensor *a, const ct_tensor *b);
 ct_tensor *ct_logical_or(const ct_tensor *a, const ct_tensor *b);
+/* torch.where(cond, a, b): a's elements where cond (bool) is true, b's elsewhere; the three
+ * broadcast together, a and b of one dtype (any). Differentiable in a and b: the gradient
+ * goes to a where cond is true, to b elsewhere. */
+ct_tensor *ct_where(const ct_tensor *cond, const ct_tensor *a, const ct_tensor *b);
 
 /* In-place (bump the version counter; refused on leaves that require grad
  * while grad mode is on). `alpha` scales b: a += alpha*b. */

@@ -181,3 +181,104 @@ TEST(compare_reduce_errors) {
     CHECK_ERR_PTR(ct_all(NULL, NULL, 0, 0), "all: NULL tensor");
     ct_free(m), ct_free(i32);
 }
+
+/* ---------------------------------------------------------------------- where */
+TEST(compare_where_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("compare");
+    if (!fx) return;
+    ct_tensor *cond = ct_fixture_get(fx, "where.cond");
+    char k[96];
+    static const char *const dts[] = {"float64", "float32"};
+    for (int d = 0; d < 2; d++)
+        for (int nc = 0; nc < 2; nc++) {
+            ct_tensor *v[6];
+            static const char *const names[6] = {"a", "b", "y", "gy", "ga", "gb"};
+            for (int i = 0; i < 6; i++) {
+                snprintf(k, sizeof k, "where.%s.%s", dts[d], names[i]);
+                v[i] = ct_fixture_get(fx, k);
+            }
+            ct_tensor *a = nc ? ct_test_noncontig(v[0]) : ct_retain(v[0]);
+            CHECK_OK(ct_set_requires_grad(a, 1));
+            CHECK_OK(ct_set_requires_grad(v[1], 1));
+            ct_tensor *y = ct_where(cond, a, v[1]);
+            snprintf(k, sizeof k, "where %s%s", dts[d], nc ? " (non-contiguous)" : "");
+            CHECK_CLOSE(y, v[2], 0, k);
+            CHECK(y && strcmp(ct_grad_fn_name(y), "WhereBackward") == 0);
+            if (y) CHECK_OK(ct_backward(y, v[3], 0));
+            CHECK_CLOSE(ct_grad(a), v[4], 1e-6, k);
+            CHECK_CLOSE(ct_grad(v[1]), v[5], 1e-6, k);
+            for (int i = 0; i < 6; i++) ct_free(v[i]);
+            ct_free(a), ct_free(y);
+        }
+    static const char *const other[] = {"int64", "bool"};
+    for (int d = 0; d < 2; d++) {
+        ct_tensor *v[3];
+        static const char *const names[3] = {"a", "b", "y"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(k, sizeof k, "where.%s.%s", other[d], names[i]);
+            v[i] = ct_fixture_get(fx, k);
+        }
+        ct_tensor *y = ct_where(cond, v[0], v[1]);
+        snprintf(k, sizeof k, "where %s", other[d]);
+        CHECK(y && ct_dtype_of(y) == ct_dtype_of(v[2]));
+        CHECK_CLOSE(y, v[2], 0, k);
+        for (int i = 0; i < 3; i++) ct_free(v[i]);
+        ct_free(y);
+    }
+    ct_free(cond);
+    ct_fixture_free(fx);
+}
+
+static ct_tensor *gc_where(ct_tensor *const *in, void *ctx) {
+    return ct_where((const ct_tensor *)ctx, in[0], in[1]);
+}
+
+TEST(compare_where_gradcheck_float64) {
+    int64_t sc[2] = {3, 1}, sa[3] = {2, 3, 4}, sb[1] = {4};
+    ct_tensor *r = ct_randn(sc, 2, CT_FLOAT64), *cond = ct_gt_scalar(r, 0);
+    ct_tensor *in[2] = {ct_randn(sa, 3, CT_FLOAT64), ct_randn(sb, 1, CT_FLOAT64)};
+    CHECK_OK(ct_set_requires_grad(in[0], 1));
+    CHECK_OK(ct_set_requires_grad(in[1], 1));
+    GRADCHECK(gc_where, in, 2, cond, "where");
+    ct_free(r), ct_free(cond), ct_free(in[0]), ct_free(in[1]);
+}
+
+TEST(compare_where_errors) {
+    int64_t s[2] = {2, 3}, s4[1] = {4};
+    ct_tensor *m = ct_ones(s, 2, CT_BOOL), *f = ct_ones(s, 2, CT_FLOAT32);
+    ct_tensor *d = ct_ones(s, 2, CT_FLOAT64), *f4 = ct_ones(s4, 1, CT_FLOAT32);
+    CHECK_ERR_PTR(ct_where(f, f, f), "where: cond has dtype float32; it must be bool");
+    CHECK_ERR_PTR(ct_where(m, f, d), "where: a and b have different dtypes (float32 and float64)");
+    CHECK_ERR_PTR(ct_where(m, f, f4), "where: shapes [2, 3] (cond), [2, 3] (a) and [4] (b) "
+                                      "cannot be broadcast");
+    CHECK_ERR_PTR(ct_where(NULL, f, f), "where: cond is NULL");
+    CHECK_ERR_PTR(ct_where(m, f, NULL), "where: b is NULL");
+    ct_free(m), ct_free(f), ct_free(d), ct_free(f4);
+}
+
+/* ------------------------------------------------------------- backend cases */
+static void case_where(ct_device dev, const ct_kernels *k, const char *bname) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64, CT_INT64, CT_BOOL, CT_FLOAT16};
+    for (int di = 0; di < 5; di++) {
+        const ct_dtype dt = dts[di];
+        int64_t sh[3] = {3, 4, 5}, shT[3] = {3, 5, 4}, sc[3] = {3, 1, 5}, sb[3] = {1, 4, 1};
+        char what[96];
+        snprintf(what, sizeof what, "where %s", ct_dtype_name(dt));
+        ct_tensor *r = rnd(sc, 3, CT_FLOAT64, 0), *c0 = ct_gt_scalar(r, 0);
+        tp c1 = tp_from(c0, dev);
+        tp cond = {ct_expand(c1.c, sh, 3), ct_expand(c1.d, sh, 3)}; /* broadcast */
+        tp a0 = tp_rnd(shT, 3, dt, 0, dev), a = tp_transpose(a0, 1, 2); /* strided */
+        tp b0 = tp_rnd(sb, 3, dt, 0, dev), b = {ct_expand(b0.c, sh, 3), ct_expand(b0.d, sh, 3)};
+        tp o = tp_from(ct_zeros(sh, 3, dt), dev);
+        KCALL(what, cpuk()->where(o.c, cond.c, a.c, b.c), k->where(o.d, cond.d, a.d, b.d));
+        tp_check(o, 0, what, bname);
+        /* contiguous operands, one element */
+        tp ca = tp_from(ct_contiguous(cond.c), dev), aa = tp_from(ct_contiguous(a.c), dev);
+        KCALL(what, cpuk()->where(o.c, ca.c, aa.c, aa.c), k->where(o.d, ca.d, aa.d, aa.d));
+        tp_check(o, 0, what, bname);
+        ct_free(r);
+        tp_free(c1), tp_free(cond), tp_free(a0), tp_free(a), tp_free(b0), tp_free(b), tp_free(o);
+        tp_free(ca), tp_free(aa);
+    }
+}
+BACKEND_CASE(where, case_where)

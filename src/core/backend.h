@@ -193,7 +193,11 @@ typedef struct {
     /* gw [num, dim] (fully written) = sum of the rows of gy [n, dim] at their indices, in  \
      * index order (deterministic); row padding_idx stays zero (< 0: none). */             \
     X(embedding_backward, (ct_tensor *gw, const ct_tensor *gy, const ct_tensor *indices,   \
-                           int64_t padding_idx))
+                           int64_t padding_idx))                                           \
+    /* out[i] = cond[i] ? a[i] : b[i]. cond (bool), a and b have out's shape with any      \
+     * strides (0 for broadcast); a, b and out have one dtype, any dtype (the elements are \
+     * moved, not computed); out contiguous. */                                            \
+    X(where, (ct_tensor *out, const ct_tensor *cond, const ct_tensor *a, const ct_tensor *b))
 
 typedef struct ct_kernels {
 #define CT__KERNEL_FIELD(name, params) int(*name) params;

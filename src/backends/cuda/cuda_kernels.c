@@ -53,6 +53,10 @@ static int64_t make_geom(cuk_geom *g, int nops, const ct_tensor *const *t) {
     return n;
 }
 
+int64_t cu_make_geom(cuk_geom *g, int nops, const ct_tensor *const *t) {
+    return make_geom(g, nops, t);
+}
+
 static int float_only(ct_dtype dt, const char *op) {
     if (cu_is_float(dt)) return 0;
     return cu_error("%s: dtype %s not supported on cuda (float32 and float64 only)", op,
