@@ -264,6 +264,14 @@ ct_tensor *ct_all(const ct_tensor *a, const int *dims, int ndims, int keepdim);
 ct_tensor *ct_max(const ct_tensor *a, int dim, int keepdim, ct_tensor **indices);
 ct_tensor *ct_max_all(const ct_tensor *a); /* torch.max(a) */
 ct_tensor *ct_argmax(const ct_tensor *a, int dim, int keepdim);
+/* torch.topk(a, k, dim, largest, sorted): the k (0 <= k <= size of dim) largest (largest
+ * != 0) or smallest elements along dim, best first; their int64 indices through *indices
+ * if non-NULL. NaN ranks above every number (as in PyTorch); equal values come by the
+ * smaller index (PyTorch's order among them is unspecified). The result is sorted whatever
+ * `sorted` says (PyTorch leaves the order unspecified when it is 0). a: float32, float64 or
+ * int64. Differentiable in the values: the gradient goes to the chosen positions. */
+ct_tensor *ct_topk(const ct_tensor *a, int64_t k, int dim, int largest, int sorted,
+                   ct_tensor **indices);
 
 /* ------------------------------------------------------------ linear algebra */
 ct_tensor *ct_matmul(const ct_tensor *a, const ct_tensor *b); /* torch.matmul */

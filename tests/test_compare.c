@@ -282,3 +282,201 @@ static void case_where(ct_device dev, const ct_kernels *k, const char *bname) {
     }
 }
 BACKEND_CASE(where, case_where)
+
+/* ----------------------------------------------------------------------- topk */
+static const struct {
+    const char *key;
+    int64_t k;
+    int dim, largest, grad, exact_indices;
+} TOPK[] = {
+    {"topk.largest", 3, 1, 1, 1, 1},        {"topk.smallest_dim0", 2, 0, 0, 1, 1},
+    {"topk.dim1_3d", 4, 1, 1, 1, 1},        {"topk.full", 5, -1, 0, 1, 1},
+    {"topk.vector", 1, 0, 1, 1, 1},         {"topk.int64", 3, 1, 1, 0, 1},
+    {"topk.nan_largest", 3, 1, 1, 0, 0},    {"topk.nan_smallest", 4, 1, 0, 0, 0},
+    {"topk.ties", 2, 0, 1, 0, 0},
+};
+
+/* idx picks v's values out of x along dim (NaN matching NaN); v contiguous. */
+static void check_gathered(const ct_tensor *x, const ct_tensor *v, const ct_tensor *idx, int dim,
+                           const char *what) {
+    ct_tensor *x64 = ct_to_dtype(x, CT_FLOAT64), *xd = ct_contiguous(x64);
+    ct_tensor *vd = ct_to_dtype(v, CT_FLOAT64);
+    const double *xp = ct_data(xd), *vp = ct_data(vd);
+    const int64_t *ip = ct_data(idx);
+    int nd = ct_ndim(x), d = dim < 0 ? dim + nd : dim;
+    int64_t inner = 1, n = ct_size(x, d), k = ct_size(v, d);
+    for (int i = d + 1; i < nd; i++) inner *= ct_size(x, i);
+    for (int64_t s = 0; s < ct_numel(v); s++) {
+        int64_t o = s / (k * inner), in = s % inner;
+        double want = xp[(o * n + ip[s]) * inner + in];
+        CHECK_MSG(want == vp[s] || (isnan(want) && isnan(vp[s])), "%s: index %lld holds %g, "
+                  "value %g", what, (long long)ip[s], want, vp[s]);
+    }
+    ct_free(x64), ct_free(xd), ct_free(vd);
+}
+
+/* got == want elementwise, NaN matching NaN, same shape. */
+static void check_values(const ct_tensor *got, const ct_tensor *want, const char *what) {
+    CHECK_MSG(ct_numel(got) == ct_numel(want) && ct_ndim(got) == ct_ndim(want), "%s: shape", what);
+    if (ct_numel(got) != ct_numel(want)) return;
+    ct_tensor *g = ct_to_dtype(got, CT_FLOAT64), *w = ct_to_dtype(want, CT_FLOAT64);
+    const double *gp = ct_data(g), *wp = ct_data(w);
+    for (int64_t i = 0; i < ct_numel(g); i++)
+        CHECK_MSG(gp[i] == wp[i] || (isnan(gp[i]) && isnan(wp[i])), "%s: value %lld is %g, want %g",
+                  what, (long long)i, gp[i], wp[i]);
+    ct_free(g), ct_free(w);
+}
+
+TEST(compare_topk_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("compare");
+    if (!fx) return;
+    char k[96];
+    for (size_t c = 0; c < sizeof TOPK / sizeof *TOPK; c++)
+        for (int nc = 0; nc < 2; nc++) {
+            const char *p = TOPK[c].key;
+            snprintf(k, sizeof k, "%s.x", p);
+            ct_tensor *x0 = ct_fixture_get(fx, k);
+            ct_tensor *x = nc && ct_ndim(x0) >= 2 ? ct_test_noncontig(x0) : ct_retain(x0);
+            if (TOPK[c].grad) CHECK_OK(ct_set_requires_grad(x, 1));
+            ct_tensor *idx = NULL, *v = ct_topk(x, TOPK[c].k, TOPK[c].dim, TOPK[c].largest, nc, &idx);
+            CHECK_NN(v);
+            snprintf(k, sizeof k, "%s.values", p);
+            ct_tensor *wv = ct_fixture_get(fx, k);
+            snprintf(k, sizeof k, "%s.indices", p);
+            ct_tensor *wi = ct_fixture_get(fx, k);
+            char what[128];
+            snprintf(what, sizeof what, "%s%s", p, nc ? " (non-contiguous)" : "");
+            CHECK(v && ct_dtype_of(v) == ct_dtype_of(x) && idx && ct_dtype_of(idx) == CT_INT64);
+            if (!v || !idx) goto next;
+            /* NaN-aware: the values as they come, and the indices pick them out of x */
+            check_values(v, wv, what);
+            check_gathered(x, v, idx, TOPK[c].dim, what);
+            if (TOPK[c].exact_indices) CHECK_CLOSE(idx, wi, 0, what);
+            if (TOPK[c].grad) {
+                CHECK(strcmp(ct_grad_fn_name(v), "TopkBackward") == 0);
+                snprintf(k, sizeof k, "%s.gy", p);
+                ct_tensor *gy = ct_fixture_get(fx, k);
+                snprintf(k, sizeof k, "%s.gx", p);
+                ct_tensor *gx = ct_fixture_get(fx, k);
+                CHECK_OK(ct_backward(v, gy, 0));
+                CHECK_CLOSE(ct_grad(x), gx, 0, what);
+                ct_free(gy), ct_free(gx);
+            }
+        next:
+            ct_free(x0), ct_free(x), ct_free(v), ct_free(idx), ct_free(wv), ct_free(wi);
+        }
+    ct_fixture_free(fx);
+}
+
+/* Equal values come by the smaller index; k = 0 and 0-dim tensors as in PyTorch. */
+TEST(compare_topk_ties_and_edges) {
+    const double v[5] = {1, 3, 3, 2, 3};
+    int64_t n = 5;
+    ct_tensor *x = ct_from_data(v, &n, 1, CT_FLOAT64), *idx = NULL;
+    ct_tensor *t = ct_topk(x, 2, 0, 1, 1, &idx);
+    CHECK(t && idx && ((int64_t *)ct_data(idx))[0] == 1 && ((int64_t *)ct_data(idx))[1] == 2);
+    ct_free(t), ct_free(idx);
+    t = ct_topk(x, 3, 0, 0, 1, &idx); /* smallest: 1, 2, then the first 3 */
+    CHECK(t && idx && ((int64_t *)ct_data(idx))[2] == 1);
+    ct_free(t), ct_free(idx);
+    t = ct_topk(x, 0, 0, 1, 1, &idx);
+    CHECK(t && idx && ct_ndim(t) == 1 && ct_numel(t) == 0 && ct_numel(idx) == 0);
+    ct_free(t), ct_free(idx);
+    ct_tensor *s = ct_scalar(4.5, CT_FLOAT64);
+    CHECK_OK(ct_set_requires_grad(s, 1));
+    t = ct_topk(s, 1, -1, 1, 1, &idx);
+    CHECK(t && idx && ct_ndim(t) == 0 && ct_ndim(idx) == 0 && ct_item(t) == 4.5 && ct_item(idx) == 0);
+    if (t) CHECK_OK(ct_backward(t, NULL, 0));
+    CHECK(ct_grad(s) && ct_item(ct_grad(s)) == 1);
+    ct_free(t), ct_free(idx), ct_free(s), ct_free(x);
+    /* indices not asked for */
+    int64_t sh[2] = {3, 4};
+    ct_tensor *r = ct_randn(sh, 2, CT_FLOAT32), *m = ct_topk(r, 2, 1, 1, 1, NULL);
+    CHECK(m && ct_size(m, 1) == 2);
+    ct_free(r), ct_free(m);
+}
+
+static ct_tensor *gc_topk(ct_tensor *const *in, void *ctx) {
+    const int *p = ctx; /* k, dim, largest */
+    return ct_topk(in[0], p[0], p[1], p[2], 1, NULL);
+}
+
+TEST(compare_topk_gradcheck_float64) {
+    int64_t sh[3] = {3, 5, 4};
+    const int cases[3][3] = {{2, 1, 1}, {3, 0, 0}, {4, -1, 1}};
+    for (int c = 0; c < 3; c++) {
+        ct_tensor *x = ct_randn(sh, 3, CT_FLOAT64);
+        CHECK_OK(ct_set_requires_grad(x, 1));
+        GRADCHECK(gc_topk, &x, 1, (void *)cases[c], "topk");
+        ct_free(x);
+    }
+}
+
+TEST(compare_topk_errors) {
+    int64_t sh[2] = {4, 3};
+    ct_tensor *x = ct_randn(sh, 2, CT_FLOAT32), *m = ct_ones(sh, 2, CT_BOOL), *idx = NULL;
+    CHECK_ERR_PTR(ct_topk(x, 5, 1, 1, 1, &idx),
+                  "topk: k = 5 is out of range for dimension 1 of size 3 (tensor [4, 3]); k must be in [0, 3]");
+    CHECK(idx == NULL);
+    CHECK_ERR_PTR(ct_topk(x, -1, 0, 1, 1, NULL), "topk: k = -1 is out of range");
+    CHECK_ERR_PTR(ct_topk(x, 1, 2, 1, 1, NULL), "topk: dimension 2 out of range");
+    CHECK_ERR_PTR(ct_topk(m, 1, 0, 1, 1, NULL), "topk: dtype bool is not supported");
+    CHECK_ERR_PTR(ct_topk(NULL, 1, 0, 1, 1, NULL), "topk: NULL tensor");
+    ct_free(x), ct_free(m);
+}
+
+static void case_topk(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64, CT_INT64};
+    /* shape, dim, k: rows along the last dim, a middle dim, the first; k = n; k = 0 */
+    const struct {
+        int64_t sh[3];
+        int dim;
+        int64_t k;
+    } cs[] = {{{4, 6, 37}, 2, 5}, {{3, 40, 5}, 1, 7}, {{9, 2, 3}, 0, 9}, {{2, 3, 8}, 2, 0},
+              {{1, 1, 300}, 2, 3}};
+    for (int di = 0; di < (bwd ? 2 : 3); di++)
+        for (size_t c = 0; c < sizeof cs / sizeof *cs; c++)
+            for (int largest = 0; largest < 2; largest++) {
+                const ct_dtype dt = dts[di];
+                char what[96];
+                snprintf(what, sizeof what, "topk %s case %zu largest %d %s",
+                         bwd ? "backward" : "forward", c, largest, ct_dtype_name(dt));
+                /* ties (values rounded) and, for floats, NaNs */
+                ct_tensor *h = rnd(cs[c].sh, 3, CT_FLOAT64, 0), *hr = ct_mul_scalar(h, 3);
+                double *p = ct_data(hr);
+                for (int64_t i = 0; i < ct_numel(hr); i++) {
+                    p[i] = (double)(int64_t)p[i];
+                    if (dt != CT_INT64 && i % 11 == 4) p[i] = NAN;
+                }
+                tp x = tp_from(ct_to_dtype(hr, dt), dev);
+                ct_free(h), ct_free(hr);
+                int64_t osh[3] = {cs[c].sh[0], cs[c].sh[1], cs[c].sh[2]};
+                osh[cs[c].dim] = cs[c].k;
+                tp v = tp_from(ct_zeros(osh, 3, dt), dev), ix = tp_from(ct_zeros(osh, 3, CT_INT64), dev);
+                if (!bwd) {
+                    KCALL(what, cpuk()->topk_forward(v.c, ix.c, x.c, cs[c].dim, cs[c].k, largest),
+                          k->topk_forward(v.d, ix.d, x.d, cs[c].dim, cs[c].k, largest));
+                    tp_check(ix, 0, what, bname);
+                    ct_tensor *vh = ct_to_device(v.d, ct_cpu());
+                    check_values(vh, v.c, what);
+                    ct_free(vh);
+                } else {
+                    CHECK_OK(cpuk()->topk_forward(v.c, ix.c, x.c, cs[c].dim, cs[c].k, largest));
+                    tp i2 = tp_from(ct_retain(ix.c), dev), gy = tp_rnd(osh, 3, dt, 0, dev);
+                    tp gx = tp_rnd(cs[c].sh, 3, dt, 0, dev); /* fully overwritten */
+                    KCALL(what, cpuk()->topk_backward(gx.c, gy.c, i2.c, cs[c].dim),
+                          k->topk_backward(gx.d, gy.d, i2.d, cs[c].dim));
+                    tp_check(gx, 0, what, bname);
+                    tp_free(i2), tp_free(gy), tp_free(gx);
+                }
+                tp_free(x), tp_free(v), tp_free(ix);
+            }
+}
+static void case_topk_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_topk(dev, k, bname, 0);
+}
+static void case_topk_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_topk(dev, k, bname, 1);
+}
+BACKEND_CASE(topk_forward, case_topk_fwd)
+BACKEND_CASE(topk_backward, case_topk_bwd)

@@ -197,7 +197,17 @@ typedef struct {
     /* out[i] = cond[i] ? a[i] : b[i]. cond (bool), a and b have out's shape with any      \
      * strides (0 for broadcast); a, b and out have one dtype, any dtype (the elements are \
      * moved, not computed); out contiguous. */                                            \
-    X(where, (ct_tensor *out, const ct_tensor *cond, const ct_tensor *a, const ct_tensor *b))
+    X(where, (ct_tensor *out, const ct_tensor *cond, const ct_tensor *a, const ct_tensor *b)) \
+    /* The k largest (largest != 0) or smallest elements along dim of a (contiguous, viewed  \
+     * as [outer, n, inner] around dim; float32, float64 or int64), 0 <= k <= n: values     \
+     * (a's dtype) and indices (int64) [outer, k, inner], contiguous, best first. The order \
+     * is total: NaN ranks above every number (first when largest, last when smallest),    \
+     * equal values by the smaller index. */                                               \
+    X(topk_forward, (ct_tensor *values, ct_tensor *indices, const ct_tensor *a, int dim,   \
+                     int64_t k, int largest))                                              \
+    /* gx (contiguous, fully written) = zeros with gy [outer, k, inner] (contiguous) put at \
+     * the positions indices (topk's: distinct along dim) give along dim. */               \
+    X(topk_backward, (ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices, int dim))
 
 typedef struct ct_kernels {
 #define CT__KERNEL_FIELD(name, params) int(*name) params;
