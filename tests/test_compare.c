@@ -4,6 +4,10 @@
  * kernels of where and topk (every backend against the CPU). */
 #include "backend_test.h"
 
+#include "ctorch_nn.h"
+#include "ctorch_optim.h"
+
+#include <stdlib.h>
 #include <string.h>
 
 typedef ct_tensor *(*bin_fn)(const ct_tensor *, const ct_tensor *);
@@ -480,3 +484,114 @@ static void case_topk_bwd(ct_device dev, const ct_kernels *k, const char *bname)
 }
 BACKEND_CASE(topk_forward, case_topk_fwd)
 BACKEND_CASE(topk_backward, case_topk_bwd)
+
+/* ------------------------------------------------------------------- accuracy */
+/* (pred == y).sum() in one expression chain inside a scope, no frees: an int64 count. */
+TEST(compare_accuracy_chain_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("compare");
+    if (!fx) return;
+    ct_tensor *logits = ct_fixture_get(fx, "acc.logits"), *y = ct_fixture_get(fx, "acc.y");
+    ct_tensor *want = ct_fixture_get(fx, "acc.correct");
+    long long live = ct__live_tensors();
+    ct_scope *s = ct_scope_push();
+    ct_tensor *count = ct_sum(ct_eq(ct_argmax(logits, 1, 0), y), NULL, 0, 0);
+    CHECK(count && ct_dtype_of(count) == CT_INT64 && ct_ndim(count) == 0);
+    double correct = ct_item(count);
+    ct_scope_pop(s);
+    CHECK_MSG(ct__live_tensors() == live, "%lld tensors left by the chain",
+              ct__live_tensors() - live);
+    CHECK_MSG(correct == ct_item(want), "correct %g, want %g", correct, ct_item(want));
+    ct_free(logits), ct_free(y), ct_free(want);
+    ct_fixture_free(fx);
+}
+
+/* Three Gaussian blobs in 2-D; a linear classifier trained a few SGD steps. Its accuracy
+ * by the chain equals the hand-written loop's, and it learned. */
+static double hand_accuracy(const ct_tensor *logits, const ct_tensor *y) {
+    ct_tensor *p = ct_argmax(logits, 1, 0);
+    const int64_t *pp = ct_data(p), *yp = ct_data(y);
+    int64_t c = 0;
+    for (int64_t i = 0; i < ct_numel(y); i++) c += pp[i] == yp[i];
+    ct_free(p);
+    return (double)c;
+}
+
+TEST(compare_accuracy_of_a_trained_classifier) {
+    enum { N = 300, C = 3 };
+    ct_manual_seed(11);
+    int64_t xs[2] = {N, 2}, n = N;
+    ct_tensor *x = ct_randn(xs, 2, CT_FLOAT32), *y = ct_empty(&n, 1, CT_INT64);
+    float *xp = ct_data(x);
+    int64_t *yp = ct_data(y);
+    const float centers[C][2] = {{3, 0}, {-3, 1}, {0, -3}};
+    for (int i = 0; i < N; i++) {
+        yp[i] = i % C;
+        xp[2 * i] += centers[i % C][0];
+        xp[2 * i + 1] += centers[i % C][1];
+    }
+    ct_module *model = ct_nn_linear(2, C, 1);
+    int np = 0;
+    ct_tensor **params = ct_module_parameters(model, &np);
+    ct_optimizer *opt = ct_optim_sgd(params, np, 0.1, 0.9, 0, 0, 0);
+    free(params);
+    for (int step = 0; step < 30; step++) {
+        CT_SCOPE(s);
+        ct_tensor *loss = ct_cross_entropy(ct_module_forward(model, x), y, CT_REDUCTION_MEAN, 0, -100);
+        CHECK_OK(ct_backward(loss, NULL, 0));
+        CHECK_OK(ct_optim_step(opt));
+        ct_optim_zero_grad(opt);
+    }
+    int prev = ct_set_grad_enabled(0);
+    ct_scope *s = ct_scope_push();
+    ct_tensor *logits = ct_module_forward(model, x);
+    double chain = ct_item(ct_sum(ct_eq(ct_argmax(logits, 1, 0), y), NULL, 0, 0));
+    double hand = hand_accuracy(logits, y);
+    /* the same as a fraction: mean of the bool converted to float, as PyTorch needs */
+    double frac = ct_item(ct_mean(ct_to_dtype(ct_eq(ct_argmax(logits, 1, 0), y), CT_FLOAT32),
+                                  NULL, 0, 0));
+    ct_scope_pop(s);
+    ct_set_grad_enabled(prev);
+    CHECK_MSG(chain == hand, "chain %g, hand-written %g", chain, hand);
+    CHECK_MSG(chain / N > 0.9, "accuracy %g after training", chain / N);
+    CHECK(fabs(frac - chain / N) < 1e-6);
+    ct_optim_free(opt);
+    ct_module_free(model);
+    ct_free(x), ct_free(y);
+}
+
+/* The ops end to end on CUDA (the emulator's run included): the accuracy chain, where
+ * with its gradient, topk, any over a comparison, each against the CPU. */
+TEST(backends_cuda_compare_ops_end_to_end) {
+    char why[1024];
+    if (!backend_cuda_ready(why, sizeof why)) SKIP(why);
+    const ct_device dev = {CT_CUDA, 0};
+    CT_SCOPE(s);
+    int64_t ls[2] = {50, 7}, n = 50;
+    ct_tensor *logits = ct_randn(ls, 2, CT_FLOAT32);
+    ct_tensor *y = ct_to_dtype(ct_mul_scalar(ct_rand(&n, 1, CT_FLOAT32), 6.999), CT_INT64);
+    ct_tensor *ld = ct_to_device(logits, dev), *yd = ct_to_device(y, dev);
+    double host = ct_item(ct_sum(ct_eq(ct_argmax(logits, 1, 0), y), NULL, 0, 0));
+    double cuda = ct_item(ct_sum(ct_eq(ct_argmax(ld, 1, 0), yd), NULL, 0, 0));
+    CHECK_MSG(host == cuda, "accuracy count: cpu %g, cuda %g", host, cuda);
+    /* where with gradients */
+    ct_tensor *a = ct_randn(ls, 2, CT_FLOAT64), *b = ct_randn(&ls[1], 1, CT_FLOAT64);
+    ct_tensor *ad = ct_detach(ct_to_device(a, dev)), *bd = ct_detach(ct_to_device(b, dev));
+    ct_tensor *ins[4] = {a, b, ad, bd};
+    for (int i = 0; i < 4; i++) CHECK_OK(ct_set_requires_grad(ins[i], 1));
+    ct_tensor *w = ct_where(ct_gt_scalar(a, 0.3), a, b);
+    ct_tensor *wd = ct_where(ct_gt_scalar(ad, 0.3), ad, bd);
+    CHECK_OK(ct_backward(ct_sum(ct_mul(w, w), NULL, 0, 0), NULL, 0));
+    CHECK_OK(ct_backward(ct_sum(ct_mul(wd, wd), NULL, 0, 0), NULL, 0));
+    CHECK_CLOSE(ct_to_device(wd, ct_cpu()), w, 1e-12, "where on cuda");
+    CHECK_CLOSE(ct_to_device(ct_grad(ad), ct_cpu()), ct_grad(a), 1e-12, "where grad a on cuda");
+    CHECK_CLOSE(ct_to_device(ct_grad(bd), ct_cpu()), ct_grad(b), 1e-12, "where grad b on cuda");
+    /* topk values, indices and gradient */
+    ct_tensor *ic = NULL, *id = NULL;
+    ct_tensor *tc = ct_topk(a, 3, 1, 1, 1, &ic), *td = ct_topk(ad, 3, 1, 1, 1, &id);
+    CHECK_CLOSE(ct_to_device(td, ct_cpu()), tc, 0, "topk values on cuda");
+    CHECK_CLOSE(ct_to_device(id, ct_cpu()), ic, 0, "topk indices on cuda");
+    ct_tensor *anyc = ct_any(ct_lt(a, ct_to_dtype(logits, CT_FLOAT64)), (int[]){1}, 1, 0);
+    ct_tensor *anyd = ct_any(ct_lt(ad, ct_to_device(ct_to_dtype(logits, CT_FLOAT64), dev)),
+                             (int[]){1}, 1, 0);
+    CHECK_CLOSE(ct_to_device(anyd, ct_cpu()), anyc, 0, "any of a comparison on cuda");
+}
