@@ -148,12 +148,13 @@ ct_tensor *ct_ones_like(const ct_tensor *t);
  * byte per element, any non-zero byte is stored as 1). */
 ct_tensor *ct_from_data(const void *data, const int64_t *shape, int ndim, ct_dtype dt);
 /* Wraps the caller's buffer without copying. `deleter` (may be NULL) is called with
- * (data, ctx) when the last tensor using the buffer is freed. */
+ * (data, ctx) when the last tensor using the buffer is freed. CT_BOOL: the bytes must be 0
+ * or 1 (they are used as they are). */
 ct_tensor *ct_from_blob(void *data, const int64_t *shape, int ndim, ct_dtype dt,
                         void (*deleter)(void *data, void *ctx), void *ctx);
 /* Copies the tensor's elements, in logical row-major order, to buf (nbytes large). */
 int ct_copy_to_buffer(const ct_tensor *t, void *buf, size_t nbytes);
-/* Copies buf (row-major, t's dtype) into t (any strides). */
+/* Copies buf (row-major, t's dtype) into t (any strides). CT_BOOL: bytes of 0 or 1. */
 int ct_copy_from_buffer(ct_tensor *t, const void *buf, size_t nbytes);
 ct_tensor *ct_to_dtype(const ct_tensor *t, ct_dtype dt);
 ct_tensor *ct_to_device(const ct_tensor *t, ct_device d);

@@ -104,7 +104,8 @@
  *             float64, int64 and bool (uint8 0/1): comparisons with IEEE NaN semantics
  *             (NaN != NaN is true, every other comparison with NaN false) and logical
  *             ops (non-zero, NaN included, is true). No gradient: as in PyTorch the
- *             output does not require grad (the op records no autograd node).
+ *             output does not require grad (the op records no autograd node: node is
+ *             NULL).
  * The public ct_<name>(a, b) of every row is generated (src/ops/pointwise.c). The
  * backward formulas are composed from public ops there, one case per row (a missing case
  * fails the build: -Wswitch; the BOOL rows' case is an error that is never reached). */
