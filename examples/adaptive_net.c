@@ -39,14 +39,15 @@ static double test_accuracy(ct_module *model, const ct_dataset *ds, const ct_dat
             ct_scope_pop(s);
             break;
         }
+        /* (pred == y).sum(): how many predictions are right (an int64 count) */
         ct_tensor *pred = ct_argmax(ct_module_forward(model, x), 1, 0);
-        if (!pred) {
+        ct_tensor *right = ct_sum(ct_eq(pred, y), NULL, 0, 0);
+        if (!right) {
             ct_scope_pop(s);
             seen = 0;
             break;
         }
-        const int64_t *p = ct_data(pred), *l = ct_data(y);
-        for (int64_t i = 0; i < ct_numel(y); i++) correct += p[i] == l[i];
+        correct += (int64_t)ct_item(right);
         seen += ct_numel(y);
         ct_scope_pop(s);
     }

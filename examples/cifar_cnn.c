@@ -56,10 +56,11 @@ static double test_accuracy(ct_module *model, const ct_dataset *test,
         ct_scope *s = ct_scope_push();
         ok = ct_dataloader_next(tl, &x, &y) == 1;
         ct_tensor *logits = ok ? ct_module_forward(model, ct_to_device(x, dev)) : NULL;
-        ct_tensor *pred = logits ? ct_to_device(ct_argmax(logits, 1, 0), ct_cpu()) : NULL;
-        if (pred) {
-            const int64_t *p = ct_data(pred), *l = ct_data(y);
-            for (int64_t i = 0; i < ct_numel(y); i++) correct += p[i] == l[i];
+        /* (pred == y).sum() on the model's device: one number comes back per batch */
+        ct_tensor *right =
+            logits ? ct_sum(ct_eq(ct_argmax(logits, 1, 0), ct_to_device(y, dev)), NULL, 0, 0) : NULL;
+        if (right) {
+            correct += (int64_t)ct_item(right);
             seen += ct_numel(y);
         } else if (ok) {
             seen = 0; /* an error: report it */

@@ -30,6 +30,7 @@ typedef enum {
     CT_UINT8,
     CT_BFLOAT16, /* reserved for mixed precision: storage and conversion only */
     CT_FLOAT16,  /* reserved for mixed precision: storage and conversion only */
+    CT_BOOL,     /* torch.bool: one byte, 0 or 1 (comparisons, masks; any value -> x != 0) */
     CT_NUM_DTYPES
 } ct_dtype;
 
@@ -150,15 +151,17 @@ ct_tensor *ct_randn(const int64_t *shape, int ndim, ct_dtype dt);
 ct_tensor *ct_empty_like(const ct_tensor *t);
 ct_tensor *ct_zeros_like(const ct_tensor *t);
 ct_tensor *ct_ones_like(const ct_tensor *t);
-/* Copies `numel*dtype_size` bytes from data into a new contiguous CPU tensor. */
+/* Copies `numel*dtype_size` bytes from data into a new contiguous CPU tensor (CT_BOOL: one
+ * byte per element, any non-zero byte is stored as 1). */
 ct_tensor *ct_from_data(const void *data, const int64_t *shape, int ndim, ct_dtype dt);
 /* Wraps the caller's buffer without copying. `deleter` (may be NULL) is called with
- * (data, ctx) when the last tensor using the buffer is freed. */
+ * (data, ctx) when the last tensor using the buffer is freed. CT_BOOL: the bytes must be 0
+ * or 1 (they are used as they are). */
 ct_tensor *ct_from_blob(void *data, const int64_t *shape, int ndim, ct_dtype dt,
                         void (*deleter)(void *data, void *ctx), void *ctx);
 /* Copies the tensor's elements, in logical row-major order, to buf (nbytes large). */
 int ct_copy_to_buffer(const ct_tensor *t, void *buf, size_t nbytes);
-/* Copies buf (row-major, t's dtype) into t (any strides). */
+/* Copies buf (row-major, t's dtype) into t (any strides). CT_BOOL: bytes of 0 or 1. */
 int ct_copy_from_buffer(ct_tensor *t, const void *buf, size_t nbytes);
 ct_tensor *ct_to_dtype(const ct_tensor *t, ct_dtype dt);
 ct_tensor *ct_to_device(const ct_tensor *t, ct_device d);
@@ -216,6 +219,34 @@ ct_tensor *ct_sign(const ct_tensor *a); /* -1, 0 or 1; its gradient is 0 */
 /* Pass -INFINITY / INFINITY for "no bound". */
 ct_tensor *ct_clamp(const ct_tensor *a, double min, double max);
 
+/* ------------------------------------------------------------ comparisons
+ * torch.eq/ne/lt/le/gt/ge and torch.logical_*: bool results (CT_BOOL), broadcasting, no
+ * gradient (the output does not require grad). Operands of one dtype: float32, float64,
+ * int64 or bool. NaN compares as IEEE (NaN != NaN is true, every other comparison with
+ * NaN false); the logical ops take non-zero (NaN included) as true. Accuracy:
+ *     ct_item(ct_sum(ct_eq(ct_argmax(logits, 1, 0), y), NULL, 0, 0))  (an int64 count) */
+ct_tensor *ct_eq(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_ne(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_lt(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_le(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_gt(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_ge(const ct_tensor *a, const ct_tensor *b);
+/* Against a number (t == 3.0): in t's dtype when it holds s exactly (s rounded to a
+ * floating t's precision, as PyTorch does), else in float64 (int64 t < 2.5). */
+ct_tensor *ct_eq_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_ne_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_lt_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_le_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_gt_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_ge_scalar(const ct_tensor *a, double s);
+ct_tensor *ct_logical_not(const ct_tensor *a);
+ct_tensor *ct_logical_and(const ct_tensor *a, const ct_tensor *b);
+ct_tensor *ct_logical_or(const ct_tensor *a, const ct_tensor *b);
+/* torch.where(cond, a, b): a's elements where cond (bool) is true, b's elsewhere; the three
+ * broadcast together, a and b of one dtype (any). Differentiable in a and b: the gradient
+ * goes to a where cond is true, to b elsewhere. */
+ct_tensor *ct_where(const ct_tensor *cond, const ct_tensor *a, const ct_tensor *b);
+
 /* In-place (bump the version counter; refused on leaves that require grad
  * while grad mode is on). `alpha` scales b: a += alpha*b. */
 int ct_add_(ct_tensor *a, const ct_tensor *b, double alpha);
@@ -227,13 +258,28 @@ int ct_fill_(ct_tensor *t, double value);
 int ct_zero_(ct_tensor *t);
 
 /* ------------------------------------------------------------- reductions
- * dims == NULL (or ndims == 0) reduces over all dimensions. */
+ * dims == NULL (or ndims == 0) reduces over all dimensions. The sum of a bool tensor is
+ * its number of true elements (int64); mean needs a floating-point tensor (as in
+ * PyTorch: convert a bool or int64 one with ct_to_dtype first). */
 ct_tensor *ct_sum(const ct_tensor *a, const int *dims, int ndims, int keepdim);
 ct_tensor *ct_mean(const ct_tensor *a, const int *dims, int ndims, int keepdim);
+/* torch.any / torch.all over dims: bool, true where any / every element is non-zero (NaN
+ * counts as non-zero); any of no elements is false, all of none true. a: bool, float32,
+ * float64 or int64. No gradient. */
+ct_tensor *ct_any(const ct_tensor *a, const int *dims, int ndims, int keepdim);
+ct_tensor *ct_all(const ct_tensor *a, const int *dims, int ndims, int keepdim);
 /* torch.max(a, dim, keepdim): values; indices (int64) returned through *indices if non-NULL. */
 ct_tensor *ct_max(const ct_tensor *a, int dim, int keepdim, ct_tensor **indices);
 ct_tensor *ct_max_all(const ct_tensor *a); /* torch.max(a) */
 ct_tensor *ct_argmax(const ct_tensor *a, int dim, int keepdim);
+/* torch.topk(a, k, dim, largest, sorted): the k (0 <= k <= size of dim) largest (largest
+ * != 0) or smallest elements along dim, best first; their int64 indices through *indices
+ * if non-NULL. NaN ranks above every number (as in PyTorch); equal values come by the
+ * smaller index (PyTorch's order among them is unspecified). The result is sorted whatever
+ * `sorted` says (PyTorch leaves the order unspecified when it is 0). a: float32, float64 or
+ * int64. Differentiable in the values: the gradient goes to the chosen positions. */
+ct_tensor *ct_topk(const ct_tensor *a, int64_t k, int dim, int largest, int sorted,
+                   ct_tensor **indices);
 
 /* ------------------------------------------------------------ linear algebra */
 ct_tensor *ct_matmul(const ct_tensor *a, const ct_tensor *b); /* torch.matmul */

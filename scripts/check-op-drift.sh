@@ -33,7 +33,7 @@ reset() { cp src/core/op_tables.h src/core/backend.h "$tmp/src/core/"; }
 # 1 -------------------------------------------------------------------------------------
 reset
 add_row "$tmp/src/core/op_tables.h" CT_BINARY_OPS \
-    '    OP(MAXIMUM, maximum, "MaximumBackward", r = x > y ? x : y)'
+    '    OP(MAXIMUM, maximum, "MaximumBackward", SAME, r = x > y ? x : y)'
 if $CC $FLAGS -c "$tmp/src/ops/pointwise.c" -o "$tmp/p.o" > "$tmp/log1" 2>&1; then
     bad "a binary op without a backward formula compiled"
 elif grep -q "CT_BIN_MAXIMUM.*not handled in switch" "$tmp/log1"; then

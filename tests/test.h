@@ -72,7 +72,7 @@ double ct_check_close_(const char *file, int line, const ct_tensor *got, const c
 /* ---- fixtures: tests/fixtures/NAME.ctf written by tests/fixtures/gen_*.py ---- */
 typedef struct ct_fixture ct_fixture;
 ct_fixture *ct_fixture_load(const char *name); /* NULL (test fails) when missing */
-/* New reference to the named tensor (float32/float64/int64), or NULL + test failure. */
+/* New reference to the named tensor (float32/float64/int64/bool), or NULL + test failure. */
 ct_tensor *ct_fixture_get(ct_fixture *fx, const char *key);
 int ct_fixture_has(ct_fixture *fx, const char *key);
 void ct_fixture_free(ct_fixture *fx);

@@ -21,40 +21,64 @@ static char g_why[1024];
 static int cuda_ready(void) { return backend_cuda_ready(g_why, sizeof g_why); }
 
 /* ------------------------------------------------------------------ binary */
+/* Operands for binary op `op`: the comparisons get values with ties (multiples of 0.5,
+ * small integers) and, for floating dtypes, NaNs; the others randn (a) and [1, 3) (b). */
+static tp binary_operand(const int64_t *sh, int nd, ct_dtype dt, int second, int op,
+                         ct_device dev) {
+    if (!ct_binop_result_bool(op)) return tp_rnd(sh, nd, dt, second ? 1 : 0, dev);
+    ct_tensor *r = rnd(sh, nd, CT_FLOAT64, 0), *h = ct_mul_scalar(r, 1.2);
+    double *p = ct_data(h);
+    for (int64_t i = 0; i < ct_numel(h); i++) {
+        p[i] = (double)(int64_t)(p[i] * 2) / 2; /* ties between a and b */
+        if (ct_is_floating(dt) && (i + second) % 7 == 3) p[i] = NAN;
+    }
+    ct_tensor *t = ct_to_dtype(h, dt);
+    ct_free(r), ct_free(h);
+    return tp_from(t, dev);
+}
+
+static void binary_variants(ct_device dev, const ct_kernels *k, const char *bname, int op,
+                            ct_dtype dt) {
+    const int to_bool = ct_binop_result_bool(op);
+    const ct_dtype odt = to_bool ? CT_BOOL : dt;
+    const double alpha = op <= CT_BIN_SUB ? (dt == CT_INT64 ? 2 : 0.5) : 1;
+    const double tol = dt == CT_INT64 || to_bool ? 0 : tol_for(dt);
+    char what[96];
+    int64_t sh[3] = {3, 4, 5}, shT[3] = {3, 5, 4}, shb[3] = {1, 4, 1};
+    /* contiguous */
+    tp a = binary_operand(sh, 3, dt, 0, op, dev), b = binary_operand(sh, 3, dt, 1, op, dev);
+    tp o = tp_from(ct_zeros(sh, 3, odt), dev);
+    snprintf(what, sizeof what, "binary %s %s contiguous", ct_binop_name((ct_binop)op),
+             ct_dtype_name(dt));
+    KCALL(what, cpuk()->binary((ct_binop)op, o.c, a.c, b.c, alpha),
+          k->binary((ct_binop)op, o.d, a.d, b.d, alpha));
+    tp_check(o, tol, what, bname);
+    /* transposed a, broadcast b (stride 0 in two dims) */
+    tp at0 = binary_operand(shT, 3, dt, 0, op, dev), at = tp_transpose(at0, 1, 2);
+    tp b0 = binary_operand(shb, 3, dt, 1, op, dev);
+    tp bb = {ct_expand(b0.c, sh, 3), ct_expand(b0.d, sh, 3)};
+    snprintf(what, sizeof what, "binary %s %s strided+broadcast", ct_binop_name((ct_binop)op),
+             ct_dtype_name(dt));
+    KCALL(what, cpuk()->binary((ct_binop)op, o.c, at.c, bb.c, alpha),
+          k->binary((ct_binop)op, o.d, at.d, bb.d, alpha));
+    tp_check(o, tol, what, bname);
+    /* in place, into a non-contiguous output (bool results: bool operands only) */
+    if (odt == dt) {
+        snprintf(what, sizeof what, "binary %s %s in place", ct_binop_name((ct_binop)op),
+                 ct_dtype_name(dt));
+        KCALL(what, cpuk()->binary((ct_binop)op, at.c, at.c, b.c, alpha),
+              k->binary((ct_binop)op, at.d, at.d, b.d, alpha));
+        tp_check(at0, tol, what, bname);
+    }
+    tp_free(a), tp_free(b), tp_free(o), tp_free(at0), tp_free(at), tp_free(b0), tp_free(bb);
+}
+
 static void case_binary(ct_device dev, const ct_kernels *k, const char *bname) {
-    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64, CT_INT64};
-    for (int di = 0; di < 3; di++)
-        for (int op = 0; op < CT_BIN_COUNT; op++) {
-            const ct_dtype dt = dts[di];
-            const double alpha = op <= CT_BIN_SUB ? (dt == CT_INT64 ? 2 : 0.5) : 1;
-            const double tol = dt == CT_INT64 ? 0 : tol_for(dt);
-            char what[96];
-            int64_t sh[3] = {3, 4, 5}, shT[3] = {3, 5, 4}, shb[3] = {1, 4, 1};
-            /* contiguous */
-            tp a = tp_rnd(sh, 3, dt, 0, dev), b = tp_rnd(sh, 3, dt, 1, dev);
-            tp o = tp_rnd(sh, 3, dt, 0, dev);
-            snprintf(what, sizeof what, "binary %s %s contiguous", ct_binop_name((ct_binop)op),
-                     ct_dtype_name(dt));
-            KCALL(what, cpuk()->binary((ct_binop)op, o.c, a.c, b.c, alpha),
-                  k->binary((ct_binop)op, o.d, a.d, b.d, alpha));
-            tp_check(o, tol, what, bname);
-            /* transposed a, broadcast b (stride 0 in two dims) */
-            tp at0 = tp_rnd(shT, 3, dt, 0, dev), at = tp_transpose(at0, 1, 2);
-            tp b0 = tp_rnd(shb, 3, dt, 1, dev);
-            tp bb = {ct_expand(b0.c, sh, 3), ct_expand(b0.d, sh, 3)};
-            snprintf(what, sizeof what, "binary op %d %s strided+broadcast", op,
-                     ct_dtype_name(dt));
-            KCALL(what, cpuk()->binary((ct_binop)op, o.c, at.c, bb.c, alpha),
-                  k->binary((ct_binop)op, o.d, at.d, bb.d, alpha));
-            tp_check(o, tol, what, bname);
-            /* in place, into a non-contiguous output */
-            snprintf(what, sizeof what, "binary op %d %s in place", op, ct_dtype_name(dt));
-            KCALL(what, cpuk()->binary((ct_binop)op, at.c, at.c, b.c, alpha),
-                  k->binary((ct_binop)op, at.d, at.d, b.d, alpha));
-            tp_check(at0, tol, what, bname);
-            tp_free(a), tp_free(b), tp_free(o), tp_free(at0), tp_free(at), tp_free(b0),
-                tp_free(bb);
-        }
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64, CT_INT64, CT_BOOL};
+    for (int di = 0; di < 4; di++)
+        for (int op = 0; op < CT_BIN_COUNT; op++)
+            if (dts[di] != CT_BOOL || ct_binop_result_bool(op))
+                binary_variants(dev, k, bname, op, dts[di]);
 }
 
 BACKEND_CASE(binary, case_binary)
@@ -137,10 +161,51 @@ static void reduce_one(ct_device dev, const ct_kernels *k, const char *bname, ct
     tp idx = {NULL, NULL};
     if (op == CT_RED_MAX) idx = tp_rnd(osh, ac->ndim, CT_INT64, 0, dev);
     KCALL(what, cpuk()->reduce(op, o.c, idx.c, a.c, red), k->reduce(op, o.d, idx.d, a.d, red));
-    tp_check(o, out_dt == CT_INT64 ? 0 : tol_for(out_dt), what, bname);
+    tp_check(o, out_dt == CT_INT64 || out_dt == CT_BOOL ? 0 : tol_for(out_dt), what, bname);
     if (op == CT_RED_MAX) tp_check(idx, 0, what, bname);
     tp_free(o);
     tp_free(idx);
+}
+
+/* any / all (into bool) over bool and numbers with zeros and NaNs, sums of bool (int64),
+ * max of bool; short and split (long) reductions. */
+static void case_reduce_bool(ct_device dev, const ct_kernels *k, const char *bname) {
+    const ct_dtype dts[] = {CT_BOOL, CT_FLOAT32, CT_FLOAT64, CT_INT64};
+    const int r1[3] = {0, 1, 0}, r02[3] = {1, 0, 1}, rall[3] = {1, 1, 1}, r2[3] = {0, 0, 1};
+    const int *reds[4] = {r1, r02, rall, r2};
+    for (int di = 0; di < 4; di++) {
+        int64_t shT[3] = {4, 6, 5};
+        ct_tensor *h = rnd(shT, 3, CT_FLOAT64, 0);
+        double *p = ct_data(h);
+        for (int i = 0; i < 120; i++) p[i] = i % 5 == 0 || (i >= 30 && i < 36) ? 0 : p[i];
+        for (int i = 60; i < 66; i++) p[i] = 1; /* a row without zeros */
+        if (ct_is_floating(dts[di])) p[7] = NAN;
+        ct_tensor *hd = ct_to_dtype(h, dts[di]);
+        ct_free(h);
+        tp a0 = tp_from(hd, dev), a = tp_transpose(a0, 1, 2);
+        for (int r = 0; r < 4; r++) {
+            char what[96];
+            snprintf(what, sizeof what, "any/all reduction %d of %s", r, ct_dtype_name(dts[di]));
+            reduce_one(dev, k, bname, CT_RED_ANY, a, reds[r], CT_BOOL, what);
+            reduce_one(dev, k, bname, CT_RED_ALL, a, reds[r], CT_BOOL, what);
+            if (dts[di] == CT_BOOL) {
+                reduce_one(dev, k, bname, CT_RED_SUM, a, reds[r], CT_INT64, what);
+                if (r == 0) reduce_one(dev, k, bname, CT_RED_MAX, a, reds[r], CT_BOOL, what);
+            }
+        }
+        tp_free(a0), tp_free(a);
+    }
+    /* long rows: the split paths (partial counts combined) */
+    int64_t wide[2] = {2, 100000}, tall[2] = {70, 20000};
+    const int c1[2] = {0, 1}, c0[2] = {1, 0};
+    ct_tensor *w = ct_zeros(wide, 2, CT_BOOL), *t = ct_ones(tall, 2, CT_BOOL);
+    ((uint8_t *)ct_data(w))[150000] = 1; /* one true element in row 1 */
+    ((uint8_t *)ct_data(t))[12345] = 0;  /* one false element in column 12345 */
+    tp wp = tp_from(w, dev), tq = tp_from(t, dev);
+    reduce_one(dev, k, bname, CT_RED_ANY, wp, c1, CT_BOOL, "any of 100000 (split)");
+    reduce_one(dev, k, bname, CT_RED_ALL, tq, c0, CT_BOOL, "all of columns of 70 rows (split)");
+    reduce_one(dev, k, bname, CT_RED_SUM, wp, c1, CT_INT64, "sum of 100000 bools (split)");
+    tp_free(wp), tp_free(tq);
 }
 
 static void case_reduce(ct_device dev, const ct_kernels *k, const char *bname) {
@@ -188,6 +253,7 @@ static void case_reduce(ct_device dev, const ct_kernels *k, const char *bname) {
     tp n = tp_from(ct_from_data(v, sh, 2, CT_FLOAT64), dev);
     reduce_one(dev, k, bname, CT_RED_MAX, n, r1, CT_FLOAT64, "max with NaN and ties");
     tp_free(n);
+    case_reduce_bool(dev, k, bname);
 }
 
 BACKEND_CASE(reduce, case_reduce)
@@ -199,6 +265,9 @@ static void case_copy(ct_device dev, const ct_kernels *k, const char *bname) {
         {CT_FLOAT32, CT_UINT8},   {CT_BFLOAT16, CT_FLOAT32}, {CT_FLOAT16, CT_FLOAT32},
         {CT_FLOAT32, CT_FLOAT16}, {CT_FLOAT32, CT_FLOAT32}, {CT_INT64, CT_INT64},
         {CT_INT32, CT_FLOAT64},   {CT_UINT8, CT_INT64},     {CT_FLOAT64, CT_BFLOAT16},
+        {CT_BOOL, CT_FLOAT32},    {CT_BOOL, CT_FLOAT64},    {CT_BOOL, CT_INT64},
+        {CT_FLOAT32, CT_BOOL},    {CT_INT64, CT_BOOL},      {CT_BOOL, CT_BOOL},
+        {CT_BOOL, CT_FLOAT16},
     };
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
         const ct_dtype dd = pairs[i][0], sd = pairs[i][1];
@@ -207,6 +276,11 @@ static void case_copy(ct_device dev, const ct_kernels *k, const char *bname) {
         int64_t sh[2] = {7, 5}, shT[2] = {5, 7};
         /* uint8 sources/destinations: keep values in range */
         ct_tensor *base = rnd(shT, 2, CT_FLOAT64, sd == CT_UINT8 || dd == CT_UINT8 ? 1 : 0);
+        if (sd == CT_BOOL || dd == CT_BOOL) { /* zeros (false) and a NaN (true) among them */
+            double *bp = ct_data(base);
+            for (int j = 0; j < 35; j += 3) bp[j] = 0;
+            if (sd != CT_INT64) bp[4] = NAN;
+        }
         ct_tensor *scaled = ct_mul_scalar(base, 20.0);
         ct_tensor *sc = ct_to_dtype(scaled, sd);
         ct_free(base), ct_free(scaled);

@@ -171,7 +171,8 @@ TEST(cli_train_on_cuda_matches_pytorch_after_5_sgd_steps) {
         CHECK(log_has(log, "final test accuracy"));
         compare_steps(out, fx, 5, 1e-4);
         /* the checkpoint evaluated on the GPU and on the CPU: same loss and accuracy (the
-         * GPU path brings logits, loss and labels back in one packed copy) */
+         * GPU path counts the right answers there and brings loss and count back in one
+         * packed copy) */
         double acc[2] = {-1, -1}, loss[2] = {-1, -1};
         for (int i = 0; i < 2; i++) {
             snprintf(cmd, sizeof cmd,

@@ -137,7 +137,8 @@ ct_fixture *ct_fixture_load(const char *name) {
         if (fread(&dt, 1, 1, f) != 1 || fread(&nd, 1, 1, f) != 1 || nd > CT_MAX_DIMS) goto bad;
         int64_t shape[CT_MAX_DIMS];
         if (nd && fread(shape, 8, nd, f) != nd) goto bad;
-        ct_dtype cdt = dt == 0 ? CT_FLOAT32 : dt == 1 ? CT_FLOAT64 : CT_INT64;
+        if (dt > 3) goto bad;
+        ct_dtype cdt = dt == 0 ? CT_FLOAT32 : dt == 1 ? CT_FLOAT64 : dt == 2 ? CT_INT64 : CT_BOOL;
         ct_tensor *t = ct_empty(shape, nd, cdt);
         if (!t) goto bad;
         size_t nbytes = (size_t)ct_numel(t) * ct_dtype_size(cdt);

@@ -31,10 +31,18 @@ static ct_tensor *run_unary(const ct_tensor *x) {
     return ct__unary(t_case->op, x, t_case->p1, t_case->p2);
 }
 
+/* The binary cases: every row of CT_BINARY_OPS with its public ct_<name>(a, b) (a row
+ * without a declaration in ctorch.h fails to compile here), fixture "<name>.<k>" in
+ * binary.ctf (gen_pointwise.py: forward and gradients, or forward only for the rows with
+ * a bool result). */
+#define BIN_ROW(ID, name, node, result, fwd) {#name, ct_##name, CT_BIN_##ID, CT_RESULT_##result},
 static const struct {
     const char *name;
     bin_fn fn;
-} BINARY[] = {{"add", ct_add}, {"sub", ct_sub}, {"mul", ct_mul}, {"div", ct_div}};
+    ct_binop op;
+    int to_bool;
+} BINARY[] = {CT_BINARY_OPS(BIN_ROW)};
+_Static_assert(sizeof BINARY / sizeof *BINARY == CT_BIN_COUNT, "one case per binary op");
 
 /* Runs fn on fixture inputs (optionally made non-contiguous) and compares y and grads. */
 static void check_case(ct_fixture *fx, const char *prefix, int nin, void *fn, int noncontig) {
@@ -125,6 +133,30 @@ TEST(pointwise_public_wrappers_are_their_table_rows) {
     ct_free(x);
 }
 
+/* A row with a bool result: the values, exactly, a bool tensor that does not require grad
+ * even from operands that do, and the row's public wrapper equal to ct__binary. */
+static void check_bool_case(ct_fixture *fx, const char *prefix, int b, int noncontig) {
+    char key[128], what[160];
+    ct_tensor *x[2];
+    for (int i = 0; i < 2; i++) {
+        snprintf(key, sizeof key, "%s.x%d", prefix, i);
+        ct_tensor *raw = ct_fixture_get(fx, key);
+        x[i] = raw && noncontig ? ct_test_noncontig(raw) : ct_retain(raw);
+        ct_free(raw);
+        if (x[i]) CHECK_OK(ct_set_requires_grad(x[i], 1));
+    }
+    snprintf(key, sizeof key, "%s.y", prefix);
+    ct_tensor *want = ct_fixture_get(fx, key);
+    ct_tensor *y = BINARY[b].fn(x[0], x[1]), *y2 = ct__binary(BINARY[b].op, x[0], x[1], 1);
+    snprintf(what, sizeof what, "%s%s", prefix, noncontig ? " (non-contiguous)" : "");
+    CHECK_NN(y);
+    CHECK_MSG(y && ct_dtype_of(y) == CT_BOOL && !ct_requires_grad(y) && !ct_grad_fn_name(y),
+              "%s: want a bool result without grad", what);
+    CHECK_CLOSE(y, want, 0, what);
+    CHECK_CLOSE(y2, want, 0, what);
+    ct_free(x[0]), ct_free(x[1]), ct_free(want), ct_free(y), ct_free(y2);
+}
+
 TEST(pointwise_binary_broadcast_vs_torch) {
     ct_fixture *fx = ct_fixture_load("binary");
     if (!fx) return;
@@ -133,7 +165,8 @@ TEST(pointwise_binary_broadcast_vs_torch) {
         for (int k = 0; k < 4; k++)
             for (int nc = 0; nc < 2; nc++) {
                 snprintf(prefix, sizeof prefix, "%s.%d", BINARY[b].name, k);
-                check_case(fx, prefix, 2, (void *)BINARY[b].fn, nc);
+                if (BINARY[b].to_bool) check_bool_case(fx, prefix, (int)b, nc);
+                else check_case(fx, prefix, 2, (void *)BINARY[b].fn, nc);
             }
     ct_fixture_free(fx);
 }
@@ -164,8 +197,9 @@ TEST(pointwise_gradcheck_float64) {
     }
     int64_t sa[3] = {2, 3, 4}, sb[2] = {1, 4};
     for (size_t b = 0; b < sizeof BINARY / sizeof *BINARY; b++) {
+        if (BINARY[b].to_bool) continue; /* no gradient */
         ct_tensor *in[2] = {ct_randn(sa, 3, CT_FLOAT64), ct_randn(sb, 2, CT_FLOAT64)};
-        if (b == 3) {
+        if (BINARY[b].op == CT_BIN_DIV) {
             double *p = ct_data(in[1]);
             for (int i = 0; i < 4; i++) p[i] = p[i] > 0 ? p[i] + 0.5 : p[i] - 0.5;
         }

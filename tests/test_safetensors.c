@@ -105,31 +105,33 @@ TEST(safetensors_roundtrip_all_dtypes) {
     const uint8_t u8[5] = {0, 1, 127, 128, 255};
     const uint16_t bf16[3] = {0x3F80, 0xBDCD, 0x7F80}; /* 1, -0.1, inf */
     const uint16_t f16[2] = {0x3C00, 0xC100};          /* 1, -2.5 */
+    const uint8_t mask[3] = {1, 0, 1};
     const float scalar = 7.0f;
     const float grid[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
     int64_t s23[2] = {2, 3}, s4[1] = {4}, s3[1] = {3}, s22[2] = {2, 2}, s5[1] = {5}, s2[1] = {2},
             s34[2] = {3, 4};
     ct_tensor *base = raw_tensor(grid, s34, 2, CT_FLOAT32);
-    ct_tensor *ts[9] = {
+    ct_tensor *ts[10] = {
         raw_tensor(f32, s23, 2, CT_FLOAT32), raw_tensor(f64, s4, 1, CT_FLOAT64),
         raw_tensor(i64, s3, 1, CT_INT64),    raw_tensor(i32, s22, 2, CT_INT32),
         raw_tensor(u8, s5, 1, CT_UINT8),     raw_tensor(bf16, s3, 1, CT_BFLOAT16),
         raw_tensor(f16, s2, 1, CT_FLOAT16),  raw_tensor(&scalar, NULL, 0, CT_FLOAT32),
         ct_transpose(base, 0, 1), /* non-contiguous [4, 3] */
+        raw_tensor(mask, s3, 1, CT_BOOL),
     };
-    const char *names[9] = {"features.0.weight", "f64", "i64", "i32", "u8",
-                            "bf16", "f16", "scalar", "classifier.weight"};
-    for (int i = 0; i < 9; i++) CHECK_NN(ts[i]);
+    const char *names[10] = {"features.0.weight", "f64", "i64", "i32", "u8",
+                             "bf16", "f16", "scalar", "classifier.weight", "mask"};
+    for (int i = 0; i < 10; i++) CHECK_NN(ts[i]);
     CHECK(!ct_is_contiguous(ts[8]));
     const char *meta[] = {"format", "pt", "note", "quote \" backslash \\ newline \n", NULL};
-    CHECK_OK(ct_safetensors_save(path, names, ts, 9, meta));
+    CHECK_OK(ct_safetensors_save(path, names, ts, 10, meta));
     CHECK(count_files(tmp) == 1); /* no temporary left behind */
 
     ct_safetensors *st = ct_safetensors_load(path);
     CHECK_NN(st);
     if (st) {
-        CHECK(st->n == 9);
-        for (int i = 0; i < 9 && i < st->n; i++) {
+        CHECK(st->n == 10);
+        for (int i = 0; i < 10 && i < st->n; i++) {
             CHECK_MSG(strcmp(st->names[i], names[i]) == 0, "name %d: %s", i, st->names[i]);
             ct_tensor *got = ct_safetensors_get(st, names[i]);
             CHECK_NN(got);
@@ -151,7 +153,7 @@ TEST(safetensors_roundtrip_all_dtypes) {
         CHECK(ct_safetensors_get(st, "missing") == NULL);
         ct_safetensors_free(st);
     }
-    for (int i = 0; i < 9; i++) ct_free(ts[i]);
+    for (int i = 0; i < 10; i++) ct_free(ts[i]);
     ct_free(base);
     rm_rf(tmp);
 }
@@ -225,7 +227,7 @@ TEST(safetensors_reads_python_reference) {
     ct_safetensors *st = ct_safetensors_load(path);
     CHECK_NN(st);
     if (!st) return;
-    CHECK(st->n == 9);
+    CHECK(st->n == 10);
     CHECK(strcmp(ct_safetensors_metadata(st, "format"), "pt") == 0);
     CHECK(strcmp(ct_safetensors_metadata(st, "source"), "gen_safetensors.py") == 0);
 
@@ -273,6 +275,13 @@ TEST(safetensors_reads_python_reference) {
     if (bf) {
         const uint16_t *p = ct_data(bf);
         CHECK(p[0] == 0x3F80 && p[1] == 0xBDCD);
+    }
+    /* torch.bool is "BOOL", one byte per element */
+    ct_tensor *mk = ct_safetensors_get(st, "mask");
+    CHECK(mk && ct_dtype_of(mk) == CT_BOOL && ct_numel(mk) == 3);
+    if (mk) {
+        const uint8_t *p = ct_data(mk);
+        CHECK(p[0] == 1 && p[1] == 0 && p[2] == 1);
     }
     ct_tensor *sc = ct_safetensors_get(st, "scalar");
     CHECK(sc && ct_ndim(sc) == 0 && ct_numel(sc) == 1);

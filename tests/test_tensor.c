@@ -141,6 +141,48 @@ TEST(tensor_dtype_conversion) {
     ct_free(d);
 }
 
+/* torch.bool: any value -> (x != 0) (NaN and -0.0 included: true and false), bool -> 0/1. */
+TEST(tensor_bool_dtype) {
+    CHECK(ct_dtype_size(CT_BOOL) == 1 && strcmp(ct_dtype_name(CT_BOOL), "bool") == 0);
+    ct_dtype dt;
+    CHECK_OK(ct_dtype_from_name("bool", &dt));
+    CHECK(dt == CT_BOOL);
+    /* floating sources: NaN and -0.0 included; integer sources: values they can hold */
+    double v[6] = {1.5, -2.25, 0.0, NAN, -0.0, 1e-300}, vi[6] = {1.5, 2.25, 0.0, 3, -0.0, 1e-300};
+    int64_t n = 6;
+    ct_dtype from[4] = {CT_FLOAT64, CT_FLOAT32, CT_INT64, CT_UINT8};
+    for (int k = 0; k < 4; k++) {
+        ct_tensor *d = ct_from_data(k < 2 ? v : vi, &n, 1, CT_FLOAT64);
+        ct_tensor *src = ct_to_dtype(d, from[k]), *b = ct_to_dtype(src, CT_BOOL);
+        ct_tensor *sd = ct_to_dtype(src, CT_FLOAT64); /* the source's values */
+        CHECK(b && ct_dtype_of(b) == CT_BOOL && ct_grad_fn_name(b) == NULL);
+        const uint8_t *p = b ? ct_data(b) : NULL;
+        const double *sv = ct_data(sd);
+        for (int i = 0; p && i < 6; i++)
+            CHECK_MSG(p[i] == (sv[i] != 0), "%s %g -> bool %d", ct_dtype_name(from[k]), sv[i], p[i]);
+        ct_dtype to[4] = {CT_FLOAT32, CT_FLOAT64, CT_INT64, CT_UINT8};
+        for (int j = 0; p && j < 4; j++) {
+            ct_tensor *back = ct_to_dtype(b, to[j]), *bd = ct_to_dtype(back, CT_FLOAT64);
+            const double *q = ct_data(bd);
+            for (int i = 0; i < 6; i++) CHECK(q[i] == (double)p[i]);
+            ct_free(back);
+            ct_free(bd);
+        }
+        ct_free(d), ct_free(src), ct_free(b), ct_free(sd);
+    }
+    /* creation: fill, from_data (any non-zero byte is true), item */
+    ct_tensor *f = ct_full(&n, 1, 0.25, CT_BOOL), *z = ct_zeros(&n, 1, CT_BOOL);
+    const uint8_t raw[6] = {0, 1, 2, 255, 0, 7};
+    ct_tensor *r = ct_from_data(raw, &n, 1, CT_BOOL);
+    for (int i = 0; i < 6; i++) {
+        CHECK(((uint8_t *)ct_data(f))[i] == 1 && ((uint8_t *)ct_data(z))[i] == 0);
+        CHECK(((uint8_t *)ct_data(r))[i] == (raw[i] != 0));
+    }
+    ct_tensor *s = ct_scalar(-3, CT_BOOL);
+    CHECK(ct_item(s) == 1.0);
+    ct_free(f), ct_free(z), ct_free(r), ct_free(s);
+}
+
 TEST(tensor_devices_and_bad_input) {
     ct_device dev;
     CHECK_OK(ct_device_parse("cuda:1", &dev));

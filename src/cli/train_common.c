@@ -65,9 +65,9 @@ static int64_t count_correct(const ct_tensor *logits, const ct_tensor *y) {
 }
 
 /* The loss value and the number of correct predictions of a step. On the CPU: read in
- * place. On a device: logits, loss and labels packed into one float32 tensor on the
- * device (labels < 2^24 are exact in float32) and brought back with a single copy, so a
- * step synchronises with the GPU once, not once per value. */
+ * place. On a device: the count is computed there, (argmax(logits) == y).sum(), and packed
+ * with the loss into one float32 tensor [2] (counts < 2^24 are exact in float32) brought
+ * back with a single copy, so a step synchronises with the GPU once, not once per value. */
 static int step_stats(const ct_tensor *logits, const ct_tensor *loss, const ct_tensor *y,
                       double *loss_val, int64_t *correct) {
     if (ct_device_is_host(ct_device_of(logits))) {
@@ -75,31 +75,26 @@ static int step_stats(const ct_tensor *logits, const ct_tensor *loss, const ct_t
         *loss_val = ct_item(loss);
         return *correct < 0 ? -1 : 0;
     }
-    const int64_t n = ct_size(logits, 0), c = ct_numel(logits) / (n > 0 ? n : 1), one = 1,
-                  nc = n * c;
+    const int64_t one = 1;
     int prev = ct_set_grad_enabled(0);
-    ct_tensor *lf = ct_reshape(logits, &nc, 1), *l1 = ct_reshape(loss, &one, 1);
-    ct_tensor *yf = ct_to_dtype(y, CT_FLOAT32);
-    ct_tensor *parts[3] = {lf, l1, yf};
-    ct_tensor *packed = lf && l1 && yf ? ct_cat(parts, 3, 0) : NULL;
+    ct_tensor *pred = ct_argmax(logits, 1, 0), *eq = pred ? ct_eq(pred, y) : NULL;
+    ct_tensor *right = eq ? ct_sum(eq, NULL, 0, 0) : NULL;
+    ct_tensor *rf = right ? ct_to_dtype(right, CT_FLOAT32) : NULL;
+    ct_tensor *r1 = rf ? ct_reshape(rf, &one, 1) : NULL, *l1 = ct_reshape(loss, &one, 1);
+    ct_tensor *lf = l1 ? ct_to_dtype(l1, CT_FLOAT32) : NULL;
+    ct_tensor *parts[2] = {lf, r1};
+    ct_tensor *packed = lf && r1 ? ct_cat(parts, 2, 0) : NULL;
     ct_tensor *host = packed ? ct_to_device(packed, ct_cpu()) : NULL;
-    ct_tensor *hl = NULL, *hy = NULL;
     int rc = -1;
     if (host) {
         const float *h = ct_data(host);
-        *loss_val = h[nc];
-        int64_t two[2] = {n, c};
-        hl = ct_from_data(h, two, 2, CT_FLOAT32);
-        hy = hl ? ct_empty(&n, 1, CT_INT64) : NULL;
-        if (hy) {
-            int64_t *lab = ct_data(hy);
-            for (int64_t i = 0; i < n; i++) lab[i] = (int64_t)h[nc + 1 + i];
-            *correct = count_correct(hl, hy);
-            rc = *correct < 0 ? -1 : 0;
-        }
+        *loss_val = h[0];
+        *correct = (int64_t)h[1];
+        rc = 0;
     }
     ct_set_grad_enabled(prev);
-    ct_free(lf), ct_free(l1), ct_free(yf), ct_free(packed), ct_free(host), ct_free(hl), ct_free(hy);
+    ct_free(pred), ct_free(eq), ct_free(right), ct_free(rf), ct_free(r1), ct_free(l1);
+    ct_free(lf), ct_free(packed), ct_free(host);
     return rc;
 }
 

@@ -27,6 +27,8 @@ const char *ct_binop_name(ct_binop op);
 int ct_unop_allows_int64(ct_unop op);
 /* The unary op `op` with its scalars: what the public wrappers (ct_exp, ct_clamp, ...) call. */
 ct_tensor *ct__unary(ct_unop op, const ct_tensor *a, double p1, double p2);
+/* The binary op `op` (ct_add, ct_eq, ...; alpha scales b for add and sub). */
+ct_tensor *ct__binary(ct_binop op, const ct_tensor *a, const ct_tensor *b, double alpha);
 
 typedef struct {
     int stride[2], padding[2], dilation[2], groups;
@@ -72,7 +74,9 @@ typedef struct {
                        const ct_tensor *y, double p1, double p2))                          \
     /* Reduces `a` over the dims where reduce[d] != 0 into out, which has a's ndim with    \
      * size 1 on reduced dims (contiguous). For CT_RED_MAX exactly one dim is reduced and  \
-     * `indices` (int64, out's shape, may be NULL) receives the argmax. */                 \
+     * `indices` (int64, out's shape, may be NULL) receives the argmax. a: float32,        \
+     * float64, int64 or bool; out: float32, float64, int64 (sum of int64 or bool) or bool \
+     * (any, all, max of bool). */                                                         \
     X(reduce, (ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,        \
                const int *reduce))                                                         \
     /* dst = src elementwise with dtype conversion; same shape, any strides. */            \
@@ -189,7 +193,21 @@ typedef struct {
     /* gw [num, dim] (fully written) = sum of the rows of gy [n, dim] at their indices, in  \
      * index order (deterministic); row padding_idx stays zero (< 0: none). */             \
     X(embedding_backward, (ct_tensor *gw, const ct_tensor *gy, const ct_tensor *indices,   \
-                           int64_t padding_idx))
+                           int64_t padding_idx))                                           \
+    /* out[i] = cond[i] ? a[i] : b[i]. cond (bool), a and b have out's shape with any      \
+     * strides (0 for broadcast); a, b and out have one dtype, any dtype (the elements are \
+     * moved, not computed); out contiguous. */                                            \
+    X(where, (ct_tensor *out, const ct_tensor *cond, const ct_tensor *a, const ct_tensor *b)) \
+    /* The k largest (largest != 0) or smallest elements along dim of a (contiguous, viewed  \
+     * as [outer, n, inner] around dim; float32, float64 or int64), 0 <= k <= n: values     \
+     * (a's dtype) and indices (int64) [outer, k, inner], contiguous, best first. The order \
+     * is total: NaN ranks above every number (first when largest, last when smallest),    \
+     * equal values by the smaller index. */                                               \
+    X(topk_forward, (ct_tensor *values, ct_tensor *indices, const ct_tensor *a, int dim,   \
+                     int64_t k, int largest))                                              \
+    /* gx (contiguous, fully written) = zeros with gy [outer, k, inner] (contiguous) put at \
+     * the positions indices (topk's: distinct along dim) give along dim. */               \
+    X(topk_backward, (ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices, int dim))
 
 typedef struct ct_kernels {
 #define CT__KERNEL_FIELD(name, params) int(*name) params;

@@ -12,7 +12,7 @@ static const struct {
 } g_dtypes[CT_NUM_DTYPES] = {
     [CT_FLOAT32] = {"float32", 4}, [CT_FLOAT64] = {"float64", 8}, [CT_INT64] = {"int64", 8},
     [CT_INT32] = {"int32", 4},     [CT_UINT8] = {"uint8", 1},     [CT_BFLOAT16] = {"bfloat16", 2},
-    [CT_FLOAT16] = {"float16", 2},
+    [CT_FLOAT16] = {"float16", 2}, [CT_BOOL] = {"bool", 1},
 };
 
 const char *ct_dtype_name(ct_dtype dt) {
@@ -29,8 +29,8 @@ int ct_dtype_from_name(const char *name, ct_dtype *out) {
     if (!strcmp(name, "float")) { *out = CT_FLOAT32; return 0; }
     if (!strcmp(name, "double")) { *out = CT_FLOAT64; return 0; }
     if (!strcmp(name, "long")) { *out = CT_INT64; return 0; }
-    return ct_error("unknown dtype '%s'; use float32, float64, int64, int32, uint8, bfloat16 or "
-                    "float16", name);
+    return ct_error("unknown dtype '%s'; use float32, float64, int64, int32, uint8, bfloat16, "
+                    "float16 or bool", name);
 }
 
 int ct_is_floating(ct_dtype dt) {

@@ -95,23 +95,45 @@
       T s = (T)1 / ((T)1 + CT_M1(T, exp, -x)); d = s * ((T)1 + x * ((T)1 - s)), 0, 0, ANY)
 
 /* ----------------------------------------------------------------- binary ops
- * OP(ID, name, node, forward) with broadcasting (the op layer expands both operands);
- * forward sets r from x (first operand), y (second) and al (the alpha of add/sub), for
- * floating types and int64 alike (integer division by zero gives 0, not a trap). The
- * backward formulas are composed from public ops in src/ops/pointwise.c, one case per
- * row there (a missing case fails the build: -Wswitch). */
+ * OP(ID, name, node, result, forward) with broadcasting (the op layer expands both
+ * operands, of one dtype); forward sets r from x (first operand), y (second) and al (the
+ * alpha of add/sub), for every operand dtype the row takes:
+ *   result  SAME: r has the operands' dtype (float32, float64 or int64: integer division
+ *             by zero gives 0, not a trap); the public ct_<name>(a, b) is differentiable.
+ *           BOOL: r is a bool (0 or 1) computed from operands of any of float32,
+ *             float64, int64 and bool (uint8 0/1): comparisons with IEEE NaN semantics
+ *             (NaN != NaN is true, every other comparison with NaN false) and logical
+ *             ops (non-zero, NaN included, is true). No gradient: as in PyTorch the
+ *             output does not require grad (the op records no autograd node: node is
+ *             NULL).
+ * The public ct_<name>(a, b) of every row is generated (src/ops/pointwise.c). The
+ * backward formulas are composed from public ops there, one case per row (a missing case
+ * fails the build: -Wswitch; the BOOL rows' case is an error that is never reached). */
 #define CT_BINARY_OPS(OP)                                                                   \
-    OP(ADD, add, "AddBackward", r = x + al * y)                                             \
-    OP(SUB, sub, "SubBackward", r = x - al * y)                                             \
-    OP(MUL, mul, "MulBackward", r = x * y)                                                  \
-    OP(DIV, div, "DivBackward", r = CT_IS_FLOAT(T) || y != 0 ? x / y : (T)0)
+    OP(ADD, add, "AddBackward", SAME, r = x + al * y)                                       \
+    OP(SUB, sub, "SubBackward", SAME, r = x - al * y)                                       \
+    OP(MUL, mul, "MulBackward", SAME, r = x * y)                                            \
+    OP(DIV, div, "DivBackward", SAME, r = CT_IS_FLOAT(T) || y != 0 ? x / y : (T)0)          \
+    OP(EQ, eq, NULL, BOOL, r = x == y)                                                      \
+    OP(NE, ne, NULL, BOOL, r = x != y)                                                      \
+    OP(LT, lt, NULL, BOOL, r = x < y)                                                       \
+    OP(LE, le, NULL, BOOL, r = x <= y)                                                      \
+    OP(GT, gt, NULL, BOOL, r = x > y)                                                       \
+    OP(GE, ge, NULL, BOOL, r = x >= y)                                                      \
+    OP(LOGICAL_AND, logical_and, NULL, BOOL, r = x != 0 && y != 0)                          \
+    OP(LOGICAL_OR, logical_or, NULL, BOOL, r = x != 0 || y != 0)
 
 /* -------------------------------------------------------------- reductions
- * OP(ID, name, node): sum and mean over a set of dims, max over one dim with indices. */
+ * OP(ID, name, node): sum and mean over a set of dims, max over one dim with indices, any
+ * and all over a set of dims into bool (non-zero, NaN included, is true; the kernels
+ * count the non-zero elements for any, the zeros for all: any of nothing is false, all of
+ * nothing true; no gradient). */
 #define CT_REDUCE_OPS(OP)                                                                   \
     OP(SUM, sum, "SumBackward")                                                             \
     OP(MEAN, mean, "MeanBackward")                                                          \
-    OP(MAX, max, "MaxBackward")
+    OP(MAX, max, "MaxBackward")                                                             \
+    OP(ANY, any, NULL)                                                                      \
+    OP(ALL, all, NULL)
 
 /* ------------------------------------------------------------- the enums */
 #define CT__ENUM_UN(ID, ...) CT_UN_##ID,
@@ -136,5 +158,22 @@ typedef enum { CT_REDUCE_OPS(CT__ENUM_RED) CT_RED_COUNT } ct_redop;
 #define CT_SAVES_BOTH 3
 #define CT_DOMAIN_ANY 0
 #define CT_DOMAIN_POS 1
+/* CT_IF_SAME_ROW_<result>(...) keeps its arguments for binary rows whose result rule is
+ * SAME, CT_IF_BOOL_ROW_<result>(...) for those whose rule is BOOL; CT_RESULT_<result> is
+ * the rule as a number. */
+#define CT_IF_SAME_ROW_SAME(...) __VA_ARGS__
+#define CT_IF_SAME_ROW_BOOL(...)
+#define CT_IF_BOOL_ROW_SAME(...)
+#define CT_IF_BOOL_ROW_BOOL(...) __VA_ARGS__
+#define CT_RESULT_SAME 0
+#define CT_RESULT_BOOL 1
+
+/* Whether binary row `op` gives a bool result (its result rule is BOOL). */
+#define CT__BIN_RESULT(ID, name, node, result, ...) CT_RESULT_##result,
+static inline int ct_binop_result_bool(int op) {
+    static const unsigned char k_result[CT_BIN_COUNT] = {CT_BINARY_OPS(CT__BIN_RESULT)};
+    return op >= 0 && op < CT_BIN_COUNT && k_result[op] == CT_RESULT_BOOL;
+}
+#undef CT__BIN_RESULT
 
 #endif

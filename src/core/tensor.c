@@ -292,6 +292,10 @@ ct_tensor *ct_from_data(const void *data, const int64_t *shape, int ndim, ct_dty
         return ct_error_null("from_data: data pointer is NULL");
     }
     if (nb) memcpy(ct_ptr(t), data, nb);
+    if (dt == CT_BOOL) { /* any non-zero byte is true: stored as 1, as the kernels expect */
+        uint8_t *b = (uint8_t *)ct_ptr(t);
+        for (size_t i = 0; i < nb; i++) b[i] = b[i] != 0;
+    }
     return t;
 }
 

@@ -21,7 +21,7 @@ static const struct {
     ct_dtype dt;
 } k_dtypes[] = {
     {"F32", CT_FLOAT32}, {"F64", CT_FLOAT64}, {"I64", CT_INT64},  {"I32", CT_INT32},
-    {"U8", CT_UINT8},    {"BF16", CT_BFLOAT16}, {"F16", CT_FLOAT16},
+    {"U8", CT_UINT8},    {"BF16", CT_BFLOAT16}, {"F16", CT_FLOAT16}, {"BOOL", CT_BOOL},
 };
 #define N_DTYPES (sizeof k_dtypes / sizeof k_dtypes[0])
 
@@ -38,7 +38,7 @@ int ct_safetensors_dtype_parse(const char *s, ct_dtype *out) {
             return 0;
         }
     return ct_error("safetensors: unsupported dtype '%s'; ctorch reads F32, F64, I64, I32, U8, "
-                    "BF16 and F16 (convert the tensor before saving, e.g. t.float())",
+                    "BF16, F16 and BOOL (convert the tensor before saving, e.g. t.float())",
                     s ? s : "(null)");
 }
 
@@ -46,7 +46,7 @@ static size_t st_dtype_size(ct_dtype dt) {
     switch (dt) {
     case CT_FLOAT32: case CT_INT32: return 4;
     case CT_FLOAT64: case CT_INT64: return 8;
-    case CT_UINT8: return 1;
+    case CT_UINT8: case CT_BOOL: return 1;
     case CT_BFLOAT16: case CT_FLOAT16: return 2;
     default: return 0;
     }
@@ -118,7 +118,7 @@ static int parse_dtype(st_header *h, st_entry *e, const json_t *v) {
                       e->name, json_kind(v));
     if (ct_safetensors_dtype_parse(json_string_value(v), &e->dt) != 0)
         return st_bad(h, "tensor '%.100s' has unsupported dtype '%.20s' (supported: F32, F64, I64, "
-                      "I32, U8, BF16, F16)",
+                      "I32, U8, BF16, F16, BOOL)",
                       e->name, json_string_value(v));
     e->has_dtype = 1;
     return 0;
@@ -377,6 +377,10 @@ static ct_safetensors *read_tensors(FILE *f, const char *path, uint64_t data_sta
                      "truncated while reading?)",
                      path, e->name);
             goto fail;
+        }
+        if (e->dt == CT_BOOL) { /* a byte other than 0 is true: stored as 1 */
+            uint8_t *b = ct_data(t);
+            for (size_t k = 0; k < bytes; k++) b[k] = b[k] != 0;
         }
     }
     if (copy_metadata(st, meta) == 0) return st;

@@ -61,9 +61,9 @@ ct_tensor *ct_sum_to_shape(const ct_tensor *g, const int64_t *shape, int ndim) {
 }
 
 /* --------------------------------------------------------------- binary */
-#define CT__BIN_NAME(ID, name, node, fwd) [CT_BIN_##ID] = {#name, node},
+#define CT__BIN_NAME(ID, name, node, result, fwd) [CT_BIN_##ID] = {#name, node},
 static const struct {
-    const char *name, *node;
+    const char *name, *node; /* node: NULL for the BOOL rows (no gradient) */
 } g_bin[CT_BIN_COUNT] = {CT_BINARY_OPS(CT__BIN_NAME)};
 _Static_assert(sizeof g_bin / sizeof *g_bin == CT_BIN_COUNT, "one g_bin row per binary op");
 
@@ -97,6 +97,16 @@ static ct_tensor *binary_grad(const binary_ctx *c, int i, const ct_tensor *gy,
         ct_free(t3);
         return g;
     }
+    /* the BOOL rows record no node (binary_op): never reached */
+    case CT_BIN_EQ:
+    case CT_BIN_NE:
+    case CT_BIN_LT:
+    case CT_BIN_LE:
+    case CT_BIN_GT:
+    case CT_BIN_GE:
+    case CT_BIN_LOGICAL_AND:
+    case CT_BIN_LOGICAL_OR:
+        return ct_error_null("%s: not differentiable (its output is bool)", g_bin[c->op].name);
     case CT_BIN_COUNT: break;
     }
     return ct_error_null("binary op %d: no backward formula", (int)c->op);
@@ -118,16 +128,34 @@ static int binary_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     return 0;
 }
 
+/* The operands' dtype suits the row: float32, float64 or int64 for arithmetic; bool too
+ * for comparisons and logical ops. */
+static int check_binary_dtype(ct_binop op, ct_dtype dt) {
+    const char *name = g_bin[op].name;
+    if (dt == CT_FLOAT32 || dt == CT_FLOAT64 || dt == CT_INT64) return 0;
+    if (ct_binop_result_bool(op)) {
+        if (dt == CT_BOOL) return 0;
+        return ct_error("%s: dtype %s is not supported (float32, float64, int64 or bool); "
+                        "convert with ct_to_dtype", name, ct_dtype_name(dt));
+    }
+    if (dt == CT_BOOL)
+        return ct_error("%s: bool tensors have no arithmetic; use ct_logical_and / "
+                        "ct_logical_or, or convert with ct_to_dtype(t, CT_INT64) first", name);
+    return ct_error("%s: dtype %s is not supported (float32, float64 or int64); convert with "
+                    "ct_to_dtype", name, ct_dtype_name(dt));
+}
+
 static ct_tensor *binary_op(ct_binop op, const ct_tensor *a, const ct_tensor *b, double alpha) {
     const char *name = g_bin[op].name;
-    if (check_pair(a, b, name) != 0) return NULL;
+    if (check_pair(a, b, name) != 0 || check_binary_dtype(op, a->dtype) != 0) return NULL;
     int64_t shape[CT_MAX_DIMS];
     int nd = 0;
     if (broadcast_shape(a, b, shape, &nd, name) != 0) return NULL;
     int prev = ct_set_grad_enabled(0); /* the broadcast views need no graph */
     ct_tensor *ea = ct_expand(a, shape, nd), *eb = ct_expand(b, shape, nd);
     ct_set_grad_enabled(prev);
-    ct_tensor *y = ct_empty_on(shape, nd, a->dtype, a->storage->device);
+    const int to_bool = ct_binop_result_bool(op);
+    ct_tensor *y = ct_empty_on(shape, nd, to_bool ? CT_BOOL : a->dtype, a->storage->device);
     int (*k)(ct_binop, ct_tensor *, const ct_tensor *, const ct_tensor *, double) =
         y ? CT_KERNEL(y, binary, name) : NULL;
     int rc = (ea && eb && k) ? k(op, y, ea, eb, alpha) : -1;
@@ -137,6 +165,7 @@ static ct_tensor *binary_op(ct_binop op, const ct_tensor *a, const ct_tensor *b,
         ct_free(y);
         return NULL;
     }
+    if (to_bool) return y; /* no gradient: PyTorch's comparisons do not require grad */
     ct_node *n;
     y = ct_node_record(g_bin[op].node, binary_backward, (const ct_tensor *[]){a, b}, 2, y, &n);
     if (n) {
@@ -148,10 +177,50 @@ static ct_tensor *binary_op(ct_binop op, const ct_tensor *a, const ct_tensor *b,
     return y;
 }
 
-ct_tensor *ct_add(const ct_tensor *a, const ct_tensor *b) { return binary_op(CT_BIN_ADD, a, b, 1); }
-ct_tensor *ct_sub(const ct_tensor *a, const ct_tensor *b) { return binary_op(CT_BIN_SUB, a, b, 1); }
-ct_tensor *ct_mul(const ct_tensor *a, const ct_tensor *b) { return binary_op(CT_BIN_MUL, a, b, 1); }
-ct_tensor *ct_div(const ct_tensor *a, const ct_tensor *b) { return binary_op(CT_BIN_DIV, a, b, 1); }
+ct_tensor *ct__binary(ct_binop op, const ct_tensor *a, const ct_tensor *b, double alpha) {
+    if ((unsigned)op >= CT_BIN_COUNT) return ct_error_null("binary op %d: no such op", (int)op);
+    return binary_op(op, a, b, alpha);
+}
+
+/* ct_<name>(a, b) for every row: add, sub, mul, div, eq, ne, lt, le, gt, ge, logical_and,
+ * logical_or. */
+#define CT__BIN_API(ID, name, ...)                                                          \
+    ct_tensor *ct_##name(const ct_tensor *a, const ct_tensor *b) {                          \
+        return binary_op(CT_BIN_##ID, a, b, 1);                                             \
+    }
+CT_BINARY_OPS(CT__BIN_API)
+
+/* A comparison with a number, as PyTorch's t < 2.5: in t's dtype when it holds s exactly
+ * (always for floating t: s is rounded to it, as PyTorch does), else in float64 (an int64
+ * or bool tensor against 2.5, NaN or a number beyond int64). */
+static ct_tensor *compare_scalar(ct_binop op, const ct_tensor *a, double s, const char *name) {
+    if (!a) return ct_error_null("%s: NULL tensor argument", name);
+    if (check_binary_dtype(op, a->dtype) != 0) {
+        ct_error_context("%s", name);
+        return NULL;
+    }
+    ct_dtype dt = a->dtype;
+    int exact = ct_is_floating(dt) ||
+                (s == s && s >= -9.2e18 && s <= 9.2e18 && (double)(int64_t)s == s &&
+                 (dt != CT_BOOL || s == 0 || s == 1));
+    ct_tensor *ac = exact ? ct_retain((ct_tensor *)a) : ct_to_dtype(a, CT_FLOAT64);
+    ct_tensor *sc = ac ? ct_empty_on(NULL, 0, ac->dtype, a->storage->device) : NULL;
+    ct_tensor *y = NULL;
+    if (sc && ct_backend_of(sc)->k.fill(sc, s) == 0) y = binary_op(op, ac, sc, 1);
+    ct_free(ac);
+    ct_free(sc);
+    if (!y) ct_error_context("%s", name);
+    return y;
+}
+
+ct_tensor *ct_eq_scalar(const ct_tensor *a, double s) { return compare_scalar(CT_BIN_EQ, a, s, "eq_scalar"); }
+ct_tensor *ct_ne_scalar(const ct_tensor *a, double s) { return compare_scalar(CT_BIN_NE, a, s, "ne_scalar"); }
+ct_tensor *ct_lt_scalar(const ct_tensor *a, double s) { return compare_scalar(CT_BIN_LT, a, s, "lt_scalar"); }
+ct_tensor *ct_le_scalar(const ct_tensor *a, double s) { return compare_scalar(CT_BIN_LE, a, s, "le_scalar"); }
+ct_tensor *ct_gt_scalar(const ct_tensor *a, double s) { return compare_scalar(CT_BIN_GT, a, s, "gt_scalar"); }
+ct_tensor *ct_ge_scalar(const ct_tensor *a, double s) { return compare_scalar(CT_BIN_GE, a, s, "ge_scalar"); }
+/* not x = (x == 0): NaN is true, so its negation false, as in PyTorch. */
+ct_tensor *ct_logical_not(const ct_tensor *a) { return compare_scalar(CT_BIN_EQ, a, 0, "logical_not"); }
 
 /* ---------------------------------------------------------------- unary */
 #define CT__UN_ROW(ID, name, node, dtypes, saves, api, ...)                                 \

@@ -1,4 +1,4 @@
-/* Reductions: sum, mean, max (values + indices), max over all, argmax. */
+/* Reductions: sum, mean, max (values + indices), max over all, argmax, any, all. */
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -64,11 +64,16 @@ static ct_tensor *sum_mean(const ct_tensor *a, const int *dims, int ndims, int k
     if (!a) return ct_error_null("%s: NULL tensor argument", op);
     if (ct__check_tensor(a, op)) return NULL; /* a released tensor */
     if (mean && !ct_is_floating(a->dtype))
-        return ct_error_null("mean: needs a floating-point tensor, got %s", ct_dtype_name(a->dtype));
+        return ct_error_null("mean: needs a floating-point tensor, got %s (as in PyTorch); "
+                             "convert first, e.g. ct_mean(ct_to_dtype(t, CT_FLOAT32), ...)%s",
+                             ct_dtype_name(a->dtype),
+                             a->dtype == CT_BOOL ? " for the fraction of true elements" : "");
     int mask[CT_MAX_DIMS];
     int64_t ks[CT_MAX_DIMS];
     if (reduce_dims(a, dims, ndims, mask, ks, op) != 0) return NULL;
-    ct_tensor *y = ct_empty_on(ks, a->ndim, a->dtype, a->storage->device);
+    /* the sum of a bool tensor counts its true elements: int64, as in PyTorch */
+    ct_dtype odt = a->dtype == CT_BOOL ? CT_INT64 : a->dtype;
+    ct_tensor *y = ct_empty_on(ks, a->ndim, odt, a->storage->device);
     int (*k)(ct_redop, ct_tensor *, ct_tensor *, const ct_tensor *, const int *) = y ? CT_KERNEL(y, reduce, op) : NULL;
     if (!k || k(mean ? CT_RED_MEAN : CT_RED_SUM, y, NULL, a, mask) != 0) {
         ct_free(y);
@@ -203,4 +208,32 @@ ct_tensor *ct_argmax(const ct_tensor *a, int dim, int keepdim) {
     }
     ct_free(v);
     return idx;
+}
+
+/* any / all over dims (all dims when ndims == 0) into bool: no gradient. */
+static ct_tensor *any_all(const ct_tensor *a, const int *dims, int ndims, int keepdim,
+                          ct_redop op, const char *name) {
+    if (!a) return ct_error_null("%s: NULL tensor argument", name);
+    if (a->dtype != CT_BOOL && a->dtype != CT_FLOAT32 && a->dtype != CT_FLOAT64 &&
+        a->dtype != CT_INT64)
+        return ct_error_null("%s: dtype %s is not supported (bool, float32, float64 or int64); "
+                             "convert with ct_to_dtype", name, ct_dtype_name(a->dtype));
+    int mask[CT_MAX_DIMS];
+    int64_t ks[CT_MAX_DIMS];
+    if (reduce_dims(a, dims, ndims, mask, ks, name) != 0) return NULL;
+    ct_tensor *y = ct_empty_on(ks, a->ndim, CT_BOOL, a->storage->device);
+    int (*k)(ct_redop, ct_tensor *, ct_tensor *, const ct_tensor *, const int *) =
+        y ? CT_KERNEL(y, reduce, name) : NULL;
+    if (!k || k(op, y, NULL, a, mask) != 0) {
+        ct_free(y);
+        return NULL;
+    }
+    return keepdim ? y : squeeze_mask(y, mask, a->ndim);
+}
+
+ct_tensor *ct_any(const ct_tensor *a, const int *dims, int ndims, int keepdim) {
+    return any_all(a, dims, ndims, keepdim, CT_RED_ANY, "any");
+}
+ct_tensor *ct_all(const ct_tensor *a, const int *dims, int ndims, int keepdim) {
+    return any_all(a, dims, ndims, keepdim, CT_RED_ALL, "all");
 }

@@ -25,13 +25,14 @@ typedef struct {
 /* ------------------------------------------------------------------ binary */
 /* One loop per (op, layout): contiguous, scalar b (stride 0), general strides. out may
  * alias a or b (in-place ops); the compiler checks overlap at run time before using the
- * vector loop, so even overlapping views keep the element-by-element result. */
-#define BIN_LOOP(T, FWD)                                                                      \
+ * vector loop, so even overlapping views keep the element-by-element result. R is the
+ * result's type: T for the SAME rows, uint8_t (bool) for the BOOL rows. */
+#define BIN_LOOP(T, R, FWD)                                                                   \
     do {                                                                                      \
         if (so == 1 && sa == 1 && sb == 1) {                                                  \
             for (int64_t i = 0; i < n; i++) {                                                 \
                 const T x = a[i], y = b[i];                                                   \
-                T r;                                                                          \
+                R r;                                                                          \
                 FWD;                                                                          \
                 o[i] = r;                                                                     \
             }                                                                                 \
@@ -39,34 +40,35 @@ typedef struct {
             const T y = b[0];                                                                 \
             for (int64_t i = 0; i < n; i++) {                                                 \
                 const T x = a[i];                                                             \
-                T r;                                                                          \
+                R r;                                                                          \
                 FWD;                                                                          \
                 o[i] = r;                                                                     \
             }                                                                                 \
         } else {                                                                              \
             for (int64_t i = 0; i < n; i++) {                                                 \
                 const T x = a[i * sa], y = b[i * sb];                                         \
-                T r;                                                                          \
+                R r;                                                                          \
                 FWD;                                                                          \
                 o[i * so] = r;                                                                \
             }                                                                                 \
         }                                                                                     \
     } while (0)
 
-/* One branch-free loop per op (the rows of CT_BINARY_OPS, generated); alpha == 1 gets
- * its own loop, where the compiler drops the multiplication (1 * y is exact: same values). */
-#define BIN_CASE(ID, name, node, FWD)                                                         \
-    case CT_BIN_##ID:                                                                         \
+/* One branch-free loop per op (the rows of CT_BINARY_OPS whose result rule is SAME,
+ * generated); alpha == 1 gets its own loop, where the compiler drops the multiplication
+ * (1 * y is exact: same values). */
+#define BIN_CASE(ID, name, node, result, FWD)                                                 \
+    CT_IF_SAME_ROW_##result(case CT_BIN_##ID:                                                 \
         if (alpha == (T)1) {                                                                  \
             const T al = 1;                                                                   \
             (void)al;                                                                         \
-            BIN_LOOP(T, FWD);                                                                 \
+            BIN_LOOP(T, T, FWD);                                                              \
         } else {                                                                              \
             const T al = alpha;                                                               \
             (void)al;                                                                         \
-            BIN_LOOP(T, FWD);                                                                 \
+            BIN_LOOP(T, T, FWD);                                                              \
         }                                                                                     \
-        break;
+        break;)
 
 #define BIN_ROW(TYPE, NAME)                                                                      \
     CT_MULTIVERSION static void NAME(void *vc, int64_t n, char **p, const int64_t *s) { \
@@ -78,12 +80,33 @@ typedef struct {
         const int64_t so = s[0], sa = s[1], sb = s[2];                                        \
         switch ((ct_binop)c->op) {                                                            \
             CT_BINARY_OPS(BIN_CASE)                                                           \
-        case CT_BIN_COUNT: break;                                                             \
+        default: break; /* a BOOL row: cmp_* below */                                         \
         }                                                                                     \
     }
 BIN_ROW(float, bin_f32)
 BIN_ROW(double, bin_f64)
 BIN_ROW(int64_t, bin_i64)
+
+/* The rows whose result rule is BOOL: operands of type T, a bool (uint8_t 0/1) result. */
+#define CMP_CASE(ID, name, node, result, FWD)                                                 \
+    CT_IF_BOOL_ROW_##result(case CT_BIN_##ID: BIN_LOOP(T, uint8_t, FWD); break;)
+
+#define CMP_ROW(TYPE, NAME)                                                                   \
+    CT_MULTIVERSION static void NAME(void *vc, int64_t n, char **p, const int64_t *s) {       \
+        typedef TYPE T;                                                                       \
+        const ew_ctx *c = vc;                                                                 \
+        uint8_t *o = (uint8_t *)p[0];                                                         \
+        const T *a = (const T *)p[1], *b = (const T *)p[2];                                   \
+        const int64_t so = s[0], sa = s[1], sb = s[2];                                        \
+        switch ((ct_binop)c->op) {                                                            \
+            CT_BINARY_OPS(CMP_CASE)                                                           \
+        default: break; /* a SAME row: bin_* above */                                         \
+        }                                                                                     \
+    }
+CMP_ROW(float, cmp_f32)
+CMP_ROW(double, cmp_f64)
+CMP_ROW(int64_t, cmp_i64)
+CMP_ROW(uint8_t, cmp_bool)
 
 int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b, double alpha) {
     if ((unsigned)op >= CT_BIN_COUNT) return ct_error("binary op %d: no such op on the CPU", (int)op);
@@ -91,13 +114,23 @@ int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor 
     ct_iter it;
     ct_iter_init(&it, 3, ops);
     ew_ctx c = {op, alpha, 0, 0};
-    switch (out->dtype) {
-    case CT_FLOAT32: ct_iter_run(&it, bin_f32, &c); return 0;
-    case CT_FLOAT64: ct_iter_run(&it, bin_f64, &c); return 0;
-    case CT_INT64: ct_iter_run(&it, bin_i64, &c); return 0;
+    const int to_bool = ct_binop_result_bool(op);
+    if (to_bool && out->dtype != CT_BOOL)
+        return ct_error("%s: the output must be bool, got %s", ct_binop_name(op),
+                        ct_dtype_name(out->dtype));
+    switch (to_bool ? a->dtype : out->dtype) {
+    case CT_FLOAT32: ct_iter_run(&it, to_bool ? cmp_f32 : bin_f32, &c); return 0;
+    case CT_FLOAT64: ct_iter_run(&it, to_bool ? cmp_f64 : bin_f64, &c); return 0;
+    case CT_INT64: ct_iter_run(&it, to_bool ? cmp_i64 : bin_i64, &c); return 0;
+    case CT_BOOL:
+        if (to_bool) {
+            ct_iter_run(&it, cmp_bool, &c);
+            return 0;
+        }
+        /* fallthrough */
     default:
         return ct_error("%s: dtype %s not supported on the CPU", ct_binop_name(op),
-                        ct_dtype_name(out->dtype));
+                        ct_dtype_name(to_bool ? a->dtype : out->dtype));
     }
 }
 
@@ -244,6 +277,7 @@ static double load_as_double(const char *p, ct_dtype dt) {
     case CT_UINT8: return *(const uint8_t *)p;
     case CT_BFLOAT16: return ct_bf16_to_f32(*(const uint16_t *)p);
     case CT_FLOAT16: return ct_f16_to_f32(*(const uint16_t *)p);
+    case CT_BOOL: return *(const uint8_t *)p != 0;
     default: return 0;
     }
 }
@@ -257,6 +291,7 @@ static void store_double(char *p, ct_dtype dt, double v) {
     case CT_UINT8: *(uint8_t *)p = (uint8_t)(int)v; break;
     case CT_BFLOAT16: *(uint16_t *)p = ct_f32_to_bf16((float)v); break;
     case CT_FLOAT16: *(uint16_t *)p = ct_f32_to_f16((float)v); break;
+    case CT_BOOL: *(uint8_t *)p = v != 0; break; /* NaN is true, as bool(nan) in PyTorch */
     default: break;
     }
 }

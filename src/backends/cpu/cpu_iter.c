@@ -52,11 +52,12 @@ static void run_rows(void *vc, int64_t r0, int64_t r1) {
     run_ctx *c = vc;
     const ct_iter *it = c->it;
     int last = it->ndim - 1;
-    int64_t s[3] = {it->st[0][last], it->st[1][last], it->st[2][last]};
+    int64_t s[CT_ITER_MAX_OPS];
+    for (int k = 0; k < CT_ITER_MAX_OPS; k++) s[k] = it->st[k][last];
     for (int64_t r = r0; r < r1; r++) {
-        char *p[3];
+        char *p[CT_ITER_MAX_OPS];
         int64_t rem = r;
-        int64_t off[3] = {0, 0, 0};
+        int64_t off[CT_ITER_MAX_OPS] = {0};
         for (int d = last - 1; d >= 0; d--) {
             int64_t idx = rem % it->shape[d];
             rem /= it->shape[d];
@@ -76,8 +77,8 @@ typedef struct {
 static void run_flat(void *vc, int64_t b, int64_t e) {
     flat_ctx *c = vc;
     const ct_iter *it = c->it;
-    char *p[3];
-    int64_t s[3];
+    char *p[CT_ITER_MAX_OPS];
+    int64_t s[CT_ITER_MAX_OPS];
     for (int k = 0; k < it->nops; k++) {
         s[k] = it->st[k][0];
         p[k] = it->base[k] + b * s[k] * (int64_t)it->esize[k];

@@ -1,4 +1,4 @@
-/* Strided iteration over up to three same-shape tensors: dimensions that are laid out
+/* Strided iteration over up to four same-shape tensors: dimensions that are laid out
  * contiguously in every operand are merged, then the work is split into rows of the
  * innermost dimension and spread over the thread pool. */
 #ifndef CT_CPU_ITER_H
@@ -7,12 +7,14 @@
 #include "core/parallel.h"
 #include "core/tensor_impl.h"
 
+#define CT_ITER_MAX_OPS 4
+
 typedef struct {
     int ndim;              /* after coalescing, >= 1 */
     int64_t shape[CT_MAX_DIMS];
-    int64_t st[3][CT_MAX_DIMS]; /* element strides per operand */
-    char *base[3];
-    size_t esize[3];
+    int64_t st[CT_ITER_MAX_OPS][CT_MAX_DIMS]; /* element strides per operand */
+    char *base[CT_ITER_MAX_OPS];
+    size_t esize[CT_ITER_MAX_OPS];
     int nops;
 } ct_iter;
 
@@ -20,6 +22,7 @@ typedef struct {
  * strides of the inner dimension. */
 typedef void (*ct_row_fn)(void *ctx, int64_t n, char **p, const int64_t *s);
 
+/* nops <= CT_ITER_MAX_OPS tensors of ops[0]'s shape. */
 void ct_iter_init(ct_iter *it, int nops, const ct_tensor *const *ops);
 /* Runs fn over all rows; parallel when the tensor is large enough. */
 void ct_iter_run(const ct_iter *it, ct_row_fn fn, void *ctx);

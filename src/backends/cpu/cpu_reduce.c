@@ -1,5 +1,5 @@
-/* CPU reductions: sum / mean over any set of dims (accumulated in double), and max
- * with argmax over one dim. */
+/* CPU reductions: sum / mean over any set of dims (accumulated in double), max with
+ * argmax over one dim, any / all (counts of the non-zero / zero elements). */
 #include "core/error.h"
 #include "core/parallel.h"
 #include "cpu_kernels.h"
@@ -20,6 +20,7 @@ typedef struct {
 static inline double ld(const char *base, int64_t off, ct_dtype dt) {
     return dt == CT_FLOAT32 ? ((const float *)base)[off]
          : dt == CT_FLOAT64 ? ((const double *)base)[off]
+         : dt == CT_BOOL    ? (double)((const uint8_t *)base)[off]
                             : (double)((const int64_t *)base)[off];
 }
 
@@ -52,6 +53,9 @@ static void red_range(void *vc, int64_t b, int64_t e) {
                     if (isnan(v)) { acc = v; best = r * inner + i; isnan_seen = 1; break; }
                     if (v > acc || (r == 0 && i == 0)) { acc = v; best = r * inner + i; }
                 }
+            } else if (c->op == CT_RED_ANY || c->op == CT_RED_ALL) {
+                const int any = c->op == CT_RED_ANY; /* count non-zeros / zeros */
+                for (int64_t i = 0; i < inner; i++) acc += (ld(base, roff + i * ist, dt) != 0) == any;
             } else if (dt == CT_FLOAT32 && ist == 1) {
                 const float *p = (const float *)base + roff;
                 double s = 0;
@@ -63,11 +67,14 @@ static void red_range(void *vc, int64_t b, int64_t e) {
         }
         if (c->op == CT_RED_MEAN) acc /= (double)(c->rcount ? c->rcount : 1);
         if (c->op == CT_RED_MEAN && c->rcount == 0) acc = NAN;
+        if (c->op == CT_RED_ANY) acc = acc > 0;
+        if (c->op == CT_RED_ALL) acc = acc == 0;
         char *op = ct_ptr(c->out);
         switch (c->out->dtype) {
         case CT_FLOAT32: ((float *)op)[o] = (float)acc; break;
         case CT_FLOAT64: ((double *)op)[o] = acc; break;
         case CT_INT64: ((int64_t *)op)[o] = (int64_t)acc; break;
+        case CT_BOOL: ((uint8_t *)op)[o] = acc != 0; break;
         default: break;
         }
         if (c->idx) ((int64_t *)ct_ptr(c->idx))[o] = best;
@@ -126,7 +133,8 @@ COLRED(float, colred_f32)
 COLRED(double, colred_f64)
 
 int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a, const int *reduce) {
-    if (a->dtype != CT_FLOAT32 && a->dtype != CT_FLOAT64 && a->dtype != CT_INT64)
+    if (a->dtype != CT_FLOAT32 && a->dtype != CT_FLOAT64 && a->dtype != CT_INT64 &&
+        a->dtype != CT_BOOL)
         return ct_error("reduce: dtype %s not supported on the CPU", ct_dtype_name(a->dtype));
     red_ctx c = {.op = op, .a = a, .out = out, .idx = indices};
     c.rcount = 1;

@@ -17,12 +17,12 @@ __global__ void k_map2_strided(cuk_geom g, I n, TO *o, const TI *a, F f) {
         o[off[0]] = f(a[off[1]]);
     }
 }
-template <typename T, typename F>
-__global__ void k_map3_contig(int64_t n, T *o, const T *a, const T *b, F f) {
+template <typename TO, typename T, typename F>
+__global__ void k_map3_contig(int64_t n, TO *o, const T *a, const T *b, F f) {
     CUK_LOOP(int64_t, i, n) o[i] = f(a[i], b[i]);
 }
-template <typename I, typename T, typename F>
-__global__ void k_map3_strided(cuk_geom g, I n, T *o, const T *a, const T *b, F f) {
+template <typename I, typename TO, typename T, typename F>
+__global__ void k_map3_strided(cuk_geom g, I n, TO *o, const T *a, const T *b, F f) {
     CUK_LOOP(I, i, n) {
         int64_t off[3];
         cuk_offsets<3, I>(g, i, off);
@@ -52,18 +52,18 @@ static int launch_map2(const cuk_ctx *c, const cuk_geom *g, int64_t n, TO *o, co
     return cuk_status();
 }
 
-template <typename T, typename F>
-static int launch_map3(const cuk_ctx *c, const cuk_geom *g, int64_t n, T *o, const T *a,
+template <typename TO, typename T, typename F>
+static int launch_map3(const cuk_ctx *c, const cuk_geom *g, int64_t n, TO *o, const T *a,
                        const T *b, F f) {
     if (n <= 0) return 0;
     int blocks = cuk_blocks(c, n, CUK_THREADS);
     if (contiguous(g, 3))
-        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map3_contig<T, F>)(n, o, a, b, f);
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map3_contig<TO, T, F>)(n, o, a, b, f);
     else if (n < INT32_MAX)
-        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map3_strided<uint32_t, T, F>)(
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map3_strided<uint32_t, TO, T, F>)(
             *g, (uint32_t)n, o, a, b, f);
     else
-        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map3_strided<int64_t, T, F>)(
+        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_map3_strided<int64_t, TO, T, F>)(
             *g, n, o, a, b, f);
     return cuk_status();
 }
@@ -71,13 +71,19 @@ static int launch_map3(const cuk_ctx *c, const cuk_geom *g, int64_t n, T *o, con
 /* ------------------------------------------------------------------- binary */
 /* The formulas are the rows of src/core/op_tables.h (the same text as the CPU's loops),
  * switched on per element: the op is uniform across a launch, so the branch costs no
- * divergence. Every row is a case; an op outside the table never gets here (the host side
- * checks it). */
-#define BIN_CASE(ID, name, node, FWD)                                                      \
-    case CT_BIN_##ID: {                                                                    \
+ * divergence. BinF has the rows whose result rule is SAME, CmpF those whose rule is BOOL
+ * (a uint8_t 0/1 result); an op outside the table never gets here (the host side checks
+ * it). */
+#define BIN_CASE(ID, name, node, result, FWD)                                              \
+    CT_IF_SAME_ROW_##result(case CT_BIN_##ID: {                                            \
         FWD;                                                                               \
         return r;                                                                          \
-    }
+    })
+#define CMP_CASE(ID, name, node, result, FWD)                                              \
+    CT_IF_BOOL_ROW_##result(case CT_BIN_##ID: {                                            \
+        FWD;                                                                               \
+        return r;                                                                          \
+    })
 
 template <typename TYPE>
 struct BinF {
@@ -90,10 +96,40 @@ struct BinF {
         return r;
     }
 };
+template <typename TYPE>
+struct CmpF {
+    int op;
+    __device__ __forceinline__ uint8_t operator()(TYPE x, TYPE y) const {
+        typedef TYPE T; /* for formulas that name it */
+        (void)sizeof(T);
+        uint8_t r = 0;
+        switch (op) { CT_BINARY_OPS(CMP_CASE) }
+        return r;
+    }
+};
 
+/* dt: the operands' dtype; out has it too for the SAME rows, and is bool for the BOOL
+ * rows (whose operands may also be bool). */
 extern "C" int cuk_binary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n,
                           void *out, const void *a, const void *b, double alpha) {
     if (op < 0 || op >= CT_BIN_COUNT) return (int)cudaErrorInvalidValue;
+    if (ct_binop_result_bool(op)) {
+        uint8_t *o = (uint8_t *)out;
+        switch (dt) {
+        case CT_FLOAT32:
+            return launch_map3(c, g, n, o, (const float *)a, (const float *)b, CmpF<float>{op});
+        case CT_FLOAT64:
+            return launch_map3(c, g, n, o, (const double *)a, (const double *)b,
+                               CmpF<double>{op});
+        case CT_INT64:
+            return launch_map3(c, g, n, o, (const long long *)a, (const long long *)b,
+                               CmpF<long long>{op});
+        case CT_BOOL:
+            return launch_map3(c, g, n, o, (const uint8_t *)a, (const uint8_t *)b,
+                               CmpF<uint8_t>{op});
+        default: return (int)cudaErrorInvalidValue;
+        }
+    }
     switch (dt) {
     case CT_FLOAT32:
         return launch_map3(c, g, n, (float *)out, (const float *)a, (const float *)b,
@@ -291,6 +327,7 @@ __device__ __forceinline__ double load_as_double(const char *p, int dt) {
     case CT_UINT8: return *(const uint8_t *)p;
     case CT_BFLOAT16: return bf16_to_f32(*(const uint16_t *)p);
     case CT_FLOAT16: return f16_to_f32(*(const uint16_t *)p);
+    case CT_BOOL: return *(const uint8_t *)p != 0;
     default: return 0;
     }
 }
@@ -303,6 +340,7 @@ __device__ __forceinline__ void store_double(char *p, int dt, double v) {
     case CT_UINT8: *(uint8_t *)p = (uint8_t)(int)v; break;
     case CT_BFLOAT16: *(uint16_t *)p = f32_to_bf16((float)v); break;
     case CT_FLOAT16: *(uint16_t *)p = f32_to_f16((float)v); break;
+    case CT_BOOL: *(uint8_t *)p = v != 0; break;
     default: break;
     }
 }
@@ -331,6 +369,7 @@ static size_t dsize(int dt) {
     case CT_FLOAT32: case CT_INT32: return 4;
     case CT_FLOAT64: case CT_INT64: return 8;
     case CT_BFLOAT16: case CT_FLOAT16: return 2;
+    case CT_UINT8: case CT_BOOL: return 1;
     default: return 1;
     }
 }

@@ -206,6 +206,11 @@ static inline void *cu_ptr(const ct_tensor *t) {
 }
 static inline int cu_is_float(ct_dtype dt) { return dt == CT_FLOAT32 || dt == CT_FLOAT64; }
 
+/* Iteration space over nops (<= 3) tensors of t[0]'s shape (cuda_kernels.c): size-1 dims
+ * dropped, dims contiguous in every operand merged, innermost first; returns the numel. A
+ * linear index into it is the row-major index into t[0]'s shape. */
+int64_t cu_make_geom(cuk_geom *g, int nops, const ct_tensor *const *t);
+
 /* --------------------------------------------------------------- kernel table */
 /* cu_k_<name> for every row of CT_KERNEL_LIST: the plugin's own kernels (cuda_kernels.c)
  * and cuBLAS / cuDNN (cuda_dnn.c); the table is in cuda_plugin.c. */

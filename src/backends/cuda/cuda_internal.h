@@ -64,6 +64,8 @@ typedef struct {
 } cuk_pool;
 
 /* ---------------------------------------------------------------- elementwise */
+/* dt: the operands' dtype; out has it too, or is bool for the rows whose result rule is
+ * BOOL (ct_binop_result_bool: comparisons and logical ops, operands may be bool). */
 int cuk_binary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n, void *out,
                const void *a, const void *b, double alpha);
 int cuk_unary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n, void *out,
@@ -85,7 +87,8 @@ int cuk_bias_add(const cuk_ctx *c, int dt, void *y, const void *bias, int64_t N,
                  int64_t S);
 
 /* ------------------------------------------------------------------ reduction */
-/* in_dt in {F32, F64, I64}; out_dt in {F32, F64, I64}; idx (int64, may be NULL) for MAX.
+/* in_dt in {F32, F64, I64, BOOL}; out_dt in {F32, F64, I64, BOOL}; idx (int64, may be
+ * NULL) for MAX.
  * out is contiguous in the kept dims' order. rcount may be 0 (not for MAX). */
 int cuk_reduce(const cuk_ctx *c, int op, int in_dt, int out_dt, const cuk_red_geom *g,
                const void *a, void *out, int64_t *idx);

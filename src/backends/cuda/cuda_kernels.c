@@ -53,6 +53,10 @@ static int64_t make_geom(cuk_geom *g, int nops, const ct_tensor *const *t) {
     return n;
 }
 
+int64_t cu_make_geom(cuk_geom *g, int nops, const ct_tensor *const *t) {
+    return make_geom(g, nops, t);
+}
+
 static int float_only(ct_dtype dt, const char *op) {
     if (cu_is_float(dt)) return 0;
     return cu_error("%s: dtype %s not supported on cuda (float32 and float64 only)", op,
@@ -68,15 +72,18 @@ static int same_dtype(const ct_tensor *a, const ct_tensor *b, const char *op) {
 /* ------------------------------------------------------------- elementwise */
 int cu_k_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,
                     double alpha) {
-    if (same_dtype(out, a, "binary op") || same_dtype(out, b, "binary op")) return -1;
-    if (!cu_is_float(out->dtype) && out->dtype != CT_INT64)
-        return cu_error("binary op: dtype %s not supported on cuda", cu_dtype_name(out->dtype));
+    const int to_bool = ct_binop_result_bool((int)op);
+    if (to_bool && out->dtype != CT_BOOL)
+        return cu_error("comparison op: the output must be bool, got %s", cu_dtype_name(out->dtype));
+    if (same_dtype(a, b, "binary op") || (!to_bool && same_dtype(out, a, "binary op"))) return -1;
+    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64 && !(to_bool && a->dtype == CT_BOOL))
+        return cu_error("binary op: dtype %s not supported on cuda", cu_dtype_name(a->dtype));
     cu_dev *d = cu_dev_of(out);
     if (!d) return -1;
     cuk_geom g;
     const ct_tensor *ops[3] = {out, a, b};
     int64_t n = make_geom(&g, 3, ops);
-    return cu_fail(cuk_binary(&d->k, (int)op, (int)out->dtype, &g, n, cu_ptr(out), cu_ptr(a),
+    return cu_fail(cuk_binary(&d->k, (int)op, (int)a->dtype, &g, n, cu_ptr(out), cu_ptr(a),
                               cu_ptr(b), alpha),
                    "binary op");
 }
@@ -142,6 +149,7 @@ static uint64_t fill_bits(ct_dtype dt, double v) {
     case CT_UINT8: b[0] = (uint8_t)(int)v; break;
     case CT_BFLOAT16: { uint16_t h = ct_f32_to_bf16((float)v); memcpy(b, &h, 2); break; }
     case CT_FLOAT16: { uint16_t h = ct_f32_to_f16((float)v); memcpy(b, &h, 2); break; }
+    case CT_BOOL: b[0] = v != 0; break;
     default: break;
     }
     uint64_t bits;
@@ -163,9 +171,9 @@ int cu_k_fill(ct_tensor *t, double value) {
 /* --------------------------------------------------------------- reduction */
 int cu_k_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
                     const int *reduce) {
-    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64)
+    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64 && a->dtype != CT_BOOL)
         return cu_error("reduce: dtype %s not supported on cuda", cu_dtype_name(a->dtype));
-    if (!cu_is_float(out->dtype) && out->dtype != CT_INT64)
+    if (!cu_is_float(out->dtype) && out->dtype != CT_INT64 && out->dtype != CT_BOOL)
         return cu_error("reduce: output dtype %s not supported on cuda", cu_dtype_name(out->dtype));
     cuk_red_geom g;
     memset(&g, 0, sizeof g);
@@ -207,7 +215,11 @@ int cu_k_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor
     if (!d) return -1;
     return cu_fail(cuk_reduce(&d->k, (int)op, (int)a->dtype, (int)out->dtype, &g, cu_ptr(a),
                               cu_ptr(out), indices ? (int64_t *)cu_ptr(indices) : NULL),
-                   op == CT_RED_MAX ? "max" : op == CT_RED_MEAN ? "mean" : "sum");
+                   op == CT_RED_MAX    ? "max"
+                   : op == CT_RED_MEAN ? "mean"
+                   : op == CT_RED_ANY  ? "any"
+                   : op == CT_RED_ALL  ? "all"
+                                       : "sum");
 }
 
 /* ----------------------------------------------------------------- pooling */

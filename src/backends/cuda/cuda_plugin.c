@@ -116,14 +116,15 @@ size_t cu_dsize(ct_dtype dt) {
     case CT_FLOAT32: case CT_INT32: return 4;
     case CT_FLOAT64: case CT_INT64: return 8;
     case CT_BFLOAT16: case CT_FLOAT16: return 2;
-    case CT_UINT8: return 1;
+    case CT_UINT8: case CT_BOOL: return 1;
     default: return 1;
     }
 }
 
 const char *cu_dtype_name(ct_dtype dt) {
     static const char *names[] = {"float32", "float64", "int64", "int32",
-                                  "uint8", "bfloat16", "float16"};
+                                  "uint8", "bfloat16", "float16", "bool"};
+    _Static_assert(sizeof names / sizeof names[0] == CT_NUM_DTYPES, "one name per ct_dtype");
     return (unsigned)dt < sizeof names / sizeof names[0] ? names[dt] : "unknown";
 }
 

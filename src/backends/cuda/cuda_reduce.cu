@@ -1,5 +1,6 @@
-/* Reductions: sum / mean over any set of dims, max (+ argmax) over one dim. Like the CPU
- * kernel (src/backends/cpu/cpu_reduce.c), values are accumulated in double; max keeps the
+/* Reductions: sum / mean over any set of dims, max (+ argmax) over one dim, any / all
+ * (sums of 1 for each non-zero / zero element, then > 0 / == 0). Like the CPU kernel
+ * (src/backends/cpu/cpu_reduce.c), values are accumulated in double; max keeps the
  * first NaN (smallest index) or else the largest value with the smallest index, which is
  * exactly what the CPU's sequential scan returns.
  *
@@ -56,12 +57,21 @@ __device__ __forceinline__ int64_t red_roff(const cuk_red_geom &g, int64_t r) {
     return off;
 }
 
+/* What a sum-like reduction adds for element value v: v itself, or for any / all a count
+ * of the non-zero / zero elements. */
+__device__ __forceinline__ double red_term(int op, double v) {
+    return op == CT_RED_ANY ? (double)(v != 0) : op == CT_RED_ALL ? (double)(v == 0) : v;
+}
+
 __device__ __forceinline__ void red_store(int op, int out_dt, void *out, int64_t *idx, int64_t o,
                                           double acc, long long best, int64_t rcount) {
     if (op == CT_RED_MEAN) acc = rcount ? acc / (double)rcount : (double)NAN;
+    if (op == CT_RED_ANY) acc = acc > 0;
+    if (op == CT_RED_ALL) acc = acc == 0;
     switch (out_dt) {
     case CT_FLOAT32: ((float *)out)[o] = (float)acc; break;
     case CT_FLOAT64: ((double *)out)[o] = acc; break;
+    case CT_BOOL: ((uint8_t *)out)[o] = acc != 0; break;
     default: ((long long *)out)[o] = (long long)acc; break;
     }
     if (idx) idx[o] = best;
@@ -88,7 +98,7 @@ __global__ void k_red_thread(cuk_red_geom g, const T *a, RedArgs ra) {
     for (int64_t r = r0; r < r1; r++) {
         double v = (double)base[red_roff(g, r)];
         if (IS_MAX) best = max_combine(best, RedVal{v, (long long)r});
-        else acc += v;
+        else acc += red_term(ra.op, v);
     }
     if (IS_MAX) acc = best.v;
     if (ra.nsplit == 1) {
@@ -112,7 +122,7 @@ __global__ void k_red_block(cuk_red_geom g, const T *a, RedArgs ra) {
     for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
         double v = (double)base[red_roff(g, r)];
         if (IS_MAX) best = max_combine(best, RedVal{v, (long long)r});
-        else acc += v;
+        else acc += red_term(ra.op, v);
     }
     sv[threadIdx.x] = IS_MAX ? best.v : acc;
     si[threadIdx.x] = best.i;
@@ -222,6 +232,7 @@ extern "C" int cuk_reduce(const cuk_ctx *c, int op, int in_dt, int out_dt, const
     case CT_FLOAT32: return reduce_t(c, op, out_dt, g, (const float *)a, out, idx);
     case CT_FLOAT64: return reduce_t(c, op, out_dt, g, (const double *)a, out, idx);
     case CT_INT64: return reduce_t(c, op, out_dt, g, (const long long *)a, out, idx);
+    case CT_BOOL: return reduce_t(c, op, out_dt, g, (const uint8_t *)a, out, idx);
     default: return (int)cudaErrorInvalidValue;
     }
 }
