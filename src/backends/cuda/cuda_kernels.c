@@ -88,13 +88,23 @@ int cu_k_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor
                    "binary op");
 }
 
+/* The unary rows' names and which take int64 (their dtype rule), from the op table (the
+ * plugin calls no function of the core). */
+#define UN_ROW(ID, name, node, dtypes, ...) [CT_UN_##ID] = {#name, !CT_FLOAT_ONLY_##dtypes},
+static const struct {
+    const char *name;
+    int int64;
+} k_unary_rows[CT_UN_COUNT] = {CT_UNARY_OPS(UN_ROW)};
+#undef UN_ROW
+
 int cu_k_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
     if (same_dtype(out, a, "unary op")) return -1;
+    if ((unsigned)op >= CT_UN_COUNT) return cu_error("unary op %d: no such op", (int)op);
     if (out->dtype == CT_INT64) {
-        if (!(op == CT_UN_NEG || op == CT_UN_ABS || op == CT_UN_SIGN || op == CT_UN_ADD_SCALAR ||
-              op == CT_UN_MUL_SCALAR || op == CT_UN_RELU || op == CT_UN_CLAMP))
-            return cu_error("unary op: dtype int64 not supported for this op; convert to "
-                            "float32 with ct_to_dtype");
+        if (!k_unary_rows[op].int64)
+            return cu_error("%s: dtype int64 not supported for this op; convert to float32 with "
+                            "ct_to_dtype",
+                            k_unary_rows[op].name);
     } else if (!cu_is_float(out->dtype)) {
         return cu_error("unary op: dtype %s not supported for this op; convert to float32 with "
                         "ct_to_dtype",
