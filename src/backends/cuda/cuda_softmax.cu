@@ -205,6 +205,17 @@ extern "C" int cuk_softmax_bwd(const cuk_ctx *c, int dt, int64_t outer, int64_t 
 }
 
 /* --------------------------------------------------------------- nll_loss */
+/* The gradient reaching row i of a loss: gout[i] (NONE), gout (SUM), gout / the count
+ * of non-ignored targets (MEAN; 0 when every target was ignored). */
+template <typename T>
+__device__ __forceinline__ double row_grad_scale(int red, int64_t i, const T *gout, const T *tw) {
+    if (red == CT_REDUCTION_NONE) return (double)gout[i];
+    const double g = (double)gout[0];
+    if (red != CT_REDUCTION_MEAN) return g;
+    const double w = tw ? (double)tw[0] : 0.0;
+    return w != 0 ? g / w : 0.0;
+}
+
 template <typename T>
 __global__ void k_nll_bwd(int64_t N, int64_t C, int red, long long ignore, const T *gout,
                           const long long *target, const T *tw, T *g, long long *flag, int kind) {
@@ -215,16 +226,7 @@ __global__ void k_nll_bwd(int64_t N, int64_t C, int red, long long ignore, const
             cuk_flag_out_of_range(flag, kind, i, t, C);
             continue;
         }
-        double gi;
-        if (red == CT_REDUCTION_NONE) {
-            gi = (double)gout[i];
-        } else {
-            gi = (double)gout[0];
-            if (red == CT_REDUCTION_MEAN) {
-                double w = tw ? (double)tw[0] : 0.0;
-                gi = w != 0 ? gi / w : 0.0;
-            }
-        }
+        const double gi = row_grad_scale(red, i, gout, tw);
         g[i * C + t] = (T)-gi;
     }
 }
@@ -305,16 +307,7 @@ __global__ void k_ce_bwd(int64_t N, int64_t C, int red, long long ignore, double
             g[k] = 0;
             continue;
         }
-        double gi;
-        if (red == CT_REDUCTION_NONE) {
-            gi = (double)gout[i];
-        } else {
-            gi = (double)gout[0];
-            if (red == CT_REDUCTION_MEAN) {
-                double w = tw ? (double)tw[0] : 0.0;
-                gi = w != 0 ? gi / w : 0.0;
-            }
-        }
+        const double gi = row_grad_scale(red, i, gout, tw);
         const T gt = (T)gi, off = (T)(eps / (double)C);
         T v = gt * (cu_exp(logp[k]) - off);
         if (j == t) v -= gt * (T)(1.0 - eps);
