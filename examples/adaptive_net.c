@@ -74,11 +74,10 @@ static double train_step(ct_module *model, ct_optimizer *opt, ct_tensor *x, ct_t
     ct_module_args in = {.n = 1, .tensors = {x}, .kwargs = {{"use_aux", use_aux}}};
     ct_module_outputs out;
     if (ct_module_call(model, &in, &out) != 0) return NAN;
-    ct_tensor *loss = ct_cross_entropy(out.tensors[0], y, CT_REDUCTION_MEAN, 0.0, -100);
+    ct_tensor *loss = ct_cross_entropy_opt(out.tensors[0], y, NULL);
     *used_aux = out.n > 1;
     if (*used_aux) { /* total = main + 0.5 * aux */
-        ct_tensor *aux = ct_cross_entropy(out.tensors[1], aux_targets(y), CT_REDUCTION_MEAN,
-                                          0.0, -100);
+        ct_tensor *aux = ct_cross_entropy_opt(out.tensors[1], aux_targets(y), NULL);
         loss = ct_add(loss, ct_mul_scalar(aux, 0.5));
     }
     if (!loss || ct_backward(loss, NULL, 0) != 0 || ct_optim_step(opt) != 0) return NAN;

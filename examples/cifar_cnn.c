@@ -29,8 +29,7 @@ static double train_epoch(ct_module *model, ct_optimizer *opt, ct_dataloader *dl
             break;
         }
         ct_tensor *logits = ct_module_forward(model, ct_to_device(x, dev));
-        ct_tensor *loss = logits ? ct_cross_entropy(logits, ct_to_device(y, dev),
-                                                    CT_REDUCTION_MEAN, 0.0, -100) : NULL;
+        ct_tensor *loss = logits ? ct_cross_entropy_opt(logits, ct_to_device(y, dev), NULL) : NULL;
         int ok = loss && ct_backward(loss, NULL, 0) == 0 && ct_optim_step(opt) == 0;
         ct_optim_zero_grad(opt);
         if (ok) sum += ct_item(loss);

@@ -41,13 +41,11 @@ int main(void) {
         for (int i = 0; i < BATCH; i++) lab[i] = (i + step) % CLASSES;
         ct_tensor *y = ct_from_data(lab, &n, 1, CT_INT64);
         ct_tensor *h = ct_relu(ct_module_forward(body, x));
-        ct_tensor *loss = ct_cross_entropy(ct_module_forward(head, h), y, CT_REDUCTION_MEAN,
-                                           0.0, -100);
+        ct_tensor *loss = ct_cross_entropy_opt(ct_module_forward(head, h), y, NULL);
         /* the branch depends on the data of this batch */
         int use_aux = ct_item(ct_mean(x, NULL, 0, 0)) > 0;
         if (use_aux) {
-            ct_tensor *aux_loss = ct_cross_entropy(ct_module_forward(aux, h), y,
-                                                   CT_REDUCTION_MEAN, 0.0, -100);
+            ct_tensor *aux_loss = ct_cross_entropy_opt(ct_module_forward(aux, h), y, NULL);
             loss = ct_add(loss, ct_mul_scalar(aux_loss, 0.5));
             aux_steps++;
         }

@@ -34,8 +34,7 @@ int main(void) {
     int rc = 0;
     for (int step = 0; step < 50 && rc == 0; step++) {
         ct_scope *s = ct_scope_push();
-        ct_tensor *loss = ct_cross_entropy(ct_module_forward(model, x), y, CT_REDUCTION_MEAN,
-                                           0.0, -100);
+        ct_tensor *loss = ct_cross_entropy_opt(ct_module_forward(model, x), y, NULL);
         if (!loss || ct_backward(loss, NULL, 0) != 0 || ct_optim_step(opt) != 0) {
             fprintf(stderr, "error: %s\n", ct_last_error());
             rc = 1;

@@ -95,8 +95,7 @@ void ct_free(ct_tensor *t);         /* drops one reference; NULL is fine */
  * ct_retain return), unless kept. A training step then needs no ct_free:
  *
  *     ct_scope *s = ct_scope_push();
- *     ct_tensor *loss = ct_cross_entropy(ct_module_forward(model, x), y, CT_REDUCTION_MEAN,
- *                                        0.0, -100);
+ *     ct_tensor *loss = ct_cross_entropy_opt(ct_module_forward(model, x), y, NULL);
  *     ct_backward(loss, NULL, 0);            // gradients stay with the parameters
  *     ct_optim_step(opt);
  *     printf("%f\n", ct_item(loss));
@@ -322,6 +321,22 @@ ct_tensor *ct_cross_entropy(const ct_tensor *logits, const ct_tensor *target,
                             ct_reduction reduction, double label_smoothing,
                             int64_t ignore_index);
 ct_tensor *ct_mse_loss(const ct_tensor *input, const ct_tensor *target, ct_reduction reduction);
+/* The same with options (designated initialisers; a zero field is PyTorch's default):
+ *     ct_cross_entropy_opt(logits, y, NULL)                           // mean, -100, 0.0
+ *     ct_cross_entropy_opt(logits, y, &(ct_loss_opts){.reduction = "sum",
+ *                                                     .label_smoothing = 0.1})
+ * reduction: NULL or "mean", "sum", "none"; ignore_index: used only when
+ * has_ignore_index is set (else PyTorch's -100); label_smoothing: cross_entropy only. */
+typedef struct {
+    const char *reduction;
+    double label_smoothing;
+    int has_ignore_index;
+    int64_t ignore_index;
+} ct_loss_opts;
+ct_tensor *ct_cross_entropy_opt(const ct_tensor *logits, const ct_tensor *target,
+                                const ct_loss_opts *o);
+ct_tensor *ct_nll_loss_opt(const ct_tensor *log_probs, const ct_tensor *target,
+                           const ct_loss_opts *o);
 
 /* ---------------------------------------------------------- normalisation
  * running_mean/var may be NULL; in training mode they are updated in place

@@ -402,3 +402,26 @@ TEST(loss_errors) {
     ct_free(x);
     ct_free(t);
 }
+
+/* The options form: zero fields are PyTorch's defaults and give the positional results. */
+TEST(loss_options_structs) {
+    int64_t sh[2] = {6, 4}, n = 6, t[6] = {0, 3, -100, 1, 2, 0};
+    ct_tensor *x = ct_randn(sh, 2, CT_FLOAT64), *y = ct_from_data(t, &n, 1, CT_INT64);
+    ct_scope *s = ct_scope_push();
+    CHECK_CLOSE(ct_cross_entropy_opt(x, y, NULL), ct_cross_entropy(x, y, CT_REDUCTION_MEAN, 0, -100),
+                0, "cross_entropy defaults");
+    CHECK_CLOSE(ct_cross_entropy_opt(x, y, &(ct_loss_opts){.reduction = "sum", .label_smoothing = 0.1}),
+                ct_cross_entropy(x, y, CT_REDUCTION_SUM, 0.1, -100), 0, "cross_entropy sum, smoothing");
+    ct_tensor *y0 = ct_clamp(y, 0, 3); /* no -100: class 0 is the one ignored */
+    CHECK_CLOSE(ct_cross_entropy_opt(x, y0, &(ct_loss_opts){.reduction = "none", .has_ignore_index = 1}),
+                ct_cross_entropy(x, y0, CT_REDUCTION_NONE, 0, 0), 0,
+                "cross_entropy none, ignore_index 0");
+    ct_tensor *lp = ct_log_softmax(x, 1);
+    CHECK_CLOSE(ct_nll_loss_opt(lp, y, NULL), ct_nll_loss(lp, y, CT_REDUCTION_MEAN, -100), 0,
+                "nll_loss defaults");
+    CHECK_ERR_PTR(ct_cross_entropy_opt(x, y, &(ct_loss_opts){.reduction = "avg"}), "\"avg\" is not one of");
+    CHECK_ERR_PTR(ct_nll_loss_opt(lp, y, &(ct_loss_opts){.label_smoothing = 0.1}), "cross_entropy option");
+    ct_scope_pop(s);
+    ct_free(x);
+    ct_free(y);
+}

@@ -16,6 +16,8 @@
 #include "core/backend.h"
 #include "core/error.h"
 
+#include <string.h>
+
 #include <math.h>
 
 /* Fused CPU cross-entropy kernels (src/backends/cpu/cpu_softmax.c). They are not in the
@@ -354,4 +356,34 @@ ct_tensor *ct_mse_loss(const ct_tensor *input, const ct_tensor *target, ct_reduc
                                                     : ct_sum(sq, NULL, 0, 0);
     ct_free(sq);
     return out;
+}
+
+/* ------------------------------------------------------------ options structs */
+static int loss_opts(const ct_loss_opts *o, const char *op, ct_reduction *red, int64_t *ignore) {
+    *red = CT_REDUCTION_MEAN;
+    *ignore = o && o->has_ignore_index ? o->ignore_index : -100;
+    const char *r = o ? o->reduction : NULL;
+    if (!r || strcmp(r, "mean") == 0) return 0;
+    if (strcmp(r, "sum") == 0) *red = CT_REDUCTION_SUM;
+    else if (strcmp(r, "none") == 0) *red = CT_REDUCTION_NONE;
+    else return ct_error("%s: reduction \"%s\" is not one of \"mean\", \"sum\", \"none\"", op, r);
+    return 0;
+}
+
+ct_tensor *ct_cross_entropy_opt(const ct_tensor *logits, const ct_tensor *target,
+                                const ct_loss_opts *o) {
+    ct_reduction red;
+    int64_t ignore;
+    if (loss_opts(o, "cross_entropy", &red, &ignore) != 0) return NULL;
+    return ct_cross_entropy(logits, target, red, o ? o->label_smoothing : 0.0, ignore);
+}
+
+ct_tensor *ct_nll_loss_opt(const ct_tensor *log_probs, const ct_tensor *target,
+                           const ct_loss_opts *o) {
+    ct_reduction red;
+    int64_t ignore;
+    if (loss_opts(o, "nll_loss", &red, &ignore) != 0) return NULL;
+    if (o && o->label_smoothing != 0)
+        return ct_error_null("nll_loss: label_smoothing is a cross_entropy option");
+    return ct_nll_loss(log_probs, target, red, ignore);
 }
