@@ -228,7 +228,8 @@ ct_dataset *ct_cifar10_load(const char *dir, ct_split split, int64_t limit) {
         "(data_batch_1.bin ... data_batch_5.bin and test_batch.bin, from the official "
         "cifar-10-binary.tar.gz, https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz), "
         "or put the archive cifar-10-binary.tar.gz itself in %s, or run `ctorch download "
-        "cifar10 --data-dir %s`. The data directory is --data-dir, else $CTORCH_DATA, else "
+        "cifar10 --data-dir %s`. The data directory is the one given to ct_dataset_load "
+        "(the CLI's --data-dir), else $CTORCH_DATA, else "
         "./data",
         missing, ct_path_is_dir(ddir) ? ddir : expect, root, root);
 }

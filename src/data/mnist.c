@@ -61,7 +61,8 @@ static int find_idx_files(ct_dataset_kind kind, const char *dir, ct_split split,
                     "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
                     "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, gzip-compressed or "
                     "not) from %s, or run `ctorch download %s --data-dir %s`. The data directory "
-                    "is --data-dir, else $CTORCH_DATA, else ./data",
+                    "is the one given to ct_dataset_load (the CLI's --data-dir), else $CTORCH_DATA, "
+                    "else ./data",
                     f->dname, no_img ? f->img_base : "", no_img && no_lab ? " and " : "",
                     no_lab ? f->lab_base : "", ct_path_is_dir(ddir) ? ddir : expect,
                     official_url(kind), f->dname, root);
