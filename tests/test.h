@@ -77,6 +77,9 @@ ct_tensor *ct_fixture_get(ct_fixture *fx, const char *key);
 int ct_fixture_has(ct_fixture *fx, const char *key);
 void ct_fixture_free(ct_fixture *fx);
 
+/* Entries of a directory, not counting dot files; -1 when it cannot be read. */
+int ct_test_count_files(const char *dir);
+
 /* ---- float64 gradcheck by central finite differences ----
  * fn builds a tensor from the inputs (all float64, requires_grad set by the caller on
  * those to check). Compares d(sum(out*r))/dx for a fixed random r against central

@@ -402,17 +402,6 @@ static uint8_t *read_whole(const char *path, size_t *n) {
     return buf;
 }
 
-static int count_entries(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
-}
-
 TEST(data_cifar10_from_targz) {
     char tmp[256], path[512];
     CHECK(make_tmpdir(tmp, sizeof tmp) == 0);
@@ -455,8 +444,8 @@ TEST(data_cifar10_extract_archive) {
         write_fake_cifar_archive(path, gz);
         snprintf(dest, sizeof dest, "%s/unpacked%d/cifar-10-batches-bin", tmp, gz);
         CHECK_OK(ct_cifar10_extract_archive(path, dest));
-        CHECK_MSG(count_entries(dest) == 8, "%d files unpacked, want 6 batches, readme.html, "
-                  "batches.meta.txt", count_entries(dest));
+        CHECK_MSG(ct_test_count_files(dest) == 8, "%d files unpacked, want 6 batches, readme.html, "
+                  "batches.meta.txt", ct_test_count_files(dest));
         for (int f = 0; f < 6; f++) {
             snprintf(file, sizeof file, "%s/%s", dest, k_cifar_files[f]);
             size_t n;

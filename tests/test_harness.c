@@ -1,6 +1,7 @@
 /* Test registry, assertions, fixture reader and gradcheck for the ctorch suite. */
 #include "test.h"
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,4 +299,15 @@ void ct_test__run(int i, const char **filter, int *failed, int *skipped) {
     fflush(stdout);
     *failed = g_cur_failed != 0;
     *skipped = g_cur_skipped;
+}
+
+int ct_test_count_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
 }

@@ -5,7 +5,6 @@
 
 #include "ctorch_io.h"
 
-#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,17 +66,6 @@ static void write_st(const char *path, const char *header, const void *data, siz
     free(b);
 }
 
-static int count_files(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
-}
-
 /* Raw logical bytes of t (row-major). */
 static uint8_t *tensor_bytes(const ct_tensor *t, size_t *n) {
     *n = (size_t)ct_numel(t) * ct_dtype_size(ct_dtype_of(t));
@@ -125,7 +113,7 @@ TEST(safetensors_roundtrip_all_dtypes) {
     CHECK(!ct_is_contiguous(ts[8]));
     const char *meta[] = {"format", "pt", "note", "quote \" backslash \\ newline \n", NULL};
     CHECK_OK(ct_safetensors_save(path, names, ts, 10, meta));
-    CHECK(count_files(tmp) == 1); /* no temporary left behind */
+    CHECK(ct_test_count_files(tmp) == 1); /* no temporary left behind */
 
     ct_safetensors *st = ct_safetensors_load(path);
     CHECK_NN(st);
@@ -500,10 +488,10 @@ TEST(safetensors_save_errors_and_atomic_replace) {
     CHECK_ERR_INT(ct_safetensors_save("/nonexistent-dir/x.safetensors", one, ab, 1, NULL),
                   "does not exist");
     CHECK_ERR_INT(ct_safetensors_save(tmp, one, ab, 1, NULL), "is a directory");
-    CHECK(count_files(tmp) == 0);
+    CHECK(ct_test_count_files(tmp) == 0);
 
     CHECK_OK(ct_check_writable(path));
-    CHECK(count_files(tmp) == 0); /* the probe is gone */
+    CHECK(ct_test_count_files(tmp) == 0); /* the probe is gone */
     CHECK_ERR_INT(ct_check_writable("/nonexistent-dir/x.safetensors"), "does not exist");
 
     /* save, then replace atomically */
@@ -511,7 +499,7 @@ TEST(safetensors_save_errors_and_atomic_replace) {
     CHECK_OK(ct_safetensors_save(path, n1, &a, 1, NULL));
     const char *n2[2] = {"second", "third"};
     CHECK_OK(ct_safetensors_save(path, n2, ab, 2, NULL));
-    CHECK(count_files(tmp) == 1);
+    CHECK(ct_test_count_files(tmp) == 1);
     ct_safetensors *st = ct_safetensors_load(path);
     CHECK(st && st->n == 2 && ct_safetensors_get(st, "first") == NULL);
     if (st) {
@@ -536,7 +524,7 @@ TEST(safetensors_save_errors_and_atomic_replace) {
         fputs("partial", f->fp);
         ct_atomic_abort(f); /* nothing replaced, temp removed */
     }
-    CHECK(count_files(tmp) == 1);
+    CHECK(ct_test_count_files(tmp) == 1);
     ct_free(a);
     ct_free(b);
     rm_rf(tmp);
