@@ -2,6 +2,8 @@
  * determinism across thread counts, device parsing and bad input. */
 #include "test.h"
 
+#include "core/backend.h"
+
 #include <string.h>
 
 TEST(tensor_creation) {
@@ -202,4 +204,27 @@ TEST(tensor_devices_and_bad_input) {
     CHECK(isnan(ct_item(t2)));
     CHECK(strstr(ct_last_error(), "item: tensor of shape [2] has 2 elements") != NULL);
     ct_free(t); ct_free(t2);
+}
+
+/* The device queries (ct_device_check / ct_device_is_host / ct_device_describe) and the
+ * backend's extra entry points, with bad arguments. */
+TEST(tensor_device_queries_and_bad_input) {
+    CHECK_OK(ct_device_check(ct_cpu()));
+    CHECK(ct_device_is_host(ct_cpu()) == 1);
+    CHECK_ERR_INT(ct_device_check((ct_device){(ct_device_type)9, 0}), "unknown device type 9");
+    CHECK_ERR_INT(ct_device_check((ct_device){CT_CPU, 3}), "no such device");
+    CHECK(ct_device_is_host((ct_device){(ct_device_type)9, 0}) == 0);
+    char buf[64] = "x";
+    CHECK_ERR_INT(ct_device_describe(ct_cpu(), NULL, 8), "NULL or empty buffer");
+    CHECK(ct_device_describe(ct_cpu(), buf, sizeof buf) == -1 && buf[0] == 0); /* no description */
+    ct_clear_error();
+    CHECK(ct_backend_proc(CT_CPU, "host_alloc") == NULL); /* the CPU has no streams or pinned memory */
+    CHECK(strstr(ct_last_error(), "the cpu backend has no function host_alloc") != NULL);
+    CHECK(ct_backend_proc(CT_CPU, NULL) == NULL);
+    int avail = 0;
+    ct_cuda_status(&avail);
+    if (!avail) {
+        CHECK(ct_device_is_host((ct_device){CT_CUDA, 0}) == 0);
+        CHECK_ERR_INT(ct_device_check((ct_device){CT_CUDA, 0}), "CUDA is unavailable");
+    }
 }
