@@ -262,7 +262,7 @@ static int ensure_state(ct_optimizer *o, int s, int i) {
 
 /* The tensors handed to the step kernel for parameter i: the parameter, its gradient and
  * its state, contiguous. A non-contiguous parameter or gradient gets a contiguous copy
- * (the parameter's is copied back after the step: copy_back[i]). */
+ * (step_group copies a parameter's back after the step). */
 static int gather(ct_optimizer *o, int i, int k) {
     ct_tensor *p = o->params[i], *g = p->grad;
     o->gather[0][k] = ct_contiguous(p); /* grad mode is off: no graph */
@@ -276,8 +276,10 @@ static int prepare(ct_optimizer *o, int i) {
     ct_tensor *p = o->params[i], *grad = p->grad;
     const ct_optim_options *op = &o->o;
     char s1[96], s2[96];
-    if (ct__check_tensor(p, kind_title(o->kind)) || ct__check_tensor(grad, kind_title(o->kind)))
-        return ct_error_context("parameter %d", i), -1; /* released by the caller */
+    if (ct__check_tensor(p, kind_title(o->kind)) || ct__check_tensor(grad, kind_title(o->kind))) {
+        ct_error_context("parameter %d", i); /* released by the caller */
+        return -1;
+    }
     if (!ct_same_shape(grad, p) || grad->dtype != p->dtype || !ct_same_device(grad, p))
         return ct_error("%s: parameter %d %s %s has a gradient %s %s; they must match",
                         kind_title(o->kind), i, ct_shape_str(p, s1, sizeof s1),
