@@ -28,8 +28,8 @@ typedef enum {
     CT_INT64,
     CT_INT32,
     CT_UINT8,
-    CT_BFLOAT16, /* reserved for mixed precision: storage and conversion only */
-    CT_FLOAT16,  /* reserved for mixed precision: storage and conversion only */
+    CT_BFLOAT16, /* torch.bfloat16: computed in float32, rounded to nearest even */
+    CT_FLOAT16,  /* torch.float16 (IEEE half): computed in float32, rounded to nearest even */
     CT_BOOL,     /* torch.bool: one byte, 0 or 1 (comparisons, masks; any value -> x != 0) */
     CT_NUM_DTYPES
 } ct_dtype;
@@ -76,6 +76,30 @@ int ct_cuda_device_name(int device, char *buf, size_t n);
 
 void ct_set_num_threads(int n); /* <= 0: all cores */
 int ct_get_num_threads(void);
+
+/* ------------------------------------------------------------- autocast
+ * torch.autocast: mixed precision without changing the model. Inside a region pushed for
+ * a device type, ops on that device's tensors pick their dtype by PyTorch's rules:
+ * conv2d, linear, matmul and bmm run in the region's dtype (bfloat16 or float16, float32
+ * accumulation); the losses (cross_entropy, nll_loss, mse_loss) run in float32; on CUDA
+ * also softmax, log_softmax, layer_norm, sum, exp, log and pow run in float32. Every other op runs in its inputs'
+ * dtype, so activations stay in 16 bits between layers, and mixed-dtype binary ops
+ * promote (bfloat16 + float32 -> float32). Parameters stay float32 ("master weights"):
+ * their 16-bit copies are made once per outermost region (one training step) and
+ * gradients flow back to them in float32. Push around the forward pass and the loss,
+ * pop before backward, as with `with torch.autocast(...)`:
+ *
+ *     ct_autocast_push(CT_CPU, CT_BFLOAT16);
+ *     ct_tensor *loss = ct_cross_entropy_opt(ct_module_forward(model, x), y, NULL);
+ *     ct_autocast_pop();
+ *     ct_backward(loss, NULL, 0);
+ *
+ * dtype CT_FLOAT32 turns autocast off inside an enclosing region (autocast(enabled=False)).
+ * Regions are per thread and nest. Float16 on the CPU is allowed but emulated (one
+ * warning). With float16, scale the loss (ct_grad_scaler, ctorch_optim.h). */
+int ct_autocast_push(ct_device_type device, ct_dtype dtype);
+int ct_autocast_pop(void);                     /* -1 when no region is open */
+ct_dtype ct_autocast_dtype(ct_device_type device); /* CT_FLOAT32 when autocast is off */
 void ct_manual_seed(uint64_t seed); /* seeds rand/randn/dropout/init */
 uint64_t ct_seed(void);
 

@@ -110,9 +110,13 @@ TEST(compare_errors) {
     ct_tensor *d = ct_ones(s1, 2, CT_FLOAT64), *i32 = ct_ones(s1, 2, CT_INT32);
     ct_tensor *m = ct_ones(s1, 2, CT_BOOL);
     CHECK_ERR_PTR(ct_eq(a, b), "eq: shapes [2, 3] and [4, 3] cannot be broadcast");
-    CHECK_ERR_PTR(ct_lt(a, d), "lt: dtype mismatch (float32 and float64)");
+    CHECK_ERR_PTR(ct_lt(a, i32), "lt: dtype mismatch (float32 and int32)");
+    ct_tensor *mixed = ct_lt(a, d); /* float32 with float64 promotes, as in PyTorch */
+    ct_tensor *nmixed = mixed ? ct_sum(mixed, NULL, 0, 0) : NULL;
+    CHECK(mixed && ct_dtype_of(mixed) == CT_BOOL && nmixed && ct_item(nmixed) == 0);
+    ct_free(mixed), ct_free(nmixed);
     CHECK_ERR_PTR(ct_logical_and(a, m), "logical_and: dtype mismatch");
-    CHECK_ERR_PTR(ct_ge(i32, i32), "ge: dtype int32 is not supported (float32, float64, int64 or bool)");
+    CHECK_ERR_PTR(ct_ge(i32, i32), "ge: dtype int32 is not supported (a floating dtype, int64 or bool)");
     CHECK_ERR_PTR(ct_gt(NULL, a), "gt: NULL tensor");
     CHECK_ERR_PTR(ct_eq_scalar(NULL, 1), "eq_scalar: NULL tensor");
     CHECK_ERR_PTR(ct_le_scalar(i32, 1), "le_scalar");

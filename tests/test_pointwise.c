@@ -216,7 +216,19 @@ TEST(pointwise_errors) {
     ct_tensor *a = ct_ones(s1, 2, CT_FLOAT32), *b = ct_ones(s2, 2, CT_FLOAT32);
     ct_tensor *d = ct_ones(s1, 2, CT_FLOAT64), *i64 = ct_ones(s1, 2, CT_INT64);
     CHECK_ERR_PTR(ct_add(a, b), "add: shapes [2, 3] and [4, 3] cannot be broadcast");
-    CHECK_ERR_PTR(ct_mul(a, d), "mul: dtype mismatch");
+    ct_tensor *u8 = ct_ones(s1, 2, CT_UINT8);
+    CHECK_ERR_PTR(ct_mul(a, u8), "mul: dtype mismatch (float32 and uint8)");
+    ct_free(u8);
+    /* float32 with float64 promotes (PyTorch's type promotion); the gradient comes back in
+     * each operand's own dtype */
+    ct_tensor *ag = ct_full(s1, 2, 2.0, CT_FLOAT32);
+    ct_set_requires_grad(ag, 1);
+    ct_tensor *pm = ct_mul(ag, d), *ps = pm ? ct_sum(pm, NULL, 0, 0) : NULL;
+    CHECK(pm && ct_dtype_of(pm) == CT_FLOAT64 && ps && ct_item(ps) == 12.0);
+    CHECK_OK(ct_backward(ps, NULL, 0));
+    ct_tensor *gs = ct_grad(ag) ? ct_sum(ct_grad(ag), NULL, 0, 0) : NULL;
+    CHECK(gs && ct_dtype_of(ct_grad(ag)) == CT_FLOAT32 && ct_item(gs) == 6.0);
+    ct_free(ag), ct_free(pm), ct_free(ps), ct_free(gs);
     CHECK_ERR_PTR(ct_sub(a, NULL), "sub");
     CHECK_ERR_PTR(ct_exp(i64), "exp: needs a floating-point tensor");
     CHECK_ERR_PTR(ct_clamp(a, 1, 0), "clamp");

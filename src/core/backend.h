@@ -10,6 +10,7 @@
 #ifndef CT_BACKEND_H
 #define CT_BACKEND_H
 
+#include "autocast.h"
 #include "op_tables.h"
 #include "tensor_impl.h"
 
@@ -270,6 +271,12 @@ typedef struct ct_backend {
      * CT_MEMCPY_D2H) or within the device (CT_MEMCPY_D2D). */
     int (*memcpy)(void *dst, const void *src, size_t nbytes, int kind, int device_index);
     const ct_backend_procs *procs; /* extra entry points; NULL: none */
+    /* Autocast on this device (src/core/autocast.c): the ops, beyond the common list, that
+     * run in float32 inside a region, as bits 1u << ct_autocast_op (CUDA: softmax,
+     * layer_norm, exp, ... as PyTorch's CUDA autocast; CPU: none); and whether float16
+     * arithmetic is emulated here (computed in float32: autocast warns once). */
+    uint32_t autocast_fp32;
+    int fp16_emulated;
     ct_kernels k;
 } ct_backend;
 
@@ -278,7 +285,7 @@ enum { CT_MEMCPY_H2D = 0, CT_MEMCPY_D2H = 1, CT_MEMCPY_D2D = 2 };
 /* The layout of ct_backend, which the CUDA plugin fills in: its size, and a number to bump
  * whenever entries change without changing the size. The core refuses a plugin built with
  * another layout (src/core/dispatch.c) instead of calling through a shifted table. */
-#define CT_BACKEND_ABI_VERSION 4 /* 4: ct_tensor has a magic field */
+#define CT_BACKEND_ABI_VERSION 5 /* 5: autocast fields */
 #define CT_BACKEND_ABI ((long)sizeof(ct_backend) * 100 + CT_BACKEND_ABI_VERSION)
 
 int ct_register_backend(const ct_backend *b);

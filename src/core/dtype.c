@@ -37,6 +37,8 @@ int ct_is_floating(ct_dtype dt) {
     return dt == CT_FLOAT32 || dt == CT_FLOAT64 || dt == CT_BFLOAT16 || dt == CT_FLOAT16;
 }
 
+int ct_is_low_precision(ct_dtype dt) { return dt == CT_BFLOAT16 || dt == CT_FLOAT16; }
+
 ct_device ct_cpu(void) { return (ct_device){CT_CPU, 0}; }
 
 int ct_device_parse(const char *s, ct_device *out) {

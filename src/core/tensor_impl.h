@@ -123,6 +123,7 @@ int ct_normalize_dim(int dim, int ndim, const char *op, int64_t *out_unused);
 /* Wraps a negative dim; returns -1 and sets an error naming `op` if out of range. */
 int ct_wrap_dim(int dim, int ndim, const char *op);
 int ct_is_floating(ct_dtype dt);
+int ct_is_low_precision(ct_dtype dt); /* bfloat16 or float16 */
 int ct_same_shape(const ct_tensor *a, const ct_tensor *b);
 /* "[2, 3]" into buf. */
 const char *ct_fmt_shape(const int64_t *shape, int ndim, char *buf, size_t n);

@@ -1,5 +1,6 @@
 /* conv2d (torch.nn.functional.conv2d): stride, padding, dilation, groups, optional bias;
  * input [N, C, H, W] or unbatched [C, H, W]; backward for input, weight and bias. */
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -111,8 +112,8 @@ static int conv_prepare(const ct_tensor *x, const ct_tensor *weight, const ct_te
         return ct_error("conv2d: weight %s must be 4-D [out_channels, in_channels/groups, "
                         "kH, kW]",
                         ct_shape_str(weight, s2, sizeof s2));
-    if (x->dtype != CT_FLOAT32 && x->dtype != CT_FLOAT64)
-        return ct_error("conv2d: input dtype %s not supported (float32 or float64); "
+    if (!ct_is_floating(x->dtype))
+        return ct_error("conv2d: input dtype %s not supported (a floating dtype); "
                         "convert with ct_to_dtype",
                         ct_dtype_name(x->dtype));
     if (weight->dtype != x->dtype || (bias && bias->dtype != x->dtype))
@@ -176,6 +177,8 @@ static int conv_prepare(const ct_tensor *x, const ct_tensor *weight, const ct_te
 ct_tensor *ct_conv2d(const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
                      const int stride[2], const int padding[2], const int dilation[2],
                      int groups) {
+    CT_AUTOCAST(CT_AC_CONV2D, ct_conv2d(ac[0], ac[1], ac[2], stride, padding, dilation, groups),
+                x, weight, bias);
     int st[2] = {1, 1}, pd[2] = {0, 0}, dl[2] = {1, 1};
     int64_t ysh[4];
     if (conv_prepare(x, weight, bias, stride, padding, dilation, groups, st, pd, dl, ysh) != 0)
@@ -251,6 +254,10 @@ ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight
                                      const int padding[2], const int dilation[2], int groups,
                                      const int pool_kernel[2], const int pool_stride[2],
                                      const int pool_padding[2]) {
+    CT_AUTOCAST(CT_AC_CONV2D,
+                ct_conv2d_relu_max_pool2d(ac[0], ac[1], ac[2], stride, padding, dilation, groups,
+                                          pool_kernel, pool_stride, pool_padding),
+                x, weight, bias);
     int st[2] = {1, 1}, pd[2] = {0, 0}, dl[2] = {1, 1};
     int64_t ysh[4] = {0, 0, 0, 0};
     ct_pool_params pp = {.kernel = {pool_kernel[0], pool_kernel[1]},

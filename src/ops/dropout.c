@@ -30,9 +30,9 @@ ct_tensor *ct_dropout(const ct_tensor *x, double p, int training) {
     if (!(p >= 0.0 && p <= 1.0))
         return ct_error_null("dropout: probability has to be between 0 and 1, but got %g", p);
     if (!training || p == 0.0 || ct_numel(x) == 0) return ct_retain((ct_tensor *)x);
-    if (x->dtype != CT_FLOAT32 && x->dtype != CT_FLOAT64)
-        return ct_error_null("dropout: input %s has dtype %s; training dropout needs float32 "
-                             "or float64 (convert with ct_to_dtype)",
+    if (!ct_is_floating(x->dtype))
+        return ct_error_null("dropout: input %s has dtype %s; training dropout needs a "
+                             "floating dtype (convert with ct_to_dtype)",
                              ct_fmt_shape(x->shape, x->ndim, b, sizeof b),
                              ct_dtype_name(x->dtype));
     int (*k)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *, double) =
@@ -49,7 +49,8 @@ ct_tensor *ct_dropout(const ct_tensor *x, double p, int training) {
         } else {
             /* uniform draws from the global generator (on the host, so the mask depends on
              * the seed only, whatever the device and thread count) */
-            u = ct_rand(x->shape, x->ndim, x->dtype);
+            u = ct_rand(x->shape, x->ndim,
+                        ct_is_low_precision(x->dtype) ? CT_FLOAT32 : x->dtype);
             ud = u ? ct_to_device(u, dev) : NULL;
             rc = ud ? k(y, mask, xc, ud, p) : -1;
         }

@@ -12,6 +12,7 @@
  *   (mean divides by the number of non-ignored targets).
  * On the CPU this runs as one fused kernel (forward and backward); other devices use
  * the composed path built from log_softmax, nll_loss and pointwise/reduction ops. */
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -181,6 +182,7 @@ static ct_tensor *nll_core(const ct_tensor *x2, const ct_tensor *t1, ct_reductio
 
 ct_tensor *ct_nll_loss(const ct_tensor *log_probs, const ct_tensor *target,
                        ct_reduction reduction, int64_t ignore_index) {
+    CT_AUTOCAST(CT_AC_NLL_LOSS, ct_nll_loss(ac[0], target, reduction, ignore_index), log_probs);
     ct_tensor *x2, *t1;
     int64_t tshape[CT_MAX_DIMS];
     int tnd = 0;
@@ -307,6 +309,8 @@ static ct_tensor *ce_composed(const ct_tensor *x2, const ct_tensor *t1, ct_reduc
 ct_tensor *ct_cross_entropy(const ct_tensor *logits, const ct_tensor *target,
                             ct_reduction reduction, double label_smoothing,
                             int64_t ignore_index) {
+    CT_AUTOCAST(CT_AC_CROSS_ENTROPY,
+                ct_cross_entropy(ac[0], target, reduction, label_smoothing, ignore_index), logits);
     if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0))
         return ct_error_null("cross_entropy: label_smoothing must be between 0.0 and 1.0, "
                              "got %g",
@@ -328,6 +332,7 @@ ct_tensor *ct_cross_entropy(const ct_tensor *logits, const ct_tensor *target,
 
 /* ------------------------------------------------------------------ mse_loss */
 ct_tensor *ct_mse_loss(const ct_tensor *input, const ct_tensor *target, ct_reduction reduction) {
+    CT_AUTOCAST(CT_AC_MSE_LOSS, ct_mse_loss(ac[0], ac[1], reduction), input, target);
     if (!input || !target) return ct_error_null("mse_loss: input or target is NULL");
     if (ct__check_tensor(input, "mse_loss") || ct__check_tensor(target, "mse_loss")) return NULL; /* a released tensor */
     if (check_reduction(reduction, "mse_loss") != 0) return NULL;

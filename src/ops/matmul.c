@@ -6,6 +6,7 @@
  * strides cannot be expressed as a batched GEMM operand. When the right operand has
  * no batch (the common "[*, M, K] @ [K, N]" case) the batch is folded into M and a
  * single large GEMM runs instead of many small ones, forward and backward. */
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -51,7 +52,7 @@ static int layout_ok(int64_t rows, int64_t cols, int64_t s1, int64_t s2) {
     return 0;
 }
 
-static int is_float(ct_dtype dt) { return dt == CT_FLOAT32 || dt == CT_FLOAT64; }
+static int is_float(ct_dtype dt) { return ct_is_floating(dt); }
 
 static void device_name(const ct_tensor *t, char *buf, size_t n) {
     ct_device_str(t->storage->device, buf, n);
@@ -177,7 +178,7 @@ static int check_float_pair(const ct_tensor *a, const ct_tensor *b, const char *
                             const char *an, const char *bn) {
     char s1[96], s2[96];
     if (!is_float(a->dtype) || !is_float(b->dtype))
-        return ct_error("%s: %s is %s and %s is %s; only float32 and float64 are supported "
+        return ct_error("%s: %s is %s and %s is %s; only floating dtypes are supported "
                         "(convert with ct_to_dtype)",
                         op, an, ct_dtype_name(a->dtype), bn, ct_dtype_name(b->dtype));
     if (a->dtype != b->dtype)
@@ -346,6 +347,7 @@ static int matmul_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
 }
 
 ct_tensor *ct_matmul(const ct_tensor *a, const ct_tensor *b) {
+    CT_AUTOCAST(CT_AC_MATMUL, ct_matmul(ac[0], ac[1]), a, b);
     if (!a || !b) return ct_error_null("matmul: argument %s is NULL", a ? "b" : "a");
     if (ct__check_tensor(a, "matmul") || ct__check_tensor(b, "matmul")) return NULL; /* a released tensor */
     char s1[96], s2[96];
@@ -477,6 +479,7 @@ out:
 }
 
 ct_tensor *ct_linear(const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias) {
+    CT_AUTOCAST(CT_AC_LINEAR, ct_linear(ac[0], ac[1], ac[2]), x, weight, bias);
     char s1[96], s2[96], s3[96];
     if (!x || !weight)
         return ct_error_null("linear: %s is NULL", x ? "weight" : "input");

@@ -6,6 +6,7 @@
  * their version counters. Eval normalises with the running statistics.
  * layer_norm: normalises over the trailing dims equal to normalized_shape.
  * weight and bias are optional in both. Gradients flow to input, weight and bias. */
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -35,7 +36,7 @@ static int check_param(const char *op, const char *what, const ct_tensor *p, con
     char b1[96], b2[96], b3[96];
     if (!p) return 0;
     if (ct__check_tensor(p, op)) return -1; /* a released tensor */
-    if (p->dtype != x->dtype)
+    if (p->dtype != x->dtype && !(ct_is_low_precision(x->dtype) && p->dtype == CT_FLOAT32))
         return ct_error("%s: %s has dtype %s but input has dtype %s; convert it with ct_to_dtype",
                         op, what, ct_dtype_name(p->dtype), ct_dtype_name(x->dtype));
     if (!ct_same_device(p, x)) {
@@ -53,12 +54,21 @@ static int check_param(const char *op, const char *what, const ct_tensor *p, con
     return 0;
 }
 
+/* The dtype of a norm's saved statistics: the parameters' (float32 beside a bf16 or
+ * float16 input, as PyTorch's mixed-type norms), else the input's; float32 for a
+ * low-precision input without parameters. */
+static ct_dtype stat_dtype(const ct_tensor *x, const ct_tensor *w, const ct_tensor *rm) {
+    if (w) return w->dtype;
+    if (rm) return rm->dtype;
+    return ct_is_low_precision(x->dtype) ? CT_FLOAT32 : x->dtype;
+}
+
 static int check_floating_input(const char *op, const ct_tensor *x) {
     char b[96];
     if (!x) return ct_error("%s: input is NULL", op);
     if (ct__check_tensor(x, op)) return -1; /* a released tensor */
-    if (x->dtype != CT_FLOAT32 && x->dtype != CT_FLOAT64)
-        return ct_error("%s: input %s has dtype %s; normalisation needs float32 or float64 "
+    if (!ct_is_floating(x->dtype))
+        return ct_error("%s: input %s has dtype %s; normalisation needs a floating dtype "
                         "(convert with ct_to_dtype)",
                         op, ct_fmt_shape(x->shape, x->ndim, b, sizeof b), ct_dtype_name(x->dtype));
     return 0;
@@ -109,8 +119,9 @@ static int batch_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     const ct_device dev = x->storage->device;
     const int64_t C = x->shape[1];
     ct_tensor *g0 = ct_node_needs_grad(n, 0) ? ct_empty_on(x->shape, x->ndim, x->dtype, dev) : NULL;
-    ct_tensor *g1 = ct_node_needs_grad(n, 1) && w ? ct_empty_on(&C, 1, x->dtype, dev) : NULL;
-    ct_tensor *g2 = ct_node_needs_grad(n, 2) ? ct_empty_on(&C, 1, x->dtype, dev) : NULL;
+    const ct_dtype pdt = n->inputs[1].dtype; /* the parameters' (float32 for a bf16 input) */
+    ct_tensor *g1 = ct_node_needs_grad(n, 1) && w ? ct_empty_on(&C, 1, pdt, dev) : NULL;
+    ct_tensor *g2 = ct_node_needs_grad(n, 2) ? ct_empty_on(&C, 1, n->inputs[2].dtype, dev) : NULL;
     int rc = -1;
     if ((ct_node_needs_grad(n, 0) && !g0) || (ct_node_needs_grad(n, 1) && w && !g1) ||
         (ct_node_needs_grad(n, 2) && !g2))
@@ -199,8 +210,8 @@ ct_tensor *ct_batch_norm(const ct_tensor *x, ct_tensor *running_mean, ct_tensor 
     const ct_device dev = x->storage->device;
     ct_tensor *xc = ct_contiguous(x);
     ct_tensor *y = ct_empty_on(x->shape, x->ndim, x->dtype, dev);
-    ct_tensor *smean = ct_empty_on(&C, 1, x->dtype, dev);
-    ct_tensor *sinv = ct_empty_on(&C, 1, x->dtype, dev);
+    ct_tensor *smean = ct_empty_on(&C, 1, stat_dtype(x, weight, running_mean), dev);
+    ct_tensor *sinv = ct_empty_on(&C, 1, stat_dtype(x, weight, running_mean), dev);
     if (!xc || !y || !smean || !sinv ||
         run_bn_forward(y, smean, sinv, xc, weight, bias, running_mean, running_var, training,
                        momentum, eps) != 0) {
@@ -238,8 +249,8 @@ static int layer_norm_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) 
     const int need0 = ct_node_needs_grad(n, 0), need1 = ct_node_needs_grad(n, 1),
               need2 = ct_node_needs_grad(n, 2);
     ct_tensor *g0 = need0 ? ct_empty_on(x->shape, x->ndim, x->dtype, dev) : NULL;
-    ct_tensor *g1 = need1 ? ct_empty_on(nshape, nnorm, x->dtype, dev) : NULL;
-    ct_tensor *g2 = need2 ? ct_empty_on(nshape, nnorm, x->dtype, dev) : NULL;
+    ct_tensor *g1 = need1 ? ct_empty_on(nshape, nnorm, n->inputs[1].dtype, dev) : NULL;
+    ct_tensor *g2 = need2 ? ct_empty_on(nshape, nnorm, n->inputs[2].dtype, dev) : NULL;
     int rc = -1;
     if ((need0 && !g0) || (need1 && !g1) || (need2 && !g2)) goto done;
     rc = kern(g0, g1, g2, gyc, x, mean, rstd, w, c->M, c->N);
@@ -250,6 +261,8 @@ done:
 
 ct_tensor *ct_layer_norm(const ct_tensor *x, const int64_t *normalized_shape, int nnorm,
                          const ct_tensor *weight, const ct_tensor *bias, double eps) {
+    CT_AUTOCAST(CT_AC_LAYER_NORM,
+                ct_layer_norm(ac[0], normalized_shape, nnorm, ac[1], ac[2], eps), x, weight, bias);
     const char *op = "layer_norm";
     char b1[96], b2[96];
     if (check_floating_input(op, x) != 0) return NULL;
@@ -284,8 +297,8 @@ ct_tensor *ct_layer_norm(const ct_tensor *x, const int64_t *normalized_shape, in
     ct_tensor *wc = weight ? ct_contiguous(weight) : NULL;
     ct_tensor *bc = bias ? ct_contiguous(bias) : NULL;
     ct_tensor *y = ct_empty_on(x->shape, x->ndim, x->dtype, dev);
-    ct_tensor *mean = ct_empty_on(&M, 1, x->dtype, dev);
-    ct_tensor *rstd = ct_empty_on(&M, 1, x->dtype, dev);
+    ct_tensor *mean = ct_empty_on(&M, 1, stat_dtype(x, weight, NULL), dev);
+    ct_tensor *rstd = ct_empty_on(&M, 1, stat_dtype(x, weight, NULL), dev);
     if (!xc || (weight && !wc) || (bias && !bc) || !y || !mean || !rstd ||
         kern(y, mean, rstd, xc, wc, bc, M, N, eps) != 0) {
         ct_free(y);

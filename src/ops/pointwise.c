@@ -2,6 +2,7 @@
  * in-place variants used by optimizers. The ops' names, dtype rules and formulas are the
  * rows of src/core/op_tables.h; this file holds what the op layer adds: the checks,
  * the dispatch and the backward formulas. */
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -132,20 +133,54 @@ static int binary_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
  * for comparisons and logical ops. */
 static int check_binary_dtype(ct_binop op, ct_dtype dt) {
     const char *name = g_bin[op].name;
-    if (dt == CT_FLOAT32 || dt == CT_FLOAT64 || dt == CT_INT64) return 0;
+    if (ct_is_floating(dt) || dt == CT_INT64) return 0;
     if (ct_binop_result_bool(op)) {
         if (dt == CT_BOOL) return 0;
-        return ct_error("%s: dtype %s is not supported (float32, float64, int64 or bool); "
+        return ct_error("%s: dtype %s is not supported (a floating dtype, int64 or bool); "
                         "convert with ct_to_dtype", name, ct_dtype_name(dt));
     }
     if (dt == CT_BOOL)
         return ct_error("%s: bool tensors have no arithmetic; use ct_logical_and / "
                         "ct_logical_or, or convert with ct_to_dtype(t, CT_INT64) first", name);
-    return ct_error("%s: dtype %s is not supported (float32, float64 or int64); convert with "
+    return ct_error("%s: dtype %s is not supported (a floating dtype or int64); convert with "
                     "ct_to_dtype", name, ct_dtype_name(dt));
 }
 
+/* PyTorch's type promotion between two floating dtypes, or int64 and a floating dtype:
+ * the wider float wins (float16 with bfloat16 gives float32), a float beats int64.
+ * Returns -1 when the pair does not promote (the same dtype, or other dtypes). */
+static int promoted_dtype(ct_dtype x, ct_dtype y) {
+    if (x == y) return -1;
+    int fx = ct_is_floating(x), fy = ct_is_floating(y);
+    if (fx && fy) {
+        if (x == CT_FLOAT64 || y == CT_FLOAT64) return CT_FLOAT64;
+        return CT_FLOAT32; /* float32 with a 16-bit float, or bfloat16 with float16 */
+    }
+    if (fx && y == CT_INT64) return x;
+    if (fy && x == CT_INT64) return y;
+    return -1;
+}
+
+static ct_tensor *binary_op_same(ct_binop op, const ct_tensor *a, const ct_tensor *b,
+                                 double alpha);
+
+/* Mixed dtypes promote (a bf16 activation plus a float32 tensor gives float32): the
+ * operand(s) are converted, differentiably, and the op runs in the promoted dtype. */
 static ct_tensor *binary_op(ct_binop op, const ct_tensor *a, const ct_tensor *b, double alpha) {
+    int pd = a && b && !ct__check_tensor(a, g_bin[op].name) &&
+                     !ct__check_tensor(b, g_bin[op].name)
+                 ? promoted_dtype(a->dtype, b->dtype)
+                 : -1;
+    if (pd < 0) return binary_op_same(op, a, b, alpha);
+    ct_tensor *ap = ct_to_dtype(a, (ct_dtype)pd), *bp = ap ? ct_to_dtype(b, (ct_dtype)pd) : NULL;
+    ct_tensor *y = bp ? binary_op_same(op, ap, bp, alpha) : NULL;
+    ct_free(ap);
+    ct_free(bp);
+    return y;
+}
+
+static ct_tensor *binary_op_same(ct_binop op, const ct_tensor *a, const ct_tensor *b,
+                                 double alpha) {
     const char *name = g_bin[op].name;
     if (check_pair(a, b, name) != 0 || check_binary_dtype(op, a->dtype) != 0) return NULL;
     int64_t shape[CT_MAX_DIMS];
@@ -268,8 +303,20 @@ static int unary_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     return 0;
 }
 
+/* The unary rows autocast knows (CUDA runs them in float32). */
+static int unary_autocast_op(ct_unop op) {
+    switch (op) {
+    case CT_UN_EXP: return CT_AC_EXP;
+    case CT_UN_LOG: return CT_AC_LOG;
+    case CT_UN_POW: return CT_AC_POW;
+    default: return -1;
+    }
+}
+
 ct_tensor *ct__unary(ct_unop op, const ct_tensor *a, double p1, double p2) {
     if ((unsigned)op >= CT_UN_COUNT) return ct_error_null("unary op %d: no such op", (int)op);
+    if (unary_autocast_op(op) >= 0)
+        CT_AUTOCAST((ct_autocast_op)unary_autocast_op(op), ct__unary(op, ac[0], p1, p2), a);
     const char *name = g_un[op].name;
     if (!a) return ct_error_null("%s: NULL tensor argument", name);
     if (ct__check_tensor(a, name)) return NULL; /* a released tensor */

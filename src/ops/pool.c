@@ -36,8 +36,8 @@ static int pool_input_check(const char *op, const ct_tensor *x) {
     if (x->ndim != 3 && x->ndim != 4)
         return ct_error("%s: input %s must be 4-D [N, C, H, W] or 3-D [C, H, W]", op,
                         ct_shape_str(x, s1, sizeof s1));
-    if (x->dtype != CT_FLOAT32 && x->dtype != CT_FLOAT64)
-        return ct_error("%s: input dtype %s not supported (float32 or float64); convert with "
+    if (!ct_is_floating(x->dtype))
+        return ct_error("%s: input dtype %s not supported (a floating dtype); convert with "
                         "ct_to_dtype",
                         op, ct_dtype_name(x->dtype));
     int b4 = x->ndim == 4;

@@ -1,4 +1,5 @@
 /* Reductions: sum, mean, max (values + indices), max over all, argmax, any, all. */
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -94,6 +95,7 @@ static ct_tensor *sum_mean(const ct_tensor *a, const int *dims, int ndims, int k
 }
 
 ct_tensor *ct_sum(const ct_tensor *a, const int *dims, int ndims, int keepdim) {
+    CT_AUTOCAST(CT_AC_SUM, sum_mean(ac[0], dims, ndims, keepdim, 0), a);
     return sum_mean(a, dims, ndims, keepdim, 0);
 }
 ct_tensor *ct_mean(const ct_tensor *a, const int *dims, int ndims, int keepdim) {
@@ -214,9 +216,8 @@ ct_tensor *ct_argmax(const ct_tensor *a, int dim, int keepdim) {
 static ct_tensor *any_all(const ct_tensor *a, const int *dims, int ndims, int keepdim,
                           ct_redop op, const char *name) {
     if (!a) return ct_error_null("%s: NULL tensor argument", name);
-    if (a->dtype != CT_BOOL && a->dtype != CT_FLOAT32 && a->dtype != CT_FLOAT64 &&
-        a->dtype != CT_INT64)
-        return ct_error_null("%s: dtype %s is not supported (bool, float32, float64 or int64); "
+    if (a->dtype != CT_BOOL && !ct_is_floating(a->dtype) && a->dtype != CT_INT64)
+        return ct_error_null("%s: dtype %s is not supported (bool, a floating dtype or int64); "
                              "convert with ct_to_dtype", name, ct_dtype_name(a->dtype));
     int mask[CT_MAX_DIMS];
     int64_t ks[CT_MAX_DIMS];

@@ -1,6 +1,7 @@
 /* softmax and log_softmax over one dimension (torch.softmax / torch.log_softmax).
  * Backward: softmax gx = y * (gy - sum(gy * y)); log_softmax gx = gy - exp(y) * sum(gy),
  * both from the saved output y. */
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -68,6 +69,12 @@ static ct_tensor *softmax_impl(const ct_tensor *a, int dim, int is_log) {
     return y;
 }
 
-ct_tensor *ct_softmax(const ct_tensor *a, int dim) { return softmax_impl(a, dim, 0); }
+ct_tensor *ct_softmax(const ct_tensor *a, int dim) {
+    CT_AUTOCAST(CT_AC_SOFTMAX, softmax_impl(ac[0], dim, 0), a);
+    return softmax_impl(a, dim, 0);
+}
 
-ct_tensor *ct_log_softmax(const ct_tensor *a, int dim) { return softmax_impl(a, dim, 1); }
+ct_tensor *ct_log_softmax(const ct_tensor *a, int dim) {
+    CT_AUTOCAST(CT_AC_LOG_SOFTMAX, softmax_impl(ac[0], dim, 1), a);
+    return softmax_impl(a, dim, 1);
+}

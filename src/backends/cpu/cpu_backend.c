@@ -32,6 +32,8 @@ const ct_backend ct_cpu_backend = {
     .free = cpu_free,
     .memcpy = cpu_memcpy,
     .host_memory = 1,
+    .autocast_fp32 = 0, /* PyTorch's CPU autocast: only the common list */
+    .fp16_emulated = 1, /* float16 is widened to float32 (cpu_lowp.c) */
 #define CT__CPU_ENTRY(name, params) .name = cpu_##name,
     .k = {CT_KERNEL_LIST(CT__CPU_ENTRY)},
 #undef CT__CPU_ENTRY

@@ -600,12 +600,12 @@ int cpu_conv2d_forward_ex(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
     return 0;
 }
 
-int cpu_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
+int cpu_conv2d_forward_full(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
                        const ct_tensor *bias, const ct_conv_params *p) {
     return cpu_conv2d_forward_ex(y, x, w, bias, p, 0);
 }
 
-int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
+int cpu_conv2d_backward_input_full(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
                               const ct_conv_params *p) {
     if (fast_ok(gx, w, gy)) {
         cf_geom g;
@@ -617,7 +617,7 @@ int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tenso
     return ref_conv2d_backward_input(gx, gy, w, p);
 }
 
-int cpu_conv2d_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+int cpu_conv2d_backward_weight_full(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                                const ct_tensor *x, const ct_conv_params *p) {
     if (fast_ok(x, gw, gy)) {
         cf_geom g;
@@ -651,7 +651,7 @@ int cpu_conv2d_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy
     return 0;
 }
 
-int cpu_conv2d_relu_max_pool2d_forward(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
+int cpu_conv2d_relu_max_pool2d_forward_full(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
                             const ct_tensor *w, const ct_tensor *bias, const ct_conv_params *p,
                             const ct_pool_params *pp) {
     int64_t N = x->shape[0], O = w->shape[0];

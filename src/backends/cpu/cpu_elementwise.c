@@ -108,7 +108,7 @@ CMP_ROW(double, cmp_f64)
 CMP_ROW(int64_t, cmp_i64)
 CMP_ROW(uint8_t, cmp_bool)
 
-int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b, double alpha) {
+int cpu_binary_full(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b, double alpha) {
     if ((unsigned)op >= CT_BIN_COUNT) return ct_error("binary op %d: no such op on the CPU", (int)op);
     const ct_tensor *ops[3] = {out, a, b};
     ct_iter it;
@@ -190,7 +190,7 @@ UN_ROW(float, un_f32, UN_CASE)
 UN_ROW(double, un_f64, UN_CASE)
 UN_ROW(int64_t, un_i64, UN_CASE_INT)
 
-int cpu_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
+int cpu_unary_full(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
     if ((unsigned)op >= CT_UN_COUNT) return ct_error("unary op %d: no such op on the CPU", (int)op);
     const ct_tensor *ops[2] = {out, a};
     ct_iter it;
@@ -254,7 +254,7 @@ typedef struct {
 UD_ROW(float, ud_f32)
 UD_ROW(double, ud_f64)
 
-int cpu_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
+int cpu_unary_backward_full(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
                        const ct_tensor *y, double p1, double p2) {
     if ((unsigned)op >= CT_UN_COUNT)
         return ct_error("unary op %d backward: no such op on the CPU", (int)op);
@@ -317,6 +317,25 @@ static void copy_row(void *vc, int64_t n, char **p, const int64_t *s) {
     }
     if (c->dd == CT_FLOAT32 && c->sd == CT_FLOAT64) {
         for (int64_t i = 0; i < n; i++) ((float *)p[0])[i * s[0]] = (float)((const double *)p[1])[i * s[1]];
+        return;
+    }
+    /* the 16-bit floats to and from float32: the conversions of half.h, one loop each */
+    if (c->dd == CT_FLOAT32 && (c->sd == CT_BFLOAT16 || c->sd == CT_FLOAT16)) {
+        float *o = (float *)p[0];
+        const uint16_t *h = (const uint16_t *)p[1];
+        if (c->sd == CT_BFLOAT16)
+            for (int64_t i = 0; i < n; i++) o[i * s[0]] = ct_bf16_to_f32(h[i * s[1]]);
+        else
+            for (int64_t i = 0; i < n; i++) o[i * s[0]] = ct_f16_to_f32(h[i * s[1]]);
+        return;
+    }
+    if (c->sd == CT_FLOAT32 && (c->dd == CT_BFLOAT16 || c->dd == CT_FLOAT16)) {
+        uint16_t *o = (uint16_t *)p[0];
+        const float *f = (const float *)p[1];
+        if (c->dd == CT_BFLOAT16)
+            for (int64_t i = 0; i < n; i++) o[i * s[0]] = ct_f32_to_bf16(f[i * s[1]]);
+        else
+            for (int64_t i = 0; i < n; i++) o[i * s[0]] = ct_f32_to_f16(f[i * s[1]]);
         return;
     }
     if (c->dd == CT_FLOAT32 && c->sd == CT_UINT8) {
@@ -390,7 +409,7 @@ typedef struct {
 DO_ROW(float, do_f32)
 DO_ROW(double, do_f64)
 
-int cpu_dropout_forward(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, const ct_tensor *u,
+int cpu_dropout_forward_full(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, const ct_tensor *u,
                         double p) {
     do_ctx c = {ct_numel(y), p, ct_ptr(y), ct_ptr(mask), ct_ptr(x), ct_ptr(u)};
     if (y->dtype == CT_FLOAT32) ct_parallel_for(c.n, 16384, do_f32, &c);

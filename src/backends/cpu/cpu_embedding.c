@@ -33,7 +33,7 @@ static void gather_rows(void *vc, int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i++) memcpy(c->y + (size_t)i * row, c->w + (size_t)c->idx[i] * row, row);
 }
 
-int cpu_embedding_forward(ct_tensor *y, const ct_tensor *weight, const ct_tensor *indices) {
+int cpu_embedding_forward_full(ct_tensor *y, const ct_tensor *weight, const ct_tensor *indices) {
     emb_ctx c = {.y = ct_ptr(y), .w = ct_ptr(weight), .idx = (const int64_t *)ct_ptr(indices),
                  .n = ct_numel(indices), .dim = weight->shape[1], .num = weight->shape[0],
                  .esize = ct_dtype_size(weight->dtype)};
@@ -60,7 +60,7 @@ int cpu_embedding_forward(ct_tensor *y, const ct_tensor *weight, const ct_tensor
 SCATTER(float, scatter_f32)
 SCATTER(double, scatter_f64)
 
-int cpu_embedding_backward(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *indices,
+int cpu_embedding_backward_full(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *indices,
                            int64_t padding_idx) {
     emb_ctx c = {.gw = ct_ptr(gw), .gy = ct_ptr(gy), .idx = (const int64_t *)ct_ptr(indices),
                  .n = ct_numel(indices), .dim = gw->shape[1], .num = gw->shape[0],

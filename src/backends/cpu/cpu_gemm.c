@@ -96,7 +96,7 @@ static void scale_c(ct_tensor *c, double beta) {
     }
 }
 
-int cpu_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
+int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
     if (a->ndim != 3 || b->ndim != 3 || c->ndim != 3)
         return ct_error("bmm: expected 3-D operands, got %d-D, %d-D and %d-D output", a->ndim,
                         b->ndim, c->ndim);

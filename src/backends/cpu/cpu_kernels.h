@@ -10,6 +10,19 @@
 CT_KERNEL_LIST(CT__CPU_PROTO)
 #undef CT__CPU_PROTO
 
+/* cpu_<name>_full: the float32 / float64 kernel behind the entry points of cpu_lowp.c,
+ * which widen bfloat16 / float16 operands to float32 around it (declared for every row;
+ * the rows without low-precision support have none). */
+#define CT__CPU_PROTO_FULL(name, params) int cpu_##name##_full params;
+CT_KERNEL_LIST(CT__CPU_PROTO_FULL)
+#undef CT__CPU_PROTO_FULL
+
+/* c = alpha * a @ b + beta * c with bfloat16 a and b (bmm's layout rules) using the CPU's
+ * bf16 dot-product instructions, float32 accumulation: 0 when done, 1 when this CPU or
+ * these operands have no such path (the caller widens to float32 instead), -1 on error. */
+int cpu_bmm_lowp(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
+                 double beta);
+
 /* Shared by the loss kernels (cpu_loss.c). */
 void cpu_loss_reduce_rows(ct_tensor *out, ct_tensor *total_weight, const double *v, int64_t N,
                           int64_t count, ct_reduction red);

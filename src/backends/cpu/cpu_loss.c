@@ -70,7 +70,7 @@ void cpu_loss_reduce_rows(ct_tensor *out, ct_tensor *total_weight, const double 
 }
 
 /* ------------------------------------------------------------------ nll_loss */
-int cpu_nll_loss_forward(ct_tensor *out, ct_tensor *total_weight, const ct_tensor *logp,
+int cpu_nll_loss_forward_full(ct_tensor *out, ct_tensor *total_weight, const ct_tensor *logp,
                          const ct_tensor *target, ct_reduction red, int64_t ignore_index) {
     if (check_dtype(logp->dtype, "nll_loss") != 0) return -1;
     const int64_t N = logp->shape[0], C = logp->shape[1];
@@ -104,7 +104,7 @@ static void zero_rows(void *vctx, int64_t b, int64_t e) {
 }
 
 /* glogp (fully written: zeros except -g at each non-ignored target). */
-int cpu_nll_loss_backward(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
+int cpu_nll_loss_backward_full(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
                           const ct_tensor *total_weight, ct_reduction red,
                           int64_t ignore_index) {
     if (check_dtype(glogp->dtype, "nll_loss backward") != 0) return -1;

@@ -158,7 +158,7 @@ static void bn_dims(const ct_tensor *x, int64_t *N, int64_t *C, int64_t *S) {
     for (int d = 2; d < x->ndim; d++) *S *= x->shape[d];
 }
 
-int cpu_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd,
+int cpu_batch_norm_forward_full(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd,
                            const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
                            ct_tensor *running_mean, ct_tensor *running_var, int training,
                            double momentum, double eps) {
@@ -212,7 +212,7 @@ int cpu_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_i
     return 0;
 }
 
-int cpu_batch_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+int cpu_batch_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                             const ct_tensor *x, const ct_tensor *weight,
                             const ct_tensor *save_mean, const ct_tensor *save_invstd,
                             int training) {
@@ -345,7 +345,7 @@ typedef struct {
 DEFINE_LN(float, f32)
 DEFINE_LN(double, f64)
 
-int cpu_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
+int cpu_layer_norm_forward_full(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
                            const ct_tensor *weight, const ct_tensor *bias, int64_t M, int64_t N,
                            double eps) {
     if (check_float(x, "layer_norm") != 0) return -1;
@@ -357,7 +357,7 @@ int cpu_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const
     return 0;
 }
 
-int cpu_layer_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+int cpu_layer_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                             const ct_tensor *x, const ct_tensor *mean, const ct_tensor *rstd,
                             const ct_tensor *weight, int64_t M, int64_t N) {
     if (check_float(x, "layer_norm_backward") != 0) return -1;

@@ -208,7 +208,7 @@ DEF_POOL(double, f64)
 
 static int64_t planes(const ct_tensor *t) { return t->shape[0] * t->shape[1]; }
 
-int cpu_max_pool2d_forward(ct_tensor *y, ct_tensor *indices, const ct_tensor *x,
+int cpu_max_pool2d_forward_full(ct_tensor *y, ct_tensor *indices, const ct_tensor *x,
                            const ct_pool_params *p) {
     if (check_float(x, "max_pool2d") != 0) return -1;
     pool_ctx c = {0};
@@ -221,7 +221,7 @@ int cpu_max_pool2d_forward(ct_tensor *y, ct_tensor *indices, const ct_tensor *x,
     return 0;
 }
 
-int cpu_max_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices,
+int cpu_max_pool2d_backward_full(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices,
                             const ct_pool_params *p) {
     if (check_float(gx, "max_pool2d backward") != 0) return -1;
     pool_ctx c = {0};
@@ -234,7 +234,7 @@ int cpu_max_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor 
     return 0;
 }
 
-int cpu_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x, const ct_pool_params *p) {
+int cpu_avg_pool2d_forward_full(ct_tensor *y, const ct_tensor *x, const ct_pool_params *p) {
     if (check_float(x, "avg_pool2d") != 0) return -1;
     pool_ctx c = {0};
     ctx_from(&c, x, y, p);
@@ -245,7 +245,7 @@ int cpu_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x, const ct_pool_param
     return 0;
 }
 
-int cpu_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_pool_params *p) {
+int cpu_avg_pool2d_backward_full(ct_tensor *gx, const ct_tensor *gy, const ct_pool_params *p) {
     if (check_float(gx, "avg_pool2d backward") != 0) return -1;
     pool_ctx c = {0};
     ctx_from(&c, gx, gy, p);
@@ -256,7 +256,7 @@ int cpu_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_pool_pa
     return 0;
 }
 
-int cpu_adaptive_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x) {
+int cpu_adaptive_avg_pool2d_forward_full(ct_tensor *y, const ct_tensor *x) {
     if (check_float(x, "adaptive_avg_pool2d") != 0) return -1;
     pool_ctx c = {0};
     ctx_from(&c, x, y, NULL);
@@ -268,7 +268,7 @@ int cpu_adaptive_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x) {
     return 0;
 }
 
-int cpu_adaptive_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy) {
+int cpu_adaptive_avg_pool2d_backward_full(ct_tensor *gx, const ct_tensor *gy) {
     if (check_float(gx, "adaptive_avg_pool2d backward") != 0) return -1;
     pool_ctx c = {0};
     ctx_from(&c, gx, gy, NULL);
@@ -495,7 +495,7 @@ static int mp22_ok(const mp_ctx *c, const ct_tensor *t) {
            c->Wo == c->W / 2 && have_avx512() && !getenv("CTORCH_POOL_REFERENCE");
 }
 
-int cpu_max_pool2d_codes_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
+int cpu_max_pool2d_codes_forward_full(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
                          const ct_pool_params *p, int relu) {
     if (check_float(x, "max_pool2d") != 0) return -1;
     if (p->kernel[0] * p->kernel[1] > CPU_POOL_NOGRAD)
@@ -515,7 +515,7 @@ int cpu_max_pool2d_codes_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor
     return 0;
 }
 
-int cpu_max_pool2d_codes_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
+int cpu_max_pool2d_codes_backward_full(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
                                   const ct_pool_params *p) {
     if (check_float(gx, "max_pool2d backward") != 0) return -1;
     mp_ctx c = {0};

@@ -132,7 +132,7 @@ static int64_t outer_reduce_cols(const ct_tensor *a, const int *reduce) {
 COLRED(float, colred_f32)
 COLRED(double, colred_f64)
 
-int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a, const int *reduce) {
+int cpu_reduce_full(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a, const int *reduce) {
     if (a->dtype != CT_FLOAT32 && a->dtype != CT_FLOAT64 && a->dtype != CT_INT64 &&
         a->dtype != CT_BOOL)
         return ct_error("reduce: dtype %s not supported on the CPU", ct_dtype_name(a->dtype));

@@ -343,7 +343,7 @@ static int sm_run(sm_ctx *c, ct_dtype dt, int backward, const char *op) {
     return 0;
 }
 
-int cpu_softmax_forward(ct_tensor *y, const ct_tensor *x, int dim, int is_log) {
+int cpu_softmax_forward_full(ct_tensor *y, const ct_tensor *x, int dim, int is_log) {
     sm_ctx c = {0};
     sm_split(x, dim, &c.outer, &c.C, &c.inner);
     c.x = ct_ptr(x);
@@ -352,7 +352,7 @@ int cpu_softmax_forward(ct_tensor *y, const ct_tensor *x, int dim, int is_log) {
     return sm_run(&c, x->dtype, 0, is_log ? "log_softmax" : "softmax");
 }
 
-int cpu_softmax_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim,
+int cpu_softmax_backward_full(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim,
                          int is_log) {
     sm_ctx c = {0};
     sm_split(y, dim, &c.outer, &c.C, &c.inner);
@@ -440,7 +440,7 @@ static int ce_dtype_ok(ct_dtype dt, const char *op) {
 }
 
 /* logp ([N, C], may be NULL) receives log_softmax(logits) for the backward. */
-int cpu_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
+int cpu_cross_entropy_forward_full(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
                               const ct_tensor *logits, const ct_tensor *target,
                               ct_reduction red, int64_t ignore_index, double label_smoothing) {
     if (ce_dtype_ok(logits->dtype, "cross_entropy") != 0) return -1;
@@ -473,7 +473,7 @@ int cpu_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total_
     return 0;
 }
 
-int cpu_cross_entropy_backward(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
+int cpu_cross_entropy_backward_full(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
                                const ct_tensor *target, const ct_tensor *total_weight,
                                ct_reduction red, int64_t ignore_index, double label_smoothing) {
     if (ce_dtype_ok(glogits->dtype, "cross_entropy backward") != 0) return -1;

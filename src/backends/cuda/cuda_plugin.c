@@ -571,6 +571,10 @@ static ct_backend g_backend = {
     .free = be_free,
     .memcpy = cu_memcpy,
     .procs = &g_procs,
+    /* PyTorch's CUDA autocast runs these in float32 too */
+    .autocast_fp32 = 1u << CT_AC_SOFTMAX | 1u << CT_AC_LOG_SOFTMAX | 1u << CT_AC_LAYER_NORM |
+                     1u << CT_AC_SUM | 1u << CT_AC_EXP | 1u << CT_AC_LOG | 1u << CT_AC_POW,
+    .fp16_emulated = 0,
     .k = {CT_KERNEL_LIST(CT__CUDA_ENTRY)},
 };
 #undef CT__CUDA_ENTRY

@@ -1,0 +1,15 @@
+/* Which x86 vector level the CPU kernels use: the highest the CPU has, or a lower one
+ * forced with CTORCH_CPU_ISA=avx2|avx512|none (so that an AVX-512 machine can measure its
+ * AVX2 paths). Read on every call so tests can switch paths. */
+#ifndef CT_CPU_ISA_H
+#define CT_CPU_ISA_H
+
+typedef enum { CT_ISA_NONE = 0, CT_ISA_AVX2 = 1, CT_ISA_AVX512 = 2 } ct_isa_level;
+
+/* The level in use: min(the CPU's, CTORCH_CPU_ISA's). */
+ct_isa_level ct_cpu_isa_level(void);
+/* The CPU's own level, whatever CTORCH_CPU_ISA says. */
+ct_isa_level ct_cpu_isa_native(void);
+int ct_cpu_has_avx512bf16(void);
+const char *ct_isa_name(ct_isa_level l); /* "avx512", "avx2", "none" */
+#endif

@@ -1,0 +1,370 @@
+/* The CPU's bfloat16 / float16 entry points. Each kernel below accepts operands in
+ * bfloat16 or float16 (the compute dtypes of autocast) as well as float32 / float64: a
+ * low-precision operand is widened to float32, the float32 kernel (cpu_<name>_full) runs,
+ * and each low-precision result is rounded back to nearest even. That is PyTorch's CPU
+ * semantics for these dtypes (compute in float32, round once at the output), and it is the
+ * fallback of every op; the hot ones (GEMM, convolution) take their own paths inside the
+ * full kernels where the CPU has bf16 arithmetic (see cpu_gemm_bf16.c).
+ *
+ * Operands that are float32 already (master weights, batch-norm parameters and running
+ * statistics, the fp32 side of a mixed op) are passed through untouched. */
+#include "core/backend.h"
+#include "core/error.h"
+#include "cpu_kernels.h"
+
+#define LP_MAX 8
+
+typedef struct {
+    int failed;
+    int n;
+    ct_tensor *tmp[LP_MAX];       /* float32 stand-ins */
+    ct_tensor *dst[LP_MAX];       /* the low-precision tensor a result goes back to, or NULL */
+} lowp;
+
+static int is_lowp(const ct_tensor *t) {
+    return t && (t->dtype == CT_BFLOAT16 || t->dtype == CT_FLOAT16);
+}
+
+/* A float32 stand-in for t, shaped like t (contiguous), recorded in L; copy: with t's
+ * values. NULL (and L->failed) when out of memory. */
+static ct_tensor *stand_in(lowp *L, const ct_tensor *t, int copy, ct_tensor *back) {
+    if (L->n >= LP_MAX) {
+        L->failed = 1;
+        ct_error("low-precision kernel: more than %d operands", LP_MAX);
+        return NULL;
+    }
+    ct_tensor *f = ct_empty_on(t->shape, t->ndim, CT_FLOAT32, t->storage->device);
+    if (!f || (copy && cpu_copy(f, t) != 0)) {
+        ct_free(f);
+        L->failed = 1;
+        return NULL;
+    }
+    L->tmp[L->n] = f;
+    L->dst[L->n++] = back;
+    return f;
+}
+
+/* An input: itself unless low precision. */
+static const ct_tensor *lp_in(lowp *L, const ct_tensor *t) {
+    return is_lowp(t) ? stand_in(L, t, 1, NULL) : t;
+}
+/* An output: itself unless low precision (then written back by lp_done). */
+static ct_tensor *lp_out(lowp *L, ct_tensor *t) {
+    return is_lowp(t) ? stand_in(L, t, 0, t) : t;
+}
+/* An output that is read first (accumulated into, updated in place). */
+static ct_tensor *lp_inout(lowp *L, ct_tensor *t) {
+    return is_lowp(t) ? stand_in(L, t, 1, t) : t;
+}
+
+/* Rounds the results back into their low-precision tensors (when rc == 0) and frees the
+ * stand-ins; returns rc, or -1 when a stand-in could not be made. */
+static int lp_done(lowp *L, int rc) {
+    if (L->failed) rc = -1;
+    for (int i = 0; i < L->n; i++) {
+        if (rc == 0 && L->dst[i] && cpu_copy(L->dst[i], L->tmp[i]) != 0) rc = -1;
+        ct_free(L->tmp[i]);
+    }
+    return rc;
+}
+
+/* Calls the full-precision kernel when no stand-in failed. */
+#define LP_RUN(L, call) lp_done(&(L), (L).failed ? -1 : (call))
+
+#define ANY2(a, b) (is_lowp(a) || is_lowp(b))
+#define ANY3(a, b, c) (ANY2(a, b) || is_lowp(c))
+#define ANY4(a, b, c, d) (ANY3(a, b, c) || is_lowp(d))
+
+int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,
+               double alpha) {
+    if (!ANY3(out, a, b)) return cpu_binary_full(op, out, a, b, alpha);
+    lowp L = {0};
+    const ct_tensor *a32 = lp_in(&L, a), *b32 = lp_in(&L, b);
+    return LP_RUN(L, cpu_binary_full(op, lp_out(&L, out), a32, b32, alpha));
+}
+
+int cpu_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
+    if (!ANY2(out, a)) return cpu_unary_full(op, out, a, p1, p2);
+    lowp L = {0};
+    const ct_tensor *a32 = lp_in(&L, a);
+    return LP_RUN(L, cpu_unary_full(op, lp_out(&L, out), a32, p1, p2));
+}
+
+int cpu_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
+                       const ct_tensor *y, double p1, double p2) {
+    if (!ANY4(gx, gy, x, y)) return cpu_unary_backward_full(op, gx, gy, x, y, p1, p2);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy), *x32 = x ? lp_in(&L, x) : NULL;
+    const ct_tensor *y32 = y ? lp_in(&L, y) : NULL;
+    return LP_RUN(L, cpu_unary_backward_full(op, lp_out(&L, gx), gy32, x32, y32, p1, p2));
+}
+
+int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
+               const int *reduce) {
+    if (!ANY2(out, a)) return cpu_reduce_full(op, out, indices, a, reduce);
+    lowp L = {0};
+    const ct_tensor *a32 = lp_in(&L, a);
+    return LP_RUN(L, cpu_reduce_full(op, lp_out(&L, out), indices, a32, reduce));
+}
+
+int cpu_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
+    if (!ANY3(c, a, b)) return cpu_bmm_full(c, a, b, alpha, beta);
+    if (cpu_bmm_lowp(c, a, b, alpha, beta) == 0) return 0; /* bf16 arithmetic */
+    lowp L = {0};
+    const ct_tensor *a32 = lp_in(&L, a), *b32 = lp_in(&L, b);
+    ct_tensor *c32 = beta != 0 ? lp_inout(&L, c) : lp_out(&L, c);
+    return LP_RUN(L, cpu_bmm_full(c32, a32, b32, alpha, beta));
+}
+
+int cpu_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
+                       const ct_tensor *bias, const ct_conv_params *p) {
+    if (!ANY4(y, x, w, bias)) return cpu_conv2d_forward_full(y, x, w, bias, p);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x), *w32 = lp_in(&L, w);
+    const ct_tensor *b32 = bias ? lp_in(&L, bias) : NULL;
+    return LP_RUN(L, cpu_conv2d_forward_full(lp_out(&L, y), x32, w32, b32, p));
+}
+
+int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
+                              const ct_conv_params *p) {
+    if (!ANY3(gx, gy, w)) return cpu_conv2d_backward_input_full(gx, gy, w, p);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy), *w32 = lp_in(&L, w);
+    return LP_RUN(L, cpu_conv2d_backward_input_full(lp_out(&L, gx), gy32, w32, p));
+}
+
+int cpu_conv2d_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                               const ct_tensor *x, const ct_conv_params *p) {
+    if (!ANY4(gw, gb, gy, x)) return cpu_conv2d_backward_weight_full(gw, gb, gy, x, p);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy), *x32 = lp_in(&L, x);
+    ct_tensor *gb32 = gb ? lp_out(&L, gb) : NULL;
+    return LP_RUN(L, cpu_conv2d_backward_weight_full(lp_out(&L, gw), gb32, gy32, x32, p));
+}
+
+int cpu_conv2d_relu_max_pool2d_forward(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
+                                       const ct_tensor *w, const ct_tensor *bias,
+                                       const ct_conv_params *p, const ct_pool_params *pp) {
+    if (!ANY4(yp, x, w, bias))
+        return cpu_conv2d_relu_max_pool2d_forward_full(yp, codes, x, w, bias, p, pp);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x), *w32 = lp_in(&L, w);
+    const ct_tensor *b32 = bias ? lp_in(&L, bias) : NULL;
+    return LP_RUN(L, cpu_conv2d_relu_max_pool2d_forward_full(lp_out(&L, yp), codes, x32, w32,
+                                                             b32, p, pp));
+}
+
+int cpu_max_pool2d_forward(ct_tensor *y, ct_tensor *indices, const ct_tensor *x,
+                           const ct_pool_params *p) {
+    if (!ANY2(y, x)) return cpu_max_pool2d_forward_full(y, indices, x, p);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x);
+    return LP_RUN(L, cpu_max_pool2d_forward_full(lp_out(&L, y), indices, x32, p));
+}
+
+int cpu_max_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices,
+                            const ct_pool_params *p) {
+    if (!ANY2(gx, gy)) return cpu_max_pool2d_backward_full(gx, gy, indices, p);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy);
+    return LP_RUN(L, cpu_max_pool2d_backward_full(lp_out(&L, gx), gy32, indices, p));
+}
+
+int cpu_max_pool2d_codes_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
+                                 const ct_pool_params *p, int relu) {
+    if (!ANY2(y, x)) return cpu_max_pool2d_codes_forward_full(y, codes, x, p, relu);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x);
+    return LP_RUN(L, cpu_max_pool2d_codes_forward_full(lp_out(&L, y), codes, x32, p, relu));
+}
+
+int cpu_max_pool2d_codes_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
+                                  const ct_pool_params *p) {
+    if (!ANY2(gx, gy)) return cpu_max_pool2d_codes_backward_full(gx, gy, codes, p);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy);
+    return LP_RUN(L, cpu_max_pool2d_codes_backward_full(lp_out(&L, gx), gy32, codes, p));
+}
+
+int cpu_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x, const ct_pool_params *p) {
+    if (!ANY2(y, x)) return cpu_avg_pool2d_forward_full(y, x, p);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x);
+    return LP_RUN(L, cpu_avg_pool2d_forward_full(lp_out(&L, y), x32, p));
+}
+
+int cpu_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_pool_params *p) {
+    if (!ANY2(gx, gy)) return cpu_avg_pool2d_backward_full(gx, gy, p);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy);
+    return LP_RUN(L, cpu_avg_pool2d_backward_full(lp_out(&L, gx), gy32, p));
+}
+
+int cpu_adaptive_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x) {
+    if (!ANY2(y, x)) return cpu_adaptive_avg_pool2d_forward_full(y, x);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x);
+    return LP_RUN(L, cpu_adaptive_avg_pool2d_forward_full(lp_out(&L, y), x32));
+}
+
+int cpu_adaptive_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy) {
+    if (!ANY2(gx, gy)) return cpu_adaptive_avg_pool2d_backward_full(gx, gy);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy);
+    return LP_RUN(L, cpu_adaptive_avg_pool2d_backward_full(lp_out(&L, gx), gy32));
+}
+
+int cpu_softmax_forward(ct_tensor *y, const ct_tensor *x, int dim, int log) {
+    if (!ANY2(y, x)) return cpu_softmax_forward_full(y, x, dim, log);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x);
+    return LP_RUN(L, cpu_softmax_forward_full(lp_out(&L, y), x32, dim, log));
+}
+
+int cpu_softmax_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim,
+                         int log) {
+    if (!ANY3(gx, gy, y)) return cpu_softmax_backward_full(gx, gy, y, dim, log);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy), *y32 = lp_in(&L, y);
+    return LP_RUN(L, cpu_softmax_backward_full(lp_out(&L, gx), gy32, y32, dim, log));
+}
+
+int cpu_nll_loss_forward(ct_tensor *out, ct_tensor *total_weight, const ct_tensor *logp,
+                         const ct_tensor *target, ct_reduction red, int64_t ignore_index) {
+    if (!ANY3(out, total_weight, logp))
+        return cpu_nll_loss_forward_full(out, total_weight, logp, target, red, ignore_index);
+    lowp L = {0};
+    const ct_tensor *lp32 = lp_in(&L, logp);
+    ct_tensor *tw32 = lp_out(&L, total_weight);
+    return LP_RUN(L, cpu_nll_loss_forward_full(lp_out(&L, out), tw32, lp32, target, red,
+                                               ignore_index));
+}
+
+int cpu_nll_loss_backward(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
+                          const ct_tensor *total_weight, ct_reduction red,
+                          int64_t ignore_index) {
+    if (!ANY3(glogp, gout, total_weight))
+        return cpu_nll_loss_backward_full(glogp, gout, target, total_weight, red, ignore_index);
+    lowp L = {0};
+    const ct_tensor *go32 = lp_in(&L, gout), *tw32 = lp_in(&L, total_weight);
+    return LP_RUN(L, cpu_nll_loss_backward_full(lp_out(&L, glogp), go32, target, tw32, red,
+                                                ignore_index));
+}
+
+int cpu_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
+                              const ct_tensor *logits, const ct_tensor *target,
+                              ct_reduction red, int64_t ignore_index, double label_smoothing) {
+    if (!ANY4(out, logp, total_weight, logits))
+        return cpu_cross_entropy_forward_full(out, logp, total_weight, logits, target, red,
+                                              ignore_index, label_smoothing);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, logits);
+    ct_tensor *lp32 = logp ? lp_out(&L, logp) : NULL, *tw32 = lp_out(&L, total_weight);
+    return LP_RUN(L, cpu_cross_entropy_forward_full(lp_out(&L, out), lp32, tw32, x32, target,
+                                                    red, ignore_index, label_smoothing));
+}
+
+int cpu_cross_entropy_backward(ct_tensor *glogits, const ct_tensor *gout,
+                               const ct_tensor *logp, const ct_tensor *target,
+                               const ct_tensor *total_weight, ct_reduction red,
+                               int64_t ignore_index, double label_smoothing) {
+    if (!ANY4(glogits, gout, logp, total_weight))
+        return cpu_cross_entropy_backward_full(glogits, gout, logp, target, total_weight, red,
+                                               ignore_index, label_smoothing);
+    lowp L = {0};
+    const ct_tensor *go32 = lp_in(&L, gout), *lp32 = lp_in(&L, logp);
+    const ct_tensor *tw32 = lp_in(&L, total_weight);
+    return LP_RUN(L, cpu_cross_entropy_backward_full(lp_out(&L, glogits), go32, lp32, target,
+                                                     tw32, red, ignore_index,
+                                                     label_smoothing));
+}
+
+/* Batch norm with a low-precision input and float32 parameters / statistics (PyTorch's
+ * mixed-type batch norm) widens only the input and output. */
+int cpu_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd,
+                           const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
+                           ct_tensor *running_mean, ct_tensor *running_var, int training,
+                           double momentum, double eps) {
+    if (!ANY4(y, x, weight, bias) && !ANY4(save_mean, save_invstd, running_mean, running_var))
+        return cpu_batch_norm_forward_full(y, save_mean, save_invstd, x, weight, bias,
+                                           running_mean, running_var, training, momentum, eps);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x);
+    const ct_tensor *w32 = weight ? lp_in(&L, weight) : NULL;
+    const ct_tensor *b32 = bias ? lp_in(&L, bias) : NULL;
+    ct_tensor *rm = running_mean ? lp_inout(&L, running_mean) : NULL;
+    ct_tensor *rv = running_var ? lp_inout(&L, running_var) : NULL;
+    ct_tensor *sm = lp_out(&L, save_mean), *si = lp_out(&L, save_invstd);
+    return LP_RUN(L, cpu_batch_norm_forward_full(lp_out(&L, y), sm, si, x32, w32, b32, rm, rv,
+                                                 training, momentum, eps));
+}
+
+int cpu_batch_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                            const ct_tensor *x, const ct_tensor *weight,
+                            const ct_tensor *save_mean, const ct_tensor *save_invstd,
+                            int training) {
+    if (!ANY4(gx, gw, gb, gy) && !ANY4(x, weight, save_mean, save_invstd))
+        return cpu_batch_norm_backward_full(gx, gw, gb, gy, x, weight, save_mean, save_invstd,
+                                            training);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy), *x32 = lp_in(&L, x);
+    const ct_tensor *w32 = weight ? lp_in(&L, weight) : NULL;
+    const ct_tensor *sm = lp_in(&L, save_mean), *si = lp_in(&L, save_invstd);
+    ct_tensor *gx32 = gx ? lp_out(&L, gx) : NULL, *gw32 = gw ? lp_out(&L, gw) : NULL;
+    ct_tensor *gb32 = gb ? lp_out(&L, gb) : NULL;
+    return LP_RUN(L, cpu_batch_norm_backward_full(gx32, gw32, gb32, gy32, x32, w32, sm, si,
+                                                  training));
+}
+
+int cpu_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
+                           const ct_tensor *weight, const ct_tensor *bias, int64_t M,
+                           int64_t N, double eps) {
+    if (!ANY4(y, mean, rstd, x) && !ANY2(weight, bias))
+        return cpu_layer_norm_forward_full(y, mean, rstd, x, weight, bias, M, N, eps);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x);
+    const ct_tensor *w32 = weight ? lp_in(&L, weight) : NULL;
+    const ct_tensor *b32 = bias ? lp_in(&L, bias) : NULL;
+    ct_tensor *m32 = lp_out(&L, mean), *r32 = lp_out(&L, rstd);
+    return LP_RUN(L, cpu_layer_norm_forward_full(lp_out(&L, y), m32, r32, x32, w32, b32, M, N,
+                                                 eps));
+}
+
+int cpu_layer_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                            const ct_tensor *x, const ct_tensor *mean, const ct_tensor *rstd,
+                            const ct_tensor *weight, int64_t M, int64_t N) {
+    if (!ANY4(gx, gw, gb, gy) && !ANY4(x, mean, rstd, weight))
+        return cpu_layer_norm_backward_full(gx, gw, gb, gy, x, mean, rstd, weight, M, N);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy), *x32 = lp_in(&L, x);
+    const ct_tensor *m32 = lp_in(&L, mean), *r32 = lp_in(&L, rstd);
+    const ct_tensor *w32 = weight ? lp_in(&L, weight) : NULL;
+    ct_tensor *gx32 = gx ? lp_out(&L, gx) : NULL, *gw32 = gw ? lp_out(&L, gw) : NULL;
+    ct_tensor *gb32 = gb ? lp_out(&L, gb) : NULL;
+    return LP_RUN(L, cpu_layer_norm_backward_full(gx32, gw32, gb32, gy32, x32, m32, r32, w32,
+                                                  M, N));
+}
+
+int cpu_dropout_forward(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, const ct_tensor *u,
+                        double p) {
+    if (!ANY4(y, mask, x, u)) return cpu_dropout_forward_full(y, mask, x, u, p);
+    lowp L = {0};
+    const ct_tensor *x32 = lp_in(&L, x), *u32 = lp_in(&L, u);
+    ct_tensor *m32 = lp_out(&L, mask);
+    return LP_RUN(L, cpu_dropout_forward_full(lp_out(&L, y), m32, x32, u32, p));
+}
+
+int cpu_embedding_forward(ct_tensor *y, const ct_tensor *weight, const ct_tensor *indices) {
+    if (!ANY2(y, weight)) return cpu_embedding_forward_full(y, weight, indices);
+    lowp L = {0};
+    const ct_tensor *w32 = lp_in(&L, weight);
+    return LP_RUN(L, cpu_embedding_forward_full(lp_out(&L, y), w32, indices));
+}
+
+int cpu_embedding_backward(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *indices,
+                           int64_t padding_idx) {
+    if (!ANY2(gw, gy)) return cpu_embedding_backward_full(gw, gy, indices, padding_idx);
+    lowp L = {0};
+    const ct_tensor *gy32 = lp_in(&L, gy);
+    return LP_RUN(L, cpu_embedding_backward_full(lp_out(&L, gw), gy32, indices, padding_idx));
+}
