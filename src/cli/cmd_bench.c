@@ -10,9 +10,10 @@
 #include <string.h>
 
 typedef struct {
-    const char *model_name, *device;
+    const char *model_name, *device, *amp_s;
     int64_t batch, steps, threads;
     int json;
+    cli_amp amp;
 } bench_args;
 
 static int parse_args(int argc, char **argv, bench_args *a) {
@@ -23,34 +24,38 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         {"--threads", OPT_INT, &a->threads, 1, 1024, 0},
         {"--device", OPT_STRING, &a->device, 0, 0, 0},
         {"--json", OPT_FLAG, &a->json, 0, 0, 0},
+        {"--amp", OPT_STRING, &a->amp_s, 0, 0, 0},
     };
     const char *pos[1];
     int npos, rc = cli_parse("bench", argc, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
     if (rc) return rc;
     if (!a->model_name || !a->batch)
         return cli_fail("bench", CLI_USAGE, "--model and --batch-size are required; see `ctorch help bench`");
+    if (a->amp_s && (rc = cli_amp_parse("bench", a->amp_s, &a->amp)) != 0) return rc;
     return cli_choice("bench", "--model", a->model_name, ct_model_names());
 }
 
 /* Seconds of `steps` training steps on (xd, yd) after `warm` untimed ones. */
 static int time_training(ct_module *model, ct_optimizer *opt, const ct_tensor *xd,
-                         const ct_tensor *yd, ct_device dev, int64_t warm, int64_t steps,
-                         double *secs) {
+                         const ct_tensor *yd, ct_device dev, const cli_amp *amp, int64_t warm,
+                         int64_t steps, double *secs) {
     ct_module_train(model, 1);
     train_step_result r;
     *secs = 0;
     for (int64_t i = 0; i < warm + steps; i++) {
         double t0 = cli_now();
-        if (cli_train_step(model, opt, xd, yd, dev, &r) != 0) return -1;
+        if (cli_train_step(model, opt, xd, yd, dev, amp, &r) != 0) return -1;
         if (i >= warm) *secs += cli_now() - t0;
     }
     return 0;
 }
 
 /* Seconds of `steps` inference forwards (result back on the host) after `warm`. */
-static int time_inference(ct_module *model, const ct_tensor *xd, int64_t warm, int64_t steps,
-                          double *secs) {
+static int time_inference(ct_module *model, const ct_tensor *xd, const cli_amp *amp,
+                          int64_t warm, int64_t steps, double *secs) {
     ct_module_eval(model);
+    if (amp->dtype != CT_FLOAT32 && ct_autocast_push(ct_device_of(xd).type, amp->dtype) != 0)
+        return -1;
     int prev = ct_set_grad_enabled(0), rc = 0;
     *secs = 0;
     for (int64_t i = 0; i < warm + steps && rc == 0; i++) {
@@ -64,23 +69,27 @@ static int time_inference(ct_module *model, const ct_tensor *xd, int64_t warm, i
         if (i >= warm) *secs += cli_now() - t0;
     }
     ct_set_grad_enabled(prev);
+    if (amp->dtype != CT_FLOAT32) ct_autocast_pop();
     return rc;
 }
 
 static int report(const bench_args *a, double tips, double iips) {
     if (a->json)
-        return cli_json_print("bench", json_pack("{s:s, s:I, s:i, s:s, s:o, s:o}", "model", a->model_name,
-                                                 "batch_size", (json_int_t)a->batch, "threads",
-                                                 ct_get_num_threads(), "device", a->device,
+        return cli_json_print("bench", json_pack("{s:s, s:I, s:i, s:s, s:s, s:o, s:o}", "model",
+                                                 a->model_name, "batch_size", (json_int_t)a->batch,
+                                                 "threads", ct_get_num_threads(), "device",
+                                                 a->device, "amp", cli_amp_name(&a->amp),
                                                  "train_images_per_sec", cli_json_number(tips, "%.1f"),
                                                  "infer_images_per_sec", cli_json_number(iips, "%.1f")));
-    printf("%s batch %lld on %s (%d threads): train %.1f images/s, inference %.1f images/s\n",
-           a->model_name, (long long)a->batch, a->device, ct_get_num_threads(), tips, iips);
+    printf("%s batch %lld on %s (%d threads, amp %s): train %.1f images/s, inference %.1f "
+           "images/s\n",
+           a->model_name, (long long)a->batch, a->device, ct_get_num_threads(),
+           cli_amp_name(&a->amp), tips, iips);
     return CLI_OK;
 }
 
 int cmd_bench(int argc, char **argv) {
-    bench_args a = {.device = "cpu", .steps = 20};
+    bench_args a = {.device = "cpu", .steps = 20, .amp = {CT_FLOAT32}};
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     ct_device dev;
@@ -112,8 +121,8 @@ int cmd_bench(int argc, char **argv) {
     /* training steps, then inference: warm-up, then timed */
     int64_t warm = a.steps < 3 ? 1 : 3;
     double t_train = 0, t_infer = 0;
-    if (!xd || !yd || !opt || time_training(model, opt, xd, yd, dev, warm, a.steps, &t_train) != 0 ||
-        time_inference(model, xd, warm, a.steps, &t_infer) != 0) {
+    if (!xd || !yd || !opt || time_training(model, opt, xd, yd, dev, &a.amp, warm, a.steps, &t_train) != 0 ||
+        time_inference(model, xd, &a.amp, warm, a.steps, &t_infer) != 0) {
         code = cli_fail("bench", CLI_RUNTIME, "%s", ct_last_error());
         goto done;
     }

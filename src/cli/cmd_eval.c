@@ -11,6 +11,8 @@ int cmd_eval(int argc, char **argv) {
     const char *model_name = NULL, *ckpt = NULL, *dataset = NULL, *data_dir = NULL, *device = "cpu";
     int64_t test_limit = 0, threads = 0, batch = 256;
     int json = 0;
+    const char *amp_s = NULL;
+    cli_amp amp = {CT_FLOAT32};
     cli_opt opts[] = {
         {"--model", OPT_STRING, &model_name, 0, 0, 0},
         {"--checkpoint", OPT_STRING, &ckpt, 0, 0, 0},
@@ -21,6 +23,7 @@ int cmd_eval(int argc, char **argv) {
         {"--threads", OPT_INT, &threads, 1, 1024, 0},
         {"--device", OPT_STRING, &device, 0, 0, 0},
         {"--json", OPT_FLAG, &json, 0, 0, 0},
+        {"--amp", OPT_STRING, &amp_s, 0, 0, 0},
     };
     const char *pos[1];
     int npos, rc = cli_parse("eval", argc, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
@@ -28,6 +31,7 @@ int cmd_eval(int argc, char **argv) {
     if (!model_name || !ckpt || !dataset)
         return cli_fail("eval", CLI_USAGE, "--model, --checkpoint and --dataset are required; see `ctorch help eval`");
     if ((rc = cli_choice("eval", "--model", model_name, ct_model_names()))) return rc;
+    if (amp_s && (rc = cli_amp_parse("eval", amp_s, &amp))) return rc;
     ct_dataset_kind kind;
     if (ct_dataset_parse_name(dataset, &kind) != 0) return cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
     ct_device dev;
@@ -44,7 +48,7 @@ int cmd_eval(int argc, char **argv) {
                         "checkpoint was saved from)", ct_last_error());
     else if (ct_module_to(model, dev, -1) != 0)
         code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
-    else if (cli_evaluate(model, test, kind, dev, batch, &ev) != 0)
+    else if (cli_evaluate(model, test, kind, dev, batch, &amp, &ev) != 0)
         code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
     else if (json)
         code = cli_json_print("eval", json_pack("{s:s, s:s, s:I, s:o, s:o}", "model", model_name, "dataset",

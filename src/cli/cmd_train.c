@@ -27,7 +27,8 @@ static const char *const AUGMENTS[] = {"none", "standard", NULL};
 
 typedef struct {
     const char *model, *dataset, *data_dir, *optimizer, *schedule, *augment, *device;
-    const char *init, *save, *log_json;
+    const char *init, *save, *log_json, *amp_s;
+    cli_amp amp;
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
     double lr, momentum, weight_decay;
     int nesterov, no_shuffle;
@@ -124,6 +125,7 @@ static int parse_args(int argc, char **argv, train_args *a) {
         {"--init", OPT_STRING, &a->init, 0, 0, 0},
         {"--save", OPT_STRING, &a->save, 0, 0, 0},
         {"--log-json", OPT_STRING, &a->log_json, 0, 0, 0},
+        {"--amp", OPT_STRING, &a->amp_s, 0, 0, 0},
     };
     const char *pos[1];
     int npos, rc = cli_parse("train", argc, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
@@ -133,7 +135,8 @@ static int parse_args(int argc, char **argv, train_args *a) {
     if ((rc = cli_choice("train", "--model", a->model, ct_model_names())) ||
         (rc = cli_choice("train", "--optimizer", a->optimizer, OPTIMIZERS)) ||
         (rc = cli_choice("train", "--schedule", a->schedule, SCHEDULES)) ||
-        (rc = cli_choice("train", "--augment", a->augment, AUGMENTS)))
+        (rc = cli_choice("train", "--augment", a->augment, AUGMENTS)) ||
+        (a->amp_s && (rc = cli_amp_parse("train", a->amp_s, &a->amp))))
         return rc;
     return CLI_OK;
 }
@@ -218,9 +221,11 @@ static void print_banner(const train_run *r) {
     char gpu[300] = "", name[256];
     if (ct_device_describe(r->dev, name, sizeof name) == 0) snprintf(gpu, sizeof gpu, " (%s)", name);
     printf("training %s on %s: %lld train / %lld test images, %lld steps per epoch, %s, device "
-           "%s%s, %d threads\n",
+           "%s%s, %d threads%s%s\n",
            r->a.model, ct_dataset_name(r->kind), (long long)r->train->n, (long long)r->test->n,
-           (long long)r->spe, r->a.optimizer, r->a.device, gpu, ct_get_num_threads());
+           (long long)r->spe, r->a.optimizer, r->a.device, gpu, ct_get_num_threads(),
+           r->a.amp.dtype != CT_FLOAT32 ? ", amp " : "",
+           r->a.amp.dtype != CT_FLOAT32 ? cli_amp_name(&r->a.amp) : "");
     fflush(stdout);
 }
 
@@ -249,7 +254,7 @@ static int train_epoch(train_run *r, int64_t epoch, epoch_stats *s) {
     while (r->step < r->total && !g_interrupted && (got = ct_device_prefetcher_next(r->pf, &x, &y)) == 1) {
         ct_optim_set_lr(r->opt, schedule_lr(&r->a, r->step, r->spe, r->total));
         train_step_result res;
-        if (cli_train_step(r->model, r->opt, x, y, r->dev, &res) != 0) {
+        if (cli_train_step(r->model, r->opt, x, y, r->dev, &r->a.amp, &res) != 0) {
             ct_free(x);
             ct_free(y);
             return cli_fail("train", CLI_RUNTIME, "step %lld: %s", (long long)r->step, ct_last_error());
@@ -292,7 +297,7 @@ static void log_epoch(train_run *r, int64_t epoch, const epoch_stats *s, const e
 /* Evaluates on the test set and reports the epoch (stdout, --log-json). */
 static int evaluate_epoch(train_run *r, int64_t epoch, const epoch_stats *s) {
     eval_result ev;
-    if (cli_evaluate(r->model, r->test, r->kind, r->dev, 256, &ev) != 0)
+    if (cli_evaluate(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, &ev) != 0)
         return cli_fail("train", CLI_RUNTIME, "evaluation: %s", ct_last_error());
     double secs = cli_now() - s->t0;
     r->epochs_run++;
@@ -319,7 +324,7 @@ static int finish_run(train_run *r) {
     }
     if (!r->epochs_run) {
         eval_result ev;
-        if (cli_evaluate(r->model, r->test, r->kind, r->dev, 256, &ev) == 0) r->final_acc = ev.accuracy;
+        if (cli_evaluate(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, &ev) == 0) r->final_acc = ev.accuracy;
     }
     printf("final test accuracy: %.2f%%\n", 100.0 * r->final_acc);
     return CLI_OK;
@@ -336,7 +341,7 @@ static void free_run(train_run *r) {
 }
 
 int cmd_train(int argc, char **argv) {
-    train_run r = {.a = {.optimizer = "sgd", .schedule = "none", .augment = "none", .device = "cpu",
+    train_run r = {.a = {.amp = {CT_FLOAT32}, .optimizer = "sgd", .schedule = "none", .augment = "none", .device = "cpu",
                          .epochs = 10, .batch_size = 64, .lr = NAN, .momentum = NAN,
                          .weight_decay = NAN},
                    .final_acc = NAN};

@@ -3,12 +3,35 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 double cli_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int cli_amp_parse(const char *cmd, const char *s, cli_amp *out) {
+    static const char *const choices[] = {"bf16", "fp16", "off", NULL};
+    if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) out->dtype = CT_BFLOAT16;
+    else if (!strcmp(s, "fp16") || !strcmp(s, "float16")) out->dtype = CT_FLOAT16;
+    else if (!strcmp(s, "off") || !strcmp(s, "fp32") || !strcmp(s, "float32")) out->dtype = CT_FLOAT32;
+    else return cli_choice(cmd, "--amp", s, choices);
+    return 0;
+}
+
+const char *cli_amp_name(const cli_amp *amp) {
+    if (!amp || amp->dtype == CT_FLOAT32) return "off";
+    return amp->dtype == CT_BFLOAT16 ? "bf16" : "fp16";
+}
+
+/* Opens the autocast region of a forward pass (nothing when amp is off). */
+static int amp_enter(const cli_amp *amp, ct_device dev) {
+    return amp && amp->dtype != CT_FLOAT32 ? ct_autocast_push(dev.type, amp->dtype) : 0;
+}
+static void amp_exit(const cli_amp *amp) {
+    if (amp && amp->dtype != CT_FLOAT32) ct_autocast_pop();
 }
 
 int cli_device(const char *cmd, const char *s, ct_device *out) {
@@ -112,10 +135,16 @@ int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
 }
 
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
-                   ct_device dev, train_step_result *r) {
+                   ct_device dev, const cli_amp *amp, train_step_result *r) {
     ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
+    if (amp_enter(amp, dev) != 0) {
+        ct_free(xd);
+        ct_free(yd);
+        return -1;
+    }
     ct_tensor *logits = xd ? ct_module_forward(model, xd) : NULL;
     ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_MEAN, 0.0, -100) : NULL;
+    amp_exit(amp);
     int rc = -1;
     if (loss && ct_backward(loss, NULL, 0) == 0 && ct_optim_step(opt) == 0) {
         ct_optim_zero_grad(opt);
@@ -130,7 +159,7 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
 }
 
 int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
-                 int64_t batch, eval_result *out) {
+                 int64_t batch, const cli_amp *amp, eval_result *out) {
     ct_dataloader_opts lo = ct_dataloader_default_opts();
     lo.batch_size = batch;
     lo.shuffle = 0;
@@ -147,8 +176,12 @@ int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, c
     int got, rc = 0;
     while ((got = ct_device_prefetcher_next(pf, &x, &y)) == 1) {
         ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
-        ct_tensor *logits = xd ? ct_module_forward(model, xd) : NULL;
-        ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_SUM, 0.0, -100) : NULL;
+        ct_tensor *logits = NULL, *loss = NULL;
+        if (amp_enter(amp, dev) == 0) {
+            logits = xd ? ct_module_forward(model, xd) : NULL;
+            loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_SUM, 0.0, -100) : NULL;
+            amp_exit(amp);
+        }
         double lv = 0;
         int64_t ok = 0;
         if (!loss || step_stats(logits, loss, yd, &lv, &ok) != 0) rc = -1;

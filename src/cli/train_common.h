@@ -17,7 +17,16 @@ typedef struct {
     int64_t n;
 } eval_result;
 
+/* --amp: mixed precision for a step or an evaluation. */
+typedef struct {
+    ct_dtype dtype; /* CT_BFLOAT16 or CT_FLOAT16 under autocast; CT_FLOAT32: off */
+} cli_amp;
+
 double cli_now(void);
+/* Parses --amp bf16|fp16|off (also bfloat16, float16, fp32); prints the choices and
+ * returns CLI_USAGE on anything else. */
+int cli_amp_parse(const char *cmd, const char *s, cli_amp *out);
+const char *cli_amp_name(const cli_amp *amp); /* "bf16", "fp16", "off" */
 /* Parses --device and checks CUDA is usable; prints the reason and returns CLI_USAGE. */
 int cli_device(const char *cmd, const char *s, ct_device *out);
 /* A DataLoader over ds with options *lo and its device prefetcher (ctorch_data.h). On a
@@ -29,9 +38,9 @@ int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
 /* forward, cross-entropy, backward, optimizer step, zero_grad. x and y may be on the CPU or
  * already on dev. */
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
-                   ct_device dev, train_step_result *r);
+                   ct_device dev, const cli_amp *amp, train_step_result *r);
 /* Test-set loss and accuracy in eval mode without gradients (leaves the model in eval). */
 int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
-                 int64_t batch, eval_result *out);
+                 int64_t batch, const cli_amp *amp, eval_result *out);
 
 #endif

@@ -1,0 +1,356 @@
+/* Mixed precision: bfloat16 / float16 conversions bit for bit against PyTorch, autocast's
+ * dtype choices op by op against torch.autocast("cpu"), bf16 results within PyTorch's own
+ * bf16 tolerances, the bf16 GEMM paths against each other, and the autocast API's errors.
+ * Fixtures: tests/fixtures/gen_amp.py (PyTorch 2.x). */
+#include "ctorch.h"
+#include "test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A tensor of dtype dt (16-bit) whose elements have the bit patterns of `bits` (int64). */
+static ct_tensor *from_bits(const ct_tensor *bits, ct_dtype dt) {
+    int64_t n = ct_numel(bits);
+    ct_tensor *t = ct_empty(&n, 1, dt);
+    const int64_t *b = ct_data(bits);
+    uint16_t *p = ct_data(t);
+    for (int64_t i = 0; i < n; i++) p[i] = (uint16_t)b[i];
+    return t;
+}
+
+/* Counts elements whose 16-bit patterns differ from `want` (int64 patterns). */
+static int64_t count_bits_differ(const ct_tensor *got, const ct_tensor *want, int64_t *first) {
+    const uint16_t *g = ct_data(got);
+    const int64_t *w = ct_data(want);
+    int64_t bad = 0;
+    *first = -1;
+    for (int64_t i = 0; i < ct_numel(want); i++)
+        if (g[i] != (uint16_t)w[i]) {
+            if (*first < 0) *first = i;
+            bad++;
+        }
+    return bad;
+}
+
+TEST(amp_conversions_bit_identical_to_torch) {
+    ct_fixture *fx = ct_fixture_load("amp_convert");
+    if (!fx) return;
+    ct_tensor *x = ct_fixture_get(fx, "f32");
+    const float *xv = ct_data(x);
+    const char *names[2] = {"f32_to_bf16", "f32_to_f16"};
+    const ct_dtype dts[2] = {CT_BFLOAT16, CT_FLOAT16};
+    for (int k = 0; k < 2; k++) {
+        ct_tensor *want = ct_fixture_get(fx, names[k]);
+        ct_tensor *got = ct_to_dtype(x, dts[k]);
+        int64_t first = -1, bad = got ? count_bits_differ(got, want, &first) : -1;
+        CHECK_MSG(bad == 0, "%s: %lld of %lld patterns differ from PyTorch (first: %.9g -> 0x%04x, "
+                  "PyTorch 0x%04x)", names[k], (long long)bad, (long long)ct_numel(want),
+                  first >= 0 ? xv[first] : 0.0,
+                  first >= 0 ? ((const uint16_t *)ct_data(got))[first] : 0,
+                  first >= 0 ? (unsigned)((const int64_t *)ct_data(want))[first] : 0);
+        ct_free(got), ct_free(want);
+    }
+    /* every 16-bit pattern back to float32, bit for bit (NaN payloads included) */
+    int64_t n = 65536;
+    ct_tensor *all = ct_empty(&n, 1, CT_INT64);
+    for (int64_t i = 0; i < n; i++) ((int64_t *)ct_data(all))[i] = i;
+    const char *back[2] = {"bf16_to_f32", "f16_to_f32"};
+    for (int k = 0; k < 2; k++) {
+        ct_tensor *h = from_bits(all, dts[k]), *got = ct_to_dtype(h, CT_FLOAT32);
+        ct_tensor *want = ct_fixture_get(fx, back[k]);
+        int64_t bad = 0, first = -1;
+        for (int64_t i = 0; i < n; i++)
+            if (memcmp((const float *)ct_data(got) + i, (const float *)ct_data(want) + i, 4)) {
+                if (first < 0) first = i;
+                bad++;
+            }
+        CHECK_MSG(bad == 0, "%s: %lld patterns differ (first 0x%04llx)", back[k], (long long)bad,
+                  (long long)first);
+        ct_free(h), ct_free(got), ct_free(want);
+    }
+    ct_free(all), ct_free(x);
+    ct_fixture_free(fx);
+}
+
+/* ---------------------------------------------------------- the autocast table */
+typedef struct {
+    ct_dtype low;
+    ct_tensor *keep[16];
+    int nkeep;
+} actx;
+
+static ct_tensor *K(actx *c, ct_tensor *t) {
+    if (t && c->nkeep < 16) c->keep[c->nkeep++] = t;
+    return t;
+}
+static ct_tensor *rnd(actx *c, ct_dtype dt, int64_t a, int64_t b) {
+    int64_t s[2] = {a, b};
+    ct_tensor *f = K(c, ct_randn(s, 2, CT_FLOAT32));
+    return dt == CT_FLOAT32 ? f : K(c, ct_to_dtype(f, dt));
+}
+static ct_tensor *rnd4(actx *c, ct_dtype dt) {
+    int64_t s[4] = {2, 3, 6, 6};
+    ct_tensor *f = K(c, ct_randn(s, 4, CT_FLOAT32));
+    return dt == CT_FLOAT32 ? f : K(c, ct_to_dtype(f, dt));
+}
+
+/* The ctorch counterpart of each case of gen_amp.py's table (inputs: "_low" ones in the
+ * table's 16-bit dtype, the others float32). */
+static ct_tensor *run_case(const char *name, actx *c) {
+    const ct_dtype L = c->low, F = CT_FLOAT32;
+    int one[2] = {1, 1}, pad1[2] = {1, 1}, zero[2] = {0, 0}, two[2] = {2, 2};
+    int64_t w4s[4] = {4, 3, 3, 3}, four = 4, three = 3, five = 5;
+    int64_t tv[3] = {1, 0, 4};
+    ct_tensor *tgt = K(c, ct_empty(&three, 1, CT_INT64));
+    memcpy(ct_data(tgt), tv, sizeof tv);
+    if (!strcmp(name, "conv2d"))
+        return ct_conv2d(rnd4(c, F), K(c, ct_randn(w4s, 4, F)), K(c, ct_randn(&four, 1, F)), one,
+                         pad1, one, 1);
+    if (!strcmp(name, "conv2d_f64")) {
+        int64_t s[4] = {2, 3, 6, 6};
+        return ct_conv2d(K(c, ct_randn(s, 4, CT_FLOAT64)), K(c, ct_randn(w4s, 4, CT_FLOAT64)), NULL,
+                         one, zero, one, 1);
+    }
+    if (!strcmp(name, "linear"))
+        return ct_linear(rnd(c, F, 3, 5), rnd(c, F, 4, 5), K(c, ct_randn(&four, 1, F)));
+    if (!strcmp(name, "matmul")) return ct_matmul(rnd(c, F, 3, 5), rnd(c, F, 5, 2));
+    if (!strcmp(name, "matmul_bmm")) {
+        int64_t a[3] = {2, 3, 5}, b[3] = {2, 5, 4};
+        return ct_matmul(K(c, ct_randn(a, 3, F)), K(c, ct_randn(b, 3, F)));
+    }
+    if (!strcmp(name, "matmul_mixed")) return ct_matmul(rnd(c, L, 3, 5), rnd(c, F, 5, 2));
+    if (!strcmp(name, "relu_f32")) return ct_relu(rnd(c, F, 3, 5));
+    if (!strcmp(name, "relu_low")) return ct_relu(rnd(c, L, 3, 5));
+    if (!strcmp(name, "max_pool2d_low")) return ct_max_pool2d(rnd4(c, L), two, two, zero, one, 0);
+    if (!strcmp(name, "avg_pool2d_low")) return ct_avg_pool2d(rnd4(c, L), two, two, zero, 0, 1);
+    if (!strcmp(name, "adaptive_avg_pool2d_low")) return ct_adaptive_avg_pool2d(rnd4(c, L), one);
+    if (!strcmp(name, "batch_norm_low")) {
+        ct_tensor *rm = K(c, ct_zeros(&three, 1, F)), *rv = K(c, ct_ones(&three, 1, F));
+        return ct_batch_norm(rnd4(c, L), rm, rv, K(c, ct_ones(&three, 1, F)),
+                             K(c, ct_zeros(&three, 1, F)), 1, 0.1, 1e-5);
+    }
+    if (!strcmp(name, "layer_norm_low"))
+        return ct_layer_norm(rnd(c, L, 3, 5), &five, 1, K(c, ct_ones(&five, 1, F)),
+                             K(c, ct_zeros(&five, 1, F)), 1e-5);
+    if (!strcmp(name, "softmax_low")) return ct_softmax(rnd(c, L, 3, 5), 1);
+    if (!strcmp(name, "log_softmax_low")) return ct_log_softmax(rnd(c, L, 3, 5), 1);
+    if (!strcmp(name, "cross_entropy_low"))
+        return ct_cross_entropy(rnd(c, L, 3, 5), tgt, CT_REDUCTION_MEAN, 0, -100);
+    if (!strcmp(name, "cross_entropy_f32"))
+        return ct_cross_entropy(rnd(c, F, 3, 5), tgt, CT_REDUCTION_MEAN, 0, -100);
+    if (!strcmp(name, "nll_loss_low"))
+        return ct_nll_loss(rnd(c, L, 3, 5), tgt, CT_REDUCTION_MEAN, -100);
+    if (!strcmp(name, "mse_loss_low"))
+        return ct_mse_loss(rnd(c, L, 3, 5), rnd(c, F, 3, 5), CT_REDUCTION_MEAN);
+    if (!strcmp(name, "add_mixed")) return ct_add(rnd(c, L, 3, 5), rnd(c, F, 3, 5));
+    if (!strcmp(name, "add_low")) return ct_add(rnd(c, L, 3, 5), rnd(c, L, 3, 5));
+    if (!strcmp(name, "mul_mixed")) return ct_mul(rnd(c, L, 3, 5), rnd(c, F, 3, 5));
+    if (!strcmp(name, "sum_low")) return ct_sum(rnd(c, L, 3, 5), NULL, 0, 0);
+    if (!strcmp(name, "mean_low")) return ct_mean(rnd(c, L, 3, 5), NULL, 0, 0);
+    if (!strcmp(name, "exp_low")) return ct_exp(rnd(c, L, 3, 5));
+    if (!strcmp(name, "log_low")) return ct_log(K(c, ct_abs(rnd(c, L, 3, 5))));
+    if (!strcmp(name, "pow_low")) return ct_pow_scalar(rnd(c, L, 3, 5), 2);
+    if (!strcmp(name, "sigmoid_low")) return ct_sigmoid(rnd(c, L, 3, 5));
+    if (!strcmp(name, "tanh_low")) return ct_tanh(rnd(c, L, 3, 5));
+    if (!strcmp(name, "gelu_low")) return ct_gelu(rnd(c, L, 3, 5), 0);
+    if (!strcmp(name, "dropout_low")) return ct_dropout(rnd(c, L, 3, 5), 0.5, 1);
+    if (!strcmp(name, "exp_f32")) return ct_exp(rnd(c, F, 3, 5));
+    if (!strcmp(name, "sum_f32")) return ct_sum(rnd(c, F, 3, 5), NULL, 0, 0);
+    if (!strcmp(name, "softmax_f32")) return ct_softmax(rnd(c, F, 3, 5), 1);
+    return NULL;
+}
+
+static const char *const CASES[] = {
+    "conv2d", "conv2d_f64", "linear", "matmul", "matmul_bmm", "matmul_mixed", "relu_f32",
+    "relu_low", "max_pool2d_low", "avg_pool2d_low", "adaptive_avg_pool2d_low",
+    "batch_norm_low", "layer_norm_low", "softmax_low", "log_softmax_low", "cross_entropy_low",
+    "cross_entropy_f32", "nll_loss_low", "mse_loss_low", "add_mixed", "add_low", "mul_mixed",
+    "sum_low", "mean_low", "exp_low", "log_low", "pow_low", "sigmoid_low", "tanh_low",
+    "gelu_low", "dropout_low", "exp_f32", "sum_f32", "softmax_f32", NULL};
+
+TEST(amp_autocast_output_dtypes_match_torch_cpu) {
+    ct_fixture *fx = ct_fixture_load("amp_autocast");
+    if (!fx) return;
+    const char *tags[2] = {"bf16", "fp16"};
+    const ct_dtype lows[2] = {CT_BFLOAT16, CT_FLOAT16};
+    int checked = 0;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; CASES[i]; i++) {
+            char key[96];
+            snprintf(key, sizeof key, "cpu.%s.%s", tags[k], CASES[i]);
+            if (!ct_fixture_has(fx, key)) {
+                ct_test_fail(__FILE__, __LINE__, "fixture has no %s", key);
+                continue;
+            }
+            ct_tensor *w = ct_fixture_get(fx, key);
+            ct_dtype want = (ct_dtype) * (const int64_t *)ct_data(w);
+            actx c = {.low = lows[k]};
+            CHECK_OK(ct_autocast_push(CT_CPU, lows[k]));
+            ct_tensor *y = run_case(CASES[i], &c);
+            CHECK_OK(ct_autocast_pop());
+            CHECK_MSG(y && ct_dtype_of(y) == want, "autocast %s %s: ctorch gives %s, PyTorch %s%s%s",
+                      tags[k], CASES[i], y ? ct_dtype_name(ct_dtype_of(y)) : "an error",
+                      ct_dtype_name(want), y ? "" : ": ", y ? "" : ct_last_error());
+            checked++;
+            ct_free(y), ct_free(w);
+            for (int j = 0; j < c.nkeep; j++) ct_free(c.keep[j]);
+        }
+    CHECK(checked == 2 * 34);
+    ct_fixture_free(fx);
+}
+
+/* ------------------------------------------------------- bf16 results vs PyTorch */
+/* |got - want| <= atol + rtol * |want| elementwise (torch.testing.assert_close). */
+static void check_allclose(const ct_tensor *got, const ct_tensor *want, double rtol, double atol,
+                           const char *what) {
+    ct_tensor *g = got ? ct_to_dtype(got, CT_FLOAT64) : NULL, *w = ct_to_dtype(want, CT_FLOAT64);
+    if (!g || ct_numel(g) != ct_numel(w)) {
+        ct_test_fail(__FILE__, __LINE__, "%s: missing or wrong size (%s)", what, ct_last_error());
+        ct_free(g), ct_free(w);
+        return;
+    }
+    ct_tensor *gc = ct_contiguous(g), *wc = ct_contiguous(w);
+    const double *a = ct_data(gc), *b = ct_data(wc);
+    int64_t bad = 0, first = -1;
+    for (int64_t i = 0; i < ct_numel(gc); i++)
+        if (!(fabs(a[i] - b[i]) <= atol + rtol * fabs(b[i]))) {
+            if (first < 0) first = i;
+            bad++;
+        }
+    CHECK_MSG(bad == 0, "%s: %lld of %lld elements beyond rtol %g atol %g (first [%lld]: %g vs %g)",
+              what, (long long)bad, (long long)ct_numel(gc), rtol, atol, (long long)first,
+              first >= 0 ? a[first] : 0, first >= 0 ? b[first] : 0);
+    ct_free(g), ct_free(w), ct_free(gc), ct_free(wc);
+}
+
+/* grad(sum(y * gy)) for inputs xs, with y computed under bf16 autocast. */
+static void bf16_case(ct_fixture *fx, const char *p, int conv, const char *isa) {
+    char k[64];
+    const char *in[3] = {"x", "w", "b"}, *gin[3] = {"gx", "gw", "gb"};
+    ct_tensor *xs[3], *ref[3];
+    for (int i = 0; i < 3; i++) {
+        snprintf(k, sizeof k, "%s.%s", p, in[i]);
+        xs[i] = ct_fixture_get(fx, k);
+        ct_set_requires_grad(xs[i], 1);
+        snprintf(k, sizeof k, "%s.%s", p, gin[i]);
+        ref[i] = ct_fixture_get(fx, k);
+    }
+    snprintf(k, sizeof k, "%s.y", p);
+    ct_tensor *yref = ct_fixture_get(fx, k);
+    snprintf(k, sizeof k, "%s.gy", p);
+    ct_tensor *gy = ct_fixture_get(fx, k), *gyb = ct_to_dtype(gy, CT_BFLOAT16);
+    int one[2] = {1, 1};
+    ct_autocast_push(CT_CPU, CT_BFLOAT16);
+    ct_tensor *y = conv ? ct_conv2d(xs[0], xs[1], xs[2], one, one, one, 1)
+                        : ct_linear(xs[0], xs[1], xs[2]);
+    ct_autocast_pop();
+    CHECK_MSG(y && ct_dtype_of(y) == CT_BFLOAT16, "%s: bf16 output", p);
+    char what[96];
+    snprintf(what, sizeof what, "%s forward (bf16, %s)", p, isa);
+    /* PyTorch's own bf16 tolerances (torch.testing: rtol 1.6e-2, atol 1e-5) */
+    check_allclose(y, yref, 1.6e-2, 1e-5, what);
+    ct_tensor *yf = y ? ct_to_dtype(y, CT_FLOAT32) : NULL, *gyf = ct_to_dtype(gyb, CT_FLOAT32);
+    ct_tensor *prod = yf ? ct_mul(yf, gyf) : NULL, *l = prod ? ct_sum(prod, NULL, 0, 0) : NULL;
+    CHECK_OK(ct_backward(l, NULL, 0));
+    for (int i = 0; i < 3; i++) {
+        snprintf(what, sizeof what, "%s %s (bf16 backward, %s)", p, gin[i], isa);
+        CHECK(ct_dtype_of(ct_grad(xs[i])) == CT_FLOAT32);
+        /* a gradient summed over the batch: one bf16 rounding of a float32 sum */
+        check_allclose(ct_grad(xs[i]), ref[i], 1.6e-2, 1e-3, what);
+    }
+    for (int i = 0; i < 3; i++) ct_free(xs[i]), ct_free(ref[i]);
+    ct_free(yref), ct_free(gy), ct_free(gyb), ct_free(y), ct_free(yf), ct_free(gyf);
+    ct_free(prod), ct_free(l);
+}
+
+TEST(amp_bf16_conv_linear_vs_torch_both_isa_levels) {
+    ct_fixture *fx = ct_fixture_load("amp_ops");
+    if (!fx) return;
+    const char *saved = getenv("CTORCH_CPU_ISA");
+    char *keep = saved ? strdup(saved) : NULL;
+    const char *levels[2] = {"", "avx2"}; /* native (AVX512_BF16 where present), then AVX2 */
+    for (int l = 0; l < 2; l++) {
+        setenv("CTORCH_CPU_ISA", levels[l], 1);
+        bf16_case(fx, "conv", 1, l ? "avx2" : "native");
+        bf16_case(fx, "lin", 0, l ? "avx2" : "native");
+    }
+    if (keep) setenv("CTORCH_CPU_ISA", keep, 1);
+    else unsetenv("CTORCH_CPU_ISA");
+    free(keep);
+    ct_fixture_free(fx);
+}
+
+/* The bf16 GEMM (vdpbf16ps) against the float32 fallback on the same bf16 inputs: both
+ * accumulate exact products in float32, so they agree to float32 rounding; every layout
+ * (transposed operands, batch broadcast), odd K, ragged M and N, alpha and beta. */
+TEST(amp_bf16_gemm_matches_widened_fallback) {
+    const int64_t dims[][3] = {{1, 1, 1}, {7, 33, 5}, {6, 32, 64}, {13, 70, 129}, {64, 10, 4096},
+                               {100, 3, 2}};
+    for (size_t d = 0; d < sizeof dims / sizeof *dims; d++) {
+        int64_t M = dims[d][0], N = dims[d][1], Kd = dims[d][2];
+        for (int tr = 0; tr < 4; tr++) {
+            int64_t as[3] = {2, tr & 1 ? Kd : M, tr & 1 ? M : Kd};
+            int64_t bs[3] = {2, tr & 2 ? N : Kd, tr & 2 ? Kd : N};
+            ct_tensor *a0 = ct_randn(as, 3, CT_FLOAT32), *b0 = ct_randn(bs, 3, CT_FLOAT32);
+            ct_tensor *ab = ct_to_dtype(a0, CT_BFLOAT16), *bb = ct_to_dtype(b0, CT_BFLOAT16);
+            ct_tensor *a = tr & 1 ? ct_transpose(ab, 1, 2) : ct_retain(ab);
+            ct_tensor *b = tr & 2 ? ct_transpose(bb, 1, 2) : ct_retain(bb);
+            ct_tensor *fast = ct_matmul(a, b);
+            setenv("CTORCH_CPU_ISA", "avx2", 1);
+            ct_tensor *slow = ct_matmul(a, b);
+            unsetenv("CTORCH_CPU_ISA");
+            char what[96];
+            snprintf(what, sizeof what, "bf16 matmul %lldx%lldx%lld layout %d", (long long)M,
+                     (long long)N, (long long)Kd, tr);
+            CHECK_MSG(fast && ct_dtype_of(fast) == CT_BFLOAT16, "%s: bf16 result", what);
+            /* the same float32 sums rounded once to bf16: at most one bf16 ulp apart */
+            check_allclose(fast, slow, 8e-3, 4e-6 * sqrt((double)Kd), what);
+            ct_free(a0), ct_free(b0), ct_free(ab), ct_free(bb), ct_free(a), ct_free(b);
+            ct_free(fast), ct_free(slow);
+        }
+    }
+}
+
+TEST(amp_training_step_master_weights_and_cache) {
+    ct_manual_seed(3);
+    int64_t ws[2] = {4, 6}, xs[2] = {8, 6}, n8 = 8;
+    ct_tensor *w = ct_randn(ws, 2, CT_FLOAT32), *x = ct_randn(xs, 2, CT_FLOAT32);
+    ct_tensor *t = ct_zeros(&n8, 1, CT_INT64);
+    ct_set_requires_grad(w, 1);
+    CHECK_OK(ct_autocast_push(CT_CPU, CT_BFLOAT16));
+    CHECK(ct_autocast_dtype(CT_CPU) == CT_BFLOAT16 && ct_autocast_dtype(CT_CUDA) == CT_FLOAT32);
+    ct_tensor *h1 = ct_linear(x, w, NULL), *h2 = ct_linear(x, w, NULL);
+    /* the weight is converted once per region: both products see the same bf16 copy, so
+     * one backward reaches w through one conversion node */
+    CHECK(h1 && h2 && ct_dtype_of(h1) == CT_BFLOAT16);
+    ct_tensor *s = ct_add(h1, h2);
+    /* autocast(enabled=False) inside: float32 again */
+    CHECK_OK(ct_autocast_push(CT_CPU, CT_FLOAT32));
+    ct_tensor *plain = ct_linear(x, w, NULL);
+    CHECK(plain && ct_dtype_of(plain) == CT_FLOAT32);
+    CHECK_OK(ct_autocast_pop());
+    ct_tensor *loss = ct_cross_entropy(s, t, CT_REDUCTION_MEAN, 0, -100);
+    CHECK(loss && ct_dtype_of(loss) == CT_FLOAT32);
+    CHECK_OK(ct_autocast_pop());
+    CHECK_OK(ct_backward(loss, NULL, 0));
+    CHECK(ct_grad(w) && ct_dtype_of(ct_grad(w)) == CT_FLOAT32);
+    ct_free(w), ct_free(x), ct_free(t), ct_free(h1), ct_free(h2), ct_free(s), ct_free(plain);
+    ct_free(loss);
+}
+
+TEST(amp_autocast_errors) {
+    CHECK_ERR_INT(ct_autocast_pop(), "ct_autocast_pop without a matching push");
+    CHECK_ERR_INT(ct_autocast_push(CT_CPU, CT_INT64), "use CT_BFLOAT16 or CT_FLOAT16");
+    CHECK_ERR_INT(ct_autocast_push((ct_device_type)9, CT_BFLOAT16), "unknown device type 9");
+    int pushed = 0;
+    while (ct_autocast_push(CT_CPU, CT_BFLOAT16) == 0) pushed++;
+    CHECK_MSG(strstr(ct_last_error(), "nested regions") != NULL, "depth error: %s", ct_last_error());
+    while (pushed--) CHECK_OK(ct_autocast_pop());
+    CHECK(ct_autocast_dtype(CT_CPU) == CT_FLOAT32);
+    /* a bf16 tensor where an op has no 16-bit kernel: a message, not a crash */
+    int64_t n = 4;
+    ct_tensor *h = ct_ones(&n, 1, CT_BFLOAT16);
+    CHECK_ERR_PTR(ct_topk(h, 2, 0, 1, 1, NULL), "bfloat16");
+    ct_free(h);
+}
