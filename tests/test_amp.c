@@ -296,18 +296,24 @@ TEST(amp_bf16_gemm_matches_widened_fallback) {
             ct_tensor *ab = ct_to_dtype(a0, CT_BFLOAT16), *bb = ct_to_dtype(b0, CT_BFLOAT16);
             ct_tensor *a = tr & 1 ? ct_transpose(ab, 1, 2) : ct_retain(ab);
             ct_tensor *b = tr & 2 ? ct_transpose(bb, 1, 2) : ct_retain(bb);
-            ct_tensor *fast = ct_matmul(a, b);
             setenv("CTORCH_CPU_ISA", "avx2", 1);
             ct_tensor *slow = ct_matmul(a, b);
+            /* native (AMX where present), then AVX512_BF16 only */
+            const char *levels[2] = {"", "avx512"};
+            for (int l = 0; l < 2; l++) {
+                setenv("CTORCH_CPU_ISA", levels[l], 1);
+                ct_tensor *fast = ct_matmul(a, b);
+                char what[112];
+                snprintf(what, sizeof what, "bf16 matmul %lldx%lldx%lld layout %d (%s)",
+                         (long long)M, (long long)N, (long long)Kd, tr, l ? "avx512" : "native");
+                CHECK_MSG(fast && ct_dtype_of(fast) == CT_BFLOAT16, "%s: bf16 result", what);
+                /* the same float32 sums rounded once to bf16: at most one bf16 ulp apart */
+                check_allclose(fast, slow, 8e-3, 4e-6 * sqrt((double)Kd), what);
+                ct_free(fast);
+            }
             unsetenv("CTORCH_CPU_ISA");
-            char what[96];
-            snprintf(what, sizeof what, "bf16 matmul %lldx%lldx%lld layout %d", (long long)M,
-                     (long long)N, (long long)Kd, tr);
-            CHECK_MSG(fast && ct_dtype_of(fast) == CT_BFLOAT16, "%s: bf16 result", what);
-            /* the same float32 sums rounded once to bf16: at most one bf16 ulp apart */
-            check_allclose(fast, slow, 8e-3, 4e-6 * sqrt((double)Kd), what);
             ct_free(a0), ct_free(b0), ct_free(ab), ct_free(bb), ct_free(a), ct_free(b);
-            ct_free(fast), ct_free(slow);
+            ct_free(slow);
         }
     }
 }

@@ -4,12 +4,15 @@
  *   C (M x N, float32) = alpha * A (M x K) @ B (K x N) + beta * C
  *
  * A and B are bf16 matrices with any strides. B is packed into panels of 32 columns whose
- * elements are (k, k+1) pairs, A into blocks of 6 rows of pairs; a 6 x 32 micro-kernel
- * keeps 12 zmm accumulators. An odd K is padded with a zero pair. Where the CPU lacks the
- * instruction (or CTORCH_CPU_ISA asks for less than AVX-512), ct_gemm_bf16_available()
- * is 0 and callers widen to float32 (OpenBLAS's FMA kernels) instead. */
+ * elements are (k, k+1) pairs. With AMX (Sapphire Rapids and later), A is packed in rows
+ * and 32 x 32 blocks of C are four tiles updated by tdpbf16ps; with AVX512_BF16 only
+ * (Cooper Lake, Zen 4), A is packed in blocks of 6 rows of pairs and a 6 x 32 micro-kernel
+ * keeps 12 zmm accumulators. K is padded with zeros. Where the CPU has neither (or
+ * CTORCH_CPU_ISA asks for less), ct_gemm_bf16_kind() is 0 and callers widen to float32
+ * (OpenBLAS's FMA kernels) instead. */
 #include "cpu_gemm_bf16.h"
 
+#include "cpu_alloc.h"
 #include "cpu_isa.h"
 #include "core/error.h"
 #include "core/half.h"
@@ -27,24 +30,53 @@
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #endif
 
-int ct_gemm_bf16_available(void) {
-#ifdef HAVE_BF16_KERNEL
-    return ct_cpu_isa_level() >= CT_ISA_AVX512 && ct_cpu_has_avx512bf16();
-#else
-    return 0;
-#endif
-}
+int ct_gemm_bf16_available(void) { return ct_gemm_bf16_kind() != 0; }
 
 #ifdef HAVE_BF16_KERNEL
 typedef struct {
     int64_t M, N, K2;
-    const uint32_t *ap; /* [ceil(M/MR)][K2][MR] pairs */
+    const uint32_t *ap; /* AVX-512: [ceil(M/MR)][K2][MR] pairs; AMX: [M rounded to 32][K2] */
     const uint32_t *bp; /* [ceil(N/NR)][K2][NR] pairs */
-    float *c;
+    float *c;      /* float32 C, or NULL: */
+    uint16_t *cb;  /* bfloat16 C (rounded to nearest even, NaN -> 0xffff as half.h) */
     int64_t ldc;
     float alpha, beta;
     int64_t mblocks, nblocks;
 } gctx;
+
+/* Row of 32 results (v0, v1 = alpha * acc) into C: float32 or bf16, with beta. */
+BF16_TARGET static inline void store_row(const gctx *g, int64_t row, int64_t n0, __m512 v0,
+                                         __m512 v1, __mmask16 k0, __mmask16 k1) {
+    __m512 be = _mm512_set1_ps(g->beta);
+    if (g->c) {
+        float *c = g->c + row * g->ldc + n0;
+        if (g->beta != 0) {
+            v0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k0, c), be, v0);
+            v1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k1, c + 16), be, v1);
+        }
+        _mm512_mask_storeu_ps(c, k0, v0);
+        _mm512_mask_storeu_ps(c + 16, k1, v1);
+        return;
+    }
+    uint16_t *c = g->cb + row * g->ldc + n0;
+    __m512 vs[2] = {v0, v1};
+    __mmask16 ks[2] = {k0, k1};
+    for (int h = 0; h < 2; h++) {
+        __m512 v = vs[h];
+        if (g->beta != 0) {
+            __m256i old = _mm256_maskz_loadu_epi16(ks[h], c + 16 * h);
+            __m512 of = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(old), 16));
+            v = _mm512_fmadd_ps(of, be, v);
+        }
+        __m512i u = _mm512_castps_si512(v);
+        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                    _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+        r = _mm512_srli_epi32(r, 16);
+        __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0xffff));
+        _mm256_mask_storeu_epi16(c + 16 * h, ks[h], _mm512_cvtepi32_epi16(r));
+    }
+}
 
 /* acc[r][0..31] = sum over k2 of A pairs (row r) . B pairs. */
 BF16_TARGET static void micro(const uint32_t *a, const uint32_t *b, int64_t K2, __m512 acc[MR][2]) {
@@ -75,17 +107,10 @@ BF16_TARGET static void tile_range(void *vc, int64_t begin, int64_t end) {
         int cols = (int)(g->N - n0 < NR ? g->N - n0 : NR);
         __mmask16 k0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
         __mmask16 k1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
-        __m512 al = _mm512_set1_ps(g->alpha), be = _mm512_set1_ps(g->beta);
-        for (int r = 0; r < rows; r++) {
-            float *c = g->c + (m0 + r) * g->ldc + n0;
-            __m512 v0 = _mm512_mul_ps(acc[r][0], al), v1 = _mm512_mul_ps(acc[r][1], al);
-            if (g->beta != 0) {
-                v0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k0, c), be, v0);
-                v1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k1, c + 16), be, v1);
-            }
-            _mm512_mask_storeu_ps(c, k0, v0);
-            _mm512_mask_storeu_ps(c + 16, k1, v1);
-        }
+        __m512 al = _mm512_set1_ps(g->alpha);
+        for (int r = 0; r < rows; r++)
+            store_row(g, m0 + r, n0, _mm512_mul_ps(acc[r][0], al), _mm512_mul_ps(acc[r][1], al),
+                      k0, k1);
     }
 }
 #endif
@@ -93,56 +118,214 @@ BF16_TARGET static void tile_range(void *vc, int64_t begin, int64_t end) {
 /* The pair (m[i][2k], m[i][2k+1]) of a strided bf16 matrix, 0 past the end. */
 static inline uint32_t pair_at(const uint16_t *p, int64_t rs, int64_t cs, int64_t i, int64_t k,
                                int64_t K) {
-    uint32_t lo = p[i * rs + k * cs];
+    uint32_t lo = k < K ? p[i * rs + k * cs] : 0;
     uint32_t hi = k + 1 < K ? p[i * rs + (k + 1) * cs] : 0;
     return lo | hi << 16;
 }
 
+/* Row i of A as K2 pairs (zeros past K). */
+static void pack_row(uint32_t *dst, ct_bf16_mat A, int64_t i, int64_t K, int64_t K2) {
+    const uint16_t *r = A.p + i * A.rs;
+    int64_t k = 0;
+    if (A.cs == 1) { /* the pairs are already adjacent */
+        if (K / 2 > 0) memcpy(dst, r, (size_t)(K / 2) * 4);
+        k = K / 2;
+    }
+    for (; k < K2; k++) dst[k] = pair_at(r, 0, A.cs, 0, 2 * k, K);
+}
+
+/* Panel nb of B (32 columns, K2 pair rows) into dst[K2][32]. */
+static void pack_b_panel(uint32_t *dst, ct_bf16_mat B, int64_t nb, int64_t N, int64_t K,
+                         int64_t K2) {
+    int64_t n0 = nb * NR, ncol = N - n0 < NR ? N - n0 : NR;
+    if (B.rs == 1 && B.cs != 1) { /* K runs along memory: each column's pairs adjacent */
+        for (int c = 0; c < NR; c++) {
+            if (c >= ncol) {
+                for (int64_t k = 0; k < K2; k++) dst[k * NR + c] = 0;
+                continue;
+            }
+            const uint16_t *col = B.p + (n0 + c) * B.cs;
+            int64_t k = 0;
+            for (; 2 * k + 1 < K; k++) {
+                uint32_t v;
+                memcpy(&v, col + 2 * k, 4);
+                dst[k * NR + c] = v;
+            }
+            for (; k < K2; k++) dst[k * NR + c] = pair_at(col, 0, 1, 0, 2 * k, K);
+        }
+        return;
+    }
+    for (int64_t k = 0; k < K2; k++) {
+        const uint16_t *r0 = B.p + 2 * k * B.rs + n0 * B.cs;
+        uint32_t *d = dst + k * NR;
+        if (B.cs == 1 && ncol == NR && 2 * k + 1 < K) { /* two rows, interleaved */
+            const uint16_t *r1 = r0 + B.rs;
+            for (int c = 0; c < NR; c++) d[c] = (uint32_t)r0[c] | (uint32_t)r1[c] << 16;
+            continue;
+        }
+        for (int c = 0; c < NR; c++)
+            d[c] = c < ncol ? pair_at(B.p, B.cs, B.rs, n0 + c, 2 * k, K) : 0;
+    }
+}
+
+typedef struct {
+    uint32_t *bp;
+    ct_bf16_mat B;
+    int64_t N, K, K2;
+} packb_ctx;
+
+static void packb_range(void *vc, int64_t begin, int64_t end) {
+    const packb_ctx *c = vc;
+    for (int64_t nb = begin; nb < end; nb++)
+        pack_b_panel(c->bp + nb * c->K2 * NR, c->B, nb, c->N, c->K, c->K2);
+}
+
 #ifdef HAVE_BF16_KERNEL
-int ct_gemm_bf16(int64_t M, int64_t N, int64_t K, ct_bf16_mat A, ct_bf16_mat B, float *C,
-                 int64_t ldc, float alpha, float beta) {
-    if (!ct_gemm_bf16_available()) return 1;
-    if (M <= 0 || N <= 0) return 0;
-    int64_t K2 = (K + 1) / 2, mblocks = (M + MR - 1) / MR, nblocks = (N + NR - 1) / NR;
-    size_t asz = (size_t)(mblocks * MR * K2), bsz = (size_t)(nblocks * NR * K2);
-    uint32_t *ap = malloc((asz + bsz) * sizeof(uint32_t) + 1);
-    if (!ap) return ct_error("bf16 GEMM: out of memory packing %lld x %lld x %lld",
-                             (long long)M, (long long)N, (long long)K);
-    uint32_t *bp = ap + asz;
-    for (int64_t mb = 0; mb < mblocks; mb++)
-        for (int64_t k = 0; k < K2; k++)
-            for (int r = 0; r < MR; r++) {
-                int64_t i = mb * MR + r;
-                ap[(mb * K2 + k) * MR + r] = i < M ? pair_at(A.p, A.rs, A.cs, i, 2 * k, K) : 0;
-            }
-    /* B's pairs run down a column: transpose the roles of the strides. */
-    for (int64_t nb = 0; nb < nblocks; nb++)
-        for (int64_t k = 0; k < K2; k++)
-            for (int c = 0; c < NR; c++) {
-                int64_t j = nb * NR + c;
-                bp[(nb * K2 + k) * NR + c] = j < N ? pair_at(B.p, B.cs, B.rs, j, 2 * k, K) : 0;
-            }
-    gctx g = {M, N, K2, ap, bp, C, ldc, alpha, beta, mblocks, nblocks};
-    double flops = 2.0 * (double)M * (double)N * (double)K;
-    ct_parallel_for(mblocks * nblocks, flops < 4e5 ? mblocks * nblocks : 1, tile_range, &g);
-    free(ap);
+/* ------------------------------------------------------------------- AMX tiles
+ * C blocks of 32 x 32 as four 16 x 16 float32 tiles (tmm0-3); per step of 32 along K two
+ * A tiles (16 rows x 32 bf16, tmm4-5) and two B tiles (16 pairs x 16 columns, tmm6-7) and
+ * four tdpbf16ps. A is packed row-major with K padded to a multiple of 32, B in the pair
+ * panels above with K2 padded to a multiple of 16. */
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg;
+
+AMX_TARGET static void amx_range(void *vc, int64_t begin, int64_t end) {
+    const gctx *g = vc;
+    amx_cfg cfg = {.palette = 1};
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    const int64_t Kp = g->K2 * 2; /* bf16 elements per packed A row */
+    float buf[32 * 32] __attribute__((aligned(64)));
+    for (int64_t t = begin; t < end; t++) {
+        int64_t nb = t / g->mblocks, mb = t % g->mblocks;
+        const uint16_t *a = (const uint16_t *)g->ap + mb * 32 * Kp;
+        const uint32_t *b = g->bp + nb * g->K2 * NR;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t k = 0; k < Kp; k += 32) {
+            _tile_loadd(4, a + k, Kp * 2);
+            _tile_loadd(5, a + 16 * Kp + k, Kp * 2);
+            _tile_loadd(6, b + k / 2 * NR, NR * 4);
+            _tile_loadd(7, b + k / 2 * NR + 16, NR * 4);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, buf, 128);
+        _tile_stored(1, buf + 16, 128);
+        _tile_stored(2, buf + 16 * 32, 128);
+        _tile_stored(3, buf + 16 * 32 + 16, 128);
+        int64_t m0 = mb * 32, n0 = nb * NR;
+        int rows = (int)(g->M - m0 < 32 ? g->M - m0 : 32);
+        int cols = (int)(g->N - n0 < NR ? g->N - n0 : NR);
+        __mmask16 k0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
+        __mmask16 k1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+        __m512 al = _mm512_set1_ps(g->alpha);
+        for (int r = 0; r < rows; r++)
+            store_row(g, m0 + r, n0, _mm512_mul_ps(_mm512_load_ps(buf + r * 32), al),
+                      _mm512_mul_ps(_mm512_load_ps(buf + r * 32 + 16), al), k0, k1);
+    }
+    _tile_release();
+}
+#endif
+
+int ct_gemm_bf16_kind(void) {
+#ifdef HAVE_BF16_KERNEL
+    ct_isa_level l = ct_cpu_isa_level();
+    if (l >= CT_ISA_AMX && ct_cpu_has_amx()) return CT_BF16_AMX;
+    if (l >= CT_ISA_AVX512 && ct_cpu_has_avx512bf16()) return CT_BF16_AVX512;
+#endif
+    return 0;
+}
+
+int ct_gemm_bf16_pack_a(ct_bf16_pack *pa, int64_t M, int64_t K, ct_bf16_mat A) {
+    memset(pa, 0, sizeof *pa);
+    int kind = ct_gemm_bf16_kind();
+    if (!kind) return 1;
+    int amx = kind == CT_BF16_AMX;
+    int64_t K2 = amx ? (K + 31) / 32 * 16 : (K + 1) / 2;
+    int64_t mblk = amx ? 32 : MR, mblocks = (M + mblk - 1) / mblk;
+    uint32_t *ap = ct_cpu_alloc((size_t)(mblocks * mblk * K2) * sizeof(uint32_t) + 64);
+    if (!ap)
+        return ct_error("bf16 GEMM: out of memory packing a %lld x %lld matrix", (long long)M,
+                        (long long)K);
+    if (amx) /* rows of pairs, row-major: row i holds pairs k2 = 0..K2-1 */
+        for (int64_t i = 0; i < mblocks * mblk; i++) {
+            if (i < M) pack_row(ap + i * K2, A, i, K, K2);
+            else memset(ap + i * K2, 0, (size_t)K2 * 4);
+        }
+    else /* blocks of MR rows, pair-interleaved */
+        for (int64_t mb = 0; mb < mblocks; mb++)
+            for (int64_t k = 0; k < K2; k++)
+                for (int r = 0; r < MR; r++) {
+                    int64_t i = mb * MR + r;
+                    ap[(mb * K2 + k) * MR + r] = i < M ? pair_at(A.p, A.rs, A.cs, i, 2 * k, K) : 0;
+                }
+    *pa = (ct_bf16_pack){kind, M, K, K2, mblocks, ap};
+    return 0;
+}
+
+void ct_gemm_bf16_pack_free(ct_bf16_pack *pa) {
+    ct_cpu_free(pa->data);
+    pa->data = NULL;
+}
+
+#ifdef HAVE_BF16_KERNEL
+int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C, uint16_t *Cb,
+                     int64_t ldc, float alpha, float beta) {
+    if (pa->M <= 0 || N <= 0) return 0;
+    int64_t K2 = pa->K2, nblocks = (N + NR - 1) / NR;
+    uint32_t *bp = ct_cpu_alloc((size_t)(nblocks * NR * K2) * sizeof(uint32_t) + 64);
+    if (!bp)
+        return ct_error("bf16 GEMM: out of memory packing a %lld x %lld matrix",
+                        (long long)pa->K, (long long)N);
+    packb_ctx pc = {bp, B, N, pa->K, K2};
+    ct_parallel_for(nblocks, (double)N * (double)pa->K < 1e5 ? nblocks : 1, packb_range, &pc);
+    gctx g = {pa->M, N, K2, pa->data, bp, C, C ? NULL : Cb, ldc, alpha, beta, pa->mblocks,
+              nblocks};
+    double flops = 2.0 * (double)pa->M * (double)N * (double)pa->K;
+    int64_t ntasks = pa->mblocks * nblocks;
+    ct_parallel_for(ntasks, flops < 4e5 ? ntasks : 1,
+                    pa->kind == CT_BF16_AMX ? amx_range : tile_range, &g);
+    ct_cpu_free(bp);
     return 0;
 }
 #else
-int ct_gemm_bf16(int64_t M, int64_t N, int64_t K, ct_bf16_mat A, ct_bf16_mat B, float *C,
-                 int64_t ldc, float alpha, float beta) {
-    (void)M;
+int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C, uint16_t *Cb,
+                     int64_t ldc, float alpha, float beta) {
+    (void)pa;
     (void)N;
-    (void)K;
-    (void)A;
     (void)B;
     (void)C;
+    (void)Cb;
     (void)ldc;
     (void)alpha;
     (void)beta;
     return 1; /* no bf16 kernel in this build: the caller widens to float32 */
 }
 #endif
+
+int ct_gemm_bf16(int64_t M, int64_t N, int64_t K, ct_bf16_mat A, ct_bf16_mat B, float *C,
+                 int64_t ldc, float alpha, float beta) {
+    if (M <= 0 || N <= 0) return ct_gemm_bf16_kind() ? 0 : 1;
+    ct_bf16_pack pa;
+    int rc = ct_gemm_bf16_pack_a(&pa, M, K, A);
+    if (rc) return rc;
+    rc = ct_gemm_bf16_run(&pa, N, B, C, NULL, ldc, alpha, beta);
+    ct_gemm_bf16_pack_free(&pa);
+    return rc;
+}
 
 /* ------------------------------------------------------- the bmm kernel's bf16 path */
 #include "core/tensor_impl.h"
@@ -156,27 +339,25 @@ int cpu_bmm_lowp(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
         return 1;
     int64_t B = c->shape[0], M = c->shape[1], N = c->shape[2], K = a->shape[2];
     if (B == 0 || M == 0 || N == 0 || K == 0) return 1; /* degenerate: the float32 path */
-    float *tmp = NULL;
-    if (c->dtype == CT_BFLOAT16 && !(tmp = malloc(sizeof(float) * (size_t)(M * N))))
-        return ct_error("bmm: out of memory for a %lld x %lld float32 tile", (long long)M,
-                        (long long)N);
     const uint16_t *ap = (const uint16_t *)ct_ptr(a), *bp = (const uint16_t *)ct_ptr(b);
     int rc = 0;
+    ct_bf16_pack pa = {0};
     for (int64_t i = 0; i < B && rc == 0; i++) {
-        ct_bf16_mat A = {ap + (a->shape[0] > 1 ? i * a->stride[0] : 0), a->stride[1], a->stride[2]};
-        ct_bf16_mat Bm = {bp + (b->shape[0] > 1 ? i * b->stride[0] : 0), b->stride[1], b->stride[2]};
-        if (c->dtype == CT_FLOAT32) {
-            rc = ct_gemm_bf16(M, N, K, A, Bm, (float *)ct_ptr(c) + i * M * N, N, (float)alpha,
-                              (float)beta);
-            continue;
+        /* a broadcast over the batch (a weight) is packed once */
+        if (i == 0 || a->shape[0] > 1) {
+            ct_gemm_bf16_pack_free(&pa);
+            ct_bf16_mat A = {ap + (a->shape[0] > 1 ? i * a->stride[0] : 0), a->stride[1],
+                             a->stride[2]};
+            if ((rc = ct_gemm_bf16_pack_a(&pa, M, K, A)) != 0) break;
         }
-        uint16_t *cp = (uint16_t *)ct_ptr(c) + i * M * N;
-        if (beta != 0)
-            for (int64_t j = 0; j < M * N; j++) tmp[j] = ct_bf16_to_f32(cp[j]);
-        rc = ct_gemm_bf16(M, N, K, A, Bm, tmp, N, (float)alpha, (float)beta);
-        if (rc == 0)
-            for (int64_t j = 0; j < M * N; j++) cp[j] = ct_f32_to_bf16(tmp[j]);
+        ct_bf16_mat Bm = {bp + (b->shape[0] > 1 ? i * b->stride[0] : 0), b->stride[1], b->stride[2]};
+        if (c->dtype == CT_FLOAT32)
+            rc = ct_gemm_bf16_run(&pa, N, Bm, (float *)ct_ptr(c) + i * M * N, NULL, N,
+                                  (float)alpha, (float)beta);
+        else
+            rc = ct_gemm_bf16_run(&pa, N, Bm, NULL, (uint16_t *)ct_ptr(c) + i * M * N, N,
+                                  (float)alpha, (float)beta);
     }
-    free(tmp);
+    ct_gemm_bf16_pack_free(&pa);
     return rc;
 }

@@ -10,9 +10,25 @@ typedef struct {
     int64_t rs, cs;
 } ct_bf16_mat;
 
-/* Whether ct_gemm_bf16 has bf16 arithmetic here (AVX512_BF16, not disabled by
- * CTORCH_CPU_ISA). */
-int ct_gemm_bf16_available(void);
+enum { CT_BF16_AVX512 = 1, CT_BF16_AMX = 2 };
+/* The bf16 kernel in use here: CT_BF16_AMX, CT_BF16_AVX512 (AVX512_BF16), or 0 when the
+ * CPU has neither or CTORCH_CPU_ISA asks for less. */
+int ct_gemm_bf16_kind(void);
+int ct_gemm_bf16_available(void); /* ct_gemm_bf16_kind() != 0 */
+
+/* A packed once, multiplied by several B (a convolution's weight, image after image). */
+typedef struct {
+    int kind;
+    int64_t M, K, K2, mblocks;
+    uint32_t *data;
+} ct_bf16_pack;
+/* 0, 1 when no bf16 kernel is available (nothing allocated), -1 on error. */
+int ct_gemm_bf16_pack_a(ct_bf16_pack *pa, int64_t M, int64_t K, ct_bf16_mat A);
+void ct_gemm_bf16_pack_free(ct_bf16_pack *pa);
+/* C (M x N, leading dimension ldc) = alpha * A @ B + beta * C with A packed; B is K x N.
+ * C is float32 (C) or, when C is NULL, bfloat16 (Cb: rounded as src/core/half.h). */
+int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C, uint16_t *Cb,
+                     int64_t ldc, float alpha, float beta);
 /* C = alpha * A @ B + beta * C, C float32 row-major with leading dimension ldc; threads
  * over the pool. 0 when done, 1 when no bf16 kernel is available, -1 on error. */
 int ct_gemm_bf16(int64_t M, int64_t N, int64_t K, ct_bf16_mat A, ct_bf16_mat B, float *C,
