@@ -22,6 +22,19 @@ typedef struct {
 #define CT_MULTIVERSION
 #endif
 
+/* Contiguous bf16 <-> float32 runs, branch-free so that they vectorize (half.h's rules). */
+CT_MULTIVERSION static void cvt_bf16_f32(float *o, const uint16_t *h, int64_t n) {
+    uint32_t *u = (uint32_t *)o;
+    for (int64_t i = 0; i < n; i++) u[i] = (uint32_t)h[i] << 16;
+}
+CT_MULTIVERSION static void cvt_f32_bf16(uint16_t *o, const float *f, int64_t n) {
+    const uint32_t *u = (const uint32_t *)f;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t v = u[i], r = (v + 0x7fffu + ((v >> 16) & 1u)) >> 16;
+        o[i] = (uint16_t)((v & 0x7fffffffu) > 0x7f800000u ? 0xffffu : r);
+    }
+}
+
 /* ------------------------------------------------------------------ binary */
 /* One loop per (op, layout): contiguous, scalar b (stride 0), general strides. out may
  * alias a or b (in-place ops); the compiler checks overlap at run time before using the
@@ -108,6 +121,32 @@ CMP_ROW(double, cmp_f64)
 CMP_ROW(int64_t, cmp_i64)
 CMP_ROW(uint8_t, cmp_bool)
 
+/* bfloat16 rows: chunks of the operands widened on the stack, the float32 row, the result
+ * rounded back (the values of widening whole tensors, without the temporaries). */
+#define LP_CHUNK 512
+static void widen(float *dst, const char *src, int64_t m, int64_t st) {
+    const uint16_t *h = (const uint16_t *)src;
+    if (st == 1) cvt_bf16_f32(dst, h, m);
+    else for (int64_t i = 0; i < m; i++) dst[i] = ct_bf16_to_f32(h[i * st]);
+}
+static void narrow(char *dst, const float *src, int64_t m, int64_t st) {
+    uint16_t *h = (uint16_t *)dst;
+    if (st == 1) cvt_f32_bf16(h, src, m);
+    else for (int64_t i = 0; i < m; i++) h[i * st] = ct_f32_to_bf16(src[i]);
+}
+static void bin_bf16(void *vc, int64_t n, char **p, const int64_t *s) {
+    float a[LP_CHUNK], b[LP_CHUNK], o[LP_CHUNK];
+    const int64_t one[3] = {1, 1, 1};
+    for (int64_t i = 0; i < n; i += LP_CHUNK) {
+        int64_t m = n - i < LP_CHUNK ? n - i : LP_CHUNK;
+        widen(a, p[1] + 2 * i * s[1], m, s[1]);
+        widen(b, p[2] + 2 * i * s[2], m, s[2]);
+        char *q[3] = {(char *)o, (char *)a, (char *)b};
+        bin_f32(vc, m, q, one);
+        narrow(p[0] + 2 * i * s[0], o, m, s[0]);
+    }
+}
+
 int cpu_binary_full(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b, double alpha) {
     if ((unsigned)op >= CT_BIN_COUNT) return ct_error("binary op %d: no such op on the CPU", (int)op);
     const ct_tensor *ops[3] = {out, a, b};
@@ -120,6 +159,10 @@ int cpu_binary_full(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_te
                         ct_dtype_name(out->dtype));
     switch (to_bool ? a->dtype : out->dtype) {
     case CT_FLOAT32: ct_iter_run(&it, to_bool ? cmp_f32 : bin_f32, &c); return 0;
+    case CT_BFLOAT16:
+        if (to_bool) break;
+        ct_iter_run(&it, bin_bf16, &c);
+        return 0;
     case CT_FLOAT64: ct_iter_run(&it, to_bool ? cmp_f64 : bin_f64, &c); return 0;
     case CT_INT64: ct_iter_run(&it, to_bool ? cmp_i64 : bin_i64, &c); return 0;
     case CT_BOOL:
@@ -128,10 +171,10 @@ int cpu_binary_full(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_te
             return 0;
         }
         /* fallthrough */
-    default:
-        return ct_error("%s: dtype %s not supported on the CPU", ct_binop_name(op),
-                        ct_dtype_name(to_bool ? a->dtype : out->dtype));
+    default: break;
     }
+    return ct_error("%s: dtype %s not supported on the CPU", ct_binop_name(op),
+                    ct_dtype_name(to_bool ? a->dtype : out->dtype));
 }
 
 /* ------------------------------------------------------------------ unary */
@@ -190,6 +233,18 @@ UN_ROW(float, un_f32, UN_CASE)
 UN_ROW(double, un_f64, UN_CASE)
 UN_ROW(int64_t, un_i64, UN_CASE_INT)
 
+static void un_bf16(void *vc, int64_t n, char **p, const int64_t *s) {
+    float a[LP_CHUNK], o[LP_CHUNK];
+    const int64_t one[2] = {1, 1};
+    for (int64_t i = 0; i < n; i += LP_CHUNK) {
+        int64_t m = n - i < LP_CHUNK ? n - i : LP_CHUNK;
+        widen(a, p[1] + 2 * i * s[1], m, s[1]);
+        char *q[2] = {(char *)o, (char *)a};
+        un_f32(vc, m, q, one);
+        narrow(p[0] + 2 * i * s[0], o, m, s[0]);
+    }
+}
+
 int cpu_unary_full(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
     if ((unsigned)op >= CT_UN_COUNT) return ct_error("unary op %d: no such op on the CPU", (int)op);
     const ct_tensor *ops[2] = {out, a};
@@ -198,6 +253,7 @@ int cpu_unary_full(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, do
     ew_ctx c = {op, 1, p1, p2};
     switch (out->dtype) {
     case CT_FLOAT32: ct_iter_run(&it, un_f32, &c); return 0;
+    case CT_BFLOAT16: ct_iter_run(&it, un_bf16, &c); return 0;
     case CT_FLOAT64: ct_iter_run(&it, un_f64, &c); return 0;
     case CT_INT64:
         if (ct_unop_allows_int64(op)) {
@@ -301,6 +357,7 @@ typedef struct {
     size_t dsz, ssz;
 } cp_ctx;
 
+
 static void copy_row(void *vc, int64_t n, char **p, const int64_t *s) {
     const cp_ctx *c = vc;
     if (c->dd == c->sd) {
@@ -320,6 +377,14 @@ static void copy_row(void *vc, int64_t n, char **p, const int64_t *s) {
         return;
     }
     /* the 16-bit floats to and from float32: the conversions of half.h, one loop each */
+    if (s[0] == 1 && s[1] == 1 && c->sd == CT_BFLOAT16 && c->dd == CT_FLOAT32) {
+        cvt_bf16_f32((float *)p[0], (const uint16_t *)p[1], n);
+        return;
+    }
+    if (s[0] == 1 && s[1] == 1 && c->sd == CT_FLOAT32 && c->dd == CT_BFLOAT16) {
+        cvt_f32_bf16((uint16_t *)p[0], (const float *)p[1], n);
+        return;
+    }
     if (c->dd == CT_FLOAT32 && (c->sd == CT_BFLOAT16 || c->sd == CT_FLOAT16)) {
         float *o = (float *)p[0];
         const uint16_t *h = (const uint16_t *)p[1];

@@ -22,7 +22,7 @@
 #include <string.h>
 
 #define MR 6
-#define NR 32
+#define NR CT_BF16_NR
 
 #if defined(__x86_64__) && defined(__GNUC__) && (__GNUC__ >= 10 || defined(__clang__))
 #include <immintrin.h>
@@ -42,12 +42,18 @@ typedef struct {
     int64_t ldc;
     float alpha, beta;
     int64_t mblocks, nblocks;
+    const float *bias; /* added to row i of the product (after alpha), or NULL */
 } gctx;
 
 /* Row of 32 results (v0, v1 = alpha * acc) into C: float32 or bf16, with beta. */
 BF16_TARGET static inline void store_row(const gctx *g, int64_t row, int64_t n0, __m512 v0,
                                          __m512 v1, __mmask16 k0, __mmask16 k1) {
     __m512 be = _mm512_set1_ps(g->beta);
+    if (g->bias) {
+        __m512 bv = _mm512_set1_ps(g->bias[row]);
+        v0 = _mm512_add_ps(v0, bv);
+        v1 = _mm512_add_ps(v1, bv);
+    }
     if (g->c) {
         float *c = g->c + row * g->ldc + n0;
         if (g->beta != 0) {
@@ -283,7 +289,7 @@ void ct_gemm_bf16_pack_free(ct_bf16_pack *pa) {
 
 #ifdef HAVE_BF16_KERNEL
 int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C, uint16_t *Cb,
-                     int64_t ldc, float alpha, float beta) {
+                     int64_t ldc, float alpha, float beta, const float *bias) {
     if (pa->M <= 0 || N <= 0) return 0;
     int64_t K2 = pa->K2, nblocks = (N + NR - 1) / NR;
     uint32_t *bp = ct_cpu_alloc((size_t)(nblocks * NR * K2) * sizeof(uint32_t) + 64);
@@ -292,18 +298,42 @@ int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C,
                         (long long)pa->K, (long long)N);
     packb_ctx pc = {bp, B, N, pa->K, K2};
     ct_parallel_for(nblocks, (double)N * (double)pa->K < 1e5 ? nblocks : 1, packb_range, &pc);
-    gctx g = {pa->M, N, K2, pa->data, bp, C, C ? NULL : Cb, ldc, alpha, beta, pa->mblocks,
-              nblocks};
+    int rc = ct_gemm_bf16_run_packed(pa, N, bp, C, Cb, ldc, alpha, beta, bias);
+    ct_cpu_free(bp);
+    return rc;
+}
+
+int ct_gemm_bf16_run_packed(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
+                            uint16_t *Cb, int64_t ldc, float alpha, float beta,
+                            const float *bias) {
+    if (pa->M <= 0 || N <= 0) return 0;
+    int64_t nblocks = (N + NR - 1) / NR;
+    gctx g = {pa->M, N, pa->K2, pa->data, bp, C, C ? NULL : Cb, ldc, alpha, beta, pa->mblocks,
+              nblocks, bias};
     double flops = 2.0 * (double)pa->M * (double)N * (double)pa->K;
     int64_t ntasks = pa->mblocks * nblocks;
     ct_parallel_for(ntasks, flops < 4e5 ? ntasks : 1,
                     pa->kind == CT_BF16_AMX ? amx_range : tile_range, &g);
-    ct_cpu_free(bp);
     return 0;
 }
 #else
+int ct_gemm_bf16_run_packed(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
+                            uint16_t *Cb, int64_t ldc, float alpha, float beta,
+                            const float *bias) {
+    (void)pa;
+    (void)N;
+    (void)bp;
+    (void)C;
+    (void)Cb;
+    (void)ldc;
+    (void)alpha;
+    (void)beta;
+    (void)bias;
+    return 1;
+}
 int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C, uint16_t *Cb,
-                     int64_t ldc, float alpha, float beta) {
+                     int64_t ldc, float alpha, float beta, const float *bias) {
+    (void)bias;
     (void)pa;
     (void)N;
     (void)B;
@@ -322,7 +352,7 @@ int ct_gemm_bf16(int64_t M, int64_t N, int64_t K, ct_bf16_mat A, ct_bf16_mat B, 
     ct_bf16_pack pa;
     int rc = ct_gemm_bf16_pack_a(&pa, M, K, A);
     if (rc) return rc;
-    rc = ct_gemm_bf16_run(&pa, N, B, C, NULL, ldc, alpha, beta);
+    rc = ct_gemm_bf16_run(&pa, N, B, C, NULL, ldc, alpha, beta, NULL);
     ct_gemm_bf16_pack_free(&pa);
     return rc;
 }
@@ -353,10 +383,10 @@ int cpu_bmm_lowp(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
         ct_bf16_mat Bm = {bp + (b->shape[0] > 1 ? i * b->stride[0] : 0), b->stride[1], b->stride[2]};
         if (c->dtype == CT_FLOAT32)
             rc = ct_gemm_bf16_run(&pa, N, Bm, (float *)ct_ptr(c) + i * M * N, NULL, N,
-                                  (float)alpha, (float)beta);
+                                  (float)alpha, (float)beta, NULL);
         else
             rc = ct_gemm_bf16_run(&pa, N, Bm, NULL, (uint16_t *)ct_ptr(c) + i * M * N, N,
-                                  (float)alpha, (float)beta);
+                                  (float)alpha, (float)beta, NULL);
     }
     ct_gemm_bf16_pack_free(&pa);
     return rc;

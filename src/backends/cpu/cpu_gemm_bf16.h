@@ -25,10 +25,18 @@ typedef struct {
 /* 0, 1 when no bf16 kernel is available (nothing allocated), -1 on error. */
 int ct_gemm_bf16_pack_a(ct_bf16_pack *pa, int64_t M, int64_t K, ct_bf16_mat A);
 void ct_gemm_bf16_pack_free(ct_bf16_pack *pa);
-/* C (M x N, leading dimension ldc) = alpha * A @ B + beta * C with A packed; B is K x N.
- * C is float32 (C) or, when C is NULL, bfloat16 (Cb: rounded as src/core/half.h). */
+/* C (M x N, leading dimension ldc) = alpha * A @ B + bias (per row, may be NULL) + beta * C
+ * with A packed; B is K x N. C is float32 (C) or, when C is NULL, bfloat16 (Cb: rounded
+ * once, as src/core/half.h). */
 int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C, uint16_t *Cb,
-                     int64_t ldc, float alpha, float beta);
+                     int64_t ldc, float alpha, float beta, const float *bias);
+/* The same with B already packed by the caller: panels of CT_BF16_NR columns, panel p at
+ * bp + p * pa->K2 * CT_BF16_NR, row k2 of a panel holding (B[2k2][j], B[2k2+1][j]) pairs
+ * (low half first) for its CT_BF16_NR columns j, zeros past K and N. */
+#define CT_BF16_NR 32
+int ct_gemm_bf16_run_packed(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
+                            uint16_t *Cb, int64_t ldc, float alpha, float beta,
+                            const float *bias);
 /* C = alpha * A @ B + beta * C, C float32 row-major with leading dimension ldc; threads
  * over the pool. 0 when done, 1 when no bf16 kernel is available, -1 on error. */
 int ct_gemm_bf16(int64_t M, int64_t N, int64_t K, ct_bf16_mat A, ct_bf16_mat B, float *C,

@@ -22,6 +22,15 @@ CT_KERNEL_LIST(CT__CPU_PROTO_FULL)
  * these operands have no such path (the caller widens to float32 instead), -1 on error. */
 int cpu_bmm_lowp(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
                  double beta);
+/* bf16 convolutions on the bf16 GEMM (cpu_conv_bf16.c), same contract: 0, 1 when not
+ * applicable here (other dtypes or groups, no bf16 arithmetic), -1 on error. The forward
+ * writes bf16 y, or float32 into y32 when that is not NULL (y then only gives the shape). */
+int cpu_conv2d_bf16_forward(ct_tensor *y, float *y32, const ct_tensor *x, const ct_tensor *w,
+                            const ct_tensor *bias, const ct_conv_params *p);
+int cpu_conv2d_bf16_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
+                                   const ct_conv_params *p);
+int cpu_conv2d_bf16_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                                    const ct_tensor *x, const ct_conv_params *p);
 
 /* Shared by the loss kernels (cpu_loss.c). */
 void cpu_loss_reduce_rows(ct_tensor *out, ct_tensor *total_weight, const double *v, int64_t N,

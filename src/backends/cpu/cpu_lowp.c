@@ -77,14 +77,17 @@ static int lp_done(lowp *L, int rc) {
 
 int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,
                double alpha) {
-    if (!ANY3(out, a, b)) return cpu_binary_full(op, out, a, b, alpha);
+    if (!ANY3(out, a, b) || (out->dtype == CT_BFLOAT16 && a->dtype == CT_BFLOAT16 &&
+                              b->dtype == CT_BFLOAT16 && !ct_binop_result_bool(op)))
+        return cpu_binary_full(op, out, a, b, alpha); /* bf16 rows widen chunk by chunk */
     lowp L = {0};
     const ct_tensor *a32 = lp_in(&L, a), *b32 = lp_in(&L, b);
     return LP_RUN(L, cpu_binary_full(op, lp_out(&L, out), a32, b32, alpha));
 }
 
 int cpu_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
-    if (!ANY2(out, a)) return cpu_unary_full(op, out, a, p1, p2);
+    if (!ANY2(out, a) || (out->dtype == CT_BFLOAT16 && a->dtype == CT_BFLOAT16))
+        return cpu_unary_full(op, out, a, p1, p2); /* bf16 rows widen chunk by chunk */
     lowp L = {0};
     const ct_tensor *a32 = lp_in(&L, a);
     return LP_RUN(L, cpu_unary_full(op, lp_out(&L, out), a32, p1, p2));
@@ -119,6 +122,8 @@ int cpu_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, 
 int cpu_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
                        const ct_tensor *bias, const ct_conv_params *p) {
     if (!ANY4(y, x, w, bias)) return cpu_conv2d_forward_full(y, x, w, bias, p);
+    int r = cpu_conv2d_bf16_forward(y, NULL, x, w, bias, p);
+    if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x), *w32 = lp_in(&L, w);
     const ct_tensor *b32 = bias ? lp_in(&L, bias) : NULL;
@@ -128,6 +133,8 @@ int cpu_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
 int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
                               const ct_conv_params *p) {
     if (!ANY3(gx, gy, w)) return cpu_conv2d_backward_input_full(gx, gy, w, p);
+    int r = cpu_conv2d_bf16_backward_input(gx, gy, w, p);
+    if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy), *w32 = lp_in(&L, w);
     return LP_RUN(L, cpu_conv2d_backward_input_full(lp_out(&L, gx), gy32, w32, p));
@@ -136,10 +143,32 @@ int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tenso
 int cpu_conv2d_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                                const ct_tensor *x, const ct_conv_params *p) {
     if (!ANY4(gw, gb, gy, x)) return cpu_conv2d_backward_weight_full(gw, gb, gy, x, p);
+    int r = cpu_conv2d_bf16_backward_weight(gw, gb, gy, x, p);
+    if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy), *x32 = lp_in(&L, x);
     ct_tensor *gb32 = gb ? lp_out(&L, gb) : NULL;
     return LP_RUN(L, cpu_conv2d_backward_weight_full(lp_out(&L, gw), gb32, gy32, x32, p));
+}
+
+/* The fused convolution + ReLU + max-pool with bf16 operands: the bf16 convolution into a
+ * float32 buffer, then pooling with the ReLU folded in, rounded once. 1: not applicable. */
+static int fused_bf16(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x, const ct_tensor *w,
+                      const ct_tensor *bias, const ct_conv_params *p, const ct_pool_params *pp) {
+    if (x->dtype != CT_BFLOAT16 || x->ndim != 4 || w->ndim != 4) return 1;
+    int64_t sh[4] = {x->shape[0], w->shape[0], 0, 0};
+    for (int d = 0; d < 2; d++)
+        sh[2 + d] = (x->shape[2 + d] + 2 * p->padding[d] - p->dilation[d] * (w->shape[2 + d] - 1) -
+                     1) / p->stride[d] + 1;
+    ct_tensor *conv = ct_empty_on(sh, 4, CT_FLOAT32, x->storage->device);
+    if (!conv) return -1;
+    int r = cpu_conv2d_bf16_forward(conv, (float *)ct_ptr(conv), x, w, bias, p);
+    if (r == 0) {
+        lowp L = {0};
+        r = LP_RUN(L, cpu_max_pool2d_codes_forward_full(lp_out(&L, yp), codes, conv, pp, 1));
+    }
+    ct_free(conv);
+    return r;
 }
 
 int cpu_conv2d_relu_max_pool2d_forward(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x,
@@ -147,6 +176,8 @@ int cpu_conv2d_relu_max_pool2d_forward(ct_tensor *yp, ct_tensor *codes, const ct
                                        const ct_conv_params *p, const ct_pool_params *pp) {
     if (!ANY4(yp, x, w, bias))
         return cpu_conv2d_relu_max_pool2d_forward_full(yp, codes, x, w, bias, p, pp);
+    int r = fused_bf16(yp, codes, x, w, bias, p, pp);
+    if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x), *w32 = lp_in(&L, w);
     const ct_tensor *b32 = bias ? lp_in(&L, bias) : NULL;

@@ -1,0 +1,339 @@
+/* bfloat16 convolutions on the bf16 GEMM (cpu_gemm_bf16.c: AMX tiles or AVX512_BF16),
+ * float32 accumulation, one rounding at the output, as PyTorch's CPU bf16 convolutions.
+ *
+ * Per image: forward  y[n] (O x P)      = W (O x CKK) @ col(x[n]) (CKK x P) + bias
+ *            input    col(gx[n])         = W^T (CKK x O) @ gy[n] (O x P), then col2im
+ *            weight   gW (O x CKK)      += gy[n] (O x P) @ col(x[n])^T (P x CKK)
+ * with P = Ho * Wo and col the im2col matrix (a 1x1 stride-1 unpadded convolution uses
+ * the image itself). Weights are packed once per call. Groups other than 1, other dtypes,
+ * or a CPU without bf16 arithmetic: 1 (the caller widens to float32). */
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/half.h"
+#include "core/parallel.h"
+#include "cpu_alloc.h"
+#include "cpu_gemm_bf16.h"
+#include "cpu_kernels.h"
+
+#include <string.h>
+
+typedef struct {
+    int64_t N, C, H, W, O, KH, KW, Ho, Wo;
+    int sh, sw, ph, pw, dh, dw;
+} geom;
+
+static int usable(const ct_tensor *x, const ct_tensor *w, const ct_conv_params *p) {
+    return x->dtype == CT_BFLOAT16 && w->dtype == CT_BFLOAT16 && x->ndim == 4 && w->ndim == 4 &&
+           p->groups == 1 && ct_is_contiguous(x) && ct_is_contiguous(w) &&
+           ct_gemm_bf16_available();
+}
+
+static geom geom_of(const ct_tensor *x, const ct_tensor *w, const ct_tensor *y,
+                    const ct_conv_params *p) {
+    return (geom){x->shape[0], x->shape[1], x->shape[2], x->shape[3], w->shape[0], w->shape[2],
+                  w->shape[3], y->shape[2], y->shape[3], p->stride[0], p->stride[1],
+                  p->padding[0], p->padding[1], p->dilation[0], p->dilation[1]};
+}
+
+static int is_pointwise(const geom *g) {
+    return g->KH == 1 && g->KW == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+}
+
+/* ---------------------------------------------------------------- im2col */
+
+/* Row r (channel, ky, kx) of the im2col matrix of image x into dst[Ho*Wo]. */
+static void im2col_row(const geom *g, const uint16_t *x, int64_t r, uint16_t *dst) {
+    {
+        int64_t ch = r / (g->KH * g->KW), ky = r / g->KW % g->KH, kx = r % g->KW;
+        const uint16_t *src = x + ch * g->H * g->W;
+        for (int64_t oy = 0; oy < g->Ho; oy++) {
+            int64_t iy = oy * g->sh - g->ph + ky * g->dh;
+            uint16_t *d = dst + oy * g->Wo;
+            if (iy < 0 || iy >= g->H) {
+                memset(d, 0, sizeof(uint16_t) * (size_t)g->Wo);
+                continue;
+            }
+            const uint16_t *s = src + iy * g->W;
+            int64_t ix0 = kx * g->dw - g->pw;
+            if (g->sw == 1) {
+                /* a contiguous run with zeros at both ends */
+                int64_t lo = ix0 < 0 ? -ix0 : 0, hi = g->W - ix0;
+                if (hi > g->Wo) hi = g->Wo;
+                if (lo > g->Wo) lo = g->Wo;
+                if (hi < lo) hi = lo;
+                memset(d, 0, sizeof(uint16_t) * (size_t)lo);
+                memcpy(d + lo, s + ix0 + lo, sizeof(uint16_t) * (size_t)(hi - lo));
+                memset(d + hi, 0, sizeof(uint16_t) * (size_t)(g->Wo - hi));
+                continue;
+            }
+            for (int64_t ox = 0; ox < g->Wo; ox++) {
+                int64_t ix = ix0 + ox * g->sw;
+                d[ox] = ix >= 0 && ix < g->W ? s[ix] : 0;
+            }
+        }
+    }
+}
+
+/* The im2col matrix (CKK x P) of image x straight into the GEMM's packed B (pairs of rows,
+ * panels of NR columns; K2 pair rows, zeros past CKK), two rows at a time through row
+ * buffers r0, r1 [P]: the full matrix is never written. */
+#define NR CT_BF16_NR
+static void im2col_packed(const geom *g, const uint16_t *x, int64_t K2, uint32_t *bp,
+                          uint16_t *r0, uint16_t *r1) {
+    const int64_t CKK = g->C * g->KH * g->KW, P = g->Ho * g->Wo;
+    const int64_t nblocks = (P + NR - 1) / NR;
+    for (int64_t k = 0; k < K2; k++) {
+        if (2 * k < CKK) im2col_row(g, x, 2 * k, r0);
+        else memset(r0, 0, sizeof(uint16_t) * (size_t)P);
+        if (2 * k + 1 < CKK) im2col_row(g, x, 2 * k + 1, r1);
+        else memset(r1, 0, sizeof(uint16_t) * (size_t)P);
+        for (int64_t nb = 0; nb < nblocks; nb++) {
+            uint32_t *d = bp + (nb * K2 + k) * NR;
+            int64_t j0 = nb * NR, m = P - j0 < NR ? P - j0 : NR;
+            for (int64_t c = 0; c < m; c++) d[c] = (uint32_t)r0[j0 + c] | (uint32_t)r1[j0 + c] << 16;
+            for (int64_t c = m; c < NR; c++) d[c] = 0;
+        }
+    }
+}
+
+/* The transposed im2col matrix (P x CKK: pairs of adjacent pixels of one row r) into the
+ * packed B of the weight gradient (K2 pair rows over P, panels of NR rows r). */
+static void im2col_t_packed(const geom *g, const uint16_t *x, int64_t K2, uint32_t *bp,
+                            uint16_t *row) {
+    const int64_t CKK = g->C * g->KH * g->KW, P = g->Ho * g->Wo;
+    const int64_t nblocks = (CKK + NR - 1) / NR;
+    memset(bp, 0, sizeof(uint32_t) * (size_t)(nblocks * K2 * NR));
+    for (int64_t r = 0; r < CKK; r++) {
+        im2col_row(g, x, r, row);
+        row[P] = 0; /* an odd P pairs its last pixel with zero */
+        uint32_t *d = bp + (r / NR) * K2 * NR + r % NR;
+        for (int64_t j = 0; 2 * j < P; j++)
+            d[j * NR] = (uint32_t)row[2 * j] | (uint32_t)row[2 * j + 1] << 16;
+    }
+}
+
+
+/* gx image (float32 [C, H, W], zeroed) += col2im(gcol [C*KH*KW, Ho*Wo]); parallel over
+ * channels, so that no two threads add into the same element. */
+typedef struct {
+    const geom *g;
+    const float *gcol;
+    float *gx;
+} c2i_ctx;
+
+static void col2im_channels(void *vc, int64_t begin, int64_t end) {
+    const c2i_ctx *c = vc;
+    const geom *g = c->g;
+    const int64_t P = g->Ho * g->Wo;
+    for (int64_t ch = begin; ch < end; ch++)
+        for (int64_t ky = 0; ky < g->KH; ky++)
+            for (int64_t kx = 0; kx < g->KW; kx++) {
+                const float *src = c->gcol + ((ch * g->KH + ky) * g->KW + kx) * P;
+                float *dst = c->gx + ch * g->H * g->W;
+                for (int64_t oy = 0; oy < g->Ho; oy++) {
+                    int64_t iy = oy * g->sh - g->ph + ky * g->dh;
+                    if (iy < 0 || iy >= g->H) continue;
+                    float *d = dst + iy * g->W;
+                    const float *s = src + oy * g->Wo;
+                    int64_t ix0 = kx * g->dw - g->pw;
+                    for (int64_t ox = 0; ox < g->Wo; ox++) {
+                        int64_t ix = ix0 + ox * g->sw;
+                        if (ix >= 0 && ix < g->W) d[ix] += s[ox];
+                    }
+                }
+            }
+}
+
+/* ---------------------------------------------------------------- helpers */
+static void round_row(uint16_t *dst, const float *src, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = ct_f32_to_bf16(src[i]);
+}
+
+/* The bias as float32 (bf16 or float32 tensor), into buf[O]. */
+static void bias_f32(const ct_tensor *bias, float *buf, int64_t O) {
+    for (int64_t o = 0; o < O; o++)
+        buf[o] = bias->dtype == CT_BFLOAT16 ? ct_bf16_to_f32(((const uint16_t *)ct_ptr(bias))[o])
+                                            : ((const float *)ct_ptr(bias))[o];
+}
+
+/* Work is split over the images: each thread runs whole images with its own scratch (the
+ * GEMMs and im2col inside then run inline), which keeps small convolutions from paying a
+ * thread hand-off per image. Chunk c of nchunks gets images [c*N/nchunks, (c+1)*N/nchunks). */
+static int64_t chunks_for(int64_t N) {
+    int64_t t = ct_get_num_threads();
+    return N < t ? N : t;
+}
+
+typedef struct {
+    const geom *g;
+    const ct_bf16_pack *pa;
+    const uint16_t *x, *gy;
+    uint16_t *yb, *gxb;
+    float *y32, *gw_parts;
+    const float *bias;
+    int64_t nchunks;
+    int rc;
+} job;
+
+static void set_rc(job *j, int rc) {
+    if (rc) __atomic_store_n(&j->rc, rc, __ATOMIC_RELAXED);
+}
+
+/* ---------------------------------------------------------------- forward */
+static void fwd_chunks(void *vc, int64_t begin, int64_t end) {
+    job *j = vc;
+    const geom *g = j->g;
+    const int64_t P = g->Ho * g->Wo, K2 = j->pa->K2, nblocks = (P + NR - 1) / NR;
+    uint32_t *bp = ct_cpu_alloc(sizeof(uint32_t) * (size_t)(nblocks * NR * K2));
+    uint16_t *rows = ct_cpu_alloc(sizeof(uint16_t) * (size_t)(2 * P + 2));
+    if (!bp || !rows) set_rc(j, -1);
+    for (int64_t c = begin; c < end && bp && rows; c++)
+        for (int64_t n = c * g->N / j->nchunks; n < (c + 1) * g->N / j->nchunks; n++) {
+            im2col_packed(g, j->x + n * g->C * g->H * g->W, K2, bp, rows, rows + P + 1);
+            set_rc(j, ct_gemm_bf16_run_packed(j->pa, P, bp,
+                                              j->y32 ? j->y32 + n * g->O * P : NULL,
+                                              j->y32 ? NULL : j->yb + n * g->O * P, P, 1.0f,
+                                              0.0f, j->bias));
+        }
+    ct_cpu_free(bp);
+    ct_cpu_free(rows);
+}
+
+int cpu_conv2d_bf16_forward(ct_tensor *y, float *y32, const ct_tensor *x, const ct_tensor *w,
+                            const ct_tensor *bias, const ct_conv_params *p) {
+    if (!usable(x, w, p) || (!y32 && (y->dtype != CT_BFLOAT16 || !ct_is_contiguous(y))) ||
+        (bias && bias->dtype != CT_BFLOAT16 && bias->dtype != CT_FLOAT32))
+        return 1;
+    geom g = geom_of(x, w, y, p);
+    const int64_t CKK = g.C * g.KH * g.KW;
+    ct_bf16_pack pa;
+    ct_bf16_mat W = {(const uint16_t *)ct_ptr(w), CKK, 1};
+    int rc = ct_gemm_bf16_pack_a(&pa, g.O, CKK, W);
+    if (rc) return rc;
+    float *bv = bias ? ct_cpu_alloc(sizeof(float) * (size_t)g.O) : NULL;
+    if (bv) bias_f32(bias, bv, g.O);
+    job j = {.g = &g, .pa = &pa, .x = (const uint16_t *)ct_ptr(x),
+             .yb = y32 ? NULL : (uint16_t *)ct_ptr(y), .y32 = y32, .bias = bv,
+             .nchunks = chunks_for(g.N)};
+    if (bias && !bv) j.rc = -1;
+    else ct_parallel_for(j.nchunks, 1, fwd_chunks, &j);
+    ct_cpu_free(bv);
+    ct_gemm_bf16_pack_free(&pa);
+    return j.rc ? -1 : 0;
+}
+
+/* ---------------------------------------------------------------- backward input */
+static void bwd_input_chunks(void *vc, int64_t begin, int64_t end) {
+    job *j = vc;
+    const geom *g = j->g;
+    const int64_t CKK = g->C * g->KH * g->KW, P = g->Ho * g->Wo, HW = g->H * g->W;
+    const int pw = is_pointwise(g);
+    float *gcol = pw ? NULL : ct_cpu_alloc(sizeof(float) * (size_t)(CKK * P));
+    float *gxi = pw ? NULL : ct_cpu_alloc(sizeof(float) * (size_t)(g->C * HW));
+    if (!pw && (!gcol || !gxi)) set_rc(j, -1);
+    for (int64_t c = begin; c < end && !j->rc; c++)
+        for (int64_t n = c * g->N / j->nchunks; n < (c + 1) * g->N / j->nchunks; n++) {
+            ct_bf16_mat B = {j->gy + n * g->O * P, P, 1};
+            if (pw) { /* the product is the gradient itself */
+                set_rc(j, ct_gemm_bf16_run(j->pa, P, B, NULL, j->gxb + n * g->C * HW, P, 1.0f,
+                                           0.0f, NULL));
+                continue;
+            }
+            set_rc(j, ct_gemm_bf16_run(j->pa, P, B, gcol, NULL, P, 1.0f, 0.0f, NULL));
+            memset(gxi, 0, sizeof(float) * (size_t)(g->C * HW));
+            c2i_ctx cc = {g, gcol, gxi};
+            col2im_channels(&cc, 0, g->C);
+            round_row(j->gxb + n * g->C * HW, gxi, g->C * HW);
+        }
+    ct_cpu_free(gcol);
+    ct_cpu_free(gxi);
+}
+
+int cpu_conv2d_bf16_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
+                                   const ct_conv_params *p) {
+    if (!usable(gx, w, p) || gy->dtype != CT_BFLOAT16 || !ct_is_contiguous(gy) ||
+        !ct_is_contiguous(gx))
+        return 1;
+    geom g = geom_of(gx, w, gy, p);
+    const int64_t CKK = g.C * g.KH * g.KW;
+    ct_bf16_pack pa;
+    ct_bf16_mat Wt = {(const uint16_t *)ct_ptr(w), 1, CKK}; /* W^T: (CKK x O) */
+    int rc = ct_gemm_bf16_pack_a(&pa, CKK, g.O, Wt);
+    if (rc) return rc;
+    job j = {.g = &g, .pa = &pa, .gy = (const uint16_t *)ct_ptr(gy),
+             .gxb = (uint16_t *)ct_ptr(gx), .nchunks = chunks_for(g.N)};
+    ct_parallel_for(j.nchunks, 1, bwd_input_chunks, &j);
+    ct_gemm_bf16_pack_free(&pa);
+    return j.rc ? -1 : 0;
+}
+
+/* ---------------------------------------------------------------- backward weight */
+/* Chunk c sums its images' products into gw_parts[c]; the parts are added in chunk order
+ * afterwards, so the result depends on the thread count only through that order. */
+static void bwd_weight_chunks(void *vc, int64_t begin, int64_t end) {
+    job *j = vc;
+    const geom *g = j->g;
+    const int64_t CKK = g->C * g->KH * g->KW, P = g->Ho * g->Wo;
+    uint32_t *bp = NULL;
+    uint16_t *row = ct_cpu_alloc(sizeof(uint16_t) * (size_t)(P + 2));
+    if (!row) set_rc(j, -1);
+    for (int64_t c = begin; c < end && !j->rc; c++) {
+        float *part = j->gw_parts + c * g->O * CKK;
+        int first = 1;
+        for (int64_t n = c * g->N / j->nchunks; n < (c + 1) * g->N / j->nchunks; n++) {
+            ct_bf16_pack pa;
+            ct_bf16_mat A = {j->gy + n * g->O * P, P, 1}; /* gy[n]: (O x P) */
+            if (ct_gemm_bf16_pack_a(&pa, g->O, P, A) != 0) {
+                set_rc(j, -1);
+                break;
+            }
+            if (!bp) bp = ct_cpu_alloc(sizeof(uint32_t) * (size_t)((CKK + NR - 1) / NR * NR * pa.K2));
+            if (!bp) {
+                set_rc(j, -1);
+                ct_gemm_bf16_pack_free(&pa);
+                break;
+            }
+            im2col_t_packed(g, j->x + n * g->C * g->H * g->W, pa.K2, bp, row);
+            set_rc(j, ct_gemm_bf16_run_packed(&pa, CKK, bp, part, NULL, CKK, 1.0f,
+                                              first ? 0.0f : 1.0f, NULL));
+            first = 0;
+            ct_gemm_bf16_pack_free(&pa);
+        }
+        if (first) memset(part, 0, sizeof(float) * (size_t)(g->O * CKK));
+    }
+    ct_cpu_free(bp);
+    ct_cpu_free(row);
+}
+
+int cpu_conv2d_bf16_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+                                    const ct_tensor *x, const ct_conv_params *p) {
+    if (!usable(x, gw, p) || gy->dtype != CT_BFLOAT16 || !ct_is_contiguous(gy) ||
+        gw->dtype != CT_BFLOAT16 || (gb && gb->dtype != CT_BFLOAT16))
+        return 1;
+    geom g = geom_of(x, gw, gy, p);
+    const int64_t CKK = g.C * g.KH * g.KW, P = g.Ho * g.Wo, OK = g.O * CKK;
+    job j = {.g = &g, .x = (const uint16_t *)ct_ptr(x), .gy = (const uint16_t *)ct_ptr(gy),
+             .nchunks = chunks_for(g.N)};
+    j.gw_parts = ct_cpu_alloc(sizeof(float) * (size_t)(OK * j.nchunks));
+    if (!j.gw_parts) return -1;
+    ct_parallel_for(j.nchunks, 1, bwd_weight_chunks, &j);
+    if (!j.rc) {
+        for (int64_t c = 1; c < j.nchunks; c++)
+            for (int64_t i = 0; i < OK; i++) j.gw_parts[i] += j.gw_parts[c * OK + i];
+        round_row((uint16_t *)ct_ptr(gw), j.gw_parts, OK);
+    }
+    ct_cpu_free(j.gw_parts);
+    if (!j.rc && gb) { /* gb[o] = sum of gy over N, H, W (in double) */
+        const uint16_t *gyp = j.gy;
+        uint16_t *gbp = (uint16_t *)ct_ptr(gb);
+        for (int64_t o = 0; o < g.O; o++) {
+            double sum = 0;
+            for (int64_t n = 0; n < g.N; n++) {
+                const uint16_t *q = gyp + (n * g.O + o) * P;
+                for (int64_t i = 0; i < P; i++) sum += ct_bf16_to_f32(q[i]);
+            }
+            gbp[o] = ct_f32_to_bf16((float)sum);
+        }
+    }
+    return j.rc ? -1 : 0;
+}
