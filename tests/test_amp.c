@@ -3,6 +3,7 @@
  * bf16 tolerances, the bf16 GEMM paths against each other, and the autocast API's errors.
  * Fixtures: tests/fixtures/gen_amp.py (PyTorch 2.x). */
 #include "ctorch.h"
+#include "ops/fused.h"
 #include "test.h"
 
 #include <math.h>
@@ -359,4 +360,66 @@ TEST(amp_autocast_errors) {
     ct_tensor *h = ct_ones(&n, 1, CT_BFLOAT16);
     CHECK_ERR_PTR(ct_topk(h, 2, 0, 1, 1, NULL), "bfloat16");
     ct_free(h);
+}
+
+/* The bf16 convolutions (im2col into the bf16 GEMM) against the widened float32 path on the
+ * same bf16 operands, forward and both gradients, over strides, padding, dilation, 1x1,
+ * odd sizes and bias; and the fused convolution + ReLU + max-pool. */
+static ct_tensor *conv_grads(const ct_tensor *x, const ct_tensor *w, const ct_tensor *b,
+                             const int st[2], const int pd[2], const int dl[2], int fused,
+                             ct_tensor **gx, ct_tensor **gw, ct_tensor **gb) {
+    ct_tensor *xs = ct_detach(x), *ws = ct_detach(w), *bs = b ? ct_detach(b) : NULL;
+    ct_set_requires_grad(xs, 1), ct_set_requires_grad(ws, 1);
+    if (bs) ct_set_requires_grad(bs, 1);
+    int two[2] = {2, 2}, zero[2] = {0, 0};
+    ct_tensor *y = fused ? ct_conv2d_relu_max_pool2d(xs, ws, bs, st, pd, dl, 1, two, two, zero)
+                         : ct_conv2d(xs, ws, bs, st, pd, dl, 1);
+    ct_tensor *yf = y ? ct_to_dtype(y, CT_FLOAT32) : NULL;
+    ct_tensor *l = yf ? ct_sum(ct_keep(ct_mul(yf, yf)), NULL, 0, 0) : NULL;
+    if (l) ct_backward(l, NULL, 0);
+    *gx = ct_grad(xs) ? ct_clone(ct_grad(xs)) : NULL;
+    *gw = ct_grad(ws) ? ct_clone(ct_grad(ws)) : NULL;
+    *gb = bs && ct_grad(bs) ? ct_clone(ct_grad(bs)) : NULL;
+    ct_free(xs), ct_free(ws), ct_free(bs), ct_free(yf), ct_free(l);
+    return y;
+}
+
+TEST(amp_bf16_conv_paths_match_widened_fallback) {
+    struct { int64_t n, c, h, w, o, k; int s, p, d, bias, fused; } cs[] = {
+        {2, 3, 9, 11, 5, 3, 1, 1, 1, 1, 0}, {3, 4, 8, 8, 6, 3, 2, 1, 1, 0, 0},
+        {2, 5, 7, 7, 4, 1, 1, 0, 1, 1, 0},  {2, 4, 10, 10, 3, 3, 1, 2, 2, 1, 0},
+        {1, 2, 6, 6, 7, 1, 2, 0, 1, 0, 0},  {3, 3, 8, 8, 8, 3, 1, 1, 1, 1, 1},
+    };
+    ct_scope *sc = ct_scope_push();
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+        int64_t xs[4] = {cs[i].n, cs[i].c, cs[i].h, cs[i].w}, ws[4] = {cs[i].o, cs[i].c, cs[i].k, cs[i].k};
+        ct_tensor *x = ct_to_dtype(ct_randn(xs, 4, CT_FLOAT32), CT_BFLOAT16);
+        ct_tensor *w = ct_to_dtype(ct_randn(ws, 4, CT_FLOAT32), CT_BFLOAT16);
+        ct_tensor *b = cs[i].bias ? ct_to_dtype(ct_randn(&ws[0], 1, CT_FLOAT32), CT_BFLOAT16) : NULL;
+        int st[2] = {cs[i].s, cs[i].s}, pd[2] = {cs[i].p, cs[i].p}, dl[2] = {cs[i].d, cs[i].d};
+        ct_tensor *g[3][3], *y[3];
+        const char *levels[3] = {"avx2", "", "avx512"}; /* the widened reference first */
+        for (int l = 0; l < 3; l++) {
+            setenv("CTORCH_CPU_ISA", levels[l], 1);
+            y[l] = conv_grads(x, w, b, st, pd, dl, cs[i].fused, &g[l][0], &g[l][1], &g[l][2]);
+        }
+        unsetenv("CTORCH_CPU_ISA");
+        for (int l = 1; l < 3; l++) {
+            char what[96];
+            snprintf(what, sizeof what, "bf16 %sconv case %zu (%s)", cs[i].fused ? "fused " : "",
+                     i, l == 1 ? "native" : "avx512");
+            CHECK_MSG(y[l] && ct_dtype_of(y[l]) == CT_BFLOAT16, "%s: bf16 output (%s)", what,
+                      ct_last_error());
+            check_allclose(y[l], y[0], 8e-3, 1e-5, what);
+            const char *gn[3] = {"grad input", "grad weight", "grad bias"};
+            for (int k = 0; k < 3; k++) {
+                if (!g[0][k]) continue;
+                char w2[128];
+                snprintf(w2, sizeof w2, "%s %s", what, gn[k]);
+                check_allclose(g[l][k], g[0][k], 1.6e-2, 1e-3, w2);
+            }
+        }
+        for (int l = 0; l < 3; l++) for (int k = 0; k < 3; k++) ct_free(g[l][k]);
+    }
+    ct_scope_pop(sc);
 }
