@@ -9,6 +9,7 @@
  * Weight gradient: tasks are (image range, output-channel block range); each slot owns an
  * accumulator [O][Kg + 1] (the extra column is the bias gradient, from a slab of ones)
  * and the slots are summed at the end. */
+#include "cpu_isa.h"
 #include "conv_fast.h"
 #include "core/error.h"
 #include "core/parallel.h"
@@ -108,8 +109,10 @@ static const cf_isa *select_isa(void) {
     if (r && r[0] && strcmp(r, "0") != 0) return NULL;
 #if defined(__x86_64__) || defined(__i386__)
     pthread_once(&g_cpu_once, probe_cpu);
+    /* CTORCH_CPU_ISA=avx2 (all CPU kernels) or CTORCH_CONV_ISA=avx2 (these only) */
     const char *want = getenv("CTORCH_CONV_ISA");
-    if (want && !strcmp(want, "avx2")) return g_have2 ? &cf_isa_avx2 : NULL;
+    if ((want && !strcmp(want, "avx2")) || ct_cpu_isa_level() < CT_ISA_AVX512)
+        return g_have2 && ct_cpu_isa_level() >= CT_ISA_AVX2 ? &cf_isa_avx2 : NULL;
     if (g_have512) return &cf_isa_avx512;
     if (g_have2) return &cf_isa_avx2;
 #endif

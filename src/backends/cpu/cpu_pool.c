@@ -8,6 +8,7 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "cpu_isa.h"
 #include "cpu_kernels.h"
 
 #include <math.h>
@@ -464,7 +465,7 @@ static void mp_probe(void) {
 }
 static int have_avx512(void) {
     pthread_once(&g_mp_once, mp_probe);
-    return g_mp_avx512;
+    return g_mp_avx512 && ct_cpu_isa_level() >= CT_ISA_AVX512; /* CTORCH_CPU_ISA may lower it */
 }
 #else
 static int have_avx512(void) { return 0; }

@@ -11,6 +11,7 @@
  * Tiles are balanced (64 rows become 6 tiles of 10-11, not 5 of 12 and one of 4).
  * Every tile size is its own instantiation so that the accumulators stay in registers.
  * The summation order differs from BLAS's; results agree to rounding. */
+#include "cpu_isa.h"
 #include "cpu_gemm_small.h"
 
 #include <stdlib.h>
@@ -54,7 +55,9 @@ int ct_sgemm_small_set_enabled(int on) {
 }
 
 int ct_sgemm_small_wanted(int ta, int tb, int64_t M, int64_t N, int64_t K) {
-    if (!ct_sgemm_small_available() || (ta && tb) || M <= 0 || N <= 0 || K <= 0) return 0;
+    if (!ct_sgemm_small_available() || ct_cpu_isa_level() < CT_ISA_AVX512 || (ta && tb) ||
+        M <= 0 || N <= 0 || K <= 0)
+        return 0;
     /* Measured against OpenBLAS 0.3.21 (its AVX-512 kernels) on this AMD EPYC, one thread.
      * Without packing, one operand is read again for every tile column: A once per 6
      * columns of C in the dot kernel, once per 32 in the outer-product kernel. Ours wins while that
