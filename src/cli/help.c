@@ -31,7 +31,9 @@ static const struct {
      "  --device D             cpu | cuda | cuda:N (default cpu)\n"
      "  --init FILE            starting weights (safetensors)\n"
      "  --save FILE            final weights (safetensors; also on Ctrl-C)\n"
-     "  --log-json FILE        one JSON object per epoch\n"},
+     "  --log-json FILE        one JSON object per epoch\n"
+     "  --amp A                bf16 | fp16 | off: autocast mixed precision (default off)\n"
+     "  --no-scaler            fp16 without dynamic loss scaling (GradScaler)\n"},
     {"eval",
      "usage: ctorch eval --model M --checkpoint FILE --dataset D [options]\n"
      "\n"
@@ -40,12 +42,15 @@ static const struct {
      "  --batch-size B   default 256\n"
      "  --threads T      default: all cores\n"
      "  --device D       cpu | cuda | cuda:N\n"
-     "  --json           print one JSON object\n"},
+     "  --json           print one JSON object\n"
+     "  --amp A          bf16 | fp16 | off: forward passes under autocast\n"},
     {"bench",
      "usage: ctorch bench --model M --batch-size B [--steps N] [--threads T] [--device D] [--json]\n"
+     "       [--amp bf16|fp16|off]\n"
      "\n"
      "Synthetic data; prints training-step and inference images per second.\n"
-     "  --json   one object: model, batch_size, threads, device, train_images_per_sec,\n"
+     "  --amp A  run the steps under autocast (bf16 | fp16 | off)\n"
+     "  --json   one object: model, batch_size, threads, device, amp, train_images_per_sec,\n"
      "           infer_images_per_sec\n"},
     {"download",
      "usage: ctorch download cifar10|mnist|fashion_mnist [--data-dir DIR]\n"
