@@ -61,9 +61,10 @@ static void im2col_row(const geom *g, const uint16_t *x, int64_t r, uint16_t *ds
                 if (hi > g->Wo) hi = g->Wo;
                 if (lo > g->Wo) lo = g->Wo;
                 if (hi < lo) hi = lo;
-                memset(d, 0, sizeof(uint16_t) * (size_t)lo);
-                memcpy(d + lo, s + ix0 + lo, sizeof(uint16_t) * (size_t)(hi - lo));
-                memset(d + hi, 0, sizeof(uint16_t) * (size_t)(g->Wo - hi));
+                /* inline loops: runs of a few dozen elements, where a libc call costs more */
+                for (int64_t ox = 0; ox < lo; ox++) d[ox] = 0;
+                for (int64_t ox = lo; ox < hi; ox++) d[ox] = s[ix0 + ox];
+                for (int64_t ox = hi; ox < g->Wo; ox++) d[ox] = 0;
                 continue;
             }
             for (int64_t ox = 0; ox < g->Wo; ox++) {
@@ -136,6 +137,12 @@ static void col2im_channels(void *vc, int64_t begin, int64_t end) {
                     float *d = dst + iy * g->W;
                     const float *s = src + oy * g->Wo;
                     int64_t ix0 = kx * g->dw - g->pw;
+                    if (g->sw == 1) { /* the in-range outputs form one run */
+                        int64_t lo = ix0 < 0 ? -ix0 : 0, hi = g->W - ix0;
+                        if (hi > g->Wo) hi = g->Wo;
+                        for (int64_t ox = lo; ox < hi; ox++) d[ix0 + ox] += s[ox];
+                        continue;
+                    }
                     for (int64_t ox = 0; ox < g->Wo; ox++) {
                         int64_t ix = ix0 + ox * g->sw;
                         if (ix >= 0 && ix < g->W) d[ix] += s[ox];
