@@ -92,6 +92,8 @@ ct_optim_kind ct_optim_kind_of(const ct_optimizer *o);
 const char *ct_optim_name(ct_optim_kind kind); /* "sgd", "adam", "adamw" */
 int64_t ct_optim_steps(const ct_optimizer *o); /* ct_optim_step calls so far */
 int ct_optim_num_params(const ct_optimizer *o);
+/* Parameter i (0 <= i < ct_optim_num_params), BORROWED; NULL when out of range. */
+ct_tensor *ct_optim_param(const ct_optimizer *o, int i);
 /* Per-parameter state, BORROWED, NULL when not (yet) created: "momentum_buffer" (SGD),
  * "exp_avg", "exp_avg_sq", "max_exp_avg_sq" (Adam/AdamW). */
 ct_tensor *ct_optim_state(const ct_optimizer *o, int param_index, const char *name);
