@@ -266,58 +266,6 @@ extern "C" int cuk_dropout(const cuk_ctx *c, int dt, int64_t n, void *y, void *m
 }
 
 /* --------------------------------------------------------------------- copy */
-/* bfloat16 / float16 conversions, bit-identical to src/core/half.h. */
-__device__ __forceinline__ float bf16_to_f32(uint16_t h) {
-    return __uint_as_float((uint32_t)h << 16);
-}
-__device__ __forceinline__ uint16_t f32_to_bf16(float f) {
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-__device__ __forceinline__ float f16_to_f32(uint16_t h) {
-    uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
-    if (e == 0) {
-        if (m == 0) {
-            u = s;
-        } else {
-            e = 127 - 15 + 1;
-            while (!(m & 0x400u)) {
-                m <<= 1;
-                e--;
-            }
-            m &= 0x3ffu;
-            u = s | (e << 23) | (m << 13);
-        }
-    } else if (e == 31) {
-        u = s | 0x7f800000u | (m << 13);
-    } else {
-        u = s | ((e + 127 - 15) << 23) | (m << 13);
-    }
-    return __uint_as_float(u);
-}
-__device__ __forceinline__ uint16_t f32_to_f16(float f) {
-    uint32_t u = __float_as_uint(f);
-    uint32_t s = (u >> 16) & 0x8000u;
-    int32_t e = (int32_t)((u >> 23) & 0xff) - 127 + 15;
-    uint32_t m = u & 0x7fffffu;
-    if (((u >> 23) & 0xff) == 0xff) return (uint16_t)(s | 0x7c00u | (m ? 0x200u : 0));
-    if (e >= 31) return (uint16_t)(s | 0x7c00u);
-    if (e <= 0) {
-        if (e < -10) return (uint16_t)s;
-        m |= 0x800000u;
-        uint32_t shift = (uint32_t)(14 - e);
-        uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (r & 1))) r++;
-        return (uint16_t)(s | r);
-    }
-    uint32_t r = (s | ((uint32_t)e << 10) | (m >> 13));
-    uint32_t rem = m & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (r & 1))) r++;
-    return (uint16_t)r;
-}
-
 __device__ __forceinline__ double load_as_double(const char *p, int dt) {
     switch (dt) {
     case CT_FLOAT32: return *(const float *)p;
