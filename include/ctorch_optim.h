@@ -92,6 +92,8 @@ ct_optim_kind ct_optim_kind_of(const ct_optimizer *o);
 const char *ct_optim_name(ct_optim_kind kind); /* "sgd", "adam", "adamw" */
 int64_t ct_optim_steps(const ct_optimizer *o); /* ct_optim_step calls so far */
 int ct_optim_num_params(const ct_optimizer *o);
+/* Parameter i (0 <= i < ct_optim_num_params), BORROWED; NULL when out of range. */
+ct_tensor *ct_optim_param(const ct_optimizer *o, int i);
 /* Per-parameter state, BORROWED, NULL when not (yet) created: "momentum_buffer" (SGD),
  * "exp_avg", "exp_avg_sq", "max_exp_avg_sq" (Adam/AdamW). */
 ct_tensor *ct_optim_state(const ct_optimizer *o, int param_index, const char *name);
@@ -158,6 +160,90 @@ double ct_schedule_lr(const ct_schedule *s, int64_t step);
 double ct_schedule_momentum(const ct_schedule *s, int64_t step);
 /* "none", "step", "cosine", "linear", "onecycle" -> kind; -1 with an error otherwise. */
 int ct_schedule_parse(const char *name, ct_schedule_kind *out);
+
+/* ------------------------------------------------------------- gradient scaling
+ * GradScaler: dynamic loss scaling for mixed-precision training, with the semantics of
+ * PyTorch 2's torch.amp.GradScaler (also torch.cuda.amp.GradScaler's):
+ *
+ *     ct_grad_scaler *sc = ct_grad_scaler_new(NULL);         // PyTorch's defaults
+ *     ... per batch:
+ *     ct_backward(ct_grad_scaler_scale(sc, loss), NULL, 0);  // gradients of loss * scale
+ *     ct_grad_scaler_unscale(sc, opt);  // optional: to read or clip the true gradients
+ *     ct_grad_scaler_step(sc, opt);     // unscales if not done; skipped on inf/NaN
+ *     ct_grad_scaler_update(sc);        // backoff after inf/NaN, growth after good steps
+ *     ct_optim_zero_grad(opt);
+ *
+ * The scale is a float32 number (as PyTorch's scale tensor), kept on the host; the
+ * gradients are unscaled where they live, by the amp_unscale kernel: one call per device
+ * and dtype over all of an optimizer's gradients, then one read of each device's
+ * found_inf flag. Per optimizer and between two updates, unscale may run once and before
+ * step, and step once (errors otherwise, as PyTorch raises); update needs a step or an
+ * unscale since the last update, and combines the inf/NaN findings of every optimizer
+ * used since. Unlike PyTorch, ct_grad_scaler_scale need not have been called first.
+ *
+ * update: when any gradient was inf/NaN, scale *= backoff_factor and the growth tracker
+ * restarts at 0; otherwise the tracker counts the good step, and at growth_interval good
+ * steps in a row scale *= growth_factor (kept if finite) and the tracker restarts. The
+ * new scale is rounded to float32, as PyTorch's _amp_update_scale_ does.
+ *
+ * A disabled scaler (.disabled = 1, PyTorch's enabled=False) does nothing: scale returns
+ * the loss itself (a new reference), unscale and update return 0, step is ct_optim_step
+ * (1 or -1), the scale reads 1.0 and the state is empty (all zero). */
+typedef struct {
+    double init_scale;     /* 0 -> 65536.0 (2^16) */
+    double growth_factor;  /* 0 -> 2.0; must be > 1 */
+    double backoff_factor; /* 0 -> 0.5; must be in (0, 1) */
+    int growth_interval;   /* 0 -> 2000; must be >= 1 */
+    int disabled;          /* 1: PyTorch's enabled=False */
+} ct_grad_scaler_opts;
+
+typedef struct ct_grad_scaler ct_grad_scaler;
+
+/* NULL: PyTorch's defaults, e.g. ct_grad_scaler_new(&(ct_grad_scaler_opts){
+ * .init_scale = 1024, .growth_interval = 100}). NULL + error on invalid options. */
+ct_grad_scaler *ct_grad_scaler_new(const ct_grad_scaler_opts *o);
+void ct_grad_scaler_free(ct_grad_scaler *s); /* NULL is fine */
+/* loss * scale, differentiable (a new reference); the loss itself when disabled. */
+ct_tensor *ct_grad_scaler_scale(ct_grad_scaler *s, const ct_tensor *loss);
+/* Divides the gradients of o's parameters in place by the scale (multiplies by float32
+ * 1/scale, as PyTorch) and records whether any element is inf or NaN. 0 or -1. */
+int ct_grad_scaler_unscale(ct_grad_scaler *s, ct_optimizer *o);
+/* Unscales (if ct_grad_scaler_unscale was not called for o), then ct_optim_step(o) unless
+ * a gradient was inf/NaN: 1 stepped, 0 skipped, -1 error. */
+int ct_grad_scaler_step(ct_grad_scaler *s, ct_optimizer *o);
+/* Adjusts the scale for the next iteration (see above) and forgets the optimizers'
+ * records; 0 or -1. */
+int ct_grad_scaler_update(ct_grad_scaler *s);
+/* PyTorch's update(new_scale): the scale becomes new_scale (> 0, finite; rounded to
+ * float32), the growth tracker is left alone, the optimizers' records are forgotten. */
+int ct_grad_scaler_update_to(ct_grad_scaler *s, double new_scale);
+double ct_grad_scaler_get_scale(const ct_grad_scaler *s); /* 1.0 when disabled or NULL */
+int ct_grad_scaler_is_enabled(const ct_grad_scaler *s);
+/* ct_grad_scaler_step calls that stepped / that skipped the step (inf/NaN gradients). */
+int64_t ct_grad_scaler_steps_taken(const ct_grad_scaler *s);
+int64_t ct_grad_scaler_skipped_steps(const ct_grad_scaler *s);
+
+/* The state PyTorch's GradScaler.state_dict() holds, field for key, for checkpoints. */
+typedef struct {
+    double scale;            /* "scale" */
+    double growth_factor;    /* "growth_factor" */
+    double backoff_factor;   /* "backoff_factor" */
+    int64_t growth_interval; /* "growth_interval" */
+    int64_t growth_tracker;  /* "_growth_tracker": good steps since the last change */
+} ct_grad_scaler_state;
+/* A disabled scaler's state is all zero (PyTorch's empty dict). */
+int ct_grad_scaler_state_dict(const ct_grad_scaler *s, ct_grad_scaler_state *out);
+/* Validated as the options are; an empty (all-zero) state is an error, and loading into
+ * a disabled scaler does nothing, as in PyTorch. */
+int ct_grad_scaler_load_state_dict(ct_grad_scaler *s, const ct_grad_scaler_state *st);
+
+/* The fused kernel behind unscale (torch._amp_foreach_non_finite_check_and_unscale_):
+ * every element of grads[0..n) is multiplied in place by inv_scale (rounded to float32;
+ * in the gradient's precision, float for float16/bfloat16) and found_inf (a 1-element
+ * float32 tensor on the gradients' device) is set to 1 when any element was inf or NaN
+ * (it is never reset to 0). Gradients: float32, float64, float16 or bfloat16, any strides,
+ * all on found_inf's device; one kernel call per dtype. No autograd. 0 or -1. */
+int ct_amp_unscale_(ct_tensor *const *grads, int n, ct_tensor *found_inf, double inv_scale);
 
 #ifdef __cplusplus
 }

@@ -188,6 +188,12 @@ typedef struct {
     X(adam_step, (ct_tensor *const *params, ct_tensor *const *grads,                       \
                   ct_tensor *const *exp_avg, ct_tensor *const *exp_avg_sq,                 \
                   ct_tensor *const *max_exp_avg_sq, int n, const ct_adam_args *a))         \
+    /* GradScaler's unscale (torch._amp_foreach_non_finite_check_and_unscale_): each of \
+     * the n grads (contiguous, one dtype: float32, float64, float16 or bfloat16, on     \
+     * found_inf's device) is multiplied in place by inv_scale (a float32 value) in its    \
+     * precision (float for float16/bfloat16); found_inf (float32, 1 element, contiguous) \
+     * is set to 1 when any element was inf or NaN, and left alone otherwise. */           \
+    X(amp_unscale, (ct_tensor *const *grads, int n, ct_tensor *found_inf, double inv_scale)) \
     /* y [n, dim] = weight [num, dim] rows picked by indices (int64 [n]), all contiguous;    \
      * an index outside [0, num) is an error naming it (CUDA: at the next sync). */          \
     X(embedding_forward, (ct_tensor *y, const ct_tensor *weight, const ct_tensor *indices)) \

@@ -236,6 +236,9 @@ const ct_optim_options *ct_optim_options_of(const ct_optimizer *o) { return o ? 
 ct_optim_kind ct_optim_kind_of(const ct_optimizer *o) { return o ? o->kind : CT_OPTIM_SGD; }
 int64_t ct_optim_steps(const ct_optimizer *o) { return o ? o->steps : 0; }
 int ct_optim_num_params(const ct_optimizer *o) { return o ? o->n : 0; }
+ct_tensor *ct_optim_param(const ct_optimizer *o, int i) {
+    return o && i >= 0 && i < o->n ? o->params[i] : NULL;
+}
 
 ct_tensor *ct_optim_state(const ct_optimizer *o, int i, const char *name) {
     if (!o || i < 0 || i >= o->n || !name) return NULL;

@@ -85,6 +85,10 @@ __device__ __forceinline__ double cu_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float cu_erf(float x) { return erff(x); }
 __device__ __forceinline__ double cu_erf(double x) { return erf(x); }
 
+/* bfloat16 / float16 conversions: src/core/half.h's (ct_bf16_to_f32, ...), bit-identical
+ * to PyTorch's. */
+#include "core/half.h"
+
 /* Block-wide sum of a double (all threads get the result). blockDim.x a multiple of 32,
  * at most 1024. The order of additions is fixed, so results are deterministic. */
 __device__ __forceinline__ double cuk_warp_sum(double v) {

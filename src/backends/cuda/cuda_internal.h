@@ -168,6 +168,11 @@ int cuk_adam(const cuk_ctx *c, int dt, int n, void *const *params, const void *c
              const int64_t *numel, double lr, double beta1, double beta2, double eps,
              double weight_decay, int decoupled, int amsgrad, int maximize,
              double bias_correction1, double bias_correction2);
+/* GradScaler's unscale: grads[i] (numel[i] elements of dtype dt: float32, float64,
+ * float16 or bfloat16) *= inv_scale (a float32 value), *found_inf = 1 when any element is
+ * inf or NaN (left alone otherwise). */
+int cuk_amp_unscale(const cuk_ctx *c, int dt, int n, void *const *grads, const int64_t *numel,
+                    float *found_inf, double inv_scale);
 
 /* ------------------------------------------------------------------- probing */
 /* cudaFuncGetAttributes on a kernel of this build: cudaErrorNoKernelImageForDevice (or

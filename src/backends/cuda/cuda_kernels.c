@@ -629,6 +629,40 @@ int cu_k_adam_step(ct_tensor *const *params, ct_tensor *const *grads, ct_tensor 
     return rc;
 }
 
+/* The kernel table's amp_unscale: the whole list of gradients in a few launches. */
+int cu_k_amp_unscale(ct_tensor *const *grads, int n, ct_tensor *found_inf, double inv_scale) {
+    const char *op = "amp_unscale (cuda)";
+    if (n <= 0) return 0;
+    if (found_inf->dtype != CT_FLOAT32 || cu_numel(found_inf) != 1 ||
+        found_inf->storage->device.type != CT_CUDA)
+        return cu_error("%s: found_inf must be a 1-element float32 cuda tensor", op);
+    const ct_dtype dt = grads[0]->dtype;
+    if (dt != CT_FLOAT32 && dt != CT_FLOAT64 && dt != CT_FLOAT16 && dt != CT_BFLOAT16)
+        return cu_error("%s: gradients must be float32, float64, float16 or bfloat16, not %s",
+                        op, cu_dtype_name(dt));
+    for (int i = 0; i < n; i++) {
+        const ct_tensor *g = grads[i];
+        if (g->storage->device.type != CT_CUDA ||
+            g->storage->device.index != found_inf->storage->device.index)
+            return cu_error("%s: grads[%d] is not on cuda:%d like found_inf", op, i,
+                            found_inf->storage->device.index);
+        if (g->dtype != dt || !cu_is_contiguous(g))
+            return cu_error("%s: grads[%d] must be contiguous and %s like grads[0]", op, i,
+                            cu_dtype_name(dt));
+    }
+    cu_dev *d = cu_dev_of(found_inf);
+    ct_tensor *const *lists[1] = {grads};
+    void **ptr;
+    int64_t *numel;
+    if (!d || pack_lists(op, n, 1, lists, &ptr, &numel) != 0) return -1;
+    int rc = cu_fail(cuk_amp_unscale(&d->k, (int)dt, n, ptr, numel, (float *)cu_ptr(found_inf),
+                                     inv_scale),
+                     op);
+    free(ptr);
+    free(numel);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ dropout */
 int cu_k_dropout_forward(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, const ct_tensor *u,
                          double p) {

@@ -152,3 +152,71 @@ extern "C" int cuk_adam(const cuk_ctx *c, int dt, int n, void *const *params,
     if (dt != CT_FLOAT32 && dt != CT_FLOAT64) return (int)cudaErrorInvalidValue;
     return multi_tensor<5>(n, lists, numel, launch);
 }
+
+/* GradScaler's unscale (the kernel table's amp_unscale; torch's
+ * _amp_foreach_non_finite_check_and_unscale_): g *= inv_scale in the gradient's precision
+ * (float for float16/bfloat16, converted bit-identically to src/core/half.h) over a list of
+ * tensors, and found_inf = 1 when any element was inf or NaN. Every thread that meets one
+ * stores the same 1.0f, so the order of the stores does not matter. */
+struct AmpF32 {
+    typedef float S;
+    typedef float M;
+    static __device__ __forceinline__ M load(S v) { return v; }
+    static __device__ __forceinline__ S store(M v) { return v; }
+};
+struct AmpF64 {
+    typedef double S;
+    typedef double M;
+    static __device__ __forceinline__ M load(S v) { return v; }
+    static __device__ __forceinline__ S store(M v) { return v; }
+};
+struct AmpF16 {
+    typedef uint16_t S;
+    typedef float M;
+    static __device__ __forceinline__ M load(S v) { return ct_f16_to_f32(v); }
+    static __device__ __forceinline__ S store(M v) { return ct_f32_to_f16(v); }
+};
+struct AmpBF16 {
+    typedef uint16_t S;
+    typedef float M;
+    static __device__ __forceinline__ M load(S v) { return ct_bf16_to_f32(v); }
+    static __device__ __forceinline__ S store(M v) { return ct_f32_to_bf16(v); }
+};
+
+template <typename A>
+__global__ void k_amp_unscale(MTList<1> l, float *found_inf, float inv_scale) {
+    typedef typename A::M M;
+    const int t = l.tensor[blockIdx.x];
+    const int64_t n = l.numel[t];
+    const int64_t i0 = (int64_t)l.chunk[blockIdx.x] * MT_CHUNK;
+    const int64_t i1 = i0 + MT_CHUNK < n ? i0 + MT_CHUNK : n;
+    typename A::S *g = (typename A::S *)l.ptr[0][t];
+    const M inv = (M)inv_scale;
+    bool bad = false;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+        const M v = A::load(g[i]);
+        bad |= !(v - v == v - v); /* inf - inf and NaN - NaN are NaN */
+        if (inv_scale != 1.0f) g[i] = A::store(v * inv);
+    }
+    if (bad) *found_inf = 1.0f;
+}
+
+extern "C" int cuk_amp_unscale(const cuk_ctx *c, int dt, int n, void *const *grads,
+                               const int64_t *numel, float *found_inf, double inv_scale) {
+    void *const *lists[1] = {grads};
+    const float inv = (float)inv_scale;
+    auto launch = [&](const MTList<1> &l, int nb) -> int {
+#define AMP_LAUNCH(A) CUK_LAUNCH(nb, CUK_THREADS, 0, c->stream, k_amp_unscale<A>)(l, found_inf, inv)
+        switch (dt) {
+        case CT_FLOAT32: AMP_LAUNCH(AmpF32); break;
+        case CT_FLOAT64: AMP_LAUNCH(AmpF64); break;
+        case CT_FLOAT16: AMP_LAUNCH(AmpF16); break;
+        default: AMP_LAUNCH(AmpBF16); break;
+        }
+#undef AMP_LAUNCH
+        return cuk_status();
+    };
+    if (dt != CT_FLOAT32 && dt != CT_FLOAT64 && dt != CT_FLOAT16 && dt != CT_BFLOAT16)
+        return (int)cudaErrorInvalidValue;
+    return multi_tensor<1>(n, lists, numel, launch);
+}
