@@ -227,6 +227,50 @@ TEST(cli_mlp_learns_mnist_subset) {
     CHECK_MSG(acc > 0.88, "mlp test accuracy %.3f after 2 epochs on 10000 images", acc);
 }
 
+/* The test accuracy in the last row of a --log-json file (-1 when missing). */
+static double last_test_acc(const char *json, int *has_scale) {
+    FILE *f = fopen(json, "r");
+    double acc = -1;
+    char line[1024];
+    *has_scale = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        const char *k = strstr(line, "\"test_acc\": ");
+        if (k) acc = atof(k + 12);
+        *has_scale = strstr(line, "\"loss_scale\": ") && strstr(line, "\"amp_skipped_steps\": ");
+    }
+    if (f) fclose(f);
+    return acc;
+}
+
+/* --amp bf16 and --amp fp16 (with its GradScaler) train simple_cnn on real CIFAR-10 as
+ * well as float32 from the same seed (a subset: the 10-epoch comparison is in
+ * bench/RESULTS.md). */
+TEST(cli_amp_trains_simple_cnn_on_cifar10) {
+    const char *d = data_dir();
+    if (!d) SKIP("$CTORCH_DATA holds no CIFAR-10");
+    const char *amps[3] = {"off", "bf16", "fp16"};
+    double acc[3];
+    for (int i = 0; i < 3; i++) {
+        char log[512], json[512], cmd[2048];
+        snprintf(log, sizeof log, "%s/amp_%s.log", tmpdir(), amps[i]);
+        snprintf(json, sizeof json, "%s/amp_%s.jsonl", tmpdir(), amps[i]);
+        snprintf(cmd, sizeof cmd,
+                 "%s train --model simple_cnn --dataset cifar10 --data-dir %s --epochs 2 "
+                 "--train-limit 6000 --test-limit 2000 --amp %s --log-json %s",
+                 bin(), d, amps[i], json);
+        int rc = run(cmd, log);
+        CHECK_MSG(rc == 0, "--amp %s: train exited %d", amps[i], rc);
+        if (rc) show_log(log);
+        int scaled;
+        acc[i] = last_test_acc(json, &scaled);
+        CHECK_MSG(scaled == (i == 2), "--amp %s: loss_scale in the log %d", amps[i], scaled);
+        CHECK_MSG(acc[i] > 0.33, "--amp %s: test accuracy %.3f", amps[i], acc[i]);
+    }
+    for (int i = 1; i < 3; i++)
+        CHECK_MSG(fabs(acc[i] - acc[0]) < 0.04, "--amp %s: %.3f vs float32 %.3f", amps[i],
+                  acc[i], acc[0]);
+}
+
 TEST(cli_bad_input_exits_2_with_a_message) {
     char log[512], cmd[2048], bad[512];
     snprintf(log, sizeof log, "%s/bad.log", tmpdir());
@@ -244,6 +288,8 @@ TEST(cli_bad_input_exits_2_with_a_message) {
         {"train --model mlp --dataset mnist --batch-size", "needs a value"},
         {"eval --model mlp --dataset mnist", "required"},
         {"bench --model mlp", "required"},
+        {"train --model mlp --dataset mnist --amp fp8", "choose one of: bf16, fp16, off"},
+        {"bench --model mlp --batch-size 4 --amp half", "choose one of: bf16, fp16, off"},
         {"frobnicate", "unknown command"},
         {"help nope", "unknown command"},
         {"download", "name the dataset"},

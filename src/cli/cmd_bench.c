@@ -118,6 +118,11 @@ int cmd_bench(int argc, char **argv) {
     ct_tensor **params = ct_module_parameters(model, &np);
     opt = ct_optim_sgd(params, np, 0.01, 0.9, 0, 0, 0);
     free(params);
+    /* float16 steps scale the loss, as a PyTorch fp16 training loop with GradScaler */
+    if (a.amp.dtype == CT_FLOAT16 && !(a.amp.scaler = ct_grad_scaler_new(NULL))) {
+        code = cli_fail("bench", CLI_RUNTIME, "%s", ct_last_error());
+        goto done;
+    }
     /* training steps, then inference: warm-up, then timed */
     int64_t warm = a.steps < 3 ? 1 : 3;
     double t_train = 0, t_infer = 0;
@@ -130,6 +135,7 @@ int cmd_bench(int argc, char **argv) {
 done:
     ct_free(x); ct_free(yf); ct_free(y10); ct_free(y); ct_free(xd); ct_free(yd);
     ct_optim_free(opt);
+    ct_grad_scaler_free(a.amp.scaler);
     ct_module_free(model);
     return code;
 }

@@ -31,7 +31,7 @@ typedef struct {
     cli_amp amp;
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
     double lr, momentum, weight_decay;
-    int nesterov, no_shuffle;
+    int nesterov, no_shuffle, no_scaler;
 } train_args;
 
 /* JSON lines kept in memory and rewritten atomically after each epoch. */
@@ -126,6 +126,7 @@ static int parse_args(int argc, char **argv, train_args *a) {
         {"--save", OPT_STRING, &a->save, 0, 0, 0},
         {"--log-json", OPT_STRING, &a->log_json, 0, 0, 0},
         {"--amp", OPT_STRING, &a->amp_s, 0, 0, 0},
+        {"--no-scaler", OPT_FLAG, &a->no_scaler, 0, 0, 0},
     };
     const char *pos[1];
     int npos, rc = cli_parse("train", argc, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
@@ -211,6 +212,10 @@ static int setup_run(train_run *r) {
     int np;
     ct_tensor **params = ct_module_parameters(r->model, &np);
     r->opt = ct_optim_new(r->okind, params, np, &r->oo);
+    /* float16 autocast scales the loss (PyTorch's GradScaler defaults) unless told not to */
+    if (r->opt && r->a.amp.dtype == CT_FLOAT16 && !r->a.no_scaler &&
+        !(r->a.amp.scaler = ct_grad_scaler_new(NULL)))
+        return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
     free(params);
     if (!r->opt) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     r->tty = isatty(STDERR_FILENO);
@@ -281,12 +286,17 @@ static int train_epoch(train_run *r, int64_t epoch, epoch_stats *s) {
 static void log_epoch(train_run *r, int64_t epoch, const epoch_stats *s, const eval_result *ev,
                       double ips, double secs) {
     char *line = cli_json_line(json_pack(
-        "{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "epoch", (json_int_t)epoch + 1,
+        "{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o*, s:o*}", "epoch", (json_int_t)epoch + 1,
         "step", (json_int_t)r->step, "train_loss", cli_json_number(s->loss_sum / (double)s->seen, "%.6f"),
         "train_acc", cli_json_number((double)s->correct / (double)s->seen, "%.6f"),
         "test_loss", cli_json_number(ev->loss, "%.6f"), "test_acc", cli_json_number(ev->accuracy, "%.6f"),
         "lr", cli_json_number(ct_optim_get_lr(r->opt), "%.8g"),
-        "images_per_sec", cli_json_number(ips, "%.1f"), "seconds", cli_json_number(secs, "%.3f")));
+        "images_per_sec", cli_json_number(ips, "%.1f"), "seconds", cli_json_number(secs, "%.3f"),
+        /* with a GradScaler: its scale and the steps skipped so far (inf/NaN gradients) */
+        "loss_scale",
+        r->a.amp.scaler ? cli_json_number(ct_grad_scaler_get_scale(r->a.amp.scaler), "%.8g") : NULL,
+        "amp_skipped_steps",
+        r->a.amp.scaler ? json_integer(ct_grad_scaler_skipped_steps(r->a.amp.scaler)) : NULL));
     if (!line || tb_append(&r->log, line) != 0)
         fprintf(stderr, "ctorch train: warning: out of memory for the --log-json row\n");
     else if (write_atomic(r->a.log_json, &r->log) != 0)
@@ -304,9 +314,13 @@ static int evaluate_epoch(train_run *r, int64_t epoch, const epoch_stats *s) {
     r->final_acc = ev.accuracy;
     double ips = (double)s->seen / s->train_secs;
     printf("epoch %lld/%lld train_loss %.4f train_acc %.2f%% test_loss %.4f test_acc %.2f%% "
-           "lr %.5g %.0f img/s %.1fs\n", (long long)epoch + 1, (long long)r->a.epochs,
+           "lr %.5g %.0f img/s %.1fs", (long long)epoch + 1, (long long)r->a.epochs,
            s->loss_sum / (double)s->seen, 100.0 * (double)s->correct / (double)s->seen, ev.loss,
            100.0 * ev.accuracy, ct_optim_get_lr(r->opt), ips, secs);
+    if (r->a.amp.scaler)
+        printf(" loss_scale %g skipped %lld", ct_grad_scaler_get_scale(r->a.amp.scaler),
+               (long long)ct_grad_scaler_skipped_steps(r->a.amp.scaler));
+    printf("\n");
     fflush(stdout);
     if (r->a.log_json) log_epoch(r, epoch, s, &ev, ips, secs);
     return CLI_OK;
@@ -335,6 +349,7 @@ static void free_run(train_run *r) {
     ct_device_prefetcher_free(r->pf);
     ct_dataloader_free(r->dl);
     ct_optim_free(r->opt);
+    ct_grad_scaler_free(r->a.amp.scaler);
     ct_module_free(r->model);
     ct_dataset_free(r->train);
     ct_dataset_free(r->test);

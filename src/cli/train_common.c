@@ -146,7 +146,20 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
     ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_MEAN, 0.0, -100) : NULL;
     amp_exit(amp);
     int rc = -1;
-    if (loss && ct_backward(loss, NULL, 0) == 0 && ct_optim_step(opt) == 0) {
+    if (amp && amp->scaler && loss) {
+        /* GradScaler: backward of loss * scale, a step only when every gradient is
+         * finite (after unscaling), then the scale's update */
+        ct_tensor *scaled = ct_grad_scaler_scale(amp->scaler, loss);
+        int ok = scaled && ct_backward(scaled, NULL, 0) == 0 &&
+                 ct_grad_scaler_step(amp->scaler, opt) >= 0 &&
+                 ct_grad_scaler_update(amp->scaler) == 0;
+        ct_free(scaled);
+        if (ok) {
+            ct_optim_zero_grad(opt);
+            r->n = ct_size(x, 0);
+            rc = step_stats(logits, loss, yd, &r->loss, &r->correct);
+        }
+    } else if (loss && ct_backward(loss, NULL, 0) == 0 && ct_optim_step(opt) == 0) {
         ct_optim_zero_grad(opt);
         r->n = ct_size(x, 0);
         rc = step_stats(logits, loss, yd, &r->loss, &r->correct);

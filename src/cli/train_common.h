@@ -19,7 +19,8 @@ typedef struct {
 
 /* --amp: mixed precision for a step or an evaluation. */
 typedef struct {
-    ct_dtype dtype; /* CT_BFLOAT16 or CT_FLOAT16 under autocast; CT_FLOAT32: off */
+    ct_dtype dtype;         /* CT_BFLOAT16 or CT_FLOAT16 under autocast; CT_FLOAT32: off */
+    ct_grad_scaler *scaler; /* dynamic loss scaling (float16), or NULL */
 } cli_amp;
 
 double cli_now(void);
