@@ -389,6 +389,8 @@ TEST(amp_bf16_conv_paths_match_widened_fallback) {
         {2, 3, 9, 11, 5, 3, 1, 1, 1, 1, 0}, {3, 4, 8, 8, 6, 3, 2, 1, 1, 0, 0},
         {2, 5, 7, 7, 4, 1, 1, 0, 1, 1, 0},  {2, 4, 10, 10, 3, 3, 1, 2, 2, 1, 0},
         {1, 2, 6, 6, 7, 1, 2, 0, 1, 0, 0},  {3, 3, 8, 8, 8, 3, 1, 1, 1, 1, 1},
+        /* 8x8 outputs: whole panels, several images in one product */
+        {6, 3, 8, 8, 40, 3, 1, 1, 1, 1, 0}, {5, 16, 16, 16, 8, 3, 2, 1, 1, 0, 0},
     };
     ct_scope *sc = ct_scope_push();
     for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {

@@ -98,16 +98,15 @@ static void im2col_packed(const geom *g, const uint16_t *x, int64_t K2, uint32_t
 }
 
 /* The transposed im2col matrix (P x CKK: pairs of adjacent pixels of one row r) into the
- * packed B of the weight gradient (K2 pair rows over P, panels of NR rows r). */
-static void im2col_t_packed(const geom *g, const uint16_t *x, int64_t K2, uint32_t *bp,
-                            uint16_t *row) {
+ * packed B of the weight gradient (K2 pair rows, this image's from pair row k_off on;
+ * panels of NR rows r). The caller zeroes bp first (padding). */
+static void im2col_t_packed(const geom *g, const uint16_t *x, int64_t K2, int64_t k_off,
+                            uint32_t *bp, uint16_t *row) {
     const int64_t CKK = g->C * g->KH * g->KW, P = g->Ho * g->Wo;
-    const int64_t nblocks = (CKK + NR - 1) / NR;
-    memset(bp, 0, sizeof(uint32_t) * (size_t)(nblocks * K2 * NR));
     for (int64_t r = 0; r < CKK; r++) {
         im2col_row(g, x, r, row);
         row[P] = 0; /* an odd P pairs its last pixel with zero */
-        uint32_t *d = bp + (r / NR) * K2 * NR + r % NR;
+        uint32_t *d = bp + (r / NR) * K2 * NR + k_off * NR + r % NR;
         for (int64_t j = 0; 2 * j < P; j++)
             d[j * NR] = (uint32_t)row[2 * j] | (uint32_t)row[2 * j + 1] << 16;
     }
@@ -191,17 +190,26 @@ static void fwd_chunks(void *vc, int64_t begin, int64_t end) {
     job *j = vc;
     const geom *g = j->g;
     const int64_t P = g->Ho * g->Wo, K2 = j->pa->K2, nblocks = (P + NR - 1) / NR;
-    uint32_t *bp = ct_cpu_alloc(sizeof(uint32_t) * (size_t)(nblocks * NR * K2));
+    /* several images side by side in one product when an image is whole panels, as many
+     * as keep the packed columns within ~2 MiB (a core's L2) */
+    int64_t cnt = P % NR ? 1 : (2 << 20) / (K2 * P * 4);
+    if (cnt < 1) cnt = 1;
+    uint32_t *bp = ct_cpu_alloc(sizeof(uint32_t) * (size_t)(cnt * nblocks * NR * K2));
     uint16_t *rows = ct_cpu_alloc(sizeof(uint16_t) * (size_t)(2 * P + 2));
     if (!bp || !rows) set_rc(j, -1);
-    for (int64_t c = begin; c < end && bp && rows; c++)
-        for (int64_t n = c * g->N / j->nchunks; n < (c + 1) * g->N / j->nchunks; n++) {
-            im2col_packed(g, j->x + n * g->C * g->H * g->W, K2, bp, rows, rows + P + 1);
-            set_rc(j, ct_gemm_bf16_run_packed(j->pa, P, bp,
-                                              j->y32 ? j->y32 + n * g->O * P : NULL,
-                                              j->y32 ? NULL : j->yb + n * g->O * P, P, 1.0f,
-                                              0.0f, j->bias));
+    for (int64_t c = begin; c < end && bp && rows; c++) {
+        int64_t n1 = (c + 1) * g->N / j->nchunks;
+        for (int64_t n = c * g->N / j->nchunks; n < n1; n += cnt) {
+            int64_t m = n1 - n < cnt ? n1 - n : cnt;
+            for (int64_t i = 0; i < m; i++)
+                im2col_packed(g, j->x + (n + i) * g->C * g->H * g->W, K2,
+                              bp + i * nblocks * K2 * NR, rows, rows + P + 1);
+            set_rc(j, ct_gemm_bf16_run_grouped(j->pa, m * P, bp,
+                                               j->y32 ? j->y32 + n * g->O * P : NULL,
+                                               j->y32 ? NULL : j->yb + n * g->O * P, P,
+                                               m > 1 ? P : 0, g->O * P, 1.0f, 0.0f, j->bias));
         }
+    }
     ct_cpu_free(bp);
     ct_cpu_free(rows);
 }
@@ -281,26 +289,45 @@ static void bwd_weight_chunks(void *vc, int64_t begin, int64_t end) {
     job *j = vc;
     const geom *g = j->g;
     const int64_t CKK = g->C * g->KH * g->KW, P = g->Ho * g->Wo;
+    /* the images of a sub-batch one after another along K (an even P keeps each image's
+     * pixel pairs its own): gW += [gy[n] | gy[n+1] | ...] @ [col[n]^T; col[n+1]^T; ...] */
+    const int64_t CKKp = (CKK + NR - 1) / NR * NR;
+    int64_t cnt = P % 2 ? 1 : (2 << 20) / (CKKp * P * 2);
+    if (cnt < 1) cnt = 1;
     uint32_t *bp = NULL;
     uint16_t *row = ct_cpu_alloc(sizeof(uint16_t) * (size_t)(P + 2));
-    if (!row) set_rc(j, -1);
+    uint16_t *agy = cnt > 1 ? ct_cpu_alloc(sizeof(uint16_t) * (size_t)(g->O * cnt * P)) : NULL;
+    if (!row || (cnt > 1 && !agy)) set_rc(j, -1);
     for (int64_t c = begin; c < end && !j->rc; c++) {
         float *part = j->gw_parts + c * g->O * CKK;
         int first = 1;
-        for (int64_t n = c * g->N / j->nchunks; n < (c + 1) * g->N / j->nchunks; n++) {
-            ct_bf16_pack pa;
+        int64_t n1 = (c + 1) * g->N / j->nchunks;
+        for (int64_t n = c * g->N / j->nchunks; n < n1 && !j->rc; n += cnt) {
+            int64_t m = n1 - n < cnt ? n1 - n : cnt;
             ct_bf16_mat A = {j->gy + n * g->O * P, P, 1}; /* gy[n]: (O x P) */
-            if (ct_gemm_bf16_pack_a(&pa, g->O, P, A) != 0) {
+            if (m > 1) { /* gy of m images as one (O x mP) matrix */
+                for (int64_t o = 0; o < g->O; o++)
+                    for (int64_t i = 0; i < m; i++)
+                        memcpy(agy + o * m * P + i * P, j->gy + ((n + i) * g->O + o) * P,
+                               sizeof(uint16_t) * (size_t)P);
+                A = (ct_bf16_mat){agy, m * P, 1};
+            }
+            ct_bf16_pack pa;
+            if (ct_gemm_bf16_pack_a(&pa, g->O, m * P, A) != 0) {
                 set_rc(j, -1);
                 break;
             }
-            if (!bp) bp = ct_cpu_alloc(sizeof(uint32_t) * (size_t)((CKK + NR - 1) / NR * NR * pa.K2));
+            size_t bsz = sizeof(uint32_t) * (size_t)(CKKp * pa.K2);
+            if (!bp) bp = ct_cpu_alloc(sizeof(uint32_t) * (size_t)(CKKp * ((cnt * P + 31) / 32 * 16)));
             if (!bp) {
                 set_rc(j, -1);
                 ct_gemm_bf16_pack_free(&pa);
                 break;
             }
-            im2col_t_packed(g, j->x + n * g->C * g->H * g->W, pa.K2, bp, row);
+            memset(bp, 0, bsz);
+            for (int64_t i = 0; i < m; i++)
+                im2col_t_packed(g, j->x + (n + i) * g->C * g->H * g->W, pa.K2, i * P / 2, bp,
+                                row);
             set_rc(j, ct_gemm_bf16_run_packed(&pa, CKK, bp, part, NULL, CKK, 1.0f,
                                               first ? 0.0f : 1.0f, NULL));
             first = 0;
@@ -310,6 +337,7 @@ static void bwd_weight_chunks(void *vc, int64_t begin, int64_t end) {
     }
     ct_cpu_free(bp);
     ct_cpu_free(row);
+    ct_cpu_free(agy);
 }
 
 int cpu_conv2d_bf16_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,

@@ -43,7 +43,14 @@ typedef struct {
     float alpha, beta;
     int64_t mblocks, nblocks;
     const float *bias; /* added to row i of the product (after alpha), or NULL */
+    int64_t group, gstride; /* > 0: column j lives in block j / group, gstride apart */
 } gctx;
+
+/* Offset of C's element (row, col); col is a panel start, so a panel stays in a group. */
+static inline int64_t c_offset(const gctx *g, int64_t row, int64_t col) {
+    if (g->group <= 0) return row * g->ldc + col;
+    return col / g->group * g->gstride + row * g->ldc + col % g->group;
+}
 
 /* Row of 32 results (v0, v1 = alpha * acc) into C: float32 or bf16, with beta. */
 BF16_TARGET static inline void store_row(const gctx *g, int64_t row, int64_t n0, __m512 v0,
@@ -55,7 +62,7 @@ BF16_TARGET static inline void store_row(const gctx *g, int64_t row, int64_t n0,
         v1 = _mm512_add_ps(v1, bv);
     }
     if (g->c) {
-        float *c = g->c + row * g->ldc + n0;
+        float *c = g->c + c_offset(g, row, n0);
         if (g->beta != 0) {
             v0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k0, c), be, v0);
             v1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k1, c + 16), be, v1);
@@ -64,7 +71,7 @@ BF16_TARGET static inline void store_row(const gctx *g, int64_t row, int64_t n0,
         _mm512_mask_storeu_ps(c + 16, k1, v1);
         return;
     }
-    uint16_t *c = g->cb + row * g->ldc + n0;
+    uint16_t *c = g->cb + c_offset(g, row, n0);
     __m512 vs[2] = {v0, v1};
     __mmask16 ks[2] = {k0, k1};
     for (int h = 0; h < 2; h++) {
@@ -306,10 +313,19 @@ int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C,
 int ct_gemm_bf16_run_packed(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
                             uint16_t *Cb, int64_t ldc, float alpha, float beta,
                             const float *bias) {
+    return ct_gemm_bf16_run_grouped(pa, N, bp, C, Cb, ldc, 0, 0, alpha, beta, bias);
+}
+
+int ct_gemm_bf16_run_grouped(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
+                             uint16_t *Cb, int64_t ldc, int64_t group, int64_t gstride,
+                             float alpha, float beta, const float *bias) {
     if (pa->M <= 0 || N <= 0) return 0;
+    if (group > 0 && group % NR != 0)
+        return ct_error("bf16 GEMM: column groups of %lld are not whole panels of %d",
+                        (long long)group, NR);
     int64_t nblocks = (N + NR - 1) / NR;
     gctx g = {pa->M, N, pa->K2, pa->data, bp, C, C ? NULL : Cb, ldc, alpha, beta, pa->mblocks,
-              nblocks, bias};
+              nblocks, bias, group, gstride};
     double flops = 2.0 * (double)pa->M * (double)N * (double)pa->K;
     int64_t ntasks = pa->mblocks * nblocks;
     ct_parallel_for(ntasks, flops < 4e5 ? ntasks : 1,
@@ -317,6 +333,22 @@ int ct_gemm_bf16_run_packed(const ct_bf16_pack *pa, int64_t N, const uint32_t *b
     return 0;
 }
 #else
+int ct_gemm_bf16_run_grouped(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
+                             uint16_t *Cb, int64_t ldc, int64_t group, int64_t gstride,
+                             float alpha, float beta, const float *bias) {
+    (void)pa;
+    (void)N;
+    (void)bp;
+    (void)C;
+    (void)Cb;
+    (void)ldc;
+    (void)group;
+    (void)gstride;
+    (void)alpha;
+    (void)beta;
+    (void)bias;
+    return 1;
+}
 int ct_gemm_bf16_run_packed(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
                             uint16_t *Cb, int64_t ldc, float alpha, float beta,
                             const float *bias) {

@@ -37,6 +37,12 @@ int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C,
 int ct_gemm_bf16_run_packed(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
                             uint16_t *Cb, int64_t ldc, float alpha, float beta,
                             const float *bias);
+/* The same with C's columns in groups of `group` (a multiple of CT_BF16_NR) stored gstride
+ * elements apart: element (i, j) at C[(j / group) * gstride + i * ldc + j % group] (the
+ * images of a batch side by side in one product, each written to its own NCHW slab). */
+int ct_gemm_bf16_run_grouped(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
+                             uint16_t *Cb, int64_t ldc, int64_t group, int64_t gstride,
+                             float alpha, float beta, const float *bias);
 /* C = alpha * A @ B + beta * C, C float32 row-major with leading dimension ldc; threads
  * over the pool. 0 when done, 1 when no bf16 kernel is available, -1 on error. */
 int ct_gemm_bf16(int64_t M, int64_t N, int64_t K, ct_bf16_mat A, ct_bf16_mat B, float *C,
