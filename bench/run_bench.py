@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """ctorch vs PyTorch on this machine, measured side by side.
 
-Runs `ctorch bench` and the same model in PyTorch (bench/torch_bench.py under Debian's
-/usr/bin/python3), PyTorch both as installed and at its best, ALTERNATELY in one run, for
-several pairs, and prints images/s per run and the median ratios. A pair during which another
+Runs `ctorch bench` and the same model in PyTorch (bench/torch_bench.py under the peer's
+Python: bench/.venv/bin/python, PyTorch 2.x from PyPI installed by bench/setup-peer.sh, else
+Debian's /usr/bin/python3 with PyTorch 1.13), PyTorch in each of its variants (eager,
+channels_last, torch.compile; autocast bf16 with and without channels_last for the bf16
+rows) in its best environment, ALTERNATELY in one run, for several pairs, and prints
+images/s per run and the median ratios against the best variant. A pair during which another
 process took the CPU is discarded and run again (up to a limit): the machine's busy time from
 /proc/stat over a run is compared with the run's own CPU time (wait4's rusage).
 
 Parts (--parts, default all):
-  cases     simple_cnn train b64, simple_cnn inference b256, mlp train b64, resnet18 train b128
+  cases     simple_cnn train b64, simple_cnn inference b256, mlp train b64, resnet18 train b128,
+            float32 and bf16 (`ctorch bench --amp bf16` vs PyTorch's autocast bf16)
   scaling   1 -> T threads, ctorch and PyTorch at its best
   gemm      SGEMM peak GFLOP/s with OpenBLAS (bench/gemm_peak.c), T threads and 1 thread
   layers    per-layer GFLOP/s of ctorch's convolutions and linears (bench/layer_bench.c)
@@ -16,7 +20,8 @@ Parts (--parts, default all):
   pipeline  `ctorch train` (CIFAR-10, --log-json) images/s vs `ctorch bench` for simple_cnn b64
   rss       peak resident memory: `ctorch train` vs bench/pytorch_train.py, simple_cnn, 1 epoch
 
-usage: python3 bench/run_bench.py [--pairs 3] [--cases a,b] [--threads 2] [--parts a,b]
+usage: python3 bench/run_bench.py [--pairs 3] [--cases a,b] [--amp-rows a,b|none] [--variants a,b]
+       [--isa native|avx2] [--peer-python PY] [--threads 2] [--parts a,b]
        [--report FILE] [--json-out FILE]   (see --help; docs/bench.md)
 """
 import argparse
@@ -38,7 +43,19 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 BEST_ENV = {"OPENBLAS_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "4294967296",
             "MALLOC_TRIM_THRESHOLD_": "4294967296"}
-TORCH_HINT = "apt-get install -y python3-torch python3-torchvision"
+TORCH_HINT = ("bench/setup-peer.sh (PyTorch 2.x in bench/.venv), or Debian's 1.13: "
+              "apt-get install -y python3-torch python3-torchvision")
+VENV_PYTHON = os.path.join(ROOT, "bench", ".venv", "bin", "python")
+# --isa: one environment for every program of the run; each reads its own variables.
+# ctorch: CTORCH_CPU_ISA (its kernels) and OPENBLAS_CORETYPE (its OpenBLAS GEMMs); PyTorch:
+# ATEN_CPU_CAPABILITY (ATen's kernels, inductor's generated code), ONEDNN_MAX_CPU_ISA
+# (convolutions), MKL_ENABLE_INSTRUCTIONS (the PyPI build's BLAS), OPENBLAS_CORETYPE (Debian's)
+ISA_ENV = {"native": {},
+           "avx2": {"CTORCH_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                    "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}}
+# the PyTorch variants (bench/torch_bench.py --variant) of the float32 and of the bf16 rows
+FP32_VARIANTS = ("eager", "channels_last", "compile")
+BF16_VARIANTS = ("autocast_bf16", "autocast_bf16_cl")
 
 # name: model, batch, which figure of the JSON is the case's, default steps, bar vs torch-best
 CASES = {
@@ -47,9 +64,13 @@ CASES = {
     "mlp_train": dict(model="mlp", batch=64, metric="train", steps=2000, target=1.5),
     "resnet18_train": dict(model="resnet18", batch=128, metric="train", steps=2, target=1.0),
 }
-RUNNERS = ("ctorch", "torch_installed", "torch_best")
-RUNNER_TITLE = {"ctorch": "ctorch", "torch_installed": "PyTorch as installed", "torch_best": "PyTorch at its best",
+RUNNER_TITLE = {"ctorch": "ctorch", "torch_installed": "PyTorch eager as installed",
                 "ctorch_baseline": "ctorch (baseline build)"}
+
+
+def title(runner):
+    """A runner is ctorch, ctorch_baseline, torch_installed or torch:VARIANT (at its best)."""
+    return RUNNER_TITLE.get(runner) or f"PyTorch {runner.split(':', 1)[1]}"
 
 
 def log(msg=""):
@@ -180,9 +201,11 @@ class Bench:
         self.snap = snap_dir
         self.ctorch = os.path.join(snap_dir, "ctorch")
         self.baseline = os.path.join(snap_dir, "ctorch_baseline")
-        self.base_env = dict(os.environ)
+        isa = ISA_ENV[args.isa]
+        self.base_env = dict(os.environ, **isa)
         self.best_env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
         self.best_env.update(BEST_ENV)
+        self.best_env.update(isa)
         self.errors = []
 
     def steps_for(self, case):
@@ -193,21 +216,24 @@ class Bench:
             return self.args.timeout
         return 1800 if CASES[case]["model"] == "resnet18" else 600
 
-    def command(self, runner, case, threads):
+    def command(self, runner, case, threads, amp=False):
         c = CASES[case]
         steps = self.steps_for(case)
         if runner in ("ctorch", "ctorch_baseline"):
             return [self.ctorch if runner == "ctorch" else self.baseline, "bench", "--model", c["model"], "--batch-size", str(c["batch"]),
-                    "--steps", str(steps), "--threads", str(threads), "--json"], self.base_env
-        warm = 1 if steps < 3 else 3  # ctorch bench's own warm-up rule
-        cmd = [self.args.python, os.path.join(ROOT, "bench", "torch_bench.py"), "--model", c["model"],
+                    "--steps", str(steps), "--threads", str(threads), "--json"] + (["--amp", "bf16"] if amp else []), \
+                self.base_env
+        warm = 1 if steps < 3 else 3  # ctorch bench's own warm-up rule (torch_bench.py: >= 2 for compile)
+        variant = "eager" if runner == "torch_installed" else runner.split(":", 1)[1]
+        cmd = [self.args.peer_python, os.path.join(ROOT, "bench", "torch_bench.py"), "--model", c["model"],
                "--batch-size", str(c["batch"]), "--steps", str(steps), "--warmup", str(warm),
-               "--threads", str(threads), "--mode", c["metric"]]
-        return cmd, (self.best_env if runner == "torch_best" else self.base_env)
+               "--threads", str(threads), "--mode", c["metric"], "--variant", variant]
+        return cmd, (self.base_env if runner == "torch_installed" else self.best_env)
 
-    def run_one(self, runner, case, threads):
-        cmd, env = self.command(runner, case, threads)
-        r = run_cmd(cmd, env, self.timeout_for(case), self.args.threshold, f"{case}/{runner}/t{threads}")
+    def run_one(self, runner, case, threads, amp=False):
+        cmd, env = self.command(runner, case, threads, amp)
+        timeout = self.timeout_for(case) + (600 if runner == "torch:compile" else 0)  # + compilation
+        r = run_cmd(cmd, env, timeout, self.args.threshold, f"{case}/{runner}/t{threads}")
         r.runner, r.case, r.threads = runner, case, threads
         j = last_json(r.stdout) if r.rc == 0 else None
         key = "train_images_per_sec" if CASES[case]["metric"] == "train" else "infer_images_per_sec"
@@ -215,33 +241,57 @@ class Bench:
         r.ok = r.ips is not None
         return r
 
-    def alternate(self, case, slots, title):
+    def alternate(self, case, slots, title, amp=False, failed=None):
         """Runs the (runner, threads) slots of `case` in rotating order, one pair at a time,
         until --pairs clean pairs or --max-attempts. Returns the list of pairs (dicts slot->RunResult)
-        with a 'contended' flag."""
+        with a 'contended' flag. A ctorch run that fails ends the case (the pairs so far are
+        returned); a PyTorch variant that fails is dropped from the case's later pairs, its
+        reason put in `failed` (slot -> text), and the case goes on with the others."""
         a = self.args
+        slots = list(slots)
+        failed = {} if failed is None else failed
         pairs, attempts, clean = [], 0, 0
-        while clean < a.pairs and attempts < a.max_attempts:
+        while clean < a.pairs and attempts < a.max_attempts and slots:
             attempts += 1
             wait_quiet(a)
             order = slots[attempts % len(slots):] + slots[:attempts % len(slots)]
             pair, bad = {}, False
             for slot in order:
-                r = self.run_one(slot[0], case, slot[1])
-                pair[slot] = r
+                r = self.run_one(slot[0], case, slot[1], amp)
                 if not r.ok:
-                    self.errors.append(f"{case}: {describe_failure(r)}")
-                    log(f"  {title} attempt {attempts}: {RUNNER_TITLE[slot[0]]} failed: {describe_failure(r)}")
-                    return pairs
+                    self.errors.append(f"{case}{' bf16' if amp else ''}: {describe_failure(r)}")
+                    log(f"  {title} attempt {attempts}: {title_of(slot)} failed: {describe_failure(r)}")
+                    if not slot[0].startswith("torch"):
+                        return pairs
+                    failed[slot] = failure_reason(r)
+                    slots.remove(slot)
+                    continue
+                pair[slot] = r
                 bad |= r.contended
+            if not pair:
+                continue
             pairs.append({"runs": pair, "contended": bad})
             clean += not bad
-            desc = ", ".join(f"{slot[0]}{'' if len(set(s[1] for s in slots)) == 1 else f'@{slot[1]}t'} "
+            desc = ", ".join(f"{title_of(slot)}{'' if len(set(s[1] for s in slots)) == 1 else f'@{slot[1]}t'} "
                              f"{pair[slot].ips:,.1f} img/s ({pair[slot].rss_mib:.0f} MiB, "
                              f"others {pair[slot].other_cpu:.2f} cpu-s{' CONTENDED' if pair[slot].contended else ''})"
-                             for slot in slots)
+                             for slot in slots if slot in pair)
             log(f"  {title} attempt {attempts}{' [discarded: contended]' if bad else ''}: {desc}")
         return pairs
+
+
+def title_of(slot):
+    return title(slot[0])
+
+
+def failure_reason(r):
+    """One line: why a run failed (the last line of its stderr)."""
+    why = "timed out" if r.timed_out else f"exit code {r.rc}"
+    lines = [ln.strip() for ln in (r.stderr or r.stdout or "").strip().splitlines() if ln.strip()]
+    # the exception's own line when there is one (PyTorch ends with hints after it)
+    exc = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\w*: ", ln)]
+    line = exc[-1] if exc else (lines[-1] if lines else "")
+    return f"{why}: {line[:300]}" if line else why
 
 
 def median(xs):
@@ -255,54 +305,142 @@ def usable(pairs, want):
 
 
 # ------------------------------------------------------------------------------ parts
+def ratio_of(use, num, den):
+    """Median over the pairs that hold both of the per-pair ratio num / den."""
+    return median([p["runs"][num].ips / p["runs"][den].ips for p in use if num in p["runs"] and den in p["runs"]])
+
+
+def case_row(b, case, amp, results):
+    """One row of the cases part: ctorch (with --amp bf16 for a bf16 row) against each PyTorch
+    variant of the row's precision, alternated. Returns a dict for the tables."""
+    a = b.args
+    t = a.threads
+    variants = [v for v in (BF16_VARIANTS if amp else FP32_VARIANTS) if v in a.variants]
+    torch_slots = [(f"torch:{v}", t) for v in variants if v not in b.peer_unavailable]
+    if a.as_installed and not amp:
+        torch_slots.append(("torch_installed", t))
+    ctorch_slots = [("ctorch", t)] + ([("ctorch_baseline", t)] if a.baseline_ctorch and not amp else [])
+    if amp and b.amp_missing:
+        ctorch_slots = []  # the PyTorch variants still run: their images/s are reported
+    slots = ctorch_slots + torch_slots
+    name = f"{case}{' bf16' if amp else ''}"
+    log(f"{name} (steps {b.steps_for(case)}){': ctorch has no --amp yet, PyTorch only' if not ctorch_slots else ''}:")
+    failed = {}
+    pairs = b.alternate(case, slots, name, amp, failed) if slots else []
+    use, flagged = usable(pairs, a.pairs)
+    res = {"case": case, "precision": "bf16" if amp else "fp32",
+           "pairs": [{"contended": p["contended"], "runs": {s[0]: r.as_dict() for s, r in p["runs"].items()}}
+                     for p in pairs],
+           "failed": {s[0]: why for s, why in failed.items()},
+           "unavailable": {v: b.peer_unavailable[v] for v in variants if v in b.peer_unavailable}}
+    if amp and b.amp_missing:
+        res["ctorch_no_amp"] = b.amp_missing
+    results.setdefault("cases", []).append(res)
+    row = {"case": case, "amp": amp, "variants": variants, "res": res, "use": use, "flagged": flagged,
+           "slots": slots, "ok": bool(use) and (not ctorch_slots or any(("ctorch", t) in p["runs"] for p in use))}
+    if not use:
+        return row
+    ips = {s: median([p["runs"][s].ips for p in use if s in p["runs"]]) for s in slots
+           if any(s in p["runs"] for p in use)}
+    rss = {s: median([p["runs"][s].rss_mib for p in use if s in p["runs"]]) for s in ips}
+    cands = [s for s in torch_slots if s[0] != "torch_installed" and s in ips and s not in failed]
+    best = max(cands, key=lambda s: ips[s]) if cands else None
+    res.update(median_ips={s[0]: v for s, v in ips.items()}, median_rss_mib={s[0]: v for s, v in rss.items()},
+               best_variant=best[0].split(":", 1)[1] if best else None,
+               clean_pairs=sum(not p["contended"] for p in pairs), flagged=flagged)
+    row.update(ips=ips, rss=rss, best=best)
+    if ("ctorch", t) in ips and best:
+        res["ratio_best"] = row["ratio_best"] = ratio_of(use, ("ctorch", t), best)
+        if ("torch:eager", t) in ips:
+            res["ratio_eager"] = row["ratio_eager"] = ratio_of(use, ("ctorch", t), ("torch:eager", t))
+        if ("ctorch_baseline", t) in ips:
+            res["baseline_ratio_best"] = row["baseline_ratio_best"] = ratio_of(use, ("ctorch_baseline", t), best)
+            res["ratio_vs_baseline"] = row["ratio_vs_baseline"] = ratio_of(use, ("ctorch", t), ("ctorch_baseline", t))
+    log("  -> median " + ", ".join(f"{title(s[0])} {v:,.1f}" for s, v in ips.items()) + " img/s"
+        + (f"; best PyTorch variant {best[0].split(':', 1)[1]}" if best else "")
+        + (f"; ctorch / best {row['ratio_best']:.2f}x (target {CASES[case]['target']}x)" if "ratio_best" in row else ""))
+    return row
+
+
 def part_cases(b, report, results):
     a = b.args
-    rows, rss_rows = [], []
-    log(f"\n== cases: ctorch vs PyTorch, {a.threads} threads, {a.pairs} clean pairs wanted ==")
-    base_rows = []
-    for case in a.cases:
-        slots = [(r, a.threads) for r in RUNNERS]
-        if a.baseline_ctorch:
-            slots.append(("ctorch_baseline", a.threads))
-        log(f"{case} (steps {b.steps_for(case)}):")
-        pairs = b.alternate(case, slots, case)
-        use, flagged = usable(pairs, a.pairs)
-        res = {"case": case, "pairs": [{"contended": p["contended"],
-                                        "runs": {s[0]: p["runs"][s].as_dict() for s in slots}} for p in pairs]}
-        results.setdefault("cases", []).append(res)
-        if not use:
-            rows.append(f"| {case} | failed | | | | | | |")
+    t = a.threads
+    log(f"\n== cases: ctorch vs PyTorch's variants, {t} threads, {a.pairs} clean pairs wanted ==")
+    rows = [case_row(b, case, False, results) for case in a.cases]
+    rows += [case_row(b, case, True, results) for case in a.amp_rows]
+    notes = []
+
+    def cell(row, slot, variant=None):
+        if variant and variant in b.peer_unavailable:
+            return "n/a"
+        if slot[0] in row["res"]["failed"]:
+            return "failed"
+        v = row.get("ips", {}).get(slot)
+        return f"{v:,.1f}" if v is not None else "–"
+
+    for amp in (False, True):
+        sel = [r for r in rows if r["amp"] == amp]
+        if not sel:
             continue
-        ips = {s[0]: median([p["runs"][s].ips for p in use]) for s in slots}
-        rat_i = median([p["runs"][slots[0]].ips / p["runs"][slots[1]].ips for p in use])
-        rat_b = median([p["runs"][slots[0]].ips / p["runs"][slots[2]].ips for p in use])
-        rss = {s[0]: median([p["runs"][s].rss_mib for p in use]) for s in slots}
-        res.update(median_ips=ips, ratio_installed=rat_i, ratio_best=rat_b, median_rss_mib=rss,
-                   clean_pairs=sum(not p["contended"] for p in pairs), flagged=flagged)
-        if a.baseline_ctorch:
-            base_best = median([p["runs"][slots[3]].ips / p["runs"][slots[2]].ips for p in use])
-            vs_base = median([p["runs"][slots[0]].ips / p["runs"][slots[3]].ips for p in use])
-            res.update(baseline_ratio_best=base_best, ratio_vs_baseline=vs_base)
-            base_rows.append(f"| {case} | {ips['ctorch']:,.1f} | {ips['ctorch_baseline']:,.1f} | {rat_b:.3f}x "
-                             f"| {base_best:.3f}x | **{vs_base:.3f}x** | {len(use)} |")
-            log(f"  -> this build / baseline build {vs_base:.3f}x (vs best: {rat_b:.3f}x / {base_best:.3f}x)")
-        tgt = CASES[case]["target"]
-        note = f"{len(use)}" + (" (all contended)" if flagged else "")
-        rows.append(f"| {case} | {ips['ctorch']:,.1f} | {ips['torch_installed']:,.1f} | {ips['torch_best']:,.1f} "
-                    f"| {rat_i:.2f}x | **{rat_b:.2f}x** | >= {tgt:.1f}x {'met' if rat_b >= tgt else 'NOT met'} "
-                    f"| {note} |")
-        rss_rows.append(f"| {case} | {rss['ctorch']:.0f} | {rss['torch_installed']:.0f} | {rss['torch_best']:.0f} |")
-        log(f"  -> median {ips['ctorch']:,.1f} / {ips['torch_installed']:,.1f} / {ips['torch_best']:,.1f} img/s; "
-            f"ctorch/installed {rat_i:.2f}x, ctorch/best {rat_b:.2f}x (target {tgt}x)")
-    md = [f"### Throughput, {a.threads} threads (images/s, median over clean pairs; ratios are medians of per-pair ratios)",
-          "", "| case | ctorch | PyTorch as installed | PyTorch at its best | ctorch / installed | "
-          "ctorch / best | bar (vs best) | pairs used |", "|---|---:|---:|---:|---:|---:|---|---:|"] + rows
+        variants = [v for v in (BF16_VARIANTS if amp else FP32_VARIANTS) if v in a.variants]
+        inst = a.as_installed and not amp
+        head = (["case", "ctorch --amp bf16" if amp else "ctorch"] + [f"PyTorch {v}" for v in variants]
+                + (["PyTorch eager as installed"] if inst else [])
+                + ["best variant"] + ([] if amp or "eager" not in variants else ["ctorch / eager"])
+                + ["ctorch / best", "bar (vs best)", "pairs used"])
+        md = [f"### {'bf16' if amp else 'float32'} throughput, {t} threads (images/s, median over clean pairs; "
+              "ratios are medians of per-pair ratios)", "", "| " + " | ".join(head) + " |",
+              "|---|" + "---:|" * (len(head) - 4) + "---:|---|---:|"]
+        for r in sel:
+            case = r["case"]
+            if not r["use"]:
+                md.append(f"| {case} | failed |" + " |" * (len(head) - 2))
+                continue
+            no_amp = amp and b.amp_missing
+            c = ["no --amp yet" if no_amp else cell(r, ("ctorch", t))]
+            c += [cell(r, (f"torch:{v}", t), v) for v in variants]
+            if inst:
+                c.append(cell(r, ("torch_installed", t)))
+            c.append(r["best"][0].split(":", 1)[1] if r.get("best") else "–")
+            if not amp and "eager" in variants:
+                c.append(f"{r['ratio_eager']:.2f}x" if "ratio_eager" in r else "–")
+            tgt = CASES[case]["target"]
+            if "ratio_best" in r:
+                c += [f"**{r['ratio_best']:.2f}x**", f">= {tgt:.1f}x {'met' if r['ratio_best'] >= tgt else 'NOT met'}"]
+            else:
+                c += ["ctorch has no --amp yet" if no_amp else "–", ""]
+            c.append(f"{len(r['use'])}" + (" (all contended)" if r["flagged"] else ""))
+            md.append(f"| {case} | " + " | ".join(c) + " |")
+            for runner, why in r["res"]["failed"].items():
+                notes.append(f"- {case}{' bf16' if amp else ''}: {title(runner)} failed: {why}")
+        report.append("\n".join(md))
+    for v, why in b.peer_unavailable.items():
+        if v in a.variants:
+            notes.append(f"- PyTorch {v}: n/a: {why}")
+    if a.amp_rows and b.amp_missing:
+        notes.append(f"- bf16 rows: ctorch has no --amp yet (`ctorch bench --amp bf16`: {b.amp_missing}); "
+                     "the PyTorch variants were run alone")
+    if notes:
+        report.append("Notes:\n\n" + "\n".join(notes))
+    base_rows = [r for r in rows if "ratio_vs_baseline" in r]
     if base_rows:
-        md += ["", f"### This build against the baseline build {a.baseline_ctorch} (same pairs)", "",
-               "| case | this build (img/s) | baseline (img/s) | this / PyTorch best | baseline / PyTorch best "
-               "| this / baseline | pairs used |", "|---|---:|---:|---:|---:|---:|---:|"] + base_rows
-    md += ["", "### Peak resident memory of the bench processes (MiB, median)", "",
-           "| case | ctorch | PyTorch as installed | PyTorch at its best |", "|---|---:|---:|---:|"] + rss_rows
+        md = [f"### This build against the baseline build {a.baseline_ctorch} (same pairs)", "",
+              "| case | this build (img/s) | baseline (img/s) | this / PyTorch best | baseline / PyTorch best "
+              "| this / baseline | pairs used |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in base_rows:
+            md.append(f"| {r['case']} | {r['ips'][('ctorch', t)]:,.1f} | {r['ips'][('ctorch_baseline', t)]:,.1f} | "
+                      f"{r['ratio_best']:.3f}x | {r['baseline_ratio_best']:.3f}x | **{r['ratio_vs_baseline']:.3f}x** "
+                      f"| {len(r['use'])} |")
+        report.append("\n".join(md))
+    md = ["### Peak resident memory of the bench processes (MiB, median)", "",
+          "| case | ctorch | PyTorch |", "|---|---:|---|"]
+    for r in rows:
+        if not r.get("rss"):
+            continue
+        ct = r["rss"].get(("ctorch", t))
+        md.append(f"| {r['case']}{' bf16' if r['amp'] else ''} | {'–' if ct is None else f'{ct:.0f}'} | "
+                  + ", ".join(f"{s[0].split(':', 1)[-1]} {v:.0f}" for s, v in r["rss"].items() if s[0].startswith("torch"))
+                  + " |")
     report.append("\n".join(md))
 
 
@@ -311,7 +449,7 @@ def part_scaling(b, report, results):
     rows = []
     log(f"\n== scaling: 1 -> {a.threads} threads ==")
     for case in a.scaling_cases:
-        slots = [("ctorch", 1), ("ctorch", a.threads), ("torch_best", 1), ("torch_best", a.threads)]
+        slots = [("ctorch", 1), ("ctorch", a.threads), ("torch:eager", 1), ("torch:eager", a.threads)]
         saved = a.pairs
         a.pairs = a.scaling_pairs
         log(f"{case}:")
@@ -327,14 +465,14 @@ def part_scaling(b, report, results):
             continue
         m = {s: median([p["runs"][s].ips for p in use]) for s in slots}
         sc = {r: median([p["runs"][(r, a.threads)].ips / p["runs"][(r, 1)].ips for p in use])
-              for r in ("ctorch", "torch_best")}
+              for r in ("ctorch", "torch:eager")}
         res.update(scaling=sc, median_ips={f"{s[0]}@{s[1]}": v for s, v in m.items()})
         rows.append(f"| {case} | {m[('ctorch', 1)]:,.1f} | {m[('ctorch', a.threads)]:,.1f} | **{sc['ctorch']:.2f}x** "
-                    f"| {m[('torch_best', 1)]:,.1f} | {m[('torch_best', a.threads)]:,.1f} | {sc['torch_best']:.2f}x"
+                    f"| {m[('torch:eager', 1)]:,.1f} | {m[('torch:eager', a.threads)]:,.1f} | {sc['torch:eager']:.2f}x"
                     + (" (contended)" if flagged else "") + " |")
-        log(f"  -> ctorch x{sc['ctorch']:.2f}, PyTorch at its best x{sc['torch_best']:.2f} from 1 to {a.threads} threads")
+        log(f"  -> ctorch x{sc['ctorch']:.2f}, PyTorch eager at its best x{sc['torch:eager']:.2f} from 1 to {a.threads} threads")
     md = [f"### Scaling from 1 to {a.threads} threads (images/s, median)", "",
-          f"| case | ctorch 1t | ctorch {a.threads}t | ctorch speed-up | PyTorch best 1t | PyTorch best {a.threads}t "
+          f"| case | ctorch 1t | ctorch {a.threads}t | ctorch speed-up | PyTorch eager 1t | PyTorch eager {a.threads}t "
           "| PyTorch speed-up |", "|---|---:|---:|---:|---:|---:|---:|"] + rows
     report.append("\n".join(md))
 
@@ -365,7 +503,8 @@ def part_gemm(b, report, results):
     log(f"\n== gemm: OpenBLAS SGEMM peak ==\n  built: {' '.join(build_cmd)}")
     table = []
     out = {}
-    configs = [(a.threads, None), (1, None), (a.threads, "Haswell")]
+    configs = [(a.threads, "Haswell"), (1, "Haswell")] if a.isa == "avx2" else \
+        [(a.threads, None), (1, None), (a.threads, "Haswell")]
     for threads, core in configs:
         env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
         env["OPENBLAS_NUM_THREADS"] = str(threads)
@@ -398,7 +537,7 @@ def part_gemm(b, report, results):
                      + " | ".join(f"{x['gflops']:.1f}" for x in info["json"]["results"])
                      + f" | **{best:.1f}**{' (contended)' if info['contended'] else ''} |")
     results["gemm"] = out
-    b.peak = out.get(f"{a.threads}t", {}).get("peak_gflops", 0.0)
+    b.peak = out.get(f"{a.threads}t" + ("_Haswell" if a.isa == "avx2" else ""), {}).get("peak_gflops", 0.0)
     sizes = a.gemm_sizes.split(",")
     if out:
         cfg = next(iter(out.values()))["json"]["config"]
@@ -419,7 +558,7 @@ def part_layers(b, report, results):
     for tries in range(1, min(a.max_attempts, 3) + 1):
         wait_quiet(a)
         r = run_cmd([exe, "--threads", str(a.threads), "--peak", f"{peak:.1f}", "--json",
-                     "--model", a.layer_models], dict(os.environ), 3600, a.threshold, "layers")
+                     "--model", a.layer_models], b.base_env, 3600, a.threshold, "layers")
         if r.rc != 0:
             b.errors.append(f"layers: {describe_failure(r)}")
             log(f"  layer_bench failed: {describe_failure(r)}")
@@ -515,10 +654,10 @@ def part_rss(b, report, results):
                                   a.data_dir, "--epochs", "1", "--batch-size", "64", "--threads", str(a.threads),
                                   "--log-json", os.path.join(tmp, "log.json")], b.base_env),
                 ("bench/pytorch_train.py, PyTorch as installed",
-                 [a.python, os.path.join(ROOT, "bench", "pytorch_train.py"), "--model", "simple_cnn", "--dataset",
+                 [a.peer_python, os.path.join(ROOT, "bench", "pytorch_train.py"), "--model", "simple_cnn", "--dataset",
                   "cifar10", "--epochs", "1", "--threads", str(a.threads), "--data-dir", a.data_dir], b.base_env),
                 ("bench/pytorch_train.py, PyTorch at its best",
-                 [a.python, os.path.join(ROOT, "bench", "pytorch_train.py"), "--model", "simple_cnn", "--dataset",
+                 [a.peer_python, os.path.join(ROOT, "bench", "pytorch_train.py"), "--model", "simple_cnn", "--dataset",
                   "cifar10", "--epochs", "1", "--threads", str(a.threads), "--data-dir", a.data_dir], b.best_env)]
         for name, cmd, env in runs:
             wait_quiet(a)
@@ -570,16 +709,50 @@ def binary_info(path):
     return text
 
 
-def machine_info(args):
+def peer_info(python, env):
+    """bench/peer_check.py --quick under the PyTorch runs' environment (so --isa shows in its
+    cpu_capability): versions, BLAS, oneDNN, which variants work. {} when it cannot run."""
+    try:
+        p = subprocess.run([python, os.path.join(ROOT, "bench", "peer_check.py"), "--quick"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"error": str(e)}
+    return last_json(p.stdout) or {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+
+
+def ctorch_reads(path, var):
+    """Whether the ctorch binary holds the name of the environment variable `var` (it reads it)."""
+    try:
+        with open(path, "rb") as f:
+            return var.encode() in f.read()
+    except OSError:
+        return False
+
+
+def ctorch_amp_missing(path):
+    """None when `ctorch bench --amp bf16` runs (a one-step mlp), else why not (its message)."""
+    try:
+        p = subprocess.run([path, "bench", "--amp", "bf16", "--model", "mlp", "--batch-size", "2", "--steps", "1",
+                            "--threads", "1", "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    if p.returncode == 0:
+        return None
+    return ((p.stderr.strip() or p.stdout.strip()).splitlines() or [f"exit code {p.returncode}"])[0]
+
+
+def machine_info(args, peer):
     model = re.search(r"Model name:\s*(.*)", sh("lscpu"))
     flags = sh("grep -m1 '^flags' /proc/cpuinfo").split()
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx512_vnni")
-            if f in flags]
-    torch_v = sh(f"{args.python} -c 'import torch; print(torch.__version__)' 2>/dev/null")
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx512_vnni",
+                        "amx_bf16") if f in flags]
     return {
         "cpu": model.group(1).strip() if model else platform.processor(),
         "cpus": NCPU, "simd": " ".join(simd), "kernel": platform.release(),
-        "torch": torch_v or "not installed",
+        "torch": peer.get("torch", "not installed"),
+        "peer": peer,
+        "isa": args.isa, "isa_env": ISA_ENV[args.isa],
+        "ctorch_reads_isa_env": ctorch_reads(args.ctorch, "CTORCH_CPU_ISA"),
         "openblas": sh("dpkg-query -W -f='${Version}' libopenblas0-pthread 2>/dev/null") or "?",
         "cc": sh("${CC:-cc} --version | head -1"),
         "ctorch_rev": sh(f"git -C {ROOT} rev-parse --short HEAD 2>/dev/null")
@@ -620,15 +793,36 @@ def main():
     ap.add_argument("--baseline-ctorch", default=None,
                     help="another ctorch binary (e.g. the previous build) run in the same pairs of the cases part")
     ap.add_argument("--lib", default=os.path.join(ROOT, "build", "libctorch.a"), help="libctorch.a for layer_bench")
-    ap.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
+    ap.add_argument("--peer-python", "--python", dest="peer_python",
+                    default=VENV_PYTHON if os.path.exists(VENV_PYTHON) else
+                    ("/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable),
+                    help="the Python whose PyTorch is the peer (default bench/.venv/bin/python from "
+                    "bench/setup-peer.sh when it exists, else /usr/bin/python3); --python is the old name")
+    ap.add_argument("--variants", default=",".join(FP32_VARIANTS + BF16_VARIANTS),
+                    help="PyTorch variants of the cases part (default all): float32 rows "
+                    f"{','.join(FP32_VARIANTS)}; bf16 rows {','.join(BF16_VARIANTS)}")
+    ap.add_argument("--amp-rows", default=None, metavar="CASES",
+                    help="cases that also get a bf16 row, `ctorch bench --amp bf16` vs PyTorch autocast bf16 "
+                    "(default: those of --cases; `none` for none)")
+    ap.add_argument("--as-installed", action="store_true",
+                    help="also run PyTorch eager in the environment as it is (float32 rows)")
+    ap.add_argument("--isa", choices=tuple(ISA_ENV), default="native",
+                    help="native (default) or avx2: ctorch and PyTorch restricted to AVX2 through "
+                    "their environment variables (" + " ".join(f"{k}={v}" for k, v in ISA_ENV["avx2"].items()) + ")")
     ap.add_argument("--data-dir", default=None, help="CIFAR-10 data (default $CTORCH_DATA, ../shared/data, ./data)")
     ap.add_argument("--report", default=None, help="also write the Markdown tables to this file")
     ap.add_argument("--json-out", default=None, help="write every run's raw figures to this JSON file")
     a = ap.parse_args()
 
     a.cases = [c for c in a.cases.split(",") if c]
+    a.amp_rows = list(a.cases) if a.amp_rows is None else \
+        [c for c in a.amp_rows.split(",") if c and c != "none"]
+    a.variants = [v for v in a.variants.split(",") if v]
+    for v in a.variants:
+        if v not in FP32_VARIANTS + BF16_VARIANTS:
+            fail(f"unknown variant {v!r}; variants: {', '.join(FP32_VARIANTS + BF16_VARIANTS)}")
     a.scaling_cases = [c for c in a.scaling_cases.split(",") if c]
-    for c in a.cases + a.scaling_cases:
+    for c in a.cases + a.scaling_cases + a.amp_rows:
         if c not in CASES:
             fail(f"unknown case {c!r}; cases: {', '.join(CASES)}")
     parts = [p for p in a.parts.split(",") if p]
@@ -655,14 +849,14 @@ def main():
         fail(f"{a.ctorch} not found or not executable; build it with `make` (or give --ctorch)")
     if any(p in parts for p in ("cases", "scaling", "rss")):
         try:
-            chk = subprocess.run([a.python, "-c", "import torch, torchvision"], capture_output=True, text=True,
-                                 timeout=300)
+            chk = subprocess.run([a.peer_python, "-c", "import torch, torchvision"], capture_output=True,
+                                 text=True, timeout=300)
             why = (chk.stderr.strip().splitlines() or ["?"])[-1] if chk.returncode else ""
         except (OSError, subprocess.SubprocessError) as e:
             why = str(e)
         if why:
-            fail(f"PyTorch is not importable by {a.python} ({why}); "
-                 f"install Debian's: `{TORCH_HINT}`, or run only --parts gemm,layers,pipeline")
+            fail(f"PyTorch is not importable by {a.peer_python} ({why}); "
+                 f"install it: {TORCH_HINT}; or run only --parts gemm,layers,pipeline")
 
     snap = tempfile.mkdtemp(prefix="ctorch-bench-")
     try:
@@ -677,21 +871,44 @@ def main():
             if not os.path.exists(a.lib):
                 fail(f"{a.lib} not found; build it with `make lib` (or give --lib)")
             shutil.copy2(a.lib, os.path.join(snap, "libctorch.a"))
-        info = machine_info(a)
         b = Bench(a, snap)
+        torch_parts = any(p in parts for p in ("cases", "scaling", "rss"))
+        peer = peer_info(a.peer_python, b.best_env) if torch_parts else {}
+        info = machine_info(a, peer)
+        # variants this PyTorch cannot run at all: reported as n/a, not run
+        b.peer_unavailable = {}
+        if torch_parts and not peer.get("has_compile", True):
+            b.peer_unavailable["compile"] = f"PyTorch {peer.get('torch', '?')} has no torch.compile"
+        probe_amp = "cases" in parts and bool(a.amp_rows)
+        b.amp_missing = ctorch_amp_missing(b.ctorch) if probe_amp else None
+        info["ctorch_amp"] = "not checked" if not probe_amp else ("yes" if not b.amp_missing else f"no: {b.amp_missing}")
         log("machine: " + json.dumps(info))
         if "STALE" in info["ctorch_binary"]:
             log(f"warning: {info['ctorch_binary']}")
         log("command: " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]))
         report, results = [], {"machine": info, "argv": sys.argv[1:]}
+        if a.isa != "native" and not info["ctorch_reads_isa_env"]:
+            log(f"warning: {a.ctorch} does not read CTORCH_CPU_ISA: its figures are at its own ISA")
+        pv = "; ".join(f"{v} n/a ({why})" for v, why in b.peer_unavailable.items())
+        isa_line = ("ISA: native (each program picks its widest)." if a.isa == "native" else
+                    f"ISA: {a.isa}, every run with " + " ".join(f"{k}={v}" for k, v in ISA_ENV[a.isa].items())
+                    + f" (PyTorch's CPU capability then: {peer.get('cpu_capability', '?')}; this ctorch binary "
+                    + ("reads" if info["ctorch_reads_isa_env"] else "does NOT read") + " CTORCH_CPU_ISA).")
         report.append("\n".join([
             f"Machine: {info['cpu']}, {info['cpus']} CPUs ({info['simd']}), Linux {info['kernel']}; "
-            f"PyTorch {info['torch']}; OpenBLAS {info['openblas']}; {info['cc']}; ctorch {info['ctorch_rev']}, "
-            f"binary {info['ctorch_binary']}; "
+            f"OpenBLAS {info['openblas']}; {info['cc']}; ctorch {info['ctorch_rev']}, "
+            f"binary {info['ctorch_binary']}; ctorch bench --amp bf16: {info['ctorch_amp']}; "
             f"OPENBLAS_CORETYPE in the environment: {info['openblas_coretype_env']}; load at start "
             f"{info['load_at_start']}.", "",
-            "PyTorch at its best: " + " ".join(f"{k}={v}" for k, v in BEST_ENV.items())
-            + ", OPENBLAS_CORETYPE unset. ctorch and PyTorch as installed: the environment as it is."]))
+            f"Peer: PyTorch {peer.get('torch', '?')}, torchvision {peer.get('torchvision', '?')} "
+            f"({a.peer_python}, Python {peer.get('python_version', '?')}); BLAS {peer.get('blas', '?')}, "
+            f"{peer.get('onednn', '?')}; CPU capability {peer.get('cpu_capability', '?')}. Variants: "
+            f"{', '.join(a.variants)}{'; ' + pv if pv else ''}." if torch_parts else "Peer: not run.", "",
+            isa_line, "",
+            "PyTorch's variants run at its best: " + " ".join(f"{k}={v}" for k, v in BEST_ENV.items())
+            + (", OPENBLAS_CORETYPE unset" if a.isa == "native" else "")
+            + ". ctorch (and PyTorch as installed, --as-installed): the environment as it is"
+            + (" plus the ISA variables." if a.isa != "native" else ".")]))
         t_start = time.monotonic()
         order = ["gemm", "layers", "cases", "scaling", "pipeline", "rss"]
         fns = {"cases": part_cases, "scaling": part_scaling, "gemm": part_gemm, "layers": part_layers,

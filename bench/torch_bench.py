@@ -1,12 +1,26 @@
 """PyTorch peer of `ctorch bench`: the same models, synthetic data, batch size and thread
-count, float32. A training step is forward + cross_entropy + backward + SGD(lr 0.01,
+count. A training step is forward + cross_entropy + backward + SGD(lr 0.01,
 momentum 0.9) step; inference is eval() under no_grad. Prints one JSON object with the keys
 of `ctorch bench --json`: model, batch_size, threads, device, train_images_per_sec,
 infer_images_per_sec (a phase skipped with --mode is reported as null).
 
-usage: /usr/bin/python3 bench/torch_bench.py --model simple_cnn|mlp|resnet18 --batch-size B
+usage: PYTHON bench/torch_bench.py --model simple_cnn|mlp|resnet18 --batch-size B
        [--steps N] [--warmup W] [--threads T] [--mode both|train|infer]
+       [--variant eager|channels_last|compile|autocast_bf16|autocast_bf16_cl]
        [--device cpu|cuda] [--tf32 0|1] [--cudnn-benchmark 0|1]
+
+PYTHON: bench/.venv/bin/python (PyTorch 2.x from PyPI, bench/setup-peer.sh) or Debian's
+/usr/bin/python3 (PyTorch 1.13: eager and channels_last; it has no torch.compile).
+
+--variant (default eager, float32 as PyTorch runs out of the box):
+  channels_last     the model and the input in torch.channels_last memory format
+  compile           torch.compile(model), default mode (inductor); compilation happens in
+                    the warm-up steps (at least 2 then), excluded from the timing; its time
+                    is reported as compile_seconds (the first step of each phase)
+  autocast_bf16     torch.autocast("cpu", dtype=torch.bfloat16) around forward + loss
+                    (training) or forward (inference); weights stay float32 (master weights),
+                    SGD updates them in float32
+  autocast_bf16_cl  both: autocast bf16 with channels_last, PyTorch's best bf16 CPU setup
 
 The environment decides which PyTorch is measured: as installed, or at its best with
 OPENBLAS_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
@@ -21,8 +35,10 @@ torch.cuda.synchronize(); an inference step copies the logits to the host (ctorc
 convolutions (cuDNN), as CTORCH_TF32 does for ctorch (default 0: full float32);
 --cudnn-benchmark sets torch.backends.cudnn.benchmark (default 1, as ctorch's
 CTORCH_CUDNN_BENCHMARK default). The JSON then also carries gpu, torch, tf32 and
-cudnn_benchmark. Exit status 2 with a message when CUDA is not usable."""
+cudnn_benchmark. Exit status 2 with a message when CUDA is not usable, or when this PyTorch
+cannot run the variant (e.g. compile on PyTorch 1.x)."""
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -32,8 +48,11 @@ try:
     import torch.nn as nn
     import torch.nn.functional as F
 except ImportError as e:  # pragma: no cover - depends on the machine
-    sys.exit(f"torch_bench.py: cannot import torch ({e}); install Debian's PyTorch with "
+    sys.exit(f"torch_bench.py: cannot import torch ({e}); run bench/setup-peer.sh (PyTorch 2.x in "
+             "bench/.venv) or install Debian's PyTorch with "
              "`apt-get install -y python3-torch python3-torchvision` and run with /usr/bin/python3")
+
+VARIANTS = ("eager", "channels_last", "compile", "autocast_bf16", "autocast_bf16_cl")
 
 # steps when --steps is not given: a few seconds per phase on 2 cores
 DEFAULT_STEPS = {"simple_cnn": 40, "mlp": 400, "resnet18": 4}
@@ -128,6 +147,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mode", choices=("both", "train", "infer"), default="both")
+    ap.add_argument("--variant", choices=VARIANTS, default="eager")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--tf32", type=int, choices=(0, 1), default=0)
     ap.add_argument("--cudnn-benchmark", type=int, choices=(0, 1), default=1)
@@ -136,6 +156,16 @@ def main():
     torch.set_num_threads(a.threads)
     cuda = a.device == "cuda"
     extra = setup_cuda(a) if cuda else {}
+    v = a.variant
+    channels_last = v in ("channels_last", "autocast_bf16_cl")
+    bf16 = v.startswith("autocast_bf16")
+    compiled = v == "compile"
+    if compiled and not hasattr(torch, "compile"):
+        print(f"torch_bench.py: --variant compile: PyTorch {torch.__version__} has no torch.compile "
+              "(PyTorch 2.x has: bench/setup-peer.sh installs it in bench/.venv)", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if bf16 and cuda:
+        sys.exit("torch_bench.py: --variant autocast_bf16*: CPU only")
     torch.manual_seed(0)
     model, shape = make_model(a.model)
     x = torch.randn(a.batch_size, *shape)
@@ -143,16 +173,35 @@ def main():
     if cuda:
         model, x, y = model.to("cuda"), x.to("cuda"), y.to("cuda")
         torch.cuda.synchronize()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    net = model
+    if compiled:
+        # compile in this process: inductor's worker processes would not be counted in this
+        # run's CPU time by run_bench.py (and 2 cores gain little from them)
+        import torch._inductor.config as inductor_config
+        inductor_config.compile_threads = 1
+        net = torch.compile(model)
+    warmup = max(a.warmup, 2) if compiled else a.warmup
+
+    def autocast():
+        if bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     train_ips = infer_ips = None
+    first_step = {}
 
     if a.mode in ("both", "train"):
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         model.train()
         t = 0.0
-        for i in range(a.warmup + steps):
+        for i in range(warmup + steps):
             t0 = time.perf_counter()
-            out = model(x)
-            loss = F.cross_entropy(out, y)
+            with autocast():
+                out = net(x)
+                loss = F.cross_entropy(out, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -161,7 +210,9 @@ def main():
             (out.detach().argmax(1) == y).sum().item()
             if cuda:
                 torch.cuda.synchronize()
-            if i >= a.warmup:
+            if i == 0:
+                first_step["train"] = time.perf_counter() - t0
+            if i >= warmup:
                 t += time.perf_counter() - t0
         train_ips = a.batch_size * steps / t
 
@@ -169,21 +220,26 @@ def main():
         model.eval()
         t = 0.0
         with torch.no_grad():
-            for i in range(a.warmup + steps):
+            for i in range(warmup + steps):
                 t0 = time.perf_counter()
-                out = model(x)
+                with autocast():
+                    out = net(x)
                 if cuda:  # as ctorch: the result on the host counts as done
                     out = out.cpu()
                     torch.cuda.synchronize()
-                if i >= a.warmup:
+                if i == 0:
+                    first_step["infer"] = time.perf_counter() - t0
+                if i >= warmup:
                     t += time.perf_counter() - t0
                 del out
         infer_ips = a.batch_size * steps / t
 
     res = {"model": a.model, "batch_size": a.batch_size, "threads": torch.get_num_threads(),
-           "device": a.device,
+           "device": a.device, "variant": v, "torch": torch.__version__, "warmup": warmup,
            "train_images_per_sec": None if train_ips is None else round(train_ips, 1),
            "infer_images_per_sec": None if infer_ips is None else round(infer_ips, 1)}
+    if compiled:  # the first step of a phase compiles (the inference graph is another one)
+        res["compile_seconds"] = {k: round(t, 1) for k, t in first_step.items()}
     res.update(extra)
     print(json.dumps(res), flush=True)
 
