@@ -205,6 +205,8 @@ static inline void *cu_ptr(const ct_tensor *t) {
     return (char *)t->storage->data + (size_t)t->offset * cu_dsize(t->dtype);
 }
 static inline int cu_is_float(ct_dtype dt) { return dt == CT_FLOAT32 || dt == CT_FLOAT64; }
+/* bfloat16 / float16: autocast's compute dtypes. */
+static inline int cu_is_lowp(ct_dtype dt) { return dt == CT_BFLOAT16 || dt == CT_FLOAT16; }
 
 /* Iteration space over nops (<= 3) tensors of t[0]'s shape (cuda_kernels.c): size-1 dims
  * dropped, dims contiguous in every operand merged, innermost first; returns the numel. A

@@ -63,6 +63,12 @@ static int float_only(ct_dtype dt, const char *op) {
                     cu_dtype_name(dt));
 }
 
+/* The kernels that take bfloat16 / float16 natively (computed in float, rounded once). */
+static int compute_only(ct_dtype dt, const char *op) {
+    if (cu_is_float(dt) || cu_is_lowp(dt)) return 0;
+    return float_only(dt, op);
+}
+
 static int same_dtype(const ct_tensor *a, const ct_tensor *b, const char *op) {
     if (!b || a->dtype == b->dtype) return 0;
     return cu_error("%s: dtypes differ on cuda (%s and %s); convert with ct_to_dtype", op,
@@ -70,14 +76,21 @@ static int same_dtype(const ct_tensor *a, const ct_tensor *b, const char *op) {
 }
 
 /* ------------------------------------------------------------- elementwise */
+#define BIN_ROW(ID, name, ...) [CT_BIN_##ID] = #name,
+static const char *const k_binary_names[CT_BIN_COUNT] = {CT_BINARY_OPS(BIN_ROW)};
+#undef BIN_ROW
+
 int cu_k_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,
                     double alpha) {
     const int to_bool = ct_binop_result_bool((int)op);
     if (to_bool && out->dtype != CT_BOOL)
         return cu_error("comparison op: the output must be bool, got %s", cu_dtype_name(out->dtype));
     if (same_dtype(a, b, "binary op") || (!to_bool && same_dtype(out, a, "binary op"))) return -1;
-    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64 && !(to_bool && a->dtype == CT_BOOL))
-        return cu_error("binary op: dtype %s not supported on cuda", cu_dtype_name(a->dtype));
+    if (!cu_is_float(a->dtype) && !cu_is_lowp(a->dtype) && a->dtype != CT_INT64 &&
+        !(to_bool && a->dtype == CT_BOOL))
+        return cu_error("binary op %s: dtype %s not supported on cuda",
+                        k_binary_names[(unsigned)op < CT_BIN_COUNT ? op : 0],
+                        cu_dtype_name(a->dtype));
     cu_dev *d = cu_dev_of(out);
     if (!d) return -1;
     cuk_geom g;
@@ -105,10 +118,10 @@ int cu_k_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double
             return cu_error("%s: dtype int64 not supported for this op; convert to float32 with "
                             "ct_to_dtype",
                             k_unary_rows[op].name);
-    } else if (!cu_is_float(out->dtype)) {
-        return cu_error("unary op: dtype %s not supported for this op; convert to float32 with "
+    } else if (!cu_is_float(out->dtype) && !cu_is_lowp(out->dtype)) {
+        return cu_error("%s: dtype %s not supported on cuda; convert to float32 with "
                         "ct_to_dtype",
-                        cu_dtype_name(out->dtype));
+                        k_unary_rows[op].name, cu_dtype_name(out->dtype));
     }
     cu_dev *d = cu_dev_of(out);
     if (!d) return -1;
@@ -122,8 +135,10 @@ int cu_k_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double
 
 int cu_k_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
                             const ct_tensor *y, double p1, double p2) {
-    if (!cu_is_float(gx->dtype))
-        return cu_error("backward: dtype %s has no gradient", cu_dtype_name(gx->dtype));
+    if (!cu_is_float(gx->dtype) && !cu_is_lowp(gx->dtype))
+        return cu_error("%s backward: dtype %s has no gradient",
+                        (unsigned)op < CT_UN_COUNT ? k_unary_rows[op].name : "unary",
+                        cu_dtype_name(gx->dtype));
     if (same_dtype(gx, gy, "backward") || same_dtype(gx, x, "backward") ||
         same_dtype(gx, y, "backward"))
         return -1;
@@ -181,9 +196,11 @@ int cu_k_fill(ct_tensor *t, double value) {
 /* --------------------------------------------------------------- reduction */
 int cu_k_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
                     const int *reduce) {
-    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64 && a->dtype != CT_BOOL)
+    if (!cu_is_float(a->dtype) && !cu_is_lowp(a->dtype) && a->dtype != CT_INT64 &&
+        a->dtype != CT_BOOL)
         return cu_error("reduce: dtype %s not supported on cuda", cu_dtype_name(a->dtype));
-    if (!cu_is_float(out->dtype) && out->dtype != CT_INT64 && out->dtype != CT_BOOL)
+    if (!cu_is_float(out->dtype) && !cu_is_lowp(out->dtype) && out->dtype != CT_INT64 &&
+        out->dtype != CT_BOOL)
         return cu_error("reduce: output dtype %s not supported on cuda", cu_dtype_name(out->dtype));
     cuk_red_geom g;
     memset(&g, 0, sizeof g);
@@ -256,7 +273,7 @@ static void pool_geom(cuk_pool *q, const ct_tensor *big, const ct_tensor *small,
 
 static int pool_check(const ct_tensor *big, const ct_tensor *small, const ct_pool_params *p,
                       const char *op) {
-    if (float_only(big->dtype, op) || same_dtype(big, small, op)) return -1;
+    if (compute_only(big->dtype, op) || same_dtype(big, small, op)) return -1;
     if (big->ndim != 4 || small->ndim != 4)
         return cu_error("%s: expected 4-D input and output on cuda", op);
     if (p && (p->stride[0] < 1 || p->stride[1] < 1))
@@ -632,11 +649,17 @@ int cu_k_adam_step(ct_tensor *const *params, ct_tensor *const *grads, ct_tensor 
 /* ------------------------------------------------------------------ dropout */
 int cu_k_dropout_forward(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, const ct_tensor *u,
                          double p) {
-    if (float_only(y->dtype, "dropout")) return -1;
+    if (compute_only(y->dtype, "dropout") || same_dtype(y, x, "dropout") ||
+        same_dtype(y, mask, "dropout"))
+        return -1;
+    /* the uniforms: y's dtype, or float32 beside a 16-bit y (as the op layer draws them) */
+    if (u->dtype != y->dtype && !(cu_is_lowp(y->dtype) && u->dtype == CT_FLOAT32))
+        return cu_error("dropout: uniforms of dtype %s beside a %s input on cuda",
+                        cu_dtype_name(u->dtype), cu_dtype_name(y->dtype));
     cu_dev *d = cu_dev_of(y);
     if (!d) return -1;
-    return cu_fail(cuk_dropout(&d->k, (int)y->dtype, cu_numel(y), cu_ptr(y), cu_ptr(mask),
-                               cu_ptr(x), cu_ptr(u), p),
+    return cu_fail(cuk_dropout(&d->k, (int)y->dtype, (int)u->dtype, cu_numel(y), cu_ptr(y),
+                               cu_ptr(mask), cu_ptr(x), cu_ptr(u), p),
                    "dropout");
 }
 
