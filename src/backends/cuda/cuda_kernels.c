@@ -57,10 +57,11 @@ int64_t cu_make_geom(cuk_geom *g, int nops, const ct_tensor *const *t) {
     return make_geom(g, nops, t);
 }
 
+/* The float32 / float64 kernels (a 16-bit operand reaches them widened, cuda_lowp.c). */
 static int float_only(ct_dtype dt, const char *op) {
     if (cu_is_float(dt)) return 0;
-    return cu_error("%s: dtype %s not supported on cuda (float32 and float64 only)", op,
-                    cu_dtype_name(dt));
+    return cu_error("%s: dtype %s not supported on cuda (float32, float64, bfloat16 or float16)",
+                    op, cu_dtype_name(dt));
 }
 
 /* The kernels that take bfloat16 / float16 natively (computed in float, rounded once). */
@@ -406,7 +407,7 @@ static void sm_split(const ct_tensor *t, int dim, int64_t *outer, int64_t *C, in
     *inner = in;
 }
 
-int cu_k_softmax_forward(ct_tensor *y, const ct_tensor *x, int dim, int log) {
+int cu_k_softmax_forward_full(ct_tensor *y, const ct_tensor *x, int dim, int log) {
     const char *op = log ? "log_softmax" : "softmax";
     if (float_only(x->dtype, op) || same_dtype(x, y, op)) return -1;
     cu_dev *d = cu_dev_of(x);
@@ -418,7 +419,7 @@ int cu_k_softmax_forward(ct_tensor *y, const ct_tensor *x, int dim, int log) {
                    op);
 }
 
-int cu_k_softmax_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim, int log) {
+int cu_k_softmax_backward_full(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim, int log) {
     const char *op = log ? "log_softmax backward" : "softmax backward";
     if (float_only(y->dtype, op) || same_dtype(y, gy, op) || same_dtype(y, gx, op)) return -1;
     cu_dev *d = cu_dev_of(y);
@@ -434,7 +435,7 @@ static const char k_target_fmt[] =
     "nll_loss: target %lld at position %lld is out of bounds for %lld classes (targets must "
     "be in [0, %lld) or equal ignore_index)";
 
-int cu_k_nll_loss_forward(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, const ct_tensor *target,
+int cu_k_nll_loss_forward_full(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, const ct_tensor *target,
                      ct_reduction red, int64_t ignore_index) {
     if (float_only(logp->dtype, "nll_loss") || same_dtype(logp, out, "nll_loss") ||
         same_dtype(logp, tw, "nll_loss"))
@@ -450,7 +451,7 @@ int cu_k_nll_loss_forward(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, 
     return rc ? rc : cu_flag_raised(d, "nll_loss");
 }
 
-int cu_k_nll_loss_backward(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
+int cu_k_nll_loss_backward_full(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
                      const ct_tensor *tw, ct_reduction red, int64_t ignore_index) {
     const char *op = "nll_loss backward";
     if (float_only(glogp->dtype, op) || same_dtype(glogp, gout, op) || same_dtype(glogp, tw, op))
@@ -483,7 +484,7 @@ static void bn_dims(const ct_tensor *x, int64_t *N, int64_t *C, int64_t *S) {
     for (int d = 2; d < x->ndim; d++) *S *= x->shape[d];
 }
 
-int cu_k_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd, const ct_tensor *x,
+int cu_k_batch_norm_forward_full(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd, const ct_tensor *x,
                     const ct_tensor *weight, const ct_tensor *bias, ct_tensor *running_mean,
                     ct_tensor *running_var, int training, double momentum, double eps) {
     const char *op = "batch_norm";
@@ -503,7 +504,7 @@ int cu_k_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_
                    op);
 }
 
-int cu_k_batch_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+int cu_k_batch_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                     const ct_tensor *x, const ct_tensor *weight, const ct_tensor *save_mean,
                     const ct_tensor *save_invstd, int training) {
     const char *op = "batch_norm_backward";
@@ -523,7 +524,7 @@ int cu_k_batch_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const 
                    op);
 }
 
-int cu_k_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
+int cu_k_layer_norm_forward_full(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
                     const ct_tensor *weight, const ct_tensor *bias, int64_t M, int64_t N,
                     double eps) {
     const char *op = "layer_norm";
@@ -538,7 +539,7 @@ int cu_k_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, cons
                    op);
 }
 
-int cu_k_layer_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+int cu_k_layer_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                     const ct_tensor *x, const ct_tensor *mean, const ct_tensor *rstd,
                     const ct_tensor *weight, int64_t M, int64_t N) {
     const char *op = "layer_norm_backward";
@@ -664,7 +665,7 @@ int cu_k_dropout_forward(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, cons
 }
 
 /* ---------------------------------------------------- fused cross_entropy */
-int cu_k_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
+int cu_k_cross_entropy_forward_full(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
                                const ct_tensor *logits, const ct_tensor *target,
                                ct_reduction red, int64_t ignore_index, double label_smoothing) {
     const char *op = "cross_entropy";
@@ -687,7 +688,7 @@ int cu_k_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total
     return rc ? rc : cu_flag_raised(d, op);
 }
 
-int cu_k_cross_entropy_backward(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
+int cu_k_cross_entropy_backward_full(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
                                 const ct_tensor *target, const ct_tensor *total_weight,
                                 ct_reduction red, int64_t ignore_index, double label_smoothing) {
     const char *op = "cross_entropy backward";
