@@ -67,11 +67,11 @@ $(EMU_BUILD)/libcuda.so.1: $(EMU_DIR)/emu_driver.c
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -shared -o $@ $< -Wl,-soname,libcuda.so.1 $(LDLIBS)
 
-$(EMU_BUILD)/libcublas.so.$(CUBLAS_MAJOR): $(EMU_DIR)/emu_cublas.c $(EMU_DIR)/emu_flush.h
+$(EMU_BUILD)/libcublas.so.$(CUBLAS_MAJOR): $(EMU_DIR)/emu_cublas.c $(EMU_DIR)/emu_flush.h src/core/half.h
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -shared -o $@ $< -Wl,-soname,libcublas.so.$(CUBLAS_MAJOR) $(LDLIBS) -lm
 
-$(EMU_BUILD)/libcudnn.so.$(CUDNN_MAJOR): $(EMU_DIR)/emu_cudnn.c $(EMU_DIR)/emu_flush.h
+$(EMU_BUILD)/libcudnn.so.$(CUDNN_MAJOR): $(EMU_DIR)/emu_cudnn.c $(EMU_DIR)/emu_flush.h src/core/half.h
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -shared -o $@ $< -Wl,-soname,libcudnn.so.$(CUDNN_MAJOR) $(LDLIBS) -lm
 

@@ -25,7 +25,8 @@
  *     the compute type's scale type (half for CUBLAS_COMPUTE_16F*, float for *_32F*,
  *     double for *_64F*). beta == 0: C is not read (it may hold NaN); alpha == 0 or
  *     k == 0: A and B are not read. Products are accumulated in double and rounded once
- *     to Ctype. CUBLAS_STATUS_INVALID_VALUE for m, n, k or batchCount < 0, a transa /
+ *     to Ctype (via float for CUDA_R_16F / CUDA_R_16BF, as an FP32-accumulating GPU does;
+ *     16-bit values are converted with src/core/half.h, round to nearest even). CUBLAS_STATUS_INVALID_VALUE for m, n, k or batchCount < 0, a transa /
  *     transb other than N, T, C, a leading dimension below the minimum above, alpha or
  *     beta NULL; CUBLAS_STATUS_NOT_SUPPORTED for an Atype/Btype/Ctype/computeType
  *     combination outside the cublasGemmEx table (emulated: the float types 16F, 16BF,
@@ -55,6 +56,7 @@
  */
 #include <cublas_v2.h>
 
+#include "../../src/core/half.h"
 #include "emu_flush.h"
 
 #include <stdarg.h>
@@ -221,51 +223,13 @@ static uint32_t f32_bits(float f) {
     return u;
 }
 
-/* IEEE binary16 -> float (exact). */
-static float half_to_float(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-    if (exp == 0) {
-        if (man == 0) return f32_from_bits(sign);
-        /* subnormal: man * 2^-24 */
-        float f = (float)man * 5.9604644775390625e-8f;
-        return sign ? -f : f;
-    }
-    if (exp == 31) return f32_from_bits(sign | 0x7f800000u | (man << 13));
-    return f32_from_bits(sign | ((exp + 112u) << 23) | (man << 13));
-}
-
-/* double -> IEEE binary16, round to nearest even (via float: double rounding is harmless
- * for the values this emulator produces, which are sums rounded once to the output). */
-static uint16_t float_to_half(float f) {
-    const uint32_t u = f32_bits(f);
-    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    const uint32_t a = u & 0x7fffffffu;
-    if (a >= 0x7f800000u) /* inf or nan */
-        return (uint16_t)(sign | 0x7c00u | (a > 0x7f800000u ? 0x200u | ((a >> 13) & 0x3ffu) : 0));
-    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: inf */
-    if (a < 0x38800000u) {                                   /* below 2^-14: subnormal or 0 */
-        if (a < 0x33000000u) return sign;                    /* < 2^-25: rounds to 0 */
-        const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
-        const uint32_t shift = 126u - e; /* 14..24: result = m >> (shift) in units of 2^-24 */
-        uint32_t r = m >> shift;
-        const uint32_t rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
-        if (rem > halfway || (rem == halfway && (r & 1u))) r++;
-        return (uint16_t)(sign | r);
-    }
-    uint32_t r = ((a >> 13) - (112u << 10)); /* rebias exponent, keep 10 mantissa bits */
-    const uint32_t rem = a & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r++;
-    return (uint16_t)(sign | r);
-}
-
-static float bf16_to_float(uint16_t b) { return f32_from_bits((uint32_t)b << 16); }
-
-static uint16_t float_to_bf16(float f) {
-    const uint32_t u = f32_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet nan */
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+/* bfloat16 / float16 <-> float: src/core/half.h's conversions (round to nearest even, the
+ * ones ctorch's CPU kernels and the plugin's own kernels use), so that an emulated 16-bit
+ * GEMM is "compute exactly, round once" with the same rounding as everything else. */
+static float half_to_float(uint16_t h) { return ct_f16_to_f32(h); }
+static uint16_t float_to_half(float f) { return ct_f32_to_f16(f); }
+static float bf16_to_float(uint16_t b) { return ct_bf16_to_f32(b); }
+static uint16_t float_to_bf16(float f) { return ct_f32_to_bf16(f); }
 
 /* Rounds a float to TF32 (8-bit exponent, 10-bit mantissa), to nearest even. */
 static float round_tf32(float f) {

@@ -28,10 +28,14 @@
  *   Products accumulate in double; the output is
  *   rounded once. beta == 0: the output is not read ("when beta is zero, the output is not
  *   read and may contain uninitialized data, including NaN"). alpha/beta are float for
- *   float data and double for double data, in host memory.
+ *   float, half and bfloat16 data and double for double data, in host memory.
  *
- *   Supported configurations: FLOAT_CONFIG (float data, float computeType) and
- *   DOUBLE_CONFIG (double data and computeType); others give CUDNN_STATUS_NOT_SUPPORTED.
+ *   Supported configurations: FLOAT_CONFIG (float data, float computeType),
+ *   DOUBLE_CONFIG (double data and computeType), PSEUDO_HALF_CONFIG and
+ *   PSEUDO_BFLOAT16_CONFIG (half / bfloat16 data, float computeType: the 16-bit inputs are
+ *   widened exactly, the result is rounded once to the output through float, with
+ *   src/core/half.h's round to nearest even); others (TRUE_HALF_CONFIG among them) give
+ *   CUDNN_STATUS_NOT_SUPPORTED.
  *   Float data with math type CUDNN_DEFAULT_MATH / CUDNN_TENSOR_OP_MATH* run on the
  *   "tensor core" algorithms (forward IMPLICIT_GEMM and IMPLICIT_PRECOMP_GEMM, backward
  *   data ALGO_1, backward filter ALGO_1) round their inputs to TF32 as an Ampere+ GPU does;
@@ -78,6 +82,7 @@
  */
 #include <cudnn.h>
 
+#include "../../src/core/half.h"
 #include "emu_flush.h"
 
 #include <math.h>
@@ -278,7 +283,12 @@ cudnnStatus_t CUDNNWINAPI cudnnSetStream(cudnnHandle_t handle, cudaStream_t stre
 static int dtype_valid(cudnnDataType_t t) { return (int)t >= 0 && (int)t <= CUDNN_DATA_COMPLEX_FP64; }
 
 static size_t dtype_size(cudnnDataType_t t) {
-    return t == CUDNN_DATA_FLOAT ? 4 : t == CUDNN_DATA_DOUBLE ? 8 : 0;
+    switch (t) {
+    case CUDNN_DATA_FLOAT: return 4;
+    case CUDNN_DATA_DOUBLE: return 8;
+    case CUDNN_DATA_HALF: case CUDNN_DATA_BFLOAT16: return 2;
+    default: return 0;
+    }
 }
 
 static const char *dtype_name(cudnnDataType_t t) {
@@ -545,13 +555,19 @@ static cudnnStatus_t conv_check(const char *fn, int dir, cudnnTensorDescriptor_t
         p->ws[1] = 1, p->ws[3] = p->Cg, p->ws[2] = (int64_t)p->S * p->Cg;
         p->ws[0] = (int64_t)p->R * p->S * p->Cg;
     }
-    if (p->dt != CUDNN_DATA_FLOAT && p->dt != CUDNN_DATA_DOUBLE)
-        return fail(fn, CUDNN_STATUS_NOT_SUPPORTED, "data type %s is not emulated (FLOAT, DOUBLE)",
+    if (p->dt != CUDNN_DATA_FLOAT && p->dt != CUDNN_DATA_DOUBLE && p->dt != CUDNN_DATA_HALF &&
+        p->dt != CUDNN_DATA_BFLOAT16)
+        return fail(fn, CUDNN_STATUS_NOT_SUPPORTED,
+                    "data type %s is not emulated (FLOAT, DOUBLE, HALF, BFLOAT16)",
                     dtype_name(p->dt));
-    if (cd->ctype != p->dt)
+    /* FLOAT_CONFIG, DOUBLE_CONFIG, PSEUDO_HALF_CONFIG and PSEUDO_BFLOAT16_CONFIG: 16-bit data
+     * computes in float (TRUE_HALF_CONFIG, half arithmetic, is not emulated) */
+    const cudnnDataType_t want = p->dt == CUDNN_DATA_DOUBLE ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
+    if (cd->ctype != want)
         return fail(fn, CUDNN_STATUS_NOT_SUPPORTED,
                     "%s data with a %s computeType is not a supported configuration "
-                    "(FLOAT_CONFIG: float/float, DOUBLE_CONFIG: double/double)",
+                    "(FLOAT_CONFIG: float/float, DOUBLE_CONFIG: double/double, "
+                    "PSEUDO_HALF_CONFIG: half/float, PSEUDO_BFLOAT16_CONFIG: bfloat16/float)",
                     dtype_name(p->dt), dtype_name(cd->ctype));
     return CUDNN_STATUS_SUCCESS;
 }
@@ -700,9 +716,10 @@ static int uses_tf32(int dir, int algo, const conv_prob *p) {
            tf32_allowed();
 }
 
-/* The math type a perf result reports. */
+/* The math type a perf result reports (16-bit data: tensor cores, no rounding of inputs
+ * that are 16-bit already, float32 accumulation). */
 static cudnnMathType_t perf_math(int dir, int algo, const conv_prob *p) {
-    if (p->dt == CUDNN_DATA_FLOAT && p->math != CUDNN_FMA_MATH && algo_table[dir][algo].tc)
+    if (p->dt != CUDNN_DATA_DOUBLE && p->math != CUDNN_FMA_MATH && algo_table[dir][algo].tc)
         return CUDNN_TENSOR_OP_MATH;
     return p->math;
 }
@@ -720,7 +737,23 @@ static double tf32_round(double v) {
 }
 
 static double ld(cudnnDataType_t dt, const void *base, int64_t i) {
-    return dt == CUDNN_DATA_FLOAT ? (double)((const float *)base)[i] : ((const double *)base)[i];
+    switch (dt) {
+    case CUDNN_DATA_FLOAT: return ((const float *)base)[i];
+    case CUDNN_DATA_HALF: return ct_f16_to_f32(((const uint16_t *)base)[i]);
+    case CUDNN_DATA_BFLOAT16: return ct_bf16_to_f32(((const uint16_t *)base)[i]);
+    default: return ((const double *)base)[i];
+    }
+}
+
+/* Stores v, rounded once to dt (16-bit data: through the float32 result, as an FP32-computing
+ * GPU rounds it; src/core/half.h's round to nearest even). */
+static void store_el(cudnnDataType_t dt, void *base, int64_t i, double v) {
+    switch (dt) {
+    case CUDNN_DATA_FLOAT: ((float *)base)[i] = (float)v; break;
+    case CUDNN_DATA_HALF: ((uint16_t *)base)[i] = ct_f32_to_f16((float)v); break;
+    case CUDNN_DATA_BFLOAT16: ((uint16_t *)base)[i] = ct_f32_to_bf16((float)v); break;
+    default: ((double *)base)[i] = v; break;
+    }
 }
 
 /* Gathers a tensor (n, c, h, w strides st) into a dense NCHW double array. */
@@ -740,24 +773,17 @@ static double *gather4(cudnnDataType_t dt, const void *src, const int dim[4],
 }
 
 /* out[i] = alpha * res + beta * out[i]; beta == 0: out is not read. */
-static void scatter4(cudnnDataType_t dt, void *dst, const int dim[4], const int64_t st[4],
+static void scatter4(cudnnDataType_t dt, void *dst, const int dim[4], const int64_t str[4],
                      const double *res, double alpha, double beta) {
     const double *r = res;
     for (int a = 0; a < dim[0]; a++)
         for (int b = 0; b < dim[1]; b++)
             for (int c = 0; c < dim[2]; c++)
                 for (int e = 0; e < dim[3]; e++) {
-                    const int64_t i = a * st[0] + b * st[1] + c * st[2] + e * st[3];
+                    const int64_t i = a * str[0] + b * str[1] + c * str[2] + e * str[3];
                     double v = alpha * *r++;
-                    if (dt == CUDNN_DATA_FLOAT) {
-                        float *o = (float *)dst + i;
-                        if (beta != 0) v += beta * (double)*o;
-                        *o = (float)v;
-                    } else {
-                        double *o = (double *)dst + i;
-                        if (beta != 0) v += beta * *o;
-                        *o = v;
-                    }
+                    if (beta != 0) v += beta * ld(dt, dst, i);
+                    store_el(dt, dst, i, v);
                 }
 }
 
@@ -874,8 +900,7 @@ static void poison(const conv_prob *p, int dir, void *out) {
             for (int c = 0; c < dim[2]; c++)
                 for (int e = 0; e < dim[3]; e++) {
                     const int64_t i = a * st[0] + b * st[1] + c * st[2] + e * st[3];
-                    if (p->dt == CUDNN_DATA_FLOAT) ((float *)out)[i] = NAN;
-                    else ((double *)out)[i] = NAN;
+                    store_el(p->dt, out, i, NAN);
                 }
 }
 

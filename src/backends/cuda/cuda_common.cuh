@@ -2,6 +2,7 @@
 #ifndef CT_CUDA_COMMON_CUH
 #define CT_CUDA_COMMON_CUH
 
+#include "core/half.h"
 #include "cuda_internal.h"
 
 #include <cuda_runtime.h>
@@ -85,9 +86,52 @@ __device__ __forceinline__ double cu_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float cu_erf(float x) { return erff(x); }
 __device__ __forceinline__ double cu_erf(double x) { return erf(x); }
 
-/* bfloat16 / float16 conversions: src/core/half.h's (ct_bf16_to_f32, ...), bit-identical
- * to PyTorch's. */
 #include "core/half.h"
+/* bfloat16 / float16 storage. A 16-bit element is loaded as float (cuk_ld), computed in
+ * float and stored rounded to nearest even (cuk_st<S>), with src/core/half.h's conversions:
+ * the CPU widens to float32, computes and rounds once, so a kernel written over a storage
+ * type S and its arithmetic type cuk_acc<S>::type gives the CPU's bits. For float32,
+ * float64 (and the integer types) cuk_ld / cuk_st are the identity. */
+struct cuk_bf16 {
+    uint16_t bits;
+};
+struct cuk_f16 {
+    uint16_t bits;
+};
+template <typename S>
+struct cuk_acc {
+    typedef S type;
+};
+template <>
+struct cuk_acc<cuk_bf16> {
+    typedef float type;
+};
+template <>
+struct cuk_acc<cuk_f16> {
+    typedef float type;
+};
+template <typename T>
+__device__ __forceinline__ T cuk_ld(T v) {
+    return v;
+}
+__device__ __forceinline__ float cuk_ld(cuk_bf16 v) { return ct_bf16_to_f32(v.bits); }
+__device__ __forceinline__ float cuk_ld(cuk_f16 v) { return ct_f16_to_f32(v.bits); }
+template <typename S>
+struct cuk_store {
+    __device__ __forceinline__ static S of(typename cuk_acc<S>::type v) { return v; }
+};
+template <>
+struct cuk_store<cuk_bf16> {
+    __device__ __forceinline__ static cuk_bf16 of(float v) { return cuk_bf16{ct_f32_to_bf16(v)}; }
+};
+template <>
+struct cuk_store<cuk_f16> {
+    __device__ __forceinline__ static cuk_f16 of(float v) { return cuk_f16{ct_f32_to_f16(v)}; }
+};
+template <typename S>
+__device__ __forceinline__ S cuk_st(typename cuk_acc<S>::type v) {
+    return cuk_store<S>::of(v);
+}
 
 /* Block-wide sum of a double (all threads get the result). blockDim.x a multiple of 32,
  * at most 1024. The order of additions is fixed, so results are deterministic. */

@@ -4,7 +4,9 @@
  * (C^T = B^T A^T), so a row-major operand is passed untransposed and a transposed one
  * (unit stride along rows) with CUBLAS_OP_T; a batch stride of 0 broadcasts. float32
  * computes in full FP32 (CUBLAS_COMPUTE_32F) unless TF32 is enabled (CTORCH_TF32=1 or
- * ct_cuda_set_tf32), float64 in FP64.
+ * ct_cuda_set_tf32), float64 in FP64; bfloat16 / float16 operands and results
+ * (CUDA_R_16BF / CUDA_R_16F) compute in FP32 (CUBLAS_COMPUTE_32F: tensor cores, float32
+ * accumulation, the result rounded once).
  *
  * conv2d: cuDNN's legacy convolution API (NCHW, groups, stride, padding, dilation) for
  * the forward pass, the input gradient (backward data) and the weight gradient (backward
@@ -13,7 +15,9 @@
  * CTORCH_CUDNN_BENCHMARK=0, taken from cuDNN's heuristics -- and cached with its
  * descriptors. With CTORCH_DETERMINISTIC=1 only algorithms cuDNN reports as deterministic
  * are used, chosen by the heuristics (so the same one on every run). With TF32 off,
- * float32 convolutions use CUDNN_FMA_MATH (no tensor-core TF32). */
+ * float32 convolutions use CUDNN_FMA_MATH (no tensor-core TF32). bfloat16 / float16
+ * tensors (CUDNN_DATA_BFLOAT16 / CUDNN_DATA_HALF) convolve with a float32 compute type
+ * (cuDNN's PSEUDO_BFLOAT16 / PSEUDO_HALF configurations) and CUDNN_TENSOR_OP_MATH. */
 #include "cuda_host.h"
 
 #include <limits.h>
@@ -57,8 +61,9 @@ int cu_k_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
     if (a->ndim != 3 || b->ndim != 3 || c->ndim != 3)
         return cu_error("bmm: expected 3-D operands, got %d-D, %d-D and %d-D output", a->ndim,
                         b->ndim, c->ndim);
-    if (!cu_is_float(c->dtype))
-        return cu_error("bmm: dtype %s not supported on cuda (float32 and float64 only)",
+    if (!cu_is_float(c->dtype) && !cu_is_lowp(c->dtype))
+        return cu_error("bmm: dtype %s not supported on cuda (float32, float64, bfloat16 or "
+                        "float16)",
                         cu_dtype_name(c->dtype));
     if (a->dtype != c->dtype || b->dtype != c->dtype)
         return cu_error("bmm: dtypes differ (%s @ %s -> %s)", cu_dtype_name(a->dtype),
@@ -88,10 +93,14 @@ int cu_k_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
     const long long sb = b->shape[0] > 1 ? b->stride[0] : 0;
     const long long sc = M * N;
     const int f64 = c->dtype == CT_FLOAT64;
-    const cudaDataType_t type = f64 ? CUDA_R_64F : CUDA_R_32F;
-    const cublasComputeType_t ctype = f64      ? CUBLAS_COMPUTE_64F
-                                      : cu_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                : CUBLAS_COMPUTE_32F;
+    const cudaDataType_t type = f64                         ? CUDA_R_64F
+                                : c->dtype == CT_BFLOAT16 ? CUDA_R_16BF
+                                : c->dtype == CT_FLOAT16  ? CUDA_R_16F
+                                                          : CUDA_R_32F;
+    /* TF32 concerns float32 operands only; 16-bit ones run on tensor cores regardless */
+    cublasComputeType_t ctype = CUBLAS_COMPUTE_32F;
+    if (f64) ctype = CUBLAS_COMPUTE_64F;
+    else if (cu_tf32 && c->dtype == CT_FLOAT32) ctype = CUBLAS_COMPUTE_32F_FAST_TF32;
     const float af = (float)alpha, bf = (float)beta;
     const void *pa = f64 ? (const void *)&alpha : (const void *)&af;
     const void *pb = f64 ? (const void *)&beta : (const void *)&bf;
@@ -180,7 +189,12 @@ static int fits_int(const int64_t *s, int n) {
 /* Creates the descriptors of a plan. x/y are NCHW tensors, w is [O, C/g, kh, kw]. */
 static int plan_descriptors(conv_plan *p, const char *op) {
     const conv_key *k = &p->key;
-    const cudnnDataType_t t = k->dtype == CT_FLOAT64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
+    const cudnnDataType_t t = k->dtype == CT_FLOAT64    ? CUDNN_DATA_DOUBLE
+                              : k->dtype == CT_BFLOAT16 ? CUDNN_DATA_BFLOAT16
+                              : k->dtype == CT_FLOAT16  ? CUDNN_DATA_HALF
+                                                        : CUDNN_DATA_FLOAT;
+    /* 16-bit data computes in float32 (PSEUDO_BFLOAT16 / PSEUDO_HALF configurations) */
+    const cudnnDataType_t ct = k->dtype == CT_FLOAT64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
     cudnnStatus_t s = cu_dnn.cudnnCreateTensorDescriptor(&p->xd);
     if (s == CUDNN_STATUS_SUCCESS) s = cu_dnn.cudnnCreateTensorDescriptor(&p->yd);
     if (s == CUDNN_STATUS_SUCCESS) s = cu_dnn.cudnnCreateFilterDescriptor(&p->wd);
@@ -197,11 +211,13 @@ static int plan_descriptors(conv_plan *p, const char *op) {
     if (s == CUDNN_STATUS_SUCCESS)
         s = cu_dnn.cudnnSetConvolution2dDescriptor(p->cd, k->pad[0], k->pad[1], k->stride[0],
                                                    k->stride[1], k->dil[0], k->dil[1],
-                                                   CUDNN_CROSS_CORRELATION, t);
+                                                   CUDNN_CROSS_CORRELATION, ct);
     if (s == CUDNN_STATUS_SUCCESS) s = cu_dnn.cudnnSetConvolutionGroupCount(p->cd, k->groups);
     if (s == CUDNN_STATUS_SUCCESS)
         s = cu_dnn.cudnnSetConvolutionMathType(
-            p->cd, k->dtype == CT_FLOAT32 && !k->tf32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH);
+            p->cd, k->dtype == CT_FLOAT32 && !k->tf32 ? CUDNN_FMA_MATH
+                   : cu_is_lowp((ct_dtype)k->dtype)   ? CUDNN_TENSOR_OP_MATH
+                                                      : CUDNN_DEFAULT_MATH);
     if (s != CUDNN_STATUS_SUCCESS) return dnn_err(s, op, "descriptor setup");
     return 0;
 }
@@ -379,11 +395,15 @@ static int conv_key_init(conv_key *k, int dir, const ct_tensor *x, const ct_tens
     memset(k, 0, sizeof *k);
     if (x->ndim != 4 || w->ndim != 4 || y->ndim != 4)
         return cu_error("%s: expected 4-D input, weight and output", op);
-    if (!cu_is_float(x->dtype))
-        return cu_error("%s: dtype %s not supported on cuda (float32 and float64 only)", op,
-                        cu_dtype_name(x->dtype));
+    if (!cu_is_float(x->dtype) && !cu_is_lowp(x->dtype))
+        return cu_error("%s: dtype %s not supported on cuda (float32, float64, bfloat16 or "
+                        "float16)",
+                        op, cu_dtype_name(x->dtype));
     if (w->dtype != x->dtype || y->dtype != x->dtype)
-        return cu_error("%s: input, weight and output dtypes differ", op);
+        return cu_error("%s: input, weight and output dtypes differ (%s, %s, %s); convert with "
+                        "ct_to_dtype",
+                        op, cu_dtype_name(x->dtype), cu_dtype_name(w->dtype),
+                        cu_dtype_name(y->dtype));
     if (!cu_is_contiguous(x) || !cu_is_contiguous(w) || !cu_is_contiguous(y))
         return cu_error("%s: the cuda kernel needs contiguous tensors", op);
     if (!fits_int(x->shape, 4) || !fits_int(w->shape, 4) || !fits_int(y->shape, 4))
@@ -476,7 +496,8 @@ int cu_k_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w, co
     if (conv_run(DIR_FWD, (ct_tensor *)x, (ct_tensor *)w, y, p) != 0) return -1;
     if (!bias || cu_numel(y) == 0) return 0;
     if (bias->dtype != y->dtype || !cu_is_contiguous(bias))
-        return cu_error("conv2d: bias must be contiguous with the input's dtype");
+        return cu_error("conv2d: bias must be contiguous with the input's dtype (%s, got %s)",
+                        cu_dtype_name(y->dtype), cu_dtype_name(bias->dtype));
     cu_dev *d = cu_dev_of(y);
     if (!d) return -1;
     return cu_fail(cuk_bias_add(&d->k, (int)y->dtype, cu_ptr(y), cu_ptr(bias), y->shape[0],

@@ -1,7 +1,9 @@
 /* Elementwise kernels: binary, unary, unary derivative (the formulas of the op tables,
  * src/core/op_tables.h, the same text the CPU kernels compile), dropout, copy with dtype
  * conversion, fill, bias add. Semantics mirror src/backends/cpu/cpu_elementwise.c
- * (float32 math in float, float64 in double, int64 rules, NaN handling of clamp/relu). */
+ * (float32 math in float, float64 in double, int64 rules, NaN handling of clamp/relu);
+ * bfloat16 / float16 elements are computed in float and rounded once (cuk_ld / cuk_st,
+ * cuda_common.cuh), as the CPU's low-precision paths do. */
 #include "core/half.h"
 #include "cuda_common.cuh"
 
@@ -109,6 +111,23 @@ struct CmpF {
     }
 };
 
+/* bfloat16 / float16 operands: the float functor on the widened elements, the result
+ * rounded once (what the CPU computes). */
+template <typename S>
+struct LowpBinF {
+    BinF<float> f;
+    __device__ __forceinline__ S operator()(S x, S y) const {
+        return cuk_st<S>(f(cuk_ld(x), cuk_ld(y)));
+    }
+};
+template <typename S>
+struct LowpCmpF {
+    CmpF<float> f;
+    __device__ __forceinline__ uint8_t operator()(S x, S y) const {
+        return f(cuk_ld(x), cuk_ld(y));
+    }
+};
+
 /* dt: the operands' dtype; out has it too for the SAME rows, and is bool for the BOOL
  * rows (whose operands may also be bool). */
 extern "C" int cuk_binary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n,
@@ -128,6 +147,12 @@ extern "C" int cuk_binary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, i
         case CT_BOOL:
             return launch_map3(c, g, n, o, (const uint8_t *)a, (const uint8_t *)b,
                                CmpF<uint8_t>{op});
+        case CT_BFLOAT16:
+            return launch_map3(c, g, n, o, (const cuk_bf16 *)a, (const cuk_bf16 *)b,
+                               LowpCmpF<cuk_bf16>{CmpF<float>{op}});
+        case CT_FLOAT16:
+            return launch_map3(c, g, n, o, (const cuk_f16 *)a, (const cuk_f16 *)b,
+                               LowpCmpF<cuk_f16>{CmpF<float>{op}});
         default: return (int)cudaErrorInvalidValue;
         }
     }
@@ -141,6 +166,12 @@ extern "C" int cuk_binary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, i
     case CT_INT64:
         return launch_map3(c, g, n, (long long *)out, (const long long *)a,
                            (const long long *)b, BinF<long long>{op, (long long)alpha});
+    case CT_BFLOAT16:
+        return launch_map3(c, g, n, (cuk_bf16 *)out, (const cuk_bf16 *)a, (const cuk_bf16 *)b,
+                           LowpBinF<cuk_bf16>{BinF<float>{op, (float)alpha}});
+    case CT_FLOAT16:
+        return launch_map3(c, g, n, (cuk_f16 *)out, (const cuk_f16 *)a, (const cuk_f16 *)b,
+                           LowpBinF<cuk_f16>{BinF<float>{op, (float)alpha}});
     default: return (int)cudaErrorInvalidValue;
     }
 }
@@ -180,6 +211,12 @@ struct UnI64 {
     }
 };
 
+template <typename S>
+struct LowpUnF {
+    UnF<float> f;
+    __device__ __forceinline__ S operator()(S x) const { return cuk_st<S>(f(cuk_ld(x))); }
+};
+
 extern "C" int cuk_unary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n,
                          void *out, const void *a, double p1, double p2) {
     if (op < 0 || op >= CT_UN_COUNT) return (int)cudaErrorInvalidValue;
@@ -192,6 +229,12 @@ extern "C" int cuk_unary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, in
     case CT_INT64:
         return launch_map2(c, g, n, (long long *)out, (const long long *)a,
                            UnI64{op, (long long)p1, (long long)p2});
+    case CT_BFLOAT16:
+        return launch_map2(c, g, n, (cuk_bf16 *)out, (const cuk_bf16 *)a,
+                           LowpUnF<cuk_bf16>{UnF<float>{op, (float)p1, (float)p2}});
+    case CT_FLOAT16:
+        return launch_map2(c, g, n, (cuk_f16 *)out, (const cuk_f16 *)a,
+                           LowpUnF<cuk_f16>{UnF<float>{op, (float)p1, (float)p2}});
     default: return (int)cudaErrorInvalidValue;
     }
 }
@@ -199,25 +242,35 @@ extern "C" int cuk_unary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, in
 /* ------------------------------------------------------- unary derivative */
 #define UD_CASE(ID, name, node, dtypes, saves, api, FWD, DER, ...)                         \
     case CT_UN_##ID: {                                                                     \
-        const T x = CT_SAVES_##saves & CT_SAVES_IN ? xs[i] : (T)0;                         \
-        const T y = CT_SAVES_##saves & CT_SAVES_OUT ? ys[i] : (T)0;                        \
+        const T x = CT_SAVES_##saves & CT_SAVES_IN ? cuk_ld(xs[i]) : (T)0;                 \
+        const T y = CT_SAVES_##saves & CT_SAVES_OUT ? cuk_ld(ys[i]) : (T)0;                \
         (void)x;                                                                           \
         (void)y;                                                                           \
         DER;                                                                               \
         break;                                                                             \
     }
 
-template <typename TYPE>
-__global__ void k_unary_backward(int op, int64_t n, TYPE *gx, const TYPE *gy, const TYPE *xs,
-                                 const TYPE *ys, TYPE p1, TYPE p2) {
-    typedef TYPE T;
+/* S: the storage type; the derivative is computed in T (float for 16-bit storage). */
+template <typename S>
+__global__ void k_unary_backward(int op, int64_t n, S *gx, const S *gy, const S *xs,
+                                 const S *ys, typename cuk_acc<S>::type p1,
+                                 typename cuk_acc<S>::type p2) {
+    typedef typename cuk_acc<S>::type T;
     (void)p1;
     (void)p2;
     CUK_LOOP(int64_t, i, n) {
         T d = 0;
         switch (op) { CT_UNARY_OPS(UD_CASE) }
-        gx[i] = gy[i] * d;
+        gx[i] = cuk_st<S>(cuk_ld(gy[i]) * d);
     }
+}
+
+template <typename S>
+static void launch_unary_backward(const cuk_ctx *c, int op, int64_t n, void *gx, const void *gy,
+                                  const void *x, const void *y, double p1, double p2) {
+    typedef typename cuk_acc<S>::type T;
+    CUK_LAUNCH(cuk_blocks(c, n, CUK_THREADS), CUK_THREADS, 0, c->stream, k_unary_backward<S>)(
+        op, n, (S *)gx, (const S *)gy, (const S *)x, (const S *)y, (T)p1, (T)p2);
 }
 
 extern "C" int cuk_unary_backward(const cuk_ctx *c, int op, int dt, int64_t n, void *gx,
@@ -225,45 +278,56 @@ extern "C" int cuk_unary_backward(const cuk_ctx *c, int op, int dt, int64_t n, v
                                   double p2) {
     if (n <= 0) return 0;
     if (op < 0 || op >= CT_UN_COUNT) return (int)cudaErrorInvalidValue;
-    int blocks = cuk_blocks(c, n, CUK_THREADS);
-    if (dt == CT_FLOAT32)
-        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_unary_backward<float>)(
-            op, n, (float *)gx, (const float *)gy, (const float *)x, (const float *)y,
-            (float)p1, (float)p2);
-    else if (dt == CT_FLOAT64)
-        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_unary_backward<double>)(
-            op, n, (double *)gx, (const double *)gy, (const double *)x, (const double *)y, p1,
-            p2);
-    else
-        return (int)cudaErrorInvalidValue;
+    switch (dt) {
+    case CT_FLOAT32: launch_unary_backward<float>(c, op, n, gx, gy, x, y, p1, p2); break;
+    case CT_FLOAT64: launch_unary_backward<double>(c, op, n, gx, gy, x, y, p1, p2); break;
+    case CT_BFLOAT16: launch_unary_backward<cuk_bf16>(c, op, n, gx, gy, x, y, p1, p2); break;
+    case CT_FLOAT16: launch_unary_backward<cuk_f16>(c, op, n, gx, gy, x, y, p1, p2); break;
+    default: return (int)cudaErrorInvalidValue;
+    }
     return cuk_status();
 }
 
 /* ------------------------------------------------------------------ dropout */
-template <typename T>
-__global__ void k_dropout(int64_t n, T *y, T *mask, const T *x, const T *u, T p, T scale) {
+/* S: x, y and mask; U: the uniforms (float32 beside 16-bit x: the op layer draws them so). */
+template <typename S, typename U>
+__global__ void k_dropout(int64_t n, S *y, S *mask, const S *x, const U *u,
+                          typename cuk_acc<S>::type p, typename cuk_acc<S>::type scale) {
+    typedef typename cuk_acc<S>::type T;
     CUK_LOOP(int64_t, i, n) {
-        const T mi = u[i] - p > 0 ? scale : (T)0;
-        mask[i] = mi;
-        y[i] = x[i] * mi;
+        const T mi = (T)cuk_ld(u[i]) - p > 0 ? scale : (T)0;
+        mask[i] = cuk_st<S>(mi);
+        y[i] = cuk_st<S>(cuk_ld(x[i]) * mi);
     }
 }
 
-extern "C" int cuk_dropout(const cuk_ctx *c, int dt, int64_t n, void *y, void *mask,
+template <typename S, typename U>
+static int launch_dropout(const cuk_ctx *c, int64_t n, void *y, void *mask, const void *x,
+                          const void *u, double p) {
+    typedef typename cuk_acc<S>::type T;
+    CUK_LAUNCH(cuk_blocks(c, n, CUK_THREADS), CUK_THREADS, 0, c->stream, k_dropout<S, U>)(
+        n, (S *)y, (S *)mask, (const S *)x, (const U *)u, (T)p, (T)(1.0 / (1.0 - p)));
+    return cuk_status();
+}
+
+extern "C" int cuk_dropout(const cuk_ctx *c, int dt, int udt, int64_t n, void *y, void *mask,
                            const void *x, const void *u, double p) {
     if (n <= 0) return 0;
-    int blocks = cuk_blocks(c, n, CUK_THREADS);
-    if (dt == CT_FLOAT32)
-        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_dropout<float>)(
-            n, (float *)y, (float *)mask, (const float *)x, (const float *)u, (float)p,
-            (float)(1.0 / (1.0 - p)));
-    else if (dt == CT_FLOAT64)
-        CUK_LAUNCH(blocks, CUK_THREADS, 0, c->stream, k_dropout<double>)(
-            n, (double *)y, (double *)mask, (const double *)x, (const double *)u, p,
-            1.0 / (1.0 - p));
-    else
-        return (int)cudaErrorInvalidValue;
-    return cuk_status();
+    if (udt == dt) {
+        switch (dt) {
+        case CT_FLOAT32: return launch_dropout<float, float>(c, n, y, mask, x, u, p);
+        case CT_FLOAT64: return launch_dropout<double, double>(c, n, y, mask, x, u, p);
+        case CT_BFLOAT16: return launch_dropout<cuk_bf16, cuk_bf16>(c, n, y, mask, x, u, p);
+        case CT_FLOAT16: return launch_dropout<cuk_f16, cuk_f16>(c, n, y, mask, x, u, p);
+        default: return (int)cudaErrorInvalidValue;
+        }
+    }
+    if (udt != CT_FLOAT32) return (int)cudaErrorInvalidValue;
+    switch (dt) {
+    case CT_BFLOAT16: return launch_dropout<cuk_bf16, float>(c, n, y, mask, x, u, p);
+    case CT_FLOAT16: return launch_dropout<cuk_f16, float>(c, n, y, mask, x, u, p);
+    default: return (int)cudaErrorInvalidValue;
+    }
 }
 
 /* --------------------------------------------------------------------- copy */
@@ -412,7 +476,7 @@ extern "C" int cuk_fill(const cuk_ctx *c, size_t esize, const cuk_geom *g, int64
 /* ----------------------------------------------------------------- bias add */
 template <typename I, typename T>
 __global__ void k_bias_add(I n, T *y, const T *bias, I C, I S) {
-    CUK_LOOP(I, i, n) y[i] += bias[(i / S) % C];
+    CUK_LOOP(I, i, n) y[i] = cuk_st<T>(cuk_ld(y[i]) + cuk_ld(bias[(i / S) % C]));
 }
 
 extern "C" int cuk_bias_add(const cuk_ctx *c, int dt, void *y, const void *bias, int64_t N,
@@ -432,6 +496,10 @@ extern "C" int cuk_bias_add(const cuk_ctx *c, int dt, void *y, const void *bias,
         BIAS_LAUNCH(float)
     } else if (dt == CT_FLOAT64) {
         BIAS_LAUNCH(double)
+    } else if (dt == CT_BFLOAT16) {
+        BIAS_LAUNCH(cuk_bf16)
+    } else if (dt == CT_FLOAT16) {
+        BIAS_LAUNCH(cuk_f16)
     } else {
         return (int)cudaErrorInvalidValue;
     }

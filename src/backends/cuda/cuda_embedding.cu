@@ -1,4 +1,5 @@
-/* CUDA embedding kernels and their kernel-table entries (cu_k_embedding_*): a gather of
+/* CUDA embedding kernels behind the kernel-table entries (cu_k_embedding_*_full; the
+ * entries, in cuda_lowp.c, widen bfloat16 / float16 to float32 around them): a gather of
  * weight rows, and a deterministic backward (one thread per column adds the gradient rows
  * in index order: no atomics, the same sums run after run). An index out of range raises
  * the device flag, reported at the next synchronisation. */
@@ -36,8 +37,8 @@ __global__ void k_embedding_bwd(int64_t n, int64_t dim, int64_t num, int64_t pad
     }
 }
 
-extern "C" int cu_k_embedding_forward(ct_tensor *y, const ct_tensor *weight,
-                                      const ct_tensor *indices) {
+extern "C" int cu_k_embedding_forward_full(ct_tensor *y, const ct_tensor *weight,
+                                           const ct_tensor *indices) {
     const char *op = "embedding";
     cu_dev *d = cu_dev_of(y);
     if (!d) return -1;
@@ -54,14 +55,15 @@ extern "C" int cu_k_embedding_forward(ct_tensor *y, const ct_tensor *weight,
             n, dim, num, idx, (const double *)cu_ptr(weight), (double *)cu_ptr(y), d->k.flag,
             kind);
     else
-        return cu_error("%s: dtype %s not supported on cuda (float32 or float64)", op,
-                        cu_dtype_name(weight->dtype));
+        return cu_error("%s: dtype %s not supported on cuda (float32, float64, bfloat16 or "
+                        "float16)",
+                        op, cu_dtype_name(weight->dtype));
     int rc = cu_fail(cuk_status(), op);
     return rc ? rc : cu_flag_raised(d, op);
 }
 
-extern "C" int cu_k_embedding_backward(ct_tensor *gw, const ct_tensor *gy,
-                                       const ct_tensor *indices, int64_t padding_idx) {
+extern "C" int cu_k_embedding_backward_full(ct_tensor *gw, const ct_tensor *gy,
+                                            const ct_tensor *indices, int64_t padding_idx) {
     const char *op = "embedding backward";
     cu_dev *d = cu_dev_of(gw);
     if (!d) return -1;
@@ -79,7 +81,8 @@ extern "C" int cu_k_embedding_backward(ct_tensor *gw, const ct_tensor *gy,
         CUK_LAUNCH(blocks, CUK_THREADS, 0, d->k.stream, k_embedding_bwd<double>)(
             n, dim, num, padding_idx, idx, (const double *)cu_ptr(gy), (double *)cu_ptr(gw));
     else
-        return cu_error("%s: dtype %s not supported on cuda (float32 or float64)", op,
-                        cu_dtype_name(gw->dtype));
+        return cu_error("%s: dtype %s not supported on cuda (float32, float64, bfloat16 or "
+                        "float16)",
+                        op, cu_dtype_name(gw->dtype));
     return cu_fail(cuk_status(), op);
 }

@@ -205,6 +205,9 @@ static inline void *cu_ptr(const ct_tensor *t) {
     return (char *)t->storage->data + (size_t)t->offset * cu_dsize(t->dtype);
 }
 static inline int cu_is_float(ct_dtype dt) { return dt == CT_FLOAT32 || dt == CT_FLOAT64; }
+/* bfloat16 / float16: autocast's compute dtypes (cuda_lowp.c says which kernel takes them
+ * natively and which through float32 stand-ins). */
+static inline int cu_is_lowp(ct_dtype dt) { return dt == CT_BFLOAT16 || dt == CT_FLOAT16; }
 
 /* Iteration space over nops (<= 3) tensors of t[0]'s shape (cuda_kernels.c): size-1 dims
  * dropped, dims contiguous in every operand merged, innermost first; returns the numel. A
@@ -218,6 +221,16 @@ int64_t cu_make_geom(cuk_geom *g, int nops, const ct_tensor *const *t);
 CT_KERNEL_LIST(CT__CUDA_PROTO)
 #undef CT__CUDA_PROTO
 void cu_dnn_release(cu_dev *d);           /* destroys d's conv plans */
+
+/* The entries that take bfloat16 / float16 operands through float32 stand-ins
+ * (cuda_lowp.c): cu_k_<name> widens the 16-bit operands with the copy kernel, calls
+ * cu_k_<name>_full (the float32 / float64 kernel) and rounds the results back. The
+ * prototypes are generated for every row; only these rows define a _full kernel:
+ * softmax, nll_loss, cross_entropy, batch_norm, layer_norm, embedding (forward and
+ * backward). The other entries take 16-bit operands natively or refuse them by name. */
+#define CT__CUDA_FULL_PROTO(name, params) int cu_k_##name##_full params;
+CT_KERNEL_LIST(CT__CUDA_FULL_PROTO)
+#undef CT__CUDA_FULL_PROTO
 
 #ifdef __cplusplus
 }

@@ -65,7 +65,9 @@ typedef struct {
 
 /* ---------------------------------------------------------------- elementwise */
 /* dt: the operands' dtype; out has it too, or is bool for the rows whose result rule is
- * BOOL (ct_binop_result_bool: comparisons and logical ops, operands may be bool). */
+ * BOOL (ct_binop_result_bool: comparisons and logical ops, operands may be bool). dt may be
+ * CT_BFLOAT16 / CT_FLOAT16 for binary, unary, unary_backward, dropout and bias_add (stored
+ * in 16 bits, computed in float, rounded once). */
 int cuk_binary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n, void *out,
                const void *a, const void *b, double alpha);
 int cuk_unary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n, void *out,
@@ -73,9 +75,10 @@ int cuk_unary(const cuk_ctx *c, int op, int dt, const cuk_geom *g, int64_t n, vo
 /* gx, gy, x, y contiguous with n elements; x or y may be NULL when op does not use it. */
 int cuk_unary_backward(const cuk_ctx *c, int op, int dt, int64_t n, void *gx, const void *gy,
                        const void *x, const void *y, double p1, double p2);
-/* Training dropout over n contiguous elements: mask = (u > p) / (1 - p), y = x * mask. */
-int cuk_dropout(const cuk_ctx *c, int dt, int64_t n, void *y, void *mask, const void *x,
-                const void *u, double p);
+/* Training dropout over n contiguous elements: mask = (u > p) / (1 - p), y = x * mask.
+ * u (dtype udt) has y's dtype, or float32 beside a bfloat16 / float16 y. */
+int cuk_dropout(const cuk_ctx *c, int dt, int udt, int64_t n, void *y, void *mask,
+                const void *x, const void *u, double p);
 /* dst (dtype ddt) <- src (dtype sdt), any strides, CPU conversion rules. */
 int cuk_copy(const cuk_ctx *c, int ddt, int sdt, const cuk_geom *g, int64_t n, void *dst,
              const void *src);

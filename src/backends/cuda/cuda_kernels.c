@@ -57,10 +57,17 @@ int64_t cu_make_geom(cuk_geom *g, int nops, const ct_tensor *const *t) {
     return make_geom(g, nops, t);
 }
 
+/* The float32 / float64 kernels (a 16-bit operand reaches them widened, cuda_lowp.c). */
 static int float_only(ct_dtype dt, const char *op) {
     if (cu_is_float(dt)) return 0;
-    return cu_error("%s: dtype %s not supported on cuda (float32 and float64 only)", op,
-                    cu_dtype_name(dt));
+    return cu_error("%s: dtype %s not supported on cuda (float32, float64, bfloat16 or float16)",
+                    op, cu_dtype_name(dt));
+}
+
+/* The kernels that take bfloat16 / float16 natively (computed in float, rounded once). */
+static int compute_only(ct_dtype dt, const char *op) {
+    if (cu_is_float(dt) || cu_is_lowp(dt)) return 0;
+    return float_only(dt, op);
 }
 
 static int same_dtype(const ct_tensor *a, const ct_tensor *b, const char *op) {
@@ -70,14 +77,21 @@ static int same_dtype(const ct_tensor *a, const ct_tensor *b, const char *op) {
 }
 
 /* ------------------------------------------------------------- elementwise */
+#define BIN_ROW(ID, name, ...) [CT_BIN_##ID] = #name,
+static const char *const k_binary_names[CT_BIN_COUNT] = {CT_BINARY_OPS(BIN_ROW)};
+#undef BIN_ROW
+
 int cu_k_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor *b,
                     double alpha) {
     const int to_bool = ct_binop_result_bool((int)op);
     if (to_bool && out->dtype != CT_BOOL)
         return cu_error("comparison op: the output must be bool, got %s", cu_dtype_name(out->dtype));
     if (same_dtype(a, b, "binary op") || (!to_bool && same_dtype(out, a, "binary op"))) return -1;
-    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64 && !(to_bool && a->dtype == CT_BOOL))
-        return cu_error("binary op: dtype %s not supported on cuda", cu_dtype_name(a->dtype));
+    if (!cu_is_float(a->dtype) && !cu_is_lowp(a->dtype) && a->dtype != CT_INT64 &&
+        !(to_bool && a->dtype == CT_BOOL))
+        return cu_error("binary op %s: dtype %s not supported on cuda",
+                        k_binary_names[(unsigned)op < CT_BIN_COUNT ? op : 0],
+                        cu_dtype_name(a->dtype));
     cu_dev *d = cu_dev_of(out);
     if (!d) return -1;
     cuk_geom g;
@@ -105,10 +119,10 @@ int cu_k_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double
             return cu_error("%s: dtype int64 not supported for this op; convert to float32 with "
                             "ct_to_dtype",
                             k_unary_rows[op].name);
-    } else if (!cu_is_float(out->dtype)) {
-        return cu_error("unary op: dtype %s not supported for this op; convert to float32 with "
+    } else if (!cu_is_float(out->dtype) && !cu_is_lowp(out->dtype)) {
+        return cu_error("%s: dtype %s not supported on cuda; convert to float32 with "
                         "ct_to_dtype",
-                        cu_dtype_name(out->dtype));
+                        k_unary_rows[op].name, cu_dtype_name(out->dtype));
     }
     cu_dev *d = cu_dev_of(out);
     if (!d) return -1;
@@ -122,8 +136,10 @@ int cu_k_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double
 
 int cu_k_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
                             const ct_tensor *y, double p1, double p2) {
-    if (!cu_is_float(gx->dtype))
-        return cu_error("backward: dtype %s has no gradient", cu_dtype_name(gx->dtype));
+    if (!cu_is_float(gx->dtype) && !cu_is_lowp(gx->dtype))
+        return cu_error("%s backward: dtype %s has no gradient",
+                        (unsigned)op < CT_UN_COUNT ? k_unary_rows[op].name : "unary",
+                        cu_dtype_name(gx->dtype));
     if (same_dtype(gx, gy, "backward") || same_dtype(gx, x, "backward") ||
         same_dtype(gx, y, "backward"))
         return -1;
@@ -181,9 +197,11 @@ int cu_k_fill(ct_tensor *t, double value) {
 /* --------------------------------------------------------------- reduction */
 int cu_k_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
                     const int *reduce) {
-    if (!cu_is_float(a->dtype) && a->dtype != CT_INT64 && a->dtype != CT_BOOL)
+    if (!cu_is_float(a->dtype) && !cu_is_lowp(a->dtype) && a->dtype != CT_INT64 &&
+        a->dtype != CT_BOOL)
         return cu_error("reduce: dtype %s not supported on cuda", cu_dtype_name(a->dtype));
-    if (!cu_is_float(out->dtype) && out->dtype != CT_INT64 && out->dtype != CT_BOOL)
+    if (!cu_is_float(out->dtype) && !cu_is_lowp(out->dtype) && out->dtype != CT_INT64 &&
+        out->dtype != CT_BOOL)
         return cu_error("reduce: output dtype %s not supported on cuda", cu_dtype_name(out->dtype));
     cuk_red_geom g;
     memset(&g, 0, sizeof g);
@@ -256,7 +274,7 @@ static void pool_geom(cuk_pool *q, const ct_tensor *big, const ct_tensor *small,
 
 static int pool_check(const ct_tensor *big, const ct_tensor *small, const ct_pool_params *p,
                       const char *op) {
-    if (float_only(big->dtype, op) || same_dtype(big, small, op)) return -1;
+    if (compute_only(big->dtype, op) || same_dtype(big, small, op)) return -1;
     if (big->ndim != 4 || small->ndim != 4)
         return cu_error("%s: expected 4-D input and output on cuda", op);
     if (p && (p->stride[0] < 1 || p->stride[1] < 1))
@@ -389,7 +407,7 @@ static void sm_split(const ct_tensor *t, int dim, int64_t *outer, int64_t *C, in
     *inner = in;
 }
 
-int cu_k_softmax_forward(ct_tensor *y, const ct_tensor *x, int dim, int log) {
+int cu_k_softmax_forward_full(ct_tensor *y, const ct_tensor *x, int dim, int log) {
     const char *op = log ? "log_softmax" : "softmax";
     if (float_only(x->dtype, op) || same_dtype(x, y, op)) return -1;
     cu_dev *d = cu_dev_of(x);
@@ -401,7 +419,7 @@ int cu_k_softmax_forward(ct_tensor *y, const ct_tensor *x, int dim, int log) {
                    op);
 }
 
-int cu_k_softmax_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim, int log) {
+int cu_k_softmax_backward_full(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim, int log) {
     const char *op = log ? "log_softmax backward" : "softmax backward";
     if (float_only(y->dtype, op) || same_dtype(y, gy, op) || same_dtype(y, gx, op)) return -1;
     cu_dev *d = cu_dev_of(y);
@@ -417,7 +435,7 @@ static const char k_target_fmt[] =
     "nll_loss: target %lld at position %lld is out of bounds for %lld classes (targets must "
     "be in [0, %lld) or equal ignore_index)";
 
-int cu_k_nll_loss_forward(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, const ct_tensor *target,
+int cu_k_nll_loss_forward_full(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, const ct_tensor *target,
                      ct_reduction red, int64_t ignore_index) {
     if (float_only(logp->dtype, "nll_loss") || same_dtype(logp, out, "nll_loss") ||
         same_dtype(logp, tw, "nll_loss"))
@@ -433,7 +451,7 @@ int cu_k_nll_loss_forward(ct_tensor *out, ct_tensor *tw, const ct_tensor *logp, 
     return rc ? rc : cu_flag_raised(d, "nll_loss");
 }
 
-int cu_k_nll_loss_backward(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
+int cu_k_nll_loss_backward_full(ct_tensor *glogp, const ct_tensor *gout, const ct_tensor *target,
                      const ct_tensor *tw, ct_reduction red, int64_t ignore_index) {
     const char *op = "nll_loss backward";
     if (float_only(glogp->dtype, op) || same_dtype(glogp, gout, op) || same_dtype(glogp, tw, op))
@@ -466,7 +484,7 @@ static void bn_dims(const ct_tensor *x, int64_t *N, int64_t *C, int64_t *S) {
     for (int d = 2; d < x->ndim; d++) *S *= x->shape[d];
 }
 
-int cu_k_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd, const ct_tensor *x,
+int cu_k_batch_norm_forward_full(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_invstd, const ct_tensor *x,
                     const ct_tensor *weight, const ct_tensor *bias, ct_tensor *running_mean,
                     ct_tensor *running_var, int training, double momentum, double eps) {
     const char *op = "batch_norm";
@@ -486,7 +504,7 @@ int cu_k_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_
                    op);
 }
 
-int cu_k_batch_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+int cu_k_batch_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                     const ct_tensor *x, const ct_tensor *weight, const ct_tensor *save_mean,
                     const ct_tensor *save_invstd, int training) {
     const char *op = "batch_norm_backward";
@@ -506,7 +524,7 @@ int cu_k_batch_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const 
                    op);
 }
 
-int cu_k_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
+int cu_k_layer_norm_forward_full(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const ct_tensor *x,
                     const ct_tensor *weight, const ct_tensor *bias, int64_t M, int64_t N,
                     double eps) {
     const char *op = "layer_norm";
@@ -521,7 +539,7 @@ int cu_k_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, cons
                    op);
 }
 
-int cu_k_layer_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
+int cu_k_layer_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
                     const ct_tensor *x, const ct_tensor *mean, const ct_tensor *rstd,
                     const ct_tensor *weight, int64_t M, int64_t N) {
     const char *op = "layer_norm_backward";
@@ -666,16 +684,22 @@ int cu_k_amp_unscale(ct_tensor *const *grads, int n, ct_tensor *found_inf, doubl
 /* ------------------------------------------------------------------ dropout */
 int cu_k_dropout_forward(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, const ct_tensor *u,
                          double p) {
-    if (float_only(y->dtype, "dropout")) return -1;
+    if (compute_only(y->dtype, "dropout") || same_dtype(y, x, "dropout") ||
+        same_dtype(y, mask, "dropout"))
+        return -1;
+    /* the uniforms: y's dtype, or float32 beside a 16-bit y (as the op layer draws them) */
+    if (u->dtype != y->dtype && !(cu_is_lowp(y->dtype) && u->dtype == CT_FLOAT32))
+        return cu_error("dropout: uniforms of dtype %s beside a %s input on cuda",
+                        cu_dtype_name(u->dtype), cu_dtype_name(y->dtype));
     cu_dev *d = cu_dev_of(y);
     if (!d) return -1;
-    return cu_fail(cuk_dropout(&d->k, (int)y->dtype, cu_numel(y), cu_ptr(y), cu_ptr(mask),
-                               cu_ptr(x), cu_ptr(u), p),
+    return cu_fail(cuk_dropout(&d->k, (int)y->dtype, (int)u->dtype, cu_numel(y), cu_ptr(y),
+                               cu_ptr(mask), cu_ptr(x), cu_ptr(u), p),
                    "dropout");
 }
 
 /* ---------------------------------------------------- fused cross_entropy */
-int cu_k_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
+int cu_k_cross_entropy_forward_full(ct_tensor *out, ct_tensor *logp, ct_tensor *total_weight,
                                const ct_tensor *logits, const ct_tensor *target,
                                ct_reduction red, int64_t ignore_index, double label_smoothing) {
     const char *op = "cross_entropy";
@@ -698,7 +722,7 @@ int cu_k_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total
     return rc ? rc : cu_flag_raised(d, op);
 }
 
-int cu_k_cross_entropy_backward(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
+int cu_k_cross_entropy_backward_full(ct_tensor *glogits, const ct_tensor *gout, const ct_tensor *logp,
                                 const ct_tensor *target, const ct_tensor *total_weight,
                                 ct_reduction red, int64_t ignore_index, double label_smoothing) {
     const char *op = "cross_entropy backward";

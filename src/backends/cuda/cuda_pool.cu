@@ -1,4 +1,5 @@
-/* 2-D pooling (NCHW planes, contiguous, float32/float64) with the window rules of
+/* 2-D pooling (NCHW planes, contiguous; float32, float64, and bfloat16 / float16 stored
+ * as S and computed in cuk_acc<S>::type = float, rounded once) with the window rules of
  * src/backends/cpu/cpu_pool.c (ATen's):
  *  - max: rows ih0 = oh*s - p stepping by dilation, end min(ih0 + (k-1)*d + 1, H) taken
  *    before ih0 is moved into the input; a NaN always wins (the last one seen); indices
@@ -15,12 +16,13 @@ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a
 __device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* ------------------------------------------------------------------- max */
-template <typename T>
-__global__ void k_max_fwd(cuk_pool p, const T *x, T *y, int64_t *ind) {
+template <typename S>
+__global__ void k_max_fwd(cuk_pool p, const S *x, S *y, int64_t *ind) {
+    typedef typename cuk_acc<S>::type T;
     const int64_t n = p.NC * p.Ho * p.Wo;
     CUK_LOOP(int64_t, i, n) {
         int64_t ow = i % p.Wo, t = i / p.Wo, oh = t % p.Ho, pl = t / p.Ho;
-        const T *xp = x + pl * p.H * p.W;
+        const S *xp = x + pl * p.H * p.W;
         int64_t ih0 = oh * p.sh - p.ph;
         int64_t ih1 = imin(ih0 + (p.kh - 1) * p.dh + 1, p.H);
         while (ih0 < 0) ih0 += p.dh;
@@ -31,13 +33,13 @@ __global__ void k_max_fwd(cuk_pool p, const T *x, T *y, int64_t *ind) {
         T mv = -(T)INFINITY;
         for (int64_t ih = ih0; ih < ih1; ih += p.dh)
             for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
-                T v = xp[ih * p.W + iw];
+                T v = cuk_ld(xp[ih * p.W + iw]);
                 if (v > mv || v != v) {
                     mv = v;
                     mi = ih * p.W + iw;
                 }
             }
-        y[i] = mv;
+        y[i] = cuk_st<S>(mv);
         ind[i] = mi;
     }
 }
@@ -65,8 +67,9 @@ __device__ __forceinline__ max_gather max_gather_at(const cuk_pool &p, int64_t i
     return g;
 }
 
-template <typename T>
-__global__ void k_max_bwd(cuk_pool p, const T *gy, const int64_t *ind, T *gx) {
+template <typename S>
+__global__ void k_max_bwd(cuk_pool p, const S *gy, const int64_t *ind, S *gx) {
+    typedef typename cuk_acc<S>::type T;
     const int64_t n = p.NC * p.H * p.W;
     CUK_LOOP(int64_t, i, n) {
         const max_gather g = max_gather_at(p, i);
@@ -76,9 +79,9 @@ __global__ void k_max_bwd(cuk_pool p, const T *gy, const int64_t *ind, T *gx) {
         for (int64_t oh = oh0; oh < oh1; oh++)
             for (int64_t ow = ow0; ow < ow1; ow++) {
                 int64_t o = obase + oh * p.Wo + ow;
-                if (ind[o] == target) acc += gy[o];
+                if (ind[o] == target) acc += cuk_ld(gy[o]);
             }
-        gx[i] = acc;
+        gx[i] = cuk_st<S>(acc);
     }
 }
 
@@ -86,12 +89,13 @@ __global__ void k_max_bwd(cuk_pool p, const T *gy, const int64_t *ind, T *gx) {
 /* The CPU's codes pooling (cpu_pool.c, mpc_fwd): window clipped to the input, first
  * maximum in row-major window order, a NaN always taken; with relu the output is
  * relu(max) and the code NOGRAD where that is not > 0 (NaN stays NaN). */
-template <typename T>
-__global__ void k_mpc_fwd(cuk_pool p, const T *x, T *y, uint8_t *codes, int relu) {
+template <typename S>
+__global__ void k_mpc_fwd(cuk_pool p, const S *x, S *y, uint8_t *codes, int relu) {
+    typedef typename cuk_acc<S>::type T;
     const int64_t n = p.NC * p.Ho * p.Wo;
     CUK_LOOP(int64_t, i, n) {
         int64_t ow = i % p.Wo, t = i / p.Wo, oh = t % p.Ho, pl = t / p.Ho;
-        const T *xp = x + pl * p.H * p.W;
+        const S *xp = x + pl * p.H * p.W;
         const int64_t ih0 = oh * p.sh - p.ph, iw0 = ow * p.sw - p.pw;
         int64_t ky0 = 0, ky1 = p.kh, kx0 = 0, kx1 = p.kw;
         while (ih0 + ky0 * p.dh < 0) ky0++;
@@ -101,9 +105,9 @@ __global__ void k_mpc_fwd(cuk_pool p, const T *x, T *y, uint8_t *codes, int relu
         int64_t best = ky0 * p.kw + kx0;
         T mv = -(T)INFINITY;
         for (int64_t ky = ky0; ky < ky1; ky++) {
-            const T *row = xp + (ih0 + ky * p.dh) * p.W + iw0;
+            const S *row = xp + (ih0 + ky * p.dh) * p.W + iw0;
             for (int64_t kx = kx0; kx < kx1; kx++) {
-                T v = row[kx * p.dw];
+                T v = cuk_ld(row[kx * p.dw]);
                 if (v > mv || v != v) {
                     mv = v;
                     best = ky * p.kw + kx;
@@ -111,15 +115,16 @@ __global__ void k_mpc_fwd(cuk_pool p, const T *x, T *y, uint8_t *codes, int relu
             }
         }
         const bool dead = relu && !(mv > 0);
-        y[i] = dead && mv == mv ? (T)0 : mv;
+        y[i] = cuk_st<S>(dead && mv == mv ? (T)0 : mv);
         if (codes) codes[i] = dead ? (uint8_t)CUK_POOL_NOGRAD : (uint8_t)best;
     }
 }
 
 /* Gathers, per input element, the gradients of the outputs whose code names it, in the
  * order of the CPU's scatter (outputs row-major), so the sums are the same. */
-template <typename T>
-__global__ void k_mpc_bwd(cuk_pool p, const T *gy, const uint8_t *codes, T *gx) {
+template <typename S>
+__global__ void k_mpc_bwd(cuk_pool p, const S *gy, const uint8_t *codes, S *gx) {
+    typedef typename cuk_acc<S>::type T;
     const int64_t n = p.NC * p.H * p.W;
     CUK_LOOP(int64_t, i, n) {
         const max_gather g = max_gather_at(p, i);
@@ -135,10 +140,10 @@ __global__ void k_mpc_bwd(cuk_pool p, const T *gy, const uint8_t *codes, T *gx) 
                 const int64_t kx = dx / p.dw;
                 if (kx >= p.kw) continue;
                 const int64_t o = g.obase + oh * p.Wo + ow;
-                if (codes[o] == ky * p.kw + kx) acc += gy[o];
+                if (codes[o] == ky * p.kw + kx) acc += cuk_ld(gy[o]);
             }
         }
-        gx[i] = acc;
+        gx[i] = cuk_st<S>(acc);
     }
 }
 
@@ -159,16 +164,24 @@ static int mpc_run(const cuk_ctx *c, bool fwd, const cuk_pool *p, const void *in
 
 extern "C" int cuk_max_pool_codes_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x,
                                       void *y, uint8_t *codes, int relu) {
-    if (dt == CT_FLOAT32) return mpc_run<float>(c, true, p, x, NULL, y, codes, relu);
-    if (dt == CT_FLOAT64) return mpc_run<double>(c, true, p, x, NULL, y, codes, relu);
-    return (int)cudaErrorInvalidValue;
+    switch (dt) {
+    case CT_FLOAT32: return mpc_run<float>(c, true, p, x, NULL, y, codes, relu);
+    case CT_FLOAT64: return mpc_run<double>(c, true, p, x, NULL, y, codes, relu);
+    case CT_BFLOAT16: return mpc_run<cuk_bf16>(c, true, p, x, NULL, y, codes, relu);
+    case CT_FLOAT16: return mpc_run<cuk_f16>(c, true, p, x, NULL, y, codes, relu);
+    default: return (int)cudaErrorInvalidValue;
+    }
 }
 
 extern "C" int cuk_max_pool_codes_bwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *gy,
                                       const uint8_t *codes, void *gx) {
-    if (dt == CT_FLOAT32) return mpc_run<float>(c, false, p, gy, codes, gx, NULL, 0);
-    if (dt == CT_FLOAT64) return mpc_run<double>(c, false, p, gy, codes, gx, NULL, 0);
-    return (int)cudaErrorInvalidValue;
+    switch (dt) {
+    case CT_FLOAT32: return mpc_run<float>(c, false, p, gy, codes, gx, NULL, 0);
+    case CT_FLOAT64: return mpc_run<double>(c, false, p, gy, codes, gx, NULL, 0);
+    case CT_BFLOAT16: return mpc_run<cuk_bf16>(c, false, p, gy, codes, gx, NULL, 0);
+    case CT_FLOAT16: return mpc_run<cuk_f16>(c, false, p, gy, codes, gx, NULL, 0);
+    default: return (int)cudaErrorInvalidValue;
+    }
 }
 
 /* ------------------------------------------------------------------- avg */
@@ -191,26 +204,28 @@ __device__ __forceinline__ bool avg_window(const cuk_pool &p, int64_t oh, int64_
     return ih0 < ih1 && iw0 < iw1;
 }
 
-template <typename T>
-__global__ void k_avg_fwd(cuk_pool p, const T *x, T *y) {
+template <typename S>
+__global__ void k_avg_fwd(cuk_pool p, const S *x, S *y) {
+    typedef typename cuk_acc<S>::type T;
     const int64_t n = p.NC * p.Ho * p.Wo;
     CUK_LOOP(int64_t, i, n) {
         int64_t ow = i % p.Wo, t = i / p.Wo, oh = t % p.Ho, pl = t / p.Ho;
         int64_t h0, h1, w0, w1, div;
         if (!avg_window(p, oh, ow, &h0, &h1, &w0, &w1, &div)) {
-            y[i] = 0;
+            y[i] = cuk_st<S>((T)0);
             continue;
         }
-        const T *xp = x + pl * p.H * p.W;
+        const S *xp = x + pl * p.H * p.W;
         double s = 0;
         for (int64_t ih = h0; ih < h1; ih++)
-            for (int64_t iw = w0; iw < w1; iw++) s += (double)xp[ih * p.W + iw];
-        y[i] = (T)(s / (double)div);
+            for (int64_t iw = w0; iw < w1; iw++) s += (double)cuk_ld(xp[ih * p.W + iw]);
+        y[i] = cuk_st<S>((T)(s / (double)div));
     }
 }
 
-template <typename T>
-__global__ void k_avg_bwd(cuk_pool p, const T *gy, T *gx) {
+template <typename S>
+__global__ void k_avg_bwd(cuk_pool p, const S *gy, S *gx) {
+    typedef typename cuk_acc<S>::type T;
     const int64_t n = p.NC * p.H * p.W;
     CUK_LOOP(int64_t, i, n) {
         int64_t w = i % p.W, t = i / p.W, h = t % p.H, pl = t / p.H;
@@ -219,16 +234,16 @@ __global__ void k_avg_bwd(cuk_pool p, const T *gy, T *gx) {
         int64_t oh1 = imin((h + p.ph) / p.sh + 1, p.Ho);
         int64_t ow0 = (w + p.pw < p.kw) ? 0 : (w + p.pw - p.kw) / p.sw + 1;
         int64_t ow1 = imin((w + p.pw) / p.sw + 1, p.Wo);
-        const T *g = gy + pl * p.Ho * p.Wo;
+        const S *g = gy + pl * p.Ho * p.Wo;
         T acc = 0;
         for (int64_t oh = oh0; oh < oh1; oh++)
             for (int64_t ow = ow0; ow < ow1; ow++) {
                 int64_t h0, h1, w0, w1, div;
                 if (!avg_window(p, oh, ow, &h0, &h1, &w0, &w1, &div)) continue;
                 if (h < h0 || h >= h1 || w < w0 || w >= w1) continue;
-                acc += g[oh * p.Wo + ow] / (T)div;
+                acc += cuk_ld(g[oh * p.Wo + ow]) / (T)div;
             }
-        gx[i] = acc;
+        gx[i] = cuk_st<S>(acc);
     }
 }
 
@@ -240,30 +255,32 @@ __device__ __forceinline__ int64_t ad_end(int64_t a, int64_t b, int64_t c) {
     return 1 + ((a + 1) * c - 1) / b;
 }
 
-template <typename T>
-__global__ void k_ad_fwd(cuk_pool p, const T *x, T *y) {
+template <typename S>
+__global__ void k_ad_fwd(cuk_pool p, const S *x, S *y) {
+    typedef typename cuk_acc<S>::type T;
     const int64_t n = p.NC * p.Ho * p.Wo;
     CUK_LOOP(int64_t, i, n) {
         int64_t ow = i % p.Wo, t = i / p.Wo, oh = t % p.Ho, pl = t / p.Ho;
         int64_t h0 = ad_start(oh, p.Ho, p.H), h1 = ad_end(oh, p.Ho, p.H);
         int64_t w0 = ad_start(ow, p.Wo, p.W), w1 = ad_end(ow, p.Wo, p.W);
-        const T *xp = x + pl * p.H * p.W;
+        const S *xp = x + pl * p.H * p.W;
         double s = 0;
         for (int64_t ih = h0; ih < h1; ih++)
-            for (int64_t iw = w0; iw < w1; iw++) s += (double)xp[ih * p.W + iw];
-        y[i] = (T)(s / (double)(h1 - h0) / (double)(w1 - w0));
+            for (int64_t iw = w0; iw < w1; iw++) s += (double)cuk_ld(xp[ih * p.W + iw]);
+        y[i] = cuk_st<S>((T)(s / (double)(h1 - h0) / (double)(w1 - w0)));
     }
 }
 
-template <typename T>
-__global__ void k_ad_bwd(cuk_pool p, const T *gy, T *gx) {
+template <typename S>
+__global__ void k_ad_bwd(cuk_pool p, const S *gy, S *gx) {
+    typedef typename cuk_acc<S>::type T;
     const int64_t n = p.NC * p.H * p.W;
     CUK_LOOP(int64_t, i, n) {
         int64_t w = i % p.W, t = i / p.W, h = t % p.H, pl = t / p.H;
         /* candidate outputs, then an exact containment test */
         int64_t oh0 = imax((h * p.Ho) / p.H - 1, 0), oh1 = imin(((h + 1) * p.Ho) / p.H + 2, p.Ho);
         int64_t ow0 = imax((w * p.Wo) / p.W - 1, 0), ow1 = imin(((w + 1) * p.Wo) / p.W + 2, p.Wo);
-        const T *g = gy + pl * p.Ho * p.Wo;
+        const S *g = gy + pl * p.Ho * p.Wo;
         T acc = 0;
         for (int64_t oh = oh0; oh < oh1; oh++) {
             int64_t h0 = ad_start(oh, p.Ho, p.H), h1 = ad_end(oh, p.Ho, p.H);
@@ -271,10 +288,10 @@ __global__ void k_ad_bwd(cuk_pool p, const T *gy, T *gx) {
             for (int64_t ow = ow0; ow < ow1; ow++) {
                 int64_t w0 = ad_start(ow, p.Wo, p.W), w1 = ad_end(ow, p.Wo, p.W);
                 if (w < w0 || w >= w1) continue;
-                acc += g[oh * p.Wo + ow] / (T)(h1 - h0) / (T)(w1 - w0);
+                acc += cuk_ld(g[oh * p.Wo + ow]) / (T)(h1 - h0) / (T)(w1 - w0);
             }
         }
-        gx[i] = acc;
+        gx[i] = cuk_st<S>(acc);
     }
 }
 
@@ -305,9 +322,13 @@ static int pool_run(const cuk_ctx *c, int kind, const cuk_pool *p, const void *i
 
 static int pool_dispatch(const cuk_ctx *c, int dt, int kind, const cuk_pool *p, const void *in,
                          const int64_t *ind_in, void *out, int64_t *ind_out) {
-    if (dt == CT_FLOAT32) return pool_run<float>(c, kind, p, in, ind_in, out, ind_out);
-    if (dt == CT_FLOAT64) return pool_run<double>(c, kind, p, in, ind_in, out, ind_out);
-    return (int)cudaErrorInvalidValue;
+    switch (dt) {
+    case CT_FLOAT32: return pool_run<float>(c, kind, p, in, ind_in, out, ind_out);
+    case CT_FLOAT64: return pool_run<double>(c, kind, p, in, ind_in, out, ind_out);
+    case CT_BFLOAT16: return pool_run<cuk_bf16>(c, kind, p, in, ind_in, out, ind_out);
+    case CT_FLOAT16: return pool_run<cuk_f16>(c, kind, p, in, ind_in, out, ind_out);
+    default: return (int)cudaErrorInvalidValue;
+    }
 }
 
 extern "C" int cuk_max_pool_fwd(const cuk_ctx *c, int dt, const cuk_pool *p, const void *x,

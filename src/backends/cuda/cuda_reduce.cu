@@ -4,6 +4,9 @@
  * first NaN (smallest index) or else the largest value with the smallest index, which is
  * exactly what the CPU's sequential scan returns.
  *
+ * bfloat16 / float16 elements are widened on load and a 16-bit result is the float32 one
+ * rounded (the CPU's low-precision reduction).
+ *
  * Two shapes of work, both deterministic (no atomics; fixed combination order):
  *  - thread per output when neighbouring outputs are neighbours in memory (reading is
  *    coalesced across threads) or the reduction is short;
@@ -71,6 +74,9 @@ __device__ __forceinline__ void red_store(int op, int out_dt, void *out, int64_t
     switch (out_dt) {
     case CT_FLOAT32: ((float *)out)[o] = (float)acc; break;
     case CT_FLOAT64: ((double *)out)[o] = acc; break;
+    /* 16-bit outputs: the float32 result rounded, as the CPU's widened reduction gives */
+    case CT_BFLOAT16: ((uint16_t *)out)[o] = ct_f32_to_bf16((float)acc); break;
+    case CT_FLOAT16: ((uint16_t *)out)[o] = ct_f32_to_f16((float)acc); break;
     case CT_BOOL: ((uint8_t *)out)[o] = acc != 0; break;
     default: ((long long *)out)[o] = (long long)acc; break;
     }
@@ -96,7 +102,7 @@ __global__ void k_red_thread(cuk_red_geom g, const T *a, RedArgs ra) {
     RedVal best = {-(double)INFINITY, LLONG_MAX};
     double acc = 0;
     for (int64_t r = r0; r < r1; r++) {
-        double v = (double)base[red_roff(g, r)];
+        double v = (double)cuk_ld(base[red_roff(g, r)]);
         if (IS_MAX) best = max_combine(best, RedVal{v, (long long)r});
         else acc += red_term(ra.op, v);
     }
@@ -120,7 +126,7 @@ __global__ void k_red_block(cuk_red_geom g, const T *a, RedArgs ra) {
     RedVal best = {-(double)INFINITY, LLONG_MAX};
     double acc = 0;
     for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
-        double v = (double)base[red_roff(g, r)];
+        double v = (double)cuk_ld(base[red_roff(g, r)]);
         if (IS_MAX) best = max_combine(best, RedVal{v, (long long)r});
         else acc += red_term(ra.op, v);
     }
@@ -233,6 +239,8 @@ extern "C" int cuk_reduce(const cuk_ctx *c, int op, int in_dt, int out_dt, const
     case CT_FLOAT64: return reduce_t(c, op, out_dt, g, (const double *)a, out, idx);
     case CT_INT64: return reduce_t(c, op, out_dt, g, (const long long *)a, out, idx);
     case CT_BOOL: return reduce_t(c, op, out_dt, g, (const uint8_t *)a, out, idx);
+    case CT_BFLOAT16: return reduce_t(c, op, out_dt, g, (const cuk_bf16 *)a, out, idx);
+    case CT_FLOAT16: return reduce_t(c, op, out_dt, g, (const cuk_f16 *)a, out, idx);
     default: return (int)cudaErrorInvalidValue;
     }
 }

@@ -32,7 +32,12 @@ typedef enum {
     CUDNN_STATUS_MAX_ = 0x7fffffff /* keeps the enum int-sized like cuDNN's */
 } cudnnStatus_t;
 
-typedef enum { CUDNN_DATA_FLOAT = 0, CUDNN_DATA_DOUBLE = 1 } cudnnDataType_t;
+typedef enum {
+    CUDNN_DATA_FLOAT = 0,
+    CUDNN_DATA_DOUBLE = 1,
+    CUDNN_DATA_HALF = 2,
+    CUDNN_DATA_BFLOAT16 = 9,
+} cudnnDataType_t;
 
 typedef enum {
     CUDNN_DEFAULT_MATH = 0,
