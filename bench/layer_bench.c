@@ -4,11 +4,13 @@
  * build (as the examples): cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude bench/layer_bench.c \
  *           build/libctorch.a -o build/bench/layer_bench -lopenblas -lz -lpthread -ldl -lm
  * run:   build/bench/layer_bench [--model simple_cnn|resnet18|all] [--batch-size B]
- *           [--threads T] [--peak GFLOPS] [--min-time S] [--json]
+ *           [--threads T] [--peak GFLOPS] [--min-time S] [--json] [--amp bf16|off]
  *
  * For each layer shape: forward with autograd on (the training forward), forward under
  * no-grad (inference), backward to the input only (x requires grad, the weight not) and
  * backward to the weight (and bias) only (the weight requires grad, x not). FLOPs use the
+ * --amp bf16: the input and output gradient in bfloat16 and each forward under a bf16 autocast
+ * region (weights cast per call, as once per training step). FLOPs use the
  * standard formulas: forward 2*N*Cout*Hout*Wout*Cin*KH*KW/groups, and the same count for
  * each of the two backward products. Each measurement is the best of several repetitions
  * (at least 2 and at least --min-time seconds) after a warm-up, like the GEMM peak it is
@@ -64,10 +66,18 @@ static void die(const char *what) {
     exit(1);
 }
 
+static int amp_bf16; /* --amp bf16: bf16 activations, forward under autocast */
+
 static ct_tensor *forward(const layer *L, ct_tensor *x, ct_tensor *w, ct_tensor *b) {
-    if (L->linear) return ct_linear(x, w, b);
-    int st[2] = {L->stride, L->stride}, pd[2] = {L->pad, L->pad}, dl[2] = {1, 1};
-    return ct_conv2d(x, w, b, st, pd, dl, 1);
+    if (amp_bf16) ct_autocast_push(CT_CPU, CT_BFLOAT16); /* per call, as per training step */
+    ct_tensor *y;
+    if (L->linear) y = ct_linear(x, w, b);
+    else {
+        int st[2] = {L->stride, L->stride}, pd[2] = {L->pad, L->pad}, dl[2] = {1, 1};
+        y = ct_conv2d(x, w, b, st, pd, dl, 1);
+    }
+    if (amp_bf16) ct_autocast_pop();
+    return y;
 }
 
 /* Best time of one phase: x/w/b requires-grad flags as the phase needs. */
@@ -121,6 +131,13 @@ static void bench_layer(const layer *L, const char *model, int64_t n, double pea
     ct_tensor *b = L->bias ? ct_randn(bs, 1, CT_FLOAT32) : NULL;
     ct_tensor *g = ct_randn(os, od, CT_FLOAT32);
     if (!x || !w || (L->bias && !b) || !g) die("allocating inputs");
+    if (amp_bf16) { /* activations arrive in bf16 from the layer before, as in training */
+        ct_tensor *xb = ct_to_dtype(x, CT_BFLOAT16), *gb = ct_to_dtype(g, CT_BFLOAT16);
+        if (!xb || !gb) die("casting inputs to bf16");
+        ct_free(x);
+        ct_free(g);
+        x = xb, g = gb;
+    }
     double t[NPHASE];
     for (int p = 0; p < NPHASE; p++) t[p] = time_phase(L, p, x, w, b, g, min_time);
     /* what one training step spends on this layer: forward, weight grad, data grad if needed */
@@ -194,7 +211,7 @@ static void bench_model(const char *model, const layer *ls, int nl, int64_t n, d
 
 static void usage(void) {
     fprintf(stderr, "usage: layer_bench [--model simple_cnn|resnet18|all] [--batch-size B] [--threads T]\n"
-                    "                   [--peak GFLOPS] [--min-time SECONDS] [--json]\n");
+                    "                   [--peak GFLOPS] [--min-time SECONDS] [--json] [--amp bf16|off]\n");
     exit(2);
 }
 
@@ -210,6 +227,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--peak") && i + 1 < argc) peak = atof(argv[++i]);
         else if (!strcmp(argv[i], "--min-time") && i + 1 < argc) min_time = atof(argv[++i]);
         else if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--amp") && i + 1 < argc) {
+            const char *a = argv[++i];
+            if (!strcmp(a, "bf16")) amp_bf16 = 1;
+            else if (strcmp(a, "off")) usage();
+        }
         else usage();
     }
     int all = !strcmp(model, "all");

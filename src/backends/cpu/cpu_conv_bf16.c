@@ -17,6 +17,17 @@
 
 #include <string.h>
 
+/* The bf16 GEMM needs AVX512_BF16 or AMX, so every CPU that reaches these kernels has
+ * AVX512BW: the data movement around the GEMM (im2col, pair interleave, transposes) is
+ * written for it. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_V512 1
+#define V512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+#else
+#define V512
+#endif
+
 typedef struct {
     int64_t N, C, H, W, O, KH, KW, Ho, Wo;
     int sh, sw, ph, pw, dh, dw;
@@ -42,38 +53,92 @@ static int is_pointwise(const geom *g) {
 /* ---------------------------------------------------------------- im2col */
 
 /* Row r (channel, ky, kx) of the im2col matrix of image x into dst[Ho*Wo]. */
-static void im2col_row(const geom *g, const uint16_t *x, int64_t r, uint16_t *dst) {
-    {
-        int64_t ch = r / (g->KH * g->KW), ky = r / g->KW % g->KH, kx = r % g->KW;
-        const uint16_t *src = x + ch * g->H * g->W;
-        for (int64_t oy = 0; oy < g->Ho; oy++) {
-            int64_t iy = oy * g->sh - g->ph + ky * g->dh;
-            uint16_t *d = dst + oy * g->Wo;
-            if (iy < 0 || iy >= g->H) {
-                memset(d, 0, sizeof(uint16_t) * (size_t)g->Wo);
-                continue;
+V512 static void im2col_row(const geom *g, const uint16_t *x, int64_t r, uint16_t *dst) {
+    int64_t ch = r / (g->KH * g->KW), ky = r / g->KW % g->KH, kx = r % g->KW;
+    const uint16_t *src = x + ch * g->H * g->W;
+    for (int64_t oy = 0; oy < g->Ho; oy++) {
+        int64_t iy = oy * g->sh - g->ph + ky * g->dh;
+        uint16_t *d = dst + oy * g->Wo;
+        if (iy < 0 || iy >= g->H) {
+            memset(d, 0, sizeof(uint16_t) * (size_t)g->Wo);
+            continue;
+        }
+        const uint16_t *s = src + iy * g->W;
+        int64_t ix0 = kx * g->dw - g->pw;
+        if (g->sw == 1) {
+            /* a contiguous run with zeros at both ends: input columns [lo, hi) of the output */
+            int64_t lo = ix0 < 0 ? -ix0 : 0, hi = g->W - ix0;
+            if (hi > g->Wo) hi = g->Wo;
+            if (lo > g->Wo) lo = g->Wo;
+            if (hi < lo) hi = lo;
+#ifdef HAVE_V512
+            /* 32 outputs per masked load: lanes outside [lo, hi) read nothing, give 0 */
+            for (int64_t o0 = 0; o0 < g->Wo; o0 += 32) {
+                int64_t n = g->Wo - o0 < 32 ? g->Wo - o0 : 32;
+                int64_t a = lo - o0 < 0 ? 0 : lo - o0 > 32 ? 32 : lo - o0;
+                int64_t b = hi - o0 < 0 ? 0 : hi - o0 > 32 ? 32 : hi - o0;
+                uint64_t valid = ((1ull << b) - 1) & ~((1ull << a) - 1);
+                __m512i v = _mm512_maskz_loadu_epi16((__mmask32)valid,
+                                                     (const char *)s + 2 * (ix0 + o0));
+                _mm512_mask_storeu_epi16(d + o0, (__mmask32)((1ull << n) - 1), v);
             }
-            const uint16_t *s = src + iy * g->W;
-            int64_t ix0 = kx * g->dw - g->pw;
-            if (g->sw == 1) {
-                /* a contiguous run with zeros at both ends */
-                int64_t lo = ix0 < 0 ? -ix0 : 0, hi = g->W - ix0;
-                if (hi > g->Wo) hi = g->Wo;
-                if (lo > g->Wo) lo = g->Wo;
-                if (hi < lo) hi = lo;
-                /* inline loops: runs of a few dozen elements, where a libc call costs more */
-                for (int64_t ox = 0; ox < lo; ox++) d[ox] = 0;
-                for (int64_t ox = lo; ox < hi; ox++) d[ox] = s[ix0 + ox];
-                for (int64_t ox = hi; ox < g->Wo; ox++) d[ox] = 0;
-                continue;
-            }
-            for (int64_t ox = 0; ox < g->Wo; ox++) {
-                int64_t ix = ix0 + ox * g->sw;
-                d[ox] = ix >= 0 && ix < g->W ? s[ix] : 0;
-            }
+#else
+            for (int64_t ox = 0; ox < lo; ox++) d[ox] = 0;
+            for (int64_t ox = lo; ox < hi; ox++) d[ox] = s[ix0 + ox];
+            for (int64_t ox = hi; ox < g->Wo; ox++) d[ox] = 0;
+#endif
+            continue;
+        }
+        for (int64_t ox = 0; ox < g->Wo; ox++) {
+            int64_t ix = ix0 + ox * g->sw;
+            d[ox] = ix >= 0 && ix < g->W ? s[ix] : 0;
         }
     }
 }
+
+/* d[0..31] = pairs (r0[c], r1[c]) for c < m, zeros past m. */
+V512 static inline void interleave_panel(uint32_t *d, const uint16_t *r0, const uint16_t *r1,
+                                         int64_t m) {
+#ifdef HAVE_V512
+    const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
+                                        40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33,
+                                        1, 32, 0);
+    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+    __mmask32 k = m >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1ull << m) - 1);
+    __m512i a = _mm512_maskz_loadu_epi16(k, r0), b = _mm512_maskz_loadu_epi16(k, r1);
+    _mm512_storeu_si512(d, _mm512_permutex2var_epi16(a, lo, b));
+    _mm512_storeu_si512(d + 16, _mm512_permutex2var_epi16(a, hi, b));
+#else
+    for (int64_t c = 0; c < m; c++) d[c] = (uint32_t)r0[c] | (uint32_t)r1[c] << 16;
+    for (int64_t c = m; c < 32; c++) d[c] = 0;
+#endif
+}
+
+#ifdef HAVE_V512
+/* Transpose of a 16 x 16 block of 32-bit elements held in r[0..15]. */
+V512 static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++)
+        for (int h = 0; h < 2; h++) {
+            r[4 * i + 2 * h] = _mm512_unpacklo_epi64(t[4 * i + h], t[4 * i + 2 + h]);
+            r[4 * i + 2 * h + 1] = _mm512_unpackhi_epi64(t[4 * i + h], t[4 * i + 2 + h]);
+        }
+    /* r[4i + q] now holds, in each 128-bit lane L, column 4L + q of rows 4i..4i+3 */
+    for (int i = 0; i < 2; i++)
+        for (int q = 0; q < 4; q++) {
+            t[8 * i + q] = _mm512_shuffle_i32x4(r[8 * i + q], r[8 * i + 4 + q], 0x88);
+            t[8 * i + 4 + q] = _mm512_shuffle_i32x4(r[8 * i + q], r[8 * i + 4 + q], 0xdd);
+        }
+    for (int q = 0; q < 8; q++) {
+        r[q] = _mm512_shuffle_i32x4(t[q], t[8 + q], 0x88);
+        r[8 + q] = _mm512_shuffle_i32x4(t[q], t[8 + q], 0xdd);
+    }
+}
+#endif
 
 /* The im2col matrix (CKK x P) of image x straight into the GEMM's packed B (pairs of rows,
  * panels of NR columns; K2 pair rows, zeros past CKK), two rows at a time through row
@@ -89,29 +154,47 @@ static void im2col_packed(const geom *g, const uint16_t *x, int64_t K2, uint32_t
         if (2 * k + 1 < CKK) im2col_row(g, x, 2 * k + 1, r1);
         else memset(r1, 0, sizeof(uint16_t) * (size_t)P);
         for (int64_t nb = 0; nb < nblocks; nb++) {
-            uint32_t *d = bp + (nb * K2 + k) * NR;
-            int64_t j0 = nb * NR, m = P - j0 < NR ? P - j0 : NR;
-            for (int64_t c = 0; c < m; c++) d[c] = (uint32_t)r0[j0 + c] | (uint32_t)r1[j0 + c] << 16;
-            for (int64_t c = m; c < NR; c++) d[c] = 0;
+            int64_t j0 = nb * NR;
+            interleave_panel(bp + (nb * K2 + k) * NR, r0 + j0, r1 + j0, P - j0 < NR ? P - j0 : NR);
         }
     }
 }
 
 /* The transposed im2col matrix (P x CKK: pairs of adjacent pixels of one row r) into the
  * packed B of the weight gradient (K2 pair rows, this image's from pair row k_off on;
- * panels of NR rows r). The caller zeroes bp first (padding). */
-static void im2col_t_packed(const geom *g, const uint16_t *x, int64_t K2, int64_t k_off,
-                            uint32_t *bp, uint16_t *row) {
-    const int64_t CKK = g->C * g->KH * g->KW, P = g->Ho * g->Wo;
-    for (int64_t r = 0; r < CKK; r++) {
-        im2col_row(g, x, r, row);
-        row[P] = 0; /* an odd P pairs its last pixel with zero */
-        uint32_t *d = bp + (r / NR) * K2 * NR + k_off * NR + r % NR;
-        for (int64_t j = 0; 2 * j < P; j++)
-            d[j * NR] = (uint32_t)row[2 * j] | (uint32_t)row[2 * j + 1] << 16;
+ * panels of NR rows r). The caller zeroes bp first (padding). Sixteen im2col rows at a
+ * time go through rows [16][P rounded up to 32] and are transposed in 16 x 16 blocks of
+ * pixel pairs. */
+static int64_t rows_stride(int64_t P) { return (P + 31) / 32 * 32; }
+
+V512 static void im2col_t_packed(const geom *g, const uint16_t *x, int64_t K2, int64_t k_off,
+                                 uint32_t *bp, uint16_t *rows) {
+    const int64_t CKK = g->C * g->KH * g->KW, P = g->Ho * g->Wo, Pr = rows_stride(P);
+    const int64_t J = (P + 1) / 2; /* pixel pairs; an odd P pairs its last pixel with 0 */
+    for (int64_t r0 = 0; r0 < CKK; r0 += 16) {
+        int64_t nr = CKK - r0 < 16 ? CKK - r0 : 16;
+        for (int64_t i = 0; i < 16; i++) {
+            uint16_t *row = rows + i * Pr;
+            if (i < nr) im2col_row(g, x, r0 + i, row);
+            else memset(row, 0, sizeof(uint16_t) * (size_t)P);
+            memset(row + P, 0, sizeof(uint16_t) * (size_t)(Pr - P));
+        }
+        uint32_t *d = bp + (r0 / NR) * K2 * NR + k_off * NR + r0 % NR;
+#ifdef HAVE_V512
+        for (int64_t j0 = 0; j0 < J; j0 += 16) {
+            __m512i v[16];
+            for (int i = 0; i < 16; i++) v[i] = _mm512_loadu_si512(rows + i * Pr + 2 * j0);
+            transpose16(v);
+            int64_t nt = J - j0 < 16 ? J - j0 : 16;
+            for (int64_t t = 0; t < nt; t++) _mm512_storeu_si512(d + (j0 + t) * NR, v[t]);
+        }
+#else
+        for (int64_t i = 0; i < nr; i++)
+            for (int64_t j = 0; j < J; j++)
+                d[j * NR + i] = (uint32_t)rows[i * Pr + 2 * j] | (uint32_t)rows[i * Pr + 2 * j + 1] << 16;
+#endif
     }
 }
-
 
 /* gx image (float32 [C, H, W], zeroed) += col2im(gcol [C*KH*KW, Ho*Wo]); parallel over
  * channels, so that no two threads add into the same element. */
@@ -151,6 +234,21 @@ static void col2im_channels(void *vc, int64_t begin, int64_t end) {
 }
 
 /* ---------------------------------------------------------------- helpers */
+/* Sum of n bf16 values (float32 lanes; the caller adds the rows in double). */
+V512 static double sum_bf16(const uint16_t *q, int64_t n) {
+    float tail = 0;
+    int64_t i = 0;
+#ifdef HAVE_V512
+    __m512 acc = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16)
+        acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                     _mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)(q + i))), 16)));
+    tail = _mm512_reduce_add_ps(acc);
+#endif
+    for (; i < n; i++) tail += ct_bf16_to_f32(q[i]);
+    return tail;
+}
+
 static void round_row(uint16_t *dst, const float *src, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = ct_f32_to_bf16(src[i]);
 }
@@ -295,7 +393,7 @@ static void bwd_weight_chunks(void *vc, int64_t begin, int64_t end) {
     int64_t cnt = P % 2 ? 1 : (2 << 20) / (CKKp * P * 2);
     if (cnt < 1) cnt = 1;
     uint32_t *bp = NULL;
-    uint16_t *row = ct_cpu_alloc(sizeof(uint16_t) * (size_t)(P + 2));
+    uint16_t *row = ct_cpu_alloc(sizeof(uint16_t) * (size_t)(16 * rows_stride(P)));
     uint16_t *agy = cnt > 1 ? ct_cpu_alloc(sizeof(uint16_t) * (size_t)(g->O * cnt * P)) : NULL;
     if (!row || (cnt > 1 && !agy)) set_rc(j, -1);
     for (int64_t c = begin; c < end && !j->rc; c++) {
@@ -363,10 +461,7 @@ int cpu_conv2d_bf16_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tenso
         uint16_t *gbp = (uint16_t *)ct_ptr(gb);
         for (int64_t o = 0; o < g.O; o++) {
             double sum = 0;
-            for (int64_t n = 0; n < g.N; n++) {
-                const uint16_t *q = gyp + (n * g.O + o) * P;
-                for (int64_t i = 0; i < P; i++) sum += ct_bf16_to_f32(q[i]);
-            }
+            for (int64_t n = 0; n < g.N; n++) sum += sum_bf16(gyp + (n * g.O + o) * P, P);
             gbp[o] = ct_f32_to_bf16((float)sum);
         }
     }

@@ -22,6 +22,12 @@ CT_KERNEL_LIST(CT__CPU_PROTO_FULL)
  * these operands have no such path (the caller widens to float32 instead), -1 on error. */
 int cpu_bmm_lowp(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
                  double beta);
+/* 2x2 stride-2 max pooling (with codes) on bfloat16 planes, AVX-512: 0, 1 when not
+ * applicable (the caller widens to float32). */
+int cpu_max_pool2d_codes_bf16_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
+                                      const ct_pool_params *p, int relu);
+int cpu_max_pool2d_codes_bf16_backward(ct_tensor *gx, const ct_tensor *gy,
+                                       const ct_tensor *codes, const ct_pool_params *p);
 /* bf16 convolutions on the bf16 GEMM (cpu_conv_bf16.c), same contract: 0, 1 when not
  * applicable here (other dtypes or groups, no bf16 arithmetic), -1 on error. The forward
  * writes bf16 y, or float32 into y32 when that is not NULL (y then only gives the shape). */

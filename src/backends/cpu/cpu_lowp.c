@@ -68,7 +68,8 @@ static int lp_done(lowp *L, int rc) {
     return rc;
 }
 
-/* Calls the full-precision kernel when no stand-in failed. */
+/* Calls the full-precision kernel when no stand-in failed: every stand-in (lp_out too) is
+ * made before this line, so a failed one never reaches the kernel as NULL. */
 #define LP_RUN(L, call) lp_done(&(L), (L).failed ? -1 : (call))
 
 #define ANY2(a, b) (is_lowp(a) || is_lowp(b))
@@ -82,7 +83,8 @@ int cpu_binary(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_tensor 
         return cpu_binary_full(op, out, a, b, alpha); /* bf16 rows widen chunk by chunk */
     lowp L = {0};
     const ct_tensor *a32 = lp_in(&L, a), *b32 = lp_in(&L, b);
-    return LP_RUN(L, cpu_binary_full(op, lp_out(&L, out), a32, b32, alpha));
+    ct_tensor *r0 = lp_out(&L, out);
+    return LP_RUN(L, cpu_binary_full(op, r0, a32, b32, alpha));
 }
 
 int cpu_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double p2) {
@@ -90,7 +92,8 @@ int cpu_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double 
         return cpu_unary_full(op, out, a, p1, p2); /* bf16 rows widen chunk by chunk */
     lowp L = {0};
     const ct_tensor *a32 = lp_in(&L, a);
-    return LP_RUN(L, cpu_unary_full(op, lp_out(&L, out), a32, p1, p2));
+    ct_tensor *r0 = lp_out(&L, out);
+    return LP_RUN(L, cpu_unary_full(op, r0, a32, p1, p2));
 }
 
 int cpu_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
@@ -99,7 +102,8 @@ int cpu_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy), *x32 = x ? lp_in(&L, x) : NULL;
     const ct_tensor *y32 = y ? lp_in(&L, y) : NULL;
-    return LP_RUN(L, cpu_unary_backward_full(op, lp_out(&L, gx), gy32, x32, y32, p1, p2));
+    ct_tensor *r0 = lp_out(&L, gx);
+    return LP_RUN(L, cpu_unary_backward_full(op, r0, gy32, x32, y32, p1, p2));
 }
 
 int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
@@ -107,7 +111,8 @@ int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor 
     if (!ANY2(out, a)) return cpu_reduce_full(op, out, indices, a, reduce);
     lowp L = {0};
     const ct_tensor *a32 = lp_in(&L, a);
-    return LP_RUN(L, cpu_reduce_full(op, lp_out(&L, out), indices, a32, reduce));
+    ct_tensor *r0 = lp_out(&L, out);
+    return LP_RUN(L, cpu_reduce_full(op, r0, indices, a32, reduce));
 }
 
 int cpu_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
@@ -127,7 +132,8 @@ int cpu_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x), *w32 = lp_in(&L, w);
     const ct_tensor *b32 = bias ? lp_in(&L, bias) : NULL;
-    return LP_RUN(L, cpu_conv2d_forward_full(lp_out(&L, y), x32, w32, b32, p));
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_conv2d_forward_full(r0, x32, w32, b32, p));
 }
 
 int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *w,
@@ -137,7 +143,8 @@ int cpu_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_tenso
     if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy), *w32 = lp_in(&L, w);
-    return LP_RUN(L, cpu_conv2d_backward_input_full(lp_out(&L, gx), gy32, w32, p));
+    ct_tensor *r0 = lp_out(&L, gx);
+    return LP_RUN(L, cpu_conv2d_backward_input_full(r0, gy32, w32, p));
 }
 
 int cpu_conv2d_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy,
@@ -148,7 +155,8 @@ int cpu_conv2d_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tensor *gy
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy), *x32 = lp_in(&L, x);
     ct_tensor *gb32 = gb ? lp_out(&L, gb) : NULL;
-    return LP_RUN(L, cpu_conv2d_backward_weight_full(lp_out(&L, gw), gb32, gy32, x32, p));
+    ct_tensor *r0 = lp_out(&L, gw);
+    return LP_RUN(L, cpu_conv2d_backward_weight_full(r0, gb32, gy32, x32, p));
 }
 
 /* The fused convolution + ReLU + max-pool with bf16 operands: the bf16 convolution into a
@@ -160,13 +168,12 @@ static int fused_bf16(ct_tensor *yp, ct_tensor *codes, const ct_tensor *x, const
     for (int d = 0; d < 2; d++)
         sh[2 + d] = (x->shape[2 + d] + 2 * p->padding[d] - p->dilation[d] * (w->shape[2 + d] - 1) -
                      1) / p->stride[d] + 1;
-    ct_tensor *conv = ct_empty_on(sh, 4, CT_FLOAT32, x->storage->device);
+    /* the convolution rounded to bf16, then ReLU + pooling in bf16: as PyTorch's bf16 layers
+     * one after the other (rounding is monotonic, so it equals pooling before rounding) */
+    ct_tensor *conv = ct_empty_on(sh, 4, CT_BFLOAT16, x->storage->device);
     if (!conv) return -1;
-    int r = cpu_conv2d_bf16_forward(conv, (float *)ct_ptr(conv), x, w, bias, p);
-    if (r == 0) {
-        lowp L = {0};
-        r = LP_RUN(L, cpu_max_pool2d_codes_forward_full(lp_out(&L, yp), codes, conv, pp, 1));
-    }
+    int r = cpu_conv2d_bf16_forward(conv, NULL, x, w, bias, p);
+    if (r == 0) r = cpu_max_pool2d_codes_forward(yp, codes, conv, pp, 1);
     ct_free(conv);
     return r;
 }
@@ -181,7 +188,8 @@ int cpu_conv2d_relu_max_pool2d_forward(ct_tensor *yp, ct_tensor *codes, const ct
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x), *w32 = lp_in(&L, w);
     const ct_tensor *b32 = bias ? lp_in(&L, bias) : NULL;
-    return LP_RUN(L, cpu_conv2d_relu_max_pool2d_forward_full(lp_out(&L, yp), codes, x32, w32,
+    ct_tensor *r0 = lp_out(&L, yp);
+    return LP_RUN(L, cpu_conv2d_relu_max_pool2d_forward_full(r0, codes, x32, w32,
                                                              b32, p, pp));
 }
 
@@ -190,7 +198,8 @@ int cpu_max_pool2d_forward(ct_tensor *y, ct_tensor *indices, const ct_tensor *x,
     if (!ANY2(y, x)) return cpu_max_pool2d_forward_full(y, indices, x, p);
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x);
-    return LP_RUN(L, cpu_max_pool2d_forward_full(lp_out(&L, y), indices, x32, p));
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_max_pool2d_forward_full(r0, indices, x32, p));
 }
 
 int cpu_max_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices,
@@ -198,58 +207,70 @@ int cpu_max_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor 
     if (!ANY2(gx, gy)) return cpu_max_pool2d_backward_full(gx, gy, indices, p);
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy);
-    return LP_RUN(L, cpu_max_pool2d_backward_full(lp_out(&L, gx), gy32, indices, p));
+    ct_tensor *r0 = lp_out(&L, gx);
+    return LP_RUN(L, cpu_max_pool2d_backward_full(r0, gy32, indices, p));
 }
 
 int cpu_max_pool2d_codes_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
                                  const ct_pool_params *p, int relu) {
     if (!ANY2(y, x)) return cpu_max_pool2d_codes_forward_full(y, codes, x, p, relu);
+    int r = cpu_max_pool2d_codes_bf16_forward(y, codes, x, p, relu);
+    if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x);
-    return LP_RUN(L, cpu_max_pool2d_codes_forward_full(lp_out(&L, y), codes, x32, p, relu));
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_max_pool2d_codes_forward_full(r0, codes, x32, p, relu));
 }
 
 int cpu_max_pool2d_codes_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
                                   const ct_pool_params *p) {
     if (!ANY2(gx, gy)) return cpu_max_pool2d_codes_backward_full(gx, gy, codes, p);
+    int r = cpu_max_pool2d_codes_bf16_backward(gx, gy, codes, p);
+    if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy);
-    return LP_RUN(L, cpu_max_pool2d_codes_backward_full(lp_out(&L, gx), gy32, codes, p));
+    ct_tensor *r0 = lp_out(&L, gx);
+    return LP_RUN(L, cpu_max_pool2d_codes_backward_full(r0, gy32, codes, p));
 }
 
 int cpu_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x, const ct_pool_params *p) {
     if (!ANY2(y, x)) return cpu_avg_pool2d_forward_full(y, x, p);
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x);
-    return LP_RUN(L, cpu_avg_pool2d_forward_full(lp_out(&L, y), x32, p));
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_avg_pool2d_forward_full(r0, x32, p));
 }
 
 int cpu_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy, const ct_pool_params *p) {
     if (!ANY2(gx, gy)) return cpu_avg_pool2d_backward_full(gx, gy, p);
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy);
-    return LP_RUN(L, cpu_avg_pool2d_backward_full(lp_out(&L, gx), gy32, p));
+    ct_tensor *r0 = lp_out(&L, gx);
+    return LP_RUN(L, cpu_avg_pool2d_backward_full(r0, gy32, p));
 }
 
 int cpu_adaptive_avg_pool2d_forward(ct_tensor *y, const ct_tensor *x) {
     if (!ANY2(y, x)) return cpu_adaptive_avg_pool2d_forward_full(y, x);
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x);
-    return LP_RUN(L, cpu_adaptive_avg_pool2d_forward_full(lp_out(&L, y), x32));
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_adaptive_avg_pool2d_forward_full(r0, x32));
 }
 
 int cpu_adaptive_avg_pool2d_backward(ct_tensor *gx, const ct_tensor *gy) {
     if (!ANY2(gx, gy)) return cpu_adaptive_avg_pool2d_backward_full(gx, gy);
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy);
-    return LP_RUN(L, cpu_adaptive_avg_pool2d_backward_full(lp_out(&L, gx), gy32));
+    ct_tensor *r0 = lp_out(&L, gx);
+    return LP_RUN(L, cpu_adaptive_avg_pool2d_backward_full(r0, gy32));
 }
 
 int cpu_softmax_forward(ct_tensor *y, const ct_tensor *x, int dim, int log) {
     if (!ANY2(y, x)) return cpu_softmax_forward_full(y, x, dim, log);
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x);
-    return LP_RUN(L, cpu_softmax_forward_full(lp_out(&L, y), x32, dim, log));
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_softmax_forward_full(r0, x32, dim, log));
 }
 
 int cpu_softmax_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y, int dim,
@@ -257,7 +278,8 @@ int cpu_softmax_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *y,
     if (!ANY3(gx, gy, y)) return cpu_softmax_backward_full(gx, gy, y, dim, log);
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy), *y32 = lp_in(&L, y);
-    return LP_RUN(L, cpu_softmax_backward_full(lp_out(&L, gx), gy32, y32, dim, log));
+    ct_tensor *r0 = lp_out(&L, gx);
+    return LP_RUN(L, cpu_softmax_backward_full(r0, gy32, y32, dim, log));
 }
 
 int cpu_nll_loss_forward(ct_tensor *out, ct_tensor *total_weight, const ct_tensor *logp,
@@ -267,7 +289,8 @@ int cpu_nll_loss_forward(ct_tensor *out, ct_tensor *total_weight, const ct_tenso
     lowp L = {0};
     const ct_tensor *lp32 = lp_in(&L, logp);
     ct_tensor *tw32 = lp_out(&L, total_weight);
-    return LP_RUN(L, cpu_nll_loss_forward_full(lp_out(&L, out), tw32, lp32, target, red,
+    ct_tensor *r0 = lp_out(&L, out);
+    return LP_RUN(L, cpu_nll_loss_forward_full(r0, tw32, lp32, target, red,
                                                ignore_index));
 }
 
@@ -278,7 +301,8 @@ int cpu_nll_loss_backward(ct_tensor *glogp, const ct_tensor *gout, const ct_tens
         return cpu_nll_loss_backward_full(glogp, gout, target, total_weight, red, ignore_index);
     lowp L = {0};
     const ct_tensor *go32 = lp_in(&L, gout), *tw32 = lp_in(&L, total_weight);
-    return LP_RUN(L, cpu_nll_loss_backward_full(lp_out(&L, glogp), go32, target, tw32, red,
+    ct_tensor *r0 = lp_out(&L, glogp);
+    return LP_RUN(L, cpu_nll_loss_backward_full(r0, go32, target, tw32, red,
                                                 ignore_index));
 }
 
@@ -291,7 +315,8 @@ int cpu_cross_entropy_forward(ct_tensor *out, ct_tensor *logp, ct_tensor *total_
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, logits);
     ct_tensor *lp32 = logp ? lp_out(&L, logp) : NULL, *tw32 = lp_out(&L, total_weight);
-    return LP_RUN(L, cpu_cross_entropy_forward_full(lp_out(&L, out), lp32, tw32, x32, target,
+    ct_tensor *r0 = lp_out(&L, out);
+    return LP_RUN(L, cpu_cross_entropy_forward_full(r0, lp32, tw32, x32, target,
                                                     red, ignore_index, label_smoothing));
 }
 
@@ -305,7 +330,8 @@ int cpu_cross_entropy_backward(ct_tensor *glogits, const ct_tensor *gout,
     lowp L = {0};
     const ct_tensor *go32 = lp_in(&L, gout), *lp32 = lp_in(&L, logp);
     const ct_tensor *tw32 = lp_in(&L, total_weight);
-    return LP_RUN(L, cpu_cross_entropy_backward_full(lp_out(&L, glogits), go32, lp32, target,
+    ct_tensor *r0 = lp_out(&L, glogits);
+    return LP_RUN(L, cpu_cross_entropy_backward_full(r0, go32, lp32, target,
                                                      tw32, red, ignore_index,
                                                      label_smoothing));
 }
@@ -326,7 +352,8 @@ int cpu_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_i
     ct_tensor *rm = running_mean ? lp_inout(&L, running_mean) : NULL;
     ct_tensor *rv = running_var ? lp_inout(&L, running_var) : NULL;
     ct_tensor *sm = lp_out(&L, save_mean), *si = lp_out(&L, save_invstd);
-    return LP_RUN(L, cpu_batch_norm_forward_full(lp_out(&L, y), sm, si, x32, w32, b32, rm, rv,
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_batch_norm_forward_full(r0, sm, si, x32, w32, b32, rm, rv,
                                                  training, momentum, eps));
 }
 
@@ -357,7 +384,8 @@ int cpu_layer_norm_forward(ct_tensor *y, ct_tensor *mean, ct_tensor *rstd, const
     const ct_tensor *w32 = weight ? lp_in(&L, weight) : NULL;
     const ct_tensor *b32 = bias ? lp_in(&L, bias) : NULL;
     ct_tensor *m32 = lp_out(&L, mean), *r32 = lp_out(&L, rstd);
-    return LP_RUN(L, cpu_layer_norm_forward_full(lp_out(&L, y), m32, r32, x32, w32, b32, M, N,
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_layer_norm_forward_full(r0, m32, r32, x32, w32, b32, M, N,
                                                  eps));
 }
 
@@ -382,14 +410,16 @@ int cpu_dropout_forward(ct_tensor *y, ct_tensor *mask, const ct_tensor *x, const
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x), *u32 = lp_in(&L, u);
     ct_tensor *m32 = lp_out(&L, mask);
-    return LP_RUN(L, cpu_dropout_forward_full(lp_out(&L, y), m32, x32, u32, p));
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_dropout_forward_full(r0, m32, x32, u32, p));
 }
 
 int cpu_embedding_forward(ct_tensor *y, const ct_tensor *weight, const ct_tensor *indices) {
     if (!ANY2(y, weight)) return cpu_embedding_forward_full(y, weight, indices);
     lowp L = {0};
     const ct_tensor *w32 = lp_in(&L, weight);
-    return LP_RUN(L, cpu_embedding_forward_full(lp_out(&L, y), w32, indices));
+    ct_tensor *r0 = lp_out(&L, y);
+    return LP_RUN(L, cpu_embedding_forward_full(r0, w32, indices));
 }
 
 int cpu_embedding_backward(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *indices,
@@ -397,5 +427,6 @@ int cpu_embedding_backward(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *
     if (!ANY2(gw, gy)) return cpu_embedding_backward_full(gw, gy, indices, padding_idx);
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy);
-    return LP_RUN(L, cpu_embedding_backward_full(lp_out(&L, gw), gy32, indices, padding_idx));
+    ct_tensor *r0 = lp_out(&L, gw);
+    return LP_RUN(L, cpu_embedding_backward_full(r0, gy32, indices, padding_idx));
 }

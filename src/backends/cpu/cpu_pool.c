@@ -456,6 +456,101 @@ static MP512 void mp22_bwd_avx512(void *vc, int64_t b, int64_t e) {
     }
 }
 
+/* The same two kernels on bfloat16 planes: values widened to float32 lanes (exact), the
+ * float32 comparisons above, narrowed back by truncation (exact: every value is a bf16
+ * value), so the result and the codes are those of the float32 kernels on the widened
+ * input, and of ReLU + MaxPool2d in bf16. */
+static MP512 inline __m512 bf16_widen(__m256i v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+static MP512 inline __m256i bf16_narrow(__m512 v) {
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16));
+}
+
+static MP512 void mp22_fwd_bf16(void *vc, int64_t b, int64_t e) {
+    const mp_ctx *c = vc;
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
+    const __m512 zero = _mm512_setzero_ps();
+    const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
+    for (int64_t pl = b; pl < e; pl++) {
+        const uint16_t *x = (const uint16_t *)c->x + pl * H * W;
+        uint16_t *y = (uint16_t *)c->y + pl * Ho * Wo;
+        uint8_t *cd = c->codes ? c->codes + pl * Ho * Wo : NULL;
+        for (int64_t oh = 0; oh < Ho; oh++) {
+            const uint16_t *r0 = x + 2 * oh * W, *r1 = r0 + W;
+            for (int64_t ow = 0; ow < Wo; ow += 16) {
+                int64_t n = Wo - ow < 16 ? Wo - ow : 16, n2 = 2 * n;
+                __mmask16 mlo = (__mmask16)(n2 >= 16 ? 0xFFFF : (1u << n2) - 1u);
+                __mmask16 mhi = (__mmask16)(n2 >= 32 ? 0xFFFF : n2 > 16 ? (1u << (n2 - 16)) - 1u : 0);
+                __mmask16 mo = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+                __m512 l0 = bf16_widen(_mm256_maskz_loadu_epi16(mlo, r0 + 2 * ow));
+                __m512 h0 = bf16_widen(_mm256_maskz_loadu_epi16(mhi, r0 + 2 * ow + 16));
+                __m512 l1 = bf16_widen(_mm256_maskz_loadu_epi16(mlo, r1 + 2 * ow));
+                __m512 h1 = bf16_widen(_mm256_maskz_loadu_epi16(mhi, r1 + 2 * ow + 16));
+                __m512 va = _mm512_permutex2var_ps(l0, ie, h0);
+                __m512 vb = _mm512_permutex2var_ps(l0, io, h0);
+                __m512 vc2 = _mm512_permutex2var_ps(l1, ie, h1);
+                __m512 vd = _mm512_permutex2var_ps(l1, io, h1);
+                __m512 m = va;
+                __m512i code = _mm512_setzero_si512();
+                __mmask16 k = _mm512_cmp_ps_mask(vb, m, _CMP_GT_OQ) |
+                              _mm512_cmp_ps_mask(vb, vb, _CMP_UNORD_Q);
+                m = _mm512_mask_mov_ps(m, k, vb);
+                code = _mm512_mask_mov_epi32(code, k, _mm512_set1_epi32(1));
+                k = _mm512_cmp_ps_mask(vc2, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(vc2, vc2, _CMP_UNORD_Q);
+                m = _mm512_mask_mov_ps(m, k, vc2);
+                code = _mm512_mask_mov_epi32(code, k, _mm512_set1_epi32(2));
+                k = _mm512_cmp_ps_mask(vd, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(vd, vd, _CMP_UNORD_Q);
+                m = _mm512_mask_mov_ps(m, k, vd);
+                code = _mm512_mask_mov_epi32(code, k, _mm512_set1_epi32(3));
+                if (c->relu) {
+                    __mmask16 live = _mm512_cmp_ps_mask(m, zero, _CMP_GT_OQ);
+                    m = _mm512_max_ps(zero, m); /* keeps NaN */
+                    code = _mm512_mask_mov_epi32(_mm512_set1_epi32(CPU_POOL_NOGRAD), live, code);
+                }
+                _mm256_mask_storeu_epi16(y + oh * Wo + ow, mo, bf16_narrow(m));
+                if (cd) _mm512_mask_cvtepi32_storeu_epi8(cd + oh * Wo + ow, mo, code);
+            }
+        }
+    }
+}
+
+static MP512 void mp22_bwd_bf16(void *vc, int64_t b, int64_t e) {
+    const mp_ctx *c = vc;
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ih = _mm512_add_epi32(il, _mm512_set1_epi32(8));
+    const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
+    for (int64_t pl = b; pl < e; pl++) {
+        uint16_t *gx = (uint16_t *)c->gx + pl * H * W;
+        const uint16_t *gy = (const uint16_t *)c->gy + pl * Ho * Wo;
+        const uint8_t *cd = c->cin + pl * Ho * Wo;
+        for (int64_t oh = 0; oh < Ho; oh++) {
+            uint16_t *r0 = gx + 2 * oh * W, *r1 = r0 + W;
+            for (int64_t ow = 0; ow < Wo; ow += 16) {
+                int64_t n = Wo - ow < 16 ? Wo - ow : 16, n2 = 2 * n;
+                __mmask16 mlo = (__mmask16)(n2 >= 16 ? 0xFFFF : (1u << n2) - 1u);
+                __mmask16 mhi = (__mmask16)(n2 >= 32 ? 0xFFFF : n2 > 16 ? (1u << (n2 - 16)) - 1u : 0);
+                __mmask16 mo = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+                __m512 g = bf16_widen(_mm256_maskz_loadu_epi16(mo, gy + oh * Wo + ow));
+                __m512i code = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, cd + oh * Wo + ow));
+                __m512 ga = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(0)), g);
+                __m512 gb = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(1)), g);
+                __m512 gc = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(2)), g);
+                __m512 gd = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(3)), g);
+                _mm256_mask_storeu_epi16(r0 + 2 * ow, mlo, bf16_narrow(_mm512_permutex2var_ps(ga, il, gb)));
+                _mm256_mask_storeu_epi16(r0 + 2 * ow + 16, mhi, bf16_narrow(_mm512_permutex2var_ps(ga, ih, gb)));
+                _mm256_mask_storeu_epi16(r1 + 2 * ow, mlo, bf16_narrow(_mm512_permutex2var_ps(gc, il, gd)));
+                _mm256_mask_storeu_epi16(r1 + 2 * ow + 16, mhi, bf16_narrow(_mm512_permutex2var_ps(gc, ih, gd)));
+            }
+            if (W > 2 * Wo) { /* odd width: the last column gets no gradient */
+                for (int64_t i = 2 * Wo; i < W; i++) r0[i] = r1[i] = 0;
+            }
+        }
+        if (H > 2 * Ho) memset(gx + 2 * Ho * W, 0, sizeof(uint16_t) * (size_t)((H - 2 * Ho) * W));
+    }
+}
+
 static int g_mp_avx512;
 static pthread_once_t g_mp_once = PTHREAD_ONCE_INIT;
 static void mp_probe(void) {
@@ -471,6 +566,8 @@ static int have_avx512(void) {
 static int have_avx512(void) { return 0; }
 #define mp22_fwd_avx512 NULL
 #define mp22_bwd_avx512 NULL
+#define mp22_fwd_bf16 NULL
+#define mp22_bwd_bf16 NULL
 #endif
 
 static void mp_ctx_init(mp_ctx *c, const ct_tensor *big, const ct_tensor *small,
@@ -489,11 +586,43 @@ static void mp_ctx_init(mp_ctx *c, const ct_tensor *big, const ct_tensor *small,
     c->dw = p->dilation[1] > 0 ? p->dilation[1] : 1;
 }
 
-/* The 2x2 stride-2 kernels apply: float32, AVX-512, every window inside the plane. */
+/* The 2x2 stride-2 kernels apply: float32 (or bfloat16 for the _bf16 ones), AVX-512,
+ * every window inside the plane. */
 static int mp22_ok(const mp_ctx *c, const ct_tensor *t) {
-    return t->dtype == CT_FLOAT32 && c->kh == 2 && c->kw == 2 && c->sh == 2 && c->sw == 2 &&
+    return (t->dtype == CT_FLOAT32 || t->dtype == CT_BFLOAT16) && c->kh == 2 && c->kw == 2 && c->sh == 2 && c->sw == 2 &&
            c->ph == 0 && c->pw == 0 && c->dh == 1 && c->dw == 1 && c->Ho == c->H / 2 &&
            c->Wo == c->W / 2 && have_avx512() && !getenv("CTORCH_POOL_REFERENCE");
+}
+
+/* bfloat16 planes, natively: 0 when done, 1 when the 2x2 kernels do not apply (the caller
+ * widens to float32). */
+int cpu_max_pool2d_codes_bf16_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
+                                      const ct_pool_params *p, int relu) {
+    mp_ctx c = {0};
+    mp_ctx_init(&c, x, y, p);
+    if (x->dtype != CT_BFLOAT16 || y->dtype != CT_BFLOAT16 || !ct_is_contiguous(x) ||
+        !ct_is_contiguous(y) || !mp22_ok(&c, x) || ct_numel(y) == 0)
+        return 1;
+    c.x = ct_ptr(x);
+    c.y = ct_ptr(y);
+    c.codes = codes ? (uint8_t *)ct_ptr(codes) : NULL;
+    c.relu = relu;
+    ct_parallel_for(planes(x), plane_grain(c.Ho * c.Wo * 4), mp22_fwd_bf16, &c);
+    return 0;
+}
+
+int cpu_max_pool2d_codes_bf16_backward(ct_tensor *gx, const ct_tensor *gy, const ct_tensor *codes,
+                                       const ct_pool_params *p) {
+    mp_ctx c = {0};
+    mp_ctx_init(&c, gx, gy, p);
+    if (gx->dtype != CT_BFLOAT16 || gy->dtype != CT_BFLOAT16 || !ct_is_contiguous(gx) ||
+        !ct_is_contiguous(gy) || !mp22_ok(&c, gx) || ct_numel(gx) == 0)
+        return 1;
+    c.gy = ct_ptr(gy);
+    c.gx = ct_ptr(gx);
+    c.cin = (const uint8_t *)ct_ptr(codes);
+    ct_parallel_for(planes(gx), plane_grain(c.H * c.W + c.Ho * c.Wo), mp22_bwd_bf16, &c);
+    return 0;
 }
 
 int cpu_max_pool2d_codes_forward_full(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,
