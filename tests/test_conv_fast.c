@@ -602,3 +602,23 @@ TEST(conv_relu_maxpool_fused_op_vs_composed) {
         }
     ct_set_num_threads(prev);
 }
+
+/* The tests above again at the AVX2 level (CTORCH_CPU_ISA=avx2), as on a CPU without
+ * AVX-512: the AVX2 Winograd transforms and fused ReLU + pooling epilogue, its weight
+ * gradient on both GEMMs, and the AVX2 2x2 max-pool kernels. */
+TEST(conv_fast_paths_at_avx2_level) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        SKIP("no AVX2 on this CPU");
+    setenv("CTORCH_CPU_ISA", "avx2", 1);
+    CHECK_MSG(!strcmp(cf_isa_name(), "avx2"), "CTORCH_CPU_ISA=avx2 gave the %s kernels",
+              cf_isa_name());
+    max_pool_codes_vs_indices();
+    conv_fast_relu_epilogue_and_special_values();
+    conv_relu_maxpool_fused_op_vs_composed();
+    conv_fast_winograd_weight_gradient_gemms_vs_reference();
+    unsetenv("CTORCH_CPU_ISA");
+#else
+    SKIP("x86 only");
+#endif
+}

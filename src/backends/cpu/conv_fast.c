@@ -120,6 +120,7 @@ static const cf_isa *select_isa(void) {
 }
 
 int cf_available(void) { return select_isa() != NULL; }
+const cf_isa *cf_current_isa(void) { return select_isa(); }
 
 const char *cf_isa_name(void) {
     const cf_isa *i = select_isa();
@@ -326,7 +327,7 @@ static void fwd_range(void *vctx, int64_t sb, int64_t se) {
 /* Winograd F(2x2, 3x3) pays when there are enough channels to amortise its transforms.
  * CTORCH_CONV_WINOGRAD=0 turns it off. */
 static int use_winograd(const cf_isa *isa, const cf_geom *g) {
-    if (isa != &cf_isa_avx512) return 0;
+    if (isa != &cf_isa_avx512 && isa != &cf_isa_avx2) return 0;
     if (!(g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
           g->dh == 1 && g->dw == 1 && g->G == 1 && g->C >= 16 && g->O >= 16))
         return 0;

@@ -135,5 +135,8 @@ typedef struct {
 
 extern const cf_isa cf_isa_avx512;
 extern const cf_isa cf_isa_avx2;
+/* The kernels conv_fast.c uses on this call (CTORCH_CPU_ISA, CTORCH_CONV_ISA and
+ * CTORCH_CONV_REFERENCE honoured), or NULL for the reference path. */
+const cf_isa *cf_current_isa(void);
 
 #endif

@@ -1,5 +1,6 @@
 /* Winograd F(2x2, 3x3) for 3x3, stride 1, padding 1, dilation 1, ungrouped float32
- * convolutions (AVX-512 only; conv_fast.c decides when to use it).
+ * convolutions, on AVX-512 (16 tiles per vector) or AVX2 (8), whichever conv_fast.c's
+ * kernels use (cf_current_isa()); conv_fast.c decides when to use it.
  *
  * Y = A^T [ (G g G^T) (.) (B^T d B) ] A per 2x2 output tile, d the 4x4 input patch:
  * 16 products per tile instead of 36 multiply-adds, i.e. 2.25x fewer. The input
@@ -198,6 +199,180 @@ static WT void gy_tf16(const float *gc, int64_t H, int64_t W, int64_t th, int64_
     }
 }
 
+/* ------------------------------------------------------------- AVX2 transforms
+ * The same four transforms for 8-lane vectors (8 tiles per vector, tile rows never
+ * paired); the GEMMs in between run on the AVX2 micro-kernels of conv_fast.c. */
+#define WT2 __attribute__((target("avx2,fma")))
+
+/* lanes i with 0 <= a + i < W, as a maskload/maskstore mask */
+static inline __attribute__((always_inline)) WT2 __m256i range_mask8(int64_t a, int64_t W) {
+    __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                   _mm256_set1_epi32((int)a));
+    return _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)),
+                            _mm256_cmpgt_epi32(_mm256_set1_epi32((int)W), idx));
+}
+static inline __attribute__((always_inline)) WT2 __m256i lanes8(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* Even and odd elements of the 16 floats at p (masked loads m0, m1: zeros elsewhere). */
+static inline __attribute__((always_inline)) WT2 void deint8m(const float *p, __m256i m0,
+                                                              __m256i m1, __m256 *ev,
+                                                              __m256 *od) {
+    __m256 a = _mm256_maskload_ps(p, m0), b = _mm256_maskload_ps(p + 8, m1);
+    *ev = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+    *od = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+/* x[0..7] and y[0..7] interleaved: lo = x0 y0 .. x3 y3, hi = x4 y4 .. x7 y7. */
+static inline __attribute__((always_inline)) WT2 void inter8(__m256 x, __m256 y, __m256 *lo,
+                                                             __m256 *hi) {
+    __m256 l = _mm256_unpacklo_ps(x, y), h = _mm256_unpackhi_ps(x, y);
+    *lo = _mm256_permute2f128_ps(l, h, 0x20);
+    *hi = _mm256_permute2f128_ps(l, h, 0x31);
+}
+
+static WT2 void in_tf8(const float *xc, int64_t H, int64_t W, int64_t th, int64_t tw0, int n,
+                       float *V, int64_t fstride) {
+    __m256 d[4][4];
+    int64_t a = 2 * tw0 - 1, b = 2 * tw0 + 1;
+    __m256i ma0 = range_mask8(a, W), ma1 = range_mask8(a + 8, W);
+    __m256i mb0 = range_mask8(b, W), mb1 = range_mask8(b + 8, W);
+    for (int i = 0; i < 4; i++) {
+        int64_t ih = 2 * th - 1 + i;
+        if (ih < 0 || ih >= H) {
+            d[i][0] = d[i][1] = d[i][2] = d[i][3] = _mm256_setzero_ps();
+            continue;
+        }
+        const float *r = xc + ih * W;
+        deint8m(r + a, ma0, ma1, &d[i][0], &d[i][1]);
+        deint8m(r + b, mb0, mb1, &d[i][2], &d[i][3]);
+    }
+    __m256 t[4][4];
+    for (int j = 0; j < 4; j++) {
+        t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
+        t[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
+        t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
+        t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
+    }
+    __m256i m = lanes8(n);
+    for (int x = 0; x < 4; x++) {
+        __m256 v[4] = {_mm256_sub_ps(t[x][0], t[x][2]), _mm256_add_ps(t[x][1], t[x][2]),
+                       _mm256_sub_ps(t[x][2], t[x][1]), _mm256_sub_ps(t[x][1], t[x][3])};
+        for (int nu = 0; nu < 4; nu++) {
+            if (n >= 8) _mm256_storeu_ps(V + (4 * x + nu) * fstride, v[nu]);
+            else _mm256_maskstore_ps(V + (4 * x + nu) * fstride, m, v[nu]);
+        }
+    }
+}
+
+/* The 2x2 outputs (y00, y01, y10, y11) of 8 tiles from M (A^T m A), bias added. */
+static inline __attribute__((always_inline)) WT2 void out_vals8(const float *M, int64_t fstride,
+                                                                float b, __m256 y[4]) {
+    __m256 a0[4], a1[4];
+    for (int nu = 0; nu < 4; nu++) {
+        __m256 m0 = _mm256_loadu_ps(M + (0 + nu) * fstride);
+        __m256 m1 = _mm256_loadu_ps(M + (4 + nu) * fstride);
+        __m256 m2 = _mm256_loadu_ps(M + (8 + nu) * fstride);
+        __m256 m3 = _mm256_loadu_ps(M + (12 + nu) * fstride);
+        a0[nu] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+        a1[nu] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+    }
+    __m256 bv = _mm256_set1_ps(b);
+    y[0] = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0[0], a0[1]), a0[2]), bv);
+    y[1] = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(a0[1], a0[2]), a0[3]), bv);
+    y[2] = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a1[0], a1[1]), a1[2]), bv);
+    y[3] = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(a1[1], a1[2]), a1[3]), bv);
+}
+
+static WT2 void out_tf8(const float *M, int64_t fstride, float *yc, int64_t H, int64_t W,
+                        int64_t th, int64_t tw0, float b, int relu) {
+    __m256 y[4];
+    out_vals8(M, fstride, b, y);
+    if (relu)
+        for (int i = 0; i < 4; i++) y[i] = _mm256_max_ps(_mm256_setzero_ps(), y[i]);
+    int64_t c0 = 2 * tw0;
+    __m256i m0 = range_mask8(c0, W), m1 = range_mask8(c0 + 8, W);
+    float *r0 = yc + 2 * th * W + c0;
+    __m256 lo, hi;
+    inter8(y[0], y[1], &lo, &hi);
+    _mm256_maskstore_ps(r0, m0, lo);
+    _mm256_maskstore_ps(r0 + 8, m1, hi);
+    if (H - 2 * th > 1) {
+        inter8(y[2], y[3], &lo, &hi);
+        _mm256_maskstore_ps(r0 + W, m0, lo);
+        _mm256_maskstore_ps(r0 + W + 8, m1, hi);
+    }
+}
+
+static WT2 void out_pool8(const float *M, int64_t fstride, float *yp, uint8_t *cp, int64_t PW,
+                          int64_t th, int64_t tw0, int n, float b) {
+    __m256 v[4], z = _mm256_setzero_ps();
+    out_vals8(M, fstride, b, v);
+    __m256 m = v[0], code = z; /* codes as floats 0..3 */
+    for (int i = 1; i < 4; i++) {
+        __m256 k = _mm256_or_ps(_mm256_cmp_ps(v[i], m, _CMP_GT_OQ), _mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
+        m = _mm256_blendv_ps(m, v[i], k);
+        code = _mm256_blendv_ps(code, _mm256_set1_ps((float)i), k);
+    }
+    __m256 live = _mm256_cmp_ps(m, z, _CMP_GT_OQ);
+    m = _mm256_max_ps(z, m); /* ReLU, NaN stays */
+    code = _mm256_blendv_ps(_mm256_set1_ps(CPU_POOL_NOGRAD), code, live);
+    _mm256_maskstore_ps(yp + th * PW + tw0, lanes8(n), m);
+    if (cp) {
+        __m256i ci = _mm256_cvtps_epi32(code);
+        __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(ci), _mm256_extracti128_si256(ci, 1));
+        uint8_t tmp[16];
+        _mm_storeu_si128((__m128i *)tmp, _mm_packus_epi16(c16, c16));
+        memcpy(cp + th * PW + tw0, tmp, (size_t)(n < 8 ? n : 8));
+    }
+}
+
+static WT2 void gy_tf8(const float *gc, int64_t H, int64_t W, int64_t th, int64_t tw0, int n,
+                       float *Z, int64_t fstride) {
+    int64_t a = 2 * tw0;
+    __m256i m0 = range_mask8(a, W), m1 = range_mask8(a + 8, W);
+    __m256 g[2][2], z = _mm256_setzero_ps();
+    for (int i = 0; i < 2; i++) {
+        int64_t ih = 2 * th + i;
+        if (ih >= H) {
+            g[i][0] = g[i][1] = z;
+            continue;
+        }
+        deint8m(gc + ih * W + a, m0, m1, &g[i][0], &g[i][1]);
+    }
+    __m256 p[4][2];
+    for (int j = 0; j < 2; j++) {
+        p[0][j] = g[0][j];
+        p[1][j] = _mm256_add_ps(g[0][j], g[1][j]);
+        p[2][j] = _mm256_sub_ps(g[0][j], g[1][j]);
+        p[3][j] = _mm256_sub_ps(z, g[1][j]);
+    }
+    __m256i m = lanes8(n);
+    for (int i = 0; i < 4; i++) {
+        __m256 v[4] = {p[i][0], _mm256_add_ps(p[i][0], p[i][1]), _mm256_sub_ps(p[i][0], p[i][1]),
+                       _mm256_sub_ps(z, p[i][1])};
+        for (int nu = 0; nu < 4; nu++) {
+            if (n >= 8) _mm256_storeu_ps(Z + (4 * i + nu) * fstride, v[nu]);
+            else _mm256_maskstore_ps(Z + (4 * i + nu) * fstride, m, v[nu]);
+        }
+    }
+}
+
+/* The transforms of the vector width in use: VL tiles per call (16 with pair rows). */
+static void in_tf(int VL, const float *xc, int64_t H, int64_t W, int64_t th, int64_t tw0, int n,
+                  float *V, int64_t fstride, int pair) {
+    if (VL == 16) in_tf16(xc, H, W, th, tw0, n, V, fstride, pair);
+    else in_tf8(xc, H, W, th, tw0, n, V, fstride);
+}
+static void gy_tf(int VL, const float *gc, int64_t H, int64_t W, int64_t th, int64_t tw0, int n,
+                  float *Z, int64_t fstride, int pair) {
+    if (VL == 16) gy_tf16(gc, H, W, th, tw0, n, Z, fstride, pair);
+    else gy_tf8(gc, H, W, th, tw0, n, Z, fstride);
+}
+
 typedef struct {
     const cf_isa *isa;
     int64_t N, C, H, W, O, TH, TW;
@@ -221,14 +396,15 @@ static void wino_block(wino_ctx *c, int64_t blk, char *ws) {
     int64_t *koff = (int64_t *)(M + 16 * O * TBp);
     /* input transform (and zero tails so that the GEMM reads finite values) */
     /* plane by plane (channel outer) so that the input is read sequentially */
+    const int VL = c->isa->vl;
     for (int64_t ci = 0; ci < C; ci++)
         for (int64_t r = r0; r < r1;) {
             int64_t n = r / TH, th = r % TH, t0 = (r - r0) * TW;
-            int pair = TW == 8 && r + 1 < r1 && th + 1 < TH;
+            int pair = VL == 16 && TW == 8 && r + 1 < r1 && th + 1 < TH;
             const float *xc = c->x + (n * C + ci) * H * W;
-            for (int64_t tw0 = 0; tw0 < TW; tw0 += 16) {
-                int nl = pair ? 16 : TW - tw0 < 16 ? (int)(TW - tw0) : 16;
-                in_tf16(xc, H, W, th, tw0, nl, V + ci * TBp + t0 + tw0, C * TBp, pair);
+            for (int64_t tw0 = 0; tw0 < TW; tw0 += VL) {
+                int nl = pair ? 16 : TW - tw0 < VL ? (int)(TW - tw0) : VL;
+                in_tf(VL, xc, H, W, th, tw0, nl, V + ci * TBp + t0 + tw0, C * TBp, pair);
             }
             r += pair ? 2 : 1;
         }
@@ -239,7 +415,7 @@ static void wino_block(wino_ctx *c, int64_t blk, char *ws) {
     for (int64_t ci = 0; ci < C; ci++) koff[ci] = ci * TBp;
     /* 16 GEMMs */
     const int nvm = c->isa->nv_max;
-    const int64_t nq = TBp / 16;
+    const int64_t nq = TBp / VL;
     for (int64_t f = 0; f < 16; f++) {
         const float *Vf = V + f * C * TBp;
         float *Mf = M + f * O * TBp;
@@ -249,9 +425,9 @@ static void wino_block(wino_ctx *c, int64_t blk, char *ws) {
             for (int64_t q0 = 0; q0 < nq; q0 += nvm) {
                 int nv = nq - q0 < nvm ? (int)(nq - q0) : nvm;
                 for (int v = 0; v < nv; v++) {
-                    a.bp[v] = Vf + (q0 + v) * 16;
-                    a.yp[v] = Mf + o0 * TBp + (q0 + v) * 16;
-                    a.nvalid[v] = 16;
+                    a.bp[v] = Vf + (q0 + v) * VL;
+                    a.yp[v] = Mf + o0 * TBp + (q0 + v) * VL;
+                    a.nvalid[v] = VL;
                 }
                 c->isa->fwd((int)mr, nv, &a);
             }
@@ -262,19 +438,27 @@ static void wino_block(wino_ctx *c, int64_t blk, char *ws) {
         float b = c->bias ? c->bias[o] : 0.0f;
         for (int64_t r = r0; r < r1;) {
             int64_t n = r / TH, th = r % TH, t0 = (r - r0) * TW;
-            int pair = TW == 8 && r + 1 < r1 && th + 1 < TH;
+            int pair = VL == 16 && TW == 8 && r + 1 < r1 && th + 1 < TH;
             if (c->pool) {
                 int64_t po = (n * O + o) * TH * TW;
-                for (int64_t tw0 = 0; tw0 < TW; tw0 += 16) {
-                    int nl = pair ? 16 : TW - tw0 < 16 ? (int)(TW - tw0) : 16;
-                    out_pool16(M + o * TBp + t0 + tw0, O * TBp, c->y + po,
-                               c->codes ? c->codes + po : NULL, TW, th, tw0, nl, b);
+                for (int64_t tw0 = 0; tw0 < TW; tw0 += VL) {
+                    int nl = pair ? 16 : TW - tw0 < VL ? (int)(TW - tw0) : VL;
+                    if (VL == 16)
+                        out_pool16(M + o * TBp + t0 + tw0, O * TBp, c->y + po,
+                                   c->codes ? c->codes + po : NULL, TW, th, tw0, nl, b);
+                    else
+                        out_pool8(M + o * TBp + t0 + tw0, O * TBp, c->y + po,
+                                  c->codes ? c->codes + po : NULL, TW, th, tw0, nl, b);
                 }
             } else {
                 float *yc = c->y + (n * O + o) * H * W;
-                for (int64_t tw0 = 0; tw0 < TW; tw0 += 16)
-                    out_tf16(M + o * TBp + t0 + tw0, O * TBp, yc, H, W, th, tw0, b, c->relu,
-                             pair);
+                for (int64_t tw0 = 0; tw0 < TW; tw0 += VL) {
+                    if (VL == 16)
+                        out_tf16(M + o * TBp + t0 + tw0, O * TBp, yc, H, W, th, tw0, b, c->relu,
+                                 pair);
+                    else
+                        out_tf8(M + o * TBp + t0 + tw0, O * TBp, yc, H, W, th, tw0, b, c->relu);
+                }
             }
             r += pair ? 2 : 1;
         }
@@ -322,8 +506,9 @@ static void wino_weights(void *vctx, int64_t ob, int64_t oe) {
 
 static int wino_forward(const cf_geom *g, const float *x, const float *w, const float *bias,
                         float *y, int relu, int pool, uint8_t *codes) {
-    wino_ctx c = {.isa = &cf_isa_avx512, .N = g->N, .C = g->C, .H = g->H, .W = g->W, .O = g->O,
+    wino_ctx c = {.isa = cf_current_isa(), .N = g->N, .C = g->C, .H = g->H, .W = g->W, .O = g->O,
                   .x = x, .bias = bias, .y = y, .relu = relu, .pool = pool, .codes = codes};
+    if (!c.isa) return ct_error("conv2d: Winograd kernels need AVX2 or AVX-512");
     c.TH = (c.H + 1) / 2;
     c.TW = (c.W + 1) / 2;
     c.MR = c.isa->mr_max;
@@ -342,7 +527,7 @@ static int wino_forward(const cf_geom *g, const float *x, const float *w, const 
         c.rows = r < 1 ? 1 : r;
     }
     /* a whole number of 3-vector GEMM tiles per block when a few more rows give one */
-    int64_t tile = 16 * (int64_t)c.isa->nv_max;
+    int64_t tile = (int64_t)c.isa->vl * c.isa->nv_max;
     for (int64_t r = c.rows; r < c.rows + tile && r <= nrows; r++)
         if ((r * c.TW) % tile == 0) {
             c.rows = r;
@@ -387,6 +572,7 @@ int cf_winograd_forward_relu_pool(const cf_geom *g, const float *x, const float 
 #include <cblas.h>
 
 typedef struct {
+    const cf_isa *isa;
     int64_t N, C, H, W, O, TH, TW, rows, TBp;
     int64_t nsplit;
     int own_gemm; /* the dot-product kernel of conv_fast.c instead of OpenBLAS */
@@ -404,27 +590,28 @@ static void wgrad_slot(wgrad_ctx *c, int64_t sl, char *ws) {
     for (int64_t ci = 0; ci < C; ci++) koff[ci] = ci * TBp;
     memset(gU, 0, sizeof(float) * c->acc_floats);
     int64_t n0 = c->N * sl / c->nsplit, n1 = c->N * (sl + 1) / c->nsplit;
+    const int VL = c->isa->vl;
     for (int64_t r0 = n0 * TH; r0 < n1 * TH; r0 += c->rows) {
         int64_t r1 = r0 + c->rows < n1 * TH ? r0 + c->rows : n1 * TH, TB = (r1 - r0) * TW;
         for (int64_t ci = 0; ci < C; ci++)
             for (int64_t r = r0; r < r1;) {
                 int64_t n = r / TH, th = r % TH, t0 = (r - r0) * TW;
-                int pair = TW == 8 && r + 1 < r1 && th + 1 < TH;
+                int pair = VL == 16 && TW == 8 && r + 1 < r1 && th + 1 < TH;
                 const float *xc = c->x + (n * C + ci) * H * W;
-                for (int64_t tw0 = 0; tw0 < TW; tw0 += 16) {
-                    int nl = pair ? 16 : TW - tw0 < 16 ? (int)(TW - tw0) : 16;
-                    in_tf16(xc, H, W, th, tw0, nl, V + ci * TBp + t0 + tw0, C * TBp, pair);
+                for (int64_t tw0 = 0; tw0 < TW; tw0 += VL) {
+                    int nl = pair ? 16 : TW - tw0 < VL ? (int)(TW - tw0) : VL;
+                    in_tf(VL, xc, H, W, th, tw0, nl, V + ci * TBp + t0 + tw0, C * TBp, pair);
                 }
                 r += pair ? 2 : 1;
             }
         for (int64_t o = 0; o < O; o++)
             for (int64_t r = r0; r < r1;) {
                 int64_t n = r / TH, th = r % TH, t0 = (r - r0) * TW;
-                int pair = TW == 8 && r + 1 < r1 && th + 1 < TH;
+                int pair = VL == 16 && TW == 8 && r + 1 < r1 && th + 1 < TH;
                 const float *gc = c->gy + (n * O + o) * H * W;
-                for (int64_t tw0 = 0; tw0 < TW; tw0 += 16) {
-                    int nl = pair ? 16 : TW - tw0 < 16 ? (int)(TW - tw0) : 16;
-                    gy_tf16(gc, H, W, th, tw0, nl, Z + o * TBp + t0 + tw0, O * TBp, pair);
+                for (int64_t tw0 = 0; tw0 < TW; tw0 += VL) {
+                    int nl = pair ? 16 : TW - tw0 < VL ? (int)(TW - tw0) : VL;
+                    gy_tf(VL, gc, H, W, th, tw0, nl, Z + o * TBp + t0 + tw0, O * TBp, pair);
                 }
                 r += pair ? 2 : 1;
             }
@@ -435,7 +622,7 @@ static void wgrad_slot(wgrad_ctx *c, int64_t sl, char *ws) {
             gb[o] += s;
         }
         if (c->own_gemm) {
-            const cf_isa *isa = &cf_isa_avx512;
+            const cf_isa *isa = c->isa;
             for (int64_t f = 0; f < 16; f++) {
                 const float *Vf = V + f * C * TBp;
                 for (int64_t o0 = 0; o0 < O; o0 += isa->wm_max) {
@@ -501,7 +688,8 @@ static void wgrad_finish(void *vctx, int64_t b, int64_t e) {
 
 int cf_winograd_backward_weight(const cf_geom *g, const float *gy, const float *x, float *gw,
                                 float *gb) {
-    wgrad_ctx c = {.N = g->N, .C = g->C, .H = g->H, .W = g->W, .O = g->O, .x = x, .gy = gy};
+    wgrad_ctx c = {.isa = cf_current_isa(), .N = g->N, .C = g->C, .H = g->H, .W = g->W, .O = g->O, .x = x, .gy = gy};
+    if (!c.isa) return ct_error("conv2d backward: Winograd kernels need AVX2 or AVX-512");
     c.TH = (c.H + 1) / 2;
     c.TW = (c.W + 1) / 2;
     int nth = ct_get_num_threads();

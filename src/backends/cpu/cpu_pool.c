@@ -551,6 +551,118 @@ static MP512 void mp22_bwd_bf16(void *vc, int64_t b, int64_t e) {
     }
 }
 
+/* The 2x2 stride-2 kernels for AVX2 (+FMA) CPUs, 8 outputs per step, same choices. */
+#define MP256 __attribute__((target("avx2,fma")))
+
+/* Even and odd elements of the 16 floats at p (two vectors of 8). */
+static MP256 inline void deint8(const float *p, __m256 *ev, __m256 *od) {
+    __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+    *ev = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+    *od = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+/* One output of the 2x2 window at (r0, r1)[2*ow ...], as the portable kernel. */
+static inline void mp22_one(const float *r0, const float *r1, int64_t ow, int relu, float *y,
+                            uint8_t *cd) {
+    float v[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
+    float m = v[0];
+    int best = 0;
+    for (int i = 1; i < 4; i++) {
+        int take = (v[i] > m) | (v[i] != v[i]);
+        best = take ? i : best;
+        m = take ? v[i] : m;
+    }
+    int dead = relu && !(m > 0);
+    *y = dead && m == m ? 0.0f : m;
+    if (cd) *cd = dead ? CPU_POOL_NOGRAD : (uint8_t)best;
+}
+
+static MP256 void mp22_fwd_avx2(void *vc, int64_t b, int64_t e) {
+    const mp_ctx *c = vc;
+    const __m256 zero = _mm256_setzero_ps();
+    const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
+    for (int64_t pl = b; pl < e; pl++) {
+        const float *x = (const float *)c->x + pl * H * W;
+        float *y = (float *)c->y + pl * Ho * Wo;
+        uint8_t *cd = c->codes ? c->codes + pl * Ho * Wo : NULL;
+        for (int64_t oh = 0; oh < Ho; oh++) {
+            const float *r0 = x + 2 * oh * W, *r1 = r0 + W;
+            int64_t ow = 0;
+            for (; ow + 8 <= Wo; ow += 8) {
+                __m256 va, vb, vc2, vd;
+                deint8(r0 + 2 * ow, &va, &vb);
+                deint8(r1 + 2 * ow, &vc2, &vd);
+                __m256 m = va, code = zero; /* codes as float 0..3 */
+                __m256 k = _mm256_or_ps(_mm256_cmp_ps(vb, m, _CMP_GT_OQ), _mm256_cmp_ps(vb, vb, _CMP_UNORD_Q));
+                m = _mm256_blendv_ps(m, vb, k);
+                code = _mm256_blendv_ps(code, _mm256_set1_ps(1), k);
+                k = _mm256_or_ps(_mm256_cmp_ps(vc2, m, _CMP_GT_OQ), _mm256_cmp_ps(vc2, vc2, _CMP_UNORD_Q));
+                m = _mm256_blendv_ps(m, vc2, k);
+                code = _mm256_blendv_ps(code, _mm256_set1_ps(2), k);
+                k = _mm256_or_ps(_mm256_cmp_ps(vd, m, _CMP_GT_OQ), _mm256_cmp_ps(vd, vd, _CMP_UNORD_Q));
+                m = _mm256_blendv_ps(m, vd, k);
+                code = _mm256_blendv_ps(code, _mm256_set1_ps(3), k);
+                if (c->relu) {
+                    __m256 live = _mm256_cmp_ps(m, zero, _CMP_GT_OQ);
+                    m = _mm256_max_ps(zero, m); /* keeps NaN (second operand) */
+                    code = _mm256_blendv_ps(_mm256_set1_ps(CPU_POOL_NOGRAD), code, live);
+                }
+                _mm256_storeu_ps(y + oh * Wo + ow, m);
+                if (cd) {
+                    __m256i ci = _mm256_cvtps_epi32(code);
+                    __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(ci), _mm256_extracti128_si256(ci, 1));
+                    _mm_storel_epi64((__m128i *)(cd + oh * Wo + ow), _mm_packus_epi16(c16, c16));
+                }
+            }
+            for (; ow < Wo; ow++)
+                mp22_one(r0, r1, ow, c->relu, y + oh * Wo + ow, cd ? cd + oh * Wo + ow : NULL);
+        }
+    }
+}
+
+static MP256 void mp22_bwd_avx2(void *vc, int64_t b, int64_t e) {
+    const mp_ctx *c = vc;
+    const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
+    for (int64_t pl = b; pl < e; pl++) {
+        float *gx = (float *)c->gx + pl * H * W;
+        const float *gy = (const float *)c->gy + pl * Ho * Wo;
+        const uint8_t *cd = c->cin + pl * Ho * Wo;
+        for (int64_t oh = 0; oh < Ho; oh++) {
+            float *r0 = gx + 2 * oh * W, *r1 = r0 + W;
+            const float *g = gy + oh * Wo;
+            const uint8_t *k = cd + oh * Wo;
+            int64_t ow = 0;
+            for (; ow + 8 <= Wo; ow += 8) {
+                __m256 gv = _mm256_loadu_ps(g + ow);
+                __m256i code = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(k + ow)));
+                __m256 q[4];
+                for (int i = 0; i < 4; i++)
+                    q[i] = _mm256_and_ps(gv, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_set1_epi32(i))));
+                __m256 lo = _mm256_unpacklo_ps(q[0], q[1]), hi = _mm256_unpackhi_ps(q[0], q[1]);
+                _mm256_storeu_ps(r0 + 2 * ow, _mm256_permute2f128_ps(lo, hi, 0x20));
+                _mm256_storeu_ps(r0 + 2 * ow + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+                lo = _mm256_unpacklo_ps(q[2], q[3]);
+                hi = _mm256_unpackhi_ps(q[2], q[3]);
+                _mm256_storeu_ps(r1 + 2 * ow, _mm256_permute2f128_ps(lo, hi, 0x20));
+                _mm256_storeu_ps(r1 + 2 * ow + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+            }
+            for (; ow < Wo; ow++) {
+                int code = k[ow];
+                r0[2 * ow] = code == 0 ? g[ow] : 0.0f;
+                r0[2 * ow + 1] = code == 1 ? g[ow] : 0.0f;
+                r1[2 * ow] = code == 2 ? g[ow] : 0.0f;
+                r1[2 * ow + 1] = code == 3 ? g[ow] : 0.0f;
+            }
+            if (W > 2 * Wo) { /* odd width: the last column gets no gradient */
+                for (int64_t i = 2 * Wo; i < W; i++) r0[i] = r1[i] = 0.0f;
+            }
+        }
+        if (H > 2 * Ho) memset(gx + 2 * Ho * W, 0, sizeof(float) * (size_t)((H - 2 * Ho) * W));
+    }
+}
+
 static int g_mp_avx512;
 static pthread_once_t g_mp_once = PTHREAD_ONCE_INIT;
 static void mp_probe(void) {
@@ -562,8 +674,15 @@ static int have_avx512(void) {
     pthread_once(&g_mp_once, mp_probe);
     return g_mp_avx512 && ct_cpu_isa_level() >= CT_ISA_AVX512; /* CTORCH_CPU_ISA may lower it */
 }
+static int have_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           ct_cpu_isa_level() >= CT_ISA_AVX2;
+}
 #else
 static int have_avx512(void) { return 0; }
+static int have_avx2(void) { return 0; }
+#define mp22_fwd_avx2 NULL
+#define mp22_bwd_avx2 NULL
 #define mp22_fwd_avx512 NULL
 #define mp22_bwd_avx512 NULL
 #define mp22_fwd_bf16 NULL
@@ -592,6 +711,12 @@ static int mp22_ok(const mp_ctx *c, const ct_tensor *t) {
     return (t->dtype == CT_FLOAT32 || t->dtype == CT_BFLOAT16) && c->kh == 2 && c->kw == 2 && c->sh == 2 && c->sw == 2 &&
            c->ph == 0 && c->pw == 0 && c->dh == 1 && c->dw == 1 && c->Ho == c->H / 2 &&
            c->Wo == c->W / 2 && have_avx512() && !getenv("CTORCH_POOL_REFERENCE");
+}
+/* The same windows on float32 with AVX2 only. */
+static int mp22_ok_avx2(const mp_ctx *c, const ct_tensor *t) {
+    return t->dtype == CT_FLOAT32 && c->kh == 2 && c->kw == 2 && c->sh == 2 && c->sw == 2 &&
+           c->ph == 0 && c->pw == 0 && c->dh == 1 && c->dw == 1 && c->Ho == c->H / 2 &&
+           c->Wo == c->W / 2 && have_avx2() && !getenv("CTORCH_POOL_REFERENCE");
 }
 
 /* bfloat16 planes, natively: 0 when done, 1 when the 2x2 kernels do not apply (the caller
@@ -639,8 +764,9 @@ int cpu_max_pool2d_codes_forward_full(ct_tensor *y, ct_tensor *codes, const ct_t
     c.relu = relu;
     if (ct_numel(y) == 0) return 0;
     int64_t g = plane_grain(c.Ho * c.Wo * c.kh * c.kw);
-    ct_range_fn fn = mp22_ok(&c, x) ? mp22_fwd_avx512
-                                    : x->dtype == CT_FLOAT32 ? mpc_fwd_f32 : mpc_fwd_f64;
+    ct_range_fn fn = mp22_ok(&c, x)        ? mp22_fwd_avx512
+                     : mp22_ok_avx2(&c, x) ? mp22_fwd_avx2
+                     : x->dtype == CT_FLOAT32 ? mpc_fwd_f32 : mpc_fwd_f64;
     ct_parallel_for(planes(x), g, fn, &c);
     return 0;
 }
@@ -655,8 +781,9 @@ int cpu_max_pool2d_codes_backward_full(ct_tensor *gx, const ct_tensor *gy, const
     c.cin = (const uint8_t *)ct_ptr(codes);
     if (ct_numel(gx) == 0) return 0;
     int64_t g = plane_grain(c.H * c.W + c.Ho * c.Wo);
-    ct_range_fn fn = mp22_ok(&c, gx) ? mp22_bwd_avx512
-                                     : gx->dtype == CT_FLOAT32 ? mpc_bwd_f32 : mpc_bwd_f64;
+    ct_range_fn fn = mp22_ok(&c, gx)        ? mp22_bwd_avx512
+                     : mp22_ok_avx2(&c, gx) ? mp22_bwd_avx2
+                     : gx->dtype == CT_FLOAT32 ? mpc_bwd_f32 : mpc_bwd_f64;
     ct_parallel_for(planes(gx), g, fn, &c);
     return 0;
 }
