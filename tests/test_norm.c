@@ -2,6 +2,8 @@
  * (tests/fixtures/gen_norm_join.py), float64 gradcheck, and the error paths. */
 #include "test.h"
 
+#include <math.h>
+
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -440,4 +442,39 @@ TEST(layer_norm_errors) {
     CHECK_ERR_PTR(ct_layer_norm(x, &n4, 1, NULL, NULL, -1e-5), "eps");
     ct_tensor *all[] = {x, xi, w4, w5, w64, w34};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ct_free(all[i]);
+}
+
+/* Training statistics of data far from zero (mean 3e4, standard deviation ~1) against a
+ * two-pass float64 reference: the one-pass shifted sums must not lose the variance. */
+TEST(batch_norm_large_mean_statistics) {
+    int64_t xs[4] = {3, 2, 7, 5}, c = 2;
+    ct_tensor *x = ct_randn(xs, 4, CT_FLOAT32);
+    float *px = ct_data(x);
+    for (int64_t i = 0; i < ct_numel(x); i++) px[i] = 30000.0f + px[i];
+    ct_tensor *rm = ct_zeros(&c, 1, CT_FLOAT32), *rv = ct_zeros(&c, 1, CT_FLOAT32);
+    ct_tensor *y = ct_batch_norm(x, rm, rv, NULL, NULL, 1, 1.0, 1e-5);
+    CHECK_NN(y);
+    if (!y) return;
+    const float *py = ct_data(y), *pv = ct_data(rv);
+    for (int ch = 0; ch < 2; ch++) {
+        double m = 0, v = 0, M = 3 * 35;
+        for (int n = 0; n < 3; n++)
+            for (int i = 0; i < 35; i++) m += px[(n * 2 + ch) * 35 + i];
+        m /= M;
+        for (int n = 0; n < 3; n++)
+            for (int i = 0; i < 35; i++) v += (px[(n * 2 + ch) * 35 + i] - m) * (px[(n * 2 + ch) * 35 + i] - m);
+        CHECK_MSG(fabs(pv[ch] - v / (M - 1)) <= 1e-4 * v / (M - 1),
+                  "channel %d running_var %g, want %g", ch, pv[ch], v / (M - 1));
+        double is = 1.0 / sqrt(v / M + 1e-5);
+        for (int n = 0; n < 3; n++)
+            for (int i = 0; i < 35; i++) {
+                int64_t k = (n * 2 + ch) * 35 + i;
+                CHECK_MSG(fabs(py[k] - (px[k] - m) * is) <= 1e-4, "y[%lld] %g, want %g",
+                          (long long)k, py[k], (px[k] - m) * is);
+            }
+    }
+    ct_free(y);
+    ct_free(rm);
+    ct_free(rv);
+    ct_free(x);
 }

@@ -47,6 +47,13 @@ typedef struct {
 } bn_ctx;
 
 /* ---------------------------------------------------------------- templates */
+#define BN_LANES 16
+static inline double bn_lanes_sum(const double *l) {
+    double s = 0.0;
+    for (int j = 0; j < BN_LANES; j++) s += l[j];
+    return s;
+}
+
 #define DEFINE_BN(T, SFX)                                                                    \
     /* Reductions over a block of channels [c0, c1): walks n outer so memory is read in    \
      * order, accumulating per channel in double. */                                        \
@@ -61,29 +68,53 @@ typedef struct {
         for (int64_t n = 0; n < N; n++) {                                                    \
             for (int64_t c = c0; c < c1; c++) {                                              \
                 const T *xp = x + (n * C + c) * S;                                           \
-                if (ctx->pass == 0) {                                                        \
-                    double s0 = 0.0;                                                         \
-                    for (int64_t i = 0; i < S; i++) s0 += (double)xp[i];                     \
-                    acc0[c] += s0;                                                           \
+                /* BN_LANES independent double sums (lane j: elements i = j mod BN_LANES), \
+                 * which the compiler turns into vector lanes, added up at the end */       \
+                double l0[BN_LANES] = {0}, l1[BN_LANES] = {0};                               \
+                const int64_t Sv = S / BN_LANES * BN_LANES;                                  \
+                if (ctx->pass == 0) { /* shifted sums of x and x^2 (shift: mean[c]) */    \
+                    const double m = mean[c];                                                \
+                    for (int64_t i = 0; i < Sv; i += BN_LANES)                               \
+                        for (int j = 0; j < BN_LANES; j++) {                                 \
+                            const double d = (double)xp[i + j] - m;                          \
+                            l0[j] += d;                                                      \
+                            l1[j] += d * d;                                                  \
+                        }                                                                    \
+                    for (int64_t i = Sv; i < S; i++) {                                       \
+                        const double d = (double)xp[i] - m;                                  \
+                        l0[0] += d;                                                          \
+                        l1[0] += d * d;                                                      \
+                    }                                                                        \
+                    acc0[c] += bn_lanes_sum(l0);                                             \
+                    acc1[c] += bn_lanes_sum(l1);                                             \
                 } else if (ctx->pass == 1) {                                                 \
                     const double m = mean[c];                                                \
-                    double s1 = 0.0;                                                         \
-                    for (int64_t i = 0; i < S; i++) {                                        \
+                    for (int64_t i = 0; i < Sv; i += BN_LANES)                               \
+                        for (int j = 0; j < BN_LANES; j++) {                                 \
+                            const double d = (double)xp[i + j] - m;                          \
+                            l1[j] += d * d;                                                  \
+                        }                                                                    \
+                    for (int64_t i = Sv; i < S; i++) {                                       \
                         const double d = (double)xp[i] - m;                                  \
-                        s1 += d * d;                                                         \
+                        l1[0] += d * d;                                                      \
                     }                                                                        \
-                    acc1[c] += s1;                                                           \
+                    acc1[c] += bn_lanes_sum(l1);                                             \
                 } else {                                                                     \
                     const T *gp = gy + (n * C + c) * S;                                      \
                     const double m = mean[c];                                                \
-                    double s0 = 0.0, s1 = 0.0;                                               \
-                    for (int64_t i = 0; i < S; i++) {                                        \
+                    for (int64_t i = 0; i < Sv; i += BN_LANES)                               \
+                        for (int j = 0; j < BN_LANES; j++) {                                 \
+                            const double g = (double)gp[i + j];                              \
+                            l0[j] += g;                                                      \
+                            l1[j] += g * ((double)xp[i + j] - m);                            \
+                        }                                                                    \
+                    for (int64_t i = Sv; i < S; i++) {                                       \
                         const double g = (double)gp[i];                                      \
-                        s0 += g;                                                             \
-                        s1 += g * ((double)xp[i] - m);                                       \
+                        l0[0] += g;                                                          \
+                        l1[0] += g * ((double)xp[i] - m);                                    \
                     }                                                                        \
-                    acc0[c] += s0;                                                           \
-                    acc1[c] += s1;                                                           \
+                    acc0[c] += bn_lanes_sum(l0);                                             \
+                    acc1[c] += bn_lanes_sum(l1);                                             \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \
@@ -134,6 +165,12 @@ static void store1(ct_tensor *t, int64_t i, double v) {
     else ((float *)p)[off] = (float)v;
 }
 
+/* Element i of a contiguous float32 / float64 tensor (any shape). */
+static double load_flat(const ct_tensor *t, int64_t i) {
+    const char *p = ct_ptr(t);
+    return t->dtype == CT_FLOAT64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
+}
+
 /* Element i of a contiguous tensor (any shape). */
 static void store_flat(ct_tensor *t, int64_t i, double v) {
     char *p = ct_ptr(t);
@@ -174,13 +211,19 @@ int cpu_batch_norm_forward_full(ct_tensor *y, ct_tensor *save_mean, ct_tensor *s
     ct_range_fn reduce = f64 ? bn_reduce_f64 : bn_reduce_f32;
 
     if (training) {
+        /* one pass: sums of (x - k) and (x - k)^2 with k a value of the channel (its first),
+         * so that the variance E[(x-k)^2] - E[x-k]^2 suffers no cancellation from a large
+         * mean; in double */
+        for (int64_t c = 0; c < C; c++)
+            s.mean[c] = M > 0 ? load_flat(x, c * S) : 0.0;
         ctx.pass = 0;
         ct_parallel_for(C, grain_for(M), reduce, &ctx);
-        for (int64_t c = 0; c < C; c++) s.mean[c] = M > 0 ? s.acc0[c] / (double)M : 0.0;
-        ctx.pass = 1;
-        ct_parallel_for(C, grain_for(M), reduce, &ctx);
         for (int64_t c = 0; c < C; c++) {
-            const double var = M > 0 ? s.acc1[c] / (double)M : 0.0; /* biased */
+            const double d = M > 0 ? s.acc0[c] / (double)M : 0.0;
+            double var = M > 0 ? s.acc1[c] / (double)M - d * d : 0.0; /* biased */
+            if (var < 0) var = 0;
+            s.mean[c] += d;
+            s.acc1[c] = var * (double)M; /* the sum of squared deviations, as before */
             s.invstd[c] = 1.0 / sqrt(var + eps);
             /* An empty batch leaves the running statistics alone (as PyTorch does). */
             if (M == 0) continue;
