@@ -56,6 +56,24 @@ static int is_pointwise(const geom *g) {
 V512 static void im2col_row(const geom *g, const uint16_t *x, int64_t r, uint16_t *dst) {
     int64_t ch = r / (g->KH * g->KW), ky = r / g->KW % g->KH, kx = r % g->KW;
     const uint16_t *src = x + ch * g->H * g->W;
+#ifdef HAVE_V512
+    if (g->sw == 1 && g->Wo <= 32) { /* one masked load per output row, the masks per call */
+        int64_t ix0 = kx * g->dw - g->pw;
+        int64_t lo = ix0 < 0 ? -ix0 : 0, hi = g->W - ix0;
+        if (hi > g->Wo) hi = g->Wo;
+        if (lo > g->Wo) lo = g->Wo;
+        if (hi < lo) hi = lo;
+        const __mmask32 valid = (__mmask32)(((1ull << hi) - 1) & ~((1ull << lo) - 1));
+        const __mmask32 all = (__mmask32)((1ull << g->Wo) - 1);
+        for (int64_t oy = 0; oy < g->Ho; oy++) {
+            int64_t iy = oy * g->sh - g->ph + ky * g->dh;
+            __mmask32 k = iy >= 0 && iy < g->H ? valid : 0;
+            __m512i v = _mm512_maskz_loadu_epi16(k, (const char *)(src + iy * g->W) + 2 * ix0);
+            _mm512_mask_storeu_epi16(dst + oy * g->Wo, all, v);
+        }
+        return;
+    }
+#endif
     for (int64_t oy = 0; oy < g->Ho; oy++) {
         int64_t iy = oy * g->sh - g->ph + ky * g->dh;
         uint16_t *d = dst + oy * g->Wo;
