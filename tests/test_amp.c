@@ -425,3 +425,48 @@ TEST(amp_bf16_conv_paths_match_widened_fallback) {
     }
     ct_scope_pop(sc);
 }
+
+/* batch_norm on bf16 activations (float32 weight, bias and statistics, as under autocast)
+ * runs natively in bf16: output, running statistics and gradients against the float32
+ * computation on the same (widened) values, rounded once: within bf16 rounding. */
+TEST(amp_bf16_batch_norm_native_vs_float32) {
+    int64_t xs[4] = {5, 6, 7, 9}, c = 6;
+    ct_tensor *x32 = ct_randn(xs, 4, CT_FLOAT32), *gy32 = ct_randn(xs, 4, CT_FLOAT32);
+    float *px = ct_data(x32);
+    for (int64_t i = 0; i < ct_numel(x32); i++) px[i] = 3.0f + 2.0f * px[i];
+    ct_tensor *xb = ct_to_dtype(x32, CT_BFLOAT16), *gyb = ct_to_dtype(gy32, CT_BFLOAT16);
+    ct_tensor *xw = ct_to_dtype(xb, CT_FLOAT32), *gyw = ct_to_dtype(gyb, CT_FLOAT32);
+    ct_tensor *w = ct_randn(&c, 1, CT_FLOAT32), *b = ct_randn(&c, 1, CT_FLOAT32);
+    ct_tensor *ys[2], *gx[2], *gw[2], *gb[2], *rm[2], *rv[2];
+    ct_tensor *in[2] = {xb, xw}, *g[2] = {gyb, gyw};
+    for (int r = 0; r < 2; r++) {
+        rm[r] = ct_zeros(&c, 1, CT_FLOAT32);
+        rv[r] = ct_ones(&c, 1, CT_FLOAT32);
+        ct_set_requires_grad(in[r], 1);
+        ct_set_requires_grad(w, 1);
+        ct_set_requires_grad(b, 1);
+        ys[r] = ct_batch_norm(in[r], rm[r], rv[r], w, b, 1, 0.1, 1e-5);
+        CHECK_NN(ys[r]);
+        if (!ys[r]) return;
+        CHECK(ct_dtype_of(ys[r]) == (r ? CT_FLOAT32 : CT_BFLOAT16));
+        CHECK_OK(ct_backward(ys[r], g[r], 0));
+        gx[r] = ct_clone(ct_grad(in[r]));
+        gw[r] = ct_clone(ct_grad(w));
+        gb[r] = ct_clone(ct_grad(b));
+        ct_zero_grad(w);
+        ct_zero_grad(b);
+    }
+    check_allclose(ys[0], ys[1], 1.6e-2, 1e-2, "bf16 batch_norm output");
+    check_allclose(rm[0], rm[1], 1e-5, 1e-6, "bf16 batch_norm running_mean");
+    check_allclose(rv[0], rv[1], 1e-5, 1e-6, "bf16 batch_norm running_var");
+    check_allclose(gx[0], gx[1], 1.6e-2, 1e-2, "bf16 batch_norm grad input");
+    check_allclose(gw[0], gw[1], 1e-4, 1e-4, "bf16 batch_norm grad weight");
+    check_allclose(gb[0], gb[1], 1e-4, 1e-4, "bf16 batch_norm grad bias");
+    CHECK(ct_dtype_of(gx[0]) == CT_BFLOAT16);
+    for (int r = 0; r < 2; r++) {
+        ct_free(ys[r]), ct_free(gx[r]), ct_free(gw[r]), ct_free(gb[r]);
+        ct_free(rm[r]), ct_free(rv[r]);
+    }
+    ct_free(x32), ct_free(gy32), ct_free(xb), ct_free(gyb), ct_free(xw), ct_free(gyw);
+    ct_free(w), ct_free(b);
+}

@@ -345,6 +345,12 @@ int cpu_batch_norm_forward(ct_tensor *y, ct_tensor *save_mean, ct_tensor *save_i
     if (!ANY4(y, x, weight, bias) && !ANY4(save_mean, save_invstd, running_mean, running_var))
         return cpu_batch_norm_forward_full(y, save_mean, save_invstd, x, weight, bias,
                                            running_mean, running_var, training, momentum, eps);
+    /* bf16 activations beside float32 parameters and statistics: natively (cpu_norm.c) */
+    if (x->dtype == CT_BFLOAT16 && y->dtype == CT_BFLOAT16 && ct_is_contiguous(x) &&
+        ct_is_contiguous(y) && !ANY4(weight, bias, save_mean, save_invstd) &&
+        !ANY2(running_mean, running_var))
+        return cpu_batch_norm_forward_full(y, save_mean, save_invstd, x, weight, bias,
+                                           running_mean, running_var, training, momentum, eps);
     lowp L = {0};
     const ct_tensor *x32 = lp_in(&L, x);
     const ct_tensor *w32 = weight ? lp_in(&L, weight) : NULL;
@@ -362,6 +368,11 @@ int cpu_batch_norm_backward(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, const c
                             const ct_tensor *save_mean, const ct_tensor *save_invstd,
                             int training) {
     if (!ANY4(gx, gw, gb, gy) && !ANY4(x, weight, save_mean, save_invstd))
+        return cpu_batch_norm_backward_full(gx, gw, gb, gy, x, weight, save_mean, save_invstd,
+                                            training);
+    if (x->dtype == CT_BFLOAT16 && gy->dtype == CT_BFLOAT16 && (!gx || gx->dtype == CT_BFLOAT16) &&
+        ct_is_contiguous(x) && ct_is_contiguous(gy) && (!gx || ct_is_contiguous(gx)) &&
+        !ANY4(gw, gb, weight, save_mean) && !is_lowp(save_invstd))
         return cpu_batch_norm_backward_full(gx, gw, gb, gy, x, weight, save_mean, save_invstd,
                                             training);
     lowp L = {0};

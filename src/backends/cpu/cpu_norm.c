@@ -10,6 +10,7 @@
 #include "backends/cpu/cpu_kernels.h"
 #include "core/backend.h"
 #include "core/error.h"
+#include "core/half.h"
 #include "core/parallel.h"
 
 #include <math.h>
@@ -54,7 +55,7 @@ static inline double bn_lanes_sum(const double *l) {
     return s;
 }
 
-#define DEFINE_BN(T, SFX)                                                                    \
+#define DEFINE_BN(T, SFX, LD, ST)                                                                    \
     /* Reductions over a block of channels [c0, c1): walks n outer so memory is read in    \
      * order, accumulating per channel in double. */                                        \
     static void bn_reduce_##SFX(void *vctx, int64_t c0, int64_t c1) {                        \
@@ -76,12 +77,12 @@ static inline double bn_lanes_sum(const double *l) {
                     const double m = mean[c];                                                \
                     for (int64_t i = 0; i < Sv; i += BN_LANES)                               \
                         for (int j = 0; j < BN_LANES; j++) {                                 \
-                            const double d = (double)xp[i + j] - m;                          \
+                            const double d = LD(xp[i + j]) - m;                          \
                             l0[j] += d;                                                      \
                             l1[j] += d * d;                                                  \
                         }                                                                    \
                     for (int64_t i = Sv; i < S; i++) {                                       \
-                        const double d = (double)xp[i] - m;                                  \
+                        const double d = LD(xp[i]) - m;                                  \
                         l0[0] += d;                                                          \
                         l1[0] += d * d;                                                      \
                     }                                                                        \
@@ -91,11 +92,11 @@ static inline double bn_lanes_sum(const double *l) {
                     const double m = mean[c];                                                \
                     for (int64_t i = 0; i < Sv; i += BN_LANES)                               \
                         for (int j = 0; j < BN_LANES; j++) {                                 \
-                            const double d = (double)xp[i + j] - m;                          \
+                            const double d = LD(xp[i + j]) - m;                          \
                             l1[j] += d * d;                                                  \
                         }                                                                    \
                     for (int64_t i = Sv; i < S; i++) {                                       \
-                        const double d = (double)xp[i] - m;                                  \
+                        const double d = LD(xp[i]) - m;                                  \
                         l1[0] += d * d;                                                      \
                     }                                                                        \
                     acc1[c] += bn_lanes_sum(l1);                                             \
@@ -104,14 +105,14 @@ static inline double bn_lanes_sum(const double *l) {
                     const double m = mean[c];                                                \
                     for (int64_t i = 0; i < Sv; i += BN_LANES)                               \
                         for (int j = 0; j < BN_LANES; j++) {                                 \
-                            const double g = (double)gp[i + j];                              \
+                            const double g = LD(gp[i + j]);                              \
                             l0[j] += g;                                                      \
-                            l1[j] += g * ((double)xp[i + j] - m);                            \
+                            l1[j] += g * (LD(xp[i + j]) - m);                            \
                         }                                                                    \
                     for (int64_t i = Sv; i < S; i++) {                                       \
-                        const double g = (double)gp[i];                                      \
+                        const double g = LD(gp[i]);                                      \
                         l0[0] += g;                                                          \
-                        l1[0] += g * ((double)xp[i] - m);                                    \
+                        l1[0] += g * (LD(xp[i]) - m);                                    \
                     }                                                                        \
                     acc0[c] += bn_lanes_sum(l0);                                             \
                     acc1[c] += bn_lanes_sum(l1);                                             \
@@ -130,7 +131,7 @@ static inline double bn_lanes_sum(const double *l) {
             const double a = ctx->s->a[c], b = ctx->s->b[c];                                 \
             const T *xp = x + p * S;                                                         \
             T *yp = y + p * S;                                                               \
-            for (int64_t i = 0; i < S; i++) yp[i] = (T)((double)xp[i] * a + b);              \
+            for (int64_t i = 0; i < S; i++) yp[i] = ST(LD(xp[i]) * a + b);              \
         }                                                                                    \
     }                                                                                        \
     /* gx = gy*a[c] + x*b[c] + k[c] over planes [p0, p1). */                                 \
@@ -145,12 +146,20 @@ static inline double bn_lanes_sum(const double *l) {
             const T *xp = x + p * S, *gp = gy + p * S;                                       \
             T *op = gx + p * S;                                                              \
             for (int64_t i = 0; i < S; i++)                                                  \
-                op[i] = (T)((double)gp[i] * a + (double)xp[i] * b + k);                      \
+                op[i] = ST(LD(gp[i]) * a + LD(xp[i]) * b + k);                      \
         }                                                                                    \
     }
 
-DEFINE_BN(float, f32)
-DEFINE_BN(double, f64)
+#define BN_LD(v) ((double)(v))
+#define BN_ST_F32(d) ((float)(d))
+#define BN_ST_F64(d) (d)
+/* bfloat16 planes (autocast keeps activations in bf16; the statistics and parameters are
+ * float32): widened on load, rounded once on store, as the float32 stand-ins would. */
+#define BN_LD_BF16(v) ((double)ct_bf16_to_f32(v))
+#define BN_ST_BF16(d) ct_f32_to_bf16((float)(d))
+DEFINE_BN(float, f32, BN_LD, BN_ST_F32)
+DEFINE_BN(double, f64, BN_LD, BN_ST_F64)
+DEFINE_BN(uint16_t, bf16, BN_LD_BF16, BN_ST_BF16)
 
 static double load1(const ct_tensor *t, int64_t i) {
     const char *p = ct_ptr(t);
@@ -168,6 +177,7 @@ static void store1(ct_tensor *t, int64_t i, double v) {
 /* Element i of a contiguous float32 / float64 tensor (any shape). */
 static double load_flat(const ct_tensor *t, int64_t i) {
     const char *p = ct_ptr(t);
+    if (t->dtype == CT_BFLOAT16) return ct_bf16_to_f32(((const uint16_t *)p)[i]);
     return t->dtype == CT_FLOAT64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
 }
 
@@ -199,16 +209,16 @@ int cpu_batch_norm_forward_full(ct_tensor *y, ct_tensor *save_mean, ct_tensor *s
                            const ct_tensor *x, const ct_tensor *weight, const ct_tensor *bias,
                            ct_tensor *running_mean, ct_tensor *running_var, int training,
                            double momentum, double eps) {
-    if (check_float(x, "batch_norm") != 0) return -1;
+    if (x->dtype != CT_BFLOAT16 && check_float(x, "batch_norm") != 0) return -1;
     int64_t N, C, S;
     bn_dims(x, &N, &C, &S);
     const int64_t M = N * S; /* values per channel */
     bn_scratch s = {0};
     double *buf = scratch_alloc(C, &s);
     if (!buf) return ct_error("batch_norm: out of memory for %lld channels", (long long)C);
-    const int f64 = x->dtype == CT_FLOAT64;
+    const int f64 = x->dtype == CT_FLOAT64, bf = x->dtype == CT_BFLOAT16;
     bn_ctx ctx = {.x = ct_ptr(x), .y = ct_ptr(y), .N = N, .C = C, .S = S, .s = &s};
-    ct_range_fn reduce = f64 ? bn_reduce_f64 : bn_reduce_f32;
+    ct_range_fn reduce = f64 ? bn_reduce_f64 : bf ? bn_reduce_bf16 : bn_reduce_f32;
 
     if (training) {
         /* one pass: sums of (x - k) and (x - k)^2 with k a value of the channel (its first),
@@ -250,7 +260,8 @@ int cpu_batch_norm_forward_full(ct_tensor *y, ct_tensor *save_mean, ct_tensor *s
         if (save_mean) store1(save_mean, c, s.mean[c]);
         if (save_invstd) store1(save_invstd, c, s.invstd[c]);
     }
-    ct_parallel_for(N * C, grain_for(S), f64 ? bn_apply_f64 : bn_apply_f32, &ctx);
+    ct_parallel_for(N * C, grain_for(S), f64 ? bn_apply_f64 : bf ? bn_apply_bf16 : bn_apply_f32,
+                    &ctx);
     free(buf);
     return 0;
 }
@@ -259,14 +270,14 @@ int cpu_batch_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, co
                             const ct_tensor *x, const ct_tensor *weight,
                             const ct_tensor *save_mean, const ct_tensor *save_invstd,
                             int training) {
-    if (check_float(x, "batch_norm_backward") != 0) return -1;
+    if (x->dtype != CT_BFLOAT16 && check_float(x, "batch_norm_backward") != 0) return -1;
     int64_t N, C, S;
     bn_dims(x, &N, &C, &S);
     const int64_t M = N * S;
     bn_scratch s = {0};
     double *buf = scratch_alloc(C, &s);
     if (!buf) return ct_error("batch_norm_backward: out of memory for %lld channels", (long long)C);
-    const int f64 = x->dtype == CT_FLOAT64;
+    const int f64 = x->dtype == CT_FLOAT64, bf = x->dtype == CT_BFLOAT16;
     bn_ctx ctx = {.x = ct_ptr(x), .gy = ct_ptr(gy), .gx = gx ? ct_ptr(gx) : NULL,
                   .N = N, .C = C, .S = S, .s = &s, .pass = 2};
     for (int64_t c = 0; c < C; c++) {
@@ -275,7 +286,9 @@ int cpu_batch_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, co
     }
     /* sum(gy) and sum(gy * (x - mean)) per channel: needed for gw, gb and the training gx. */
     const int need_sums = gw || gb || (gx && training);
-    if (need_sums) ct_parallel_for(C, grain_for(M), f64 ? bn_reduce_f64 : bn_reduce_f32, &ctx);
+    if (need_sums)
+        ct_parallel_for(C, grain_for(M), f64 ? bn_reduce_f64 : bf ? bn_reduce_bf16 : bn_reduce_f32,
+                        &ctx);
     for (int64_t c = 0; c < C; c++) {
         if (gw) store1(gw, c, s.acc1[c] * s.invstd[c]);
         if (gb) store1(gb, c, s.acc0[c]);
@@ -297,8 +310,8 @@ int cpu_batch_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, co
                 s.k[c] = 0.0;
             }
         }
-        ct_parallel_for(N * C, grain_for(S), f64 ? bn_grad_input_f64 : bn_grad_input_f32,
-                        &ctx);
+        ct_parallel_for(N * C, grain_for(S),
+                        f64 ? bn_grad_input_f64 : bf ? bn_grad_input_bf16 : bn_grad_input_f32, &ctx);
     }
     free(buf);
     return 0;
