@@ -14,6 +14,7 @@
 #include "cpu_alloc.h"
 #include "cpu_gemm_bf16.h"
 #include "cpu_kernels.h"
+#include "simd512.h"
 
 #include <string.h>
 
@@ -132,32 +133,6 @@ V512 static inline void interleave_panel(uint32_t *d, const uint16_t *r0, const 
 #endif
 }
 
-#ifdef HAVE_V512
-/* Transpose of a 16 x 16 block of 32-bit elements held in r[0..15]. */
-V512 static inline void transpose16(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++)
-        for (int h = 0; h < 2; h++) {
-            r[4 * i + 2 * h] = _mm512_unpacklo_epi64(t[4 * i + h], t[4 * i + 2 + h]);
-            r[4 * i + 2 * h + 1] = _mm512_unpackhi_epi64(t[4 * i + h], t[4 * i + 2 + h]);
-        }
-    /* r[4i + q] now holds, in each 128-bit lane L, column 4L + q of rows 4i..4i+3 */
-    for (int i = 0; i < 2; i++)
-        for (int q = 0; q < 4; q++) {
-            t[8 * i + q] = _mm512_shuffle_i32x4(r[8 * i + q], r[8 * i + 4 + q], 0x88);
-            t[8 * i + 4 + q] = _mm512_shuffle_i32x4(r[8 * i + q], r[8 * i + 4 + q], 0xdd);
-        }
-    for (int q = 0; q < 8; q++) {
-        r[q] = _mm512_shuffle_i32x4(t[q], t[8 + q], 0x88);
-        r[8 + q] = _mm512_shuffle_i32x4(t[q], t[8 + q], 0xdd);
-    }
-}
-#endif
-
 /* The im2col matrix (CKK x P) of image x straight into the GEMM's packed B (pairs of rows,
  * panels of NR columns; K2 pair rows, zeros past CKK), two rows at a time through row
  * buffers r0, r1 [P]: the full matrix is never written. */
@@ -202,7 +177,7 @@ V512 static void im2col_t_packed(const geom *g, const uint16_t *x, int64_t K2, i
         for (int64_t j0 = 0; j0 < J; j0 += 16) {
             __m512i v[16];
             for (int i = 0; i < 16; i++) v[i] = _mm512_loadu_si512(rows + i * Pr + 2 * j0);
-            transpose16(v);
+            ct_transpose16(v);
             int64_t nt = J - j0 < 16 ? J - j0 : 16;
             for (int64_t t = 0; t < nt; t++) _mm512_storeu_si512(d + (j0 + t) * NR, v[t]);
         }
