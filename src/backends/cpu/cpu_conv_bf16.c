@@ -1,5 +1,12 @@
-/* bfloat16 convolutions on the bf16 GEMM (cpu_gemm_bf16.c: AMX tiles or AVX512_BF16),
- * float32 accumulation, one rounding at the output, as PyTorch's CPU bf16 convolutions.
+/* bfloat16 convolutions, float32 accumulation, one rounding at the output, as PyTorch's
+ * CPU bf16 convolutions.
+ *
+ * With AMX (ct_conv_amx_usable: CTORCH_CPU_ISA not below amx, CTORCH_CONV_AMX not 0),
+ * stride-1, dilation-1 convolutions other than unpadded 1x1 ones run as implicit GEMMs on
+ * AMX tiles (cpu_conv_amx.c): the forward when C >= 16, the input gradient (that forward
+ * on gy with the weight flipped) when O >= 16 and the padding is at most K - 1, the weight
+ * gradient when C >= 16. Everything else runs on the bf16 GEMM (cpu_gemm_bf16.c: AMX tiles
+ * or AVX512_BF16) around an im2col:
  *
  * Per image: forward  y[n] (O x P)      = W (O x CKK) @ col(x[n]) (CKK x P) + bias
  *            input    col(gx[n])         = W^T (CKK x O) @ gy[n] (O x P), then col2im
@@ -12,6 +19,7 @@
 #include "core/half.h"
 #include "core/parallel.h"
 #include "cpu_alloc.h"
+#include "cpu_conv_amx.h"
 #include "cpu_gemm_bf16.h"
 #include "cpu_kernels.h"
 #include "simd512.h"
@@ -49,6 +57,23 @@ static geom geom_of(const ct_tensor *x, const ct_tensor *w, const ct_tensor *y,
 
 static int is_pointwise(const geom *g) {
     return g->KH == 1 && g->KW == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+}
+
+/* The implicit-GEMM AMX kernels (cpu_conv_amx.c) take stride-1, dilation-1 convolutions
+ * other than the unpadded 1x1 ones (those multiply the image itself, no im2col to save).
+ * With `transposed`, the geometry of the convolution whose forward is this one's input
+ * gradient (gy -> gx: channels O -> C, padding K - 1 - p); 0 where it does not apply. */
+static int amx_geom(const geom *g, int transposed, ct_conv_amx_geom *a) {
+    if (g->sh != 1 || g->sw != 1 || g->dh != 1 || g->dw != 1 || is_pointwise(g)) return 0;
+    if (!transposed)
+        *a = (ct_conv_amx_geom){g->N, g->C, g->H, g->W, g->O, g->KH, g->KW, g->Ho, g->Wo,
+                                g->ph, g->pw};
+    else {
+        if (g->ph > g->KH - 1 || g->pw > g->KW - 1) return 0;
+        *a = (ct_conv_amx_geom){g->N, g->O, g->Ho, g->Wo, g->C, g->KH, g->KW, g->H, g->W,
+                                g->KH - 1 - g->ph, g->KW - 1 - g->pw};
+    }
+    return ct_conv_amx_usable(a);
 }
 
 /* ---------------------------------------------------------------- im2col */
@@ -312,6 +337,16 @@ int cpu_conv2d_bf16_forward(ct_tensor *y, float *y32, const ct_tensor *x, const 
         return 1;
     geom g = geom_of(x, w, y, p);
     const int64_t CKK = g.C * g.KH * g.KW;
+    ct_conv_amx_geom ag;
+    if (!y32 && amx_geom(&g, 0, &ag)) {
+        float *bv = bias ? ct_cpu_alloc(sizeof(float) * (size_t)g.O) : NULL;
+        if (bias && !bv) return -1;
+        if (bv) bias_f32(bias, bv, g.O);
+        int rc = ct_conv_amx_forward(&ag, (const uint16_t *)ct_ptr(x), (const uint16_t *)ct_ptr(w),
+                                     0, bv, (uint16_t *)ct_ptr(y));
+        ct_cpu_free(bv);
+        return rc;
+    }
     ct_bf16_pack pa;
     ct_bf16_mat W = {(const uint16_t *)ct_ptr(w), CKK, 1};
     int rc = ct_gemm_bf16_pack_a(&pa, g.O, CKK, W);
@@ -362,6 +397,10 @@ int cpu_conv2d_bf16_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_
         return 1;
     geom g = geom_of(gx, w, gy, p);
     const int64_t CKK = g.C * g.KH * g.KW;
+    ct_conv_amx_geom ag;
+    if (amx_geom(&g, 1, &ag)) /* the forward on gy with the weight transposed and flipped */
+        return ct_conv_amx_forward(&ag, (const uint16_t *)ct_ptr(gy), (const uint16_t *)ct_ptr(w),
+                                   1, NULL, (uint16_t *)ct_ptr(gx));
     ct_bf16_pack pa;
     ct_bf16_mat Wt = {(const uint16_t *)ct_ptr(w), 1, CKK}; /* W^T: (CKK x O) */
     int rc = ct_gemm_bf16_pack_a(&pa, CKK, g.O, Wt);
@@ -440,11 +479,16 @@ int cpu_conv2d_bf16_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tenso
     const int64_t CKK = g.C * g.KH * g.KW, P = g.Ho * g.Wo, OK = g.O * CKK;
     job j = {.g = &g, .x = (const uint16_t *)ct_ptr(x), .gy = (const uint16_t *)ct_ptr(gy),
              .nchunks = chunks_for(g.N)};
-    j.gw_parts = ct_cpu_alloc(sizeof(float) * (size_t)(OK * j.nchunks));
+    ct_conv_amx_geom ag;
+    const int amx = amx_geom(&g, 0, &ag);
+    j.gw_parts = ct_cpu_alloc(sizeof(float) * (size_t)(OK * (amx ? 1 : j.nchunks)));
     if (!j.gw_parts) return -1;
-    ct_parallel_for(j.nchunks, 1, bwd_weight_chunks, &j);
+    if (amx)
+        j.rc = ct_conv_amx_backward_weight(&ag, j.x, j.gy, j.gw_parts);
+    else
+        ct_parallel_for(j.nchunks, 1, bwd_weight_chunks, &j);
     if (!j.rc) {
-        for (int64_t c = 1; c < j.nchunks; c++)
+        for (int64_t c = 1; c < (amx ? 1 : j.nchunks); c++)
             for (int64_t i = 0; i < OK; i++) j.gw_parts[i] += j.gw_parts[c * OK + i];
         round_row((uint16_t *)ct_ptr(gw), j.gw_parts, OK);
     }
