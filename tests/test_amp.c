@@ -377,7 +377,7 @@ static ct_tensor *conv_grads(const ct_tensor *x, const ct_tensor *w, const ct_te
     ct_tensor *y = fused ? ct_conv2d_relu_max_pool2d(xs, ws, bs, st, pd, dl, 1, two, two, zero)
                          : ct_conv2d(xs, ws, bs, st, pd, dl, 1);
     ct_tensor *yf = y ? ct_to_dtype(y, CT_FLOAT32) : NULL;
-    ct_tensor *l = yf ? ct_sum(ct_keep(ct_mul(yf, yf)), NULL, 0, 0) : NULL;
+    ct_tensor *l = yf ? ct_sum(ct_mul(yf, yf), NULL, 0, 0) : NULL;
     if (l) ct_backward(l, NULL, 0);
     *gx = ct_grad(xs) ? ct_clone(ct_grad(xs)) : NULL;
     *gw = ct_grad(ws) ? ct_clone(ct_grad(ws)) : NULL;
@@ -493,7 +493,7 @@ static ct_tensor *conv_grads_gy(const ct_tensor *x, const ct_tensor *w, const ct
     int one[2] = {1, 1};
     ct_tensor *y = ct_conv2d(xs, ws, bs, st, pd, one, 1);
     ct_tensor *yf = y ? ct_to_dtype(y, CT_FLOAT32) : NULL;
-    ct_tensor *l = yf ? ct_sum(ct_keep(ct_mul(yf, gy)), NULL, 0, 0) : NULL;
+    ct_tensor *l = yf ? ct_sum(ct_mul(yf, gy), NULL, 0, 0) : NULL;
     if (l) ct_backward(l, NULL, 0);
     *gx = ct_grad(xs) ? ct_clone(ct_grad(xs)) : NULL;
     *gw = ct_grad(ws) ? ct_clone(ct_grad(ws)) : NULL;
