@@ -361,7 +361,7 @@ AMX static void fwd_store(const ct_conv_amx_geom *g, const float *buf, const seg
  * (laid end to end, T pixels; zeros past T) for steps k0 .. k0 + nk - 1 (step k = kk * ncb
  * + cb: input pixel (oy + ky, ox + kx), channels cb * 32 ..), as rows of KC * 32 bf16: an
  * NHWC im2col, one chunk of K at a time. */
-#define KC 16
+#define KC 8
 AMX static void gather_chunk(const ct_conv_amx_geom *g, const layout *l, const uint16_t *xp,
                              int64_t xpn, int64_t p0, int64_t T, int64_t nrows, int64_t k0,
                              int64_t nk, uint16_t *A) {
