@@ -40,6 +40,7 @@
 #include "ctorch.h"
 #include "core/parallel.h"
 #include "cpu_alloc.h"
+#include "cpu_amx.h"
 #include "cpu_gemm_bf16.h"
 #include "simd512.h"
 
@@ -101,23 +102,8 @@ int ct_conv_amx_usable(const ct_conv_amx_geom *g) {
            g->Wo == g->W + 2 * g->pw - g->KW + 1;
 }
 
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} amx_cfg;
-
 /* Tiles 0-3: the four float32 accumulators; 4-5: A; 6-7: B. All 16 rows x 64 bytes. */
-AMX static void tiles_config(void) {
-    amx_cfg cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    _tile_loadconfig(&cfg);
-}
+static void tiles_config(void) { ct_amx_configure(8, 16, 64); }
 
 /* Image x (bf16 [C, H, W]) into its padded NHWC buffer xp (zeroed once by the caller: the
  * borders and tail are never written). Sixteen channel pairs of sixteen pixels are

@@ -13,6 +13,7 @@
 #include "cpu_gemm_bf16.h"
 
 #include "cpu_alloc.h"
+#include "cpu_amx.h"
 #include "cpu_isa.h"
 #include "core/error.h"
 #include "core/half.h"
@@ -196,20 +197,9 @@ static void packb_range(void *vc, int64_t begin, int64_t end) {
  * panels above with K2 padded to a multiple of 16. */
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
 
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} amx_cfg;
-
 AMX_TARGET static void amx_range(void *vc, int64_t begin, int64_t end) {
     const gctx *g = vc;
-    amx_cfg cfg = {.palette = 1};
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    _tile_loadconfig(&cfg);
+    ct_amx_configure(8, 16, 64);
     const int64_t Kp = g->K2 * 2; /* bf16 elements per packed A row */
     float buf[32 * 32] __attribute__((aligned(64)));
     for (int64_t t = begin; t < end; t++) {
