@@ -2,6 +2,8 @@
  * dtype choices op by op against torch.autocast("cpu"), bf16 results within PyTorch's own
  * bf16 tolerances, the bf16 GEMM paths against each other, and the autocast API's errors.
  * Fixtures: tests/fixtures/gen_amp.py (PyTorch 2.x). */
+#include "backends/cpu/cpu_conv_amx.h"
+#include "backends/cpu/cpu_gemm_bf16.h"
 #include "ctorch.h"
 #include "ops/fused.h"
 #include "test.h"
@@ -375,7 +377,7 @@ static ct_tensor *conv_grads(const ct_tensor *x, const ct_tensor *w, const ct_te
     ct_tensor *y = fused ? ct_conv2d_relu_max_pool2d(xs, ws, bs, st, pd, dl, 1, two, two, zero)
                          : ct_conv2d(xs, ws, bs, st, pd, dl, 1);
     ct_tensor *yf = y ? ct_to_dtype(y, CT_FLOAT32) : NULL;
-    ct_tensor *l = yf ? ct_sum(ct_keep(ct_mul(yf, yf)), NULL, 0, 0) : NULL;
+    ct_tensor *l = yf ? ct_sum(ct_mul(yf, yf), NULL, 0, 0) : NULL;
     if (l) ct_backward(l, NULL, 0);
     *gx = ct_grad(xs) ? ct_clone(ct_grad(xs)) : NULL;
     *gw = ct_grad(ws) ? ct_clone(ct_grad(ws)) : NULL;
@@ -469,4 +471,119 @@ TEST(amp_bf16_batch_norm_native_vs_float32) {
     }
     ct_free(x32), ct_free(gy32), ct_free(xb), ct_free(gyb), ct_free(xw), ct_free(gyw);
     ct_free(w), ct_free(b);
+}
+
+/* The implicit-GEMM AMX convolutions (cpu_conv_amx.c: stride 1, C >= 16; the input
+ * gradient where O >= 16 and padding <= K - 1) against the widened float32 path, and
+ * against the im2col + GEMM path they replace (CTORCH_CONV_AMX=0) and AVX512_BF16: channel
+ * counts off multiples of 32, narrow and non-square images, padding 0 to 2 (per axis),
+ * 1x1 / 3x3 / 5x5 / 3x1 kernels, batch 1 and odd batches, with and without bias. On an AMX
+ * machine, ct_conv_amx_calls() checks that every shape took the new path natively and
+ * none did with CTORCH_CONV_AMX=0. */
+/* conv_grads with loss sum(y * gy) for a fixed gy (bf16 values): the gradients see the
+ * same output gradient on every path, so they compare the backward kernels alone (with
+ * sum(y * y), a one-ulp difference of a large y moves a gradient that cancels by more
+ * than its own rounding). */
+static ct_tensor *conv_grads_gy(const ct_tensor *x, const ct_tensor *w, const ct_tensor *b,
+                                const int st[2], const int pd[2], const ct_tensor *gy,
+                                ct_tensor **gx, ct_tensor **gw, ct_tensor **gb) {
+    ct_tensor *xs = ct_detach(x), *ws = ct_detach(w), *bs = b ? ct_detach(b) : NULL;
+    ct_set_requires_grad(xs, 1), ct_set_requires_grad(ws, 1);
+    if (bs) ct_set_requires_grad(bs, 1);
+    int one[2] = {1, 1};
+    ct_tensor *y = ct_conv2d(xs, ws, bs, st, pd, one, 1);
+    ct_tensor *yf = y ? ct_to_dtype(y, CT_FLOAT32) : NULL;
+    ct_tensor *l = yf ? ct_sum(ct_mul(yf, gy), NULL, 0, 0) : NULL;
+    if (l) ct_backward(l, NULL, 0);
+    *gx = ct_grad(xs) ? ct_clone(ct_grad(xs)) : NULL;
+    *gw = ct_grad(ws) ? ct_clone(ct_grad(ws)) : NULL;
+    *gb = bs && ct_grad(bs) ? ct_clone(ct_grad(bs)) : NULL;
+    ct_free(xs), ct_free(ws), ct_free(bs), ct_free(yf), ct_free(l);
+    return y;
+}
+
+TEST(amp_bf16_conv_amx_implicit_gemm_matches_fallback) {
+    struct { int64_t n, c, h, w, o, kh, kw; int ph, pw, bias; } cs[] = {
+        {3, 20, 9, 7, 24, 3, 3, 1, 1, 1},   /* C, O off 32; H != W; odd batch */
+        {1, 16, 4, 4, 16, 3, 3, 1, 1, 0},   /* C = 16, W = 4, batch 1 */
+        {5, 32, 6, 8, 40, 3, 3, 0, 0, 1},   /* no padding, W = 8, O = 40 */
+        {2, 24, 10, 12, 20, 5, 5, 2, 2, 1}, /* 5x5 */
+        {3, 17, 7, 9, 33, 3, 1, 1, 0, 0},   /* 3x1, padding (1, 0) */
+        {2, 48, 5, 6, 64, 1, 1, 1, 1, 1},   /* 1x1 padded: input gradient not (p > K-1) */
+        {2, 40, 16, 20, 36, 3, 3, 1, 1, 1}, /* several pixel blocks, C = 40 (two blocks) */
+        {1, 16, 3, 20, 18, 3, 3, 2, 1, 1},  /* padding 2 on a 3x3: the gradient's is 0 */
+        {3, 20, 8, 4, 16, 5, 5, 1, 2, 0},   /* padding (1, 2), W = 4 */
+        {2, 64, 16, 16, 64, 3, 3, 1, 1, 1}, /* as simple_cnn's conv2 */
+        /* small images, many outputs: gathered pixel rows rather than the padded grid */
+        {2, 32, 4, 4, 96, 3, 3, 1, 1, 0},   /* forward gathers, the input gradient not */
+        {3, 24, 5, 3, 70, 3, 3, 1, 1, 1},   /* 15 pixels: pixel pairs across images */
+        {3, 80, 4, 5, 80, 3, 3, 1, 1, 1},   /* both ways gathered */
+        {3, 32, 90, 84, 32, 3, 3, 1, 1, 1}, /* large images: several groups per thread */
+    };
+    const char *saved = getenv("CTORCH_CPU_ISA");
+    char *keep = saved ? strdup(saved) : NULL;
+    unsetenv("CTORCH_CPU_ISA");
+    unsetenv("CTORCH_CONV_AMX");
+    const int amx = ct_gemm_bf16_kind() == CT_BF16_AMX;
+    ct_scope *sc = ct_scope_push();
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+        int64_t xs[4] = {cs[i].n, cs[i].c, cs[i].h, cs[i].w};
+        int64_t ws[4] = {cs[i].o, cs[i].c, cs[i].kh, cs[i].kw};
+        ct_tensor *x = ct_to_dtype(ct_randn(xs, 4, CT_FLOAT32), CT_BFLOAT16);
+        ct_tensor *w = ct_to_dtype(ct_randn(ws, 4, CT_FLOAT32), CT_BFLOAT16);
+        ct_tensor *b = cs[i].bias ? ct_to_dtype(ct_randn(&ws[0], 1, CT_FLOAT32), CT_BFLOAT16) : NULL;
+        int st[2] = {1, 1}, pd[2] = {cs[i].ph, cs[i].pw};
+        int64_t ys[4] = {cs[i].n, cs[i].o, cs[i].h + 2 * cs[i].ph - cs[i].kh + 1,
+                         cs[i].w + 2 * cs[i].pw - cs[i].kw + 1};
+        ct_tensor *gy = ct_to_dtype(ct_to_dtype(ct_randn(ys, 4, CT_FLOAT32), CT_BFLOAT16),
+                                    CT_FLOAT32);
+        /* the widened reference; the AMX convolutions (their choice, then each way of
+         * forming pixel rows forced); im2col + GEMM; AVX512_BF16 */
+        enum { NL = 6 };
+        const char *levels[NL] = {"avx2", "", "", "", "", "avx512"};
+        const char *modes[NL] = {NULL, NULL, "virtual", "gather", "0", NULL};
+        const char *names[NL] = {"avx2", "amx conv", "amx conv, virtual grid",
+                                 "amx conv, gathered rows", "CTORCH_CONV_AMX=0", "avx512"};
+        const int64_t want = 2 + (cs[i].o >= 16 && cs[i].ph <= cs[i].kh - 1 &&
+                                  cs[i].pw <= cs[i].kw - 1);
+        ct_tensor *g[NL][3], *y[NL];
+        for (int l = 0; l < NL; l++) {
+            setenv("CTORCH_CPU_ISA", levels[l], 1);
+            if (modes[l]) setenv("CTORCH_CONV_AMX", modes[l], 1);
+            int64_t before = ct_conv_amx_calls();
+            y[l] = conv_grads_gy(x, w, b, st, pd, gy, &g[l][0], &g[l][1], &g[l][2]);
+            int64_t took = ct_conv_amx_calls() - before;
+            unsetenv("CTORCH_CONV_AMX");
+            int64_t expect = amx && l >= 1 && l <= 3 ? want : 0;
+            CHECK_MSG(took == expect, "amx conv case %zu (%s): %lld of the three convolutions "
+                      "took the AMX path, expected %lld", i, names[l], (long long)took,
+                      (long long)expect);
+        }
+        unsetenv("CTORCH_CPU_ISA");
+        for (int l = 1; l < NL; l++) {
+            char what[96];
+            snprintf(what, sizeof what, "bf16 conv case %zu (%s)", i, names[l]);
+            CHECK_MSG(y[l] && ct_dtype_of(y[l]) == CT_BFLOAT16, "%s: bf16 output (%s)", what,
+                      ct_last_error());
+            /* both sides round float32 sums of the same products (in another order) once:
+             * one bf16 ulp apart, or the sums' float32 rounding where they cancel (as the
+             * GEMM test: 4e-6 * sqrt(terms)) */
+            const double P = (double)(ys[0] * ys[2] * ys[3]);
+            const double terms[4] = {(double)(cs[i].c * cs[i].kh * cs[i].kw),
+                                     (double)(cs[i].o * cs[i].kh * cs[i].kw), P, P};
+            check_allclose(y[l], y[0], 8e-3, fmax(1e-5, 4e-6 * sqrt(terms[0])), what);
+            const char *gn[3] = {"grad input", "grad weight", "grad bias"};
+            for (int k = 0; k < 3; k++) {
+                if (!g[0][k]) continue;
+                char w2[128];
+                snprintf(w2, sizeof w2, "%s %s", what, gn[k]);
+                /* the same gy on every path (conv_grads_gy) */
+                check_allclose(g[l][k], g[0][k], 8e-3, fmax(1e-5, 4e-6 * sqrt(terms[1 + k])), w2);
+            }
+        }
+        for (int l = 0; l < NL; l++) for (int k = 0; k < 3; k++) ct_free(g[l][k]);
+    }
+    ct_scope_pop(sc);
+    if (keep) setenv("CTORCH_CPU_ISA", keep, 1);
+    free(keep);
 }

@@ -1,5 +1,12 @@
-/* bfloat16 convolutions on the bf16 GEMM (cpu_gemm_bf16.c: AMX tiles or AVX512_BF16),
- * float32 accumulation, one rounding at the output, as PyTorch's CPU bf16 convolutions.
+/* bfloat16 convolutions, float32 accumulation, one rounding at the output, as PyTorch's
+ * CPU bf16 convolutions.
+ *
+ * With AMX (ct_conv_amx_usable: CTORCH_CPU_ISA not below amx, CTORCH_CONV_AMX not 0),
+ * stride-1, dilation-1 convolutions other than unpadded 1x1 ones run as implicit GEMMs on
+ * AMX tiles (cpu_conv_amx.c): the forward when C >= 16, the input gradient (that forward
+ * on gy with the weight flipped) when O >= 16 and the padding is at most K - 1, the weight
+ * gradient when C >= 16. Everything else runs on the bf16 GEMM (cpu_gemm_bf16.c: AMX tiles
+ * or AVX512_BF16) around an im2col:
  *
  * Per image: forward  y[n] (O x P)      = W (O x CKK) @ col(x[n]) (CKK x P) + bias
  *            input    col(gx[n])         = W^T (CKK x O) @ gy[n] (O x P), then col2im
@@ -12,8 +19,10 @@
 #include "core/half.h"
 #include "core/parallel.h"
 #include "cpu_alloc.h"
+#include "cpu_conv_amx.h"
 #include "cpu_gemm_bf16.h"
 #include "cpu_kernels.h"
+#include "simd512.h"
 
 #include <string.h>
 
@@ -48,6 +57,23 @@ static geom geom_of(const ct_tensor *x, const ct_tensor *w, const ct_tensor *y,
 
 static int is_pointwise(const geom *g) {
     return g->KH == 1 && g->KW == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+}
+
+/* The implicit-GEMM AMX kernels (cpu_conv_amx.c) take stride-1, dilation-1 convolutions
+ * other than the unpadded 1x1 ones (those multiply the image itself, no im2col to save).
+ * With `transposed`, the geometry of the convolution whose forward is this one's input
+ * gradient (gy -> gx: channels O -> C, padding K - 1 - p); 0 where it does not apply. */
+static int amx_geom(const geom *g, int transposed, ct_conv_amx_geom *a) {
+    if (g->sh != 1 || g->sw != 1 || g->dh != 1 || g->dw != 1 || is_pointwise(g)) return 0;
+    if (!transposed)
+        *a = (ct_conv_amx_geom){g->N, g->C, g->H, g->W, g->O, g->KH, g->KW, g->Ho, g->Wo,
+                                g->ph, g->pw};
+    else {
+        if (g->ph > g->KH - 1 || g->pw > g->KW - 1) return 0;
+        *a = (ct_conv_amx_geom){g->N, g->O, g->Ho, g->Wo, g->C, g->KH, g->KW, g->H, g->W,
+                                g->KH - 1 - g->ph, g->KW - 1 - g->pw};
+    }
+    return ct_conv_amx_usable(a);
 }
 
 /* ---------------------------------------------------------------- im2col */
@@ -132,32 +158,6 @@ V512 static inline void interleave_panel(uint32_t *d, const uint16_t *r0, const 
 #endif
 }
 
-#ifdef HAVE_V512
-/* Transpose of a 16 x 16 block of 32-bit elements held in r[0..15]. */
-V512 static inline void transpose16(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++)
-        for (int h = 0; h < 2; h++) {
-            r[4 * i + 2 * h] = _mm512_unpacklo_epi64(t[4 * i + h], t[4 * i + 2 + h]);
-            r[4 * i + 2 * h + 1] = _mm512_unpackhi_epi64(t[4 * i + h], t[4 * i + 2 + h]);
-        }
-    /* r[4i + q] now holds, in each 128-bit lane L, column 4L + q of rows 4i..4i+3 */
-    for (int i = 0; i < 2; i++)
-        for (int q = 0; q < 4; q++) {
-            t[8 * i + q] = _mm512_shuffle_i32x4(r[8 * i + q], r[8 * i + 4 + q], 0x88);
-            t[8 * i + 4 + q] = _mm512_shuffle_i32x4(r[8 * i + q], r[8 * i + 4 + q], 0xdd);
-        }
-    for (int q = 0; q < 8; q++) {
-        r[q] = _mm512_shuffle_i32x4(t[q], t[8 + q], 0x88);
-        r[8 + q] = _mm512_shuffle_i32x4(t[q], t[8 + q], 0xdd);
-    }
-}
-#endif
-
 /* The im2col matrix (CKK x P) of image x straight into the GEMM's packed B (pairs of rows,
  * panels of NR columns; K2 pair rows, zeros past CKK), two rows at a time through row
  * buffers r0, r1 [P]: the full matrix is never written. */
@@ -202,7 +202,7 @@ V512 static void im2col_t_packed(const geom *g, const uint16_t *x, int64_t K2, i
         for (int64_t j0 = 0; j0 < J; j0 += 16) {
             __m512i v[16];
             for (int i = 0; i < 16; i++) v[i] = _mm512_loadu_si512(rows + i * Pr + 2 * j0);
-            transpose16(v);
+            ct_transpose16(v);
             int64_t nt = J - j0 < 16 ? J - j0 : 16;
             for (int64_t t = 0; t < nt; t++) _mm512_storeu_si512(d + (j0 + t) * NR, v[t]);
         }
@@ -337,6 +337,16 @@ int cpu_conv2d_bf16_forward(ct_tensor *y, float *y32, const ct_tensor *x, const 
         return 1;
     geom g = geom_of(x, w, y, p);
     const int64_t CKK = g.C * g.KH * g.KW;
+    ct_conv_amx_geom ag;
+    if (!y32 && amx_geom(&g, 0, &ag)) {
+        float *bv = bias ? ct_cpu_alloc(sizeof(float) * (size_t)g.O) : NULL;
+        if (bias && !bv) return -1;
+        if (bv) bias_f32(bias, bv, g.O);
+        int rc = ct_conv_amx_forward(&ag, (const uint16_t *)ct_ptr(x), (const uint16_t *)ct_ptr(w),
+                                     0, bv, (uint16_t *)ct_ptr(y));
+        ct_cpu_free(bv);
+        return rc;
+    }
     ct_bf16_pack pa;
     ct_bf16_mat W = {(const uint16_t *)ct_ptr(w), CKK, 1};
     int rc = ct_gemm_bf16_pack_a(&pa, g.O, CKK, W);
@@ -387,6 +397,10 @@ int cpu_conv2d_bf16_backward_input(ct_tensor *gx, const ct_tensor *gy, const ct_
         return 1;
     geom g = geom_of(gx, w, gy, p);
     const int64_t CKK = g.C * g.KH * g.KW;
+    ct_conv_amx_geom ag;
+    if (amx_geom(&g, 1, &ag)) /* the forward on gy with the weight transposed and flipped */
+        return ct_conv_amx_forward(&ag, (const uint16_t *)ct_ptr(gy), (const uint16_t *)ct_ptr(w),
+                                   1, NULL, (uint16_t *)ct_ptr(gx));
     ct_bf16_pack pa;
     ct_bf16_mat Wt = {(const uint16_t *)ct_ptr(w), 1, CKK}; /* W^T: (CKK x O) */
     int rc = ct_gemm_bf16_pack_a(&pa, CKK, g.O, Wt);
@@ -465,11 +479,16 @@ int cpu_conv2d_bf16_backward_weight(ct_tensor *gw, ct_tensor *gb, const ct_tenso
     const int64_t CKK = g.C * g.KH * g.KW, P = g.Ho * g.Wo, OK = g.O * CKK;
     job j = {.g = &g, .x = (const uint16_t *)ct_ptr(x), .gy = (const uint16_t *)ct_ptr(gy),
              .nchunks = chunks_for(g.N)};
-    j.gw_parts = ct_cpu_alloc(sizeof(float) * (size_t)(OK * j.nchunks));
+    ct_conv_amx_geom ag;
+    const int amx = amx_geom(&g, 0, &ag);
+    j.gw_parts = ct_cpu_alloc(sizeof(float) * (size_t)(OK * (amx ? 1 : j.nchunks)));
     if (!j.gw_parts) return -1;
-    ct_parallel_for(j.nchunks, 1, bwd_weight_chunks, &j);
+    if (amx)
+        j.rc = ct_conv_amx_backward_weight(&ag, j.x, j.gy, j.gw_parts);
+    else
+        ct_parallel_for(j.nchunks, 1, bwd_weight_chunks, &j);
     if (!j.rc) {
-        for (int64_t c = 1; c < j.nchunks; c++)
+        for (int64_t c = 1; c < (amx ? 1 : j.nchunks); c++)
             for (int64_t i = 0; i < OK; i++) j.gw_parts[i] += j.gw_parts[c * OK + i];
         round_row((uint16_t *)ct_ptr(gw), j.gw_parts, OK);
     }

@@ -13,10 +13,12 @@
 #include "cpu_gemm_bf16.h"
 
 #include "cpu_alloc.h"
+#include "cpu_amx.h"
 #include "cpu_isa.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "core/parallel.h"
+#include "simd512.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -81,13 +83,7 @@ BF16_TARGET static inline void store_row(const gctx *g, int64_t row, int64_t n0,
             __m512 of = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(old), 16));
             v = _mm512_fmadd_ps(of, be, v);
         }
-        __m512i u = _mm512_castps_si512(v);
-        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
-                    _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
-        r = _mm512_srli_epi32(r, 16);
-        __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0xffff));
-        _mm256_mask_storeu_epi16(c + 16 * h, ks[h], _mm512_cvtepi32_epi16(r));
+        _mm256_mask_storeu_epi16(c + 16 * h, ks[h], ct_f32x16_to_bf16(v));
     }
 }
 
@@ -201,20 +197,9 @@ static void packb_range(void *vc, int64_t begin, int64_t end) {
  * panels above with K2 padded to a multiple of 16. */
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
 
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} amx_cfg;
-
 AMX_TARGET static void amx_range(void *vc, int64_t begin, int64_t end) {
     const gctx *g = vc;
-    amx_cfg cfg = {.palette = 1};
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    _tile_loadconfig(&cfg);
+    ct_amx_configure(8, 16, 64);
     const int64_t Kp = g->K2 * 2; /* bf16 elements per packed A row */
     float buf[32 * 32] __attribute__((aligned(64)));
     for (int64_t t = begin; t < end; t++) {
