@@ -11,6 +11,8 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "backends/cpu/cpu_isa.h"
+#include "backends/cpu/simd512.h"
 #include "core/parallel.h"
 
 #include <math.h>
@@ -44,7 +46,7 @@ typedef struct {
     void *y, *gx;
     int64_t N, C, S;
     bn_scratch *s;
-    int pass; /* for the reduction: 0 sum of x, 1 sum of squared deviations, 2 backward sums */
+    int pass; /* for the reduction: 0 shifted sums of x and x^2 (forward), 2 backward sums */
 } bn_ctx;
 
 /* ---------------------------------------------------------------- templates */
@@ -87,18 +89,6 @@ static inline double bn_lanes_sum(const double *l) {
                         l1[0] += d * d;                                                      \
                     }                                                                        \
                     acc0[c] += bn_lanes_sum(l0);                                             \
-                    acc1[c] += bn_lanes_sum(l1);                                             \
-                } else if (ctx->pass == 1) {                                                 \
-                    const double m = mean[c];                                                \
-                    for (int64_t i = 0; i < Sv; i += BN_LANES)                               \
-                        for (int j = 0; j < BN_LANES; j++) {                                 \
-                            const double d = LD(xp[i + j]) - m;                          \
-                            l1[j] += d * d;                                                  \
-                        }                                                                    \
-                    for (int64_t i = Sv; i < S; i++) {                                       \
-                        const double d = LD(xp[i]) - m;                                  \
-                        l1[0] += d * d;                                                      \
-                    }                                                                        \
                     acc1[c] += bn_lanes_sum(l1);                                             \
                 } else {                                                                     \
                     const T *gp = gy + (n * C + c) * S;                                      \
@@ -161,6 +151,84 @@ DEFINE_BN(float, f32, BN_LD, BN_ST_F32)
 DEFINE_BN(double, f64, BN_LD, BN_ST_F64)
 DEFINE_BN(uint16_t, bf16, BN_LD_BF16, BN_ST_BF16)
 
+/* The bf16 passes with AVX-512: 16 float32 lanes per step (values widened exactly, the
+ * per-channel coefficients in float32, sums of a plane in float32 lanes then added in
+ * double), rounded once on store as the template's. */
+#ifdef CT_HAVE_SIMD512
+CT_V512 static inline __m512 bn_ld16(const uint16_t *p, __mmask16 k) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+}
+static inline __mmask16 bn_tail(int64_t n) { return (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1u); }
+
+CT_V512 static void bn_reduce_bf16v(void *vctx, int64_t c0, int64_t c1) {
+    bn_ctx *ctx = vctx;
+    const uint16_t *x = ctx->x, *gy = ctx->gy;
+    const int64_t N = ctx->N, C = ctx->C, S = ctx->S;
+    double *acc0 = ctx->s->acc0, *acc1 = ctx->s->acc1;
+    for (int64_t c = c0; c < c1; c++) acc0[c] = acc1[c] = 0.0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = c0; c < c1; c++) {
+            const uint16_t *xp = x + (n * C + c) * S, *gp = gy ? gy + (n * C + c) * S : NULL;
+            const __m512 m = _mm512_set1_ps((float)ctx->s->mean[c]);
+            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+            for (int64_t i = 0; i < S; i += 16) {
+                __mmask16 k = bn_tail(S - i);
+                __m512 d = _mm512_maskz_sub_ps(k, bn_ld16(xp + i, k), m);
+                if (ctx->pass == 0) {
+                    s0 = _mm512_add_ps(s0, d);
+                    s1 = _mm512_fmadd_ps(d, d, s1);
+                } else { /* pass 2: sum(gy), sum(gy * (x - mean)) */
+                    __m512 g = bn_ld16(gp + i, k);
+                    s0 = _mm512_add_ps(s0, g);
+                    s1 = _mm512_fmadd_ps(g, d, s1);
+                }
+            }
+            acc0[c] += (double)_mm512_reduce_add_ps(s0);
+            acc1[c] += (double)_mm512_reduce_add_ps(s1);
+        }
+}
+
+CT_V512 static void bn_apply_bf16v(void *vctx, int64_t p0, int64_t p1) {
+    bn_ctx *ctx = vctx;
+    const uint16_t *x = ctx->x;
+    uint16_t *y = ctx->y;
+    const int64_t C = ctx->C, S = ctx->S;
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t c = p % C;
+        const __m512 a = _mm512_set1_ps((float)ctx->s->a[c]), b = _mm512_set1_ps((float)ctx->s->b[c]);
+        for (int64_t i = 0; i < S; i += 16) {
+            __mmask16 k = bn_tail(S - i);
+            __m512 v = _mm512_fmadd_ps(bn_ld16(x + p * S + i, k), a, b);
+            _mm256_mask_storeu_epi16(y + p * S + i, k, ct_f32x16_to_bf16(v));
+        }
+    }
+}
+
+CT_V512 static void bn_grad_input_bf16v(void *vctx, int64_t p0, int64_t p1) {
+    bn_ctx *ctx = vctx;
+    const uint16_t *x = ctx->x, *gy = ctx->gy;
+    uint16_t *gx = ctx->gx;
+    const int64_t C = ctx->C, S = ctx->S;
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t c = p % C;
+        const __m512 a = _mm512_set1_ps((float)ctx->s->a[c]), b = _mm512_set1_ps((float)ctx->s->b[c]);
+        const __m512 kk = _mm512_set1_ps((float)ctx->s->k[c]);
+        for (int64_t i = 0; i < S; i += 16) {
+            __mmask16 k = bn_tail(S - i);
+            __m512 v = _mm512_fmadd_ps(bn_ld16(gy + p * S + i, k), a,
+                                       _mm512_fmadd_ps(bn_ld16(x + p * S + i, k), b, kk));
+            _mm256_mask_storeu_epi16(gx + p * S + i, k, ct_f32x16_to_bf16(v));
+        }
+    }
+}
+
+/* The vector bf16 passes where the CPU (and CTORCH_CPU_ISA) allows AVX-512. */
+static int bn_v512(void) { return ct_cpu_isa_level() >= CT_ISA_AVX512; }
+#define BN_BF16(name) (bn_v512() ? name##_bf16v : name##_bf16)
+#else
+#define BN_BF16(name) name##_bf16
+#endif
+
 static double load1(const ct_tensor *t, int64_t i) {
     const char *p = ct_ptr(t);
     int64_t off = i * t->stride[0];
@@ -218,7 +286,7 @@ int cpu_batch_norm_forward_full(ct_tensor *y, ct_tensor *save_mean, ct_tensor *s
     if (!buf) return ct_error("batch_norm: out of memory for %lld channels", (long long)C);
     const int f64 = x->dtype == CT_FLOAT64, bf = x->dtype == CT_BFLOAT16;
     bn_ctx ctx = {.x = ct_ptr(x), .y = ct_ptr(y), .N = N, .C = C, .S = S, .s = &s};
-    ct_range_fn reduce = f64 ? bn_reduce_f64 : bf ? bn_reduce_bf16 : bn_reduce_f32;
+    ct_range_fn reduce = f64 ? bn_reduce_f64 : bf ? BN_BF16(bn_reduce) : bn_reduce_f32;
 
     if (training) {
         /* one pass: sums of (x - k) and (x - k)^2 with k a value of the channel (its first),
@@ -260,7 +328,7 @@ int cpu_batch_norm_forward_full(ct_tensor *y, ct_tensor *save_mean, ct_tensor *s
         if (save_mean) store1(save_mean, c, s.mean[c]);
         if (save_invstd) store1(save_invstd, c, s.invstd[c]);
     }
-    ct_parallel_for(N * C, grain_for(S), f64 ? bn_apply_f64 : bf ? bn_apply_bf16 : bn_apply_f32,
+    ct_parallel_for(N * C, grain_for(S), f64 ? bn_apply_f64 : bf ? BN_BF16(bn_apply) : bn_apply_f32,
                     &ctx);
     free(buf);
     return 0;
@@ -287,7 +355,7 @@ int cpu_batch_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, co
     /* sum(gy) and sum(gy * (x - mean)) per channel: needed for gw, gb and the training gx. */
     const int need_sums = gw || gb || (gx && training);
     if (need_sums)
-        ct_parallel_for(C, grain_for(M), f64 ? bn_reduce_f64 : bf ? bn_reduce_bf16 : bn_reduce_f32,
+        ct_parallel_for(C, grain_for(M), f64 ? bn_reduce_f64 : bf ? BN_BF16(bn_reduce) : bn_reduce_f32,
                         &ctx);
     for (int64_t c = 0; c < C; c++) {
         if (gw) store1(gw, c, s.acc1[c] * s.invstd[c]);
@@ -311,7 +379,7 @@ int cpu_batch_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, co
             }
         }
         ct_parallel_for(N * C, grain_for(S),
-                        f64 ? bn_grad_input_f64 : bf ? bn_grad_input_bf16 : bn_grad_input_f32, &ctx);
+                        f64 ? bn_grad_input_f64 : bf ? BN_BF16(bn_grad_input) : bn_grad_input_f32, &ctx);
     }
     free(buf);
     return 0;
