@@ -371,123 +371,46 @@ DEF_MPC(double, f64)
 #include <immintrin.h>
 #define MP512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
-/* 2x2, stride 2, no padding, every window inside the plane. */
-static MP512 void mp22_fwd_avx512(void *vc, int64_t b, int64_t e) {
-    const mp_ctx *c = vc;
-    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
-    const __m512 zero = _mm512_setzero_ps();
-    const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
-    for (int64_t pl = b; pl < e; pl++) {
-        const float *x = (const float *)c->x + pl * H * W;
-        float *y = (float *)c->y + pl * Ho * Wo;
-        uint8_t *cd = c->codes ? c->codes + pl * Ho * Wo : NULL;
-        for (int64_t oh = 0; oh < Ho; oh++) {
-            const float *r0 = x + 2 * oh * W, *r1 = r0 + W;
-            for (int64_t ow = 0; ow < Wo; ow += 16) {
-                int64_t n = Wo - ow < 16 ? Wo - ow : 16, n2 = 2 * n;
-                __mmask16 mlo = (__mmask16)(n2 >= 16 ? 0xFFFF : (1u << n2) - 1u);
-                __mmask16 mhi = (__mmask16)(n2 >= 32 ? 0xFFFF : n2 > 16 ? (1u << (n2 - 16)) - 1u : 0);
-                __mmask16 mo = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
-                __m512 l0 = _mm512_maskz_loadu_ps(mlo, r0 + 2 * ow);
-                __m512 h0 = _mm512_maskz_loadu_ps(mhi, r0 + 2 * ow + 16);
-                __m512 l1 = _mm512_maskz_loadu_ps(mlo, r1 + 2 * ow);
-                __m512 h1 = _mm512_maskz_loadu_ps(mhi, r1 + 2 * ow + 16);
-                __m512 va = _mm512_permutex2var_ps(l0, ie, h0);
-                __m512 vb = _mm512_permutex2var_ps(l0, io, h0);
-                __m512 vc2 = _mm512_permutex2var_ps(l1, ie, h1);
-                __m512 vd = _mm512_permutex2var_ps(l1, io, h1);
-                __m512 m = va;
-                __m512i code = _mm512_setzero_si512();
-                __mmask16 k = _mm512_cmp_ps_mask(vb, m, _CMP_GT_OQ) |
-                              _mm512_cmp_ps_mask(vb, vb, _CMP_UNORD_Q);
-                m = _mm512_mask_mov_ps(m, k, vb);
-                code = _mm512_mask_mov_epi32(code, k, _mm512_set1_epi32(1));
-                k = _mm512_cmp_ps_mask(vc2, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(vc2, vc2, _CMP_UNORD_Q);
-                m = _mm512_mask_mov_ps(m, k, vc2);
-                code = _mm512_mask_mov_epi32(code, k, _mm512_set1_epi32(2));
-                k = _mm512_cmp_ps_mask(vd, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(vd, vd, _CMP_UNORD_Q);
-                m = _mm512_mask_mov_ps(m, k, vd);
-                code = _mm512_mask_mov_epi32(code, k, _mm512_set1_epi32(3));
-                if (c->relu) {
-                    __mmask16 live = _mm512_cmp_ps_mask(m, zero, _CMP_GT_OQ);
-                    m = _mm512_max_ps(zero, m); /* keeps NaN */
-                    code = _mm512_mask_mov_epi32(_mm512_set1_epi32(CPU_POOL_NOGRAD), live, code);
-                }
-                _mm512_mask_storeu_ps(y + oh * Wo + ow, mo, m);
-                if (cd) _mm512_mask_cvtepi32_storeu_epi8(cd + oh * Wo + ow, mo, code);
-            }
-        }
-    }
-}
-
-static MP512 void mp22_bwd_avx512(void *vc, int64_t b, int64_t e) {
-    const mp_ctx *c = vc;
-    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i ih = _mm512_add_epi32(il, _mm512_set1_epi32(8));
-    const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
-    for (int64_t pl = b; pl < e; pl++) {
-        float *gx = (float *)c->gx + pl * H * W;
-        const float *gy = (const float *)c->gy + pl * Ho * Wo;
-        const uint8_t *cd = c->cin + pl * Ho * Wo;
-        for (int64_t oh = 0; oh < Ho; oh++) {
-            float *r0 = gx + 2 * oh * W, *r1 = r0 + W;
-            for (int64_t ow = 0; ow < Wo; ow += 16) {
-                int64_t n = Wo - ow < 16 ? Wo - ow : 16, n2 = 2 * n;
-                __mmask16 mlo = (__mmask16)(n2 >= 16 ? 0xFFFF : (1u << n2) - 1u);
-                __mmask16 mhi = (__mmask16)(n2 >= 32 ? 0xFFFF : n2 > 16 ? (1u << (n2 - 16)) - 1u : 0);
-                __mmask16 mo = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
-                __m512 g = _mm512_maskz_loadu_ps(mo, gy + oh * Wo + ow);
-                __m512i code = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, cd + oh * Wo + ow));
-                __m512 ga = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(0)), g);
-                __m512 gb = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(1)), g);
-                __m512 gc = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(2)), g);
-                __m512 gd = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(3)), g);
-                _mm512_mask_storeu_ps(r0 + 2 * ow, mlo, _mm512_permutex2var_ps(ga, il, gb));
-                _mm512_mask_storeu_ps(r0 + 2 * ow + 16, mhi, _mm512_permutex2var_ps(ga, ih, gb));
-                _mm512_mask_storeu_ps(r1 + 2 * ow, mlo, _mm512_permutex2var_ps(gc, il, gd));
-                _mm512_mask_storeu_ps(r1 + 2 * ow + 16, mhi, _mm512_permutex2var_ps(gc, ih, gd));
-            }
-            if (W > 2 * Wo) { /* odd width: the last column gets no gradient */
-                for (int64_t i = 2 * Wo; i < W; i++) r0[i] = r1[i] = 0.0f;
-            }
-        }
-        if (H > 2 * Ho) memset(gx + 2 * Ho * W, 0, sizeof(float) * (size_t)((H - 2 * Ho) * W));
-    }
-}
-
-/* The same two kernels on bfloat16 planes: values widened to float32 lanes (exact), the
- * float32 comparisons above, narrowed back by truncation (exact: every value is a bf16
- * value), so the result and the codes are those of the float32 kernels on the widened
- * input, and of ReLU + MaxPool2d in bf16. */
+/* 2x2, stride 2, no padding, every window inside the plane; float32 planes, or (bf16)
+ * bfloat16 planes widened to float32 lanes (exact), compared as float32, and narrowed back
+ * by truncation (exact: every value is a bf16 value), so that the result and the codes are
+ * those of the float32 kernel on the widened input, and of ReLU + MaxPool2d in bf16. */
 static MP512 inline __m512 bf16_widen(__m256i v) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
 }
 static MP512 inline __m256i bf16_narrow(__m512 v) {
     return _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16));
 }
+/* 16 elements at element offset i of plane p (float32 or bf16), zeros outside mask k */
+static MP512 inline __m512 mp_load(const void *p, int64_t i, __mmask16 k, int bf16) {
+    return bf16 ? bf16_widen(_mm256_maskz_loadu_epi16(k, (const uint16_t *)p + i))
+                : _mm512_maskz_loadu_ps(k, (const float *)p + i);
+}
+static MP512 inline void mp_store(void *p, int64_t i, __mmask16 k, __m512 v, int bf16) {
+    if (bf16) _mm256_mask_storeu_epi16((uint16_t *)p + i, k, bf16_narrow(v));
+    else _mm512_mask_storeu_ps((float *)p + i, k, v);
+}
 
-static MP512 void mp22_fwd_bf16(void *vc, int64_t b, int64_t e) {
-    const mp_ctx *c = vc;
+static inline __attribute__((always_inline)) MP512 void mp22_fwd_body(const mp_ctx *c, int64_t b,
+                                                                      int64_t e, int bf16) {
     const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
     const __m512 zero = _mm512_setzero_ps();
     const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
     for (int64_t pl = b; pl < e; pl++) {
-        const uint16_t *x = (const uint16_t *)c->x + pl * H * W;
-        uint16_t *y = (uint16_t *)c->y + pl * Ho * Wo;
-        uint8_t *cd = c->codes ? c->codes + pl * Ho * Wo : NULL;
+        const int64_t x0 = pl * H * W, y0 = pl * Ho * Wo;
+        uint8_t *cd = c->codes ? c->codes + y0 : NULL;
         for (int64_t oh = 0; oh < Ho; oh++) {
-            const uint16_t *r0 = x + 2 * oh * W, *r1 = r0 + W;
+            const int64_t r0 = x0 + 2 * oh * W, r1 = r0 + W;
             for (int64_t ow = 0; ow < Wo; ow += 16) {
                 int64_t n = Wo - ow < 16 ? Wo - ow : 16, n2 = 2 * n;
                 __mmask16 mlo = (__mmask16)(n2 >= 16 ? 0xFFFF : (1u << n2) - 1u);
                 __mmask16 mhi = (__mmask16)(n2 >= 32 ? 0xFFFF : n2 > 16 ? (1u << (n2 - 16)) - 1u : 0);
                 __mmask16 mo = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
-                __m512 l0 = bf16_widen(_mm256_maskz_loadu_epi16(mlo, r0 + 2 * ow));
-                __m512 h0 = bf16_widen(_mm256_maskz_loadu_epi16(mhi, r0 + 2 * ow + 16));
-                __m512 l1 = bf16_widen(_mm256_maskz_loadu_epi16(mlo, r1 + 2 * ow));
-                __m512 h1 = bf16_widen(_mm256_maskz_loadu_epi16(mhi, r1 + 2 * ow + 16));
+                __m512 l0 = mp_load(c->x, r0 + 2 * ow, mlo, bf16);
+                __m512 h0 = mp_load(c->x, r0 + 2 * ow + 16, mhi, bf16);
+                __m512 l1 = mp_load(c->x, r1 + 2 * ow, mlo, bf16);
+                __m512 h1 = mp_load(c->x, r1 + 2 * ow + 16, mhi, bf16);
                 __m512 va = _mm512_permutex2var_ps(l0, ie, h0);
                 __m512 vb = _mm512_permutex2var_ps(l0, io, h0);
                 __m512 vc2 = _mm512_permutex2var_ps(l1, ie, h1);
@@ -509,47 +432,55 @@ static MP512 void mp22_fwd_bf16(void *vc, int64_t b, int64_t e) {
                     m = _mm512_max_ps(zero, m); /* keeps NaN */
                     code = _mm512_mask_mov_epi32(_mm512_set1_epi32(CPU_POOL_NOGRAD), live, code);
                 }
-                _mm256_mask_storeu_epi16(y + oh * Wo + ow, mo, bf16_narrow(m));
+                mp_store(c->y, y0 + oh * Wo + ow, mo, m, bf16);
                 if (cd) _mm512_mask_cvtepi32_storeu_epi8(cd + oh * Wo + ow, mo, code);
             }
         }
     }
 }
 
-static MP512 void mp22_bwd_bf16(void *vc, int64_t b, int64_t e) {
-    const mp_ctx *c = vc;
+static inline __attribute__((always_inline)) MP512 void mp22_bwd_body(const mp_ctx *c, int64_t b,
+                                                                      int64_t e, int bf16) {
     const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i ih = _mm512_add_epi32(il, _mm512_set1_epi32(8));
     const int64_t H = c->H, W = c->W, Ho = c->Ho, Wo = c->Wo;
+    const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
     for (int64_t pl = b; pl < e; pl++) {
-        uint16_t *gx = (uint16_t *)c->gx + pl * H * W;
-        const uint16_t *gy = (const uint16_t *)c->gy + pl * Ho * Wo;
-        const uint8_t *cd = c->cin + pl * Ho * Wo;
+        const int64_t x0 = pl * H * W, y0 = pl * Ho * Wo;
+        const uint8_t *cd = c->cin + y0;
         for (int64_t oh = 0; oh < Ho; oh++) {
-            uint16_t *r0 = gx + 2 * oh * W, *r1 = r0 + W;
+            const int64_t r0 = x0 + 2 * oh * W, r1 = r0 + W;
             for (int64_t ow = 0; ow < Wo; ow += 16) {
                 int64_t n = Wo - ow < 16 ? Wo - ow : 16, n2 = 2 * n;
                 __mmask16 mlo = (__mmask16)(n2 >= 16 ? 0xFFFF : (1u << n2) - 1u);
                 __mmask16 mhi = (__mmask16)(n2 >= 32 ? 0xFFFF : n2 > 16 ? (1u << (n2 - 16)) - 1u : 0);
                 __mmask16 mo = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
-                __m512 g = bf16_widen(_mm256_maskz_loadu_epi16(mo, gy + oh * Wo + ow));
+                __m512 g = mp_load(c->gy, y0 + oh * Wo + ow, mo, bf16);
                 __m512i code = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, cd + oh * Wo + ow));
                 __m512 ga = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(0)), g);
                 __m512 gb = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(1)), g);
                 __m512 gc = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(2)), g);
                 __m512 gd = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(code, _mm512_set1_epi32(3)), g);
-                _mm256_mask_storeu_epi16(r0 + 2 * ow, mlo, bf16_narrow(_mm512_permutex2var_ps(ga, il, gb)));
-                _mm256_mask_storeu_epi16(r0 + 2 * ow + 16, mhi, bf16_narrow(_mm512_permutex2var_ps(ga, ih, gb)));
-                _mm256_mask_storeu_epi16(r1 + 2 * ow, mlo, bf16_narrow(_mm512_permutex2var_ps(gc, il, gd)));
-                _mm256_mask_storeu_epi16(r1 + 2 * ow + 16, mhi, bf16_narrow(_mm512_permutex2var_ps(gc, ih, gd)));
+                mp_store(c->gx, r0 + 2 * ow, mlo, _mm512_permutex2var_ps(ga, il, gb), bf16);
+                mp_store(c->gx, r0 + 2 * ow + 16, mhi, _mm512_permutex2var_ps(ga, ih, gb), bf16);
+                mp_store(c->gx, r1 + 2 * ow, mlo, _mm512_permutex2var_ps(gc, il, gd), bf16);
+                mp_store(c->gx, r1 + 2 * ow + 16, mhi, _mm512_permutex2var_ps(gc, ih, gd), bf16);
             }
             if (W > 2 * Wo) { /* odd width: the last column gets no gradient */
-                for (int64_t i = 2 * Wo; i < W; i++) r0[i] = r1[i] = 0;
+                for (int64_t i = 2 * Wo; i < W; i++) {
+                    memset((char *)c->gx + (r0 + i) * es, 0, es);
+                    memset((char *)c->gx + (r1 + i) * es, 0, es);
+                }
             }
         }
-        if (H > 2 * Ho) memset(gx + 2 * Ho * W, 0, sizeof(uint16_t) * (size_t)((H - 2 * Ho) * W));
+        if (H > 2 * Ho) memset((char *)c->gx + (x0 + 2 * Ho * W) * es, 0, es * (size_t)((H - 2 * Ho) * W));
     }
 }
+
+static MP512 void mp22_fwd_avx512(void *vc, int64_t b, int64_t e) { mp22_fwd_body(vc, b, e, 0); }
+static MP512 void mp22_bwd_avx512(void *vc, int64_t b, int64_t e) { mp22_bwd_body(vc, b, e, 0); }
+static MP512 void mp22_fwd_bf16(void *vc, int64_t b, int64_t e) { mp22_fwd_body(vc, b, e, 1); }
+static MP512 void mp22_bwd_bf16(void *vc, int64_t b, int64_t e) { mp22_bwd_body(vc, b, e, 1); }
 
 /* The 2x2 stride-2 kernels for AVX2 (+FMA) CPUs, 8 outputs per step, same choices. */
 #define MP256 __attribute__((target("avx2,fma")))
