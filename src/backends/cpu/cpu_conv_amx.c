@@ -393,32 +393,10 @@ typedef struct {
     int gather, rc;
 } fwd_ctx;
 
-#define TILES_ZERO()                                                                       \
-    do {                                                                                   \
-        _tile_zero(0);                                                                     \
-        _tile_zero(1);                                                                     \
-        _tile_zero(2);                                                                     \
-        _tile_zero(3);                                                                     \
-    } while (0)
-/* C tiles 0-3 += A (tiles 4, 5 at a, a + 16 rows) x B (tiles 6, 7 at b, b + 256 u32) */
-#define TILES_STEP(a, lda, a16, b)                                                         \
-    do {                                                                                   \
-        _tile_loadd(4, (a), (lda));                                                        \
-        _tile_loadd(5, (a16), (lda));                                                      \
-        _tile_loadd(6, (b), 64);                                                           \
-        _tile_loadd(7, (b) + 256, 64);                                                     \
-        _tile_dpbf16ps(0, 4, 6);                                                           \
-        _tile_dpbf16ps(1, 4, 7);                                                           \
-        _tile_dpbf16ps(2, 5, 6);                                                           \
-        _tile_dpbf16ps(3, 5, 7);                                                           \
-    } while (0)
-#define TILES_STORE(buf)                                                                   \
-    do {                                                                                   \
-        _tile_stored(0, (buf), 128);                                                       \
-        _tile_stored(1, (buf) + 16, 128);                                                  \
-        _tile_stored(2, (buf) + 16 * 32, 128);                                             \
-        _tile_stored(3, (buf) + 16 * 32 + 16, 128);                                        \
-    } while (0)
+#define TILES_ZERO() CT_AMX_ZERO22()
+/* C tiles 0-3 += A (tiles 4, 5 at a, a16) x B (tiles 6, 7 at b, b + 256 u32) */
+#define TILES_STEP(a, lda, a16, b) CT_AMX_STEP22((a), (a16), (lda), (b), (b) + 256, 64)
+#define TILES_STORE(buf) CT_AMX_STORE22((buf), 32)
 
 /* Per-thread scratch of the forward. */
 typedef struct {
@@ -652,31 +630,17 @@ AMX static void bww_chunks(void *vc, int64_t begin, int64_t end) {
                             for (int64_t c0 = 0; c0 < l->Cp; c0 += 32) {
                                 float *cp = ak + o0 * l->Cp + c0;
                                 if (n == n0 && i0 == 0) TILES_ZERO(); /* first visit */
-                                else {
-                                    _tile_loadd(0, cp, l->Cp * 4);
-                                    _tile_loadd(1, cp + 16, l->Cp * 4);
-                                    _tile_loadd(2, cp + 16 * l->Cp, l->Cp * 4);
-                                    _tile_loadd(3, cp + 16 * l->Cp + 16, l->Cp * 4);
-                                }
+                                else CT_AMX_LOAD22(cp, l->Cp);
                                 for (int64_t i = i0; i < i1; i++) {
                                     const uint16_t *a = gyv + i * gn + o0 * l->Qb;
                                     const uint32_t *b =
                                         xe + (2 * i + odd) * xn + (s - odd) / 2 * l->Cp + c0;
-                                    for (int64_t q0 = 0; q0 < l->Qb; q0 += 32) {
-                                        _tile_loadd(4, a + q0, l->Qb * 2);
-                                        _tile_loadd(5, a + 16 * l->Qb + q0, l->Qb * 2);
-                                        _tile_loadd(6, b + q0 / 2 * l->Cp, l->Cp * 4);
-                                        _tile_loadd(7, b + q0 / 2 * l->Cp + 16, l->Cp * 4);
-                                        _tile_dpbf16ps(0, 4, 6);
-                                        _tile_dpbf16ps(1, 4, 7);
-                                        _tile_dpbf16ps(2, 5, 6);
-                                        _tile_dpbf16ps(3, 5, 7);
-                                    }
+                                    for (int64_t q0 = 0; q0 < l->Qb; q0 += 32)
+                                        CT_AMX_STEP22(a + q0, a + 16 * l->Qb + q0, l->Qb * 2,
+                                                      b + q0 / 2 * l->Cp,
+                                                      b + q0 / 2 * l->Cp + 16, l->Cp * 4);
                                 }
-                                _tile_stored(0, cp, l->Cp * 4);
-                                _tile_stored(1, cp + 16, l->Cp * 4);
-                                _tile_stored(2, cp + 16 * l->Cp, l->Cp * 4);
-                                _tile_stored(3, cp + 16 * l->Cp + 16, l->Cp * 4);
+                                CT_AMX_STORE22(cp, l->Cp);
                             }
                     }
         }
@@ -755,26 +719,12 @@ AMX static void bww_gather_chunks(void *vc, int64_t begin, int64_t end) {
                             float *cp = ak + o0 * l->Cp + c0;
                             const uint16_t *a = gyc + o0 * Tmax;
                             if (n == n0 && k0 == 0) TILES_ZERO(); /* first visit */
-                            else {
-                                _tile_loadd(0, cp, l->Cp * 4);
-                                _tile_loadd(1, cp + 16, l->Cp * 4);
-                                _tile_loadd(2, cp + 16 * l->Cp, l->Cp * 4);
-                                _tile_loadd(3, cp + 16 * l->Cp + 16, l->Cp * 4);
-                            }
-                            for (int64_t q0 = k0; q0 < k1; q0 += 32) {
-                                _tile_loadd(4, a + q0, Tmax * 2);
-                                _tile_loadd(5, a + 16 * Tmax + q0, Tmax * 2);
-                                _tile_loadd(6, b + q0 / 2 * l->Cp + c0, l->Cp * 4);
-                                _tile_loadd(7, b + q0 / 2 * l->Cp + c0 + 16, l->Cp * 4);
-                                _tile_dpbf16ps(0, 4, 6);
-                                _tile_dpbf16ps(1, 4, 7);
-                                _tile_dpbf16ps(2, 5, 6);
-                                _tile_dpbf16ps(3, 5, 7);
-                            }
-                            _tile_stored(0, cp, l->Cp * 4);
-                            _tile_stored(1, cp + 16, l->Cp * 4);
-                            _tile_stored(2, cp + 16 * l->Cp, l->Cp * 4);
-                            _tile_stored(3, cp + 16 * l->Cp + 16, l->Cp * 4);
+                            else CT_AMX_LOAD22(cp, l->Cp);
+                            for (int64_t q0 = k0; q0 < k1; q0 += 32)
+                                CT_AMX_STEP22(a + q0, a + 16 * Tmax + q0, Tmax * 2,
+                                              b + q0 / 2 * l->Cp + c0,
+                                              b + q0 / 2 * l->Cp + c0 + 16, l->Cp * 4);
+                            CT_AMX_STORE22(cp, l->Cp);
                         }
                 }
             }

@@ -206,24 +206,11 @@ AMX_TARGET static void amx_range(void *vc, int64_t begin, int64_t end) {
         int64_t nb = t / g->mblocks, mb = t % g->mblocks;
         const uint16_t *a = (const uint16_t *)g->ap + mb * 32 * Kp;
         const uint32_t *b = g->bp + nb * g->K2 * NR;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t k = 0; k < Kp; k += 32) {
-            _tile_loadd(4, a + k, Kp * 2);
-            _tile_loadd(5, a + 16 * Kp + k, Kp * 2);
-            _tile_loadd(6, b + k / 2 * NR, NR * 4);
-            _tile_loadd(7, b + k / 2 * NR + 16, NR * 4);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-        }
-        _tile_stored(0, buf, 128);
-        _tile_stored(1, buf + 16, 128);
-        _tile_stored(2, buf + 16 * 32, 128);
-        _tile_stored(3, buf + 16 * 32 + 16, 128);
+        CT_AMX_ZERO22();
+        for (int64_t k = 0; k < Kp; k += 32)
+            CT_AMX_STEP22(a + k, a + 16 * Kp + k, Kp * 2, b + k / 2 * NR, b + k / 2 * NR + 16,
+                          NR * 4);
+        CT_AMX_STORE22(buf, 32);
         int64_t m0 = mb * 32, n0 = nb * NR;
         int rows = (int)(g->M - m0 < 32 ? g->M - m0 : 32);
         int cols = (int)(g->N - n0 < NR ? g->N - n0 : NR);
