@@ -405,7 +405,11 @@ TEST(amp_bf16_conv_paths_match_widened_fallback) {
         const char *levels[3] = {"avx2", "", "avx512"}; /* the widened reference first */
         for (int l = 0; l < 3; l++) {
             setenv("CTORCH_CPU_ISA", levels[l], 1);
+            /* the AVX512_BF16 convolution path is opt-in (without AMX the widened float32
+             * kernels are the default) */
+            if (l == 2) setenv("CTORCH_BF16_CONV", "gemm", 1);
             y[l] = conv_grads(x, w, b, st, pd, dl, cs[i].fused, &g[l][0], &g[l][1], &g[l][2]);
+            unsetenv("CTORCH_BF16_CONV");
         }
         unsetenv("CTORCH_CPU_ISA");
         for (int l = 1; l < 3; l++) {
@@ -550,10 +554,12 @@ TEST(amp_bf16_conv_amx_implicit_gemm_matches_fallback) {
         for (int l = 0; l < NL; l++) {
             setenv("CTORCH_CPU_ISA", levels[l], 1);
             if (modes[l]) setenv("CTORCH_CONV_AMX", modes[l], 1);
+            if (l == NL - 1) setenv("CTORCH_BF16_CONV", "gemm", 1); /* AVX512_BF16 GEMM path */
             int64_t before = ct_conv_amx_calls();
             y[l] = conv_grads_gy(x, w, b, st, pd, gy, &g[l][0], &g[l][1], &g[l][2]);
             int64_t took = ct_conv_amx_calls() - before;
             unsetenv("CTORCH_CONV_AMX");
+            unsetenv("CTORCH_BF16_CONV");
             int64_t expect = amx && l >= 1 && l <= 3 ? want : 0;
             CHECK_MSG(took == expect, "amx conv case %zu (%s): %lld of the three convolutions "
                       "took the AMX path, expected %lld", i, names[l], (long long)took,

@@ -25,6 +25,7 @@
 #include "simd512.h"
 
 #include <string.h>
+#include <stdlib.h>
 
 /* The bf16 GEMM needs AVX512_BF16 or AMX, so every CPU that reaches these kernels has
  * AVX512BW: the data movement around the GEMM (im2col, pair interleave, transposes) is
@@ -42,10 +43,20 @@ typedef struct {
     int sh, sw, ph, pw, dh, dw;
 } geom;
 
+/* With AMX, bf16 convolutions run here (tiles); with AVX512_BF16 only, the widened float32
+ * kernels (Winograd, direct) measured faster than im2col into the vdpbf16ps GEMM (on a
+ * Sapphire Rapids restricted by CTORCH_CPU_ISA=avx512: simple_cnn training 0.83x of float32
+ * widened against 0.45x, resnet18 0.99x against 0.54x), so there the caller widens, unless
+ * CTORCH_BF16_CONV=gemm asks for this path (tests, and CPUs where it may win). */
+static int gemm_forced(void) {
+    const char *e = getenv("CTORCH_BF16_CONV");
+    return e && !strcmp(e, "gemm");
+}
+
 static int usable(const ct_tensor *x, const ct_tensor *w, const ct_conv_params *p) {
     return x->dtype == CT_BFLOAT16 && w->dtype == CT_BFLOAT16 && x->ndim == 4 && w->ndim == 4 &&
            p->groups == 1 && ct_is_contiguous(x) && ct_is_contiguous(w) &&
-           ct_gemm_bf16_available();
+           ct_gemm_bf16_available() && (ct_gemm_bf16_kind() == CT_BF16_AMX || gemm_forced());
 }
 
 static geom geom_of(const ct_tensor *x, const ct_tensor *w, const ct_tensor *y,
