@@ -3,6 +3,7 @@
  * precision (float for float16/bfloat16, converted with src/core/half.h) and notes whether
  * any element was inf or NaN. */
 #include "core/backend.h"
+#include "cpu_isa.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "core/parallel.h"
@@ -51,11 +52,6 @@ typedef struct {
         if (bad) atomic_store_explicit(&c->bad, 1, memory_order_relaxed);                \
     } while (0)
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CT_MULTIVERSION
-#endif
 
 CT_MULTIVERSION static void amp_f32(void *vc, int64_t b, int64_t e) {
     amp_ctx *c = vc;

@@ -1,5 +1,6 @@
 /* CPU pointwise kernels: binary, unary (+ derivative), copy with dtype conversion, fill. */
 #include "core/backend.h"
+#include "cpu_isa.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "cpu_iter.h"
@@ -13,14 +14,9 @@ typedef struct {
     double alpha, p1, p2;
 } ew_ctx;
 
-/* The float loops are compiled for AVX-512, AVX2 and baseline x86-64 and the loader picks
+/* The float loops are CT_MULTIVERSION (cpu_isa.h): AVX-512, AVX2 and baseline x86-64, the loader picks
  * one at start-up. Contraction into FMA stays off (-std=c11), so all variants round the
  * same way; libm calls (exp, log, ...) are the same functions in each. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CT_MULTIVERSION
-#endif
 
 /* Contiguous bf16 <-> float32 runs, branch-free so that they vectorize (half.h's rules). */
 CT_MULTIVERSION static void cvt_bf16_f32(float *o, const uint16_t *h, int64_t n) {

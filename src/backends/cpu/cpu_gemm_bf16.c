@@ -266,7 +266,6 @@ void ct_gemm_bf16_pack_free(ct_bf16_pack *pa) {
     pa->data = NULL;
 }
 
-#ifdef HAVE_BF16_KERNEL
 int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C, uint16_t *Cb,
                      int64_t ldc, float alpha, float beta, const float *bias) {
     if (pa->M <= 0 || N <= 0) return 0;
@@ -288,6 +287,7 @@ int ct_gemm_bf16_run_packed(const ct_bf16_pack *pa, int64_t N, const uint32_t *b
     return ct_gemm_bf16_run_grouped(pa, N, bp, C, Cb, ldc, 0, 0, alpha, beta, bias);
 }
 
+#ifdef HAVE_BF16_KERNEL
 int ct_gemm_bf16_run_grouped(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
                              uint16_t *Cb, int64_t ldc, int64_t group, int64_t gstride,
                              float alpha, float beta, const float *bias) {
@@ -308,44 +308,8 @@ int ct_gemm_bf16_run_grouped(const ct_bf16_pack *pa, int64_t N, const uint32_t *
 int ct_gemm_bf16_run_grouped(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
                              uint16_t *Cb, int64_t ldc, int64_t group, int64_t gstride,
                              float alpha, float beta, const float *bias) {
-    (void)pa;
-    (void)N;
-    (void)bp;
-    (void)C;
-    (void)Cb;
-    (void)ldc;
-    (void)group;
-    (void)gstride;
-    (void)alpha;
-    (void)beta;
-    (void)bias;
-    return 1;
-}
-int ct_gemm_bf16_run_packed(const ct_bf16_pack *pa, int64_t N, const uint32_t *bp, float *C,
-                            uint16_t *Cb, int64_t ldc, float alpha, float beta,
-                            const float *bias) {
-    (void)pa;
-    (void)N;
-    (void)bp;
-    (void)C;
-    (void)Cb;
-    (void)ldc;
-    (void)alpha;
-    (void)beta;
-    (void)bias;
-    return 1;
-}
-int ct_gemm_bf16_run(const ct_bf16_pack *pa, int64_t N, ct_bf16_mat B, float *C, uint16_t *Cb,
-                     int64_t ldc, float alpha, float beta, const float *bias) {
-    (void)bias;
-    (void)pa;
-    (void)N;
-    (void)B;
-    (void)C;
-    (void)Cb;
-    (void)ldc;
-    (void)alpha;
-    (void)beta;
+    (void)pa, (void)N, (void)bp, (void)C, (void)Cb, (void)ldc, (void)group, (void)gstride;
+    (void)alpha, (void)beta, (void)bias;
     return 1; /* no bf16 kernel in this build: the caller widens to float32 */
 }
 #endif

@@ -14,4 +14,13 @@ ct_isa_level ct_cpu_isa_native(void);
 int ct_cpu_has_avx512bf16(void);
 int ct_cpu_has_amx(void); /* AMX-BF16 tiles, with the kernel's permission to use them */
 const char *ct_isa_name(ct_isa_level l); /* "amx", "avx512", "avx2", "none" */
+
+/* The auto-vectorised loops (pointwise, optimizer, AMP unscale) compiled for AVX-512, AVX2
+ * and baseline x86-64; the loader picks one for the CPU at start-up (CTORCH_CPU_ISA does
+ * not reach them). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CT_MULTIVERSION
+#endif
 #endif

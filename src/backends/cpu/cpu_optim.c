@@ -3,6 +3,7 @@
  * PyTorch's operation order (each torch op rounds to the tensor dtype, scalars are cast to
  * it), so that results match torch.optim's single-tensor formulas bit for bit. */
 #include "core/backend.h"
+#include "cpu_isa.h"
 #include "core/error.h"
 #include "core/parallel.h"
 #include "cpu_kernels.h"
@@ -64,13 +65,8 @@ typedef struct {
         }                                                                                \
     } while (0)
 
-/* Compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at start-up.
+/* CT_MULTIVERSION (cpu_isa.h): compiled for AVX-512, AVX2 and baseline x86-64.
  * Floating-point contraction stays off (-std=c11), so every variant rounds alike. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CT_MULTIVERSION
-#endif
 
 CT_MULTIVERSION static void sgd_f32(void *vc, int64_t b, int64_t e) {
     const fused_ctx *c = vc;
