@@ -20,7 +20,7 @@ ARCHIVE_LIBS := -larchive
 else
 $(info notice: libarchive's header not found; reading cifar-10-binary.tar.gz is left out (install libarchive-dev))
 endif
-ALL_LDLIBS = -lopenblas -lz -ljansson $(ARCHIVE_LIBS) -lpthread -ldl -lm $(LDLIBS)
+ALL_LDLIBS = -lopenblas -lz -ljansson -lcrypto $(ARCHIVE_LIBS) -lpthread -ldl -lm $(LDLIBS)
 # libctorch.so's version and soname, from CT_VERSION in include/ctorch.h.
 CT_VERSION := $(shell sed -n 's/^\#define CT_VERSION "\([^"]*\)".*/\1/p' include/ctorch.h)
 SOVERSION  := $(firstword $(subst ., ,$(CT_VERSION)))

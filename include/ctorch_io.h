@@ -69,6 +69,16 @@ void ct_atomic_abort(ct_atomic_file *f); /* frees f; NULL is fine */
  * directory. Use before long work whose result will be saved there. */
 int ct_check_writable(const char *path);
 
+/* ------------------------------------------------------------------ SHA-256
+ * Hex digests (64 lowercase characters + NUL) through OpenSSL's libcrypto. */
+typedef struct ct_sha256 ct_sha256;
+ct_sha256 *ct_sha256_new(void);
+void ct_sha256_update(ct_sha256 *h, const void *data, size_t n);
+int ct_sha256_final(ct_sha256 *h, char hex[65]); /* frees h, success or not */
+void ct_sha256_free(ct_sha256 *h);               /* abandons a digest; NULL is fine */
+int ct_sha256_buffer(const void *data, size_t n, char hex[65]);
+int ct_sha256_file(const char *path, char hex[65]); /* errors name the file */
+
 #ifdef __cplusplus
 }
 #endif

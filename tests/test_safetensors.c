@@ -529,3 +529,30 @@ TEST(safetensors_save_errors_and_atomic_replace) {
     ct_free(b);
     rm_rf(tmp);
 }
+
+/* FIPS 180-2 test vectors; the streaming form gives the one-shot digest; a file's digest
+ * is its bytes' and a missing file is named. */
+TEST(sha256_known_vectors_stream_and_file) {
+    char h[65];
+    CHECK_OK(ct_sha256_buffer("abc", 3, h));
+    CHECK(!strcmp(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+    CHECK_OK(ct_sha256_buffer("", 0, h));
+    CHECK(!strcmp(h, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    ct_sha256 *s = ct_sha256_new();
+    CHECK_NN(s);
+    ct_sha256_update(s, m, 10);
+    ct_sha256_update(s, m + 10, strlen(m) - 10);
+    CHECK_OK(ct_sha256_final(s, h));
+    CHECK(!strcmp(h, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"));
+    char path[] = "/tmp/ctorch-sha-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    CHECK(write(fd, m, strlen(m)) == (ssize_t)strlen(m));
+    close(fd);
+    char hf[65];
+    CHECK_OK(ct_sha256_file(path, hf));
+    CHECK(!strcmp(hf, h));
+    unlink(path);
+    CHECK_ERR_INT(ct_sha256_file(path, hf), path);
+}
