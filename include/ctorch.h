@@ -76,6 +76,13 @@ int ct_cuda_device_name(int device, char *buf, size_t n);
 
 void ct_set_num_threads(int n); /* <= 0: all cores */
 int ct_get_num_threads(void);
+/* torch.use_deterministic_algorithms: on the CPU every kernel splits its work as if a fixed
+ * number of threads ran (8), so results are bitwise identical run after run whatever
+ * ct_set_num_threads says (a reduction adds its parts in one fixed order); the CUDA
+ * backend picks deterministic cuDNN / cuBLAS algorithms. Costs some speed where a
+ * reduction is split into more parts than there are threads. Off by default. */
+void ct_use_deterministic_algorithms(int on);
+int ct_are_deterministic_algorithms_enabled(void);
 
 /* ------------------------------------------------------------- autocast
  * torch.autocast: mixed precision without changing the model. Inside a region pushed for

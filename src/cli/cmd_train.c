@@ -31,7 +31,7 @@ typedef struct {
     cli_amp amp;
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
     double lr, momentum, weight_decay;
-    int nesterov, no_shuffle, no_scaler;
+    int nesterov, no_shuffle, no_scaler, deterministic;
 } train_args;
 
 /* JSON lines kept in memory and rewritten atomically after each epoch. */
@@ -127,6 +127,7 @@ static int parse_args(int argc, char **argv, train_args *a) {
         {"--log-json", OPT_STRING, &a->log_json, 0, 0, 0},
         {"--amp", OPT_STRING, &a->amp_s, 0, 0, 0},
         {"--no-scaler", OPT_FLAG, &a->no_scaler, 0, 0, 0},
+        {"--deterministic", OPT_FLAG, &a->deterministic, 0, 0, 0},
     };
     const char *pos[1];
     int npos, rc = cli_parse("train", argc, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
@@ -166,6 +167,7 @@ static int resolve_options(train_run *r) {
     int rc;
     if ((rc = cli_device("train", a->device, &r->dev))) return rc;
     if (a->threads) ct_set_num_threads((int)a->threads);
+    ct_use_deterministic_algorithms(a->deterministic);
     ct_manual_seed((uint64_t)a->seed);
     if (a->save && ct_check_writable(a->save) != 0)
         return cli_fail("train", CLI_USAGE, "cannot write --save %s: %s", a->save, ct_last_error());

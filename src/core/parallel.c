@@ -55,6 +55,20 @@ static void blas_single_thread(void) { openblas_set_num_threads(1); }
 static _Thread_local int t_index;
 static _Thread_local int t_in_parallel;
 static atomic_int g_requested = 0;
+static atomic_int g_deterministic = 0;
+
+/* ct_use_deterministic_algorithms(1): work is split as if CT_DETERMINISTIC_SPLIT threads
+ * ran, whatever the real count, so that every reduction adds its parts in the same order
+ * with 1 thread or 64 (see ct_plan_threads and ct_parallel_for). */
+#define CT_DETERMINISTIC_SPLIT 8
+
+void ct_use_deterministic_algorithms(int on) { atomic_store(&g_deterministic, on != 0); }
+int ct_are_deterministic_algorithms_enabled(void) { return atomic_load(&g_deterministic); }
+int ct_deterministic_split(void) { return CT_DETERMINISTIC_SPLIT; }
+
+int ct_plan_threads(void) {
+    return atomic_load(&g_deterministic) ? CT_DETERMINISTIC_SPLIT : ct_get_num_threads();
+}
 
 int ct_thread_index(void) { return t_index; }
 int ct_in_parallel(void) { return t_in_parallel; }
@@ -179,17 +193,38 @@ int ct_get_num_threads(void) {
     return want > 0 ? (want > MAX_THREADS ? MAX_THREADS : want) : default_threads();
 }
 
+/* Deterministic mode without the pool (one thread, or the pool busy with another
+ * caller): the same chunks as the pool would run, one after the other, inside a
+ * "parallel region" so that nested calls behave as they do on a worker. */
+static void run_chunks_inline(int64_t n, int64_t chunks, ct_range_fn fn, void *ctx) {
+    int was = t_in_parallel;
+    t_in_parallel = 1;
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t b = n * c / chunks, e = n * (c + 1) / chunks;
+        if (b < e) fn(ctx, b, e);
+    }
+    t_in_parallel = was;
+}
+
 void ct_parallel_for(int64_t n, int64_t grain, ct_range_fn fn, void *ctx) {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
     int nt = ct_get_num_threads();
-    if (t_in_parallel || nt <= 1 || n < 2 * grain || pthread_mutex_trylock(&g_submit) != 0) {
+    int det = atomic_load(&g_deterministic);
+    int64_t det_chunks = n / grain < CT_DETERMINISTIC_SPLIT ? n / grain : CT_DETERMINISTIC_SPLIT;
+    if (t_in_parallel || n < 2 * grain) {
         fn(ctx, 0, n);
+        return;
+    }
+    if (nt <= 1 || pthread_mutex_trylock(&g_submit) != 0) {
+        if (det) run_chunks_inline(n, det_chunks, fn, ctx);
+        else fn(ctx, 0, n);
         return;
     }
     ensure_pool();
     int64_t chunks = n / grain;
     if (chunks > P.nthreads) chunks = P.nthreads;
+    if (det) chunks = det_chunks;
     atomic_store(&P.fn, fn);
     atomic_store(&P.ctx, ctx);
     atomic_store(&P.n, n);

@@ -7,11 +7,18 @@
 
 /* Calls fn(ctx, begin, end) over [0, n) split into contiguous chunks of at least
  * `grain` items, one chunk per thread. Runs inline when n < 2*grain, with one thread,
- * or when called from inside a parallel region. */
+ * or when called from inside a parallel region. Under ct_use_deterministic_algorithms the
+ * chunks are min(n / grain, ct_deterministic_split()) whatever the thread count (run one
+ * after the other when there is one thread). */
 typedef void (*ct_range_fn)(void *ctx, int64_t begin, int64_t end);
 void ct_parallel_for(int64_t n, int64_t grain, ct_range_fn fn, void *ctx);
 /* Index of the calling worker inside a parallel_for (0 on the main thread). */
 int ct_thread_index(void);
+/* The thread count a kernel should plan its split of the work for: ct_get_num_threads(),
+ * or under ct_use_deterministic_algorithms a fixed count (ct_deterministic_split()) so that
+ * per-slot partial sums, and the order they are added in, do not depend on the threads. */
+int ct_plan_threads(void);
+int ct_deterministic_split(void);
 int ct_in_parallel(void);
 
 #endif

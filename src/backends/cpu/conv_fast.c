@@ -368,7 +368,7 @@ static int direct_forward(const cf_isa *isa, const cf_geom *g, const float *x, c
     }
     c.img_floats = (size_t)(s->nsh * c.cc * s->L);
     c.ngrp = (g->N + c.nb - 1) / c.nb;
-    int nth = ct_get_num_threads();
+    int nth = ct_plan_threads();
     double flops = 2.0 * (double)g->N * (double)g->O * (double)s->P * (double)s->Kg;
     if (flops < 2e6) nth = 1;
     c.osplit = 1;
@@ -585,7 +585,7 @@ int cf_backward_weight(const cf_geom *g, const float *gy, const float *x, float 
     c.Kx = s->Kg + (gb ? 1 : 0);
     c.MR = isa->wm_max;
     c.nob = (s->Og + c.MR - 1) / c.MR;
-    int nth = ct_get_num_threads();
+    int nth = ct_plan_threads();
     double flops = 2.0 * (double)g->N * (double)g->O * (double)s->P * (double)s->Kg;
     if (flops < 2e6) nth = 1;
     /* Images split over the slots when there are enough, else output-channel blocks. */

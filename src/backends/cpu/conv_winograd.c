@@ -520,7 +520,7 @@ static int wino_forward(const cf_geom *g, const float *x, const float *w, const 
     c.rows = (want + c.TW - 1) / c.TW;
     if (c.rows < 1) c.rows = 1;
     int64_t nrows = c.N * c.TH;
-    int nth = ct_get_num_threads();
+    int nth = ct_plan_threads();
     /* enough blocks for the threads */
     if (nth > 1 && (nrows + c.rows - 1) / c.rows < 2 * nth) {
         int64_t r = nrows / (2 * nth);
@@ -692,7 +692,7 @@ int cf_winograd_backward_weight(const cf_geom *g, const float *gy, const float *
     if (!c.isa) return ct_error("conv2d backward: Winograd kernels need AVX2 or AVX-512");
     c.TH = (c.H + 1) / 2;
     c.TW = (c.W + 1) / 2;
-    int nth = ct_get_num_threads();
+    int nth = ct_plan_threads();
     c.nsplit = c.N < nth ? c.N : nth;
     if (c.nsplit < 1) c.nsplit = 1;
     c.nslots = (int)c.nsplit;

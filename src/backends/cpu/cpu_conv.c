@@ -327,7 +327,7 @@ static int ref_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor 
     if (geom_init(&c.g, x, w, y, p, "conv2d") != 0) return -1;
     if (ct_numel(y) == 0) return 0;
     size_t es = ct_dtype_size(x->dtype);
-    int nth = ct_get_num_threads();
+    int nth = ct_plan_threads();
     c.chunk = plan_pixels(&c.g, es, nth, &c.nchunks);
     c.ntasks = c.g.N * c.nchunks;
     c.nslots = slots_for(c.ntasks, 2.0 * c.g.N * c.g.O * c.g.P * (double)c.g.Kg, nth);
@@ -376,7 +376,7 @@ static int ref_conv2d_backward_input(ct_tensor *gx, const ct_tensor *gy, const c
     if (geom_init(&c.g, gx, w, gy, p, "conv2d backward") != 0) return -1;
     if (ct_numel(gx) == 0) return 0;
     size_t es = ct_dtype_size(gx->dtype);
-    int nth = ct_get_num_threads();
+    int nth = ct_plan_threads();
     int64_t kk = c.g.kh * c.g.kw, Cg = c.g.Cg;
     int64_t per_c = c.g.direct ? 0 : kk * c.g.P * (int64_t)es;
     int64_t maxcc = per_c > 0 ? WS_CAP / per_c : Cg;
@@ -500,7 +500,7 @@ static int ref_conv2d_backward_weight(ct_tensor *gw, const ct_tensor *gy, const 
     c.gy = ct_ptr(gy);
     c.x = ct_ptr(x);
     c.gw = ct_ptr(gw);
-    int nth = ct_get_num_threads();
+    int nth = ct_plan_threads();
     double flops = 2.0 * c.g.N * c.g.O * c.g.P * (double)c.g.Kg;
     c.chunk = plan_pixels(&c.g, es, nth, &c.nchunks);
     c.ntasks = c.g.N * c.nchunks;

@@ -518,7 +518,7 @@ AMX static void fwd_chunks(void *vc, int64_t begin, int64_t end) {
 }
 
 static int64_t chunks_for(int64_t N) {
-    int64_t t = ct_get_num_threads();
+    int64_t t = ct_plan_threads();
     return N < t ? N : t;
 }
 

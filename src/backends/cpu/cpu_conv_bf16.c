@@ -293,7 +293,7 @@ static void bias_f32(const ct_tensor *bias, float *buf, int64_t O) {
  * GEMMs and im2col inside then run inline), which keeps small convolutions from paying a
  * thread hand-off per image. Chunk c of nchunks gets images [c*N/nchunks, (c+1)*N/nchunks). */
 static int64_t chunks_for(int64_t N) {
-    int64_t t = ct_get_num_threads();
+    int64_t t = ct_plan_threads();
     return N < t ? N : t;
 }
 

@@ -138,7 +138,7 @@ int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
               ct_sgemm_small_wanted(x.ta != CblasNoTrans, x.tb != CblasNoTrans, M, N, K);
 
     /* Tiling: enough tasks for every thread, tiles not too thin for BLAS. */
-    int nth = ct_get_num_threads();
+    int nth = ct_plan_threads();
     double flops = 2.0 * (double)B * (double)M * (double)N * (double)K;
     x.tm = x.tn = 1;
     if (nth > 1 && B < nth && flops >= 4e6) {
