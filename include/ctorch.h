@@ -109,6 +109,11 @@ int ct_autocast_pop(void);                     /* -1 when no region is open */
 ct_dtype ct_autocast_dtype(ct_device_type device); /* CT_FLOAT32 when autocast is off */
 void ct_manual_seed(uint64_t seed); /* seeds rand/randn/dropout/init */
 uint64_t ct_seed(void);
+/* torch.get_rng_state / set_rng_state. The global generator (rand, randn, dropout, init,
+ * on every device) is counter-based: draw k of the stream is a pure function of (seed,
+ * offset + k), so its whole state is the seed and how many numbers were drawn. */
+void ct_get_rng_state(uint64_t *seed, uint64_t *offset);
+void ct_set_rng_state(uint64_t seed, uint64_t offset);
 
 /* ------------------------------------------------------- lifetime & info */
 /* Ownership: every ct_tensor * a function returns is a NEW reference, the caller's to

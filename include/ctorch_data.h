@@ -145,6 +145,11 @@ int64_t ct_dataloader_num_batches(const ct_dataloader *dl); /* per epoch */
 /* Starts (or restarts) an epoch: batches of a previous unfinished epoch are dropped
  * and the workers begin preparing the new one at once. */
 int ct_dataloader_start_epoch(ct_dataloader *dl, int64_t epoch);
+/* Starts epoch `epoch` at batch first_batch (0 .. num_batches): the batches before it are
+ * skipped without being built, and those after are exactly the ones an uninterrupted
+ * epoch would give (same permutation, same augmentation draws). Resuming a run inside an
+ * epoch. */
+int ct_dataloader_start_epoch_at(ct_dataloader *dl, int64_t epoch, int64_t first_batch);
 /* Next batch of the current epoch (starting epoch 0 if none was started). Returns 1 and
  * sets *images / *labels (new references) when a batch is delivered, 0 at the end of the
  * epoch, -1 on error. As PyTorch's `for batch in loader`, the call after the end starts
@@ -184,6 +189,8 @@ typedef struct ct_device_prefetcher ct_device_prefetcher;
 ct_device_prefetcher *ct_device_prefetcher_new(ct_dataloader *dl, ct_device device);
 /* ct_dataloader_start_epoch through the prefetcher: a batch still in flight is dropped. */
 int ct_device_prefetcher_start_epoch(ct_device_prefetcher *p, int64_t epoch);
+int ct_device_prefetcher_start_epoch_at(ct_device_prefetcher *p, int64_t epoch,
+                                        int64_t first_batch);
 /* Like ct_dataloader_next (also in starting the next epoch after the end), with *images /
  * *labels (new references) on the device. Returns
  * 1, 0 at the end of the epoch, -1 on error (an error while preparing the batch after

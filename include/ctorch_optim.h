@@ -97,6 +97,19 @@ ct_tensor *ct_optim_param(const ct_optimizer *o, int i);
 /* Per-parameter state, BORROWED, NULL when not (yet) created: "momentum_buffer" (SGD),
  * "exp_avg", "exp_avg_sq", "max_exp_avg_sq" (Adam/AdamW). */
 ct_tensor *ct_optim_state(const ct_optimizer *o, int param_index, const char *name);
+/* The optimizer's state for a checkpoint (PyTorch's optimizer.state_dict()["state"]):
+ * "state.<i>.momentum_buffer" (SGD), "state.<i>.exp_avg" / "exp_avg_sq" / "max_exp_avg_sq"
+ * and "state.<i>.step" (int64, Adam/AdamW), and "steps" (int64, ct_optim_steps). The
+ * tensors are the optimizer's own (retained), so save the dictionary before the next
+ * step. Free with ct_state_dict_free (ctorch_nn.h). */
+struct ct_state_dict;
+struct ct_state_dict *ct_optim_state_dict(const ct_optimizer *o);
+/* Restores a state saved by ct_optim_state_dict into an optimizer of the same kind over
+ * parameters of the same shapes (values copied to each parameter's device). All or
+ * nothing: an entry of another optimizer, an index or shape that does not match leaves
+ * the optimizer unchanged and names the entry. Hyper-parameters (lr, momentum...) are
+ * the optimizer's own, as in PyTorch's param_groups: set them as they were. */
+int ct_optim_load_state_dict(ct_optimizer *o, const struct ct_state_dict *sd);
 
 /* ------------------------------------------------------------- schedules
  * Pure functions of `step` (the number of optimizer steps taken so far, from 0): the lr

@@ -17,6 +17,15 @@ void ct_manual_seed(uint64_t seed) {
 }
 uint64_t ct_seed(void) { return g_seed; }
 
+void ct_get_rng_state(uint64_t *seed, uint64_t *offset) {
+    if (seed) *seed = g_seed;
+    if (offset) *offset = atomic_load(&g_offset);
+}
+void ct_set_rng_state(uint64_t seed, uint64_t offset) {
+    g_seed = seed;
+    atomic_store(&g_offset, offset);
+}
+
 uint64_t ct_rng_reserve(uint64_t n) { return atomic_fetch_add(&g_offset, n); }
 
 static inline uint64_t mix(uint64_t z) {

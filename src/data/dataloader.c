@@ -209,20 +209,22 @@ static void clear_slots(ct_dataloader *dl) {
 }
 
 /* (Re)starts production of `epoch`. Mutex held. */
-static void restart_locked(ct_dataloader *dl, int64_t epoch) {
+static void restart_locked_at(ct_dataloader *dl, int64_t epoch, int64_t first) {
     dl->gen++;
     dl->started = 0;
     while (dl->busy > 0) pthread_cond_wait(&dl->cv_ready, &dl->mu);
     clear_slots(dl);
     make_perm(dl, epoch);
     dl->epoch = epoch;
-    dl->next_claim = 0;
-    dl->next_consume = 0;
+    dl->next_claim = first;
+    dl->next_consume = first;
     dl->at_end = 0;
     dl->end_reported = 0;
     dl->started = 1;
     pthread_cond_broadcast(&dl->cv_work);
 }
+
+static void restart_locked(ct_dataloader *dl, int64_t epoch) { restart_locked_at(dl, epoch, 0); }
 
 ct_dataloader *ct_dataloader_new(const ct_dataset *ds, const ct_dataloader_opts *opts_in) {
     if (!ds) return ct_error_null("dataloader: dataset is NULL");
@@ -302,15 +304,25 @@ double ct_dataloader_wait_seconds(const ct_dataloader *dl) { return dl ? dl->wai
 int ct_dataloader_pinned(const ct_dataloader *dl) { return dl ? dl->pinned : 0; }
 
 int ct_dataloader_start_epoch(ct_dataloader *dl, int64_t epoch) {
+    return ct_dataloader_start_epoch_at(dl, epoch, 0);
+}
+
+int ct_dataloader_start_epoch_at(ct_dataloader *dl, int64_t epoch, int64_t first_batch) {
     if (!dl) return ct_error("dataloader_start_epoch: loader is NULL");
     if (epoch < 0) return ct_error("dataloader_start_epoch: epoch must be >= 0, got %lld",
                                    (long long)epoch);
+    if (first_batch < 0 || first_batch > dl->nbatches)
+        return ct_error("dataloader_start_epoch: first batch %lld is outside the epoch's "
+                        "0..%lld batches (was the checkpoint made with another --batch-size "
+                        "or dataset size?)",
+                        (long long)first_batch, (long long)dl->nbatches);
     pthread_mutex_lock(&dl->mu);
-    int fresh = dl->started && dl->epoch == epoch && dl->next_consume == 0;
+    int fresh = dl->started && dl->epoch == epoch && dl->next_consume == first_batch &&
+                first_batch == 0;
     if (fresh)
         dl->at_end = 0; /* keep what the workers already prepared */
     else
-        restart_locked(dl, epoch);
+        restart_locked_at(dl, epoch, first_batch);
     pthread_mutex_unlock(&dl->mu);
     return 0;
 }

@@ -152,6 +152,10 @@ static int fetch(ct_device_prefetcher *p) {
 }
 
 int ct_device_prefetcher_start_epoch(ct_device_prefetcher *p, int64_t epoch) {
+    return ct_device_prefetcher_start_epoch_at(p, epoch, 0);
+}
+
+int ct_device_prefetcher_start_epoch_at(ct_device_prefetcher *p, int64_t epoch, int64_t first_batch) {
     if (!p) return ct_error("device_prefetcher_start_epoch: prefetcher is NULL");
     if (epoch < 0)
         return ct_error("device_prefetcher_start_epoch: epoch must be >= 0, got %lld",
@@ -161,7 +165,7 @@ int ct_device_prefetcher_start_epoch(ct_device_prefetcher *p, int64_t epoch) {
         p->ended = 0;
         p->deferred = 0;
     }
-    return ct_dataloader_start_epoch(p->dl, epoch);
+    return ct_dataloader_start_epoch_at(p->dl, epoch, first_batch);
 }
 
 int ct_device_prefetcher_next(ct_device_prefetcher *p, ct_tensor **images, ct_tensor **labels) {

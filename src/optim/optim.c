@@ -5,12 +5,14 @@
  * table: the CPU's loops, the CUDA plugin's multi-tensor kernels), which hold the one
  * definition of each update per backend. */
 #include "ctorch_optim.h"
+#include "ctorch_nn.h"
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/tensor_impl.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 enum { S_BUF0, S_BUF1, S_BUF2, S_COUNT }; /* SGD: momentum; Adam: exp_avg, exp_avg_sq, max */
@@ -367,5 +369,114 @@ int ct_optim_step(ct_optimizer *o) {
         if (o->mark[i] == M_PENDING || o->mark[i] == M_PENDING_FIRST) rc = step_group(o, i);
     ct_set_grad_enabled(prev);
     if (rc == 0) o->steps++;
+    return rc;
+}
+
+/* ----------------------------------------------------------- state_dict */
+static const char *const STATE_NAMES[2][S_COUNT] = {
+    {"momentum_buffer", NULL, NULL},
+    {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+};
+
+ct_state_dict *ct_optim_state_dict(const ct_optimizer *o) {
+    if (!o) return ct_error_null("optimizer state_dict: NULL optimizer");
+    ct_state_dict *sd = ct_state_dict_new();
+    if (!sd) return NULL;
+    const int adam = o->kind != CT_OPTIM_SGD;
+    char name[64];
+    int rc = 0;
+    int64_t one = 1;
+    ct_tensor *steps = ct_from_data(&o->steps, &one, 0, CT_INT64);
+    rc = steps ? ct_state_dict_add(sd, "steps", steps) : -1;
+    ct_free(steps);
+    for (int i = 0; i < o->n && rc == 0; i++) {
+        for (int s = 0; s < S_COUNT && rc == 0; s++) {
+            if (!STATE_NAMES[adam][s] || !o->state[s][i]) continue;
+            snprintf(name, sizeof name, "state.%d.%s", i, STATE_NAMES[adam][s]);
+            rc = ct_state_dict_add(sd, name, o->state[s][i]);
+        }
+        if (adam && rc == 0 && o->state[S_BUF0][i]) {
+            ct_tensor *t = ct_from_data(&o->param_steps[i], &one, 0, CT_INT64);
+            snprintf(name, sizeof name, "state.%d.step", i);
+            rc = t ? ct_state_dict_add(sd, name, t) : -1;
+            ct_free(t);
+        }
+    }
+    if (rc) {
+        ct_state_dict_free(sd);
+        return NULL;
+    }
+    return sd;
+}
+
+int ct_optim_load_state_dict(ct_optimizer *o, const ct_state_dict *sd) {
+    if (!o || !sd) return ct_error("optimizer load_state_dict: NULL %s", o ? "state_dict" : "optimizer");
+    const int adam = o->kind != CT_OPTIM_SGD;
+    char s1[96], s2[96];
+    /* Check everything first: all-or-nothing. */
+    for (int k = 0; k < sd->n; k++) {
+        const char *name = sd->names[k];
+        ct_tensor *t = sd->tensors[k];
+        if (!strcmp(name, "steps")) {
+            if (ct_numel(t) != 1 || t->dtype != CT_INT64)
+                return ct_error("optimizer load_state_dict: 'steps' must be one int64");
+            continue;
+        }
+        int i, used = 0;
+        if (sscanf(name, "state.%d.%n", &i, &used) != 1 || used == 0 || i < 0 || i >= o->n)
+            return ct_error("optimizer load_state_dict: unexpected entry '%s' for a %s over %d "
+                            "parameters (was it saved from another optimizer or model?)",
+                            name, kind_title(o->kind), o->n);
+        const char *field = name + used;
+        if (adam && !strcmp(field, "step")) {
+            if (ct_numel(t) != 1 || t->dtype != CT_INT64)
+                return ct_error("optimizer load_state_dict: '%s' must be one int64", name);
+            continue;
+        }
+        int s = -1;
+        for (int j = 0; j < S_COUNT; j++)
+            if (STATE_NAMES[adam][j] && !strcmp(field, STATE_NAMES[adam][j])) s = j;
+        if (s < 0)
+            return ct_error("optimizer load_state_dict: '%s' is not %s state (saved from "
+                            "another optimizer?)", name, kind_title(o->kind));
+        ct_tensor *p = o->params[i];
+        if (!ct_same_shape(t, p) || t->dtype != p->dtype)
+            return ct_error("optimizer load_state_dict: '%s' is %s %s but parameter %d is %s %s",
+                            name, ct_shape_str(t, s1, sizeof s1), ct_dtype_name(t->dtype), i,
+                            ct_shape_str(p, s2, sizeof s2), ct_dtype_name(p->dtype));
+    }
+    /* Then replace the state: entries absent from sd become absent (not yet created). */
+    for (int s = 0; s < S_COUNT; s++)
+        for (int i = 0; i < o->n; i++) {
+            ct_free(o->state[s][i]);
+            o->state[s][i] = NULL;
+        }
+    for (int i = 0; i < o->n; i++) o->param_steps[i] = 0;
+    o->steps = 0;
+    int rc = 0;
+    for (int k = 0; k < sd->n && rc == 0; k++) {
+        const char *name = sd->names[k];
+        ct_tensor *t = sd->tensors[k];
+        ct_tensor *host = ct_to_device(t, ct_cpu());
+        if (!host) return -1;
+        if (!strcmp(name, "steps")) {
+            o->steps = *(const int64_t *)ct_data(host);
+            ct_free(host);
+            continue;
+        }
+        int i, used = 0;
+        sscanf(name, "state.%d.%n", &i, &used);
+        const char *field = name + used;
+        if (adam && !strcmp(field, "step")) {
+            o->param_steps[i] = *(const int64_t *)ct_data(host);
+            ct_free(host);
+            continue;
+        }
+        ct_free(host);
+        int s = 0;
+        for (int j = 0; j < S_COUNT; j++)
+            if (STATE_NAMES[adam][j] && !strcmp(field, STATE_NAMES[adam][j])) s = j;
+        if ((rc = ensure_state(o, s, i)) == 0) rc = ct_copy_(o->state[s][i], t);
+    }
     return rc;
 }
