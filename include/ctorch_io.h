@@ -79,6 +79,44 @@ void ct_sha256_free(ct_sha256 *h);               /* abandons a digest; NULL is f
 int ct_sha256_buffer(const void *data, size_t n, char hex[65]);
 int ct_sha256_file(const char *path, char hex[65]); /* errors name the file */
 
+/* ---------------------------------------------------------- training checkpoints
+ * Everything a training run needs to continue bit for bit, in one safetensors file: the
+ * model ("model.<name>"), the optimizer's state ("optim.<name>", ct_optim_state_dict), the
+ * GradScaler's state and the caller's JSON state (epoch, step, RNG streams, metrics...) in
+ * __metadata__, with a format version and a SHA-256 of all of it, checked on open.
+ * docs/runs.md describes the format. */
+#define CT_CHECKPOINT_FORMAT 1
+struct ct_module;
+struct ct_optimizer;
+struct ct_grad_scaler;
+/* Atomic (temporary file, fsync, rename, directory fsync): on failure (a full disk...)
+ * `path` is as it was. s may be NULL. */
+int ct_checkpoint_save(const char *path, const struct ct_module *m, const struct ct_optimizer *o,
+                       const struct ct_grad_scaler *s, const char *model_name,
+                       const char *state_json);
+
+typedef enum {
+    CT_CHECKPOINT_OK = 0,
+    CT_CHECKPOINT_CORRUPT, /* unreadable, truncated, checksum mismatch, not a checkpoint */
+    CT_CHECKPOINT_NEWER    /* written by a newer ctorch (format version above ours) */
+} ct_checkpoint_status;
+
+typedef struct ct_checkpoint {
+    ct_safetensors *st;
+    int format;
+    const char *model;            /* metadata "model" (borrowed from st) */
+    const char *state_json;       /* the caller's state */
+    const char *grad_scaler_json; /* NULL without a scaler */
+} ct_checkpoint;
+
+/* Reads and verifies a checkpoint (format, checksum); NULL with *status saying why. */
+ct_checkpoint *ct_checkpoint_open(const char *path, ct_checkpoint_status *status);
+/* Loads the model, optimizer and (when s is enabled) scaler state from c. The model's
+ * names and shapes are checked first; a mismatch changes nothing and lists the names. */
+int ct_checkpoint_restore(const ct_checkpoint *c, struct ct_module *m, struct ct_optimizer *o,
+                          struct ct_grad_scaler *s);
+void ct_checkpoint_close(ct_checkpoint *c);
+
 #ifdef __cplusplus
 }
 #endif

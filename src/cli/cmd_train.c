@@ -1,65 +1,156 @@
-/* ctorch train: the seed's training recipe from one command. */
+/* ctorch train: the seed's training recipe from one command, in a run directory that
+ * survives crashes (docs/runs.md): manifest.json, metrics.jsonl, checkpoints/ with the
+ * whole training state, model.safetensors and curves.svg. `--resume RUN_DIR` continues
+ * from the newest valid checkpoint; with --deterministic the result is bitwise the one
+ * of an uninterrupted run. */
 #include "cli.h"
 #include "ctorch.h"
 #include "ctorch_data.h"
 #include "ctorch_io.h"
 #include "ctorch_nn.h"
 #include "ctorch_optim.h"
+#include "core/error.h"
+#include "run_dir.h"
 #include "train_common.h"
 
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+/* SIGINT / SIGTERM (what schedulers send before preemption): finish the step, write a
+ * checkpoint, print the resume command, exit 0. A second signal ends the process at once. */
 static volatile sig_atomic_t g_interrupted;
-static void on_sigint(int sig) {
-    (void)sig;
-    g_interrupted = 1;
+static void on_signal(int sig) {
+    if (g_interrupted) {
+        static const char msg[] = "\nctorch train: second signal; stopping now without a checkpoint\n";
+        if (write(STDERR_FILENO, msg, sizeof msg - 1)) {}
+        _exit(128 + sig);
+    }
+    g_interrupted = sig;
 }
 
 static const char *const OPTIMIZERS[] = {"sgd", "adam", "adamw", NULL};
 static const char *const SCHEDULES[] = {"none", "step", "cosine", "onecycle", NULL};
 static const char *const AUGMENTS[] = {"none", "standard", NULL};
+static const char *const NAN_POLICIES[] = {"stop", "skip", NULL};
 
 typedef struct {
     const char *model, *dataset, *data_dir, *optimizer, *schedule, *augment, *device;
-    const char *init, *save, *log_json, *amp_s;
+    const char *init, *save, *log_json, *amp_s, *run_dir, *resume, *nan_policy;
     cli_amp amp;
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
+    int64_t checkpoint_every, keep_checkpoints;
     double lr, momentum, weight_decay;
     int nesterov, no_shuffle, no_scaler, deterministic;
 } train_args;
 
-/* JSON lines kept in memory and rewritten atomically after each epoch. */
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} text_buf;
+/* How an option relates to a run (what --resume does with it):
+ *   RESULT: recorded; changing it would change the result, so --resume refuses another value
+ *   FREE:   recorded; --resume may change it (where and how the run goes on)
+ *   RAISE:  recorded; --resume may raise it (--epochs)
+ *   LOCAL:  this invocation only (--run-dir, --resume) */
+enum { RESULT, FREE, RAISE, LOCAL };
 
-static int tb_append(text_buf *t, const char *s) {
-    size_t n = strlen(s);
-    if (t->len + n + 1 > t->cap) {
-        size_t cap = (t->len + n + 1) * 2;
-        char *b = realloc(t->buf, cap);
-        if (!b) return -1;
-        t->buf = b;
-        t->cap = cap;
+enum { NOPTS = 31 };
+static int train_opts(train_args *a, cli_opt *o, int *kind) {
+    const struct {
+        cli_opt opt;
+        int kind;
+    } t[NOPTS] = {
+        {{"--model", OPT_STRING, &a->model, 0, 0, 0}, RESULT},
+        {{"--dataset", OPT_STRING, &a->dataset, 0, 0, 0}, RESULT},
+        {{"--data-dir", OPT_STRING, &a->data_dir, 0, 0, 0}, FREE},
+        {{"--epochs", OPT_INT, &a->epochs, 1, 1e6, 0}, RAISE},
+        {{"--max-steps", OPT_INT, &a->max_steps, 0, 1e12, 0}, FREE},
+        {{"--batch-size", OPT_INT, &a->batch_size, 1, 1 << 20, 0}, RESULT},
+        {{"--optimizer", OPT_STRING, &a->optimizer, 0, 0, 0}, RESULT},
+        {{"--lr", OPT_DOUBLE, &a->lr, 0, 1e6, 0}, RESULT},
+        {{"--momentum", OPT_DOUBLE, &a->momentum, 0, 1, 0}, RESULT},
+        {{"--weight-decay", OPT_DOUBLE, &a->weight_decay, 0, 1e6, 0}, RESULT},
+        {{"--nesterov", OPT_FLAG, &a->nesterov, 0, 0, 0}, RESULT},
+        {{"--schedule", OPT_STRING, &a->schedule, 0, 0, 0}, RESULT},
+        {{"--augment", OPT_STRING, &a->augment, 0, 0, 0}, RESULT},
+        {{"--no-shuffle", OPT_FLAG, &a->no_shuffle, 0, 0, 0}, RESULT},
+        {{"--train-limit", OPT_INT, &a->train_limit, 0, 1e12, 0}, RESULT},
+        {{"--test-limit", OPT_INT, &a->test_limit, 0, 1e12, 0}, RESULT},
+        {{"--seed", OPT_INT, &a->seed, 0, 9.2e18, 0}, RESULT},
+        {{"--threads", OPT_INT, &a->threads, 0, 1024, 0}, FREE},
+        {{"--device", OPT_STRING, &a->device, 0, 0, 0}, RESULT},
+        {{"--init", OPT_STRING, &a->init, 0, 0, 0}, RESULT},
+        {{"--save", OPT_STRING, &a->save, 0, 0, 0}, FREE},
+        {{"--log-json", OPT_STRING, &a->log_json, 0, 0, 0}, FREE},
+        {{"--amp", OPT_STRING, &a->amp_s, 0, 0, 0}, RESULT},
+        {{"--no-scaler", OPT_FLAG, &a->no_scaler, 0, 0, 0}, RESULT},
+        {{"--deterministic", OPT_FLAG, &a->deterministic, 0, 0, 0}, RESULT},
+        {{"--checkpoint-every", OPT_INT, &a->checkpoint_every, 0, 1e12, 0}, FREE},
+        {{"--keep-checkpoints", OPT_INT, &a->keep_checkpoints, 1, 1e6, 0}, FREE},
+        {{"--nan-policy", OPT_STRING, &a->nan_policy, 0, 0, 0}, FREE},
+        {{"--run-dir", OPT_STRING, &a->run_dir, 0, 0, 0}, LOCAL},
+        {{"--resume", OPT_STRING, &a->resume, 0, 0, 0}, LOCAL},
+        {{"--help", OPT_FLAG, NULL, 0, 0, 0}, LOCAL},
+    };
+    int n = 0;
+    for (int i = 0; i < NOPTS; i++) {
+        if (!t[i].opt.dest) continue; /* --help is handled by main */
+        o[n] = t[i].opt;
+        kind[n++] = t[i].kind;
     }
-    memcpy(t->buf + t->len, s, n + 1);
-    t->len += n;
-    return 0;
+    return n;
 }
 
-static int write_atomic(const char *path, const text_buf *t) {
-    ct_atomic_file *f = ct_atomic_open(path);
-    if (!f) return -1;
-    if (t->len) fwrite(t->buf, 1, t->len, f->fp);
-    return ct_atomic_commit(f);
+static train_args default_args(void) {
+    return (train_args){.amp = {CT_FLOAT32}, .optimizer = "sgd", .schedule = "none",
+                        .augment = "none", .device = "cpu", .amp_s = "off", .nan_policy = "stop",
+                        .epochs = 10, .batch_size = 64, .keep_checkpoints = 2, .lr = NAN,
+                        .momentum = NAN, .weight_decay = NAN};
 }
+
+/* "--weight-decay" -> "weight_decay" */
+static void config_key(const char *opt, char *key, size_t n) {
+    snprintf(key, n, "%s", opt + 2);
+    for (char *p = key; *p; p++)
+        if (*p == '-') *p = '_';
+}
+
+/* ------------------------------------------------------------------ the run's state */
+typedef struct {
+    train_args a;
+    char **argv;
+    int argc;
+    json_t *recorded; /* --resume: the manifest (its strings back a's) */
+    ct_dataset_kind kind;
+    ct_optim_kind okind;
+    ct_optim_options oo;
+    ct_device dev;
+    ct_dataset *train, *test;
+    ct_module *model;
+    ct_optimizer *opt;
+    ct_dataloader *dl;
+    ct_device_prefetcher *pf; /* batches on the device (pinned + overlapped on CUDA) */
+    char *dir;                /* the run directory */
+    json_t *manifest;
+    json_t *rows;             /* metrics.jsonl: one object per epoch */
+    char *last_ckpt;          /* newest checkpoint written or resumed from */
+    int64_t last_ckpt_step, last_ckpt_epoch, last_ckpt_batch; /* and its position */
+    int64_t spe, total;       /* steps per epoch, steps of the whole run */
+    int64_t step;             /* optimizer steps taken */
+    int64_t epoch, batch;     /* position: the next batch to train on */
+    int64_t nan_skipped;
+    int tty;
+    double final_acc, final_loss;
+} train_run;
+
+/* One epoch's training figures (kept in checkpoints, so a resumed epoch reports the
+ * figures of the whole epoch). */
+typedef struct {
+    double t0, train_secs, loss_sum;
+    int64_t correct, seen;
+} epoch_stats;
 
 static double schedule_lr(const train_args *a, int64_t step, int64_t steps_per_epoch, int64_t total) {
     if (!strcmp(a->schedule, "step"))
@@ -75,71 +166,172 @@ static void fmt_time(double s, char *buf, size_t n) {
     else snprintf(buf, n, "%d:%02d", t / 60, t % 60);
 }
 
-/* ------------------------------------------------------------------ the run's state */
-typedef struct {
-    train_args a;
-    ct_dataset_kind kind;
-    ct_optim_kind okind;
-    ct_optim_options oo;
-    ct_device dev;
-    ct_dataset *train, *test;
-    ct_module *model;
-    ct_optimizer *opt;
-    ct_dataloader *dl;
-    ct_device_prefetcher *pf; /* batches on the device (pinned + overlapped on CUDA) */
-    text_buf log;             /* the --log-json lines so far */
-    int64_t spe, total;       /* steps per epoch, steps of the whole run */
-    int64_t step;             /* optimizer steps taken */
-    int epochs_run, tty;
-    double final_acc;
-} train_run;
-
-/* One epoch's training figures. */
-typedef struct {
-    double t0, train_secs, loss_sum;
-    int64_t correct, seen;
-} epoch_stats;
-
 /* ------------------------------------------------------------------ options */
-static int parse_args(int argc, char **argv, train_args *a) {
-    cli_opt opts[] = {
-        {"--model", OPT_STRING, &a->model, 0, 0, 0},
-        {"--dataset", OPT_STRING, &a->dataset, 0, 0, 0},
-        {"--data-dir", OPT_STRING, &a->data_dir, 0, 0, 0},
-        {"--epochs", OPT_INT, &a->epochs, 1, 1e6, 0},
-        {"--max-steps", OPT_INT, &a->max_steps, 1, 1e12, 0},
-        {"--batch-size", OPT_INT, &a->batch_size, 1, 1 << 20, 0},
-        {"--optimizer", OPT_STRING, &a->optimizer, 0, 0, 0},
-        {"--lr", OPT_DOUBLE, &a->lr, 0, 1e6, 0},
-        {"--momentum", OPT_DOUBLE, &a->momentum, 0, 1, 0},
-        {"--weight-decay", OPT_DOUBLE, &a->weight_decay, 0, 1e6, 0},
-        {"--nesterov", OPT_FLAG, &a->nesterov, 0, 0, 0},
-        {"--schedule", OPT_STRING, &a->schedule, 0, 0, 0},
-        {"--augment", OPT_STRING, &a->augment, 0, 0, 0},
-        {"--no-shuffle", OPT_FLAG, &a->no_shuffle, 0, 0, 0},
-        {"--train-limit", OPT_INT, &a->train_limit, 1, 1e12, 0},
-        {"--test-limit", OPT_INT, &a->test_limit, 1, 1e12, 0},
-        {"--seed", OPT_INT, &a->seed, 0, 9.2e18, 0},
-        {"--threads", OPT_INT, &a->threads, 1, 1024, 0},
-        {"--device", OPT_STRING, &a->device, 0, 0, 0},
-        {"--init", OPT_STRING, &a->init, 0, 0, 0},
-        {"--save", OPT_STRING, &a->save, 0, 0, 0},
-        {"--log-json", OPT_STRING, &a->log_json, 0, 0, 0},
-        {"--amp", OPT_STRING, &a->amp_s, 0, 0, 0},
-        {"--no-scaler", OPT_FLAG, &a->no_scaler, 0, 0, 0},
-        {"--deterministic", OPT_FLAG, &a->deterministic, 0, 0, 0},
-    };
+/* The run's configuration as JSON: every recorded option, defaults filled in. */
+static json_t *config_json(train_args *a) {
+    cli_opt o[NOPTS];
+    int kind[NOPTS], n = train_opts(a, o, kind);
+    json_t *c = json_object();
+    char key[64];
+    for (int i = 0; c && i < n; i++) {
+        if (kind[i] == LOCAL) continue;
+        config_key(o[i].name, key, sizeof key);
+        json_t *v = NULL;
+        switch (o[i].type) {
+        case OPT_FLAG: v = json_boolean(*(int *)o[i].dest); break;
+        case OPT_INT: v = json_integer(*(int64_t *)o[i].dest); break;
+        case OPT_DOUBLE: v = json_real(*(double *)o[i].dest); break;
+        case OPT_STRING: {
+            const char *s = *(const char **)o[i].dest;
+            v = s ? json_string(s) : json_null();
+            break;
+        }
+        }
+        json_object_set_new(c, key, v);
+    }
+    return c;
+}
+
+/* Sets a's recorded options from a config object (--resume). */
+static int config_load(train_args *a, json_t *c, const char *where) {
+    cli_opt o[NOPTS];
+    int kind[NOPTS], n = train_opts(a, o, kind);
+    char key[64];
+    for (int i = 0; i < n; i++) {
+        if (kind[i] == LOCAL) continue;
+        config_key(o[i].name, key, sizeof key);
+        json_t *v = json_object_get(c, key);
+        if (!v) continue; /* an option newer than the run: its default */
+        int ok = 1;
+        switch (o[i].type) {
+        case OPT_FLAG: ok = json_is_boolean(v); if (ok) *(int *)o[i].dest = json_is_true(v); break;
+        case OPT_INT: ok = json_is_integer(v); if (ok) *(int64_t *)o[i].dest = json_integer_value(v); break;
+        case OPT_DOUBLE: ok = json_is_number(v); if (ok) *(double *)o[i].dest = json_number_value(v); break;
+        case OPT_STRING:
+            ok = json_is_string(v) || json_is_null(v);
+            if (ok) *(const char **)o[i].dest = json_is_string(v) ? json_string_value(v) : NULL;
+            break;
+        }
+        if (!ok)
+            return cli_fail("train", CLI_USAGE, "--resume: %s: config.%s has the wrong type; the "
+                            "manifest was edited or damaged", where, key);
+    }
+    return CLI_OK;
+}
+
+static int same_value(const cli_opt *o, const void *recorded) {
+    switch (o->type) {
+    case OPT_FLAG: return *(const int *)o->dest == *(const int *)recorded;
+    case OPT_INT: return *(const int64_t *)o->dest == *(const int64_t *)recorded;
+    case OPT_DOUBLE: return *(const double *)o->dest == *(const double *)recorded;
+    case OPT_STRING: {
+        const char *x = *(const char *const *)o->dest, *y = *(const char *const *)recorded;
+        return (!x && !y) || (x && y && !strcmp(x, y));
+    }
+    }
+    return 0;
+}
+
+static void value_text(const cli_opt *o, const void *p, char *buf, size_t n) {
+    switch (o->type) {
+    case OPT_FLAG: snprintf(buf, n, "%s", *(const int *)p ? "on" : "off"); break;
+    case OPT_INT: snprintf(buf, n, "%lld", (long long)*(const int64_t *)p); break;
+    case OPT_DOUBLE: snprintf(buf, n, "%g", *(const double *)p); break;
+    case OPT_STRING: snprintf(buf, n, "%s", *(const char *const *)p ? *(const char *const *)p : "(none)"); break;
+    }
+}
+
+static int parse_args(int argc, char **argv, train_run *r) {
+    train_args *a = &r->a;
+    cli_opt opts[NOPTS];
+    int kind[NOPTS], nopts = train_opts(a, opts, kind);
     const char *pos[1];
-    int npos, rc = cli_parse("train", argc, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
+    int npos, rc = cli_parse("train", argc, argv, opts, nopts, pos, 0, &npos);
     if (rc) return rc;
+    if (a->resume) {
+        /* The recorded configuration, then what the command line may change. */
+        if (a->run_dir)
+            return cli_fail("train", CLI_USAGE, "--resume continues in the run's own directory; "
+                            "drop --run-dir");
+        struct stat st;
+        if (stat(a->resume, &st) != 0 || !S_ISDIR(st.st_mode))
+            return cli_fail("train", CLI_USAGE, "--resume %s: no such run directory", a->resume);
+        char *mp = run_path(a->resume, "manifest.json");
+        json_error_t je;
+        r->recorded = mp ? json_load_file(mp, 0, &je) : NULL;
+        if (!r->recorded) {
+            rc = cli_fail("train", CLI_USAGE, "--resume %s: not a ctorch run directory (%s: %s)",
+                          a->resume, mp ? mp : "manifest.json",
+                          access(mp, F_OK) ? "missing" : je.text);
+            free(mp);
+            return rc;
+        }
+        json_t *fv = json_object_get(r->recorded, "format_version");
+        json_t *cfg = json_object_get(r->recorded, "config");
+        if (!json_is_integer(fv) || !json_is_object(cfg)) {
+            rc = cli_fail("train", CLI_USAGE, "--resume %s: %s is not a ctorch run manifest",
+                          a->resume, mp);
+            free(mp);
+            return rc;
+        }
+        if (json_integer_value(fv) > RUN_FORMAT_VERSION) {
+            rc = cli_fail("train", CLI_USAGE, "--resume %s: the run was written by a newer ctorch "
+                          "(run format %lld, this ctorch %s reads %d); resume it with that version",
+                          a->resume, (long long)json_integer_value(fv), CT_VERSION, RUN_FORMAT_VERSION);
+            free(mp);
+            return rc;
+        }
+        train_args given = *a, rec = default_args();
+        if ((rc = config_load(&rec, cfg, mp)) != CLI_OK) {
+            free(mp);
+            return rc;
+        }
+        free(mp);
+        /* given options against the recorded ones */
+        cli_opt ro[NOPTS];
+        train_opts(&rec, ro, kind);
+        char refused[2048] = "";
+        for (int i = 0; i < nopts; i++) {
+            if (!opts[i].seen || kind[i] == LOCAL || kind[i] == FREE) continue;
+            if (same_value(&opts[i], ro[i].dest)) continue;
+            if (kind[i] == RAISE && *(int64_t *)opts[i].dest >= *(int64_t *)ro[i].dest) continue;
+            char g[256], w[256], item[600];
+            value_text(&opts[i], opts[i].dest, g, sizeof g);
+            value_text(&ro[i], ro[i].dest, w, sizeof w);
+            snprintf(item, sizeof item, "%s  %s %s (the run has %s%s)", refused[0] ? "\n" : "",
+                     opts[i].name, g, w, kind[i] == RAISE ? "; it may only be raised" : "");
+            strncat(refused, item, sizeof refused - strlen(refused) - 1);
+        }
+        if (refused[0])
+            return cli_fail("train", CLI_USAGE,
+                            "--resume %s: these options would change the run's result:\n%s\n"
+                            "drop them to continue the run as it was, or start a new run",
+                            a->resume, refused);
+        /* the recorded run, with what the command line may change */
+        cli_opt go[NOPTS];
+        train_opts(&given, go, kind);
+        for (int i = 0; i < nopts; i++)
+            if (opts[i].seen) {
+                switch (opts[i].type) {
+                case OPT_FLAG: *(int *)ro[i].dest = *(int *)go[i].dest; break;
+                case OPT_INT: *(int64_t *)ro[i].dest = *(int64_t *)go[i].dest; break;
+                case OPT_DOUBLE: *(double *)ro[i].dest = *(double *)go[i].dest; break;
+                case OPT_STRING: *(const char **)ro[i].dest = *(const char **)go[i].dest; break;
+                }
+            }
+        *a = rec;
+        a->resume = given.resume;
+    }
     if (!a->model) return cli_fail("train", CLI_USAGE, "--model is required (simple_cnn, mlp or resnet18)");
     if (!a->dataset) return cli_fail("train", CLI_USAGE, "--dataset is required (cifar10, mnist or fashion_mnist)");
     if ((rc = cli_choice("train", "--model", a->model, ct_model_names())) ||
         (rc = cli_choice("train", "--optimizer", a->optimizer, OPTIMIZERS)) ||
         (rc = cli_choice("train", "--schedule", a->schedule, SCHEDULES)) ||
         (rc = cli_choice("train", "--augment", a->augment, AUGMENTS)) ||
-        (a->amp_s && (rc = cli_amp_parse("train", a->amp_s, &a->amp))))
+        (rc = cli_choice("train", "--nan-policy", a->nan_policy, NAN_POLICIES)) ||
+        (rc = cli_amp_parse("train", a->amp_s, &a->amp)))
         return rc;
+    a->amp_s = cli_amp_name(&a->amp);
     return CLI_OK;
 }
 
@@ -163,7 +355,13 @@ static int resolve_options(train_run *r) {
     oo->nesterov = a->nesterov;
     if (a->nesterov && r->okind != CT_OPTIM_SGD)
         return cli_fail("train", CLI_USAGE, "--nesterov applies to --optimizer sgd only");
+    /* the values in force, for the manifest */
     a->lr = oo->lr;
+    a->momentum = r->okind == CT_OPTIM_SGD ? oo->momentum : oo->beta1;
+    a->weight_decay = oo->weight_decay;
+    /* the data root in force, absolute, so that the manifest says what was read */
+    static char root[PATH_MAX];
+    if (realpath(ct_data_root(a->data_dir), root)) a->data_dir = root;
     int rc;
     if ((rc = cli_device("train", a->device, &r->dev))) return rc;
     if (a->threads) ct_set_num_threads((int)a->threads);
@@ -173,6 +371,74 @@ static int resolve_options(train_run *r) {
         return cli_fail("train", CLI_USAGE, "cannot write --save %s: %s", a->save, ct_last_error());
     if (a->log_json && ct_check_writable(a->log_json) != 0)
         return cli_fail("train", CLI_USAGE, "cannot write --log-json %s: %s", a->log_json, ct_last_error());
+    return CLI_OK;
+}
+
+/* ------------------------------------------------------------------ manifest */
+static void manifest_write(train_run *r) {
+    char *p = run_path(r->dir, "manifest.json");
+    if (!p || run_write_json(p, r->manifest) != 0)
+        fprintf(stderr, "ctorch train: warning: could not write %s: %s\n", p ? p : "manifest.json",
+                ct_last_error());
+    free(p);
+}
+
+static json_t *command_json(int argc, char **argv) {
+    json_t *c = json_pack("[s, s]", "ctorch", "train");
+    for (int i = 0; c && i < argc; i++) json_array_append_new(c, json_string(argv[i]));
+    return c;
+}
+
+/* A new run: the directory and its manifest (status "running"); a resumed one: the
+ * manifest gains a "resumes" entry. Written before the data is read, so that a run killed
+ * at any moment after this can be resumed. */
+static int open_run_dir(train_run *r) {
+    train_args *a = &r->a;
+    char now[32];
+    run_utc_now(now, sizeof now);
+    if (a->resume) {
+        r->dir = strdup(a->resume);
+        r->manifest = json_deep_copy(r->recorded); /* a's strings point into recorded */
+        json_object_set_new(r->manifest, "status", json_string("running"));
+        json_object_set_new(r->manifest, "config", config_json(a));
+        json_t *res = json_object_get(r->manifest, "resumes");
+        if (!json_is_array(res)) json_object_set_new(r->manifest, "resumes", res = json_array());
+        json_array_append_new(res, json_pack("{s:s, s:o}", "at", now, "command",
+                                             command_json(r->argc, r->argv)));
+        char *probe = run_path(r->dir, "manifest.json");
+        int ok = probe && ct_check_writable(probe) == 0;
+        free(probe);
+        if (!ok)
+            return cli_fail("train", CLI_USAGE, "--resume %s: cannot write in the run directory: %s",
+                            r->dir, ct_last_error());
+        manifest_write(r);
+        return CLI_OK;
+    }
+    r->dir = a->run_dir ? strdup(a->run_dir) : run_dir_default(a->model, a->dataset);
+    if (!r->dir) return cli_fail("train", CLI_RUNTIME, "out of memory");
+    if (run_dir_create(r->dir) != 0) return cli_fail("train", CLI_USAGE, "--run-dir: %s", ct_last_error());
+    r->manifest = json_pack("{s:s, s:i, s:s, s:o}", "format", RUN_FORMAT, "format_version",
+                            RUN_FORMAT_VERSION, "status", "running", "command",
+                            command_json(r->argc, r->argv));
+    json_object_set_new(r->manifest, "ctorch", cli_env_ctorch());
+    json_object_set_new(r->manifest, "system", cli_env_system(ct_get_num_threads()));
+    json_object_set_new(r->manifest, "cuda", cli_env_cuda(r->dev));
+    json_object_set_new(r->manifest, "config", config_json(a));
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
+    json_object_set_new(r->manifest, "seeds",
+                        json_pack("{s:I, s:s, s:s, s:s}", "seed", (json_int_t)a->seed,
+                                  "init_and_dropout", "global generator seeded with seed",
+                                  "data_order", "permutation of (seed, epoch)",
+                                  "augmentation", "stream of (seed, epoch, batch)"));
+    json_object_set_new(r->manifest, "datasets", json_array());
+    json_object_set_new(r->manifest, "started", json_string(now));
+    json_object_set_new(r->manifest, "ended", json_null());
+    json_object_set_new(r->manifest, "final_metrics", json_null());
+    json_object_set_new(r->manifest, "checkpoint", json_null());
+    json_object_set_new(r->manifest, "resumes", json_array());
+    manifest_write(r);
+    printf("run directory: %s\n", r->dir);
     return CLI_OK;
 }
 
@@ -204,6 +470,12 @@ static int setup_run(train_run *r) {
     if (!r->train) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     r->test = ct_dataset_load(r->kind, CT_SPLIT_TEST, a->data_dir, a->test_limit);
     if (!r->test) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
+    if (!a->resume) { /* what was read, by SHA-256 (cached by path, size and mtime) */
+        json_t *files = cli_dataset_files(r->kind, a->data_dir);
+        if (files) json_object_set_new(r->manifest, "datasets", files);
+        else fprintf(stderr, "ctorch train: warning: dataset files not hashed: %s\n", ct_last_error());
+        manifest_write(r);
+    }
     r->model = ct_model_create_ex(a->model, r->train->num_classes, r->train->c, r->train->h, r->train->w);
     if (!r->model) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     if (a->init && ct_module_load(r->model, a->init) != 0)
@@ -221,133 +493,400 @@ static int setup_run(train_run *r) {
     free(params);
     if (!r->opt) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     r->tty = isatty(STDERR_FILENO);
+    r->rows = json_array();
     return open_train_loader(r);
 }
 
+/* ------------------------------------------------------------------ checkpoints */
+static json_t *u64_text(uint64_t v) {
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)v);
+    return json_string(b);
+}
+
+static int parse_u64(json_t *v, uint64_t *out) {
+    const char *s = json_string_value(v);
+    char *end = NULL;
+    if (!s || !*s) return -1;
+    *out = strtoull(s, &end, 10);
+    return *end ? -1 : 0;
+}
+
+/* The state beside the tensors: position, RNG streams, figures so far, the config. */
+static char *state_text(train_run *r, const epoch_stats *s) {
+    uint64_t seed, off;
+    ct_get_rng_state(&seed, &off);
+    json_t *st = json_pack(
+        "{s:I, s:I, s:I, s:I, s:{s:f, s:I, s:I, s:f}, s:{s:o, s:o}, s:{s:o, s:s, s:s},"
+        " s:{s:s, s:I, s:I}, s:I, s:I, s:O, s:o}",
+        "epoch", (json_int_t)r->epoch, "batch", (json_int_t)r->batch, "step", (json_int_t)r->step,
+        "steps_per_epoch", (json_int_t)r->spe,
+        "epoch_stats", "loss_sum", s->loss_sum, "correct", (json_int_t)s->correct, "seen",
+        (json_int_t)s->seen, "train_secs", s->train_secs,
+        "rng", "seed", u64_text(seed), "offset", u64_text(off),
+        "data", "seed", u64_text((uint64_t)r->a.seed), "order", "permutation of (seed, epoch)",
+        "augmentation", "per-batch stream of (seed, epoch, batch), the same with any number of workers",
+        "schedule", "name", r->a.schedule, "step", (json_int_t)r->step, "total", (json_int_t)r->total,
+        "nan_skipped_steps", (json_int_t)r->nan_skipped,
+        "amp_skipped_steps",
+        (json_int_t)(r->a.amp.scaler ? ct_grad_scaler_skipped_steps(r->a.amp.scaler) : 0),
+        "metrics", r->rows, "config", config_json(&r->a));
+    char *text = st ? json_dumps(st, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(st);
+    return text;
+}
+
+/* Writes a checkpoint of the current position; a failure (full disk, unwritable
+ * directory) is a warning: training goes on, the previous checkpoint is intact. */
+static int write_checkpoint(train_run *r, const epoch_stats *s) {
+    if (r->last_ckpt && r->last_ckpt_step == r->step && r->last_ckpt_epoch == r->epoch &&
+        r->last_ckpt_batch == r->batch)
+        return 0; /* already written here */
+    char *path = run_checkpoint_path(r->dir, r->step);
+    char *state = path ? state_text(r, s) : NULL;
+    int rc = state ? ct_checkpoint_save(path, r->model, r->opt, r->a.amp.scaler, r->a.model, state)
+                   : ct_error("out of memory");
+    if (rc != 0) {
+        fprintf(stderr, "ctorch train: warning: could not write checkpoint %s: %s; training goes "
+                "on%s%s%s\n", path ? path : "", ct_last_error(),
+                r->last_ckpt ? " (the previous checkpoint " : "", r->last_ckpt ? r->last_ckpt : "",
+                r->last_ckpt ? " is intact)" : "");
+        free(path);
+    } else {
+        free(r->last_ckpt);
+        r->last_ckpt = path;
+        r->last_ckpt_step = r->step;
+        r->last_ckpt_epoch = r->epoch;
+        r->last_ckpt_batch = r->batch;
+        run_prune_checkpoints(r->dir, (int)r->a.keep_checkpoints);
+        json_object_set_new(r->manifest, "checkpoint", json_string(path + strlen(r->dir) + 1));
+        manifest_write(r);
+    }
+    free(state);
+    return rc;
+}
+
+/* Sets the position, figures and RNG streams from a checkpoint's state. */
+static int restore_state(train_run *r, const char *path, const char *text, epoch_stats *s) {
+    json_error_t je;
+    json_t *st = json_loads(text, 0, &je);
+    json_int_t epoch, batch, step, spe, nan_sk = 0, amp_sk = 0, correct, seen;
+    json_t *rng_seed, *rng_off, *metrics;
+    double loss_sum, secs;
+    uint64_t seed, off;
+    if (!st || json_unpack(st, "{s:I, s:I, s:I, s:I, s:{s:F, s:I, s:I, s:F}, s:{s:o, s:o}, s:I, s:I, s:o}",
+                           "epoch", &epoch, "batch", &batch, "step", &step, "steps_per_epoch", &spe,
+                           "epoch_stats", "loss_sum", &loss_sum, "correct", &correct, "seen", &seen,
+                           "train_secs", &secs, "rng", "seed", &rng_seed, "offset", &rng_off,
+                           "nan_skipped_steps", &nan_sk, "amp_skipped_steps", &amp_sk,
+                           "metrics", &metrics) != 0 ||
+        parse_u64(rng_seed, &seed) || parse_u64(rng_off, &off) || !json_is_array(metrics)) {
+        json_decref(st);
+        return cli_fail("train", CLI_USAGE, "--resume: checkpoint %s: its state does not parse", path);
+    }
+    if (spe != r->spe) {
+        json_decref(st);
+        return cli_fail("train", CLI_USAGE, "--resume: checkpoint %s has %lld steps per epoch, this "
+                        "run %lld: the dataset or its files changed", path, (long long)spe,
+                        (long long)r->spe);
+    }
+    (void)amp_sk;
+    r->epoch = epoch;
+    r->batch = batch;
+    r->step = step;
+    r->nan_skipped = nan_sk;
+    s->loss_sum = loss_sum;
+    s->correct = correct;
+    s->seen = seen;
+    s->train_secs = secs;
+    json_decref(r->rows);
+    r->rows = json_deep_copy(metrics);
+    ct_set_rng_state(seed, off);
+    json_decref(st);
+    return CLI_OK;
+}
+
+/* --resume: the newest checkpoint that verifies; damaged ones are named and skipped. No
+ * checkpoint yet (a run killed before its first): the run starts from its beginning. */
+static int resume_from_checkpoint(train_run *r, epoch_stats *s) {
+    char **paths;
+    int n = run_list_checkpoints(r->dir, &paths), rc = CLI_OK, found = 0;
+    for (int i = 0; i < n && !found && rc == CLI_OK; i++) {
+        ct_checkpoint_status status;
+        ct_checkpoint *c = ct_checkpoint_open(paths[i], &status);
+        if (!c && status == CT_CHECKPOINT_NEWER) {
+            rc = cli_fail("train", CLI_USAGE, "--resume: %s", ct_last_error());
+            break;
+        }
+        if (!c) {
+            fprintf(stderr, "ctorch train: warning: %s; %s\n", ct_last_error(),
+                    i + 1 < n ? "falling back to the previous checkpoint" : "no older checkpoint");
+            continue;
+        }
+        if (c->model && strcmp(c->model, r->a.model)) {
+            rc = cli_fail("train", CLI_USAGE, "--resume: checkpoint %s is of model %s, the run's "
+                          "manifest says %s", paths[i], c->model, r->a.model);
+        } else if (ct_checkpoint_restore(c, r->model, r->opt, r->a.amp.scaler) != 0) {
+            rc = cli_fail("train", CLI_USAGE, "--resume: %s: %s", paths[i], ct_last_error());
+        } else if ((rc = restore_state(r, paths[i], c->state_json, s)) == CLI_OK) {
+            found = 1;
+            r->last_ckpt = strdup(paths[i]);
+            r->last_ckpt_step = r->step;
+            r->last_ckpt_epoch = r->epoch;
+            r->last_ckpt_batch = r->batch;
+            printf("resuming %s from %s: epoch %lld, step %lld\n", r->dir, paths[i],
+                   (long long)r->epoch + 1, (long long)r->step);
+        }
+        ct_checkpoint_close(c);
+    }
+    for (int i = 0; i < n; i++) free(paths[i]);
+    free(paths);
+    if (rc == CLI_OK && !found) {
+        if (n > 0)
+            return cli_fail("train", CLI_USAGE, "--resume %s: none of its %d checkpoints is usable "
+                            "(see above); start a new run", r->dir, n);
+        fprintf(stderr, "ctorch train: %s has no checkpoint yet; starting the run from its "
+                "beginning\n", r->dir);
+    }
+    /* the manifest's record of the resume */
+    json_t *res = json_object_get(r->manifest, "resumes");
+    json_t *last = json_array_get(res, json_array_size(res) - 1);
+    if (rc == CLI_OK && last) {
+        json_object_set_new(last, "checkpoint",
+                            found ? json_string(r->last_ckpt + strlen(r->dir) + 1) : json_null());
+        json_object_set_new(last, "step", json_integer(r->step));
+        manifest_write(r);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ one epoch */
 static void print_banner(const train_run *r) {
     char gpu[300] = "", name[256];
     if (ct_device_describe(r->dev, name, sizeof name) == 0) snprintf(gpu, sizeof gpu, " (%s)", name);
     printf("training %s on %s: %lld train / %lld test images, %lld steps per epoch, %s, device "
-           "%s%s, %d threads%s%s\n",
+           "%s%s, %d threads%s%s%s\n",
            r->a.model, ct_dataset_name(r->kind), (long long)r->train->n, (long long)r->test->n,
            (long long)r->spe, r->a.optimizer, r->a.device, gpu, ct_get_num_threads(),
            r->a.amp.dtype != CT_FLOAT32 ? ", amp " : "",
-           r->a.amp.dtype != CT_FLOAT32 ? cli_amp_name(&r->a.amp) : "");
+           r->a.amp.dtype != CT_FLOAT32 ? cli_amp_name(&r->a.amp) : "",
+           r->a.deterministic ? ", deterministic" : "");
     fflush(stdout);
 }
 
-/* ------------------------------------------------------------------ one epoch */
 /* The progress line on a terminal: step, running loss, images/s, time left. */
-static void show_progress(const train_run *r, int64_t epoch, int64_t b, const epoch_stats *s) {
-    double el = cli_now() - s->t0, ips = (double)s->seen / el;
-    int64_t left = (r->spe - b) + r->spe * (r->a.epochs - epoch - 1);
-    if (r->total - r->step < left) left = r->total - r->step;
+static void show_progress(const train_run *r, const epoch_stats *s, int64_t seen0) {
+    double el = cli_now() - s->t0, ips = (double)(s->seen - seen0) / el;
+    int64_t left = r->total - r->step;
     char eta[32];
     fmt_time((double)left * (double)r->a.batch_size / (ips > 0 ? ips : 1), eta, sizeof eta);
     fprintf(stderr, "\repoch %lld/%lld step %lld/%lld loss %.4f %.0f img/s left %s   ",
-            (long long)epoch + 1, (long long)r->a.epochs, (long long)b, (long long)r->spe,
+            (long long)r->epoch + 1, (long long)r->a.epochs, (long long)r->batch, (long long)r->spe,
             s->loss_sum / (double)s->seen, ips, eta);
 }
 
-/* Trains on the epoch's batches (until the run's last step or Ctrl-C). */
-static int train_epoch(train_run *r, int64_t epoch, epoch_stats *s) {
-    memset(s, 0, sizeof *s);
-    s->t0 = cli_now();
-    ct_device_prefetcher_start_epoch(r->pf, epoch);
+enum { EPOCH_DONE, EPOCH_STOPPED };
+
+/* Trains from the current position to the end of the epoch (or the run's last step, or a
+ * signal), checkpointing every --checkpoint-every steps. */
+static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
+    double t_start = cli_now();
+    s->t0 = t_start;
+    int64_t seen0 = s->seen;
+    *stopped = 0;
+    if (ct_device_prefetcher_start_epoch_at(r->pf, r->epoch, r->batch) != 0)
+        return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
     ct_module_train(r->model, 1);
-    int64_t b = 0;
+    int skip_first = !strcmp(r->a.nan_policy, "skip");
     ct_tensor *x, *y;
     int got = 1;
-    while (r->step < r->total && !g_interrupted && (got = ct_device_prefetcher_next(r->pf, &x, &y)) == 1) {
+    while (r->step < r->total && !g_interrupted &&
+           (got = ct_device_prefetcher_next(r->pf, &x, &y)) == 1) {
         ct_optim_set_lr(r->opt, schedule_lr(&r->a, r->step, r->spe, r->total));
         train_step_result res;
-        if (cli_train_step(r->model, r->opt, x, y, r->dev, &r->a.amp, &res) != 0) {
-            ct_free(x);
-            ct_free(y);
+        int st = cli_train_step(r->model, r->opt, x, y, r->dev, &r->a.amp, skip_first, &res);
+        ct_free(x);
+        ct_free(y);
+        if (st < 0)
             return cli_fail("train", CLI_RUNTIME, "step %lld: %s", (long long)r->step, ct_last_error());
+        if (st == 1 || !isfinite(res.loss)) {
+            if (skip_first) { /* --nan-policy skip: no update from this batch, counted */
+                r->nan_skipped++;
+                fprintf(stderr, "%sctorch train: warning: step %lld: loss is %g; update skipped "
+                        "(--nan-policy skip; %lld so far)\n", r->tty ? "\n" : "",
+                        (long long)r->step, res.loss, (long long)r->nan_skipped);
+                r->batch++;
+                r->step++;
+                continue;
+            }
+            fprintf(stderr, "%sctorch train: step %lld (epoch %lld, batch %lld): the loss is %g; "
+                    "stopping (--nan-policy stop). Last good checkpoint: %s\n"
+                    "  lower --lr, use --amp off, or --nan-policy skip to drop such steps; "
+                    "continue from the checkpoint with: ctorch train --resume %s\n",
+                    r->tty ? "\n" : "", (long long)r->step, (long long)r->epoch + 1,
+                    (long long)r->batch, res.loss, r->last_ckpt ? r->last_ckpt : "(none yet)", r->dir);
+            return CLI_RUNTIME;
         }
         s->loss_sum += res.loss * (double)res.n;
         s->correct += res.correct;
         s->seen += res.n;
-        ct_free(x);
-        ct_free(y);
         r->step++;
-        b++;
-        if (r->tty && (b % 10 == 0 || b == r->spe)) show_progress(r, epoch, b, s);
+        r->batch++;
+        if (r->tty && (r->batch % 10 == 0 || r->batch == r->spe)) show_progress(r, s, seen0);
+        if (r->a.checkpoint_every > 0 && r->step % r->a.checkpoint_every == 0) {
+            s->train_secs += cli_now() - t_start;
+            t_start = cli_now();
+            write_checkpoint(r, s);
+        }
     }
     if (r->tty) fputc('\n', stderr);
+    s->train_secs += cli_now() - t_start;
     if (got < 0)
         return cli_fail("train", CLI_RUNTIME, "step %lld: loading the batch: %s",
                         (long long)r->step, ct_last_error());
-    s->train_secs = cli_now() - s->t0;
+    *stopped = g_interrupted || (r->batch < r->spe && r->step < r->total);
     return CLI_OK;
 }
 
-/* Appends the epoch's row to the --log-json file (rewritten atomically); a failure is a
- * warning, the training goes on. */
-static void log_epoch(train_run *r, int64_t epoch, const epoch_stats *s, const eval_result *ev,
-                      double ips, double secs) {
-    char *line = cli_json_line(json_pack(
-        "{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o*, s:o*}", "epoch", (json_int_t)epoch + 1,
-        "step", (json_int_t)r->step, "train_loss", cli_json_number(s->loss_sum / (double)s->seen, "%.6f"),
-        "train_acc", cli_json_number((double)s->correct / (double)s->seen, "%.6f"),
-        "test_loss", cli_json_number(ev->loss, "%.6f"), "test_acc", cli_json_number(ev->accuracy, "%.6f"),
-        "lr", cli_json_number(ct_optim_get_lr(r->opt), "%.8g"),
-        "images_per_sec", cli_json_number(ips, "%.1f"), "seconds", cli_json_number(secs, "%.3f"),
-        /* with a GradScaler: its scale and the steps skipped so far (inf/NaN gradients) */
-        "loss_scale",
-        r->a.amp.scaler ? cli_json_number(ct_grad_scaler_get_scale(r->a.amp.scaler), "%.8g") : NULL,
-        "amp_skipped_steps",
-        r->a.amp.scaler ? json_integer(ct_grad_scaler_skipped_steps(r->a.amp.scaler)) : NULL));
-    if (!line || tb_append(&r->log, line) != 0)
-        fprintf(stderr, "ctorch train: warning: out of memory for the --log-json row\n");
-    else if (write_atomic(r->a.log_json, &r->log) != 0)
+/* Rewrites metrics.jsonl (and --log-json) with every row so far; a failure is a warning. */
+static void write_metrics(train_run *r) {
+    char *p = run_path(r->dir, "metrics.jsonl");
+    if (!p || run_write_jsonl(p, r->rows) != 0)
+        fprintf(stderr, "ctorch train: warning: could not write %s: %s\n", p ? p : "metrics.jsonl",
+                ct_last_error());
+    free(p);
+    if (r->a.log_json && run_write_jsonl(r->a.log_json, r->rows) != 0)
         fprintf(stderr, "ctorch train: warning: could not write %s: %s\n", r->a.log_json, ct_last_error());
-    free(line);
 }
 
-/* Evaluates on the test set and reports the epoch (stdout, --log-json). */
-static int evaluate_epoch(train_run *r, int64_t epoch, const epoch_stats *s) {
+/* Evaluates on the test set, reports the epoch (stdout, metrics.jsonl, --log-json) and
+ * moves the position to the next epoch. */
+static int evaluate_epoch(train_run *r, epoch_stats *s) {
     eval_result ev;
+    double t0 = cli_now();
     if (cli_evaluate(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, &ev) != 0)
         return cli_fail("train", CLI_RUNTIME, "evaluation: %s", ct_last_error());
-    double secs = cli_now() - s->t0;
-    r->epochs_run++;
+    double secs = s->train_secs + (cli_now() - t0);
     r->final_acc = ev.accuracy;
-    double ips = (double)s->seen / s->train_secs;
+    r->final_loss = ev.loss;
+    double ips = s->train_secs > 0 ? (double)s->seen / s->train_secs : 0;
     printf("epoch %lld/%lld train_loss %.4f train_acc %.2f%% test_loss %.4f test_acc %.2f%% "
-           "lr %.5g %.0f img/s %.1fs", (long long)epoch + 1, (long long)r->a.epochs,
+           "lr %.5g %.0f img/s %.1fs", (long long)r->epoch + 1, (long long)r->a.epochs,
            s->loss_sum / (double)s->seen, 100.0 * (double)s->correct / (double)s->seen, ev.loss,
            100.0 * ev.accuracy, ct_optim_get_lr(r->opt), ips, secs);
     if (r->a.amp.scaler)
         printf(" loss_scale %g skipped %lld", ct_grad_scaler_get_scale(r->a.amp.scaler),
                (long long)ct_grad_scaler_skipped_steps(r->a.amp.scaler));
+    if (r->nan_skipped) printf(" nan_skipped %lld", (long long)r->nan_skipped);
     printf("\n");
     fflush(stdout);
-    if (r->a.log_json) log_epoch(r, epoch, s, &ev, ips, secs);
+    json_t *row = json_pack(
+        "{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o*, s:o*, s:o*}", "epoch",
+        (json_int_t)r->epoch + 1, "step", (json_int_t)r->step, "train_loss",
+        cli_json_number(s->loss_sum / (double)s->seen, "%.6f"), "train_acc",
+        cli_json_number((double)s->correct / (double)s->seen, "%.6f"), "test_loss",
+        cli_json_number(ev.loss, "%.6f"), "test_acc", cli_json_number(ev.accuracy, "%.6f"), "lr",
+        cli_json_number(ct_optim_get_lr(r->opt), "%.8g"), "images_per_sec",
+        cli_json_number(ips, "%.1f"), "seconds", cli_json_number(secs, "%.3f"),
+        /* with a GradScaler: its scale and the steps skipped so far (inf/NaN gradients) */
+        "loss_scale",
+        r->a.amp.scaler ? cli_json_number(ct_grad_scaler_get_scale(r->a.amp.scaler), "%.8g") : NULL,
+        "amp_skipped_steps",
+        r->a.amp.scaler ? json_integer(ct_grad_scaler_skipped_steps(r->a.amp.scaler)) : NULL,
+        "nan_skipped_steps", r->nan_skipped ? json_integer(r->nan_skipped) : NULL);
+    if (!row || json_array_append_new(r->rows, row) != 0)
+        fprintf(stderr, "ctorch train: warning: out of memory for the metrics row\n");
+    write_metrics(r);
+    r->epoch++;
+    r->batch = 0;
+    memset(s, 0, sizeof *s);
     return CLI_OK;
 }
 
 /* ------------------------------------------------------------------ the end */
-/* Saves the weights (also after Ctrl-C) and prints the final test accuracy. */
-static int finish_run(train_run *r) {
-    if (g_interrupted) fprintf(stderr, "ctorch train: interrupted at step %lld\n", (long long)r->step);
-    if (r->a.save) {
+static void set_final(train_run *r, const char *status) {
+    char now[32];
+    run_utc_now(now, sizeof now);
+    json_object_set_new(r->manifest, "status", json_string(status));
+    json_object_set_new(r->manifest, "ended", json_string(now));
+    json_t *last = json_array_get(r->rows, json_array_size(r->rows) - 1);
+    if (last)
+        json_object_set_new(r->manifest, "final_metrics",
+                            json_pack("{s:O, s:O, s:O?, s:O?, s:O?, s:O?}", "epoch",
+                                      json_object_get(last, "epoch"), "step",
+                                      json_object_get(last, "step"), "train_loss",
+                                      json_object_get(last, "train_loss"), "train_acc",
+                                      json_object_get(last, "train_acc"), "test_loss",
+                                      json_object_get(last, "test_loss"), "test_acc",
+                                      json_object_get(last, "test_acc")));
+    else if (isfinite(r->final_acc)) /* no epoch row: the evaluation at the end */
+        json_object_set_new(r->manifest, "final_metrics",
+                            json_pack("{s:I, s:o, s:o}", "step", (json_int_t)r->step, "test_loss",
+                                      cli_json_number(r->final_loss, "%.6f"), "test_acc",
+                                      cli_json_number(r->final_acc, "%.6f")));
+    manifest_write(r);
+}
+
+/* A signal: checkpoint where the run stands, the command that continues it, exit 0. */
+static int finish_interrupted(train_run *r, const epoch_stats *s) {
+    fprintf(stderr, "ctorch train: %s at step %lld (epoch %lld, batch %lld/%lld)\n",
+            g_interrupted == SIGTERM ? "terminated" : "interrupted", (long long)r->step,
+            (long long)r->epoch + 1, (long long)r->batch, (long long)r->spe);
+    int rc = write_checkpoint(r, s);
+    if (r->a.save) { /* the weights so far, as before run directories */
         const char *meta[] = {"format", "pt", "model", r->a.model, NULL};
-        if (ct_module_save(r->model, r->a.save, meta) != 0)
-            return cli_fail("train", CLI_RUNTIME, "saving %s: %s", r->a.save, ct_last_error());
-        printf("saved weights to %s\n", r->a.save);
+        if (ct_module_save(r->model, r->a.save, meta) == 0) printf("saved weights to %s\n", r->a.save);
+        else fprintf(stderr, "ctorch train: warning: saving %s: %s\n", r->a.save, ct_last_error());
     }
-    if (!r->epochs_run) {
-        eval_result ev;
-        if (cli_evaluate(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, &ev) == 0) r->final_acc = ev.accuracy;
+    set_final(r, "interrupted");
+    if (rc != 0 && !r->last_ckpt) {
+        fprintf(stderr, "ctorch train: no checkpoint could be written; the run cannot be resumed\n");
+        return CLI_RUNTIME;
     }
-    printf("final test accuracy: %.2f%%\n", 100.0 * r->final_acc);
+    printf("checkpoint: %s\nresume with: ctorch train --resume %s\n", r->last_ckpt, r->dir);
     return CLI_OK;
 }
 
+/* The final weights (run dir and --save), the plot, a checkpoint to extend the run from,
+ * the manifest. A failed final save exits 1 naming the file and the last checkpoint. */
+static int finish_run(train_run *r, const epoch_stats *s) {
+    json_t *last = json_array_get(r->rows, json_array_size(r->rows) - 1);
+    if (last && isnan(r->final_acc)) { /* resumed after its last epoch: nothing to train */
+        r->final_acc = json_number_value(json_object_get(last, "test_acc"));
+        r->final_loss = json_number_value(json_object_get(last, "test_loss"));
+        printf("the run had finished its %lld epochs; raise --epochs to train further\n",
+               (long long)r->a.epochs);
+    }
+    if (!last) { /* --max-steps inside the first epoch */
+        eval_result ev;
+        if (cli_evaluate(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, &ev) == 0) {
+            r->final_acc = ev.accuracy;
+            r->final_loss = ev.loss;
+        }
+    }
+    write_checkpoint(r, s);
+    char *mp = run_path(r->dir, "model.safetensors"), *cp = run_path(r->dir, "curves.svg");
+    const char *meta[] = {"format", "pt", "model", r->a.model, NULL};
+    int rc = CLI_OK;
+    const char *saves[2] = {mp, r->a.save};
+    for (int i = 0; i < 2 && rc == CLI_OK; i++) {
+        if (!saves[i]) continue;
+        if (ct_module_save(r->model, saves[i], meta) != 0) {
+            rc = cli_fail("train", CLI_RUNTIME, "saving the final weights to %s failed: %s; the "
+                          "last good checkpoint is %s (resume: ctorch train --resume %s)",
+                          saves[i], ct_last_error(), r->last_ckpt ? r->last_ckpt : "(none)", r->dir);
+        } else if (i == 1) printf("saved weights to %s\n", r->a.save);
+    }
+    if (rc == CLI_OK && cp && cli_write_curves_svg(cp, r->rows, r->dir) != 0)
+        fprintf(stderr, "ctorch train: warning: could not draw %s: %s\n", cp, ct_last_error());
+    free(mp);
+    free(cp);
+    set_final(r, rc == CLI_OK ? "completed" : "failed");
+    if (rc == CLI_OK) printf("final test accuracy: %.2f%%\nrun directory: %s\n", 100.0 * r->final_acc, r->dir);
+    return rc;
+}
+
 static void free_run(train_run *r) {
-    free(r->log.buf);
     ct_device_prefetcher_free(r->pf);
     ct_dataloader_free(r->dl);
     ct_optim_free(r->opt);
@@ -355,26 +894,42 @@ static void free_run(train_run *r) {
     ct_module_free(r->model);
     ct_dataset_free(r->train);
     ct_dataset_free(r->test);
+    json_decref(r->rows);
+    json_decref(r->manifest);
+    json_decref(r->recorded);
+    free(r->dir);
+    free(r->last_ckpt);
 }
 
 int cmd_train(int argc, char **argv) {
-    train_run r = {.a = {.amp = {CT_FLOAT32}, .optimizer = "sgd", .schedule = "none", .augment = "none", .device = "cpu",
-                         .epochs = 10, .batch_size = 64, .lr = NAN, .momentum = NAN,
-                         .weight_decay = NAN},
-                   .final_acc = NAN};
-    int rc = parse_args(argc, argv, &r.a);
+    train_run r = {.a = default_args(), .argc = argc, .argv = argv, .final_acc = NAN};
+    epoch_stats s = {0};
+    int rc = parse_args(argc, argv, &r);
     if (rc == CLI_OK) rc = resolve_options(&r);
+    if (rc == CLI_OK) rc = open_run_dir(&r);
     if (rc == CLI_OK) rc = setup_run(&r);
+    if (rc == CLI_OK && r.a.resume) rc = resume_from_checkpoint(&r, &s);
     if (rc == CLI_OK) {
-        signal(SIGINT, on_sigint);
+        struct sigaction sa = {0};
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
         print_banner(&r);
-        for (int64_t epoch = 0; epoch < r.a.epochs && r.step < r.total && !g_interrupted; epoch++) {
-            epoch_stats s;
-            if ((rc = train_epoch(&r, epoch, &s)) != CLI_OK || !s.seen) break;
-            if ((rc = evaluate_epoch(&r, epoch, &s)) != CLI_OK) break;
+        int stopped = 0;
+        while (r.epoch < r.a.epochs && r.step < r.total && !stopped) {
+            if ((rc = train_epoch(&r, &s, &stopped)) != CLI_OK || stopped) break;
+            if ((rc = evaluate_epoch(&r, &s)) != CLI_OK) break;
+            if (r.a.checkpoint_every == 0 && !g_interrupted) write_checkpoint(&r, &s);
+            stopped = g_interrupted != 0;
         }
+        /* the run's last step inside an epoch (--max-steps): that epoch's figures */
+        if (rc == CLI_OK && !stopped && r.batch > 0 && s.seen > 0) rc = evaluate_epoch(&r, &s);
+        if (rc == CLI_OK) rc = g_interrupted ? finish_interrupted(&r, &s) : finish_run(&r, &s);
+        else if (r.manifest) set_final(&r, "failed");
+    } else if (r.manifest && rc == CLI_RUNTIME) {
+        set_final(&r, "failed");
     }
-    if (rc == CLI_OK) rc = finish_run(&r);
     free_run(&r);
     return rc;
 }

@@ -1,6 +1,7 @@
 #include "train_common.h"
 #include "cli.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,7 +136,7 @@ int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
 }
 
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
-                   ct_device dev, const cli_amp *amp, train_step_result *r) {
+                   ct_device dev, const cli_amp *amp, int check_loss_first, train_step_result *r) {
     ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
     if (amp_enter(amp, dev) != 0) {
         ct_free(xd);
@@ -145,7 +146,18 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
     ct_tensor *logits = xd ? ct_module_forward(model, xd) : NULL;
     ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_MEAN, 0.0, -100) : NULL;
     amp_exit(amp);
-    int rc = -1;
+    int rc = -1, stats_done = 0;
+    r->n = ct_size(x, 0);
+    if (loss && check_loss_first) {
+        /* the figures before the update: a NaN or infinite loss leaves the weights alone */
+        if (step_stats(logits, loss, yd, &r->loss, &r->correct) != 0) goto out;
+        stats_done = 1;
+        if (!isfinite(r->loss)) {
+            ct_optim_zero_grad(opt);
+            rc = 1;
+            goto out;
+        }
+    }
     if (amp && amp->scaler && loss) {
         /* GradScaler: backward of loss * scale, a step only when every gradient is
          * finite (after unscaling), then the scale's update */
@@ -156,14 +168,13 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
         ct_free(scaled);
         if (ok) {
             ct_optim_zero_grad(opt);
-            r->n = ct_size(x, 0);
-            rc = step_stats(logits, loss, yd, &r->loss, &r->correct);
+            rc = stats_done ? 0 : step_stats(logits, loss, yd, &r->loss, &r->correct);
         }
     } else if (loss && ct_backward(loss, NULL, 0) == 0 && ct_optim_step(opt) == 0) {
         ct_optim_zero_grad(opt);
-        r->n = ct_size(x, 0);
-        rc = step_stats(logits, loss, yd, &r->loss, &r->correct);
+        rc = stats_done ? 0 : step_stats(logits, loss, yd, &r->loss, &r->correct);
     }
+out:
     ct_free(xd);
     ct_free(yd);
     ct_free(logits);

@@ -37,9 +37,11 @@ int cli_device(const char *cmd, const char *s, ct_device *out);
 int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
                     ct_dataloader **dl, ct_device_prefetcher **pf);
 /* forward, cross-entropy, backward, optimizer step, zero_grad. x and y may be on the CPU or
- * already on dev. */
+ * already on dev. check_loss_first: the loss is read before backward, and a NaN or infinite
+ * loss returns 1 with no update (r->loss says which); otherwise 0 (the loss is read after
+ * the step, one synchronisation with a GPU per step), -1 on error. */
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
-                   ct_device dev, const cli_amp *amp, train_step_result *r);
+                   ct_device dev, const cli_amp *amp, int check_loss_first, train_step_result *r);
 /* Test-set loss and accuracy in eval mode without gradients (leaves the model in eval). */
 int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
                  int64_t batch, const cli_amp *amp, eval_result *out);
