@@ -46,7 +46,7 @@ typedef struct {
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
     int64_t checkpoint_every, keep_checkpoints;
     double lr, momentum, weight_decay;
-    int nesterov, no_shuffle, no_scaler, deterministic;
+    int nesterov, no_shuffle, no_scaler, deterministic, no_checkpoints;
 } train_args;
 
 /* How an option relates to a run (what --resume does with it):
@@ -56,7 +56,7 @@ typedef struct {
  *   LOCAL:  this invocation only (--run-dir, --resume) */
 enum { RESULT, FREE, RAISE, LOCAL };
 
-enum { NOPTS = 31 };
+enum { NOPTS = 32 };
 static int train_opts(train_args *a, cli_opt *o, int *kind) {
     const struct {
         cli_opt opt;
@@ -89,6 +89,7 @@ static int train_opts(train_args *a, cli_opt *o, int *kind) {
         {{"--deterministic", OPT_FLAG, &a->deterministic, 0, 0, 0}, RESULT},
         {{"--checkpoint-every", OPT_INT, &a->checkpoint_every, 0, 1e12, 0}, FREE},
         {{"--keep-checkpoints", OPT_INT, &a->keep_checkpoints, 1, 1e6, 0}, FREE},
+        {{"--no-checkpoints", OPT_FLAG, &a->no_checkpoints, 0, 0, 0}, FREE},
         {{"--nan-policy", OPT_STRING, &a->nan_policy, 0, 0, 0}, FREE},
         {{"--run-dir", OPT_STRING, &a->run_dir, 0, 0, 0}, LOCAL},
         {{"--resume", OPT_STRING, &a->resume, 0, 0, 0}, LOCAL},
@@ -389,9 +390,9 @@ static json_t *command_json(int argc, char **argv) {
     return c;
 }
 
-/* A new run: the directory and its manifest (status "running"); a resumed one: the
- * manifest gains a "resumes" entry. Written before the data is read, so that a run killed
- * at any moment after this can be resumed. */
+/* A new run: the directory and its manifest (status "running"), written before the first
+ * step so that a run killed at any moment after this can be resumed; a resumed one: the
+ * manifest gains a "resumes" entry. */
 static int open_run_dir(train_run *r) {
     train_args *a = &r->a;
     char now[32];
@@ -411,8 +412,7 @@ static int open_run_dir(train_run *r) {
         if (!ok)
             return cli_fail("train", CLI_USAGE, "--resume %s: cannot write in the run directory: %s",
                             r->dir, ct_last_error());
-        manifest_write(r);
-        return CLI_OK;
+        return CLI_OK; /* written once the checkpoint is restored */
     }
     r->dir = a->run_dir ? strdup(a->run_dir) : run_dir_default(a->model, a->dataset);
     if (!r->dir) return cli_fail("train", CLI_RUNTIME, "out of memory");
@@ -431,7 +431,10 @@ static int open_run_dir(train_run *r) {
                                   "init_and_dropout", "global generator seeded with seed",
                                   "data_order", "permutation of (seed, epoch)",
                                   "augmentation", "stream of (seed, epoch, batch)"));
-    json_object_set_new(r->manifest, "datasets", json_array());
+    /* what was read, by SHA-256 (cached by path, size and mtime) */
+    json_t *files = cli_dataset_files(r->kind, a->data_dir);
+    if (!files) fprintf(stderr, "ctorch train: warning: dataset files not hashed: %s\n", ct_last_error());
+    json_object_set_new(r->manifest, "datasets", files ? files : json_array());
     json_object_set_new(r->manifest, "started", json_string(now));
     json_object_set_new(r->manifest, "ended", json_null());
     json_object_set_new(r->manifest, "final_metrics", json_null());
@@ -470,12 +473,6 @@ static int setup_run(train_run *r) {
     if (!r->train) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     r->test = ct_dataset_load(r->kind, CT_SPLIT_TEST, a->data_dir, a->test_limit);
     if (!r->test) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
-    if (!a->resume) { /* what was read, by SHA-256 (cached by path, size and mtime) */
-        json_t *files = cli_dataset_files(r->kind, a->data_dir);
-        if (files) json_object_set_new(r->manifest, "datasets", files);
-        else fprintf(stderr, "ctorch train: warning: dataset files not hashed: %s\n", ct_last_error());
-        manifest_write(r);
-    }
     r->model = ct_model_create_ex(a->model, r->train->num_classes, r->train->c, r->train->h, r->train->w);
     if (!r->model) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     if (a->init && ct_module_load(r->model, a->init) != 0)
@@ -539,6 +536,7 @@ static char *state_text(train_run *r, const epoch_stats *s) {
 /* Writes a checkpoint of the current position; a failure (full disk, unwritable
  * directory) is a warning: training goes on, the previous checkpoint is intact. */
 static int write_checkpoint(train_run *r, const epoch_stats *s) {
+    if (r->a.no_checkpoints) return 0;
     if (r->last_ckpt && r->last_ckpt_step == r->step && r->last_ckpt_epoch == r->epoch &&
         r->last_ckpt_batch == r->batch)
         return 0; /* already written here */
@@ -906,8 +904,8 @@ int cmd_train(int argc, char **argv) {
     epoch_stats s = {0};
     int rc = parse_args(argc, argv, &r);
     if (rc == CLI_OK) rc = resolve_options(&r);
-    if (rc == CLI_OK) rc = open_run_dir(&r);
     if (rc == CLI_OK) rc = setup_run(&r);
+    if (rc == CLI_OK) rc = open_run_dir(&r);
     if (rc == CLI_OK && r.a.resume) rc = resume_from_checkpoint(&r, &s);
     if (rc == CLI_OK) {
         struct sigaction sa = {0};

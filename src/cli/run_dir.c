@@ -33,8 +33,10 @@ char *run_dir_default(const char *model, const char *dataset) {
     strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
     for (int k = 1; k < 1000; k++) {
         char *p = NULL;
-        int rc = k == 1 ? asprintf(&p, "runs/%s-%s-%s", model, dataset, stamp)
-                        : asprintf(&p, "runs/%s-%s-%s-%d", model, dataset, stamp, k);
+        const char *root = getenv("CTORCH_RUNS");
+        if (!root || !*root) root = "runs";
+        int rc = k == 1 ? asprintf(&p, "%s/%s-%s-%s", root, model, dataset, stamp)
+                        : asprintf(&p, "%s/%s-%s-%s-%d", root, model, dataset, stamp, k);
         if (rc < 0) return NULL;
         if (access(p, F_OK) != 0) return p;
         free(p);

@@ -12,7 +12,8 @@
 #define RUN_FORMAT "ctorch-run"
 #define RUN_FORMAT_VERSION 1
 
-/* runs/<model>-<dataset>-<UTC yyyymmdd-hhmmss> (with -2, -3... when taken); malloc'd. */
+/* $CTORCH_RUNS (default runs)/<model>-<dataset>-<UTC yyyymmdd-hhmmss> (with -2, -3...
+ * when taken); malloc'd. */
 char *run_dir_default(const char *model, const char *dataset);
 /* Creates dir and dir/checkpoints (parents too). A directory that already holds a run
  * (manifest.json) is refused: its results would be overwritten. -1 with the message. */
