@@ -177,3 +177,10 @@ TEST(cuda_emulator_train_end_to_end) {
     if (!cifar_present()) SKIP("no CIFAR-10 under $CTORCH_DATA");
     run_emulated("cli_train_on_cuda", 1);
 }
+
+/* The manifest's CUDA fields (src/cli/run_info.c) through the plugin's `versions` entry
+ * point: driver, runtime and cuDNN versions, the device in use. */
+TEST(cuda_emulator_run_info) {
+    EMU_SKIP();
+    run_emulated("run_info_env_cuda", 1);
+}

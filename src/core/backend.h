@@ -244,8 +244,20 @@ static inline int (*ct_kernel_at(const ct_kernels *k, int i))(void) {
  * NULL and the caller takes its synchronous path. */
 typedef struct ct_event ct_event;
 typedef enum { CT_STREAM_COMPUTE = 0, CT_STREAM_COPY = 1 } ct_stream_id;
+/* What a backend's results depend on beyond ctorch's own code, for a run's manifest
+ * (src/cli/run_info.c, docs/runs.md): strings, "" where the backend has no such piece or
+ * cannot tell. Filled by the `versions` entry point below. */
+typedef struct ct_backend_versions {
+    char kernels[64];     /* the kernel variant in use: the CPU's "avx512+amx", "avx2", ...;
+                             CUDA's compiled architectures */
+    char driver[32];      /* the accelerator driver's version (CUDA: "12.4") */
+    char runtime[32];     /* the runtime the backend was built with (CUDA: "13.0") */
+    char dnn[32];         /* the DNN library as loaded (cuDNN: "9.19.0") */
+    char collectives[32]; /* the collective-communication library (NCCL); ctorch uses none */
+} ct_backend_versions;
 #define CT_BACKEND_PROCS(X)                                                                \
     X(device_count, int, (void))                                                           \
+    X(versions, int, (ct_backend_versions *out))                                           \
     X(device_describe, int, (int device, char *buf, size_t n))                             \
     X(synchronize, int, (int device))                                                      \
     X(host_alloc, void *, (size_t nbytes))                                                 \
@@ -291,7 +303,8 @@ enum { CT_MEMCPY_H2D = 0, CT_MEMCPY_D2H = 1, CT_MEMCPY_D2D = 2 };
 /* The layout of ct_backend, which the CUDA plugin fills in: its size, and a number to bump
  * whenever entries change without changing the size. The core refuses a plugin built with
  * another layout (src/core/dispatch.c) instead of calling through a shifted table. */
-#define CT_BACKEND_ABI_VERSION 5 /* 5: autocast fields */
+/* 6: the `versions` entry point (ct_backend_procs grew: an older plugin's table is shorter) */
+#define CT_BACKEND_ABI_VERSION 6
 #define CT_BACKEND_ABI ((long)sizeof(ct_backend) * 100 + CT_BACKEND_ABI_VERSION)
 
 int ct_register_backend(const ct_backend *b);

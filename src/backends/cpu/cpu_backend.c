@@ -2,9 +2,12 @@
  * and the CPU kernel table. */
 #include "core/error.h"
 #include "cpu_alloc.h"
+#include "cpu_gemm_bf16.h"
+#include "cpu_isa.h"
 #include "cpu_kernels.h"
 #include "pool_fast.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,12 +28,33 @@ static int cpu_memcpy(void *dst, const void *src, size_t n, int kind, int index)
     return 0;
 }
 
+/* The `versions` entry point: which kernel variant runs now (CTORCH_CPU_ISA may lower it,
+ * so it is read on every call, as the kernels do): the vector level, then the bfloat16
+ * GEMM's kernel when there is one ("+amx": AMX tiles, "+avx512_bf16": vdpbf16ps). The
+ * level is "baseline" (portable C) without AVX2; at the amx level the vectors are
+ * AVX-512, hence "avx512+amx". */
+static int cpu_versions(ct_backend_versions *out) {
+    memset(out, 0, sizeof *out);
+    ct_isa_level l = ct_cpu_isa_level();
+    const char *level = l >= CT_ISA_AVX512 ? "avx512" : l == CT_ISA_AVX2 ? "avx2" : "baseline";
+    int bf16 = ct_gemm_bf16_kind();
+    snprintf(out->kernels, sizeof out->kernels, "%s%s", level,
+             bf16 == CT_BF16_AMX      ? "+amx"
+             : bf16 == CT_BF16_AVX512 ? "+avx512_bf16"
+                                      : "");
+    return 0;
+}
+
+/* The CPU has no devices to count, streams or pinned memory: only `versions`. */
+static const ct_backend_procs cpu_procs = {.versions = cpu_versions};
+
 const ct_backend ct_cpu_backend = {
     .name = "cpu",
     .type = CT_CPU,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .memcpy = cpu_memcpy,
+    .procs = &cpu_procs,
     .host_memory = 1,
     .autocast_fp32 = 0, /* PyTorch's CPU autocast: only the common list */
     .fp16_emulated = 1, /* float16 is widened to float32 (cpu_lowp.c) */

@@ -281,6 +281,10 @@ static void init_failure(const cu_driver_api *d, CUresult e, char *r, size_t n) 
     }
 }
 
+/* cuDriverGetVersion's answer (1000 * major + 10 * minor), kept for the `versions` entry
+ * point; 0 when unknown. */
+static int g_driver_version;
+
 /* The driver: present, new enough, initialised, with a device whose architecture this
  * build has kernels for (device 0); -1 with the reason and the fix in r. */
 static int check_driver(char *r, size_t n) {
@@ -288,6 +292,7 @@ static int check_driver(char *r, size_t n) {
     if (open_driver(&d, r, n) != 0) return -1;
     int drv = 0;
     if (d.version(&drv) != CUDA_SUCCESS) drv = 0;
+    g_driver_version = drv;
     if (drv / 1000 < CUDART_VERSION / 1000) {
         snprintf(r, n,
                  "NVIDIA driver older than the CUDA runtime needs: the installed driver "
@@ -530,6 +535,28 @@ int ct_cuda_plugin_device_describe(int device, char *buf, size_t n) {
     return 0;
 }
 
+/* The `versions` entry point (src/core/backend.h), for run manifests: the driver's CUDA
+ * version, the runtime linked in (cudart is static: the toolkit this plugin was built with),
+ * the cuDNN loaded (cudnnGetVersion: 10000 * major + 100 * minor + patch since cuDNN 9) and
+ * the architectures compiled in. ctorch uses no NCCL: that field stays empty. */
+static int cu_versions(ct_backend_versions *out) {
+    memset(out, 0, sizeof *out);
+    if (g_driver_version > 0)
+        snprintf(out->driver, sizeof out->driver, "%d.%d", g_driver_version / 1000,
+                 g_driver_version % 1000 / 10);
+    snprintf(out->runtime, sizeof out->runtime, "%d.%d", CUDART_VERSION / 1000,
+             CUDART_VERSION % 1000 / 10);
+    if (cu_dnn.cudnnGetVersion) {
+        size_t v = cu_dnn.cudnnGetVersion();
+        snprintf(out->dnn, sizeof out->dnn, "%zu.%zu.%zu", v / 10000, v % 10000 / 100, v % 100);
+    }
+    arch_list(out->kernels, sizeof out->kernels);
+#ifdef CT_CUDA_EMU
+    snprintf(out->kernels, sizeof out->kernels, "CPU emulator (tests/cuda_emu)");
+#endif
+    return 0;
+}
+
 int ct_cuda_synchronize(int device) {
     cu_dev *d = cu_device(device);
     return d ? cu_sync(d, "synchronize") : -1;
@@ -547,6 +574,7 @@ static void be_free(void *p, int index) { cu_free(p, index); }
 /* The extra entry points (CT_BACKEND_PROCS) this backend provides. */
 static const ct_backend_procs g_procs = {
     .device_count = ct_cuda_plugin_device_count,
+    .versions = cu_versions,
     .device_describe = ct_cuda_plugin_device_describe,
     .synchronize = ct_cuda_synchronize,
     .host_alloc = ct_cuda_host_alloc,
