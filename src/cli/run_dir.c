@@ -208,19 +208,3 @@ void run_prune_checkpoints(const char *dir, int keep) {
     }
     free(paths);
 }
-
-/* Until src/cli/run_info.c provides them: weak stand-ins. */
-__attribute__((weak)) json_t *cli_env_ctorch(void) { return json_pack("{s:s}", "version", CT_VERSION); }
-__attribute__((weak)) json_t *cli_env_system(int threads) { return json_pack("{s:i}", "threads", threads); }
-__attribute__((weak)) json_t *cli_env_cuda(ct_device dev) {
-    (void)dev;
-    return json_null();
-}
-__attribute__((weak)) json_t *cli_dataset_files(ct_dataset_kind kind, const char *data_dir) {
-    (void)kind, (void)data_dir;
-    return json_array();
-}
-__attribute__((weak)) int cli_write_curves_svg(const char *path, const json_t *rows, const char *title) {
-    (void)path, (void)rows, (void)title;
-    return 0;
-}

@@ -9,6 +9,8 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "run_info.h" /* the manifest's environment fields, curves.svg */
+
 #define RUN_FORMAT "ctorch-run"
 #define RUN_FORMAT_VERSION 1
 
@@ -37,12 +39,5 @@ int run_list_checkpoints(const char *dir, char ***paths);
 char *run_checkpoint_path(const char *dir, int64_t step);
 /* Removes all but the `keep` newest checkpoints. */
 void run_prune_checkpoints(const char *dir, int keep);
-
-/* Environment recording and the plot (src/cli/run_info.c). */
-json_t *cli_env_ctorch(void);
-json_t *cli_env_system(int threads);
-json_t *cli_env_cuda(ct_device dev);
-json_t *cli_dataset_files(ct_dataset_kind kind, const char *data_dir);
-int cli_write_curves_svg(const char *path, const json_t *rows, const char *title);
 
 #endif
