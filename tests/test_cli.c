@@ -1,6 +1,7 @@
 /* End-to-end tests of the ctorch binary on real data (CTORCH_DATA), and its exit codes
  * on bad input. The binary is build/ctorch unless CTORCH_BIN says otherwise. */
 #include "test.h"
+#include "cli_util.h"
 #include "ctorch_io.h"
 #include "ctorch_nn.h"
 
@@ -11,58 +12,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-static const char *bin(void) {
-    const char *b = getenv("CTORCH_BIN");
-    return b ? b : "build/ctorch";
-}
-
-static const char *data_dir(void) {
-    const char *d = getenv("CTORCH_DATA");
-    if (!d) return NULL;
-    char p[1024];
-    snprintf(p, sizeof p, "%s/cifar-10-batches-bin/data_batch_1.bin", d);
-    return access(p, R_OK) == 0 ? d : NULL;
-}
-
-static char g_tmp[256];
-static void remove_tmpdir(void) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
-    if (system(cmd)) {}
-}
-static const char *tmpdir(void) {
-    if (!g_tmp[0]) {
-        snprintf(g_tmp, sizeof g_tmp, "/tmp/ctorch-cli-test-XXXXXX");
-        if (!mkdtemp(g_tmp)) g_tmp[0] = 0;
-        else atexit(remove_tmpdir);
-    }
-    return g_tmp;
-}
-
-/* Runs a shell command with output to `log`; returns the exit status. */
-static int run(const char *cmd, const char *log) {
-    char full[4096];
-    snprintf(full, sizeof full, "%s > %s 2>&1", cmd, log);
-    int st = system(full);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int log_has(const char *log, const char *needle) {
-    FILE *f = fopen(log, "r");
-    if (!f) return 0;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return strstr(buf, needle) != NULL;
-}
-
-static void show_log(const char *log) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "tail -5 %s >&2", log);
-    if (system(cmd)) {}
-}
 
 /* Same formula as tests/fixtures/gen_train_steps.py. */
 static int write_formula_init(const char *path) {

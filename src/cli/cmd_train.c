@@ -710,19 +710,21 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
         if (st == 1 || !isfinite(res.loss)) {
             if (skip_first) { /* --nan-policy skip: no update from this batch, counted */
                 r->nan_skipped++;
-                fprintf(stderr, "%sctorch train: warning: step %lld: loss is %g; update skipped "
+                fprintf(stderr, "%sctorch train: warning: step %lld: loss is %s; update skipped "
                         "(--nan-policy skip; %lld so far)\n", r->tty ? "\n" : "",
-                        (long long)r->step, res.loss, (long long)r->nan_skipped);
+                        (long long)r->step, isnan(res.loss) ? "NaN" : "infinite",
+                        (long long)r->nan_skipped);
                 r->batch++;
                 r->step++;
                 continue;
             }
-            fprintf(stderr, "%sctorch train: step %lld (epoch %lld, batch %lld): the loss is %g; "
+            fprintf(stderr, "%sctorch train: step %lld (epoch %lld, batch %lld): the loss is %s; "
                     "stopping (--nan-policy stop). Last good checkpoint: %s\n"
-                    "  lower --lr, use --amp off, or --nan-policy skip to drop such steps; "
-                    "continue from the checkpoint with: ctorch train --resume %s\n",
+                    "  fix: a lower --lr or --amp off in a new run, or drop such steps: "
+                    "ctorch train --resume %s --nan-policy skip\n",
                     r->tty ? "\n" : "", (long long)r->step, (long long)r->epoch + 1,
-                    (long long)r->batch, res.loss, r->last_ckpt ? r->last_ckpt : "(none yet)", r->dir);
+                    (long long)r->batch, isnan(res.loss) ? "NaN" : res.loss > 0 ? "inf" : "-inf",
+                    r->last_ckpt ? r->last_ckpt : "(none yet)", r->dir);
             return CLI_RUNTIME;
         }
         s->loss_sum += res.loss * (double)res.n;

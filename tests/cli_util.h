@@ -1,0 +1,18 @@
+/* Helpers for tests that run the ctorch binary. */
+#ifndef CT_TEST_CLI_UTIL_H
+#define CT_TEST_CLI_UTIL_H
+
+/* build/ctorch, or $CTORCH_BIN */
+const char *bin(void);
+/* $CTORCH_DATA when it holds CIFAR-10's binary files, else NULL */
+const char *data_dir(void);
+/* A temporary directory for this process, removed at exit */
+const char *tmpdir(void);
+/* Runs a shell command with its output to `log`; returns the exit status (-1 if killed) */
+int run(const char *cmd, const char *log);
+/* Whether the file `log` contains needle (its first 64 KiB) */
+int log_has(const char *log, const char *needle);
+/* Its last lines, to stderr (for a failing check) */
+void show_log(const char *log);
+
+#endif
