@@ -319,6 +319,9 @@ void *ct_backend_find_proc(const ct_backend *b, const char *name);
  * Loads the plugin on first use. NULL + error when the backend is unavailable or lacks
  * the name. */
 void *ct_backend_proc(ct_device_type type, const char *name);
+/* Called when a process-wide setting a plugin mirrors changes (ct_use_deterministic_algorithms):
+ * a loaded CUDA plugin gets it; nothing is loaded for this. */
+void ct__backend_settings_changed(void);
 
 /* Looks up kernel `field` for tensor t's device. Every registered backend fills every
  * entry (the tables are generated from CT_KERNEL_LIST); the check reports a backend that

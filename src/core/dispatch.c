@@ -106,7 +106,19 @@ static void load_cuda(void) {
     if (b) {
         g_backends[CT_CUDA] = b;
         g_cuda_plugin = h;
+        /* ct_use_deterministic_algorithms(1) before the first CUDA use (the plugin's own
+         * CTORCH_DETERMINISTIC stays as it is otherwise) */
+        if (ct_are_deterministic_algorithms_enabled()) ct__backend_settings_changed();
     }
+}
+
+/* Passes the process-wide settings the CUDA plugin keeps a copy of (deterministic
+ * algorithms) to it when it is loaded; nothing is loaded for this. */
+void ct__backend_settings_changed(void) {
+    if (!g_cuda_plugin) return;
+    void (*set_det)(int);
+    *(void **)&set_det = dlsym(g_cuda_plugin, "ct_cuda_set_deterministic");
+    if (set_det) set_det(ct_are_deterministic_algorithms_enabled());
 }
 
 #define CT__PROC_NAME(name, ret, params) #name,

@@ -11,6 +11,7 @@
  * OpenBLAS is kept single-threaded (set here) so that BLAS calls made inside chunks never
  * start threads of their own. */
 #include "parallel.h"
+#include "backend.h"
 #include "ctorch.h"
 
 #include <pthread.h>
@@ -62,7 +63,10 @@ static atomic_int g_deterministic = 0;
  * with 1 thread or 64 (see ct_plan_threads and ct_parallel_for). */
 #define CT_DETERMINISTIC_SPLIT 8
 
-void ct_use_deterministic_algorithms(int on) { atomic_store(&g_deterministic, on != 0); }
+void ct_use_deterministic_algorithms(int on) {
+    atomic_store(&g_deterministic, on != 0);
+    ct__backend_settings_changed(); /* the CUDA plugin: deterministic cuDNN algorithms */
+}
 int ct_are_deterministic_algorithms_enabled(void) { return atomic_load(&g_deterministic); }
 int ct_deterministic_split(void) { return CT_DETERMINISTIC_SPLIT; }
 

@@ -353,7 +353,7 @@ static int plan_choose(cu_dev *d, conv_plan *p, const void *x, const void *w, co
                           op, (long long)k->x[0], (long long)k->x[1], (long long)k->x[2],
                           (long long)k->x[3], (long long)k->w[0], (long long)k->w[1],
                           (long long)k->w[2], (long long)k->w[3],
-                          k->det ? " among its deterministic ones (unset CTORCH_DETERMINISTIC)"
+                          k->det ? " among its deterministic ones (drop --deterministic / unset CTORCH_DETERMINISTIC)"
                                  : "");
         } else {
             p->algo = chosen;
