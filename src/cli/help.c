@@ -33,7 +33,20 @@ static const struct {
      "  --save FILE            final weights (safetensors; also on Ctrl-C)\n"
      "  --log-json FILE        one JSON object per epoch\n"
      "  --amp A                bf16 | fp16 | off: autocast mixed precision (default off)\n"
-     "  --no-scaler            fp16 without dynamic loss scaling (GradScaler)\n"},
+     "  --no-scaler            fp16 without dynamic loss scaling (GradScaler)\n"
+     "\n"
+     "Run directory (docs/runs.md): manifest.json, metrics.jsonl, checkpoints/, model.safetensors,\n"
+     "curves.svg.\n"
+     "  --run-dir DIR          default $CTORCH_RUNS (else runs)/<model>-<dataset>-<UTC time>\n"
+     "  --checkpoint-every N   a checkpoint every N steps (default: at the end of each epoch)\n"
+     "  --keep-checkpoints K   keep the K newest checkpoints (default 2)\n"
+     "  --no-checkpoints       no training-state checkpoints\n"
+     "  --resume RUN_DIR       continue a run from its newest valid checkpoint, with its recorded\n"
+     "                         options (--epochs may be raised; options that would change the\n"
+     "                         result are refused)\n"
+     "  --deterministic        bitwise-identical results whatever --threads, and across resumes\n"
+     "  --nan-policy P         stop | skip: on a NaN/inf loss, exit 1 or drop that step (default stop)\n"
+     "SIGTERM / Ctrl-C: the step finishes, a checkpoint is written, the resume command printed.\n"},
     {"eval",
      "usage: ctorch eval --model M --checkpoint FILE --dataset D [options]\n"
      "\n"
