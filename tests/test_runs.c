@@ -510,3 +510,67 @@ TEST(resume_refuses_bad_targets_and_result_changing_flags) {
     json_decref(m);
     CHECK(run(cmd, log) == 2 && log_has(log, "written by a newer ctorch"));
 }
+
+/* ---------------------------------------------------------------- PyTorch */
+/* A Python with torch and safetensors: $CTORCH_PEER_PYTHON, bench/.venv (bench/setup-peer.sh),
+ * or the system's; NULL when none has both. */
+static const char *peer_python(void) {
+    static char found[512];
+    const char *cands[] = {getenv("CTORCH_PEER_PYTHON"), "bench/.venv/bin/python", "/usr/bin/python3"};
+    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++) {
+        if (!cands[i] || access(cands[i], X_OK) != 0) continue;
+        char cmd[700];
+        snprintf(cmd, sizeof cmd, "%s -c 'import torch, safetensors.torch' >/dev/null 2>&1", cands[i]);
+        if (system(cmd) == 0) {
+            snprintf(found, sizeof found, "%s", cands[i]);
+            return found;
+        }
+    }
+    return NULL;
+}
+
+/* model.safetensors is a plain state_dict: PyTorch's load_file + load_state_dict(strict)
+ * take it, and give ctorch's logits. */
+TEST(run_model_safetensors_loads_in_pytorch) {
+    if (!data_dir()) {
+        ct_test_skip("CTORCH_DATA with CIFAR-10 not set");
+        return;
+    }
+    const char *py = peer_python();
+    if (!py) {
+        ct_test_skip("no Python with torch and safetensors (bench/setup-peer.sh, or set CTORCH_PEER_PYTHON)");
+        return;
+    }
+    char dir[512], cmd[4096], extra[1200], log[600];
+    snprintf(dir, sizeof dir, "%s/peer", tmpdir());
+    snprintf(extra, sizeof extra, "--epochs 1 --run-dir %s", dir);
+    recipe(cmd, sizeof cmd, "simple_cnn", extra);
+    snprintf(log, sizeof log, "%s.log", dir);
+    CHECK(run(cmd, log) == 0);
+    ct_module *net = ct_model_create_ex("simple_cnn", 10, 3, 32, 32);
+    CHECK_OK(ct_module_load(net, path_in(dir, "model.safetensors")));
+    ct_module_eval(net);
+    int64_t shape[4] = {4, 3, 32, 32};
+    ct_manual_seed(1);
+    ct_tensor *x = ct_randn(shape, 4, CT_FLOAT32), *y = ct_module_forward(net, x);
+    CHECK_NN(y);
+    char xin[600], yout[600];
+    snprintf(xin, sizeof xin, "%s/x.f32", tmpdir());
+    snprintf(yout, sizeof yout, "%s/y.f32", tmpdir());
+    FILE *fx = fopen(xin, "wb"), *fy = fopen(yout, "wb");
+    CHECK(fx && fy);
+    if (fx && fy && y) {
+        fwrite(ct_data(x), sizeof(float), (size_t)ct_numel(x), fx);
+        fwrite(ct_data(y), sizeof(float), (size_t)ct_numel(y), fy);
+    }
+    if (fx) fclose(fx);
+    if (fy) fclose(fy);
+    snprintf(cmd, sizeof cmd, "%s tests/peer_load_run.py %s simple_cnn %s %s", py,
+             path_in(dir, "model.safetensors"), xin, yout);
+    int rc = run(cmd, log);
+    if (rc != 0) show_log(log);
+    CHECK(rc == 0 && log_has(log, "ok max_abs_diff="));
+    ct_free(x);
+    ct_free(y);
+    ct_module_free(net);
+}

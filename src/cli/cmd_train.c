@@ -142,6 +142,7 @@ typedef struct {
     int64_t step;             /* optimizer steps taken */
     int64_t epoch, batch;     /* position: the next batch to train on */
     int64_t nan_skipped;
+    double ckpt_secs; /* time spent writing checkpoints (this process) */
     int tty;
     double final_acc, final_loss;
 } train_run;
@@ -540,6 +541,7 @@ static int write_checkpoint(train_run *r, const epoch_stats *s) {
     if (r->last_ckpt && r->last_ckpt_step == r->step && r->last_ckpt_epoch == r->epoch &&
         r->last_ckpt_batch == r->batch)
         return 0; /* already written here */
+    double t0 = cli_now();
     char *path = run_checkpoint_path(r->dir, r->step);
     char *state = path ? state_text(r, s) : NULL;
     int rc = state ? ct_checkpoint_save(path, r->model, r->opt, r->a.amp.scaler, r->a.model, state)
@@ -561,6 +563,7 @@ static int write_checkpoint(train_run *r, const epoch_stats *s) {
         manifest_write(r);
     }
     free(state);
+    r->ckpt_secs += cli_now() - t0;
     return rc;
 }
 
@@ -809,6 +812,7 @@ static void set_final(train_run *r, const char *status) {
     run_utc_now(now, sizeof now);
     json_object_set_new(r->manifest, "status", json_string(status));
     json_object_set_new(r->manifest, "ended", json_string(now));
+    json_object_set_new(r->manifest, "checkpoint_seconds", cli_json_number(r->ckpt_secs, "%.3f"));
     json_t *last = json_array_get(r->rows, json_array_size(r->rows) - 1);
     if (last)
         json_object_set_new(r->manifest, "final_metrics",
