@@ -243,6 +243,81 @@ static void value_text(const cli_opt *o, const void *p, char *buf, size_t n) {
     }
 }
 
+/* --resume: reads RUN_DIR/manifest.json into r->recorded; its "config" or NULL + exit code. */
+static json_t *read_recorded(train_run *r, int *rc) {
+    const char *dir = r->a.resume;
+    struct stat st;
+    *rc = CLI_USAGE;
+    if (r->a.run_dir) {
+        cli_fail("train", CLI_USAGE, "--resume continues in the run's own directory; drop --run-dir");
+        return NULL;
+    }
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        cli_fail("train", CLI_USAGE, "--resume %s: no such run directory", dir);
+        return NULL;
+    }
+    char *mp = run_path(dir, "manifest.json");
+    json_error_t je;
+    r->recorded = mp ? json_load_file(mp, 0, &je) : NULL;
+    json_t *fv = json_object_get(r->recorded, "format_version");
+    json_t *cfg = json_object_get(r->recorded, "config");
+    if (!r->recorded)
+        cli_fail("train", CLI_USAGE, "--resume %s: not a ctorch run directory (%s: %s)", dir,
+                 mp ? mp : "manifest.json", mp && access(mp, F_OK) ? "missing" : je.text);
+    else if (!json_is_integer(fv) || !json_is_object(cfg))
+        cli_fail("train", CLI_USAGE, "--resume %s: %s is not a ctorch run manifest", dir, mp);
+    else if (json_integer_value(fv) > RUN_FORMAT_VERSION)
+        cli_fail("train", CLI_USAGE, "--resume %s: the run was written by a newer ctorch (run "
+                 "format %lld, this ctorch %s reads %d); resume it with that version", dir,
+                 (long long)json_integer_value(fv), CT_VERSION, RUN_FORMAT_VERSION);
+    else
+        *rc = CLI_OK;
+    free(mp);
+    return *rc == CLI_OK ? cfg : NULL;
+}
+
+/* --resume: a becomes the recorded run, with the options given on the command line that
+ * may change (FREE, RAISE raised); any other given with another value is refused, each
+ * named with the run's value. opts/kind describe a (as parsed). */
+static int apply_recorded(train_args *a, const cli_opt *opts, const int *kind, int nopts,
+                          json_t *cfg) {
+    train_args rec = default_args();
+    int rc = config_load(&rec, cfg, a->resume);
+    if (rc != CLI_OK) return rc;
+    cli_opt ro[NOPTS];
+    int rkind[NOPTS];
+    train_opts(&rec, ro, rkind);
+    char refused[2048] = "";
+    for (int i = 0; i < nopts; i++) {
+        if (!opts[i].seen || kind[i] == LOCAL || kind[i] == FREE) continue;
+        if (same_value(&opts[i], ro[i].dest)) continue;
+        if (kind[i] == RAISE && *(int64_t *)opts[i].dest >= *(int64_t *)ro[i].dest) continue;
+        char g[256], w[256], item[600];
+        value_text(&opts[i], opts[i].dest, g, sizeof g);
+        value_text(&ro[i], ro[i].dest, w, sizeof w);
+        snprintf(item, sizeof item, "%s  %s %s (the run has %s%s)", refused[0] ? "\n" : "",
+                 opts[i].name, g, w, kind[i] == RAISE ? "; it may only be raised" : "");
+        strncat(refused, item, sizeof refused - strlen(refused) - 1);
+    }
+    if (refused[0])
+        return cli_fail("train", CLI_USAGE,
+                        "--resume %s: these options would change the run's result:\n%s\n"
+                        "drop them to continue the run as it was, or start a new run",
+                        a->resume, refused);
+    for (int i = 0; i < nopts; i++) /* what the command line changes */
+        if (opts[i].seen) {
+            switch (opts[i].type) {
+            case OPT_FLAG: *(int *)ro[i].dest = *(const int *)opts[i].dest; break;
+            case OPT_INT: *(int64_t *)ro[i].dest = *(const int64_t *)opts[i].dest; break;
+            case OPT_DOUBLE: *(double *)ro[i].dest = *(const double *)opts[i].dest; break;
+            case OPT_STRING: *(const char **)ro[i].dest = *(const char *const *)opts[i].dest; break;
+            }
+        }
+    rec.resume = a->resume;
+    *a = rec;
+    return CLI_OK;
+}
+
 static int parse_args(int argc, char **argv, train_run *r) {
     train_args *a = &r->a;
     cli_opt opts[NOPTS];
@@ -251,78 +326,8 @@ static int parse_args(int argc, char **argv, train_run *r) {
     int npos, rc = cli_parse("train", argc, argv, opts, nopts, pos, 0, &npos);
     if (rc) return rc;
     if (a->resume) {
-        /* The recorded configuration, then what the command line may change. */
-        if (a->run_dir)
-            return cli_fail("train", CLI_USAGE, "--resume continues in the run's own directory; "
-                            "drop --run-dir");
-        struct stat st;
-        if (stat(a->resume, &st) != 0 || !S_ISDIR(st.st_mode))
-            return cli_fail("train", CLI_USAGE, "--resume %s: no such run directory", a->resume);
-        char *mp = run_path(a->resume, "manifest.json");
-        json_error_t je;
-        r->recorded = mp ? json_load_file(mp, 0, &je) : NULL;
-        if (!r->recorded) {
-            rc = cli_fail("train", CLI_USAGE, "--resume %s: not a ctorch run directory (%s: %s)",
-                          a->resume, mp ? mp : "manifest.json",
-                          access(mp, F_OK) ? "missing" : je.text);
-            free(mp);
-            return rc;
-        }
-        json_t *fv = json_object_get(r->recorded, "format_version");
-        json_t *cfg = json_object_get(r->recorded, "config");
-        if (!json_is_integer(fv) || !json_is_object(cfg)) {
-            rc = cli_fail("train", CLI_USAGE, "--resume %s: %s is not a ctorch run manifest",
-                          a->resume, mp);
-            free(mp);
-            return rc;
-        }
-        if (json_integer_value(fv) > RUN_FORMAT_VERSION) {
-            rc = cli_fail("train", CLI_USAGE, "--resume %s: the run was written by a newer ctorch "
-                          "(run format %lld, this ctorch %s reads %d); resume it with that version",
-                          a->resume, (long long)json_integer_value(fv), CT_VERSION, RUN_FORMAT_VERSION);
-            free(mp);
-            return rc;
-        }
-        train_args given = *a, rec = default_args();
-        if ((rc = config_load(&rec, cfg, mp)) != CLI_OK) {
-            free(mp);
-            return rc;
-        }
-        free(mp);
-        /* given options against the recorded ones */
-        cli_opt ro[NOPTS];
-        train_opts(&rec, ro, kind);
-        char refused[2048] = "";
-        for (int i = 0; i < nopts; i++) {
-            if (!opts[i].seen || kind[i] == LOCAL || kind[i] == FREE) continue;
-            if (same_value(&opts[i], ro[i].dest)) continue;
-            if (kind[i] == RAISE && *(int64_t *)opts[i].dest >= *(int64_t *)ro[i].dest) continue;
-            char g[256], w[256], item[600];
-            value_text(&opts[i], opts[i].dest, g, sizeof g);
-            value_text(&ro[i], ro[i].dest, w, sizeof w);
-            snprintf(item, sizeof item, "%s  %s %s (the run has %s%s)", refused[0] ? "\n" : "",
-                     opts[i].name, g, w, kind[i] == RAISE ? "; it may only be raised" : "");
-            strncat(refused, item, sizeof refused - strlen(refused) - 1);
-        }
-        if (refused[0])
-            return cli_fail("train", CLI_USAGE,
-                            "--resume %s: these options would change the run's result:\n%s\n"
-                            "drop them to continue the run as it was, or start a new run",
-                            a->resume, refused);
-        /* the recorded run, with what the command line may change */
-        cli_opt go[NOPTS];
-        train_opts(&given, go, kind);
-        for (int i = 0; i < nopts; i++)
-            if (opts[i].seen) {
-                switch (opts[i].type) {
-                case OPT_FLAG: *(int *)ro[i].dest = *(int *)go[i].dest; break;
-                case OPT_INT: *(int64_t *)ro[i].dest = *(int64_t *)go[i].dest; break;
-                case OPT_DOUBLE: *(double *)ro[i].dest = *(double *)go[i].dest; break;
-                case OPT_STRING: *(const char **)ro[i].dest = *(const char **)go[i].dest; break;
-                }
-            }
-        *a = rec;
-        a->resume = given.resume;
+        json_t *cfg = read_recorded(r, &rc);
+        if (!cfg || (rc = apply_recorded(a, opts, kind, nopts, cfg)) != CLI_OK) return rc;
     }
     if (!a->model) return cli_fail("train", CLI_USAGE, "--model is required (simple_cnn, mlp or resnet18)");
     if (!a->dataset) return cli_fail("train", CLI_USAGE, "--dataset is required (cifar10, mnist or fashion_mnist)");
