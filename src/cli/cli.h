@@ -8,12 +8,20 @@
 
 enum { CLI_OK = 0, CLI_RUNTIME = 1, CLI_USAGE = 2 };
 
-typedef enum { OPT_FLAG, OPT_INT, OPT_DOUBLE, OPT_STRING } cli_opt_type;
+typedef enum { OPT_FLAG, OPT_INT, OPT_DOUBLE, OPT_STRING, OPT_LIST } cli_opt_type;
+
+/* A repeatable string option (OPT_LIST): each occurrence appends its value. */
+#define CLI_LIST_MAX 32
+typedef struct {
+    const char *v[CLI_LIST_MAX];
+    int n;
+} cli_list;
 
 typedef struct {
     const char *name; /* "--epochs" */
     cli_opt_type type;
-    void *dest;       /* int* for FLAG, int64_t* for INT, double* for DOUBLE, const char** */
+    void *dest;       /* int* for FLAG, int64_t* for INT, double* for DOUBLE, const char**
+                         for STRING, cli_list* for LIST */
     double min, max;  /* accepted range for numbers (inclusive) */
     int seen;
 } cli_opt;
@@ -43,6 +51,8 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_download(int argc, char **argv);
+int cmd_archive(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
 int cmd_help(int argc, char **argv);
 void cli_print_version(void);
 int cli_command_help(const char *cmd); /* CLI_USAGE for unknown */
