@@ -442,9 +442,10 @@ static void readme_usage(FILE *f, const archive_job *j) {
     float mean[3] = {0}, std[3] = {1, 1, 1};
     int known = dataset && ct_dataset_parse_name(dataset, &kind) == 0 &&
                 ct_dataset_default_normalization(kind, mean, std) == 0;
-    fprintf(f, "\n## Verify\n\n```\nctorch verify %s.tar.gz   # the sums, then the test accuracy "
-            "re-evaluated\n# or, without ctorch:\ntar xzf %s.tar.gz && cd %s && sha256sum -c "
-            "SHA256SUMS\n```\n", j->name, j->name, j->name);
+    const char *file = strrchr(j->out, '/') ? strrchr(j->out, '/') + 1 : j->out;
+    fprintf(f, "\n## Verify\n\n```\nctorch verify %s   # the sums, then the test accuracy "
+            "re-evaluated\n# or, without ctorch:\ntar xzf %s && cd %s && sha256sum -c "
+            "SHA256SUMS\n```\n", file, file, j->name);
     fprintf(f, "\n`ctorch verify` re-evaluates `model.safetensors` on the recorded test set and "
             "compares the accuracy with `final_metrics.test_acc` of `manifest.json` (docs/runs.md "
             "of ctorch).\n");

@@ -376,11 +376,19 @@ static int read_config(const verify_job *v, eval_config *c) {
     return CLI_OK;
 }
 
-/* The recorded device, or the CPU with a note (device_why) when it is unusable here. */
+/* The recorded device, or the CPU with a note when it is unusable here. *device_why says
+ * why the accuracy cannot be required to match exactly: the CPU instead of the run's GPU,
+ * or a GPU (its kernels are not bitwise reproducible from one run to the next). */
 static ct_device pick_device(const char *recorded, char *why, size_t n, const char **device_why) {
     ct_device dev;
     *device_why = NULL;
-    if (ct_device_parse(recorded, &dev) == 0 && ct_device_check(dev) == 0) return dev;
+    if (ct_device_parse(recorded, &dev) == 0 && ct_device_check(dev) == 0) {
+        if (ct_device_is_host(dev)) return dev;
+        snprintf(why, n, "the evaluation ran on %s (GPU results are not bitwise reproducible)",
+                 recorded);
+        *device_why = why;
+        return dev;
+    }
     snprintf(why, n, "the run used --device %s, unusable here (%s), so the evaluation ran on the "
              "CPU", recorded, ct_last_error());
     note("%s", why);
@@ -418,7 +426,7 @@ static int reevaluate(verify_job *v) {
     } else {
         note("evaluating %s on the %s test set (%lld images) from %s, amp %s, on %s", c.model,
              ct_dataset_name(c.kind), (long long)test->n, ct_data_root(dd), c.amp,
-             device_why ? "cpu" : c.device);
+             ct_device_is_host(dev) ? "cpu" : c.device);
         if (ct_module_to(model, dev, -1) != 0 || cli_evaluate(model, test, c.kind, dev, 256, &amp, &ev) != 0)
             rc = cli_fail(CMD, CLI_RUNTIME, "evaluating %s: %s", model_path, ct_last_error());
         else

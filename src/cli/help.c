@@ -79,15 +79,16 @@ static const struct {
      "                         $ZENODO_TOKEN or --token-file F (mode 0600), never the command line\n"
      "  --publish              also publish the deposition (permanent: it gets a DOI)\n"
      "  --zenodo-url URL       default https://zenodo.org/api (sandbox:\n"
-     "                         https://sandbox.zenodo.org/api)\n"},
+     "                         https://sandbox.zenodo.org/api)\n"
+     "  --token-file F         a file holding the token, readable by its owner only\n"},
     {"verify",
      "usage: ctorch verify ARCHIVE.tar.gz|RUN_DIR [--data-dir DIR] [--no-eval] [--threads T]\n"
      "\n"
      "Checks every sum of SHA256SUMS (a run directory without one: that manifest.json parses\n"
      "and model.safetensors loads), then re-evaluates model.safetensors on the recorded test\n"
-     "set and compares with final_metrics.test_acc: exactly on the run's ctorch version and CPU\n"
-     "model, else within 0.5 point (or 2 test images). One line per check, then \"verified\"\n"
-     "(exit 0) or \"FAILED: FILES\" (exit 1); bad input exits 2.\n"
+     "set and compares with final_metrics.test_acc: exactly for a CPU run on the run's ctorch\n"
+     "version and CPU model, else within 0.5 point (or 2 test images). One line per check,\n"
+     "then \"verified\" (exit 0) or \"FAILED: FILES\" (exit 1); bad input exits 2.\n"
      "  --data-dir DIR   data root (default: the recorded one when it exists, else\n"
      "                   $CTORCH_DATA, else ./data)\n"
      "  --no-eval        check the files only\n"
