@@ -78,10 +78,16 @@ static int is_utf8(const char *s) {
     return j != NULL;
 }
 
-/* A JSON value as text for the README: strings as they are, numbers, true/false; "-" for
- * null or missing. */
+/* A JSON value as text for the README: strings as they are, numbers, true/false, objects
+ * and arrays as compact JSON (cut to n bytes); "-" for null or missing. */
 static const char *text_of(const json_t *v, char *buf, size_t n) {
     if (json_is_string(v)) return json_string_value(v);
+    if (json_is_object(v) || json_is_array(v)) {
+        char *d = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        snprintf(buf, n, "%s", d ? d : "-");
+        free(d);
+        return buf;
+    }
     if (json_is_integer(v)) snprintf(buf, n, "%lld", (long long)json_integer_value(v));
     else if (json_is_real(v)) snprintf(buf, n, "%.6g", json_real_value(v));
     else if (json_is_boolean(v)) snprintf(buf, n, "%s", json_is_true(v) ? "true" : "false");
@@ -260,7 +266,7 @@ static int gather_files(archive_job *j, member *m, int *n) {
     for (int k = 0; k < 4; k++) {
         char path[PATH_MAX];
         struct stat st;
-        if (run_path(path, sizeof path, j->a.run_dir, names[k]) != 0)
+        if (arc_path(path, sizeof path, j->a.run_dir, names[k]) != 0)
             return cli_fail(CMD, CLI_USAGE, "%s: path too long", j->a.run_dir);
         if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
             m[*n].name = names[k];
@@ -288,9 +294,9 @@ static int gather_files(archive_job *j, member *m, int *n) {
 /* The manifest, its status, and the model file (it must load as safetensors). */
 static int check_run(archive_job *j) {
     char path[PATH_MAX];
-    run_path(path, sizeof path, j->a.run_dir, RUN_MANIFEST);
+    arc_path(path, sizeof path, j->a.run_dir, RUN_MANIFEST);
     if (!(j->manifest = run_manifest_load(CMD, path))) return CLI_USAGE;
-    run_path(j->model_file, sizeof j->model_file, j->a.run_dir, RUN_MODEL);
+    arc_path(j->model_file, sizeof j->model_file, j->a.run_dir, RUN_MODEL);
     ct_safetensors *st = ct_safetensors_load(j->model_file);
     if (!st) return cli_fail(CMD, CLI_USAGE, "%s", ct_last_error());
     ct_safetensors_free(st);

@@ -125,7 +125,7 @@ static int check_member(verify_job *v, const char *name) {
                            v->path, name);
     if (!v->top[0]) {
         snprintf(v->top, sizeof v->top, "%.*s", (int)tl, name);
-        if (run_path(v->dir, sizeof v->dir, v->tmp, v->top) != 0 || mkdir(v->dir, 0700) != 0)
+        if (arc_path(v->dir, sizeof v->dir, v->tmp, v->top) != 0 || mkdir(v->dir, 0700) != 0)
             return ex_fail(v, "cannot create %s: %s", v->dir, strerror(errno));
     }
     return 0;
@@ -139,7 +139,7 @@ static int ex_got(void *ctx, const char *name, uint8_t *data, uint64_t size) {
     char path[PATH_MAX] = "";
     FILE *f = NULL;
     if (!rc) snprintf(v->members[v->nmembers++], NAME_MAX + 1, "%s", file); /* removed at the end */
-    if (!rc && (run_path(path, sizeof path, v->dir, file) != 0 || !(f = fopen(path, "wb")) ||
+    if (!rc && (arc_path(path, sizeof path, v->dir, file) != 0 || !(f = fopen(path, "wb")) ||
                 fwrite(data, 1, (size_t)size, f) != size))
         rc = ex_fail(v, "cannot write %s in %s: %s", file, v->dir, strerror(errno));
     if (f && fclose(f) != 0 && !rc) rc = ex_fail(v, "cannot write %s: %s", path, strerror(errno));
@@ -169,7 +169,7 @@ static void remove_extracted(verify_job *v) {
     if (!v->tmp[0]) return;
     char path[PATH_MAX];
     for (int i = 0; i < v->nmembers; i++)
-        if (run_path(path, sizeof path, v->dir, v->members[i]) == 0) unlink(path);
+        if (arc_path(path, sizeof path, v->dir, v->members[i]) == 0) unlink(path);
     if (v->top[0]) rmdir(v->dir);
     rmdir(v->tmp);
 }
@@ -198,7 +198,7 @@ static void check_sum_line(verify_job *v, char *ln, int lineno) {
     snprintf(v->listed[v->nlisted++], NAME_MAX + 1, "%s", name);
     char path[PATH_MAX], hex[65];
     struct stat st;
-    if (run_path(path, sizeof path, v->dir, name) != 0 || stat(path, &st) != 0)
+    if (arc_path(path, sizeof path, v->dir, name) != 0 || stat(path, &st) != 0)
         failed(v, name, "missing (SHA256SUMS lists it)");
     else if (ct_sha256_file(path, hex) != 0)
         failed(v, name, "%s", ct_last_error());
@@ -212,7 +212,7 @@ static void check_sum_line(verify_job *v, char *ln, int lineno) {
  * be listed. Returns 0 when there is no SHA256SUMS. */
 static int check_sums(verify_job *v) {
     char path[PATH_MAX];
-    run_path(path, sizeof path, v->dir, RUN_SUMS);
+    arc_path(path, sizeof path, v->dir, RUN_SUMS);
     FILE *f = fopen(path, "r");
     if (!f) {
         if (v->is_archive)
@@ -320,9 +320,9 @@ static void check_data(const verify_job *v, const char *root, ct_dataset_kind ki
         const char *base = strrchr(p, '/') ? strrchr(p, '/') + 1 : p;
         char cand[3][PATH_MAX], sub[PATH_MAX], hex[65];
         snprintf(cand[0], PATH_MAX, "%s", p);
-        run_path(cand[1], PATH_MAX, root, p[0] == '/' ? base : p);
-        run_path(sub, PATH_MAX, root, ct_dataset_subdir(kind));
-        run_path(cand[2], PATH_MAX, sub, base);
+        arc_path(cand[1], PATH_MAX, root, p[0] == '/' ? base : p);
+        arc_path(sub, PATH_MAX, root, ct_dataset_subdir(kind));
+        arc_path(cand[2], PATH_MAX, sub, base);
         const char *found = NULL;
         struct stat st;
         for (int k = p[0] == '/' ? 0 : 1; k < 3 && !found; k++)
@@ -416,7 +416,7 @@ static int reevaluate(verify_job *v) {
     if (!test)
         return cli_fail(CMD, CLI_USAGE, "%s. The run's test set is needed to re-evaluate its "
                         "weights: pass --data-dir DIR (or --no-eval to check the files only)", ct_last_error());
-    run_path(model_path, sizeof model_path, v->dir, RUN_MODEL);
+    arc_path(model_path, sizeof model_path, v->dir, RUN_MODEL);
     ct_module *model = ct_model_create_ex(c.model, test->num_classes, test->c, test->h, test->w);
     eval_result ev;
     if (!model) {
@@ -441,8 +441,8 @@ static int reevaluate(verify_job *v) {
 static int check_files(verify_job *v) {
     char mpath[PATH_MAX], wpath[PATH_MAX];
     struct stat st;
-    run_path(mpath, sizeof mpath, v->dir, RUN_MANIFEST);
-    run_path(wpath, sizeof wpath, v->dir, RUN_MODEL);
+    arc_path(mpath, sizeof mpath, v->dir, RUN_MANIFEST);
+    arc_path(wpath, sizeof wpath, v->dir, RUN_MODEL);
     if (stat(mpath, &st) != 0)
         return cli_fail(CMD, CLI_USAGE, "%s has no manifest.json: not a ctorch run %s", v->path,
                         v->is_archive ? "archive (`ctorch archive` writes them)" : "directory");

@@ -12,8 +12,8 @@
 #define RUN_METRICS "metrics.jsonl"
 #define RUN_CURVES "curves.svg"
 #define RUN_SUMS "SHA256SUMS"
-#define RUN_FORMAT "ctorch-run"
-#define RUN_FORMAT_VERSION 1
+#define RUN_MANIFEST_FORMAT "ctorch-run"
+#define RUN_MANIFEST_VERSION 1
 
 /* Whether this build writes and reads .tar.gz (libarchive-dev was found by the Makefile). */
 #ifdef CT_HAVE_LIBARCHIVE
@@ -28,7 +28,7 @@
     "install libarchive-dev (scripts/install-deps.sh) and rebuild with `make`"
 
 /* dir/name into out (n bytes); -1 (nothing printed) when it does not fit. */
-int run_path(char *out, size_t n, const char *dir, const char *name);
+int arc_path(char *out, size_t n, const char *dir, const char *name);
 
 /* Reads and checks a run's manifest.json: a JSON object whose "format" is "ctorch-run" and
  * whose "format_version" is at most 1. NULL after printing "ctorch CMD: ..." naming the

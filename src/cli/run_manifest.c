@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-int run_path(char *out, size_t n, const char *dir, const char *name) {
+int arc_path(char *out, size_t n, const char *dir, const char *name) {
     size_t dl = strlen(dir);
     int w = snprintf(out, n, "%s%s%s", dir, dl && dir[dl - 1] == '/' ? "" : "/", name);
     return w < 0 || (size_t)w >= n ? -1 : 0;
@@ -49,19 +49,19 @@ json_t *run_manifest_load(const char *cmd, const char *path) {
     json_t *version = json_object_get(m, "format_version");
     const char *problem = NULL;
     if (!json_is_object(m)) problem = "it is not a JSON object";
-    else if (!format || strcmp(format, RUN_FORMAT) != 0) problem = "its \"format\" is not \"" RUN_FORMAT "\"";
+    else if (!format || strcmp(format, RUN_MANIFEST_FORMAT) != 0) problem = "its \"format\" is not \"" RUN_MANIFEST_FORMAT "\"";
     else if (!json_is_integer(version) || json_integer_value(version) < 1)
         problem = "it has no \"format_version\"";
     if (problem) {
         cli_fail(cmd, CLI_USAGE, "%s is not a ctorch run manifest: %s (`ctorch train` writes "
-                 "manifest.json with \"format\": \"" RUN_FORMAT "\" in its run directory)", path, problem);
+                 "manifest.json with \"format\": \"" RUN_MANIFEST_FORMAT "\" in its run directory)", path, problem);
         json_decref(m);
         return NULL;
     }
-    if (json_integer_value(version) > RUN_FORMAT_VERSION) {
+    if (json_integer_value(version) > RUN_MANIFEST_VERSION) {
         cli_fail(cmd, CLI_USAGE, "%s has format_version %lld, newer than this ctorch reads (%d): "
                  "use the ctorch that wrote it, or a newer one", path,
-                 (long long)json_integer_value(version), RUN_FORMAT_VERSION);
+                 (long long)json_integer_value(version), RUN_MANIFEST_VERSION);
         json_decref(m);
         return NULL;
     }
