@@ -469,6 +469,10 @@ TEST(archive_bad_input_exits_2) {
     expect(args, 2, "choose one of: zenodo");
     snprintf(args, sizeof args, "archive %s --license 'CC BY'", d);
     expect(args, 2, "SPDX");
+    snprintf(args, sizeof args, "archive %s --author", d);
+    expect(args, 2, "--author needs a value");
+    snprintf(args, sizeof args, "archive %s --author=", d);
+    expect(args, 2, "--author needs a value");
     /* not a .tar.gz */
     snprintf(args, sizeof args, "%s/notes.tar.gz", tmpdir());
     FILE *f = fopen(args, "w");

@@ -57,14 +57,6 @@ static int parse_value(const char *cmd, cli_opt *o, const char *v) {
         if (!*v) return cli_fail(cmd, CLI_USAGE, "%s expects a non-empty value", o->name);
         *(const char **)o->dest = v;
         return 0;
-    case OPT_LIST: {
-        cli_list *l = o->dest;
-        if (!*v) return cli_fail(cmd, CLI_USAGE, "%s expects a non-empty value", o->name);
-        if (l->n >= CLI_LIST_MAX)
-            return cli_fail(cmd, CLI_USAGE, "%s can be given at most %d times", o->name, CLI_LIST_MAX);
-        l->v[l->n++] = v;
-        return 0;
-    }
     default: return 0;
     }
 }

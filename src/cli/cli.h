@@ -8,20 +8,12 @@
 
 enum { CLI_OK = 0, CLI_RUNTIME = 1, CLI_USAGE = 2 };
 
-typedef enum { OPT_FLAG, OPT_INT, OPT_DOUBLE, OPT_STRING, OPT_LIST } cli_opt_type;
-
-/* A repeatable string option (OPT_LIST): each occurrence appends its value. */
-#define CLI_LIST_MAX 32
-typedef struct {
-    const char *v[CLI_LIST_MAX];
-    int n;
-} cli_list;
+typedef enum { OPT_FLAG, OPT_INT, OPT_DOUBLE, OPT_STRING } cli_opt_type;
 
 typedef struct {
     const char *name; /* "--epochs" */
     cli_opt_type type;
-    void *dest;       /* int* for FLAG, int64_t* for INT, double* for DOUBLE, const char**
-                         for STRING, cli_list* for LIST */
+    void *dest;       /* int* for FLAG, int64_t* for INT, double* for DOUBLE, const char** */
     double min, max;  /* accepted range for numbers (inclusive) */
     int seen;
 } cli_opt;

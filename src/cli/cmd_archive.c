@@ -25,11 +25,13 @@
 #endif
 
 #define CMD "archive"
+#define MAX_AUTHORS 32
 
 typedef struct {
     const char *run_dir, *out, *title, *license, *keywords, *description, *version;
     const char *upload, *zenodo_url, *token_file;
-    cli_list authors;
+    const char *authors[MAX_AUTHORS];
+    int nauthors;
     int publish, allow_incomplete;
 } archive_args;
 
@@ -52,7 +54,7 @@ typedef struct {
     const char *status;
     char name[NAME_MAX + 1]; /* the top directory: the run directory's name */
     char out[PATH_MAX];
-    author authors[CLI_LIST_MAX];
+    author authors[MAX_AUTHORS];
     int nauthors;
     json_t *keywords; /* array of strings */
     char title[1024], date[16];
@@ -117,6 +119,31 @@ static void yaml_str(FILE *f, const char *s) {
 }
 
 /* ------------------------------------------------------------------- arguments */
+/* The repeatable --author (V or =V) into a->authors; the other arguments into rest, in
+ * order, for cli_parse (a value of another option is passed on as it is, even when it
+ * reads "--author"). */
+static int take_authors(int argc, char **argv, const cli_opt *opts, int nopts, archive_args *a,
+                        char **rest, int *nrest) {
+    if (argc > 256) return cli_fail(CMD, CLI_USAGE, "too many arguments (%d)", argc);
+    for (int i = 0; i < argc; i++) {
+        const char *v = !strncmp(argv[i], "--author=", 9) ? argv[i] + 9
+                        : !strcmp(argv[i], "--author") ? (i + 1 < argc ? argv[++i] : "") : NULL;
+        if (v && !*v) return cli_fail(CMD, CLI_USAGE, "--author needs a value: --author "
+                                      "\"Family, Given; Affiliation\"");
+        if (v && a->nauthors == MAX_AUTHORS)
+            return cli_fail(CMD, CLI_USAGE, "--author can be given at most %d times", MAX_AUTHORS);
+        if (v) {
+            a->authors[a->nauthors++] = v;
+            continue;
+        }
+        rest[(*nrest)++] = argv[i];
+        for (int k = 0; k < nopts; k++)
+            if (opts[k].type != OPT_FLAG && !strcmp(argv[i], opts[k].name) && i + 1 < argc)
+                rest[(*nrest)++] = argv[++i];
+    }
+    return CLI_OK;
+}
+
 static int parse_args(int argc, char **argv, archive_args *a) {
     memset(a, 0, sizeof *a);
     a->license = "CC-BY-4.0";
@@ -125,7 +152,6 @@ static int parse_args(int argc, char **argv, archive_args *a) {
     cli_opt opts[] = {
         {"--out", OPT_STRING, &a->out, 0, 0, 0},
         {"--title", OPT_STRING, &a->title, 0, 0, 0},
-        {"--author", OPT_LIST, &a->authors, 0, 0, 0},
         {"--license", OPT_STRING, &a->license, 0, 0, 0},
         {"--keywords", OPT_STRING, &a->keywords, 0, 0, 0},
         {"--description", OPT_STRING, &a->description, 0, 0, 0},
@@ -137,9 +163,11 @@ static int parse_args(int argc, char **argv, archive_args *a) {
         {"--token-file", OPT_STRING, &a->token_file, 0, 0, 0},
     };
     const int nopts = (int)(sizeof opts / sizeof *opts);
+    char *rest[256];
+    int nrest = 0, rc = take_authors(argc, argv, opts, nopts, a, rest, &nrest);
     const char *pos[1];
-    int npos, rc = cli_parse(CMD, argc, argv, opts, nopts, pos, 1, &npos);
-    if (rc) return rc;
+    int npos;
+    if (rc || (rc = cli_parse(CMD, nrest, rest, opts, nopts, pos, 1, &npos))) return rc;
     if (npos != 1)
         return cli_fail(CMD, CLI_USAGE, "name the run directory: ctorch archive RUN_DIR [--out "
                         "FILE] [--author \"Family, Given; Affiliation\"] ...; see `ctorch help archive`");
@@ -182,11 +210,11 @@ static int parse_author(const char *s, author *out) {
 
 /* The authors of --author, else the user's name from the password database (a warning). */
 static int gather_authors(archive_job *j) {
-    for (int i = 0; i < j->a.authors.n; i++) {
-        int rc = parse_author(j->a.authors.v[i], &j->authors[i]);
+    for (int i = 0; i < j->a.nauthors; i++) {
+        int rc = parse_author(j->a.authors[i], &j->authors[i]);
         if (rc) return rc;
     }
-    j->nauthors = j->a.authors.n;
+    j->nauthors = j->a.nauthors;
     if (j->nauthors) return CLI_OK;
     if (j->a.upload)
         return cli_fail(CMD, CLI_USAGE, "--upload zenodo needs the creators of the record: pass "
