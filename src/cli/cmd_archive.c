@@ -101,6 +101,12 @@ static const char *mtext(const archive_job *j, const char *dotted, char *buf, si
     return text_of(run_json_at(j->manifest, dotted), buf, n);
 }
 
+/* The first of two dotted paths that is present (a detail of an object, else the whole). */
+static const char *mtext2(const archive_job *j, const char *first, const char *second, char *buf,
+                          size_t n) {
+    return mtext(j, run_json_at(j->manifest, first) ? first : second, buf, n);
+}
+
 /* An accuracy (a fraction) at a dotted path as "NN.NN%", or "-". */
 static const char *mpercent(const archive_job *j, const char *dotted, char *buf, size_t n) {
     double v;
@@ -394,8 +400,10 @@ static void readme_summary(FILE *f, const archive_job *j) {
             mtext(j, "config.lr", b[3], 128), mtext(j, "config.momentum", b[4], 128),
             mtext(j, "config.weight_decay", b[5], 128), mtext(j, "config.schedule", b[6], 128),
             mtext(j, "config.augment", b[7], 128), mtext(j, "config.seed", b[8], 128));
+    double threads = 0;
+    int all = run_json_num(j->manifest, "config.threads", &threads) != 0 || threads <= 0;
     fprintf(f, "| device | %s, amp %s, %s threads |\n", mtext(j, "config.device", b[0], 128),
-            mtext(j, "config.amp", b[1], 128), mtext(j, "config.threads", b[2], 128));
+            mtext(j, "config.amp", b[1], 128), all ? "default" : mtext(j, "config.threads", b[2], 128));
     fprintf(f, "| status | %s (started %s, ended %s) |\n", j->status, mtext(j, "started", b[0], 128),
             mtext(j, "ended", b[1], 128));
     fprintf(f, "| final metrics | epoch %s, step %s: train loss %s, train accuracy %s; **test "
@@ -412,8 +420,9 @@ static void readme_summary(FILE *f, const archive_job *j) {
             mtext(j, "system.cores", b[3], 128), mtext(j, "system.threads", b[4], 128));
     if (has_mem) fprintf(f, "%.1f GiB", mem / (1024.0 * 1024.0 * 1024.0));
     else fprintf(f, "memory -");
-    fprintf(f, "), OpenBLAS %s, container %s |\n", mtext(j, "system.openblas", b[0], 128),
-            mtext(j, "system.container_image", b[1], 128));
+    fprintf(f, "), OpenBLAS %s, container %s |\n",
+            mtext2(j, "system.openblas.config", "system.openblas", b[0], 128),
+            mtext2(j, "system.container_image.source", "system.container_image", b[1], 128));
     json_t *cuda = run_json_at(j->manifest, "cuda");
     char *cj = json_is_object(cuda) ? json_dumps(cuda, JSON_COMPACT) : NULL;
     fprintf(f, "| cuda | %s |\n", cj ? cj : "none");
