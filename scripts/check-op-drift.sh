@@ -16,7 +16,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/ctorch-drift.XXXXXX") || exit 2
 trap 'rm -rf "$tmp"' EXIT
 cp -r Makefile include src tests scripts "$tmp"/
 FLAGS="-std=c11 -D_GNU_SOURCE -O0 -Wall -Wextra -Werror -fPIC -pthread -I$tmp/include -I$tmp/src -I/usr/include/x86_64-linux-gnu/openblas-pthread"
-LIBS="-lopenblas -lz -ljansson -larchive -lpthread -ldl -lm"
+LIBS="-lopenblas -lz -ljansson -lcrypto -larchive -lpthread -ldl -lm"
 status=0
 ok() { echo "ok   $1"; }
 bad() { echo "FAIL $1"; status=1; }
