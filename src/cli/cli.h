@@ -43,6 +43,8 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_download(int argc, char **argv);
+int cmd_archive(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
 int cmd_help(int argc, char **argv);
 void cli_print_version(void);
 int cli_command_help(const char *cmd); /* CLI_USAGE for unknown */

@@ -69,6 +69,43 @@ static const struct {
      "usage: ctorch download cifar10|mnist|fashion_mnist [--data-dir DIR]\n"
      "\n"
      "Fetches the official archive and verifies its checksum.\n"},
+    {"archive",
+     "usage: ctorch archive RUN_DIR [--out FILE] [--title T] [--author \"Family, Given; Affiliation\"]...\n"
+     "       [--license ID] [--keywords \"a, b\"] [--description TEXT] [--version V]\n"
+     "       [--allow-incomplete] [--upload zenodo [--publish] [--zenodo-url URL] [--token-file F]]\n"
+     "\n"
+     "Packs a run directory (manifest.json, model.safetensors, metrics.jsonl, curves.svg) into\n"
+     "a .tar.gz under a directory named after the run, with a generated README.md,\n"
+     "CITATION.cff, .zenodo.json and SHA256SUMS (docs/runs.md).\n"
+     "  --out FILE             default RUN_DIR.tar.gz (written atomically)\n"
+     "  --title T              default \"ctorch run NAME: MODEL on DATASET\"\n"
+     "  --author A             \"Family, Given; Affiliation\", once per author (default: your\n"
+     "                         login name, with a warning; required with --upload)\n"
+     "  --license ID           SPDX identifier (default CC-BY-4.0)\n"
+     "  --keywords \"a, b\"      default: ctorch, the model, the dataset\n"
+     "  --description TEXT     default: a sentence on the model, dataset and final metrics\n"
+     "  --version V            the record's version (default 1)\n"
+     "  --allow-incomplete     archive a run whose status is \"running\", publish one that is\n"
+     "                         not \"completed\" (interrupted or failed runs are archived\n"
+     "                         with a warning)\n"
+     "  --upload zenodo        deposit the archive on Zenodo as a draft; the token comes from\n"
+     "                         $ZENODO_TOKEN or --token-file F (mode 0600), never the command line\n"
+     "  --publish              also publish the deposition (permanent: it gets a DOI)\n"
+     "  --zenodo-url URL       default https://zenodo.org/api (sandbox:\n"
+     "                         https://sandbox.zenodo.org/api)\n"
+     "  --token-file F         a file holding the token, readable by its owner only\n"},
+    {"verify",
+     "usage: ctorch verify ARCHIVE.tar.gz|RUN_DIR [--data-dir DIR] [--no-eval] [--threads T]\n"
+     "\n"
+     "Checks every sum of SHA256SUMS (a run directory without one: that manifest.json parses\n"
+     "and model.safetensors loads), then re-evaluates model.safetensors on the recorded test\n"
+     "set and compares with final_metrics.test_acc: exactly for a CPU run on the run's ctorch\n"
+     "version and CPU model, else within 0.5 point (or 2 test images). One line per check,\n"
+     "then \"verified\" (exit 0) or \"FAILED: FILES\" (exit 1); bad input exits 2.\n"
+     "  --data-dir DIR   data root (default: the recorded one when it exists, else\n"
+     "                   $CTORCH_DATA, else ./data)\n"
+     "  --no-eval        check the files only\n"
+     "  --threads T      default: all cores\n"},
     {"help", "usage: ctorch help [COMMAND]\n"},
 };
 
@@ -78,6 +115,6 @@ int cli_command_help(const char *cmd) {
             fputs(HELP[i].text, stdout);
             return CLI_OK;
         }
-    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, bench, download, help\n", cmd);
+    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, bench, download, archive, verify, help\n", cmd);
     return CLI_USAGE;
 }

@@ -14,6 +14,8 @@ static const struct {
     {"eval", cmd_eval, "evaluate a checkpoint on a test set"},
     {"bench", cmd_bench, "measure training and inference throughput on synthetic data"},
     {"download", cmd_download, "fetch a dataset's official archive and verify its checksum"},
+    {"archive", cmd_archive, "pack a run directory into a citable .tar.gz (optionally onto Zenodo)"},
+    {"verify", cmd_verify, "check a run archive's sums and re-evaluate its weights"},
     {"help", cmd_help, "show help for a command"},
 };
 

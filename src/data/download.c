@@ -1,18 +1,17 @@
 /* `ctorch download DATASET`: fetch the official archives with libcurl, verify their
  * published MD5, unpack CIFAR-10.
  *
- * libcurl is loaded at run time (dlopen of libcurl.so.4), so the library and its tests
- * link without -lcurl and a machine without libcurl still loads local data; only the
- * download reports that libcurl is missing. */
+ * libcurl is loaded at run time (dlopen of libcurl.so.4: src/io/curl_api.h, shared with
+ * `ctorch archive --upload`), so the library and its tests link without -lcurl and a
+ * machine without libcurl still loads local data; only the download reports that libcurl
+ * is missing. */
 #include "data/data_internal.h"
 
 #include "core/error.h"
 #include "ctorch_io.h"
+#include "io/curl_api.h"
 
-#include <curl/curl.h>
-#include <dlfcn.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,55 +171,6 @@ static const dl_spec k_specs[CT_NUM_DATASETS] = {
 
 /* ------------------------------------------------------------- libcurl (dlopen) */
 typedef struct {
-    void *handle;
-    CURLcode (*global_init)(long);
-    CURL *(*easy_init)(void);
-    CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
-    CURLcode (*easy_perform)(CURL *);
-    CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
-    void (*easy_cleanup)(CURL *);
-    const char *(*easy_strerror)(CURLcode);
-    int ok;
-    char err[256];
-} curl_api;
-
-static curl_api g_curl;
-static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
-
-static void curl_load(void) {
-    static const char *names[] = {"libcurl.so.4", "libcurl.so", "libcurl-gnutls.so.4",
-                                  "libcurl-nss.so.4"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0] && !g_curl.handle; i++)
-        g_curl.handle = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-    if (!g_curl.handle) {
-        snprintf(g_curl.err, sizeof g_curl.err,
-                 "libcurl is not installed (install it: sudo apt-get install libcurl4)");
-        return;
-    }
-#define LOAD(field, sym)                                                                    \
-    do {                                                                                    \
-        *(void **)&g_curl.field = dlsym(g_curl.handle, sym);                                \
-        if (!g_curl.field) {                                                                \
-            snprintf(g_curl.err, sizeof g_curl.err, "libcurl lacks %s", sym);               \
-            return;                                                                         \
-        }                                                                                   \
-    } while (0)
-    LOAD(global_init, "curl_global_init");
-    LOAD(easy_init, "curl_easy_init");
-    LOAD(easy_setopt, "curl_easy_setopt");
-    LOAD(easy_perform, "curl_easy_perform");
-    LOAD(easy_getinfo, "curl_easy_getinfo");
-    LOAD(easy_cleanup, "curl_easy_cleanup");
-    LOAD(easy_strerror, "curl_easy_strerror");
-#undef LOAD
-    if (g_curl.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        snprintf(g_curl.err, sizeof g_curl.err, "curl_global_init failed");
-        return;
-    }
-    g_curl.ok = 1;
-}
-
-typedef struct {
     FILE *fp;
     const char *label;
     int tty;
@@ -247,14 +197,16 @@ static int xfer_cb(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ul
     return 0;
 }
 
-/* Downloads url into path. Returns 0, or -1 with a short reason in why. */
-static int fetch(const char *url, const char *path, const char *label, char *why, size_t nwhy) {
+/* Downloads url into path through libcurl (src/io/curl_api.h). Returns 0, or -1 with a
+ * short reason in why. */
+static int fetch(const ct_curl_api *cu, const char *url, const char *path, const char *label,
+                 char *why, size_t nwhy) {
     FILE *fp = fopen(path, "wb");
     if (!fp) {
         snprintf(why, nwhy, "cannot write %.300s: %s", path, strerror(errno));
         return -1;
     }
-    CURL *c = g_curl.easy_init();
+    CURL *c = cu->easy_init();
     if (!c) {
         fclose(fp);
         snprintf(why, nwhy, "curl_easy_init failed");
@@ -262,26 +214,26 @@ static int fetch(const char *url, const char *path, const char *label, char *why
     }
     progress_ctx pc = {fp, label, isatty(2), 0};
     char errbuf[CURL_ERROR_SIZE] = "";
-    g_curl.easy_setopt(c, CURLOPT_URL, url);
-    g_curl.easy_setopt(c, CURLOPT_WRITEFUNCTION, write_cb);
-    g_curl.easy_setopt(c, CURLOPT_WRITEDATA, &pc);
-    g_curl.easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-    g_curl.easy_setopt(c, CURLOPT_FAILONERROR, 1L);
-    g_curl.easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 20L);
-    g_curl.easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L); /* abort below 1 KB/s ... */
-    g_curl.easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);    /* ... for a minute */
-    g_curl.easy_setopt(c, CURLOPT_USERAGENT, "ctorch/" CT_VERSION);
-    g_curl.easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-    g_curl.easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-    g_curl.easy_setopt(c, CURLOPT_XFERINFOFUNCTION, xfer_cb);
-    g_curl.easy_setopt(c, CURLOPT_XFERINFODATA, &pc);
-    g_curl.easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    CURLcode rc = g_curl.easy_perform(c);
+    cu->easy_setopt(c, CURLOPT_URL, url);
+    cu->easy_setopt(c, CURLOPT_WRITEFUNCTION, write_cb);
+    cu->easy_setopt(c, CURLOPT_WRITEDATA, &pc);
+    cu->easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+    cu->easy_setopt(c, CURLOPT_FAILONERROR, 1L);
+    cu->easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 20L);
+    cu->easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L); /* abort below 1 KB/s ... */
+    cu->easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);    /* ... for a minute */
+    cu->easy_setopt(c, CURLOPT_USERAGENT, "ctorch/" CT_VERSION);
+    cu->easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    cu->easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    cu->easy_setopt(c, CURLOPT_XFERINFOFUNCTION, xfer_cb);
+    cu->easy_setopt(c, CURLOPT_XFERINFODATA, &pc);
+    cu->easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    CURLcode rc = cu->easy_perform(c);
     if (pc.tty && pc.last > 0) fprintf(stderr, "\n");
-    g_curl.easy_cleanup(c);
+    cu->easy_cleanup(c);
     int closed = fclose(fp);
     if (rc != CURLE_OK) {
-        snprintf(why, nwhy, "%s", errbuf[0] ? errbuf : g_curl.easy_strerror(rc));
+        snprintf(why, nwhy, "%s", errbuf[0] ? errbuf : cu->easy_strerror(rc));
         return -1;
     }
     if (closed != 0) {
@@ -412,10 +364,11 @@ int ct_download_dataset(const char *name, const char *dir) {
             if (tty) fprintf(stderr, "%s: %s already present, checksum OK\n", dname, path);
             continue;
         }
-        pthread_once(&g_curl_once, curl_load);
-        if (!g_curl.ok) {
+        const char *why_curl = NULL;
+        const ct_curl_api *cu = ct_curl_api_get(&why_curl);
+        if (!cu) {
             manual_help(s, root, dest, help, sizeof help);
-            return ct_error("download %s: %s. %s", dname, g_curl.err, help);
+            return ct_error("download %s: %s. %s", dname, why_curl, help);
         }
         snprintf(part, sizeof part, "%s.part", path);
         char why[512] = "", url[1024];
@@ -434,7 +387,7 @@ int ct_download_dataset(const char *name, const char *dir) {
             if (tty) fprintf(stderr, "%s: downloading %s\n", dname, url);
             size_t tl = strlen(tried);
             snprintf(tried + tl, sizeof tried - tl, "%s%.300s", tl ? ", " : "", url);
-            if (fetch(url, part, df->file, why, sizeof why) != 0) {
+            if (fetch(cu, url, part, df->file, why, sizeof why) != 0) {
                 unlink(part);
                 continue;
             }
