@@ -98,80 +98,8 @@ static const char *mnist_dir(void) {
 }
 
 /* ------------------------------------------------------------------ the run */
-static void cpu_model(char *out, size_t n) {
-    out[0] = 0;
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char ln[512];
-    while (f && fgets(ln, sizeof ln, f))
-        if (!strncmp(ln, "model name", 10) && strchr(ln, ':')) {
-            const char *v = strchr(ln, ':') + 1;
-            while (*v == ' ' || *v == '\t') v++;
-            snprintf(out, n, "%.*s", (int)strcspn(v, "\n"), v);
-            break;
-        }
-    if (f) fclose(f);
-}
-
-/* The last row of metrics.jsonl as a JSON object (NULL when missing). */
-static json_t *last_metrics(const char *path) {
-    FILE *f = fopen(path, "r");
-    char ln[4096], last[4096] = "";
-    while (f && fgets(ln, sizeof ln, f))
-        if (ln[0] == '{') snprintf(last, sizeof last, "%s", ln);
-    if (f) fclose(f);
-    return last[0] ? json_loads(last, 0, NULL) : NULL;
-}
-
-static json_t *dataset_entries(const char *data) {
-    json_t *a = json_array();
-    const char *files[2] = {"t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"};
-    for (int i = 0; i < 2; i++) {
-        char p[1024], hex[65];
-        snprintf(p, sizeof p, "%s/mnist/%s", data, files[i]);
-        if (ct_sha256_file(p, hex) != 0) continue;
-        json_array_append_new(a, json_pack("{s:s, s:I, s:s}", "path", p, "bytes",
-                                           (json_int_t)ct_file_size(p), "sha256", hex));
-    }
-    return a;
-}
-
-/* manifest.json of `ctorch train`'s run directory (the keys of docs/runs.md), with the
- * final metrics of the last metrics.jsonl row; this build and CPU as the run's. */
-static int write_manifest(const char *dir, const char *data, const char *status) {
-    char path[1024], cpu[256];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-    json_t *last = last_metrics(path);
-    if (!last) return -1;
-    cpu_model(cpu, sizeof cpu);
-    json_t *m = json_pack(
-        "{s:s, s:i, s:s, s:[s,s], s:{s:s, s:n, s:s, s:s}, s:{s:s, s:s, s:s, s:s, s:s, s:i, s:i, "
-        "s:I, s:s, s:n}, s:n, s:{s:s, s:s, s:s, s:i, s:i, s:s, s:f, s:f, s:f, s:b, s:s, s:s, "
-        "s:b, s:i, s:i, s:n, s:i, s:n, s:s, s:s, s:b, s:b, s:n, s:n, s:s, s:n}, s:{s:i}, s:o, "
-        "s:s, s:s, s:{s:O, s:O, s:O, s:O, s:O, s:O}, s:s, s:[]}",
-        "format", "ctorch-run", "format_version", 1, "status", status, "command", "ctorch", "train",
-        "ctorch", "version", CT_VERSION, "git_commit", "build_flags", "-O3", "cpu_kernels", "avx2",
-        "system", "os", "Debian GNU/Linux", "kernel", "6.1", "hostname", "test", "cpu_model", cpu,
-        "cpu_flags", "avx2", "cores", 2, "threads", 2, "memory_bytes", (json_int_t)8 << 30,
-        "openblas", "0.3.21", "container_image", "cuda",
-        "config", "model", "mlp", "dataset", "mnist", "data_dir", data, "epochs", 1, "batch_size", 64,
-        "optimizer", "sgd", "lr", 0.01, "momentum", 0.9, "weight_decay", 0.0, "nesterov", 0,
-        "schedule", "none", "augment", "none", "shuffle", 1, "train_limit", 512, "test_limit", 256,
-        "max_steps", "seed", 0, "threads", "device", "cpu", "amp", "off", "scaler", 0,
-        "deterministic", 0, "checkpoint_every", "keep_checkpoints", "nan_policy", "stop", "init",
-        "seeds", "seed", 0, "datasets", dataset_entries(data), "started", "2025-01-01T00:00:00Z",
-        "ended", "2025-01-01T00:00:02Z", "final_metrics", "epoch", json_object_get(last, "epoch"),
-        "step", json_object_get(last, "step"), "train_loss", json_object_get(last, "train_loss"),
-        "train_acc", json_object_get(last, "train_acc"), "test_loss", json_object_get(last, "test_loss"),
-        "test_acc", json_object_get(last, "test_acc"), "checkpoint",
-        "checkpoints/ckpt-00000008.safetensors", "resumes");
-    json_decref(last);
-    snprintf(path, sizeof path, "%s/manifest.json", dir);
-    int rc = m ? json_dump_file(m, path, JSON_INDENT(2)) : -1;
-    json_decref(m);
-    return rc;
-}
-
-/* tmp/run: a real run (mlp, one epoch on 512 MNIST images, 256 test images) made once. */
+/* tmp/run: a real run directory (`ctorch train --run-dir`: mlp, one epoch on 512 MNIST
+ * images, 256 test images) made once. */
 static const char *the_run(void) {
     static char dir[512];
     static int state; /* 0 not made, 1 made, -1 failed */
@@ -180,13 +108,12 @@ static const char *the_run(void) {
         char cmd[4096], log[600];
         snprintf(dir, sizeof dir, "%s/run", tmpdir());
         snprintf(log, sizeof log, "%s/train.log", tmpdir());
-        snprintf(cmd, sizeof cmd, "mkdir -p %s && %s train --model mlp --dataset mnist --data-dir %s "
-                 "--epochs 1 --train-limit 512 --test-limit 256 --save %s/model.safetensors "
-                 "--log-json %s/metrics.jsonl", dir, bin(), data, dir, dir);
+        snprintf(cmd, sizeof cmd, "%s train --model mlp --dataset mnist --data-dir %s --epochs 1 "
+                 "--train-limit 512 --test-limit 256 --run-dir %s", bin(), data, dir);
         int rc = run(cmd, log);
         CHECK_MSG(rc == 0, "train exited %d", rc);
         if (rc) show(log);
-        state = rc == 0 && write_manifest(dir, data, "completed") == 0 ? 1 : -1;
+        state = rc == 0 ? 1 : -1;
     }
     return state == 1 ? dir : NULL;
 }
@@ -270,7 +197,7 @@ static void check_sums(const members *m) {
     }
     int lines = 0;
     for (const char *p = sums; *p; p++) lines += *p == '\n';
-    CHECK_MSG(lines == listed && listed == 6, "SHA256SUMS: %d lines for %d other members", lines, listed);
+    CHECK_MSG(lines == listed && listed == 7, "SHA256SUMS: %d lines for %d other members", lines, listed);
 }
 
 static void check_citation(const members *m) {
@@ -335,10 +262,11 @@ TEST(archive_and_verify_a_real_run) {
     members m = {0};
     CHECK_OK(ct_tar_gz_scan(out, want_all, keep, &m));
     const char *names[] = {"run/README.md", "run/manifest.json", "run/model.safetensors",
-                           "run/metrics.jsonl", "run/CITATION.cff", "run/.zenodo.json", "run/SHA256SUMS"};
+                           "run/metrics.jsonl", "run/curves.svg", "run/CITATION.cff", "run/.zenodo.json",
+                           "run/SHA256SUMS"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         CHECK_MSG(member(&m, names[i]), "the archive lacks %s", names[i]);
-    CHECK_MSG(m.n == 7, "%d members, expected 7", m.n);
+    CHECK_MSG(m.n == 8, "%d members, expected 8", m.n);
     check_sums(&m);
     check_citation(&m);
     check_readme(&m);

@@ -4,6 +4,7 @@
  * final_metrics.test_acc. One line per check, then "verified" or "FAILED: <files>".
  * Exit 0 verified, 1 a check failed, 2 bad input. docs/runs.md. */
 #include "cli.h"
+#include "run_info.h"
 #include "ctorch.h"
 #include "ctorch_data.h"
 #include "ctorch_io.h"
@@ -236,39 +237,32 @@ static int check_sums(verify_job *v) {
 }
 
 /* ------------------------------------------------------------------ re-evaluation */
-/* The CPU model of this machine (/proc/cpuinfo "model name"), or "" when unknown. */
-static void cpu_model(char *out, size_t n) {
-    out[0] = 0;
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char ln[512];
-    while (f && fgets(ln, sizeof ln, f)) {
-        const char *colon = strchr(ln, ':');
-        if (strncmp(ln, "model name", 10) != 0 || !colon) continue;
-        colon++;
-        while (*colon == ' ' || *colon == '\t') colon++;
-        snprintf(out, n, "%.*s", (int)strcspn(colon, "\n"), colon);
-        break;
-    }
-    if (f) fclose(f);
-}
-
-/* Whether this build and machine are the ones that trained the run, so that evaluating
- * its weights must give exactly the recorded accuracy: the same ctorch version (CT_VERSION
- * against ctorch.version) on the same CPU model (/proc/cpuinfo against system.cpu_model).
- * When they differ, why says how. */
+/* Whether this is the run's build and machine (exact match expected): the same ctorch
+ * commit (or version, when the commit is unknown), CPU kernels and CPU model, as
+ * src/cli/run_info.c records them. */
 static int same_environment(const json_t *manifest, char *why, size_t n) {
-    const char *version = run_json_str(manifest, "ctorch.version");
-    const char *model = run_json_str(manifest, "system.cpu_model");
-    char here[256];
-    cpu_model(here, sizeof here);
-    if (!version || strcmp(version, CT_VERSION) != 0)
-        snprintf(why, n, "ctorch %s here, %s in the run", CT_VERSION, version ? version : "unrecorded");
-    else if (!model || !here[0] || strcmp(model, here) != 0)
-        snprintf(why, n, "CPU \"%s\" here, \"%s\" in the run", here[0] ? here : "unknown",
-                 model ? model : "unrecorded");
-    else
-        return 1;
-    return 0;
+    json_t *ct = cli_env_ctorch(), *sys = cli_env_system(0);
+    const char *keys[][2] = {{"ctorch.git_commit", "git_commit"}, {"ctorch.cpu_kernels", "cpu_kernels"},
+                             {"system.cpu_model", "cpu_model"}};
+    const char *names[] = {"ctorch commit", "CPU kernels", "CPU"};
+    int same = 1;
+    for (int i = 0; i < 3 && same; i++) {
+        const char *rec = run_json_str(manifest, keys[i][0]);
+        const char *here = json_string_value(json_object_get(i < 2 ? ct : sys, keys[i][1]));
+        if (i == 0 && (!rec || !here || !strcmp(rec, "unknown") || !strcmp(here, "unknown"))) {
+            rec = run_json_str(manifest, "ctorch.version"); /* no commit: the version */
+            here = CT_VERSION;
+            names[0] = "ctorch";
+        }
+        if (!rec || !here || strcmp(rec, here) != 0) {
+            snprintf(why, n, "%s \"%s\" here, \"%s\" in the run", names[i], here ? here : "unknown",
+                     rec ? rec : "unrecorded");
+            same = 0;
+        }
+    }
+    json_decref(ct);
+    json_decref(sys);
+    return same;
 }
 
 /* The re-evaluated accuracy against final_metrics.test_acc: exactly equal (to the 6
