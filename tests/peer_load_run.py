@@ -6,23 +6,14 @@ fixed batch against ctorch's own (a .npy-free raw float32 file written by the te
 usage: peer_load_run.py RUN_DIR/model.safetensors MODEL INPUT.f32 LOGITS.f32
 Prints "ok max_abs_diff=..." and exits 0, or says why and exits 1.
 """
+import os
 import sys
 
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file
 
-
-class SimpleCNN(nn.Module):  # the seed's model (tests/fixtures/gen_train_steps.py)
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.classifier = nn.Linear(64 * 8 * 8, 10)
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.features(x), 1))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures"))
+from gen_train_steps import SimpleCNN  # noqa: E402  (the seed's model, one definition)
 
 
 def main():
