@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "ctorch_io.h"
 #include "core/error.h"
+#include "data/data_internal.h" /* ct_mkdir_p */
 
 #include <dirent.h>
 #include <errno.h>
@@ -44,23 +45,6 @@ char *run_dir_default(const char *model, const char *dataset) {
     return NULL;
 }
 
-static int mkdir_p(const char *path) {
-    char *p = strdup(path);
-    if (!p) return -1;
-    for (char *s = p + 1; *s; s++)
-        if (*s == '/') {
-            *s = 0;
-            if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-                free(p);
-                return -1;
-            }
-            *s = '/';
-        }
-    int rc = mkdir(p, 0777) != 0 && errno != EEXIST ? -1 : 0;
-    free(p);
-    return rc;
-}
-
 int run_dir_create(const char *dir) {
     char *man = run_path(dir, "manifest.json"), *ck = run_path(dir, "checkpoints");
     int rc = -1;
@@ -69,9 +53,8 @@ int run_dir_create(const char *dir) {
         ct_error("%s already holds a run (manifest.json): continue it with `ctorch train "
                  "--resume %s`, or choose another --run-dir",
                  dir, dir);
-    else if (mkdir_p(dir) != 0 || mkdir_p(ck) != 0)
-        ct_error("cannot create the run directory %s: %s; choose a writable --run-dir", dir,
-                 strerror(errno));
+    else if (ct_mkdir_p(dir) != 0 || ct_mkdir_p(ck) != 0)
+        ct_error_context("the run directory %s (choose a writable --run-dir)", dir);
     else if (ct_check_writable(man) != 0)
         ct_error("cannot write in the run directory %s; choose a writable --run-dir", dir);
     else
