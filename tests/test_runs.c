@@ -596,3 +596,29 @@ TEST(run_model_safetensors_loads_in_pytorch) {
     ct_free(y);
     ct_module_free(net);
 }
+
+/* Bad values of the run options exit 2 naming the option, before any training. */
+TEST(run_options_bad_values_exit_2) {
+    if (!data_dir()) {
+        ct_test_skip("CTORCH_DATA with CIFAR-10 not set");
+        return;
+    }
+    struct {
+        const char *args, *needle;
+    } cases[] = {
+        {"--run-dir /proc/nope/run", "--run-dir"},
+        {"--nan-policy sometimes", "--nan-policy"},
+        {"--keep-checkpoints 0", "--keep-checkpoints"},
+        {"--checkpoint-every -3", "--checkpoint-every"},
+        {"--checkpoint-every", "--checkpoint-every needs a value"},
+        {"--resume", "--resume needs a value"},
+    };
+    char cmd[4096], log[600];
+    snprintf(log, sizeof log, "%s/badopts.log", tmpdir());
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        recipe(cmd, sizeof cmd, "simple_cnn", cases[i].args);
+        int rc = run(cmd, log);
+        CHECK_MSG(rc == 2 && log_has(log, cases[i].needle), "`%s`: exit %d, want 2 and \"%s\"",
+                  cases[i].args, rc, cases[i].needle);
+    }
+}
