@@ -161,7 +161,16 @@ static void stop_workers(void) {
     atomic_store(&P.shutdown, 0);
 }
 
+/* CTORCH_NUM_THREADS, else OMP_NUM_THREADS (as PyTorch honours it; `ctorch launch` sets
+ * both for each rank), else the cores this process may run on. */
 static int default_threads(void) {
+    const char *envs[] = {"CTORCH_NUM_THREADS", "OMP_NUM_THREADS"};
+    for (int i = 0; i < 2; i++) {
+        const char *e = getenv(envs[i]);
+        char *end;
+        long v = e && *e ? strtol(e, &end, 10) : 0;
+        if (e && *e && !*end && v > 0) return (int)v;
+    }
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
