@@ -338,8 +338,8 @@ static int check_driver(char *r, size_t n) {
 /* ------------------------------------------------------------- cuBLAS, cuDNN */
 /* $ENV (a full path) when set, else the soname through the loader (LD_LIBRARY_PATH,
  * ldconfig, this plugin's RUNPATH: its own directory and the build's CUDA lib dir), else
- * $CUDA_HOME/lib64 or /usr/local/cuda/lib64. */
-static void *open_lib(const char *soname, const char *env) {
+ * $CUDA_HOME/lib64 or /usr/local/cuda/lib64. Also opens NCCL (cuda_nccl.c). */
+void *cu_open_lib(const char *soname, const char *env) {
     const char *path = getenv(env);
     if (path && *path) return dlopen(path, RTLD_NOW | RTLD_LOCAL);
     void *h = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
@@ -357,7 +357,7 @@ static int load_blas(char *r, size_t n) {
     const char *so = "libcublas.so." CU_XSTR(CUBLAS_VER_MAJOR);
     const char *shown = getenv("CTORCH_CUBLAS_LIBRARY");
     if (!shown || !*shown) shown = so;
-    void *h = open_lib(so, "CTORCH_CUBLAS_LIBRARY");
+    void *h = cu_open_lib(so, "CTORCH_CUBLAS_LIBRARY");
     if (!h) {
         const char *e = dlerror();
         snprintf(r, n,
@@ -387,7 +387,7 @@ static int load_dnn(char *r, size_t n) {
     const char *so = "libcudnn.so." CU_XSTR(CUDNN_MAJOR);
     const char *shown = getenv("CTORCH_CUDNN_LIBRARY");
     if (!shown || !*shown) shown = so;
-    void *h = open_lib(so, "CTORCH_CUDNN_LIBRARY");
+    void *h = cu_open_lib(so, "CTORCH_CUDNN_LIBRARY");
     if (!h) {
         const char *e = dlerror();
         snprintf(r, n,
