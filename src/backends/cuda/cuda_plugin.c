@@ -538,7 +538,8 @@ int ct_cuda_plugin_device_describe(int device, char *buf, size_t n) {
 /* The `versions` entry point (src/core/backend.h), for run manifests: the driver's CUDA
  * version, the runtime linked in (cudart is static: the toolkit this plugin was built with),
  * the cuDNN loaded (cudnnGetVersion: 10000 * major + 100 * minor + patch since cuDNN 9) and
- * the architectures compiled in. ctorch uses no NCCL: that field stays empty. */
+ * the architectures compiled in, and NCCL's version when libnccl.so.2 loads (opened here if
+ * no collective has opened it yet: ~2 ms, nothing initialised; empty when it is missing). */
 static int cu_versions(ct_backend_versions *out) {
     memset(out, 0, sizeof *out);
     if (g_driver_version > 0)
@@ -551,6 +552,8 @@ static int cu_versions(ct_backend_versions *out) {
         snprintf(out->dnn, sizeof out->dnn, "%zu.%zu.%zu", v / 10000, v % 10000 / 100, v % 100);
     }
     arch_list(out->kernels, sizeof out->kernels);
+    if (cu_nccl_version_quiet(out->collectives, sizeof out->collectives) != 0)
+        out->collectives[0] = 0;
 #ifdef CT_CUDA_EMU
     snprintf(out->kernels, sizeof out->kernels, "CPU emulator (tests/cuda_emu)");
 #endif
