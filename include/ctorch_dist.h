@@ -136,6 +136,13 @@ double ct_ddp_last_wait_seconds(const ct_ddp *d);
  * the overlap hides). Default on. */
 void ct_ddp_set_overlap(ct_ddp *d, int on);
 int ct_ddp_num_buckets(const ct_ddp *d);
+/* Up to CT_DDP_MAX_FLAGS small integers reduced (max over the ranks) together with the
+ * gradients of the next backward, without a collective of their own: set them before
+ * backward ("this rank's loss is NaN", "this rank was asked to stop"), read the reduced
+ * values after it. Without a group they read back as set. */
+#define CT_DDP_MAX_FLAGS 8
+int ct_ddp_set_flags(ct_ddp *d, const int32_t *flags, int n);
+int ct_ddp_get_flags(const ct_ddp *d, int32_t *flags, int n);
 void ct_ddp_free(ct_ddp *d);
 
 /* SyncBatchNorm: batch statistics over every rank's batch in training (PyTorch's

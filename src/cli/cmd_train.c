@@ -157,6 +157,8 @@ typedef struct {
     ct_ddp *ddp;
     cli_dist_step dstep;
     int stop_agreed; /* every rank saw the stop request (a signal) */
+    double ddp_wait;      /* this epoch: seconds backward waited for communication */
+    int64_t ddp_steps;
 } train_run;
 
 /* One epoch's training figures (kept in checkpoints, so a resumed epoch reports the
@@ -812,6 +814,10 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
                     r->last_ckpt ? r->last_ckpt : "(none yet)", r->dir);
             return CLI_RUNTIME;
         }
+        if (r->ddp) {
+            r->ddp_wait += ct_ddp_last_wait_seconds(r->ddp);
+            r->ddp_steps++;
+        }
         s->loss_sum += res.loss * (double)res.n;
         s->correct += res.correct;
         s->seen += res.n;
@@ -873,6 +879,11 @@ static int evaluate_epoch(train_run *r, epoch_stats *ls) {
         printf(" loss_scale %g skipped %lld", ct_grad_scaler_get_scale(r->a.amp.scaler),
                (long long)ct_grad_scaler_skipped_steps(r->a.amp.scaler));
     if (r->nan_skipped) printf(" nan_skipped %lld", (long long)r->nan_skipped);
+    /* data-parallel: the communication left after backward (what overlap did not hide) */
+    double wait_ms = r->ddp_steps ? 1000.0 * r->ddp_wait / (double)r->ddp_steps : 0;
+    if (r->ddp) printf(" ddp_wait %.3f ms/step", wait_ms);
+    r->ddp_wait = 0;
+    r->ddp_steps = 0;
     printf("\n");
     fflush(stdout);
     json_t *row = json_pack(
@@ -889,6 +900,10 @@ static int evaluate_epoch(train_run *r, epoch_stats *ls) {
         "amp_skipped_steps",
         r->a.amp.scaler ? json_integer(ct_grad_scaler_skipped_steps(r->a.amp.scaler)) : NULL,
         "nan_skipped_steps", r->nan_skipped ? json_integer(r->nan_skipped) : NULL);
+    if (row && r->ddp) {
+        json_object_set_new(row, "world_size", json_integer(r->world));
+        json_object_set_new(row, "ddp_wait_ms_per_step", cli_json_number(wait_ms, "%.4f"));
+    }
     if (!row || json_array_append_new(r->rows, row) != 0)
         fprintf(stderr, "ctorch train: warning: out of memory for the metrics row\n");
     write_metrics(r);

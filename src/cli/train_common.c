@@ -150,22 +150,32 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
     amp_exit(amp);
     int rc = -1, stats_done = 0;
     r->n = ct_size(x, 0);
-    if (loss && multi) { /* the ranks agree on NaN/inf and on stopping before backward */
+    if (loss && multi) {
+        /* the ranks agree on NaN/inf and on stopping, from flags reduced with the gradients
+         * (no collective of their own): backward always runs, the update only when no rank
+         * saw a NaN and none was asked to stop */
         if (step_stats(logits, loss, yd, &r->loss, &r->correct) != 0) goto out;
-        stats_done = 1;
         int32_t flags[2] = {!isfinite(r->loss), dist->stop && *dist->stop};
-        if (ct_dist_all_reduce_buf(flags, 2, CT_INT32, CT_REDUCE_MAX) != 0) goto out;
-        if (flags[1]) {
-            dist->stopped_all = 1;
-            rc = 2;
-            goto out;
-        }
-        if (flags[0]) {
-            if (isfinite(r->loss)) r->loss = NAN; /* another rank's loss */
+        if (ct_ddp_set_flags(dist->ddp, flags, 2) != 0) goto out;
+        ct_tensor *scaled = amp && amp->scaler ? ct_grad_scaler_scale(amp->scaler, loss) : NULL;
+        int brc = amp && amp->scaler ? (scaled ? ct_backward(scaled, NULL, 0) : -1) : ct_backward(loss, NULL, 0);
+        ct_free(scaled);
+        if (brc != 0 || ct_ddp_get_flags(dist->ddp, flags, 2) != 0) goto out;
+        if (flags[0] || flags[1]) {
             ct_optim_zero_grad(opt);
-            rc = 1;
+            if (flags[1]) dist->stopped_all = 1;
+            if (flags[0] && isfinite(r->loss)) r->loss = NAN; /* another rank's loss */
+            rc = flags[1] ? 2 : 1;
             goto out;
         }
+        int ok = amp && amp->scaler ? ct_grad_scaler_step(amp->scaler, opt) >= 0 &&
+                                          ct_grad_scaler_update(amp->scaler) == 0
+                                    : ct_optim_step(opt) == 0;
+        if (ok) {
+            ct_optim_zero_grad(opt);
+            rc = 0;
+        }
+        goto out;
     }
     if (loss && check_loss_first) {
         /* the figures before the update: a NaN or infinite loss leaves the weights alone */

@@ -41,7 +41,7 @@ struct ct_ddp {
     int *pbucket;        /* parameter -> bucket */
     int64_t *poff;       /* parameter -> offset in its bucket's buffer */
     int *ready, *got;    /* this backward */
-    int32_t *used;       /* all-reduced "got a gradient" flags */
+    int32_t *used;       /* all-reduced "got a gradient" flags, then the caller's flags */
     ct_tensor *used_t;
     bucket *b;
     int nb, next_launch;
@@ -50,6 +50,7 @@ struct ct_ddp {
     ct_tensor **buffers;
     int nbuf;
     double last_wait, comm_secs;
+    int32_t flags[CT_DDP_MAX_FLAGS]; /* the caller's, reduced with the gradients */
 };
 
 static double now_s(void) {
@@ -216,6 +217,7 @@ static int end_of_backward(void *user, int backward_rc) {
             d->b[d->pbucket[p]].pending--;
         }
     for (int p = 0; p < d->np; p++) d->used[p] = d->got[p];
+    memcpy(d->used + d->np, d->flags, sizeof d->flags);
     int rc = launch_ready(d);
     ct_dist_work *uw = rc == 0 ? ct_dist_all_reduce_async(d->used_t, CT_REDUCE_MAX) : NULL;
     if (rc == 0 && !uw) rc = -1;
@@ -226,6 +228,7 @@ static int end_of_backward(void *user, int backward_rc) {
         if (rc == 0) rc = r2;
     }
     d->last_wait = now_s() - t0;
+    if (rc == 0) memcpy(d->flags, d->used + d->np, sizeof d->flags);
     if (rc) return ct_error_context("DDP: reducing gradients"), -1;
     double inv = 1.0 / d->world;
     for (int bi = 0; bi < d->nb && rc == 0; bi++) {
@@ -292,7 +295,7 @@ static int build_buckets(ct_ddp *d) {
         if (!moved) return -1;
         d->b[i].flat = ct__own(moved);
     }
-    int64_t ushape[1] = {d->np ? d->np : 1};
+    int64_t ushape[1] = {d->np + CT_DDP_MAX_FLAGS};
     d->used_t = ct__own(ct_zeros(ushape, 1, CT_INT32));
     if (!d->used_t) return -1;
     d->used = ct_data(d->used_t);
@@ -381,4 +384,19 @@ void ct_ddp_free(ct_ddp *d) {
     free(d->buffers);
     free(d->params);
     free(d);
+}
+
+int ct_ddp_set_flags(ct_ddp *d, const int32_t *flags, int n) {
+    if (!d || n < 0 || n > CT_DDP_MAX_FLAGS || (n && !flags))
+        return ct_error("DDP: set_flags: at most %d flags", CT_DDP_MAX_FLAGS);
+    memset(d->flags, 0, sizeof d->flags);
+    if (n) memcpy(d->flags, flags, sizeof *flags * (size_t)n);
+    return 0;
+}
+
+int ct_ddp_get_flags(const ct_ddp *d, int32_t *flags, int n) {
+    if (!d || n < 0 || n > CT_DDP_MAX_FLAGS || (n && !flags))
+        return ct_error("DDP: get_flags: at most %d flags", CT_DDP_MAX_FLAGS);
+    if (n) memcpy(flags, d->flags, sizeof *flags * (size_t)n);
+    return 0;
 }
