@@ -510,7 +510,7 @@ static const char *two_hosts_up(two_hosts *h) {
     snprintf(h->hostfile, sizeof h->hostfile, "%s/netns-hosts", tmpdir());
     f = fopen(h->hostfile, "w");
     if (!f) return "cannot write the hostfile";
-    fprintf(f, "%s.1 slots=1\n%s.2 slots=1\n", h->net, h->net);
+    fprintf(f, "%s.1 slots=2\n%s.2 slots=2\n", h->net, h->net); /* 1 rank each: --nproc-per-node */
     fclose(f);
     snprintf(h->env, sizeof h->env,
              "env OMPI_MCA_plm_rsh_agent=%s OMPI_MCA_btl=tcp,self OMPI_MCA_btl_tcp_if_include=%s.0/24 "
