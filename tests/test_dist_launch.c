@@ -250,6 +250,11 @@ TEST(launch_prefixes_each_rank_output_and_sets_threads) {
              "--nproc-per-node 2 -- /bin/sh -c 'echo t=${CTORCH_NUM_THREADS:-unset},$OMP_NUM_THREADS'",
              bin());
     CHECK(run(cmd, log) == 0 && log_has(log, "[rank 1] t=unset,3\n"));
+    /* the ranks see the launcher's command line (train records it in its manifest) */
+    snprintf(cmd, sizeof cmd, "timeout 60 %s launch --nproc-per-node 2 -- /bin/sh -c "
+             "'echo \"$CTORCH_LAUNCH_COMMAND\"'", bin());
+    CHECK(run(cmd, log) == 0 && log_has(log, "[rank 1] ctorch launch --nproc-per-node 2 -- /bin/sh "
+                                             "-c 'echo \"$CTORCH_LAUNCH_COMMAND\"'\n"));
     /* more ranks than cores: oversubscribed, each with one thread */
     snprintf(cmd, sizeof cmd, "env -u CTORCH_NUM_THREADS -u OMP_NUM_THREADS timeout 60 %s launch "
              "--nproc-per-node %d -- /bin/sh -c 'echo n=$OMPI_COMM_WORLD_SIZE t=$CTORCH_NUM_THREADS'",

@@ -714,18 +714,19 @@ static int file_exists(const char *dir, const char *name) {
     return ok;
 }
 
-/* An argument of the command shown, quoted for a POSIX shell where it needs to be. */
-static void print_word(const char *w) {
+/* A word of a command line, quoted for a POSIX shell where it needs to be, after a space. */
+static void add_word(sbuf *b, const char *w) {
+    sb_add(b, " ", 1);
     if (*w && strspn(w, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                         "_-+=.,/:@%") == strlen(w)) {
-        fprintf(stderr, " %s", w);
+        sb_add(b, w, strlen(w));
         return;
     }
-    fputs(" '", stderr);
+    sb_add(b, "'", 1);
     for (; *w; w++)
-        if (*w == '\'') fputs("'\\''", stderr);
-        else fputc(*w, stderr);
-    fputc('\'', stderr);
+        if (*w == '\'') sb_add(b, "'\\''", 4);
+        else sb_add(b, w, 1);
+    sb_add(b, "'", 1);
 }
 
 /* ------------------------------------------------------------------ the command */
@@ -739,7 +740,7 @@ int cmd_launch(int argc, char **argv) {
         {"--nproc-per-node", OPT_INT, &nproc, 1, 4096, 0},
         {"--hostfile", OPT_STRING, &hostfile, 0, 0, 0},
         {"--max-restarts", OPT_INT, &max_restarts, 0, 1000, 0},
-        {"--dist-timeout", OPT_DOUBLE, &dist_timeout, 0.001, 1e7, 0},
+        {"--dist-timeout", OPT_DOUBLE, &dist_timeout, 1, 1e7, 0}, /* train's range */
         {"--bind-to", OPT_STRING, &bind_to, 0, 0, 0},
     };
     int dd = -1;
@@ -860,6 +861,14 @@ int cmd_launch(int argc, char **argv) {
         sv_add(&base, "-x");
         sv_addf(&base, "OMP_NUM_THREADS=%d", threads);
     }
+    /* the launcher's command line, for train's manifest ("distributed.launch_command") */
+    sbuf line = {0};
+    sb_add(&line, "ctorch launch", 13);
+    for (int i = 0; i < argc; i++) add_word(&line, argv[i]);
+    setenv("CTORCH_LAUNCH_COMMAND", sb_str(&line), 1);
+    free(line.s);
+    sv_add(&base, "-x");
+    sv_add(&base, "CTORCH_LAUNCH_COMMAND");
     sv_add(&base, program);
     if (!is_program) sv_add(&base, cmd);
 
@@ -904,10 +913,11 @@ int cmd_launch(int argc, char **argv) {
             sv_add(&av, "--dist-timeout");
             sv_addf(&av, "%g", dist_timeout);
         }
-        fprintf(stderr, "ctorch launch:");
-        for (int i = 0; i < av.n; i++) print_word(av.v[i]);
-        fprintf(stderr, "\n");
+        sbuf shown = {0};
+        for (int i = 0; i < av.n; i++) add_word(&shown, av.v[i]);
+        fprintf(stderr, "ctorch launch:%s\n", sb_str(&shown));
         fflush(stderr);
+        free(shown.s);
         job_state j = {.fail_rank = -1};
         int st = run_mpirun(av.v, &j);
         sv_free(&av);
