@@ -460,7 +460,7 @@ static void parse_pipe(job_state *j, out_pipe *o, int eof) {
             int rank, is_err;
             size_t len;
             int m = match_tag(o->in + i, o->n - i, &rank, &is_err, &len);
-            if (m < 0 && !eof) break;
+            if (m < 0 && !eof && o->n - i < 64) break; /* the rest of the tag is on its way */
             if (m > 0) {
                 add_text(j, o, o->in + text, i - text);
                 o->cur = rank;
@@ -567,7 +567,7 @@ static int run_mpirun(char **argv, job_state *j) {
                 continue;
             }
             o->n += (size_t)got;
-            parse_pipe(j, o, o->n == sizeof o->in); /* a full buffer: no tag spans it */
+            parse_pipe(j, o, 0); /* leaves at most the start of a tag (< 64 bytes) */
         }
     }
     for (int k = 0; k < 2; k++) free(pipes[k].own.s);
