@@ -28,7 +28,7 @@ SONAME     := libctorch.so.$(SOVERSION)
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC := $(sort $(wildcard src/core/*.c src/ops/*.c src/backends/cpu/*.c src/nn/*.c \
-             src/optim/*.c src/data/*.c src/io/*.c src/models/*.c))
+             src/optim/*.c src/data/*.c src/io/*.c src/models/*.c src/dist/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -38,12 +38,13 @@ EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c)
 DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,$(if $(CTORCH_DATA),$(CTORCH_DATA),data))
 
 NVCC := $(shell command -v nvcc 2>/dev/null)
+MPICC := $(shell command -v mpicc 2>/dev/null)
 
 PHONY_EXTRA := examples
-.PHONY: all lib cli cuda examples test test-sanitize valgrind fixtures deps run clean \
+.PHONY: all lib cli cuda mpi examples test test-sanitize valgrind fixtures deps run clean \
         install uninstall
 
-all: lib cli cuda examples
+all: lib cli cuda mpi examples
 
 lib: $(BUILD)/libctorch.a $(BUILD)/libctorch.so $(BUILD)/$(SONAME)
 cli: $(BUILD)/ctorch
@@ -97,12 +98,31 @@ TEST_CLI_OBJ := $(BUILD)/src/cli/run_info.o
 $(BUILD)/test_ctorch: $(TEST_OBJ) $(TEST_CLI_OBJ) $(LIB_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJ) $(TEST_CLI_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic
 
+# One rank of the process-group tests (tests/test_dist.c runs it under mpirun); next to
+# libctorch_mpi.so so that it finds the plugin as ctorch does.
+$(BUILD)/dist_worker: tests/dist/dist_worker.c $(LIB_OBJ)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic
+
 # ---------------------------------------------------------------- CUDA plugin
 ifeq ($(NVCC),)
 cuda:
 	@echo "notice: nvcc not found; skipping the CUDA plugin (ctorch runs on the CPU)"
 else
 include src/backends/cuda/cuda.mk
+endif
+
+# ----------------------------------------------------------------- MPI plugin
+# libctorch_mpi.so: the process groups' engine (src/dist/mpi), built with mpicc and loaded
+# by ct_dist_init at run time; the library and the CLI never link libmpi.
+ifeq ($(MPICC),)
+mpi:
+	@echo "notice: mpicc not found; skipping the MPI plugin (install libopenmpi-dev for multi-process training)"
+else
+mpi: $(BUILD)/libctorch_mpi.so
+$(BUILD)/libctorch_mpi.so: $(wildcard src/dist/mpi/*.c) src/dist/dist_plugin.h
+	@mkdir -p $(dir $@)
+	OMPI_CC=$(CC) $(MPICC) -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -fPIC -shared \
+	    -fvisibility=hidden -Isrc -o $@ $(wildcard src/dist/mpi/*.c) -Wl,-soname,libctorch_mpi.so
 endif
 
 # -------------------------------------------------------------------- install
@@ -193,7 +213,7 @@ deps:
 	@scripts/install-deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch $(if $(NVCC),cuda-emu)
+	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch $(BUILD)/dist_worker $(if $(NVCC),cuda-emu)
 	@scripts/check-readme.sh $(BUILD) "$(ARCHIVE_LIBS)"
 	CTORCH_DATA=$(DATA_DIR) $(BUILD)/test_ctorch
 

@@ -134,7 +134,18 @@ typedef struct ct_dataloader_opts {
                            Batches stay CPU tensors with the same values; only where they
                            live changes. Without usable CUDA this does nothing but print one
                            warning per process to stderr, like PyTorch's; never an error. */
+    /* DistributedSampler (PyTorch's semantics): with num_replicas > 1 this loader yields
+     * rank `rank`'s share of each epoch: positions rank, rank + R, rank + 2R, ... of the
+     * epoch's permutation (the same permutation of (seed, epoch) on every rank), so the
+     * ranks' shares are disjoint and together are the epoch. shard says how the shares
+     * are made equal: CT_SHARD_PAD (default) repeats the permutation's first records up
+     * to a multiple of R (every rank the same length), CT_SHARD_DROP drops the tail
+     * (PyTorch's DistributedSampler drop_last), CT_SHARD_EXACT gives uneven shares with
+     * every record once (evaluation). Augmentation streams are per (seed, epoch, batch,
+     * rank). Default num_replicas 0 or 1: the whole dataset. */
+    int num_replicas, rank, shard;
 } ct_dataloader_opts;
+enum { CT_SHARD_PAD = 0, CT_SHARD_DROP = 1, CT_SHARD_EXACT = 2 };
 
 typedef struct ct_dataloader ct_dataloader;
 

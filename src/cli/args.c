@@ -8,9 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+char cli_rank_tag[300];
+
 int cli_fail(const char *cmd, int code, const char *fmt, ...) {
     va_list ap;
-    fprintf(stderr, "ctorch %s: ", cmd);
+    fprintf(stderr, "ctorch %s%s: ", cmd, cli_rank_tag);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);

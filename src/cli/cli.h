@@ -26,6 +26,8 @@ int cli_parse(const char *cmd, int argc, char **argv, cli_opt *opts, int nopts, 
               int max_pos, int *npos);
 /* Prints "ctorch CMD: message" to stderr; returns code. */
 int cli_fail(const char *cmd, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* " (rank R on HOST)" in a data-parallel job, else "": after the command in messages. */
+extern char cli_rank_tag[300];
 /* Validates a string against a list of choices; prints the choices on failure. */
 int cli_choice(const char *cmd, const char *opt, const char *value, const char *const *choices);
 

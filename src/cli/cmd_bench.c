@@ -44,7 +44,7 @@ static int time_training(ct_module *model, ct_optimizer *opt, const ct_tensor *x
     *secs = 0;
     for (int64_t i = 0; i < warm + steps; i++) {
         double t0 = cli_now();
-        if (cli_train_step(model, opt, xd, yd, dev, amp, 0, &r) != 0) return -1;
+        if (cli_train_step(model, opt, xd, yd, dev, amp, 0, NULL, &r) != 0) return -1;
         if (i >= warm) *secs += cli_now() - t0;
     }
     return 0;

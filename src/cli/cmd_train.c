@@ -6,11 +6,13 @@
 #include "cli.h"
 #include "ctorch.h"
 #include "ctorch_data.h"
+#include "ctorch_dist.h"
 #include "ctorch_io.h"
 #include "ctorch_nn.h"
 #include "ctorch_optim.h"
 #include "core/error.h"
 #include "run_dir.h"
+#include "run_info.h"
 #include "train_common.h"
 
 #include <limits.h>
@@ -45,8 +47,8 @@ typedef struct {
     cli_amp amp;
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
     int64_t checkpoint_every, keep_checkpoints;
-    double lr, momentum, weight_decay;
-    int nesterov, no_shuffle, no_scaler, deterministic, no_checkpoints;
+    double lr, momentum, weight_decay, bucket_mb, dist_timeout;
+    int nesterov, no_shuffle, no_scaler, deterministic, no_checkpoints, sync_bn, no_overlap;
 } train_args;
 
 /* How an option relates to a run (what --resume does with it):
@@ -56,7 +58,7 @@ typedef struct {
  *   LOCAL:  this invocation only (--run-dir, --resume) */
 enum { RESULT, FREE, RAISE, LOCAL };
 
-enum { NOPTS = 32 };
+enum { NOPTS = 36 };
 static int train_opts(train_args *a, cli_opt *o, int *kind) {
     const struct {
         cli_opt opt;
@@ -91,6 +93,10 @@ static int train_opts(train_args *a, cli_opt *o, int *kind) {
         {{"--keep-checkpoints", OPT_INT, &a->keep_checkpoints, 1, 1e6, 0}, FREE},
         {{"--no-checkpoints", OPT_FLAG, &a->no_checkpoints, 0, 0, 0}, FREE},
         {{"--nan-policy", OPT_STRING, &a->nan_policy, 0, 0, 0}, FREE},
+        {{"--sync-bn", OPT_FLAG, &a->sync_bn, 0, 0, 0}, RESULT},
+        {{"--bucket-mb", OPT_DOUBLE, &a->bucket_mb, 0.001, 1e6, 0}, FREE},
+        {{"--dist-timeout", OPT_DOUBLE, &a->dist_timeout, 1, 1e7, 0}, FREE},
+        {{"--no-overlap", OPT_FLAG, &a->no_overlap, 0, 0, 0}, FREE},
         {{"--run-dir", OPT_STRING, &a->run_dir, 0, 0, 0}, LOCAL},
         {{"--resume", OPT_STRING, &a->resume, 0, 0, 0}, LOCAL},
         {{"--help", OPT_FLAG, NULL, 0, 0, 0}, LOCAL},
@@ -108,7 +114,7 @@ static train_args default_args(void) {
     return (train_args){.amp = {CT_FLOAT32}, .optimizer = "sgd", .schedule = "none",
                         .augment = "none", .device = "cpu", .amp_s = "off", .nan_policy = "stop",
                         .epochs = 10, .batch_size = 64, .keep_checkpoints = 2, .lr = NAN,
-                        .momentum = NAN, .weight_decay = NAN};
+                        .momentum = NAN, .weight_decay = NAN, .bucket_mb = 25, .dist_timeout = 300};
 }
 
 /* "--weight-decay" -> "weight_decay" */
@@ -145,6 +151,12 @@ typedef struct {
     double ckpt_secs; /* time spent writing checkpoints (this process) */
     int tty;
     double final_acc, final_loss;
+    /* data-parallel (mpirun / ctorch launch): this rank of world; rank 0 alone prints
+     * and writes the run directory */
+    int rank, world;
+    ct_ddp *ddp;
+    cli_dist_step dstep;
+    int stop_agreed; /* every rank saw the stop request (a signal) */
 } train_run;
 
 /* One epoch's training figures (kept in checkpoints, so a resumed epoch reports the
@@ -383,6 +395,7 @@ static int resolve_options(train_run *r) {
 
 /* ------------------------------------------------------------------ manifest */
 static void manifest_write(train_run *r) {
+    if (r->rank != 0) return; /* rank 0 writes the run directory */
     char *p = run_path(r->dir, "manifest.json");
     if (!p || run_write_json(p, r->manifest) != 0)
         fprintf(stderr, "ctorch train: warning: could not write %s: %s\n", p ? p : "manifest.json",
@@ -403,6 +416,11 @@ static int open_run_dir(train_run *r) {
     train_args *a = &r->a;
     char now[32];
     run_utc_now(now, sizeof now);
+    if (r->rank != 0) { /* rank 0 writes the run directory; the others read checkpoints */
+        r->dir = strdup(a->resume ? a->resume : a->run_dir ? a->run_dir : "(rank 0's run directory)");
+        r->manifest = a->resume ? json_deep_copy(r->recorded) : json_object();
+        return r->dir && r->manifest ? CLI_OK : cli_fail("train", CLI_RUNTIME, "out of memory");
+    }
     if (a->resume) {
         r->dir = strdup(a->resume);
         r->manifest = json_deep_copy(r->recorded); /* a's strings point into recorded */
@@ -410,8 +428,8 @@ static int open_run_dir(train_run *r) {
         json_object_set_new(r->manifest, "config", config_json(a));
         json_t *res = json_object_get(r->manifest, "resumes");
         if (!json_is_array(res)) json_object_set_new(r->manifest, "resumes", res = json_array());
-        json_array_append_new(res, json_pack("{s:s, s:o}", "at", now, "command",
-                                             command_json(r->argc, r->argv)));
+        json_array_append_new(res, json_pack("{s:s, s:o, s:i}", "at", now, "command",
+                                             command_json(r->argc, r->argv), "world_size", r->world));
         char *probe = run_path(r->dir, "manifest.json");
         int ok = probe && ct_check_writable(probe) == 0;
         free(probe);
@@ -430,6 +448,17 @@ static int open_run_dir(train_run *r) {
     json_object_set_new(r->manifest, "system", cli_env_system(ct_get_num_threads()));
     json_object_set_new(r->manifest, "cuda", cli_env_cuda(r->dev));
     json_object_set_new(r->manifest, "config", config_json(a));
+    if (r->world > 1) {
+        const char *launch = getenv("CTORCH_LAUNCH_COMMAND");
+        const char *mpi = ct_dist_backend_version();
+        json_object_set_new(r->manifest, "distributed",
+                            json_pack("{s:i, s:s, s:s?, s:s, s:f, s:b}", "world_size", r->world,
+                                      "backend", ct_device_is_host(r->dev) ? "mpi" : "nccl",
+                                      "mpi_version", mpi, "launch_command",
+                                      launch ? launch : "mpirun (the launcher's command line is not "
+                                      "visible to the ranks; ctorch launch records it)",
+                                      "bucket_mb", a->bucket_mb, "sync_bn", a->sync_bn));
+    }
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
     json_object_set_new(r->manifest, "seeds",
@@ -458,6 +487,8 @@ static int open_train_loader(train_run *r) {
     lo.batch_size = r->a.batch_size;
     lo.shuffle = !r->a.no_shuffle;
     lo.seed = (uint64_t)r->a.seed;
+    lo.num_replicas = r->world; /* DistributedSampler: this rank's share of each epoch */
+    lo.rank = r->rank;
     lo.transform.normalize = 1;
     ct_dataset_default_normalization(r->kind, lo.transform.mean, lo.transform.std);
     if (!strcmp(r->a.augment, "standard")) {
@@ -481,6 +512,8 @@ static int setup_run(train_run *r) {
     if (!r->test) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     r->model = ct_model_create_ex(a->model, r->train->num_classes, r->train->c, r->train->h, r->train->w);
     if (!r->model) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
+    if (a->sync_bn && ct_nn_convert_sync_batchnorm(r->model) == 0)
+        fprintf(stderr, "ctorch train: warning: --sync-bn: %s has no BatchNorm layer\n", a->model);
     if (a->init && ct_module_load(r->model, a->init) != 0)
         return cli_fail("train", CLI_USAGE, "--init: %s (pass the --model it was saved from)",
                         ct_last_error());
@@ -534,6 +567,7 @@ static char *state_text(train_run *r, const epoch_stats *s) {
         "amp_skipped_steps",
         (json_int_t)(r->a.amp.scaler ? ct_grad_scaler_skipped_steps(r->a.amp.scaler) : 0),
         "metrics", r->rows, "config", config_json(&r->a));
+    if (st) json_object_set_new(st, "world_size", json_integer(r->world));
     char *text = st ? json_dumps(st, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(st);
     return text;
@@ -547,7 +581,25 @@ static int write_checkpoint(train_run *r, const epoch_stats *s) {
         r->last_ckpt_batch == r->batch)
         return 0; /* already written here */
     double t0 = cli_now();
+    epoch_stats g = *s;
+    if (r->world > 1) { /* the epoch's figures over every rank (rank 0 resumes with them) */
+        double v[3] = {s->loss_sum, (double)s->correct, (double)s->seen};
+        if (ct_dist_all_reduce_buf(v, 3, CT_FLOAT64, CT_REDUCE_SUM) != 0) {
+            fprintf(stderr, "ctorch train%s: %s\n", cli_rank_tag, ct_last_error());
+            return -1;
+        }
+        g.loss_sum = v[0], g.correct = (int64_t)v[1], g.seen = (int64_t)v[2];
+    }
     char *path = run_checkpoint_path(r->dir, r->step);
+    if (r->rank != 0) { /* rank 0 writes; the others keep the same bookkeeping */
+        free(r->last_ckpt);
+        r->last_ckpt = path;
+        r->last_ckpt_step = r->step;
+        r->last_ckpt_epoch = r->epoch;
+        r->last_ckpt_batch = r->batch;
+        return path ? 0 : -1;
+    }
+    s = &g;
     char *state = path ? state_text(r, s) : NULL;
     int rc = state ? ct_checkpoint_save(path, r->model, r->opt, r->a.amp.scaler, r->a.model, state)
                    : ct_error("out of memory");
@@ -590,6 +642,23 @@ static int restore_state(train_run *r, const char *path, const char *text, epoch
         json_decref(st);
         return cli_fail("train", CLI_USAGE, "--resume: checkpoint %s: its state does not parse", path);
     }
+    json_int_t ws = 1;
+    json_t *wsj = json_object_get(st, "world_size");
+    if (json_is_integer(wsj)) ws = json_integer_value(wsj);
+    if (ws != r->world) {
+        /* another number of processes: the rest of the epoch is re-sharded */
+        if (r->rank == 0)
+            fprintf(stderr, "ctorch train: warning: checkpoint %s was written by %lld processes, "
+                    "this job has %d: the rest of epoch %lld is re-sharded over %d ranks (the run "
+                    "goes on from the same weights and optimizer state, but is not bitwise the "
+                    "run it would have been)\n", path, (long long)ws, r->world,
+                    (long long)epoch + 1, r->world);
+        int64_t samples = (int64_t)batch * r->a.batch_size * ws;
+        batch = samples / (r->a.batch_size * r->world);
+        if (batch > r->spe) batch = r->spe;
+        step = epoch * r->spe + batch;
+        spe = r->spe;
+    }
     if (spe != r->spe) {
         json_decref(st);
         return cli_fail("train", CLI_USAGE, "--resume: checkpoint %s has %lld steps per epoch, this "
@@ -601,9 +670,10 @@ static int restore_state(train_run *r, const char *path, const char *text, epoch
     r->batch = batch;
     r->step = step;
     r->nan_skipped = nan_sk;
-    s->loss_sum = loss_sum;
-    s->correct = correct;
-    s->seen = seen;
+    /* the epoch's figures so far are every rank's: rank 0 carries them */
+    s->loss_sum = r->rank == 0 ? loss_sum : 0;
+    s->correct = r->rank == 0 ? correct : 0;
+    s->seen = r->rank == 0 ? seen : 0;
     s->train_secs = secs;
     json_decref(r->rows);
     r->rows = json_deep_copy(metrics);
@@ -706,15 +776,22 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
     int skip_first = !strcmp(r->a.nan_policy, "skip");
     ct_tensor *x, *y;
     int got = 1;
-    while (r->step < r->total && !g_interrupted &&
+    /* one process stops at a signal; data-parallel ranks stop together at the step where
+     * every rank has seen it (cli_train_step agrees on it) */
+    while (r->step < r->total && !(r->world == 1 && g_interrupted) && !r->stop_agreed &&
            (got = ct_device_prefetcher_next(r->pf, &x, &y)) == 1) {
         ct_optim_set_lr(r->opt, schedule_lr(&r->a, r->step, r->spe, r->total));
         train_step_result res;
-        int st = cli_train_step(r->model, r->opt, x, y, r->dev, &r->a.amp, skip_first, &res);
+        int st = cli_train_step(r->model, r->opt, x, y, r->dev, &r->a.amp, skip_first,
+                                r->ddp ? &r->dstep : NULL, &res);
         ct_free(x);
         ct_free(y);
         if (st < 0)
             return cli_fail("train", CLI_RUNTIME, "step %lld: %s", (long long)r->step, ct_last_error());
+        if (st == 2) { /* every rank stops here (a signal); this batch is not trained */
+            r->stop_agreed = 1;
+            break;
+        }
         if (st == 1 || !isfinite(res.loss)) {
             if (skip_first) { /* --nan-policy skip: no update from this batch, counted */
                 r->nan_skipped++;
@@ -752,12 +829,14 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
     if (got < 0)
         return cli_fail("train", CLI_RUNTIME, "step %lld: loading the batch: %s",
                         (long long)r->step, ct_last_error());
-    *stopped = g_interrupted || (r->batch < r->spe && r->step < r->total);
+    *stopped = (r->world == 1 ? g_interrupted != 0 : r->stop_agreed) ||
+               (r->batch < r->spe && r->step < r->total);
     return CLI_OK;
 }
 
 /* Rewrites metrics.jsonl (and --log-json) with every row so far; a failure is a warning. */
 static void write_metrics(train_run *r) {
+    if (r->rank != 0) return;
     char *p = run_path(r->dir, "metrics.jsonl");
     if (!p || run_write_jsonl(p, r->rows) != 0)
         fprintf(stderr, "ctorch train: warning: could not write %s: %s\n", p ? p : "metrics.jsonl",
@@ -769,11 +848,19 @@ static void write_metrics(train_run *r) {
 
 /* Evaluates on the test set, reports the epoch (stdout, metrics.jsonl, --log-json) and
  * moves the position to the next epoch. */
-static int evaluate_epoch(train_run *r, epoch_stats *s) {
+static int evaluate_epoch(train_run *r, epoch_stats *ls) {
     eval_result ev;
     double t0 = cli_now();
-    if (cli_evaluate(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, &ev) != 0)
+    if (cli_evaluate_sharded(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, r->rank, r->world,
+                             &ev) != 0)
         return cli_fail("train", CLI_RUNTIME, "evaluation: %s", ct_last_error());
+    epoch_stats gs = *ls, *s = &gs; /* the figures of every rank's share */
+    if (r->world > 1) {
+        double v[3] = {ls->loss_sum, (double)ls->correct, (double)ls->seen};
+        if (ct_dist_all_reduce_buf(v, 3, CT_FLOAT64, CT_REDUCE_SUM) != 0)
+            return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
+        gs.loss_sum = v[0], gs.correct = (int64_t)v[1], gs.seen = (int64_t)v[2];
+    }
     double secs = s->train_secs + (cli_now() - t0);
     r->final_acc = ev.accuracy;
     r->final_loss = ev.loss;
@@ -807,12 +894,13 @@ static int evaluate_epoch(train_run *r, epoch_stats *s) {
     write_metrics(r);
     r->epoch++;
     r->batch = 0;
-    memset(s, 0, sizeof *s);
+    memset(ls, 0, sizeof *ls);
     return CLI_OK;
 }
 
 /* ------------------------------------------------------------------ the end */
 static void set_final(train_run *r, const char *status) {
+    if (r->rank != 0) return;
     char now[32];
     run_utc_now(now, sizeof now);
     json_object_set_new(r->manifest, "status", json_string(status));
@@ -838,10 +926,12 @@ static void set_final(train_run *r, const char *status) {
 
 /* A signal: checkpoint where the run stands, the command that continues it, exit 0. */
 static int finish_interrupted(train_run *r, const epoch_stats *s) {
-    fprintf(stderr, "ctorch train: %s at step %lld (epoch %lld, batch %lld/%lld)\n",
-            g_interrupted == SIGTERM ? "terminated" : "interrupted", (long long)r->step,
-            (long long)r->epoch + 1, (long long)r->batch, (long long)r->spe);
+    if (r->rank == 0)
+        fprintf(stderr, "ctorch train: %s at step %lld (epoch %lld, batch %lld/%lld)\n",
+                g_interrupted == SIGTERM ? "terminated" : "interrupted", (long long)r->step,
+                (long long)r->epoch + 1, (long long)r->batch, (long long)r->spe);
     int rc = write_checkpoint(r, s);
+    if (r->rank != 0) return CLI_OK;
     if (r->a.save) { /* the weights so far, as before run directories */
         const char *meta[] = {"format", "pt", "model", r->a.model, NULL};
         if (ct_module_save(r->model, r->a.save, meta) == 0) printf("saved weights to %s\n", r->a.save);
@@ -868,12 +958,14 @@ static int finish_run(train_run *r, const epoch_stats *s) {
     }
     if (!last) { /* --max-steps inside the first epoch */
         eval_result ev;
-        if (cli_evaluate(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, &ev) == 0) {
+        if (cli_evaluate_sharded(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, r->rank,
+                                 r->world, &ev) == 0) {
             r->final_acc = ev.accuracy;
             r->final_loss = ev.loss;
         }
     }
     write_checkpoint(r, s);
+    if (r->rank != 0) return CLI_OK; /* rank 0 writes the weights */
     char *mp = run_path(r->dir, "model.safetensors"), *cp = run_path(r->dir, "curves.svg");
     const char *meta[] = {"format", "pt", "model", r->a.model, NULL};
     int rc = CLI_OK;
@@ -896,6 +988,7 @@ static int finish_run(train_run *r, const epoch_stats *s) {
 }
 
 static void free_run(train_run *r) {
+    ct_ddp_free(r->ddp);
     ct_device_prefetcher_free(r->pf);
     ct_dataloader_free(r->dl);
     ct_optim_free(r->opt);
@@ -910,14 +1003,75 @@ static void free_run(train_run *r) {
     free(r->last_ckpt);
 }
 
+/* ------------------------------------------------------------------ data-parallel */
+/* Started by mpirun, srun or ctorch launch with more than one process: join the process
+ * group (same ctorch build on every rank, checked), tag messages with the rank, and
+ * silence stdout on ranks other than 0. */
+static int dist_start(train_run *r) {
+    int world = 1;
+    r->rank = 0;
+    r->world = 1;
+    if (!ct_dist_env(&world, NULL, NULL, NULL) || world <= 1) return CLI_OK;
+    char build[128];
+    snprintf(build, sizeof build, "commit %s", cli_build_commit());
+    ct_dist_opts o = {.timeout_seconds = r->a.dist_timeout, .build_id = build};
+    if (ct_dist_init(&o) != 0) return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
+    r->rank = ct_dist_rank();
+    r->world = ct_dist_world_size();
+    snprintf(cli_rank_tag, sizeof cli_rank_tag, " (rank %d on %s)", r->rank, ct_dist_hostname());
+    if (r->rank != 0 && !freopen("/dev/null", "w", stdout))
+        return cli_fail("train", CLI_RUNTIME, "cannot open /dev/null");
+    r->dstep.stop = (volatile int *)&g_interrupted;
+    return CLI_OK;
+}
+
+/* One device per rank: cuda means cuda:<local rank>. */
+static int dist_device(train_run *r) {
+    if (r->world <= 1 || ct_device_is_host(r->dev)) return CLI_OK;
+    r->dev.index = ct_dist_local_rank();
+    if (ct_device_check(r->dev) != 0)
+        return cli_fail("train", CLI_USAGE, "--device %s: rank %d uses device %d: %s (start at "
+                        "most as many processes per host as it has GPUs)", r->a.device, r->rank,
+                        r->dev.index, ct_last_error());
+    return CLI_OK;
+}
+
+/* Wraps the model in DDP (after any resume: every rank restored the same checkpoint, and
+ * rank 0's weights are broadcast anyway). */
+static int dist_wrap(train_run *r) {
+    if (r->world <= 1) return CLI_OK;
+    ct_ddp_opts o = ct_ddp_default_opts();
+    o.bucket_cap_mb = r->a.bucket_mb;
+    if (!(r->ddp = ct_ddp_new(r->model, &o))) return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
+    ct_ddp_set_overlap(r->ddp, !r->a.no_overlap);
+    r->dstep.ddp = r->ddp;
+    if (r->rank == 0)
+        printf("data-parallel: %d processes (%s), %d gradient buckets of at most %g MiB%s\n",
+               r->world, ct_dist_backend_version() ? ct_dist_backend_version() : "MPI",
+               ct_ddp_num_buckets(r->ddp), r->a.bucket_mb, r->a.sync_bn ? ", SyncBatchNorm" : "");
+    return CLI_OK;
+}
+
+/* At an epoch's end: do all ranks stop (a signal reached any)? */
+static int dist_agree_stop(train_run *r) {
+    if (r->world <= 1) return g_interrupted != 0;
+    if (r->stop_agreed) return 1;
+    int32_t f = g_interrupted != 0;
+    if (ct_dist_all_reduce_buf(&f, 1, CT_INT32, CT_REDUCE_MAX) != 0) return -1;
+    return r->stop_agreed = f != 0;
+}
+
 int cmd_train(int argc, char **argv) {
-    train_run r = {.a = default_args(), .argc = argc, .argv = argv, .final_acc = NAN};
+    train_run r = {.a = default_args(), .argc = argc, .argv = argv, .final_acc = NAN, .world = 1};
     epoch_stats s = {0};
     int rc = parse_args(argc, argv, &r);
+    if (rc == CLI_OK) rc = dist_start(&r);
     if (rc == CLI_OK) rc = resolve_options(&r);
+    if (rc == CLI_OK) rc = dist_device(&r);
     if (rc == CLI_OK) rc = setup_run(&r);
     if (rc == CLI_OK) rc = open_run_dir(&r);
     if (rc == CLI_OK && r.a.resume) rc = resume_from_checkpoint(&r, &s);
+    if (rc == CLI_OK) rc = dist_wrap(&r);
     if (rc == CLI_OK) {
         struct sigaction sa = {0};
         sa.sa_handler = on_signal;
@@ -929,17 +1083,26 @@ int cmd_train(int argc, char **argv) {
         while (r.epoch < r.a.epochs && r.step < r.total && !stopped) {
             if ((rc = train_epoch(&r, &s, &stopped)) != CLI_OK || stopped) break;
             if ((rc = evaluate_epoch(&r, &s)) != CLI_OK) break;
-            if (r.a.checkpoint_every == 0 && !g_interrupted) write_checkpoint(&r, &s);
-            stopped = g_interrupted != 0;
+            if ((stopped = dist_agree_stop(&r)) < 0) {
+                rc = cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
+                break;
+            }
+            if (r.a.checkpoint_every == 0 && !stopped) write_checkpoint(&r, &s);
         }
-        /* the run's last step inside an epoch (--max-steps): that epoch's figures */
-        if (rc == CLI_OK && !stopped && r.batch > 0 && s.seen > 0) rc = evaluate_epoch(&r, &s);
-        if (rc == CLI_OK) rc = g_interrupted ? finish_interrupted(&r, &s) : finish_run(&r, &s);
+        /* the run's last step inside an epoch (--max-steps): that epoch's figures (the
+         * ranks take equal steps: all or none of them get here) */
+        if (rc == CLI_OK && !stopped && r.batch > 0 && (s.seen > 0 || r.world > 1))
+            rc = evaluate_epoch(&r, &s);
+        int interrupted = r.world == 1 ? g_interrupted != 0 : r.stop_agreed;
+        if (rc == CLI_OK) rc = interrupted ? finish_interrupted(&r, &s) : finish_run(&r, &s);
         else if (r.manifest) set_final(&r, "failed");
     } else if (r.manifest && rc == CLI_RUNTIME) {
         set_final(&r, "failed");
     }
     free_run(&r);
+    /* MPI wants its finalize after a success; after a failure the exit code ends the job
+     * (mpirun stops the other ranks) */
+    if (rc == CLI_OK && r.world > 1 && ct_dist_finalize() != 0) rc = CLI_RUNTIME;
     return rc;
 }
 

@@ -744,3 +744,5 @@ int cli_write_curves_svg(const char *path, const json_t *rows, const char *title
     }
     return 0;
 }
+
+const char *cli_build_commit(void) { return CT_BUILD_GIT_COMMIT; }

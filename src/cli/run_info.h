@@ -21,6 +21,8 @@
  *  "avx512", "avx2", "baseline"), "cpu_isa_override": $CTORCH_CPU_ISA or null}.
  * The commit and the flags are compiled in by the Makefile (RUN_INFO_H). */
 json_t *cli_env_ctorch(void);
+/* This build's commit ("1c53ea2", "<hash>-dirty" or "unknown"). */
+const char *cli_build_commit(void);
 
 /* {"os", "kernel", "hostname", "cpu_model", "cpu_flags": [the SIMD ones present],
  *  "cores": online CPUs, "cpus_allowed": CPUs this process may run on, "threads",

@@ -136,18 +136,37 @@ int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
 }
 
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
-                   ct_device dev, const cli_amp *amp, int check_loss_first, train_step_result *r) {
+                   ct_device dev, const cli_amp *amp, int check_loss_first, cli_dist_step *dist,
+                   train_step_result *r) {
+    int multi = dist && dist->ddp && ct_dist_world_size() > 1;
     ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
     if (amp_enter(amp, dev) != 0) {
         ct_free(xd);
         ct_free(yd);
         return -1;
     }
-    ct_tensor *logits = xd ? ct_module_forward(model, xd) : NULL;
+    ct_tensor *logits = !xd ? NULL : multi ? ct_ddp_forward(dist->ddp, xd) : ct_module_forward(model, xd);
     ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_MEAN, 0.0, -100) : NULL;
     amp_exit(amp);
     int rc = -1, stats_done = 0;
     r->n = ct_size(x, 0);
+    if (loss && multi) { /* the ranks agree on NaN/inf and on stopping before backward */
+        if (step_stats(logits, loss, yd, &r->loss, &r->correct) != 0) goto out;
+        stats_done = 1;
+        int32_t flags[2] = {!isfinite(r->loss), dist->stop && *dist->stop};
+        if (ct_dist_all_reduce_buf(flags, 2, CT_INT32, CT_REDUCE_MAX) != 0) goto out;
+        if (flags[1]) {
+            dist->stopped_all = 1;
+            rc = 2;
+            goto out;
+        }
+        if (flags[0]) {
+            if (isfinite(r->loss)) r->loss = NAN; /* another rank's loss */
+            ct_optim_zero_grad(opt);
+            rc = 1;
+            goto out;
+        }
+    }
     if (loss && check_loss_first) {
         /* the figures before the update: a NaN or infinite loss leaves the weights alone */
         if (step_stats(logits, loss, yd, &r->loss, &r->correct) != 0) goto out;
@@ -184,9 +203,17 @@ out:
 
 int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
                  int64_t batch, const cli_amp *amp, eval_result *out) {
+    return cli_evaluate_sharded(model, ds, kind, dev, batch, amp, 0, 1, out);
+}
+
+int cli_evaluate_sharded(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
+                         int64_t batch, const cli_amp *amp, int rank, int world, eval_result *out) {
     ct_dataloader_opts lo = ct_dataloader_default_opts();
     lo.batch_size = batch;
     lo.shuffle = 0;
+    lo.num_replicas = world;
+    lo.rank = rank;
+    lo.shard = CT_SHARD_EXACT;
     lo.transform.normalize = 1;
     ct_dataset_default_normalization(kind, lo.transform.mean, lo.transform.std);
     ct_dataloader *dl;
@@ -221,6 +248,13 @@ int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, c
     ct_set_grad_enabled(prev);
     ct_device_prefetcher_free(pf);
     ct_dataloader_free(dl);
+    if (rc == 0 && world > 1) { /* the whole test set's sums */
+        double v[3] = {loss_sum, (double)correct, (double)n};
+        rc = ct_dist_all_reduce_buf(v, 3, CT_FLOAT64, CT_REDUCE_SUM);
+        loss_sum = v[0];
+        correct = (int64_t)v[1];
+        n = (int64_t)v[2];
+    }
     out->n = n;
     out->loss = n ? loss_sum / (double)n : 0;
     out->accuracy = n ? (double)correct / (double)n : 0;

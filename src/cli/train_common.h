@@ -4,6 +4,7 @@
 
 #include "ctorch.h"
 #include "ctorch_data.h"
+#include "ctorch_dist.h"
 #include "ctorch_nn.h"
 #include "ctorch_optim.h"
 
@@ -40,10 +41,26 @@ int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
  * already on dev. check_loss_first: the loss is read before backward, and a NaN or infinite
  * loss returns 1 with no update (r->loss says which); otherwise 0 (the loss is read after
  * the step, one synchronisation with a GPU per step), -1 on error. */
+/* Data-parallel: ddp wraps the model (forward through it; its hooks average the
+ * gradients during backward). Before backward the ranks agree (one small all-reduce) on
+ * whether any rank's loss is NaN/infinite and whether any rank asked to stop (*stop,
+ * set by a signal): every rank then returns the same verdict, 1 or 2 (stopped: no update,
+ * *stopped_all = 1), so that no rank waits in a collective another never enters. */
+typedef struct {
+    ct_ddp *ddp;
+    volatile int *stop;
+    int stopped_all;
+} cli_dist_step;
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
-                   ct_device dev, const cli_amp *amp, int check_loss_first, train_step_result *r);
+                   ct_device dev, const cli_amp *amp, int check_loss_first, cli_dist_step *dist,
+                   train_step_result *r);
 /* Test-set loss and accuracy in eval mode without gradients (leaves the model in eval). */
 int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
                  int64_t batch, const cli_amp *amp, eval_result *out);
+/* The same on rank `rank` of `world`: each rank evaluates its share (every test record
+ * once over the ranks) and the sums are all-reduced, so every rank gets the whole test
+ * set's figures. */
+int cli_evaluate_sharded(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
+                         int64_t batch, const cli_amp *amp, int rank, int world, eval_result *out);
 
 #endif

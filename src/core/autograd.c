@@ -207,6 +207,44 @@ int ct_retain_grad(ct_tensor *t) {
 const char *ct_grad_fn_name(const ct_tensor *t) { return t && t->grad_fn ? t->grad_fn->name : NULL; }
 uint64_t ct_version(const ct_tensor *t) { return atomic_load(&t->storage->version); }
 
+/* --------------------------------------------------------------- hooks */
+int ct__set_post_accumulate_grad_hook(ct_tensor *leaf, ct_post_acc_hook_fn fn, void *user) {
+    if (ct__check_tensor(leaf, "post_accumulate_grad_hook")) return -1;
+    if (leaf->grad_fn) return ct_error("post_accumulate_grad_hook: the tensor is not a leaf");
+    leaf->post_acc_hook = fn;
+    leaf->post_acc_user = fn ? user : NULL;
+    return 0;
+}
+
+typedef struct {
+    ct_backward_callback_fn fn;
+    void *user;
+} queued_cb;
+static _Thread_local queued_cb *t_cbs;
+static _Thread_local int t_ncb, t_capcb, t_in_backward;
+
+int ct__queue_backward_callback(ct_backward_callback_fn fn, void *user) {
+    if (!t_in_backward) return ct_error("queue_backward_callback: not inside ct_backward");
+    if (t_ncb == t_capcb) {
+        int cap = t_capcb ? 2 * t_capcb : 8;
+        queued_cb *v = realloc(t_cbs, sizeof *v * (size_t)cap);
+        if (!v) return ct_error("queue_backward_callback: out of memory");
+        t_cbs = v;
+        t_capcb = cap;
+    }
+    t_cbs[t_ncb++] = (queued_cb){fn, user};
+    return 0;
+}
+
+static int run_callbacks(int rc) {
+    for (int i = 0; i < t_ncb; i++) {
+        int r = t_cbs[i].fn(t_cbs[i].user, rc);
+        if (rc == 0 && r != 0) rc = r;
+    }
+    t_ncb = 0;
+    return rc;
+}
+
 /* --------------------------------------------------------------- engine */
 typedef struct {
     ct_node *node;
@@ -221,6 +259,11 @@ typedef struct {
     ct_node **keys;
     int *idx;
     int hcap; /* power of two, >= 2 * n */
+    /* leaves with a post-accumulate hook: edges still to process, and whether a
+     * gradient arrived (open addressing keyed by the leaf's address; NULL when none) */
+    ct_tensor **lkeys;
+    int *lleft, *lgot;
+    int lcap;
 } slots;
 
 static size_t node_hash(const ct_node *n, int hcap) {
@@ -418,6 +461,46 @@ static int route_gradient(slots *s, ct_node *n, int i, ct_tensor *g, int rc) {
     return rc;
 }
 
+static int leaf_find(const slots *s, const ct_tensor *t) {
+    size_t h = ((uintptr_t)t >> 4) * 0x9E3779B97F4A7C15ull;
+    for (int i = (int)(h & (size_t)(s->lcap - 1));; i = (i + 1) & (s->lcap - 1))
+        if (!s->lkeys[i] || s->lkeys[i] == t) return i;
+}
+
+/* The hooked leaves reached from the graph's edges, with their edge counts. */
+static int collect_leaf_hooks(slots *s) {
+    int nl = 0;
+    for (int k = 0; k < s->n; k++)
+        for (int i = 0; i < s->v[k].node->n_inputs; i++) {
+            ct_tensor *l = s->v[k].node->inputs[i].leaf;
+            nl += l && l->post_acc_hook;
+        }
+    if (!nl) return 0;
+    s->lcap = 16;
+    while (s->lcap < 2 * nl) s->lcap *= 2;
+    s->lkeys = calloc((size_t)s->lcap, sizeof *s->lkeys);
+    s->lleft = calloc((size_t)s->lcap, sizeof *s->lleft);
+    s->lgot = calloc((size_t)s->lcap, sizeof *s->lgot);
+    if (!s->lkeys || !s->lleft || !s->lgot) return ct_error("backward: out of memory");
+    for (int k = 0; k < s->n; k++)
+        for (int i = 0; i < s->v[k].node->n_inputs; i++) {
+            ct_tensor *l = s->v[k].node->inputs[i].leaf;
+            if (!l || !l->post_acc_hook) continue;
+            int j = leaf_find(s, l);
+            s->lkeys[j] = l;
+            s->lleft[j]++;
+        }
+    return 0;
+}
+
+/* One edge of node n to a hooked leaf is done (got: a gradient was accumulated). */
+static int leaf_edge_done(slots *s, ct_tensor *l, int got, int rc) {
+    int j = leaf_find(s, l);
+    s->lgot[j] |= got;
+    if (--s->lleft[j] == 0 && rc == 0) rc = l->post_acc_hook(l, s->lgot[j], l->post_acc_user);
+    return rc;
+}
+
 /* Runs the backward formula of slot sl's node on its accumulated gradient. */
 static int run_node(slots *s, slot *sl) {
     ct_node *n = sl->node;
@@ -437,8 +520,12 @@ static int run_node(slots *s, slot *sl) {
     memset(gx, 0, sizeof(ct_tensor *) * (size_t)n->n_inputs);
     int rc = n->backward(n, sl->grad, gx);
     if (rc != 0) ct_error_context("backward of %s", n->name);
-    for (int i = 0; i < n->n_inputs; i++)
+    for (int i = 0; i < n->n_inputs; i++) {
+        ct_tensor *leaf = n->inputs[i].leaf;
+        int got = gx[i] != NULL;
         if (gx[i]) rc = route_gradient(s, n, i, gx[i], rc);
+        if (s->lcap && leaf && leaf->post_acc_hook) rc = leaf_edge_done(s, leaf, got && rc == 0, rc);
+    }
     if (gx != gx_stack) free(gx);
     ct_free(sl->grad);
     sl->grad = NULL;
@@ -447,13 +534,18 @@ static int run_node(slots *s, slot *sl) {
 
 /* The engine proper (grad mode off, scopes suspended: what it creates is ctorch's). */
 static int backward_graph(ct_tensor *root, ct_tensor *g0, int retain_graph) {
-    if (!root->grad_fn) return accumulate_leaf(root, g0); /* a leaf */
+    if (!root->grad_fn) { /* a leaf */
+        int rc = accumulate_leaf(root, g0);
+        if (rc == 0 && root->post_acc_hook) rc = root->post_acc_hook(root, 1, root->post_acc_user);
+        return rc;
+    }
     if (root->grad_fn->released) {
         ct_free(g0);
         return ct_error(k_second_backward, root->grad_fn->name);
     }
     slots s = {0};
     int rc = collect_graph(&s, root->grad_fn);
+    if (rc == 0) rc = collect_leaf_hooks(&s);
     if (rc == 0) s.v[0].grad = g0; /* root's node has the highest seq among its ancestors */
     else ct_free(g0);
     for (int idx = 0; idx < s.n && rc == 0; idx++)
@@ -466,6 +558,9 @@ static int backward_graph(ct_tensor *root, ct_tensor *g0, int retain_graph) {
     free(s.v);
     free(s.keys);
     free(s.idx);
+    free(s.lkeys);
+    free(s.lleft);
+    free(s.lgot);
     return rc;
 }
 
@@ -475,7 +570,13 @@ int ct_backward(ct_tensor *root, const ct_tensor *grad_output, int retain_graph)
     int rc = root_gradient(root, grad_output, &g0);
     if (rc == 0) {
         int prev = ct_set_grad_enabled(0);
+        int nested = t_in_backward;
+        t_in_backward = 1;
         rc = backward_graph(root, g0, retain_graph);
+        if (!nested) {
+            t_in_backward = 0;
+            rc = run_callbacks(rc);
+        }
         ct_set_grad_enabled(prev);
     }
     ct__scope_resume(scopes);

@@ -117,6 +117,20 @@ void ct_node_attach(ct_node *n, ct_tensor *y);
 void ct_node_release(ct_node *n);
 ct_node *ct_node_retain(ct_node *n);
 
+/* Hooks for the distributed layer (PyTorch's register_post_accumulate_grad_hook and the
+ * engine's queue_callback):
+ * - a leaf's hook runs during ct_backward once every gradient this backward sends to the
+ *   leaf has been accumulated into its .grad (received = 1), or once every edge to it was
+ *   processed without a gradient (received = 0). A leaf the graph reaches through no
+ *   processed node gets no call. Returning -1 (with ct_error) fails the backward.
+ * - a callback queued during a backward (from a hook) runs at the end of that ct_backward,
+ *   in queue order, with backward_rc = 0, or != 0 when the backward failed (to clean up).
+ *   Its -1 fails the backward. Hooks and callbacks run with grad mode off. */
+typedef int (*ct_post_acc_hook_fn)(ct_tensor *leaf, int received, void *user);
+int ct__set_post_accumulate_grad_hook(ct_tensor *leaf, ct_post_acc_hook_fn fn, void *user);
+typedef int (*ct_backward_callback_fn)(void *user, int backward_rc);
+int ct__queue_backward_callback(ct_backward_callback_fn fn, void *user);
+
 /* Sums g over broadcast dimensions so it has the given shape (for broadcasting ops). */
 ct_tensor *ct_sum_to_shape(const ct_tensor *g, const int64_t *shape, int ndim);
 

@@ -23,6 +23,11 @@ extern "C" {
 
 
 /* Names and dtype rules of the op tables' rows (src/ops/pointwise.c). */
+/* dlopen of a plugin shipped with ctorch (libctorch_cuda.so, libctorch_mpi.so): $env_name
+ * when set, else next to the executable, next to libctorch.so, then the loader's search
+ * path. NULL with dlopen's message in why. */
+void *ct__open_plugin(const char *file, const char *env_name, int mode, char *why, size_t n);
+
 const char *ct_unop_name(ct_unop op);
 const char *ct_binop_name(ct_binop op);
 int ct_unop_allows_int64(ct_unop op);

@@ -24,25 +24,25 @@ int ct_register_backend(const ct_backend *b) {
     return 0;
 }
 
-/* Candidate plugin paths: $CTORCH_CUDA_PLUGIN, next to the executable, next to
- * libctorch.so, then the loader's search path. */
-static void *open_plugin(char *why, size_t n) {
-    const char *env = getenv("CTORCH_CUDA_PLUGIN");
+/* Candidate paths of a plugin `file`: $<env>, next to the executable, next to
+ * libctorch.so, then the loader's search path. On failure `why` says what dlopen said. */
+void *ct__open_plugin(const char *file, const char *env_name, int mode, char *why, size_t n) {
+    const char *env = getenv(env_name);
     char path[PATH_MAX];
     void *h = NULL;
     why[0] = 0;
     if (env && *env) {
-        h = dlopen(env, RTLD_NOW | RTLD_LOCAL);
+        h = dlopen(env, mode);
         if (!h) snprintf(why, n, "%s", dlerror());
         return h;
     }
-    ssize_t len = readlink("/proc/self/exe", path, sizeof path - 32);
+    ssize_t len = readlink("/proc/self/exe", path, sizeof path - 64);
     if (len > 0) {
         path[len] = 0;
         char *slash = strrchr(path, '/');
-        if (slash) {
-            strcpy(slash + 1, "libctorch_cuda.so");
-            h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (slash && (size_t)(slash - path) + strlen(file) + 2 < sizeof path) {
+            strcpy(slash + 1, file);
+            h = dlopen(path, mode);
             if (h) return h;
             if (access(path, F_OK) == 0) {
                 snprintf(why, n, "%s", dlerror());
@@ -54,9 +54,9 @@ static void *open_plugin(char *why, size_t n) {
     if (dladdr((void *)ct_register_backend, &info) && info.dli_fname) {
         snprintf(path, sizeof path, "%s", info.dli_fname);
         char *slash = strrchr(path, '/');
-        if (slash && (size_t)(slash - path) + 20 < sizeof path) {
-            strcpy(slash + 1, "libctorch_cuda.so");
-            h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (slash && (size_t)(slash - path) + strlen(file) + 2 < sizeof path) {
+            strcpy(slash + 1, file);
+            h = dlopen(path, mode);
             if (h) return h;
             if (access(path, F_OK) == 0) {
                 snprintf(why, n, "%s", dlerror());
@@ -64,14 +64,15 @@ static void *open_plugin(char *why, size_t n) {
             }
         }
     }
-    h = dlopen("libctorch_cuda.so", RTLD_NOW | RTLD_LOCAL);
+    h = dlopen(file, mode);
     if (!h && !why[0]) snprintf(why, n, "%s", dlerror());
     return h;
 }
 
 static void load_cuda(void) {
     char why[512];
-    void *h = open_plugin(why, sizeof why);
+    void *h = ct__open_plugin("libctorch_cuda.so", "CTORCH_CUDA_PLUGIN", RTLD_NOW | RTLD_LOCAL, why,
+                              sizeof why);
     if (!h) {
         if (strstr(why, "libctorch_cuda.so: cannot open") || strstr(why, "No such file"))
             snprintf(g_cuda_reason, sizeof g_cuda_reason,

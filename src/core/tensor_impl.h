@@ -46,6 +46,9 @@ struct ct_tensor {
     int retains_grad;
     ct_tensor *grad;
     struct ct_node *grad_fn; /* NULL for leaves */
+    /* A leaf's post-accumulate-grad hook (src/core/autograd.h), or NULL. */
+    int (*post_acc_hook)(ct_tensor *leaf, int received, void *user);
+    void *post_acc_user;
     /* The scope (src/core/scope.c) that holds scope_refs of the references, at scope_slot
      * in its list; NULL when no scope holds any. */
     struct ct_scope *scope;

@@ -37,7 +37,9 @@ struct ct_dataloader {
     ct_dataloader_opts opts;
     int64_t nbatches;
     int64_t sample_numel;
-    int64_t *perm; /* record order of the current epoch */
+    int64_t *perm; /* record order of the current epoch (this rank's share) */
+    int64_t n;     /* records per epoch of this loader (the share) */
+    int64_t *full; /* the whole epoch's permutation (num_replicas > 1) */
     int pinned;    /* batches are allocated in pinned host memory */
 
     pthread_mutex_t mu;
@@ -97,20 +99,34 @@ ct_dataloader_opts ct_dataloader_default_opts(void) {
 /* Fills perm for `epoch` (identity without shuffle). */
 static void make_perm(ct_dataloader *dl, int64_t epoch) {
     int64_t n = dl->ds->n;
-    for (int64_t i = 0; i < n; i++) dl->perm[i] = i;
-    if (!dl->opts.shuffle) return;
-    ct_data_rng r;
-    ct_data_rng_seed(&r, stream_seed(dl->opts.seed, epoch, 0x7065726dull /* "perm" */));
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)ct_data_rng_below(&r, (uint64_t)(i + 1));
-        int64_t t = dl->perm[i];
-        dl->perm[i] = dl->perm[j];
-        dl->perm[j] = t;
+    int R = dl->opts.num_replicas > 1 ? dl->opts.num_replicas : 1;
+    int64_t *perm = R > 1 ? dl->full : dl->perm;
+    for (int64_t i = 0; i < n; i++) perm[i] = i;
+    if (dl->opts.shuffle) {
+        ct_data_rng r;
+        ct_data_rng_seed(&r, stream_seed(dl->opts.seed, epoch, 0x7065726dull /* "perm" */));
+        for (int64_t i = n - 1; i > 0; i--) {
+            int64_t j = (int64_t)ct_data_rng_below(&r, (uint64_t)(i + 1));
+            int64_t t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
     }
+    /* this rank's share: positions rank, rank + R, ... (past n: the permutation again) */
+    for (int64_t i = 0; R > 1 && i < dl->n; i++)
+        dl->perm[i] = perm[(dl->opts.rank + i * R) % n];
+}
+
+/* Records per epoch of rank `rank` of R. */
+static int64_t share_len(int64_t n, int R, int rank, int shard) {
+    if (R <= 1) return n;
+    if (shard == CT_SHARD_DROP) return n / R;
+    if (shard == CT_SHARD_EXACT) return n > rank ? (n - rank + R - 1) / R : 0;
+    return (n + R - 1) / R;
 }
 
 static int64_t batch_len(const ct_dataloader *dl, int64_t b) {
-    int64_t bs = dl->opts.batch_size, start = b * bs, n = dl->ds->n;
+    int64_t bs = dl->opts.batch_size, start = b * bs, n = dl->n;
     return start + bs <= n ? bs : n - start;
 }
 
@@ -137,7 +153,8 @@ static int build_batch(const ct_dataloader *dl, int64_t epoch, int64_t b, uint8_
     const ct_transform *t = &dl->opts.transform;
     int augment = t->crop_padding > 0 || t->hflip;
     ct_data_rng r;
-    ct_data_rng_seed(&r, stream_seed(dl->opts.seed, epoch, 0x61756700ull + (uint64_t)b));
+    uint64_t rank_bits = dl->opts.num_replicas > 1 ? (uint64_t)dl->opts.rank << 40 : 0;
+    ct_data_rng_seed(&r, stream_seed(dl->opts.seed, epoch, (0x61756700ull + (uint64_t)b) ^ rank_bits));
     const float *mean = t->normalize ? t->mean : NULL;
     const float *std = t->normalize ? t->std : NULL;
     for (int64_t i = 0; i < bsz; i++) {
@@ -235,6 +252,14 @@ ct_dataloader *ct_dataloader_new(const ct_dataset *ds, const ct_dataloader_opts 
     if (opts.num_workers < 0 || opts.num_workers > 64)
         return ct_error_null("dataloader: num_workers must be in 0..64, got %d",
                              opts.num_workers);
+    if (opts.num_replicas < 0 || (opts.num_replicas > 1 && (opts.rank < 0 || opts.rank >= opts.num_replicas)))
+        return ct_error_null("dataloader: rank %d of num_replicas %d: the rank must be in "
+                             "0..num_replicas-1", opts.rank, opts.num_replicas);
+    if (opts.shard < CT_SHARD_PAD || opts.shard > CT_SHARD_EXACT)
+        return ct_error_null("dataloader: shard %d: use CT_SHARD_PAD, CT_SHARD_DROP or CT_SHARD_EXACT",
+                             opts.shard);
+    if (opts.num_replicas > 1 && ds->n == 0)
+        return ct_error_null("dataloader: the dataset %s is empty; nothing to shard", ds->name);
     if (opts.prefetch < 0 || opts.prefetch > 1024)
         return ct_error_null("dataloader: prefetch must be in 0..1024 (0: 2 per worker), got %d",
                              opts.prefetch);
@@ -259,16 +284,22 @@ ct_dataloader *ct_dataloader_new(const ct_dataset *ds, const ct_dataloader_opts 
     dl->opts = opts;
     dl->pinned = opts.pin_memory ? ct__pin_memory_enable() : 0;
     dl->sample_numel = (int64_t)ds->c * ds->h * ds->w;
-    dl->nbatches = opts.drop_last ? ds->n / opts.batch_size
-                                  : (ds->n + opts.batch_size - 1) / opts.batch_size;
+    dl->n = share_len(ds->n, opts.num_replicas, opts.rank, opts.shard);
+    dl->nbatches = opts.drop_last ? dl->n / opts.batch_size
+                                  : (dl->n + opts.batch_size - 1) / opts.batch_size;
     dl->nthreads = opts.num_workers;
     dl->prefetch = opts.prefetch > 0 ? opts.prefetch : 2 * (opts.num_workers > 0 ? opts.num_workers : 1);
     if (dl->prefetch < dl->nthreads) dl->prefetch = dl->nthreads;
-    dl->perm = malloc(ds->n ? (size_t)ds->n * sizeof(int64_t) : 1);
+    dl->perm = malloc(dl->n ? (size_t)dl->n * sizeof(int64_t) : 1);
+    if (opts.num_replicas > 1 && !(dl->full = malloc(ds->n ? (size_t)ds->n * sizeof(int64_t) : 1))) {
+        free(dl->perm);
+        dl->perm = NULL;
+    }
     dl->slots = calloc((size_t)dl->prefetch, sizeof(slot_t));
     dl->scratch = malloc(dl->sample_numel ? (size_t)dl->sample_numel : 1);
     if (!dl->perm || !dl->slots || !dl->scratch) {
         free(dl->perm);
+        free(dl->full);
         free(dl->slots);
         free(dl->scratch);
         free(dl);
@@ -410,6 +441,7 @@ void ct_dataloader_free(ct_dataloader *dl) {
     free(dl->threads);
     free(dl->slots);
     free(dl->perm);
+    free(dl->full);
     free(dl->scratch);
     free(dl);
 }
