@@ -70,7 +70,8 @@ static pid_t spawn(const char *cmd, const char *log) {
     return pid;
 }
 
-/* Exit status of pid, waiting at most `secs` (then SIGKILL: -1000); -sig when killed. */
+/* Exit status of pid (a `timeout 120 ...` command), waiting at most `secs` (then SIGKILL:
+ * -1000); -sig when killed. */
 static int reap_within(pid_t pid, double secs) {
     double t0 = now_s();
     int st;
@@ -80,6 +81,7 @@ static int reap_within(pid_t pid, double secs) {
         if (r < 0) return -2000;
         sleep_ms(20);
     }
+    kill(-pid, SIGKILL); /* timeout(1)'s group: it and the launcher (mpirun follows) */
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
     return -1000;
@@ -287,9 +289,10 @@ TEST(launch_names_the_failing_rank_host_and_error) {
     CHECK(log_has(log, "[rank 1] some output"));
     CHECK(!log_has(log, "Primary job")); /* mpirun's box is summarised by the last line */
     if (rc != 1) show_log(log);
-    /* a rank killed by a signal */
+    /* a rank killed by a signal (once running: one killed at its very start can end the
+     * job before mpirun reports which) */
     snprintf(cmd, sizeof cmd, "timeout 60 %s launch --nproc-per-node 2 -- /bin/sh -c "
-             "'if [ $OMPI_COMM_WORLD_RANK = 1 ]; then kill -9 $$; fi; sleep 30'", bin());
+             "'if [ $OMPI_COMM_WORLD_RANK = 1 ]; then sleep 0.5; kill -9 $$; fi; sleep 30'", bin());
     t0 = now_s();
     rc = run(cmd, log);
     secs = now_s() - t0;
@@ -343,10 +346,10 @@ static void kill_recipe(char *buf, size_t n, const char *launch_opts, const char
              bin(), launch_opts, data_dir(), dir);
 }
 
-/* Starts the run, SIGKILLs rank 1 once the run has a checkpoint; the launcher's exit
- * status and the seconds it took after the kill. */
-static int kill_rank1_mid_epoch(const char *launch_opts, const char *dir, const char *log,
-                                double *secs_after) {
+/* Starts the run, sends rank 1 `sig` once the run has a checkpoint; the launcher's exit
+ * status and the seconds it took after the signal. */
+static int signal_rank1_mid_epoch(const char *launch_opts, const char *dir, const char *log,
+                                  int sig, pid_t *rank1, double *secs_after) {
     char cmd[4096];
     kill_recipe(cmd, sizeof cmd, launch_opts, dir);
     pid_t pid = spawn(cmd, log);
@@ -355,12 +358,19 @@ static int kill_rank1_mid_epoch(const char *launch_opts, const char *dir, const 
     for (int i = 0; i < 100 && r1 < 0; i++, sleep_ms(10)) r1 = find_rank(pid, 1);
     long at = newest_step(dir);
     CHECK_MSG(r1 > 0 && at >= 4, "rank 1 not found (%d) or no checkpoint (%ld)", (int)r1, at);
-    if (r1 > 0) kill(r1, SIGKILL);
+    if (r1 > 0) kill(r1, sig);
     double t0 = now_s();
     int rc = reap_within(pid, 60);
     *secs_after = now_s() - t0;
-    fprintf(stderr, "    rank 1 (pid %d) killed with the newest checkpoint at step %ld\n", (int)r1, at);
+    fprintf(stderr, "    rank 1 (pid %d) got signal %d with the newest checkpoint at step %ld\n",
+            (int)r1, sig, at);
+    if (rank1) *rank1 = r1;
     return rc;
+}
+
+static int kill_rank1_mid_epoch(const char *launch_opts, const char *dir, const char *log,
+                                double *secs_after) {
+    return signal_rank1_mid_epoch(launch_opts, dir, log, SIGKILL, NULL, secs_after);
 }
 
 TEST(launch_train_sigkill_of_rank_1_ends_the_job_naming_it) {
@@ -380,6 +390,34 @@ TEST(launch_train_sigkill_of_rank_1_ends_the_job_naming_it) {
     json_t *m = manifest_of(dir);
     CHECK(m && strcmp(json_string_value(json_object_get(m, "status")), "completed") != 0);
     json_decref(m);
+}
+
+/* A lost rank (stopped: alive but silent): the others' next collective times out after
+ * --dist-timeout, that rank exits 1 naming the operation, mpirun ends the job (the stopped
+ * rank too). */
+TEST(launch_train_lost_rank_ends_the_job_after_dist_timeout) {
+    if (!have_mpirun()) SKIP("mpirun not installed (openmpi-bin)");
+    if (!data_dir()) SKIP("CTORCH_DATA with CIFAR-10 not set");
+    char dir[600], log[700], host[256] = "", want[600];
+    snprintf(dir, sizeof dir, "%s/launch-lost", tmpdir());
+    snprintf(log, sizeof log, "%s.log", dir);
+    double secs;
+    pid_t r1 = -1;
+    int rc = signal_rank1_mid_epoch("--dist-timeout 3", dir, log, SIGSTOP, &r1, &secs);
+    gethostname(host, sizeof host);
+    snprintf(want, sizeof want, "ctorch launch: rank 0 on host %s failed: exit 1: ctorch train: ", host);
+    CHECK_MSG(rc == 1, "exit %d", rc);
+    CHECK_MSG(secs >= 2.5 && secs < 30, "the job ended %.1f s after rank 1 stopped (timeout 3 s)", secs);
+    CHECK_MSG(!strncmp(last_line(log), want, strlen(want)) &&
+              strstr(last_line(log), "did not complete within 3 s"),
+              "last line '%s', expected '%s...did not complete within 3 s...'", last_line(log), want);
+    if (rc != 1) show_log(log);
+    /* the stopped rank was ended with the job */
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/%d", (int)r1);
+    for (int i = 0; i < 200 && r1 > 0 && access(proc, F_OK) == 0; i++) sleep_ms(10);
+    CHECK_MSG(r1 > 0 && access(proc, F_OK) != 0, "the stopped rank 1 (pid %d) is still there", (int)r1);
+    if (r1 > 0 && access(proc, F_OK) == 0) kill(r1, SIGKILL);
 }
 
 TEST(launch_train_max_restarts_resumes_from_the_checkpoint) {

@@ -623,10 +623,17 @@ static int report_failure(job_state *j, int status, int *restartable) {
         else if (WIFSIGNALED(status))
             fprintf(stderr, "ctorch launch: the job failed: mpirun was killed by signal %d (%s)\n",
                     WTERMSIG(status), strsignal(WTERMSIG(status)));
+        else if (WEXITSTATUS(status) > 128 && WEXITSTATUS(status) < 128 + NSIG)
+            /* a rank killed at its very start can end the job before mpirun reports it */
+            fprintf(stderr, "ctorch launch: the job failed: mpirun exited with status %d, that of "
+                    "a rank killed by signal %d (%s), without saying which rank\n",
+                    WEXITSTATUS(status), WEXITSTATUS(status) - 128,
+                    strsignal(WEXITSTATUS(status) - 128));
         else
             fprintf(stderr, "ctorch launch: the job failed: mpirun exited with status %d (see "
                     "its messages above)\n", WEXITSTATUS(status));
-        *restartable = j->lost_host[0] != 0;
+        *restartable = j->lost_host[0] != 0 ||
+                       (status != -1 && WIFEXITED(status) && WEXITSTATUS(status) > 128);
         return CLI_RUNTIME;
     }
     rank_info *ri = rank_get(j, j->fail_rank);
