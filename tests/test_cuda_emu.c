@@ -5,10 +5,11 @@
  * Each test runs part of this suite again in a child process whose CUDA plugin is the
  * emulated one (build/cuda_emu/libctorch_cuda.so, beside this binary): the backend suite
  * (every kernel-table op against the CPU, fused optimizers, allocator), the DataLoader's
- * pinned batches and device prefetcher, and the end-to-end `ctorch train --device cuda`
- * test. These are emulator passes, not GPU passes: the GPU
- * cases of the normal run stay skipped on a machine without a GPU. Skipped here when the
- * emulator is not built (no CUDA toolkit), or inside the emulated child itself. */
+ * pinned batches and device prefetcher, the NCCL entry points (against a one-rank NCCL
+ * stand-in), and the end-to-end `ctorch train --device cuda` test. These are emulator
+ * passes, not GPU passes: the GPU cases of the normal run stay skipped on a machine
+ * without a GPU. Skipped here when the emulator is not built (no CUDA toolkit), or inside
+ * the emulated child itself. */
 #include "test.h"
 #include "core/backend.h"
 
@@ -77,7 +78,8 @@ static void run_emulated_env(const char *env, const char *filter, int min_tests)
     const char *ld = getenv("LD_LIBRARY_PATH");
     snprintf(cmd, sizeof cmd,
              "CTORCH_CUDA_PLUGIN=%s/libctorch_cuda.so LD_LIBRARY_PATH=%s%s%s "
-             "CTORCH_CUBLAS_LIBRARY= CTORCH_CUDNN_LIBRARY= CT_TEST_EMULATED=1 %s %s %s",
+             "CTORCH_CUBLAS_LIBRARY= CTORCH_CUDNN_LIBRARY= CTORCH_NCCL_LIBRARY= "
+             "CT_TEST_EMULATED=1 %s %s %s",
              dir, dir, ld && *ld ? ":" : "", ld && *ld ? ld : "", env, self, filter);
     int rc = run_logged(cmd, last, sizeof last);
     int passed = -1, failed = -1, skipped = -1;
@@ -183,4 +185,16 @@ TEST(cuda_emulator_train_end_to_end) {
 TEST(cuda_emulator_run_info) {
     EMU_SKIP();
     run_emulated("run_info_env_cuda", 1);
+}
+
+/* The plugin's NCCL code (src/backends/cuda/cuda_nccl.c, tests/test_nccl.c) against the
+ * emulator's one-rank NCCL (tests/cuda_emu/emu_nccl.c): the missing-library report (alone:
+ * a loaded NCCL stays loaded), every dtype and op, broadcast, all-gather, wait, injected
+ * failures and the timeout; then the collectives with stream work deferred (a collective
+ * queued on another stream than the kernels' would read its input before it is written). */
+TEST(cuda_emulator_nccl) {
+    EMU_SKIP();
+    run_emulated("nccl_missing_library", 1);
+    run_emulated("cuda_nccl_", 2);
+    run_emulated_env("CT_EMU_STREAMS=lazy", "cuda_nccl_single_rank", 1);
 }

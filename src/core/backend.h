@@ -258,7 +258,7 @@ typedef struct ct_backend_versions {
     char driver[32];      /* the accelerator driver's version (CUDA: "12.4") */
     char runtime[32];     /* the runtime the backend was built with (CUDA: "13.0") */
     char dnn[32];         /* the DNN library as loaded (cuDNN: "9.19.0") */
-    char collectives[32]; /* the collective-communication library (NCCL); ctorch uses none */
+    char collectives[32]; /* the collective-communication library as loaded (NCCL: "2.28.9") */
 } ct_backend_versions;
 #define CT_BACKEND_PROCS(X)                                                                \
     X(device_count, int, (void))                                                           \

@@ -276,6 +276,10 @@ static int load_plugin(void) {
     char why[512];
     void *h = ct__open_plugin("libctorch_mpi.so", "CTORCH_MPI_PLUGIN", RTLD_NOW | RTLD_GLOBAL,
                               why, sizeof why);
+    const char *env = getenv("CTORCH_MPI_PLUGIN");
+    if (!h && env && *env)
+        return ct_error("dist: CTORCH_MPI_PLUGIN=%s could not be loaded: %s (unset it to use the "
+                        "plugin built with ctorch)", env, why);
     if (!h) {
         if (strstr(why, "libctorch_mpi.so: cannot open") || strstr(why, "No such file"))
             return ct_error("dist: the MPI plugin libctorch_mpi.so was not found: this build has no "

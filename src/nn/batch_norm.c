@@ -108,7 +108,7 @@ static ct_tensor *bn_forward(ct_module *m, const ct_tensor *x) {
         return ct_error_null("input %s has %lld channels but num_features is %lld",
                              ct_shape_str(x, s, sizeof s), (long long)x->shape[1],
                              (long long)c->c);
-    if (c->sync && m->training && (ct_dist_world_size() > 1 || getenv("CTORCH_SYNC_BN_FORCE"))) return sync_bn_forward(m, c, x);
+    if (c->sync && m->training && ct_dist_world_size() > 1) return sync_bn_forward(m, c, x);
     ct_tensor *w = c->affine ? m->params[0] : NULL, *b = c->affine ? m->params[1] : NULL;
     ct_tensor *rm = c->track ? m->buffers[0] : NULL, *rv = c->track ? m->buffers[1] : NULL;
     ct_tensor *nbt = c->track ? m->buffers[2] : NULL;

@@ -1,8 +1,8 @@
 # The CUDA plugin built for the CPU emulator (tests/cuda_emu/README.md): the same sources
 # as libctorch_cuda.so, the .cu files compiled as host C++ (CT_CUDA_EMU) so their kernels
 # run on simt.cc's fibers, linked with emu_runtime.c instead of cudart, beside stand-ins
-# for the driver (libcuda.so.1), cuBLAS and cuDNN. Included by src/backends/cuda/cuda.mk
-# (it needs the toolkit's headers, not a GPU).
+# for the driver (libcuda.so.1), cuBLAS, cuDNN and NCCL (one rank). Included by
+# src/backends/cuda/cuda.mk (it needs the toolkit's headers, not a GPU).
 #
 #   make cuda-emu                  build it (make test does, and runs it: tests/test_cuda_emu.c)
 #   make test-cuda-emu [T=filter]  run the backend suite (or the tests matching T) on it
@@ -31,7 +31,8 @@ EMU_PLUGIN_OBJ := $(CUDA_CSRC:$(CUDA_DIR)/%.c=$(EMU_BUILD)/%.o) \
                   $(CUDA_CUSRC:$(CUDA_DIR)/%.cu=$(EMU_BUILD)/%.cu.o) \
                   $(EMU_BUILD)/simt.o $(EMU_BUILD)/emu_runtime.o $(EMU_BUILD)/emu_streams.o
 EMU_LIBS := $(EMU_BUILD)/libctorch_cuda.so $(EMU_BUILD)/libcuda.so.1 \
-            $(EMU_BUILD)/libcublas.so.$(CUBLAS_MAJOR) $(EMU_BUILD)/libcudnn.so.$(CUDNN_MAJOR)
+            $(EMU_BUILD)/libcublas.so.$(CUBLAS_MAJOR) $(EMU_BUILD)/libcudnn.so.$(CUDNN_MAJOR) \
+            $(EMU_BUILD)/libnccl.so.2
 EMU_HDRS := $(CUDA_HDRS) $(wildcard $(EMU_DIR)/include/*.h) $(wildcard $(CUDA_DIR)/*.cuh)
 
 .PHONY: cuda-emu test-cuda-emu
@@ -75,6 +76,11 @@ $(EMU_BUILD)/libcudnn.so.$(CUDNN_MAJOR): $(EMU_DIR)/emu_cudnn.c $(EMU_DIR)/emu_f
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -shared -o $@ $< -Wl,-soname,libcudnn.so.$(CUDNN_MAJOR) $(LDLIBS) -lm
 
+# One-rank NCCL (nccl.h when installed, else the plugin's nccl_subset.h).
+$(EMU_BUILD)/libnccl.so.2: $(EMU_DIR)/emu_nccl.c $(CUDA_DIR)/nccl_subset.h
+	@mkdir -p $(dir $@)
+	$(CC) $(EMU_CFLAGS) -I$(CUDA_DIR) -shared -o $@ $< -Wl,-soname,libnccl.so.2 $(LDLIBS) -ldl -lpthread
+
 EMU_RT_OBJ := $(EMU_BUILD)/simt.o $(EMU_BUILD)/emu_runtime.o $(EMU_BUILD)/emu_streams.o
 $(EMU_BUILD)/test_simt: $(EMU_DIR)/test_simt.cc $(EMU_RT_OBJ) $(EMU_HDRS)
 	$(CXX) $(EMU_CXXFLAGS) -o $@ $< $(EMU_RT_OBJ) $(LDLIBS) -lpthread
@@ -84,7 +90,7 @@ endif
 # The environment that makes a ctorch program use the emulated plugin.
 EMU_ENV = CTORCH_CUDA_PLUGIN=$(abspath $(EMU_BUILD))/libctorch_cuda.so \
           LD_LIBRARY_PATH=$(abspath $(EMU_BUILD))$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH)) \
-          CTORCH_CUBLAS_LIBRARY= CTORCH_CUDNN_LIBRARY= CT_TEST_EMULATED=1
+          CTORCH_CUBLAS_LIBRARY= CTORCH_CUDNN_LIBRARY= CTORCH_NCCL_LIBRARY= CT_TEST_EMULATED=1
 
 ifneq ($(wildcard $(CUDA_INC)/cudnn.h),)
 test-cuda-emu: $(EMU_LIBS) $(EMU_BUILD)/test_simt $(BUILD)/test_ctorch

@@ -87,6 +87,14 @@ extern "C" {
     X(cudnnConvolutionBackwardData)                                                        \
     X(cudnnConvolutionBackwardFilter)
 
+/* dlopen(RTLD_NOW | RTLD_LOCAL) of $env (a full path) when set, else of soname through
+ * the loader, else $CUDA_HOME/lib64 or /usr/local/cuda/lib64; NULL with dlerror() set
+ * (cuda_plugin.c). */
+void *cu_open_lib(const char *soname, const char *env);
+/* The NCCL version, "2.28.9", into buf when libnccl.so.2 loads (cuda_nccl.c; opens it on
+ * the first call, ~2 ms); 0, or -1 without setting an error when NCCL is missing. */
+int cu_nccl_version_quiet(char *buf, size_t n);
+
 #ifndef __cplusplus /* C++ sees overloads of some of these (the .cu files do not call them) */
 #define CU_DECL_FN(fn) __typeof__(&fn) fn;
 typedef struct {

@@ -338,8 +338,8 @@ static int check_driver(char *r, size_t n) {
 /* ------------------------------------------------------------- cuBLAS, cuDNN */
 /* $ENV (a full path) when set, else the soname through the loader (LD_LIBRARY_PATH,
  * ldconfig, this plugin's RUNPATH: its own directory and the build's CUDA lib dir), else
- * $CUDA_HOME/lib64 or /usr/local/cuda/lib64. */
-static void *open_lib(const char *soname, const char *env) {
+ * $CUDA_HOME/lib64 or /usr/local/cuda/lib64. Also opens NCCL (cuda_nccl.c). */
+void *cu_open_lib(const char *soname, const char *env) {
     const char *path = getenv(env);
     if (path && *path) return dlopen(path, RTLD_NOW | RTLD_LOCAL);
     void *h = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
@@ -357,7 +357,7 @@ static int load_blas(char *r, size_t n) {
     const char *so = "libcublas.so." CU_XSTR(CUBLAS_VER_MAJOR);
     const char *shown = getenv("CTORCH_CUBLAS_LIBRARY");
     if (!shown || !*shown) shown = so;
-    void *h = open_lib(so, "CTORCH_CUBLAS_LIBRARY");
+    void *h = cu_open_lib(so, "CTORCH_CUBLAS_LIBRARY");
     if (!h) {
         const char *e = dlerror();
         snprintf(r, n,
@@ -387,7 +387,7 @@ static int load_dnn(char *r, size_t n) {
     const char *so = "libcudnn.so." CU_XSTR(CUDNN_MAJOR);
     const char *shown = getenv("CTORCH_CUDNN_LIBRARY");
     if (!shown || !*shown) shown = so;
-    void *h = open_lib(so, "CTORCH_CUDNN_LIBRARY");
+    void *h = cu_open_lib(so, "CTORCH_CUDNN_LIBRARY");
     if (!h) {
         const char *e = dlerror();
         snprintf(r, n,
@@ -538,7 +538,8 @@ int ct_cuda_plugin_device_describe(int device, char *buf, size_t n) {
 /* The `versions` entry point (src/core/backend.h), for run manifests: the driver's CUDA
  * version, the runtime linked in (cudart is static: the toolkit this plugin was built with),
  * the cuDNN loaded (cudnnGetVersion: 10000 * major + 100 * minor + patch since cuDNN 9) and
- * the architectures compiled in. ctorch uses no NCCL: that field stays empty. */
+ * the architectures compiled in, and NCCL's version when libnccl.so.2 loads (opened here if
+ * no collective has opened it yet: ~2 ms, nothing initialised; empty when it is missing). */
 static int cu_versions(ct_backend_versions *out) {
     memset(out, 0, sizeof *out);
     if (g_driver_version > 0)
@@ -551,6 +552,8 @@ static int cu_versions(ct_backend_versions *out) {
         snprintf(out->dnn, sizeof out->dnn, "%zu.%zu.%zu", v / 10000, v % 10000 / 100, v % 100);
     }
     arch_list(out->kernels, sizeof out->kernels);
+    if (cu_nccl_version_quiet(out->collectives, sizeof out->collectives) != 0)
+        out->collectives[0] = 0;
 #ifdef CT_CUDA_EMU
     snprintf(out->kernels, sizeof out->kernels, "CPU emulator (tests/cuda_emu)");
 #endif

@@ -142,6 +142,65 @@ typedef int (*ct_cuda_stream_wait_event_fn)(int stream, ct_cuda_event *ev);
 CT_CUDA_API int ct_cuda_copy_h2d_async_on(ct_tensor *dst, const ct_tensor *src, int stream);
 typedef int (*ct_cuda_copy_h2d_async_on_fn)(ct_tensor *dst, const ct_tensor *src, int stream);
 
+/* ---------------------------------------------------------------------- NCCL
+ * The collectives of CUDA tensors (include/ctorch_dist.h), in cuda_nccl.c. NCCL is not
+ * linked: libnccl.so.2 ($CTORCH_NCCL_LIBRARY when set) is opened at the first call of
+ * any of these, never at plugin initialisation, so one GPU works without NCCL. A missing
+ * library fails with "NCCL missing: libnccl.so.2 cannot be opened (...). ... Fix: install
+ * NCCL 2 ..." (NCCL 2.10 or newer is needed).
+ *
+ * One communicator per process, on one device (one GPU per rank). The collectives are
+ * enqueued on that device's compute stream, after the kernels queued before them and
+ * before those queued after, and return once enqueued: the buffers must stay allocated
+ * and unmodified until ct_cuda_nccl_wait (or a synchronisation) has returned. Every rank
+ * must make the same calls in the same order with the same sizes. All return 0, or -1
+ * with the error set (the NCCL error string and ncclGetLastError's text), unless stated. */
+/* 1 when libnccl.so.2 loads and is recent enough, else 0 with the reason set. */
+CT_CUDA_API int ct_cuda_nccl_available(void);
+typedef int (*ct_cuda_nccl_available_fn)(void);
+/* "NCCL 2.28.9" (the library loaded) into buf. */
+CT_CUDA_API int ct_cuda_nccl_version(char *buf, size_t n);
+typedef int (*ct_cuda_nccl_version_fn)(char *buf, size_t n);
+/* A new ncclUniqueId into id (n must be its size, 128 bytes): rank 0 makes it and sends
+ * it to the other ranks (ctorch does so over MPI). */
+CT_CUDA_API int ct_cuda_nccl_unique_id(void *id, size_t n);
+typedef int (*ct_cuda_nccl_unique_id_fn)(void *id, size_t n);
+/* ncclCommInitRank for rank `rank` of `world` on cuda:`device`; blocks until every rank
+ * has joined. An error when a communicator exists (ct_cuda_nccl_finalize first). */
+CT_CUDA_API int ct_cuda_nccl_init(const void *id, size_t n, int rank, int world, int device);
+typedef int (*ct_cuda_nccl_init_fn)(const void *id, size_t n, int rank, int world,
+                                    int device);
+/* In place on `count` elements of `dtype`, a ct_dtype (float32, float64, float16,
+ * bfloat16, int64, int32, uint8; others fail naming the dtype); op is a ct_reduce_op
+ * (AVG is NCCL's ncclAvg). */
+CT_CUDA_API int ct_cuda_nccl_all_reduce(void *buf, int64_t count, int dtype, int op,
+                                        int device);
+typedef int (*ct_cuda_nccl_all_reduce_fn)(void *buf, int64_t count, int dtype, int op,
+                                          int device);
+/* In place: rank root's `bytes` bytes to every rank. */
+CT_CUDA_API int ct_cuda_nccl_broadcast(void *buf, int64_t bytes, int root, int device);
+typedef int (*ct_cuda_nccl_broadcast_fn)(void *buf, int64_t bytes, int root, int device);
+/* out (world * bytes_per_rank bytes): rank r's `in` at r * bytes_per_rank. */
+CT_CUDA_API int ct_cuda_nccl_all_gather(const void *in, void *out, int64_t bytes_per_rank,
+                                        int device);
+typedef int (*ct_cuda_nccl_all_gather_fn)(const void *in, void *out, int64_t bytes_per_rank,
+                                          int device);
+/* The host waits until the work enqueued so far on the device's compute stream (the
+ * collectives and what precedes them) has completed, polling the stream and NCCL's
+ * asynchronous error state. A failed collective, or none completed within
+ * timeout_seconds (<= 0: 300), aborts the communicator (ncclCommAbort) and fails: "NCCL
+ * collective did not complete within T s on rank R ...: a peer is lost or stuck ...";
+ * every later call then fails too. Does not block the collectives of other threads. */
+CT_CUDA_API int ct_cuda_nccl_wait(double timeout_seconds, int device);
+typedef int (*ct_cuda_nccl_wait_fn)(double timeout_seconds, int device);
+/* ncclCommAbort now, from any thread (also while another is blocked in an NCCL call):
+ * for a caller whose own timeout expired. Later calls fail. 0 also without a communicator. */
+CT_CUDA_API int ct_cuda_nccl_abort(void);
+typedef int (*ct_cuda_nccl_abort_fn)(void);
+/* ncclCommDestroy (waits for the communicator's outstanding work). 0 without one. */
+CT_CUDA_API int ct_cuda_nccl_finalize(void);
+typedef int (*ct_cuda_nccl_finalize_fn)(void);
+
 #ifdef __cplusplus
 }
 #endif
