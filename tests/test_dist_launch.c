@@ -445,6 +445,41 @@ TEST(launch_train_max_restarts_resumes_from_the_checkpoint) {
     CHECK_MSG(!strcmp(a, b), "the restarted run's weights differ from the uninterrupted run's");
 }
 
+/* Without --run-dir the launcher chooses the directory ($CTORCH_RUNS/<model>-<dataset>-
+ * <time>, as train would) and passes it, so that a restart knows what to resume; rank 0
+ * writes it, with the launcher's command line. */
+TEST(launch_train_chooses_the_run_directory) {
+    if (!have_mpirun()) SKIP("mpirun not installed (openmpi-bin)");
+    if (!mnist_dir()) SKIP("CTORCH_DATA with MNIST not set");
+    char runs[600], cmd[4096], log[700], want[800];
+    snprintf(runs, sizeof runs, "%s/launch-runs", tmpdir());
+    snprintf(log, sizeof log, "%s.log", runs);
+    snprintf(cmd, sizeof cmd, "CTORCH_RUNS=%s timeout 60 %s launch --nproc-per-node 2 -- train "
+             "--model mlp --dataset mnist --data-dir %s --train-limit 256 --test-limit 64 --epochs 1",
+             runs, bin(), mnist_dir());
+    int rc = run(cmd, log);
+    CHECK_MSG(rc == 0, "exit %d", rc);
+    if (rc != 0) show_log(log);
+    snprintf(want, sizeof want, " --run-dir %s/mlp-mnist-", runs);
+    CHECK(log_has(log, want));
+    DIR *d = opendir(runs);
+    struct dirent *e;
+    char dir[1400] = "";
+    int n = 0;
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.') n++, snprintf(dir, sizeof dir, "%s/%s", runs, e->d_name);
+    if (d) closedir(d);
+    CHECK_MSG(n == 1, "%d run directories in %s", n, runs);
+    json_t *m = n == 1 ? manifest_of(dir) : NULL;
+    json_t *dist = json_object_get(m, "distributed");
+    CHECK(m && !strcmp(json_string_value(json_object_get(m, "status")), "completed"));
+    CHECK(json_integer_value(json_object_get(dist, "world_size")) == 2);
+    const char *lc = json_string_value(json_object_get(dist, "launch_command"));
+    CHECK_MSG(lc && !strncmp(lc, "ctorch launch --nproc-per-node 2 -- train --model mlp", 53),
+              "launch_command: %s", lc ? lc : "(none)");
+    json_decref(m);
+}
+
 /* ------------------------------------------------------------------ two hosts */
 /* Two "hosts": network namespaces A and B with a veth pair (10.77.X.1 and .2), each with
  * its own hostname (h1, h2; a UTS namespace). mpirun runs in A and reaches B through an
