@@ -4,6 +4,7 @@
 #define CT_CLI_H
 
 #include <jansson.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum { CLI_OK = 0, CLI_RUNTIME = 1, CLI_USAGE = 2 };
@@ -47,8 +48,17 @@ int cmd_bench(int argc, char **argv);
 int cmd_download(int argc, char **argv);
 int cmd_archive(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
+int cmd_launch(int argc, char **argv);
 int cmd_help(int argc, char **argv);
 void cli_print_version(void);
+
+/* ctorch train's options, for `ctorch launch` (src/cli/cmd_train.c): the option named by
+ * the first len characters of name ("--threads"): TRAIN_OPT_UNKNOWN, TRAIN_OPT_RESULT
+ * (recorded in the run; --resume refuses another value), TRAIN_OPT_RESUMABLE (recorded, and
+ * --resume takes it from the command line: FREE options, --epochs) or TRAIN_OPT_LOCAL
+ * (--run-dir, --resume); *takes_value whether a value follows it. */
+enum { TRAIN_OPT_UNKNOWN = -1, TRAIN_OPT_RESULT, TRAIN_OPT_RESUMABLE, TRAIN_OPT_LOCAL };
+int cli_train_option_kind(const char *name, size_t len, int *takes_value);
 int cli_command_help(const char *cmd); /* CLI_USAGE for unknown */
 
 #endif

@@ -1120,3 +1120,17 @@ int cmd_train(int argc, char **argv) {
     if (rc == CLI_OK && r.world > 1 && ct_dist_finalize() != 0) rc = CLI_RUNTIME;
     return rc;
 }
+
+int cli_train_option_kind(const char *name, size_t len, int *takes_value) {
+    train_args a = default_args();
+    cli_opt o[NOPTS];
+    int kind[NOPTS], n = train_opts(&a, o, kind);
+    for (int i = 0; i < n; i++) {
+        if (strlen(o[i].name) != len || strncmp(o[i].name, name, len) != 0) continue;
+        if (takes_value) *takes_value = o[i].type != OPT_FLAG;
+        return kind[i] == RESULT ? TRAIN_OPT_RESULT : kind[i] == LOCAL ? TRAIN_OPT_LOCAL
+                                                                       : TRAIN_OPT_RESUMABLE;
+    }
+    if (takes_value) *takes_value = 0;
+    return TRAIN_OPT_UNKNOWN;
+}

@@ -106,6 +106,23 @@ static const struct {
      "                   $CTORCH_DATA, else ./data)\n"
      "  --no-eval        check the files only\n"
      "  --threads T      default: all cores\n"},
+    {"launch",
+     "usage: ctorch launch [--nproc-per-node N] [--hostfile FILE] [--max-restarts K]\n"
+     "       [--dist-timeout S] [--bind-to P] -- train|eval|bench [OPTIONS]\n"
+     "       ctorch launch [...] -- /path/to/program [ARGS]\n"
+     "\n"
+     "Runs the command on N processes per host through OpenMPI's mpirun ($CTORCH_MPIRUN, else\n"
+     "mpirun on PATH): data-parallel training with `-- train ...` (docs/distributed.md).\n"
+     "Each rank's output lines start with \"[rank R] \"; when a rank fails the job ends and\n"
+     "the last line names the rank, its host and its error (exit 1).\n"
+     "  --nproc-per-node N   processes on each host (default 1)\n"
+     "  --hostfile FILE      mpirun's hostfile (\"host slots=N\" lines; default: this host)\n"
+     "  --max-restarts K     after a failure, start the job again up to K times; train\n"
+     "                       resumes from its run's newest checkpoint (default 0)\n"
+     "  --dist-timeout S     train: seconds a collective may wait for a lost rank\n"
+     "  --bind-to P          mpirun's process binding: none (default), core, socket...\n"
+     "Each rank gets CTORCH_NUM_THREADS = OMP_NUM_THREADS = the cores it may use / N (unless\n"
+     "either is set). Other mpirun settings: OMPI_MCA_* environment variables.\n"},
     {"help", "usage: ctorch help [COMMAND]\n"},
 };
 
@@ -115,6 +132,6 @@ int cli_command_help(const char *cmd) {
             fputs(HELP[i].text, stdout);
             return CLI_OK;
         }
-    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, bench, download, archive, verify, help\n", cmd);
+    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, bench, download, archive, verify, launch, help\n", cmd);
     return CLI_USAGE;
 }

@@ -16,6 +16,7 @@ static const struct {
     {"download", cmd_download, "fetch a dataset's official archive and verify its checksum"},
     {"archive", cmd_archive, "pack a run directory into a citable .tar.gz (optionally onto Zenodo)"},
     {"verify", cmd_verify, "check a run archive's sums and re-evaluate its weights"},
+    {"launch", cmd_launch, "run a command on several processes or machines (mpirun)"},
     {"help", cmd_help, "show help for a command"},
 };
 
@@ -69,7 +70,7 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++) {
         if (strcmp(cmd, COMMANDS[i].name) != 0) continue;
-        for (int k = 2; k < argc; k++)
+        for (int k = 2; k < argc && strcmp(argv[k], "--") != 0; k++) /* launch's command */
             if (!strcmp(argv[k], "--help") || !strcmp(argv[k], "-h")) return cli_command_help(cmd);
         return COMMANDS[i].fn(argc - 2, argv + 2);
     }
