@@ -46,11 +46,13 @@ def ctorch(args, world, overlap=True):
     return float(m.group(1)), float(w.group(1)) if w else None
 
 
-def torch_ddp(args, world, channels_last):
+def torch_ddp(args, world, channels_last, compile_=False):
     cmd = [args.peer, os.path.join(HERE, "torch_ddp.py"), "--world", str(world), "--images",
            str(args.images), "--data-dir", args.data_dir]
     if channels_last:
         cmd.append("--channels-last")
+    if compile_:
+        cmd.append("--compile")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0 or not lines:
@@ -64,6 +66,8 @@ def main():
     ap.add_argument("--images", type=int, default=12800)
     ap.add_argument("--data-dir", default=os.environ.get("CTORCH_DATA", os.path.join(ROOT, "..", "shared", "data")))
     ap.add_argument("--peer", default=os.path.join(HERE, ".venv", "bin", "python"))
+    ap.add_argument("--compile", action="store_true",
+                    help="also PyTorch DDP under torch.compile (channels-last), next to ctorch 2 ranks")
     args = ap.parse_args()
     if not os.path.exists(args.peer):
         sys.exit("no PyTorch peer: run bench/setup-peer.sh (or pass --peer PYTHON)")
@@ -91,6 +95,14 @@ def main():
               f"no overlap {c2n:.0f} (wait {w2n} ms/step); PyTorch {torch_version} 1 rank "
               f"{t1['images_per_sec']:.0f}, DDP gloo {t2['images_per_sec']:.0f}, channels-last "
               f"{t2cl['images_per_sec']:.0f} img/s", flush=True)
+    if args.compile:  # one more alternation: ctorch 2 ranks, PyTorch compiled DDP
+        for p in range(args.pairs):
+            c2, _ = ctorch(args, 2)
+            tc = torch_ddp(args, 2, True, True)["images_per_sec"]
+            runs.setdefault("c2c", []).append(c2)
+            runs.setdefault("t2c", []).append(tc)
+            print(f"compile round {p + 1}: ctorch 2 ranks {c2:.0f}, PyTorch DDP gloo + torch.compile "
+                  f"channels-last {tc:.0f} img/s", flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
     scale = statistics.median([b / a for a, b in zip(runs["c1"], runs["c2"])])
     best_t2 = [max(a, b) for a, b in zip(runs["t2"], runs["t2cl"])]
@@ -106,12 +118,18 @@ def main():
     print(f"| PyTorch {torch_version} 1 rank x 1 thread | {med['t1']:.0f} | {1000.0 * 64 / med['t1']:.2f} |")
     print(f"| PyTorch DDP gloo 2 x 1 thread | {med['t2']:.0f} | {step(med['t2']):.2f} |")
     print(f"| PyTorch DDP gloo 2 x 1 thread, channels-last | {med['t2cl']:.0f} | {step(med['t2cl']):.2f} |")
+    if "t2c" in runs:
+        print(f"| PyTorch DDP gloo 2 x 1 thread, channels-last + torch.compile | {med['t2c']:.0f} | "
+              f"{step(med['t2c']):.2f} |")
     wv = [w for w in waits["c2"] if w is not None]
     wn = [w for w in waits["c2n"] if w is not None]
     print()
     print(f"ctorch 2 ranks / 1 rank: {scale:.3f} (median of per-round ratios; bar >= 1.85)")
     print(f"ctorch 2 ranks / best PyTorch DDP 2 ranks: {vs_torch:.3f} (bar >= 1.5)")
     print(f"PyTorch DDP 2 ranks / 1 rank: {tscale:.3f}")
+    if "t2c" in runs:
+        print("ctorch 2 ranks / PyTorch compiled DDP 2 ranks: %.3f" % statistics.median(
+            [c / t for c, t in zip(runs["c2c"], runs["t2c"])]))
     if wv and wn:
         print(f"communication wait after backward: {statistics.median(wv):.3f} ms/step with "
               f"overlap, {statistics.median(wn):.3f} ms/step without")

@@ -5,7 +5,7 @@ thread per process (torch.set_num_threads). Prints one JSON line from rank 0:
 {"world": N, "images_per_sec": global images/s, "seconds": ...}.
 
 usage: bench/.venv/bin/python bench/torch_ddp.py --world 2 --batch-size 64 --images 12800
-       [--channels-last] [--data-dir DIR] [--threads 1]"""
+       [--channels-last] [--compile] [--data-dir DIR] [--threads 1]"""
 import argparse
 import json
 import os
@@ -35,6 +35,8 @@ def run(rank, args, port):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if args.world > 1 else model
+    if args.compile:  # compiled during the warm-up steps, which are not timed
+        ddp = torch.compile(ddp)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(x), generator=g)[rank::args.world]
@@ -64,7 +66,8 @@ def run(rank, args, port):
     if rank == 0:
         n = (steps - warm) * args.batch_size * args.world
         print(json.dumps({"world": args.world, "images_per_sec": n / secs, "seconds": secs,
-                          "torch": torch.__version__, "channels_last": args.channels_last}),
+                          "torch": torch.__version__, "channels_last": args.channels_last,
+                          "compile": args.compile}),
               flush=True)
     if args.world > 1:
         dist.destroy_process_group()
@@ -85,6 +88,7 @@ def main():
     ap.add_argument("--images", type=int, default=12800)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true")
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--data-dir", default=os.environ.get("CTORCH_DATA", os.path.join(here, "..", "..", "shared", "data")))
     args = ap.parse_args()
