@@ -10,7 +10,8 @@ per process, one thread per process, alternating in one run:
 and prints the medians, the ratios (2 ranks / 1 rank; ctorch / the best PyTorch DDP) and
 ctorch's per-step communication wait with and without overlap.
 
-usage: python3 bench/ddp_bench.py [--pairs 3] [--images 12800] [--data-dir DIR]
+usage: python3 bench/ddp_bench.py [--pairs 3] [--images 12800] [--data-dir DIR] [--isa avx2]
+                                  [--compile]
 (the PyTorch peer: bench/setup-peer.sh installs it into bench/.venv)"""
 import argparse
 import json
@@ -35,6 +36,8 @@ def ctorch(args, world, overlap=True):
     if not overlap:
         cmd.append("--no-overlap")
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    if args.isa:
+        env["CTORCH_CPU_ISA"] = args.isa
     if world > 1:
         cmd = ["mpirun", "-np", str(world), "--bind-to", "none"] + cmd
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -66,6 +69,7 @@ def main():
     ap.add_argument("--images", type=int, default=12800)
     ap.add_argument("--data-dir", default=os.environ.get("CTORCH_DATA", os.path.join(ROOT, "..", "shared", "data")))
     ap.add_argument("--peer", default=os.path.join(HERE, ".venv", "bin", "python"))
+    ap.add_argument("--isa", help="CTORCH_CPU_ISA for ctorch (avx2: the AVX2 kernels on an AVX-512 machine)")
     ap.add_argument("--compile", action="store_true",
                     help="also PyTorch DDP under torch.compile (channels-last), next to ctorch 2 ranks")
     args = ap.parse_args()
@@ -74,7 +78,8 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs, {' '.join(isa)}")
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs, {' '.join(isa)}; ctorch CTORCH_CPU_ISA="
+          f"{args.isa or '(unset: the best level)'}")
     runs = {k: [] for k in ("c1", "c2", "c2n", "t1", "t2", "t2cl")}
     waits = {"c2": [], "c2n": []}
     torch_version = None

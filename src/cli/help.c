@@ -46,7 +46,14 @@ static const struct {
      "                         result are refused)\n"
      "  --deterministic        bitwise-identical results whatever --threads, and across resumes\n"
      "  --nan-policy P         stop | skip: on a NaN/inf loss, exit 1 or drop that step (default stop)\n"
-     "SIGTERM / Ctrl-C: the step finishes, a checkpoint is written, the resume command printed.\n"},
+     "SIGTERM / Ctrl-C: the step finishes, a checkpoint is written, the resume command printed.\n"
+     "\n"
+     "Data-parallel (started by mpirun, srun --mpi=pmix or ctorch launch with N > 1 processes;\n"
+     "--batch-size is per process; rank 0 prints and writes the run; docs/distributed.md):\n"
+     "  --sync-bn              SyncBatchNorm: batch statistics over every rank's batch\n"
+     "  --bucket-mb MB         DDP gradient bucket size (default 25)\n"
+     "  --dist-timeout S       seconds a collective may wait for the other ranks (default 300)\n"
+     "  --no-overlap           reduce gradients only after backward (to measure the overlap)\n"},
     {"eval",
      "usage: ctorch eval --model M --checkpoint FILE --dataset D [options]\n"
      "\n"
