@@ -301,3 +301,26 @@ TEST(distributed_sampler_shards_like_pytorch) {
     ct_dataloader_free(bad);
     free(ds);
 }
+
+TEST(dist_train_nan_loss_is_agreed_by_every_rank) {
+    NEED_MPI();
+    if (!data_dir()) SKIP("CIFAR-10 not found (set CTORCH_DATA)");
+    char cmd[2048], log[512];
+    log_path(log, sizeof log, "dist_nan");
+    /* a huge learning rate: the loss becomes NaN; every rank stops at the same step (exit 1
+     * naming it), or with --nan-policy skip every rank skips the same updates and finishes */
+    const char *base = "train --model mlp --dataset mnist --train-limit 640 --test-limit 100 "
+                       "--epochs 1 --batch-size 32 --threads 1 --lr 10000 --no-checkpoints";
+    snprintf(cmd, sizeof cmd, "%s %s --data-dir %s --run-dir %s/nan-stop", bin(), base,
+             getenv("CTORCH_DATA"), tmpdir());
+    int rc = mpirun(2, "", cmd, log);
+    CHECK_MSG(rc != 0, "NaN with --nan-policy stop: exit %d", rc);
+    CHECK(log_has(log, "the loss is NaN; stopping (--nan-policy stop)"));
+    CHECK(!log_has(log, "did not complete within"));
+    snprintf(cmd, sizeof cmd, "%s %s --data-dir %s --run-dir %s/nan-skip --nan-policy skip", bin(),
+             base, getenv("CTORCH_DATA"), tmpdir());
+    rc = mpirun(2, "", cmd, log);
+    if (rc) show_log(log);
+    CHECK_MSG(rc == 0, "NaN with --nan-policy skip: exit %d", rc);
+    CHECK(log_has(log, "nan_skipped"));
+}
