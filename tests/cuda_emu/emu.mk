@@ -77,7 +77,7 @@ $(EMU_BUILD)/libcudnn.so.$(CUDNN_MAJOR): $(EMU_DIR)/emu_cudnn.c $(EMU_DIR)/emu_f
 	$(CC) $(EMU_CFLAGS) -shared -o $@ $< -Wl,-soname,libcudnn.so.$(CUDNN_MAJOR) $(LDLIBS) -lm
 
 # One-rank NCCL (nccl.h when installed, else the plugin's nccl_subset.h).
-$(EMU_BUILD)/libnccl.so.2: $(EMU_DIR)/emu_nccl.c $(CUDA_DIR)/nccl_subset.h
+$(EMU_BUILD)/libnccl.so.2: $(EMU_DIR)/emu_nccl.c $(CUDA_DIR)/nccl_subset.h $(CUDA_DIR)/nccl_types.h
 	@mkdir -p $(dir $@)
 	$(CC) $(EMU_CFLAGS) -I$(CUDA_DIR) -shared -o $@ $< -Wl,-soname,libnccl.so.2 $(LDLIBS) -ldl -lpthread
 

@@ -31,15 +31,7 @@
  *
  * ncclGetVersion reports 2.28.9. Built by tests/cuda_emu/emu.mk as build/cuda_emu/libnccl.so.2,
  * which the emulated plugin finds through its RUNPATH ($ORIGIN). */
-#if defined(__has_include) && !defined(CT_CUDA_NO_NCCL_H)
-#if __has_include(<nccl.h>)
-#include <nccl.h>
-#define CT_HAVE_NCCL_H 1
-#endif
-#endif
-#ifndef CT_HAVE_NCCL_H
-#include "nccl_subset.h"
-#endif
+#include "backends/cuda/nccl_types.h"
 
 #include <dlfcn.h>
 #include <pthread.h>

@@ -22,15 +22,7 @@
 #include "cuda_host.h"
 #include "ctorch_dist.h"
 
-#if defined(__has_include) && !defined(CT_CUDA_NO_NCCL_H)
-#if __has_include(<nccl.h>)
-#include <nccl.h>
-#define CT_HAVE_NCCL_H 1
-#endif
-#endif
-#ifndef CT_HAVE_NCCL_H
-#include "nccl_subset.h"
-#endif
+#include "nccl_types.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
