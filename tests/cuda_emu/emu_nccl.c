@@ -31,7 +31,7 @@
  *
  * ncclGetVersion reports 2.28.9. Built by tests/cuda_emu/emu.mk as build/cuda_emu/libnccl.so.2,
  * which the emulated plugin finds through its RUNPATH ($ORIGIN). */
-#include "backends/cuda/nccl_types.h"
+#include "nccl_types.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
