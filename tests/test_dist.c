@@ -311,13 +311,13 @@ TEST(dist_train_nan_loss_is_agreed_by_every_rank) {
      * naming it), or with --nan-policy skip every rank skips the same updates and finishes */
     const char *base = "train --model mlp --dataset mnist --train-limit 640 --test-limit 100 "
                        "--epochs 1 --batch-size 32 --threads 1 --lr 10000 --no-checkpoints";
-    snprintf(cmd, sizeof cmd, "%s %s --data-dir %s --run-dir %s/nan-stop", bin(), base,
+    snprintf(cmd, sizeof cmd, "%s %s --data-dir %s --run-dir %s/dist-nan-stop", bin(), base,
              getenv("CTORCH_DATA"), tmpdir());
     int rc = mpirun(2, "", cmd, log);
     CHECK_MSG(rc != 0, "NaN with --nan-policy stop: exit %d", rc);
     CHECK(log_has(log, "the loss is NaN; stopping (--nan-policy stop)"));
     CHECK(!log_has(log, "did not complete within"));
-    snprintf(cmd, sizeof cmd, "%s %s --data-dir %s --run-dir %s/nan-skip --nan-policy skip", bin(),
+    snprintf(cmd, sizeof cmd, "%s %s --data-dir %s --run-dir %s/dist-nan-skip --nan-policy skip", bin(),
              base, getenv("CTORCH_DATA"), tmpdir());
     rc = mpirun(2, "", cmd, log);
     if (rc) show_log(log);
