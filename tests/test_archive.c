@@ -7,6 +7,8 @@
 #include "ctorch_io.h"
 #include "data/data_internal.h" /* ct_tar_gz_scan: reads the archives back */
 
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <poll.h>
 #include <signal.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define TOKEN "tok-5a1e7c"
@@ -453,7 +456,7 @@ static void kill_mocks(void) {
     for (int i = 0; i < 8; i++)
         if (g_mock_pids[i] > 0) {
             kill(g_mock_pids[i], SIGTERM);
-            waitpid(g_mock_pids[i], NULL, 0);
+            while (waitpid(g_mock_pids[i], NULL, 0) < 0 && errno == EINTR) {}
             g_mock_pids[i] = 0;
         }
 }
@@ -461,26 +464,70 @@ static void kill_mocks(void) {
 static void mock_stop(mock *m) {
     if (m->pid <= 0) return;
     kill(m->pid, SIGTERM);
-    waitpid(m->pid, NULL, 0);
+    while (waitpid(m->pid, NULL, 0) < 0 && errno == EINTR) {}
     for (int i = 0; i < 8; i++)
         if (g_mock_pids[i] == m->pid) g_mock_pids[i] = 0;
     m->pid = 0;
 }
 
+static long ms_since(const struct timespec *t0) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (t.tv_sec - t0->tv_sec) * 1000L + (t.tv_nsec - t0->tv_nsec) / 1000000L;
+}
+
+/* The mock's first line from fd, NUL-terminated in buf without its newline: reads until
+ * the newline (whatever the number of writes it came in), EOF (the mock died) or 15 s.
+ * Returns 1 with a whole line, 0 otherwise (buf then holds what came). */
+static int read_line(int fd, char *buf, size_t n) {
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t got = 0;
+    buf[0] = 0;
+    while (got + 1 < n) {
+        long left = 15000 - ms_since(&t0);
+        if (left <= 0) return 0;
+        struct pollfd p = {fd, POLLIN, 0};
+        int r = poll(&p, 1, (int)left);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return 0;
+        ssize_t k = read(fd, buf + got, n - 1 - got);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (k <= 0) return 0; /* EOF: the mock exited before it finished the line */
+        got += (size_t)k;
+        buf[got] = 0;
+        char *nl = strchr(buf, '\n');
+        if (nl) {
+            *nl = 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Starts tests/zenodo_mock.py for `archive` (fail: "STEP:STATUS" or NULL); 0 once it
- * listens on m->port. */
+ * listens on m->port.
+ *
+ * The mock prints its port once its socket listens; this reads that whole line before it
+ * closes the pipe. (It once took what the first read() returned and closed the read end
+ * at once; a python3 with PYTHONUNBUFFERED=1 writes print()'s "PORT" and "\n" in two
+ * write()s, so the mock's second write could find the pipe closed, die of BrokenPipeError
+ * before serving, and the upload then failed with "Couldn't connect".) The pipe is
+ * O_CLOEXEC: no other child (a later mock, an upload's shell) holds a copy of it. */
 static int mock_start(mock *m, const char *name, const char *archive, const char *fail) {
     static int registered;
     if (!registered) registered = !atexit(kill_mocks);
     snprintf(m->log, sizeof m->log, "%s/%s.mock.log", tmpdir(), name);
     unlink(m->log);
+    m->port = 0;
     int fd[2];
-    if (pipe(fd) != 0) return -1;
+    if (pipe2(fd, O_CLOEXEC) != 0) {
+        CHECK_MSG(0, "pipe2: %s", strerror(errno));
+        return -1;
+    }
     m->pid = fork();
     if (m->pid == 0) {
-        dup2(fd[1], 1);
-        close(fd[0]);
-        close(fd[1]);
+        dup2(fd[1], 1); /* fd 1 itself is not close-on-exec */
         if (fail)
             execl(PY, PY, MOCK, "--token", TOKEN, "--archive", archive, "--log", m->log, "--fail",
                   fail, (char *)NULL);
@@ -494,13 +541,17 @@ static int mock_start(mock *m, const char *name, const char *archive, const char
             g_mock_pids[i] = m->pid;
             break;
         }
-    char buf[32] = "";
-    struct pollfd p = {fd[0], POLLIN, 0};
-    ssize_t got = m->pid > 0 && poll(&p, 1, 15000) == 1 ? read(fd[0], buf, sizeof buf - 1) : -1;
+    char line[64];
+    int whole = m->pid > 0 && read_line(fd[0], line, sizeof line);
     close(fd[0]);
-    m->port = got > 0 ? atoi(buf) : 0;
-    CHECK_MSG(m->port > 0, "%s did not start (no port on its first line)", MOCK);
-    if (m->port > 0) return 0;
+    char *end = NULL;
+    long port = whole ? strtol(line, &end, 10) : 0;
+    if (whole && end != line && *end == 0 && port > 0 && port < 65536) {
+        m->port = (int)port;
+        return 0;
+    }
+    CHECK_MSG(0, "%s did not start: its first line was \"%s\"%s, not a port", MOCK,
+              m->pid > 0 ? line : "", whole ? "" : " (no newline within 15 s or it exited)");
     mock_stop(m);
     return -1;
 }

@@ -3,8 +3,10 @@
 
     zenodo_mock.py --token T --archive FILE --log LOG [--fail STEP:STATUS]
 
-Listens on 127.0.0.1 with a port chosen by the system and prints that port on the first
-line of stdout. Serves the four calls of `ctorch archive --upload zenodo`:
+Listens on 127.0.0.1 with a port chosen by the system and, once the socket listens,
+writes that port and a newline to stdout in one write(2) (print() would write "PORT" and
+"\n" apart under PYTHONUNBUFFERED=1); the reader takes the line up to its newline.
+Serves the four calls of `ctorch archive --upload zenodo`:
 
     POST /api/deposit/depositions                      body {}            -> 201
     PUT  /api/files/<bucket>/<name of FILE>            the bytes of FILE  -> 201
@@ -27,7 +29,7 @@ import re
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DEPOSITION_ID = 4242
 BUCKET = "5f1c2a3b-bucket"
@@ -218,9 +220,11 @@ def main():
     p.add_argument("--fail", action="append")
     args = p.parse_args()
     Handler.state = State(args)
-    server = HTTPServer(("127.0.0.1", 0), Handler)
+    # bound and listening on return: a connection made from here on waits in the backlog
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True  # a connection left open never holds up another, nor exit
     threading.Thread(target=watchdog, args=(os.getppid(),), daemon=True).start()
-    print(server.server_address[1], flush=True)
+    os.write(1, b"%d\n" % server.server_address[1])  # one write: the reader may close after it
     server.serve_forever()
 
 
