@@ -739,16 +739,39 @@ static void add_word(sbuf *b, const char *w) {
 /* ------------------------------------------------------------------ the command */
 static const char *const LAUNCHABLE[] = {"train", "eval", "bench", NULL};
 
-int cmd_launch(int argc, char **argv) {
-    int64_t nproc = 1, max_restarts = 0;
-    double dist_timeout = 0;
-    const char *hostfile = NULL, *bind_to = "none";
+/* What a launch runs, and how: the options, the command after `--`, the program, mpirun,
+ * the hosts, slots and threads, and for `train` its run directory. */
+typedef struct {
+    int64_t nproc, max_restarts;
+    double dist_timeout;
+    const char *hostfile, *bind_to;
+    int cargc; /* the command after `--` (without a leading `ctorch`) */
+    char **cargv;
+    const char *cmd;
+    int is_program, is_train;
+    char program[2 * PATH_MAX + 2]; /* what mpirun starts: the program, or this ctorch */
+    char *mpirun;
+    int hosts, enough_slots, threads, user_threads;
+    train_cmd tc;
+    char *run_dir; /* train's, where a restart resumes; NULL when unknown */
+} launch_cfg;
+
+static int is_launchable(const char *cmd) {
+    for (int i = 0; LAUNCHABLE[i]; i++)
+        if (!strcmp(cmd, LAUNCHABLE[i])) return 1;
+    return 0;
+}
+
+/* The launcher's options (before `--`) and the command after `--`; 0 or the exit code. */
+static int parse_launch_args(int argc, char **argv, launch_cfg *c) {
+    c->nproc = 1;
+    c->bind_to = "none";
     cli_opt opts[] = {
-        {"--nproc-per-node", OPT_INT, &nproc, 1, 4096, 0},
-        {"--hostfile", OPT_STRING, &hostfile, 0, 0, 0},
-        {"--max-restarts", OPT_INT, &max_restarts, 0, 1000, 0},
-        {"--dist-timeout", OPT_DOUBLE, &dist_timeout, 1, 1e7, 0}, /* train's range */
-        {"--bind-to", OPT_STRING, &bind_to, 0, 0, 0},
+        {"--nproc-per-node", OPT_INT, &c->nproc, 1, 4096, 0},
+        {"--hostfile", OPT_STRING, &c->hostfile, 0, 0, 0},
+        {"--max-restarts", OPT_INT, &c->max_restarts, 0, 1000, 0},
+        {"--dist-timeout", OPT_DOUBLE, &c->dist_timeout, 1, 1e7, 0}, /* train's range */
+        {"--bind-to", OPT_STRING, &c->bind_to, 0, 0, 0},
     };
     int dd = -1;
     for (int i = 0; i < argc && dd < 0; i++)
@@ -759,126 +782,182 @@ int cmd_launch(int argc, char **argv) {
     const char *pos[1];
     int npos, rc = cli_parse(LAUNCH, dd, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
     if (rc) return rc;
-    int cargc = argc - dd - 1;
-    char **cargv = argv + dd + 1;
-    if (cargc < 1)
+    c->cargc = argc - dd - 1;
+    c->cargv = argv + dd + 1;
+    if (c->cargc < 1)
         return cli_fail(LAUNCH, CLI_USAGE, "nothing to run after `--`: give a ctorch command "
                         "(train, eval, bench) or a program's path");
-    const char *cmd = cargv[0];
-    int is_program = strchr(cmd, '/') != NULL, known = 0;
-    for (int i = 0; LAUNCHABLE[i]; i++) known |= !strcmp(cmd, LAUNCHABLE[i]);
-    if (!is_program && !strcmp(cmd, "ctorch") && cargc > 1) { /* `-- ctorch train ...` */
-        cargv++, cargc--, cmd = cargv[0];
-        for (int i = 0; LAUNCHABLE[i]; i++) known |= !strcmp(cmd, LAUNCHABLE[i]);
+    c->cmd = c->cargv[0];
+    c->is_program = strchr(c->cmd, '/') != NULL;
+    int known = is_launchable(c->cmd);
+    if (!c->is_program && !strcmp(c->cmd, "ctorch") && c->cargc > 1) { /* `-- ctorch train ...` */
+        c->cargv++, c->cargc--, c->cmd = c->cargv[0];
+        known |= is_launchable(c->cmd);
     }
-    if (!is_program && !known)
+    if (!c->is_program && !known)
         return cli_fail(LAUNCH, CLI_USAGE, "cannot launch '%s': the command after `--` is a ctorch "
-                        "command (train, eval, bench) or a program given by its path", cmd);
-    int is_train = !is_program && !strcmp(cmd, "train");
-    if (dist_timeout > 0 && !is_train)
+                        "command (train, eval, bench) or a program given by its path", c->cmd);
+    c->is_train = !c->is_program && !strcmp(c->cmd, "train");
+    if (c->dist_timeout > 0 && !c->is_train)
         return cli_fail(LAUNCH, CLI_USAGE, "--dist-timeout applies to `train`");
-    char program[2 * PATH_MAX + 2];
-    if (is_program) {
+    return 0;
+}
+
+/* What mpirun starts: the program's absolute path, or this ctorch; 0 or the exit code. */
+static int resolve_program(launch_cfg *c) {
+    const char *cmd = c->cmd;
+    if (c->is_program) {
         if (access(cmd, X_OK) != 0)
             return cli_fail(LAUNCH, CLI_USAGE, "cannot run %s: %s", cmd, strerror(errno));
         /* absolute (mpirun starts it from its own directory on other hosts), links kept */
         char cwd[PATH_MAX];
         if (cmd[0] != '/' && getcwd(cwd, sizeof cwd))
-            snprintf(program, sizeof program, "%s/%s", cwd, cmd[0] == '.' && cmd[1] == '/' ? cmd + 2 : cmd);
-        else snprintf(program, sizeof program, "%s", cmd);
-    } else {
-        ssize_t n = readlink("/proc/self/exe", program, sizeof program - 1);
-        if (n <= 0)
-            return cli_fail(LAUNCH, CLI_RUNTIME, "cannot find this ctorch executable "
-                            "(/proc/self/exe): %s", strerror(errno));
-        program[n] = 0;
+            snprintf(c->program, sizeof c->program, "%s/%s", cwd,
+                     cmd[0] == '.' && cmd[1] == '/' ? cmd + 2 : cmd);
+        else snprintf(c->program, sizeof c->program, "%s", cmd);
+        return 0;
     }
+    ssize_t n = readlink("/proc/self/exe", c->program, sizeof c->program - 1);
+    if (n <= 0)
+        return cli_fail(LAUNCH, CLI_RUNTIME, "cannot find this ctorch executable "
+                        "(/proc/self/exe): %s", strerror(errno));
+    c->program[n] = 0;
+    return 0;
+}
 
-    /* mpirun */
+/* mpirun: $CTORCH_MPIRUN, else from PATH; 0 or the exit code. */
+static int find_mpirun(launch_cfg *c) {
     const char *mpirun_env = getenv("CTORCH_MPIRUN");
-    char *mpirun = find_program(mpirun_env && *mpirun_env ? mpirun_env : "mpirun");
-    if (!mpirun) {
-        if (mpirun_env && *mpirun_env)
-            return cli_fail(LAUNCH, CLI_USAGE, "CTORCH_MPIRUN=%s: not found or not executable",
-                            mpirun_env);
-        return cli_fail(LAUNCH, CLI_USAGE, "mpirun not found: install openmpi-bin (apt-get install "
-                        "openmpi-bin libopenmpi-dev)");
-    }
+    c->mpirun = find_program(mpirun_env && *mpirun_env ? mpirun_env : "mpirun");
+    if (c->mpirun) return 0;
+    if (mpirun_env && *mpirun_env)
+        return cli_fail(LAUNCH, CLI_USAGE, "CTORCH_MPIRUN=%s: not found or not executable",
+                        mpirun_env);
+    return cli_fail(LAUNCH, CLI_USAGE, "mpirun not found: install openmpi-bin (apt-get install "
+                    "openmpi-bin libopenmpi-dev)");
+}
 
-    /* the hosts, slots and threads */
+/* The hosts, whether they have slots enough, each rank's threads (the user's setting when
+ * there is one); 0 or the exit code. */
+static int plan_hosts(launch_cfg *c) {
     int cores = affinity_cores();
     cpu_set_t set;
     int cpus = affinity_cpus(&set);
     if (cpus <= 0) cpus = 1;
-    int hosts = 1, enough = nproc <= cores;
-    if (hostfile) {
-        hosts = read_hostfile(hostfile, (int)nproc, cores, &enough);
-        if (hosts < 0) {
-            free(mpirun);
-            return cli_fail(LAUNCH, CLI_USAGE, "--hostfile %s: %s", hostfile, strerror(errno));
-        }
-        if (hosts == 0) {
-            free(mpirun);
-            return cli_fail(LAUNCH, CLI_USAGE, "--hostfile %s names no host", hostfile);
-        }
+    c->hosts = 1;
+    c->enough_slots = c->nproc <= cores;
+    if (c->hostfile) {
+        c->hosts = read_hostfile(c->hostfile, (int)c->nproc, cores, &c->enough_slots);
+        if (c->hosts < 0)
+            return cli_fail(LAUNCH, CLI_USAGE, "--hostfile %s: %s", c->hostfile, strerror(errno));
+        if (c->hosts == 0)
+            return cli_fail(LAUNCH, CLI_USAGE, "--hostfile %s names no host", c->hostfile);
     }
-    int threads = cpus / (int)nproc;
-    if (threads < 1) threads = 1;
+    c->threads = cpus / (int)c->nproc;
+    if (c->threads < 1) c->threads = 1;
+    const char *ct_env = getenv("CTORCH_NUM_THREADS"), *omp_env = getenv("OMP_NUM_THREADS");
+    c->user_threads = (ct_env && *ct_env) || (omp_env && *omp_env);
+    return 0;
+}
 
-    /* train: the run directory, chosen here when not given, so that a restart can resume it */
-    char *run_dir = NULL;
-    train_cmd tc = {0};
-    if (is_train) {
-        tc = scan_train(cargc - 1, cargv + 1);
-        if (tc.resume) run_dir = strdup(tc.resume);
-        else if (tc.run_dir) run_dir = strdup(tc.run_dir);
-        else if (tc.model && tc.dataset) run_dir = run_dir_default(tc.model, tc.dataset);
+/* train: the run directory, chosen here when not given, so that a restart can resume it. */
+static void plan_run_dir(launch_cfg *c) {
+    if (!c->is_train) return;
+    c->tc = scan_train(c->cargc - 1, c->cargv + 1);
+    if (c->tc.resume) c->run_dir = strdup(c->tc.resume);
+    else if (c->tc.run_dir) c->run_dir = strdup(c->tc.run_dir);
+    else if (c->tc.model && c->tc.dataset) c->run_dir = run_dir_default(c->tc.model, c->tc.dataset);
+}
+
+/* The ranks' thread counts: the user's variables passed on, else the planned count. */
+static void add_thread_env(const launch_cfg *c, strv *base) {
+    if (c->user_threads) {
+        const char *ct_env = getenv("CTORCH_NUM_THREADS"), *omp_env = getenv("OMP_NUM_THREADS");
+        if (ct_env && *ct_env) sv_add(base, "-x"), sv_add(base, "CTORCH_NUM_THREADS");
+        if (omp_env && *omp_env) sv_add(base, "-x"), sv_add(base, "OMP_NUM_THREADS");
+        return;
     }
+    sv_add(base, "-x");
+    sv_addf(base, "CTORCH_NUM_THREADS=%d", c->threads);
+    sv_add(base, "-x");
+    sv_addf(base, "OMP_NUM_THREADS=%d", c->threads);
+}
 
-    strv base = {0};
-    sv_add(&base, mpirun);
+/* mpirun's command line up to the program and ctorch command, the same for every attempt.
+ * `--stdin none`: the ranks get no input (mpirun gives each /dev/null) and mpirun does not
+ * read its own stdin at all. By default it forwards its stdin to rank 0, and OpenMPI 4.1's
+ * mpirun can crash doing so (SIGSEGV in orte_iof_hnp_read_local_handler, open-mpi/ompi#7483)
+ * when the read comes after rank 0 has exited: the job then fails with no rank named, and
+ * is not restarted. */
+static void build_base_argv(const launch_cfg *c, int argc, char **argv, strv *base) {
+    sv_add(base, c->mpirun);
     if (geteuid() == 0) {
-        sv_add(&base, "--allow-run-as-root");
+        sv_add(base, "--allow-run-as-root");
         setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
         setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     }
-    if (!enough) sv_add(&base, "--oversubscribe");
-    sv_add(&base, "--bind-to");
-    sv_add(&base, bind_to);
-    sv_add(&base, "--tag-output");
-    sv_add(&base, "--display-map");
-    if (hostfile) {
-        sv_add(&base, "--hostfile");
-        sv_add(&base, hostfile);
-        sv_add(&base, "--map-by");
-        sv_addf(&base, "ppr:%lld:node", (long long)nproc);
+    if (!c->enough_slots) sv_add(base, "--oversubscribe");
+    sv_add(base, "--bind-to");
+    sv_add(base, c->bind_to);
+    sv_add(base, "--stdin");
+    sv_add(base, "none");
+    sv_add(base, "--tag-output");
+    sv_add(base, "--display-map");
+    if (c->hostfile) {
+        sv_add(base, "--hostfile");
+        sv_add(base, c->hostfile);
+        sv_add(base, "--map-by");
+        sv_addf(base, "ppr:%lld:node", (long long)c->nproc);
     } else {
-        sv_add(&base, "-np");
-        sv_addf(&base, "%lld", (long long)nproc);
+        sv_add(base, "-np");
+        sv_addf(base, "%lld", (long long)c->nproc);
     }
-    /* the ranks' threads: the user's setting when there is one */
-    const char *ct_env = getenv("CTORCH_NUM_THREADS"), *omp_env = getenv("OMP_NUM_THREADS");
-    int user_threads = (ct_env && *ct_env) || (omp_env && *omp_env);
-    if (user_threads) {
-        if (ct_env && *ct_env) sv_add(&base, "-x"), sv_add(&base, "CTORCH_NUM_THREADS");
-        if (omp_env && *omp_env) sv_add(&base, "-x"), sv_add(&base, "OMP_NUM_THREADS");
-    } else {
-        sv_add(&base, "-x");
-        sv_addf(&base, "CTORCH_NUM_THREADS=%d", threads);
-        sv_add(&base, "-x");
-        sv_addf(&base, "OMP_NUM_THREADS=%d", threads);
-    }
+    add_thread_env(c, base);
     /* the launcher's command line, for train's manifest ("distributed.launch_command") */
     sbuf line = {0};
     sb_add(&line, "ctorch launch", 13);
     for (int i = 0; i < argc; i++) add_word(&line, argv[i]);
     setenv("CTORCH_LAUNCH_COMMAND", sb_str(&line), 1);
     free(line.s);
-    sv_add(&base, "-x");
-    sv_add(&base, "CTORCH_LAUNCH_COMMAND");
-    sv_add(&base, program);
-    if (!is_program) sv_add(&base, cmd);
+    sv_add(base, "-x");
+    sv_add(base, "CTORCH_LAUNCH_COMMAND");
+    sv_add(base, c->program);
+    if (!c->is_program) sv_add(base, c->cmd);
+}
 
+/* One attempt's command line: the base, then the command's arguments as given (a fresh
+ * start) or, for a restarted `train` whose run has a manifest, `--resume DIR` plus the
+ * options a resume may still change. */
+static void build_attempt_argv(const launch_cfg *c, const strv *base, int attempt, strv *av) {
+    for (int i = 0; i < base->n; i++) sv_add(av, base->v[i]);
+    int resume = attempt > 0 && c->is_train && c->run_dir && file_exists(c->run_dir, "manifest.json");
+    if (resume) {
+        /* the run's recorded options come from its manifest; those the command line may
+         * still set (--threads, --data-dir...) are passed again */
+        sv_add(av, "--resume");
+        sv_add(av, c->run_dir);
+        for (int i = 1; i < c->cargc;) {
+            int kind;
+            const char *v;
+            int next = train_arg(c->cargc, c->cargv, i, &kind, &v);
+            if (kind == TRAIN_OPT_RESUMABLE)
+                for (int k = i; k < next; k++) sv_add(av, c->cargv[k]);
+            i = next;
+        }
+    } else {
+        for (int i = 1; i < c->cargc; i++) sv_add(av, c->cargv[i]);
+        if (c->is_train && c->run_dir && !c->tc.run_dir && !c->tc.resume) {
+            sv_add(av, "--run-dir");
+            sv_add(av, c->run_dir);
+        }
+    }
+    if (c->is_train && c->dist_timeout > 0 && !c->tc.has_timeout) {
+        sv_add(av, "--dist-timeout");
+        sv_addf(av, "%g", c->dist_timeout);
+    }
+}
+
+static void install_signal_handlers(void) {
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
@@ -886,74 +965,76 @@ int cmd_launch(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
 
-    fprintf(stderr, "ctorch launch: %lld rank%s (%lld per host on %d host%s), %s%d thread%s each\n",
-            (long long)nproc * hosts, nproc * hosts == 1 ? "" : "s", (long long)nproc, hosts,
-            hosts == 1 ? "" : "s", user_threads ? "threads from the environment, not " : "",
-            threads, threads == 1 ? "" : "s");
-    rc = CLI_RUNTIME;
+/* Runs one attempt (shown first); mpirun's wait status, the failure's state in *j. */
+static int run_attempt(const launch_cfg *c, const strv *base, int attempt, job_state *j) {
+    strv av = {0};
+    build_attempt_argv(c, base, attempt, &av);
+    sbuf shown = {0};
+    for (int i = 0; i < av.n; i++) add_word(&shown, av.v[i]);
+    fprintf(stderr, "ctorch launch:%s\n", sb_str(&shown));
+    fflush(stderr);
+    free(shown.s);
+    *j = (job_state){.fail_rank = -1};
+    int st = run_mpirun(av.v, j);
+    sv_free(&av);
+    return st;
+}
+
+/* The job, started again after a restartable failure up to --max-restarts times; the
+ * launcher's exit code. */
+static int run_with_restarts(const launch_cfg *c, const strv *base) {
+    int resumable = c->is_train && c->run_dir;
     for (int attempt = 0;; attempt++) {
-        strv av = {0};
-        for (int i = 0; i < base.n; i++) sv_add(&av, base.v[i]);
-        int resume = attempt > 0 && is_train && run_dir && file_exists(run_dir, "manifest.json");
-        if (resume) {
-            /* the run's recorded options come from its manifest; those the command line may
-             * still set (--threads, --data-dir...) are passed again */
-            sv_add(&av, "--resume");
-            sv_add(&av, run_dir);
-            for (int i = 1; i < cargc;) {
-                int kind;
-                const char *v;
-                int next = train_arg(cargc, cargv, i, &kind, &v);
-                if (kind == TRAIN_OPT_RESUMABLE)
-                    for (int k = i; k < next; k++) sv_add(&av, cargv[k]);
-                i = next;
-            }
-        } else {
-            for (int i = 1; i < cargc; i++) sv_add(&av, cargv[i]);
-            if (is_train && run_dir && !tc.run_dir && !tc.resume) {
-                sv_add(&av, "--run-dir");
-                sv_add(&av, run_dir);
-            }
-        }
-        if (is_train && dist_timeout > 0 && !tc.has_timeout) {
-            sv_add(&av, "--dist-timeout");
-            sv_addf(&av, "%g", dist_timeout);
-        }
-        sbuf shown = {0};
-        for (int i = 0; i < av.n; i++) add_word(&shown, av.v[i]);
-        fprintf(stderr, "ctorch launch:%s\n", sb_str(&shown));
-        fflush(stderr);
-        free(shown.s);
-        job_state j = {.fail_rank = -1};
-        int st = run_mpirun(av.v, &j);
-        sv_free(&av);
+        job_state j;
+        int st = run_attempt(c, base, attempt, &j);
         if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !g_signal) {
             job_free(&j);
-            rc = CLI_OK;
-            break;
+            return CLI_OK;
         }
         if (g_signal) {
             job_free(&j);
             fprintf(stderr, "ctorch launch: stopped by signal %d (%s); the job was ended%s%s\n",
-                    (int)g_signal, strsignal(g_signal), is_train && run_dir ? "; continue it with "
-                    "ctorch launch ... -- train --resume " : "", is_train && run_dir ? run_dir : "");
-            rc = CLI_RUNTIME;
-            break;
+                    (int)g_signal, strsignal(g_signal), resumable ? "; continue it with "
+                    "ctorch launch ... -- train --resume " : "", resumable ? c->run_dir : "");
+            return CLI_RUNTIME;
         }
         int restartable;
-        rc = report_failure(&j, st, &restartable);
+        int rc = report_failure(&j, st, &restartable);
         job_free(&j);
-        if (!restartable || attempt >= max_restarts) break;
-        if (is_train && run_dir && file_exists(run_dir, "manifest.json"))
+        if (!restartable || attempt >= c->max_restarts) return rc;
+        if (resumable && file_exists(c->run_dir, "manifest.json"))
             fprintf(stderr, "ctorch launch: restarting from the newest checkpoint (restart %d of "
-                    "%lld): train --resume %s\n", attempt + 1, (long long)max_restarts, run_dir);
+                    "%lld): train --resume %s\n", attempt + 1, (long long)c->max_restarts, c->run_dir);
         else
             fprintf(stderr, "ctorch launch: restarting from the beginning (restart %d of %lld)\n",
-                    attempt + 1, (long long)max_restarts);
+                    attempt + 1, (long long)c->max_restarts);
     }
+}
+
+int cmd_launch(int argc, char **argv) {
+    launch_cfg c = {0};
+    int rc = parse_launch_args(argc, argv, &c);
+    if (!rc) rc = resolve_program(&c);
+    if (!rc) rc = find_mpirun(&c);
+    if (!rc) rc = plan_hosts(&c);
+    if (rc) {
+        free(c.mpirun);
+        return rc;
+    }
+    plan_run_dir(&c);
+    strv base = {0};
+    build_base_argv(&c, argc, argv, &base);
+    install_signal_handlers();
+    fprintf(stderr, "ctorch launch: %lld rank%s (%lld per host on %d host%s), %s%d thread%s each\n",
+            (long long)c.nproc * c.hosts, c.nproc * c.hosts == 1 ? "" : "s", (long long)c.nproc,
+            c.hosts, c.hosts == 1 ? "" : "s",
+            c.user_threads ? "threads from the environment, not " : "", c.threads,
+            c.threads == 1 ? "" : "s");
+    rc = run_with_restarts(&c, &base);
     sv_free(&base);
-    free(run_dir);
-    free(mpirun);
+    free(c.run_dir);
+    free(c.mpirun);
     return rc;
 }
