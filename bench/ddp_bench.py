@@ -39,7 +39,7 @@ def ctorch(args, world, overlap=True):
     if args.isa:
         env["CTORCH_CPU_ISA"] = args.isa
     if world > 1:
-        cmd = ["mpirun", "-np", str(world), "--bind-to", "none"] + cmd
+        cmd = ["mpirun", "--stdin", "none", "-np", str(world), "--bind-to", "none"] + cmd
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     shutil.rmtree(d, ignore_errors=True)
     m = re.search(r"epoch 1/1 .* ([0-9.]+) img/s", out.stdout)

@@ -1,6 +1,7 @@
 /* Shared by the tests that drive the ctorch binary (tests/test_cli.c, test_runs.c...). */
 #include "cli_util.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,3 +60,20 @@ void show_log(const char *log) {
     if (system(cmd)) {}
 }
 
+
+/* Starts cmd through sh's exec (so the pid is the command's) with its output to log. */
+pid_t spawn(const char *cmd, const char *log) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        char full[8192];
+        snprintf(full, sizeof full, "exec %s", cmd);
+        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}

@@ -2,6 +2,8 @@
 #ifndef CT_TEST_CLI_UTIL_H
 #define CT_TEST_CLI_UTIL_H
 
+#include <sys/types.h>
+
 /* build/ctorch, or $CTORCH_BIN */
 const char *bin(void);
 /* $CTORCH_DATA when it holds CIFAR-10's binary files, else NULL */
@@ -12,6 +14,8 @@ const char *tmpdir(void);
 int run(const char *cmd, const char *log);
 /* Whether the file `log` contains needle (its first 64 KiB) */
 int log_has(const char *log, const char *needle);
+/* Starts cmd (through sh's exec: the pid is the command's) with its output to log */
+pid_t spawn(const char *cmd, const char *log);
 /* Its last lines, to stderr (for a failing check) */
 void show_log(const char *log);
 

@@ -35,7 +35,7 @@ static int mpirun(int np, const char *env, const char *args, const char *log) {
     char cmd[3000];
     snprintf(cmd, sizeof cmd,
              "env %s OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
-             "timeout 300 mpirun -np %d --bind-to none %s",
+             "timeout 300 mpirun --stdin none -np %d --bind-to none %s",
              env, np, args);
     return run(cmd, log);
 }

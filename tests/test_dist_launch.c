@@ -53,22 +53,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Starts cmd through sh's exec (the pid is the launcher's) with its output to log. */
-static pid_t spawn(const char *cmd, const char *log) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        char full[8192];
-        snprintf(full, sizeof full, "exec %s", cmd);
-        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
 
 /* Exit status of pid (a `timeout 120 ...` command), waiting at most `secs` (then SIGKILL:
  * -1000); -sig when killed. */

@@ -43,23 +43,6 @@ static char *path_in(const char *dir, const char *name) {
 
 static int sha_of(const char *path, char hex[65]) { return ct_sha256_file(path, hex); }
 
-/* Starts cmd (through sh's exec, so the pid is ctorch's) with its output to log. */
-static pid_t spawn(const char *cmd, const char *log) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        char full[4096];
-        snprintf(full, sizeof full, "exec %s", cmd);
-        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
 /* Exit status of pid (waits); -sig when killed by a signal. */
 static int reap(pid_t pid) {
     int st;
