@@ -136,10 +136,10 @@ double ct_ddp_last_wait_seconds(const ct_ddp *d);
  * the overlap hides). Default on. */
 void ct_ddp_set_overlap(ct_ddp *d, int on);
 int ct_ddp_num_buckets(const ct_ddp *d);
-/* Up to CT_DDP_MAX_FLAGS small integers reduced (max over the ranks) together with the
- * gradients of the next backward, without a collective of their own: set them before
- * backward ("this rank's loss is NaN", "this rank was asked to stop"), read the reduced
- * values after it. Without a group they read back as set. */
+/* Up to CT_DDP_MAX_FLAGS booleans reduced with the gradients of the next backward,
+ * without a collective of their own: set them before backward ("this rank's loss is NaN",
+ * "this rank was asked to stop"); after it each reads 1 when any rank set it non-zero,
+ * else 0. Without a group they read back as set. */
 #define CT_DDP_MAX_FLAGS 8
 int ct_ddp_set_flags(ct_ddp *d, const int32_t *flags, int n);
 int ct_ddp_get_flags(const ct_ddp *d, int32_t *flags, int n);

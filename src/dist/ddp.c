@@ -30,6 +30,8 @@ typedef struct {
     ct_tensor *flat;
     ct_dist_work *work;
     int pending; /* parameters not ready yet in this backward */
+    int64_t tail; /* the last bucket on the host: the "got a gradient" and caller's flags ride
+                     after the gradients (summed), saving a collective per step */
 } bucket;
 
 struct ct_ddp {
@@ -137,6 +139,15 @@ static int check_same_model(const ct_state_dict *sd) {
 }
 
 /* ------------------------------------------------------------------ buckets */
+static void set_elem(ct_tensor *t, int64_t i, double v) {
+    if (ct_dtype_of(t) == CT_FLOAT64) ((double *)ct_data(t))[i] = v;
+    else ((float *)ct_data(t))[i] = (float)v;
+}
+
+static double get_elem(const ct_tensor *t, int64_t i) {
+    return ct_dtype_of(t) == CT_FLOAT64 ? ((const double *)ct_data(t))[i] : ((const float *)ct_data(t))[i];
+}
+
 static int launch(ct_ddp *d, int bi) {
     bucket *b = &d->b[bi];
     for (int k = b->first; k < b->first + b->count; k++) {
@@ -149,6 +160,11 @@ static int launch(ct_ddp *d, int bi) {
         ct_free(view);
         ct_free(slice);
         if (rc) return ct_error_context("DDP: filling bucket %d", bi), -1;
+    }
+    if (b->tail) { /* every parameter is final once the last bucket goes */
+        int64_t at = b->numel;
+        for (int p = 0; p < d->np; p++, at++) set_elem(b->flat, at, d->got[p]);
+        for (int i = 0; i < CT_DDP_MAX_FLAGS; i++, at++) set_elem(b->flat, at, d->flags[i] != 0);
     }
     b->work = ct_dist_all_reduce_async(b->flat, CT_REDUCE_SUM);
     return b->work ? 0 : -1;
@@ -216,11 +232,13 @@ static int end_of_backward(void *user, int backward_rc) {
             d->ready[p] = 1;
             d->b[d->pbucket[p]].pending--;
         }
+    bucket *last = d->nb ? &d->b[d->nb - 1] : NULL;
+    int piggy = last && last->tail;
     for (int p = 0; p < d->np; p++) d->used[p] = d->got[p];
     memcpy(d->used + d->np, d->flags, sizeof d->flags);
     int rc = launch_ready(d);
-    ct_dist_work *uw = rc == 0 ? ct_dist_all_reduce_async(d->used_t, CT_REDUCE_MAX) : NULL;
-    if (rc == 0 && !uw) rc = -1;
+    ct_dist_work *uw = rc == 0 && !piggy ? ct_dist_all_reduce_async(d->used_t, CT_REDUCE_MAX) : NULL;
+    if (rc == 0 && !uw && !piggy) rc = -1;
     int r2 = wait_all(d);
     if (rc == 0) rc = r2;
     if (uw) {
@@ -228,6 +246,8 @@ static int end_of_backward(void *user, int backward_rc) {
         if (rc == 0) rc = r2;
     }
     d->last_wait = now_s() - t0;
+    if (rc == 0 && piggy) /* read before the buffer is scaled */
+        for (int i = 0; i < d->np + CT_DDP_MAX_FLAGS; i++) d->used[i] = get_elem(last->flat, last->numel + i) > 0.5;
     if (rc == 0) memcpy(d->flags, d->used + d->np, sizeof d->flags);
     if (rc) return ct_error_context("DDP: reducing gradients"), -1;
     double inv = 1.0 / d->world;
@@ -288,7 +308,10 @@ static int build_buckets(ct_ddp *d) {
     }
     for (int i = 0; i < d->nb; i++) {
         ct_tensor *head = d->params[d->order[d->b[i].first]];
-        int64_t shape[1] = {d->b[i].numel};
+        if (i == d->nb - 1 && ct_device_is_host(ct_device_of(head)) &&
+            (head->dtype == CT_FLOAT32 || head->dtype == CT_FLOAT64))
+            d->b[i].tail = d->np + CT_DDP_MAX_FLAGS;
+        int64_t shape[1] = {d->b[i].numel + d->b[i].tail};
         ct_tensor *flat = ct_empty(shape, 1, head->dtype);
         ct_tensor *moved = flat ? ct_to_device(flat, ct_device_of(head)) : NULL;
         ct_free(flat);
