@@ -1,6 +1,7 @@
 /* Shared by the tests that drive the ctorch binary (tests/test_cli.c, test_runs.c...). */
 #include "cli_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,4 +77,20 @@ pid_t spawn(const char *cmd, const char *log) {
         _exit(127);
     }
     return pid;
+}
+
+/* Highest step among dir/checkpoints/step-*.safetensors, -1 when none. */
+long newest_step(const char *dir) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/checkpoints", dir);
+    DIR *d = opendir(p);
+    long best = -1;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        long s;
+        if (sscanf(e->d_name, "step-%ld.safetensors", &s) == 1 && !strstr(e->d_name, ".tmp") && s > best)
+            best = s;
+    }
+    if (d) closedir(d);
+    return best;
 }

@@ -16,6 +16,8 @@ int run(const char *cmd, const char *log);
 int log_has(const char *log, const char *needle);
 /* Starts cmd (through sh's exec: the pid is the command's) with its output to log */
 pid_t spawn(const char *cmd, const char *log);
+/* Highest step among dir/checkpoints/step-*.safetensors, -1 when none */
+long newest_step(const char *dir);
 /* Its last lines, to stderr (for a failing check) */
 void show_log(const char *log);
 

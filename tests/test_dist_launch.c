@@ -134,21 +134,6 @@ static pid_t find_rank(pid_t root, int rank) {
     return found;
 }
 
-/* Highest step among dir/checkpoints/step-*.safetensors, -1 when none. */
-static long newest_step(const char *dir) {
-    char p[1200];
-    snprintf(p, sizeof p, "%s/checkpoints", dir);
-    DIR *d = opendir(p);
-    long best = -1;
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        long s;
-        if (sscanf(e->d_name, "step-%ld.safetensors", &s) == 1 && !strstr(e->d_name, ".tmp") && s > best)
-            best = s;
-    }
-    if (d) closedir(d);
-    return best;
-}
 
 static int sha_in(const char *dir, const char *name, char hex[65]) {
     char p[1200];

@@ -60,19 +60,6 @@ static int writing_checkpoint(const char *dir) {
     return found;
 }
 
-/* Highest step among dir/checkpoints/step-*.safetensors, -1 when none. */
-static long newest_step(const char *dir) {
-    DIR *d = opendir(path_in(dir, "checkpoints"));
-    long best = -1;
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        long s;
-        if (sscanf(e->d_name, "step-%ld.safetensors", &s) == 1 && !strstr(e->d_name, ".tmp") && s > best)
-            best = s;
-    }
-    if (d) closedir(d);
-    return best;
-}
 
 static void sleep_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
