@@ -11,6 +11,10 @@ typedef void (*ct_test_fn)(void);
 void ct_test_register(const char *name, ct_test_fn fn, const char *file);
 void ct_test_fail(const char *file, int line, const char *fmt, ...);
 void ct_test_skip(const char *reason);
+/* A new directory from a mkdtemp template ("/tmp/name_XXXXXX") in out: 0, or -1. */
+int ct_test_mkdtemp(char *out, size_t n, const char *templ);
+/* Removes dir and everything below it. */
+void ct_test_rm_rf(const char *dir);
 
 #define TEST(name)                                                                       \
     static void name(void);                                                              \

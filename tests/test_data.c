@@ -34,19 +34,7 @@
 #include <zlib.h>
 
 /* ------------------------------------------------------------------ helpers */
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
-
-static int make_tmpdir(char *out, size_t n) {
-    snprintf(out, n, "/tmp/ctorch_data_test_XXXXXX");
-    return mkdtemp(out) ? 0 : -1;
-}
+static int make_tmpdir(char *out, size_t n) { return ct_test_mkdtemp(out, n, "/tmp/ctorch_data_test_XXXXXX"); }
 
 static void write_file(const char *dir, const char *name, const void *data, size_t n) {
     char path[4096];
@@ -266,7 +254,7 @@ TEST(data_missing_files_error) {
     CHECK_ERRMSG("t10k-images-idx3-ubyte");
     CHECK_ERRMSG("ctorch download fashion_mnist");
     CHECK_ERRMSG("fashion-mnist");
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 /* Synthetic CIFAR-10 batch: `n` records, record r gets label (seed + r) % 10 and pixel
@@ -329,7 +317,7 @@ TEST(data_cifar10_synthetic_and_bad_files) {
     CHECK(ct_cifar10_load(tmp, CT_SPLIT_TEST, 0) == NULL);
     CHECK_ERRMSG("test_batch.bin");
     free(b);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 #ifdef CT_HAVE_LIBARCHIVE
@@ -431,7 +419,7 @@ TEST(data_cifar10_from_targz) {
     CHECK_ERRMSG("cifar-10-binary.tar.gz");
     CHECK_ERRMSG("download it again");
     free(buf);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 /* `ctorch download` unpacks the official archive: the batches, readme.html and
@@ -473,7 +461,7 @@ TEST(data_cifar10_extract_archive) {
     CHECK(ct_cifar10_extract_archive(path, dest) != 0);
     CHECK_ERRMSG("other.tar.gz");
     CHECK_ERRMSG("data_batch_1.bin");
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 /* Damaged archives: a clear error naming the archive and the fix, no partial files. */
@@ -540,7 +528,7 @@ TEST(data_cifar10_corrupt_archive) {
     CHECK_ERRMSG("cannot open");
     CHECK_ERRMSG("missing.tar.gz");
     free(good);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 #else
@@ -658,7 +646,7 @@ TEST(data_mnist_synthetic_and_bad_files) {
     CHECK_ERRMSG("outside 0-9");
     free(im);
     free(lb);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 /* ------------------------------------------------------------ names & root */
@@ -1568,5 +1556,5 @@ TEST(data_download_offline_message) {
     } else {
         unsetenv("CTORCH_DATA_MIRROR");
     }
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }

@@ -2,6 +2,7 @@
 #include "test.h"
 
 #include <dirent.h>
+#include <ftw.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,4 +311,18 @@ int ct_test_count_files(const char *dir) {
         if (e->d_name[0] != '.') n++;
     closedir(d);
     return n;
+}
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void ct_test_rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
+
+int ct_test_mkdtemp(char *out, size_t n, const char *templ) {
+    snprintf(out, n, "%s", templ);
+    return mkdtemp(out) ? 0 : -1;
 }

@@ -18,19 +18,7 @@
 #include <unistd.h>
 
 /* ------------------------------------------------------------------ helpers */
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
-
-static int make_tmpdir(char *out, size_t n) {
-    snprintf(out, n, "/tmp/ctorch_runinfo_test_XXXXXX");
-    return mkdtemp(out) ? 0 : -1;
-}
+static int make_tmpdir(char *out, size_t n) { return ct_test_mkdtemp(out, n, "/tmp/ctorch_runinfo_test_XXXXXX"); }
 
 static void write_file(const char *path, const char *text) {
     FILE *f = fopen(path, "wb");
@@ -294,7 +282,7 @@ TEST(run_info_dataset_files_are_hashed_once_and_again_after_a_change) {
     CHECK(cli_dataset_hash_count() - n1 == 2);
     json_decref(a);
     restore_env("CTORCH_CACHE_DIR", saved);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 TEST(run_info_dataset_files_survive_a_corrupt_or_unwritable_cache) {
@@ -349,7 +337,7 @@ TEST(run_info_dataset_files_survive_a_corrupt_or_unwritable_cache) {
     }
     CHECK(cli_dataset_hash_count() - n0 == 8);
     restore_env("CTORCH_CACHE_DIR", saved);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 TEST(run_info_dataset_files_resolve_cifar10_like_the_loader) {
@@ -391,7 +379,7 @@ TEST(run_info_dataset_files_resolve_cifar10_like_the_loader) {
     CHECK_ERR_JSON(cli_dataset_files(CT_DATASET_CIFAR10, tmp), "test_batch.bin not found in");
     CHECK_ERR_JSON(cli_dataset_files(CT_DATASET_CIFAR10, tmp), "ctorch download cifar10");
     restore_env("CTORCH_CACHE_DIR", saved);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 TEST(run_info_dataset_files_name_a_missing_directory_or_file) {
@@ -407,7 +395,7 @@ TEST(run_info_dataset_files_name_a_missing_directory_or_file) {
     CHECK_ERR_JSON(cli_dataset_files(CT_DATASET_MNIST, tmp), "t10k-labels-idx1-ubyte (or");
     CHECK_ERR_JSON(cli_dataset_files(CT_DATASET_FASHION_MNIST, tmp), "fashion_mnist:");
     restore_env("CTORCH_CACHE_DIR", saved);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 /* The real datasets ($CTORCH_DATA): every digest equals the data's SHA256SUMS. */
@@ -448,7 +436,7 @@ TEST(run_info_dataset_files_match_the_data_sha256sums) {
         json_decref(files);
     }
     restore_env("CTORCH_CACHE_DIR", saved);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 /* --------------------------------------------------------------- curves plot */
@@ -578,7 +566,7 @@ TEST(run_info_curves_svg_draws_both_panels_for_1_to_many_epochs) {
     }
     printf("    rendering: %s, %s\n", rendered ? "chromium checked" : "no chromium",
            rsvg ? "rsvg-convert checked" : "no rsvg-convert");
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 TEST(run_info_curves_svg_rejects_bad_rows_and_paths) {
@@ -608,5 +596,5 @@ TEST(run_info_curves_svg_rejects_bad_rows_and_paths) {
     json_decref(obj);
     json_decref(empty);
     json_decref(bad);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }

@@ -12,19 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
-
-static int make_tmpdir(char *out, size_t n) {
-    snprintf(out, n, "/tmp/ctorch_st_test_XXXXXX");
-    return mkdtemp(out) ? 0 : -1;
-}
+static int make_tmpdir(char *out, size_t n) { return ct_test_mkdtemp(out, n, "/tmp/ctorch_st_test_XXXXXX"); }
 
 static int contains(const char *hay, const char *needle) {
     return hay && strstr(hay, needle) != NULL;
@@ -143,7 +131,7 @@ TEST(safetensors_roundtrip_all_dtypes) {
     }
     for (int i = 0; i < 10; i++) ct_free(ts[i]);
     ct_free(base);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 /* The exact bytes of a small file: length, compact JSON padded to 8 bytes, data. */
@@ -198,7 +186,7 @@ TEST(safetensors_byte_layout) {
     ct_safetensors_free(st);
     ct_free(u);
     ct_free(t);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 static const char *fixture_path(char *buf, size_t n, const char *file) {
@@ -455,7 +443,7 @@ TEST(safetensors_rejects_corrupt_files) {
     free(orig);
     ct_free(ts[0]);
     ct_free(ts[1]);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 #undef EXPECT_BAD
 }
 
@@ -527,7 +515,7 @@ TEST(safetensors_save_errors_and_atomic_replace) {
     CHECK(ct_test_count_files(tmp) == 1);
     ct_free(a);
     ct_free(b);
-    rm_rf(tmp);
+    ct_test_rm_rf(tmp);
 }
 
 /* FIPS 180-2 test vectors; the streaming form gives the one-shot digest; a file's digest
