@@ -4,6 +4,7 @@
  * Without mpirun or the MPI plugin the tests report skipped. */
 #include "cli_util.h"
 #include "ctorch_data.h"
+#include "ctorch_dist.h"
 #include "ctorch_io.h"
 #include "test.h"
 
@@ -323,4 +324,44 @@ TEST(dist_train_nan_loss_is_agreed_by_every_rank) {
     if (rc) show_log(log);
     CHECK_MSG(rc == 0, "NaN with --nan-policy skip: exit %d", rc);
     CHECK(log_has(log, "nan_skipped"));
+}
+
+/* ------------------------------------------------------------------ bad input, one process */
+TEST(dist_bad_options_and_arguments_fail_with_a_message) {
+    char cmd[1024], log[512];
+    log_path(log, sizeof log, "dist_bad");
+    static const char *const bad[][2] = {
+        {"--bucket-mb 0", "--bucket-mb"},      {"--bucket-mb lots", "--bucket-mb"},
+        {"--dist-timeout 0", "--dist-timeout"}, {"--dist-timeout -5", "--dist-timeout"},
+        {"--sync-bn=yes", "--sync-bn"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(cmd, sizeof cmd, "%s train --model mlp --dataset mnist %s", bin(), bad[i][0]);
+        int rc = run(cmd, log);
+        CHECK_MSG(rc == 2, "%s: exit %d, want 2", bad[i][0], rc);
+        CHECK_MSG(log_has(log, bad[i][1]), "%s: the message does not name the option", bad[i][0]);
+    }
+    /* the C API without a process group */
+    CHECK_ERR_INT(ct_dist_all_reduce_buf((double[]){1}, 1, CT_FLOAT64, CT_REDUCE_SUM), "before ct_dist_init");
+    CHECK_ERR_INT(ct_dist_set_timeout(-1), "positive number of seconds");
+    CHECK_ERR_PTR((ct_tensor *)ct_ddp_new(NULL, NULL), "NULL model");
+    ct_module *m = ct_model_create_ex("mlp", 10, 1, 28, 28);
+    ct_ddp *d = ct_ddp_new(m, NULL); /* one process: a plain wrapper */
+    CHECK_NN(d);
+    int32_t f[CT_DDP_MAX_FLAGS + 1] = {1};
+    CHECK_ERR_INT(ct_ddp_set_flags(d, f, CT_DDP_MAX_FLAGS + 1), "at most 8 flags");
+    CHECK_OK(ct_ddp_set_flags(d, f, 1));
+    int32_t g = 0;
+    CHECK_OK(ct_ddp_get_flags(d, &g, 1));
+    CHECK(g == 1);
+    ct_ddp_free(d);
+    ct_module_free(m);
+    CHECK(ct_nn_convert_sync_batchnorm(NULL) < 0);
+    /* the ranks' thread count from the launcher's variables; garbage is ignored */
+    snprintf(cmd, sizeof cmd, "CTORCH_NUM_THREADS=3 OMP_NUM_THREADS=5 %s --version", bin());
+    CHECK(run(cmd, log) == 0 && log_has(log, "cpu: 3 threads"));
+    snprintf(cmd, sizeof cmd, "env -u CTORCH_NUM_THREADS OMP_NUM_THREADS=5 %s --version", bin());
+    CHECK(run(cmd, log) == 0 && log_has(log, "cpu: 5 threads"));
+    snprintf(cmd, sizeof cmd, "CTORCH_NUM_THREADS=lots OMP_NUM_THREADS=-2 %s --version", bin());
+    CHECK(run(cmd, log) == 0 && log_has(log, "cpu: ") && !log_has(log, "cpu: -2"));
 }
