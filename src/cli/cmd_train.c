@@ -575,6 +575,16 @@ static char *state_text(train_run *r, const epoch_stats *s) {
     return text;
 }
 
+/* The epoch's figures over every rank (one process: its own). */
+static int all_ranks_stats(const train_run *r, const epoch_stats *s, epoch_stats *out) {
+    *out = *s;
+    if (r->world <= 1) return 0;
+    double v[3] = {s->loss_sum, (double)s->correct, (double)s->seen};
+    if (ct_dist_all_reduce_buf(v, 3, CT_FLOAT64, CT_REDUCE_SUM) != 0) return -1;
+    out->loss_sum = v[0], out->correct = (int64_t)v[1], out->seen = (int64_t)v[2];
+    return 0;
+}
+
 /* Writes a checkpoint of the current position; a failure (full disk, unwritable
  * directory) is a warning: training goes on, the previous checkpoint is intact. */
 static int write_checkpoint(train_run *r, const epoch_stats *s) {
@@ -583,14 +593,10 @@ static int write_checkpoint(train_run *r, const epoch_stats *s) {
         r->last_ckpt_batch == r->batch)
         return 0; /* already written here */
     double t0 = cli_now();
-    epoch_stats g = *s;
-    if (r->world > 1) { /* the epoch's figures over every rank (rank 0 resumes with them) */
-        double v[3] = {s->loss_sum, (double)s->correct, (double)s->seen};
-        if (ct_dist_all_reduce_buf(v, 3, CT_FLOAT64, CT_REDUCE_SUM) != 0) {
-            fprintf(stderr, "ctorch train%s: %s\n", cli_rank_tag, ct_last_error());
-            return -1;
-        }
-        g.loss_sum = v[0], g.correct = (int64_t)v[1], g.seen = (int64_t)v[2];
+    epoch_stats g; /* every rank's figures: rank 0 resumes with them */
+    if (all_ranks_stats(r, s, &g) != 0) {
+        fprintf(stderr, "ctorch train%s: %s\n", cli_rank_tag, ct_last_error());
+        return -1;
     }
     char *path = run_checkpoint_path(r->dir, r->step);
     if (r->rank != 0) { /* rank 0 writes; the others keep the same bookkeeping */
@@ -860,13 +866,8 @@ static int evaluate_epoch(train_run *r, epoch_stats *ls) {
     if (cli_evaluate_sharded(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, r->rank, r->world,
                              &ev) != 0)
         return cli_fail("train", CLI_RUNTIME, "evaluation: %s", ct_last_error());
-    epoch_stats gs = *ls, *s = &gs; /* the figures of every rank's share */
-    if (r->world > 1) {
-        double v[3] = {ls->loss_sum, (double)ls->correct, (double)ls->seen};
-        if (ct_dist_all_reduce_buf(v, 3, CT_FLOAT64, CT_REDUCE_SUM) != 0)
-            return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
-        gs.loss_sum = v[0], gs.correct = (int64_t)v[1], gs.seen = (int64_t)v[2];
-    }
+    epoch_stats gs, *s = &gs; /* the figures of every rank's share */
+    if (all_ranks_stats(r, ls, &gs) != 0) return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
     double secs = s->train_secs + (cli_now() - t0);
     r->final_acc = ev.accuracy;
     r->final_loss = ev.loss;

@@ -19,6 +19,7 @@
 #include "core/tensor_impl.h"
 #include "dist/dist_internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,10 @@ struct ct_ddp {
     ct_ddp_opts o;
     int np;
     ct_tensor **params;  /* registration order (borrowed from the module) */
+    struct addr_idx {
+        uintptr_t addr;
+        int idx;
+    } *by_addr;          /* the parameters sorted by address (find_param) */
     int *order;          /* bucket order: order[k] = parameter index */
     int *pbucket;        /* parameter -> bucket */
     int64_t *poff;       /* parameter -> offset in its bucket's buffer */
@@ -176,10 +181,28 @@ static int launch_ready(ct_ddp *d) {
     return 0;
 }
 
+/* The parameter's index (a binary search: the hook runs once per parameter per
+ * backward), or -1. Before by_addr exists (ct_ddp_new), a scan. */
 static int find_param(const ct_ddp *d, const ct_tensor *t) {
-    for (int i = 0; i < d->np; i++)
-        if (d->params[i] == t) return i;
+    if (!d->by_addr) {
+        for (int i = 0; i < d->np; i++)
+            if (d->params[i] == t) return i;
+        return -1;
+    }
+    int lo = 0, hi = d->np - 1;
+    uintptr_t want = (uintptr_t)t;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (d->by_addr[mid].addr == want) return d->by_addr[mid].idx;
+        if (d->by_addr[mid].addr < want) lo = mid + 1;
+        else hi = mid - 1;
+    }
     return -1;
+}
+
+static int cmp_addr(const void *a, const void *b) {
+    uintptr_t x = ((const struct addr_idx *)a)->addr, y = ((const struct addr_idx *)b)->addr;
+    return x < y ? -1 : x > y;
 }
 
 static int end_of_backward(void *user, int backward_rc);
@@ -360,6 +383,12 @@ ct_ddp *ct_ddp_new(ct_module *model, const ct_ddp_opts *opts) {
     if (rc == 0) rc = broadcast_all(d->buffers, d->nbuf);
     ct_state_dict_free(sd);
     if (rc == 0) rc = build_buckets(d);
+    if (rc == 0 && !(d->by_addr = malloc(sizeof *d->by_addr * (size_t)(d->np ? d->np : 1))))
+        rc = ct_error("DDP: out of memory");
+    if (rc == 0) {
+        for (int i = 0; i < d->np; i++) d->by_addr[i] = (struct addr_idx){(uintptr_t)d->params[i], i};
+        qsort(d->by_addr, (size_t)d->np, sizeof *d->by_addr, cmp_addr);
+    }
     for (int i = 0; rc == 0 && i < d->np; i++)
         rc = ct__set_post_accumulate_grad_hook(d->params[i], grad_ready, d);
     if (rc != 0) {
@@ -405,6 +434,7 @@ void ct_ddp_free(ct_ddp *d) {
     free(d->ready);
     free(d->got);
     free(d->buffers);
+    free(d->by_addr);
     free(d->params);
     free(d);
 }
