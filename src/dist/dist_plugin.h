@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CT_DIST_PLUGIN_ABI 1
+#define CT_DIST_PLUGIN_ABI 2
 
 /* Element types and reductions the plugin knows (the core maps ct_dtype onto them). */
 enum { CT_DIST_F32 = 0, CT_DIST_F64, CT_DIST_I64, CT_DIST_I32, CT_DIST_U8 };
@@ -26,6 +26,11 @@ typedef struct ct_dist_plugin {
     void (*abort)(int code); /* ends every rank of the job */
     int (*finalize)(void);
     const char *(*version)(void); /* the library's own version text */
+    /* The core's "a caller is blocked waiting" counter (read with a relaxed atomic load):
+     * while it is nonzero the plugin may poll without sleeping, as the waiting thread's
+     * core is otherwise idle; while it is zero, computation runs beside the collective and
+     * the plugin must not spin. */
+    void (*set_waiting_flag)(const int *waiting);
 } ct_dist_plugin;
 
 typedef const ct_dist_plugin *(*ct_dist_plugin_entry_fn)(void);

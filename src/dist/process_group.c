@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +95,7 @@ static struct {
     char host[256];
     char broken_why[600];
     int nccl_ready;
+    int waiting; /* callers blocked in ct_dist_wait (the plugin polls without naps then) */
 } G = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv_work = PTHREAD_COND_INITIALIZER,
        .cv_done = PTHREAD_COND_INITIALIZER, .size = 1, .local_size = 1, .timeout = 300};
 
@@ -241,10 +243,12 @@ int ct_dist_wait(ct_dist_work *w) {
     if (dl.tv_nsec >= 1000000000L) dl.tv_sec++, dl.tv_nsec -= 1000000000L;
     pthread_mutex_lock(&G.mu);
     int timed_out = 0;
+    __atomic_add_fetch(&G.waiting, 1, __ATOMIC_RELAXED);
     while (!w->done && !timed_out) {
         int e = pthread_cond_timedwait(&G.cv_done, &G.mu, &dl);
         if (e == ETIMEDOUT && !w->done) timed_out = 1;
     }
+    __atomic_sub_fetch(&G.waiting, 1, __ATOMIC_RELAXED);
     if (timed_out) {
         /* the work stays queued (the thread may still be inside it): leak it */
         if (!G.broken) {
@@ -337,6 +341,19 @@ static int check_same_build(const char *build_id, char *err, size_t errn) {
     return rc;
 }
 
+/* Polling while a caller waits is only free when this host's ranks have a core each
+ * (oversubscribed ranks would take it from each other); CTORCH_DIST_POLL=0 turns it off. */
+static int may_poll(void) {
+    const char *e = getenv("CTORCH_DIST_POLL");
+    if (e && strcmp(e, "0") == 0) return 0;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    /* a rank bound to one core sees one: count the host's cores then */
+    int cpus = CPU_COUNT(&set) >= G.local_size ? CPU_COUNT(&set) : (int)online;
+    return G.local_size <= cpus;
+}
+
 int ct_dist_init(const ct_dist_opts *opts) {
     pthread_mutex_lock(&g_init_mu);
     if (G.initialized) {
@@ -351,6 +368,7 @@ int ct_dist_init(const ct_dist_opts *opts) {
                       "ctorch launch; under Slurm: srun --mpi=pmix)", err);
     if (rc == 0 && G.size > 1 && check_same_build(opts ? opts->build_id : NULL, err, sizeof err) != 0)
         rc = ct_error("dist (rank %d on %s): %s", G.rank, ct_dist_hostname(), err);
+    if (rc == 0 && G.pl->set_waiting_flag && may_poll()) G.pl->set_waiting_flag(&G.waiting);
     if (rc == 0) {
         if (pthread_create(&G.thread, NULL, comm_main, NULL) != 0)
             rc = ct_error("dist: cannot start the communication thread");

@@ -7,6 +7,7 @@
 
 #include <limits.h>
 #include <mpi.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,12 +68,19 @@ static size_t type_size(int t) {
     return t == CT_DIST_F64 || t == CT_DIST_I64 ? 8 : t == CT_DIST_U8 ? 1 : 4;
 }
 
-/* Waits for a non-blocking operation without spinning a core: MPI's blocking calls
- * busy-poll, and a communication thread that spins while its peer is still computing
+/* Waits for a non-blocking operation. While computation runs beside it (the core's
+ * waiting counter is 0: buckets reduced during backward), it must not spin: MPI's blocking
+ * calls busy-poll, and a communication thread that spins while its peer is still computing
  * takes the CPU from the ranks' computation when ranks share the cores (two ranks on two
  * cores: the slower rank gets slower still). So MPI_Test, then a 10 us sleep (with the
  * thread's timer slack at 1 ns, so that the sleep is 10 us and not the default 50 us),
- * which keeps each round of a large message's pipeline short. */
+ * which keeps each round of a large message's pipeline short. Once a caller is blocked
+ * waiting for the result its core is idle: MPI_Test and sched_yield, no sleep, so the
+ * rounds of the shared-memory pipeline follow each other at once. */
+static const int *g_waiting;
+
+static void set_waiting_flag(const int *waiting) { g_waiting = waiting; }
+
 static int wait_req(MPI_Request *req) {
     static _Thread_local int slack_set;
     if (!slack_set) {
@@ -83,6 +91,10 @@ static int wait_req(MPI_Request *req) {
     for (int spins = 0;; spins++) {
         if ((rc = MPI_Test(req, &done, MPI_STATUS_IGNORE)) != MPI_SUCCESS || done) return rc;
         if (spins < 64) continue;
+        if (g_waiting && __atomic_load_n(g_waiting, __ATOMIC_RELAXED) > 0) {
+            sched_yield();
+            continue;
+        }
         struct timespec nap = {0, 10000};
         nanosleep(&nap, NULL);
     }
@@ -153,7 +165,8 @@ static const char *version(void) {
 }
 
 static const ct_dist_plugin g_plugin = {CT_DIST_PLUGIN_ABI, "mpi", init, all_reduce, broadcast,
-                                        all_gather, barrier, abort_job, finalize, version};
+                                        all_gather, barrier, abort_job, finalize, version,
+                                        set_waiting_flag};
 
 __attribute__((visibility("default"))) const ct_dist_plugin *ct_dist_plugin_entry(void) {
     return &g_plugin;
