@@ -10,8 +10,10 @@ per process, one thread per process, alternating in one run:
 and prints the medians, the ratios (2 ranks / 1 rank; ctorch / the best PyTorch DDP) and
 ctorch's per-step communication wait with and without overlap.
 
-usage: python3 bench/ddp_bench.py [--pairs 3] [--images 12800] [--data-dir DIR] [--isa avx2]
-                                  [--compile]
+usage: python3 bench/ddp_bench.py [--pairs 3] [--images 12800] [--epochs 1|2] [--data-dir DIR]
+                                  [--isa avx2] [--compile]
+(--epochs 2: ctorch's img/s is its second epoch's, the first being a warm-up, as PyTorch's
+figure excludes its first 5 steps)
 (the PyTorch peer: bench/setup-peer.sh installs it into bench/.venv)"""
 import argparse
 import json
@@ -31,7 +33,7 @@ def ctorch(args, world, overlap=True):
     d = tempfile.mkdtemp(prefix="ddp-bench-")
     cmd = [os.path.join(ROOT, "build", "ctorch"), "train", "--model", "simple_cnn", "--dataset",
            "cifar10", "--data-dir", args.data_dir, "--train-limit", str(args.images),
-           "--test-limit", "100", "--epochs", "1", "--batch-size", "64", "--threads", "1",
+           "--test-limit", "100", "--epochs", str(args.epochs), "--batch-size", "64", "--threads", "1",
            "--no-checkpoints", "--run-dir", os.path.join(d, "run")]
     if not overlap:
         cmd.append("--no-overlap")
@@ -42,10 +44,12 @@ def ctorch(args, world, overlap=True):
         cmd = ["mpirun", "--stdin", "none", "-np", str(world), "--bind-to", "none"] + cmd
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     shutil.rmtree(d, ignore_errors=True)
-    m = re.search(r"epoch 1/1 .* ([0-9.]+) img/s", out.stdout)
+    # the last epoch's line: with --epochs 2 the first is the warm-up (as PyTorch's 5 steps)
+    last = [l for l in out.stdout.splitlines() if l.startswith(f"epoch {args.epochs}/{args.epochs} ")]
+    m = re.search(r" ([0-9.]+) img/s", last[0]) if last else None
     if out.returncode != 0 or not m:
         sys.exit(f"ctorch failed ({' '.join(cmd)}):\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    w = re.search(r"ddp_wait ([0-9.]+) ms/step", out.stdout)
+    w = re.search(r"ddp_wait ([0-9.]+) ms/step", last[0])
     return float(m.group(1)), float(w.group(1)) if w else None
 
 
@@ -66,7 +70,9 @@ def torch_ddp(args, world, channels_last, compile_=False):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=3)
-    ap.add_argument("--images", type=int, default=12800)
+    ap.add_argument("--images", type=int, default=12800, help="images per epoch")
+    ap.add_argument("--epochs", type=int, default=1,
+                    help="ctorch epochs per run; the last one is timed (2: the first is a warm-up)")
     ap.add_argument("--data-dir", default=os.environ.get("CTORCH_DATA", os.path.join(ROOT, "..", "shared", "data")))
     ap.add_argument("--peer", default=os.path.join(HERE, ".venv", "bin", "python"))
     ap.add_argument("--isa", help="CTORCH_CPU_ISA for ctorch (avx2: the AVX2 kernels on an AVX-512 machine)")
