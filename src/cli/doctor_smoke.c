@@ -143,6 +143,15 @@ void dr_check_smoke(dr_report *r) {
     reference(&s);
     if (r->want_index < 0 || !r->want_cuda) smoke_device(r, ct_cpu(), &s);
     int n = ct_cuda_device_count();
+    if (r->want_cuda && r->want_index >= n && n > 0) {
+        char name[32];
+        ct_device d;
+        snprintf(name, sizeof name, "cuda:%d", r->want_index);
+        if (ct_device_parse(name, &d) == 0 && ct_device_check(d) != 0)
+            dr_add(r, "smoke", DR_PROBLEM, "pick an index below the device count (--device "
+                                            "cuda:0)",
+                   "%s", ct_last_error());
+    }
     for (int i = 0; i < n; i++) {
         char name[32];
         ct_device d;
