@@ -130,6 +130,20 @@ static const struct {
      "  --bind-to P          mpirun's process binding: none (default), core, socket...\n"
      "Each rank gets CTORCH_NUM_THREADS = OMP_NUM_THREADS = the cores it may use / N (unless\n"
      "either is set). Other mpirun settings: OMPI_MCA_* environment variables.\n"},
+    {"doctor",
+     "usage: ctorch doctor [--json] [--data-dir DIR] [--run-dir DIR] [--device D]\n"
+     "\n"
+     "Checks this machine, this build and the data, one row per check with a verdict (ok,\n"
+     "warning, problem) and a fix (docs/doctor.md): CPU, ISA and kernels; cores, affinity and\n"
+     "CPU quota; memory and its limit; /dev/shm; OpenBLAS and the thread variables; the CUDA\n"
+     "plugin, NVIDIA driver, each GPU against the build's architectures, cuDNN, NCCL; MPI;\n"
+     "the datasets and their checksums; the run directory; a conv forward+backward per device.\n"
+     "Exit 0 when nothing is a problem, 1 otherwise.\n"
+     "  --json           one object: {\"checks\": [{check, verdict, detail, fix}], \"summary\"}\n"
+     "  --data-dir DIR   data root (default: $CTORCH_DATA, else ./data); missing data is a\n"
+     "                   problem when the directory is named (this option or $CTORCH_DATA)\n"
+     "  --run-dir DIR    where runs go (default: $CTORCH_RUNS, else ./runs)\n"
+     "  --device D       cpu | cuda | cuda:N: CUDA that cannot be used is then a problem\n"},
     {"help", "usage: ctorch help [COMMAND]\n"},
 };
 
@@ -139,6 +153,6 @@ int cli_command_help(const char *cmd) {
             fputs(HELP[i].text, stdout);
             return CLI_OK;
         }
-    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, bench, download, archive, verify, launch, help\n", cmd);
+    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, bench, download, archive, verify, launch, doctor, help\n", cmd);
     return CLI_USAGE;
 }

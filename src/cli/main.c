@@ -17,6 +17,7 @@ static const struct {
     {"archive", cmd_archive, "pack a run directory into a citable .tar.gz (optionally onto Zenodo)"},
     {"verify", cmd_verify, "check a run archive's sums and re-evaluate its weights"},
     {"launch", cmd_launch, "run a command on several processes or machines (mpirun)"},
+    {"doctor", cmd_doctor, "check this machine, the build and the data; one fix per finding"},
     {"help", cmd_help, "show help for a command"},
 };
 

@@ -28,6 +28,19 @@ extern "C" {
  * path. NULL with dlopen's message in why. */
 void *ct__open_plugin(const char *file, const char *env_name, int mode, char *why, size_t n);
 
+/* The kind of answer ct_cuda_status gives (its text says why and how to fix it), for
+ * `ctorch doctor`: READY; NO_PLUGIN (this build has no libctorch_cuda.so: a CPU-only
+ * build); PLUGIN_BAD (the plugin file is damaged, from another build, or
+ * CTORCH_CUDA_PLUGIN names a missing file); NOT_USABLE (the plugin loaded but the machine
+ * cannot run it: no driver, driver too old, no GPU, cuDNN missing, architecture). */
+typedef enum {
+    CT_CUDA_READY = 0,
+    CT_CUDA_NO_PLUGIN,
+    CT_CUDA_PLUGIN_BAD,
+    CT_CUDA_NOT_USABLE
+} ct_cuda_state;
+ct_cuda_state ct__cuda_state(void);
+
 const char *ct_unop_name(ct_unop op);
 const char *ct_binop_name(ct_binop op);
 int ct_unop_allows_int64(ct_unop op);

@@ -69,22 +69,47 @@ void *ct__open_plugin(const char *file, const char *env_name, int mode, char *wh
     return h;
 }
 
+static ct_cuda_state g_cuda_state = CT_CUDA_NO_PLUGIN;
+
+/* Whether dlopen's message says the file itself is not a loadable library (a truncated
+ * copy, a text file, another architecture's build) rather than that a library it needs
+ * is missing. */
+static int damaged_library(const char *why) {
+    return strstr(why, "invalid ELF header") || strstr(why, "file too short") ||
+           strstr(why, "wrong ELF class") || strstr(why, "ELF load command") ||
+           strstr(why, "not a dynamic") || strstr(why, "unsupported version") ||
+           strstr(why, "ELF file");
+}
+
 static void load_cuda(void) {
     char why[512];
+    const char *env = getenv("CTORCH_CUDA_PLUGIN");
     void *h = ct__open_plugin("libctorch_cuda.so", "CTORCH_CUDA_PLUGIN", RTLD_NOW | RTLD_LOCAL, why,
                               sizeof why);
     if (!h) {
-        if (strstr(why, "libctorch_cuda.so: cannot open") || strstr(why, "No such file"))
+        g_cuda_state = CT_CUDA_PLUGIN_BAD;
+        if (damaged_library(why))
+            snprintf(g_cuda_reason, sizeof g_cuda_reason,
+                     "the CUDA plugin is damaged or not a shared library: %s. Fix: rebuild it "
+                     "with `make cuda` (or reinstall ctorch)%s",
+                     why, env && *env ? ", or unset CTORCH_CUDA_PLUGIN" : "");
+        else if (env && *env && access(env, F_OK) != 0)
+            snprintf(g_cuda_reason, sizeof g_cuda_reason,
+                     "CTORCH_CUDA_PLUGIN=%s does not exist. Fix: point it at libctorch_cuda.so, "
+                     "or unset it to use the plugin built with ctorch", env);
+        else if (strstr(why, "libctorch_cuda.so: cannot open") || strstr(why, "No such file")) {
+            g_cuda_state = CT_CUDA_NO_PLUGIN;
             snprintf(g_cuda_reason, sizeof g_cuda_reason,
                      "the CUDA plugin libctorch_cuda.so was not found (this build has no CUDA "
                      "support: install the CUDA toolkit so `make` finds nvcc, and rebuild)");
-        else
+        } else
             snprintf(g_cuda_reason, sizeof g_cuda_reason,
                      "the CUDA plugin could not be loaded: %s (a CUDA runtime library is "
                      "missing: install the NVIDIA driver and CUDA runtime, or set "
                      "LD_LIBRARY_PATH to the directory holding them)", why);
         return;
     }
+    g_cuda_state = CT_CUDA_PLUGIN_BAD; /* until init says otherwise */
     typedef const ct_backend *(*init_fn)(char *reason, size_t n);
     init_fn init = (init_fn)dlsym(h, "ct_cuda_plugin_init");
     if (!init) {
@@ -104,6 +129,7 @@ static void load_cuda(void) {
         return;
     }
     const ct_backend *b = init(g_cuda_reason, sizeof g_cuda_reason);
+    g_cuda_state = b ? CT_CUDA_READY : CT_CUDA_NOT_USABLE;
     if (b) {
         g_backends[CT_CUDA] = b;
         g_cuda_plugin = h;
@@ -157,6 +183,11 @@ const char *ct_cuda_status(int *available) {
     pthread_once(&g_cuda_once, load_cuda);
     *available = g_backends[CT_CUDA] != NULL;
     return g_backends[CT_CUDA] ? "available" : g_cuda_reason;
+}
+
+ct_cuda_state ct__cuda_state(void) {
+    pthread_once(&g_cuda_once, load_cuda);
+    return g_cuda_state;
 }
 
 int ct_cuda_device_count(void) {

@@ -39,6 +39,14 @@ typedef int (*ct_tar_want_fn)(void *ctx, const char *name, uint64_t size);
 typedef int (*ct_tar_got_fn)(void *ctx, const char *name, uint8_t *data, uint64_t size);
 int ct_tar_gz_scan(const char *path, ct_tar_want_fn want, ct_tar_got_fn got, void *ctx);
 
+/* MD5 of a file as hex; -1 when it cannot be read (src/data/download.c). */
+int ct_md5_file(const char *path, char out[33]);
+/* The official SHA-256 (hex) of a dataset's file as it sits in a data directory (the
+ * CIFAR-10 .bin batches, the MNIST / Fashion-MNIST .gz files), by base name; the
+ * official MD5 of a file the downloader fetches (the archives); NULL when none is known. */
+const char *ct_dataset_official_sha256(ct_dataset_kind kind, const char *file);
+const char *ct_dataset_official_md5(ct_dataset_kind kind, const char *file);
+
 /* The CIFAR-10 record and the names of its files. */
 #define CT_CIFAR_RECORD 3073
 #define CT_CIFAR_IMAGE 3072

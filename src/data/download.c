@@ -114,7 +114,7 @@ static void md5_hex(md5_ctx *m, char out[33]) {
 }
 
 /* MD5 of a file as hex; -1 when it cannot be read. */
-static int md5_file(const char *path, char out[33]) {
+int ct_md5_file(const char *path, char out[33]) {
     FILE *f = fopen(path, "rb");
     if (!f) return -1;
     md5_ctx m;
@@ -168,6 +168,43 @@ static const dl_spec k_specs[CT_NUM_DATASETS] = {
       {"t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"}},
      4},
 };
+
+/* SHA-256 of the official files as they sit in a data directory (`ctorch doctor` compares
+ * them): the CIFAR-10 batches as the official cifar-10-binary.tar.gz unpacks them (their
+ * MD5s are the published ones), and the eight gzip files of MNIST and Fashion-MNIST (whose
+ * MD5s are the catalogue's above). */
+static const struct {
+    ct_dataset_kind kind;
+    const char *file, *sha256;
+} k_sha256[] = {
+    {CT_DATASET_CIFAR10, "data_batch_1.bin", "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5"},
+    {CT_DATASET_CIFAR10, "data_batch_2.bin", "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed"},
+    {CT_DATASET_CIFAR10, "data_batch_3.bin", "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67"},
+    {CT_DATASET_CIFAR10, "data_batch_4.bin", "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48"},
+    {CT_DATASET_CIFAR10, "data_batch_5.bin", "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add"},
+    {CT_DATASET_CIFAR10, "test_batch.bin", "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b"},
+    {CT_DATASET_MNIST, "train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"},
+    {CT_DATASET_MNIST, "train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"},
+    {CT_DATASET_MNIST, "t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"},
+    {CT_DATASET_MNIST, "t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"},
+    {CT_DATASET_FASHION_MNIST, "train-images-idx3-ubyte.gz", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"},
+    {CT_DATASET_FASHION_MNIST, "train-labels-idx1-ubyte.gz", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"},
+    {CT_DATASET_FASHION_MNIST, "t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"},
+    {CT_DATASET_FASHION_MNIST, "t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"},
+};
+
+const char *ct_dataset_official_sha256(ct_dataset_kind kind, const char *file) {
+    for (size_t i = 0; file && i < sizeof k_sha256 / sizeof *k_sha256; i++)
+        if (k_sha256[i].kind == kind && strcmp(k_sha256[i].file, file) == 0) return k_sha256[i].sha256;
+    return NULL;
+}
+
+const char *ct_dataset_official_md5(ct_dataset_kind kind, const char *file) {
+    if ((unsigned)kind >= CT_NUM_DATASETS || !file) return NULL;
+    for (int i = 0; i < k_specs[kind].nfiles; i++)
+        if (strcmp(k_specs[kind].files[i].file, file) == 0) return k_specs[kind].files[i].md5;
+    return NULL;
+}
 
 /* ------------------------------------------------------------- libcurl (dlopen) */
 typedef struct {
@@ -360,7 +397,7 @@ int ct_download_dataset(const char *name, const char *dir) {
         const dl_file *df = &s->files[i];
         char path[CT_PATH_MAX], part[CT_PATH_MAX + 8], md5[33];
         ct_path_join(path, sizeof path, fdir, df->file);
-        if (ct_path_is_file(path) && md5_file(path, md5) == 0 && strcmp(md5, df->md5) == 0) {
+        if (ct_path_is_file(path) && ct_md5_file(path, md5) == 0 && strcmp(md5, df->md5) == 0) {
             if (tty) fprintf(stderr, "%s: %s already present, checksum OK\n", dname, path);
             continue;
         }
@@ -391,7 +428,7 @@ int ct_download_dataset(const char *name, const char *dir) {
                 unlink(part);
                 continue;
             }
-            if (md5_file(part, md5) != 0 || strcmp(md5, df->md5) != 0) {
+            if (ct_md5_file(part, md5) != 0 || strcmp(md5, df->md5) != 0) {
                 snprintf(why, sizeof why, "checksum mismatch for %.200s: MD5 %s, expected %s (an "
                          "interrupted or altered download)", url, md5, df->md5);
                 unlink(part);
