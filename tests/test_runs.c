@@ -189,10 +189,16 @@ static void sigkill_in_epoch_2_then_resume(const char *model, int every, int dur
     /* a random moment after the first checkpoint inside epoch 2, or the moment the next
      * checkpoint's temporary file appears (the kill lands during its write) */
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
-    for (int i = 0; i < 6000 && newest_step(dk) <= spe; i++) sleep_ms(5);
+    /* no fixed time limit while the run lives (a loaded machine makes resnet18 slow) */
+    int st = 0, ended = 0;
+    for (int i = 0; i < 120000 && newest_step(dk) <= spe; i++) {
+        if (waitpid(pid, &st, WNOHANG) == pid) { ended = 1; break; }
+        sleep_ms(5);
+    }
     int caught_writing = 0;
     if (during_write) {
-        for (int i = 0; i < 60000 && !(caught_writing = writing_checkpoint(dk)); i++) {
+        for (long i = 0; !ended && i < 3000000 && !(caught_writing = writing_checkpoint(dk)); i++) {
+            if (i % 64 == 0 && waitpid(pid, &st, WNOHANG) == pid) { ended = 1; break; }
             struct timespec ts = {0, 200000};
             nanosleep(&ts, NULL);
         }
@@ -200,7 +206,7 @@ static void sigkill_in_epoch_2_then_resume(const char *model, int every, int dur
         sleep_ms(rand() % 60);
     }
     kill(pid, SIGKILL);
-    int rc = reap(pid);
+    int rc = ended ? (WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st)) : reap(pid);
     long at = newest_step(dk);
     fprintf(stderr, "    %s: killed (status %d) with the newest checkpoint at step %ld of %d\n", model,
             rc, at, 2 * spe);
