@@ -180,6 +180,10 @@ def main():
                 wait_trained(log, p)
             p.wait()
         scraped = images_per_sec(log)
+        if not base or not scraped:
+            print('pair %d: a run printed no img/s (see %s)' % (i + 1, logdir))
+            failures += 1
+            continue
         ratio = scraped / base
         ratios.append(ratio)
         failures += len(s.bad)
@@ -187,7 +191,8 @@ def main():
               % (i + 1, base, scraped, s.ok, len(s.bad), ratio))
         for b in s.bad[:3]:
             print('   bad response:', b)
-    print('median ratio scraped/unscraped: %.4f' % statistics.median(ratios))
+    if ratios:
+        print('median ratio scraped/unscraped: %.4f' % statistics.median(ratios))
     # malformed clients during a scraped run
     log = os.path.join(logdir, 'malformed.log')
     counts, stop = {}, threading.Event()
