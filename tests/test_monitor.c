@@ -647,8 +647,13 @@ TEST(monitor_alerts_reach_real_alertmanager) {
         return;
     }
     sleep(4); /* Prometheus scrapes the stepping run a few times */
-    CHECK_MSG(stall_training_thread(s.stall_run) == 0, "ptrace could not stop the training thread: %s",
-              strerror(errno));
+    if (stall_training_thread(s.stall_run) != 0) {
+        int e = errno;
+        stop_stack(&s);
+        if (e == EPERM) SKIP("ptrace is not permitted here (container policy): cannot stall a run");
+        CHECK_MSG(0, "ptrace could not stop the training thread: %s", strerror(e));
+        return;
+    }
     s.traced = 1;
     double t_stall = now_s();
     int nan_seen = 0, stall_seen = 0;
