@@ -20,6 +20,15 @@ ARCHIVE_LIBS := -larchive
 else
 $(info notice: libarchive's header not found; reading cifar-10-binary.tar.gz is left out (install libarchive-dev))
 endif
+# libmicrohttpd serves `ctorch train --metrics-port` (src/monitor, docs/monitoring.md); only
+# the CLI links it. Without its header the server is left out and --metrics-port says so.
+HAVE_MHD := $(shell printf '\043include <microhttpd.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo 1)
+ifeq ($(HAVE_MHD),1)
+MHD_CFLAGS := -DCT_HAVE_MHD
+MHD_LIBS := -lmicrohttpd
+else
+$(info notice: microhttpd.h not found; ctorch train --metrics-port is left out (install libmicrohttpd-dev))
+endif
 ALL_LDLIBS = -lopenblas -lz -ljansson -lcrypto $(ARCHIVE_LIBS) -lpthread -ldl -lm $(LDLIBS)
 # libctorch.so's version and soname, from CT_VERSION in include/ctorch.h.
 CT_VERSION := $(shell sed -n 's/^\#define CT_VERSION "\([^"]*\)".*/\1/p' include/ctorch.h)
@@ -29,7 +38,7 @@ SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 LIB_SRC := $(sort $(wildcard src/core/*.c src/ops/*.c src/backends/cpu/*.c src/nn/*.c \
              src/optim/*.c src/data/*.c src/io/*.c src/models/*.c src/dist/*.c))
-CLI_SRC := $(sort $(wildcard src/cli/*.c))
+CLI_SRC := $(sort $(wildcard src/cli/*.c src/monitor/*.c))
 TEST_SRC := $(sort $(wildcard tests/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
@@ -42,7 +51,7 @@ MPICC := $(shell command -v mpicc 2>/dev/null)
 
 PHONY_EXTRA := examples
 .PHONY: all lib cli cuda mpi examples test test-sanitize valgrind fixtures deps run clean \
-        install uninstall
+        install uninstall bench-metrics
 
 all: lib cli cuda mpi examples
 
@@ -83,8 +92,21 @@ $(BUILD)/$(SONAME): $(BUILD)/libctorch.so
 # puts the CUDA plugin: src/core/dispatch.c's last resort, dlopen("libctorch_cuda.so"),
 # searches the calling executable's RUNPATH, so an installed bin/ctorch finds
 # lib/libctorch_cuda.so (in build/, the plugin next to the executable is found first).
+# The monitor (src/monitor: the metrics endpoint and the live page) is part of the CLI: it
+# alone links libmicrohttpd. GET / serves src/monitor/page.html, embedded at build time
+# as a C array (od + sed: no xxd needed).
+PAGE_HTML_H := $(BUILD)/gen/page_html.h
+$(PAGE_HTML_H): src/monitor/page.html
+	@mkdir -p $(dir $@)
+	@{ echo '/* generated from src/monitor/page.html by the Makefile */'; \
+	   echo 'static const unsigned char page_html[] = {'; \
+	   od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	   echo '};'; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/src/monitor/server.o: $(PAGE_HTML_H)
+$(BUILD)/src/monitor/%.o: ALL_CFLAGS += -I$(BUILD)/gen $(MHD_CFLAGS)
+
 $(BUILD)/ctorch: $(CLI_OBJ) $(LIB_OBJ) Makefile
-	$(CC) $(ALL_CFLAGS) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) -rdynamic \
+	$(CC) $(ALL_CFLAGS) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(ALL_LDLIBS) $(MHD_LIBS) -rdynamic \
 	    -Wl,-rpath,'$$ORIGIN/../lib'
 
 examples: $(EXAMPLES)
@@ -226,6 +248,11 @@ test-sanitize: deps
 valgrind: deps $(BUILD)/test_ctorch
 	valgrind --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=3 \
 	    $(BUILD)/test_ctorch train_loop
+
+# Scraped vs unscraped training throughput and malformed clients (bench/metrics_bench.py,
+# docs/monitoring.md); not part of `make test`. BENCH_SECONDS sets each run's length.
+bench-metrics: cli
+	CTORCH_DATA=$(DATA_DIR) python3 bench/metrics_bench.py --bin $(BUILD)/ctorch
 
 fixtures:
 	@for f in tests/fixtures/gen_*.py; do /usr/bin/python3 $$f || exit 1; done

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages ctorch needs to build, when missing. Runs apt-get as
 # root or through sudo; otherwise prints the exact command to run.
-PKGS="gcc make pkg-config libopenblas-dev zlib1g-dev libcurl4-openssl-dev libjansson-dev libarchive-dev libssl-dev openmpi-bin libopenmpi-dev iproute2"
+PKGS="gcc make pkg-config libopenblas-dev zlib1g-dev libcurl4-openssl-dev libjansson-dev libarchive-dev libssl-dev libmicrohttpd-dev openmpi-bin libopenmpi-dev iproute2"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -11,6 +11,7 @@
 #include "ctorch_nn.h"
 #include "ctorch_optim.h"
 #include "core/error.h"
+#include "monitor/monitor.h"
 #include "run_dir.h"
 #include "run_info.h"
 #include "train_common.h"
@@ -22,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* SIGINT / SIGTERM (what schedulers send before preemption): finish the step, write a
@@ -44,10 +46,11 @@ static const char *const NAN_POLICIES[] = {"stop", "skip", NULL};
 typedef struct {
     const char *model, *dataset, *data_dir, *optimizer, *schedule, *augment, *device;
     const char *init, *save, *log_json, *amp_s, *run_dir, *resume, *nan_policy;
+    const char *metrics_addr, *metrics_token_file;
     cli_amp amp;
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
-    int64_t checkpoint_every, keep_checkpoints;
-    double lr, momentum, weight_decay, bucket_mb, dist_timeout;
+    int64_t checkpoint_every, keep_checkpoints, metrics_port;
+    double lr, momentum, weight_decay, bucket_mb, dist_timeout, metrics_linger;
     int nesterov, no_shuffle, no_scaler, deterministic, no_checkpoints, sync_bn, no_overlap;
 } train_args;
 
@@ -58,7 +61,7 @@ typedef struct {
  *   LOCAL:  this invocation only (--run-dir, --resume) */
 enum { RESULT, FREE, RAISE, LOCAL };
 
-enum { NOPTS = 36 };
+enum { NOPTS = 40 };
 static int train_opts(train_args *a, cli_opt *o, int *kind) {
     const struct {
         cli_opt opt;
@@ -99,6 +102,10 @@ static int train_opts(train_args *a, cli_opt *o, int *kind) {
         {{"--no-overlap", OPT_FLAG, &a->no_overlap, 0, 0, 0}, FREE},
         {{"--run-dir", OPT_STRING, &a->run_dir, 0, 0, 0}, LOCAL},
         {{"--resume", OPT_STRING, &a->resume, 0, 0, 0}, LOCAL},
+        {{"--metrics-port", OPT_INT, &a->metrics_port, 0, 65535, 0}, LOCAL},
+        {{"--metrics-addr", OPT_STRING, &a->metrics_addr, 0, 0, 0}, LOCAL},
+        {{"--metrics-token-file", OPT_STRING, &a->metrics_token_file, 0, 0, 0}, LOCAL},
+        {{"--metrics-linger", OPT_DOUBLE, &a->metrics_linger, 0, 86400, 0}, LOCAL},
         {{"--help", OPT_FLAG, NULL, 0, 0, 0}, LOCAL},
     };
     int n = 0;
@@ -114,7 +121,8 @@ static train_args default_args(void) {
     return (train_args){.amp = {CT_FLOAT32}, .optimizer = "sgd", .schedule = "none",
                         .augment = "none", .device = "cpu", .amp_s = "off", .nan_policy = "stop",
                         .epochs = 10, .batch_size = 64, .keep_checkpoints = 2, .lr = NAN,
-                        .momentum = NAN, .weight_decay = NAN, .bucket_mb = 25, .dist_timeout = 300};
+                        .momentum = NAN, .weight_decay = NAN, .bucket_mb = 25, .dist_timeout = 300,
+                        .metrics_port = -1};
 }
 
 /* "--weight-decay" -> "weight_decay" */
@@ -157,6 +165,7 @@ typedef struct {
     ct_ddp *ddp;
     cli_dist_step dstep;
     int stop_agreed; /* every rank saw the stop request (a signal) */
+    mon_monitor *mon; /* --metrics-port: the monitor the steps are published to, or NULL */
     double ddp_wait;      /* this epoch: seconds backward waited for communication */
     int64_t ddp_steps;
 } train_run;
@@ -174,6 +183,12 @@ static double schedule_lr(const train_args *a, int64_t step, int64_t steps_per_e
     if (!strcmp(a->schedule, "cosine")) return ct_lr_cosine(a->lr, step, total, 0.0);
     if (!strcmp(a->schedule, "onecycle")) return ct_lr_onecycle(a->lr, step, total, 0.3, 25.0, 1e4);
     return a->lr;
+}
+
+static double unix_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void fmt_time(double s, char *buf, size_t n) {
@@ -332,6 +347,23 @@ static int apply_recorded(train_args *a, const cli_opt *opts, const int *kind, i
     return CLI_OK;
 }
 
+/* --metrics-*: usage errors before anything is loaded (docs/monitoring.md). */
+static int check_metrics_opts(const train_args *a) {
+    if (a->metrics_port < 0) {
+        if (a->metrics_addr || a->metrics_token_file || a->metrics_linger > 0)
+            return cli_fail("train", CLI_USAGE, "--metrics-addr, --metrics-token-file and "
+                            "--metrics-linger go with --metrics-port PORT");
+        return CLI_OK;
+    }
+    if (!mon_available())
+        return cli_fail("train", CLI_USAGE, "--metrics-port: built without libmicrohttpd; install "
+                        "libmicrohttpd-dev and rebuild");
+    char err[1024];
+    mon_opts o = {a->metrics_addr, (int)a->metrics_port, a->metrics_token_file};
+    if (mon_check(&o, err, sizeof err) != 0) return cli_fail("train", CLI_USAGE, "%s", err);
+    return CLI_OK;
+}
+
 static int parse_args(int argc, char **argv, train_run *r) {
     train_args *a = &r->a;
     cli_opt opts[NOPTS];
@@ -353,7 +385,7 @@ static int parse_args(int argc, char **argv, train_run *r) {
         (rc = cli_amp_parse("train", a->amp_s, &a->amp)))
         return rc;
     a->amp_s = cli_amp_name(&a->amp);
-    return CLI_OK;
+    return check_metrics_opts(a);
 }
 
 /* The dataset, the optimizer's options, the device, threads and seed from the arguments;
@@ -624,6 +656,7 @@ static int write_checkpoint(train_run *r, const epoch_stats *s) {
         r->last_ckpt_epoch = r->epoch;
         r->last_ckpt_batch = r->batch;
         run_prune_checkpoints(r->dir, (int)r->a.keep_checkpoints);
+        mon_checkpoint(r->mon, unix_now());
         json_object_set_new(r->manifest, "checkpoint", json_string(path + strlen(r->dir) + 1));
         manifest_write(r);
     }
@@ -744,6 +777,87 @@ static int resume_from_checkpoint(train_run *r, epoch_stats *s) {
     return rc;
 }
 
+/* ------------------------------------------------------------------ monitor */
+static double row_number(json_t *row, const char *key) {
+    json_t *v = json_object_get(row, key);
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+/* A metrics.jsonl row, as a point of /api/history. */
+static void monitor_row(train_run *r, json_t *row, double when) {
+    if (!r->mon) return;
+    mon_point p = {(int64_t)row_number(row, "step"), (int64_t)row_number(row, "epoch"), when,
+                   row_number(row, "train_loss"), row_number(row, "train_acc"),
+                   row_number(row, "test_acc"), row_number(row, "lr"),
+                   row_number(row, "images_per_sec")};
+    mon_history_add(r->mon, &p);
+}
+
+/* --metrics-port: the server starts once the run's shape is known and before the first
+ * step; a port that cannot be bound ends the run (exit 1). Data-parallel: every rank
+ * serves its own figures, rank r on PORT + local rank (PORT 0: any free port each). */
+static int start_monitor(train_run *r) {
+    const train_args *a = &r->a;
+    if (a->metrics_port < 0) return CLI_OK;
+    int port = (int)a->metrics_port;
+    if (r->world > 1 && port > 0) port += ct_dist_local_rank();
+    const char *name = strrchr(r->dir, '/');
+    name = name && name[1] ? name + 1 : r->dir;
+    json_t *cfg = config_json(&r->a);
+    char *config = cfg ? json_dumps(cfg, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(cfg);
+    mon_run_info info = {name, a->model, a->dataset, r->rank, r->world, a->epochs, r->spe,
+                         r->total, !ct_device_is_host(r->dev), config};
+    mon_opts o = {a->metrics_addr, port, a->metrics_token_file};
+    char err[1024];
+    r->mon = mon_start(&o, &info, err, sizeof err);
+    free(config);
+    if (!r->mon) return cli_fail("train", CLI_RUNTIME, "%s", err);
+    const char *host = a->metrics_addr ? a->metrics_addr : "127.0.0.1";
+    int v6 = strchr(host, ':') != NULL;
+    printf("metrics: http://%s%s%s:%d/metrics%s\n", v6 ? "[" : "", host, v6 ? "]" : "",
+           mon_port(r->mon), a->metrics_token_file ? " (bearer token required)" : "");
+    fflush(stdout);
+    mon_position(r->mon, r->epoch + 1, r->step);
+    for (size_t i = 0; i < json_array_size(r->rows); i++) /* rows before a resume */
+        monitor_row(r, json_array_get(r->rows, i), NAN);
+    return CLI_OK;
+}
+
+/* The run's end: its state for /api/run, --metrics-linger seconds more of serving (so that
+ * a scraper sees the last figures, a NaN among them; a signal ends it), then stop. */
+static void stop_monitor(train_run *r, int rc) {
+    if (!r->mon) return;
+    mon_state(r->mon, rc == CLI_OK ? MON_FINISHED : MON_FAILED);
+    if (r->a.metrics_linger > 0) {
+        int sig = g_interrupted;
+        printf("metrics: serving for %g s more (--metrics-linger)\n", r->a.metrics_linger);
+        fflush(stdout);
+        double end = cli_now() + r->a.metrics_linger;
+        while (cli_now() < end && g_interrupted == sig) usleep(20000);
+    }
+    mon_stop(r->mon);
+    r->mon = NULL;
+}
+
+/* One step's figures for the monitor. */
+static void publish_step(train_run *r, const epoch_stats *s, const train_step_result *res,
+                         double wait_s, double step_s) {
+    if (!r->mon) return;
+    mon_step_info m = {res->loss, s->seen ? (double)s->correct / (double)s->seen : NAN,
+                       ct_optim_get_lr(r->opt), r->epoch + 1, r->step, res->n, wait_s, step_s};
+    mon_step(r->mon, &m);
+    if (r->a.amp.scaler) mon_amp_skipped(r->mon, ct_grad_scaler_skipped_steps(r->a.amp.scaler));
+}
+
+/* The next batch, and the seconds spent waiting for it. */
+static int next_batch(train_run *r, ct_tensor **x, ct_tensor **y, double *wait) {
+    double t0 = cli_now();
+    int got = ct_device_prefetcher_next(r->pf, x, y);
+    *wait = cli_now() - t0;
+    return got;
+}
+
 /* ------------------------------------------------------------------ one epoch */
 static void print_banner(const train_run *r) {
     char gpu[300] = "", name[256];
@@ -784,14 +898,17 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
     int skip_first = !strcmp(r->a.nan_policy, "skip");
     ct_tensor *x, *y;
     int got = 1;
+    double wait;
     /* one process stops at a signal; data-parallel ranks stop together at the step where
      * every rank has seen it (cli_train_step agrees on it) */
     while (r->step < r->total && !(r->world == 1 && g_interrupted) && !r->stop_agreed &&
-           (got = ct_device_prefetcher_next(r->pf, &x, &y)) == 1) {
+           (got = next_batch(r, &x, &y, &wait)) == 1) {
         ct_optim_set_lr(r->opt, schedule_lr(&r->a, r->step, r->spe, r->total));
         train_step_result res;
+        double t_step = cli_now();
         int st = cli_train_step(r->model, r->opt, x, y, r->dev, &r->a.amp, skip_first,
                                 r->ddp ? &r->dstep : NULL, &res);
+        t_step = cli_now() - t_step;
         ct_free(x);
         ct_free(y);
         if (st < 0)
@@ -801,6 +918,7 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
             break;
         }
         if (st == 1 || !isfinite(res.loss)) {
+            mon_nan_event(r->mon, res.loss);
             if (skip_first) { /* --nan-policy skip: no update from this batch, counted */
                 r->nan_skipped++;
                 fprintf(stderr, "%sctorch train: warning: step %lld: loss is %s; update skipped "
@@ -829,6 +947,7 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
         s->seen += res.n;
         r->step++;
         r->batch++;
+        publish_step(r, s, &res, wait, t_step);
         if (r->tty && (r->batch % 10 == 0 || r->batch == r->spe)) show_progress(r, s, seen0);
         if (r->a.checkpoint_every > 0 && r->step % r->a.checkpoint_every == 0) {
             s->train_secs += cli_now() - t_start;
@@ -871,6 +990,7 @@ static int evaluate_epoch(train_run *r, epoch_stats *ls) {
     double secs = s->train_secs + (cli_now() - t0);
     r->final_acc = ev.accuracy;
     r->final_loss = ev.loss;
+    mon_test_accuracy(r->mon, ev.accuracy);
     double ips = s->train_secs > 0 ? (double)s->seen / s->train_secs : 0;
     printf("epoch %lld/%lld train_loss %.4f train_acc %.2f%% test_loss %.4f test_acc %.2f%% "
            "lr %.5g %.0f img/s %.1fs", (long long)r->epoch + 1, (long long)r->a.epochs,
@@ -907,6 +1027,8 @@ static int evaluate_epoch(train_run *r, epoch_stats *ls) {
     }
     if (!row || json_array_append_new(r->rows, row) != 0)
         fprintf(stderr, "ctorch train: warning: out of memory for the metrics row\n");
+    else
+        monitor_row(r, row, unix_now());
     write_metrics(r);
     r->epoch++;
     r->batch = 0;
@@ -1088,6 +1210,7 @@ int cmd_train(int argc, char **argv) {
     if (rc == CLI_OK) rc = open_run_dir(&r);
     if (rc == CLI_OK && r.a.resume) rc = resume_from_checkpoint(&r, &s);
     if (rc == CLI_OK) rc = dist_wrap(&r);
+    if (rc == CLI_OK) rc = start_monitor(&r);
     if (rc == CLI_OK) {
         struct sigaction sa = {0};
         sa.sa_handler = on_signal;
@@ -1115,6 +1238,7 @@ int cmd_train(int argc, char **argv) {
     } else if (r.manifest && rc == CLI_RUNTIME) {
         set_final(&r, "failed");
     }
+    stop_monitor(&r, rc);
     free_run(&r);
     /* MPI wants its finalize after a success; after a failure the exit code ends the job
      * (mpirun stops the other ranks) */
