@@ -435,3 +435,221 @@ TEST(page_chromium_draws_what_the_mock_serves) {
     free(text);
     stop(pid);
 }
+
+/* ------------------------------------------- against `ctorch train --metrics-port` */
+/* GET http://127.0.0.1:port/path (HTTP/1.0, 5 s timeouts): the body (malloc'd) of a 200
+ * answer, else NULL. Independent of the page's own client and parser. */
+static char *http_get(int port, const char *path) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return NULL;
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 || write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (ssize_t r; buf && (r = read(fd, buf + len, cap - len - 1)) > 0;) {
+        len += (size_t)r;
+        if (cap - len < 2) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) free(buf);
+            buf = nb;
+        }
+    }
+    close(fd);
+    if (!buf) return NULL;
+    buf[len] = 0;
+    char *body = strstr(buf, "\r\n\r\n");
+    if (strncmp(buf, "HTTP/1.", 7) != 0 || !body || strncmp(buf + 9, "200", 3) != 0) {
+        free(buf);
+        return NULL;
+    }
+    memmove(buf, body + 4, strlen(body + 4) + 1);
+    return buf;
+}
+
+/* The value of the first sample of name (name{...} VALUE) in exposition text; NAN if none. */
+static double sample(const char *text, const char *name) {
+    size_t k = strlen(name);
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, name, k) != 0 || (p[k] != '{' && p[k] != ' ')) continue;
+        const char *v = p[k] == '{' ? strstr(p, "} ") : p + k;
+        return v ? strtod(v + (p[k] == '{' ? 2 : 1), NULL) : NAN;
+    }
+    return NAN;
+}
+
+/* Scrapes /metrics as fast as it can while the page runs: what the server answered. */
+typedef struct {
+    int port;
+    volatile int stop;
+    json_t *seen;
+} probe;
+
+static void *probe_main(void *arg) {
+    probe *p = arg;
+    while (!p->stop) {
+        char *m = http_get(p->port, "/metrics");
+        if (m && !isnan(sample(m, "ctorch_steps_total")))
+            json_array_append_new(p->seen, json_pack("{s:f,s:f,s:f,s:f}", "steps",
+                                  sample(m, "ctorch_steps_total"), "loss", sample(m, "ctorch_train_loss"),
+                                  "train_accuracy", sample(m, "ctorch_train_accuracy"), "lr",
+                                  sample(m, "ctorch_learning_rate")));
+        free(m);
+        struct timespec ts = {0, 3 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static int wait_log(const char *log, const char *needle, int seconds) {
+    for (int i = 0; i < seconds * 10; i++) {
+        if (log_has(log, needle)) return 1;
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+TEST(page_chromium_draws_a_real_training_run) {
+    if (!chromium()) SKIP("no chromium (Debian: apt-get install chromium chromium-driver)");
+    if (!data_dir()) SKIP("CTORCH_DATA with CIFAR-10 not set");
+    char dir[512], log[600], cmd[4096], dom[600], url[300], attr[64];
+    snprintf(dir, sizeof dir, "%s/liverun", tmpdir());
+    snprintf(log, sizeof log, "%s/liverun.log", tmpdir());
+    snprintf(dom, sizeof dom, "%s/live-dom.html", tmpdir());
+    snprintf(cmd, sizeof cmd,
+             "%s train --model simple_cnn --dataset cifar10 --data-dir %s --train-limit 2048 "
+             "--test-limit 256 --batch-size 256 --epochs 6 --schedule cosine --threads 1 "
+             "--run-dir %s --metrics-port 0 --metrics-linger 120",
+             bin(), data_dir(), dir);
+    pid_t pid = spawn(cmd, log);
+    if (!wait_log(log, "metrics: http://127.0.0.1:", 60)) {
+        int built_without = log_has(log, "built without libmicrohttpd");
+        stop(pid);
+        if (built_without) SKIP("ctorch built without libmicrohttpd: no --metrics-port");
+        show_log(log);
+        CHECK_MSG(0, "ctorch train --metrics-port 0 did not say where it serves");
+        return;
+    }
+    char *text = slurp(log, NULL);
+    const char *at = text ? strstr(text, "metrics: http://127.0.0.1:") : NULL;
+    int port = at ? atoi(at + strlen("metrics: http://127.0.0.1:")) : 0;
+    free(text);
+    CHECK(port > 0);
+    /* 1. while it trains (after its first logged row): the page scrapes several times and
+     * every point it drew at a step is what /metrics answered at that step */
+    CHECK(wait_log(log, "epoch 1/6", 120));
+    probe pr = {port, 0, json_array()};
+    pthread_t th;
+    int threaded = pthread_create(&th, NULL, probe_main, &pr) == 0;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+    CHECK(chromium_run(url, 4000, dom, NULL) == 0);
+    pr.stop = 1;
+    if (threaded) pthread_join(th, NULL);
+    /* the steps of the logged rows so far: the page drew those from /api/history (epoch
+     * figures, not a step's) */
+    json_t *none = json_array();
+    char *hist_text = http_get(port, "/api/history");
+    json_t *hist = hist_text ? json_loads(hist_text, 0, NULL) : NULL;
+    CHECK_MSG(hist, "no JSON from /api/history");
+    for (size_t i = 0; i < json_array_size(json_object_get(hist, "points")); i++)
+        json_array_append(none, json_object_get(json_array_get(json_object_get(hist, "points"), i), "step"));
+    json_decref(hist);
+    free(hist_text);
+    text = slurp(dom, NULL);
+    json_t *pts = text ? page_points(text) : NULL;
+    CHECK_MSG(pts, "no points in the page served by ctorch train");
+    if (pts) {
+        CHECK(body_attr(text, "data-ready", attr, sizeof attr) && !strcmp(attr, "1"));
+        int scrapes = body_attr(text, "data-scrapes", attr, sizeof attr) ? atoi(attr) : 0;
+        json_t *loss = series_of(pts, "loss", "loss");
+        CHECK_MSG(scrapes >= 2 && json_array_size(loss) >= 2, "%d scrapes, %zu loss points",
+                  scrapes, json_array_size(loss));
+        for (size_t i = 1; i < json_array_size(loss); i++) CHECK(pt(loss, i, 0) > pt(loss, i - 1, 0));
+        /* the live points must be what the probe saw at their step */
+        int m = match_served(pts, "loss", "loss", "loss", pr.seen, none);
+        CHECK(match_served(pts, "accuracy", "train", "train_accuracy", pr.seen, none) >= 0);
+        CHECK(match_served(pts, "lr", "lr", "lr", pr.seen, none) >= 0);
+        printf("    during the run: %d scrapes, %zu loss points, %d of them seen by the probe "
+               "(%zu probe scrapes)\n", scrapes, json_array_size(loss), m, json_array_size(pr.seen));
+        CHECK_MSG(m >= 1, "no point of the page at a step the probe saw");
+    }
+    json_decref(pts);
+    json_decref(pr.seen);
+    free(text);
+
+    /* 2. after the run (--metrics-linger): the page draws metrics.jsonl's rows, the curves
+     * of curves.svg, and its last point is the step /metrics reports */
+    CHECK(wait_log(log, "serving for", 180));
+    char *metrics = http_get(port, "/metrics");
+    CHECK_NN(metrics);
+    CHECK(chromium_run(url, 3000, dom, NULL) == 0);
+    mkdir("build", 0755);
+    mkdir(SHOT_DIR, 0755);
+    CHECK(chromium_run(url, 3000, NULL, SHOT_DIR "/page-train.png") == 0);
+    text = slurp(dom, NULL);
+    pts = text ? page_points(text) : NULL;
+    char path[700];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    char *jsonl = slurp(path, NULL);
+    CHECK(pts && jsonl && metrics);
+    if (pts && jsonl && metrics) {
+        json_t *rows = json_array();
+        for (char *line = strtok(jsonl, "\n"); line; line = strtok(NULL, "\n"))
+            json_array_append_new(rows, json_loads(line, 0, NULL));
+        CHECK(json_array_size(rows) == 6);
+        struct {
+            const char *chart, *series, *key;
+        } cmp[] = {{"loss", "loss", "train_loss"},
+                   {"accuracy", "train", "train_acc"},
+                   {"accuracy", "test", "test_acc"},
+                   {"lr", "lr", "lr"},
+                   {"throughput", "images_per_second", "images_per_sec"}};
+        for (size_t c = 0; c < sizeof cmp / sizeof *cmp; c++) {
+            json_t *a = series_of(pts, cmp[c].chart, cmp[c].series);
+            CHECK_MSG(json_array_size(a) == json_array_size(rows), "%s.%s: %zu points, %zu rows",
+                      cmp[c].chart, cmp[c].series, json_array_size(a), json_array_size(rows));
+            for (size_t i = 0; i < json_array_size(a) && i < json_array_size(rows); i++) {
+                json_t *r = json_array_get(rows, i);
+                double want = json_number_value(json_object_get(r, cmp[c].key));
+                CHECK_MSG(pt(a, i, 0) == json_number_value(json_object_get(r, "step")) &&
+                          fabs(pt(a, i, 1) - want) <= 1e-6 * fmax(1, fabs(want)),
+                          "%s.%s point %zu: (%g, %.9g), metrics.jsonl (%g, %.9g)", cmp[c].chart,
+                          cmp[c].series, i, pt(a, i, 0), pt(a, i, 1),
+                          json_number_value(json_object_get(r, "step")), want);
+            }
+        }
+        double steps = sample(metrics, "ctorch_steps_total");
+        json_t *loss = series_of(pts, "loss", "loss");
+        CHECK_MSG(pt(loss, json_array_size(loss) - 1, 0) == steps, "last point at step %g, "
+                  "/metrics says %g", pt(loss, json_array_size(loss) - 1, 0), steps);
+        char want[64];
+        snprintf(want, sizeof want, "id=\"p-step\">%.0f / %.0f<", steps, steps);
+        CHECK_MSG(strstr(text, want) != NULL, "the progress does not say %s", want);
+        CHECK(count_in(text, "class=\"badge finished\"") == 1);
+        CHECK(strstr(text, "id=\"p-eta\">done<") != NULL);
+        CHECK(count_in(text, "<td>schedule</td><td>cosine</td>") == 1);
+        CHECK(strstr(text, "class=\"empty\">no GPU") != NULL); /* a CPU run */
+        json_decref(rows);
+    }
+    json_decref(pts);
+    json_decref(none);
+    free(text);
+    free(jsonl);
+    free(metrics);
+    /* a signal ends the lingering; the run itself had finished */
+    kill(pid, SIGTERM);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "ctorch train exit status %d", st);
+}
