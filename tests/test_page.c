@@ -529,7 +529,7 @@ TEST(page_chromium_draws_a_real_training_run) {
     snprintf(dom, sizeof dom, "%s/live-dom.html", tmpdir());
     snprintf(cmd, sizeof cmd,
              "%s train --model simple_cnn --dataset cifar10 --data-dir %s --train-limit 2048 "
-             "--test-limit 256 --batch-size 256 --epochs 6 --schedule cosine --threads 1 "
+             "--test-limit 256 --batch-size 256 --epochs 10 --schedule cosine --threads 1 "
              "--run-dir %s --metrics-port 0 --metrics-linger 120",
              bin(), data_dir(), dir);
     pid_t pid = spawn(cmd, log);
@@ -548,7 +548,7 @@ TEST(page_chromium_draws_a_real_training_run) {
     CHECK(port > 0);
     /* 1. while it trains (after its first logged row): the page scrapes several times and
      * every point it drew at a step is what /metrics answered at that step */
-    CHECK(wait_log(log, "epoch 1/6", 120));
+    CHECK(wait_log(log, "epoch 1/10", 120));
     probe pr = {port, 0, json_array()};
     pthread_t th;
     int threaded = pthread_create(&th, NULL, probe_main, &pr) == 0;
@@ -607,7 +607,7 @@ TEST(page_chromium_draws_a_real_training_run) {
         json_t *rows = json_array();
         for (char *line = strtok(jsonl, "\n"); line; line = strtok(NULL, "\n"))
             json_array_append_new(rows, json_loads(line, 0, NULL));
-        CHECK(json_array_size(rows) == 6);
+        CHECK(json_array_size(rows) == 10);
         struct {
             const char *chart, *series, *key;
         } cmp[] = {{"loss", "loss", "train_loss"},
