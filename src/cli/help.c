@@ -53,7 +53,13 @@ static const struct {
      "  --sync-bn              SyncBatchNorm: batch statistics over every rank's batch\n"
      "  --bucket-mb MB         DDP gradient bucket size (default 25)\n"
      "  --dist-timeout S       seconds a collective may wait for the other ranks (default 300)\n"
-     "  --no-overlap           reduce gradients only after backward (to measure the overlap)\n"},
+     "  --no-overlap           reduce gradients only after backward (to measure the overlap)\n"
+     "\n"
+     "Monitoring (docs/monitoring.md): Prometheus /metrics, /api/run, /api/history and a live page:\n"
+     "  --metrics-port PORT    serve while training (0: any free port; rank r: PORT + local rank)\n"
+     "  --metrics-addr ADDR    listen address (default 127.0.0.1; others need a token file)\n"
+     "  --metrics-token-file F require Authorization: Bearer <F's first line> (not for GET /)\n"
+     "  --metrics-linger S     keep serving S seconds after the run ends (default 0)\n"},
     {"eval",
      "usage: ctorch eval --model M --checkpoint FILE --dataset D [options]\n"
      "\n"
