@@ -485,9 +485,10 @@ static int xml_well_formed(const char *path) {
 static json_t *rows_of(int n, int gaps) {
     json_t *rows = json_array();
     for (int e = 1; e <= n; e++) {
-        json_t *r = json_pack("{s:i,s:f,s:f,s:f,s:f}", "epoch", e, "train_loss", 2.0 / e,
-                              "train_acc", 1 - 0.9 / e, "test_loss", 2.2 / e, "test_acc",
-                              0.95 - 0.9 / e);
+        json_t *r = json_pack("{s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f}", "epoch", e, "step", 16 * e,
+                              "train_loss", 2.0 / e, "train_acc", 1 - 0.9 / e, "test_loss",
+                              2.2 / e, "test_acc", 0.95 - 0.9 / e, "lr", 0.1 / e,
+                              "images_per_sec", 900.0 + e);
         if (gaps && e == 2) json_object_set_new(r, "test_loss", json_null());
         if (gaps && e == 3) json_object_del(r, "train_acc");
         json_array_append_new(rows, r);
@@ -495,7 +496,7 @@ static json_t *rows_of(int n, int gaps) {
     return rows;
 }
 
-TEST(run_info_curves_svg_draws_both_panels_for_1_to_many_epochs) {
+TEST(run_info_curves_svg_draws_four_panels_for_1_to_many_epochs) {
     char tmp[256], path[600];
     if (make_tmpdir(tmp, sizeof tmp) != 0) SKIP("no temporary directory");
     snprintf(path, sizeof path, "%s/curves.svg", tmp);
@@ -504,13 +505,22 @@ TEST(run_info_curves_svg_draws_both_panels_for_1_to_many_epochs) {
     for (int k = 0; k < 3; k++) {
         json_t *rows = rows_of(sizes[k], 0);
         CHECK_OK(cli_write_curves_svg(path, rows, "simple_cnn on cifar10 <lr=0.1 & bs=128>"));
-        const char *series[] = {"train_loss", "test_loss", "train_acc", "test_acc"};
-        for (int s = 0; s < 4; s++)
+        const char *series[] = {"train_loss", "test_loss", "train_acc", "test_acc", "lr",
+                                "images_per_sec"};
+        for (int s = 0; s < 6; s++)
             CHECK_MSG(svg_points(path, series[s]) == sizes[k], "%d epochs: %s has %d points",
                       sizes[k], series[s], svg_points(path, series[s]));
-        CHECK(count_of(path, "<polyline") == 4);
+        CHECK(count_of(path, "<polyline") == 6);
+        CHECK(count_of(path, "class=\"panel\"") == 4);
+        const char *panels[] = {"Loss", "Accuracy", "Throughput", "Learning rate"};
+        for (int p = 0; p < 4; p++) {
+            char tag[64];
+            snprintf(tag, sizeof tag, "data-panel=\"%s\"", panels[p]);
+            CHECK_MSG(count_of(path, tag) == 1, "no %s panel", panels[p]);
+        }
+        CHECK(count_of(path, ">step</text>") == 4); /* over the training step */
         /* markers while the points can be told apart (a single epoch is only a marker) */
-        CHECK(count_of(path, "<circle") == (sizes[k] <= 60 ? 4 * sizes[k] : 0));
+        CHECK(count_of(path, "<circle") == (sizes[k] <= 60 ? 6 * sizes[k] : 0));
         CHECK(count_of(path, "&lt;lr=0.1 &amp; bs=128&gt;") == 1);
         int wf = xml_well_formed(path);
         CHECK_MSG(wf != 0, "%d epochs: %s is not well-formed XML", sizes[k], path);
@@ -532,6 +542,8 @@ TEST(run_info_curves_svg_draws_both_panels_for_1_to_many_epochs) {
                      0.4, "epoch", 2, "train_loss", 1.1, "train_acc", 0.6);
     CHECK_OK(cli_write_curves_svg(path, rows, "train only"));
     CHECK(count_of(path, "<polyline") == 2 && svg_points(path, "train_acc") == 2);
+    CHECK(count_of(path, ">epoch</text>") == 4); /* no step in the rows: over the epoch */
+    CHECK(count_of(path, "no data") == 2);      /* throughput and learning rate */
     json_decref(rows);
 
     /* rendered by a browser when one is installed, and by librsvg's strict renderer: the
@@ -557,7 +569,7 @@ TEST(run_info_curves_svg_draws_both_panels_for_1_to_many_epochs) {
         snprintf(png, sizeof png, "%s/curves.png", tmp);
         snprintf(cmd, sizeof cmd,
                  "timeout 60 %s --headless --no-sandbox --disable-gpu --screenshot='%s' "
-                 "--window-size=960,440 'file://%s' >/dev/null 2>&1",
+                 "--window-size=960,746 'file://%s' >/dev/null 2>&1",
                  browsers[b], png, path);
         struct stat st;
         CHECK_MSG(system(cmd) == 0 && stat(png, &st) == 0 && st.st_size > 1000,

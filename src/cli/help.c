@@ -150,6 +150,16 @@ static const struct {
      "                   problem when the directory is named (this option or $CTORCH_DATA)\n"
      "  --run-dir DIR    where runs go (default: $CTORCH_RUNS, else ./runs)\n"
      "  --device D       cpu | cuda | cuda:N: CUDA that cannot be used is then a problem\n"},
+    {"plot",
+     "usage: ctorch plot RUN_DIR [--out FILE] [--title T]\n"
+     "\n"
+     "Draws the run's logged rows (RUN_DIR/metrics.jsonl, one per epoch) as an SVG of four\n"
+     "panels over the training step: loss and accuracy (train and test), throughput\n"
+     "(images/s) and learning rate: the curves of the live page (docs/live-page.md) and the\n"
+     "curves.svg that `ctorch train` writes at the end of a run. Written atomically. Exit 2\n"
+     "when RUN_DIR is missing, not a run directory, or has no rows yet.\n"
+     "  --out FILE   default RUN_DIR/curves.svg\n"
+     "  --title T    default RUN_DIR (as train writes it)\n"},
     {"help", "usage: ctorch help [COMMAND]\n"},
 };
 
@@ -159,6 +169,6 @@ int cli_command_help(const char *cmd) {
             fputs(HELP[i].text, stdout);
             return CLI_OK;
         }
-    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, bench, download, archive, verify, launch, doctor, help\n", cmd);
+    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, bench, download, archive, verify, launch, doctor, plot, help\n", cmd);
     return CLI_USAGE;
 }

@@ -18,6 +18,7 @@ static const struct {
     {"verify", cmd_verify, "check a run archive's sums and re-evaluate its weights"},
     {"launch", cmd_launch, "run a command on several processes or machines (mpirun)"},
     {"doctor", cmd_doctor, "check this machine, the build and the data; one fix per finding"},
+    {"plot", cmd_plot, "draw a run directory's curves (loss, accuracy, images/s, lr) as SVG"},
     {"help", cmd_help, "show help for a command"},
 };
 

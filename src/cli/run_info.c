@@ -489,24 +489,29 @@ json_t *cli_dataset_files(ct_dataset_kind kind, const char *data_dir) {
 }
 
 /* ------------------------------------------------------------- curves plot */
-/* One panel of the plot: two curves (train, test) of one metric per epoch. */
+/* One panel of the plot: one or two curves of one metric over the training step, the
+ * same four panels as the live page (docs/live-page.md). */
 typedef struct {
-    const char *title, *ylabel, *keys[2];
+    const char *title, *ylabel, *keys[2]; /* keys[1] NULL: one curve */
     double scale;       /* 100 for accuracies given in 0-1, shown in % */
     double lo_min, hi_max; /* the axis never goes past these (accuracy: 0-100) */
 } panel_spec;
 
-static const panel_spec PANELS[2] = {
+enum { NPANELS = 4 };
+static const panel_spec PANELS[NPANELS] = {
     {"Loss", "loss", {"train_loss", "test_loss"}, 1.0, -HUGE_VAL, HUGE_VAL},
     {"Accuracy", "accuracy (%)", {"train_acc", "test_acc"}, 100.0, 0.0, 100.0},
+    {"Throughput", "images/s", {"images_per_sec", NULL}, 1.0, 0.0, HUGE_VAL},
+    {"Learning rate", "learning rate", {"lr", NULL}, 1.0, 0.0, HUGE_VAL},
 };
 static const char *const SERIES_NAME[2] = {"train", "test"};
 static const char *const SERIES_COLOR[2] = {"#1f77b4", "#d62728"};
 static const char *const SERIES_DASH[2] = {"", " stroke-dasharray=\"6 4\""};
 
-/* Geometry (SVG user units): two panels side by side under the title and the legend. */
-enum { SVG_W = 960, SVG_H = 440, PANEL_W = SVG_W / 2, PLOT_LEFT = 70, PLOT_RIGHT = 20,
-       PLOT_TOP = 90, PLOT_BOTTOM = 60, MARKERS_UP_TO = 60 };
+/* Geometry (SVG user units): four panels, two by two, under the title and the legend. */
+enum { SVG_W = 960, HEADER_H = 66, CELL_W = SVG_W / 2, CELL_H = 340,
+       SVG_H = HEADER_H + 2 * CELL_H, PLOT_LEFT = 80, PLOT_RIGHT = 20, PLOT_TOP = 34,
+       PLOT_BOTTOM = 56, MARKERS_UP_TO = 60 };
 
 typedef struct {
     double lo, hi, step;
@@ -540,21 +545,21 @@ static axis value_axis(double lo, double hi, const panel_spec *p) {
     return a;
 }
 
-/* The epoch axis: exactly the epochs' range (half an epoch of room around a single one),
- * ticks on whole epochs. */
-static axis epoch_axis(double lo, double hi) {
+/* The step axis: exactly the data's range (half a unit of room around a single point),
+ * ticks on whole numbers. */
+static axis x_axis(double lo, double hi) {
     if (hi - lo < 1) {
         lo -= 0.5;
         hi += 0.5;
     }
-    double s = nice_step(hi - lo, 8);
+    double s = nice_step(hi - lo, 6);
     return (axis){lo, hi, s < 1 ? 1 : round(s)};
 }
 
-/* Decimals that print every tick of a step exactly (0.25 -> 2, 5 -> 0). */
+/* Decimals that print every tick of a step exactly (0.25 -> 2, 5 -> 0); 7: too many. */
 static int tick_decimals(double step) {
     int d = 0;
-    while (d < 6 && fabs(step * pow(10, d) - round(step * pow(10, d))) > 1e-9 * pow(10, d)) d++;
+    while (d < 7 && fabs(step * pow(10, d) - round(step * pow(10, d))) > 1e-9 * pow(10, d)) d++;
     return d;
 }
 
@@ -578,20 +583,30 @@ static double row_value(const json_t *rows, size_t i, const char *key, double sc
     return isfinite(x) ? x : NAN;
 }
 
-/* Row i's epoch: its "epoch" number, else its position (1-based). */
-static double row_epoch(const json_t *rows, size_t i) {
-    const json_t *e = json_object_get(json_array_get(rows, i), "epoch");
-    double x = json_is_number(e) ? json_number_value(e) : NAN;
-    return isfinite(x) ? x : (double)(i + 1);
+/* The x axis of the plot: "step" when every row has one, else "epoch" when every row has
+ * one, else the row's position (1-based). */
+static const char *x_key(const json_t *rows) {
+    const char *keys[2] = {"step", "epoch"};
+    for (int k = 0; k < 2; k++) {
+        size_t i, n = json_array_size(rows);
+        for (i = 0; i < n && !isnan(row_value(rows, i, keys[k], 1)); i++) {}
+        if (i == n) return keys[k];
+    }
+    return "row";
+}
+
+static double row_x(const json_t *rows, size_t i, const char *xk) {
+    return strcmp(xk, "row") ? row_value(rows, i, xk, 1) : (double)(i + 1);
 }
 
 typedef struct {
     double x0, x1, y0, y1; /* the plot area, y0 at the top */
     axis ex, vy;
+    const char *xk;
 } plot_area;
 
-static double px(const plot_area *a, double epoch) {
-    return a->x0 + (epoch - a->ex.lo) / (a->ex.hi - a->ex.lo) * (a->x1 - a->x0);
+static double px(const plot_area *a, double x) {
+    return a->x0 + (x - a->ex.lo) / (a->ex.hi - a->ex.lo) * (a->x1 - a->x0);
 }
 static double py(const plot_area *a, double v) {
     return a->y1 - (v - a->vy.lo) / (a->vy.hi - a->vy.lo) * (a->y1 - a->y0);
@@ -607,8 +622,12 @@ static void draw_axes(FILE *f, const plot_area *a, const panel_spec *p) {
         double t = a->vy.lo + k * a->vy.step, y = py(a, t);
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e0e0e0\"/>\n",
                 a->x0, y, a->x1, y);
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.*f</text>\n", a->x0 - 6,
-                y + 4, yd, t);
+        if (yd < 7)
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.*f</text>\n",
+                    a->x0 - 6, y + 4, yd, t);
+        else
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.3g</text>\n",
+                    a->x0 - 6, y + 4, t);
     }
     double first = ceil(a->ex.lo / a->ex.step) * a->ex.step;
     for (int k = 0; first + k * a->ex.step <= a->ex.hi + 1e-9; k++) {
@@ -624,16 +643,16 @@ static void draw_axes(FILE *f, const plot_area *a, const panel_spec *p) {
     fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"14\" "
                "font-weight=\"bold\">%s</text>\n",
             (a->x0 + a->x1) / 2, a->y0 - 10, p->title);
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">epoch</text>\n",
-            (a->x0 + a->x1) / 2, a->y1 + 40);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n",
+            (a->x0 + a->x1) / 2, a->y1 + 40, a->xk);
     fprintf(f, "<text transform=\"translate(%.1f %.1f) rotate(-90)\" text-anchor=\"middle\">%s"
                "</text>\n</g>\n",
-            a->x0 - 50, (a->y0 + a->y1) / 2, p->ylabel);
+            a->x0 - 62, (a->y0 + a->y1) / 2, p->ylabel);
 }
 
-/* One curve: a polyline through its finite points (a missing epoch is skipped, the line
+/* One curve: a polyline through its finite points (a missing value is skipped, the line
  * joins its neighbours) and, while few enough to tell apart, a marker on each point, so
- * that a single epoch still shows. */
+ * that a single row still shows. */
 static void draw_series(FILE *f, const plot_area *a, const json_t *rows, const panel_spec *p,
                         int s) {
     size_t n = json_array_size(rows), points = 0;
@@ -646,7 +665,7 @@ static void draw_series(FILE *f, const plot_area *a, const json_t *rows, const p
     for (size_t i = 0; i < n; i++) {
         double v = row_value(rows, i, p->keys[s], p->scale);
         if (isnan(v)) continue;
-        fprintf(f, "%s%.1f,%.1f", sep, px(a, row_epoch(rows, i)), py(a, v));
+        fprintf(f, "%s%.1f,%.1f", sep, px(a, row_x(rows, i, a->xk)), py(a, v));
         sep = " ";
     }
     fprintf(f, "\"/>\n");
@@ -654,35 +673,39 @@ static void draw_series(FILE *f, const plot_area *a, const json_t *rows, const p
         double v = row_value(rows, i, p->keys[s], p->scale);
         if (!isnan(v))
             fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n",
-                    px(a, row_epoch(rows, i)), py(a, v), SERIES_COLOR[s]);
+                    px(a, row_x(rows, i, a->xk)), py(a, v), SERIES_COLOR[s]);
     }
 }
 
-static void draw_panel(FILE *f, int k, const json_t *rows) {
+static void draw_panel(FILE *f, int k, const json_t *rows, const char *xk) {
     const panel_spec *p = &PANELS[k];
     size_t n = json_array_size(rows);
-    double elo = HUGE_VAL, ehi = -HUGE_VAL, vlo = HUGE_VAL, vhi = -HUGE_VAL;
+    int ns = p->keys[1] ? 2 : 1;
+    double xlo = HUGE_VAL, xhi = -HUGE_VAL, vlo = HUGE_VAL, vhi = -HUGE_VAL;
     for (size_t i = 0; i < n; i++) {
-        elo = fmin(elo, row_epoch(rows, i));
-        ehi = fmax(ehi, row_epoch(rows, i));
-        for (int s = 0; s < 2; s++) {
+        xlo = fmin(xlo, row_x(rows, i, xk));
+        xhi = fmax(xhi, row_x(rows, i, xk));
+        for (int s = 0; s < ns; s++) {
             double v = row_value(rows, i, p->keys[s], p->scale);
             if (isnan(v)) continue;
             vlo = fmin(vlo, v);
             vhi = fmax(vhi, v);
         }
     }
-    plot_area a = {k * PANEL_W + PLOT_LEFT, (k + 1) * PANEL_W - PLOT_RIGHT, PLOT_TOP,
-                   SVG_H - PLOT_BOTTOM, epoch_axis(elo, ehi), value_axis(vlo, vhi, p)};
+    double cx = (k % 2) * CELL_W, cy = HEADER_H + (k / 2) * CELL_H;
+    plot_area a = {cx + PLOT_LEFT, cx + CELL_W - PLOT_RIGHT, cy + PLOT_TOP,
+                   cy + CELL_H - PLOT_BOTTOM, x_axis(xlo, xhi), value_axis(vlo, vhi, p), xk};
+    fprintf(f, "<g class=\"panel\" data-panel=\"%s\">\n", p->title);
     draw_axes(f, &a, p);
     if (vlo > vhi)
         fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" fill=\"#888\">no "
                    "data</text>\n",
                 (a.x0 + a.x1) / 2, (a.y0 + a.y1) / 2);
-    for (int s = 0; s < 2; s++) draw_series(f, &a, rows, p, s);
+    for (int s = 0; s < ns; s++) draw_series(f, &a, rows, p, s);
+    fprintf(f, "</g>\n");
 }
 
-/* The title and a legend shared by both panels. */
+/* The title and a legend shared by the panels (one-curve panels draw in train's style). */
 static void draw_header(FILE *f, const char *title) {
     fprintf(f, "<text x=\"%d\" y=\"28\" text-anchor=\"middle\" font-size=\"18\" "
                "font-weight=\"bold\">",
@@ -702,15 +725,16 @@ static void draw_header(FILE *f, const char *title) {
 static int check_rows(const json_t *rows) {
     if (!json_is_array(rows))
         return ct_error("curves plot: rows must be a JSON array of per-epoch objects "
-                        "({\"epoch\": 1, \"train_loss\": ..., ...})");
+                        "({\"epoch\": 1, \"step\": 16, \"train_loss\": ..., ...})");
     if (json_array_size(rows) == 0)
         return ct_error("curves plot: no epochs to plot (rows is empty); write the plot after "
                         "the first epoch");
     for (size_t i = 0; i < json_array_size(rows); i++)
         if (!json_is_object(json_array_get(rows, i)))
             return ct_error("curves plot: row %zu is not a JSON object (each row is one "
-                            "epoch's metrics: {\"epoch\", \"train_loss\", \"train_acc\", "
-                            "\"test_loss\", \"test_acc\"})",
+                            "epoch's metrics: {\"epoch\", \"step\", \"train_loss\", "
+                            "\"train_acc\", \"test_loss\", \"test_acc\", \"lr\", "
+                            "\"images_per_sec\"})",
                             i);
     return 0;
 }
@@ -736,7 +760,8 @@ int cli_write_curves_svg(const char *path, const json_t *rows, const char *title
             "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
             SVG_W, SVG_H, SVG_W, SVG_H);
     draw_header(f->fp, title);
-    for (int k = 0; k < 2; k++) draw_panel(f->fp, k, rows);
+    const char *xk = x_key(rows);
+    for (int k = 0; k < NPANELS; k++) draw_panel(f->fp, k, rows, xk);
     fprintf(f->fp, "</svg>\n");
     if (ct_atomic_commit(f) != 0) {
         ct_error_context("curves plot");
