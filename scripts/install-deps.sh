@@ -1,7 +1,17 @@
 #!/bin/sh
 # Installs the Debian packages ctorch needs to build, when missing. Runs apt-get as
 # root or through sudo; otherwise prints the exact command to run.
+#
+#   scripts/install-deps.sh          the build's packages (make test, make run)
+#   scripts/install-deps.sh image    the image's tools: make image (mmdebstrap, umoci,
+#                                    skopeo) and make test-image (bubblewrap)
 PKGS="gcc make pkg-config libopenblas-dev zlib1g-dev libcurl4-openssl-dev libjansson-dev libarchive-dev libssl-dev openmpi-bin libopenmpi-dev iproute2"
+case "${1:-}" in
+    "") ;;
+    image) PKGS="mmdebstrap umoci skopeo bubblewrap" ;;
+    *) echo "error: install-deps.sh: unknown set '$1' (none: the build's packages; image)" >&2
+       exit 2 ;;
+esac
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
