@@ -168,7 +168,7 @@ umoci config --image "$oci:$tag" "$@" \
     --config.entrypoint /usr/local/bin/ctorch --config.cmd=--help \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --config.env CTORCH_RUNS=/workspace/runs --config.env CTORCH_DATA=/data \
-    --config.env HOME=/workspace \
+    --config.env HOME=/workspace --config.env NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     --created "$created" --author "ctorch make image" --history.created_by "umoci config"
 umoci gc --layout "$oci"
 
