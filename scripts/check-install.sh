@@ -199,6 +199,12 @@ elif [ -f "$build_abs/libctorch_cuda.so" ]; then
 else
     ok "no CUDA plugin built (no nvcc): plugin lookup not checked"
 fi
+if [ -f "$build_abs/libctorch_mpi.so" ]; then
+    out=$(env -u CTORCH_MPI_PLUGIN -u LD_LIBRARY_PATH "$prefix/bin/ctorch" doctor 2>&1)
+    echo "$out" | grep -Eq '^mpi +ok ' ||
+        fail "bin/ctorch doctor does not find the MPI plugin installed in $prefix/lib: $(echo "$out" | grep -E '^mpi ')"
+    ok "bin/ctorch finds the installed MPI plugin (doctor: mpi ok)"
+fi
 cd "$root" || fail "cannot return to the source tree"
 
 # DESTDIR stages the same tree; ctorch.pc names the final PREFIX.
