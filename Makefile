@@ -51,7 +51,7 @@ MPICC := $(shell command -v mpicc 2>/dev/null)
 
 PHONY_EXTRA := examples
 .PHONY: all lib cli cuda mpi examples test test-sanitize valgrind fixtures deps run clean \
-        install uninstall bench-metrics
+        install uninstall bench-metrics image test-image
 
 all: lib cli cuda mpi examples
 
@@ -189,7 +189,7 @@ PC_RPATH ?= $(if $(filter $(SYSTEM_LIBDIRS),$(patsubst %/,%,$(LIBDIR))),,$(PC_RP
 PC_DEFAULT_PATH = $(shell $(PKG_CONFIG) --variable pc_path pkg-config 2>/dev/null)
 pc_rel = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-install: lib cli $(if $(NVCC),cuda)
+install: lib cli $(if $(NVCC),cuda) $(if $(MPICC),mpi)
 	@for v in "PREFIX=$(PREFIX)" "BINDIR=$(BINDIR)" "LIBDIR=$(LIBDIR)" \
 	          "INCLUDEDIR=$(INCLUDEDIR)" "PKGCONFIGDIR=$(PKGCONFIGDIR)"; do \
 	    case "$${v#*=}" in /*) ;; *) echo "error: make install: $$v is not an absolute" \
@@ -209,6 +209,10 @@ install: lib cli $(if $(NVCC),cuda)
 	    echo "install -m 755 $(BUILD)/libctorch_cuda.so $(DESTDIR)$(LIBDIR)/libctorch_cuda.so"; \
 	    install -m 755 $(BUILD)/libctorch_cuda.so $(DESTDIR)$(LIBDIR)/libctorch_cuda.so; \
 	else echo "notice: no CUDA plugin in $(BUILD) (nvcc not found): installing the CPU-only library"; fi
+	@if [ -f $(BUILD)/libctorch_mpi.so ]; then \
+	    echo "install -m 755 $(BUILD)/libctorch_mpi.so $(DESTDIR)$(LIBDIR)/libctorch_mpi.so"; \
+	    install -m 755 $(BUILD)/libctorch_mpi.so $(DESTDIR)$(LIBDIR)/libctorch_mpi.so; \
+	else echo "notice: no MPI plugin in $(BUILD) (mpicc not found): ctorch launch will not work"; fi
 	install -m 755 $(BUILD)/ctorch $(DESTDIR)$(BINDIR)/ctorch
 	@printf '%s\n' 'prefix=$(PREFIX)' 'exec_prefix=$${prefix}' \
 	    'libdir=$(call pc_rel,$(LIBDIR))' 'includedir=$(call pc_rel,$(INCLUDEDIR))' '' \
@@ -226,7 +230,7 @@ install: lib cli $(if $(NVCC),cuda)
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/,$(INSTALL_HEADERS))
 	rm -f $(addprefix $(DESTDIR)$(LIBDIR)/,libctorch.so $(SONAME) \
-	    libctorch.so.$(CT_VERSION) libctorch.a libctorch_cuda.so)
+	    libctorch.so.$(CT_VERSION) libctorch.a libctorch_cuda.so libctorch_mpi.so)
 	rm -f $(DESTDIR)$(BINDIR)/ctorch $(DESTDIR)$(PKGCONFIGDIR)/ctorch.pc
 	@rmdir $(DESTDIR)$(PKGCONFIGDIR) 2>/dev/null || true
 
@@ -260,6 +264,19 @@ fixtures:
 run: deps
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/ctorch train --model simple_cnn --dataset cifar10 --data-dir $(DATA_DIR)
+
+# ------------------------------------------------------------------ the image
+# make image: the OCI image of ctorch and its plugins on a Debian root filesystem made by
+# mmdebstrap, no base image pulled (scripts/build-image.sh, docs/container.md):
+# $(BUILD)/ctorch-image.oci.tar and $(BUILD)/ctorch-image.docker.tar. make test-image runs
+# the image tests (tests/test_image.c; make test skips them while the image is absent).
+image: lib cli $(if $(NVCC),cuda) $(if $(MPICC),mpi)
+	@scripts/build-image.sh $(BUILD)
+
+test-image: $(BUILD)/test_ctorch
+	@test -f $(BUILD)/ctorch-image.oci.tar || { echo "error: $(BUILD)/ctorch-image.oci.tar" \
+	    "not found: run make image first" >&2; exit 1; }
+	CTORCH_DATA=$(DATA_DIR) CT_TEST_REQUIRE_IMAGE=1 $(BUILD)/test_ctorch image
 
 clean:
 	rm -rf build build-san

@@ -35,6 +35,10 @@ outputs="$BUILD/libctorch.so $BUILD/libctorch.a $BUILD/ctorch"
 if [ -f "$BUILD/libctorch_cuda.so" ] || command -v nvcc >/dev/null 2>&1; then
     outputs="$outputs $BUILD/libctorch_cuda.so"
 fi
+# With mpicc on PATH, make install installs the MPI plugin too.
+if [ -f "$BUILD/libctorch_mpi.so" ] || command -v mpicc >/dev/null 2>&1; then
+    outputs="$outputs $BUILD/libctorch_mpi.so"
+fi
 for f in $outputs; do
     [ -f "$f" ] || skip "$f is not built (make install installs the normal build: run make)"
 done
@@ -76,6 +80,7 @@ expected="bin/ctorch lib/libctorch.so.$version lib/$soname lib/libctorch.so lib/
           lib/pkgconfig/ctorch.pc"
 for h in include/ctorch*.h; do expected="$expected $h"; done
 [ -f "$BUILD/libctorch_cuda.so" ] && expected="$expected lib/libctorch_cuda.so"
+[ -f "$BUILD/libctorch_mpi.so" ] && expected="$expected lib/libctorch_mpi.so"
 missing=""
 for f in $expected; do [ -e "$prefix/$f" ] || missing="$missing $f"; done
 [ -z "$missing" ] || fail "missing from the install (PREFIX=$prefix):$missing"
@@ -193,6 +198,12 @@ elif [ -f "$build_abs/libctorch_cuda.so" ]; then
     ok "bin/ctorch finds the installed CUDA plugin"
 else
     ok "no CUDA plugin built (no nvcc): plugin lookup not checked"
+fi
+if [ -f "$build_abs/libctorch_mpi.so" ]; then
+    out=$(env -u CTORCH_MPI_PLUGIN -u LD_LIBRARY_PATH "$prefix/bin/ctorch" doctor 2>&1)
+    echo "$out" | grep -Eq '^mpi +ok ' ||
+        fail "bin/ctorch doctor does not find the MPI plugin installed in $prefix/lib: $(echo "$out" | grep -E '^mpi ')"
+    ok "bin/ctorch finds the installed MPI plugin (doctor: mpi ok)"
 fi
 cd "$root" || fail "cannot return to the source tree"
 
