@@ -44,8 +44,9 @@ fi
 
 # 2 -------------------------------------------------------------------------------------
 reset
-# the library's objects (those of today's sources: a stale object of a removed file is skipped)
-objs=$(find src -name '*.c' ! -path 'src/backends/cuda/*' ! -path 'src/cli/*' ! -path 'src/dist/mpi/*' ! -name cpu_backend.c |
+# the library's objects (those of today's sources: a stale object of a removed file is skipped;
+# src/cli and src/monitor belong to the CLI, not to libctorch)
+objs=$(find src -name '*.c' ! -path 'src/backends/cuda/*' ! -path 'src/cli/*' ! -path 'src/monitor/*' ! -path 'src/dist/mpi/*' ! -name cpu_backend.c |
     sort | sed "s|^|$BUILD/|; s|\.c\$|.o|")
 $CC $FLAGS -c "$tmp/src/backends/cpu/cpu_backend.c" -o "$tmp/cpu_backend.o" > "$tmp/log2" 2>&1 &&
     $CC -shared -Wl,--no-undefined -o "$tmp/control.so" $objs "$tmp/cpu_backend.o" $LIBS >> "$tmp/log2" 2>&1 ||
