@@ -254,7 +254,7 @@ valgrind: deps $(BUILD)/test_ctorch
 	    $(BUILD)/test_ctorch train_loop
 
 # Scraped vs unscraped training throughput and malformed clients (bench/metrics_bench.py,
-# docs/monitoring.md); not part of `make test`. BENCH_SECONDS sets each run's length.
+# docs/monitoring.md); not part of `make test`. BENCH_PAIRS, BENCH_TRAIN_LIMIT and BENCH_EPOCHS size it.
 bench-metrics: cli
 	CTORCH_DATA=$(DATA_DIR) python3 bench/metrics_bench.py --bin $(BUILD)/ctorch
 

@@ -9,7 +9,7 @@ images/s of each pair (from the epoch line), their ratio and the median ratio. A
 is scraped while malformed clients hit the server: unknown paths, 64 KiB headers, and
 slowloris clients that send one byte per second.
 
-  python3 bench/metrics_bench.py --bin build/ctorch [--pairs 3] [--train-limit 40000]
+  python3 bench/metrics_bench.py --bin build/ctorch [--pairs 3] [--train-limit 40000] [--epochs 1]
 """
 import argparse, http.client, os, re, socket, statistics, subprocess, sys, tempfile, threading, time
 
@@ -41,14 +41,15 @@ def well_formed(text):
 
 def train(args, extra, log):
     cmd = ['taskset', '-c', '0', args.bin, 'train', '--model', 'simple_cnn', '--dataset', 'cifar10',
-           '--epochs', '1', '--threads', '1', '--train-limit', str(args.train_limit), '--test-limit', '100',
+           '--epochs', str(args.epochs), '--threads', '1', '--train-limit', str(args.train_limit), '--test-limit', '100',
            '--no-checkpoints', '--run-dir', tempfile.mkdtemp(prefix='ctorch-mbench-')] + extra
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 def images_per_sec(path):
-    m = re.search(r' (\d+) img/s', open(path).read())
-    return float(m.group(1)) if m else None
+    """The mean of the run's epoch lines' img/s."""
+    v = [float(x) for x in re.findall(r' (\d+) img/s', open(path).read())]
+    return sum(v) / len(v) if v else None
 
 
 def wait_trained(path, proc):
@@ -157,6 +158,8 @@ def main():
     ap.add_argument('--bin', default='build/ctorch')
     ap.add_argument('--pairs', type=int, default=int(os.environ.get('BENCH_PAIRS', 3)))
     ap.add_argument('--train-limit', type=int, default=int(os.environ.get('BENCH_TRAIN_LIMIT', 40000)))
+    ap.add_argument('--epochs', type=int, default=int(os.environ.get('BENCH_EPOCHS', 1)),
+                    help='epochs per run (a run of 2 epochs of 50000 images scrapes for about a minute)')
     ap.add_argument('--clients', type=int, default=16)
     args = ap.parse_args()
     if os.cpu_count() < 2:
@@ -165,7 +168,7 @@ def main():
     cpu = re.search(r'model name\s*:\s*(.*)', open('/proc/cpuinfo').read())
     print('CPU: %s; training: simple_cnn cifar10, %d images, 1 thread on CPU 0; %d scrapers on CPU 1'
           % (cpu.group(1) if cpu else '?', args.train_limit, args.clients))
-    ratios, failures = [], 0
+    ratios, bases, failures = [], [], 0
     logdir = tempfile.mkdtemp(prefix='ctorch-mbench-logs-')
     for i in range(args.pairs):
         base_log = os.path.join(logdir, 'base%d.log' % i)
@@ -186,6 +189,7 @@ def main():
             continue
         ratio = scraped / base
         ratios.append(ratio)
+        bases.append(base)
         failures += len(s.bad)
         print('pair %d: unscraped %.0f img/s, scraped %.0f img/s (%d responses, %d bad), ratio %.4f'
               % (i + 1, base, scraped, s.ok, len(s.bad), ratio))
@@ -207,9 +211,11 @@ def main():
             t.join()
         rc = p.wait()
     failures += len(s.bad)
-    print('malformed clients during a scraped run: training exit %d, %.0f img/s, %d good scrapes, '
-          '%d bad; %s' % (rc, images_per_sec(log) or 0, s.ok, len(s.bad),
-                          ', '.join('%s: %d' % kv for kv in sorted(counts.items()))))
+    mal = images_per_sec(log) or 0
+    print('malformed clients during a scraped run: training exit %d, %.0f img/s (%.4f of the median '
+          'unscraped run), %d good scrapes, %d bad; %s'
+          % (rc, mal, mal / statistics.median(bases) if bases else 0, s.ok, len(s.bad),
+             ', '.join('%s: %d' % kv for kv in sorted(counts.items()))))
     sys.exit(1 if failures or rc != 0 else 0)
 
 
