@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,4 +94,29 @@ long newest_step(const char *dir) {
     }
     if (d) closedir(d);
     return best;
+}
+
+const char *build_dir(void) {
+    static char dir[1024];
+    const char *env = getenv("CT_TEST_BUILD_DIR");
+    if (env && *env) return env;
+    char self[1024];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return "build";
+    self[n] = 0;
+    snprintf(dir, sizeof dir, "%s", dirname(self));
+    return dir;
+}
+
+int svg_series_points(const char *svg, const char *series) {
+    char tag[96];
+    snprintf(tag, sizeof tag, "data-series=\"%s\"", series);
+    const char *p = strstr(svg, tag);
+    if (!p) return 0;
+    p = strstr(p, "points=\"");
+    if (!p) return -1;
+    int count = 0;
+    for (p += 8; *p && *p != '"'; p++)
+        if (*p != ' ' && (p[-1] == '"' || p[-1] == ' ')) count++;
+    return count;
 }

@@ -20,5 +20,10 @@ pid_t spawn(const char *cmd, const char *log);
 long newest_step(const char *dir);
 /* Its last lines, to stderr (for a failing check) */
 void show_log(const char *log);
+/* The directory of this test binary, or $CT_TEST_BUILD_DIR */
+const char *build_dir(void);
+/* Points of the polyline with data-series="series" in an SVG text: 0 when there is no such
+ * series, -1 when it has no points attribute */
+int svg_series_points(const char *svg, const char *series);
 
 #endif

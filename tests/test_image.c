@@ -21,18 +21,6 @@
 
 #define MAX_COMPRESSED_BYTES (150LL * 1000 * 1000)
 
-static const char *build_dir(void) {
-    static char dir[1024];
-    const char *env = getenv("CT_TEST_BUILD_DIR");
-    if (env && *env) return env;
-    char self[1024];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return "build";
-    self[n] = 0;
-    snprintf(dir, sizeof dir, "%s", dirname(self));
-    return dir;
-}
-
 static const char *image_file(const char *name) {
     static char path[1200];
     snprintf(path, sizeof path, "%s/%s", build_dir(), name);

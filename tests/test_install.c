@@ -7,25 +7,13 @@
  * it); skipped when that build has no libctorch.so/ctorch (make test-sanitize builds only
  * the test binary) or is out of date, or when pkg-config is missing. */
 #include "test.h"
+#include "cli_util.h"
 
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-/* The directory of this test binary, or $CT_TEST_BUILD_DIR. */
-static const char *build_dir(void) {
-    static char dir[1024];
-    const char *env = getenv("CT_TEST_BUILD_DIR");
-    if (env && *env) return env;
-    char self[1024];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return "build";
-    self[n] = 0;
-    snprintf(dir, sizeof dir, "%s", dirname(self));
-    return dir;
-}
 
 /* Runs scripts/check-install.sh with its output indented. Returns its exit status; on
  * 77 (skipped) copies the reason of its "SKIP: " line into `why`. */

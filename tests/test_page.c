@@ -47,20 +47,6 @@ static int count_in(const char *text, const char *needle) {
     return c;
 }
 
-/* Points of the polyline with data-series="series" in an SVG text (-1: none). */
-static int polyline_points(const char *svg, const char *series) {
-    char tag[96];
-    snprintf(tag, sizeof tag, "data-series=\"%s\"", series);
-    const char *p = strstr(svg, tag);
-    if (!p) return -1;
-    p = strstr(p, "points=\"");
-    if (!p) return -1;
-    int count = 0;
-    for (p += 8; *p && *p != '"'; p++)
-        if (*p != ' ' && (p[-1] == '"' || p[-1] == ' ')) count++;
-    return count;
-}
-
 static int write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
@@ -100,8 +86,8 @@ TEST(page_plot_redraws_train_curves_from_the_run_dir) {
     CHECK(count_in(train_svg, ">step</text>") == 4);
     const char *series[] = {"train_loss", "test_loss", "train_acc", "test_acc", "images_per_sec", "lr"};
     for (int s = 0; s < 6; s++)
-        CHECK_MSG(polyline_points(train_svg, series[s]) == rows, "curves.svg: %s has %d points, "
-                  "metrics.jsonl %d rows", series[s], polyline_points(train_svg, series[s]), rows);
+        CHECK_MSG(svg_series_points(train_svg, series[s]) == rows, "curves.svg: %s has %d points, "
+                  "metrics.jsonl %d rows", series[s], svg_series_points(train_svg, series[s]), rows);
     /* the cosine schedule: the learning rate falls, so its curve is not flat */
     /* ctorch plot draws the same file (same default title: the run directory) */
     snprintf(out, sizeof out, "%s/plot.svg", tmpdir());
@@ -182,7 +168,7 @@ TEST(page_plot_refuses_bad_run_dirs_and_usage) {
     snprintf(cmd, sizeof cmd, "%s plot %s", bin(), d);
     CHECK(run(cmd, log) == 0 && log_has(log, "(2 rows)"));
     char *svg = slurp(p, NULL);
-    CHECK(svg && polyline_points(svg, "train_loss") == 2 && polyline_points(svg, "lr") == 2);
+    CHECK(svg && svg_series_points(svg, "train_loss") == 2 && svg_series_points(svg, "lr") == 2);
     CHECK(svg && count_in(svg, "no data") == 2); /* accuracy and throughput: nothing logged */
     free(svg);
     snprintf(cmd, sizeof cmd, "%s help plot", bin());

@@ -1,6 +1,7 @@
 /* The run manifest's environment fields, dataset digests and curves plot
  * (src/cli/run_info.c, linked into the suite by the Makefile). */
 #include "test.h"
+#include "cli_util.h"
 
 #include "cli/run_info.h"
 #include "ctorch_io.h"
@@ -448,16 +449,7 @@ static int svg_points(const char *path, const char *series) {
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     buf[n] = 0;
     fclose(f);
-    char tag[64];
-    snprintf(tag, sizeof tag, "data-series=\"%s\"", series);
-    const char *p = strstr(buf, tag);
-    if (!p) return 0;
-    p = strstr(p, "points=\"");
-    if (!p) return -1;
-    int count = 0;
-    for (p += 8; *p && *p != '"'; p++)
-        if (*p != ' ' && (p[-1] == '"' || p[-1] == ' ')) count++;
-    return count;
+    return svg_series_points(buf, series);
 }
 
 static int count_of(const char *path, const char *needle) {
