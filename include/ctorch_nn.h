@@ -213,6 +213,10 @@ int ct_module_save(const ct_module *m, const char *path, const char *const *meta
 /* Loads a checkpoint written by ct_module_save or by PyTorch (strict). On a checkpoint of
  * another model the message names the file and lists the mismatched names and shapes. */
 int ct_module_load(ct_module *m, const char *path);
+/* Weights from a file, whatever wrote it: safetensors (ct_module_save,
+ * safetensors.torch.save_file) or torch.save. A new dictionary (ct_state_dict_free), or
+ * NULL with an error naming the file and what is wrong with it. */
+ct_state_dict *ct_state_dict_load(const char *spec);
 
 /* ------------------------------------------------------------------ layers
  * Constructors validate their arguments (positive sizes, groups dividing channels…) and
