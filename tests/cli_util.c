@@ -120,3 +120,28 @@ int svg_series_points(const char *svg, const char *series) {
         if (*p != ' ' && (p[-1] == '"' || p[-1] == ' ')) count++;
     return count;
 }
+
+const char *peer_python(const char *modules) {
+    static struct {
+        char modules[128], found[512];
+        int ok;
+    } memo[8];
+    static int n_memo;
+    for (int i = 0; i < n_memo; i++)
+        if (!strcmp(memo[i].modules, modules)) return memo[i].ok ? memo[i].found : NULL;
+    const char *cands[] = {getenv("CTORCH_PEER_PYTHON"), "bench/.venv/bin/python", "/usr/bin/python3"};
+    const char *hit = NULL;
+    for (size_t i = 0; i < sizeof cands / sizeof *cands && !hit; i++) {
+        if (!cands[i] || access(cands[i], X_OK) != 0) continue;
+        char cmd[900];
+        snprintf(cmd, sizeof cmd, "%s -c 'import %s' >/dev/null 2>&1", cands[i], modules);
+        if (system(cmd) == 0) hit = cands[i];
+    }
+    if (n_memo < 8) {
+        snprintf(memo[n_memo].modules, sizeof memo[n_memo].modules, "%s", modules);
+        snprintf(memo[n_memo].found, sizeof memo[n_memo].found, "%s", hit ? hit : "");
+        memo[n_memo].ok = hit != NULL;
+        return hit ? memo[n_memo++].found : (n_memo++, NULL);
+    }
+    return hit;
+}

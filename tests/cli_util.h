@@ -25,5 +25,9 @@ const char *build_dir(void);
 /* Points of the polyline with data-series="series" in an SVG text: 0 when there is no such
  * series, -1 when it has no points attribute */
 int svg_series_points(const char *svg, const char *series);
+/* A Python that imports `modules` (e.g. "torch, torchvision"): $CTORCH_PEER_PYTHON,
+ * bench/.venv (bench/setup-peer.sh) or /usr/bin/python3; NULL when none does. The answer is
+ * remembered per list of modules. */
+const char *peer_python(const char *modules);
 
 #endif

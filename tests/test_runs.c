@@ -510,23 +510,6 @@ TEST(resume_refuses_bad_targets_and_result_changing_flags) {
 }
 
 /* ---------------------------------------------------------------- PyTorch */
-/* A Python with torch and safetensors: $CTORCH_PEER_PYTHON, bench/.venv (bench/setup-peer.sh),
- * or the system's; NULL when none has both. */
-static const char *peer_python(void) {
-    static char found[512];
-    const char *cands[] = {getenv("CTORCH_PEER_PYTHON"), "bench/.venv/bin/python", "/usr/bin/python3"};
-    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++) {
-        if (!cands[i] || access(cands[i], X_OK) != 0) continue;
-        char cmd[700];
-        snprintf(cmd, sizeof cmd, "%s -c 'import torch, safetensors.torch' >/dev/null 2>&1", cands[i]);
-        if (system(cmd) == 0) {
-            snprintf(found, sizeof found, "%s", cands[i]);
-            return found;
-        }
-    }
-    return NULL;
-}
-
 /* model.safetensors is a plain state_dict: PyTorch's load_file + load_state_dict(strict)
  * take it, and give ctorch's logits. */
 TEST(run_model_safetensors_loads_in_pytorch) {
@@ -534,7 +517,7 @@ TEST(run_model_safetensors_loads_in_pytorch) {
         ct_test_skip("CTORCH_DATA with CIFAR-10 not set");
         return;
     }
-    const char *py = peer_python();
+    const char *py = peer_python("torch, safetensors.torch");
     if (!py) {
         ct_test_skip("no Python with torch and safetensors (bench/setup-peer.sh, or set CTORCH_PEER_PYTHON)");
         return;
