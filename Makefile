@@ -67,7 +67,8 @@ MPICC := $(shell command -v mpicc 2>/dev/null)
 
 PHONY_EXTRA := examples
 .PHONY: all lib cli cuda mpi examples test test-sanitize valgrind fixtures deps run clean \
-        install uninstall bench-metrics image test-image
+        install uninstall bench-metrics image test-image \
+        test-onnx-accuracy
 
 all: lib cli cuda mpi examples
 
@@ -287,6 +288,12 @@ valgrind: deps $(BUILD)/test_ctorch
 # docs/monitoring.md); not part of `make test`. BENCH_PAIRS, BENCH_TRAIN_LIMIT and BENCH_EPOCHS size it.
 bench-metrics: cli
 	CTORCH_DATA=$(DATA_DIR) python3 bench/metrics_bench.py --bin $(BUILD)/ctorch
+
+# ctorch eval and ONNX Runtime on all 10,000 CIFAR-10 test images of a briefly trained
+# simple_cnn (tests/test_onnx.c onnx_ort_accuracy_10k; docs/onnx.md); needs the peers
+# (bench/peer-requirements.txt: onnx, onnxruntime). Not part of make test.
+test-onnx-accuracy: cli $(BUILD)/test_ctorch
+	CTORCH_DATA=$(DATA_DIR) CT_TEST_ONNX_ACCURACY=1 $(BUILD)/test_ctorch onnx_ort_accuracy_10k
 
 fixtures:
 	@for f in tests/fixtures/gen_*.py; do /usr/bin/python3 $$f || exit 1; done

@@ -52,23 +52,34 @@ static const ct_module *last_linear(const ct_module *m) {
     return !strcmp(m->type, "Linear") ? m : NULL;
 }
 
-/* --num-classes when given, else the output size of the checkpoint's classifier. */
-static int num_classes(const char *model, const int chw[3], const ct_state_dict *sd,
-                       int64_t *classes) {
-    if (*classes) return CLI_OK;
-    ct_module *probe = ct_model_create_ex(model, 1, chw[0], chw[1], chw[2]);
-    if (!probe) return cli_fail("export", CLI_USAGE, "%s", ct_last_error());
-    const ct_module *head = last_linear(probe);
-    char path[256] = "", name[300];
-    if (head) ct_module_path(head, path, sizeof path);
-    snprintf(name, sizeof name, "%s%sweight", path, *path ? "." : "");
-    ct_tensor *w = head ? ct_state_dict_get(sd, name) : NULL;
-    if (w && ct_ndim(w) == 2) *classes = ct_size(w, 0);
-    ct_module_free(probe);
-    if (!w || ct_ndim(w) != 2)
-        return cli_fail("export", CLI_USAGE, "the checkpoint has no 2-D '%s' to read the number "
-                        "of classes from; is it a %s checkpoint? (pass --num-classes N)",
-                        name, model);
+/* The model for the checkpoint: with --num-classes when given, else with the output size
+ * of the checkpoint's classifier (the model's last Linear; built with 10 classes first,
+ * rebuilt only when the checkpoint has another number). */
+static int build_model(const char *model, const int chw[3], const ct_state_dict *sd,
+                       int64_t classes, ct_module **out, int64_t *out_classes) {
+    ct_module *m = ct_model_create_ex(model, classes ? (int)classes : 10, chw[0], chw[1], chw[2]);
+    if (!m) return cli_fail("export", CLI_USAGE, "%s", ct_last_error());
+    if (!classes) {
+        const ct_module *head = last_linear(m);
+        char path[256] = "", name[300];
+        if (head) ct_module_path(head, path, sizeof path);
+        snprintf(name, sizeof name, "%s%sweight", path, *path ? "." : "");
+        ct_tensor *w = head ? ct_state_dict_get(sd, name) : NULL;
+        if (!w || ct_ndim(w) != 2) {
+            ct_module_free(m);
+            return cli_fail("export", CLI_USAGE, "the checkpoint has no 2-D '%s' to read the "
+                            "number of classes from; is it a %s checkpoint? (pass "
+                            "--num-classes N)", name, model);
+        }
+        classes = ct_size(w, 0);
+        if (classes != 10) {
+            ct_module_free(m);
+            m = ct_model_create_ex(model, (int)classes, chw[0], chw[1], chw[2]);
+            if (!m) return cli_fail("export", CLI_USAGE, "%s", ct_last_error());
+        }
+    }
+    *out = m;
+    *out_classes = classes;
     return CLI_OK;
 }
 
@@ -92,10 +103,8 @@ static int export_model(const char *model_name, const char *ckpt, const char *ou
     ct_state_dict *sd = ct_state_dict_load(ckpt);
     if (!sd) return cli_fail("export", CLI_USAGE, "%s", ct_last_error());
     int chw[3] = {o->channels, o->height, o->width};
-    int rc = num_classes(model_name, chw, sd, &classes);
     ct_module *m = NULL;
-    if (!rc && !(m = ct_model_create_ex(model_name, (int)classes, chw[0], chw[1], chw[2])))
-        rc = cli_fail("export", CLI_USAGE, "%s", ct_last_error());
+    int rc = build_model(model_name, chw, sd, classes, &m, &classes);
     if (!rc && ct_module_load_state_dict(m, sd, 1) != 0)
         rc = cli_fail("export", CLI_USAGE, "%s: %s (pass the --model the checkpoint was saved "
                       "from, with its --dataset or --input-shape and --num-classes)", ckpt,

@@ -602,7 +602,7 @@ static int ex_sequential(ox *g, const ct_module *m, const char *path, const ox_v
 static int add_relu(ox *g, const char *path, const ox_val *a, const ox_val *b, int relu,
                     ox_val *out) {
     char s1[128], s2[128];
-    if (a->ndim != b->ndim || memcmp(a->shape, b->shape, sizeof a->shape) != 0)
+    if (a->ndim != b->ndim || memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof *a->shape))
         return ct_error("ONNX export: '%s': the residual branch %s and the shortcut %s differ "
                         "in shape", path, shape_str(a, s1, sizeof s1), shape_str(b, s2, sizeof s2));
     ox_val sum = *a;

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Checks an ONNX file written by `ctorch export` with the real peers (tests/test_onnx.c).
+
+    onnx_check.py MODEL.onnx [DATA.safetensors] [--batches 1,64]
+
+1. onnx.checker.check_model(full_check=True) (with shape inference);
+2. with DATA (written by the C test: "input" [N, C, H, W] float32, "logits" [N, K] float32
+   computed by ctorch, optionally "labels" [N] int64): ONNX Runtime (CPU) on the inputs, in
+   chunks of at most 256, compared with ctorch's logits;
+3. --batches: also runs the first B images as one batch for each B (a dynamic batch).
+
+Prints one JSON object: checker, n, max_abs, max_ref, max_rel = max_abs / max_ref (the
+largest difference relative to the largest logit), argmax_disagree (the images whose class
+differs, with both top-2 margins), ort_correct / ct_correct when labels are given, and
+batches: {B: max_rel of that run}. Exit 0 after printing (the C test judges), 1 when the
+checker or ONNX Runtime fails.
+"""
+import json
+import struct
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+DTYPES = {"F32": np.float32, "I64": np.int64, "F64": np.float64}
+
+
+def load_safetensors(path):
+    """The tensors of a safetensors file (json header + raw little-endian bytes)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, d in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = d["data_offsets"]
+        out[name] = np.frombuffer(data[b:e], dtype=DTYPES[d["dtype"]]).reshape(d["shape"])
+    return out
+
+
+def run(sess, x, chunk=256):
+    return np.concatenate([sess.run(["logits"], {"input": x[i:i + chunk]})[0]
+                           for i in range(0, len(x), chunk)])
+
+
+def margin(row):
+    top = np.sort(row)[-2:]
+    return float(top[1] - top[0])
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    batches = []
+    if "--batches" in sys.argv:
+        batches = [int(b) for b in sys.argv[sys.argv.index("--batches") + 1].split(",")]
+        args = [a for a in args if a != sys.argv[sys.argv.index("--batches") + 1]]
+    model = onnx.load(args[0])
+    onnx.checker.check_model(model, full_check=True)
+    res = {"checker": "ok", "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    if len(args) > 1:
+        d = load_safetensors(args[1])
+        x, ref = d["input"], d["logits"].astype(np.float64)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 2
+        sess = ort.InferenceSession(args[0], opts, providers=["CPUExecutionProvider"])
+        got = run(sess, x).astype(np.float64)
+        diff = np.abs(got - ref)
+        res.update(n=len(x), max_abs=float(diff.max()), max_ref=float(np.abs(ref).max()))
+        res["max_rel"] = res["max_abs"] / max(res["max_ref"], 1e-12)
+        a, b = got.argmax(1), ref.argmax(1)
+        res["argmax_disagree"] = [{"image": int(i), "ort": int(a[i]), "ctorch": int(b[i]),
+                                   "ort_margin": margin(got[i]), "ctorch_margin": margin(ref[i])}
+                                  for i in np.nonzero(a != b)[0][:20]]
+        res["n_disagree"] = int((a != b).sum())
+        if "labels" in d:
+            y = d["labels"]
+            res.update(ort_correct=int((a == y).sum()), ct_correct=int((b == y).sum()))
+        res["batches"] = {}
+        for bsz in batches:
+            out = sess.run(["logits"], {"input": x[:bsz]})[0].astype(np.float64)
+            res["batches"][str(bsz)] = {
+                "shape": list(out.shape),
+                "max_rel": float(np.abs(out - ref[:bsz]).max() / max(np.abs(ref[:bsz]).max(), 1e-12))}
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # the C test shows this line
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+        sys.exit(1)

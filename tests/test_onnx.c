@@ -1,0 +1,663 @@
+/* ONNX export (src/nn/onnx_export.c, `ctorch export`, docs/onnx.md).
+ *
+ * Without peers: each built-in model is exported by the CLI and read back with the
+ * protobuf-c unpacker generated from the same onnx.proto: opset, IR version, the graph's
+ * nodes and attributes, the input/output shapes (dim_param "batch"), every initializer's
+ * name, shape, dtype and bytes against the checkpoint; the errors (exit codes, messages
+ * naming the module's path and type, no file left behind).
+ * With a Python that has onnx and onnxruntime (peer_python; bench/peer-requirements.txt):
+ * onnx.checker (full_check) on every export, ONNX Runtime's logits against ctorch's on 256
+ * real test images per model (tests/onnx_check.py), batch 1 and 64 through a dynamic batch,
+ * --amp bf16 against ctorch's autocast; the 10,000-image accuracy comparison is
+ * onnx_ort_accuracy_10k (not in make test: `make test-onnx-accuracy`). */
+#include "cli_util.h"
+#include "ctorch_data.h"
+#include "ctorch_io.h"
+#include "ctorch_nn.h"
+#include "test.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef CT_HAVE_ONNX
+TEST(onnx_export_unavailable) {
+    CHECK(!ct_onnx_available());
+    ct_module *m = ct_nn_relu();
+    ct_onnx_export_opts o = {.channels = 1, .height = 1, .width = 1};
+    CHECK_ERR_INT(ct_onnx_export(m, "x.onnx", &o), "without protobuf-c");
+    ct_module_free(m);
+    char log[512];
+    snprintf(log, sizeof log, "%s/export.log", tmpdir());
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s export --model mlp --checkpoint x --onnx y.onnx", bin());
+    CHECK(run(cmd, log) == 2);
+    CHECK(log_has(log, "built without ONNX export"));
+    SKIP("built without protobuf-c (install libprotobuf-c-dev protobuf-c-compiler libonnx-dev)");
+}
+#else
+#include "onnx.pb-c.h"
+
+/* ------------------------------------------------------------------ reading back */
+static Onnx__ModelProto *read_onnx(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)n);
+    Onnx__ModelProto *m = NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n)
+        m = onnx__model_proto__unpack(NULL, (size_t)n, buf);
+    free(buf);
+    fclose(f);
+    return m;
+}
+
+static const Onnx__TensorProto *init_named(const Onnx__ModelProto *m, const char *name) {
+    for (size_t i = 0; i < m->graph->n_initializer; i++)
+        if (!strcmp(m->graph->initializer[i]->name, name)) return m->graph->initializer[i];
+    return NULL;
+}
+
+static int count_op(const Onnx__ModelProto *m, const char *op) {
+    int k = 0;
+    for (size_t i = 0; i < m->graph->n_node; i++) k += !strcmp(m->graph->node[i]->op_type, op);
+    return k;
+}
+
+/* The op types in order, without Cast nodes, joined by commas. */
+static const char *ops(const Onnx__ModelProto *m, char *buf, size_t n) {
+    size_t w = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < m->graph->n_node && w < n; i++)
+        if (strcmp(m->graph->node[i]->op_type, "Cast") != 0)
+            w += (size_t)snprintf(buf + w, n - w, "%s%s", w ? "," : "", m->graph->node[i]->op_type);
+    return buf;
+}
+
+static const Onnx__AttributeProto *attr(const Onnx__NodeProto *nd, const char *name) {
+    for (size_t i = 0; i < nd->n_attribute; i++)
+        if (!strcmp(nd->attribute[i]->name, name)) return nd->attribute[i];
+    return NULL;
+}
+
+static const Onnx__NodeProto *first_node(const Onnx__ModelProto *m, const char *op) {
+    for (size_t i = 0; i < m->graph->n_node; i++)
+        if (!strcmp(m->graph->node[i]->op_type, op)) return m->graph->node[i];
+    return NULL;
+}
+
+/* A value's shape as "batch,3,32,32". */
+static const char *vi_shape(const Onnx__ValueInfoProto *v, char *buf, size_t n) {
+    size_t w = 0;
+    buf[0] = 0;
+    const Onnx__TensorShapeProto *s = v->type->tensor_type->shape;
+    for (size_t i = 0; i < s->n_dim && w < n; i++) {
+        const Onnx__TensorShapeProto__Dimension *d = s->dim[i];
+        if (d->value_case == ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM)
+            w += (size_t)snprintf(buf + w, n - w, "%s%s", i ? "," : "", d->dim_param);
+        else
+            w += (size_t)snprintf(buf + w, n - w, "%s%lld", i ? "," : "", (long long)d->dim_value);
+    }
+    return buf;
+}
+
+static void check_io(const Onnx__ModelProto *m, const char *in_shape, const char *out_shape) {
+    char s[128];
+    CHECK(m->graph->n_input == 1 && m->graph->n_output == 1);
+    CHECK(!strcmp(m->graph->input[0]->name, "input"));
+    CHECK(!strcmp(m->graph->output[0]->name, "logits"));
+    CHECK(m->graph->input[0]->type->tensor_type->elem_type == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT);
+    CHECK_MSG(!strcmp(vi_shape(m->graph->input[0], s, sizeof s), in_shape), "input %s, want %s", s,
+              in_shape);
+    CHECK_MSG(!strcmp(vi_shape(m->graph->output[0], s, sizeof s), out_shape), "output %s, want %s",
+              s, out_shape);
+    int produced = 0;
+    for (size_t i = 0; i < m->graph->n_node; i++)
+        produced += !strcmp(m->graph->node[i]->output[0], "logits");
+    CHECK(produced == 1);
+}
+
+static void check_header(const Onnx__ModelProto *m, int opset, int ir) {
+    CHECK(m->has_ir_version && m->ir_version == ir);
+    CHECK(m->n_opset_import == 1 && m->opset_import[0]->version == opset);
+    CHECK(!m->opset_import[0]->domain || !*m->opset_import[0]->domain);
+    CHECK(m->producer_name && !strcmp(m->producer_name, "ctorch"));
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* Every checkpoint entry but num_batches_tracked is an initializer of the same name, shape
+ * and bytes (float32, or bfloat16 where the file says so: bf16 != 0 demands it for every
+ * tensor of 2 or more dimensions); returns the number of bfloat16 initializers. */
+static int check_initializers(const Onnx__ModelProto *m, const char *ckpt, int bf16) {
+    ct_state_dict *sd = ct_state_dict_load(ckpt);
+    CHECK_NN(sd);
+    if (!sd) return 0;
+    int n = 0, n_bf16 = 0;
+    for (int i = 0; i < sd->n; i++) {
+        const char *name = sd->names[i];
+        const Onnx__TensorProto *t = init_named(m, name);
+        if (ends_with(name, "num_batches_tracked")) {
+            CHECK_MSG(!t, "%s is an initializer", name);
+            continue;
+        }
+        n++;
+        CHECK_MSG(t, "no initializer %s", name);
+        if (!t) continue;
+        ct_tensor *ref = sd->tensors[i];
+        int is_bf16 = t->data_type == ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16;
+        n_bf16 += is_bf16;
+        CHECK_MSG(is_bf16 || t->data_type == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT, "%s: type %d",
+                  name, t->data_type);
+        if (bf16 && ct_ndim(ref) >= 2) CHECK_MSG(is_bf16, "%s is not bfloat16", name);
+        if (!bf16) CHECK(!is_bf16);
+        CHECK_MSG((int)t->n_dims == ct_ndim(ref), "%s: %zu dims", name, t->n_dims);
+        for (int d = 0; d < ct_ndim(ref) && d < (int)t->n_dims; d++)
+            CHECK_MSG(t->dims[d] == ct_size(ref, d), "%s: dim %d", name, d);
+        ct_tensor *c = ct_to_dtype(ref, is_bf16 ? CT_BFLOAT16 : CT_FLOAT32);
+        size_t nb = (size_t)ct_numel(c) * ct_dtype_size(ct_dtype_of(c));
+        CHECK_MSG(t->has_raw_data && t->raw_data.len == nb &&
+                      !memcmp(t->raw_data.data, ct_data(c), nb),
+                  "%s: values differ from the checkpoint", name);
+        ct_free(c);
+    }
+    CHECK_MSG((int)m->graph->n_initializer == n, "%zu initializers, checkpoint %d",
+              m->graph->n_initializer, n);
+    ct_state_dict_free(sd);
+    return n_bf16;
+}
+
+/* ----------------------------------------------------------------- checkpoints */
+/* A checkpoint of `model`: seeded initialisation, and BatchNorm affine parameters and
+ * running statistics that are not the identity, so that a wrong eps, scale or mean shows. */
+static void perturb_bn(ct_module *m) {
+    if (!strcmp(m->type, "BatchNorm2d")) {
+        ct_init_uniform_(m->params[0], 0.5, 1.5);
+        ct_init_uniform_(m->params[1], -0.2, 0.2);
+        ct_init_uniform_(m->buffers[0], -0.2, 0.2);
+        ct_init_uniform_(m->buffers[1], 0.5, 2.0);
+    }
+    for (int i = 0; i < m->n_children; i++) perturb_bn(m->children[i]);
+}
+
+static ct_module *make_checkpoint(const char *model, int c, int h, int w, const char *path) {
+    ct_manual_seed(7);
+    ct_module *m = ct_model_create_ex(model, 10, c, h, w);
+    CHECK_NN(m);
+    if (!m) return NULL;
+    perturb_bn(m);
+    CHECK_OK(ct_module_save(m, path, NULL));
+    ct_module_eval(m);
+    return m;
+}
+
+static char *tmp(const char *name) {
+    static char bufs[8][512];
+    static int k;
+    char *b = bufs[k++ % 8];
+    snprintf(b, 512, "%s/%s", tmpdir(), name);
+    return b;
+}
+
+/* `ctorch export ARGS`; its exit status (output in log). */
+static int export_cli(const char *args, const char *log) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s export %s", bin(), args);
+    return run(cmd, log);
+}
+
+/* ---------------------------------------------------------- structure (no peers) */
+TEST(onnx_export_simple_cnn) {
+    const char *ck = tmp("sc.safetensors"), *out = tmp("sc.onnx"), *log = tmp("sc.log");
+    ct_module *model = make_checkpoint("simple_cnn", 3, 32, 32, ck);
+    ct_module_free(model);
+    char args[1024], s[512];
+    snprintf(args, sizeof args, "--model simple_cnn --checkpoint %s --onnx %s", ck, out);
+    CHECK_MSG(export_cli(args, log) == 0, "export failed");
+    CHECK(log_has(log, "opset 17, input [batch, 3, 32, 32]"));
+    Onnx__ModelProto *m = read_onnx(out);
+    CHECK_NN(m);
+    if (!m) return;
+    check_header(m, 17, 8);
+    CHECK_MSG(!strcmp(ops(m, s, sizeof s), "Conv,Relu,MaxPool,Conv,Relu,MaxPool,Flatten,Gemm"),
+              "ops %s", s);
+    check_io(m, "batch,3,32,32", "batch,10");
+    check_initializers(m, ck, 0);
+    const Onnx__NodeProto *conv = first_node(m, "Conv"), *gemm = first_node(m, "Gemm");
+    const Onnx__AttributeProto *pads = attr(conv, "pads"), *k = attr(conv, "kernel_shape");
+    CHECK(pads && pads->n_ints == 4 && pads->ints[0] == 1 && pads->ints[3] == 1);
+    CHECK(k && k->n_ints == 2 && k->ints[0] == 3);
+    CHECK(conv->n_input == 3 && !strcmp(conv->input[0], "input") &&
+          !strcmp(conv->input[1], "features.0.weight") && !strcmp(conv->input[2], "features.0.bias"));
+    CHECK(attr(gemm, "transB") && attr(gemm, "transB")->i == 1);
+    CHECK(!strcmp(gemm->input[1], "classifier.weight"));
+    onnx__model_proto__free_unpacked(m, NULL);
+}
+
+TEST(onnx_export_mlp_fixed_batch) {
+    const char *ck = tmp("mlp.safetensors"), *out = tmp("mlp.onnx"), *log = tmp("mlp.log");
+    ct_module_free(make_checkpoint("mlp", 1, 28, 28, ck));
+    char args[1024], s[512];
+    snprintf(args, sizeof args, "--model mlp --checkpoint %s --onnx %s --dataset mnist --batch 8",
+             ck, out);
+    CHECK_MSG(export_cli(args, log) == 0, "export failed");
+    Onnx__ModelProto *m = read_onnx(out);
+    CHECK_NN(m);
+    if (!m) return;
+    CHECK_MSG(!strcmp(ops(m, s, sizeof s), "Flatten,Gemm,Relu,Gemm"), "ops %s", s);
+    check_io(m, "8,1,28,28", "8,10");
+    check_initializers(m, ck, 0);
+    onnx__model_proto__free_unpacked(m, NULL);
+}
+
+TEST(onnx_export_resnet18) {
+    const char *ck = tmp("r18.safetensors"), *out = tmp("r18.onnx"), *log = tmp("r18.log");
+    ct_module *model = make_checkpoint("resnet18", 3, 32, 32, ck);
+    char args[1024];
+    snprintf(args, sizeof args, "--model resnet18 --checkpoint %s --onnx %s", ck, out);
+    CHECK_MSG(export_cli(args, log) == 0, "export failed");
+    Onnx__ModelProto *m = read_onnx(out);
+    CHECK_NN(m);
+    if (m) {
+        check_header(m, 17, 8);
+        /* conv1 + 8 blocks x 2 + 3 downsample convs; a BN after each; 8 residual adds; relu
+         * after the stem and twice per block */
+        CHECK(count_op(m, "Conv") == 20 && count_op(m, "BatchNormalization") == 20);
+        CHECK(count_op(m, "Add") == 8 && count_op(m, "Relu") == 17);
+        CHECK(count_op(m, "GlobalAveragePool") == 1 && count_op(m, "Flatten") == 1);
+        CHECK(count_op(m, "Gemm") == 1 && (int)m->graph->n_node == 20 + 20 + 8 + 17 + 3);
+        const Onnx__NodeProto *bn = first_node(m, "BatchNormalization");
+        CHECK(bn && attr(bn, "epsilon") && fabsf(attr(bn, "epsilon")->f - 1e-5f) < 1e-10f);
+        CHECK(bn && !strcmp(bn->input[3], "bn1.running_mean"));
+        CHECK(init_named(m, "layer2.0.downsample.0.weight") != NULL);
+        check_io(m, "batch,3,32,32", "batch,10");
+        check_initializers(m, ck, 0);
+        onnx__model_proto__free_unpacked(m, NULL);
+    }
+    /* other opsets (IR version 8 up to opset 18, 10 for 21) and bf16, through the API */
+    static const struct { int opset, ir, bf16; } cases[] = {{13, 8, 0}, {21, 10, 0}, {17, 8, 1}};
+    for (size_t c = 0; model && c < sizeof cases / sizeof *cases; c++) {
+        ct_onnx_export_opts o = {.opset = cases[c].opset, .channels = 3, .height = 32,
+                                 .width = 32, .amp_bf16 = cases[c].bf16};
+        CHECK_OK(ct_onnx_export(model, out, &o));
+        if (!(m = read_onnx(out))) continue;
+        check_header(m, cases[c].opset, cases[c].ir);
+        if (cases[c].bf16) {
+            int n_bf16 = check_initializers(m, ck, 1);
+            CHECK_MSG(n_bf16 == 20 + 2, "%d bfloat16 initializers (want the 20 conv weights and "
+                      "fc's 2)", n_bf16);
+            const Onnx__TensorProto *bw = init_named(m, "bn1.weight");
+            CHECK(bw && bw->data_type == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT);
+            check_io(m, "batch,3,32,32", "batch,10");
+        }
+        onnx__model_proto__free_unpacked(m, NULL);
+    }
+    ct_module_free(model);
+}
+
+TEST(onnx_export_bf16_weights) {
+    const char *ck = tmp("scb.safetensors"), *out = tmp("scb.onnx"), *log = tmp("scb.log");
+    ct_module_free(make_checkpoint("simple_cnn", 3, 32, 32, ck));
+    char args[1024], s[512];
+    snprintf(args, sizeof args, "--model simple_cnn --checkpoint %s --onnx %s --amp bf16", ck, out);
+    CHECK_MSG(export_cli(args, log) == 0, "export failed");
+    CHECK(log_has(log, "bfloat16 weights"));
+    Onnx__ModelProto *m = read_onnx(out);
+    CHECK_NN(m);
+    if (!m) return;
+    CHECK(check_initializers(m, ck, 1) == 6);
+    check_io(m, "batch,3,32,32", "batch,10");
+    CHECK_MSG(!strcmp(ops(m, s, sizeof s), "Conv,Relu,MaxPool,Conv,Relu,MaxPool,Flatten,Gemm"),
+              "ops %s", s);
+    /* per Conv / Gemm: input rounded (2 Casts), 2 weights cast, output rounded (2) */
+    CHECK_MSG(count_op(m, "Cast") == 3 * 6, "%d Casts", count_op(m, "Cast"));
+    onnx__model_proto__free_unpacked(m, NULL);
+}
+
+TEST(onnx_export_cli_errors) {
+    const char *ck = tmp("err.safetensors"), *out = tmp("err.onnx"), *log = tmp("err.log");
+    ct_module_free(make_checkpoint("simple_cnn", 3, 32, 32, ck));
+    static const struct {
+        const char *args, *needle;
+        int code;
+    } cases[] = {
+        {"--model simple_cnn --checkpoint %s/missing.safetensors --onnx %s", "missing.safetensors", 2},
+        {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --batch 0", "--batch '0'", 2},
+        {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --batch lots", "'dynamic'", 2},
+        {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --opset 12", "--opset", 2},
+        {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --amp fp16", "--amp", 2},
+        {"--model vgg --checkpoint %s/err.safetensors --onnx %s", "--model", 2},
+        {"--model resnet18 --checkpoint %s/err.safetensors --onnx %s", "is it a resnet18 checkpoint", 2},
+        {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --dataset mnist", "mismatch", 2},
+        {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --input-shape 3x32", "CxHxW", 2},
+        {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s/no/dir/x.onnx", "no/dir", 2},
+        {"--checkpoint %s/err.safetensors --onnx %s", "required", 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char args[1024];
+        snprintf(args, sizeof args, cases[i].args, tmpdir(), i == 9 ? tmpdir() : out);
+        int rc = export_cli(args, log);
+        CHECK_MSG(rc == cases[i].code, "'%s': exit %d, want %d", args, rc, cases[i].code);
+        CHECK_MSG(log_has(log, cases[i].needle), "'%s': no '%s' in the message", args,
+                  cases[i].needle);
+        if (!log_has(log, cases[i].needle)) show_log(log);
+        CHECK_MSG(access(out, F_OK) != 0, "'%s' left %s behind", args, out);
+    }
+}
+
+/* A custom module type inside a Sequential. */
+static ct_tensor *mine_forward(ct_module *m, const ct_tensor *x) {
+    (void)m;
+    return ct_retain((ct_tensor *)x);
+}
+
+TEST(onnx_export_library_errors) {
+    const char *out = tmp("lib.onnx");
+    ct_onnx_export_opts o = {.channels = 3, .height = 8, .width = 8};
+    ct_module *parts[3] = {ct_nn_conv2d(3, 4, 3, 1, 1, 1), ct_nn_relu(),
+                           ct_module_new("MyBlock", mine_forward, NULL, NULL)};
+    ct_module *inner = ct_nn_sequential(parts, 3);
+    ct_module *outer = ct_nn_sequential(&inner, 1);
+    CHECK_ERR_INT(ct_onnx_export(outer, out, &o), "module '0.2' of type MyBlock has no ONNX exporter");
+    ct_module_free(outer);
+    CHECK(access(out, F_OK) != 0);
+
+    ct_module *bn = ct_nn_batch_norm2d_opt(3, &(ct_batch_norm2d_opts){.no_track_running_stats = 1});
+    CHECK_ERR_INT(ct_onnx_export(bn, out, &o), "track_running_stats=False");
+    ct_module_free(bn);
+    ct_module *ap = ct_nn_adaptive_avg_pool2d(3, 3);
+    CHECK_ERR_INT(ct_onnx_export(ap, out, &o), "output_size=(3, 3)");
+    ct_module_free(ap);
+    ct_module *lin = ct_nn_linear(8, 2, 1);
+    CHECK_ERR_INT(ct_onnx_export(lin, out, &o), "Linear '' (in_features=8) gets [batch, 3, 8, 8]");
+    ct_module_free(lin);
+    ct_module *conv = ct_nn_conv2d(4, 4, 3, 1, 1, 1);
+    CHECK_ERR_INT(ct_onnx_export(conv, out, &o), "expects 4 input channels");
+    o.opset = 22;
+    CHECK_ERR_INT(ct_onnx_export(conv, out, &o), "opset 22");
+    o.opset = 0;
+    o.channels = 4;
+    CHECK_ERR_INT(ct_onnx_export(conv, tmp("no/dir/x.onnx"), &o), "no/dir");
+    ct_module_free(conv);
+    CHECK(access(out, F_OK) != 0);
+}
+
+/* A model made of ctorch's nn modules only (no exporter of its own). */
+static ct_module *generic_model(void) {
+    ct_manual_seed(11);
+    ct_module *mods[] = {
+        ct_nn_conv2d_opt(3, 8, &(ct_conv2d_opts){.kernel_size = 3, .padding = 1, .no_bias = 1}),
+        ct_nn_batch_norm2d(8),
+        ct_nn_relu(),
+        ct_nn_avg_pool2d_opt(&(ct_pool2d_opts){.kernel_size = 3, .stride = 2, .padding = 1,
+                                               .no_count_include_pad = 1}),
+        ct_nn_conv2d_opt(8, 16, &(ct_conv2d_opts){.kernel_size = 3, .dilation = 2, .padding = 2,
+                                                  .groups = 2}),
+        ct_nn_gelu(0),
+        ct_nn_max_pool2d_opt(&(ct_pool2d_opts){.kernel_size = 3, .stride = 2, .padding = 1}),
+        ct_nn_basic_block(16, 16, 1),
+        ct_nn_adaptive_avg_pool2d(2, 2),
+        ct_nn_flatten(1, -1),
+        ct_nn_dropout(0.3),
+        ct_nn_linear(64, 10, 1),
+        ct_nn_identity(),
+    };
+    ct_module *m = ct_nn_sequential(mods, (int)(sizeof mods / sizeof *mods));
+    if (m) perturb_bn(m);
+    return m;
+}
+
+TEST(onnx_export_generic_sequential) {
+    const char *out = tmp("gen.onnx");
+    ct_module *m = generic_model();
+    CHECK_NN(m);
+    if (!m) return;
+    ct_onnx_export_opts o = {.channels = 3, .height = 32, .width = 32, .batch = 0};
+    CHECK_OK(ct_onnx_export(m, out, &o));
+    Onnx__ModelProto *p = read_onnx(out);
+    CHECK_NN(p);
+    if (!p) {
+        ct_module_free(m);
+        return;
+    }
+    char s[1024];
+    CHECK_MSG(!strcmp(ops(p, s, sizeof s),
+                      "Conv,BatchNormalization,Relu,AveragePool,Conv,Div,Erf,Add,Mul,Mul,MaxPool,"
+                      "Conv,BatchNormalization,Relu,Conv,BatchNormalization,Add,Relu,AveragePool,"
+                      "Flatten,Gemm"),
+              "ops %s", s);
+    check_io(p, "batch,3,32,32", "batch,10");
+    const Onnx__NodeProto *c2 = NULL;
+    for (size_t i = 0; i < p->graph->n_node; i++)
+        if (!strcmp(p->graph->node[i]->name, "/4/Conv_4")) c2 = p->graph->node[i];
+    CHECK(c2 && attr(c2, "group")->i == 2 && attr(c2, "dilations")->ints[0] == 2);
+    const Onnx__NodeProto *ap = first_node(p, "AveragePool");
+    CHECK(ap && attr(ap, "count_include_pad") && attr(ap, "count_include_pad")->i == 0);
+    CHECK(init_named(p, "7.downsample.0.weight") == NULL && init_named(p, "7.conv1.weight"));
+    CHECK(init_named(p, "0.bias") == NULL && init_named(p, "11.bias"));
+    onnx__model_proto__free_unpacked(p, NULL);
+    ct_module_free(m);
+}
+
+/* ------------------------------------------------------------ with the peers */
+static const char *onnx_python(void) { return peer_python("onnx, onnxruntime"); }
+#define NEED_PEER()                                                                       \
+    const char *py = onnx_python();                                                      \
+    if (!py) SKIP("no Python with onnx and onnxruntime (bench/peer-requirements.txt, or " \
+                  "set CTORCH_PEER_PYTHON)")
+
+/* The first `limit` test images of `dataset`, normalised as `ctorch eval` feeds them, and
+ * their labels. */
+static int load_test_images(const char *dataset, int64_t limit, ct_tensor **x, ct_tensor **y) {
+    ct_dataset_kind kind;
+    const char *dir = getenv("CTORCH_DATA");
+    if (!dir || ct_dataset_parse_name(dataset, &kind) != 0) return -1;
+    ct_dataset *ds = ct_dataset_load(kind, CT_SPLIT_TEST, dir, limit);
+    if (!ds) return -1;
+    ct_dataloader_opts lo = ct_dataloader_default_opts();
+    lo.batch_size = 500;
+    lo.shuffle = 0;
+    lo.transform.normalize = 1;
+    ct_dataset_default_normalization(kind, lo.transform.mean, lo.transform.std);
+    ct_dataloader *dl = ct_dataloader_new(ds, &lo);
+    int nb = dl ? (int)ct_dataloader_num_batches(dl) : 0, k = 0;
+    ct_tensor **xs = calloc((size_t)nb + 1, sizeof *xs), **ys = calloc((size_t)nb + 1, sizeof *ys);
+    if (dl && ct_dataloader_start_epoch(dl, 0) == 0)
+        while (k < nb && ct_dataloader_next(dl, &xs[k], &ys[k]) == 1) k++;
+    *x = k == nb && nb ? ct_cat(xs, k, 0) : NULL;
+    *y = k == nb && nb ? ct_cat(ys, k, 0) : NULL;
+    for (int i = 0; i < k; i++) ct_free(xs[i]), ct_free(ys[i]);
+    free(xs);
+    free(ys);
+    ct_dataloader_free(dl);
+    ct_dataset_free(ds);
+    return *x && *y ? 0 : -1;
+}
+
+/* ctorch's eval-mode logits, under bf16 autocast when asked, in chunks of 256. */
+static ct_tensor *ctorch_logits(ct_module *m, const ct_tensor *x, int bf16) {
+    ct_module_eval(m);
+    int prev = ct_set_grad_enabled(0);
+    int64_t n = ct_size(x, 0), k = 0;
+    ct_tensor *parts[64] = {0};
+    for (int64_t i = 0; i < n && k < 64; i += 256, k++) {
+        ct_tensor *xi = ct_narrow(x, 0, i, n - i < 256 ? n - i : 256);
+        if (bf16) ct_autocast_push(CT_CPU, CT_BFLOAT16);
+        ct_tensor *yi = xi ? ct_module_forward(m, xi) : NULL;
+        if (bf16) ct_autocast_pop();
+        parts[k] = yi ? ct_to_dtype(yi, CT_FLOAT32) : NULL;
+        ct_free(yi);
+        ct_free(xi);
+    }
+    ct_tensor *y = ct_cat(parts, (int)k, 0);
+    for (int64_t i = 0; i < k; i++) ct_free(parts[i]);
+    ct_set_grad_enabled(prev);
+    return y;
+}
+
+/* Runs tests/onnx_check.py on model (and data when non-NULL); its JSON, or NULL. */
+static json_t *onnx_check(const char *py, const char *model, const char *data, const char *extra) {
+    char cmd[2048], *out = tmp("check.json");
+    snprintf(cmd, sizeof cmd, "%s tests/onnx_check.py %s %s %s > %s 2>&1", py, model,
+             data ? data : "", extra ? extra : "", out);
+    int rc = run(cmd, tmp("check.log"));
+    json_t *j = json_load_file(out, 0, NULL);
+    if (rc != 0 || !j || json_object_get(j, "error")) {
+        show_log(out);
+        CHECK_MSG(0, "tests/onnx_check.py %s failed (exit %d)", model, rc);
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static double jnum(json_t *j, const char *path) {
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", path);
+    json_t *cur = j;
+    for (char *tok = strtok(buf, "."); tok && cur; tok = strtok(NULL, "."))
+        cur = json_object_get(cur, tok);
+    return cur ? json_number_value(cur) : NAN;
+}
+
+/* Exports `model` with extra CLI args, checks it with the peers on n test images of
+ * dataset, compares within tol; returns the measured max_rel. */
+static double ort_case(const char *py, const char *model, const char *dataset, int c, int hw,
+                       const char *extra, int bf16, double tol, int64_t n) {
+    char ck[512], out[512], data[512], args[2200];
+    snprintf(ck, sizeof ck, "%s", tmp("ort.safetensors"));
+    snprintf(out, sizeof out, "%s", tmp("ort.onnx"));
+    snprintf(data, sizeof data, "%s", tmp("ort_data.safetensors"));
+    ct_module *m = make_checkpoint(model, c, hw, hw, ck);
+    ct_tensor *x = NULL, *y = NULL, *logits = NULL;
+    double rel = NAN;
+    snprintf(args, sizeof args, "--model %s --checkpoint %s --onnx %s --dataset %s %s", model, ck,
+             out, dataset, extra);
+    if (!m || export_cli(args, tmp("ort.log")) != 0) {
+        show_log(tmp("ort.log"));
+        CHECK_MSG(0, "export %s failed", args);
+    } else if (load_test_images(dataset, n, &x, &y) != 0) {
+        CHECK_MSG(0, "%s test images: %s", dataset, ct_last_error());
+    } else if ((logits = ctorch_logits(m, x, bf16)) != NULL) {
+        const char *names[3] = {"input", "logits", "labels"};
+        ct_tensor *ts[3] = {x, logits, y};
+        CHECK_OK(ct_safetensors_save(data, names, ts, 3, NULL));
+        json_t *j = onnx_check(py, out, data, "--batches 1,64");
+        if (j) {
+            rel = jnum(j, "max_rel");
+            printf("    %s%s: %lld images, max |ort - ctorch| / max |ctorch| = %.3g "
+                   "(max_abs %.3g), %d argmax differences; batch 1: %.3g, batch 64: %.3g\n",
+                   model, bf16 ? " --amp bf16" : "", (long long)n, rel, jnum(j, "max_abs"),
+                   (int)jnum(j, "n_disagree"), jnum(j, "batches.1.max_rel"),
+                   jnum(j, "batches.64.max_rel"));
+            CHECK_MSG(rel <= tol, "%s: ORT differs from ctorch by %.3g relative (tolerance %g)",
+                      model, rel, tol);
+            CHECK(jnum(j, "batches.1.max_rel") <= tol && jnum(j, "batches.64.max_rel") <= tol);
+            CHECK(jnum(j, "n") == (double)n);
+            json_decref(j);
+        }
+    }
+    ct_free(x), ct_free(y), ct_free(logits);
+    ct_module_free(m);
+    return rel;
+}
+
+TEST(onnx_ort_matches_ctorch) {
+    NEED_PEER();
+    if (!data_dir()) SKIP("no CIFAR-10 under $CTORCH_DATA (ctorch download cifar10)");
+    ort_case(py, "simple_cnn", "cifar10", 3, 32, "", 0, 1e-4, 256);
+    ort_case(py, "mlp", "mnist", 1, 28, "", 0, 1e-4, 256);
+    ort_case(py, "resnet18", "cifar10", 3, 32, "", 0, 1e-4, 256);
+}
+
+TEST(onnx_ort_bf16) {
+    NEED_PEER();
+    if (!data_dir()) SKIP("no CIFAR-10 under $CTORCH_DATA (ctorch download cifar10)");
+    ort_case(py, "simple_cnn", "cifar10", 3, 32, "--amp bf16", 1, 2e-2, 256);
+    ort_case(py, "resnet18", "cifar10", 3, 32, "--amp bf16", 1, 2e-2, 256);
+}
+
+TEST(onnx_ort_generic_sequential) {
+    NEED_PEER();
+    ct_module *m = generic_model();
+    CHECK_NN(m);
+    if (!m) return;
+    const char *out = tmp("gen_ort.onnx"), *data = tmp("gen_data.safetensors");
+    ct_onnx_export_opts o = {.channels = 3, .height = 32, .width = 32};
+    CHECK_OK(ct_onnx_export(m, out, &o));
+    int64_t shape[4] = {64, 3, 32, 32};
+    ct_manual_seed(3);
+    ct_tensor *x = ct_randn(shape, 4, CT_FLOAT32), *logits = ctorch_logits(m, x, 0);
+    const char *names[2] = {"input", "logits"};
+    ct_tensor *ts[2] = {x, logits};
+    CHECK_OK(ct_safetensors_save(data, names, ts, 2, NULL));
+    json_t *j = onnx_check(py, out, data, "--batches 1");
+    if (j) {
+        printf("    generic Sequential: max_rel %.3g\n", jnum(j, "max_rel"));
+        CHECK(jnum(j, "max_rel") <= 1e-4 && jnum(j, "batches.1.max_rel") <= 1e-4);
+        json_decref(j);
+    }
+    o.opset = 20; /* the Gelu node */
+    CHECK_OK(ct_onnx_export(m, out, &o));
+    if ((j = onnx_check(py, out, data, NULL))) {
+        CHECK(jnum(j, "max_rel") <= 1e-4);
+        json_decref(j);
+    }
+    ct_free(x), ct_free(logits);
+    ct_module_free(m);
+}
+
+/* The bar: `ctorch eval` and ONNX Runtime on all 10,000 CIFAR-10 test images of a briefly
+ * trained simple_cnn: the same number of correct predictions. Not in make test (it trains
+ * and evaluates twice): make test-onnx-accuracy runs it. */
+TEST(onnx_ort_accuracy_10k) {
+    if (!getenv("CT_TEST_ONNX_ACCURACY")) SKIP("make test-onnx-accuracy runs it");
+    NEED_PEER();
+    if (!data_dir()) SKIP("no CIFAR-10 under $CTORCH_DATA (ctorch download cifar10)");
+    char cmd[2048], *ck = tmp("acc.safetensors"), *out = tmp("acc.onnx");
+    const char *data = tmp("acc_data.safetensors"), *ev = tmp("acc_eval.json");
+    snprintf(cmd, sizeof cmd, "%s train --model simple_cnn --dataset cifar10 --data-dir %s "
+             "--epochs 1 --max-steps 300 --test-limit 100 --save %s --run-dir %s/acc_run",
+             bin(), data_dir(), ck, tmpdir());
+    CHECK_MSG(run(cmd, tmp("acc_train.log")) == 0, "training failed");
+    snprintf(cmd, sizeof cmd, "%s eval --model simple_cnn --dataset cifar10 --data-dir %s "
+             "--checkpoint %s --json > %s", bin(), data_dir(), ck, ev);
+    CHECK_MSG(run(cmd, tmp("acc_eval.log")) == 0, "eval failed");
+    json_t *e = json_load_file(ev, 0, NULL);
+    int64_t ct_correct = e ? (int64_t)llround(jnum(e, "test_acc") * 10000) : -1;
+    CHECK(e && jnum(e, "images") == 10000);
+    json_decref(e);
+    char args[1024];
+    snprintf(args, sizeof args, "--model simple_cnn --checkpoint %s --onnx %s", ck, out);
+    CHECK(export_cli(args, tmp("acc_export.log")) == 0);
+    ct_module *m = ct_model_create("simple_cnn", 10);
+    ct_tensor *x = NULL, *y = NULL, *logits = NULL;
+    CHECK_OK(ct_module_load(m, ck));
+    CHECK_OK(load_test_images("cifar10", 10000, &x, &y));
+    if (x && (logits = ctorch_logits(m, x, 0))) {
+        const char *names[3] = {"input", "logits", "labels"};
+        ct_tensor *ts[3] = {x, logits, y};
+        CHECK_OK(ct_safetensors_save(data, names, ts, 3, NULL));
+        json_t *j = onnx_check(py, out, data, NULL);
+        if (j) {
+            printf("    simple_cnn, 10000 CIFAR-10 test images: ctorch eval %lld correct, ONNX "
+                   "Runtime %d (ctorch logits here: %d), %d argmax differences, max_rel %.3g\n",
+                   (long long)ct_correct, (int)jnum(j, "ort_correct"), (int)jnum(j, "ct_correct"),
+                   (int)jnum(j, "n_disagree"), jnum(j, "max_rel"));
+            CHECK(jnum(j, "ort_correct") == (double)ct_correct);
+            CHECK(jnum(j, "ct_correct") == (double)ct_correct);
+            CHECK(jnum(j, "max_rel") <= 1e-4);
+            json_decref(j);
+        }
+    }
+    ct_free(x), ct_free(y), ct_free(logits);
+    ct_module_free(m);
+}
+#endif /* CT_HAVE_ONNX */
