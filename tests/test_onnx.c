@@ -446,6 +446,181 @@ TEST(onnx_export_generic_sequential) {
     ct_module_free(m);
 }
 
+/* ------------------------------------------- torchvision's blocks (test stand-ins)
+ * Bottleneck, InvertedResidual, Conv2dNormActivation, ReLU6 and MobileNetV2 with
+ * torchvision's child names and forward (torchvision/models/resnet.py, mobilenetv2.py),
+ * made here from ctorch's modules, so that their exporters are checked before the models
+ * themselves exist in ctorch. */
+static ct_tensor *relu6_forward(ct_module *m, const ct_tensor *x) {
+    (void)m;
+    return ct_clamp(x, 0, 6);
+}
+
+/* Children in order (torchvision's Conv2dNormActivation is a Sequential). */
+static ct_tensor *chain_forward(ct_module *m, const ct_tensor *x) {
+    ct_tensor *cur = ct_retain((ct_tensor *)x);
+    for (int i = 0; i < m->n_children && cur; i++) {
+        ct_tensor *next = ct_module_forward(m->children[i], cur);
+        ct_free(cur);
+        cur = next;
+    }
+    return cur;
+}
+
+static ct_tensor *run_child(ct_module *m, const char *name, ct_tensor *x, int free_x) {
+    ct_tensor *y = x ? ct_module_forward(ct_module_get(m, name), x) : NULL;
+    if (free_x) ct_free(x);
+    return y;
+}
+
+/* out = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x))))))) + shortcut(x)) */
+static ct_tensor *bottleneck_forward(ct_module *m, const ct_tensor *x) {
+    static const char *const seq[] = {"conv1", "bn1", "relu", "conv2", "bn2", "relu",
+                                      "conv3", "bn3"};
+    ct_tensor *cur = ct_retain((ct_tensor *)x);
+    for (size_t i = 0; i < sizeof seq / sizeof *seq; i++) cur = run_child(m, seq[i], cur, 1);
+    ct_tensor *id = ct_module_get(m, "downsample") ? run_child(m, "downsample", (ct_tensor *)x, 0)
+                                                   : ct_retain((ct_tensor *)x);
+    ct_tensor *sum = cur && id ? ct_add(cur, id) : NULL;
+    ct_free(cur), ct_free(id);
+    return run_child(m, "relu", sum, 1);
+}
+
+static ct_module *cna(int64_t in, int64_t out, int k, int stride, int groups) {
+    ct_module *m = ct_module_new("Conv2dNormActivation", chain_forward, NULL, NULL);
+    ct_module_add_child(m, "0", ct_nn_conv2d_opt(in, out, &(ct_conv2d_opts){
+        .kernel_size = k, .stride = stride, .padding = (k - 1) / 2, .groups = groups,
+        .no_bias = 1}));
+    ct_module_add_child(m, "1", ct_nn_batch_norm2d(out));
+    ct_module_add_child(m, "2", ct_module_new("ReLU6", relu6_forward, NULL, NULL));
+    return m;
+}
+
+static ct_module *bottleneck(int64_t inplanes, int64_t planes, int stride) {
+    ct_module *m = ct_module_new("Bottleneck", bottleneck_forward, NULL, NULL);
+    ct_module_add_child(m, "conv1", ct_nn_conv2d(inplanes, planes, 1, 1, 0, 0));
+    ct_module_add_child(m, "bn1", ct_nn_batch_norm2d(planes));
+    ct_module_add_child(m, "conv2", ct_nn_conv2d(planes, planes, 3, stride, 1, 0));
+    ct_module_add_child(m, "bn2", ct_nn_batch_norm2d(planes));
+    ct_module_add_child(m, "conv3", ct_nn_conv2d(planes, planes * 4, 1, 1, 0, 0));
+    ct_module_add_child(m, "bn3", ct_nn_batch_norm2d(planes * 4));
+    ct_module_add_child(m, "relu", ct_nn_relu());
+    if (stride != 1 || inplanes != planes * 4) {
+        ct_module *d[2] = {ct_nn_conv2d(inplanes, planes * 4, 1, stride, 0, 0),
+                           ct_nn_batch_norm2d(planes * 4)};
+        ct_module_add_child(m, "downsample", ct_nn_sequential(d, 2));
+    }
+    return m;
+}
+
+typedef struct {
+    int use_res;
+} ir_cfg;
+
+static ct_tensor *inverted_residual_forward(ct_module *m, const ct_tensor *x) {
+    ct_tensor *y = run_child(m, "conv", (ct_tensor *)x, 0);
+    if (!y || !((ir_cfg *)m->impl)->use_res) return y;
+    ct_tensor *s = ct_add(x, y);
+    ct_free(y);
+    return s;
+}
+
+static ct_module *inverted_residual(int64_t inp, int64_t oup, int stride, int expand) {
+    ir_cfg *c = malloc(sizeof *c);
+    c->use_res = stride == 1 && inp == oup;
+    ct_module *m = ct_module_new("InvertedResidual", inverted_residual_forward, c, free);
+    int64_t hidden = inp * expand;
+    ct_module *conv = ct_nn_sequential(NULL, 0);
+    if (expand != 1) ct_nn_sequential_append(conv, cna(inp, hidden, 1, 1, 1));
+    ct_nn_sequential_append(conv, cna(hidden, hidden, 3, stride, (int)hidden));
+    ct_nn_sequential_append(conv, ct_nn_conv2d(hidden, oup, 1, 1, 0, 0));
+    ct_nn_sequential_append(conv, ct_nn_batch_norm2d(oup));
+    ct_module_add_child(m, "conv", conv);
+    return m;
+}
+
+static ct_tensor *mobilenet_forward(ct_module *m, const ct_tensor *x) {
+    ct_tensor *f = run_child(m, "features", (ct_tensor *)x, 0);
+    int one[2] = {1, 1};
+    ct_tensor *p = f ? ct_adaptive_avg_pool2d(f, one) : NULL;
+    ct_tensor *flat = p ? ct_flatten(p, 1, -1) : NULL;
+    ct_free(f), ct_free(p);
+    return run_child(m, "classifier", flat, 1);
+}
+
+/* A small MobileNetV2 (torchvision's layout: features, classifier = Dropout, Linear). */
+static ct_module *mini_mobilenet_v2(void) {
+    ct_manual_seed(5);
+    ct_module *f[] = {cna(3, 16, 3, 2, 1), inverted_residual(16, 8, 1, 1),
+                      inverted_residual(8, 12, 2, 6), inverted_residual(12, 12, 1, 6),
+                      cna(12, 32, 1, 1, 1)};
+    ct_module *cls[2] = {ct_nn_dropout(0.2), ct_nn_linear(32, 10, 1)};
+    ct_module *m = ct_module_new("MobileNetV2", mobilenet_forward, NULL, NULL);
+    ct_module_add_child(m, "features", ct_nn_sequential(f, 5));
+    ct_module_add_child(m, "classifier", ct_nn_sequential(cls, 2));
+    perturb_bn(m);
+    return m;
+}
+
+static ct_tensor *resnet_forward(ct_module *m, const ct_tensor *x) {
+    ct_tensor *cur = ct_retain((ct_tensor *)x);
+    for (int i = 0; i < m->n_children - 1 && cur; i++) cur = run_child(m, m->children[i]->name, cur, 1);
+    ct_tensor *flat = cur ? ct_flatten(cur, 1, -1) : NULL;
+    ct_free(cur);
+    return run_child(m, "fc", flat, 1);
+}
+
+/* A small ResNet-50 (torchvision's ImageNet stem, Bottleneck layers). */
+static ct_module *mini_resnet50(void) {
+    ct_manual_seed(6);
+    ct_module *m = ct_module_new("ResNet", resnet_forward, NULL, NULL);
+    ct_module *l1[2] = {bottleneck(16, 8, 1), bottleneck(32, 8, 1)}, *l2[1] = {bottleneck(32, 16, 2)};
+    ct_module_add_child(m, "conv1", ct_nn_conv2d(3, 16, 7, 2, 3, 0));
+    ct_module_add_child(m, "bn1", ct_nn_batch_norm2d(16));
+    ct_module_add_child(m, "relu", ct_nn_relu());
+    ct_module_add_child(m, "maxpool", ct_nn_max_pool2d(3, 2, 1));
+    ct_module_add_child(m, "layer1", ct_nn_sequential(l1, 2));
+    ct_module_add_child(m, "layer2", ct_nn_sequential(l2, 1));
+    ct_module_add_child(m, "avgpool", ct_nn_adaptive_avg_pool2d(1, 1));
+    ct_module_add_child(m, "fc", ct_nn_linear(64, 10, 1));
+    perturb_bn(m);
+    return m;
+}
+
+TEST(onnx_export_torchvision_blocks) {
+    const char *out = tmp("tv.onnx");
+    ct_onnx_export_opts o = {.channels = 3, .height = 64, .width = 64};
+    ct_module *r = mini_resnet50(), *mb = mini_mobilenet_v2();
+    CHECK_OK(ct_onnx_export(r, out, &o));
+    Onnx__ModelProto *p = read_onnx(out);
+    CHECK_NN(p);
+    if (p) {
+        /* stem conv + 3 blocks x 3 convs + 2 downsamples; 3 adds; relu: 1 + 3 x 3 */
+        CHECK(count_op(p, "Conv") == 12 && count_op(p, "BatchNormalization") == 12);
+        CHECK(count_op(p, "Add") == 3 && count_op(p, "Relu") == 10);
+        CHECK(count_op(p, "MaxPool") == 1 && count_op(p, "GlobalAveragePool") == 1);
+        CHECK(init_named(p, "layer1.0.downsample.0.weight") && !init_named(p, "layer1.1.downsample.0.weight"));
+        CHECK(init_named(p, "layer2.0.conv3.weight") != NULL);
+        check_io(p, "batch,3,64,64", "batch,10");
+        onnx__model_proto__free_unpacked(p, NULL);
+    }
+    CHECK_OK(ct_onnx_export(mb, out, &o));
+    p = read_onnx(out);
+    CHECK_NN(p);
+    if (p) {
+        /* residual only in features.3 (stride 1, 12 -> 12); features.1 maps 16 -> 8 */
+        char s[1024];
+        CHECK_MSG(count_op(p, "Add") == 1, "%d Adds: %s", count_op(p, "Add"), ops(p, s, sizeof s));
+        CHECK(count_op(p, "Clip") == 7 && count_op(p, "Conv") == 10);
+        CHECK(init_named(p, "features.3.conv.1.0.weight") && init_named(p, "classifier.1.weight"));
+        CHECK(init_named(p, "onnx_const.six") != NULL);
+        check_io(p, "batch,3,64,64", "batch,10");
+        onnx__model_proto__free_unpacked(p, NULL);
+    }
+    ct_module_free(r);
+    ct_module_free(mb);
+}
+
 /* ------------------------------------------------------------ with the peers */
 static const char *onnx_python(void) { return peer_python("onnx, onnxruntime"); }
 #define NEED_PEER()                                                                       \
@@ -662,6 +837,31 @@ TEST(onnx_ort_generic_sequential) {
     if (save_data(&jobs[0], m, x, NULL, 0) == 0) onnx_check(py, jobs, 2, NULL);
     ct_free(x);
     ct_module_free(m);
+}
+
+/* The stand-ins of torchvision's blocks against ONNX Runtime. */
+TEST(onnx_ort_torchvision_blocks) {
+    NEED_PEER();
+    ct_module *ms[2] = {mini_resnet50(), mini_mobilenet_v2()};
+    ort_job jobs[2] = {{.tol = 1e-4, .what = "ResNet of Bottlenecks"},
+                       {.tol = 1e-4, .what = "MobileNetV2 (InvertedResidual, ReLU6)"}};
+    int64_t shape[4] = {64, 3, 64, 64};
+    ct_manual_seed(4);
+    ct_tensor *x = ct_randn(shape, 4, CT_FLOAT32);
+    int ok = 1;
+    for (int i = 0; i < 2; i++) {
+        ct_onnx_export_opts o = {.channels = 3, .height = 64, .width = 64};
+        snprintf(jobs[i].onnx, sizeof jobs[i].onnx, "%s", tmp(i ? "tv_mb.onnx" : "tv_r50.onnx"));
+        snprintf(jobs[i].data, sizeof jobs[i].data, "%s",
+                 tmp(i ? "tv_mb.safetensors" : "tv_r50.safetensors"));
+        ok = ok && ct_onnx_export(ms[i], jobs[i].onnx, &o) == 0 &&
+             save_data(&jobs[i], ms[i], x, NULL, 0) == 0;
+    }
+    CHECK_MSG(ok, "%s", ct_last_error());
+    if (ok) onnx_check(py, jobs, 2, NULL);
+    ct_free(x);
+    ct_module_free(ms[0]);
+    ct_module_free(ms[1]);
 }
 
 /* The bar: `ctorch eval` and ONNX Runtime on all 10,000 CIFAR-10 test images of a briefly
