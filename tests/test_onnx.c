@@ -621,6 +621,25 @@ TEST(onnx_export_torchvision_blocks) {
     ct_module_free(mb);
 }
 
+/* The seed's AdaptiveNet (a module with a call of its own): eval mode, main head only. */
+TEST(onnx_export_adaptive_net) {
+    const char *out = tmp("anet.onnx");
+    ct_module *m = ct_model_adaptive_net(784, 10, 5);
+    ct_onnx_export_opts o = {.channels = 1, .height = 28, .width = 28, .batch = 4};
+    CHECK_OK(ct_onnx_export(m, out, &o));
+    Onnx__ModelProto *p = read_onnx(out);
+    CHECK_NN(p);
+    if (p) {
+        char s[256];
+        CHECK_MSG(!strcmp(ops(p, s, sizeof s), "Flatten,Gemm,Relu,Gemm"), "ops %s", s);
+        CHECK(init_named(p, "backbone.1.weight") && init_named(p, "main_head.bias"));
+        CHECK(!init_named(p, "aux_head.weight") && p->graph->n_initializer == 4);
+        check_io(p, "4,1,28,28", "4,10");
+        onnx__model_proto__free_unpacked(p, NULL);
+    }
+    ct_module_free(m);
+}
+
 /* ------------------------------------------------------------ with the peers */
 static const char *onnx_python(void) { return peer_python("onnx, onnxruntime"); }
 #define NEED_PEER()                                                                       \
