@@ -376,7 +376,7 @@ TEST(onnx_export_library_errors) {
     CHECK_ERR_INT(ct_onnx_export(ap, out, &o), "output_size=(3, 3)");
     ct_module_free(ap);
     ct_module *lin = ct_nn_linear(8, 2, 1);
-    CHECK_ERR_INT(ct_onnx_export(lin, out, &o), "Linear '' (in_features=8) gets [batch, 3, 8, 8]");
+    CHECK_ERR_INT(ct_onnx_export(lin, out, &o), "Linear '(root)' (in_features=8) gets [batch, 3, 8, 8]");
     ct_module_free(lin);
     ct_module *conv = ct_nn_conv2d(4, 4, 3, 1, 1, 1);
     CHECK_ERR_INT(ct_onnx_export(conv, out, &o), "expects 4 input channels");

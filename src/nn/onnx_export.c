@@ -97,6 +97,9 @@ static void join(char *out, const char *path, const char *name) {
     snprintf(out, OX_NAME, "%s%s%s", path, *path ? "." : "", name);
 }
 
+/* A module's path in messages: "(root)" for the module exported. */
+static const char *shown(const char *path) { return *path ? path : "(root)"; }
+
 static const char *shape_str(const ox_val *v, char *buf, size_t n) {
     size_t w = (size_t)snprintf(buf, n, "[");
     for (int i = 0; i < v->ndim && w < n; i++) {
@@ -281,7 +284,7 @@ static int ox_child(ox *g, const ct_module *m, const char *path, const char *nam
     ct_module *c = ct_module_get(m, name);
     if (!c || c->parent != m)
         return ct_error("ONNX export: %s '%s' has no child '%s' (the exporter of %s expects "
-                        "torchvision's layout)", m->type, path, name, m->type);
+                        "torchvision's layout)", m->type, shown(path), name, m->type);
     char p[OX_NAME];
     join(p, path, name);
     return ox_module(g, c, p, in, out);
@@ -304,7 +307,7 @@ static int need_4d(const ct_module *m, const char *path, const ox_val *in) {
     char s[128];
     if (in->ndim == 4) return 0;
     return ct_error("ONNX export: %s '%s' gets a %d-D value %s; it is exported for [N, C, H, "
-                    "W] inputs", m->type, path, in->ndim, shape_str(in, s, sizeof s));
+                    "W] inputs", m->type, shown(path), in->ndim, shape_str(in, s, sizeof s));
 }
 
 /* --------------------------------------------------------------- layers */
@@ -319,11 +322,11 @@ static int ex_conv(ox *g, const ct_module *m, const char *path, const ox_val *in
     ct_tensor *w, *b;
     ct_conv2d_options o;
     if (!ct_nn__conv2d_info(m, &w, &b, &o))
-        return ct_error("ONNX export: '%s' is a Conv2d that is not ctorch's", path);
+        return ct_error("ONNX export: '%s' is a Conv2d that is not ctorch's", shown(path));
     if (need_4d(m, path, in) != 0) return -1;
     char s[128];
     if (in->shape[1] != ct_size(w, 1) * o.groups)
-        return ct_error("ONNX export: Conv2d '%s' expects %lld input channels, gets %s", path,
+        return ct_error("ONNX export: Conv2d '%s' expects %lld input channels, gets %s", shown(path),
                         (long long)(ct_size(w, 1) * o.groups), shape_str(in, s, sizeof s));
     char x[OX_NAME], wn[OX_NAME], bn[OX_NAME];
     ox_val xin = *in;
@@ -345,7 +348,7 @@ static int ex_conv(ox *g, const ct_module *m, const char *path, const ox_val *in
         out->shape[2 + i] = pool_out(in->shape[2 + i], o.kernel[i], o.stride[i], o.padding[i],
                                      o.dilation[i], 0);
     if (out->shape[2] < 1 || out->shape[3] < 1)
-        return ct_error("ONNX export: Conv2d '%s': input %s is smaller than its kernel", path,
+        return ct_error("ONNX export: Conv2d '%s': input %s is smaller than its kernel", shown(path),
                         shape_str(in, s, sizeof s));
     return round_bf16(g, path, out);
 }
@@ -355,16 +358,16 @@ static int ex_batch_norm(ox *g, const ct_module *m, const char *path, const ox_v
     double eps;
     int affine, track;
     if (!ct_nn__batch_norm2d_info(m, &eps, &affine, &track))
-        return ct_error("ONNX export: '%s' is a BatchNorm2d that is not ctorch's", path);
+        return ct_error("ONNX export: '%s' is a BatchNorm2d that is not ctorch's", shown(path));
     if (!track)
         return ct_error("ONNX export: BatchNorm2d '%s' has track_running_stats=False: it "
                         "normalises with each batch's statistics even in eval mode, which "
-                        "ONNX's BatchNormalization cannot do", path);
+                        "ONNX's BatchNormalization cannot do", shown(path));
     if (need_4d(m, path, in) != 0) return -1;
     int64_t c = ct_size(m->buffers[0], 0);
     char s[128];
     if (in->shape[1] != c)
-        return ct_error("ONNX export: BatchNorm2d '%s' has %lld features, gets %s", path,
+        return ct_error("ONNX export: BatchNorm2d '%s' has %lld features, gets %s", shown(path),
                         (long long)c, shape_str(in, s, sizeof s));
     char sc[OX_NAME], bi[OX_NAME], mean[OX_NAME], var[OX_NAME];
     join(mean, path, "running_mean");
@@ -396,11 +399,11 @@ static int ex_batch_norm(ox *g, const ct_module *m, const char *path, const ox_v
 static int ex_linear(ox *g, const ct_module *m, const char *path, const ox_val *in, ox_val *out) {
     ct_tensor *w, *b;
     if (!ct_nn__linear_info(m, &w, &b))
-        return ct_error("ONNX export: '%s' is a Linear that is not ctorch's", path);
+        return ct_error("ONNX export: '%s' is a Linear that is not ctorch's", shown(path));
     char s[128];
     if (in->ndim != 2 || in->shape[1] != ct_size(w, 1))
         return ct_error("ONNX export: Linear '%s' (in_features=%lld) gets %s; it is exported "
-                        "as Gemm, for [N, in_features] inputs", path, (long long)ct_size(w, 1),
+                        "as Gemm, for [N, in_features] inputs", shown(path), (long long)ct_size(w, 1),
                         shape_str(in, s, sizeof s));
     char wn[OX_NAME], bn[OX_NAME];
     ox_val xin = *in;
@@ -454,7 +457,7 @@ static int ex_pass(ox *g, const ct_module *m, const char *path, const ox_val *in
 static int ex_pool(ox *g, const ct_module *m, const char *path, const ox_val *in, ox_val *out) {
     ct_nn_pool2d_info p;
     if (!ct_nn__pool2d_info(m, &p))
-        return ct_error("ONNX export: '%s' is a %s that is not ctorch's", path, m->type);
+        return ct_error("ONNX export: '%s' is a %s that is not ctorch's", shown(path), m->type);
     if (need_4d(m, path, in) != 0) return -1;
     const char *x = in->name;
     Onnx__NodeProto *n = node(g, p.is_max ? "MaxPool" : "AveragePool", path, &x, 1, out->name);
@@ -488,7 +491,7 @@ static int ex_adaptive(ox *g, const ct_module *m, const char *path, const ox_val
                        ox_val *out) {
     int os[2];
     if (!ct_nn__adaptive_avg_pool2d_info(m, os))
-        return ct_error("ONNX export: '%s' is an AdaptiveAvgPool2d that is not ctorch's", path);
+        return ct_error("ONNX export: '%s' is an AdaptiveAvgPool2d that is not ctorch's", shown(path));
     if (need_4d(m, path, in) != 0) return -1;
     if (os[0] == 1 && os[1] == 1) return global_avg(g, path, in, out);
     char s[128];
@@ -496,7 +499,7 @@ static int ex_adaptive(ox *g, const ct_module *m, const char *path, const ox_val
         return ct_error("ONNX export: AdaptiveAvgPool2d '%s' (output_size=(%d, %d)) on %s: "
                         "ONNX has no adaptive pooling, and windows of unequal sizes (an output "
                         "size that does not divide the input's) have no AveragePool equivalent; "
-                        "export with an input size divisible by the output size", path, os[0],
+                        "export with an input size divisible by the output size", shown(path), os[0],
                         os[1], shape_str(in, s, sizeof s));
     int k[2] = {(int)(in->shape[2] / os[0]), (int)(in->shape[3] / os[1])}, pads[4] = {0};
     const char *x = in->name;
@@ -528,13 +531,13 @@ static int ex_flatten(ox *g, const ct_module *m, const char *path, const ox_val 
                       ox_val *out) {
     int s, e;
     if (!ct_nn__flatten_info(m, &s, &e))
-        return ct_error("ONNX export: '%s' is a Flatten that is not ctorch's", path);
+        return ct_error("ONNX export: '%s' is a Flatten that is not ctorch's", shown(path));
     int nd = in->ndim;
     if (s < 0) s += nd;
     if (e < 0) e += nd;
     if (s < 1 || e >= nd || s > e)
         return ct_error("ONNX export: Flatten '%s' (start_dim=%d, end_dim=%d) on a %d-D value: "
-                        "only dimensions after the batch can be flattened", path, s, e, nd);
+                        "only dimensions after the batch can be flattened", shown(path), s, e, nd);
     if (s == 1 && e == nd - 1) return flatten1(g, path, in, out);
     ox_val r = {.ndim = 0};
     r.shape[r.ndim++] = in->shape[0];
@@ -566,14 +569,14 @@ static int binary(ox *g, const char *op, const char *path, const char *x, const 
 static int ex_gelu(ox *g, const ct_module *m, const char *path, const ox_val *in, ox_val *out) {
     int tanh_approx;
     if (!ct_nn__gelu_info(m, &tanh_approx))
-        return ct_error("ONNX export: '%s' is a GELU that is not ctorch's", path);
+        return ct_error("ONNX export: '%s' is a GELU that is not ctorch's", shown(path));
     if (g->o->opset >= 20) {
         const char *x = in->name;
         Onnx__NodeProto *n = node(g, "Gelu", path, &x, 1, out->name);
         if (!n || attr_str(g, n, "approximate", tanh_approx ? "tanh" : "none") != 0) return -1;
     } else if (tanh_approx) {
         return ct_error("ONNX export: GELU '%s' (approximate='tanh') needs --opset 20 or "
-                        "later (ONNX's Gelu)", path);
+                        "later (ONNX's Gelu)", shown(path));
     } else {
         float c[3] = {(float)M_SQRT2, 1.0f, 0.5f};
         char a[OX_NAME], d[OX_NAME], e[OX_NAME];
@@ -604,7 +607,7 @@ static int add_relu(ox *g, const char *path, const ox_val *a, const ox_val *b, i
     char s1[128], s2[128];
     if (a->ndim != b->ndim || memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof *a->shape))
         return ct_error("ONNX export: '%s': the residual branch %s and the shortcut %s differ "
-                        "in shape", path, shape_str(a, s1, sizeof s1), shape_str(b, s2, sizeof s2));
+                        "in shape", shown(path), shape_str(a, s1, sizeof s1), shape_str(b, s2, sizeof s2));
     ox_val sum = *a;
     if (binary(g, "Add", path, a->name, b->name, sum.name) != 0 || round_bf16(g, path, &sum) != 0)
         return -1;
@@ -698,7 +701,7 @@ static int ex_mlp(ox *g, const ct_module *m, const char *path, const ox_val *in,
 static int ex_resnet(ox *g, const ct_module *m, const char *path, const ox_val *in, ox_val *out) {
     int fc = m->n_children - 1;
     if (fc < 0 || strcmp(m->children[fc]->name, "fc") != 0)
-        return ct_error("ONNX export: ResNet '%s' does not end with its 'fc' layer", path);
+        return ct_error("ONNX export: ResNet '%s' does not end with its 'fc' layer", shown(path));
     ox_val f, flat;
     if (ox_chain(g, m, path, 0, fc, in, &f) != 0 || flatten1(g, path, &f, &flat) != 0) return -1;
     return ox_child(g, m, path, "fc", &flat, out);
@@ -761,7 +764,7 @@ static int ox_module(ox *g, const ct_module *m, const char *path, const ox_val *
         w += (size_t)snprintf(types + w, sizeof types - w, "%s%s", i ? ", " : "",
                               EXPORTERS[i].type);
     return ct_error("ONNX export: module '%s' of type %s has no ONNX exporter (exported "
-                    "types: %s; docs/onnx.md)", *path ? path : "(root)", m->type, types);
+                    "types: %s; docs/onnx.md)", shown(path), m->type, types);
 }
 
 /* ------------------------------------------------------------------ the model */
