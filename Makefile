@@ -9,7 +9,7 @@ OPT     ?= -O3
 CFLAGS  ?=
 # The project's flags; a CFLAGS given on the command line is added after them.
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -fPIC -pthread \
-           -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-pthread $(ARCHIVE_CFLAGS) $(CFLAGS)
+           -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-pthread $(ARCHIVE_CFLAGS) $(ONNX_CFLAGS) $(CFLAGS)
 LDLIBS  ?=
 # libarchive reads the official cifar-10-binary.tar.gz; without it (a GPU image without
 # the package) that one feature is left out with a notice, as CUDA is without nvcc.
@@ -29,7 +29,23 @@ MHD_LIBS := -lmicrohttpd
 else
 $(info notice: microhttpd.h not found; ctorch train --metrics-port is left out (install libmicrohttpd-dev))
 endif
-ALL_LDLIBS = -lopenblas -lz -ljansson -lcrypto $(ARCHIVE_LIBS) -lpthread -ldl -lm $(LDLIBS)
+# ONNX export (`ctorch export --onnx`, ct_onnx_export, docs/onnx.md): protobuf-c's C code
+# for Debian libonnx-dev's onnx.proto, generated at build time by protoc-c into
+# $(BUILD)/gen/onnx (never committed) and linked with -lprotobuf-c. Without the compiler,
+# the schema or the runtime's header the exporter is left out with a notice:
+# ct_onnx_export and `ctorch export` then say so (exit 2).
+PROTOC_C   ?= $(shell command -v protoc-c 2>/dev/null)
+ONNX_PROTO ?= /usr/include/onnx/onnx.proto
+HAVE_PROTOBUF_C := $(shell printf '\043include <protobuf-c/protobuf-c.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo 1)
+ifneq ($(and $(PROTOC_C),$(wildcard $(ONNX_PROTO)),$(HAVE_PROTOBUF_C)),)
+ONNX_GEN     := $(BUILD)/gen/onnx
+ONNX_CFLAGS  := -DCT_HAVE_ONNX
+ONNX_LIBS    := -lprotobuf-c
+ONNX_GEN_OBJ := $(ONNX_GEN)/onnx.pb-c.o
+else
+$(info notice: protoc-c, $(ONNX_PROTO) or protobuf-c/protobuf-c.h not found; ctorch export --onnx is left out (install libprotobuf-c-dev protobuf-c-compiler libonnx-dev))
+endif
+ALL_LDLIBS = -lopenblas -lz -ljansson -lcrypto $(ARCHIVE_LIBS) $(ONNX_LIBS) -lpthread -ldl -lm $(LDLIBS)
 # libctorch.so's version and soname, from CT_VERSION in include/ctorch.h.
 CT_VERSION := $(shell sed -n 's/^\#define CT_VERSION "\([^"]*\)".*/\1/p' include/ctorch.h)
 SOVERSION  := $(firstword $(subst ., ,$(CT_VERSION)))
@@ -40,7 +56,7 @@ LIB_SRC := $(sort $(wildcard src/core/*.c src/ops/*.c src/backends/cpu/*.c src/n
              src/optim/*.c src/data/*.c src/io/*.c src/models/*.c src/dist/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c src/monitor/*.c))
 TEST_SRC := $(sort $(wildcard tests/*.c))
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(ONNX_GEN_OBJ)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
@@ -51,7 +67,8 @@ MPICC := $(shell command -v mpicc 2>/dev/null)
 
 PHONY_EXTRA := examples
 .PHONY: all lib cli cuda mpi examples test test-sanitize valgrind fixtures deps run clean \
-        install uninstall bench-metrics image test-image
+        install uninstall bench-metrics image test-image \
+        test-onnx-full
 
 all: lib cli cuda mpi examples
 
@@ -73,6 +90,20 @@ sq = $(subst ','\'',$(1))
 $(shell scripts/gen-run-info.sh '$(RUN_INFO_H)' '$(call sq,$(RUN_INFO_FLAGS))')
 $(BUILD)/src/cli/run_info.o: $(RUN_INFO_H)
 $(BUILD)/src/cli/run_info.o: ALL_CFLAGS += -I$(BUILD)/gen
+
+# The ONNX schema's C code (see ONNX_PROTO above): generated from a copy of the .proto so
+# that protoc-c names the files onnx.pb-c.{c,h}; the exporter and its test include it.
+ifneq ($(ONNX_GEN),)
+$(ONNX_GEN)/onnx.pb-c.h: $(ONNX_PROTO)
+	@mkdir -p $(dir $@)
+	cp $(ONNX_PROTO) $(ONNX_GEN)/onnx.proto
+	cd $(ONNX_GEN) && $(PROTOC_C) --c_out=. onnx.proto
+$(ONNX_GEN)/onnx.pb-c.c: $(ONNX_GEN)/onnx.pb-c.h
+$(ONNX_GEN_OBJ): $(ONNX_GEN)/onnx.pb-c.c
+	$(CC) $(ALL_CFLAGS) -I$(ONNX_GEN) -c $< -o $@
+$(BUILD)/src/nn/onnx_export.o $(BUILD)/tests/test_onnx.o: $(ONNX_GEN)/onnx.pb-c.h
+$(BUILD)/src/nn/onnx_export.o $(BUILD)/tests/test_onnx.o: ALL_CFLAGS += -I$(ONNX_GEN)
+endif
 
 $(BUILD)/libctorch.a: $(LIB_OBJ)
 	@rm -f $@
@@ -257,6 +288,13 @@ valgrind: deps $(BUILD)/test_ctorch
 # docs/monitoring.md); not part of `make test`. BENCH_PAIRS, BENCH_TRAIN_LIMIT and BENCH_EPOCHS size it.
 bench-metrics: cli
 	CTORCH_DATA=$(DATA_DIR) python3 bench/metrics_bench.py --bin $(BUILD)/ctorch
+
+# The ONNX peer checks at full size (tests/test_onnx.c, docs/onnx.md): resnet18 on 256
+# CIFAR-10 test images (make test: 32), its --amp bf16 export, and ctorch eval against ONNX
+# Runtime on all 10,000 test images of a briefly trained simple_cnn. Needs the peers
+# (bench/peer-requirements.txt: onnx, onnxruntime); not part of make test (about a minute).
+test-onnx-full: cli $(BUILD)/test_ctorch
+	CTORCH_DATA=$(DATA_DIR) CT_TEST_ONNX_FULL=1 $(BUILD)/test_ctorch onnx_ort
 
 fixtures:
 	@for f in tests/fixtures/gen_*.py; do /usr/bin/python3 $$f || exit 1; done

@@ -378,6 +378,30 @@ const char *const *ct_model_names(void);
  * aux_head.weight, aux_head.bias. */
 ct_module *ct_model_adaptive_net(int64_t in_features, int num_classes, int aux_classes);
 
+/* ------------------------------------------------------------------ ONNX export
+ * The module tree as an ONNX model (docs/onnx.md): one node (or a few) per module, chosen
+ * by the module's type ("Conv2d" -> Conv, "Linear" -> Gemm, "BatchNorm2d" ->
+ * BatchNormalization, ...), containers (Sequential, BasicBlock, the built-in models)
+ * described by their own forward's graph; the result is the module's eval-mode forward
+ * (BatchNorm with its running statistics, Dropout the identity), whatever m's train flag.
+ * The weights are initializers named by their state_dict names; the graph's input is
+ * "input" [N, C, H, W] float32, its output "logits". The file is written atomically.
+ * Errors name the module's dotted path and type (a type without an exporter, a module
+ * whose configuration ONNX cannot express); nothing is written then.
+ * Needs a build with protobuf-c (ct_onnx_available). */
+typedef struct {
+    int opset;         /* default-domain opset: 0 means 17; accepted 13..21 */
+    int64_t batch;     /* > 0: a fixed batch size; 0: dynamic (dim_param "batch") */
+    int channels, height, width; /* the input image size (required, >= 1) */
+    int amp_bf16;      /* bfloat16 weights, activations rounded to bfloat16 as ctorch's
+                          autocast does (Cast nodes; float32 arithmetic in between) */
+    const char *doc;   /* the model's doc_string (e.g. the checkpoint's name); may be NULL */
+} ct_onnx_export_opts;
+
+int ct_onnx_export(const ct_module *m, const char *path, const ct_onnx_export_opts *o);
+/* 1 when this build has the exporter; 0 when it was built without protobuf-c. */
+int ct_onnx_available(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -48,6 +48,11 @@ reset
 # src/cli and src/monitor belong to the CLI, not to libctorch)
 objs=$(find src -name '*.c' ! -path 'src/backends/cuda/*' ! -path 'src/cli/*' ! -path 'src/monitor/*' ! -path 'src/dist/mpi/*' ! -name cpu_backend.c |
     sort | sed "s|^|$BUILD/|; s|\.c\$|.o|")
+# the ONNX exporter's generated protobuf-c code, when the build has it (Makefile: ONNX_GEN)
+if [ -f "$BUILD/gen/onnx/onnx.pb-c.o" ]; then
+    objs="$objs $BUILD/gen/onnx/onnx.pb-c.o"
+    LIBS="$LIBS -lprotobuf-c"
+fi
 $CC $FLAGS -c "$tmp/src/backends/cpu/cpu_backend.c" -o "$tmp/cpu_backend.o" > "$tmp/log2" 2>&1 &&
     $CC -shared -Wl,--no-undefined -o "$tmp/control.so" $objs "$tmp/cpu_backend.o" $LIBS >> "$tmp/log2" 2>&1 ||
     { bad "control: the unchanged CPU table does not link"; cat "$tmp/log2"; }

@@ -44,6 +44,7 @@ int cli_json_print(const char *cmd, json_t *obj);
 
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_download(int argc, char **argv);
 int cmd_archive(int argc, char **argv);

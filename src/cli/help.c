@@ -70,6 +70,24 @@ static const struct {
      "  --device D       cpu | cuda | cuda:N\n"
      "  --json           print one JSON object\n"
      "  --amp A          bf16 | fp16 | off: forward passes under autocast\n"},
+    {"export",
+     "usage: ctorch export --model M --checkpoint FILE --onnx OUT.onnx [options]\n"
+     "\n"
+     "Writes the checkpoint's model as ONNX (docs/onnx.md): input \"input\" [N, C, H, W]\n"
+     "float32, output \"logits\", the weights as initializers under their state_dict names,\n"
+     "eval-mode forward (BatchNorm's running statistics, Dropout off). Written atomically.\n"
+     "  --model M              simple_cnn | mlp | resnet18\n"
+     "  --checkpoint FILE      the weights (what `ctorch train --save` writes)\n"
+     "  --onnx OUT.onnx        the model file to write\n"
+     "  --opset N              ONNX opset, 13..21 (default 17)\n"
+     "  --batch N|dynamic      a fixed batch size, or dim_param \"batch\" (default dynamic)\n"
+     "  --amp bf16|off         bf16: bfloat16 weights and activations rounded to bfloat16 as\n"
+     "                         `ctorch eval --amp bf16` computes (Cast nodes; default off)\n"
+     "  --num-classes N        default: the checkpoint's classifier size\n"
+     "  --dataset D            the input size of cifar10 (3x32x32), mnist, fashion_mnist\n"
+     "                         (1x28x28); default: the model's (mlp 1x28x28, others 3x32x32)\n"
+     "  --input-shape CxHxW    the input size, e.g. 3x64x64\n"
+     "Exit 2 on bad options or a checkpoint that does not fit the model; 1 when writing fails.\n"},
     {"bench",
      "usage: ctorch bench --model M --batch-size B [--steps N] [--threads T] [--device D] [--json]\n"
      "       [--amp bf16|fp16|off]\n"
@@ -169,6 +187,6 @@ int cli_command_help(const char *cmd) {
             fputs(HELP[i].text, stdout);
             return CLI_OK;
         }
-    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, bench, download, archive, verify, launch, doctor, plot, help\n", cmd);
+    fprintf(stderr, "ctorch help: unknown command '%s'; commands: train, eval, export, bench, download, archive, verify, launch, doctor, plot, help\n", cmd);
     return CLI_USAGE;
 }

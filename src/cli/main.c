@@ -12,6 +12,7 @@ static const struct {
 } COMMANDS[] = {
     {"train", cmd_train, "train a model on a dataset"},
     {"eval", cmd_eval, "evaluate a checkpoint on a test set"},
+    {"export", cmd_export, "write a checkpoint as an ONNX model (docs/onnx.md)"},
     {"bench", cmd_bench, "measure training and inference throughput on synthetic data"},
     {"download", cmd_download, "fetch a dataset's official archive and verify its checksum"},
     {"archive", cmd_archive, "pack a run directory into a citable .tar.gz (optionally onto Zenodo)"},

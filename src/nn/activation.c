@@ -1,6 +1,7 @@
 /* Parameter-free modules: ReLU, GELU, Identity, Flatten. */
 #include "ctorch_nn.h"
 #include "core/error.h"
+#include "nn_config.h"
 #include "core/tensor_impl.h"
 #include "nn_fusion.h"
 
@@ -15,6 +16,11 @@ int ct_nn__is_relu(const ct_module *m) { return m && m->forward == relu_forward;
 
 static ct_tensor *gelu_forward(ct_module *m, const ct_tensor *x) {
     return ct_gelu(x, *(int *)m->impl);
+}
+int ct_nn__gelu_info(const ct_module *m, int *approximate_tanh) {
+    if (!m || m->forward != gelu_forward) return 0;
+    *approximate_tanh = *(const int *)m->impl;
+    return 1;
 }
 static void gelu_repr(const ct_module *m, char *buf, size_t n) {
     snprintf(buf, n, "approximate='%s'", *(int *)m->impl ? "tanh" : "none");
@@ -32,6 +38,7 @@ static ct_tensor *identity_forward(ct_module *m, const ct_tensor *x) {
     (void)m;
     return ct_retain((ct_tensor *)x);
 }
+int ct_nn__is_identity(const ct_module *m) { return m && m->forward == identity_forward; }
 ct_module *ct_nn_identity(void) { return ct_module_new("Identity", identity_forward, NULL, NULL); }
 
 typedef struct {
@@ -41,6 +48,12 @@ typedef struct {
 static ct_tensor *flatten_forward(ct_module *m, const ct_tensor *x) {
     const flatten_cfg *c = m->impl;
     return ct_flatten(x, c->start, c->end);
+}
+int ct_nn__flatten_info(const ct_module *m, int *start_dim, int *end_dim) {
+    if (!m || m->forward != flatten_forward) return 0;
+    *start_dim = ((const flatten_cfg *)m->impl)->start;
+    *end_dim = ((const flatten_cfg *)m->impl)->end;
+    return 1;
 }
 static void flatten_repr(const ct_module *m, char *buf, size_t n) {
     const flatten_cfg *c = m->impl;

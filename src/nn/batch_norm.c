@@ -3,6 +3,7 @@
 #include "ctorch_nn.h"
 #include "ctorch_dist.h"
 #include "core/error.h"
+#include "nn_config.h"
 #include "core/tensor_impl.h"
 
 #include <stdlib.h>
@@ -132,6 +133,14 @@ static ct_tensor *bn_forward(ct_module *m, const ct_tensor *x) {
         }
     }
     return y;
+}
+int ct_nn__batch_norm2d_info(const ct_module *m, double *eps, int *affine, int *track) {
+    if (!m || m->forward != bn_forward) return 0;
+    const bn_cfg *c = m->impl;
+    *eps = c->eps;
+    *affine = c->affine;
+    *track = c->track;
+    return 1;
 }
 
 ct_module *ct_nn_batch_norm2d_ex(int64_t num_features, double eps, double momentum, int affine,

@@ -1,6 +1,7 @@
 /* nn.Dropout: zeroes elements with probability p in training, scales by 1/(1-p). */
 #include "ctorch_nn.h"
 #include "core/error.h"
+#include "nn_config.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 static ct_tensor *dropout_forward(ct_module *m, const ct_tensor *x) {
     return ct_dropout(x, *(double *)m->impl, m->training);
 }
+int ct_nn__is_dropout(const ct_module *m) { return m && m->forward == dropout_forward; }
 static void dropout_repr(const ct_module *m, char *buf, size_t n) {
     snprintf(buf, n, "p=%g", *(double *)m->impl);
 }

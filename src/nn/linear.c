@@ -1,6 +1,7 @@
 /* nn.Linear: y = x W^T + b, weight [out, in], bias [out]. */
 #include "ctorch_nn.h"
 #include "core/error.h"
+#include "nn_config.h"
 #include "core/tensor_impl.h"
 
 #include <stdlib.h>
@@ -25,6 +26,12 @@ static ct_tensor *linear_forward(ct_module *m, const ct_tensor *x) {
                              ct_shape_str(x, s, sizeof s), (long long)c->in,
                              x->ndim ? (long long)x->shape[x->ndim - 1] : 0LL);
     return ct_linear(x, m->params[0], c->bias ? m->params[1] : NULL);
+}
+int ct_nn__linear_info(const ct_module *m, ct_tensor **weight, ct_tensor **bias) {
+    if (!m || m->forward != linear_forward) return 0;
+    *weight = m->params[0];
+    *bias = ((const linear_cfg *)m->impl)->bias ? m->params[1] : NULL;
+    return 1;
 }
 
 ct_module *ct_nn_linear(int64_t in_features, int64_t out_features, int bias) {

@@ -1,6 +1,7 @@
 /* Pooling modules: MaxPool2d, AvgPool2d, AdaptiveAvgPool2d. */
 #include "ctorch_nn.h"
 #include "core/error.h"
+#include "nn_config.h"
 #include "core/tensor_impl.h"
 #include "nn_fusion.h"
 
@@ -41,6 +42,20 @@ int ct_nn__max_pool_params(const ct_module *m, int kernel[2], int stride[2], int
 static ct_tensor *avg_forward(ct_module *m, const ct_tensor *x) {
     const pool_cfg *c = m->impl;
     return ct_avg_pool2d(x, c->kernel, c->stride, c->padding, c->ceil_mode, c->count_include_pad);
+}
+int ct_nn__pool2d_info(const ct_module *m, ct_nn_pool2d_info *out) {
+    if (!m || (m->forward != max_forward && m->forward != avg_forward)) return 0;
+    const pool_cfg *c = m->impl;
+    out->is_max = m->forward == max_forward;
+    for (int i = 0; i < 2; i++) {
+        out->kernel[i] = c->kernel[i];
+        out->stride[i] = c->stride[i];
+        out->padding[i] = c->padding[i];
+        out->dilation[i] = c->dilation[i];
+    }
+    out->ceil_mode = c->ceil_mode;
+    out->count_include_pad = c->count_include_pad;
+    return 1;
 }
 
 /* Validates a square window (stride <= 0: = kernel) and makes the module. */
@@ -101,6 +116,12 @@ ct_module *ct_nn_avg_pool2d_opt(const ct_pool2d_opts *o) {
 
 static ct_tensor *adaptive_forward(ct_module *m, const ct_tensor *x) {
     return ct_adaptive_avg_pool2d(x, (const int *)m->impl);
+}
+int ct_nn__adaptive_avg_pool2d_info(const ct_module *m, int out[2]) {
+    if (!m || m->forward != adaptive_forward) return 0;
+    out[0] = ((const int *)m->impl)[0];
+    out[1] = ((const int *)m->impl)[1];
+    return 1;
 }
 static void adaptive_repr(const ct_module *m, char *buf, size_t n) {
     const int *o = m->impl;
