@@ -19,7 +19,7 @@ static const char *const k_subdirs[CT_NUM_DATASETS] = {"cifar-10-batches-bin", "
 
 int ct_dataset_parse_name(const char *name, ct_dataset_kind *out) {
     if (!name)
-        return ct_error("dataset: no name given; use cifar10, mnist, fashion_mnist or imagefolder");
+        return ct_error("dataset: no name given; use cifar10, mnist or fashion_mnist, or imagefolder");
     static const struct {
         const char *alias;
         ct_dataset_kind kind;
@@ -36,8 +36,8 @@ int ct_dataset_parse_name(const char *name, ct_dataset_kind *out) {
             return 0;
         }
     }
-    return ct_error("dataset: unknown dataset '%s'; use cifar10, mnist, fashion_mnist or "
-                    "imagefolder (a folder of images in class subdirectories)", name);
+    return ct_error("dataset: unknown dataset '%s'; use cifar10, mnist or fashion_mnist, or "
+                    "imagefolder (your images in class subdirectories)", name);
 }
 
 const char *ct_dataset_name(ct_dataset_kind kind) {
