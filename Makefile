@@ -250,7 +250,7 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch $(BUILD)/dist_worker $(if $(NVCC),cuda-emu)
-	@scripts/check-readme.sh $(BUILD) "$(ARCHIVE_LIBS)"
+	@scripts/check-readme.sh $(BUILD) "$(ARCHIVE_LIBS) $(IMAGE_LIBS)"
 	CTORCH_DATA=$(DATA_DIR) $(BUILD)/test_ctorch
 
 test-sanitize: deps
