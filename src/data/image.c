@@ -30,6 +30,7 @@
 static int64_t g_max_pixels = 2 * 89478485LL;
 
 void ct__image_set_max_pixels(int64_t n) { g_max_pixels = n > 0 ? n : 2 * 89478485LL; }
+int64_t ct__image_max_pixels(void) { return g_max_pixels; }
 
 void ct_image_free(ct_image *img) {
     if (!img) return;

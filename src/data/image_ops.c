@@ -75,6 +75,10 @@ int ct_image_resize(const ct_image *src, int out_h, int out_w, ct_image *dst) {
     if (!src || !src->data || src->h <= 0 || src->w <= 0 || out_h <= 0 || out_w <= 0)
         return ct_error("image_resize: bad sizes %dx%d -> %dx%d", src ? src->w : 0,
                         src ? src->h : 0, out_w, out_h);
+    if ((int64_t)out_h * out_w > ct__image_max_pixels())
+        return ct_error("image_resize: %dx%d -> %dx%d makes more than %lld pixels (an image of "
+                        "extreme aspect ratio?)", src->w, src->h, out_w, out_h,
+                        (long long)ct__image_max_pixels());
     if (ct_image_alloc(dst, out_h, out_w) != 0) return ct_error("image_resize: out of memory");
     if (out_h == src->h && out_w == src->w) {
         memcpy(dst->data, src->data, (size_t)out_h * out_w * 3);

@@ -133,8 +133,9 @@ static int if_fetch(const ct_dataset *ds, int64_t i, uint8_t *out, ct_data_rng *
     }
     ct_image_free(&img);
     if (rc != 0) {
-        snprintf(err, nerr, "%s: out of memory transforming the image", f->paths[i]);
-        return -1;
+        /* out of memory, or an image whose resize would be a bomb (extreme aspect ratio) */
+        snprintf(err, nerr, "%s: %s", f->paths[i], ct_last_error());
+        return f->o.on_bad_image == CT_BAD_IMAGE_SKIP ? 1 : -1;
     }
     size_t plane = (size_t)S * S;
     for (size_t p = 0; p < plane; p++) {
