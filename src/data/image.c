@@ -57,6 +57,7 @@ int ct_image_alloc(ct_image *img, int h, int w) {
     return img->data ? 0 : -1;
 }
 
+#ifdef CT_HAVE_IMAGE
 static int check_dims(int64_t w, int64_t h, char *err, size_t nerr) {
     if (w <= 0 || h <= 0) return fail(err, nerr, "the image has no pixels (%lldx%lld)", (long long)w, (long long)h);
     if (w * h > g_max_pixels)
@@ -65,7 +66,6 @@ static int check_dims(int64_t w, int64_t h, char *err, size_t nerr) {
     return 0;
 }
 
-#ifdef CT_HAVE_IMAGE
 #include <jerror.h>
 #include <jpeglib.h>
 #include <png.h>
