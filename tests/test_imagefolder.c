@@ -631,3 +631,75 @@ TEST(imagefolder_cli_train_and_bad_image_exit_codes) {
     CHECK_MSG(rc == 2 && log_has(log, "--on-bad-image maybe"), "bad policy: exit %d", rc);
 #endif
 }
+
+/* The val pipeline end to end against torchvision's ImageFolder + PIL on the same files
+ * (JPEG and PNG): the batches ctorch's loader builds equal the tensors torchvision gives
+ * (decoding, Resize, CenterCrop, ToTensor, Normalize), so a model's forward on them can be
+ * compared with PyTorch's. */
+TEST(imagefolder_val_batches_match_torchvision) {
+#ifndef CT_HAVE_IMAGE
+    SKIP("built without libjpeg / libpng");
+#else
+    const char *py = peer_python("torch, torchvision, PIL");
+    if (!py) SKIP("no Python with torch, torchvision and Pillow (bench/setup-peer.sh)");
+    const char *root = tmp_root("tv_folder");
+    mkdirs(root);
+    ct_dataset *cif = make_cifar_folder(root, 100, 60); /* every class in both */
+    if (!cif) SKIP("CIFAR-10 not found in $CTORCH_DATA");
+    ct_dataset_free(cif);
+    char script[600], out[600], log[600], cmd[2400];
+    snprintf(script, sizeof script, "%s/tv_val.py", tmpdir());
+    snprintf(out, sizeof out, "%s/tv_val.bin", tmpdir());
+    snprintf(log, sizeof log, "%s/tv_val.log", tmpdir());
+    FILE *f = fopen(script, "w");
+    if (!f) return;
+    fprintf(f, "import sys, torch, torchvision.transforms as T\n"
+               "from torchvision.datasets import ImageFolder\n"
+               "tf = T.Compose([T.Resize(36), T.CenterCrop(32), T.ToTensor(),\n"
+               "                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])\n"
+               "ds = ImageFolder(sys.argv[1] + '/val', transform=tf)\n"
+               "x = torch.stack([ds[i][0] for i in range(len(ds))])\n"
+               "y = torch.tensor([ds[i][1] for i in range(len(ds))], dtype=torch.float32)\n"
+               "open(sys.argv[2], 'wb').write(torch.cat([x.flatten(), y]).numpy().tobytes())\n");
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s %s %s %s", py, script, root, out);
+    int rc = run(cmd, log);
+    CHECK_MSG(rc == 0, "torchvision script exited %d", rc);
+    if (rc) {
+        show_log(log);
+        return;
+    }
+    ct_imagefolder_opts o = ct_imagefolder_default_opts();
+    o.image_size = 32;
+    ct_dataset *va = ct_imagefolder_load(root, CT_SPLIT_TEST, &o, 0);
+    CHECK_NN(va);
+    if (!va) return;
+    ct_dataloader_opts lo = ct_dataloader_default_opts();
+    lo.shuffle = 0;
+    lo.batch_size = va->n;
+    lo.transform.normalize = 1;
+    ct_dataset_default_normalization(CT_DATASET_IMAGEFOLDER, lo.transform.mean, lo.transform.std);
+    ct_dataloader *dl = ct_dataloader_new(va, &lo);
+    ct_tensor *x = NULL, *y = NULL;
+    CHECK(dl && ct_dataloader_next(dl, &x, &y) == 1);
+    size_t nx = (size_t)va->n * 3 * 32 * 32, ny = (size_t)va->n;
+    float *want = malloc((nx + ny) * sizeof(float));
+    f = fopen(out, "rb");
+    size_t got = f && want ? fread(want, sizeof(float), nx + ny, f) : 0;
+    if (f) fclose(f);
+    CHECK_MSG(got == nx + ny, "torchvision gave %zu values, ctorch %zu", got, nx + ny);
+    if (x && got == nx + ny) {
+        const float *a = ct_data(x);
+        const int64_t *lab = ct_data(y);
+        double worst = 0;
+        for (size_t i = 0; i < nx; i++) worst = fmax(worst, fabs((double)a[i] - want[i]));
+        CHECK_MSG(worst <= 1e-6, "images differ from torchvision's by up to %g", worst);
+        for (size_t i = 0; i < ny; i++) CHECK(lab[i] == (int64_t)want[nx + i]);
+    }
+    free(want);
+    ct_free(x);
+    ct_free(y);
+    ct_dataloader_free(dl);
+    ct_dataset_free(va);
+#endif
+}
