@@ -147,6 +147,38 @@ static int if_fetch(const ct_dataset *ds, int64_t i, uint8_t *out, ct_data_rng *
     return 0;
 }
 
+/* Appends the images of one class directory (walked as os.walk, sorted) to paths, and
+ * `label` to labels (cap entries allocated; paths->n is the count). */
+static int scan_class(const char *cdir, int64_t label, strvec *paths, int64_t **labels, size_t *cap) {
+    strvec dirs = {0}, files = {0};
+    char path[CT_PATH_MAX];
+    int rc = walk_dirs(cdir, 0, &dirs);
+    if (rc == 0) qsort(dirs.v, dirs.n, sizeof *dirs.v, cmp_str);
+    for (size_t d = 0; rc == 0 && d < dirs.n; d++) {
+        sv_free(&files);
+        if ((rc = list_dir(dirs.v[d], 0, &files)) != 0) break;
+        for (size_t k = 0; rc == 0 && k < files.n; k++) {
+            if (!has_image_ext(files.v[k])) continue;
+            ct_path_join(path, sizeof path, dirs.v[d], files.v[k]);
+            if (paths->n == *cap) {
+                size_t nc = *cap ? 2 * *cap : 1024;
+                int64_t *nl = realloc(*labels, nc * sizeof *nl);
+                if (!nl) {
+                    rc = ct_error("imagefolder: out of memory listing %s", cdir);
+                    break;
+                }
+                *labels = nl;
+                *cap = nc;
+            }
+            if (sv_push(paths, path) != 0) rc = ct_error("imagefolder: out of memory listing %s", cdir);
+            else (*labels)[paths->n - 1] = label;
+        }
+    }
+    sv_free(&dirs);
+    sv_free(&files);
+    return rc;
+}
+
 ct_imagefolder_opts ct_imagefolder_default_opts(void) {
     ct_imagefolder_opts o = {224, 0, -1, CT_BAD_IMAGE_ERROR};
     return o;
@@ -176,9 +208,9 @@ ct_dataset *ct_imagefolder_load(const char *root_in, ct_split split, const ct_im
                              "<image> and ROOT/val/<class>/<image> (torchvision's ImageFolder), "
                              "with ROOT given by --data-dir", dir);
     /* classes: train's (val uses the same indices) */
-    strvec classes = {0}, split_classes = {0}, dirs = {0}, files = {0}, paths = {0};
+    strvec classes = {0}, split_classes = {0}, paths = {0};
     int64_t *labels = NULL;
-    size_t nlabels = 0, cap = 0;
+    size_t cap = 0;
     ct_dataset *ds = NULL;
     imagefolder *f = NULL;
     const char *cdir = ct_path_is_dir(train_dir) ? train_dir : dir;
@@ -197,27 +229,8 @@ ct_dataset *ct_imagefolder_load(const char *root_in, ct_split split, const ct_im
                      split_classes.v[c], cdir);
             goto fail;
         }
-        int64_t label = hit - classes.v;
         ct_path_join(path, sizeof path, dir, split_classes.v[c]);
-        sv_free(&dirs);
-        if (walk_dirs(path, 0, &dirs) != 0) goto fail;
-        qsort(dirs.v, dirs.n, sizeof *dirs.v, cmp_str);
-        for (size_t d = 0; d < dirs.n; d++) {
-            sv_free(&files);
-            if (list_dir(dirs.v[d], 0, &files) != 0) goto fail;
-            for (size_t k = 0; k < files.n; k++) {
-                if (!has_image_ext(files.v[k])) continue;
-                ct_path_join(path, sizeof path, dirs.v[d], files.v[k]);
-                if (sv_push(&paths, path) != 0) goto oom;
-                if (nlabels == cap) {
-                    cap = cap ? 2 * cap : 1024;
-                    int64_t *nl = realloc(labels, cap * sizeof *nl);
-                    if (!nl) goto oom;
-                    labels = nl;
-                }
-                labels[nlabels++] = label;
-            }
-        }
+        if (scan_class(path, hit - classes.v, &paths, &labels, &cap) != 0) goto fail;
     }
     if (paths.n == 0) {
         ct_error("imagefolder: no images (.jpg, .jpeg, .png) under %s/<class>/", dir);
@@ -249,8 +262,6 @@ ct_dataset *ct_imagefolder_load(const char *root_in, ct_split split, const ct_im
     f->paths = paths.v; /* the strings now belong to the dataset */
     f->npaths = (int64_t)n;
     sv_free(&split_classes);
-    sv_free(&dirs);
-    sv_free(&files);
     return ds;
 oom:
     ct_error("imagefolder: out of memory listing %s", dir);
@@ -260,8 +271,6 @@ fail:
     ct_dataset_free(ds);
     sv_free(&classes);
     sv_free(&split_classes);
-    sv_free(&dirs);
-    sv_free(&files);
     sv_free(&paths);
     return NULL;
 }
