@@ -42,7 +42,12 @@ static int write_jpeg(const char *path, const uint8_t *rgb, int h, int w, int qu
     return fclose(f);
 }
 
+static int write_png_ex(const char *path, const uint8_t *rgb, int h, int w, int interlace);
 static int write_png(const char *path, const uint8_t *rgb, int h, int w) {
+    return write_png_ex(path, rgb, h, w, 0);
+}
+
+static int write_png_ex(const char *path, const uint8_t *rgb, int h, int w, int interlace) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
     png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
@@ -53,10 +58,13 @@ static int write_png(const char *path, const uint8_t *rgb, int h, int w) {
         return -1;
     }
     png_init_io(p, f);
-    png_set_IHDR(p, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
-                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_set_IHDR(p, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
+                 interlace ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                 PNG_FILTER_TYPE_DEFAULT);
     png_write_info(p, info);
-    for (int y = 0; y < h; y++) png_write_row(p, (png_const_bytep)(rgb + (size_t)y * w * 3));
+    int passes = interlace ? png_set_interlace_handling(p) : 1;
+    for (int pass = 0; pass < passes; pass++)
+        for (int y = 0; y < h; y++) png_write_row(p, (png_const_bytep)(rgb + (size_t)y * w * 3));
     png_write_end(p, NULL);
     png_destroy_write_struct(&p, &info);
     return fclose(f);
@@ -223,6 +231,41 @@ TEST(imagefolder_decode_rejects_corrupt_and_truncated) {
     const uint8_t junk[16] = "GIF89a.........";
     CHECK(ct_image_decode(junk, sizeof junk, &img, err, sizeof err) != 0);
     CHECK_MSG(strstr(err, "not a JPEG or PNG") != NULL, "%s", err);
+#endif
+}
+
+TEST(imagefolder_decode_interlaced_png_and_big_jpeg) {
+#ifndef CT_HAVE_IMAGE
+    SKIP("built without libjpeg / libpng");
+#else
+    /* Adam7 PNG: lossless, so the pixels come back exactly; a 300x217 JPEG (several MCU
+     * rows, odd sizes) close to its source */
+    enum { H = 217, W = 300 };
+    uint8_t *rgb = malloc((size_t)H * W * 3);
+    if (!rgb) return;
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            uint8_t *p = rgb + ((size_t)y * W + x) * 3;
+            p[0] = (uint8_t)(x * 255 / W);
+            p[1] = (uint8_t)(y * 255 / H);
+            p[2] = (uint8_t)((x + y) * 255 / (W + H));
+        }
+    char path[600], err[512];
+    ct_image img;
+    snprintf(path, sizeof path, "%s/adam7.png", tmpdir());
+    CHECK(write_png_ex(path, rgb, H, W, 1) == 0);
+    CHECK_MSG(ct_image_load(path, &img, err, sizeof err) == 0, "%s", err);
+    CHECK(img.h == H && img.w == W && img.data && !memcmp(img.data, rgb, (size_t)H * W * 3));
+    ct_image_free(&img);
+    snprintf(path, sizeof path, "%s/big.jpg", tmpdir());
+    CHECK(write_jpeg(path, rgb, H, W, 95) == 0);
+    CHECK_MSG(ct_image_load(path, &img, err, sizeof err) == 0, "%s", err);
+    CHECK(img.h == H && img.w == W);
+    long sum = 0;
+    for (size_t i = 0; img.data && i < (size_t)H * W * 3; i++) sum += abs((int)img.data[i] - (int)rgb[i]);
+    CHECK_MSG(sum / (double)(H * W * 3) < 3.0, "JPEG mean error %.2f", sum / (double)(H * W * 3));
+    ct_image_free(&img);
+    free(rgb);
 #endif
 }
 
