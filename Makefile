@@ -9,7 +9,8 @@ OPT     ?= -O3
 CFLAGS  ?=
 # The project's flags; a CFLAGS given on the command line is added after them.
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -fPIC -pthread \
-           -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-pthread $(ARCHIVE_CFLAGS) $(ONNX_CFLAGS) $(CFLAGS)
+           -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-pthread $(ARCHIVE_CFLAGS) $(IMAGE_CFLAGS) \
+           $(ONNX_CFLAGS) $(CFLAGS)
 LDLIBS  ?=
 # libarchive reads the official cifar-10-binary.tar.gz; without it (a GPU image without
 # the package) that one feature is left out with a notice, as CUDA is without nvcc.
@@ -45,7 +46,17 @@ ONNX_GEN_OBJ := $(ONNX_GEN)/onnx.pb-c.o
 else
 $(info notice: protoc-c, $(ONNX_PROTO) or protobuf-c/protobuf-c.h not found; ctorch export --onnx is left out (install libprotobuf-c-dev protobuf-c-compiler libonnx-dev))
 endif
-ALL_LDLIBS = -lopenblas -lz -ljansson -lcrypto $(ARCHIVE_LIBS) $(ONNX_LIBS) -lpthread -ldl -lm $(LDLIBS)
+# libjpeg-turbo and libpng decode ImageFolder's images (src/data/image.c, docs/data.md);
+# without their headers `--dataset imagefolder` says it is not built in.
+HAVE_IMAGE := $(shell printf '\043include <stdio.h>\n\043include <jpeglib.h>\n\043include <png.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo 1)
+ifeq ($(HAVE_IMAGE),1)
+IMAGE_CFLAGS := -DCT_HAVE_IMAGE
+IMAGE_LIBS := -ljpeg -lpng
+else
+$(info notice: jpeglib.h or png.h not found; the imagefolder dataset is left out (install libjpeg62-turbo-dev and libpng-dev))
+endif
+ALL_LDLIBS = -lopenblas -lz -ljansson -lcrypto $(ARCHIVE_LIBS) $(IMAGE_LIBS) $(ONNX_LIBS) -lpthread -ldl -lm \
+             $(LDLIBS)
 # libctorch.so's version and soname, from CT_VERSION in include/ctorch.h.
 CT_VERSION := $(shell sed -n 's/^\#define CT_VERSION "\([^"]*\)".*/\1/p' include/ctorch.h)
 SOVERSION  := $(firstword $(subst ., ,$(CT_VERSION)))
@@ -271,7 +282,7 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch $(BUILD)/dist_worker $(if $(NVCC),cuda-emu)
-	@scripts/check-readme.sh $(BUILD) "$(ARCHIVE_LIBS)"
+	@scripts/check-readme.sh $(BUILD) "$(ARCHIVE_LIBS) $(IMAGE_LIBS)"
 	CTORCH_DATA=$(DATA_DIR) $(BUILD)/test_ctorch
 
 test-sanitize: deps

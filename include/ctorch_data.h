@@ -26,19 +26,41 @@ typedef enum {
     CT_DATASET_CIFAR10 = 0,
     CT_DATASET_MNIST,
     CT_DATASET_FASHION_MNIST,
-    CT_NUM_DATASETS
+    CT_NUM_DATASETS, /* the bundled benchmark datasets above */
+    /* A folder of JPEG / PNG images in class subdirectories (ct_imagefolder_load): not a
+     * bundled dataset (not counted in CT_NUM_DATASETS), but accepted by
+     * ct_dataset_parse_name ("imagefolder") and ct_dataset_load. */
+    CT_DATASET_IMAGEFOLDER = 16
 } ct_dataset_kind;
 
 typedef enum { CT_SPLIT_TRAIN = 0, CT_SPLIT_TEST = 1 } ct_split;
 
-/* An image-classification dataset in memory. Fields are read-only for users. */
+/* The deterministic random stream used by the augmentations (splitmix64). */
+typedef struct ct_data_rng {
+    uint64_t state;
+} ct_data_rng;
+
+struct ct_dataset;
+/* A lazy dataset's record reader (ImageFolder): writes record i as c*h*w bytes, planar
+ * CHW, into out, drawing any randomness (its augmentation) from rng. It is called from the
+ * DataLoader's worker threads, concurrently, and must be thread-safe. Returns 0; 1 when
+ * the record is unreadable and is to be skipped (err says why, naming the file); -1 on an
+ * error that stops the loader (err names the file and the problem). */
+typedef int (*ct_dataset_fetch_fn)(const struct ct_dataset *ds, int64_t i, uint8_t *out,
+                                   ct_data_rng *rng, char *err, size_t nerr);
+
+/* An image-classification dataset: in memory (images) or lazy (fetch). Fields are
+ * read-only for users. */
 typedef struct ct_dataset {
     int64_t n;         /* number of records */
     int c, h, w;       /* image layout: each image is c*h*w bytes, planar CHW */
     int num_classes;   /* 10 for the built-in datasets */
-    uint8_t *images;   /* n*c*h*w bytes, record after record */
+    uint8_t *images;   /* n*c*h*w bytes, record after record; NULL for a lazy dataset */
     int64_t *labels;   /* n labels in [0, num_classes) */
     char name[64];     /* e.g. "cifar10/train" */
+    ct_dataset_fetch_fn fetch; /* non-NULL: a lazy dataset; the DataLoader calls it */
+    void *impl;                /* the lazy dataset's own state, freed by impl_free */
+    void (*impl_free)(void *impl);
 } ct_dataset;
 
 /* ------------------------------------------------------------ names & paths */
@@ -51,7 +73,8 @@ const char *ct_dataset_subdir(ct_dataset_kind kind); /* "cifar-10-batches-bin", 
  * else "data". Returns a pointer to dir, to the environment string or to a literal. */
 const char *ct_data_root(const char *dir);
 /* Default per-channel normalisation of the seed recipes: CIFAR-10 mean 0.5 std 0.5 on
- * each channel; MNIST and Fashion-MNIST 0.1307 / 0.3081. Fills c entries of each array
+ * each channel; MNIST and Fashion-MNIST 0.1307 / 0.3081; ImageFolder ImageNet's
+ * (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225). Fills c entries of each array
  * and returns c (the dataset's channel count). */
 int ct_dataset_default_normalization(ct_dataset_kind kind, float *mean, float *std);
 
@@ -89,10 +112,6 @@ typedef struct ct_transform {
     float std[CT_DATA_MAX_CHANNELS];
 } ct_transform;
 
-/* The deterministic random stream used by the augmentations (splitmix64). */
-typedef struct ct_data_rng {
-    uint64_t state;
-} ct_data_rng;
 void ct_data_rng_seed(ct_data_rng *r, uint64_t seed);
 uint64_t ct_data_rng_next(ct_data_rng *r);
 uint64_t ct_data_rng_below(ct_data_rng *r, uint64_t n); /* uniform in [0, n) */
@@ -111,6 +130,91 @@ void ct_transform_augment(const ct_transform *t, uint8_t *img, int c, int h, int
  * mean/std are non-NULL. */
 void ct_images_to_float(const uint8_t *src, float *dst, int64_t n, int c, int h, int w,
                         const float *mean, const float *std);
+
+/* ------------------------------------------------------------------- images
+ * Decoded images are 8-bit RGB, interleaved (HWC): data holds h*w*3 bytes. Decoding uses
+ * libjpeg-turbo and libpng (ct_image_available() is 0 in a build without them) and
+ * converts every PNG / JPEG kind as PIL's Image.convert("RGB") does: grey replicated,
+ * alpha dropped (not composited), palette looked up, 16-bit samples to 8 bits as PIL does
+ * (high byte; 16-bit grey clipped), CMYK as PIL's cmyk2rgb. See docs/data.md. */
+typedef struct ct_image {
+    int h, w;
+    uint8_t *data;
+} ct_image;
+
+int ct_image_available(void);
+/* Decodes a JPEG or PNG held in memory. 0, or -1 with err (nerr bytes) saying what is
+ * wrong (corrupt, truncated, not an image, too many pixels). Never aborts, whatever the
+ * bytes. out->data is malloc'd (ct_image_free). */
+int ct_image_decode(const uint8_t *buf, size_t n, ct_image *out, char *err, size_t nerr);
+/* The same from a file; err starts with the path. */
+int ct_image_load(const char *path, ct_image *out, char *err, size_t nerr);
+/* Allocates h x w (uninitialised); 0 or -1 (out of memory). */
+int ct_image_alloc(ct_image *img, int h, int w);
+void ct_image_free(ct_image *img);
+
+/* torchvision's transforms on PIL images, pixel for pixel as PIL computes them.
+ * Each writes a new image into *dst (allocated here) and returns 0, or -1 (out of memory
+ * or bad sizes, with ct_last_error()). */
+/* PIL's Image.resize(..., BILINEAR): a triangle filter whose support grows with the
+ * downscale factor (antialiasing), in PIL's fixed point; horizontal pass first. */
+int ct_image_resize(const ct_image *src, int out_h, int out_w, ct_image *dst);
+/* transforms.Resize(size) with an int: the shorter side becomes size, the longer
+ * int(size * long / short) (torchvision's rule), bilinear with antialias. */
+int ct_image_resize_shorter(const ct_image *src, int size, ct_image *dst);
+/* The h x w window at (top, left); pixels outside the source are zero (PIL's crop). */
+int ct_image_crop(const ct_image *src, int top, int left, int h, int w, ct_image *dst);
+/* transforms.CenterCrop(size): offsets round((H - size) / 2) (half to even, as Python's
+ * round), zero padding where the image is smaller than the crop (as torchvision pads). */
+int ct_image_center_crop(const ct_image *src, int size, ct_image *dst);
+/* RandomResizedCrop.get_params: up to 10 tries of an area fraction uniform in
+ * [scale_lo, scale_hi] and a log-uniform aspect ratio in [ratio_lo, ratio_hi]; else the
+ * central crop clamped to the ratio range. Sets the window (top, left, h, w). Each try
+ * draws 2 numbers, and one more each for top and left when it fits. */
+void ct_random_resized_crop_params(int img_h, int img_w, double scale_lo, double scale_hi,
+                                   double ratio_lo, double ratio_hi, ct_data_rng *rng,
+                                   int *top, int *left, int *h, int *w);
+/* F.resized_crop: crop (top, left, h, w), then resize to size x size (bilinear, antialias). */
+int ct_image_resized_crop(const ct_image *src, int top, int left, int h, int w, int size,
+                          ct_image *dst);
+/* ImageNet's per-channel mean and std (torchvision's presets), RGB order. */
+extern const float ct_imagenet_mean[3];
+extern const float ct_imagenet_std[3];
+
+/* --------------------------------------------------------------- ImageFolder
+ * torchvision's ImageFolder layout: ROOT/train/<class>/<image> and ROOT/val/<class>/...
+ * (the test split is val/). Classes are the subdirectory names of ROOT/train sorted by
+ * byte order, indexed 0..K-1 (torchvision's ordering; val/ uses the same indices and may
+ * not have a class train/ lacks). Files in each class are sorted by name (files in
+ * nested directories too, as torchvision walks them), and kept when their extension is
+ * one of torchvision's IMG_EXTENSIONS this build decodes: .jpg .jpeg .png (any case).
+ * The dataset holds paths and labels; images are decoded, transformed and converted to
+ * 3 x image_size x image_size uint8 CHW by the DataLoader's workers (ds->fetch):
+ *   train split: RandomResizedCrop(image_size, scale (0.08, 1), ratio (3/4, 4/3))
+ *   val split:   Resize(resize_size) then CenterCrop(image_size)
+ * and the loader adds RandomHorizontalFlip (its transform.hflip) and Normalize with
+ * ct_dataset_default_normalization(CT_DATASET_IMAGEFOLDER) = ImageNet's mean and std. */
+enum { CT_BAD_IMAGE_ERROR = 0, CT_BAD_IMAGE_SKIP = 1 };
+typedef struct ct_imagefolder_opts {
+    int image_size;   /* default 224 */
+    int resize_size;  /* val's Resize; 0 (default): image_size * 256 / 224 rounded down
+                         (256 for 224, timm's crop_pct 0.875) */
+    int random_crop;  /* -1 (default): RandomResizedCrop on train, Resize + CenterCrop on
+                         val; 0 / 1: either on any split */
+    int on_bad_image; /* CT_BAD_IMAGE_ERROR (default): the loader stops naming the file;
+                         CT_BAD_IMAGE_SKIP: the record is left out of its batch and counted
+                         (ct_dataloader_skipped) */
+} ct_imagefolder_opts;
+ct_imagefolder_opts ct_imagefolder_default_opts(void);
+/* root: the folder holding train/ and val/ (NULL: ct_data_root). limit > 0 keeps the
+ * first `limit` records in the sorted order. Errors name the directory and the fix (no
+ * train/, no class directories, no images, a val class train/ lacks, no decoder). */
+ct_dataset *ct_imagefolder_load(const char *root, ct_split split, const ct_imagefolder_opts *o,
+                                int64_t limit);
+/* A lazy dataset's file of record i, and the name of class k; NULL for in-memory datasets
+ * or out of range. */
+const char *ct_dataset_record_path(const ct_dataset *ds, int64_t i);
+const char *ct_dataset_class_name(const ct_dataset *ds, int k);
 
 /* --------------------------------------------------------------- DataLoader
  * Batches of images float32 [B, C, H, W] and labels int64 [B]. Background workers
@@ -170,6 +274,15 @@ int ct_dataloader_start_epoch_at(ct_dataloader *dl, int64_t epoch, int64_t first
 int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels);
 /* Total seconds ct_dataloader_next spent waiting for workers (compute stalled on data). */
 double ct_dataloader_wait_seconds(const ct_dataloader *dl);
+/* Records left out of the batches delivered so far in this epoch (lazy datasets whose
+ * fetch skipped them: ImageFolder with CT_BAD_IMAGE_SKIP); *report, when report is
+ * non-NULL, is a text with one line "PATH: reason" per record (valid until the next call
+ * on the loader). Reset when a new epoch's first batch is delivered. Batches stay
+ * deterministic: the same records are skipped whatever the number of workers. */
+int64_t ct_dataloader_skipped(const ct_dataloader *dl, const char **report);
+/* 1 when the last -1 of ct_dataloader_next came from a record that could not be read (a
+ * corrupt image: an input error, exit 2 in the CLI) rather than from memory. */
+int ct_dataloader_failed_on_bad_record(const ct_dataloader *dl);
 /* 1 when the loader's batches live in pinned host memory (pin_memory set and CUDA
  * usable), else 0. */
 int ct_dataloader_pinned(const ct_dataloader *dl);

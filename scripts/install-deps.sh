@@ -5,7 +5,7 @@
 #   scripts/install-deps.sh          the build's packages (make test, make run)
 #   scripts/install-deps.sh image    the image's tools: make image (mmdebstrap, umoci,
 #                                    skopeo) and make test-image (bubblewrap)
-PKGS="gcc make pkg-config libopenblas-dev zlib1g-dev libcurl4-openssl-dev libjansson-dev libarchive-dev libssl-dev libmicrohttpd-dev openmpi-bin libopenmpi-dev iproute2 libprotobuf-c-dev protobuf-c-compiler libonnx-dev"
+PKGS="gcc make pkg-config libopenblas-dev zlib1g-dev libcurl4-openssl-dev libjansson-dev libarchive-dev libssl-dev libmicrohttpd-dev libjpeg62-turbo-dev libpng-dev openmpi-bin libopenmpi-dev iproute2 libprotobuf-c-dev protobuf-c-compiler libonnx-dev"
 case "${1:-}" in
     "") ;;
     image) PKGS="mmdebstrap umoci skopeo bubblewrap"; NO_OPTIONAL=1 ;;

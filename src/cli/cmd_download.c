@@ -16,6 +16,8 @@ int cmd_download(int argc, char **argv) {
     ct_dataset_kind kind;
     if (ct_dataset_parse_name(pos[0], &kind) != 0)
         return cli_fail("download", CLI_USAGE, "%s", ct_last_error());
+    if ((unsigned)kind >= CT_NUM_DATASETS) /* imagefolder: the user's own images */
+        return ct_download_dataset(pos[0], dir), cli_fail("download", CLI_USAGE, "%s", ct_last_error());
     if (ct_download_dataset(pos[0], dir) != 0)
         return cli_fail("download", CLI_RUNTIME, "%s", ct_last_error());
     printf("%s ready in %s/%s\n", ct_dataset_name(kind), ct_data_root(dir), ct_dataset_subdir(kind));

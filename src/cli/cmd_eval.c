@@ -9,7 +9,8 @@
 
 int cmd_eval(int argc, char **argv) {
     const char *model_name = NULL, *ckpt = NULL, *dataset = NULL, *data_dir = NULL, *device = "cpu";
-    int64_t test_limit = 0, threads = 0, batch = 256;
+    int64_t test_limit = 0, threads = 0, batch = 256, image_size = 0;
+    const char *on_bad_image = NULL;
     int json = 0;
     const char *amp_s = NULL;
     cli_amp amp = {CT_FLOAT32};
@@ -19,6 +20,8 @@ int cmd_eval(int argc, char **argv) {
         {"--dataset", OPT_STRING, &dataset, 0, 0, 0},
         {"--data-dir", OPT_STRING, &data_dir, 0, 0, 0},
         {"--test-limit", OPT_INT, &test_limit, 1, 1e12, 0},
+        {"--image-size", OPT_INT, &image_size, 8, 8192, 0},
+        {"--on-bad-image", OPT_STRING, &on_bad_image, 0, 0, 0},
         {"--batch-size", OPT_INT, &batch, 1, 1 << 20, 0},
         {"--threads", OPT_INT, &threads, 1, 1024, 0},
         {"--device", OPT_STRING, &device, 0, 0, 0},
@@ -37,7 +40,8 @@ int cmd_eval(int argc, char **argv) {
     ct_device dev;
     if ((rc = cli_device("eval", device, &dev))) return rc;
     if (threads) ct_set_num_threads((int)threads);
-    ct_dataset *test = ct_dataset_load(kind, CT_SPLIT_TEST, data_dir, test_limit);
+    ct_dataset *test = cli_dataset_load(kind, CT_SPLIT_TEST, data_dir, test_limit, image_size,
+                                        on_bad_image);
     if (!test) return cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
     ct_module *model = ct_model_create_ex(model_name, test->num_classes, test->c, test->h, test->w);
     int code = CLI_OK;
@@ -49,15 +53,22 @@ int cmd_eval(int argc, char **argv) {
     else if (ct_module_to(model, dev, -1) != 0)
         code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
     else if (cli_evaluate(model, test, kind, dev, batch, &amp, &ev) != 0)
-        code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
+        code = cli_fail("eval", ev.bad_record ? CLI_USAGE : CLI_RUNTIME, "%s%s", ct_last_error(),
+                        ev.bad_record ? " (--on-bad-image skip leaves such files out)" : "");
     else if (json)
-        code = cli_json_print("eval", json_pack("{s:s, s:s, s:I, s:o, s:o}", "model", model_name, "dataset",
+        code = cli_json_print("eval", json_pack("{s:s, s:s, s:I, s:I, s:o, s:o}", "model", model_name, "dataset",
                                                 ct_dataset_name(kind), "images", (json_int_t)ev.n,
+                                                "skipped_images", (json_int_t)(test->n - ev.n),
                                                 "test_loss", cli_json_number(ev.loss, "%.6f"),
                                                 "test_acc", cli_json_number(ev.accuracy, "%.6f")));
     else
+    {
         printf("%s on %s test (%lld images): loss %.4f, accuracy %.2f%%\n", model_name,
                ct_dataset_name(kind), (long long)ev.n, ev.loss, 100.0 * ev.accuracy);
+        if (ev.n < test->n)
+            printf("skipped %lld unreadable images (--on-bad-image skip)\n",
+                   (long long)(test->n - ev.n));
+    }
     ct_module_free(model);
     ct_dataset_free(test);
     return code;

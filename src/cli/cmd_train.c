@@ -46,8 +46,9 @@ static const char *const NAN_POLICIES[] = {"stop", "skip", NULL};
 typedef struct {
     const char *model, *dataset, *data_dir, *optimizer, *schedule, *augment, *device;
     const char *init, *save, *log_json, *amp_s, *run_dir, *resume, *nan_policy;
-    const char *metrics_addr, *metrics_token_file;
+    const char *metrics_addr, *metrics_token_file, *on_bad_image;
     cli_amp amp;
+    int64_t image_size;
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
     int64_t checkpoint_every, keep_checkpoints, metrics_port;
     double lr, momentum, weight_decay, bucket_mb, dist_timeout, metrics_linger;
@@ -61,7 +62,7 @@ typedef struct {
  *   LOCAL:  this invocation only (--run-dir, --resume) */
 enum { RESULT, FREE, RAISE, LOCAL };
 
-enum { NOPTS = 40 };
+enum { NOPTS = 42 };
 static int train_opts(train_args *a, cli_opt *o, int *kind) {
     const struct {
         cli_opt opt;
@@ -70,6 +71,8 @@ static int train_opts(train_args *a, cli_opt *o, int *kind) {
         {{"--model", OPT_STRING, &a->model, 0, 0, 0}, RESULT},
         {{"--dataset", OPT_STRING, &a->dataset, 0, 0, 0}, RESULT},
         {{"--data-dir", OPT_STRING, &a->data_dir, 0, 0, 0}, FREE},
+        {{"--image-size", OPT_INT, &a->image_size, 8, 8192, 0}, RESULT},
+        {{"--on-bad-image", OPT_STRING, &a->on_bad_image, 0, 0, 0}, FREE},
         {{"--epochs", OPT_INT, &a->epochs, 1, 1e6, 0}, RAISE},
         {{"--max-steps", OPT_INT, &a->max_steps, 0, 1e12, 0}, FREE},
         {{"--batch-size", OPT_INT, &a->batch_size, 1, 1 << 20, 0}, RESULT},
@@ -143,6 +146,7 @@ typedef struct {
     ct_optim_options oo;
     ct_device dev;
     ct_dataset *train, *test;
+    double data_wait; /* this epoch: seconds the steps waited for their batch */
     ct_module *model;
     ct_optimizer *opt;
     ct_dataloader *dl;
@@ -376,7 +380,7 @@ static int parse_args(int argc, char **argv, train_run *r) {
         if (!cfg || (rc = apply_recorded(a, opts, kind, nopts, cfg)) != CLI_OK) return rc;
     }
     if (!a->model) return cli_fail("train", CLI_USAGE, "--model is required (simple_cnn, mlp or resnet18)");
-    if (!a->dataset) return cli_fail("train", CLI_USAGE, "--dataset is required (cifar10, mnist or fashion_mnist)");
+    if (!a->dataset) return cli_fail("train", CLI_USAGE, "--dataset is required (cifar10, mnist, fashion_mnist or imagefolder)");
     if ((rc = cli_choice("train", "--model", a->model, ct_model_names())) ||
         (rc = cli_choice("train", "--optimizer", a->optimizer, OPTIMIZERS)) ||
         (rc = cli_choice("train", "--schedule", a->schedule, SCHEDULES)) ||
@@ -414,7 +418,18 @@ static int resolve_options(train_run *r) {
     a->weight_decay = oo->weight_decay;
     /* the data root in force, absolute, so that the manifest says what was read */
     static char root[PATH_MAX];
-    if (realpath(ct_data_root(a->data_dir), root)) a->data_dir = root;
+    if (r->kind == CT_DATASET_IMAGEFOLDER) {
+        if (!a->data_dir)
+            return cli_fail("train", CLI_USAGE, "--dataset imagefolder needs --data-dir ROOT, the "
+                            "folder holding train/<class>/ and val/<class>/ (docs/data.md)");
+        if (a->augment && strcmp(a->augment, "none"))
+            return cli_fail("train", CLI_USAGE, "--augment %s: imagefolder's training split always "
+                            "uses torchvision's RandomResizedCrop + RandomHorizontalFlip; drop "
+                            "--augment", a->augment);
+        if (realpath(a->data_dir, root)) a->data_dir = root;
+    } else if (realpath(ct_data_root(a->data_dir), root)) {
+        a->data_dir = root;
+    }
     int rc;
     if ((rc = cli_device("train", a->device, &r->dev))) return rc;
     if (a->threads) ct_set_num_threads((int)a->threads);
@@ -501,7 +516,11 @@ static int open_run_dir(train_run *r) {
                                   "data_order", "permutation of (seed, epoch)",
                                   "augmentation", "stream of (seed, epoch, batch)"));
     /* what was read, by SHA-256 (cached by path, size and mtime) */
-    json_t *files = cli_dataset_files(r->kind, a->data_dir);
+    json_t *files = r->kind == CT_DATASET_IMAGEFOLDER /* too many files to hash: their count */
+        ? json_pack("[{s:s, s:s, s:i, s:I, s:I}]", "imagefolder", a->data_dir, "layout",
+                    "train/<class>/*, val/<class>/*", "classes", r->train->num_classes,
+                    "train_images", (json_int_t)r->train->n, "val_images", (json_int_t)r->test->n)
+        : cli_dataset_files(r->kind, a->data_dir);
     if (!files) fprintf(stderr, "ctorch train: warning: dataset files not hashed: %s\n", ct_last_error());
     json_object_set_new(r->manifest, "datasets", files ? files : json_array());
     json_object_set_new(r->manifest, "started", json_string(now));
@@ -529,6 +548,8 @@ static int open_train_loader(train_run *r) {
         lo.transform.crop_padding = 4;
         lo.transform.hflip = 1;
     }
+    if (r->kind == CT_DATASET_IMAGEFOLDER) /* RandomResizedCrop (the dataset's) + flip */
+        lo.transform.hflip = 1;
     if (cli_loader_open(r->train, &lo, r->dev, &r->dl, &r->pf) != 0)
         return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     r->spe = ct_dataloader_num_batches(r->dl);
@@ -540,9 +561,11 @@ static int open_train_loader(train_run *r) {
 /* Data (checked before any training time is spent), model, optimizer, batches. */
 static int setup_run(train_run *r) {
     const train_args *a = &r->a;
-    r->train = ct_dataset_load(r->kind, CT_SPLIT_TRAIN, a->data_dir, a->train_limit);
+    r->train = cli_dataset_load(r->kind, CT_SPLIT_TRAIN, a->data_dir, a->train_limit,
+                                a->image_size, a->on_bad_image);
     if (!r->train) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
-    r->test = ct_dataset_load(r->kind, CT_SPLIT_TEST, a->data_dir, a->test_limit);
+    r->test = cli_dataset_load(r->kind, CT_SPLIT_TEST, a->data_dir, a->test_limit, a->image_size,
+                               a->on_bad_image);
     if (!r->test) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     r->model = ct_model_create_ex(a->model, r->train->num_classes, r->train->c, r->train->h, r->train->w);
     if (!r->model) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
@@ -903,6 +926,7 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
      * every rank has seen it (cli_train_step agrees on it) */
     while (r->step < r->total && !(r->world == 1 && g_interrupted) && !r->stop_agreed &&
            (got = next_batch(r, &x, &y, &wait)) == 1) {
+        r->data_wait += wait;
         ct_optim_set_lr(r->opt, schedule_lr(&r->a, r->step, r->spe, r->total));
         train_step_result res;
         double t_step = cli_now();
@@ -958,8 +982,11 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
     if (r->tty) fputc('\n', stderr);
     s->train_secs += cli_now() - t_start;
     if (got < 0)
-        return cli_fail("train", CLI_RUNTIME, "step %lld: loading the batch: %s",
-                        (long long)r->step, ct_last_error());
+        return ct_dataloader_failed_on_bad_record(r->dl)
+            ? cli_fail("train", CLI_USAGE, "step %lld: %s (--on-bad-image skip leaves such files "
+                       "out and counts them)", (long long)r->step, ct_last_error())
+            : cli_fail("train", CLI_RUNTIME, "step %lld: loading the batch: %s",
+                       (long long)r->step, ct_last_error());
     *stopped = (r->world == 1 ? g_interrupted != 0 : r->stop_agreed) ||
                (r->batch < r->spe && r->step < r->total);
     return CLI_OK;
@@ -984,7 +1011,17 @@ static int evaluate_epoch(train_run *r, epoch_stats *ls) {
     double t0 = cli_now();
     if (cli_evaluate_sharded(r->model, r->test, r->kind, r->dev, 256, &r->a.amp, r->rank, r->world,
                              &ev) != 0)
-        return cli_fail("train", CLI_RUNTIME, "evaluation: %s", ct_last_error());
+        return ev.bad_record
+            ? cli_fail("train", CLI_USAGE, "evaluation: %s (--on-bad-image skip leaves such files "
+                       "out)", ct_last_error())
+            : cli_fail("train", CLI_RUNTIME, "evaluation: %s", ct_last_error());
+    /* --on-bad-image skip: the images left out this epoch (train: the loader's count;
+     * test: what the evaluation did not see) */
+    const char *skip_report = NULL;
+    int64_t skipped = ct_dataloader_skipped(r->dl, &skip_report);
+    int64_t test_skipped = r->world == 1 && ev.n < r->test->n ? r->test->n - ev.n : 0;
+    double data_wait = ls->train_secs > 0 ? r->data_wait / ls->train_secs : 0;
+    r->data_wait = 0;
     epoch_stats gs, *s = &gs; /* the figures of every rank's share */
     if (all_ranks_stats(r, ls, &gs) != 0) return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
     double secs = s->train_secs + (cli_now() - t0);
@@ -1000,6 +1037,9 @@ static int evaluate_epoch(train_run *r, epoch_stats *ls) {
         printf(" loss_scale %g skipped %lld", ct_grad_scaler_get_scale(r->a.amp.scaler),
                (long long)ct_grad_scaler_skipped_steps(r->a.amp.scaler));
     if (r->nan_skipped) printf(" nan_skipped %lld", (long long)r->nan_skipped);
+    printf(" data_wait %.1f%%", 100.0 * data_wait);
+    if (skipped || test_skipped)
+        printf(" skipped_images %lld train %lld test", (long long)skipped, (long long)test_skipped);
     /* data-parallel: the communication left after backward (what overlap did not hide) */
     double wait_ms = r->ddp_steps ? 1000.0 * r->ddp_wait / (double)r->ddp_steps : 0;
     if (r->ddp) printf(" ddp_wait %.3f ms/step", wait_ms);
@@ -1007,6 +1047,18 @@ static int evaluate_epoch(train_run *r, epoch_stats *ls) {
     r->ddp_steps = 0;
     printf("\n");
     fflush(stdout);
+    if (skipped && r->rank == 0) { /* which files, on stderr (at most 50 lines) */
+        fprintf(stderr, "ctorch train: epoch %lld: %lld unreadable training images skipped "
+                "(--on-bad-image skip):\n", (long long)r->epoch + 1, (long long)skipped);
+        const char *p = skip_report;
+        for (int line = 0; p && *p && line < 50; line++) {
+            const char *nl = strchr(p, '\n');
+            int len = nl ? (int)(nl - p) : (int)strlen(p);
+            fprintf(stderr, "  %.*s\n", len, p);
+            p = nl ? nl + 1 : p + len;
+        }
+        if (skipped > 50) fprintf(stderr, "  ... and %lld more\n", (long long)skipped - 50);
+    }
     json_t *row = json_pack(
         "{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o*, s:o*, s:o*}", "epoch",
         (json_int_t)r->epoch + 1, "step", (json_int_t)r->step, "train_loss",
@@ -1021,6 +1073,11 @@ static int evaluate_epoch(train_run *r, epoch_stats *ls) {
         "amp_skipped_steps",
         r->a.amp.scaler ? json_integer(ct_grad_scaler_skipped_steps(r->a.amp.scaler)) : NULL,
         "nan_skipped_steps", r->nan_skipped ? json_integer(r->nan_skipped) : NULL);
+    if (row) json_object_set_new(row, "data_wait_frac", cli_json_number(data_wait, "%.4f"));
+    if (row && (skipped || test_skipped || r->kind == CT_DATASET_IMAGEFOLDER)) {
+        json_object_set_new(row, "skipped_train_images", json_integer(skipped));
+        json_object_set_new(row, "skipped_test_images", json_integer(test_skipped));
+    }
     if (row && r->ddp) {
         json_object_set_new(row, "world_size", json_integer(r->world));
         json_object_set_new(row, "ddp_wait_ms_per_step", cli_json_number(wait_ms, "%.4f"));

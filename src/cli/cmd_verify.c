@@ -406,7 +406,12 @@ static int reevaluate(verify_job *v) {
     if (!dd && recorded && stat(recorded, &st) == 0 && S_ISDIR(st.st_mode)) dd = recorded;
     if (v->threads) ct_set_num_threads((int)v->threads);
     check_data(v, ct_data_root(dd), c.kind);
-    ct_dataset *test = ct_dataset_load(c.kind, CT_SPLIT_TEST, dd, c.test_limit);
+    /* imagefolder: the recorded --image-size and --on-bad-image (null on other datasets) */
+    double isz = 0;
+    json_t *isj = run_json_at(v->manifest, "config.image_size");
+    if (isj && json_is_number(isj)) run_json_num(v->manifest, "config.image_size", &isz);
+    ct_dataset *test = cli_dataset_load(c.kind, CT_SPLIT_TEST, dd, c.test_limit, (int64_t)isz,
+                                        run_json_str(v->manifest, "config.on_bad_image"));
     if (!test)
         return cli_fail(CMD, CLI_USAGE, "%s. The run's test set is needed to re-evaluate its "
                         "weights: pass --data-dir DIR (or --no-eval to check the files only)", ct_last_error());

@@ -8,11 +8,16 @@ static const struct {
     const char *cmd, *text;
 } HELP[] = {
     {"train",
-     "usage: ctorch train --model M --dataset cifar10|mnist|fashion_mnist [options]\n"
+     "usage: ctorch train --model M --dataset cifar10|mnist|fashion_mnist|imagefolder [options]\n"
      "\n"
      "  --model M              simple_cnn | mlp | resnet18\n"
-     "  --dataset D            cifar10 | mnist | fashion_mnist\n"
-     "  --data-dir DIR         data root (default: $CTORCH_DATA, else ./data)\n"
+     "  --dataset D            cifar10 | mnist | fashion_mnist | imagefolder (docs/data.md)\n"
+     "  --data-dir DIR         data root (default: $CTORCH_DATA, else ./data); imagefolder: ROOT\n"
+     "                         with train/<class>/*.{jpg,jpeg,png} and val/<class>/... (required)\n"
+     "  --image-size N         imagefolder: train RandomResizedCrop(N) + flip, val Resize(N*256/224)\n"
+     "                         + CenterCrop(N), ImageNet normalisation (default 224)\n"
+     "  --on-bad-image P       imagefolder: error | skip: a corrupt image stops the run (exit 2,\n"
+     "                         naming it) or is left out and reported per epoch (default error)\n"
      "  --epochs N             default 10\n"
      "  --max-steps N          stop after N optimizer steps\n"
      "  --batch-size B         default 64\n"
@@ -63,8 +68,10 @@ static const struct {
     {"eval",
      "usage: ctorch eval --model M --checkpoint FILE --dataset D [options]\n"
      "\n"
-     "  --data-dir DIR   data root (default: $CTORCH_DATA, else ./data)\n"
+     "  --data-dir DIR   data root (default: $CTORCH_DATA, else ./data); imagefolder: ROOT (val/)\n"
      "  --test-limit N   keep the first N test records\n"
+     "  --image-size N   imagefolder: Resize(N*256/224) + CenterCrop(N) (default 224)\n"
+     "  --on-bad-image P imagefolder: error | skip (default error: exit 2 naming the file)\n"
      "  --batch-size B   default 256\n"
      "  --threads T      default: all cores\n"
      "  --device D       cpu | cuda | cuda:N\n"

@@ -1,5 +1,6 @@
 #include "train_common.h"
 #include "cli.h"
+#include "core/error.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -228,6 +229,7 @@ int cli_evaluate_sharded(ct_module *model, const ct_dataset *ds, ct_dataset_kind
     ct_dataset_default_normalization(kind, lo.transform.mean, lo.transform.std);
     ct_dataloader *dl;
     ct_device_prefetcher *pf;
+    out->bad_record = 0;
     if (cli_loader_open(ds, &lo, dev, &dl, &pf) != 0) return -1;
     ct_module_eval(model);
     int prev = ct_set_grad_enabled(0);
@@ -254,7 +256,10 @@ int cli_evaluate_sharded(ct_module *model, const ct_dataset *ds, ct_dataset_kind
         ct_free(x); ct_free(y); ct_free(xd); ct_free(yd); ct_free(logits); ct_free(loss);
         if (rc) break;
     }
-    if (got < 0) rc = -1;
+    if (got < 0) {
+        rc = -1;
+        out->bad_record = ct_dataloader_failed_on_bad_record(dl);
+    }
     ct_set_grad_enabled(prev);
     ct_device_prefetcher_free(pf);
     ct_dataloader_free(dl);
@@ -269,4 +274,26 @@ int cli_evaluate_sharded(ct_module *model, const ct_dataset *ds, ct_dataset_kind
     out->loss = n ? loss_sum / (double)n : 0;
     out->accuracy = n ? (double)correct / (double)n : 0;
     return rc;
+}
+
+ct_dataset *cli_dataset_load(ct_dataset_kind kind, ct_split split, const char *data_dir,
+                             int64_t limit, int64_t image_size, const char *on_bad_image) {
+    if (kind != CT_DATASET_IMAGEFOLDER) {
+        if (image_size || on_bad_image)
+            return ct_error_null("--image-size and --on-bad-image go with --dataset imagefolder; "
+                                 "%s has a fixed image size and no image files",
+                                 ct_dataset_name(kind));
+        return ct_dataset_load(kind, split, data_dir, limit);
+    }
+    if (!data_dir || !data_dir[0])
+        return ct_error_null("--dataset imagefolder needs --data-dir ROOT, the folder holding "
+                             "train/<class>/ and val/<class>/ (see docs/data.md)");
+    ct_imagefolder_opts o = ct_imagefolder_default_opts();
+    if (image_size) o.image_size = (int)image_size;
+    if (on_bad_image && strcmp(on_bad_image, "error") && strcmp(on_bad_image, "skip"))
+        return ct_error_null("--on-bad-image %s: use error (stop, naming the file) or skip "
+                             "(leave it out and count it)", on_bad_image);
+    o.on_bad_image = on_bad_image && !strcmp(on_bad_image, "skip") ? CT_BAD_IMAGE_SKIP
+                                                                   : CT_BAD_IMAGE_ERROR;
+    return ct_imagefolder_load(data_dir, split, &o, limit);
 }

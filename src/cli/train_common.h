@@ -16,6 +16,7 @@ typedef struct {
 typedef struct {
     double loss, accuracy;
     int64_t n;
+    int bad_record; /* the evaluation stopped on an unreadable record (an input error) */
 } eval_result;
 
 /* --amp: mixed precision for a step or an evaluation. */
@@ -25,6 +26,11 @@ typedef struct {
 } cli_amp;
 
 double cli_now(void);
+/* A dataset's split for train / eval: ct_dataset_load, or for imagefolder
+ * ct_imagefolder_load with --image-size (0: 224) and --on-bad-image (NULL: error). Checks
+ * that those two options go with imagefolder only; returns NULL with ct_last_error(). */
+ct_dataset *cli_dataset_load(ct_dataset_kind kind, ct_split split, const char *data_dir,
+                             int64_t limit, int64_t image_size, const char *on_bad_image);
 /* Parses --amp bf16|fp16|off (also bfloat16, float16, fp32); prints the choices and
  * returns CLI_USAGE on anything else. */
 int cli_amp_parse(const char *cmd, const char *s, cli_amp *out);

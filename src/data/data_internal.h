@@ -47,6 +47,11 @@ int ct_md5_file(const char *path, char out[33]);
 const char *ct_dataset_official_sha256(ct_dataset_kind kind, const char *file);
 const char *ct_dataset_official_md5(ct_dataset_kind kind, const char *file);
 
+/* The most pixels a decoded or resized image may have (PIL's decompression-bomb limit,
+ * 178,956,970); the fuzz target lowers it. src/data/image.c */
+int64_t ct__image_max_pixels(void);
+void ct__image_set_max_pixels(int64_t n);
+
 /* The CIFAR-10 record and the names of its files. */
 #define CT_CIFAR_RECORD 3073
 #define CT_CIFAR_IMAGE 3072

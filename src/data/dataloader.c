@@ -24,12 +24,22 @@
 
 enum { SLOT_EMPTY = 0, SLOT_FILLING, SLOT_READY };
 
+/* What building a batch of a lazy dataset found besides the images: records its fetch
+ * skipped (report: one "PATH: reason" line each) or the record that stopped it. */
+typedef struct {
+    int64_t skipped;
+    char *report;
+    int bad;       /* failed on a record (err names it), not out of memory */
+    char err[600];
+} batch_info;
+
 typedef struct {
     int state;
     int64_t batch;
-    ct_tensor *images;
+    ct_tensor *images; /* NULL (and not failed): every record of the batch was skipped */
     ct_tensor *labels;
     int failed;
+    batch_info info;
 } slot_t;
 
 struct ct_dataloader {
@@ -60,6 +70,12 @@ struct ct_dataloader {
     int stop;
     double wait_s;
     uint8_t *scratch; /* synchronous mode */
+    /* records skipped in the batches delivered under generation skip_gen (this epoch) */
+    uint64_t skip_gen;
+    int64_t skipped;
+    char *skip_report;
+    size_t skip_len;
+    int bad_fail; /* the last failure came from a record */
 };
 
 static double now_s(void) {
@@ -133,16 +149,31 @@ static int64_t batch_len(const ct_dataloader *dl, int64_t b) {
 /* Builds batch b of `epoch` into new CPU tensors (the CPU allocator is thread-safe).
  * Reads dl->perm, which does not change while any worker is busy. Returns 0, or -1 when
  * out of memory. */
+static void info_skip(batch_info *bi, const char *why) {
+    size_t old = bi->report ? strlen(bi->report) : 0, add = strlen(why) + 2;
+    char *r = realloc(bi->report, old + add);
+    if (r) {
+        memcpy(r + old, why, add - 2);
+        r[old + add - 2] = '\n';
+        r[old + add - 1] = '\0';
+        bi->report = r;
+    }
+    bi->skipped++;
+}
+
+static ct_tensor *new_tensor(const ct_dataloader *dl, const int64_t *shape, int nd, ct_dtype dt) {
+    return dl->pinned ? ct__empty_pinned(shape, nd, dt) : ct_empty(shape, nd, dt);
+}
+
 static int build_batch(const ct_dataloader *dl, int64_t epoch, int64_t b, uint8_t *scratch,
-                       ct_tensor **images_out, ct_tensor **labels_out) {
+                       ct_tensor **images_out, ct_tensor **labels_out, batch_info *bi) {
     const ct_dataset *ds = dl->ds;
     int64_t bsz = batch_len(dl, b), numel = dl->sample_numel;
     int64_t ishape[4] = {bsz, ds->c, ds->h, ds->w};
     int64_t lshape[1] = {bsz};
-    ct_tensor *timg = dl->pinned ? ct__empty_pinned(ishape, 4, CT_FLOAT32)
-                                 : ct_empty(ishape, 4, CT_FLOAT32);
-    ct_tensor *tlab = dl->pinned ? ct__empty_pinned(lshape, 1, CT_INT64)
-                                 : ct_empty(lshape, 1, CT_INT64);
+    *images_out = *labels_out = NULL;
+    ct_tensor *timg = new_tensor(dl, ishape, 4, CT_FLOAT32);
+    ct_tensor *tlab = new_tensor(dl, lshape, 1, CT_INT64);
     if (!timg || !tlab) {
         ct_free(timg);
         ct_free(tlab);
@@ -157,16 +188,57 @@ static int build_batch(const ct_dataloader *dl, int64_t epoch, int64_t b, uint8_
     ct_data_rng_seed(&r, stream_seed(dl->opts.seed, epoch, (0x61756700ull + (uint64_t)b) ^ rank_bits));
     const float *mean = t->normalize ? t->mean : NULL;
     const float *std = t->normalize ? t->std : NULL;
+    int64_t k = 0; /* images in the batch so far (records skipped by fetch are left out) */
     for (int64_t i = 0; i < bsz; i++) {
         int64_t rec = dl->perm[b * dl->opts.batch_size + i];
-        const uint8_t *src = ds->images + (size_t)rec * numel;
-        if (augment) {
-            memcpy(scratch, src, (size_t)numel);
-            ct_transform_augment(t, scratch, ds->c, ds->h, ds->w, &r);
+        const uint8_t *src;
+        if (ds->fetch) { /* a lazy dataset: decode (and its own transforms) here */
+            char why[sizeof bi->err];
+            int fr = ds->fetch(ds, rec, scratch, &r, why, sizeof why);
+            if (fr < 0) {
+                snprintf(bi->err, sizeof bi->err, "%s", why);
+                bi->bad = 1;
+                ct_free(timg);
+                ct_free(tlab);
+                return -1;
+            }
+            if (fr > 0) {
+                info_skip(bi, why);
+                continue;
+            }
+            if (augment) ct_transform_augment(t, scratch, ds->c, ds->h, ds->w, &r);
             src = scratch;
+        } else {
+            src = ds->images + (size_t)rec * numel;
+            if (augment) {
+                memcpy(scratch, src, (size_t)numel);
+                ct_transform_augment(t, scratch, ds->c, ds->h, ds->w, &r);
+                src = scratch;
+            }
         }
-        ct_images_to_float(src, images + (size_t)i * numel, 1, ds->c, ds->h, ds->w, mean, std);
-        labels[i] = ds->labels[rec];
+        ct_images_to_float(src, images + (size_t)k * numel, 1, ds->c, ds->h, ds->w, mean, std);
+        labels[k++] = ds->labels[rec];
+    }
+    if (k < bsz) { /* records were skipped: a smaller batch, or none */
+        ct_tensor *i2 = NULL, *l2 = NULL;
+        if (k > 0) {
+            ishape[0] = lshape[0] = k;
+            i2 = new_tensor(dl, ishape, 4, CT_FLOAT32);
+            l2 = new_tensor(dl, lshape, 1, CT_INT64);
+            if (!i2 || !l2) {
+                ct_free(i2);
+                ct_free(l2);
+                ct_free(timg);
+                ct_free(tlab);
+                return -1;
+            }
+            memcpy(ct_data(i2), images, (size_t)k * numel * sizeof(float));
+            memcpy(ct_data(l2), labels, (size_t)k * sizeof(int64_t));
+        }
+        ct_free(timg);
+        ct_free(tlab);
+        timg = i2;
+        tlab = l2;
     }
     *images_out = timg;
     *labels_out = tlab;
@@ -196,7 +268,9 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&dl->mu);
 
         ct_tensor *images = NULL, *labels = NULL;
-        int failed = !scratch || build_batch(dl, epoch, b, scratch, &images, &labels) != 0;
+        batch_info bi;
+        memset(&bi, 0, sizeof bi);
+        int failed = !scratch || build_batch(dl, epoch, b, scratch, &images, &labels, &bi) != 0;
 
         pthread_mutex_lock(&dl->mu);
         dl->busy--;
@@ -204,10 +278,12 @@ static void *worker_main(void *arg) {
             s->images = images;
             s->labels = labels;
             s->failed = failed;
+            s->info = bi;
             s->state = SLOT_READY;
         } else {
             ct_free(images);
             ct_free(labels);
+            free(bi.report);
         }
         pthread_cond_broadcast(&dl->cv_ready);
     }
@@ -221,6 +297,7 @@ static void clear_slots(ct_dataloader *dl) {
         slot_t *s = &dl->slots[i];
         ct_free(s->images);
         ct_free(s->labels);
+        free(s->info.report);
         memset(s, 0, sizeof *s);
     }
 }
@@ -365,6 +442,9 @@ int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels
         return ct_error("dataloader_next: loader, images and labels must be non-NULL");
     ct_tensor *img = NULL, *lab = NULL;
     int failed = 0;
+    batch_info bi;
+again:
+    memset(&bi, 0, sizeof bi);
     pthread_mutex_lock(&dl->mu);
     /* The end of an epoch is returned once (0); the call after it starts the next epoch,
      * reshuffled with that epoch's seed, as a new `for batch in loader` does. With workers
@@ -387,7 +467,7 @@ int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels
         int64_t epoch = dl->epoch;
         dl->next_claim = b + 1;
         pthread_mutex_unlock(&dl->mu);
-        failed = build_batch(dl, epoch, b, dl->scratch, &img, &lab) != 0;
+        failed = build_batch(dl, epoch, b, dl->scratch, &img, &lab, &bi) != 0;
         pthread_mutex_lock(&dl->mu);
     } else {
         slot_t *s = &dl->slots[b % dl->prefetch];
@@ -400,8 +480,27 @@ int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels
         img = s->images;
         lab = s->labels;
         failed = s->failed;
+        bi = s->info;
         memset(s, 0, sizeof *s);
     }
+    /* this epoch's skipped records (a new generation: a new epoch, or a restart) */
+    if (dl->skip_gen != dl->gen) {
+        dl->skip_gen = dl->gen;
+        dl->skipped = 0;
+        dl->skip_len = 0;
+        if (dl->skip_report) dl->skip_report[0] = '\0';
+    }
+    if (bi.skipped) {
+        size_t add = bi.report ? strlen(bi.report) : 0;
+        char *nr = realloc(dl->skip_report, dl->skip_len + add + 1);
+        if (nr) {
+            memcpy(nr + dl->skip_len, bi.report ? bi.report : "", add + 1);
+            dl->skip_report = nr;
+            dl->skip_len += add;
+        }
+        dl->skipped += bi.skipped;
+    }
+    free(bi.report);
     dl->next_consume = b + 1;
     if (dl->next_consume >= dl->nbatches && dl->nthreads > 0) {
         /* Look ahead: produce the next epoch while the caller evaluates / logs. */
@@ -415,8 +514,11 @@ int ct_dataloader_next(ct_dataloader *dl, ct_tensor **images, ct_tensor **labels
     if (failed) {
         ct_free(img);
         ct_free(lab);
+        dl->bad_fail = bi.bad;
+        if (bi.bad) return ct_error("%s", bi.err);
         return ct_error("dataloader: out of memory building batch %lld", (long long)b);
     }
+    if (!img) goto again; /* every record of the batch was skipped: on to the next */
     if (dl->nthreads > 0) { /* built on a worker thread: now the caller's */
         ct__scope_adopt(img);
         ct__scope_adopt(lab);
@@ -443,5 +545,13 @@ void ct_dataloader_free(ct_dataloader *dl) {
     free(dl->perm);
     free(dl->full);
     free(dl->scratch);
+    free(dl->skip_report);
     free(dl);
 }
+
+int64_t ct_dataloader_skipped(const ct_dataloader *dl, const char **report) {
+    if (report) *report = dl && dl->skip_report ? dl->skip_report : "";
+    return dl ? dl->skipped : 0;
+}
+
+int ct_dataloader_failed_on_bad_record(const ct_dataloader *dl) { return dl ? dl->bad_fail : 0; }

@@ -18,7 +18,8 @@ static const char *const k_subdirs[CT_NUM_DATASETS] = {"cifar-10-batches-bin", "
                                                        "fashion-mnist"};
 
 int ct_dataset_parse_name(const char *name, ct_dataset_kind *out) {
-    if (!name) return ct_error("dataset: no name given; use cifar10, mnist or fashion_mnist");
+    if (!name)
+        return ct_error("dataset: no name given; use cifar10, mnist or fashion_mnist, or imagefolder");
     static const struct {
         const char *alias;
         ct_dataset_kind kind;
@@ -26,7 +27,8 @@ int ct_dataset_parse_name(const char *name, ct_dataset_kind *out) {
         {"cifar10", CT_DATASET_CIFAR10},         {"cifar-10", CT_DATASET_CIFAR10},
         {"cifar_10", CT_DATASET_CIFAR10},        {"mnist", CT_DATASET_MNIST},
         {"fashion_mnist", CT_DATASET_FASHION_MNIST}, {"fashion-mnist", CT_DATASET_FASHION_MNIST},
-        {"fashionmnist", CT_DATASET_FASHION_MNIST},
+        {"fashionmnist", CT_DATASET_FASHION_MNIST}, {"imagefolder", CT_DATASET_IMAGEFOLDER},
+        {"image_folder", CT_DATASET_IMAGEFOLDER},
     };
     for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++) {
         if (strcasecmp(name, aliases[i].alias) == 0) {
@@ -34,14 +36,17 @@ int ct_dataset_parse_name(const char *name, ct_dataset_kind *out) {
             return 0;
         }
     }
-    return ct_error("dataset: unknown dataset '%s'; use cifar10, mnist or fashion_mnist", name);
+    return ct_error("dataset: unknown dataset '%s'; use cifar10, mnist or fashion_mnist, or "
+                    "imagefolder (your images in class subdirectories)", name);
 }
 
 const char *ct_dataset_name(ct_dataset_kind kind) {
+    if (kind == CT_DATASET_IMAGEFOLDER) return "imagefolder";
     return (unsigned)kind < CT_NUM_DATASETS ? k_names[kind] : "unknown";
 }
 
 const char *ct_dataset_subdir(ct_dataset_kind kind) {
+    if (kind == CT_DATASET_IMAGEFOLDER) return ".";
     return (unsigned)kind < CT_NUM_DATASETS ? k_subdirs[kind] : "unknown";
 }
 
@@ -58,6 +63,12 @@ int ct_dataset_default_normalization(ct_dataset_kind kind, float *mean, float *s
         for (int c = 0; c < 3; c++) {
             if (mean) mean[c] = 0.5f;
             if (std) std[c] = 0.5f;
+        }
+        return 3;
+    case CT_DATASET_IMAGEFOLDER:
+        for (int c = 0; c < 3; c++) {
+            if (mean) mean[c] = ct_imagenet_mean[c];
+            if (std) std[c] = ct_imagenet_std[c];
         }
         return 3;
     case CT_DATASET_MNIST:
@@ -185,6 +196,7 @@ ct_dataset *ct_dataset_from_memory(const uint8_t *images, const int64_t *labels,
 
 void ct_dataset_free(ct_dataset *ds) {
     if (!ds) return;
+    if (ds->impl_free) ds->impl_free(ds->impl);
     free(ds->images);
     free(ds->labels);
     free(ds);
@@ -196,6 +208,7 @@ ct_dataset *ct_dataset_load(ct_dataset_kind kind, ct_split split, const char *di
     case CT_DATASET_CIFAR10: return ct_cifar10_load(dir, split, limit);
     case CT_DATASET_MNIST: return ct_mnist_load(dir, split, limit);
     case CT_DATASET_FASHION_MNIST: return ct_fashion_mnist_load(dir, split, limit);
+    case CT_DATASET_IMAGEFOLDER: return ct_imagefolder_load(dir, split, NULL, limit);
     default:
         return ct_error_null("dataset: unknown dataset kind %d; use cifar10, mnist or "
                              "fashion_mnist",

@@ -374,6 +374,11 @@ int ct_download_dataset(const char *name, const char *dir) {
         ct_error_context("download");
         return -1;
     }
+    if ((unsigned)kind >= CT_NUM_DATASETS)
+        return ct_error("download: %s is a folder of your own images (--data-dir ROOT with "
+                        "train/<class>/ and val/<class>/); there is nothing to download; the "
+                        "datasets ctorch downloads are cifar10, mnist or fashion_mnist",
+                        ct_dataset_name(kind));
     const dl_spec *s = &k_specs[kind];
     const char *root = ct_data_root(dir);
     char dest[CT_PATH_MAX];
