@@ -562,7 +562,7 @@ static void list_keys(const tp_value *d, char *buf, size_t n, const char **sugge
         if (nt && !*suggest) *suggest = k->s;
         if (o + 120 >= n) continue;
         char what[64];
-        if (v->kind == TP_DICT) snprintf(what, sizeof what, "dict of %zu tensor%s", nt, nt == 1 ? "" : "s");
+        if (nt) snprintf(what, sizeof what, "dict of %zu tensor%s", nt, nt == 1 ? "" : "s");
         else snprintf(what, sizeof what, "%s", tp_kind_name(v->kind));
         int w = snprintf(buf + o, n - o, "%s'%.60s' (%s)", shown ? ", " : "", k->s, what);
         if (w > 0) o += (size_t)w < n - o ? (size_t)w : n - o - 1;
