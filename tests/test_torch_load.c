@@ -160,6 +160,35 @@ TEST(torch_load_unsupported_dtype_names_tensor) {
     }
 }
 
+/* Files written on a big-endian machine are refused, zip (byteorder) and legacy
+ * (sys_info's little_endian, flipped here in a copy of a legacy file). */
+TEST(torch_load_refuses_big_endian) {
+    char p[512];
+    ct_clear_error();
+    CHECK(ct_state_dict_load(fx(p, sizeof p, "bigendian_v2.pt")) == NULL);
+    CHECK_ERRMSG("big-endian");
+    size_t n;
+    uint8_t *b = read_all(fx(p, sizeof p, "sd_legacy_v1.pt"), &n);
+    CHECK(b != NULL);
+    if (!b) return;
+    uint8_t *le = memmem(b, n, "little_endian", 13);
+    CHECK(le != NULL);
+    /* the string, maybe a BINPUT, then NEWTRUE */
+    uint8_t *t = le ? le + 13 : NULL;
+    if (t && *t == 'q') t += 2;
+    CHECK(t && *t == 0x88);
+    if (t && *t == 0x88) {
+        ct_state_dict *sd = ct_torch_load_buffer(b, n, NULL, "flipped");
+        CHECK(sd != NULL);
+        ct_state_dict_free(sd);
+        *t = 0x89; /* NEWFALSE */
+        ct_clear_error();
+        CHECK(ct_torch_load_buffer(b, n, NULL, "flipped") == NULL);
+        CHECK_ERRMSG("big-endian");
+    }
+    free(b);
+}
+
 TEST(torch_load_refuses_forbidden_globals) {
     static const struct {
         const char *file, *global;
