@@ -180,6 +180,10 @@ static struct archive *zip_open(const ct_torch_file *f) {
     struct archive *a = archive_read_new();
     if (!a) return ct_error_null("weights %s: out of memory opening the zip", f->name);
     archive_read_support_format_zip_seekable(a);
+    /* PyTorch >= 2.5 writes CRC-32 fields of 0 with
+     * torch.utils.serialization.config.save.compute_crc32 = False, and torch.load reads
+     * them: so do we (the sizes and the pickle's structure are still checked). */
+    archive_read_set_format_option(a, "zip", "ignorecrc32", "1");
     if (archive_read_open_memory(a, f->buf, f->n) != ARCHIVE_OK) {
         ct_error("weights %s: not a readable zip file (%s)", f->name,
                  archive_error_string(a) ? archive_error_string(a) : "unknown error");
