@@ -166,6 +166,9 @@ TEST(torch_load_unsupported_dtype_names_tensor) {
         CHECK(ct_state_dict_load(fx(p, sizeof p, file)) == NULL);
         CHECK_ERRMSG("tensor 'q' is int8");
     }
+    ct_clear_error();
+    CHECK(ct_state_dict_load(fx(p, sizeof p, "uint16_v2.pt")) == NULL);
+    CHECK_ERRMSG("tensor 'u' is uint16");
 }
 
 /* Files written on a big-endian machine are refused, zip (byteorder) and legacy

@@ -72,6 +72,9 @@ static const allowed_global ALLOWED[] = {
     STORAGE("ComplexFloatStorage", -1, "complex64", 8),
     STORAGE("ComplexDoubleStorage", -1, "complex128", 16),
     STORAGE("UntypedStorage", CT_UINT8, "uint8", 1),
+    /* PyTorch 2.x pickles it under its defining module (_rebuild_tensor_v3's storages) */
+    {"torch.storage", "UntypedStorage", "torch.storage.UntypedStorage", K_STORAGE, CT_UINT8,
+     "uint8", 1},
     DTYPE("float32", CT_FLOAT32, "float32", 4),
     DTYPE("float", CT_FLOAT32, "float32", 4),
     DTYPE("float64", CT_FLOAT64, "float64", 8),
