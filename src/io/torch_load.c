@@ -680,9 +680,24 @@ ct_state_dict *ct_torch_state_dict(ct_torch_file *f, const char *key) {
 #endif
     }
     if (rc == 0 && !(sd = ct_state_dict_new())) rc = -1;
+    /* the names are unique already: filled directly (ct_state_dict_add checks each name
+     * against all before it, quadratic in a file of many tensors) */
+    if (rc == 0 && m > (size_t)INT32_MAX)
+        rc = ct_error("weights %s: %zu tensors (corrupt file?)", f->name, m);
+    if (rc == 0 && (!(sd->names = calloc(m, sizeof *sd->names)) ||
+                    !(sd->tensors = calloc(m, sizeof *sd->tensors))))
+        rc = ct_error("weights %s: out of memory", f->name);
     for (size_t i = 0; i < m && rc == 0; i++) {
         ct_tensor *t = make_tensor(f, &es[i]);
-        rc = t ? ct_state_dict_add(sd, es[i].name, t) : -1;
+        char *name = t ? strdup(es[i].name) : NULL;
+        if (!name) {
+            if (t) rc = ct_error("weights %s: out of memory", f->name);
+            else rc = -1;
+            ct_free(t);
+            break;
+        }
+        sd->names[sd->n] = name;
+        sd->tensors[sd->n++] = ct__hold(t); /* released by ct_state_dict_free */
         ct_free(t);
     }
     free(es);
