@@ -122,7 +122,14 @@ const char *tp_kind_name(tp_kind k) {
 }
 
 /* ----------------------------------------------------------------------- arena */
+/* More values than this from one file is not a state_dict (a large model's pickle holds
+ * some tens per tensor): refused before it takes gigabytes. */
+#define MAX_VALUES ((size_t)1 << 21)
+
 tp_value *tp_new(tp_arena *a, tp_kind kind) {
+    if (a->count >= MAX_VALUES)
+        return ct_error_null("the pickle builds more than %zu values (corrupt or malicious file)",
+                             MAX_VALUES);
     tp_value *v = calloc(1, sizeof *v);
     if (!v) return ct_error_null("out of memory unpickling");
     v->kind = kind;
@@ -148,7 +155,7 @@ void tp_arena_free(tp_arena *a) {
 
 static int push_item(tp_value *c, tp_value *x) {
     if (c->n == c->cap) {
-        size_t nc = c->cap ? c->cap * 2 : 4;
+        size_t nc = c->cap ? c->cap * 2 : 2;
         tp_value **ni = realloc(c->items, nc * sizeof *ni);
         if (!ni) return ct_error("out of memory unpickling");
         c->items = ni;
@@ -172,6 +179,7 @@ typedef struct {
     int proto;
     tp_persistent_load_fn persistent_load;
     void *ctx;
+    tp_value *none, *bools[2]; /* shared: never modified */
 } unpickler;
 
 #define OFF(u) ((size_t)((u)->p - (u)->start))
@@ -589,10 +597,6 @@ static int add_items(unpickler *u, tp_value *c, size_t from, const char *op) {
 }
 
 static int step(unpickler *u, int opc, tp_value **result) {
-    const char *opname = "?";
-    char opbuf[8];
-    snprintf(opbuf, sizeof opbuf, "0x%02x", opc);
-    opname = opbuf;
     switch (opc) {
     case PROTO:
         if (need(u, 1, "PROTO")) return -1;
@@ -632,12 +636,14 @@ static int step(unpickler *u, int opc, tp_value **result) {
         tp_value *v = top(u, "DUP");
         return v ? push(u, v) : -1;
     }
-    case NONE: return push(u, tp_new(u->a, TP_NONE));
+    case NONE:
+        if (!u->none) u->none = tp_new(u->a, TP_NONE);
+        return push(u, u->none);
     case NEWTRUE:
     case NEWFALSE: {
-        tp_value *v = tp_new(u->a, TP_BOOL);
-        if (v) v->i = opc == NEWTRUE;
-        return push(u, v);
+        int b = opc == NEWTRUE;
+        if (!u->bools[b] && (u->bools[b] = tp_new(u->a, TP_BOOL))) u->bools[b]->i = b;
+        return push(u, u->bools[b]);
     }
     case BININT:
         if (need(u, 4, "BININT")) return -1;
@@ -822,8 +828,8 @@ static int step(unpickler *u, int opc, tp_value **result) {
                         "does not write; save the file again with pickle_protocol=2 or more",
                         opc, OFF(u));
     default:
-        return ct_error("unknown pickle opcode %s at byte %zu (not a pickle, or a corrupt one)",
-                        opname, OFF(u));
+        return ct_error("unknown pickle opcode 0x%02x at byte %zu (not a pickle, or a corrupt "
+                        "one)", opc, OFF(u) - 1);
     }
 }
 
