@@ -330,9 +330,11 @@ TEST(cli_convert) {
     snprintf(out, sizeof out, "%s/conv.safetensors", tmpdir());
     snprintf(log, sizeof log, "%s/convert.log", tmpdir());
     fx(p, sizeof p, "ckpt_v1.pt");
-    snprintf(cmd, sizeof cmd, "%s convert %s:model_state_dict %s", bin(), p, out);
+    snprintf(cmd, sizeof cmd, "%s convert %s:model_state_dict %s --list", bin(), p, out);
     CHECK_MSG(run(cmd, log) == 0, "%s", cmd);
     CHECK(log_has(log, "7 tensors"));
+    CHECK(log_has(log, "  0.weight float32 [2, 3]\n"));
+    CHECK(log_has(log, "  1.num_batches_tracked int64 []\n"));
     ct_state_dict *a = ct_state_dict_load(out);
     char spec[600];
     snprintf(spec, sizeof spec, "%s:model_state_dict", p);

@@ -161,7 +161,7 @@ static const struct {
      "  --out FILE   default RUN_DIR/curves.svg\n"
      "  --title T    default RUN_DIR (as train writes it)\n"},
     {"convert",
-     "usage: ctorch convert IN[:KEY] OUT.safetensors\n"
+     "usage: ctorch convert IN[:KEY] OUT.safetensors [--list]\n"
      "\n"
      "Writes the weights of IN as a safetensors file (atomically), with the same names, shapes\n"
      "and dtypes, and prints how many tensors it holds. IN: a torch.save file (.pt, .pth: the\n"
@@ -174,6 +174,7 @@ static const struct {
      "  IN:KEY       the state_dict under KEY of a checkpoint dict, e.g.\n"
      "               ckpt.pt:model_state_dict (a.b descends); in a safetensors file, the\n"
      "               tensors named KEY.<name>, as <name>\n"
+     "  --list       also print each tensor: name, dtype, shape\n"
      "Dtypes: float32, float64, float16, bfloat16, int64, int32, uint8, bool (others are an\n"
      "error naming the tensor). Exit 2 on a missing, corrupt or refused file (the message says\n"
      "why; without KEY on a checkpoint it lists the keys), 1 when OUT cannot be written.\n"
