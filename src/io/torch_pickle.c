@@ -143,9 +143,12 @@ void tp_arena_free(tp_arena *a) {
     if (!a) return;
     for (tp_value *v = a->all; v;) {
         tp_value *next = v->next_alloc;
-        free(v->s);
-        free(v->items);
-        free(v->tensor);
+        switch (v->kind) {
+        case TP_STR: case TP_BYTES: case TP_BIGINT: case TP_OBJECT: free(v->s); break;
+        case TP_TUPLE: case TP_LIST: case TP_SET: case TP_DICT: free(v->items); break;
+        case TP_TENSOR: free(v->tensor); break;
+        default: break;
+        }
         free(v);
         v = next;
     }

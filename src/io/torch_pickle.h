@@ -64,15 +64,21 @@ typedef struct tp_tensor {
 typedef struct tp_value tp_value;
 struct tp_value {
     tp_kind kind;
-    tp_value *next_alloc; /* every value of an arena, for freeing */
-    int64_t i;            /* BOOL, INT, GLOBAL */
-    double f;
-    char *s;              /* STR, BYTES, BIGINT, OBJECT (description) */
-    size_t len;
-    tp_value **items;     /* TUPLE, LIST, SET, DICT (2 per item) */
-    size_t n, cap;
-    tp_storage *storage;  /* STORAGE (owned by the caller) */
-    tp_tensor *tensor;    /* TENSOR (owned by the value) */
+    tp_value *next_alloc;     /* every value of an arena, for freeing */
+    union {                   /* by kind: */
+        int64_t i;            /* BOOL, INT, GLOBAL */
+        double f;             /* FLOAT */
+        struct {              /* STR, BYTES, BIGINT, OBJECT (description) */
+            char *s;
+            size_t len;
+        };
+        struct {              /* TUPLE, LIST, SET, DICT (2 per item) */
+            tp_value **items;
+            size_t n, cap;
+        };
+        tp_storage *storage;  /* STORAGE (owned by the caller) */
+        tp_tensor *tensor;    /* TENSOR (owned by the value) */
+    };
 };
 
 typedef struct tp_arena {
