@@ -285,8 +285,9 @@ test-image: $(BUILD)/test_ctorch
 # $(BUILD)/fuzz/obj; FUZZ_LIBS_<name> adds a target's own libraries (e.g. -ljpeg -lpng).
 # make fuzz-run [FUZZ_SECONDS=600] [FUZZ_TARGETS=torch_load]: fuzzes each target for that
 # long from its committed corpus fuzz/corpus/<name> (new inputs go to
-# $(BUILD)/fuzz/corpus/<name>, crashes to $(BUILD)/fuzz/artifacts/); make fuzz-merge adds
-# the new inputs that reach new coverage to fuzz/corpus/<name> (-merge=1). make test runs
+# $(BUILD)/fuzz/corpus/<name>, crashes to $(BUILD)/fuzz/artifacts/); make fuzz-merge
+# replaces fuzz/corpus/<name> with the smallest set of the committed and new inputs that keeps
+# every feature (-set_cover_merge=1). make test runs
 # every built target briefly over its corpus (tests/test_fuzz.c). Without clang's
 # libFuzzer the targets are left out with a notice. docs/fuzzing.md.
 FUZZ_CC      ?= clang
@@ -337,8 +338,12 @@ fuzz-run: fuzz
 
 fuzz-merge: fuzz
 	@for t in $(FUZZ_TARGETS); do \
-	    mkdir -p fuzz/corpus/$$t $(BUILD)/fuzz/corpus/$$t; \
-	    $(BUILD)/fuzz/fuzz_$$t -merge=1 fuzz/corpus/$$t $(BUILD)/fuzz/corpus/$$t || exit 1; \
+	    rm -rf $(BUILD)/fuzz/merged/$$t; \
+	    mkdir -p $(BUILD)/fuzz/merged/$$t fuzz/corpus/$$t $(BUILD)/fuzz/corpus/$$t; \
+	    $(BUILD)/fuzz/fuzz_$$t -set_cover_merge=1 $(BUILD)/fuzz/merged/$$t fuzz/corpus/$$t \
+	        $(BUILD)/fuzz/corpus/$$t || exit 1; \
+	    rm -rf fuzz/corpus/$$t && mv $(BUILD)/fuzz/merged/$$t fuzz/corpus/$$t || exit 1; \
+	    echo "fuzz/corpus/$$t: $$(ls fuzz/corpus/$$t | wc -l) inputs"; \
 	done
 
 clean:
