@@ -364,3 +364,75 @@ TEST(cli_convert) {
     snprintf(cmd, sizeof cmd, "%s convert /nonexistent.pt %s/y.safetensors", bin(), tmpdir());
     CHECK(run(cmd, log) == 2 && log_has(log, "/nonexistent.pt"));
 }
+
+/* Whatever PyTorch the peer Python has (bench/.venv's 2.x, Debian's 1.13): random tensors of
+ * every ctorch dtype, views and a checkpoint dict, saved by torch.save in both formats now,
+ * read back by ctorch and compared with the raw bytes PyTorch wrote alongside. */
+TEST(torch_load_peer_pytorch_writes_now) {
+    const char *py = peer_python("torch");
+    if (!py) SKIP("no Python with torch (set CTORCH_PEER_PYTHON or run bench/setup-peer.sh)");
+    char script[600], log[600], cmd[2048];
+    snprintf(script, sizeof script, "%s/peer_pt.py", tmpdir());
+    snprintf(log, sizeof log, "%s/peer_pt.log", tmpdir());
+    FILE *f = fopen(script, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fputs("import os, sys, torch\n"
+          "d = sys.argv[1]\n"
+          "torch.manual_seed(1)\n"
+          "x = torch.randn(6, 5)\n"
+          "sd = {'f32': x, 'f64': torch.randn(3, 2, dtype=torch.float64), 'f16': x.half(),\n"
+          "      'bf16': x.bfloat16()[1:], 'i64': torch.randint(-2**40, 2**40, (4,)),\n"
+          "      'i32': torch.randint(-9, 9, (2, 3), dtype=torch.int32),\n"
+          "      'u8': torch.randint(0, 255, (5,), dtype=torch.uint8), 'b': x > 0,\n"
+          "      't': x.t(), 'slice': x[2:, 1::2]}\n"
+          "torch.save({'model': sd, 'step': 7}, os.path.join(d, 'peer_zip.pt'))\n"
+          "torch.save(sd, os.path.join(d, 'peer_legacy.pt'), _use_new_zipfile_serialization=False)\n"
+          "with open(os.path.join(d, 'peer_raw.txt'), 'w') as out:\n"
+          "    for k, v in sd.items():\n"
+          "        v = v.contiguous()\n"
+          "        b = (v.view(torch.int16) if v.dtype in (torch.float16, torch.bfloat16) else v).numpy().tobytes()\n"
+          "        out.write(k + ' ' + b.hex() + '\\n')\n"
+          "print(torch.__version__)\n",
+          f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s %s %s", py, script, tmpdir());
+    CHECK_MSG(run(cmd, log) == 0, "%s failed", cmd);
+    char path[600], spec[700];
+    snprintf(path, sizeof path, "%s/peer_raw.txt", tmpdir());
+    f = fopen(path, "r");
+    CHECK(f != NULL);
+    if (!f) return;
+    snprintf(spec, sizeof spec, "%s/peer_zip.pt:model", tmpdir());
+    ct_state_dict *zip = ct_state_dict_load(spec);
+    snprintf(spec, sizeof spec, "%s/peer_legacy.pt", tmpdir());
+    ct_state_dict *leg = ct_state_dict_load(spec);
+    CHECK_MSG(zip && leg, "%s", ct_last_error());
+    char name[64], *hex = malloc(1 << 16);
+    int n = 0;
+    while (zip && leg && fscanf(f, "%63s %65535s", name, hex) == 2) {
+        n++;
+        size_t nb = strlen(hex) / 2;
+        uint8_t *want = malloc(nb + 1), *got = malloc(nb + 1);
+        for (size_t i = 0; i < nb; i++) sscanf(hex + 2 * i, "%2hhx", &want[i]);
+        ct_state_dict *sds[2] = {zip, leg};
+        for (int k = 0; k < 2; k++) {
+            ct_tensor *t = ct_state_dict_get(sds[k], name);
+            CHECK_MSG(t != NULL, "peer file %d lacks %s", k, name);
+            if (!t) continue;
+            size_t tb = (size_t)ct_numel(t) * ct_dtype_size(ct_dtype_of(t));
+            CHECK_MSG(tb == nb, "%s: %zu bytes, PyTorch wrote %zu", name, tb, nb);
+            if (tb == nb) {
+                CHECK_OK(ct_copy_to_buffer(t, got, nb));
+                CHECK_MSG(!memcmp(got, want, nb), "%s differs from PyTorch's (format %d)", name, k);
+            }
+        }
+        free(want);
+        free(got);
+    }
+    CHECK(n == 10 && zip && zip->n == 10 && leg && leg->n == 10);
+    free(hex);
+    fclose(f);
+    ct_state_dict_free(zip);
+    ct_state_dict_free(leg);
+}
