@@ -79,7 +79,7 @@ MPICC := $(shell command -v mpicc 2>/dev/null)
 PHONY_EXTRA := examples
 .PHONY: all lib cli cuda mpi examples test test-sanitize valgrind fixtures deps run clean \
         install uninstall bench-metrics image test-image \
-        test-onnx-full
+        test-onnx-full fuzz fuzz-run fuzz-merge
 
 all: lib cli cuda mpi examples
 
@@ -281,7 +281,8 @@ deps:
 	@scripts/install-deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch $(BUILD)/dist_worker $(if $(NVCC),cuda-emu)
+	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch $(BUILD)/dist_worker $(if $(NVCC),cuda-emu) \
+	    $(if $(HAVE_LIBFUZZER),fuzz)
 	@scripts/check-readme.sh $(BUILD) "$(ARCHIVE_LIBS) $(IMAGE_LIBS)"
 	CTORCH_DATA=$(DATA_DIR) $(BUILD)/test_ctorch
 
@@ -326,6 +327,73 @@ test-image: $(BUILD)/test_ctorch
 	@test -f $(BUILD)/ctorch-image.oci.tar || { echo "error: $(BUILD)/ctorch-image.oci.tar" \
 	    "not found: run make image first" >&2; exit 1; }
 	CTORCH_DATA=$(DATA_DIR) CT_TEST_REQUIRE_IMAGE=1 $(BUILD)/test_ctorch image
+
+# -------------------------------------------------------------------- fuzzing
+# make fuzz: one libFuzzer program per fuzz/fuzz_<name>.c, $(BUILD)/fuzz/fuzz_<name>, built
+# with clang (-fsanitize=fuzzer,address,undefined) over the library compiled the same way in
+# $(BUILD)/fuzz/obj; FUZZ_LIBS_<name> adds a target's own libraries (e.g. -ljpeg -lpng).
+# make fuzz-run [FUZZ_SECONDS=600] [FUZZ_TARGETS=torch_load]: fuzzes each target for that
+# long from its committed corpus fuzz/corpus/<name> (new inputs go to
+# $(BUILD)/fuzz/corpus/<name>, crashes to $(BUILD)/fuzz/artifacts/); make fuzz-merge
+# replaces fuzz/corpus/<name> with the smallest set of the committed and new inputs that keeps
+# every feature (-set_cover_merge=1). make test runs
+# every built target briefly over its corpus (tests/test_fuzz.c). Without clang's
+# libFuzzer the targets are left out with a notice. docs/fuzzing.md.
+FUZZ_CC      ?= clang
+FUZZ_SAN     = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+# The library at -O0 (the SIMD kernels take minutes to compile at -O1 with sanitizers, and
+# fuzzing barely runs them); the readers under test and the targets at -O1.
+FUZZ_OPT     = -O0
+FUZZ_CFLAGS  = -std=c11 -D_GNU_SOURCE $(FUZZ_OPT) -g -Wall -Wextra -Werror -pthread -Iinclude -Isrc \
+               -I/usr/include/x86_64-linux-gnu/openblas-pthread $(ARCHIVE_CFLAGS) $(IMAGE_CFLAGS) $(FUZZ_SAN)
+FUZZ_NAMES   := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+FUZZ_SECONDS ?= 600
+FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/fuzz/obj/%.o)
+# evaluated only by the fuzz targets and `make test` (a clang link: a fraction of a second)
+HAVE_LIBFUZZER = $(shell printf 'int LLVMFuzzerTestOneInput(const char *d, long n) { return 0; }' | \
+                 $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null >/dev/null 2>&1 && echo 1)
+
+ifeq ($(filter fuzz fuzz-run fuzz-merge,$(MAKECMDGOALS)),)
+else ifneq ($(HAVE_LIBFUZZER),1)
+$(info notice: $(FUZZ_CC) with libFuzzer not found; the fuzz targets are left out (install clang))
+endif
+
+fuzz: $(if $(HAVE_LIBFUZZER),$(FUZZ_NAMES:%=$(BUILD)/fuzz/fuzz_%))
+# kept between builds (made through a pattern rule, they would count as intermediate)
+.SECONDARY: $(FUZZ_LIB_OBJ)
+
+$(BUILD)/fuzz/obj/src/io/%.o $(BUILD)/fuzz/obj/src/nn/%.o $(BUILD)/fuzz/obj/src/data/%.o: \
+    FUZZ_OPT = -O1
+$(BUILD)/fuzz/obj/%.o: %.c $(wildcard include/*.h) $(wildcard src/*/*.h) $(wildcard src/*/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -O1 -fsanitize=fuzzer -o $@ $< $(FUZZ_LIB_OBJ) $(FUZZ_LIBS_$*) \
+	    $(ALL_LDLIBS)
+
+fuzz-run: fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(BUILD)/fuzz/corpus/$$t $(BUILD)/fuzz/artifacts; \
+	    echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	    ASAN_OPTIONS=detect_leaks=1 $(BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) \
+	        -timeout=5 -rss_limit_mb=2048 -print_final_stats=1 \
+	        -artifact_prefix=$(BUILD)/fuzz/artifacts/$$t- \
+	        $$(test -f fuzz/$$t.dict && echo -dict=fuzz/$$t.dict) \
+	        $(BUILD)/fuzz/corpus/$$t fuzz/corpus/$$t || exit 1; \
+	done
+
+fuzz-merge: fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	    rm -rf $(BUILD)/fuzz/merged/$$t; \
+	    mkdir -p $(BUILD)/fuzz/merged/$$t fuzz/corpus/$$t $(BUILD)/fuzz/corpus/$$t; \
+	    $(BUILD)/fuzz/fuzz_$$t -set_cover_merge=1 $(BUILD)/fuzz/merged/$$t fuzz/corpus/$$t \
+	        $(BUILD)/fuzz/corpus/$$t || exit 1; \
+	    rm -rf fuzz/corpus/$$t && mv $(BUILD)/fuzz/merged/$$t fuzz/corpus/$$t || exit 1; \
+	    echo "fuzz/corpus/$$t: $$(ls fuzz/corpus/$$t | wc -l) inputs"; \
+	done
 
 clean:
 	rm -rf build build-san

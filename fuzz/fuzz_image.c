@@ -2,10 +2,8 @@
  * behind setjmp error handlers) and the transforms that follow them in the loader:
  * any bytes must give an image or an error message, never a crash, a leak or a hang.
  *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DCT_HAVE_IMAGE -Iinclude -Isrc \
- *       fuzz/fuzz_image.c src/data/image.c src/data/image_ops.c src/core/error.c \
- *       src/data/transforms.c -ljpeg -lpng -lm -o build/fuzz_image
- *   build/fuzz_image -max_len=65536 -rss_limit_mb=2048 fuzz/corpus/image
+ *   make fuzz && build/fuzz/fuzz_image -max_len=65536 -rss_limit_mb=2048 fuzz/corpus/image
+ *   (make fuzz-run FUZZ_TARGETS=image for the long run; docs/fuzzing.md)
  *
  * Seeds: fuzz/corpus/image (tiny JPEGs and PNGs of every colour type, from
  * tests/fixtures/images). */

@@ -52,6 +52,22 @@ void ct_safetensors_free(ct_safetensors *st);
 const char *ct_safetensors_dtype_name(ct_dtype dt);
 int ct_safetensors_dtype_parse(const char *s, ct_dtype *out);
 
+/* ------------------------------------------------------------ torch.save files
+ * The zip format of PyTorch >= 1.6 and the legacy one, read by a restricted unpickler that
+ * accepts only what a tensor state_dict needs (torch.load(weights_only=True)'s idea) and
+ * never runs anything: any other global (os.system, builtins.eval...) is refused with an
+ * error naming it (docs/weights.md). key: NULL for the top level, which must be a dict
+ * holding tensors (other entries are skipped), or the key of such a dict in the file's
+ * top-level dict ("model_state_dict"; "a.b" descends into a's dict). Tensors come back
+ * contiguous, on the CPU, with their dtype (float32, float64, float16, bfloat16, int64,
+ * int32, uint8, bool; others are an error naming the tensor). A new dictionary
+ * (ct_state_dict_free), or NULL with an error naming the file. */
+struct ct_state_dict;
+struct ct_state_dict *ct_torch_load(const char *path, const char *key);
+/* The same from memory (the bytes of a .pt file); name is used in messages. */
+struct ct_state_dict *ct_torch_load_buffer(const void *data, size_t n, const char *key,
+                                           const char *name);
+
 /* ------------------------------------------------------------ atomic files
  * Write to a temporary file next to `path`, then commit: fflush + fsync + rename over
  * path + fsync of the directory. abort (or a failed commit) removes the temporary. */

@@ -210,12 +210,18 @@ int ct_module_load_state_dict(ct_module *m, const ct_state_dict *sd, int strict)
  * metadata: NULL or NULL-terminated key, value list (e.g. {"model", "simple_cnn", NULL});
  * "format": "pt" is always written. Saving is atomic (temporary file + rename). */
 int ct_module_save(const ct_module *m, const char *path, const char *const *metadata);
-/* Loads a checkpoint written by ct_module_save or by PyTorch (strict). On a checkpoint of
- * another model the message names the file and lists the mismatched names and shapes. */
+/* Loads a checkpoint written by ct_module_save or by PyTorch (strict): any file
+ * ct_state_dict_load reads (safetensors, torch.save; PATH:KEY). On a checkpoint of another
+ * model the message names the file and lists the mismatched names and shapes. */
 int ct_module_load(ct_module *m, const char *path);
 /* Weights from a file, whatever wrote it: safetensors (ct_module_save,
- * safetensors.torch.save_file) or torch.save. A new dictionary (ct_state_dict_free), or
- * NULL with an error naming the file and what is wrong with it. */
+ * safetensors.torch.save_file) or torch.save (zip and legacy formats, through a restricted
+ * unpickler: ct_torch_load in ctorch_io.h, docs/weights.md). spec is PATH or PATH:KEY: KEY
+ * selects the state_dict stored under that key of a torch.save dict
+ * ("ckpt.pt:model_state_dict"; "a.b" descends), or, in a safetensors file, the tensors
+ * named KEY.<name> (as <name>). A spec naming an existing file is a path even when it holds
+ * ':'. A new dictionary (ct_state_dict_free), or NULL with an error naming the file and
+ * what is wrong with it. */
 ct_state_dict *ct_state_dict_load(const char *spec);
 
 /* ------------------------------------------------------------------ layers

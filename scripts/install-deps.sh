@@ -16,10 +16,11 @@ missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
-# Best effort: only the tests of the live page (tests/test_page.c: a headless browser) and
-# of the alert rules (tests/test_monitor.c: promtool, a real Prometheus and Alertmanager)
-# need these; they skip without them, and failing to install them never fails the build.
-OPTIONAL="chromium chromium-driver prometheus prometheus-alertmanager"
+# Best effort: only the tests of the live page (tests/test_page.c: a headless browser), of
+# the alert rules (tests/test_monitor.c: promtool, a real Prometheus and Alertmanager) and
+# the short fuzzing runs (tests/test_fuzz.c: clang's libFuzzer, make fuzz) need these; they
+# skip without them, and failing to install them never fails the build.
+OPTIONAL="chromium chromium-driver prometheus prometheus-alertmanager clang"
 [ -n "${NO_OPTIONAL:-}" ] && OPTIONAL=""
 opt_missing=""
 for p in $OPTIONAL; do
@@ -29,7 +30,7 @@ done
 if [ "$(id -u)" = 0 ]; then SUDO=""
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"
 elif [ -z "$missing" ]; then
-    echo "note: optional packages missing:$opt_missing (the browser and alerting tests skip)" >&2
+    echo "note: optional packages missing:$opt_missing (the browser, alerting and fuzzing tests skip)" >&2
     exit 0
 else
     echo "error: cannot install packages without root. Run:" >&2
@@ -47,6 +48,6 @@ fi
 if [ -n "$opt_missing" ]; then
     echo "installing optional Debian packages:$opt_missing"
     $SUDO apt-get install -y -qq $opt_missing >/dev/null 2>&1 ||
-        echo "note: could not install$opt_missing (optional: the browser and alerting tests skip)" >&2
+        echo "note: could not install$opt_missing (optional: the browser, alerting and fuzzing tests skip)" >&2
 fi
 exit 0

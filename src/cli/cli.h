@@ -52,6 +52,7 @@ int cmd_verify(int argc, char **argv);
 int cmd_launch(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 int cmd_help(int argc, char **argv);
 void cli_print_version(void);
 

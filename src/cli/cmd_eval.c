@@ -6,6 +6,7 @@
 #include "train_common.h"
 
 #include <stdio.h>
+#include <string.h>
 
 int cmd_eval(int argc, char **argv) {
     const char *model_name = NULL, *ckpt = NULL, *dataset = NULL, *data_dir = NULL, *device = "cpu";
@@ -48,8 +49,12 @@ int cmd_eval(int argc, char **argv) {
     eval_result ev;
     if (!model) code = cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
     else if (ct_module_load(model, ckpt) != 0)
-        code = cli_fail("eval", CLI_USAGE, "%s (on the command line: pass the --model the "
-                        "checkpoint was saved from)", ct_last_error());
+        /* the hint fits a checkpoint of another model, not an unreadable file */
+        code = cli_fail("eval", CLI_USAGE, "%s%s", ct_last_error(),
+                        strstr(ct_last_error(), "does not match")
+                            ? " (on the command line: pass the --model the checkpoint was "
+                              "saved from)"
+                            : "");
     else if (ct_module_to(model, dev, -1) != 0)
         code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
     else if (cli_evaluate(model, test, kind, dev, batch, &amp, &ev) != 0)

@@ -34,7 +34,7 @@ static const struct {
      "  --seed S               default 0\n"
      "  --threads T            default: all cores\n"
      "  --device D             cpu | cuda | cuda:N (default cpu)\n"
-     "  --init FILE            starting weights (safetensors)\n"
+     "  --init FILE[:KEY]      starting weights (safetensors or torch.save .pt; docs/weights.md)\n"
      "  --save FILE            final weights (safetensors; also on Ctrl-C)\n"
      "  --log-json FILE        one JSON object per epoch\n"
      "  --amp A                bf16 | fp16 | off: autocast mixed precision (default off)\n"
@@ -185,6 +185,25 @@ static const struct {
      "when RUN_DIR is missing, not a run directory, or has no rows yet.\n"
      "  --out FILE   default RUN_DIR/curves.svg\n"
      "  --title T    default RUN_DIR (as train writes it)\n"},
+    {"convert",
+     "usage: ctorch convert IN[:KEY] OUT.safetensors [--list]\n"
+     "\n"
+     "Writes the weights of IN as a safetensors file (atomically), with the same names, shapes\n"
+     "and dtypes, and prints how many tensors it holds. IN: a torch.save file (.pt, .pth: the\n"
+     "zip format of PyTorch >= 1.6 or the legacy one) or a safetensors file. A torch.save file\n"
+     "is read by ctorch's own restricted unpickler: only what a tensor state_dict needs is\n"
+     "accepted (torch.load(weights_only=True)'s idea); any other global (os.system,\n"
+     "builtins.eval...) is refused, naming it, and nothing in the file is ever run.\n"
+     "  IN           a file whose top level is a dict of tensors (a state_dict); non-tensor\n"
+     "               entries are skipped\n"
+     "  IN:KEY       the state_dict under KEY of a checkpoint dict, e.g.\n"
+     "               ckpt.pt:model_state_dict (a.b descends); in a safetensors file, the\n"
+     "               tensors named KEY.<name>, as <name>\n"
+     "  --list       also print each tensor: name, dtype, shape\n"
+     "Dtypes: float32, float64, float16, bfloat16, int64, int32, uint8, bool (others are an\n"
+     "error naming the tensor). Exit 2 on a missing, corrupt or refused file (the message says\n"
+     "why; without KEY on a checkpoint it lists the keys), 1 when OUT cannot be written.\n"
+     "The same files load with --init FILE[:KEY] and --checkpoint FILE[:KEY] (docs/weights.md).\n"},
     {"help", "usage: ctorch help [COMMAND]\n"},
 };
 

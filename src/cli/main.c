@@ -20,6 +20,7 @@ static const struct {
     {"launch", cmd_launch, "run a command on several processes or machines (mpirun)"},
     {"doctor", cmd_doctor, "check this machine, the build and the data; one fix per finding"},
     {"plot", cmd_plot, "draw a run directory's curves (loss, accuracy, images/s, lr) as SVG"},
+    {"convert", cmd_convert, "weights from a torch.save (.pt) or safetensors file to safetensors"},
     {"help", cmd_help, "show help for a command"},
 };
 

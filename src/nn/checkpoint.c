@@ -41,31 +41,27 @@ int ct_module_save(const ct_module *m, const char *path, const char *const *meta
 
 int ct_module_load(ct_module *m, const char *path) {
     if (!m || !path) return ct_error("load: NULL %s", m ? "path" : "module");
-    ct_safetensors *st = ct_safetensors_load(path);
-    if (!st) return -1;
-    ct_state_dict *sd = ct_state_dict_new();
-    int rc = sd ? 0 : -1;
-    for (int i = 0; i < st->n && rc == 0; i++) rc = ct_state_dict_add(sd, st->names[i], st->tensors[i]);
-    if (rc == 0) {
-        char *rep = ct_module_check_state_dict(m, sd, 1);
-        if (rep) {
-            char header[600];
-            const char *model = ct_safetensors_metadata(st, "model");
-            snprintf(header, sizeof header, "checkpoint %s%s%s%s does not match the %s model", path,
-                     model ? " (saved from model " : "", model ? model : "", model ? ")" : "",
-                     m->type);
-            ct_nn_report_error(header, rep,
-                               "fix: load it into a model built like the one it was saved from "
-                               "(ct_model_create with that name and number of classes), or "
-                               "load a checkpoint saved from this model");
-            free(rep);
-            rc = -1;
-        } else {
-            rc = ct_module_load_state_dict(m, sd, 1);
-            if (rc) ct_error_context("loading %s", path);
-        }
+    char *model = NULL;
+    ct_state_dict *sd = ct_state_dict_load_meta(path, &model);
+    if (!sd) return -1;
+    int rc;
+    char *rep = ct_module_check_state_dict(m, sd, 1);
+    if (rep) {
+        char header[600];
+        snprintf(header, sizeof header, "checkpoint %s%s%s%s does not match the %s model", path,
+                 model ? " (saved from model " : "", model ? model : "", model ? ")" : "",
+                 m->type);
+        ct_nn_report_error(header, rep,
+                           "fix: load it into a model built like the one it was saved from "
+                           "(ct_model_create with that name and number of classes), or "
+                           "load a checkpoint saved from this model");
+        free(rep);
+        rc = -1;
+    } else {
+        rc = ct_module_load_state_dict(m, sd, 1);
+        if (rc) ct_error_context("loading %s", path);
     }
+    free(model);
     ct_state_dict_free(sd);
-    ct_safetensors_free(st);
     return rc;
 }
