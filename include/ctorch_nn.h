@@ -285,6 +285,7 @@ typedef struct {
 ct_module *ct_nn_batch_norm2d_opt(int64_t num_features, const ct_batch_norm2d_opts *o);
 
 ct_module *ct_nn_relu(void);
+ct_module *ct_nn_relu6(void); /* ReLU6: min(max(x, 0), 6) (hardtanh(0, 6)) */
 ct_module *ct_nn_gelu(int approximate_tanh); /* GELU(approximate='none'|'tanh') */
 ct_module *ct_nn_identity(void);
 /* MaxPool2d(kernel_size, stride (<= 0: = kernel_size), padding). */
