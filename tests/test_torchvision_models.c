@@ -92,9 +92,11 @@ static void check_grad(ct_fixture *fx, const char *tag, const char *name, const 
 
 /* ------------------------------------------------------------ names and shapes */
 TEST(torchvision_models_state_dicts_are_torchvisions) {
-    FILE *f = fopen("tests/fixtures/torchvision_models.txt", "r");
-    CHECK_MSG(f != NULL, "tests/fixtures/torchvision_models.txt is missing (run "
-              "tests/fixtures/gen_torchvision_models.py)");
+    char path[512];
+    const char *dir = getenv("CT_FIXTURE_DIR");
+    snprintf(path, sizeof path, "%s/torchvision_models.txt", dir ? dir : "tests/fixtures");
+    FILE *f = fopen(path, "r");
+    CHECK_MSG(f != NULL, "%s is missing (run tests/fixtures/gen_torchvision_models.py)", path);
     if (!f) return;
     char line[512];
     ct_module *m = NULL;
