@@ -381,6 +381,10 @@ ct_module *ct_model_create_ex(const char *name, int num_classes, int in_channels
                               int width);
 /* NULL-terminated list of the model names. */
 const char *const *ct_model_names(void);
+/* The state_dict prefix of a built-in model's classifier head, the layer num_classes
+ * sizes (what fine-tuning replaces): "fc." (the ResNets), "classifier.1." (mobilenet_v2),
+ * "classifier." (simple_cnn), "fc2." (mlp); NULL for an unknown name. */
+const char *ct_model_head(const char *name);
 
 /* The seed's AdaptiveNet, a module with two outputs (not in ct_model_names: the CLI trains
  * one-output models):

@@ -12,6 +12,15 @@ static const char g_choices[] = "simple_cnn, mlp, resnet18_cifar, resnet18, resn
                                 "or mobilenet_v2";
 const char *const *ct_model_names(void) { return g_names; }
 
+const char *ct_model_head(const char *name) {
+    if (!name) return NULL;
+    if (!strcmp(name, "simple_cnn")) return "classifier.";
+    if (!strcmp(name, "mlp")) return "fc2.";
+    if (!strcmp(name, "mobilenet_v2")) return "classifier.1.";
+    if (!strncmp(name, "resnet", 6)) return "fc.";
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- SimpleCNN */
 static ct_tensor *simple_cnn_forward(ct_module *m, const ct_tensor *x) {
     char s[96];
