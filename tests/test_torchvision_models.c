@@ -311,8 +311,10 @@ TEST(torchvision_models_resnet18_is_not_resnet18_cifar) {
 
 /* ---------------------------------------------------- torchvision's own weights */
 /* torchvision's resnet18() (seeded random init) saved by safetensors.torch.save_file and
- * by torch.save, with its eval-mode logits on a formula image batch, by the peer Python. */
-static const char *peer_weights(void) {
+ * by torch.save, with its eval-mode logits on a fixed image batch, by the peer Python
+ * (tests/peer_torchvision_weights.py), once per test process (tests/test_finetune.c uses
+ * them too). The directory, or NULL without a peer. */
+const char *tv_peer_weights(void) {
     static char dir[512];
     static int done;
     if (done) return dir[0] ? dir : NULL;
@@ -358,7 +360,7 @@ static void check_logits_of(const char *weights, const char *dir) {
 }
 
 TEST(torchvision_models_peer_resnet18_safetensors_logits) {
-    const char *dir = peer_weights();
+    const char *dir = tv_peer_weights();
     if (!dir) SKIP("no Python with torch, torchvision and safetensors (bench/setup-peer.sh)");
     char p[600];
     snprintf(p, sizeof p, "%s/resnet18.safetensors", dir);
@@ -366,7 +368,7 @@ TEST(torchvision_models_peer_resnet18_safetensors_logits) {
 }
 
 TEST(torchvision_models_peer_resnet18_torch_save_logits) {
-    const char *dir = peer_weights();
+    const char *dir = tv_peer_weights();
     if (!dir) SKIP("no Python with torch, torchvision and safetensors (bench/setup-peer.sh)");
     char p[600];
     snprintf(p, sizeof p, "%s/resnet18.pt", dir);
