@@ -664,6 +664,7 @@ static int make_optimizer(train_run *r) {
     ct_tensor **head = calloc((size_t)np + 1, sizeof *head), **rest = calloc((size_t)np + 1, sizeof *rest);
     int nh = 0, nr = 0, frozen = 0;
     const char *hp = ct_model_head(a->model);
+    if (rc == CLI_OK && (!params || !head || !rest)) rc = cli_fail("train", CLI_RUNTIME, "out of memory");
     for (int i = 0; rc == CLI_OK && head && rest && i < sd->n; i++) {
         ct_tensor *t = sd->tensors[i];
         int is_param = 0;
