@@ -3,7 +3,8 @@
  * mismatches and the fix); --freeze leaves those weights bitwise unchanged; --lr-backbone
  * moves the backbone by its own lr (one SGD step against the formula) and the head by
  * --lr; list options; the options are recorded and held by --resume; a run from before
- * resnet18_cifar resumes as resnet18_cifar; torchvision's own weights (peer) train. */
+ * resnet18_cifar verifies and resumes as resnet18_cifar; torchvision's own weights (peer)
+ * train. */
 #include "test.h"
 #include "cli_util.h"
 #include "ctorch_nn.h"
@@ -205,6 +206,10 @@ TEST(finetune_old_resnet18_run_resumes_as_resnet18_cifar) {
              "c['model']='resnet18'; c.pop('num_classes'); json.dump(m, open(p,'w'))\" "
              "%s/manifest.json", py, dir);
     CHECK(run(cmd, log) == 0);
+    /* verify re-evaluates its weights as resnet18_cifar's */
+    snprintf(cmd, sizeof cmd, "%s verify %s --data-dir %s", bin(), dir, data_dir());
+    CHECK(run(cmd, log) == 0);
+    CHECK(log_has(log, "evaluated as resnet18_cifar") && log_has(log, "verified"));
     snprintf(cmd, sizeof cmd, "%s train --resume %s --max-steps 2", bin(), dir);
     int rc = run(cmd, log);
     CHECK_MSG(rc == 0, "resume exited %d", rc);
