@@ -220,11 +220,25 @@ class Bench:
             return self.args.timeout
         return 1800 if CASES[case]["model"] == "resnet18_cifar" else 600
 
+    def baseline_model(self, model):
+        """A baseline build from before issue 15 calls the CIFAR ResNet resnet18."""
+        if model != "resnet18_cifar":
+            return model
+        if not hasattr(self, "_baseline_knows_cifar"):
+            try:
+                out = subprocess.run([self.baseline, "help", "train"], capture_output=True, text=True,
+                                     timeout=60).stdout
+            except (OSError, subprocess.SubprocessError):
+                out = ""
+            self._baseline_knows_cifar = "resnet18_cifar" in out
+        return model if self._baseline_knows_cifar else "resnet18"
+
     def command(self, runner, case, threads, amp=False):
         c = CASES[case]
         steps = self.steps_for(case)
         if runner in ("ctorch", "ctorch_baseline"):
-            return [self.ctorch if runner == "ctorch" else self.baseline, "bench", "--model", c["model"], "--batch-size", str(c["batch"]),
+            model = c["model"] if runner == "ctorch" else self.baseline_model(c["model"])
+            return [self.ctorch if runner == "ctorch" else self.baseline, "bench", "--model", model, "--batch-size", str(c["batch"]),
                     "--steps", str(steps), "--threads", str(threads), "--json"] + (["--amp", "bf16"] if amp else []), \
                 self.base_env
         warm = 1 if steps < 3 else 3  # ctorch bench's own warm-up rule (torch_bench.py: >= 2 for compile)
