@@ -16,8 +16,8 @@ loss and the number of correct predictions read back to the host; cudnn.benchmar
 (ctorch: CTORCH_CUDNN_BENCHMARK=1, its default); TF32 for matmuls and convolutions as the
 case says (ctorch: CTORCH_TF32=0/1; PyTorch: --tf32 0/1, see torch_bench.py).
 
-usage: python3 bench/gpu_bench.py [--cases simple_cnn:64,simple_cnn:512,resnet18:256]
-       [--tf32 0,1] [--pairs 3] [--steps simple_cnn=500,resnet18=100] [--budget SECONDS]
+usage: python3 bench/gpu_bench.py [--cases simple_cnn:64,simple_cnn:512,resnet18_cifar:256]
+       [--tf32 0,1] [--pairs 3] [--steps simple_cnn=500,resnet18_cifar=100] [--budget SECONDS]
        [--warmup-runs 1]
        [--report FILE.md] [--json-out FILE.json] [--ctorch build/ctorch] [--python python3]
        [--ctorch-env K=V ...] [--torch-device cuda|cpu]
@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run_bench import last_json, median  # noqa: E402  (the CPU harness beside this file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CASES = "simple_cnn:64,simple_cnn:512,resnet18:256"
-DEFAULT_STEPS = {"simple_cnn": 500, "resnet18": 100, "mlp": 1000}
+DEFAULT_CASES = "simple_cnn:64,simple_cnn:512,resnet18_cifar:256"
+DEFAULT_STEPS = {"simple_cnn": 500, "resnet18_cifar": 100, "mlp": 1000}
 BAR = 1.0  # the bar: ctorch >= PyTorch eager on the same GPU
 
 

@@ -3,7 +3,7 @@
  *
  * build (as the examples): cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude bench/layer_bench.c \
  *           build/libctorch.a -o build/bench/layer_bench -lopenblas -lz -lpthread -ldl -lm
- * run:   build/bench/layer_bench [--model simple_cnn|resnet18|all] [--batch-size B]
+ * run:   build/bench/layer_bench [--model simple_cnn|resnet18_cifar|all] [--batch-size B]
  *           [--threads T] [--peak GFLOPS] [--min-time S] [--json] [--amp bf16|off]
  *
  * For each layer shape: forward with autograd on (the training forward), forward under
@@ -210,7 +210,7 @@ static void bench_model(const char *model, const layer *ls, int nl, int64_t n, d
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: layer_bench [--model simple_cnn|resnet18|all] [--batch-size B] [--threads T]\n"
+    fprintf(stderr, "usage: layer_bench [--model simple_cnn|resnet18_cifar|all] [--batch-size B] [--threads T]\n"
                     "                   [--peak GFLOPS] [--min-time SECONDS] [--json] [--amp bf16|off]\n");
     exit(2);
 }
@@ -235,15 +235,15 @@ int main(int argc, char **argv) {
         else usage();
     }
     int all = !strcmp(model, "all");
-    if (!all && strcmp(model, "simple_cnn") && strcmp(model, "resnet18")) usage();
+    if (!all && strcmp(model, "simple_cnn") && strcmp(model, "resnet18_cifar")) usage();
     if (batch < 0 || threads < 0 || min_time < 0) usage();
     ct_set_num_threads(threads);
     ct_manual_seed(0);
     if (all || !strcmp(model, "simple_cnn"))
         bench_model("simple_cnn", simple_cnn_layers, (int)(sizeof simple_cnn_layers / sizeof *simple_cnn_layers),
                     batch ? batch : 64, peak, min_time, json);
-    if (all || !strcmp(model, "resnet18"))
-        bench_model("resnet18", resnet18_layers, (int)(sizeof resnet18_layers / sizeof *resnet18_layers),
+    if (all || !strcmp(model, "resnet18_cifar"))
+        bench_model("resnet18_cifar", resnet18_layers, (int)(sizeof resnet18_layers / sizeof *resnet18_layers),
                     batch ? batch : 128, peak, min_time, json);
     return 0;
 }

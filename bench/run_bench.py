@@ -11,7 +11,7 @@ process took the CPU is discarded and run again (up to a limit): the machine's b
 /proc/stat over a run is compared with the run's own CPU time (wait4's rusage).
 
 Parts (--parts, default all):
-  cases     simple_cnn train b64, simple_cnn inference b256, mlp train b64, resnet18 train b128,
+  cases     simple_cnn train b64, simple_cnn inference b256, mlp train b64, resnet18_cifar train b128,
             float32 and bf16 (`ctorch bench --amp bf16` vs PyTorch's autocast bf16)
   scaling   1 -> T threads, ctorch and PyTorch at its best
   gemm      SGEMM peak GFLOP/s with OpenBLAS (bench/gemm_peak.c), T threads and 1 thread
@@ -65,7 +65,7 @@ CASES = {
                              bf16_own=1.3),
     "simple_cnn_infer": dict(model="simple_cnn", batch=256, metric="infer", steps=30, target=1.5),
     "mlp_train": dict(model="mlp", batch=64, metric="train", steps=2000, target=1.5),
-    "resnet18_train": dict(model="resnet18", batch=128, metric="train", steps=2, target=1.2,
+    "resnet18_train": dict(model="resnet18_cifar", batch=128, metric="train", steps=2, target=1.2,
                            bf16_peer=1.2, bf16_own=1.6),
 }
 RUNNER_TITLE = {"ctorch": "ctorch", "torch_installed": "PyTorch eager as installed",
@@ -218,13 +218,27 @@ class Bench:
     def timeout_for(self, case):
         if self.args.timeout:
             return self.args.timeout
-        return 1800 if CASES[case]["model"] == "resnet18" else 600
+        return 1800 if CASES[case]["model"] == "resnet18_cifar" else 600
+
+    def baseline_model(self, model):
+        """A baseline build from before issue 15 calls the CIFAR ResNet resnet18."""
+        if model != "resnet18_cifar":
+            return model
+        if not hasattr(self, "_baseline_knows_cifar"):
+            try:
+                out = subprocess.run([self.baseline, "help", "train"], capture_output=True, text=True,
+                                     timeout=60).stdout
+            except (OSError, subprocess.SubprocessError):
+                out = ""
+            self._baseline_knows_cifar = "resnet18_cifar" in out
+        return model if self._baseline_knows_cifar else "resnet18"
 
     def command(self, runner, case, threads, amp=False):
         c = CASES[case]
         steps = self.steps_for(case)
         if runner in ("ctorch", "ctorch_baseline"):
-            return [self.ctorch if runner == "ctorch" else self.baseline, "bench", "--model", c["model"], "--batch-size", str(c["batch"]),
+            model = c["model"] if runner == "ctorch" else self.baseline_model(c["model"])
+            return [self.ctorch if runner == "ctorch" else self.baseline, "bench", "--model", model, "--batch-size", str(c["batch"]),
                     "--steps", str(steps), "--threads", str(threads), "--json"] + (["--amp", "bf16"] if amp else []), \
                 self.base_env
         warm = 1 if steps < 3 else 3  # ctorch bench's own warm-up rule (torch_bench.py: >= 2 for compile)
@@ -795,7 +809,7 @@ def main():
     ap.add_argument("--scaling-pairs", type=int, default=2)
     ap.add_argument("--pipeline-pairs", type=int, default=2)
     ap.add_argument("--train-limit", type=int, default=20000, help="CIFAR-10 images for the pipeline check")
-    ap.add_argument("--layer-models", default="all", help="simple_cnn, resnet18 or all")
+    ap.add_argument("--layer-models", default="all", help="simple_cnn, resnet18_cifar or all")
     ap.add_argument("--gemm-sizes", default="2048,3072,4096")
     ap.add_argument("--peak", type=float, default=0.0, help="GEMM peak for the layers part when gemm is not run")
     ap.add_argument("--max-attempts", type=int, default=0,
@@ -805,7 +819,7 @@ def main():
                     "wall x cores (default 0.10)")
     ap.add_argument("--quiet-wait", type=float, default=120.0,
                     help="seconds to wait before each pair for the machine to go quiet (default 120)")
-    ap.add_argument("--timeout", type=float, default=0.0, help="per-run timeout in s (default 600, resnet18 1800)")
+    ap.add_argument("--timeout", type=float, default=0.0, help="per-run timeout in s (default 600, resnet18_cifar 1800)")
     ap.add_argument("--ctorch", default=os.path.join(ROOT, "build", "ctorch"), help="the ctorch binary")
     ap.add_argument("--baseline-ctorch", default=None,
                     help="another ctorch binary (e.g. the previous build) run in the same pairs of the cases part")

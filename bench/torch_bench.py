@@ -4,7 +4,7 @@ momentum 0.9) step; inference is eval() under no_grad. Prints one JSON object wi
 of `ctorch bench --json`: model, batch_size, threads, device, train_images_per_sec,
 infer_images_per_sec (a phase skipped with --mode is reported as null).
 
-usage: PYTHON bench/torch_bench.py --model simple_cnn|mlp|resnet18 --batch-size B
+usage: PYTHON bench/torch_bench.py --model simple_cnn|mlp|resnet18_cifar|resnet18|resnet34|resnet50|mobilenet_v2 --batch-size B
        [--steps N] [--warmup W] [--threads T] [--mode both|train|infer]
        [--variant eager|channels_last|compile|autocast_bf16|autocast_bf16_cl]
        [--device cpu|cuda] [--tf32 0|1] [--cudnn-benchmark 0|1]
@@ -55,7 +55,7 @@ except ImportError as e:  # pragma: no cover - depends on the machine
 VARIANTS = ("eager", "channels_last", "compile", "autocast_bf16", "autocast_bf16_cl")
 
 # steps when --steps is not given: a few seconds per phase on 2 cores
-DEFAULT_STEPS = {"simple_cnn": 40, "mlp": 400, "resnet18": 4}
+DEFAULT_STEPS = {"simple_cnn": 40, "mlp": 400, "resnet18_cifar": 4}
 
 
 class SimpleCNN(nn.Module):
@@ -102,9 +102,13 @@ def make_model(name):
         return SimpleCNN(), (3, 32, 32)
     if name == "mlp":
         return MLP(), (1, 28, 28)
-    if name == "resnet18":
+    if name == "resnet18_cifar":
         return resnet18_cifar(), (3, 32, 32)
-    sys.exit(f"torch_bench.py: unknown --model {name!r} (simple_cnn, mlp, resnet18)")
+    if name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2"):  # torchvision's, as ctorch's
+        import torchvision
+        return getattr(torchvision.models, name)(num_classes=10), (3, 32, 32)
+    sys.exit(f"torch_bench.py: unknown --model {name!r} (simple_cnn, mlp, resnet18_cifar, resnet18, "
+             "resnet34, resnet50, mobilenet_v2)")
 
 
 def set_tf32(on):

@@ -339,6 +339,10 @@ ct_tensor *ct_sigmoid(const ct_tensor *a);
 ct_tensor *ct_tanh(const ct_tensor *a);
 ct_tensor *ct_hardswish(const ct_tensor *a); /* x * relu6(x + 3) / 6 */
 ct_tensor *ct_silu(const ct_tensor *a);      /* x * sigmoid(x) (swish) */
+/* torch.nn.functional.hardtanh: clamp to [min_val, max_val]; the gradient is 1 strictly
+ * inside (0 at and beyond the bounds, as PyTorch's HardtanhBackward). min_val <= max_val. */
+ct_tensor *ct_hardtanh(const ct_tensor *a, double min_val, double max_val);
+ct_tensor *ct_relu6(const ct_tensor *a); /* hardtanh(a, 0, 6) (nn.ReLU6) */
 ct_tensor *ct_softmax(const ct_tensor *a, int dim);
 ct_tensor *ct_log_softmax(const ct_tensor *a, int dim);
 

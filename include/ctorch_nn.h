@@ -291,6 +291,7 @@ typedef struct {
 ct_module *ct_nn_batch_norm2d_opt(int64_t num_features, const ct_batch_norm2d_opts *o);
 
 ct_module *ct_nn_relu(void);
+ct_module *ct_nn_relu6(void); /* ReLU6: min(max(x, 0), 6) (hardtanh(0, 6)) */
 ct_module *ct_nn_gelu(int approximate_tanh); /* GELU(approximate='none'|'tanh') */
 ct_module *ct_nn_identity(void);
 /* MaxPool2d(kernel_size, stride (<= 0: = kernel_size), padding). */
@@ -327,6 +328,11 @@ int ct_nn_sequential_append(ct_module *seq, ct_module *mod); /* takes ownership 
  * conv2 (3x3), bn2, and when stride != 1 or inplanes != planes a downsample Sequential
  * (conv 1x1 stride, bn); out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)). */
 ct_module *ct_nn_basic_block(int64_t inplanes, int64_t planes, int stride);
+/* torchvision's Bottleneck(inplanes, planes, stride) (ResNet v1.5: the stride is on the
+ * 3x3 conv): conv1 (1x1, planes), bn1, conv2 (3x3, stride), bn2, conv3 (1x1, planes * 4),
+ * bn3, relu, and when stride != 1 or inplanes != planes * 4 a downsample Sequential (conv
+ * 1x1 stride, bn); out = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x)). */
+ct_module *ct_nn_bottleneck(int64_t inplanes, int64_t planes, int stride);
 
 /* -------------------------------------------------------------------- init
  * In-place, under no-grad, on tensors of any device; random draws come from the global
@@ -357,19 +363,34 @@ int ct_init_linear_conv_default(ct_tensor *weight, ct_tensor *bias);
  *     ReLU, MaxPool2d(2), Conv2d(32,64,3,padding=1), ReLU, MaxPool2d(2)), Flatten,
  *     classifier = Linear(64*(H/4)*(W/4), num_classes).
  * "mlp": flattens its input; fc1 = Linear(C*H*W, 128), ReLU, fc2 = Linear(128, classes).
- * "resnet18": torchvision's resnet18 with the CIFAR stem: conv1 3x3 stride 1 padding 1
- *     without bias, bn1, relu, no max-pool, layer1..layer4 of BasicBlocks
- *     (64, 128, 256, 512 planes; strides 1, 2, 2, 2), avgpool (adaptive 1x1), fc.
- *     Initialised as torchvision does: convs kaiming_normal_(mode=fan_out, relu), BN
- *     weight 1 bias 0, fc PyTorch's Linear default.
- * Other layers use PyTorch's default initialisations. Input [N, C, H, W]. */
-/* Defaults: simple_cnn and resnet18 take 3x32x32 (CIFAR-10), mlp 1x28x28 (MNIST). */
+ * "resnet18_cifar": torchvision's resnet18 with the CIFAR stem: conv1 3x3 stride 1
+ *     padding 1 without bias, bn1, relu, no max-pool, layer1..layer4 of BasicBlocks
+ *     (64, 128, 256, 512 planes; strides 1, 2, 2, 2), avgpool (adaptive 1x1), fc. (It was
+ *     called "resnet18" before ctorch had torchvision's; docs/models.md.)
+ * "resnet18", "resnet34", "resnet50": torchvision's, with the ImageNet stem: conv1 7x7
+ *     stride 2 padding 3 without bias, bn1, relu, maxpool 3x3 stride 2 padding 1, then
+ *     layer1..layer4 of BasicBlocks (18: 2, 2, 2, 2; 34: 3, 4, 6, 3) or Bottlenecks (50:
+ *     3, 4, 6, 3; v1.5, downsample.0 / .1), avgpool, fc (512 or 2048 inputs).
+ * "mobilenet_v2": torchvision's (width 1.0): features.0 Conv2dNormActivation(C, 32,
+ *     stride 2), features.1..17 InvertedResidual (features.N.conv.*), features.18
+ *     Conv2dNormActivation(320, 1280, 1x1), ReLU6 activations; adaptive average pool;
+ *     classifier = Sequential(Dropout(0.2), Linear(1280, num_classes)).
+ * The ResNets and MobileNetV2 are initialised as torchvision does: convs
+ *     kaiming_normal_(mode=fan_out, relu), BatchNorm weight 1 bias 0; the ResNets' fc
+ *     PyTorch's Linear default, MobileNetV2's Linear normal_(0, 0.01) with bias 0.
+ * Other layers use PyTorch's default initialisations. Input [N, C, H, W]; the ResNets and
+ * MobileNetV2 take any image size (torchvision's 224x224, or smaller: 32x32 and up). */
+/* Defaults: mlp takes 1x28x28 (MNIST), every other model 3x32x32 (CIFAR-10). */
 ct_module *ct_model_create(const char *name, int num_classes);
 /* With the input image size (C x H x W); simple_cnn's classifier takes 64*(H/4)*(W/4). */
 ct_module *ct_model_create_ex(const char *name, int num_classes, int in_channels, int height,
                               int width);
 /* NULL-terminated list of the model names. */
 const char *const *ct_model_names(void);
+/* The state_dict prefix of a built-in model's classifier head, the layer num_classes
+ * sizes (what fine-tuning replaces): "fc." (the ResNets), "classifier.1." (mobilenet_v2),
+ * "classifier." (simple_cnn), "fc2." (mlp); NULL for an unknown name. */
+const char *ct_model_head(const char *name);
 
 /* The seed's AdaptiveNet, a module with two outputs (not in ct_model_names: the CLI trains
  * one-output models):

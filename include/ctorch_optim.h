@@ -77,6 +77,28 @@ ct_optimizer *ct_optim_adam_opt(ct_tensor *const *params, int n, const ct_adam_o
 ct_optimizer *ct_optim_adamw_opt(ct_tensor *const *params, int n, const ct_adam_opts *o);
 void ct_optim_free(ct_optimizer *o); /* NULL is fine */
 
+/* Parameter groups (PyTorch's optimizer.param_groups, learning rate per group): e.g. a
+ * fine-tuning's head at 1e-2 and backbone at 1e-3,
+ *     ct_param_group g[2] = {{head, nh, 1e-2}, {backbone, nb, 1e-3}};
+ *     ct_optimizer *opt = ct_optim_new_groups(CT_OPTIM_SGD, g, 2, &opts);
+ * Every other option is shared (opts; NULL: the kind's defaults). A group's lr < 0 takes
+ * opts' lr. Parameters are numbered across the groups in order (ct_optim_param, state
+ * dicts). An optimizer made by ct_optim_new has one group (0) at its options' lr.
+ * ct_optim_set_lr sets every group's lr (as assigning g['lr'] in every group);
+ * ct_optim_get_lr and ct_optim_options_of give group 0's. Schedules: set each group's lr
+ * from its own base lr (PyTorch's schedulers scale each group's initial_lr). */
+typedef struct {
+    ct_tensor *const *params;
+    int n;
+    double lr;
+} ct_param_group;
+ct_optimizer *ct_optim_new_groups(ct_optim_kind kind, const ct_param_group *groups, int ngroups,
+                                  const ct_optim_options *o);
+int ct_optim_num_groups(const ct_optimizer *o);
+int ct_optim_set_group_lr(ct_optimizer *o, int group, double lr); /* lr >= 0 */
+double ct_optim_get_group_lr(const ct_optimizer *o, int group);   /* NAN when out of range */
+int ct_optim_param_group(const ct_optimizer *o, int param_index); /* -1 when out of range */
+
 /* One update of every parameter that has a gradient. */
 int ct_optim_step(ct_optimizer *o);
 /* Sets every parameter's .grad to NULL (PyTorch's zero_grad(set_to_none=True)). */

@@ -21,7 +21,7 @@
 #             --device cuda with TF32 on; passes when the GPU's mean final test accuracy
 #             >= the CPU's - GPU_CHECK_ACC_TOL points.
 #   bench     bench/gpu_bench.py: ctorch bench --device cuda vs PyTorch eager (torch_bench.py
-#             --device cuda), alternating, simple_cnn b64 and b512, resnet18 b256, TF32 off
+#             --device cuda), alternating, simple_cnn b64 and b512, resnet18_cifar b256, TF32 off
 #             and on; median img/s and ratios as a Markdown table for bench/RESULTS.md.
 #
 # Output, all in $OUT (at most 8 files come back from the device): summary.md (verdicts of
@@ -495,8 +495,8 @@ stage_bench() {
     [ -n "${GPU_CHECK_BENCH_CASES:-}" ] && args+=(--cases "$GPU_CHECK_BENCH_CASES")
     [ -n "${GPU_CHECK_BENCH_STEPS:-}" ] && args+=(--steps "$GPU_CHECK_BENCH_STEPS")
     if [ "$QUICK" = 1 ]; then
-        [ -z "${GPU_CHECK_BENCH_CASES:-}" ] && args+=(--cases "$([ "$EMU" = 1 ] && echo simple_cnn:4,mlp:8 || echo simple_cnn:64,simple_cnn:512,resnet18:256)")
-        [ -z "${GPU_CHECK_BENCH_STEPS:-}" ] && args+=(--steps "$([ "$EMU" = 1 ] && echo simple_cnn=2,mlp=4 || echo simple_cnn=20,resnet18=5)")
+        [ -z "${GPU_CHECK_BENCH_CASES:-}" ] && args+=(--cases "$([ "$EMU" = 1 ] && echo simple_cnn:4,mlp:8 || echo simple_cnn:64,simple_cnn:512,resnet18_cifar:256)")
+        [ -z "${GPU_CHECK_BENCH_STEPS:-}" ] && args+=(--steps "$([ "$EMU" = 1 ] && echo simple_cnn=2,mlp=4 || echo simple_cnn=20,resnet18_cifar=5)")
     fi
     [ "$EMU" = 1 ] && args+=(--torch-device cpu)
     local e; for e in "${CT_ENV[@]}"; do args+=(--ctorch-env "$e"); done

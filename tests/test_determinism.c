@@ -91,18 +91,18 @@ static void same_weights_1_and_2_threads(const char *model, int steps, ct_dtype 
 TEST(deterministic_simple_cnn_same_weights_whatever_the_threads) {
     same_weights_1_and_2_threads("simple_cnn", 3, CT_FLOAT32);
 }
-TEST(deterministic_resnet18_same_weights_whatever_the_threads) {
-    same_weights_1_and_2_threads("resnet18", 2, CT_FLOAT32);
+TEST(deterministic_resnet18_cifar_same_weights_whatever_the_threads) {
+    same_weights_1_and_2_threads("resnet18_cifar", 2, CT_FLOAT32);
 }
-TEST(deterministic_resnet18_bf16_same_weights_whatever_the_threads) {
-    same_weights_1_and_2_threads("resnet18", 2, CT_BFLOAT16);
+TEST(deterministic_resnet18_cifar_bf16_same_weights_whatever_the_threads) {
+    same_weights_1_and_2_threads("resnet18_cifar", 2, CT_BFLOAT16);
 }
 TEST(deterministic_avx2_level_same_weights_whatever_the_threads) {
     const char *old = getenv("CTORCH_CPU_ISA");
     char *keep = old ? strdup(old) : NULL;
     setenv("CTORCH_CPU_ISA", "avx2", 1);
     same_weights_1_and_2_threads("simple_cnn", 3, CT_FLOAT32);
-    same_weights_1_and_2_threads("resnet18", 2, CT_FLOAT32);
+    same_weights_1_and_2_threads("resnet18_cifar", 2, CT_FLOAT32);
     if (keep) setenv("CTORCH_CPU_ISA", keep, 1);
     else unsetenv("CTORCH_CPU_ISA");
     free(keep);

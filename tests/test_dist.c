@@ -67,18 +67,18 @@ TEST(dist_ddp_gradients_and_weights_equal_one_process_float32) {
     worker(2, "DIST_BUCKET_MB=0.05", "ddp mlp 16 3", 0);
     worker(2, "DIST_BUCKET_MB=0.05", "ddp simple_cnn 16 3", 0);
     worker(3, "", "ddp simple_cnn 12 2", 0);
-    /* resnet18 + SyncBatchNorm, one step: the gradients within 1e-4 in float32 */
-    worker(2, "DIST_TOL=1e-4 DIST_BUCKET_MB=4", "ddp resnet18 8 1", 0);
+    /* resnet18_cifar + SyncBatchNorm, one step: the gradients within 1e-4 in float32 */
+    worker(2, "DIST_TOL=1e-4 DIST_BUCKET_MB=4", "ddp resnet18_cifar 8 1", 0);
 }
 
-TEST(dist_ddp_resnet18_sync_bn_equals_one_process_in_float64) {
+TEST(dist_ddp_resnet18_cifar_sync_bn_equals_one_process_in_float64) {
     NEED_MPI();
     /* issue 13's 20 steps: in float32 two runs that only sum in another order drift apart
      * by up to 1e-2..1 (ReLU masks and BatchNorm's cancellations amplify rounding ~10x per
      * step; PyTorch against itself, contiguous vs channels-last, drifts as far:
      * bench/float32_drift.py), so the algorithm is checked in float64: 20 steps, the
      * weights and the last gradients within 1e-8 (measured 2e-11 and 2e-10) */
-    worker(2, "DIST_DTYPE=float64 DIST_TOL=1e-8 DIST_BUCKET_MB=4", "ddp resnet18 8 20", 0);
+    worker(2, "DIST_DTYPE=float64 DIST_TOL=1e-8 DIST_BUCKET_MB=4", "ddp resnet18_cifar 8 20", 0);
 }
 
 TEST(dist_ddp_parameter_without_gradient_on_some_ranks) {

@@ -1,7 +1,7 @@
 /* Built-in models against PyTorch (tests/fixtures/gen_nn_optim.py): state_dict names,
- * dtypes and shapes; simple_cnn and mlp forward + every parameter gradient; resnet18
- * forward/backward, BatchNorm running statistics and eval forward; model errors. The
- * seed's AdaptiveNet (tests/fixtures/gen_adaptive_net.py): names, both outputs and the
+ * dtypes and shapes; simple_cnn and mlp forward + every parameter gradient; resnet18_cifar
+ * (the fixtures' "resnet18": its name when they were made) forward/backward, BatchNorm
+ * running statistics and eval forward; model errors. The seed's AdaptiveNet (tests/fixtures/gen_adaptive_net.py): names, both outputs and the
  * gradients of each graph, eval mode, the h[:, :128] slice, errors with module paths. */
 #include "test.h"
 #include "core/tensor_impl.h"
@@ -198,16 +198,19 @@ static void check_names_vs_torch(ct_fixture *fx, const char *prefix, const ct_mo
 TEST(models_state_dict_names_match_torch) {
     ct_fixture *fx = ct_fixture_load("models_names");
     if (!fx) return;
-    const char *const *names = ct_model_names();
-    int nmodels = 0;
-    for (; names[nmodels]; nmodels++) {
-        ct_module *m = ct_model_create(names[nmodels], 10);
+    /* model, its fixture prefix (torchvision's models: tests/test_torchvision_models.c) */
+    static const char *const models[3][2] = {
+        {"simple_cnn", "simple_cnn"}, {"mlp", "mlp"}, {"resnet18_cifar", "resnet18"}};
+    for (int i = 0; i < 3; i++) {
+        ct_module *m = ct_model_create(models[i][0], 10);
         CHECK_NN(m);
         if (!m) continue;
-        check_names_vs_torch(fx, names[nmodels], m);
+        check_names_vs_torch(fx, models[i][1], m);
         ct_module_free(m);
     }
-    CHECK(nmodels == 3);
+    int nmodels = 0;
+    while (ct_model_names()[nmodels]) nmodels++;
+    CHECK(nmodels == 7);
     ct_fixture_free(fx);
 }
 
@@ -235,10 +238,10 @@ TEST(models_mlp_forward_backward_vs_torch) {
     ct_fixture_free(fx);
 }
 
-TEST(models_resnet18_forward_backward_vs_torch) {
+TEST(models_resnet18_cifar_forward_backward_vs_torch) {
     ct_fixture *fx = ct_fixture_load("models_resnet18");
     if (!fx) return;
-    ct_module *m = ct_model_create("resnet18", 10);
+    ct_module *m = ct_model_create("resnet18_cifar", 10);
     CHECK_NN(m);
     if (!m) {
         ct_fixture_free(fx);
@@ -271,9 +274,9 @@ TEST(models_resnet18_forward_backward_vs_torch) {
     ct_fixture_free(fx);
 }
 
-TEST(models_resnet18_init_is_torchvision) {
+TEST(models_resnet18_cifar_init_is_torchvision) {
     ct_manual_seed(11);
-    ct_module *m = ct_model_create("resnet18", 10);
+    ct_module *m = ct_model_create("resnet18_cifar", 10);
     CHECK_NN(m);
     if (!m) return;
     CHECK(ct_module_num_parameters(m) == 11173962); /* torchvision resnet18, CIFAR stem */
@@ -305,7 +308,8 @@ TEST(models_resnet18_init_is_torchvision) {
 
 TEST(models_errors_name_the_module) {
     CHECK_ERR_PTR((ct_tensor *)ct_model_create("vgg16", 10), "unknown model \"vgg16\"");
-    CHECK(has(ct_last_error(), "simple_cnn, mlp or resnet18"));
+    CHECK(has(ct_last_error(), "simple_cnn, mlp, resnet18_cifar, resnet18, resnet34, resnet50 or "
+                               "mobilenet_v2"));
     CHECK_ERR_PTR((ct_tensor *)ct_model_create("mlp", 0), "num_classes");
     CHECK_ERR_PTR((ct_tensor *)ct_model_create_ex("simple_cnn", 10, 3, 2, 2), "4x4");
     ct_module *cnn = ct_model_create("simple_cnn", 10);
@@ -320,7 +324,7 @@ TEST(models_errors_name_the_module) {
     ct_module *mlp = ct_model_create("mlp", 10);
     CHECK_ERR_PTR(ct_module_forward(mlp, x1), "Linear 'fc1'");
     CHECK(has(ct_last_error(), "in_features = 784"));
-    ct_module *res = ct_model_create("resnet18", 10);
+    ct_module *res = ct_model_create("resnet18_cifar", 10);
     CHECK_ERR_PTR(ct_module_forward(res, x1), "Conv2d 'conv1'");
     /* a model sized for other images */
     ct_module *mlp3 = ct_model_create_ex("mlp", 10, 1, 32, 32);
@@ -338,7 +342,7 @@ TEST(models_errors_name_the_module) {
     CHECK(has(e, "unexpected: fc1.weight [128, 784]"));
     CHECK(has(e, "unexpected: fc2.bias [10]"));
     ct_state_dict_free(sd);
-    /* the other way: 62-entry resnet18 state into simple_cnn; the message is bounded and
+    /* the other way: 62-entry resnet18_cifar state into simple_cnn; the message is bounded and
      * says how many more there are, the report lists all */
     sd = ct_module_state_dict(res);
     CHECK_ERR_INT(ct_module_load_state_dict(cnn, sd, 1), "problems");

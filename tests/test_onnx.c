@@ -259,9 +259,9 @@ TEST(onnx_export_mlp_fixed_batch) {
 
 TEST(onnx_export_resnet18) {
     const char *ck = tmp("r18.safetensors"), *out = tmp("r18.onnx"), *log = tmp("r18.log");
-    ct_module *model = make_checkpoint("resnet18", 3, 32, 32, ck);
+    ct_module *model = make_checkpoint("resnet18_cifar", 3, 32, 32, ck);
     char args[1024];
-    snprintf(args, sizeof args, "--model resnet18 --checkpoint %s --onnx %s", ck, out);
+    snprintf(args, sizeof args, "--model resnet18_cifar --checkpoint %s --onnx %s", ck, out);
     CHECK_MSG(export_cli(args, log) == 0, "export failed");
     Onnx__ModelProto *m = read_onnx(out);
     CHECK_NN(m);
@@ -334,7 +334,7 @@ TEST(onnx_export_cli_errors) {
         {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --opset 12", "--opset", 2},
         {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --amp fp16", "--amp", 2},
         {"--model vgg --checkpoint %s/err.safetensors --onnx %s", "--model", 2},
-        {"--model resnet18 --checkpoint %s/err.safetensors --onnx %s", "is it a resnet18 checkpoint", 2},
+        {"--model resnet18_cifar --checkpoint %s/err.safetensors --onnx %s", "is it a resnet18_cifar checkpoint", 2},
         {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --dataset mnist", "mismatch", 2},
         {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s --input-shape 3x32", "CxHxW", 2},
         {"--model simple_cnn --checkpoint %s/err.safetensors --onnx %s/no/dir/x.onnx", "no/dir", 2},
@@ -807,18 +807,24 @@ static int model_job(ort_job *job, const char *model, const char *dataset, int c
 }
 
 /* make test: 256 images of simple_cnn and mlp (batch 1 and 64 through the dynamic batch),
- * 32 of resnet18; make test-onnx-full (CT_TEST_ONNX_FULL): 256 of resnet18 too. */
+ * 32 of resnet18_cifar, 16 of torchvision's resnet18/34/50 and mobilenet_v2; make
+ * test-onnx-full (CT_TEST_ONNX_FULL): 256 of each. */
 static int full(void) { return getenv("CT_TEST_ONNX_FULL") != NULL; }
 
 TEST(onnx_ort_matches_ctorch) {
     NEED_PEER();
     if (!data_dir()) SKIP("no CIFAR-10 under $CTORCH_DATA (ctorch download cifar10)");
-    ort_job jobs[3];
+    ort_job jobs[7];
+    int few = full() ? 256 : 16; /* the ResNets and MobileNetV2 on CIFAR-10's 32x32 images */
     if (model_job(&jobs[0], "simple_cnn", "cifar10", 3, 32, "", 0, 1e-4, 256) ||
         model_job(&jobs[1], "mlp", "mnist", 1, 28, "", 0, 1e-4, 256) ||
-        model_job(&jobs[2], "resnet18", "cifar10", 3, 32, "", 0, 1e-4, full() ? 256 : 32))
+        model_job(&jobs[2], "resnet18_cifar", "cifar10", 3, 32, "", 0, 1e-4, full() ? 256 : 32) ||
+        model_job(&jobs[3], "resnet18", "cifar10", 3, 32, "", 0, 1e-4, few) ||
+        model_job(&jobs[4], "resnet34", "cifar10", 3, 32, "", 0, 1e-4, few) ||
+        model_job(&jobs[5], "resnet50", "cifar10", 3, 32, "", 0, 1e-4, few) ||
+        model_job(&jobs[6], "mobilenet_v2", "cifar10", 3, 32, "", 0, 1e-4, few))
         return;
-    onnx_check(py, jobs, 3, NULL);
+    onnx_check(py, jobs, 7, NULL);
 }
 
 /* --amp bf16 against ctorch's autocast: the same roundings, but the float32 sums in
@@ -830,7 +836,7 @@ TEST(onnx_ort_bf16) {
     ort_job jobs[2];
     int n = full() ? 2 : 1;
     if (model_job(&jobs[0], "simple_cnn", "cifar10", 3, 32, "--amp bf16", 1, 2e-2, 256) ||
-        (full() && model_job(&jobs[1], "resnet18", "cifar10", 3, 32, "--amp bf16", 1, 2e-2, 256)))
+        (full() && model_job(&jobs[1], "resnet18_cifar", "cifar10", 3, 32, "--amp bf16", 1, 2e-2, 256)))
         return;
     onnx_check(py, jobs, n, NULL);
 }

@@ -346,3 +346,54 @@ TEST(optim_options_structs_default_to_pytorch) {
     CHECK_ERR_INT(ct_optim_sgd_opt(&p, 1, &(ct_sgd_opts){.nesterov = 1}) ? 0 : -1, "nesterov");
     ct_free(p);
 }
+
+/* Parameter groups: each group steps at its own lr (SGD and Adam), set_lr sets them all,
+ * groups never share a kernel call's lr; bad groups are refused. */
+TEST(optim_param_groups_have_their_own_lr) {
+    int64_t s[1] = {4};
+    ct_tensor *a = ct_ones(s, 1, CT_FLOAT32), *b = ct_ones(s, 1, CT_FLOAT32);
+    ct_set_requires_grad(a, 1);
+    ct_set_requires_grad(b, 1);
+    ct_tensor *pa[1] = {a}, *pb[1] = {b};
+    ct_param_group g[2] = {{pa, 1, 0.5}, {pb, 1, -1}};
+    ct_optim_options o = ct_optim_default_options(CT_OPTIM_SGD);
+    o.lr = 0.1;
+    ct_optimizer *opt = ct_optim_new_groups(CT_OPTIM_SGD, g, 2, &o);
+    CHECK_NN(opt);
+    if (!opt) return;
+    CHECK(ct_optim_num_groups(opt) == 2 && ct_optim_param_group(opt, 1) == 1);
+    CHECK(ct_optim_get_group_lr(opt, 0) == 0.5 && ct_optim_get_group_lr(opt, 1) == 0.1);
+    CHECK(ct_optim_get_lr(opt) == 0.5);
+    for (int step = 0; step < 2; step++) {
+        ct_tensor *ga = ct_full(s, 1, 2.0, CT_FLOAT32), *gb = ct_full(s, 1, 2.0, CT_FLOAT32);
+        CHECK_OK(ct_set_grad(a, ga));
+        CHECK_OK(ct_set_grad(b, gb));
+        ct_free(ga), ct_free(gb);
+        if (step == 1) CHECK_OK(ct_optim_set_group_lr(opt, 1, 0.25));
+        CHECK_OK(ct_optim_step(opt));
+    }
+    /* a: 1 - 0.5*2 - 0.5*2 = -1; b: 1 - 0.1*2 - 0.25*2 = 0.3 */
+    CHECK(fabs(((float *)ct_data(a))[3] - -1.0) < 1e-6);
+    CHECK(fabs(((float *)ct_data(b))[0] - 0.3) < 1e-6);
+    CHECK_OK(ct_optim_set_lr(opt, 0.01));
+    CHECK(ct_optim_get_group_lr(opt, 1) == 0.01 && ct_optim_get_group_lr(opt, 0) == 0.01);
+    CHECK_ERR_INT(ct_optim_set_group_lr(opt, 2, 0.1), "no parameter group 2");
+    ct_optim_free(opt);
+    ct_param_group dup[2] = {{pa, 1, 0.5}, {pa, 1, 0.1}};
+    CHECK_ERR_PTR((ct_tensor *)ct_optim_new_groups(CT_OPTIM_SGD, dup, 2, &o), "appears twice");
+    ct_param_group bad[1] = {{pa, 1, NAN}};
+    CHECK_ERR_PTR((ct_tensor *)ct_optim_new_groups(CT_OPTIM_ADAM, bad, 1, NULL), "group 0");
+    /* Adam: the same step size ratio as the lrs (Adam's first step is lr * sign(g)) */
+    ct_param_group ga2[2] = {{pa, 1, 1e-2}, {pb, 1, 1e-3}};
+    ct_optimizer *adam = ct_optim_new_groups(CT_OPTIM_ADAM, ga2, 2, NULL);
+    CHECK_NN(adam);
+    float a0 = ((float *)ct_data(a))[0], b0 = ((float *)ct_data(b))[0];
+    ct_tensor *g1 = ct_full(s, 1, 3.0, CT_FLOAT32);
+    ct_set_grad(a, g1), ct_set_grad(b, g1);
+    ct_free(g1);
+    CHECK_OK(ct_optim_step(adam));
+    CHECK(fabs((a0 - ((float *)ct_data(a))[0]) - 1e-2) < 1e-6);
+    CHECK(fabs((b0 - ((float *)ct_data(b))[0]) - 1e-3) < 1e-6);
+    ct_optim_free(adam);
+    ct_free(a), ct_free(b);
+}

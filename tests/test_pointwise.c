@@ -100,6 +100,8 @@ TEST(pointwise_unary_vs_torch) {
 static ct_tensor *pow25(const ct_tensor *x) { return ct_pow_scalar(x, 2.5); }
 static ct_tensor *clampf(const ct_tensor *x) { return ct_clamp(x, -0.5, 0.7); }
 static ct_tensor *leaky(const ct_tensor *x) { return ct_leaky_relu(x, 0.1); }
+static ct_tensor *hardtanhf(const ct_tensor *x) { return ct_hardtanh(x, -0.5, 0.7); }
+static ct_tensor *relu6f(const ct_tensor *x) { return ct_relu6(x); }
 static ct_tensor *gelu_exact(const ct_tensor *x) { return ct_gelu(x, 0); }
 static ct_tensor *gelu_tanh(const ct_tensor *x) { return ct_gelu(x, 1); }
 static ct_tensor *add_s(const ct_tensor *x) { return ct_add_scalar(x, 1.5); }
@@ -112,6 +114,8 @@ static const struct {
 } WRAPPERS[] = {CT_UNARY_OPS(A0_ROW){"pow_scalar", pow25, CT_UN_POW, 2.5, 0},
                 {"clamp", clampf, CT_UN_CLAMP, -0.5, 0.7},
                 {"leaky_relu", leaky, CT_UN_LEAKY_RELU, 0.1, 0},
+                {"hardtanh", hardtanhf, CT_UN_HARDTANH, -0.5, 0.7},
+                {"relu6", relu6f, CT_UN_HARDTANH, 0, 6},
                 {"gelu", gelu_exact, CT_UN_GELU, 0, 0},
                 {"gelu tanh", gelu_tanh, CT_UN_GELU_TANH, 0, 0},
                 {"add_scalar", add_s, CT_UN_ADD_SCALAR, 1.5, 0},
@@ -232,6 +236,7 @@ TEST(pointwise_errors) {
     CHECK_ERR_PTR(ct_sub(a, NULL), "sub");
     CHECK_ERR_PTR(ct_exp(i64), "exp: needs a floating-point tensor");
     CHECK_ERR_PTR(ct_clamp(a, 1, 0), "clamp");
+    CHECK_ERR_PTR(ct_hardtanh(a, 1, 0), "hardtanh: min_val 1 must not exceed max_val 0");
     CHECK_ERR_INT(ct_add_(a, b, 1), "add_");
     ct_free(a);
     ct_free(b);

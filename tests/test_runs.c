@@ -22,13 +22,13 @@
 #include <unistd.h>
 
 /* The recipe of these tests: simple_cnn with shuffling and augmentation on a CIFAR-10
- * subset, 16 steps per epoch (resnet18: 3). */
+ * subset, 16 steps per epoch (resnet18_cifar: 3). */
 static void recipe(char *buf, size_t n, const char *model, const char *extra) {
     snprintf(buf, n,
              "%s train --model %s --dataset cifar10 --data-dir %s --train-limit %s --test-limit %s "
              "--batch-size 64 --augment standard --deterministic %s",
-             bin(), model, data_dir(), !strcmp(model, "resnet18") ? "192" : "1024",
-             !strcmp(model, "resnet18") ? "64" : "256", extra);
+             bin(), model, data_dir(), !strcmp(model, "resnet18_cifar") ? "192" : "1024",
+             !strcmp(model, "resnet18_cifar") ? "64" : "256", extra);
 }
 
 static char *path_in(const char *dir, const char *name) {
@@ -180,7 +180,7 @@ static void sigkill_in_epoch_2_then_resume(const char *model, int every, int dur
     CHECK_OK(reference_run(model, d2, "2", ref2));
     CHECK_OK(reference_run(model, d1, "1", ref1));
     CHECK_MSG(!strcmp(ref1, ref2), "%s: --threads 1 and --threads 2 give different weights", model);
-    int spe = !strcmp(model, "resnet18") ? 3 : 16;
+    int spe = !strcmp(model, "resnet18_cifar") ? 3 : 16;
     char cmd[4096], extra[1200], log[600];
     snprintf(extra, sizeof extra, "--epochs 2 --threads 1 --checkpoint-every %d --run-dir %s", every, dk);
     recipe(cmd, sizeof cmd, model, extra);
@@ -189,7 +189,7 @@ static void sigkill_in_epoch_2_then_resume(const char *model, int every, int dur
     /* a random moment after the first checkpoint inside epoch 2, or the moment the next
      * checkpoint's temporary file appears (the kill lands during its write) */
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
-    /* no fixed time limit while the run lives (a loaded machine makes resnet18 slow) */
+    /* no fixed time limit while the run lives (a loaded machine makes resnet18_cifar slow) */
     int st = 0, ended = 0;
     for (int i = 0; i < 120000 && newest_step(dk) <= spe; i++) {
         if (waitpid(pid, &st, WNOHANG) == pid) { ended = 1; break; }
@@ -231,9 +231,9 @@ static void sigkill_in_epoch_2_then_resume(const char *model, int every, int dur
 TEST(deterministic_simple_cnn_sigkill_in_epoch_2_resumes_bitwise) {
     sigkill_in_epoch_2_then_resume("simple_cnn", 3, 0);
 }
-/* resnet18's checkpoints are ~90 MB: the kill lands while one is being written */
-TEST(deterministic_resnet18_sigkill_during_a_checkpoint_write_resumes_bitwise) {
-    sigkill_in_epoch_2_then_resume("resnet18", 1, 1);
+/* resnet18_cifar's checkpoints are ~90 MB: the kill lands while one is being written */
+TEST(deterministic_resnet18_cifar_sigkill_during_a_checkpoint_write_resumes_bitwise) {
+    sigkill_in_epoch_2_then_resume("resnet18_cifar", 1, 1);
 }
 
 /* 30 SIGKILLs at random moments of a run that checkpoints every 5 steps (some land while

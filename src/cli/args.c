@@ -10,6 +10,37 @@
 
 char cli_rank_tag[300];
 
+/* The joined values of list options, kept until exit. */
+static char **g_joined;
+static int g_njoined;
+static void free_joined(void) {
+    for (int i = 0; i < g_njoined; i++) free(g_joined[i]);
+    free(g_joined);
+    g_joined = NULL;
+    g_njoined = 0;
+}
+
+/* "old,new" (a string kept until exit), or NULL when out of memory. */
+static const char *join_list(const char *old, const char *add) {
+    char **grown = realloc(g_joined, (size_t)(g_njoined + 1) * sizeof *grown);
+    size_t len = strlen(old) + strlen(add) + 2;
+    char *j = grown ? malloc(len) : NULL;
+    if (grown) g_joined = grown;
+    if (!j) return NULL;
+    if (g_njoined == 0) atexit(free_joined);
+    snprintf(j, len, "%s,%s", old, add);
+    g_joined[g_njoined++] = j;
+    return j;
+}
+
+const char *cli_list_next(const char *list, char *item, size_t n) {
+    while (list && *list == ',') list++;
+    if (!list || !*list) return NULL;
+    size_t len = strcspn(list, ",");
+    snprintf(item, n, "%.*s", (int)(len < n ? len : n - 1), list);
+    return list + len;
+}
+
 int cli_fail(const char *cmd, int code, const char *fmt, ...) {
     va_list ap;
     fprintf(stderr, "ctorch %s%s: ", cmd, cli_rank_tag);
@@ -56,6 +87,7 @@ static int parse_value(const char *cmd, cli_opt *o, const char *v) {
         return 0;
     }
     case OPT_STRING:
+    case OPT_LIST:
         if (!*v) return cli_fail(cmd, CLI_USAGE, "%s expects a non-empty value", o->name);
         *(const char **)o->dest = v;
         return 0;
@@ -81,6 +113,7 @@ int cli_parse(const char *cmd, int argc, char **argv, cli_opt *opts, int nopts, 
             if (strlen(opts[k].name) == len && strncmp(opts[k].name, a, len) == 0) o = &opts[k];
         if (!o)
             return cli_fail(cmd, CLI_USAGE, "unknown option '%.*s'; see `ctorch help %s`", (int)len, a, cmd);
+        int again = o->seen;
         o->seen = 1;
         if (o->type == OPT_FLAG) {
             if (eq) return cli_fail(cmd, CLI_USAGE, "%s takes no value", o->name);
@@ -89,6 +122,12 @@ int cli_parse(const char *cmd, int argc, char **argv, cli_opt *opts, int nopts, 
         }
         const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
         if (!v) return cli_fail(cmd, CLI_USAGE, "%s needs a value; see `ctorch help %s`", o->name, cmd);
+        if (o->type == OPT_LIST && again && *v) {
+            const char *j = join_list(*(const char **)o->dest, v);
+            if (!j) return cli_fail(cmd, CLI_RUNTIME, "out of memory");
+            *(const char **)o->dest = j;
+            continue;
+        }
         int rc = parse_value(cmd, o, v);
         if (rc) return rc;
     }

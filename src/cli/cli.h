@@ -9,7 +9,9 @@
 
 enum { CLI_OK = 0, CLI_RUNTIME = 1, CLI_USAGE = 2 };
 
-typedef enum { OPT_FLAG, OPT_INT, OPT_DOUBLE, OPT_STRING } cli_opt_type;
+/* OPT_LIST: a string (const char **) to which a value given again is appended after a ','
+ * ("--freeze a. --freeze b." and "--freeze a.,b." both give "a.,b."); see cli_list_next. */
+typedef enum { OPT_FLAG, OPT_INT, OPT_DOUBLE, OPT_STRING, OPT_LIST } cli_opt_type;
 
 typedef struct {
     const char *name; /* "--epochs" */
@@ -24,6 +26,10 @@ typedef struct {
  * unknown options, missing or malformed values. */
 int cli_parse(const char *cmd, int argc, char **argv, cli_opt *opts, int nopts, const char **pos,
               int max_pos, int *npos);
+/* The items of a list option's value ("a.,b."), one per call: copies the next item into
+ * item (at most n - 1 characters) and returns the rest after it, or NULL at the end. Empty
+ * items are skipped. */
+const char *cli_list_next(const char *list, char *item, size_t n);
 /* Prints "ctorch CMD: message" to stderr; returns code. */
 int cli_fail(const char *cmd, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* " (rank R on HOST)" in a data-parallel job, else "": after the command in messages. */

@@ -458,8 +458,17 @@ static void readme_files(FILE *f, const archive_job *j, const member *m, int n) 
     }
 }
 
-/* The model's architecture in PyTorch (ctorch's models use PyTorch's names). */
-static const char *pytorch_model(const char *model) {
+/* The model's architecture in PyTorch (ctorch's models use PyTorch's names). legacy: a run
+ * from before torchvision's resnet18 (no config.num_classes), whose resnet18 is the CIFAR one. */
+static const char *pytorch_model(const char *model, int legacy) {
+    static const char *const tv[][2] = {
+        {"resnet18", "import torchvision\nmodel = torchvision.models.resnet18(num_classes=num_classes)\n"},
+        {"resnet34", "import torchvision\nmodel = torchvision.models.resnet34(num_classes=num_classes)\n"},
+        {"resnet50", "import torchvision\nmodel = torchvision.models.resnet50(num_classes=num_classes)\n"},
+        {"mobilenet_v2", "import torchvision\nmodel = torchvision.models.mobilenet_v2(num_classes=num_classes)\n"}};
+    if (model && !legacy)
+        for (size_t i = 0; i < sizeof tv / sizeof *tv; i++)
+            if (!strcmp(model, tv[i][0])) return tv[i][1];
     if (model && !strcmp(model, "mlp"))
         return "model = nn.Sequential(OrderedDict(fc1=nn.Linear(C * H * W, 128), relu=nn.ReLU(),\n"
                "                                  fc2=nn.Linear(128, num_classes)))\n"
@@ -470,7 +479,7 @@ static const char *pytorch_model(const char *model) {
                "                               nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))\n"
                "model.classifier = nn.Linear(64 * (H // 4) * (W // 4), num_classes)\n"
                "# forward: model.classifier(model.features(x).flatten(1))\n";
-    if (model && !strcmp(model, "resnet18"))
+    if (model && (!strcmp(model, "resnet18_cifar") || !strcmp(model, "resnet18")))
         return "import torchvision\n"
                "model = torchvision.models.resnet18(num_classes=num_classes)\n"
                "model.conv1 = nn.Conv2d(C, 64, 3, stride=1, padding=1, bias=False)  # CIFAR stem\n"
@@ -486,6 +495,8 @@ static void readme_usage(FILE *f, const archive_job *j) {
     int known = dataset && ct_dataset_parse_name(dataset, &kind) == 0 &&
                 ct_dataset_default_normalization(kind, mean, std) == 0;
     const char *file = strrchr(j->out, '/') ? strrchr(j->out, '/') + 1 : j->out;
+    json_t *nc = json_object_get(json_object_get(j->manifest, "config"), "num_classes");
+    long long classes = json_is_integer(nc) && json_integer_value(nc) > 0 ? json_integer_value(nc) : 10;
     fprintf(f, "\n## Verify\n\n```\nctorch verify %s   # the sums, then the test accuracy "
             "re-evaluated\n# or, without ctorch:\ntar xzf %s && cd %s && sha256sum -c "
             "SHA256SUMS\n```\n", file, file, j->name);
@@ -495,10 +506,11 @@ static void readme_usage(FILE *f, const archive_job *j) {
     fprintf(f, "\n## Load the weights in PyTorch\n\n```python\nfrom collections import OrderedDict\n"
             "import torch\nfrom torch import nn\nfrom safetensors.torch import load_file\n\n"
             "state_dict = load_file(\"model.safetensors\")  # name -> torch.Tensor\n"
-            "C, H, W, num_classes = %s 10  # the input images and classes of %s\n%s"
+            "C, H, W, num_classes = %s %lld  # the input images and classes of %s\n%s"
             "model.load_state_dict(state_dict)\nmodel.eval()\n```\n",
             !dataset ? "..., ..., ...," : !strcmp(dataset, "cifar10") ? "3, 32, 32," : "1, 28, 28,",
-            dataset ? dataset : "the dataset", pytorch_model(model));
+            classes, dataset ? dataset : "the dataset",
+            pytorch_model(model, !json_object_get(json_object_get(j->manifest, "config"), "num_classes")));
     if (known)
         fprintf(f, "\nInputs are scaled to [0, 1] and normalised per channel with mean %g and "
                 "standard deviation %g, as in training.\n", mean[0], std[0]);

@@ -10,7 +10,7 @@
 
 int cmd_eval(int argc, char **argv) {
     const char *model_name = NULL, *ckpt = NULL, *dataset = NULL, *data_dir = NULL, *device = "cpu";
-    int64_t test_limit = 0, threads = 0, batch = 256, image_size = 0;
+    int64_t test_limit = 0, threads = 0, batch = 256, image_size = 0, num_classes = 0;
     const char *on_bad_image = NULL;
     int json = 0;
     const char *amp_s = NULL;
@@ -28,6 +28,7 @@ int cmd_eval(int argc, char **argv) {
         {"--device", OPT_STRING, &device, 0, 0, 0},
         {"--json", OPT_FLAG, &json, 0, 0, 0},
         {"--amp", OPT_STRING, &amp_s, 0, 0, 0},
+        {"--num-classes", OPT_INT, &num_classes, 1, 1e7, 0},
     };
     const char *pos[1];
     int npos, rc = cli_parse("eval", argc, argv, opts, (int)(sizeof opts / sizeof *opts), pos, 0, &npos);
@@ -44,16 +45,22 @@ int cmd_eval(int argc, char **argv) {
     ct_dataset *test = cli_dataset_load(kind, CT_SPLIT_TEST, data_dir, test_limit, image_size,
                                         on_bad_image);
     if (!test) return cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
-    ct_module *model = ct_model_create_ex(model_name, test->num_classes, test->c, test->h, test->w);
+    int classes = num_classes ? (int)num_classes : test->num_classes;
+    ct_module *model = ct_model_create_ex(model_name, classes, test->c, test->h, test->w);
+    ct_state_dict *sd = model ? ct_state_dict_load(ckpt) : NULL;
+    ct_tensor *c1 = sd ? ct_state_dict_get(sd, "conv1.weight") : NULL;
     int code = CLI_OK;
     eval_result ev;
     if (!model) code = cli_fail("eval", CLI_USAGE, "%s", ct_last_error());
-    else if (ct_module_load(model, ckpt) != 0)
-        /* the hint fits a checkpoint of another model, not an unreadable file */
-        code = cli_fail("eval", CLI_USAGE, "%s%s", ct_last_error(),
-                        strstr(ct_last_error(), "does not match")
-                            ? " (on the command line: pass the --model the checkpoint was "
-                              "saved from)"
+    else if (!sd) code = cli_fail("eval", CLI_USAGE, "--checkpoint: %s", ct_last_error());
+    else if (ct_module_load_state_dict(model, sd, 1) != 0)
+        code = cli_fail("eval", CLI_USAGE, "--checkpoint %s: %s (on the command line: pass the "
+                        "--model the checkpoint was saved from%s)%s", ckpt, ct_last_error(),
+                        num_classes ? "" : ", and its --num-classes if it was fine-tuned to another "
+                        "number of classes",
+                        !strcmp(model_name, "resnet18") && c1 && ct_ndim(c1) == 4 && ct_size(c1, 3) == 3
+                            ? "; these are resnet18_cifar weights (ctorch's CIFAR ResNet, called "
+                              "resnet18 before ctorch had torchvision's): --model resnet18_cifar"
                             : "");
     else if (ct_module_to(model, dev, -1) != 0)
         code = cli_fail("eval", CLI_RUNTIME, "%s", ct_last_error());
@@ -74,6 +81,7 @@ int cmd_eval(int argc, char **argv) {
             printf("skipped %lld unreadable images (--on-bad-image skip)\n",
                    (long long)(test->n - ev.n));
     }
+    ct_state_dict_free(sd);
     ct_module_free(model);
     ct_dataset_free(test);
     return code;

@@ -47,11 +47,12 @@ typedef struct {
     const char *model, *dataset, *data_dir, *optimizer, *schedule, *augment, *device;
     const char *init, *save, *log_json, *amp_s, *run_dir, *resume, *nan_policy;
     const char *metrics_addr, *metrics_token_file, *on_bad_image;
+    const char *init_ignore, *freeze; /* comma-separated state_dict prefixes */
     cli_amp amp;
     int64_t image_size;
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
-    int64_t checkpoint_every, keep_checkpoints, metrics_port;
-    double lr, momentum, weight_decay, bucket_mb, dist_timeout, metrics_linger;
+    int64_t checkpoint_every, keep_checkpoints, metrics_port, num_classes;
+    double lr, momentum, weight_decay, bucket_mb, dist_timeout, metrics_linger, lr_backbone;
     int nesterov, no_shuffle, no_scaler, deterministic, no_checkpoints, sync_bn, no_overlap;
 } train_args;
 
@@ -62,7 +63,7 @@ typedef struct {
  *   LOCAL:  this invocation only (--run-dir, --resume) */
 enum { RESULT, FREE, RAISE, LOCAL };
 
-enum { NOPTS = 42 };
+enum { NOPTS = 46 };
 static int train_opts(train_args *a, cli_opt *o, int *kind) {
     const struct {
         cli_opt opt;
@@ -90,6 +91,10 @@ static int train_opts(train_args *a, cli_opt *o, int *kind) {
         {{"--threads", OPT_INT, &a->threads, 0, 1024, 0}, FREE},
         {{"--device", OPT_STRING, &a->device, 0, 0, 0}, RESULT},
         {{"--init", OPT_STRING, &a->init, 0, 0, 0}, RESULT},
+        {{"--init-ignore", OPT_LIST, &a->init_ignore, 0, 0, 0}, RESULT},
+        {{"--num-classes", OPT_INT, &a->num_classes, 1, 1e7, 0}, RESULT},
+        {{"--freeze", OPT_LIST, &a->freeze, 0, 0, 0}, RESULT},
+        {{"--lr-backbone", OPT_DOUBLE, &a->lr_backbone, 0, 1e6, 0}, RESULT},
         {{"--save", OPT_STRING, &a->save, 0, 0, 0}, FREE},
         {{"--log-json", OPT_STRING, &a->log_json, 0, 0, 0}, FREE},
         {{"--amp", OPT_STRING, &a->amp_s, 0, 0, 0}, RESULT},
@@ -125,7 +130,7 @@ static train_args default_args(void) {
                         .augment = "none", .device = "cpu", .amp_s = "off", .nan_policy = "stop",
                         .epochs = 10, .batch_size = 64, .keep_checkpoints = 2, .lr = NAN,
                         .momentum = NAN, .weight_decay = NAN, .bucket_mb = 25, .dist_timeout = 300,
-                        .metrics_port = -1};
+                        .metrics_port = -1, .lr_backbone = NAN};
 }
 
 /* "--weight-decay" -> "weight_decay" */
@@ -169,6 +174,7 @@ typedef struct {
     ct_ddp *ddp;
     cli_dist_step dstep;
     int stop_agreed; /* every rank saw the stop request (a signal) */
+    int legacy_resnet18; /* --resume of a run whose "resnet18" is resnet18_cifar */
     mon_monitor *mon; /* --metrics-port: the monitor the steps are published to, or NULL */
     double ddp_wait;      /* this epoch: seconds backward waited for communication */
     int64_t ddp_steps;
@@ -181,12 +187,14 @@ typedef struct {
     int64_t correct, seen;
 } epoch_stats;
 
-static double schedule_lr(const train_args *a, int64_t step, int64_t steps_per_epoch, int64_t total) {
+/* The schedule's lr at step for a group whose base lr is lr (--lr, or --lr-backbone). */
+static double schedule_lr(const train_args *a, double lr, int64_t step, int64_t steps_per_epoch,
+                          int64_t total) {
     if (!strcmp(a->schedule, "step"))
-        return ct_lr_step(a->lr, step, steps_per_epoch * (a->epochs >= 3 ? a->epochs / 3 : 1), 0.1);
-    if (!strcmp(a->schedule, "cosine")) return ct_lr_cosine(a->lr, step, total, 0.0);
-    if (!strcmp(a->schedule, "onecycle")) return ct_lr_onecycle(a->lr, step, total, 0.3, 25.0, 1e4);
-    return a->lr;
+        return ct_lr_step(lr, step, steps_per_epoch * (a->epochs >= 3 ? a->epochs / 3 : 1), 0.1);
+    if (!strcmp(a->schedule, "cosine")) return ct_lr_cosine(lr, step, total, 0.0);
+    if (!strcmp(a->schedule, "onecycle")) return ct_lr_onecycle(lr, step, total, 0.3, 25.0, 1e4);
+    return lr;
 }
 
 static double unix_now(void) {
@@ -215,8 +223,13 @@ static json_t *config_json(train_args *a) {
         switch (o[i].type) {
         case OPT_FLAG: v = json_boolean(*(int *)o[i].dest); break;
         case OPT_INT: v = json_integer(*(int64_t *)o[i].dest); break;
-        case OPT_DOUBLE: v = json_real(*(double *)o[i].dest); break;
-        case OPT_STRING: {
+        case OPT_DOUBLE: {
+            double d = *(double *)o[i].dest; /* NAN: not given (--lr-backbone) */
+            v = isnan(d) ? json_null() : json_real(d);
+            break;
+        }
+        case OPT_STRING:
+        case OPT_LIST: {
             const char *s = *(const char **)o[i].dest;
             v = s ? json_string(s) : json_null();
             break;
@@ -241,8 +254,12 @@ static int config_load(train_args *a, json_t *c, const char *where) {
         switch (o[i].type) {
         case OPT_FLAG: ok = json_is_boolean(v); if (ok) *(int *)o[i].dest = json_is_true(v); break;
         case OPT_INT: ok = json_is_integer(v); if (ok) *(int64_t *)o[i].dest = json_integer_value(v); break;
-        case OPT_DOUBLE: ok = json_is_number(v); if (ok) *(double *)o[i].dest = json_number_value(v); break;
+        case OPT_DOUBLE:
+            ok = json_is_number(v) || json_is_null(v);
+            if (ok) *(double *)o[i].dest = json_is_null(v) ? NAN : json_number_value(v);
+            break;
         case OPT_STRING:
+        case OPT_LIST:
             ok = json_is_string(v) || json_is_null(v);
             if (ok) *(const char **)o[i].dest = json_is_string(v) ? json_string_value(v) : NULL;
             break;
@@ -258,8 +275,12 @@ static int same_value(const cli_opt *o, const void *recorded) {
     switch (o->type) {
     case OPT_FLAG: return *(const int *)o->dest == *(const int *)recorded;
     case OPT_INT: return *(const int64_t *)o->dest == *(const int64_t *)recorded;
-    case OPT_DOUBLE: return *(const double *)o->dest == *(const double *)recorded;
-    case OPT_STRING: {
+    case OPT_DOUBLE: {
+        double x = *(const double *)o->dest, y = *(const double *)recorded;
+        return x == y || (isnan(x) && isnan(y));
+    }
+    case OPT_STRING:
+    case OPT_LIST: {
         const char *x = *(const char *const *)o->dest, *y = *(const char *const *)recorded;
         return (!x && !y) || (x && y && !strcmp(x, y));
     }
@@ -272,7 +293,8 @@ static void value_text(const cli_opt *o, const void *p, char *buf, size_t n) {
     case OPT_FLAG: snprintf(buf, n, "%s", *(const int *)p ? "on" : "off"); break;
     case OPT_INT: snprintf(buf, n, "%lld", (long long)*(const int64_t *)p); break;
     case OPT_DOUBLE: snprintf(buf, n, "%g", *(const double *)p); break;
-    case OPT_STRING: snprintf(buf, n, "%s", *(const char *const *)p ? *(const char *const *)p : "(none)"); break;
+    case OPT_STRING:
+    case OPT_LIST: snprintf(buf, n, "%s", *(const char *const *)p ? *(const char *const *)p : "(none)"); break;
     }
 }
 
@@ -343,7 +365,8 @@ static int apply_recorded(train_args *a, const cli_opt *opts, const int *kind, i
             case OPT_FLAG: *(int *)ro[i].dest = *(const int *)opts[i].dest; break;
             case OPT_INT: *(int64_t *)ro[i].dest = *(const int64_t *)opts[i].dest; break;
             case OPT_DOUBLE: *(double *)ro[i].dest = *(const double *)opts[i].dest; break;
-            case OPT_STRING: *(const char **)ro[i].dest = *(const char *const *)opts[i].dest; break;
+            case OPT_STRING:
+            case OPT_LIST: *(const char **)ro[i].dest = *(const char *const *)opts[i].dest; break;
             }
         }
     rec.resume = a->resume;
@@ -378,8 +401,18 @@ static int parse_args(int argc, char **argv, train_run *r) {
     if (a->resume) {
         json_t *cfg = read_recorded(r, &rc);
         if (!cfg || (rc = apply_recorded(a, opts, kind, nopts, cfg)) != CLI_OK) return rc;
+        /* a run from before torchvision's resnet18 (its config has no num_classes): its
+         * "resnet18" is the CIFAR ResNet, resnet18_cifar today (docs/models.md) */
+        if (a->model && !strcmp(a->model, "resnet18") && !json_object_get(cfg, "num_classes")) {
+            fprintf(stderr, "ctorch train: note: %s was trained by a ctorch whose resnet18 was the "
+                    "CIFAR ResNet (3x3 stem, no max-pool), now called resnet18_cifar; it goes on as "
+                    "resnet18_cifar\n", a->resume);
+            a->model = "resnet18_cifar";
+            r->legacy_resnet18 = 1;
+        }
     }
-    if (!a->model) return cli_fail("train", CLI_USAGE, "--model is required (simple_cnn, mlp or resnet18)");
+    if (!a->model) return cli_fail("train", CLI_USAGE, "--model is required (one of: simple_cnn, mlp, "
+                                   "resnet18_cifar, resnet18, resnet34, resnet50, mobilenet_v2)");
     if (!a->dataset) return cli_fail("train", CLI_USAGE, "--dataset is required (cifar10, mnist, fashion_mnist or imagefolder)");
     if ((rc = cli_choice("train", "--model", a->model, ct_model_names())) ||
         (rc = cli_choice("train", "--optimizer", a->optimizer, OPTIMIZERS)) ||
@@ -558,6 +591,139 @@ static int open_train_loader(train_run *r) {
     return CLI_OK;
 }
 
+/* Whether name starts with one of the prefixes of a comma-separated list. */
+static int has_prefix(const char *list, const char *name) {
+    char item[256];
+    for (const char *p = list; (p = cli_list_next(p, item, sizeof item));)
+        if (!strncmp(name, item, strlen(item))) return 1;
+    return 0;
+}
+
+/* Each prefix of list must name something in sd (the model's state_dict or the file's):
+ * a typo is an error, not a silent no-op. */
+static int check_prefixes(const char *opt, const char *list, const ct_state_dict *a,
+                          const ct_state_dict *b) {
+    char item[256];
+    for (const char *p = list; (p = cli_list_next(p, item, sizeof item));) {
+        int found = 0;
+        for (int i = 0; a && i < a->n && !found; i++) found = !strncmp(a->names[i], item, strlen(item));
+        for (int i = 0; b && i < b->n && !found; i++) found = !strncmp(b->names[i], item, strlen(item));
+        if (!found)
+            return cli_fail("train", CLI_USAGE, "%s %s: no tensor of the model%s starts with %s "
+                            "(prefixes are state_dict names' beginnings, e.g. fc. or layer1.)",
+                            opt, item, b ? " or of the --init file" : "", item);
+    }
+    return CLI_OK;
+}
+
+/* The module prefix of a tensor name ("fc.weight" -> "fc.") appended to list if new. */
+static void add_module_prefix(char *list, size_t n, const char *name) {
+    const char *dot = strrchr(name, '.');
+    char item[256];
+    snprintf(item, sizeof item, "%.*s", dot ? (int)(dot - name + 1) : (int)strlen(name), name);
+    for (const char *p = list; (p = cli_list_next(p, item + 128, 128));)
+        if (!strcmp(item + 128, item)) return;
+    snprintf(list + strlen(list), n - strlen(list), "%s%s", list[0] ? "," : "", item);
+}
+
+/* --init FILE (any format ct_state_dict_load reads): every tensor of the model from the
+ * file except those under --init-ignore prefixes, which keep their fresh initialisation
+ * (a new head for --num-classes). Anything else that does not fit is an error listing the
+ * mismatches and the --init-ignore that would skip them. */
+static int load_init(train_run *r, int classes) {
+    const train_args *a = &r->a;
+    ct_state_dict *file = ct_state_dict_load(a->init);
+    if (!file) return cli_fail("train", CLI_USAGE, "--init: %s", ct_last_error());
+    ct_state_dict *own = ct_module_state_dict(r->model), *use = ct_state_dict_new();
+    int rc = own && use ? CLI_OK : cli_fail("train", CLI_RUNTIME, "out of memory");
+    if (rc == CLI_OK && a->init_ignore) rc = check_prefixes("--init-ignore", a->init_ignore, own, file);
+    for (int i = 0; rc == CLI_OK && i < file->n; i++)
+        if (!a->init_ignore || !has_prefix(a->init_ignore, file->names[i]))
+            ct_state_dict_add(use, file->names[i], file->tensors[i]);
+    for (int i = 0; rc == CLI_OK && i < own->n; i++) /* ignored: the model's own values */
+        if (a->init_ignore && has_prefix(a->init_ignore, own->names[i]))
+            ct_state_dict_add(use, own->names[i], own->tensors[i]);
+    char *report = rc == CLI_OK ? ct_module_check_state_dict(r->model, use, 1) : NULL;
+    if (report) {
+        char skip[1024] = "";
+        for (int i = 0; i < own->n; i++) { /* the modules whose tensors do not fit */
+            ct_tensor *t = ct_state_dict_get(use, own->names[i]), *m = own->tensors[i];
+            int fits = t && ct_ndim(t) == ct_ndim(m);
+            for (int d = 0; fits && d < ct_ndim(m); d++) fits = ct_size(t, d) == ct_size(m, d);
+            if (!fits) add_module_prefix(skip, sizeof skip, own->names[i]);
+        }
+        ct_tensor *c1 = ct_state_dict_get(file, "conv1.weight");
+        int cifar = !strcmp(a->model, "resnet18") && c1 && ct_ndim(c1) == 4 && ct_size(c1, 3) == 3;
+        rc = cli_fail("train", CLI_USAGE, "--init %s does not fit --model %s with %d classes:\n"
+                      "%s%s%s%s%s%s", a->init, a->model, classes, report,
+                      cifar ? "these are resnet18_cifar weights (ctorch's CIFAR ResNet, called "
+                              "resnet18 before ctorch had torchvision's): pass --model resnet18_cifar\n" : "",
+                      skip[0] && !cifar ? "to start these layers from scratch instead (a new "
+                                          "classifier head for --num-classes): --init-ignore " : "",
+                      skip[0] && !cifar ? skip : "", skip[0] && !cifar ? "\n" : "",
+                      "or pass the --model the weights were saved from");
+        free(report);
+    } else if (rc == CLI_OK && ct_module_load_state_dict(r->model, use, 1) != 0) {
+        rc = cli_fail("train", CLI_USAGE, "--init %s: %s", a->init, ct_last_error());
+    }
+    ct_state_dict_free(use);
+    ct_state_dict_free(own);
+    ct_state_dict_free(file);
+    return rc;
+}
+
+/* --freeze: those parameters stop requiring grad and stay out of the optimizer (their
+ * BatchNorm running statistics still update in train mode, as in PyTorch). --lr-backbone:
+ * two parameter groups, the classifier head at --lr and the rest at --lr-backbone. */
+static int make_optimizer(train_run *r) {
+    const train_args *a = &r->a;
+    int np, rc = CLI_OK;
+    ct_state_dict *sd = ct_module_state_dict(r->model);
+    if (!sd) return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
+    if (a->freeze) rc = check_prefixes("--freeze", a->freeze, sd, NULL);
+    ct_tensor **params = ct_module_parameters(r->model, &np);
+    ct_tensor **head = calloc((size_t)np + 1, sizeof *head), **rest = calloc((size_t)np + 1, sizeof *rest);
+    int nh = 0, nr = 0, frozen = 0;
+    const char *hp = ct_model_head(a->model);
+    if (rc == CLI_OK && (!params || !head || !rest)) rc = cli_fail("train", CLI_RUNTIME, "out of memory");
+    for (int i = 0; rc == CLI_OK && head && rest && i < sd->n; i++) {
+        ct_tensor *t = sd->tensors[i];
+        int is_param = 0;
+        for (int j = 0; j < np && !is_param; j++) is_param = params[j] == t;
+        if (!is_param) continue;
+        if (a->freeze && has_prefix(a->freeze, sd->names[i])) {
+            ct_set_requires_grad(t, 0);
+            frozen++;
+        } else if (!isnan(a->lr_backbone) && hp && !strncmp(sd->names[i], hp, strlen(hp))) {
+            head[nh++] = t;
+        } else {
+            rest[nr++] = t;
+        }
+    }
+    if (rc == CLI_OK && nh + nr == 0)
+        rc = cli_fail("train", CLI_USAGE, "--freeze %s froze every parameter: nothing to train", a->freeze);
+    if (rc == CLI_OK) {
+        if (isnan(a->lr_backbone)) {
+            r->opt = ct_optim_new(r->okind, rest, nr, &r->oo);
+        } else {
+            ct_param_group g[2] = {{head, nh, a->lr}, {rest, nr, a->lr_backbone}};
+            r->opt = ct_optim_new_groups(r->okind, g, 2, &r->oo);
+        }
+        if (!r->opt) rc = cli_fail("train", CLI_USAGE, "%s", ct_last_error());
+    }
+    if (rc == CLI_OK && frozen && r->rank == 0)
+        printf("fine-tuning: %d parameter tensors frozen (--freeze %s), %d trained\n", frozen,
+               a->freeze, nh + nr);
+    if (rc == CLI_OK && !isnan(a->lr_backbone) && r->rank == 0)
+        printf("fine-tuning: %d head tensors (%s) at --lr %g, the other %d at --lr-backbone %g\n",
+               nh, hp ? hp : "none", a->lr, nr, a->lr_backbone);
+    free(head);
+    free(rest);
+    free(params);
+    ct_state_dict_free(sd);
+    return rc;
+}
+
 /* Data (checked before any training time is spent), model, optimizer, batches. */
 static int setup_run(train_run *r) {
     const train_args *a = &r->a;
@@ -567,24 +733,26 @@ static int setup_run(train_run *r) {
     r->test = cli_dataset_load(r->kind, CT_SPLIT_TEST, a->data_dir, a->test_limit, a->image_size,
                                a->on_bad_image);
     if (!r->test) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
-    r->model = ct_model_create_ex(a->model, r->train->num_classes, r->train->c, r->train->h, r->train->w);
+    int classes = a->num_classes ? (int)a->num_classes : r->train->num_classes;
+    if (classes < r->train->num_classes)
+        return cli_fail("train", CLI_USAGE, "--num-classes %d: %s has %d classes (labels 0..%d); "
+                        "give at least %d", classes, ct_dataset_name(r->kind),
+                        r->train->num_classes, r->train->num_classes - 1, r->train->num_classes);
+    r->model = ct_model_create_ex(a->model, classes, r->train->c, r->train->h, r->train->w);
     if (!r->model) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     if (a->sync_bn && ct_nn_convert_sync_batchnorm(r->model) == 0)
         fprintf(stderr, "ctorch train: warning: --sync-bn: %s has no BatchNorm layer\n", a->model);
-    if (a->init && ct_module_load(r->model, a->init) != 0)
-        return cli_fail("train", CLI_USAGE, "--init: %s (pass the --model it was saved from)",
-                        ct_last_error());
+    if (a->init_ignore && !a->init)
+        return cli_fail("train", CLI_USAGE, "--init-ignore goes with --init FILE");
+    int rc;
+    if (a->init && (rc = load_init(r, classes)) != CLI_OK) return rc;
     if (ct_module_to(r->model, r->dev, -1) != 0)
         return cli_fail("train", CLI_RUNTIME, "moving the model to %s: %s", a->device, ct_last_error());
-    int np;
-    ct_tensor **params = ct_module_parameters(r->model, &np);
-    r->opt = ct_optim_new(r->okind, params, np, &r->oo);
+    if ((rc = make_optimizer(r)) != CLI_OK) return rc;
     /* float16 autocast scales the loss (PyTorch's GradScaler defaults) unless told not to */
-    if (r->opt && r->a.amp.dtype == CT_FLOAT16 && !r->a.no_scaler &&
+    if (r->a.amp.dtype == CT_FLOAT16 && !r->a.no_scaler &&
         !(r->a.amp.scaler = ct_grad_scaler_new(NULL)))
         return cli_fail("train", CLI_RUNTIME, "%s", ct_last_error());
-    free(params);
-    if (!r->opt) return cli_fail("train", CLI_USAGE, "%s", ct_last_error());
     r->tty = isatty(STDERR_FILENO);
     r->rows = json_array();
     return open_train_loader(r);
@@ -763,7 +931,8 @@ static int resume_from_checkpoint(train_run *r, epoch_stats *s) {
                     i + 1 < n ? "falling back to the previous checkpoint" : "no older checkpoint");
             continue;
         }
-        if (c->model && strcmp(c->model, r->a.model)) {
+        if (c->model && strcmp(c->model, r->a.model) &&
+            !(r->legacy_resnet18 && !strcmp(c->model, "resnet18"))) {
             rc = cli_fail("train", CLI_USAGE, "--resume: checkpoint %s is of model %s, the run's "
                           "manifest says %s", paths[i], c->model, r->a.model);
         } else if (ct_checkpoint_restore(c, r->model, r->opt, r->a.amp.scaler) != 0) {
@@ -927,7 +1096,10 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
     while (r->step < r->total && !(r->world == 1 && g_interrupted) && !r->stop_agreed &&
            (got = next_batch(r, &x, &y, &wait)) == 1) {
         r->data_wait += wait;
-        ct_optim_set_lr(r->opt, schedule_lr(&r->a, r->step, r->spe, r->total));
+        ct_optim_set_lr(r->opt, schedule_lr(&r->a, r->a.lr, r->step, r->spe, r->total));
+        if (!isnan(r->a.lr_backbone)) /* group 1: the backbone, on its own base lr */
+            ct_optim_set_group_lr(r->opt, 1, schedule_lr(&r->a, r->a.lr_backbone, r->step, r->spe,
+                                                         r->total));
         train_step_result res;
         double t_step = cli_now();
         int st = cli_train_step(r->model, r->opt, x, y, r->dev, &r->a.amp, skip_first,

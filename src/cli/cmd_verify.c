@@ -416,7 +416,16 @@ static int reevaluate(verify_job *v) {
         return cli_fail(CMD, CLI_USAGE, "%s. The run's test set is needed to re-evaluate its "
                         "weights: pass --data-dir DIR (or --no-eval to check the files only)", ct_last_error());
     arc_path(model_path, sizeof model_path, v->dir, RUN_MODEL);
-    ct_module *model = ct_model_create_ex(c.model, test->num_classes, test->c, test->h, test->w);
+    /* a fine-tuned head (config.num_classes); a run from before torchvision's resnet18 (no
+     * config.num_classes) whose resnet18 is resnet18_cifar (docs/models.md) */
+    json_t *ncj = run_json_at(v->manifest, "config.num_classes");
+    int classes = json_is_integer(ncj) && json_integer_value(ncj) > 0 ? (int)json_integer_value(ncj)
+                                                                       : test->num_classes;
+    const char *arch = !ncj && !strcmp(c.model, "resnet18") ? "resnet18_cifar" : c.model;
+    if (arch != c.model)
+        note("config.model resnet18 of a run from before resnet18_cifar: evaluated as "
+             "resnet18_cifar");
+    ct_module *model = ct_model_create_ex(arch, classes, test->c, test->h, test->w);
     eval_result ev;
     if (!model) {
         rc = cli_fail(CMD, CLI_RUNTIME, "%s", ct_last_error());

@@ -177,7 +177,7 @@ static void check_memory(dr_report *r, const json_t *sys) {
     int low = usable > 0 && usable < 2 * GIB;
     dr_add(r, "memory", low ? DR_WARNING : DR_OK,
            low ? "give the container or job at least 2 GiB (docker run --memory=4g; "
-                 "Slurm --mem=4G): resnet18 on CIFAR-10 needs about 1 GiB at batch 64"
+                 "Slurm --mem=4G): resnet18_cifar on CIFAR-10 needs about 1 GiB at batch 64"
                : "",
            "%.1f GiB total, %.1f GiB available, %s", total / GIB, avail / GIB, lim);
 }

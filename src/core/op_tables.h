@@ -92,7 +92,10 @@
       d = x < (T)-3 ? (T)0 : (x <= (T)3 ? x / (T)3 + (T)0.5 : (T)1), 0, 0, ANY)             \
     OP(SILU, silu, "SiluBackward", FLOAT, IN, A0,                                           \
       r = x / ((T)1 + CT_M1(T, exp, -x)),                                                   \
-      T s = (T)1 / ((T)1 + CT_M1(T, exp, -x)); d = s * ((T)1 + x * ((T)1 - s)), 0, 0, ANY)
+      T s = (T)1 / ((T)1 + CT_M1(T, exp, -x)); d = s * ((T)1 + x * ((T)1 - s)), 0, 0, ANY) \
+    OP(HARDTANH, hardtanh, "HardtanhBackward", FLOAT, IN, HAND,                             \
+      r = x < p1 ? p1 : (x > p2 ? p2 : x); if (CT_ISNAN(x)) r = x,                         \
+      d = (x > p1 && x < p2) ? (T)1 : (T)0, -0.5, 0.7, ANY)
 
 /* ----------------------------------------------------------------- binary ops
  * OP(ID, name, node, result, forward) with broadcasting (the op layer expands both

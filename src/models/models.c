@@ -1,12 +1,25 @@
-/* Built-in models: simple_cnn (the seed's SimpleCNN), mlp, resnet18 (CIFAR variant), with
- * PyTorch's/torchvision's state_dict names. */
-#include "ctorch_nn.h"
+/* Built-in models: simple_cnn (the seed's SimpleCNN), mlp, and torchvision's (torchvision.c):
+ * resnet18_cifar, resnet18, resnet34, resnet50, mobilenet_v2, with PyTorch's/torchvision's
+ * state_dict names. */
+#include "models_internal.h"
 #include "core/error.h"
 
 #include <string.h>
 
-static const char *const g_names[] = {"simple_cnn", "mlp", "resnet18", NULL};
+static const char *const g_names[] = {"simple_cnn", "mlp", "resnet18_cifar", "resnet18",
+                                      "resnet34", "resnet50", "mobilenet_v2", NULL};
+static const char g_choices[] = "simple_cnn, mlp, resnet18_cifar, resnet18, resnet34, resnet50 "
+                                "or mobilenet_v2";
 const char *const *ct_model_names(void) { return g_names; }
+
+const char *ct_model_head(const char *name) {
+    if (!name) return NULL;
+    if (!strcmp(name, "simple_cnn")) return "classifier.";
+    if (!strcmp(name, "mlp")) return "fc2.";
+    if (!strcmp(name, "mobilenet_v2")) return "classifier.1.";
+    if (!strncmp(name, "resnet", 6)) return "fc.";
+    return NULL;
+}
 
 /* ---------------------------------------------------------------- SimpleCNN */
 static ct_tensor *simple_cnn_forward(ct_module *m, const ct_tensor *x) {
@@ -64,69 +77,10 @@ static ct_module *mlp(int classes, int c, int h, int w) {
     return m;
 }
 
-/* ----------------------------------------------------------------- ResNet-18 */
-enum { R_CONV1, R_BN1, R_RELU, R_L1, R_L2, R_L3, R_L4, R_POOL, R_FC };
-
-static ct_tensor *resnet_forward(ct_module *m, const ct_tensor *x) {
-    char s[96];
-    if (ct_ndim(x) != 4)
-        return ct_error_null("input %s must be a batch of images [N, C, H, W]",
-                             ct_shape_str(x, s, sizeof s));
-    ct_tensor *cur = ct_retain((ct_tensor *)x);
-    for (int i = R_CONV1; i <= R_POOL && cur; i++) {
-        ct_tensor *next = ct_module_forward(m->children[i], cur);
-        ct_free(cur);
-        cur = next;
-    }
-    ct_tensor *flat = cur ? ct_flatten(cur, 1, -1) : NULL;
-    ct_free(cur);
-    ct_tensor *y = flat ? ct_module_forward(m->children[R_FC], flat) : NULL;
-    ct_free(flat);
-    return y;
-}
-
-static ct_module *make_layer(int64_t *inplanes, int64_t planes, int stride) {
-    ct_module *b[2] = {ct_nn_basic_block(*inplanes, planes, stride),
-                       ct_nn_basic_block(planes, planes, 1)};
-    *inplanes = planes;
-    return ct_nn_sequential(b, 2);
-}
-
-/* torchvision: convs kaiming_normal_(fan_out, relu); BN weight 1, bias 0 (already). */
-static int resnet_init(ct_module *m) {
-    if (!strcmp(m->type, "Conv2d") &&
-        ct_init_kaiming_normal_(m->params[0], 0, CT_FAN_OUT, "relu") != 0)
-        return -1;
-    for (int i = 0; i < m->n_children; i++)
-        if (resnet_init(m->children[i]) != 0) return -1;
-    return 0;
-}
-
-static ct_module *resnet18(int classes, int c) {
-    ct_module *m = ct_module_new("ResNet", resnet_forward, NULL, NULL);
-    if (!m) return NULL;
-    int64_t inplanes = 64;
-    int rc = ct_module_add_child(m, "conv1", ct_nn_conv2d(c, 64, 3, 1, 1, 0));
-    if (!rc) rc = ct_module_add_child(m, "bn1", ct_nn_batch_norm2d(64));
-    if (!rc) rc = ct_module_add_child(m, "relu", ct_nn_relu());
-    if (!rc) rc = ct_module_add_child(m, "layer1", make_layer(&inplanes, 64, 1));
-    if (!rc) rc = ct_module_add_child(m, "layer2", make_layer(&inplanes, 128, 2));
-    if (!rc) rc = ct_module_add_child(m, "layer3", make_layer(&inplanes, 256, 2));
-    if (!rc) rc = ct_module_add_child(m, "layer4", make_layer(&inplanes, 512, 2));
-    if (!rc) rc = ct_module_add_child(m, "avgpool", ct_nn_adaptive_avg_pool2d(1, 1));
-    if (!rc) rc = ct_module_add_child(m, "fc", ct_nn_linear(512, classes, 1));
-    if (!rc) rc = resnet_init(m);
-    if (rc) {
-        ct_module_free(m);
-        return NULL;
-    }
-    return m;
-}
-
 /* ------------------------------------------------------------------ factory */
 ct_module *ct_model_create_ex(const char *name, int num_classes, int in_channels, int height,
                               int width) {
-    if (!name) return ct_error_null("model: name is NULL; choose simple_cnn, mlp or resnet18");
+    if (!name) return ct_error_null("model: name is NULL; choose %s", g_choices);
     if (num_classes < 1)
         return ct_error_null("model %s: num_classes must be >= 1, got %d", name, num_classes);
     if (in_channels < 1 || height < 1 || width < 1)
@@ -140,11 +94,18 @@ ct_module *ct_model_create_ex(const char *name, int num_classes, int in_channels
         m = simple_cnn(num_classes, in_channels, height, width);
     } else if (!strcmp(name, "mlp")) {
         m = mlp(num_classes, in_channels, height, width);
+    } else if (!strcmp(name, "resnet18_cifar")) {
+        m = ct__model_resnet(CT_RESNET18_CIFAR, num_classes, in_channels);
     } else if (!strcmp(name, "resnet18")) {
-        m = resnet18(num_classes, in_channels);
+        m = ct__model_resnet(CT_RESNET18, num_classes, in_channels);
+    } else if (!strcmp(name, "resnet34")) {
+        m = ct__model_resnet(CT_RESNET34, num_classes, in_channels);
+    } else if (!strcmp(name, "resnet50")) {
+        m = ct__model_resnet(CT_RESNET50, num_classes, in_channels);
+    } else if (!strcmp(name, "mobilenet_v2")) {
+        m = ct__model_mobilenet_v2(num_classes, in_channels);
     } else {
-        return ct_error_null("model: unknown model \"%s\"; choose simple_cnn, mlp or resnet18",
-                             name);
+        return ct_error_null("model: unknown model \"%s\"; choose %s", name, g_choices);
     }
     if (!m) ct_error_context("model %s", name);
     return m;

@@ -1,4 +1,4 @@
-/* Parameter-free modules: ReLU, GELU, Identity, Flatten. */
+/* Parameter-free modules: ReLU, ReLU6, GELU, Identity, Flatten. */
 #include "ctorch_nn.h"
 #include "core/error.h"
 #include "nn_config.h"
@@ -13,6 +13,12 @@ static ct_tensor *relu_forward(ct_module *m, const ct_tensor *x) {
 }
 ct_module *ct_nn_relu(void) { return ct_module_new("ReLU", relu_forward, NULL, NULL); }
 int ct_nn__is_relu(const ct_module *m) { return m && m->forward == relu_forward; }
+
+static ct_tensor *relu6_forward(ct_module *m, const ct_tensor *x) {
+    (void)m;
+    return ct_relu6(x);
+}
+ct_module *ct_nn_relu6(void) { return ct_module_new("ReLU6", relu6_forward, NULL, NULL); }
 
 static ct_tensor *gelu_forward(ct_module *m, const ct_tensor *x) {
     return ct_gelu(x, *(int *)m->impl);

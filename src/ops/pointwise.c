@@ -356,6 +356,12 @@ ct_tensor *ct_clamp(const ct_tensor *a, double lo, double hi) {
                              "bound)", lo, hi);
     return ct__unary(CT_UN_CLAMP, a, lo, hi);
 }
+ct_tensor *ct_hardtanh(const ct_tensor *a, double min_val, double max_val) {
+    if (isnan(min_val) || isnan(max_val) || min_val > max_val)
+        return ct_error_null("hardtanh: min_val %g must not exceed max_val %g", min_val, max_val);
+    return ct__unary(CT_UN_HARDTANH, a, min_val, max_val);
+}
+ct_tensor *ct_relu6(const ct_tensor *a) { return ct_hardtanh(a, 0, 6); }
 ct_tensor *ct_leaky_relu(const ct_tensor *a, double slope) {
     return ct__unary(CT_UN_LEAKY_RELU, a, slope, 0);
 }

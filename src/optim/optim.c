@@ -26,6 +26,12 @@ struct ct_optimizer {
     ct_tensor **state[S_COUNT];
     int64_t *param_steps; /* Adam: per-parameter step count (PyTorch's state['step']) */
     int64_t steps;
+    /* parameter groups (PyTorch's param_groups): group[i] is parameter i's, group_lr[g] the
+     * learning rate of group g; one group unless made by ct_optim_new_groups. o.lr is
+     * group 0's. */
+    int ngroups;
+    int *group;
+    double *group_lr;
     /* step scratch (allocated once): per-parameter group mark and the gathered lists */
     unsigned char *mark;
     int *members;
@@ -86,6 +92,8 @@ void ct_optim_free(ct_optimizer *o) {
     free(o->params);
     for (int s = 0; s < S_COUNT; s++) free(o->state[s]);
     free(o->param_steps);
+    free(o->group);
+    free(o->group_lr);
     free(o->mark);
     free(o->members);
     for (int s = 0; s < 5; s++) free(o->gather[s]);
@@ -123,7 +131,10 @@ ct_optimizer *ct_optim_new(ct_optim_kind kind, ct_tensor *const *params, int n,
     size_t cnt = n > 0 ? (size_t)n : 1;
     r->params = calloc(cnt, sizeof(ct_tensor *));
     r->param_steps = calloc(cnt, sizeof(int64_t));
-    int ok = r->params && r->param_steps;
+    r->group = calloc(cnt, sizeof(int));
+    r->group_lr = calloc(1, sizeof(double));
+    r->ngroups = 1;
+    int ok = r->params && r->param_steps && r->group && r->group_lr;
     for (int s = 0; s < S_COUNT; s++) ok = (r->state[s] = calloc(cnt, sizeof(ct_tensor *))) && ok;
     ok = (r->mark = calloc(cnt, 1)) && ok;
     ok = (r->members = calloc(cnt, sizeof(int))) && ok;
@@ -134,6 +145,50 @@ ct_optimizer *ct_optim_new(ct_optim_kind kind, ct_tensor *const *params, int n,
         return ct_error_null("%s: out of memory", t);
     }
     for (int i = 0; i < n; i++) r->params[i] = ct__hold(params[i]);
+    r->group_lr[0] = o.lr;
+    return r;
+}
+
+ct_optimizer *ct_optim_new_groups(ct_optim_kind kind, const ct_param_group *groups, int ngroups,
+                                  const ct_optim_options *opt) {
+    if (ngroups < 1 || !groups)
+        return ct_error_null("optimizer: at least one parameter group is needed (got %d)", ngroups);
+    ct_optim_options o = opt ? *opt : ct_optim_default_options(kind);
+    int n = 0;
+    for (int g = 0; g < ngroups; g++) {
+        if (groups[g].n < 0 || (groups[g].n > 0 && !groups[g].params))
+            return ct_error_null("optimizer: parameter group %d: invalid parameter list (n = %d)",
+                                 g, groups[g].n);
+        double lr = groups[g].lr < 0 ? o.lr : groups[g].lr;
+        if (!(lr >= 0) || !isfinite(lr))
+            return ct_error_null("optimizer: parameter group %d: invalid learning rate %g", g, lr);
+        n += groups[g].n;
+    }
+    ct_tensor **all = malloc((n > 0 ? (size_t)n : 1) * sizeof *all);
+    double *lrs = malloc((size_t)ngroups * sizeof *lrs);
+    if (!all || !lrs) {
+        free(all);
+        free(lrs);
+        return ct_error_null("optimizer: out of memory");
+    }
+    int k = 0;
+    for (int g = 0; g < ngroups; g++) {
+        for (int i = 0; i < groups[g].n; i++) all[k++] = groups[g].params[i];
+        lrs[g] = groups[g].lr < 0 ? o.lr : groups[g].lr;
+    }
+    o.lr = lrs[0];
+    ct_optimizer *r = ct_optim_new(kind, all, n, &o); /* checks every parameter, duplicates too */
+    free(all);
+    if (!r) {
+        free(lrs);
+        return NULL;
+    }
+    free(r->group_lr);
+    r->group_lr = lrs;
+    r->ngroups = ngroups;
+    k = 0;
+    for (int g = 0; g < ngroups; g++)
+        for (int i = 0; i < groups[g].n; i++) r->group[k++] = g;
     return r;
 }
 
@@ -213,9 +268,27 @@ int ct_optim_set_lr(ct_optimizer *o, double lr) {
     if (!o) return ct_error("set_lr: NULL optimizer");
     if (!(lr >= 0)) return ct_error("%s: invalid learning rate %g (must be >= 0)", kind_title(o->kind), lr);
     o->o.lr = lr;
+    for (int g = 0; g < o->ngroups; g++) o->group_lr[g] = lr;
     return 0;
 }
 double ct_optim_get_lr(const ct_optimizer *o) { return o ? o->o.lr : NAN; }
+
+int ct_optim_num_groups(const ct_optimizer *o) { return o ? o->ngroups : 0; }
+int ct_optim_set_group_lr(ct_optimizer *o, int g, double lr) {
+    if (!o) return ct_error("set_group_lr: NULL optimizer");
+    if (g < 0 || g >= o->ngroups)
+        return ct_error("%s: no parameter group %d (it has %d)", kind_title(o->kind), g, o->ngroups);
+    if (!(lr >= 0)) return ct_error("%s: invalid learning rate %g (must be >= 0)", kind_title(o->kind), lr);
+    o->group_lr[g] = lr;
+    if (g == 0) o->o.lr = lr;
+    return 0;
+}
+double ct_optim_get_group_lr(const ct_optimizer *o, int g) {
+    return o && g >= 0 && g < o->ngroups ? o->group_lr[g] : NAN;
+}
+int ct_optim_param_group(const ct_optimizer *o, int i) {
+    return o && i >= 0 && i < o->n ? o->group[i] : -1;
+}
 
 int ct_optim_set_momentum(ct_optimizer *o, double m) {
     if (!o) return ct_error("set_momentum: NULL optimizer");
@@ -307,17 +380,19 @@ static int prepare(ct_optimizer *o, int i) {
  * first-step flag (SGD) or step count (Adam). */
 static int same_group(const ct_optimizer *o, int i, int j) {
     const ct_tensor *pi = o->params[i], *pj = o->params[j];
-    return o->mark[j] == o->mark[i] && pj->dtype == pi->dtype && ct_same_device(pj, pi) &&
+    return o->mark[j] == o->mark[i] && o->group[j] == o->group[i] && pj->dtype == pi->dtype &&
+           ct_same_device(pj, pi) &&
            (o->kind == CT_OPTIM_SGD || o->param_steps[j] == o->param_steps[i]);
 }
 
 static int run_kernel(ct_optimizer *o, int i, int k) {
     const ct_optim_options *op = &o->o;
     ct_tensor *p0 = o->params[i];
+    double lr = o->group_lr[o->group[i]];
     if (o->kind == CT_OPTIM_SGD) {
         int (*sgd)(ct_tensor *const *, ct_tensor *const *, ct_tensor *const *, int,
                    const ct_sgd_args *, int) = CT_KERNEL(p0, sgd_step, "SGD");
-        ct_sgd_args a = {op->lr, op->momentum, op->dampening, op->weight_decay, op->nesterov,
+        ct_sgd_args a = {lr, op->momentum, op->dampening, op->weight_decay, op->nesterov,
                          op->maximize};
         return sgd ? sgd(o->gather[0], o->gather[1], op->momentum != 0 ? o->gather[2] : NULL, k,
                          &a, o->mark[i] == M_PENDING_FIRST)
@@ -326,7 +401,7 @@ static int run_kernel(ct_optimizer *o, int i, int k) {
     int (*adam)(ct_tensor *const *, ct_tensor *const *, ct_tensor *const *, ct_tensor *const *,
                 ct_tensor *const *, int, const ct_adam_args *) =
         CT_KERNEL(p0, adam_step, kind_title(o->kind));
-    ct_adam_args a = {op->lr,           op->beta1,   op->beta2,     op->eps,
+    ct_adam_args a = {lr,               op->beta1,   op->beta2,     op->eps,
                       op->weight_decay, o->kind == CT_OPTIM_ADAMW, op->amsgrad, op->maximize,
                       o->param_steps[i] + 1};
     return adam ? adam(o->gather[0], o->gather[1], o->gather[2], o->gather[3],

@@ -342,7 +342,7 @@ static void timeout(void) {
 }
 
 static void model_mismatch(void) {
-    ct_module *m = build(g_rank == 1 ? "resnet18" : "simple_cnn");
+    ct_module *m = build(g_rank == 1 ? "resnet18_cifar" : "simple_cnn");
     ct_ddp *d = ct_ddp_new(m, NULL);
     EXPECT(d == NULL, "ct_ddp_new must fail");
     fprintf(stderr, "rank %d: %s\n", g_rank, ct_last_error());
