@@ -746,3 +746,66 @@ TEST(imagefolder_val_batches_match_torchvision) {
     ct_dataset_free(va);
 #endif
 }
+
+/* The issue's fine-tuning path end to end: a folder of JPEG and PNG images made from the
+ * CIFAR-10 test set; torchvision's resnet18 saved by torch.save (tests/
+ * peer_torchvision_weights.py). Its forward over the folder equals PyTorch's (torchvision's
+ * ImageFolder + PIL + the same validation transforms, tests/peer_imagefolder_eval.py): the
+ * mean loss within 1e-4 relative and the same number of right answers; then ctorch train
+ * fine-tunes it from the .pt with a new 10-class head (--num-classes 10 --init-ignore fc.). */
+const char *tv_peer_weights(void); /* tests/test_torchvision_models.c */
+
+TEST(imagefolder_finetune_torchvision_resnet18_from_pt) {
+#ifndef CT_HAVE_IMAGE
+    SKIP("built without libjpeg / libpng");
+#else
+    const char *wdir = tv_peer_weights();
+    if (!wdir) SKIP("no Python with torch, torchvision and safetensors (bench/setup-peer.sh)");
+    const char *py = peer_python("torch, torchvision, safetensors.torch");
+    const char *root = tmp_root("ft_folder");
+    mkdirs(root);
+    ct_dataset *cif = make_cifar_folder(root, 128, 256);
+    if (!cif) SKIP("CIFAR-10 not found in $CTORCH_DATA");
+    ct_dataset_free(cif);
+    char cmd[3072], log[512], plog[512];
+    snprintf(log, sizeof log, "%s/ft_eval.log", tmpdir());
+    snprintf(cmd, sizeof cmd, "%s eval --model resnet18 --checkpoint %s/resnet18.pt --dataset "
+             "imagefolder --data-dir %s --image-size 32 --num-classes 1000 --threads 2 --json",
+             bin(), wdir, root);
+    CHECK_MSG(run(cmd, log) == 0, "ctorch eval failed");
+    snprintf(plog, sizeof plog, "%s/ft_peer.log", tmpdir());
+    snprintf(cmd, sizeof cmd, "'%s' tests/peer_imagefolder_eval.py %s %s/resnet18.pt 32", py, root,
+             wdir);
+    CHECK_MSG(run(cmd, plog) == 0, "tests/peer_imagefolder_eval.py failed");
+    double cl = -1, ca = -1, pl = -2, pc = -1, n = 0;
+    FILE *f = fopen(log, "r");
+    char line[4096];
+    while (f && fgets(line, sizeof line, f)) {
+        char *p = strstr(line, "\"test_loss\"");
+        if (p) sscanf(strchr(p, ':') + 1, "%lf", &cl);
+        if ((p = strstr(line, "\"test_acc\""))) sscanf(strchr(p, ':') + 1, "%lf", &ca);
+    }
+    if (f) fclose(f);
+    f = fopen(plog, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, "\"images\""))
+            sscanf(line, "{\"images\": %lf, \"test_loss\": %lf, \"correct\": %lf", &n, &pl, &pc);
+    if (f) fclose(f);
+    fprintf(stderr, "    folder of 256 val images: ctorch loss %.6f acc %.4f, PyTorch loss %.6f "
+            "correct %.0f/%.0f\n", cl, ca, pl, pc, n);
+    CHECK_MSG(n == 256, "PyTorch's ImageFolder saw %.0f images", n);
+    CHECK_MSG(fabs(cl - pl) <= 1e-4 * fabs(pl), "loss %.6f vs PyTorch's %.6f", cl, pl);
+    CHECK_MSG(fabs(ca * 256 - pc) < 0.5, "accuracy %.4f vs PyTorch's %.0f/256", ca, pc);
+    if (fabs(cl - pl) > 1e-4 * fabs(pl)) show_log(log), show_log(plog);
+
+    snprintf(log, sizeof log, "%s/ft_train.log", tmpdir());
+    snprintf(cmd, sizeof cmd, "%s train --model resnet18 --dataset imagefolder --data-dir %s "
+             "--image-size 32 --init %s/resnet18.pt --num-classes 10 --init-ignore fc. "
+             "--lr-backbone 0.001 --epochs 1 --batch-size 32 --threads 2 --no-checkpoints "
+             "--run-dir %s/ft_run", bin(), root, wdir, tmpdir());
+    int rc = run(cmd, log);
+    CHECK_MSG(rc == 0, "fine-tuning exited %d", rc);
+    CHECK(log_has(log, "final test accuracy"));
+    if (rc) show_log(log);
+#endif
+}
