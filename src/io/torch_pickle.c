@@ -435,6 +435,28 @@ static tp_value *rebuild_tensor(unpickler *u, tp_value *const *args, const tp_va
     return v;
 }
 
+/* _codecs.encode(str, "latin1"): the str's code points (all below 256) as bytes. */
+static tp_value *encode_latin1(unpickler *u, tp_value *const *a, size_t n) {
+    if (a[0]->kind != TP_STR) return ct_error_null("_codecs.encode of a %s", tp_kind_name(a[0]->kind));
+    if (n == 2 && (a[1]->kind != TP_STR || (strcmp(a[1]->s, "latin1") && strcmp(a[1]->s, "latin-1"))))
+        return ct_error_null("_codecs.encode with an encoding other than latin1");
+    tp_value *v = new_bytes(u, TP_BYTES, (const uint8_t *)a[0]->s, a[0]->len);
+    if (!v) return NULL;
+    /* UTF-8 code points below 256 -> one byte each */
+    size_t o = 0;
+    for (size_t i = 0; i < v->len; i++) {
+        unsigned char c = (unsigned char)v->s[i];
+        if (c < 0x80) v->s[o++] = (char)c;
+        else if ((c == 0xC2 || c == 0xC3) && i + 1 < v->len) {
+            v->s[o++] = (char)(((c & 3) << 6) | ((unsigned char)v->s[i + 1] & 0x3F));
+            i++;
+        } else return ct_error_null("_codecs.encode of a character beyond latin1");
+    }
+    v->len = o;
+    v->s[o] = 0;
+    return v;
+}
+
 static tp_value *call(unpickler *u, const tp_value *fn, tp_value *args, const char *op);
 
 static tp_value *seq_to(unpickler *u, tp_kind kind, const tp_value *src) {
@@ -493,28 +515,10 @@ static tp_value *call(unpickler *u, const tp_value *fn, tp_value *args, const ch
         if (a[0]->kind != TP_STR) return ct_error_null("torch.device of a %s", tp_kind_name(a[0]->kind));
         return new_bytes(u, TP_OBJECT, (const uint8_t *)a[0]->s, a[0]->len);
     }
-    case K_ENCODE: {
+    case K_ENCODE:
         /* _codecs.encode(str, "latin1"): how protocol 2 writes bytes under Python 3 */
         NARGS(1, 2);
-        if (a[0]->kind != TP_STR) return ct_error_null("_codecs.encode of a %s", tp_kind_name(a[0]->kind));
-        if (n == 2 && (a[1]->kind != TP_STR || (strcmp(a[1]->s, "latin1") && strcmp(a[1]->s, "latin-1"))))
-            return ct_error_null("_codecs.encode with an encoding other than latin1");
-        tp_value *v = new_bytes(u, TP_BYTES, (const uint8_t *)a[0]->s, a[0]->len);
-        if (!v) return NULL;
-        /* UTF-8 code points below 256 -> one byte each */
-        size_t o = 0;
-        for (size_t i = 0; i < v->len; i++) {
-            unsigned char c = (unsigned char)v->s[i];
-            if (c < 0x80) v->s[o++] = (char)c;
-            else if ((c == 0xC2 || c == 0xC3) && i + 1 < v->len) {
-                v->s[o++] = (char)(((c & 3) << 6) | ((unsigned char)v->s[i + 1] & 0x3F));
-                i++;
-            } else return ct_error_null("_codecs.encode of a character beyond latin1");
-        }
-        v->len = o;
-        v->s[o] = 0;
-        return v;
-    }
+        return encode_latin1(u, a, n);
     case K_REBUILD_TENSOR:
         NARGS(4, 4);
         return rebuild_tensor(u, a, NULL);
@@ -599,7 +603,22 @@ static int add_items(unpickler *u, tp_value *c, size_t from, const char *op) {
     return 0;
 }
 
-static int step(unpickler *u, int opc, tp_value **result) {
+/* BINFLOAT: an 8-byte big-endian double. */
+static int op_binfloat(unpickler *u) {
+    if (need(u, 8, "BINFLOAT")) return -1;
+    uint64_t bits = 0;
+    for (int i = 0; i < 8; i++) bits = (bits << 8) | u->p[i];
+    u->p += 8;
+    tp_value *v = tp_new(u->a, TP_FLOAT);
+    if (v) memcpy(&v->f, &bits, 8);
+    return push(u, v);
+}
+
+/* step() returns this for an opcode its group does not handle */
+enum { NOT_MINE = 2 };
+
+/* Protocol, stack and scalar opcodes. */
+static int step_values(unpickler *u, int opc, tp_value **result) {
     switch (opc) {
     case PROTO:
         if (need(u, 1, "PROTO")) return -1;
@@ -666,15 +685,8 @@ static int step(unpickler *u, int opc, tp_value **result) {
         if (need(u, 4, "LONG4")) return -1;
         u->p += 4;
         return op_long(u, le(u->p - 4, 4));
-    case BINFLOAT: {
-        if (need(u, 8, "BINFLOAT")) return -1;
-        uint64_t bits = 0;
-        for (int i = 0; i < 8; i++) bits = (bits << 8) | u->p[i]; /* big-endian */
-        u->p += 8;
-        tp_value *v = tp_new(u->a, TP_FLOAT);
-        if (v) memcpy(&v->f, &bits, 8);
-        return push(u, v);
-    }
+    case BINFLOAT:
+        return op_binfloat(u);
     case SHORT_BINUNICODE:
         if (need(u, 1, "SHORT_BINUNICODE")) return -1;
         return op_string(u, TP_STR, *u->p++, "SHORT_BINUNICODE");
@@ -700,6 +712,14 @@ static int step(unpickler *u, int opc, tp_value **result) {
         if (need(u, 8, "BINBYTES8")) return -1;
         u->p += 8;
         return op_string(u, TP_BYTES, le(u->p - 8, 8), "BINBYTES8");
+    default:
+        return NOT_MINE;
+    }
+}
+
+/* Tuples, lists, dicts, sets and the memo. */
+static int step_containers(unpickler *u, int opc) {
+    switch (opc) {
     case EMPTY_DICT: return push(u, tp_new(u->a, TP_DICT));
     case EMPTY_LIST: return push(u, tp_new(u->a, TP_LIST));
     case EMPTY_TUPLE: return push(u, tp_new(u->a, TP_TUPLE));
@@ -770,6 +790,14 @@ static int step(unpickler *u, int opc, tp_value **result) {
         if (need(u, 4, "LONG_BINGET")) return -1;
         u->p += 4;
         return memo_get(u, le(u->p - 4, 4));
+    default:
+        return NOT_MINE;
+    }
+}
+
+/* Globals, calls, persistent ids, and the opcodes refused outright. */
+static int step_objects(unpickler *u, int opc) {
+    switch (opc) {
     case GLOBAL: return op_global_text(u, NULL);
     case INST: return op_global_text(u, ", opcode INST");
     case STACK_GLOBAL: {
@@ -834,6 +862,15 @@ static int step(unpickler *u, int opc, tp_value **result) {
         return ct_error("unknown pickle opcode 0x%02x at byte %zu (not a pickle, or a corrupt "
                         "one)", opc, OFF(u) - 1);
     }
+}
+
+
+/* One opcode: 0 to go on, 1 at STOP (*result set), -1 on error. */
+static int step(unpickler *u, int opc, tp_value **result) {
+    int r = step_values(u, opc, result);
+    if (r == NOT_MINE) r = step_containers(u, opc);
+    if (r == NOT_MINE) r = step_objects(u, opc);
+    return r;
 }
 
 tp_value *tp_unpickle(tp_arena *a, const uint8_t *data, size_t n, size_t *consumed,
