@@ -5,6 +5,7 @@
  * sum(out * R) with formula-filled weights within 1e-4; vit_tiny's and vit_b_16's
  * state_dicts are torchvision's; initialisation statistics are PyTorch's / torchvision's. */
 #include "test.h"
+#include "cli_util.h"
 #include "ctorch_nn.h"
 
 #include <math.h>
@@ -424,3 +425,55 @@ TEST(transformer_embedding_and_layer_norm_modules) {
     ct_free(z), ct_free(y), ct_free(i);
     ct_module_free(ln), ct_module_free(ln2), ct_module_free(e);
 }
+
+/* ------------------------------------------------ torchvision's own ViT weights */
+/* tests/peer_torchvision_vit.py's files (once per test process), or NULL without a peer. */
+static const char *vit_peer_weights(void) {
+    static char dir[512];
+    static int done;
+    if (done) return dir[0] ? dir : NULL;
+    done = 1;
+    const char *py = peer_python("torch, torchvision, safetensors.torch");
+    if (!py) return NULL;
+    snprintf(dir, sizeof dir, "%s/tv_vit", tmpdir());
+    char cmd[2048], log[600];
+    snprintf(log, sizeof log, "%s.log", dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && '%s' tests/peer_torchvision_vit.py '%s'", dir, py,
+             dir);
+    if (run(cmd, log) != 0) {
+        show_log(log);
+        CHECK_MSG(0, "tests/peer_torchvision_vit.py failed");
+        dir[0] = 0;
+        return NULL;
+    }
+    return dir;
+}
+
+static void vit_logits(const char *model, const char *ext) {
+    const char *dir = vit_peer_weights();
+    if (!dir) SKIP("no Python with torch, torchvision and safetensors (bench/setup-peer.sh)");
+    char w[700], p[700];
+    snprintf(w, sizeof w, "%s/%s.%s", dir, model, ext);
+    snprintf(p, sizeof p, "%s/%s_logits.safetensors", dir, model);
+    ct_state_dict *sd = ct_state_dict_load(w), *ref = ct_state_dict_load(p);
+    CHECK_NN(sd);
+    CHECK_NN(ref);
+    ct_module *m = ct_model_create(model, 1000);
+    CHECK_NN(m);
+    if (sd && ref && m) {
+        CHECK_OK(ct_module_load_state_dict(m, sd, 1));
+        ct_module_eval(m);
+        int prev = ct_set_grad_enabled(0);
+        ct_tensor *y = ct_module_forward(m, ct_state_dict_get(ref, "x"));
+        ct_set_grad_enabled(prev);
+        CHECK_NN(y);
+        CHECK_CLOSE(y, ct_state_dict_get(ref, "logits"), 1e-4, w);
+        ct_free(y);
+    }
+    ct_module_free(m);
+    ct_state_dict_free(sd);
+    ct_state_dict_free(ref);
+}
+
+TEST(transformer_peer_vit_tiny_safetensors_logits) { vit_logits("vit_tiny", "safetensors"); }
+TEST(transformer_peer_vit_b_16_torch_save_logits) { vit_logits("vit_b_16", "pt"); }
