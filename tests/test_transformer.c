@@ -477,3 +477,31 @@ static void vit_logits(const char *model, const char *ext) {
 
 TEST(transformer_peer_vit_tiny_safetensors_logits) { vit_logits("vit_tiny", "safetensors"); }
 TEST(transformer_peer_vit_b_16_torch_save_logits) { vit_logits("vit_b_16", "pt"); }
+
+/* bfloat16 autocast (--amp bf16): the model runs (the class token joins 16-bit patches as
+ * torch.cat promotes), close to float32, and the masks of MultiheadAttention work. */
+TEST(transformer_vit_tiny_bf16_autocast) {
+    ct_module *m = ct_model_create("vit_tiny", 10);
+    CHECK_NN(m);
+    if (!m) return;
+    fill(m);
+    int64_t sx[4] = {2, 3, 32, 32};
+    ct_tensor *x = hx(sx, 4, 1000, 0);
+    ct_tensor *y = ct_module_forward(m, x);
+    CHECK_OK(ct_autocast_push(CT_CPU, CT_BFLOAT16));
+    ct_tensor *yb = ct_module_forward(m, x);
+    ct_autocast_pop();
+    CHECK_NN(yb);
+    ct_tensor *yf = yb ? ct_to_dtype(yb, CT_FLOAT32) : NULL;
+    CHECK_CLOSE(yf, y, 0.1, "vit_tiny logits under bf16 autocast vs float32");
+    ct_module *a = ct_nn_multihead_attention(E, H, &(ct_mha_opts){.batch_first = 1});
+    int64_t qs[3] = {N, L, E}, ks[2] = {N, L};
+    ct_tensor *q = hx(qs, 3, 3, 0), *kpm = ct_zeros(ks, 2, CT_BOOL);
+    CHECK_OK(ct_autocast_push(CT_CPU, CT_BFLOAT16));
+    ct_tensor *o = ct_nn_multihead_attention_forward(a, q, q, q, kpm, NULL);
+    ct_autocast_pop();
+    CHECK_NN(o);
+    ct_free(o), ct_free(q), ct_free(kpm), ct_free(yf), ct_free(yb), ct_free(y), ct_free(x);
+    ct_module_free(a);
+    ct_module_free(m);
+}

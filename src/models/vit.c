@@ -110,6 +110,10 @@ static ct_tensor *vit_forward(ct_module *m, const ct_tensor *x) {
     if (!p) return NULL;
     int64_t cs[3] = {n, 1, c->hidden};
     ct_tensor *cls = ct_expand(m->params[0], cs, 3);
+    /* autocast: the patches come in 16 bits, the class token in float32; torch.cat
+     * promotes to the wider type, as here */
+    if (cls && ct_dtype_of(p) != ct_dtype_of(cls)) p = ct_to_dtype(p, ct_dtype_of(cls));
+    if (!p) return NULL;
     ct_tensor *parts[2] = {cls, p};
     ct_tensor *seq = cls ? ct_cat(parts, 2, 1) : NULL;
     ct_tensor *e = seq ? ct_module_forward(m->children[1], seq) : NULL;
