@@ -505,3 +505,21 @@ TEST(transformer_vit_tiny_bf16_autocast) {
     ct_module_free(a);
     ct_module_free(m);
 }
+
+TEST(transformer_vit_errors) {
+    CHECK(ct_model_create_ex("vit_tiny", 10, 3, 64, 64) == NULL &&
+          strstr(ct_last_error(), "32x32") != NULL);
+    CHECK(ct_model_create_ex("vit_b_16", 10, 3, 32, 32) == NULL &&
+          strstr(ct_last_error(), "224x224") != NULL);
+    CHECK(!strcmp(ct_model_head("vit_tiny"), "heads.head."));
+    ct_module *m = ct_model_create("vit_tiny", 10);
+    CHECK_NN(m);
+    int64_t bad[4] = {1, 3, 28, 28}, gray[4] = {1, 1, 32, 32};
+    ct_tensor *x = ct_zeros(bad, 4, CT_FLOAT32), *g = ct_zeros(gray, 4, CT_FLOAT32);
+    ct_tensor *y = m ? ct_module_forward(m, x) : NULL;
+    CHECK(y == NULL && strstr(ct_last_error(), "[N, C, 32, 32]") != NULL);
+    y = m ? ct_module_forward(m, g) : NULL;
+    CHECK(y == NULL && strstr(ct_last_error(), "conv_proj") != NULL);
+    ct_free(x), ct_free(g);
+    ct_module_free(m);
+}

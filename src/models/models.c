@@ -9,7 +9,7 @@
 static const char *const g_names[] = {"simple_cnn", "mlp", "resnet18_cifar", "resnet18",
                                       "resnet34", "resnet50", "mobilenet_v2", "vit_tiny",
                                       "vit_b_16", NULL};
-static const char g_choices[] = "simple_cnn, mlp, resnet18_cifar, resnet18, resnet34, resnet50 "
+static const char g_choices[] = "simple_cnn, mlp, resnet18_cifar, resnet18, resnet34, resnet50, "
                                 "mobilenet_v2, vit_tiny or vit_b_16";
 const char *const *ct_model_names(void) { return g_names; }
 
