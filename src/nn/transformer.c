@@ -29,9 +29,9 @@ static ct_tensor *layer_norm_forward(ct_module *m, const ct_tensor *x) {
 static void layer_norm_repr(const ct_module *m, char *buf, size_t n) {
     const layer_norm_cfg *c = m->impl;
     size_t k = (size_t)snprintf(buf, n, "(");
-    for (int i = 0; i < c->nnorm && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, "%lld,%s", (long long)c->shape[i],
-                              i + 1 < c->nnorm ? " " : "");
+    for (int i = 0; i < c->nnorm && k < n; i++) /* a Python tuple: (192,) or (4, 5) */
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld%s", i ? ", " : "", (long long)c->shape[i],
+                              c->nnorm == 1 ? "," : "");
     if (k < n)
         snprintf(buf + k, n - k, "), eps=%g, elementwise_affine=%s", c->eps,
                  c->affine ? "True" : "False");
@@ -317,13 +317,6 @@ static ct_tensor *mha_forward(ct_module *m, const ct_tensor *x) {
     return mha_forward_impl(m, x, x, x, NULL, NULL);
 }
 
-static void mha_repr(const ct_module *m, char *buf, size_t n) {
-    const mha_cfg *c = m->impl;
-    snprintf(buf, n, "embed_dim=%lld, num_heads=%lld, dropout=%g, bias=%s, batch_first=%s",
-             (long long)c->embed_dim, (long long)c->num_heads, c->dropout,
-             c->bias ? "True" : "False", c->batch_first ? "True" : "False");
-}
-
 ct_tensor *ct_nn_multihead_attention_forward(ct_module *m, const ct_tensor *query,
                                              const ct_tensor *key, const ct_tensor *value,
                                              const ct_tensor *key_padding_mask,
@@ -356,7 +349,7 @@ ct_module *ct_nn_multihead_attention(int64_t embed_dim, int64_t num_heads, const
     c->batch_first = o && o->batch_first;
     ct_module *m = ct_module_new("MultiheadAttention", mha_forward, c, free);
     if (!m) return NULL;
-    m->extra_repr = mha_repr;
+    /* no extra_repr: PyTorch's repr shows only (out_proj) */
     /* PyTorch's order: in_proj_weight, in_proj_bias, out_proj (its Linear init draws
      * first), then _reset_parameters: xavier_uniform_(in_proj_weight), biases 0. */
     int64_t ws[2] = {3 * embed_dim, embed_dim}, bs = 3 * embed_dim;
@@ -461,11 +454,6 @@ static int tel_call(ct_module *m, const ct_module_args *in, ct_module_outputs *o
     return 0;
 }
 
-static void tel_repr(const ct_module *m, char *buf, size_t n) {
-    (void)m;
-    if (n) buf[0] = 0;
-}
-
 ct_module *ct_nn_transformer_encoder_layer(int64_t d_model, int64_t nhead,
                                            const ct_transformer_encoder_layer_opts *o) {
     ct_transformer_encoder_layer_opts r = o ? *o : (ct_transformer_encoder_layer_opts){0};
@@ -490,7 +478,6 @@ ct_module *ct_nn_transformer_encoder_layer(int64_t d_model, int64_t nhead,
     c->o = r;
     ct_module *m = ct_module_new("TransformerEncoderLayer", tel_forward, c, free);
     if (!m) return NULL;
-    m->extra_repr = tel_repr;
     int bias = !r.no_bias;
     ct_layer_norm_opts lo = {.eps = r.layer_norm_eps, .no_bias = r.no_bias};
     int rc = ct_module_add_child(m, "self_attn", ct_nn_multihead_attention(
