@@ -197,10 +197,12 @@ static ct_tensor *mha_forward_impl(ct_module *m, const ct_tensor *query, const c
                              ct_shape_str(value, s3, sizeof s3), (long long)E);
     /* to [N, L, E] */
     const ct_tensor *q = query, *k = key, *v = value;
+    int self = query == key && key == value;
     if (nd == 2) {
-        q = ct_unsqueeze(q, 0), k = ct_unsqueeze(k, 0), v = ct_unsqueeze(v, 0);
+        q = ct_unsqueeze(q, 0), k = self ? q : ct_unsqueeze(k, 0), v = self ? q : ct_unsqueeze(v, 0);
     } else if (!c->batch_first) {
-        q = ct_transpose(q, 0, 1), k = ct_transpose(k, 0, 1), v = ct_transpose(v, 0, 1);
+        q = ct_transpose(q, 0, 1), k = self ? q : ct_transpose(k, 0, 1),
+        v = self ? q : ct_transpose(v, 0, 1);
     }
     if (!q || !k || !v) return NULL;
     int64_t N = ct_size(q, 0), L = ct_size(q, 1), S = ct_size(k, 1);
@@ -209,16 +211,24 @@ static ct_tensor *mha_forward_impl(ct_module *m, const ct_tensor *query, const c
                              "same length", ct_shape_str(key, s2, sizeof s2),
                              ct_shape_str(value, s3, sizeof s3), (long long)N);
     ct_tensor *w = m->params[0], *b = c->bias ? m->params[1] : NULL;
-    ct_tensor *wq = ct_narrow(w, 0, 0, E), *wk = ct_narrow(w, 0, E, E), *wv = ct_narrow(w, 0, 2 * E, E);
-    ct_tensor *bq = b ? ct_narrow(b, 0, 0, E) : NULL, *bk = b ? ct_narrow(b, 0, E, E) : NULL,
-              *bv = b ? ct_narrow(b, 0, 2 * E, E) : NULL;
-    ct_tensor *qp = ct_linear(q, wq, bq), *kp = ct_linear(k, wk, bk), *vp = ct_linear(v, wv, bv);
+    ct_tensor *qp, *kp, *vp;
+    if (self) { /* self-attention: one GEMM for the three projections */
+        ct_tensor *qkv = ct_linear(q, w, b);
+        if (!qkv) return NULL;
+        qp = ct_narrow(qkv, 2, 0, E), kp = ct_narrow(qkv, 2, E, E), vp = ct_narrow(qkv, 2, 2 * E, E);
+    } else {
+        ct_tensor *wq = ct_narrow(w, 0, 0, E), *wk = ct_narrow(w, 0, E, E),
+                  *wv = ct_narrow(w, 0, 2 * E, E);
+        ct_tensor *bq = b ? ct_narrow(b, 0, 0, E) : NULL, *bk = b ? ct_narrow(b, 0, E, E) : NULL,
+                  *bv = b ? ct_narrow(b, 0, 2 * E, E) : NULL;
+        qp = ct_linear(q, wq, bq), kp = ct_linear(k, wk, bk), vp = ct_linear(v, wv, bv);
+    }
     if (!qp || !kp || !vp) return NULL;
     /* [N, L, E] -> [N, H, L, d] */
     int64_t qs[4] = {N, L, H, d}, ks[4] = {N, S, H, d};
-    ct_tensor *qh = ct_transpose(ct_view(qp, qs, 4), 1, 2);
-    ct_tensor *kh = ct_transpose(ct_view(kp, ks, 4), 1, 2);
-    ct_tensor *vh = ct_transpose(ct_view(vp, ks, 4), 1, 2);
+    ct_tensor *qh = ct_transpose(ct_reshape(qp, qs, 4), 1, 2);
+    ct_tensor *kh = ct_transpose(ct_reshape(kp, ks, 4), 1, 2);
+    ct_tensor *vh = ct_transpose(ct_reshape(vp, ks, 4), 1, 2);
     if (!qh || !kh || !vh) return NULL;
     /* one additive mask broadcastable to [N, H, L, S] */
     ct_tensor *mask = NULL;
