@@ -523,3 +523,46 @@ TEST(transformer_vit_errors) {
     ct_free(x), ct_free(g);
     ct_module_free(m);
 }
+
+/* Attention dropout acts in training only; the encoder's layers are copies, not shared;
+ * float64 modules take bool masks. */
+TEST(transformer_dropout_copies_and_float64) {
+    ct_manual_seed(3);
+    ct_module *m = ct_nn_multihead_attention(E, H, &(ct_mha_opts){.dropout = 0.5,
+                                                                 .batch_first = 1});
+    CHECK_NN(m);
+    if (!m) return;
+    int64_t qs[3] = {N, L, E}, ks[2] = {N, L};
+    ct_tensor *q = hx(qs, 3, 9, 0), *kpm = ct_zeros(ks, 2, CT_BOOL);
+    ct_tensor *t1 = ct_module_forward(m, q), *t2 = ct_module_forward(m, q);
+    ct_module_eval(m);
+    ct_tensor *e1 = ct_module_forward(m, q), *e2 = ct_module_forward(m, q);
+    CHECK_NN(t1);
+    CHECK_CLOSE(e1, e2, 0, "eval: no dropout");
+    ct_tensor *d = ct_sub(t1, t2), *ad = ct_abs(d), *mx = ct_max_all(ad);
+    CHECK_MSG(ct_item(mx) > 1e-3, "training: dropout on the attention weights (max diff %g)",
+              ct_item(mx));
+    ct_free(mx), ct_free(ad), ct_free(d), ct_free(t1), ct_free(t2), ct_free(e1), ct_free(e2);
+    /* float64 */
+    CHECK_OK(ct_module_to(m, ct_cpu(), CT_FLOAT64));
+    ct_tensor *q64 = ct_to_dtype(q, CT_FLOAT64);
+    ct_tensor *y64 = ct_nn_multihead_attention_forward(m, q64, q64, q64, kpm, NULL);
+    CHECK_NN(y64);
+    CHECK(y64 && ct_dtype_of(y64) == CT_FLOAT64);
+    ct_free(y64), ct_free(q64), ct_free(q), ct_free(kpm);
+    ct_module_free(m);
+    /* TransformerEncoder: layers.1 starts equal to layers.0 but is its own tensor */
+    ct_module *enc = ct_nn_transformer_encoder(
+        ct_nn_transformer_encoder_layer(E, H, &(ct_transformer_encoder_layer_opts){
+                                                  .dim_feedforward = 16}), 3, NULL);
+    CHECK_NN(enc);
+    if (!enc) return;
+    ct_tensor *w0 = ct_module_get_tensor(enc, "layers.0.linear1.weight");
+    ct_tensor *w2 = ct_module_get_tensor(enc, "layers.2.linear1.weight");
+    CHECK(w0 && w2 && w0 != w2 && ct_data(w0) != ct_data(w2));
+    CHECK(ct_module_get(enc, "norm") == NULL && ct_module_get(enc, "layers.3") == NULL);
+    ct_module_free(enc);
+    CHECK(ct_nn_transformer_encoder(NULL, 2, NULL) == NULL);
+    CHECK(ct_nn_transformer_encoder(ct_nn_linear(2, 2, 1), 2, NULL) == NULL &&
+          strstr(ct_last_error(), "TransformerEncoderLayer"));
+}
