@@ -167,6 +167,9 @@ static ct_tensor *mha_attention(const ct_tensor *q, const ct_tensor *k, const ct
 static ct_tensor *float_mask(const ct_tensor *mask, ct_dtype dt, const char *what) {
     if (ct_dtype_of(mask) == CT_BOOL) {
         ct_tensor *ninf = ct_scalar(-INFINITY, dt), *zero = ct_scalar(0.0, dt);
+        ct_device d = ct_device_of(mask);
+        if (ninf && zero && !ct_device_is_host(d)) /* the scalars on the mask's device */
+            ninf = ct_to_device(ninf, d), zero = ninf ? ct_to_device(zero, d) : NULL;
         return ninf && zero ? ct_where(mask, ninf, zero) : NULL;
     }
     if (ct_dtype_of(mask) == CT_FLOAT32 || ct_dtype_of(mask) == CT_FLOAT64)
