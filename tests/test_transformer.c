@@ -566,3 +566,24 @@ TEST(transformer_dropout_copies_and_float64) {
     CHECK(ct_nn_transformer_encoder(ct_nn_linear(2, 2, 1), 2, NULL) == NULL &&
           strstr(ct_last_error(), "TransformerEncoderLayer"));
 }
+
+TEST(transformer_call_argument_errors) {
+    ct_module *m = ct_nn_multihead_attention(E, H, &(ct_mha_opts){.batch_first = 1});
+    int64_t qs[3] = {N, L, E}, ks[2] = {N, L + 1};
+    ct_tensor *q = hx(qs, 3, 9, 0), *kpm = ct_zeros(ks, 2, CT_BOOL);
+    ct_module_outputs out = {0};
+    ct_module_args a1 = {.n = 4, .tensors = {q, q, q, kpm}, .kwargs = {{"attn_mask", 1}}};
+    CHECK(ct_module_call(m, &a1, &out) != 0 && strstr(ct_last_error(), "index (3..3)"));
+    ct_module_args a2 = {.n = 4, .tensors = {q, q, q, kpm}};
+    CHECK(ct_module_call(m, &a2, &out) != 0 && strstr(ct_last_error(), "key_padding_mask") &&
+          strstr(ct_last_error(), "[N, S] = [3, 5]"));
+    ct_module_args a3 = {.n = 2, .tensors = {q, q}};
+    CHECK(ct_module_call(m, &a3, &out) != 0 && strstr(ct_last_error(), "got 2 tensors"));
+    ct_module_args a4 = {.n = 1, .tensors = {q}, .kwargs = {{"attn_mask", 1}}};
+    CHECK(ct_module_call(m, &a4, &out) != 0 && strstr(ct_last_error(), "attn_mask=1"));
+    ct_module_args a5 = {.n = 6, .tensors = {q, q, q, kpm, kpm, kpm}};
+    CHECK(ct_module_call(m, &a5, &out) != 0 && strstr(ct_last_error(), "at most 5"));
+    CHECK(out.n == 0);
+    ct_free(q), ct_free(kpm);
+    ct_module_free(m);
+}

@@ -300,9 +300,9 @@ static int opt_args(const ct_module_args *in, const char *a, const char *b, int 
         *out[i] = -1;
         if (isnan(v[i])) continue;
         int idx = (int)v[i];
-        if (v[i] != (double)idx || idx < 1 || idx >= in->n)
-            return ct_error("%s=%g must be the index (1..%d) of the input tensor that holds it",
-                            nm[i], v[i], in->n - 1);
+        if (v[i] != (double)idx || idx < first || idx >= in->n)
+            return ct_error("%s=%g must be the index (%d..%d) of the input tensor that holds it",
+                            nm[i], v[i], first, in->n - 1);
         *out[i] = idx;
     }
     if (*ia >= 0 && *ia == *ib) return ct_error("%s and %s name the same input tensor", a, b);
@@ -318,7 +318,7 @@ static int mha_call(ct_module *m, const ct_module_args *in, ct_module_outputs *o
     const ct_tensor *q = in->tensors[0];
     const ct_tensor *k = in->n >= 3 ? in->tensors[1] : q, *v = in->n >= 3 ? in->tensors[2] : q;
     int kpm = -1, am = -1;
-    if (in->n >= 3 && opt_args(in, "key_padding_mask", "attn_mask", 3, &kpm, &am) != 0) return -1;
+    if (opt_args(in, "key_padding_mask", "attn_mask", 3, &kpm, &am) != 0) return -1;
     ct_tensor *y = mha_forward_impl(m, q, k, v, kpm >= 0 ? in->tensors[kpm] : NULL,
                                     am >= 0 ? in->tensors[am] : NULL);
     if (!y) return -1;
