@@ -334,6 +334,84 @@ ct_module *ct_nn_basic_block(int64_t inplanes, int64_t planes, int stride);
  * 1x1 stride, bn); out = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x)). */
 ct_module *ct_nn_bottleneck(int64_t inplanes, int64_t planes, int stride);
 
+/* ------------------------------------------------------- Transformer modules
+ * torch.nn's LayerNorm, Embedding, MultiheadAttention, TransformerEncoderLayer and
+ * TransformerEncoder with PyTorch's state_dict names, defaults and initialisation. */
+
+/* LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True) over the last
+ * nnorm (1..8) dimensions: weight ones, bias zeros (shape normalized_shape). */
+typedef struct {
+    double eps;                /* 0: 1e-5; else > 0 */
+    int no_elementwise_affine; /* elementwise_affine=False: no weight and bias */
+    int no_bias;               /* bias=False */
+} ct_layer_norm_opts;
+ct_module *ct_nn_layer_norm(const int64_t *normalized_shape, int nnorm,
+                            const ct_layer_norm_opts *o); /* o may be NULL */
+
+/* Embedding(num_embeddings, embedding_dim, padding_idx=None): weight [num, dim] drawn from
+ * N(0, 1), the padding row zero (its gradient stays zero). Input: int64 indices of any
+ * shape -> indices' shape + [dim]. */
+typedef struct {
+    int has_padding_idx;  /* padding_idx given (else None) */
+    int64_t padding_idx;  /* negative counts from the end, as in PyTorch */
+} ct_embedding_opts;
+ct_module *ct_nn_embedding(int64_t num_embeddings, int64_t embedding_dim,
+                           const ct_embedding_opts *o); /* o may be NULL */
+
+/* MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False):
+ * in_proj_weight [3E, E] (xavier_uniform_), in_proj_bias [3E] (zeros), out_proj Linear(E, E)
+ * (PyTorch's Linear init, bias zeros). kdim = vdim = embed_dim, no bias_kv / zero_attn.
+ * forward(query, key, value, key_padding_mask=None, attn_mask=None) with need_weights=False
+ * semantics: ct_module_call returns one output, the attention output (PyTorch's (out, None)).
+ *   query [N, L, E] (batch_first) or [L, N, E], or unbatched [L, E]; key/value [.., S, E].
+ *   key_padding_mask [N, S] ([S] unbatched): bool True = ignore that key, or float (added);
+ *   attn_mask [L, S] or [N * num_heads, L, S]: bool True = not allowed, or float (added).
+ * Inputs: tensors {query, key, value[, key_padding_mask[, attn_mask]]} positionally; or
+ * keyword arguments giving the index of the input tensor that holds a mask, e.g. only an
+ * attention mask: {.n = 4, .tensors = {q, k, v, mask}, .kwargs = {{"attn_mask", 3}}}.
+ * One tensor (or ct_module_forward): self-attention, query = key = value.
+ * Dropout applies to the attention weights in training. */
+typedef struct {
+    double dropout;  /* 0: 0.0 (PyTorch's default); in [0, 1] */
+    int no_bias;     /* bias=False */
+    int batch_first; /* batch_first=True */
+} ct_mha_opts;
+ct_module *ct_nn_multihead_attention(int64_t embed_dim, int64_t num_heads, const ct_mha_opts *o);
+/* The same forward as a C call (masks may be NULL); a new reference or NULL. */
+ct_tensor *ct_nn_multihead_attention_forward(ct_module *mha, const ct_tensor *query,
+                                             const ct_tensor *key, const ct_tensor *value,
+                                             const ct_tensor *key_padding_mask,
+                                             const ct_tensor *attn_mask);
+
+/* TransformerEncoderLayer(d_model, nhead, dim_feedforward=2048, dropout=0.1,
+ * activation="relu", layer_norm_eps=1e-5, batch_first=False, norm_first=False, bias=True):
+ * children self_attn (MultiheadAttention), linear1, dropout, linear2, norm1, norm2,
+ * dropout1, dropout2 (PyTorch's names and order).
+ *   norm_first: x = x + dropout1(self_attn(norm1(x))); x = x + ff(norm2(x))
+ *   else:       x = norm1(x + dropout1(self_attn(x)));  x = norm2(x + ff(x))
+ *   ff(x) = dropout2(linear2(dropout(activation(linear1(x)))))
+ * forward(src, src_mask=None, src_key_padding_mask=None) through ct_module_call: masks
+ * positionally, or keyword arguments "src_mask" / "src_key_padding_mask" giving the input
+ * tensor's index (as MultiheadAttention). */
+typedef struct {
+    int64_t dim_feedforward; /* 0: 2048 */
+    double dropout;          /* 0: 0.1 (see no_dropout) */
+    int no_dropout;          /* dropout=0.0 */
+    const char *activation;  /* NULL: "relu"; or "gelu" */
+    double layer_norm_eps;   /* 0: 1e-5 */
+    int batch_first, norm_first;
+    int no_bias;             /* bias=False (Linear and LayerNorm biases) */
+} ct_transformer_encoder_layer_opts;
+ct_module *ct_nn_transformer_encoder_layer(int64_t d_model, int64_t nhead,
+                                           const ct_transformer_encoder_layer_opts *o);
+/* TransformerEncoder(encoder_layer, num_layers, norm=None): children layers (layers.0 ..
+ * layers.N-1, every one starting with encoder_layer's values, as PyTorch's deep copies)
+ * and norm (when given). Takes ownership of encoder_layer (it becomes layers.0) and norm,
+ * also on failure. forward(src, mask=None, src_key_padding_mask=None) as the layer's
+ * (keyword "mask"). (PyTorch's eval-mode nested-tensor fast path, which zeroes padded
+ * positions of the output, is not reproduced: padded positions hold computed values.) */
+ct_module *ct_nn_transformer_encoder(ct_module *encoder_layer, int num_layers, ct_module *norm);
+
 /* -------------------------------------------------------------------- init
  * In-place, under no-grad, on tensors of any device; random draws come from the global
  * seeded stream (ct_manual_seed). Formulas are torch.nn.init's. */

@@ -84,6 +84,24 @@ TEST(examples_mlp_adam_runs_and_fits_its_batch) {
     CHECK_MSG(first > 2.0 && last < 0.05, "loss %g -> %g:\n%s", first, last, g_out);
 }
 
+/* Embedding + positions + TransformerEncoder with key padding masks learns to sort digit
+ * sequences of varying length (examples/seq_transformer.c). */
+TEST(examples_seq_transformer_learns_to_sort) {
+    NEED_EXAMPLE("seq_transformer", path);
+    char cmd[1300];
+    snprintf(cmd, sizeof cmd, "%s 300", path);
+    int rc = run(cmd, g_out, sizeof g_out);
+    CHECK_MSG(rc == 0, "seq_transformer exited %d:\n%s", rc, g_out);
+    double first = last_number_after(g_out, "step    0  loss ");
+    double acc = last_number_after(g_out, "digit accuracy ");
+    CHECK_MSG(first > 1.5 && acc > 90.0, "loss at step 0 %g, digit accuracy %g%% (want > 90%%):\n%s",
+              first, acc, g_out);
+    printf("    seq_transformer: digit accuracy %.2f%% after 300 steps\n", acc);
+    snprintf(cmd, sizeof cmd, "%s 0", path);
+    rc = run(cmd, g_out, sizeof g_out);
+    CHECK_MSG(rc == 2 && strstr(g_out, "usage:"), "0 steps: exit %d:\n%s", rc, g_out);
+}
+
 static int have_mnist(const char *root) {
     char p[1024];
     snprintf(p, sizeof p, "%s/mnist/train-images-idx3-ubyte.gz", root);

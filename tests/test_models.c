@@ -210,7 +210,7 @@ TEST(models_state_dict_names_match_torch) {
     }
     int nmodels = 0;
     while (ct_model_names()[nmodels]) nmodels++;
-    CHECK(nmodels == 7);
+    CHECK(nmodels == 9); /* + vit_tiny, vit_b_16 (tests/test_transformer.c) */
     ct_fixture_free(fx);
 }
 
@@ -308,8 +308,8 @@ TEST(models_resnet18_cifar_init_is_torchvision) {
 
 TEST(models_errors_name_the_module) {
     CHECK_ERR_PTR((ct_tensor *)ct_model_create("vgg16", 10), "unknown model \"vgg16\"");
-    CHECK(has(ct_last_error(), "simple_cnn, mlp, resnet18_cifar, resnet18, resnet34, resnet50 or "
-                               "mobilenet_v2"));
+    CHECK(has(ct_last_error(), "simple_cnn, mlp, resnet18_cifar, resnet18, resnet34, resnet50, "
+                               "mobilenet_v2, vit_tiny or vit_b_16"));
     CHECK_ERR_PTR((ct_tensor *)ct_model_create("mlp", 0), "num_classes");
     CHECK_ERR_PTR((ct_tensor *)ct_model_create_ex("simple_cnn", 10, 3, 2, 2), "4x4");
     ct_module *cnn = ct_model_create("simple_cnn", 10);

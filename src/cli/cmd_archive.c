@@ -465,7 +465,11 @@ static const char *pytorch_model(const char *model, int legacy) {
         {"resnet18", "import torchvision\nmodel = torchvision.models.resnet18(num_classes=num_classes)\n"},
         {"resnet34", "import torchvision\nmodel = torchvision.models.resnet34(num_classes=num_classes)\n"},
         {"resnet50", "import torchvision\nmodel = torchvision.models.resnet50(num_classes=num_classes)\n"},
-        {"mobilenet_v2", "import torchvision\nmodel = torchvision.models.mobilenet_v2(num_classes=num_classes)\n"}};
+        {"mobilenet_v2", "import torchvision\nmodel = torchvision.models.mobilenet_v2(num_classes=num_classes)\n"},
+        {"vit_b_16", "import torchvision\nmodel = torchvision.models.vit_b_16(num_classes=num_classes)\n"},
+        {"vit_tiny", "from torchvision.models.vision_transformer import VisionTransformer\n"
+                     "model = VisionTransformer(image_size=32, patch_size=4, num_layers=12, num_heads=3, "
+                     "hidden_dim=192, mlp_dim=768, num_classes=num_classes)\n"}};
     if (model && !legacy)
         for (size_t i = 0; i < sizeof tv / sizeof *tv; i++)
             if (!strcmp(model, tv[i][0])) return tv[i][1];

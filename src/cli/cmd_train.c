@@ -412,7 +412,8 @@ static int parse_args(int argc, char **argv, train_run *r) {
         }
     }
     if (!a->model) return cli_fail("train", CLI_USAGE, "--model is required (one of: simple_cnn, mlp, "
-                                   "resnet18_cifar, resnet18, resnet34, resnet50, mobilenet_v2)");
+                                   "resnet18_cifar, resnet18, resnet34, resnet50, mobilenet_v2, "
+                                   "vit_tiny, vit_b_16)");
     if (!a->dataset) return cli_fail("train", CLI_USAGE, "--dataset is required (cifar10, mnist, fashion_mnist or imagefolder)");
     if ((rc = cli_choice("train", "--model", a->model, ct_model_names())) ||
         (rc = cli_choice("train", "--optimizer", a->optimizer, OPTIMIZERS)) ||

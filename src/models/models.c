@@ -7,9 +7,10 @@
 #include <string.h>
 
 static const char *const g_names[] = {"simple_cnn", "mlp", "resnet18_cifar", "resnet18",
-                                      "resnet34", "resnet50", "mobilenet_v2", NULL};
-static const char g_choices[] = "simple_cnn, mlp, resnet18_cifar, resnet18, resnet34, resnet50 "
-                                "or mobilenet_v2";
+                                      "resnet34", "resnet50", "mobilenet_v2", "vit_tiny",
+                                      "vit_b_16", NULL};
+static const char g_choices[] = "simple_cnn, mlp, resnet18_cifar, resnet18, resnet34, resnet50, "
+                                "mobilenet_v2, vit_tiny or vit_b_16";
 const char *const *ct_model_names(void) { return g_names; }
 
 const char *ct_model_head(const char *name) {
@@ -18,6 +19,7 @@ const char *ct_model_head(const char *name) {
     if (!strcmp(name, "mlp")) return "fc2.";
     if (!strcmp(name, "mobilenet_v2")) return "classifier.1.";
     if (!strncmp(name, "resnet", 6)) return "fc.";
+    if (!strncmp(name, "vit_", 4)) return "heads.head.";
     return NULL;
 }
 
@@ -104,6 +106,14 @@ ct_module *ct_model_create_ex(const char *name, int num_classes, int in_channels
         m = ct__model_resnet(CT_RESNET50, num_classes, in_channels);
     } else if (!strcmp(name, "mobilenet_v2")) {
         m = ct__model_mobilenet_v2(num_classes, in_channels);
+    } else if (!strcmp(name, "vit_tiny") || !strcmp(name, "vit_b_16")) {
+        int tiny = name[4] == 't', size = tiny ? 32 : 224;
+        if (height != size || width != size)
+            return ct_error_null("model %s: takes %dx%d images (its position embeddings are "
+                                 "for that size), got %dx%d; resize the images (--image-size "
+                                 "%d)", name, size, size, height, width, size);
+        m = tiny ? ct__model_vit(32, 4, 12, 3, 192, 768, num_classes, in_channels)
+                 : ct__model_vit(224, 16, 12, 12, 768, 3072, num_classes, in_channels);
     } else {
         return ct_error_null("model: unknown model \"%s\"; choose %s", name, g_choices);
     }
@@ -112,6 +122,7 @@ ct_module *ct_model_create_ex(const char *name, int num_classes, int in_channels
 }
 
 ct_module *ct_model_create(const char *name, int num_classes) {
+    if (name && !strcmp(name, "vit_b_16")) return ct_model_create_ex(name, num_classes, 3, 224, 224);
     if (name && !strcmp(name, "mlp")) return ct_model_create_ex(name, num_classes, 1, 28, 28);
     return ct_model_create_ex(name, num_classes, 3, 32, 32);
 }

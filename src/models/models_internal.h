@@ -12,4 +12,9 @@ ct_module *ct__model_resnet(ct_resnet_kind kind, int classes, int c);
 /* torchvision's mobilenet_v2 (width_mult 1.0) with c input channels. */
 ct_module *ct__model_mobilenet_v2(int classes, int c);
 
+/* torchvision's VisionTransformer (no representation layer, no conv stem) with c input
+ * channels, initialised as torchvision does (vit.c). */
+ct_module *ct__model_vit(int image_size, int patch_size, int num_layers, int num_heads,
+                         int hidden, int mlp_dim, int classes, int c);
+
 #endif
