@@ -462,6 +462,7 @@ typedef struct {
     int up;
 } two_hosts;
 
+static two_hosts *g_live; /* set up and not yet taken down */
 static void two_hosts_down(two_hosts *h) {
     char cmd[600];
     for (int k = 0; k < 2; k++) {
@@ -471,6 +472,7 @@ static void two_hosts_down(two_hosts *h) {
         if (system(cmd)) {}
     }
     h->up = 0;
+    if (g_live == h) g_live = NULL;
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
@@ -479,7 +481,6 @@ static void two_hosts_down(two_hosts *h) {
 /* The namespaces are removed however the test ends: at its end, at exit, on a signal;
  * and those of an earlier run killed outright (ctl<pid>a/b of a pid that is gone) when the
  * next one starts. */
-static two_hosts *g_live;
 static void cleanup_live(void) {
     if (g_live && g_live->up) two_hosts_down(g_live);
 }
@@ -581,7 +582,9 @@ static int two_hosts_launch(two_hosts *h, const char *args, const char *log) {
 
 TEST(launch_two_namespaces_runs_one_rank_on_each_host) {
     if (!have_mpirun()) SKIP("mpirun not installed (openmpi-bin)");
-    two_hosts h = {0};
+    /* static: the exit handler may reach it after the test has returned */
+    static two_hosts h;
+    memset(&h, 0, sizeof h);
     const char *why = two_hosts_up(&h);
     if (why) {
         two_hosts_down(&h);
@@ -610,7 +613,9 @@ TEST(launch_two_namespaces_runs_one_rank_on_each_host) {
 TEST(launch_two_namespaces_train_gives_the_weights_of_one_host) {
     if (!have_mpirun()) SKIP("mpirun not installed (openmpi-bin)");
     if (!mnist_dir()) SKIP("CTORCH_DATA with MNIST not set");
-    two_hosts h = {0};
+    /* static: the exit handler may reach it after the test has returned */
+    static two_hosts h;
+    memset(&h, 0, sizeof h);
     const char *why = two_hosts_up(&h);
     if (why) {
         two_hosts_down(&h);
