@@ -154,7 +154,7 @@ void ct_scope_pop(ct_scope *s);
  * return and goto): { CT_SCOPE(s); ... } */
 void ct__scope_pop_at_exit(ct_scope **s);
 #define CT_SCOPE(name)                                                                     \
-    ct_scope *name __attribute__((cleanup(ct__scope_pop_at_exit))) = ct_scope_push()
+    ct_scope *name __attribute__((cleanup(ct__scope_pop_at_exit), unused)) = ct_scope_push()
 
 int ct_ndim(const ct_tensor *t);
 int64_t ct_size(const ct_tensor *t, int dim);   /* dim may be negative */
