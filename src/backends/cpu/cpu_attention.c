@@ -1,0 +1,430 @@
+/* CPU scaled_dot_product_attention, the flash-attention way: for each block of QB query
+ * rows the keys are visited in blocks of KB; a block's scores (QB x KB) are computed,
+ * masked, and folded into the output with an online softmax (running max m and sum l per
+ * row, the output rescaled when the max grows). Only the log-sum-exp of each row
+ * (m + log l) is kept for the backward, which recomputes each tile's probabilities from
+ * it. Per thread the scratch is a few tiles (O((QB + E + Ev) * KB)), whatever L and S:
+ * memory grows linearly with the sequence (tests/test_attention.c measures it).
+ *
+ * Work is split over (batch, query block) in the forward and over the batch in the
+ * backward (dK and dV of a batch are sums over all its query blocks, so one thread owns
+ * a batch: the result does not depend on the thread count). The tile products are one
+ * small GEMM (C += A B, row-major) with an AVX2+FMA register-blocked kernel for float32
+ * and a scalar reference (float64, or CPUs without AVX2; CTORCH_CPU_ISA=none).
+ *
+ * This file is a template of itself: the part under SDPA_TMPL is compiled once for float
+ * and once for double (no extra header: every object depends on every header). */
+#ifndef SDPA_TMPL
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "core/random.h"
+#include "cpu_alloc.h"
+#include "cpu_isa.h"
+#include "cpu_kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SDPA_X86 1
+#define AVX2_FN __attribute__((target("avx2,fma")))
+#endif
+
+#define QB 64 /* query rows per block */
+#define KB 64 /* keys per block */
+
+typedef struct {
+    const char *q, *k, *v, *mask, *o, *gout;
+    char *out, *lse, *gq, *gk, *gv;
+    int64_t B, L, S, E, Ev, mB2, ms0, ms1, ms2, nqb;
+    ct_sdpa_params p;
+    int avx2, err;
+} sdpa_ctx;
+
+/* The dropout factor of weight (b, i, j): 0 or 1/(1-p). */
+static inline double drop_factor(const sdpa_ctx *c, int64_t b, int64_t i, int64_t j) {
+    const uint64_t n = ((uint64_t)(b * c->L + i)) * (uint64_t)c->S + (uint64_t)j;
+    return ct_rng_uniform(c->p.seed, c->p.offset + n) > c->p.dropout_p
+               ? 1.0 / (1.0 - c->p.dropout_p)
+               : 0.0;
+}
+
+/* exp(x) in float without calls (vectorisable): as ct_vexpf in cpu_softmax.c. */
+static inline float vexpf(float x) {
+    const float hi = 88.37f, lo = -103.972076f;
+    float xc = x > hi ? hi : x;
+    xc = xc < lo ? lo : xc;
+    float fx = xc * 1.44269504088896341f;
+    fx = (fx + 12582912.0f) - 12582912.0f;
+    float r = xc - fx * 0.693359375f;
+    r = r - fx * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t n = (int32_t)fx, n1 = n >> 1, n2 = n - n1;
+    int32_t b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    float y = p * s1 * s2;
+    y = x > hi ? INFINITY : y;
+    y = x < lo ? 0.0f : y;
+    return x != x ? x : y;
+}
+
+#ifdef SDPA_X86
+/* dst[i] = exp(src[i] - mx) (mx finite); returns the sum. */
+AVX2_FN static float exp_sub_sum_avx2(float *x, int n, float mx) {
+    float s = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = vexpf(x[i] - mx);
+        s += x[i];
+    }
+    return s;
+}
+
+/* C[m x n] += A[m x k] B[k x n], row-major with leading dims; 4 x 16 register blocks. */
+AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int lda, const float *B,
+                                int ldb, float *C, int ldc) {
+    int i = 0;
+    for (; i + 4 <= m; i += 4) {
+        int j = 0;
+        for (; j + 16 <= n; j += 16) {
+            float *c0 = C + (size_t)i * ldc + j;
+            __m256 a00 = _mm256_loadu_ps(c0), a01 = _mm256_loadu_ps(c0 + 8);
+            __m256 a10 = _mm256_loadu_ps(c0 + ldc), a11 = _mm256_loadu_ps(c0 + ldc + 8);
+            __m256 a20 = _mm256_loadu_ps(c0 + 2 * ldc), a21 = _mm256_loadu_ps(c0 + 2 * ldc + 8);
+            __m256 a30 = _mm256_loadu_ps(c0 + 3 * ldc), a31 = _mm256_loadu_ps(c0 + 3 * ldc + 8);
+            const float *a = A + (size_t)i * lda;
+            for (int p = 0; p < k; p++) {
+                const float *b = B + (size_t)p * ldb + j;
+                __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), x;
+                x = _mm256_broadcast_ss(a + p);
+                a00 = _mm256_fmadd_ps(x, b0, a00), a01 = _mm256_fmadd_ps(x, b1, a01);
+                x = _mm256_broadcast_ss(a + lda + p);
+                a10 = _mm256_fmadd_ps(x, b0, a10), a11 = _mm256_fmadd_ps(x, b1, a11);
+                x = _mm256_broadcast_ss(a + 2 * lda + p);
+                a20 = _mm256_fmadd_ps(x, b0, a20), a21 = _mm256_fmadd_ps(x, b1, a21);
+                x = _mm256_broadcast_ss(a + 3 * lda + p);
+                a30 = _mm256_fmadd_ps(x, b0, a30), a31 = _mm256_fmadd_ps(x, b1, a31);
+            }
+            _mm256_storeu_ps(c0, a00), _mm256_storeu_ps(c0 + 8, a01);
+            _mm256_storeu_ps(c0 + ldc, a10), _mm256_storeu_ps(c0 + ldc + 8, a11);
+            _mm256_storeu_ps(c0 + 2 * ldc, a20), _mm256_storeu_ps(c0 + 2 * ldc + 8, a21);
+            _mm256_storeu_ps(c0 + 3 * ldc, a30), _mm256_storeu_ps(c0 + 3 * ldc + 8, a31);
+        }
+        for (int r = i; r < i + 4; r++)
+            for (int p = 0; p < k; p++) {
+                const float a = A[(size_t)r * lda + p];
+                for (int jj = j; jj < n; jj++) C[(size_t)r * ldc + jj] += a * B[(size_t)p * ldb + jj];
+            }
+    }
+    for (; i < m; i++)
+        for (int p = 0; p < k; p++) {
+            const float a = A[(size_t)i * lda + p];
+            for (int jj = 0; jj < n; jj++) C[(size_t)i * ldc + jj] += a * B[(size_t)p * ldb + jj];
+        }
+}
+#endif
+
+/* ---------------------------------------------------------------- the templates */
+#define SDPA_TMPL
+#define T float
+#define F(name) name##_f32
+#define EXP expf
+#define LOG logf
+#define AVX2_F32 1
+#include "cpu_attention.c"
+#undef T
+#undef F
+#undef EXP
+#undef LOG
+#undef AVX2_F32
+#define T double
+#define F(name) name##_f64
+#define EXP exp
+#define LOG log
+#define AVX2_F32 0
+#include "cpu_attention.c"
+#undef SDPA_TMPL
+
+/* ---------------------------------------------------------------- entry points */
+static int fill_ctx(sdpa_ctx *c, const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
+                    const ct_tensor *mask, const ct_sdpa_params *p, const char *op) {
+    if (q->dtype != CT_FLOAT32 && q->dtype != CT_FLOAT64)
+        return ct_error("%s: dtype %s not supported (float32 or float64)", op,
+                        ct_dtype_name(q->dtype));
+    memset(c, 0, sizeof *c);
+    c->q = ct_ptr(q), c->k = ct_ptr(k), c->v = ct_ptr(v);
+    c->B = q->shape[0], c->L = q->shape[1], c->E = q->shape[2];
+    c->S = k->shape[1], c->Ev = v->shape[2];
+    c->nqb = (c->L + QB - 1) / QB;
+    if (mask) {
+        if (mask->dtype != q->dtype || mask->ndim != 4 || (mask->stride[3] != 1 && c->S > 1) ||
+            mask->shape[0] * mask->shape[1] != c->B)
+            return ct_error("%s: the mask must have q's dtype, shape [B1, B2, L, S] and a "
+                            "contiguous last dim", op);
+        c->mask = ct_ptr(mask), c->mB2 = mask->shape[1];
+        c->ms0 = mask->stride[0], c->ms1 = mask->stride[1], c->ms2 = mask->stride[2];
+    }
+    c->p = *p;
+#ifdef SDPA_X86
+    c->avx2 = ct_cpu_isa_level() >= CT_ISA_AVX2;
+#endif
+    return 0;
+}
+
+int cpu_sdpa_forward_full(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k,
+                          const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p) {
+    sdpa_ctx c;
+    if (fill_ctx(&c, q, k, v, mask, p, "scaled_dot_product_attention") != 0) return -1;
+    c.out = ct_ptr(out), c.lse = ct_ptr(lse);
+    const int64_t n = c.B * c.nqb;
+    if (n == 0) return 0;
+    ct_parallel_for(n, 1, q->dtype == CT_FLOAT32 ? fwd_range_f32 : fwd_range_f64, &c);
+    return c.err ? ct_error("scaled_dot_product_attention: out of memory for the tiles") : 0;
+}
+
+int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tensor *gout,
+                           const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
+                           const ct_tensor *out, const ct_tensor *lse, const ct_tensor *mask,
+                           const ct_sdpa_params *p) {
+    sdpa_ctx c;
+    if (fill_ctx(&c, q, k, v, mask, p, "scaled_dot_product_attention backward") != 0) return -1;
+    c.o = ct_ptr(out), c.gout = ct_ptr(gout), c.lse = ct_ptr(lse);
+    c.gq = gq ? ct_ptr(gq) : NULL, c.gk = gk ? ct_ptr(gk) : NULL, c.gv = gv ? ct_ptr(gv) : NULL;
+    if (c.B == 0) return 0;
+    ct_parallel_for(c.B, 1, q->dtype == CT_FLOAT32 ? bwd_range_f32 : bwd_range_f64, &c);
+    return c.err ? ct_error("scaled_dot_product_attention backward: out of memory for the "
+                            "tiles")
+                 : 0;
+}
+
+#else /* SDPA_TMPL: compiled for T = float and T = double */
+
+/* C[m x n] += A[m x k] B[k x n] (row-major, leading dims). */
+static void F(mm_acc)(const sdpa_ctx *c, int m, int n, int k, const T *A, int lda, const T *B,
+                      int ldb, T *C, int ldc) {
+#if AVX2_F32 && defined(SDPA_X86)
+    if (c->avx2) {
+        mm_acc_avx2(m, n, k, A, lda, B, ldb, C, ldc);
+        return;
+    }
+#endif
+    (void)c;
+    for (int i = 0; i < m; i++)
+        for (int p = 0; p < k; p++) {
+            const T a = A[(size_t)i * lda + p];
+            T *cr = C + (size_t)i * ldc;
+            const T *br = B + (size_t)p * ldb;
+            for (int j = 0; j < n; j++) cr[j] += a * br[j];
+        }
+}
+
+/* dst[cc * ldd + r] = src[r * lds + cc] for r < rows, cc < cols. */
+static void F(transpose)(const T *src, int rows, int cols, int64_t lds, T *dst, int ldd) {
+    for (int r = 0; r < rows; r++)
+        for (int cc = 0; cc < cols; cc++) dst[(size_t)cc * ldd + r] = src[(size_t)r * lds + cc];
+}
+
+/* x[i] = exp(x[i] - mx) for i < n (mx finite); returns the sum. */
+static T F(exp_sub_sum)(const sdpa_ctx *c, T *x, int n, T mx) {
+#if AVX2_F32 && defined(SDPA_X86)
+    if (c->avx2) return exp_sub_sum_avx2(x, n, mx);
+#endif
+    (void)c;
+    T s = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = EXP(x[i] - mx);
+        s += x[i];
+    }
+    return s;
+}
+
+/* s[r * KB + j] = scale * q[i0 + r] . k[j0 + j] + mask, -inf where causal hides the key;
+ * kt: scratch [E x KB]. */
+static void F(scores)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t j0, int nk,
+                      T *kt, T *s) {
+    const int E = (int)c->E;
+    const T *Q = (const T *)c->q + (b * c->L + i0) * c->E;
+    const T *K = (const T *)c->k + (b * c->S + j0) * c->E;
+    F(transpose)(K, nk, E, E, kt, KB);
+    for (int r = 0; r < nq; r++) memset(s + (size_t)r * KB, 0, sizeof(T) * (size_t)nk);
+    F(mm_acc)(c, nq, nk, E, Q, E, kt, KB, s, KB);
+    const T sc = (T)c->p.scale;
+    for (int r = 0; r < nq; r++) {
+        T *sr = s + (size_t)r * KB;
+        const int64_t i = i0 + r;
+        if (c->mask) {
+            const T *mr = (const T *)c->mask + (b / c->mB2) * c->ms0 + (b % c->mB2) * c->ms1 +
+                          i * c->ms2 + j0;
+            for (int j = 0; j < nk; j++) sr[j] = sr[j] * sc + mr[j];
+        } else {
+            for (int j = 0; j < nk; j++) sr[j] *= sc;
+        }
+        if (c->p.causal)
+            for (int j = (int)(i - j0 + 1 > 0 ? i - j0 + 1 : 0); j < nk; j++) sr[j] = -INFINITY;
+    }
+}
+
+/* The keys a block of queries [i0, i0 + nq) sees: [0, end). */
+static int64_t F(key_end)(const sdpa_ctx *c, int64_t i0, int nq) {
+    return c->p.causal && i0 + nq < c->S ? i0 + nq : c->S;
+}
+
+/* Multiplies row r of the probability tile by its dropout factors. */
+static void F(drop_row)(const sdpa_ctx *c, T *pr, int64_t b, int64_t i, int64_t j0, int nk) {
+    for (int j = 0; j < nk; j++)
+        if (pr[j] != 0) pr[j] *= (T)drop_factor(c, b, i, j0 + j);
+}
+
+/* The online-softmax step of one key block for rows [i0, i0 + nq): s holds the block's
+ * scores and becomes its (dropped-out) probabilities against the running max; m, l and
+ * the output rows are updated. */
+static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t j0, int nk,
+                           T *s, T *m, T *l) {
+    const int Ev = (int)c->Ev;
+    T *O = (T *)c->out + (b * c->L + i0) * c->Ev;
+    for (int r = 0; r < nq; r++) {
+        T *sr = s + (size_t)r * KB;
+        T mx = m[r];
+        for (int j = 0; j < nk; j++) mx = sr[j] > mx ? sr[j] : mx;
+        if (mx == -INFINITY) { /* nothing to attend in this block yet */
+            memset(sr, 0, sizeof(T) * (size_t)nk);
+            continue;
+        }
+        const T alpha = m[r] == -INFINITY ? 0 : EXP(m[r] - mx);
+        const T sum = F(exp_sub_sum)(c, sr, nk, mx);
+        l[r] = l[r] * alpha + sum;
+        m[r] = mx;
+        if (alpha != 1)
+            for (int e = 0; e < Ev; e++) O[(size_t)r * Ev + e] *= alpha;
+        if (c->p.dropout_p > 0) F(drop_row)(c, sr, b, i0 + r, j0, nk);
+    }
+    const T *V = (const T *)c->v + (b * c->S + j0) * c->Ev;
+    F(mm_acc)(c, nq, Ev, nk, s, KB, V, Ev, O, Ev);
+}
+
+/* One block of query rows: (b, qb) = item / nqb, item % nqb. */
+static void F(fwd_block)(const sdpa_ctx *c, int64_t item, T *s, T *kt, T *m, T *l) {
+    const int64_t b = item / c->nqb, i0 = (item % c->nqb) * QB;
+    const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
+    T *O = (T *)c->out + (b * c->L + i0) * c->Ev;
+    memset(O, 0, sizeof(T) * (size_t)(nq * c->Ev));
+    for (int r = 0; r < nq; r++) m[r] = -INFINITY, l[r] = 0;
+    const int64_t jend = F(key_end)(c, i0, nq);
+    for (int64_t j0 = 0; j0 < jend; j0 += KB) {
+        const int nk = (int)(jend - j0 < KB ? jend - j0 : KB);
+        F(scores)(c, b, i0, nq, j0, nk, kt, s);
+        F(online_step)(c, b, i0, nq, j0, nk, s, m, l);
+    }
+    T *lse = (T *)c->lse + b * c->L + i0;
+    for (int r = 0; r < nq; r++) {
+        T *orow = O + (size_t)r * c->Ev;
+        const T inv = l[r] > 0 ? 1 / l[r] : 0;
+        for (int64_t e = 0; e < c->Ev; e++) orow[e] *= inv;
+        lse[r] = l[r] > 0 ? m[r] + LOG(l[r]) : -INFINITY;
+    }
+}
+
+static void F(fwd_range)(void *vc, int64_t begin, int64_t end) {
+    sdpa_ctx *c = vc;
+    const size_t n = (size_t)QB * KB + (size_t)c->E * KB + 2 * QB;
+    T *buf = ct_cpu_alloc(n * sizeof(T));
+    if (!buf) {
+        c->err = 1;
+        return;
+    }
+    T *s = buf, *kt = s + (size_t)QB * KB, *m = kt + (size_t)c->E * KB, *l = m + QB;
+    for (int64_t it = begin; it < end; it++) F(fwd_block)(c, it, s, kt, m, l);
+    ct_cpu_free(buf);
+}
+
+/* Backward scratch of one thread. */
+typedef struct {
+    T *s, *pt, *dp, *kt, *vt, *d;
+} F(bwd_buf);
+
+/* The gradients of one tile (rows [i0, i0+nq), keys [j0, j0+nk)): P from the saved
+ * log-sum-exp, dV += P~^T dO, dP = (dO V^T) * dropout, dS = P (dP - D) scale,
+ * dQ += dS K, dK += dS^T Q. */
+static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b, int64_t i0, int nq,
+                        int64_t j0, int nk) {
+    const int E = (int)c->E, Ev = (int)c->Ev;
+    const T *lse = (const T *)c->lse + b * c->L + i0;
+    const T *dO = (const T *)c->gout + (b * c->L + i0) * c->Ev;
+    F(scores)(c, b, i0, nq, j0, nk, w->kt, w->s);
+    for (int r = 0; r < nq; r++) {
+        T *sr = w->s + (size_t)r * KB;
+        for (int j = 0; j < nk; j++) sr[j] = lse[r] == -INFINITY ? 0 : EXP(sr[j] - lse[r]);
+        memset(w->dp + (size_t)r * KB, 0, sizeof(T) * (size_t)nk);
+    }
+    const T *V = (const T *)c->v + (b * c->S + j0) * c->Ev;
+    F(transpose)(V, nk, Ev, Ev, w->vt, KB);
+    F(mm_acc)(c, nq, nk, Ev, dO, Ev, w->vt, KB, w->dp, KB); /* dP~ = dO V^T */
+    const int drop = c->p.dropout_p > 0;
+    for (int r = 0; r < nq; r++) {
+        T *sr = w->s + (size_t)r * KB, *dpr = w->dp + (size_t)r * KB;
+        for (int j = 0; j < nk; j++) {
+            const T z = drop ? (T)drop_factor(c, b, i0 + r, j0 + j) : 1;
+            w->pt[(size_t)j * QB + r] = sr[j] * z;           /* P~^T */
+            dpr[j] = sr[j] * (dpr[j] * z - w->d[r]) * (T)c->p.scale; /* dS */
+        }
+    }
+    if (c->gv)
+        F(mm_acc)(c, nk, Ev, nq, w->pt, QB, dO, Ev, (T *)c->gv + (b * c->S + j0) * c->Ev, Ev);
+    if (c->gq) {
+        const T *K = (const T *)c->k + (b * c->S + j0) * c->E;
+        F(mm_acc)(c, nq, E, nk, w->dp, KB, K, E, (T *)c->gq + (b * c->L + i0) * c->E, E);
+    }
+    if (c->gk) {
+        F(transpose)(w->dp, nq, nk, KB, w->pt, QB); /* dS^T */
+        const T *Q = (const T *)c->q + (b * c->L + i0) * c->E;
+        F(mm_acc)(c, nk, E, nq, w->pt, QB, Q, E, (T *)c->gk + (b * c->S + j0) * c->E, E);
+    }
+}
+
+/* Every tile of batch b. */
+static void F(bwd_batch)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b) {
+    if (c->gq) memset((T *)c->gq + b * c->L * c->E, 0, sizeof(T) * (size_t)(c->L * c->E));
+    if (c->gk) memset((T *)c->gk + b * c->S * c->E, 0, sizeof(T) * (size_t)(c->S * c->E));
+    if (c->gv) memset((T *)c->gv + b * c->S * c->Ev, 0, sizeof(T) * (size_t)(c->S * c->Ev));
+    for (int64_t i0 = 0; i0 < c->L; i0 += QB) {
+        const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
+        const T *dO = (const T *)c->gout + (b * c->L + i0) * c->Ev;
+        const T *O = (const T *)c->o + (b * c->L + i0) * c->Ev;
+        for (int r = 0; r < nq; r++) { /* D = rowsum(dO * O) */
+            T acc = 0;
+            for (int64_t e = 0; e < c->Ev; e++) acc += dO[r * c->Ev + e] * O[r * c->Ev + e];
+            w->d[r] = acc;
+        }
+        const int64_t jend = F(key_end)(c, i0, nq);
+        for (int64_t j0 = 0; j0 < jend; j0 += KB)
+            F(bwd_tile)(c, w, b, i0, nq, j0, (int)(jend - j0 < KB ? jend - j0 : KB));
+    }
+}
+
+static void F(bwd_range)(void *vc, int64_t begin, int64_t end) {
+    sdpa_ctx *c = vc;
+    const size_t tile = (size_t)QB * KB;
+    const size_t n = 3 * tile + (size_t)(c->E + c->Ev) * KB + QB;
+    T *buf = ct_cpu_alloc(n * sizeof(T));
+    if (!buf) {
+        c->err = 1;
+        return;
+    }
+    F(bwd_buf) w = {buf, buf + tile, buf + 2 * tile, buf + 3 * tile, NULL, NULL};
+    w.vt = w.kt + (size_t)c->E * KB;
+    w.d = w.vt + (size_t)c->Ev * KB;
+    for (int64_t b = begin; b < end; b++) F(bwd_batch)(c, &w, b);
+    ct_cpu_free(buf);
+}
+
+#endif /* SDPA_TMPL */
