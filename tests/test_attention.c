@@ -259,10 +259,11 @@ TEST(clip_grad_norm_vs_torch) {
 /* ----------------------------------------------------------- backend cases */
 static void case_sdpa(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
     const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
-    const int64_t shapes[][5] = {{3, 7, 9, 8, 5}, {2, 70, 100, 16, 16}, {1, 1, 1, 4, 4}};
+    const int64_t shapes[][5] = {{3, 7, 9, 8, 5}, {1, 66, 130, 8, 8}, {1, 1, 1, 4, 4}};
     for (int di = 0; di < 2; di++)
         for (int si = 0; si < 3; si++)
             for (int mode = 0; mode < 3; mode++) { /* plain, causal, mask + dropout */
+                if (si == 1 && di == 1) continue; /* the tiled shape in float32 only (emulator time) */
                 const ct_dtype dt = dts[di];
                 const int64_t B = shapes[si][0], L = shapes[si][1], S = shapes[si][2];
                 const int64_t E = shapes[si][3], Ev = shapes[si][4];

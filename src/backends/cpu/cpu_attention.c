@@ -234,7 +234,8 @@ static void F(transpose)(const T *src, int rows, int cols, int64_t lds, T *dst, 
         for (int cc = 0; cc < cols; cc++) dst[(size_t)cc * ldd + r] = src[(size_t)r * lds + cc];
 }
 
-/* x[i] = exp(x[i] - mx) for i < n (mx finite); returns the sum. */
+/* x[i] = exp(x[i] - mx) for i < n (mx finite); returns the sum (the softmax's, or ignored
+ * when the backward applies the saved log-sum-exp). */
 static T F(exp_sub_sum)(const sdpa_ctx *c, T *x, int n, T mx) {
 #if AVX2_F32 && defined(SDPA_X86)
     if (c->avx2) return exp_sub_sum_avx2(x, n, mx);
@@ -363,7 +364,8 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b, int6
     F(scores)(c, b, i0, nq, j0, nk, w->kt, w->s);
     for (int r = 0; r < nq; r++) {
         T *sr = w->s + (size_t)r * KB;
-        for (int j = 0; j < nk; j++) sr[j] = lse[r] == -INFINITY ? 0 : EXP(sr[j] - lse[r]);
+        if (lse[r] == -INFINITY) memset(sr, 0, sizeof(T) * (size_t)nk);
+        else F(exp_sub_sum)(c, sr, nk, lse[r]);
         memset(w->dp + (size_t)r * KB, 0, sizeof(T) * (size_t)nk);
     }
     const T *V = (const T *)c->v + (b * c->S + j0) * c->Ev;
