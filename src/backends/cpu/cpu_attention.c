@@ -125,9 +125,11 @@ AVX2_FN static float exp_sub_sum_avx2(float *x, int n, float mx) {
     return s;
 }
 
-/* C[m x n] += A[m x k] B[k x n], row-major with leading dims; 4 x 16 register blocks. */
-AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int lda, const float *B,
-                                int ldb, float *C, int ldc) {
+/* C[m x n] += A[m x k] B[k x n]; A's element (i, p) at A[i * ars + p * acs] (row-major:
+ * ars = lda, acs = 1; transposed: ars = 1, acs = lda), B and C row-major; 4 x 16 register
+ * blocks. */
+AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int ars, int acs,
+                                const float *B, int ldb, float *C, int ldc) {
     int i = 0;
     for (; i + 4 <= m; i += 4) {
         int j = 0;
@@ -137,17 +139,17 @@ AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int lda, co
             __m256 a10 = _mm256_loadu_ps(c0 + ldc), a11 = _mm256_loadu_ps(c0 + ldc + 8);
             __m256 a20 = _mm256_loadu_ps(c0 + 2 * ldc), a21 = _mm256_loadu_ps(c0 + 2 * ldc + 8);
             __m256 a30 = _mm256_loadu_ps(c0 + 3 * ldc), a31 = _mm256_loadu_ps(c0 + 3 * ldc + 8);
-            const float *a = A + (size_t)i * lda;
-            for (int p = 0; p < k; p++) {
+            const float *a = A + (size_t)i * ars;
+            for (int p = 0; p < k; p++, a += acs) {
                 const float *b = B + (size_t)p * ldb + j;
                 __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), x;
-                x = _mm256_broadcast_ss(a + p);
+                x = _mm256_broadcast_ss(a);
                 a00 = _mm256_fmadd_ps(x, b0, a00), a01 = _mm256_fmadd_ps(x, b1, a01);
-                x = _mm256_broadcast_ss(a + lda + p);
+                x = _mm256_broadcast_ss(a + ars);
                 a10 = _mm256_fmadd_ps(x, b0, a10), a11 = _mm256_fmadd_ps(x, b1, a11);
-                x = _mm256_broadcast_ss(a + 2 * lda + p);
+                x = _mm256_broadcast_ss(a + 2 * ars);
                 a20 = _mm256_fmadd_ps(x, b0, a20), a21 = _mm256_fmadd_ps(x, b1, a21);
-                x = _mm256_broadcast_ss(a + 3 * lda + p);
+                x = _mm256_broadcast_ss(a + 3 * ars);
                 a30 = _mm256_fmadd_ps(x, b0, a30), a31 = _mm256_fmadd_ps(x, b1, a31);
             }
             _mm256_storeu_ps(c0, a00), _mm256_storeu_ps(c0 + 8, a01);
@@ -157,13 +159,13 @@ AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int lda, co
         }
         for (int r = i; r < i + 4; r++)
             for (int p = 0; p < k; p++) {
-                const float a = A[(size_t)r * lda + p];
+                const float a = A[(size_t)r * ars + (size_t)p * acs];
                 for (int jj = j; jj < n; jj++) C[(size_t)r * ldc + jj] += a * B[(size_t)p * ldb + jj];
             }
     }
     for (; i < m; i++)
         for (int p = 0; p < k; p++) {
-            const float a = A[(size_t)i * lda + p];
+            const float a = A[(size_t)i * ars + (size_t)p * acs];
             for (int jj = 0; jj < n; jj++) C[(size_t)i * ldc + jj] += a * B[(size_t)p * ldb + jj];
         }
 }
@@ -244,19 +246,20 @@ int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
 
 #else /* SDPA_TMPL: compiled for T = float and T = double */
 
-/* C[m x n] += A[m x k] B[k x n] (row-major, leading dims). */
-static void F(mm_acc)(const sdpa_ctx *c, int m, int n, int k, const T *A, int lda, const T *B,
-                      int ldb, T *C, int ldc) {
+/* C[m x n] += A[m x k] B[k x n]; A's element (i, p) at A[i * ars + p * acs] (row-major or
+ * transposed), B and C row-major. */
+static void F(mm_acc)(const sdpa_ctx *c, int m, int n, int k, const T *A, int ars, int acs,
+                      const T *B, int ldb, T *C, int ldc) {
 #if AVX2_F32 && defined(SDPA_X86)
     if (c->avx2) {
-        mm_acc_avx2(m, n, k, A, lda, B, ldb, C, ldc);
+        mm_acc_avx2(m, n, k, A, ars, acs, B, ldb, C, ldc);
         return;
     }
 #endif
     (void)c;
     for (int i = 0; i < m; i++)
         for (int p = 0; p < k; p++) {
-            const T a = A[(size_t)i * lda + p];
+            const T a = A[(size_t)i * ars + (size_t)p * acs];
             T *cr = C + (size_t)i * ldc;
             const T *br = B + (size_t)p * ldb;
             for (int j = 0; j < n; j++) cr[j] += a * br[j];
@@ -293,7 +296,7 @@ static void F(scores)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t 
     const T *K = (const T *)c->k + (b * c->S + j0) * c->E;
     F(transpose)(K, nk, E, E, kt, KB);
     for (int r = 0; r < nq; r++) memset(s + (size_t)r * KB, 0, sizeof(T) * (size_t)nk);
-    F(mm_acc)(c, nq, nk, E, Q, E, kt, KB, s, KB);
+    F(mm_acc)(c, nq, nk, E, Q, E, 1, kt, KB, s, KB);
     const T sc = (T)c->p.scale;
     for (int r = 0; r < nq; r++) {
         T *sr = s + (size_t)r * KB;
@@ -345,7 +348,7 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
         if (c->p.dropout_p > 0) F(drop_row)(c, sr, b, i0 + r, j0, nk);
     }
     const T *V = (const T *)c->v + (b * c->S + j0) * c->Ev;
-    F(mm_acc)(c, nq, Ev, nk, s, KB, V, Ev, O, Ev);
+    F(mm_acc)(c, nq, Ev, nk, s, KB, 1, V, Ev, O, Ev);
 }
 
 /* One block of query rows: (b, qb) = item / nqb, item % nqb. */
@@ -385,7 +388,7 @@ static void F(fwd_range)(void *vc, int64_t begin, int64_t end) {
 
 /* Backward scratch of one thread. */
 typedef struct {
-    T *s, *pt, *dp, *kt, *vt, *d;
+    T *s, *dp, *kt, *vt, *d;
 } F(bwd_buf);
 
 /* The gradients of one tile (rows [i0, i0+nq), keys [j0, j0+nk)): P from the saved
@@ -405,26 +408,32 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b, int6
     }
     const T *V = (const T *)c->v + (b * c->S + j0) * c->Ev;
     F(transpose)(V, nk, Ev, Ev, w->vt, KB);
-    F(mm_acc)(c, nq, nk, Ev, dO, Ev, w->vt, KB, w->dp, KB); /* dP~ = dO V^T */
+    F(mm_acc)(c, nq, nk, Ev, dO, Ev, 1, w->vt, KB, w->dp, KB); /* dP~ = dO V^T */
     const int drop = c->p.dropout_p > 0;
+    const T sc = (T)c->p.scale;
     for (int r = 0; r < nq; r++) {
         T *sr = w->s + (size_t)r * KB, *dpr = w->dp + (size_t)r * KB;
-        for (int j = 0; j < nk; j++) {
-            const T z = drop ? (T)drop_factor(c, b, i0 + r, j0 + j) : 1;
-            w->pt[(size_t)j * QB + r] = sr[j] * z;           /* P~^T */
-            dpr[j] = sr[j] * (dpr[j] * z - w->d[r]) * (T)c->p.scale; /* dS */
+        const T dr = w->d[r];
+        if (drop) {
+            for (int j = 0; j < nk; j++) {
+                const T z = (T)drop_factor(c, b, i0 + r, j0 + j);
+                dpr[j] = sr[j] * (dpr[j] * z - dr) * sc; /* dS */
+                sr[j] *= z;                              /* P~ */
+            }
+        } else {
+            for (int j = 0; j < nk; j++) dpr[j] = sr[j] * (dpr[j] - dr) * sc;
         }
     }
+    /* dV += P~^T dO, dK += dS^T Q: the tiles read transposed (no copies) */
     if (c->gv)
-        F(mm_acc)(c, nk, Ev, nq, w->pt, QB, dO, Ev, (T *)c->gv + (b * c->S + j0) * c->Ev, Ev);
+        F(mm_acc)(c, nk, Ev, nq, w->s, 1, KB, dO, Ev, (T *)c->gv + (b * c->S + j0) * c->Ev, Ev);
     if (c->gq) {
         const T *K = (const T *)c->k + (b * c->S + j0) * c->E;
-        F(mm_acc)(c, nq, E, nk, w->dp, KB, K, E, (T *)c->gq + (b * c->L + i0) * c->E, E);
+        F(mm_acc)(c, nq, E, nk, w->dp, KB, 1, K, E, (T *)c->gq + (b * c->L + i0) * c->E, E);
     }
     if (c->gk) {
-        F(transpose)(w->dp, nq, nk, KB, w->pt, QB); /* dS^T */
         const T *Q = (const T *)c->q + (b * c->L + i0) * c->E;
-        F(mm_acc)(c, nk, E, nq, w->pt, QB, Q, E, (T *)c->gk + (b * c->S + j0) * c->E, E);
+        F(mm_acc)(c, nk, E, nq, w->dp, 1, KB, Q, E, (T *)c->gk + (b * c->S + j0) * c->E, E);
     }
 }
 
@@ -451,13 +460,13 @@ static void F(bwd_batch)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b) {
 static void F(bwd_range)(void *vc, int64_t begin, int64_t end) {
     sdpa_ctx *c = vc;
     const size_t tile = (size_t)QB * KB;
-    const size_t n = 3 * tile + (size_t)(c->E + c->Ev) * KB + QB;
+    const size_t n = 2 * tile + (size_t)(c->E + c->Ev) * KB + QB;
     T *buf = ct_cpu_alloc(n * sizeof(T));
     if (!buf) {
         c->err = 1;
         return;
     }
-    F(bwd_buf) w = {buf, buf + tile, buf + 2 * tile, buf + 3 * tile, NULL, NULL};
+    F(bwd_buf) w = {buf, buf + tile, buf + 2 * tile, NULL, NULL};
     w.vt = w.kt + (size_t)c->E * KB;
     w.d = w.vt + (size_t)c->Ev * KB;
     for (int64_t b = begin; b < end; b++) F(bwd_batch)(c, &w, b);
