@@ -40,6 +40,8 @@ typedef struct {
     const char *q, *k, *v, *mask, *o, *gout;
     char *out, *lse, *gq, *gk, *gv;
     int64_t B, L, S, E, Ev, mB2, ms0, ms1, ms2, nqb;
+    int64_t nsplit; /* backward: key ranges per batch (dQ partial sums in dqp when > 1) */
+    char *D, *dqp;  /* backward: rowsum(dO * O) [B, L]; dQ partials [B, nsplit, L, E] */
     ct_sdpa_params p;
     int avx2, err;
 } sdpa_ctx;
@@ -238,7 +240,25 @@ int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
     c.o = ct_ptr(out), c.gout = ct_ptr(gout), c.lse = ct_ptr(lse);
     c.gq = gq ? ct_ptr(gq) : NULL, c.gk = gk ? ct_ptr(gk) : NULL, c.gv = gv ? ct_ptr(gv) : NULL;
     if (c.B == 0) return 0;
-    ct_parallel_for(c.B, 1, q->dtype == CT_FLOAT32 ? bwd_range_f32 : bwd_range_f64, &c);
+    const int f32 = q->dtype == CT_FLOAT32;
+    const size_t es = f32 ? sizeof(float) : sizeof(double);
+    /* enough items for the threads: the keys of a batch split into ranges when B is small
+     * (a fixed count under deterministic mode: ct_plan_threads) */
+    const int64_t nkb = (c.S + KB - 1) / KB, want = 2 * (int64_t)ct_plan_threads();
+    c.nsplit = c.B >= want || !gq ? 1 : (want + c.B - 1) / c.B;
+    if (c.nsplit > nkb) c.nsplit = nkb > 0 ? nkb : 1;
+    c.D = ct_cpu_alloc(es * (size_t)(c.B * c.L) + 1);
+    c.dqp = c.nsplit > 1 ? ct_cpu_alloc(es * (size_t)(c.B * c.nsplit * c.L * c.E)) : NULL;
+    if (!c.D || (c.nsplit > 1 && !c.dqp)) {
+        ct_cpu_free(c.D), ct_cpu_free(c.dqp);
+        return -1;
+    }
+    const int64_t grain = 4096 / (c.Ev + c.E + 1) + 1;
+    ct_parallel_for(c.B * c.L, grain, f32 ? rowdot_f32 : rowdot_f64, &c);
+    ct_parallel_for(c.B * c.nsplit, 1, f32 ? bwd_range_f32 : bwd_range_f64, &c);
+    if (!c.err && c.nsplit > 1)
+        ct_parallel_for(c.B * c.L, grain, f32 ? sum_parts_f32 : sum_parts_f64, &c);
+    ct_cpu_free(c.D), ct_cpu_free(c.dqp);
     return c.err ? ct_error("scaled_dot_product_attention backward: out of memory for the "
                             "tiles")
                  : 0;
@@ -388,15 +408,16 @@ static void F(fwd_range)(void *vc, int64_t begin, int64_t end) {
 
 /* Backward scratch of one thread. */
 typedef struct {
-    T *s, *dp, *kt, *vt, *d;
+    T *s, *dp, *kt, *vt;
 } F(bwd_buf);
 
 /* The gradients of one tile (rows [i0, i0+nq), keys [j0, j0+nk)): P from the saved
  * log-sum-exp, dV += P~^T dO, dP = (dO V^T) * dropout, dS = P (dP - D) scale,
  * dQ += dS K, dK += dS^T Q. */
-static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b, int64_t i0, int nq,
-                        int64_t j0, int nk) {
+static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int64_t b, int64_t i0,
+                        int nq, int64_t j0, int nk) {
     const int E = (int)c->E, Ev = (int)c->Ev;
+    const T *D = (const T *)c->D + b * c->L + i0;
     const T *lse = (const T *)c->lse + b * c->L + i0;
     const T *dO = (const T *)c->gout + (b * c->L + i0) * c->Ev;
     F(scores)(c, b, i0, nq, j0, nk, w->kt, w->s);
@@ -413,7 +434,7 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b, int6
     const T sc = (T)c->p.scale;
     for (int r = 0; r < nq; r++) {
         T *sr = w->s + (size_t)r * KB, *dpr = w->dp + (size_t)r * KB;
-        const T dr = w->d[r];
+        const T dr = D[r];
         if (drop) {
             for (int j = 0; j < nk; j++) {
                 const T z = (T)drop_factor(c, b, i0 + r, j0 + j);
@@ -427,9 +448,9 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b, int6
     /* dV += P~^T dO, dK += dS^T Q: the tiles read transposed (no copies) */
     if (c->gv)
         F(mm_acc)(c, nk, Ev, nq, w->s, 1, KB, dO, Ev, (T *)c->gv + (b * c->S + j0) * c->Ev, Ev);
-    if (c->gq) {
+    if (dq) {
         const T *K = (const T *)c->k + (b * c->S + j0) * c->E;
-        F(mm_acc)(c, nq, E, nk, w->dp, KB, 1, K, E, (T *)c->gq + (b * c->L + i0) * c->E, E);
+        F(mm_acc)(c, nq, E, nk, w->dp, KB, 1, K, E, dq + i0 * c->E, E);
     }
     if (c->gk) {
         const T *Q = (const T *)c->q + (b * c->L + i0) * c->E;
@@ -437,40 +458,69 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b, int6
     }
 }
 
-/* Every tile of batch b. */
-static void F(bwd_batch)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t b) {
-    if (c->gq) memset((T *)c->gq + b * c->L * c->E, 0, sizeof(T) * (size_t)(c->L * c->E));
-    if (c->gk) memset((T *)c->gk + b * c->S * c->E, 0, sizeof(T) * (size_t)(c->S * c->E));
-    if (c->gv) memset((T *)c->gv + b * c->S * c->Ev, 0, sizeof(T) * (size_t)(c->S * c->Ev));
-    for (int64_t i0 = 0; i0 < c->L; i0 += QB) {
-        const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
-        const T *dO = (const T *)c->gout + (b * c->L + i0) * c->Ev;
-        const T *O = (const T *)c->o + (b * c->L + i0) * c->Ev;
-        for (int r = 0; r < nq; r++) { /* D = rowsum(dO * O) */
-            T acc = 0;
-            for (int64_t e = 0; e < c->Ev; e++) acc += dO[r * c->Ev + e] * O[r * c->Ev + e];
-            w->d[r] = acc;
-        }
-        const int64_t jend = F(key_end)(c, i0, nq);
-        for (int64_t j0 = 0; j0 < jend; j0 += KB)
-            F(bwd_tile)(c, w, b, i0, nq, j0, (int)(jend - j0 < KB ? jend - j0 : KB));
+/* D = rowsum(dO * O) for rows [b, e) of [B*L]. */
+static void F(rowdot)(void *vc, int64_t b, int64_t e) {
+    const sdpa_ctx *c = vc;
+    for (int64_t i = b; i < e; i++) {
+        const T *dO = (const T *)c->gout + i * c->Ev, *O = (const T *)c->o + i * c->Ev;
+        T acc = 0;
+        for (int64_t k = 0; k < c->Ev; k++) acc += dO[k] * O[k];
+        ((T *)c->D)[i] = acc;
     }
+}
+
+/* Item (b, part): the key blocks of part against every query block; dK and dV of those
+ * keys are this item's alone, dQ goes to gq (one part) or to the part's partial sums. */
+static void F(bwd_item)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t item) {
+    const int64_t b = item / c->nsplit, part = item % c->nsplit;
+    const int64_t nkb = (c->S + KB - 1) / KB;
+    const int64_t j_lo = nkb * part / c->nsplit * KB, j_hi = nkb * (part + 1) / c->nsplit * KB;
+    const int64_t j_end = j_hi < c->S ? j_hi : c->S;
+    T *dq = c->nsplit > 1 ? (T *)c->dqp + item * c->L * c->E
+                          : c->gq ? (T *)c->gq + b * c->L * c->E : NULL;
+    if (dq) memset(dq, 0, sizeof(T) * (size_t)(c->L * c->E));
+    if (c->gk && j_end > j_lo)
+        memset((T *)c->gk + (b * c->S + j_lo) * c->E, 0, sizeof(T) * (size_t)((j_end - j_lo) * c->E));
+    if (c->gv && j_end > j_lo)
+        memset((T *)c->gv + (b * c->S + j_lo) * c->Ev, 0,
+               sizeof(T) * (size_t)((j_end - j_lo) * c->Ev));
+    for (int64_t j0 = j_lo; j0 < j_end; j0 += KB)
+        for (int64_t i0 = 0; i0 < c->L; i0 += QB) {
+            const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
+            const int64_t jend = F(key_end)(c, i0, nq);
+            if (j0 >= jend) continue; /* causal: these queries see none of these keys */
+            F(bwd_tile)(c, w, dq, b, i0, nq, j0, (int)(jend - j0 < KB ? jend - j0 : KB));
+        }
 }
 
 static void F(bwd_range)(void *vc, int64_t begin, int64_t end) {
     sdpa_ctx *c = vc;
     const size_t tile = (size_t)QB * KB;
-    const size_t n = 2 * tile + (size_t)(c->E + c->Ev) * KB + QB;
+    const size_t n = 2 * tile + (size_t)(c->E + c->Ev) * KB;
     T *buf = ct_cpu_alloc(n * sizeof(T));
     if (!buf) {
         c->err = 1;
         return;
     }
-    F(bwd_buf) w = {buf, buf + tile, buf + 2 * tile, NULL, NULL};
+    F(bwd_buf) w = {buf, buf + tile, buf + 2 * tile, NULL};
     w.vt = w.kt + (size_t)c->E * KB;
-    w.d = w.vt + (size_t)c->Ev * KB;
-    for (int64_t b = begin; b < end; b++) F(bwd_batch)(c, &w, b);
+    for (int64_t it = begin; it < end; it++) F(bwd_item)(c, &w, it);
     ct_cpu_free(buf);
+}
+
+/* gq rows [b, e) of [B*L] = the sum of the parts' partial rows, in part order. */
+static void F(sum_parts)(void *vc, int64_t b, int64_t e) {
+    const sdpa_ctx *c = vc;
+    for (int64_t r = b; r < e; r++) {
+        const int64_t bb = r / c->L, i = r % c->L;
+        T *dst = (T *)c->gq + r * c->E;
+        const T *src = (const T *)c->dqp + (bb * c->nsplit * c->L + i) * c->E;
+        for (int64_t k = 0; k < c->E; k++) dst[k] = src[k];
+        for (int64_t part = 1; part < c->nsplit; part++) {
+            src += c->L * c->E;
+            for (int64_t k = 0; k < c->E; k++) dst[k] += src[k];
+        }
+    }
 }
 
 #endif /* SDPA_TMPL */
