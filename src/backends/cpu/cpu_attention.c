@@ -307,30 +307,30 @@ static T F(exp_sub_sum)(const sdpa_ctx *c, T *x, int n, T mx) {
     return s;
 }
 
-/* s[r * KB + j] = scale * q[i0 + r] . k[j0 + j] + mask, -inf where causal hides the key;
+/* s[r * KB + j] = mask + q[i0 + r] . (scale k[j0 + j]), -inf where causal hides the key;
  * kt: scratch [E x KB]. */
 static void F(scores)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t j0, int nk,
                       T *kt, T *s) {
     const int E = (int)c->E;
     const T *Q = (const T *)c->q + (b * c->L + i0) * c->E;
     const T *K = (const T *)c->k + (b * c->S + j0) * c->E;
-    F(transpose)(K, nk, E, E, kt, KB);
-    for (int r = 0; r < nq; r++) memset(s + (size_t)r * KB, 0, sizeof(T) * (size_t)nk);
-    F(mm_acc)(c, nq, nk, E, Q, E, 1, kt, KB, s, KB);
     const T sc = (T)c->p.scale;
+    for (int r = 0; r < nk; r++) /* kt = scale * K^T */
+        for (int e = 0; e < E; e++) kt[(size_t)e * KB + r] = sc * K[(size_t)r * E + e];
     for (int r = 0; r < nq; r++) {
         T *sr = s + (size_t)r * KB;
-        const int64_t i = i0 + r;
-        if (c->mask) {
-            const T *mr = (const T *)c->mask + (b / c->mB2) * c->ms0 + (b % c->mB2) * c->ms1 +
-                          i * c->ms2 + j0;
-            for (int j = 0; j < nk; j++) sr[j] = sr[j] * sc + mr[j];
-        } else {
-            for (int j = 0; j < nk; j++) sr[j] *= sc;
-        }
-        if (c->p.causal)
-            for (int j = (int)(i - j0 + 1 > 0 ? i - j0 + 1 : 0); j < nk; j++) sr[j] = -INFINITY;
+        if (c->mask)
+            memcpy(sr, (const T *)c->mask + (b / c->mB2) * c->ms0 + (b % c->mB2) * c->ms1 +
+                           (i0 + r) * c->ms2 + j0,
+                   sizeof(T) * (size_t)nk);
+        else
+            memset(sr, 0, sizeof(T) * (size_t)nk);
     }
+    F(mm_acc)(c, nq, nk, E, Q, E, 1, kt, KB, s, KB);
+    if (c->p.causal)
+        for (int r = 0; r < nq; r++)
+            for (int j = (int)(i0 + r - j0 + 1 > 0 ? i0 + r - j0 + 1 : 0); j < nk; j++)
+                s[(size_t)r * KB + j] = -INFINITY;
 }
 
 /* The keys a block of queries [i0, i0 + nq) sees: [0, end). */
