@@ -127,48 +127,52 @@ AVX2_FN static float exp_sub_sum_avx2(float *x, int n, float mx) {
     return s;
 }
 
+/* R rows x 16 columns of C += A B (R <= 6: 2R accumulators stay in registers). */
+#define MM_BLOCK(R)                                                                         \
+    AVX2_FN static inline void mm_blk##R(int k, const float *a, int ars, int acs,          \
+                                         const float *B, int ldb, float *c, int ldc) {     \
+        __m256 x0[R], x1[R];                                                                \
+        _Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {                               \
+            x0[r] = _mm256_loadu_ps(c + (size_t)r * ldc);                                   \
+            x1[r] = _mm256_loadu_ps(c + (size_t)r * ldc + 8);                               \
+        }                                                                                   \
+        for (int p = 0; p < k; p++, a += acs, B += ldb) {                                   \
+            const __m256 b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps(B + 8);              \
+            _Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {                           \
+                const __m256 v = _mm256_broadcast_ss(a + (size_t)r * ars);                  \
+                x0[r] = _mm256_fmadd_ps(v, b0, x0[r]);                                      \
+                x1[r] = _mm256_fmadd_ps(v, b1, x1[r]);                                      \
+            }                                                                               \
+        }                                                                                   \
+        _Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {                               \
+            _mm256_storeu_ps(c + (size_t)r * ldc, x0[r]);                                   \
+            _mm256_storeu_ps(c + (size_t)r * ldc + 8, x1[r]);                               \
+        }                                                                                   \
+    }
+MM_BLOCK(6)
+MM_BLOCK(4)
+MM_BLOCK(1)
+
 /* C[m x n] += A[m x k] B[k x n]; A's element (i, p) at A[i * ars + p * acs] (row-major:
- * ars = lda, acs = 1; transposed: ars = 1, acs = lda), B and C row-major; 4 x 16 register
- * blocks. */
+ * ars = lda, acs = 1; transposed: ars = 1, acs = lda), B and C row-major; register blocks
+ * of 6 (then 4, then 1) rows x 16 columns, the columns left over scalar. */
 AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int ars, int acs,
                                 const float *B, int ldb, float *C, int ldc) {
-    int i = 0;
-    for (; i + 4 <= m; i += 4) {
-        int j = 0;
-        for (; j + 16 <= n; j += 16) {
-            float *c0 = C + (size_t)i * ldc + j;
-            __m256 a00 = _mm256_loadu_ps(c0), a01 = _mm256_loadu_ps(c0 + 8);
-            __m256 a10 = _mm256_loadu_ps(c0 + ldc), a11 = _mm256_loadu_ps(c0 + ldc + 8);
-            __m256 a20 = _mm256_loadu_ps(c0 + 2 * ldc), a21 = _mm256_loadu_ps(c0 + 2 * ldc + 8);
-            __m256 a30 = _mm256_loadu_ps(c0 + 3 * ldc), a31 = _mm256_loadu_ps(c0 + 3 * ldc + 8);
-            const float *a = A + (size_t)i * ars;
-            for (int p = 0; p < k; p++, a += acs) {
-                const float *b = B + (size_t)p * ldb + j;
-                __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), x;
-                x = _mm256_broadcast_ss(a);
-                a00 = _mm256_fmadd_ps(x, b0, a00), a01 = _mm256_fmadd_ps(x, b1, a01);
-                x = _mm256_broadcast_ss(a + ars);
-                a10 = _mm256_fmadd_ps(x, b0, a10), a11 = _mm256_fmadd_ps(x, b1, a11);
-                x = _mm256_broadcast_ss(a + 2 * ars);
-                a20 = _mm256_fmadd_ps(x, b0, a20), a21 = _mm256_fmadd_ps(x, b1, a21);
-                x = _mm256_broadcast_ss(a + 3 * ars);
-                a30 = _mm256_fmadd_ps(x, b0, a30), a31 = _mm256_fmadd_ps(x, b1, a31);
-            }
-            _mm256_storeu_ps(c0, a00), _mm256_storeu_ps(c0 + 8, a01);
-            _mm256_storeu_ps(c0 + ldc, a10), _mm256_storeu_ps(c0 + ldc + 8, a11);
-            _mm256_storeu_ps(c0 + 2 * ldc, a20), _mm256_storeu_ps(c0 + 2 * ldc + 8, a21);
-            _mm256_storeu_ps(c0 + 3 * ldc, a30), _mm256_storeu_ps(c0 + 3 * ldc + 8, a31);
-        }
-        for (int r = i; r < i + 4; r++)
-            for (int p = 0; p < k; p++) {
-                const float a = A[(size_t)r * ars + (size_t)p * acs];
-                for (int jj = j; jj < n; jj++) C[(size_t)r * ldc + jj] += a * B[(size_t)p * ldb + jj];
-            }
+    const int n16 = n & ~15;
+    for (int j = 0; j < n16; j += 16) {
+        int i = 0;
+        for (; i + 6 <= m; i += 6)
+            mm_blk6(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc);
+        for (; i + 4 <= m; i += 4)
+            mm_blk4(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc);
+        for (; i < m; i++)
+            mm_blk1(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc);
     }
-    for (; i < m; i++)
+    if (n16 == n) return;
+    for (int i = 0; i < m; i++)
         for (int p = 0; p < k; p++) {
             const float a = A[(size_t)i * ars + (size_t)p * acs];
-            for (int jj = 0; jj < n; jj++) C[(size_t)i * ldc + jj] += a * B[(size_t)p * ldb + jj];
+            for (int jj = n16; jj < n; jj++) C[(size_t)i * ldc + jj] += a * B[(size_t)p * ldb + jj];
         }
 }
 #endif
