@@ -313,14 +313,20 @@ static T F(exp_sub_sum)(const sdpa_ctx *c, T *x, int n, T mx) {
 
 /* s[r * KB + j] = mask + q[i0 + r] . (scale k[j0 + j]), -inf where causal hides the key;
  * kt: scratch [E x KB]. */
-static void F(scores)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t j0, int nk,
-                      T *kt, T *s) {
+static void F(scale_kt)(const sdpa_ctx *c, int64_t b, int64_t j0, int nk, T *kt) {
     const int E = (int)c->E;
-    const T *Q = (const T *)c->q + (b * c->L + i0) * c->E;
     const T *K = (const T *)c->k + (b * c->S + j0) * c->E;
     const T sc = (T)c->p.scale;
     for (int r = 0; r < nk; r++) /* kt = scale * K^T */
         for (int e = 0; e < E; e++) kt[(size_t)e * KB + r] = sc * K[(size_t)r * E + e];
+}
+
+/* The same with kt (scale * K^T of the key block) made already (new_kt == 0). */
+static void F(scores)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t j0, int nk,
+                      T *kt, T *s, int new_kt) {
+    const int E = (int)c->E;
+    const T *Q = (const T *)c->q + (b * c->L + i0) * c->E;
+    if (new_kt) F(scale_kt)(c, b, j0, nk, kt);
     for (int r = 0; r < nq; r++) {
         T *sr = s + (size_t)r * KB;
         if (c->mask)
@@ -385,7 +391,7 @@ static void F(fwd_block)(const sdpa_ctx *c, int64_t item, T *s, T *kt, T *m, T *
     const int64_t jend = F(key_end)(c, i0, nq);
     for (int64_t j0 = 0; j0 < jend; j0 += KB) {
         const int nk = (int)(jend - j0 < KB ? jend - j0 : KB);
-        F(scores)(c, b, i0, nq, j0, nk, kt, s);
+        F(scores)(c, b, i0, nq, j0, nk, kt, s, 1);
         F(online_step)(c, b, i0, nq, j0, nk, s, m, l);
     }
     T *lse = (T *)c->lse + b * c->L + i0;
@@ -424,15 +430,13 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int64_t 
     const T *D = (const T *)c->D + b * c->L + i0;
     const T *lse = (const T *)c->lse + b * c->L + i0;
     const T *dO = (const T *)c->gout + (b * c->L + i0) * c->Ev;
-    F(scores)(c, b, i0, nq, j0, nk, w->kt, w->s);
+    F(scores)(c, b, i0, nq, j0, nk, w->kt, w->s, 0); /* kt, vt: made by bwd_item */
     for (int r = 0; r < nq; r++) {
         T *sr = w->s + (size_t)r * KB;
         if (lse[r] == -INFINITY) memset(sr, 0, sizeof(T) * (size_t)nk);
         else F(exp_sub_sum)(c, sr, nk, lse[r]);
         memset(w->dp + (size_t)r * KB, 0, sizeof(T) * (size_t)nk);
     }
-    const T *V = (const T *)c->v + (b * c->S + j0) * c->Ev;
-    F(transpose)(V, nk, Ev, Ev, w->vt, KB);
     F(mm_acc)(c, nq, nk, Ev, dO, Ev, 1, w->vt, KB, w->dp, KB); /* dP~ = dO V^T */
     const int drop = c->p.dropout_p > 0;
     const T sc = (T)c->p.scale;
@@ -488,13 +492,17 @@ static void F(bwd_item)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t item) {
     if (c->gv && j_end > j_lo)
         memset((T *)c->gv + (b * c->S + j_lo) * c->Ev, 0,
                sizeof(T) * (size_t)((j_end - j_lo) * c->Ev));
-    for (int64_t j0 = j_lo; j0 < j_end; j0 += KB)
+    for (int64_t j0 = j_lo; j0 < j_end; j0 += KB) {
+        const int nk = (int)(j_end - j0 < KB ? j_end - j0 : KB);
+        F(scale_kt)(c, b, j0, nk, w->kt);
+        F(transpose)((const T *)c->v + (b * c->S + j0) * c->Ev, nk, (int)c->Ev, c->Ev, w->vt, KB);
         for (int64_t i0 = 0; i0 < c->L; i0 += QB) {
             const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
             const int64_t jend = F(key_end)(c, i0, nq);
             if (j0 >= jend) continue; /* causal: these queries see none of these keys */
-            F(bwd_tile)(c, w, dq, b, i0, nq, j0, (int)(jend - j0 < KB ? jend - j0 : KB));
+            F(bwd_tile)(c, w, dq, b, i0, nq, j0, (int)(jend - j0 < nk ? jend - j0 : nk));
         }
+    }
 }
 
 static void F(bwd_range)(void *vc, int64_t begin, int64_t end) {
