@@ -190,6 +190,22 @@ TEST(attention_bfloat16) {
     ct_free(kr), ct_free(vr), ct_free(y), ct_free(want), ct_free(y32), ct_free(s);
 }
 
+/* Under a bf16 autocast region q, k, v (and a float mask) are cast: PyTorch's CPU autocast
+ * lists scaled_dot_product_attention as lower precision. */
+TEST(attention_autocast_bfloat16) {
+    int64_t sh[3] = {2, 9, 8}, ms[2] = {9, 9};
+    ct_tensor *q = ct_randn(sh, 3, CT_FLOAT32), *m = ct_randn(ms, 2, CT_FLOAT32);
+    ct_tensor *qb = ct_to_dtype(q, CT_BFLOAT16), *mb = ct_to_dtype(m, CT_BFLOAT16);
+    CHECK_OK(ct_autocast_push(CT_CPU, CT_BFLOAT16));
+    ct_tensor *y = ct_scaled_dot_product_attention(q, q, q, m, 0.0, 0, 0.0);
+    ct_autocast_pop();
+    ct_tensor *want = ct_scaled_dot_product_attention(qb, qb, qb, mb, 0.0, 0, 0.0);
+    CHECK_NN(y);
+    CHECK(y && y->dtype == CT_BFLOAT16);
+    CHECK_CLOSE(y, want, 0, "sdpa under autocast = sdpa of the bf16 casts");
+    ct_free(q), ct_free(m), ct_free(qb), ct_free(mb), ct_free(y), ct_free(want);
+}
+
 TEST(attention_errors) {
     int64_t qs[3] = {2, 5, 4}, ks[3] = {2, 6, 3}, ms[2] = {5, 5};
     ct_tensor *q = ct_randn(qs, 3, CT_FLOAT32), *kbad = ct_randn(ks, 3, CT_FLOAT32);

@@ -8,6 +8,7 @@
  * is kept when ct_rng_uniform(seed, offset + (b*L + i)*S + j) > p, in the forward and the
  * backward alike; the kept positions differ from PyTorch's (another generator), as for
  * ct_dropout. */
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -218,6 +219,11 @@ ct_tensor *ct_scaled_dot_product_attention(const ct_tensor *q, const ct_tensor *
                                            const ct_tensor *v, const ct_tensor *attn_mask,
                                            double dropout_p, int is_causal, double scale) {
     if (check_inputs(q, k, v, attn_mask, dropout_p, is_causal) != 0) return NULL;
+    /* autocast: in the region's dtype, as PyTorch's lower_precision_fp list (a float mask too) */
+    CT_AUTOCAST(CT_AC_SDPA,
+                ct_scaled_dot_product_attention(ac[0], ac[1], ac[2], ac[3], dropout_p, is_causal,
+                                                scale),
+                q, k, v, attn_mask);
     int64_t bs[CT_MAX_DIMS];
     int nb = 0;
     if (broadcast_batch(q, bs, &nb, "q") || broadcast_batch(k, bs, &nb, "k") ||
