@@ -33,8 +33,8 @@
 #define AVX2_FN __attribute__((target("avx2,fma")))
 #endif
 
-#define QB 64 /* query rows per block */
-#define KB 64 /* keys per block */
+#define QB 96 /* query rows per block */
+#define KB 96 /* keys per block */
 
 typedef struct {
     const char *q, *k, *v, *mask, *o, *gout;
