@@ -107,6 +107,18 @@ AVX2_FN static inline __m256 exp8(__m256 x) {
     return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)); /* NaN stays */
 }
 
+/* max(m, x[0..n)) (NaN ignored, as the scalar loop's comparisons do). */
+AVX2_FN static float max_avx2(const float *x, int n, float m) {
+    __m256 acc = _mm256_set1_ps(m);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_max_ps(_mm256_loadu_ps(x + i), acc);
+    float t[8];
+    _mm256_storeu_ps(t, acc);
+    for (int j = 0; j < 8; j++) m = t[j] > m ? t[j] : m;
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
 /* x[i] = exp(x[i] - mx) (mx finite, x[i] <= mx); returns the sum. */
 AVX2_FN static float exp_sub_sum_avx2(float *x, int n, float mx) {
     const __m256 m = _mm256_set1_ps(mx);
@@ -364,7 +376,11 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
     for (int r = 0; r < nq; r++) {
         T *sr = s + (size_t)r * KB;
         T mx = m[r];
-        for (int j = 0; j < nk; j++) mx = sr[j] > mx ? sr[j] : mx;
+#if AVX2_F32 && defined(SDPA_X86)
+        if (c->avx2) mx = max_avx2(sr, nk, mx);
+        else
+#endif
+            for (int j = 0; j < nk; j++) mx = sr[j] > mx ? sr[j] : mx;
         if (mx == -INFINITY) { /* nothing to attend in this block yet */
             memset(sr, 0, sizeof(T) * (size_t)nk);
             continue;
