@@ -325,3 +325,40 @@ static void case_sdpa_bwd(ct_device dev, const ct_kernels *k, const char *bname)
 }
 BACKEND_CASE(sdpa_forward, case_sdpa_fwd)
 BACKEND_CASE(sdpa_backward, case_sdpa_bwd)
+
+/* The op end to end on CUDA (bool mask made additive there, broadcast batch dims, dropout:
+ * the same weights dropped as on the CPU), forward and gradients against the CPU. */
+TEST(backends_sdpa_op_vs_cpu) {
+    char why[1024];
+    if (!backend_cuda_ready(why, sizeof why)) SKIP(why);
+    const ct_device dev = {CT_CUDA, 0};
+    int64_t qs[4] = {2, 3, 20, 8}, ks[3] = {3, 30, 8}, vs[4] = {1, 3, 30, 6}, ms[2] = {20, 30};
+    ct_tensor *q = ct_randn(qs, 4, CT_FLOAT32), *k = ct_randn(ks, 3, CT_FLOAT32);
+    ct_tensor *v = ct_randn(vs, 4, CT_FLOAT32), *u = ct_rand(ms, 2, CT_FLOAT32);
+    ct_tensor *half = ct_scalar(0.3, CT_FLOAT32), *m = ct_gt(u, half);
+    ct_tensor *qd = ct_to_device(q, dev), *kd = ct_to_device(k, dev), *vd = ct_to_device(v, dev);
+    ct_tensor *md = ct_to_device(m, dev);
+    ct_tensor *in[2][3] = {{q, k, v}, {qd, kd, vd}};
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < 3; i++) CHECK_OK(ct_set_requires_grad(in[d][i], 1));
+    ct_set_rng_state(99, 0);
+    ct_tensor *yc = ct_scaled_dot_product_attention(q, k, v, m, 0.2, 0, 0.0);
+    ct_set_rng_state(99, 0);
+    ct_tensor *yd = ct_scaled_dot_product_attention(qd, kd, vd, md, 0.2, 0, 0.0);
+    CHECK_NN(yc);
+    CHECK_NN(yd);
+    ct_tensor *sc = yc ? ct_sum(yc, NULL, 0, 0) : NULL, *sd = yd ? ct_sum(yd, NULL, 0, 0) : NULL;
+    if (sc) CHECK_OK(ct_backward(sc, NULL, 0));
+    if (sd) CHECK_OK(ct_backward(sd, NULL, 0));
+    ct_tensor *yh = yd ? ct_to_device(yd, ct_cpu()) : NULL;
+    CHECK_CLOSE(yh, yc, 1e-5, "sdpa cuda forward");
+    const char *names[3] = {"gq", "gk", "gv"};
+    for (int i = 0; i < 3; i++) {
+        ct_tensor *g = ct_grad(in[1][i]) ? ct_to_device(ct_grad(in[1][i]), ct_cpu()) : NULL;
+        CHECK_CLOSE(g, ct_grad(in[0][i]), 1e-5, names[i]);
+        ct_free(g);
+    }
+    ct_free(q), ct_free(k), ct_free(v), ct_free(u), ct_free(half), ct_free(m), ct_free(qd);
+    ct_free(kd), ct_free(vd), ct_free(md), ct_free(yc), ct_free(yd), ct_free(sc), ct_free(sd);
+    ct_free(yh);
+}
