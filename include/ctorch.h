@@ -346,6 +346,23 @@ ct_tensor *ct_relu6(const ct_tensor *a); /* hardtanh(a, 0, 6) (nn.ReLU6) */
 ct_tensor *ct_softmax(const ct_tensor *a, int dim);
 ct_tensor *ct_log_softmax(const ct_tensor *a, int dim);
 
+/* ------------------------------------------------------------- attention
+ * torch.nn.functional.scaled_dot_product_attention: q [..., L, E], k [..., S, E],
+ * v [..., S, Ev] -> [..., L, Ev] = softmax(q k^T * scale + mask) v, one fused op (a
+ * flash-attention loop: the L x S score matrix is never stored, only one log-sum-exp per
+ * query row for the backward). The batch dims of q, k and v broadcast. attn_mask: NULL,
+ * bool (true = attend) or floating (added to the scores), broadcastable to [..., L, S];
+ * it gets no gradient. is_causal: query i attends to keys j <= i (top-left aligned, as
+ * PyTorch; not together with attn_mask). dropout_p > 0 drops attention weights (as
+ * PyTorch, whatever the training mode: pass 0 in eval) with ctorch's generator, so the
+ * dropped positions differ from PyTorch's stream, as for ct_dropout. scale:
+ * CT_SDPA_DEFAULT_SCALE (0) for 1/sqrt(E). A query row with nothing to attend gives 0.
+ * float32, float64, and bfloat16/float16 (computed in float32). */
+#define CT_SDPA_DEFAULT_SCALE 0.0
+ct_tensor *ct_scaled_dot_product_attention(const ct_tensor *q, const ct_tensor *k,
+                                           const ct_tensor *v, const ct_tensor *attn_mask,
+                                           double dropout_p, int is_causal, double scale);
+
 /* ------------------------------------------------------------- embedding
  * torch.nn.functional.embedding: the rows of weight [num_embeddings, dim] picked by the
  * int64 indices (any shape) -> indices' shape + [dim]. padding_idx: a row whose gradient

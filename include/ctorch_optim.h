@@ -280,6 +280,15 @@ int ct_grad_scaler_load_state_dict(ct_grad_scaler *s, const ct_grad_scaler_state
  * all on found_inf's device; one kernel call per dtype. No autograd. 0 or -1. */
 int ct_amp_unscale_(ct_tensor *const *grads, int n, ct_tensor *found_inf, double inv_scale);
 
+/* torch.nn.utils.clip_grad_norm_ (error_if_nonfinite=False, foreach): the norm_type-norm
+ * (2.0, 1.0, any p > 0, or INFINITY for the max) of the gradients of params[0..n) taken
+ * together as one vector (a parameter without a gradient, or NULL, is skipped); when it
+ * exceeds max_norm every gradient is scaled in place by max_norm / (total + 1e-6)
+ * (clamped to 1). Returns the total norm (NaN or inf when a gradient holds one: the
+ * gradients are then scaled by NaN / 0 as PyTorch does); -1 with ct_error on bad
+ * arguments. */
+double ct_clip_grad_norm_(ct_tensor *const *params, int n, double max_norm, double norm_type);
+
 #ifdef __cplusplus
 }
 #endif

@@ -34,6 +34,7 @@ static const char *const g_op_names[CT_AC_COUNT] = {
 static const unsigned char g_common[CT_AC_COUNT] = {
     [CT_AC_CONV2D] = P_LOWER,       [CT_AC_LINEAR] = P_LOWER,   [CT_AC_MATMUL] = P_LOWER,
     [CT_AC_CROSS_ENTROPY] = P_FP32, [CT_AC_NLL_LOSS] = P_FP32, [CT_AC_MSE_LOSS] = P_FP32,
+    [CT_AC_SDPA] = P_LOWER,
 };
 
 #define AC_MAX_DEPTH 32

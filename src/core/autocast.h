@@ -18,7 +18,8 @@
     X(CONV2D, "conv2d") X(LINEAR, "linear") X(MATMUL, "matmul")                           \
     X(CROSS_ENTROPY, "cross_entropy") X(NLL_LOSS, "nll_loss") X(MSE_LOSS, "mse_loss")      \
     X(SOFTMAX, "softmax") X(LOG_SOFTMAX, "log_softmax") X(LAYER_NORM, "layer_norm")        \
-    X(SUM, "sum") X(EXP, "exp") X(LOG, "log") X(POW, "pow")
+    X(SUM, "sum") X(EXP, "exp") X(LOG, "log") X(POW, "pow")                               \
+    X(SDPA, "scaled_dot_product_attention")
 
 typedef enum {
 #define CT__AC_ENUM(ID, name) CT_AC_##ID,

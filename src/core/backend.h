@@ -58,6 +58,17 @@ typedef struct {
     int ceil_mode, count_include_pad;
 } ct_pool_params;
 
+/* scaled_dot_product_attention's scalars (src/ops/attention.c). scale multiplies q.k;
+ * causal: key j attends to query i only when j <= i (top-left aligned, as PyTorch);
+ * dropout_p > 0: the attention weight of (b, i, j) is kept, scaled by 1/(1-p), when
+ * ct_rng_uniform(seed, offset + (b*L + i)*S + j) >= p (the same stream for the forward
+ * and the backward; computed in double on every backend). */
+typedef struct {
+    double scale, dropout_p;
+    uint64_t seed, offset;
+    int causal;
+} ct_sdpa_params;
+
 /* Window code of a max-pooling output whose gradient is zero (a fused ReLU clamped it). */
 #define CT_POOL_NOGRAD 255
 
@@ -232,7 +243,22 @@ typedef struct {
                      int64_t k, int largest))                                              \
     /* gx (contiguous, fully written) = zeros with gy [outer, k, inner] (contiguous) put at \
      * the positions indices (topk's: distinct along dim) give along dim. */               \
-    X(topk_backward, (ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices, int dim))
+    X(topk_backward, (ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices, int dim)) \
+    /* Fused attention, flash style (the score matrix is never stored whole): q [B,L,E],    \
+     * k [B,S,E], v [B,S,Ev] contiguous, one floating dtype; out [B,L,Ev] = softmax(scale * \
+     * q k^T + mask, causal) (dropped out) v; lse [B,L] (q's dtype) the log-sum-exp of each \
+     * row's scores (-inf for a row with nothing to attend: its output is 0). mask: NULL   \
+     * or additive, q's dtype (float32 beside a 16-bit q, as lse), shape [B1,B2,L,S] with  \
+     * B1*B2 = B (batch b at b / B2, b % B2), strides of dims 0-2 any (0: broadcast), of    \
+     * dim 3 exactly 1. */                                                                  \
+    X(sdpa_forward, (ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k, \
+                     const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p))   \
+    /* gq, gk, gv (contiguous, fully written; any may be NULL when not needed) from gout    \
+     * [B,L,Ev] and the forward's inputs, out and lse; the tiles are recomputed. */         \
+    X(sdpa_backward, (ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tensor *gout,    \
+                      const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,           \
+                      const ct_tensor *out, const ct_tensor *lse, const ct_tensor *mask,    \
+                      const ct_sdpa_params *p))
 
 typedef struct ct_kernels {
 #define CT__KERNEL_FIELD(name, params) int(*name) params;

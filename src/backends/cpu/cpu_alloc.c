@@ -55,6 +55,7 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static stack g_free[NCLASS];
 static size_t g_cached, g_nblocks, g_live, g_hits, g_misses;
 static size_t g_limit;
+static size_t g_live_bytes, g_peak_bytes; /* size classes handed out; their high mark */
 static int g_exiting;
 
 static int floor_log2(size_t x) { return 63 - __builtin_clzll((unsigned long long)x); }
@@ -146,6 +147,15 @@ void ct_cpu_alloc_get_stats(ct_cpu_alloc_stats *s) {
     s->hits = g_hits;
     s->misses = g_misses;
     s->limit = g_limit;
+    s->live_bytes = g_live_bytes;
+    s->peak_bytes = g_peak_bytes;
+    pthread_mutex_unlock(&g_mu);
+}
+
+void ct_cpu_alloc_reset_peak(void) {
+    pthread_once(&g_once, init_once);
+    pthread_mutex_lock(&g_mu);
+    g_peak_bytes = g_live_bytes;
     pthread_mutex_unlock(&g_mu);
 }
 
@@ -164,6 +174,8 @@ void *ct_cpu_alloc(size_t nbytes) {
         g_misses++;
     }
     g_live++;
+    g_live_bytes += csize;
+    if (g_live_bytes > g_peak_bytes) g_peak_bytes = g_live_bytes;
     pthread_mutex_unlock(&g_mu);
     if (p) {
         UNPOISON(p, csize);
@@ -178,6 +190,7 @@ void *ct_cpu_alloc(size_t nbytes) {
     if (!p) {
         pthread_mutex_lock(&g_mu);
         g_live--;
+        g_live_bytes -= csize;
         pthread_mutex_unlock(&g_mu);
         return ct_error_null("out of memory: could not allocate %zu bytes on the CPU", nbytes);
     }
@@ -191,6 +204,7 @@ void ct_cpu_free(void *p) {
     int c = csize && floor_log2(csize) <= MAX_OCT ? class_index(csize) : -1;
     pthread_mutex_lock(&g_mu);
     g_live--;
+    g_live_bytes -= csize < g_live_bytes ? csize : g_live_bytes;
     int keep = c >= 0 && !g_exiting && g_cached + csize <= g_limit;
     if (keep) {
         stack *s = &g_free[c];

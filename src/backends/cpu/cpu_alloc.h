@@ -19,8 +19,12 @@ typedef struct {
     size_t live_blocks;                 /* handed out and not yet freed */
     size_t hits, misses;                /* allocations served from the cache / the system */
     size_t limit;                       /* cache bound in bytes */
+    size_t live_bytes;                  /* handed out and not yet freed (size classes) */
+    size_t peak_bytes;                  /* the most live_bytes since the last reset */
 } ct_cpu_alloc_stats;
 void ct_cpu_alloc_get_stats(ct_cpu_alloc_stats *s);
+/* Sets peak_bytes to live_bytes (to measure the peak of one piece of work; for tests). */
+void ct_cpu_alloc_reset_peak(void);
 /* Size actually reserved for a request (its size class); for tests. */
 size_t ct_cpu_alloc_class_size(size_t nbytes);
 /* Sets the cache bound in bytes (0 disables caching and empties the cache); for tests.

@@ -441,3 +441,27 @@ int cpu_embedding_backward(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *
     ct_tensor *r0 = lp_out(&L, gw);
     return LP_RUN(L, cpu_embedding_backward_full(r0, gy32, indices, padding_idx));
 }
+
+/* Attention: lse and the mask are float32 already beside a 16-bit q (op layer). */
+int cpu_sdpa_forward(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k,
+                     const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p) {
+    if (!ANY4(out, q, k, v)) return cpu_sdpa_forward_full(out, lse, q, k, v, mask, p);
+    lowp L = {0};
+    const ct_tensor *q32 = lp_in(&L, q), *k32 = lp_in(&L, k), *v32 = lp_in(&L, v);
+    ct_tensor *o32 = lp_out(&L, out);
+    return LP_RUN(L, cpu_sdpa_forward_full(o32, lse, q32, k32, v32, mask, p));
+}
+
+int cpu_sdpa_backward(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tensor *gout,
+                      const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
+                      const ct_tensor *out, const ct_tensor *lse, const ct_tensor *mask,
+                      const ct_sdpa_params *p) {
+    if (!ANY4(gout, q, k, v) && !ANY4(gq, gk, gv, out))
+        return cpu_sdpa_backward_full(gq, gk, gv, gout, q, k, v, out, lse, mask, p);
+    lowp L = {0};
+    const ct_tensor *go32 = lp_in(&L, gout), *q32 = lp_in(&L, q), *k32 = lp_in(&L, k);
+    const ct_tensor *v32 = lp_in(&L, v), *o32 = lp_in(&L, out);
+    ct_tensor *gq32 = lp_out(&L, gq), *gk32 = lp_out(&L, gk), *gv32 = lp_out(&L, gv);
+    return LP_RUN(L, cpu_sdpa_backward_full(gq32, gk32, gv32, go32, q32, k32, v32, o32, lse,
+                                            mask, p));
+}

@@ -1,0 +1,364 @@
+/* scaled_dot_product_attention: forward and gradients against PyTorch 2.x (masks bool and
+ * float, key padding, causal with L > S and L < S, a custom scale, L != S, Ev != E, batch
+ * dims that broadcast, several tiles, a row with nothing to attend; float64 and float32,
+ * the AVX2 and the scalar paths), float64 gradcheck (with a mask, causal, dropout),
+ * dropout's statistics, the memory bound (linear in L), errors, bfloat16, and the
+ * backend suite's cases for its two kernels. Also clip_grad_norm_ against PyTorch.
+ * Fixtures: tests/fixtures/gen_attention.py (run with a torch >= 2.0). */
+#include "backend_test.h"
+
+#include "backends/cpu/cpu_alloc.h"
+#include "ctorch_optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const CASES[] = {"basic",       "bool",         "float",    "keypad",
+                                    "causal_long", "causal_short", "plain2d",  "big_causal",
+                                    "big_mask",    "bcast",        "fullrow"};
+
+static ct_tensor *fx_get(ct_fixture *fx, const char *c, const char *what, ct_dtype dt) {
+    char k[64];
+    snprintf(k, sizeof k, "%s.%s", c, what);
+    ct_tensor *t = ct_fixture_get(fx, k);
+    if (!t || t->dtype == CT_BOOL || t->dtype == dt) return t;
+    ct_tensor *r = ct_to_dtype(t, dt);
+    ct_free(t);
+    return r;
+}
+
+static void run_case(ct_fixture *fx, const char *c, ct_dtype dt, const char *isa) {
+    char k[64], what[128];
+    const double tol = dt == CT_FLOAT64 ? 1e-10 : 2e-5;
+    ct_tensor *q = fx_get(fx, c, "q", dt), *kk = fx_get(fx, c, "k", dt), *v = fx_get(fx, c, "v", dt);
+    ct_tensor *gy = fx_get(fx, c, "gy", dt), *args = fx_get(fx, c, "args", CT_FLOAT64);
+    snprintf(k, sizeof k, "%s.mask", c);
+    ct_tensor *m = ct_fixture_has(fx, k) ? fx_get(fx, c, "mask", dt) : NULL;
+    double a[2] = {0, 0};
+    if (args) ct_copy_to_buffer(args, a, sizeof a);
+    CHECK_OK(ct_set_requires_grad(q, 1));
+    CHECK_OK(ct_set_requires_grad(kk, 1));
+    CHECK_OK(ct_set_requires_grad(v, 1));
+    ct_tensor *y = ct_scaled_dot_product_attention(q, kk, v, m, 0.0, a[0] != 0, a[1]);
+    CHECK_NN(y);
+    const char *names[4] = {"y", "gq", "gk", "gv"};
+    if (y) CHECK_OK(ct_backward(y, gy, 0));
+    const ct_tensor *got[4] = {y, ct_grad(q), ct_grad(kk), ct_grad(v)};
+    for (int i = 0; i < 4; i++) {
+        ct_tensor *want = fx_get(fx, c, names[i], dt);
+        snprintf(what, sizeof what, "sdpa %s %s %s (isa %s)", c, ct_dtype_name(dt), names[i],
+                 isa);
+        CHECK_CLOSE(got[i], want, tol, what);
+        ct_free(want);
+    }
+    ct_free(q), ct_free(kk), ct_free(v), ct_free(gy), ct_free(args), ct_free(m), ct_free(y);
+}
+
+TEST(attention_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("attention");
+    if (!fx) return;
+    const char *isa0 = getenv("CTORCH_CPU_ISA");
+    char saved[32] = "";
+    if (isa0) snprintf(saved, sizeof saved, "%s", isa0);
+    const char *isas[2] = {"default", "none"};
+    for (int ii = 0; ii < 2; ii++) {
+        if (ii == 1) setenv("CTORCH_CPU_ISA", "none", 1);
+        for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++) {
+            run_case(fx, CASES[c], CT_FLOAT64, isas[ii]);
+            run_case(fx, CASES[c], CT_FLOAT32, isas[ii]);
+        }
+    }
+    if (isa0) setenv("CTORCH_CPU_ISA", saved, 1);
+    else unsetenv("CTORCH_CPU_ISA");
+    ct_fixture_free(fx);
+}
+
+typedef struct {
+    const ct_tensor *mask;
+    double p;
+    int causal;
+} gc_ctx;
+
+static ct_tensor *gc_sdpa(ct_tensor *const *in, void *vc) {
+    const gc_ctx *c = vc;
+    if (c->p > 0) ct_set_rng_state(1234, 0); /* the same dropout mask on every call */
+    return ct_scaled_dot_product_attention(in[0], in[1], in[2], c->mask, c->p, c->causal, 0.0);
+}
+
+TEST(attention_gradcheck_float64) {
+    int64_t qs[3] = {2, 5, 4}, ks[3] = {2, 6, 4}, vs[3] = {2, 6, 3}, ms[2] = {5, 6};
+    ct_tensor *in[3] = {ct_test_randn(qs, 3, CT_FLOAT64), ct_test_randn(ks, 3, CT_FLOAT64),
+                        ct_test_randn(vs, 3, CT_FLOAT64)};
+    for (int i = 0; i < 3; i++) CHECK_OK(ct_set_requires_grad(in[i], 1));
+    ct_tensor *fm = ct_test_randn(ms, 2, CT_FLOAT64);
+    gc_ctx plain = {NULL, 0, 0}, masked = {fm, 0, 0}, causal = {NULL, 0, 1},
+           drop = {fm, 0.3, 0};
+    GRADCHECK(gc_sdpa, in, 3, &plain, "sdpa");
+    GRADCHECK(gc_sdpa, in, 3, &masked, "sdpa float mask");
+    GRADCHECK(gc_sdpa, in, 3, &causal, "sdpa causal");
+    GRADCHECK(gc_sdpa, in, 3, &drop, "sdpa dropout 0.3");
+    for (int i = 0; i < 3; i++) ct_free(in[i]);
+    ct_free(fm);
+}
+
+/* q = k = 0: uniform weights 1/S; v = identity: out[i][j] = dropout factor / S. */
+TEST(attention_dropout) {
+    const int64_t L = 64, S = 64;
+    int64_t qs[3] = {2, L, 4}, vs[2] = {S, S};
+    ct_tensor *q = ct_zeros(qs, 3, CT_FLOAT32), *eye = ct_zeros(vs, 2, CT_FLOAT32);
+    float *e = (float *)ct_data(eye);
+    for (int64_t i = 0; i < S; i++) e[i * S + i] = 1.0f;
+    int64_t ks[3] = {2, S, 4};
+    ct_tensor *k = ct_zeros(ks, 3, CT_FLOAT32);
+    ct_manual_seed(5);
+    ct_tensor *y1 = ct_scaled_dot_product_attention(q, k, eye, NULL, 0.25, 0, 0.0);
+    ct_manual_seed(5);
+    ct_tensor *y2 = ct_scaled_dot_product_attention(q, k, eye, NULL, 0.25, 0, 0.0);
+    CHECK_NN(y1);
+    CHECK_NN(y2);
+    CHECK_CLOSE(y1, y2, 0, "the same seed gives the same dropout");
+    int64_t zeros = 0, n = 2 * L * S, bad = 0;
+    const float *y = y1 ? (const float *)ct_data(y1) : NULL;
+    for (int64_t i = 0; y && i < n; i++) {
+        if (y[i] == 0) zeros++;
+        else if (fabsf(y[i] - 1.0f / (0.75f * S)) > 1e-5f) bad++;
+    }
+    CHECK_MSG(bad == 0, "%lld outputs are neither 0 nor 1/((1-p) S)", (long long)bad);
+    CHECK_MSG(fabs((double)zeros / n - 0.25) < 0.03, "dropped fraction %.3f, want 0.25",
+              (double)zeros / n);
+    ct_tensor *y3 = ct_scaled_dot_product_attention(q, k, eye, NULL, 1.0, 0, 0.0);
+    CHECK_NN(y3);
+    if (y3) CHECK(ct_item(ct_keep(ct_sum(ct_keep(ct_abs(y3)), NULL, 0, 0))) == 0);
+    ct_free(q), ct_free(k), ct_free(eye), ct_free(y1), ct_free(y2), ct_free(y3);
+}
+
+/* Peak bytes the CPU allocator hands out during forward + backward at sequence L, beyond
+ * what was live before, minus the inputs, outputs and gradients (all linear in L). */
+static double attention_peak(int64_t L) {
+    const int64_t E = 16;
+    int64_t sh[3] = {1, L, E};
+    ct_tensor *q = ct_randn(sh, 3, CT_FLOAT32), *k = ct_randn(sh, 3, CT_FLOAT32);
+    ct_tensor *v = ct_randn(sh, 3, CT_FLOAT32), *gy = ct_randn(sh, 3, CT_FLOAT32);
+    ct_set_requires_grad(q, 1), ct_set_requires_grad(k, 1), ct_set_requires_grad(v, 1);
+    ct_cpu_alloc_stats s0, s1;
+    ct_cpu_alloc_get_stats(&s0);
+    ct_cpu_alloc_reset_peak();
+    ct_tensor *y = ct_scaled_dot_product_attention(q, k, v, NULL, 0.0, 1, 0.0);
+    int rc = y ? ct_backward(y, gy, 0) : -1;
+    ct_cpu_alloc_get_stats(&s1);
+    ct_free(q), ct_free(k), ct_free(v), ct_free(gy), ct_free(y);
+    return rc == 0 ? (double)(s1.peak_bytes - s0.live_bytes) : -1;
+}
+
+TEST(attention_memory_linear) {
+    const int64_t Ls[3] = {256, 1024, 4096};
+    double peak[3];
+    for (int i = 0; i < 3; i++) {
+        peak[i] = attention_peak(Ls[i]);
+        CHECK(peak[i] > 0);
+        printf("  sdpa fwd+bwd L=%lld E=16: peak extra %.0f bytes (%.1f per token; the score "
+               "matrix alone would be %.0f bytes)\n",
+               (long long)Ls[i], peak[i], peak[i] / (double)Ls[i],
+               4.0 * (double)Ls[i] * (double)Ls[i]);
+    }
+    /* linear: x4 per step (plus constant tiles); quadratic would be x16 */
+    CHECK_MSG(peak[2] < 6 * peak[1] && peak[1] < 6 * peak[0],
+              "peak bytes %.0f, %.0f, %.0f do not grow linearly", peak[0], peak[1], peak[2]);
+    CHECK_MSG(peak[2] < 4096.0 * 4096.0, "peak %.0f bytes at L=4096: the score matrix?", peak[2]);
+}
+
+TEST(attention_bfloat16) {
+    int64_t sh[3] = {2, 70, 16};
+    ct_tensor *q = ct_randn(sh, 3, CT_FLOAT32), *k = ct_randn(sh, 3, CT_FLOAT32);
+    ct_tensor *v = ct_randn(sh, 3, CT_FLOAT32);
+    ct_tensor *qb = ct_to_dtype(q, CT_BFLOAT16), *kb = ct_to_dtype(k, CT_BFLOAT16);
+    ct_tensor *vb = ct_to_dtype(v, CT_BFLOAT16);
+    ct_tensor *qr = ct_to_dtype(qb, CT_FLOAT32), *kr = ct_to_dtype(kb, CT_FLOAT32);
+    ct_tensor *vr = ct_to_dtype(vb, CT_FLOAT32);
+    ct_set_requires_grad(qb, 1);
+    ct_tensor *y = ct_scaled_dot_product_attention(qb, kb, vb, NULL, 0.0, 1, 0.0);
+    ct_tensor *want = ct_scaled_dot_product_attention(qr, kr, vr, NULL, 0.0, 1, 0.0);
+    CHECK_NN(y);
+    CHECK(y && y->dtype == CT_BFLOAT16);
+    ct_tensor *y32 = y ? ct_to_dtype(y, CT_FLOAT32) : NULL;
+    CHECK_CLOSE(y32, want, 1e-2, "sdpa bfloat16 vs float32");
+    ct_tensor *s = y ? ct_sum(y, NULL, 0, 0) : NULL;
+    if (s) CHECK_OK(ct_backward(s, NULL, 0));
+    CHECK(ct_grad(qb) && ct_grad(qb)->dtype == CT_BFLOAT16);
+    ct_free(q), ct_free(k), ct_free(v), ct_free(qb), ct_free(kb), ct_free(vb), ct_free(qr);
+    ct_free(kr), ct_free(vr), ct_free(y), ct_free(want), ct_free(y32), ct_free(s);
+}
+
+/* Under a bf16 autocast region q, k, v (and a float mask) are cast: PyTorch's CPU autocast
+ * lists scaled_dot_product_attention as lower precision. */
+TEST(attention_autocast_bfloat16) {
+    int64_t sh[3] = {2, 9, 8}, ms[2] = {9, 9};
+    ct_tensor *q = ct_randn(sh, 3, CT_FLOAT32), *m = ct_randn(ms, 2, CT_FLOAT32);
+    ct_tensor *qb = ct_to_dtype(q, CT_BFLOAT16), *mb = ct_to_dtype(m, CT_BFLOAT16);
+    CHECK_OK(ct_autocast_push(CT_CPU, CT_BFLOAT16));
+    ct_tensor *y = ct_scaled_dot_product_attention(q, q, q, m, 0.0, 0, 0.0);
+    ct_autocast_pop();
+    ct_tensor *want = ct_scaled_dot_product_attention(qb, qb, qb, mb, 0.0, 0, 0.0);
+    CHECK_NN(y);
+    CHECK(y && y->dtype == CT_BFLOAT16);
+    CHECK_CLOSE(y, want, 0, "sdpa under autocast = sdpa of the bf16 casts");
+    ct_free(q), ct_free(m), ct_free(qb), ct_free(mb), ct_free(y), ct_free(want);
+}
+
+TEST(attention_errors) {
+    int64_t qs[3] = {2, 5, 4}, ks[3] = {2, 6, 3}, ms[2] = {5, 5};
+    ct_tensor *q = ct_randn(qs, 3, CT_FLOAT32), *kbad = ct_randn(ks, 3, CT_FLOAT32);
+    ct_tensor *qd = ct_randn(qs, 3, CT_FLOAT64), *m = ct_zeros(ms, 2, CT_FLOAT32);
+    ct_tensor *mi = ct_zeros(ms, 2, CT_INT64);
+    CHECK_ERR_PTR(ct_scaled_dot_product_attention(q, kbad, kbad, NULL, 0, 0, 0), "do not fit");
+    CHECK_ERR_PTR(ct_scaled_dot_product_attention(q, qd, q, NULL, 0, 0, 0), "one floating dtype");
+    CHECK_ERR_PTR(ct_scaled_dot_product_attention(q, q, q, m, 0, 1, 0), "both set");
+    CHECK_ERR_PTR(ct_scaled_dot_product_attention(q, q, q, mi, 0, 0, 0), "bool (true = attend)");
+    CHECK_ERR_PTR(ct_scaled_dot_product_attention(q, q, q, NULL, 1.5, 0, 0), "dropout_p 1.5");
+    CHECK_ERR_PTR(ct_scaled_dot_product_attention(q, q, q, kbad, 0, 0, 0), "does not broadcast");
+    CHECK_ERR_PTR(ct_scaled_dot_product_attention(NULL, q, q, NULL, 0, 0, 0), "is NULL");
+    ct_free(q), ct_free(kbad), ct_free(qd), ct_free(m), ct_free(mi);
+}
+
+/* ------------------------------------------------------------- clip_grad_norm_ */
+TEST(clip_grad_norm_vs_torch) {
+    ct_fixture *fx = ct_fixture_load("clip_grad_norm");
+    if (!fx) return;
+    const char *cases[] = {"p2", "p1", "p3", "pinf", "noclip"};
+    char k[64], what[96];
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
+        for (int f32 = 0; f32 < 2; f32++) {
+            ct_tensor *p[4] = {NULL, NULL, NULL, NULL};
+            for (int i = 0; i < 3; i++) {
+                snprintf(k, sizeof k, "g%d", i);
+                ct_tensor *g = ct_fixture_get(fx, k);
+                ct_tensor *gd = f32 ? ct_to_dtype(g, CT_FLOAT32) : ct_retain(g);
+                p[i] = ct_zeros_like(gd);
+                ct_set_requires_grad(p[i], 1);
+                ct_tensor *prod = ct_keep(ct_sum(ct_keep(ct_mul(p[i], gd)), NULL, 0, 0));
+                CHECK_OK(ct_backward(prod, NULL, 0)); /* grad = g */
+                ct_free(g), ct_free(gd);
+            }
+            /* p[3] has no gradient: skipped */
+            p[3] = ct_zeros(&(int64_t){3}, 1, f32 ? CT_FLOAT32 : CT_FLOAT64);
+            snprintf(k, sizeof k, "%s.args", cases[c]);
+            ct_tensor *args = ct_fixture_get(fx, k);
+            double a[2] = {0, 0};
+            if (args) ct_copy_to_buffer(args, a, sizeof a);
+            const double norm_type = a[0] < 0 ? INFINITY : a[0];
+            const double total = ct_clip_grad_norm_(p, 4, a[1], norm_type);
+            snprintf(k, sizeof k, "%s.total", cases[c]);
+            ct_tensor *tw = ct_fixture_get(fx, k);
+            const double want = tw ? ct_item(tw) : NAN;
+            CHECK_MSG(fabs(total - want) <= 1e-6 * fabs(want), "%s: total %.12g, want %.12g",
+                      cases[c], total, want);
+            for (int i = 0; i < 3; i++) {
+                snprintf(k, sizeof k, "%s.g%d", cases[c], i);
+                ct_tensor *gw = ct_fixture_get(fx, k);
+                snprintf(what, sizeof what, "clip_grad_norm_ %s g%d %s", cases[c], i,
+                         f32 ? "float32" : "float64");
+                CHECK_CLOSE(ct_grad(p[i]), gw, f32 ? 1e-6 : 1e-12, what);
+                ct_free(gw);
+            }
+            for (int i = 0; i < 4; i++) ct_free(p[i]);
+            ct_free(args), ct_free(tw);
+        }
+    ct_fixture_free(fx);
+    double bad = ct_clip_grad_norm_(NULL, 2, 1.0, 2.0);
+    CHECK(bad == -1.0 && strstr(ct_last_error(), "clip_grad_norm_"));
+    bad = ct_clip_grad_norm_(NULL, 0, 1.0, -1.0);
+    CHECK(bad == -1.0 && strstr(ct_last_error(), "norm_type"));
+    CHECK(ct_clip_grad_norm_(NULL, 0, 1.0, 2.0) == 0.0);
+}
+
+/* ----------------------------------------------------------- backend cases */
+static void case_sdpa(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
+    const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
+    const int64_t shapes[][5] = {{3, 7, 9, 8, 5}, {1, 66, 130, 8, 8}, {1, 1, 1, 4, 4}};
+    for (int di = 0; di < 2; di++)
+        for (int si = 0; si < 3; si++)
+            for (int mode = 0; mode < 3; mode++) { /* plain, causal, mask + dropout */
+                if (si == 1 && di == 1) continue; /* the tiled shape in float32 only (emulator time) */
+                const ct_dtype dt = dts[di];
+                const int64_t B = shapes[si][0], L = shapes[si][1], S = shapes[si][2];
+                const int64_t E = shapes[si][3], Ev = shapes[si][4];
+                int64_t qs[3] = {B, L, E}, ks[3] = {B, S, E}, vs[3] = {B, S, Ev};
+                int64_t os[3] = {B, L, Ev}, ls[2] = {B, L}, ms[4] = {1, B, L, S};
+                char what[128];
+                snprintf(what, sizeof what, "sdpa %s B=%lld L=%lld S=%lld mode %d %s",
+                         bwd ? "backward" : "forward", (long long)B, (long long)L, (long long)S,
+                         mode, ct_dtype_name(dt));
+                ct_sdpa_params p = {0.35, mode == 2 ? 0.2 : 0.0, 77, 5, mode == 1};
+                tp q = tp_rnd(qs, 3, dt, 0, dev), kk = tp_rnd(ks, 3, dt, 0, dev);
+                tp v = tp_rnd(vs, 3, dt, 0, dev), o = tp_rnd(os, 3, dt, 0, dev);
+                tp lse = tp_rnd(ls, 2, dt, 0, dev);
+                tp m = mode == 2 ? tp_rnd(ms, 4, dt, 0, dev) : (tp){NULL, NULL};
+                KCALL(what, cpuk()->sdpa_forward(o.c, lse.c, q.c, kk.c, v.c, m.c, &p),
+                      k->sdpa_forward(o.d, lse.d, q.d, kk.d, v.d, m.d, &p));
+                if (!bwd) {
+                    tp_check(o, tol_for(dt), what, bname);
+                    tp_check(lse, tol_for(dt), what, bname);
+                } else {
+                    tp gy = tp_rnd(os, 3, dt, 0, dev), gq = tp_rnd(qs, 3, dt, 0, dev);
+                    tp gk = tp_rnd(ks, 3, dt, 0, dev), gv = tp_rnd(vs, 3, dt, 0, dev);
+                    KCALL(what,
+                          cpuk()->sdpa_backward(gq.c, gk.c, gv.c, gy.c, q.c, kk.c, v.c, o.c,
+                                                lse.c, m.c, &p),
+                          k->sdpa_backward(gq.d, gk.d, gv.d, gy.d, q.d, kk.d, v.d, o.d,
+                                           lse.d, m.d, &p));
+                    tp_check(gq, tol_for(dt), what, bname);
+                    tp_check(gk, tol_for(dt), what, bname);
+                    tp_check(gv, tol_for(dt), what, bname);
+                    tp_free(gy), tp_free(gq), tp_free(gk), tp_free(gv);
+                }
+                tp_free(q), tp_free(kk), tp_free(v), tp_free(o), tp_free(lse);
+                if (m.c) tp_free(m);
+            }
+}
+
+static void case_sdpa_fwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_sdpa(dev, k, bname, 0);
+}
+static void case_sdpa_bwd(ct_device dev, const ct_kernels *k, const char *bname) {
+    case_sdpa(dev, k, bname, 1);
+}
+BACKEND_CASE(sdpa_forward, case_sdpa_fwd)
+BACKEND_CASE(sdpa_backward, case_sdpa_bwd)
+
+/* The op end to end on CUDA (bool mask made additive there, broadcast batch dims, dropout:
+ * the same weights dropped as on the CPU), forward and gradients against the CPU. */
+TEST(backends_sdpa_op_vs_cpu) {
+    char why[1024];
+    if (!backend_cuda_ready(why, sizeof why)) SKIP(why);
+    const ct_device dev = {CT_CUDA, 0};
+    int64_t qs[4] = {2, 3, 20, 8}, ks[3] = {3, 30, 8}, vs[4] = {1, 3, 30, 6}, ms[2] = {20, 30};
+    ct_tensor *q = ct_randn(qs, 4, CT_FLOAT32), *k = ct_randn(ks, 3, CT_FLOAT32);
+    ct_tensor *v = ct_randn(vs, 4, CT_FLOAT32), *u = ct_rand(ms, 2, CT_FLOAT32);
+    ct_tensor *half = ct_scalar(0.3, CT_FLOAT32), *m = ct_gt(u, half);
+    ct_tensor *qd = ct_to_device(q, dev), *kd = ct_to_device(k, dev), *vd = ct_to_device(v, dev);
+    ct_tensor *md = ct_to_device(m, dev);
+    ct_tensor *in[2][3] = {{q, k, v}, {qd, kd, vd}};
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < 3; i++) CHECK_OK(ct_set_requires_grad(in[d][i], 1));
+    ct_set_rng_state(99, 0);
+    ct_tensor *yc = ct_scaled_dot_product_attention(q, k, v, m, 0.2, 0, 0.0);
+    ct_set_rng_state(99, 0);
+    ct_tensor *yd = ct_scaled_dot_product_attention(qd, kd, vd, md, 0.2, 0, 0.0);
+    CHECK_NN(yc);
+    CHECK_NN(yd);
+    ct_tensor *sc = yc ? ct_sum(yc, NULL, 0, 0) : NULL, *sd = yd ? ct_sum(yd, NULL, 0, 0) : NULL;
+    if (sc) CHECK_OK(ct_backward(sc, NULL, 0));
+    if (sd) CHECK_OK(ct_backward(sd, NULL, 0));
+    ct_tensor *yh = yd ? ct_to_device(yd, ct_cpu()) : NULL;
+    CHECK_CLOSE(yh, yc, 1e-5, "sdpa cuda forward");
+    const char *names[3] = {"gq", "gk", "gv"};
+    for (int i = 0; i < 3; i++) {
+        ct_tensor *g = ct_grad(in[1][i]) ? ct_to_device(ct_grad(in[1][i]), ct_cpu()) : NULL;
+        CHECK_CLOSE(g, ct_grad(in[0][i]), 1e-5, names[i]);
+        ct_free(g);
+    }
+    ct_free(q), ct_free(k), ct_free(v), ct_free(u), ct_free(half), ct_free(m), ct_free(qd);
+    ct_free(kd), ct_free(vd), ct_free(md), ct_free(yc), ct_free(yd), ct_free(sc), ct_free(sd);
+    ct_free(yh);
+}
