@@ -2,8 +2,9 @@
  * nn.LayerNorm, nn.Embedding, nn.MultiheadAttention, nn.TransformerEncoderLayer and
  * nn.TransformerEncoder (torch/nn/modules/{normalization,sparse,activation,transformer}.py).
  *
- * The attention itself is one small function, mha_attention(), a matmul + softmax
- * composite; it is the single place to swap for the fused scaled_dot_product_attention op. */
+ * The attention itself is one small function, mha_attention(): the fused
+ * scaled_dot_product_attention op (src/ops/attention.c), which never holds the L x S
+ * score matrix. */
 #include "ctorch_nn.h"
 #include "core/error.h"
 
@@ -144,22 +145,11 @@ typedef struct {
 
 /* The attention core: softmax(q k^T / sqrt(E) + mask) v, dropout on the weights in
  * training. q [..., L, E], k [..., S, E], v [..., S, Ev]; mask NULL or float, added,
- * broadcastable to [..., L, S]. Returns a new reference [..., L, Ev].
- * The lead swaps this for ct_scaled_dot_product_attention(q, k, v, mask, dropout_p, 0, -)
- * once that op is merged. */
+ * broadcastable to [..., L, S]. Returns a new reference [..., L, Ev]. */
 static ct_tensor *mha_attention(const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
                                 const ct_tensor *mask, double dropout_p, int training) {
-    CT_SCOPE(s);
-    int nd = ct_ndim(q);
-    double scale = 1.0 / sqrt((double)ct_size(q, nd - 1));
-    ct_tensor *kt = ct_transpose(k, nd - 2, nd - 1);
-    ct_tensor *qs = ct_mul_scalar(q, scale);
-    ct_tensor *scores = ct_matmul(qs, kt);
-    if (scores && mask) scores = ct_add(scores, mask);
-    ct_tensor *attn = scores ? ct_softmax(scores, nd - 1) : NULL;
-    if (attn && dropout_p > 0 && training) attn = ct_dropout(attn, dropout_p, 1);
-    ct_tensor *out = attn ? ct_matmul(attn, v) : NULL;
-    return ct_keep(out);
+    return ct_scaled_dot_product_attention(q, k, v, mask, training ? dropout_p : 0.0, 0,
+                                           CT_SDPA_DEFAULT_SCALE);
 }
 
 /* A mask as an additive float mask: bool True (= not allowed) becomes -inf, False 0;
