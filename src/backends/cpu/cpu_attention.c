@@ -27,6 +27,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "cpu_vexp.h"
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define SDPA_X86 1
@@ -54,35 +56,8 @@ static inline double drop_factor(const sdpa_ctx *c, int64_t b, int64_t i, int64_
                : 0.0;
 }
 
-/* exp(x) in float without calls (vectorisable): as ct_vexpf in cpu_softmax.c. */
-static inline float vexpf(float x) {
-    const float hi = 88.37f, lo = -103.972076f;
-    float xc = x > hi ? hi : x;
-    xc = xc < lo ? lo : xc;
-    float fx = xc * 1.44269504088896341f;
-    fx = (fx + 12582912.0f) - 12582912.0f;
-    float r = xc - fx * 0.693359375f;
-    r = r - fx * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t n = (int32_t)fx, n1 = n >> 1, n2 = n - n1;
-    int32_t b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
-    float s1, s2;
-    memcpy(&s1, &b1, sizeof s1);
-    memcpy(&s2, &b2, sizeof s2);
-    float y = p * s1 * s2;
-    y = x > hi ? INFINITY : y;
-    y = x < lo ? 0.0f : y;
-    return x != x ? x : y;
-}
-
 #ifdef SDPA_X86
-/* exp of 8 floats: vexpf's steps with intrinsics (x <= 0 here: no overflow branch). */
+/* exp of 8 floats: ct_vexpf's steps with intrinsics (x <= 0 here: no overflow branch). */
 AVX2_FN static inline __m256 exp8(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-103.972076f);
     const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
@@ -133,7 +108,7 @@ AVX2_FN static float exp_sub_sum_avx2(float *x, int n, float mx) {
     _mm256_storeu_ps(t, acc);
     for (int j = 0; j < 8; j++) s += t[j];
     for (; i < n; i++) {
-        x[i] = vexpf(x[i] - mx);
+        x[i] = ct_vexpf(x[i] - mx);
         s += x[i];
     }
     return s;
