@@ -99,6 +99,10 @@ RUN_INFO_H := $(BUILD)/gen/run_info_build.h
 RUN_INFO_FLAGS = $(strip $(filter-out -I%,$(ALL_CFLAGS)))
 sq = $(subst ','\'',$(1))
 $(shell scripts/gen-run-info.sh '$(RUN_INFO_H)' '$(call sq,$(RUN_INFO_FLAGS))')
+# The CPU kernels assume no floating-point traps (ctorch never enables them): GCC may then
+# if-convert the branch-free selects of ct_vexpf/ct_vgelu_cdf (cpu_vexp.h) and vectorise
+# their loops. Values are unchanged (each element gets the same IEEE operations).
+$(BUILD)/src/backends/cpu/%.o: ALL_CFLAGS += -fno-trapping-math
 $(BUILD)/src/cli/run_info.o: $(RUN_INFO_H)
 $(BUILD)/src/cli/run_info.o: ALL_CFLAGS += -I$(BUILD)/gen
 

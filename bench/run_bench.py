@@ -11,7 +11,7 @@ process took the CPU is discarded and run again (up to a limit): the machine's b
 /proc/stat over a run is compared with the run's own CPU time (wait4's rusage).
 
 Parts (--parts, default all):
-  cases     simple_cnn train b64, simple_cnn inference b256, mlp train b64, resnet18_cifar train b128,
+  cases     simple_cnn train b64, simple_cnn inference b256, mlp train b64, resnet18_cifar train b128, vit_tiny train b128,
             float32 and bf16 (`ctorch bench --amp bf16` vs PyTorch's autocast bf16)
   scaling   1 -> T threads, ctorch and PyTorch at its best
   gemm      SGEMM peak GFLOP/s with OpenBLAS (bench/gemm_peak.c), T threads and 1 thread
@@ -67,6 +67,9 @@ CASES = {
     "mlp_train": dict(model="mlp", batch=64, metric="train", steps=2000, target=1.5),
     "resnet18_train": dict(model="resnet18_cifar", batch=128, metric="train", steps=2, target=1.2,
                            bf16_peer=1.2, bf16_own=1.6),
+    # issue 16: torchvision's VisionTransformer(32, patch 4, 12 layers, 3 heads, 192, mlp 768)
+    "vit_tiny_train": dict(model="vit_tiny", batch=128, metric="train", steps=2, target=1.3,
+                           bf16_peer=1.3),
 }
 RUNNER_TITLE = {"ctorch": "ctorch", "torch_installed": "PyTorch eager as installed",
                 "ctorch_baseline": "ctorch (baseline build)"}
@@ -218,7 +221,7 @@ class Bench:
     def timeout_for(self, case):
         if self.args.timeout:
             return self.args.timeout
-        return 1800 if CASES[case]["model"] == "resnet18_cifar" else 600
+        return 1800 if CASES[case]["model"] in ("resnet18_cifar", "vit_tiny") else 600
 
     def baseline_model(self, model):
         """A baseline build from before issue 15 calls the CIFAR ResNet resnet18."""

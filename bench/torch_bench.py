@@ -104,11 +104,15 @@ def make_model(name):
         return MLP(), (1, 28, 28)
     if name == "resnet18_cifar":
         return resnet18_cifar(), (3, 32, 32)
+    if name == "vit_tiny":  # torchvision's VisionTransformer at ctorch's vit_tiny sizes
+        import torchvision
+        return torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=12, num_heads=3,
+                                                    hidden_dim=192, mlp_dim=768, num_classes=10), (3, 32, 32)
     if name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2"):  # torchvision's, as ctorch's
         import torchvision
         return getattr(torchvision.models, name)(num_classes=10), (3, 32, 32)
     sys.exit(f"torch_bench.py: unknown --model {name!r} (simple_cnn, mlp, resnet18_cifar, resnet18, "
-             "resnet34, resnet50, mobilenet_v2)")
+             "resnet34, resnet50, mobilenet_v2, vit_tiny)")
 
 
 def set_tf32(on):

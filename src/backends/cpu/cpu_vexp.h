@@ -38,4 +38,41 @@ static inline float ct_vexpf(float x) {
     return x != x ? x : y;
 }
 
+/* GELU's Gaussian cdf and pdf in float, vectorisable as ct_vexpf. Phi(x) = 0.5 erfc(-x/sqrt2)
+ * with erfc(z), z >= 0, from Numerical Recipes' Chebyshev fit (erfcc: fractional error below
+ * 1.2e-7 for every z): t = 1 / (1 + z/2), erfc(z) = t exp(-z^2 + P(t)). The tail
+ * is taken on the side where it is small, so Phi keeps its relative accuracy for x << 0
+ * (where 1 + erf(x/sqrt2) would cancel). z^2 is taken as x*x/2, rounded once: float32's
+ * exp of that rounded argument is the error floor in the tail, 2^-24 x^2/2 relative. pdf (if not NULL) = exp(-x^2/2) / sqrt(2 pi),
+ * sharing exp(-z^2). Replaces libm's erff/erf, which compilers do not vectorise. */
+static inline float ct_verfc_poly(float t) {
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    return p * t - 1.26551223f;
+}
+
+static inline float ct_vgelu_cdf(float x) {
+    float z = fabsf(x) * 0.70710678118654752f;
+    float t = 1.0f / (1.0f + 0.5f * z);
+    float h = 0.5f * t * ct_vexpf(ct_verfc_poly(t) - 0.5f * x * x); /* 0.5 erfc(|x|/sqrt2) */
+    return x < 0.0f ? h : 1.0f - h;
+}
+
+/* GELU's derivative Phi(x) + x phi(x), with one exp(-z^2) shared by both terms. */
+static inline float ct_vgelu_grad(float x) {
+    float z = fabsf(x) * 0.70710678118654752f;
+    float t = 1.0f / (1.0f + 0.5f * z);
+    float e = ct_vexpf(-0.5f * x * x); /* exp(-z^2), z^2 rounded once */
+    float h = 0.5f * t * e * ct_vexpf(ct_verfc_poly(t));
+    float cdf = x < 0.0f ? h : 1.0f - h;
+    return cdf + x * (0.39894228040143268f * e);
+}
+
 #endif
