@@ -11,8 +11,8 @@ process took the CPU is discarded and run again (up to a limit): the machine's b
 /proc/stat over a run is compared with the run's own CPU time (wait4's rusage).
 
 Parts (--parts, default all):
-  cases     simple_cnn train b64, simple_cnn inference b256, mlp train b64, resnet18_cifar train b128, vit_tiny train b128,
-            float32 and bf16 (`ctorch bench --amp bf16` vs PyTorch's autocast bf16)
+  cases     simple_cnn train b64, simple_cnn inference b256, mlp train b64, resnet18_cifar train b128,
+            vit_tiny train b128, float32 and bf16 (`ctorch bench --amp bf16` vs PyTorch's autocast bf16)
   scaling   1 -> T threads, ctorch and PyTorch at its best
   gemm      SGEMM peak GFLOP/s with OpenBLAS (bench/gemm_peak.c), T threads and 1 thread
   layers    per-layer GFLOP/s of ctorch's convolutions and linears (bench/layer_bench.c)
