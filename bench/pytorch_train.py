@@ -156,7 +156,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="simple_cnn")
     ap.add_argument("--dataset", default="cifar10", choices=["cifar10", "mnist"])
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=10, help="0 with --save-init: only write the weights")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
@@ -175,6 +175,8 @@ def main():
     ap.add_argument("--test-limit", type=int, default=0)
     ap.add_argument("--no-shuffle", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: the model and the "
+                    "batches there (augmentation on the CPU), autocast on that device")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=os.environ.get("CTORCH_DATA") or
                     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -195,6 +197,10 @@ def main():
     if a.save_init:
         from safetensors.torch import save_file
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, a.save_init)
+        if a.epochs == 0:  # only the initial weights
+            return
+    dev = torch.device(a.device)
+    model.to(dev)
     opt = make_optimizer(a, model.parameters())
     bs = a.batch_size
     spe = (len(xtr) + bs - 1) // bs
@@ -206,11 +212,12 @@ def main():
         ap.error(f"--warmup-epochs {a.warmup_epochs} is {warm} steps, not fewer than the run's {total}")
     sched = make_scheduler(opt, a.schedule, total, warm)
     criterion = nn.CrossEntropyLoss(label_smoothing=a.label_smoothing)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.amp == "bf16")
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.amp == "bf16")
     gen = torch.Generator().manual_seed(a.seed + 1)  # augmentation
     # without augmentation the whole set is normalised once (as the seed's script did)
     xtr_f = normalise(xtr, a.dataset) if a.augment == "none" else None
-    xte_f = normalise(xte, a.dataset)
+    xte_f = normalise(xte, a.dataset).to(dev)
+    yte = yte.to(dev)
     start, step = time.time(), 0
     for epoch in range(a.epochs):
         if step >= total:
@@ -223,8 +230,9 @@ def main():
             if step >= total:
                 break
             idx = perm[i:i + bs]
-            y = ytr[idx]
+            y = ytr[idx].to(dev)
             x = xtr_f[idx] if xtr_f is not None else normalise(augment_standard(xtr[idx], gen), a.dataset)
+            x = x.to(dev)
             with amp:
                 out = model(x)
                 loss = criterion(out, y)
