@@ -53,6 +53,7 @@ typedef struct {
     int64_t epochs, max_steps, batch_size, train_limit, test_limit, seed, threads;
     int64_t checkpoint_every, keep_checkpoints, metrics_port, num_classes;
     double lr, momentum, weight_decay, bucket_mb, dist_timeout, metrics_linger, lr_backbone;
+    double label_smoothing, clip_grad_norm, warmup_epochs; /* the recipe (docs/models.md) */
     int nesterov, no_shuffle, no_scaler, deterministic, no_checkpoints, sync_bn, no_overlap;
 } train_args;
 
@@ -63,7 +64,7 @@ typedef struct {
  *   LOCAL:  this invocation only (--run-dir, --resume) */
 enum { RESULT, FREE, RAISE, LOCAL };
 
-enum { NOPTS = 46 };
+enum { NOPTS = 49 };
 static int train_opts(train_args *a, cli_opt *o, int *kind) {
     const struct {
         cli_opt opt;
@@ -83,6 +84,9 @@ static int train_opts(train_args *a, cli_opt *o, int *kind) {
         {{"--weight-decay", OPT_DOUBLE, &a->weight_decay, 0, 1e6, 0}, RESULT},
         {{"--nesterov", OPT_FLAG, &a->nesterov, 0, 0, 0}, RESULT},
         {{"--schedule", OPT_STRING, &a->schedule, 0, 0, 0}, RESULT},
+        {{"--warmup-epochs", OPT_DOUBLE, &a->warmup_epochs, 0, 1e6, 0}, RESULT},
+        {{"--label-smoothing", OPT_DOUBLE, &a->label_smoothing, 0, 1, 0}, RESULT},
+        {{"--clip-grad-norm", OPT_DOUBLE, &a->clip_grad_norm, 0, 1e6, 0}, RESULT},
         {{"--augment", OPT_STRING, &a->augment, 0, 0, 0}, RESULT},
         {{"--no-shuffle", OPT_FLAG, &a->no_shuffle, 0, 0, 0}, RESULT},
         {{"--train-limit", OPT_INT, &a->train_limit, 0, 1e12, 0}, RESULT},
@@ -130,7 +134,7 @@ static train_args default_args(void) {
                         .augment = "none", .device = "cpu", .amp_s = "off", .nan_policy = "stop",
                         .epochs = 10, .batch_size = 64, .keep_checkpoints = 2, .lr = NAN,
                         .momentum = NAN, .weight_decay = NAN, .bucket_mb = 25, .dist_timeout = 300,
-                        .metrics_port = -1, .lr_backbone = NAN};
+                        .metrics_port = -1, .lr_backbone = NAN, .clip_grad_norm = NAN};
 }
 
 /* "--weight-decay" -> "weight_decay" */
@@ -162,6 +166,9 @@ typedef struct {
     char *last_ckpt;          /* newest checkpoint written or resumed from */
     int64_t last_ckpt_step, last_ckpt_epoch, last_ckpt_batch; /* and its position */
     int64_t spe, total;       /* steps per epoch, steps of the whole run */
+    int64_t warmup;           /* --warmup-epochs in steps (0: none) */
+    ct_tensor **params;       /* the model's parameters (--clip-grad-norm) */
+    int nparams;
     int64_t step;             /* optimizer steps taken */
     int64_t epoch, batch;     /* position: the next batch to train on */
     int64_t nan_skipped;
@@ -187,9 +194,25 @@ typedef struct {
     int64_t correct, seen;
 } epoch_stats;
 
-/* The schedule's lr at step for a group whose base lr is lr (--lr, or --lr-backbone). */
+/* The start factor of the linear warm-up (torchvision's reference recipe,
+ * --lr-warmup-decay 0.01): the first step runs at 1% of the lr. */
+#define WARMUP_START_FACTOR 0.01
+
+/* The schedule's lr at step for a group whose base lr is lr (--lr, or --lr-backbone).
+ * With warmup steps W: PyTorch's SequentialLR([LinearLR(start_factor=0.01,
+ * total_iters=W), CosineAnnealingLR(T_max=total - W)], milestones=[W]) stepped per
+ * optimizer step (--schedule none: a constant lr after the warm-up). */
 static double schedule_lr(const train_args *a, double lr, int64_t step, int64_t steps_per_epoch,
-                          int64_t total) {
+                          int64_t total, int64_t warmup) {
+    if (warmup > 0) {
+        ct_schedule s = ct_schedule_default(strcmp(a->schedule, "cosine") ? CT_SCHED_NONE
+                                                                          : CT_SCHED_COSINE, lr);
+        s.T_max = total - warmup;
+        s.eta_min = 0.0;
+        s.warmup_steps = warmup;
+        s.warmup_start_factor = WARMUP_START_FACTOR;
+        return ct_schedule_lr(&s, step);
+    }
     if (!strcmp(a->schedule, "step"))
         return ct_lr_step(lr, step, steps_per_epoch * (a->epochs >= 3 ? a->epochs / 3 : 1), 0.1);
     if (!strcmp(a->schedule, "cosine")) return ct_lr_cosine(lr, step, total, 0.0);
@@ -423,6 +446,15 @@ static int parse_args(int argc, char **argv, train_run *r) {
         (rc = cli_amp_parse("train", a->amp_s, &a->amp)))
         return rc;
     a->amp_s = cli_amp_name(&a->amp);
+    if (a->clip_grad_norm == 0)
+        return cli_fail("train", CLI_USAGE, "--clip-grad-norm 0 would zero every gradient; give "
+                        "the largest gradient norm, e.g. --clip-grad-norm 1.0 (leave the option "
+                        "out not to clip)");
+    if (a->warmup_epochs > 0 && strcmp(a->schedule, "cosine") && strcmp(a->schedule, "none"))
+        return cli_fail("train", CLI_USAGE, "--warmup-epochs goes with --schedule cosine or none "
+                        "(--schedule %s: %s)", a->schedule, !strcmp(a->schedule, "onecycle")
+                        ? "onecycle has its own warm-up; drop --warmup-epochs"
+                        : "drop --warmup-epochs or use --schedule cosine");
     return check_metrics_opts(a);
 }
 
@@ -589,6 +621,17 @@ static int open_train_loader(train_run *r) {
     r->spe = ct_dataloader_num_batches(r->dl);
     r->total = r->spe * r->a.epochs;
     if (r->a.max_steps && r->a.max_steps < r->total) r->total = r->a.max_steps;
+    /* --warmup-epochs E: round(E x steps per epoch) steps, at least one */
+    r->warmup = 0;
+    if (r->a.warmup_epochs > 0) {
+        r->warmup = llround(r->a.warmup_epochs * (double)r->spe);
+        if (r->warmup < 1) r->warmup = 1;
+        if (!strcmp(r->a.schedule, "cosine") && r->warmup >= r->total)
+            return cli_fail("train", CLI_USAGE, "--warmup-epochs %g is %lld steps (%lld per epoch), "
+                            "not fewer than the run's %lld steps: the cosine would have none "
+                            "left; lower --warmup-epochs or raise --epochs", r->a.warmup_epochs,
+                            (long long)r->warmup, (long long)r->spe, (long long)r->total);
+    }
     return CLI_OK;
 }
 
@@ -720,7 +763,8 @@ static int make_optimizer(train_run *r) {
                nh, hp ? hp : "none", a->lr, nr, a->lr_backbone);
     free(head);
     free(rest);
-    free(params);
+    r->params = params; /* --clip-grad-norm: frozen ones have no gradient and are skipped */
+    r->nparams = np;
     ct_state_dict_free(sd);
     return rc;
 }
@@ -1062,6 +1106,18 @@ static void print_banner(const train_run *r) {
            r->a.amp.dtype != CT_FLOAT32 ? ", amp " : "",
            r->a.amp.dtype != CT_FLOAT32 ? cli_amp_name(&r->a.amp) : "",
            r->a.deterministic ? ", deterministic" : "");
+    if (r->warmup > 0 || r->a.label_smoothing > 0 || r->a.clip_grad_norm > 0) {
+        printf("recipe:");
+        if (r->warmup > 0)
+            printf(" warm-up %lld step%s (lr from %g x --lr, linear) then %s", (long long)r->warmup,
+                   r->warmup == 1 ? "" : "s", WARMUP_START_FACTOR, !strcmp(r->a.schedule, "cosine") ? "cosine" : "constant");
+        if (r->a.label_smoothing > 0) printf("%s label smoothing %g", r->warmup > 0 ? "," : "",
+                                             r->a.label_smoothing);
+        if (r->a.clip_grad_norm > 0)
+            printf("%s gradients clipped to norm %g", r->warmup > 0 || r->a.label_smoothing > 0
+                   ? "," : "", r->a.clip_grad_norm);
+        printf("\n");
+    }
     fflush(stdout);
 }
 
@@ -1097,14 +1153,15 @@ static int train_epoch(train_run *r, epoch_stats *s, int *stopped) {
     while (r->step < r->total && !(r->world == 1 && g_interrupted) && !r->stop_agreed &&
            (got = next_batch(r, &x, &y, &wait)) == 1) {
         r->data_wait += wait;
-        ct_optim_set_lr(r->opt, schedule_lr(&r->a, r->a.lr, r->step, r->spe, r->total));
+        ct_optim_set_lr(r->opt, schedule_lr(&r->a, r->a.lr, r->step, r->spe, r->total, r->warmup));
         if (!isnan(r->a.lr_backbone)) /* group 1: the backbone, on its own base lr */
             ct_optim_set_group_lr(r->opt, 1, schedule_lr(&r->a, r->a.lr_backbone, r->step, r->spe,
-                                                         r->total));
+                                                         r->total, r->warmup));
         train_step_result res;
         double t_step = cli_now();
-        int st = cli_train_step(r->model, r->opt, x, y, r->dev, &r->a.amp, skip_first,
-                                r->ddp ? &r->dstep : NULL, &res);
+        cli_step_opts so = {r->a.label_smoothing, r->a.clip_grad_norm, r->params, r->nparams};
+        int st = cli_train_step_ex(r->model, r->opt, x, y, r->dev, &r->a.amp, skip_first,
+                                   r->ddp ? &r->dstep : NULL, &so, &res);
         t_step = cli_now() - t_step;
         ct_free(x);
         ct_free(y);
@@ -1362,6 +1419,7 @@ static void free_run(train_run *r) {
     ct_optim_free(r->opt);
     ct_grad_scaler_free(r->a.amp.scaler);
     ct_module_free(r->model);
+    free(r->params);
     ct_dataset_free(r->train);
     ct_dataset_free(r->test);
     json_decref(r->rows);

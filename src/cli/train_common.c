@@ -139,6 +139,22 @@ int cli_loader_open(const ct_dataset *ds, ct_dataloader_opts *lo, ct_device dev,
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
                    ct_device dev, const cli_amp *amp, int check_loss_first, cli_dist_step *dist,
                    train_step_result *r) {
+    return cli_train_step_ex(model, opt, x, y, dev, amp, check_loss_first, dist, NULL, r);
+}
+
+/* Between backward and the step: with a GradScaler the gradients are unscaled first (its
+ * step then does not unscale again), then clipped to the norm (PyTorch's AMP recipe:
+ * scaler.unscale_(opt); clip_grad_norm_(...); scaler.step(opt)). 0 or -1. */
+static int clip_grads(const cli_step_opts *so, const cli_amp *amp, ct_optimizer *opt) {
+    if (!so || !(so->clip_grad_norm > 0)) return 0;
+    if (amp && amp->scaler && ct_grad_scaler_unscale(amp->scaler, opt) != 0) return -1;
+    return ct_clip_grad_norm_(so->params, so->nparams, so->clip_grad_norm, 2.0) < 0 ? -1 : 0;
+}
+
+int cli_train_step_ex(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
+                      ct_device dev, const cli_amp *amp, int check_loss_first, cli_dist_step *dist,
+                      const cli_step_opts *so, train_step_result *r) {
+    const double smoothing = so ? so->label_smoothing : 0.0;
     int multi = dist && dist->ddp && ct_dist_world_size() > 1;
     ct_tensor *xd = ct_to_device(x, dev), *yd = ct_to_device(y, dev);
     if (amp_enter(amp, dev) != 0) {
@@ -147,7 +163,8 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
         return -1;
     }
     ct_tensor *logits = !xd ? NULL : multi ? ct_ddp_forward(dist->ddp, xd) : ct_module_forward(model, xd);
-    ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_MEAN, 0.0, -100) : NULL;
+    ct_tensor *loss = logits && yd ? ct_cross_entropy(logits, yd, CT_REDUCTION_MEAN, smoothing, -100)
+                                   : NULL;
     amp_exit(amp);
     int rc = -1, stats_done = 0;
     r->n = ct_size(x, 0);
@@ -169,9 +186,10 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
             rc = flags[1] ? 2 : 1;
             goto out;
         }
-        int ok = amp && amp->scaler ? ct_grad_scaler_step(amp->scaler, opt) >= 0 &&
-                                          ct_grad_scaler_update(amp->scaler) == 0
-                                    : ct_optim_step(opt) == 0;
+        int ok = clip_grads(so, amp, opt) == 0 &&
+                 (amp && amp->scaler ? ct_grad_scaler_step(amp->scaler, opt) >= 0 &&
+                                           ct_grad_scaler_update(amp->scaler) == 0
+                                     : ct_optim_step(opt) == 0);
         if (ok) {
             ct_optim_zero_grad(opt);
             rc = 0;
@@ -192,7 +210,7 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
         /* GradScaler: backward of loss * scale, a step only when every gradient is
          * finite (after unscaling), then the scale's update */
         ct_tensor *scaled = ct_grad_scaler_scale(amp->scaler, loss);
-        int ok = scaled && ct_backward(scaled, NULL, 0) == 0 &&
+        int ok = scaled && ct_backward(scaled, NULL, 0) == 0 && clip_grads(so, amp, opt) == 0 &&
                  ct_grad_scaler_step(amp->scaler, opt) >= 0 &&
                  ct_grad_scaler_update(amp->scaler) == 0;
         ct_free(scaled);
@@ -200,7 +218,8 @@ int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, cons
             ct_optim_zero_grad(opt);
             rc = stats_done ? 0 : step_stats(logits, loss, yd, &r->loss, &r->correct);
         }
-    } else if (loss && ct_backward(loss, NULL, 0) == 0 && ct_optim_step(opt) == 0) {
+    } else if (loss && ct_backward(loss, NULL, 0) == 0 && clip_grads(so, amp, opt) == 0 &&
+               ct_optim_step(opt) == 0) {
         ct_optim_zero_grad(opt);
         rc = stats_done ? 0 : step_stats(logits, loss, yd, &r->loss, &r->correct);
     }

@@ -60,6 +60,19 @@ typedef struct {
 int cli_train_step(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
                    ct_device dev, const cli_amp *amp, int check_loss_first, cli_dist_step *dist,
                    train_step_result *r);
+/* The recipe's per-step options (`ctorch train --label-smoothing / --clip-grad-norm`):
+ * label_smoothing: CrossEntropyLoss(label_smoothing=...) for the training loss (0: plain);
+ * clip_grad_norm > 0: torch.nn.utils.clip_grad_norm_(params[0..nparams), max, 2.0) after
+ * backward (after the GradScaler's unscale) and before the step; 0 or NaN: no clipping. */
+typedef struct {
+    double label_smoothing, clip_grad_norm;
+    ct_tensor *const *params;
+    int nparams;
+} cli_step_opts;
+/* cli_train_step with those options (so == NULL: cli_train_step). */
+int cli_train_step_ex(ct_module *model, ct_optimizer *opt, const ct_tensor *x, const ct_tensor *y,
+                      ct_device dev, const cli_amp *amp, int check_loss_first, cli_dist_step *dist,
+                      const cli_step_opts *so, train_step_result *r);
 /* Test-set loss and accuracy in eval mode without gradients (leaves the model in eval). */
 int cli_evaluate(ct_module *model, const ct_dataset *ds, ct_dataset_kind kind, ct_device dev,
                  int64_t batch, const cli_amp *amp, eval_result *out);
