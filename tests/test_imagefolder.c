@@ -809,3 +809,44 @@ TEST(imagefolder_finetune_torchvision_resnet18_from_pt) {
     if (rc) show_log(log);
 #endif
 }
+
+/* vit_b_16 fine-tunes through the image-folder path: torchvision's architecture at 224x224
+ * (the folder's 32-pixel images resized by the validation and training transforms), its
+ * ImageNet head replaced (--num-classes 10 --init-ignore heads.) and trained one step from
+ * weights of its own (ct_module_save: the same names torchvision's files carry). */
+TEST(imagefolder_finetune_vit_b_16) {
+#ifndef CT_HAVE_IMAGE
+    SKIP("built without libjpeg / libpng");
+#else
+    const char *root = tmp_root("vit_folder");
+    mkdirs(root);
+    ct_dataset *cif = make_cifar_folder(root, 64, 8); /* 64: every class in train/ */
+    if (!cif) SKIP("CIFAR-10 not found in $CTORCH_DATA");
+    ct_dataset_free(cif);
+    char w[512], cmd[3072], log[512];
+    snprintf(w, sizeof w, "%s/vit_b_16_1000.safetensors", tmpdir());
+    ct_module *m = ct_model_create("vit_b_16", 1000);
+    CHECK_NN(m);
+    if (!m) return;
+    CHECK_OK(ct_module_save(m, w, NULL));
+    ct_module_free(m);
+    snprintf(log, sizeof log, "%s/vit_ft.log", tmpdir());
+    snprintf(cmd, sizeof cmd, "%s train --model vit_b_16 --dataset imagefolder --data-dir %s "
+             "--image-size 224 --init %s --num-classes 10 --init-ignore heads. --optimizer adamw "
+             "--lr 1e-4 --lr-backbone 1e-5 --epochs 1 --batch-size 4 --max-steps 2 --test-limit 4 "
+             "--threads 2 "
+             "--no-checkpoints --run-dir %s/vit_ft_run", bin(), root, w, tmpdir());
+    int rc = run(cmd, log);
+    CHECK_MSG(rc == 0, "vit_b_16 fine-tuning exited %d", rc);
+    CHECK(log_has(log, "final test accuracy"));
+    if (rc) show_log(log);
+    /* without --init-ignore the 1000-class head does not fit: exit 2 naming the prefix */
+    snprintf(cmd, sizeof cmd, "%s train --model vit_b_16 --dataset imagefolder --data-dir %s "
+             "--image-size 224 --init %s --num-classes 10 --max-steps 1 --threads 2 "
+             "--no-checkpoints --run-dir %s/vit_ft_run2", bin(), root, w, tmpdir());
+    rc = run(cmd, log);
+    CHECK_MSG(rc == 2, "a mismatched head exited %d, want 2", rc);
+    CHECK_MSG(log_has(log, "heads.head"), "the message names the mismatched head");
+    remove(w);
+#endif
+}
