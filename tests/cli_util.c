@@ -62,6 +62,15 @@ void show_log(const char *log) {
     if (system(cmd)) {}
 }
 
+int cli_train(const char *args, const char *run_dir, const char *extra, const char *log) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s train --dataset cifar10 --data-dir %s %s --threads 2 "
+             "--no-checkpoints --run-dir %s %s", bin(), data_dir(), args, run_dir, extra);
+    int rc = run(cmd, log);
+    if (rc != 0 && rc != 2) show_log(log);
+    return rc;
+}
+
 
 /* Starts cmd through sh's exec (so the pid is the command's) with its output to log. */
 pid_t spawn(const char *cmd, const char *log) {

@@ -20,6 +20,10 @@ pid_t spawn(const char *cmd, const char *log);
 long newest_step(const char *dir);
 /* Its last lines, to stderr (for a failing check) */
 void show_log(const char *log);
+/* `ctorch train --dataset cifar10 --data-dir $CTORCH_DATA ARGS --threads 2 --no-checkpoints
+ * --run-dir RUN_DIR EXTRA` with its output to log (shown when the exit status is neither 0
+ * nor 2); returns the exit status */
+int cli_train(const char *args, const char *run_dir, const char *extra, const char *log);
 /* The directory of this test binary, or $CT_TEST_BUILD_DIR */
 const char *build_dir(void);
 /* Points of the polyline with data-series="series" in an SVG text: 0 when there is no such

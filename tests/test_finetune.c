@@ -35,15 +35,8 @@ static const char *imagenet_weights(void) {
 
 /* ctorch train on 16 CIFAR-10 images, one batch, --max-steps steps, no shuffling. */
 static int train(const char *run_dir, const char *extra, const char *log) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd,
-             "%s train --model resnet18 --dataset cifar10 --data-dir %s --train-limit 16 "
-             "--test-limit 16 --batch-size 16 --epochs 1 --no-shuffle --momentum 0 "
-             "--deterministic --threads 2 --no-checkpoints --run-dir %s %s",
-             bin(), data_dir(), run_dir, extra);
-    int rc = run(cmd, log);
-    if (rc != 0 && rc != 2) show_log(log);
-    return rc;
+    return cli_train("--model resnet18 --train-limit 16 --test-limit 16 --batch-size 16 "
+                     "--epochs 1 --no-shuffle --momentum 0 --deterministic", run_dir, extra, log);
 }
 
 static ct_state_dict *run_weights(const char *run_dir) {

@@ -755,6 +755,21 @@ TEST(imagefolder_val_batches_match_torchvision) {
  * fine-tunes it from the .pt with a new 10-class head (--num-classes 10 --init-ignore fc.). */
 const char *tv_peer_weights(void); /* tests/test_torchvision_models.c */
 
+/* `ctorch train --dataset imagefolder --data-dir ROOT --threads 2 --no-checkpoints ARGS`
+ * (log in tmpdir()/NAME.log, run in tmpdir()/NAME): its exit status. A run that should
+ * finish (want 0) must report its final test accuracy. */
+static int folder_train(const char *root, const char *args, const char *name, int want) {
+    char cmd[3072], log[512];
+    snprintf(log, sizeof log, "%s/%s.log", tmpdir(), name);
+    snprintf(cmd, sizeof cmd, "%s train --dataset imagefolder --data-dir %s --threads 2 "
+             "--no-checkpoints --run-dir %s/%s %s", bin(), root, tmpdir(), name, args);
+    int rc = run(cmd, log);
+    CHECK_MSG(rc == want, "%s exited %d, want %d", name, rc, want);
+    if (want == 0) CHECK_MSG(log_has(log, "final test accuracy"), "%s: no final accuracy", name);
+    if (rc != want) show_log(log);
+    return rc;
+}
+
 TEST(imagefolder_finetune_torchvision_resnet18_from_pt) {
 #ifndef CT_HAVE_IMAGE
     SKIP("built without libjpeg / libpng");
@@ -798,15 +813,10 @@ TEST(imagefolder_finetune_torchvision_resnet18_from_pt) {
     CHECK_MSG(fabs(ca * 256 - pc) < 0.5, "accuracy %.4f vs PyTorch's %.0f/256", ca, pc);
     if (fabs(cl - pl) > 1e-4 * fabs(pl)) show_log(log), show_log(plog);
 
-    snprintf(log, sizeof log, "%s/ft_train.log", tmpdir());
-    snprintf(cmd, sizeof cmd, "%s train --model resnet18 --dataset imagefolder --data-dir %s "
-             "--image-size 32 --init %s/resnet18.pt --num-classes 10 --init-ignore fc. "
-             "--lr-backbone 0.001 --epochs 1 --batch-size 32 --threads 2 --no-checkpoints "
-             "--run-dir %s/ft_run", bin(), root, wdir, tmpdir());
-    int rc = run(cmd, log);
-    CHECK_MSG(rc == 0, "fine-tuning exited %d", rc);
-    CHECK(log_has(log, "final test accuracy"));
-    if (rc) show_log(log);
+    snprintf(cmd, sizeof cmd, "--model resnet18 --image-size 32 --init %s/resnet18.pt "
+             "--num-classes 10 --init-ignore fc. --lr-backbone 0.001 --epochs 1 --batch-size 32",
+             wdir);
+    folder_train(root, cmd, "ft_train", 0);
 #endif
 }
 
@@ -823,29 +833,22 @@ TEST(imagefolder_finetune_vit_b_16) {
     ct_dataset *cif = make_cifar_folder(root, 64, 8); /* 64: every class in train/ */
     if (!cif) SKIP("CIFAR-10 not found in $CTORCH_DATA");
     ct_dataset_free(cif);
-    char w[512], cmd[3072], log[512];
+    char w[512], cmd[2048], log[512];
     snprintf(w, sizeof w, "%s/vit_b_16_1000.safetensors", tmpdir());
     ct_module *m = ct_model_create("vit_b_16", 1000);
     CHECK_NN(m);
     if (!m) return;
     CHECK_OK(ct_module_save(m, w, NULL));
     ct_module_free(m);
-    snprintf(log, sizeof log, "%s/vit_ft.log", tmpdir());
-    snprintf(cmd, sizeof cmd, "%s train --model vit_b_16 --dataset imagefolder --data-dir %s "
-             "--image-size 224 --init %s --num-classes 10 --init-ignore heads. --optimizer adamw "
-             "--lr 1e-4 --lr-backbone 1e-5 --epochs 1 --batch-size 4 --max-steps 2 --test-limit 4 "
-             "--threads 2 "
-             "--no-checkpoints --run-dir %s/vit_ft_run", bin(), root, w, tmpdir());
-    int rc = run(cmd, log);
-    CHECK_MSG(rc == 0, "vit_b_16 fine-tuning exited %d", rc);
-    CHECK(log_has(log, "final test accuracy"));
-    if (rc) show_log(log);
+    snprintf(cmd, sizeof cmd, "--model vit_b_16 --image-size 224 --init %s --num-classes 10 "
+             "--init-ignore heads. --optimizer adamw --lr 1e-4 --lr-backbone 1e-5 --epochs 1 "
+             "--batch-size 4 --max-steps 2 --test-limit 4", w);
+    folder_train(root, cmd, "vit_ft", 0);
     /* without --init-ignore the 1000-class head does not fit: exit 2 naming the prefix */
-    snprintf(cmd, sizeof cmd, "%s train --model vit_b_16 --dataset imagefolder --data-dir %s "
-             "--image-size 224 --init %s --num-classes 10 --max-steps 1 --threads 2 "
-             "--no-checkpoints --run-dir %s/vit_ft_run2", bin(), root, w, tmpdir());
-    rc = run(cmd, log);
-    CHECK_MSG(rc == 2, "a mismatched head exited %d, want 2", rc);
+    snprintf(cmd, sizeof cmd, "--model vit_b_16 --image-size 224 --init %s --num-classes 10 "
+             "--max-steps 1", w);
+    folder_train(root, cmd, "vit_ft_head", 2);
+    snprintf(log, sizeof log, "%s/vit_ft_head.log", tmpdir());
     CHECK_MSG(log_has(log, "heads.head"), "the message names the mismatched head");
     remove(w);
 #endif

@@ -19,15 +19,10 @@
 /* ctorch train simple_cnn on the first `limit` CIFAR-10 images in batches of 16, in
  * record order, SGD without momentum. */
 static int train(const char *run_dir, int limit, const char *extra, const char *log) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd,
-             "%s train --model simple_cnn --dataset cifar10 --data-dir %s --train-limit %d "
-             "--test-limit 16 --batch-size 16 --no-shuffle --momentum 0 --threads 2 "
-             "--no-checkpoints --run-dir %s %s",
-             bin(), data_dir(), limit, run_dir, extra);
-    int rc = run(cmd, log);
-    if (rc != 0 && rc != 2) show_log(log);
-    return rc;
+    char args[256];
+    snprintf(args, sizeof args, "--model simple_cnn --train-limit %d --test-limit 16 "
+             "--batch-size 16 --no-shuffle --momentum 0", limit);
+    return cli_train(args, run_dir, extra, log);
 }
 
 /* The run's metrics.jsonl rows (a JSON array), or NULL. */
