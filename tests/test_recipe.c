@@ -260,16 +260,14 @@ TEST(recipe_clip_grad_norm_bounds_the_update) {
 /* The documented recipe on vit_tiny, two steps of 16 images with bf16 autocast. */
 TEST(recipe_vit_tiny_trains_with_the_recipe) {
     if (!data_dir()) SKIP("CTORCH_DATA does not hold CIFAR-10");
-    char log[600], dir[512], cmd[4096];
+    char log[600], dir[512];
     snprintf(log, sizeof log, "%s/vit.log", tmpdir());
     snprintf(dir, sizeof dir, "%s/vit", tmpdir());
-    snprintf(cmd, sizeof cmd,
-             "%s train --model vit_tiny --dataset cifar10 --data-dir %s --train-limit 64 "
-             "--test-limit 32 --epochs 1 --batch-size 16 --max-steps 2 --optimizer adamw --lr 1e-3 "
-             "--weight-decay 0.05 --schedule cosine --warmup-epochs 0.25 --label-smoothing 0.1 "
-             "--clip-grad-norm 1.0 --augment standard --amp bf16 --threads 2 --no-checkpoints "
-             "--run-dir %s", bin(), data_dir(), dir);
-    int rc = run(cmd, log);
+    int rc = cli_train("--model vit_tiny --train-limit 64 --test-limit 32 --epochs 1 "
+                       "--batch-size 16 --max-steps 2 --optimizer adamw --lr 1e-3 "
+                       "--weight-decay 0.05 --schedule cosine --warmup-epochs 0.25 "
+                       "--label-smoothing 0.1 --clip-grad-norm 1.0 --augment standard "
+                       "--amp bf16", dir, "", log);
     CHECK_MSG(rc == 0, "exit %d", rc);
     if (rc) show_log(log);
     CHECK(log_has(log, "recipe: warm-up 1 step (lr from 0.01 x --lr, linear) then cosine, label "
