@@ -1,5 +1,6 @@
 /* Shared by the tests that drive the ctorch binary (tests/test_cli.c, test_runs.c...). */
 #include "cli_util.h"
+#include "test.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -153,4 +154,21 @@ const char *peer_python(const char *modules) {
         return hit ? memo[n_memo++].found : (n_memo++, NULL);
     }
     return hit;
+}
+
+int peer_script_once(const char *script, const char *subdir, char *dir, size_t n) {
+    dir[0] = 0;
+    const char *py = peer_python("torch, torchvision, safetensors.torch");
+    if (!py) return -1;
+    char cmd[2048], log[600];
+    snprintf(dir, n, "%s/%s", tmpdir(), subdir);
+    snprintf(log, sizeof log, "%s.log", dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && '%s' %s '%s'", dir, py, script, dir);
+    if (run(cmd, log) != 0) {
+        show_log(log);
+        CHECK_MSG(0, "%s failed", script);
+        dir[0] = 0;
+        return -1;
+    }
+    return 0;
 }

@@ -33,5 +33,10 @@ int svg_series_points(const char *svg, const char *series);
  * bench/.venv (bench/setup-peer.sh) or /usr/bin/python3; NULL when none does. The answer is
  * remembered per list of modules. */
 const char *peer_python(const char *modules);
+/* Runs `PY SCRIPT DIR` (PY: peer_python("torch, torchvision, safetensors.torch"), DIR:
+ * tmpdir()/SUBDIR, written into dir): 0, or -1 without such a Python or when the script
+ * fails (then a failed check, its log shown) */
+#include <stddef.h>
+int peer_script_once(const char *script, const char *subdir, char *dir, size_t n);
 
 #endif

@@ -266,23 +266,10 @@ TEST(torchvision_models_resnet18_is_not_resnet18_cifar) {
  * them too). The directory, or NULL without a peer. */
 const char *tv_peer_weights(void) {
     static char dir[512];
-    static int done;
-    if (done) return dir[0] ? dir : NULL;
-    done = 1;
-    const char *py = peer_python("torch, torchvision, safetensors.torch");
-    if (!py) return NULL;
-    snprintf(dir, sizeof dir, "%s/tv_resnet18", tmpdir());
-    char cmd[2048], log[600];
-    snprintf(log, sizeof log, "%s.log", dir);
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && '%s' tests/peer_torchvision_weights.py '%s'", dir, py,
-             dir);
-    if (run(cmd, log) != 0) {
-        show_log(log);
-        CHECK_MSG(0, "tests/peer_torchvision_weights.py failed");
-        dir[0] = 0;
-        return NULL;
-    }
-    return dir;
+    static int done, ok;
+    if (!done)
+        done = 1, ok = peer_script_once("tests/peer_torchvision_weights.py", "tv_resnet18", dir, sizeof dir) == 0;
+    return ok ? dir : NULL;
 }
 
 static void check_logits_of(const char *weights, const char *dir) {

@@ -381,23 +381,10 @@ TEST(transformer_embedding_and_layer_norm_modules) {
 /* tests/peer_torchvision_vit.py's files (once per test process), or NULL without a peer. */
 static const char *vit_peer_weights(void) {
     static char dir[512];
-    static int done;
-    if (done) return dir[0] ? dir : NULL;
-    done = 1;
-    const char *py = peer_python("torch, torchvision, safetensors.torch");
-    if (!py) return NULL;
-    snprintf(dir, sizeof dir, "%s/tv_vit", tmpdir());
-    char cmd[2048], log[600];
-    snprintf(log, sizeof log, "%s.log", dir);
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && '%s' tests/peer_torchvision_vit.py '%s'", dir, py,
-             dir);
-    if (run(cmd, log) != 0) {
-        show_log(log);
-        CHECK_MSG(0, "tests/peer_torchvision_vit.py failed");
-        dir[0] = 0;
-        return NULL;
-    }
-    return dir;
+    static int done, ok;
+    if (!done)
+        done = 1, ok = peer_script_once("tests/peer_torchvision_vit.py", "tv_vit", dir, sizeof dir) == 0;
+    return ok ? dir : NULL;
 }
 
 static void vit_logits(const char *model, const char *ext) {
