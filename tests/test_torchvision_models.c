@@ -268,7 +268,8 @@ const char *tv_peer_weights(void) {
     static char dir[512];
     static int done, ok;
     if (!done)
-        done = 1, ok = peer_script_once("tests/peer_torchvision_weights.py", "tv_resnet18", dir, sizeof dir) == 0;
+        done = 1, ok = peer_script_once("tests/peer_torchvision_weights.py", "tv_resnet18", dir,
+                                           sizeof dir) == 0;
     return ok ? dir : NULL;
 }
 

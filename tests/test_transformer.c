@@ -383,7 +383,8 @@ static const char *vit_peer_weights(void) {
     static char dir[512];
     static int done, ok;
     if (!done)
-        done = 1, ok = peer_script_once("tests/peer_torchvision_vit.py", "tv_vit", dir, sizeof dir) == 0;
+        done = 1, ok = peer_script_once("tests/peer_torchvision_vit.py", "tv_vit", dir,
+                                           sizeof dir) == 0;
     return ok ? dir : NULL;
 }
 
