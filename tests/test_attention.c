@@ -9,6 +9,7 @@
 
 #include "backends/cpu/cpu_alloc.h"
 #include "ctorch_optim.h"
+#include "ops/fused.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -100,6 +101,105 @@ TEST(attention_gradcheck_float64) {
     GRADCHECK(gc_sdpa, in, 3, &drop, "sdpa dropout 0.3");
     for (int i = 0; i < 3; i++) ct_free(in[i]);
     ct_free(fm);
+}
+
+/* ------------------------------------------- MultiheadAttention's packed q, k, v */
+typedef struct {
+    const ct_tensor *mask;
+    double p;
+    int causal;
+    int64_t heads;
+} packed_ctx;
+
+static ct_tensor *gc_packed(ct_tensor *const *in, void *vc) {
+    const packed_ctx *c = vc;
+    if (c->p > 0) ct_set_rng_state(1234, 0);
+    return ct_sdpa_packed_qkv(in[0], c->heads, c->mask, c->p, c->causal, 0.0);
+}
+
+/* The same through public ops: narrow, [N, H, L, d] views, the op, the heads merged. */
+static ct_tensor *composed_packed(ct_tensor *const *in, void *vc) {
+    const packed_ctx *c = vc;
+    if (c->p > 0) ct_set_rng_state(1234, 0);
+    CT_SCOPE(s);
+    const ct_tensor *x = in[0];
+    const int64_t N = ct_size(x, 0), L = ct_size(x, 1), E = ct_size(x, 2) / 3, H = c->heads;
+    int64_t hs[4] = {N, L, H, E / H}, os[3] = {N, L, E};
+    ct_tensor *h[3];
+    for (int i = 0; i < 3; i++) h[i] = ct_transpose(ct_reshape(ct_narrow(x, 2, i * E, E), hs, 4), 1, 2);
+    ct_tensor *a = ct_scaled_dot_product_attention(h[0], h[1], h[2], c->mask, c->p, c->causal, 0.0);
+    return ct_keep(ct_reshape(ct_transpose(a, 1, 2), os, 3));
+}
+
+TEST(attention_packed_qkv_matches_composed_ops) {
+    const int64_t N = 2, L = 5, E = 6, H = 2;
+    int64_t xs[3] = {N, L, 3 * E}, ms[2] = {L, L}, ks[4] = {N, 1, 1, L};
+    ct_tensor *x = ct_test_randn(xs, 3, CT_FLOAT64);
+    CHECK_OK(ct_set_requires_grad(x, 1));
+    ct_tensor *fm = ct_test_randn(ms, 2, CT_FLOAT64);
+    ct_tensor *kpm = ct_zeros(ks, 4, CT_FLOAT64); /* the last key of batch 1 padded */
+    ((double *)ct_data(kpm))[2 * L - 1] = -INFINITY;
+    packed_ctx cases[5] = {{NULL, 0, 0, H}, {fm, 0, 0, H}, {NULL, 0, 1, H}, {kpm, 0, 0, H},
+                           {fm, 0.3, 0, 3}};
+    const char *names[5] = {"plain", "float mask", "causal", "key padding", "dropout, 3 heads"};
+    for (int c = 0; c < 5; c++) {
+        char what[96];
+        for (int f32 = 0; f32 < 2; f32++) {
+            ct_tensor *xi = f32 ? ct_to_dtype(x, CT_FLOAT32) : ct_retain(x);
+            ct_tensor *xl = ct_detach(xi);
+            CHECK_OK(ct_set_requires_grad(xl, 1));
+            ct_tensor *in[1] = {xl}, *y[2], *g[2];
+            const ct_tensor *m32 = NULL;
+            ct_tensor *mc = NULL;
+            packed_ctx pc = cases[c];
+            if (f32 && pc.mask) pc.mask = m32 = mc = ct_to_dtype(pc.mask, CT_FLOAT32);
+            for (int k = 0; k < 2; k++) {
+                y[k] = k ? composed_packed(in, &pc) : gc_packed(in, &pc);
+                CHECK_NN(y[k]);
+                ct_tensor *gy = ct_ones_like(y[k]);
+                CHECK_OK(ct_backward(y[k], gy, 0));
+                g[k] = ct_retain(ct_grad(xl));
+                ct_zero_grad(xl);
+                ct_free(gy);
+            }
+            snprintf(what, sizeof what, "packed qkv %s %s", names[c], f32 ? "float32" : "float64");
+            CHECK_CLOSE(y[0], y[1], f32 ? 1e-6 : 1e-12, what);
+            CHECK_CLOSE(g[0], g[1], f32 ? 1e-6 : 1e-12, what);
+            for (int k = 0; k < 2; k++) ct_free(y[k]), ct_free(g[k]);
+            ct_free(xi), ct_free(xl), ct_free(mc);
+            (void)m32;
+        }
+        ct_tensor *in[1] = {x};
+        snprintf(what, sizeof what, "packed qkv gradcheck %s", names[c]);
+        GRADCHECK(gc_packed, in, 1, &cases[c], what);
+    }
+    /* errors name the shape and the fix */
+    int64_t bs[3] = {2, 5, 7};
+    ct_tensor *bad = ct_zeros(bs, 3, CT_FLOAT32);
+    CHECK(ct_sdpa_packed_qkv(bad, 2, NULL, 0, 0, 0.0) == NULL &&
+          strstr(ct_last_error(), "multiple of num_heads"));
+    ct_free(bad), ct_free(x), ct_free(fm), ct_free(kpm);
+}
+
+/* The public op on q, k, v that are strided views (heads of [N, L, H, d]) equals it on
+ * contiguous copies, and its output keeps q's memory order ([N, L, H, d]). */
+TEST(attention_strided_inputs_and_output_layout) {
+    int64_t s[4] = {2, 7, 3, 4};
+    ct_tensor *base[3], *h[3], *hc[3];
+    for (int i = 0; i < 3; i++) {
+        base[i] = ct_test_randn(s, 4, CT_FLOAT32);
+        h[i] = ct_transpose(base[i], 1, 2); /* [2, 3, 7, 4], strided */
+        hc[i] = ct_contiguous(h[i]);
+    }
+    ct_tensor *y = ct_scaled_dot_product_attention(h[0], h[1], h[2], NULL, 0, 1, 0.0);
+    ct_tensor *yc = ct_scaled_dot_product_attention(hc[0], hc[1], hc[2], NULL, 0, 1, 0.0);
+    CHECK_NN(y);
+    CHECK_NN(yc);
+    CHECK_CLOSE(y, yc, 1e-6, "sdpa on strided heads");
+    ct_tensor *yt = y ? ct_transpose(y, 1, 2) : NULL;
+    CHECK_MSG(yt && ct_is_contiguous(yt), "the output is not in q's [N, L, H, d] order");
+    ct_free(yt), ct_free(y), ct_free(yc);
+    for (int i = 0; i < 3; i++) ct_free(base[i]), ct_free(h[i]), ct_free(hc[i]);
 }
 
 /* q = k = 0: uniform weights 1/S; v = identity: out[i][j] = dropout factor / S. */
@@ -273,25 +373,40 @@ TEST(clip_grad_norm_vs_torch) {
 }
 
 /* ----------------------------------------------------------- backend cases */
+/* A [B1, B2, R, C] operand; strided: a view of [B1, R, B2, C] memory (the heads of a
+ * [N, L, H, d] projection, as MultiheadAttention hands them to the kernels). */
+static tp sdpa_operand(int64_t B1, int64_t B2, int64_t R, int64_t C, ct_dtype dt, ct_device dev,
+                       int strided) {
+    if (!strided) return tp_rnd((int64_t[]){B1, B2, R, C}, 4, dt, 0, dev);
+    tp x = tp_rnd((int64_t[]){B1, R, B2, C}, 4, dt, 0, dev);
+    tp t = tp_transpose(x, 1, 2);
+    tp_free(x);
+    return t;
+}
+
 static void case_sdpa(ct_device dev, const ct_kernels *k, const char *bname, int bwd) {
     const ct_dtype dts[] = {CT_FLOAT32, CT_FLOAT64};
-    const int64_t shapes[][5] = {{3, 7, 9, 8, 5}, {1, 66, 130, 8, 8}, {1, 1, 1, 4, 4}};
+    /* B1, B2, L, S, E, Ev; the first with strided operands */
+    const int64_t shapes[][6] = {{2, 3, 7, 9, 8, 5}, {1, 1, 66, 130, 8, 8}, {1, 1, 1, 1, 4, 4}};
     for (int di = 0; di < 2; di++)
         for (int si = 0; si < 3; si++)
             for (int mode = 0; mode < 3; mode++) { /* plain, causal, mask + dropout */
                 if (si == 1 && di == 1) continue; /* the tiled shape in float32 only (emulator time) */
                 const ct_dtype dt = dts[di];
-                const int64_t B = shapes[si][0], L = shapes[si][1], S = shapes[si][2];
-                const int64_t E = shapes[si][3], Ev = shapes[si][4];
-                int64_t qs[3] = {B, L, E}, ks[3] = {B, S, E}, vs[3] = {B, S, Ev};
-                int64_t os[3] = {B, L, Ev}, ls[2] = {B, L}, ms[4] = {1, B, L, S};
+                const int64_t B1 = shapes[si][0], B2 = shapes[si][1], B = B1 * B2;
+                const int64_t L = shapes[si][2], S = shapes[si][3];
+                const int64_t E = shapes[si][4], Ev = shapes[si][5];
+                const int st = si == 0;
+                int64_t ls[2] = {B, L}, ms[4] = {1, B, L, S};
                 char what[128];
-                snprintf(what, sizeof what, "sdpa %s B=%lld L=%lld S=%lld mode %d %s",
-                         bwd ? "backward" : "forward", (long long)B, (long long)L, (long long)S,
-                         mode, ct_dtype_name(dt));
+                snprintf(what, sizeof what, "sdpa %s B=%lldx%lld L=%lld S=%lld mode %d %s%s",
+                         bwd ? "backward" : "forward", (long long)B1, (long long)B2, (long long)L,
+                         (long long)S, mode, ct_dtype_name(dt), st ? " strided" : "");
                 ct_sdpa_params p = {0.35, mode == 2 ? 0.2 : 0.0, 77, 5, mode == 1};
-                tp q = tp_rnd(qs, 3, dt, 0, dev), kk = tp_rnd(ks, 3, dt, 0, dev);
-                tp v = tp_rnd(vs, 3, dt, 0, dev), o = tp_rnd(os, 3, dt, 0, dev);
+                tp q = sdpa_operand(B1, B2, L, E, dt, dev, st);
+                tp kk = sdpa_operand(B1, B2, S, E, dt, dev, st);
+                tp v = sdpa_operand(B1, B2, S, Ev, dt, dev, st);
+                tp o = sdpa_operand(B1, B2, L, Ev, dt, dev, st);
                 tp lse = tp_rnd(ls, 2, dt, 0, dev);
                 tp m = mode == 2 ? tp_rnd(ms, 4, dt, 0, dev) : (tp){NULL, NULL};
                 KCALL(what, cpuk()->sdpa_forward(o.c, lse.c, q.c, kk.c, v.c, m.c, &p),
@@ -300,8 +415,10 @@ static void case_sdpa(ct_device dev, const ct_kernels *k, const char *bname, int
                     tp_check(o, tol_for(dt), what, bname);
                     tp_check(lse, tol_for(dt), what, bname);
                 } else {
-                    tp gy = tp_rnd(os, 3, dt, 0, dev), gq = tp_rnd(qs, 3, dt, 0, dev);
-                    tp gk = tp_rnd(ks, 3, dt, 0, dev), gv = tp_rnd(vs, 3, dt, 0, dev);
+                    tp gy = sdpa_operand(B1, B2, L, Ev, dt, dev, st);
+                    tp gq = sdpa_operand(B1, B2, L, E, dt, dev, st);
+                    tp gk = sdpa_operand(B1, B2, S, E, dt, dev, st);
+                    tp gv = sdpa_operand(B1, B2, S, Ev, dt, dev, st);
                     KCALL(what,
                           cpuk()->sdpa_backward(gq.c, gk.c, gv.c, gy.c, q.c, kk.c, v.c, o.c,
                                                 lse.c, m.c, &p),

@@ -244,17 +244,19 @@ typedef struct {
     /* gx (contiguous, fully written) = zeros with gy [outer, k, inner] (contiguous) put at \
      * the positions indices (topk's: distinct along dim) give along dim. */               \
     X(topk_backward, (ct_tensor *gx, const ct_tensor *gy, const ct_tensor *indices, int dim)) \
-    /* Fused attention, flash style (the score matrix is never stored whole): q [B,L,E],    \
-     * k [B,S,E], v [B,S,Ev] contiguous, one floating dtype; out [B,L,Ev] = softmax(scale * \
-     * q k^T + mask, causal) (dropped out) v; lse [B,L] (q's dtype) the log-sum-exp of each \
-     * row's scores (-inf for a row with nothing to attend: its output is 0). mask: NULL   \
-     * or additive, q's dtype (float32 beside a 16-bit q, as lse), shape [B1,B2,L,S] with  \
-     * B1*B2 = B (batch b at b / B2, b % B2), strides of dims 0-2 any (0: broadcast), of    \
-     * dim 3 exactly 1. */                                                                  \
+    /* Fused attention, flash style (the score matrix is never stored whole): q [B1,B2,L,E], \
+     * k [B1,B2,S,E], v [B1,B2,S,Ev], one floating dtype, views with any strides for dims   \
+     * 0-2 and contiguous rows (dim 3 stride 1), as out; B = B1*B2 batches, batch b at     \
+     * (b / B2, b % B2). out [B1,B2,L,Ev] = softmax(scale * q k^T + mask, causal) (dropped  \
+     * out) v; lse [B,L] contiguous (q's dtype) the log-sum-exp of each row's scores (-inf  \
+     * for a row with nothing to attend: its output is 0). mask: NULL or additive, q's     \
+     * dtype (float32 beside a 16-bit q, as lse), shape [M1,M2,L,S] with M1*M2 = B (batch b \
+     * at b / M2, b % M2), strides of dims 0-2 any (0: broadcast), of dim 3 exactly 1. */   \
     X(sdpa_forward, (ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k, \
                      const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p))   \
-    /* gq, gk, gv (contiguous, fully written; any may be NULL when not needed) from gout    \
-     * [B,L,Ev] and the forward's inputs, out and lse; the tiles are recomputed. */         \
+    /* gq, gk, gv (views like q, k, v, fully written; any may be NULL when not needed) from \
+     * gout [B1,B2,L,Ev] (a view) and the forward's inputs, out and lse; the tiles are      \
+     * recomputed. */                                                                       \
     X(sdpa_backward, (ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tensor *gout,    \
                       const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,           \
                       const ct_tensor *out, const ct_tensor *lse, const ct_tensor *mask,    \

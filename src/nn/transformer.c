@@ -7,6 +7,7 @@
  * score matrix. */
 #include "ctorch_nn.h"
 #include "core/error.h"
+#include "ops/fused.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -204,29 +205,23 @@ static ct_tensor *mha_forward_impl(ct_module *m, const ct_tensor *query, const c
                              "same length", ct_shape_str(key, s2, sizeof s2),
                              ct_shape_str(value, s3, sizeof s3), (long long)N);
     ct_tensor *w = m->params[0], *b = c->bias ? m->params[1] : NULL;
-    ct_tensor *qp, *kp, *vp;
+    ct_tensor *qkv = NULL, *qp = NULL, *kp = NULL, *vp = NULL;
     if (self) { /* self-attention: one GEMM for the three projections */
-        ct_tensor *qkv = ct_linear(q, w, b);
+        qkv = ct_linear(q, w, b);
         if (!qkv) return NULL;
-        qp = ct_narrow(qkv, 2, 0, E), kp = ct_narrow(qkv, 2, E, E), vp = ct_narrow(qkv, 2, 2 * E, E);
     } else {
         ct_tensor *wq = ct_narrow(w, 0, 0, E), *wk = ct_narrow(w, 0, E, E),
                   *wv = ct_narrow(w, 0, 2 * E, E);
         ct_tensor *bq = b ? ct_narrow(b, 0, 0, E) : NULL, *bk = b ? ct_narrow(b, 0, E, E) : NULL,
                   *bv = b ? ct_narrow(b, 0, 2 * E, E) : NULL;
         qp = ct_linear(q, wq, bq), kp = ct_linear(k, wk, bk), vp = ct_linear(v, wv, bv);
+        if (!qp || !kp || !vp) return NULL;
     }
-    if (!qp || !kp || !vp) return NULL;
-    /* [N, L, E] -> [N, H, L, d] */
-    int64_t qs[4] = {N, L, H, d}, ks[4] = {N, S, H, d};
-    ct_tensor *qh = ct_transpose(ct_reshape(qp, qs, 4), 1, 2);
-    ct_tensor *kh = ct_transpose(ct_reshape(kp, ks, 4), 1, 2);
-    ct_tensor *vh = ct_transpose(ct_reshape(vp, ks, 4), 1, 2);
-    if (!qh || !kh || !vh) return NULL;
+    const ct_dtype pd = ct_dtype_of(self ? qkv : qp);
     /* one additive mask broadcastable to [N, H, L, S] */
     ct_tensor *mask = NULL;
     if (attn_mask) {
-        ct_tensor *am = float_mask(attn_mask, ct_dtype_of(qp), "attn_mask");
+        ct_tensor *am = float_mask(attn_mask, pd, "attn_mask");
         if (!am) return NULL;
         if (ct_ndim(am) == 2 && ct_size(am, 0) == L && ct_size(am, 1) == S) {
             mask = am;
@@ -250,18 +245,26 @@ static ct_tensor *mha_forward_impl(ct_module *m, const ct_tensor *query, const c
             return ct_error_null("key_padding_mask %s must be [N, S] = [%lld, %lld]",
                                  ct_shape_str(key_padding_mask, s1, sizeof s1), (long long)N,
                                  (long long)S);
-        ct_tensor *kpm = float_mask(key_padding_mask, ct_dtype_of(qp), "key_padding_mask");
+        ct_tensor *kpm = float_mask(key_padding_mask, pd, "key_padding_mask");
         int64_t ms[4] = {N, 1, 1, S};
         kpm = kpm ? ct_reshape(kpm, ms, 4) : NULL;
         if (!kpm) return NULL;
         mask = mask ? ct_add(mask, kpm) : kpm;
         if (!mask) return NULL;
     }
-    ct_tensor *att = mha_attention(qh, kh, vh, mask, c->dropout, m->training);
-    if (!att) return NULL;
-    /* [N, H, L, d] -> [N, L, E] -> out_proj */
-    int64_t os[3] = {N, L, E};
-    ct_tensor *merged = ct_reshape(ct_transpose(att, 1, 2), os, 3);
+    ct_tensor *merged; /* the heads' outputs side by side, [N, L, E] */
+    if (self) { /* the heads read in place from qkv (ops/fused.h) */
+        merged = ct_sdpa_packed_qkv(qkv, H, mask, m->training ? c->dropout : 0.0, 0,
+                                    CT_SDPA_DEFAULT_SCALE);
+    } else { /* [N, L, E] -> [N, H, L, d] views; the output comes back in [N, L, H, d] order */
+        int64_t qs[4] = {N, L, H, d}, ks[4] = {N, S, H, d}, os[3] = {N, L, E};
+        ct_tensor *qh = ct_transpose(ct_reshape(qp, qs, 4), 1, 2);
+        ct_tensor *kh = ct_transpose(ct_reshape(kp, ks, 4), 1, 2);
+        ct_tensor *vh = ct_transpose(ct_reshape(vp, ks, 4), 1, 2);
+        if (!qh || !kh || !vh) return NULL;
+        ct_tensor *att = mha_attention(qh, kh, vh, mask, c->dropout, m->training);
+        merged = att ? ct_reshape(ct_transpose(att, 1, 2), os, 3) : NULL;
+    }
     ct_tensor *y = merged ? ct_module_forward(m->children[0], merged) : NULL;
     if (!y) return NULL;
     if (nd == 2) y = ct_squeeze(y, 0);

@@ -13,11 +13,14 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/random.h"
+#include "ops/fused.h"
 
 #include <math.h>
 
 typedef struct {
     int q, k, v, out, lse, mask; /* saved slots; mask -1 when there is none */
+    int nb;                      /* batch dims of q, k, v, out (public op) */
+    int64_t heads;               /* packed op: the heads of qkv [N, L, 3E]; 0: public op */
     ct_sdpa_params p;
 } sdpa_node_ctx;
 
@@ -25,6 +28,65 @@ typedef int (*sdpa_bwd_k)(ct_tensor *, ct_tensor *, ct_tensor *, const ct_tensor
                           const ct_tensor *, const ct_tensor *, const ct_tensor *,
                           const ct_tensor *, const ct_tensor *, const ct_tensor *,
                           const ct_sdpa_params *);
+
+/* Merges dims [a, b) of shape/stride into one (size, stride); 0 when they do not merge. */
+static int merge(const int64_t *sh, const int64_t *st, int a, int b, int64_t *n, int64_t *s) {
+    *n = 1, *s = 0;
+    for (int i = b - 1; i >= a; i--) {
+        if (sh[i] == 1) continue;
+        if (*n == 1) *s = st[i];
+        else if (st[i] != *s * *n) return 0;
+        *n *= sh[i];
+    }
+    return 1;
+}
+
+/* The kernels' [B1, B2, rows, cols] view (no autograd) of t [batch dims (nb), rows, cols]:
+ * batch dims [0, nb-1) merged into B1, the last one B2 (nb 0: 1 x 1). NULL, without an
+ * error, when the strides do not merge or the rows are not contiguous. */
+static ct_tensor *kview(const ct_tensor *t, int nb) {
+    int64_t b1, s1, b2 = nb > 0 ? t->shape[nb - 1] : 1, s2 = nb > 0 ? t->stride[nb - 1] : 0;
+    if (!merge(t->shape, t->stride, 0, nb > 0 ? nb - 1 : 0, &b1, &s1)) return NULL;
+    if (t->shape[nb + 1] > 1 && t->stride[nb + 1] != 1) return NULL;
+    const int64_t sh[4] = {b1, b2, t->shape[nb], t->shape[nb + 1]};
+    const int64_t st[4] = {s1, s2, t->stride[nb], 1};
+    return ct_tensor_make(t->storage, t->dtype, sh, st, 4, t->offset);
+}
+
+/* A new tensor shaped like t with its last dim `last`, dense, its dims laid out in t's
+ * memory order (as PyTorch's empty_like keeps a layout: the attention of heads split
+ * from [N, L, H, d] comes out [N, L, H, d] in memory); contiguous when the kernels could
+ * not index that order with nb batch dims. Its kernel view in *kv. */
+static ct_tensor *alloc_like(const ct_tensor *t, int64_t last, int nb, ct_device dev,
+                             ct_tensor **kv) {
+    const int nd = t->ndim;
+    int order[CT_MAX_DIMS] = {0};
+    for (int i = 0; i < nd; i++) order[i] = i;
+    for (int i = 1; i < nd; i++) /* stable insertion sort: larger strides first */
+        for (int j = i; j > 0 && t->stride[order[j]] > t->stride[order[j - 1]]; j--) {
+            int x = order[j];
+            order[j] = order[j - 1], order[j - 1] = x;
+        }
+    int64_t sh[CT_MAX_DIMS] = {0}, psh[CT_MAX_DIMS] = {0}, pst[CT_MAX_DIMS], st[CT_MAX_DIMS];
+    for (int i = 0; i < nd; i++) sh[i] = t->shape[i];
+    sh[nd - 1] = last;
+    *kv = NULL;
+    if (order[nd - 1] == nd - 1) {
+        for (int i = 0; i < nd; i++) psh[i] = sh[order[i]];
+        ct_tensor *d = ct_empty_on(psh, nd, t->dtype, dev);
+        if (!d) return NULL;
+        ct_contiguous_strides(psh, nd, pst);
+        for (int i = 0; i < nd; i++) st[order[i]] = pst[i];
+        ct_tensor *r = ct_tensor_make(d->storage, t->dtype, sh, st, nd, 0);
+        ct_free(d);
+        if (!r) return NULL;
+        if ((*kv = kview(r, nb)) != NULL) return r;
+        ct_free(r);
+    }
+    ct_tensor *r = ct_empty_on(sh, nd, t->dtype, dev);
+    if (r && !(*kv = kview(r, nb))) ct_free(r), r = NULL;
+    return r;
+}
 
 static int sdpa_backward_fn(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     const sdpa_node_ctx *c = n->ctx;
@@ -36,18 +98,25 @@ static int sdpa_backward_fn(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
     sdpa_bwd_k kb = CT_KERNEL(q, sdpa_backward, "scaled_dot_product_attention backward");
     if (!kb) return -1;
     const ct_device dev = q->storage->device;
-    ct_tensor *g[3] = {NULL, NULL, NULL};
+    const int nb = c->nb;
+    ct_tensor *g[3] = {NULL, NULL, NULL}, *kg[3] = {NULL, NULL, NULL};
     const ct_tensor *in[3] = {q, k, v};
-    int rc = 0;
+    ct_tensor *kq = kview(q, nb), *kk = kview(k, nb), *kv = kview(v, nb), *ko = kview(o, nb);
+    ct_tensor *kgy = kview(gy, nb), *gyc = NULL;
+    if (!kgy) { /* a gradient laid out in a way the kernel cannot index: copied */
+        gyc = ct_data_contiguous(gy);
+        kgy = gyc ? kview(gyc, nb) : NULL;
+    }
+    int rc = kq && kk && kv && ko && kgy ? 0 : -1;
     for (int i = 0; i < 3 && rc == 0; i++)
         if (ct_node_needs_grad(n, i)) {
-            g[i] = ct_empty_on(in[i]->shape, in[i]->ndim, in[i]->dtype, dev);
+            g[i] = alloc_like(in[i], in[i]->shape[in[i]->ndim - 1], nb, dev, &kg[i]);
             if (!g[i]) rc = -1;
         }
-    ct_tensor *gyc = rc == 0 ? ct_data_contiguous(gy) : NULL;
-    rc = gyc ? kb(g[0], g[1], g[2], gyc, q, k, v, o, lse, mask, &c->p) : -1;
-    ct_free(gyc);
+    if (rc == 0) rc = kb(kg[0], kg[1], kg[2], kgy, kq, kk, kv, ko, lse, mask, &c->p);
+    ct_free(kq), ct_free(kk), ct_free(kv), ct_free(ko), ct_free(kgy), ct_free(gyc);
     for (int i = 0; i < 3; i++) {
+        ct_free(kg[i]);
         if (rc != 0) ct_free(g[i]);
         else gx[i] = g[i];
     }
@@ -111,30 +180,22 @@ static int check_inputs(const ct_tensor *q, const ct_tensor *k, const ct_tensor 
     return 0;
 }
 
-/* t expanded to batch bs[0..nb) + its last two dims and viewed as [B, rows, cols]
- * (differentiable; a copy only when the expanded batch dims cannot be merged). */
-static ct_tensor *to3d(const ct_tensor *t, const int64_t *bs, int nb, int64_t B) {
+/* t expanded to batch bs[0..nb) + its last two dims (differentiable), copied contiguous
+ * only when the kernels cannot index the expanded view (batch dims that do not merge, or
+ * rows that are not contiguous). */
+static ct_tensor *kernel_input(const ct_tensor *t, const int64_t *bs, int nb) {
     int64_t sh[CT_MAX_DIMS];
     for (int i = 0; i < nb; i++) sh[i] = bs[i];
     sh[nb] = t->shape[t->ndim - 2], sh[nb + 1] = t->shape[t->ndim - 1];
     ct_tensor *e = ct_expand(t, sh, nb + 2);
-    int64_t s3[3] = {B, sh[nb], sh[nb + 1]};
-    ct_tensor *r = e ? ct_reshape(e, s3, 3) : NULL;
-    ct_tensor *c = r ? ct_contiguous(r) : NULL;
-    ct_free(e), ct_free(r);
-    return c;
-}
-
-/* Merges dims [a, b) of shape/stride into one (size, stride); 0 when they do not merge. */
-static int merge(const int64_t *sh, const int64_t *st, int a, int b, int64_t *n, int64_t *s) {
-    *n = 1, *s = 0;
-    for (int i = b - 1; i >= a; i--) {
-        if (sh[i] == 1) continue;
-        if (*n == 1) *s = st[i];
-        else if (st[i] != *s * *n) return 0;
-        *n *= sh[i];
+    ct_tensor *kv = e ? kview(e, nb) : NULL;
+    if (e && !kv) {
+        ct_tensor *c = ct_contiguous(e);
+        ct_free(e);
+        return c;
     }
-    return 1;
+    ct_free(kv);
+    return e;
 }
 
 /* The mask as the kernel takes it: additive, dtype md, [B1, B2, L, S] (batch bs[0..nb)
@@ -183,31 +244,37 @@ static ct_tensor *kernel_mask(const ct_tensor *mask, ct_dtype md, const int64_t 
     return k;
 }
 
-/* The op on [B, L, E] / [B, S, E] / [B, S, Ev] contiguous q, k, v (differentiable). */
-static ct_tensor *sdpa3(const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
-                        const ct_tensor *kmask, const ct_sdpa_params *p) {
-    int (*kf)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *, const ct_tensor *,
-              const ct_tensor *, const ct_sdpa_params *) =
-        CT_KERNEL(q, sdpa_forward, "scaled_dot_product_attention");
+typedef int (*sdpa_fwd_k)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *,
+                          const ct_tensor *, const ct_tensor *, const ct_sdpa_params *);
+
+/* The op on q [bs (nb dims), L, E], k [bs, S, E], v [bs, S, Ev] that the kernels can
+ * index (kernel_input): out [bs, L, Ev] in q's memory order (differentiable). */
+static ct_tensor *sdpa_run(const ct_tensor *q, const ct_tensor *k, const ct_tensor *v, int nb,
+                           const ct_tensor *kmask, const ct_sdpa_params *p) {
+    sdpa_fwd_k kf = CT_KERNEL(q, sdpa_forward, "scaled_dot_product_attention");
     if (!kf) return NULL;
     const ct_device dev = q->storage->device;
-    const int64_t osh[3] = {q->shape[0], q->shape[1], v->shape[2]}, lsh[2] = {q->shape[0],
-                                                                               q->shape[1]};
+    const int64_t L = q->shape[nb];
+    const int64_t lsh[2] = {ct_shape_numel(q->shape, nb), L};
     const ct_dtype ld = ct_is_low_precision(q->dtype) ? CT_FLOAT32 : q->dtype;
-    ct_tensor *out = ct_empty_on(osh, 3, q->dtype, dev), *lse = ct_empty_on(lsh, 2, ld, dev);
-    ct_tensor *qd = ct_alias(q), *kd = ct_alias(k), *vd = ct_alias(v);
-    int rc = out && lse && qd && kd && vd ? kf(out, lse, qd, kd, vd, kmask, p) : -1;
+    ct_tensor *ko = NULL, *out = alloc_like(q, v->shape[nb + 1], nb, dev, &ko);
+    ct_tensor *lse = ct_empty_on(lsh, 2, ld, dev);
+    ct_tensor *kq = kview(q, nb), *kk = kview(k, nb), *kv = kview(v, nb);
+    int rc = out && lse && kq && kk && kv ? kf(ko, lse, kq, kk, kv, kmask, p) : -1;
+    ct_free(ko), ct_free(kq), ct_free(kk), ct_free(kv);
     ct_node *n = NULL;
     if (rc == 0)
         out = ct_node_record("ScaledDotProductAttentionBackward", sdpa_backward_fn,
                              (const ct_tensor *[]){q, k, v}, 3, out, &n);
     if (n) {
+        ct_tensor *qd = ct_alias(q), *kd = ct_alias(k), *vd = ct_alias(v);
         sdpa_node_ctx *c = CT_NODE_CTX(n, sdpa_node_ctx);
         *c = (sdpa_node_ctx){ct_node_save(n, qd), ct_node_save(n, kd), ct_node_save(n, vd),
                              ct_node_save(n, out), ct_node_save(n, lse),
-                             kmask ? ct_node_save(n, kmask) : -1, *p};
+                             kmask ? ct_node_save(n, kmask) : -1, nb, 0, *p};
+        ct_free(qd), ct_free(kd), ct_free(vd);
     }
-    ct_free(qd), ct_free(kd), ct_free(vd), ct_free(lse);
+    ct_free(lse);
     if (rc != 0) {
         ct_free(out);
         return NULL;
@@ -231,22 +298,111 @@ ct_tensor *ct_scaled_dot_product_attention(const ct_tensor *q, const ct_tensor *
         return NULL;
     const int64_t B = ct_shape_numel(bs, nb), L = q->shape[q->ndim - 2];
     const int64_t S = k->shape[k->ndim - 2], E = q->shape[q->ndim - 1];
-    const int64_t Ev = v->shape[v->ndim - 1];
     ct_sdpa_params p = {scale == 0.0 ? 1.0 / sqrt((double)E) : scale, dropout_p, 0, 0,
                         is_causal != 0};
     if (dropout_p > 0) p.seed = ct_seed(), p.offset = ct_rng_reserve((uint64_t)(B * L * S));
     const ct_dtype md = ct_is_low_precision(q->dtype) ? CT_FLOAT32 : q->dtype;
     ct_tensor *km = attn_mask ? kernel_mask(attn_mask, md, bs, nb, L, S) : NULL;
     if (attn_mask && !km) return NULL;
-    ct_tensor *q3 = to3d(q, bs, nb, B), *k3 = q3 ? to3d(k, bs, nb, B) : NULL;
-    ct_tensor *v3 = k3 ? to3d(v, bs, nb, B) : NULL;
-    ct_tensor *o3 = v3 ? sdpa3(q3, k3, v3, km, &p) : NULL;
-    ct_free(q3), ct_free(k3), ct_free(v3), ct_free(km);
-    if (!o3) return NULL;
-    int64_t osh[CT_MAX_DIMS];
-    for (int i = 0; i < nb; i++) osh[i] = bs[i];
-    osh[nb] = L, osh[nb + 1] = Ev;
-    ct_tensor *o = ct_reshape(o3, osh, nb + 2);
-    ct_free(o3);
+    ct_tensor *qe = kernel_input(q, bs, nb), *ke = qe ? kernel_input(k, bs, nb) : NULL;
+    ct_tensor *ve = ke ? kernel_input(v, bs, nb) : NULL;
+    ct_tensor *o = ve ? sdpa_run(qe, ke, ve, nb, km, &p) : NULL;
+    ct_free(qe), ct_free(ke), ct_free(ve), ct_free(km);
     return o;
+}
+
+/* ------------------------------------------------ packed self-attention (ops/fused.h) */
+
+/* The [N, H, L, d] kernel view of part `part` of the `parts` equal parts of t's last dim
+ * (t [N, L, parts * H * d], rows contiguous); NULL (no error) when t's last dim is strided. */
+static ct_tensor *heads_view(const ct_tensor *t, int64_t H, int part, int parts) {
+    if (t->ndim != 3 || (t->shape[2] > 1 && t->stride[2] != 1)) return NULL;
+    const int64_t E = t->shape[2] / parts, d = E / H;
+    const int64_t sh[4] = {t->shape[0], H, t->shape[1], d};
+    const int64_t st[4] = {t->stride[0], d, t->stride[1], 1};
+    return ct_tensor_make(t->storage, t->dtype, sh, st, 4, t->offset + part * E);
+}
+
+static int sdpa_packed_backward_fn(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
+    const sdpa_node_ctx *c = n->ctx;
+    const ct_tensor *qkv = ct_node_saved(n, c->q), *o = ct_node_saved(n, c->out);
+    const ct_tensor *lse = ct_node_saved(n, c->lse);
+    const ct_tensor *mask = c->mask >= 0 ? ct_node_saved(n, c->mask) : NULL;
+    if (!qkv || !o || !lse || (c->mask >= 0 && !mask)) return -1;
+    sdpa_bwd_k kb = CT_KERNEL(qkv, sdpa_backward, "scaled_dot_product_attention backward");
+    if (!kb) return -1;
+    const int64_t H = c->heads;
+    ct_tensor *g = ct_empty_on(qkv->shape, 3, qkv->dtype, qkv->storage->device);
+    ct_tensor *kg[3] = {NULL, NULL, NULL}, *kin[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < 3; i++) {
+        kg[i] = g ? heads_view(g, H, i, 3) : NULL;
+        kin[i] = heads_view(qkv, H, i, 3);
+    }
+    ct_tensor *ko = heads_view(o, H, 0, 1), *kgy = heads_view(gy, H, 0, 1), *gyc = NULL;
+    if (!kgy) { /* a gradient with a strided last dim: copied */
+        gyc = ct_data_contiguous(gy);
+        kgy = gyc ? heads_view(gyc, H, 0, 1) : NULL;
+    }
+    int rc = g && kg[0] && kg[1] && kg[2] && kin[0] && kin[1] && kin[2] && ko && kgy
+                 ? kb(kg[0], kg[1], kg[2], kgy, kin[0], kin[1], kin[2], ko, lse, mask, &c->p)
+                 : -1;
+    for (int i = 0; i < 3; i++) ct_free(kg[i]), ct_free(kin[i]);
+    ct_free(ko), ct_free(kgy), ct_free(gyc);
+    if (rc != 0) {
+        ct_free(g);
+        return -1;
+    }
+    gx[0] = g;
+    return 0;
+}
+
+ct_tensor *ct_sdpa_packed_qkv(const ct_tensor *qkv, int64_t num_heads, const ct_tensor *attn_mask,
+                              double dropout_p, int is_causal, double scale) {
+    const char *op = "scaled_dot_product_attention (packed q, k, v)";
+    char s1[96];
+    if (check_inputs(qkv, qkv, qkv, attn_mask, dropout_p, is_causal) != 0) return NULL;
+    if (qkv->ndim != 3 || num_heads <= 0 || qkv->shape[2] % (3 * num_heads) != 0)
+        return ct_error_null("%s: qkv %s must be [N, L, 3 * E] with E a multiple of num_heads "
+                             "(%lld)", op, ct_shape_str(qkv, s1, sizeof s1), (long long)num_heads);
+    CT_AUTOCAST(CT_AC_SDPA,
+                ct_sdpa_packed_qkv(ac[0], num_heads, ac[1], dropout_p, is_causal, scale), qkv,
+                attn_mask);
+    const int64_t N = qkv->shape[0], L = qkv->shape[1], E = qkv->shape[2] / 3, H = num_heads;
+    const int64_t d = E / H, bs[2] = {N, H};
+    ct_sdpa_params p = {scale == 0.0 ? 1.0 / sqrt((double)d) : scale, dropout_p, 0, 0,
+                        is_causal != 0};
+    if (dropout_p > 0) p.seed = ct_seed(), p.offset = ct_rng_reserve((uint64_t)(N * H * L * L));
+    const ct_dtype md = ct_is_low_precision(qkv->dtype) ? CT_FLOAT32 : qkv->dtype;
+    ct_tensor *km = attn_mask ? kernel_mask(attn_mask, md, bs, 2, L, L) : NULL;
+    if (attn_mask && !km) return NULL;
+    sdpa_fwd_k kf = CT_KERNEL(qkv, sdpa_forward, "scaled_dot_product_attention");
+    ct_tensor *x = kf ? ct_contiguous(qkv) : NULL; /* itself unless its last dim is strided */
+    const ct_device dev = qkv->storage->device;
+    const int64_t osh[3] = {N, L, E}, lsh[2] = {N * H, L};
+    const ct_dtype ld = ct_is_low_precision(qkv->dtype) ? CT_FLOAT32 : qkv->dtype;
+    ct_tensor *out = x ? ct_empty_on(osh, 3, qkv->dtype, dev) : NULL;
+    ct_tensor *lse = out ? ct_empty_on(lsh, 2, ld, dev) : NULL;
+    ct_tensor *ko = out ? heads_view(out, H, 0, 1) : NULL, *kin[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < 3 && x; i++) kin[i] = heads_view(x, H, i, 3);
+    int rc = lse && ko && kin[0] && kin[1] && kin[2] ? kf(ko, lse, kin[0], kin[1], kin[2], km, &p)
+                                                     : -1;
+    for (int i = 0; i < 3; i++) ct_free(kin[i]);
+    ct_free(ko);
+    ct_node *n = NULL;
+    if (rc == 0)
+        out = ct_node_record("ScaledDotProductAttentionBackward", sdpa_packed_backward_fn,
+                             (const ct_tensor *[]){x}, 1, out, &n);
+    if (n) {
+        ct_tensor *xd = ct_alias(x);
+        sdpa_node_ctx *c = CT_NODE_CTX(n, sdpa_node_ctx);
+        *c = (sdpa_node_ctx){ct_node_save(n, xd), -1, -1, ct_node_save(n, out),
+                             ct_node_save(n, lse), km ? ct_node_save(n, km) : -1, 2, H, p};
+        ct_free(xd);
+    }
+    ct_free(x), ct_free(lse), ct_free(km);
+    if (rc != 0) {
+        ct_free(out);
+        return NULL;
+    }
+    return out;
 }

@@ -23,4 +23,14 @@ ct_tensor *ct_conv2d_relu_max_pool2d(const ct_tensor *x, const ct_tensor *weight
                                      const int pool_kernel[2], const int pool_stride[2],
                                      const int pool_padding[2]);
 
+/* MultiheadAttention's self-attention on its packed projection: qkv [N, L, 3E] holds q, k
+ * and v (each [N, L, E], split into num_heads heads of E / num_heads) side by side; returns
+ * [N, L, E], the heads' scaled_dot_product_attention outputs side by side. The same values
+ * and gradient (dropout included) as narrowing qkv into q, k, v, viewing them [N, H, L, d],
+ * calling ct_scaled_dot_product_attention and merging the heads back, but with no copies:
+ * the kernels read the heads in place and the backward writes one [N, L, 3E] gradient.
+ * attn_mask: as ct_scaled_dot_product_attention's, broadcastable to [N, H, L, L]. */
+ct_tensor *ct_sdpa_packed_qkv(const ct_tensor *qkv, int64_t num_heads, const ct_tensor *attn_mask,
+                              double dropout_p, int is_causal, double scale);
+
 #endif

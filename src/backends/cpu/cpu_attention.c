@@ -38,10 +38,18 @@
 #define QB 96 /* query rows per block */
 #define KB 96 /* keys per block */
 
+/* One operand of the kernel contract: a [B1, B2, rows, cols] view (src/core/backend.h),
+ * its element strides of dims 0-2 (dim 3 is contiguous). */
 typedef struct {
-    const char *q, *k, *v, *mask, *o, *gout;
-    char *out, *lse, *gq, *gk, *gv;
-    int64_t B, L, S, E, Ev, mB2, ms0, ms1, ms2, nqb;
+    char *p;
+    int64_t s0, s1, s2;
+} sdpa_view;
+
+typedef struct {
+    sdpa_view q, k, v, o, gout, out, gq, gk, gv;
+    const char *mask;
+    char *lse;
+    int64_t B, B2, L, S, E, Ev, mB2, ms0, ms1, ms2, nqb;
     int64_t nsplit; /* backward: key ranges per batch (dQ partial sums in dqp when > 1) */
     char *D, *dqp;  /* backward: rowsum(dO * O) [B, L]; dQ partials [B, nsplit, L, E] */
     ct_sdpa_params p;
@@ -186,15 +194,34 @@ AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int ars, in
 #undef SDPA_TMPL
 
 /* ---------------------------------------------------------------- entry points */
+/* w = t's [B1, B2, rows, cols] view (NULL t: an empty view); -1 with an error when t is
+ * not 4-D, its last dim is strided or a row stride does not fit the tile GEMM's int. */
+static int sdpa_view_of(sdpa_view *w, const ct_tensor *t, const char *op) {
+    memset(w, 0, sizeof *w);
+    if (!t) return 0;
+    if (t->ndim != 4 || (t->stride[3] != 1 && t->shape[3] > 1) || t->stride[2] > INT32_MAX ||
+        t->stride[2] < 0)
+        return ct_error("%s: an operand is not a [B1, B2, rows, cols] view with contiguous "
+                        "rows", op);
+    w->p = (char *)ct_ptr(t), w->s0 = t->stride[0], w->s1 = t->stride[1], w->s2 = t->stride[2];
+    return 0;
+}
+
 static int fill_ctx(sdpa_ctx *c, const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
                     const ct_tensor *mask, const ct_sdpa_params *p, const char *op) {
     if (q->dtype != CT_FLOAT32 && q->dtype != CT_FLOAT64)
         return ct_error("%s: dtype %s not supported (float32 or float64)", op,
                         ct_dtype_name(q->dtype));
     memset(c, 0, sizeof *c);
-    c->q = ct_ptr(q), c->k = ct_ptr(k), c->v = ct_ptr(v);
-    c->B = q->shape[0], c->L = q->shape[1], c->E = q->shape[2];
-    c->S = k->shape[1], c->Ev = v->shape[2];
+    if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4 || k->shape[0] != q->shape[0] ||
+        v->shape[0] != q->shape[0] || k->shape[1] != q->shape[1] || v->shape[1] != q->shape[1])
+        return ct_error("%s: q, k and v must be [B1, B2, rows, cols] views with the same B1, B2",
+                        op);
+    if (sdpa_view_of(&c->q, q, op) || sdpa_view_of(&c->k, k, op) || sdpa_view_of(&c->v, v, op))
+        return -1;
+    c->B2 = q->shape[1], c->B = q->shape[0] * q->shape[1];
+    c->L = q->shape[2], c->E = q->shape[3];
+    c->S = k->shape[2], c->Ev = v->shape[3];
     c->nqb = (c->L + QB - 1) / QB;
     if (mask) {
         if (mask->dtype != q->dtype || mask->ndim != 4 || (mask->stride[3] != 1 && c->S > 1) ||
@@ -215,7 +242,8 @@ int cpu_sdpa_forward_full(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, co
                           const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p) {
     sdpa_ctx c;
     if (fill_ctx(&c, q, k, v, mask, p, "scaled_dot_product_attention") != 0) return -1;
-    c.out = ct_ptr(out), c.lse = ct_ptr(lse);
+    if (sdpa_view_of(&c.out, out, "scaled_dot_product_attention") != 0) return -1;
+    c.lse = ct_ptr(lse);
     const int64_t n = c.B * c.nqb;
     if (n == 0) return 0;
     ct_parallel_for(n, 1, q->dtype == CT_FLOAT32 ? fwd_range_f32 : fwd_range_f64, &c);
@@ -228,8 +256,11 @@ int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
                            const ct_sdpa_params *p) {
     sdpa_ctx c;
     if (fill_ctx(&c, q, k, v, mask, p, "scaled_dot_product_attention backward") != 0) return -1;
-    c.o = ct_ptr(out), c.gout = ct_ptr(gout), c.lse = ct_ptr(lse);
-    c.gq = gq ? ct_ptr(gq) : NULL, c.gk = gk ? ct_ptr(gk) : NULL, c.gv = gv ? ct_ptr(gv) : NULL;
+    const char *op = "scaled_dot_product_attention backward";
+    if (sdpa_view_of(&c.o, out, op) || sdpa_view_of(&c.gout, gout, op) ||
+        sdpa_view_of(&c.gq, gq, op) || sdpa_view_of(&c.gk, gk, op) || sdpa_view_of(&c.gv, gv, op))
+        return -1;
+    c.lse = ct_ptr(lse);
     if (c.B == 0) return 0;
     const int f32 = q->dtype == CT_FLOAT32;
     const size_t es = f32 ? sizeof(float) : sizeof(double);
@@ -256,6 +287,10 @@ int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
 }
 
 #else /* SDPA_TMPL: compiled for T = float and T = double */
+
+/* Row i of batch b (in [0, B1*B2)) of an operand view. */
+#define ROW(w, b, i)                                                                        \
+    ((T *)(w).p + ((b) / c->B2) * (w).s0 + ((b) % c->B2) * (w).s1 + (int64_t)(i) * (w).s2)
 
 /* C[m x n] += A[m x k] B[k x n]; A's element (i, p) at A[i * ars + p * acs] (row-major or
  * transposed), B and C row-major. */
@@ -302,17 +337,18 @@ static T F(exp_sub_sum)(const sdpa_ctx *c, T *x, int n, T mx) {
  * kt: scratch [E x KB]. */
 static void F(scale_kt)(const sdpa_ctx *c, int64_t b, int64_t j0, int nk, T *kt) {
     const int E = (int)c->E;
-    const T *K = (const T *)c->k + (b * c->S + j0) * c->E;
+    const T *K = ROW(c->k, b, j0);
+    const int64_t ks = c->k.s2;
     const T sc = (T)c->p.scale;
     for (int r = 0; r < nk; r++) /* kt = scale * K^T */
-        for (int e = 0; e < E; e++) kt[(size_t)e * KB + r] = sc * K[(size_t)r * E + e];
+        for (int e = 0; e < E; e++) kt[(size_t)e * KB + r] = sc * K[r * ks + e];
 }
 
 /* The same with kt (scale * K^T of the key block) made already (new_kt == 0). */
 static void F(scores)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t j0, int nk,
                       T *kt, T *s, int new_kt) {
     const int E = (int)c->E;
-    const T *Q = (const T *)c->q + (b * c->L + i0) * c->E;
+    const T *Q = ROW(c->q, b, i0);
     if (new_kt) F(scale_kt)(c, b, j0, nk, kt);
     for (int r = 0; r < nq; r++) {
         T *sr = s + (size_t)r * KB;
@@ -323,7 +359,7 @@ static void F(scores)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t 
         else
             memset(sr, 0, sizeof(T) * (size_t)nk);
     }
-    F(mm_acc)(c, nq, nk, E, Q, E, 1, kt, KB, s, KB);
+    F(mm_acc)(c, nq, nk, E, Q, (int)c->q.s2, 1, kt, KB, s, KB);
     if (c->p.causal)
         for (int r = 0; r < nq; r++)
             for (int j = (int)(i0 + r - j0 + 1 > 0 ? i0 + r - j0 + 1 : 0); j < nk; j++)
@@ -347,7 +383,8 @@ static void F(drop_row)(const sdpa_ctx *c, T *pr, int64_t b, int64_t i, int64_t 
 static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t j0, int nk,
                            T *s, T *m, T *l) {
     const int Ev = (int)c->Ev;
-    T *O = (T *)c->out + (b * c->L + i0) * c->Ev;
+    T *O = ROW(c->out, b, i0);
+    const int os = (int)c->out.s2;
     for (int r = 0; r < nq; r++) {
         T *sr = s + (size_t)r * KB;
         T mx = m[r];
@@ -365,19 +402,18 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
         l[r] = l[r] * alpha + sum;
         m[r] = mx;
         if (alpha != 1)
-            for (int e = 0; e < Ev; e++) O[(size_t)r * Ev + e] *= alpha;
+            for (int e = 0; e < Ev; e++) O[(size_t)r * os + e] *= alpha;
         if (c->p.dropout_p > 0) F(drop_row)(c, sr, b, i0 + r, j0, nk);
     }
-    const T *V = (const T *)c->v + (b * c->S + j0) * c->Ev;
-    F(mm_acc)(c, nq, Ev, nk, s, KB, 1, V, Ev, O, Ev);
+    F(mm_acc)(c, nq, Ev, nk, s, KB, 1, ROW(c->v, b, j0), (int)c->v.s2, O, os);
 }
 
 /* One block of query rows: (b, qb) = item / nqb, item % nqb. */
 static void F(fwd_block)(const sdpa_ctx *c, int64_t item, T *s, T *kt, T *m, T *l) {
     const int64_t b = item / c->nqb, i0 = (item % c->nqb) * QB;
     const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
-    T *O = (T *)c->out + (b * c->L + i0) * c->Ev;
-    memset(O, 0, sizeof(T) * (size_t)(nq * c->Ev));
+    T *O = ROW(c->out, b, i0);
+    for (int r = 0; r < nq; r++) memset(O + r * c->out.s2, 0, sizeof(T) * (size_t)c->Ev);
     for (int r = 0; r < nq; r++) m[r] = -INFINITY, l[r] = 0;
     const int64_t jend = F(key_end)(c, i0, nq);
     for (int64_t j0 = 0; j0 < jend; j0 += KB) {
@@ -387,7 +423,7 @@ static void F(fwd_block)(const sdpa_ctx *c, int64_t item, T *s, T *kt, T *m, T *
     }
     T *lse = (T *)c->lse + b * c->L + i0;
     for (int r = 0; r < nq; r++) {
-        T *orow = O + (size_t)r * c->Ev;
+        T *orow = O + r * c->out.s2;
         const T inv = l[r] > 0 ? 1 / l[r] : 0;
         for (int64_t e = 0; e < c->Ev; e++) orow[e] *= inv;
         lse[r] = l[r] > 0 ? m[r] + LOG(l[r]) : -INFINITY;
@@ -415,12 +451,13 @@ typedef struct {
 /* The gradients of one tile (rows [i0, i0+nq), keys [j0, j0+nk)): P from the saved
  * log-sum-exp, dV += P~^T dO, dP = (dO V^T) * dropout, dS = P (dP - D) scale,
  * dQ += dS K, dK += dS^T Q. */
-static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int64_t b, int64_t i0,
-                        int nq, int64_t j0, int nk) {
+static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int dqs, int64_t b,
+                        int64_t i0, int nq, int64_t j0, int nk) {
     const int E = (int)c->E, Ev = (int)c->Ev;
     const T *D = (const T *)c->D + b * c->L + i0;
     const T *lse = (const T *)c->lse + b * c->L + i0;
-    const T *dO = (const T *)c->gout + (b * c->L + i0) * c->Ev;
+    const T *dO = ROW(c->gout, b, i0);
+    const int dos = (int)c->gout.s2;
     F(scores)(c, b, i0, nq, j0, nk, w->kt, w->s, 0); /* kt, vt: made by bwd_item */
     for (int r = 0; r < nq; r++) {
         T *sr = w->s + (size_t)r * KB;
@@ -428,7 +465,7 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int64_t 
         else F(exp_sub_sum)(c, sr, nk, lse[r]);
         memset(w->dp + (size_t)r * KB, 0, sizeof(T) * (size_t)nk);
     }
-    F(mm_acc)(c, nq, nk, Ev, dO, Ev, 1, w->vt, KB, w->dp, KB); /* dP~ = dO V^T */
+    F(mm_acc)(c, nq, nk, Ev, dO, dos, 1, w->vt, KB, w->dp, KB); /* dP~ = dO V^T */
     const int drop = c->p.dropout_p > 0;
     const T sc = (T)c->p.scale;
     for (int r = 0; r < nq; r++) {
@@ -445,23 +482,21 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int64_t 
         }
     }
     /* dV += P~^T dO, dK += dS^T Q: the tiles read transposed (no copies) */
-    if (c->gv)
-        F(mm_acc)(c, nk, Ev, nq, w->s, 1, KB, dO, Ev, (T *)c->gv + (b * c->S + j0) * c->Ev, Ev);
-    if (dq) {
-        const T *K = (const T *)c->k + (b * c->S + j0) * c->E;
-        F(mm_acc)(c, nq, E, nk, w->dp, KB, 1, K, E, dq + i0 * c->E, E);
-    }
-    if (c->gk) {
-        const T *Q = (const T *)c->q + (b * c->L + i0) * c->E;
-        F(mm_acc)(c, nk, E, nq, w->dp, 1, KB, Q, E, (T *)c->gk + (b * c->S + j0) * c->E, E);
-    }
+    if (c->gv.p)
+        F(mm_acc)(c, nk, Ev, nq, w->s, 1, KB, dO, dos, ROW(c->gv, b, j0), (int)c->gv.s2);
+    if (dq)
+        F(mm_acc)(c, nq, E, nk, w->dp, KB, 1, ROW(c->k, b, j0), (int)c->k.s2,
+                  dq + i0 * dqs, dqs);
+    if (c->gk.p)
+        F(mm_acc)(c, nk, E, nq, w->dp, 1, KB, ROW(c->q, b, i0), (int)c->q.s2,
+                  ROW(c->gk, b, j0), (int)c->gk.s2);
 }
 
 /* D = rowsum(dO * O) for rows [b, e) of [B*L]. */
 static void F(rowdot)(void *vc, int64_t b, int64_t e) {
     const sdpa_ctx *c = vc;
     for (int64_t i = b; i < e; i++) {
-        const T *dO = (const T *)c->gout + i * c->Ev, *O = (const T *)c->o + i * c->Ev;
+        const T *dO = ROW(c->gout, i / c->L, i % c->L), *O = ROW(c->o, i / c->L, i % c->L);
         T acc = 0;
         for (int64_t k = 0; k < c->Ev; k++) acc += dO[k] * O[k];
         ((T *)c->D)[i] = acc;
@@ -476,22 +511,23 @@ static void F(bwd_item)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t item) {
     const int64_t j_lo = nkb * part / c->nsplit * KB, j_hi = nkb * (part + 1) / c->nsplit * KB;
     const int64_t j_end = j_hi < c->S ? j_hi : c->S;
     T *dq = c->nsplit > 1 ? (T *)c->dqp + item * c->L * c->E
-                          : c->gq ? (T *)c->gq + b * c->L * c->E : NULL;
-    if (dq) memset(dq, 0, sizeof(T) * (size_t)(c->L * c->E));
-    if (c->gk && j_end > j_lo)
-        memset((T *)c->gk + (b * c->S + j_lo) * c->E, 0, sizeof(T) * (size_t)((j_end - j_lo) * c->E));
-    if (c->gv && j_end > j_lo)
-        memset((T *)c->gv + (b * c->S + j_lo) * c->Ev, 0,
-               sizeof(T) * (size_t)((j_end - j_lo) * c->Ev));
+                          : c->gq.p ? ROW(c->gq, b, 0) : NULL;
+    const int dqs = c->nsplit > 1 ? (int)c->E : (int)c->gq.s2;
+    if (dq)
+        for (int64_t i = 0; i < c->L; i++) memset(dq + i * dqs, 0, sizeof(T) * (size_t)c->E);
+    for (int64_t j = j_lo; j < j_end; j++) {
+        if (c->gk.p) memset(ROW(c->gk, b, j), 0, sizeof(T) * (size_t)c->E);
+        if (c->gv.p) memset(ROW(c->gv, b, j), 0, sizeof(T) * (size_t)c->Ev);
+    }
     for (int64_t j0 = j_lo; j0 < j_end; j0 += KB) {
         const int nk = (int)(j_end - j0 < KB ? j_end - j0 : KB);
         F(scale_kt)(c, b, j0, nk, w->kt);
-        F(transpose)((const T *)c->v + (b * c->S + j0) * c->Ev, nk, (int)c->Ev, c->Ev, w->vt, KB);
+        F(transpose)(ROW(c->v, b, j0), nk, (int)c->Ev, c->v.s2, w->vt, KB);
         for (int64_t i0 = 0; i0 < c->L; i0 += QB) {
             const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
             const int64_t jend = F(key_end)(c, i0, nq);
             if (j0 >= jend) continue; /* causal: these queries see none of these keys */
-            F(bwd_tile)(c, w, dq, b, i0, nq, j0, (int)(jend - j0 < nk ? jend - j0 : nk));
+            F(bwd_tile)(c, w, dq, dqs, b, i0, nq, j0, (int)(jend - j0 < nk ? jend - j0 : nk));
         }
     }
 }
@@ -516,7 +552,7 @@ static void F(sum_parts)(void *vc, int64_t b, int64_t e) {
     const sdpa_ctx *c = vc;
     for (int64_t r = b; r < e; r++) {
         const int64_t bb = r / c->L, i = r % c->L;
-        T *dst = (T *)c->gq + r * c->E;
+        T *dst = ROW(c->gq, bb, i);
         const T *src = (const T *)c->dqp + (bb * c->nsplit * c->L + i) * c->E;
         for (int64_t k = 0; k < c->E; k++) dst[k] = src[k];
         for (int64_t part = 1; part < c->nsplit; part++) {
@@ -526,4 +562,5 @@ static void F(sum_parts)(void *vc, int64_t b, int64_t e) {
     }
 }
 
+#undef ROW
 #endif /* SDPA_TMPL */

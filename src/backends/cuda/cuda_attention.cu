@@ -17,10 +17,17 @@
 
 #define SDPA_T 128 /* threads per block = keys (or queries) per tile */
 
+/* An operand: a [B1, B2, rows, cols] view, its element strides of dims 0-2. */
+struct sdpa_view {
+    void *p;
+    int64_t s0, s1, s2;
+};
+
 struct sdpa_dev {
-    const void *q, *k, *v, *mask, *o, *gout, *lse;
-    void *out, *lse_out, *gq, *gk, *gv;
-    int64_t L, S, E, Ev, mB2, ms0, ms1, ms2;
+    sdpa_view q, k, v, o, gout, out, gq, gk, gv;
+    const void *mask, *lse;
+    void *lse_out;
+    int64_t B2, L, S, E, Ev, mB2, ms0, ms1, ms2;
     double scale, p;
     unsigned long long seed, offset;
     int causal;
@@ -58,10 +65,17 @@ __device__ T sdpa_reduce(T x, int op, T *red) {
     return r;
 }
 
+/* Row i of batch b (in [0, B1*B2)) of an operand. */
+template <typename T>
+__device__ __forceinline__ T *sdpa_row(const sdpa_dev &a, const sdpa_view &w, int64_t b,
+                                       int64_t i) {
+    return (T *)w.p + (b / a.B2) * w.s0 + (b % a.B2) * w.s1 + i * w.s2;
+}
+
 /* scale * q_i . k_j + mask (j < S, and not hidden by causal: the caller checks). */
 template <typename T>
 __device__ T sdpa_score(const sdpa_dev &a, int64_t b, int64_t i, int64_t j) {
-    const T *q = (const T *)a.q + (b * a.L + i) * a.E, *k = (const T *)a.k + (b * a.S + j) * a.E;
+    const T *q = sdpa_row<T>(a, a.q, b, i), *k = sdpa_row<T>(a, a.k, b, j);
     T s = 0;
     for (int64_t e = 0; e < a.E; e++) s += q[e] * k[e];
     s *= (T)a.scale;
@@ -75,8 +89,8 @@ __global__ void k_sdpa_fwd(sdpa_dev a) {
     __shared__ T red[SDPA_T], p[SDPA_T];
     const int64_t b = blockIdx.x / a.L, i = blockIdx.x % a.L;
     const int t = threadIdx.x;
-    T *o = (T *)a.out + (b * a.L + i) * a.Ev;
-    const T *v = (const T *)a.v + b * a.S * a.Ev;
+    T *o = sdpa_row<T>(a, a.out, b, i);
+    const T *v = sdpa_row<T>(a, a.v, b, 0);
     for (int64_t e = t; e < a.Ev; e += SDPA_T) o[e] = 0;
     T m = -INFINITY, l = 0;
     const int64_t jend = a.causal && i + 1 < a.S ? i + 1 : a.S;
@@ -97,7 +111,7 @@ __global__ void k_sdpa_fwd(sdpa_dev a) {
         const int nk = (int)(jend - j0 < SDPA_T ? jend - j0 : SDPA_T);
         for (int64_t e = t; e < a.Ev; e += SDPA_T) {
             T acc = o[e] * alpha;
-            for (int u = 0; u < nk; u++) acc += p[u] * v[(j0 + u) * a.Ev + e];
+            for (int u = 0; u < nk; u++) acc += p[u] * v[(j0 + u) * a.v.s2 + e];
             o[e] = acc;
         }
         __syncthreads();
@@ -114,7 +128,7 @@ __device__ T sdpa_ds(const sdpa_dev &a, int64_t b, int64_t i, int64_t j, T D, T 
     const T s = sdpa_score<T>(a, b, i, j);
     const T pr = lse == (T)-INFINITY ? (T)0 : cu_exp(s - lse);
     const T z = a.p > 0 ? (T)sdpa_drop(a, b, i, j) : (T)1;
-    const T *go = (const T *)a.gout + (b * a.L + i) * a.Ev, *v = (const T *)a.v + (b * a.S + j) * a.Ev;
+    const T *go = sdpa_row<T>(a, a.gout, b, i), *v = sdpa_row<T>(a, a.v, b, j);
     T dp = 0;
     for (int64_t e = 0; e < a.Ev; e++) dp += go[e] * v[e];
     *pz = pr * z;
@@ -124,7 +138,7 @@ __device__ T sdpa_ds(const sdpa_dev &a, int64_t b, int64_t i, int64_t j, T D, T 
 /* dO_i . O_i */
 template <typename T>
 __device__ T sdpa_D(const sdpa_dev &a, int64_t b, int64_t i) {
-    const T *go = (const T *)a.gout + (b * a.L + i) * a.Ev, *o = (const T *)a.o + (b * a.L + i) * a.Ev;
+    const T *go = sdpa_row<T>(a, a.gout, b, i), *o = sdpa_row<T>(a, a.o, b, i);
     T d = 0;
     for (int64_t e = 0; e < a.Ev; e++) d += go[e] * o[e];
     return d;
@@ -135,8 +149,8 @@ __global__ void k_sdpa_bwd_q(sdpa_dev a) {
     __shared__ T ds[SDPA_T];
     const int64_t b = blockIdx.x / a.L, i = blockIdx.x % a.L;
     const int t = threadIdx.x;
-    T *gq = (T *)a.gq + (b * a.L + i) * a.E;
-    const T *k = (const T *)a.k + b * a.S * a.E;
+    T *gq = sdpa_row<T>(a, a.gq, b, i);
+    const T *k = sdpa_row<T>(a, a.k, b, 0);
     for (int64_t e = t; e < a.E; e += SDPA_T) gq[e] = 0;
     const T D = sdpa_D<T>(a, b, i);
     const int64_t jend = a.causal && i + 1 < a.S ? i + 1 : a.S;
@@ -148,7 +162,7 @@ __global__ void k_sdpa_bwd_q(sdpa_dev a) {
         const int nk = (int)(jend - j0 < SDPA_T ? jend - j0 : SDPA_T);
         for (int64_t e = t; e < a.E; e += SDPA_T) {
             T acc = gq[e];
-            for (int u = 0; u < nk; u++) acc += ds[u] * k[(j0 + u) * a.E + e];
+            for (int u = 0; u < nk; u++) acc += ds[u] * k[(j0 + u) * a.k.s2 + e];
             gq[e] = acc;
         }
         __syncthreads();
@@ -160,9 +174,9 @@ __global__ void k_sdpa_bwd_kv(sdpa_dev a) {
     __shared__ T ds[SDPA_T], pz[SDPA_T];
     const int64_t b = blockIdx.x / a.S, j = blockIdx.x % a.S;
     const int t = threadIdx.x;
-    T *gk = a.gk ? (T *)a.gk + (b * a.S + j) * a.E : NULL;
-    T *gv = a.gv ? (T *)a.gv + (b * a.S + j) * a.Ev : NULL;
-    const T *q = (const T *)a.q + b * a.L * a.E, *go = (const T *)a.gout + b * a.L * a.Ev;
+    T *gk = a.gk.p ? sdpa_row<T>(a, a.gk, b, j) : NULL;
+    T *gv = a.gv.p ? sdpa_row<T>(a, a.gv, b, j) : NULL;
+    const T *q = sdpa_row<T>(a, a.q, b, 0), *go = sdpa_row<T>(a, a.gout, b, 0);
     if (gk)
         for (int64_t e = t; e < a.E; e += SDPA_T) gk[e] = 0;
     if (gv)
@@ -178,17 +192,28 @@ __global__ void k_sdpa_bwd_kv(sdpa_dev a) {
         if (gk)
             for (int64_t e = t; e < a.E; e += SDPA_T) {
                 T acc = gk[e];
-                for (int u = 0; u < nq; u++) acc += ds[u] * q[(i0 + u) * a.E + e];
+                for (int u = 0; u < nq; u++) acc += ds[u] * q[(i0 + u) * a.q.s2 + e];
                 gk[e] = acc;
             }
         if (gv)
             for (int64_t e = t; e < a.Ev; e += SDPA_T) {
                 T acc = gv[e];
-                for (int u = 0; u < nq; u++) acc += pz[u] * go[(i0 + u) * a.Ev + e];
+                for (int u = 0; u < nq; u++) acc += pz[u] * go[(i0 + u) * a.gout.s2 + e];
                 gv[e] = acc;
             }
         __syncthreads();
     }
+}
+
+/* w = t's view (NULL t: empty); -1 with an error when t is not 4-D with contiguous rows. */
+static int sdpa_view_of(sdpa_view *w, const ct_tensor *t, const char *op) {
+    memset(w, 0, sizeof *w);
+    if (!t) return 0;
+    if (t->ndim != 4 || (t->stride[3] != 1 && t->shape[3] > 1))
+        return cu_error("%s: an operand is not a [B1, B2, rows, cols] view with contiguous rows",
+                        op);
+    w->p = (void *)cu_ptr(t), w->s0 = t->stride[0], w->s1 = t->stride[1], w->s2 = t->stride[2];
+    return 0;
 }
 
 static int sdpa_fill(sdpa_dev *a, const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
@@ -197,8 +222,14 @@ static int sdpa_fill(sdpa_dev *a, const ct_tensor *q, const ct_tensor *k, const 
         return cu_error("%s: dtype %s not supported on cuda (float32, float64, bfloat16 or "
                         "float16)", op, cu_dtype_name(q->dtype));
     memset(a, 0, sizeof *a);
-    a->q = cu_ptr(q), a->k = cu_ptr(k), a->v = cu_ptr(v);
-    a->L = q->shape[1], a->S = k->shape[1], a->E = q->shape[2], a->Ev = v->shape[2];
+    if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4 || k->shape[0] != q->shape[0] ||
+        v->shape[0] != q->shape[0] || k->shape[1] != q->shape[1] || v->shape[1] != q->shape[1])
+        return cu_error("%s: q, k and v must be [B1, B2, rows, cols] views with the same B1, B2",
+                        op);
+    if (sdpa_view_of(&a->q, q, op) || sdpa_view_of(&a->k, k, op) || sdpa_view_of(&a->v, v, op))
+        return -1;
+    a->B2 = q->shape[1];
+    a->L = q->shape[2], a->S = k->shape[2], a->E = q->shape[3], a->Ev = v->shape[3];
     if (mask) {
         if (mask->dtype != q->dtype || mask->ndim != 4 || (mask->stride[3] != 1 && a->S > 1))
             return cu_error("%s: the mask must have q's dtype, shape [B1, B2, L, S] and a "
@@ -218,8 +249,9 @@ extern "C" int cu_k_sdpa_forward_full(ct_tensor *out, ct_tensor *lse, const ct_t
     cu_dev *d = cu_dev_of(out);
     sdpa_dev a;
     if (!d || sdpa_fill(&a, q, k, v, mask, p, op) != 0) return -1;
-    a.out = cu_ptr(out), a.lse_out = cu_ptr(lse);
-    const int64_t rows = q->shape[0] * a.L;
+    if (sdpa_view_of(&a.out, out, op) != 0) return -1;
+    a.lse_out = cu_ptr(lse);
+    const int64_t rows = q->shape[0] * q->shape[1] * a.L;
     if (rows == 0) return 0;
     if (rows > 0x7fffffff) return cu_error("%s: %lld query rows is too many", op, (long long)rows);
     if (q->dtype == CT_FLOAT32)
@@ -238,9 +270,11 @@ extern "C" int cu_k_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *
     cu_dev *d = cu_dev_of(q);
     sdpa_dev a;
     if (!d || sdpa_fill(&a, q, k, v, mask, p, op) != 0) return -1;
-    a.o = cu_ptr(out), a.gout = cu_ptr(gout), a.lse = cu_ptr(lse);
-    a.gq = gq ? cu_ptr(gq) : NULL, a.gk = gk ? cu_ptr(gk) : NULL, a.gv = gv ? cu_ptr(gv) : NULL;
-    const int64_t qrows = q->shape[0] * a.L, krows = q->shape[0] * a.S;
+    if (sdpa_view_of(&a.o, out, op) || sdpa_view_of(&a.gout, gout, op) ||
+        sdpa_view_of(&a.gq, gq, op) || sdpa_view_of(&a.gk, gk, op) || sdpa_view_of(&a.gv, gv, op))
+        return -1;
+    a.lse = cu_ptr(lse);
+    const int64_t B = q->shape[0] * q->shape[1], qrows = B * a.L, krows = B * a.S;
     if (qrows > 0x7fffffff || krows > 0x7fffffff)
         return cu_error("%s: too many rows for one launch", op);
     const int f32 = q->dtype == CT_FLOAT32;
