@@ -148,9 +148,23 @@ MM_BLOCK(6)
 MM_BLOCK(4)
 MM_BLOCK(1)
 
+/* The same for the last nr < 8 columns (lanes masked: nothing read or written past them). */
+AVX2_FN static inline void mm_tail(int rows, int k, const float *a, int ars, int acs,
+                                   const float *B, int ldb, float *c, int ldc, __m256i msk) {
+    __m256 x[6];
+    for (int r = 0; r < rows; r++) x[r] = _mm256_maskload_ps(c + (size_t)r * ldc, msk);
+    for (int p = 0; p < k; p++, a += acs, B += ldb) {
+        const __m256 b0 = _mm256_maskload_ps(B, msk);
+        for (int r = 0; r < rows; r++)
+            x[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + (size_t)r * ars), b0, x[r]);
+    }
+    for (int r = 0; r < rows; r++) _mm256_maskstore_ps(c + (size_t)r * ldc, msk, x[r]);
+}
+
 /* C[m x n] += A[m x k] B[k x n]; A's element (i, p) at A[i * ars + p * acs] (row-major:
  * ars = lda, acs = 1; transposed: ars = 1, acs = lda), B and C row-major; register blocks
- * of 6 (then 4, then 1) rows x 16 columns, the columns left over scalar. */
+ * of 6 (then 4, then 1) rows x 16 columns, the columns left over in blocks of 8 (the last
+ * one masked). */
 AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int ars, int acs,
                                 const float *B, int ldb, float *C, int ldc) {
     const int n16 = n & ~15;
@@ -163,12 +177,14 @@ AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int ars, in
         for (; i < m; i++)
             mm_blk1(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc);
     }
-    if (n16 == n) return;
-    for (int i = 0; i < m; i++)
-        for (int p = 0; p < k; p++) {
-            const float a = A[(size_t)i * ars + (size_t)p * acs];
-            for (int jj = n16; jj < n; jj++) C[(size_t)i * ldc + jj] += a * B[(size_t)p * ldb + jj];
-        }
+    for (int j = n16; j < n; j += 8) {
+        const int nr = n - j < 8 ? n - j : 8;
+        const __m256i msk = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr),
+                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int i = 0; i < m; i += 6)
+            mm_tail(m - i < 6 ? m - i : 6, k, A + (size_t)i * ars, ars, acs, B + j, ldb,
+                    C + (size_t)i * ldc + j, ldc, msk);
+    }
 }
 #endif
 
@@ -507,9 +523,10 @@ static void F(rowdot)(void *vc, int64_t b, int64_t e) {
  * keys are this item's alone, dQ goes to gq (one part) or to the part's partial sums. */
 static void F(bwd_item)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t item) {
     const int64_t b = item / c->nsplit, part = item % c->nsplit;
-    const int64_t nkb = (c->S + KB - 1) / KB;
-    const int64_t j_lo = nkb * part / c->nsplit * KB, j_hi = nkb * (part + 1) / c->nsplit * KB;
-    const int64_t j_end = j_hi < c->S ? j_hi : c->S;
+    /* key ranges of equal length (multiples of 16, the tile GEMM's column block), so that
+     * the threads' items cost the same; each range in blocks of KB */
+    const int64_t j_lo = c->S * part / c->nsplit / 16 * 16;
+    const int64_t j_end = part + 1 == c->nsplit ? c->S : c->S * (part + 1) / c->nsplit / 16 * 16;
     T *dq = c->nsplit > 1 ? (T *)c->dqp + item * c->L * c->E
                           : c->gq.p ? ROW(c->gq, b, 0) : NULL;
     const int dqs = c->nsplit > 1 ? (int)c->E : (int)c->gq.s2;
