@@ -117,10 +117,12 @@ static int64_t outer_reduce_cols(const ct_tensor *a, const int *reduce) {
             for (int64_t j = 0; j < w; j++) acc[j] = 0;                                       \
             for (int64_t r = 0; r < c->rcount; r++) {                                         \
                 int64_t roff = 0, rr = r;                                                     \
-                for (int d = c->nr - 1; d >= 0; d--) {                                        \
-                    roff += (rr % c->rshape[d]) * c->rstride[d];                              \
-                    rr /= c->rshape[d];                                                       \
-                }                                                                             \
+                if (c->nr == 1) roff = r * c->rstride[0];                                     \
+                else                                                                          \
+                    for (int d = c->nr - 1; d >= 0; d--) {                                    \
+                        roff += (rr % c->rshape[d]) * c->rstride[d];                          \
+                        rr /= c->rshape[d];                                                   \
+                    }                                                                         \
                 const T *p = base + roff + jb;                                                \
                 for (int64_t j = 0; j < w; j++) acc[j] += p[j];                               \
             }                                                                                 \
@@ -160,8 +162,22 @@ int cpu_reduce_full(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_te
     if ((op == CT_RED_SUM || op == CT_RED_MEAN) && c.rcount > 0 && out->dtype == a->dtype &&
         (a->dtype == CT_FLOAT32 || a->dtype == CT_FLOAT64) && ct_is_contiguous(out) &&
         (cols = outer_reduce_cols(a, reduce)) == nout) {
+        /* adjacent reduced dims that are one run in memory count as one (the rows in the
+         * same order: the same sums), e.g. [N, L] of an [N, L, C] bias gradient */
+        int nr = 0;
+        for (int d = 0; d < c.nr; d++) {
+            if (nr > 0 && c.rstride[nr - 1] == c.rstride[d] * c.rshape[d]) {
+                c.rshape[nr - 1] *= c.rshape[d];
+                c.rstride[nr - 1] = c.rstride[d];
+            } else {
+                c.rshape[nr] = c.rshape[d], c.rstride[nr++] = c.rstride[d];
+            }
+        }
+        c.nr = nr;
+        /* columns in runs of 16 (whole cache lines) per thread: a 192-wide bias gradient
+         * of many rows is split over the threads too */
         int64_t g = 65536 / c.rcount;
-        g = g < COL_BLOCK ? COL_BLOCK : (g + COL_BLOCK - 1) / COL_BLOCK * COL_BLOCK;
+        g = g < 16 ? 16 : (g + 15) / 16 * 16;
         ct_parallel_for(cols, g, a->dtype == CT_FLOAT32 ? colred_f32 : colred_f64, &c);
         return 0;
     }
