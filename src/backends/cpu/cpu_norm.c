@@ -395,22 +395,64 @@ typedef struct {
     int want_w, want_b;
 } ln_ctx;
 
+/* The row sums of layer_norm in double, in 8 interleaved partial sums (added in a fixed
+ * order at the end): without reassociation the compiler keeps one sum a scalar chain of
+ * dependent adds; this way it vectorises. */
+#define DEFINE_LN_SUMS(T, SFX)                                                               \
+    static inline double ln_fold8_##SFX(const double *s) {                                   \
+        return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));            \
+    }                                                                                        \
+    /* sum of x[j] (sq == 0) or of (x[j] - mean)^2 (sq == 1) */                              \
+    static inline double ln_rowsum_##SFX(const T *x, int64_t n, double mean, int sq) {       \
+        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
+        int64_t j = 0;                                                                       \
+        if (sq)                                                                              \
+            for (; j + 8 <= n; j += 8)                                                       \
+                for (int u = 0; u < 8; u++) {                                                \
+                    const double d = (double)x[j + u] - mean;                                \
+                    s[u] += d * d;                                                           \
+                }                                                                            \
+        else                                                                                 \
+            for (; j + 8 <= n; j += 8)                                                       \
+                for (int u = 0; u < 8; u++) s[u] += (double)x[j + u];                        \
+        for (; j < n; j++) {                                                                 \
+            const double d = sq ? (double)x[j] - mean : (double)x[j];                        \
+            s[j & 7] += sq ? d * d : d;                                                      \
+        }                                                                                    \
+        return ln_fold8_##SFX(s);                                                            \
+    }                                                                                        \
+    /* *sg = sum of g[j] w[j], *sgx = sum of g[j] w[j] (x[j] - mean) rstd */                 \
+    static inline void ln_gradsums_##SFX(const T *g, const T *w, const T *x, int64_t n,      \
+                                         double mean, double rstd, double *sg, double *sgx) { \
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};            \
+        int64_t j = 0;                                                                       \
+        for (; j + 8 <= n; j += 8)                                                           \
+            for (int u = 0; u < 8; u++) {                                                    \
+                const double gv = (double)g[j + u] * (w ? (double)w[j + u] : 1.0);          \
+                a[u] += gv;                                                                  \
+                b[u] += gv * ((double)x[j + u] - mean) * rstd;                               \
+            }                                                                                \
+        for (; j < n; j++) {                                                                 \
+            const double gv = (double)g[j] * (w ? (double)w[j] : 1.0);                       \
+            a[j & 7] += gv;                                                                  \
+            b[j & 7] += gv * ((double)x[j] - mean) * rstd;                                   \
+        }                                                                                    \
+        *sg = ln_fold8_##SFX(a), *sgx = ln_fold8_##SFX(b);                                   \
+    }
+DEFINE_LN_SUMS(float, f32)
+DEFINE_LN_SUMS(double, f64)
+
 #define DEFINE_LN(T, SFX)                                                                    \
-    static void ln_forward_##SFX(void *vctx, int64_t r0, int64_t r1) {                       \
+    CT_MULTIVERSION static void ln_forward_##SFX(void *vctx, int64_t r0, int64_t r1) {       \
         ln_ctx *ctx = vctx;                                                                  \
         const int64_t N = ctx->N;                                                            \
         const T *w = ctx->w, *b = ctx->b;                                                    \
         for (int64_t r = r0; r < r1; r++) {                                                  \
             const T *xp = (const T *)ctx->x + r * N;                                         \
             T *yp = (T *)ctx->y + r * N;                                                     \
-            double sum = 0.0;                                                                \
-            for (int64_t j = 0; j < N; j++) sum += (double)xp[j];                            \
+            const double sum = ln_rowsum_##SFX(xp, N, 0.0, 0);                               \
             const double mean = N > 0 ? sum / (double)N : NAN;                               \
-            double sq = 0.0;                                                                 \
-            for (int64_t j = 0; j < N; j++) {                                                \
-                const double d = (double)xp[j] - mean;                                       \
-                sq += d * d;                                                                 \
-            }                                                                                \
+            const double sq = ln_rowsum_##SFX(xp, N, mean, 1);                               \
             const double rstd = 1.0 / sqrt((N > 0 ? sq / (double)N : NAN) + ctx->eps);       \
             ((T *)ctx->mean)[r] = (T)mean;                                                   \
             ((T *)ctx->rstd)[r] = (T)rstd;                                                   \
@@ -422,7 +464,7 @@ typedef struct {
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
-    static void ln_backward_input_##SFX(void *vctx, int64_t r0, int64_t r1) {                \
+    CT_MULTIVERSION static void ln_backward_input_##SFX(void *vctx, int64_t r0, int64_t r1) { \
         ln_ctx *ctx = vctx;                                                                  \
         const int64_t N = ctx->N;                                                            \
         const T *w = ctx->w;                                                                 \
@@ -432,12 +474,8 @@ typedef struct {
             T *op = (T *)ctx->gx + r * N;                                                    \
             const double mean = (double)((const T *)ctx->mean)[r];                           \
             const double rstd = (double)((const T *)ctx->rstd)[r];                           \
-            double sg = 0.0, sgx = 0.0;                                                      \
-            for (int64_t j = 0; j < N; j++) {                                                \
-                const double g = (double)gp[j] * (w ? (double)w[j] : 1.0);                   \
-                sg += g;                                                                     \
-                sgx += g * ((double)xp[j] - mean) * rstd;                                    \
-            }                                                                                \
+            double sg, sgx;                                                                  \
+            ln_gradsums_##SFX(gp, w, xp, N, mean, rstd, &sg, &sgx);                          \
             const double mg = N > 0 ? sg / (double)N : 0.0;                                  \
             const double mgx = N > 0 ? sgx / (double)N : 0.0;                               \
             for (int64_t j = 0; j < N; j++) {                                                \
@@ -448,7 +486,7 @@ typedef struct {
         }                                                                                    \
     }                                                                                        \
     /* Column sums for gw/gb over columns [j0, j1), walking the rows in order. */            \
-    static void ln_backward_params_##SFX(void *vctx, int64_t j0, int64_t j1) {               \
+    CT_MULTIVERSION static void ln_backward_params_##SFX(void *vctx, int64_t j0, int64_t j1) { \
         ln_ctx *ctx = vctx;                                                                  \
         const int64_t N = ctx->N, M = ctx->M;                                                \
         double *aw = ctx->acc_w, *ab = ctx->acc_b;                                           \
