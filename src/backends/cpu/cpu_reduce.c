@@ -2,6 +2,7 @@
  * argmax over one dim, any / all (counts of the non-zero / zero elements). */
 #include "core/error.h"
 #include "core/parallel.h"
+#include "backends/cpu/cpu_isa.h"
 #include "cpu_kernels.h"
 
 #include <math.h>
@@ -107,7 +108,7 @@ static int64_t outer_reduce_cols(const ct_tensor *a, const int *reduce) {
 }
 
 #define COLRED(T, NAME)                                                                       \
-    static void NAME(void *vc, int64_t j0, int64_t j1) {                                      \
+    CT_MULTIVERSION static void NAME(void *vc, int64_t j0, int64_t j1) {                      \
         red_ctx *c = vc;                                                                      \
         const T *base = (const T *)ct_ptr(c->a);                                              \
         T *out = (T *)ct_ptr(c->out);                                                         \
