@@ -5,6 +5,7 @@
 #include "core/backend.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef ct_tensor *(*un_fn)(const ct_tensor *);
@@ -271,8 +272,11 @@ TEST(pointwise_inplace_ops) {
  * inf and NaN. The bound is 2e-6 relative plus what float32 cannot avoid in the tail: exp's
  * argument -x^2/2 is a rounded float, worth 2^-24 x^2/2 relative (the bound allows twice that). The derivative
  * Phi + x phi crosses 0 near x = -0.75, so its error is measured against the size of
- * its terms. */
-TEST(pointwise_gelu_float32_kernel_accuracy) {
+ * its terms. Run at the CPU's level (the AVX2+FMA kernels where it has them) and at
+ * CTORCH_CPU_ISA=none (the auto-vectorised loops); N is not a multiple of 8, and short
+ * runs of every length 1..17 (the 8-wide kernels' masked tails) must give the values the
+ * long run gave. */
+static void gelu_f32_case(const char *isa) {
     enum { N = 24 * 512 + 1 + 3 };
     static float xs[N];
     for (int i = 0; i < N - 3; i++) xs[i] = -12.0f + (float)i / 512.0f;
@@ -325,12 +329,40 @@ TEST(pointwise_gelu_float32_kernel_accuracy) {
     int same = 1;
     for (int64_t i = 0; i < nv; i++) same &= w[i] == yv[2 * i];
     CHECK_MSG(same, "gelu on a strided view differs from the contiguous kernel");
-    printf("    gelu float32 max relative error, |x| <= 4: forward %.2e, derivative %.2e; "
-           "|x| <= 12: %.2e, %.2e\n", worst_y4, worst_g4, worst_y, worst_g);
+    /* short runs at an odd offset: each value as in the long run, forward and derivative */
+    int same_short = 1;
+    for (int64_t len = 1; len <= 17; len++) {
+        ct_tensor *xs2 = ct_from_data(xs + 3, &len, 1, CT_FLOAT32);
+        CHECK_NN(xs2);
+        CHECK_OK(ct_set_requires_grad(xs2, 1));
+        ct_tensor *y2 = ct_gelu(xs2, 0);
+        CHECK_NN(y2);
+        ct_tensor *s2 = ct_sum(y2, NULL, 0, 0);
+        CHECK_OK(ct_backward(s2, NULL, 0));
+        const float *y2v = ct_data(y2), *g2v = ct_data(ct_grad(xs2));
+        for (int64_t i = 0; i < len; i++) same_short &= y2v[i] == yv[3 + i] && g2v[i] == gv[3 + i];
+        ct_free(s2);
+        ct_free(y2);
+        ct_free(xs2);
+    }
+    CHECK_MSG(same_short, "gelu on short runs (%s) differs from the long run", isa);
+    printf("    gelu float32 (%s) max relative error, |x| <= 4: forward %.2e, derivative %.2e; "
+           "|x| <= 12: %.2e, %.2e\n", isa, worst_y4, worst_g4, worst_y, worst_g);
     ct_free(yc);
     ct_free(yv2);
     ct_free(v);
     ct_free(s);
     ct_free(y);
     ct_free(x);
+}
+
+TEST(pointwise_gelu_float32_kernel_accuracy) {
+    const char *isa0 = getenv("CTORCH_CPU_ISA");
+    char saved[32] = "";
+    if (isa0) snprintf(saved, sizeof saved, "%s", isa0);
+    gelu_f32_case(isa0 && *isa0 ? saved : "native");
+    setenv("CTORCH_CPU_ISA", "none", 1);
+    gelu_f32_case("none");
+    if (isa0) setenv("CTORCH_CPU_ISA", saved, 1);
+    else unsetenv("CTORCH_CPU_ISA");
 }

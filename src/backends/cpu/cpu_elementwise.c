@@ -13,6 +13,7 @@
 typedef struct {
     int op;
     double alpha, p1, p2;
+    int avx2; /* GELU float32: the AVX2+FMA kernel (ct_cpu_isa_level() >= CT_ISA_AVX2) */
 } ew_ctx;
 
 /* The float loops are CT_MULTIVERSION (cpu_isa.h): AVX-512, AVX2 and baseline x86-64, the loader picks
@@ -149,7 +150,7 @@ int cpu_binary_full(ct_binop op, ct_tensor *out, const ct_tensor *a, const ct_te
     const ct_tensor *ops[3] = {out, a, b};
     ct_iter it;
     ct_iter_init(&it, 3, ops);
-    ew_ctx c = {op, alpha, 0, 0};
+    ew_ctx c = {op, alpha, 0, 0, 0};
     const int to_bool = ct_binop_result_bool(op);
     if (to_bool && out->dtype != CT_BOOL)
         return ct_error("%s: the output must be bool, got %s", ct_binop_name(op),
@@ -245,10 +246,53 @@ CT_MULTIVERSION static void gelu_f32(void *vc, int64_t n, char **p, const int64_
     }
 }
 
+#ifdef CT_VEXP_X86
+/* GELU float32 with AVX2+FMA intrinsics (cpu_vexp.h's ct_gelu8_avx2 and ct_gelu_grad8_avx2:
+ * gelu_f32's formulas, 8 at a time with FMA; the target_clones of gelu_f32 get no FMA).
+ * Taken when ct_cpu_isa_level() >= CT_ISA_AVX2 (AVX-512 CPUs too); CTORCH_CPU_ISA=none
+ * keeps gelu_f32. Every element goes through the same 8-wide code, so a value does not
+ * depend on where it sits: the last n % 8 with masked loads and stores, strided runs
+ * through a small contiguous buffer. */
+CT_AVX2_FMA static inline __m256i gelu_tail_mask(int64_t r) { /* lanes < r, 0 < r < 8 */
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+CT_AVX2_FMA static void gelu_f32_avx2_run(float *o, const float *a, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, ct_gelu8_avx2(_mm256_loadu_ps(a + i)));
+    if (i < n) {
+        const __m256i m = gelu_tail_mask(n - i);
+        _mm256_maskstore_ps(o + i, m, ct_gelu8_avx2(_mm256_maskload_ps(a + i, m)));
+    }
+}
+
+static void gelu_f32_avx2(int64_t n, char **p, const int64_t *s) {
+    float *o = (float *)p[0];
+    const float *a = (const float *)p[1];
+    const int64_t so = s[0], sa = s[1];
+    if (so == 1 && sa == 1) {
+        gelu_f32_avx2_run(o, a, n);
+        return;
+    }
+    float buf[256];
+    for (int64_t i = 0; i < n; i += 256) {
+        const int64_t m = n - i < 256 ? n - i : 256;
+        for (int64_t j = 0; j < m; j++) buf[j] = a[(i + j) * sa];
+        gelu_f32_avx2_run(buf, buf, m);
+        for (int64_t j = 0; j < m; j++) o[(i + j) * so] = buf[j];
+    }
+}
+
+#endif
+
 /* The float32 rows: the table's loops, but for the rows with a vectorised kernel of their own. */
 static void un_f32_row(void *vc, int64_t n, char **p, const int64_t *s) {
-    if (((const ew_ctx *)vc)->op == CT_UN_GELU) gelu_f32(vc, n, p, s);
-    else un_f32(vc, n, p, s);
+    const ew_ctx *c = vc;
+    if (c->op != CT_UN_GELU) un_f32(vc, n, p, s);
+#ifdef CT_VEXP_X86
+    else if (c->avx2) gelu_f32_avx2(n, p, s);
+#endif
+    else gelu_f32(vc, n, p, s);
 }
 
 static void un_bf16(void *vc, int64_t n, char **p, const int64_t *s) {
@@ -268,7 +312,7 @@ int cpu_unary_full(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, do
     const ct_tensor *ops[2] = {out, a};
     ct_iter it;
     ct_iter_init(&it, 2, ops);
-    ew_ctx c = {op, 1, p1, p2};
+    ew_ctx c = {op, 1, p1, p2, op == CT_UN_GELU && ct_cpu_isa_level() >= CT_ISA_AVX2};
     switch (out->dtype) {
     case CT_FLOAT32: ct_iter_run(&it, un_f32_row, &c); return 0;
     case CT_BFLOAT16: ct_iter_run(&it, un_bf16, &c); return 0;
@@ -336,14 +380,40 @@ CT_MULTIVERSION static void gelu_bwd_f32(void *vc, int64_t b, int64_t e) {
     CT_IVDEP for (int64_t i = b; i < e; i++) gx[i] = gy[i] * ct_vgelu_grad(xs[i]);
 }
 
+#ifdef CT_VEXP_X86
+/* The derivative with AVX2+FMA (see gelu_f32_avx2). */
+CT_AVX2_FMA static void gelu_bwd_f32_avx2(void *vc, int64_t b, int64_t e) {
+    const ud_ctx *c = vc;
+    float *gx = (float *)c->gx;
+    const float *gy = (const float *)c->gy, *xs = (const float *)c->x;
+    int64_t i = b;
+    for (; i + 8 <= e; i += 8)
+        _mm256_storeu_ps(gx + i, _mm256_mul_ps(_mm256_loadu_ps(gy + i),
+                                               ct_gelu_grad8_avx2(_mm256_loadu_ps(xs + i))));
+    if (i < e) {
+        const __m256i m = gelu_tail_mask(e - i);
+        const __m256 d = ct_gelu_grad8_avx2(_mm256_maskload_ps(xs + i, m));
+        _mm256_maskstore_ps(gx + i, m, _mm256_mul_ps(_mm256_maskload_ps(gy + i, m), d));
+    }
+}
+#endif
+
 int cpu_unary_backward_full(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
                        const ct_tensor *y, double p1, double p2) {
     if ((unsigned)op >= CT_UN_COUNT)
         return ct_error("unary op %d backward: no such op on the CPU", (int)op);
     ud_ctx c = {op, p1, p2, ct_numel(gx), ct_ptr(gx), ct_ptr(gy), x ? ct_ptr(x) : NULL,
                 y ? ct_ptr(y) : NULL};
-    if (gx->dtype == CT_FLOAT32)
-        ct_parallel_for(c.n, 16384, op == CT_UN_GELU ? gelu_bwd_f32 : ud_f32, &c);
+    if (gx->dtype == CT_FLOAT32) {
+        void (*f)(void *, int64_t, int64_t) = ud_f32;
+        if (op == CT_UN_GELU) {
+            f = gelu_bwd_f32;
+#ifdef CT_VEXP_X86
+            if (ct_cpu_isa_level() >= CT_ISA_AVX2) f = gelu_bwd_f32_avx2;
+#endif
+        }
+        ct_parallel_for(c.n, 16384, f, &c);
+    }
     else if (gx->dtype == CT_FLOAT64) ct_parallel_for(c.n, 16384, ud_f64, &c);
     else return ct_error("%s backward: dtype %s has no gradient", ct_unop_name(op),
                          ct_dtype_name(gx->dtype));

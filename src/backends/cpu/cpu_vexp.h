@@ -1,5 +1,7 @@
 /* ct_vexpf: exp(x) in float that compilers vectorise, shared by the CPU kernels that
- * exponentiate arrays (softmax, cross-entropy, attention). Include after <math.h>,
+ * exponentiate arrays (softmax, cross-entropy, attention, GELU), and on x86 with GCC or
+ * clang its 8-wide AVX2+FMA form ct_exp8_avx2 and GELU's 8-wide cdf and derivative (callers
+ * check ct_cpu_isa_level() >= CT_ISA_AVX2 before calling these). Include after <math.h>,
  * <stdint.h> and <string.h>. */
 #ifndef CT_CPU_VEXP_H
 #define CT_CPU_VEXP_H
@@ -74,5 +76,114 @@ static inline float ct_vgelu_grad(float x) {
     float cdf = x < 0.0f ? h : 1.0f - h;
     return cdf + x * (0.39894228040143268f * e);
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CT_VEXP_X86 1
+#define CT_AVX2_FMA __attribute__((target("avx2,fma")))
+
+/* ct_vexpf's range reduction and polynomial of 8 floats, x within ct_vexpf's clamps:
+ * x = n ln2 + r, returns e^r (in [0.7, 1.42]) and n in *n. */
+CT_AVX2_FMA static inline __m256 ct_exp8_reduce_avx2(__m256 x, __m256i *n) {
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    *n = _mm256_cvtps_epi32(fx);
+    return _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+}
+
+/* p 2^k for |k| <= 126 with p 2^k normal: added to p's exponent bits (exact, as the product
+ * by 2^k would be). */
+CT_AVX2_FMA static inline __m256 ct_exp8_ldexp_avx2(__m256 p, __m256i k) {
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(k, 23)));
+}
+
+/* exp of 8 floats, ct_vexpf's steps with intrinsics, for x <= 88.37 only (no overflow
+ * branch: the callers' arguments are <= 0 or, in GELU, below 1), but for NaN: exp(NaN) is
+ * some finite value here, for callers whose result is NaN anyway when x is.
+ * exp(x < -103.97) = 0, exp(-inf) = 0. 2^n is applied in two steps as in ct_vexpf (the
+ * second a product, so that subnormal results round right). With FMA the rounding
+ * differs from ct_vexpf by an ulp or so. */
+CT_AVX2_FMA static inline __m256 ct_exp8_nonan_avx2(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-103.972076f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    __m256i n;
+    const __m256 p = ct_exp8_reduce_avx2(_mm256_max_ps(x, lo), &n); /* max(NaN, lo) = lo */
+    const __m256i n1 = _mm256_srai_epi32(n, 1), n2 = _mm256_sub_epi32(n, n1);
+    const __m256i b2 = _mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23);
+    const __m256 y = _mm256_mul_ps(ct_exp8_ldexp_avx2(p, n1), _mm256_castsi256_ps(b2));
+    return _mm256_andnot_ps(under, y); /* exp(-inf) = 0 */
+}
+
+/* ct_exp8_nonan_avx2, NaN propagated. */
+CT_AVX2_FMA static inline __m256 ct_exp8_avx2(__m256 x) {
+    return _mm256_blendv_ps(ct_exp8_nonan_avx2(x), x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+/* exp of 8 finite floats in [-87, 88] (normal results): one 2^n step, no clamps. The same
+ * values as ct_exp8_avx2 there. */
+CT_AVX2_FMA static inline __m256 ct_exp8_normal_avx2(__m256 x) {
+    __m256i n;
+    const __m256 p = ct_exp8_reduce_avx2(x, &n);
+    return ct_exp8_ldexp_avx2(p, n);
+}
+
+/* ct_verfc_poly of 8 floats (Horner with FMA). */
+CT_AVX2_FMA static inline __m256 ct_verfc_poly8_avx2(__m256 t) {
+    __m256 p = _mm256_set1_ps(0.17087277f);
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.82215223f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.48851587f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.13520398f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.27886807f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.18628806f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.09678418f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.37409196f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.00002368f));
+    return _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.26551223f));
+}
+
+/* t = 1 / (1 + |x|/(2 sqrt2)) and -x^2/2 (rounded once, as the scalar code's 0.5f*x*x:
+ * the product by 0.5 is exact) of 8 floats: the common start of the two below. */
+CT_AVX2_FMA static inline __m256 ct_gelu_t8_avx2(__m256 x, __m256 *mhx2) {
+    const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    const __m256 z = _mm256_mul_ps(ax, _mm256_set1_ps(0.70710678118654752f));
+    *mhx2 = _mm256_mul_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(-0.5f));
+    return _mm256_div_ps(_mm256_set1_ps(1.0f),
+                         _mm256_fmadd_ps(z, _mm256_set1_ps(0.5f), _mm256_set1_ps(1.0f)));
+}
+
+/* x * ct_vgelu_cdf(x) (GELU's forward) of 8 floats, the same formula with FMA. */
+CT_AVX2_FMA static inline __m256 ct_gelu8_avx2(__m256 x) {
+    __m256 mhx2;
+    const __m256 t = ct_gelu_t8_avx2(x, &mhx2);
+    /* NaN x gives a NaN product below without exp's NaN step */
+    const __m256 e = ct_exp8_nonan_avx2(_mm256_add_ps(ct_verfc_poly8_avx2(t), mhx2));
+    const __m256 h = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), t), e);
+    const __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    const __m256 cdf = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), h), h, neg);
+    return _mm256_mul_ps(x, cdf);
+}
+
+/* ct_vgelu_grad (GELU's derivative Phi(x) + x phi(x)) of 8 floats, the same formula with
+ * FMA: one exp(-x^2/2) shared by both terms. exp(P(t)) has P(t) in [-1.27, 0] for t in
+ * [0, 1] (NaN only where x is NaN, which makes the result NaN anyway): the clamp-free exp. */
+CT_AVX2_FMA static inline __m256 ct_gelu_grad8_avx2(__m256 x) {
+    __m256 mhx2;
+    const __m256 t = ct_gelu_t8_avx2(x, &mhx2);
+    const __m256 e = ct_exp8_nonan_avx2(mhx2);
+    const __m256 h = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), t), e),
+                                   ct_exp8_normal_avx2(ct_verfc_poly8_avx2(t)));
+    const __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    const __m256 cdf = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), h), h, neg);
+    return _mm256_fmadd_ps(x, _mm256_mul_ps(_mm256_set1_ps(0.39894228040143268f), e), cdf);
+}
+#endif
 
 #endif
