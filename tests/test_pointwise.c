@@ -276,6 +276,20 @@ TEST(pointwise_inplace_ops) {
  * CTORCH_CPU_ISA=none (the auto-vectorised loops); N is not a multiple of 8, and short
  * runs of every length 1..17 (the 8-wide kernels' masked tails) must give the values the
  * long run gave. */
+/* gelu over xs[0..n) as a leaf: *x the leaf, the result returned, its gradient (of the
+ * sum) in x's .grad. */
+static ct_tensor *gelu_leaf_run(const float *xs, int64_t n, ct_tensor **x) {
+    *x = ct_from_data(xs, &n, 1, CT_FLOAT32);
+    CHECK_NN(*x);
+    CHECK_OK(ct_set_requires_grad(*x, 1));
+    ct_tensor *y = ct_gelu(*x, 0);
+    CHECK_NN(y);
+    ct_tensor *s = ct_sum(y, NULL, 0, 0);
+    CHECK_OK(ct_backward(s, NULL, 0));
+    ct_free(s);
+    return y;
+}
+
 static void gelu_f32_case(const char *isa) {
     enum { N = 24 * 512 + 1 + 3 };
     static float xs[N];
@@ -283,14 +297,7 @@ static void gelu_f32_case(const char *isa) {
     xs[N - 3] = INFINITY;
     xs[N - 2] = -INFINITY;
     xs[N - 1] = NAN;
-    int64_t shape[1] = {N};
-    ct_tensor *x = ct_from_data(xs, shape, 1, CT_FLOAT32);
-    CHECK_NN(x);
-    CHECK_OK(ct_set_requires_grad(x, 1));
-    ct_tensor *y = ct_gelu(x, 0);
-    CHECK_NN(y);
-    ct_tensor *s = ct_sum(y, NULL, 0, 0);
-    CHECK_OK(ct_backward(s, NULL, 0));
+    ct_tensor *x, *y = gelu_leaf_run(xs, N, &x);
     const float *yv = ct_data(y), *gv = ct_data(ct_grad(x));
     double worst_y = 0, worst_g = 0, worst_y4 = 0, worst_g4 = 0; /* over all, over |x| <= 4 */
     int bad = 0;
@@ -332,16 +339,9 @@ static void gelu_f32_case(const char *isa) {
     /* short runs at an odd offset: each value as in the long run, forward and derivative */
     int same_short = 1;
     for (int64_t len = 1; len <= 17; len++) {
-        ct_tensor *xs2 = ct_from_data(xs + 3, &len, 1, CT_FLOAT32);
-        CHECK_NN(xs2);
-        CHECK_OK(ct_set_requires_grad(xs2, 1));
-        ct_tensor *y2 = ct_gelu(xs2, 0);
-        CHECK_NN(y2);
-        ct_tensor *s2 = ct_sum(y2, NULL, 0, 0);
-        CHECK_OK(ct_backward(s2, NULL, 0));
+        ct_tensor *xs2, *y2 = gelu_leaf_run(xs + 3, len, &xs2);
         const float *y2v = ct_data(y2), *g2v = ct_data(ct_grad(xs2));
         for (int64_t i = 0; i < len; i++) same_short &= y2v[i] == yv[3 + i] && g2v[i] == gv[3 + i];
-        ct_free(s2);
         ct_free(y2);
         ct_free(xs2);
     }
@@ -351,7 +351,6 @@ static void gelu_f32_case(const char *isa) {
     ct_free(yc);
     ct_free(yv2);
     ct_free(v);
-    ct_free(s);
     ct_free(y);
     ct_free(x);
 }
