@@ -244,6 +244,20 @@ static ct_tensor *kernel_mask(const ct_tensor *mask, ct_dtype md, const int64_t 
     return k;
 }
 
+/* The kernels' scalars (*p: the scale, 1/sqrt(E) unless given; dropout's counter range of
+ * B*L*S numbers) and the additive mask (*km, NULL without attn_mask) over batch bs[0..nb)
+ * of B batches; -1 with an error when the mask does not fit. */
+static int sdpa_setup(const ct_tensor *q, const ct_tensor *attn_mask, const int64_t *bs, int nb,
+                      int64_t B, int64_t L, int64_t S, int64_t E, double dropout_p, int is_causal,
+                      double scale, ct_sdpa_params *p, ct_tensor **km) {
+    *p = (ct_sdpa_params){scale == 0.0 ? 1.0 / sqrt((double)E) : scale, dropout_p, 0, 0,
+                          is_causal != 0};
+    if (dropout_p > 0) p->seed = ct_seed(), p->offset = ct_rng_reserve((uint64_t)(B * L * S));
+    const ct_dtype md = ct_is_low_precision(q->dtype) ? CT_FLOAT32 : q->dtype;
+    *km = attn_mask ? kernel_mask(attn_mask, md, bs, nb, L, S) : NULL;
+    return attn_mask && !*km ? -1 : 0;
+}
+
 typedef int (*sdpa_fwd_k)(ct_tensor *, ct_tensor *, const ct_tensor *, const ct_tensor *,
                           const ct_tensor *, const ct_tensor *, const ct_sdpa_params *);
 
@@ -298,12 +312,10 @@ ct_tensor *ct_scaled_dot_product_attention(const ct_tensor *q, const ct_tensor *
         return NULL;
     const int64_t B = ct_shape_numel(bs, nb), L = q->shape[q->ndim - 2];
     const int64_t S = k->shape[k->ndim - 2], E = q->shape[q->ndim - 1];
-    ct_sdpa_params p = {scale == 0.0 ? 1.0 / sqrt((double)E) : scale, dropout_p, 0, 0,
-                        is_causal != 0};
-    if (dropout_p > 0) p.seed = ct_seed(), p.offset = ct_rng_reserve((uint64_t)(B * L * S));
-    const ct_dtype md = ct_is_low_precision(q->dtype) ? CT_FLOAT32 : q->dtype;
-    ct_tensor *km = attn_mask ? kernel_mask(attn_mask, md, bs, nb, L, S) : NULL;
-    if (attn_mask && !km) return NULL;
+    ct_sdpa_params p;
+    ct_tensor *km;
+    if (sdpa_setup(q, attn_mask, bs, nb, B, L, S, E, dropout_p, is_causal, scale, &p, &km) != 0)
+        return NULL;
     ct_tensor *qe = kernel_input(q, bs, nb), *ke = qe ? kernel_input(k, bs, nb) : NULL;
     ct_tensor *ve = ke ? kernel_input(v, bs, nb) : NULL;
     ct_tensor *o = ve ? sdpa_run(qe, ke, ve, nb, km, &p) : NULL;
@@ -368,13 +380,12 @@ ct_tensor *ct_sdpa_packed_qkv(const ct_tensor *qkv, int64_t num_heads, const ct_
                 ct_sdpa_packed_qkv(ac[0], num_heads, ac[1], dropout_p, is_causal, scale), qkv,
                 attn_mask);
     const int64_t N = qkv->shape[0], L = qkv->shape[1], E = qkv->shape[2] / 3, H = num_heads;
-    const int64_t d = E / H, bs[2] = {N, H};
-    ct_sdpa_params p = {scale == 0.0 ? 1.0 / sqrt((double)d) : scale, dropout_p, 0, 0,
-                        is_causal != 0};
-    if (dropout_p > 0) p.seed = ct_seed(), p.offset = ct_rng_reserve((uint64_t)(N * H * L * L));
-    const ct_dtype md = ct_is_low_precision(qkv->dtype) ? CT_FLOAT32 : qkv->dtype;
-    ct_tensor *km = attn_mask ? kernel_mask(attn_mask, md, bs, 2, L, L) : NULL;
-    if (attn_mask && !km) return NULL;
+    const int64_t bs[2] = {N, H};
+    ct_sdpa_params p;
+    ct_tensor *km;
+    if (sdpa_setup(qkv, attn_mask, bs, 2, N * H, L, L, E / H, dropout_p, is_causal, scale, &p,
+                   &km) != 0)
+        return NULL;
     sdpa_fwd_k kf = CT_KERNEL(qkv, sdpa_forward, "scaled_dot_product_attention");
     ct_tensor *x = kf ? ct_contiguous(qkv) : NULL; /* itself unless its last dim is strided */
     const ct_device dev = qkv->storage->device;

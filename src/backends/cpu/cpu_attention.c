@@ -28,12 +28,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "cpu_vexp.h"
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define SDPA_X86 1
-#define AVX2_FN __attribute__((target("avx2,fma")))
-#endif
+#include "cpu_vexp.h" /* CT_VEXP_X86, CT_AVX2_FMA and the 8-wide helpers on x86 */
 
 #define QB 96 /* query rows per block */
 #define KB 96 /* keys per block */
@@ -64,9 +59,9 @@ static inline double drop_factor(const sdpa_ctx *c, int64_t b, int64_t i, int64_
                : 0.0;
 }
 
-#ifdef SDPA_X86
+#ifdef CT_VEXP_X86
 /* max(m, x[0..n)) (NaN ignored, as the scalar loop's comparisons do). */
-AVX2_FN static float max_avx2(const float *x, int n, float m) {
+CT_AVX2_FMA static float max_avx2(const float *x, int n, float m) {
     __m256 acc = _mm256_set1_ps(m);
     int i = 0;
     for (; i + 8 <= n; i += 8) acc = _mm256_max_ps(_mm256_loadu_ps(x + i), acc);
@@ -78,7 +73,7 @@ AVX2_FN static float max_avx2(const float *x, int n, float m) {
 }
 
 /* x[i] = exp(x[i] - mx) (mx finite, x[i] <= mx); returns the sum. */
-AVX2_FN static float exp_sub_sum_avx2(float *x, int n, float mx) {
+CT_AVX2_FMA static float exp_sub_sum_avx2(float *x, int n, float mx) {
     const __m256 m = _mm256_set1_ps(mx);
     __m256 acc = _mm256_setzero_ps();
     int i = 0;
@@ -99,7 +94,7 @@ AVX2_FN static float exp_sub_sum_avx2(float *x, int n, float mx) {
 
 /* R rows x 16 columns of C += A B (R <= 6: 2R accumulators stay in registers). */
 #define MM_BLOCK(R)                                                                         \
-    AVX2_FN static inline void mm_blk##R(int k, const float *a, int ars, int acs,          \
+    CT_AVX2_FMA static inline void mm_blk##R(int k, const float *a, int ars, int acs,          \
                                          const float *B, int ldb, float *c, int ldc) {     \
         __m256 x0[R], x1[R];                                                                \
         _Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {                               \
@@ -124,7 +119,7 @@ MM_BLOCK(4)
 MM_BLOCK(1)
 
 /* The same for the last nr < 8 columns (lanes masked: nothing read or written past them). */
-AVX2_FN static inline void mm_tail(int rows, int k, const float *a, int ars, int acs,
+CT_AVX2_FMA static inline void mm_tail(int rows, int k, const float *a, int ars, int acs,
                                    const float *B, int ldb, float *c, int ldc, __m256i msk) {
     __m256 x[6];
     for (int r = 0; r < rows; r++) x[r] = _mm256_maskload_ps(c + (size_t)r * ldc, msk);
@@ -140,7 +135,7 @@ AVX2_FN static inline void mm_tail(int rows, int k, const float *a, int ars, int
  * ars = lda, acs = 1; transposed: ars = 1, acs = lda), B and C row-major; register blocks
  * of 6 (then 4, then 1) rows x 16 columns, the columns left over in blocks of 8 (the last
  * one masked). */
-AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int ars, int acs,
+CT_AVX2_FMA static void mm_acc_avx2(int m, int n, int k, const float *A, int ars, int acs,
                                 const float *B, int ldb, float *C, int ldc) {
     const int n16 = n & ~15;
     for (int j = 0; j < n16; j += 16) {
@@ -154,8 +149,7 @@ AVX2_FN static void mm_acc_avx2(int m, int n, int k, const float *A, int ars, in
     }
     for (int j = n16; j < n; j += 8) {
         const int nr = n - j < 8 ? n - j : 8;
-        const __m256i msk = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr),
-                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i msk = ct_lanes8_avx2(nr);
         for (int i = 0; i < m; i += 6)
             mm_tail(m - i < 6 ? m - i : 6, k, A + (size_t)i * ars, ars, acs, B + j, ldb,
                     C + (size_t)i * ldc + j, ldc, msk);
@@ -223,7 +217,7 @@ static int fill_ctx(sdpa_ctx *c, const ct_tensor *q, const ct_tensor *k, const c
         c->ms0 = mask->stride[0], c->ms1 = mask->stride[1], c->ms2 = mask->stride[2];
     }
     c->p = *p;
-#ifdef SDPA_X86
+#ifdef CT_VEXP_X86
     c->avx2 = ct_cpu_isa_level() >= CT_ISA_AVX2;
 #endif
     return 0;
@@ -287,7 +281,7 @@ int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
  * transposed), B and C row-major. */
 static void F(mm_acc)(const sdpa_ctx *c, int m, int n, int k, const T *A, int ars, int acs,
                       const T *B, int ldb, T *C, int ldc) {
-#if AVX2_F32 && defined(SDPA_X86)
+#if AVX2_F32 && defined(CT_VEXP_X86)
     if (c->avx2) {
         mm_acc_avx2(m, n, k, A, ars, acs, B, ldb, C, ldc);
         return;
@@ -312,7 +306,7 @@ static void F(transpose)(const T *src, int rows, int cols, int64_t lds, T *dst, 
 /* x[i] = exp(x[i] - mx) for i < n (mx finite); returns the sum (the softmax's, or ignored
  * when the backward applies the saved log-sum-exp). */
 static T F(exp_sub_sum)(const sdpa_ctx *c, T *x, int n, T mx) {
-#if AVX2_F32 && defined(SDPA_X86)
+#if AVX2_F32 && defined(CT_VEXP_X86)
     if (c->avx2) return exp_sub_sum_avx2(x, n, mx);
 #endif
     (void)c;
@@ -379,7 +373,7 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
     for (int r = 0; r < nq; r++) {
         T *sr = s + (size_t)r * KB;
         T mx = m[r];
-#if AVX2_F32 && defined(SDPA_X86)
+#if AVX2_F32 && defined(CT_VEXP_X86)
         if (c->avx2) mx = max_avx2(sr, nk, mx);
         else
 #endif

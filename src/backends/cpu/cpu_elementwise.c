@@ -253,15 +253,11 @@ CT_MULTIVERSION static void gelu_f32(void *vc, int64_t n, char **p, const int64_
  * keeps gelu_f32. Every element goes through the same 8-wide code, so a value does not
  * depend on where it sits: the last n % 8 with masked loads and stores, strided runs
  * through a small contiguous buffer. */
-CT_AVX2_FMA static inline __m256i gelu_tail_mask(int64_t r) { /* lanes < r, 0 < r < 8 */
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 CT_AVX2_FMA static void gelu_f32_avx2_run(float *o, const float *a, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, ct_gelu8_avx2(_mm256_loadu_ps(a + i)));
     if (i < n) {
-        const __m256i m = gelu_tail_mask(n - i);
+        const __m256i m = ct_lanes8_avx2((int)(n - i));
         _mm256_maskstore_ps(o + i, m, ct_gelu8_avx2(_mm256_maskload_ps(a + i, m)));
     }
 }
@@ -391,7 +387,7 @@ CT_AVX2_FMA static void gelu_bwd_f32_avx2(void *vc, int64_t b, int64_t e) {
         _mm256_storeu_ps(gx + i, _mm256_mul_ps(_mm256_loadu_ps(gy + i),
                                                ct_gelu_grad8_avx2(_mm256_loadu_ps(xs + i))));
     if (i < e) {
-        const __m256i m = gelu_tail_mask(e - i);
+        const __m256i m = ct_lanes8_avx2((int)(e - i));
         const __m256 d = ct_gelu_grad8_avx2(_mm256_maskload_ps(xs + i, m));
         _mm256_maskstore_ps(gx + i, m, _mm256_mul_ps(_mm256_maskload_ps(gy + i, m), d));
     }

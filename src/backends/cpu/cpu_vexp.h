@@ -82,6 +82,11 @@ static inline float ct_vgelu_grad(float x) {
 #define CT_VEXP_X86 1
 #define CT_AVX2_FMA __attribute__((target("avx2,fma")))
 
+/* A maskload/maskstore mask of the first n lanes (0 <= n <= 8). */
+CT_AVX2_FMA static inline __m256i ct_lanes8_avx2(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 /* ct_vexpf's range reduction and polynomial of 8 floats, x within ct_vexpf's clamps:
  * x = n ln2 + r, returns e^r (in [0.7, 1.42]) and n in *n. */
 CT_AVX2_FMA static inline __m256 ct_exp8_reduce_avx2(__m256 x, __m256i *n) {
