@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pytorch_train import SimpleCNN, load_cifar  # noqa: E402  (one definition of the model)
+from pytorch_train import SimpleCNN, load_cifar, normalise  # noqa: E402  (one definition of the model)
 
 
 def run(rank, args, port):
@@ -28,8 +28,8 @@ def run(rank, args, port):
     os.environ["MASTER_PORT"] = str(port)
     if args.world > 1:
         dist.init_process_group("gloo", rank=rank, world_size=args.world)
-    x, y = load_cifar(args.data_dir, True)
-    x, y = x[:args.images], y[:args.images]
+    x, y = load_cifar(args.data_dir, True, args.images)  # uint8, as the file holds it
+    x = normalise(x, "cifar10")
     torch.manual_seed(0)
     model = SimpleCNN()
     if args.channels_last:
