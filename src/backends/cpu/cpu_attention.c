@@ -3,8 +3,9 @@
  * masked, and folded into the output with an online softmax (running max m and sum l per
  * row, the output rescaled when the max grows). Only the log-sum-exp of each row
  * (m + log l) is kept for the backward, which recomputes each tile's probabilities from
- * it. Per thread the scratch is a few tiles (O((QB + E + Ev) * KB)), whatever L and S:
- * memory grows linearly with the sequence (tests/test_attention.c measures it).
+ * it. Per thread the scratch is a few tiles (O((QB + E + Ev) * KB)) and, in the forward,
+ * scale * K^T of one batch's keys (E x S, made once for all its query blocks): memory
+ * grows linearly with the sequence (tests/test_attention.c measures it).
  *
  * Work is split over (batch, query block) in the forward and over the batch in the
  * backward (dK and dV of a batch are sums over all its query blocks, so one thread owns
@@ -393,8 +394,18 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
     F(mm_acc)(c, nq, Ev, nk, s, KB, 1, ROW(c->v, b, j0), (int)c->v.s2, O, os);
 }
 
+/* One thread's forward scratch: a score tile, the running max and sum of its rows, and
+ * scale * K^T of every key block of batch kb (made when first needed, reused by the
+ * thread's next query blocks of that batch: E x S in all, linear in the sequence). */
+typedef struct {
+    T *s, *m, *l, *kt;
+    unsigned char *have; /* per key block: kt made for batch kb */
+    int64_t kb;
+} F(fwd_buf);
+
 /* One block of query rows: (b, qb) = item / nqb, item % nqb. */
-static void F(fwd_block)(const sdpa_ctx *c, int64_t item, T *s, T *kt, T *m, T *l) {
+static void F(fwd_block)(const sdpa_ctx *c, int64_t item, F(fwd_buf) * w) {
+    T *s = w->s, *m = w->m, *l = w->l;
     const int64_t b = item / c->nqb, i0 = (item % c->nqb) * QB;
     const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
     T *O = ROW(c->out, b, i0);
@@ -403,7 +414,13 @@ static void F(fwd_block)(const sdpa_ctx *c, int64_t item, T *s, T *kt, T *m, T *
     const int64_t jend = F(key_end)(c, i0, nq);
     for (int64_t j0 = 0; j0 < jend; j0 += KB) {
         const int nk = (int)(jend - j0 < KB ? jend - j0 : KB);
-        F(scores)(c, b, i0, nq, j0, nk, kt, s, 1);
+        T *kt = w->kt + (size_t)(j0 / KB) * c->E * KB;
+        if (w->kb != b) {
+            memset(w->have, 0, (size_t)((c->S + KB - 1) / KB));
+            w->kb = b;
+        }
+        F(scores)(c, b, i0, nq, j0, nk, kt, s, !w->have[j0 / KB]);
+        w->have[j0 / KB] = 1;
         F(online_step)(c, b, i0, nq, j0, nk, s, m, l);
     }
     T *lse = (T *)c->lse + b * c->L + i0;
@@ -417,14 +434,17 @@ static void F(fwd_block)(const sdpa_ctx *c, int64_t item, T *s, T *kt, T *m, T *
 
 static void F(fwd_range)(void *vc, int64_t begin, int64_t end) {
     sdpa_ctx *c = vc;
-    const size_t n = (size_t)QB * KB + (size_t)c->E * KB + 2 * QB;
-    T *buf = ct_cpu_alloc(n * sizeof(T));
+    const int64_t nkb = (c->S + KB - 1) / KB;
+    const size_t n = (size_t)QB * KB + 2 * QB + (size_t)c->E * KB * (size_t)nkb;
+    T *buf = ct_cpu_alloc(n * sizeof(T) + (size_t)nkb);
     if (!buf) {
         c->err = 1;
         return;
     }
-    T *s = buf, *kt = s + (size_t)QB * KB, *m = kt + (size_t)c->E * KB, *l = m + QB;
-    for (int64_t it = begin; it < end; it++) F(fwd_block)(c, it, s, kt, m, l);
+    F(fwd_buf) w = {buf, buf + (size_t)QB * KB, buf + (size_t)QB * KB + QB, NULL, NULL, -1};
+    w.kt = w.l + QB;
+    w.have = (unsigned char *)(w.kt + (size_t)c->E * KB * (size_t)nkb);
+    for (int64_t it = begin; it < end; it++) F(fwd_block)(c, it, &w);
     ct_cpu_free(buf);
 }
 
