@@ -272,6 +272,61 @@ TEST(matmul_large_tiled_vs_naive) {
     ct_free(b);
 }
 
+/* Results of two runs equal to the bit. */
+static int same_bits(const ct_tensor *x, const ct_tensor *y) {
+    size_t n = sizeof(float) * (size_t)ct_numel(x);
+    float *a = malloc(n), *b = malloc(n);
+    int same = a && b && ct_copy_to_buffer(x, a, n) == 0 && ct_copy_to_buffer(y, b, n) == 0 &&
+               memcmp(a, b, n) == 0;
+    free(a);
+    free(b);
+    return same;
+}
+
+TEST(matmul_split_k_vs_naive) {
+    /* K (2100) far longer than the output's sides (a weight gradient's shape): the CPU
+     * kernel sums K in parts; every layout, 1 thread against all threads to the bit, and
+     * a linear layer (its bias is the GEMM's beta = 1 start) */
+    int64_t sa[2] = {40, 2100}, sb[2] = {2100, 24}, sw[2] = {24, 2100}, sbias = 24;
+    ct_tensor *a = ct_randn(sa, 2, CT_FLOAT32), *b = ct_randn(sb, 2, CT_FLOAT32);
+    ct_tensor *want = naive_mm(a, b);
+    int prev = ct_get_num_threads();
+    for (int variant = 0; variant < 4; variant++) {
+        ct_tensor *aa = variant & 1 ? ct_test_noncontig(a) : ct_retain(a);
+        ct_tensor *bb = variant & 2 ? ct_test_noncontig(b) : ct_retain(b);
+        ct_tensor *y = ct_matmul(aa, bb);
+        ct_set_num_threads(1);
+        ct_tensor *y1 = ct_matmul(aa, bb);
+        ct_set_num_threads(prev > 1 ? prev : 2);
+        ct_tensor *y2 = ct_matmul(aa, bb);
+        ct_set_num_threads(prev);
+        char what[64];
+        snprintf(what, sizeof what, "split-K matmul variant %d", variant);
+        CHECK_CLOSE(y, want, 1e-5, what);
+        CHECK(y1 && y2 && same_bits(y1, y2));
+        ct_free(y);
+        ct_free(y1);
+        ct_free(y2);
+        ct_free(aa);
+        ct_free(bb);
+    }
+    ct_tensor *w = ct_randn(sw, 2, CT_FLOAT32), *bias = ct_randn(&sbias, 1, CT_FLOAT32);
+    ct_tensor *wt = ct_transpose(w, 0, 1), *xw = naive_mm(a, wt);
+    ct_tensor *bias64 = ct_to_dtype(bias, CT_FLOAT64), *lwant = ct_add(xw, bias64);
+    ct_tensor *y = ct_linear(a, w, bias);
+    CHECK_CLOSE(y, lwant, 1e-5, "split-K linear with bias");
+    ct_free(y);
+    ct_free(lwant);
+    ct_free(bias64);
+    ct_free(xw);
+    ct_free(wt);
+    ct_free(w);
+    ct_free(bias);
+    ct_free(want);
+    ct_free(a);
+    ct_free(b);
+}
+
 static ct_tensor *select0(const ct_tensor *t, int64_t i) {
     ct_tensor *n = ct_narrow(t, 0, i, 1);
     ct_tensor *s = ct_squeeze(n, 0);

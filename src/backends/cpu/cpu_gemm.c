@@ -6,10 +6,16 @@
  *
  * Work is split over the batch; when the batch alone cannot feed every thread, each
  * product is also tiled over rows and/or columns of c so that one large GEMM (a
- * linear layer, say) still uses all cores. */
+ * linear layer, say) still uses all cores. A product whose inner dimension dwarfs c (a
+ * weight gradient, gy^T @ x summed over every token of the batch) is split over K
+ * instead: tiling c would make every thread pack the whole of the long operand that its
+ * tile shares with the others; each K part packs only its own rows. The parts are
+ * summed in part order, and their number depends on the shape only, so the result does
+ * not depend on the thread count. */
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "cpu_alloc.h"
 #include "cpu_gemm_small.h"
 #include "cpu_kernels.h"
 
@@ -48,36 +54,62 @@ typedef struct {
     int small;        /* float32 product for our small-GEMM kernels (cpu_gemm_small.h) */
     int64_t tm, tn;   /* tiles per product along M and N */
     int64_t bm, bn;   /* tile sizes */
+    int64_t tk, bk;   /* parts along K (1: no split) and their length */
+    char *part;       /* parts 1..tk-1 of c (part 0 is c itself), [tk-1, M, N] */
     size_t es;
 } bmm_ctx;
 
 static void bmm_range(void *vctx, int64_t begin, int64_t end) {
     const bmm_ctx *x = vctx;
-    int64_t per = x->tm * x->tn;
+    int64_t per = x->tm * x->tn * x->tk;
     for (int64_t t = begin; t < end; t++) {
         int64_t bi = t / per, r = t % per;
-        int64_t m0 = (r / x->tn) * x->bm, n0 = (r % x->tn) * x->bn;
+        int64_t kp = r / (x->tm * x->tn);
+        r %= x->tm * x->tn;
+        int64_t m0 = (r / x->tn) * x->bm, n0 = (r % x->tn) * x->bn, k0 = kp * x->bk;
         int64_t m = x->M - m0 < x->bm ? x->M - m0 : x->bm;
         int64_t n = x->N - n0 < x->bn ? x->N - n0 : x->bn;
+        int64_t k = x->K - k0 < x->bk ? x->K - k0 : x->bk;
         if (m <= 0 || n <= 0) continue;
-        /* Offset of row m0 in a and column n0 in b depends on the layout. */
-        int64_t aoff = bi * x->sa + (x->ta == CblasNoTrans ? m0 * x->lda : m0);
-        int64_t boff = bi * x->sb + (x->tb == CblasNoTrans ? n0 : n0 * x->ldb);
+        /* Offset of row m0 (and column k0) in a and of column n0 (and row k0) in b
+         * depends on the layout. */
+        int64_t aoff = bi * x->sa + (x->ta == CblasNoTrans ? m0 * x->lda + k0 : k0 * x->lda + m0);
+        int64_t boff = bi * x->sb + (x->tb == CblasNoTrans ? k0 * x->ldb + n0 : n0 * x->ldb + k0);
         int64_t coff = bi * x->M * x->N + m0 * x->N + n0;
+        /* part 0 accumulates into c (beta), the others start from 0 in their buffers */
+        char *c = kp ? x->part + (size_t)(kp - 1) * (size_t)(x->M * x->N) * x->es : x->c;
+        double beta = kp ? 0 : x->beta;
         if (x->dt == CT_FLOAT32) {
             int ta = x->ta != CblasNoTrans, tb = x->tb != CblasNoTrans;
             if (x->small &&
-                ct_sgemm_small(ta, tb, m, n, x->K, (float)x->alpha, (const float *)x->a + aoff,
-                               x->lda, (const float *)x->b + boff, x->ldb, (float)x->beta,
-                               (float *)x->c + coff, x->N) == 0)
+                ct_sgemm_small(ta, tb, m, n, k, (float)x->alpha, (const float *)x->a + aoff,
+                               x->lda, (const float *)x->b + boff, x->ldb, (float)beta,
+                               (float *)c + coff, x->N) == 0)
                 continue;
-            cblas_sgemm(CblasRowMajor, x->ta, x->tb, (int)m, (int)n, (int)x->K, (float)x->alpha,
+            cblas_sgemm(CblasRowMajor, x->ta, x->tb, (int)m, (int)n, (int)k, (float)x->alpha,
                         (const float *)x->a + aoff, (int)x->lda, (const float *)x->b + boff,
-                        (int)x->ldb, (float)x->beta, (float *)x->c + coff, (int)x->N);
+                        (int)x->ldb, (float)beta, (float *)c + coff, (int)x->N);
         } else {
-            cblas_dgemm(CblasRowMajor, x->ta, x->tb, (int)m, (int)n, (int)x->K, x->alpha,
+            cblas_dgemm(CblasRowMajor, x->ta, x->tb, (int)m, (int)n, (int)k, x->alpha,
                         (const double *)x->a + aoff, (int)x->lda, (const double *)x->b + boff,
-                        (int)x->ldb, x->beta, (double *)x->c + coff, (int)x->N);
+                        (int)x->ldb, beta, (double *)c + coff, (int)x->N);
+        }
+    }
+}
+
+/* c[i] += part 1 [i] + part 2 [i] + ... for elements [begin, end) of c (B == 1). */
+static void sum_parts(void *vctx, int64_t begin, int64_t end) {
+    const bmm_ctx *x = vctx;
+    const int64_t mn = x->M * x->N;
+    for (int64_t kp = 1; kp < x->tk; kp++) {
+        if (x->dt == CT_FLOAT32) {
+            float *c = (float *)x->c;
+            const float *p = (const float *)x->part + (kp - 1) * mn;
+            for (int64_t i = begin; i < end; i++) c[i] += p[i];
+        } else {
+            double *c = (double *)x->c;
+            const double *p = (const double *)x->part + (kp - 1) * mn;
+            for (int64_t i = begin; i < end; i++) c[i] += p[i];
         }
     }
 }
@@ -140,9 +172,18 @@ int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
     /* Tiling: enough tasks for every thread, tiles not too thin for BLAS. */
     int nth = ct_plan_threads();
     double flops = 2.0 * (double)B * (double)M * (double)N * (double)K;
-    x.tm = x.tn = 1;
-    if (nth > 1 && B < nth && flops >= 4e6) {
-        int64_t need = (nth + B - 1) / B;
+    x.tm = x.tn = x.tk = 1;
+    x.bk = K;
+    /* One product with K at least 8 times the larger side of c and 1024 long: K in
+     * parts of at least 512 (a multiple of 64), at most 4; decided by the shape alone. */
+    if (B == 1 && flops >= 4e6 && K >= 1024 && K >= 8 * (M > N ? M : N)) {
+        x.tk = K / 512 < 4 ? K / 512 : 4;
+        x.bk = (K + x.tk - 1) / x.tk;
+        x.bk = (x.bk + 63) / 64 * 64;
+        x.tk = (K + x.bk - 1) / x.bk;
+    }
+    if (nth > 1 && B * x.tk < nth && flops >= 4e6) {
+        int64_t need = (nth + B * x.tk - 1) / (B * x.tk);
         int64_t maxm = M / 32 > 1 ? M / 32 : 1, maxn = N / 64 > 1 ? N / 64 : 1;
         /* Split the longer side; but when C is the largest operand (a weight gradient:
          * gy^T @ x), split its rows so that each thread owns contiguous rows of C: the
@@ -166,9 +207,17 @@ int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
     if (x.tn > 1) x.bn = (x.bn + 15) / 16 * 16;
     x.tm = (M + x.bm - 1) / x.bm;
     x.tn = (N + x.bn - 1) / x.bn;
-    int64_t ntasks = B * x.tm * x.tn;
+    int64_t ntasks = B * x.tm * x.tn * x.tk;
+    if (x.tk > 1 && !(x.part = ct_cpu_alloc((size_t)(x.tk - 1) * (size_t)(M * N) * x.es))) {
+        ct_error_context("bmm");
+        return -1;
+    }
     /* Small products run inline: a thread hand-off costs more than the work. */
     int64_t grain = flops < 2e5 ? ntasks : 1;
     ct_parallel_for(ntasks, grain, bmm_range, &x);
+    if (x.tk > 1) {
+        ct_parallel_for(M * N, 4096, sum_parts, &x);
+        ct_cpu_free(x.part);
+    }
     return 0;
 }
