@@ -62,6 +62,8 @@ static atomic_int g_deterministic = 0;
  * ran, whatever the real count, so that every reduction adds its parts in the same order
  * with 1 thread or 64 (see ct_plan_threads and ct_parallel_for). */
 #define CT_DETERMINISTIC_SPLIT 8
+/* ct_parallel_for_dynamic: chunks per thread at most */
+#define DYNAMIC_CHUNKS 8
 
 void ct_use_deterministic_algorithms(int on) {
     atomic_store(&g_deterministic, on != 0);
@@ -219,7 +221,9 @@ static void run_chunks_inline(int64_t n, int64_t chunks, ct_range_fn fn, void *c
     t_in_parallel = was;
 }
 
-void ct_parallel_for(int64_t n, int64_t grain, ct_range_fn fn, void *ctx) {
+/* The pool runs [0, n) in chunks of at least grain items, at most per_thread per thread
+ * (claimed in order by whichever thread is free). */
+static void parallel_run(int64_t n, int64_t grain, int per_thread, ct_range_fn fn, void *ctx) {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
     int nt = ct_get_num_threads();
@@ -236,7 +240,7 @@ void ct_parallel_for(int64_t n, int64_t grain, ct_range_fn fn, void *ctx) {
     }
     ensure_pool();
     int64_t chunks = n / grain;
-    if (chunks > P.nthreads) chunks = P.nthreads;
+    if (chunks > (int64_t)P.nthreads * per_thread) chunks = (int64_t)P.nthreads * per_thread;
     if (det) chunks = det_chunks;
     atomic_store(&P.fn, fn);
     atomic_store(&P.ctx, ctx);
@@ -274,4 +278,12 @@ void ct_parallel_for(int64_t n, int64_t grain, ct_range_fn fn, void *ctx) {
         }
     }
     pthread_mutex_unlock(&g_submit);
+}
+
+void ct_parallel_for(int64_t n, int64_t grain, ct_range_fn fn, void *ctx) {
+    parallel_run(n, grain, 1, fn, ctx);
+}
+
+void ct_parallel_for_dynamic(int64_t n, int64_t grain, ct_range_fn fn, void *ctx) {
+    parallel_run(n, grain, DYNAMIC_CHUNKS, fn, ctx);
 }

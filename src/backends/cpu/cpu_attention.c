@@ -9,7 +9,8 @@
  *
  * Work is split over (batch, query block) in the forward and over the batch in the
  * backward (dK and dV of a batch are sums over all its query blocks, so one thread owns
- * a batch: the result does not depend on the thread count). The tile products are one
+ * a batch: the result does not depend on the thread count), in more chunks than threads
+ * that the threads claim as they get free (ct_parallel_for_dynamic). The tile products are one
  * small GEMM (C += A B, row-major) with an AVX2+FMA register-blocked kernel for float32
  * and a scalar reference (float64, or CPUs without AVX2; CTORCH_CPU_ISA=none).
  *
@@ -232,7 +233,7 @@ int cpu_sdpa_forward_full(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, co
     c.lse = ct_ptr(lse);
     const int64_t n = c.B * c.nqb;
     if (n == 0) return 0;
-    ct_parallel_for(n, 1, q->dtype == CT_FLOAT32 ? fwd_range_f32 : fwd_range_f64, &c);
+    ct_parallel_for_dynamic(n, 1, q->dtype == CT_FLOAT32 ? fwd_range_f32 : fwd_range_f64, &c);
     return c.err ? ct_error("scaled_dot_product_attention: out of memory for the tiles") : 0;
 }
 
@@ -263,7 +264,7 @@ int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
     }
     const int64_t grain = 4096 / (c.Ev + c.E + 1) + 1;
     ct_parallel_for(c.B * c.L, grain, f32 ? rowdot_f32 : rowdot_f64, &c);
-    ct_parallel_for(c.B * c.nsplit, 1, f32 ? bwd_range_f32 : bwd_range_f64, &c);
+    ct_parallel_for_dynamic(c.B * c.nsplit, 1, f32 ? bwd_range_f32 : bwd_range_f64, &c);
     if (!c.err && c.nsplit > 1)
         ct_parallel_for(c.B * c.L, grain, f32 ? sum_parts_f32 : sum_parts_f64, &c);
     ct_cpu_free(c.D), ct_cpu_free(c.dqp);
