@@ -212,9 +212,11 @@ int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
         ct_error_context("bmm");
         return -1;
     }
-    /* Small products run inline: a thread hand-off costs more than the work. */
+    /* Small products run inline: a thread hand-off costs more than the work. More tasks
+     * than threads (a batch, K parts) go to whichever thread is free; tiling one product
+     * finer than a tile per thread would cost more packing than the balance gains. */
     int64_t grain = flops < 2e5 ? ntasks : 1;
-    ct_parallel_for(ntasks, grain, bmm_range, &x);
+    ct_parallel_for_dynamic(ntasks, grain, bmm_range, &x);
     if (x.tk > 1) {
         ct_parallel_for(M * N, 4096, sum_parts, &x);
         ct_cpu_free(x.part);
