@@ -307,6 +307,7 @@ typedef struct {
     int64_t n;
     atomic_int bad;
     int nested;
+    atomic_int chunks; /* calls of the body */
 } pf_ctx;
 
 static void pf_inner(void *vc, int64_t b, int64_t e) {
@@ -316,24 +317,32 @@ static void pf_inner(void *vc, int64_t b, int64_t e) {
 
 static void pf_body(void *vc, int64_t b, int64_t e) {
     pf_ctx *c = vc;
+    atomic_fetch_add(&c->chunks, 1);
     if (b < 0 || e > c->n || b >= e) atomic_fetch_add(&c->bad, 1);
     if (c->nested) {
         /* a parallel_for inside a chunk runs inline on the calling thread */
-        pf_ctx inner = {c->hits + b, e - b, 0, 0};
+        pf_ctx inner = {c->hits + b, e - b, 0, 0, 0};
         ct_parallel_for(e - b, 1, pf_inner, &inner);
         return;
     }
     for (int64_t i = b; i < e; i++) atomic_fetch_add(&c->hits[i], 1);
 }
 
-static int pf_check(int64_t n, int64_t grain, int nested) {
+/* Every index of [0, n) visited once; *chunks (when not NULL): how many calls of the body. */
+static int pf_run(int64_t n, int64_t grain, int nested, int dynamic, int *chunks) {
     atomic_int *hits = calloc((size_t)(n > 0 ? n : 1), sizeof *hits);
-    pf_ctx c = {hits, n, 0, nested};
-    ct_parallel_for(n, grain, pf_body, &c);
+    pf_ctx c = {hits, n, 0, nested, 0};
+    if (dynamic) ct_parallel_for_dynamic(n, grain, pf_body, &c);
+    else ct_parallel_for(n, grain, pf_body, &c);
     int ok = atomic_load(&c.bad) == 0;
     for (int64_t i = 0; i < n; i++) ok = ok && atomic_load(&hits[i]) == 1;
+    if (chunks) *chunks = atomic_load(&c.chunks);
     free(hits);
     return ok;
+}
+
+static int pf_check(int64_t n, int64_t grain, int nested) {
+    return pf_run(n, grain, nested, 0, NULL) && pf_run(n, grain, nested, 1, NULL);
 }
 
 TEST(parallel_for_covers_every_index_once) {
@@ -349,6 +358,17 @@ TEST(parallel_for_covers_every_index_once) {
                     CHECK_MSG(pf_check(ns[i], grains[g], nested),
                               "threads %d n %lld grain %lld nested %d", threads[t],
                               (long long)ns[i], (long long)grains[g], nested);
+        /* the dynamic split: more chunks than threads (8 per thread at most), none
+         * smaller than the grain */
+        int chunks = 0;
+        CHECK(pf_run(1000, 1, 0, 1, &chunks));
+        if (threads[t] > 1)
+            CHECK_MSG(chunks == 8 * threads[t], "threads %d: %d dynamic chunks of 1000 items",
+                      threads[t], chunks);
+        CHECK(pf_run(1000, 100, 0, 1, &chunks));
+        if (threads[t] > 1)
+            CHECK_MSG(chunks == (8 * threads[t] < 10 ? 8 * threads[t] : 10),
+                      "threads %d: %d dynamic chunks of grain 100", threads[t], chunks);
         /* many small jobs back to back: workers spinning, sleeping, coming late */
         for (int rep = 0; rep < 3000; rep++)
             if (!pf_check(8 + rep % 57, 2, 0)) {
