@@ -483,3 +483,34 @@ TEST(backends_sdpa_op_vs_cpu) {
     ct_free(kd), ct_free(vd), ct_free(md), ct_free(yc), ct_free(yd), ct_free(sc), ct_free(sd);
     ct_free(yh);
 }
+
+TEST(attention_nan_and_underflow) {
+    /* a NaN in one query row makes that output row NaN and no other (as in PyTorch); keys
+     * behind a -200 additive mask (probabilities e^-200: 0 in float32) give the output of
+     * attention over the other keys alone. 40 keys: the vector exp and its tail. */
+    enum { L = 21, S = 40, E = 16, KEEP = 13 };
+    int64_t sq[3] = {1, L, E}, sk[3] = {1, S, E}, sm[2] = {L, S};
+    ct_tensor *q = ct_randn(sq, 3, CT_FLOAT32), *k = ct_randn(sk, 3, CT_FLOAT32);
+    ct_tensor *v = ct_randn(sk, 3, CT_FLOAT32);
+    float *qd = malloc(sizeof(float) * L * E), *md = malloc(sizeof(float) * L * S);
+    float *yd = malloc(sizeof(float) * L * E);
+    CHECK(ct_copy_to_buffer(q, qd, sizeof(float) * L * E) == 0);
+    qd[3 * E + 5] = NAN;
+    ct_tensor *qn = ct_from_data(qd, sq, 3, CT_FLOAT32);
+    ct_tensor *y = ct_scaled_dot_product_attention(qn, k, v, NULL, 0.0, 0, 0.0);
+    CHECK(y && ct_copy_to_buffer(y, yd, sizeof(float) * L * E) == 0);
+    for (int i = 0; y && i < L; i++)
+        for (int e = 0; e < E; e++)
+            CHECK_MSG(i == 3 ? isnan(yd[i * E + e]) : isfinite(yd[i * E + e]),
+                      "row %d col %d: %g", i, e, yd[i * E + e]);
+    for (int i = 0; i < L; i++)
+        for (int j = 0; j < S; j++) md[i * S + j] = j < KEEP ? 0.0f : -200.0f;
+    ct_tensor *m = ct_from_data(md, sm, 2, CT_FLOAT32);
+    ct_tensor *ym = ct_scaled_dot_product_attention(q, k, v, m, 0.0, 0, 0.0);
+    ct_tensor *kk = ct_narrow(k, 1, 0, KEEP), *vk = ct_narrow(v, 1, 0, KEEP);
+    ct_tensor *want = ct_scaled_dot_product_attention(q, kk, vk, NULL, 0.0, 0, 0.0);
+    CHECK_CLOSE(ym, want, 1e-6, "keys behind a -200 mask");
+    ct_free(want), ct_free(kk), ct_free(vk), ct_free(ym), ct_free(m), ct_free(y), ct_free(qn);
+    ct_free(q), ct_free(k), ct_free(v);
+    free(qd), free(md), free(yd);
+}

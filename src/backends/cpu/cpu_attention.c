@@ -74,13 +74,18 @@ CT_AVX2_FMA static float max_avx2(const float *x, int n, float m) {
     return m;
 }
 
-/* x[i] = exp(x[i] - mx) (mx finite, x[i] <= mx); returns the sum. */
+/* x[i] = exp(x[i] - mx) (mx finite, x[i] <= mx); returns the sum. A probability below
+ * e^-87 of the row's largest (1.6e-38, where exp's results become subnormal) is 0; NaN
+ * stays NaN. */
 CT_AVX2_FMA static float exp_sub_sum_avx2(float *x, int n, float mx) {
-    const __m256 m = _mm256_set1_ps(mx);
+    const __m256 m = _mm256_set1_ps(mx), lo = _mm256_set1_ps(-87.0f);
     __m256 acc = _mm256_setzero_ps();
     int i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256 e = ct_exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), m);
+        __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(d, lo, _CMP_LT_OQ),
+                                    ct_exp8_normal_avx2(_mm256_max_ps(d, lo)));
+        e = _mm256_blendv_ps(e, d, _mm256_cmp_ps(d, d, _CMP_UNORD_Q));
         _mm256_storeu_ps(x + i, e);
         acc = _mm256_add_ps(acc, e);
     }
@@ -381,6 +386,8 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
 #endif
             for (int j = 0; j < nk; j++) mx = sr[j] > mx ? sr[j] : mx;
         if (mx == -INFINITY) { /* nothing to attend in this block yet */
+            for (int j = 0; j < nk; j++) /* but NaN scores make the row NaN, as in PyTorch */
+                if (sr[j] != sr[j]) l[r] = (T)NAN;
             memset(sr, 0, sizeof(T) * (size_t)nk);
             continue;
         }
@@ -427,9 +434,10 @@ static void F(fwd_block)(const sdpa_ctx *c, int64_t item, F(fwd_buf) * w) {
     T *lse = (T *)c->lse + b * c->L + i0;
     for (int r = 0; r < nq; r++) {
         T *orow = O + r * c->out.s2;
-        const T inv = l[r] > 0 ? 1 / l[r] : 0;
+        /* l is NaN when a score of the row was (the row's output and lse are NaN) */
+        const T inv = l[r] > 0 ? 1 / l[r] : l[r] != l[r] ? l[r] : 0;
         for (int64_t e = 0; e < c->Ev; e++) orow[e] *= inv;
-        lse[r] = l[r] > 0 ? m[r] + LOG(l[r]) : -INFINITY;
+        lse[r] = l[r] > 0 ? m[r] + LOG(l[r]) : l[r] != l[r] ? l[r] : -INFINITY;
     }
 }
 

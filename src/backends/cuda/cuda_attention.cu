@@ -92,11 +92,12 @@ __global__ void k_sdpa_fwd(sdpa_dev a) {
     T *o = sdpa_row<T>(a, a.out, b, i);
     const T *v = sdpa_row<T>(a, a.v, b, 0);
     for (int64_t e = t; e < a.Ev; e += SDPA_T) o[e] = 0;
-    T m = -INFINITY, l = 0;
+    T m = -INFINITY, l = 0, nan_t = 0; /* nan_t: this thread saw a NaN score */
     const int64_t jend = a.causal && i + 1 < a.S ? i + 1 : a.S;
     for (int64_t j0 = 0; j0 < jend; j0 += SDPA_T) {
         const int64_t j = j0 + t;
         const T s = j < jend ? sdpa_score<T>(a, b, i, j) : (T)-INFINITY;
+        if (s != s) nan_t = 1;
         const T tmax = sdpa_reduce<T>(s, 0, red);
         const T mnew = tmax > m ? tmax : m;
         if (mnew == (T)-INFINITY) continue; /* the same for every thread */
@@ -116,9 +117,12 @@ __global__ void k_sdpa_fwd(sdpa_dev a) {
         }
         __syncthreads();
     }
-    const T inv = l > 0 ? (T)1 / l : (T)0;
+    /* a NaN score makes the row's output and lse NaN, as in PyTorch */
+    const T nan = sdpa_reduce<T>(nan_t, 1, red) > 0 ? (T)NAN : (T)0;
+    const T inv = nan != 0 ? nan : l > 0 ? (T)1 / l : (T)0;
     for (int64_t e = t; e < a.Ev; e += SDPA_T) o[e] *= inv;
-    if (t == 0) ((T *)a.lse_out)[b * a.L + i] = l > 0 ? m + cu_log(l) : (T)-INFINITY;
+    if (t == 0)
+        ((T *)a.lse_out)[b * a.L + i] = nan != 0 ? nan : l > 0 ? m + cu_log(l) : (T)-INFINITY;
 }
 
 /* dS of (b, i, j) from the recomputed probability; *pz receives P~ (dropped out). */
