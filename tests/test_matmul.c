@@ -272,6 +272,20 @@ TEST(matmul_large_tiled_vs_naive) {
     ct_free(b);
 }
 
+/* ct_linear(x, w, b) against x w^T + b in float64. */
+static void check_linear_vs_naive(const ct_tensor *x, const ct_tensor *w, const ct_tensor *b,
+                                  const char *what) {
+    ct_tensor *wt = ct_transpose(w, 0, 1), *xw = naive_mm(x, wt);
+    ct_tensor *b64 = ct_to_dtype(b, CT_FLOAT64), *want = ct_add(xw, b64);
+    ct_tensor *y = ct_linear(x, w, b);
+    CHECK_CLOSE(y, want, 1e-5, what);
+    ct_free(y);
+    ct_free(want);
+    ct_free(b64);
+    ct_free(xw);
+    ct_free(wt);
+}
+
 /* Results of two runs equal to the bit. */
 static int same_bits(const ct_tensor *x, const ct_tensor *y) {
     size_t n = sizeof(float) * (size_t)ct_numel(x);
@@ -311,15 +325,7 @@ TEST(matmul_split_k_vs_naive) {
         ct_free(bb);
     }
     ct_tensor *w = ct_randn(sw, 2, CT_FLOAT32), *bias = ct_randn(&sbias, 1, CT_FLOAT32);
-    ct_tensor *wt = ct_transpose(w, 0, 1), *xw = naive_mm(a, wt);
-    ct_tensor *bias64 = ct_to_dtype(bias, CT_FLOAT64), *lwant = ct_add(xw, bias64);
-    ct_tensor *y = ct_linear(a, w, bias);
-    CHECK_CLOSE(y, lwant, 1e-5, "split-K linear with bias");
-    ct_free(y);
-    ct_free(lwant);
-    ct_free(bias64);
-    ct_free(xw);
-    ct_free(wt);
+    check_linear_vs_naive(a, w, bias, "split-K linear with bias");
     ct_free(w);
     ct_free(bias);
     ct_free(want);
@@ -357,17 +363,7 @@ TEST(linear_large_vs_naive) {
     int64_t sx[2] = {300, 128}, sw[2] = {96, 128}, sbias = 96;
     ct_tensor *x = ct_randn(sx, 2, CT_FLOAT32), *w = ct_randn(sw, 2, CT_FLOAT32);
     ct_tensor *b = ct_randn(&sbias, 1, CT_FLOAT32);
-    ct_tensor *wt = ct_transpose(w, 0, 1);
-    ct_tensor *xw = naive_mm(x, wt);
-    ct_tensor *b64 = ct_to_dtype(b, CT_FLOAT64);
-    ct_tensor *want = ct_add(xw, b64);
-    ct_tensor *y = ct_linear(x, w, b);
-    CHECK_CLOSE(y, want, 1e-5, "large linear");
-    ct_free(y);
-    ct_free(want);
-    ct_free(b64);
-    ct_free(xw);
-    ct_free(wt);
+    check_linear_vs_naive(x, w, b, "large linear");
     ct_free(x);
     ct_free(w);
     ct_free(b);
