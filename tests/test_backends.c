@@ -1216,6 +1216,33 @@ TEST(backends_cuda_nll_target_out_of_range) {
     ct_free(x), ct_free(t);
 }
 
+/* A NaN in one query row makes that row of the CUDA attention's output NaN and leaves the
+ * others equal to the CPU's (tests/test_attention.c checks the CPU). */
+TEST(backends_cuda_sdpa_nan_row) {
+    if (!cuda_ready()) SKIP(g_why);
+    enum { L = 9, S = 40, E = 8 };
+    const ct_device dev = {CT_CUDA, 0};
+    int64_t sq[3] = {1, L, E}, sk[3] = {1, S, E};
+    ct_tensor *q0 = rnd(sq, 3, CT_FLOAT32, 0), *k = rnd(sk, 3, CT_FLOAT32, 1);
+    ct_tensor *v = rnd(sk, 3, CT_FLOAT32, 2);
+    float qd[L * E], got[L * E], want[L * E];
+    CHECK(ct_copy_to_buffer(q0, qd, sizeof qd) == 0);
+    qd[4 * E + 1] = NAN;
+    ct_tensor *q = ct_from_data(qd, sq, 3, CT_FLOAT32);
+    ct_tensor *qg = ct_to_device(q, dev), *kg = ct_to_device(k, dev), *vg = ct_to_device(v, dev);
+    ct_tensor *yc = ct_scaled_dot_product_attention(q, k, v, NULL, 0.0, 0, 0.0);
+    ct_tensor *yg = qg && kg && vg ? ct_scaled_dot_product_attention(qg, kg, vg, NULL, 0.0, 0, 0.0)
+                                   : NULL;
+    ct_tensor *yh = yg ? ct_to_device(yg, ct_cpu()) : NULL;
+    CHECK(yc && yh && ct_copy_to_buffer(yh, got, sizeof got) == 0 &&
+          ct_copy_to_buffer(yc, want, sizeof want) == 0);
+    for (int i = 0; yh && i < L * E; i++)
+        CHECK_MSG(i / E == 4 ? isnan(got[i]) : fabsf(got[i] - want[i]) <= 1e-5f,
+                  "element %d: cuda %g cpu %g", i, got[i], want[i]);
+    ct_free(yh), ct_free(yg), ct_free(yc), ct_free(qg), ct_free(kg), ct_free(vg);
+    ct_free(q), ct_free(q0), ct_free(k), ct_free(v);
+}
+
 /* ------------------------------------------------------ op layer, end to end */
 /* A small CNN (conv, batch_norm, relu, max_pool, linear, cross_entropy) forward and
  * backward through the public API on the CPU and on each other backend. */
