@@ -3,7 +3,7 @@
  *
  * build (as the examples): cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude bench/layer_bench.c \
  *           build/libctorch.a -o build/bench/layer_bench -lopenblas -lz -lpthread -ldl -lm
- * run:   build/bench/layer_bench [--model simple_cnn|resnet18_cifar|all] [--batch-size B]
+ * run:   build/bench/layer_bench [--model simple_cnn|resnet18_cifar|vit_tiny|all] [--batch-size B]
  *           [--threads T] [--peak GFLOPS] [--min-time S] [--json] [--amp bf16|off]
  *
  * For each layer shape: forward with autograd on (the training forward), forward under
@@ -50,6 +50,14 @@ static const layer resnet18_layers[] = {
     {"layer4 512->512 3x3 @4", 3, 0, 512, 512, 3, 1, 1, 4, 4, 0, 1},
     {"layer4 down 256->512 1x1 s2 @8", 1, 0, 256, 512, 1, 2, 0, 8, 8, 0, 1},
     {"fc 512->10", 1, 1, 512, 10, 0, 0, 0, 0, 0, 1, 1},
+};
+
+/* vit_tiny's linear layers: rows = batch x 65 tokens (64 patches + the class token) */
+static const layer vit_tiny_layers[] = {
+    {"qkv 192->576 (x65 tokens)", 12, 1, 192, 576, 0, 0, 0, 0, 0, 1, 1},
+    {"out_proj 192->192", 12, 1, 192, 192, 0, 0, 0, 0, 0, 1, 1},
+    {"mlp.0 192->768", 12, 1, 192, 768, 0, 0, 0, 0, 0, 1, 1},
+    {"mlp.3 768->192", 12, 1, 768, 192, 0, 0, 0, 0, 0, 1, 1},
 };
 
 enum { FWD_TRAIN, FWD_INFER, BWD_DATA, BWD_WEIGHT, NPHASE };
@@ -210,7 +218,7 @@ static void bench_model(const char *model, const layer *ls, int nl, int64_t n, d
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: layer_bench [--model simple_cnn|resnet18_cifar|all] [--batch-size B] [--threads T]\n"
+    fprintf(stderr, "usage: layer_bench [--model simple_cnn|resnet18_cifar|vit_tiny|all] [--batch-size B] [--threads T]\n"
                     "                   [--peak GFLOPS] [--min-time SECONDS] [--json] [--amp bf16|off]\n");
     exit(2);
 }
@@ -235,7 +243,9 @@ int main(int argc, char **argv) {
         else usage();
     }
     int all = !strcmp(model, "all");
-    if (!all && strcmp(model, "simple_cnn") && strcmp(model, "resnet18_cifar")) usage();
+    if (!all && strcmp(model, "simple_cnn") && strcmp(model, "resnet18_cifar") &&
+        strcmp(model, "vit_tiny"))
+        usage();
     if (batch < 0 || threads < 0 || min_time < 0) usage();
     ct_set_num_threads(threads);
     ct_manual_seed(0);
@@ -245,5 +255,8 @@ int main(int argc, char **argv) {
     if (all || !strcmp(model, "resnet18_cifar"))
         bench_model("resnet18_cifar", resnet18_layers, (int)(sizeof resnet18_layers / sizeof *resnet18_layers),
                     batch ? batch : 128, peak, min_time, json);
+    if (all || !strcmp(model, "vit_tiny"))
+        bench_model("vit_tiny", vit_tiny_layers, (int)(sizeof vit_tiny_layers / sizeof *vit_tiny_layers),
+                    (batch ? batch : 128) * 65, peak, min_time, json);
     return 0;
 }

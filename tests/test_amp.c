@@ -288,8 +288,11 @@ TEST(amp_bf16_conv_linear_vs_torch_both_isa_levels) {
  * accumulate exact products in float32, so they agree to float32 rounding; every layout
  * (transposed operands, batch broadcast), odd K, ragged M and N, alpha and beta. */
 TEST(amp_bf16_gemm_matches_widened_fallback) {
-    const int64_t dims[][3] = {{1, 1, 1}, {7, 33, 5}, {6, 32, 64}, {13, 70, 129}, {64, 10, 4096},
-                               {100, 3, 2}};
+    /* M N K; with AMX, {48, 35, 96} reads A's first 32 rows in place and packs the other 16,
+     * {37, 33, 70} and {192, 64, 1040} transpose 16 x 16 blocks of pairs with ragged tails */
+    const int64_t dims[][3] = {{1, 1, 1},    {7, 33, 5},   {6, 32, 64},     {13, 70, 129},
+                               {64, 10, 4096}, {100, 3, 2}, {48, 35, 96},   {37, 33, 70},
+                               {192, 64, 1040}};
     for (size_t d = 0; d < sizeof dims / sizeof *dims; d++) {
         int64_t M = dims[d][0], N = dims[d][1], Kd = dims[d][2];
         for (int tr = 0; tr < 4; tr++) {
@@ -318,6 +321,51 @@ TEST(amp_bf16_gemm_matches_widened_fallback) {
             ct_free(a0), ct_free(b0), ct_free(ab), ct_free(bb), ct_free(a), ct_free(b);
             ct_free(slow);
         }
+    }
+}
+
+/* A bf16 linear layer with bias, forward and backward, natively (AMX's in-place A blocks,
+ * whole-block stores with the bias already in C, the transposed pack of gy^T for the weight
+ * gradient) against the float32 fallback (CTORCH_CPU_ISA=avx2) on the same bf16 values. */
+TEST(amp_bf16_linear_with_bias_matches_widened_fallback) {
+    const int64_t shapes[][3] = {{70, 96, 64}, {128, 192, 96}, {33, 64, 40}}; /* rows in out */
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int64_t R = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+        int64_t xs[2] = {R, in}, ws[2] = {out, in}, bs[1] = {out}, ys[2] = {R, out};
+        ct_manual_seed(11 + (uint64_t)s);
+        ct_tensor *x0 = ct_randn(xs, 2, CT_FLOAT32), *gy0 = ct_randn(ys, 2, CT_FLOAT32);
+        ct_tensor *xb = ct_to_dtype(x0, CT_BFLOAT16), *gyb = ct_to_dtype(gy0, CT_BFLOAT16);
+        ct_tensor *res[2][4] = {{NULL}};
+        const char *levels[2] = {"avx2", ""};
+        for (int l = 0; l < 2; l++) {
+            setenv("CTORCH_CPU_ISA", levels[l], 1);
+            ct_manual_seed(5);
+            ct_tensor *w = ct_randn(ws, 2, CT_FLOAT32), *b = ct_randn(bs, 1, CT_FLOAT32);
+            ct_tensor *x = ct_to_dtype(xb, CT_BFLOAT16);
+            ct_set_requires_grad(w, 1), ct_set_requires_grad(b, 1), ct_set_requires_grad(x, 1);
+            CHECK_OK(ct_autocast_push(CT_CPU, CT_BFLOAT16));
+            ct_tensor *y = ct_linear(x, w, b);
+            ct_autocast_pop();
+            CHECK(y && ct_dtype_of(y) == CT_BFLOAT16);
+            if (y) CHECK_OK(ct_backward(y, gyb, 0));
+            res[l][0] = y ? ct_to_dtype(y, CT_FLOAT32) : NULL;
+            res[l][1] = ct_retain(ct_grad(x));
+            res[l][2] = ct_retain(ct_grad(w));
+            res[l][3] = ct_retain(ct_grad(b));
+            ct_free(w), ct_free(b), ct_free(x), ct_free(y);
+        }
+        unsetenv("CTORCH_CPU_ISA");
+        const char *names[4] = {"y", "x.grad", "weight.grad", "bias.grad"};
+        for (int i = 0; i < 4; i++) {
+            char what[96];
+            snprintf(what, sizeof what, "bf16 linear %lldx%lld->%lld %s", (long long)R,
+                     (long long)in, (long long)out, names[i]);
+            CHECK_MSG(res[0][i] && res[1][i], "%s: computed", what);
+            /* the same float32 sums, each rounded to bf16 (the bias in y once more) */
+            if (res[0][i] && res[1][i]) check_allclose(res[1][i], res[0][i], 1.6e-2, 1e-2, what);
+            ct_free(res[0][i]), ct_free(res[1][i]);
+        }
+        ct_free(x0), ct_free(gy0), ct_free(xb), ct_free(gyb);
     }
 }
 

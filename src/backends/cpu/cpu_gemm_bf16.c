@@ -46,6 +46,8 @@ typedef struct {
     int64_t mblocks, nblocks;
     const float *bias; /* added to row i of the product (after alpha), or NULL */
     int64_t group, gstride; /* > 0: column j lives in block j / group, gstride apart */
+    const uint16_t *direct; /* AMX: A read in place for row blocks [0, dblocks) */
+    int64_t lda, dblocks;
 } gctx;
 
 /* Offset of C's element (row, col); col is a panel start, so a panel stays in a group. */
@@ -197,6 +199,39 @@ static void packb_range(void *vc, int64_t begin, int64_t end) {
  * panels above with K2 padded to a multiple of 16. */
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
 
+/* A full 32 x 32 block from buf into C, the common cases without store_row's generality. */
+AMX_TARGET static int store_block_fast(const gctx *g, const float *buf, int64_t m0, int64_t n0) {
+    if (g->group > 0 || g->bias || g->alpha != 1.0f) return 0;
+    if (g->c) {
+        if (g->beta != 0.0f) return 0;
+        float *c = g->c + m0 * g->ldc + n0;
+        for (int r = 0; r < 32; r++) {
+            _mm512_storeu_ps(c + r * g->ldc, _mm512_load_ps(buf + r * 32));
+            _mm512_storeu_ps(c + r * g->ldc + 16, _mm512_load_ps(buf + r * 32 + 16));
+        }
+        return 1;
+    }
+    uint16_t *c = g->cb + m0 * g->ldc + n0;
+    __m512 be = _mm512_set1_ps(g->beta);
+    for (int r = 0; r < 32; r++) {
+        __m512 v0 = _mm512_load_ps(buf + r * 32), v1 = _mm512_load_ps(buf + r * 32 + 16);
+        uint16_t *cr = c + r * g->ldc;
+        if (g->beta != 0.0f) {
+            __m512i old = _mm512_loadu_si512(cr);
+            __m512 o0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm512_castsi512_si256(old)), 16));
+            __m512 o1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(old, 1)), 16));
+            v0 = _mm512_fmadd_ps(o0, be, v0);
+            v1 = _mm512_fmadd_ps(o1, be, v1);
+        }
+        __m512i out = _mm512_inserti64x4(_mm512_castsi256_si512(ct_f32x16_to_bf16(v0)),
+                                         ct_f32x16_to_bf16(v1), 1);
+        _mm512_storeu_si512(cr, out);
+    }
+    return 1;
+}
+
 AMX_TARGET static void amx_range(void *vc, int64_t begin, int64_t end) {
     const gctx *g = vc;
     ct_amx_configure(8, 16, 64);
@@ -204,16 +239,30 @@ AMX_TARGET static void amx_range(void *vc, int64_t begin, int64_t end) {
     float buf[32 * 32] __attribute__((aligned(64)));
     for (int64_t t = begin; t < end; t++) {
         int64_t nb = t / g->mblocks, mb = t % g->mblocks;
-        const uint16_t *a = (const uint16_t *)g->ap + mb * 32 * Kp;
+        const uint16_t *a;
+        int64_t lda;
+        if (mb < g->dblocks) { /* A in place: Kp == K, a whole number of tiles */
+            a = g->direct + mb * 32 * g->lda;
+            lda = g->lda;
+        } else {
+            a = (const uint16_t *)g->ap + (mb - g->dblocks) * 32 * Kp;
+            lda = Kp;
+        }
         const uint32_t *b = g->bp + nb * g->K2 * NR;
         CT_AMX_ZERO22();
         for (int64_t k = 0; k < Kp; k += 32)
-            CT_AMX_STEP22(a + k, a + 16 * Kp + k, Kp * 2, b + k / 2 * NR, b + k / 2 * NR + 16,
+            CT_AMX_STEP22(a + k, a + 16 * lda + k, lda * 2, b + k / 2 * NR, b + k / 2 * NR + 16,
                           NR * 4);
-        CT_AMX_STORE22(buf, 32);
         int64_t m0 = mb * 32, n0 = nb * NR;
         int rows = (int)(g->M - m0 < 32 ? g->M - m0 : 32);
         int cols = (int)(g->N - n0 < NR ? g->N - n0 : NR);
+        if (rows == 32 && cols == 32 && g->c && g->group <= 0 && !g->bias &&
+            g->alpha == 1.0f && g->beta == 0.0f) { /* straight into C */
+            CT_AMX_STORE22(g->c + m0 * g->ldc + n0, g->ldc);
+            continue;
+        }
+        CT_AMX_STORE22(buf, 32);
+        if (rows == 32 && cols == 32 && store_block_fast(g, buf, m0, n0)) continue;
         __mmask16 k0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
         __mmask16 k1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
         __m512 al = _mm512_set1_ps(g->alpha);
@@ -234,6 +283,67 @@ int ct_gemm_bf16_kind(void) {
     return 0;
 }
 
+/* Rows [r0, r1) of A into the AMX layout (row i: pairs 0..K2-1; zero rows past M). A
+ * whose rows are adjacent in memory (rs == 1: a transposed operand such as gy^T of a
+ * weight gradient) goes through 16 x 16 blocks of pairs transposed in registers. */
+#ifdef HAVE_BF16_KERNEL
+BF16_TARGET static void pack_rows_amx(uint32_t *ap, int64_t base, ct_bf16_mat A, int64_t M,
+                                      int64_t K, int64_t K2, int64_t r0, int64_t r1) {
+    /* row i goes to ap + (i - base) * K2 */
+    int64_t i = r0;
+    if (A.rs == 1 && A.cs != 1)
+        for (; i + 16 <= r1 && i + 16 <= M; i += 16) {
+            int64_t k2 = 0;
+            for (; 2 * (k2 + 16) <= K; k2 += 16) {
+                __m512i v[16];
+                for (int j = 0; j < 16; j++) {
+                    const uint16_t *p0 = A.p + i + 2 * (k2 + j) * A.cs;
+                    __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p0));
+                    __m512i hi =
+                        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p0 + A.cs)));
+                    v[j] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+                }
+                ct_transpose16(v); /* v[r] = pairs k2 .. k2+15 of row i + r */
+                for (int r = 0; r < 16; r++)
+                    _mm512_storeu_si512(ap + (i + r - base) * K2 + k2, v[r]);
+            }
+            for (int r = 0; r < 16; r++)
+                for (int64_t k = k2; k < K2; k++)
+                    ap[(i + r - base) * K2 + k] = pair_at(A.p, A.rs, A.cs, i + r, 2 * k, K);
+        }
+    for (; i < r1; i++) {
+        if (i < M) pack_row(ap + (i - base) * K2, A, i, K, K2);
+        else memset(ap + (i - base) * K2, 0, (size_t)K2 * 4);
+    }
+}
+#endif
+
+typedef struct {
+    uint32_t *ap;
+    ct_bf16_mat A;
+    int64_t M, K, K2, row0; /* row0: the first packed row (the rows before are direct) */
+    int amx;
+} packa_ctx;
+
+/* Row groups [begin, end) of 32 (AMX) or MR rows (AVX-512) of the packed A. */
+static void packa_range(void *vc, int64_t begin, int64_t end) {
+    const packa_ctx *c = vc;
+#ifdef HAVE_BF16_KERNEL
+    if (c->amx) {
+        pack_rows_amx(c->ap, c->row0, c->A, c->M, c->K, c->K2, c->row0 + begin * 32,
+                      c->row0 + end * 32);
+        return;
+    }
+#endif
+    for (int64_t mb = begin; mb < end; mb++) /* blocks of MR rows, pair-interleaved */
+        for (int64_t k = 0; k < c->K2; k++)
+            for (int r = 0; r < MR; r++) {
+                int64_t i = mb * MR + r;
+                c->ap[(mb * c->K2 + k) * MR + r] =
+                    i < c->M ? pair_at(c->A.p, c->A.rs, c->A.cs, i, 2 * k, c->K) : 0;
+            }
+}
+
 int ct_gemm_bf16_pack_a(ct_bf16_pack *pa, int64_t M, int64_t K, ct_bf16_mat A) {
     memset(pa, 0, sizeof *pa);
     int kind = ct_gemm_bf16_kind();
@@ -241,23 +351,20 @@ int ct_gemm_bf16_pack_a(ct_bf16_pack *pa, int64_t M, int64_t K, ct_bf16_mat A) {
     int amx = kind == CT_BF16_AMX;
     int64_t K2 = amx ? (K + 31) / 32 * 16 : (K + 1) / 2;
     int64_t mblk = amx ? 32 : MR, mblocks = (M + mblk - 1) / mblk;
-    uint32_t *ap = ct_cpu_alloc((size_t)(mblocks * mblk * K2) * sizeof(uint32_t) + 64);
-    if (!ap)
-        return ct_error("bf16 GEMM: out of memory packing a %lld x %lld matrix", (long long)M,
-                        (long long)K);
-    if (amx) /* rows of pairs, row-major: row i holds pairs k2 = 0..K2-1 */
-        for (int64_t i = 0; i < mblocks * mblk; i++) {
-            if (i < M) pack_row(ap + i * K2, A, i, K, K2);
-            else memset(ap + i * K2, 0, (size_t)K2 * 4);
-        }
-    else /* blocks of MR rows, pair-interleaved */
-        for (int64_t mb = 0; mb < mblocks; mb++)
-            for (int64_t k = 0; k < K2; k++)
-                for (int r = 0; r < MR; r++) {
-                    int64_t i = mb * MR + r;
-                    ap[(mb * K2 + k) * MR + r] = i < M ? pair_at(A.p, A.rs, A.cs, i, 2 * k, K) : 0;
-                }
-    *pa = (ct_bf16_pack){kind, M, K, K2, mblocks, ap};
+    /* AMX reads a row-major A with whole tiles along K in place, all but its tail rows */
+    int64_t dblocks = amx && A.cs == 1 && K % 32 == 0 && A.rs >= K ? M / 32 : 0;
+    int64_t packed = mblocks - dblocks;
+    uint32_t *ap = NULL;
+    if (packed > 0) {
+        ap = ct_cpu_alloc((size_t)(packed * mblk * K2) * sizeof(uint32_t) + 64);
+        if (!ap)
+            return ct_error("bf16 GEMM: out of memory packing a %lld x %lld matrix",
+                            (long long)M, (long long)K);
+        packa_ctx pc = {ap, A, M, K, K2, dblocks * mblk, amx};
+        double bytes = (double)(packed * mblk) * (double)K2 * 4;
+        ct_parallel_for(packed, bytes < 2e5 ? packed : 1, packa_range, &pc);
+    }
+    *pa = (ct_bf16_pack){kind, M, K, K2, mblocks, ap, dblocks ? A.p : NULL, A.rs, dblocks};
     return 0;
 }
 
@@ -297,7 +404,7 @@ int ct_gemm_bf16_run_grouped(const ct_bf16_pack *pa, int64_t N, const uint32_t *
                         (long long)group, NR);
     int64_t nblocks = (N + NR - 1) / NR;
     gctx g = {pa->M, N, pa->K2, pa->data, bp, C, C ? NULL : Cb, ldc, alpha, beta, pa->mblocks,
-              nblocks, bias, group, gstride};
+              nblocks, bias, group, gstride, pa->direct, pa->lda, pa->dblocks};
     double flops = 2.0 * (double)pa->M * (double)N * (double)pa->K;
     int64_t ntasks = pa->mblocks * nblocks;
     ct_parallel_for(ntasks, flops < 4e5 ? ntasks : 1,

@@ -17,10 +17,15 @@ int ct_gemm_bf16_kind(void);
 int ct_gemm_bf16_available(void); /* ct_gemm_bf16_kind() != 0 */
 
 /* A packed once, multiplied by several B (a convolution's weight, image after image). */
+/* A packed for the kernels. With AMX, A's whole blocks of 32 rows may be read in place
+ * (direct: a row-major A whose K is whole tiles of 32); data then holds only the blocks
+ * from dblocks on (the tail rows, zero-padded). */
 typedef struct {
     int kind;
     int64_t M, K, K2, mblocks;
     uint32_t *data;
+    const uint16_t *direct; /* A itself for blocks [0, dblocks), or NULL */
+    int64_t lda, dblocks;   /* its row stride (elements) and how many blocks it serves */
 } ct_bf16_pack;
 /* 0, 1 when no bf16 kernel is available (nothing allocated), -1 on error. */
 int ct_gemm_bf16_pack_a(ct_bf16_pack *pa, int64_t M, int64_t K, ct_bf16_mat A);
