@@ -369,6 +369,56 @@ TEST(amp_bf16_linear_with_bias_matches_widened_fallback) {
     }
 }
 
+/* bfloat16 GELU backward and bias-gradient column sums run on bf16 data chunk by chunk;
+ * they must give exactly what widening whole tensors to float32, computing there and
+ * rounding once gives (the fallback's values), GELU's and a non-GELU row's. */
+static int64_t count_bf16_differ(const ct_tensor *a, const ct_tensor *b) {
+    if (!a || !b || ct_numel(a) != ct_numel(b)) return -1;
+    const uint16_t *p = ct_data(a), *q = ct_data(b);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < ct_numel(a); i++) bad += p[i] != q[i];
+    return bad;
+}
+
+TEST(amp_bf16_unary_backward_and_column_sum_equal_widened) {
+    int64_t sh[3] = {3, 700, 40}; /* 84000 elements: several chunks per thread */
+    ct_manual_seed(21);
+    ct_tensor *x0 = ct_randn(sh, 3, CT_FLOAT32), *g0 = ct_randn(sh, 3, CT_FLOAT32);
+    ct_tensor *xb = ct_to_dtype(x0, CT_BFLOAT16), *gb = ct_to_dtype(g0, CT_BFLOAT16);
+    for (int op = 0; op < 2; op++) {
+        ct_tensor *res[2] = {NULL, NULL};
+        for (int wide = 0; wide < 2; wide++) {
+            /* fresh leaves (xb's own values: x0 rounded once) */
+            ct_tensor *x = wide ? ct_to_dtype(xb, CT_FLOAT32) : ct_to_dtype(x0, CT_BFLOAT16);
+            ct_tensor *g = wide ? ct_to_dtype(gb, CT_FLOAT32) : ct_to_dtype(g0, CT_BFLOAT16);
+            ct_set_requires_grad(x, 1);
+            ct_tensor *y = op ? ct_silu(x) : ct_gelu(x, 0);
+            CHECK(y && ct_backward(y, g, 0) == 0);
+            res[wide] = ct_grad(x) ? ct_to_dtype(ct_grad(x), CT_BFLOAT16) : NULL;
+            ct_free(x), ct_free(g), ct_free(y);
+        }
+        int64_t bad = count_bf16_differ(res[0], res[1]);
+        CHECK_MSG(bad == 0, "%s backward in bf16: %lld of %lld differ from the widened values",
+                  op ? "silu" : "gelu", (long long)bad, (long long)ct_numel(x0));
+        ct_free(res[0]), ct_free(res[1]);
+    }
+    const int dims[2][2] = {{0, 1}, {0, 0}};
+    const int nd[2] = {2, 1};
+    for (int k = 0; k < 2; k++)
+        for (int mean = 0; mean < 2; mean++) {
+            ct_tensor *a = mean ? ct_mean(gb, dims[k], nd[k], 0) : ct_sum(gb, dims[k], nd[k], 0);
+            ct_tensor *w = ct_to_dtype(gb, CT_FLOAT32);
+            ct_tensor *r32 = mean ? ct_mean(w, dims[k], nd[k], 0) : ct_sum(w, dims[k], nd[k], 0);
+            ct_tensor *r = r32 ? ct_to_dtype(r32, CT_BFLOAT16) : NULL;
+            CHECK(a && ct_dtype_of(a) == CT_BFLOAT16);
+            int64_t bad = count_bf16_differ(a, r);
+            CHECK_MSG(bad == 0, "bf16 %s over %d outer dims: %lld differ from the widened values",
+                      mean ? "mean" : "sum", nd[k], (long long)bad);
+            ct_free(a), ct_free(w), ct_free(r32), ct_free(r);
+        }
+    ct_free(x0), ct_free(g0), ct_free(xb), ct_free(gb);
+}
+
 TEST(amp_training_step_master_weights_and_cache) {
     ct_manual_seed(3);
     int64_t ws[2] = {4, 6}, xs[2] = {8, 6}, n8 = 8;

@@ -394,13 +394,35 @@ CT_AVX2_FMA static void gelu_bwd_f32_avx2(void *vc, int64_t b, int64_t e) {
 }
 #endif
 
+/* bfloat16 operands (all of them): chunks widened on the stack, the float32 row, gx
+ * rounded back; the values of widening whole tensors. */
+typedef struct {
+    const ud_ctx *c;
+    void (*f32)(void *, int64_t, int64_t);
+} ud_bf16_ctx;
+
+static void ud_bf16(void *vc, int64_t b, int64_t e) {
+    const ud_bf16_ctx *u = vc;
+    const ud_ctx *c = u->c;
+    float gx[LP_CHUNK], gy[LP_CHUNK], x[LP_CHUNK], y[LP_CHUNK];
+    for (int64_t i = b; i < e; i += LP_CHUNK) {
+        int64_t m = e - i < LP_CHUNK ? e - i : LP_CHUNK;
+        widen(gy, (const char *)c->gy + 2 * i, m, 1);
+        if (c->x) widen(x, (const char *)c->x + 2 * i, m, 1);
+        if (c->y) widen(y, (const char *)c->y + 2 * i, m, 1);
+        ud_ctx l = {c->op, c->p1, c->p2, m, gx, gy, c->x ? x : NULL, c->y ? y : NULL};
+        u->f32(&l, 0, m);
+        narrow((char *)c->gx + 2 * i, gx, m, 1);
+    }
+}
+
 int cpu_unary_backward_full(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
                        const ct_tensor *y, double p1, double p2) {
     if ((unsigned)op >= CT_UN_COUNT)
         return ct_error("unary op %d backward: no such op on the CPU", (int)op);
     ud_ctx c = {op, p1, p2, ct_numel(gx), ct_ptr(gx), ct_ptr(gy), x ? ct_ptr(x) : NULL,
                 y ? ct_ptr(y) : NULL};
-    if (gx->dtype == CT_FLOAT32) {
+    if (gx->dtype == CT_FLOAT32 || gx->dtype == CT_BFLOAT16) {
         void (*f)(void *, int64_t, int64_t) = ud_f32;
         if (op == CT_UN_GELU) {
             f = gelu_bwd_f32;
@@ -408,7 +430,12 @@ int cpu_unary_backward_full(ct_unop op, ct_tensor *gx, const ct_tensor *gy, cons
             if (ct_cpu_isa_level() >= CT_ISA_AVX2) f = gelu_bwd_f32_avx2;
 #endif
         }
-        ct_parallel_for(c.n, 16384, f, &c);
+        if (gx->dtype == CT_BFLOAT16) { /* cpu_unary_backward checked: all bf16 */
+            ud_bf16_ctx u = {&c, f};
+            ct_parallel_for(c.n, 16384, ud_bf16, &u);
+        } else {
+            ct_parallel_for(c.n, 16384, f, &c);
+        }
     }
     else if (gx->dtype == CT_FLOAT64) ct_parallel_for(c.n, 16384, ud_f64, &c);
     else return ct_error("%s backward: dtype %s has no gradient", ct_unop_name(op),

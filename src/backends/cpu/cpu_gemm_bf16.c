@@ -48,6 +48,14 @@ typedef struct {
     int64_t group, gstride; /* > 0: column j lives in block j / group, gstride apart */
     const uint16_t *direct; /* AMX: A read in place for row blocks [0, dblocks) */
     int64_t lda, dblocks;
+    int rows_outer; /* AMX: consecutive tasks share an A block (A the larger operand) */
+    /* AMX over a long K in chunks: this pass covers bf16 elements [k0, k1) of the packed K;
+     * acc (float32, ldacc apart, whole blocks) carries the sums between passes; last: this
+     * pass writes C. Without chunks: k0 = 0, k1 = K2 * 2, acc NULL, last 1. */
+    int64_t k0, k1;
+    float *acc;
+    int64_t ldacc;
+    int last;
 } gctx;
 
 /* Offset of C's element (row, col); col is a panel start, so a panel stays in a group. */
@@ -197,6 +205,7 @@ static void packb_range(void *vc, int64_t begin, int64_t end) {
  * A tiles (16 rows x 32 bf16, tmm4-5) and two B tiles (16 pairs x 16 columns, tmm6-7) and
  * four tdpbf16ps. A is packed row-major with K padded to a multiple of 32, B in the pair
  * panels above with K2 padded to a multiple of 16. */
+#define BF16_KCHUNK 1024 /* bf16 elements of K per pass when K is long */
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
 
 /* A full 32 x 32 block from buf into C, the common cases without store_row's generality. */
@@ -238,7 +247,9 @@ AMX_TARGET static void amx_range(void *vc, int64_t begin, int64_t end) {
     const int64_t Kp = g->K2 * 2; /* bf16 elements per packed A row */
     float buf[32 * 32] __attribute__((aligned(64)));
     for (int64_t t = begin; t < end; t++) {
-        int64_t nb = t / g->mblocks, mb = t % g->mblocks;
+        int64_t nb, mb;
+        if (g->rows_outer) nb = t % g->nblocks, mb = t / g->nblocks;
+        else nb = t / g->mblocks, mb = t % g->mblocks;
         const uint16_t *a;
         int64_t lda;
         if (mb < g->dblocks) { /* A in place: Kp == K, a whole number of tiles */
@@ -249,11 +260,17 @@ AMX_TARGET static void amx_range(void *vc, int64_t begin, int64_t end) {
             lda = Kp;
         }
         const uint32_t *b = g->bp + nb * g->K2 * NR;
-        CT_AMX_ZERO22();
-        for (int64_t k = 0; k < Kp; k += 32)
+        int64_t m0 = mb * 32, n0 = nb * NR;
+        float *acc = g->acc ? g->acc + m0 * g->ldacc + n0 : NULL;
+        if (g->k0 == 0) CT_AMX_ZERO22();
+        else CT_AMX_LOAD22(acc, g->ldacc);
+        for (int64_t k = g->k0; k < g->k1; k += 32)
             CT_AMX_STEP22(a + k, a + 16 * lda + k, lda * 2, b + k / 2 * NR, b + k / 2 * NR + 16,
                           NR * 4);
-        int64_t m0 = mb * 32, n0 = nb * NR;
+        if (!g->last) {
+            CT_AMX_STORE22(acc, g->ldacc);
+            continue;
+        }
         int rows = (int)(g->M - m0 < 32 ? g->M - m0 : 32);
         int cols = (int)(g->N - n0 < NR ? g->N - n0 : NR);
         if (rows == 32 && cols == 32 && g->c && g->group <= 0 && !g->bias &&
@@ -403,12 +420,39 @@ int ct_gemm_bf16_run_grouped(const ct_bf16_pack *pa, int64_t N, const uint32_t *
         return ct_error("bf16 GEMM: column groups of %lld are not whole panels of %d",
                         (long long)group, NR);
     int64_t nblocks = (N + NR - 1) / NR;
+    const int64_t Kp = pa->K2 * 2;
     gctx g = {pa->M, N, pa->K2, pa->data, bp, C, C ? NULL : Cb, ldc, alpha, beta, pa->mblocks,
-              nblocks, bias, group, gstride, pa->direct, pa->lda, pa->dblocks};
+              nblocks, bias, group, gstride, pa->direct, pa->lda, pa->dblocks, pa->M > N,
+              0, Kp, NULL, 0, 1};
     double flops = 2.0 * (double)pa->M * (double)N * (double)pa->K;
     int64_t ntasks = pa->mblocks * nblocks;
-    ct_parallel_for(ntasks, flops < 4e5 ? ntasks : 1,
-                    pa->kind == CT_BF16_AMX ? amx_range : tile_range, &g);
+    int64_t grain = flops < 4e5 ? ntasks : 1;
+    if (pa->kind != CT_BF16_AMX) {
+        ct_parallel_for(ntasks, grain, tile_range, &g);
+        return 0;
+    }
+    /* A long K (a weight gradient: K = the batch's rows) in chunks, every block advanced
+     * chunk by chunk: the chunk of A and B in use stays in the caches, and the sums wait in
+     * a float32 buffer between chunks. */
+    int64_t nch = Kp > 2 * BF16_KCHUNK ? (Kp + BF16_KCHUNK - 1) / BF16_KCHUNK : 1;
+    if (nch == 1) {
+        ct_parallel_for(ntasks, grain, amx_range, &g);
+        return 0;
+    }
+    g.ldacc = nblocks * NR;
+    g.acc = ct_cpu_alloc(sizeof(float) * (size_t)(pa->mblocks * 32 * g.ldacc));
+    if (!g.acc)
+        return ct_error("bf16 GEMM: out of memory for a %lld x %lld float32 accumulator",
+                        (long long)pa->M, (long long)N);
+    g.rows_outer = 1;
+    int64_t kc = (Kp / 32 + nch - 1) / nch * 32;
+    for (int64_t c = 0; c * kc < Kp; c++) {
+        g.k0 = c * kc;
+        g.k1 = g.k0 + kc < Kp ? g.k0 + kc : Kp;
+        g.last = g.k1 == Kp;
+        ct_parallel_for(ntasks, grain, amx_range, &g);
+    }
+    ct_cpu_free(g.acc);
     return 0;
 }
 #else

@@ -22,6 +22,9 @@ CT_KERNEL_LIST(CT__CPU_PROTO_FULL)
  * these operands have no such path (the caller widens to float32 instead), -1 on error. */
 int cpu_bmm_lowp(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
                  double beta);
+/* Sum or mean of bfloat16 `a` over outer dims into bfloat16 columns (a bias gradient):
+ * 0 when done, 1 when not applicable (the caller widens to float32). */
+int cpu_reduce_bf16_cols(ct_redop op, ct_tensor *out, const ct_tensor *a, const int *reduce);
 /* 2x2 stride-2 max pooling (with codes) on bfloat16 planes, AVX-512: 0, 1 when not
  * applicable (the caller widens to float32). */
 int cpu_max_pool2d_codes_bf16_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,

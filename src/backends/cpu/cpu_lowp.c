@@ -99,6 +99,9 @@ int cpu_unary(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, double 
 int cpu_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_tensor *x,
                        const ct_tensor *y, double p1, double p2) {
     if (!ANY4(gx, gy, x, y)) return cpu_unary_backward_full(op, gx, gy, x, y, p1, p2);
+    if (gx->dtype == CT_BFLOAT16 && gy->dtype == CT_BFLOAT16 &&
+        (!x || x->dtype == CT_BFLOAT16) && (!y || y->dtype == CT_BFLOAT16))
+        return cpu_unary_backward_full(op, gx, gy, x, y, p1, p2); /* widened chunk by chunk */
     lowp L = {0};
     const ct_tensor *gy32 = lp_in(&L, gy), *x32 = x ? lp_in(&L, x) : NULL;
     const ct_tensor *y32 = y ? lp_in(&L, y) : NULL;
@@ -109,6 +112,8 @@ int cpu_unary_backward(ct_unop op, ct_tensor *gx, const ct_tensor *gy, const ct_
 int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a,
                const int *reduce) {
     if (!ANY2(out, a)) return cpu_reduce_full(op, out, indices, a, reduce);
+    int r = cpu_reduce_bf16_cols(op, out, a, reduce);
+    if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *a32 = lp_in(&L, a);
     ct_tensor *r0 = lp_out(&L, out);

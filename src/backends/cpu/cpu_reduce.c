@@ -4,6 +4,7 @@
 #include "core/parallel.h"
 #include "backends/cpu/cpu_isa.h"
 #include "cpu_kernels.h"
+#include "core/half.h"
 
 #include <math.h>
 #include <string.h>
@@ -135,27 +136,91 @@ static int64_t outer_reduce_cols(const ct_tensor *a, const int *reduce) {
 COLRED(float, colred_f32)
 COLRED(double, colred_f64)
 
+/* bfloat16 columns: the same double sums of the widened values, rounded once to float32
+ * and then to bf16 (as widening a whole, reducing in float32 and rounding back). */
+CT_MULTIVERSION static void colred_bf16(void *vc, int64_t j0, int64_t j1) {
+    red_ctx *c = vc;
+    const uint16_t *base = (const uint16_t *)ct_ptr(c->a);
+    uint16_t *out = (uint16_t *)ct_ptr(c->out);
+    double acc[COL_BLOCK];
+    for (int64_t jb = j0; jb < j1; jb += COL_BLOCK) {
+        int64_t w = j1 - jb < COL_BLOCK ? j1 - jb : COL_BLOCK;
+        for (int64_t j = 0; j < w; j++) acc[j] = 0;
+        for (int64_t r = 0; r < c->rcount; r++) {
+            int64_t roff = 0, rr = r;
+            for (int d = c->nr - 1; d >= 0; d--) {
+                roff += (rr % c->rshape[d]) * c->rstride[d];
+                rr /= c->rshape[d];
+            }
+            const uint16_t *p = base + roff + jb;
+            for (int64_t j = 0; j < w; j++) acc[j] += ct_bf16_to_f32(p[j]);
+        }
+        if (c->op == CT_RED_MEAN)
+            for (int64_t j = 0; j < w; j++) acc[j] /= (double)c->rcount;
+        for (int64_t j = 0; j < w; j++) out[jb + j] = ct_f32_to_bf16((float)acc[j]);
+    }
+}
+
+static void fill_ctx(red_ctx *c, const ct_tensor *a, const int *reduce) {
+    c->rcount = 1;
+    for (int d = 0; d < a->ndim; d++) {
+        if (reduce[d]) {
+            c->rshape[c->nr] = a->shape[d];
+            c->rstride[c->nr++] = a->stride[d];
+            c->rcount *= a->shape[d];
+        } else {
+            c->kshape[c->nk] = a->shape[d];
+            c->kstride[c->nk++] = a->stride[d];
+        }
+    }
+    if (c->nr == 0) { /* nothing reduced: a copy */
+        c->rshape[0] = 1;
+        c->rstride[0] = 0;
+        c->nr = 1;
+    }
+}
+
+/* Sums over outer dims into `cols` adjacent columns. */
+static void run_colred(red_ctx *c, int64_t cols, void (*fn)(void *, int64_t, int64_t)) {
+    /* adjacent reduced dims that are one run in memory count as one (the rows in the
+     * same order: the same sums), e.g. [N, L] of an [N, L, C] bias gradient */
+    int nr = 0;
+    for (int d = 0; d < c->nr; d++) {
+        if (nr > 0 && c->rstride[nr - 1] == c->rstride[d] * c->rshape[d]) {
+            c->rshape[nr - 1] *= c->rshape[d];
+            c->rstride[nr - 1] = c->rstride[d];
+        } else {
+            c->rshape[nr] = c->rshape[d], c->rstride[nr++] = c->rstride[d];
+        }
+    }
+    c->nr = nr;
+    /* columns in runs of 16 (whole cache lines) per thread: a 192-wide bias gradient
+     * of many rows is split over the threads too */
+    int64_t g = 65536 / c->rcount;
+    g = g < 16 ? 16 : (g + 15) / 16 * 16;
+    ct_parallel_for(cols, g, fn, c);
+}
+
+int cpu_reduce_bf16_cols(ct_redop op, ct_tensor *out, const ct_tensor *a, const int *reduce) {
+    if ((op != CT_RED_SUM && op != CT_RED_MEAN) || a->dtype != CT_BFLOAT16 ||
+        out->dtype != CT_BFLOAT16 || !ct_is_contiguous(out))
+        return 1;
+    red_ctx c = {.op = op, .a = a, .out = out};
+    fill_ctx(&c, a, reduce);
+    int64_t cols = outer_reduce_cols(a, reduce);
+    if (c.rcount <= 0 || cols != ct_numel(out)) return 1;
+    run_colred(&c, cols, colred_bf16);
+    return 0;
+}
+
 int cpu_reduce_full(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor *a, const int *reduce) {
+    int r = cpu_reduce_bf16_cols(op, out, a, reduce);
+    if (r <= 0) return r; /* bf16 columns (a bias gradient) summed without a widened copy */
     if (a->dtype != CT_FLOAT32 && a->dtype != CT_FLOAT64 && a->dtype != CT_INT64 &&
         a->dtype != CT_BOOL)
         return ct_error("reduce: dtype %s not supported on the CPU", ct_dtype_name(a->dtype));
     red_ctx c = {.op = op, .a = a, .out = out, .idx = indices};
-    c.rcount = 1;
-    for (int d = 0; d < a->ndim; d++) {
-        if (reduce[d]) {
-            c.rshape[c.nr] = a->shape[d];
-            c.rstride[c.nr++] = a->stride[d];
-            c.rcount *= a->shape[d];
-        } else {
-            c.kshape[c.nk] = a->shape[d];
-            c.kstride[c.nk++] = a->stride[d];
-        }
-    }
-    if (c.nr == 0) { /* nothing reduced: a copy */
-        c.rshape[0] = 1;
-        c.rstride[0] = 0;
-        c.nr = 1;
-    }
+    fill_ctx(&c, a, reduce);
     int64_t nout = ct_numel(out);
     if (op == CT_RED_MAX && c.rcount == 0)
         return ct_error("max: cannot reduce over an empty dimension (no identity)");
@@ -163,23 +228,7 @@ int cpu_reduce_full(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_te
     if ((op == CT_RED_SUM || op == CT_RED_MEAN) && c.rcount > 0 && out->dtype == a->dtype &&
         (a->dtype == CT_FLOAT32 || a->dtype == CT_FLOAT64) && ct_is_contiguous(out) &&
         (cols = outer_reduce_cols(a, reduce)) == nout) {
-        /* adjacent reduced dims that are one run in memory count as one (the rows in the
-         * same order: the same sums), e.g. [N, L] of an [N, L, C] bias gradient */
-        int nr = 0;
-        for (int d = 0; d < c.nr; d++) {
-            if (nr > 0 && c.rstride[nr - 1] == c.rstride[d] * c.rshape[d]) {
-                c.rshape[nr - 1] *= c.rshape[d];
-                c.rstride[nr - 1] = c.rstride[d];
-            } else {
-                c.rshape[nr] = c.rshape[d], c.rstride[nr++] = c.rstride[d];
-            }
-        }
-        c.nr = nr;
-        /* columns in runs of 16 (whole cache lines) per thread: a 192-wide bias gradient
-         * of many rows is split over the threads too */
-        int64_t g = 65536 / c.rcount;
-        g = g < 16 ? 16 : (g + 15) / 16 * 16;
-        ct_parallel_for(cols, g, a->dtype == CT_FLOAT32 ? colred_f32 : colred_f64, &c);
+        run_colred(&c, cols, a->dtype == CT_FLOAT32 ? colred_f32 : colred_f64);
         return 0;
     }
     int64_t grain = c.rcount > 0 ? 65536 / c.rcount : 65536;
