@@ -4,8 +4,8 @@
 Runs `ctorch bench` and the same model in PyTorch (bench/torch_bench.py under the peer's
 Python: bench/.venv/bin/python, PyTorch 2.x from PyPI installed by bench/setup-peer.sh, else
 Debian's /usr/bin/python3 with PyTorch 1.13), PyTorch in each of its variants (eager,
-channels_last, torch.compile; autocast bf16 with and without channels_last for the bf16
-rows) in its best environment, ALTERNATELY in one run, for several pairs, and prints
+channels_last, torch.compile; autocast bf16 with and without channels_last, and compiled, for
+the bf16 rows) in its best environment, ALTERNATELY in one run, for several pairs, and prints
 images/s per run and the median ratios against the best variant. A pair during which another
 process took the CPU is discarded and run again (up to a limit): the machine's busy time from
 /proc/stat over a run is compared with the run's own CPU time (wait4's rusage).
@@ -55,7 +55,7 @@ ISA_ENV = {"native": {},
                     "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}}
 # the PyTorch variants (bench/torch_bench.py --variant) of the float32 and of the bf16 rows
 FP32_VARIANTS = ("eager", "channels_last", "compile")
-BF16_VARIANTS = ("autocast_bf16", "autocast_bf16_cl")
+BF16_VARIANTS = ("autocast_bf16", "autocast_bf16_cl", "compile_bf16")
 
 # name: model, batch, which figure of the JSON is the case's, default steps, bar vs torch-best
 # (float32 rows); bf16 rows: bf16_peer, the bar vs PyTorch's best autocast variant, and
@@ -253,7 +253,7 @@ class Bench:
 
     def run_one(self, runner, case, threads, amp=False):
         cmd, env = self.command(runner, case, threads, amp)
-        timeout = self.timeout_for(case) + (600 if runner == "torch:compile" else 0)  # + compilation
+        timeout = self.timeout_for(case) + (600 if runner in ("torch:compile", "torch:compile_bf16") else 0)  # + compilation
         r = run_cmd(cmd, env, timeout, self.args.threshold, f"{case}/{runner}/t{threads}")
         r.runner, r.case, r.threads = runner, case, threads
         j = last_json(r.stdout) if r.rc == 0 else None
@@ -913,6 +913,7 @@ def main():
         b.peer_unavailable = {}
         if torch_parts and not peer.get("has_compile", True):
             b.peer_unavailable["compile"] = f"PyTorch {peer.get('torch', '?')} has no torch.compile"
+            b.peer_unavailable["compile_bf16"] = b.peer_unavailable["compile"]
         probe_amp = "cases" in parts and bool(a.amp_rows)
         b.amp_missing = ctorch_amp_missing(b.ctorch) if probe_amp else None
         info["ctorch_amp"] = "not checked" if not probe_amp else ("yes" if not b.amp_missing else f"no: {b.amp_missing}")

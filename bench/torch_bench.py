@@ -6,7 +6,7 @@ infer_images_per_sec (a phase skipped with --mode is reported as null).
 
 usage: PYTHON bench/torch_bench.py --model simple_cnn|mlp|resnet18_cifar|resnet18|resnet34|resnet50|mobilenet_v2 --batch-size B
        [--steps N] [--warmup W] [--threads T] [--mode both|train|infer]
-       [--variant eager|channels_last|compile|autocast_bf16|autocast_bf16_cl]
+       [--variant eager|channels_last|compile|autocast_bf16|autocast_bf16_cl|compile_bf16]
        [--device cpu|cuda] [--tf32 0|1] [--cudnn-benchmark 0|1]
 
 PYTHON: bench/.venv/bin/python (PyTorch 2.x from PyPI, bench/setup-peer.sh) or Debian's
@@ -21,6 +21,7 @@ PYTHON: bench/.venv/bin/python (PyTorch 2.x from PyPI, bench/setup-peer.sh) or D
                     (training) or forward (inference); weights stay float32 (master weights),
                     SGD updates them in float32
   autocast_bf16_cl  both: autocast bf16 with channels_last, PyTorch's best bf16 CPU setup
+  compile_bf16      torch.compile(model) run under autocast bf16 (as autocast_bf16, compiled)
 
 The environment decides which PyTorch is measured: as installed, or at its best with
 OPENBLAS_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
@@ -52,7 +53,8 @@ except ImportError as e:  # pragma: no cover - depends on the machine
              "bench/.venv) or install Debian's PyTorch with "
              "`apt-get install -y python3-torch python3-torchvision` and run with /usr/bin/python3")
 
-VARIANTS = ("eager", "channels_last", "compile", "autocast_bf16", "autocast_bf16_cl")
+VARIANTS = ("eager", "channels_last", "compile", "autocast_bf16", "autocast_bf16_cl",
+            "compile_bf16")
 
 # steps when --steps is not given: a few seconds per phase on 2 cores
 DEFAULT_STEPS = {"simple_cnn": 40, "mlp": 400, "resnet18_cifar": 4}
@@ -166,8 +168,8 @@ def main():
     extra = setup_cuda(a) if cuda else {}
     v = a.variant
     channels_last = v in ("channels_last", "autocast_bf16_cl")
-    bf16 = v.startswith("autocast_bf16")
-    compiled = v == "compile"
+    bf16 = v.startswith("autocast_bf16") or v == "compile_bf16"
+    compiled = v in ("compile", "compile_bf16")
     if compiled and not hasattr(torch, "compile"):
         print(f"torch_bench.py: --variant compile: PyTorch {torch.__version__} has no torch.compile "
               "(PyTorch 2.x has: bench/setup-peer.sh installs it in bench/.venv)", file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@
 #include "backend_test.h"
 
 #include "backends/cpu/cpu_alloc.h"
+#include "backends/cpu/cpu_kernels.h"
 #include "ctorch_optim.h"
 #include "ops/fused.h"
 
@@ -513,4 +514,61 @@ TEST(attention_nan_and_underflow) {
     ct_free(want), ct_free(kk), ct_free(vk), ct_free(ym), ct_free(m), ct_free(y), ct_free(qn);
     ct_free(q), ct_free(k), ct_free(v);
     free(qd), free(md), free(yd);
+}
+
+/* The CPU kernels on bfloat16 q, k, v (the native path: one batch widened at a time) give
+ * bit for bit what widening whole tensors, running the float32 kernels and rounding the
+ * results gives: outputs, log-sum-exp and all three gradients; with a float32 mask, causal,
+ * S != L, and a batch small enough for the backward to split the keys (dQ partial sums). */
+static int bits_equal(const ct_tensor *a, const ct_tensor *b) {
+    size_t n = (size_t)ct_numel(a) * (a->dtype == CT_BFLOAT16 ? 2 : 4);
+    return ct_numel(a) == ct_numel(b) && a->dtype == b->dtype &&
+           memcmp(ct_data((ct_tensor *)a), ct_data((ct_tensor *)b), n) == 0;
+}
+
+TEST(attention_bf16_kernel_equals_widened_float32) {
+    const struct {
+        int64_t b1, b2, L, S, E;
+        int causal, mask;
+    } cs[] = {{2, 3, 70, 70, 16, 0, 0}, {1, 1, 200, 200, 32, 1, 0}, {2, 1, 40, 50, 8, 0, 1}};
+    for (size_t t = 0; t < sizeof cs / sizeof *cs; t++) {
+        int64_t qs[4] = {cs[t].b1, cs[t].b2, cs[t].L, cs[t].E};
+        int64_t ks[4] = {cs[t].b1, cs[t].b2, cs[t].S, cs[t].E};
+        int64_t ls[2] = {cs[t].b1 * cs[t].b2, cs[t].L};
+        int64_t ms[4] = {cs[t].b1, cs[t].b2, cs[t].L, cs[t].S};
+        ct_manual_seed(40 + (uint64_t)t);
+        ct_tensor *f[4] = {ct_randn(qs, 4, CT_FLOAT32), ct_randn(ks, 4, CT_FLOAT32),
+                           ct_randn(ks, 4, CT_FLOAT32), ct_randn(qs, 4, CT_FLOAT32)};
+        ct_tensor *b[4], *w[4]; /* bf16 q k v dO, and their widened values */
+        for (int i = 0; i < 4; i++) {
+            b[i] = ct_to_dtype(f[i], CT_BFLOAT16);
+            w[i] = ct_to_dtype(b[i], CT_FLOAT32);
+        }
+        ct_tensor *mask = cs[t].mask ? ct_randn(ms, 4, CT_FLOAT32) : NULL;
+        ct_sdpa_params p = {1.0 / sqrt((double)cs[t].E), 0.0, 0, 0, cs[t].causal};
+        ct_tensor *ob = ct_empty(qs, 4, CT_BFLOAT16), *o32 = ct_empty(qs, 4, CT_FLOAT32);
+        ct_tensor *lb = ct_empty(ls, 2, CT_FLOAT32), *l32 = ct_empty(ls, 2, CT_FLOAT32);
+        CHECK_OK(cpu_sdpa_forward(ob, lb, b[0], b[1], b[2], mask, &p));
+        CHECK_OK(cpu_sdpa_forward_full(o32, l32, w[0], w[1], w[2], mask, &p));
+        ct_tensor *oref = ct_to_dtype(o32, CT_BFLOAT16), *ow = ct_to_dtype(ob, CT_FLOAT32);
+        CHECK_MSG(bits_equal(ob, oref), "case %zu: bf16 output differs from the widened one", t);
+        CHECK_MSG(bits_equal(lb, l32), "case %zu: log-sum-exp differs", t);
+        ct_tensor *gb[3] = {ct_empty(qs, 4, CT_BFLOAT16), ct_empty(ks, 4, CT_BFLOAT16),
+                            ct_empty(ks, 4, CT_BFLOAT16)};
+        ct_tensor *g32[3] = {ct_empty(qs, 4, CT_FLOAT32), ct_empty(ks, 4, CT_FLOAT32),
+                             ct_empty(ks, 4, CT_FLOAT32)};
+        CHECK_OK(cpu_sdpa_backward(gb[0], gb[1], gb[2], b[3], b[0], b[1], b[2], ob, lb, mask, &p));
+        CHECK_OK(cpu_sdpa_backward_full(g32[0], g32[1], g32[2], w[3], w[0], w[1], w[2], ow, l32,
+                                        mask, &p));
+        const char *names[3] = {"dq", "dk", "dv"};
+        for (int i = 0; i < 3; i++) {
+            ct_tensor *r = ct_to_dtype(g32[i], CT_BFLOAT16);
+            CHECK_MSG(bits_equal(gb[i], r), "case %zu: bf16 %s differs from the widened one", t,
+                      names[i]);
+            ct_free(r), ct_free(gb[i]), ct_free(g32[i]);
+        }
+        for (int i = 0; i < 4; i++) ct_free(f[i]), ct_free(b[i]), ct_free(w[i]);
+        ct_free(mask), ct_free(ob), ct_free(o32), ct_free(lb), ct_free(l32), ct_free(oref);
+        ct_free(ow);
+    }
 }

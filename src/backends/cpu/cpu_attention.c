@@ -25,6 +25,7 @@
 #include "cpu_alloc.h"
 #include "cpu_isa.h"
 #include "cpu_kernels.h"
+#include "core/half.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -201,9 +202,11 @@ static int sdpa_view_of(sdpa_view *w, const ct_tensor *t, const char *op) {
 
 static int fill_ctx(sdpa_ctx *c, const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
                     const ct_tensor *mask, const ct_sdpa_params *p, const char *op) {
-    if (q->dtype != CT_FLOAT32 && q->dtype != CT_FLOAT64)
+    if (q->dtype != CT_FLOAT32 && q->dtype != CT_FLOAT64 && q->dtype != CT_BFLOAT16)
         return ct_error("%s: dtype %s not supported (float32 or float64)", op,
                         ct_dtype_name(q->dtype));
+    /* bfloat16 operands are computed in float32: a float32 mask */
+    const ct_dtype mdt = q->dtype == CT_BFLOAT16 ? CT_FLOAT32 : q->dtype;
     memset(c, 0, sizeof *c);
     if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4 || k->shape[0] != q->shape[0] ||
         v->shape[0] != q->shape[0] || k->shape[1] != q->shape[1] || v->shape[1] != q->shape[1])
@@ -216,7 +219,7 @@ static int fill_ctx(sdpa_ctx *c, const ct_tensor *q, const ct_tensor *k, const c
     c->S = k->shape[2], c->Ev = v->shape[3];
     c->nqb = (c->L + QB - 1) / QB;
     if (mask) {
-        if (mask->dtype != q->dtype || mask->ndim != 4 || (mask->stride[3] != 1 && c->S > 1) ||
+        if (mask->dtype != mdt || mask->ndim != 4 || (mask->stride[3] != 1 && c->S > 1) ||
             mask->shape[0] * mask->shape[1] != c->B)
             return ct_error("%s: the mask must have q's dtype, shape [B1, B2, L, S] and a "
                             "contiguous last dim", op);
@@ -276,6 +279,210 @@ int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
     return c.err ? ct_error("scaled_dot_product_attention backward: out of memory for the "
                             "tiles")
                  : 0;
+}
+
+/* ------------------------------------------------------- bfloat16 operands
+ * The float32 kernel on one batch at a time: each thread widens the batch's q, k, v (and
+ * in the backward dO, O) into float32 staging buffers, runs the float32 blocks on them
+ * through a copy of the context whose views point there, and rounds its results back.
+ * The values are those of widening whole tensors and rounding the float32 results (the
+ * same sums in the same order), without the whole-tensor copies. */
+static void bf16_to_f32_row(float *d, const uint16_t *s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)s[i] << 16;
+        memcpy(d + i, &u, 4);
+    }
+}
+
+static void f32_to_bf16_row(uint16_t *d, const float *s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) d[i] = ct_f32_to_bf16(s[i]);
+}
+
+static const uint16_t *bf16_row(const sdpa_ctx *c, const sdpa_view *w, int64_t b, int64_t i) {
+    return (const uint16_t *)w->p + (b / c->B2) * w->s0 + (b % c->B2) * w->s1 + i * w->s2;
+}
+
+/* Rows [0, rows) of batch b of view w into dst (rows x cols, packed). */
+static void stage_rows(const sdpa_ctx *c, const sdpa_view *w, int64_t b, int64_t rows,
+                       int64_t cols, float *dst) {
+    for (int64_t i = 0; i < rows; i++) bf16_to_f32_row(dst + i * cols, bf16_row(c, w, b, i), cols);
+}
+
+/* Rows [r0, r1) of src (packed, cols wide) into batch b of view w. */
+static void unstage_rows(const sdpa_ctx *c, const sdpa_view *w, int64_t b, int64_t r0,
+                         int64_t r1, int64_t cols, const float *src) {
+    for (int64_t i = r0; i < r1; i++)
+        f32_to_bf16_row((uint16_t *)bf16_row(c, w, b, i), src + i * cols, cols);
+}
+
+static sdpa_view packed_view(float *p, int64_t cols) {
+    return (sdpa_view){(char *)p, 0, 0, cols};
+}
+
+static void fwd_range_bf16(void *vc, int64_t begin, int64_t end) {
+    sdpa_ctx *c = vc;
+    const int64_t nkb = (c->S + KB - 1) / KB;
+    const size_t n = (size_t)QB * KB + 2 * QB + (size_t)c->E * KB * (size_t)nkb;
+    const size_t st = (size_t)(c->L * c->E + c->S * c->E + c->S * c->Ev + c->L * c->Ev);
+    float *buf = ct_cpu_alloc((n + st) * sizeof(float) + (size_t)nkb);
+    if (!buf) {
+        c->err = 1;
+        return;
+    }
+    fwd_buf_f32 w = {buf, buf + (size_t)QB * KB, buf + (size_t)QB * KB + QB, NULL, NULL, -1};
+    w.kt = w.l + QB;
+    float *qf = w.kt + (size_t)c->E * KB * (size_t)nkb, *kf = qf + c->L * c->E;
+    float *vf = kf + c->S * c->E, *of = vf + c->S * c->Ev;
+    w.have = (unsigned char *)(of + c->L * c->Ev);
+    sdpa_ctx lc = *c; /* the views on the staging buffers (batch-independent) */
+    lc.q = packed_view(qf, c->E), lc.k = packed_view(kf, c->E);
+    lc.v = packed_view(vf, c->Ev), lc.out = packed_view(of, c->Ev);
+    int64_t staged = -1;
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t b = it / c->nqb, i0 = (it % c->nqb) * QB;
+        if (b != staged) {
+            stage_rows(c, &c->q, b, c->L, c->E, qf);
+            stage_rows(c, &c->k, b, c->S, c->E, kf);
+            stage_rows(c, &c->v, b, c->S, c->Ev, vf);
+            staged = b;
+        }
+        fwd_block_f32(&lc, it, &w);
+        unstage_rows(c, &c->out, b, i0, i0 + QB < c->L ? i0 + QB : c->L, c->Ev, of);
+    }
+    if (lc.err) c->err = 1;
+    ct_cpu_free(buf);
+}
+
+/* D = rowsum(dO * O) of bf16 rows [b, e) of [B*L], in float32 as the float32 kernel. */
+static void rowdot_bf16(void *vc, int64_t b, int64_t e) {
+    const sdpa_ctx *c = vc;
+    for (int64_t i = b; i < e; i++) {
+        const uint16_t *dO = bf16_row(c, &c->gout, i / c->L, i % c->L);
+        const uint16_t *O = bf16_row(c, &c->o, i / c->L, i % c->L);
+        float acc = 0;
+        for (int64_t k = 0; k < c->Ev; k++) {
+            uint32_t u = (uint32_t)dO[k] << 16, w = (uint32_t)O[k] << 16;
+            float x, y;
+            memcpy(&x, &u, 4), memcpy(&y, &w, 4);
+            acc += x * y;
+        }
+        ((float *)c->D)[i] = acc;
+    }
+}
+
+static void bwd_range_bf16(void *vc, int64_t begin, int64_t end) {
+    sdpa_ctx *c = vc;
+    const size_t tile = (size_t)QB * KB;
+    const size_t n = 2 * tile + (size_t)(c->E + c->Ev) * KB;
+    const int64_t LE = c->L * c->E, SE = c->S * c->E, SV = c->S * c->Ev, LV = c->L * c->Ev;
+    float *buf = ct_cpu_alloc((n + (size_t)(3 * LE + 2 * SE + 2 * SV + LV)) * sizeof(float));
+    if (!buf) {
+        c->err = 1;
+        return;
+    }
+    bwd_buf_f32 w = {buf, buf + tile, buf + 2 * tile, NULL};
+    w.vt = w.kt + (size_t)c->E * KB;
+    float *qf = buf + n, *kf = qf + LE, *vf = kf + SE, *gof = vf + SV, *gqf = gof + LV;
+    float *gkf = gqf + LE, *gvf = gkf + SE, *of = gvf + SV; /* of: unused by the blocks */
+    (void)of;
+    sdpa_ctx lc = *c;
+    lc.q = packed_view(qf, c->E), lc.k = packed_view(kf, c->E), lc.v = packed_view(vf, c->Ev);
+    lc.gout = packed_view(gof, c->Ev);
+    if (c->gq.p && c->nsplit == 1) lc.gq = packed_view(gqf, c->E);
+    if (c->gk.p) lc.gk = packed_view(gkf, c->E);
+    if (c->gv.p) lc.gv = packed_view(gvf, c->Ev);
+    int64_t staged = -1;
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t b = it / c->nsplit, part = it % c->nsplit;
+        if (b != staged) {
+            stage_rows(c, &c->q, b, c->L, c->E, qf);
+            stage_rows(c, &c->k, b, c->S, c->E, kf);
+            stage_rows(c, &c->v, b, c->S, c->Ev, vf);
+            stage_rows(c, &c->gout, b, c->L, c->Ev, gof);
+            staged = b;
+        }
+        bwd_item_f32(&lc, &w, it);
+        /* the item's key range, as bwd_item splits it */
+        const int64_t j_lo = c->S * part / c->nsplit / 16 * 16;
+        const int64_t j_end =
+            part + 1 == c->nsplit ? c->S : c->S * (part + 1) / c->nsplit / 16 * 16;
+        if (c->gk.p) unstage_rows(c, &c->gk, b, j_lo, j_end, c->E, gkf);
+        if (c->gv.p) unstage_rows(c, &c->gv, b, j_lo, j_end, c->Ev, gvf);
+        if (c->gq.p && c->nsplit == 1) unstage_rows(c, &c->gq, b, 0, c->L, c->E, gqf);
+    }
+    if (lc.err) c->err = 1;
+    ct_cpu_free(buf);
+}
+
+/* gq rows [b, e) = the sum of the float32 parts in part order, rounded once. */
+static void sum_parts_bf16(void *vc, int64_t b, int64_t e) {
+    const sdpa_ctx *c = vc;
+    float row[256];
+    for (int64_t r = b; r < e; r++) {
+        const int64_t bb = r / c->L, i = r % c->L;
+        for (int64_t k0 = 0; k0 < c->E; k0 += 256) {
+            const int64_t m = c->E - k0 < 256 ? c->E - k0 : 256;
+            const float *src = (const float *)c->dqp + (bb * c->nsplit * c->L + i) * c->E + k0;
+            for (int64_t k = 0; k < m; k++) row[k] = src[k];
+            for (int64_t part = 1; part < c->nsplit; part++) {
+                src += c->L * c->E;
+                for (int64_t k = 0; k < m; k++) row[k] += src[k];
+            }
+            f32_to_bf16_row((uint16_t *)bf16_row(c, &c->gq, bb, i) + k0, row, m);
+        }
+    }
+}
+
+static int all_bf16(const ct_tensor *const *t, int n) {
+    for (int i = 0; i < n; i++)
+        if (t[i] && t[i]->dtype != CT_BFLOAT16) return 0;
+    return 1;
+}
+
+int cpu_sdpa_bf16_forward(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k,
+                          const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p) {
+    const ct_tensor *ops[4] = {out, q, k, v};
+    if (!all_bf16(ops, 4) || lse->dtype != CT_FLOAT32) return 1;
+    sdpa_ctx c;
+    if (fill_ctx(&c, q, k, v, mask, p, "scaled_dot_product_attention") != 0) return -1;
+    if (sdpa_view_of(&c.out, out, "scaled_dot_product_attention") != 0) return -1;
+    c.lse = ct_ptr(lse);
+    const int64_t n = c.B * c.nqb;
+    if (n == 0) return 0;
+    ct_parallel_for_dynamic(n, 1, fwd_range_bf16, &c);
+    return c.err ? ct_error("scaled_dot_product_attention: out of memory for the tiles") : 0;
+}
+
+int cpu_sdpa_bf16_backward(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tensor *gout,
+                           const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
+                           const ct_tensor *out, const ct_tensor *lse, const ct_tensor *mask,
+                           const ct_sdpa_params *p) {
+    const ct_tensor *ops[8] = {gq, gk, gv, gout, q, k, v, out};
+    if (!all_bf16(ops, 8) || lse->dtype != CT_FLOAT32) return 1;
+    sdpa_ctx c;
+    const char *op = "scaled_dot_product_attention backward";
+    if (fill_ctx(&c, q, k, v, mask, p, op) != 0) return -1;
+    if (sdpa_view_of(&c.o, out, op) || sdpa_view_of(&c.gout, gout, op) ||
+        sdpa_view_of(&c.gq, gq, op) || sdpa_view_of(&c.gk, gk, op) || sdpa_view_of(&c.gv, gv, op))
+        return -1;
+    c.lse = ct_ptr(lse);
+    if (c.B == 0) return 0;
+    const int64_t nkb = (c.S + KB - 1) / KB, want = 2 * (int64_t)ct_plan_threads();
+    c.nsplit = c.B >= want || !gq ? 1 : (want + c.B - 1) / c.B;
+    if (c.nsplit > nkb) c.nsplit = nkb > 0 ? nkb : 1;
+    c.D = ct_cpu_alloc(sizeof(float) * (size_t)(c.B * c.L) + 1);
+    c.dqp = c.nsplit > 1 ? ct_cpu_alloc(sizeof(float) * (size_t)(c.B * c.nsplit * c.L * c.E))
+                         : NULL;
+    if (!c.D || (c.nsplit > 1 && !c.dqp)) {
+        ct_cpu_free(c.D), ct_cpu_free(c.dqp);
+        return ct_error("%s: out of memory", op);
+    }
+    const int64_t grain = 4096 / (c.Ev + c.E + 1) + 1;
+    ct_parallel_for(c.B * c.L, grain, rowdot_bf16, &c);
+    ct_parallel_for_dynamic(c.B * c.nsplit, 1, bwd_range_bf16, &c);
+    if (!c.err && c.nsplit > 1) ct_parallel_for(c.B * c.L, grain, sum_parts_bf16, &c);
+    ct_cpu_free(c.D), ct_cpu_free(c.dqp);
+    return c.err ? ct_error("%s: out of memory for the tiles", op) : 0;
 }
 
 #else /* SDPA_TMPL: compiled for T = float and T = double */

@@ -25,6 +25,14 @@ int cpu_bmm_lowp(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
 /* Sum or mean of bfloat16 `a` over outer dims into bfloat16 columns (a bias gradient):
  * 0 when done, 1 when not applicable (the caller widens to float32). */
 int cpu_reduce_bf16_cols(ct_redop op, ct_tensor *out, const ct_tensor *a, const int *reduce);
+/* Attention on bfloat16 operands (float32 lse and mask) without widened copies of whole
+ * tensors (cpu_attention.c): 0, 1 when not applicable (the caller widens), -1 on error. */
+int cpu_sdpa_bf16_forward(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k,
+                          const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p);
+int cpu_sdpa_bf16_backward(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tensor *gout,
+                           const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
+                           const ct_tensor *out, const ct_tensor *lse, const ct_tensor *mask,
+                           const ct_sdpa_params *p);
 /* 2x2 stride-2 max pooling (with codes) on bfloat16 planes, AVX-512: 0, 1 when not
  * applicable (the caller widens to float32). */
 int cpu_max_pool2d_codes_bf16_forward(ct_tensor *y, ct_tensor *codes, const ct_tensor *x,

@@ -451,6 +451,8 @@ int cpu_embedding_backward(ct_tensor *gw, const ct_tensor *gy, const ct_tensor *
 int cpu_sdpa_forward(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k,
                      const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p) {
     if (!ANY4(out, q, k, v)) return cpu_sdpa_forward_full(out, lse, q, k, v, mask, p);
+    int r = cpu_sdpa_bf16_forward(out, lse, q, k, v, mask, p);
+    if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *q32 = lp_in(&L, q), *k32 = lp_in(&L, k), *v32 = lp_in(&L, v);
     ct_tensor *o32 = lp_out(&L, out);
@@ -463,6 +465,8 @@ int cpu_sdpa_backward(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tens
                       const ct_sdpa_params *p) {
     if (!ANY4(gout, q, k, v) && !ANY4(gq, gk, gv, out))
         return cpu_sdpa_backward_full(gq, gk, gv, gout, q, k, v, out, lse, mask, p);
+    int r = cpu_sdpa_bf16_backward(gq, gk, gv, gout, q, k, v, out, lse, mask, p);
+    if (r <= 0) return r;
     lowp L = {0};
     const ct_tensor *go32 = lp_in(&L, gout), *q32 = lp_in(&L, q), *k32 = lp_in(&L, k);
     const ct_tensor *v32 = lp_in(&L, v), *o32 = lp_in(&L, out);
