@@ -112,15 +112,8 @@ __attribute__((target("avx512f,avx512vl,avx2,fma"))) static float exp_sub_sum_av
         const __m512 dc = _mm512_max_ps(d, lo);
         const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(dc, _mm512_set1_ps(1.44269504088896341f)),
                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), dc);
-        r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), r);
-        __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-        p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+        __m512 p;
+        CT_EXP_POLY(_mm512, __m512, dc, fx, p);
         const __m512i nn = _mm512_cvtps_epi32(fx);
         __m512 e = _mm512_castsi512_ps(
             _mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(nn, 23)));
@@ -351,52 +344,73 @@ static int fill_ctx(sdpa_ctx *c, const ct_tensor *q, const ct_tensor *k, const c
     return 0;
 }
 
-int cpu_sdpa_forward_full(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k,
-                          const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p) {
+/* The forward over (batch, query block) items with the given per-range function. */
+static int forward_run(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k,
+                       const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p,
+                       void (*range)(void *, int64_t, int64_t)) {
     sdpa_ctx c;
     if (fill_ctx(&c, q, k, v, mask, p, "scaled_dot_product_attention") != 0) return -1;
     if (sdpa_view_of(&c.out, out, "scaled_dot_product_attention") != 0) return -1;
     c.lse = ct_ptr(lse);
     const int64_t n = c.B * c.nqb;
     if (n == 0) return 0;
-    ct_parallel_for_dynamic(n, 1, q->dtype == CT_FLOAT32 ? fwd_range_f32 : fwd_range_f64, &c);
+    ct_parallel_for_dynamic(n, 1, range, &c);
     return c.err ? ct_error("scaled_dot_product_attention: out of memory for the tiles") : 0;
+}
+
+int cpu_sdpa_forward_full(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, const ct_tensor *k,
+                          const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p) {
+    return forward_run(out, lse, q, k, v, mask, p,
+                       q->dtype == CT_FLOAT32 ? fwd_range_f32 : fwd_range_f64);
+}
+
+/* The backward's three passes (D = rowsum(dO * O); the items; dQ's parts summed) with the
+ * given functions; es: the size of the float type the passes compute in. */
+typedef struct {
+    void (*rowdot)(void *, int64_t, int64_t), (*items)(void *, int64_t, int64_t);
+    void (*sum_parts)(void *, int64_t, int64_t);
+    size_t es;
+} bwd_fns;
+
+static int backward_run(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tensor *gout,
+                        const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
+                        const ct_tensor *out, const ct_tensor *lse, const ct_tensor *mask,
+                        const ct_sdpa_params *p, const bwd_fns *f) {
+    sdpa_ctx c;
+    const char *op = "scaled_dot_product_attention backward";
+    if (fill_ctx(&c, q, k, v, mask, p, op) != 0) return -1;
+    if (sdpa_view_of(&c.o, out, op) || sdpa_view_of(&c.gout, gout, op) ||
+        sdpa_view_of(&c.gq, gq, op) || sdpa_view_of(&c.gk, gk, op) || sdpa_view_of(&c.gv, gv, op))
+        return -1;
+    c.lse = ct_ptr(lse);
+    if (c.B == 0) return 0;
+    /* enough items for the threads: the keys of a batch split into ranges when B is small
+     * (a fixed count under deterministic mode: ct_plan_threads) */
+    const int64_t nkb = (c.S + KB - 1) / KB, want = 2 * (int64_t)ct_plan_threads();
+    c.nsplit = c.B >= want || !gq ? 1 : (want + c.B - 1) / c.B;
+    if (c.nsplit > nkb) c.nsplit = nkb > 0 ? nkb : 1;
+    c.D = ct_cpu_alloc(f->es * (size_t)(c.B * c.L) + 1);
+    c.dqp = c.nsplit > 1 ? ct_cpu_alloc(f->es * (size_t)(c.B * c.nsplit * c.L * c.E)) : NULL;
+    if (!c.D || (c.nsplit > 1 && !c.dqp)) {
+        ct_cpu_free(c.D), ct_cpu_free(c.dqp);
+        return ct_error("%s: out of memory", op);
+    }
+    const int64_t grain = 4096 / (c.Ev + c.E + 1) + 1;
+    ct_parallel_for(c.B * c.L, grain, f->rowdot, &c);
+    ct_parallel_for_dynamic(c.B * c.nsplit, 1, f->items, &c);
+    if (!c.err && c.nsplit > 1) ct_parallel_for(c.B * c.L, grain, f->sum_parts, &c);
+    ct_cpu_free(c.D), ct_cpu_free(c.dqp);
+    return c.err ? ct_error("%s: out of memory for the tiles", op) : 0;
 }
 
 int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tensor *gout,
                            const ct_tensor *q, const ct_tensor *k, const ct_tensor *v,
                            const ct_tensor *out, const ct_tensor *lse, const ct_tensor *mask,
                            const ct_sdpa_params *p) {
-    sdpa_ctx c;
-    if (fill_ctx(&c, q, k, v, mask, p, "scaled_dot_product_attention backward") != 0) return -1;
-    const char *op = "scaled_dot_product_attention backward";
-    if (sdpa_view_of(&c.o, out, op) || sdpa_view_of(&c.gout, gout, op) ||
-        sdpa_view_of(&c.gq, gq, op) || sdpa_view_of(&c.gk, gk, op) || sdpa_view_of(&c.gv, gv, op))
-        return -1;
-    c.lse = ct_ptr(lse);
-    if (c.B == 0) return 0;
-    const int f32 = q->dtype == CT_FLOAT32;
-    const size_t es = f32 ? sizeof(float) : sizeof(double);
-    /* enough items for the threads: the keys of a batch split into ranges when B is small
-     * (a fixed count under deterministic mode: ct_plan_threads) */
-    const int64_t nkb = (c.S + KB - 1) / KB, want = 2 * (int64_t)ct_plan_threads();
-    c.nsplit = c.B >= want || !gq ? 1 : (want + c.B - 1) / c.B;
-    if (c.nsplit > nkb) c.nsplit = nkb > 0 ? nkb : 1;
-    c.D = ct_cpu_alloc(es * (size_t)(c.B * c.L) + 1);
-    c.dqp = c.nsplit > 1 ? ct_cpu_alloc(es * (size_t)(c.B * c.nsplit * c.L * c.E)) : NULL;
-    if (!c.D || (c.nsplit > 1 && !c.dqp)) {
-        ct_cpu_free(c.D), ct_cpu_free(c.dqp);
-        return -1;
-    }
-    const int64_t grain = 4096 / (c.Ev + c.E + 1) + 1;
-    ct_parallel_for(c.B * c.L, grain, f32 ? rowdot_f32 : rowdot_f64, &c);
-    ct_parallel_for_dynamic(c.B * c.nsplit, 1, f32 ? bwd_range_f32 : bwd_range_f64, &c);
-    if (!c.err && c.nsplit > 1)
-        ct_parallel_for(c.B * c.L, grain, f32 ? sum_parts_f32 : sum_parts_f64, &c);
-    ct_cpu_free(c.D), ct_cpu_free(c.dqp);
-    return c.err ? ct_error("scaled_dot_product_attention backward: out of memory for the "
-                            "tiles")
-                 : 0;
+    static const bwd_fns f32 = {rowdot_f32, bwd_range_f32, sum_parts_f32, sizeof(float)};
+    static const bwd_fns f64 = {rowdot_f64, bwd_range_f64, sum_parts_f64, sizeof(double)};
+    return backward_run(gq, gk, gv, gout, q, k, v, out, lse, mask, p,
+                        q->dtype == CT_FLOAT32 ? &f32 : &f64);
 }
 
 /* ------------------------------------------------------- bfloat16 operands
@@ -561,14 +575,7 @@ int cpu_sdpa_bf16_forward(ct_tensor *out, ct_tensor *lse, const ct_tensor *q, co
                           const ct_tensor *v, const ct_tensor *mask, const ct_sdpa_params *p) {
     const ct_tensor *ops[4] = {out, q, k, v};
     if (!all_bf16(ops, 4) || lse->dtype != CT_FLOAT32) return 1;
-    sdpa_ctx c;
-    if (fill_ctx(&c, q, k, v, mask, p, "scaled_dot_product_attention") != 0) return -1;
-    if (sdpa_view_of(&c.out, out, "scaled_dot_product_attention") != 0) return -1;
-    c.lse = ct_ptr(lse);
-    const int64_t n = c.B * c.nqb;
-    if (n == 0) return 0;
-    ct_parallel_for_dynamic(n, 1, fwd_range_bf16, &c);
-    return c.err ? ct_error("scaled_dot_product_attention: out of memory for the tiles") : 0;
+    return forward_run(out, lse, q, k, v, mask, p, fwd_range_bf16);
 }
 
 int cpu_sdpa_bf16_backward(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct_tensor *gout,
@@ -577,30 +584,8 @@ int cpu_sdpa_bf16_backward(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
                            const ct_sdpa_params *p) {
     const ct_tensor *ops[8] = {gq, gk, gv, gout, q, k, v, out};
     if (!all_bf16(ops, 8) || lse->dtype != CT_FLOAT32) return 1;
-    sdpa_ctx c;
-    const char *op = "scaled_dot_product_attention backward";
-    if (fill_ctx(&c, q, k, v, mask, p, op) != 0) return -1;
-    if (sdpa_view_of(&c.o, out, op) || sdpa_view_of(&c.gout, gout, op) ||
-        sdpa_view_of(&c.gq, gq, op) || sdpa_view_of(&c.gk, gk, op) || sdpa_view_of(&c.gv, gv, op))
-        return -1;
-    c.lse = ct_ptr(lse);
-    if (c.B == 0) return 0;
-    const int64_t nkb = (c.S + KB - 1) / KB, want = 2 * (int64_t)ct_plan_threads();
-    c.nsplit = c.B >= want || !gq ? 1 : (want + c.B - 1) / c.B;
-    if (c.nsplit > nkb) c.nsplit = nkb > 0 ? nkb : 1;
-    c.D = ct_cpu_alloc(sizeof(float) * (size_t)(c.B * c.L) + 1);
-    c.dqp = c.nsplit > 1 ? ct_cpu_alloc(sizeof(float) * (size_t)(c.B * c.nsplit * c.L * c.E))
-                         : NULL;
-    if (!c.D || (c.nsplit > 1 && !c.dqp)) {
-        ct_cpu_free(c.D), ct_cpu_free(c.dqp);
-        return ct_error("%s: out of memory", op);
-    }
-    const int64_t grain = 4096 / (c.Ev + c.E + 1) + 1;
-    ct_parallel_for(c.B * c.L, grain, rowdot_bf16, &c);
-    ct_parallel_for_dynamic(c.B * c.nsplit, 1, bwd_range_bf16, &c);
-    if (!c.err && c.nsplit > 1) ct_parallel_for(c.B * c.L, grain, sum_parts_bf16, &c);
-    ct_cpu_free(c.D), ct_cpu_free(c.dqp);
-    return c.err ? ct_error("%s: out of memory for the tiles", op) : 0;
+    static const bwd_fns f = {rowdot_bf16, bwd_range_bf16, sum_parts_bf16, sizeof(float)};
+    return backward_run(gq, gk, gv, gout, q, k, v, out, lse, mask, p, &f);
 }
 
 #else /* SDPA_TMPL: compiled for T = float and T = double */

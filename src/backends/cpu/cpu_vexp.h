@@ -89,19 +89,28 @@ CT_AVX2_FMA static inline __m256i ct_lanes8_avx2(int n) {
 
 /* ct_vexpf's range reduction and polynomial of 8 floats, x within ct_vexpf's clamps:
  * x = n ln2 + r, returns e^r (in [0.7, 1.42]) and n in *n. */
+/* ct_vexpf's reduction x = fx ln2 + r (fx = round(x log2 e), given) and polynomial
+ * e^r, written once over a vector width's intrinsics (V: _mm256 or _mm512). */
+#define CT_EXP_POLY(V, VT, x, fx, out)                                                      \
+    do {                                                                                   \
+        VT r_ = V##_fnmadd_ps(fx, V##_set1_ps(0.693359375f), x);                           \
+        r_ = V##_fnmadd_ps(fx, V##_set1_ps(-2.12194440e-4f), r_);                          \
+        VT p_ = V##_set1_ps(1.9875691500e-4f);                                             \
+        p_ = V##_fmadd_ps(p_, r_, V##_set1_ps(1.3981999507e-3f));                          \
+        p_ = V##_fmadd_ps(p_, r_, V##_set1_ps(8.3334519073e-3f));                          \
+        p_ = V##_fmadd_ps(p_, r_, V##_set1_ps(4.1665795894e-2f));                          \
+        p_ = V##_fmadd_ps(p_, r_, V##_set1_ps(1.6666665459e-1f));                          \
+        p_ = V##_fmadd_ps(p_, r_, V##_set1_ps(5.0000001201e-1f));                          \
+        (out) = V##_fmadd_ps(V##_mul_ps(p_, r_), r_, V##_add_ps(r_, V##_set1_ps(1.0f)));   \
+    } while (0)
+
 CT_AVX2_FMA static inline __m256 ct_exp8_reduce_avx2(__m256 x, __m256i *n) {
     __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 e;
+    CT_EXP_POLY(_mm256, __m256, x, fx, e);
     *n = _mm256_cvtps_epi32(fx);
-    return _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    return e;
 }
 
 /* p 2^k for |k| <= 126 with p 2^k normal: added to p's exponent bits (exact, as the product
