@@ -352,13 +352,24 @@ static void packa_range(void *vc, int64_t begin, int64_t end) {
         return;
     }
 #endif
-    for (int64_t mb = begin; mb < end; mb++) /* blocks of MR rows, pair-interleaved */
-        for (int64_t k = 0; k < c->K2; k++)
+    const ct_bf16_mat A = c->A;
+    for (int64_t mb = begin; mb < end; mb++) { /* blocks of MR rows, pair-interleaved */
+        uint32_t *d = c->ap + mb * c->K2 * MR;
+        int64_t k = 0;
+        if ((mb + 1) * MR <= c->M) { /* a whole block: the pairs inside K without checks */
+            const uint16_t *p0 = A.p + mb * MR * A.rs;
+            for (; 2 * k + 1 < c->K; k++, d += MR)
+                for (int r = 0; r < MR; r++) {
+                    const uint16_t *e = p0 + r * A.rs + 2 * k * A.cs;
+                    d[r] = (uint32_t)e[0] | (uint32_t)e[A.cs] << 16;
+                }
+        }
+        for (; k < c->K2; k++, d += MR)
             for (int r = 0; r < MR; r++) {
                 int64_t i = mb * MR + r;
-                c->ap[(mb * c->K2 + k) * MR + r] =
-                    i < c->M ? pair_at(c->A.p, c->A.rs, c->A.cs, i, 2 * k, c->K) : 0;
+                d[r] = i < c->M ? pair_at(A.p, A.rs, A.cs, i, 2 * k, c->K) : 0;
             }
+    }
 }
 
 int ct_gemm_bf16_pack_a(ct_bf16_pack *pa, int64_t M, int64_t K, ct_bf16_mat A) {
