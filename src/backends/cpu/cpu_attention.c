@@ -54,6 +54,14 @@ typedef struct {
     int avx2, avx512, err;
 } sdpa_ctx;
 
+/* The keys [*lo, *hi) of backward part `part` of a batch: ranges of equal length
+ * (multiples of 16, the tile GEMM's column block), so that the threads' items cost the
+ * same. */
+static inline void key_range(const sdpa_ctx *c, int64_t part, int64_t *lo, int64_t *hi) {
+    *lo = c->S * part / c->nsplit / 16 * 16;
+    *hi = part + 1 == c->nsplit ? c->S : c->S * (part + 1) / c->nsplit / 16 * 16;
+}
+
 /* The dropout factor of weight (b, i, j): 0 or 1/(1-p). */
 static inline double drop_factor(const sdpa_ctx *c, int64_t b, int64_t i, int64_t j) {
     const uint64_t n = ((uint64_t)(b * c->L + i)) * (uint64_t)c->S + (uint64_t)j;
@@ -331,8 +339,8 @@ static int fill_ctx(sdpa_ctx *c, const ct_tensor *q, const ct_tensor *k, const c
     if (mask) {
         if (mask->dtype != mdt || mask->ndim != 4 || (mask->stride[3] != 1 && c->S > 1) ||
             mask->shape[0] * mask->shape[1] != c->B)
-            return ct_error("%s: the mask must have q's dtype, shape [B1, B2, L, S] and a "
-                            "contiguous last dim", op);
+            return ct_error("%s: the mask must have q's dtype (float32 beside bfloat16 q), "
+                            "shape [B1, B2, L, S] and a contiguous last dim", op);
         c->mask = ct_ptr(mask), c->mB2 = mask->shape[1];
         c->ms0 = mask->stride[0], c->ms1 = mask->stride[1], c->ms2 = mask->stride[2];
     }
@@ -419,17 +427,6 @@ int cpu_sdpa_backward_full(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
  * through a copy of the context whose views point there, and rounds its results back.
  * The values are those of widening whole tensors and rounding the float32 results (the
  * same sums in the same order), without the whole-tensor copies. */
-static void bf16_to_f32_row(float *d, const uint16_t *s, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)s[i] << 16;
-        memcpy(d + i, &u, 4);
-    }
-}
-
-static void f32_to_bf16_row(uint16_t *d, const float *s, int64_t n) {
-    for (int64_t i = 0; i < n; i++) d[i] = ct_f32_to_bf16(s[i]);
-}
-
 static const uint16_t *bf16_row(const sdpa_ctx *c, const sdpa_view *w, int64_t b, int64_t i) {
     return (const uint16_t *)w->p + (b / c->B2) * w->s0 + (b % c->B2) * w->s1 + i * w->s2;
 }
@@ -437,14 +434,14 @@ static const uint16_t *bf16_row(const sdpa_ctx *c, const sdpa_view *w, int64_t b
 /* Rows [0, rows) of batch b of view w into dst (rows x cols, packed). */
 static void stage_rows(const sdpa_ctx *c, const sdpa_view *w, int64_t b, int64_t rows,
                        int64_t cols, float *dst) {
-    for (int64_t i = 0; i < rows; i++) bf16_to_f32_row(dst + i * cols, bf16_row(c, w, b, i), cols);
+    for (int64_t i = 0; i < rows; i++) cpu_bf16_to_f32_row(dst + i * cols, bf16_row(c, w, b, i), cols);
 }
 
 /* Rows [r0, r1) of src (packed, cols wide) into batch b of view w. */
 static void unstage_rows(const sdpa_ctx *c, const sdpa_view *w, int64_t b, int64_t r0,
                          int64_t r1, int64_t cols, const float *src) {
     for (int64_t i = r0; i < r1; i++)
-        f32_to_bf16_row((uint16_t *)bf16_row(c, w, b, i), src + i * cols, cols);
+        cpu_f32_to_bf16_row((uint16_t *)bf16_row(c, w, b, i), src + i * cols, cols);
 }
 
 static sdpa_view packed_view(float *p, int64_t cols) {
@@ -492,12 +489,7 @@ static void rowdot_bf16(void *vc, int64_t b, int64_t e) {
         const uint16_t *dO = bf16_row(c, &c->gout, i / c->L, i % c->L);
         const uint16_t *O = bf16_row(c, &c->o, i / c->L, i % c->L);
         float acc = 0;
-        for (int64_t k = 0; k < c->Ev; k++) {
-            uint32_t u = (uint32_t)dO[k] << 16, w = (uint32_t)O[k] << 16;
-            float x, y;
-            memcpy(&x, &u, 4), memcpy(&y, &w, 4);
-            acc += x * y;
-        }
+        for (int64_t k = 0; k < c->Ev; k++) acc += ct_bf16_to_f32(dO[k]) * ct_bf16_to_f32(O[k]);
         ((float *)c->D)[i] = acc;
     }
 }
@@ -507,7 +499,7 @@ static void bwd_range_bf16(void *vc, int64_t begin, int64_t end) {
     const size_t tile = (size_t)QB * KB;
     const size_t n = 2 * tile + (size_t)(c->E + c->Ev) * KB;
     const int64_t LE = c->L * c->E, SE = c->S * c->E, SV = c->S * c->Ev, LV = c->L * c->Ev;
-    float *buf = ct_cpu_alloc((n + (size_t)(3 * LE + 2 * SE + 2 * SV + LV)) * sizeof(float));
+    float *buf = ct_cpu_alloc((n + (size_t)(2 * LE + 2 * SE + 2 * SV + LV)) * sizeof(float));
     if (!buf) {
         c->err = 1;
         return;
@@ -515,8 +507,7 @@ static void bwd_range_bf16(void *vc, int64_t begin, int64_t end) {
     bwd_buf_f32 w = {buf, buf + tile, buf + 2 * tile, NULL};
     w.vt = w.kt + (size_t)c->E * KB;
     float *qf = buf + n, *kf = qf + LE, *vf = kf + SE, *gof = vf + SV, *gqf = gof + LV;
-    float *gkf = gqf + LE, *gvf = gkf + SE, *of = gvf + SV; /* of: unused by the blocks */
-    (void)of;
+    float *gkf = gqf + LE, *gvf = gkf + SE;
     sdpa_ctx lc = *c;
     lc.q = packed_view(qf, c->E), lc.k = packed_view(kf, c->E), lc.v = packed_view(vf, c->Ev);
     lc.gout = packed_view(gof, c->Ev);
@@ -534,10 +525,8 @@ static void bwd_range_bf16(void *vc, int64_t begin, int64_t end) {
             staged = b;
         }
         bwd_item_f32(&lc, &w, it);
-        /* the item's key range, as bwd_item splits it */
-        const int64_t j_lo = c->S * part / c->nsplit / 16 * 16;
-        const int64_t j_end =
-            part + 1 == c->nsplit ? c->S : c->S * (part + 1) / c->nsplit / 16 * 16;
+        int64_t j_lo, j_end; /* the item's keys */
+        key_range(c, part, &j_lo, &j_end);
         if (c->gk.p) unstage_rows(c, &c->gk, b, j_lo, j_end, c->E, gkf);
         if (c->gv.p) unstage_rows(c, &c->gv, b, j_lo, j_end, c->Ev, gvf);
         if (c->gq.p && c->nsplit == 1) unstage_rows(c, &c->gq, b, 0, c->L, c->E, gqf);
@@ -560,7 +549,7 @@ static void sum_parts_bf16(void *vc, int64_t b, int64_t e) {
                 src += c->L * c->E;
                 for (int64_t k = 0; k < m; k++) row[k] += src[k];
             }
-            f32_to_bf16_row((uint16_t *)bf16_row(c, &c->gq, bb, i) + k0, row, m);
+            cpu_f32_to_bf16_row((uint16_t *)bf16_row(c, &c->gq, bb, i) + k0, row, m);
         }
     }
 }
@@ -836,10 +825,8 @@ static void F(rowdot)(void *vc, int64_t b, int64_t e) {
  * keys are this item's alone, dQ goes to gq (one part) or to the part's partial sums. */
 static void F(bwd_item)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t item) {
     const int64_t b = item / c->nsplit, part = item % c->nsplit;
-    /* key ranges of equal length (multiples of 16, the tile GEMM's column block), so that
-     * the threads' items cost the same; each range in blocks of KB */
-    const int64_t j_lo = c->S * part / c->nsplit / 16 * 16;
-    const int64_t j_end = part + 1 == c->nsplit ? c->S : c->S * (part + 1) / c->nsplit / 16 * 16;
+    int64_t j_lo, j_end; /* this part's keys, in blocks of KB below */
+    key_range(c, part, &j_lo, &j_end);
     T *dq = c->nsplit > 1 ? (T *)c->dqp + item * c->L * c->E
                           : c->gq.p ? ROW(c->gq, b, 0) : NULL;
     const int dqs = c->nsplit > 1 ? (int)c->E : (int)c->gq.s2;

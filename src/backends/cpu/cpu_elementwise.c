@@ -32,6 +32,8 @@ CT_MULTIVERSION static void cvt_f32_bf16(uint16_t *o, const float *f, int64_t n)
         o[i] = (uint16_t)((v & 0x7fffffffu) > 0x7f800000u ? 0xffffu : r);
     }
 }
+void cpu_bf16_to_f32_row(float *dst, const uint16_t *src, int64_t n) { cvt_bf16_f32(dst, src, n); }
+void cpu_f32_to_bf16_row(uint16_t *dst, const float *src, int64_t n) { cvt_f32_bf16(dst, src, n); }
 
 /* ------------------------------------------------------------------ binary */
 /* One loop per (op, layout): contiguous, scalar b (stride 0), general strides. out may

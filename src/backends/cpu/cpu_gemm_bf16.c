@@ -208,18 +208,11 @@ static void packb_range(void *vc, int64_t begin, int64_t end) {
 #define BF16_KCHUNK 1024 /* bf16 elements of K per pass when K is long */
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
 
-/* A full 32 x 32 block from buf into C, the common cases without store_row's generality. */
+/* A full 32 x 32 block from buf into a bf16 C (alpha 1, any beta, no bias, no column
+ * groups) without store_row's generality; 0 when the block is not such a case. (A float32
+ * C without beta takes the tiles' own stores in amx_range.) */
 AMX_TARGET static int store_block_fast(const gctx *g, const float *buf, int64_t m0, int64_t n0) {
-    if (g->group > 0 || g->bias || g->alpha != 1.0f) return 0;
-    if (g->c) {
-        if (g->beta != 0.0f) return 0;
-        float *c = g->c + m0 * g->ldc + n0;
-        for (int r = 0; r < 32; r++) {
-            _mm512_storeu_ps(c + r * g->ldc, _mm512_load_ps(buf + r * 32));
-            _mm512_storeu_ps(c + r * g->ldc + 16, _mm512_load_ps(buf + r * 32 + 16));
-        }
-        return 1;
-    }
+    if (g->c || g->group > 0 || g->bias || g->alpha != 1.0f) return 0;
     uint16_t *c = g->cb + m0 * g->ldc + n0;
     __m512 be = _mm512_set1_ps(g->beta);
     for (int r = 0; r < 32; r++) {

@@ -22,6 +22,9 @@ CT_KERNEL_LIST(CT__CPU_PROTO_FULL)
  * these operands have no such path (the caller widens to float32 instead), -1 on error. */
 int cpu_bmm_lowp(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
                  double beta);
+/* Contiguous runs of bfloat16 <-> float32 (half.h's rounding; vectorised). */
+void cpu_bf16_to_f32_row(float *dst, const uint16_t *src, int64_t n);
+void cpu_f32_to_bf16_row(uint16_t *dst, const float *src, int64_t n);
 /* Sum or mean of bfloat16 `a` over outer dims into bfloat16 columns (a bias gradient):
  * 0 when done, 1 when not applicable (the caller widens to float32). */
 int cpu_reduce_bf16_cols(ct_redop op, ct_tensor *out, const ct_tensor *a, const int *reduce);
