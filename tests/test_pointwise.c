@@ -365,3 +365,40 @@ TEST(pointwise_gelu_float32_kernel_accuracy) {
     if (isa0) setenv("CTORCH_CPU_ISA", saved, 1);
     else unsetenv("CTORCH_CPU_ISA");
 }
+
+/* GELU's 16-wide AVX-512 kernels do lane by lane what the 8-wide AVX2 ones do: the same
+ * values bit for bit, forward and derivative, over [-12, 12] plus inf, NaN, huge and tiny
+ * values, in runs of every length 1..40 (the masked tails of both widths) and one long run. */
+TEST(pointwise_gelu_float32_avx512_equals_avx2) {
+    if (!__builtin_cpu_supports("avx512f")) SKIP("this CPU has no AVX-512");
+    enum { N = 24 * 512 + 8 };
+    static float xs[N];
+    for (int i = 0; i < N - 8; i++) xs[i] = -12.0f + (float)i / 512.0f + 1e-4f * (float)(i % 7);
+    const float special[8] = {INFINITY, -INFINITY, NAN, 3e38f, -3e38f, 1e-40f, -1e-30f, 0.0f};
+    memcpy(xs + N - 8, special, sizeof special);
+    const char *isa0 = getenv("CTORCH_CPU_ISA");
+    char saved[32] = "";
+    if (isa0) snprintf(saved, sizeof saved, "%s", isa0);
+    const int64_t lens[] = {N, 1, 2, 7, 8, 9, 15, 16, 17, 23, 31, 32, 33, 40};
+    int differ = 0;
+    for (size_t c = 0; c < sizeof lens / sizeof *lens; c++) {
+        /* short runs end among or after the special values */
+        const int64_t n = lens[c], off = N - 8 - n / 2 < N - n ? N - 8 - n / 2 : N - n;
+        ct_tensor *x[2], *y[2];
+        const char *levels[2] = {"avx2", "avx512"};
+        for (int l = 0; l < 2; l++) {
+            setenv("CTORCH_CPU_ISA", levels[l], 1);
+            y[l] = gelu_leaf_run(xs + off, n, &x[l]);
+        }
+        const uint32_t *y0 = ct_data(y[0]), *y1 = ct_data(y[1]);
+        const uint32_t *g0 = ct_data(ct_grad(x[0])), *g1 = ct_data(ct_grad(x[1]));
+        for (int64_t i = 0; i < n; i++)
+            if ((y0[i] != y1[i] || g0[i] != g1[i]) && differ++ < 5)
+                ct_test_fail(__FILE__, __LINE__, "gelu run of %lld, element %lld: avx512 %08x %08x, "
+                             "avx2 %08x %08x (value, derivative bits)", (long long)n,
+                             (long long)i, y1[i], g1[i], y0[i], g0[i]);
+        for (int l = 0; l < 2; l++) ct_free(y[l]), ct_free(x[l]);
+    }
+    if (isa0) setenv("CTORCH_CPU_ISA", saved, 1);
+    else unsetenv("CTORCH_CPU_ISA");
+}

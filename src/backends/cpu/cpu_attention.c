@@ -110,8 +110,7 @@ CT_AVX2_FMA static float exp_sub_sum_avx2(float *x, int n, float mx) {
 
 /* exp_sub_sum_avx2 16 lanes at a time (the last ones masked): the same per-element steps
  * (ct_exp8_normal_avx2's reduction and polynomial), the sum in another order. */
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) static float exp_sub_sum_avx512(float *x, int n,
-                                                                                float mx) {
+CT_AVX512_FMA static float exp_sub_sum_avx512(float *x, int n, float mx) {
     const __m512 m = _mm512_set1_ps(mx), lo = _mm512_set1_ps(-87.0f);
     __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) {
@@ -201,7 +200,6 @@ CT_AVX2_FMA static void mm_acc_avx2(int m, int n, int k, const float *A, int ars
 /* The same product with AVX-512: register blocks of R rows x 32 columns (two zmm per row,
  * the last block's columns masked), R = 6, then 4, then 1. Each element sums its products
  * in the same order as the AVX2 kernel: the same values. */
-#define CT_AVX512_FMA __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #define MM512_BLOCK(R)                                                                      \
     CT_AVX512_FMA static inline void mm5_blk##R(int k, const float *a, int ars, int acs,    \
                                                 const float *B, int ldb, float *c, int ldc, \

@@ -13,7 +13,7 @@
 typedef struct {
     int op;
     double alpha, p1, p2;
-    int avx2; /* GELU float32: the AVX2+FMA kernel (ct_cpu_isa_level() >= CT_ISA_AVX2) */
+    int gelu_isa; /* GELU float32's kernel: gelu_level() */
 } ew_ctx;
 
 /* The float loops are CT_MULTIVERSION (cpu_isa.h): AVX-512, AVX2 and baseline x86-64, the loader picks
@@ -251,10 +251,10 @@ CT_MULTIVERSION static void gelu_f32(void *vc, int64_t n, char **p, const int64_
 #ifdef CT_VEXP_X86
 /* GELU float32 with AVX2+FMA intrinsics (cpu_vexp.h's ct_gelu8_avx2 and ct_gelu_grad8_avx2:
  * gelu_f32's formulas, 8 at a time with FMA; the target_clones of gelu_f32 get no FMA).
- * Taken when ct_cpu_isa_level() >= CT_ISA_AVX2 (AVX-512 CPUs too); CTORCH_CPU_ISA=none
- * keeps gelu_f32. Every element goes through the same 8-wide code, so a value does not
- * depend on where it sits: the last n % 8 with masked loads and stores, strided runs
- * through a small contiguous buffer. */
+ * Taken when ct_cpu_isa_level() >= CT_ISA_AVX2, 16 wide at CT_ISA_AVX512 (the same values);
+ * CTORCH_CPU_ISA=none keeps gelu_f32. Every element goes through the same vector code, so
+ * a value does not depend on where it sits: the tail with masked loads and stores, strided
+ * runs through a small contiguous buffer. */
 CT_AVX2_FMA static void gelu_f32_avx2_run(float *o, const float *a, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, ct_gelu8_avx2(_mm256_loadu_ps(a + i)));
@@ -264,19 +264,35 @@ CT_AVX2_FMA static void gelu_f32_avx2_run(float *o, const float *a, int64_t n) {
     }
 }
 
-static void gelu_f32_avx2(int64_t n, char **p, const int64_t *s) {
+/* The same 16 at a time (cpu_vexp.h's ct_gelu16_avx512: the AVX2 kernel's values). */
+CT_AVX512_FMA static void gelu_f32_avx512_run(float *o, const float *a, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(o + i, m, ct_gelu16_avx512(_mm512_maskz_loadu_ps(m, a + i)));
+    }
+}
+
+/* GELU's kernel level: 2 AVX-512 (16 wide), 1 AVX2+FMA (8 wide), 0 the portable loop. */
+static int gelu_level(void) {
+    ct_isa_level l = ct_cpu_isa_level();
+    return l >= CT_ISA_AVX512 ? 2 : l >= CT_ISA_AVX2 ? 1 : 0;
+}
+
+static void gelu_f32_simd(int level, int64_t n, char **p, const int64_t *s) {
+    void (*run)(float *, const float *, int64_t) =
+        level == 2 ? gelu_f32_avx512_run : gelu_f32_avx2_run;
     float *o = (float *)p[0];
     const float *a = (const float *)p[1];
     const int64_t so = s[0], sa = s[1];
     if (so == 1 && sa == 1) {
-        gelu_f32_avx2_run(o, a, n);
+        run(o, a, n);
         return;
     }
     float buf[256];
     for (int64_t i = 0; i < n; i += 256) {
         const int64_t m = n - i < 256 ? n - i : 256;
         for (int64_t j = 0; j < m; j++) buf[j] = a[(i + j) * sa];
-        gelu_f32_avx2_run(buf, buf, m);
+        run(buf, buf, m);
         for (int64_t j = 0; j < m; j++) o[(i + j) * so] = buf[j];
     }
 }
@@ -288,7 +304,7 @@ static void un_f32_row(void *vc, int64_t n, char **p, const int64_t *s) {
     const ew_ctx *c = vc;
     if (c->op != CT_UN_GELU) un_f32(vc, n, p, s);
 #ifdef CT_VEXP_X86
-    else if (c->avx2) gelu_f32_avx2(n, p, s);
+    else if (c->gelu_isa) gelu_f32_simd(c->gelu_isa, n, p, s);
 #endif
     else gelu_f32(vc, n, p, s);
 }
@@ -310,7 +326,10 @@ int cpu_unary_full(ct_unop op, ct_tensor *out, const ct_tensor *a, double p1, do
     const ct_tensor *ops[2] = {out, a};
     ct_iter it;
     ct_iter_init(&it, 2, ops);
-    ew_ctx c = {op, 1, p1, p2, op == CT_UN_GELU && ct_cpu_isa_level() >= CT_ISA_AVX2};
+    ew_ctx c = {op, 1, p1, p2, 0};
+#ifdef CT_VEXP_X86
+    if (op == CT_UN_GELU) c.gelu_isa = gelu_level();
+#endif
     switch (out->dtype) {
     case CT_FLOAT32: ct_iter_run(&it, un_f32_row, &c); return 0;
     case CT_BFLOAT16: ct_iter_run(&it, un_bf16, &c); return 0;
@@ -379,7 +398,7 @@ CT_MULTIVERSION static void gelu_bwd_f32(void *vc, int64_t b, int64_t e) {
 }
 
 #ifdef CT_VEXP_X86
-/* The derivative with AVX2+FMA (see gelu_f32_avx2). */
+/* The derivative with AVX2+FMA (see gelu_f32_avx2_run). */
 CT_AVX2_FMA static void gelu_bwd_f32_avx2(void *vc, int64_t b, int64_t e) {
     const ud_ctx *c = vc;
     float *gx = (float *)c->gx;
@@ -392,6 +411,18 @@ CT_AVX2_FMA static void gelu_bwd_f32_avx2(void *vc, int64_t b, int64_t e) {
         const __m256i m = ct_lanes8_avx2((int)(e - i));
         const __m256 d = ct_gelu_grad8_avx2(_mm256_maskload_ps(xs + i, m));
         _mm256_maskstore_ps(gx + i, m, _mm256_mul_ps(_mm256_maskload_ps(gy + i, m), d));
+    }
+}
+
+/* The derivative 16 at a time (the AVX2 kernel's values). */
+CT_AVX512_FMA static void gelu_bwd_f32_avx512(void *vc, int64_t b, int64_t e) {
+    const ud_ctx *c = vc;
+    float *gx = (float *)c->gx;
+    const float *gy = (const float *)c->gy, *xs = (const float *)c->x;
+    for (int64_t i = b; i < e; i += 16) {
+        const __mmask16 m = e - i >= 16 ? 0xffff : (__mmask16)((1u << (e - i)) - 1);
+        const __m512 d = ct_gelu_grad16_avx512(_mm512_maskz_loadu_ps(m, xs + i));
+        _mm512_mask_storeu_ps(gx + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gy + i), d));
     }
 }
 #endif
@@ -429,7 +460,8 @@ int cpu_unary_backward_full(ct_unop op, ct_tensor *gx, const ct_tensor *gy, cons
         if (op == CT_UN_GELU) {
             f = gelu_bwd_f32;
 #ifdef CT_VEXP_X86
-            if (ct_cpu_isa_level() >= CT_ISA_AVX2) f = gelu_bwd_f32_avx2;
+            int level = gelu_level();
+            if (level) f = level == 2 ? gelu_bwd_f32_avx512 : gelu_bwd_f32_avx2;
 #endif
         }
         if (gx->dtype == CT_BFLOAT16) { /* cpu_unary_backward checked: all bf16 */

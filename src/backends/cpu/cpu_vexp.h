@@ -149,18 +149,27 @@ CT_AVX2_FMA static inline __m256 ct_exp8_normal_avx2(__m256 x) {
     return ct_exp8_ldexp_avx2(p, n);
 }
 
+/* ct_verfc_poly's Horner steps with FMA over a vector width's intrinsics (V: _mm256 or
+ * _mm512), t given, into out. */
+#define CT_ERFC_POLY(V, VT, t, out)                                                         \
+    do {                                                                                   \
+        VT p_ = V##_set1_ps(0.17087277f);                                                  \
+        p_ = V##_fmadd_ps(p_, t, V##_set1_ps(-0.82215223f));                               \
+        p_ = V##_fmadd_ps(p_, t, V##_set1_ps(1.48851587f));                                \
+        p_ = V##_fmadd_ps(p_, t, V##_set1_ps(-1.13520398f));                               \
+        p_ = V##_fmadd_ps(p_, t, V##_set1_ps(0.27886807f));                                \
+        p_ = V##_fmadd_ps(p_, t, V##_set1_ps(-0.18628806f));                               \
+        p_ = V##_fmadd_ps(p_, t, V##_set1_ps(0.09678418f));                                \
+        p_ = V##_fmadd_ps(p_, t, V##_set1_ps(0.37409196f));                                \
+        p_ = V##_fmadd_ps(p_, t, V##_set1_ps(1.00002368f));                                \
+        (out) = V##_fmadd_ps(p_, t, V##_set1_ps(-1.26551223f));                            \
+    } while (0)
+
 /* ct_verfc_poly of 8 floats (Horner with FMA). */
 CT_AVX2_FMA static inline __m256 ct_verfc_poly8_avx2(__m256 t) {
-    __m256 p = _mm256_set1_ps(0.17087277f);
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.82215223f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.48851587f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.13520398f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.27886807f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.18628806f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.09678418f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.37409196f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.00002368f));
-    return _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.26551223f));
+    __m256 p;
+    CT_ERFC_POLY(_mm256, __m256, t, p);
+    return p;
 }
 
 /* t = 1 / (1 + |x|/(2 sqrt2)) and -x^2/2 (rounded once, as the scalar code's 0.5f*x*x:
@@ -197,6 +206,74 @@ CT_AVX2_FMA static inline __m256 ct_gelu_grad8_avx2(__m256 x) {
     const __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
     const __m256 cdf = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), h), h, neg);
     return _mm256_fmadd_ps(x, _mm256_mul_ps(_mm256_set1_ps(0.39894228040143268f), e), cdf);
+}
+/* ------------------------------------------------------------------ AVX-512
+ * The same functions 16 wide: lane by lane the same operations in the same order as the
+ * 8-wide forms above (IEEE division, FMA, the same constants), so every value equals the
+ * AVX2 kernels' bit for bit; masks replace the blends. */
+#define CT_AVX512_FMA __attribute__((target("avx512f,avx512vl,avx2,fma")))
+
+/* ct_exp8_nonan_avx2, 16 wide. */
+CT_AVX512_FMA static inline __m512 ct_exp16_nonan_avx512(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-103.972076f);
+    const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    const __m512 xc = _mm512_max_ps(x, lo); /* max(NaN, lo) = lo */
+    const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 p;
+    CT_EXP_POLY(_mm512, __m512, xc, fx, p);
+    const __m512i n = _mm512_cvtps_epi32(fx);
+    const __m512i n1 = _mm512_srai_epi32(n, 1), n2 = _mm512_sub_epi32(n, n1);
+    const __m512i b2 = _mm512_slli_epi32(_mm512_add_epi32(n2, _mm512_set1_epi32(127)), 23);
+    const __m512 p1 = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(n1, 23)));
+    return _mm512_maskz_mov_ps((__mmask16)~under, _mm512_mul_ps(p1, _mm512_castsi512_ps(b2)));
+}
+
+/* ct_exp8_normal_avx2, 16 wide (finite x in [-87, 88]). */
+CT_AVX512_FMA static inline __m512 ct_exp16_normal_avx512(__m512 x) {
+    const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 p;
+    CT_EXP_POLY(_mm512, __m512, x, fx, p);
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p),
+                                                _mm512_slli_epi32(_mm512_cvtps_epi32(fx), 23)));
+}
+
+/* ct_gelu_t8_avx2, 16 wide. */
+CT_AVX512_FMA static inline __m512 ct_gelu_t16_avx512(__m512 x, __m512 *mhx2) {
+    const __m512 ax = _mm512_abs_ps(x);
+    const __m512 z = _mm512_mul_ps(ax, _mm512_set1_ps(0.70710678118654752f));
+    *mhx2 = _mm512_mul_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(-0.5f));
+    return _mm512_div_ps(_mm512_set1_ps(1.0f),
+                         _mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f)));
+}
+
+/* Phi(x) from h = 0.5 erfc(|x|/sqrt2): h where x < 0, 1 - h elsewhere (as the blends). */
+CT_AVX512_FMA static inline __m512 ct_gelu_cdf16_avx512(__m512 x, __m512 h) {
+    const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(1.0f), h), h);
+}
+
+/* ct_gelu8_avx2 (GELU's forward), 16 wide. */
+CT_AVX512_FMA static inline __m512 ct_gelu16_avx512(__m512 x) {
+    __m512 mhx2, poly;
+    const __m512 t = ct_gelu_t16_avx512(x, &mhx2);
+    CT_ERFC_POLY(_mm512, __m512, t, poly);
+    const __m512 e = ct_exp16_nonan_avx512(_mm512_add_ps(poly, mhx2));
+    const __m512 h = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), t), e);
+    return _mm512_mul_ps(x, ct_gelu_cdf16_avx512(x, h));
+}
+
+/* ct_gelu_grad8_avx2 (GELU's derivative), 16 wide. */
+CT_AVX512_FMA static inline __m512 ct_gelu_grad16_avx512(__m512 x) {
+    __m512 mhx2, poly;
+    const __m512 t = ct_gelu_t16_avx512(x, &mhx2);
+    const __m512 e = ct_exp16_nonan_avx512(mhx2);
+    CT_ERFC_POLY(_mm512, __m512, t, poly);
+    const __m512 h = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), t), e),
+                                   ct_exp16_normal_avx512(poly));
+    return _mm512_fmadd_ps(x, _mm512_mul_ps(_mm512_set1_ps(0.39894228040143268f), e),
+                           ct_gelu_cdf16_avx512(x, h));
 }
 #endif
 
