@@ -193,21 +193,25 @@ static float frand(unsigned *s) {
     return (float)((*s >> 8) & 0xFFFF) / 65536.0f - 0.5f;
 }
 
-TEST(sgemm_small_matches_reference) {
-    if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
-    static const int sizes[] = {1, 2, 3, 5, 7, 11, 12, 13, 15, 16, 17, 23, 31, 32, 33, 47, 48, 64, 65, 100};
-    const int ns = (int)(sizeof sizes / sizeof *sizes);
+typedef int (*sgemm_fn)(int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                        const float *, int64_t, float, float *, int64_t);
+
+/* `trials` random products (sizes drawn from the lists, every layout, padded leading
+ * dimensions, alpha, beta 0 / 1 / -2, beta 0 over a NaN C) against the float64 reference;
+ * nothing written past a row of C. deep: K drawn from [deep, deep + 200) one trial in 7. */
+static void sgemm_check(sgemm_fn f, const char *name, const int *msz, int nm, const int *nsz,
+                        int nn, const int *ksz, int nk, int trials, int deep) {
     unsigned seed = 99;
     int cases = 0;
-    for (int trial = 0; trial < 700; trial++) {
+    for (int trial = 0; trial < trials; trial++) {
         seed = seed * 1103515245u + 12345u;
-        int M = sizes[(seed >> 8) % ns], N = sizes[(seed >> 13) % ns], K = sizes[(seed >> 18) % ns];
-        if (trial % 7 == 0) K = 700 + (int)((seed >> 4) % 200); /* deep products */
+        int M = msz[(seed >> 8) % nm], N = nsz[(seed >> 13) % nn], K = ksz[(seed >> 18) % nk];
+        if (trial % 7 == 0) K = deep + (int)((seed >> 4) % 200); /* deep products */
         if (trial % 11 == 0) N = 100 + (int)((seed >> 6) % 300);
         int ta = (seed >> 23) & 1, tb = (seed >> 24) & 1;
         if (ta && tb) { /* not handled: must say so */
             float z = 0;
-            CHECK(ct_sgemm_small(1, 1, 1, 1, 1, 1, &z, 1, &z, 1, 0, &z, 1) == 1);
+            CHECK(f(1, 1, 1, 1, 1, 1, &z, 1, &z, 1, 0, &z, 1) == 1);
             continue;
         }
         int pad = (seed >> 25) & 3; /* leading dimensions larger than the rows */
@@ -225,14 +229,14 @@ TEST(sgemm_small_matches_reference) {
             for (int i = 0; i < M * ldc; i++) C0[i] = NAN; /* beta 0 must not read C */
         memcpy(C, C0, sizeof(float) * (size_t)(M * ldc));
         ref_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, R, ldc, sc);
-        CHECK(ct_sgemm_small(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0);
+        CHECK(f(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0);
         int bad = 0;
         for (int m = 0; m < M && !bad; m++) {
             for (int n = 0; n < N; n++) {
                 double err = fabs((double)C[m * ldc + n] - (double)R[m * ldc + n]);
                 if (!(err <= 4e-6 * sc[m * ldc + n] + 1e-6)) {
-                    CHECK_MSG(0, "%c%c M=%d N=%d K=%d lda=%d ldb=%d ldc=%d alpha=%g beta=%g: C[%d][%d] = %g, want %g",
-                              ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, lda, ldb, ldc, alpha, beta, m, n,
+                    CHECK_MSG(0, "%s %c%c M=%d N=%d K=%d lda=%d ldb=%d ldc=%d alpha=%g beta=%g: C[%d][%d] = %g, want %g",
+                              name, ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, lda, ldb, ldc, alpha, beta, m, n,
                               C[m * ldc + n], R[m * ldc + n]);
                     bad = 1;
                     break;
@@ -241,14 +245,33 @@ TEST(sgemm_small_matches_reference) {
             /* the padding between rows is left alone */
             for (int n = N; n < ldc && !bad; n++)
                 if (memcmp(&C[m * ldc + n], &C0[m * ldc + n], sizeof(float)) != 0) {
-                    CHECK_MSG(0, "wrote past row %d (col %d) of C: M=%d N=%d K=%d", m, n, M, N, K);
+                    CHECK_MSG(0, "%s wrote past row %d (col %d) of C: M=%d N=%d K=%d", name, m, n, M, N, K);
                     bad = 1;
                 }
         }
         cases++;
         free(A); free(B); free(C); free(C0); free(R); free(sc);
     }
-    CHECK(cases > 400);
+    CHECK(cases > trials * 4 / 7);
+}
+
+TEST(sgemm_small_matches_reference) {
+    if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
+    static const int sizes[] = {1, 2, 3, 5, 7, 11, 12, 13, 15, 16, 17, 23, 31, 32, 33, 47, 48, 64, 65, 100};
+    const int ns = (int)(sizeof sizes / sizeof *sizes);
+    sgemm_check(ct_sgemm_small, "small", sizes, ns, sizes, ns, sizes, ns, 700, 700);
+}
+
+/* The cache-blocked kernels: rows in tiles of 1..6 (balanced), whole 64-column panels and
+ * the 32-column tiles past them, K in one chunk and in several (chunks of at most 384:
+ * 385 and the deep trials' 900-1100 take two and three, C accumulating across them). */
+TEST(sgemm_blocked_matches_reference) {
+    if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
+    static const int msz[] = {1, 4, 6, 7, 13, 64, 97, 300, 1030};
+    static const int nsz[] = {1, 10, 33, 63, 64, 65, 128, 130, 200};
+    static const int ksz[] = {1, 7, 64, 200, 384, 385, 769};
+    sgemm_check(ct_sgemm_blocked, "blocked", msz, (int)(sizeof msz / sizeof *msz), nsz,
+                (int)(sizeof nsz / sizeof *nsz), ksz, (int)(sizeof ksz / sizeof *ksz), 240, 900);
 }
 
 /* linear and matmul, forward and backward, with our kernels and with BLAS. */
@@ -276,8 +299,11 @@ static void linear_pass(int64_t R, int64_t in, int64_t out, ct_tensor **res) {
 
 TEST(sgemm_small_linear_matches_blas_path) {
     if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
+    /* the last two: the cache-blocked kernels (a tall x, and a weight gradient over 1100
+     * rows of K split into parts) */
     static const int64_t shapes[][3] = {{64, 784, 128}, {64, 128, 10}, {64, 4096, 10}, {1, 5, 3},
-                                        {33, 17, 65}, {200, 300, 20}, {7, 1000, 40}};
+                                        {33, 17, 65}, {200, 300, 20}, {7, 1000, 40},
+                                        {1100, 200, 130}, {2600, 96, 192}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         ct_tensor *own[4], *blas[4];
         linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], own);

@@ -51,7 +51,7 @@ typedef struct {
     const char *a, *b;
     char *c;
     double alpha, beta;
-    int small;        /* float32 product for our small-GEMM kernels (cpu_gemm_small.h) */
+    int small;        /* float32: CT_SGEMM_SMALL / _BLOCKED for our kernels (cpu_gemm_small.h) */
     int64_t tm, tn;   /* tiles per product along M and N */
     int64_t bm, bn;   /* tile sizes */
     int64_t tk, bk;   /* parts along K (1: no split) and their length */
@@ -81,10 +81,14 @@ static void bmm_range(void *vctx, int64_t begin, int64_t end) {
         double beta = kp ? 0 : x->beta;
         if (x->dt == CT_FLOAT32) {
             int ta = x->ta != CblasNoTrans, tb = x->tb != CblasNoTrans;
-            if (x->small &&
-                ct_sgemm_small(ta, tb, m, n, k, (float)x->alpha, (const float *)x->a + aoff,
-                               x->lda, (const float *)x->b + boff, x->ldb, (float)beta,
-                               (float *)c + coff, x->N) == 0)
+            int (*own)(int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                       const float *, int64_t, float, float *, int64_t) =
+                x->small == CT_SGEMM_SMALL     ? ct_sgemm_small
+                : x->small == CT_SGEMM_BLOCKED ? ct_sgemm_blocked
+                                               : NULL;
+            if (own && own(ta, tb, m, n, k, (float)x->alpha, (const float *)x->a + aoff, x->lda,
+                           (const float *)x->b + boff, x->ldb, (float)beta, (float *)c + coff,
+                           x->N) == 0)
                 continue;
             cblas_sgemm(CblasRowMajor, x->ta, x->tb, (int)m, (int)n, (int)k, (float)x->alpha,
                         (const float *)x->a + aoff, (int)x->lda, (const float *)x->b + boff,
@@ -166,8 +170,9 @@ int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
     x.b = ct_ptr(b);
     x.c = ct_ptr(c);
     x.es = ct_dtype_size(c->dtype);
-    x.small = x.dt == CT_FLOAT32 &&
-              ct_sgemm_small_wanted(x.ta != CblasNoTrans, x.tb != CblasNoTrans, M, N, K);
+    x.small = x.dt == CT_FLOAT32
+                  ? ct_sgemm_small_wanted(x.ta != CblasNoTrans, x.tb != CblasNoTrans, M, N, K)
+                  : CT_SGEMM_BLAS;
 
     /* Tiling: enough tasks for every thread, tiles not too thin for BLAS. */
     int nth = ct_plan_threads();

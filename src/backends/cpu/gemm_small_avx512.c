@@ -11,14 +11,16 @@
  * Tiles are balanced (64 rows become 6 tiles of 10-11, not 5 of 12 and one of 4).
  * Every tile size is its own instantiation so that the accumulators stay in registers.
  * The summation order differs from BLAS's; results agree to rounding. */
-#include "cpu_isa.h"
+#include "cpu_alloc.h"
 #include "cpu_gemm_small.h"
+#include "cpu_isa.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#include "simd512.h"
 #define HAVE_X86 1
 #else
 #define HAVE_X86 0
@@ -57,7 +59,7 @@ int ct_sgemm_small_set_enabled(int on) {
 int ct_sgemm_small_wanted(int ta, int tb, int64_t M, int64_t N, int64_t K) {
     if (!ct_sgemm_small_available() || ct_cpu_isa_level() < CT_ISA_AVX512 || (ta && tb) ||
         M <= 0 || N <= 0 || K <= 0)
-        return 0;
+        return CT_SGEMM_BLAS;
     /* Measured against OpenBLAS 0.3.21 (its AVX-512 kernels) on this AMD EPYC, one thread.
      * Without packing, one operand is read again for every tile column: A once per 6
      * columns of C in the dot kernel, once per 32 in the outer-product kernel. Ours wins while that
@@ -65,11 +67,21 @@ int ct_sgemm_small_wanted(int ta, int tb, int64_t M, int64_t N, int64_t K) {
     double a_bytes = 4.0 * (double)M * (double)K, b_bytes = 4.0 * (double)K * (double)N;
     double l2ish = 1.5 * 1024 * 1024;
     if (tb) {
-        if (K < 16 && M * N > 4096) return 0; /* too shallow for a dot product */
-        return N <= 32 || (M <= 256 && a_bytes + b_bytes <= l2ish);
+        if (!(K < 16 && M * N > 4096) &&
+            (N <= 32 || (M <= 256 && a_bytes + b_bytes <= l2ish)))
+            return CT_SGEMM_SMALL;
+    } else if (4.0 * (double)M * (double)N <= 4.0 * 1024 * 1024 &&
+               (a_bytes <= 256.0 * 1024 || a_bytes + b_bytes <= l2ish)) {
+        return CT_SGEMM_SMALL;
     }
-    if (4.0 * (double)M * (double)N > 4.0 * 1024 * 1024) return 0; /* big C: BLAS stores better */
-    return a_bytes <= 256.0 * 1024 || a_bytes + b_bytes <= l2ish;
+    /* The cache-blocked tiles, where they beat OpenBLAS by 5-40% on one thread of a Sapphire
+     * Rapids (bench figures in bench/RESULTS.md): a tall A against at most 768 columns (a
+     * linear layer over a batch of tokens, forward and input gradient; a lowered
+     * convolution), and a weight gradient (A^T B) whose C is small and whose K is long.
+     * Wider C (square products) stays with BLAS, whose packed panels serve more columns. */
+    if (!ta && M >= 1024 && N >= 64 && N <= 768 && K >= 32 && K <= 4096) return CT_SGEMM_BLOCKED;
+    if (ta && !tb && K >= 1024 && M <= 768 && N <= 768 && M * N <= 150000) return CT_SGEMM_BLOCKED;
+    return CT_SGEMM_BLAS;
 }
 
 #if HAVE_X86
@@ -155,6 +167,108 @@ static void outer_driver(int64_t M, int64_t N, int64_t K, float alpha, const flo
                                     ldc, k0, k1, alpha, beta);
         }
     }
+}
+
+/* ------------------------------------------------------------ large products
+ * A linear layer over a whole batch of tokens (M in the thousands, N and K in the
+ * hundreds; or the weight gradient, K the thousands): tiles of up to 6 rows x 64 columns
+ * (24 zmm accumulators; per k four vectors of B, six broadcasts of A) inside cache blocks,
+ * BLAS's loops without its packing. K in chunks of at most KC_MAX (C accumulates across
+ * chunks: beta for the first, 1 after); rows of A in slabs of about A_SLAB bytes per chunk,
+ * so that a slab meets every 64-column panel of B while it sits in L2 and each panel's
+ * chunk serves the slab's tiles from L1. Columns past the last whole panel go through the
+ * 32-column tiles above. The chunks depend on K alone, so the order of each element's sums
+ * does not depend on how the caller tiles C. B stored as [N, K] (x @ W^T) is first
+ * transposed into a K x N buffer (16 x 16 blocks in registers). */
+enum { PMR = 6, PNV = 4, KC_MAX = 384, A_SLAB = 160 * 1024 };
+
+AI void panel_tile(const int MR, int64_t K, const float *A, int64_t ars, int64_t acs,
+                   const float *B, int64_t ldb, float *C, int64_t ldc, float alpha, float beta) {
+    __m512 acc[PMR][PNV];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < PNV; j++) acc[i][j] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int64_t k = 0; k < K; k++) {
+        __m512 b[PNV];
+#pragma GCC unroll 4
+        for (int j = 0; j < PNV; j++) b[j] = _mm512_loadu_ps(B + k * ldb + 16 * j);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            __m512 av = _mm512_set1_ps(A[i * ars + k * acs]);
+#pragma GCC unroll 4
+            for (int j = 0; j < PNV; j++) acc[i][j] = _mm512_fmadd_ps(av, b[j], acc[i][j]);
+        }
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < PNV; j++) {
+            float *c = C + i * ldc + 16 * j;
+            __m512 r = _mm512_mul_ps(acc[i][j], va);
+            if (beta != 0) r = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), r);
+            _mm512_storeu_ps(c, r);
+        }
+}
+
+typedef void (*panel_fn)(int64_t K, const float *A, int64_t ars, int64_t acs, const float *B,
+                         int64_t ldb, float *C, int64_t ldc, float alpha, float beta);
+#define DEF_PANEL(MR)                                                                          \
+    static TGT void panel_##MR(int64_t K, const float *A, int64_t ars, int64_t acs,            \
+                               const float *B, int64_t ldb, float *C, int64_t ldc, float alpha, \
+                               float beta) {                                                   \
+        panel_tile(MR, K, A, ars, acs, B, ldb, C, ldc, alpha, beta);                           \
+    }
+DEF_PANEL(1) DEF_PANEL(2) DEF_PANEL(3) DEF_PANEL(4) DEF_PANEL(5) DEF_PANEL(6)
+static const panel_fn g_panel[PMR] = {panel_1, panel_2, panel_3, panel_4, panel_5, panel_6};
+
+static void blocked_driver(int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                           int64_t ars, int64_t acs, const float *B, int64_t ldb, float beta,
+                           float *C, int64_t ldc) {
+    const int64_t nk = (K + KC_MAX - 1) / KC_MAX, kc = (K + nk - 1) / nk;
+    int64_t mc = A_SLAB / (4 * kc) / PMR * PMR;
+    if (mc < PMR) mc = PMR;
+    const int64_t nfull = N / (16 * PNV) * (16 * PNV);
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+        const int64_t kl = K - k0 < kc ? K - k0 : kc;
+        const float bt = k0 ? 1.0f : beta;
+        const float *Ak = A + k0 * acs, *Bk = B + k0 * ldb;
+        for (int64_t m0 = 0; m0 < M; m0 += mc) {
+            const int64_t ml = M - m0 < mc ? M - m0 : mc, mt = (ml + PMR - 1) / PMR;
+            for (int64_t n0 = 0; n0 < nfull; n0 += 16 * PNV)
+                for (int64_t t = 0; t < mt; t++) {
+                    int64_t r0 = m0 + part_start(ml, mt, t), mr = m0 + part_start(ml, mt, t + 1) - r0;
+                    g_panel[mr - 1](kl, Ak + r0 * ars, ars, acs, Bk + n0, ldb, C + r0 * ldc + n0,
+                                    ldc, alpha, bt);
+                }
+            if (nfull < N)
+                outer_driver(ml, N - nfull, kl, alpha, Ak + m0 * ars, ars, acs, Bk + nfull, ldb,
+                             bt, C + m0 * ldc + nfull, ldc);
+        }
+    }
+}
+
+/* dst[k][n] = src[n][k] for n < N, k < K (src rows lds apart, dst rows N long). */
+static TGT __attribute__((target("avx512bw,avx512vl"))) void transpose_into(
+    float *dst, const float *src, int64_t N, int64_t K, int64_t lds) {
+    int64_t n0 = 0;
+    for (; n0 + 16 <= N; n0 += 16) {
+        int64_t k0 = 0;
+        for (; k0 + 16 <= K; k0 += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = _mm512_castps_si512(_mm512_loadu_ps(src + (n0 + i) * lds + k0));
+            ct_transpose16(r);
+            for (int i = 0; i < 16; i++)
+                _mm512_storeu_ps(dst + (k0 + i) * N + n0, _mm512_castsi512_ps(r[i]));
+        }
+        for (; k0 < K; k0++)
+            for (int i = 0; i < 16; i++) dst[k0 * N + n0 + i] = src[(n0 + i) * lds + k0];
+    }
+    for (; n0 < N; n0++)
+        for (int64_t k = 0; k < K; k++) dst[k * N + n0] = src[n0 * lds + k];
 }
 
 /* -------------------------------------------------------------- dot product */
@@ -272,6 +386,33 @@ int ct_sgemm_small(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
     } else {
         dot_driver(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     }
+    return 0;
+#else
+    (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
+    return 1;
+#endif
+}
+
+int ct_sgemm_blocked(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                     float *C, int64_t ldc) {
+    if (!ct_sgemm_small_available() || (ta && tb)) return 1;
+    if (M <= 0 || N <= 0) return 0;
+    if (K <= 0) {
+        scale_only(M, N, beta, C, ldc);
+        return 0;
+    }
+#if HAVE_X86
+    const int64_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
+    if (!tb) {
+        blocked_driver(M, N, K, alpha, A, ars, acs, B, ldb, beta, C, ldc);
+        return 0;
+    }
+    float *bt = ct_cpu_alloc(sizeof(float) * (size_t)(K * N));
+    if (!bt) return 1; /* BLAS then, which needs no buffer of this size */
+    transpose_into(bt, B, N, K, ldb);
+    blocked_driver(M, N, K, alpha, A, ars, acs, bt, N, beta, C, ldc);
+    ct_cpu_free(bt);
     return 0;
 #else
     (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
