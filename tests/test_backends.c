@@ -330,8 +330,8 @@ static void case_bmm(ct_device dev, const ct_kernels *k, const char *bname) {
         const int64_t B = 3, M = 5, K = 7, N = 4;
         int64_t sa[3] = {B, M, K}, sb[3] = {B, K, N}, sc[3] = {B, M, N};
         int64_t saT[3] = {B, K, M}, sbT[3] = {B, N, K}, sa1[3] = {1, M, K};
-        for (int variant = 0; variant < 4; variant++) {
-            tp a, b, a0 = {NULL, NULL}, b0 = {NULL, NULL};
+        for (int variant = 0; variant < 5; variant++) {
+            tp a, b, a0 = {NULL, NULL}, b0 = {NULL, NULL}, bias = {NULL, NULL}, bias0 = {NULL, NULL};
             double alpha = 1, beta = 0;
             if (variant == 0) {
                 a = tp_rnd(sa, 3, dt, 0, dev);
@@ -348,6 +348,14 @@ static void case_bmm(ct_device dev, const ct_kernels *k, const char *bname) {
                 a.d = ct_expand(a0.d, sa, 3);
                 b = tp_rnd(sb, 3, dt, 0, dev);
                 beta = 0.3;
+            } else if (variant == 4) { /* a column bias (every 2nd element of a row), alpha */
+                a = tp_rnd(sa, 3, dt, 0, dev);
+                b = tp_rnd(sb, 3, dt, 0, dev);
+                int64_t n2 = 2 * N;
+                bias0 = tp_rnd(&n2, 1, dt, 0, dev);
+                bias.c = ct_slice(bias0.c, 0, 0, n2, 2);
+                bias.d = ct_slice(bias0.d, 0, 0, n2, 2);
+                alpha = 0.5;
             } else { /* b transposed only, alpha and beta */
                 a = tp_rnd(sa, 3, dt, 0, dev);
                 b0 = tp_rnd(sbT, 3, dt, 0, dev);
@@ -358,10 +366,10 @@ static void case_bmm(ct_device dev, const ct_kernels *k, const char *bname) {
             tp c = tp_rnd(sc, 3, dt, 0, dev);
             char what[96];
             snprintf(what, sizeof what, "bmm variant %d %s", variant, ct_dtype_name(dt));
-            KCALL(what, cpuk()->bmm(c.c, a.c, b.c, alpha, beta),
-                  k->bmm(c.d, a.d, b.d, alpha, beta));
+            KCALL(what, cpuk()->bmm(c.c, a.c, b.c, bias.c, alpha, beta),
+                  k->bmm(c.d, a.d, b.d, bias.d, alpha, beta));
             tp_check(c, tol_for(dt), what, bname);
-            tp_free(a), tp_free(b), tp_free(a0), tp_free(b0), tp_free(c);
+            tp_free(a), tp_free(b), tp_free(a0), tp_free(b0), tp_free(c), tp_free(bias), tp_free(bias0);
         }
     }
 }

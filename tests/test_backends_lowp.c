@@ -45,8 +45,8 @@ static void case_lowp_bmm(ct_device dev, const ct_kernels *k, const char *bname)
         const int64_t B = 3, M = 9, K = 37, N = 6;
         int64_t sa[3] = {B, M, K}, sb[3] = {B, K, N}, sc[3] = {B, M, N};
         int64_t saT[3] = {B, K, M}, sbT[3] = {B, N, K}, sa1[3] = {1, M, K};
-        for (int variant = 0; variant < 4; variant++) {
-            tp a, b, a0 = {NULL, NULL}, b0 = {NULL, NULL};
+        for (int variant = 0; variant < 5; variant++) {
+            tp a, b, a0 = {NULL, NULL}, b0 = {NULL, NULL}, bias = {NULL, NULL};
             double alpha = 1, beta = 0;
             if (variant == 0) {
                 a = lp_rnd(sa, 3, dt, 0, dev);
@@ -60,6 +60,11 @@ static void case_lowp_bmm(ct_device dev, const ct_kernels *k, const char *bname)
                 a.c = ct_expand(a0.c, sa, 3), a.d = ct_expand(a0.d, sa, 3);
                 b = lp_rnd(sb, 3, dt, 0, dev);
                 beta = 0.5;
+            } else if (variant == 4) { /* a column bias (a linear layer's) */
+                a = lp_rnd(sa, 3, dt, 0, dev);
+                b = lp_rnd(sb, 3, dt, 0, dev);
+                int64_t n1 = N;
+                bias = lp_rnd(&n1, 1, dt, 0, dev);
             } else { /* b transposed, alpha and beta */
                 a = lp_rnd(sa, 3, dt, 0, dev);
                 b0 = lp_rnd(sbT, 3, dt, 0, dev), b = tp_transpose(b0, 1, 2);
@@ -68,10 +73,10 @@ static void case_lowp_bmm(ct_device dev, const ct_kernels *k, const char *bname)
             tp c = lp_rnd(sc, 3, dt, 0, dev);
             char what[96];
             snprintf(what, sizeof what, "bmm variant %d %s", variant, ct_dtype_name(dt));
-            KCALL(what, cpuk()->bmm(c.c, a.c, b.c, alpha, beta),
-                  k->bmm(c.d, a.d, b.d, alpha, beta));
+            KCALL(what, cpuk()->bmm(c.c, a.c, b.c, bias.c, alpha, beta),
+                  k->bmm(c.d, a.d, b.d, bias.d, alpha, beta));
             tp_check(c, tol_lp(dt), what, bname);
-            tp_free(a), tp_free(b), tp_free(a0), tp_free(b0), tp_free(c);
+            tp_free(a), tp_free(b), tp_free(a0), tp_free(b0), tp_free(c), tp_free(bias);
         }
     }
 }

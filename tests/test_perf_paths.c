@@ -171,7 +171,7 @@ TEST(cpu_alloc_many_threads) {
 
 static void ref_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, const float *C0, float *C, int ldc,
-                     double *scale) {
+                     double *scale, const float *bias) {
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
             double s = 0, a2 = 0;
@@ -182,9 +182,11 @@ static void ref_gemm(int ta, int tb, int M, int N, int K, float alpha, const flo
                 a2 += fabs(x * y);
             }
             double r = alpha * s + (beta != 0 ? beta * (double)C0[m * ldc + n] : 0);
+            if (bias) r += bias[n];
             C[m * ldc + n] = (float)r;
-            scale[m * ldc + n] =
-                fabs(alpha) * a2 + (beta != 0 ? fabs(beta * (double)C0[m * ldc + n]) : 0) + 1e-30;
+            scale[m * ldc + n] = fabs(alpha) * a2 +
+                                 (beta != 0 ? fabs(beta * (double)C0[m * ldc + n]) : 0) +
+                                 (bias ? fabs(bias[n]) : 0) + 1e-30;
         }
 }
 
@@ -194,13 +196,21 @@ static float frand(unsigned *s) {
 }
 
 typedef int (*sgemm_fn)(int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
-                        const float *, int64_t, float, float *, int64_t);
+                        const float *, int64_t, float, float *, int64_t, const float *);
+
+/* ct_sgemm_small has no bias */
+static int small_nobias(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                        const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                        float *C, int64_t ldc, const float *bias) {
+    return bias ? 2 : ct_sgemm_small(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 
 /* `trials` random products (sizes drawn from the lists, every layout, padded leading
- * dimensions, alpha, beta 0 / 1 / -2, beta 0 over a NaN C) against the float64 reference;
- * nothing written past a row of C. deep: K drawn from [deep, deep + 200) one trial in 7. */
+ * dimensions, alpha, beta 0 / 1 / -2, beta 0 over a NaN C; with_bias: a column bias in half
+ * of the beta 0 trials) against the float64 reference; nothing written past a row of C.
+ * deep: K drawn from [deep, deep + 200) one trial in 7. */
 static void sgemm_check(sgemm_fn f, const char *name, const int *msz, int nm, const int *nsz,
-                        int nn, const int *ksz, int nk, int trials, int deep) {
+                        int nn, const int *ksz, int nk, int trials, int deep, int with_bias) {
     unsigned seed = 99;
     int cases = 0;
     for (int trial = 0; trial < trials; trial++) {
@@ -211,7 +221,7 @@ static void sgemm_check(sgemm_fn f, const char *name, const int *msz, int nm, co
         int ta = (seed >> 23) & 1, tb = (seed >> 24) & 1;
         if (ta && tb) { /* not handled: must say so */
             float z = 0;
-            CHECK(f(1, 1, 1, 1, 1, 1, &z, 1, &z, 1, 0, &z, 1) == 1);
+            CHECK(f(1, 1, 1, 1, 1, 1, &z, 1, &z, 1, 0, &z, 1, NULL) == 1);
             continue;
         }
         int pad = (seed >> 25) & 3; /* leading dimensions larger than the rows */
@@ -224,19 +234,22 @@ static void sgemm_check(sgemm_fn f, const char *name, const int *msz, int nm, co
         double *sc = malloc(sizeof(double) * (size_t)(M * ldc));
         for (int i = 0; i < arows * lda; i++) A[i] = frand(&seed);
         for (int i = 0; i < brows * ldb; i++) B[i] = frand(&seed);
+        float *bias = with_bias && beta == 0 && (trial & 16) ? malloc(sizeof(float) * (size_t)N) : NULL;
+        for (int i = 0; bias && i < N; i++) bias[i] = 4 * frand(&seed);
         for (int i = 0; i < M * ldc; i++) C0[i] = frand(&seed);
         if (beta == 0)
             for (int i = 0; i < M * ldc; i++) C0[i] = NAN; /* beta 0 must not read C */
         memcpy(C, C0, sizeof(float) * (size_t)(M * ldc));
-        ref_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, R, ldc, sc);
-        CHECK(f(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0);
+        ref_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, R, ldc, sc, bias);
+        CHECK(f(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias) == 0);
         int bad = 0;
         for (int m = 0; m < M && !bad; m++) {
             for (int n = 0; n < N; n++) {
                 double err = fabs((double)C[m * ldc + n] - (double)R[m * ldc + n]);
                 if (!(err <= 4e-6 * sc[m * ldc + n] + 1e-6)) {
-                    CHECK_MSG(0, "%s %c%c M=%d N=%d K=%d lda=%d ldb=%d ldc=%d alpha=%g beta=%g: C[%d][%d] = %g, want %g",
-                              name, ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, lda, ldb, ldc, alpha, beta, m, n,
+                    CHECK_MSG(0, "%s %c%c M=%d N=%d K=%d lda=%d ldb=%d ldc=%d alpha=%g beta=%g%s: C[%d][%d] = %g, want %g",
+                              name, ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, lda, ldb, ldc, alpha, beta,
+                              bias ? " with bias" : "", m, n,
                               C[m * ldc + n], R[m * ldc + n]);
                     bad = 1;
                     break;
@@ -250,7 +263,7 @@ static void sgemm_check(sgemm_fn f, const char *name, const int *msz, int nm, co
                 }
         }
         cases++;
-        free(A); free(B); free(C); free(C0); free(R); free(sc);
+        free(A); free(B); free(C); free(C0); free(R); free(sc); free(bias);
     }
     CHECK(cases > trials * 4 / 7);
 }
@@ -259,19 +272,20 @@ TEST(sgemm_small_matches_reference) {
     if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
     static const int sizes[] = {1, 2, 3, 5, 7, 11, 12, 13, 15, 16, 17, 23, 31, 32, 33, 47, 48, 64, 65, 100};
     const int ns = (int)(sizeof sizes / sizeof *sizes);
-    sgemm_check(ct_sgemm_small, "small", sizes, ns, sizes, ns, sizes, ns, 700, 700);
+    sgemm_check(small_nobias, "small", sizes, ns, sizes, ns, sizes, ns, 700, 700, 0);
 }
 
 /* The cache-blocked kernels: rows in tiles of 1..6 (balanced), whole 64-column panels and
  * the 32-column tiles past them, K in one chunk and in several (chunks of at most 384:
- * 385 and the deep trials' 900-1100 take two and three, C accumulating across them). */
+ * 385 and the deep trials' 900-1100 take two and three, C accumulating across them), with
+ * and without a column bias (added once, in the first chunk). */
 TEST(sgemm_blocked_matches_reference) {
     if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
     static const int msz[] = {1, 4, 6, 7, 13, 64, 97, 300, 1030};
     static const int nsz[] = {1, 10, 33, 63, 64, 65, 128, 130, 200};
     static const int ksz[] = {1, 7, 64, 200, 384, 385, 769};
     sgemm_check(ct_sgemm_blocked, "blocked", msz, (int)(sizeof msz / sizeof *msz), nsz,
-                (int)(sizeof nsz / sizeof *nsz), ksz, (int)(sizeof ksz / sizeof *ksz), 240, 900);
+                (int)(sizeof nsz / sizeof *nsz), ksz, (int)(sizeof ksz / sizeof *ksz), 240, 900, 1);
 }
 
 /* linear and matmul, forward and backward, with our kernels and with BLAS. */

@@ -114,9 +114,11 @@ typedef struct {
     X(fill, (ct_tensor *t, double value))                                                  \
     /* c[b] = alpha * a[b] @ b[b] + beta * c[b]. a [B,M,K], b [B,K,N], c [B,M,N]           \
      * contiguous. For a and b, stride[2]==1 or stride[1]==1 (transposed); batch stride    \
-     * may be 0 (broadcast). */                                                            \
-    X(bmm, (ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,            \
-            double beta))                                                                  \
+     * may be 0 (broadcast). bias (NULL or 1-D [N], c's dtype, any stride; only with       \
+     * beta == 0): c[b][m][n] = alpha * (a[b] @ b[b])[m][n] + bias[n], a linear layer's    \
+     * bias added where the backend can (a GEMM epilogue) instead of a pass of its own. */ \
+    X(bmm, (ct_tensor *c, const ct_tensor *a, const ct_tensor *b, const ct_tensor *bias,   \
+            double alpha, double beta))                                                    \
     /* NCHW, contiguous. bias may be NULL. */                                              \
     X(conv2d_forward, (ct_tensor *y, const ct_tensor *x, const ct_tensor *w,               \
                        const ct_tensor *bias, const ct_conv_params *p))                    \

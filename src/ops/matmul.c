@@ -13,8 +13,8 @@
 
 #include <string.h>
 
-typedef int (*bmm_fn)(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
-                      double beta);
+typedef int (*bmm_fn)(ct_tensor *c, const ct_tensor *a, const ct_tensor *b,
+                      const ct_tensor *bias, double alpha, double beta);
 
 /* ------------------------------------------------------------ view helpers */
 
@@ -147,7 +147,7 @@ static ct_tensor *mm_data(const ct_tensor *a, const ct_tensor *b, const char *op
     }
     int64_t sh3[3] = {Bk, Mk, N};
     ct_tensor *o3 = (a3 && b3) ? restride(out, sh3, NULL, 3, out->offset) : NULL;
-    int rc = o3 ? bmm(o3, a3, b3, 1.0, 0.0) : -1;
+    int rc = o3 ? bmm(o3, a3, b3, NULL, 1.0, 0.0) : -1;
     ct_free(a3);
     ct_free(b3);
     ct_free(o3);
@@ -435,7 +435,7 @@ static int linear_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
         if (!g) goto out;
         int64_t s3[3] = {1, R, in};
         ct_tensor *g3v = reshape_contig(g, s3, 3), *w3 = mat3(w, 0);
-        int r = (g3v && w3) ? bmm(g3v, gy3, w3, 1.0, 0.0) : -1;
+        int r = (g3v && w3) ? bmm(g3v, gy3, w3, NULL, 1.0, 0.0) : -1;
         ct_free(g3v);
         ct_free(w3);
         if (r != 0) {
@@ -453,7 +453,7 @@ static int linear_backward(ct_node *n, const ct_tensor *gy, ct_tensor **gx) {
         ct_tensor *g3v = reshape_contig(g, s3, 3);
         ct_tensor *gyT = restride(gyc, t3, ts, 3, gyc->offset);
         ct_tensor *x3 = reshape_contig(x, x3s, 3);
-        int r = (g3v && gyT && x3) ? bmm(g3v, gyT, x3, 1.0, 0.0) : -1;
+        int r = (g3v && gyT && x3) ? bmm(g3v, gyT, x3, NULL, 1.0, 0.0) : -1;
         ct_free(g3v);
         ct_free(gyT);
         ct_free(x3);
@@ -524,18 +524,7 @@ ct_tensor *ct_linear(const ct_tensor *x, const ct_tensor *weight, const ct_tenso
         w3 = mat3(weight, 1);
         y3 = reshape_contig(y, ys, 3);
         if (!x3 || !w3 || !y3) goto out;
-        double beta = 0.0;
-        if (bias) {
-            int (*copy)(ct_tensor *, const ct_tensor *) = CT_KERNEL(x, copy, "linear");
-            if (!copy) goto out;
-            int64_t bst[3] = {0, 0, bias->stride[0]};
-            ct_tensor *bx = restride(bias, ys, bst, 3, bias->offset);
-            int r = bx ? copy(y3, bx) : -1;
-            ct_free(bx);
-            if (r != 0) goto out;
-            beta = 1.0;
-        }
-        if (bmm(y3, x3, w3, 1.0, beta) != 0) goto out;
+        if (bmm(y3, x3, w3, bias, 1.0, 0.0) != 0) goto out;
     }
     const ct_tensor *ins[3] = {x, weight, bias};
     ct_node *n;

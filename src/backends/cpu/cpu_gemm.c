@@ -51,6 +51,7 @@ typedef struct {
     const char *a, *b;
     char *c;
     double alpha, beta;
+    const float *bias; /* float32 column bias of part 0 (beta is 0 then), or NULL */
     int small;        /* float32: CT_SGEMM_SMALL / _BLOCKED for our kernels (cpu_gemm_small.h) */
     int64_t tm, tn;   /* tiles per product along M and N */
     int64_t bm, bn;   /* tile sizes */
@@ -81,14 +82,21 @@ static void bmm_range(void *vctx, int64_t begin, int64_t end) {
         double beta = kp ? 0 : x->beta;
         if (x->dt == CT_FLOAT32) {
             int ta = x->ta != CblasNoTrans, tb = x->tb != CblasNoTrans;
-            int (*own)(int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
-                       const float *, int64_t, float, float *, int64_t) =
-                x->small == CT_SGEMM_SMALL     ? ct_sgemm_small
-                : x->small == CT_SGEMM_BLOCKED ? ct_sgemm_blocked
-                                               : NULL;
-            if (own && own(ta, tb, m, n, k, (float)x->alpha, (const float *)x->a + aoff, x->lda,
-                           (const float *)x->b + boff, x->ldb, (float)beta, (float *)c + coff,
-                           x->N) == 0)
+            const float *bias = kp ? NULL : x->bias;
+            const float *A = (const float *)x->a + aoff, *Bm = (const float *)x->b + boff;
+            float *C = (float *)c + coff;
+            /* the blocked kernels add the bias in their epilogue */
+            if (x->small == CT_SGEMM_BLOCKED &&
+                ct_sgemm_blocked(ta, tb, m, n, k, (float)x->alpha, A, x->lda, Bm, x->ldb,
+                                 (float)beta, C, x->N, bias ? bias + n0 : NULL) == 0)
+                continue;
+            if (bias) { /* the others accumulate onto the tile's rows of bias (beta is 0) */
+                for (int64_t r = 0; r < m; r++) memcpy(C + r * x->N, bias + n0, sizeof(float) * (size_t)n);
+                beta = 1.0;
+            }
+            if (x->small == CT_SGEMM_SMALL &&
+                ct_sgemm_small(ta, tb, m, n, k, (float)x->alpha, A, x->lda, Bm, x->ldb,
+                               (float)beta, C, x->N) == 0)
                 continue;
             cblas_sgemm(CblasRowMajor, x->ta, x->tb, (int)m, (int)n, (int)k, (float)x->alpha,
                         (const float *)x->a + aoff, (int)x->lda, (const float *)x->b + boff,
@@ -132,7 +140,30 @@ static void scale_c(ct_tensor *c, double beta) {
     }
 }
 
-int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
+/* bmm's bias: 1-D [N] of c's dtype, with beta == 0. */
+static int bias_check(const ct_tensor *c, const ct_tensor *bias, double beta) {
+    char s1[64], s2[64];
+    if (bias->ndim != 1 || c->ndim != 3 || bias->shape[0] != c->shape[2] || bias->dtype != c->dtype)
+        return ct_error("bmm: bias %s (%s) must be 1-D [%lld] of the output's dtype %s",
+                        ct_shape_str(bias, s1, sizeof s1), ct_dtype_name(bias->dtype),
+                        (long long)(c->ndim == 3 ? c->shape[2] : -1), ct_dtype_name(c->dtype));
+    if (beta != 0)
+        return ct_error("bmm: a bias needs beta == 0 (got %g) for the output %s", beta,
+                        ct_shape_str(c, s2, sizeof s2));
+    return 0;
+}
+
+int cpu_bmm_bias_prefill(ct_tensor *c, const ct_tensor *bias, double beta) {
+    if (bias_check(c, bias, beta) != 0) return -1;
+    int64_t st[3] = {0, 0, bias->stride[0]};
+    ct_tensor *v = ct_tensor_make(bias->storage, bias->dtype, c->shape, st, 3, bias->offset);
+    int rc = v ? cpu_copy(c, v) : -1;
+    ct_free(v);
+    return rc;
+}
+
+/* bmm's operands: 3-D, one float dtype, matching shapes. */
+static int bmm_check(const ct_tensor *c, const ct_tensor *a, const ct_tensor *b) {
     if (a->ndim != 3 || b->ndim != 3 || c->ndim != 3)
         return ct_error("bmm: expected 3-D operands, got %d-D, %d-D and %d-D output", a->ndim,
                         b->ndim, c->ndim);
@@ -150,7 +181,21 @@ int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
                         (long long)a->shape[0], (long long)a->shape[1], (long long)a->shape[2],
                         (long long)b->shape[0], (long long)b->shape[1], (long long)b->shape[2],
                         (long long)B, (long long)M, (long long)N);
+    return 0;
+}
+
+int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, const ct_tensor *bias,
+                 double alpha, double beta) {
+    if (bmm_check(c, a, b) != 0) return -1;
+    int64_t B = c->shape[0], M = c->shape[1], N = c->shape[2], K = a->shape[2];
     if (B == 0 || M == 0 || N == 0) return 0;
+    /* a bias that is not one contiguous float32 row: broadcast into c first */
+    if (bias && (c->dtype != CT_FLOAT32 || K == 0 || (bias->stride[0] != 1 && N > 1))) {
+        if (cpu_bmm_bias_prefill(c, bias, beta) != 0) return -1;
+        bias = NULL;
+        beta = 1.0;
+    }
+    if (bias && bias_check(c, bias, beta) != 0) return -1;
     if (K == 0) {
         scale_c(c, beta);
         return 0;
@@ -158,7 +203,8 @@ int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double al
     if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
         return ct_error("bmm: matrix dimension too large for BLAS (M=%lld N=%lld K=%lld)",
                         (long long)M, (long long)N, (long long)K);
-    bmm_ctx x = {.dt = c->dtype, .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta};
+    bmm_ctx x = {.dt = c->dtype, .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta,
+                 .bias = bias ? (const float *)ct_ptr(bias) : NULL};
     if (mat_layout(M, K, a->stride[1], a->stride[2], &x.ta, &x.lda) != 0 ||
         mat_layout(K, N, b->stride[1], b->stride[2], &x.tb, &x.ldb) != 0)
         return ct_error("bmm: operands need a unit stride in one of their last two dims");

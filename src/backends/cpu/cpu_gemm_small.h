@@ -33,10 +33,11 @@ int ct_sgemm_small(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
 /* The same product for large operands (the "large products" section of
  * gemm_small_avx512.c: register tiles inside cache blocks, no packing but a transposed copy
  * of B when tb == 1). K is summed in chunks of at most 384 whose bounds depend on K alone.
+ * bias: NULL, or bias[0..N) added to every row of C after alpha (with beta == 0 only).
  * Returns 0 when done, 1 when not handled here (ta == 1 with tb == 1, no AVX-512, or no
  * memory for the copy of B): the caller then uses BLAS. */
 int ct_sgemm_blocked(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                     float *C, int64_t ldc);
+                     float *C, int64_t ldc, const float *bias);
 
 #endif

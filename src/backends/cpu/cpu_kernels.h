@@ -17,6 +17,9 @@ CT_KERNEL_LIST(CT__CPU_PROTO)
 CT_KERNEL_LIST(CT__CPU_PROTO_FULL)
 #undef CT__CPU_PROTO_FULL
 
+/* c[b][m][n] = bias[n] for every b, m: bmm's bias where the kernel has no epilogue for it
+ * (checks bias's shape and dtype, and beta == 0; then c += a @ b with beta 1). */
+int cpu_bmm_bias_prefill(ct_tensor *c, const ct_tensor *bias, double beta);
 /* c = alpha * a @ b + beta * c with bfloat16 a and b (bmm's layout rules) using the CPU's
  * bf16 dot-product instructions, float32 accumulation: 0 when done, 1 when this CPU or
  * these operands have no such path (the caller widens to float32 instead), -1 on error. */

@@ -120,13 +120,18 @@ int cpu_reduce(ct_redop op, ct_tensor *out, ct_tensor *indices, const ct_tensor 
     return LP_RUN(L, cpu_reduce_full(op, r0, indices, a32, reduce));
 }
 
-int cpu_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
-    if (!ANY3(c, a, b)) return cpu_bmm_full(c, a, b, alpha, beta);
+int cpu_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, const ct_tensor *bias,
+            double alpha, double beta) {
+    if (!ANY4(c, a, b, bias)) return cpu_bmm_full(c, a, b, bias, alpha, beta);
+    if (bias) { /* 16 bits: the bias broadcast into c, then c += a @ b */
+        if (cpu_bmm_bias_prefill(c, bias, beta) != 0) return -1;
+        beta = 1.0;
+    }
     if (cpu_bmm_lowp(c, a, b, alpha, beta) == 0) return 0; /* bf16 arithmetic */
     lowp L = {0};
     const ct_tensor *a32 = lp_in(&L, a), *b32 = lp_in(&L, b);
     ct_tensor *c32 = beta != 0 ? lp_inout(&L, c) : lp_out(&L, c);
-    return LP_RUN(L, cpu_bmm_full(c32, a32, b32, alpha, beta));
+    return LP_RUN(L, cpu_bmm_full(c32, a32, b32, NULL, alpha, beta));
 }
 
 int cpu_conv2d_forward(ct_tensor *y, const ct_tensor *x, const ct_tensor *w,

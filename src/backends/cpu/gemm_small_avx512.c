@@ -93,7 +93,7 @@ enum { OMR = 12 };
 
 AI void outer_tile(const int MR, const int NV, int64_t K, const float *A, int64_t ars,
                    int64_t acs, const float *B, int64_t ldb, float *C, int64_t ldc,
-                   __mmask16 k0, __mmask16 k1, float alpha, float beta) {
+                   __mmask16 k0, __mmask16 k1, float alpha, float beta, const float *bias) {
     __m512 acc[OMR][2];
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++) {
@@ -112,15 +112,21 @@ AI void outer_tile(const int MR, const int NV, int64_t K, const float *A, int64_
             if (NV > 1) acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
         }
     }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), b0 = _mm512_setzero_ps(), b1 = b0;
+    if (bias) {
+        b0 = _mm512_maskz_loadu_ps(k0, bias);
+        if (NV > 1) b1 = _mm512_maskz_loadu_ps(k1, bias + 16);
+    }
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++) {
         float *c = C + i * ldc;
         __m512 r0 = _mm512_mul_ps(acc[i][0], va);
+        if (bias) r0 = _mm512_add_ps(r0, b0);
         if (beta != 0) r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k0, c), r0);
         _mm512_mask_storeu_ps(c, k0, r0);
         if (NV > 1) {
             __m512 r1 = _mm512_mul_ps(acc[i][1], va);
+            if (bias) r1 = _mm512_add_ps(r1, b1);
             if (beta != 0) r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k1, c + 16), r1);
             _mm512_mask_storeu_ps(c + 16, k1, r1);
         }
@@ -129,13 +135,14 @@ AI void outer_tile(const int MR, const int NV, int64_t K, const float *A, int64_
 
 typedef void (*outer_fn)(int64_t K, const float *A, int64_t ars, int64_t acs, const float *B,
                          int64_t ldb, float *C, int64_t ldc, __mmask16 k0, __mmask16 k1,
-                         float alpha, float beta);
+                         float alpha, float beta, const float *bias);
 
 #define DEF_OUTER(MR, NV)                                                                      \
     static TGT void outer_##MR##_##NV(int64_t K, const float *A, int64_t ars, int64_t acs,     \
                                       const float *B, int64_t ldb, float *C, int64_t ldc,      \
-                                      __mmask16 k0, __mmask16 k1, float alpha, float beta) {   \
-        outer_tile(MR, NV, K, A, ars, acs, B, ldb, C, ldc, k0, k1, alpha, beta);               \
+                                      __mmask16 k0, __mmask16 k1, float alpha, float beta,     \
+                                      const float *bias) {                                     \
+        outer_tile(MR, NV, K, A, ars, acs, B, ldb, C, ldc, k0, k1, alpha, beta, bias);         \
     }
 #define DEF_OUTER2(MR) DEF_OUTER(MR, 1) DEF_OUTER(MR, 2)
 DEF_OUTER2(1) DEF_OUTER2(2) DEF_OUTER2(3) DEF_OUTER2(4) DEF_OUTER2(5) DEF_OUTER2(6)
@@ -153,9 +160,10 @@ static __mmask16 lane_mask(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__
 /* Splits n into ceil(n / max) near-equal parts: part i covers [start(i), start(i+1)). */
 static int64_t part_start(int64_t n, int64_t parts, int64_t i) { return n * i / parts; }
 
+/* bias: NULL, or added to every row of C (bias[0..N), after alpha; beta is 0 then). */
 static void outer_driver(int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                          int64_t ars, int64_t acs, const float *B, int64_t ldb, float beta,
-                         float *C, int64_t ldc) {
+                         float *C, int64_t ldc, const float *bias) {
     int64_t mt = (M + OMR - 1) / OMR;
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
         int64_t nr = N - n0 < 32 ? N - n0 : 32;
@@ -164,7 +172,7 @@ static void outer_driver(int64_t M, int64_t N, int64_t K, float alpha, const flo
         for (int64_t t = 0; t < mt; t++) {
             int64_t m0 = part_start(M, mt, t), mr = part_start(M, mt, t + 1) - m0;
             g_outer[mr - 1][nv - 1](K, A + m0 * ars, ars, acs, B + n0, ldb, C + m0 * ldc + n0,
-                                    ldc, k0, k1, alpha, beta);
+                                    ldc, k0, k1, alpha, beta, bias ? bias + n0 : NULL);
         }
     }
 }
@@ -183,7 +191,8 @@ static void outer_driver(int64_t M, int64_t N, int64_t K, float alpha, const flo
 enum { PMR = 6, PNV = 4, KC_MAX = 384, A_SLAB = 160 * 1024 };
 
 AI void panel_tile(const int MR, int64_t K, const float *A, int64_t ars, int64_t acs,
-                   const float *B, int64_t ldb, float *C, int64_t ldc, float alpha, float beta) {
+                   const float *B, int64_t ldb, float *C, int64_t ldc, float alpha, float beta,
+                   const float *bias) {
     __m512 acc[PMR][PNV];
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++)
@@ -201,39 +210,43 @@ AI void panel_tile(const int MR, int64_t K, const float *A, int64_t ars, int64_t
             for (int j = 0; j < PNV; j++) acc[i][j] = _mm512_fmadd_ps(av, b[j], acc[i][j]);
         }
     }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), bv[PNV];
+#pragma GCC unroll 4
+    for (int j = 0; j < PNV; j++) bv[j] = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < PNV; j++) {
             float *c = C + i * ldc + 16 * j;
             __m512 r = _mm512_mul_ps(acc[i][j], va);
+            if (bias) r = _mm512_add_ps(r, bv[j]);
             if (beta != 0) r = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), r);
             _mm512_storeu_ps(c, r);
         }
 }
 
 typedef void (*panel_fn)(int64_t K, const float *A, int64_t ars, int64_t acs, const float *B,
-                         int64_t ldb, float *C, int64_t ldc, float alpha, float beta);
+                         int64_t ldb, float *C, int64_t ldc, float alpha, float beta,
+                         const float *bias);
 #define DEF_PANEL(MR)                                                                          \
     static TGT void panel_##MR(int64_t K, const float *A, int64_t ars, int64_t acs,            \
                                const float *B, int64_t ldb, float *C, int64_t ldc, float alpha, \
-                               float beta) {                                                   \
-        panel_tile(MR, K, A, ars, acs, B, ldb, C, ldc, alpha, beta);                           \
+                               float beta, const float *bias) {                                \
+        panel_tile(MR, K, A, ars, acs, B, ldb, C, ldc, alpha, beta, bias);                     \
     }
 DEF_PANEL(1) DEF_PANEL(2) DEF_PANEL(3) DEF_PANEL(4) DEF_PANEL(5) DEF_PANEL(6)
 static const panel_fn g_panel[PMR] = {panel_1, panel_2, panel_3, panel_4, panel_5, panel_6};
 
 static void blocked_driver(int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                            int64_t ars, int64_t acs, const float *B, int64_t ldb, float beta,
-                           float *C, int64_t ldc) {
+                           float *C, int64_t ldc, const float *bias) {
     const int64_t nk = (K + KC_MAX - 1) / KC_MAX, kc = (K + nk - 1) / nk;
     int64_t mc = A_SLAB / (4 * kc) / PMR * PMR;
     if (mc < PMR) mc = PMR;
     const int64_t nfull = N / (16 * PNV) * (16 * PNV);
     for (int64_t k0 = 0; k0 < K; k0 += kc) {
         const int64_t kl = K - k0 < kc ? K - k0 : kc;
-        const float bt = k0 ? 1.0f : beta;
+        const float bt = k0 ? 1.0f : beta, *bs = k0 ? NULL : bias; /* bias: first chunk */
         const float *Ak = A + k0 * acs, *Bk = B + k0 * ldb;
         for (int64_t m0 = 0; m0 < M; m0 += mc) {
             const int64_t ml = M - m0 < mc ? M - m0 : mc, mt = (ml + PMR - 1) / PMR;
@@ -241,11 +254,11 @@ static void blocked_driver(int64_t M, int64_t N, int64_t K, float alpha, const f
                 for (int64_t t = 0; t < mt; t++) {
                     int64_t r0 = m0 + part_start(ml, mt, t), mr = m0 + part_start(ml, mt, t + 1) - r0;
                     g_panel[mr - 1](kl, Ak + r0 * ars, ars, acs, Bk + n0, ldb, C + r0 * ldc + n0,
-                                    ldc, alpha, bt);
+                                    ldc, alpha, bt, bs ? bs + n0 : NULL);
                 }
             if (nfull < N)
                 outer_driver(ml, N - nfull, kl, alpha, Ak + m0 * ars, ars, acs, Bk + nfull, ldb,
-                             bt, C + m0 * ldc + nfull, ldc);
+                             bt, C + m0 * ldc + nfull, ldc, bs ? bs + nfull : NULL);
         }
     }
 }
@@ -382,7 +395,7 @@ int ct_sgemm_small(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
     if (!tb) {
         /* op(A)[m][k] = A[m*ars + k*acs] */
         int64_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
-        outer_driver(M, N, K, alpha, A, ars, acs, B, ldb, beta, C, ldc);
+        outer_driver(M, N, K, alpha, A, ars, acs, B, ldb, beta, C, ldc, NULL);
     } else {
         dot_driver(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     }
@@ -395,23 +408,26 @@ int ct_sgemm_small(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
 
 int ct_sgemm_blocked(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                     float *C, int64_t ldc) {
+                     float *C, int64_t ldc, const float *bias) {
     if (!ct_sgemm_small_available() || (ta && tb)) return 1;
     if (M <= 0 || N <= 0) return 0;
     if (K <= 0) {
         scale_only(M, N, beta, C, ldc);
+        if (bias)
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t n = 0; n < N; n++) C[m * ldc + n] += bias[n];
         return 0;
     }
 #if HAVE_X86
     const int64_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
     if (!tb) {
-        blocked_driver(M, N, K, alpha, A, ars, acs, B, ldb, beta, C, ldc);
+        blocked_driver(M, N, K, alpha, A, ars, acs, B, ldb, beta, C, ldc, bias);
         return 0;
     }
     float *bt = ct_cpu_alloc(sizeof(float) * (size_t)(K * N));
     if (!bt) return 1; /* BLAS then, which needs no buffer of this size */
     transpose_into(bt, B, N, K, ldb);
-    blocked_driver(M, N, K, alpha, A, ars, acs, bt, N, beta, C, ldc);
+    blocked_driver(M, N, K, alpha, A, ars, acs, bt, N, beta, C, ldc, bias);
     ct_cpu_free(bt);
     return 0;
 #else

@@ -57,7 +57,27 @@ static int scale_c(cu_dev *d, ct_tensor *c, double beta) {
                    "bmm");
 }
 
-int cu_k_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha, double beta) {
+/* c[b][m][n] = bias[n] (bmm's bias, beta == 0): the copy kernel over a broadcast geometry,
+ * before the GEMM accumulates onto it with beta 1. */
+static int bias_prefill(cu_dev *d, ct_tensor *c, const ct_tensor *bias, double beta) {
+    if (bias->ndim != 1 || bias->shape[0] != c->shape[2] || bias->dtype != c->dtype)
+        return cu_error("bmm: bias must be 1-D [%lld] of the output's dtype %s",
+                        (long long)c->shape[2], cu_dtype_name(c->dtype));
+    if (beta != 0) return cu_error("bmm: a bias needs beta == 0 (got %g)", beta);
+    cuk_geom g;
+    memset(&g, 0, sizeof g);
+    g.ndim = 2; /* innermost first: the columns, then every row of every batch */
+    g.shape[0] = c->shape[2];
+    g.shape[1] = c->shape[0] * c->shape[1];
+    g.stride[0][0] = 1, g.stride[0][1] = c->shape[2];
+    g.stride[1][0] = bias->stride[0], g.stride[1][1] = 0;
+    return cu_fail(cuk_copy(&d->k, (int)c->dtype, (int)bias->dtype, &g, cu_numel(c), cu_ptr(c),
+                            cu_ptr(bias)),
+                   "bmm bias");
+}
+
+int cu_k_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, const ct_tensor *bias,
+             double alpha, double beta) {
     if (a->ndim != 3 || b->ndim != 3 || c->ndim != 3)
         return cu_error("bmm: expected 3-D operands, got %d-D, %d-D and %d-D output", a->ndim,
                         b->ndim, c->ndim);
@@ -79,8 +99,12 @@ int cu_k_bmm(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, double alpha,
     if (B == 0 || M == 0 || N == 0) return 0;
     cu_dev *d = cu_dev_of(c);
     if (!d) return -1;
-    if (K == 0) return scale_c(d, c, beta);
     if (!cu_is_contiguous(c)) return cu_error("bmm: the output must be contiguous");
+    if (bias) {
+        if (bias_prefill(d, c, bias, beta) != 0) return -1;
+        beta = 1.0;
+    }
+    if (K == 0) return scale_c(d, c, beta);
     int ta, tb;
     int64_t lda, ldb;
     if (mat_layout(M, K, a->stride[1], a->stride[2], &ta, &lda) != 0 ||
