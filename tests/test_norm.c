@@ -367,8 +367,19 @@ TEST(layer_norm_large_threads_match_float64) {
     int saved = ct_get_num_threads();
     ct_set_num_threads(1);
     ct_tensor *y1 = ct_layer_norm(x, &ns, 1, w, b, 1e-5);
+    /* the backward on one thread, on fresh leaves: gx and the column sums of gw and gb
+     * (528 rows: chunks of 64 and a partial one) the same bits as on many */
+    ct_tensor *x1 = ct_detach(x), *w1 = ct_detach(w), *b1 = ct_detach(b);
+    ct_set_requires_grad(x1, 1), ct_set_requires_grad(w1, 1), ct_set_requires_grad(b1, 1);
+    ct_tensor *y1b = ct_layer_norm(x1, &ns, 1, w1, b1, 1e-5);
+    CHECK_NN(y1b);
+    if (y1b) CHECK_OK(ct_backward(y1b, gy, 0));
     ct_set_num_threads(saved);
     CHECK_CLOSE(y1, Y[0], 0, "layer_norm 1 thread vs many");
+    CHECK_CLOSE(ct_grad(x1), ct_grad(x), 0, "layer_norm gx, 1 thread vs many");
+    CHECK_CLOSE(ct_grad(w1), ct_grad(w), 0, "layer_norm gw, 1 thread vs many");
+    CHECK_CLOSE(ct_grad(b1), ct_grad(b), 0, "layer_norm gb, 1 thread vs many");
+    ct_free(y1b), ct_free(x1), ct_free(w1), ct_free(b1);
     ct_free(y1);
     for (int k = 0; k < 2; k++) {
         ct_free(Y[k]);

@@ -393,7 +393,12 @@ typedef struct {
     double eps;
     double *acc_w, *acc_b; /* [N] column accumulators (backward) */
     int want_w, want_b;
+    double *part; /* fused backward: [chunks][2][N] column sums of each LN_ROWS-row chunk */
 } ln_ctx;
+
+/* The fused backward's row chunk: fixed, so that the column sums (summed chunk by chunk in
+ * chunk order) do not depend on the thread count. */
+enum { LN_ROWS = 64 };
 
 /* The row sums of layer_norm in double, in 8 interleaved partial sums (added in a fixed
  * order at the end): without reassociation the compiler keeps one sum a scalar chain of
@@ -464,8 +469,10 @@ DEFINE_LN_SUMS(double, f64)
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
-    CT_MULTIVERSION static void ln_backward_input_##SFX(void *vctx, int64_t r0, int64_t r1) { \
-        ln_ctx *ctx = vctx;                                                                  \
+    /* gx of rows [r0, r1): rstd (g - mean(g) - xhat mean(g xhat)), g = gy w. With part:   \
+     * also the chunk's column sums of gy xhat (gw) and gy (gb), the rows being in L1. */     \
+    static inline void ln_backward_rows_##SFX(const ln_ctx *ctx, int64_t r0, int64_t r1,     \
+                                              double *pw, double *pb) {                      \
         const int64_t N = ctx->N;                                                            \
         const T *w = ctx->w;                                                                 \
         for (int64_t r = r0; r < r1; r++) {                                                  \
@@ -483,6 +490,26 @@ DEFINE_LN_SUMS(double, f64)
                 const double xh = ((double)xp[j] - mean) * rstd;                             \
                 op[j] = (T)(rstd * (g - mg - xh * mgx));                                     \
             }                                                                                \
+            if (pw)                                                                          \
+                for (int64_t j = 0; j < N; j++)                                              \
+                    pw[j] += (double)gp[j] * ((double)xp[j] - mean) * rstd;                  \
+            if (pb)                                                                          \
+                for (int64_t j = 0; j < N; j++) pb[j] += (double)gp[j];                      \
+        }                                                                                    \
+    }                                                                                        \
+    CT_MULTIVERSION static void ln_backward_input_##SFX(void *vctx, int64_t r0, int64_t r1) { \
+        ln_backward_rows_##SFX(vctx, r0, r1, NULL, NULL);                                    \
+    }                                                                                        \
+    /* Chunks [c0, c1) of LN_ROWS rows: gx and each chunk's column sums. */                  \
+    CT_MULTIVERSION static void ln_backward_fused_##SFX(void *vctx, int64_t c0, int64_t c1) { \
+        const ln_ctx *ctx = vctx;                                                            \
+        const int64_t N = ctx->N;                                                            \
+        for (int64_t c = c0; c < c1; c++) {                                                  \
+            double *pw = ctx->part + (size_t)(2 * c * N), *pb = pw + N;                      \
+            memset(pw, 0, sizeof(double) * (size_t)(2 * N));                                 \
+            const int64_t r1 = (c + 1) * LN_ROWS < ctx->M ? (c + 1) * LN_ROWS : ctx->M;      \
+            ln_backward_rows_##SFX(ctx, c * LN_ROWS, r1, ctx->want_w ? pw : NULL,            \
+                                   ctx->want_b ? pb : NULL);                                 \
         }                                                                                    \
     }                                                                                        \
     /* Column sums for gw/gb over columns [j0, j1), walking the rows in order. */            \
@@ -528,6 +555,25 @@ int cpu_layer_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, co
                   .mean = ct_ptr(mean), .rstd = ct_ptr(rstd),
                   .w = weight ? ct_ptr(weight) : NULL, .M = M, .N = N,
                   .want_w = gw != NULL, .want_b = gb != NULL};
+    if (gx && (gw || gb)) { /* one pass: gx and the column sums of each chunk of rows */
+        const int64_t nch = (M + LN_ROWS - 1) / LN_ROWS;
+        ctx.part = malloc(sizeof(double) * 2 * (size_t)(nch * N > 0 ? nch * N : 1));
+        if (!ctx.part)
+            return ct_error("layer_norm_backward: out of memory for %lld x %lld column sums",
+                            (long long)nch, (long long)N);
+        ct_parallel_for(nch, 1, f64 ? ln_backward_fused_f64 : ln_backward_fused_f32, &ctx);
+        for (int64_t j = 0; j < N; j++) { /* the chunks' sums in chunk order */
+            double aw = 0, ab = 0;
+            for (int64_t c = 0; c < nch; c++) {
+                aw += ctx.part[(size_t)(2 * c * N + j)];
+                ab += ctx.part[(size_t)((2 * c + 1) * N + j)];
+            }
+            if (gw) store_flat(gw, j, aw);
+            if (gb) store_flat(gb, j, ab);
+        }
+        free(ctx.part);
+        return 0;
+    }
     if (gx) ct_parallel_for(M, grain_for(N), f64 ? ln_backward_input_f64 : ln_backward_input_f32,
                             &ctx);
     if (gw || gb) {
