@@ -1,7 +1,9 @@
 /* Batched matrix multiply on OpenBLAS (single-threaded BLAS inside ct_parallel_for).
  *
  * cpu_bmm: c[b] = alpha * a[b] @ b[b] + beta * c[b] with a [B,M,K], b [B,K,N] and
- * c [B,M,N] contiguous. a and b may be row-major (stride[2] == 1) or transposed
+ * c [B,M,N] contiguous; or, with a linear layer's bias (beta 0), alpha * a[b] @ b[b] + bias
+ * on every row: the blocked float32 kernels add it in their epilogue, the other paths
+ * start each tile from the bias and accumulate onto it. a and b may be row-major (stride[2] == 1) or transposed
  * (stride[1] == 1) and may broadcast over the batch (stride[0] == 0).
  *
  * Work is split over the batch; when the batch alone cannot feed every thread, each
@@ -91,7 +93,8 @@ static void bmm_range(void *vctx, int64_t begin, int64_t end) {
                                  (float)beta, C, x->N, bias ? bias + n0 : NULL) == 0)
                 continue;
             if (bias) { /* the others accumulate onto the tile's rows of bias (beta is 0) */
-                for (int64_t r = 0; r < m; r++) memcpy(C + r * x->N, bias + n0, sizeof(float) * (size_t)n);
+                for (int64_t r = 0; r < m; r++)
+                    memcpy(C + r * x->N, bias + n0, sizeof(float) * (size_t)n);
                 beta = 1.0;
             }
             if (x->small == CT_SGEMM_SMALL &&
