@@ -3,8 +3,9 @@
  * cpu_bmm: c[b] = alpha * a[b] @ b[b] + beta * c[b] with a [B,M,K], b [B,K,N] and
  * c [B,M,N] contiguous; or, with a linear layer's bias (beta 0), alpha * a[b] @ b[b] + bias
  * on every row: the blocked float32 kernels add it in their epilogue, the other paths
- * start each tile from the bias and accumulate onto it. a and b may be row-major (stride[2] == 1) or transposed
- * (stride[1] == 1) and may broadcast over the batch (stride[0] == 0).
+ * start each tile from the bias and accumulate onto it. a and b may be row-major
+ * (stride[2] == 1) or transposed (stride[1] == 1) and may broadcast over the batch
+ * (stride[0] == 0).
  *
  * Work is split over the batch; when the batch alone cannot feed every thread, each
  * product is also tiled over rows and/or columns of c so that one large GEMM (a
