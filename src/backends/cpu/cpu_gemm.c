@@ -1,4 +1,5 @@
-/* Batched matrix multiply on OpenBLAS (single-threaded BLAS inside ct_parallel_for).
+/* Batched matrix multiply on OpenBLAS, or on AVX-512 kernels of our own where they are faster
+ * (cpu_gemm_small.h); single-threaded GEMMs inside ct_parallel_for.
  *
  * cpu_bmm: c[b] = alpha * a[b] @ b[b] + beta * c[b] with a [B,M,K], b [B,K,N] and
  * c [B,M,N] contiguous; or, with a linear layer's bias (beta 0), alpha * a[b] @ b[b] + bias
