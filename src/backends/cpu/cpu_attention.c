@@ -133,14 +133,16 @@ CT_AVX512_FMA static float exp_sub_sum_avx512(float *x, int n, float mx) {
     return _mm512_reduce_add_ps(acc);
 }
 
-/* R rows x 16 columns of C += A B (R <= 6: 2R accumulators stay in registers). */
+/* R rows x 16 columns of C += A B (R <= 6: 2R accumulators stay in registers); zero: C
+ * starts from 0 instead of its contents (C = A B, C not read). */
 #define MM_BLOCK(R)                                                                         \
     CT_AVX2_FMA static inline void mm_blk##R(int k, const float *a, int ars, int acs,          \
-                                         const float *B, int ldb, float *c, int ldc) {     \
+                                         const float *B, int ldb, float *c, int ldc,       \
+                                         int zero) {                                       \
         __m256 x0[R], x1[R];                                                                \
         _Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {                               \
-            x0[r] = _mm256_loadu_ps(c + (size_t)r * ldc);                                   \
-            x1[r] = _mm256_loadu_ps(c + (size_t)r * ldc + 8);                               \
+            x0[r] = zero ? _mm256_setzero_ps() : _mm256_loadu_ps(c + (size_t)r * ldc);      \
+            x1[r] = zero ? _mm256_setzero_ps() : _mm256_loadu_ps(c + (size_t)r * ldc + 8);  \
         }                                                                                   \
         for (int p = 0; p < k; p++, a += acs, B += ldb) {                                   \
             const __m256 b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps(B + 8);              \
@@ -161,9 +163,11 @@ MM_BLOCK(1)
 
 /* The same for the last nr < 8 columns (lanes masked: nothing read or written past them). */
 CT_AVX2_FMA static inline void mm_tail(int rows, int k, const float *a, int ars, int acs,
-                                   const float *B, int ldb, float *c, int ldc, __m256i msk) {
+                                   const float *B, int ldb, float *c, int ldc, __m256i msk,
+                                   int zero) {
     __m256 x[6];
-    for (int r = 0; r < rows; r++) x[r] = _mm256_maskload_ps(c + (size_t)r * ldc, msk);
+    for (int r = 0; r < rows; r++)
+        x[r] = zero ? _mm256_setzero_ps() : _mm256_maskload_ps(c + (size_t)r * ldc, msk);
     for (int p = 0; p < k; p++, a += acs, B += ldb) {
         const __m256 b0 = _mm256_maskload_ps(B, msk);
         for (int r = 0; r < rows; r++)
@@ -172,28 +176,31 @@ CT_AVX2_FMA static inline void mm_tail(int rows, int k, const float *a, int ars,
     for (int r = 0; r < rows; r++) _mm256_maskstore_ps(c + (size_t)r * ldc, msk, x[r]);
 }
 
-/* C[m x n] += A[m x k] B[k x n]; A's element (i, p) at A[i * ars + p * acs] (row-major:
- * ars = lda, acs = 1; transposed: ars = 1, acs = lda), B and C row-major; register blocks
- * of 6 (then 4, then 1) rows x 16 columns, the columns left over in blocks of 8 (the last
- * one masked). */
+/* C[m x n] += A[m x k] B[k x n] (zero: C = A B); A's element (i, p) at A[i * ars + p * acs]
+ * (row-major: ars = lda, acs = 1; transposed: ars = 1, acs = lda), B and C row-major;
+ * register blocks of 6 (then 4, then 1) rows x 16 columns, the columns left over in blocks
+ * of 8 (the last one masked). */
 CT_AVX2_FMA static void mm_acc_avx2(int m, int n, int k, const float *A, int ars, int acs,
-                                const float *B, int ldb, float *C, int ldc) {
+                                const float *B, int ldb, float *C, int ldc, int zero) {
     const int n16 = n & ~15;
     for (int j = 0; j < n16; j += 16) {
         int i = 0;
         for (; i + 6 <= m; i += 6)
-            mm_blk6(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc);
+            mm_blk6(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc,
+                    zero);
         for (; i + 4 <= m; i += 4)
-            mm_blk4(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc);
+            mm_blk4(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc,
+                    zero);
         for (; i < m; i++)
-            mm_blk1(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc);
+            mm_blk1(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc,
+                    zero);
     }
     for (int j = n16; j < n; j += 8) {
         const int nr = n - j < 8 ? n - j : 8;
         const __m256i msk = ct_lanes8_avx2(nr);
         for (int i = 0; i < m; i += 6)
             mm_tail(m - i < 6 ? m - i : 6, k, A + (size_t)i * ars, ars, acs, B + j, ldb,
-                    C + (size_t)i * ldc + j, ldc, msk);
+                    C + (size_t)i * ldc + j, ldc, msk, zero);
     }
 }
 
@@ -203,11 +210,11 @@ CT_AVX2_FMA static void mm_acc_avx2(int m, int n, int k, const float *A, int ars
 #define MM512_BLOCK(R)                                                                      \
     CT_AVX512_FMA static inline void mm5_blk##R(int k, const float *a, int ars, int acs,    \
                                                 const float *B, int ldb, float *c, int ldc, \
-                                                __mmask16 m0, __mmask16 m1) {               \
+                                                __mmask16 m0, __mmask16 m1, int zero) {     \
         __m512 x0[R], x1[R];                                                                \
         _Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {                               \
-            x0[r] = _mm512_maskz_loadu_ps(m0, c + (size_t)r * ldc);                         \
-            x1[r] = _mm512_maskz_loadu_ps(m1, c + (size_t)r * ldc + 16);                    \
+            x0[r] = _mm512_maskz_loadu_ps(zero ? 0 : m0, c + (size_t)r * ldc);              \
+            x1[r] = _mm512_maskz_loadu_ps(zero ? 0 : m1, c + (size_t)r * ldc + 16);         \
         }                                                                                   \
         for (int p = 0; p < k; p++, a += acs, B += ldb) {                                   \
             const __m512 b0 = _mm512_maskz_loadu_ps(m0, B);                                 \
@@ -229,11 +236,12 @@ MM512_BLOCK(1)
 
 /* 6 rows x 64 columns (24 accumulators: 10 loads per 24 FMAs instead of 8 per 12). */
 CT_AVX512_FMA static inline void mm5_blk6x64(int k, const float *a, int ars, int acs,
-                                             const float *B, int ldb, float *c, int ldc) {
+                                             const float *B, int ldb, float *c, int ldc,
+                                             int zero) {
     __m512 x[6][4];
     _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)
         _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)
-            x[r][q] = _mm512_loadu_ps(c + (size_t)r * ldc + 16 * q);
+            x[r][q] = zero ? _mm512_setzero_ps() : _mm512_loadu_ps(c + (size_t)r * ldc + 16 * q);
     for (int p = 0; p < k; p++, a += acs, B += ldb) {
         const __m512 b0 = _mm512_loadu_ps(B), b1 = _mm512_loadu_ps(B + 16);
         const __m512 b2 = _mm512_loadu_ps(B + 32), b3 = _mm512_loadu_ps(B + 48);
@@ -251,17 +259,17 @@ CT_AVX512_FMA static inline void mm5_blk6x64(int k, const float *a, int ars, int
 }
 
 CT_AVX512_FMA static void mm_acc_avx512(int m, int n, int k, const float *A, int ars, int acs,
-                                        const float *B, int ldb, float *C, int ldc) {
+                                        const float *B, int ldb, float *C, int ldc, int zero) {
     int j0 = 0;
     for (; j0 + 64 <= n; j0 += 64) {
         int i = 0;
         for (; i + 6 <= m; i += 6)
             mm5_blk6x64(k, A + (size_t)i * ars, ars, acs, B + j0, ldb, C + (size_t)i * ldc + j0,
-                        ldc);
+                        ldc, zero);
         for (; i < m; i++)
             for (int h = 0; h < 64; h += 32)
                 mm5_blk1(k, A + (size_t)i * ars, ars, acs, B + j0 + h, ldb,
-                         C + (size_t)i * ldc + j0 + h, ldc, 0xffff, 0xffff);
+                         C + (size_t)i * ldc + j0 + h, ldc, 0xffff, 0xffff, zero);
     }
     for (int j = j0; j < n; j += 32) {
         const int nr = n - j < 32 ? n - j : 32;
@@ -270,13 +278,13 @@ CT_AVX512_FMA static void mm_acc_avx512(int m, int n, int k, const float *A, int
         int i = 0;
         for (; i + 6 <= m; i += 6)
             mm5_blk6(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc,
-                     m0, m1);
+                     m0, m1, zero);
         for (; i + 4 <= m; i += 4)
             mm5_blk4(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc,
-                     m0, m1);
+                     m0, m1, zero);
         for (; i < m; i++)
             mm5_blk1(k, A + (size_t)i * ars, ars, acs, B + j, ldb, C + (size_t)i * ldc + j, ldc,
-                     m0, m1);
+                     m0, m1, zero);
     }
 }
 #endif
@@ -581,21 +589,23 @@ int cpu_sdpa_bf16_backward(ct_tensor *gq, ct_tensor *gk, ct_tensor *gv, const ct
 #define ROW(w, b, i)                                                                        \
     ((T *)(w).p + ((b) / c->B2) * (w).s0 + ((b) % c->B2) * (w).s1 + (int64_t)(i) * (w).s2)
 
-/* C[m x n] += A[m x k] B[k x n]; A's element (i, p) at A[i * ars + p * acs] (row-major or
- * transposed), B and C row-major. */
+/* C[m x n] += A[m x k] B[k x n], or with zero C = A B (C's old values not read); A's
+ * element (i, p) at A[i * ars + p * acs] (row-major or transposed), B and C row-major. */
 static void F(mm_acc)(const sdpa_ctx *c, int m, int n, int k, const T *A, int ars, int acs,
-                      const T *B, int ldb, T *C, int ldc) {
+                      const T *B, int ldb, T *C, int ldc, int zero) {
 #if AVX2_F32 && defined(CT_VEXP_X86)
     if (c->avx512) {
-        mm_acc_avx512(m, n, k, A, ars, acs, B, ldb, C, ldc);
+        mm_acc_avx512(m, n, k, A, ars, acs, B, ldb, C, ldc, zero);
         return;
     }
     if (c->avx2) {
-        mm_acc_avx2(m, n, k, A, ars, acs, B, ldb, C, ldc);
+        mm_acc_avx2(m, n, k, A, ars, acs, B, ldb, C, ldc, zero);
         return;
     }
 #endif
     (void)c;
+    if (zero)
+        for (int i = 0; i < m; i++) memset(C + (size_t)i * ldc, 0, sizeof(T) * (size_t)n);
     for (int i = 0; i < m; i++)
         for (int p = 0; p < k; p++) {
             const T a = A[(size_t)i * ars + (size_t)p * acs];
@@ -644,16 +654,11 @@ static void F(scores)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int64_t 
     const int E = (int)c->E;
     const T *Q = ROW(c->q, b, i0);
     if (new_kt) F(scale_kt)(c, b, j0, nk, kt);
-    for (int r = 0; r < nq; r++) {
-        T *sr = s + (size_t)r * KB;
-        if (c->mask)
-            memcpy(sr, (const T *)c->mask + (b / c->mB2) * c->ms0 + (b % c->mB2) * c->ms1 +
-                           (i0 + r) * c->ms2 + j0,
-                   sizeof(T) * (size_t)nk);
-        else
-            memset(sr, 0, sizeof(T) * (size_t)nk);
-    }
-    F(mm_acc)(c, nq, nk, E, Q, (int)c->q.s2, 1, kt, KB, s, KB);
+    for (int r = 0; c->mask && r < nq; r++) /* the mask, or (zero below) nothing */
+        memcpy(s + (size_t)r * KB, (const T *)c->mask + (b / c->mB2) * c->ms0 +
+                                       (b % c->mB2) * c->ms1 + (i0 + r) * c->ms2 + j0,
+               sizeof(T) * (size_t)nk);
+    F(mm_acc)(c, nq, nk, E, Q, (int)c->q.s2, 1, kt, KB, s, KB, !c->mask);
     if (c->p.causal)
         for (int r = 0; r < nq; r++)
             for (int j = (int)(i0 + r - j0 + 1 > 0 ? i0 + r - j0 + 1 : 0); j < nk; j++)
@@ -701,7 +706,7 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
             for (int e = 0; e < Ev; e++) O[(size_t)r * os + e] *= alpha;
         if (c->p.dropout_p > 0) F(drop_row)(c, sr, b, i0 + r, j0, nk);
     }
-    F(mm_acc)(c, nq, Ev, nk, s, KB, 1, ROW(c->v, b, j0), (int)c->v.s2, O, os);
+    F(mm_acc)(c, nq, Ev, nk, s, KB, 1, ROW(c->v, b, j0), (int)c->v.s2, O, os, 0);
 }
 
 /* One thread's forward scratch: a score tile, the running max and sum of its rows, and
@@ -779,9 +784,8 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int dqs,
         T *sr = w->s + (size_t)r * KB;
         if (lse[r] == -INFINITY) memset(sr, 0, sizeof(T) * (size_t)nk);
         else F(exp_sub_sum)(c, sr, nk, lse[r]);
-        memset(w->dp + (size_t)r * KB, 0, sizeof(T) * (size_t)nk);
     }
-    F(mm_acc)(c, nq, nk, Ev, dO, dos, 1, w->vt, KB, w->dp, KB); /* dP~ = dO V^T */
+    F(mm_acc)(c, nq, nk, Ev, dO, dos, 1, w->vt, KB, w->dp, KB, 1); /* dP~ = dO V^T */
     const int drop = c->p.dropout_p > 0;
     const T sc = (T)c->p.scale;
     for (int r = 0; r < nq; r++) {
@@ -799,13 +803,13 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int dqs,
     }
     /* dV += P~^T dO, dK += dS^T Q: the tiles read transposed (no copies) */
     if (c->gv.p)
-        F(mm_acc)(c, nk, Ev, nq, w->s, 1, KB, dO, dos, ROW(c->gv, b, j0), (int)c->gv.s2);
+        F(mm_acc)(c, nk, Ev, nq, w->s, 1, KB, dO, dos, ROW(c->gv, b, j0), (int)c->gv.s2, 0);
     if (dq)
         F(mm_acc)(c, nq, E, nk, w->dp, KB, 1, ROW(c->k, b, j0), (int)c->k.s2,
-                  dq + i0 * dqs, dqs);
+                  dq + i0 * dqs, dqs, 0);
     if (c->gk.p)
         F(mm_acc)(c, nk, E, nq, w->dp, 1, KB, ROW(c->q, b, i0), (int)c->q.s2,
-                  ROW(c->gk, b, j0), (int)c->gk.s2);
+                  ROW(c->gk, b, j0), (int)c->gk.s2, 0);
 }
 
 /* D = rowsum(dO * O) for rows [b, e) of [B*L]. */
