@@ -247,12 +247,14 @@ TEST(thirty_sigkills_then_the_uninterrupted_result) {
     char ref[65], got[65], dr[512], dk[512], cmd[4096], extra[1200], log[600];
     snprintf(dr, sizeof dr, "%s/kills-ref", tmpdir());
     snprintf(dk, sizeof dk, "%s/kills", tmpdir());
-    snprintf(extra, sizeof extra, "--epochs 3 --train-limit 4096 --checkpoint-every 5 --run-dir %s", dr);
+    /* 384 steps: 30 kills at up to 250 ms each take ~190 of them (one CI run ran out of
+     * steps at 29 kills with 192) */
+    snprintf(extra, sizeof extra, "--epochs 3 --train-limit 8192 --checkpoint-every 5 --run-dir %s", dr);
     recipe(cmd, sizeof cmd, "simple_cnn", extra);
     snprintf(log, sizeof log, "%s.log", dr);
     CHECK(run(cmd, log) == 0);
     CHECK_OK(sha_of(path_in(dr, "model.safetensors"), ref));
-    snprintf(extra, sizeof extra, "--epochs 3 --train-limit 4096 --checkpoint-every 5 --run-dir %s", dk);
+    snprintf(extra, sizeof extra, "--epochs 3 --train-limit 8192 --checkpoint-every 5 --run-dir %s", dk);
     recipe(cmd, sizeof cmd, "simple_cnn", extra);
     snprintf(log, sizeof log, "%s.log", dk);
     srand((unsigned)time(NULL) * 7u ^ (unsigned)getpid());
