@@ -338,6 +338,28 @@ TEST(sgemm_small_linear_matches_blas_path) {
     }
 }
 
+/* The blocked kernels' sums depend on K alone, not on how cpu_bmm tiles C over threads: a
+ * linear layer over 2600 rows (forward, input and weight gradients, the weight gradient's
+ * K split into parts) gives the same bits on 1 thread and on 2. */
+TEST(sgemm_blocked_same_bits_any_thread_count) {
+    if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
+    ct_tensor *one[4], *two[4];
+    int saved = ct_get_num_threads();
+    ct_set_num_threads(1);
+    linear_pass(2600, 192, 200, one);
+    ct_set_num_threads(2);
+    linear_pass(2600, 192, 200, two);
+    ct_set_num_threads(saved);
+    static const char *names[4] = {"y", "grad x", "grad w", "grad b"};
+    for (int i = 0; i < 4; i++) {
+        CHECK_NN(one[i]);
+        CHECK_NN(two[i]);
+        if (one[i] && two[i]) CHECK_CLOSE(one[i], two[i], 0, names[i]);
+        ct_free(one[i]);
+        ct_free(two[i]);
+    }
+}
+
 /* ------------------------------------------------------------------ thread pool */
 #include "core/parallel.h"
 #include <stdatomic.h>
