@@ -391,13 +391,12 @@ typedef struct {
     void *y, *gx, *mean, *rstd;
     int64_t M, N;
     double eps;
-    double *acc_w, *acc_b; /* [N] column accumulators (backward) */
     int want_w, want_b;
-    double *part; /* fused backward: [chunks][2][N] column sums of each LN_ROWS-row chunk */
+    double *part; /* backward: [chunks][2][N] column sums (gw, gb) of each LN_ROWS-row chunk */
 } ln_ctx;
 
-/* The fused backward's row chunk: fixed, so that the column sums (summed chunk by chunk in
- * chunk order) do not depend on the thread count. */
+/* The backward's row chunk for the parameter gradients: fixed, so that the column sums
+ * (added chunk by chunk in chunk order) do not depend on the thread count. */
 enum { LN_ROWS = 64 };
 
 /* The row sums of layer_norm in double, in 8 interleaved partial sums (added in a fixed
@@ -469,8 +468,9 @@ DEFINE_LN_SUMS(double, f64)
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
-    /* gx of rows [r0, r1): rstd (g - mean(g) - xhat mean(g xhat)), g = gy w. With part:   \
-     * also the chunk's column sums of gy xhat (gw) and gy (gb), the rows being in L1. */     \
+    /* gx of rows [r0, r1) (when ctx->gx): rstd (g - mean(g) - xhat mean(g xhat)), g = gy w; \
+     * and into pw / pb (when not NULL) the rows' column sums of gy xhat (gw) and gy (gb),  \
+     * while the rows are in L1. */                                                          \
     static inline void ln_backward_rows_##SFX(const ln_ctx *ctx, int64_t r0, int64_t r1,     \
                                               double *pw, double *pb) {                      \
         const int64_t N = ctx->N;                                                            \
@@ -478,17 +478,19 @@ DEFINE_LN_SUMS(double, f64)
         for (int64_t r = r0; r < r1; r++) {                                                  \
             const T *xp = (const T *)ctx->x + r * N;                                         \
             const T *gp = (const T *)ctx->gy + r * N;                                        \
-            T *op = (T *)ctx->gx + r * N;                                                    \
             const double mean = (double)((const T *)ctx->mean)[r];                           \
             const double rstd = (double)((const T *)ctx->rstd)[r];                           \
-            double sg, sgx;                                                                  \
-            ln_gradsums_##SFX(gp, w, xp, N, mean, rstd, &sg, &sgx);                          \
-            const double mg = N > 0 ? sg / (double)N : 0.0;                                  \
-            const double mgx = N > 0 ? sgx / (double)N : 0.0;                               \
-            for (int64_t j = 0; j < N; j++) {                                                \
-                const double g = (double)gp[j] * (w ? (double)w[j] : 1.0);                   \
-                const double xh = ((double)xp[j] - mean) * rstd;                             \
-                op[j] = (T)(rstd * (g - mg - xh * mgx));                                     \
+            if (ctx->gx) {                                                                   \
+                T *op = (T *)ctx->gx + r * N;                                                \
+                double sg, sgx;                                                              \
+                ln_gradsums_##SFX(gp, w, xp, N, mean, rstd, &sg, &sgx);                      \
+                const double mg = N > 0 ? sg / (double)N : 0.0;                              \
+                const double mgx = N > 0 ? sgx / (double)N : 0.0;                           \
+                for (int64_t j = 0; j < N; j++) {                                            \
+                    const double g = (double)gp[j] * (w ? (double)w[j] : 1.0);               \
+                    const double xh = ((double)xp[j] - mean) * rstd;                         \
+                    op[j] = (T)(rstd * (g - mg - xh * mgx));                                 \
+                }                                                                            \
             }                                                                                \
             if (pw)                                                                          \
                 for (int64_t j = 0; j < N; j++)                                              \
@@ -500,7 +502,7 @@ DEFINE_LN_SUMS(double, f64)
     CT_MULTIVERSION static void ln_backward_input_##SFX(void *vctx, int64_t r0, int64_t r1) { \
         ln_backward_rows_##SFX(vctx, r0, r1, NULL, NULL);                                    \
     }                                                                                        \
-    /* Chunks [c0, c1) of LN_ROWS rows: gx and each chunk's column sums. */                  \
+    /* Chunks [c0, c1) of LN_ROWS rows: gx (when wanted) and each chunk's column sums. */                  \
     CT_MULTIVERSION static void ln_backward_fused_##SFX(void *vctx, int64_t c0, int64_t c1) { \
         const ln_ctx *ctx = vctx;                                                            \
         const int64_t N = ctx->N;                                                            \
@@ -510,24 +512,6 @@ DEFINE_LN_SUMS(double, f64)
             const int64_t r1 = (c + 1) * LN_ROWS < ctx->M ? (c + 1) * LN_ROWS : ctx->M;      \
             ln_backward_rows_##SFX(ctx, c * LN_ROWS, r1, ctx->want_w ? pw : NULL,            \
                                    ctx->want_b ? pb : NULL);                                 \
-        }                                                                                    \
-    }                                                                                        \
-    /* Column sums for gw/gb over columns [j0, j1), walking the rows in order. */            \
-    CT_MULTIVERSION static void ln_backward_params_##SFX(void *vctx, int64_t j0, int64_t j1) { \
-        ln_ctx *ctx = vctx;                                                                  \
-        const int64_t N = ctx->N, M = ctx->M;                                                \
-        double *aw = ctx->acc_w, *ab = ctx->acc_b;                                           \
-        for (int64_t j = j0; j < j1; j++) aw[j] = ab[j] = 0.0;                               \
-        for (int64_t r = 0; r < M; r++) {                                                    \
-            const T *xp = (const T *)ctx->x + r * N;                                         \
-            const T *gp = (const T *)ctx->gy + r * N;                                        \
-            const double mean = (double)((const T *)ctx->mean)[r];                           \
-            const double rstd = (double)((const T *)ctx->rstd)[r];                           \
-            if (ctx->want_w)                                                                 \
-                for (int64_t j = j0; j < j1; j++)                                            \
-                    aw[j] += (double)gp[j] * ((double)xp[j] - mean) * rstd;                  \
-            if (ctx->want_b)                                                                 \
-                for (int64_t j = j0; j < j1; j++) ab[j] += (double)gp[j];                    \
         }                                                                                    \
     }
 
@@ -555,42 +539,27 @@ int cpu_layer_norm_backward_full(ct_tensor *gx, ct_tensor *gw, ct_tensor *gb, co
                   .mean = ct_ptr(mean), .rstd = ct_ptr(rstd),
                   .w = weight ? ct_ptr(weight) : NULL, .M = M, .N = N,
                   .want_w = gw != NULL, .want_b = gb != NULL};
-    if (gx && (gw || gb)) { /* one pass: gx and the column sums of each chunk of rows */
-        const int64_t nch = (M + LN_ROWS - 1) / LN_ROWS;
-        ctx.part = malloc(sizeof(double) * 2 * (size_t)(nch * N > 0 ? nch * N : 1));
-        if (!ctx.part)
-            return ct_error("layer_norm_backward: out of memory for %lld x %lld column sums",
-                            (long long)nch, (long long)N);
-        ct_parallel_for(nch, 1, f64 ? ln_backward_fused_f64 : ln_backward_fused_f32, &ctx);
-        for (int64_t j = 0; j < N; j++) { /* the chunks' sums in chunk order */
-            double aw = 0, ab = 0;
-            for (int64_t c = 0; c < nch; c++) {
-                aw += ctx.part[(size_t)(2 * c * N + j)];
-                ab += ctx.part[(size_t)((2 * c + 1) * N + j)];
-            }
-            if (gw) store_flat(gw, j, aw);
-            if (gb) store_flat(gb, j, ab);
-        }
-        free(ctx.part);
+    if (!gw && !gb) {
+        if (gx) ct_parallel_for(M, grain_for(N), f64 ? ln_backward_input_f64 : ln_backward_input_f32,
+                                &ctx);
         return 0;
     }
-    if (gx) ct_parallel_for(M, grain_for(N), f64 ? ln_backward_input_f64 : ln_backward_input_f32,
-                            &ctx);
-    if (gw || gb) {
-        double *acc = malloc(sizeof(double) * 2 * (size_t)(N > 0 ? N : 1));
-        if (!acc)
-            return ct_error("layer_norm_backward: out of memory for %lld columns", (long long)N);
-        ctx.acc_w = acc;
-        ctx.acc_b = acc + N;
-        /* Each chunk reads a column block of every row; keep blocks wide enough. */
-        int64_t grain = grain_for(M);
-        if (grain < 64) grain = 64;
-        ct_parallel_for(N, grain, f64 ? ln_backward_params_f64 : ln_backward_params_f32, &ctx);
-        for (int64_t j = 0; j < N; j++) {
-            if (gw) store_flat(gw, j, acc[j]);
-            if (gb) store_flat(gb, j, acc[N + j]);
+    /* one pass over the rows: gx (if wanted) and the column sums of each chunk of rows */
+    const int64_t nch = (M + LN_ROWS - 1) / LN_ROWS;
+    ctx.part = malloc(sizeof(double) * 2 * (size_t)(nch * N > 0 ? nch * N : 1));
+    if (!ctx.part)
+        return ct_error("layer_norm_backward: out of memory for %lld x %lld column sums",
+                        (long long)nch, (long long)N);
+    ct_parallel_for(nch, 1, f64 ? ln_backward_fused_f64 : ln_backward_fused_f32, &ctx);
+    for (int64_t j = 0; j < N; j++) { /* the chunks' sums in chunk order */
+        double aw = 0, ab = 0;
+        for (int64_t c = 0; c < nch; c++) {
+            aw += ctx.part[(size_t)(2 * c * N + j)];
+            ab += ctx.part[(size_t)((2 * c + 1) * N + j)];
         }
-        free(acc);
+        if (gw) store_flat(gw, j, aw);
+        if (gb) store_flat(gb, j, ab);
     }
+    free(ctx.part);
     return 0;
 }
