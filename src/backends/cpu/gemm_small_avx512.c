@@ -93,58 +93,62 @@ int ct_sgemm_small_wanted(int ta, int tb, int64_t M, int64_t N, int64_t K) {
 /* ------------------------------------------------------------ outer product */
 enum { OMR = 12 };
 
+/* MR rows x NV vectors of 16 columns of C (MR * NV <= 24 accumulators in registers): per k,
+ * NV vectors of B's row k and MR broadcasts of A (any strides, so A may be transposed).
+ * Every vector but the last is whole; the last one's lanes are klast. Then C = alpha acc
+ * (+ bias) (+ beta C). The outer-product tiles (up to 12 x 32) and the blocked kernels'
+ * panels (6 x 64) are this function. */
 AI void outer_tile(const int MR, const int NV, int64_t K, const float *A, int64_t ars,
                    int64_t acs, const float *B, int64_t ldb, float *C, int64_t ldc,
-                   __mmask16 k0, __mmask16 k1, float alpha, float beta, const float *bias) {
-    __m512 acc[OMR][2];
+                   __mmask16 klast, float alpha, float beta, const float *bias) {
+    __m512 acc[OMR][4];
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) {
-        acc[i][0] = _mm512_setzero_ps();
-        acc[i][1] = _mm512_setzero_ps();
-    }
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();
+#pragma GCC unroll 2
     for (int64_t k = 0; k < K; k++) {
         const float *b = B + k * ldb;
         const float *a = A + k * acs;
-        __m512 b0 = _mm512_maskz_loadu_ps(k0, b);
-        __m512 b1 = NV > 1 ? _mm512_maskz_loadu_ps(k1, b + 16) : _mm512_setzero_ps();
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            bv[j] = j == NV - 1 ? _mm512_maskz_loadu_ps(klast, b + 16 * j) : _mm512_loadu_ps(b + 16 * j);
 #pragma GCC unroll 12
         for (int i = 0; i < MR; i++) {
             __m512 av = _mm512_set1_ps(a[i * ars]);
-            acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
-            if (NV > 1) acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; j++) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
         }
     }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), b0 = _mm512_setzero_ps(), b1 = b0;
-    if (bias) {
-        b0 = _mm512_maskz_loadu_ps(k0, bias);
-        if (NV > 1) b1 = _mm512_maskz_loadu_ps(k1, bias + 16);
-    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), bs[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++)
+        bs[j] = bias ? _mm512_maskz_loadu_ps(j == NV - 1 ? klast : 0xffff, bias + 16 * j)
+                     : _mm512_setzero_ps();
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) {
-        float *c = C + i * ldc;
-        __m512 r0 = _mm512_mul_ps(acc[i][0], va);
-        if (bias) r0 = _mm512_add_ps(r0, b0);
-        if (beta != 0) r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k0, c), r0);
-        _mm512_mask_storeu_ps(c, k0, r0);
-        if (NV > 1) {
-            __m512 r1 = _mm512_mul_ps(acc[i][1], va);
-            if (bias) r1 = _mm512_add_ps(r1, b1);
-            if (beta != 0) r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k1, c + 16), r1);
-            _mm512_mask_storeu_ps(c + 16, k1, r1);
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++) {
+            const __mmask16 m = j == NV - 1 ? klast : 0xffff;
+            float *c = C + i * ldc + 16 * j;
+            __m512 r = _mm512_mul_ps(acc[i][j], va);
+            if (bias) r = _mm512_add_ps(r, bs[j]);
+            if (beta != 0) r = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c), r);
+            _mm512_mask_storeu_ps(c, m, r);
         }
-    }
 }
 
 typedef void (*outer_fn)(int64_t K, const float *A, int64_t ars, int64_t acs, const float *B,
-                         int64_t ldb, float *C, int64_t ldc, __mmask16 k0, __mmask16 k1,
-                         float alpha, float beta, const float *bias);
+                         int64_t ldb, float *C, int64_t ldc, __mmask16 klast, float alpha,
+                         float beta, const float *bias);
 
 #define DEF_OUTER(MR, NV)                                                                      \
     static TGT void outer_##MR##_##NV(int64_t K, const float *A, int64_t ars, int64_t acs,     \
                                       const float *B, int64_t ldb, float *C, int64_t ldc,      \
-                                      __mmask16 k0, __mmask16 k1, float alpha, float beta,     \
+                                      __mmask16 klast, float alpha, float beta,                \
                                       const float *bias) {                                     \
-        outer_tile(MR, NV, K, A, ars, acs, B, ldb, C, ldc, k0, k1, alpha, beta, bias);         \
+        outer_tile(MR, NV, K, A, ars, acs, B, ldb, C, ldc, klast, alpha, beta, bias);          \
     }
 #define DEF_OUTER2(MR) DEF_OUTER(MR, 1) DEF_OUTER(MR, 2)
 DEF_OUTER2(1) DEF_OUTER2(2) DEF_OUTER2(3) DEF_OUTER2(4) DEF_OUTER2(5) DEF_OUTER2(6)
@@ -170,11 +174,11 @@ static void outer_driver(int64_t M, int64_t N, int64_t K, float alpha, const flo
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
         int64_t nr = N - n0 < 32 ? N - n0 : 32;
         int nv = nr > 16 ? 2 : 1;
-        __mmask16 k0 = lane_mask(nr), k1 = nr > 16 ? lane_mask(nr - 16) : 0;
+        __mmask16 klast = lane_mask(nr > 16 ? nr - 16 : nr);
         for (int64_t t = 0; t < mt; t++) {
             int64_t m0 = part_start(M, mt, t), mr = part_start(M, mt, t + 1) - m0;
             g_outer[mr - 1][nv - 1](K, A + m0 * ars, ars, acs, B + n0, ldb, C + m0 * ldc + n0,
-                                    ldc, k0, k1, alpha, beta, bias ? bias + n0 : NULL);
+                                    ldc, klast, alpha, beta, bias ? bias + n0 : NULL);
         }
     }
 }
@@ -183,7 +187,7 @@ static void outer_driver(int64_t M, int64_t N, int64_t K, float alpha, const flo
  * A linear layer over a whole batch of tokens (M in the thousands, N and K in the
  * hundreds; or the weight gradient, K the thousands): tiles of up to 6 rows x 64 columns
  * (24 zmm accumulators; per k four vectors of B, six broadcasts of A) inside cache blocks,
- * BLAS's loops without its packing. K in chunks of at most KC_MAX (C accumulates across
+ * BLAS's loops without its packing (outer_tile with four vectors). K in chunks of at most KC_MAX (C accumulates across
  * chunks: beta for the first, 1 after); rows of A in slabs of about A_SLAB bytes per chunk,
  * so that a slab meets every 64-column panel of B while it sits in L2 and each panel's
  * chunk serves the slab's tiles from L1. Columns past the last whole panel go through the
@@ -192,41 +196,6 @@ static void outer_driver(int64_t M, int64_t N, int64_t K, float alpha, const flo
  * transposed into a K x N buffer (16 x 16 blocks in registers). */
 enum { PMR = 6, PNV = 4, KC_MAX = 384, A_SLAB = 160 * 1024 };
 
-AI void panel_tile(const int MR, int64_t K, const float *A, int64_t ars, int64_t acs,
-                   const float *B, int64_t ldb, float *C, int64_t ldc, float alpha, float beta,
-                   const float *bias) {
-    __m512 acc[PMR][PNV];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < PNV; j++) acc[i][j] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-    for (int64_t k = 0; k < K; k++) {
-        __m512 b[PNV];
-#pragma GCC unroll 4
-        for (int j = 0; j < PNV; j++) b[j] = _mm512_loadu_ps(B + k * ldb + 16 * j);
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; i++) {
-            __m512 av = _mm512_set1_ps(A[i * ars + k * acs]);
-#pragma GCC unroll 4
-            for (int j = 0; j < PNV; j++) acc[i][j] = _mm512_fmadd_ps(av, b[j], acc[i][j]);
-        }
-    }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), bv[PNV];
-#pragma GCC unroll 4
-    for (int j = 0; j < PNV; j++) bv[j] = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < PNV; j++) {
-            float *c = C + i * ldc + 16 * j;
-            __m512 r = _mm512_mul_ps(acc[i][j], va);
-            if (bias) r = _mm512_add_ps(r, bv[j]);
-            if (beta != 0) r = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), r);
-            _mm512_storeu_ps(c, r);
-        }
-}
-
 typedef void (*panel_fn)(int64_t K, const float *A, int64_t ars, int64_t acs, const float *B,
                          int64_t ldb, float *C, int64_t ldc, float alpha, float beta,
                          const float *bias);
@@ -234,7 +203,7 @@ typedef void (*panel_fn)(int64_t K, const float *A, int64_t ars, int64_t acs, co
     static TGT void panel_##MR(int64_t K, const float *A, int64_t ars, int64_t acs,            \
                                const float *B, int64_t ldb, float *C, int64_t ldc, float alpha, \
                                float beta, const float *bias) {                                \
-        panel_tile(MR, K, A, ars, acs, B, ldb, C, ldc, alpha, beta, bias);                     \
+        outer_tile(MR, PNV, K, A, ars, acs, B, ldb, C, ldc, 0xffff, alpha, beta, bias);        \
     }
 DEF_PANEL(1) DEF_PANEL(2) DEF_PANEL(3) DEF_PANEL(4) DEF_PANEL(5) DEF_PANEL(6)
 static const panel_fn g_panel[PMR] = {panel_1, panel_2, panel_3, panel_4, panel_5, panel_6};
