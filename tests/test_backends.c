@@ -376,6 +376,29 @@ static void case_bmm(ct_device dev, const ct_kernels *k, const char *bname) {
 
 BACKEND_CASE(bmm, case_bmm)
 
+/* bmm's bias refused with a message naming it: the wrong length, the wrong dtype, and a
+ * bias with beta != 0 (float32 through the CPU's epilogue path, float64 through its
+ * broadcast path). */
+TEST(backends_bmm_bad_bias) {
+    int64_t sa[3] = {1, 4, 3}, sb[3] = {1, 3, 5}, sc[3] = {1, 4, 5}, n5 = 5, n4 = 4;
+    const ct_dtype dts[2] = {CT_FLOAT32, CT_FLOAT64};
+    for (int d = 0; d < 2; d++) {
+        ct_tensor *a = ct_randn(sa, 3, dts[d]), *b = ct_randn(sb, 3, dts[d]);
+        ct_tensor *c = ct_zeros(sc, 3, dts[d]);
+        ct_tensor *short_bias = ct_randn(&n4, 1, dts[d]), *bias = ct_randn(&n5, 1, dts[d]);
+        ct_tensor *other = ct_randn(&n5, 1, dts[d] == CT_FLOAT32 ? CT_FLOAT64 : CT_FLOAT32);
+        CHECK(cpuk()->bmm(c, a, b, short_bias, 1.0, 0.0) != 0);
+        CHECK_MSG(strstr(ct_last_error(), "bias") && strstr(ct_last_error(), "[5]"), "%s",
+                  ct_last_error());
+        CHECK(cpuk()->bmm(c, a, b, other, 1.0, 0.0) != 0);
+        CHECK_MSG(strstr(ct_last_error(), "bias"), "%s", ct_last_error());
+        CHECK(cpuk()->bmm(c, a, b, bias, 1.0, 0.5) != 0);
+        CHECK_MSG(strstr(ct_last_error(), "beta == 0"), "%s", ct_last_error());
+        CHECK_OK(cpuk()->bmm(c, a, b, bias, 1.0, 0.0));
+        ct_free(a), ct_free(b), ct_free(c), ct_free(short_bias), ct_free(bias), ct_free(other);
+    }
+}
+
 /* ------------------------------------------------------------------ conv2d */
 typedef struct {
     int64_t x[4], w[4];
