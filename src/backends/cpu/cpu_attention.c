@@ -116,14 +116,7 @@ CT_AVX512_FMA static float exp_sub_sum_avx512(float *x, int n, float mx) {
     for (int i = 0; i < n; i += 16) {
         const __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
         const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m);
-        const __m512 dc = _mm512_max_ps(d, lo);
-        const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(dc, _mm512_set1_ps(1.44269504088896341f)),
-                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 p;
-        CT_EXP_POLY(_mm512, __m512, dc, fx, p);
-        const __m512i nn = _mm512_cvtps_epi32(fx);
-        __m512 e = _mm512_castsi512_ps(
-            _mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(nn, 23)));
+        __m512 e = ct_exp16_normal_avx512(_mm512_max_ps(d, lo));
         /* below e^-87 of the row's largest: 0; NaN stays NaN */
         e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d, lo, _CMP_GE_OQ), e);
         e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q), d);
