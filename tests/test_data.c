@@ -757,6 +757,63 @@ TEST(data_transform_crop_flip) {
     CHECK(flips > 1800 && flips < 2200);
 }
 
+/* The loader's one pass (crop, flip and conversion through a per-byte table) gives the
+ * bits of the byte-wise augmentation followed by the conversion, with the same draws:
+ * every offset and flip, padding wider than the image, non-square images, 1-4 channels,
+ * with and without Normalize. */
+TEST(data_augment_to_float_equals_augment_then_convert) {
+    enum { MAXC = 4, MAXH = 9, MAXW = 12 };
+    const float mean[MAXC] = {0.4914f, 0.4822f, 0.4465f, 0.1307f};
+    const float stdv[MAXC] = {0.2470f, 0.2435f, 0.2616f, 0.3081f};
+    const int shapes[][3] = {{3, 8, 8}, {1, 5, 12}, {2, 9, 3}, {4, 1, 1}, {3, 7, 5}};
+    const int pads[] = {0, 1, 4, 13};
+    int cases = 0, flips = 0, empty_rows = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (size_t pi = 0; pi < sizeof pads / sizeof pads[0]; pi++)
+            for (int flip = 0; flip <= 1; flip++)
+                for (int norm = 0; norm <= 1; norm++) {
+                    int c = shapes[si][0], h = shapes[si][1], w = shapes[si][2];
+                    ct_transform t;
+                    memset(&t, 0, sizeof t);
+                    t.crop_padding = pads[pi];
+                    t.hflip = flip;
+                    float lut[MAXC][256];
+                    ct__pixel_lut(norm ? mean : NULL, norm ? stdv : NULL, c, lut);
+                    for (int seed = 0; seed < 40; seed++) {
+                        uint8_t img[MAXC * MAXH * MAXW];
+                        float want[MAXC * MAXH * MAXW], got[MAXC * MAXH * MAXW];
+                        for (int i = 0; i < c * h * w; i++) img[i] = (uint8_t)(37 * i + 11 * seed + 1);
+                        uint8_t src[MAXC * MAXH * MAXW];
+                        memcpy(src, img, sizeof src);
+                        ct_data_rng r1, r2;
+                        ct_data_rng_seed(&r1, (uint64_t)seed * 977 + si);
+                        ct_data_rng_seed(&r2, (uint64_t)seed * 977 + si);
+                        ct_transform_augment(&t, img, c, h, w, &r1);
+                        ct_images_to_float(img, want, 1, c, h, w, norm ? mean : NULL, norm ? stdv : NULL);
+                        ct__augment_to_float(&t, (const float(*)[256])lut, src, got, c, h, w, &r2);
+                        CHECK_MSG(memcmp(want, got, (size_t)c * h * w * sizeof(float)) == 0,
+                                  "c%d h%d w%d pad %d flip %d norm %d seed %d", c, h, w, pads[pi],
+                                  flip, norm, seed);
+                        CHECK(r1.state == r2.state); /* the same number of draws */
+                        for (int y = 0; y < h; y++) {
+                            int zero_row = 1;
+                            for (int x = 0; x < w; x++) zero_row &= img[y * w + x] == 0;
+                            empty_rows += zero_row;
+                        }
+                        flips += flip && memcmp(img, src, (size_t)c * h * w) != 0;
+                        cases++;
+                    }
+                }
+    CHECK(cases == 5 * 4 * 2 * 2 * 40);
+    CHECK(flips > 0 && empty_rows > 0); /* flips and padded rows were among the cases */
+    /* NULL transform: the plain conversion */
+    const uint8_t px[3] = {0, 128, 255};
+    float lut1[1][256], o[3];
+    ct__pixel_lut(NULL, NULL, 1, lut1);
+    ct__augment_to_float(NULL, (const float(*)[256])lut1, px, o, 1, 1, 3, NULL);
+    CHECK(o[0] == 0.0f && o[1] == 128.0f / 255.0f && o[2] == 1.0f);
+}
+
 /* ------------------------------------------------------------- DataLoader */
 /* A dataset whose record i encodes i in its pixels (1x2x2: low byte, high byte) and has
  * label i % 10, so batches reveal the record order. */

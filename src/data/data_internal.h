@@ -63,4 +63,13 @@ extern const char *const ct_cifar_test_file;
  * (written atomically, one file at a time). */
 int ct_cifar10_extract_archive(const char *archive, const char *dest_dir);
 
+/* lut[ch][v]: the float that ToTensor (+ Normalize with mean/std, when non-NULL) gives
+ * byte v of channel ch, for ch < c (src/data/transforms.c). */
+void ct__pixel_lut(const float *mean, const float *std, int c, float (*lut)[256]);
+/* One c x h x w image of bytes to floats in one pass: t's random crop and flip (the same
+ * draws from rng as ct_transform_augment; t may be NULL), then lut. Equal, bit for bit,
+ * to ct_transform_augment followed by ct_images_to_float. */
+void ct__augment_to_float(const ct_transform *t, const float (*lut)[256], const uint8_t *src,
+                          float *dst, int c, int h, int w, ct_data_rng *rng);
+
 #endif

@@ -70,6 +70,7 @@ struct ct_dataloader {
     int stop;
     double wait_s;
     uint8_t *scratch; /* synchronous mode */
+    float (*lut)[256]; /* the float of each byte value, per channel (ToTensor + Normalize) */
     /* records skipped in the batches delivered under generation skip_gen (this epoch) */
     uint64_t skip_gen;
     int64_t skipped;
@@ -182,12 +183,9 @@ static int build_batch(const ct_dataloader *dl, int64_t epoch, int64_t b, uint8_
     float *images = ct_data(timg);
     int64_t *labels = ct_data(tlab);
     const ct_transform *t = &dl->opts.transform;
-    int augment = t->crop_padding > 0 || t->hflip;
     ct_data_rng r;
     uint64_t rank_bits = dl->opts.num_replicas > 1 ? (uint64_t)dl->opts.rank << 40 : 0;
     ct_data_rng_seed(&r, stream_seed(dl->opts.seed, epoch, (0x61756700ull + (uint64_t)b) ^ rank_bits));
-    const float *mean = t->normalize ? t->mean : NULL;
-    const float *std = t->normalize ? t->std : NULL;
     int64_t k = 0; /* images in the batch so far (records skipped by fetch are left out) */
     for (int64_t i = 0; i < bsz; i++) {
         int64_t rec = dl->perm[b * dl->opts.batch_size + i];
@@ -206,17 +204,13 @@ static int build_batch(const ct_dataloader *dl, int64_t epoch, int64_t b, uint8_
                 info_skip(bi, why);
                 continue;
             }
-            if (augment) ct_transform_augment(t, scratch, ds->c, ds->h, ds->w, &r);
             src = scratch;
         } else {
             src = ds->images + (size_t)rec * numel;
-            if (augment) {
-                memcpy(scratch, src, (size_t)numel);
-                ct_transform_augment(t, scratch, ds->c, ds->h, ds->w, &r);
-                src = scratch;
-            }
         }
-        ct_images_to_float(src, images + (size_t)k * numel, 1, ds->c, ds->h, ds->w, mean, std);
+        /* crop, flip and ToTensor (+ Normalize) in one pass over the bytes */
+        ct__augment_to_float(t, (const float (*)[256])dl->lut, src, images + (size_t)k * numel,
+                             ds->c, ds->h, ds->w, &r);
         labels[k++] = ds->labels[rec];
     }
     if (k < bsz) { /* records were skipped: a smaller batch, or none */
@@ -374,14 +368,17 @@ ct_dataloader *ct_dataloader_new(const ct_dataset *ds, const ct_dataloader_opts 
     }
     dl->slots = calloc((size_t)dl->prefetch, sizeof(slot_t));
     dl->scratch = malloc(dl->sample_numel ? (size_t)dl->sample_numel : 1);
-    if (!dl->perm || !dl->slots || !dl->scratch) {
+    dl->lut = malloc((size_t)(ds->c > 0 ? ds->c : 1) * sizeof *dl->lut);
+    if (!dl->perm || !dl->slots || !dl->scratch || !dl->lut) {
         free(dl->perm);
         free(dl->full);
         free(dl->slots);
         free(dl->scratch);
+        free(dl->lut);
         free(dl);
         return ct_error_null("dataloader: out of memory");
     }
+    ct__pixel_lut(t->normalize ? t->mean : NULL, t->normalize ? t->std : NULL, ds->c, dl->lut);
     pthread_mutex_init(&dl->mu, NULL);
     pthread_cond_init(&dl->cv_work, NULL);
     pthread_cond_init(&dl->cv_ready, NULL);
@@ -545,6 +542,7 @@ void ct_dataloader_free(ct_dataloader *dl) {
     free(dl->perm);
     free(dl->full);
     free(dl->scratch);
+    free(dl->lut);
     free(dl->skip_report);
     free(dl);
 }

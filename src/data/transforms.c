@@ -102,21 +102,62 @@ void ct_transform_augment(const ct_transform *t, uint8_t *img, int c, int h, int
     }
 }
 
+/* The float of every byte value of channel ch: v/255, then (v/255 - mean) / std when
+ * mean/std are given, the operations of ToTensor + Normalize in their order (x*a + b would
+ * differ from PyTorch in the last bit). A lookup gives the same bits as computing it. */
+void ct__pixel_lut(const float *mean, const float *std, int c, float (*lut)[256]) {
+    for (int ch = 0; ch < c; ch++)
+        for (int v = 0; v < 256; v++)
+            lut[ch][v] = mean && std ? ((float)v / 255.0f - mean[ch]) / std[ch] : (float)v / 255.0f;
+}
+
 void ct_images_to_float(const uint8_t *src, float *dst, int64_t n, int c, int h, int w,
                         const float *mean, const float *std) {
     size_t plane = (size_t)h * w;
-    for (int64_t i = 0; i < n; i++) {
-        for (int ch = 0; ch < c; ch++) {
+    for (int ch = 0; ch < c; ch++) {
+        float lut[1][256];
+        ct__pixel_lut(mean && std ? mean + ch : NULL, mean && std ? std + ch : NULL, 1, lut);
+        for (int64_t i = 0; i < n; i++) {
             const uint8_t *s = src + ((size_t)i * c + ch) * plane;
             float *d = dst + ((size_t)i * c + ch) * plane;
-            if (mean && std) {
-                /* (x/255 - m)/s computed as x*a + b would differ from PyTorch in the last
-                 * bit; keep the same operation order as ToTensor + Normalize. */
-                float m = mean[ch], sd = std[ch];
-                for (size_t k = 0; k < plane; k++) d[k] = ((float)s[k] / 255.0f - m) / sd;
-            } else {
-                for (size_t k = 0; k < plane; k++) d[k] = (float)s[k] / 255.0f;
+            for (size_t k = 0; k < plane; k++) d[k] = lut[0][s[k]];
+        }
+    }
+}
+
+void ct__augment_to_float(const ct_transform *t, const float (*lut)[256], const uint8_t *src,
+                          float *dst, int c, int h, int w, ct_data_rng *rng) {
+    int oy = 0, ox = 0, flip = 0;
+    if (t && t->crop_padding > 0) { /* the draws of ct_transform_augment, in its order */
+        int pad = t->crop_padding;
+        oy = (int)ct_data_rng_below(rng, (uint64_t)(2 * pad + 1)) - pad;
+        ox = (int)ct_data_rng_below(rng, (uint64_t)(2 * pad + 1)) - pad;
+    }
+    if (t && t->hflip) flip = (int)(ct_data_rng_next(rng) >> 63);
+    /* output column x reads source column x + ox, or (w - 1 - x) + ox when flipped; the
+     * columns [x0, x1) have one, the others are padding (byte 0) */
+    int x0 = flip ? ox : -ox, x1 = flip ? w + ox : w - ox;
+    if (x0 < 0) x0 = 0;
+    if (x1 > w) x1 = w;
+    if (x1 < x0) x1 = x0 = 0;
+    for (int ch = 0; ch < c; ch++) {
+        const float *L = lut[ch];
+        const float zero = L[0];
+        const uint8_t *s = src + (size_t)ch * h * w;
+        for (int y = 0; y < h; y++) {
+            float *d = dst + ((size_t)ch * h + y) * w;
+            int sy = y + oy;
+            if (sy < 0 || sy >= h) {
+                for (int x = 0; x < w; x++) d[x] = zero;
+                continue;
             }
+            const uint8_t *row = s + (size_t)sy * w;
+            for (int x = 0; x < x0; x++) d[x] = zero;
+            if (flip)
+                for (int x = x0; x < x1; x++) d[x] = L[row[w - 1 - x + ox]];
+            else
+                for (int x = x0; x < x1; x++) d[x] = L[row[x + ox]];
+            for (int x = x1; x < w; x++) d[x] = zero;
         }
     }
 }
