@@ -215,23 +215,37 @@ static void blocked_driver(int64_t M, int64_t N, int64_t K, float alpha, const f
     int64_t mc = A_SLAB / (4 * kc) / PMR * PMR;
     if (mc < PMR) mc = PMR;
     const int64_t nfull = N / (16 * PNV) * (16 * PNV);
+    /* A transposed (a weight gradient: op(A)[m][k] = A[k * acs + m], acs the whole row of
+     * the activations): each k of a tile is on its own line and, with rows of kilobytes, on
+     * its own page. The slab's chunk is copied first as [kl][ml] rows, so the tiles' k
+     * follow one another a few hundred bytes apart (the same values, the same sums). Without
+     * the buffer, the kernels read A in place. */
+    float *pa = ars == 1 && acs > 1 ? ct_cpu_alloc(sizeof(float) * (size_t)(mc * kc)) : NULL;
     for (int64_t k0 = 0; k0 < K; k0 += kc) {
         const int64_t kl = K - k0 < kc ? K - k0 : kc;
         const float bt = k0 ? 1.0f : beta, *bs = k0 ? NULL : bias; /* bias: first chunk */
         const float *Ak = A + k0 * acs, *Bk = B + k0 * ldb;
         for (int64_t m0 = 0; m0 < M; m0 += mc) {
             const int64_t ml = M - m0 < mc ? M - m0 : mc, mt = (ml + PMR - 1) / PMR;
+            const float *As = Ak + m0 * ars; /* the slab's first row */
+            int64_t sars = ars, sacs = acs;
+            if (pa) {
+                for (int64_t k = 0; k < kl; k++)
+                    memcpy(pa + k * ml, As + k * acs, sizeof(float) * (size_t)ml);
+                As = pa, sacs = ml;
+            }
             for (int64_t n0 = 0; n0 < nfull; n0 += 16 * PNV)
                 for (int64_t t = 0; t < mt; t++) {
-                    int64_t r0 = m0 + part_start(ml, mt, t), mr = m0 + part_start(ml, mt, t + 1) - r0;
-                    g_panel[mr - 1](kl, Ak + r0 * ars, ars, acs, Bk + n0, ldb, C + r0 * ldc + n0,
-                                    ldc, alpha, bt, bs ? bs + n0 : NULL);
+                    int64_t r0 = part_start(ml, mt, t), mr = part_start(ml, mt, t + 1) - r0;
+                    g_panel[mr - 1](kl, As + r0 * sars, sars, sacs, Bk + n0, ldb,
+                                    C + (m0 + r0) * ldc + n0, ldc, alpha, bt, bs ? bs + n0 : NULL);
                 }
             if (nfull < N)
-                outer_driver(ml, N - nfull, kl, alpha, Ak + m0 * ars, ars, acs, Bk + nfull, ldb,
-                             bt, C + m0 * ldc + nfull, ldc, bs ? bs + nfull : NULL);
+                outer_driver(ml, N - nfull, kl, alpha, As, sars, sacs, Bk + nfull, ldb, bt,
+                             C + m0 * ldc + nfull, ldc, bs ? bs + nfull : NULL);
         }
     }
+    ct_cpu_free(pa);
 }
 
 /* dst[k][n] = src[n][k] for n < N, k < K (src rows lds apart, dst rows N long). */
