@@ -516,6 +516,46 @@ TEST(attention_nan_and_underflow) {
     free(qd), free(md), free(yd);
 }
 
+/* Causal with more keys than queries (PyTorch's top-left alignment): the keys past the
+ * last query are seen by none, so their rows of dK and dV are exactly zero, whatever memory
+ * the gradients were given (the allocator hands back a block of NaNs freed just before);
+ * one query block, four key blocks, one of them partly seen. */
+TEST(attention_causal_unseen_keys_get_zero_gradients) {
+    enum { H = 2, L = 40, S = 300, E = 16 };
+    int64_t sq[3] = {H, L, E}, sk[3] = {H, S, E};
+    ct_manual_seed(3);
+    ct_tensor *q = ct_randn(sq, 3, CT_FLOAT32), *k = ct_randn(sk, 3, CT_FLOAT32);
+    ct_tensor *v = ct_randn(sk, 3, CT_FLOAT32), *go = ct_randn(sq, 3, CT_FLOAT32);
+    ct_set_requires_grad(q, 1);
+    ct_set_requires_grad(k, 1);
+    ct_set_requires_grad(v, 1);
+    ct_tensor *y = ct_scaled_dot_product_attention(q, k, v, NULL, 0.0, 1, 0.0);
+    CHECK_NN(y);
+    for (int rep = 0; rep < 4; rep++) { /* dirty blocks of the gradients' size, freed */
+        ct_tensor *junk = ct_full(sk, 3, NAN, CT_FLOAT32);
+        ct_free(junk);
+    }
+    if (y) CHECK_OK(ct_backward(y, go, 0));
+    float *gk = malloc(sizeof(float) * H * S * E), *gv = malloc(sizeof(float) * H * S * E);
+    CHECK(ct_grad(k) && ct_copy_to_buffer(ct_grad(k), gk, sizeof(float) * H * S * E) == 0);
+    CHECK(ct_grad(v) && ct_copy_to_buffer(ct_grad(v), gv, sizeof(float) * H * S * E) == 0);
+    int unseen_nonzero = 0, seen_bad = 0, seen_nonzero = 0;
+    for (int h = 0; h < H; h++)
+        for (int j = 0; j < S; j++)
+            for (int e = 0; e < E; e++) {
+                float a = gk[(h * S + j) * E + e], b = gv[(h * S + j) * E + e];
+                if (j >= L) unseen_nonzero += a != 0.0f || b != 0.0f;
+                else {
+                    seen_bad += !isfinite(a) || !isfinite(b);
+                    seen_nonzero += b != 0.0f;
+                }
+            }
+    CHECK_MSG(unseen_nonzero == 0, "%d gradient values of unseen keys are not 0", unseen_nonzero);
+    CHECK(seen_bad == 0 && seen_nonzero > 0);
+    free(gk), free(gv);
+    ct_free(y), ct_free(q), ct_free(k), ct_free(v), ct_free(go);
+}
+
 /* The CPU kernels on bfloat16 q, k, v (the native path: one batch widened at a time) give
  * bit for bit what widening whole tensors, running the float32 kernels and rounding the
  * results gives: outputs, log-sum-exp and all three gradients; with a float32 mask, causal,

@@ -498,12 +498,13 @@ static void bwd_range_bf16(void *vc, int64_t begin, int64_t end) {
     const size_t tile = (size_t)QB * KB;
     const size_t n = 2 * tile + (size_t)(c->E + c->Ev) * KB;
     const int64_t LE = c->L * c->E, SE = c->S * c->E, SV = c->S * c->Ev, LV = c->L * c->Ev;
-    float *buf = ct_cpu_alloc((n + (size_t)(2 * LE + 2 * SE + 2 * SV + LV)) * sizeof(float));
+    const size_t nf = n + (size_t)(2 * LE + 2 * SE + 2 * SV + LV);
+    float *buf = ct_cpu_alloc(nf * sizeof(float) + (size_t)c->nqb);
     if (!buf) {
         c->err = 1;
         return;
     }
-    bwd_buf_f32 w = {buf, buf + tile, buf + 2 * tile, NULL};
+    bwd_buf_f32 w = {buf, buf + tile, buf + 2 * tile, NULL, (unsigned char *)(buf + nf)};
     w.vt = w.kt + (size_t)c->E * KB;
     float *qf = buf + n, *kf = qf + LE, *vf = kf + SE, *gof = vf + SV, *gqf = gof + LV;
     float *gkf = gqf + LE, *gvf = gkf + SE;
@@ -760,13 +761,16 @@ static void F(fwd_range)(void *vc, int64_t begin, int64_t end) {
 /* Backward scratch of one thread. */
 typedef struct {
     T *s, *dp, *kt, *vt;
+    unsigned char *dq_set; /* per query block of the item: its dQ rows hold sums already */
 } F(bwd_buf);
 
 /* The gradients of one tile (rows [i0, i0+nq), keys [j0, j0+nk)): P from the saved
  * log-sum-exp, dV += P~^T dO, dP = (dO V^T) * dropout, dS = P (dP - D) scale,
- * dQ += dS K, dK += dS^T Q. */
+ * dQ += dS K, dK += dS^T Q. zero_dq, zero_kv: the tile is the first to reach those rows of
+ * dQ, of dK and dV, which it then writes instead of adding to (the same values as adding to
+ * zeros). */
 static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int dqs, int64_t b,
-                        int64_t i0, int nq, int64_t j0, int nk) {
+                        int64_t i0, int nq, int64_t j0, int nk, int zero_dq, int zero_kv) {
     const int E = (int)c->E, Ev = (int)c->Ev;
     const T *D = (const T *)c->D + b * c->L + i0;
     const T *lse = (const T *)c->lse + b * c->L + i0;
@@ -796,13 +800,14 @@ static void F(bwd_tile)(const sdpa_ctx *c, const F(bwd_buf) * w, T *dq, int dqs,
     }
     /* dV += P~^T dO, dK += dS^T Q: the tiles read transposed (no copies) */
     if (c->gv.p)
-        F(mm_acc)(c, nk, Ev, nq, w->s, 1, KB, dO, dos, ROW(c->gv, b, j0), (int)c->gv.s2, 0);
+        F(mm_acc)(c, nk, Ev, nq, w->s, 1, KB, dO, dos, ROW(c->gv, b, j0), (int)c->gv.s2,
+                  zero_kv);
     if (dq)
         F(mm_acc)(c, nq, E, nk, w->dp, KB, 1, ROW(c->k, b, j0), (int)c->k.s2,
-                  dq + i0 * dqs, dqs, 0);
+                  dq + i0 * dqs, dqs, zero_dq);
     if (c->gk.p)
         F(mm_acc)(c, nk, E, nq, w->dp, 1, KB, ROW(c->q, b, i0), (int)c->q.s2,
-                  ROW(c->gk, b, j0), (int)c->gk.s2, 0);
+                  ROW(c->gk, b, j0), (int)c->gk.s2, zero_kv);
 }
 
 /* D = rowsum(dO * O) for rows [b, e) of [B*L]. */
@@ -816,6 +821,14 @@ static void F(rowdot)(void *vc, int64_t b, int64_t e) {
     }
 }
 
+/* Zeros rows [j0, j0 + nk) of dK and dV of batch b. */
+static void F(zero_kv_rows)(const sdpa_ctx *c, int64_t b, int64_t j0, int nk) {
+    for (int64_t j = j0; j < j0 + nk; j++) {
+        if (c->gk.p) memset(ROW(c->gk, b, j), 0, sizeof(T) * (size_t)c->E);
+        if (c->gv.p) memset(ROW(c->gv, b, j), 0, sizeof(T) * (size_t)c->Ev);
+    }
+}
+
 /* Item (b, part): the key blocks of part against every query block; dK and dV of those
  * keys are this item's alone, dQ goes to gq (one part) or to the part's partial sums. */
 static void F(bwd_item)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t item) {
@@ -825,35 +838,46 @@ static void F(bwd_item)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t item) {
     T *dq = c->nsplit > 1 ? (T *)c->dqp + item * c->L * c->E
                           : c->gq.p ? ROW(c->gq, b, 0) : NULL;
     const int dqs = c->nsplit > 1 ? (int)c->E : (int)c->gq.s2;
-    if (dq)
-        for (int64_t i = 0; i < c->L; i++) memset(dq + i * dqs, 0, sizeof(T) * (size_t)c->E);
-    for (int64_t j = j_lo; j < j_end; j++) {
-        if (c->gk.p) memset(ROW(c->gk, b, j), 0, sizeof(T) * (size_t)c->E);
-        if (c->gv.p) memset(ROW(c->gv, b, j), 0, sizeof(T) * (size_t)c->Ev);
-    }
+    /* Rows of dQ, dK, dV are written by the first tile that reaches them (zero flags) and
+     * zeroed here only where no tile covers them whole: no pass of zeros over the rows. */
+    memset(w->dq_set, 0, (size_t)c->nqb);
     for (int64_t j0 = j_lo; j0 < j_end; j0 += KB) {
         const int nk = (int)(j_end - j0 < KB ? j_end - j0 : KB);
         F(scale_kt)(c, b, j0, nk, w->kt);
         F(transpose)(ROW(c->v, b, j0), nk, (int)c->Ev, c->v.s2, w->vt, KB);
+        int kv_set = 0; /* dK, dV of this key block hold sums (or zeros) */
         for (int64_t i0 = 0; i0 < c->L; i0 += QB) {
             const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
             const int64_t jend = F(key_end)(c, i0, nq);
             if (j0 >= jend) continue; /* causal: these queries see none of these keys */
-            F(bwd_tile)(c, w, dq, dqs, b, i0, nq, j0, (int)(jend - j0 < nk ? jend - j0 : nk));
+            const int nt = (int)(jend - j0 < nk ? jend - j0 : nk);
+            if (!kv_set && nt < nk) { /* the first tile covers some of the keys only */
+                F(zero_kv_rows)(c, b, j0, nk);
+                kv_set = 1;
+            }
+            F(bwd_tile)(c, w, dq, dqs, b, i0, nq, j0, nt, dq && !w->dq_set[i0 / QB], !kv_set);
+            kv_set = 1;
+            w->dq_set[i0 / QB] = 1;
         }
+        if (!kv_set) F(zero_kv_rows)(c, b, j0, nk); /* keys no query sees */
     }
+    if (dq) /* queries that see none of this part's keys */
+        for (int64_t i0 = 0; i0 < c->L; i0 += QB)
+            if (!w->dq_set[i0 / QB])
+                for (int64_t i = i0; i < i0 + QB && i < c->L; i++)
+                    memset(dq + i * dqs, 0, sizeof(T) * (size_t)c->E);
 }
 
 static void F(bwd_range)(void *vc, int64_t begin, int64_t end) {
     sdpa_ctx *c = vc;
     const size_t tile = (size_t)QB * KB;
     const size_t n = 2 * tile + (size_t)(c->E + c->Ev) * KB;
-    T *buf = ct_cpu_alloc(n * sizeof(T));
+    T *buf = ct_cpu_alloc(n * sizeof(T) + (size_t)c->nqb);
     if (!buf) {
         c->err = 1;
         return;
     }
-    F(bwd_buf) w = {buf, buf + tile, buf + 2 * tile, NULL};
+    F(bwd_buf) w = {buf, buf + tile, buf + 2 * tile, NULL, (unsigned char *)(buf + n)};
     w.vt = w.kt + (size_t)c->E * KB;
     for (int64_t it = begin; it < end; it++) F(bwd_item)(c, &w, it);
     ct_cpu_free(buf);
