@@ -255,9 +255,20 @@ CT_MULTIVERSION static void gelu_f32(void *vc, int64_t n, char **p, const int64_
  * CTORCH_CPU_ISA=none keeps gelu_f32. Every element goes through the same vector code, so
  * a value does not depend on where it sits: the tail with masked loads and stores, strided
  * runs through a small contiguous buffer. */
+/* GELU's kernels spend ~2 cycles per element computing; on their own the hardware
+ * prefetchers leave them waiting for memory on top of that (3-3.7 cycles per element over
+ * a tensor larger than the caches, 2.05 in L1; Sapphire Rapids VM). Asking for the line
+ * GELU_PF floats ahead brings them to ~2.1. Prefetches do not fault: past the end is
+ * harmless. */
+#define GELU_PF 1024
+#define GELU_PREFETCH(p) _mm_prefetch((const char *)((uintptr_t)(p) + 4 * GELU_PF), _MM_HINT_T0)
+
 CT_AVX2_FMA static void gelu_f32_avx2_run(float *o, const float *a, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, ct_gelu8_avx2(_mm256_loadu_ps(a + i)));
+    for (; i + 8 <= n; i += 8) {
+        GELU_PREFETCH(a + i);
+        _mm256_storeu_ps(o + i, ct_gelu8_avx2(_mm256_loadu_ps(a + i)));
+    }
     if (i < n) {
         const __m256i m = ct_lanes8_avx2((int)(n - i));
         _mm256_maskstore_ps(o + i, m, ct_gelu8_avx2(_mm256_maskload_ps(a + i, m)));
@@ -267,6 +278,7 @@ CT_AVX2_FMA static void gelu_f32_avx2_run(float *o, const float *a, int64_t n) {
 /* The same 16 at a time (cpu_vexp.h's ct_gelu16_avx512: the AVX2 kernel's values). */
 CT_AVX512_FMA static void gelu_f32_avx512_run(float *o, const float *a, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
+        GELU_PREFETCH(a + i);
         const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
         _mm512_mask_storeu_ps(o + i, m, ct_gelu16_avx512(_mm512_maskz_loadu_ps(m, a + i)));
     }
@@ -404,9 +416,12 @@ CT_AVX2_FMA static void gelu_bwd_f32_avx2(void *vc, int64_t b, int64_t e) {
     float *gx = (float *)c->gx;
     const float *gy = (const float *)c->gy, *xs = (const float *)c->x;
     int64_t i = b;
-    for (; i + 8 <= e; i += 8)
+    for (; i + 8 <= e; i += 8) {
+        GELU_PREFETCH(xs + i);
+        GELU_PREFETCH(gy + i);
         _mm256_storeu_ps(gx + i, _mm256_mul_ps(_mm256_loadu_ps(gy + i),
                                                ct_gelu_grad8_avx2(_mm256_loadu_ps(xs + i))));
+    }
     if (i < e) {
         const __m256i m = ct_lanes8_avx2((int)(e - i));
         const __m256 d = ct_gelu_grad8_avx2(_mm256_maskload_ps(xs + i, m));
@@ -420,6 +435,8 @@ CT_AVX512_FMA static void gelu_bwd_f32_avx512(void *vc, int64_t b, int64_t e) {
     float *gx = (float *)c->gx;
     const float *gy = (const float *)c->gy, *xs = (const float *)c->x;
     for (int64_t i = b; i < e; i += 16) {
+        GELU_PREFETCH(xs + i);
+        GELU_PREFETCH(gy + i);
         const __mmask16 m = e - i >= 16 ? 0xffff : (__mmask16)((1u << (e - i)) - 1);
         const __m512 d = ct_gelu_grad16_avx512(_mm512_maskz_loadu_ps(m, xs + i));
         _mm512_mask_storeu_ps(gx + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gy + i), d));
