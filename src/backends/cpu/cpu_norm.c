@@ -446,6 +446,14 @@ enum { LN_ROWS = 64 };
 DEFINE_LN_SUMS(float, f32)
 DEFINE_LN_SUMS(double, f64)
 
+/* Asks for the row two rows on (rows of `bytes`): on their own the hardware prefetchers
+ * leave LayerNorm's passes over each row waiting for memory (forward over 8320 x 192
+ * floats, one thread, this Xeon: 3.3 -> 2.5 cycles per element). Prefetches do not fault,
+ * past the end included. */
+static inline void ln_prefetch(const void *row, size_t bytes) {
+    const uintptr_t next = (uintptr_t)row + 2 * bytes;
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const void *)(next + o));
+}
 #define DEFINE_LN(T, SFX)                                                                    \
     CT_MULTIVERSION static void ln_forward_##SFX(void *vctx, int64_t r0, int64_t r1) {       \
         ln_ctx *ctx = vctx;                                                                  \
@@ -453,6 +461,7 @@ DEFINE_LN_SUMS(double, f64)
         const T *w = ctx->w, *b = ctx->b;                                                    \
         for (int64_t r = r0; r < r1; r++) {                                                  \
             const T *xp = (const T *)ctx->x + r * N;                                         \
+            ln_prefetch(xp, sizeof(T) * (size_t)N);                                          \
             T *yp = (T *)ctx->y + r * N;                                                     \
             const double sum = ln_rowsum_##SFX(xp, N, 0.0, 0);                               \
             const double mean = N > 0 ? sum / (double)N : NAN;                               \
@@ -478,6 +487,8 @@ DEFINE_LN_SUMS(double, f64)
         for (int64_t r = r0; r < r1; r++) {                                                  \
             const T *xp = (const T *)ctx->x + r * N;                                         \
             const T *gp = (const T *)ctx->gy + r * N;                                        \
+            ln_prefetch(xp, sizeof(T) * (size_t)N);                                          \
+            ln_prefetch(gp, sizeof(T) * (size_t)N);                                          \
             const double mean = (double)((const T *)ctx->mean)[r];                           \
             const double rstd = (double)((const T *)ctx->rstd)[r];                           \
             if (ctx->gx) {                                                                   \
