@@ -249,12 +249,6 @@ CT_MULTIVERSION static void gelu_f32(void *vc, int64_t n, char **p, const int64_
 }
 
 #ifdef CT_VEXP_X86
-/* GELU float32 with AVX2+FMA intrinsics (cpu_vexp.h's ct_gelu8_avx2 and ct_gelu_grad8_avx2:
- * gelu_f32's formulas, 8 at a time with FMA; the target_clones of gelu_f32 get no FMA).
- * Taken when ct_cpu_isa_level() >= CT_ISA_AVX2, 16 wide at CT_ISA_AVX512 (the same values);
- * CTORCH_CPU_ISA=none keeps gelu_f32. Every element goes through the same vector code, so
- * a value does not depend on where it sits: the tail with masked loads and stores, strided
- * runs through a small contiguous buffer. */
 /* GELU's kernels spend ~2 cycles per element computing; on their own the hardware
  * prefetchers leave them waiting for memory on top of that (3-3.7 cycles per element over
  * a tensor larger than the caches, 2.05 in L1; Sapphire Rapids VM). Asking for the line
@@ -263,6 +257,12 @@ CT_MULTIVERSION static void gelu_f32(void *vc, int64_t n, char **p, const int64_
 #define GELU_PF 1024
 #define GELU_PREFETCH(p) _mm_prefetch((const char *)((uintptr_t)(p) + 4 * GELU_PF), _MM_HINT_T0)
 
+/* GELU float32 with AVX2+FMA intrinsics (cpu_vexp.h's ct_gelu8_avx2 and ct_gelu_grad8_avx2:
+ * gelu_f32's formulas, 8 at a time with FMA; the target_clones of gelu_f32 get no FMA).
+ * Taken when ct_cpu_isa_level() >= CT_ISA_AVX2, 16 wide at CT_ISA_AVX512 (the same values);
+ * CTORCH_CPU_ISA=none keeps gelu_f32. Every element goes through the same vector code, so
+ * a value does not depend on where it sits: the tail with masked loads and stores, strided
+ * runs through a small contiguous buffer. */
 CT_AVX2_FMA static void gelu_f32_avx2_run(float *o, const float *a, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {

@@ -1,7 +1,8 @@
 /* SGEMM kernels for AVX-512, chosen at run time (see cpu_gemm_small.h): small products,
  * and (section "large products") the same idea inside cache blocks for tall ones.
  *
- * No packing: both layouts met by linear layers are read in place.
+ * No packing: both layouts met by linear layers are read in place (the large products'
+ * weight gradient alone copies A's slabs into contiguous rows, below).
  *  - B rows contiguous in n (NN, TN: x @ W and the weight gradient gy^T @ x): an
  *    outer-product kernel. A tile of up to 12 rows x 32 columns of C lives in 24 zmm
  *    registers; per k it loads two vectors of B's row k and broadcasts 12 scalars of A
@@ -187,8 +188,9 @@ static void outer_driver(int64_t M, int64_t N, int64_t K, float alpha, const flo
  * A linear layer over a whole batch of tokens (M in the thousands, N and K in the
  * hundreds; or the weight gradient, K the thousands): tiles of up to 6 rows x 64 columns
  * (24 zmm accumulators; per k four vectors of B, six broadcasts of A) inside cache blocks,
- * BLAS's loops without its packing (outer_tile with four vectors). K in chunks of at most KC_MAX (C accumulates across
- * chunks: beta for the first, 1 after); rows of A in slabs of about A_SLAB bytes per chunk,
+ * BLAS's loops without its packing of B (outer_tile with four vectors). K in chunks of at
+ * most KC_MAX (C accumulates across chunks: beta for the first, 1 after); rows of A in
+ * slabs of about A_SLAB bytes per chunk (a transposed A copied into rows first),
  * so that a slab meets every 64-column panel of B while it sits in L2 and each panel's
  * chunk serves the slab's tiles from L1. Columns past the last whole panel go through the
  * 32-column tiles above. The chunks depend on K alone, so the order of each element's sums
