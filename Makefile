@@ -72,6 +72,10 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,$(if $(CTORCH_DATA),$(CTORCH_DATA),data))
+# The tests' data: DATA_DIR when it exists; otherwise no CTORCH_DATA at all, so that the
+# tests needing data report skipped and `ctorch doctor` is not told of a directory that
+# is not there (which it rightly calls a problem).
+TEST_DATA_ENV := $(if $(wildcard $(DATA_DIR)),CTORCH_DATA=$(DATA_DIR),env -u CTORCH_DATA)
 
 NVCC := $(shell command -v nvcc 2>/dev/null)
 MPICC := $(shell command -v mpicc 2>/dev/null)
@@ -288,12 +292,12 @@ test: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/test_ctorch $(BUILD)/dist_worker $(if $(NVCC),cuda-emu) \
 	    $(if $(HAVE_LIBFUZZER),fuzz)
 	@scripts/check-readme.sh $(BUILD) "$(ARCHIVE_LIBS) $(IMAGE_LIBS)"
-	CTORCH_DATA=$(DATA_DIR) $(BUILD)/test_ctorch
+	$(TEST_DATA_ENV) $(BUILD)/test_ctorch
 
 test-sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build-san OPT=-O1 CFLAGS="$(SANFLAGS)" \
 	    LDLIBS="$(SANFLAGS)" build-san/test_ctorch
-	CTORCH_DATA=$(DATA_DIR) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	$(TEST_DATA_ENV) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    build-san/test_ctorch $(T)
 
 valgrind: deps $(BUILD)/test_ctorch
@@ -303,14 +307,14 @@ valgrind: deps $(BUILD)/test_ctorch
 # Scraped vs unscraped training throughput and malformed clients (bench/metrics_bench.py,
 # docs/monitoring.md); not part of `make test`. BENCH_PAIRS, BENCH_TRAIN_LIMIT and BENCH_EPOCHS size it.
 bench-metrics: cli
-	CTORCH_DATA=$(DATA_DIR) python3 bench/metrics_bench.py --bin $(BUILD)/ctorch
+	$(TEST_DATA_ENV) python3 bench/metrics_bench.py --bin $(BUILD)/ctorch
 
 # The ONNX peer checks at full size (tests/test_onnx.c, docs/onnx.md): resnet18 on 256
 # CIFAR-10 test images (make test: 32), its --amp bf16 export, and ctorch eval against ONNX
 # Runtime on all 10,000 test images of a briefly trained simple_cnn. Needs the peers
 # (bench/peer-requirements.txt: onnx, onnxruntime); not part of make test (about a minute).
 test-onnx-full: cli $(BUILD)/test_ctorch
-	CTORCH_DATA=$(DATA_DIR) CT_TEST_ONNX_FULL=1 $(BUILD)/test_ctorch onnx_ort
+	$(TEST_DATA_ENV) CT_TEST_ONNX_FULL=1 $(BUILD)/test_ctorch onnx_ort
 
 fixtures:
 	@for f in tests/fixtures/gen_*.py; do /usr/bin/python3 $$f || exit 1; done
@@ -330,7 +334,7 @@ image: lib cli $(if $(NVCC),cuda) $(if $(MPICC),mpi)
 test-image: $(BUILD)/test_ctorch
 	@test -f $(BUILD)/ctorch-image.oci.tar || { echo "error: $(BUILD)/ctorch-image.oci.tar" \
 	    "not found: run make image first" >&2; exit 1; }
-	CTORCH_DATA=$(DATA_DIR) CT_TEST_REQUIRE_IMAGE=1 $(BUILD)/test_ctorch image
+	$(TEST_DATA_ENV) CT_TEST_REQUIRE_IMAGE=1 $(BUILD)/test_ctorch image
 
 # -------------------------------------------------------------------- fuzzing
 # make fuzz: one libFuzzer program per fuzz/fuzz_<name>.c, $(BUILD)/fuzz/fuzz_<name>, built
