@@ -5,6 +5,7 @@
 #include "test.h"
 #include "backends/cpu/cpu_alloc.h"
 #include "backends/cpu/cpu_gemm_small.h"
+#include "backends/cpu/cpu_sgemm_amx.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -210,7 +211,8 @@ static int small_nobias(int ta, int tb, int64_t M, int64_t N, int64_t K, float a
  * of the beta 0 trials) against the float64 reference; nothing written past a row of C.
  * deep: K drawn from [deep, deep + 200) one trial in 7. */
 static void sgemm_check(sgemm_fn f, const char *name, const int *msz, int nm, const int *nsz,
-                        int nn, const int *ksz, int nk, int trials, int deep, int with_bias) {
+                        int nn, const int *ksz, int nk, int trials, int deep, int with_bias,
+                        int both_t) {
     unsigned seed = 99;
     int cases = 0;
     for (int trial = 0; trial < trials; trial++) {
@@ -219,7 +221,7 @@ static void sgemm_check(sgemm_fn f, const char *name, const int *msz, int nm, co
         if (trial % 7 == 0) K = deep + (int)((seed >> 4) % 200); /* deep products */
         if (trial % 11 == 0) N = 100 + (int)((seed >> 6) % 300);
         int ta = (seed >> 23) & 1, tb = (seed >> 24) & 1;
-        if (ta && tb) { /* not handled: must say so */
+        if (ta && tb && !both_t) { /* not handled: must say so */
             float z = 0;
             CHECK(f(1, 1, 1, 1, 1, 1, &z, 1, &z, 1, 0, &z, 1, NULL) == 1);
             continue;
@@ -272,7 +274,7 @@ TEST(sgemm_small_matches_reference) {
     if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
     static const int sizes[] = {1, 2, 3, 5, 7, 11, 12, 13, 15, 16, 17, 23, 31, 32, 33, 47, 48, 64, 65, 100};
     const int ns = (int)(sizeof sizes / sizeof *sizes);
-    sgemm_check(small_nobias, "small", sizes, ns, sizes, ns, sizes, ns, 700, 700, 0);
+    sgemm_check(small_nobias, "small", sizes, ns, sizes, ns, sizes, ns, 700, 700, 0, 0);
 }
 
 /* The cache-blocked kernels: rows in tiles of 1..6 (balanced), whole 64-column panels and
@@ -285,7 +287,7 @@ TEST(sgemm_blocked_matches_reference) {
     static const int nsz[] = {1, 10, 33, 63, 64, 65, 128, 130, 200};
     static const int ksz[] = {1, 7, 64, 200, 384, 385, 769};
     sgemm_check(ct_sgemm_blocked, "blocked", msz, (int)(sizeof msz / sizeof *msz), nsz,
-                (int)(sizeof nsz / sizeof *nsz), ksz, (int)(sizeof ksz / sizeof *ksz), 240, 900, 1);
+                (int)(sizeof nsz / sizeof *nsz), ksz, (int)(sizeof ksz / sizeof *ksz), 240, 900, 1, 0);
 }
 
 /* linear and matmul, forward and backward, with our kernels and with BLAS. */
@@ -357,6 +359,131 @@ TEST(sgemm_blocked_same_bits_any_thread_count) {
         if (one[i] && two[i]) CHECK_CLOSE(one[i], two[i], 0, names[i]);
         ct_free(one[i]);
         ct_free(two[i]);
+    }
+}
+
+/* ------------------------------------------------- float32 GEMM on AMX (bf16x6) */
+#define AMX_SKIP()                                                                         \
+    do {                                                                                   \
+        if (!ct_sgemm_amx_available())                                                     \
+            SKIP("no AMX and AVX512_BF16 here (or CTORCH_CPU_ISA below amx): the AVX-512 " \
+                 "and AVX2 kernels are used");                                             \
+    } while (0)
+
+/* Every layout (both transposed too), padded leading dimensions, alpha, beta, bias, M, N
+ * and K off the 32 grid, K in one pass (up to 1024) and in chunks of 256 (the deep
+ * trials' 1100-1300). */
+TEST(sgemm_amx_matches_reference) {
+    AMX_SKIP();
+    static const int msz[] = {1, 7, 31, 32, 33, 64, 97, 300};
+    static const int nsz[] = {1, 10, 32, 33, 63, 64, 65, 130};
+    static const int ksz[] = {1, 7, 31, 32, 33, 200, 1024, 1025};
+    sgemm_check(ct_sgemm_amx, "amx", msz, (int)(sizeof msz / sizeof *msz), nsz,
+                (int)(sizeof nsz / sizeof *nsz), ksz, (int)(sizeof ksz / sizeof *ksz), 200, 1100,
+                1, 1);
+}
+
+static float frand24(unsigned *s) { /* all 24 bits of the significand in use */
+    float hi = frand(s), lo = frand(s);
+    return hi + lo * (1.0f / 65536.0f);
+}
+
+/* The largest error against float64, relative to sum |a b|, over C. */
+static double rel_err(const float *C, const float *A, const float *B, int M, int N, int K,
+                      int ta) {
+    double worst = 0;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0, sa = 0;
+            for (int k = 0; k < K; k++) {
+                double x = ta ? A[k * M + m] : A[m * K + k], y = B[k * N + n];
+                s += x * y;
+                sa += fabs(x * y);
+            }
+            double e = fabs(C[m * N + n] - s) / (sa + 1e-30);
+            if (e > worst) worst = e;
+        }
+    return worst;
+}
+
+/* As accurate as float32 FMA: over random operands with all 24 bits in use (one pass and
+ * chunked K; A as is and transposed), the error against float64 is no larger than the
+ * AVX-512 kernel's. A dropped partial product (a1 b1 alone is 2^-16 |a b|) or a sum that
+ * loses the small terms fails this. */
+TEST(sgemm_amx_as_accurate_as_fma) {
+    AMX_SKIP();
+    static const int shapes[][4] = {{200, 96, 192, 0}, {64, 96, 1000, 0}, {96, 64, 3000, 1},
+                                    {40, 33, 5000, 1}};
+    unsigned seed = 5;
+    for (int s = 0; s < 4; s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], ta = shapes[s][3];
+        float *A = malloc(sizeof(float) * (size_t)M * K), *B = malloc(sizeof(float) * (size_t)K * N);
+        float *C = malloc(sizeof(float) * (size_t)M * N), *F = malloc(sizeof(float) * (size_t)M * N);
+        for (int i = 0; i < M * K; i++) A[i] = frand24(&seed);
+        for (int i = 0; i < K * N; i++) B[i] = frand24(&seed);
+        CHECK(ct_sgemm_amx(ta, 0, M, N, K, 1.0f, A, ta ? M : K, B, N, 0.0f, C, N, NULL) == 0);
+        int fma = ct_sgemm_small_available() &&
+                  ct_sgemm_blocked(ta, 0, M, N, K, 1.0f, A, ta ? M : K, B, N, 0.0f, F, N, NULL) == 0;
+        if (!fma) /* the FMA reference: plain float32 sums */
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    float acc = 0;
+                    for (int k = 0; k < K; k++)
+                        acc = fmaf(ta ? A[k * M + m] : A[m * K + k], B[k * N + n], acc);
+                    F[m * N + n] = acc;
+                }
+        double ea = rel_err(C, A, B, M, N, K, ta), ef = rel_err(F, A, B, M, N, K, ta);
+        CHECK_MSG(ea <= ef && ea < 1e-6, "M=%d N=%d K=%d ta=%d: AMX error %.3g, FMA %.3g", M, N,
+                  K, ta, ea, ef);
+        free(A); free(B); free(C); free(F);
+    }
+}
+
+/* Infinities and NaN go through as with float32 products: an infinite a times finite b's
+ * of one sign gives an infinity (not the NaN of inf - inf in its split), a NaN a NaN. */
+TEST(sgemm_amx_infinities_and_nan) {
+    AMX_SKIP();
+    const int M = 40, N = 40, K = 64;
+    float *A = calloc((size_t)M * K, sizeof(float)), *B = malloc(sizeof(float) * (size_t)K * N);
+    float *C = malloc(sizeof(float) * (size_t)M * N);
+    for (int i = 0; i < K * N; i++) B[i] = 0.5f + (float)(i % 7) / 8.0f;
+    for (int i = 0; i < M * K; i++) A[i] = (float)(i % 5) - 2.0f;
+    A[3 * K + 5] = INFINITY;
+    A[4 * K + 6] = -INFINITY;
+    A[5 * K + 7] = NAN;
+    A[6 * K + 8] = 3.0e38f; /* rounds up to infinity in bfloat16 */
+    CHECK(ct_sgemm_amx(0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N, NULL) == 0);
+    for (int n = 0; n < N; n++) {
+        CHECK(isinf(C[3 * N + n]) && C[3 * N + n] > 0);
+        CHECK(isinf(C[4 * N + n]) && C[4 * N + n] < 0);
+        CHECK(isnan(C[5 * N + n]));
+        CHECK(!isnan(C[6 * N + n]) && C[6 * N + n] > 1e38f);
+        CHECK(isfinite(C[7 * N + n]));
+    }
+    free(A); free(B); free(C);
+}
+
+/* Every element summed in one order: the same bits on 1 thread and on 2, in one pass and
+ * with K in chunks, through a linear layer's three products. */
+TEST(sgemm_amx_same_bits_any_thread_count) {
+    AMX_SKIP();
+    static const int64_t shapes[][3] = {{2600, 192, 200}, {1500, 64, 96}};
+    for (int s = 0; s < 2; s++) {
+        ct_tensor *one[4], *two[4];
+        int saved = ct_get_num_threads();
+        ct_set_num_threads(1);
+        linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], one);
+        ct_set_num_threads(2);
+        linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], two);
+        ct_set_num_threads(saved);
+        static const char *names[4] = {"y", "grad x", "grad w", "grad b"};
+        for (int i = 0; i < 4; i++) {
+            CHECK_NN(one[i]);
+            CHECK_NN(two[i]);
+            if (one[i] && two[i]) CHECK_CLOSE(one[i], two[i], 0, names[i]);
+            ct_free(one[i]);
+            ct_free(two[i]);
+        }
     }
 }
 

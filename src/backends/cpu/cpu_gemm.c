@@ -21,6 +21,7 @@
 #include "core/parallel.h"
 #include "cpu_alloc.h"
 #include "cpu_gemm_small.h"
+#include "cpu_sgemm_amx.h"
 #include "cpu_kernels.h"
 
 #include <cblas.h>
@@ -189,6 +190,21 @@ static int bmm_check(const ct_tensor *c, const ct_tensor *a, const ct_tensor *b)
     return 0;
 }
 
+/* float32 products large enough for AMX (cpu_sgemm_amx.c), one after the other, each
+ * threaded inside: 0 when done, 1 when they are not for AMX, -1 on error. */
+static int bmm_amx(const bmm_ctx *x, int64_t B) {
+    int ta = x->ta != CblasNoTrans, tb = x->tb != CblasNoTrans;
+    if (x->dt != CT_FLOAT32 || !ct_sgemm_amx_wanted(ta, tb, x->M, x->N, x->K)) return 1;
+    for (int64_t bi = 0; bi < B; bi++) {
+        int rc = ct_sgemm_amx(ta, tb, x->M, x->N, x->K, (float)x->alpha,
+                              (const float *)x->a + bi * x->sa, x->lda,
+                              (const float *)x->b + bi * x->sb, x->ldb, (float)x->beta,
+                              (float *)x->c + bi * x->M * x->N, x->N, x->bias);
+        if (rc != 0) return rc < 0 ? -1 : bi == 0 ? 1 : ct_error("bmm: the AMX kernel was turned off in the middle of a batched product");
+    }
+    return 0;
+}
+
 int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, const ct_tensor *bias,
                  double alpha, double beta) {
     if (bmm_check(c, a, b) != 0) return -1;
@@ -221,6 +237,8 @@ int cpu_bmm_full(ct_tensor *c, const ct_tensor *a, const ct_tensor *b, const ct_
     x.b = ct_ptr(b);
     x.c = ct_ptr(c);
     x.es = ct_dtype_size(c->dtype);
+    int rc = bmm_amx(&x, B);
+    if (rc <= 0) return rc;
     x.small = x.dt == CT_FLOAT32
                   ? ct_sgemm_small_wanted(x.ta != CblasNoTrans, x.tb != CblasNoTrans, M, N, K)
                   : CT_SGEMM_BLAS;
