@@ -4,8 +4,8 @@
  *
  * AMX multiplies bfloat16 pairs (8 significant bits) exactly and adds them in float32, at
  * 32 times the float32 FMA rate of AVX-512 on a Sapphire Rapids core. Each float32 operand
- * is split into three bfloat16 parts, x = x0 + x1 + x2: x0 = bf16(x) rounded to nearest
- * even, x1 = bf16(x - x0), x2 = bf16(x - x0 - x1). Then |x1| <= 2^-8 |x|, |x2| <= 2^-16 |x|,
+ * is split into three bfloat16 parts, x = x0 + x1 + x2: x0 = x rounded to nearest to 8
+ * significant bits, x1 = x - x0 rounded the same way, x2 = x - x0 - x1. Then |x1| <= 2^-8 |x|, |x2| <= 2^-16 |x|,
  * and the three hold x's 24 significant bits exactly (values below bfloat16's normal range,
  * which AMX flushes, aside). The product keeps the six partial products down to 2^-16:
  *
@@ -128,20 +128,38 @@ AMXF static void load16(__m512 r[16], const float *p, int64_t ld, int trans, int
     for (int i = 0; i < 16; i++) r[i] = _mm512_castsi512_ps(t[i]);
 }
 
-AMXF static inline __m512 widen(__m256i h) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+/* x rounded to its 8 leading significant bits: Veltkamp's split, t = x (2^16 + 1),
+ * x0 = t - (t - x), exact in float32 arithmetic as long as nothing contracts t - x into
+ * an FMA (hence the attribute and pragma; sgemm_amx_as_accurate_as_fma fails otherwise).
+ * Cheaper than a round trip through bfloat16 (no shuffles); x0 is x rounded to nearest
+ * (ties aside) as a conversion to bfloat16 would round it. An x over 2^128 / 65537
+ * (about 5e33) or not finite gives NaN. */
+#if defined(__clang__)
+#define NO_FP_CONTRACT
+#else
+#define NO_FP_CONTRACT __attribute__((optimize("fp-contract=off")))
+#endif
+AMXF NO_FP_CONTRACT static inline __m512 top8(__m512 x) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(65537.0f));
+    return _mm512_sub_ps(t, _mm512_sub_ps(t, x));
 }
 
-/* x = p[0] + p[1] + p[2] in bfloat16 (see the top). Returns the lanes whose x is not
- * finite or whose leading part rounds to infinity (p[1], p[2] zero there; C's elements
- * that use them are summed in float32 by exact_dot). */
-AMXF static inline __mmask16 split3(__m512 x, __m256i p[3]) {
-    p[0] = (__m256i)_mm512_cvtneps_pbh(x);
-    __m512 w = widen(p[0]);
-    __mmask16 bad = _mm512_fpclass_ps_mask(w, 0x99); /* NaN or infinity */
-    __m512 r = _mm512_maskz_sub_ps((__mmask16)~bad, x, w);
-    p[1] = (__m256i)_mm512_cvtneps_pbh(r);
-    p[2] = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(r, widen(p[1])));
+/* Two vectors lo, hi (16 floats each) into their three parts (see the top): p[q] holds
+ * part q of lo's 16 then of hi's 16, as bfloat16 (exact: each part has at most 8
+ * significant bits). Returns the lanes (lo's | hi's) whose leading part is NaN (x not
+ * finite, or too large for the split): C's elements that use them are summed in float32
+ * by exact_dot, whatever the parts hold. */
+AMXF static inline __mmask16 split3x2(__m512 lo, __m512 hi, __m512i p[3]) {
+    __m512 l0 = top8(lo), h0 = top8(hi);
+    __mmask16 bad = _mm512_fpclass_ps_mask(l0, 0x99) | _mm512_fpclass_ps_mask(h0, 0x99);
+    __m512 l1 = _mm512_sub_ps(lo, l0), h1 = _mm512_sub_ps(hi, h0);
+    __m512 l1t = top8(l1), h1t = top8(h1);
+    p[0] = (__m512i)_mm512_cvtne2ps_pbh(h0, l0);
+    p[1] = (__m512i)_mm512_cvtne2ps_pbh(h1t, l1t);
+    p[2] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(h1, h1t), _mm512_sub_ps(l1, l1t));
     return bad;
 }
 
@@ -155,31 +173,32 @@ AMXF static void pack_a(const sctx *s, uint16_t *dst, int64_t mb0, int64_t mb1, 
             for (int r = 0; r < 32; r++) {
                 int64_t m = mb * 32 + r;
                 uint16_t *d = dst + (mb - mb0) * 96 * len + r * len;
-                const float *src = s->A + (m < s->M ? m : 0) * s->lda;
+                const float *src = s->A + (m < s->M ? m : 0) * s->lda + k0;
                 __mmask16 bad = 0;
-                for (int64_t k = 0; k < len; k += 16) {
-                    __mmask16 km = m < s->M ? lanes(s->K - k0 - k) : 0;
-                    __m256i p[3];
-                    bad |= split3(_mm512_maskz_loadu_ps(km, src + k0 + k), p);
-                    for (int q = 0; q < 3; q++)
-                        _mm256_storeu_si256((__m256i *)(d + q * 32 * len + k), p[q]);
+                for (int64_t k = 0; k < len; k += 32) {
+                    __mmask16 k1 = m < s->M ? lanes(s->K - k0 - k) : 0;
+                    __mmask16 k2 = m < s->M ? lanes(s->K - k0 - k - 16) : 0;
+                    __m512i p[3];
+                    bad |= split3x2(_mm512_maskz_loadu_ps(k1, src + k),
+                                    _mm512_maskz_loadu_ps(k2, src + k + 16), p);
+                    for (int q = 0; q < 3; q++) _mm512_storeu_si512(d + q * 32 * len + k, p[q]);
                 }
                 if (bad) __atomic_fetch_or(&s->rowbad[mb], 1u << r, __ATOMIC_RELAXED);
             }
         return;
     }
-    for (int64_t k = 0; k < len; k += 16)
+    for (int64_t k = 0; k < len; k += 32)
         for (int64_t mb = mb0; mb < mb1; mb++)
             for (int h = 0; h < 2; h++) {
-                __m512 r[16];
+                __m512 r[16], r2[16];
                 load16(r, s->A, s->lda, s->ta, mb * 32 + 16 * h, s->M, k0 + k, s->K);
+                load16(r2, s->A, s->lda, s->ta, mb * 32 + 16 * h, s->M, k0 + k + 16, s->K);
                 for (int i = 0; i < 16; i++) {
-                    __m256i p[3];
-                    if (split3(r[i], p))
+                    __m512i p[3];
+                    if (split3x2(r[i], r2[i], p))
                         __atomic_fetch_or(&s->rowbad[mb], 1u << (16 * h + i), __ATOMIC_RELAXED);
                     uint16_t *d = dst + (mb - mb0) * 96 * len + (16 * h + i) * len + k;
-                    for (int q = 0; q < 3; q++)
-                        _mm256_storeu_si256((__m256i *)(d + q * 32 * len), p[q]);
+                    for (int q = 0; q < 3; q++) _mm512_storeu_si512(d + q * 32 * len, p[q]);
                 }
             }
 }
@@ -197,16 +216,12 @@ AMXF static void pack_b(const sctx *s, uint16_t *dst, int64_t nb0, int64_t nb1, 
                 __m512 r[16];
                 load16(r, s->B, s->ldb, s->tb, k0 + k, s->K, nb * 32 + 16 * h, s->N);
                 __mmask16 bad = 0;
-                for (int i = 0; i < 16; i += 2) {
-                    __m256i e[3], o[3];
-                    bad |= split3(r[i], e);
-                    bad |= split3(r[i + 1], o);
+                for (int i = 0; i < 16; i += 2) { /* rows k + i and k + i + 1: pairs */
+                    __m512i p[3];
+                    bad |= split3x2(r[i], r[i + 1], p);
                     uint16_t *d = dst + (nb - nb0) * 96 * len + (k + i) / 2 * 64 + 32 * h;
-                    for (int q = 0; q < 3; q++) {
-                        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(e[q]), o[q], 1);
-                        _mm512_storeu_si512(d + q * 32 * len,
-                                            _mm512_permutexvar_epi16(inter, v));
-                    }
+                    for (int q = 0; q < 3; q++)
+                        _mm512_storeu_si512(d + q * 32 * len, _mm512_permutexvar_epi16(inter, p[q]));
                 }
                 if (bad)
                     __atomic_fetch_or(&s->colbad[nb], (uint32_t)bad << (16 * h), __ATOMIC_RELAXED);
