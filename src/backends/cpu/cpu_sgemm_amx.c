@@ -129,21 +129,14 @@ AMXF static void load16(__m512 r[16], const float *p, int64_t ld, int trans, int
 }
 
 /* x rounded to its 8 leading significant bits: Veltkamp's split, t = x (2^16 + 1),
- * x0 = t - (t - x), exact in float32 arithmetic as long as nothing contracts t - x into
- * an FMA (hence the attribute and pragma; sgemm_amx_as_accurate_as_fma fails otherwise).
- * Cheaper than a round trip through bfloat16 (no shuffles); x0 is x rounded to nearest
- * (ties aside) as a conversion to bfloat16 would round it. An x over 2^128 / 65537
- * (about 5e33) or not finite gives NaN. */
-#if defined(__clang__)
-#define NO_FP_CONTRACT
-#else
-#define NO_FP_CONTRACT __attribute__((optimize("fp-contract=off")))
-#endif
-AMXF NO_FP_CONTRACT static inline __m512 top8(__m512 x) {
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#endif
+ * x0 = t - (t - x), exact in float32 arithmetic as long as nothing contracts x (2^16 + 1)
+ * - x into an FMA: t goes through an empty asm, which the compiler cannot look into
+ * (sgemm_amx_as_accurate_as_fma fails otherwise). Cheaper than a round trip through
+ * bfloat16 (no shuffles); x0 is x rounded to nearest (ties aside) as a conversion to
+ * bfloat16 would round it. An x over 2^128 / 65537 (about 5e33) or not finite gives NaN. */
+AMXF static inline __m512 top8(__m512 x) {
     __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(65537.0f));
+    __asm__("" : "+v"(t));
     return _mm512_sub_ps(t, _mm512_sub_ps(t, x));
 }
 
