@@ -487,6 +487,21 @@ TEST(sgemm_amx_same_bits_any_thread_count) {
     }
 }
 
+/* The run manifest's cpu_kernels says where float32 products go: "avx512+amx" with the
+ * AMX kernel on, "avx512+amx+fp32fma" with it off (CTORCH_FP32_AMX=0). */
+#include "core/backend.h"
+TEST(sgemm_amx_named_in_cpu_kernels) {
+    AMX_SKIP();
+    ct_backend_versions v;
+    int prev = ct_sgemm_amx_set_enabled(0);
+    CHECK(ct_cpu_backend.procs->versions(&v) == 0);
+    CHECK_MSG(strstr(v.kernels, "+amx+fp32fma") != NULL, "kernels %s", v.kernels);
+    ct_sgemm_amx_set_enabled(1);
+    CHECK(ct_cpu_backend.procs->versions(&v) == 0);
+    CHECK_MSG(strstr(v.kernels, "+amx") && !strstr(v.kernels, "fp32fma"), "kernels %s", v.kernels);
+    ct_sgemm_amx_set_enabled(prev);
+}
+
 /* ------------------------------------------------------------------ thread pool */
 #include "core/parallel.h"
 #include <stdatomic.h>

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "cpu_alloc.h"
 #include "cpu_gemm_bf16.h"
+#include "cpu_sgemm_amx.h"
 #include "cpu_isa.h"
 #include "cpu_kernels.h"
 #include "pool_fast.h"
@@ -32,16 +33,19 @@ static int cpu_memcpy(void *dst, const void *src, size_t n, int kind, int index)
  * so it is read on every call, as the kernels do): the vector level, then the bfloat16
  * GEMM's kernel when there is one ("+amx": AMX tiles, "+avx512_bf16": vdpbf16ps). The
  * level is "baseline" (portable C) without AVX2; at the amx level the vectors are
- * AVX-512, hence "avx512+amx". */
+ * AVX-512, hence "avx512+amx". With AMX the float32 products run on the tiles too
+ * (cpu_sgemm_amx.c) unless CTORCH_FP32_AMX=0 sends them to the FMA kernels:
+ * "avx512+amx+fp32fma" (their sums differ in the last bits). */
 static int cpu_versions(ct_backend_versions *out) {
     memset(out, 0, sizeof *out);
     ct_isa_level l = ct_cpu_isa_level();
     const char *level = l >= CT_ISA_AVX512 ? "avx512" : l == CT_ISA_AVX2 ? "avx2" : "baseline";
     int bf16 = ct_gemm_bf16_kind();
-    snprintf(out->kernels, sizeof out->kernels, "%s%s", level,
+    snprintf(out->kernels, sizeof out->kernels, "%s%s%s", level,
              bf16 == CT_BF16_AMX      ? "+amx"
              : bf16 == CT_BF16_AVX512 ? "+avx512_bf16"
-                                      : "");
+                                      : "",
+             bf16 == CT_BF16_AMX && !ct_sgemm_amx_available() ? "+fp32fma" : "");
     return 0;
 }
 
