@@ -487,6 +487,19 @@ TEST(sgemm_amx_same_bits_any_thread_count) {
     }
 }
 
+/* Which products go to AMX, by shape alone: a vit_tiny layer's yes; too small (a side
+ * under 32, or under 2e7 flops) no; scratch over 256 MiB (a 100k-wide output layer's
+ * packed weight, a long-K product with a huge C) no. */
+TEST(sgemm_amx_wanted_by_shape) {
+    AMX_SKIP();
+    CHECK(ct_sgemm_amx_wanted(0, 1, 8320, 576, 192));
+    CHECK(ct_sgemm_amx_wanted(1, 0, 576, 192, 8320));
+    CHECK(!ct_sgemm_amx_wanted(0, 1, 8320, 10, 192));
+    CHECK(!ct_sgemm_amx_wanted(0, 0, 64, 128, 784));
+    CHECK(!ct_sgemm_amx_wanted(0, 1, 64, 100000, 1024));
+    CHECK(!ct_sgemm_amx_wanted(1, 0, 9000, 9000, 2048));
+}
+
 /* The run manifest's cpu_kernels says where float32 products go: "avx512+amx" with the
  * AMX kernel on, "avx512+amx+fp32fma" with it off (CTORCH_FP32_AMX=0). */
 #include "core/backend.h"

@@ -77,6 +77,12 @@ int ct_sgemm_amx_set_enabled(int on) {
 int ct_sgemm_amx_wanted(int ta, int tb, int64_t M, int64_t N, int64_t K) {
     (void)ta, (void)tb;
     if (!usable() || M < 32 || N < 32 || K < 32) return 0;
+    /* the scratch stays under 256 MiB: B's packed copy (6 bytes an element) when K goes
+     * in one pass, C's block sums (4 bytes an element) when it goes in chunks */
+    double kp = (double)((K + 31) / 32 * 32), mp = (double)((M + 31) / 32 * 32);
+    double np = (double)((N + 31) / 32 * 32);
+    double scratch = kp <= AMX_KONE ? 6.0 * np * kp : 4.0 * mp * np;
+    if (scratch > 256.0 * 1024 * 1024) return 0;
     return 2.0 * (double)M * (double)N * (double)K >= 2e7;
 }
 
