@@ -316,16 +316,20 @@ static void linear_pass(int64_t R, int64_t in, int64_t out, ct_tensor **res) {
 TEST(sgemm_small_linear_matches_blas_path) {
     if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
     /* the last two: the cache-blocked kernels (a tall x, and a weight gradient over 1100
-     * rows of K split into parts) */
+     * rows of K split into parts); with AMX, the large ones also through cpu_sgemm_amx.c */
     static const int64_t shapes[][3] = {{64, 784, 128}, {64, 128, 10}, {64, 4096, 10}, {1, 5, 3},
                                         {33, 17, 65}, {200, 300, 20}, {7, 1000, 40},
                                         {1100, 200, 130}, {2600, 96, 192}};
+    int amx = ct_sgemm_amx_set_enabled(0);
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
-        ct_tensor *own[4], *blas[4];
+        ct_tensor *own[4], *blas[4], *tiles[4];
         linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], own);
         int prev = ct_sgemm_small_set_enabled(0);
         linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], blas);
         ct_sgemm_small_set_enabled(prev);
+        ct_sgemm_amx_set_enabled(amx);
+        linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], tiles);
+        ct_sgemm_amx_set_enabled(0);
         static const char *names[4] = {"y", "grad x", "grad w", "grad b"};
         for (int i = 0; i < 4; i++) {
             char what[96];
@@ -333,24 +337,26 @@ TEST(sgemm_small_linear_matches_blas_path) {
                      (long long)shapes[s][1], (long long)shapes[s][2], names[i]);
             CHECK_NN(own[i]);
             CHECK_NN(blas[i]);
+            CHECK_NN(tiles[i]);
             if (own[i] && blas[i]) CHECK_CLOSE(own[i], blas[i], 1e-5, what);
+            if (tiles[i] && blas[i]) CHECK_CLOSE(tiles[i], blas[i], 1e-5, what);
             ct_free(own[i]);
             ct_free(blas[i]);
+            ct_free(tiles[i]);
         }
     }
+    ct_sgemm_amx_set_enabled(amx);
 }
 
-/* The blocked kernels' sums depend on K alone, not on how cpu_bmm tiles C over threads: a
- * linear layer over 2600 rows (forward, input and weight gradients, the weight gradient's
- * K split into parts) gives the same bits on 1 thread and on 2. */
-TEST(sgemm_blocked_same_bits_any_thread_count) {
-    if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
+/* Bits of a linear layer's forward, input, weight and bias gradients on 1 thread and on 2:
+ * equal. */
+static void same_bits_1_and_2_threads(int64_t rows, int64_t in, int64_t out) {
     ct_tensor *one[4], *two[4];
     int saved = ct_get_num_threads();
     ct_set_num_threads(1);
-    linear_pass(2600, 192, 200, one);
+    linear_pass(rows, in, out, one);
     ct_set_num_threads(2);
-    linear_pass(2600, 192, 200, two);
+    linear_pass(rows, in, out, two);
     ct_set_num_threads(saved);
     static const char *names[4] = {"y", "grad x", "grad w", "grad b"};
     for (int i = 0; i < 4; i++) {
@@ -360,6 +366,16 @@ TEST(sgemm_blocked_same_bits_any_thread_count) {
         ct_free(one[i]);
         ct_free(two[i]);
     }
+}
+
+/* The blocked kernels' sums depend on K alone, not on how cpu_bmm tiles C over threads: a
+ * linear layer over 2600 rows (forward, input and weight gradients, the weight gradient's
+ * K split into parts) gives the same bits on 1 thread and on 2. */
+TEST(sgemm_blocked_same_bits_any_thread_count) {
+    if (!ct_sgemm_small_available()) SKIP("no AVX-512 on this CPU (BLAS is used instead)");
+    int amx = ct_sgemm_amx_set_enabled(0); /* these shapes would go to AMX */
+    same_bits_1_and_2_threads(2600, 192, 200);
+    ct_sgemm_amx_set_enabled(amx);
 }
 
 /* ------------------------------------------------- float32 GEMM on AMX (bf16x6) */
@@ -467,24 +483,8 @@ TEST(sgemm_amx_infinities_and_nan) {
  * with K in chunks, through a linear layer's three products. */
 TEST(sgemm_amx_same_bits_any_thread_count) {
     AMX_SKIP();
-    static const int64_t shapes[][3] = {{2600, 192, 200}, {1500, 64, 96}};
-    for (int s = 0; s < 2; s++) {
-        ct_tensor *one[4], *two[4];
-        int saved = ct_get_num_threads();
-        ct_set_num_threads(1);
-        linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], one);
-        ct_set_num_threads(2);
-        linear_pass(shapes[s][0], shapes[s][1], shapes[s][2], two);
-        ct_set_num_threads(saved);
-        static const char *names[4] = {"y", "grad x", "grad w", "grad b"};
-        for (int i = 0; i < 4; i++) {
-            CHECK_NN(one[i]);
-            CHECK_NN(two[i]);
-            if (one[i] && two[i]) CHECK_CLOSE(one[i], two[i], 0, names[i]);
-            ct_free(one[i]);
-            ct_free(two[i]);
-        }
-    }
+    same_bits_1_and_2_threads(2600, 192, 200);
+    same_bits_1_and_2_threads(3000, 64, 96);
 }
 
 /* Which products go to AMX, by shape alone: a vit_tiny layer's yes; too small (a side
