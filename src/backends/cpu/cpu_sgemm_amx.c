@@ -5,26 +5,29 @@
  * AMX multiplies bfloat16 pairs (8 significant bits) exactly and adds them in float32, at
  * 32 times the float32 FMA rate of AVX-512 on a Sapphire Rapids core. Each float32 operand
  * is split into three bfloat16 parts, x = x0 + x1 + x2: x0 = x rounded to nearest to 8
- * significant bits, x1 = x - x0 rounded the same way, x2 = x - x0 - x1. Then |x1| <= 2^-8 |x|, |x2| <= 2^-16 |x|,
- * and the three hold x's 24 significant bits exactly (values below bfloat16's normal range,
- * which AMX flushes, aside). The product keeps the six partial products down to 2^-16:
+ * significant bits, x1 = x - x0 rounded the same way, x2 = x - x0 - x1. Then
+ * |x1| <= 2^-8 |x|, |x2| <= 2^-16 |x|, and the three hold x's 24 significant bits exactly
+ * (values below bfloat16's normal range, which AMX flushes, aside). The product keeps the six partial products down to 2^-16:
  *
  *   a b ~ a0 b0 + (a0 b1 + a1 b0) + (a1 b1 + a0 b2 + a2 b0)
  *
  * and drops a1 b2 + a2 b1 + a2 b2, at most 2^-23 |a b| and typically 2^-28 (Henry, Tang and
  * Heinecke, "Leveraging the bfloat16 Artificial Intelligence Datatype for Higher-Precision
  * Computations", ARITH 2019). The five small products are summed over K first and the
- * leading a0 b0 onto that sum last (over a long K: two sums kept apart, added at the end),
- * so the large terms meet as many float32 roundings as in an FMA kernel. Measured against
+ * leading a0 b0 onto that sum last (a long K in chunks of AMX_KC, each summed so, the
+ * chunks' sums added in order as the FMA kernel adds its chunks), so the large terms meet
+ * as many float32 roundings as in an FMA kernel. Measured against
  * float64 the error is below our AVX-512 kernel's (test sgemm_amx_as_accurate_as_fma).
  *
- * Blocks of C are 32 x 32 (four 16 x 16 float32 tiles, tmm0-3) as in cpu_gemm_bf16.c. A is
- * split and packed by the thread that uses it, one block of 32 rows at a time ([part][32
- * rows][K] bf16, in L1/L2 while the thread runs the block's row of C); B is split and packed
- * once for all threads ([panel of 32 columns][part][K / 2][32 columns][pair]). K is padded
- * with zeros to a multiple of 32; a K longer than AMX_KONE goes in chunks of AMX_KC with
- * the sums kept per block in between, so that a chunk of both operands stays in L2. Every
- * element of C is summed in one order whatever the threads. */
+ * Blocks of C are 32 x 32 (four 16 x 16 float32 tiles, tmm0-3) as in cpu_gemm_bf16.c. K is
+ * padded with zeros to a multiple of 32. Up to AMX_KONE it goes in one pass: A is split and
+ * packed by the thread that uses it, one block of 32 rows at a time ([part][32 rows][K]
+ * bf16, in L1/L2 while the thread runs the block's row of C), and B once for all threads
+ * ([panel of 32 columns][part][K / 2][32 columns][pair]). A longer K (a weight gradient's:
+ * the tokens) goes in chunks of AMX_KC: each thread owns a band of C's blocks and packs,
+ * chunk by chunk, its band of the longer operand and all of the shorter one, so that both
+ * stay in its L2, keeping its blocks' sums in memory in between. Every element of C is
+ * summed in one order whatever the threads. */
 #include "cpu_sgemm_amx.h"
 
 #include "cpu_alloc.h"
@@ -98,7 +101,7 @@ typedef struct {
     uint16_t *bp; /* K in one pass: packed B, panel nb at nb * 96 * Kp */
     float *acc;   /* K in chunks: block (mb, nb)'s sum of the chunks so far at
                    * (mb * NB + nb) * 1024 */
-    int64_t parts;
+    int64_t parts; /* K in chunks: the bands of C's blocks, one per task */
     /* Rows of A (bit r of rowbad[mb]) and columns of B (bit c of colbad[nb]) holding an
      * infinity or NaN: their elements of C are summed in plain float32 instead (a split
      * infinity would meet the other operand's zero small parts: inf * 0 = NaN). */
@@ -126,7 +129,8 @@ AMXF static void load16(__m512 r[16], const float *p, int64_t ld, int trans, int
     for (int j = 0; j < 16; j++) {
         /* rows ld apart: the hardware prefetchers do not follow, so ask for the rows of
          * the block two steps on */
-        if (j0 + j + 32 < J) _mm_prefetch((const char *)(p + (j0 + j + 32) * ld + i0), _MM_HINT_T0);
+        if (j0 + j + 32 < J)
+            _mm_prefetch((const char *)(p + (j0 + j + 32) * ld + i0), _MM_HINT_T0);
         t[j] = j0 + j < J ? _mm512_maskz_loadu_epi32(im, p + (j0 + j) * ld + i0)
                           : _mm512_setzero_si512();
     }
@@ -220,7 +224,8 @@ AMXF static void pack_b(const sctx *s, uint16_t *dst, int64_t nb0, int64_t nb1, 
                     bad |= split3x2(r[i], r[i + 1], p);
                     uint16_t *d = dst + (nb - nb0) * 96 * len + (k + i) / 2 * 64 + 32 * h;
                     for (int q = 0; q < 3; q++)
-                        _mm512_storeu_si512(d + q * 32 * len, _mm512_permutexvar_epi16(inter, p[q]));
+                        _mm512_storeu_si512(d + q * 32 * len,
+                                            _mm512_permutexvar_epi16(inter, p[q]));
                 }
                 if (bad)
                     __atomic_fetch_or(&s->colbad[nb], (uint32_t)bad << (16 * h), __ATOMIC_RELAXED);
