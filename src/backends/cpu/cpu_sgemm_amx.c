@@ -7,7 +7,8 @@
  * is split into three bfloat16 parts, x = x0 + x1 + x2: x0 = x rounded to nearest to 8
  * significant bits, x1 = x - x0 rounded the same way, x2 = x - x0 - x1. Then
  * |x1| <= 2^-8 |x|, |x2| <= 2^-16 |x|, and the three hold x's 24 significant bits exactly
- * (values below bfloat16's normal range, which AMX flushes, aside). The product keeps the six partial products down to 2^-16:
+ * (values below bfloat16's normal range, which AMX flushes, aside). The product keeps the
+ * six partial products down to 2^-16:
  *
  *   a b ~ a0 b0 + (a0 b1 + a1 b0) + (a1 b1 + a0 b2 + a2 b0)
  *
