@@ -484,12 +484,13 @@ TEST(sgemm_amx_infinities_and_nan) {
 TEST(sgemm_amx_same_bits_any_thread_count) {
     AMX_SKIP();
     same_bits_1_and_2_threads(2600, 192, 200);
-    same_bits_1_and_2_threads(3000, 64, 96);
+    same_bits_1_and_2_threads(3000, 128, 160);
 }
 
 /* Which products go to AMX, by shape alone: a vit_tiny layer's yes; too small (a side
  * under 32, or under 2e7 flops) no; scratch over 256 MiB (a 100k-wide output layer's
- * packed weight, a long-K product with a huge C) no. */
+ * packed weight, a long-K product with a huge C) no; where splitting would cost more than
+ * the tiles save (measured: bench/RESULTS.md, session 17) no. */
 TEST(sgemm_amx_wanted_by_shape) {
     AMX_SKIP();
     CHECK(ct_sgemm_amx_wanted(0, 1, 8320, 576, 192));
@@ -498,6 +499,13 @@ TEST(sgemm_amx_wanted_by_shape) {
     CHECK(!ct_sgemm_amx_wanted(0, 0, 64, 128, 784));
     CHECK(!ct_sgemm_amx_wanted(0, 1, 64, 100000, 1024));
     CHECK(!ct_sgemm_amx_wanted(1, 0, 9000, 9000, 2048));
+    /* few rows for B's copy (K in one pass), a narrow side with K in chunks: no */
+    CHECK(ct_sgemm_amx_wanted(0, 1, 256, 256, 256));
+    CHECK(!ct_sgemm_amx_wanted(0, 1, 128, 512, 512));
+    CHECK(!ct_sgemm_amx_wanted(0, 1, 32, 4096, 1024));
+    CHECK(!ct_sgemm_amx_wanted(0, 1, 8320, 64, 768));
+    CHECK(ct_sgemm_amx_wanted(0, 1, 8320, 96, 768));
+    CHECK(!ct_sgemm_amx_wanted(1, 0, 4096, 40, 4096));
 }
 
 /* The run manifest's cpu_kernels says where float32 products go: "avx512+amx" with the

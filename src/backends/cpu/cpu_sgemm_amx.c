@@ -87,6 +87,13 @@ int ct_sgemm_amx_wanted(int ta, int tb, int64_t M, int64_t N, int64_t K) {
     double np = (double)((N + 31) / 32 * 32);
     double scratch = kp <= AMX_KONE ? 6.0 * np * kp : 4.0 * mp * np;
     if (scratch > 256.0 * 1024 * 1024) return 0;
+    /* splitting costs about a cycle an element of each operand, the products a few per
+     * element and 32 columns. Measured against the FMA kernels (2 threads, a Sapphire
+     * Rapids Xeon): B's copy needs rows to pay for it (M 64-128 against N and K of
+     * 512-4096: 0.6-0.9x), A's needs columns (N 64: 0.85-0.99x, the FMA kernels' panel
+     * width; N 96 and up 1.05x and more), and a K in chunks splits both operands per
+     * band of C (N 40: 0.64x) */
+    if (kp <= AMX_KONE ? M < 256 || N < 96 : M < 128 || N < 128) return 0;
     return 2.0 * (double)M * (double)N * (double)K >= 2e7;
 }
 
