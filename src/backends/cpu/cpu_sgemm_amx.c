@@ -299,14 +299,13 @@ AMXF static void small_terms(const uint16_t *a, const uint16_t *b, int64_t len) 
     }
 }
 
-/* Tiles 0-3 += a0 b0. */
-AMXF static void leading_terms(const uint16_t *a, const uint16_t *b, int64_t len) {
-    const int64_t lda = len * 2;
-    for (int64_t k = 0; k < len; k += 32) {
-        LOAD_A(a, k, lda);
-        LOAD_B(b, k);
-        PRODUCTS();
-    }
+/* Tiles 0-3 = the block's sum over [0, len): the small products first, then a0 b0 (the
+ * kernels' shared 2x2 step, cpu_amx.h) onto them. */
+AMXF static void block_products(const uint16_t *a, const uint16_t *b, int64_t len) {
+    CT_AMX_ZERO22();
+    small_terms(a, b, len);
+    for (int64_t k = 0; k < len; k += 32)
+        CT_AMX_STEP22(a + k, a + 16 * len + k, len * 2, b + k * 32, b + k * 32 + 32, 128);
 }
 
 /* Element (m, n) of op(A) @ op(B) summed in float32, for the rows and columns with an
@@ -375,9 +374,7 @@ AMXF static void blocks_range(void *vc, int64_t begin, int64_t end) {
         }
         const uint16_t *b = s->bp + nb * 96 * len;
         if (t + 1 < end || nb + 1 < s->NB) prefetch_a(s, mb + 1, nb, s->NB);
-        CT_AMX_ZERO22();
-        small_terms(abuf, b, len);
-        leading_terms(abuf, b, len);
+        block_products(abuf, b, len);
         if (plain && mb * 32 + 32 <= s->M && nb * 32 + 32 <= s->N && !s->colbad[nb] &&
             !__atomic_load_n(&s->rowbad[mb], __ATOMIC_RELAXED)) {
             CT_AMX_STORE22(s->C + mb * 32 * s->ldc + nb * 32, s->ldc);
@@ -423,9 +420,7 @@ AMXF static void long_range(void *vc, int64_t begin, int64_t end) {
                     const uint16_t *a = abuf + (mb - mb0) * 96 * len;
                     const uint16_t *b = bbuf + (nb - nb0) * 96 * len;
                     float *sum = s->acc + (mb * s->NB + nb) * 1024;
-                    CT_AMX_ZERO22();
-                    small_terms(a, b, len);
-                    leading_terms(a, b, len);
+                    block_products(a, b, len);
                     CT_AMX_STORE22(c == 0 ? sum : buf, 32);
                     if (c > 0) /* the chunks' sums added in order, as the FMA kernel's */
                         for (int i = 0; i < 1024; i += 16)
