@@ -85,16 +85,16 @@ CT_AVX2_FMA static float max_avx2(const float *x, int n, float m) {
 
 /* x[i] = exp(x[i] - mx) (mx finite, x[i] <= mx); returns the sum. A probability below
  * e^-87 of the row's largest (1.6e-38, where exp's results become subnormal) is 0; NaN
- * stays NaN. */
+ * stays NaN (max(lo, d) returns d when d is NaN, and the reduction and the exponent's
+ * integer add carry it through). */
 CT_AVX2_FMA static float exp_sub_sum_avx2(float *x, int n, float mx) {
     const __m256 m = _mm256_set1_ps(mx), lo = _mm256_set1_ps(-87.0f);
     __m256 acc = _mm256_setzero_ps();
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), m);
-        __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(d, lo, _CMP_LT_OQ),
-                                    ct_exp8_normal_avx2(_mm256_max_ps(d, lo)));
-        e = _mm256_blendv_ps(e, d, _mm256_cmp_ps(d, d, _CMP_UNORD_Q));
+        const __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(d, lo, _CMP_LT_OQ),
+                                          ct_exp8_normal_avx2(_mm256_max_ps(lo, d)));
         _mm256_storeu_ps(x + i, e);
         acc = _mm256_add_ps(acc, e);
     }
@@ -108,22 +108,51 @@ CT_AVX2_FMA static float exp_sub_sum_avx2(float *x, int n, float mx) {
     return s;
 }
 
-/* exp_sub_sum_avx2 16 lanes at a time (the last ones masked): the same per-element steps
- * (ct_exp8_normal_avx2's reduction and polynomial), the sum in another order. */
+/* exp_sub_sum_avx2 16 lanes at a time (the last ones masked): the same reduction and
+ * polynomial, the power of two applied by vscalefps (exact where the result is normal, as
+ * the exponent add), the sum in another order. Probabilities between e^-87 and e^-103 of the
+ * row's largest are subnormal here instead of 0; below, 0 (d clamped to -110: 2^-159 p
+ * rounds to 0); -inf gives 0, NaN stays NaN (max(lo, d) returns d when d is NaN). */
+CT_AVX512_FMA static inline __m512 exp16_scalef(__m512 d) {
+    d = _mm512_max_ps(_mm512_set1_ps(-110.0f), d);
+    const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 p;
+    CT_EXP_POLY(_mm512, __m512, d, fx, p);
+    return _mm512_scalef_ps(p, fx);
+}
+
 CT_AVX512_FMA static float exp_sub_sum_avx512(float *x, int n, float mx) {
-    const __m512 m = _mm512_set1_ps(mx), lo = _mm512_set1_ps(-87.0f);
+    const __m512 m = _mm512_set1_ps(mx);
     __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) {
         const __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
-        const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m);
-        __m512 e = ct_exp16_normal_avx512(_mm512_max_ps(d, lo));
-        /* below e^-87 of the row's largest: 0; NaN stays NaN */
-        e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d, lo, _CMP_GE_OQ), e);
-        e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q), d);
+        const __m512 e = exp16_scalef(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m));
         _mm512_mask_storeu_ps(x + i, k, e);
         acc = _mm512_mask_add_ps(acc, k, acc, e);
     }
     return _mm512_reduce_add_ps(acc);
+}
+
+/* max_avx2 16 wide (the tail's lanes start from m). */
+CT_AVX512_FMA static float max_avx512(const float *x, int n, float m) {
+    __m512 acc = _mm512_set1_ps(m);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        acc = _mm512_max_ps(_mm512_mask_loadu_ps(acc, k, x + i), acc);
+    }
+    return _mm512_reduce_max_ps(acc);
+}
+
+/* a[r] = exp(m[r] - mx[r]) for r < n, the online softmax's rescaling of the rows whose max
+ * grew (0 where m[r] is -inf; 1 exactly where mx[r] == m[r]). */
+CT_AVX512_FMA static void alphas_avx512(const float *m, const float *mx, float *a, int n) {
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, m + i),
+                                       _mm512_maskz_loadu_ps(k, mx + i));
+        _mm512_mask_storeu_ps(a + i, k, exp16_scalef(d));
+    }
 }
 
 /* R rows x 16 columns of C += A B (R <= 6: 2R accumulators stay in registers); zero: C
@@ -678,13 +707,23 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
     const int Ev = (int)c->Ev;
     T *O = ROW(c->out, b, i0);
     const int os = (int)c->out.s2;
+    T mxs[QB] = {0}, al[QB]; /* AVX-512: the rows' new maxima and their rescaling, 16 at a time */
+    int vec = 0;
+#if AVX2_F32 && defined(CT_VEXP_X86)
+    if (c->avx512) {
+        for (int r = 0; r < nq; r++) mxs[r] = max_avx512(s + (size_t)r * KB, nk, m[r]);
+        alphas_avx512(m, mxs, al, nq);
+        vec = 1;
+    }
+#endif
     for (int r = 0; r < nq; r++) {
         T *sr = s + (size_t)r * KB;
         T mx = m[r];
+        if (vec) mx = mxs[r];
 #if AVX2_F32 && defined(CT_VEXP_X86)
-        if (c->avx2) mx = max_avx2(sr, nk, mx);
-        else
+        else if (c->avx2) mx = max_avx2(sr, nk, mx);
 #endif
+        else
             for (int j = 0; j < nk; j++) mx = sr[j] > mx ? sr[j] : mx;
         if (mx == -INFINITY) { /* nothing to attend in this block yet */
             for (int j = 0; j < nk; j++) /* but NaN scores make the row NaN, as in PyTorch */
@@ -692,7 +731,7 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
             memset(sr, 0, sizeof(T) * (size_t)nk);
             continue;
         }
-        const T alpha = m[r] == -INFINITY ? 0 : EXP(m[r] - mx);
+        const T alpha = vec ? al[r] : m[r] == -INFINITY ? 0 : EXP(m[r] - mx);
         const T sum = F(exp_sub_sum)(c, sr, nk, mx);
         l[r] = l[r] * alpha + sum;
         m[r] = mx;
