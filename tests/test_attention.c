@@ -615,9 +615,10 @@ TEST(attention_bf16_kernel_equals_widened_float32) {
 
 /* The float32 tile kernels (AVX-512 or AVX2 register blocks over 96 x 96 score tiles and
  * 64-wide products, ragged edges) against the float64 scalar reference on the same values,
- * forward and the three gradients, causal and not. */
-TEST(attention_float32_tiles_vs_float64_reference) {
-    int64_t sh[4] = {1, 2, 200, 64};
+ * forward and the three gradients, causal and not. Two shapes: 200 x 64 (blocks of 96, 96,
+ * 8 rows), and 101 x 40 (a last query block of 5 rows: the 4 x 96 register blocks of a key
+ * block's scores, then one row left over). */
+static void tiles_vs_float64(const int64_t sh[4]) {
     ct_manual_seed(8);
     ct_tensor *base[4];
     for (int i = 0; i < 4; i++) base[i] = ct_randn(sh, 4, CT_FLOAT32);
@@ -648,4 +649,10 @@ TEST(attention_float32_tiles_vs_float64_reference) {
         ct_free(o64), ct_free(out[0]), ct_free(out[1]);
     }
     for (int i = 0; i < 4; i++) ct_free(base[i]);
+}
+
+TEST(attention_float32_tiles_vs_float64_reference) {
+    const int64_t a[4] = {1, 2, 200, 64}, b[4] = {1, 2, 101, 40};
+    tiles_vs_float64(a);
+    tiles_vs_float64(b);
 }
