@@ -32,6 +32,9 @@
 #include <string.h>
 
 #include "cpu_vexp.h" /* CT_VEXP_X86, CT_AVX2_FMA and the 8-wide helpers on x86 */
+#ifdef CT_VEXP_X86
+#include "simd512.h" /* ct_transpose16 */
+#endif
 
 #define QB 96 /* query rows per block */
 #define KB 96 /* keys per block */
@@ -132,6 +135,30 @@ CT_AVX512_FMA static float exp_sub_sum_avx512(float *x, int n, float mx) {
         acc = _mm512_mask_add_ps(acc, k, acc, e);
     }
     return _mm512_reduce_add_ps(acc);
+}
+
+/* dst[cc * ldd + r] = sc * src[r * lds + cc] for r < rows, cc < cols (one rounding, as the
+ * scalar loop): 16 x 16 blocks through registers, the edges masked. */
+CT_AVX512_FMA static void transpose_scale_avx512(const float *src, int rows, int cols,
+                                                 int64_t lds, float *dst, int ldd, float sc) {
+    const __m512 scv = _mm512_set1_ps(sc);
+    for (int r0 = 0; r0 < rows; r0 += 16) {
+        const __mmask16 rm = rows - r0 >= 16 ? 0xffff : (__mmask16)((1u << (rows - r0)) - 1);
+        for (int c0 = 0; c0 < cols; c0 += 16) {
+            const int nc = cols - c0 < 16 ? cols - c0 : 16;
+            const __mmask16 cm = nc == 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
+            __m512i t[16];
+            for (int i = 0; i < 16; i++)
+                t[i] = r0 + i < rows ? _mm512_maskz_loadu_epi32(cm, src + (size_t)(r0 + i) * lds + c0)
+                                     : _mm512_setzero_si512();
+            ct_transpose16(t);
+            for (int j = 0; j < nc; j++) {
+                __m512 v = _mm512_castsi512_ps(t[j]);
+                if (sc != 1.0f) v = _mm512_mul_ps(v, scv);
+                _mm512_mask_storeu_ps(dst + (size_t)(c0 + j) * ldd + r0, rm, v);
+            }
+        }
+    }
 }
 
 /* max_avx2 16 wide (the tail's lanes start from m). */
@@ -669,7 +696,15 @@ static void F(mm_acc)(const sdpa_ctx *c, int m, int n, int k, const T *A, int ar
 }
 
 /* dst[cc * ldd + r] = src[r * lds + cc] for r < rows, cc < cols. */
-static void F(transpose)(const T *src, int rows, int cols, int64_t lds, T *dst, int ldd) {
+static void F(transpose)(const sdpa_ctx *c, const T *src, int rows, int cols, int64_t lds,
+                         T *dst, int ldd) {
+#if AVX2_F32 && defined(CT_VEXP_X86)
+    if (c->avx512) {
+        transpose_scale_avx512(src, rows, cols, lds, dst, ldd, 1.0f);
+        return;
+    }
+#endif
+    (void)c;
     for (int r = 0; r < rows; r++)
         for (int cc = 0; cc < cols; cc++) dst[(size_t)cc * ldd + r] = src[(size_t)r * lds + cc];
 }
@@ -697,6 +732,12 @@ static void F(scale_kt)(const sdpa_ctx *c, int64_t b, int64_t j0, int nk, T *kt)
     const T *K = ROW(c->k, b, j0);
     const int64_t ks = c->k.s2;
     const T sc = (T)c->p.scale;
+#if AVX2_F32 && defined(CT_VEXP_X86)
+    if (c->avx512) {
+        transpose_scale_avx512(K, nk, E, ks, kt, KB, sc);
+        return;
+    }
+#endif
     for (int r = 0; r < nk; r++) /* kt = scale * K^T */
         for (int e = 0; e < E; e++) kt[(size_t)e * KB + r] = sc * K[r * ks + e];
 }
@@ -913,7 +954,7 @@ static void F(bwd_item)(const sdpa_ctx *c, const F(bwd_buf) * w, int64_t item) {
     for (int64_t j0 = j_lo; j0 < j_end; j0 += KB) {
         const int nk = (int)(j_end - j0 < KB ? j_end - j0 : KB);
         F(scale_kt)(c, b, j0, nk, w->kt);
-        F(transpose)(ROW(c->v, b, j0), nk, (int)c->Ev, c->v.s2, w->vt, KB);
+        F(transpose)(c, ROW(c->v, b, j0), nk, (int)c->Ev, c->v.s2, w->vt, KB);
         int kv_set = 0; /* dK, dV of this key block hold sums (or zeros) */
         for (int64_t i0 = 0; i0 < c->L; i0 += QB) {
             const int nq = (int)(c->L - i0 < QB ? c->L - i0 : QB);
