@@ -47,6 +47,38 @@ TEST(autograd_tensor_used_twice) {
     ct_free(e); ct_free(m); ct_free(y); ct_free(s); ct_free(x);
 }
 
+/* A gradient that reaches leaves through pass-through nodes (an expand that broadcasts
+ * nothing, an add) is taken without a copy where nobody else holds it: each leaf still owns
+ * its own, and the caller's grad_output stays the caller's (changing one in place changes
+ * none of the others). */
+TEST(autograd_pass_through_gradients_stay_private) {
+    double v[3] = {1, 2, 3}, w[3] = {-1, 0.5, 4}, gv[3] = {0.25, -2, 7};
+    ct_tensor *x = vec(v, 3, CT_FLOAT32), *y = vec(w, 3, CT_FLOAT32);
+    ct_tensor *g = vec(gv, 3, CT_FLOAT32);
+    ct_set_requires_grad(x, 1);
+    ct_set_requires_grad(y, 1);
+    const int64_t sh[1] = {3};
+    for (int k = 0; k < 2; k++) { /* the second pass accumulates onto the first */
+        ct_tensor *z = ct_add(x, y), *e = ct_expand(z, sh, 1);
+        CHECK_OK(ct_backward(e, g, 0));
+        ct_free(e), ct_free(z);
+        ct_tensor *ex = ct_expand(x, sh, 1); /* x alone, through an expand */
+        CHECK_OK(ct_backward(ex, g, 0));
+        ct_free(ex);
+    }
+    for (int i = 0; i < 3; i++) {
+        CHECK(fabs(at(ct_grad(x), i) - 4 * gv[i]) < 1e-6);
+        CHECK(fabs(at(ct_grad(y), i) - 2 * gv[i]) < 1e-6);
+    }
+    CHECK_OK(ct_add_(ct_grad(x), ct_grad(x), 1.0)); /* in place on one of them */
+    for (int i = 0; i < 3; i++) {
+        CHECK(fabs(at(ct_grad(x), i) - 8 * gv[i]) < 1e-6);
+        CHECK(fabs(at(ct_grad(y), i) - 2 * gv[i]) < 1e-6);
+        CHECK(fabs(at(g, i) - gv[i]) < 1e-12);
+    }
+    ct_free(x), ct_free(y), ct_free(g);
+}
+
 TEST(autograd_no_grad_and_detach) {
     int64_t n = 4;
     ct_tensor *x = ct_ones(&n, 1, CT_FLOAT32);

@@ -349,8 +349,10 @@ static int accumulate(ct_tensor **dst, ct_tensor *g) {
 
 static int accumulate_leaf(ct_tensor *leaf, ct_tensor *g) {
     if (!leaf->grad) {
-        /* Own a private contiguous copy unless nobody else holds g. */
-        if (atomic_load(&g->refcount) == 1 && ct_is_contiguous(g) && !g->grad_fn) {
+        /* Own a private contiguous copy unless nobody else holds g or its memory (a view
+         * of a buffer another tensor still uses is copied: the grad is added to in place). */
+        if (atomic_load(&g->refcount) == 1 && atomic_load(&g->storage->refcount) == 1 &&
+            ct_is_contiguous(g) && !g->grad_fn) {
             leaf->grad = g;
             return 0;
         }
@@ -520,6 +522,11 @@ static int run_node(slots *s, slot *sl) {
     memset(gx, 0, sizeof(ct_tensor *) * (size_t)n->n_inputs);
     int rc = n->backward(n, sl->grad, gx);
     if (rc != 0) ct_error_context("backward of %s", n->name);
+    /* The node's gradient released before its inputs' are routed: a gx that is sl->grad
+     * itself (a pass-through such as an expand that broadcast nothing) is then held by gx
+     * alone, and a leaf takes it without a copy. */
+    ct_free(sl->grad);
+    sl->grad = NULL;
     for (int i = 0; i < n->n_inputs; i++) {
         ct_tensor *leaf = n->inputs[i].leaf;
         int got = gx[i] != NULL;
@@ -527,8 +534,6 @@ static int run_node(slots *s, slot *sl) {
         if (s->lcap && leaf && leaf->post_acc_hook) rc = leaf_edge_done(s, leaf, got && rc == 0, rc);
     }
     if (gx != gx_stack) free(gx);
-    ct_free(sl->grad);
-    sl->grad = NULL;
     return rc;
 }
 
