@@ -382,8 +382,8 @@ static const char *const k_second_backward =
     "backward: trying to backward through the graph a second time (%s was already freed); "
     "pass retain_graph=1 to the first ct_backward";
 
-/* Checks root and grad_output; *g0 = the gradient of root (a copy of grad_output, or ones
- * for a scalar). */
+/* Checks root and grad_output; *g0 = the gradient of root (grad_output retained, or a
+ * copy of it, or ones for a scalar). */
 static int root_gradient(ct_tensor *root, const ct_tensor *grad_output, ct_tensor **g0) {
     char b1[96], b2[96];
     *g0 = NULL;
@@ -403,7 +403,11 @@ static int root_gradient(ct_tensor *root, const ct_tensor *grad_output, ct_tenso
         if (grad_output->dtype != root->dtype)
             return ct_error("backward: grad_output is %s but the tensor is %s",
                             ct_dtype_name(grad_output->dtype), ct_dtype_name(root->dtype));
-        *g0 = ct_clone(grad_output);
+        /* Used as it is (as PyTorch does) when the kernels can take it: nothing writes into
+         * a gradient it did not make, and a leaf copies one its caller still holds. */
+        *g0 = ct_is_contiguous(grad_output) && !grad_output->grad_fn
+                  ? ct_retain((ct_tensor *)grad_output)
+                  : ct_clone(grad_output);
     } else {
         if (ct_numel(root) != 1)
             return ct_error("backward: grad can be implicitly created only for scalar outputs "
