@@ -111,6 +111,55 @@ CT_AVX2_FMA static float exp_sub_sum_avx2(float *x, int n, float mx) {
     return s;
 }
 
+/* alphas_avx512 (below) 8 lanes at a time, with exp_sub_sum_avx2's exp. */
+CT_AVX2_FMA static void alphas_avx2(const float *m, const float *mx, float *a, int n) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(m + i), _mm256_loadu_ps(mx + i));
+        _mm256_storeu_ps(a + i, _mm256_andnot_ps(_mm256_cmp_ps(d, lo, _CMP_LT_OQ),
+                                                 ct_exp8_normal_avx2(_mm256_max_ps(lo, d))));
+    }
+    for (; i < n; i++) a[i] = m[i] == -INFINITY ? 0.0f : ct_vexpf(m[i] - mx[i]);
+}
+
+/* 8 x 8 transposes of transpose_scale_avx512 (below) for AVX2. */
+CT_AVX2_FMA static void transpose_scale_avx2(const float *src, int rows, int cols, int64_t lds,
+                                             float *dst, int ldd, float sc) {
+    const __m256 scv = _mm256_set1_ps(sc);
+    int r0 = 0;
+    for (; r0 + 8 <= rows; r0 += 8) {
+        int c0 = 0;
+        for (; c0 + 8 <= cols; c0 += 8) {
+            __m256 r[8], t[8];
+            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (size_t)(r0 + i) * lds + c0);
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+                r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+            }
+            for (int i = 0; i < 4; i++) {
+                t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+                t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+            }
+            for (int j = 0; j < 8; j++) {
+                __m256 v = sc != 1.0f ? _mm256_mul_ps(t[j], scv) : t[j];
+                _mm256_storeu_ps(dst + (size_t)(c0 + j) * ldd + r0, v);
+            }
+        }
+        for (; c0 < cols; c0++)
+            for (int i = 0; i < 8; i++)
+                dst[(size_t)c0 * ldd + r0 + i] = sc * src[(size_t)(r0 + i) * lds + c0];
+    }
+    for (; r0 < rows; r0++)
+        for (int cc = 0; cc < cols; cc++) dst[(size_t)cc * ldd + r0] = sc * src[(size_t)r0 * lds + cc];
+}
+
 /* exp_sub_sum_avx2 16 lanes at a time (the last ones masked): the same reduction and
  * polynomial, the power of two applied by vscalefps (exact where the result is normal, as
  * the exponent add), the sum in another order. Probabilities between e^-87 and e^-103 of the
@@ -703,6 +752,10 @@ static void F(transpose)(const sdpa_ctx *c, const T *src, int rows, int cols, in
         transpose_scale_avx512(src, rows, cols, lds, dst, ldd, 1.0f);
         return;
     }
+    if (c->avx2) {
+        transpose_scale_avx2(src, rows, cols, lds, dst, ldd, 1.0f);
+        return;
+    }
 #endif
     (void)c;
     for (int r = 0; r < rows; r++)
@@ -735,6 +788,10 @@ static void F(scale_kt)(const sdpa_ctx *c, int64_t b, int64_t j0, int nk, T *kt)
 #if AVX2_F32 && defined(CT_VEXP_X86)
     if (c->avx512) {
         transpose_scale_avx512(K, nk, E, ks, kt, KB, sc);
+        return;
+    }
+    if (c->avx2) {
+        transpose_scale_avx2(K, nk, E, ks, kt, KB, sc);
         return;
     }
 #endif
@@ -778,12 +835,16 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
     const int Ev = (int)c->Ev;
     T *O = ROW(c->out, b, i0);
     const int os = (int)c->out.s2;
-    T mxs[QB] = {0}, al[QB]; /* AVX-512: the rows' new maxima and their rescaling, 16 at a time */
+    T mxs[QB] = {0}, al[QB]; /* AVX2 / AVX-512: the rows' new maxima, their rescaling */
     int vec = 0;
 #if AVX2_F32 && defined(CT_VEXP_X86)
     if (c->avx512) {
         for (int r = 0; r < nq; r++) mxs[r] = max_avx512(s + (size_t)r * KB, nk, m[r]);
         alphas_avx512(m, mxs, al, nq);
+        vec = 1;
+    } else if (c->avx2) {
+        for (int r = 0; r < nq; r++) mxs[r] = max_avx2(s + (size_t)r * KB, nk, m[r]);
+        alphas_avx2(m, mxs, al, nq);
         vec = 1;
     }
 #endif
@@ -791,9 +852,6 @@ static void F(online_step)(const sdpa_ctx *c, int64_t b, int64_t i0, int nq, int
         T *sr = s + (size_t)r * KB;
         T mx = m[r];
         if (vec) mx = mxs[r];
-#if AVX2_F32 && defined(CT_VEXP_X86)
-        else if (c->avx2) mx = max_avx2(sr, nk, mx);
-#endif
         else
             for (int j = 0; j < nk; j++) mx = sr[j] > mx ? sr[j] : mx;
         if (mx == -INFINITY) { /* nothing to attend in this block yet */
