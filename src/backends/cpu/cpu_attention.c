@@ -160,11 +160,11 @@ CT_AVX2_FMA static void transpose_scale_avx2(const float *src, int rows, int col
         for (int cc = 0; cc < cols; cc++) dst[(size_t)cc * ldd + r0] = sc * src[(size_t)r0 * lds + cc];
 }
 
-/* exp_sub_sum_avx2 16 lanes at a time (the last ones masked): the same reduction and
- * polynomial, the power of two applied by vscalefps (exact where the result is normal, as
- * the exponent add), the sum in another order. Probabilities between e^-87 and e^-103 of the
- * row's largest are subnormal here instead of 0; below, 0 (d clamped to -110: 2^-159 p
- * rounds to 0); -inf gives 0, NaN stays NaN (max(lo, d) returns d when d is NaN). */
+/* e^d, 16 lanes: ct_exp8_normal_avx2's reduction and polynomial, the power of two applied
+ * by vscalefps (exact where the result is normal, as the exponent add). Between e^-87 and
+ * e^-103 the result is subnormal (the AVX2 kernels give 0 below e^-87); below, 0 (d clamped
+ * to -110: 2^-159 p rounds to 0); -inf gives 0, NaN stays NaN (max(lo, d) returns d when d
+ * is NaN). */
 CT_AVX512_FMA static inline __m512 exp16_scalef(__m512 d) {
     d = _mm512_max_ps(_mm512_set1_ps(-110.0f), d);
     const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f)),
@@ -174,6 +174,8 @@ CT_AVX512_FMA static inline __m512 exp16_scalef(__m512 d) {
     return _mm512_scalef_ps(p, fx);
 }
 
+/* exp_sub_sum_avx2 16 lanes at a time (the last ones masked) through exp16_scalef, the sum
+ * in another order. */
 CT_AVX512_FMA static float exp_sub_sum_avx512(float *x, int n, float mx) {
     const __m512 m = _mm512_set1_ps(mx);
     __m512 acc = _mm512_setzero_ps();
@@ -332,52 +334,34 @@ MM512_BLOCK(6)
 MM512_BLOCK(4)
 MM512_BLOCK(1)
 
-/* 6 rows x 64 columns (24 accumulators: 10 loads per 24 FMAs instead of 8 per 12). */
-CT_AVX512_FMA static inline void mm5_blk6x64(int k, const float *a, int ars, int acs,
-                                             const float *B, int ldb, float *c, int ldc,
-                                             int zero) {
-    __m512 x[6][4];
-    _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)
-        _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)
-            x[r][q] = zero ? _mm512_setzero_ps() : _mm512_loadu_ps(c + (size_t)r * ldc + 16 * q);
-    for (int p = 0; p < k; p++, a += acs, B += ldb) {
-        const __m512 b0 = _mm512_loadu_ps(B), b1 = _mm512_loadu_ps(B + 16);
-        const __m512 b2 = _mm512_loadu_ps(B + 32), b3 = _mm512_loadu_ps(B + 48);
-        _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++) {
-            const __m512 v = _mm512_set1_ps(a[(size_t)r * ars]);
-            x[r][0] = _mm512_fmadd_ps(v, b0, x[r][0]);
-            x[r][1] = _mm512_fmadd_ps(v, b1, x[r][1]);
-            x[r][2] = _mm512_fmadd_ps(v, b2, x[r][2]);
-            x[r][3] = _mm512_fmadd_ps(v, b3, x[r][3]);
-        }
+/* R rows x 16Q columns, R Q = 24 accumulators (the same sums in the same order as the
+ * blocks above): 6 x 64 (10 loads per 24 FMAs instead of 8 per 12), and 4 x 96 for a key
+ * block's 96 columns (scores, dP) in one pass instead of 64 + 32. */
+#define MM512_WIDE(R, Q, NAME)                                                              \
+    CT_AVX512_FMA static inline void NAME(int k, const float *a, int ars, int acs,          \
+                                          const float *B, int ldb, float *c, int ldc,       \
+                                          int zero) {                                       \
+        __m512 x[R][Q];                                                                     \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                 \
+            _Pragma("GCC unroll 8") for (int q = 0; q < Q; q++)                             \
+                x[r][q] = zero ? _mm512_setzero_ps()                                        \
+                               : _mm512_loadu_ps(c + (size_t)r * ldc + 16 * q);             \
+        for (int p = 0; p < k; p++, a += acs, B += ldb) {                                   \
+            __m512 b[Q];                                                                    \
+            _Pragma("GCC unroll 8") for (int q = 0; q < Q; q++) b[q] =                      \
+                _mm512_loadu_ps(B + 16 * q);                                                \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                           \
+                const __m512 v = _mm512_set1_ps(a[(size_t)r * ars]);                        \
+                _Pragma("GCC unroll 8") for (int q = 0; q < Q; q++)                         \
+                    x[r][q] = _mm512_fmadd_ps(v, b[q], x[r][q]);                            \
+            }                                                                               \
+        }                                                                                   \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                 \
+            _Pragma("GCC unroll 8") for (int q = 0; q < Q; q++)                             \
+                _mm512_storeu_ps(c + (size_t)r * ldc + 16 * q, x[r][q]);                    \
     }
-    _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)
-        _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)
-            _mm512_storeu_ps(c + (size_t)r * ldc + 16 * q, x[r][q]);
-}
-
-/* 4 rows x 96 columns (24 accumulators, 6 + 4 loads per 24 FMAs): a key block's 96
- * columns (scores, dP) in one pass instead of 64 + 32 (12 accumulators for the last 32). */
-CT_AVX512_FMA static inline void mm5_blk4x96(int k, const float *a, int ars, int acs,
-                                             const float *B, int ldb, float *c, int ldc,
-                                             int zero) {
-    __m512 x[4][6];
-    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)
-        _Pragma("GCC unroll 6") for (int q = 0; q < 6; q++)
-            x[r][q] = zero ? _mm512_setzero_ps() : _mm512_loadu_ps(c + (size_t)r * ldc + 16 * q);
-    for (int p = 0; p < k; p++, a += acs, B += ldb) {
-        __m512 b[6];
-        _Pragma("GCC unroll 6") for (int q = 0; q < 6; q++) b[q] = _mm512_loadu_ps(B + 16 * q);
-        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
-            const __m512 v = _mm512_set1_ps(a[(size_t)r * ars]);
-            _Pragma("GCC unroll 6") for (int q = 0; q < 6; q++)
-                x[r][q] = _mm512_fmadd_ps(v, b[q], x[r][q]);
-        }
-    }
-    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)
-        _Pragma("GCC unroll 6") for (int q = 0; q < 6; q++)
-            _mm512_storeu_ps(c + (size_t)r * ldc + 16 * q, x[r][q]);
-}
+MM512_WIDE(6, 4, mm5_blk6x64)
+MM512_WIDE(4, 6, mm5_blk4x96)
 
 CT_AVX512_FMA static void mm_acc_avx512(int m, int n, int k, const float *A, int ars, int acs,
                                         const float *B, int ldb, float *C, int ldc, int zero) {
