@@ -86,18 +86,22 @@ CT_AVX2_FMA static float max_avx2(const float *x, int n, float m) {
     return m;
 }
 
-/* x[i] = exp(x[i] - mx) (mx finite, x[i] <= mx); returns the sum. A probability below
- * e^-87 of the row's largest (1.6e-38, where exp's results become subnormal) is 0; NaN
- * stays NaN (max(lo, d) returns d when d is NaN, and the reduction and the exponent's
- * integer add carry it through). */
+/* e^d, 8 lanes; 0 below e^-87 (1.6e-38, where exp's results become subnormal); NaN stays
+ * NaN (max(lo, d) returns d when d is NaN, and the reduction and the exponent's integer add
+ * carry it through). */
+CT_AVX2_FMA static inline __m256 exp8_or_zero_avx2(__m256 d) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    return _mm256_andnot_ps(_mm256_cmp_ps(d, lo, _CMP_LT_OQ),
+                            ct_exp8_normal_avx2(_mm256_max_ps(lo, d)));
+}
+
+/* x[i] = exp(x[i] - mx) (mx finite, x[i] <= mx); returns the sum. */
 CT_AVX2_FMA static float exp_sub_sum_avx2(float *x, int n, float mx) {
-    const __m256 m = _mm256_set1_ps(mx), lo = _mm256_set1_ps(-87.0f);
+    const __m256 m = _mm256_set1_ps(mx);
     __m256 acc = _mm256_setzero_ps();
     int i = 0;
     for (; i + 8 <= n; i += 8) {
-        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), m);
-        const __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(d, lo, _CMP_LT_OQ),
-                                          ct_exp8_normal_avx2(_mm256_max_ps(lo, d)));
+        const __m256 e = exp8_or_zero_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
         _mm256_storeu_ps(x + i, e);
         acc = _mm256_add_ps(acc, e);
     }
@@ -113,13 +117,10 @@ CT_AVX2_FMA static float exp_sub_sum_avx2(float *x, int n, float mx) {
 
 /* alphas_avx512 (below) 8 lanes at a time, with exp_sub_sum_avx2's exp. */
 CT_AVX2_FMA static void alphas_avx2(const float *m, const float *mx, float *a, int n) {
-    const __m256 lo = _mm256_set1_ps(-87.0f);
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(m + i), _mm256_loadu_ps(mx + i));
-        _mm256_storeu_ps(a + i, _mm256_andnot_ps(_mm256_cmp_ps(d, lo, _CMP_LT_OQ),
-                                                 ct_exp8_normal_avx2(_mm256_max_ps(lo, d))));
-    }
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(a + i, exp8_or_zero_avx2(_mm256_sub_ps(_mm256_loadu_ps(m + i),
+                                                                _mm256_loadu_ps(mx + i))));
     for (; i < n; i++) a[i] = m[i] == -INFINITY ? 0.0f : ct_vexpf(m[i] - mx[i]);
 }
 

@@ -200,7 +200,11 @@ static int bmm_amx(const bmm_ctx *x, int64_t B) {
                               (const float *)x->a + bi * x->sa, x->lda,
                               (const float *)x->b + bi * x->sb, x->ldb, (float)x->beta,
                               (float *)x->c + bi * x->M * x->N, x->N, x->bias);
-        if (rc != 0) return rc < 0 ? -1 : bi == 0 ? 1 : ct_error("bmm: the AMX kernel was turned off in the middle of a batched product");
+        if (rc < 0) return -1;
+        if (rc > 0) /* AMX not usable: the other kernels, unless it went off mid-batch */
+            return bi == 0 ? 1
+                           : ct_error("bmm: the AMX kernel was turned off in the middle of a "
+                                      "batched product");
     }
     return 0;
 }
